@@ -1,0 +1,75 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Event-processing agent for edge devices: MQTT events to WebAssembly functions.
+#[derive(Debug, Parser)]
+#[command(name = "edge-agent", version, about)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Run {
+        /// Config file (.toml, .yaml or .json).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Validate a config file and load every module, then exit (0 if all is well, 78 if not).
+    Check {
+        /// Config file (.toml, .yaml or .json).
+        #[arg(short, long)]
+        config: PathBuf,
+    },
+    /// Publish test events to a broker.
+    Publish(PublishArgs),
+}
+
+/// Arguments of `edge-agent publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// Broker URL, e.g. mqtt://127.0.0.1:1883.
+    #[arg(short, long, default_value = "mqtt://127.0.0.1:1883")]
+    pub broker: String,
+    /// Topic to publish on.
+    #[arg(short, long)]
+    pub topic: String,
+    /// Payload; `{seq}` (0, 1, ...) and `{ts_ms}` (ms since the Unix epoch) are replaced
+    /// in each message.
+    #[arg(short, long, conflicts_with = "payload_file", required_unless_present = "payload_file")]
+    pub payload: Option<String>,
+    /// Read the payload from a file (placeholders are replaced too if it is UTF-8).
+    #[arg(long)]
+    pub payload_file: Option<PathBuf>,
+    /// Number of messages.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub count: u64,
+    /// Messages per second (default: as fast as the broker takes them).
+    #[arg(short, long)]
+    pub rate: Option<f64>,
+    /// QoS (0, 1 or 2).
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Set the retain flag.
+    #[arg(long)]
+    pub retain: bool,
+    /// User name for the broker.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Password for the broker.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) for mqtts:// brokers.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}

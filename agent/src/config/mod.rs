@@ -1,0 +1,404 @@
+//! Configuration: one serde tree, loaded in layers and validated before anything starts.
+//!
+//! Layers, later ones win: built-in defaults (the `default_*` functions below), the config
+//! file (TOML, or YAML/JSON by extension), then environment variables
+//! `EDGE_AGENT__SECTION__KEY` (for example `EDGE_AGENT__BROKER__URL`).
+//!
+//! [`Config::load`] returns a [`ConfigError`] that names the file and the key or function at
+//! fault; `main` turns it into exit code 78 (`EX_CONFIG`).
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+pub use validate::BrokerAddress;
+
+/// Exit code for configuration errors (`EX_CONFIG` from BSD `sysexits.h`).
+pub const EXIT_CONFIG: i32 = 78;
+
+/// A configuration that cannot be used. The message names the file and the key or function.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a value has the wrong type.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// What the parser said, with the key where it knows it.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{file}: `{key}`: {message}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The key at fault, e.g. `function[threshold].qos` or `broker.url`.
+        key: String,
+        /// Why it is rejected.
+        message: String,
+    },
+}
+
+/// The whole configuration of one agent.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity and local storage of this agent.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The MQTT broker the agent connects to (or embeds).
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// Settings of the WebAssembly runtime shared by all functions.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The functions, one `[[function]]` table each.
+    #[serde(default, rename = "function")]
+    pub functions: Vec<FunctionConfig>,
+    /// The file this configuration was read from (not a config key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[agent]`: identity and local storage.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Name of this agent, used in its own topics (`<topic_prefix>/<id>/...`) and in the
+    /// default client id. Letters, digits, `-`, `_` and `.` only.
+    #[serde(default = "default_agent_id")]
+    pub id: String,
+    /// Directory for the agent's local state.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Prefix of the agent's own topics. Dead letters go to
+    /// `<topic_prefix>/<id>/dead-letter`.
+    #[serde(default = "default_topic_prefix")]
+    pub topic_prefix: String,
+    /// On SIGINT/SIGTERM, how long in-flight events may take to finish before the agent
+    /// stops anyway, in milliseconds.
+    #[serde(default = "default_shutdown_grace_ms")]
+    pub shutdown_grace_ms: u64,
+}
+
+/// `[broker]`: the MQTT connection.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// Broker address: `mqtt://host:port` (plain TCP, default port 1883) or
+    /// `mqtts://host:port` (TLS, default port 8883).
+    #[serde(default = "default_broker_url")]
+    pub url: String,
+    /// Start an MQTT broker (rumqttd) inside the agent, listening on the host and port of
+    /// `url`, so that no other service is needed. For trying things out and tests: it keeps
+    /// sessions in memory only. Production uses Mosquitto or a clustered broker.
+    #[serde(default)]
+    pub embedded: bool,
+    /// MQTT client id. Keep it stable so that the broker keeps the agent's session (and
+    /// queues its QoS 1 events) while it is away. Default: `edge-agent-<agent.id>`.
+    #[serde(default)]
+    pub client_id: Option<String>,
+    /// Ask the broker to drop the session on connect. `false` (the default) keeps
+    /// subscriptions and queued QoS 1/2 messages across disconnections.
+    #[serde(default)]
+    pub clean_session: bool,
+    /// MQTT keep-alive interval in seconds (5 to 65535).
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+    /// User name for the broker, if it requires one.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// Password for the broker (needs `username`).
+    #[serde(default)]
+    pub password: Option<String>,
+    /// TLS settings for `mqtts://` URLs.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Largest MQTT packet accepted or sent, in bytes (payload plus topic and header).
+    #[serde(default = "default_max_packet_bytes")]
+    pub max_packet_bytes: usize,
+    /// First delay before reconnecting after the connection is lost, in milliseconds. It
+    /// doubles after each failed attempt up to `reconnect_max_ms`.
+    #[serde(default = "default_reconnect_min_ms")]
+    pub reconnect_min_ms: u64,
+    /// Longest delay between reconnection attempts, in milliseconds.
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+/// `[broker.tls]`: certificates for `mqtts://`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate. Default:
+    /// the operating system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate chain, for brokers that require client
+    /// authentication (needs `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the client's private key (needs `cert_file`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[runtime]`: the WebAssembly engine shared by all functions.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Instance allocation: `auto` probes at start-up whether the pooling allocator (fast
+    /// instantiation, large virtual reservations) works on this kernel and falls back to
+    /// on-demand allocation if not; `pooling` requires it; `on-demand` never uses it.
+    #[serde(default)]
+    pub allocator: AllocatorMode,
+    /// Instances that may exist at once across all functions; sizes the instance pool.
+    #[serde(default = "default_max_instances")]
+    pub max_instances: u32,
+    /// Interval of the epoch ticker that enforces timeouts, in milliseconds. A call is
+    /// stopped within its timeout plus one tick.
+    #[serde(default = "default_epoch_tick_ms")]
+    pub epoch_tick_ms: u64,
+}
+
+/// How WebAssembly instances get their memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllocatorMode {
+    /// Probe the pooling allocator and fall back to on-demand allocation.
+    #[default]
+    Auto,
+    /// Always use the pooling allocator; fail at start-up if it cannot be created.
+    Pooling,
+    /// Allocate each instance's memory when it is created.
+    OnDemand,
+}
+
+/// The execution model of a function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Serverless: a fresh instance per event, dropped afterwards.
+    #[default]
+    OnDemand,
+}
+
+/// One `[[function]]`: a WebAssembly component and the topics it handles.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// Unique name: used in logs, metrics and dead letters. Letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Path of the component (`.wasm`), relative to the current directory.
+    pub module: PathBuf,
+    /// Execution model: `on-demand` (a fresh instance per event).
+    #[serde(default)]
+    pub mode: Mode,
+    /// MQTT topic filters (`+` and `#` wildcards) whose messages this function handles.
+    pub topics: Vec<String>,
+    /// QoS of the subscription for these topics (0, 1 or 2).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Longest a call may run, in milliseconds; a call still running is stopped and its
+    /// event goes to the dead-letter topic.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most linear memory one instance may have, in MiB. Growing past it fails the call.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// Events of this function handled at once (instances in flight).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// Events waiting for this function. When the queue is full, new events are dropped,
+    /// counted and sent to the dead-letter topic.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// Largest payload passed to the function, in bytes; larger events go to the
+    /// dead-letter topic without being passed in.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Static settings the function reads through the `config` interface, like a Lambda
+    /// function's environment variables. Values are strings (numbers and booleans are
+    /// converted).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+fn default_agent_id() -> String {
+    "edge-agent".into()
+}
+fn default_data_dir() -> PathBuf {
+    "./data".into()
+}
+fn default_topic_prefix() -> String {
+    "edge-agent".into()
+}
+fn default_shutdown_grace_ms() -> u64 {
+    5_000
+}
+fn default_broker_url() -> String {
+    "mqtt://127.0.0.1:1883".into()
+}
+fn default_keep_alive_secs() -> u64 {
+    30
+}
+fn default_max_packet_bytes() -> usize {
+    1024 * 1024
+}
+fn default_reconnect_min_ms() -> u64 {
+    100
+}
+fn default_reconnect_max_ms() -> u64 {
+    30_000
+}
+fn default_max_instances() -> u32 {
+    64
+}
+fn default_epoch_tick_ms() -> u64 {
+    10
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_timeout_ms() -> u64 {
+    1_000
+}
+fn default_memory_limit_mb() -> u64 {
+    32
+}
+fn default_max_concurrency() -> u32 {
+    4
+}
+fn default_queue_capacity() -> usize {
+    64
+}
+fn default_max_payload_bytes() -> usize {
+    256 * 1024
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            id: default_agent_id(),
+            data_dir: default_data_dir(),
+            topic_prefix: default_topic_prefix(),
+            shutdown_grace_ms: default_shutdown_grace_ms(),
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: default_broker_url(),
+            embedded: false,
+            client_id: None,
+            clean_session: false,
+            keep_alive_secs: default_keep_alive_secs(),
+            username: None,
+            password: None,
+            tls: None,
+            max_packet_bytes: default_max_packet_bytes(),
+            reconnect_min_ms: default_reconnect_min_ms(),
+            reconnect_max_ms: default_reconnect_max_ms(),
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            allocator: AllocatorMode::Auto,
+            max_instances: default_max_instances(),
+            epoch_tick_ms: default_epoch_tick_ms(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (format by extension: `.toml`, `.yaml`/`.yml`, `.json`), applies
+    /// `EDGE_AGENT__*` environment overrides and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key or function at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (for tests).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key or function at fault.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message,
+        };
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => config::FileFormat::Toml,
+            Some("yaml" | "yml") => config::FileFormat::Yaml,
+            Some("json") => config::FileFormat::Json,
+            _ => {
+                return Err(parse_err(
+                    "unknown config format: use a .toml, .yaml, .yml or .json file".into(),
+                ));
+            }
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| parse_err(format!("cannot read config file: {e}")))?;
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("EDGE_AGENT__"))
+            .collect();
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(&text, format))
+            .add_source(
+                config::Environment::with_prefix("EDGE_AGENT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
+        let mut cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
+        cfg.source = path.to_path_buf();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The client id in use: `broker.client_id` or `edge-agent-<agent.id>`.
+    pub fn client_id(&self) -> String {
+        self.broker
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-agent-{}", self.agent.id))
+    }
+
+    /// The topic dead letters are published on.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}/{}/dead-letter", self.agent.topic_prefix, self.agent.id)
+    }
+
+    pub(crate) fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.source.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The `config` crate appends the origin ("in FILE") to its messages, which we already
+/// print in front; keep the message on one line.
+fn clean_message(msg: &str) -> String {
+    msg.replace('\n', " ").trim().to_string()
+}

@@ -1,0 +1,253 @@
+//! Semantic checks that serde cannot express. Each error names the key at fault.
+
+use std::collections::HashSet;
+
+use super::{Config, ConfigError};
+use crate::mqtt::topic;
+
+/// The parsed `broker.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl BrokerAddress {
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (also `tcp://`, `ssl://`).
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the URL.
+    pub fn parse(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` is not a URL like mqtt://host:1883"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => {
+                return Err(format!(
+                    "unsupported scheme `{other}://` (use mqtt:// or mqtts://)"
+                ));
+            }
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains(['/', '?', '@']) {
+            return Err(format!(
+                "`{url}` must be scheme://host:port only (credentials go in broker.username/password)"
+            ));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{url}`: unclosed `[` in IPv6 address"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => parse_port(p, url)?,
+                None if after.is_empty() => default_port,
+                None => return Err(format!("`{url}`: unexpected `{after}` after the address")),
+            };
+            (h.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), parse_port(p, url)?),
+                None => (rest.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        Ok(Self { tls, host, port })
+    }
+}
+
+fn parse_port(p: &str, url: &str) -> Result<u16, String> {
+    match p.parse::<u16>() {
+        Ok(0) | Err(_) => Err(format!("`{url}`: port `{p}` is not a number from 1 to 65535")),
+        Ok(n) => Ok(n),
+    }
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+impl Config {
+    /// Checks everything that does not need the modules compiled.
+    ///
+    /// # Errors
+    /// The first problem found, naming its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let a = &self.agent;
+        if !is_name(&a.id) {
+            return Err(self.invalid(
+                "agent.id",
+                format!("`{}` must be 1-64 letters, digits, `-`, `_` or `.`", a.id),
+            ));
+        }
+        if let Err(e) = topic::validate_name(&a.topic_prefix) {
+            return Err(self.invalid("agent.topic_prefix", format!("topic prefix {e}")));
+        }
+
+        let b = &self.broker;
+        let addr = BrokerAddress::parse(&b.url).map_err(|m| self.invalid("broker.url", m))?;
+        if b.embedded && addr.tls {
+            return Err(self.invalid(
+                "broker.embedded",
+                "the embedded broker listens on plain TCP: use an mqtt:// url",
+            ));
+        }
+        let client_id = self.client_id();
+        if client_id.is_empty() || client_id.len() > 256 {
+            return Err(self.invalid("broker.client_id", "must be 1 to 256 characters"));
+        }
+        if !(5..=65_535).contains(&b.keep_alive_secs) {
+            return Err(self.invalid("broker.keep_alive_secs", "must be from 5 to 65535"));
+        }
+        if b.password.is_some() && b.username.is_none() {
+            return Err(self.invalid("broker.password", "is set but broker.username is not"));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&b.max_packet_bytes) {
+            return Err(self.invalid(
+                "broker.max_packet_bytes",
+                "must be from 1024 to 268435456 (256 MiB, the MQTT maximum)",
+            ));
+        }
+        if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
+            return Err(self.invalid(
+                "broker.reconnect_min_ms",
+                "must be at least 1 and not more than broker.reconnect_max_ms",
+            ));
+        }
+        if let Some(tls) = &b.tls {
+            if !addr.tls {
+                return Err(self.invalid("broker.tls", "is set but broker.url is not mqtts://"));
+            }
+            for (key, file) in [
+                ("broker.tls.ca_file", &tls.ca_file),
+                ("broker.tls.cert_file", &tls.cert_file),
+                ("broker.tls.key_file", &tls.key_file),
+            ] {
+                if let Some(f) = file
+                    && let Err(e) = std::fs::metadata(f)
+                {
+                    return Err(self.invalid(key, format!("cannot read {}: {e}", f.display())));
+                }
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(self.invalid(
+                    "broker.tls.cert_file",
+                    "cert_file and key_file must be given together",
+                ));
+            }
+        }
+
+        let r = &self.runtime;
+        if !(1..=10_000).contains(&r.max_instances) {
+            return Err(self.invalid("runtime.max_instances", "must be from 1 to 10000"));
+        }
+        if !(1..=1_000).contains(&r.epoch_tick_ms) {
+            return Err(self.invalid("runtime.epoch_tick_ms", "must be from 1 to 1000"));
+        }
+
+        if self.functions.is_empty() {
+            return Err(self.invalid("function", "no [[function]] is configured"));
+        }
+        let mut names = HashSet::new();
+        for (i, f) in self.functions.iter().enumerate() {
+            if !is_name(&f.name) {
+                return Err(self.invalid(
+                    format!("function[{i}].name"),
+                    format!("`{}` must be 1-64 letters, digits, `-`, `_` or `.`", f.name),
+                ));
+            }
+            let key = |k: &str| format!("function[{}].{k}", f.name);
+            if !names.insert(f.name.as_str()) {
+                return Err(self.invalid(key("name"), "duplicate function name"));
+            }
+            if f.topics.is_empty() {
+                return Err(self.invalid(key("topics"), "needs at least one topic filter"));
+            }
+            for t in &f.topics {
+                if let Err(e) = topic::validate_filter(t) {
+                    return Err(self.invalid(key("topics"), format!("topic filter `{t}` {e}")));
+                }
+                if t.starts_with("$share/") || t.starts_with("$queue/") {
+                    return Err(self.invalid(
+                        key("topics"),
+                        format!("`{t}`: shared subscriptions are not supported yet"),
+                    ));
+                }
+            }
+            if f.qos > 2 {
+                return Err(self.invalid(key("qos"), "must be 0, 1 or 2"));
+            }
+            if !(1..=600_000).contains(&f.timeout_ms) {
+                return Err(self.invalid(key("timeout_ms"), "must be from 1 to 600000 (10 min)"));
+            }
+            if !(1..=4096).contains(&f.memory_limit_mb) {
+                return Err(self.invalid(key("memory_limit_mb"), "must be from 1 to 4096"));
+            }
+            if f.max_concurrency == 0 || f.max_concurrency > r.max_instances {
+                return Err(self.invalid(
+                    key("max_concurrency"),
+                    format!(
+                        "must be from 1 to runtime.max_instances ({})",
+                        r.max_instances
+                    ),
+                ));
+            }
+            if !(1..=1_000_000).contains(&f.queue_capacity) {
+                return Err(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
+            }
+            if f.max_payload_bytes > b.max_packet_bytes {
+                return Err(self.invalid(
+                    key("max_payload_bytes"),
+                    "is larger than broker.max_packet_bytes, which no message can exceed",
+                ));
+            }
+            match std::fs::metadata(&f.module) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => {
+                    return Err(self.invalid(
+                        key("module"),
+                        format!("{} is not a file", f.module.display()),
+                    ));
+                }
+                Err(e) => {
+                    return Err(self.invalid(
+                        key("module"),
+                        format!("cannot read {}: {e}", f.module.display()),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokerAddress;
+
+    #[test]
+    fn broker_urls() {
+        let a = BrokerAddress::parse("mqtt://127.0.0.1:1883").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.tls, a.host.as_str(), a.port), (false, "127.0.0.1", 1883));
+        let a = BrokerAddress::parse("mqtts://broker.example").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.tls, a.port), (true, 8883));
+        let a = BrokerAddress::parse("mqtt://[::1]:1999").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
+        assert!(BrokerAddress::parse("http://x").is_err());
+        assert!(BrokerAddress::parse("mqtt://x:0").is_err());
+        assert!(BrokerAddress::parse("mqtt://x:99999").is_err());
+        assert!(BrokerAddress::parse("localhost:1883").is_err());
+        assert!(BrokerAddress::parse("mqtt://user:pw@host").is_err());
+    }
+}

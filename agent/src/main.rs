@@ -1,0 +1,113 @@
+//! The `edge-agent` binary: parses the command line, loads and validates the config, sets
+//! up logging and the tokio runtime, and hands over to the library.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use edge_agent::cli::{Cli, Command};
+use edge_agent::config::Config;
+use edge_agent::{AgentError, Prepared};
+use tracing_subscriber::EnvFilter;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    // ring for TLS; installing twice is harmless.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    match cli.command {
+        Command::Check { config } => match prepare(&config) {
+            Ok(p) => {
+                println!(
+                    "{}: ok ({} functions, {:?} allocator)",
+                    config.display(),
+                    p.runtime_function_count(),
+                    p.runtime().allocator()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Run { config } => {
+            let prepared = match prepare(&config) {
+                Ok(p) => p,
+                Err(e) => return fail(&e),
+            };
+            let rt = match tokio::runtime::Runtime::new() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(edge_agent::run(prepared, shutdown_signal())) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Publish(args) => {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match rt.block_on(edge_agent::publish::publish(&args)) {
+                Ok(n) => {
+                    eprintln!("published {n} message(s) to {}", args.topic);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::from(if matches!(e, edge_agent::publish::PublishError::Usage(_)) { 64 } else { 69 })
+                }
+            }
+        }
+    }
+}
+
+fn prepare(path: &std::path::Path) -> Result<Prepared, AgentError> {
+    let cfg = Config::load(path)?;
+    Prepared::new(cfg)
+}
+
+fn fail(e: &AgentError) -> ExitCode {
+    eprintln!("error: {e}");
+    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "info,rumqttd=warn,rumqttc=warn",
+        1 => "debug,rumqttd=info,rumqttc=info,cranelift_codegen=info,wasmtime=info",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,162 @@
+//! The router: from an MQTT message to the queues of the functions whose filters match.
+//!
+//! It runs on the MQTT poll task, so it never blocks: a full queue or an oversized payload
+//! becomes a dead letter at once. A QoS 1/2 message is acknowledged to the broker only when
+//! every function it was routed to has finished with it (handled, or dead-lettered), so a
+//! crash or a stop before that leaves it with the broker for redelivery.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+use rumqttc::Publish;
+use tokio::sync::mpsc;
+
+use crate::metrics::FunctionStats;
+use crate::mqtt::topic;
+use crate::runtime::ErrorKind;
+use crate::sink::{DeadLetter, Sink};
+
+/// One message on its way to one function.
+#[derive(Debug)]
+pub struct Event {
+    /// Topic name it was published on.
+    pub topic: String,
+    /// Body.
+    pub payload: Bytes,
+    /// Delivery QoS.
+    pub qos: u8,
+    /// Retained flag.
+    pub retain: bool,
+    /// Wall-clock receive time, ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// Monotonic receive time, for queue-wait and end-to-end latency.
+    pub received: Instant,
+    /// Acknowledges the message once every function is done with it.
+    pub delivery: Arc<Delivery>,
+}
+
+/// Acknowledgement bookkeeping for one received message.
+#[derive(Debug)]
+pub struct Delivery {
+    remaining: AtomicUsize,
+    ack: Option<(Publish, mpsc::UnboundedSender<Publish>)>,
+}
+
+impl Delivery {
+    fn new(publish: &Publish, functions: usize, acks: &mpsc::UnboundedSender<Publish>) -> Self {
+        // The ack needs only the packet id and QoS: do not keep the payload twice.
+        let ack = (publish.qos != rumqttc::QoS::AtMostOnce).then(|| {
+            let mut p = Publish::new("", publish.qos, Vec::new());
+            p.pkid = publish.pkid;
+            (p, acks.clone())
+        });
+        Self {
+            remaining: AtomicUsize::new(functions),
+            ack,
+        }
+    }
+
+    /// Marks one function as done with the message; the last one acknowledges it. A
+    /// delivery that is dropped without being completed is never acknowledged, so the
+    /// broker redelivers it when the session resumes.
+    pub fn complete(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some((p, tx)) = &self.ack
+        {
+            // The ack task only goes away at shutdown, when redelivery is the right outcome.
+            let _ = tx.send(p.clone());
+        }
+    }
+}
+
+/// A function as the router sees it.
+pub struct Route {
+    /// Function name.
+    pub name: Arc<str>,
+    /// Its topic filters.
+    pub filters: Vec<String>,
+    /// Its queue.
+    pub queue: mpsc::Sender<Event>,
+    /// Largest payload passed in.
+    pub max_payload_bytes: usize,
+    /// Its counters.
+    pub stats: Arc<FunctionStats>,
+}
+
+/// Routes messages to function queues.
+pub struct Router {
+    routes: Vec<Route>,
+    acks: mpsc::UnboundedSender<Publish>,
+    sink: Sink,
+}
+
+impl Router {
+    /// A router over `routes`; acknowledgements go to `acks`, dead letters to `sink`.
+    pub fn new(routes: Vec<Route>, acks: mpsc::UnboundedSender<Publish>, sink: Sink) -> Self {
+        Self { routes, acks, sink }
+    }
+
+    /// Hands `publish` to every function whose filters match its topic. Never blocks.
+    pub fn route(&self, publish: Publish) {
+        let received = Instant::now();
+        let received_at_ms = crate::runtime::host::now_ms();
+        let targets: Vec<&Route> = self
+            .routes
+            .iter()
+            .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
+            .collect();
+        let delivery = Arc::new(Delivery::new(&publish, targets.len().max(1), &self.acks));
+        if targets.is_empty() {
+            // Covered by a merged subscription but wanted by no function.
+            tracing::trace!(topic = %publish.topic, "no function for topic");
+            delivery.complete();
+            return;
+        }
+        for route in targets {
+            route.stats.received();
+            let event = Event {
+                topic: publish.topic.clone(),
+                payload: publish.payload.clone(),
+                qos: publish.qos as u8,
+                retain: publish.retain,
+                received_at_ms,
+                received,
+                delivery: delivery.clone(),
+            };
+            if event.payload.len() > route.max_payload_bytes {
+                let msg = format!(
+                    "payload of {} bytes is over max_payload_bytes ({})",
+                    event.payload.len(),
+                    route.max_payload_bytes
+                );
+                self.reject(route, event, ErrorKind::PayloadTooLarge, msg);
+                continue;
+            }
+            match route.queue.try_send(event) {
+                Ok(()) => {}
+                Err(mpsc::error::TrySendError::Full(event)) => {
+                    let msg = format!("queue full ({} events waiting)", route.queue.max_capacity());
+                    self.reject(route, event, ErrorKind::QueueFull, msg);
+                }
+                // The function is shutting down: leave the message unacknowledged.
+                Err(mpsc::error::TrySendError::Closed(_)) => {}
+            }
+        }
+    }
+
+    fn reject(&self, route: &Route, event: Event, kind: ErrorKind, message: String) {
+        route.stats.failed(kind);
+        tracing::warn!(function = %route.name, topic = %event.topic, kind = %kind, "{message}");
+        let letter = DeadLetter::new(&route.name, &event, kind, message);
+        if self.sink.try_dead_letter(&letter) {
+            event.delivery.complete();
+        } else {
+            // Could not even queue the dead letter: leave the message unacknowledged so the
+            // broker redelivers it rather than losing it.
+            tracing::error!(function = %route.name, topic = %event.topic,
+                "dead letter not queued (connection backlog full); message left unacknowledged");
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! A loaded function and one on-demand call of it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Engine, ResourceLimiter, Store, Trap};
+
+use super::RuntimeError;
+use super::bindings::FunctionPre;
+use super::bindings::edge::agent::types::Event;
+use super::host::{FunctionContext, Outgoing, StoreData};
+use crate::config::FunctionConfig;
+
+/// Why an event was not handled. Stable names: they appear in dead letters and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// The handler returned `err(..)`.
+    GuestError,
+    /// The call ran past `timeout_ms`.
+    Timeout,
+    /// The instance tried to grow its memory past `memory_limit_mb`.
+    MemoryLimit,
+    /// The guest's stack overflowed.
+    StackOverflow,
+    /// Any other trap (panic, unreachable, out-of-bounds access, ...).
+    Trap,
+    /// The instance could not be created.
+    Instantiate,
+    /// The payload was larger than `max_payload_bytes`.
+    PayloadTooLarge,
+    /// The function's queue was full.
+    QueueFull,
+}
+
+impl ErrorKind {
+    /// The kebab-case name used in dead letters.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::GuestError => "guest-error",
+            Self::Timeout => "timeout",
+            Self::MemoryLimit => "memory-limit",
+            Self::StackOverflow => "stack-overflow",
+            Self::Trap => "trap",
+            Self::Instantiate => "instantiate",
+            Self::PayloadTooLarge => "payload-too-large",
+            Self::QueueFull => "queue-full",
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A failed call.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{kind}: {message}")]
+pub struct CallError {
+    /// What kind of failure.
+    pub kind: ErrorKind,
+    /// Details for the log and the dead letter.
+    pub message: String,
+}
+
+/// A successful call: what to publish and what it cost.
+#[derive(Debug)]
+pub struct CallOutcome {
+    /// Messages to publish, in order.
+    pub outbox: Vec<Outgoing>,
+    /// Store creation and instantiation.
+    pub instantiate: Duration,
+    /// The handler call itself.
+    pub execute: Duration,
+    /// Largest linear memory the instance reached, in bytes.
+    pub peak_memory: usize,
+}
+
+/// A function ready to run: its component compiled and linked once.
+pub struct LoadedFunction {
+    ctx: Arc<FunctionContext>,
+    pre: FunctionPre<StoreData>,
+    deadline_ticks: u64,
+}
+
+impl LoadedFunction {
+    /// Compiles `cfg.module`, links it against the agent's imports and checks that it
+    /// exports the handler.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Load`] naming the function.
+    pub fn load(
+        engine: &Engine,
+        linker: &Linker<StoreData>,
+        cfg: &FunctionConfig,
+        tick: Duration,
+        max_publish_bytes: usize,
+    ) -> Result<Self, RuntimeError> {
+        let err = |message: String| RuntimeError::Load {
+            function: cfg.name.clone(),
+            message,
+        };
+        let component = Component::from_file(engine, &cfg.module).map_err(|e| {
+            err(format!(
+                "{} is not a loadable WebAssembly component: {e:#}",
+                cfg.module.display()
+            ))
+        })?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+            err(format!(
+                "{} needs imports the agent does not provide: {e:#}",
+                cfg.module.display()
+            ))
+        })?;
+        let pre = FunctionPre::new(instance_pre).map_err(|e| {
+            err(format!(
+                "{} does not export `edge:agent/handler@0.1.0`: {e:#}",
+                cfg.module.display()
+            ))
+        })?;
+        let tick_ms = u64::try_from(tick.as_millis()).unwrap_or(1).max(1);
+        // Round up, plus one tick: the epoch may advance right after the deadline is set.
+        let deadline_ticks = cfg.timeout_ms.div_ceil(tick_ms) + 1;
+        let ctx = Arc::new(FunctionContext {
+            name: cfg.name.as_str().into(),
+            config: cfg.config.clone(),
+            max_publish_bytes,
+            memory_limit: usize::try_from(cfg.memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
+            timeout_ms: cfg.timeout_ms,
+        });
+        Ok(Self {
+            ctx,
+            pre,
+            deadline_ticks,
+        })
+    }
+
+    /// The function's name.
+    pub fn name(&self) -> &str {
+        &self.ctx.name
+    }
+
+    /// Runs one event in a fresh instance (the on-demand model) and drops it. Blocks the
+    /// calling thread for up to the function's timeout: call it from a blocking thread.
+    ///
+    /// # Errors
+    /// [`CallError`] with the kind of failure; the instance is gone either way.
+    pub fn call_on_demand(&self, event: &Event) -> Result<CallOutcome, CallError> {
+        let start = Instant::now();
+        let mut store = Store::new(self.pre.engine(), StoreData::new(self.ctx.clone()));
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        store.epoch_deadline_trap();
+        let instance = self.pre.instantiate(&mut store).map_err(|e| {
+            classify(&store, &e, ErrorKind::Instantiate)
+        })?;
+        let instantiated = Instant::now();
+        let result = instance.edge_agent_handler().call_handle(&mut store, event);
+        let execute = instantiated.elapsed();
+        match result {
+            Ok(Ok(())) => {
+                let data = store.data_mut();
+                Ok(CallOutcome {
+                    outbox: std::mem::take(&mut data.outbox),
+                    instantiate: instantiated - start,
+                    execute,
+                    peak_memory: data.peak_memory,
+                })
+            }
+            Ok(Err(message)) => Err(CallError {
+                kind: ErrorKind::GuestError,
+                message,
+            }),
+            Err(e) => Err(classify(&store, &e, ErrorKind::Trap)),
+        }
+    }
+}
+
+/// Maps a wasmtime error to an [`ErrorKind`]; `fallback` when it is nothing specific.
+fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: ErrorKind) -> CallError {
+    let kind = if store.data().memory_limit_hit {
+        ErrorKind::MemoryLimit
+    } else {
+        match e.downcast_ref::<Trap>() {
+            Some(Trap::Interrupt) => ErrorKind::Timeout,
+            Some(Trap::StackOverflow) => ErrorKind::StackOverflow,
+            _ => fallback,
+        }
+    };
+    let message = match kind {
+        ErrorKind::Timeout => format!(
+            "call exceeded the timeout of {} ms",
+            store.data().timeout_ms()
+        ),
+        ErrorKind::MemoryLimit => format!(
+            "linear memory would exceed the limit of {} bytes",
+            store.data().memory_limit()
+        ),
+        _ => format!("{e:#}"),
+    };
+    CallError { kind, message }
+}

@@ -1,0 +1,204 @@
+//! What a function's instance can reach: the state kept in its `Store` and the agent's
+//! imports (`mqtt`, `config`, `log`, `clock`) implemented on it.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use wasmtime::component::ResourceTable;
+use wasmtime::ResourceLimiter;
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::bindings::edge::agent::{clock, config, log, mqtt, types};
+use super::output::{GuestOutput, Stream};
+use crate::mqtt::topic;
+
+/// Most messages one call may queue for publishing.
+pub const MAX_PUBLISHES_PER_CALL: usize = 1_000;
+
+/// A message a guest asked to publish; sent only if its call returns `ok`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outgoing {
+    /// Topic name.
+    pub topic: String,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// 0, 1 or 2.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// What every instance of one function shares: its name, static config and limits.
+#[derive(Debug)]
+pub struct FunctionContext {
+    /// The function's name, for logs.
+    pub name: Arc<str>,
+    /// The `[function.config]` table.
+    pub config: BTreeMap<String, String>,
+    /// Largest payload a guest may publish, in bytes.
+    pub max_publish_bytes: usize,
+    /// Linear-memory cap per instance, in bytes.
+    pub memory_limit: usize,
+    /// Longest a call may run, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// The data of one `Store`: one instance's view of the world.
+pub struct StoreData {
+    ctx: Arc<FunctionContext>,
+    wasi: WasiCtx,
+    table: ResourceTable,
+    /// Set when the guest tried to grow memory past its limit.
+    pub(crate) memory_limit_hit: bool,
+    /// Largest linear memory seen, in bytes.
+    pub(crate) peak_memory: usize,
+    /// Messages published during the current call.
+    pub(crate) outbox: Vec<Outgoing>,
+}
+
+impl StoreData {
+    /// Fresh state for one instance: WASI with no capabilities at all (no files,
+    /// environment, arguments or sockets); stdout/stderr into the log.
+    pub fn new(ctx: Arc<FunctionContext>) -> Self {
+        let wasi = WasiCtxBuilder::new()
+            .stdout(GuestOutput::new(ctx.name.clone(), Stream::Stdout))
+            .stderr(GuestOutput::new(ctx.name.clone(), Stream::Stderr))
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        Self {
+            ctx,
+            wasi,
+            table: ResourceTable::new(),
+            memory_limit_hit: false,
+            peak_memory: 0,
+            outbox: Vec::new(),
+        }
+    }
+
+    /// The function's memory limit in bytes.
+    pub fn memory_limit(&self) -> usize {
+        self.ctx.memory_limit
+    }
+
+    /// The function's timeout in milliseconds.
+    pub fn timeout_ms(&self) -> u64 {
+        self.ctx.timeout_ms
+    }
+}
+
+/// Caps linear memory (the only memory a guest controls) and records its peak. A refused
+/// growth makes `memory.grow` return -1; Rust guests then abort, which traps.
+impl ResourceLimiter for StoreData {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.ctx.memory_limit {
+            self.memory_limit_hit = true;
+            return Ok(false);
+        }
+        self.peak_memory = self.peak_memory.max(desired);
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= 100_000)
+    }
+}
+
+impl WasiView for StoreData {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl types::Host for StoreData {}
+
+impl mqtt::Host for StoreData {
+    fn publish(&mut self, topic: String, payload: Vec<u8>, qos: u8, retain: bool) -> Result<(), String> {
+        topic::validate_name(&topic).map_err(|e| format!("invalid topic `{topic}`: {e}"))?;
+        if qos > 2 {
+            return Err(format!("invalid qos {qos}: must be 0, 1 or 2"));
+        }
+        if payload.len() > self.ctx.max_publish_bytes {
+            return Err(format!(
+                "payload of {} bytes is over the limit of {} bytes",
+                payload.len(),
+                self.ctx.max_publish_bytes
+            ));
+        }
+        if self.outbox.len() >= MAX_PUBLISHES_PER_CALL {
+            return Err(format!(
+                "more than {MAX_PUBLISHES_PER_CALL} messages published in one call"
+            ));
+        }
+        self.outbox.push(Outgoing {
+            topic,
+            payload,
+            qos,
+            retain,
+        });
+        Ok(())
+    }
+}
+
+impl config::Host for StoreData {
+    fn get(&mut self, key: String) -> Option<String> {
+        self.ctx.config.get(&key).cloned()
+    }
+    fn get_all(&mut self) -> Vec<(String, String)> {
+        self.ctx
+            .config
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+impl log::Host for StoreData {
+    fn log(&mut self, level: log::Level, message: String) {
+        let f = &*self.ctx.name;
+        match level {
+            log::Level::Trace => tracing::trace!(function = f, "{message}"),
+            log::Level::Debug => tracing::debug!(function = f, "{message}"),
+            log::Level::Info => tracing::info!(function = f, "{message}"),
+            log::Level::Warn => tracing::warn!(function = f, "{message}"),
+            log::Level::Error => tracing::error!(function = f, "{message}"),
+        }
+    }
+}
+
+fn process_start() -> Instant {
+    static START: OnceLock<Instant> = OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+impl clock::Host for StoreData {
+    fn now_ms(&mut self) -> u64 {
+        now_ms()
+    }
+    fn monotonic_ns(&mut self) -> u64 {
+        u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}

@@ -1,0 +1,104 @@
+//! The WebAssembly side, wrapped in one narrow module: everything that touches wasmtime
+//! lives here.
+//!
+//! - [`engine`]: the one `Engine` per process (pooling probe, epoch ticker);
+//! - [`host`]: store data and the agent's imports (`mqtt`, `config`, `log`, `clock`);
+//! - [`output`]: guest stdout/stderr into the log;
+//! - [`function`]: a loaded function (`InstancePre`, prepared at start-up) and one call of
+//!   it in the on-demand model: fresh store, deadline, limiter, instance, call, drop.
+
+pub mod engine;
+pub mod function;
+pub mod host;
+pub mod output;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::Engine;
+use wasmtime::component::{HasSelf, Linker};
+
+pub use engine::Allocator;
+pub use function::{CallError, CallOutcome, ErrorKind, LoadedFunction};
+pub use host::Outgoing;
+
+use crate::config::Config;
+use host::StoreData;
+
+/// Host bindings for the `function` world in `modules/wit/`.
+#[allow(missing_docs)]
+pub mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../modules/wit",
+        world: "function",
+    });
+}
+
+/// Failures of the runtime at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The engine or linker could not be set up.
+    #[error("wasm engine: {0}")]
+    Engine(String),
+    /// A function's module could not be loaded or does not fit the `function` world.
+    #[error("function `{function}`: {message}")]
+    Load {
+        /// The function's name.
+        function: String,
+        /// What went wrong.
+        message: String,
+    },
+}
+
+/// The engine, the linker and every configured function, ready to run events.
+pub struct Runtime {
+    engine: Engine,
+    allocator: Allocator,
+    functions: HashMap<String, Arc<LoadedFunction>>,
+    _ticker: engine::EpochTicker,
+}
+
+impl Runtime {
+    /// Builds the engine and linker once and prepares every function (compile, link,
+    /// check the export), so that a bad module fails here rather than at its first event.
+    ///
+    /// # Errors
+    /// [`RuntimeError`] naming the function whose module is unusable.
+    pub fn new(cfg: &Config) -> Result<Self, RuntimeError> {
+        let (engine, allocator) = engine::build(cfg)?;
+        let tick = Duration::from_millis(cfg.runtime.epoch_tick_ms);
+        let mut linker: Linker<StoreData> = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
+            .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
+        bindings::Function::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError::Engine(format!("linking agent imports: {e:#}")))?;
+        let mut functions = HashMap::new();
+        for f in &cfg.functions {
+            let loaded = LoadedFunction::load(&engine, &linker, f, tick, cfg.broker.max_packet_bytes)?;
+            functions.insert(f.name.clone(), Arc::new(loaded));
+        }
+        let ticker = engine::EpochTicker::start(&engine, tick)?;
+        Ok(Self {
+            engine,
+            allocator,
+            functions,
+            _ticker: ticker,
+        })
+    }
+
+    /// The function called `name`.
+    pub fn function(&self, name: &str) -> Option<Arc<LoadedFunction>> {
+        self.functions.get(name).cloned()
+    }
+
+    /// Which instance allocator is in use.
+    pub fn allocator(&self) -> Allocator {
+        self.allocator
+    }
+
+    /// The engine (for tools such as precompilation).
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+}
