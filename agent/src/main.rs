@@ -78,13 +78,16 @@ fn fail(e: &AgentError) -> ExitCode {
 
 fn init_tracing(verbose: u8) {
     let default = match verbose {
-        0 => "info,rumqttd=warn,rumqttc=warn",
-        1 => "debug,rumqttd=info,rumqttc=info,cranelift_codegen=info,wasmtime=info",
+        // rumqttd logs ordinary client disconnects as errors: silent unless asked for.
+        0 => "info,rumqttd=off,rumqttc=warn",
+        1 => "debug,rumqttd=warn,rumqttc=info,cranelift_codegen=info,wasmtime=info",
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    use std::io::IsTerminal;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr)
         .init();
 }

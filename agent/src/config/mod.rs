@@ -397,8 +397,20 @@ impl Config {
     }
 }
 
-/// The `config` crate appends the origin ("in FILE") to its messages, which we already
-/// print in front; keep the message on one line.
+/// Keeps the `config` crate's message on one line and writes its key paths the way the
+/// file spells them (`function[0].qos`, where it prints `function[0]qos`).
 fn clean_message(msg: &str) -> String {
-    msg.replace('\n', " ").trim().to_string()
+    let mut out = String::with_capacity(msg.len());
+    let mut prev = ' ';
+    for c in msg.chars() {
+        if prev == ']' && (c.is_ascii_alphanumeric() || c == '_') {
+            out.push('.');
+        }
+        out.push(if c == '\n' { ' ' } else { c });
+        prev = c;
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,202 @@
+//! Config loading and validation: each bad config gives one line naming the key.
+
+use std::path::{Path, PathBuf};
+
+use super::{Config, ConfigError};
+
+struct Case {
+    dir: tempfile::TempDir,
+}
+
+impl Case {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        std::fs::write(dir.path().join("f.wasm"), b"\0asm").unwrap_or_else(|e| panic!("{e}"));
+        Self { dir }
+    }
+    fn module(&self) -> PathBuf {
+        self.dir.path().join("f.wasm")
+    }
+    fn load(&self, name: &str, text: &str) -> Result<Config, ConfigError> {
+        self.load_env(name, text, Vec::new())
+    }
+    fn load_env(&self, name: &str, text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
+        let path = self.dir.path().join(name);
+        std::fs::write(&path, text.replace("MODULE", &self.module().display().to_string()))
+            .unwrap_or_else(|e| panic!("{e}"));
+        Config::load_with_env(&path, env)
+    }
+    fn err(&self, text: &str) -> String {
+        match self.load("agent.toml", text) {
+            Ok(_) => panic!("config was accepted:\n{text}"),
+            Err(e) => {
+                let s = e.to_string();
+                assert!(!s.contains('\n'), "error spans lines: {s}");
+                assert!(s.contains("agent.toml"), "error does not name the file: {s}");
+                s
+            }
+        }
+    }
+}
+
+const GOOD: &str = r#"
+[agent]
+id = "a1"
+[broker]
+url = "mqtt://127.0.0.1:1883"
+[[function]]
+name = "f"
+module = "MODULE"
+topics = ["sensors/+/temperature"]
+[function.config]
+threshold = 30
+"#;
+
+fn with(extra_broker: &str, extra_fn: &str) -> String {
+    GOOD.replace("url = \"mqtt://127.0.0.1:1883\"", &format!("url = \"mqtt://127.0.0.1:1883\"\n{extra_broker}"))
+        .replace("topics = [\"sensors/+/temperature\"]", &format!("topics = [\"sensors/+/temperature\"]\n{extra_fn}"))
+}
+
+#[test]
+fn good_config_has_defaults() {
+    let c = Case::new();
+    let cfg = c.load("agent.toml", GOOD).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.client_id(), "edge-agent-a1");
+    assert!(!cfg.broker.clean_session);
+    let f = &cfg.functions[0];
+    assert_eq!((f.qos, f.timeout_ms), (1, 1000));
+    assert_eq!(f.config.get("threshold").map(String::as_str), Some("30"));
+    assert_eq!(cfg.dead_letter_topic(), "edge-agent/a1/dead-letter");
+}
+
+#[test]
+fn yaml_and_json_are_accepted() {
+    let c = Case::new();
+    let m = c.module().display().to_string();
+    let yaml = format!("agent:\n  id: y\nfunction:\n  - name: f\n    module: {m}\n    topics: [\"a/#\"]\n");
+    let cfg = c.load("agent.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.agent.id, "y");
+    let json = format!(r#"{{"function": [{{"name": "f", "module": "{m}", "topics": ["a/#"]}}]}}"#);
+    let cfg = c.load("agent.json", &json).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.functions[0].topics, ["a/#"]);
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let c = Case::new();
+    let env = vec![
+        ("EDGE_AGENT__BROKER__URL".to_string(), "mqtt://10.0.0.1:1999".to_string()),
+        ("EDGE_AGENT__BROKER__CLEAN_SESSION".to_string(), "true".to_string()),
+        ("EDGE_AGENT__AGENT__ID".to_string(), "from-env".to_string()),
+        ("UNRELATED".to_string(), "x".to_string()),
+    ];
+    let cfg = c.load_env("agent.toml", GOOD, env).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.broker.url, "mqtt://10.0.0.1:1999");
+    assert!(cfg.broker.clean_session);
+    assert_eq!(cfg.agent.id, "from-env");
+}
+
+#[test]
+fn unknown_key() {
+    let e = Case::new().err(&with("colour = \"blue\"", ""));
+    assert!(e.contains("unknown field `colour`"), "{e}");
+}
+
+#[test]
+fn unknown_key_in_function() {
+    let e = Case::new().err(&with("", "timout_ms = 5"));
+    assert!(e.contains("unknown field `timout_ms`"), "{e}");
+}
+
+#[test]
+fn wrong_type() {
+    let e = Case::new().err(&with("", "qos = \"high\""));
+    assert!(e.contains("for key `function[0].qos`"), "{e}");
+}
+
+#[test]
+fn qos_out_of_range() {
+    let e = Case::new().err(&with("", "qos = 3"));
+    assert!(e.contains("`function[f].qos`: must be 0, 1 or 2"), "{e}");
+}
+
+#[test]
+fn missing_module_file() {
+    let e = Case::new().err(&GOOD.replace("MODULE", "/nonexistent/x.wasm"));
+    assert!(e.contains("`function[f].module`: cannot read /nonexistent/x.wasm"), "{e}");
+}
+
+#[test]
+fn invalid_topic_filter() {
+    let e = Case::new().err(&GOOD.replace("sensors/+/temperature", "sensors/#/temperature"));
+    assert!(e.contains("`function[f].topics`: topic filter `sensors/#/temperature`"), "{e}");
+    let e = Case::new().err(&GOOD.replace("sensors/+/temperature", "sensors/a+"));
+    assert!(e.contains("`+` must stand alone"), "{e}");
+}
+
+#[test]
+fn duplicate_function_names() {
+    let text = format!("{GOOD}\n[[function]]\nname = \"f\"\nmodule = \"MODULE\"\ntopics = [\"x\"]\n");
+    let e = Case::new().err(&text);
+    assert!(e.contains("`function[f].name`: duplicate function name"), "{e}");
+}
+
+#[test]
+fn missing_required_field() {
+    let e = Case::new().err("[[function]]\nname = \"f\"\ntopics = [\"x\"]\n");
+    assert!(e.contains("function[0].module"), "{e}");
+}
+
+#[test]
+fn bad_broker_url() {
+    let e = Case::new().err(&GOOD.replace("mqtt://127.0.0.1:1883", "http://x"));
+    assert!(e.contains("`broker.url`: unsupported scheme `http://`"), "{e}");
+}
+
+#[test]
+fn embedded_broker_needs_plain_tcp() {
+    let text = GOOD.replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
+        .replace("[broker]", "[broker]\nembedded = true");
+    let e = Case::new().err(&text);
+    assert!(e.contains("`broker.embedded`"), "{e}");
+}
+
+#[test]
+fn missing_tls_file() {
+    let text = "[broker]\nurl = \"mqtts://127.0.0.1:8883\"\n[broker.tls]\nca_file = \"/nonexistent/ca.pem\"\n\
+                [[function]]\nname = \"f\"\nmodule = \"MODULE\"\ntopics = [\"x\"]\n";
+    let e = Case::new().err(text);
+    assert!(e.contains("`broker.tls.ca_file`: cannot read /nonexistent/ca.pem"), "{e}");
+}
+
+#[test]
+fn no_functions() {
+    let e = Case::new().err("[agent]\nid = \"x\"\n");
+    assert!(e.contains("no [[function]] is configured"), "{e}");
+}
+
+#[test]
+fn bad_agent_id() {
+    let e = Case::new().err(&GOOD.replace("id = \"a1\"", "id = \"a/b\""));
+    assert!(e.contains("`agent.id`"), "{e}");
+}
+
+#[test]
+fn unreadable_config_file() {
+    let e = Config::load(Path::new("/nonexistent/agent.toml")).err().map(|e| e.to_string());
+    let e = e.unwrap_or_else(|| panic!("loaded a missing file"));
+    assert!(e.starts_with("/nonexistent/agent.toml: cannot read config file"), "{e}");
+}
+
+#[test]
+fn unknown_extension() {
+    let c = Case::new();
+    let e = c.load("agent.ini", GOOD).err().map(|e| e.to_string()).unwrap_or_default();
+    assert!(e.contains("unknown config format"), "{e}");
+}
+
+#[test]
+fn toml_syntax_error() {
+    let e = Case::new().err("[agent\nid = 1");
+    assert!(!e.is_empty());
+}
