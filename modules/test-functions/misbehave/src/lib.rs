@@ -1,0 +1,99 @@
+//! `misbehave`: does whatever the payload says, to test how the agent copes.
+//!
+//! Replies go to config `out_topic` (`{topic}` is replaced by the incoming topic) with the
+//! event's QoS, not retained. Commands (the whole payload, as UTF-8):
+//!
+//! | payload            | behaviour                                                        |
+//! |--------------------|------------------------------------------------------------------|
+//! | `ok`               | publishes `ok`                                                   |
+//! | `err:MSG`          | returns `Err(MSG)`                                               |
+//! | `panic`            | panics (a trap)                                                  |
+//! | `loop`             | loops forever, calling the clock                                 |
+//! | `sleep:MS`         | busy-waits `MS` ms on the monotonic clock, publishes `slept MS`  |
+//! | `alloc:MB`         | allocates and touches `MB` MiB, publishes `allocated MB`         |
+//! | `stdout:TEXT`      | prints `TEXT` to stdout and `err TEXT` to stderr                 |
+//! | `env`              | publishes `{"env_vars":N,"read_dir":"..."}`: what WASI exposes   |
+//! | `publish-many:N`   | publishes `0`, `1`, ... `N-1`                                    |
+//! | `publish-then-err` | publishes `should-not-arrive`, then returns `Err`                |
+//!
+//! Anything else returns `Err("unknown command: PAYLOAD")`.
+
+use std::hint::black_box;
+
+use edge_agent_sdk::{Event, Function, clock, config, fill_topic, publish};
+
+/// The `misbehave` function.
+struct Misbehave;
+
+impl Function for Misbehave {
+    fn handle(event: Event) -> Result<(), String> {
+        let command = event.payload_str()?;
+        let reply = |payload: &str| {
+            let topic = fill_topic(&config::require("out_topic")?, &event.topic);
+            publish(&topic, payload.as_bytes(), event.qos, false)
+        };
+        let (verb, arg) = command.split_once(':').unwrap_or((command, ""));
+        match (verb, command.contains(':')) {
+            ("ok", false) => reply("ok"),
+            ("err", true) => Err(arg.to_string()),
+            ("panic", false) => panic!("misbehave: panicking as asked"),
+            ("loop", false) => loop {
+                black_box(clock::monotonic_ns());
+            },
+            ("sleep", true) => {
+                let ms: u64 = number(arg)?;
+                let start = clock::monotonic_ns();
+                while clock::monotonic_ns().saturating_sub(start) < ms.saturating_mul(1_000_000) {
+                    std::hint::spin_loop();
+                }
+                reply(&format!("slept {ms}"))
+            }
+            ("alloc", true) => {
+                let mb: usize = number(arg)?;
+                let len = mb
+                    .checked_mul(1 << 20)
+                    .ok_or_else(|| format!("cannot allocate {mb} MiB"))?;
+                let mut memory = vec![0u8; len];
+                for i in (0..len).step_by(4096) {
+                    memory[i] = 1;
+                }
+                black_box(&memory);
+                reply(&format!("allocated {mb}"))
+            }
+            ("stdout", true) => {
+                println!("{arg}");
+                eprintln!("err {arg}");
+                Ok(())
+            }
+            ("env", false) => {
+                let env_vars = std::env::vars().count();
+                let read_dir = match std::fs::read_dir("/") {
+                    Ok(entries) => format!("ok: {} entries", entries.count()),
+                    Err(e) => format!("error: {e}"),
+                };
+                let report = serde_json::json!({ "env_vars": env_vars, "read_dir": read_dir });
+                reply(&report.to_string())
+            }
+            ("publish-many", true) => {
+                let n: u32 = number(arg)?;
+                let topic = fill_topic(&config::require("out_topic")?, &event.topic);
+                for i in 0..n {
+                    publish(&topic, i.to_string().as_bytes(), event.qos, false)?;
+                }
+                Ok(())
+            }
+            ("publish-then-err", false) => {
+                reply("should-not-arrive")?;
+                Err("failed after publish".into())
+            }
+            _ => Err(format!("unknown command: {command}")),
+        }
+    }
+}
+
+edge_agent_sdk::export_function!(Misbehave);
+
+/// Parses a command's numeric argument.
+fn number<T: std::str::FromStr>(arg: &str) -> Result<T, String> {
+    arg.parse().map_err(|_| format!("not a number: {arg:?}"))
+}
