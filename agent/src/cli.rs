@@ -46,7 +46,12 @@ pub struct PublishArgs {
     pub topic: String,
     /// Payload; `{seq}` (0, 1, ...) and `{ts_ms}` (ms since the Unix epoch) are replaced
     /// in each message.
-    #[arg(short, long, conflicts_with = "payload_file", required_unless_present = "payload_file")]
+    #[arg(
+        short,
+        long,
+        conflicts_with = "payload_file",
+        required_unless_present = "payload_file"
+    )]
     pub payload: Option<String>,
     /// Read the payload from a file (placeholders are replaced too if it is UTF-8).
     #[arg(long)]

@@ -64,10 +64,15 @@ impl AgentError {
     /// 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Self::Config(_) | Self::Runtime { source: RuntimeError::Load { .. }, .. } => {
-                config::EXIT_CONFIG
-            }
-            Self::Mqtt { source: MqttError::Tls { .. }, .. } => config::EXIT_CONFIG,
+            Self::Config(_)
+            | Self::Runtime {
+                source: RuntimeError::Load { .. },
+                ..
+            } => config::EXIT_CONFIG,
+            Self::Mqtt {
+                source: MqttError::Tls { .. },
+                ..
+            } => config::EXIT_CONFIG,
             _ => 1,
         }
     }
@@ -183,7 +188,7 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
         });
         all_stats.push((f.name.clone(), stats));
     }
-    let router = router::Router::new(routes, ack_tx, sink);
+    let router = router::Router::new(routes, mqtt::ack::AckQueue::new(ack_tx), sink);
     let subscriptions = mqtt::topic::subscriptions(
         cfg.functions
             .iter()
@@ -204,7 +209,10 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
 
     shutdown.await;
     let grace = Duration::from_millis(cfg.agent.shutdown_grace_ms);
-    tracing::info!(grace_ms = grace.as_millis() as u64, "shutting down: stopping intake");
+    tracing::info!(
+        grace_ms = grace.as_millis() as u64,
+        "shutting down: stopping intake"
+    );
     stop_intake.cancel();
     // The router is gone, so queues close; workers drain them and finish.
     let drained = tokio::time::timeout(grace, async {
@@ -216,13 +224,18 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
     })
     .await;
     if drained.is_err() {
-        tracing::warn!("grace period over: events still in flight are left unacknowledged for redelivery");
+        tracing::warn!(
+            "grace period over: events still in flight are left unacknowledged for redelivery"
+        );
     }
     // Remaining acks first, then a clean DISCONNECT, both through the request queue.
     drop(wctx);
     let _ = tokio::time::timeout(Duration::from_secs(1), acker).await;
     let _ = client.disconnect().await;
-    if tokio::time::timeout(Duration::from_secs(2), connection).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(2), connection)
+        .await
+        .is_err()
+    {
         conn_done.cancel();
     }
     for (name, stats) in all_stats {

@@ -45,7 +45,10 @@ fn main() -> ExitCode {
             }
         }
         Command::Publish(args) => {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("error: cannot start the async runtime: {e}");
@@ -59,7 +62,13 @@ fn main() -> ExitCode {
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
-                    ExitCode::from(if matches!(e, edge_agent::publish::PublishError::Usage(_)) { 64 } else { 69 })
+                    ExitCode::from(
+                        if matches!(e, edge_agent::publish::PublishError::Usage(_)) {
+                            64
+                        } else {
+                            69
+                        },
+                    )
                 }
             }
         }
@@ -97,7 +106,10 @@ async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) {
+        match (
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::terminate()),
+        ) {
             (Ok(mut int), Ok(mut term)) => {
                 tokio::select! {
                     _ = int.recv() => tracing::info!("SIGINT received"),

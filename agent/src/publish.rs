@@ -40,7 +40,11 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
                 .map_err(|e| PublishError::Usage(format!("cannot read {}: {e}", f.display())))?;
             String::from_utf8(bytes).map_err(|e| e.into_bytes())
         }
-        (None, None) => return Err(PublishError::Usage("give --payload or --payload-file".into())),
+        (None, None) => {
+            return Err(PublishError::Usage(
+                "give --payload or --payload-file".into(),
+            ));
+        }
     };
     let mut cfg_for_tls: Config = Config {
         agent: Default::default(),
@@ -53,7 +57,11 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
         ca_file: Some(ca),
         ..TlsConfig::default()
     });
-    let id = format!("edge-agent-publish-{}-{}", std::process::id(), crate::runtime::host::now_ms());
+    let id = format!(
+        "edge-agent-publish-{}-{}",
+        std::process::id(),
+        crate::runtime::host::now_ms()
+    );
     let mut opts = crate::mqtt::options::client_options(&args.broker, &id, &cfg_for_tls)
         .map_err(|e| PublishError::Usage(e.to_string()))?;
     opts.set_keep_alive(Duration::from_secs(30))
@@ -65,7 +73,10 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     let qos = crate::mqtt::qos(args.qos);
     let count = args.count;
-    let interval = args.rate.filter(|r| *r > 0.0).map(|r| Duration::from_secs_f64(1.0 / r));
+    let interval = args
+        .rate
+        .filter(|r| *r > 0.0)
+        .map(|r| Duration::from_secs_f64(1.0 / r));
     let topic = args.topic.clone();
     let retain = args.retain;
     let producer_client = client.clone();
@@ -83,7 +94,11 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
                 Ok(text) => render(text, seq, crate::runtime::host::now_ms()).into_bytes(),
                 Err(bytes) => bytes.clone(),
             };
-            if producer_client.publish(topic.clone(), qos, retain, payload).await.is_err() {
+            if producer_client
+                .publish(topic.clone(), qos, retain, payload)
+                .await
+                .is_err()
+            {
                 break;
             }
         }
@@ -121,7 +136,10 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
 mod tests {
     #[test]
     fn placeholders_are_replaced() {
-        assert_eq!(super::render("{\"n\":{seq},\"t\":{ts_ms}}", 7, 42), "{\"n\":7,\"t\":42}");
+        assert_eq!(
+            super::render("{\"n\":{seq},\"t\":{ts_ms}}", 7, 42),
+            "{\"n\":7,\"t\":42}"
+        );
         assert_eq!(super::render("plain", 1, 2), "plain");
     }
 }

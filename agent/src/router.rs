@@ -14,6 +14,7 @@ use rumqttc::Publish;
 use tokio::sync::mpsc;
 
 use crate::metrics::FunctionStats;
+use crate::mqtt::ack::{AckQueue, Ticket};
 use crate::mqtt::topic;
 use crate::runtime::ErrorKind;
 use crate::sink::{DeadLetter, Sink};
@@ -38,35 +39,30 @@ pub struct Event {
 }
 
 /// Acknowledgement bookkeeping for one received message.
-#[derive(Debug)]
 pub struct Delivery {
     remaining: AtomicUsize,
-    ack: Option<(Publish, mpsc::UnboundedSender<Publish>)>,
+    ticket: Option<Ticket>,
+    acks: Arc<AckQueue>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("ticket", &self.ticket)
+            .finish()
+    }
 }
 
 impl Delivery {
-    fn new(publish: &Publish, functions: usize, acks: &mpsc::UnboundedSender<Publish>) -> Self {
-        // The ack needs only the packet id and QoS: do not keep the payload twice.
-        let ack = (publish.qos != rumqttc::QoS::AtMostOnce).then(|| {
-            let mut p = Publish::new("", publish.qos, Vec::new());
-            p.pkid = publish.pkid;
-            (p, acks.clone())
-        });
-        Self {
-            remaining: AtomicUsize::new(functions),
-            ack,
-        }
-    }
-
-    /// Marks one function as done with the message; the last one acknowledges it. A
-    /// delivery that is dropped without being completed is never acknowledged, so the
-    /// broker redelivers it when the session resumes.
+    /// Marks one function as done with the message; the last one releases its
+    /// acknowledgement (sent once every earlier message is acknowledged too). A delivery
+    /// that is dropped without being completed is never acknowledged, so the broker
+    /// redelivers it when the session resumes.
     pub fn complete(&self) {
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some((p, tx)) = &self.ack
+            && let Some(t) = self.ticket
         {
-            // The ack task only goes away at shutdown, when redelivery is the right outcome.
-            let _ = tx.send(p.clone());
+            self.acks.done(t);
         }
     }
 }
@@ -88,14 +84,20 @@ pub struct Route {
 /// Routes messages to function queues.
 pub struct Router {
     routes: Vec<Route>,
-    acks: mpsc::UnboundedSender<Publish>,
+    acks: Arc<AckQueue>,
     sink: Sink,
 }
 
 impl Router {
-    /// A router over `routes`; acknowledgements go to `acks`, dead letters to `sink`.
-    pub fn new(routes: Vec<Route>, acks: mpsc::UnboundedSender<Publish>, sink: Sink) -> Self {
+    /// A router over `routes`; acknowledgements are ordered by `acks`, dead letters go to
+    /// `sink`.
+    pub fn new(routes: Vec<Route>, acks: Arc<AckQueue>, sink: Sink) -> Self {
         Self { routes, acks, sink }
+    }
+
+    /// A (re)connection: packet ids of the previous connection are void.
+    pub fn connected(&self) {
+        self.acks.reset();
     }
 
     /// Hands `publish` to every function whose filters match its topic. Never blocks.
@@ -107,7 +109,11 @@ impl Router {
             .iter()
             .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
             .collect();
-        let delivery = Arc::new(Delivery::new(&publish, targets.len().max(1), &self.acks));
+        let delivery = Arc::new(Delivery {
+            remaining: AtomicUsize::new(targets.len().max(1)),
+            ticket: self.acks.register(&publish),
+            acks: self.acks.clone(),
+        });
         if targets.is_empty() {
             // Covered by a merged subscription but wanted by no function.
             tracing::trace!(topic = %publish.topic, "no function for topic");

@@ -74,7 +74,12 @@ impl Sink {
     /// queue is full. Returns false if the connection is gone (shutting down).
     pub async fn publish(&self, msg: Outgoing) -> bool {
         self.client
-            .publish(msg.topic, crate::mqtt::qos(msg.qos), msg.retain, msg.payload)
+            .publish(
+                msg.topic,
+                crate::mqtt::qos(msg.qos),
+                msg.retain,
+                msg.payload,
+            )
             .await
             .is_ok()
     }

@@ -36,8 +36,12 @@ pub async fn run_on_demand(
     let own = Arc::new(Semaphore::new(max_concurrency as usize));
     while let Some(event) = queue.recv().await {
         // Both semaphores live as long as the worker; acquire cannot fail.
-        let Ok(own_permit) = own.clone().acquire_owned().await else { break };
-        let Ok(pool_permit) = ctx.instances.clone().acquire_owned().await else { break };
+        let Ok(own_permit) = own.clone().acquire_owned().await else {
+            break;
+        };
+        let Ok(pool_permit) = ctx.instances.clone().acquire_owned().await else {
+            break;
+        };
         let function = function.clone();
         let stats = stats.clone();
         let sink = ctx.sink.clone();

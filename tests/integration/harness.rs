@@ -33,7 +33,9 @@ pub fn guests() -> PathBuf {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
-        root.join("modules/dist").canonicalize().expect("modules/dist exists")
+        root.join("modules/dist")
+            .canonicalize()
+            .expect("modules/dist exists")
     })
     .clone()
 }
@@ -59,7 +61,11 @@ pub fn wait_for_port(port: u16) {
 fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{prefix}-{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 /// A Mosquitto broker started for one test, killed on drop.
@@ -90,7 +96,11 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto (apt-get install mosquitto)");
         wait_for_port(port);
-        Self { child, port, _dir: dir }
+        Self {
+            child,
+            port,
+            _dir: dir,
+        }
     }
 
     pub fn url(&self) -> String {
@@ -118,7 +128,7 @@ fn mosquitto_binary() -> PathBuf {
 pub struct Agent {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
-    pub dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
 }
 
 pub fn agent_bin() -> &'static str {
@@ -141,7 +151,11 @@ impl Agent {
         let mut child = Command::new(agent_bin())
             .args(["run", "--config"])
             .arg(&path)
-            .env("RUST_LOG", "info,rumqttd=off,rumqttc=warn")
+            .env(
+                "RUST_LOG",
+                std::env::var("EDGE_AGENT_TEST_LOG")
+                    .unwrap_or_else(|_| "info,rumqttd=off,rumqttc=warn".into()),
+            )
             .env("NO_COLOR", "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -155,7 +169,11 @@ impl Agent {
                 sink.lock().unwrap().push(line);
             }
         });
-        Self { child, log, dir }
+        Self {
+            child,
+            log,
+            _dir: dir,
+        }
     }
 
     pub fn log_text(&self) -> String {
@@ -170,9 +188,16 @@ impl Agent {
                 return;
             }
             if let Ok(Some(status)) = self.child_status() {
-                panic!("agent exited ({status}) before logging `{needle}`:\n{}", self.log_text());
+                panic!(
+                    "agent exited ({status}) before logging `{needle}`:\n{}",
+                    self.log_text()
+                );
             }
-            assert!(Instant::now() < deadline, "agent never logged `{needle}`:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent never logged `{needle}`:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -206,7 +231,11 @@ impl Agent {
                 std::thread::sleep(Duration::from_millis(100));
                 return (status, self.log_text());
             }
-            assert!(Instant::now() < deadline, "agent did not stop:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "agent did not stop:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -263,12 +292,18 @@ impl Client {
                         let _ = ready_tx.send(());
                     }
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    Err(e) => {
+                        eprintln!("test client: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
                 }
             }
         });
         for s in subscriptions {
-            client.subscribe(*s, QoS::AtLeastOnce).await.expect("subscribe");
+            client
+                .subscribe(*s, QoS::AtLeastOnce)
+                .await
+                .expect("subscribe");
             tokio::time::timeout(WAIT, ready_rx.recv())
                 .await
                 .expect("suback in time");

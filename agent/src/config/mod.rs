@@ -388,7 +388,11 @@ impl Config {
         format!("{}/{}/dead-letter", self.agent.topic_prefix, self.agent.id)
     }
 
-    pub(crate) fn invalid(&self, key: impl Into<String>, message: impl Into<String>) -> ConfigError {
+    pub(crate) fn invalid(
+        &self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
         ConfigError::Invalid {
             file: self.source.clone(),
             key: key.into(),

@@ -20,10 +20,18 @@ impl Case {
     fn load(&self, name: &str, text: &str) -> Result<Config, ConfigError> {
         self.load_env(name, text, Vec::new())
     }
-    fn load_env(&self, name: &str, text: &str, env: Vec<(String, String)>) -> Result<Config, ConfigError> {
+    fn load_env(
+        &self,
+        name: &str,
+        text: &str,
+        env: Vec<(String, String)>,
+    ) -> Result<Config, ConfigError> {
         let path = self.dir.path().join(name);
-        std::fs::write(&path, text.replace("MODULE", &self.module().display().to_string()))
-            .unwrap_or_else(|e| panic!("{e}"));
+        std::fs::write(
+            &path,
+            text.replace("MODULE", &self.module().display().to_string()),
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         Config::load_with_env(&path, env)
     }
     fn err(&self, text: &str) -> String {
@@ -32,7 +40,10 @@ impl Case {
             Err(e) => {
                 let s = e.to_string();
                 assert!(!s.contains('\n'), "error spans lines: {s}");
-                assert!(s.contains("agent.toml"), "error does not name the file: {s}");
+                assert!(
+                    s.contains("agent.toml"),
+                    "error does not name the file: {s}"
+                );
                 s
             }
         }
@@ -53,8 +64,14 @@ threshold = 30
 "#;
 
 fn with(extra_broker: &str, extra_fn: &str) -> String {
-    GOOD.replace("url = \"mqtt://127.0.0.1:1883\"", &format!("url = \"mqtt://127.0.0.1:1883\"\n{extra_broker}"))
-        .replace("topics = [\"sensors/+/temperature\"]", &format!("topics = [\"sensors/+/temperature\"]\n{extra_fn}"))
+    GOOD.replace(
+        "url = \"mqtt://127.0.0.1:1883\"",
+        &format!("url = \"mqtt://127.0.0.1:1883\"\n{extra_broker}"),
+    )
+    .replace(
+        "topics = [\"sensors/+/temperature\"]",
+        &format!("topics = [\"sensors/+/temperature\"]\n{extra_fn}"),
+    )
 }
 
 #[test]
@@ -73,11 +90,17 @@ fn good_config_has_defaults() {
 fn yaml_and_json_are_accepted() {
     let c = Case::new();
     let m = c.module().display().to_string();
-    let yaml = format!("agent:\n  id: y\nfunction:\n  - name: f\n    module: {m}\n    topics: [\"a/#\"]\n");
-    let cfg = c.load("agent.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let yaml = format!(
+        "agent:\n  id: y\nfunction:\n  - name: f\n    module: {m}\n    topics: [\"a/#\"]\n"
+    );
+    let cfg = c
+        .load("agent.yaml", &yaml)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.agent.id, "y");
     let json = format!(r#"{{"function": [{{"name": "f", "module": "{m}", "topics": ["a/#"]}}]}}"#);
-    let cfg = c.load("agent.json", &json).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = c
+        .load("agent.json", &json)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.functions[0].topics, ["a/#"]);
 }
 
@@ -85,12 +108,20 @@ fn yaml_and_json_are_accepted() {
 fn environment_overrides_the_file() {
     let c = Case::new();
     let env = vec![
-        ("EDGE_AGENT__BROKER__URL".to_string(), "mqtt://10.0.0.1:1999".to_string()),
-        ("EDGE_AGENT__BROKER__CLEAN_SESSION".to_string(), "true".to_string()),
+        (
+            "EDGE_AGENT__BROKER__URL".to_string(),
+            "mqtt://10.0.0.1:1999".to_string(),
+        ),
+        (
+            "EDGE_AGENT__BROKER__CLEAN_SESSION".to_string(),
+            "true".to_string(),
+        ),
         ("EDGE_AGENT__AGENT__ID".to_string(), "from-env".to_string()),
         ("UNRELATED".to_string(), "x".to_string()),
     ];
-    let cfg = c.load_env("agent.toml", GOOD, env).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = c
+        .load_env("agent.toml", GOOD, env)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(cfg.broker.url, "mqtt://10.0.0.1:1999");
     assert!(cfg.broker.clean_session);
     assert_eq!(cfg.agent.id, "from-env");
@@ -123,22 +154,32 @@ fn qos_out_of_range() {
 #[test]
 fn missing_module_file() {
     let e = Case::new().err(&GOOD.replace("MODULE", "/nonexistent/x.wasm"));
-    assert!(e.contains("`function[f].module`: cannot read /nonexistent/x.wasm"), "{e}");
+    assert!(
+        e.contains("`function[f].module`: cannot read /nonexistent/x.wasm"),
+        "{e}"
+    );
 }
 
 #[test]
 fn invalid_topic_filter() {
     let e = Case::new().err(&GOOD.replace("sensors/+/temperature", "sensors/#/temperature"));
-    assert!(e.contains("`function[f].topics`: topic filter `sensors/#/temperature`"), "{e}");
+    assert!(
+        e.contains("`function[f].topics`: topic filter `sensors/#/temperature`"),
+        "{e}"
+    );
     let e = Case::new().err(&GOOD.replace("sensors/+/temperature", "sensors/a+"));
     assert!(e.contains("`+` must stand alone"), "{e}");
 }
 
 #[test]
 fn duplicate_function_names() {
-    let text = format!("{GOOD}\n[[function]]\nname = \"f\"\nmodule = \"MODULE\"\ntopics = [\"x\"]\n");
+    let text =
+        format!("{GOOD}\n[[function]]\nname = \"f\"\nmodule = \"MODULE\"\ntopics = [\"x\"]\n");
     let e = Case::new().err(&text);
-    assert!(e.contains("`function[f].name`: duplicate function name"), "{e}");
+    assert!(
+        e.contains("`function[f].name`: duplicate function name"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -150,12 +191,16 @@ fn missing_required_field() {
 #[test]
 fn bad_broker_url() {
     let e = Case::new().err(&GOOD.replace("mqtt://127.0.0.1:1883", "http://x"));
-    assert!(e.contains("`broker.url`: unsupported scheme `http://`"), "{e}");
+    assert!(
+        e.contains("`broker.url`: unsupported scheme `http://`"),
+        "{e}"
+    );
 }
 
 #[test]
 fn embedded_broker_needs_plain_tcp() {
-    let text = GOOD.replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
+    let text = GOOD
+        .replace("mqtt://127.0.0.1:1883", "mqtts://127.0.0.1:8883")
         .replace("[broker]", "[broker]\nembedded = true");
     let e = Case::new().err(&text);
     assert!(e.contains("`broker.embedded`"), "{e}");
@@ -166,7 +211,10 @@ fn missing_tls_file() {
     let text = "[broker]\nurl = \"mqtts://127.0.0.1:8883\"\n[broker.tls]\nca_file = \"/nonexistent/ca.pem\"\n\
                 [[function]]\nname = \"f\"\nmodule = \"MODULE\"\ntopics = [\"x\"]\n";
     let e = Case::new().err(text);
-    assert!(e.contains("`broker.tls.ca_file`: cannot read /nonexistent/ca.pem"), "{e}");
+    assert!(
+        e.contains("`broker.tls.ca_file`: cannot read /nonexistent/ca.pem"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -183,15 +231,24 @@ fn bad_agent_id() {
 
 #[test]
 fn unreadable_config_file() {
-    let e = Config::load(Path::new("/nonexistent/agent.toml")).err().map(|e| e.to_string());
+    let e = Config::load(Path::new("/nonexistent/agent.toml"))
+        .err()
+        .map(|e| e.to_string());
     let e = e.unwrap_or_else(|| panic!("loaded a missing file"));
-    assert!(e.starts_with("/nonexistent/agent.toml: cannot read config file"), "{e}");
+    assert!(
+        e.starts_with("/nonexistent/agent.toml: cannot read config file"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_extension() {
     let c = Case::new();
-    let e = c.load("agent.ini", GOOD).err().map(|e| e.to_string()).unwrap_or_default();
+    let e = c
+        .load("agent.ini", GOOD)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
     assert!(e.contains("unknown config format"), "{e}");
 }
 

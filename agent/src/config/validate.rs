@@ -66,7 +66,9 @@ impl BrokerAddress {
 
 fn parse_port(p: &str, url: &str) -> Result<u16, String> {
     match p.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!("`{url}`: port `{p}` is not a number from 1 to 65535")),
+        Ok(0) | Err(_) => Err(format!(
+            "`{url}`: port `{p}` is not a number from 1 to 65535"
+        )),
         Ok(n) => Ok(n),
     }
 }

@@ -77,7 +77,9 @@ dynamic_filters = true
     let deadline = Instant::now() + Duration::from_secs(5);
     while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
         if Instant::now() > deadline {
-            return Err(MqttError::Broker(format!("did not start listening on {listen}")));
+            return Err(MqttError::Broker(format!(
+                "did not start listening on {listen}"
+            )));
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, ConnectReturnCode, Event, EventLoop, Outgoing, Packet, SubscribeFilter};
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, Event, EventLoop, Outgoing, Packet, SubscribeFilter,
+};
 use tokio_util::sync::CancellationToken;
 
 use super::topic::Subscription;
@@ -28,7 +30,12 @@ impl ConnectionTask {
     /// Runs until `done` is cancelled or a clean disconnect has been sent. When
     /// `stop_intake` is cancelled the router is dropped: later messages are left
     /// unacknowledged for the broker to redeliver, and the functions' queues close.
-    pub async fn run(mut self, router: Router, stop_intake: CancellationToken, done: CancellationToken) {
+    pub async fn run(
+        mut self,
+        router: Router,
+        stop_intake: CancellationToken,
+        done: CancellationToken,
+    ) {
         let mut router = Some(router);
         let mut backoff = self.backoff_min;
         let mut failures: u32 = 0;
@@ -49,6 +56,9 @@ impl ConnectionTask {
                         if ack.code == ConnectReturnCode::Success {
                             tracing::info!(session_present = ack.session_present, "connected to broker");
                             backoff = self.backoff_min;
+                            if let Some(r) = &router {
+                                r.connected();
+                            }
                             failures = 0;
                             if router.is_some() {
                                 self.subscribe();

@@ -1,6 +1,7 @@
 //! MQTT: topic rules ([`topic`]), client options ([`options`]), the connection task that
 //! polls the broker and routes events ([`connection`]) and the embedded broker ([`broker`]).
 
+pub mod ack;
 pub mod broker;
 pub mod connection;
 pub mod options;

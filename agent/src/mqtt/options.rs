@@ -44,9 +44,9 @@ pub fn client_options(url: &str, client_id: &str, cfg: &Config) -> Result<MqttOp
     })?;
     let mut opts = MqttOptions::new(client_id, addr.host.clone(), addr.port);
     if addr.tls {
-        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(
-            tls_config(cfg)?,
-        ))));
+        opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            Arc::new(tls_config(cfg)?),
+        )));
     }
     Ok(opts)
 }
@@ -107,7 +107,10 @@ fn read_certs(
         .collect::<Result<_, _>>()
         .map_err(|e| err(format!("{}: {e}", path.display())))?;
     if certs.is_empty() {
-        return Err(err(format!("{}: no PEM certificate in file", path.display())));
+        return Err(err(format!(
+            "{}: no PEM certificate in file",
+            path.display()
+        )));
     }
     Ok(certs)
 }

@@ -182,8 +182,14 @@ mod tests {
         assert!(matches("sport/#", "sport"));
         assert!(matches("#", "anything/at/all"));
         assert!(!matches(f, "sport/tennis/player2"));
-        assert_eq!(validate_filter("sport/tennis#"), Err(TopicError::MisplacedHash));
-        assert_eq!(validate_filter("sport/tennis/#/ranking"), Err(TopicError::MisplacedHash));
+        assert_eq!(
+            validate_filter("sport/tennis#"),
+            Err(TopicError::MisplacedHash)
+        );
+        assert_eq!(
+            validate_filter("sport/tennis/#/ranking"),
+            Err(TopicError::MisplacedHash)
+        );
         assert!(validate_filter("#").is_ok());
     }
 
@@ -259,9 +265,18 @@ mod tests {
         assert_eq!(
             subs,
             vec![
-                Subscription { filter: "a/+/+".into(), qos: 1 },
-                Subscription { filter: "cmd/x".into(), qos: 2 },
-                Subscription { filter: "sensors/#".into(), qos: 1 },
+                Subscription {
+                    filter: "a/+/+".into(),
+                    qos: 1
+                },
+                Subscription {
+                    filter: "cmd/x".into(),
+                    qos: 2
+                },
+                Subscription {
+                    filter: "sensors/#".into(),
+                    qos: 1
+                },
             ]
         );
         for (i, a) in subs.iter().enumerate() {

@@ -38,7 +38,10 @@ pub fn build(cfg: &Config) -> Result<(Engine, Allocator), RuntimeError> {
     let force_probe_failure = std::env::var_os("EDGE_AGENT_FORCE_POOLING_FAILURE").is_some();
     match cfg.runtime.allocator {
         AllocatorMode::OnDemand => Ok((on_demand(max_memory)?, Allocator::OnDemand)),
-        AllocatorMode::Pooling => Ok((pooling(instances, max_memory, force_probe_failure)?, Allocator::Pooling)),
+        AllocatorMode::Pooling => Ok((
+            pooling(instances, max_memory, force_probe_failure)?,
+            Allocator::Pooling,
+        )),
         AllocatorMode::Auto => match pooling(instances, max_memory, force_probe_failure) {
             Ok(engine) => Ok((engine, Allocator::Pooling)),
             Err(e) => {

@@ -153,9 +153,10 @@ impl LoadedFunction {
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(self.deadline_ticks);
         store.epoch_deadline_trap();
-        let instance = self.pre.instantiate(&mut store).map_err(|e| {
-            classify(&store, &e, ErrorKind::Instantiate)
-        })?;
+        let instance = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, &e, ErrorKind::Instantiate))?;
         let instantiated = Instant::now();
         let result = instance.edge_agent_handler().call_handle(&mut store, event);
         let execute = instantiated.elapsed();

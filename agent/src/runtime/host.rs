@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use wasmtime::component::ResourceTable;
 use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::edge::agent::{clock, config, log, mqtt, types};
@@ -128,7 +128,13 @@ impl WasiView for StoreData {
 impl types::Host for StoreData {}
 
 impl mqtt::Host for StoreData {
-    fn publish(&mut self, topic: String, payload: Vec<u8>, qos: u8, retain: bool) -> Result<(), String> {
+    fn publish(
+        &mut self,
+        topic: String,
+        payload: Vec<u8>,
+        qos: u8,
+        retain: bool,
+    ) -> Result<(), String> {
         topic::validate_name(&topic).map_err(|e| format!("invalid topic `{topic}`: {e}"))?;
         if qos > 2 {
             return Err(format!("invalid qos {qos}: must be 0, 1 or 2"));

@@ -75,7 +75,8 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("linking agent imports: {e:#}")))?;
         let mut functions = HashMap::new();
         for f in &cfg.functions {
-            let loaded = LoadedFunction::load(&engine, &linker, f, tick, cfg.broker.max_packet_bytes)?;
+            let loaded =
+                LoadedFunction::load(&engine, &linker, f, tick, cfg.broker.max_packet_bytes)?;
             functions.insert(f.name.clone(), Arc::new(loaded));
         }
         let ticker = engine::EpochTicker::start(&engine, tick)?;

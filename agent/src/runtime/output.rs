@@ -67,7 +67,11 @@ impl GuestOutput {
 impl LineBuffer {
     fn emit(&mut self) {
         let text = String::from_utf8_lossy(&self.line);
-        let cut = if self.truncated { " [line truncated]" } else { "" };
+        let cut = if self.truncated {
+            " [line truncated]"
+        } else {
+            ""
+        };
         match self.stream {
             Stream::Stdout => {
                 tracing::info!(function = %self.function, stream = "stdout", "{text}{cut}")
@@ -123,7 +127,11 @@ impl OutputStream for GuestOutput {
 }
 
 impl AsyncWrite for GuestOutput {
-    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.write_bytes(buf);
         Poll::Ready(Ok(buf.len()))
     }

@@ -1,0 +1,203 @@
+//! The command line as a user meets it: `check` and `run` on bad configs (exit 78 and one
+//! clear line), and `publish`.
+
+use std::process::{Command, Output};
+
+use crate::harness::{Client, agent_bin, free_port, guest, repo_root};
+
+fn run(args: &[&str], dir: &std::path::Path) -> Output {
+    Command::new(agent_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run edge-agent")
+}
+
+fn good(module: &str) -> String {
+    format!(
+        "[broker]\nurl = \"mqtt://127.0.0.1:1\"\n[[function]]\nname = \"f\"\nmodule = \"{module}\"\ntopics = [\"a/#\"]\n"
+    )
+}
+
+/// `check` and `run` on `config` both exit 78 with one line on stderr containing `needle`.
+fn rejected(config: &str, needle: &str) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, config).expect("write");
+    for cmd in ["check", "run"] {
+        let out = run(
+            &[cmd, "--config", path.to_str().expect("utf-8 path")],
+            dir.path(),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{cmd}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+        assert_eq!(lines.len(), 1, "{cmd}: expected one error line:\n{stderr}");
+        assert!(
+            lines[0].contains("bad.toml"),
+            "{cmd}: file not named: {stderr}"
+        );
+        assert!(
+            lines[0].contains(needle),
+            "{cmd}: `{needle}` not in: {stderr}"
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("backtrace"),
+            "{stderr}"
+        );
+    }
+}
+
+#[test]
+fn check_accepts_the_demo_config() {
+    crate::harness::guests();
+    let out = run(&["check", "--config", "configs/demo.toml"], &repo_root());
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 functions"));
+}
+
+#[test]
+fn unknown_key_is_rejected() {
+    rejected(
+        &(good(&guest("echo")) + "colour = 1\n"),
+        "unknown field `colour`",
+    );
+}
+
+#[test]
+fn wrong_type_is_rejected() {
+    rejected(
+        &(good(&guest("echo")) + "timeout_ms = \"soon\"\n"),
+        "function[0].timeout_ms",
+    );
+}
+
+#[test]
+fn missing_module_is_rejected() {
+    rejected(
+        &good("/nonexistent/m.wasm"),
+        "`function[f].module`: cannot read /nonexistent/m.wasm",
+    );
+}
+
+#[test]
+fn invalid_topic_filter_is_rejected() {
+    rejected(
+        &good(&guest("echo")).replace("a/#", "a/#/b"),
+        "`function[f].topics`",
+    );
+}
+
+#[test]
+fn duplicate_function_names_are_rejected() {
+    let echo = guest("echo");
+    let text = good(&echo)
+        + &format!("[[function]]\nname = \"f\"\nmodule = \"{echo}\"\ntopics = [\"b\"]\n");
+    rejected(&text, "duplicate function name");
+}
+
+#[test]
+fn module_without_the_export_is_rejected() {
+    rejected(&good(&guest("no-handler")), "function `f`");
+    rejected(&good(&guest("no-handler")), "edge:agent/handler");
+}
+
+#[test]
+fn file_that_is_not_wasm_is_rejected() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let junk = dir.path().join("junk.wasm");
+    std::fs::write(&junk, b"this is not wasm").expect("write");
+    rejected(
+        &good(junk.to_str().expect("utf-8")),
+        "not a loadable WebAssembly component",
+    );
+}
+
+#[test]
+fn embedded_broker_port_in_use_is_a_clear_error() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    let text = good(&guest("echo")).replace(
+        "url = \"mqtt://127.0.0.1:1\"",
+        &format!("url = \"mqtt://127.0.0.1:{port}\"\nembedded = true"),
+    );
+    std::fs::write(&path, text).expect("write");
+    let out = run(
+        &["run", "--config", path.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on 127.0.0.1:{port}")),
+        "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_command_sends_numbered_messages() {
+    let broker = crate::harness::Mosquitto::start();
+    let mut c = Client::connect(broker.port, &["bench/#"]).await;
+    let url = broker.url();
+    let out = tokio::task::spawn_blocking(move || {
+        run(
+            &[
+                "publish",
+                "--broker",
+                &url,
+                "--topic",
+                "bench/x",
+                "--payload",
+                "n={seq}",
+                "--count",
+                "5",
+                "--rate",
+                "200",
+            ],
+            &repo_root(),
+        )
+    })
+    .await
+    .expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<String> = {
+        let mut v = Vec::new();
+        for _ in 0..5 {
+            v.push(c.recv().await.text());
+        }
+        v
+    };
+    assert_eq!(got, ["n=0", "n=1", "n=2", "n=3", "n=4"]);
+}
+
+#[test]
+fn publish_to_a_dead_broker_fails_clearly() {
+    let port = free_port();
+    let url = format!("mqtt://127.0.0.1:{port}");
+    let out = run(
+        &[
+            "publish",
+            "--broker",
+            &url,
+            "--topic",
+            "x",
+            "--payload",
+            "y",
+        ],
+        &repo_root(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("error: broker"), "{stderr}");
+}
