@@ -170,7 +170,10 @@ pub fn fill_topic(template: &str, topic: &str) -> String {
         let inner = &after[..close];
         let filled = if inner == "topic" {
             Some(topic.to_string())
-        } else if let Some(from) = inner.strip_suffix("..").and_then(|n| n.parse::<usize>().ok()) {
+        } else if let Some(from) = inner
+            .strip_suffix("..")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(levels.get(from..).map(|l| l.join("/")).unwrap_or_default())
         } else {
             inner
