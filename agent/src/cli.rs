@@ -33,6 +33,21 @@ pub enum Command {
     },
     /// Publish test events to a broker.
     Publish(PublishArgs),
+    /// Compile components ahead of time into `.cwasm` artifacts for a device (same agent
+    /// version and settings required there). Prints each artifact's size and SHA-256.
+    #[cfg(feature = "compiler")]
+    Precompile {
+        /// Target triple of the device, e.g. aarch64-unknown-linux-gnu or
+        /// armv7-unknown-linux-gnueabihf (runs through Pulley). Default: this host.
+        #[arg(long)]
+        target: Option<String>,
+        /// Directory for the `.cwasm` files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Components (`.wasm`) to compile.
+        #[arg(required = true)]
+        modules: Vec<PathBuf>,
+    },
 }
 
 /// Arguments of `edge-agent publish`.

@@ -44,6 +44,28 @@ fn main() -> ExitCode {
                 Err(e) => fail(&e),
             }
         }
+        #[cfg(feature = "compiler")]
+        Command::Precompile {
+            target,
+            out,
+            modules,
+        } => match edge_agent::runtime::precompile::precompile(target.as_deref(), &out, &modules) {
+            Ok(artifacts) => {
+                for a in artifacts {
+                    println!(
+                        "{}  {} bytes  sha256 {}",
+                        a.path.display(),
+                        a.bytes,
+                        a.sha256
+                    );
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Publish(args) => {
             let rt = match tokio::runtime::Builder::new_current_thread()
                 .enable_all()

@@ -201,3 +201,85 @@ fn publish_to_a_dead_broker_fails_clearly() {
     assert_eq!(out.status.code(), Some(69), "{stderr}");
     assert!(stderr.contains("error: broker"), "{stderr}");
 }
+
+fn precompile(target: Option<&str>, out: &std::path::Path) -> String {
+    let mut args = vec![
+        "precompile".to_string(),
+        "--out".into(),
+        out.display().to_string(),
+    ];
+    if let Some(t) = target {
+        args.extend(["--target".into(), t.into()]);
+    }
+    args.push(guest("echo"));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let output = run(&args, &repo_root());
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        stdout.contains("echo.cwasm") && stdout.contains("sha256 "),
+        "{stdout}"
+    );
+    stdout
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn precompiled_module_runs_and_its_hash_can_be_pinned() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let stdout = precompile(None, dir.path());
+    let sha = stdout
+        .split("sha256 ")
+        .nth(1)
+        .expect("hash")
+        .trim()
+        .to_string();
+    let cwasm = dir.path().join("echo.cwasm");
+    let port = free_port();
+    let config = format!(
+        "[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nembedded = true\n\
+         [[function]]\nname = \"pre\"\nmodule = \"{}\"\nsha256 = \"{sha}\"\ntopics = [\"in\"]\n\
+         [function.config]\nout_topic = \"out\"\n",
+        cwasm.display()
+    );
+    let agent = crate::harness::Agent::start(&config);
+    let mut c = Client::connect(port, &["out"]).await;
+    c.publish("in", "precompiled").await;
+    assert_eq!(c.recv().await.text(), "precompiled");
+    drop(agent);
+
+    // The same artifact with a wrong pin is refused.
+    let wrong =
+        good(cwasm.to_str().expect("utf-8")) + &format!("sha256 = \"{}\"\n", "0".repeat(64));
+    rejected(&wrong, "refusing to load it");
+}
+
+#[test]
+fn artifact_for_another_target_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let other = if cfg!(target_arch = "aarch64") {
+        "x86_64-unknown-linux-gnu"
+    } else {
+        "aarch64-unknown-linux-gnu"
+    };
+    precompile(Some(other), dir.path());
+    let cwasm = dir.path().join("echo.cwasm");
+    rejected(
+        &good(cwasm.to_str().expect("utf-8")),
+        "precompiled for another target",
+    );
+}
+
+#[test]
+fn wasm_named_cwasm_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fake = dir.path().join("echo.cwasm");
+    std::fs::copy(guest("echo"), &fake).expect("copy");
+    rejected(
+        &good(fake.to_str().expect("utf-8")),
+        "is not a precompiled component",
+    );
+}

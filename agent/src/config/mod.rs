@@ -192,8 +192,13 @@ pub enum Mode {
 pub struct FunctionConfig {
     /// Unique name: used in logs, metrics and dead letters. Letters, digits, `-`, `_`, `.`.
     pub name: String,
-    /// Path of the component (`.wasm`), relative to the current directory.
+    /// Path of the component, relative to the agent's working directory: a `.wasm`
+    /// component (compiled at start-up) or a `.cwasm` made by `edge-agent precompile`.
     pub module: PathBuf,
+    /// Expected SHA-256 of the module file (hex). When set, a file with another hash is
+    /// refused at start-up.
+    #[serde(default)]
+    pub sha256: Option<String>,
     /// Execution model: `on-demand` (a fresh instance per event).
     #[serde(default)]
     pub mode: Mode,

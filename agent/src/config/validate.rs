@@ -193,8 +193,12 @@ impl Config {
             if !(1..=600_000).contains(&f.timeout_ms) {
                 return Err(self.invalid(key("timeout_ms"), "must be from 1 to 600000 (10 min)"));
             }
-            if !(1..=4096).contains(&f.memory_limit_mb) {
-                return Err(self.invalid(key("memory_limit_mb"), "must be from 1 to 4096"));
+            let max_mb = crate::runtime::engine::host_memory_reservation() / (1024 * 1024);
+            if !(1..=max_mb).contains(&f.memory_limit_mb) {
+                return Err(self.invalid(
+                    key("memory_limit_mb"),
+                    format!("must be from 1 to {max_mb} on this platform"),
+                ));
             }
             if f.max_concurrency == 0 || f.max_concurrency > r.max_instances {
                 return Err(self.invalid(
@@ -213,6 +217,11 @@ impl Config {
                     key("max_payload_bytes"),
                     "is larger than broker.max_packet_bytes, which no message can exceed",
                 ));
+            }
+            if let Some(h) = &f.sha256
+                && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+            {
+                return Err(self.invalid(key("sha256"), "must be 64 hexadecimal digits"));
             }
             match std::fs::metadata(&f.module) {
                 Ok(m) if m.is_file() => {}

@@ -19,6 +19,25 @@ pub enum Allocator {
     OnDemand,
 }
 
+/// Linear-memory reservation per instance on 64-bit hosts. Part of the compiled code's
+/// settings (a `.cwasm` only loads into an engine with the same value), so it is fixed
+/// rather than derived from the config; it also caps `memory_limit_mb`.
+pub const MEMORY_RESERVATION_64: u64 = 256 * 1024 * 1024;
+/// The same on 32-bit hosts (armv7 through Pulley), where address space is scarce.
+pub const MEMORY_RESERVATION_32: u64 = 16 * 1024 * 1024;
+/// Guard region after each linear memory. Bounds are checked explicitly, since memories
+/// are smaller than 4 GiB, so a small guard suffices.
+const MEMORY_GUARD: u64 = 64 * 1024;
+
+/// The memory reservation of this host.
+pub fn host_memory_reservation() -> u64 {
+    if cfg!(target_pointer_width = "32") {
+        MEMORY_RESERVATION_32
+    } else {
+        MEMORY_RESERVATION_64
+    }
+}
+
 /// Builds the process's engine according to `[runtime]`, probing the pooling allocator
 /// when `allocator = "auto"`.
 ///
@@ -26,23 +45,14 @@ pub enum Allocator {
 /// [`RuntimeError::Engine`] if the engine cannot be created (or pooling was required and
 /// failed).
 pub fn build(cfg: &Config) -> Result<(Engine, Allocator), RuntimeError> {
-    let max_memory = cfg
-        .functions
-        .iter()
-        .map(|f| f.memory_limit_mb)
-        .max()
-        .unwrap_or(1)
-        * 1024
-        * 1024;
     let instances = cfg.runtime.max_instances;
     let force_probe_failure = std::env::var_os("EDGE_AGENT_FORCE_POOLING_FAILURE").is_some();
     match cfg.runtime.allocator {
-        AllocatorMode::OnDemand => Ok((on_demand(max_memory)?, Allocator::OnDemand)),
-        AllocatorMode::Pooling => Ok((
-            pooling(instances, max_memory, force_probe_failure)?,
-            Allocator::Pooling,
-        )),
-        AllocatorMode::Auto => match pooling(instances, max_memory, force_probe_failure) {
+        AllocatorMode::OnDemand => Ok((on_demand()?, Allocator::OnDemand)),
+        AllocatorMode::Pooling => {
+            Ok((pooling(instances, force_probe_failure)?, Allocator::Pooling))
+        }
+        AllocatorMode::Auto => match pooling(instances, force_probe_failure) {
             Ok(engine) => Ok((engine, Allocator::Pooling)),
             Err(e) => {
                 tracing::warn!(
@@ -50,20 +60,52 @@ pub fn build(cfg: &Config) -> Result<(Engine, Allocator), RuntimeError> {
                     "pooling allocator unavailable (small address space?); \
                      falling back to on-demand allocation, which makes instantiation slower"
                 );
-                Ok((on_demand(max_memory)?, Allocator::OnDemand))
+                Ok((on_demand()?, Allocator::OnDemand))
             }
         },
     }
 }
 
-fn base() -> WasmConfig {
+/// The settings every engine shares, including one that only precompiles for `target`.
+/// Everything here that shapes compiled code must be the same on the build host and
+/// the device, or the device refuses the `.cwasm`.
+///
+/// # Errors
+/// [`RuntimeError::Engine`] for an unknown target.
+pub fn base_config(target: Option<&str>) -> Result<WasmConfig, RuntimeError> {
     let mut c = WasmConfig::new();
+    let reservation = match target {
+        Some(t) => {
+            c.target(t)
+                .map_err(|e| RuntimeError::Engine(format!("unknown target `{t}`: {e}")))?;
+            if target_is_32_bit(t) {
+                MEMORY_RESERVATION_32
+            } else {
+                MEMORY_RESERVATION_64
+            }
+        }
+        None => host_memory_reservation(),
+    };
     c.epoch_interruption(true);
     c.wasm_component_model(true);
-    c
+    c.memory_init_cow(true);
+    c.memory_reservation(reservation);
+    c.memory_guard_size(MEMORY_GUARD);
+    // Memories that outgrow the reservation move rather than pre-reserving more: keeps
+    // thousands of short-lived instances from exhausting the address space.
+    c.memory_reservation_for_growth(0);
+    Ok(c)
 }
 
-fn pooling(instances: u32, max_memory: u64, force_failure: bool) -> Result<Engine, RuntimeError> {
+fn target_is_32_bit(triple: &str) -> bool {
+    [
+        "pulley32", "arm", "thumb", "i686", "i586", "riscv32", "wasm32",
+    ]
+    .iter()
+    .any(|p| triple.starts_with(p))
+}
+
+fn pooling(instances: u32, force_failure: bool) -> Result<Engine, RuntimeError> {
     if force_failure {
         return Err(RuntimeError::Engine(
             "pooling allocator probe failed (forced by EDGE_AGENT_FORCE_POOLING_FAILURE)".into(),
@@ -76,24 +118,17 @@ fn pooling(instances: u32, max_memory: u64, force_failure: bool) -> Result<Engin
         .total_core_instances(instances * 8)
         .total_memories(instances * 2)
         .total_tables(instances * 4)
-        .max_memory_size(usize::try_from(max_memory).unwrap_or(usize::MAX))
+        .max_memory_size(usize::try_from(host_memory_reservation()).unwrap_or(usize::MAX))
         // Keep a little memory resident between instances: saves page faults on reuse.
         .linear_memory_keep_resident(64 * 1024)
         .table_keep_resident(16 * 1024);
-    let mut c = base();
+    let mut c = base_config(None)?;
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    c.memory_init_cow(true);
     Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
 }
 
-fn on_demand(max_memory: u64) -> Result<Engine, RuntimeError> {
-    let mut c = base();
-    // Reserve only what a function may use, so thousands of short-lived instances do not
-    // exhaust the address space (seen under qemu with multi-GiB default reservations).
-    c.memory_reservation(max_memory);
-    c.memory_guard_size(64 * 1024);
-    c.memory_reservation_for_growth(0);
-    Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+fn on_demand() -> Result<Engine, RuntimeError> {
+    Engine::new(&base_config(None)?).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
 }
 
 /// Increments the engine's epoch every `tick` until dropped. Holds only a weak reference,

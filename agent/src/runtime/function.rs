@@ -102,12 +102,7 @@ impl LoadedFunction {
             function: cfg.name.clone(),
             message,
         };
-        let component = Component::from_file(engine, &cfg.module).map_err(|e| {
-            err(format!(
-                "{} is not a loadable WebAssembly component: {e:#}",
-                cfg.module.display()
-            ))
-        })?;
+        let component = load_component(engine, cfg).map_err(err)?;
         let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
             err(format!(
                 "{} needs imports the agent does not provide: {e:#}",
@@ -177,6 +172,73 @@ impl LoadedFunction {
             Err(e) => Err(classify(&store, &e, ErrorKind::Trap)),
         }
     }
+}
+
+/// Reads the module, checks its pinned hash, and compiles it (`.wasm`) or loads the
+/// precompiled native code (`.cwasm`, made by `edge-agent precompile`).
+fn load_component(engine: &Engine, cfg: &FunctionConfig) -> Result<Component, String> {
+    let path = cfg.module.display();
+    let bytes = std::fs::read(&cfg.module).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if let Some(pinned) = &cfg.sha256 {
+        let actual = sha256_hex(&bytes);
+        if !actual.eq_ignore_ascii_case(pinned) {
+            return Err(format!(
+                "{path} has sha256 {actual}, but the config pins {pinned}: refusing to load it"
+            ));
+        }
+    }
+    let cwasm = cfg.module.extension().is_some_and(|e| e == "cwasm");
+    match (cwasm, Engine::detect_precompiled(&bytes)) {
+        (true, Some(wasmtime::Precompiled::Component)) => {
+            deserialize(engine, &bytes).map_err(|e| {
+                format!(
+                    "{path} was precompiled for another target, wasmtime version or settings \
+                 (re-run `edge-agent precompile` with this agent's version): {e:#}"
+                )
+            })
+        }
+        (true, _) => Err(format!(
+            "{path} is not a precompiled component (make one with `edge-agent precompile`)"
+        )),
+        (false, Some(_)) => Err(format!(
+            "{path} holds precompiled native code: name it .cwasm to load it as such"
+        )),
+        (false, None) => compile(engine, &bytes)
+            .map_err(|e| format!("{path} is not a loadable WebAssembly component: {e}")),
+    }
+}
+
+#[cfg(feature = "compiler")]
+fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, String> {
+    Component::new(engine, bytes).map_err(|e| format!("{e:#}"))
+}
+
+#[cfg(not(feature = "compiler"))]
+fn compile(_engine: &Engine, _bytes: &[u8]) -> Result<Component, String> {
+    Err(
+        "this is a device build without a compiler: it runs only .cwasm artifacts \
+         (make them with `edge-agent precompile --target <device triple>` on a full build)"
+            .into(),
+    )
+}
+
+/// Loads precompiled native code.
+#[allow(unsafe_code)]
+fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
+    // SAFETY: a `.cwasm` is native code that runs with the agent's rights, so it must be
+    // as trusted as the agent's binary: produced by `edge-agent precompile` and
+    // installed the same way (pin it with `sha256` to be sure). wasmtime checks that it
+    // was built by this version, for this target and with these settings.
+    unsafe { Component::deserialize(engine, bytes) }
+}
+
+/// Lowercase hex SHA-256 of `bytes`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// Maps a wasmtime error to an [`ErrorKind`]; `fallback` when it is nothing specific.

@@ -4,6 +4,7 @@
 //! - [`engine`]: the one `Engine` per process (pooling probe, epoch ticker);
 //! - [`host`]: store data and the agent's imports (`mqtt`, `config`, `log`, `clock`);
 //! - [`output`]: guest stdout/stderr into the log;
+//! - `precompile`: ahead-of-time compilation into `.cwasm` for devices (`compiler` feature);
 //! - [`function`]: a loaded function (`InstancePre`, prepared at start-up) and one call of
 //!   it in the on-demand model: fresh store, deadline, limiter, instance, call, drop.
 
@@ -11,6 +12,8 @@ pub mod engine;
 pub mod function;
 pub mod host;
 pub mod output;
+#[cfg(feature = "compiler")]
+pub mod precompile;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,0 +1,86 @@
+//! `edge-agent precompile`: compiles components ahead of time into `.cwasm` artifacts for a
+//! device, so that the device needs no compiler (the small device build) and starts
+//! functions in milliseconds.
+
+use std::path::{Path, PathBuf};
+
+use wasmtime::Engine;
+
+use super::RuntimeError;
+use super::engine::base_config;
+use super::function::sha256_hex;
+
+/// One written artifact.
+#[derive(Debug)]
+pub struct Artifact {
+    /// Where it was written.
+    pub path: PathBuf,
+    /// Its size in bytes.
+    pub bytes: usize,
+    /// Its SHA-256, for the config's `sha256` key.
+    pub sha256: String,
+}
+
+/// The wasmtime target for a Rust target triple: 32-bit ARM has no Cranelift back end, so
+/// functions run there through the Pulley interpreter (`pulley32`).
+pub fn wasmtime_target(triple: &str) -> &str {
+    if triple.starts_with("armv7") || triple.starts_with("arm-") || triple.starts_with("thumbv7") {
+        "pulley32"
+    } else {
+        triple
+    }
+}
+
+/// Compiles each of `modules` for `target` (default: this host) into `out/<stem>.cwasm`.
+///
+/// # Errors
+/// [`RuntimeError::Load`] naming the module that failed; [`RuntimeError::Engine`] for an
+/// unknown target.
+pub fn precompile(
+    target: Option<&str>,
+    out: &Path,
+    modules: &[PathBuf],
+) -> Result<Vec<Artifact>, RuntimeError> {
+    let engine = Engine::new(&base_config(target.map(wasmtime_target))?)
+        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+    std::fs::create_dir_all(out)
+        .map_err(|e| RuntimeError::Engine(format!("cannot create {}: {e}", out.display())))?;
+    let mut artifacts = Vec::new();
+    for module in modules {
+        let err = |message: String| RuntimeError::Load {
+            function: module.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(module).map_err(|e| err(format!("cannot read: {e}")))?;
+        let compiled = engine
+            .precompile_component(&bytes)
+            .map_err(|e| err(format!("not a component that compiles: {e:#}")))?;
+        let stem = module
+            .file_stem()
+            .ok_or_else(|| err("has no file name".into()))?;
+        let path = out.join(stem).with_extension("cwasm");
+        std::fs::write(&path, &compiled)
+            .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+        artifacts.push(Artifact {
+            sha256: sha256_hex(&compiled),
+            bytes: compiled.len(),
+            path,
+        });
+    }
+    Ok(artifacts)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn armv7_goes_through_pulley() {
+        assert_eq!(
+            super::wasmtime_target("armv7-unknown-linux-gnueabihf"),
+            "pulley32"
+        );
+        assert_eq!(
+            super::wasmtime_target("aarch64-unknown-linux-gnu"),
+            "aarch64-unknown-linux-gnu"
+        );
+    }
+}
