@@ -20,6 +20,7 @@ pub mod publish;
 pub mod router;
 pub mod runtime;
 pub mod sink;
+pub mod state;
 pub mod worker;
 
 use std::future::Future;
@@ -49,6 +50,9 @@ pub enum AgentError {
         /// What failed.
         source: RuntimeError,
     },
+    /// The state store could not be opened.
+    #[error(transparent)]
+    State(#[from] state::StateError),
     /// MQTT set-up failed (TLS files, embedded broker).
     #[error("{file}: {source}")]
     Mqtt {
@@ -129,6 +133,14 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
         options,
     } = prepared;
     let file = cfg.source.display().to_string();
+    let state = state::StateStore::open(&cfg.agent.data_dir, &cfg.state)?;
+    for f in &cfg.functions {
+        if let Some(loaded) = runtime.function(&f.name) {
+            loaded.attach_state(state.namespace(&f.name)?);
+        }
+    }
+    let flusher_stop = CancellationToken::new();
+    let flusher = tokio::spawn(state.clone().run_flusher(flusher_stop.clone()));
     if cfg.broker.embedded {
         mqtt::broker::start(&cfg).map_err(|source| AgentError::Mqtt { file, source })?;
     }
@@ -172,13 +184,23 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
             .function(&f.name)
             .expect("every configured function was loaded by Runtime::new");
         tracing::info!(function = %f.name, mode = ?f.mode, topics = ?f.topics, "function ready");
-        workers.push(tokio::spawn(worker::run_on_demand(
-            loaded,
-            f.max_concurrency,
-            stats.clone(),
-            rx,
-            wctx.clone(),
-        )));
+        workers.push(match f.mode {
+            config::Mode::OnDemand => tokio::spawn(worker::run_on_demand(
+                loaded,
+                f.max_concurrency,
+                stats.clone(),
+                rx,
+                wctx.clone(),
+            )),
+            config::Mode::Persistent => {
+                // Persistent instances hold their pool slots for the agent's lifetime.
+                match wctx.instances.clone().try_acquire_many_owned(f.instances) {
+                    Ok(permits) => permits.forget(),
+                    Err(_) => tracing::warn!(function = %f.name, "instance pool exhausted by persistent functions"),
+                }
+                tokio::spawn(worker::run_persistent(loaded, f.clone(), stats.clone(), rx, wctx.clone()))
+            }
+        });
         routes.push(router::Route {
             name: f.name.as_str().into(),
             filters: f.topics.clone(),
@@ -238,9 +260,12 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
     {
         conn_done.cancel();
     }
+    flusher_stop.cancel();
+    let _ = flusher.await;
     for (name, stats) in all_stats {
         let (received, succeeded, failed) = stats.snapshot();
-        tracing::info!(function = %name, received, succeeded, ?failed, "function totals");
+        let restarts = stats.restarts();
+        tracing::info!(function = %name, received, succeeded, restarts, ?failed, "function totals");
     }
     tracing::info!("stopped");
     Ok(())

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::runtime::ErrorKind;
 
-const KINDS: [ErrorKind; 8] = [
+const KINDS: [ErrorKind; 10] = [
     ErrorKind::GuestError,
     ErrorKind::Timeout,
     ErrorKind::MemoryLimit,
@@ -13,6 +13,8 @@ const KINDS: [ErrorKind; 8] = [
     ErrorKind::Instantiate,
     ErrorKind::PayloadTooLarge,
     ErrorKind::QueueFull,
+    ErrorKind::State,
+    ErrorKind::FunctionStopped,
 ];
 
 /// Event counters of one function.
@@ -20,6 +22,7 @@ const KINDS: [ErrorKind; 8] = [
 pub struct FunctionStats {
     received: AtomicU64,
     succeeded: AtomicU64,
+    restarts: AtomicU64,
     failed: [AtomicU64; KINDS.len()],
 }
 
@@ -32,6 +35,16 @@ impl FunctionStats {
     /// An event was handled successfully.
     pub fn succeeded(&self) {
         self.succeeded.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A persistent instance was restarted.
+    pub fn restarted(&self) {
+        self.restarts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Restarts so far.
+    pub fn restarts(&self) -> u64 {
+        self.restarts.load(Ordering::Relaxed)
     }
 
     /// An event failed with `kind`.

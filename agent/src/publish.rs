@@ -50,6 +50,7 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
         agent: Default::default(),
         broker: Default::default(),
         runtime: Default::default(),
+        state: Default::default(),
         functions: Vec::new(),
         source: "command line".into(),
     };

@@ -151,6 +151,8 @@ impl Agent {
         let mut child = Command::new(agent_bin())
             .args(["run", "--config"])
             .arg(&path)
+            // data_dir defaults to ./data: one per test.
+            .current_dir(dir.path())
             .env(
                 "RUST_LOG",
                 std::env::var("EDGE_AGENT_TEST_LOG")

@@ -55,6 +55,9 @@ pub struct Config {
     /// Settings of the WebAssembly runtime shared by all functions.
     #[serde(default)]
     pub runtime: RuntimeConfig,
+    /// The local state store (sled) behind the `state` interface.
+    #[serde(default)]
+    pub state: StateConfig,
     /// The functions, one `[[function]]` table each.
     #[serde(default, rename = "function")]
     pub functions: Vec<FunctionConfig>,
@@ -164,6 +167,42 @@ pub struct RuntimeConfig {
     pub epoch_tick_ms: u64,
 }
 
+/// `[state]`: the functions' key-value state on local disk.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Memory sled may use for its page cache, in MiB.
+    #[serde(default = "default_state_cache_mb")]
+    pub cache_mb: u64,
+    /// How often committed state is flushed to disk, in milliseconds. A QoS 1/2 event whose
+    /// call wrote state is acknowledged only after the flush that made its writes durable,
+    /// so this also bounds the extra acknowledgement delay. Longer intervals mean fewer
+    /// writes to the SD card.
+    #[serde(default = "default_flush_interval_ms")]
+    pub flush_interval_ms: u64,
+    /// Longest key, in bytes.
+    #[serde(default = "default_max_key_bytes")]
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    #[serde(default = "default_max_value_bytes")]
+    pub max_value_bytes: usize,
+    /// Most keys one function may keep.
+    #[serde(default = "default_max_keys")]
+    pub max_keys_per_function: u64,
+}
+
+/// What happens when a persistent instance traps or times out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Replace it with a fresh instance (after a back-off), up to `max_restarts` in
+    /// `restart_window_secs`.
+    #[default]
+    Always,
+    /// Leave it stopped: its later events go to the dead-letter topic.
+    Never,
+}
+
 /// How WebAssembly instances get their memory.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -184,6 +223,9 @@ pub enum Mode {
     /// Serverless: a fresh instance per event, dropped afterwards.
     #[default]
     OnDemand,
+    /// Container-like: long-lived instances created at start-up that keep their memory
+    /// between events, one event at a time each, restarted by policy when they fail.
+    Persistent,
 }
 
 /// One `[[function]]`: a WebAssembly component and the topics it handles.
@@ -199,9 +241,24 @@ pub struct FunctionConfig {
     /// refused at start-up.
     #[serde(default)]
     pub sha256: Option<String>,
-    /// Execution model: `on-demand` (a fresh instance per event).
+    /// Execution model: `on-demand` (a fresh instance per event) or `persistent`
+    /// (long-lived instances that keep their memory).
     #[serde(default)]
     pub mode: Mode,
+    /// Persistent mode: number of long-lived instances. Events are assigned by a hash of
+    /// their topic, so the events of one topic stay in order.
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Persistent mode: what to do when an instance traps or times out.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Persistent mode: most restarts of one instance within `restart_window_secs`; one
+    /// more and the instance stays stopped.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// Persistent mode: the window for `max_restarts`, in seconds.
+    #[serde(default = "default_restart_window_secs")]
+    pub restart_window_secs: u64,
     /// MQTT topic filters (`+` and `#` wildcards) whose messages this function handles.
     pub topics: Vec<String>,
     /// QoS of the subscription for these topics (0, 1 or 2).
@@ -214,7 +271,7 @@ pub struct FunctionConfig {
     /// Most linear memory one instance may have, in MiB. Growing past it fails the call.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: u64,
-    /// Events of this function handled at once (instances in flight).
+    /// On-demand mode: events of this function handled at once (instances in flight).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
     /// Events waiting for this function. When the queue is full, new events are dropped,
@@ -265,6 +322,30 @@ fn default_max_instances() -> u32 {
 fn default_epoch_tick_ms() -> u64 {
     10
 }
+fn default_state_cache_mb() -> u64 {
+    8
+}
+fn default_flush_interval_ms() -> u64 {
+    200
+}
+fn default_max_key_bytes() -> usize {
+    256
+}
+fn default_max_value_bytes() -> usize {
+    64 * 1024
+}
+fn default_max_keys() -> u64 {
+    10_000
+}
+fn default_instances() -> u32 {
+    1
+}
+fn default_max_restarts() -> u32 {
+    5
+}
+fn default_restart_window_secs() -> u64 {
+    60
+}
 fn default_qos() -> u8 {
     1
 }
@@ -309,6 +390,18 @@ impl Default for BrokerConfig {
             max_packet_bytes: default_max_packet_bytes(),
             reconnect_min_ms: default_reconnect_min_ms(),
             reconnect_max_ms: default_reconnect_max_ms(),
+        }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            cache_mb: default_state_cache_mb(),
+            flush_interval_ms: default_flush_interval_ms(),
+            max_key_bytes: default_max_key_bytes(),
+            max_value_bytes: default_max_value_bytes(),
+            max_keys_per_function: default_max_keys(),
         }
     }
 }

@@ -158,6 +158,38 @@ impl Config {
             return Err(self.invalid("runtime.epoch_tick_ms", "must be from 1 to 1000"));
         }
 
+        let st = &self.state;
+        if !(1..=4096).contains(&st.cache_mb) {
+            return Err(self.invalid("state.cache_mb", "must be from 1 to 4096"));
+        }
+        if !(1..=60_000).contains(&st.flush_interval_ms) {
+            return Err(self.invalid("state.flush_interval_ms", "must be from 1 to 60000"));
+        }
+        if !(1..=65_536).contains(&st.max_key_bytes) {
+            return Err(self.invalid("state.max_key_bytes", "must be from 1 to 65536"));
+        }
+        if !(1..=64 * 1024 * 1024).contains(&st.max_value_bytes) {
+            return Err(self.invalid("state.max_value_bytes", "must be from 1 to 67108864"));
+        }
+        if st.max_keys_per_function == 0 {
+            return Err(self.invalid("state.max_keys_per_function", "must be at least 1"));
+        }
+        let persistent: u64 = self
+            .functions
+            .iter()
+            .filter(|f| f.mode == super::Mode::Persistent)
+            .map(|f| u64::from(f.instances))
+            .sum();
+        if persistent >= u64::from(r.max_instances) {
+            return Err(self.invalid(
+                "runtime.max_instances",
+                format!(
+                    "persistent functions keep {persistent} instances; max_instances ({}) must be larger to leave room for on-demand calls",
+                    r.max_instances
+                ),
+            ));
+        }
+
         if self.functions.is_empty() {
             return Err(self.invalid("function", "no [[function]] is configured"));
         }
@@ -208,6 +240,15 @@ impl Config {
                         r.max_instances
                     ),
                 ));
+            }
+            if !(1..=256).contains(&f.instances) {
+                return Err(self.invalid(key("instances"), "must be from 1 to 256"));
+            }
+            if f.instances != 1 && f.mode != super::Mode::Persistent {
+                return Err(self.invalid(key("instances"), "only applies to mode = \"persistent\""));
+            }
+            if f.restart_window_secs == 0 {
+                return Err(self.invalid(key("restart_window_secs"), "must be at least 1"));
             }
             if !(1..=1_000_000).contains(&f.queue_capacity) {
                 return Err(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));

@@ -1,16 +1,17 @@
 //! A loaded function and one on-demand call of it.
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
 use super::RuntimeError;
-use super::bindings::FunctionPre;
 use super::bindings::edge::agent::types::Event;
+use super::bindings::{Function as FunctionBindings, FunctionPre};
 use super::host::{FunctionContext, Outgoing, StoreData};
 use crate::config::FunctionConfig;
+use crate::state::{Namespace, StateStore};
 
 /// Why an event was not handled. Stable names: they appear in dead letters and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,9 +32,21 @@ pub enum ErrorKind {
     PayloadTooLarge,
     /// The function's queue was full.
     QueueFull,
+    /// The state store failed (disk or database error).
+    State,
+    /// A persistent function's instance is stopped (restart policy exhausted).
+    FunctionStopped,
 }
 
 impl ErrorKind {
+    /// Whether the instance must be thrown away after this failure (it trapped).
+    pub fn kills_instance(self) -> bool {
+        matches!(
+            self,
+            Self::Timeout | Self::MemoryLimit | Self::StackOverflow | Self::Trap | Self::State
+        )
+    }
+
     /// The kebab-case name used in dead letters.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -45,6 +58,8 @@ impl ErrorKind {
             Self::Instantiate => "instantiate",
             Self::PayloadTooLarge => "payload-too-large",
             Self::QueueFull => "queue-full",
+            Self::State => "state-error",
+            Self::FunctionStopped => "function-stopped",
         }
     }
 }
@@ -66,10 +81,11 @@ pub struct CallError {
 }
 
 /// A successful call: what to publish and what it cost.
-#[derive(Debug)]
 pub struct CallOutcome {
     /// Messages to publish, in order.
     pub outbox: Vec<Outgoing>,
+    /// If the call wrote state: the store and the flush generation that makes it durable.
+    pub durable: Option<(Arc<StateStore>, u64)>,
     /// Store creation and instantiation.
     pub instantiate: Duration,
     /// The handler call itself.
@@ -83,6 +99,16 @@ pub struct LoadedFunction {
     ctx: Arc<FunctionContext>,
     pre: FunctionPre<StoreData>,
     deadline_ticks: u64,
+    state: OnceLock<Arc<Namespace>>,
+}
+
+/// A live instance of a function, with its own store. In the persistent model it lives
+/// across events; in the on-demand model for one event.
+pub struct Instance {
+    store: Store<StoreData>,
+    bindings: FunctionBindings,
+    deadline_ticks: u64,
+    state: Option<Arc<Namespace>>,
 }
 
 impl LoadedFunction {
@@ -129,12 +155,39 @@ impl LoadedFunction {
             ctx,
             pre,
             deadline_ticks,
+            state: OnceLock::new(),
         })
+    }
+
+    /// Gives the function its state namespace (done once, before the first event).
+    pub fn attach_state(&self, ns: Arc<Namespace>) {
+        let _ = self.state.set(ns);
     }
 
     /// The function's name.
     pub fn name(&self) -> &str {
         &self.ctx.name
+    }
+
+    /// Creates an instance: a fresh store with a memory limiter and a deadline.
+    ///
+    /// # Errors
+    /// [`CallError`] of kind `instantiate` (or `memory-limit` etc. if start-up trapped).
+    pub fn instantiate(&self) -> Result<Instance, CallError> {
+        let mut store = Store::new(self.pre.engine(), StoreData::new(self.ctx.clone()));
+        store.limiter(|s| s as &mut dyn ResourceLimiter);
+        store.set_epoch_deadline(self.deadline_ticks);
+        store.epoch_deadline_trap();
+        let bindings = self
+            .pre
+            .instantiate(&mut store)
+            .map_err(|e| classify(&store, &e, ErrorKind::Instantiate))?;
+        Ok(Instance {
+            store,
+            bindings,
+            deadline_ticks: self.deadline_ticks,
+            state: self.state.get().cloned(),
+        })
     }
 
     /// Runs one event in a fresh instance (the on-demand model) and drops it. Blocks the
@@ -144,32 +197,71 @@ impl LoadedFunction {
     /// [`CallError`] with the kind of failure; the instance is gone either way.
     pub fn call_on_demand(&self, event: &Event) -> Result<CallOutcome, CallError> {
         let start = Instant::now();
-        let mut store = Store::new(self.pre.engine(), StoreData::new(self.ctx.clone()));
-        store.limiter(|s| s as &mut dyn ResourceLimiter);
-        store.set_epoch_deadline(self.deadline_ticks);
-        store.epoch_deadline_trap();
-        let instance = self
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(&store, &e, ErrorKind::Instantiate))?;
-        let instantiated = Instant::now();
-        let result = instance.edge_agent_handler().call_handle(&mut store, event);
-        let execute = instantiated.elapsed();
+        let instance = self.instantiate()?;
+        let instantiate = start.elapsed();
+        let (result, _instance) = instance.call(event);
+        result.map(|mut outcome| {
+            outcome.instantiate = instantiate;
+            outcome
+        })
+    }
+}
+
+impl Instance {
+    /// Calls the handler with `event`. Blocks for up to the timeout.
+    ///
+    /// Returns the instance back unless the call trapped (timeout, memory limit, trap):
+    /// a store that trapped is never called again.
+    pub fn call(mut self, event: &Event) -> (Result<CallOutcome, CallError>, Option<Self>) {
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        {
+            let data = self.store.data_mut();
+            data.outbox.clear();
+            data.memory_limit_hit = false;
+            data.state_error = None;
+            data.txn = self.state.as_ref().map(|ns| ns.begin());
+        }
+        let started = Instant::now();
+        let result = self
+            .bindings
+            .edge_agent_handler()
+            .call_handle(&mut self.store, event);
+        let execute = started.elapsed();
+        let data = self.store.data_mut();
+        let txn = data.txn.take();
+        let outbox = std::mem::take(&mut data.outbox);
+        let peak_memory = data.peak_memory;
         match result {
             Ok(Ok(())) => {
-                let data = store.data_mut();
-                Ok(CallOutcome {
-                    outbox: std::mem::take(&mut data.outbox),
-                    instantiate: instantiated - start,
+                let durable = match txn.map(|t| t.commit()).transpose() {
+                    Ok(generation) => generation
+                        .flatten()
+                        .and_then(|g| self.state.as_ref().map(|ns| (ns.store().clone(), g))),
+                    Err(e) => {
+                        let err = CallError {
+                            kind: ErrorKind::State,
+                            message: format!("state not committed: {e}"),
+                        };
+                        return (Err(err), Some(self));
+                    }
+                };
+                let outcome = CallOutcome {
+                    outbox,
+                    durable,
+                    instantiate: Duration::ZERO,
                     execute,
-                    peak_memory: data.peak_memory,
-                })
+                    peak_memory,
+                };
+                (Ok(outcome), Some(self))
             }
-            Ok(Err(message)) => Err(CallError {
-                kind: ErrorKind::GuestError,
-                message,
-            }),
-            Err(e) => Err(classify(&store, &e, ErrorKind::Trap)),
+            Ok(Err(message)) => (
+                Err(CallError {
+                    kind: ErrorKind::GuestError,
+                    message,
+                }),
+                Some(self),
+            ),
+            Err(e) => (Err(classify(&self.store, &e, ErrorKind::Trap)), None),
         }
     }
 }
@@ -245,6 +337,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: ErrorKind) -> CallError {
     let kind = if store.data().memory_limit_hit {
         ErrorKind::MemoryLimit
+    } else if store.data().state_error.is_some() {
+        ErrorKind::State
     } else {
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => ErrorKind::Timeout,

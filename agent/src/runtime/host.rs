@@ -9,9 +9,10 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
-use super::bindings::edge::agent::{clock, config, log, mqtt, types};
+use super::bindings::edge::agent::{clock, config, log, mqtt, state, types};
 use super::output::{GuestOutput, Stream};
 use crate::mqtt::topic;
+use crate::state::{StateError, Txn};
 
 /// Most messages one call may queue for publishing.
 pub const MAX_PUBLISHES_PER_CALL: usize = 1_000;
@@ -55,6 +56,10 @@ pub struct StoreData {
     pub(crate) peak_memory: usize,
     /// Messages published during the current call.
     pub(crate) outbox: Vec<Outgoing>,
+    /// State reads and writes of the current call; `None` without a state store.
+    pub(crate) txn: Option<Txn>,
+    /// Set when a state store I/O error trapped the call.
+    pub(crate) state_error: Option<String>,
 }
 
 impl StoreData {
@@ -75,6 +80,8 @@ impl StoreData {
             memory_limit_hit: false,
             peak_memory: 0,
             outbox: Vec::new(),
+            txn: None,
+            state_error: None,
         }
     }
 
@@ -158,6 +165,65 @@ impl mqtt::Host for StoreData {
             retain,
         });
         Ok(())
+    }
+}
+
+impl StoreData {
+    fn txn(&mut self) -> Result<&mut Txn, String> {
+        self.txn
+            .as_mut()
+            .ok_or_else(|| "the state store is not available".to_string())
+    }
+
+    /// Guest-visible errors become `Err(message)`; I/O errors trap the call.
+    fn state_result<T>(&mut self, r: Result<T, StateError>) -> wasmtime::Result<Result<T, String>> {
+        match r {
+            Ok(v) => Ok(Ok(v)),
+            Err(StateError::Limit(m)) => Ok(Err(m)),
+            Err(e) => {
+                let msg = e.to_string();
+                self.state_error = Some(msg.clone());
+                Err(wasmtime::Error::msg(msg))
+            }
+        }
+    }
+}
+
+impl state::Host for StoreData {
+    fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
+        let r = match self.txn() {
+            Ok(t) => t.get(&key),
+            Err(_) => return Ok(None),
+        };
+        self.state_result(r).map(|r| r.ok().flatten())
+    }
+    fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
+        let r = match self.txn() {
+            Ok(t) => t.set(&key, value),
+            Err(e) => return Ok(Err(e)),
+        };
+        self.state_result(r)
+    }
+    fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
+        let r = match self.txn() {
+            Ok(t) => t.delete(&key),
+            Err(e) => return Ok(Err(e)),
+        };
+        self.state_result(r)
+    }
+    fn increment(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, String>> {
+        let r = match self.txn() {
+            Ok(t) => t.increment(&key, delta),
+            Err(e) => return Ok(Err(e)),
+        };
+        self.state_result(r)
+    }
+    fn list(&mut self, prefix: String, limit: u32) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
+        let r = match self.txn() {
+            Ok(t) => t.list(&prefix, limit),
+            Err(_) => return Ok(Vec::new()),
+        };
+        self.state_result(r).map(Result::unwrap_or_default)
     }
 }
 

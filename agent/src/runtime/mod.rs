@@ -23,7 +23,7 @@ use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
 pub use engine::Allocator;
-pub use function::{CallError, CallOutcome, ErrorKind, LoadedFunction};
+pub use function::{CallError, CallOutcome, ErrorKind, Instance, LoadedFunction};
 pub use host::Outgoing;
 
 use crate::config::Config;
@@ -35,6 +35,9 @@ pub mod bindings {
     wasmtime::component::bindgen!({
         path: "../modules/wit",
         world: "function",
+        // A state store I/O error traps the call (the event becomes a dead letter)
+        // rather than looking like a missing key to the guest.
+        imports: { "edge:agent/state": trappable },
     });
 }
 
