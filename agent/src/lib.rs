@@ -17,6 +17,7 @@ pub mod config;
 pub mod metrics;
 pub mod mqtt;
 pub mod publish;
+pub mod queue;
 pub mod router;
 pub mod runtime;
 pub mod sink;
@@ -179,7 +180,7 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
     let mut all_stats = Vec::new();
     for f in &cfg.functions {
         let stats = Arc::new(FunctionStats::default());
-        let (tx, rx) = mpsc::channel(f.queue_capacity);
+        let queue = Arc::new(queue::EventQueue::new(f.queue_capacity, f.overflow));
         let loaded = runtime
             .function(&f.name)
             .expect("every configured function was loaded by Runtime::new");
@@ -189,7 +190,7 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
                 loaded,
                 f.max_concurrency,
                 stats.clone(),
-                rx,
+                queue.clone(),
                 wctx.clone(),
             )),
             config::Mode::Persistent => {
@@ -198,13 +199,13 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
                     Ok(permits) => permits.forget(),
                     Err(_) => tracing::warn!(function = %f.name, "instance pool exhausted by persistent functions"),
                 }
-                tokio::spawn(worker::run_persistent(loaded, f.clone(), stats.clone(), rx, wctx.clone()))
+                tokio::spawn(worker::run_persistent(loaded, f.clone(), stats.clone(), queue.clone(), wctx.clone()))
             }
         });
         routes.push(router::Route {
             name: f.name.as_str().into(),
             filters: f.topics.clone(),
-            queue: tx,
+            queue,
             max_payload_bytes: f.max_payload_bytes,
             stats: stats.clone(),
         });

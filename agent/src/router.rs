@@ -11,11 +11,11 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rumqttc::Publish;
-use tokio::sync::mpsc;
 
 use crate::metrics::FunctionStats;
 use crate::mqtt::ack::{AckQueue, Ticket};
 use crate::mqtt::topic;
+use crate::queue::EventQueue;
 use crate::runtime::ErrorKind;
 use crate::sink::{DeadLetter, Sink};
 
@@ -54,6 +54,15 @@ impl std::fmt::Debug for Delivery {
 }
 
 impl Delivery {
+    /// A delivery for one function that needs no acknowledgement (tests, QoS 0).
+    pub fn detached(acks: Arc<AckQueue>) -> Self {
+        Self {
+            remaining: AtomicUsize::new(1),
+            ticket: None,
+            acks,
+        }
+    }
+
     /// Marks one function as done with the message; the last one releases its
     /// acknowledgement (sent once every earlier message is acknowledged too). A delivery
     /// that is dropped without being completed is never acknowledged, so the broker
@@ -74,14 +83,14 @@ pub struct Route {
     /// Its topic filters.
     pub filters: Vec<String>,
     /// Its queue.
-    pub queue: mpsc::Sender<Event>,
+    pub queue: Arc<EventQueue>,
     /// Largest payload passed in.
     pub max_payload_bytes: usize,
     /// Its counters.
     pub stats: Arc<FunctionStats>,
 }
 
-/// Routes messages to function queues.
+/// Routes messages to function queues. Dropping it closes them.
 pub struct Router {
     routes: Vec<Route>,
     acks: Arc<AckQueue>,
@@ -140,15 +149,25 @@ impl Router {
                 self.reject(route, event, ErrorKind::PayloadTooLarge, msg);
                 continue;
             }
-            match route.queue.try_send(event) {
-                Ok(()) => {}
-                Err(mpsc::error::TrySendError::Full(event)) => {
-                    let msg = format!("queue full ({} events waiting)", route.queue.max_capacity());
-                    self.reject(route, event, ErrorKind::QueueFull, msg);
+            match route.queue.push(event) {
+                Ok(None) => {}
+                Ok(Some(rejected)) => {
+                    let msg = format!(
+                        "queue full ({} events waiting, capacity {})",
+                        route.queue.len(),
+                        route.queue.capacity()
+                    );
+                    self.reject(route, rejected, ErrorKind::QueueFull, msg);
                 }
                 // The function is shutting down: leave the message unacknowledged.
-                Err(mpsc::error::TrySendError::Closed(_)) => {}
+                Err(_) => {}
             }
+        }
+    }
+
+    fn drop_routes(&mut self) {
+        for r in &self.routes {
+            r.queue.close();
         }
     }
 
@@ -164,5 +183,11 @@ impl Router {
             tracing::error!(function = %route.name, topic = %event.topic,
                 "dead letter not queued (connection backlog full); message left unacknowledged");
         }
+    }
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        self.drop_routes();
     }
 }

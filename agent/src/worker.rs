@@ -20,6 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{FunctionConfig, RestartPolicy};
 use crate::metrics::FunctionStats;
+use crate::queue::EventQueue;
 use crate::router::Event;
 use crate::runtime::bindings::edge::agent::types::Event as WitEvent;
 use crate::runtime::{CallError, CallOutcome, ErrorKind, Instance, LoadedFunction};
@@ -59,11 +60,11 @@ pub async fn run_on_demand(
     function: Arc<LoadedFunction>,
     max_concurrency: u32,
     stats: Arc<FunctionStats>,
-    mut queue: mpsc::Receiver<Event>,
+    queue: Arc<EventQueue>,
     ctx: WorkerContext,
 ) {
     let own = Arc::new(Semaphore::new(max_concurrency as usize));
-    while let Some(event) = queue.recv().await {
+    while let Some(event) = queue.pop().await {
         // Both semaphores live as long as the worker; acquire cannot fail.
         let Ok(own_permit) = own.clone().acquire_owned().await else {
             break;
@@ -136,7 +137,7 @@ pub async fn run_persistent(
     function: Arc<LoadedFunction>,
     cfg: FunctionConfig,
     stats: Arc<FunctionStats>,
-    mut queue: mpsc::Receiver<Event>,
+    queue: Arc<EventQueue>,
     ctx: WorkerContext,
 ) {
     let n = cfg.instances.max(1) as usize;
@@ -156,7 +157,7 @@ pub async fn run_persistent(
         };
         ctx.tracker.spawn(inst.run(rx));
     }
-    while let Some(event) = queue.recv().await {
+    while let Some(event) = queue.pop().await {
         let mut h = std::collections::hash_map::DefaultHasher::new();
         event.topic.hash(&mut h);
         let i = (h.finish() % n as u64) as usize;

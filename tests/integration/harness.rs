@@ -81,11 +81,48 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16) -> Self {
+        Self::launch(port, tempfile::tempdir().expect("tempdir"), false)
+    }
+
+    /// A broker that saves sessions and queued messages to disk when stopped.
+    pub fn start_persistent(port: u16) -> Self {
+        Self::launch(port, tempfile::tempdir().expect("tempdir"), true)
+    }
+
+    /// Starts a persistent broker again from the directory [`Mosquitto::stop`] returned.
+    pub fn restart_persistent(port: u16, dir: tempfile::TempDir) -> Self {
+        Self::launch(port, dir, true)
+    }
+
+    /// Stops the broker with SIGTERM (it saves its state) and returns its directory.
+    pub fn stop(mut self) -> tempfile::TempDir {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
         let dir = tempfile::tempdir().expect("tempdir");
+        std::mem::replace(&mut self._dir, dir)
+    }
+
+    fn launch(port: u16, dir: tempfile::TempDir, persistent: bool) -> Self {
         let conf = dir.path().join("mosquitto.conf");
+        // Run as root, mosquitto drops to its own user: let it write its database here.
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777));
+        }
+        let persistence = if persistent {
+            format!(
+                "persistence true\npersistence_location {}/\n",
+                dir.path().display()
+            )
+        } else {
+            "persistence false\n".to_string()
+        };
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}"),
         )
         .expect("write mosquitto.conf");
         let child = Command::new(mosquitto_binary())
@@ -145,7 +182,41 @@ impl Agent {
     }
 
     pub fn spawn(config: &str) -> Self {
+        Self::spawn_in(tempfile::tempdir().expect("tempdir"), config)
+    }
+
+    /// Stops this agent with SIGKILL (no cleanup at all) and starts a new one in the same
+    /// directory, so it finds the same state; waits until it has subscribed.
+    pub fn kill_and_restart(mut self, config: &str) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
         let dir = tempfile::tempdir().expect("tempdir");
+        let old = std::mem::replace(&mut self._dir, dir);
+        drop(self);
+        let agent = Self::spawn_in(old, config);
+        agent.wait_log("subscribed");
+        agent
+    }
+
+    /// Stops this agent with SIGTERM, checks it exited 0, and starts a new one in the same
+    /// directory; waits until it has subscribed.
+    pub fn stop_and_restart(mut self, config: &str) -> Self {
+        self.signal("TERM");
+        let status = self.child.wait().expect("wait");
+        assert!(
+            status.success(),
+            "agent exit {status}:\n{}",
+            self.log_text()
+        );
+        let dir = tempfile::tempdir().expect("tempdir");
+        let old = std::mem::replace(&mut self._dir, dir);
+        drop(self);
+        let agent = Self::spawn_in(old, config);
+        agent.wait_log("subscribed");
+        agent
+    }
+
+    pub fn spawn_in(dir: tempfile::TempDir, config: &str) -> Self {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(agent_bin())
@@ -275,7 +346,18 @@ pub struct Client {
 
 impl Client {
     pub async fn connect(port: u16, subscriptions: &[&str]) -> Self {
-        let mut opts = MqttOptions::new(unique("test-client"), "127.0.0.1", port);
+        Self::connect_with(port, unique("test-client"), true, subscriptions).await
+    }
+
+    /// A client with a persistent session (`clean_session = false`) that keeps
+    /// reconnecting: it gets what was queued for it while the broker was away.
+    pub async fn connect_persistent(port: u16, name: &str, subscriptions: &[&str]) -> Self {
+        Self::connect_with(port, unique(name), false, subscriptions).await
+    }
+
+    async fn connect_with(port: u16, id: String, clean: bool, subscriptions: &[&str]) -> Self {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_session(clean);
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
@@ -294,10 +376,7 @@ impl Client {
                         let _ = ready_tx.send(());
                     }
                     Ok(_) => {}
-                    Err(e) => {
-                        eprintln!("test client: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
         });

@@ -6,3 +6,4 @@
 mod cli;
 mod events;
 mod harness;
+mod state;

@@ -274,10 +274,14 @@ pub struct FunctionConfig {
     /// On-demand mode: events of this function handled at once (instances in flight).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
-    /// Events waiting for this function. When the queue is full, new events are dropped,
-    /// counted and sent to the dead-letter topic.
+    /// Events waiting for this function before `overflow` applies.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,
+    /// What happens when more events arrive than wait in the queue: `backpressure` (QoS
+    /// 1/2 events keep waiting unacknowledged, so the broker holds back the rest),
+    /// `drop-newest` or `drop-oldest`. Dropped events go to the dead-letter topic.
+    #[serde(default)]
+    pub overflow: crate::queue::Overflow,
     /// Largest payload passed to the function, in bytes; larger events go to the
     /// dead-letter topic without being passed in.
     #[serde(default = "default_max_payload_bytes")]

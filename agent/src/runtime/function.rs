@@ -242,7 +242,8 @@ impl Instance {
                             kind: ErrorKind::State,
                             message: format!("state not committed: {e}"),
                         };
-                        return (Err(err), Some(self));
+                        // The guest's memory may assume the writes happened: drop it.
+                        return (Err(err), None);
                     }
                 };
                 let outcome = CallOutcome {

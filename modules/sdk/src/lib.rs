@@ -274,6 +274,45 @@ pub mod log {
     }
 }
 
+/// The function's own key-value state, kept by the agent on local disk and shared by every
+/// instance of the function, in both execution models.
+///
+/// Writes are applied atomically when [`Function::handle`] returns `Ok` and discarded if
+/// it fails; reads see the call's own writes. Errors are limits being exceeded (key or
+/// value size, number of keys) or a value that is not an integer for [`increment`].
+pub mod state {
+    /// The value stored under `key`, if any.
+    pub fn get(key: &str) -> Option<Vec<u8>> {
+        super::wit::state::get(key)
+    }
+
+    /// The value under `key` as UTF-8 text, if any (invalid UTF-8 is replaced).
+    pub fn get_string(key: &str) -> Option<String> {
+        get(key).map(|v| String::from_utf8_lossy(&v).into_owned())
+    }
+
+    /// Stores `value` under `key`.
+    pub fn set(key: &str, value: &[u8]) -> Result<(), String> {
+        super::wit::state::set(key, value)
+    }
+
+    /// Removes `key`.
+    pub fn delete(key: &str) -> Result<(), String> {
+        super::wit::state::delete(key)
+    }
+
+    /// Adds `delta` to the integer under `key` (stored as decimal text; absent is 0) and
+    /// returns the new value.
+    pub fn increment(key: &str, delta: i64) -> Result<i64, String> {
+        super::wit::state::increment(key, delta)
+    }
+
+    /// Up to `limit` keys starting with `prefix`, in key order, with their values.
+    pub fn list(prefix: &str, limit: u32) -> Vec<(String, Vec<u8>)> {
+        super::wit::state::list(prefix, limit)
+    }
+}
+
 /// Time, as the agent sees it.
 pub mod clock {
     /// Wall-clock time: milliseconds since the Unix epoch (UTC).

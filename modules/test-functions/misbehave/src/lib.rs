@@ -15,12 +15,18 @@
 //! | `env`              | publishes `{"env_vars":N,"read_dir":"..."}`: what WASI exposes   |
 //! | `publish-many:N`   | publishes `0`, `1`, ... `N-1`                                    |
 //! | `publish-then-err` | publishes `should-not-arrive`, then returns `Err`                |
+//! | `slow-echo:MS:TEXT` | busy-waits `MS` ms, then publishes `TEXT`                       |
+//! | `recurse`          | recurses without end (stack overflow)                            |
+//! | `state-incr:KEY`   | increments state `KEY`, publishes the new value                  |
+//! | `state-incr-then-err:KEY` | increments state `KEY`, then returns `Err`                |
+//! | `state-incr-then-panic:KEY` | increments state `KEY`, then panics                     |
+//! | `state-set:BYTES`  | stores `BYTES` bytes under `big`, publishes `stored BYTES`       |
 //!
 //! Anything else returns `Err("unknown command: PAYLOAD")`.
 
 use std::hint::black_box;
 
-use edge_agent_sdk::{Event, Function, clock, config, fill_topic, publish};
+use edge_agent_sdk::{Event, Function, clock, config, fill_topic, publish, state};
 
 /// The `misbehave` function.
 struct Misbehave;
@@ -42,10 +48,7 @@ impl Function for Misbehave {
             },
             ("sleep", true) => {
                 let ms: u64 = number(arg)?;
-                let start = clock::monotonic_ns();
-                while clock::monotonic_ns().saturating_sub(start) < ms.saturating_mul(1_000_000) {
-                    std::hint::spin_loop();
-                }
+                busy_wait(ms);
                 reply(&format!("slept {ms}"))
             }
             ("alloc", true) => {
@@ -86,12 +89,52 @@ impl Function for Misbehave {
                 reply("should-not-arrive")?;
                 Err("failed after publish".into())
             }
+            ("slow-echo", true) => {
+                let (ms, text) = arg.split_once(':').unwrap_or((arg, ""));
+                busy_wait(number(ms)?);
+                reply(text)
+            }
+            ("recurse", false) => {
+                let depth = recurse(black_box(1));
+                reply(&format!("recursed {depth}"))
+            }
+            ("state-incr", true) => reply(&state::increment(arg, 1)?.to_string()),
+            ("state-incr-then-err", true) => {
+                state::increment(arg, 1)?;
+                Err("failed after a state write".into())
+            }
+            ("state-incr-then-panic", true) => {
+                state::increment(arg, 1)?;
+                panic!("misbehave: panicking after a state write")
+            }
+            ("state-set", true) => {
+                let n: usize = number(arg)?;
+                state::set("big", &vec![b'x'; n])?;
+                reply(&format!("stored {n}"))
+            }
             _ => Err(format!("unknown command: {command}")),
         }
     }
 }
 
 edge_agent_sdk::export_function!(Misbehave);
+
+/// Spins for `ms` milliseconds on the monotonic clock (WASI has no capabilities to sleep
+/// with here, and spinning is what a CPU-bound function looks like anyway).
+fn busy_wait(ms: u64) {
+    let start = clock::monotonic_ns();
+    while clock::monotonic_ns().saturating_sub(start) < ms.saturating_mul(1_000_000) {
+        std::hint::spin_loop();
+    }
+}
+
+/// Recurses until the stack runs out; the array keeps each frame large and the
+/// `black_box` calls keep the optimiser from turning it into a loop.
+#[allow(unconditional_recursion)]
+fn recurse(n: u64) -> u64 {
+    let frame = black_box([n; 64]);
+    black_box(recurse(black_box(frame[63] + 1)))
+}
 
 /// Parses a command's numeric argument.
 fn number<T: std::str::FromStr>(arg: &str) -> Result<T, String> {

@@ -1,0 +1,218 @@
+//! A function's event queue, with the overflow policy chosen in its config.
+//!
+//! The router pushes without ever waiting (it runs on the MQTT poll task); the worker pops.
+//! When more than `queue_capacity` events wait:
+//! - `backpressure` (default): QoS 1/2 events keep waiting, unacknowledged, so the broker
+//!   holds the rest of the stream; how many it sends unacknowledged is its in-flight
+//!   window (Mosquitto `max_inflight_messages`, rumqttd `max_inflight_count`). As a safety
+//!   net, past [`BACKPRESSURE_FACTOR`] × capacity new events are rejected. QoS 0 events,
+//!   which the broker does not hold back, are rejected at capacity;
+//! - `drop-newest`: the new event is rejected;
+//! - `drop-oldest`: the oldest waiting event is rejected to make room.
+//!
+//! A rejected event becomes a `queue-full` dead letter (counted and logged).
+
+use std::collections::VecDeque;
+use std::sync::Mutex;
+
+use serde::Deserialize;
+use tokio::sync::Notify;
+
+use crate::router::Event;
+
+/// How far past its capacity a queue under backpressure may grow before it rejects.
+pub const BACKPRESSURE_FACTOR: usize = 16;
+
+/// What happens to events that arrive when the queue is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Leave QoS 1/2 events unacknowledged and waiting, so the broker slows down.
+    #[default]
+    Backpressure,
+    /// Reject the newest event.
+    DropNewest,
+    /// Reject the oldest waiting event.
+    DropOldest,
+}
+
+struct Inner {
+    events: VecDeque<Event>,
+    closed: bool,
+}
+
+/// A bounded multi-producer, single-consumer queue of events.
+pub struct EventQueue {
+    inner: Mutex<Inner>,
+    ready: Notify,
+    capacity: usize,
+    overflow: Overflow,
+}
+
+impl EventQueue {
+    /// An empty queue.
+    pub fn new(capacity: usize, overflow: Overflow) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                events: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Notify::new(),
+            capacity: capacity.max(1),
+            overflow,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `event` without waiting. Returns the event that had to be rejected, if any
+    /// (the new one, or the oldest with `drop-oldest`), or `Err(event)` if the queue is
+    /// closed.
+    ///
+    /// # Errors
+    /// The event back if the queue is closed (shutting down).
+    pub fn push(&self, event: Event) -> Result<Option<Event>, Event> {
+        let mut q = self.lock();
+        if q.closed {
+            return Err(event);
+        }
+        let len = q.events.len();
+        let rejected = if len < self.capacity {
+            q.events.push_back(event);
+            None
+        } else {
+            match self.overflow {
+                Overflow::Backpressure
+                    if event.qos > 0 && len < self.capacity * BACKPRESSURE_FACTOR =>
+                {
+                    q.events.push_back(event);
+                    None
+                }
+                Overflow::Backpressure | Overflow::DropNewest => Some(event),
+                Overflow::DropOldest => {
+                    let oldest = q.events.pop_front();
+                    q.events.push_back(event);
+                    oldest
+                }
+            }
+        };
+        drop(q);
+        self.ready.notify_one();
+        Ok(rejected)
+    }
+
+    /// The next event, waiting for one; `None` once the queue is closed and empty.
+    pub async fn pop(&self) -> Option<Event> {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut q = self.lock();
+                if let Some(e) = q.events.pop_front() {
+                    return Some(e);
+                }
+                if q.closed {
+                    return None;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// No more pushes; `pop` drains what is left, then returns `None`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_waiters();
+        self.ready.notify_one();
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    /// Whether no events wait.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The configured capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::mqtt::ack::AckQueue;
+    use crate::router::Delivery;
+
+    fn event(n: u8, qos: u8) -> Event {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        Event {
+            topic: format!("t/{n}"),
+            payload: vec![n].into(),
+            qos,
+            retain: false,
+            received_at_ms: 0,
+            received: Instant::now(),
+            delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
+        }
+    }
+
+    fn topics(q: &EventQueue) -> Vec<String> {
+        q.lock().events.iter().map(|e| e.topic.clone()).collect()
+    }
+
+    #[test]
+    fn drop_newest_rejects_the_arrival() {
+        let q = EventQueue::new(2, Overflow::DropNewest);
+        for n in 0..2 {
+            assert!(matches!(q.push(event(n, 1)), Ok(None)));
+        }
+        let rejected = q.push(event(2, 1)).ok().flatten().map(|e| e.topic);
+        assert_eq!(rejected.as_deref(), Some("t/2"));
+        assert_eq!(topics(&q), ["t/0", "t/1"]);
+    }
+
+    #[test]
+    fn drop_oldest_makes_room() {
+        let q = EventQueue::new(2, Overflow::DropOldest);
+        for n in 0..3 {
+            let rejected = q.push(event(n, 1)).ok().flatten().map(|e| e.topic);
+            assert_eq!(rejected.as_deref(), (n == 2).then_some("t/0"));
+        }
+        assert_eq!(topics(&q), ["t/1", "t/2"]);
+    }
+
+    #[test]
+    fn backpressure_holds_qos1_but_not_qos0() {
+        let q = EventQueue::new(2, Overflow::Backpressure);
+        for n in 0..2 {
+            assert!(matches!(q.push(event(n, 1)), Ok(None)));
+        }
+        assert!(
+            matches!(q.push(event(9, 0)), Ok(Some(_))),
+            "QoS 0 is not held"
+        );
+        for n in 2..(2 * BACKPRESSURE_FACTOR) as u8 {
+            assert!(matches!(q.push(event(n, 1)), Ok(None)), "held {n}");
+        }
+        assert!(matches!(q.push(event(200, 1)), Ok(Some(_))), "safety net");
+    }
+
+    #[tokio::test]
+    async fn close_drains_then_ends() {
+        let q = EventQueue::new(4, Overflow::Backpressure);
+        assert!(q.push(event(1, 1)).is_ok());
+        q.close();
+        assert!(q.push(event(2, 1)).is_err(), "closed");
+        assert_eq!(q.pop().await.map(|e| e.topic).as_deref(), Some("t/1"));
+        assert!(q.pop().await.is_none());
+    }
+}

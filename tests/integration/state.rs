@@ -1,0 +1,310 @@
+//! The two execution models side by side, the state store, and delivery across crashes.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use crate::harness::{Agent, Client, Mosquitto, free_port, guest};
+
+fn embedded(port: u16) -> String {
+    format!(
+        "[agent]\nid = \"s{port}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nembedded = true\n"
+    )
+}
+
+fn function(name: &str, module: &str, mode: &str, topic: &str, extra: &str) -> String {
+    format!(
+        "\n[[function]]\nname = \"{name}\"\nmodule = \"{}\"\nmode = \"{mode}\"\ntopics = [\"{topic}\"]\n{extra}\n\
+         [function.config]\nout_topic = \"out/{name}\"\n",
+        guest(module)
+    )
+}
+
+async fn texts(c: &mut Client, n: usize) -> Vec<String> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(c.recv().await.text());
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn persistent_instance_keeps_memory_until_a_trap_and_on_demand_never_does() {
+    let port = free_port();
+    let config = embedded(port)
+        + &function("warm", "counter-global", "persistent", "warm/in", "")
+        + &function("cold", "counter-global", "on-demand", "cold/in", "");
+    let agent = Agent::start(&config);
+    let dlq = format!("edge-agent/s{port}/dead-letter");
+    let mut warm = Client::connect(port, &["out/warm", &dlq]).await;
+    let mut cold = Client::connect(port, &["out/cold"]).await;
+    for _ in 0..3 {
+        warm.publish("warm/in", "x").await;
+        cold.publish("cold/in", "x").await;
+    }
+    assert_eq!(
+        texts(&mut warm, 3).await,
+        ["1", "2", "3"],
+        "persistent instance keeps its memory"
+    );
+    assert_eq!(
+        texts(&mut cold, 3).await,
+        ["1", "1", "1"],
+        "on-demand starts fresh every time"
+    );
+
+    warm.publish("warm/in", "panic").await;
+    let m = warm.recv().await;
+    assert_eq!(m.json()["kind"], "trap", "{}", m.text());
+    warm.publish("warm/in", "x").await;
+    assert_eq!(
+        warm.recv().await.text(),
+        "1",
+        "a restarted instance starts from scratch"
+    );
+    agent.wait_log("persistent instance restarted");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("restarts=1"), "restart not counted:\n{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_never_stops_the_instance() {
+    let port = free_port();
+    let config = embedded(port)
+        + &function(
+            "fragile",
+            "counter-global",
+            "persistent",
+            "f/in",
+            "restart = \"never\"",
+        );
+    let _agent = Agent::start(&config);
+    let dlq = format!("edge-agent/s{port}/dead-letter");
+    let mut c = Client::connect(port, &["out/#", &dlq]).await;
+    c.publish("f/in", "panic").await;
+    assert_eq!(c.recv().await.json()["kind"], "trap");
+    c.publish("f/in", "x").await;
+    let j = c.recv().await.json();
+    assert_eq!(j["kind"], "function-stopped", "{j}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counter_is_identical_in_both_models_and_survives_a_restart() {
+    let port = free_port();
+    let config = embedded(port)
+        + &function("od", "counter", "on-demand", "od/+", "max_concurrency = 1")
+        + &function("p", "counter", "persistent", "p/+", "");
+    let agent = Agent::start(&config);
+    let mut c = Client::connect(port, &["out/#"]).await;
+    let counts = |msgs: Vec<crate::harness::Msg>, topic: &str| -> Vec<i64> {
+        msgs.iter()
+            .map(|m| m.json())
+            .filter(|j| j["topic"] == topic)
+            .map(|j| j["count"].as_i64().unwrap_or(-1))
+            .collect()
+    };
+    for _ in 0..5 {
+        c.publish("od/a", "x").await;
+        c.publish("p/a", "x").await;
+    }
+    c.publish("p/b", "x").await;
+    let mut got = Vec::new();
+    for _ in 0..11 {
+        got.push(c.recv().await);
+    }
+    assert_eq!(counts(got.clone(), "od/a"), [1, 2, 3, 4, 5]);
+    assert_eq!(counts(got.clone(), "p/a"), [1, 2, 3, 4, 5]);
+    assert_eq!(counts(got, "p/b"), [1]);
+
+    // Counts live in the state store: a restart (cold caches) continues them.
+    // The embedded broker went down with the agent: connect again.
+    let agent = agent.stop_and_restart(&config);
+    drop(c);
+    let mut c = Client::connect(port, &["out/#"]).await;
+    c.publish("od/a", "x").await;
+    c.publish("p/a", "x").await;
+    let got = vec![c.recv().await, c.recv().await];
+    assert_eq!(counts(got.clone(), "od/a"), [6]);
+    assert_eq!(counts(got, "p/a"), [6]);
+    drop(agent);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_is_per_function_and_failed_calls_write_nothing() {
+    let port = free_port();
+    let config = embedded(port)
+        + &function("a", "misbehave", "on-demand", "a/in", "")
+        + &function("b", "misbehave", "persistent", "b/in", "");
+    let _agent = Agent::start(&config);
+    let dlq = format!("edge-agent/s{port}/dead-letter");
+    let mut c = Client::connect(port, &["out/#", &dlq]).await;
+    c.publish("a/in", "state-incr:k").await;
+    assert_eq!(c.recv().await.text(), "1");
+    c.publish("b/in", "state-incr:k").await;
+    assert_eq!(c.recv().await.text(), "1", "b cannot see a's key");
+    for (topic, payload, kind) in [
+        ("a/in", "state-incr-then-err:k", "guest-error"),
+        ("a/in", "state-incr-then-panic:k", "trap"),
+        ("b/in", "state-incr-then-err:k", "guest-error"),
+        ("b/in", "state-incr-then-panic:k", "trap"),
+    ] {
+        c.publish(topic, payload).await;
+        let m = c.recv().await;
+        assert_eq!(m.topic, dlq);
+        assert_eq!(m.json()["kind"], kind, "{payload}");
+    }
+    c.publish("a/in", "state-incr:k").await;
+    assert_eq!(
+        c.recv().await.text(),
+        "2",
+        "failed calls' writes were discarded"
+    );
+    c.publish("b/in", "state-incr:k").await;
+    assert_eq!(c.recv().await.text(), "2");
+
+    // Limits are errors the guest sees, not crashes.
+    c.publish("a/in", "state-set:100000").await;
+    let j = c.recv().await.json();
+    assert_eq!(j["kind"], "guest-error");
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap_or("")
+            .contains("over the limit"),
+        "{j}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rolling_average_agrees_across_models() {
+    let port = free_port();
+    let window = "window = \"3\"\ncheckpoint_every = \"2\"\n";
+    let config = embedded(port)
+        + &function(
+            "avg-od",
+            "rolling-average",
+            "on-demand",
+            "avg-od/+",
+            "max_concurrency = 1",
+        )
+        + window
+        + &function("avg-p", "rolling-average", "persistent", "avg-p/+", "")
+        + window;
+    let _agent = Agent::start(&config);
+    let mut c = Client::connect(port, &["out/#"]).await;
+    for v in [1, 2, 3, 4, 5] {
+        c.publish("avg-od/s", format!("{{\"value\": {v}}}")).await;
+        c.publish("avg-p/s", format!("{{\"value\": {v}}}")).await;
+    }
+    let (mut od, mut p) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        let m = c.recv().await;
+        let avg = m.json()["average"].as_f64().unwrap_or(f64::NAN);
+        if m.topic == "out/avg-od" {
+            od.push(avg);
+        } else {
+            p.push(avg);
+        }
+    }
+    assert_eq!(od, [1.0, 1.5, 2.0, 3.0, 4.0]);
+    assert_eq!(p, od);
+}
+
+/// kill -9 in the middle of a QoS 1 stream, restart: every event is handled at least once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_stream_loses_no_qos1_event() {
+    let broker = Mosquitto::start();
+    let config = format!(
+        "[agent]\nid = \"crash\"\n[broker]\nurl = \"{}\"\nclean_session = false\n{}",
+        broker.url(),
+        function("echo", "misbehave", "persistent", "crash/in", "")
+    );
+    let mut c = Client::connect(broker.port, &["out/echo"]).await;
+    let agent = Agent::start(&config);
+    const N: u64 = 400;
+    let url = broker.url();
+    let publisher = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::harness::agent_bin())
+            // 2 ms of work per event: a backlog of received, unacknowledged events builds
+            // up, and the kill catches some of them in flight.
+            .args([
+                "publish",
+                "--broker",
+                &url,
+                "--topic",
+                "crash/in",
+                "--payload",
+                "slow-echo:2:{seq}",
+            ])
+            .args(["--count", &N.to_string(), "--rate", "400", "--qos", "1"])
+            .output()
+            .expect("publish")
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let agent = agent.kill_and_restart(&config);
+    let out = publisher.await.expect("join");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut seen = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen.len() < N as usize && tokio::time::Instant::now() < deadline {
+        for m in c.drain(Duration::from_millis(500)).await {
+            seen.insert(m.text().parse::<u64>().unwrap_or(u64::MAX));
+        }
+    }
+    let missing: Vec<u64> = (0..N).filter(|n| !seen.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} events: {:?}\nagent log after restart:\n{}",
+        missing.len(),
+        &missing[..missing.len().min(20)],
+        agent.log_text()
+    );
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+}
+
+/// The broker goes away while functions are still publishing; when it is back every
+/// output arrives, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_survive_a_broker_outage_in_order() {
+    let port = free_port();
+    let broker = Mosquitto::start_persistent(port);
+    let config = format!(
+        "[agent]\nid = \"outage\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_max_ms = 500\n{}",
+        function(
+            "slow",
+            "misbehave",
+            "persistent",
+            "slow/in",
+            "timeout_ms = 5000"
+        )
+    );
+    let agent = Agent::start(&config);
+    let mut c = Client::connect_persistent(port, "outage-reader", &["out/slow"]).await;
+    // Ten events of 200 ms each: two seconds of work, with the broker down in the middle.
+    for i in 0..10 {
+        c.publish("slow/in", format!("slow-echo:200:{i}")).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let dir = broker.stop();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _broker = Mosquitto::restart_persistent(port, dir);
+    // At-least-once: events whose acks were lost with the connection run again, so an
+    // output may come twice; the first arrivals are complete and in order.
+    let mut first = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while first.len() < 10 && tokio::time::Instant::now() < deadline {
+        for m in c.drain(Duration::from_millis(300)).await {
+            let t = m.text();
+            if !first.contains(&t) {
+                first.push(t);
+            }
+        }
+    }
+    let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    assert_eq!(first, expected, "agent log:\n{}", agent.log_text());
+}
