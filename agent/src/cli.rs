@@ -44,6 +44,10 @@ pub enum Command {
         /// Directory for the `.cwasm` files.
         #[arg(long)]
         out: PathBuf,
+        /// Compile with fuel counting: required when the device's config gives any
+        /// function a `fuel` budget (it changes the compiled code).
+        #[arg(long)]
+        fuel: bool,
         /// Components (`.wasm`) to compile.
         #[arg(required = true)]
         modules: Vec<PathBuf>,

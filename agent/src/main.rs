@@ -48,8 +48,14 @@ fn main() -> ExitCode {
         Command::Precompile {
             target,
             out,
+            fuel,
             modules,
-        } => match edge_agent::runtime::precompile::precompile(target.as_deref(), &out, &modules) {
+        } => match edge_agent::runtime::precompile::precompile(
+            target.as_deref(),
+            fuel,
+            &out,
+            &modules,
+        ) {
             Ok(artifacts) => {
                 for a in artifacts {
                     println!(

@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::runtime::ErrorKind;
 
-const KINDS: [ErrorKind; 10] = [
+const KINDS: [ErrorKind; 13] = [
     ErrorKind::GuestError,
     ErrorKind::Timeout,
     ErrorKind::MemoryLimit,
@@ -15,6 +15,9 @@ const KINDS: [ErrorKind; 10] = [
     ErrorKind::QueueFull,
     ErrorKind::State,
     ErrorKind::FunctionStopped,
+    ErrorKind::RateLimit,
+    ErrorKind::StateQuota,
+    ErrorKind::FuelExhausted,
 ];
 
 /// Event counters of one function.

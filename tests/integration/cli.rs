@@ -58,7 +58,7 @@ fn check_accepts_the_demo_config() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 functions"));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 functions"));
 }
 
 #[test]
@@ -282,4 +282,109 @@ fn wasm_named_cwasm_is_refused() {
         &good(fake.to_str().expect("utf-8")),
         "is not a precompiled component",
     );
+}
+
+/// At least fifteen malformed configs, each refused by both `check` and `run` with exit
+/// 78 and one line naming the file and the key or function.
+#[test]
+fn malformed_configs_table() {
+    let echo = guest("echo");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let big = dir.path().join("big.wasm");
+    std::fs::write(&big, vec![0u8; 2 * 1024 * 1024]).expect("write");
+    let base = good(&echo);
+    let with_fn = |line: &str| format!("{base}{line}\n");
+    let with_broker = |line: &str| base.replace("[broker]\n", &format!("[broker]\n{line}\n"));
+    let cases: Vec<(String, &str)> = vec![
+        (with_fn("qos = 3"), "`function[f].qos`: must be 0, 1 or 2"),
+        (with_fn("qos = \"high\""), "function[0].qos"),
+        (with_fn("timeout_ms = 0"), "`function[f].timeout_ms`"),
+        (
+            with_fn("memory_limit_mb = 99999"),
+            "`function[f].memory_limit_mb`",
+        ),
+        (
+            with_fn("max_concurrency = 0"),
+            "`function[f].max_concurrency`",
+        ),
+        (
+            with_fn("queue_capacity = 0"),
+            "`function[f].queue_capacity`",
+        ),
+        (with_fn("overflow = \"drop-everything\""), "drop-everything"),
+        (with_fn("mode = \"serverful\""), "serverful"),
+        (
+            with_fn("instances = 3"),
+            "`function[f].instances`: only applies to mode = \"persistent\"",
+        ),
+        (
+            with_fn("sha256 = \"abc\""),
+            "`function[f].sha256`: must be 64 hexadecimal digits",
+        ),
+        (with_fn("fuel = 0"), "`function[f].fuel`"),
+        (with_fn("publish_rate = 0"), "`function[f].publish_rate`"),
+        (with_fn("topics_extra = 1"), "unknown field `topics_extra`"),
+        (base.replace("a/#", "a/#/b"), "`function[f].topics`"),
+        (
+            base.replace("a/#", ""),
+            "`function[f].topics`: topic filter `` is empty",
+        ),
+        (
+            base.replace(&echo, "/nonexistent/x.wasm"),
+            "`function[f].module`: cannot read",
+        ),
+        (
+            base.replace(&echo, big.to_str().expect("utf-8")) + "[runtime]\nmax_module_mb = 1\n",
+            "over runtime.max_module_mb",
+        ),
+        (
+            base.replace("mqtt://127.0.0.1:1", "http://127.0.0.1:1"),
+            "`broker.url`: unsupported scheme",
+        ),
+        (
+            base.replace("mqtt://127.0.0.1:1", "mqtt://127.0.0.1:0"),
+            "`broker.url`",
+        ),
+        (
+            with_broker("keep_alive_secs = 1"),
+            "`broker.keep_alive_secs`",
+        ),
+        (with_broker("password = \"x\""), "`broker.password`"),
+        (
+            base.replace("mqtt://127.0.0.1:1", "mqtts://127.0.0.1:1")
+                .replace(
+                    "[broker]\n",
+                    "[broker.tls]\nca_file = \"/nonexistent/ca.pem\"\n[broker]\n",
+                ),
+            "`broker.tls.ca_file`: cannot read /nonexistent/ca.pem",
+        ),
+        (
+            base.replace(
+                "[[function]]",
+                "[broker.tls]\nca_file = \"/etc/hostname\"\n[[function]]",
+            ),
+            "`broker.tls`: is set but broker.url is not mqtts://",
+        ),
+        (
+            with_broker("embedded = true").replace("mqtt://", "mqtts://"),
+            "`broker.embedded`",
+        ),
+        (format!("[agent]\nid = \"a b\"\n{base}"), "`agent.id`"),
+        (
+            format!("[state]\nflush_interval_ms = 0\n{base}"),
+            "`state.flush_interval_ms`",
+        ),
+        (
+            format!("[runtime]\nmax_instances = 0\n{base}"),
+            "`runtime.max_instances`",
+        ),
+        (
+            "[[function]]\nname = \"f\"\n".to_string(),
+            "function[0].module",
+        ),
+    ];
+    assert!(cases.len() >= 15);
+    for (config, needle) in cases {
+        rejected(&config, needle);
+    }
 }

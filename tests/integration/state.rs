@@ -165,7 +165,7 @@ async fn state_is_per_function_and_failed_calls_write_nothing() {
     // Limits are errors the guest sees, not crashes.
     c.publish("a/in", "state-set:100000").await;
     let j = c.recv().await.json();
-    assert_eq!(j["kind"], "guest-error");
+    assert_eq!(j["kind"], "state-quota");
     assert!(
         j["message"]
             .as_str()

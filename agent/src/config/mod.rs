@@ -165,6 +165,9 @@ pub struct RuntimeConfig {
     /// stopped within its timeout plus one tick.
     #[serde(default = "default_epoch_tick_ms")]
     pub epoch_tick_ms: u64,
+    /// Largest module file accepted, in MiB: a bigger one is refused at start-up.
+    #[serde(default = "default_max_module_mb")]
+    pub max_module_mb: u64,
 }
 
 /// `[state]`: the functions' key-value state on local disk.
@@ -286,6 +289,18 @@ pub struct FunctionConfig {
     /// dead-letter topic without being passed in.
     #[serde(default = "default_max_payload_bytes")]
     pub max_payload_bytes: usize,
+    /// Instruction budget per call (wasmtime fuel): a call that uses it up fails with
+    /// `fuel-exhausted`. Deterministic, unlike a timeout; costs some speed for every
+    /// function while any function sets it. Default: no budget.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Messages the function may publish per second, across its instances (a token
+    /// bucket that also allows bursts of this size). Past it, `publish` returns an error.
+    #[serde(default = "default_publish_rate")]
+    pub publish_rate: u32,
+    /// Largest message the function may publish, in bytes.
+    #[serde(default = "default_max_publish_bytes")]
+    pub max_publish_bytes: usize,
     /// Static settings the function reads through the `config` interface, like a Lambda
     /// function's environment variables. Values are strings (numbers and booleans are
     /// converted).
@@ -365,6 +380,15 @@ fn default_max_concurrency() -> u32 {
 fn default_queue_capacity() -> usize {
     64
 }
+fn default_max_module_mb() -> u64 {
+    64
+}
+fn default_publish_rate() -> u32 {
+    1_000
+}
+fn default_max_publish_bytes() -> usize {
+    256 * 1024
+}
 fn default_max_payload_bytes() -> usize {
     256 * 1024
 }
@@ -416,6 +440,7 @@ impl Default for RuntimeConfig {
             allocator: AllocatorMode::Auto,
             max_instances: default_max_instances(),
             epoch_tick_ms: default_epoch_tick_ms(),
+            max_module_mb: default_max_module_mb(),
         }
     }
 }

@@ -157,6 +157,9 @@ impl Config {
         if !(1..=1_000).contains(&r.epoch_tick_ms) {
             return Err(self.invalid("runtime.epoch_tick_ms", "must be from 1 to 1000"));
         }
+        if !(1..=1024).contains(&r.max_module_mb) {
+            return Err(self.invalid("runtime.max_module_mb", "must be from 1 to 1024"));
+        }
 
         let st = &self.state;
         if !(1..=4096).contains(&st.cache_mb) {
@@ -253,6 +256,23 @@ impl Config {
             if !(1..=1_000_000).contains(&f.queue_capacity) {
                 return Err(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
             }
+            if f.fuel == Some(0) {
+                return Err(self.invalid(
+                    key("fuel"),
+                    "must be at least 1 (leave it out for no budget)",
+                ));
+            }
+            if f.publish_rate == 0 {
+                return Err(
+                    self.invalid(key("publish_rate"), "must be at least 1 message per second")
+                );
+            }
+            if f.max_publish_bytes == 0 || f.max_publish_bytes > b.max_packet_bytes {
+                return Err(self.invalid(
+                    key("max_publish_bytes"),
+                    "must be from 1 to broker.max_packet_bytes",
+                ));
+            }
             if f.max_payload_bytes > b.max_packet_bytes {
                 return Err(self.invalid(
                     key("max_payload_bytes"),
@@ -265,6 +285,17 @@ impl Config {
                 return Err(self.invalid(key("sha256"), "must be 64 hexadecimal digits"));
             }
             match std::fs::metadata(&f.module) {
+                Ok(m) if m.is_file() && m.len() > r.max_module_mb * 1024 * 1024 => {
+                    return Err(self.invalid(
+                        key("module"),
+                        format!(
+                            "{} is {} bytes, over runtime.max_module_mb ({} MiB)",
+                            f.module.display(),
+                            m.len(),
+                            r.max_module_mb
+                        ),
+                    ));
+                }
                 Ok(m) if m.is_file() => {}
                 Ok(_) => {
                     return Err(self.invalid(

@@ -46,13 +46,15 @@ pub fn host_memory_reservation() -> u64 {
 /// failed).
 pub fn build(cfg: &Config) -> Result<(Engine, Allocator), RuntimeError> {
     let instances = cfg.runtime.max_instances;
+    let fuel = fuel_enabled(cfg);
     let force_probe_failure = std::env::var_os("EDGE_AGENT_FORCE_POOLING_FAILURE").is_some();
     match cfg.runtime.allocator {
-        AllocatorMode::OnDemand => Ok((on_demand()?, Allocator::OnDemand)),
-        AllocatorMode::Pooling => {
-            Ok((pooling(instances, force_probe_failure)?, Allocator::Pooling))
-        }
-        AllocatorMode::Auto => match pooling(instances, force_probe_failure) {
+        AllocatorMode::OnDemand => Ok((on_demand(fuel)?, Allocator::OnDemand)),
+        AllocatorMode::Pooling => Ok((
+            pooling(instances, fuel, force_probe_failure)?,
+            Allocator::Pooling,
+        )),
+        AllocatorMode::Auto => match pooling(instances, fuel, force_probe_failure) {
             Ok(engine) => Ok((engine, Allocator::Pooling)),
             Err(e) => {
                 tracing::warn!(
@@ -60,7 +62,7 @@ pub fn build(cfg: &Config) -> Result<(Engine, Allocator), RuntimeError> {
                     "pooling allocator unavailable (small address space?); \
                      falling back to on-demand allocation, which makes instantiation slower"
                 );
-                Ok((on_demand()?, Allocator::OnDemand))
+                Ok((on_demand(fuel)?, Allocator::OnDemand))
             }
         },
     }
@@ -72,8 +74,9 @@ pub fn build(cfg: &Config) -> Result<(Engine, Allocator), RuntimeError> {
 ///
 /// # Errors
 /// [`RuntimeError::Engine`] for an unknown target.
-pub fn base_config(target: Option<&str>) -> Result<WasmConfig, RuntimeError> {
+pub fn base_config(target: Option<&str>, fuel: bool) -> Result<WasmConfig, RuntimeError> {
     let mut c = WasmConfig::new();
+    c.consume_fuel(fuel);
     let reservation = match target {
         Some(t) => {
             c.target(t)
@@ -105,7 +108,13 @@ fn target_is_32_bit(triple: &str) -> bool {
     .any(|p| triple.starts_with(p))
 }
 
-fn pooling(instances: u32, force_failure: bool) -> Result<Engine, RuntimeError> {
+/// Whether the engine counts fuel: when any function has a `fuel` budget. It changes the
+/// compiled code, so `.cwasm` artifacts must be precompiled with `--fuel` to match.
+pub fn fuel_enabled(cfg: &Config) -> bool {
+    cfg.functions.iter().any(|f| f.fuel.is_some())
+}
+
+fn pooling(instances: u32, fuel: bool, force_failure: bool) -> Result<Engine, RuntimeError> {
     if force_failure {
         return Err(RuntimeError::Engine(
             "pooling allocator probe failed (forced by EDGE_AGENT_FORCE_POOLING_FAILURE)".into(),
@@ -122,13 +131,13 @@ fn pooling(instances: u32, force_failure: bool) -> Result<Engine, RuntimeError> 
         // Keep a little memory resident between instances: saves page faults on reuse.
         .linear_memory_keep_resident(64 * 1024)
         .table_keep_resident(16 * 1024);
-    let mut c = base_config(None)?;
+    let mut c = base_config(None, fuel)?;
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
 }
 
-fn on_demand() -> Result<Engine, RuntimeError> {
-    Engine::new(&base_config(None)?).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+fn on_demand(fuel: bool) -> Result<Engine, RuntimeError> {
+    Engine::new(&base_config(None, fuel)?).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
 }
 
 /// Increments the engine's epoch every `tick` until dropped. Holds only a weak reference,

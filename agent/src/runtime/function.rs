@@ -36,6 +36,12 @@ pub enum ErrorKind {
     State,
     /// A persistent function's instance is stopped (restart policy exhausted).
     FunctionStopped,
+    /// The call failed after publishing faster than `publish_rate` allowed.
+    RateLimit,
+    /// The call failed after a state limit (key/value size, key count) refused a write.
+    StateQuota,
+    /// The call used up its instruction budget (`fuel`).
+    FuelExhausted,
 }
 
 impl ErrorKind {
@@ -43,7 +49,12 @@ impl ErrorKind {
     pub fn kills_instance(self) -> bool {
         matches!(
             self,
-            Self::Timeout | Self::MemoryLimit | Self::StackOverflow | Self::Trap | Self::State
+            Self::Timeout
+                | Self::MemoryLimit
+                | Self::StackOverflow
+                | Self::Trap
+                | Self::State
+                | Self::FuelExhausted
         )
     }
 
@@ -60,6 +71,9 @@ impl ErrorKind {
             Self::QueueFull => "queue-full",
             Self::State => "state-error",
             Self::FunctionStopped => "function-stopped",
+            Self::RateLimit => "rate-limit",
+            Self::StateQuota => "state-quota",
+            Self::FuelExhausted => "fuel-exhausted",
         }
     }
 }
@@ -100,6 +114,8 @@ pub struct LoadedFunction {
     pre: FunctionPre<StoreData>,
     deadline_ticks: u64,
     state: OnceLock<Arc<Namespace>>,
+    /// Fuel per call, when the engine counts fuel.
+    fuel: Option<u64>,
 }
 
 /// A live instance of a function, with its own store. In the persistent model it lives
@@ -109,6 +125,7 @@ pub struct Instance {
     bindings: FunctionBindings,
     deadline_ticks: u64,
     state: Option<Arc<Namespace>>,
+    fuel: Option<u64>,
 }
 
 impl LoadedFunction {
@@ -122,7 +139,7 @@ impl LoadedFunction {
         linker: &Linker<StoreData>,
         cfg: &FunctionConfig,
         tick: Duration,
-        max_publish_bytes: usize,
+        fuel_enabled: bool,
     ) -> Result<Self, RuntimeError> {
         let err = |message: String| RuntimeError::Load {
             function: cfg.name.clone(),
@@ -147,7 +164,8 @@ impl LoadedFunction {
         let ctx = Arc::new(FunctionContext {
             name: cfg.name.as_str().into(),
             config: cfg.config.clone(),
-            max_publish_bytes,
+            max_publish_bytes: cfg.max_publish_bytes,
+            publish_bucket: std::sync::Mutex::new(super::host::TokenBucket::new(cfg.publish_rate)),
             memory_limit: usize::try_from(cfg.memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
             timeout_ms: cfg.timeout_ms,
         });
@@ -156,6 +174,7 @@ impl LoadedFunction {
             pre,
             deadline_ticks,
             state: OnceLock::new(),
+            fuel: fuel_enabled.then_some(cfg.fuel.unwrap_or(u64::MAX)),
         })
     }
 
@@ -178,6 +197,13 @@ impl LoadedFunction {
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(self.deadline_ticks);
         store.epoch_deadline_trap();
+        if let Some(fuel) = self.fuel {
+            // Instantiation runs start-up code too; it gets the same budget.
+            store.set_fuel(fuel).map_err(|e| CallError {
+                kind: ErrorKind::Instantiate,
+                message: format!("{e:#}"),
+            })?;
+        }
         let bindings = self
             .pre
             .instantiate(&mut store)
@@ -187,6 +213,7 @@ impl LoadedFunction {
             bindings,
             deadline_ticks: self.deadline_ticks,
             state: self.state.get().cloned(),
+            fuel: self.fuel,
         })
     }
 
@@ -214,8 +241,18 @@ impl Instance {
     /// a store that trapped is never called again.
     pub fn call(mut self, event: &Event) -> (Result<CallOutcome, CallError>, Option<Self>) {
         self.store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(fuel) = self.fuel
+            && let Err(e) = self.store.set_fuel(fuel)
+        {
+            let err = CallError {
+                kind: ErrorKind::Trap,
+                message: format!("cannot set fuel: {e:#}"),
+            };
+            return (Err(err), None);
+        }
         {
             let data = self.store.data_mut();
+            data.limit_hit = None;
             data.outbox.clear();
             data.memory_limit_hit = false;
             data.state_error = None;
@@ -231,6 +268,7 @@ impl Instance {
         let txn = data.txn.take();
         let outbox = std::mem::take(&mut data.outbox);
         let peak_memory = data.peak_memory;
+        let limit_hit = data.limit_hit.take();
         match result {
             Ok(Ok(())) => {
                 let durable = match txn.map(|t| t.commit()).transpose() {
@@ -255,9 +293,10 @@ impl Instance {
                 };
                 (Ok(outcome), Some(self))
             }
+            // A guest that fails right after a limit refused it failed because of the limit.
             Ok(Err(message)) => (
                 Err(CallError {
-                    kind: ErrorKind::GuestError,
+                    kind: limit_hit.unwrap_or(ErrorKind::GuestError),
                     message,
                 }),
                 Some(self),
@@ -344,6 +383,7 @@ fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: ErrorKind) 
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => ErrorKind::Timeout,
             Some(Trap::StackOverflow) => ErrorKind::StackOverflow,
+            Some(Trap::OutOfFuel) => ErrorKind::FuelExhausted,
             _ => fallback,
         }
     };

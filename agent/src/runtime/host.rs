@@ -2,7 +2,7 @@
 //! imports (`mqtt`, `config`, `log`, `clock`) implemented on it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::ResourceLimiter;
@@ -16,6 +16,42 @@ use crate::state::{StateError, Txn};
 
 /// Most messages one call may queue for publishing.
 pub const MAX_PUBLISHES_PER_CALL: usize = 1_000;
+
+/// A token bucket: `rate` tokens per second, holding at most `rate` (so bursts of up to
+/// one second's worth are allowed).
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket refilling at `rate` per second.
+    pub fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: rate,
+            last: None,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.rate);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
 
 /// A message a guest asked to publish; sent only if its call returns `ok`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,6 +75,8 @@ pub struct FunctionContext {
     pub config: BTreeMap<String, String>,
     /// Largest payload a guest may publish, in bytes.
     pub max_publish_bytes: usize,
+    /// Publishes allowed, shared by all instances of the function.
+    pub publish_bucket: Mutex<TokenBucket>,
     /// Linear-memory cap per instance, in bytes.
     pub memory_limit: usize,
     /// Longest a call may run, in milliseconds.
@@ -60,6 +98,8 @@ pub struct StoreData {
     pub(crate) txn: Option<Txn>,
     /// Set when a state store I/O error trapped the call.
     pub(crate) state_error: Option<String>,
+    /// The last limit (publish rate, state quota) that refused something in this call.
+    pub(crate) limit_hit: Option<super::ErrorKind>,
 }
 
 impl StoreData {
@@ -82,6 +122,7 @@ impl StoreData {
             outbox: Vec::new(),
             txn: None,
             state_error: None,
+            limit_hit: None,
         }
     }
 
@@ -153,6 +194,16 @@ impl mqtt::Host for StoreData {
                 self.ctx.max_publish_bytes
             ));
         }
+        let allowed = self
+            .ctx
+            .publish_bucket
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take(Instant::now());
+        if !allowed {
+            self.limit_hit = Some(super::ErrorKind::RateLimit);
+            return Err("publish rate limit exceeded (publish_rate)".into());
+        }
         if self.outbox.len() >= MAX_PUBLISHES_PER_CALL {
             return Err(format!(
                 "more than {MAX_PUBLISHES_PER_CALL} messages published in one call"
@@ -179,7 +230,10 @@ impl StoreData {
     fn state_result<T>(&mut self, r: Result<T, StateError>) -> wasmtime::Result<Result<T, String>> {
         match r {
             Ok(v) => Ok(Ok(v)),
-            Err(StateError::Limit(m)) => Ok(Err(m)),
+            Err(StateError::Limit(m)) => {
+                self.limit_hit = Some(super::ErrorKind::StateQuota);
+                Ok(Err(m))
+            }
             Err(e) => {
                 let msg = e.to_string();
                 self.state_error = Some(msg.clone());
@@ -272,5 +326,29 @@ impl clock::Host for StoreData {
     }
     fn monotonic_ns(&mut self) -> u64 {
         u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::TokenBucket;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10);
+        let t0 = Instant::now();
+        assert_eq!(
+            (0..20).filter(|_| b.take(t0)).count(),
+            10,
+            "a burst of one second's worth"
+        );
+        assert!(!b.take(t0));
+        assert!(
+            b.take(t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!b.take(t0 + Duration::from_millis(100)));
     }
 }

@@ -79,10 +79,10 @@ impl Runtime {
             .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
         bindings::Function::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::Engine(format!("linking agent imports: {e:#}")))?;
+        let fuel = engine::fuel_enabled(cfg);
         let mut functions = HashMap::new();
         for f in &cfg.functions {
-            let loaded =
-                LoadedFunction::load(&engine, &linker, f, tick, cfg.broker.max_packet_bytes)?;
+            let loaded = LoadedFunction::load(&engine, &linker, f, tick, fuel)?;
             functions.insert(f.name.clone(), Arc::new(loaded));
         }
         let ticker = engine::EpochTicker::start(&engine, tick)?;

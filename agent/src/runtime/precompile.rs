@@ -31,17 +31,19 @@ pub fn wasmtime_target(triple: &str) -> &str {
     }
 }
 
-/// Compiles each of `modules` for `target` (default: this host) into `out/<stem>.cwasm`.
+/// Compiles each of `modules` for `target` (default: this host) into `out/<stem>.cwasm`,
+/// with fuel counting if `fuel` (needed when the device's config sets any `fuel`).
 ///
 /// # Errors
 /// [`RuntimeError::Load`] naming the module that failed; [`RuntimeError::Engine`] for an
 /// unknown target.
 pub fn precompile(
     target: Option<&str>,
+    fuel: bool,
     out: &Path,
     modules: &[PathBuf],
 ) -> Result<Vec<Artifact>, RuntimeError> {
-    let engine = Engine::new(&base_config(target.map(wasmtime_target))?)
+    let engine = Engine::new(&base_config(target.map(wasmtime_target), fuel)?)
         .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
     std::fs::create_dir_all(out)
         .map_err(|e| RuntimeError::Engine(format!("cannot create {}: {e}", out.display())))?;
