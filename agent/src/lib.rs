@@ -154,8 +154,9 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
         "starting"
     );
 
-    let (client, eventloop) =
+    let (client, mut eventloop) =
         rumqttc::AsyncClient::new(options, mqtt::options::REQUEST_CHANNEL_CAPACITY);
+    mqtt::options::low_latency(&mut eventloop);
     let sink = sink::Sink::new(client.clone(), cfg.dead_letter_topic());
     let tracker = TaskTracker::new();
     let wctx = worker::WorkerContext {

@@ -72,6 +72,7 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
         opts.set_credentials(u.clone(), args.password.clone().unwrap_or_default());
     }
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    crate::mqtt::options::low_latency(&mut eventloop);
     let qos = crate::mqtt::qos(args.qos);
     let count = args.count;
     let interval = args

@@ -122,7 +122,9 @@ impl Mosquitto {
         };
         std::fs::write(
             &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n{persistence}"),
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{persistence}"
+            ),
         )
         .expect("write mosquitto.conf");
         let child = Command::new(mosquitto_binary())
@@ -249,6 +251,10 @@ impl Agent {
         }
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
@@ -339,6 +345,7 @@ impl Msg {
 
 /// A test MQTT client with a random id: subscribes, publishes, collects.
 pub struct Client {
+    port: u16,
     client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Msg>,
     task: tokio::task::JoinHandle<()>,
@@ -361,6 +368,7 @@ impl Client {
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
+        edge_agent::mqtt::options::low_latency(&mut eventloop);
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -389,7 +397,16 @@ impl Client {
                 .await
                 .expect("suback in time");
         }
-        Self { client, rx, task }
+        Self {
+            port,
+            client,
+            rx,
+            task,
+        }
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) {

@@ -6,4 +6,5 @@
 mod cli;
 mod events;
 mod harness;
+mod hostile;
 mod state;

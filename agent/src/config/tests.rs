@@ -257,3 +257,33 @@ fn toml_syntax_error() {
     let e = Case::new().err("[agent\nid = 1");
     assert!(!e.is_empty());
 }
+
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::{Case, GOOD};
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever the file says, loading returns a config or an error: never a panic.
+        #[test]
+        fn arbitrary_files_never_panic(text in ".{0,200}") {
+            let c = Case::new();
+            let _ = c.load("agent.toml", &text);
+            let _ = c.load("agent.yaml", &text);
+            let _ = c.load("agent.json", &text);
+        }
+
+        /// A good config with one byte changed: an error with one line, or a config.
+        #[test]
+        fn mutated_configs_fail_cleanly(pos in 0usize..GOOD.len(), byte in 32u8..127) {
+            let mut bytes = GOOD.as_bytes().to_vec();
+            bytes[pos] = byte;
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            if let Err(e) = Case::new().load("agent.toml", &text) {
+                prop_assert!(!e.to_string().contains('\n'));
+            }
+        }
+    }
+}

@@ -114,3 +114,11 @@ fn read_certs(
     }
     Ok(certs)
 }
+
+/// Sends small packets at once (TCP_NODELAY): events and acknowledgements are small, and
+/// Nagle's algorithm meeting delayed ACKs adds tens of milliseconds per hop otherwise.
+pub fn low_latency(eventloop: &mut rumqttc::EventLoop) {
+    let mut net = eventloop.network_options();
+    net.set_tcp_nodelay(true);
+    eventloop.set_network_options(net);
+}

@@ -286,3 +286,86 @@ mod tests {
         }
     }
 }
+
+/// Property tests: arbitrary input never panics, and merged subscriptions never overlap
+/// yet cover every topic the functions asked for.
+#[cfg(test)]
+mod fuzz {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn level() -> impl Strategy<Value = String> {
+        prop_oneof![
+            Just("a".to_string()),
+            Just("b".to_string()),
+            Just("".to_string()),
+            Just("$x".to_string()),
+        ]
+    }
+
+    fn topic() -> impl Strategy<Value = String> {
+        prop::collection::vec(level(), 1..4)
+            .prop_map(|l| l.join("/"))
+            .prop_filter("topics are not empty", |t| !t.is_empty())
+    }
+
+    fn filter() -> impl Strategy<Value = String> {
+        (
+            prop::collection::vec(prop_oneof![level(), Just("+".to_string())], 1..4),
+            any::<bool>(),
+        )
+            .prop_map(|(mut l, hash)| {
+                if hash {
+                    l.push("#".into());
+                }
+                l.join("/")
+            })
+            .prop_filter("filters are not empty", |f| !f.is_empty())
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_strings_never_panic(s in ".{0,64}", t in ".{0,64}") {
+            let _ = validate_filter(&s);
+            let _ = validate_name(&t);
+            if validate_filter(&s).is_ok() && validate_name(&t).is_ok() {
+                let _ = matches(&s, &t);
+            }
+        }
+
+        #[test]
+        fn generated_filters_are_valid(f in filter()) {
+            prop_assert!(validate_filter(&f).is_ok(), "{}", f);
+        }
+
+        #[test]
+        fn overlap_agrees_with_matching(a in filter(), b in filter(), t in topic()) {
+            if matches(&a, &t) && matches(&b, &t) {
+                prop_assert!(overlap(&a, &b), "{} and {} both match {}", a, b, t);
+            }
+        }
+
+        #[test]
+        fn subscriptions_cover_without_overlap(
+            filters in prop::collection::vec((filter(), 0u8..3), 1..6),
+            topics in prop::collection::vec(topic(), 1..20),
+        ) {
+            let subs = subscriptions(filters.iter().map(|(f, q)| (f.as_str(), *q)));
+            for (i, a) in subs.iter().enumerate() {
+                for b in &subs[i + 1..] {
+                    prop_assert!(!overlap(&a.filter, &b.filter), "{:?} overlaps {:?}", a, b);
+                }
+            }
+            for t in &topics {
+                for (f, q) in &filters {
+                    if matches(f, t) {
+                        let covering: Vec<_> = subs.iter().filter(|s| matches(&s.filter, t)).collect();
+                        prop_assert_eq!(covering.len(), 1, "{} via {} in {:?}", t, f, subs);
+                        prop_assert!(covering[0].qos >= *q);
+                    }
+                }
+            }
+        }
+    }
+}
