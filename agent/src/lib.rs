@@ -218,6 +218,26 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
             .iter()
             .flat_map(|f| f.topics.iter().map(move |t| (t.as_str(), f.qos))),
     );
+    let mode_name = |m: config::Mode| match m {
+        config::Mode::OnDemand => "on-demand",
+        config::Mode::Persistent => "persistent",
+    };
+    let named_stats: Vec<(String, &'static str, Arc<FunctionStats>)> = cfg
+        .functions
+        .iter()
+        .zip(&all_stats)
+        .map(|(f, (_, st))| (f.name.clone(), mode_name(f.mode), st.clone()))
+        .collect();
+    let reporter_stop = CancellationToken::new();
+    let reporter = (cfg.agent.stats_interval_secs > 0).then(|| {
+        tokio::spawn(report_stats(
+            client.clone(),
+            cfg.stats_topic(),
+            Duration::from_secs(cfg.agent.stats_interval_secs),
+            named_stats.clone(),
+            reporter_stop.clone(),
+        ))
+    });
     let stop_intake = CancellationToken::new();
     let conn_done = CancellationToken::new();
     let connection = tokio::spawn(
@@ -264,11 +284,55 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
     }
     flusher_stop.cancel();
     let _ = flusher.await;
-    for (name, stats) in all_stats {
-        let (received, succeeded, failed) = stats.snapshot();
-        let restarts = stats.restarts();
-        tracing::info!(function = %name, received, succeeded, restarts, ?failed, "function totals");
+    reporter_stop.cancel();
+    if let Some(r) = reporter {
+        let _ = r.await;
+    }
+    drop(all_stats);
+    for (name, mode, stats) in &named_stats {
+        let s = stats.snapshot(name, mode);
+        tracing::info!(
+            function = %name,
+            mode,
+            received = s.received,
+            succeeded = s.succeeded,
+            restarts = s.restarts,
+            failed = ?s.failed,
+            e2e_p50_us = s.end_to_end_us.p50,
+            e2e_p99_us = s.end_to_end_us.p99,
+            instantiate_p50_us = s.instantiate_us.p50,
+            execute_p50_us = s.execute_us.p50,
+            cpu_total_us = s.cpu_total_us,
+            peak_memory_bytes = s.peak_memory_bytes,
+            "function totals"
+        );
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Publishes every function's snapshot as one retained JSON array every `every`.
+async fn report_stats(
+    client: rumqttc::AsyncClient,
+    topic: String,
+    every: Duration,
+    stats: Vec<(String, &'static str, Arc<FunctionStats>)>,
+    stop: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let snaps: Vec<_> = stats.iter().map(|(n, m, s)| s.snapshot(n, m)).collect();
+        let body = serde_json::to_vec(&snaps).unwrap_or_default();
+        if client
+            .try_publish(topic.clone(), rumqttc::QoS::AtMostOnce, true, body)
+            .is_err()
+        {
+            tracing::debug!("stats not published: connection backlog full");
+        }
+    }
 }

@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::task::TaskTracker;
 
 use crate::config::{FunctionConfig, RestartPolicy};
-use crate::metrics::FunctionStats;
+use crate::metrics::{CallCost, FunctionStats};
 use crate::queue::EventQueue;
 use crate::router::Event;
 use crate::runtime::bindings::edge::agent::types::Event as WitEvent;
@@ -99,6 +99,12 @@ async fn finish(
 ) {
     match result {
         Ok(outcome) => {
+            let cost = CallCost {
+                instantiate: outcome.instantiate,
+                execute: outcome.execute,
+                cpu: outcome.cpu,
+                peak_memory: outcome.peak_memory,
+            };
             tracing::debug!(
                 function = name,
                 topic = %event.topic,
@@ -117,7 +123,7 @@ async fn finish(
             if let Some((store, generation)) = &outcome.durable {
                 store.durable(*generation).await;
             }
-            stats.succeeded();
+            stats.succeeded(event.received.elapsed(), cost);
             event.delivery.complete();
         }
         Err(err) => {

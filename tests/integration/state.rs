@@ -308,3 +308,53 @@ async fn outputs_survive_a_broker_outage_in_order() {
     let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
     assert_eq!(first, expected, "agent log:\n{}", agent.log_text());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_models_report_their_costs() {
+    let port = free_port();
+    let config = embedded(port).replace("[broker]", "stats_interval_secs = 1\n[broker]")
+        + &function("od", "echo", "on-demand", "od/in", "")
+        + &function("p", "echo", "persistent", "p/in", "");
+    let _agent = Agent::start(&config);
+    let mut c = Client::connect(port, &["out/#"]).await;
+    for _ in 0..5 {
+        c.publish("od/in", "x").await;
+        c.publish("p/in", "x").await;
+    }
+    texts(&mut c, 10).await;
+    let mut stats = Client::connect(port, &[&format!("edge-agent/s{port}/stats")]).await;
+    // The retained snapshot may predate the events: wait for one that counts them all.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let j = stats.recv().await.json();
+        let find = |name: &str| {
+            j.as_array()
+                .and_then(|a| a.iter().find(|f| f["function"] == name))
+                .cloned()
+        };
+        let (od, p) = (
+            find("od").unwrap_or_default(),
+            find("p").unwrap_or_default(),
+        );
+        if od["succeeded"] == 5 && p["succeeded"] == 5 {
+            assert_eq!(od["mode"], "on-demand");
+            assert_eq!(p["mode"], "persistent");
+            assert_eq!(od["end_to_end_us"]["count"], 5);
+            assert_eq!(
+                od["instantiate_us"]["count"], 5,
+                "every on-demand event is a cold start"
+            );
+            assert_eq!(
+                p["instantiate_us"]["count"], 0,
+                "a warm instance pays no instantiation"
+            );
+            assert!(od["cpu_total_us"].as_u64().unwrap_or(0) > 0);
+            assert!(p["peak_memory_bytes"].as_u64().unwrap_or(0) > 0);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "stats never counted the events: {j}"
+        );
+    }
+}

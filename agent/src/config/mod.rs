@@ -85,6 +85,11 @@ pub struct AgentConfig {
     /// stops anyway, in milliseconds.
     #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
+    /// How often each function's counters and cost percentiles are published (retained)
+    /// on `<topic_prefix>/<id>/stats`, in seconds; 0 turns it off. They are also logged
+    /// at shutdown.
+    #[serde(default = "default_stats_interval_secs")]
+    pub stats_interval_secs: u64,
 }
 
 /// `[broker]`: the MQTT connection.
@@ -320,6 +325,9 @@ fn default_topic_prefix() -> String {
 fn default_shutdown_grace_ms() -> u64 {
     5_000
 }
+fn default_stats_interval_secs() -> u64 {
+    60
+}
 fn default_broker_url() -> String {
     "mqtt://127.0.0.1:1883".into()
 }
@@ -400,6 +408,7 @@ impl Default for AgentConfig {
             data_dir: default_data_dir(),
             topic_prefix: default_topic_prefix(),
             shutdown_grace_ms: default_shutdown_grace_ms(),
+            stats_interval_secs: default_stats_interval_secs(),
         }
     }
 }
@@ -508,6 +517,11 @@ impl Config {
             .client_id
             .clone()
             .unwrap_or_else(|| format!("edge-agent-{}", self.agent.id))
+    }
+
+    /// The topic statistics are published on.
+    pub fn stats_topic(&self) -> String {
+        format!("{}/{}/stats", self.agent.topic_prefix, self.agent.id)
     }
 
     /// The topic dead letters are published on.

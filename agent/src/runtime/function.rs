@@ -104,6 +104,8 @@ pub struct CallOutcome {
     pub instantiate: Duration,
     /// The handler call itself.
     pub execute: Duration,
+    /// CPU time of the calling thread during instantiation (on demand) and the call.
+    pub cpu: Duration,
     /// Largest linear memory the instance reached, in bytes.
     pub peak_memory: usize,
 }
@@ -224,11 +226,13 @@ impl LoadedFunction {
     /// [`CallError`] with the kind of failure; the instance is gone either way.
     pub fn call_on_demand(&self, event: &Event) -> Result<CallOutcome, CallError> {
         let start = Instant::now();
+        let cpu_start = crate::metrics::thread_cpu_time();
         let instance = self.instantiate()?;
         let instantiate = start.elapsed();
         let (result, _instance) = instance.call(event);
         result.map(|mut outcome| {
             outcome.instantiate = instantiate;
+            outcome.cpu = crate::metrics::thread_cpu_time().saturating_sub(cpu_start);
             outcome
         })
     }
@@ -259,11 +263,13 @@ impl Instance {
             data.txn = self.state.as_ref().map(|ns| ns.begin());
         }
         let started = Instant::now();
+        let cpu_start = crate::metrics::thread_cpu_time();
         let result = self
             .bindings
             .edge_agent_handler()
             .call_handle(&mut self.store, event);
         let execute = started.elapsed();
+        let cpu = crate::metrics::thread_cpu_time().saturating_sub(cpu_start);
         let data = self.store.data_mut();
         let txn = data.txn.take();
         let outbox = std::mem::take(&mut data.outbox);
@@ -289,6 +295,7 @@ impl Instance {
                     durable,
                     instantiate: Duration::ZERO,
                     execute,
+                    cpu,
                     peak_memory,
                 };
                 (Ok(outcome), Some(self))
