@@ -192,12 +192,7 @@ impl Agent {
     pub fn kill_and_restart(mut self, config: &str) -> Self {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let dir = tempfile::tempdir().expect("tempdir");
-        let old = std::mem::replace(&mut self._dir, dir);
-        drop(self);
-        let agent = Self::spawn_in(old, config);
-        agent.wait_log("subscribed");
-        agent
+        self.respawn(config)
     }
 
     /// Stops this agent with SIGTERM, checks it exited 0, and starts a new one in the same
@@ -210,10 +205,13 @@ impl Agent {
             "agent exit {status}:\n{}",
             self.log_text()
         );
-        let dir = tempfile::tempdir().expect("tempdir");
-        let old = std::mem::replace(&mut self._dir, dir);
+        self.respawn(config)
+    }
+
+    fn respawn(mut self, config: &str) -> Self {
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
         drop(self);
-        let agent = Self::spawn_in(old, config);
+        let agent = Self::spawn_in(dir, config);
         agent.wait_log("subscribed");
         agent
     }
