@@ -75,6 +75,7 @@ pub async fn run_on_demand(
         let function = function.clone();
         let stats = stats.clone();
         let sink = ctx.sink.clone();
+        let tracker = ctx.tracker.clone();
         ctx.tracker.spawn(async move {
             let wit = wit_event(&event);
             let f = function.clone();
@@ -82,18 +83,21 @@ pub async fn run_on_demand(
                 .await
                 .unwrap_or_else(|e| Err(join_error(e)));
             drop(pool_permit);
-            finish(function.name(), &stats, &sink, event, result).await;
+            finish(function.name(), &stats, &sink, &tracker, event, result).await;
             drop(own_permit);
         });
     }
 }
 
-/// Publishes a call's outputs (or its dead letter), waits for its state to be durable,
-/// then completes the delivery so the message can be acknowledged.
+/// Publishes a call's outputs (or its dead letter), then completes the delivery so the
+/// message can be acknowledged. If the call wrote state, completion waits for the flush
+/// that makes it durable, in a task of its own: the function goes on with its next
+/// event meanwhile (otherwise a persistent instance could handle one event per flush).
 async fn finish(
     name: &str,
-    stats: &FunctionStats,
+    stats: &Arc<FunctionStats>,
     sink: &Sink,
+    tracker: &TaskTracker,
     event: Event,
     result: Result<CallOutcome, CallError>,
 ) {
@@ -120,11 +124,20 @@ async fn finish(
                     return;
                 }
             }
-            if let Some((store, generation)) = &outcome.durable {
-                store.durable(*generation).await;
+            match outcome.durable {
+                Some((store, generation)) => {
+                    let stats = stats.clone();
+                    tracker.spawn(async move {
+                        store.durable(generation).await;
+                        stats.succeeded(event.received.elapsed(), cost);
+                        event.delivery.complete();
+                    });
+                }
+                None => {
+                    stats.succeeded(event.received.elapsed(), cost);
+                    event.delivery.complete();
+                }
             }
-            stats.succeeded(event.received.elapsed(), cost);
-            event.delivery.complete();
         }
         Err(err) => {
             stats.failed(err.kind);
@@ -160,6 +173,7 @@ pub async fn run_persistent(
             window: Duration::from_secs(cfg.restart_window_secs),
             stats: stats.clone(),
             sink: ctx.sink.clone(),
+            tracker: ctx.tracker.clone(),
         };
         ctx.tracker.spawn(inst.run(rx));
     }
@@ -181,6 +195,7 @@ struct PersistentInstance {
     window: Duration,
     stats: Arc<FunctionStats>,
     sink: Sink,
+    tracker: TaskTracker,
 }
 
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
@@ -217,7 +232,15 @@ impl PersistentInstance {
                     kind: ErrorKind::FunctionStopped,
                     message: format!("instance {} is stopped by its restart policy", self.index),
                 };
-                finish(&name, &self.stats, &self.sink, event, Err(err)).await;
+                finish(
+                    &name,
+                    &self.stats,
+                    &self.sink,
+                    &self.tracker,
+                    event,
+                    Err(err),
+                )
+                .await;
                 continue;
             };
             let wit = wit_event(&event);
@@ -233,7 +256,7 @@ impl PersistentInstance {
                     "persistent instance dropped after a failed call");
             }
             live = back;
-            finish(&name, &self.stats, &self.sink, event, result).await;
+            finish(&name, &self.stats, &self.sink, &self.tracker, event, result).await;
             if killed {
                 // Replace it now, not when the next event arrives; events wait meanwhile.
                 live = self.restart(&name, &mut restarts, &mut backoff).await;

@@ -358,3 +358,32 @@ async fn both_models_report_their_costs() {
         );
     }
 }
+
+/// Waiting for a flush must not hold up the next event: a persistent instance that writes
+/// state handles many events per flush interval, not one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_writes_do_not_serialise_on_the_flush_interval() {
+    let port = free_port();
+    let config = embedded(port).replace("[broker]", "[state]\nflush_interval_ms = 500\n[broker]")
+        + &function("p", "counter", "persistent", "p/+", "");
+    let _agent = Agent::start(&config);
+    let mut c = Client::connect(port, &["out/#"]).await;
+    let start = std::time::Instant::now();
+    for _ in 0..40 {
+        c.publish("p/x", "x").await;
+    }
+    let counts: Vec<i64> = {
+        let mut v = Vec::new();
+        for _ in 0..40 {
+            v.push(c.recv().await.json()["count"].as_i64().unwrap_or(-1));
+        }
+        v
+    };
+    assert_eq!(counts, (1..=40).collect::<Vec<i64>>());
+    // One event per flush would take 20 s.
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+}
