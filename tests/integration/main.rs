@@ -8,3 +8,4 @@ mod events;
 mod harness;
 mod hostile;
 mod state;
+mod tls;
