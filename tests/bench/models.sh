@@ -79,6 +79,7 @@ TOML
     pids=()
 done
 
+for r in $(seq 1 "$runs"); do python3 -c "import json,sys; print([(f[\"function\"], f[\"received\"], f[\"failed\"]) for f in json.load(open(sys.argv[1]))])" "$work/stats-$r.json"; done
 python3 - "$work" "$runs" "$events" "$rate" <<'PY'
 import json, statistics, sys
 work, runs, events, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]

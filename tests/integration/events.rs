@@ -312,3 +312,36 @@ async fn sigterm_finishes_in_flight_events_then_exits_zero() {
     assert_eq!(m.text(), "slept 1000");
     assert!(log.contains("disconnected from broker"), "{log}");
 }
+
+/// On a kernel whose address space is too small for the instance pool (some 39-bit
+/// aarch64 kernels) the probe fails: the agent says so and runs with on-demand allocation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pooling_probe_failure_falls_back_to_on_demand_allocation() {
+    let port = free_port();
+    let config = format!(
+        "[agent]\nid = \"probe\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nembedded = true\n{}",
+        misbehave_fn("f", "f/in", "")
+    );
+    let agent = Agent::start_with_env(&config, &[("EDGE_AGENT_FORCE_POOLING_FAILURE", "1")]);
+    let mut c = Client::connect(port, &["out/#"]).await;
+    c.publish("f/in", "ok").await;
+    assert_eq!(c.recv().await.text(), "ok");
+    let log = agent.log_text();
+    assert!(log.contains("falling back to on-demand allocation"), "{log}");
+    assert!(log.contains("allocator=OnDemand"), "{log}");
+
+    // With allocator = "pooling" the same failure is an error at start-up instead.
+    let forced = config.replace("[broker]", "[runtime]\nallocator = \"pooling\"\n[broker]");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    std::fs::write(&path, forced).expect("write");
+    let out = std::process::Command::new(crate::harness::agent_bin())
+        .args(["check", "--config"])
+        .arg(&path)
+        .env("EDGE_AGENT_FORCE_POOLING_FAILURE", "1")
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(stderr.contains("pooling allocator probe failed"), "{stderr}");
+}

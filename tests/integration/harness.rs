@@ -217,9 +217,21 @@ impl Agent {
     }
 
     pub fn spawn_in(dir: tempfile::TempDir, config: &str) -> Self {
+        Self::spawn_with_env(dir, config, &[])
+    }
+
+    /// Starts with extra environment variables; waits until it has subscribed.
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
+        let agent = Self::spawn_with_env(tempfile::tempdir().expect("tempdir"), config, env);
+        agent.wait_log("subscribed");
+        agent
+    }
+
+    fn spawn_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Self {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(agent_bin())
+            .envs(env.iter().copied())
             .args(["run", "--config"])
             .arg(&path)
             // data_dir defaults to ./data: one per test.
