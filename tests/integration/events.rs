@@ -327,7 +327,10 @@ async fn pooling_probe_failure_falls_back_to_on_demand_allocation() {
     c.publish("f/in", "ok").await;
     assert_eq!(c.recv().await.text(), "ok");
     let log = agent.log_text();
-    assert!(log.contains("falling back to on-demand allocation"), "{log}");
+    assert!(
+        log.contains("falling back to on-demand allocation"),
+        "{log}"
+    );
     assert!(log.contains("allocator=OnDemand"), "{log}");
 
     // With allocator = "pooling" the same failure is an error at start-up instead.
@@ -343,5 +346,8 @@ async fn pooling_probe_failure_falls_back_to_on_demand_allocation() {
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "{stderr}");
-    assert!(stderr.contains("pooling allocator probe failed"), "{stderr}");
+    assert!(
+        stderr.contains("pooling allocator probe failed"),
+        "{stderr}"
+    );
 }

@@ -59,7 +59,13 @@ impl Function for RollingAverage {
         // Cold (always, on demand): from the store, and write back every event.
         let (mut window, cold) = match cached {
             Some(w) => (w, false),
-            None => (Window { values: load(&key)?, since_checkpoint: 0 }, true),
+            None => (
+                Window {
+                    values: load(&key)?,
+                    since_checkpoint: 0,
+                },
+                true,
+            ),
         };
         window.values.push_back(value);
         while window.values.len() > size {
