@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# Builds the agent for a target and prints the binary's stripped size.
+#
+# Usage: cross/build.sh TARGET [device|full] [--profile PROFILE]
+#   TARGET   aarch64 | armv7 | host, or a Rust target triple
+#            (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, x86_64-unknown-linux-gnu)
+#   device   (default) no compiler: runs only `.cwasm` made by `edge-agent precompile`;
+#            armv7 gets the `pulley` feature (wasmtime's interpreter: Cranelift has no
+#            32-bit ARM back end)
+#   full     default features: Cranelift included, compiles `.wasm` and precompiles
+#   --profile  Cargo profile: default `device` for device builds and `device-full` (the
+#              same settings, another folder) for full builds; `release` also works
+#
+# The binary lands in ${CARGO_TARGET_DIR:-target}/<triple>/<profile>/edge-agent and that
+# path is the last line printed. Run cross/setup.sh once first for ARM targets.
+# Extra cargo flags can be given in CARGO_FLAGS (e.g. CARGO_FLAGS=--locked).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+
+usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
+
+target="" kind=device profile=""
+while (($#)); do
+    case $1 in
+        device | full) kind=$1 ;;
+        --profile) [[ $# -ge 2 ]] || usage; profile=$2; shift ;;
+        --profile=*) profile=${1#--profile=} ;;
+        -h | --help) usage ;;
+        -*) echo "cross/build.sh: unknown option $1" >&2; usage ;;
+        *) [[ -z $target ]] || usage; target=$1 ;;
+    esac
+    shift
+done
+[[ -n $target ]] || usage
+if [[ -z $profile ]]; then
+    profile=device
+    [[ $kind == full ]] && profile=device-full
+fi
+
+host=$(rustc -vV | sed -n 's/^host: //p')
+case $target in
+    aarch64 | arm64) triple=aarch64-unknown-linux-gnu ;;
+    armv7 | armhf) triple=armv7-unknown-linux-gnueabihf ;;
+    host | x86_64) triple=$host ;;
+    *) triple=$target ;;
+esac
+
+features=()
+if [[ $kind == device ]]; then
+    features+=(--no-default-features)
+    [[ $triple == armv7* || $triple == arm-* || $triple == thumbv7* ]] && features+=(--features pulley)
+fi
+
+# A missing cross linker fails late and obscurely inside cargo: say what to do instead.
+if [[ $triple != "$host" ]]; then
+    linker=$(sed -n "/^\[target\.$triple\]/,/^\[/s/^linker *= *\"\(.*\)\"/\1/p" .cargo/config.toml)
+    if [[ -n $linker ]] && ! command -v "$linker" >/dev/null; then
+        echo "cross/build.sh: $linker not found: run cross/setup.sh first" >&2
+        exit 69
+    fi
+    if ! rustup target list --installed | grep -qx "$triple"; then
+        echo "cross/build.sh: Rust target $triple not installed: run cross/setup.sh first" >&2
+        exit 69
+    fi
+fi
+
+target_dir=${CARGO_TARGET_DIR:-$root/target}
+# `release` and `dev` have their own folder names; other profiles are named after themselves.
+case $profile in
+    dev) out_dir=debug ;;
+    *) out_dir=$profile ;;
+esac
+bin="$target_dir/$triple/$out_dir/edge-agent"
+
+read -ra extra <<<"${CARGO_FLAGS:-}"
+set -x
+cargo build -p edge-agent --target "$triple" --profile "$profile" "${features[@]}" "${extra[@]}"
+{ set +x; } 2>/dev/null
+
+# Profiles with `strip = true` are already stripped; otherwise measure a stripped copy.
+size=$(stat -c %s "$bin")
+# (readelf comes with binutils, which linking needs anyway; `file` may not be installed.)
+if readelf -S "$bin" | grep -q '\.symtab'; then
+    strip_tool="strip"
+    case $triple in
+        aarch64-*) strip_tool=aarch64-linux-gnu-strip ;;
+        armv7-* | arm-*) strip_tool=arm-linux-gnueabihf-strip ;;
+    esac
+    tmp=$(mktemp)
+    "$strip_tool" -o "$tmp" "$bin"
+    size=$(stat -c %s "$tmp")
+    rm -f "$tmp"
+fi
+awk -v t="$triple" -v k="$kind" -v p="$profile" -v s="$size" \
+    'BEGIN { printf "edge-agent %s %s (profile %s): %.1f MiB stripped (%d bytes)\n", t, k, p, s / 1048576, s }'
+echo "$bin"

@@ -1,0 +1,235 @@
+#!/usr/bin/env bash
+# Smoke test of the ARM device build, run by CI (.ci/run): for each architecture
+#   1. installs the cross toolchain and qemu-user if missing (cross/setup.sh);
+#   2. builds the device binary (no Cranelift) for it (cross/build.sh ARCH device);
+#   3. precompiles modules/dist/threshold-alert.wasm for it with the host agent
+#      (`cargo build -p edge-agent`, the dev build the tests use anyway);
+#   4. runs that binary under qemu-user with the embedded broker on a free port and a
+#      config that loads the `.cwasm` (pinned by sha256) from a device-like working dir:
+#      `check` must exit 0, `run` must log `subscribed`;
+#   5. publishes {"value": 31.5} to sensors/kitchen/temperature from the host and expects
+#      exactly {"sensor":"kitchen","value":31.5,"threshold":30} on alerts/kitchen/temperature;
+#   6. sends SIGTERM and expects exit status 0.
+# Every wait has a timeout; the last line is `qemu-smoke: N passed, N failed`.
+#
+# Usage: cross/ci-smoke.sh [aarch64] [armv7]   (default: $CROSS_SMOKE_ARCHES, else aarch64)
+# Needs mosquitto-clients (mosquitto_sub). Honours CARGO_TARGET_DIR.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+self="$root/cross/$(basename "${BASH_SOURCE[0]}")"
+cd "$root"
+
+# Seconds allowed for each wait.
+START_TIMEOUT=${START_TIMEOUT:-90} # agent under qemu: load, subscribe
+ALERT_TIMEOUT=${ALERT_TIMEOUT:-30} # from publish to alert
+STOP_TIMEOUT=${STOP_TIMEOUT:-30}   # SIGTERM to exit
+BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
+
+now() { date +%s; }
+elapsed() { echo "$(($(now) - $1))s"; }
+
+# --- one architecture, in its own process (so that `set -e` and the trap apply) ---------
+if [[ ${1:-} == --one ]]; then
+    arch=$2 host_agent=$3
+    tag="qemu-smoke [$arch]"
+    say() { echo "$tag: $*"; }
+    work=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-smoke.XXXXXX")
+    agent_pid="" sub_pid=""
+    # shellcheck disable=SC2317 # called by the trap
+    cleanup() {
+        local rc=$?
+        for p in $sub_pid $agent_pid; do kill -KILL "$p" 2>/dev/null || true; done
+        wait 2>/dev/null || true
+        if ((rc != 0)) && [[ -f $work/agent.log ]]; then
+            echo "--- $tag: last lines of the agent's log ---"
+            tail -n 30 "$work/agent.log"
+            echo "---"
+        fi
+        rm -rf "$work"
+    }
+    trap cleanup EXIT
+    die() {
+        echo "$tag: FAIL: $*" >&2
+        exit 1
+    }
+
+    case $arch in
+        aarch64)
+            triple=aarch64-unknown-linux-gnu
+            qemu=(qemu-aarch64 -L /usr/aarch64-linux-gnu)
+            ;;
+        armv7)
+            triple=armv7-unknown-linux-gnueabihf
+            qemu=(qemu-arm -L /usr/arm-linux-gnueabihf)
+            ;;
+        *) die "unknown architecture '$arch' (aarch64 or armv7)" ;;
+    esac
+
+    t=$(now)
+    "$root/cross/setup.sh" "$arch" || die "cross/setup.sh $arch failed"
+    say "setup $(elapsed "$t")"
+
+    t=$(now)
+    build_out=$(timeout "$BUILD_TIMEOUT" "$root/cross/build.sh" "$arch" device 2>&1) ||
+        { echo "$build_out" | tail -n 40; die "device build failed (or took over ${BUILD_TIMEOUT}s)"; }
+    device_agent=$(tail -n 1 <<<"$build_out")
+    say "$(tail -n 2 <<<"$build_out" | head -n 1), built in $(elapsed "$t")"
+    [[ -x $device_agent ]] || die "no binary at $device_agent"
+
+    # A device-like working directory: relative module paths, as under the systemd unit.
+    mkdir -p "$work/modules" "$work/data"
+    pre=$("$host_agent" precompile --target "$triple" --out "$work/modules" \
+        modules/dist/threshold-alert.wasm 2>&1) || die "precompile for $triple failed: $pre"
+    sha=$(sed -n 's/.*sha256 \([0-9a-f]\{64\}\)$/\1/p' <<<"$pre")
+    [[ -n $sha ]] || die "precompile printed no sha256: $pre"
+    say "precompiled: $pre"
+
+    # A free port: pick a random one below the ephemeral range, skip ones that answer, and
+    # retry start-up on another if the agent still loses the race for it.
+    free_port() {
+        local p
+        for _ in $(seq 50); do
+            p=$((20000 + RANDOM % 12000))
+            if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+                echo "$p"
+                return 0
+            fi
+        done
+        return 1
+    }
+
+    write_config() {
+        cat >"$work/config.toml" <<CONFIG
+[agent]
+id = "qemu-smoke-$arch"
+data_dir = "data"
+
+[broker]
+url = "mqtt://127.0.0.1:$1"
+embedded = true
+
+[[function]]
+name = "threshold"
+module = "modules/threshold-alert.cwasm"
+sha256 = "$sha"
+mode = "on-demand"
+topics = ["sensors/+/temperature"]
+qos = 1
+timeout_ms = 5000   # emulation is slow; this is not a speed test
+memory_limit_mb = 8 # the default (32) is over armv7's 16 MiB reservation
+[function.config]
+threshold = "30"
+alert_topic = "alerts/{1..}"
+CONFIG
+    }
+
+    write_config 1883 # `check` opens no socket
+    t=$(now)
+    check_out=$(cd "$work" && timeout "$START_TIMEOUT" "${qemu[@]}" "$device_agent" check --config config.toml 2>&1) ||
+        die "\`edge-agent check\` under ${qemu[0]} failed: $check_out"
+    say "check: $check_out ($(elapsed "$t"))"
+
+    started=""
+    for attempt in 1 2 3; do
+        port=$(free_port) || die "no free port found"
+        write_config "$port"
+        (cd "$work" && exec "${qemu[@]}" "$device_agent" run --config config.toml) >"$work/agent.log" 2>&1 &
+        agent_pid=$!
+        t=$(now)
+        while (($(now) - t < START_TIMEOUT)); do
+            if grep -q 'subscribed' "$work/agent.log"; then
+                started=yes
+                break
+            fi
+            kill -0 "$agent_pid" 2>/dev/null || break
+            sleep 0.2
+        done
+        [[ -n $started ]] && break
+        if kill -0 "$agent_pid" 2>/dev/null; then
+            die "agent did not log 'subscribed' within ${START_TIMEOUT}s"
+        fi
+        wait "$agent_pid" || true
+        agent_pid=""
+        grep -qi 'address already in use\|addrinuse' "$work/agent.log" ||
+            die "agent exited during start-up"
+        say "port $port was taken (attempt $attempt), trying another"
+    done
+    [[ -n $started ]] || die "agent could not bind a free port in 3 attempts"
+    say "agent up on port $port in $(elapsed "$t")"
+
+    # Subscribe first and wait for the broker's SUBACK, so the alert cannot be missed.
+    # stdbuf: mosquitto_sub block-buffers a file, which would hide the SUBACK until it exits.
+    stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$port" -t 'alerts/#' -v -d -C 1 -W "$ALERT_TIMEOUT" \
+        -i "qemu-smoke-sub-$$" >"$work/sub.out" 2>&1 &
+    sub_pid=$!
+    t=$(now)
+    until grep -q 'received SUBACK' "$work/sub.out"; do
+        (($(now) - t < ALERT_TIMEOUT)) || die "mosquitto_sub got no SUBACK within ${ALERT_TIMEOUT}s"
+        kill -0 "$sub_pid" 2>/dev/null || die "mosquitto_sub exited: $(cat "$work/sub.out")"
+        sleep 0.1
+    done
+
+    t=$(now)
+    "$host_agent" publish --broker "mqtt://127.0.0.1:$port" --topic sensors/kitchen/temperature \
+        --payload '{"value": 31.5}' --qos 1 >"$work/pub.out" 2>&1 ||
+        die "publish failed: $(cat "$work/pub.out")"
+    # mosquitto_sub -C 1 -W exits after one message or the timeout.
+    sub_rc=0
+    wait "$sub_pid" || sub_rc=$?
+    sub_pid=""
+    expected='alerts/kitchen/temperature {"sensor":"kitchen","value":31.5,"threshold":30}'
+    if ! grep -qxF "$expected" "$work/sub.out"; then
+        echo "--- mosquitto_sub output (exit $sub_rc) ---"
+        grep -v '^Client ' "$work/sub.out" || true
+        die "expected the alert '$expected' within ${ALERT_TIMEOUT}s"
+    fi
+    say "alert received in $(elapsed "$t"): $expected"
+
+    t=$(now)
+    kill -TERM "$agent_pid"
+    while kill -0 "$agent_pid" 2>/dev/null; do
+        (($(now) - t < STOP_TIMEOUT)) || die "agent still running ${STOP_TIMEOUT}s after SIGTERM"
+        sleep 0.1
+    done
+    rc=0
+    wait "$agent_pid" || rc=$?
+    agent_pid=""
+    ((rc == 0)) || die "agent exited with status $rc after SIGTERM (expected 0)"
+    say "SIGTERM: exit 0 in $(elapsed "$t")"
+    say "PASS"
+    exit 0
+fi
+
+# --- driver -------------------------------------------------------------------------------
+arches=("$@")
+if ((${#arches[@]} == 0)); then
+    read -ra arches <<<"${CROSS_SMOKE_ARCHES:-aarch64}"
+fi
+command -v mosquitto_sub >/dev/null || {
+    echo "qemu-smoke: mosquitto_sub not found (apt-get install mosquitto-clients)" >&2
+    exit 69
+}
+
+t0=$(now)
+if [[ ! -f modules/dist/threshold-alert.wasm ]]; then
+    echo "qemu-smoke: building the guest components (modules/build.sh)"
+    timeout "$BUILD_TIMEOUT" modules/build.sh >/dev/null
+fi
+# The host agent (dev profile, with Cranelift) precompiles for the device; CI's tests build
+# the same artifacts, so this costs little there.
+t=$(now)
+timeout "$BUILD_TIMEOUT" cargo build -p edge-agent
+host_agent="${CARGO_TARGET_DIR:-$root/target}/debug/edge-agent"
+echo "qemu-smoke: host agent ready in $(elapsed "$t")"
+
+passed=0 failed=0
+for arch in "${arches[@]}"; do
+    if "$self" --one "$arch" "$host_agent"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+    fi
+done
+echo "qemu-smoke: total $(elapsed "$t0") for ${arches[*]}"
+echo "qemu-smoke: $passed passed, $failed failed"
+((failed == 0))
