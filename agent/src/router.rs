@@ -177,12 +177,26 @@ impl Router {
         let letter = DeadLetter::new(&route.name, &event, kind, message);
         if self.sink.try_dead_letter(&letter) {
             event.delivery.complete();
-        } else {
-            // Could not even queue the dead letter: leave the message unacknowledged so the
-            // broker redelivers it rather than losing it.
-            tracing::error!(function = %route.name, topic = %event.topic,
-                "dead letter not queued (connection backlog full); message left unacknowledged");
+            return;
         }
+        if event.qos == 0 {
+            // Nothing to acknowledge and nothing the broker would redeliver: count it and
+            // move on rather than pile up tasks under a QoS 0 flood.
+            tracing::warn!(function = %route.name, topic = %event.topic,
+                "connection backlog full: dead letter of a QoS 0 event dropped");
+            return;
+        }
+        // The connection's request queue is full. Leaving the message unacknowledged here
+        // would hold back every later acknowledgement (they leave in order) and stall the
+        // stream for good, so wait for room off the poll task instead.
+        tracing::debug!(function = %route.name, topic = %event.topic,
+            "connection backlog full; dead letter queued from a task");
+        let sink = self.sink.clone();
+        tokio::spawn(async move {
+            if sink.dead_letter(&letter).await {
+                event.delivery.complete();
+            }
+        });
     }
 }
 

@@ -276,7 +276,8 @@ pub struct FunctionConfig {
     /// event goes to the dead-letter topic.
     #[serde(default = "default_timeout_ms")]
     pub timeout_ms: u64,
-    /// Most linear memory one instance may have, in MiB. Growing past it fails the call.
+    /// Most linear memory one instance may have, in MiB (default 32; 16 on 32-bit hosts,
+    /// whose per-instance reservation is 16 MiB). Growing past it fails the call.
     #[serde(default = "default_memory_limit_mb")]
     pub memory_limit_mb: u64,
     /// On-demand mode: events of this function handled at once (instances in flight).
@@ -380,7 +381,8 @@ fn default_timeout_ms() -> u64 {
     1_000
 }
 fn default_memory_limit_mb() -> u64 {
-    32
+    // At most the per-instance reservation: 16 MiB on 32-bit hosts (armv7).
+    32.min(crate::runtime::engine::host_memory_reservation() / (1024 * 1024))
 }
 fn default_max_concurrency() -> u32 {
     4
