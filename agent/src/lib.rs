@@ -178,7 +178,7 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
 
     let mut routes = Vec::new();
     let mut workers = Vec::new();
-    let mut all_stats = Vec::new();
+    let mut all_stats: Vec<(String, &'static str, Arc<FunctionStats>)> = Vec::new();
     for f in &cfg.functions {
         let stats = Arc::new(FunctionStats::default());
         let queue = Arc::new(queue::EventQueue::new(f.queue_capacity, f.overflow));
@@ -210,7 +210,11 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
             max_payload_bytes: f.max_payload_bytes,
             stats: stats.clone(),
         });
-        all_stats.push((f.name.clone(), stats));
+        let mode = match f.mode {
+            config::Mode::OnDemand => "on-demand",
+            config::Mode::Persistent => "persistent",
+        };
+        all_stats.push((f.name.clone(), mode, stats));
     }
     let router = router::Router::new(routes, mqtt::ack::AckQueue::new(ack_tx), sink);
     let subscriptions = mqtt::topic::subscriptions(
@@ -218,23 +222,13 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
             .iter()
             .flat_map(|f| f.topics.iter().map(move |t| (t.as_str(), f.qos))),
     );
-    let mode_name = |m: config::Mode| match m {
-        config::Mode::OnDemand => "on-demand",
-        config::Mode::Persistent => "persistent",
-    };
-    let named_stats: Vec<(String, &'static str, Arc<FunctionStats>)> = cfg
-        .functions
-        .iter()
-        .zip(&all_stats)
-        .map(|(f, (_, st))| (f.name.clone(), mode_name(f.mode), st.clone()))
-        .collect();
     let reporter_stop = CancellationToken::new();
     let reporter = (cfg.agent.stats_interval_secs > 0).then(|| {
         tokio::spawn(report_stats(
             client.clone(),
             cfg.stats_topic(),
             Duration::from_secs(cfg.agent.stats_interval_secs),
-            named_stats.clone(),
+            all_stats.clone(),
             reporter_stop.clone(),
         ))
     });
@@ -288,8 +282,7 @@ pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Resu
     if let Some(r) = reporter {
         let _ = r.await;
     }
-    drop(all_stats);
-    for (name, mode, stats) in &named_stats {
+    for (name, mode, stats) in &all_stats {
         let s = stats.snapshot(name, mode);
         tracing::info!(
             function = %name,

@@ -165,12 +165,6 @@ impl Router {
         }
     }
 
-    fn drop_routes(&mut self) {
-        for r in &self.routes {
-            r.queue.close();
-        }
-    }
-
     fn reject(&self, route: &Route, event: Event, kind: ErrorKind, message: String) {
         route.stats.failed(kind);
         tracing::warn!(function = %route.name, topic = %event.topic, kind = %kind, "{message}");
@@ -202,6 +196,8 @@ impl Router {
 
 impl Drop for Router {
     fn drop(&mut self) {
-        self.drop_routes();
+        for r in &self.routes {
+            r.queue.close();
+        }
     }
 }

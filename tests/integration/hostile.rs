@@ -91,28 +91,20 @@ async fn hostile_guests_get_the_right_error_kind() {
     let mut s = setup(&functions).await;
     for f in ["od", "p"] {
         let topic = format!("{f}/in");
-        assert_eq!(kind_of(&mut s, &topic, "loop").await, "timeout", "{f}");
-        assert_eq!(
-            kind_of(&mut s, &topic, "alloc:100").await,
-            "memory-limit",
-            "{f}"
-        );
-        assert_eq!(
-            kind_of(&mut s, &topic, "recurse").await,
-            "stack-overflow",
-            "{f}"
-        );
-        assert_eq!(kind_of(&mut s, &topic, "panic").await, "trap", "{f}");
-        assert_eq!(
-            kind_of(&mut s, &topic, "publish-many:5000").await,
-            "rate-limit",
-            "{f}"
-        );
-        assert_eq!(
-            kind_of(&mut s, &topic, "state-set:1000000").await,
-            "state-quota",
-            "{f}"
-        );
+        for (payload, kind) in [
+            ("loop", "timeout"),
+            ("alloc:100", "memory-limit"),
+            ("recurse", "stack-overflow"),
+            ("panic", "trap"),
+            ("publish-many:5000", "rate-limit"),
+            ("state-set:1000000", "state-quota"),
+        ] {
+            assert_eq!(
+                kind_of(&mut s, &topic, payload).await,
+                kind,
+                "{f}: {payload}"
+            );
+        }
         // Still healthy afterwards (persistent: a fresh instance after the restarts).
         tokio::time::sleep(Duration::from_millis(1100)).await; // let the publish bucket refill
         s.client.publish(&topic, "ok").await;
