@@ -84,17 +84,8 @@ mkdir -p "$work/modules" "$work/data"
 "$tool" precompile --out "$work/modules" modules/dist/threshold-alert.wasm modules/dist/echo.wasm >/dev/null
 cp "$config" "$work/config.toml"
 
-free_port() {
-    local p
-    for _ in $(seq 50); do
-        p=$((20000 + RANDOM % 12000))
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-            echo "$p"
-            return 0
-        fi
-    done
-    return 1
-}
+# shellcheck source=cross/lib.sh
+source "$root/cross/lib.sh"
 
 # wait_for SECONDS DESCRIPTION COMMAND...: polls COMMAND until it succeeds.
 wait_for() {

@@ -84,19 +84,10 @@ if [[ ${1:-} == --one ]]; then
     [[ -n $sha ]] || die "precompile printed no sha256: $pre"
     say "precompiled: $pre"
 
-    # A free port: pick a random one below the ephemeral range, skip ones that answer, and
-    # retry start-up on another if the agent still loses the race for it.
-    free_port() {
-        local p
-        for _ in $(seq 50); do
-            p=$((20000 + RANDOM % 12000))
-            if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
-                echo "$p"
-                return 0
-            fi
-        done
-        return 1
-    }
+    # A free port (cross/lib.sh); start-up is retried on another if the agent still loses
+    # the race for it.
+    # shellcheck source=cross/lib.sh
+    source "$root/cross/lib.sh"
 
     write_config() {
         cat >"$work/config.toml" <<CONFIG
