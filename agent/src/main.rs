@@ -1,10 +1,12 @@
 //! The `edge-agent` binary: parses the command line, loads and validates the config, sets
 //! up logging and the tokio runtime, and hands over to the library.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use clap::Parser;
-use edge_agent::cli::{Cli, Command};
+use edge_agent::cli::publish::PublishError;
+use edge_agent::cli::{Cli, Command, PublishArgs};
 use edge_agent::config::Config;
 use edge_agent::{AgentError, Prepared};
 use tracing_subscriber::EnvFilter;
@@ -12,38 +14,9 @@ use tracing_subscriber::EnvFilter;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    // ring for TLS; installing twice is harmless.
-    let _ = rustls::crypto::ring::default_provider().install_default();
     match cli.command {
-        Command::Check { config } => match prepare(&config) {
-            Ok(p) => {
-                println!(
-                    "{}: ok ({} functions, {:?} allocator)",
-                    config.display(),
-                    p.runtime_function_count(),
-                    p.runtime().allocator()
-                );
-                ExitCode::SUCCESS
-            }
-            Err(e) => fail(&e),
-        },
-        Command::Run { config } => {
-            let prepared = match prepare(&config) {
-                Ok(p) => p,
-                Err(e) => return fail(&e),
-            };
-            let rt = match tokio::runtime::Runtime::new() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(edge_agent::run(prepared, shutdown_signal())) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail(&e),
-            }
-        }
+        Command::Check { config } => check(&config),
+        Command::Run { config } => run(&config),
         #[cfg(feature = "compiler")]
         Command::Precompile {
             target,
@@ -68,48 +41,86 @@ fn main() -> ExitCode {
                 ExitCode::SUCCESS
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", edge_agent::failure::chain(&e));
                 ExitCode::FAILURE
             }
         },
-        Command::Publish(args) => {
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the async runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            match rt.block_on(edge_agent::publish::publish(&args)) {
-                Ok(n) => {
-                    eprintln!("published {n} message(s) to {}", args.topic);
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(
-                        if matches!(e, edge_agent::publish::PublishError::Usage(_)) {
-                            64
-                        } else {
-                            69
-                        },
-                    )
-                }
-            }
-        }
+        Command::Publish(args) => publish(&args),
     }
 }
 
-fn prepare(path: &std::path::Path) -> Result<Prepared, AgentError> {
+fn prepare(path: &Path) -> Result<Prepared, AgentError> {
     let cfg = Config::load(path)?;
     Prepared::new(cfg)
 }
 
+/// `edge-agent check`: everything `run` checks before it opens a socket.
+fn check(config: &Path) -> ExitCode {
+    match prepare(config) {
+        Ok(p) => {
+            println!(
+                "{}: ok ({} functions, {:?} allocator)",
+                config.display(),
+                p.config().functions.len(),
+                p.runtime().allocator()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `edge-agent run`: until SIGINT or SIGTERM.
+fn run(config: &Path) -> ExitCode {
+    let prepared = match prepare(config) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(edge_agent::run(prepared, shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
+/// `edge-agent publish`: exit 64 for bad arguments, 69 (`EX_UNAVAILABLE`) for a broker
+/// that cannot be reached.
+fn publish(args: &PublishArgs) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(edge_agent::cli::publish::publish(args)) {
+        Ok(n) => {
+            eprintln!("published {n} message(s) to {}", args.topic);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let code = match e {
+                PublishError::Usage(_) => 64,
+                _ => 69,
+            };
+            eprintln!("error: {}", edge_agent::failure::chain(&e));
+            ExitCode::from(code)
+        }
+    }
+}
+
+/// Prints the error with its causes on one line, and picks the exit code.
 fn fail(e: &AgentError) -> ExitCode {
-    eprintln!("error: {e}");
+    eprintln!("error: {}", edge_agent::failure::chain(e));
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
 }
 

@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use crate::harness::{Client, agent_bin, free_port, guest, repo_root};
+use crate::harness::{Client, agent_bin, broker_port, guest, repo_root};
 
 fn run(args: &[&str], dir: &std::path::Path) -> Output {
     Command::new(agent_bin())
@@ -183,7 +183,8 @@ async fn publish_command_sends_numbered_messages() {
 
 #[test]
 fn publish_to_a_dead_broker_fails_clearly() {
-    let port = free_port();
+    // Nothing listens there: the port is free and nothing in this process binds it.
+    let port = broker_port();
     let url = format!("mqtt://127.0.0.1:{port}");
     let out = run(
         &[
@@ -238,18 +239,17 @@ async fn precompiled_module_runs_and_its_hash_can_be_pinned() {
         .trim()
         .to_string();
     let cwasm = dir.path().join("echo.cwasm");
-    let port = free_port();
     let config = format!(
-        "[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nembedded = true\n\
+        "[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n\
          [[function]]\nname = \"pre\"\nmodule = \"{}\"\nsha256 = \"{sha}\"\ntopics = [\"in\"]\n\
          [function.config]\nout_topic = \"out\"\n",
         cwasm.display()
     );
-    let agent = crate::harness::Agent::start(&config);
-    let mut c = Client::connect(port, &["out"]).await;
+    let agent = crate::harness::Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out"]).await;
     c.publish("in", "precompiled").await;
     assert_eq!(c.recv().await.text(), "precompiled");
-    drop(agent);
+    agent.stop().await;
 
     // The same artifact with a wrong pin is refused.
     let wrong =

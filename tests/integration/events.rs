@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Agent, Client, Mosquitto, free_port, guest};
+use crate::harness::{Agent, Client, Mosquitto, Process, guest, unique};
 
 /// Which broker a test runs against.
 #[derive(Clone, Copy, Debug)]
@@ -16,46 +16,44 @@ enum Broker {
 struct Setup {
     agent: Agent,
     port: u16,
+    id: String,
     _mosquitto: Option<Mosquitto>,
 }
 
-fn broker_section(broker: Broker) -> (String, u16, Option<Mosquitto>) {
+fn broker_section(broker: Broker) -> (String, Option<Mosquitto>) {
     match broker {
-        Broker::Embedded => {
-            let port = free_port();
-            (
-                format!("[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nembedded = true\n"),
-                port,
-                None,
-            )
-        }
+        Broker::Embedded => (
+            "[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n".to_string(),
+            None,
+        ),
         Broker::Mosquitto => {
             let m = Mosquitto::start();
-            (
-                format!("[broker]\nurl = \"{}\"\n", m.url()),
-                m.port,
-                Some(m),
-            )
+            (format!("[broker]\nurl = \"{}\"\n", m.url()), Some(m))
         }
     }
 }
 
+fn config(id: &str, broker_toml: &str, functions: &str) -> String {
+    format!("[agent]\nid = \"{id}\"\nshutdown_grace_ms = 3000\n{broker_toml}\n{functions}")
+}
+
 /// Starts an agent whose config is `[agent]` + broker + `functions` (TOML).
-fn setup(broker: Broker, functions: &str) -> Setup {
-    let (broker_toml, port, mosquitto) = broker_section(broker);
-    let id = format!("t{}", port);
-    let config =
-        format!("[agent]\nid = \"{id}\"\nshutdown_grace_ms = 3000\n{broker_toml}\n{functions}");
-    let agent = Agent::start(&config);
+async fn setup(broker: Broker, functions: &str) -> Setup {
+    let (broker_toml, mosquitto) = broker_section(broker);
+    let id = unique("t");
+    let agent = Agent::start(&config(&id, &broker_toml, functions)).await;
     Setup {
+        port: agent.port,
         agent,
-        port,
+        id,
         _mosquitto: mosquitto,
     }
 }
 
-fn dead_letter_topic(port: u16) -> String {
-    format!("edge-agent/t{port}/dead-letter")
+impl Setup {
+    fn dead_letter_topic(&self) -> String {
+        format!("edge-agent/{}/dead-letter", self.id)
+    }
 }
 
 fn threshold_fn() -> String {
@@ -74,8 +72,8 @@ alert_topic = "alerts/{{1..}}"
 }
 
 async fn threshold_alerts_and_dead_letters(broker: Broker) {
-    let s = setup(broker, &threshold_fn());
-    let dlq = dead_letter_topic(s.port);
+    let s = setup(broker, &threshold_fn()).await;
+    let dlq = s.dead_letter_topic();
     let mut c = Client::connect(s.port, &["alerts/#", &dlq]).await;
 
     c.publish("sensors/kitchen/temperature", r#"{"value": 31.5}"#)
@@ -111,9 +109,10 @@ async fn threshold_alerts_and_dead_letters(broker: Broker) {
     assert_eq!(m.topic, "alerts/attic/temperature");
     assert_eq!(m.text(), r#"{"sensor":"attic","value":40,"threshold":30}"#);
 
-    let (status, log) = s.agent.stop();
-    assert!(status.success(), "agent exit {status}:\n{log}");
-    assert!(log.contains("function totals"), "{log}");
+    let totals = s.agent.snapshot("threshold");
+    assert_eq!((totals.received, totals.succeeded), (4, 3), "{totals:?}");
+    assert_eq!(totals.failed, vec![("guest-error", 1)]);
+    s.agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,16 +144,19 @@ topics = ["sensors/#", "other/x"]
 out_topic = "out/wide/{{topic}}"
 "#
     );
-    let s = setup(broker, &functions);
+    let s = setup(broker, &functions).await;
     let mut c = Client::connect(s.port, &["out/#"]).await;
     c.publish("sensors/kitchen/temperature", "21").await;
     c.publish("sensors/kitchen/humidity", "50").await;
-    let mut got: Vec<(String, String)> = c
-        .drain(Duration::from_millis(1500))
-        .await
-        .into_iter()
-        .map(|m| (m.topic.clone(), m.text()))
-        .collect();
+    let mut got: Vec<(String, String)> = Vec::new();
+    for _ in 0..3 {
+        let m = c.recv().await;
+        got.push((m.topic.clone(), m.text()));
+    }
+    // Nothing more: no message delivered twice.
+    for m in c.drain(Duration::from_millis(300)).await {
+        got.push((m.topic.clone(), m.text()));
+    }
     got.sort();
     assert_eq!(
         got,
@@ -195,7 +197,7 @@ out_topic = "out/{name}"
 async fn slow_function_does_not_stall_another() {
     let functions = misbehave_fn("slow", "slow/in", "max_concurrency = 1\ntimeout_ms = 5000")
         + &misbehave_fn("fast", "fast/in", "");
-    let s = setup(Broker::Embedded, &functions);
+    let s = setup(Broker::Embedded, &functions).await;
     let mut c = Client::connect(s.port, &["out/#"]).await;
     // Keep "slow" busy for about three seconds.
     for _ in 0..3 {
@@ -221,8 +223,8 @@ async fn slow_function_does_not_stall_another() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_become_dead_letters_and_the_agent_survives() {
     let functions = misbehave_fn("bad", "bad/in", "timeout_ms = 300\nmemory_limit_mb = 16");
-    let s = setup(Broker::Mosquitto, &functions);
-    let dlq = dead_letter_topic(s.port);
+    let s = setup(Broker::Mosquitto, &functions).await;
+    let dlq = s.dead_letter_topic();
     let mut c = Client::connect(s.port, &["out/#", &dlq]).await;
     let cases = [
         ("err:custom failure", "guest-error", "custom failure"),
@@ -256,16 +258,16 @@ async fn failures_become_dead_letters_and_the_agent_survives() {
     c.publish("bad/in", "ok").await;
     let m = c.recv().await;
     assert_eq!((m.topic.as_str(), m.text().as_str()), ("out/bad", "ok"));
-    let (status, log) = s.agent.stop();
-    assert!(status.success(), "{log}");
-    assert!(!log.contains("should-not-arrive"));
+    let rest = c.drain(Duration::from_millis(300)).await;
+    assert!(rest.is_empty(), "a failed call's output arrived: {rest:?}");
+    s.agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payload_is_dead_lettered_without_a_call() {
     let functions = misbehave_fn("small", "small/in", "max_payload_bytes = 1024");
-    let s = setup(Broker::Embedded, &functions);
-    let dlq = dead_letter_topic(s.port);
+    let s = setup(Broker::Embedded, &functions).await;
+    let dlq = s.dead_letter_topic();
     let mut c = Client::connect(s.port, &["out/#", &dlq]).await;
     c.publish("small/in", vec![b'x'; 5000]).await;
     let j = c.recv().await.json();
@@ -273,11 +275,24 @@ async fn oversized_payload_is_dead_lettered_without_a_call() {
     assert_eq!(j["payload_bytes"], 5000);
 }
 
+/// The binary, since what it prints is the point: a guest's stdout ends up in the agent's
+/// log, tagged with the function.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guests_have_no_capabilities_and_their_output_is_logged() {
-    let functions = misbehave_fn("probe", "probe/in", "");
-    let s = setup(Broker::Embedded, &functions);
-    let mut c = Client::connect(s.port, &["out/#"]).await;
+    let broker = Mosquitto::start();
+    let (broker_toml, _) = (format!("[broker]\nurl = \"{}\"\n", broker.url()), ());
+    let agent = Process::start(
+        &config(
+            "probe",
+            &broker_toml,
+            &misbehave_fn("probe", "probe/in", ""),
+        ),
+        broker.port,
+        "probe",
+        &[],
+    )
+    .await;
+    let mut c = Client::connect(broker.port, &["out/#"]).await;
     c.publish("probe/in", "env").await;
     let j = c.recv().await.json();
     assert_eq!(j["env_vars"], 0, "{j}");
@@ -286,47 +301,63 @@ async fn guests_have_no_capabilities_and_their_output_is_logged() {
         "{j}"
     );
     c.publish("probe/in", "stdout:hello from the guest").await;
-    s.agent.wait_log("hello from the guest");
-    let log = s.agent.log_text();
+    c.publish("probe/in", "ok").await;
+    // Handled in order: once "ok" is back, the line before it was written.
+    assert_eq!(c.recv().await.text(), "ok");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
     let line = log
         .lines()
         .find(|l| l.contains("hello from the guest"))
         .unwrap_or_default();
     assert!(
         line.contains("probe"),
-        "not tagged with the function: {line}"
+        "not tagged with the function: {line}\n{log}"
     );
+    assert!(log.contains("function totals"), "{log}");
 }
 
+/// SIGTERM: the process finishes the event in flight, sends its output, and exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_events_then_exits_zero() {
+    let broker = Mosquitto::start();
+    let broker_toml = format!("[broker]\nurl = \"{}\"\n", broker.url());
     let functions = misbehave_fn("slow", "slow/in", "timeout_ms = 5000");
-    let s = setup(Broker::Mosquitto, &functions);
-    let mut c = Client::connect(s.port, &["out/#"]).await;
+    let agent = Process::start(
+        &config("term", &broker_toml, &functions),
+        broker.port,
+        "term",
+        &[],
+    )
+    .await;
+    let mut c = Client::connect(broker.port, &["out/#", "edge-agent/term/status"]).await;
     c.publish("slow/in", "sleep:1000").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let (status, log) = s.agent.stop();
+    let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
-    // The in-flight event finished and its output went out before the disconnect.
-    let m = c.recv().await;
-    assert_eq!(m.text(), "slept 1000");
-    assert!(log.contains("disconnected from broker"), "{log}");
+    // The in-flight event finished and its output went out before the disconnect, and
+    // the agent said it was going.
+    assert_eq!(c.recv_on("out/slow").await.text(), "slept 1000");
+    let presence = c.recv_on("edge-agent/term/status").await.json();
+    assert_eq!(presence["status"], "offline", "{presence}");
 }
 
 /// On a kernel whose address space is too small for the instance pool (some 39-bit
 /// aarch64 kernels) the probe fails: the agent says so and runs with on-demand allocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pooling_probe_failure_falls_back_to_on_demand_allocation() {
-    let port = free_port();
-    let config = format!(
-        "[agent]\nid = \"probe\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nembedded = true\n{}",
-        misbehave_fn("f", "f/in", "")
+    let broker = Mosquitto::start();
+    let config = config(
+        "probe",
+        &format!("[broker]\nurl = \"{}\"\n", broker.url()),
+        &misbehave_fn("f", "f/in", ""),
     );
-    let agent = Agent::start_with_env(&config, &[("EDGE_AGENT_FORCE_POOLING_FAILURE", "1")]);
-    let mut c = Client::connect(port, &["out/#"]).await;
+    let env = [("EDGE_AGENT_FORCE_POOLING_FAILURE", "1")];
+    let agent = Process::start(&config, broker.port, "probe", &env).await;
+    let mut c = Client::connect(broker.port, &["out/#"]).await;
     c.publish("f/in", "ok").await;
     assert_eq!(c.recv().await.text(), "ok");
-    let log = agent.log_text();
+    let (_, log) = agent.stop();
     assert!(
         log.contains("falling back to on-demand allocation"),
         "{log}"

@@ -1,5 +1,7 @@
-//! Test harness: guest modules built once, real brokers on free ports, the agent as a real
-//! process, and an MQTT client that collects what arrives.
+//! Test harness: guest modules built once, real brokers (the embedded one on port 0,
+//! Mosquitto on a port no port-0 bind can take), the agent in the test process through the
+//! library ([`Agent`]) or as the real binary where the process is the point ([`Process`]),
+//! and an MQTT client that collects what arrives.
 
 use std::io::{BufRead, BufReader};
 use std::net::{TcpListener, TcpStream};
@@ -8,8 +10,12 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use edge_agent::config::Config;
+use edge_agent::metrics::Snapshot;
+use edge_agent::mqtt::connection::ConnectionStatus;
+use edge_agent::{AgentError, Prepared, Running, Startup};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(20);
@@ -44,21 +50,43 @@ pub fn guest(name: &str) -> String {
     guests().join(format!("{name}.wasm")).display().to_string()
 }
 
-/// A TCP port nobody listens on right now.
-pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").port()
-}
-
-pub fn wait_for_port(port: u16) {
-    let deadline = Instant::now() + WAIT;
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
+/// A port for a broker that a test starts as a separate process (Mosquitto). It comes
+/// from below the kernel's ephemeral range, which port-0 binds (the embedded brokers of
+/// in-process agents, every client socket) never use, so nothing in this test process can
+/// take it between this check and the broker's bind; a per-process offset keeps parallel
+/// test runs apart, and a broker that still fails to bind is started again on the next.
+pub fn broker_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let base = 10_000u16;
+    let span = low.saturating_sub(base).max(1000);
+    let offset = (std::process::id() % u32::from(span)) as u16;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = base + (offset.wrapping_add(n.wrapping_mul(7))) % span;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
     }
 }
 
-fn unique(prefix: &str) -> String {
+pub fn wait_for_port(port: u16, child: &mut Child) -> bool {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if matches!(child.try_wait(), Ok(Some(_))) {
+            return false;
+        }
+        assert!(Instant::now() < deadline, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    !matches!(child.try_wait(), Ok(Some(_)))
+}
+
+pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     format!(
@@ -77,21 +105,29 @@ pub struct Mosquitto {
 
 impl Mosquitto {
     pub fn start() -> Self {
-        Self::start_on(free_port())
-    }
-
-    pub fn start_on(port: u16) -> Self {
-        Self::launch(port, tempfile::tempdir().expect("tempdir"), false)
+        loop {
+            if let Some(m) =
+                Self::launch(broker_port(), tempfile::tempdir().expect("tempdir"), false)
+            {
+                return m;
+            }
+        }
     }
 
     /// A broker that saves sessions and queued messages to disk when stopped.
-    pub fn start_persistent(port: u16) -> Self {
-        Self::launch(port, tempfile::tempdir().expect("tempdir"), true)
+    pub fn start_persistent() -> Self {
+        loop {
+            if let Some(m) =
+                Self::launch(broker_port(), tempfile::tempdir().expect("tempdir"), true)
+            {
+                return m;
+            }
+        }
     }
 
     /// Starts a persistent broker again from the directory [`Mosquitto::stop`] returned.
     pub fn restart_persistent(port: u16, dir: tempfile::TempDir) -> Self {
-        Self::launch(port, dir, true)
+        Self::launch(port, dir, true).expect("mosquitto restarts on its port")
     }
 
     /// Stops the broker with SIGTERM (it saves its state) and returns its directory.
@@ -104,7 +140,8 @@ impl Mosquitto {
         std::mem::replace(&mut self._dir, dir)
     }
 
-    fn launch(port: u16, dir: tempfile::TempDir, persistent: bool) -> Self {
+    /// `None` if it could not listen on `port`.
+    fn launch(port: u16, dir: tempfile::TempDir, persistent: bool) -> Option<Self> {
         let conf = dir.path().join("mosquitto.conf");
         // Run as root, mosquitto drops to its own user: let it write its database here.
         #[cfg(unix)]
@@ -127,19 +164,23 @@ impl Mosquitto {
             ),
         )
         .expect("write mosquitto.conf");
-        let child = Command::new(mosquitto_binary())
+        let mut child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(&conf)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto (apt-get install mosquitto)");
-        wait_for_port(port);
-        Self {
+        if !wait_for_port(port, &mut child) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        Some(Self {
             child,
             port,
             _dir: dir,
-        }
+        })
     }
 
     pub fn url(&self) -> String {
@@ -163,10 +204,130 @@ fn mosquitto_binary() -> PathBuf {
     "mosquitto".into()
 }
 
-/// The agent binary running a config, with its log captured.
+/// The agent, started inside the test process through the library: the same startup as
+/// `edge-agent run`, with readiness a future and shutdown a call.
 pub struct Agent {
+    running: Option<Running>,
+    /// The broker's port (where the embedded broker really listens when it was given 0).
+    pub port: u16,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Agent {
+    /// Writes `config` to a temp dir (its `data_dir` resolves there) and starts the agent;
+    /// returns once it is connected and subscribed.
+    pub async fn start(config: &str) -> Self {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config).await
+    }
+
+    pub async fn start_in(dir: tempfile::TempDir, config: &str) -> Self {
+        match Self::try_start_in(dir, config).await {
+            Ok(a) => a,
+            Err(e) => panic!("agent did not start: {}", edge_agent::failure::chain(&e)),
+        }
+    }
+
+    /// Starts the agent without waiting for it to connect (for brokers it cannot use).
+    pub async fn start_unready(config: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        match Self::launch(dir, config).await {
+            Ok((running, dir)) => Self {
+                port: 0,
+                running: Some(running),
+                dir: Some(dir),
+            },
+            Err(e) => panic!("agent did not start: {}", edge_agent::failure::chain(&e)),
+        }
+    }
+
+    async fn launch(
+        dir: tempfile::TempDir,
+        config: &str,
+    ) -> Result<(Running, tempfile::TempDir), AgentError> {
+        init_log();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, config).expect("write config");
+        let mut cfg = Config::load_with_env(&path, std::iter::empty())?;
+        if cfg.agent.data_dir.is_relative() {
+            cfg.agent.data_dir = dir.path().join(&cfg.agent.data_dir);
+        }
+        // Loading compiles every module: CPU work, off the async threads.
+        let prepared = tokio::task::spawn_blocking(move || Prepared::new(cfg))
+            .await
+            .expect("prepare")?;
+        Ok((Startup::new(prepared).start()?, dir))
+    }
+
+    pub async fn try_start_in(dir: tempfile::TempDir, config: &str) -> Result<Self, AgentError> {
+        let (running, dir) = Self::launch(dir, config).await?;
+        let ready = tokio::time::timeout(WAIT, running.ready())
+            .await
+            .expect("agent ready in time")
+            .expect("connection task alive");
+        Ok(Self {
+            running: Some(running),
+            port: ready.broker.port,
+            dir: Some(dir),
+        })
+    }
+
+    fn running(&self) -> &Running {
+        self.running.as_ref().expect("running")
+    }
+
+    /// The snapshot of `function`'s counters and costs.
+    pub fn snapshot(&self, function: &str) -> Snapshot {
+        self.running()
+            .stats()
+            .snapshots()
+            .into_iter()
+            .find(|s| s.function == function)
+            .expect("function is configured")
+    }
+
+    pub fn status(&self) -> watch::Receiver<ConnectionStatus> {
+        self.running().status()
+    }
+
+    /// Stops the agent in order (as on SIGTERM); returns its directory.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(r) = self.running.take() {
+            tokio::time::timeout(WAIT, r.stop())
+                .await
+                .expect("agent stops in time");
+        }
+        self.dir.take().expect("dir")
+    }
+
+    /// Stops the agent and starts a new one in the same directory, so it finds the same
+    /// state.
+    pub async fn restart(self, config: &str) -> Self {
+        let dir = self.stop().await;
+        Self::start_in(dir, config).await
+    }
+}
+
+/// In-process agents log to stderr when `EDGE_AGENT_TEST_LOG` is set (a `RUST_LOG`-style
+/// filter): for looking into a failing test.
+fn init_log() {
+    static ONCE: OnceLock<()> = OnceLock::new();
+    ONCE.get_or_init(|| {
+        if let Ok(filter) = std::env::var("EDGE_AGENT_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
+
+/// The agent binary, for the tests where the process itself is the point: signals,
+/// `kill -9`, the environment, what it prints.
+pub struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    broker_port: u16,
+    status_topic: String,
     _dir: tempfile::TempDir,
 }
 
@@ -174,60 +335,28 @@ pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_edge-agent")
 }
 
-impl Agent {
-    /// Writes `config` to a temp dir and starts `edge-agent run`; waits until it has
-    /// subscribed.
-    pub fn start(config: &str) -> Self {
-        let agent = Self::spawn(config);
-        agent.wait_log("subscribed");
-        agent
-    }
-
-    pub fn spawn(config: &str) -> Self {
-        Self::spawn_in(tempfile::tempdir().expect("tempdir"), config)
-    }
-
-    /// Stops this agent with SIGKILL (no cleanup at all) and starts a new one in the same
-    /// directory, so it finds the same state; waits until it has subscribed.
-    pub fn kill_and_restart(mut self, config: &str) -> Self {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        self.respawn(config)
-    }
-
-    /// Stops this agent with SIGTERM, checks it exited 0, and starts a new one in the same
-    /// directory; waits until it has subscribed.
-    pub fn stop_and_restart(mut self, config: &str) -> Self {
-        self.signal("TERM");
-        let status = self.child.wait().expect("wait");
-        assert!(
-            status.success(),
-            "agent exit {status}:\n{}",
-            self.log_text()
+impl Process {
+    /// Starts `edge-agent run` on `config`, whose broker listens on `broker_port` and whose
+    /// `agent.id` is `id`; returns once the agent has said `online` on its status topic.
+    pub async fn start(config: &str, broker_port: u16, id: &str, env: &[(&str, &str)]) -> Self {
+        let p = Self::spawn_in(
+            tempfile::tempdir().expect("tempdir"),
+            config,
+            broker_port,
+            id,
+            env,
         );
-        self.respawn(config)
+        p.wait_online().await;
+        p
     }
 
-    fn respawn(mut self, config: &str) -> Self {
-        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
-        drop(self);
-        let agent = Self::spawn_in(dir, config);
-        agent.wait_log("subscribed");
-        agent
-    }
-
-    pub fn spawn_in(dir: tempfile::TempDir, config: &str) -> Self {
-        Self::spawn_with_env(dir, config, &[])
-    }
-
-    /// Starts with extra environment variables; waits until it has subscribed.
-    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Self {
-        let agent = Self::spawn_with_env(tempfile::tempdir().expect("tempdir"), config, env);
-        agent.wait_log("subscribed");
-        agent
-    }
-
-    fn spawn_with_env(dir: tempfile::TempDir, config: &str, env: &[(&str, &str)]) -> Self {
+    fn spawn_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        broker_port: u16,
+        id: &str,
+        env: &[(&str, &str)],
+    ) -> Self {
         let path = dir.path().join("agent.toml");
         std::fs::write(&path, config).expect("write config");
         let mut child = Command::new(agent_bin())
@@ -257,48 +386,57 @@ impl Agent {
         Self {
             child,
             log,
+            broker_port,
+            status_topic: format!("edge-agent/{id}/status"),
             _dir: dir,
         }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    /// Waits for this process's retained `online` on the status topic (an earlier run's
+    /// message has another pid).
+    async fn wait_online(&self) {
+        let mut c = Client::connect(self.broker_port, &[&self.status_topic]).await;
+        let pid = u64::from(self.child.id());
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let got = tokio::time::timeout(left, c.rx.recv()).await;
+            match got {
+                Ok(Some(m)) => {
+                    let j = m.json();
+                    if j["status"] == "online" && j["pid"].as_u64() == Some(pid) {
+                        return;
+                    }
+                }
+                _ => panic!("agent never said online:\n{}", self.log_text()),
+            }
+        }
+    }
+
+    /// Stops this agent with SIGKILL (no cleanup at all) and starts a new one in the same
+    /// directory, so it finds the same state.
+    pub async fn kill_and_restart(mut self, config: &str, env: &[(&str, &str)]) -> Self {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
+        let (port, topic) = (self.broker_port, self.status_topic.clone());
+        drop(self);
+        let id = topic
+            .strip_prefix("edge-agent/")
+            .and_then(|t| t.strip_suffix("/status"))
+            .unwrap_or_default()
+            .to_string();
+        let p = Self::spawn_in(dir, config, port, &id, env);
+        p.wait_online().await;
+        p
     }
 
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
-    /// Waits until a log line contains `needle`.
-    pub fn wait_log(&self, needle: &str) {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            if self.log.lock().unwrap().iter().any(|l| l.contains(needle)) {
-                return;
-            }
-            if let Ok(Some(status)) = self.child_status() {
-                panic!(
-                    "agent exited ({status}) before logging `{needle}`:\n{}",
-                    self.log_text()
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "agent never logged `{needle}`:\n{}",
-                self.log_text()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn child_status(&self) -> std::io::Result<Option<std::process::ExitStatus>> {
-        // try_wait needs &mut; use the pid through /proc instead of keeping a lock.
-        let pid = self.child.id();
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.is_empty() || stat.contains(") Z ") {
-            return Ok(Some(std::os::unix::process::ExitStatusExt::from_raw(0)));
-        }
-        Ok(None)
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn signal(&self, sig: &str) {
@@ -310,7 +448,7 @@ impl Agent {
         assert!(ok, "kill -{sig} failed");
     }
 
-    /// Sends SIGTERM and waits for the exit status.
+    /// Sends SIGTERM and waits for the exit status and the whole log.
     pub fn stop(mut self) -> (std::process::ExitStatus, String) {
         self.signal("TERM");
         let deadline = Instant::now() + WAIT;
@@ -330,7 +468,7 @@ impl Agent {
     }
 }
 
-impl Drop for Agent {
+impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();

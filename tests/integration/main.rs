@@ -1,5 +1,8 @@
-//! Integration tests: the real agent binary against real brokers (embedded rumqttd and a
-//! Mosquitto started per test), real guest components built from `modules/`.
+//! Integration tests: the agent against real brokers (embedded rumqttd on port 0 and a
+//! Mosquitto started per test), with real guest components built from `modules/`. Most
+//! start the agent inside this process through the library; the binary runs where the
+//! process itself is the point (exit codes, signals, `kill -9`). `architecture` checks the
+//! house rules on the source and the docs.
 
 #![allow(clippy::unwrap_used)] // a failed lock in a test is a test failure
 

@@ -3,12 +3,11 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::harness::{Agent, Client, Mosquitto, free_port, guest};
+use crate::harness::{Agent, Client, Mosquitto, Process, guest, unique};
 
-fn embedded(port: u16) -> String {
-    format!(
-        "[agent]\nid = \"s{port}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nembedded = true\n"
-    )
+/// `[agent]` with a unique id, and the embedded broker on any free port.
+fn embedded(id: &str) -> String {
+    format!("[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n")
 }
 
 fn function(name: &str, module: &str, mode: &str, topic: &str, extra: &str) -> String {
@@ -29,12 +28,13 @@ async fn texts(c: &mut Client, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn persistent_instance_keeps_memory_until_a_trap_and_on_demand_never_does() {
-    let port = free_port();
-    let config = embedded(port)
+    let id = unique("s");
+    let config = embedded(&id)
         + &function("warm", "counter-global", "persistent", "warm/in", "")
         + &function("cold", "counter-global", "on-demand", "cold/in", "");
-    let agent = Agent::start(&config);
-    let dlq = format!("edge-agent/s{port}/dead-letter");
+    let agent = Agent::start(&config).await;
+    let port = agent.port;
+    let dlq = format!("edge-agent/{id}/dead-letter");
     let mut warm = Client::connect(port, &["out/warm", &dlq]).await;
     let mut cold = Client::connect(port, &["out/cold"]).await;
     for _ in 0..3 {
@@ -61,16 +61,14 @@ async fn persistent_instance_keeps_memory_until_a_trap_and_on_demand_never_does(
         "1",
         "a restarted instance starts from scratch"
     );
-    agent.wait_log("persistent instance restarted");
-    let (status, log) = agent.stop();
-    assert!(status.success(), "{log}");
-    assert!(log.contains("restarts=1"), "restart not counted:\n{log}");
+    assert_eq!(agent.snapshot("warm").restarts, 1, "restart counted");
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_never_stops_the_instance() {
-    let port = free_port();
-    let config = embedded(port)
+    let id = unique("s");
+    let config = embedded(&id)
         + &function(
             "fragile",
             "counter-global",
@@ -78,8 +76,9 @@ async fn restart_never_stops_the_instance() {
             "f/in",
             "restart = \"never\"",
         );
-    let _agent = Agent::start(&config);
-    let dlq = format!("edge-agent/s{port}/dead-letter");
+    let agent = Agent::start(&config).await;
+    let port = agent.port;
+    let dlq = format!("edge-agent/{id}/dead-letter");
     let mut c = Client::connect(port, &["out/#", &dlq]).await;
     c.publish("f/in", "panic").await;
     assert_eq!(c.recv().await.json()["kind"], "trap");
@@ -90,11 +89,12 @@ async fn restart_never_stops_the_instance() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counter_is_identical_in_both_models_and_survives_a_restart() {
-    let port = free_port();
-    let config = embedded(port)
+    let id = unique("s");
+    let config = embedded(&id)
         + &function("od", "counter", "on-demand", "od/+", "max_concurrency = 1")
         + &function("p", "counter", "persistent", "p/+", "");
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&config).await;
+    let port = agent.port;
     let mut c = Client::connect(port, &["out/#"]).await;
     let counts = |msgs: Vec<crate::harness::Msg>, topic: &str| -> Vec<i64> {
         msgs.iter()
@@ -116,27 +116,28 @@ async fn counter_is_identical_in_both_models_and_survives_a_restart() {
     assert_eq!(counts(got.clone(), "p/a"), [1, 2, 3, 4, 5]);
     assert_eq!(counts(got, "p/b"), [1]);
 
-    // Counts live in the state store: a restart (cold caches) continues them.
-    // The embedded broker went down with the agent: connect again.
-    let agent = agent.stop_and_restart(&config);
+    // Counts live in the state store: a restart (cold caches) continues them. The new
+    // agent has its own embedded broker: connect to it.
+    let agent = agent.restart(&config).await;
     drop(c);
-    let mut c = Client::connect(port, &["out/#"]).await;
+    let mut c = Client::connect(agent.port, &["out/#"]).await;
     c.publish("od/a", "x").await;
     c.publish("p/a", "x").await;
     let got = vec![c.recv().await, c.recv().await];
     assert_eq!(counts(got.clone(), "od/a"), [6]);
     assert_eq!(counts(got, "p/a"), [6]);
-    drop(agent);
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_is_per_function_and_failed_calls_write_nothing() {
-    let port = free_port();
-    let config = embedded(port)
+    let id = unique("s");
+    let config = embedded(&id)
         + &function("a", "misbehave", "on-demand", "a/in", "")
         + &function("b", "misbehave", "persistent", "b/in", "");
-    let _agent = Agent::start(&config);
-    let dlq = format!("edge-agent/s{port}/dead-letter");
+    let agent = Agent::start(&config).await;
+    let port = agent.port;
+    let dlq = format!("edge-agent/{id}/dead-letter");
     let mut c = Client::connect(port, &["out/#", &dlq]).await;
     c.publish("a/in", "state-incr:k").await;
     assert_eq!(c.recv().await.text(), "1");
@@ -177,9 +178,9 @@ async fn state_is_per_function_and_failed_calls_write_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rolling_average_agrees_across_models() {
-    let port = free_port();
+    let id = unique("s");
     let window = "window = \"3\"\ncheckpoint_every = \"2\"\n";
-    let config = embedded(port)
+    let config = embedded(&id)
         + &function(
             "avg-od",
             "rolling-average",
@@ -190,7 +191,8 @@ async fn rolling_average_agrees_across_models() {
         + window
         + &function("avg-p", "rolling-average", "persistent", "avg-p/+", "")
         + window;
-    let _agent = Agent::start(&config);
+    let agent = Agent::start(&config).await;
+    let port = agent.port;
     let mut c = Client::connect(port, &["out/#"]).await;
     for v in [1, 2, 3, 4, 5] {
         c.publish("avg-od/s", format!("{{\"value\": {v}}}")).await;
@@ -220,7 +222,7 @@ async fn sigkill_mid_stream_loses_no_qos1_event() {
         function("echo", "misbehave", "persistent", "crash/in", "")
     );
     let mut c = Client::connect(broker.port, &["out/echo"]).await;
-    let agent = Agent::start(&config);
+    let agent = Process::start(&config, broker.port, "crash", &[]).await;
     const N: u64 = 400;
     let url = broker.url();
     let publisher = tokio::task::spawn_blocking(move || {
@@ -241,7 +243,7 @@ async fn sigkill_mid_stream_loses_no_qos1_event() {
             .expect("publish")
     });
     tokio::time::sleep(Duration::from_millis(400)).await;
-    let agent = agent.kill_and_restart(&config);
+    let agent = agent.kill_and_restart(&config, &[]).await;
     let out = publisher.await.expect("join");
     assert!(
         out.status.success(),
@@ -271,8 +273,8 @@ async fn sigkill_mid_stream_loses_no_qos1_event() {
 /// output arrives, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_survive_a_broker_outage_in_order() {
-    let port = free_port();
-    let broker = Mosquitto::start_persistent(port);
+    let broker = Mosquitto::start_persistent();
+    let port = broker.port;
     let config = format!(
         "[agent]\nid = \"outage\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nreconnect_max_ms = 500\n{}",
         function(
@@ -283,7 +285,7 @@ async fn outputs_survive_a_broker_outage_in_order() {
             "timeout_ms = 5000"
         )
     );
-    let agent = Agent::start(&config);
+    let agent = Agent::start(&config).await;
     let mut c = Client::connect_persistent(port, "outage-reader", &["out/slow"]).await;
     // Ten events of 200 ms each: two seconds of work, with the broker down in the middle.
     for i in 0..10 {
@@ -306,23 +308,25 @@ async fn outputs_survive_a_broker_outage_in_order() {
         }
     }
     let expected: Vec<String> = (0..10).map(|i| i.to_string()).collect();
-    assert_eq!(first, expected, "agent log:\n{}", agent.log_text());
+    assert_eq!(first, expected);
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn both_models_report_their_costs() {
-    let port = free_port();
-    let config = embedded(port).replace("[broker]", "stats_interval_secs = 1\n[broker]")
+    let id = unique("s");
+    let config = embedded(&id).replace("[broker]", "stats_interval_secs = 1\n[broker]")
         + &function("od", "echo", "on-demand", "od/in", "")
         + &function("p", "echo", "persistent", "p/in", "");
-    let _agent = Agent::start(&config);
+    let agent = Agent::start(&config).await;
+    let port = agent.port;
     let mut c = Client::connect(port, &["out/#"]).await;
     for _ in 0..5 {
         c.publish("od/in", "x").await;
         c.publish("p/in", "x").await;
     }
     texts(&mut c, 10).await;
-    let mut stats = Client::connect(port, &[&format!("edge-agent/s{port}/stats")]).await;
+    let mut stats = Client::connect(port, &[&format!("edge-agent/{id}/stats")]).await;
     // The retained snapshot may predate the events: wait for one that counts them all.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
@@ -363,10 +367,11 @@ async fn both_models_report_their_costs() {
 /// state handles many events per flush interval, not one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_writes_do_not_serialise_on_the_flush_interval() {
-    let port = free_port();
-    let config = embedded(port).replace("[broker]", "[state]\nflush_interval_ms = 500\n[broker]")
+    let id = unique("s");
+    let config = embedded(&id).replace("[broker]", "[state]\nflush_interval_ms = 500\n[broker]")
         + &function("p", "counter", "persistent", "p/+", "");
-    let _agent = Agent::start(&config);
+    let agent = Agent::start(&config).await;
+    let port = agent.port;
     let mut c = Client::connect(port, &["out/#"]).await;
     let start = std::time::Instant::now();
     for _ in 0..40 {

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
-use crate::harness::{Agent, Client, free_port, guest, wait_for_port};
+use crate::harness::{Agent, Client, broker_port, guest, unique, wait_for_port};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -20,6 +20,8 @@ fn openssl(dir: &Path, args: &[&str]) {
 }
 
 /// A CA, a server certificate for 127.0.0.1/localhost and a client certificate.
+/// A CA, a server and a client certificate, with P-256 keys (RSA key generation takes
+/// seconds, at random).
 fn make_pki(dir: &Path) {
     openssl(
         dir,
@@ -27,7 +29,9 @@ fn make_pki(dir: &Path) {
             "req",
             "-x509",
             "-newkey",
-            "rsa:2048",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
             "-nodes",
             "-days",
             "2",
@@ -48,7 +52,9 @@ fn make_pki(dir: &Path) {
             &[
                 "req",
                 "-newkey",
-                "rsa:2048",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
                 "-nodes",
                 "-subj",
                 &format!("/CN={name}"),
@@ -97,7 +103,7 @@ impl Drop for Broker {
 
 /// Mosquitto with a plain listener (for the test's client) and a TLS one (for the agent).
 fn start(dir: &Path, require_cert: bool, password: bool) -> Broker {
-    let (plain, tls) = (free_port(), free_port());
+    let (plain, tls) = (broker_port(), broker_port());
     let d = dir.display();
     let mut conf = format!(
         "per_listener_settings true\n\
@@ -135,16 +141,19 @@ fn start(dir: &Path, require_cert: bool, password: bool) -> Broker {
     .stderr(Stdio::null())
     .spawn()
     .expect("mosquitto");
-    wait_for_port(plain);
-    wait_for_port(tls);
+    let mut child = child;
+    assert!(
+        wait_for_port(plain, &mut child) && wait_for_port(tls, &mut child),
+        "mosquitto did not start on {plain} and {tls}"
+    );
     Broker { child, plain, tls }
 }
 
 fn agent_config(broker: &Broker, dir: &Path, host: &str, extra_broker: &str) -> String {
     format!(
-        "[agent]\nid = \"tls{}\"\n[broker]\nurl = \"mqtts://{host}:{}\"\n{extra_broker}\n\
+        "[agent]\nid = \"{}\"\n[broker]\nurl = \"mqtts://{host}:{}\"\n{extra_broker}\n\
          [[function]]\nname = \"echo\"\nmodule = \"{}\"\ntopics = [\"in\"]\n[function.config]\nout_topic = \"out\"\n",
-        broker.tls,
+        unique("tls"),
         broker.tls,
         guest("echo"),
     )
@@ -170,9 +179,9 @@ async fn mqtts_with_a_private_ca() {
             host,
             "[broker.tls]\nca_file = \"CA_FILE\"",
         );
-        let agent = Agent::start(&cfg);
+        let agent = Agent::start(&cfg).await;
         round_trip(&broker).await;
-        drop(agent);
+        agent.stop().await;
     }
 }
 
@@ -188,8 +197,9 @@ async fn mqtts_with_a_client_certificate_and_a_password() {
         "username = \"agent\"\npassword = \"s3cret\"\n[broker.tls]\nca_file = \"CA_FILE\"\n\
          cert_file = \"DIR/client.pem\"\nkey_file = \"DIR/client.key\"",
     );
-    let _agent = Agent::start(&cfg);
+    let agent = Agent::start(&cfg).await;
     round_trip(&broker).await;
+    agent.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -206,21 +216,29 @@ async fn wrong_ca_or_password_is_reported_and_retried() {
         "localhost",
         "username = \"agent\"\npassword = \"s3cret\"\n[broker.tls]\nca_file = \"CA_FILE\"",
     );
-    let agent = Agent::spawn(&cfg);
-    agent.wait_log("broker connection lost; reconnecting");
-    assert!(
-        agent.log_text().to_lowercase().contains("certificate"),
-        "{}",
-        agent.log_text()
-    );
-    drop(agent);
+    let error = first_connection_error(&cfg).await;
+    assert!(error.to_lowercase().contains("certificate"), "{error}");
     let cfg = agent_config(
         &broker,
         dir.path(),
         "localhost",
         "username = \"agent\"\npassword = \"wrong\"\n[broker.tls]\nca_file = \"CA_FILE\"",
     );
-    let agent = Agent::spawn(&cfg);
-    agent.wait_log("broker connection lost; reconnecting");
-    assert!(agent.log_text().contains("refused"), "{}", agent.log_text());
+    let error = first_connection_error(&cfg).await;
+    assert!(error.contains("refused"), "{error}");
+}
+
+/// Starts an agent that cannot connect; returns the error of its first attempt, once it
+/// has failed twice (so it is retrying, not stuck).
+async fn first_connection_error(cfg: &str) -> String {
+    let agent = Agent::start_unready(cfg).await;
+    let mut status = agent.status();
+    let seen = tokio::time::timeout(crate::harness::WAIT, status.wait_for(|s| s.failures >= 2))
+        .await
+        .expect("connection failures in time")
+        .expect("connection task alive")
+        .clone();
+    assert!(!seen.connected);
+    agent.stop().await;
+    seen.last_error.unwrap_or_default()
 }

@@ -1,6 +1,6 @@
 //! Configuration: one serde tree, loaded in layers and validated before anything starts.
 //!
-//! Layers, later ones win: built-in defaults (the `default_*` functions below), the config
+//! Layers, later ones win: built-in defaults (each written once, below), the config
 //! file (TOML, or YAML/JSON by extension), then environment variables
 //! `EDGE_AGENT__SECTION__KEY` (for example `EDGE_AGENT__BROKER__URL`).
 //!
@@ -12,9 +12,9 @@ mod validate;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-pub use validate::BrokerAddress;
+pub use validate::{BrokerAddress, UrlError};
 
 /// Exit code for configuration errors (`EX_CONFIG` from BSD `sysexits.h`).
 pub const EXIT_CONFIG: i32 = 78;
@@ -43,7 +43,7 @@ pub enum ConfigError {
 }
 
 /// The whole configuration of one agent.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Identity and local storage of this agent.
@@ -67,78 +67,62 @@ pub struct Config {
 }
 
 /// `[agent]`: identity and local storage.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct AgentConfig {
     /// Name of this agent, used in its own topics (`<topic_prefix>/<id>/...`) and in the
     /// default client id. Letters, digits, `-`, `_` and `.` only.
-    #[serde(default = "default_agent_id")]
     pub id: String,
     /// Directory for the agent's local state.
-    #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
     /// Prefix of the agent's own topics. Dead letters go to
     /// `<topic_prefix>/<id>/dead-letter`.
-    #[serde(default = "default_topic_prefix")]
     pub topic_prefix: String,
     /// On SIGINT/SIGTERM, how long in-flight events may take to finish before the agent
     /// stops anyway, in milliseconds.
-    #[serde(default = "default_shutdown_grace_ms")]
     pub shutdown_grace_ms: u64,
     /// How often each function's counters and cost percentiles are published (retained)
     /// on `<topic_prefix>/<id>/stats`, in seconds; 0 turns it off. They are also logged
     /// at shutdown.
-    #[serde(default = "default_stats_interval_secs")]
     pub stats_interval_secs: u64,
 }
 
 /// `[broker]`: the MQTT connection.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct BrokerConfig {
     /// Broker address: `mqtt://host:port` (plain TCP, default port 1883) or
     /// `mqtts://host:port` (TLS, default port 8883).
-    #[serde(default = "default_broker_url")]
     pub url: String,
     /// Start an MQTT broker (rumqttd) inside the agent, listening on the host and port of
     /// `url`, so that no other service is needed. For trying things out and tests: it keeps
     /// sessions in memory only. Production uses Mosquitto or a clustered broker.
-    #[serde(default)]
     pub embedded: bool,
     /// MQTT client id. Keep it stable so that the broker keeps the agent's session (and
     /// queues its QoS 1 events) while it is away. Default: `edge-agent-<agent.id>`.
-    #[serde(default)]
     pub client_id: Option<String>,
     /// Ask the broker to drop the session on connect. `false` (the default) keeps
     /// subscriptions and queued QoS 1/2 messages across disconnections.
-    #[serde(default)]
     pub clean_session: bool,
     /// MQTT keep-alive interval in seconds (5 to 65535).
-    #[serde(default = "default_keep_alive_secs")]
     pub keep_alive_secs: u64,
     /// User name for the broker, if it requires one.
-    #[serde(default)]
     pub username: Option<String>,
     /// Password for the broker (needs `username`).
-    #[serde(default)]
     pub password: Option<String>,
     /// TLS settings for `mqtts://` URLs.
-    #[serde(default)]
     pub tls: Option<TlsConfig>,
     /// Largest MQTT packet accepted or sent, in bytes (payload plus topic and header).
-    #[serde(default = "default_max_packet_bytes")]
     pub max_packet_bytes: usize,
     /// First delay before reconnecting after the connection is lost, in milliseconds. It
     /// doubles after each failed attempt up to `reconnect_max_ms`.
-    #[serde(default = "default_reconnect_min_ms")]
     pub reconnect_min_ms: u64,
     /// Longest delay between reconnection attempts, in milliseconds.
-    #[serde(default = "default_reconnect_max_ms")]
     pub reconnect_max_ms: u64,
 }
 
 /// `[broker.tls]`: certificates for `mqtts://`.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
     /// PEM file with the CA certificate(s) that signed the broker's certificate. Default:
@@ -155,52 +139,43 @@ pub struct TlsConfig {
 }
 
 /// `[runtime]`: the WebAssembly engine shared by all functions.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct RuntimeConfig {
     /// Instance allocation: `auto` probes at start-up whether the pooling allocator (fast
     /// instantiation, large virtual reservations) works on this kernel and falls back to
     /// on-demand allocation if not; `pooling` requires it; `on-demand` never uses it.
-    #[serde(default)]
     pub allocator: AllocatorMode,
     /// Instances that may exist at once across all functions; sizes the instance pool.
-    #[serde(default = "default_max_instances")]
     pub max_instances: u32,
     /// Interval of the epoch ticker that enforces timeouts, in milliseconds. A call is
     /// stopped within its timeout plus one tick.
-    #[serde(default = "default_epoch_tick_ms")]
     pub epoch_tick_ms: u64,
     /// Largest module file accepted, in MiB: a bigger one is refused at start-up.
-    #[serde(default = "default_max_module_mb")]
     pub max_module_mb: u64,
 }
 
 /// `[state]`: the functions' key-value state on local disk.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct StateConfig {
     /// Memory sled may use for its page cache, in MiB.
-    #[serde(default = "default_state_cache_mb")]
     pub cache_mb: u64,
     /// How often committed state is flushed to disk, in milliseconds. A QoS 1/2 event whose
     /// call wrote state is acknowledged only after the flush that made its writes durable,
     /// so this also bounds the extra acknowledgement delay. Longer intervals mean fewer
     /// writes to the SD card.
-    #[serde(default = "default_flush_interval_ms")]
     pub flush_interval_ms: u64,
     /// Longest key, in bytes.
-    #[serde(default = "default_max_key_bytes")]
     pub max_key_bytes: usize,
     /// Largest value, in bytes.
-    #[serde(default = "default_max_value_bytes")]
     pub max_value_bytes: usize,
     /// Most keys one function may keep.
-    #[serde(default = "default_max_keys")]
     pub max_keys_per_function: u64,
 }
 
 /// What happens when a persistent instance traps or times out.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum RestartPolicy {
     /// Replace it with a fresh instance (after a back-off), up to `max_restarts` in
@@ -212,7 +187,7 @@ pub enum RestartPolicy {
 }
 
 /// How WebAssembly instances get their memory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AllocatorMode {
     /// Probe the pooling allocator and fall back to on-demand allocation.
@@ -225,7 +200,7 @@ pub enum AllocatorMode {
 }
 
 /// The execution model of a function.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mode {
     /// Serverless: a fresh instance per event, dropped afterwards.
@@ -236,8 +211,21 @@ pub enum Mode {
     Persistent,
 }
 
+/// What happens to events that arrive when a function's inbox is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Leave QoS 1/2 events unacknowledged and waiting, so the broker slows down.
+    #[default]
+    Backpressure,
+    /// Reject the newest event.
+    DropNewest,
+    /// Reject the oldest waiting event.
+    DropOldest,
+}
+
 /// One `[[function]]`: a WebAssembly component and the topics it handles.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FunctionConfig {
     /// Unique name: used in logs, metrics and dead letters. Letters, digits, `-`, `_`, `.`.
@@ -290,7 +278,7 @@ pub struct FunctionConfig {
     /// 1/2 events keep waiting unacknowledged, so the broker holds back the rest),
     /// `drop-newest` or `drop-oldest`. Dropped events go to the dead-letter topic.
     #[serde(default)]
-    pub overflow: crate::queue::Overflow,
+    pub overflow: Overflow,
     /// Largest payload passed to the function, in bytes; larger events go to the
     /// dead-letter topic without being passed in.
     #[serde(default = "default_max_payload_bytes")]
@@ -314,57 +302,63 @@ pub struct FunctionConfig {
     pub config: BTreeMap<String, String>,
 }
 
-fn default_agent_id() -> String {
-    "edge-agent".into()
+// Each default is written once: in the section's `Default` impl (sections are
+// `#[serde(default)]` as a whole), or, for `[[function]]` whose name, module and topics
+// have no default, in the `default_*` function its field names.
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            id: "edge-agent".into(),
+            data_dir: "./data".into(),
+            topic_prefix: "edge-agent".into(),
+            shutdown_grace_ms: 5_000,
+            stats_interval_secs: 60,
+        }
+    }
 }
-fn default_data_dir() -> PathBuf {
-    "./data".into()
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            embedded: false,
+            client_id: None,
+            clean_session: false,
+            keep_alive_secs: 30,
+            username: None,
+            password: None,
+            tls: None,
+            max_packet_bytes: 1024 * 1024,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 30_000,
+        }
+    }
 }
-fn default_topic_prefix() -> String {
-    "edge-agent".into()
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            allocator: AllocatorMode::Auto,
+            max_instances: 64,
+            epoch_tick_ms: 10,
+            max_module_mb: 64,
+        }
+    }
 }
-fn default_shutdown_grace_ms() -> u64 {
-    5_000
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            cache_mb: 8,
+            flush_interval_ms: 200,
+            max_key_bytes: 256,
+            max_value_bytes: 64 * 1024,
+            max_keys_per_function: 10_000,
+        }
+    }
 }
-fn default_stats_interval_secs() -> u64 {
-    60
-}
-fn default_broker_url() -> String {
-    "mqtt://127.0.0.1:1883".into()
-}
-fn default_keep_alive_secs() -> u64 {
-    30
-}
-fn default_max_packet_bytes() -> usize {
-    1024 * 1024
-}
-fn default_reconnect_min_ms() -> u64 {
-    100
-}
-fn default_reconnect_max_ms() -> u64 {
-    30_000
-}
-fn default_max_instances() -> u32 {
-    64
-}
-fn default_epoch_tick_ms() -> u64 {
-    10
-}
-fn default_state_cache_mb() -> u64 {
-    8
-}
-fn default_flush_interval_ms() -> u64 {
-    200
-}
-fn default_max_key_bytes() -> usize {
-    256
-}
-fn default_max_value_bytes() -> usize {
-    64 * 1024
-}
-fn default_max_keys() -> u64 {
-    10_000
-}
+
 fn default_instances() -> u32 {
     1
 }
@@ -382,15 +376,12 @@ fn default_timeout_ms() -> u64 {
 }
 fn default_memory_limit_mb() -> u64 {
     // At most the per-instance reservation: 16 MiB on 32-bit hosts (armv7).
-    32.min(crate::runtime::engine::host_memory_reservation() / (1024 * 1024))
+    32.min(host_memory_reservation() / (1024 * 1024))
 }
 fn default_max_concurrency() -> u32 {
     4
 }
 fn default_queue_capacity() -> usize {
-    64
-}
-fn default_max_module_mb() -> u64 {
     64
 }
 fn default_publish_rate() -> u32 {
@@ -403,55 +394,28 @@ fn default_max_payload_bytes() -> usize {
     256 * 1024
 }
 
-impl Default for AgentConfig {
-    fn default() -> Self {
-        Self {
-            id: default_agent_id(),
-            data_dir: default_data_dir(),
-            topic_prefix: default_topic_prefix(),
-            shutdown_grace_ms: default_shutdown_grace_ms(),
-            stats_interval_secs: default_stats_interval_secs(),
-        }
+/// Linear-memory reservation per instance on 64-bit hosts. Part of the compiled code's
+/// settings (a `.cwasm` only loads into an engine with the same value), so it is fixed
+/// rather than configurable; it also caps `memory_limit_mb`.
+pub const MEMORY_RESERVATION_64: u64 = 256 * 1024 * 1024;
+/// The same on 32-bit hosts (armv7 through Pulley), where address space is scarce.
+pub const MEMORY_RESERVATION_32: u64 = 16 * 1024 * 1024;
+
+/// The per-instance memory reservation of this host: the largest `memory_limit_mb`.
+pub fn host_memory_reservation() -> u64 {
+    if cfg!(target_pointer_width = "32") {
+        MEMORY_RESERVATION_32
+    } else {
+        MEMORY_RESERVATION_64
     }
 }
 
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        Self {
-            url: default_broker_url(),
-            embedded: false,
-            client_id: None,
-            clean_session: false,
-            keep_alive_secs: default_keep_alive_secs(),
-            username: None,
-            password: None,
-            tls: None,
-            max_packet_bytes: default_max_packet_bytes(),
-            reconnect_min_ms: default_reconnect_min_ms(),
-            reconnect_max_ms: default_reconnect_max_ms(),
-        }
-    }
-}
-
-impl Default for StateConfig {
-    fn default() -> Self {
-        Self {
-            cache_mb: default_state_cache_mb(),
-            flush_interval_ms: default_flush_interval_ms(),
-            max_key_bytes: default_max_key_bytes(),
-            max_value_bytes: default_max_value_bytes(),
-            max_keys_per_function: default_max_keys(),
-        }
-    }
-}
-
-impl Default for RuntimeConfig {
-    fn default() -> Self {
-        Self {
-            allocator: AllocatorMode::Auto,
-            max_instances: default_max_instances(),
-            epoch_tick_ms: default_epoch_tick_ms(),
-            max_module_mb: default_max_module_mb(),
+impl Mode {
+    /// The name used in the config file and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on-demand",
+            Self::Persistent => "persistent",
         }
     }
 }
@@ -524,6 +488,12 @@ impl Config {
     /// The topic statistics are published on.
     pub fn stats_topic(&self) -> String {
         format!("{}/{}/stats", self.agent.topic_prefix, self.agent.id)
+    }
+
+    /// The topic of the agent's presence: retained `online` while connected, `offline`
+    /// (the last will, or said at a clean stop) otherwise.
+    pub fn status_topic(&self) -> String {
+        format!("{}/{}/status", self.agent.topic_prefix, self.agent.id)
     }
 
     /// The topic dead letters are published on.

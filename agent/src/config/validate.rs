@@ -3,7 +3,12 @@
 use std::collections::HashSet;
 
 use super::{Config, ConfigError};
-use crate::mqtt::topic;
+use crate::topic;
+
+/// Why a broker URL is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlError(String);
 
 /// The parsed `broker.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,9 +24,16 @@ pub struct BrokerAddress {
 impl BrokerAddress {
     /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (also `tcp://`, `ssl://`).
     ///
+    /// Port 0 stands for "any free port" and is only meaningful for the embedded broker,
+    /// which reports the port it got; `validate` refuses it otherwise.
+    ///
     /// # Errors
-    /// A message saying what is wrong with the URL.
-    pub fn parse(url: &str) -> Result<Self, String> {
+    /// [`UrlError`] saying what is wrong with the URL.
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        Self::parse_inner(url).map_err(UrlError)
+    }
+
+    fn parse_inner(url: &str) -> Result<Self, String> {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("`{url}` is not a URL like mqtt://host:1883"))?;
@@ -65,12 +77,8 @@ impl BrokerAddress {
 }
 
 fn parse_port(p: &str, url: &str) -> Result<u16, String> {
-    match p.parse::<u16>() {
-        Ok(0) | Err(_) => Err(format!(
-            "`{url}`: port `{p}` is not a number from 1 to 65535"
-        )),
-        Ok(n) => Ok(n),
-    }
+    p.parse::<u16>()
+        .map_err(|_| format!("`{url}`: port `{p}` is not a number from 0 to 65535"))
 }
 
 fn is_name(s: &str) -> bool {
@@ -86,6 +94,29 @@ impl Config {
     /// # Errors
     /// The first problem found, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_agent()?;
+        self.validate_broker()?;
+        self.validate_runtime()?;
+        self.validate_state()?;
+        if self.functions.is_empty() {
+            return Err(self.invalid("function", "no [[function]] is configured"));
+        }
+        let mut names = HashSet::new();
+        for (i, f) in self.functions.iter().enumerate() {
+            self.validate_function(i, f)?;
+            if !names.insert(f.name.as_str()) {
+                return Err(self.invalid(
+                    format!("function[{}].name", f.name),
+                    "duplicate function name",
+                ));
+            }
+            self.validate_module(f)?;
+        }
+        Ok(())
+    }
+
+    /// `[agent]`.
+    fn validate_agent(&self) -> Result<(), ConfigError> {
         let a = &self.agent;
         if !is_name(&a.id) {
             return Err(self.invalid(
@@ -96,9 +127,20 @@ impl Config {
         if let Err(e) = topic::validate_name(&a.topic_prefix) {
             return Err(self.invalid("agent.topic_prefix", format!("topic prefix {e}")));
         }
+        Ok(())
+    }
 
+    /// `[broker]`.
+    fn validate_broker(&self) -> Result<(), ConfigError> {
         let b = &self.broker;
-        let addr = BrokerAddress::parse(&b.url).map_err(|m| self.invalid("broker.url", m))?;
+        let addr =
+            BrokerAddress::parse(&b.url).map_err(|e| self.invalid("broker.url", e.to_string()))?;
+        if addr.port == 0 && !b.embedded {
+            return Err(self.invalid(
+                "broker.url",
+                "port 0 (any free port) only applies to the embedded broker",
+            ));
+        }
         if b.embedded && addr.tls {
             return Err(self.invalid(
                 "broker.embedded",
@@ -149,7 +191,11 @@ impl Config {
                 ));
             }
         }
+        Ok(())
+    }
 
+    /// `[runtime]`, including the room persistent functions leave in the pool.
+    fn validate_runtime(&self) -> Result<(), ConfigError> {
         let r = &self.runtime;
         if !(1..=10_000).contains(&r.max_instances) {
             return Err(self.invalid("runtime.max_instances", "must be from 1 to 10000"));
@@ -161,6 +207,26 @@ impl Config {
             return Err(self.invalid("runtime.max_module_mb", "must be from 1 to 1024"));
         }
 
+        let persistent: u64 = self
+            .functions
+            .iter()
+            .filter(|f| f.mode == super::Mode::Persistent)
+            .map(|f| u64::from(f.instances))
+            .sum();
+        if persistent >= u64::from(r.max_instances) {
+            return Err(self.invalid(
+                "runtime.max_instances",
+                format!(
+                    "persistent functions keep {persistent} instances; max_instances ({}) must be larger to leave room for on-demand calls",
+                    r.max_instances
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `[state]`.
+    fn validate_state(&self) -> Result<(), ConfigError> {
         let st = &self.state;
         if !(1..=4096).contains(&st.cache_mb) {
             return Err(self.invalid("state.cache_mb", "must be from 1 to 4096"));
@@ -177,138 +243,124 @@ impl Config {
         if st.max_keys_per_function == 0 {
             return Err(self.invalid("state.max_keys_per_function", "must be at least 1"));
         }
-        let persistent: u64 = self
-            .functions
-            .iter()
-            .filter(|f| f.mode == super::Mode::Persistent)
-            .map(|f| u64::from(f.instances))
-            .sum();
-        if persistent >= u64::from(r.max_instances) {
+        Ok(())
+    }
+
+    /// One `[[function]]`, apart from its module file.
+    fn validate_function(&self, i: usize, f: &super::FunctionConfig) -> Result<(), ConfigError> {
+        let (b, r) = (&self.broker, &self.runtime);
+        if !is_name(&f.name) {
             return Err(self.invalid(
-                "runtime.max_instances",
+                format!("function[{i}].name"),
+                format!("`{}` must be 1-64 letters, digits, `-`, `_` or `.`", f.name),
+            ));
+        }
+        let key = |k: &str| format!("function[{}].{k}", f.name);
+        if f.topics.is_empty() {
+            return Err(self.invalid(key("topics"), "needs at least one topic filter"));
+        }
+        for t in &f.topics {
+            if let Err(e) = topic::validate_filter(t) {
+                return Err(self.invalid(key("topics"), format!("topic filter `{t}` {e}")));
+            }
+            if t.starts_with("$share/") || t.starts_with("$queue/") {
+                return Err(self.invalid(
+                    key("topics"),
+                    format!("`{t}`: shared subscriptions are not supported yet"),
+                ));
+            }
+        }
+        if f.qos > 2 {
+            return Err(self.invalid(key("qos"), "must be 0, 1 or 2"));
+        }
+        if !(1..=600_000).contains(&f.timeout_ms) {
+            return Err(self.invalid(key("timeout_ms"), "must be from 1 to 600000 (10 min)"));
+        }
+        let max_mb = super::host_memory_reservation() / (1024 * 1024);
+        if !(1..=max_mb).contains(&f.memory_limit_mb) {
+            return Err(self.invalid(
+                key("memory_limit_mb"),
+                format!("must be from 1 to {max_mb} on this platform"),
+            ));
+        }
+        if f.max_concurrency == 0 || f.max_concurrency > r.max_instances {
+            return Err(self.invalid(
+                key("max_concurrency"),
                 format!(
-                    "persistent functions keep {persistent} instances; max_instances ({}) must be larger to leave room for on-demand calls",
+                    "must be from 1 to runtime.max_instances ({})",
                     r.max_instances
                 ),
             ));
         }
-
-        if self.functions.is_empty() {
-            return Err(self.invalid("function", "no [[function]] is configured"));
+        if !(1..=256).contains(&f.instances) {
+            return Err(self.invalid(key("instances"), "must be from 1 to 256"));
         }
-        let mut names = HashSet::new();
-        for (i, f) in self.functions.iter().enumerate() {
-            if !is_name(&f.name) {
+        if f.instances != 1 && f.mode != super::Mode::Persistent {
+            return Err(self.invalid(key("instances"), "only applies to mode = \"persistent\""));
+        }
+        if f.restart_window_secs == 0 {
+            return Err(self.invalid(key("restart_window_secs"), "must be at least 1"));
+        }
+        if !(1..=1_000_000).contains(&f.queue_capacity) {
+            return Err(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
+        }
+        if f.fuel == Some(0) {
+            return Err(self.invalid(
+                key("fuel"),
+                "must be at least 1 (leave it out for no budget)",
+            ));
+        }
+        if f.publish_rate == 0 {
+            return Err(self.invalid(key("publish_rate"), "must be at least 1 message per second"));
+        }
+        if f.max_publish_bytes == 0 || f.max_publish_bytes > b.max_packet_bytes {
+            return Err(self.invalid(
+                key("max_publish_bytes"),
+                "must be from 1 to broker.max_packet_bytes",
+            ));
+        }
+        if f.max_payload_bytes > b.max_packet_bytes {
+            return Err(self.invalid(
+                key("max_payload_bytes"),
+                "is larger than broker.max_packet_bytes, which no message can exceed",
+            ));
+        }
+        if let Some(h) = &f.sha256
+            && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            return Err(self.invalid(key("sha256"), "must be 64 hexadecimal digits"));
+        }
+        Ok(())
+    }
+
+    /// A function's module file: present, a file, not too large.
+    fn validate_module(&self, f: &super::FunctionConfig) -> Result<(), ConfigError> {
+        let r = &self.runtime;
+        let key = |k: &str| format!("function[{}].{k}", f.name);
+        match std::fs::metadata(&f.module) {
+            Ok(m) if m.is_file() && m.len() > r.max_module_mb * 1024 * 1024 => {
                 return Err(self.invalid(
-                    format!("function[{i}].name"),
-                    format!("`{}` must be 1-64 letters, digits, `-`, `_` or `.`", f.name),
-                ));
-            }
-            let key = |k: &str| format!("function[{}].{k}", f.name);
-            if !names.insert(f.name.as_str()) {
-                return Err(self.invalid(key("name"), "duplicate function name"));
-            }
-            if f.topics.is_empty() {
-                return Err(self.invalid(key("topics"), "needs at least one topic filter"));
-            }
-            for t in &f.topics {
-                if let Err(e) = topic::validate_filter(t) {
-                    return Err(self.invalid(key("topics"), format!("topic filter `{t}` {e}")));
-                }
-                if t.starts_with("$share/") || t.starts_with("$queue/") {
-                    return Err(self.invalid(
-                        key("topics"),
-                        format!("`{t}`: shared subscriptions are not supported yet"),
-                    ));
-                }
-            }
-            if f.qos > 2 {
-                return Err(self.invalid(key("qos"), "must be 0, 1 or 2"));
-            }
-            if !(1..=600_000).contains(&f.timeout_ms) {
-                return Err(self.invalid(key("timeout_ms"), "must be from 1 to 600000 (10 min)"));
-            }
-            let max_mb = crate::runtime::engine::host_memory_reservation() / (1024 * 1024);
-            if !(1..=max_mb).contains(&f.memory_limit_mb) {
-                return Err(self.invalid(
-                    key("memory_limit_mb"),
-                    format!("must be from 1 to {max_mb} on this platform"),
-                ));
-            }
-            if f.max_concurrency == 0 || f.max_concurrency > r.max_instances {
-                return Err(self.invalid(
-                    key("max_concurrency"),
+                    key("module"),
                     format!(
-                        "must be from 1 to runtime.max_instances ({})",
-                        r.max_instances
+                        "{} is {} bytes, over runtime.max_module_mb ({} MiB)",
+                        f.module.display(),
+                        m.len(),
+                        r.max_module_mb
                     ),
                 ));
             }
-            if !(1..=256).contains(&f.instances) {
-                return Err(self.invalid(key("instances"), "must be from 1 to 256"));
-            }
-            if f.instances != 1 && f.mode != super::Mode::Persistent {
-                return Err(self.invalid(key("instances"), "only applies to mode = \"persistent\""));
-            }
-            if f.restart_window_secs == 0 {
-                return Err(self.invalid(key("restart_window_secs"), "must be at least 1"));
-            }
-            if !(1..=1_000_000).contains(&f.queue_capacity) {
-                return Err(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
-            }
-            if f.fuel == Some(0) {
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
                 return Err(self.invalid(
-                    key("fuel"),
-                    "must be at least 1 (leave it out for no budget)",
+                    key("module"),
+                    format!("{} is not a file", f.module.display()),
                 ));
             }
-            if f.publish_rate == 0 {
-                return Err(
-                    self.invalid(key("publish_rate"), "must be at least 1 message per second")
-                );
-            }
-            if f.max_publish_bytes == 0 || f.max_publish_bytes > b.max_packet_bytes {
+            Err(e) => {
                 return Err(self.invalid(
-                    key("max_publish_bytes"),
-                    "must be from 1 to broker.max_packet_bytes",
+                    key("module"),
+                    format!("cannot read {}: {e}", f.module.display()),
                 ));
-            }
-            if f.max_payload_bytes > b.max_packet_bytes {
-                return Err(self.invalid(
-                    key("max_payload_bytes"),
-                    "is larger than broker.max_packet_bytes, which no message can exceed",
-                ));
-            }
-            if let Some(h) = &f.sha256
-                && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
-            {
-                return Err(self.invalid(key("sha256"), "must be 64 hexadecimal digits"));
-            }
-            match std::fs::metadata(&f.module) {
-                Ok(m) if m.is_file() && m.len() > r.max_module_mb * 1024 * 1024 => {
-                    return Err(self.invalid(
-                        key("module"),
-                        format!(
-                            "{} is {} bytes, over runtime.max_module_mb ({} MiB)",
-                            f.module.display(),
-                            m.len(),
-                            r.max_module_mb
-                        ),
-                    ));
-                }
-                Ok(m) if m.is_file() => {}
-                Ok(_) => {
-                    return Err(self.invalid(
-                        key("module"),
-                        format!("{} is not a file", f.module.display()),
-                    ));
-                }
-                Err(e) => {
-                    return Err(self.invalid(
-                        key("module"),
-                        format!("cannot read {}: {e}", f.module.display()),
-                    ));
-                }
             }
         }
         Ok(())
@@ -328,7 +380,7 @@ mod tests {
         let a = BrokerAddress::parse("mqtt://[::1]:1999").unwrap_or_else(|e| panic!("{e}"));
         assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
         assert!(BrokerAddress::parse("http://x").is_err());
-        assert!(BrokerAddress::parse("mqtt://x:0").is_err());
+        assert_eq!(BrokerAddress::parse("mqtt://x:0").map(|a| a.port), Ok(0));
         assert!(BrokerAddress::parse("mqtt://x:99999").is_err());
         assert!(BrokerAddress::parse("localhost:1883").is_err());
         assert!(BrokerAddress::parse("mqtt://user:pw@host").is_err());

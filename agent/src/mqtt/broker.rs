@@ -3,32 +3,86 @@
 //! It keeps sessions in memory only, so queued messages do not survive a restart of the
 //! agent. Production devices point `broker.url` at Mosquitto or a clustered broker.
 
+use std::collections::HashSet;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::MqttError;
 use crate::config::{BrokerAddress, Config};
 
 /// Starts rumqttd on the host and port of `broker.url` on its own threads and waits until
-/// it accepts connections. It runs until the process exits.
+/// it accepts connections; returns the address it listens on. Port 0 picks a free port
+/// (tests run many agents at once this way, with no race for ports). The broker runs until
+/// the process exits: rumqttd 0.20 has no way to stop it.
 ///
 /// # Errors
 /// [`MqttError::Broker`] if the address is unusable or taken, or the broker does not come
 /// up within five seconds.
 pub fn start(cfg: &Config) -> Result<SocketAddr, MqttError> {
-    let addr = BrokerAddress::parse(&cfg.broker.url).map_err(MqttError::Broker)?;
+    let addr = BrokerAddress::parse(&cfg.broker.url)?;
     let listen = (addr.host.as_str(), addr.port)
         .to_socket_addrs()
-        .map_err(|e| MqttError::Broker(format!("cannot resolve {}: {e}", addr.host)))?
+        .map_err(|e| MqttError::broker(format!("cannot resolve {}", addr.host), e))?
         .next()
-        .ok_or_else(|| MqttError::Broker(format!("{} has no address", addr.host)))?;
+        .ok_or_else(|| MqttError::broker(format!("cannot resolve {}", addr.host), "no address"))?;
     // rumqttd only logs a failed bind from its own thread; check first for a clear error.
-    TcpListener::bind(listen).map_err(|e| {
-        MqttError::Broker(format!(
-            "cannot listen on {listen}: {e} (is another broker running? set broker.url or embedded = false)"
-        ))
-    })?;
+    if listen.port() != 0 {
+        TcpListener::bind(listen).map_err(|e| {
+            MqttError::broker(
+                format!(
+                    "cannot listen on {listen} (is another broker running? set broker.url or embedded = false)"
+                ),
+                e,
+            )
+        })?;
+    }
+    let broker_cfg = broker_config(cfg, listen)?;
+    // rumqttd binds inside its own thread and does not say where: for port 0, the new
+    // listening socket of this process is the broker's. One start at a time, so that two
+    // brokers starting at once cannot take each other's socket for their own.
+    static STARTING: Mutex<()> = Mutex::new(());
+    let _one_at_a_time = STARTING.lock().unwrap_or_else(|p| p.into_inner());
+    let before = own_listeners();
+    std::thread::Builder::new()
+        .name("embedded-broker".into())
+        .spawn(move || {
+            let mut broker = rumqttd::Broker::new(broker_cfg);
+            if let Err(e) = broker.start() {
+                tracing::error!(error = %e, "embedded broker stopped");
+            }
+        })
+        .map_err(|e| MqttError::broker("cannot start its thread", e))?;
 
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let bound = loop {
+        let candidate = match listen.port() {
+            0 => own_listeners()
+                .difference(&before)
+                .next()
+                .map(|&(_, port)| SocketAddr::new(listen.ip(), port)),
+            _ => Some(listen),
+        };
+        if let Some(a) = candidate
+            && TcpStream::connect_timeout(&a, Duration::from_millis(200)).is_ok()
+        {
+            break a;
+        }
+        if Instant::now() > deadline {
+            return Err(MqttError::broker(
+                format!("did not start listening on {listen}"),
+                "no listening socket after 5 s",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    tracing::info!(listen = %bound, "embedded MQTT broker (rumqttd) listening; sessions are kept in memory only");
+    Ok(bound)
+}
+
+/// rumqttd's configuration: one plain-TCP listener on `listen`, with the agent's
+/// credentials when it has some.
+fn broker_config(cfg: &Config, listen: SocketAddr) -> Result<rumqttd::Config, MqttError> {
     let auth = match (&cfg.broker.username, &cfg.broker.password) {
         (Some(u), p) => format!(
             "[v4.1.connections.auth]\n{} = {}\n",
@@ -59,32 +113,45 @@ max_inflight_count = 100
 dynamic_filters = true
 {auth}"#
     );
-    let broker_cfg: rumqttd::Config = config::Config::builder()
+    config::Config::builder()
         .add_source(config::File::from_str(&text, config::FileFormat::Toml))
         .build()
         .and_then(config::Config::try_deserialize)
-        .map_err(|e| MqttError::Broker(format!("internal broker config: {e}")))?;
-    std::thread::Builder::new()
-        .name("embedded-broker".into())
-        .spawn(move || {
-            let mut broker = rumqttd::Broker::new(broker_cfg);
-            if let Err(e) = broker.start() {
-                tracing::error!(error = %e, "embedded broker stopped");
-            }
-        })
-        .map_err(|e| MqttError::Broker(format!("cannot start thread: {e}")))?;
+        .map_err(|e| MqttError::broker("internal broker config", e))
+}
 
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while TcpStream::connect_timeout(&listen, Duration::from_millis(200)).is_err() {
-        if Instant::now() > deadline {
-            return Err(MqttError::Broker(format!(
-                "did not start listening on {listen}"
-            )));
+/// The TCP sockets this process listens on, as (inode, port), from `/proc`.
+fn own_listeners() -> HashSet<(u64, u16)> {
+    let own: HashSet<u64> = std::fs::read_dir("/proc/self/fd")
+        .into_iter()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_str()?;
+            l.strip_prefix("socket:[")?.strip_suffix(']')?.parse().ok()
+        })
+        .collect();
+    let mut out = HashSet::new();
+    for table in ["/proc/self/net/tcp", "/proc/self/net/tcp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        // Columns: sl local_address rem_address st ... inode (the 10th).
+        for line in text.lines().skip(1) {
+            let cols: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(&"0A"), Some(inode)) = (cols.get(1), cols.get(3), cols.get(9))
+            else {
+                continue;
+            };
+            let port = local
+                .rsplit_once(':')
+                .and_then(|(_, p)| u16::from_str_radix(p, 16).ok());
+            if let (Some(port), Ok(inode)) = (port, inode.parse::<u64>())
+                && own.contains(&inode)
+            {
+                out.insert((inode, port));
+            }
         }
-        std::thread::sleep(Duration::from_millis(20));
     }
-    tracing::info!(%listen, "embedded MQTT broker (rumqttd) listening; sessions are kept in memory only");
-    Ok(listen)
+    out
 }
 
 fn toml_string(s: &str) -> String {

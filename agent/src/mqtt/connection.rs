@@ -1,16 +1,32 @@
 //! The connection task: polls rumqttc's event loop without pause (so keep-alives flow),
 //! subscribes on every (re)connection, routes incoming messages and backs off
 //! exponentially when the broker is unreachable. It never runs guest code or disk I/O.
+//! What it sees of the broker is published on a [`ConnectionStatus`] watch: readiness
+//! for whoever started the agent, and the last connection error.
 
 use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, Event, EventLoop, Outgoing, Packet, SubscribeFilter,
 };
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::topic::Subscription;
-use crate::router::Router;
+use crate::pipeline::router::Router;
+use crate::topic::Subscription;
+
+/// The connection as last seen by the connection task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    /// The broker accepted the connection (CONNACK success) and it has not failed since.
+    pub connected: bool,
+    /// The broker answered the subscriptions of the current connection.
+    pub subscribed: bool,
+    /// Connections that failed or were lost so far.
+    pub failures: u64,
+    /// The last connection error, if any.
+    pub last_error: Option<String>,
+}
 
 /// Settings of the connection task.
 pub struct ConnectionTask {
@@ -24,6 +40,10 @@ pub struct ConnectionTask {
     pub backoff_min: Duration,
     /// Longest reconnection delay.
     pub backoff_max: Duration,
+    /// Where the task reports what it sees.
+    pub status: watch::Sender<ConnectionStatus>,
+    /// The agent's status topic: a retained `online` goes there once subscribed.
+    pub status_topic: String,
 }
 
 impl ConnectionTask {
@@ -55,6 +75,10 @@ impl ConnectionTask {
                     Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                         if ack.code == ConnectReturnCode::Success {
                             tracing::info!(session_present = ack.session_present, "connected to broker");
+                            self.status.send_modify(|s| {
+                                s.connected = true;
+                                s.subscribed = false;
+                            });
                             backoff = self.backoff_min;
                             if let Some(r) = &router {
                                 r.connected();
@@ -76,6 +100,8 @@ impl ConnectionTask {
                             }
                         }
                         tracing::info!(count = ack.return_codes.len(), refused, "subscribed");
+                        self.status.send_modify(|s| s.subscribed = true);
+                        self.announce();
                     }
                     Ok(Event::Outgoing(Outgoing::Disconnect)) => {
                         tracing::info!("disconnected from broker");
@@ -84,6 +110,12 @@ impl ConnectionTask {
                     Ok(_) => {}
                     Err(e) => {
                         failures += 1;
+                        self.status.send_modify(|s| {
+                            s.connected = false;
+                            s.subscribed = false;
+                            s.failures += 1;
+                            s.last_error = Some(e.to_string());
+                        });
                         if failures == 1 {
                             tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost; reconnecting");
                         } else {
@@ -103,11 +135,24 @@ impl ConnectionTask {
         }
     }
 
+    /// Says `online`, retained, on the status topic (the last will says `offline`).
+    fn announce(&self) {
+        let body = super::options::presence("online");
+        let qos = rumqttc::QoS::AtLeastOnce;
+        if self
+            .client
+            .try_publish(self.status_topic.clone(), qos, true, body)
+            .is_err()
+        {
+            tracing::warn!("connection backlog full: presence not announced");
+        }
+    }
+
     fn subscribe(&self) {
         let filters: Vec<SubscribeFilter> = self
             .subscriptions
             .iter()
-            .map(|s| SubscribeFilter::new(s.filter.clone(), super::qos(s.qos)))
+            .map(|s| SubscribeFilter::new(s.filter.clone(), crate::event::mqtt_qos(s.qos)))
             .collect();
         for s in &self.subscriptions {
             tracing::info!(filter = %s.filter, qos = s.qos, "subscribing");
@@ -119,5 +164,15 @@ impl ConnectionTask {
                 tracing::error!(error = %e, "could not subscribe");
             }
         });
+    }
+}
+
+/// Sends the acknowledgements that [`crate::ack::AckQueue`] releases, in that order, until
+/// the queue is dropped or the connection is gone.
+pub async fn send_acks(client: AsyncClient, mut ready: mpsc::UnboundedReceiver<rumqttc::Publish>) {
+    while let Some(p) = ready.recv().await {
+        if client.ack(&p).await.is_err() {
+            break;
+        }
     }
 }

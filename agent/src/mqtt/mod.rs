@@ -1,11 +1,16 @@
-//! MQTT: topic rules ([`topic`]), client options ([`options`]), the connection task that
-//! polls the broker and routes events ([`connection`]) and the embedded broker ([`broker`]).
+//! MQTT: client options ([`options`]), the connection task that polls the broker and hands
+//! messages to the pipeline's router ([`connection`]), and the embedded broker
+//! ([`broker`]). The topic grammar and the acknowledgement order are plain logic and live
+//! in the crate's leaf modules (`topic`, `ack`).
 
-pub mod ack;
 pub mod broker;
 pub mod connection;
 pub mod options;
-pub mod topic;
+
+use crate::config::UrlError;
+
+/// An error kept as the cause of an [`MqttError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Failures of the MQTT side at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -18,16 +23,25 @@ pub enum MqttError {
         /// What went wrong.
         message: String,
     },
+    /// `broker.url` is not a usable MQTT URL.
+    #[error("`broker.url`: {0}")]
+    Url(#[from] UrlError),
     /// The embedded broker could not start.
-    #[error("embedded broker: {0}")]
-    Broker(String),
+    #[error("embedded broker: {context}")]
+    Broker {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
 }
 
-/// Converts a QoS number (0-2, validated earlier) to rumqttc's type.
-pub fn qos(n: u8) -> rumqttc::QoS {
-    match n {
-        0 => rumqttc::QoS::AtMostOnce,
-        1 => rumqttc::QoS::AtLeastOnce,
-        _ => rumqttc::QoS::ExactlyOnce,
+impl MqttError {
+    fn broker(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Broker {
+            context: context.into(),
+            source: source.into(),
+        }
     }
 }

@@ -7,20 +7,21 @@ use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::MqttError;
-use crate::config::{BrokerAddress, Config};
+use crate::config::{BrokerAddress, Config, TlsConfig};
 
 /// Requests (publishes, acks, subscriptions) buffered for the connection; when full,
 /// senders wait, which is the backpressure on functions while the broker is slow.
 pub const REQUEST_CHANNEL_CAPACITY: usize = 256;
 
-/// Builds the options for the agent's connection: stable client id, manual acks (a
-/// message is acknowledged only once handled), session, keep-alive, credentials, TLS.
+/// Builds the options for the agent's connection to `addr` (`broker.url`, or where the
+/// embedded broker really listens): stable client id, manual acks (a message is
+/// acknowledged only once handled), session, keep-alive, credentials, TLS.
 ///
 /// # Errors
 /// [`MqttError::Tls`] if a certificate or key file cannot be used.
-pub fn agent_options(cfg: &Config) -> Result<MqttOptions, MqttError> {
+pub fn agent_options(cfg: &Config, addr: &BrokerAddress) -> Result<MqttOptions, MqttError> {
     let b = &cfg.broker;
-    let mut opts = client_options(&b.url, &cfg.client_id(), cfg)?;
+    let mut opts = client_options(addr, &cfg.client_id(), b.tls.as_ref())?;
     opts.set_keep_alive(Duration::from_secs(b.keep_alive_secs))
         .set_clean_session(b.clean_session)
         .set_manual_acks(true)
@@ -29,30 +30,47 @@ pub fn agent_options(cfg: &Config) -> Result<MqttOptions, MqttError> {
     if let Some(user) = &b.username {
         opts.set_credentials(user.clone(), b.password.clone().unwrap_or_default());
     }
+    opts.set_last_will(rumqttc::LastWill::new(
+        cfg.status_topic(),
+        presence("offline"),
+        rumqttc::QoS::AtLeastOnce,
+        true,
+    ));
     Ok(opts)
 }
 
-/// Options for a connection to `url` with `client_id`: host, port and TLS. `cfg` supplies
-/// the TLS files, if any.
+/// The retained presence message on the status topic: `{"status":"online","pid":..,
+/// "version":..}` or `{"status":"offline",...}`. The pid tells one run from the next.
+pub fn presence(status: &str) -> Vec<u8> {
+    serde_json::json!({
+        "status": status,
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })
+    .to_string()
+    .into_bytes()
+}
+
+/// Options for a connection to `addr` with `client_id`: host, port and, for `mqtts://`,
+/// TLS with the files of `tls` (or the system's roots).
 ///
 /// # Errors
 /// [`MqttError::Tls`] if a certificate or key file cannot be used.
-pub fn client_options(url: &str, client_id: &str, cfg: &Config) -> Result<MqttOptions, MqttError> {
-    let addr = BrokerAddress::parse(url).map_err(|message| MqttError::Tls {
-        key: "broker.url",
-        message,
-    })?;
+pub fn client_options(
+    addr: &BrokerAddress,
+    client_id: &str,
+    tls: Option<&TlsConfig>,
+) -> Result<MqttOptions, MqttError> {
     let mut opts = MqttOptions::new(client_id, addr.host.clone(), addr.port);
     if addr.tls {
         opts.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-            Arc::new(tls_config(cfg)?),
+            Arc::new(tls_config(tls.cloned().unwrap_or_default())?),
         )));
     }
     Ok(opts)
 }
 
-fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, MqttError> {
-    let tls = cfg.broker.tls.clone().unwrap_or_default();
+fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
     let mut roots = rustls::RootCertStore::empty();
     match &tls.ca_file {
         Some(ca) => {
@@ -78,7 +96,17 @@ fn tls_config(cfg: &Config) -> Result<rustls::ClientConfig, MqttError> {
             }
         }
     }
-    let builder = rustls::ClientConfig::builder().with_root_certificates(roots);
+    // The provider is named here rather than installed process-wide, so that the library
+    // works the same whoever embeds it (ring: no C toolchain beyond cc for ARM builds).
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| MqttError::Tls {
+        key: "broker.tls",
+        message: format!("no usable TLS protocol version: {e}"),
+    })?
+    .with_root_certificates(roots);
     match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert, "broker.tls.cert_file")?;

@@ -1,14 +1,18 @@
 //! The one `Engine` of the process: configuration, the pooling-allocator probe and the
 //! epoch ticker that enforces timeouts.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::RuntimeError;
-use crate::config::{AllocatorMode, Config};
+use crate::config::{
+    AllocatorMode, Config, MEMORY_RESERVATION_32, MEMORY_RESERVATION_64, host_memory_reservation,
+};
+
+/// Guard region after each linear memory. Bounds are checked explicitly, since memories
+/// are smaller than 4 GiB, so a small guard suffices.
+const MEMORY_GUARD: u64 = 64 * 1024;
 
 /// How instances get their memory, as decided at start-up.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -17,25 +21,6 @@ pub enum Allocator {
     Pooling,
     /// Memory allocated when an instance is created.
     OnDemand,
-}
-
-/// Linear-memory reservation per instance on 64-bit hosts. Part of the compiled code's
-/// settings (a `.cwasm` only loads into an engine with the same value), so it is fixed
-/// rather than derived from the config; it also caps `memory_limit_mb`.
-pub const MEMORY_RESERVATION_64: u64 = 256 * 1024 * 1024;
-/// The same on 32-bit hosts (armv7 through Pulley), where address space is scarce.
-pub const MEMORY_RESERVATION_32: u64 = 16 * 1024 * 1024;
-/// Guard region after each linear memory. Bounds are checked explicitly, since memories
-/// are smaller than 4 GiB, so a small guard suffices.
-const MEMORY_GUARD: u64 = 64 * 1024;
-
-/// The memory reservation of this host.
-pub fn host_memory_reservation() -> u64 {
-    if cfg!(target_pointer_width = "32") {
-        MEMORY_RESERVATION_32
-    } else {
-        MEMORY_RESERVATION_64
-    }
 }
 
 /// Builds the process's engine according to `[runtime]`, probing the pooling allocator
@@ -58,7 +43,7 @@ pub fn build(cfg: &Config) -> Result<(Engine, Allocator), RuntimeError> {
             Ok(engine) => Ok((engine, Allocator::Pooling)),
             Err(e) => {
                 tracing::warn!(
-                    error = %e,
+                    error = %crate::failure::chain(&e),
                     "pooling allocator unavailable (small address space?); \
                      falling back to on-demand allocation, which makes instantiation slower"
                 );
@@ -80,7 +65,7 @@ pub fn base_config(target: Option<&str>, fuel: bool) -> Result<WasmConfig, Runti
     let reservation = match target {
         Some(t) => {
             c.target(t)
-                .map_err(|e| RuntimeError::Engine(format!("unknown target `{t}`: {e}")))?;
+                .map_err(|e| RuntimeError::engine(format!("unknown target `{t}`"), e))?;
             if target_is_32_bit(t) {
                 MEMORY_RESERVATION_32
             } else {
@@ -116,8 +101,9 @@ pub fn fuel_enabled(cfg: &Config) -> bool {
 
 fn pooling(instances: u32, fuel: bool, force_failure: bool) -> Result<Engine, RuntimeError> {
     if force_failure {
-        return Err(RuntimeError::Engine(
-            "pooling allocator probe failed (forced by EDGE_AGENT_FORCE_POOLING_FAILURE)".into(),
+        return Err(RuntimeError::engine(
+            "pooling allocator probe failed",
+            "forced by EDGE_AGENT_FORCE_POOLING_FAILURE",
         ));
     }
     let mut pool = PoolingAllocationConfig::default();
@@ -133,53 +119,34 @@ fn pooling(instances: u32, fuel: bool, force_failure: bool) -> Result<Engine, Ru
         .table_keep_resident(16 * 1024);
     let mut c = base_config(None, fuel)?;
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&c).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+    Engine::new(&c).map_err(|e| RuntimeError::engine("cannot create the pooling engine", e))
 }
 
 fn on_demand(fuel: bool) -> Result<Engine, RuntimeError> {
-    Engine::new(&base_config(None, fuel)?).map_err(|e| RuntimeError::Engine(format!("{e:#}")))
+    Engine::new(&base_config(None, fuel)?)
+        .map_err(|e| RuntimeError::engine("cannot create the engine", e))
 }
 
-/// Increments the engine's epoch every `tick` until dropped. Holds only a weak reference,
-/// so it never keeps the engine alive.
-pub struct EpochTicker {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl EpochTicker {
-    /// Starts the ticker thread.
-    ///
-    /// # Errors
-    /// [`RuntimeError::Engine`] if the thread cannot be spawned.
-    pub fn start(engine: &Engine, tick: Duration) -> Result<Self, RuntimeError> {
-        let weak = engine.weak();
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("epoch-ticker".into())
-            .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
-                    std::thread::sleep(tick);
-                    match weak.upgrade() {
-                        Some(e) => e.increment_epoch(),
-                        None => break,
-                    }
+/// Starts the thread that increments the engine's epoch every `tick`, which is what stops
+/// calls at their deadline. It holds only a weak reference and ends once the engine is
+/// gone: that is, once the runtime *and every store* are dropped. Tying it to the runtime
+/// instead would let a call still running when the agent is dropped loop for ever.
+///
+/// # Errors
+/// [`RuntimeError::Engine`] if the thread cannot be spawned.
+pub fn start_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), RuntimeError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("epoch-ticker".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(tick);
+                match weak.upgrade() {
+                    Some(e) => e.increment_epoch(),
+                    None => break,
                 }
-            })
-            .map_err(|e| RuntimeError::Engine(format!("cannot start the epoch ticker: {e}")))?;
-        Ok(Self {
-            stop,
-            thread: Some(thread),
+            }
         })
-    }
-}
-
-impl Drop for EpochTicker {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
+        .map_err(|e| RuntimeError::engine("cannot start the epoch ticker", e))?;
+    Ok(())
 }

@@ -6,90 +6,21 @@ use std::time::{Duration, Instant};
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
+use super::GuestEvent;
 use super::RuntimeError;
-use super::bindings::edge::agent::types::Event;
 use super::bindings::{Function as FunctionBindings, FunctionPre};
-use super::host::{FunctionContext, Outgoing, StoreData};
+use super::host::{FunctionContext, StoreData};
 use crate::config::FunctionConfig;
+use crate::event::Outbound;
+use crate::failure::FailureKind;
 use crate::state::{Namespace, StateStore};
-
-/// Why an event was not handled. Stable names: they appear in dead letters and metrics.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ErrorKind {
-    /// The handler returned `err(..)`.
-    GuestError,
-    /// The call ran past `timeout_ms`.
-    Timeout,
-    /// The instance tried to grow its memory past `memory_limit_mb`.
-    MemoryLimit,
-    /// The guest's stack overflowed.
-    StackOverflow,
-    /// Any other trap (panic, unreachable, out-of-bounds access, ...).
-    Trap,
-    /// The instance could not be created.
-    Instantiate,
-    /// The payload was larger than `max_payload_bytes`.
-    PayloadTooLarge,
-    /// The function's queue was full.
-    QueueFull,
-    /// The state store failed (disk or database error).
-    State,
-    /// A persistent function's instance is stopped (restart policy exhausted).
-    FunctionStopped,
-    /// The call failed after publishing faster than `publish_rate` allowed.
-    RateLimit,
-    /// The call failed after a state limit (key/value size, key count) refused a write.
-    StateQuota,
-    /// The call used up its instruction budget (`fuel`).
-    FuelExhausted,
-}
-
-impl ErrorKind {
-    /// Whether the instance must be thrown away after this failure (it trapped).
-    pub fn kills_instance(self) -> bool {
-        matches!(
-            self,
-            Self::Timeout
-                | Self::MemoryLimit
-                | Self::StackOverflow
-                | Self::Trap
-                | Self::State
-                | Self::FuelExhausted
-        )
-    }
-
-    /// The kebab-case name used in dead letters.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::GuestError => "guest-error",
-            Self::Timeout => "timeout",
-            Self::MemoryLimit => "memory-limit",
-            Self::StackOverflow => "stack-overflow",
-            Self::Trap => "trap",
-            Self::Instantiate => "instantiate",
-            Self::PayloadTooLarge => "payload-too-large",
-            Self::QueueFull => "queue-full",
-            Self::State => "state-error",
-            Self::FunctionStopped => "function-stopped",
-            Self::RateLimit => "rate-limit",
-            Self::StateQuota => "state-quota",
-            Self::FuelExhausted => "fuel-exhausted",
-        }
-    }
-}
-
-impl std::fmt::Display for ErrorKind {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
 
 /// A failed call.
 #[derive(Debug, Clone, thiserror::Error)]
 #[error("{kind}: {message}")]
 pub struct CallError {
     /// What kind of failure.
-    pub kind: ErrorKind,
+    pub kind: FailureKind,
     /// Details for the log and the dead letter.
     pub message: String,
 }
@@ -97,7 +28,7 @@ pub struct CallError {
 /// A successful call: what to publish and what it cost.
 pub struct CallOutcome {
     /// Messages to publish, in order.
-    pub outbox: Vec<Outgoing>,
+    pub outbox: Vec<Outbound>,
     /// If the call wrote state: the store and the flush generation that makes it durable.
     pub durable: Option<(Arc<StateStore>, u64)>,
     /// Store creation and instantiation.
@@ -202,14 +133,14 @@ impl LoadedFunction {
         if let Some(fuel) = self.fuel {
             // Instantiation runs start-up code too; it gets the same budget.
             store.set_fuel(fuel).map_err(|e| CallError {
-                kind: ErrorKind::Instantiate,
+                kind: FailureKind::Instantiate,
                 message: format!("{e:#}"),
             })?;
         }
         let bindings = self
             .pre
             .instantiate(&mut store)
-            .map_err(|e| classify(&store, &e, ErrorKind::Instantiate))?;
+            .map_err(|e| classify(&store, &e, FailureKind::Instantiate))?;
         Ok(Instance {
             store,
             bindings,
@@ -224,15 +155,15 @@ impl LoadedFunction {
     ///
     /// # Errors
     /// [`CallError`] with the kind of failure; the instance is gone either way.
-    pub fn call_on_demand(&self, event: &Event) -> Result<CallOutcome, CallError> {
+    pub fn call_on_demand(&self, event: &GuestEvent) -> Result<CallOutcome, CallError> {
         let start = Instant::now();
-        let cpu_start = crate::metrics::thread_cpu_time();
+        let cpu_start = crate::clock::thread_cpu_time();
         let instance = self.instantiate()?;
         let instantiate = start.elapsed();
         let (result, _instance) = instance.call(event);
         result.map(|mut outcome| {
             outcome.instantiate = instantiate;
-            outcome.cpu = crate::metrics::thread_cpu_time().saturating_sub(cpu_start);
+            outcome.cpu = crate::clock::thread_cpu_time().saturating_sub(cpu_start);
             outcome
         })
     }
@@ -243,13 +174,13 @@ impl Instance {
     ///
     /// Returns the instance back unless the call trapped (timeout, memory limit, trap):
     /// a store that trapped is never called again.
-    pub fn call(mut self, event: &Event) -> (Result<CallOutcome, CallError>, Option<Self>) {
+    pub fn call(mut self, event: &GuestEvent) -> (Result<CallOutcome, CallError>, Option<Self>) {
         self.store.set_epoch_deadline(self.deadline_ticks);
         if let Some(fuel) = self.fuel
             && let Err(e) = self.store.set_fuel(fuel)
         {
             let err = CallError {
-                kind: ErrorKind::Trap,
+                kind: FailureKind::Trap,
                 message: format!("cannot set fuel: {e:#}"),
             };
             return (Err(err), None);
@@ -263,13 +194,13 @@ impl Instance {
             data.txn = self.state.as_ref().map(|ns| ns.begin());
         }
         let started = Instant::now();
-        let cpu_start = crate::metrics::thread_cpu_time();
+        let cpu_start = crate::clock::thread_cpu_time();
         let result = self
             .bindings
             .edge_agent_handler()
             .call_handle(&mut self.store, event);
         let execute = started.elapsed();
-        let cpu = crate::metrics::thread_cpu_time().saturating_sub(cpu_start);
+        let cpu = crate::clock::thread_cpu_time().saturating_sub(cpu_start);
         let data = self.store.data_mut();
         let txn = data.txn.take();
         let outbox = std::mem::take(&mut data.outbox);
@@ -283,8 +214,8 @@ impl Instance {
                         .and_then(|g| self.state.as_ref().map(|ns| (ns.store().clone(), g))),
                     Err(e) => {
                         let err = CallError {
-                            kind: ErrorKind::State,
-                            message: format!("state not committed: {e}"),
+                            kind: FailureKind::State,
+                            message: format!("state not committed: {}", crate::failure::chain(&e)),
                         };
                         // The guest's memory may assume the writes happened: drop it.
                         return (Err(err), None);
@@ -303,12 +234,12 @@ impl Instance {
             // A guest that fails right after a limit refused it failed because of the limit.
             Ok(Err(message)) => (
                 Err(CallError {
-                    kind: limit_hit.unwrap_or(ErrorKind::GuestError),
+                    kind: limit_hit.unwrap_or(FailureKind::GuestError),
                     message,
                 }),
                 Some(self),
             ),
-            Err(e) => (Err(classify(&self.store, &e, ErrorKind::Trap)), None),
+            Err(e) => (Err(classify(&self.store, &e, FailureKind::Trap)), None),
         }
     }
 }
@@ -380,26 +311,26 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .collect()
 }
 
-/// Maps a wasmtime error to an [`ErrorKind`]; `fallback` when it is nothing specific.
-fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: ErrorKind) -> CallError {
+/// Maps a wasmtime error to an [`FailureKind`]; `fallback` when it is nothing specific.
+fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: FailureKind) -> CallError {
     let kind = if store.data().memory_limit_hit {
-        ErrorKind::MemoryLimit
+        FailureKind::MemoryLimit
     } else if store.data().state_error.is_some() {
-        ErrorKind::State
+        FailureKind::State
     } else {
         match e.downcast_ref::<Trap>() {
-            Some(Trap::Interrupt) => ErrorKind::Timeout,
-            Some(Trap::StackOverflow) => ErrorKind::StackOverflow,
-            Some(Trap::OutOfFuel) => ErrorKind::FuelExhausted,
+            Some(Trap::Interrupt) => FailureKind::Timeout,
+            Some(Trap::StackOverflow) => FailureKind::StackOverflow,
+            Some(Trap::OutOfFuel) => FailureKind::FuelExhausted,
             _ => fallback,
         }
     };
     let message = match kind {
-        ErrorKind::Timeout => format!(
+        FailureKind::Timeout => format!(
             "call exceeded the timeout of {} ms",
             store.data().timeout_ms()
         ),
-        ErrorKind::MemoryLimit => format!(
+        FailureKind::MemoryLimit => format!(
             "linear memory would exceed the limit of {} bytes",
             store.data().memory_limit()
         ),

@@ -2,17 +2,19 @@
 //! imports (`mqtt`, `config`, `log`, `clock`) implemented on it.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::edge::agent::{clock, config, log, mqtt, state, types};
-use super::output::{GuestOutput, Stream};
-use crate::mqtt::topic;
+use super::stdio::{GuestOutput, Stream};
+use crate::event::Outbound;
+use crate::failure::FailureKind;
 use crate::state::{StateError, Txn};
+use crate::topic;
 
 /// Most messages one call may queue for publishing.
 pub const MAX_PUBLISHES_PER_CALL: usize = 1_000;
@@ -53,19 +55,6 @@ impl TokenBucket {
     }
 }
 
-/// A message a guest asked to publish; sent only if its call returns `ok`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Outgoing {
-    /// Topic name.
-    pub topic: String,
-    /// Body.
-    pub payload: Vec<u8>,
-    /// 0, 1 or 2.
-    pub qos: u8,
-    /// Retain flag.
-    pub retain: bool,
-}
-
 /// What every instance of one function shares: its name, static config and limits.
 #[derive(Debug)]
 pub struct FunctionContext {
@@ -93,13 +82,13 @@ pub struct StoreData {
     /// Largest linear memory seen, in bytes.
     pub(crate) peak_memory: usize,
     /// Messages published during the current call.
-    pub(crate) outbox: Vec<Outgoing>,
+    pub(crate) outbox: Vec<Outbound>,
     /// State reads and writes of the current call; `None` without a state store.
     pub(crate) txn: Option<Txn>,
     /// Set when a state store I/O error trapped the call.
     pub(crate) state_error: Option<String>,
     /// The last limit (publish rate, state quota) that refused something in this call.
-    pub(crate) limit_hit: Option<super::ErrorKind>,
+    pub(crate) limit_hit: Option<FailureKind>,
 }
 
 impl StoreData {
@@ -201,7 +190,7 @@ impl mqtt::Host for StoreData {
             .unwrap_or_else(|p| p.into_inner())
             .take(Instant::now());
         if !allowed {
-            self.limit_hit = Some(super::ErrorKind::RateLimit);
+            self.limit_hit = Some(FailureKind::RateLimit);
             return Err("publish rate limit exceeded (publish_rate)".into());
         }
         if self.outbox.len() >= MAX_PUBLISHES_PER_CALL {
@@ -209,7 +198,7 @@ impl mqtt::Host for StoreData {
                 "more than {MAX_PUBLISHES_PER_CALL} messages published in one call"
             ));
         }
-        self.outbox.push(Outgoing {
+        self.outbox.push(Outbound {
             topic,
             payload,
             qos,
@@ -231,11 +220,11 @@ impl StoreData {
         match r {
             Ok(v) => Ok(Ok(v)),
             Err(StateError::Limit(m)) => {
-                self.limit_hit = Some(super::ErrorKind::StateQuota);
+                self.limit_hit = Some(FailureKind::StateQuota);
                 Ok(Err(m))
             }
             Err(e) => {
-                let msg = e.to_string();
+                let msg = crate::failure::chain(&e);
                 self.state_error = Some(msg.clone());
                 Err(wasmtime::Error::msg(msg))
             }
@@ -307,25 +296,12 @@ impl log::Host for StoreData {
     }
 }
 
-fn process_start() -> Instant {
-    static START: OnceLock<Instant> = OnceLock::new();
-    *START.get_or_init(Instant::now)
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
-}
-
 impl clock::Host for StoreData {
     fn now_ms(&mut self) -> u64 {
-        now_ms()
+        crate::clock::now_ms()
     }
     fn monotonic_ns(&mut self) -> u64 {
-        u64::try_from(process_start().elapsed().as_nanos()).unwrap_or(u64::MAX)
+        crate::clock::monotonic_ns()
     }
 }
 

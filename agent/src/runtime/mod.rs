@@ -3,7 +3,7 @@
 //!
 //! - [`engine`]: the one `Engine` per process (pooling probe, epoch ticker);
 //! - [`host`]: store data and the agent's imports (`mqtt`, `config`, `log`, `clock`);
-//! - [`output`]: guest stdout/stderr into the log;
+//! - [`stdio`]: guest stdout/stderr into the log;
 //! - `precompile`: ahead-of-time compilation into `.cwasm` for devices (`compiler` feature);
 //! - [`function`]: a loaded function (`InstancePre`, prepared at start-up) and one call of
 //!   it in the on-demand model: fresh store, deadline, limiter, instance, call, drop.
@@ -11,9 +11,9 @@
 pub mod engine;
 pub mod function;
 pub mod host;
-pub mod output;
 #[cfg(feature = "compiler")]
 pub mod precompile;
+pub mod stdio;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,9 +22,9 @@ use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::component::{HasSelf, Linker};
 
+pub use bindings::edge::agent::types::Event as GuestEvent;
 pub use engine::Allocator;
-pub use function::{CallError, CallOutcome, ErrorKind, Instance, LoadedFunction};
-pub use host::Outgoing;
+pub use function::{CallError, CallOutcome, Instance, LoadedFunction};
 
 use crate::config::Config;
 use host::StoreData;
@@ -45,8 +45,14 @@ pub mod bindings {
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
     /// The engine or linker could not be set up.
-    #[error("wasm engine: {0}")]
-    Engine(String),
+    #[error("wasm engine: {context}")]
+    Engine {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
     /// A function's module could not be loaded or does not fit the `function` world.
     #[error("function `{function}`: {message}")]
     Load {
@@ -57,12 +63,23 @@ pub enum RuntimeError {
     },
 }
 
+/// An error from wasmtime or the OS, kept as the cause of a [`RuntimeError`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+impl RuntimeError {
+    pub(crate) fn engine(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Engine {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+}
+
 /// The engine, the linker and every configured function, ready to run events.
 pub struct Runtime {
     engine: Engine,
     allocator: Allocator,
     functions: HashMap<String, Arc<LoadedFunction>>,
-    _ticker: engine::EpochTicker,
 }
 
 impl Runtime {
@@ -76,21 +93,20 @@ impl Runtime {
         let tick = Duration::from_millis(cfg.runtime.epoch_tick_ms);
         let mut linker: Linker<StoreData> = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| RuntimeError::Engine(format!("linking WASI: {e:#}")))?;
+            .map_err(|e| RuntimeError::engine("linking WASI", e))?;
         bindings::Function::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)
-            .map_err(|e| RuntimeError::Engine(format!("linking agent imports: {e:#}")))?;
+            .map_err(|e| RuntimeError::engine("linking agent imports", e))?;
         let fuel = engine::fuel_enabled(cfg);
         let mut functions = HashMap::new();
         for f in &cfg.functions {
             let loaded = LoadedFunction::load(&engine, &linker, f, tick, fuel)?;
             functions.insert(f.name.clone(), Arc::new(loaded));
         }
-        let ticker = engine::EpochTicker::start(&engine, tick)?;
+        engine::start_epoch_ticker(&engine, tick)?;
         Ok(Self {
             engine,
             allocator,
             functions,
-            _ticker: ticker,
         })
     }
 

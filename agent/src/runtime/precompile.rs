@@ -44,9 +44,9 @@ pub fn precompile(
     modules: &[PathBuf],
 ) -> Result<Vec<Artifact>, RuntimeError> {
     let engine = Engine::new(&base_config(target.map(wasmtime_target), fuel)?)
-        .map_err(|e| RuntimeError::Engine(format!("{e:#}")))?;
+        .map_err(|e| RuntimeError::engine("cannot create the compiling engine", e))?;
     std::fs::create_dir_all(out)
-        .map_err(|e| RuntimeError::Engine(format!("cannot create {}: {e}", out.display())))?;
+        .map_err(|e| RuntimeError::engine(format!("cannot create {}", out.display()), e))?;
     let mut artifacts = Vec::new();
     for module in modules {
         let err = |message: String| RuntimeError::Load {

@@ -23,25 +23,20 @@ use crate::config::StateConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     /// The database could not be opened (missing permissions, used by another agent).
-    #[error("cannot open the state store in {dir}: {message}")]
+    #[error("cannot open the state store in {dir}")]
     Open {
         /// The data directory.
         dir: String,
         /// What sled said.
-        message: String,
+        #[source]
+        source: sled::Error,
     },
     /// A disk or database error during a call.
-    #[error("state store I/O error: {0}")]
-    Io(String),
+    #[error("state store I/O error")]
+    Io(#[from] sled::Error),
     /// A limit from `[state]` was exceeded; reported to the guest.
     #[error("{0}")]
     Limit(String),
-}
-
-impl From<sled::Error> for StateError {
-    fn from(e: sled::Error) -> Self {
-        Self::Io(e.to_string())
-    }
 }
 
 /// The database and its flusher bookkeeping.
@@ -69,9 +64,9 @@ impl StateStore {
             // We flush ourselves, on our interval, and track which commits it covered.
             .flush_every_ms(None)
             .open()
-            .map_err(|e| StateError::Open {
+            .map_err(|source| StateError::Open {
                 dir: dir.display().to_string(),
-                message: e.to_string(),
+                source,
             })?;
         Ok(Arc::new(Self {
             db,

@@ -1,4 +1,5 @@
-//! A function's event queue, with the overflow policy chosen in its config.
+//! A function's inbox: the bounded queue of its waiting events, with the overflow policy
+//! chosen in its config.
 //!
 //! The router pushes without ever waiting (it runs on the MQTT poll task); the worker pops.
 //! When more than `queue_capacity` events wait:
@@ -15,41 +16,28 @@
 use std::collections::VecDeque;
 use std::sync::Mutex;
 
-use serde::Deserialize;
 use tokio::sync::Notify;
 
-use crate::router::Event;
+use crate::config::Overflow;
+use crate::event::Inbound;
 
-/// How far past its capacity a queue under backpressure may grow before it rejects.
+/// How far past its capacity an inbox under backpressure may grow before it rejects.
 pub const BACKPRESSURE_FACTOR: usize = 16;
 
-/// What happens to events that arrive when the queue is full.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Overflow {
-    /// Leave QoS 1/2 events unacknowledged and waiting, so the broker slows down.
-    #[default]
-    Backpressure,
-    /// Reject the newest event.
-    DropNewest,
-    /// Reject the oldest waiting event.
-    DropOldest,
-}
-
 struct Inner {
-    events: VecDeque<Event>,
+    events: VecDeque<Inbound>,
     closed: bool,
 }
 
 /// A bounded multi-producer, single-consumer queue of events.
-pub struct EventQueue {
+pub struct Inbox {
     inner: Mutex<Inner>,
     ready: Notify,
     capacity: usize,
     overflow: Overflow,
 }
 
-impl EventQueue {
+impl Inbox {
     /// An empty queue.
     pub fn new(capacity: usize, overflow: Overflow) -> Self {
         Self {
@@ -73,7 +61,7 @@ impl EventQueue {
     ///
     /// # Errors
     /// The event back if the queue is closed (shutting down).
-    pub fn push(&self, event: Event) -> Result<Option<Event>, Event> {
+    pub fn push(&self, event: Inbound) -> Result<Option<Inbound>, Inbound> {
         let mut q = self.lock();
         if q.closed {
             return Err(event);
@@ -104,7 +92,7 @@ impl EventQueue {
     }
 
     /// The next event, waiting for one; `None` once the queue is closed and empty.
-    pub async fn pop(&self) -> Option<Event> {
+    pub async fn pop(&self) -> Option<Inbound> {
         loop {
             let notified = self.ready.notified();
             {
@@ -149,12 +137,12 @@ mod tests {
     use std::time::Instant;
 
     use super::*;
-    use crate::mqtt::ack::AckQueue;
-    use crate::router::Delivery;
+    use crate::ack::AckQueue;
+    use crate::event::Delivery;
 
-    fn event(n: u8, qos: u8) -> Event {
+    fn event(n: u8, qos: u8) -> Inbound {
         let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        Event {
+        Inbound {
             topic: format!("t/{n}"),
             payload: vec![n].into(),
             qos,
@@ -165,13 +153,13 @@ mod tests {
         }
     }
 
-    fn topics(q: &EventQueue) -> Vec<String> {
+    fn topics(q: &Inbox) -> Vec<String> {
         q.lock().events.iter().map(|e| e.topic.clone()).collect()
     }
 
     #[test]
     fn drop_newest_rejects_the_arrival() {
-        let q = EventQueue::new(2, Overflow::DropNewest);
+        let q = Inbox::new(2, Overflow::DropNewest);
         for n in 0..2 {
             assert!(matches!(q.push(event(n, 1)), Ok(None)));
         }
@@ -182,7 +170,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_makes_room() {
-        let q = EventQueue::new(2, Overflow::DropOldest);
+        let q = Inbox::new(2, Overflow::DropOldest);
         for n in 0..3 {
             let rejected = q.push(event(n, 1)).ok().flatten().map(|e| e.topic);
             assert_eq!(rejected.as_deref(), (n == 2).then_some("t/0"));
@@ -192,7 +180,7 @@ mod tests {
 
     #[test]
     fn backpressure_holds_qos1_but_not_qos0() {
-        let q = EventQueue::new(2, Overflow::Backpressure);
+        let q = Inbox::new(2, Overflow::Backpressure);
         for n in 0..2 {
             assert!(matches!(q.push(event(n, 1)), Ok(None)));
         }
@@ -208,7 +196,7 @@ mod tests {
 
     #[tokio::test]
     async fn close_drains_then_ends() {
-        let q = EventQueue::new(4, Overflow::Backpressure);
+        let q = Inbox::new(4, Overflow::Backpressure);
         assert!(q.push(event(1, 1)).is_ok());
         q.close();
         assert!(q.push(event(2, 1)).is_err(), "closed");

@@ -1,4 +1,7 @@
-//! The command line.
+//! The command line: the `edge-agent` subcommands and their arguments, and [`publish`],
+//! the test publisher behind `edge-agent publish`.
+
+pub mod publish;
 
 use std::path::PathBuf;
 

@@ -1,8 +1,9 @@
 //! What each function costs, recorded where it happens: counters, and HDR histograms of
 //! end-to-end latency (MQTT receive to outputs handed to the connection), instantiation
 //! (the cold start an on-demand event pays), execution, and CPU time per call (the thread
-//! CPU clock around the call, which runs on one thread). Snapshots are logged at shutdown
-//! and published every `agent.stats_interval_secs` on `<topic_prefix>/<id>/stats`.
+//! CPU clock around the call, which runs on one thread). [`report`] logs snapshots at
+//! shutdown and publishes them every `agent.stats_interval_secs` on
+//! `<topic_prefix>/<id>/stats`.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,42 +12,9 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::runtime::ErrorKind;
+use crate::failure::FailureKind;
 
-const KINDS: [ErrorKind; 13] = [
-    ErrorKind::GuestError,
-    ErrorKind::Timeout,
-    ErrorKind::MemoryLimit,
-    ErrorKind::StackOverflow,
-    ErrorKind::Trap,
-    ErrorKind::Instantiate,
-    ErrorKind::PayloadTooLarge,
-    ErrorKind::QueueFull,
-    ErrorKind::State,
-    ErrorKind::FunctionStopped,
-    ErrorKind::RateLimit,
-    ErrorKind::StateQuota,
-    ErrorKind::FuelExhausted,
-];
-
-/// CPU time used by the calling thread so far.
-pub fn thread_cpu_time() -> Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we own; CLOCK_THREAD_CPUTIME_ID is
-    // supported on every Linux the agent targets. On failure the time reads as zero.
-    #[allow(unsafe_code)]
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return Duration::ZERO;
-    }
-    Duration::new(
-        u64::try_from(ts.tv_sec).unwrap_or(0),
-        u32::try_from(ts.tv_nsec).unwrap_or(0),
-    )
-}
+pub mod report;
 
 /// Histograms of one function, in microseconds.
 struct Latencies {
@@ -68,7 +36,7 @@ pub struct FunctionStats {
     received: AtomicU64,
     succeeded: AtomicU64,
     restarts: AtomicU64,
-    failed: [AtomicU64; KINDS.len()],
+    failed: [AtomicU64; FailureKind::ALL.len()],
     latencies: Mutex<Latencies>,
 }
 
@@ -134,10 +102,8 @@ impl FunctionStats {
     }
 
     /// An event failed with `kind`.
-    pub fn failed(&self, kind: ErrorKind) {
-        if let Some(i) = KINDS.iter().position(|k| *k == kind) {
-            self.failed[i].fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn failed(&self, kind: FailureKind) {
+        self.failed[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     /// A snapshot for reports.
@@ -149,7 +115,7 @@ impl FunctionStats {
             received: self.received.load(Ordering::Relaxed),
             succeeded: self.succeeded.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
-            failed: KINDS
+            failed: FailureKind::ALL
                 .iter()
                 .zip(&self.failed)
                 .map(|(k, n)| (k.as_str(), n.load(Ordering::Relaxed)))
@@ -238,7 +204,7 @@ mod tests {
             };
             s.succeeded(Duration::from_millis(ms), cost);
         }
-        s.failed(ErrorKind::Timeout);
+        s.failed(FailureKind::Timeout);
         let snap = s.snapshot("f", "on-demand");
         assert_eq!((snap.received, snap.succeeded), (100, 100));
         assert_eq!(snap.failed, vec![("timeout", 1)]);
@@ -250,16 +216,5 @@ mod tests {
         );
         assert!(snap.end_to_end_us.p99 >= 98_000);
         assert_eq!(snap.peak_memory_bytes, 1 << 20);
-    }
-
-    #[test]
-    fn thread_cpu_clock_advances() {
-        let before = thread_cpu_time();
-        let mut x = 0u64;
-        for i in 0..5_000_000u64 {
-            x = x.wrapping_add(std::hint::black_box(i));
-        }
-        std::hint::black_box(x);
-        assert!(thread_cpu_time() > before);
     }
 }

@@ -1,4 +1,5 @@
-//! Acknowledgements in the order messages arrived.
+//! Acknowledgements in the order messages arrived. Pure ordering logic: the connection
+//! sends what leaves here.
 //!
 //! MQTT requires a client to acknowledge QoS 1/2 messages in the order it received them
 //! (3.1.1 section 4.6; rumqttd drops a client that does not). Functions finish events in

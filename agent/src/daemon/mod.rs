@@ -1,0 +1,121 @@
+//! The agent assembled: [`Prepared`] checks everything that can be checked before a
+//! socket is opened, [`startup`] builds the running agent from it, and [`shutdown`] owns
+//! the ordered stop. [`run`] is the whole life of the agent in three lines.
+
+pub mod shutdown;
+pub mod startup;
+
+use std::future::Future;
+
+use crate::config::{self, BrokerAddress, Config, ConfigError};
+use crate::mqtt::MqttError;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::state::StateError;
+
+pub use startup::{Ready, Running, Startup};
+
+/// Why the agent could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A function's module is unusable, or the engine failed.
+    #[error("{file}")]
+    Runtime {
+        /// The config file that names the module.
+        file: String,
+        /// What failed.
+        #[source]
+        source: RuntimeError,
+    },
+    /// The state store could not be opened.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// MQTT set-up failed (URL, TLS files, embedded broker).
+    #[error("{file}")]
+    Mqtt {
+        /// The config file.
+        file: String,
+        /// What failed.
+        #[source]
+        source: MqttError,
+    },
+}
+
+impl AgentError {
+    /// The process exit code: 78 (`EX_CONFIG`) for anything the configuration can fix,
+    /// 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Self::Config(_)
+            | Self::Runtime {
+                source: RuntimeError::Load { .. },
+                ..
+            }
+            | Self::Mqtt {
+                source: MqttError::Tls { .. } | MqttError::Url(_),
+                ..
+            } => config::EXIT_CONFIG,
+            _ => 1,
+        }
+    }
+}
+
+/// Everything `run` needs that can be checked before a socket is opened: the runtime with
+/// every module loaded and the broker's address and client options (TLS files read).
+pub struct Prepared {
+    config: Config,
+    runtime: Runtime,
+    broker: BrokerAddress,
+    options: rumqttc::MqttOptions,
+}
+
+impl Prepared {
+    /// Loads every module and reads TLS material. `edge-agent check` stops here.
+    ///
+    /// # Errors
+    /// [`AgentError`] naming the config file and the function or key at fault.
+    pub fn new(config: Config) -> Result<Self, AgentError> {
+        let file = config.source.display().to_string();
+        let runtime = Runtime::new(&config).map_err(|source| AgentError::Runtime {
+            file: file.clone(),
+            source,
+        })?;
+        let mqtt_err = |source| AgentError::Mqtt {
+            file: file.clone(),
+            source,
+        };
+        let broker =
+            BrokerAddress::parse(&config.broker.url).map_err(|e| mqtt_err(MqttError::Url(e)))?;
+        let options = crate::mqtt::options::agent_options(&config, &broker).map_err(mqtt_err)?;
+        Ok(Self {
+            config,
+            runtime,
+            broker,
+            options,
+        })
+    }
+
+    /// The runtime (for inspection).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// Runs the agent until `shutdown` completes, then stops intake, lets in-flight events
+/// finish within `agent.shutdown_grace_ms`, and disconnects cleanly.
+///
+/// # Errors
+/// [`AgentError`] if the state store cannot be opened or the embedded broker cannot start.
+pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let running = Startup::new(prepared).start()?;
+    shutdown.await;
+    running.stop().await;
+    Ok(())
+}

@@ -1,0 +1,101 @@
+//! The event: one MQTT message on its way to one function, and the bookkeeping that
+//! acknowledges the message once every function it went to is done with it.
+//!
+//! Three things are called "event" around here; in this crate's code they are kept apart
+//! by name: [`Inbound`] (this module: what the pipeline carries), the guest's view of it
+//! (`runtime::GuestEvent`, generated from the WIT) and rumqttc's connection events (always
+//! written `rumqttc::Event`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+use crate::ack::{AckQueue, Ticket};
+
+/// One message on its way to one function.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Topic name it was published on.
+    pub topic: String,
+    /// Body.
+    pub payload: Bytes,
+    /// Delivery QoS.
+    pub qos: u8,
+    /// Retained flag.
+    pub retain: bool,
+    /// Wall-clock receive time, ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// Monotonic receive time, for queue-wait and end-to-end latency.
+    pub received: Instant,
+    /// Acknowledges the message once every function is done with it.
+    pub delivery: Arc<Delivery>,
+}
+
+/// Acknowledgement bookkeeping for one received message, shared by the [`Inbound`]s made
+/// from it (one per function whose filters match).
+pub struct Delivery {
+    remaining: AtomicUsize,
+    ticket: Option<Ticket>,
+    acks: Arc<AckQueue>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("ticket", &self.ticket)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// A delivery shared by `functions` functions (at least one), acknowledged through
+    /// `ticket` (none for QoS 0) once all of them are done.
+    pub fn new(functions: usize, ticket: Option<Ticket>, acks: Arc<AckQueue>) -> Self {
+        Self {
+            remaining: AtomicUsize::new(functions.max(1)),
+            ticket,
+            acks,
+        }
+    }
+
+    /// A delivery for one function that needs no acknowledgement (tests, QoS 0).
+    pub fn detached(acks: Arc<AckQueue>) -> Self {
+        Self::new(1, None, acks)
+    }
+
+    /// Marks one function as done with the message; the last one releases its
+    /// acknowledgement (sent once every earlier message is acknowledged too). A delivery
+    /// that is dropped without being completed is never acknowledged, so the broker
+    /// redelivers it when the session resumes.
+    pub fn complete(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(t) = self.ticket
+        {
+            self.acks.done(t);
+        }
+    }
+}
+
+/// A message a function asked to publish; sent only if its call returns `ok`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Topic name.
+    pub topic: String,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// 0, 1 or 2.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// Converts a QoS number (0-2, validated earlier) to rumqttc's type.
+pub fn mqtt_qos(n: u8) -> rumqttc::QoS {
+    match n {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}

@@ -1,0 +1,193 @@
+//! The output path: everything the agent sends to the broker on behalf of functions, in
+//! one place. A successful call's messages go out in order, then its delivery completes
+//! (after its state writes are on disk, when it made any); a failed event, whether the
+//! router refused it or its call failed, takes the one dead-letter path in
+//! [`Output::fail`].
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use rumqttc::AsyncClient;
+use serde::Serialize;
+use tokio_util::task::TaskTracker;
+
+use crate::event::{Inbound, Outbound};
+use crate::failure::FailureKind;
+use crate::metrics::{CallCost, FunctionStats};
+use crate::runtime::{CallError, CallOutcome};
+
+/// A failed event, as published on `<topic_prefix>/<id>/dead-letter`. It carries the
+/// original payload so that it can be inspected or replayed.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    /// The function that failed.
+    pub function: String,
+    /// Topic of the event.
+    pub topic: String,
+    /// Kind of failure (`guest-error`, `timeout`, `trap`, ...).
+    pub kind: &'static str,
+    /// Details.
+    pub message: String,
+    /// When the failure happened, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// When the event was received, ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// QoS the event was delivered with.
+    pub qos: u8,
+    /// Size of the original payload.
+    pub payload_bytes: usize,
+    /// The original payload, base64.
+    pub payload_base64: String,
+}
+
+impl DeadLetter {
+    /// A dead letter for `event` in `function`.
+    pub fn new(function: &str, event: &Inbound, kind: FailureKind, message: String) -> Self {
+        Self {
+            function: function.to_string(),
+            topic: event.topic.clone(),
+            kind: kind.as_str(),
+            message,
+            timestamp_ms: crate::clock::now_ms(),
+            received_at_ms: event.received_at_ms,
+            qos: event.qos,
+            payload_bytes: event.payload.len(),
+            payload_base64: base64::engine::general_purpose::STANDARD.encode(&event.payload),
+        }
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        // Serialising a struct of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Sends functions' messages and dead letters through the agent's MQTT connection.
+#[derive(Clone)]
+pub struct Output {
+    client: AsyncClient,
+    dead_letter_topic: Arc<str>,
+    tracker: TaskTracker,
+}
+
+impl Output {
+    /// An output on `client` that sends dead letters to `dead_letter_topic`. Work that
+    /// outlives a call (waiting for a flush, a dead letter waiting for room) runs on
+    /// `tracker`, so that shutdown can wait for it.
+    pub fn new(client: AsyncClient, dead_letter_topic: String, tracker: TaskTracker) -> Self {
+        Self {
+            client,
+            dead_letter_topic: dead_letter_topic.into(),
+            tracker,
+        }
+    }
+
+    /// Publishes a call's outputs (or its dead letter), then completes the delivery so the
+    /// message can be acknowledged. If the call wrote state, completion waits for the
+    /// flush that makes it durable, in a task of its own: the function goes on with its
+    /// next event meanwhile (otherwise a persistent instance could handle one event per
+    /// flush).
+    pub async fn finish(
+        &self,
+        function: &str,
+        stats: &Arc<FunctionStats>,
+        event: Inbound,
+        result: Result<CallOutcome, CallError>,
+    ) {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(err) => return self.fail(function, stats, event, err.kind, err.message),
+        };
+        let cost = CallCost {
+            instantiate: outcome.instantiate,
+            execute: outcome.execute,
+            cpu: outcome.cpu,
+            peak_memory: outcome.peak_memory,
+        };
+        tracing::debug!(
+            function,
+            topic = %event.topic,
+            instantiate_us = outcome.instantiate.as_micros() as u64,
+            execute_us = outcome.execute.as_micros() as u64,
+            end_to_end_us = event.received.elapsed().as_micros() as u64,
+            outputs = outcome.outbox.len(),
+            "event handled"
+        );
+        for msg in outcome.outbox {
+            if !self.publish(msg).await {
+                // Connection gone (shutting down): leave the event unacknowledged.
+                return;
+            }
+        }
+        match outcome.durable {
+            Some((store, generation)) => {
+                let stats = stats.clone();
+                self.tracker.spawn(async move {
+                    store.durable(generation).await;
+                    stats.succeeded(event.received.elapsed(), cost);
+                    event.delivery.complete();
+                });
+            }
+            None => {
+                stats.succeeded(event.received.elapsed(), cost);
+                event.delivery.complete();
+            }
+        }
+    }
+
+    /// Queues a function's message for the broker, waiting while the connection's request
+    /// queue is full. Returns false if the connection is gone (shutting down).
+    async fn publish(&self, msg: Outbound) -> bool {
+        self.client
+            .publish(
+                msg.topic,
+                crate::event::mqtt_qos(msg.qos),
+                msg.retain,
+                msg.payload,
+            )
+            .await
+            .is_ok()
+    }
+
+    /// The one path of a failed event: counted, logged, sent as a dead letter, and then
+    /// acknowledged. Never waits, so the router may call it on the poll task.
+    pub fn fail(
+        &self,
+        function: &str,
+        stats: &FunctionStats,
+        event: Inbound,
+        kind: FailureKind,
+        message: String,
+    ) {
+        stats.failed(kind);
+        tracing::warn!(function, topic = %event.topic, kind = %kind, "event failed: {message}");
+        let body = DeadLetter::new(function, &event, kind, message).to_json();
+        let topic = self.dead_letter_topic.to_string();
+        let qos = rumqttc::QoS::AtLeastOnce;
+        match self
+            .client
+            .try_publish(topic.clone(), qos, false, body.clone())
+        {
+            Ok(()) => event.delivery.complete(),
+            Err(_) if event.qos == 0 => {
+                // Nothing to acknowledge and nothing the broker would redeliver: count it
+                // and move on rather than pile up tasks under a QoS 0 flood.
+                tracing::warn!(function, topic = %event.topic,
+                    "connection backlog full: dead letter of a QoS 0 event dropped");
+            }
+            Err(_) => {
+                // The connection's request queue is full. Leaving the message
+                // unacknowledged would hold back every later acknowledgement (they leave
+                // in order) and stall the stream for good, so wait for room in a task.
+                // At most one task per unacknowledged message: the broker's in-flight
+                // window bounds them.
+                let client = self.client.clone();
+                self.tracker.spawn(async move {
+                    if client.publish(topic, qos, false, body).await.is_ok() {
+                        event.delivery.complete();
+                    }
+                });
+            }
+        }
+    }
+}
