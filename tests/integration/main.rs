@@ -6,6 +6,7 @@
 
 #![allow(clippy::unwrap_used)] // a failed lock in a test is a test failure
 
+mod architecture;
 mod cli;
 mod events;
 mod harness;
