@@ -190,8 +190,10 @@ impl Instance {
             data.limit_hit = None;
             data.outbox.clear();
             data.memory_limit_hit = false;
-            data.state_error = None;
-            data.txn = self.state.as_ref().map(|ns| ns.begin());
+            data.state_failure = None;
+            // State waits for other calls no longer than this call may run.
+            let deadline = Instant::now() + Duration::from_millis(data.timeout_ms());
+            data.txn = self.state.as_ref().map(|ns| ns.begin_until(Some(deadline)));
         }
         let started = Instant::now();
         let cpu_start = crate::clock::thread_cpu_time();
@@ -315,8 +317,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: FailureKind) -> CallError {
     let kind = if store.data().memory_limit_hit {
         FailureKind::MemoryLimit
-    } else if store.data().state_error.is_some() {
-        FailureKind::State
+    } else if let Some(kind) = store.data().state_failure {
+        kind
     } else {
         match e.downcast_ref::<Trap>() {
             Some(Trap::Interrupt) => FailureKind::Timeout,

@@ -85,8 +85,9 @@ pub struct StoreData {
     pub(crate) outbox: Vec<Outbound>,
     /// State reads and writes of the current call; `None` without a state store.
     pub(crate) txn: Option<Txn>,
-    /// Set when a state store I/O error trapped the call.
-    pub(crate) state_error: Option<String>,
+    /// Set when the state store trapped the call: `state-error` for an I/O error,
+    /// `timeout` when the state stayed busy until the call's deadline.
+    pub(crate) state_failure: Option<FailureKind>,
     /// The last limit (publish rate, state quota) that refused something in this call.
     pub(crate) limit_hit: Option<FailureKind>,
 }
@@ -110,7 +111,7 @@ impl StoreData {
             peak_memory: 0,
             outbox: Vec::new(),
             txn: None,
-            state_error: None,
+            state_failure: None,
             limit_hit: None,
         }
     }
@@ -215,7 +216,8 @@ impl StoreData {
             .ok_or_else(|| "the state store is not available".to_string())
     }
 
-    /// Guest-visible errors become `Err(message)`; I/O errors trap the call.
+    /// Guest-visible errors become `Err(message)`; I/O errors and a state that stays busy
+    /// until the deadline trap the call.
     fn state_result<T>(&mut self, r: Result<T, StateError>) -> wasmtime::Result<Result<T, String>> {
         match r {
             Ok(v) => Ok(Ok(v)),
@@ -224,9 +226,11 @@ impl StoreData {
                 Ok(Err(m))
             }
             Err(e) => {
-                let msg = crate::failure::chain(&e);
-                self.state_error = Some(msg.clone());
-                Err(wasmtime::Error::msg(msg))
+                self.state_failure = Some(match e {
+                    StateError::Busy => FailureKind::Timeout,
+                    _ => FailureKind::State,
+                });
+                Err(wasmtime::Error::msg(crate::failure::chain(&e)))
             }
         }
     }

@@ -4,6 +4,12 @@
 //! see the tree plus the call's own writes; the writes are applied as one atomic batch
 //! when the call returns `ok` ([`Txn::commit`]) and dropped otherwise.
 //!
+//! Isolation: serializable. A call takes its namespace's gate at its first state access
+//! and holds it until it commits or fails (strict two-phase locking at the grain of the
+//! namespace), so concurrent calls of one function (on-demand, or `instances > 1`) behave
+//! as if they ran one at a time and `increment` never loses an update. Calls that never
+//! touch state never wait, and a call waits for the gate at most until its own deadline.
+//!
 //! Durability: commits land in sled's memory; a flusher task writes them to disk every
 //! `state.flush_interval_ms` (one fsync per interval, kind to SD cards). A committed call's
 //! message is acknowledged only after [`StateStore::durable`] says its flush is done, so a
@@ -11,9 +17,9 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
 
@@ -37,6 +43,9 @@ pub enum StateError {
     /// A limit from `[state]` was exceeded; reported to the guest.
     #[error("{0}")]
     Limit(String),
+    /// The call reached its deadline while another call of the function held the state.
+    #[error("state busy: another call of this function held it until this call's deadline")]
+    Busy,
 }
 
 /// The database and its flusher bookkeeping.
@@ -88,6 +97,7 @@ impl StateStore {
             store: self.clone(),
             tree,
             keys,
+            gate: Gate::default(),
         }))
     }
 
@@ -131,14 +141,59 @@ pub struct Namespace {
     store: Arc<StateStore>,
     tree: sled::Tree,
     keys: AtomicU64,
+    gate: Gate,
+}
+
+/// One call at a time in a namespace's state, from its first access to its end.
+#[derive(Default)]
+struct Gate {
+    held: Mutex<bool>,
+    freed: Condvar,
+}
+
+impl Gate {
+    /// Waits until the gate is free (or `deadline`) and takes it.
+    fn enter(&self, deadline: Option<Instant>) -> Result<(), StateError> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        while *held {
+            held = match deadline {
+                None => self.freed.wait(held).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(StateError::Busy);
+                    }
+                    self.freed
+                        .wait_timeout(held, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+        }
+        *held = true;
+        Ok(())
+    }
+
+    fn leave(&self) {
+        *self.held.lock().unwrap_or_else(|p| p.into_inner()) = false;
+        self.freed.notify_one();
+    }
 }
 
 impl Namespace {
-    /// A transaction for one call.
+    /// A transaction for one call with no deadline (tools and tests).
     pub fn begin(self: &Arc<Self>) -> Txn {
+        self.begin_until(None)
+    }
+
+    /// A transaction for one call that waits for the namespace's gate at most until
+    /// `deadline` (the call's own deadline).
+    pub fn begin_until(self: &Arc<Self>, deadline: Option<Instant>) -> Txn {
         Txn {
             ns: self.clone(),
             writes: BTreeMap::new(),
+            deadline,
+            holds_gate: false,
         }
     }
 
@@ -148,13 +203,33 @@ impl Namespace {
     }
 }
 
-/// The state view of one call: the tree plus this call's uncommitted writes.
+/// The state view of one call: the tree plus this call's uncommitted writes. It holds
+/// its namespace's gate from its first access until it is committed or dropped.
 pub struct Txn {
     ns: Arc<Namespace>,
     writes: BTreeMap<String, Option<Vec<u8>>>,
+    deadline: Option<Instant>,
+    holds_gate: bool,
+}
+
+impl Drop for Txn {
+    fn drop(&mut self) {
+        if self.holds_gate {
+            self.ns.gate.leave();
+        }
+    }
 }
 
 impl Txn {
+    /// Takes the namespace's gate on the first access of the call.
+    fn enter(&mut self) -> Result<(), StateError> {
+        if !self.holds_gate {
+            self.ns.gate.enter(self.deadline)?;
+            self.holds_gate = true;
+        }
+        Ok(())
+    }
+
     fn limits(&self) -> &StateConfig {
         &self.ns.store.limits
     }
@@ -173,8 +248,9 @@ impl Txn {
     /// The value of `key` as this call sees it.
     ///
     /// # Errors
-    /// [`StateError::Io`] on a database error.
-    pub fn get(&self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+    /// [`StateError::Io`] on a database error; [`StateError::Busy`] past the deadline.
+    pub fn get(&mut self, key: &str) -> Result<Option<Vec<u8>>, StateError> {
+        self.enter()?;
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
@@ -187,6 +263,7 @@ impl Txn {
     /// [`StateError::Limit`] for an oversized key or value, or too many keys.
     pub fn set(&mut self, key: &str, value: Vec<u8>) -> Result<(), StateError> {
         self.check_key(key)?;
+        self.enter()?;
         let max = self.limits().max_value_bytes;
         if value.len() > max {
             return Err(StateError::Limit(format!(
@@ -223,6 +300,7 @@ impl Txn {
     /// [`StateError::Limit`] for an invalid key.
     pub fn delete(&mut self, key: &str) -> Result<(), StateError> {
         self.check_key(key)?;
+        self.enter()?;
         self.writes.insert(key.to_string(), None);
         Ok(())
     }
@@ -250,7 +328,8 @@ impl Txn {
     ///
     /// # Errors
     /// [`StateError::Io`] on a database error.
-    pub fn list(&self, prefix: &str, limit: u32) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+    pub fn list(&mut self, prefix: &str, limit: u32) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+        self.enter()?;
         let mut merged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let limit = limit as usize;
         for item in self.ns.tree.scan_prefix(prefix) {
