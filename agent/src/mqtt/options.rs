@@ -13,6 +13,16 @@ use crate::config::{BrokerAddress, Config, TlsConfig};
 /// senders wait, which is the backpressure on functions while the broker is slow.
 pub const REQUEST_CHANNEL_CAPACITY: usize = 256;
 
+/// QoS 1/2 messages the agent may have sent and not yet had acknowledged. rumqttc stops
+/// reading its request queue while this many are outstanding, and acknowledgements of
+/// incoming messages wait in the same queue, behind the outputs. rumqttd, the embedded
+/// broker, does not acknowledge a client's publishes while its own window towards that
+/// client (100 unacknowledged deliveries) is full, which it is when acknowledgements are
+/// held back for a state flush: with rumqttc's default of 100 the two waited for each
+/// other for ever. 1024 leaves room for ten outputs per message in that window (about
+/// 80 KB of bookkeeping); giving outputs a connection of their own removes the coupling.
+pub const OUTGOING_INFLIGHT: u16 = 1024;
+
 /// Builds the options for the agent's connection to `addr` (`broker.url`, or where the
 /// embedded broker really listens): stable client id, manual acks (a message is
 /// acknowledged only once handled), session, keep-alive, credentials, TLS.
@@ -25,6 +35,7 @@ pub fn agent_options(cfg: &Config, addr: &BrokerAddress) -> Result<MqttOptions, 
     opts.set_keep_alive(Duration::from_secs(b.keep_alive_secs))
         .set_clean_session(b.clean_session)
         .set_manual_acks(true)
+        .set_inflight(OUTGOING_INFLIGHT)
         .set_max_packet_size(b.max_packet_bytes, b.max_packet_bytes)
         .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
     if let Some(user) = &b.username {
