@@ -423,10 +423,11 @@ mod tests {
         assert_eq!(t.increment("n", 2).ok(), Some(2));
         assert_eq!(t.increment("n", 3).ok(), Some(5));
         assert_eq!(t.get("n").ok().flatten(), Some(b"5".to_vec()));
-        assert_eq!(
-            ns.begin().get("n").ok().flatten(),
-            None,
-            "not visible before commit"
+        // Another call waits for this one: it never sees uncommitted writes.
+        let soon = Some(Instant::now() + Duration::from_millis(20));
+        assert!(
+            matches!(ns.begin_until(soon).get("n"), Err(StateError::Busy)),
+            "another call must wait for the gate"
         );
         assert!(t.commit().ok().flatten().is_some());
         assert_eq!(ns.begin().get("n").ok().flatten(), Some(b"5".to_vec()));
@@ -531,6 +532,34 @@ mod tests {
             .collect();
         assert_eq!(keys, ["p/0", "p/2"]);
         assert_eq!(t.list("p/", 1).unwrap_or_default().len(), 1);
+    }
+
+    #[test]
+    fn the_gate_is_released_by_commit_drop_and_failure() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let soon = || Some(Instant::now() + Duration::from_millis(200));
+        let mut t = ns.begin_until(soon());
+        t.set("k", b"1".to_vec()).unwrap_or_else(|e| panic!("{e}"));
+        t.commit().unwrap_or_else(|e| panic!("{e}"));
+        let mut t = ns.begin_until(soon());
+        assert!(t.set("", vec![]).is_err(), "a refused write takes no gate");
+        t.get("k").unwrap_or_else(|e| panic!("{e}"));
+        drop(t);
+        // A writer in another thread waits until this reader is done, then goes on.
+        let mut reader = ns.begin_until(soon());
+        reader.get("k").unwrap_or_else(|e| panic!("{e}"));
+        let ns2 = ns.clone();
+        let writer = std::thread::spawn(move || {
+            let mut w = ns2.begin_until(Some(Instant::now() + Duration::from_secs(5)));
+            w.increment("k", 1).map(|_| w.commit())
+        });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!writer.is_finished(), "the writer waits for the reader");
+        drop(reader);
+        assert!(matches!(writer.join().ok(), Some(Ok(Ok(_)))));
+        assert_eq!(ns.begin().get("k").ok().flatten(), Some(b"2".to_vec()));
     }
 
     #[tokio::test]
