@@ -99,3 +99,11 @@ pub fn mqtt_qos(n: u8) -> rumqttc::QoS {
         _ => rumqttc::QoS::ExactlyOnce,
     }
 }
+
+/// The size of an MQTT 3.1.1 PUBLISH packet carrying `payload_len` bytes on `topic`, at
+/// most: fixed header (5), topic length and name, packet id (2), payload. Nothing the agent
+/// sends may exceed `broker.max_packet_bytes`: the client would refuse it and drop the
+/// connection.
+pub fn publish_packet_bytes(topic: &str, payload_len: usize) -> usize {
+    5 + 2 + topic.len() + 2 + payload_len
+}

@@ -279,3 +279,103 @@ async fn healthy_neighbour_keeps_its_latency() {
         "healthy p99 {n99:?} with a hostile neighbour"
     );
 }
+
+/// No message the agent publishes may exceed the packet limit: a dead letter for an
+/// 800 KB payload (under the default config, from any publisher) or for a guest's 1 MB
+/// error message is cut to documented bounds and says so, and the connection is never
+/// broken by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_dead_letters_are_cut_and_never_break_the_connection() {
+    let id = unique("h");
+    let config = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n{}",
+        misbehave("big", "")
+    );
+    let agent = Agent::start(&config).await;
+    let dlq = format!("edge-agent/{id}/dead-letter");
+    let mut c = Client::connect(agent.port, &["out/#", &dlq]).await;
+
+    c.publish("big/in", vec![b'x'; 800 * 1024]).await;
+    let m = c.recv().await;
+    assert_eq!(m.topic, dlq);
+    assert!(m.payload.len() < 1024 * 1024, "{} bytes", m.payload.len());
+    let j = m.json();
+    assert_eq!(j["kind"], "payload-too-large", "{}", m.text().len());
+    assert_eq!(j["payload_bytes"], 800 * 1024);
+    assert_eq!(j["payload_truncated"], true);
+    let kept = j["payload_base64"].as_str().unwrap_or_default().len();
+    assert!(kept > 0 && kept <= 4 * 64 * 1024 / 3 + 4, "{kept}");
+
+    c.publish("big/in", "err-big:1048576").await;
+    let j = c.recv_on(&dlq).await.json();
+    assert_eq!(j["kind"], "guest-error");
+    assert_eq!(j["message_truncated"], true);
+    assert_eq!(j["message"].as_str().unwrap_or_default().len(), 4096);
+
+    // Still connected, never dropped, and working.
+    c.publish("big/in", "ok").await;
+    assert_eq!(c.recv_on("out/big").await.text(), "ok");
+    let status = agent.status().borrow().clone();
+    assert!(status.connected && status.failures == 0, "{status:?}");
+    agent.stop().await;
+}
+
+/// A function that listens to the dead-letter topic and fails on what it gets must not
+/// start a cascade of dead letters, each embedding the one before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_about_dead_letters_do_not_cascade() {
+    let id = unique("h");
+    let dlq = format!("edge-agent/{id}/dead-letter");
+    let listener = format!(
+        "\n[[function]]\nname = \"dlq-reader\"\nmodule = \"{}\"\ntopics = [\"{dlq}\"]\n\
+         [function.config]\nout_topic = \"out/reader\"\n",
+        guest("misbehave")
+    );
+    let config = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n{}{listener}",
+        misbehave("bad", "")
+    );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out/#", &dlq]).await;
+    c.publish("bad/in", "err:first failure").await;
+    let first = c.recv_on(&dlq).await.json();
+    assert_eq!(first["function"], "bad");
+    // The reader fails on it ("unknown command"): counted, but no second dead letter.
+    let more = c.drain(Duration::from_millis(800)).await;
+    assert!(more.is_empty(), "cascade: {more:?}");
+    let reader = agent.snapshot("dlq-reader");
+    assert_eq!(reader.failed, vec![("guest-error", 1)]);
+    agent.stop().await;
+}
+
+/// The agent's own topics are the agent's: a function cannot forge its stats, its
+/// dead letters or its presence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_cannot_publish_under_the_agent_prefix() {
+    let mut s = setup(&misbehave("forger", "")).await;
+    for topic in [
+        "edge-agent/x/stats",
+        "edge-agent/x/dead-letter",
+        "edge-agent",
+    ] {
+        s.client
+            .publish("forger/in", format!("publish-to:{topic}"))
+            .await;
+        let m = s.client.recv().await;
+        assert_eq!(m.topic, s.dlq, "{topic}: {}", m.text());
+        let j = m.json();
+        assert!(
+            j["message"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("reserved"),
+            "{j}"
+        );
+    }
+    s.client
+        .publish("forger/in", "publish-to:elsewhere/x")
+        .await;
+    // Elsewhere is fine (nobody subscribes there): no dead letter.
+    s.client.publish("forger/in", "ok").await;
+    assert_eq!(s.client.recv().await.text(), "ok");
+}

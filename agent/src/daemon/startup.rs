@@ -82,7 +82,12 @@ impl Startup {
         let tracker = TaskTracker::new();
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(send_acks(client.clone(), ack_rx));
-        let output = Output::new(client.clone(), config.dead_letter_topic(), tracker.clone());
+        let output = Output::new(
+            client.clone(),
+            config.dead_letter_topic(),
+            tracker.clone(),
+            config.broker.max_packet_bytes,
+        );
         let shared = Shared {
             output: output.clone(),
             instances: Arc::new(Semaphore::new(config.runtime.max_instances as usize)),

@@ -16,8 +16,17 @@ use crate::failure::FailureKind;
 use crate::metrics::{CallCost, FunctionStats};
 use crate::runtime::{CallError, CallOutcome};
 
+/// Longest error message a dead letter carries, in bytes; a longer one is cut (on a
+/// character boundary) and `message_truncated` says so.
+pub const DEAD_LETTER_MAX_MESSAGE: usize = 4096;
+/// Most of the original payload a dead letter carries, in bytes before base64; a longer
+/// one is cut and `payload_truncated` says so (`payload_bytes` keeps the full size). Less
+/// when `broker.max_packet_bytes` leaves less room.
+pub const DEAD_LETTER_MAX_PAYLOAD: usize = 64 * 1024;
+
 /// A failed event, as published on `<topic_prefix>/<id>/dead-letter`. It carries the
-/// original payload so that it can be inspected or replayed.
+/// original payload (up to [`DEAD_LETTER_MAX_PAYLOAD`]) so that it can be inspected or
+/// replayed.
 #[derive(Debug, Serialize)]
 pub struct DeadLetter {
     /// The function that failed.
@@ -36,13 +45,29 @@ pub struct DeadLetter {
     pub qos: u8,
     /// Size of the original payload.
     pub payload_bytes: usize,
-    /// The original payload, base64.
+    /// The original payload, base64 (cut when `payload_truncated`).
     pub payload_base64: String,
+    /// Whether `payload_base64` holds only the start of the payload.
+    pub payload_truncated: bool,
+    /// Whether `message` holds only the start of the error message.
+    pub message_truncated: bool,
 }
 
 impl DeadLetter {
-    /// A dead letter for `event` in `function`.
-    pub fn new(function: &str, event: &Inbound, kind: FailureKind, message: String) -> Self {
+    /// A dead letter for `event` in `function` that carries at most `max_payload` bytes of
+    /// its payload.
+    pub fn new(
+        function: &str,
+        event: &Inbound,
+        kind: FailureKind,
+        mut message: String,
+        max_payload: usize,
+    ) -> Self {
+        let message_truncated = message.len() > DEAD_LETTER_MAX_MESSAGE;
+        if message_truncated {
+            message.truncate(message.floor_char_boundary(DEAD_LETTER_MAX_MESSAGE));
+        }
+        let kept = event.payload.len().min(max_payload);
         Self {
             function: function.to_string(),
             topic: event.topic.clone(),
@@ -52,7 +77,10 @@ impl DeadLetter {
             received_at_ms: event.received_at_ms,
             qos: event.qos,
             payload_bytes: event.payload.len(),
-            payload_base64: base64::engine::general_purpose::STANDARD.encode(&event.payload),
+            payload_base64: base64::engine::general_purpose::STANDARD
+                .encode(&event.payload[..kept]),
+            payload_truncated: kept < event.payload.len(),
+            message_truncated,
         }
     }
 
@@ -68,17 +96,25 @@ pub struct Output {
     client: AsyncClient,
     dead_letter_topic: Arc<str>,
     tracker: TaskTracker,
+    max_packet_bytes: usize,
 }
 
 impl Output {
     /// An output on `client` that sends dead letters to `dead_letter_topic`. Work that
     /// outlives a call (waiting for a flush, a dead letter waiting for room) runs on
     /// `tracker`, so that shutdown can wait for it.
-    pub fn new(client: AsyncClient, dead_letter_topic: String, tracker: TaskTracker) -> Self {
+    /// Nothing it sends is larger than `max_packet_bytes`.
+    pub fn new(
+        client: AsyncClient,
+        dead_letter_topic: String,
+        tracker: TaskTracker,
+        max_packet_bytes: usize,
+    ) -> Self {
         Self {
             client,
             dead_letter_topic: dead_letter_topic.into(),
             tracker,
+            max_packet_bytes,
         }
     }
 
@@ -138,6 +174,14 @@ impl Output {
     /// Queues a function's message for the broker, waiting while the connection's request
     /// queue is full. Returns false if the connection is gone (shutting down).
     async fn publish(&self, msg: Outbound) -> bool {
+        // The host refuses oversized messages when the guest publishes them; this is the
+        // last line, since one oversized packet would break the connection for everyone.
+        let packet = crate::event::publish_packet_bytes(&msg.topic, msg.payload.len());
+        if packet > self.max_packet_bytes {
+            tracing::error!(topic = %msg.topic, packet, max = self.max_packet_bytes,
+                "output over broker.max_packet_bytes not sent");
+            return true;
+        }
         self.client
             .publish(
                 msg.topic,
@@ -160,8 +204,23 @@ impl Output {
         message: String,
     ) {
         stats.failed(kind);
-        tracing::warn!(function, topic = %event.topic, kind = %kind, "event failed: {message}");
-        let body = DeadLetter::new(function, &event, kind, message).to_json();
+        let shown = message.get(..message.floor_char_boundary(DEAD_LETTER_MAX_MESSAGE));
+        tracing::warn!(function, topic = %event.topic, kind = %kind,
+            "event failed: {}", shown.unwrap_or_default());
+        if event.topic == *self.dead_letter_topic {
+            // A dead letter about a dead letter would feed the function that failed on it
+            // again: one failure could go round for ever, growing each time.
+            tracing::warn!(
+                function,
+                "no dead letter for a dead-letter event (no cascade)"
+            );
+            event.delivery.complete();
+            return;
+        }
+        let Some(body) = self.dead_letter_body(function, &event, kind, message) else {
+            event.delivery.complete();
+            return;
+        };
         let topic = self.dead_letter_topic.to_string();
         let qos = rumqttc::QoS::AtLeastOnce;
         match self
@@ -189,5 +248,39 @@ impl Output {
                 });
             }
         }
+    }
+
+    /// The dead letter as JSON, within `broker.max_packet_bytes`: the payload is cut to
+    /// what fits, and left out if nothing does. `None` if even that is too large (a topic
+    /// near the packet limit), which is logged.
+    fn dead_letter_body(
+        &self,
+        function: &str,
+        event: &Inbound,
+        kind: FailureKind,
+        message: String,
+    ) -> Option<Vec<u8>> {
+        // Room for the payload: the packet, less the topic and the rest of the letter
+        // (the event's topic and the message may need escaping: count them twice), less a
+        // quarter for base64.
+        let fixed = crate::event::publish_packet_bytes(&self.dead_letter_topic, 512)
+            + 2 * (event.topic.len() + message.len().min(DEAD_LETTER_MAX_MESSAGE))
+            + function.len();
+        let room = self.max_packet_bytes.saturating_sub(fixed) / 4 * 3;
+        let letter = DeadLetter::new(
+            function,
+            event,
+            kind,
+            message,
+            room.min(DEAD_LETTER_MAX_PAYLOAD),
+        );
+        let body = letter.to_json();
+        let packet = crate::event::publish_packet_bytes(&self.dead_letter_topic, body.len());
+        if packet <= self.max_packet_bytes {
+            return Some(body);
+        }
+        tracing::error!(function, topic = %event.topic, packet,
+            "dead letter over broker.max_packet_bytes not sent");
+        None
     }
 }

@@ -10,7 +10,7 @@ use super::GuestEvent;
 use super::RuntimeError;
 use super::bindings::{Function as FunctionBindings, FunctionPre};
 use super::host::{FunctionContext, StoreData};
-use crate::config::FunctionConfig;
+use crate::config::{Config, FunctionConfig};
 use crate::event::Outbound;
 use crate::failure::FailureKind;
 use crate::state::{Namespace, StateStore};
@@ -70,6 +70,7 @@ impl LoadedFunction {
     pub fn load(
         engine: &Engine,
         linker: &Linker<StoreData>,
+        agent: &Config,
         cfg: &FunctionConfig,
         tick: Duration,
         fuel_enabled: bool,
@@ -98,6 +99,8 @@ impl LoadedFunction {
             name: cfg.name.as_str().into(),
             config: cfg.config.clone(),
             max_publish_bytes: cfg.max_publish_bytes,
+            max_packet_bytes: agent.broker.max_packet_bytes,
+            reserved_prefix: format!("{}/", agent.agent.topic_prefix),
             publish_bucket: std::sync::Mutex::new(super::host::TokenBucket::new(cfg.publish_rate)),
             memory_limit: usize::try_from(cfg.memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
             timeout_ms: cfg.timeout_ms,

@@ -64,6 +64,10 @@ pub struct FunctionContext {
     pub config: BTreeMap<String, String>,
     /// Largest payload a guest may publish, in bytes.
     pub max_publish_bytes: usize,
+    /// Largest MQTT packet the connection sends (`broker.max_packet_bytes`).
+    pub max_packet_bytes: usize,
+    /// The agent's own topics, `<topic_prefix>/`: functions may not publish there.
+    pub reserved_prefix: String,
     /// Publishes allowed, shared by all instances of the function.
     pub publish_bucket: Mutex<TokenBucket>,
     /// Linear-memory cap per instance, in bytes.
@@ -182,6 +186,19 @@ impl mqtt::Host for StoreData {
                 "payload of {} bytes is over the limit of {} bytes",
                 payload.len(),
                 self.ctx.max_publish_bytes
+            ));
+        }
+        let packet = crate::event::publish_packet_bytes(&topic, payload.len());
+        if packet > self.ctx.max_packet_bytes {
+            return Err(format!(
+                "message of {packet} bytes with its topic is over broker.max_packet_bytes ({})",
+                self.ctx.max_packet_bytes
+            ));
+        }
+        let prefix = self.ctx.reserved_prefix.as_str();
+        if topic.starts_with(prefix) || topic == prefix.trim_end_matches('/') {
+            return Err(format!(
+                "topic `{topic}` is under `{prefix}`, which is reserved for the agent's own topics"
             ));
         }
         let allowed = self

@@ -99,7 +99,7 @@ impl Runtime {
         let fuel = engine::fuel_enabled(cfg);
         let mut functions = HashMap::new();
         for f in &cfg.functions {
-            let loaded = LoadedFunction::load(&engine, &linker, f, tick, fuel)?;
+            let loaded = LoadedFunction::load(&engine, &linker, cfg, f, tick, fuel)?;
             functions.insert(f.name.clone(), Arc::new(loaded));
         }
         engine::start_epoch_ticker(&engine, tick)?;

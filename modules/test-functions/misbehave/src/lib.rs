@@ -21,6 +21,8 @@
 //! | `state-incr-then-err:KEY` | increments state `KEY`, then returns `Err`                |
 //! | `state-incr-then-panic:KEY` | increments state `KEY`, then panics                     |
 //! | `state-set:BYTES`  | stores `BYTES` bytes under `big`, publishes `stored BYTES`       |
+//! | `err-big:BYTES`    | returns an `Err` message of `BYTES` bytes                        |
+//! | `publish-to:TOPIC` | publishes `forged`, retained, to `TOPIC`                         |
 //!
 //! Anything else returns `Err("unknown command: PAYLOAD")`.
 
@@ -112,6 +114,8 @@ impl Function for Misbehave {
                 state::set("big", &vec![b'x'; n])?;
                 reply(&format!("stored {n}"))
             }
+            ("err-big", true) => Err("e".repeat(number(arg)?)),
+            ("publish-to", true) => publish(arg, b"forged", 1, true),
             _ => Err(format!("unknown command: {command}")),
         }
     }
