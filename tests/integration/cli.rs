@@ -369,6 +369,14 @@ fn malformed_configs_table() {
             with_broker("embedded = true").replace("mqtt://", "mqtts://"),
             "`broker.embedded`",
         ),
+        (
+            with_broker("embedded = true").replace("127.0.0.1:1", "0.0.0.0:1"),
+            "`broker.embedded`: the embedded broker would listen on 0.0.0.0 with no credentials",
+        ),
+        (
+            format!("[state]\nmax_pending_bytes_per_call = 10\n{base}"),
+            "`state.max_pending_bytes_per_call`",
+        ),
         (format!("[agent]\nid = \"a b\"\n{base}"), "`agent.id`"),
         (
             format!("[state]\nflush_interval_ms = 0\n{base}"),

@@ -379,3 +379,37 @@ async fn functions_cannot_publish_under_the_agent_prefix() {
     s.client.publish("forger/in", "ok").await;
     assert_eq!(s.client.recv().await.text(), "ok");
 }
+
+/// A call cannot make the agent hold unbounded memory through state writes it has not
+/// committed: past the per-call budget `set` fails, and the call is a `state-quota` dead
+/// letter with nothing written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_state_writes_have_a_budget_per_call() {
+    let mut s = setup(&misbehave("filler", "timeout_ms = 20000")).await;
+    s.client
+        .publish("filler/in", "state-fill:10000:65536")
+        .await;
+    let m = s.client.recv().await;
+    assert_eq!(m.topic, s.dlq, "{}", m.text());
+    let j = m.json();
+    assert_eq!(j["kind"], "state-quota", "{j}");
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_pending_bytes_per_call"),
+        "{j}"
+    );
+    // Small calls still fit; the key budget holds too.
+    s.client.publish("filler/in", "state-fill:10:100").await;
+    assert_eq!(s.client.recv().await.text(), "filled 10");
+    s.client.publish("filler/in", "state-fill:1001:1").await;
+    let j = s.client.recv().await.json();
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_pending_keys_per_call"),
+        "{j}"
+    );
+}

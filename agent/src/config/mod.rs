@@ -98,6 +98,9 @@ pub struct BrokerConfig {
     /// `url`, so that no other service is needed. For trying things out and tests: it keeps
     /// sessions in memory only. Production uses Mosquitto or a clustered broker.
     pub embedded: bool,
+    /// Let anyone connect to the embedded broker without credentials when it listens on
+    /// an address other than loopback. Off, such a broker needs `username`/`password`.
+    pub allow_anonymous: bool,
     /// MQTT client id. Keep it stable so that the broker keeps the agent's session (and
     /// queues its QoS 1 events) while it is away. Default: `edge-agent-<agent.id>`.
     pub client_id: Option<String>,
@@ -172,6 +175,12 @@ pub struct StateConfig {
     pub max_value_bytes: usize,
     /// Most keys one function may keep.
     pub max_keys_per_function: u64,
+    /// Most bytes (keys plus values) one call may have written and not yet committed: past
+    /// it, `set` returns an error to the guest. Bounds the memory a call can make the agent
+    /// hold, whatever the key quota says.
+    pub max_pending_bytes_per_call: usize,
+    /// Most keys one call may have written and not yet committed.
+    pub max_pending_keys_per_call: usize,
 }
 
 /// What happens when a persistent instance traps or times out.
@@ -323,6 +332,7 @@ impl Default for BrokerConfig {
         Self {
             url: "mqtt://127.0.0.1:1883".into(),
             embedded: false,
+            allow_anonymous: false,
             client_id: None,
             clean_session: false,
             keep_alive_secs: 30,
@@ -355,6 +365,8 @@ impl Default for StateConfig {
             max_key_bytes: 256,
             max_value_bytes: 64 * 1024,
             max_keys_per_function: 10_000,
+            max_pending_bytes_per_call: 1024 * 1024,
+            max_pending_keys_per_call: 1_000,
         }
     }
 }

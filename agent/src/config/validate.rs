@@ -76,6 +76,18 @@ impl BrokerAddress {
     }
 }
 
+impl BrokerAddress {
+    /// Whether the host is a loopback address (`localhost`, 127.0.0.0/8, `::1`): only this
+    /// machine can reach it.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
 fn parse_port(p: &str, url: &str) -> Result<u16, String> {
     p.parse::<u16>()
         .map_err(|_| format!("`{url}`: port `{p}` is not a number from 0 to 65535"))
@@ -135,6 +147,17 @@ impl Config {
         let b = &self.broker;
         let addr =
             BrokerAddress::parse(&b.url).map_err(|e| self.invalid("broker.url", e.to_string()))?;
+        if b.embedded && !addr.is_loopback() && b.username.is_none() && !b.allow_anonymous {
+            return Err(self.invalid(
+                "broker.embedded",
+                format!(
+                    "the embedded broker would listen on {} with no credentials, open to \
+                     anyone on the network: set broker.username and broker.password, listen on \
+                     127.0.0.1, or write allow_anonymous = true",
+                    addr.host
+                ),
+            ));
+        }
         if addr.port == 0 && !b.embedded {
             return Err(self.invalid(
                 "broker.url",
@@ -239,6 +262,15 @@ impl Config {
         }
         if !(1..=64 * 1024 * 1024).contains(&st.max_value_bytes) {
             return Err(self.invalid("state.max_value_bytes", "must be from 1 to 67108864"));
+        }
+        if st.max_pending_bytes_per_call < st.max_value_bytes + st.max_key_bytes {
+            return Err(self.invalid(
+                "state.max_pending_bytes_per_call",
+                "must hold at least one key and value (max_key_bytes + max_value_bytes)",
+            ));
+        }
+        if st.max_pending_keys_per_call == 0 {
+            return Err(self.invalid("state.max_pending_keys_per_call", "must be at least 1"));
         }
         if st.max_keys_per_function == 0 {
             return Err(self.invalid("state.max_keys_per_function", "must be at least 1"));

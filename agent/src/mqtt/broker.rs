@@ -76,7 +76,12 @@ pub fn start(cfg: &Config) -> Result<SocketAddr, MqttError> {
         }
         std::thread::sleep(Duration::from_millis(10));
     };
-    tracing::info!(listen = %bound, "embedded MQTT broker (rumqttd) listening; sessions are kept in memory only");
+    let auth = match (&cfg.broker.username, addr.is_loopback()) {
+        (Some(_), _) => "username and password",
+        (None, true) => "anonymous, loopback only",
+        (None, false) => "anonymous, open to the network (allow_anonymous = true)",
+    };
+    tracing::info!(listen = %bound, auth, "embedded MQTT broker (rumqttd) listening; sessions are kept in memory only");
     Ok(bound)
 }
 

@@ -192,6 +192,7 @@ impl Namespace {
         Txn {
             ns: self.clone(),
             writes: BTreeMap::new(),
+            pending_bytes: 0,
             deadline,
             holds_gate: false,
         }
@@ -208,6 +209,8 @@ impl Namespace {
 pub struct Txn {
     ns: Arc<Namespace>,
     writes: BTreeMap<String, Option<Vec<u8>>>,
+    /// Bytes of keys and values in `writes`.
+    pending_bytes: usize,
     deadline: Option<Instant>,
     holds_gate: bool,
 }
@@ -290,7 +293,30 @@ impl Txn {
                 )));
             }
         }
-        self.writes.insert(key.to_string(), Some(value));
+        self.pend(key, Some(value))
+    }
+
+    /// Records a write, within the call's budget of pending keys and bytes.
+    fn pend(&mut self, key: &str, value: Option<Vec<u8>>) -> Result<(), StateError> {
+        let size = |v: &Option<Vec<u8>>| key.len() + v.as_ref().map_or(0, Vec::len);
+        let before = self.writes.get(key).map_or(0, size);
+        let after = self.pending_bytes - before + size(&value);
+        let limits = self.limits();
+        if after > limits.max_pending_bytes_per_call {
+            return Err(StateError::Limit(format!(
+                "this call's uncommitted writes would reach {after} bytes, over \
+                 state.max_pending_bytes_per_call ({})",
+                limits.max_pending_bytes_per_call
+            )));
+        }
+        if before == 0 && self.writes.len() >= limits.max_pending_keys_per_call {
+            return Err(StateError::Limit(format!(
+                "this call already wrote {} keys, state.max_pending_keys_per_call",
+                self.writes.len()
+            )));
+        }
+        self.pending_bytes = after;
+        self.writes.insert(key.to_string(), value);
         Ok(())
     }
 
@@ -301,8 +327,7 @@ impl Txn {
     pub fn delete(&mut self, key: &str) -> Result<(), StateError> {
         self.check_key(key)?;
         self.enter()?;
-        self.writes.insert(key.to_string(), None);
-        Ok(())
+        self.pend(key, None)
     }
 
     /// Adds `delta` to the decimal integer under `key` (absent = 0) and returns the sum.

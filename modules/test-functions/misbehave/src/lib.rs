@@ -22,6 +22,7 @@
 //! | `state-incr-then-panic:KEY` | increments state `KEY`, then panics                     |
 //! | `state-set:BYTES`  | stores `BYTES` bytes under `big`, publishes `stored BYTES`       |
 //! | `err-big:BYTES`    | returns an `Err` message of `BYTES` bytes                        |
+//! | `state-fill:N:BYTES` | sets keys `fill/0` .. `fill/N-1` to `BYTES` bytes each         |
 //! | `publish-to:TOPIC` | publishes `forged`, retained, to `TOPIC`                         |
 //!
 //! Anything else returns `Err("unknown command: PAYLOAD")`.
@@ -115,6 +116,14 @@ impl Function for Misbehave {
                 reply(&format!("stored {n}"))
             }
             ("err-big", true) => Err("e".repeat(number(arg)?)),
+            ("state-fill", true) => {
+                let (n, bytes) = arg.split_once(':').ok_or("state-fill:N:BYTES")?;
+                let value = vec![b'v'; number(bytes)?];
+                for i in 0..number::<u32>(n)? {
+                    state::set(&format!("fill/{i}"), &value)?;
+                }
+                reply(&format!("filled {n}"))
+            }
             ("publish-to", true) => publish(arg, b"forged", 1, true),
             _ => Err(format!("unknown command: {command}")),
         }
