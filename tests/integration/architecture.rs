@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("ack", 1),
     ("failure", 1),
     ("clock", 1),
+    ("rate", 1),
     ("state", 2),
     ("metrics", 2),
     ("runtime", 3),

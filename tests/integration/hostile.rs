@@ -413,3 +413,48 @@ async fn pending_state_writes_have_a_budget_per_call() {
         "{j}"
     );
 }
+
+/// The binary, since its log is the point: a guest that logs 2,000 lines of 100 KB (200 MB
+/// through the log interface, as much again on stdout) makes the agent log at most
+/// `log_rate` lines a second, each cut at 4 KiB, and say how many it dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guest_logs_are_cut_and_rate_limited() {
+    let broker = Mosquitto::start();
+    let config = format!(
+        "[agent]\nid = \"chatty\"\n[broker]\nurl = \"{}\"\n{}",
+        broker.url(),
+        misbehave("chatty", "timeout_ms = 20000\nlog_rate = 50")
+    );
+    let agent = Process::start(&config, broker.port, "chatty", &[]).await;
+    let mut c = Client::connect(broker.port, &["out/#"]).await;
+    let start = Instant::now();
+    c.publish("chatty/in", "log-many:2000:100000").await;
+    assert_eq!(c.recv().await.text(), "logged 2000");
+    // A burst of 50, then 50 a second for as long as the flood lasted.
+    let allowed = 50 + (50.0 * start.elapsed().as_secs_f64()).ceil() as usize + 5;
+    // The count of dropped lines is reported with the next line let through.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    c.publish("chatty/in", "stdout:after the flood").await;
+    c.publish("chatty/in", "ok").await;
+    assert_eq!(c.recv().await.text(), "ok");
+    let (status, log) = agent.stop();
+    assert!(status.success());
+    let guest_lines = log.lines().filter(|l| l.contains("lllll")).count();
+    assert!(
+        guest_lines <= allowed && guest_lines < 1000,
+        "{guest_lines} guest lines let through, {allowed} allowed"
+    );
+    // Without the cut and the limit this would be 400 MB.
+    assert!(
+        log.len() < allowed * 4400 + 64 * 1024,
+        "{} bytes of log",
+        log.len()
+    );
+    assert!(log.contains("[line truncated]"), "lines are cut");
+    assert!(
+        log.contains("guest log lines dropped"),
+        "drops are reported:\n{}",
+        &log[log.len().saturating_sub(2000)..]
+    );
+    assert!(log.contains("after the flood"));
+}

@@ -301,6 +301,11 @@ pub struct FunctionConfig {
     /// bucket that also allows bursts of this size). Past it, `publish` returns an error.
     #[serde(default = "default_publish_rate")]
     pub publish_rate: u32,
+    /// Lines per second the function may log (stdout, stderr and the `log` interface
+    /// together, across its instances; bursts of this size). Past it lines are dropped,
+    /// counted, and reported once a second. Every line is cut at 4 KiB.
+    #[serde(default = "default_log_rate")]
+    pub log_rate: u32,
     /// Largest message the function may publish, in bytes.
     #[serde(default = "default_max_publish_bytes")]
     pub max_publish_bytes: usize,
@@ -398,6 +403,9 @@ fn default_queue_capacity() -> usize {
 }
 fn default_publish_rate() -> u32 {
     1_000
+}
+fn default_log_rate() -> u32 {
+    100
 }
 fn default_max_publish_bytes() -> usize {
     256 * 1024

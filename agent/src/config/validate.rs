@@ -342,6 +342,9 @@ impl Config {
                 "must be at least 1 (leave it out for no budget)",
             ));
         }
+        if f.log_rate == 0 {
+            return Err(self.invalid(key("log_rate"), "must be at least 1 line per second"));
+        }
         if f.publish_rate == 0 {
             return Err(self.invalid(key("publish_rate"), "must be at least 1 message per second"));
         }

@@ -101,9 +101,13 @@ impl LoadedFunction {
             max_publish_bytes: cfg.max_publish_bytes,
             max_packet_bytes: agent.broker.max_packet_bytes,
             reserved_prefix: format!("{}/", agent.agent.topic_prefix),
-            publish_bucket: std::sync::Mutex::new(super::host::TokenBucket::new(cfg.publish_rate)),
+            publish_bucket: std::sync::Mutex::new(crate::rate::TokenBucket::new(cfg.publish_rate)),
             memory_limit: usize::try_from(cfg.memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
             timeout_ms: cfg.timeout_ms,
+            log: Arc::new(super::stdio::LogLimiter::new(
+                cfg.name.as_str().into(),
+                cfg.log_rate,
+            )),
         });
         Ok(Self {
             ctx,

@@ -13,47 +13,12 @@ use super::bindings::edge::agent::{clock, config, log, mqtt, state, types};
 use super::stdio::{GuestOutput, Stream};
 use crate::event::Outbound;
 use crate::failure::FailureKind;
+use crate::rate::TokenBucket;
 use crate::state::{StateError, Txn};
 use crate::topic;
 
 /// Most messages one call may queue for publishing.
 pub const MAX_PUBLISHES_PER_CALL: usize = 1_000;
-
-/// A token bucket: `rate` tokens per second, holding at most `rate` (so bursts of up to
-/// one second's worth are allowed).
-#[derive(Debug)]
-pub struct TokenBucket {
-    rate: f64,
-    tokens: f64,
-    last: Option<Instant>,
-}
-
-impl TokenBucket {
-    /// A full bucket refilling at `rate` per second.
-    pub fn new(rate: u32) -> Self {
-        let rate = f64::from(rate.max(1));
-        Self {
-            rate,
-            tokens: rate,
-            last: None,
-        }
-    }
-
-    /// Takes one token if there is one.
-    pub fn take(&mut self, now: Instant) -> bool {
-        if let Some(last) = self.last {
-            let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate;
-            self.tokens = (self.tokens + refill).min(self.rate);
-        }
-        self.last = Some(now);
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
-    }
-}
 
 /// What every instance of one function shares: its name, static config and limits.
 #[derive(Debug)]
@@ -74,6 +39,8 @@ pub struct FunctionContext {
     pub memory_limit: usize,
     /// Longest a call may run, in milliseconds.
     pub timeout_ms: u64,
+    /// The budget of its log lines.
+    pub log: Arc<super::stdio::LogLimiter>,
 }
 
 /// The data of one `Store`: one instance's view of the world.
@@ -101,8 +68,8 @@ impl StoreData {
     /// environment, arguments or sockets); stdout/stderr into the log.
     pub fn new(ctx: Arc<FunctionContext>) -> Self {
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestOutput::new(ctx.name.clone(), Stream::Stdout))
-            .stderr(GuestOutput::new(ctx.name.clone(), Stream::Stderr))
+            .stdout(GuestOutput::new(ctx.log.clone(), Stream::Stdout))
+            .stderr(GuestOutput::new(ctx.log.clone(), Stream::Stderr))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -305,7 +272,11 @@ impl config::Host for StoreData {
 }
 
 impl log::Host for StoreData {
-    fn log(&mut self, level: log::Level, message: String) {
+    fn log(&mut self, level: log::Level, mut message: String) {
+        if !self.ctx.log.admit() {
+            return;
+        }
+        super::stdio::LogLimiter::cut(&mut message);
         let f = &*self.ctx.name;
         match level {
             log::Level::Trace => tracing::trace!(function = f, "{message}"),
@@ -323,29 +294,5 @@ impl clock::Host for StoreData {
     }
     fn monotonic_ns(&mut self) -> u64 {
         crate::clock::monotonic_ns()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::time::{Duration, Instant};
-
-    use super::TokenBucket;
-
-    #[test]
-    fn bucket_allows_a_burst_then_the_rate() {
-        let mut b = TokenBucket::new(10);
-        let t0 = Instant::now();
-        assert_eq!(
-            (0..20).filter(|_| b.take(t0)).count(),
-            10,
-            "a burst of one second's worth"
-        );
-        assert!(!b.take(t0));
-        assert!(
-            b.take(t0 + Duration::from_millis(100)),
-            "one token per 100 ms"
-        );
-        assert!(!b.take(t0 + Duration::from_millis(100)));
     }
 }

@@ -1,6 +1,8 @@
 //! Guest stdout and stderr, forwarded line by line to the agent's log and tagged with the
-//! function's name. Lines are cut at [`MAX_LINE`] bytes so a guest cannot make the agent
-//! buffer without bound.
+//! function's name, and the [`LogLimiter`] that every line a guest writes (stdout, stderr
+//! or the `log` import) passes: lines are cut at [`MAX_LINE`] bytes and each function may
+//! write `log_rate` lines per second, so a guest cannot make the agent buffer or log
+//! without bound. What the limiter drops is counted and reported in one line a second.
 
 use std::io;
 use std::pin::Pin;
@@ -24,6 +26,65 @@ pub enum Stream {
     Stderr,
 }
 
+/// The log budget of one function, shared by all its instances and streams.
+#[derive(Debug)]
+pub struct LogLimiter {
+    function: Arc<str>,
+    state: Mutex<LimiterState>,
+}
+
+#[derive(Debug)]
+struct LimiterState {
+    bucket: crate::rate::TokenBucket,
+    dropped: u64,
+    last_report: Option<std::time::Instant>,
+}
+
+/// How often the count of dropped lines is reported, at most.
+const REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+impl LogLimiter {
+    /// `rate` lines per second for `function`, in bursts of up to `rate`.
+    pub fn new(function: Arc<str>, rate: u32) -> Self {
+        Self {
+            function,
+            state: Mutex::new(LimiterState {
+                bucket: crate::rate::TokenBucket::new(rate),
+                dropped: 0,
+                last_report: None,
+            }),
+        }
+    }
+
+    /// Whether one more line may be logged now; counts it as dropped if not.
+    pub fn admit(&self) -> bool {
+        let now = std::time::Instant::now();
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if !s.bucket.take(now) {
+            s.dropped += 1;
+            return false;
+        }
+        let due = s
+            .last_report
+            .is_none_or(|t| now.duration_since(t) >= REPORT_EVERY);
+        if s.dropped > 0 && due {
+            tracing::warn!(function = %self.function, dropped = s.dropped,
+                "guest log lines dropped: over the function's log_rate");
+            s.dropped = 0;
+            s.last_report = Some(now);
+        }
+        true
+    }
+
+    /// Cuts `line` to [`MAX_LINE`] bytes (on a character boundary), marking the cut.
+    pub fn cut(line: &mut String) {
+        if line.len() > MAX_LINE {
+            line.truncate(line.floor_char_boundary(MAX_LINE));
+            line.push_str(" [line truncated]");
+        }
+    }
+}
+
 /// A line-buffering writer into `tracing`.
 #[derive(Clone)]
 pub struct GuestOutput {
@@ -31,18 +92,18 @@ pub struct GuestOutput {
 }
 
 struct LineBuffer {
-    function: Arc<str>,
+    limiter: Arc<LogLimiter>,
     stream: Stream,
     line: Vec<u8>,
     truncated: bool,
 }
 
 impl GuestOutput {
-    /// A writer for `function`'s `stream`.
-    pub fn new(function: Arc<str>, stream: Stream) -> Self {
+    /// A writer for one of a function's streams, within its `limiter`.
+    pub fn new(limiter: Arc<LogLimiter>, stream: Stream) -> Self {
         Self {
             inner: Arc::new(Mutex::new(LineBuffer {
-                function,
+                limiter,
                 stream,
                 line: Vec::new(),
                 truncated: false,
@@ -66,6 +127,11 @@ impl GuestOutput {
 
 impl LineBuffer {
     fn emit(&mut self) {
+        if !self.limiter.admit() {
+            self.line.clear();
+            self.truncated = false;
+            return;
+        }
         let text = String::from_utf8_lossy(&self.line);
         let cut = if self.truncated {
             " [line truncated]"
@@ -74,10 +140,10 @@ impl LineBuffer {
         };
         match self.stream {
             Stream::Stdout => {
-                tracing::info!(function = %self.function, stream = "stdout", "{text}{cut}")
+                tracing::info!(function = %self.limiter.function, stream = "stdout", "{text}{cut}")
             }
             Stream::Stderr => {
-                tracing::warn!(function = %self.function, stream = "stderr", "{text}{cut}")
+                tracing::warn!(function = %self.limiter.function, stream = "stderr", "{text}{cut}")
             }
         }
         self.line.clear();

@@ -23,6 +23,7 @@
 //! | `state-set:BYTES`  | stores `BYTES` bytes under `big`, publishes `stored BYTES`       |
 //! | `err-big:BYTES`    | returns an `Err` message of `BYTES` bytes                        |
 //! | `state-fill:N:BYTES` | sets keys `fill/0` .. `fill/N-1` to `BYTES` bytes each         |
+//! | `log-many:N:BYTES` | logs `N` lines of `BYTES` bytes (log interface) and prints them   |
 //! | `publish-to:TOPIC` | publishes `forged`, retained, to `TOPIC`                         |
 //!
 //! Anything else returns `Err("unknown command: PAYLOAD")`.
@@ -116,6 +117,15 @@ impl Function for Misbehave {
                 reply(&format!("stored {n}"))
             }
             ("err-big", true) => Err("e".repeat(number(arg)?)),
+            ("log-many", true) => {
+                let (n, bytes) = arg.split_once(':').ok_or("log-many:N:BYTES")?;
+                let line = "l".repeat(number(bytes)?);
+                for _ in 0..number::<u32>(n)? {
+                    edge_agent_sdk::log::info(&line);
+                    println!("{line}");
+                }
+                reply(&format!("logged {n}"))
+            }
             ("state-fill", true) => {
                 let (n, bytes) = arg.split_once(':').ok_or("state-fill:N:BYTES")?;
                 let value = vec![b'v'; number(bytes)?];

@@ -1,0 +1,63 @@
+//! A token bucket: the rate limit behind `publish_rate` and `log_rate`.
+
+use std::time::Instant;
+
+/// A token bucket: `rate` tokens per second, holding at most `rate` (so bursts of up to
+/// one second's worth are allowed).
+#[derive(Debug)]
+pub struct TokenBucket {
+    rate: f64,
+    tokens: f64,
+    last: Option<Instant>,
+}
+
+impl TokenBucket {
+    /// A full bucket refilling at `rate` per second.
+    pub fn new(rate: u32) -> Self {
+        let rate = f64::from(rate.max(1));
+        Self {
+            rate,
+            tokens: rate,
+            last: None,
+        }
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        if let Some(last) = self.last {
+            let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate;
+            self.tokens = (self.tokens + refill).min(self.rate);
+        }
+        self.last = Some(now);
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::TokenBucket;
+
+    #[test]
+    fn bucket_allows_a_burst_then_the_rate() {
+        let mut b = TokenBucket::new(10);
+        let t0 = Instant::now();
+        assert_eq!(
+            (0..20).filter(|_| b.take(t0)).count(),
+            10,
+            "a burst of one second's worth"
+        );
+        assert!(!b.take(t0));
+        assert!(
+            b.take(t0 + Duration::from_millis(100)),
+            "one token per 100 ms"
+        );
+        assert!(!b.take(t0 + Duration::from_millis(100)));
+    }
+}
