@@ -114,7 +114,7 @@ fn file_that_is_not_wasm_is_rejected() {
     std::fs::write(&junk, b"this is not wasm").expect("write");
     rejected(
         &good(junk.to_str().expect("utf-8")),
-        "not a loadable WebAssembly component",
+        "is not WebAssembly",
     );
 }
 
@@ -391,8 +391,49 @@ fn malformed_configs_table() {
             "function[0].module",
         ),
     ];
+    // What `run` needs that `check` must check too.
+    let a_file = dir.path().join("a-file");
+    std::fs::write(&a_file, "x").expect("write");
+    let random = dir.path().join("random.wasm");
+    std::fs::write(&random, [7u8; 100]).expect("write");
+    let core = dir.path().join("core.wasm");
+    std::fs::write(&core, b"\0asm\x01\0\0\0").expect("write");
+    let cases: Vec<(String, String)> = cases
+        .into_iter()
+        .map(|(c, n)| (c, n.to_string()))
+        .chain([
+            (
+                format!("[agent]\ndata_dir = \"{}\"\n{base}", a_file.display()),
+                "`agent.data_dir`: ".to_string() + &a_file.display().to_string(),
+            ),
+            (
+                format!("[agent]\ndata_dir = \"/proc/edge-agent\"\n{base}"),
+                "`agent.data_dir`: /proc/edge-agent is in a kernel file system".to_string(),
+            ),
+            (
+                base.replace(&echo, &guest("big-memory")),
+                "needs more memory than memory_limit_mb (32 MiB) to start".to_string(),
+            ),
+            (
+                with_fn("memory_limit_mb = 1.5"),
+                "`function[0].memory_limit_mb`: 1.5 is not a whole number".to_string(),
+            ),
+            (
+                with_fn("timeout_ms = 99999999999999999999"),
+                "`timeout_ms` (line 7): number too large".to_string(),
+            ),
+            (
+                base.replace(&echo, random.to_str().expect("utf-8")),
+                "is not WebAssembly".to_string(),
+            ),
+            (
+                base.replace(&echo, core.to_str().expect("utf-8")),
+                "is a core WebAssembly module, not a component".to_string(),
+            ),
+        ])
+        .collect();
     assert!(cases.len() >= 15);
     for (config, needle) in cases {
-        rejected(&config, needle);
+        rejected(&config, &needle);
     }
 }

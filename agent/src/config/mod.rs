@@ -474,6 +474,11 @@ impl Config {
         };
         let text = std::fs::read_to_string(path)
             .map_err(|e| parse_err(format!("cannot read config file: {e}")))?;
+        if format == config::FileFormat::Toml
+            && let Err(e) = toml::from_str::<toml::Table>(&text)
+        {
+            return Err(parse_err(toml_error(&text, &e)));
+        }
         let env: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("EDGE_AGENT__"))
@@ -489,6 +494,18 @@ impl Config {
             )
             .build()
             .map_err(|e| parse_err(clean_message(&e.to_string())))?;
+        // The config crate turns 1.5 into 1 without a word; no key of ours is fractional.
+        let tree: serde_json::Value = raw
+            .clone()
+            .try_deserialize()
+            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
+        if let Some((key, n)) = fraction(&tree, "") {
+            return Err(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key,
+                message: format!("{n} is not a whole number"),
+            });
+        }
         let mut cfg: Config = raw
             .try_deserialize()
             .map_err(|e| parse_err(clean_message(&e.to_string())))?;
@@ -531,6 +548,48 @@ impl Config {
             key: key.into(),
             message: message.into(),
         }
+    }
+}
+
+/// The first fractional number in `v` and its key, outside `[function.config]` (whose
+/// values are free-form strings).
+fn fraction(v: &serde_json::Value, path: &str) -> Option<(String, serde_json::Number)> {
+    match v {
+        serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            Some((path.to_string(), n.clone()))
+        }
+        serde_json::Value::Object(map) if !path.ends_with("].config") => {
+            map.iter().find_map(|(k, v)| {
+                let key = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                fraction(v, &key)
+            })
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| fraction(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// A TOML syntax error on one line, with its line number and the key written there.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return clean_message(e.message());
+    };
+    let line_no = text[..at].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => format!(
+            "`{}` (line {line_no}): {}",
+            key.trim(),
+            clean_message(e.message())
+        ),
+        _ => format!("line {line_no}: {}", clean_message(e.message())),
     }
 }
 

@@ -107,6 +107,7 @@ impl Config {
     /// The first problem found, naming its key.
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.validate_agent()?;
+        self.validate_data_dir()?;
         self.validate_broker()?;
         self.validate_runtime()?;
         self.validate_state()?;
@@ -125,6 +126,45 @@ impl Config {
             self.validate_module(f)?;
         }
         Ok(())
+    }
+
+    /// `agent.data_dir`: a directory the agent can write, or one it can create, and not in
+    /// a kernel file system. Probed with a file created and removed at once.
+    fn validate_data_dir(&self) -> Result<(), ConfigError> {
+        let dir = &self.agent.data_dir;
+        let err = |m: String| self.invalid("agent.data_dir", m);
+        // The nearest part of the path that exists decides.
+        let mut existing = dir.as_path();
+        while !existing.exists() {
+            existing = match existing.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => std::path::Path::new("."),
+            };
+        }
+        let real = existing
+            .canonicalize()
+            .map_err(|e| err(format!("{}: {e}", existing.display())))?;
+        if ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|k| real.starts_with(k))
+        {
+            return Err(err(format!(
+                "{} is in a kernel file system ({}), not storage",
+                dir.display(),
+                real.display()
+            )));
+        }
+        if !real.is_dir() {
+            return Err(err(format!("{} is not a directory", existing.display())));
+        }
+        let probe = real.join(format!(".edge-agent-probe-{}", std::process::id()));
+        match std::fs::File::create(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) => Err(err(format!("cannot write in {}: {e}", real.display()))),
+        }
     }
 
     /// `[agent]`.

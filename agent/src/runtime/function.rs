@@ -282,8 +282,29 @@ fn load_component(engine: &Engine, cfg: &FunctionConfig) -> Result<Component, St
         (false, Some(_)) => Err(format!(
             "{path} holds precompiled native code: name it .cwasm to load it as such"
         )),
-        (false, None) => compile(engine, &bytes)
-            .map_err(|e| format!("{path} is not a loadable WebAssembly component: {e}")),
+        (false, None) => {
+            check_component_header(&bytes).map_err(|why| format!("{path} {why}"))?;
+            compile(engine, &bytes).map_err(|e| {
+                // wasmtime's messages may run over lines (byte dumps): keep one.
+                let one_line = e.split_whitespace().collect::<Vec<_>>().join(" ");
+                format!("{path} is not a loadable WebAssembly component: {one_line}")
+            })
+        }
+    }
+}
+
+/// Says, in a few words, why `bytes` is not a component, when its header shows it.
+fn check_component_header(bytes: &[u8]) -> Result<(), &'static str> {
+    match bytes.get(..8) {
+        Some([0, b'a', b's', b'm', 0x0d, 0, 1, 0]) => Ok(()),
+        Some([0, b'a', b's', b'm', 1, 0, 0, 0]) => Err(
+            "is a core WebAssembly module, not a component: build it for wasm32-wasip2 \
+             (or wrap it with `wasm-tools component new`)",
+        ),
+        Some([0, b'a', b's', b'm', ..]) => {
+            Err("is WebAssembly of an unknown version or layer, not a component")
+        }
+        _ => Err("is not WebAssembly: it does not start with the `\\0asm` header"),
     }
 }
 

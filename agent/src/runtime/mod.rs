@@ -27,6 +27,7 @@ pub use engine::Allocator;
 pub use function::{CallError, CallOutcome, Instance, LoadedFunction};
 
 use crate::config::Config;
+use crate::failure::FailureKind;
 use host::StoreData;
 
 /// Host bindings for the `function` world in `modules/wit/`.
@@ -97,12 +98,28 @@ impl Runtime {
         bindings::Function::add_to_linker::<StoreData, HasSelf<StoreData>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError::engine("linking agent imports", e))?;
         let fuel = engine::fuel_enabled(cfg);
+        // Before the probes below: a start function that loops must meet its deadline.
+        engine::start_epoch_ticker(&engine, tick)?;
         let mut functions = HashMap::new();
         for f in &cfg.functions {
             let loaded = LoadedFunction::load(&engine, &linker, cfg, f, tick, fuel)?;
+            // One instance now, so that a module that cannot start within its limits
+            // (a 40 MB memory under a 32 MiB limit) fails `check`, not its first event.
+            if let Err(e) = loaded.instantiate() {
+                let why = match e.kind {
+                    FailureKind::MemoryLimit => format!(
+                        "needs more memory than memory_limit_mb ({} MiB) to start",
+                        f.memory_limit_mb
+                    ),
+                    _ => format!("does not start: {e}"),
+                };
+                return Err(RuntimeError::Load {
+                    function: f.name.clone(),
+                    message: format!("{} {why}", f.module.display()),
+                });
+            }
             functions.insert(f.name.clone(), Arc::new(loaded));
         }
-        engine::start_epoch_ticker(&engine, tick)?;
         Ok(Self {
             engine,
             allocator,
