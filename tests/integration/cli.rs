@@ -112,10 +112,7 @@ fn file_that_is_not_wasm_is_rejected() {
     let dir = tempfile::tempdir().expect("tempdir");
     let junk = dir.path().join("junk.wasm");
     std::fs::write(&junk, b"this is not wasm").expect("write");
-    rejected(
-        &good(junk.to_str().expect("utf-8")),
-        "is not WebAssembly",
-    );
+    rejected(&good(junk.to_str().expect("utf-8")), "is not WebAssembly");
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Agent, Client, Mosquitto, Process, guest, unique};
+use crate::harness::{Agent, Client, Mosquitto, Process, WAIT, guest, unique};
 
 /// Which broker a test runs against.
 #[derive(Clone, Copy, Debug)]
@@ -381,4 +381,70 @@ async fn pooling_probe_failure_falls_back_to_on_demand_allocation() {
         stderr.contains("pooling allocator probe failed"),
         "{stderr}"
     );
+}
+
+/// Another client takes the agent's client id over and over while QoS 2 events flow: the
+/// agent backs off instead of reconnecting at its minimum delay each time (a connection
+/// that fails right after it was accepted does not reset the back-off), and once left
+/// alone it resumes and handles events again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_id_takeovers_back_off_and_recover() {
+    let broker = Mosquitto::start();
+    let id = unique("takeover");
+    let functions = format!(
+        "\n[[function]]\nname = \"echo\"\nmodule = \"{}\"\ntopics = [\"q2/in\"]\nqos = 2\n\
+         [function.config]\nout_topic = \"out/echo\"\n",
+        guest("echo")
+    );
+    let config = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\nclient_id = \"{id}\"\nreconnect_max_ms = 2000\n{functions}",
+        broker.url()
+    );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(broker.port, &["out/#"]).await;
+    let port = broker.port;
+    let thief_id = id.clone();
+    let thief = tokio::spawn(async move {
+        let end = tokio::time::Instant::now() + Duration::from_secs(3);
+        while tokio::time::Instant::now() < end {
+            let mut opts = rumqttc::MqttOptions::new(thief_id.clone(), "127.0.0.1", port);
+            opts.set_clean_session(false);
+            let (_client, mut ev) = rumqttc::AsyncClient::new(opts, 10);
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while let Ok(e) = ev.poll().await {
+                    if matches!(e, rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) {
+                        break;
+                    }
+                }
+            })
+            .await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    for i in 0..30 {
+        c.client
+            .publish("q2/in", rumqttc::QoS::ExactlyOnce, false, format!("{i}"))
+            .await
+            .expect("publish");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    thief.await.expect("thief");
+    let failures = agent.status().borrow().failures;
+    assert!(
+        (1..=12).contains(&failures),
+        "{failures} connection failures in 3 s of takeovers: a hot loop"
+    );
+    // Left alone, it comes back and works.
+    let mut status = agent.status();
+    tokio::time::timeout(WAIT, status.wait_for(|s| s.subscribed))
+        .await
+        .expect("reconnected in time")
+        .expect("connection task alive");
+    c.publish("q2/in", "after").await;
+    loop {
+        if c.recv_on("out/echo").await.text() == "after" {
+            break;
+        }
+    }
+    agent.stop().await;
 }

@@ -494,7 +494,7 @@ impl Msg {
 /// A test MQTT client with a random id: subscribes, publishes, collects.
 pub struct Client {
     port: u16,
-    client: AsyncClient,
+    pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Msg>,
     task: tokio::task::JoinHandle<()>,
 }

@@ -267,11 +267,19 @@ fn spawn_connection(
     intake: &CancellationToken,
     done: &CancellationToken,
 ) -> JoinHandle<()> {
+    // QoS 2 is subscribed as QoS 1. rumqttc 0.25 forgets the ids of incoming QoS 2
+    // messages at every reconnection, then takes the broker's resent PUBREL for a
+    // protocol error and drops the connection, again at every reconnection: a loop with
+    // no end. The agent acknowledges only after handling, so it handles a message at
+    // least once either way; QoS 2 would only have saved a duplicate on redelivery.
+    for f in config.functions.iter().filter(|f| f.qos > 1) {
+        tracing::warn!(function = %f.name, "qos = 2 is subscribed as QoS 1 (at-least-once)");
+    }
     let subscriptions = crate::topic::subscriptions(
         config
             .functions
             .iter()
-            .flat_map(|f| f.topics.iter().map(move |t| (t.as_str(), f.qos))),
+            .flat_map(|f| f.topics.iter().map(move |t| (t.as_str(), f.qos.min(1)))),
     );
     let task = ConnectionTask {
         eventloop,

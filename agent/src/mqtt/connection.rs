@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 use crate::pipeline::router::Router;
 use crate::topic::Subscription;
 
+/// How long a connection must hold before a failure starts the back-off from its minimum.
+const HEALTHY: Duration = Duration::from_secs(10);
+
 /// The connection as last seen by the connection task.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionStatus {
@@ -59,6 +62,11 @@ impl ConnectionTask {
         let mut router = Some(router);
         let mut backoff = self.backoff_min;
         let mut failures: u32 = 0;
+        // When the current connection was accepted. The back-off starts again from its
+        // minimum only after a connection has held for a while: one that the broker
+        // accepts and then drops at once (a protocol error, a client-id takeover) must not
+        // turn into a reconnect loop at the minimum delay.
+        let mut connected_at: Option<std::time::Instant> = None;
         loop {
             tokio::select! {
                 biased;
@@ -79,11 +87,10 @@ impl ConnectionTask {
                                 s.connected = true;
                                 s.subscribed = false;
                             });
-                            backoff = self.backoff_min;
+                            connected_at = Some(std::time::Instant::now());
                             if let Some(r) = &router {
                                 r.connected();
                             }
-                            failures = 0;
                             if router.is_some() {
                                 self.subscribe();
                             }
@@ -109,6 +116,10 @@ impl ConnectionTask {
                     }
                     Ok(_) => {}
                     Err(e) => {
+                        if connected_at.take().is_some_and(|t| t.elapsed() >= HEALTHY) {
+                            backoff = self.backoff_min;
+                            failures = 0;
+                        }
                         failures += 1;
                         self.status.send_modify(|s| {
                             s.connected = false;
@@ -122,7 +133,7 @@ impl ConnectionTask {
                             tracing::debug!(error = %e, attempt = failures, retry_in_ms = backoff.as_millis() as u64, "reconnect failed");
                         }
                         if failures.is_multiple_of(10) {
-                            tracing::warn!(error = %e, attempts = failures, "still cannot reach the broker");
+                            tracing::warn!(error = %e, attempts = failures, "broker connection keeps failing");
                         }
                         tokio::select! {
                             () = done.cancelled() => break,
