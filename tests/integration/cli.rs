@@ -427,6 +427,11 @@ fn malformed_configs_table() {
                 base.replace(&echo, core.to_str().expect("utf-8")),
                 "is a core WebAssembly module, not a component".to_string(),
             ),
+            (
+                with_fn("[function.config]\nout_topic = \"a/out\""),
+                "`function[f].config.out_topic`: `a/out` matches the function's own topic filter `a/#`"
+                    .to_string(),
+            ),
         ])
         .collect();
     assert!(cases.len() >= 15);

@@ -458,3 +458,36 @@ async fn guest_logs_are_cut_and_rate_limited() {
     );
     assert!(log.contains("after the flood"));
 }
+
+/// A function may not feed itself: a publish to a topic its own filters match is refused
+/// (it would call the function again with its own output, until only the rate limit
+/// stopped it), unless `allow_feedback` says it is deliberate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_cannot_feed_themselves_unless_allowed() {
+    let looped = format!(
+        "\n[[function]]\nname = \"self\"\nmodule = \"{m}\"\ntopics = [\"self/#\"]\n\
+         [function.config]\nout_topic = \"out/self\"\n\
+         \n[[function]]\nname = \"fed\"\nmodule = \"{m}\"\ntopics = [\"fed/#\"]\nallow_feedback = true\n\
+         [function.config]\nout_topic = \"out/fed\"\n",
+        m = guest("misbehave")
+    );
+    let mut s = setup(&looped).await;
+    s.client.publish("self/in", "publish-to:self/again").await;
+    let j = s.client.recv().await.json();
+    assert_eq!(j["kind"], "guest-error", "{j}");
+    assert!(
+        j["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("own filter"),
+        "{j}"
+    );
+    // Allowed: its output comes back to it once ("forged" is no command: a dead letter).
+    s.client.publish("fed/in", "publish-to:fed/again").await;
+    let j = s.client.recv().await.json();
+    assert_eq!(
+        (j["function"].as_str(), j["topic"].as_str()),
+        (Some("fed"), Some("fed/again")),
+        "{j}"
+    );
+}

@@ -301,6 +301,11 @@ pub struct FunctionConfig {
     /// bucket that also allows bursts of this size). Past it, `publish` returns an error.
     #[serde(default = "default_publish_rate")]
     pub publish_rate: u32,
+    /// Let the function publish to topics its own `topics` match (deliberate feedback).
+    /// Off, such a publish is refused: it would call the function again with its own
+    /// output, a loop that only the rate limit would end.
+    #[serde(default)]
+    pub allow_feedback: bool,
     /// Lines per second the function may log (stdout, stderr and the `log` interface
     /// together, across its instances; bursts of this size). Past it lines are dropped,
     /// counted, and reported once a second. Every line is cut at 4 KiB.

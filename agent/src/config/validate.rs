@@ -382,6 +382,23 @@ impl Config {
                 "must be at least 1 (leave it out for no budget)",
             ));
         }
+        if !f.allow_feedback {
+            for (k, v) in &f.config {
+                // A static output topic (no template) that the function itself listens to.
+                let is_topic = !v.contains('{') && topic::validate_name(v).is_ok();
+                let fed = f.topics.iter().find(|t| is_topic && topic::matches(t, v));
+                if let Some(filter) = fed {
+                    return Err(self.invalid(
+                        key(&format!("config.{k}")),
+                        format!(
+                            "`{v}` matches the function's own topic filter `{filter}`: its \
+                             output would call it again, for ever (set allow_feedback = true \
+                             if that is the point)"
+                        ),
+                    ));
+                }
+            }
+        }
         if f.log_rate == 0 {
             return Err(self.invalid(key("log_rate"), "must be at least 1 line per second"));
         }

@@ -101,6 +101,11 @@ impl LoadedFunction {
             max_publish_bytes: cfg.max_publish_bytes,
             max_packet_bytes: agent.broker.max_packet_bytes,
             reserved_prefix: format!("{}/", agent.agent.topic_prefix),
+            own_filters: if cfg.allow_feedback {
+                Vec::new()
+            } else {
+                cfg.topics.clone()
+            },
             publish_bucket: std::sync::Mutex::new(crate::rate::TokenBucket::new(cfg.publish_rate)),
             memory_limit: usize::try_from(cfg.memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
             timeout_ms: cfg.timeout_ms,

@@ -33,6 +33,9 @@ pub struct FunctionContext {
     pub max_packet_bytes: usize,
     /// The agent's own topics, `<topic_prefix>/`: functions may not publish there.
     pub reserved_prefix: String,
+    /// The function's own topic filters, unless `allow_feedback`: it may not publish to a
+    /// topic they match.
+    pub own_filters: Vec<String>,
     /// Publishes allowed, shared by all instances of the function.
     pub publish_bucket: Mutex<TokenBucket>,
     /// Linear-memory cap per instance, in bytes.
@@ -160,6 +163,18 @@ impl mqtt::Host for StoreData {
             return Err(format!(
                 "message of {packet} bytes with its topic is over broker.max_packet_bytes ({})",
                 self.ctx.max_packet_bytes
+            ));
+        }
+        if let Some(filter) = self
+            .ctx
+            .own_filters
+            .iter()
+            .find(|f| topic::matches(f, &topic))
+        {
+            return Err(format!(
+                "topic `{topic}` matches this function's own filter `{filter}`: it would call \
+                 the function again with its own output (set allow_feedback = true for \
+                 deliberate feedback)"
             ));
         }
         let prefix = self.ctx.reserved_prefix.as_str();
