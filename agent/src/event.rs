@@ -29,6 +29,8 @@ pub struct Inbound {
     pub received_at_ms: u64,
     /// Monotonic receive time, for queue-wait and end-to-end latency.
     pub received: Instant,
+    /// How many functions of this agent it has passed through (0: it came from outside).
+    pub hop: u8,
     /// Acknowledges the message once every function is done with it.
     pub delivery: Arc<Delivery>,
 }

@@ -31,11 +31,13 @@ pub enum FailureKind {
     StateQuota,
     /// The call used up its instruction budget (`fuel`).
     FuelExhausted,
+    /// The event came from a chain of functions longer than `agent.max_hops` (a loop).
+    HopLimit,
 }
 
 impl FailureKind {
     /// Every kind, in the order reports list them.
-    pub const ALL: [Self; 13] = [
+    pub const ALL: [Self; 14] = [
         Self::GuestError,
         Self::Timeout,
         Self::MemoryLimit,
@@ -49,6 +51,7 @@ impl FailureKind {
         Self::RateLimit,
         Self::StateQuota,
         Self::FuelExhausted,
+        Self::HopLimit,
     ];
 
     /// Whether the instance must be thrown away after this failure (it trapped).
@@ -80,6 +83,7 @@ impl FailureKind {
             Self::RateLimit => "rate-limit",
             Self::StateQuota => "state-quota",
             Self::FuelExhausted => "fuel-exhausted",
+            Self::HopLimit => "hop-limit",
         }
     }
 

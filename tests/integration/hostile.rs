@@ -491,3 +491,31 @@ async fn functions_cannot_feed_themselves_unless_allowed() {
         "{j}"
     );
 }
+
+/// Two functions that feed each other (A publishes what B handles and back) stop after
+/// `agent.max_hops` rounds with a `hop-limit` dead letter, although MQTT 3.1.1 carries no
+/// hop count: the agent remembers what it published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loops_between_functions_stop_at_max_hops() {
+    let id = unique("h");
+    let echo = guest("echo");
+    let config = format!(
+        "[agent]\nid = \"{id}\"\nmax_hops = 6\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n\
+         \n[[function]]\nname = \"ping\"\nmodule = \"{echo}\"\ntopics = [\"ping/#\"]\n\
+         [function.config]\nout_topic = \"pong/x\"\n\
+         \n[[function]]\nname = \"pong\"\nmodule = \"{echo}\"\ntopics = [\"pong/#\"]\n\
+         [function.config]\nout_topic = \"ping/x\"\n"
+    );
+    let agent = Agent::start(&config).await;
+    let dlq = format!("edge-agent/{id}/dead-letter");
+    let mut c = Client::connect(agent.port, &["ping/#", "pong/#", &dlq]).await;
+    c.publish("ping/x", "round and round").await;
+    let letter = c.recv_on(&dlq).await.json();
+    assert_eq!(letter["kind"], "hop-limit", "{letter}");
+    // Then quiet: the loop is over.
+    let rest = c.drain(Duration::from_millis(500)).await;
+    assert!(rest.is_empty(), "still looping: {} more", rest.len());
+    let handled = agent.snapshot("ping").succeeded + agent.snapshot("pong").succeeded;
+    assert_eq!(handled, 6, "a chain of six calls, the seventh refused");
+    agent.stop().await;
+}

@@ -85,6 +85,11 @@ pub struct AgentConfig {
     /// on `<topic_prefix>/<id>/stats`, in seconds; 0 turns it off. They are also logged
     /// at shutdown.
     pub stats_interval_secs: u64,
+    /// Longest chain of calls of this agent's functions that one outside event may start
+    /// (A publishes what B handles, B publishes what A handles, ...): the output of the
+    /// last becomes a `hop-limit` dead letter instead of another call. Stops loops between
+    /// functions.
+    pub max_hops: u8,
 }
 
 /// `[broker]`: the MQTT connection.
@@ -333,6 +338,7 @@ impl Default for AgentConfig {
             topic_prefix: "edge-agent".into(),
             shutdown_grace_ms: 5_000,
             stats_interval_secs: 60,
+            max_hops: 8,
         }
     }
 }

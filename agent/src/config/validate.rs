@@ -170,6 +170,9 @@ impl Config {
     /// `[agent]`.
     fn validate_agent(&self) -> Result<(), ConfigError> {
         let a = &self.agent;
+        if a.max_hops == 0 {
+            return Err(self.invalid("agent.max_hops", "must be at least 1"));
+        }
         if !is_name(&a.id) {
             return Err(self.invalid(
                 "agent.id",

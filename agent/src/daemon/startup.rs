@@ -19,6 +19,7 @@ use crate::config::{BrokerAddress, Config, Mode};
 use crate::metrics::report::StatsBook;
 use crate::mqtt::connection::{ConnectionStatus, ConnectionTask, send_acks};
 use crate::mqtt::options;
+use crate::pipeline::hops::HopLedger;
 use crate::pipeline::inbox::Inbox;
 use crate::pipeline::output::Output;
 use crate::pipeline::router::{Route, Router};
@@ -82,11 +83,18 @@ impl Startup {
         let tracker = TaskTracker::new();
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let acker = tokio::spawn(send_acks(client.clone(), ack_rx));
+        let hops = Arc::new(HopLedger::default());
         let output = Output::new(
             client.clone(),
             config.dead_letter_topic(),
             tracker.clone(),
             config.broker.max_packet_bytes,
+            hops.clone(),
+            config
+                .functions
+                .iter()
+                .flat_map(|f| f.topics.clone())
+                .collect(),
         );
         let shared = Shared {
             output: output.clone(),
@@ -94,7 +102,13 @@ impl Startup {
             tracker: tracker.clone(),
         };
         let (routes, workers, stats) = spawn_functions(&config, &runtime, &shared);
-        let router = Router::new(routes, AckQueue::new(ack_tx), output);
+        let router = Router::new(
+            routes,
+            AckQueue::new(ack_tx),
+            output,
+            hops,
+            config.agent.max_hops,
+        );
         let reporter = spawn_reporter(&config, &client, &stats, root.child_token());
         let flusher_stop = root.child_token();
         let flusher = tokio::spawn(state.run_flusher(flusher_stop.clone()));

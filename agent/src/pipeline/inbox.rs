@@ -149,6 +149,7 @@ mod tests {
             retain: false,
             received_at_ms: 0,
             received: Instant::now(),
+            hop: 0,
             delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
         }
     }

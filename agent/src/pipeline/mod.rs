@@ -6,9 +6,11 @@
 //! - [`dispatch`]: the on-demand model, a fresh instance per event;
 //! - [`supervisor`]: the persistent model, long-lived instances restarted by policy;
 //! - [`output`]: the calls' messages and the dead letters out to the broker, then the
-//!   delivery's completion, which releases the acknowledgement in arrival order.
+//!   delivery's completion, which releases the acknowledgement in arrival order;
+//! - [`hops`]: what the agent published, so that a loop through its functions stops.
 
 pub mod dispatch;
+pub mod hops;
 pub mod inbox;
 pub mod output;
 pub mod router;

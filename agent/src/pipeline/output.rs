@@ -11,6 +11,7 @@ use rumqttc::AsyncClient;
 use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
+use super::hops::HopLedger;
 use crate::event::{Inbound, Outbound};
 use crate::failure::FailureKind;
 use crate::metrics::{CallCost, FunctionStats};
@@ -97,24 +98,32 @@ pub struct Output {
     dead_letter_topic: Arc<str>,
     tracker: TaskTracker,
     max_packet_bytes: usize,
+    hops: Arc<HopLedger>,
+    /// Every function's topic filters: outputs that match one may come back in.
+    filters: Arc<[String]>,
 }
 
 impl Output {
     /// An output on `client` that sends dead letters to `dead_letter_topic`. Work that
     /// outlives a call (waiting for a flush, a dead letter waiting for room) runs on
     /// `tracker`, so that shutdown can wait for it.
-    /// Nothing it sends is larger than `max_packet_bytes`.
+    /// Nothing it sends is larger than `max_packet_bytes`. Outputs that match one of
+    /// `filters` (the agent's own subscriptions) are recorded in `hops`.
     pub fn new(
         client: AsyncClient,
         dead_letter_topic: String,
         tracker: TaskTracker,
         max_packet_bytes: usize,
+        hops: Arc<HopLedger>,
+        filters: Vec<String>,
     ) -> Self {
         Self {
             client,
             dead_letter_topic: dead_letter_topic.into(),
             tracker,
             max_packet_bytes,
+            hops,
+            filters: filters.into(),
         }
     }
 
@@ -150,6 +159,14 @@ impl Output {
             "event handled"
         );
         for msg in outcome.outbox {
+            if self
+                .filters
+                .iter()
+                .any(|f| crate::topic::matches(f, &msg.topic))
+            {
+                self.hops
+                    .published(&msg.topic, &msg.payload, event.hop.saturating_add(1));
+            }
             if !self.publish(msg).await {
                 // Connection gone (shutting down): leave the event unacknowledged.
                 return;

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use rumqttc::Publish;
 
+use super::hops::HopLedger;
 use super::inbox::Inbox;
 use super::output::Output;
 use crate::ack::AckQueue;
@@ -37,16 +38,27 @@ pub struct Router {
     routes: Vec<Route>,
     acks: Arc<AckQueue>,
     output: Output,
+    hops: Arc<HopLedger>,
+    max_hops: u8,
 }
 
 impl Router {
     /// A router over `routes`; acknowledgements are ordered by `acks`, dead letters go to
-    /// `output`.
-    pub fn new(routes: Vec<Route>, acks: Arc<AckQueue>, output: Output) -> Self {
+    /// `output`; events that come from a chain of more than `max_hops` of the agent's
+    /// functions (per `hops`) are refused.
+    pub fn new(
+        routes: Vec<Route>,
+        acks: Arc<AckQueue>,
+        output: Output,
+        hops: Arc<HopLedger>,
+        max_hops: u8,
+    ) -> Self {
         Self {
             routes,
             acks,
             output,
+            hops,
+            max_hops,
         }
     }
 
@@ -75,6 +87,7 @@ impl Router {
             delivery.complete();
             return;
         }
+        let hop = self.hops.received(&publish.topic, &publish.payload);
         for route in targets {
             route.stats.received();
             let event = Inbound {
@@ -84,8 +97,18 @@ impl Router {
                 retain: publish.retain,
                 received_at_ms,
                 received,
+                hop,
                 delivery: delivery.clone(),
             };
+            if hop >= self.max_hops {
+                let msg = format!(
+                    "the event was published by the last of a chain of {hop} of this agent's \
+                     functions; agent.max_hops ({}) allows no more: a loop?",
+                    self.max_hops
+                );
+                self.reject(route, event, FailureKind::HopLimit, msg);
+                continue;
+            }
             if event.payload.len() > route.max_payload_bytes {
                 let msg = format!(
                     "payload of {} bytes is over max_payload_bytes ({})",
