@@ -280,7 +280,7 @@ async fn oversized_payload_is_dead_lettered_without_a_call() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guests_have_no_capabilities_and_their_output_is_logged() {
     let broker = Mosquitto::start();
-    let (broker_toml, _) = (format!("[broker]\nurl = \"{}\"\n", broker.url()), ());
+    let broker_toml = format!("[broker]\nurl = \"{}\"\n", broker.url());
     let agent = Process::start(
         &config(
             "probe",

@@ -130,7 +130,7 @@ fn start(dir: &Path, require_cert: bool, password: bool) -> Broker {
     let _ = Command::new("chmod")
         .args(["-R", "a+rX", &d.to_string()])
         .status();
-    let child = Command::new(if Path::new("/usr/sbin/mosquitto").exists() {
+    let mut child = Command::new(if Path::new("/usr/sbin/mosquitto").exists() {
         "/usr/sbin/mosquitto"
     } else {
         "mosquitto"
@@ -141,7 +141,6 @@ fn start(dir: &Path, require_cert: bool, password: bool) -> Broker {
     .stderr(Stdio::null())
     .spawn()
     .expect("mosquitto");
-    let mut child = child;
     assert!(
         wait_for_port(plain, &mut child) && wait_for_port(tls, &mut child),
         "mosquitto did not start on {plain} and {tls}"
