@@ -376,8 +376,8 @@ fn malformed_configs_table() {
         ),
         (format!("[agent]\nid = \"a b\"\n{base}"), "`agent.id`"),
         (
-            format!("[state]\nflush_interval_ms = 0\n{base}"),
-            "`state.flush_interval_ms`",
+            format!("[state]\nmin_flush_interval_ms = 60001\n{base}"),
+            "`state.min_flush_interval_ms`",
         ),
         (
             format!("[runtime]\nmax_instances = 0\n{base}"),

@@ -169,11 +169,15 @@ pub struct RuntimeConfig {
 pub struct StateConfig {
     /// Memory sled may use for its page cache, in MiB.
     pub cache_mb: u64,
-    /// How often committed state is flushed to disk, in milliseconds. A QoS 1/2 event whose
-    /// call wrote state is acknowledged only after the flush that made its writes durable,
-    /// so this also bounds the extra acknowledgement delay. Longer intervals mean fewer
-    /// writes to the SD card.
-    pub flush_interval_ms: u64,
+    /// Least time between the starts of two flushes of committed state to disk, in
+    /// milliseconds. 0 (the default) is a plain group commit: a flush starts as soon as the
+    /// previous one has finished, and takes every commit made meanwhile, so one fsync in
+    /// flight bounds the rate by itself. A QoS 1/2 event whose call wrote state is
+    /// acknowledged only after the flush that made its writes durable, so a spacing adds up
+    /// to that much to its latency, in exchange for fewer writes to an SD card.
+    /// (Its former name, `flush_interval_ms`, is still read.)
+    #[serde(alias = "flush_interval_ms")]
+    pub min_flush_interval_ms: u64,
     /// Longest key, in bytes.
     pub max_key_bytes: usize,
     /// Largest value, in bytes.
@@ -377,7 +381,7 @@ impl Default for StateConfig {
     fn default() -> Self {
         Self {
             cache_mb: 8,
-            flush_interval_ms: 200,
+            min_flush_interval_ms: 0,
             max_key_bytes: 256,
             max_value_bytes: 64 * 1024,
             max_keys_per_function: 10_000,

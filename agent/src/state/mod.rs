@@ -10,8 +10,10 @@
 //! as if they ran one at a time and `increment` never loses an update. Calls that never
 //! touch state never wait, and a call waits for the gate at most until its own deadline.
 //!
-//! Durability: commits land in sled's memory; a flusher task writes them to disk every
-//! `state.flush_interval_ms` (one fsync per interval, kind to SD cards). A committed call's
+//! Durability: commits land in sled's memory; a flusher task writes them to disk in a group
+//! commit: a flush starts as soon as the previous one has finished (and, if set, at least
+//! `state.min_flush_interval_ms` after it started, to spare SD cards), and covers every
+//! commit made before it started. A committed call's
 //! message is acknowledged only after [`StateStore::durable`] says its flush is done, so a
 //! crash never loses state of an acknowledged message.
 
@@ -101,22 +103,33 @@ impl StateStore {
         }))
     }
 
-    /// Flushes committed state to disk every `flush_interval_ms` while there is any, until
-    /// `stop` is cancelled; then flushes once more.
+    /// Flushes committed state to disk while there is any (a group commit: one flush at a
+    /// time, each taking every commit made before it started, no two starting closer than
+    /// `min_flush_interval_ms`), until `stop` is cancelled; then flushes once more.
     pub async fn run_flusher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
-        let interval = Duration::from_millis(self.limits.flush_interval_ms);
+        let spacing = Duration::from_millis(self.limits.min_flush_interval_ms);
+        let mut last: Option<tokio::time::Instant> = None;
         loop {
             tokio::select! {
                 () = self.dirty.notified() => {}
                 () = stop.cancelled() => break,
             }
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = stop.cancelled() => {}
+            if let Some(next) = last.map(|t| t + spacing) {
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    () = stop.cancelled() => {}
+                }
             }
+            last = Some(tokio::time::Instant::now());
             self.flush().await;
         }
         self.flush().await;
+        tracing::info!(flushes = self.flushes(), "state store closed");
+    }
+
+    /// Flushes done so far (successful or not).
+    pub fn flushes(&self) -> u64 {
+        self.next_flush.load(Ordering::Acquire) - 1
     }
 
     async fn flush(&self) {
@@ -604,6 +617,42 @@ mod tests {
         tokio::time::timeout(Duration::from_secs(5), s.durable(generation))
             .await
             .unwrap_or_else(|_| panic!("never flushed"));
+        stop.cancel();
+        let _ = flusher.await;
+    }
+
+    /// With a spacing, a commit made just after a flush waits for the next one, which
+    /// starts no sooner than the spacing allows; each flush is counted.
+    #[tokio::test]
+    async fn flushes_keep_the_minimum_spacing() {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let limits = StateConfig {
+            min_flush_interval_ms: 300,
+            ..StateConfig::default()
+        };
+        let s = StateStore::open(dir.path(), &limits).unwrap_or_else(|e| panic!("{e}"));
+        let stop = tokio_util::sync::CancellationToken::new();
+        let flusher = tokio::spawn(s.clone().run_flusher(stop.clone()));
+        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let commit = || {
+            let mut t = ns.begin();
+            t.increment("n", 1).unwrap_or_else(|e| panic!("{e}"));
+            t.commit().ok().flatten().unwrap_or_else(|| panic!("a generation"))
+        };
+        let first = commit();
+        let wait = |g| tokio::time::timeout(Duration::from_secs(5), s.durable(g));
+        wait(first).await.unwrap_or_else(|_| panic!("never flushed"));
+        let flushed_at = Instant::now();
+        assert_eq!(s.flushes(), 1);
+        wait(commit()).await.unwrap_or_else(|_| panic!("never flushed"));
+        // The first flush started before `flushed_at`, so this bound is safe.
+        assert!(flushed_at.elapsed() < Duration::from_secs(5));
+        assert!(
+            flushed_at.elapsed() >= Duration::from_millis(250),
+            "second flush after {:?}",
+            flushed_at.elapsed()
+        );
+        assert_eq!(s.flushes(), 2);
         stop.cancel();
         let _ = flusher.await;
     }
