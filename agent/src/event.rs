@@ -67,6 +67,17 @@ impl Delivery {
         Self::new(1, None, acks)
     }
 
+    /// Whether the message waits for an acknowledgement (QoS 1/2).
+    pub fn needs_ack(&self) -> bool {
+        self.ticket.is_some()
+    }
+
+    /// Makes completion wait for `n` more [`Delivery::complete`] calls (one per output
+    /// the broker must confirm first). Call it before this holder's own `complete`.
+    pub fn expect(&self, n: usize) {
+        self.remaining.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Marks one function as done with the message; the last one releases its
     /// acknowledgement (sent once every earlier message is acknowledged too). A delivery
     /// that is dropped without being completed is never acknowledged, so the broker

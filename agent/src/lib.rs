@@ -6,7 +6,7 @@
 //! 1. plain data and pure logic: [`config`], [`topic`] (the MQTT topic grammar),
 //!    [`event`] (an event on its way in, a message on its way out), [`ack`] (the
 //!    acknowledgement order), [`failure`] (the failure kinds), [`clock`], [`rate`] (a
-//!    token bucket);
+//!    token bucket), [`publisher`] (what the agent publishes, and when the broker has it);
 //! 2. [`state`] (sled-backed key-value state) and [`metrics`] (costs, reports);
 //! 3. [`runtime`]: everything that touches wasmtime;
 //! 4. [`pipeline`]: routing, inboxes, on-demand dispatch, persistent supervision, output;
@@ -32,6 +32,7 @@ pub mod failure;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;
+pub mod publisher;
 pub mod rate;
 pub mod runtime;
 pub mod state;

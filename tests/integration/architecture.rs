@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("failure", 1),
     ("clock", 1),
     ("rate", 1),
+    ("publisher", 1),
     ("state", 2),
     ("metrics", 2),
     ("runtime", 3),

@@ -403,7 +403,8 @@ async fn client_id_takeovers_back_off_and_recover() {
     let agent = Agent::start(&config).await;
     let mut c = Client::connect(broker.port, &["out/#"]).await;
     let port = broker.port;
-    let thief_id = id.clone();
+    // The intake connection of `echo`, which receives the QoS 2 messages.
+    let thief_id = format!("{id}.echo");
     let thief = tokio::spawn(async move {
         let end = tokio::time::Instant::now() + Duration::from_secs(3);
         while tokio::time::Instant::now() < end {
@@ -429,14 +430,14 @@ async fn client_id_takeovers_back_off_and_recover() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     thief.await.expect("thief");
-    let failures = agent.status().borrow().failures;
+    let failures = agent.status().failures;
     assert!(
         (1..=12).contains(&failures),
         "{failures} connection failures in 3 s of takeovers: a hot loop"
     );
     // Left alone, it comes back and works.
-    let mut status = agent.status();
-    tokio::time::timeout(WAIT, status.wait_for(|s| s.subscribed))
+    let mut links = agent.links();
+    tokio::time::timeout(WAIT, links.wait_for(|l| l.overall().subscribed))
         .await
         .expect("reconnected in time")
         .expect("connection task alive");
@@ -447,4 +448,108 @@ async fn client_id_takeovers_back_off_and_recover() {
         }
     }
     agent.stop().await;
+}
+
+/// Waits (up to `limit`) until `function` has handled `n` events or failed any; returns
+/// its snapshot.
+async fn handled(
+    s: &Setup,
+    function: &str,
+    n: u64,
+    limit: Duration,
+) -> edge_agent::metrics::Snapshot {
+    let end = Instant::now() + limit;
+    loop {
+        let snap = s.agent.snapshot(function);
+        if snap.succeeded >= n || !snap.failed.is_empty() || Instant::now() > end {
+            return snap;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A QoS 0 burst far faster than the function, with the default queue settings: the
+/// function's connection stops reading while its queue is full, so the broker (and TCP)
+/// hold the rest. Nothing is dropped or dead-lettered.
+async fn qos0_burst_is_held_not_dropped(broker: Broker) {
+    const N: u64 = 20_000;
+    let echo = format!(
+        "[[function]]\nname = \"echo\"\nmodule = \"{}\"\nmode = \"persistent\"\n\
+         topics = [\"burst/in\"]\nqos = 0\npublish_rate = 1000000\n\
+         [function.config]\nout_topic = \"burst/out\"\n",
+        guest("echo")
+    );
+    let s = setup(broker, &echo).await;
+    let c = Client::connect(s.port, &[]).await;
+    for i in 0..N {
+        c.client
+            .publish("burst/in", rumqttc::QoS::AtMostOnce, false, i.to_string())
+            .await
+            .expect("publish");
+    }
+    let snap = handled(&s, "echo", N, Duration::from_secs(120)).await;
+    assert_eq!(
+        (snap.received, snap.succeeded, snap.failed.clone()),
+        (N, N, vec![]),
+        "{broker:?}: {snap:?}"
+    );
+    s.agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_burst_is_held_not_dropped_mosquitto() {
+    qos0_burst_is_held_not_dropped(Broker::Mosquitto).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_burst_is_held_not_dropped_embedded() {
+    qos0_burst_is_held_not_dropped(Broker::Embedded).await;
+}
+
+/// A neighbour that times out on every event holds up only its own connection: under
+/// Mosquitto's default in-flight window (20 unacknowledged messages per client), its
+/// backlog of timed-out events used to hold back every other function's acknowledgements
+/// and so its deliveries, by one timeout each. Now the healthy function's events never
+/// wait for one hostile timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hostile_neighbour_does_not_hold_up_a_healthy_function() {
+    const TIMEOUT_MS: u64 = 500;
+    let functions = misbehave_fn(
+        "hostile",
+        "hostile/in",
+        &format!("timeout_ms = {TIMEOUT_MS}\nmax_concurrency = 1"),
+    ) + &misbehave_fn("healthy", "healthy/in", "");
+    let s = setup(Broker::Mosquitto, &functions).await;
+    let dlq = s.dead_letter_topic();
+    let mut c = Client::connect(s.port, &["out/healthy", &dlq]).await;
+    // 40 events that each run into the timeout: 20 s of backlog, more than the window.
+    for _ in 0..40 {
+        c.publish("hostile/in", "loop").await;
+    }
+    let first = c.recv().await;
+    assert_eq!(first.json()["kind"], "timeout", "{first:?}");
+    for _ in 0..100 {
+        c.publish("healthy/in", "ok").await;
+    }
+    let mut got = 0;
+    while got < 100 {
+        if c.recv().await.topic == "out/healthy" {
+            got += 1;
+        }
+    }
+    let healthy = s.agent.snapshot("healthy");
+    assert_eq!((healthy.succeeded, healthy.failed.len()), (100, 0));
+    // Generous (the healthy calls take microseconds), but below one hostile timeout.
+    assert!(
+        healthy.end_to_end_us.p99 < TIMEOUT_MS * 1000,
+        "healthy p99 {} µs: held up by the hostile neighbour",
+        healthy.end_to_end_us.p99
+    );
+    assert!(
+        s.agent
+            .snapshot("hostile")
+            .failed
+            .iter()
+            .all(|(k, _)| *k == "timeout")
+    );
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use edge_agent::config::Config;
 use edge_agent::metrics::Snapshot;
-use edge_agent::mqtt::connection::ConnectionStatus;
+use edge_agent::mqtt::connection::{ConnectionStatus, Links};
 use edge_agent::{AgentError, Prepared, Running, Startup};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use tokio::sync::{mpsc, watch};
@@ -285,8 +285,12 @@ impl Agent {
             .expect("function is configured")
     }
 
-    pub fn status(&self) -> watch::Receiver<ConnectionStatus> {
+    pub fn status(&self) -> ConnectionStatus {
         self.running().status()
+    }
+
+    pub fn links(&self) -> watch::Receiver<Links> {
+        self.running().links()
     }
 
     /// Stops the agent in order (as on SIGTERM); returns its directory.

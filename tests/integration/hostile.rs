@@ -315,7 +315,7 @@ async fn oversized_dead_letters_are_cut_and_never_break_the_connection() {
     // Still connected, never dropped, and working.
     c.publish("big/in", "ok").await;
     assert_eq!(c.recv_on("out/big").await.text(), "ok");
-    let status = agent.status().borrow().clone();
+    let status = agent.status();
     assert!(status.connected && status.failures == 0, "{status:?}");
     agent.stop().await;
 }

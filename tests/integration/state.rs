@@ -368,7 +368,8 @@ async fn both_models_report_their_costs() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_writes_do_not_serialise_on_the_flush_interval() {
     let id = unique("s");
-    let config = embedded(&id).replace("[broker]", "[state]\nmin_flush_interval_ms = 500\n[broker]")
+    let config = embedded(&id)
+        .replace("[broker]", "[state]\nmin_flush_interval_ms = 500\n[broker]")
         + &function("p", "counter", "persistent", "p/+", "");
     let agent = Agent::start(&config).await;
     let port = agent.port;

@@ -231,12 +231,15 @@ async fn wrong_ca_or_password_is_reported_and_retried() {
 /// has failed twice (so it is retrying, not stuck).
 async fn first_connection_error(cfg: &str) -> String {
     let agent = Agent::start_unready(cfg).await;
-    let mut status = agent.status();
-    let seen = tokio::time::timeout(crate::harness::WAIT, status.wait_for(|s| s.failures >= 2))
-        .await
-        .expect("connection failures in time")
-        .expect("connection task alive")
-        .clone();
+    let mut links = agent.links();
+    let seen = tokio::time::timeout(
+        crate::harness::WAIT,
+        links.wait_for(|l| l.overall().failures >= 2),
+    )
+    .await
+    .expect("connection failures in time")
+    .expect("connection task alive")
+    .overall();
     assert!(!seen.connected);
     agent.stop().await;
     seen.last_error.unwrap_or_default()

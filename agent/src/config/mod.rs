@@ -233,7 +233,8 @@ pub enum Mode {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Overflow {
-    /// Leave QoS 1/2 events unacknowledged and waiting, so the broker slows down.
+    /// Stop reading from the broker until there is room, so that it holds the rest of
+    /// the stream (QoS 0 as well as QoS 1/2); nothing is dropped.
     #[default]
     Backpressure,
     /// Reject the newest event.

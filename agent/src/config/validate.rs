@@ -298,10 +298,7 @@ impl Config {
             return Err(self.invalid("state.cache_mb", "must be from 1 to 4096"));
         }
         if st.min_flush_interval_ms > 60_000 {
-            return Err(self.invalid(
-                "state.min_flush_interval_ms",
-                "must be at most 60000",
-            ));
+            return Err(self.invalid("state.min_flush_interval_ms", "must be at most 60000"));
         }
         if !(1..=65_536).contains(&st.max_key_bytes) {
             return Err(self.invalid("state.max_key_bytes", "must be from 1 to 65536"));

@@ -68,7 +68,7 @@ pub struct Prepared {
     config: Config,
     runtime: Runtime,
     broker: BrokerAddress,
-    options: rumqttc::MqttOptions,
+    connections: crate::mqtt::options::Connections,
 }
 
 impl Prepared {
@@ -88,12 +88,12 @@ impl Prepared {
         };
         let broker =
             BrokerAddress::parse(&config.broker.url).map_err(|e| mqtt_err(MqttError::Url(e)))?;
-        let options = crate::mqtt::options::agent_options(&config, &broker).map_err(mqtt_err)?;
+        let connections = crate::mqtt::options::connections(&config, &broker).map_err(mqtt_err)?;
         Ok(Self {
             config,
             runtime,
             broker,
-            options,
+            connections,
         })
     }
 

@@ -6,13 +6,16 @@
 //!    calls' outputs, dead letters and flush waits complete, within
 //!    `agent.shutdown_grace_ms`. What is still running then is left unacknowledged, for the
 //!    broker to redeliver.
-//! 3. If connected: the acknowledgements released so far go out ([`ACK_DEADLINE`]), then
-//!    a retained `offline` on the status topic and a clean MQTT DISCONNECT
-//!    ([`DISCONNECT_DEADLINE`]; past it the connection task is stopped). If not, there is
-//!    nobody to tell, and the connection task is stopped at once.
+//! 3. If connected: the acknowledgements released so far go out on each intake connection
+//!    (within [`ACK_DEADLINE`], which also covers the broker confirming the outputs they
+//!    wait on), each intake disconnects, then the output connection sends a retained
+//!    `offline` on the status topic and a clean MQTT DISCONNECT ([`DISCONNECT_DEADLINE`];
+//!    past it the connection tasks are stopped). If not, there is nobody to tell, and the
+//!    connection tasks are stopped at once.
 //! 4. The state store is flushed one last time, the stats reporter stops, and each
 //!    function's totals are logged.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use rumqttc::AsyncClient;
@@ -22,31 +25,42 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::metrics::report::StatsBook;
-use crate::mqtt::connection::ConnectionStatus;
+use crate::mqtt::connection::Links;
+use crate::publisher::Publisher;
 use crate::runtime::Runtime;
 
-/// Longest wait for the released acknowledgements to reach the connection.
+/// Longest wait for the released acknowledgements to reach the connections (and for the
+/// broker to confirm the outputs they wait on).
 pub const ACK_DEADLINE: Duration = Duration::from_secs(1);
-/// Longest wait for the DISCONNECT to go out before the connection task is stopped.
+/// Longest wait for the DISCONNECTs to go out before the connection tasks are stopped.
 pub const DISCONNECT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// One function's intake connection, as the stop sequence sees it.
+pub struct Intake {
+    pub(super) client: AsyncClient,
+    /// Sends the acknowledgements; ends once every delivery is done or dropped.
+    pub(super) acker: JoinHandle<()>,
+    pub(super) connection: JoinHandle<()>,
+}
 
 /// Everything the stop sequence stops, in the order it stops them.
 pub struct Shutdown {
     pub(super) grace: Duration,
     /// Parent of every token below; cancelled last, so nothing outlives the stop.
     pub(super) root: CancellationToken,
-    pub(super) intake: CancellationToken,
+    pub(super) stop_intake: CancellationToken,
     pub(super) workers: Vec<JoinHandle<()>>,
     pub(super) tracker: TaskTracker,
-    pub(super) acker: JoinHandle<()>,
-    pub(super) client: AsyncClient,
+    pub(super) intakes: Vec<Intake>,
+    pub(super) publisher: Arc<Publisher>,
     pub(super) status_topic: String,
-    pub(super) connection: JoinHandle<()>,
-    pub(super) status: watch::Receiver<ConnectionStatus>,
+    pub(super) output_connection: JoinHandle<()>,
+    pub(super) links: watch::Receiver<Links>,
     pub(super) connection_done: CancellationToken,
     pub(super) flusher: JoinHandle<()>,
     pub(super) flusher_stop: CancellationToken,
     pub(super) reporter: Option<JoinHandle<()>>,
+    pub(super) presence: JoinHandle<()>,
     pub(super) stats: StatsBook,
     /// The loaded functions, dropped last.
     pub(super) runtime: Runtime,
@@ -59,7 +73,7 @@ impl Shutdown {
             grace_ms = self.grace.as_millis() as u64,
             "shutting down: stopping intake"
         );
-        self.intake.cancel();
+        self.stop_intake.cancel();
         let drained = tokio::time::timeout(self.grace, async {
             for w in self.workers {
                 let _ = w.await;
@@ -75,24 +89,40 @@ impl Shutdown {
         }
         // With no connection there is nobody to send acknowledgements or a DISCONNECT to:
         // do not wait for them.
-        let connected = self.status.borrow().connected;
+        let connected = self.links.borrow().overall().connected;
+        let mut connections = Vec::new();
         if connected {
-            let _ = tokio::time::timeout(ACK_DEADLINE, self.acker).await;
+            let _ = tokio::time::timeout(ACK_DEADLINE, async {
+                for i in &mut self.intakes {
+                    let _ = (&mut i.acker).await;
+                }
+            })
+            .await;
+            for i in &self.intakes {
+                let _ = i.client.try_disconnect();
+            }
             // A clean DISCONNECT discards the last will: say `offline` ourselves.
             let offline = crate::mqtt::options::presence("offline");
             let qos = rumqttc::QoS::AtLeastOnce;
             let _ = self
-                .client
-                .try_publish(self.status_topic, qos, true, offline);
-            let _ = self.client.disconnect().await;
+                .publisher
+                .try_publish(self.status_topic, qos, true, offline, None);
+            self.publisher.disconnect().await;
         }
-        let disconnected = connected
-            && tokio::time::timeout(DISCONNECT_DEADLINE, &mut self.connection)
-                .await
-                .is_ok();
+        connections.push(self.output_connection);
+        connections.extend(self.intakes.into_iter().map(|i| i.connection));
+        let all = async {
+            for c in &mut connections {
+                let _ = c.await;
+            }
+        };
+        let disconnected =
+            connected && tokio::time::timeout(DISCONNECT_DEADLINE, all).await.is_ok();
         if !disconnected {
             self.connection_done.cancel();
-            let _ = self.connection.await;
+            for c in connections {
+                let _ = c.await;
+            }
         }
         self.flusher_stop.cancel();
         let _ = self.flusher.await;
@@ -100,6 +130,7 @@ impl Shutdown {
         if let Some(r) = self.reporter {
             let _ = r.await;
         }
+        let _ = self.presence.await;
         self.stats.log_totals();
         drop(self.runtime);
         tracing::info!("stopped");

@@ -1,29 +1,33 @@
 //! Startup: from a [`Prepared`] agent to a [`Running`] one, in named steps: the state
-//! store, the embedded broker, the connection's client, the pipeline (one dispatcher or
-//! supervisor per function, the router over their inboxes), the stats reporter, and last
-//! the connection task, which starts the flow of events.
+//! store, the embedded broker, the output connection and its publisher, the pipeline (one
+//! dispatcher or supervisor per function, each behind a router on an intake connection of
+//! its own), the stats reporter and the presence announcer, and last the intake
+//! connections, which start the flow of events.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, EventLoop, MqttOptions};
+use rumqttc::{AsyncClient, MqttOptions};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::shutdown::Shutdown;
+use super::shutdown::{Intake, Shutdown};
 use super::{AgentError, Prepared};
 use crate::ack::AckQueue;
-use crate::config::{BrokerAddress, Config, Mode};
+use crate::config::{BrokerAddress, Config, FunctionConfig, Mode};
 use crate::metrics::report::StatsBook;
-use crate::mqtt::connection::{ConnectionStatus, ConnectionTask, send_acks};
-use crate::mqtt::options;
+use crate::mqtt::connection::{
+    Backoff, ConnectionStatus, IntakeTask, Link, Links, OutputTask, send_acks,
+};
+use crate::mqtt::options::{self, Connections};
 use crate::pipeline::hops::HopLedger;
 use crate::pipeline::inbox::Inbox;
 use crate::pipeline::output::Output;
 use crate::pipeline::router::{Route, Router};
 use crate::pipeline::{Shared, dispatch, supervisor};
+use crate::publisher::Publisher;
 use crate::runtime::Runtime;
 use crate::state::StateStore;
 
@@ -43,7 +47,7 @@ pub struct Ready {
 /// A running agent: events flow until [`Running::stop`].
 pub struct Running {
     broker: BrokerAddress,
-    status: watch::Receiver<ConnectionStatus>,
+    links: watch::Receiver<Links>,
     stats: StatsBook,
     shutdown: Shutdown,
 }
@@ -55,7 +59,7 @@ impl Startup {
     }
 
     /// Opens the state store, starts the embedded broker if configured, and spawns the
-    /// pipeline and the connection on the current tokio runtime.
+    /// pipeline and the connections on the current tokio runtime.
     ///
     /// # Errors
     /// [`AgentError`] if the state store cannot be opened or the embedded broker cannot
@@ -65,27 +69,45 @@ impl Startup {
             config,
             runtime,
             broker,
-            options,
+            connections,
         } = self.prepared;
         let state = open_state(&config, &runtime)?;
-        let (broker, options) = start_broker(&config, broker, options)?;
+        let (broker, connections) = start_broker(&config, broker, connections)?;
         tracing::info!(
             agent = %config.agent.id,
             broker = %format_args!("{}:{}", broker.host, broker.port),
             client_id = %config.client_id(),
             allocator = ?runtime.allocator(),
             functions = config.functions.len(),
+            connections = connections.intake.len() + 1,
             "starting"
         );
-        let (client, mut eventloop) = AsyncClient::new(options, options::REQUEST_CHANNEL_CAPACITY);
-        options::low_latency(&mut eventloop);
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let acker = tokio::spawn(send_acks(client.clone(), ack_rx));
+        let (board, links) =
+            watch::channel(Links::new(config.functions.iter().map(|f| f.name.as_str())));
+        let backoff = || {
+            Backoff::new(
+                Duration::from_millis(config.broker.reconnect_min_ms),
+                Duration::from_millis(config.broker.reconnect_max_ms),
+            )
+        };
+        // The output connection first: functions publish through it.
+        let connection_done = root.child_token();
+        let (client, mut eventloop) =
+            AsyncClient::new(connections.output, options::REQUEST_CHANNEL_CAPACITY);
+        options::low_latency(&mut eventloop);
+        let publisher = Publisher::new(client);
+        let output_task = OutputTask {
+            eventloop,
+            publisher: publisher.clone(),
+            backoff: backoff(),
+            link: Link::new(board.clone(), 0),
+        };
+        let output_connection = tokio::spawn(output_task.run(connection_done.clone()));
         let hops = Arc::new(HopLedger::default());
         let output = Output::new(
-            client.clone(),
+            publisher.clone(),
             config.dead_letter_topic(),
             tracker.clone(),
             config.broker.max_packet_bytes,
@@ -102,49 +124,67 @@ impl Startup {
             tracker: tracker.clone(),
         };
         let (routes, workers, stats) = spawn_functions(&config, &runtime, &shared);
-        let router = Router::new(
-            routes,
-            AckQueue::new(ack_tx),
-            output,
-            hops,
-            config.agent.max_hops,
-        );
-        let reporter = spawn_reporter(&config, &client, &stats, root.child_token());
+        let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
+        let presence = tokio::spawn(announce_presence(
+            links.clone(),
+            publisher.clone(),
+            config.status_topic(),
+            root.child_token(),
+        ));
         let flusher_stop = root.child_token();
         let flusher = tokio::spawn(state.run_flusher(flusher_stop.clone()));
-        let (status_tx, status) = watch::channel(ConnectionStatus::default());
-        let intake = root.child_token();
-        let connection_done = root.child_token();
-        let connection = spawn_connection(
-            &config,
-            eventloop,
-            &client,
-            router,
-            status_tx,
-            &intake,
-            &connection_done,
-        );
+        let stop_intake = root.child_token();
+        let intakes = config
+            .functions
+            .iter()
+            .zip(connections.intake)
+            .zip(routes)
+            .enumerate()
+            .map(|(i, ((f, opts), route))| {
+                let router = |acks| {
+                    Router::new(
+                        vec![route],
+                        acks,
+                        output.clone(),
+                        hops.clone(),
+                        config.agent.max_hops,
+                    )
+                };
+                let link = Link::new(board.clone(), i + 1);
+                spawn_intake(
+                    &config,
+                    f,
+                    opts,
+                    router,
+                    link,
+                    backoff(),
+                    &stop_intake,
+                    &connection_done,
+                )
+            })
+            .collect();
         let shutdown = Shutdown {
             grace: Duration::from_millis(config.agent.shutdown_grace_ms),
             root,
-            intake,
+            stop_intake,
             workers,
             tracker,
-            acker,
-            client,
+            intakes,
+            publisher,
             status_topic: config.status_topic(),
-            connection,
-            status: status.clone(),
+            output_connection,
+            links: links.clone(),
             connection_done,
             flusher,
             flusher_stop,
             reporter,
+            presence,
             stats: stats.clone(),
             runtime,
         };
         Ok(Running {
             broker,
-            status,
+            links,
             stats,
             shutdown,
         })
@@ -155,16 +195,21 @@ impl Running {
     /// Completes once the agent is connected and subscribed; `None` if the connection
     /// task ended first.
     pub async fn ready(&self) -> Option<Ready> {
-        let mut status = self.status.clone();
-        status.wait_for(|s| s.subscribed).await.ok()?;
+        let mut links = self.links.clone();
+        links.wait_for(|l| l.overall().subscribed).await.ok()?;
         Some(Ready {
             broker: self.broker.clone(),
         })
     }
 
-    /// The connection as the agent sees it, live.
-    pub fn status(&self) -> watch::Receiver<ConnectionStatus> {
-        self.status.clone()
+    /// The agent's connections as a whole, now (see [`Links::overall`]).
+    pub fn status(&self) -> ConnectionStatus {
+        self.links.borrow().overall()
+    }
+
+    /// Every connection's status, live.
+    pub fn links(&self) -> watch::Receiver<Links> {
+        self.links.clone()
     }
 
     /// Every function's counters and costs, live.
@@ -194,10 +239,10 @@ fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, Age
 fn start_broker(
     config: &Config,
     broker: BrokerAddress,
-    options: MqttOptions,
-) -> Result<(BrokerAddress, MqttOptions), AgentError> {
+    connections: Connections,
+) -> Result<(BrokerAddress, Connections), AgentError> {
     if !config.broker.embedded {
-        return Ok((broker, options));
+        return Ok((broker, connections));
     }
     let err = |source| AgentError::Mqtt {
         file: config.source.display().to_string(),
@@ -208,8 +253,8 @@ fn start_broker(
         port: listen.port(),
         ..broker
     };
-    let options = options::agent_options(config, &actual).map_err(err)?;
-    Ok((actual, options))
+    let connections = options::connections(config, &actual).map_err(err)?;
+    Ok((actual, connections))
 }
 
 type Functions = (Vec<Route>, Vec<JoinHandle<()>>, StatsBook);
@@ -258,13 +303,13 @@ fn spawn_functions(config: &Config, runtime: &Runtime, shared: &Shared) -> Funct
 
 fn spawn_reporter(
     config: &Config,
-    client: &AsyncClient,
+    publisher: &Arc<Publisher>,
     stats: &StatsBook,
     stop: CancellationToken,
 ) -> Option<JoinHandle<()>> {
     (config.agent.stats_interval_secs > 0).then(|| {
         tokio::spawn(stats.clone().publish_every(
-            client.clone(),
+            publisher.clone(),
             config.stats_topic(),
             Duration::from_secs(config.agent.stats_interval_secs),
             stop,
@@ -272,37 +317,83 @@ fn spawn_reporter(
     })
 }
 
-fn spawn_connection(
+/// Says `online`, retained, on the status topic each time every connection is up and
+/// subscribed (the output connection's last will says `offline` when it is lost).
+async fn announce_presence(
+    mut links: watch::Receiver<Links>,
+    publisher: Arc<Publisher>,
+    topic: String,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ready = links.wait_for(|l| l.overall().subscribed) => if ready.is_err() { return },
+        }
+        tracing::info!("connected and subscribed");
+        let body = options::presence("online");
+        let qos = rumqttc::QoS::AtLeastOnce;
+        if publisher
+            .publish(topic.clone(), qos, true, body, None)
+            .await
+            .is_err()
+        {
+            return;
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            lost = links.wait_for(|l| !l.overall().connected) => if lost.is_err() { return },
+        }
+    }
+}
+
+/// Starts `function`'s intake connection: its client, its acknowledgement order (and the
+/// task that sends what it releases), and the task that polls it into `router`.
+#[allow(clippy::too_many_arguments)]
+fn spawn_intake(
     config: &Config,
-    eventloop: EventLoop,
-    client: &AsyncClient,
-    router: Router,
-    status: watch::Sender<ConnectionStatus>,
-    intake: &CancellationToken,
+    function: &FunctionConfig,
+    options: MqttOptions,
+    router: impl FnOnce(Arc<AckQueue>) -> Router,
+    link: Link,
+    backoff: Backoff,
+    stop_intake: &CancellationToken,
     done: &CancellationToken,
-) -> JoinHandle<()> {
+) -> Intake {
     // QoS 2 is subscribed as QoS 1. rumqttc 0.25 forgets the ids of incoming QoS 2
     // messages at every reconnection, then takes the broker's resent PUBREL for a
     // protocol error and drops the connection, again at every reconnection: a loop with
     // no end. The agent acknowledges only after handling, so it handles a message at
     // least once either way; QoS 2 would only have saved a duplicate on redelivery.
-    for f in config.functions.iter().filter(|f| f.qos > 1) {
-        tracing::warn!(function = %f.name, "qos = 2 is subscribed as QoS 1 (at-least-once)");
+    if function.qos > 1 {
+        tracing::warn!(function = %function.name, "qos = 2 is subscribed as QoS 1 (at-least-once)");
     }
     let subscriptions = crate::topic::subscriptions(
-        config
-            .functions
+        function
+            .topics
             .iter()
-            .flat_map(|f| f.topics.iter().map(move |t| (t.as_str(), f.qos.min(1)))),
+            .map(|t| (t.as_str(), function.qos.min(1))),
     );
-    let task = ConnectionTask {
+    let (client, mut eventloop) = AsyncClient::new(options, options::REQUEST_CHANNEL_CAPACITY);
+    options::low_latency(&mut eventloop);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(send_acks(client.clone(), ack_rx));
+    let task = IntakeTask {
         eventloop,
         client: client.clone(),
         subscriptions,
-        backoff_min: Duration::from_millis(config.broker.reconnect_min_ms),
-        backoff_max: Duration::from_millis(config.broker.reconnect_max_ms),
-        status,
-        status_topic: config.status_topic(),
+        backoff,
+        link,
+        max_pause: Duration::from_secs(config.broker.keep_alive_secs) / 2,
     };
-    tokio::spawn(task.run(router, intake.clone(), done.clone()))
+    let connection = tokio::spawn(task.run(
+        router(AckQueue::new(ack_tx)),
+        stop_intake.clone(),
+        done.clone(),
+    ));
+    Intake {
+        client,
+        acker,
+        connection,
+    }
 }

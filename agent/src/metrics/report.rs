@@ -44,7 +44,7 @@ impl StatsBook {
     /// `stop`. A full connection backlog skips a report rather than waiting.
     pub async fn publish_every(
         self,
-        client: rumqttc::AsyncClient,
+        publisher: Arc<crate::publisher::Publisher>,
         topic: String,
         every: Duration,
         stop: CancellationToken,
@@ -57,8 +57,8 @@ impl StatsBook {
                 _ = tick.tick() => {}
             }
             let body = serde_json::to_vec(&self.snapshots()).unwrap_or_default();
-            if client
-                .try_publish(topic.clone(), rumqttc::QoS::AtMostOnce, true, body)
+            if publisher
+                .try_publish(topic.clone(), rumqttc::QoS::AtMostOnce, true, body, None)
                 .is_err()
             {
                 tracing::debug!("stats not published: connection backlog full");

@@ -1,29 +1,40 @@
-//! The connection task: polls rumqttc's event loop without pause (so keep-alives flow),
-//! subscribes on every (re)connection, routes incoming messages and backs off
-//! exponentially when the broker is unreachable. It never runs guest code or disk I/O.
-//! What it sees of the broker is published on a [`ConnectionStatus`] watch: readiness
-//! for whoever started the agent, and the last connection error.
+//! The connections to the broker, each polled by a task of its own that never runs guest
+//! code or disk I/O, reconnects with exponential back-off, and reports what it sees on a
+//! shared [`Links`] board (readiness for whoever started the agent, the last errors):
+//!
+//! - an **intake** connection per function ([`IntakeTask`]): it subscribes to the
+//!   function's topics, hands messages to the router and sends their acknowledgements. When
+//!   the function's queue is full it stops reading, so TCP flow control makes the broker
+//!   hold the stream; one function's backlog, acknowledgement order and in-flight window
+//!   never hold up another's;
+//! - the **output** connection ([`OutputTask`]): everything the agent publishes, which the
+//!   [`Publisher`] follows so that an event is acknowledged only once the broker has its
+//!   outputs.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use rumqttc::{
-    AsyncClient, ConnectReturnCode, Event, EventLoop, Outgoing, Packet, SubscribeFilter,
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet,
+    SubscribeFilter,
 };
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::pipeline::router::Router;
+use crate::publisher::Publisher;
 use crate::topic::Subscription;
 
 /// How long a connection must hold before a failure starts the back-off from its minimum.
 const HEALTHY: Duration = Duration::from_secs(10);
 
-/// The connection as last seen by the connection task.
+/// One connection as last seen by its task.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionStatus {
     /// The broker accepted the connection (CONNACK success) and it has not failed since.
     pub connected: bool,
-    /// The broker answered the subscriptions of the current connection.
+    /// The broker answered the subscriptions of the current connection (the output
+    /// connection, which subscribes to nothing, counts as subscribed once connected).
     pub subscribed: bool,
     /// Connections that failed or were lost so far.
     pub failures: u64,
@@ -31,28 +42,202 @@ pub struct ConnectionStatus {
     pub last_error: Option<String>,
 }
 
-/// Settings of the connection task.
-pub struct ConnectionTask {
-    /// rumqttc's event loop.
+/// Every connection's status: the output connection's first, then each intake's.
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// (connection name, status).
+    pub links: Vec<(String, ConnectionStatus)>,
+}
+
+impl Links {
+    /// A board for the output connection and one intake per name in `functions`.
+    pub fn new<'a>(functions: impl Iterator<Item = &'a str>) -> Self {
+        let names =
+            std::iter::once("output".to_string()).chain(functions.map(|f| format!("intake {f}")));
+        Self {
+            links: names.map(|n| (n, ConnectionStatus::default())).collect(),
+        }
+    }
+
+    /// The agent's connection as a whole: connected and subscribed when every connection
+    /// is; failures summed; the first connection's error that has one.
+    pub fn overall(&self) -> ConnectionStatus {
+        let all = |f: fn(&ConnectionStatus) -> bool| self.links.iter().all(|(_, s)| f(s));
+        ConnectionStatus {
+            connected: !self.links.is_empty() && all(|s| s.connected),
+            subscribed: !self.links.is_empty() && all(|s| s.subscribed),
+            failures: self.links.iter().map(|(_, s)| s.failures).sum(),
+            last_error: self
+                .links
+                .iter()
+                .find_map(|(n, s)| s.last_error.as_ref().map(|e| format!("{n}: {e}"))),
+        }
+    }
+}
+
+/// A connection's place on the [`Links`] board.
+pub struct Link {
+    board: watch::Sender<Links>,
+    index: usize,
+}
+
+impl Link {
+    /// Entry `index` of `board`.
+    pub fn new(board: watch::Sender<Links>, index: usize) -> Self {
+        Self { board, index }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ConnectionStatus)) {
+        self.board.send_modify(|l| {
+            if let Some((_, s)) = l.links.get_mut(self.index) {
+                f(s);
+            }
+        });
+    }
+
+    fn name(&self) -> String {
+        self.board
+            .borrow()
+            .links
+            .get(self.index)
+            .map(|(n, _)| n.clone())
+            .unwrap_or_default()
+    }
+}
+
+/// Reconnection delays: doubling from `min` to `max`, back to `min` only after a
+/// connection has held for [`HEALTHY`] (one that the broker accepts and then drops at once,
+/// a protocol error or a client-id takeover, must not reconnect in a loop at the minimum).
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    failures: u32,
+    connected_at: Option<Instant>,
+}
+
+impl Backoff {
+    /// Delays from `min` to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+            failures: 0,
+            connected_at: None,
+        }
+    }
+
+    fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// Records a failure on `link`, logs it, and waits out the delay. False if `done`
+    /// came first.
+    async fn failed(&mut self, link: &Link, e: &ConnectionError, done: &CancellationToken) -> bool {
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= HEALTHY)
+        {
+            self.next = self.min;
+            self.failures = 0;
+        }
+        self.failures += 1;
+        link.update(|s| {
+            s.connected = false;
+            s.subscribed = false;
+            s.failures += 1;
+            s.last_error = Some(e.to_string());
+        });
+        let (name, retry_in_ms) = (link.name(), self.next.as_millis() as u64);
+        if self.failures == 1 {
+            tracing::warn!(connection = %name, error = %e, retry_in_ms, "broker connection lost; reconnecting");
+        } else {
+            tracing::debug!(connection = %name, error = %e, attempt = self.failures, retry_in_ms, "reconnect failed");
+        }
+        if self.failures.is_multiple_of(10) {
+            tracing::warn!(connection = %name, error = %e, attempts = self.failures, "broker connection keeps failing");
+        }
+        let waited = tokio::select! {
+            () = done.cancelled() => false,
+            () = tokio::time::sleep(self.next) => true,
+        };
+        self.next = (self.next * 2).min(self.max);
+        waited
+    }
+}
+
+/// The output connection's task.
+pub struct OutputTask {
+    /// rumqttc's event loop of the output connection.
     pub eventloop: EventLoop,
-    /// The client of that event loop (for subscribing).
+    /// Follows what goes out.
+    pub publisher: Arc<Publisher>,
+    /// Reconnection delays.
+    pub backoff: Backoff,
+    /// Where the task reports what it sees.
+    pub link: Link,
+}
+
+impl OutputTask {
+    /// Runs until `done` is cancelled or a clean disconnect has been sent.
+    pub async fn run(mut self, done: CancellationToken) {
+        loop {
+            let polled = tokio::select! {
+                biased;
+                () = done.cancelled() => break,
+                polled = self.eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(event) => {
+                    self.publisher.observe(&event);
+                    match event {
+                        Event::Incoming(Packet::ConnAck(ack))
+                            if ack.code == ConnectReturnCode::Success =>
+                        {
+                            tracing::info!(connection = "output", "connected to broker");
+                            self.backoff.connected();
+                            self.link.update(|s| {
+                                s.connected = true;
+                                s.subscribed = true;
+                            });
+                        }
+                        Event::Outgoing(Outgoing::Disconnect) => break,
+                        _ => {}
+                    }
+                }
+                Err(e) => {
+                    if !self.backoff.failed(&self.link, &e, &done).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An intake connection's task.
+pub struct IntakeTask {
+    /// rumqttc's event loop of this connection.
+    pub eventloop: EventLoop,
+    /// Its client (for subscribing).
     pub client: AsyncClient,
     /// What to subscribe to after each connect.
     pub subscriptions: Vec<Subscription>,
-    /// First reconnection delay.
-    pub backoff_min: Duration,
-    /// Longest reconnection delay.
-    pub backoff_max: Duration,
+    /// Reconnection delays.
+    pub backoff: Backoff,
     /// Where the task reports what it sees.
-    pub status: watch::Sender<ConnectionStatus>,
-    /// The agent's status topic: a retained `online` goes there once subscribed.
-    pub status_topic: String,
+    pub link: Link,
+    /// Longest stop in reading while the queue is full: half the keep-alive, so that the
+    /// keep-alive pings still go out in time.
+    pub max_pause: Duration,
 }
 
-impl ConnectionTask {
+impl IntakeTask {
     /// Runs until `done` is cancelled or a clean disconnect has been sent. When
     /// `stop_intake` is cancelled the router is dropped: later messages are left
-    /// unacknowledged for the broker to redeliver, and the functions' queues close.
+    /// unacknowledged for the broker to redeliver, and the function's queue closes.
     pub async fn run(
         mut self,
         router: Router,
@@ -60,102 +245,67 @@ impl ConnectionTask {
         done: CancellationToken,
     ) {
         let mut router = Some(router);
-        let mut backoff = self.backoff_min;
-        let mut failures: u32 = 0;
-        // When the current connection was accepted. The back-off starts again from its
-        // minimum only after a connection has held for a while: one that the broker
-        // accepts and then drops at once (a protocol error, a client-id takeover) must not
-        // turn into a reconnect loop at the minimum delay.
-        let mut connected_at: Option<std::time::Instant> = None;
         loop {
-            tokio::select! {
+            if let Some(r) = router.as_ref().filter(|r| !r.has_room()) {
+                // Backpressure: read nothing until the queue has room; the broker holds
+                // the stream meanwhile (TCP flow control), QoS 0 as well.
+                tokio::select! {
+                    biased;
+                    () = done.cancelled() => break,
+                    () = stop_intake.cancelled() => {}
+                    _ = tokio::time::timeout(self.max_pause, r.room()) => {}
+                }
+            }
+            let polled = tokio::select! {
                 biased;
                 () = done.cancelled() => break,
                 () = stop_intake.cancelled(), if router.is_some() => {
                     router = None;
-                    tracing::info!("intake stopped; new messages are left with the broker");
+                    tracing::info!(connection = %self.link.name(), "intake stopped; new messages are left with the broker");
+                    continue;
                 }
-                polled = self.eventloop.poll() => match polled {
-                    Ok(Event::Incoming(Packet::Publish(p))) => match &router {
-                        Some(r) => r.route(p),
-                        None => tracing::debug!(topic = %p.topic, "message after intake stopped; not acknowledged"),
-                    },
-                    Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                        if ack.code == ConnectReturnCode::Success {
-                            tracing::info!(session_present = ack.session_present, "connected to broker");
-                            self.status.send_modify(|s| {
-                                s.connected = true;
-                                s.subscribed = false;
-                            });
-                            connected_at = Some(std::time::Instant::now());
-                            if let Some(r) = &router {
-                                r.connected();
-                            }
-                            if router.is_some() {
-                                self.subscribe();
-                            }
+                polled = self.eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::Publish(p))) => match &router {
+                    Some(r) => r.route(p),
+                    None => {
+                        tracing::debug!(topic = %p.topic, "message after intake stopped; not acknowledged")
+                    }
+                },
+                Ok(Event::Incoming(Packet::ConnAck(ack)))
+                    if ack.code == ConnectReturnCode::Success =>
+                {
+                    tracing::debug!(connection = %self.link.name(), session_present = ack.session_present, "connected to broker");
+                    self.backoff.connected();
+                    self.link.update(|s| {
+                        s.connected = true;
+                        s.subscribed = false;
+                    });
+                    if let Some(r) = &router {
+                        r.connected();
+                        self.subscribe();
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    use rumqttc::SubscribeReasonCode;
+                    for (i, code) in ack.return_codes.iter().enumerate() {
+                        if matches!(code, SubscribeReasonCode::Failure) {
+                            let filter =
+                                self.subscriptions.get(i).map_or("?", |s| s.filter.as_str());
+                            tracing::error!(connection = %self.link.name(), filter, "broker refused the subscription");
                         }
                     }
-                    Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                        use rumqttc::SubscribeReasonCode;
-                        let mut refused = 0;
-                        for (i, code) in ack.return_codes.iter().enumerate() {
-                            if matches!(code, SubscribeReasonCode::Failure) {
-                                refused += 1;
-                                let filter = self.subscriptions.get(i).map(|s| s.filter.as_str()).unwrap_or("?");
-                                tracing::error!(filter, "broker refused the subscription");
-                            }
-                        }
-                        tracing::info!(count = ack.return_codes.len(), refused, "subscribed");
-                        self.status.send_modify(|s| s.subscribed = true);
-                        self.announce();
-                    }
-                    Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                        tracing::info!("disconnected from broker");
+                    self.link.update(|s| s.subscribed = true);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    if !self.backoff.failed(&self.link, &e, &done).await {
                         break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        if connected_at.take().is_some_and(|t| t.elapsed() >= HEALTHY) {
-                            backoff = self.backoff_min;
-                            failures = 0;
-                        }
-                        failures += 1;
-                        self.status.send_modify(|s| {
-                            s.connected = false;
-                            s.subscribed = false;
-                            s.failures += 1;
-                            s.last_error = Some(e.to_string());
-                        });
-                        if failures == 1 {
-                            tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "broker connection lost; reconnecting");
-                        } else {
-                            tracing::debug!(error = %e, attempt = failures, retry_in_ms = backoff.as_millis() as u64, "reconnect failed");
-                        }
-                        if failures.is_multiple_of(10) {
-                            tracing::warn!(error = %e, attempts = failures, "broker connection keeps failing");
-                        }
-                        tokio::select! {
-                            () = done.cancelled() => break,
-                            () = tokio::time::sleep(backoff) => {}
-                        }
-                        backoff = (backoff * 2).min(self.backoff_max);
                     }
                 }
             }
-        }
-    }
-
-    /// Says `online`, retained, on the status topic (the last will says `offline`).
-    fn announce(&self) {
-        let body = super::options::presence("online");
-        let qos = rumqttc::QoS::AtLeastOnce;
-        if self
-            .client
-            .try_publish(self.status_topic.clone(), qos, true, body)
-            .is_err()
-        {
-            tracing::warn!("connection backlog full: presence not announced");
         }
     }
 
@@ -166,7 +316,7 @@ impl ConnectionTask {
             .map(|s| SubscribeFilter::new(s.filter.clone(), crate::event::mqtt_qos(s.qos)))
             .collect();
         for s in &self.subscriptions {
-            tracing::info!(filter = %s.filter, qos = s.qos, "subscribing");
+            tracing::info!(connection = %self.link.name(), filter = %s.filter, qos = s.qos, "subscribing");
         }
         // Through a task: the request queue may be full and this loop must keep polling.
         let client = self.client.clone();

@@ -13,40 +13,62 @@ use crate::config::{BrokerAddress, Config, TlsConfig};
 /// senders wait, which is the backpressure on functions while the broker is slow.
 pub const REQUEST_CHANNEL_CAPACITY: usize = 256;
 
-/// QoS 1/2 messages the agent may have sent and not yet had acknowledged. rumqttc stops
-/// reading its request queue while this many are outstanding, and acknowledgements of
-/// incoming messages wait in the same queue, behind the outputs. rumqttd, the embedded
-/// broker, does not acknowledge a client's publishes while its own window towards that
-/// client (100 unacknowledged deliveries) is full, which it is when acknowledgements are
-/// held back for a state flush: with rumqttc's default of 100 the two waited for each
-/// other for ever. 1024 leaves room for ten outputs per message in that window (about
-/// 80 KB of bookkeeping); giving outputs a connection of their own removes the coupling.
+/// QoS 1/2 messages the output connection may have sent and not yet had confirmed. rumqttc
+/// stops reading its request queue while this many are outstanding; events wait for their
+/// outputs' confirmations before they are acknowledged, so this is also how many
+/// output-making events can be finishing at once (about 80 KB of bookkeeping).
 pub const OUTGOING_INFLIGHT: u16 = 1024;
 
-/// Builds the options for the agent's connection to `addr` (`broker.url`, or where the
-/// embedded broker really listens): stable client id, manual acks (a message is
+/// The options of every connection the agent opens.
+#[derive(Clone)]
+pub struct Connections {
+    /// The output connection: outputs, dead letters, stats and presence (with the last
+    /// will), under the agent's client id, with a clean session (it subscribes to nothing).
+    pub output: MqttOptions,
+    /// One intake connection per function, in configuration order, under
+    /// `<client id>.<function>` (rumqttd refuses `/` in client ids), with the session `broker.clean_session` asks for.
+    pub intake: Vec<MqttOptions>,
+}
+
+/// Builds the options of the agent's connections to `addr` (`broker.url`, or where the
+/// embedded broker really listens): stable client ids, manual acks (a message is
 /// acknowledged only once handled), session, keep-alive, credentials, TLS.
 ///
 /// # Errors
 /// [`MqttError::Tls`] if a certificate or key file cannot be used.
-pub fn agent_options(cfg: &Config, addr: &BrokerAddress) -> Result<MqttOptions, MqttError> {
-    let b = &cfg.broker;
-    let mut opts = client_options(addr, &cfg.client_id(), b.tls.as_ref())?;
-    opts.set_keep_alive(Duration::from_secs(b.keep_alive_secs))
-        .set_clean_session(b.clean_session)
-        .set_manual_acks(true)
+pub fn connections(cfg: &Config, addr: &BrokerAddress) -> Result<Connections, MqttError> {
+    let mut output = common(cfg, addr, &cfg.client_id())?;
+    output
+        .set_clean_session(true)
         .set_inflight(OUTGOING_INFLIGHT)
+        .set_last_will(rumqttc::LastWill::new(
+            cfg.status_topic(),
+            presence("offline"),
+            rumqttc::QoS::AtLeastOnce,
+            true,
+        ));
+    let intake = cfg
+        .functions
+        .iter()
+        .map(|f| {
+            let mut opts = common(cfg, addr, &format!("{}.{}", cfg.client_id(), f.name))?;
+            opts.set_clean_session(cfg.broker.clean_session)
+                .set_manual_acks(true);
+            Ok(opts)
+        })
+        .collect::<Result<_, MqttError>>()?;
+    Ok(Connections { output, intake })
+}
+
+fn common(cfg: &Config, addr: &BrokerAddress, client_id: &str) -> Result<MqttOptions, MqttError> {
+    let b = &cfg.broker;
+    let mut opts = client_options(addr, client_id, b.tls.as_ref())?;
+    opts.set_keep_alive(Duration::from_secs(b.keep_alive_secs))
         .set_max_packet_size(b.max_packet_bytes, b.max_packet_bytes)
         .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
     if let Some(user) = &b.username {
         opts.set_credentials(user.clone(), b.password.clone().unwrap_or_default());
     }
-    opts.set_last_will(rumqttc::LastWill::new(
-        cfg.status_topic(),
-        presence("offline"),
-        rumqttc::QoS::AtLeastOnce,
-        true,
-    ));
     Ok(opts)
 }
 

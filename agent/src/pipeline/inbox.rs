@@ -2,12 +2,12 @@
 //! chosen in its config.
 //!
 //! The router pushes without ever waiting (it runs on the MQTT poll task); the worker pops.
-//! When more than `queue_capacity` events wait:
-//! - `backpressure` (default): QoS 1/2 events keep waiting, unacknowledged, so the broker
-//!   holds the rest of the stream; how many it sends unacknowledged is its in-flight
-//!   window (Mosquitto `max_inflight_messages`, rumqttd `max_inflight_count`). As a safety
-//!   net, past [`BACKPRESSURE_FACTOR`] × capacity new events are rejected. QoS 0 events,
-//!   which the broker does not hold back, are rejected at capacity;
+//! When `queue_capacity` events wait:
+//! - `backpressure` (default): the function's intake connection stops reading from the
+//!   broker until there is room ([`Inbox::room`]), so TCP flow control makes the broker
+//!   hold the rest of the stream, QoS 0 as well as QoS 1. What one read had already
+//!   brought in is still taken; as a safety net, past [`BACKPRESSURE_FACTOR`] × capacity
+//!   new events are rejected;
 //! - `drop-newest`: the new event is rejected;
 //! - `drop-oldest`: the oldest waiting event is rejected to make room.
 //!
@@ -33,6 +33,8 @@ struct Inner {
 pub struct Inbox {
     inner: Mutex<Inner>,
     ready: Notify,
+    /// Signalled when an event leaves (for an intake waiting for room).
+    space: Notify,
     capacity: usize,
     overflow: Overflow,
 }
@@ -46,6 +48,7 @@ impl Inbox {
                 closed: false,
             }),
             ready: Notify::new(),
+            space: Notify::new(),
             capacity: capacity.max(1),
             overflow,
         }
@@ -72,9 +75,7 @@ impl Inbox {
             None
         } else {
             match self.overflow {
-                Overflow::Backpressure
-                    if event.qos > 0 && len < self.capacity * BACKPRESSURE_FACTOR =>
-                {
+                Overflow::Backpressure if len < self.capacity * BACKPRESSURE_FACTOR => {
                     q.events.push_back(event);
                     None
                 }
@@ -98,6 +99,8 @@ impl Inbox {
             {
                 let mut q = self.lock();
                 if let Some(e) = q.events.pop_front() {
+                    drop(q);
+                    self.space.notify_one();
                     return Some(e);
                 }
                 if q.closed {
@@ -113,6 +116,25 @@ impl Inbox {
         self.lock().closed = true;
         self.ready.notify_waiters();
         self.ready.notify_one();
+        self.space.notify_one();
+    }
+
+    /// Whether a push now would be taken without going over capacity, or is not held
+    /// back anyway (the drop policies, and a closed queue, never make intake wait).
+    pub fn has_room(&self) -> bool {
+        let q = self.lock();
+        q.closed || self.overflow != Overflow::Backpressure || q.events.len() < self.capacity
+    }
+
+    /// Waits until [`Inbox::has_room`].
+    pub async fn room(&self) {
+        loop {
+            let freed = self.space.notified();
+            if self.has_room() {
+                return;
+            }
+            freed.await;
+        }
     }
 
     /// Events waiting.
@@ -179,20 +201,31 @@ mod tests {
         assert_eq!(topics(&q), ["t/1", "t/2"]);
     }
 
-    #[test]
-    fn backpressure_holds_qos1_but_not_qos0() {
+    #[tokio::test]
+    async fn backpressure_says_when_there_is_room_and_holds_any_qos() {
         let q = Inbox::new(2, Overflow::Backpressure);
         for n in 0..2 {
-            assert!(matches!(q.push(event(n, 1)), Ok(None)));
+            assert!(matches!(q.push(event(n, 0)), Ok(None)));
         }
-        assert!(
-            matches!(q.push(event(9, 0)), Ok(Some(_))),
-            "QoS 0 is not held"
-        );
-        for n in 2..(2 * BACKPRESSURE_FACTOR) as u8 {
+        assert!(!q.has_room());
+        assert!(matches!(q.push(event(2, 0)), Ok(None)), "QoS 0 is held too");
+        for n in 3..(2 * BACKPRESSURE_FACTOR) as u8 {
             assert!(matches!(q.push(event(n, 1)), Ok(None)), "held {n}");
         }
         assert!(matches!(q.push(event(200, 1)), Ok(Some(_))), "safety net");
+        let waiter = async {
+            q.room().await;
+            q.len()
+        };
+        let drain = async {
+            while q.len() >= 2 {
+                assert!(q.pop().await.is_some());
+                tokio::task::yield_now().await;
+            }
+        };
+        let (len, ()) = tokio::join!(waiter, drain);
+        assert!(len < 2, "room with {len} waiting");
+        assert!(Inbox::new(1, Overflow::DropNewest).has_room());
     }
 
     #[tokio::test]

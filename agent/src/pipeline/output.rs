@@ -1,13 +1,12 @@
 //! The output path: everything the agent sends to the broker on behalf of functions, in
-//! one place. A successful call's messages go out in order, then its delivery completes
-//! (after its state writes are on disk, when it made any); a failed event, whether the
-//! router refused it or its call failed, takes the one dead-letter path in
-//! [`Output::fail`].
+//! one place. A successful call's messages go out in order, and its delivery completes
+//! once the broker has them (and its state writes are on disk, when it made any); a failed
+//! event, whether the router refused it or its call failed, takes the one dead-letter path
+//! in [`Output::fail`], and completes once the broker has its dead letter.
 
 use std::sync::Arc;
 
 use base64::Engine as _;
-use rumqttc::AsyncClient;
 use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
@@ -15,6 +14,7 @@ use super::hops::HopLedger;
 use crate::event::{Inbound, Outbound};
 use crate::failure::FailureKind;
 use crate::metrics::{CallCost, FunctionStats};
+use crate::publisher::Publisher;
 use crate::runtime::{CallError, CallOutcome};
 
 /// Longest error message a dead letter carries, in bytes; a longer one is cut (on a
@@ -91,10 +91,10 @@ impl DeadLetter {
     }
 }
 
-/// Sends functions' messages and dead letters through the agent's MQTT connection.
+/// Sends functions' messages and dead letters through the agent's output connection.
 #[derive(Clone)]
 pub struct Output {
-    client: AsyncClient,
+    publisher: Arc<Publisher>,
     dead_letter_topic: Arc<str>,
     tracker: TaskTracker,
     max_packet_bytes: usize,
@@ -104,13 +104,13 @@ pub struct Output {
 }
 
 impl Output {
-    /// An output on `client` that sends dead letters to `dead_letter_topic`. Work that
+    /// An output through `publisher` that sends dead letters to `dead_letter_topic`. Work that
     /// outlives a call (waiting for a flush, a dead letter waiting for room) runs on
     /// `tracker`, so that shutdown can wait for it.
     /// Nothing it sends is larger than `max_packet_bytes`. Outputs that match one of
     /// `filters` (the agent's own subscriptions) are recorded in `hops`.
     pub fn new(
-        client: AsyncClient,
+        publisher: Arc<Publisher>,
         dead_letter_topic: String,
         tracker: TaskTracker,
         max_packet_bytes: usize,
@@ -118,7 +118,7 @@ impl Output {
         filters: Vec<String>,
     ) -> Self {
         Self {
-            client,
+            publisher,
             dead_letter_topic: dead_letter_topic.into(),
             tracker,
             max_packet_bytes,
@@ -128,10 +128,10 @@ impl Output {
     }
 
     /// Publishes a call's outputs (or its dead letter), then completes the delivery so the
-    /// message can be acknowledged. If the call wrote state, completion waits for the
-    /// flush that makes it durable, in a task of its own: the function goes on with its
-    /// next event meanwhile (otherwise a persistent instance could handle one event per
-    /// flush).
+    /// message can be acknowledged once the broker has confirmed the outputs. If the call
+    /// wrote state, completion waits for the flush that makes it durable, in a task of its
+    /// own: the function goes on with its next event meanwhile (otherwise a persistent
+    /// instance could handle one event per flush).
     pub async fn finish(
         &self,
         function: &str,
@@ -158,6 +158,17 @@ impl Output {
             outputs = outcome.outbox.len(),
             "event handled"
         );
+        // Counted before its outputs leave, so that whoever receives one sees it counted
+        // (a state-writing call is counted once its writes are durable, below).
+        if outcome.durable.is_none() {
+            stats.succeeded(event.received.elapsed(), cost);
+        }
+        // Acknowledged only once the broker has every output: they go out on another
+        // connection than the acknowledgement, so nothing else orders the two.
+        let waiter = event.delivery.needs_ack().then(|| event.delivery.clone());
+        if waiter.is_some() {
+            event.delivery.expect(outcome.outbox.len());
+        }
         for msg in outcome.outbox {
             if self
                 .filters
@@ -167,7 +178,7 @@ impl Output {
                 self.hops
                     .published(&msg.topic, &msg.payload, event.hop.saturating_add(1));
             }
-            if !self.publish(msg).await {
+            if !self.publish(msg, waiter.clone()).await {
                 // Connection gone (shutting down): leave the event unacknowledged.
                 return;
             }
@@ -181,31 +192,27 @@ impl Output {
                     event.delivery.complete();
                 });
             }
-            None => {
-                stats.succeeded(event.received.elapsed(), cost);
-                event.delivery.complete();
-            }
+            None => event.delivery.complete(),
         }
     }
 
     /// Queues a function's message for the broker, waiting while the connection's request
     /// queue is full. Returns false if the connection is gone (shutting down).
-    async fn publish(&self, msg: Outbound) -> bool {
+    async fn publish(&self, msg: Outbound, then: Option<Arc<crate::event::Delivery>>) -> bool {
         // The host refuses oversized messages when the guest publishes them; this is the
         // last line, since one oversized packet would break the connection for everyone.
         let packet = crate::event::publish_packet_bytes(&msg.topic, msg.payload.len());
         if packet > self.max_packet_bytes {
             tracing::error!(topic = %msg.topic, packet, max = self.max_packet_bytes,
                 "output over broker.max_packet_bytes not sent");
+            if let Some(d) = then {
+                d.complete();
+            }
             return true;
         }
-        self.client
-            .publish(
-                msg.topic,
-                crate::event::mqtt_qos(msg.qos),
-                msg.retain,
-                msg.payload,
-            )
+        let qos = crate::event::mqtt_qos(msg.qos);
+        self.publisher
+            .publish(msg.topic, qos, msg.retain, msg.payload, then)
             .await
             .is_ok()
     }
@@ -240,11 +247,13 @@ impl Output {
         };
         let topic = self.dead_letter_topic.to_string();
         let qos = rumqttc::QoS::AtLeastOnce;
+        // The message is acknowledged once the broker has its dead letter.
+        let delivery = event.delivery.clone();
         match self
-            .client
-            .try_publish(topic.clone(), qos, false, body.clone())
+            .publisher
+            .try_publish(topic.clone(), qos, false, body.clone(), Some(delivery))
         {
-            Ok(()) => event.delivery.complete(),
+            Ok(()) => {}
             Err(_) if event.qos == 0 => {
                 // Nothing to acknowledge and nothing the broker would redeliver: count it
                 // and move on rather than pile up tasks under a QoS 0 flood.
@@ -252,16 +261,15 @@ impl Output {
                     "connection backlog full: dead letter of a QoS 0 event dropped");
             }
             Err(_) => {
-                // The connection's request queue is full. Leaving the message
+                // The output connection's request queue is full. Leaving the message
                 // unacknowledged would hold back every later acknowledgement (they leave
                 // in order) and stall the stream for good, so wait for room in a task.
                 // At most one task per unacknowledged message: the broker's in-flight
                 // window bounds them.
-                let client = self.client.clone();
+                let publisher = self.publisher.clone();
                 self.tracker.spawn(async move {
-                    if client.publish(topic, qos, false, body).await.is_ok() {
-                        event.delivery.complete();
-                    }
+                    let then = Some(event.delivery.clone());
+                    let _ = publisher.publish(topic, qos, false, body, then).await;
                 });
             }
         }

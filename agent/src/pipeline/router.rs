@@ -1,7 +1,9 @@
 //! The router: from an MQTT message to the inboxes of the functions whose filters match.
 //!
-//! It runs on the MQTT poll task, so it never blocks: a full inbox or an oversized payload
-//! becomes a dead letter at once. A QoS 1/2 message is acknowledged to the broker only when
+//! It runs on the MQTT poll task, so it never blocks: an oversized payload, or an inbox
+//! full past what its overflow policy takes, becomes a dead letter at once. Under the
+//! default policy (`backpressure`) the connection stops reading while an inbox is full
+//! ([`Router::room`]), so that rarely happens. A QoS 1/2 message is acknowledged to the broker only when
 //! every function it was routed to has finished with it (handled, or dead-lettered), so a
 //! crash or a stop before that leaves it with the broker for redelivery.
 
@@ -65,6 +67,19 @@ impl Router {
     /// A (re)connection: packet ids of the previous connection are void.
     pub fn connected(&self) {
         self.acks.reset();
+    }
+
+    /// Whether every inbox takes a message now without going over its capacity (or drops
+    /// by policy rather than waiting). When not, the connection stops reading.
+    pub fn has_room(&self) -> bool {
+        self.routes.iter().all(|r| r.inbox.has_room())
+    }
+
+    /// Waits until [`Router::has_room`].
+    pub async fn room(&self) {
+        for r in &self.routes {
+            r.inbox.room().await;
+        }
     }
 
     /// Hands `publish` to every function whose filters match its topic. Never blocks.

@@ -637,14 +637,21 @@ mod tests {
         let commit = || {
             let mut t = ns.begin();
             t.increment("n", 1).unwrap_or_else(|e| panic!("{e}"));
-            t.commit().ok().flatten().unwrap_or_else(|| panic!("a generation"))
+            t.commit()
+                .ok()
+                .flatten()
+                .unwrap_or_else(|| panic!("a generation"))
         };
         let first = commit();
         let wait = |g| tokio::time::timeout(Duration::from_secs(5), s.durable(g));
-        wait(first).await.unwrap_or_else(|_| panic!("never flushed"));
+        wait(first)
+            .await
+            .unwrap_or_else(|_| panic!("never flushed"));
         let flushed_at = Instant::now();
         assert_eq!(s.flushes(), 1);
-        wait(commit()).await.unwrap_or_else(|_| panic!("never flushed"));
+        wait(commit())
+            .await
+            .unwrap_or_else(|_| panic!("never flushed"));
         // The first flush started before `flushed_at`, so this bound is safe.
         assert!(flushed_at.elapsed() < Duration::from_secs(5));
         assert!(
