@@ -271,29 +271,38 @@ fn spawn_functions(config: &Config, runtime: &Runtime, shared: &Shared) -> Funct
             continue;
         };
         let stats = book.add(&f.name, f.mode);
-        let inbox = Arc::new(Inbox::new(f.queue_capacity, f.overflow));
+        // One queue, or one per persistent instance sharing the function's capacity.
+        let queues = if f.mode == Mode::Persistent {
+            f.instances.max(1) as usize
+        } else {
+            1
+        };
+        let capacity = f.queue_capacity.div_ceil(queues);
+        let inboxes: Vec<_> = (0..queues)
+            .map(|_| Arc::new(Inbox::new(capacity, f.overflow)))
+            .collect();
         tracing::info!(function = %f.name, mode = f.mode.as_str(), topics = ?f.topics, "function ready");
-        workers.push(match f.mode {
-            Mode::OnDemand => tokio::spawn(dispatch::run_on_demand(
+        workers.extend(match f.mode {
+            Mode::OnDemand => dispatch::run_on_demand(
                 loaded,
                 f.max_concurrency,
                 stats.clone(),
-                inbox.clone(),
+                inboxes[0].clone(),
                 shared.clone(),
-            )),
+            ),
             Mode::Persistent => {
                 // Persistent instances hold their pool slots for the agent's lifetime.
                 match shared.instances.clone().try_acquire_many_owned(f.instances) {
                     Ok(permits) => permits.forget(),
                     Err(_) => tracing::warn!(function = %f.name, "instance pool exhausted by persistent functions"),
                 }
-                tokio::spawn(supervisor::run_persistent(loaded, f.clone(), stats.clone(), inbox.clone(), shared.clone()))
+                supervisor::run_persistent(loaded, f, stats.clone(), inboxes.clone(), shared)
             }
         });
         routes.push(Route {
             name: f.name.as_str().into(),
             filters: f.topics.clone(),
-            inbox,
+            inboxes,
             max_payload_bytes: f.max_payload_bytes,
             stats,
         });

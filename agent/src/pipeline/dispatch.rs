@@ -1,45 +1,59 @@
-//! On-demand dispatch (the serverless model): each event of a function's inbox runs in a
-//! fresh instance on a blocking thread, at most `max_concurrency` at once for the function
-//! and never more than `runtime.max_instances` across all functions.
+//! On-demand dispatch (the serverless model): each event runs in a fresh instance, on one of
+//! the function's `max_concurrency` worker threads, never more than `runtime.max_instances`
+//! at once across all functions. A worker takes the next event as soon as it has handed
+//! the last one's outputs to the connection: no task, thread hand-off or allocation per
+//! event beyond the call itself.
 
 use std::sync::Arc;
 
-use tokio::sync::Semaphore;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 
 use super::inbox::Inbox;
-use super::{Shared, guest_event, join_error};
+use super::{Shared, guest_event, spawn_worker};
 use crate::metrics::FunctionStats;
 use crate::runtime::LoadedFunction;
 
-/// Runs `function`'s events from `inbox` until the inbox is closed and empty.
-pub async fn run_on_demand(
+/// Starts `function`'s `max_concurrency` workers over `inbox`; they end once the inbox is
+/// closed and empty.
+pub fn run_on_demand(
     function: Arc<LoadedFunction>,
     max_concurrency: u32,
     stats: Arc<FunctionStats>,
     inbox: Arc<Inbox>,
     shared: Shared,
+) -> Vec<JoinHandle<()>> {
+    (0..max_concurrency.max(1))
+        .map(|i| {
+            let (function, stats, inbox, shared) = (
+                function.clone(),
+                stats.clone(),
+                inbox.clone(),
+                shared.clone(),
+            );
+            let name = format!("{}#{i}", function.name());
+            spawn_worker(name, move |rt| {
+                work(&rt, &function, &stats, &inbox, &shared)
+            })
+        })
+        .collect()
+}
+
+fn work(
+    rt: &Handle,
+    function: &LoadedFunction,
+    stats: &Arc<FunctionStats>,
+    inbox: &Inbox,
+    shared: &Shared,
 ) {
-    let own = Arc::new(Semaphore::new(max_concurrency as usize));
-    while let Some(event) = inbox.pop().await {
-        // Both semaphores live as long as the dispatcher; acquire cannot fail.
-        let Ok(own_permit) = own.clone().acquire_owned().await else {
-            break;
+    while let Some(event) = inbox.pop() {
+        // The semaphore lives as long as the agent: acquiring cannot fail.
+        let permit = match shared.instances.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => rt.block_on(shared.instances.acquire()).ok(),
         };
-        let Ok(pool_permit) = shared.instances.clone().acquire_owned().await else {
-            break;
-        };
-        let function = function.clone();
-        let stats = stats.clone();
-        let output = shared.output.clone();
-        shared.tracker.spawn(async move {
-            let guest = guest_event(&event);
-            let f = function.clone();
-            let result = tokio::task::spawn_blocking(move || f.call_on_demand(&guest))
-                .await
-                .unwrap_or_else(|e| Err(join_error(e)));
-            drop(pool_permit);
-            output.finish(function.name(), &stats, event, result).await;
-            drop(own_permit);
-        });
+        let result = function.call_on_demand(&guest_event(&event));
+        drop(permit);
+        rt.block_on(shared.output.finish(function.name(), stats, event, result));
     }
 }

@@ -1,7 +1,8 @@
 //! A function's inbox: the bounded queue of its waiting events, with the overflow policy
 //! chosen in its config.
 //!
-//! The router pushes without ever waiting (it runs on the MQTT poll task); the worker pops.
+//! The router pushes without ever waiting (it runs on the MQTT poll task); the function's
+//! worker threads pop, blocking while it is empty.
 //! When `queue_capacity` events wait:
 //! - `backpressure` (default): the function's intake connection stops reading from the
 //!   broker until there is room ([`Inbox::room`]), so TCP flow control makes the broker
@@ -14,7 +15,7 @@
 //! A rejected event becomes a `queue-full` dead letter (counted and logged).
 
 use std::collections::VecDeque;
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use tokio::sync::Notify;
 
@@ -29,10 +30,11 @@ struct Inner {
     closed: bool,
 }
 
-/// A bounded multi-producer, single-consumer queue of events.
+/// A bounded queue of events: the router pushes, worker threads pop.
 pub struct Inbox {
     inner: Mutex<Inner>,
-    ready: Notify,
+    /// Signalled when an event arrives or the queue closes (for the worker threads).
+    ready: Condvar,
     /// Signalled when an event leaves (for an intake waiting for room).
     space: Notify,
     capacity: usize,
@@ -47,7 +49,7 @@ impl Inbox {
                 events: VecDeque::new(),
                 closed: false,
             }),
-            ready: Notify::new(),
+            ready: Condvar::new(),
             space: Notify::new(),
             capacity: capacity.max(1),
             overflow,
@@ -92,30 +94,30 @@ impl Inbox {
         Ok(rejected)
     }
 
-    /// The next event, waiting for one; `None` once the queue is closed and empty.
-    pub async fn pop(&self) -> Option<Inbound> {
+    /// The next event, blocking the calling thread until there is one; `None` once the
+    /// queue is closed and empty. For worker threads, never for async tasks.
+    pub fn pop(&self) -> Option<Inbound> {
+        let mut q = self.lock();
         loop {
-            let notified = self.ready.notified();
-            {
-                let mut q = self.lock();
-                if let Some(e) = q.events.pop_front() {
-                    drop(q);
+            if let Some(e) = q.events.pop_front() {
+                let now_has_room = q.events.len() + 1 == self.capacity;
+                drop(q);
+                if now_has_room {
                     self.space.notify_one();
-                    return Some(e);
                 }
-                if q.closed {
-                    return None;
-                }
+                return Some(e);
             }
-            notified.await;
+            if q.closed {
+                return None;
+            }
+            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
         }
     }
 
     /// No more pushes; `pop` drains what is left, then returns `None`.
     pub fn close(&self) {
         self.lock().closed = true;
-        self.ready.notify_waiters();
-        self.ready.notify_one();
+        self.ready.notify_all();
         self.space.notify_one();
     }
 
@@ -219,7 +221,7 @@ mod tests {
         };
         let drain = async {
             while q.len() >= 2 {
-                assert!(q.pop().await.is_some());
+                assert!(q.pop().is_some());
                 tokio::task::yield_now().await;
             }
         };
@@ -228,13 +230,31 @@ mod tests {
         assert!(Inbox::new(1, Overflow::DropNewest).has_room());
     }
 
-    #[tokio::test]
-    async fn close_drains_then_ends() {
+    #[test]
+    fn close_drains_then_ends() {
         let q = Inbox::new(4, Overflow::Backpressure);
         assert!(q.push(event(1, 1)).is_ok());
         q.close();
         assert!(q.push(event(2, 1)).is_err(), "closed");
-        assert_eq!(q.pop().await.map(|e| e.topic).as_deref(), Some("t/1"));
-        assert!(q.pop().await.is_none());
+        assert_eq!(q.pop().map(|e| e.topic).as_deref(), Some("t/1"));
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn a_waiting_worker_wakes_for_an_event_and_for_close() {
+        let q = Arc::new(Inbox::new(4, Overflow::Backpressure));
+        let worker = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let first = q.pop().map(|e| e.topic);
+                (first, q.pop().is_none())
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(q.push(event(1, 0)).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        q.close();
+        let (first, ended) = worker.join().unwrap_or_else(|_| panic!("worker"));
+        assert_eq!((first.as_deref(), ended), (Some("t/1"), true));
     }
 }

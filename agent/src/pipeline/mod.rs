@@ -22,8 +22,7 @@ use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
 use crate::event::Inbound;
-use crate::failure::FailureKind;
-use crate::runtime::{CallError, GuestEvent};
+use crate::runtime::GuestEvent;
 
 /// What every function's dispatcher or supervisor shares.
 #[derive(Clone)]
@@ -32,8 +31,33 @@ pub struct Shared {
     pub output: output::Output,
     /// Instances in flight across all functions (the instance pool's size).
     pub instances: Arc<Semaphore>,
-    /// Tracks every call so shutdown can wait for them.
+    /// Tracks work that outlives a call (flush waits), so shutdown can wait for it.
     pub tracker: TaskTracker,
+}
+
+/// Runs `work` on a thread of its own named `name` (as `top -H` and profilers show it),
+/// with the current tokio runtime's handle for what it must await (handing outputs to the
+/// connection). The returned task completes when `work` returns. Guest calls block for up
+/// to their timeout, so they run on these threads, never on the runtime's.
+pub fn spawn_worker(
+    name: String,
+    work: impl FnOnce(tokio::runtime::Handle) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let rt = tokio::runtime::Handle::current();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let _guard = rt.enter();
+            work(rt.clone());
+            drop(done);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(worker = %name, error = %e, "cannot start a worker thread");
+    }
+    tokio::spawn(async move {
+        let _ = finished.await;
+    })
 }
 
 /// The guest's view of an event.
@@ -45,12 +69,5 @@ fn guest_event(event: &Inbound) -> GuestEvent {
         retain: event.retain,
         received_at_ms: event.received_at_ms,
         user_properties: Vec::new(),
-    }
-}
-
-fn join_error(e: tokio::task::JoinError) -> CallError {
-    CallError {
-        kind: FailureKind::Trap,
-        message: format!("agent task failed: {e}"),
     }
 }

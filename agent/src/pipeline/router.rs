@@ -27,12 +27,29 @@ pub struct Route {
     pub name: Arc<str>,
     /// Its topic filters.
     pub filters: Vec<String>,
-    /// Its inbox.
-    pub inbox: Arc<Inbox>,
+    /// Its inboxes: one, or one per persistent instance (a topic always goes to the same
+    /// one, so that its events stay in order).
+    pub inboxes: Vec<Arc<Inbox>>,
     /// Largest payload passed in.
     pub max_payload_bytes: usize,
     /// Its counters.
     pub stats: Arc<FunctionStats>,
+}
+
+impl Route {
+    /// The inbox that takes events on `topic`.
+    fn inbox(&self, topic: &str) -> &Inbox {
+        let i = match self.inboxes.len() {
+            0 | 1 => 0,
+            n => {
+                use std::hash::{BuildHasher, BuildHasherDefault};
+                let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+                    .hash_one(topic);
+                (h % n as u64) as usize
+            }
+        };
+        &self.inboxes[i]
+    }
 }
 
 /// Routes messages to function inboxes. Dropping it closes them.
@@ -72,13 +89,16 @@ impl Router {
     /// Whether every inbox takes a message now without going over its capacity (or drops
     /// by policy rather than waiting). When not, the connection stops reading.
     pub fn has_room(&self) -> bool {
-        self.routes.iter().all(|r| r.inbox.has_room())
+        self.routes
+            .iter()
+            .flat_map(|r| &r.inboxes)
+            .all(|i| i.has_room())
     }
 
     /// Waits until [`Router::has_room`].
     pub async fn room(&self) {
-        for r in &self.routes {
-            r.inbox.room().await;
+        for i in self.routes.iter().flat_map(|r| &r.inboxes) {
+            i.room().await;
         }
     }
 
@@ -133,13 +153,14 @@ impl Router {
                 self.reject(route, event, FailureKind::PayloadTooLarge, msg);
                 continue;
             }
-            match route.inbox.push(event) {
+            let inbox = route.inbox(&publish.topic);
+            match inbox.push(event) {
                 Ok(None) => {}
                 Ok(Some(rejected)) => {
                     let msg = format!(
                         "queue full ({} events waiting, capacity {})",
-                        route.inbox.len(),
-                        route.inbox.capacity()
+                        inbox.len(),
+                        inbox.capacity()
                     );
                     self.reject(route, rejected, FailureKind::QueueFull, msg);
                 }
@@ -157,8 +178,8 @@ impl Router {
 
 impl Drop for Router {
     fn drop(&mut self) {
-        for r in &self.routes {
-            r.inbox.close();
+        for i in self.routes.iter().flat_map(|r| &r.inboxes) {
+            i.close();
         }
     }
 }

@@ -1,59 +1,50 @@
 //! Persistent supervision (the container model): `instances` long-lived instances per
-//! function, each fed one event at a time from its own mailbox; events are assigned by a
-//! hash of their topic so one topic's events stay in order. An instance that traps is
-//! dropped and replaced by a fresh one after an exponential back-off, within the restart
-//! policy.
+//! function, each on a worker thread of its own that takes one event at a time from its own
+//! inbox (the router assigns events by a hash of their topic, so one topic's events stay in
+//! order). An instance that traps is dropped and replaced by a fresh one after an
+//! exponential back-off, within the restart policy.
 
 use std::collections::VecDeque;
-use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::mpsc;
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
 
 use super::inbox::Inbox;
 use super::output::Output;
-use super::{Shared, guest_event, join_error};
+use super::{Shared, guest_event, spawn_worker};
 use crate::config::{FunctionConfig, RestartPolicy};
-use crate::event::Inbound;
 use crate::failure::FailureKind;
 use crate::metrics::FunctionStats;
 use crate::runtime::{CallError, Instance, LoadedFunction};
 
-/// Runs `cfg.instances` long-lived instances fed from `inbox` until it
-/// closes; each instance finishes its mailbox before the function stops.
-pub async fn run_persistent(
+/// Starts one instance per inbox in `inboxes` (`cfg.instances` of them); each finishes its
+/// inbox once it is closed, then ends.
+pub fn run_persistent(
     function: Arc<LoadedFunction>,
-    cfg: FunctionConfig,
+    cfg: &FunctionConfig,
     stats: Arc<FunctionStats>,
-    inbox: Arc<Inbox>,
-    shared: Shared,
-) {
-    let n = cfg.instances.max(1) as usize;
-    let mut mailboxes = Vec::with_capacity(n);
-    for index in 0..n {
-        // Small mailboxes: the function's queue is where events wait.
-        let (tx, rx) = mpsc::channel(4);
-        mailboxes.push(tx);
-        let inst = PersistentInstance {
-            function: function.clone(),
-            index,
-            policy: cfg.restart,
-            max_restarts: cfg.max_restarts,
-            window: Duration::from_secs(cfg.restart_window_secs),
-            stats: stats.clone(),
-            output: shared.output.clone(),
-        };
-        shared.tracker.spawn(inst.run(rx));
-    }
-    while let Some(event) = inbox.pop().await {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        event.topic.hash(&mut h);
-        let i = (h.finish() % n as u64) as usize;
-        if mailboxes[i].send(event).await.is_err() {
-            break;
-        }
-    }
+    inboxes: Vec<Arc<Inbox>>,
+    shared: &Shared,
+) -> Vec<JoinHandle<()>> {
+    inboxes
+        .into_iter()
+        .enumerate()
+        .map(|(index, inbox)| {
+            let inst = PersistentInstance {
+                function: function.clone(),
+                index,
+                policy: cfg.restart,
+                max_restarts: cfg.max_restarts,
+                window: Duration::from_secs(cfg.restart_window_secs),
+                stats: stats.clone(),
+                output: shared.output.clone(),
+            };
+            let name = format!("{}@{index}", function.name());
+            spawn_worker(name, move |rt| inst.run(&rt, &inbox))
+        })
+        .collect()
 }
 
 struct PersistentInstance {
@@ -70,18 +61,11 @@ const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 impl PersistentInstance {
-    async fn instantiate(&self) -> Result<Instance, CallError> {
-        let f = self.function.clone();
-        tokio::task::spawn_blocking(move || f.instantiate())
-            .await
-            .unwrap_or_else(|e| Err(join_error(e)))
-    }
-
-    async fn run(self, mut mailbox: mpsc::Receiver<Inbound>) {
+    fn run(self, rt: &Handle, inbox: &Inbox) {
         let name = self.function.name().to_string();
         let mut restarts: VecDeque<Instant> = VecDeque::new();
         let mut backoff = RESTART_BACKOFF_MIN;
-        let mut live = match self.instantiate().await {
+        let mut live = match self.function.instantiate() {
             Ok(i) => {
                 tracing::info!(function = %name, instance = self.index, "persistent instance started");
                 Some(i)
@@ -92,23 +76,18 @@ impl PersistentInstance {
             }
         };
         if live.is_none() {
-            live = self.restart(&name, &mut restarts, &mut backoff).await;
+            live = self.restart(rt, &name, &mut restarts, &mut backoff);
         }
-        while let Some(event) = mailbox.recv().await {
+        while let Some(event) = inbox.pop() {
             let Some(instance) = live.take() else {
                 let err = CallError {
                     kind: FailureKind::FunctionStopped,
                     message: format!("instance {} is stopped by its restart policy", self.index),
                 };
-                self.output
-                    .finish(&name, &self.stats, event, Err(err))
-                    .await;
+                rt.block_on(self.output.finish(&name, &self.stats, event, Err(err)));
                 continue;
             };
-            let guest = guest_event(&event);
-            let (result, back) = tokio::task::spawn_blocking(move || instance.call(&guest))
-                .await
-                .unwrap_or_else(|e| (Err(join_error(e)), None));
+            let (result, back) = instance.call(&guest_event(&event));
             if result.is_ok() {
                 backoff = RESTART_BACKOFF_MIN;
             }
@@ -118,17 +97,18 @@ impl PersistentInstance {
                     "persistent instance dropped after a failed call");
             }
             live = back;
-            self.output.finish(&name, &self.stats, event, result).await;
+            rt.block_on(self.output.finish(&name, &self.stats, event, result));
             if killed {
                 // Replace it now, not when the next event arrives; events wait meanwhile.
-                live = self.restart(&name, &mut restarts, &mut backoff).await;
+                live = self.restart(rt, &name, &mut restarts, &mut backoff);
             }
         }
     }
 
     /// Waits out the back-off and starts a fresh instance, unless the policy says stop.
-    async fn restart(
+    fn restart(
         &self,
+        rt: &Handle,
         name: &str,
         restarts: &mut VecDeque<Instant>,
         backoff: &mut Duration,
@@ -150,11 +130,11 @@ impl PersistentInstance {
                     window_secs = self.window.as_secs(), "instance stopped: too many restarts");
                 return None;
             }
-            tokio::time::sleep(*backoff).await;
+            rt.block_on(tokio::time::sleep(*backoff));
             *backoff = (*backoff * 2).min(RESTART_BACKOFF_MAX);
             restarts.push_back(Instant::now());
             self.stats.restarted();
-            match self.instantiate().await {
+            match self.function.instantiate() {
                 Ok(i) => {
                     tracing::info!(function = %name, instance = self.index, restarts = restarts.len(), "persistent instance restarted");
                     return Some(i);
