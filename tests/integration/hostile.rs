@@ -265,17 +265,17 @@ async fn healthy_neighbour_keeps_its_latency() {
         "healthy neighbour (echo, 200 round trips each): alone p50 {q50:?} p99 {q99:?}; \
          with a hostile neighbour ({sent} hostile events) p50 {n50:?} p99 {n99:?}; p99 ratio {ratio:.2}"
     );
-    // Loose, for a shared 2-core machine running other tests at the same time. The typical
-    // healthy event must not wait for the hostile function. The tail may: acknowledgements
-    // leave in arrival order and the broker stops sending once its in-flight window is
-    // full of unacknowledged (hostile) messages, so a healthy event can wait up to one
-    // hostile timeout (200 ms), but not more (docs/limits.md).
+    // Loose, for a shared 2-core machine running other tests at the same time. No healthy
+    // event may wait for the hostile function: each function has its own connection, so
+    // its own in-flight window and acknowledgement order. (With one shared connection the
+    // hostile messages filled the broker's window and the healthy p99 was one hostile
+    // timeout, 200 ms; docs/limits.md.)
     assert!(
         n50 < q50 + Duration::from_millis(50),
         "healthy p50 {n50:?} vs {q50:?} alone"
     );
     assert!(
-        n99 < Duration::from_millis(800),
+        n99 < Duration::from_millis(200),
         "healthy p99 {n99:?} with a hostile neighbour"
     );
 }
