@@ -53,7 +53,8 @@ impl Publisher {
     }
 
     /// Queues a message, waiting while the connection's request queue is full; `then` is
-    /// completed once the broker has it.
+    /// completed once the broker has it. Cancel-safe: dropped before it returns, nothing
+    /// was queued.
     ///
     /// # Errors
     /// The connection is gone (shutting down): `then` is never completed.
@@ -65,12 +66,20 @@ impl Publisher {
         payload: Vec<u8>,
         then: Waiter,
     ) -> Result<(), ClientError> {
+        /// Takes the waiter back out unless the request went into the queue.
+        struct Unqueue<'a>(&'a Publisher, bool);
+        impl Drop for Unqueue<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.lock().queued.pop_back();
+                }
+            }
+        }
         let _order = self.order.lock().await;
         self.lock().queued.push_back(then);
+        let mut unqueue = Unqueue(self, true);
         let sent = self.client.publish(topic, qos, retain, payload).await;
-        if sent.is_err() {
-            self.lock().queued.pop_back();
-        }
+        unqueue.1 = sent.is_err();
         sent
     }
 
@@ -222,6 +231,24 @@ mod tests {
             acks.try_recv().is_err(),
             "the held publish is not confirmed"
         );
+        p.observe(&out(1));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_publish_given_up_while_waiting_for_room_leaves_no_waiter() {
+        let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (client, _el) = AsyncClient::new(opts, 1);
+        let p = Publisher::new(client);
+        let (d, mut acks) = delivery(1);
+        let first = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d));
+        assert!(first.await.is_ok());
+        // The request queue (1) is full: this one waits, and is given up.
+        let second = p.publish("s".into(), QoS::AtLeastOnce, false, vec![], None);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), second);
+        assert!(waited.await.is_err());
+        assert_eq!(p.unconfirmed(), 1);
         p.observe(&out(1));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
         assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));

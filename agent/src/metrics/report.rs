@@ -41,7 +41,7 @@ impl StatsBook {
     }
 
     /// Publishes every function's snapshot as one retained JSON array every `every`, until
-    /// `stop`. A full connection backlog skips a report rather than waiting.
+    /// `stop`. A connection backlog that stays full for a whole interval skips a report.
     pub async fn publish_every(
         self,
         publisher: Arc<crate::publisher::Publisher>,
@@ -57,10 +57,9 @@ impl StatsBook {
                 _ = tick.tick() => {}
             }
             let body = serde_json::to_vec(&self.snapshots()).unwrap_or_default();
-            if publisher
-                .try_publish(topic.clone(), rumqttc::QoS::AtMostOnce, true, body, None)
-                .is_err()
-            {
+            let qos = rumqttc::QoS::AtMostOnce;
+            let sent = publisher.publish(topic.clone(), qos, true, body, None);
+            if tokio::time::timeout(every, sent).await.is_err() {
                 tracing::debug!("stats not published: connection backlog full");
             }
         }
