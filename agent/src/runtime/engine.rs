@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use wasmtime::{Config as WasmConfig, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{
+    Config as WasmConfig, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig,
+};
 
 use super::RuntimeError;
 use crate::config::{
@@ -106,20 +108,30 @@ fn pooling(instances: u32, fuel: bool, force_failure: bool) -> Result<Engine, Ru
             "forced by EDGE_AGENT_FORCE_POOLING_FAILURE",
         ));
     }
-    let mut pool = PoolingAllocationConfig::default();
-    // A Rust wasm32-wasip2 component has one memory and a few core instances (the
-    // module plus canonical-ABI shims); leave headroom for larger components.
-    pool.total_component_instances(instances)
-        .total_core_instances(instances * 8)
-        .total_memories(instances * 2)
-        .total_tables(instances * 4)
-        .max_memory_size(usize::try_from(host_memory_reservation()).unwrap_or(usize::MAX))
-        // Keep a little memory resident between instances: saves page faults on reuse.
-        .linear_memory_keep_resident(64 * 1024)
-        .table_keep_resident(16 * 1024);
-    let mut c = base_config(None, fuel)?;
-    c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&c).map_err(|e| RuntimeError::engine("cannot create the pooling engine", e))
+    // With the PAGEMAP_SCAN ioctl (Linux 6.7 and later) a freed slot's memory is reset by
+    // zeroing only the pages the last instance touched, which then stay resident: the next
+    // on-demand instance takes no page faults and no `madvise` in the first KEEP_RESIDENT
+    // bytes (a Rust guest's stack and data). Without it, resetting means zeroing that whole
+    // range every time, so only a little is kept.
+    const KEEP_RESIDENT: usize = 2 * 1024 * 1024;
+    const KEEP_RESIDENT_WITHOUT_SCAN: usize = 64 * 1024;
+    let build = |scan: Enabled, keep: usize| {
+        let mut pool = PoolingAllocationConfig::default();
+        // A Rust wasm32-wasip2 component has one memory and a few core instances (the
+        // module plus canonical-ABI shims); leave headroom for larger components.
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 4)
+            .max_memory_size(usize::try_from(host_memory_reservation()).unwrap_or(usize::MAX))
+            .pagemap_scan(scan)
+            .linear_memory_keep_resident(keep)
+            .table_keep_resident(16 * 1024);
+        let mut c = base_config(None, fuel)?;
+        c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        Engine::new(&c).map_err(|e| RuntimeError::engine("cannot create the pooling engine", e))
+    };
+    build(Enabled::Yes, KEEP_RESIDENT).or_else(|_| build(Enabled::No, KEEP_RESIDENT_WITHOUT_SCAN))
 }
 
 fn on_demand(fuel: bool) -> Result<Engine, RuntimeError> {

@@ -83,6 +83,20 @@ pub struct Runtime {
     functions: HashMap<String, Arc<LoadedFunction>>,
 }
 
+/// Gives the allocator's free memory back to the kernel. Compiling components with
+/// Cranelift leaves tens of MB freed but still held by glibc's arenas (measured: idle RSS
+/// 38 MB with three `.wasm` functions against 17.5 MB with their `.cwasm`); an agent that
+/// compiled at start-up should not carry that for its whole life.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    #[allow(unsafe_code)]
+    // SAFETY: malloc_trim only returns free pages of the heap to the kernel; it neither
+    // moves nor touches live allocations, and it is thread-safe.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 impl Runtime {
     /// Builds the engine and linker once and prepares every function (compile, link,
     /// check the export), so that a bad module fails here rather than at its first event.
@@ -120,6 +134,7 @@ impl Runtime {
             }
             functions.insert(f.name.clone(), Arc::new(loaded));
         }
+        release_freed_memory();
         Ok(Self {
             engine,
             allocator,
