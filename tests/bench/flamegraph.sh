@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# A CPU flame graph of the agent handling a burst of the `threshold-alert` job.
+#
+# Usage: tests/bench/flamegraph.sh AGENT_BINARY MODE OUT.svg [EVENTS] [QOS]
+#   AGENT_BINARY  an agent built with symbols, e.g.
+#                 CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR=target-prof \
+#                     cargo build --release -p edge-agent
+#                 (the release profile strips them; the code is otherwise the same)
+#   MODE          persistent | on-demand
+#   EVENTS        events published as fast as the broker takes them (default 20000)
+#   QOS           0 or 1 (default 1)
+#
+# Needs perf (Debian: linux-perf) and inferno (cargo install inferno). Starts Mosquitto on
+# a free port, the agent with one `threshold-alert` function, records the agent process
+# with `perf record --call-graph dwarf` from the first event to the last output, and
+# folds the stacks into OUT.svg (and OUT.folded next to it, for diffs).
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+bin="${1:?agent binary}"
+mode="${2:?persistent or on-demand}"
+out="${3:?output .svg}"
+events="${4:-20000}"
+qos="${5:-1}"
+for c in perf inferno-collapse-perf inferno-flamegraph mosquitto mosquitto_sub; do
+    command -v "$c" >/dev/null || { echo "error: $c not found" >&2; exit 1; }
+done
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" >"$work/mosquitto.conf"
+mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.3
+cat >"$work/agent.toml" <<TOML
+[agent]
+id = "flame-$$"
+data_dir = "$work/data"
+[broker]
+url = "mqtt://127.0.0.1:$port"
+[[function]]
+name = "threshold"
+module = "$root/modules/dist/threshold-alert.wasm"
+mode = "$mode"
+topics = ["sensors/+/temperature"]
+qos = $qos
+publish_rate = 1000000
+[function.config]
+threshold = "30"
+alert_topic = "alerts/{1..}"
+TOML
+"$bin" run --config "$work/agent.toml" 2>"$work/agent.log" &
+agent=$!
+pids+=("$agent")
+timeout 30 mosquitto_sub -p "$port" -t "edge-agent/flame-$$/status" -C 1 >/dev/null
+mosquitto_sub -p "$port" -q "$qos" -t 'alerts/#' -C "$events" -W 120 >/dev/null &
+sub=$!
+pids+=("$sub")
+perf record -q -F 999 --call-graph dwarf,16384 -p "$agent" -o "$work/perf.data" 2>/dev/null &
+perf_pid=$!
+sleep 0.5
+for i in 1 2 3 4; do
+    "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "sensors/s$i/temperature" \
+        --payload '{"value": 31.5}' --count "$((events / 4))" --qos "$qos" >/dev/null 2>&1 &
+    pids+=($!)
+done
+wait "$sub" || true
+kill -INT "$perf_pid"
+wait "$perf_pid" || true
+perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf >"${out%.svg}.folded"
+inferno-flamegraph --title "edge-agent, $mode, threshold-alert, $events events at QoS $qos" \
+    <"${out%.svg}.folded" >"$out"
+echo "$out"
