@@ -348,7 +348,7 @@ TOML
     if [[ -n $agent ]]; then
         # The agent logs its state flushes when it stops; it flushes only while there are
         # commits, so they all fall in the traffic window.
-        flushes="$(sed 's/\x1b\[[0-9;]*m//g' "$work/agent-$row_no.log" | grep -o 'flushes=[0-9]*' | tail -1 | cut -d= -f2)"
+        flushes="$(sed 's/\x1b\[[0-9;]*m//g' "$work/agent-$row_no.log" | grep -o 'flushes=[0-9]*' | tail -1 | cut -d= -f2 || true)"
         [[ -n $flushes ]] && flush_s="$(awk -v b="$flushes" -v t0="$t0" -v t1="${t_last:-$t_pub}" \
             'BEGIN { printf "%.1f", (t1 > t0) ? b / (t1 - t0) : 0 }')"
     fi
