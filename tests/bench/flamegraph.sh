@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# A CPU flame graph of the agent handling a burst of the `threshold-alert` job.
+# A CPU flame graph of the agent handling a burst of the `threshold-alert` job (or, with
+# JOB=counter, of the stateful `counter`).
 #
 # Usage: tests/bench/flamegraph.sh AGENT_BINARY MODE OUT.svg [EVENTS] [QOS]
 #   AGENT_BINARY  an agent built with symbols, e.g.
@@ -21,6 +22,13 @@ mode="${2:?persistent or on-demand}"
 out="${3:?output .svg}"
 events="${4:-20000}"
 qos="${5:-1}"
+job="${JOB:-threshold}"
+case $job in
+    threshold) module=threshold-alert filter='sensors/+/temperature' out_filter='alerts/#'
+        cfg=$'threshold = "30"\nalert_topic = "alerts/{1..}"' ;;
+    counter) module=counter filter='sensors/#' out_filter='counts/#' cfg='out_topic = "counts/{1..}"' ;;
+    *) echo "error: JOB is threshold or counter" >&2; exit 64 ;;
+esac
 for c in perf inferno-collapse-perf inferno-flamegraph mosquitto mosquitto_sub; do
     command -v "$c" >/dev/null || { echo "error: $c not found" >&2; exit 1; }
 done
@@ -40,21 +48,20 @@ data_dir = "$work/data"
 [broker]
 url = "mqtt://127.0.0.1:$port"
 [[function]]
-name = "threshold"
-module = "$root/modules/dist/threshold-alert.wasm"
+name = "$job"
+module = "$root/modules/dist/$module.wasm"
 mode = "$mode"
-topics = ["sensors/+/temperature"]
+topics = ["$filter"]
 qos = $qos
 publish_rate = 1000000
 [function.config]
-threshold = "30"
-alert_topic = "alerts/{1..}"
+$cfg
 TOML
 "$bin" run --config "$work/agent.toml" 2>"$work/agent.log" &
 agent=$!
 pids+=("$agent")
 timeout 30 mosquitto_sub -p "$port" -t "edge-agent/flame-$$/status" -C 1 >/dev/null
-mosquitto_sub -p "$port" -q "$qos" -t 'alerts/#' -C "$events" -W 120 >/dev/null &
+mosquitto_sub -p "$port" -q "$qos" -t "$out_filter" -C "$events" -W 120 >/dev/null &
 sub=$!
 pids+=("$sub")
 perf record -q -F 999 --call-graph dwarf,16384 -p "$agent" -o "$work/perf.data" 2>/dev/null &
@@ -69,6 +76,6 @@ wait "$sub" || true
 kill -INT "$perf_pid"
 wait "$perf_pid" || true
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf >"${out%.svg}.folded"
-inferno-flamegraph --title "edge-agent, $mode, threshold-alert, $events events at QoS $qos" \
+inferno-flamegraph --title "edge-agent, $mode, $module, $events events at QoS $qos" \
     <"${out%.svg}.folded" >"$out"
 echo "$out"

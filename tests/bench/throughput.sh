@@ -13,6 +13,8 @@
 #   LATENCY=1     the latency mode below instead
 #   RATES         latency mode: paced rates, events/s (default "1 100 5000"; "" for bursts only)
 #   LAT_SECS      latency mode: seconds of traffic per paced rate (default 5; at least 10 events)
+#   EXTRA_TOML    appended to the agent's config before its function, e.g.
+#                 $'[state]\nmin_flush_interval_ms = 200'
 #
 # Throughput mode: for each run and QoS, three rows, each on a fresh Mosquitto on loopback
 # with its default settings (in-flight window of 20 per client) but for `listener`,
@@ -53,6 +55,7 @@ stall_s="${STALL_SECS:-5}"
 latency="${LATENCY:-0}"
 rates="${RATES-1 100 5000}"
 lat_secs="${LAT_SECS:-5}"
+extra_toml="${EXTRA_TOML:-}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
 bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
 for m in threshold-alert counter echo; do
@@ -218,6 +221,7 @@ data_dir = "$work/data-$row_no"
 stats_interval_secs = 1
 [broker]
 url = "mqtt://127.0.0.1:$port"
+$extra_toml
 
 [[function]]
 name = "$fn"
