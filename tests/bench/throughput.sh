@@ -480,4 +480,44 @@ else:
             continue
         print(f"| {row.split(' ')[0]} | {eps(rs):.0f} | {handled_col(rs)} | {dl_col(rs)} | {med(rs, 'p50')} | "
               f"{med(rs, 'p99')} | {med(rs, 'flush_s', '{:.1f}')} | {med(rs, 'cpu', '{:.1f}')} | {med(rs, 'rss', '{:.1f}')} |")
+
+# Issue 10's targets, each met or missed by how much (docs/benchmarks.md says why).
+def num(rs, k):
+    v = med(rs, k, "{}")
+    return float(v) if v not in ("-", "n/a") else None
+def verdict(name, value, ok, unit=""):
+    if value is None:
+        print(f"- {name}: not measured")
+    else:
+        print(f"- {name}: {value:.4g}{unit}: " + ("met" if ok(value) else "MISSED"))
+print()
+print("Targets (issue 10):")
+print()
+if not latency:
+    for qos in ("0", "1"):
+        relay = groups.get(("relay", qos, "-"))
+        for mode, share, cpu_max in (("persistent", 0.9 if qos == "0" else 1.0, 15),
+                                     ("on-demand", 0.6 if qos == "0" else 1.0, 30)):
+            rs = next((g for (row, q, _), g in groups.items() if row.endswith(mode) and q == qos), None)
+            if rs is None:
+                continue
+            pct = 100 * eps(rs) / eps(relay) if relay and eps(relay) > 0 else None
+            verdict(f"QoS {qos} {mode}: throughput >= {share * 100:.0f}% of the relay", pct,
+                    lambda v, s=share: v >= s * 100, "%")
+            lost = num(rs, "ftotal")
+            got = num(rs, "received")
+            dropped = (lost or 0) + (events - got if got is not None else 0)
+            verdict(f"QoS {qos} {mode}: nothing dropped or dead-lettered", dropped, lambda v: v == 0, " events")
+            verdict(f"QoS {qos} {mode}: CPU per event <= {cpu_max} us", num(rs, "cpu"),
+                    lambda v, m=cpu_max: v <= m, " us")
+else:
+    def at(job, rate):
+        return next((g for (row, _, r), g in groups.items() if row.startswith(job) and r == rate), None)
+    c100 = at("counter", "100")
+    verdict("counter end-to-end p50 <= 10 ms at 100 events/s",
+            num(c100, "p50") / 1000 if c100 and num(c100, "p50") is not None else None,
+            lambda v: v <= 10, " ms")
+    cb, eb = at("counter", "-"), at("echo", "-")
+    verdict("counter burst throughput at QoS 1 >= 80% of echo's",
+            100 * eps(cb) / eps(eb) if cb and eb and eps(eb) > 0 else None, lambda v: v >= 80, "%")
 PY
