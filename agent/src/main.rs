@@ -46,7 +46,40 @@ fn main() -> ExitCode {
             }
         },
         Command::Publish(args) => publish(&args),
+        Command::Compare(args) => compare(&args),
     }
+}
+
+/// `edge-agent compare`: the table and verdicts on stdout, the JSON where asked; exit 69
+/// (`EX_UNAVAILABLE`) if it cannot run at all (no modules, no broker).
+fn compare(args: &edge_agent::cli::compare::CompareArgs) -> ExitCode {
+    use edge_agent::cli::compare;
+    let rt = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = match rt.block_on(compare::compare(args)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(69);
+        }
+    };
+    print!("{}", compare::render(&report));
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, json) {
+            eprintln!("error: cannot write {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+        eprintln!("compare: report written to {}", path.display());
+    }
+    // The broker's threads cannot be stopped (rumqttd 0.20): leave without waiting.
+    rt.shutdown_background();
+    ExitCode::SUCCESS
 }
 
 fn prepare(path: &Path) -> Result<Prepared, AgentError> {

@@ -439,3 +439,91 @@ fn malformed_configs_table() {
         rejected(&config, &needle);
     }
 }
+
+/// `compare --quick` runs both functions in both models, each in its own agent process,
+/// and reports what it measured from outside: every event's output arrived once, and the
+/// agent's own stats for the same run count the same events.
+#[test]
+fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("report.json");
+    let out = Command::new(agent_bin())
+        .args(["compare", "--quick", "--modules"])
+        .arg(crate::harness::guests())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run compare");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: edge_agent::cli::compare::Report =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("report JSON");
+    assert_eq!(
+        report.schema_version,
+        edge_agent::cli::compare::SCHEMA_VERSION
+    );
+    let names: Vec<&str> = report
+        .functions
+        .iter()
+        .map(|f| f.function.as_str())
+        .collect();
+    assert_eq!(names, ["echo", "counter"]);
+    for f in &report.functions {
+        let models: Vec<&str> = f.models.iter().map(|m| m.model.as_str()).collect();
+        assert_eq!(models, ["persistent", "on-demand"], "{}", f.function);
+        for m in &f.models {
+            let what = format!("{} {}", f.function, m.model);
+            assert_eq!(m.error, None, "{what}");
+            assert!(
+                m.idle_rss_bytes > 0 && m.peak_rss_bytes >= m.idle_rss_bytes,
+                "{what}"
+            );
+            let mut received = 0;
+            for p in &m.phases {
+                assert!(p.sent > 0, "{what}: {p:?}");
+                assert_eq!(
+                    (p.received, p.lost, p.duplicates),
+                    (p.sent, 0, 0),
+                    "{what}: {p:?}"
+                );
+                assert!(
+                    p.end_to_end_us.p50 > 0 && p.cpu_per_event_us > 0.0,
+                    "{what}: {p:?}"
+                );
+                received += p.received;
+            }
+            // The cross-check: the agent handled exactly the events whose outputs arrived.
+            assert_eq!(m.agent_succeeded, received, "{what}");
+            // Its own latency (receive to output sent) is inside the outside view's.
+            let outside_max = m
+                .phases
+                .iter()
+                .map(|p| p.end_to_end_us.max)
+                .max()
+                .unwrap_or(0);
+            assert!(m.agent_end_to_end_p50_us <= outside_max, "{what}");
+        }
+        assert!(f.verdict.starts_with(&f.function), "{}", f.verdict);
+        assert!(stdout.contains(&f.verdict), "{stdout}");
+    }
+}
+
+#[test]
+fn compare_without_modules_says_where_it_looked() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = Command::new(agent_bin())
+        .args(["compare", "--quick", "--modules"])
+        .arg(dir.path())
+        .output()
+        .expect("run compare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains("no echo and counter modules") && stderr.contains("modules/build.sh"),
+        "{stderr}"
+    );
+}

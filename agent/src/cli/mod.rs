@@ -1,6 +1,7 @@
 //! The command line: the `edge-agent` subcommands and their arguments, and [`publish`],
 //! the test publisher behind `edge-agent publish`.
 
+pub mod compare;
 pub mod publish;
 
 use std::path::PathBuf;
@@ -36,6 +37,9 @@ pub enum Command {
     },
     /// Publish test events to a broker.
     Publish(PublishArgs),
+    /// Measure both execution models on this device with the example functions, each in
+    /// an agent process of its own, and say which one to use and why.
+    Compare(compare::CompareArgs),
     /// Compile components ahead of time into `.cwasm` artifacts for a device (same agent
     /// version and settings required there). Prints each artifact's size and SHA-256.
     #[cfg(feature = "compiler")]

@@ -1,0 +1,233 @@
+//! What `compare` measures from outside the agent: events sent and outputs received (so
+//! loss, duplicates and end-to-end latency are counted, not inferred), and the agent
+//! process's CPU and memory from `/proc`.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+/// Percentiles of a latency distribution, µs.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Latency {
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// 99.9th percentile.
+    pub p999: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+impl Latency {
+    fn of(h: &Histogram<u64>) -> Self {
+        Self {
+            p50: h.value_at_quantile(0.5),
+            p90: h.value_at_quantile(0.9),
+            p99: h.value_at_quantile(0.99),
+            p999: h.value_at_quantile(0.999),
+            max: h.max(),
+        }
+    }
+}
+
+/// One steady phase, as seen from outside.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Phase {
+    /// Events per second asked for.
+    pub rate: f64,
+    /// Events sent (each acknowledged by the broker).
+    pub sent: u64,
+    /// Distinct events whose output arrived.
+    pub received: u64,
+    /// Events whose output never arrived.
+    pub lost: u64,
+    /// Outputs that arrived more than once for the same event.
+    pub duplicates: u64,
+    /// From the publisher's send time to the output's arrival, µs.
+    pub end_to_end_us: Latency,
+    /// User + system CPU of the agent process over the phase, per event sent, µs.
+    pub cpu_per_event_us: f64,
+    /// The same, per hour at this rate, in CPU seconds.
+    pub cpu_seconds_per_hour: f64,
+}
+
+/// How an output names the event it came from.
+#[derive(Debug, Clone, Copy)]
+pub enum Tag {
+    /// The output carries the event's payload, with `"seq":N` in it (`echo`).
+    Seq,
+    /// The output's `"count"` is the event's place in the stream, from 1 (`counter`, on a
+    /// fresh state store, one topic).
+    Count,
+}
+
+impl Tag {
+    /// The sequence number of the event an output came from.
+    fn seq(self, payload: &[u8]) -> Option<u64> {
+        let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
+        match self {
+            Self::Seq => v.get("seq")?.as_u64(),
+            Self::Count => v.get("count")?.as_u64()?.checked_sub(1),
+        }
+    }
+}
+
+/// CPU ticks (user + system) of process `pid` so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(") ")?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
+    Some(ticks as f64 / clock_ticks())
+}
+
+/// Clock ticks per second of `/proc/<pid>/stat` times.
+#[allow(unsafe_code)]
+fn clock_ticks() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
+/// A `/proc/<pid>/status` figure in bytes (`VmRSS`, `VmHWM`).
+pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// A client of the compare process on the broker at `port`.
+pub fn client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_keep_alive(Duration::from_secs(30))
+        .set_max_packet_size(1 << 20, 1 << 20)
+        .set_inflight(1024);
+    AsyncClient::new(opts, 1024)
+}
+
+/// Receives outputs on `filter` until dropped; sends (arrival, payload) down the channel.
+pub async fn subscribe(
+    port: u16,
+    id: &str,
+    filter: &str,
+) -> mpsc::UnboundedReceiver<(Instant, Vec<u8>)> {
+    let (client, mut eventloop) = client(port, id);
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    let filter = filter.to_string();
+    tokio::spawn(async move {
+        let mut ready = Some(ready_tx);
+        let _client = client.clone();
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
+                }
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    if tx.send((Instant::now(), p.payload.to_vec())).is_err() {
+                        return;
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
+    rx
+}
+
+/// Sends `count` events at `rate` per second to `topic` through `client` (whose event loop
+/// runs elsewhere), numbering them from `first`; returns each one's send time by number.
+pub async fn publish_steady(
+    client: &AsyncClient,
+    topic: &str,
+    first: u64,
+    count: u64,
+    rate: f64,
+) -> HashMap<u64, Instant> {
+    let mut sent = HashMap::with_capacity(count as usize);
+    let start = tokio::time::Instant::now();
+    let gap = Duration::from_secs_f64(1.0 / rate.max(0.001));
+    for i in 0..count {
+        tokio::time::sleep_until(start + gap.mul_f64(i as f64)).await;
+        let seq = first + i;
+        let body = format!("{{\"seq\":{seq},\"value\":31.5}}");
+        sent.insert(seq, Instant::now());
+        if client
+            .publish(topic, QoS::AtLeastOnce, false, body)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    sent
+}
+
+/// Collects the outputs of the events in `sent` from `outputs`, until each has arrived or
+/// nothing has come for `quiet`; counts loss, duplicates and latency.
+pub async fn collect(
+    outputs: &mut mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+    sent: &HashMap<u64, Instant>,
+    tag: Tag,
+    quiet: Duration,
+) -> (u64, u64, Latency) {
+    let mut seen: HashMap<u64, u32> = HashMap::with_capacity(sent.len());
+    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+        // Valid constant bounds: cannot fail.
+        Histogram::new(3).unwrap_or_else(|_| unreachable!())
+    });
+    while seen.len() < sent.len() {
+        let Ok(Some((at, payload))) = tokio::time::timeout(quiet, outputs.recv()).await else {
+            break;
+        };
+        let Some(seq) = tag.seq(&payload) else {
+            continue;
+        };
+        let Some(t0) = sent.get(&seq) else { continue };
+        let n = seen.entry(seq).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            let us =
+                u64::try_from(at.saturating_duration_since(*t0).as_micros()).unwrap_or(u64::MAX);
+            let _ = h.record(us.max(1));
+        }
+    }
+    let duplicates = seen.values().map(|n| u64::from(n - 1)).sum();
+    (seen.len() as u64, duplicates, Latency::of(&h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outputs_name_their_event() {
+        assert_eq!(Tag::Seq.seq(br#"{"seq":7,"value":31.5}"#), Some(7));
+        assert_eq!(Tag::Count.seq(br#"{"topic":"t","count":1}"#), Some(0));
+        assert_eq!(Tag::Count.seq(br#"{"count":0}"#), None);
+        assert_eq!(Tag::Seq.seq(b"not json"), None);
+    }
+
+    #[test]
+    fn proc_figures_of_this_process() {
+        let pid = std::process::id();
+        assert!(cpu_seconds(pid).is_some());
+        assert!(status_bytes(pid, "VmRSS").is_some_and(|b| b > 0));
+    }
+}

@@ -1,0 +1,488 @@
+//! `edge-agent compare`: runs the same functions in both execution models on this
+//! device, each model in an agent process of its own (so that its CPU and memory belong to
+//! it alone), drives the same steady traffic through a broker in this process, and
+//! reports what each model cost, measured from outside: loss, duplicates and end-to-end
+//! latency from the publisher's send to the output's arrival, process CPU per event and
+//! per hour, idle and peak memory. The agent's own statistics for the same run are read
+//! beside them as a cross-check. Then one verdict line per function.
+//!
+//! This first version has the built-in workload (`echo`, stateless, and `counter`,
+//! stateful) at steady rates; workload files, the other traffic patterns, energy and money
+//! models, break-even, HTML charts and the scale-to-zero model are not built yet
+//! (docs/compare.md says what is a measurement and what is not there).
+
+pub mod measure;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use self::measure::{Phase, Tag};
+use crate::config::{Config, Mode};
+
+/// Version of the JSON report's layout.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// Arguments of `edge-agent compare`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct CompareArgs {
+    /// Folder with the example functions (`echo` and `counter`, `.wasm` or `.cwasm`).
+    /// Default: `modules/dist` under the working directory, then the installed package's
+    /// `/usr/lib/edge-agent/modules`.
+    #[arg(long)]
+    pub modules: Option<PathBuf>,
+    /// Also write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Short phases (about half a minute in all), for CI and first looks.
+    #[arg(long)]
+    pub quick: bool,
+}
+
+/// Why a comparison could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError {
+    /// The example functions were not found.
+    #[error("{0}")]
+    Modules(String),
+    /// The broker, a file or an agent process could not be set up.
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One function in one model.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ModelRun {
+    /// `persistent` or `on-demand`.
+    pub model: String,
+    /// Resident memory of the agent process, idle, before any event.
+    pub idle_rss_bytes: u64,
+    /// Peak resident memory of the agent process over the run.
+    pub peak_rss_bytes: u64,
+    /// CPU the agent process spends with no events (timers, keep-alives, stats), in CPU
+    /// seconds per hour: the standing cost beside each phase's cost per event.
+    pub idle_cpu_seconds_per_hour: f64,
+    /// One entry per steady rate.
+    pub phases: Vec<Phase>,
+    /// Events the agent says it handled (its stats topic), for the cross-check.
+    pub agent_succeeded: u64,
+    /// The agent's own end-to-end p50 over the run, µs.
+    pub agent_end_to_end_p50_us: u64,
+    /// The agent's own per-event instantiation p50 (the on-demand cold start), µs.
+    pub agent_instantiate_p50_us: u64,
+    /// If the run failed: why (the other figures are then partial).
+    pub error: Option<String>,
+}
+
+/// One function in every model, and the verdict.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct FunctionReport {
+    /// Function (module) name.
+    pub function: String,
+    /// Whether it writes state.
+    pub stateful: bool,
+    /// Each model's run.
+    pub models: Vec<ModelRun>,
+    /// One line: which model to use here, and why.
+    pub verdict: String,
+}
+
+/// The whole comparison.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Report {
+    /// [`SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The agent's version.
+    pub agent_version: String,
+    /// `uname -m` style machine name and processor count.
+    pub machine: String,
+    /// Seconds each rate was held.
+    pub phase_seconds: f64,
+    /// One entry per function.
+    pub functions: Vec<FunctionReport>,
+}
+
+struct Workload {
+    name: &'static str,
+    stateful: bool,
+    tag: Tag,
+    config: &'static str,
+}
+
+const WORKLOAD: [Workload; 2] = [
+    Workload {
+        name: "echo",
+        stateful: false,
+        tag: Tag::Seq,
+        config: "out_topic = \"compare/out/{topic}\"",
+    },
+    Workload {
+        name: "counter",
+        stateful: true,
+        tag: Tag::Count,
+        config: "out_topic = \"compare/out/{topic}\"",
+    },
+];
+
+/// Finds the example functions: `--modules`, `modules/dist`, the package's folder.
+fn modules_dir(args: &CompareArgs) -> Result<PathBuf, CompareError> {
+    let candidates: Vec<PathBuf> = match &args.modules {
+        Some(d) => vec![d.clone()],
+        None => vec![
+            PathBuf::from("modules/dist"),
+            PathBuf::from("/usr/lib/edge-agent/modules"),
+        ],
+    };
+    for dir in &candidates {
+        if WORKLOAD.iter().all(|w| module(dir, w.name).is_some()) {
+            return std::path::absolute(dir).map_err(|e| CompareError::Setup(e.to_string()));
+        }
+    }
+    Err(CompareError::Modules(format!(
+        "no echo and counter modules (.wasm or .cwasm) in {}: build them with modules/build.sh, \
+         or name the folder with --modules",
+        candidates
+            .iter()
+            .map(|d| d.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" or ")
+    )))
+}
+
+fn module(dir: &Path, name: &str) -> Option<PathBuf> {
+    ["cwasm", "wasm"]
+        .iter()
+        .map(|ext| dir.join(format!("{name}.{ext}")))
+        .find(|p| p.is_file())
+}
+
+/// Runs the comparison and prints its table and verdicts as it goes.
+///
+/// # Errors
+/// [`CompareError`] if the modules are missing or the broker cannot start. A model run
+/// that fails is reported in its [`ModelRun::error`], not as an error.
+pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
+    let dir = modules_dir(args)?;
+    let (rates, secs): (&[f64], f64) = if args.quick {
+        (&[20.0, 200.0], 2.0)
+    } else {
+        (&[1.0, 10.0, 100.0, 1000.0], 20.0)
+    };
+    let total =
+        WORKLOAD.len() as f64 * 2.0 * (rates.len() as f64 * (secs + 1.0) + secs.min(5.0) + 4.0);
+    eprintln!(
+        "compare: {} functions x 2 models, each in its own agent process; rates {:?} events/s, \
+         {secs} s each; about {:.0} s in all",
+        WORKLOAD.len(),
+        rates,
+        total
+    );
+    let port = start_broker()?;
+    let work = WorkDir::new()?;
+    let mut functions = Vec::new();
+    for w in &WORKLOAD {
+        let module = module(&dir, w.name).unwrap_or_default();
+        let mut models = Vec::new();
+        for mode in [Mode::Persistent, Mode::OnDemand] {
+            eprintln!("compare: {} {} ...", w.name, mode.as_str());
+            let run = run_model(work.path(), port, w, &module, mode, rates, secs).await;
+            models.push(run);
+        }
+        let verdict = verdict(w, &models);
+        functions.push(FunctionReport {
+            function: w.name.to_string(),
+            stateful: w.stateful,
+            models,
+            verdict,
+        });
+    }
+    Ok(Report {
+        schema_version: SCHEMA_VERSION,
+        agent_version: env!("CARGO_PKG_VERSION").to_string(),
+        machine: format!(
+            "{} {}, {} processors",
+            std::env::consts::OS,
+            std::env::consts::ARCH,
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        ),
+        phase_seconds: secs,
+        functions,
+    })
+}
+
+/// A temporary folder for the agents' configs and state, removed when dropped.
+struct WorkDir(PathBuf);
+
+impl WorkDir {
+    fn new() -> Result<Self, CompareError> {
+        let dir = std::env::temp_dir().join(format!("edge-agent-compare-{}", std::process::id()));
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| CompareError::Setup(format!("{}: {e}", dir.display())))?;
+        Ok(Self(dir))
+    }
+
+    fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The broker the models share, in this process (so its CPU counts for neither).
+fn start_broker() -> Result<u16, CompareError> {
+    let mut cfg = Config::default();
+    cfg.broker.url = "mqtt://127.0.0.1:0".into();
+    cfg.broker.embedded = true;
+    crate::mqtt::broker::start(&cfg)
+        .map(|a| a.port())
+        .map_err(|e| CompareError::Setup(crate::failure::chain(&e)))
+}
+
+/// An agent process, killed when dropped.
+struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_model(
+    work: &Path,
+    port: u16,
+    w: &Workload,
+    module: &Path,
+    mode: Mode,
+    rates: &[f64],
+    secs: f64,
+) -> ModelRun {
+    let mut run = ModelRun {
+        model: mode.as_str().to_string(),
+        idle_rss_bytes: 0,
+        peak_rss_bytes: 0,
+        idle_cpu_seconds_per_hour: 0.0,
+        phases: Vec::new(),
+        agent_succeeded: 0,
+        agent_end_to_end_p50_us: 0,
+        agent_instantiate_p50_us: 0,
+        error: None,
+    };
+    if let Err(e) = measure_model(work, port, w, module, mode, rates, secs, &mut run).await {
+        eprintln!("compare: {} {}: {e}", w.name, mode.as_str());
+        run.error = Some(e);
+    }
+    run
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn measure_model(
+    work: &Path,
+    port: u16,
+    w: &Workload,
+    module: &Path,
+    mode: Mode,
+    rates: &[f64],
+    secs: f64,
+    run: &mut ModelRun,
+) -> Result<(), String> {
+    let id = format!("compare-{}-{}", w.name, mode.as_str());
+    let data = work.join(&id);
+    let config = format!(
+        "[agent]\nid = \"{id}\"\ndata_dir = \"{}\"\nstats_interval_secs = 1\n\
+         [broker]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+         [[function]]\nname = \"{}\"\nmodule = \"{}\"\nmode = \"{}\"\n\
+         topics = [\"compare/in/{id}\"]\nqos = 1\npublish_rate = 1000000\n\
+         [function.config]\n{}\n",
+        data.display(),
+        w.name,
+        module.display(),
+        mode.as_str(),
+        w.config
+    );
+    let file = work.join(format!("{id}.toml"));
+    std::fs::write(&file, config).map_err(|e| format!("{}: {e}", file.display()))?;
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut status = measure::subscribe(
+        port,
+        &format!("{id}-status"),
+        &format!("edge-agent/{id}/status"),
+    )
+    .await;
+    let child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start the agent: {e}"))?;
+    let agent = AgentProcess(child);
+    let pid = agent.0.id();
+    let online = async {
+        while let Some((_, body)) = status.recv().await {
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            if v["status"] == "online" && v["pid"] == pid {
+                return true;
+            }
+        }
+        false
+    };
+    if !tokio::time::timeout(Duration::from_secs(60), online)
+        .await
+        .unwrap_or(false)
+    {
+        return Err("the agent did not come online within 60 s".into());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    run.idle_rss_bytes = measure::status_bytes(pid, "VmRSS").unwrap_or(0);
+    let idle = Duration::from_secs_f64(secs.min(5.0));
+    let cpu0 = measure::cpu_seconds(pid).unwrap_or(0.0);
+    tokio::time::sleep(idle).await;
+    let idle_cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+    run.idle_cpu_seconds_per_hour = idle_cpu / idle.as_secs_f64() * 3600.0;
+    let mut outputs = measure::subscribe(port, &format!("{id}-out"), "compare/out/#").await;
+    let mut stats = measure::subscribe(
+        port,
+        &format!("{id}-stats"),
+        &format!("edge-agent/{id}/stats"),
+    )
+    .await;
+    let (client, mut eventloop) = measure::client(port, &format!("{id}-pub"));
+    let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+    let topic = format!("compare/in/{id}");
+    let mut first = 0;
+    for &rate in rates {
+        let count = ((rate * secs).round() as u64).max(1);
+        let cpu0 = measure::cpu_seconds(pid).unwrap_or(0.0);
+        let sent = measure::publish_steady(&client, &topic, first, count, rate).await;
+        let (received, duplicates, latency) =
+            measure::collect(&mut outputs, &sent, w.tag, Duration::from_secs(5)).await;
+        let cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+        let sent_n = sent.len() as u64;
+        let per_event = cpu / sent_n.max(1) as f64;
+        run.phases.push(Phase {
+            rate,
+            sent: sent_n,
+            received,
+            lost: sent_n - received.min(sent_n),
+            duplicates,
+            end_to_end_us: latency,
+            cpu_per_event_us: per_event * 1e6,
+            cpu_seconds_per_hour: per_event * rate * 3600.0,
+        });
+        first += count;
+    }
+    run.peak_rss_bytes = measure::status_bytes(pid, "VmHWM").unwrap_or(0);
+    // The agent's own figures: the report after the last event (one a second).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some((_, body))) = tokio::time::timeout_at(deadline, stats.recv()).await {
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+        let f = &v[0];
+        run.agent_succeeded = f["succeeded"].as_u64().unwrap_or(0);
+        run.agent_end_to_end_p50_us = f["end_to_end_us"]["p50"].as_u64().unwrap_or(0);
+        run.agent_instantiate_p50_us = f["instantiate_us"]["p50"].as_u64().unwrap_or(0);
+        if run.agent_succeeded >= first {
+            break;
+        }
+    }
+    poller.abort();
+    drop(agent);
+    Ok(())
+}
+
+/// The verdict line for one function, from its two runs.
+fn verdict(w: &Workload, models: &[ModelRun]) -> String {
+    let find = |m: &str| models.iter().find(|r| r.model == m && r.error.is_none());
+    let (Some(p), Some(o)) = (find("persistent"), find("on-demand")) else {
+        return format!("{}: no verdict, a model run failed", w.name);
+    };
+    let (Some(pl), Some(ol)) = (p.phases.last(), o.phases.last()) else {
+        return format!("{}: no verdict, nothing was measured", w.name);
+    };
+    let cpu_ratio = ol.cpu_per_event_us / pl.cpu_per_event_us.max(0.001);
+    let mem_mb = (p.idle_rss_bytes as f64 - o.idle_rss_bytes as f64) / 1e6;
+    let lost = pl.lost + ol.lost;
+    let lat = |r: &Phase| r.end_to_end_us.p50 as f64 / 1000.0;
+    let choice = if cpu_ratio > 1.2 {
+        "persistent"
+    } else {
+        "either model"
+    };
+    format!(
+        "{}: {choice} at {:.0} events/s: on-demand spends {cpu_ratio:.1}x the CPU per event \
+         ({:.0} vs {:.0} us, a {} us cold start each), persistent holds {mem_mb:+.1} MB while idle; \
+         end-to-end p50 {:.1} ms on-demand, {:.1} ms persistent; {lost} events lost",
+        w.name,
+        pl.rate,
+        ol.cpu_per_event_us,
+        pl.cpu_per_event_us,
+        o.agent_instantiate_p50_us,
+        lat(ol),
+        lat(pl),
+    )
+}
+
+/// The report as a table per function, then the verdicts.
+pub fn render(report: &Report) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "edge-agent {} on {}",
+        report.agent_version, report.machine
+    );
+    for f in &report.functions {
+        let _ = writeln!(
+            out,
+            "\n{} ({})\n{:<12} {:>8} {:>9} {:>6} {:>5} {:>10} {:>10} {:>12} {:>11} {:>9} {:>12}",
+            f.function,
+            if f.stateful { "stateful" } else { "stateless" },
+            "model",
+            "rate/s",
+            "received",
+            "lost",
+            "dups",
+            "e2e p50 ms",
+            "e2e p99 ms",
+            "CPU us/event",
+            "CPU s/hour",
+            "idle MB",
+            "idle CPU s/h"
+        );
+        for m in &f.models {
+            if let Some(e) = &m.error {
+                let _ = writeln!(out, "{:<12} failed: {e}", m.model);
+            }
+            for p in &m.phases {
+                let _ = writeln!(
+                    out,
+                    "{:<12} {:>8.0} {:>9} {:>6} {:>5} {:>10.2} {:>10.2} {:>12.1} {:>11.2} {:>9.1} {:>12.1}",
+                    m.model,
+                    p.rate,
+                    p.received,
+                    p.lost,
+                    p.duplicates,
+                    p.end_to_end_us.p50 as f64 / 1000.0,
+                    p.end_to_end_us.p99 as f64 / 1000.0,
+                    p.cpu_per_event_us,
+                    p.cpu_seconds_per_hour,
+                    m.idle_rss_bytes as f64 / 1e6,
+                    m.idle_cpu_seconds_per_hour
+                );
+            }
+        }
+    }
+    let _ = writeln!(out);
+    for f in &report.functions {
+        let _ = writeln!(out, "{}", f.verdict);
+    }
+    out
+}
