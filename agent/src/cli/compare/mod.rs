@@ -126,6 +126,47 @@ const WORKLOAD: [Workload; 2] = [
     },
 ];
 
+/// What `compare` is doing: a progress bar on a terminal, plain lines otherwise.
+struct Progress(Option<indicatif::ProgressBar>);
+
+impl Progress {
+    fn new(steps: u64) -> Self {
+        use std::io::IsTerminal;
+        if !std::io::stderr().is_terminal() {
+            return Self(None);
+        }
+        let bar = indicatif::ProgressBar::new(steps);
+        let style = indicatif::ProgressStyle::with_template(
+            "{elapsed_precise} [{bar:30}] {pos}/{len} phases, about {eta} left: {msg}",
+        );
+        if let Ok(style) = style {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        Self(Some(bar))
+    }
+
+    fn say(&self, msg: String) {
+        match &self.0 {
+            Some(bar) => bar.set_message(msg),
+            None => eprintln!("compare: {msg}"),
+        }
+    }
+
+    fn step(&self) {
+        if let Some(bar) = &self.0 {
+            bar.inc(1);
+        }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(bar) = &self.0 {
+            bar.finish_and_clear();
+        }
+    }
+}
+
 /// Finds the example functions: `--modules`, `modules/dist`, the package's folder.
 fn modules_dir(args: &CompareArgs) -> Result<PathBuf, CompareError> {
     let candidates: Vec<PathBuf> = match &args.modules {
@@ -181,13 +222,13 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
     );
     let port = start_broker()?;
     let work = WorkDir::new()?;
+    let progress = Progress::new((WORKLOAD.len() * 2 * (rates.len() + 1)) as u64);
     let mut functions = Vec::new();
     for w in &WORKLOAD {
         let module = module(&dir, w.name).unwrap_or_default();
         let mut models = Vec::new();
         for mode in [Mode::Persistent, Mode::OnDemand] {
-            eprintln!("compare: {} {} ...", w.name, mode.as_str());
-            let run = run_model(work.path(), port, w, &module, mode, rates, secs).await;
+            let run = run_model(work.path(), port, w, &module, mode, rates, secs, &progress).await;
             models.push(run);
         }
         let verdict = verdict(w, &models);
@@ -263,6 +304,7 @@ async fn run_model(
     mode: Mode,
     rates: &[f64],
     secs: f64,
+    progress: &Progress,
 ) -> ModelRun {
     let mut run = ModelRun {
         model: mode.as_str().to_string(),
@@ -275,8 +317,10 @@ async fn run_model(
         agent_instantiate_p50_us: 0,
         error: None,
     };
-    if let Err(e) = measure_model(work, port, w, module, mode, rates, secs, &mut run).await {
-        eprintln!("compare: {} {}: {e}", w.name, mode.as_str());
+    if let Err(e) =
+        measure_model(work, port, w, module, mode, rates, secs, progress, &mut run).await
+    {
+        progress.say(format!("{} {} failed: {e}", w.name, mode.as_str()));
         run.error = Some(e);
     }
     run
@@ -291,9 +335,12 @@ async fn measure_model(
     mode: Mode,
     rates: &[f64],
     secs: f64,
+    progress: &Progress,
     run: &mut ModelRun,
 ) -> Result<(), String> {
     let id = format!("compare-{}-{}", w.name, mode.as_str());
+    let what = format!("{} {}", w.name, mode.as_str());
+    progress.say(format!("{what}: starting its agent, then idle"));
     let data = work.join(&id);
     let config = format!(
         "[agent]\nid = \"{id}\"\ndata_dir = \"{}\"\nstats_interval_secs = 1\n\
@@ -348,6 +395,7 @@ async fn measure_model(
     tokio::time::sleep(idle).await;
     let idle_cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
     run.idle_cpu_seconds_per_hour = idle_cpu / idle.as_secs_f64() * 3600.0;
+    progress.step();
     let mut outputs = measure::subscribe(port, &format!("{id}-out"), "compare/out/#").await;
     let mut stats = measure::subscribe(
         port,
@@ -361,6 +409,7 @@ async fn measure_model(
     let mut first = 0;
     for &rate in rates {
         let count = ((rate * secs).round() as u64).max(1);
+        progress.say(format!("{what}: {count} events at {rate} events/s"));
         let cpu0 = measure::cpu_seconds(pid).unwrap_or(0.0);
         let sent = measure::publish_steady(&client, &topic, first, count, rate).await;
         let (received, duplicates, latency) =
@@ -379,6 +428,10 @@ async fn measure_model(
             cpu_seconds_per_hour: per_event * rate * 3600.0,
         });
         first += count;
+        progress.say(format!(
+            "{what}: {rate} events/s: {received} of {sent_n} outputs arrived, {duplicates} twice"
+        ));
+        progress.step();
     }
     run.peak_rss_bytes = measure::status_bytes(pid, "VmHWM").unwrap_or(0);
     // The agent's own figures: the report after the last event (one a second).
