@@ -107,7 +107,8 @@ impl Shutdown {
             let _ = self
                 .publisher
                 .try_publish(self.status_topic, qos, true, offline, None);
-            self.publisher.disconnect().await;
+            // Bounded: a broker that stopped reading must not hold the stop up.
+            let _ = tokio::time::timeout(DISCONNECT_DEADLINE, self.publisher.disconnect()).await;
         }
         connections.push(self.output_connection);
         connections.extend(self.intakes.into_iter().map(|i| i.connection));
