@@ -482,6 +482,11 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
                 m.idle_rss_bytes > 0 && m.peak_rss_bytes >= m.idle_rss_bytes,
                 "{what}"
             );
+            assert!(
+                m.rss_over_time.len() > 4 && m.state_disk_bytes > 0,
+                "{what}"
+            );
+            assert!(m.agent_call_cpu_p50_us > 0, "{what}");
             let mut received = 0;
             for p in &m.phases {
                 assert!(p.sent > 0, "{what}: {p:?}");

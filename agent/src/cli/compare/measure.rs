@@ -105,6 +105,51 @@ pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// Samples `VmRSS` of process `pid` every `every` until `stop`; returns (seconds since
+/// the start, bytes) pairs.
+pub async fn sample_rss(
+    pid: u32,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+) -> Vec<(f64, u64)> {
+    let start = Instant::now();
+    let mut samples = Vec::new();
+    let mut tick = tokio::time::interval(every);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return samples,
+            _ = tick.tick() => {}
+        }
+        match status_bytes(pid, "VmRSS") {
+            Some(b) => samples.push((start.elapsed().as_secs_f64(), b)),
+            None => return samples,
+        }
+    }
+}
+
+/// Memory held above `idle`, integrated over `samples`, in MB-seconds.
+pub fn mb_seconds_above(samples: &[(f64, u64)], idle: u64) -> f64 {
+    samples
+        .windows(2)
+        .map(|w| (w[1].0 - w[0].0) * w[0].1.saturating_sub(idle) as f64 / 1e6)
+        .sum()
+}
+
+/// Bytes of the files under `dir` (the state store on disk).
+pub fn disk_bytes(dir: &std::path::Path) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => disk_bytes(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
+}
+
 /// A client of the compare process on the broker at `port`.
 pub fn client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
     let mut opts = MqttOptions::new(id, "127.0.0.1", port);
@@ -222,6 +267,19 @@ mod tests {
         assert_eq!(Tag::Count.seq(br#"{"topic":"t","count":1}"#), Some(0));
         assert_eq!(Tag::Count.seq(br#"{"count":0}"#), None);
         assert_eq!(Tag::Seq.seq(b"not json"), None);
+    }
+
+    #[test]
+    fn memory_seconds_count_only_what_is_above_idle() {
+        let mb = 1_000_000;
+        let samples = [
+            (0.0, 10 * mb),
+            (1.0, 12 * mb),
+            (3.0, 11 * mb),
+            (4.0, 9 * mb),
+        ];
+        // 0 MB for 1 s, 2 MB for 2 s, 1 MB for 1 s.
+        assert!((mb_seconds_above(&samples, 10 * mb) - 5.0).abs() < 1e-9);
     }
 
     #[test]

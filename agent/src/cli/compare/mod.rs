@@ -66,6 +66,17 @@ pub struct ModelRun {
     pub idle_cpu_seconds_per_hour: f64,
     /// One entry per steady rate.
     pub phases: Vec<Phase>,
+    /// Resident memory of the agent process over the run: (seconds, bytes), every 250 ms.
+    pub rss_over_time: Vec<(f64, u64)>,
+    /// Memory held above the idle RSS over the run, MB-seconds.
+    pub memory_mb_seconds_above_idle: f64,
+    /// Size of the state store on disk after the run.
+    pub state_disk_bytes: u64,
+    /// The agent's own per-call execution p50, µs.
+    pub agent_execute_p50_us: u64,
+    /// The agent's own per-call thread CPU p50 (instantiation and call), µs: the part of
+    /// the process CPU per event that is the function's.
+    pub agent_call_cpu_p50_us: u64,
     /// Events the agent says it handled (its stats topic), for the cross-check.
     pub agent_succeeded: u64,
     /// The agent's own end-to-end p50 over the run, µs.
@@ -312,6 +323,11 @@ async fn run_model(
         peak_rss_bytes: 0,
         idle_cpu_seconds_per_hour: 0.0,
         phases: Vec::new(),
+        rss_over_time: Vec::new(),
+        memory_mb_seconds_above_idle: 0.0,
+        state_disk_bytes: 0,
+        agent_execute_p50_us: 0,
+        agent_call_cpu_p50_us: 0,
         agent_succeeded: 0,
         agent_end_to_end_p50_us: 0,
         agent_instantiate_p50_us: 0,
@@ -396,6 +412,12 @@ async fn measure_model(
     let idle_cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
     run.idle_cpu_seconds_per_hour = idle_cpu / idle.as_secs_f64() * 3600.0;
     progress.step();
+    let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let sampler = tokio::spawn(measure::sample_rss(
+        pid,
+        Duration::from_millis(250),
+        stop_sampling.clone(),
+    ));
     let mut outputs = measure::subscribe(port, &format!("{id}-out"), "compare/out/#").await;
     let mut stats = measure::subscribe(
         port,
@@ -434,6 +456,10 @@ async fn measure_model(
         progress.step();
     }
     run.peak_rss_bytes = measure::status_bytes(pid, "VmHWM").unwrap_or(0);
+    stop_sampling.cancel();
+    run.rss_over_time = sampler.await.unwrap_or_default();
+    run.memory_mb_seconds_above_idle =
+        measure::mb_seconds_above(&run.rss_over_time, run.idle_rss_bytes);
     // The agent's own figures: the report after the last event (one a second).
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while let Ok(Some((_, body))) = tokio::time::timeout_at(deadline, stats.recv()).await {
@@ -442,12 +468,15 @@ async fn measure_model(
         run.agent_succeeded = f["succeeded"].as_u64().unwrap_or(0);
         run.agent_end_to_end_p50_us = f["end_to_end_us"]["p50"].as_u64().unwrap_or(0);
         run.agent_instantiate_p50_us = f["instantiate_us"]["p50"].as_u64().unwrap_or(0);
+        run.agent_execute_p50_us = f["execute_us"]["p50"].as_u64().unwrap_or(0);
+        run.agent_call_cpu_p50_us = f["cpu_us"]["p50"].as_u64().unwrap_or(0);
         if run.agent_succeeded >= first {
             break;
         }
     }
     poller.abort();
     drop(agent);
+    run.state_disk_bytes = measure::disk_bytes(&data);
     Ok(())
 }
 
@@ -531,6 +560,20 @@ pub fn render(report: &Report) -> String {
                     m.idle_cpu_seconds_per_hour
                 );
             }
+        }
+        for m in f.models.iter().filter(|m| m.error.is_none()) {
+            let _ = writeln!(
+                out,
+                "{:<12} peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} KB; per call \
+                 (agent): CPU {} us, execute {} us, cold start {} us",
+                m.model,
+                m.peak_rss_bytes as f64 / 1e6,
+                m.memory_mb_seconds_above_idle,
+                m.state_disk_bytes as f64 / 1024.0,
+                m.agent_call_cpu_p50_us,
+                m.agent_execute_p50_us,
+                m.agent_instantiate_p50_us
+            );
         }
     }
     let _ = writeln!(out);
