@@ -27,6 +27,10 @@ struct Waiting {
     in_flight: HashMap<u16, Waiter>,
     /// A publish rumqttc holds back because its packet id is still in flight.
     collided: Option<(u16, Waiter)>,
+    /// Queued requests rumqttc took out of its queue when the connection failed: it resends
+    /// them (after the unconfirmed ones) if the broker resumes the session, and drops them
+    /// with the unconfirmed ones if it does not.
+    taken_at_failure: usize,
 }
 
 /// Publishes on the output connection and reports when the broker has each message.
@@ -105,6 +109,13 @@ impl Publisher {
         }
     }
 
+    /// Drops subscriptions on `filters` (an older agent's, left in a resumed session).
+    pub fn unsubscribe(&self, filters: &[String]) {
+        for f in filters {
+            let _ = self.client.try_unsubscribe(f.clone());
+        }
+    }
+
     /// Sends a clean DISCONNECT once what is queued has gone.
     pub async fn disconnect(&self) {
         let _order = self.order.lock().await;
@@ -145,6 +156,32 @@ impl Publisher {
         if let Some(delivery) = done {
             delivery.complete();
         }
+    }
+
+    /// The output connection failed: rumqttc has moved every unconfirmed publish aside, and
+    /// `taken` requests it had not numbered yet (the oldest queued ones, counted in its
+    /// event loop's `pending`), to resend if the session resumes.
+    pub fn connection_lost(&self, taken: usize) {
+        self.lock().taken_at_failure = taken;
+    }
+
+    /// The output connection is back. If the broker kept the session, rumqttc resends what
+    /// it moved aside, in order, and the pairing stands. If not, rumqttc has dropped it:
+    /// those waiters are forgotten, so their events are never acknowledged and the broker
+    /// redelivers them (when their intake connections resume), and the outputs are made
+    /// again. Returns how many outputs were dropped.
+    pub fn reconnected(&self, session_present: bool) -> usize {
+        let mut w = self.lock();
+        let taken = std::mem::take(&mut w.taken_at_failure);
+        if session_present {
+            return 0;
+        }
+        let taken = taken.min(w.queued.len());
+        let dropped = taken + w.in_flight.len() + usize::from(w.collided.is_some());
+        w.queued.drain(..taken);
+        w.in_flight.clear();
+        w.collided = None;
+        dropped
     }
 
     /// Publishes the broker has not confirmed yet (queued or in flight).
@@ -233,6 +270,51 @@ mod tests {
         );
         p.observe(&out(1));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_lost_session_drops_what_was_moved_aside_and_a_kept_one_resends_it() {
+        let (p, _el) = setup();
+        let (d, mut acks) = delivery(1);
+        for waiter in [None, Some(d.clone())] {
+            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], waiter);
+            assert!(sent.await.is_ok());
+        }
+        p.observe(&out(1));
+        p.connection_lost(1);
+        // Published during the outage: still in rumqttc's queue, not moved aside.
+        let (later, mut later_acks) = delivery(1);
+        let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(later));
+        assert!(sent.await.is_ok());
+        assert_eq!(
+            p.reconnected(false),
+            2,
+            "the unconfirmed one and the one moved aside"
+        );
+        p.observe(&out(1));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert_eq!(later_acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+        assert!(
+            acks.try_recv().is_err(),
+            "a dropped output never confirms its event"
+        );
+        drop(d);
+
+        // The session resumes: resends keep their waiters, in order.
+        let (p, _el) = setup();
+        let (d, mut acks) = delivery(2);
+        for _ in 0..2 {
+            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d.clone()));
+            assert!(sent.await.is_ok());
+        }
+        p.observe(&out(1));
+        p.connection_lost(1);
+        assert_eq!(p.reconnected(true), 0);
+        p.observe(&out(1));
+        p.observe(&out(2));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(2))));
         assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
     }
 

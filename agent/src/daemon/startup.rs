@@ -103,6 +103,7 @@ impl Startup {
             publisher: publisher.clone(),
             backoff: backoff(),
             link: Link::new(board.clone(), 0),
+            stale_filters: stale_filters(&config),
         };
         let output_connection = tokio::spawn(output_task.run(connection_done.clone()));
         let hops = Arc::new(HopLedger::default());
@@ -324,6 +325,17 @@ fn spawn_reporter(
             stop,
         ))
     })
+}
+
+/// What an agent with one connection for everything subscribed to under the client id the
+/// output connection now uses: each function's filters, and their merged form.
+fn stale_filters(config: &Config) -> Vec<String> {
+    let topics = || config.functions.iter().flat_map(|f| f.topics.iter());
+    let merged = crate::topic::subscriptions(topics().map(|t| (t.as_str(), 1)));
+    topics()
+        .cloned()
+        .chain(merged.into_iter().map(|s| s.filter))
+        .collect()
 }
 
 /// Says `online`, retained, on the status topic each time every connection is up and

@@ -178,6 +178,9 @@ pub struct OutputTask {
     pub backoff: Backoff,
     /// Where the task reports what it sees.
     pub link: Link,
+    /// Filters an agent with one connection for everything subscribed to under this client
+    /// id: dropped if the first connection resumes such a session.
+    pub stale_filters: Vec<String>,
 }
 
 impl OutputTask {
@@ -196,7 +199,27 @@ impl OutputTask {
                         Event::Incoming(Packet::ConnAck(ack))
                             if ack.code == ConnectReturnCode::Success =>
                         {
-                            tracing::info!(connection = "output", "connected to broker");
+                            tracing::info!(
+                                connection = "output",
+                                session_present = ack.session_present,
+                                "connected to broker"
+                            );
+                            let dropped = self.publisher.reconnected(ack.session_present);
+                            if dropped > 0 {
+                                tracing::error!(
+                                    dropped,
+                                    "the broker did not keep the output connection's session: \
+                                    unconfirmed outputs were dropped; their events stay unacknowledged for redelivery"
+                                );
+                            }
+                            // The session is kept so that, after a reconnection, rumqttc
+                            // resends what the broker had not confirmed. An older agent
+                            // received its events on this client id: drop its subscriptions.
+                            if ack.session_present {
+                                self.publisher
+                                    .unsubscribe(&std::mem::take(&mut self.stale_filters));
+                            }
+                            self.stale_filters.clear();
                             self.backoff.connected();
                             self.link.update(|s| {
                                 s.connected = true;
@@ -208,6 +231,14 @@ impl OutputTask {
                     }
                 }
                 Err(e) => {
+                    // Requests rumqttc took from its queue and has not numbered yet.
+                    let taken = self
+                        .eventloop
+                        .pending
+                        .iter()
+                        .filter(|r| matches!(r, rumqttc::Request::Publish(p) if p.pkid == 0))
+                        .count();
+                    self.publisher.connection_lost(taken);
                     if !self.backoff.failed(&self.link, &e, &done).await {
                         break;
                     }

@@ -23,7 +23,9 @@ pub const OUTGOING_INFLIGHT: u16 = 1024;
 #[derive(Clone)]
 pub struct Connections {
     /// The output connection: outputs, dead letters, stats and presence (with the last
-    /// will), under the agent's client id, with a clean session (it subscribes to nothing).
+    /// will), under the agent's client id. It subscribes to nothing; its session is kept
+    /// (clean session off), so that after a reconnection rumqttc resends the outputs the
+    /// broker had not confirmed.
     pub output: MqttOptions,
     /// One intake connection per function, in configuration order, under
     /// `<client id>.<function>` (rumqttd refuses `/` in client ids), with the session `broker.clean_session` asks for.
@@ -39,7 +41,7 @@ pub struct Connections {
 pub fn connections(cfg: &Config, addr: &BrokerAddress) -> Result<Connections, MqttError> {
     let mut output = common(cfg, addr, &cfg.client_id())?;
     output
-        .set_clean_session(true)
+        .set_clean_session(false)
         .set_inflight(OUTGOING_INFLIGHT)
         .set_last_will(rumqttc::LastWill::new(
             cfg.status_topic(),
