@@ -53,7 +53,7 @@ pub enum CompareError {
 }
 
 /// One function in one model.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ModelRun {
     /// `persistent` or `on-demand`.
     pub model: String,
@@ -239,7 +239,17 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         let module = module(&dir, w.name).unwrap_or_default();
         let mut models = Vec::new();
         for mode in [Mode::Persistent, Mode::OnDemand] {
-            let run = run_model(work.path(), port, w, &module, mode, rates, secs, &progress).await;
+            let run = run_model(ModelSetup {
+                work: work.path(),
+                port,
+                workload: w,
+                module: &module,
+                mode,
+                rates,
+                secs,
+                progress: &progress,
+            })
+            .await;
             models.push(run);
         }
         let verdict = verdict(w, &models);
@@ -306,54 +316,42 @@ impl Drop for AgentProcess {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn run_model(
-    work: &Path,
+/// One function in one model, and where to run it.
+struct ModelSetup<'a> {
+    work: &'a Path,
     port: u16,
-    w: &Workload,
-    module: &Path,
+    workload: &'a Workload,
+    module: &'a Path,
     mode: Mode,
-    rates: &[f64],
+    rates: &'a [f64],
     secs: f64,
-    progress: &Progress,
-) -> ModelRun {
+    progress: &'a Progress,
+}
+
+async fn run_model(setup: ModelSetup<'_>) -> ModelRun {
     let mut run = ModelRun {
-        model: mode.as_str().to_string(),
-        idle_rss_bytes: 0,
-        peak_rss_bytes: 0,
-        idle_cpu_seconds_per_hour: 0.0,
-        phases: Vec::new(),
-        rss_over_time: Vec::new(),
-        memory_mb_seconds_above_idle: 0.0,
-        state_disk_bytes: 0,
-        agent_execute_p50_us: 0,
-        agent_call_cpu_p50_us: 0,
-        agent_succeeded: 0,
-        agent_end_to_end_p50_us: 0,
-        agent_instantiate_p50_us: 0,
-        error: None,
+        model: setup.mode.as_str().to_string(),
+        ..ModelRun::default()
     };
-    if let Err(e) =
-        measure_model(work, port, w, module, mode, rates, secs, progress, &mut run).await
-    {
-        progress.say(format!("{} {} failed: {e}", w.name, mode.as_str()));
+    if let Err(e) = measure_model(&setup, &mut run).await {
+        let (name, mode) = (setup.workload.name, setup.mode.as_str());
+        setup.progress.say(format!("{name} {mode} failed: {e}"));
         run.error = Some(e);
     }
     run
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn measure_model(
-    work: &Path,
-    port: u16,
-    w: &Workload,
-    module: &Path,
-    mode: Mode,
-    rates: &[f64],
-    secs: f64,
-    progress: &Progress,
-    run: &mut ModelRun,
-) -> Result<(), String> {
+async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(), String> {
+    let ModelSetup {
+        work,
+        port,
+        workload: w,
+        module,
+        mode,
+        rates,
+        secs,
+        progress,
+    } = *setup;
     let id = format!("compare-{}-{}", w.name, mode.as_str());
     let what = format!("{} {}", w.name, mode.as_str());
     progress.say(format!("{what}: starting its agent, then idle"));
