@@ -22,13 +22,23 @@ impl TokenBucket {
         }
     }
 
-    /// Takes one token if there is one.
-    pub fn take(&mut self, now: Instant) -> bool {
+    /// How long until a token is there (zero if one is there now).
+    pub fn wait(&mut self, now: Instant) -> std::time::Duration {
+        self.refill(now);
+        std::time::Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+    }
+
+    fn refill(&mut self, now: Instant) {
         if let Some(last) = self.last {
             let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate;
             self.tokens = (self.tokens + refill).min(self.rate);
         }
         self.last = Some(now);
+    }
+
+    /// Takes one token if there is one.
+    pub fn take(&mut self, now: Instant) -> bool {
+        self.refill(now);
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;
             true

@@ -553,3 +553,24 @@ async fn a_hostile_neighbour_does_not_hold_up_a_healthy_function() {
             .all(|(k, _)| *k == "timeout")
     );
 }
+
+/// A burst of events that publish one message each, faster than `publish_rate`, under
+/// default queue settings: the function is slowed to the rate and the rest wait; none is
+/// dead-lettered as `rate-limit` (before, two thirds of this burst were).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_over_the_publish_rate_is_slowed_not_dead_lettered() {
+    const N: u64 = 150;
+    let functions = misbehave_fn("paced", "paced/in", "publish_rate = 50");
+    let s = setup(Broker::Embedded, &functions).await;
+    let c = Client::connect(s.port, &[]).await;
+    for _ in 0..N {
+        c.publish("paced/in", "ok").await;
+    }
+    let snap = handled(&s, "paced", N, Duration::from_secs(30)).await;
+    assert_eq!(
+        (snap.succeeded, snap.failed.clone()),
+        (N, vec![]),
+        "{snap:?}"
+    );
+    s.agent.stop().await;
+}

@@ -183,12 +183,26 @@ impl mqtt::Host for StoreData {
                 "topic `{topic}` is under `{prefix}`, which is reserved for the agent's own topics"
             ));
         }
-        let allowed = self
-            .ctx
-            .publish_bucket
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take(Instant::now());
+        let bucket = || {
+            self.ctx
+                .publish_bucket
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+        };
+        let mut allowed = bucket().take(Instant::now());
+        if !allowed && self.outbox.is_empty() {
+            // A call's first message waits for the bucket (its turn among the function's
+            // concurrent calls, up to a second): a burst of events that publish one message
+            // each is slowed to the rate, and the queue and the broker hold the rest,
+            // rather than being dead-lettered. More messages in a call that already emptied
+            // the bucket are a flood: refused.
+            let until = Instant::now() + std::time::Duration::from_secs(1);
+            while !allowed && Instant::now() < until {
+                let wait = bucket().wait(Instant::now());
+                std::thread::sleep(wait.max(std::time::Duration::from_micros(100)));
+                allowed = bucket().take(Instant::now());
+            }
+        }
         if !allowed {
             self.limit_hit = Some(FailureKind::RateLimit);
             return Err("publish rate limit exceeded (publish_rate)".into());
