@@ -511,7 +511,31 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
                 .max()
                 .unwrap_or(0);
             assert!(m.agent_end_to_end_p50_us <= outside_max, "{what}");
+            // Priced: idle, then each rate; each model under its own billing scheme.
+            assert_eq!(m.costs.len(), m.phases.len() + 1, "{what}");
+            let billing = if m.model == "on-demand" {
+                "by-use"
+            } else {
+                "reserved"
+            };
+            assert_eq!(m.billing, billing, "{what}");
+            assert!(
+                m.costs.iter().skip(1).all(|c| c.cpu_seconds > 0.0
+                    && c.memory_mb > 0.0
+                    && c.watts > 0.0
+                    && c.dollars > 0.0),
+                "{what}: {:?}",
+                m.costs
+            );
+            assert!(m.latency_cdf.len() > 10, "{what}");
         }
+        let kinds: Vec<&str> = f.break_even.iter().map(|b| b.kind.as_str()).collect();
+        assert_eq!(
+            kinds,
+            ["cpu", "memory", "energy", "money"],
+            "{}",
+            f.function
+        );
         assert!(f.verdict.starts_with(&f.function), "{}", f.verdict);
         assert!(stdout.contains(&f.verdict), "{stdout}");
     }

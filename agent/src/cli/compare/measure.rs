@@ -25,8 +25,43 @@ pub struct Latency {
     pub max: u64,
 }
 
+/// Quantiles at which [`cdf`] reads a latency distribution.
+const CDF_QUANTILES: [f64; 24] = [
+    0.0, 0.01, 0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.925, 0.95, 0.97,
+    0.98, 0.99, 0.995, 0.999, 0.9995, 0.9999, 1.0,
+];
+
+/// The distribution as (quantile, µs) points, for a CDF chart; empty with no samples.
+pub fn cdf(h: &Histogram<u64>) -> Vec<(f64, u64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    CDF_QUANTILES
+        .iter()
+        .map(|&q| {
+            (
+                q,
+                if q >= 1.0 {
+                    h.max()
+                } else {
+                    h.value_at_quantile(q)
+                },
+            )
+        })
+        .collect()
+}
+
+/// An empty histogram of latencies from 1 µs to 10 minutes.
+pub fn histogram() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
+        // Valid constant bounds: cannot fail.
+        Histogram::new(3).unwrap_or_else(|_| unreachable!())
+    })
+}
+
 impl Latency {
-    fn of(h: &Histogram<u64>) -> Self {
+    /// The percentiles of `h`.
+    pub fn of(h: &Histogram<u64>) -> Self {
         Self {
             p50: h.value_at_quantile(0.5),
             p90: h.value_at_quantile(0.9),
@@ -54,8 +89,13 @@ pub struct Phase {
     pub end_to_end_us: Latency,
     /// User + system CPU of the agent process over the phase, per event sent, µs.
     pub cpu_per_event_us: f64,
-    /// The same, per hour at this rate, in CPU seconds.
+    /// The process's CPU over the phase's wall time, per hour, in CPU seconds (the
+    /// standing idle share included).
     pub cpu_seconds_per_hour: f64,
+    /// Wall time of the phase: sending, then waiting for the outputs, seconds.
+    pub seconds: f64,
+    /// Mean resident memory of the process over the phase.
+    pub rss_mean_bytes: u64,
 }
 
 /// How an output names the event it came from.
@@ -109,10 +149,10 @@ pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
 /// the start, bytes) pairs.
 pub async fn sample_rss(
     pid: u32,
+    start: Instant,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
 ) -> Vec<(f64, u64)> {
-    let start = Instant::now();
     let mut samples = Vec::new();
     let mut tick = tokio::time::interval(every);
     loop {
@@ -133,6 +173,25 @@ pub fn mb_seconds_above(samples: &[(f64, u64)], idle: u64) -> f64 {
         .windows(2)
         .map(|w| (w[1].0 - w[0].0) * w[0].1.saturating_sub(idle) as f64 / 1e6)
         .sum()
+}
+
+/// Mean of the `samples` taken between `from` and `to` seconds (the last one before
+/// `from` if none was taken in between).
+pub fn mean_between(samples: &[(f64, u64)], from: f64, to: f64) -> u64 {
+    let inside: Vec<u64> = samples
+        .iter()
+        .filter(|s| s.0 >= from && s.0 <= to)
+        .map(|s| s.1)
+        .collect();
+    if inside.is_empty() {
+        return samples
+            .iter()
+            .rev()
+            .find(|s| s.0 <= from)
+            .or(samples.first())
+            .map_or(0, |s| s.1);
+    }
+    inside.iter().sum::<u64>() / inside.len() as u64
 }
 
 /// Bytes of the files under `dir` (the state store on disk).
@@ -225,18 +284,16 @@ pub async fn publish_steady(
 }
 
 /// Collects the outputs of the events in `sent` from `outputs`, until each has arrived or
-/// nothing has come for `quiet`; counts loss, duplicates and latency.
+/// nothing has come for `quiet`; counts loss and duplicates, and records each event's
+/// latency in `h`.
 pub async fn collect(
     outputs: &mut mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
     sent: &HashMap<u64, Instant>,
     tag: Tag,
     quiet: Duration,
-) -> (u64, u64, Latency) {
+    h: &mut Histogram<u64>,
+) -> (u64, u64) {
     let mut seen: HashMap<u64, u32> = HashMap::with_capacity(sent.len());
-    let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| {
-        // Valid constant bounds: cannot fail.
-        Histogram::new(3).unwrap_or_else(|_| unreachable!())
-    });
     while seen.len() < sent.len() {
         let Ok(Some((at, payload))) = tokio::time::timeout(quiet, outputs.recv()).await else {
             break;
@@ -254,7 +311,7 @@ pub async fn collect(
         }
     }
     let duplicates = seen.values().map(|n| u64::from(n - 1)).sum();
-    (seen.len() as u64, duplicates, Latency::of(&h))
+    (seen.len() as u64, duplicates)
 }
 
 #[cfg(test)]
@@ -280,6 +337,23 @@ mod tests {
         ];
         // 0 MB for 1 s, 2 MB for 2 s, 1 MB for 1 s.
         assert!((mb_seconds_above(&samples, 10 * mb) - 5.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn phase_memory_is_the_mean_of_its_samples() {
+        let samples = [(0.0, 10), (1.0, 20), (2.0, 40), (3.0, 60)];
+        assert_eq!(mean_between(&samples, 0.5, 2.5), 30);
+        assert_eq!(mean_between(&samples, 1.2, 1.8), 20);
+        assert_eq!(mean_between(&[], 0.0, 1.0), 0);
+        let mut h = histogram();
+        assert!(cdf(&h).is_empty());
+        for us in 1..=1000 {
+            let _ = h.record(us);
+        }
+        let points = cdf(&h);
+        assert_eq!(points.first().map(|p| p.0), Some(0.0));
+        assert_eq!(points.last(), Some(&(1.0, 1000)));
+        assert!(points.windows(2).all(|w| w[0].1 <= w[1].1));
     }
 
     #[test]

@@ -11,6 +11,7 @@
 //! models, break-even, HTML charts and the scale-to-zero model are not built yet
 //! (docs/compare.md says what is a measurement and what is not there).
 
+pub mod cost;
 pub mod measure;
 
 use std::path::{Path, PathBuf};
@@ -19,11 +20,12 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use self::cost::{Billing, BreakEven, Costs, Fits, PowerProfile, Prices, Usage};
 use self::measure::{Phase, Tag};
 use crate::config::{Config, Mode};
 
 /// Version of the JSON report's layout.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// Arguments of `edge-agent compare`.
 #[derive(Debug, Clone, clap::Args)]
@@ -39,6 +41,10 @@ pub struct CompareArgs {
     /// Short phases (about half a minute in all), for CI and first looks.
     #[arg(long)]
     pub quick: bool,
+    /// The device power profile that turns CPU time into energy: pi-zero-2w, pi4, pi5 or
+    /// x86-laptop. Default: x86-laptop on x86_64, pi4 elsewhere.
+    #[arg(long, value_name = "PROFILE")]
+    pub power: Option<String>,
 }
 
 /// Why a comparison could not run.
@@ -83,8 +89,53 @@ pub struct ModelRun {
     pub agent_end_to_end_p50_us: u64,
     /// The agent's own per-event instantiation p50 (the on-demand cold start), µs.
     pub agent_instantiate_p50_us: u64,
+    /// The agent's largest linear memory of one instance: held during a call on demand,
+    /// all the time when persistent.
+    pub agent_instance_memory_bytes: u64,
+    /// End-to-end latency of every event of the run, as (quantile, µs) points.
+    pub latency_cdf: Vec<(f64, u64)>,
+    /// How the model is billed in [`ModelRun::costs`]: `by-use` or `reserved`.
+    pub billing: String,
+    /// What the model costs per hour idle (rate 0) and at each measured rate.
+    pub costs: Vec<Costs>,
+    /// Those costs fitted as standing + rate × marginal.
+    pub fit: Fits,
     /// If the run failed: why (the other figures are then partial).
     pub error: Option<String>,
+}
+
+impl ModelRun {
+    /// Prices what was measured, and fits the costs over the rates.
+    fn price(&mut self, power: &PowerProfile, prices: &Prices) {
+        let billing = if self.model == Mode::OnDemand.as_str() {
+            Billing::ByUse
+        } else {
+            Billing::Reserved
+        };
+        self.billing = match billing {
+            Billing::ByUse => "by-use",
+            Billing::Reserved => "reserved",
+        }
+        .into();
+        let call_seconds = (self.agent_instantiate_p50_us + self.agent_execute_p50_us) as f64 / 1e6;
+        let usage = |rate: f64, cpu: f64, rss: u64| Usage {
+            rate,
+            cpu_seconds_per_hour: cpu,
+            rss_bytes: rss as f64,
+            call_memory_bytes: self.agent_instance_memory_bytes as f64,
+            call_seconds,
+        };
+        let idle = usage(0.0, self.idle_cpu_seconds_per_hour, self.idle_rss_bytes);
+        self.costs = std::iter::once(idle)
+            .chain(
+                self.phases
+                    .iter()
+                    .map(|p| usage(p.rate, p.cpu_seconds_per_hour, p.rss_mean_bytes)),
+            )
+            .map(|u| Costs::of(u, power, prices, billing))
+            .collect();
+        self.fit = Fits::of(&self.costs);
+    }
 }
 
 /// One function in every model, and the verdict.
@@ -96,6 +147,8 @@ pub struct FunctionReport {
     pub stateful: bool,
     /// Each model's run.
     pub models: Vec<ModelRun>,
+    /// Where the models cost the same, in CPU, memory, energy and money.
+    pub break_even: Vec<BreakEven>,
     /// One line: which model to use here, and why.
     pub verdict: String,
 }
@@ -111,6 +164,10 @@ pub struct Report {
     pub machine: String,
     /// Seconds each rate was held.
     pub phase_seconds: f64,
+    /// The power profile energy is modelled with (a model, not a measurement).
+    pub power: PowerProfile,
+    /// The prices money is modelled with (a model, not a measurement).
+    pub prices: Prices,
     /// One entry per function.
     pub functions: Vec<FunctionReport>,
 }
@@ -217,6 +274,8 @@ fn module(dir: &Path, name: &str) -> Option<PathBuf> {
 /// that fails is reported in its [`ModelRun::error`], not as an error.
 pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
     let dir = modules_dir(args)?;
+    let power = cost::power_profile(args.power.as_deref()).map_err(CompareError::Setup)?;
+    let prices = Prices::default();
     let (rates, secs): (&[f64], f64) = if args.quick {
         (&[20.0, 200.0], 2.0)
     } else {
@@ -239,7 +298,7 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         let module = module(&dir, w.name).unwrap_or_default();
         let mut models = Vec::new();
         for mode in [Mode::Persistent, Mode::OnDemand] {
-            let run = run_model(ModelSetup {
+            let mut run = run_model(ModelSetup {
                 work: work.path(),
                 port,
                 workload: w,
@@ -250,13 +309,17 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
                 progress: &progress,
             })
             .await;
+            run.price(&power, &prices);
             models.push(run);
         }
-        let verdict = verdict(w, &models);
+        let max_rate = rates.iter().copied().fold(0.0, f64::max);
+        let break_even = break_even(&models, max_rate);
+        let verdict = verdict(w.name, &models, &break_even, max_rate);
         functions.push(FunctionReport {
             function: w.name.to_string(),
             stateful: w.stateful,
             models,
+            break_even,
             verdict,
         });
     }
@@ -270,6 +333,8 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
         phase_seconds: secs,
+        power,
+        prices,
         functions,
     })
 }
@@ -411,8 +476,10 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     run.idle_cpu_seconds_per_hour = idle_cpu / idle.as_secs_f64() * 3600.0;
     progress.step();
     let stop_sampling = tokio_util::sync::CancellationToken::new();
+    let t0 = std::time::Instant::now();
     let sampler = tokio::spawn(measure::sample_rss(
         pid,
+        t0,
         Duration::from_millis(250),
         stop_sampling.clone(),
     ));
@@ -427,25 +494,33 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
     let topic = format!("compare/in/{id}");
     let mut first = 0;
+    let mut all = measure::histogram();
+    let mut starts = Vec::with_capacity(rates.len());
     for &rate in rates {
         let count = ((rate * secs).round() as u64).max(1);
         progress.say(format!("{what}: {count} events at {rate} events/s"));
         let cpu0 = measure::cpu_seconds(pid).unwrap_or(0.0);
+        let start = t0.elapsed().as_secs_f64();
+        starts.push(start);
         let sent = measure::publish_steady(&client, &topic, first, count, rate).await;
-        let (received, duplicates, latency) =
-            measure::collect(&mut outputs, &sent, w.tag, Duration::from_secs(5)).await;
+        let mut h = measure::histogram();
+        let (received, duplicates) =
+            measure::collect(&mut outputs, &sent, w.tag, Duration::from_secs(5), &mut h).await;
         let cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+        let seconds = t0.elapsed().as_secs_f64() - start;
+        let _ = all.add(&h);
         let sent_n = sent.len() as u64;
-        let per_event = cpu / sent_n.max(1) as f64;
         run.phases.push(Phase {
             rate,
             sent: sent_n,
             received,
             lost: sent_n - received.min(sent_n),
             duplicates,
-            end_to_end_us: latency,
-            cpu_per_event_us: per_event * 1e6,
-            cpu_seconds_per_hour: per_event * rate * 3600.0,
+            end_to_end_us: measure::Latency::of(&h),
+            cpu_per_event_us: cpu / sent_n.max(1) as f64 * 1e6,
+            cpu_seconds_per_hour: cpu / seconds.max(1e-3) * 3600.0,
+            seconds,
+            rss_mean_bytes: 0, // from the RSS samples, once they are all in
         });
         first += count;
         progress.say(format!(
@@ -456,6 +531,10 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     run.peak_rss_bytes = measure::status_bytes(pid, "VmHWM").unwrap_or(0);
     stop_sampling.cancel();
     run.rss_over_time = sampler.await.unwrap_or_default();
+    run.latency_cdf = measure::cdf(&all);
+    for (p, start) in run.phases.iter_mut().zip(starts) {
+        p.rss_mean_bytes = measure::mean_between(&run.rss_over_time, start, start + p.seconds);
+    }
     run.memory_mb_seconds_above_idle =
         measure::mb_seconds_above(&run.rss_over_time, run.idle_rss_bytes);
     // The agent's own figures: the report after the last event (one a second).
@@ -468,6 +547,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         run.agent_instantiate_p50_us = f["instantiate_us"]["p50"].as_u64().unwrap_or(0);
         run.agent_execute_p50_us = f["execute_us"]["p50"].as_u64().unwrap_or(0);
         run.agent_call_cpu_p50_us = f["cpu_us"]["p50"].as_u64().unwrap_or(0);
+        run.agent_instance_memory_bytes = f["peak_memory_bytes"].as_u64().unwrap_or(0);
         if run.agent_succeeded >= first {
             break;
         }
@@ -478,51 +558,90 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     Ok(())
 }
 
-/// The verdict line for one function, from its two runs.
-fn verdict(w: &Workload, models: &[ModelRun]) -> String {
-    let find = |m: &str| models.iter().find(|r| r.model == m && r.error.is_none());
-    let (Some(p), Some(o)) = (find("persistent"), find("on-demand")) else {
-        return format!("{}: no verdict, a model run failed", w.name);
+/// Where the two models cost the same, per kind of cost, up to `max_rate`.
+fn break_even(models: &[ModelRun], max_rate: f64) -> Vec<BreakEven> {
+    let find = |m: Mode| {
+        models
+            .iter()
+            .find(|r| r.model == m.as_str() && r.error.is_none())
     };
-    let (Some(pl), Some(ol)) = (p.phases.last(), o.phases.last()) else {
-        return format!("{}: no verdict, nothing was measured", w.name);
+    let (Some(p), Some(o)) = (find(Mode::Persistent), find(Mode::OnDemand)) else {
+        return Vec::new();
     };
-    let cpu_ratio = ol.cpu_per_event_us / pl.cpu_per_event_us.max(0.001);
-    let mem_mb = (p.idle_rss_bytes as f64 - o.idle_rss_bytes as f64) / 1e6;
-    let lost = pl.lost + ol.lost;
-    let lat = |r: &Phase| r.end_to_end_us.p50 as f64 / 1000.0;
-    let choice = if cpu_ratio > 1.2 {
-        "persistent"
+    o.fit
+        .kinds()
+        .into_iter()
+        .zip(p.fit.kinds())
+        .map(|((kind, on_demand), (_, persistent))| {
+            BreakEven::of(
+                kind,
+                (&o.model, on_demand),
+                (&p.model, persistent),
+                max_rate,
+            )
+        })
+        .collect()
+}
+
+/// The verdict line for one function: which model is cheaper in energy (the device's own
+/// cost) at which rates, the CPU and memory ratios, and what money says.
+fn verdict(name: &str, models: &[ModelRun], break_even: &[BreakEven], max_rate: f64) -> String {
+    let find = |m: Mode| {
+        models
+            .iter()
+            .find(|r| r.model == m.as_str() && r.error.is_none())
+    };
+    let (Some(p), Some(o)) = (find(Mode::Persistent), find(Mode::OnDemand)) else {
+        return format!("{name}: no verdict, a model run failed");
+    };
+    let kind = |k: &str| break_even.iter().find(|b| b.kind == k);
+    let (Some(energy), Some(money)) = (kind("energy"), kind("money")) else {
+        return format!("{name}: no verdict, nothing was measured");
+    };
+    let said = |b: &BreakEven, kind: &str| match b.rate {
+        Some(r) => format!(
+            "{} below {r:.1} events/s, {} above (break-even in {kind})",
+            b.below, b.above
+        ),
+        None => format!(
+            "{} at every rate up to {max_rate} events/s (cheaper in {kind} throughout)",
+            b.below
+        ),
+    };
+    let cpu_ratio = o.fit.cpu_seconds.marginal / p.fit.cpu_seconds.marginal.max(1e-12);
+    let mem_ratio = o.idle_rss_bytes as f64 / (p.idle_rss_bytes as f64).max(1.0);
+    let lost: u64 = models
+        .iter()
+        .flat_map(|m| &m.phases)
+        .map(|ph| ph.lost)
+        .sum();
+    let lost = if lost > 0 {
+        format!("; {lost} events LOST")
     } else {
-        "either model"
+        String::new()
     };
     format!(
-        "{}: {choice} at {:.0} events/s: on-demand spends {cpu_ratio:.1}x the CPU per event \
-         ({:.0} vs {:.0} us, a {} us cold start each), persistent holds {mem_mb:+.1} MB while idle; \
-         end-to-end p50 {:.1} ms on-demand, {:.1} ms persistent; {lost} events lost",
-        w.name,
-        pl.rate,
-        ol.cpu_per_event_us,
-        pl.cpu_per_event_us,
-        o.agent_instantiate_p50_us,
-        lat(ol),
-        lat(pl),
+        "{name}: {}; on-demand/persistent: CPU per event {cpu_ratio:.1}x, idle memory \
+         {mem_ratio:.2}x; billed by use vs reserved: {}{lost}",
+        said(energy, "energy"),
+        said(money, "money"),
     )
 }
 
-/// The report as a table per function, then the verdicts.
+/// The report as a table per function, then the break-evens and verdicts.
 pub fn render(report: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "edge-agent {} on {}",
-        report.agent_version, report.machine
+        "edge-agent {} on {}; energy by the {} power profile, money by a price list (models, \
+         see the end)",
+        report.agent_version, report.machine, report.power.name
     );
     for f in &report.functions {
         let _ = writeln!(
             out,
-            "\n{} ({})\n{:<12} {:>8} {:>9} {:>6} {:>5} {:>10} {:>10} {:>12} {:>11} {:>9} {:>12}",
+            "\n{} ({})\n{:<12} {:>7} {:>8} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>9}",
             f.function,
             if f.stateful { "stateful" } else { "stateless" },
             "model",
@@ -530,53 +649,99 @@ pub fn render(report: &Report) -> String {
             "received",
             "lost",
             "dups",
-            "e2e p50 ms",
-            "e2e p99 ms",
-            "CPU us/event",
-            "CPU s/hour",
-            "idle MB",
-            "idle CPU s/h"
+            "p50 ms",
+            "p99 ms",
+            "CPU us/e",
+            "CPU s/h",
+            "MB",
+            "mW",
+            "$/month"
         );
         for m in &f.models {
             if let Some(e) = &m.error {
                 let _ = writeln!(out, "{:<12} failed: {e}", m.model);
             }
-            for p in &m.phases {
+            for (i, c) in m.costs.iter().enumerate() {
+                let row = match i.checked_sub(1).and_then(|i| m.phases.get(i)) {
+                    Some(p) => format!(
+                        "{:>8} {:>5} {:>4} {:>8.2} {:>8.2} {:>8.0}",
+                        p.received,
+                        p.lost,
+                        p.duplicates,
+                        p.end_to_end_us.p50 as f64 / 1000.0,
+                        p.end_to_end_us.p99 as f64 / 1000.0,
+                        p.cpu_per_event_us
+                    ),
+                    None => format!(
+                        "{:>8} {:>5} {:>4} {:>8} {:>8} {:>8}",
+                        "idle", "", "", "", "", ""
+                    ),
+                };
                 let _ = writeln!(
                     out,
-                    "{:<12} {:>8.0} {:>9} {:>6} {:>5} {:>10.2} {:>10.2} {:>12.1} {:>11.2} {:>9.1} {:>12.1}",
+                    "{:<12} {:>7} {row} {:>8.1} {:>6.1} {:>8.1} {:>9.4}",
                     m.model,
-                    p.rate,
-                    p.received,
-                    p.lost,
-                    p.duplicates,
-                    p.end_to_end_us.p50 as f64 / 1000.0,
-                    p.end_to_end_us.p99 as f64 / 1000.0,
-                    p.cpu_per_event_us,
-                    p.cpu_seconds_per_hour,
-                    m.idle_rss_bytes as f64 / 1e6,
-                    m.idle_cpu_seconds_per_hour
+                    c.rate,
+                    c.cpu_seconds,
+                    c.memory_mb,
+                    c.watts * 1e3,
+                    c.dollars * HOURS_PER_MONTH
                 );
             }
         }
         for m in f.models.iter().filter(|m| m.error.is_none()) {
+            let fit = &m.fit;
             let _ = writeln!(
                 out,
-                "{:<12} peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} KB; per call \
-                 (agent): CPU {} us, execute {} us, cold start {} us",
+                "{:<12} fitted: {:.1} CPU s/h + {:.3} per event/s; {:.1} mW + {:.3}; \
+                 ${:.4}/month + {:.5} ({})",
                 m.model,
+                fit.cpu_seconds.standing,
+                fit.cpu_seconds.marginal,
+                fit.watts.standing * 1e3,
+                fit.watts.marginal * 1e3,
+                fit.dollars.standing * HOURS_PER_MONTH,
+                fit.dollars.marginal * HOURS_PER_MONTH,
+                m.billing
+            );
+            let _ = writeln!(
+                out,
+                "{:<12} peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} KB, instance \
+                 {:.1} MB; per call (agent): CPU {} us, execute {} us, cold start {} us",
+                "",
                 m.peak_rss_bytes as f64 / 1e6,
                 m.memory_mb_seconds_above_idle,
                 m.state_disk_bytes as f64 / 1024.0,
+                m.agent_instance_memory_bytes as f64 / 1e6,
                 m.agent_call_cpu_p50_us,
                 m.agent_execute_p50_us,
                 m.agent_instantiate_p50_us
             );
+        }
+        let evens: Vec<String> = f
+            .break_even
+            .iter()
+            .map(|b| match b.rate {
+                Some(r) => format!("{} {r:.1}/s ({} below)", b.kind, b.below),
+                None => format!("{} none ({} throughout)", b.kind, b.below),
+            })
+            .collect();
+        if !evens.is_empty() {
+            let _ = writeln!(out, "break-even: {}", evens.join(", "));
         }
     }
     let _ = writeln!(out);
     for f in &report.functions {
         let _ = writeln!(out, "{}", f.verdict);
     }
+    let _ = writeln!(
+        out,
+        "\nMeasured: events, loss, latency, CPU, memory. Modelled: energy ({}: {} W idle, {} W \
+         busy) and money ({}).",
+        report.power.name, report.power.idle_watts, report.power.busy_watts, report.prices.source
+    );
     out
 }
+
+/// Hours in an average month (365.25 × 24 / 12), for $/month.
+const HOURS_PER_MONTH: f64 = 730.5;

@@ -1,0 +1,433 @@
+//! What the measured figures cost, by two models that are *not* measurements: a device
+//! power profile (watts idle and busy, from a cited source) turns CPU time into energy,
+//! and a price list turns CPU, memory and invocations into money under the two billing
+//! schemes of the serverless-vs-containers comparison:
+//! - **by use** (the serverless scheme, for on-demand): a price per million invocations
+//!   plus a price per GB-second of memory held while handling;
+//! - **reserved** (the container scheme, for persistent): vCPU-hours and GB-hours held
+//!   whether events come or not, sized to what the model used at that rate.
+//!
+//! Each model's cost is then fitted as `standing + rate × marginal` over the measured
+//! rates (and the idle measurement at rate 0), and the rate where two models cost the same
+//! is the break-even.
+
+use serde::{Deserialize, Serialize};
+
+/// A device's power draw: a model, from a cited source, not a measurement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PowerProfile {
+    /// Short name (`pi4`).
+    pub name: String,
+    /// Where the figures come from.
+    pub source: String,
+    /// Processor cores.
+    pub cores: u32,
+    /// The whole board, idle, watts.
+    pub idle_watts: f64,
+    /// The whole board with every core busy, watts.
+    pub busy_watts: f64,
+}
+
+impl PowerProfile {
+    /// Watts one fully busy core adds to the idle board.
+    pub fn watts_per_busy_core(&self) -> f64 {
+        (self.busy_watts - self.idle_watts).max(0.0) / f64::from(self.cores.max(1))
+    }
+}
+
+fn profile(name: &str, source: &str, cores: u32, idle: f64, busy: f64) -> PowerProfile {
+    PowerProfile {
+        name: name.into(),
+        source: source.into(),
+        cores,
+        idle_watts: idle,
+        busy_watts: busy,
+    }
+}
+
+/// The power profiles that ship with the agent (`--power NAME`).
+pub fn power_profiles() -> Vec<PowerProfile> {
+    vec![
+        profile(
+            "pi-zero-2w",
+            "Raspberry Pi Zero 2 W (4 x Cortex-A53): 0.6 W idle, measured by CNX Software, \
+             https://www.cnx-software.com/2021/12/09/raspberry-pi-zero-2-w-power-consumption/ \
+             (2021-12-09); 3.0 W busy is an ESTIMATE (no citable all-core figure found): \
+             measure yours and use a custom profile",
+            4,
+            0.6,
+            3.0,
+        ),
+        profile(
+            "pi4",
+            "Raspberry Pi 4 Model B (4 x Cortex-A72): 1.6 W idle, 5.0 W under \
+             stress-ng --matrix 0, at the wall; Jeff Geerling's sbc-reviews, \
+             https://github.com/geerlingguy/sbc-reviews/issues/4 (2023)",
+            4,
+            1.6,
+            5.0,
+        ),
+        profile(
+            "pi5",
+            "Raspberry Pi 5 (4 x Cortex-A76): 2.8 W idle, 9.7 W under stress-ng --matrix 0, \
+             at the wall; Jeff Geerling's sbc-reviews, \
+             https://github.com/geerlingguy/sbc-reviews/issues/21 (2023)",
+            4,
+            2.8,
+            9.7,
+        ),
+        profile(
+            "x86-laptop",
+            "Framework Laptop 13 (AMD Ryzen 7040 series, 8 cores assumed): 2.7 W idle, \
+             46.7 W under stress-ng --matrix 0; Jeff Geerling's sbc-reviews, \
+             https://github.com/geerlingguy/sbc-reviews/issues/90 (2025)",
+            8,
+            2.7,
+            46.7,
+        ),
+    ]
+}
+
+/// The profile for a name, or the one that suits this machine's architecture.
+pub fn power_profile(name: Option<&str>) -> Result<PowerProfile, String> {
+    let all = power_profiles();
+    let name = name.unwrap_or(if cfg!(target_arch = "x86_64") {
+        "x86-laptop"
+    } else {
+        "pi4"
+    });
+    all.iter().find(|p| p.name == name).cloned().ok_or_else(|| {
+        format!(
+            "unknown power profile '{name}' (known: {})",
+            all.iter()
+                .map(|p| p.name.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
+/// A price list for the two billing schemes (US dollars): a model, not a measurement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prices {
+    /// Where the prices come from, and when they were read.
+    pub source: String,
+    /// By use: per million invocations.
+    pub per_million_invocations: f64,
+    /// By use: per GB-second of memory held while handling.
+    pub per_gb_second: f64,
+    /// Reserved: per vCPU-hour.
+    pub per_vcpu_hour: f64,
+    /// Reserved: per GB-hour.
+    pub per_gb_hour: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Self {
+            source: "AWS on-demand list prices, us-east-1, Arm (Graviton), no free tier: \
+                     Lambda $0.20 per million requests and $0.0000133334 per GB-second \
+                     (https://aws.amazon.com/lambda/pricing/), Fargate Linux/ARM $0.03238 per \
+                     vCPU-hour and $0.00356 per GB-hour (https://aws.amazon.com/fargate/pricing/); \
+                     as quoted from 2021 (vantage.sh) to 2026-03 (wring.co); the AWS pages \
+                     themselves were not readable here"
+                .into(),
+            per_million_invocations: 0.20,
+            per_gb_second: 0.000_013_333_4,
+            per_vcpu_hour: 0.032_38,
+            per_gb_hour: 0.003_56,
+        }
+    }
+}
+
+/// What a model costs at one rate, per hour.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Costs {
+    /// Events per second.
+    pub rate: f64,
+    /// CPU seconds per hour (the process, idle share included).
+    pub cpu_seconds: f64,
+    /// Mean resident memory, MB.
+    pub memory_mb: f64,
+    /// Watts the agent adds to the idle board (CPU × the profile's watts per busy core).
+    pub watts: f64,
+    /// Dollars per hour under the model's billing scheme.
+    pub dollars: f64,
+}
+
+/// What one model used at one rate, as measured; the input of [`Costs`].
+#[derive(Debug, Clone, Copy)]
+pub struct Usage {
+    /// Events per second.
+    pub rate: f64,
+    /// Process CPU per hour, seconds.
+    pub cpu_seconds_per_hour: f64,
+    /// Mean resident memory, bytes.
+    pub rss_bytes: f64,
+    /// Linear memory one call holds, bytes.
+    pub call_memory_bytes: f64,
+    /// How long one call holds it (instantiation and execution), seconds.
+    pub call_seconds: f64,
+}
+
+/// How a model is billed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Billing {
+    /// Per invocation and GB-second while handling (serverless).
+    ByUse,
+    /// vCPU-hours and GB-hours held (containers).
+    Reserved,
+}
+
+impl Costs {
+    /// Prices `usage` with `power` and `prices` under `billing`.
+    pub fn of(usage: Usage, power: &PowerProfile, prices: &Prices, billing: Billing) -> Self {
+        let cpu_fraction = usage.cpu_seconds_per_hour / 3600.0;
+        let dollars = match billing {
+            Billing::ByUse => {
+                let per_call = prices.per_million_invocations / 1e6
+                    + prices.per_gb_second * usage.call_memory_bytes / 1e9 * usage.call_seconds;
+                usage.rate * 3600.0 * per_call
+            }
+            Billing::Reserved => {
+                prices.per_vcpu_hour * cpu_fraction + prices.per_gb_hour * usage.rss_bytes / 1e9
+            }
+        };
+        Self {
+            rate: usage.rate,
+            cpu_seconds: usage.cpu_seconds_per_hour,
+            memory_mb: usage.rss_bytes / 1e6,
+            watts: cpu_fraction * power.watts_per_busy_core(),
+            dollars,
+        }
+    }
+}
+
+/// `cost(rate) = standing + rate × marginal`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Line {
+    /// Cost at rate 0, per hour.
+    pub standing: f64,
+    /// Cost per event/s more, per hour.
+    pub marginal: f64,
+}
+
+impl Line {
+    /// Least squares through `(rate, cost)` points, each weighted by 1/cost² so that
+    /// every rate counts alike (relative error) and rate 0 and 1 matter as much as 1000.
+    pub fn fit(points: &[(f64, f64)]) -> Self {
+        let (mut sw, mut sx, mut sy, mut sxx, mut sxy) = (0.0, 0.0, 0.0, 0.0, 0.0);
+        let floor = points.iter().map(|p| p.1.abs()).fold(0.0, f64::max) * 1e-6 + 1e-12;
+        for &(x, y) in points {
+            let w = 1.0 / y.abs().max(floor).powi(2);
+            sw += w;
+            sx += w * x;
+            sy += w * y;
+            sxx += w * x * x;
+            sxy += w * x * y;
+        }
+        let det = sw * sxx - sx * sx;
+        if points.is_empty() {
+            return Self::default();
+        }
+        if det.abs() < f64::EPSILON * sw * sxx.max(1.0) {
+            return Self {
+                standing: sy / sw,
+                marginal: 0.0,
+            };
+        }
+        let marginal = (sw * sxy - sx * sy) / det;
+        let standing = (sy - marginal * sx) / sw;
+        // Costs are never negative: a noisy fit that says so is clamped.
+        Self {
+            standing: standing.max(0.0),
+            marginal: marginal.max(0.0),
+        }
+    }
+
+    /// The cost at `rate`.
+    pub fn at(&self, rate: f64) -> f64 {
+        self.standing + rate * self.marginal
+    }
+}
+
+/// Each model's fitted cost of each kind.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct Fits {
+    /// CPU seconds per hour.
+    pub cpu_seconds: Line,
+    /// Resident memory, MB.
+    pub memory_mb: Line,
+    /// Watts above the idle board.
+    pub watts: Line,
+    /// Dollars per hour under the model's billing scheme.
+    pub dollars: Line,
+}
+
+impl Fits {
+    /// Each kind of cost by name: `cpu`, `memory`, `energy`, `money`.
+    pub fn kinds(&self) -> [(&'static str, Line); 4] {
+        [
+            ("cpu", self.cpu_seconds),
+            ("memory", self.memory_mb),
+            ("energy", self.watts),
+            ("money", self.dollars),
+        ]
+    }
+
+    /// Fits each kind of cost over `costs`.
+    pub fn of(costs: &[Costs]) -> Self {
+        let line = |f: fn(&Costs) -> f64| {
+            Line::fit(&costs.iter().map(|c| (c.rate, f(c))).collect::<Vec<_>>())
+        };
+        Self {
+            cpu_seconds: line(|c| c.cpu_seconds),
+            memory_mb: line(|c| c.memory_mb),
+            watts: line(|c| c.watts),
+            dollars: line(|c| c.dollars),
+        }
+    }
+}
+
+/// Where two models cost the same, for one kind of cost.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BreakEven {
+    /// `cpu`, `memory`, `energy` or `money`.
+    pub kind: String,
+    /// The event rate where the two lines cross, if they do within the measured range.
+    pub rate: Option<f64>,
+    /// The cheaper model below that rate (or everywhere, when there is no break-even).
+    pub below: String,
+    /// The cheaper model above it (the same as `below` when there is none).
+    pub above: String,
+}
+
+impl BreakEven {
+    /// Where `a` and `b` cross between rates 0 and `max_rate`.
+    pub fn of(kind: &str, (na, a): (&str, Line), (nb, b): (&str, Line), max_rate: f64) -> Self {
+        let cheaper = |r: f64| if a.at(r) <= b.at(r) { na } else { nb };
+        let dm = a.marginal - b.marginal;
+        let rate = if dm.abs() > f64::EPSILON {
+            Some((b.standing - a.standing) / dm).filter(|r| *r > 0.0 && *r < max_rate)
+        } else {
+            None
+        };
+        match rate {
+            Some(r) => Self {
+                kind: kind.into(),
+                rate: Some(r),
+                below: cheaper(r / 2.0).into(),
+                above: cheaper(r * 2.0).into(),
+            },
+            None => {
+                let at = cheaper(max_rate / 2.0);
+                Self {
+                    kind: kind.into(),
+                    rate: None,
+                    below: at.into(),
+                    above: at.into(),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fit_recovers_a_line_and_weighs_low_rates() {
+        let pts: Vec<(f64, f64)> = [0.0, 1.0, 10.0, 100.0, 1000.0]
+            .iter()
+            .map(|&r| (r, 18.0 + 0.36 * r))
+            .collect();
+        let l = Line::fit(&pts);
+        assert!((l.standing - 18.0).abs() < 1e-6, "{l:?}");
+        assert!((l.marginal - 0.36).abs() < 1e-9, "{l:?}");
+        // A single point: all standing.
+        let one = Line::fit(&[(0.0, 5.0)]);
+        assert_eq!(
+            one,
+            Line {
+                standing: 5.0,
+                marginal: 0.0
+            }
+        );
+    }
+
+    #[test]
+    fn break_even_is_where_the_lines_cross_or_none() {
+        // By use: nothing standing, 1 per event/s; reserved: 10 standing, 0.5 marginal.
+        let by_use = Line {
+            standing: 0.0,
+            marginal: 1.0,
+        };
+        let reserved = Line {
+            standing: 10.0,
+            marginal: 0.5,
+        };
+        let b = BreakEven::of(
+            "money",
+            ("on-demand", by_use),
+            ("persistent", reserved),
+            1000.0,
+        );
+        assert_eq!(b.rate, Some(20.0));
+        assert_eq!(
+            (b.below.as_str(), b.above.as_str()),
+            ("on-demand", "persistent")
+        );
+        // Past the measured range: no break-even, and one model is cheaper throughout.
+        let b = BreakEven::of(
+            "money",
+            ("on-demand", by_use),
+            ("persistent", reserved),
+            10.0,
+        );
+        assert_eq!(b.rate, None);
+        assert_eq!(
+            (b.below.as_str(), b.above.as_str()),
+            ("on-demand", "on-demand")
+        );
+        // Parallel lines never cross.
+        let b = BreakEven::of(
+            "cpu",
+            ("a", reserved),
+            (
+                "b",
+                Line {
+                    standing: 1.0,
+                    ..reserved
+                },
+            ),
+            1e6,
+        );
+        assert_eq!((b.rate, b.below.as_str()), (None, "b"));
+    }
+
+    #[test]
+    fn billing_schemes_price_what_was_used() {
+        let p = Prices::default();
+        let power = power_profile(Some("pi4")).unwrap_or_else(|e| panic!("{e}"));
+        let usage = Usage {
+            rate: 10.0,
+            cpu_seconds_per_hour: 360.0, // 10% of a core
+            rss_bytes: 20e6,
+            call_memory_bytes: 1.1e6,
+            call_seconds: 1e-4,
+        };
+        let by_use = Costs::of(usage, &power, &p, Billing::ByUse);
+        // 36,000 calls an hour at $0.20 a million, plus their GB-seconds.
+        let expected = 36_000.0 * (0.2e-6 + 0.000_013_333_4 * 1.1e-3 * 1e-4);
+        assert!((by_use.dollars - expected).abs() < 1e-12, "{by_use:?}");
+        let reserved = Costs::of(usage, &power, &p, Billing::Reserved);
+        assert!((reserved.dollars - (0.1 * 0.032_38 + 0.02 * 0.003_56)).abs() < 1e-12);
+        // 10% of one core of a Pi 4: (5.0 - 1.6) / 4 W per core.
+        assert!((by_use.watts - 0.1 * 3.4 / 4.0).abs() < 1e-9);
+        assert!(power_profile(Some("nope")).is_err());
+        assert_eq!(power_profiles().len(), 4);
+    }
+}
