@@ -50,36 +50,77 @@ fn main() -> ExitCode {
     }
 }
 
-/// `edge-agent compare`: the table and verdicts on stdout, the JSON where asked; exit 69
-/// (`EX_UNAVAILABLE`) if it cannot run at all (no modules, no broker).
+/// `edge-agent compare`: the table and verdicts on stdout, the JSON and HTML where asked;
+/// exit 69 (`EX_UNAVAILABLE`) if it cannot run at all (no modules, no broker), 66
+/// (`EX_NOINPUT`) if a `--from` report cannot be read.
 fn compare(args: &edge_agent::cli::compare::CompareArgs) -> ExitCode {
     use edge_agent::cli::compare;
-    let rt = match tokio::runtime::Runtime::new() {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+    let write = |path: &Path, what: &str, body: String| match std::fs::write(path, body) {
+        Ok(()) => {
+            eprintln!("compare: {what} written to {}", path.display());
+            true
         }
-    };
-    let report = match rt.block_on(compare::compare(args)) {
-        Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
-            return ExitCode::from(69);
-        }
-    };
-    print!("{}", compare::render(&report));
-    if let Some(path) = &args.json {
-        let json = serde_json::to_string_pretty(&report).unwrap_or_default();
-        if let Err(e) = std::fs::write(path, json) {
             eprintln!("error: cannot write {}: {e}", path.display());
-            return ExitCode::FAILURE;
+            false
         }
-        eprintln!("compare: report written to {}", path.display());
+    };
+    let mut reports = Vec::new();
+    for path in &args.from {
+        match compare::load(path) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(66);
+            }
+        }
+    }
+    let mut runtime = None;
+    if reports.is_empty() {
+        let rt = match tokio::runtime::Runtime::new() {
+            Ok(rt) => rt,
+            Err(e) => {
+                eprintln!("error: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        match rt.block_on(compare::compare(args)) {
+            Ok(r) => reports.push(r),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(69);
+            }
+        }
+        runtime = Some(rt);
+    }
+    for r in &reports {
+        print!("{}", compare::render(r));
+    }
+    let mut ok = true;
+    if let Some(path) = &args.json {
+        if let [report] = reports.as_slice() {
+            let json = serde_json::to_string_pretty(report).unwrap_or_default();
+            ok &= write(path, "report", json);
+        } else {
+            eprintln!(
+                "error: --json writes one report; --from gave {}",
+                reports.len()
+            );
+            ok = false;
+        }
+    }
+    if let Some(path) = &args.html {
+        ok &= write(path, "page", compare::html::render(&reports));
     }
     // The broker's threads cannot be stopped (rumqttd 0.20): leave without waiting.
-    rt.shutdown_background();
-    ExitCode::SUCCESS
+    if let Some(rt) = runtime {
+        rt.shutdown_background();
+    }
+    if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
 }
 
 fn prepare(path: &Path) -> Result<Prepared, AgentError> {

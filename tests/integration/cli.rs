@@ -447,11 +447,14 @@ fn malformed_configs_table() {
 fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("report.json");
+    let html = dir.path().join("report.html");
     let out = Command::new(agent_bin())
         .args(["compare", "--quick", "--modules"])
         .arg(crate::harness::guests())
         .arg("--json")
         .arg(&json)
+        .arg("--html")
+        .arg(&html)
         .output()
         .expect("run compare");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -538,6 +541,179 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         );
         assert!(f.verdict.starts_with(&f.function), "{}", f.verdict);
         assert!(stdout.contains(&f.verdict), "{stdout}");
+    }
+    charts_show_the_report(&std::fs::read_to_string(&html).expect("html"), &report, 1);
+
+    // Saved reports re-render side by side (here the same one twice, as two devices).
+    let both = dir.path().join("both.html");
+    let out = Command::new(agent_bin())
+        .args(["compare", "--from"])
+        .arg(&json)
+        .arg("--from")
+        .arg(&json)
+        .arg("--html")
+        .arg(&both)
+        .output()
+        .expect("run compare --from");
+    assert!(out.status.success(), "{out:?}");
+    charts_show_the_report(&std::fs::read_to_string(&both).expect("html"), &report, 2);
+    // A file that is not a report is named, with exit 66.
+    let out = Command::new(agent_bin())
+        .args(["compare", "--from"])
+        .arg(&html)
+        .output()
+        .expect("run compare --from");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(66), "{stderr}");
+    assert!(stderr.contains("report.html: not JSON"), "{stderr}");
+}
+
+/// Parses the page and checks that every chart has axes, a title and data, and that the
+/// points drawn are the report's figures (`copies` times: once per device shown).
+fn charts_show_the_report(html: &str, report: &edge_agent::cli::compare::Report, copies: usize) {
+    let options = roxmltree::ParsingOptions {
+        allow_dtd: true, // <!DOCTYPE html>
+        ..roxmltree::ParsingOptions::default()
+    };
+    let doc = roxmltree::Document::parse_with_options(html, options)
+        .expect("the page is well-formed XML");
+    let charts: Vec<roxmltree::Node> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("svg") && n.attribute("class") == Some("chart"))
+        .collect();
+    assert_eq!(
+        charts.len(),
+        report.functions.len() * 6,
+        "six charts per function"
+    );
+    let chart = |id: &str| {
+        *charts
+            .iter()
+            .find(|c| c.attribute("data-chart") == Some(id))
+            .unwrap_or_else(|| panic!("no chart {id}"))
+    };
+    // (x, y) of every point drawn in a chart.
+    let points = |c: roxmltree::Node| -> Vec<(String, f64)> {
+        c.descendants()
+            .filter(|n| n.attribute("class") == Some("point"))
+            .map(|n| {
+                let v = |a| {
+                    n.attribute(a)
+                        .unwrap_or_else(|| panic!("point without {a}"))
+                };
+                (
+                    v("data-x").to_string(),
+                    v("data-y").parse::<f64>().expect("y"),
+                )
+            })
+            .collect()
+    };
+    for c in &charts {
+        let id = c.attribute("data-chart").unwrap_or_default();
+        assert!(
+            c.children()
+                .any(|n| n.has_tag_name("title") && n.text().is_some_and(|t| !t.is_empty())),
+            "{id}: no title"
+        );
+        for axis in ["axis x", "axis y"] {
+            assert!(
+                c.descendants().any(|n| n.attribute("class") == Some(axis)
+                    && n.attribute("data-label").is_some_and(|l| !l.is_empty())),
+                "{id}: no labelled {axis}"
+            );
+        }
+        let drawn: usize = c
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("series"))
+            .map(|n| {
+                n.attribute("data-n")
+                    .and_then(|v| v.parse::<usize>().ok())
+                    .unwrap_or(0)
+            })
+            .sum();
+        assert!(drawn > 0, "{id}: no data drawn");
+    }
+    // The same points, up to the last digit a JSON round trip may change.
+    let same = |drawn: Vec<(String, f64)>, json: Vec<(String, f64)>, what: &str| {
+        let close = drawn.len() == json.len()
+            && drawn.iter().zip(&json).all(|(a, b)| {
+                a.0.parse::<f64>().ok() == b.0.parse::<f64>().ok()
+                    && (a.1 - b.1).abs() <= 1e-9 * a.1.abs().max(1.0)
+            });
+        assert!(close, "{what}: drawn {drawn:?}, in the report {json:?}");
+    };
+    let sorted = |mut v: Vec<(String, f64)>| {
+        v.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+        v
+    };
+    for f in &report.functions {
+        let name = &f.function;
+        let expected =
+            |each: &dyn Fn(&edge_agent::cli::compare::ModelRun) -> Vec<(String, f64)>| {
+                sorted(
+                    (0..copies)
+                        .flat_map(|_| f.models.iter().flat_map(each))
+                        .collect(),
+                )
+            };
+        let cpu = expected(&|m| {
+            m.phases
+                .iter()
+                .map(|p| (p.rate.to_string(), p.cpu_per_event_us))
+                .collect()
+        });
+        same(
+            sorted(points(chart(&format!("cpu-per-event-{name}")))),
+            cpu,
+            name,
+        );
+        let cdf = expected(&|m| {
+            m.latency_cdf
+                .iter()
+                .map(|&(q, us)| ((us as f64 / 1000.0).to_string(), q))
+                .collect()
+        });
+        same(
+            sorted(points(chart(&format!("latency-cdf-{name}")))),
+            cdf,
+            name,
+        );
+        let cold = expected(&|m| {
+            vec![
+                (
+                    "instantiate p50".to_string(),
+                    m.agent_instantiate_p50_us as f64,
+                ),
+                ("execute p50".to_string(), m.agent_execute_p50_us as f64),
+                (
+                    "CPU per call p50".to_string(),
+                    m.agent_call_cpu_p50_us as f64,
+                ),
+            ]
+        });
+        same(
+            sorted(points(chart(&format!("cold-start-{name}")))),
+            cold,
+            name,
+        );
+        // Money: the measured points at each rate (rate 0 has no place on a log axis).
+        let money = points(chart(&format!("cost-money-{name}")));
+        let measured: usize = f.models.iter().map(|m| m.phases.len()).sum();
+        assert_eq!(money.len(), measured * copies, "{name}: {money:?}");
+        let rss = chart(&format!("rss-{name}"));
+        let lines: Vec<usize> = rss
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("series"))
+            .map(|n| {
+                n.attribute("data-n")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0)
+            })
+            .collect();
+        let samples: Vec<usize> = (0..copies)
+            .flat_map(|_| f.models.iter().map(|m| m.rss_over_time.len()))
+            .collect();
+        assert_eq!(lines, samples, "{name}");
     }
 }
 

@@ -12,6 +12,7 @@
 //! (docs/compare.md says what is a measurement and what is not there).
 
 pub mod cost;
+pub mod html;
 pub mod measure;
 
 use std::path::{Path, PathBuf};
@@ -38,6 +39,13 @@ pub struct CompareArgs {
     /// Also write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// Also write the report as one self-contained HTML page with charts.
+    #[arg(long)]
+    pub html: Option<PathBuf>,
+    /// Measure nothing: re-render saved JSON reports (repeat for several devices, shown
+    /// side by side in the HTML).
+    #[arg(long, value_name = "JSON")]
+    pub from: Vec<PathBuf>,
     /// Short phases (about half a minute in all), for CI and first looks.
     #[arg(long)]
     pub quick: bool,
@@ -47,9 +55,35 @@ pub struct CompareArgs {
     pub power: Option<String>,
 }
 
+/// Reads a report saved with `--json`.
+///
+/// # Errors
+/// [`CompareError::Report`] naming the file if it cannot be read, is not a report, or
+/// has another layout version.
+pub fn load(path: &Path) -> Result<Report, CompareError> {
+    let bad = |why: String| CompareError::Report(format!("{}: {why}", path.display()));
+    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    match v.get("schema_version").and_then(serde_json::Value::as_u64) {
+        Some(n) if n == u64::from(SCHEMA_VERSION) => {}
+        Some(n) => {
+            return Err(bad(format!(
+                "report layout {n}, this agent reads {SCHEMA_VERSION}: re-run compare with \
+                 this version"
+            )));
+        }
+        None => return Err(bad("not a compare report (no schema_version)".into())),
+    }
+    serde_json::from_value(v).map_err(|e| bad(format!("not a compare report: {e}")))
+}
+
 /// Why a comparison could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError {
+    /// A saved report (`--from`) could not be read.
+    #[error("{0}")]
+    Report(String),
     /// The example functions were not found.
     #[error("{0}")]
     Modules(String),
