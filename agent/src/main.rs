@@ -51,8 +51,9 @@ fn main() -> ExitCode {
 }
 
 /// `edge-agent compare`: the table and verdicts on stdout, the JSON and HTML where asked;
-/// exit 69 (`EX_UNAVAILABLE`) if it cannot run at all (no modules, no broker), 66
-/// (`EX_NOINPUT`) if a `--from` report cannot be read.
+/// exit 69 (`EX_UNAVAILABLE`) if it cannot run at all (no modules, no broker), 78
+/// (`EX_CONFIG`) on a bad workload file, 66 (`EX_NOINPUT`) if a `--from` report cannot be
+/// read.
 fn compare(args: &edge_agent::cli::compare::CompareArgs) -> ExitCode {
     use edge_agent::cli::compare;
     let write = |path: &Path, what: &str, body: String| match std::fs::write(path, body) {
@@ -86,6 +87,10 @@ fn compare(args: &edge_agent::cli::compare::CompareArgs) -> ExitCode {
         };
         match rt.block_on(compare::compare(args)) {
             Ok(r) => reports.push(r),
+            Err(e @ compare::CompareError::Workload(_)) => {
+                eprintln!("error: {e}");
+                return ExitCode::from(78);
+            }
             Err(e) => {
                 eprintln!("error: {e}");
                 return ExitCode::from(69);

@@ -718,6 +718,107 @@ fn charts_show_the_report(html: &str, report: &edge_agent::cli::compare::Report,
 }
 
 #[test]
+fn compare_runs_a_workload_file_against_mosquitto() {
+    // Every pattern but the sweep (the test above runs that), outputs matched both ways
+    // and not at all, three sensor topics, QoS 0, and an existing broker (Mosquitto).
+    let broker = crate::harness::Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guests = crate::harness::guests();
+    let module = |name: &str| guests.join(format!("{name}.wasm")).display().to_string();
+    let workload = format!(
+        "duration_secs = 2\nqos = 0\nsensors = 3\npower = \"pi5\"\n\
+         [broker]\nurl = \"{}\"\n\
+         [[function]]\nname = \"echo\"\nmodule = \"{}\"\n\
+         [function.config]\nout_topic = \"compare/out/{{topic}}\"\n\
+         [function.traffic]\npattern = \"poisson\"\nrate = 50\n\
+         [[function]]\nname = \"counter\"\nmodule = \"{}\"\noutputs = \"count\"\ninstances = 2\n\
+         [function.config]\nout_topic = \"compare/out/{{topic}}\"\n\
+         [function.traffic]\npattern = \"burst\"\nevents = 60\nevery_secs = 1\n\
+         [[function]]\nname = \"threshold\"\nmodule = \"{}\"\noutputs = \"none\"\n\
+         [function.config]\nthreshold = \"30\"\nalert_topic = \"compare/out/{{1..}}\"\n\
+         [function.traffic]\npattern = \"ramp\"\nfrom = 10\nto = 90\n",
+        broker.url(),
+        module("echo"),
+        module("counter"),
+        module("threshold-alert"),
+    );
+    let file = dir.path().join("workload.toml");
+    std::fs::write(&file, workload).expect("write workload");
+    let json = dir.path().join("report.json");
+    let out = Command::new(agent_bin())
+        .args(["compare", "--config"])
+        .arg(&file)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run compare");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: edge_agent::cli::compare::Report =
+        serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("report JSON");
+    assert_eq!((report.qos, report.power.name.as_str()), (0, "pi5"));
+    let patterns: Vec<&str> = report
+        .functions
+        .iter()
+        .map(|f| f.models[0].phases[0].pattern.as_str())
+        .collect();
+    assert_eq!(
+        patterns,
+        ["poisson 50/s", "burst 60 every 1 s", "ramp 10/s to 90/s"]
+    );
+    for f in &report.functions {
+        for m in &f.models {
+            let what = format!("{} {}", f.function, m.model);
+            assert_eq!(m.error, None, "{what}");
+            let p = &m.phases[0];
+            assert!(p.sent >= 60, "{what}: {p:?}");
+            // QoS 0 on a quiet loopback: nothing is lost, but say so if something is.
+            assert_eq!(
+                (p.received, p.lost, p.duplicates),
+                (p.sent, 0, 0),
+                "{what}: {p:?}"
+            );
+            assert_eq!(m.agent_succeeded, p.sent, "{what}");
+            // Outside latency only where outputs name their events.
+            assert_eq!(p.end_to_end_us.max > 0, f.function != "threshold", "{what}");
+        }
+    }
+    let stateful: Vec<bool> = report.functions.iter().map(|f| f.stateful).collect();
+    assert_eq!(stateful, [false, true, false]);
+}
+
+#[test]
+fn compare_names_the_key_of_a_bad_workload_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("workload.toml");
+    for (text, key) in [
+        ("qos = 2\n", "`qos`"),
+        ("[traffic]\npattern = \"zigzag\"\n", "zigzag"),
+        ("sensors = \"many\"\n", "sensors"),
+    ] {
+        std::fs::write(&file, text).expect("write workload");
+        let out = Command::new(agent_bin())
+            .args(["compare", "--config"])
+            .arg(&file)
+            .output()
+            .expect("run compare");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(78), "{text}: {stderr}");
+        let line = stderr
+            .lines()
+            .find(|l| l.starts_with("error:"))
+            .unwrap_or_default();
+        assert!(
+            line.contains("workload.toml") && line.contains(key),
+            "{text}: {stderr}"
+        );
+    }
+}
+
+#[test]
 fn compare_without_modules_says_where_it_looked() {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = Command::new(agent_bin())

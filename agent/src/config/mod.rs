@@ -594,6 +594,29 @@ fn fraction(v: &serde_json::Value, path: &str) -> Option<(String, serde_json::Nu
     }
 }
 
+/// Reads a TOML file of another kind (a `compare` workload) with the same error messages
+/// as the agent's config: one line naming the file and the key.
+///
+/// # Errors
+/// [`ConfigError::Parse`] naming `path` and the key at fault.
+pub fn from_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let parse_err = |message: String| ConfigError::Parse {
+        file: path.to_path_buf(),
+        message,
+    };
+    if let Err(e) = toml::from_str::<toml::Table>(text) {
+        return Err(parse_err(toml_error(text, &e)));
+    }
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|e| parse_err(clean_message(&e.to_string())))
+}
+
 /// A TOML syntax error on one line, with its line number and the key written there.
 fn toml_error(text: &str, e: &toml::de::Error) -> String {
     let Some(at) = e.span().map(|s| s.start.min(text.len())) else {

@@ -73,11 +73,14 @@ fn ticks(lo: f64, hi: f64, log: bool) -> Vec<f64> {
         .unwrap_or(mag * 10.0);
     let mut t = (lo / step).floor() * step;
     let mut out = Vec::new();
-    while t <= hi + step * 1e-9 && out.len() < 20 {
+    // From the tick at or below `lo` to the first at or above `hi`.
+    loop {
         out.push(t);
+        if t >= hi - step * 1e-9 || out.len() >= 20 {
+            return out;
+        }
         t += step;
     }
-    out
 }
 
 fn label(v: f64) -> String {
@@ -201,7 +204,7 @@ impl Chart {
                 r##"<g class="mark" data-x="{x}"><line x1="{px:.1}" y1="{MT}" x2="{px:.1}" y2="{}" stroke="#555" stroke-dasharray="2,3"/><text x="{:.1}" y="{}" font-size="11">{}</text></g>"##,
                 H - MB,
                 px + 3.0,
-                MT + 12.0,
+                H - MB - 6.0,
                 esc(text)
             );
         }

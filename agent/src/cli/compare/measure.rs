@@ -6,9 +6,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
 use serde::Serialize;
 use tokio::sync::mpsc;
+
+use super::workload::Outputs;
+use crate::config::{BrokerAddress, BrokerConfig};
 
 /// Percentiles of a latency distribution, µs.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
@@ -75,13 +78,15 @@ impl Latency {
 /// One steady phase, as seen from outside.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Phase {
-    /// Events per second asked for.
+    /// What was sent, e.g. `steady 10/s`.
+    pub pattern: String,
+    /// Mean events per second offered.
     pub rate: f64,
     /// Events sent (each acknowledged by the broker).
     pub sent: u64,
-    /// Distinct events whose output arrived.
+    /// Distinct events whose output arrived (`outputs = "none"`: that the agent handled).
     pub received: u64,
-    /// Events whose output never arrived.
+    /// Events whose output never arrived (or that the agent did not handle).
     pub lost: u64,
     /// Outputs that arrived more than once for the same event.
     pub duplicates: u64,
@@ -98,23 +103,38 @@ pub struct Phase {
     pub rss_mean_bytes: u64,
 }
 
-/// How an output names the event it came from.
-#[derive(Debug, Clone, Copy)]
-pub enum Tag {
-    /// The output carries the event's payload, with `"seq":N` in it (`echo`).
-    Seq,
-    /// The output's `"count"` is the event's place in the stream, from 1 (`counter`, on a
-    /// fresh state store, one topic).
-    Count,
+/// The events sent so far in one run: when, and on which topic in which order (for
+/// outputs that count per topic).
+#[derive(Debug, Default)]
+pub struct Sent {
+    at: HashMap<u64, Instant>,
+    by_topic: HashMap<String, Vec<u64>>,
 }
 
-impl Tag {
+impl Sent {
+    /// Event `seq` went to `topic` at `at`.
+    pub fn record(&mut self, seq: u64, topic: &str, at: Instant) {
+        self.at.insert(seq, at);
+        self.by_topic
+            .entry(topic.to_string())
+            .or_default()
+            .push(seq);
+    }
+
     /// The sequence number of the event an output came from.
-    fn seq(self, payload: &[u8]) -> Option<u64> {
+    fn seq(&self, outputs: Outputs, payload: &[u8]) -> Option<u64> {
         let v: serde_json::Value = serde_json::from_slice(payload).ok()?;
-        match self {
-            Self::Seq => v.get("seq")?.as_u64(),
-            Self::Count => v.get("count")?.as_u64()?.checked_sub(1),
+        match outputs {
+            Outputs::Seq => v.get("seq")?.as_u64(),
+            Outputs::Count => {
+                let n = v.get("count")?.as_u64()?.checked_sub(1)?;
+                let topic = v.get("topic")?.as_str()?;
+                self.by_topic
+                    .get(topic)?
+                    .get(usize::try_from(n).ok()?)
+                    .copied()
+            }
+            Outputs::None => None,
         }
     }
 }
@@ -209,22 +229,33 @@ pub fn disk_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
-/// A client of the compare process on the broker at `port`.
-pub fn client(port: u16, id: &str) -> (AsyncClient, EventLoop) {
-    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+/// A client of the compare process on `broker` (its address, TLS and credentials).
+///
+/// # Errors
+/// Why the broker's URL or TLS files cannot be used.
+pub fn client(broker: &BrokerConfig, id: &str) -> Result<(AsyncClient, EventLoop), String> {
+    let addr = BrokerAddress::parse(&broker.url).map_err(|e| e.to_string())?;
+    let mut opts = crate::mqtt::options::client_options(&addr, id, broker.tls.as_ref())
+        .map_err(|e| crate::failure::chain(&e))?;
     opts.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1024);
-    AsyncClient::new(opts, 1024)
+    if let Some(user) = &broker.username {
+        opts.set_credentials(user, broker.password.as_deref().unwrap_or_default());
+    }
+    Ok(AsyncClient::new(opts, 1024))
 }
 
 /// Receives outputs on `filter` until dropped; sends (arrival, payload) down the channel.
+///
+/// # Errors
+/// As [`client`].
 pub async fn subscribe(
-    port: u16,
+    broker: &BrokerConfig,
     id: &str,
     filter: &str,
-) -> mpsc::UnboundedReceiver<(Instant, Vec<u8>)> {
-    let (client, mut eventloop) = client(port, id);
+) -> Result<mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, String> {
+    let (client, mut eventloop) = client(broker, id)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let filter = filter.to_string();
@@ -252,56 +283,58 @@ pub async fn subscribe(
         }
     });
     let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
-    rx
+    Ok(rx)
 }
 
-/// Sends `count` events at `rate` per second to `topic` through `client` (whose event loop
-/// runs elsewhere), numbering them from `first`; returns each one's send time by number.
-pub async fn publish_steady(
+/// Sends one phase's events through `client` (whose event loop runs elsewhere) at their
+/// offsets from now, numbering them from `first`; `event(seq)` gives each one's topic and
+/// payload. Records each send in `sent`; returns how many were sent.
+pub async fn publish_phase(
     client: &AsyncClient,
-    topic: &str,
+    offsets: &[Duration],
     first: u64,
-    count: u64,
-    rate: f64,
-) -> HashMap<u64, Instant> {
-    let mut sent = HashMap::with_capacity(count as usize);
+    qos: QoS,
+    event: impl Fn(u64) -> (String, String),
+    sent: &mut Sent,
+) -> u64 {
     let start = tokio::time::Instant::now();
-    let gap = Duration::from_secs_f64(1.0 / rate.max(0.001));
-    for i in 0..count {
-        tokio::time::sleep_until(start + gap.mul_f64(i as f64)).await;
-        let seq = first + i;
-        let body = format!("{{\"seq\":{seq},\"value\":31.5}}");
-        sent.insert(seq, Instant::now());
-        if client
-            .publish(topic, QoS::AtLeastOnce, false, body)
-            .await
-            .is_err()
-        {
+    let mut n = 0;
+    for (i, offset) in offsets.iter().enumerate() {
+        tokio::time::sleep_until(start + *offset).await;
+        let seq = first + i as u64;
+        let (topic, body) = event(seq);
+        sent.record(seq, &topic, Instant::now());
+        if client.publish(topic, qos, false, body).await.is_err() {
             break;
         }
+        n += 1;
     }
-    sent
+    n
 }
 
-/// Collects the outputs of the events in `sent` from `outputs`, until each has arrived or
-/// nothing has come for `quiet`; counts loss and duplicates, and records each event's
-/// latency in `h`.
+/// Collects the outputs of events `range` (in `sent`) from `outputs`, until each has
+/// arrived or nothing has come for `quiet`; counts them and the duplicates, and records
+/// each event's latency in `h`.
 pub async fn collect(
     outputs: &mut mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
-    sent: &HashMap<u64, Instant>,
-    tag: Tag,
+    sent: &Sent,
+    range: std::ops::Range<u64>,
+    how: Outputs,
     quiet: Duration,
     h: &mut Histogram<u64>,
 ) -> (u64, u64) {
-    let mut seen: HashMap<u64, u32> = HashMap::with_capacity(sent.len());
-    while seen.len() < sent.len() {
+    let expected = usize::try_from(range.end - range.start).unwrap_or(usize::MAX);
+    let mut seen: HashMap<u64, u32> = HashMap::with_capacity(expected);
+    while seen.len() < expected {
         let Ok(Some((at, payload))) = tokio::time::timeout(quiet, outputs.recv()).await else {
             break;
         };
-        let Some(seq) = tag.seq(&payload) else {
+        let Some(seq) = sent.seq(how, &payload).filter(|s| range.contains(s)) else {
             continue;
         };
-        let Some(t0) = sent.get(&seq) else { continue };
+        let Some(t0) = sent.at.get(&seq) else {
+            continue;
+        };
         let n = seen.entry(seq).or_insert(0);
         *n += 1;
         if *n == 1 {
@@ -320,10 +353,31 @@ mod tests {
 
     #[test]
     fn outputs_name_their_event() {
-        assert_eq!(Tag::Seq.seq(br#"{"seq":7,"value":31.5}"#), Some(7));
-        assert_eq!(Tag::Count.seq(br#"{"topic":"t","count":1}"#), Some(0));
-        assert_eq!(Tag::Count.seq(br#"{"count":0}"#), None);
-        assert_eq!(Tag::Seq.seq(b"not json"), None);
+        let mut sent = Sent::default();
+        let now = Instant::now();
+        for (seq, topic) in [(0, "a"), (1, "b"), (2, "a")] {
+            sent.record(seq, topic, now);
+        }
+        assert_eq!(
+            sent.seq(Outputs::Seq, br#"{"seq":7,"value":31.5}"#),
+            Some(7)
+        );
+        // The second count on topic a is the third event sent.
+        assert_eq!(
+            sent.seq(Outputs::Count, br#"{"topic":"a","count":2}"#),
+            Some(2)
+        );
+        assert_eq!(
+            sent.seq(Outputs::Count, br#"{"topic":"b","count":1}"#),
+            Some(1)
+        );
+        assert_eq!(
+            sent.seq(Outputs::Count, br#"{"topic":"c","count":1}"#),
+            None
+        );
+        assert_eq!(sent.seq(Outputs::Count, br#"{"count":0}"#), None);
+        assert_eq!(sent.seq(Outputs::Seq, b"not json"), None);
+        assert_eq!(sent.seq(Outputs::None, br#"{"seq":1}"#), None);
     }
 
     #[test]

@@ -1,19 +1,19 @@
 //! `edge-agent compare`: runs the same functions in both execution models on this
 //! device, each model in an agent process of its own (so that its CPU and memory belong to
-//! it alone), drives the same steady traffic through a broker in this process, and
-//! reports what each model cost, measured from outside: loss, duplicates and end-to-end
-//! latency from the publisher's send to the output's arrival, process CPU per event and
-//! per hour, idle and peak memory. The agent's own statistics for the same run are read
-//! beside them as a cross-check. Then one verdict line per function.
+//! it alone), drives the same traffic through one broker, and reports what each model
+//! cost, measured from outside: loss, duplicates and end-to-end latency from the
+//! publisher's send to the output's arrival, process CPU per event and per hour, idle and
+//! peak memory. The agent's own statistics for the same run are read beside them as a
+//! cross-check. Energy and money come from models (a power profile, a price list), fitted
+//! over the rates to find the break-even. Then one verdict line per function.
 //!
-//! This first version has the built-in workload (`echo`, stateless, and `counter`,
-//! stateful) at steady rates; workload files, the other traffic patterns, energy and money
-//! models, break-even, HTML charts and the scale-to-zero model are not built yet
-//! (docs/compare.md says what is a measurement and what is not there).
+//! The workload is built in (`echo`, stateless, and `counter`, stateful, over a sweep of
+//! rates) or read from a file ([`workload`]).
 
 pub mod cost;
 pub mod html;
 pub mod measure;
+pub mod workload;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -22,8 +22,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use self::cost::{Billing, BreakEven, Costs, Fits, PowerProfile, Prices, Usage};
-use self::measure::{Phase, Tag};
-use crate::config::{Config, Mode};
+use self::measure::Phase;
+use self::workload::{FunctionPlan, Outputs, Plan};
+use crate::config::{BrokerConfig, Config, ConfigError, Mode};
 
 /// Version of the JSON report's layout.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -31,6 +32,10 @@ pub const SCHEMA_VERSION: u32 = 2;
 /// Arguments of `edge-agent compare`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareArgs {
+    /// A workload file: functions, traffic patterns, payload, QoS, broker, cost models
+    /// (see configs/compare.toml). Default: the built-in workload.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
     /// Folder with the example functions (`echo` and `counter`, `.wasm` or `.cwasm`).
     /// Default: `modules/dist` under the working directory, then the installed package's
     /// `/usr/lib/edge-agent/modules`.
@@ -53,6 +58,12 @@ pub struct CompareArgs {
     /// x86-laptop. Default: x86-laptop on x86_64, pi4 elsewhere.
     #[arg(long, value_name = "PROFILE")]
     pub power: Option<String>,
+    /// Start each agent process under this command (words split at spaces): for example
+    /// `taskset -c 1` to pin the agents to one core, or `qemu-aarch64 -L
+    /// /usr/aarch64-linux-gnu` when this program itself runs under emulation. CPU and
+    /// memory are then the wrapper's process's.
+    #[arg(long, value_name = "COMMAND")]
+    pub agent_wrapper: Option<String>,
 }
 
 /// Reads a report saved with `--json`.
@@ -90,6 +101,9 @@ pub enum CompareError {
     /// The broker, a file or an agent process could not be set up.
     #[error("{0}")]
     Setup(String),
+    /// The workload file is wrong.
+    #[error(transparent)]
+    Workload(#[from] ConfigError),
 }
 
 /// One function in one model.
@@ -196,8 +210,10 @@ pub struct Report {
     pub agent_version: String,
     /// `uname -m` style machine name and processor count.
     pub machine: String,
-    /// Seconds each rate was held.
-    pub phase_seconds: f64,
+    /// `built-in`, or the workload file.
+    pub workload: String,
+    /// QoS of the events.
+    pub qos: u8,
     /// The power profile energy is modelled with (a model, not a measurement).
     pub power: PowerProfile,
     /// The prices money is modelled with (a model, not a measurement).
@@ -205,28 +221,6 @@ pub struct Report {
     /// One entry per function.
     pub functions: Vec<FunctionReport>,
 }
-
-struct Workload {
-    name: &'static str,
-    stateful: bool,
-    tag: Tag,
-    config: &'static str,
-}
-
-const WORKLOAD: [Workload; 2] = [
-    Workload {
-        name: "echo",
-        stateful: false,
-        tag: Tag::Seq,
-        config: "out_topic = \"compare/out/{topic}\"",
-    },
-    Workload {
-        name: "counter",
-        stateful: true,
-        tag: Tag::Count,
-        config: "out_topic = \"compare/out/{topic}\"",
-    },
-];
 
 /// What `compare` is doing: a progress bar on a terminal, plain lines otherwise.
 struct Progress(Option<indicatif::ProgressBar>);
@@ -279,7 +273,7 @@ fn modules_dir(args: &CompareArgs) -> Result<PathBuf, CompareError> {
         ],
     };
     for dir in &candidates {
-        if WORKLOAD.iter().all(|w| module(dir, w.name).is_some()) {
+        if ["echo", "counter"].iter().all(|w| module(dir, w).is_some()) {
             return std::path::absolute(dir).map_err(|e| CompareError::Setup(e.to_string()));
         }
     }
@@ -307,51 +301,86 @@ fn module(dir: &Path, name: &str) -> Option<PathBuf> {
 /// [`CompareError`] if the modules are missing or the broker cannot start. A model run
 /// that fails is reported in its [`ModelRun::error`], not as an error.
 pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
-    let dir = modules_dir(args)?;
-    let power = cost::power_profile(args.power.as_deref()).map_err(CompareError::Setup)?;
-    let prices = Prices::default();
-    let (rates, secs): (&[f64], f64) = if args.quick {
-        (&[20.0, 200.0], 2.0)
-    } else {
-        (&[1.0, 10.0, 100.0, 1000.0], 20.0)
+    let plan = match &args.config {
+        Some(path) => Plan::load(path, args.quick)?,
+        None => {
+            let dir = modules_dir(args)?;
+            let (rates, secs): (&[f64], f64) = if args.quick {
+                (&[20.0, 200.0], 2.0)
+            } else {
+                (&[1.0, 10.0, 100.0, 1000.0], 20.0)
+            };
+            let found = |name| module(&dir, name).unwrap_or_default();
+            Plan::built_in(found("echo"), found("counter"), rates, secs)
+        }
     };
-    let total =
-        WORKLOAD.len() as f64 * 2.0 * (rates.len() as f64 * (secs + 1.0) + secs.min(5.0) + 4.0);
+    let power = match (&args.power, &plan.power) {
+        (None, Some(p)) => p.clone(),
+        (name, _) => cost::power_profile(name.as_deref()).map_err(CompareError::Setup)?,
+    };
+    let wrapper: Vec<String> = args
+        .agent_wrapper
+        .as_deref()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    let idle_secs = if args.quick { 2.0 } else { 5.0 };
+    let phases: usize = plan.functions.iter().map(|f| f.phases.len()).sum();
+    let total: f64 = plan
+        .functions
+        .iter()
+        .flat_map(|f| &f.phases)
+        .map(|p| p.duration.as_secs_f64() + 1.0)
+        .sum::<f64>()
+        * 2.0
+        + plan.functions.len() as f64 * 2.0 * (idle_secs + 4.0);
     eprintln!(
-        "compare: {} functions x 2 models, each in its own agent process; rates {:?} events/s, \
-         {secs} s each; about {:.0} s in all",
-        WORKLOAD.len(),
-        rates,
+        "compare: {} functions x 2 models, each in its own agent process; {phases} phases per \
+         model{}; about {:.0} s in all",
+        plan.functions.len(),
+        plan.source
+            .as_ref()
+            .map(|p| format!(" from {}", p.display()))
+            .unwrap_or_default(),
         total
     );
-    let port = start_broker()?;
+    let broker = match &plan.broker {
+        Some(b) => b.clone(),
+        None => BrokerConfig {
+            url: format!("mqtt://127.0.0.1:{}", start_broker()?),
+            ..BrokerConfig::default()
+        },
+    };
+    // Fails here, once, on a bad URL or TLS file rather than in every model.
+    measure::client(&broker, "edge-agent-compare-check").map_err(CompareError::Setup)?;
     let work = WorkDir::new()?;
-    let progress = Progress::new((WORKLOAD.len() * 2 * (rates.len() + 1)) as u64);
+    let progress = Progress::new((plan.functions.len() * 2 + phases * 2) as u64);
     let mut functions = Vec::new();
-    for w in &WORKLOAD {
-        let module = module(&dir, w.name).unwrap_or_default();
+    for f in &plan.functions {
         let mut models = Vec::new();
         for mode in [Mode::Persistent, Mode::OnDemand] {
             let mut run = run_model(ModelSetup {
                 work: work.path(),
-                port,
-                workload: w,
-                module: &module,
+                broker: &broker,
+                plan: &plan,
+                function: f,
                 mode,
-                rates,
-                secs,
+                idle_secs,
+                wrapper: &wrapper,
                 progress: &progress,
             })
             .await;
-            run.price(&power, &prices);
+            run.price(&power, &plan.prices);
             models.push(run);
         }
-        let max_rate = rates.iter().copied().fold(0.0, f64::max);
+        let max_rate = f.phases.iter().map(|p| p.rate).fold(0.0, f64::max);
         let break_even = break_even(&models, max_rate);
-        let verdict = verdict(w.name, &models, &break_even, max_rate);
+        let verdict = verdict(&f.name, &models, &break_even, max_rate);
         functions.push(FunctionReport {
-            function: w.name.to_string(),
-            stateful: w.stateful,
+            function: f.name.clone(),
+            // An untouched store is sled's few-byte `conf` file; any write adds a segment.
+            stateful: models.iter().any(|m| m.state_disk_bytes > 1024),
             models,
             break_even,
             verdict,
@@ -366,9 +395,13 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
             std::env::consts::ARCH,
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
-        phase_seconds: secs,
+        workload: plan
+            .source
+            .as_ref()
+            .map_or_else(|| "built-in".into(), |p| p.display().to_string()),
+        qos: plan.qos,
         power,
-        prices,
+        prices: plan.prices.clone(),
         functions,
     })
 }
@@ -418,12 +451,12 @@ impl Drop for AgentProcess {
 /// One function in one model, and where to run it.
 struct ModelSetup<'a> {
     work: &'a Path,
-    port: u16,
-    workload: &'a Workload,
-    module: &'a Path,
+    broker: &'a BrokerConfig,
+    plan: &'a Plan,
+    function: &'a FunctionPlan,
     mode: Mode,
-    rates: &'a [f64],
-    secs: f64,
+    idle_secs: f64,
+    wrapper: &'a [String],
     progress: &'a Progress,
 }
 
@@ -433,57 +466,78 @@ async fn run_model(setup: ModelSetup<'_>) -> ModelRun {
         ..ModelRun::default()
     };
     if let Err(e) = measure_model(&setup, &mut run).await {
-        let (name, mode) = (setup.workload.name, setup.mode.as_str());
+        let (name, mode) = (&setup.function.name, setup.mode.as_str());
         setup.progress.say(format!("{name} {mode} failed: {e}"));
         run.error = Some(e);
     }
     run
 }
 
+/// The agent's config for one function in one model, as JSON (which the agent reads like
+/// TOML, and which carries an existing broker's settings over unchanged).
+fn agent_config(setup: &ModelSetup<'_>, id: &str, data: &Path) -> serde_json::Value {
+    let f = setup.function;
+    let mut function = serde_json::json!({
+        "name": f.name,
+        "module": f.module,
+        "mode": setup.mode.as_str(),
+        "topics": [format!("compare/in/{id}/+")],
+        "qos": setup.plan.qos,
+        "publish_rate": 1_000_000,
+        "config": f.config,
+    });
+    if setup.mode == Mode::Persistent {
+        function["instances"] = f.instances.into();
+    }
+    serde_json::json!({
+        "agent": { "id": id, "data_dir": data, "stats_interval_secs": 1 },
+        "broker": setup.broker,
+        "function": [function],
+    })
+}
+
 async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(), String> {
     let ModelSetup {
         work,
-        port,
-        workload: w,
-        module,
+        broker,
+        plan,
+        function: f,
         mode,
-        rates,
-        secs,
+        idle_secs,
+        wrapper,
         progress,
     } = *setup;
-    let id = format!("compare-{}-{}", w.name, mode.as_str());
-    let what = format!("{} {}", w.name, mode.as_str());
+    let id = format!("compare-{}-{}", f.name, mode.as_str());
+    let what = format!("{} {}", f.name, mode.as_str());
     progress.say(format!("{what}: starting its agent, then idle"));
     let data = work.join(&id);
-    let config = format!(
-        "[agent]\nid = \"{id}\"\ndata_dir = \"{}\"\nstats_interval_secs = 1\n\
-         [broker]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
-         [[function]]\nname = \"{}\"\nmodule = \"{}\"\nmode = \"{}\"\n\
-         topics = [\"compare/in/{id}\"]\nqos = 1\npublish_rate = 1000000\n\
-         [function.config]\n{}\n",
-        data.display(),
-        w.name,
-        module.display(),
-        mode.as_str(),
-        w.config
-    );
-    let file = work.join(format!("{id}.toml"));
+    let file = work.join(format!("{id}.json"));
+    let config =
+        serde_json::to_vec_pretty(&agent_config(setup, &id, &data)).map_err(|e| e.to_string())?;
     std::fs::write(&file, config).map_err(|e| format!("{}: {e}", file.display()))?;
     let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
     let mut status = measure::subscribe(
-        port,
+        broker,
         &format!("{id}-status"),
         &format!("edge-agent/{id}/status"),
     )
-    .await;
-    let child = Command::new(exe)
+    .await?;
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut c = Command::new(program);
+            c.args(args).arg(exe);
+            c
+        }
+        None => Command::new(exe),
+    };
+    let child = command
         .args(["run", "--config"])
         .arg(&file)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start the agent: {e}"))?;
+        .map_err(|e| format!("cannot start the agent ({}): {e}", wrapper.join(" ")))?;
     let agent = AgentProcess(child);
     let pid = agent.0.id();
     let online = async {
@@ -499,11 +553,15 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         .await
         .unwrap_or(false)
     {
-        return Err("the agent did not come online within 60 s".into());
+        return Err(
+            "the agent did not come online within 60 s (try `edge-agent check` on \
+                    the function's module and config)"
+                .into(),
+        );
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     run.idle_rss_bytes = measure::status_bytes(pid, "VmRSS").unwrap_or(0);
-    let idle = Duration::from_secs_f64(secs.min(5.0));
+    let idle = Duration::from_secs_f64(idle_secs);
     let cpu0 = measure::cpu_seconds(pid).unwrap_or(0.0);
     tokio::time::sleep(idle).await;
     let idle_cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
@@ -517,48 +575,76 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         Duration::from_millis(250),
         stop_sampling.clone(),
     ));
-    let mut outputs = measure::subscribe(port, &format!("{id}-out"), "compare/out/#").await;
+    let mut outputs = measure::subscribe(broker, &format!("{id}-out"), &f.output_filter).await?;
     let mut stats = measure::subscribe(
-        port,
+        broker,
         &format!("{id}-stats"),
         &format!("edge-agent/{id}/stats"),
     )
-    .await;
-    let (client, mut eventloop) = measure::client(port, &format!("{id}-pub"));
+    .await?;
+    let (client, mut eventloop) = measure::client(broker, &format!("{id}-pub"))?;
     let poller = tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
-    let topic = format!("compare/in/{id}");
+    let qos = if plan.qos == 0 {
+        rumqttc::QoS::AtMostOnce
+    } else {
+        rumqttc::QoS::AtLeastOnce
+    };
     let mut first = 0;
+    let mut sent = measure::Sent::default();
+    let mut own = AgentStats::default();
     let mut all = measure::histogram();
-    let mut starts = Vec::with_capacity(rates.len());
-    for &rate in rates {
-        let count = ((rate * secs).round() as u64).max(1);
-        progress.say(format!("{what}: {count} events at {rate} events/s"));
+    let mut starts = Vec::with_capacity(f.phases.len());
+    for phase in &f.phases {
+        let count = phase.offsets.len() as u64;
+        progress.say(format!("{what}: {}, {count} events", phase.label));
         let cpu0 = measure::cpu_seconds(pid).unwrap_or(0.0);
         let start = t0.elapsed().as_secs_f64();
         starts.push(start);
-        let sent = measure::publish_steady(&client, &topic, first, count, rate).await;
+        let event = |seq: u64| {
+            let sensor = plan.sensor(seq);
+            (
+                format!("compare/in/{id}/{sensor}"),
+                plan.payload(seq, &sensor),
+            )
+        };
+        let n = measure::publish_phase(&client, &phase.offsets, first, qos, event, &mut sent).await;
         let mut h = measure::histogram();
-        let (received, duplicates) =
-            measure::collect(&mut outputs, &sent, w.tag, Duration::from_secs(5), &mut h).await;
+        let quiet = Duration::from_secs(5);
+        let (received, duplicates) = if f.outputs == Outputs::None {
+            let before = own.succeeded;
+            own.wait_for(&mut stats, first + n, quiet).await;
+            (own.succeeded.saturating_sub(before), 0)
+        } else {
+            measure::collect(
+                &mut outputs,
+                &sent,
+                first..first + n,
+                f.outputs,
+                quiet,
+                &mut h,
+            )
+            .await
+        };
         let cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
         let seconds = t0.elapsed().as_secs_f64() - start;
         let _ = all.add(&h);
-        let sent_n = sent.len() as u64;
         run.phases.push(Phase {
-            rate,
-            sent: sent_n,
+            pattern: phase.label.clone(),
+            rate: phase.rate,
+            sent: n,
             received,
-            lost: sent_n - received.min(sent_n),
+            lost: n - received.min(n),
             duplicates,
             end_to_end_us: measure::Latency::of(&h),
-            cpu_per_event_us: cpu / sent_n.max(1) as f64 * 1e6,
+            cpu_per_event_us: cpu / n.max(1) as f64 * 1e6,
             cpu_seconds_per_hour: cpu / seconds.max(1e-3) * 3600.0,
             seconds,
             rss_mean_bytes: 0, // from the RSS samples, once they are all in
         });
-        first += count;
+        first += n;
         progress.say(format!(
-            "{what}: {rate} events/s: {received} of {sent_n} outputs arrived, {duplicates} twice"
+            "{what}: {}: {received} of {n} events handled, {duplicates} twice",
+            phase.label
         ));
         progress.step();
     }
@@ -569,27 +655,63 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     for (p, start) in run.phases.iter_mut().zip(starts) {
         p.rss_mean_bytes = measure::mean_between(&run.rss_over_time, start, start + p.seconds);
     }
-    run.memory_mb_seconds_above_idle =
-        measure::mb_seconds_above(&run.rss_over_time, run.idle_rss_bytes);
     // The agent's own figures: the report after the last event (one a second).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while let Ok(Some((_, body))) = tokio::time::timeout_at(deadline, stats.recv()).await {
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-        let f = &v[0];
-        run.agent_succeeded = f["succeeded"].as_u64().unwrap_or(0);
-        run.agent_end_to_end_p50_us = f["end_to_end_us"]["p50"].as_u64().unwrap_or(0);
-        run.agent_instantiate_p50_us = f["instantiate_us"]["p50"].as_u64().unwrap_or(0);
-        run.agent_execute_p50_us = f["execute_us"]["p50"].as_u64().unwrap_or(0);
-        run.agent_call_cpu_p50_us = f["cpu_us"]["p50"].as_u64().unwrap_or(0);
-        run.agent_instance_memory_bytes = f["peak_memory_bytes"].as_u64().unwrap_or(0);
-        if run.agent_succeeded >= first {
-            break;
-        }
-    }
+    own.wait_for(&mut stats, first, Duration::from_secs(5))
+        .await;
+    run.agent_succeeded = own.succeeded;
+    run.agent_end_to_end_p50_us = own.end_to_end_p50_us;
+    run.agent_instantiate_p50_us = own.instantiate_p50_us;
+    run.agent_execute_p50_us = own.execute_p50_us;
+    run.agent_call_cpu_p50_us = own.call_cpu_p50_us;
+    run.agent_instance_memory_bytes = own.instance_memory_bytes;
     poller.abort();
     drop(agent);
     run.state_disk_bytes = measure::disk_bytes(&data);
     Ok(())
+}
+
+/// The agent's own figures, from its stats topic.
+#[derive(Debug, Default)]
+struct AgentStats {
+    succeeded: u64,
+    end_to_end_p50_us: u64,
+    instantiate_p50_us: u64,
+    execute_p50_us: u64,
+    call_cpu_p50_us: u64,
+    instance_memory_bytes: u64,
+}
+
+impl AgentStats {
+    /// Reads reports until the agent has handled `events` or `quiet` passes with no
+    /// progress.
+    async fn wait_for(
+        &mut self,
+        stats: &mut tokio::sync::mpsc::UnboundedReceiver<(std::time::Instant, Vec<u8>)>,
+        events: u64,
+        quiet: Duration,
+    ) {
+        let mut deadline = tokio::time::Instant::now() + quiet;
+        while self.succeeded < events {
+            let Ok(Some((_, body))) = tokio::time::timeout_at(deadline, stats.recv()).await else {
+                return;
+            };
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+            let f = &v[0];
+            let succeeded = f["succeeded"].as_u64().unwrap_or(0);
+            if succeeded > self.succeeded {
+                deadline = tokio::time::Instant::now() + quiet;
+            }
+            let p50 = |k: &str| f[k]["p50"].as_u64().unwrap_or(0);
+            *self = Self {
+                succeeded,
+                end_to_end_p50_us: p50("end_to_end_us"),
+                instantiate_p50_us: p50("instantiate_us"),
+                execute_p50_us: p50("execute_us"),
+                call_cpu_p50_us: p50("cpu_us"),
+                instance_memory_bytes: f["peak_memory_bytes"].as_u64().unwrap_or(0),
+            };
+        }
+    }
 }
 
 /// Where the two models cost the same, per kind of cost, up to `max_rate`.
@@ -668,9 +790,9 @@ pub fn render(report: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "edge-agent {} on {}; energy by the {} power profile, money by a price list (models, \
-         see the end)",
-        report.agent_version, report.machine, report.power.name
+        "edge-agent {} on {}; workload {}, QoS {}; energy by the {} power profile, money by a \
+         price list (models, see the end)",
+        report.agent_version, report.machine, report.workload, report.qos, report.power.name
     );
     for f in &report.functions {
         let _ = writeln!(
@@ -697,15 +819,22 @@ pub fn render(report: &Report) -> String {
             }
             for (i, c) in m.costs.iter().enumerate() {
                 let row = match i.checked_sub(1).and_then(|i| m.phases.get(i)) {
-                    Some(p) => format!(
-                        "{:>8} {:>5} {:>4} {:>8.2} {:>8.2} {:>8.0}",
-                        p.received,
-                        p.lost,
-                        p.duplicates,
-                        p.end_to_end_us.p50 as f64 / 1000.0,
-                        p.end_to_end_us.p99 as f64 / 1000.0,
-                        p.cpu_per_event_us
-                    ),
+                    Some(p) => {
+                        // No outputs matched (`outputs = "none"`): no outside latency.
+                        let ms = |us: u64| match p.end_to_end_us.max {
+                            0 => "-".to_string(),
+                            _ => format!("{:.2}", us as f64 / 1000.0),
+                        };
+                        format!(
+                            "{:>8} {:>5} {:>4} {:>8} {:>8} {:>8.0}",
+                            p.received,
+                            p.lost,
+                            p.duplicates,
+                            ms(p.end_to_end_us.p50),
+                            ms(p.end_to_end_us.p99),
+                            p.cpu_per_event_us
+                        )
+                    }
                     None => format!(
                         "{:>8} {:>5} {:>4} {:>8} {:>8} {:>8}",
                         "idle", "", "", "", "", ""
