@@ -149,6 +149,51 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some(ticks as f64 / clock_ticks())
 }
 
+/// A process's CPU time so far: to the nanosecond per thread (each thread's
+/// `schedstat`), and in clock ticks (10 ms) for the whole process, dead threads included.
+#[derive(Debug, Clone, Default)]
+pub struct CpuClock {
+    ticks: f64,
+    threads: HashMap<u32, u64>,
+}
+
+impl CpuClock {
+    /// Reads process `pid`'s clock (zero if it is gone).
+    pub fn read(pid: u32) -> Self {
+        let mut threads = HashMap::new();
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
+            for t in tasks.flatten() {
+                let tid = t.file_name().to_string_lossy().parse::<u32>().ok();
+                let ns = std::fs::read_to_string(t.path().join("schedstat"))
+                    .ok()
+                    .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+                if let (Some(tid), Some(ns)) = (tid, ns) {
+                    threads.insert(tid, ns);
+                }
+            }
+        }
+        Self {
+            ticks: cpu_seconds(pid).unwrap_or(0.0),
+            threads,
+        }
+    }
+
+    /// CPU seconds from `earlier` to this reading: exact when every thread that ran then
+    /// still runs (or none could be read), from the ticks when one has ended since.
+    pub fn since(&self, earlier: &Self) -> f64 {
+        let all_alive = earlier.threads.keys().all(|t| self.threads.contains_key(t));
+        if self.threads.is_empty() || !all_alive {
+            return (self.ticks - earlier.ticks).max(0.0);
+        }
+        let ns: u64 = self
+            .threads
+            .iter()
+            .map(|(t, ns)| ns.saturating_sub(earlier.threads.get(t).copied().unwrap_or(0)))
+            .sum();
+        ns as f64 / 1e9
+    }
+}
+
 /// Clock ticks per second of `/proc/<pid>/stat` times.
 #[allow(unsafe_code)]
 fn clock_ticks() -> f64 {
@@ -414,6 +459,15 @@ mod tests {
     fn proc_figures_of_this_process() {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some());
+        let before = CpuClock::read(pid);
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        // 30 ms of spinning, measured finer than the 10 ms ticks could.
+        let cpu = CpuClock::read(pid).since(&before);
+        assert!((0.02..1.0).contains(&cpu), "{cpu}");
         assert!(status_bytes(pid, "VmRSS").is_some_and(|b| b > 0));
     }
 }

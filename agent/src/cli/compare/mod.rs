@@ -562,9 +562,9 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     tokio::time::sleep(Duration::from_millis(500)).await;
     run.idle_rss_bytes = measure::status_bytes(pid, "VmRSS").unwrap_or(0);
     let idle = Duration::from_secs_f64(idle_secs);
-    let cpu0 = measure::cpu_seconds(pid).unwrap_or(0.0);
+    let cpu0 = measure::CpuClock::read(pid);
     tokio::time::sleep(idle).await;
-    let idle_cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+    let idle_cpu = measure::CpuClock::read(pid).since(&cpu0);
     run.idle_cpu_seconds_per_hour = idle_cpu / idle.as_secs_f64() * 3600.0;
     progress.step();
     let stop_sampling = tokio_util::sync::CancellationToken::new();
@@ -597,7 +597,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     for phase in &f.phases {
         let count = phase.offsets.len() as u64;
         progress.say(format!("{what}: {}, {count} events", phase.label));
-        let cpu0 = measure::cpu_seconds(pid).unwrap_or(0.0);
+        let cpu0 = measure::CpuClock::read(pid);
         let start = t0.elapsed().as_secs_f64();
         starts.push(start);
         let event = |seq: u64| {
@@ -625,7 +625,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
             )
             .await
         };
-        let cpu = measure::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+        let cpu = measure::CpuClock::read(pid).since(&cpu0);
         let seconds = t0.elapsed().as_secs_f64() - start;
         let _ = all.add(&h);
         run.phases.push(Phase {
@@ -754,7 +754,16 @@ fn verdict(name: &str, models: &[ModelRun], break_even: &[BreakEven], max_rate: 
     let (Some(energy), Some(money)) = (kind("energy"), kind("money")) else {
         return format!("{name}: no verdict, nothing was measured");
     };
+    // Standing costs this close are within what one run can tell apart.
+    let close = |a: f64, b: f64| (a - b).abs() <= 0.1 * a.max(b);
     let said = |b: &BreakEven, kind: &str| match b.rate {
+        Some(r) if kind == "energy" && close(o.fit.watts.standing, p.fit.watts.standing) => {
+            format!(
+                "{} below {r:.1} events/s, {} above (break-even in {kind}; the standing costs \
+                 differ by under 10%, so below it the two are about even)",
+                b.below, b.above
+            )
+        }
         Some(r) => format!(
             "{} below {r:.1} events/s, {} above (break-even in {kind})",
             b.below, b.above
