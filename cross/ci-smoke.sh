@@ -9,7 +9,10 @@
 #      `check` must exit 0, `run` must log `subscribed`;
 #   5. publishes {"value": 31.5} to sensors/kitchen/temperature from the host and expects
 #      exactly {"sensor":"kitchen","value":31.5,"threshold":30} on alerts/kitchen/temperature;
-#   6. sends SIGTERM and expects exit status 0.
+#   6. sends SIGTERM and expects exit status 0;
+#   7. (aarch64) runs `compare --quick` with the device build and precompiled echo and
+#      counter, each model's agent under qemu, and checks its JSON: both models, nothing
+#      lost, a verdict per function (issue 11).
 # Every wait has a timeout; the last line is `qemu-smoke: N passed, N failed`.
 #
 # Usage: cross/ci-smoke.sh [aarch64] [armv7]   (default: $CROSS_SMOKE_ARCHES, else aarch64)
@@ -23,6 +26,7 @@ cd "$root"
 START_TIMEOUT=${START_TIMEOUT:-90} # agent under qemu: load, subscribe
 ALERT_TIMEOUT=${ALERT_TIMEOUT:-30} # from publish to alert
 STOP_TIMEOUT=${STOP_TIMEOUT:-30}   # SIGTERM to exit
+COMPARE_TIMEOUT=${COMPARE_TIMEOUT:-300} # compare --quick under qemu (about 35 s here)
 BUILD_TIMEOUT=${BUILD_TIMEOUT:-1800}
 
 now() { date +%s; }
@@ -187,6 +191,41 @@ CONFIG
     agent_pid=""
     ((rc == 0)) || die "agent exited with status $rc after SIGTERM (expected 0)"
     say "SIGTERM: exit 0 in $(elapsed "$t")"
+
+    # 7. aarch64: `compare --quick` with the device build (no compiler: precompiled echo
+    #    and counter), each model's agent under qemu too; nothing may be lost, and the
+    #    report must have every model and a verdict per function.
+    if [[ $arch == aarch64 ]]; then
+        mkdir -p "$work/compare"
+        pre=$("$host_agent" precompile --target "$triple" --out "$work/compare" \
+            modules/dist/echo.wasm modules/dist/counter.wasm 2>&1) ||
+            die "precompile of echo and counter failed: $pre"
+        t=$(now)
+        (cd "$work" && timeout "$COMPARE_TIMEOUT" "${qemu[@]}" "$device_agent" compare --quick \
+            --modules compare --agent-wrapper "${qemu[*]}" --json compare.json --html compare.html) \
+            >"$work/compare.out" 2>&1 || { cat "$work/compare.out"; die "compare --quick under ${qemu[0]} failed (or took over ${COMPARE_TIMEOUT}s)"; }
+        python3 - "$work/compare.json" <<'CHECK' || { cat "$work/compare.out"; die "compare's report is incomplete"; }
+import json, sys
+r = json.load(open(sys.argv[1]))
+bad = []
+for f in r["functions"]:
+    if [m["model"] for m in f["models"]] != ["persistent", "on-demand"]:
+        bad.append(f"{f['function']}: models {[m['model'] for m in f['models']]}")
+    for m in f["models"]:
+        if m["error"]:
+            bad.append(f"{f['function']} {m['model']}: {m['error']}")
+        for p in m["phases"]:
+            if p["received"] != p["sent"] or p["sent"] == 0:
+                bad.append(f"{f['function']} {m['model']} {p['pattern']}: {p['received']} of {p['sent']}")
+    if not f["verdict"].startswith(f["function"] + ":"):
+        bad.append(f"{f['function']}: no verdict")
+print("\n".join(bad))
+sys.exit(1 if bad or len(r["functions"]) != 2 else 0)
+CHECK
+        grep -q '<svg class="chart"' "$work/compare.html" || die "compare wrote no charts"
+        say "compare --quick: both models, nothing lost, in $(elapsed "$t"):"
+        grep -E '^(echo|counter): ' "$work/compare.out" | sed "s/^/$tag:   /"
+    fi
     say "PASS"
     exit 0
 fi
