@@ -557,6 +557,34 @@ async fn a_hostile_neighbour_does_not_hold_up_a_healthy_function() {
 /// A burst of events that publish one message each, faster than `publish_rate`, under
 /// default queue settings: the function is slowed to the rate and the rest wait; none is
 /// dead-lettered as `rate-limit` (before, two thirds of this burst were).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_idle_function_scales_to_zero_and_its_next_event_pays_a_full_cold_start() {
+    let functions = threshold_fn().replace(
+        "topics = [\"sensors/+/temperature\"]",
+        "topics = [\"sensors/+/temperature\"]\nkeep_warm_secs = 1",
+    );
+    let s = setup(Broker::Embedded, &functions).await;
+    let mut c = Client::connect(s.port, &["alerts/#"]).await;
+    let expect = r#"{"sensor":"kitchen","value":31.5,"threshold":30}"#;
+    c.publish("sensors/kitchen/temperature", r#"{"value": 31.5}"#)
+        .await;
+    assert_eq!(c.recv_on("alerts/kitchen/temperature").await.text(), expect);
+    assert_eq!(s.agent.snapshot("threshold").load_us.count, 0);
+    // Idle for longer than keep_warm_secs (checked four times per keep_warm): released.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    c.publish("sensors/kitchen/temperature", r#"{"value": 31.5}"#)
+        .await;
+    assert_eq!(c.recv_on("alerts/kitchen/temperature").await.text(), expect);
+    // Busy again: warm.
+    c.publish("sensors/kitchen/temperature", r#"{"value": 31.5}"#)
+        .await;
+    assert_eq!(c.recv_on("alerts/kitchen/temperature").await.text(), expect);
+    let snap = handled(&s, "threshold", 3, Duration::from_secs(10)).await;
+    assert_eq!((snap.succeeded, snap.load_us.count), (3, 1), "{snap:?}");
+    assert!(snap.load_us.p50 > 0, "{snap:?}");
+    s.agent.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_over_the_publish_rate_is_slowed_not_dead_lettered() {
     const N: u64 = 150;

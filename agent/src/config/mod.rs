@@ -290,6 +290,11 @@ pub struct FunctionConfig {
     /// On-demand mode: events of this function handled at once (instances in flight).
     #[serde(default = "default_max_concurrency")]
     pub max_concurrency: u32,
+    /// On-demand mode: release the module's compiled code after this many seconds
+    /// without events (scale to zero); the next event then pays a full cold start
+    /// (load, instantiate, call). Unset (the default): it stays loaded.
+    #[serde(default)]
+    pub keep_warm_secs: Option<u64>,
     /// Events waiting for this function before `overflow` applies.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,

@@ -152,6 +152,24 @@ fn qos_out_of_range() {
 }
 
 #[test]
+fn keep_warm_is_for_on_demand_functions() {
+    let e = Case::new().err(&with("", "mode = \"persistent\"\nkeep_warm_secs = 5"));
+    assert!(
+        e.contains("`function[f].keep_warm_secs`: only applies to mode = \"on-demand\""),
+        "{e}"
+    );
+    let e = Case::new().err(&with("", "keep_warm_secs = 0"));
+    assert!(
+        e.contains("`function[f].keep_warm_secs`: must be at least 1"),
+        "{e}"
+    );
+    let cfg = Case::new()
+        .load("agent.toml", &with("", "keep_warm_secs = 30"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(cfg.functions[0].keep_warm_secs, Some(30));
+}
+
+#[test]
 fn missing_module_file() {
     let e = Case::new().err(&GOOD.replace("MODULE", "/nonexistent/x.wasm"));
     assert!(

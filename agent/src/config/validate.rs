@@ -373,6 +373,18 @@ impl Config {
         if f.instances != 1 && f.mode != super::Mode::Persistent {
             return Err(self.invalid(key("instances"), "only applies to mode = \"persistent\""));
         }
+        if f.keep_warm_secs.is_some() && f.mode != super::Mode::OnDemand {
+            return Err(self.invalid(
+                key("keep_warm_secs"),
+                "only applies to mode = \"on-demand\" (a persistent instance is always warm)",
+            ));
+        }
+        if f.keep_warm_secs == Some(0) {
+            return Err(self.invalid(
+                key("keep_warm_secs"),
+                "must be at least 1 (or unset: always warm)",
+            ));
+        }
         if f.restart_window_secs == 0 {
             return Err(self.invalid(key("restart_window_secs"), "must be at least 1"));
         }

@@ -20,6 +20,7 @@ pub mod report;
 struct Latencies {
     end_to_end: Histogram<u64>,
     instantiate: Histogram<u64>,
+    load: Histogram<u64>,
     execute: Histogram<u64>,
     cpu: Histogram<u64>,
     cpu_total_us: u64,
@@ -50,6 +51,7 @@ impl Default for FunctionStats {
             latencies: Mutex::new(Latencies {
                 end_to_end: histogram(),
                 instantiate: histogram(),
+                load: histogram(),
                 execute: histogram(),
                 cpu: histogram(),
                 cpu_total_us: 0,
@@ -70,6 +72,8 @@ pub struct CallCost {
     pub cpu: Duration,
     /// Largest linear memory reached, bytes.
     pub peak_memory: usize,
+    /// Loading the module again after a scale to zero (a full cold start).
+    pub load: Option<Duration>,
 }
 
 fn us(d: Duration) -> u64 {
@@ -89,6 +93,9 @@ impl FunctionStats {
         l.end_to_end.saturating_record(us(end_to_end));
         if !cost.instantiate.is_zero() {
             l.instantiate.saturating_record(us(cost.instantiate));
+        }
+        if let Some(load) = cost.load {
+            l.load.saturating_record(us(load));
         }
         l.execute.saturating_record(us(cost.execute));
         l.cpu.saturating_record(us(cost.cpu));
@@ -123,6 +130,7 @@ impl FunctionStats {
                 .collect(),
             end_to_end_us: Percentiles::of(&l.end_to_end),
             instantiate_us: Percentiles::of(&l.instantiate),
+            load_us: Percentiles::of(&l.load),
             execute_us: Percentiles::of(&l.execute),
             cpu_us: Percentiles::of(&l.cpu),
             cpu_total_us: l.cpu_total_us,
@@ -177,6 +185,9 @@ pub struct Snapshot {
     pub end_to_end_us: Percentiles,
     /// Instantiation per event (on-demand cold starts; persistent: none after start-up).
     pub instantiate_us: Percentiles,
+    /// Full cold starts after a scale to zero (`keep_warm_secs`): loading the module again,
+    /// before that event's instantiation; `count` is how many there were.
+    pub load_us: Percentiles,
     /// The handler call.
     pub execute_us: Percentiles,
     /// CPU time per event (instantiation plus call).
@@ -201,12 +212,15 @@ mod tests {
                 execute: Duration::from_millis(ms),
                 cpu: Duration::from_millis(ms),
                 peak_memory: 1 << 20,
+                // Every tenth event after a scale to zero.
+                load: (ms % 10 == 0).then_some(Duration::from_millis(2)),
             };
             s.succeeded(Duration::from_millis(ms), cost);
         }
         s.failed(FailureKind::Timeout);
         let snap = s.snapshot("f", "on-demand");
         assert_eq!((snap.received, snap.succeeded), (100, 100));
+        assert_eq!((snap.load_us.count, snap.load_us.p50), (10, 2000));
         assert_eq!(snap.failed, vec![("timeout", 1)]);
         assert_eq!(snap.end_to_end_us.count, 100);
         assert!(

@@ -4,7 +4,8 @@
 //! the last one's outputs to the connection: no task, thread hand-off or allocation per
 //! event beyond the call itself.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
@@ -23,6 +24,13 @@ pub fn run_on_demand(
     inbox: Arc<Inbox>,
     shared: Shared,
 ) -> Vec<JoinHandle<()>> {
+    if let Some(keep) = function.keep_warm() {
+        tokio::spawn(scale_to_zero(
+            Arc::downgrade(&function),
+            inbox.clone(),
+            keep,
+        ));
+    }
     (0..max_concurrency.max(1))
         .map(|i| {
             let (function, stats, inbox, shared) = (
@@ -37,6 +45,29 @@ pub fn run_on_demand(
             })
         })
         .collect()
+}
+
+/// Releases `function`'s module once it has had no event for `keep`, checking four times
+/// per `keep` (at most once a second); ends with the function or its inbox.
+async fn scale_to_zero(function: Weak<LoadedFunction>, inbox: Arc<Inbox>, keep: Duration) {
+    let mut tick =
+        tokio::time::interval((keep / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(f) = function.upgrade() else { return };
+        if inbox.is_closed() {
+            return;
+        }
+        if f.release_if_idle() {
+            crate::runtime::release_freed_memory();
+            tracing::info!(
+                function = f.name(),
+                keep_warm_secs = keep.as_secs(),
+                "scaled to zero: module released after keep_warm_secs without events; the next event loads it again"
+            );
+        }
+    }
 }
 
 fn work(

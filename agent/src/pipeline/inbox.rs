@@ -114,6 +114,11 @@ impl Inbox {
         }
     }
 
+    /// Whether [`Inbox::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// No more pushes; `pop` drains what is left, then returns `None`.
     pub fn close(&self) {
         self.lock().closed = true;

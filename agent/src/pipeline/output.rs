@@ -148,6 +148,7 @@ impl Output {
             execute: outcome.execute,
             cpu: outcome.cpu,
             peak_memory: outcome.peak_memory,
+            load: outcome.load,
         };
         tracing::debug!(
             function,

@@ -1,6 +1,6 @@
 //! A loaded function and one on-demand call of it.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{Component, Linker};
@@ -39,12 +39,25 @@ pub struct CallOutcome {
     pub cpu: Duration,
     /// Largest linear memory the instance reached, in bytes.
     pub peak_memory: usize,
+    /// On demand, after the function was scaled to zero: loading its module again (read,
+    /// then deserialise or compile, then link), before `instantiate`.
+    pub load: Option<Duration>,
 }
 
-/// A function ready to run: its component compiled and linked once.
+/// A function ready to run: its component compiled and linked once (again after a scale
+/// to zero).
 pub struct LoadedFunction {
     ctx: Arc<FunctionContext>,
-    pre: FunctionPre<StoreData>,
+    /// The linked component; `None` while scaled to zero.
+    pre: RwLock<Option<FunctionPre<StoreData>>>,
+    /// What loading it again takes.
+    engine: Engine,
+    linker: Linker<StoreData>,
+    cfg: FunctionConfig,
+    /// On demand: how long it stays loaded without events (`keep_warm_secs`).
+    keep_warm: Option<Duration>,
+    /// When a call last started or ended.
+    last_used: Mutex<Instant>,
     deadline_ticks: u64,
     state: OnceLock<Arc<Namespace>>,
     /// Fuel per call, when the engine counts fuel.
@@ -75,22 +88,9 @@ impl LoadedFunction {
         tick: Duration,
         fuel_enabled: bool,
     ) -> Result<Self, RuntimeError> {
-        let err = |message: String| RuntimeError::Load {
+        let pre = link(engine, linker, cfg).map_err(|message| RuntimeError::Load {
             function: cfg.name.clone(),
             message,
-        };
-        let component = load_component(engine, cfg).map_err(err)?;
-        let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
-            err(format!(
-                "{} needs imports the agent does not provide: {e:#}",
-                cfg.module.display()
-            ))
-        })?;
-        let pre = FunctionPre::new(instance_pre).map_err(|e| {
-            err(format!(
-                "{} does not export `edge:agent/handler@0.1.0`: {e:#}",
-                cfg.module.display()
-            ))
         })?;
         let tick_ms = u64::try_from(tick.as_millis()).unwrap_or(1).max(1);
         // Round up, plus one tick: the epoch may advance right after the deadline is set.
@@ -116,7 +116,15 @@ impl LoadedFunction {
         });
         Ok(Self {
             ctx,
-            pre,
+            pre: RwLock::new(Some(pre)),
+            engine: engine.clone(),
+            linker: linker.clone(),
+            cfg: cfg.clone(),
+            keep_warm: (cfg.mode == crate::config::Mode::OnDemand)
+                .then_some(cfg.keep_warm_secs)
+                .flatten()
+                .map(Duration::from_secs),
+            last_used: Mutex::new(Instant::now()),
             deadline_ticks,
             state: OnceLock::new(),
             fuel: fuel_enabled.then_some(cfg.fuel.unwrap_or(u64::MAX)),
@@ -133,12 +141,75 @@ impl LoadedFunction {
         &self.ctx.name
     }
 
+    /// On demand: how long the function stays loaded without events, if it scales to zero.
+    pub fn keep_warm(&self) -> Option<Duration> {
+        self.keep_warm
+    }
+
+    /// Whether its module is loaded (not scaled to zero).
+    pub fn is_loaded(&self) -> bool {
+        self.pre.read().is_ok_and(|p| p.is_some())
+    }
+
+    /// Releases the module's compiled code (and with it the pool's memory image of it) if
+    /// the function has had no event for `keep_warm_secs`. Calls in flight keep their own
+    /// reference; the next event loads it again. Returns whether it released it.
+    pub fn release_if_idle(&self) -> bool {
+        let Some(keep) = self.keep_warm else {
+            return false;
+        };
+        let idle = self
+            .last_used
+            .lock()
+            .map_or(Duration::ZERO, |t| t.elapsed());
+        if idle < keep {
+            return false;
+        }
+        let released = self.pre.write().ok().and_then(|mut p| p.take());
+        released.is_some()
+    }
+
+    /// The linked component, loading it again if the function was scaled to zero (and
+    /// then how long that took).
+    fn linked(&self) -> Result<(FunctionPre<StoreData>, Option<Duration>), CallError> {
+        let poisoned = || CallError {
+            kind: FailureKind::Instantiate,
+            message: "the function's module lock was poisoned by a panic".into(),
+        };
+        if let Some(pre) = self.pre.read().map_err(|_| poisoned())?.as_ref() {
+            return Ok((pre.clone(), None));
+        }
+        let mut slot = self.pre.write().map_err(|_| poisoned())?;
+        if let Some(pre) = slot.as_ref() {
+            // Another worker loaded it meanwhile.
+            return Ok((pre.clone(), None));
+        }
+        let start = Instant::now();
+        let pre = link(&self.engine, &self.linker, &self.cfg).map_err(|message| CallError {
+            kind: FailureKind::Instantiate,
+            message: format!("loading the module again after a scale to zero: {message}"),
+        })?;
+        *slot = Some(pre.clone());
+        Ok((pre, Some(start.elapsed())))
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.last_used.lock() {
+            *t = Instant::now();
+        }
+    }
+
     /// Creates an instance: a fresh store with a memory limiter and a deadline.
     ///
     /// # Errors
     /// [`CallError`] of kind `instantiate` (or `memory-limit` etc. if start-up trapped).
     pub fn instantiate(&self) -> Result<Instance, CallError> {
-        let mut store = Store::new(self.pre.engine(), StoreData::new(self.ctx.clone()));
+        let (pre, _) = self.linked()?;
+        self.instantiate_from(&pre)
+    }
+
+    fn instantiate_from(&self, pre: &FunctionPre<StoreData>) -> Result<Instance, CallError> {
+        let mut store = Store::new(pre.engine(), StoreData::new(self.ctx.clone()));
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(self.deadline_ticks);
         store.epoch_deadline_trap();
@@ -149,8 +220,7 @@ impl LoadedFunction {
                 message: format!("{e:#}"),
             })?;
         }
-        let bindings = self
-            .pre
+        let bindings = pre
             .instantiate(&mut store)
             .map_err(|e| classify(&store, &e, FailureKind::Instantiate))?;
         Ok(Instance {
@@ -168,13 +238,17 @@ impl LoadedFunction {
     /// # Errors
     /// [`CallError`] with the kind of failure; the instance is gone either way.
     pub fn call_on_demand(&self, event: &GuestEvent) -> Result<CallOutcome, CallError> {
-        let start = Instant::now();
+        self.touch();
         let cpu_start = crate::clock::thread_cpu_time();
-        let instance = self.instantiate()?;
+        let (pre, load) = self.linked()?;
+        let start = Instant::now();
+        let instance = self.instantiate_from(&pre)?;
         let instantiate = start.elapsed();
         let (result, _instance) = instance.call(event);
+        self.touch();
         result.map(|mut outcome| {
             outcome.instantiate = instantiate;
+            outcome.load = load;
             outcome.cpu = crate::clock::thread_cpu_time().saturating_sub(cpu_start);
             outcome
         })
@@ -242,6 +316,7 @@ impl Instance {
                     execute,
                     cpu,
                     peak_memory,
+                    load: None,
                 };
                 (Ok(outcome), Some(self))
             }
@@ -256,6 +331,28 @@ impl Instance {
             Err(e) => (Err(classify(&self.store, &e, FailureKind::Trap)), None),
         }
     }
+}
+
+/// Loads `cfg.module`, links it against the agent's imports and checks that it exports the
+/// handler.
+fn link(
+    engine: &Engine,
+    linker: &Linker<StoreData>,
+    cfg: &FunctionConfig,
+) -> Result<FunctionPre<StoreData>, String> {
+    let component = load_component(engine, cfg)?;
+    let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
+        format!(
+            "{} needs imports the agent does not provide: {e:#}",
+            cfg.module.display()
+        )
+    })?;
+    FunctionPre::new(instance_pre).map_err(|e| {
+        format!(
+            "{} does not export `edge:agent/handler@0.1.0`: {e:#}",
+            cfg.module.display()
+        )
+    })
 }
 
 /// Reads the module, checks its pinned hash, and compiles it (`.wasm`) or loads the

@@ -87,7 +87,7 @@ pub struct Runtime {
 /// Cranelift leaves tens of MB freed but still held by glibc's arenas (measured: idle RSS
 /// 38 MB with three `.wasm` functions against 17.5 MB with their `.cwasm`); an agent that
 /// compiled at start-up should not carry that for its whole life.
-fn release_freed_memory() {
+pub fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     #[allow(unsafe_code)]
     // SAFETY: malloc_trim only returns free pages of the heap to the kernel; it neither
