@@ -477,7 +477,12 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
     assert_eq!(names, ["echo", "counter"]);
     for f in &report.functions {
         let models: Vec<&str> = f.models.iter().map(|m| m.model.as_str()).collect();
-        assert_eq!(models, ["persistent", "on-demand"], "{}", f.function);
+        assert_eq!(
+            models,
+            ["persistent", "on-demand", "scale-to-zero"],
+            "{}",
+            f.function
+        );
         for m in &f.models {
             let what = format!("{} {}", f.function, m.model);
             assert_eq!(m.error, None, "{what}");
@@ -516,7 +521,7 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
             assert!(m.agent_end_to_end_p50_us <= outside_max, "{what}");
             // Priced: idle, then each rate; each model under its own billing scheme.
             assert_eq!(m.costs.len(), m.phases.len() + 1, "{what}");
-            let billing = if m.model == "on-demand" {
+            let billing = if m.model != "persistent" {
                 "by-use"
             } else {
                 "reserved"
@@ -531,6 +536,16 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
                 m.costs
             );
             assert!(m.latency_cdf.len() > 10, "{what}");
+            // Scaled to zero during the idle phase: the first event loads the module again.
+            let full = m.agent_full_cold_starts;
+            if m.model == "scale-to-zero" {
+                assert!(
+                    full >= 1 && m.agent_full_cold_start_load_p50_us > 0,
+                    "{what}"
+                );
+            } else {
+                assert_eq!(full, 0, "{what}");
+            }
         }
         let kinds: Vec<&str> = f.break_even.iter().map(|b| b.kind.as_str()).collect();
         assert_eq!(
@@ -680,6 +695,10 @@ fn charts_show_the_report(html: &str, report: &edge_agent::cli::compare::Report,
         );
         let cold = expected(&|m| {
             vec![
+                (
+                    "full cold start: load p50".to_string(),
+                    m.agent_full_cold_start_load_p50_us as f64,
+                ),
                 (
                     "instantiate p50".to_string(),
                     m.agent_instantiate_p50_us as f64,

@@ -424,7 +424,10 @@ type Part = (&'static str, fn(&ModelRun) -> u64);
 /// thread CPU per call), µs.
 fn cold_starts(reports: &[Report], function: &str) -> String {
     let all = series_of(reports, function);
-    let parts: [Part; 3] = [
+    let parts: [Part; 4] = [
+        ("full cold start: load p50", |m| {
+            m.agent_full_cold_start_load_p50_us
+        }),
         ("instantiate p50", |m| m.agent_instantiate_p50_us),
         ("execute p50", |m| m.agent_execute_p50_us),
         ("CPU per call p50", |m| m.agent_call_cpu_p50_us),

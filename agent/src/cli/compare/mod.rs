@@ -137,6 +137,11 @@ pub struct ModelRun {
     pub agent_end_to_end_p50_us: u64,
     /// The agent's own per-event instantiation p50 (the on-demand cold start), µs.
     pub agent_instantiate_p50_us: u64,
+    /// Full cold starts (scale to zero): how many, and the p50 of loading the module
+    /// again before that event's instantiation, µs.
+    pub agent_full_cold_starts: u64,
+    /// See [`ModelRun::agent_full_cold_starts`].
+    pub agent_full_cold_start_load_p50_us: u64,
     /// The agent's largest linear memory of one instance: held during a call on demand,
     /// all the time when persistent.
     pub agent_instance_memory_bytes: u64,
@@ -155,10 +160,10 @@ pub struct ModelRun {
 impl ModelRun {
     /// Prices what was measured, and fits the costs over the rates.
     fn price(&mut self, power: &PowerProfile, prices: &Prices) {
-        let billing = if self.model == Mode::OnDemand.as_str() {
-            Billing::ByUse
-        } else {
+        let billing = if self.model == Model::Persistent.name() {
             Billing::Reserved
+        } else {
+            Billing::ByUse
         };
         self.billing = match billing {
             Billing::ByUse => "by-use",
@@ -333,12 +338,18 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         .flat_map(|f| &f.phases)
         .map(|p| p.duration.as_secs_f64() + 1.0)
         .sum::<f64>()
-        * 2.0
-        + plan.functions.len() as f64 * 2.0 * (idle_secs + 4.0);
+        * MODELS.len() as f64
+        + plan.functions.len() as f64 * MODELS.len() as f64 * (idle_secs + 4.0)
+        + plan
+            .functions
+            .iter()
+            .map(|f| f.keep_warm_secs as f64 + 1.0)
+            .sum::<f64>();
     eprintln!(
-        "compare: {} functions x 2 models, each in its own agent process; {phases} phases per \
+        "compare: {} functions x {} models, each in its own agent process; {phases} phases per \
          model{}; about {:.0} s in all",
         plan.functions.len(),
+        MODELS.len(),
         plan.source
             .as_ref()
             .map(|p| format!(" from {}", p.display()))
@@ -355,17 +366,17 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
     // Fails here, once, on a bad URL or TLS file rather than in every model.
     measure::client(&broker, "edge-agent-compare-check").map_err(CompareError::Setup)?;
     let work = WorkDir::new()?;
-    let progress = Progress::new((plan.functions.len() * 2 + phases * 2) as u64);
+    let progress = Progress::new(((plan.functions.len() + phases) * MODELS.len()) as u64);
     let mut functions = Vec::new();
     for f in &plan.functions {
         let mut models = Vec::new();
-        for mode in [Mode::Persistent, Mode::OnDemand] {
+        for model in MODELS {
             let mut run = run_model(ModelSetup {
                 work: work.path(),
                 broker: &broker,
                 plan: &plan,
                 function: f,
-                mode,
+                model,
                 idle_secs,
                 wrapper: &wrapper,
                 progress: &progress,
@@ -404,6 +415,39 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         prices: plan.prices.clone(),
         functions,
     })
+}
+
+/// The models each function runs in, in this order.
+pub const MODELS: [Model; 3] = [Model::Persistent, Model::OnDemand, Model::ScaleToZero];
+
+/// An execution model as `compare` runs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// Long-lived instances (`instances` of them).
+    Persistent,
+    /// A fresh instance per event, the module kept loaded (the default).
+    OnDemand,
+    /// On demand with `keep_warm_secs`: the module is released when idle, and the next
+    /// event pays a full cold start.
+    ScaleToZero,
+}
+
+impl Model {
+    /// Its name in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Persistent => "persistent",
+            Self::OnDemand => "on-demand",
+            Self::ScaleToZero => "scale-to-zero",
+        }
+    }
+
+    fn mode(self) -> Mode {
+        match self {
+            Self::Persistent => Mode::Persistent,
+            Self::OnDemand | Self::ScaleToZero => Mode::OnDemand,
+        }
+    }
 }
 
 /// A temporary folder for the agents' configs and state, removed when dropped.
@@ -454,7 +498,7 @@ struct ModelSetup<'a> {
     broker: &'a BrokerConfig,
     plan: &'a Plan,
     function: &'a FunctionPlan,
-    mode: Mode,
+    model: Model,
     idle_secs: f64,
     wrapper: &'a [String],
     progress: &'a Progress,
@@ -462,11 +506,11 @@ struct ModelSetup<'a> {
 
 async fn run_model(setup: ModelSetup<'_>) -> ModelRun {
     let mut run = ModelRun {
-        model: setup.mode.as_str().to_string(),
+        model: setup.model.name().to_string(),
         ..ModelRun::default()
     };
     if let Err(e) = measure_model(&setup, &mut run).await {
-        let (name, mode) = (&setup.function.name, setup.mode.as_str());
+        let (name, mode) = (&setup.function.name, setup.model.name());
         setup.progress.say(format!("{name} {mode} failed: {e}"));
         run.error = Some(e);
     }
@@ -480,14 +524,16 @@ fn agent_config(setup: &ModelSetup<'_>, id: &str, data: &Path) -> serde_json::Va
     let mut function = serde_json::json!({
         "name": f.name,
         "module": f.module,
-        "mode": setup.mode.as_str(),
+        "mode": setup.model.mode().as_str(),
         "topics": [format!("compare/in/{id}/+")],
         "qos": setup.plan.qos,
         "publish_rate": 1_000_000,
         "config": f.config,
     });
-    if setup.mode == Mode::Persistent {
-        function["instances"] = f.instances.into();
+    match setup.model {
+        Model::Persistent => function["instances"] = f.instances.into(),
+        Model::ScaleToZero => function["keep_warm_secs"] = f.keep_warm_secs.into(),
+        Model::OnDemand => {}
     }
     serde_json::json!({
         "agent": { "id": id, "data_dir": data, "stats_interval_secs": 1 },
@@ -502,13 +548,13 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         broker,
         plan,
         function: f,
-        mode,
+        model,
         idle_secs,
         wrapper,
         progress,
     } = *setup;
-    let id = format!("compare-{}-{}", f.name, mode.as_str());
-    let what = format!("{} {}", f.name, mode.as_str());
+    let id = format!("compare-{}-{}", f.name, model.name());
+    let what = format!("{} {}", f.name, model.name());
     progress.say(format!("{what}: starting its agent, then idle"));
     let data = work.join(&id);
     let file = work.join(format!("{id}.json"));
@@ -559,7 +605,13 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
                 .into(),
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Scaled to zero, it is idle once keep_warm_secs have passed (checked four times per
+    // keep_warm_secs, at most once a second).
+    let settle = match model {
+        Model::ScaleToZero => 1.5 + f.keep_warm_secs as f64,
+        _ => 0.5,
+    };
+    tokio::time::sleep(Duration::from_secs_f64(settle)).await;
     run.idle_rss_bytes = measure::status_bytes(pid, "VmRSS").unwrap_or(0);
     let idle = Duration::from_secs_f64(idle_secs);
     let cpu0 = measure::CpuClock::read(pid);
@@ -664,6 +716,8 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     run.agent_execute_p50_us = own.execute_p50_us;
     run.agent_call_cpu_p50_us = own.call_cpu_p50_us;
     run.agent_instance_memory_bytes = own.instance_memory_bytes;
+    run.agent_full_cold_starts = own.full_cold_starts;
+    run.agent_full_cold_start_load_p50_us = own.load_p50_us;
     poller.abort();
     drop(agent);
     run.state_disk_bytes = measure::disk_bytes(&data);
@@ -679,6 +733,8 @@ struct AgentStats {
     execute_p50_us: u64,
     call_cpu_p50_us: u64,
     instance_memory_bytes: u64,
+    full_cold_starts: u64,
+    load_p50_us: u64,
 }
 
 impl AgentStats {
@@ -709,6 +765,8 @@ impl AgentStats {
                 execute_p50_us: p50("execute_us"),
                 call_cpu_p50_us: p50("cpu_us"),
                 instance_memory_bytes: f["peak_memory_bytes"].as_u64().unwrap_or(0),
+                full_cold_starts: f["load_us"]["count"].as_u64().unwrap_or(0),
+                load_p50_us: p50("load_us"),
             };
         }
     }
@@ -716,12 +774,12 @@ impl AgentStats {
 
 /// Where the two models cost the same, per kind of cost, up to `max_rate`.
 fn break_even(models: &[ModelRun], max_rate: f64) -> Vec<BreakEven> {
-    let find = |m: Mode| {
+    let find = |m: Model| {
         models
             .iter()
-            .find(|r| r.model == m.as_str() && r.error.is_none())
+            .find(|r| r.model == m.name() && r.error.is_none())
     };
-    let (Some(p), Some(o)) = (find(Mode::Persistent), find(Mode::OnDemand)) else {
+    let (Some(p), Some(o)) = (find(Model::Persistent), find(Model::OnDemand)) else {
         return Vec::new();
     };
     o.fit
@@ -742,12 +800,12 @@ fn break_even(models: &[ModelRun], max_rate: f64) -> Vec<BreakEven> {
 /// The verdict line for one function: which model is cheaper in energy (the device's own
 /// cost) at which rates, the CPU and memory ratios, and what money says.
 fn verdict(name: &str, models: &[ModelRun], break_even: &[BreakEven], max_rate: f64) -> String {
-    let find = |m: Mode| {
+    let find = |m: Model| {
         models
             .iter()
-            .find(|r| r.model == m.as_str() && r.error.is_none())
+            .find(|r| r.model == m.name() && r.error.is_none())
     };
-    let (Some(p), Some(o)) = (find(Mode::Persistent), find(Mode::OnDemand)) else {
+    let (Some(p), Some(o)) = (find(Model::Persistent), find(Model::OnDemand)) else {
         return format!("{name}: no verdict, a model run failed");
     };
     let kind = |k: &str| break_even.iter().find(|b| b.kind == k);
@@ -785,9 +843,19 @@ fn verdict(name: &str, models: &[ModelRun], break_even: &[BreakEven], max_rate: 
     } else {
         String::new()
     };
+    let zero = match find(Model::ScaleToZero) {
+        Some(z) => format!(
+            "; scaled to zero it holds {:.1} MB less while idle and pays {} full cold starts \
+             (load p50 {:.1} ms)",
+            (o.idle_rss_bytes as f64 - z.idle_rss_bytes as f64) / 1e6,
+            z.agent_full_cold_starts,
+            z.agent_full_cold_start_load_p50_us as f64 / 1000.0
+        ),
+        None => String::new(),
+    };
     format!(
         "{name}: {}; on-demand/persistent: CPU per event {cpu_ratio:.1}x, idle memory \
-         {mem_ratio:.2}x; billed by use vs reserved: {}{lost}",
+         {mem_ratio:.2}x; billed by use vs reserved: {}{zero}{lost}",
         said(energy, "energy"),
         said(money, "money"),
     )
@@ -806,7 +874,7 @@ pub fn render(report: &Report) -> String {
     for f in &report.functions {
         let _ = writeln!(
             out,
-            "\n{} ({})\n{:<12} {:>7} {:>8} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>9}",
+            "\n{} ({})\n{:<13} {:>7} {:>8} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>9}",
             f.function,
             if f.stateful { "stateful" } else { "stateless" },
             "model",
@@ -824,7 +892,7 @@ pub fn render(report: &Report) -> String {
         );
         for m in &f.models {
             if let Some(e) = &m.error {
-                let _ = writeln!(out, "{:<12} failed: {e}", m.model);
+                let _ = writeln!(out, "{:<13} failed: {e}", m.model);
             }
             for (i, c) in m.costs.iter().enumerate() {
                 let row = match i.checked_sub(1).and_then(|i| m.phases.get(i)) {
@@ -851,7 +919,7 @@ pub fn render(report: &Report) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "{:<12} {:>7} {row} {:>8.1} {:>6.1} {:>8.1} {:>9.4}",
+                    "{:<13} {:>7} {row} {:>8.1} {:>6.1} {:>8.1} {:>9.4}",
                     m.model,
                     c.rate,
                     c.cpu_seconds,
@@ -865,7 +933,7 @@ pub fn render(report: &Report) -> String {
             let fit = &m.fit;
             let _ = writeln!(
                 out,
-                "{:<12} fitted: {:.1} CPU s/h + {:.3} per event/s; {:.1} mW + {:.3}; \
+                "{:<13} fitted: {:.1} CPU s/h + {:.3} per event/s; {:.1} mW + {:.3}; \
                  ${:.4}/month + {:.5} ({})",
                 m.model,
                 fit.cpu_seconds.standing,
@@ -878,7 +946,7 @@ pub fn render(report: &Report) -> String {
             );
             let _ = writeln!(
                 out,
-                "{:<12} peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} KB, instance \
+                "{:<13} peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} KB, instance \
                  {:.1} MB; per call (agent): CPU {} us, execute {} us, cold start {} us",
                 "",
                 m.peak_rss_bytes as f64 / 1e6,

@@ -54,6 +54,9 @@ fn one() -> u8 {
 fn one_u32() -> u32 {
     1
 }
+fn one_u64() -> u64 {
+    1
+}
 fn twenty() -> f64 {
     20.0
 }
@@ -84,6 +87,9 @@ pub struct WorkloadFunction {
     /// Persistent instances (the agent's `instances`).
     #[serde(default = "one_u32")]
     pub instances: u32,
+    /// The scale-to-zero model's `keep_warm_secs`.
+    #[serde(default = "one_u64")]
+    pub keep_warm_secs: u64,
     /// This function's traffic, instead of the file's.
     #[serde(default)]
     pub traffic: Option<Traffic>,
@@ -259,6 +265,8 @@ pub struct FunctionPlan {
     pub output_filter: String,
     /// Persistent instances.
     pub instances: u32,
+    /// `keep_warm_secs` of the scale-to-zero model.
+    pub keep_warm_secs: u64,
     /// Its phases.
     pub phases: Vec<PhasePlan>,
 }
@@ -298,6 +306,7 @@ impl Plan {
             outputs,
             output_filter: default_filter(),
             instances: 1,
+            keep_warm_secs: 1,
             phases: phases.clone(),
         };
         Self {
@@ -395,6 +404,9 @@ impl Plan {
             if f.instances == 0 {
                 return Err(invalid(&key("instances"), "must be at least 1".into()));
             }
+            if f.keep_warm_secs == 0 {
+                return Err(invalid(&key("keep_warm_secs"), "must be at least 1".into()));
+            }
             functions.push(FunctionPlan {
                 name: f.name.clone(),
                 module: std::path::absolute(&module).unwrap_or(module),
@@ -402,6 +414,7 @@ impl Plan {
                 outputs: f.outputs,
                 output_filter: f.output_filter.clone(),
                 instances: f.instances,
+                keep_warm_secs: f.keep_warm_secs,
                 phases: traffic.phases(secs),
             });
         }
