@@ -21,6 +21,8 @@ struct Latencies {
     end_to_end: Histogram<u64>,
     instantiate: Histogram<u64>,
     load: Histogram<u64>,
+    queue: Histogram<u64>,
+    commit: Histogram<u64>,
     execute: Histogram<u64>,
     cpu: Histogram<u64>,
     cpu_total_us: u64,
@@ -52,6 +54,8 @@ impl Default for FunctionStats {
                 end_to_end: histogram(),
                 instantiate: histogram(),
                 load: histogram(),
+                queue: histogram(),
+                commit: histogram(),
                 execute: histogram(),
                 cpu: histogram(),
                 cpu_total_us: 0,
@@ -74,6 +78,10 @@ pub struct CallCost {
     pub peak_memory: usize,
     /// Loading the module again after a scale to zero (a full cold start).
     pub load: Option<Duration>,
+    /// Waiting in the function's queue before the call.
+    pub queue: Duration,
+    /// After a call that wrote state: waiting for the flush that makes it durable.
+    pub commit: Option<Duration>,
 }
 
 fn us(d: Duration) -> u64 {
@@ -96,6 +104,10 @@ impl FunctionStats {
         }
         if let Some(load) = cost.load {
             l.load.saturating_record(us(load));
+        }
+        l.queue.saturating_record(us(cost.queue));
+        if let Some(commit) = cost.commit {
+            l.commit.saturating_record(us(commit));
         }
         l.execute.saturating_record(us(cost.execute));
         l.cpu.saturating_record(us(cost.cpu));
@@ -132,6 +144,8 @@ impl FunctionStats {
             instantiate_us: Percentiles::of(&l.instantiate),
             load_us: Percentiles::of(&l.load),
             execute_us: Percentiles::of(&l.execute),
+            queue_us: Percentiles::of(&l.queue),
+            commit_us: Percentiles::of(&l.commit),
             cpu_us: Percentiles::of(&l.cpu),
             cpu_total_us: l.cpu_total_us,
             peak_memory_bytes: l.peak_memory,
@@ -190,6 +204,11 @@ pub struct Snapshot {
     pub load_us: Percentiles,
     /// The handler call.
     pub execute_us: Percentiles,
+    /// Waiting in the function's queue, from receipt to the call.
+    pub queue_us: Percentiles,
+    /// State-writing calls: from the call's end to its writes being durable (the group
+    /// commit); `count` is how many calls wrote state.
+    pub commit_us: Percentiles,
     /// CPU time per event (instantiation plus call).
     pub cpu_us: Percentiles,
     /// CPU time of all successful events.
@@ -214,6 +233,8 @@ mod tests {
                 peak_memory: 1 << 20,
                 // Every tenth event after a scale to zero.
                 load: (ms % 10 == 0).then_some(Duration::from_millis(2)),
+                queue: Duration::from_micros(ms),
+                commit: None,
             };
             s.succeeded(Duration::from_millis(ms), cost);
         }

@@ -83,7 +83,10 @@ fn work(
             Ok(p) => Some(p),
             Err(_) => rt.block_on(shared.instances.acquire()).ok(),
         };
-        let result = function.call_on_demand(&guest_event(&event));
+        let queued = event.received.elapsed();
+        let result = function
+            .call_on_demand(&guest_event(&event))
+            .map(|o| o.queued(queued));
         drop(permit);
         rt.block_on(shared.output.finish(function.name(), stats, event, result));
     }

@@ -143,12 +143,15 @@ impl Output {
             Ok(outcome) => outcome,
             Err(err) => return self.fail(function, stats, event, err.kind, err.message),
         };
-        let cost = CallCost {
+        let called = std::time::Instant::now();
+        let mut cost = CallCost {
             instantiate: outcome.instantiate,
             execute: outcome.execute,
             cpu: outcome.cpu,
             peak_memory: outcome.peak_memory,
             load: outcome.load,
+            queue: outcome.queue,
+            commit: None,
         };
         tracing::debug!(
             function,
@@ -189,6 +192,7 @@ impl Output {
                 let stats = stats.clone();
                 self.tracker.spawn(async move {
                     store.durable(generation).await;
+                    cost.commit = Some(called.elapsed());
                     stats.succeeded(event.received.elapsed(), cost);
                     event.delivery.complete();
                 });

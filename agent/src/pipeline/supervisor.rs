@@ -87,7 +87,9 @@ impl PersistentInstance {
                 rt.block_on(self.output.finish(&name, &self.stats, event, Err(err)));
                 continue;
             };
+            let queued = event.received.elapsed();
             let (result, back) = instance.call(&guest_event(&event));
+            let result = result.map(|o| o.queued(queued));
             if result.is_ok() {
                 backoff = RESTART_BACKOFF_MIN;
             }

@@ -42,6 +42,17 @@ pub struct CallOutcome {
     /// On demand, after the function was scaled to zero: loading its module again (read,
     /// then deserialise or compile, then link), before `instantiate`.
     pub load: Option<Duration>,
+    /// From receipt to the start of the call: waiting in the function's queue (and for an
+    /// instance slot), set by the dispatcher.
+    pub queue: Duration,
+}
+
+impl CallOutcome {
+    /// The outcome of a call whose event waited `queue` before it started.
+    pub fn queued(mut self, queue: Duration) -> Self {
+        self.queue = queue;
+        self
+    }
 }
 
 /// A function ready to run: its component compiled and linked once (again after a scale
@@ -317,6 +328,7 @@ impl Instance {
                     cpu,
                     peak_memory,
                     load: None,
+                    queue: Duration::ZERO,
                 };
                 (Ok(outcome), Some(self))
             }

@@ -424,13 +424,14 @@ type Part = (&'static str, fn(&ModelRun) -> u64);
 /// thread CPU per call), µs.
 fn cold_starts(reports: &[Report], function: &str) -> String {
     let all = series_of(reports, function);
-    let parts: [Part; 4] = [
-        ("full cold start: load p50", |m| {
+    let parts: [Part; 5] = [
+        ("queue", |m| m.agent_queue_p50_us),
+        ("full cold start: load", |m| {
             m.agent_full_cold_start_load_p50_us
         }),
-        ("instantiate p50", |m| m.agent_instantiate_p50_us),
-        ("execute p50", |m| m.agent_execute_p50_us),
-        ("CPU per call p50", |m| m.agent_call_cpu_p50_us),
+        ("instantiate", |m| m.agent_instantiate_p50_us),
+        ("execute", |m| m.agent_execute_p50_us),
+        ("commit", |m| m.agent_commit_p50_us),
     ];
     let max = all
         .iter()
@@ -444,7 +445,7 @@ fn cold_starts(reports: &[Report], function: &str) -> String {
     let group = (W - ML - MR) / parts.len() as f64;
     let bar = group * 0.8 / all.len().max(1) as f64;
     let mut s = String::new();
-    let title = format!("{function}: cold start and call, per event (agent's own figures)");
+    let title = format!("{function}: where an event's time goes (agent's own p50s)");
     let _ = write!(
         s,
         r#"<svg class="chart" data-chart="cold-start-{}" xmlns="http://www.w3.org/2000/svg" viewBox="0 0 {W} {H}" width="{W}" height="{H}" role="img"><title>{}</title><text class="title" x="{}" y="18" text-anchor="middle">{}</text>"#,

@@ -142,6 +142,11 @@ pub struct ModelRun {
     pub agent_full_cold_starts: u64,
     /// See [`ModelRun::agent_full_cold_starts`].
     pub agent_full_cold_start_load_p50_us: u64,
+    /// The agent's own p50 of the wait in the function's queue, µs.
+    pub agent_queue_p50_us: u64,
+    /// The agent's own p50 from a state-writing call's end to its writes being durable
+    /// (the group commit), µs; 0 if the function wrote no state.
+    pub agent_commit_p50_us: u64,
     /// The agent's largest linear memory of one instance: held during a call on demand,
     /// all the time when persistent.
     pub agent_instance_memory_bytes: u64,
@@ -718,6 +723,8 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     run.agent_instance_memory_bytes = own.instance_memory_bytes;
     run.agent_full_cold_starts = own.full_cold_starts;
     run.agent_full_cold_start_load_p50_us = own.load_p50_us;
+    run.agent_queue_p50_us = own.queue_p50_us;
+    run.agent_commit_p50_us = own.commit_p50_us;
     poller.abort();
     drop(agent);
     run.state_disk_bytes = measure::disk_bytes(&data);
@@ -735,6 +742,8 @@ struct AgentStats {
     instance_memory_bytes: u64,
     full_cold_starts: u64,
     load_p50_us: u64,
+    queue_p50_us: u64,
+    commit_p50_us: u64,
 }
 
 impl AgentStats {
@@ -767,6 +776,8 @@ impl AgentStats {
                 instance_memory_bytes: f["peak_memory_bytes"].as_u64().unwrap_or(0),
                 full_cold_starts: f["load_us"]["count"].as_u64().unwrap_or(0),
                 load_p50_us: p50("load_us"),
+                queue_p50_us: p50("queue_us"),
+                commit_p50_us: p50("commit_us"),
             };
         }
     }
@@ -947,15 +958,18 @@ pub fn render(report: &Report) -> String {
             let _ = writeln!(
                 out,
                 "{:<13} peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} KB, instance \
-                 {:.1} MB; per call (agent): CPU {} us, execute {} us, cold start {} us",
+                 {:.1} MB; agent p50s: queue {} us, cold start {} us, execute {} us, commit {} us, \
+                 call CPU {} us",
                 "",
                 m.peak_rss_bytes as f64 / 1e6,
                 m.memory_mb_seconds_above_idle,
                 m.state_disk_bytes as f64 / 1024.0,
                 m.agent_instance_memory_bytes as f64 / 1e6,
-                m.agent_call_cpu_p50_us,
+                m.agent_queue_p50_us,
+                m.agent_instantiate_p50_us,
                 m.agent_execute_p50_us,
-                m.agent_instantiate_p50_us
+                m.agent_commit_p50_us,
+                m.agent_call_cpu_p50_us
             );
         }
         let evens: Vec<String> = f
