@@ -550,6 +550,21 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
                 assert_eq!(full, 0, "{what}");
             }
         }
+        let names: Vec<&str> = f.tradeoffs.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "cold start",
+                "statelessness",
+                "resource limits",
+                "resource efficiency",
+                "cost predictability"
+            ]
+        );
+        assert!(
+            f.models.iter().all(|m| m.max_sustained_rate == Some(200.0)),
+            "{f:?}"
+        );
         let kinds: Vec<&str> = f.break_even.iter().map(|b| b.kind.as_str()).collect();
         assert_eq!(
             kinds,

@@ -568,6 +568,15 @@ pub fn render(reports: &[Report]) -> String {
                 );
             }
         }
+        for r in reports {
+            if let Some(f) = reports_function(r, name) {
+                s.push_str("<ul class=\"tradeoffs\">");
+                for t in &f.tradeoffs {
+                    let _ = write!(s, "<li><b>{}</b>: {}</li>", esc(&t.name), esc(&t.finding));
+                }
+                s.push_str("</ul>\n");
+            }
+        }
         s.push_str("<div class=\"charts\">\n");
         for c in charts(reports, name) {
             s.push_str(&c.svg());

@@ -99,6 +99,8 @@ pub struct Phase {
     pub cpu_seconds_per_hour: f64,
     /// Wall time of the phase: sending, then waiting for the outputs, seconds.
     pub seconds: f64,
+    /// Events handled per second of wall time: below `rate` when the agent fell behind.
+    pub handled_per_second: f64,
     /// Mean resident memory of the process over the phase.
     pub rss_mean_bytes: u64,
 }

@@ -13,6 +13,7 @@
 pub mod cost;
 pub mod html;
 pub mod measure;
+pub mod tradeoffs;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -122,6 +123,9 @@ pub struct ModelRun {
     pub phases: Vec<Phase>,
     /// Resident memory of the agent process over the run: (seconds, bytes), every 250 ms.
     pub rss_over_time: Vec<(f64, u64)>,
+    /// The highest rate whose events were all handled with the backlog gone within a
+    /// second (or a tenth of the phase) of the last send; none if no phase was.
+    pub max_sustained_rate: Option<f64>,
     /// Memory held above the idle RSS over the run, MB-seconds.
     pub memory_mb_seconds_above_idle: f64,
     /// Size of the state store on disk after the run.
@@ -209,6 +213,8 @@ pub struct FunctionReport {
     pub break_even: Vec<BreakEven>,
     /// One line: which model to use here, and why.
     pub verdict: String,
+    /// The serverless-vs-containers trade-offs, filled in with this run's numbers.
+    pub tradeoffs: Vec<tradeoffs::TradeOff>,
 }
 
 /// The whole comparison.
@@ -393,10 +399,12 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         let max_rate = f.phases.iter().map(|p| p.rate).fold(0.0, f64::max);
         let break_even = break_even(&models, max_rate);
         let verdict = verdict(&f.name, &models, &break_even, max_rate);
+        // An untouched store is sled's few-byte `conf` file; any write adds a segment.
+        let stateful = models.iter().any(|m| m.state_disk_bytes > 1024);
         functions.push(FunctionReport {
             function: f.name.clone(),
-            // An untouched store is sled's few-byte `conf` file; any write adds a segment.
-            stateful: models.iter().any(|m| m.state_disk_bytes > 1024),
+            stateful,
+            tradeoffs: tradeoffs::of(&models, stateful),
             models,
             break_even,
             verdict,
@@ -696,8 +704,13 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
             cpu_per_event_us: cpu / n.max(1) as f64 * 1e6,
             cpu_seconds_per_hour: cpu / seconds.max(1e-3) * 3600.0,
             seconds,
+            handled_per_second: received as f64 / seconds.max(1e-3),
             rss_mean_bytes: 0, // from the RSS samples, once they are all in
         });
+        let slack = (phase.duration.as_secs_f64() * 0.1).max(1.0);
+        if received == n && n > 0 && seconds <= phase.duration.as_secs_f64() + slack {
+            run.max_sustained_rate = Some(run.max_sustained_rate.unwrap_or(0.0).max(phase.rate));
+        }
         first += n;
         progress.say(format!(
             "{what}: {}: {received} of {n} events handled, {duplicates} twice",
@@ -957,10 +970,13 @@ pub fn render(report: &Report) -> String {
             );
             let _ = writeln!(
                 out,
-                "{:<13} peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} KB, instance \
+                "{:<13} sustained {}; peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} \
+                 KB, instance \
                  {:.1} MB; agent p50s: queue {} us, cold start {} us, execute {} us, commit {} us, \
                  call CPU {} us",
                 "",
+                m.max_sustained_rate
+                    .map_or("no rate".into(), |r| format!("{r:.0} events/s")),
                 m.peak_rss_bytes as f64 / 1e6,
                 m.memory_mb_seconds_above_idle,
                 m.state_disk_bytes as f64 / 1024.0,
@@ -982,6 +998,9 @@ pub fn render(report: &Report) -> String {
             .collect();
         if !evens.is_empty() {
             let _ = writeln!(out, "break-even: {}", evens.join(", "));
+        }
+        for t in &f.tradeoffs {
+            let _ = writeln!(out, "- {}: {}", t.name, t.finding);
         }
     }
     let _ = writeln!(out);
