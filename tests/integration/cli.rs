@@ -536,6 +536,12 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
                 m.costs
             );
             assert!(m.latency_cdf.len() > 10, "{what}");
+            // Counter's store grows while it works: memory is held above idle.
+            assert!(
+                !f.stateful || m.memory_mb_seconds_above_idle > 0.0,
+                "{what}: {}",
+                m.memory_mb_seconds_above_idle
+            );
             // The agent's split: every event queues; only counter's calls commit state.
             assert!(m.agent_queue_p50_us > 0, "{what}");
             assert_eq!(m.agent_commit_p50_us > 0, f.stateful, "{what}");

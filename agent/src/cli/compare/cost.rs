@@ -153,6 +153,8 @@ pub struct Costs {
     pub memory_mb: f64,
     /// Watts the agent adds to the idle board (CPU × the profile's watts per busy core).
     pub watts: f64,
+    /// Energy per event at this rate, joules (the idle share included); 0 at rate 0.
+    pub joules_per_event: f64,
     /// Dollars per hour under the model's billing scheme.
     pub dollars: f64,
 }
@@ -195,11 +197,17 @@ impl Costs {
                 prices.per_vcpu_hour * cpu_fraction + prices.per_gb_hour * usage.rss_bytes / 1e9
             }
         };
+        let watts = cpu_fraction * power.watts_per_busy_core();
         Self {
             rate: usage.rate,
             cpu_seconds: usage.cpu_seconds_per_hour,
             memory_mb: usage.rss_bytes / 1e6,
-            watts: cpu_fraction * power.watts_per_busy_core(),
+            watts,
+            joules_per_event: if usage.rate > 0.0 {
+                watts / usage.rate
+            } else {
+                0.0
+            },
             dollars,
         }
     }
@@ -427,6 +435,7 @@ mod tests {
         assert!((reserved.dollars - (0.1 * 0.032_38 + 0.02 * 0.003_56)).abs() < 1e-12);
         // 10% of one core of a Pi 4: (5.0 - 1.6) / 4 W per core.
         assert!((by_use.watts - 0.1 * 3.4 / 4.0).abs() < 1e-9);
+        assert!((by_use.joules_per_event - by_use.watts / 10.0).abs() < 1e-12);
         assert!(power_profile(Some("nope")).is_err());
         assert_eq!(power_profiles().len(), 4);
     }

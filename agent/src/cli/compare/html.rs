@@ -439,9 +439,10 @@ fn cold_starts(reports: &[Report], function: &str) -> String {
         .max()
         .unwrap_or(1)
         .max(1) as f64;
-    let yt = ticks(0.0, max, false);
-    let yb = yt.last().copied().unwrap_or(max).max(max);
-    let sy = |v: f64| H - MB - v / yb * (H - MT - MB);
+    // Log scale from 1 µs: a full cold start (ms) and an execution (µs) on one chart.
+    let yt = ticks(1.0, max, true);
+    let top = yt.last().copied().unwrap_or(max).max(max).log10().max(1.0);
+    let sy = |v: f64| H - MB - v.max(1.0).log10() / top * (H - MT - MB);
     let group = (W - ML - MR) / parts.len() as f64;
     let bar = group * 0.8 / all.len().max(1) as f64;
     let mut s = String::new();
@@ -472,7 +473,7 @@ fn cold_starts(reports: &[Report], function: &str) -> String {
     }
     let _ = write!(
         s,
-        r#"<text transform="translate(14,{}) rotate(-90)" text-anchor="middle">µs</text></g><g class="axis x" data-label="phase"><line x1="{ML}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
+        r#"<text transform="translate(14,{}) rotate(-90)" text-anchor="middle">µs (log)</text></g><g class="axis x" data-label="phase"><line x1="{ML}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
         MT + (H - MT - MB) / 2.0,
         H - MB,
         W - MR,

@@ -358,7 +358,7 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
             .sum::<f64>();
     eprintln!(
         "compare: {} functions x {} models, each in its own agent process; {phases} phases per \
-         model{}; about {:.0} s in all",
+         model over the functions{}; about {:.0} s in all",
         plan.functions.len(),
         MODELS.len(),
         plan.source
@@ -721,6 +721,8 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     run.peak_rss_bytes = measure::status_bytes(pid, "VmHWM").unwrap_or(0);
     stop_sampling.cancel();
     run.rss_over_time = sampler.await.unwrap_or_default();
+    run.memory_mb_seconds_above_idle =
+        measure::mb_seconds_above(&run.rss_over_time, run.idle_rss_bytes);
     run.latency_cdf = measure::cdf(&all);
     for (p, start) in run.phases.iter_mut().zip(starts) {
         p.rss_mean_bytes = measure::mean_between(&run.rss_over_time, start, start + p.seconds);
@@ -869,7 +871,7 @@ fn verdict(name: &str, models: &[ModelRun], break_even: &[BreakEven], max_rate: 
     };
     let zero = match find(Model::ScaleToZero) {
         Some(z) => format!(
-            "; scaled to zero it holds {:.1} MB less while idle and pays {} full cold starts \
+            "; scaled to zero it holds {:.1} MB less while idle and paid {} full cold start(s) \
              (load p50 {:.1} ms)",
             (o.idle_rss_bytes as f64 - z.idle_rss_bytes as f64) / 1e6,
             z.agent_full_cold_starts,
@@ -898,7 +900,7 @@ pub fn render(report: &Report) -> String {
     for f in &report.functions {
         let _ = writeln!(
             out,
-            "\n{} ({})\n{:<13} {:>7} {:>8} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>9}",
+            "\n{} ({})\n{:<13} {:>7} {:>8} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>9}",
             f.function,
             if f.stateful { "stateful" } else { "stateless" },
             "model",
@@ -912,6 +914,7 @@ pub fn render(report: &Report) -> String {
             "CPU s/h",
             "MB",
             "mW",
+            "mJ/e",
             "$/month"
         );
         for m in &f.models {
@@ -943,12 +946,17 @@ pub fn render(report: &Report) -> String {
                 };
                 let _ = writeln!(
                     out,
-                    "{:<13} {:>7} {row} {:>8.1} {:>6.1} {:>8.1} {:>9.4}",
+                    "{:<13} {:>7} {row} {:>8.1} {:>6.1} {:>8.1} {:>7} {:>9.4}",
                     m.model,
                     c.rate,
                     c.cpu_seconds,
                     c.memory_mb,
                     c.watts * 1e3,
+                    if c.rate > 0.0 {
+                        format!("{:.3}", c.joules_per_event * 1e3)
+                    } else {
+                        String::new()
+                    },
                     c.dollars * HOURS_PER_MONTH
                 );
             }

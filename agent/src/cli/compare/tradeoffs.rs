@@ -41,7 +41,7 @@ pub fn of(models: &[ModelRun], stateful: bool) -> Vec<TradeOff> {
     let zero = z.map_or(String::new(), |z| {
         format!(
             "; scaled to zero, the first event after {} idle loads the module again first: \
-             {} ({} such cold starts in the run)",
+             {} ({} full cold start(s) in the run)",
             "keep_warm_secs",
             ms(z.agent_full_cold_start_load_p50_us),
             z.agent_full_cold_starts
