@@ -455,6 +455,13 @@ impl Model {
         }
     }
 
+    /// This model's run among `models`, if it did not fail.
+    pub fn run_in(self, models: &[ModelRun]) -> Option<&ModelRun> {
+        models
+            .iter()
+            .find(|r| r.model == self.name() && r.error.is_none())
+    }
+
     fn mode(self) -> Mode {
         match self {
             Self::Persistent => Mode::Persistent,
@@ -800,11 +807,7 @@ impl AgentStats {
 
 /// Where the two models cost the same, per kind of cost, up to `max_rate`.
 fn break_even(models: &[ModelRun], max_rate: f64) -> Vec<BreakEven> {
-    let find = |m: Model| {
-        models
-            .iter()
-            .find(|r| r.model == m.name() && r.error.is_none())
-    };
+    let find = |m: Model| m.run_in(models);
     let (Some(p), Some(o)) = (find(Model::Persistent), find(Model::OnDemand)) else {
         return Vec::new();
     };
@@ -826,11 +829,7 @@ fn break_even(models: &[ModelRun], max_rate: f64) -> Vec<BreakEven> {
 /// The verdict line for one function: which model is cheaper in energy (the device's own
 /// cost) at which rates, the CPU and memory ratios, and what money says.
 fn verdict(name: &str, models: &[ModelRun], break_even: &[BreakEven], max_rate: f64) -> String {
-    let find = |m: Model| {
-        models
-            .iter()
-            .find(|r| r.model == m.name() && r.error.is_none())
-    };
+    let find = |m: Model| m.run_in(models);
     let (Some(p), Some(o)) = (find(Model::Persistent), find(Model::OnDemand)) else {
         return format!("{name}: no verdict, a model run failed");
     };

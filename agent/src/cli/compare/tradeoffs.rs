@@ -22,11 +22,7 @@ fn ms(us: u64) -> String {
 
 /// The trade-offs for one function, from its model runs (the ones that did not fail).
 pub fn of(models: &[ModelRun], stateful: bool) -> Vec<TradeOff> {
-    let find = |m: Model| {
-        models
-            .iter()
-            .find(|r| r.model == m.name() && r.error.is_none())
-    };
+    let find = |m: Model| m.run_in(models);
     let (Some(p), Some(o)) = (find(Model::Persistent), find(Model::OnDemand)) else {
         return Vec::new();
     };
