@@ -9,11 +9,10 @@ use edge_agent::cli::publish::PublishError;
 use edge_agent::cli::{Cli, Command, PublishArgs};
 use edge_agent::config::Config;
 use edge_agent::{AgentError, Prepared};
-use tracing_subscriber::EnvFilter;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.verbose);
+    edge_agent::cli::logs::init(cli.verbose, cli.log_format);
     match cli.command {
         Command::Check { config } => check(&config),
         Command::Run { config } => run(&config),
@@ -201,22 +200,6 @@ fn publish(args: &PublishArgs) -> ExitCode {
 fn fail(e: &AgentError) -> ExitCode {
     eprintln!("error: {}", edge_agent::failure::chain(e));
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
-}
-
-fn init_tracing(verbose: u8) {
-    let default = match verbose {
-        // rumqttd logs ordinary client disconnects as errors: silent unless asked for.
-        0 => "info,rumqttd=off,rumqttc=warn",
-        1 => "debug,rumqttd=warn,rumqttc=info,cranelift_codegen=info,wasmtime=info",
-        _ => "trace",
-    };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    use std::io::IsTerminal;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr)
-        .init();
 }
 
 /// Completes on SIGINT or SIGTERM.

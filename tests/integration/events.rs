@@ -342,6 +342,86 @@ async fn sigterm_finishes_in_flight_events_then_exits_zero() {
     assert_eq!(presence["status"], "offline", "{presence}");
 }
 
+/// Under systemd: `READY=1` once subscribed, `WATCHDOG=1` at half `WatchdogSec`, and
+/// `STOPPING=1` at SIGTERM, on a datagram socket standing in for systemd's; and with
+/// `JOURNAL_STREAM` set every log line starts with its syslog priority (here in JSON, with
+/// the function and topic as fields), which is what `journalctl -p warning` filters on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn systemd_hears_ready_watchdog_and_stopping_and_journald_gets_priorities() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind notify socket");
+    socket
+        .set_read_timeout(Some(Duration::from_millis(100)))
+        .expect("timeout");
+    let heard = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let sink = heard.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        let end = Instant::now() + WAIT * 2;
+        while Instant::now() < end {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+                sink.lock().unwrap().extend(msg.lines().map(String::from));
+            }
+        }
+    });
+    let env = [
+        ("NOTIFY_SOCKET", path.to_str().expect("utf-8 path")),
+        ("WATCHDOG_USEC", "200000"),
+        ("JOURNAL_STREAM", "8:12345"),
+        ("EDGE_AGENT_LOG_FORMAT", "json"),
+    ];
+    let config = config(
+        "sd",
+        &format!("[broker]\nurl = \"{}\"\n", broker.url()),
+        &misbehave_fn("f", "f/in", ""),
+    );
+    let agent = Process::start(&config, broker.port, "sd", &env).await;
+    let c = Client::connect(broker.port, &[]).await;
+    c.publish("f/in", "err:on purpose").await;
+    // A few watchdog periods (100 ms each).
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    std::thread::sleep(Duration::from_millis(200));
+    let heard = heard.lock().unwrap().clone();
+    let at = |m: &str| heard.iter().position(|h| h == m);
+    let (ready, stopping) = (at("READY=1"), at("STOPPING=1"));
+    assert!(ready.is_some() && stopping > ready, "{heard:?}");
+    let pings = heard.iter().filter(|h| *h == "WATCHDOG=1").count();
+    assert!(pings >= 3, "{pings} watchdog pings: {heard:?}");
+    // Every line: `<priority>` then one JSON object.
+    let mut warned = false;
+    for line in log.lines().filter(|l| !l.is_empty()) {
+        let (p, rest) = line
+            .strip_prefix('<')
+            .and_then(|l| l.split_once('>'))
+            .unwrap_or_else(|| panic!("no priority: {line}"));
+        let v: serde_json::Value =
+            serde_json::from_str(rest).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        let expected = match v["level"].as_str() {
+            Some("ERROR") => "3",
+            Some("WARN") => "4",
+            Some("INFO") => "6",
+            _ => "7",
+        };
+        assert_eq!(p, expected, "{line}");
+        if v["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("event failed"))
+        {
+            assert_eq!(
+                (p, &v["function"], &v["topic"]),
+                ("4", &"f".into(), &"f/in".into())
+            );
+            warned = true;
+        }
+    }
+    assert!(warned, "no warning for the failed event:\n{log}");
+}
+
 /// On a kernel whose address space is too small for the instance pool (some 39-bit
 /// aarch64 kernels) the probe fails: the agent says so and runs with on-demand allocation.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

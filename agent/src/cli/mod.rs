@@ -2,6 +2,7 @@
 //! the test publisher behind `edge-agent publish`.
 
 pub mod compare;
+pub mod logs;
 pub mod publish;
 
 use std::path::PathBuf;
@@ -15,6 +16,16 @@ pub struct Cli {
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
+    /// Log lines as text or as one JSON object each. Under systemd every line also starts
+    /// with its syslog priority (`<4>` warning), which journald reads.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        env = "EDGE_AGENT_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: logs::LogFormat,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,

@@ -1,9 +1,11 @@
 //! The agent assembled: [`Prepared`] checks everything that can be checked before a
 //! socket is opened, [`startup`] builds the running agent from it, and [`shutdown`] owns
-//! the ordered stop. [`run`] is the whole life of the agent in three lines.
+//! the ordered stop, and [`systemd`] tells systemd where the agent is in that life. [`run`]
+//! is the whole life of the agent.
 
 pub mod shutdown;
 pub mod startup;
+pub mod systemd;
 
 use std::future::Future;
 
@@ -115,7 +117,18 @@ impl Prepared {
 /// [`AgentError`] if the state store cannot be opened or the embedded broker cannot start.
 pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let running = Startup::new(prepared).start()?;
-    shutdown.await;
+    systemd::spawn_watchdog();
+    let ready = async {
+        if running.ready().await.is_some() {
+            systemd::ready();
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = ready => {}
+    }
+    systemd::stopping();
     running.stop().await;
     Ok(())
 }
