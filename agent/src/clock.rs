@@ -38,6 +38,14 @@ pub fn thread_cpu_time() -> Duration {
     )
 }
 
+/// Clock ticks per second of the times in `/proc/<pid>/stat`.
+#[allow(unsafe_code)]
+pub fn ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if hz > 0 { hz as f64 } else { 100.0 }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

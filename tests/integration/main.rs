@@ -11,5 +11,6 @@ mod cli;
 mod events;
 mod harness;
 mod hostile;
+mod observability;
 mod state;
 mod tls;

@@ -58,12 +58,24 @@ pub struct Config {
     /// The local state store (sled) behind the `state` interface.
     #[serde(default)]
     pub state: StateConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// The functions, one `[[function]]` table each.
     #[serde(default, rename = "function")]
     pub functions: Vec<FunctionConfig>,
     /// The file this configuration was read from (not a config key).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on this address (for example
+    /// `127.0.0.1:9464`); unset (the default): no listener.
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// `[agent]`: identity and local storage.

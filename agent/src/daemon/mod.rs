@@ -3,6 +3,7 @@
 //! the ordered stop, and [`systemd`] tells systemd where the agent is in that life. [`run`]
 //! is the whole life of the agent.
 
+pub mod prometheus;
 pub mod shutdown;
 pub mod startup;
 pub mod systemd;
@@ -42,6 +43,15 @@ pub enum AgentError {
         /// What failed.
         #[source]
         source: MqttError,
+    },
+    /// The metrics listener (`metrics.listen`) could not be opened.
+    #[error("cannot listen for metrics on {listen} (metrics.listen)")]
+    Metrics {
+        /// The address.
+        listen: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 }
 

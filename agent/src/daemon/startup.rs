@@ -126,6 +126,14 @@ impl Startup {
         };
         let (routes, workers, stats) = spawn_functions(&config, &runtime, &shared);
         let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
+        if let Some(listen) = config.metrics.listen {
+            super::prometheus::serve(listen, stats.clone(), links.clone()).map_err(|source| {
+                AgentError::Metrics {
+                    listen: listen.to_string(),
+                    source,
+                }
+            })?;
+        }
         let presence = tokio::spawn(announce_presence(
             links.clone(),
             publisher.clone(),

@@ -125,6 +125,18 @@ impl FunctionStats {
         self.failed[kind.index()].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Calls `f` with each latency histogram (µs) by phase: `queue`, `instantiate`,
+    /// `execute`, `commit`, `end_to_end`, and `load` (full cold starts).
+    pub fn histograms(&self, mut f: impl FnMut(&'static str, &Histogram<u64>)) {
+        let l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        f("queue", &l.queue);
+        f("instantiate", &l.instantiate);
+        f("execute", &l.execute);
+        f("commit", &l.commit);
+        f("end_to_end", &l.end_to_end);
+        f("load", &l.load);
+    }
+
     /// A snapshot for reports.
     pub fn snapshot(&self, function: &str, mode: &str) -> Snapshot {
         let l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());

@@ -32,6 +32,11 @@ impl StatsBook {
             .collect()
     }
 
+    /// Every function: its name, model and stats.
+    pub fn entries(&self) -> impl Iterator<Item = (&str, Mode, &Arc<FunctionStats>)> {
+        self.entries.iter().map(|(n, m, s)| (&**n, *m, s))
+    }
+
     /// The stats of `function`, if it is in the book.
     pub fn get(&self, function: &str) -> Option<&Arc<FunctionStats>> {
         self.entries

@@ -148,7 +148,7 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     let rest = stat.rsplit_once(") ")?.1;
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / clock_ticks())
+    Some(ticks as f64 / crate::clock::ticks_per_second())
 }
 
 /// A process's CPU time so far: to the nanosecond per thread (each thread's
@@ -194,14 +194,6 @@ impl CpuClock {
             .sum();
         ns as f64 / 1e9
     }
-}
-
-/// Clock ticks per second of `/proc/<pid>/stat` times.
-#[allow(unsafe_code)]
-fn clock_ticks() -> f64 {
-    // SAFETY: sysconf reads a constant of the system; it has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if hz > 0 { hz as f64 } else { 100.0 }
 }
 
 /// A `/proc/<pid>/status` figure in bytes (`VmRSS`, `VmHWM`).

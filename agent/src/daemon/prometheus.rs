@@ -1,0 +1,364 @@
+//! `[metrics] listen`: the agent's figures for Prometheus at `/metrics` (the text format,
+//! written by `prometheus-client`, the Prometheus project's own client), with `/healthz`
+//! (the process answers) and `/readyz` (connected and subscribed) on the same listener.
+//!
+//! Nothing is recorded twice: at each scrape the collector reads the same counters and HDR
+//! histograms the stats topic reports, and turns each histogram into Prometheus buckets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use hdrhistogram::Histogram;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::DescriptorEncoder;
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+use crate::metrics::report::StatsBook;
+use crate::mqtt::connection::Links;
+
+/// Bucket bounds of the duration histograms, seconds: 10 µs to 10 s.
+const BUCKETS: [f64; 13] = [
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.25, 1.0, 10.0,
+];
+
+/// Reads the agent's figures at each scrape.
+#[derive(Debug)]
+struct AgentCollector {
+    stats: Book,
+    links: watch::Receiver<Links>,
+}
+
+/// [`StatsBook`] is not `Debug`; the collector trait wants it.
+struct Book(StatsBook);
+
+impl std::fmt::Debug for Book {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StatsBook")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+/// Prometheus buckets (upper bound in seconds, count in that bucket) of a histogram in µs.
+fn buckets(h: &Histogram<u64>) -> (f64, u64, Vec<(f64, u64)>) {
+    let mut out = Vec::with_capacity(BUCKETS.len() + 1);
+    let mut below = 0;
+    for le in BUCKETS {
+        let upto = h.count_between(0, (le * 1e6) as u64);
+        out.push((le, upto - below));
+        below = upto;
+    }
+    out.push((f64::MAX, h.len() - below));
+    let sum = h.mean() * h.len() as f64 / 1e6;
+    (sum, h.len(), out)
+}
+
+impl Collector for AgentCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let book = &self.stats.0;
+        let snapshots = book.snapshots();
+        let labels = |s: &crate::metrics::Snapshot| -> Labels {
+            vec![("function", s.function.clone()), ("mode", s.mode.clone())]
+        };
+
+        let mut m = encoder.encode_descriptor(
+            "edge_agent_events",
+            "Events handled, by outcome: succeeded, or the kind of failure",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &snapshots {
+            let mut l = labels(s);
+            l.push(("outcome", "succeeded".into()));
+            m.encode_family(&l)?
+                .encode_counter::<Labels, _, u64>(&s.succeeded, None)?;
+            for (kind, n) in &s.failed {
+                let mut l = labels(s);
+                l.push(("outcome", (*kind).into()));
+                m.encode_family(&l)?
+                    .encode_counter::<Labels, _, u64>(n, None)?;
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "edge_agent_event_duration_seconds",
+            "Where an event's time goes, by phase: queue, instantiate, execute, commit \
+             (state-writing calls), end_to_end (receipt to outputs handed on)",
+            None,
+            MetricType::Histogram,
+        )?;
+        for (name, mode, stats) in book.entries() {
+            let mut result = Ok(());
+            stats.histograms(|phase, h| {
+                if phase == "load" || result.is_err() {
+                    return;
+                }
+                let l: Labels = vec![
+                    ("function", name.to_string()),
+                    ("mode", mode.as_str().to_string()),
+                    ("phase", phase.to_string()),
+                ];
+                let (sum, count, b) = buckets(h);
+                result = m
+                    .encode_family(&l)
+                    .and_then(|mut f| f.encode_histogram::<Labels>(sum, count, &b, None));
+            });
+            result?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "edge_agent_cold_starts",
+            "Cold starts by kind: instantiate (an instance per on-demand event), full (the \
+             module loaded again after a scale to zero)",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &snapshots {
+            for (kind, n) in [
+                ("instantiate", s.instantiate_us.count),
+                ("full", s.load_us.count),
+            ] {
+                let l: Labels = vec![("function", s.function.clone()), ("kind", kind.into())];
+                m.encode_family(&l)?
+                    .encode_counter::<Labels, _, u64>(&n, None)?;
+            }
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "edge_agent_function_cpu_seconds",
+            "Thread CPU time of the function's successful calls (instantiation and call)",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &snapshots {
+            let secs = s.cpu_total_us as f64 / 1e6;
+            m.encode_family(&labels(s))?
+                .encode_counter::<Labels, _, u64>(&secs, None)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "edge_agent_instance_memory_bytes",
+            "Largest linear memory an instance of the function reached",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &snapshots {
+            let bytes = s.peak_memory_bytes as i64;
+            m.encode_family(&labels(s))?.encode_gauge(&bytes)?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "edge_agent_restarts",
+            "Persistent instances restarted after a failure",
+            None,
+            MetricType::Counter,
+        )?;
+        for s in &snapshots {
+            let l: Labels = vec![("function", s.function.clone())];
+            m.encode_family(&l)?
+                .encode_counter::<Labels, _, u64>(&s.restarts, None)?;
+        }
+
+        let connected = i64::from(self.links.borrow().overall().connected);
+        encoder
+            .encode_descriptor(
+                "edge_agent_broker_connected",
+                "1 when every connection to the broker is up",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&connected)?;
+
+        let info: Labels = vec![
+            ("version", env!("CARGO_PKG_VERSION").into()),
+            ("wasmtime", WASMTIME_VERSION.into()),
+        ];
+        // A gauge of 1 with the facts as labels (the Prometheus convention; the text
+        // format has no info type).
+        encoder
+            .encode_descriptor(
+                "edge_agent_build_info",
+                "The agent's version and the wasmtime it runs on",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_family(&info)?
+            .encode_gauge(&1i64)?;
+
+        process(&mut encoder)
+    }
+}
+
+/// The wasmtime version the agent is built with (the workspace pins it).
+const WASMTIME_VERSION: &str = "48";
+
+/// The standard `process_*` metrics, from `/proc/self`.
+fn process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
+    let pid = std::process::id();
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split_whitespace().collect())
+        .unwrap_or_default();
+    let hz = crate::clock::ticks_per_second();
+    let num = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let cpu = (num(11) + num(12)) / hz;
+    encoder
+        .encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time of the process",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<Labels, _, u64>(&cpu, None)?;
+    let rss = proc_status_kb(pid, "VmRSS") * 1024;
+    encoder
+        .encode_descriptor(
+            "process_resident_memory_bytes",
+            "Resident memory of the process",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&rss)?;
+    let fds = std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as i64);
+    encoder
+        .encode_descriptor(
+            "process_open_fds",
+            "Open file descriptors",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&fds)?;
+    // Start time: boot time plus the process's start in ticks since boot.
+    let boot = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<f64>().ok())
+        })
+        .unwrap_or(0.0);
+    let start = boot + num(19) / hz;
+    encoder
+        .encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process, seconds since the Unix epoch",
+            None,
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&start)?;
+    Ok(())
+}
+
+fn proc_status_kb(_pid: u32, field: &str) -> i64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))?
+                .split_whitespace()
+                .nth(1)?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// The `/metrics` body now.
+fn render(registry: &Registry) -> String {
+    let mut body = String::new();
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut body, registry);
+    body
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `listen` until the runtime ends;
+/// returns the address bound (the port, when `listen` asked for 0).
+///
+/// # Errors
+/// The listener's address cannot be bound.
+pub fn serve(
+    listen: SocketAddr,
+    stats: StatsBook,
+    links: watch::Receiver<Links>,
+) -> std::io::Result<SocketAddr> {
+    use axum::http::{StatusCode, header};
+    use axum::routing::get;
+
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(AgentCollector {
+        stats: Book(stats),
+        links: links.clone(),
+    }));
+    let registry = Arc::new(registry);
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        render(&registry),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let overall = links.borrow().overall();
+                async move {
+                    if overall.subscribed {
+                        (StatusCode::OK, "ready\n")
+                    } else if overall.connected {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not subscribed yet\n")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "not connected\n")
+                    }
+                }
+            }),
+        );
+    let listener = std::net::TcpListener::bind(listen)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    tracing::info!(listen = %bound, "metrics on http://{bound}/metrics");
+    Ok(bound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hdr_histograms_become_prometheus_buckets() {
+        let mut h =
+            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|e| panic!("{e}"));
+        for us in [5, 20, 20, 900, 3_000_000, 60_000_000] {
+            let _ = h.record(us);
+        }
+        let (sum, count, b) = buckets(&h);
+        assert_eq!(count, 6);
+        assert!((sum - 63.00094).abs() < 0.01, "{sum}");
+        // 5 µs, then 20 µs twice, 900 µs, 3 s, and 60 s above the last bound.
+        let counts: Vec<u64> = b.iter().map(|x| x.1).collect();
+        assert_eq!(counts, [1, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(b.last().map(|x| x.0), Some(f64::MAX));
+    }
+}

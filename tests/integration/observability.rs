@@ -1,0 +1,150 @@
+//! The agent seen from outside: the Prometheus endpoint against the stats topic, and the
+//! text it serves through a real parser of the format (`promtool check metrics`).
+
+use std::io::{Read, Write};
+use std::time::Duration;
+
+use crate::harness::{Client, Mosquitto, Process, broker_port, guest};
+
+/// GET `path` from the agent's metrics listener: (status code, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").expect("request");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("response");
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let code = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (code, body.to_string())
+}
+
+/// The value of the sample `series` (`name{a="1",b="2"}`, labels in any order).
+fn sample(body: &str, series: &str) -> Option<f64> {
+    let key = |s: &str| -> (String, Vec<String>) {
+        let (name, labels) = s.split_once('{').unwrap_or((s, ""));
+        let mut l: Vec<String> = labels
+            .trim_end_matches('}')
+            .split(',')
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect();
+        l.sort();
+        (name.to_string(), l)
+    };
+    let want = key(series);
+    body.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (s, v) = l.rsplit_once(' ')?;
+        (key(s) == want).then(|| v.parse().ok())?
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
+    let broker = Mosquitto::start();
+    let metrics = broker_port();
+    let config = format!(
+        "[agent]\nid = \"prom\"\nstats_interval_secs = 1\n[broker]\nurl = \"{}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+         [[function]]\nname = \"f\"\nmodule = \"{}\"\ntopics = [\"f/in\"]\n\
+         [function.config]\nout_topic = \"out/f\"\n",
+        broker.url(),
+        guest("misbehave")
+    );
+    let agent = Process::start(&config, broker.port, "prom", &[]).await;
+    assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(metrics, "/readyz"), (200, "ready\n".into()));
+    let mut c = Client::connect(broker.port, &["out/f", "edge-agent/prom/stats"]).await;
+    for _ in 0..50 {
+        c.publish("f/in", "ok").await;
+    }
+    for _ in 0..2 {
+        c.publish("f/in", "err:on purpose").await;
+    }
+    for _ in 0..50 {
+        c.recv_on("out/f").await;
+    }
+    // The stats topic's report once it has counted every event, then a scrape.
+    let stats = loop {
+        let v = c.recv_on("edge-agent/prom/stats").await.json();
+        let f = v[0].clone();
+        if f["succeeded"] == 50 && f["failed"].to_string().contains("guest-error") {
+            break f;
+        }
+    };
+    let (code, body) = get(metrics, "/metrics");
+    assert_eq!(code, 200, "{body}");
+    let labels = "function=\"f\",mode=\"on-demand\"";
+    let ok = sample(
+        &body,
+        &format!("edge_agent_events_total{{{labels},outcome=\"succeeded\"}}"),
+    );
+    assert_eq!(ok, stats["succeeded"].as_f64(), "{body}");
+    let failed = sample(
+        &body,
+        &format!("edge_agent_events_total{{{labels},outcome=\"guest-error\"}}"),
+    );
+    assert_eq!(failed, Some(2.0), "{body}");
+    let e2e = sample(
+        &body,
+        &format!("edge_agent_event_duration_seconds_count{{{labels},phase=\"end_to_end\"}}"),
+    );
+    assert_eq!(e2e, stats["end_to_end_us"]["count"].as_f64(), "{body}");
+    let inf = sample(
+        &body,
+        &format!(
+            "edge_agent_event_duration_seconds_bucket{{{labels},phase=\"end_to_end\",le=\"+Inf\"}}"
+        ),
+    );
+    assert_eq!(inf, e2e, "{body}");
+    let cold = sample(
+        &body,
+        "edge_agent_cold_starts_total{function=\"f\",kind=\"instantiate\"}",
+    );
+    assert_eq!(cold, stats["instantiate_us"]["count"].as_f64(), "{body}");
+    let cpu = sample(
+        &body,
+        &format!("edge_agent_function_cpu_seconds_total{{{labels}}}"),
+    );
+    let expected_cpu = stats["cpu_total_us"].as_f64().unwrap_or(0.0) / 1e6;
+    assert!(
+        cpu.is_some_and(|c| c >= expected_cpu && c > 0.0),
+        "{cpu:?} {body}"
+    );
+    assert_eq!(sample(&body, "edge_agent_broker_connected"), Some(1.0));
+    assert!(sample(&body, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
+    assert!(body.contains("edge_agent_build_info{version=\""), "{body}");
+
+    // A real parser of the format: promtool (Debian's `prometheus` package).
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("metrics.txt");
+    std::fs::write(&file, &body).expect("write");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::fs::File::open(&file).expect("open"))
+        .output()
+        .expect("promtool (apt-get install prometheus)");
+    // It parses the body (a parse error fails here). Its linter is for the classic text
+    // format, where a counter's HELP names `x_total`; OpenMetrics (which /metrics serves
+    // and Prometheus reads) names the family `x`, so the one complaint allowed is "no help
+    // text" for a `_total` counter whose family has its HELP line.
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!said.contains("parsing error"), "promtool: {said}\n{body}");
+    for line in said.lines().filter(|l| !l.trim().is_empty()) {
+        let family = line
+            .strip_suffix(" no help text")
+            .and_then(|n| n.strip_suffix("_total"))
+            .unwrap_or_else(|| panic!("promtool: {line}\n{said}"));
+        assert!(body.contains(&format!("# HELP {family} ")), "{line}");
+    }
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+}
