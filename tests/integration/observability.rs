@@ -58,7 +58,30 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
     let agent = Process::start(&config, broker.port, "prom", &[]).await;
     assert_eq!(get(metrics, "/healthz"), (200, "ok\n".into()));
     assert_eq!(get(metrics, "/readyz"), (200, "ready\n".into()));
-    let mut c = Client::connect(broker.port, &["out/f", "edge-agent/prom/stats"]).await;
+    let mut c = Client::connect(
+        broker.port,
+        &["out/f", "edge-agent/prom/stats", "edge-agent/prom/status"],
+    )
+    .await;
+    // The birth message names each function, its model and its module's hash.
+    let birth = c.recv_on("edge-agent/prom/status").await.json();
+    let module = std::fs::read(guest("misbehave")).expect("module");
+    let f0 = &birth["functions"][0];
+    assert_eq!(
+        (&birth["status"], &f0["name"], &f0["mode"], &f0["module"]),
+        (
+            &"online".into(),
+            &"f".into(),
+            &"on-demand".into(),
+            &"misbehave.wasm".into()
+        ),
+        "{birth}"
+    );
+    assert_eq!(
+        f0["sha256"].as_str(),
+        Some(edge_agent::runtime::function::sha256_hex(&module).as_str()),
+        "{birth}"
+    );
     for _ in 0..50 {
         c.publish("f/in", "ok").await;
     }

@@ -134,10 +134,23 @@ impl Startup {
                 }
             })?;
         }
+        let functions: Vec<serde_json::Value> = config
+            .functions
+            .iter()
+            .map(|f| {
+                serde_json::json!({
+                    "name": f.name,
+                    "mode": f.mode.as_str(),
+                    "module": f.module.file_name().map(|n| n.to_string_lossy()),
+                    "sha256": runtime.function(&f.name).map(|l| l.sha256().to_string()),
+                })
+            })
+            .collect();
         let presence = tokio::spawn(announce_presence(
             links.clone(),
             publisher.clone(),
             config.status_topic(),
+            options::birth(&serde_json::Value::from(functions)),
             root.child_token(),
         ));
         let flusher_stop = root.child_token();
@@ -352,6 +365,7 @@ async fn announce_presence(
     mut links: watch::Receiver<Links>,
     publisher: Arc<Publisher>,
     topic: String,
+    birth: Vec<u8>,
     stop: CancellationToken,
 ) {
     loop {
@@ -360,10 +374,9 @@ async fn announce_presence(
             ready = links.wait_for(|l| l.overall().subscribed) => if ready.is_err() { return },
         }
         tracing::info!("connected and subscribed");
-        let body = options::presence("online");
         let qos = rumqttc::QoS::AtLeastOnce;
         if publisher
-            .publish(topic.clone(), qos, true, body, None)
+            .publish(topic.clone(), qos, true, birth.clone(), None)
             .await
             .is_err()
         {

@@ -86,6 +86,20 @@ pub fn presence(status: &str) -> Vec<u8> {
     .into_bytes()
 }
 
+/// The retained birth message on the status topic once the agent is connected and
+/// subscribed: [`presence`]`("online")` plus `functions`, each with its name, mode, module
+/// file and the module's sha256.
+pub fn birth(functions: &serde_json::Value) -> Vec<u8> {
+    serde_json::json!({
+        "status": "online",
+        "pid": std::process::id(),
+        "version": env!("CARGO_PKG_VERSION"),
+        "functions": functions,
+    })
+    .to_string()
+    .into_bytes()
+}
+
 /// Options for a connection to `addr` with `client_id`: host, port and, for `mqtts://`,
 /// TLS with the files of `tls` (or the system's roots).
 ///

@@ -59,6 +59,8 @@ impl CallOutcome {
 /// to zero).
 pub struct LoadedFunction {
     ctx: Arc<FunctionContext>,
+    /// SHA-256 of the module file as loaded (hex).
+    sha256: String,
     /// The linked component; `None` while scaled to zero.
     pre: RwLock<Option<FunctionPre<StoreData>>>,
     /// What loading it again takes.
@@ -99,7 +101,7 @@ impl LoadedFunction {
         tick: Duration,
         fuel_enabled: bool,
     ) -> Result<Self, RuntimeError> {
-        let pre = link(engine, linker, cfg).map_err(|message| RuntimeError::Load {
+        let (pre, sha256) = link(engine, linker, cfg).map_err(|message| RuntimeError::Load {
             function: cfg.name.clone(),
             message,
         })?;
@@ -127,6 +129,7 @@ impl LoadedFunction {
         });
         Ok(Self {
             ctx,
+            sha256,
             pre: RwLock::new(Some(pre)),
             engine: engine.clone(),
             linker: linker.clone(),
@@ -145,6 +148,11 @@ impl LoadedFunction {
     /// Gives the function its state namespace (done once, before the first event).
     pub fn attach_state(&self, ns: Arc<Namespace>) {
         let _ = self.state.set(ns);
+    }
+
+    /// SHA-256 of its module file as loaded (hex), for logs and the birth message.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 
     /// The function's name.
@@ -196,10 +204,11 @@ impl LoadedFunction {
             return Ok((pre.clone(), None));
         }
         let start = Instant::now();
-        let pre = link(&self.engine, &self.linker, &self.cfg).map_err(|message| CallError {
-            kind: FailureKind::Instantiate,
-            message: format!("loading the module again after a scale to zero: {message}"),
-        })?;
+        let (pre, _) =
+            link(&self.engine, &self.linker, &self.cfg).map_err(|message| CallError {
+                kind: FailureKind::Instantiate,
+                message: format!("loading the module again after a scale to zero: {message}"),
+            })?;
         *slot = Some(pre.clone());
         Ok((pre, Some(start.elapsed())))
     }
@@ -351,37 +360,38 @@ fn link(
     engine: &Engine,
     linker: &Linker<StoreData>,
     cfg: &FunctionConfig,
-) -> Result<FunctionPre<StoreData>, String> {
-    let component = load_component(engine, cfg)?;
+) -> Result<(FunctionPre<StoreData>, String), String> {
+    let (component, sha256) = load_component(engine, cfg)?;
     let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
         format!(
             "{} needs imports the agent does not provide: {e:#}",
             cfg.module.display()
         )
     })?;
-    FunctionPre::new(instance_pre).map_err(|e| {
+    let pre = FunctionPre::new(instance_pre).map_err(|e| {
         format!(
             "{} does not export `edge:agent/handler@0.1.0`: {e:#}",
             cfg.module.display()
         )
-    })
+    })?;
+    Ok((pre, sha256))
 }
 
 /// Reads the module, checks its pinned hash, and compiles it (`.wasm`) or loads the
 /// precompiled native code (`.cwasm`, made by `edge-agent precompile`).
-fn load_component(engine: &Engine, cfg: &FunctionConfig) -> Result<Component, String> {
+fn load_component(engine: &Engine, cfg: &FunctionConfig) -> Result<(Component, String), String> {
     let path = cfg.module.display();
     let bytes = std::fs::read(&cfg.module).map_err(|e| format!("cannot read {path}: {e}"))?;
-    if let Some(pinned) = &cfg.sha256 {
-        let actual = sha256_hex(&bytes);
-        if !actual.eq_ignore_ascii_case(pinned) {
-            return Err(format!(
-                "{path} has sha256 {actual}, but the config pins {pinned}: refusing to load it"
-            ));
-        }
+    let actual = sha256_hex(&bytes);
+    if let Some(pinned) = &cfg.sha256
+        && !actual.eq_ignore_ascii_case(pinned)
+    {
+        return Err(format!(
+            "{path} has sha256 {actual}, but the config pins {pinned}: refusing to load it"
+        ));
     }
     let cwasm = cfg.module.extension().is_some_and(|e| e == "cwasm");
-    match (cwasm, Engine::detect_precompiled(&bytes)) {
+    let component = match (cwasm, Engine::detect_precompiled(&bytes)) {
         (true, Some(wasmtime::Precompiled::Component)) => {
             deserialize(engine, &bytes).map_err(|e| {
                 format!(
@@ -404,7 +414,8 @@ fn load_component(engine: &Engine, cfg: &FunctionConfig) -> Result<Component, St
                 format!("{path} is not a loadable WebAssembly component: {one_line}")
             })
         }
-    }
+    };
+    Ok((component?, actual))
 }
 
 /// Says, in a few words, why `bytes` is not a component, when its header shows it.
