@@ -46,6 +46,33 @@ pub fn ticks_per_second() -> f64 {
     if hz > 0 { hz as f64 } else { 100.0 }
 }
 
+/// The numeric fields of `/proc/<pid>/stat` after the command name (which sits in
+/// parentheses and may hold spaces): index 0 is the state, 11 and 12 user and system
+/// ticks, 19 the start time in ticks since boot. Non-numeric fields read as 0.
+pub fn process_stat(pid: u32) -> Option<Vec<u64>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = stat.rsplit_once(") ")?.1;
+    Some(
+        rest.split_whitespace()
+            .map(|f| f.parse().unwrap_or(0))
+            .collect(),
+    )
+}
+
+/// User + system CPU time of process `pid` so far, in seconds (10 ms ticks).
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    let f = process_stat(pid)?;
+    Some((f.get(11)? + f.get(12)?) as f64 / ticks_per_second())
+}
+
+/// A `/proc/<pid>/status` figure in bytes (`VmRSS`, `VmHWM`).
+pub fn process_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -197,18 +197,9 @@ const WASMTIME_VERSION: &str = "48";
 /// The standard `process_*` metrics, from `/proc/self`.
 fn process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
     let pid = std::process::id();
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(") ")
-        .map(|(_, rest)| rest.split_whitespace().collect())
-        .unwrap_or_default();
+    let fields = crate::clock::process_stat(pid).unwrap_or_default();
     let hz = crate::clock::ticks_per_second();
-    let num = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let num = |i: usize| fields.get(i).copied().unwrap_or(0) as f64;
     let cpu = (num(11) + num(12)) / hz;
     encoder
         .encode_descriptor(
@@ -218,7 +209,7 @@ fn process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
             MetricType::Counter,
         )?
         .encode_counter::<Labels, _, u64>(&cpu, None)?;
-    let rss = proc_status_kb(pid, "VmRSS") * 1024;
+    let rss = crate::clock::process_status_bytes(pid, "VmRSS").unwrap_or(0) as i64;
     encoder
         .encode_descriptor(
             "process_resident_memory_bytes",
@@ -254,20 +245,6 @@ fn process(encoder: &mut DescriptorEncoder) -> Result<(), std::fmt::Error> {
         )?
         .encode_gauge(&start)?;
     Ok(())
-}
-
-fn proc_status_kb(_pid: u32, field: &str) -> i64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with(field))?
-                .split_whitespace()
-                .nth(1)?
-                .parse()
-                .ok()
-        })
-        .unwrap_or(0)
 }
 
 /// The `/metrics` body now.

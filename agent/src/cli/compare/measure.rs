@@ -141,16 +141,6 @@ impl Sent {
     }
 }
 
-/// CPU ticks (user + system) of process `pid` so far, in seconds.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = stat.rsplit_once(") ")?.1;
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?;
-    Some(ticks as f64 / crate::clock::ticks_per_second())
-}
-
 /// A process's CPU time so far: to the nanosecond per thread (each thread's
 /// `schedstat`), and in clock ticks (10 ms) for the whole process, dead threads included.
 #[derive(Debug, Clone, Default)]
@@ -175,7 +165,7 @@ impl CpuClock {
             }
         }
         Self {
-            ticks: cpu_seconds(pid).unwrap_or(0.0),
+            ticks: crate::clock::process_cpu_seconds(pid).unwrap_or(0.0),
             threads,
         }
     }
@@ -196,14 +186,6 @@ impl CpuClock {
     }
 }
 
-/// A `/proc/<pid>/status` figure in bytes (`VmRSS`, `VmHWM`).
-pub fn status_bytes(pid: u32, field: &str) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with(field))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb * 1024)
-}
-
 /// Samples `VmRSS` of process `pid` every `every` until `stop`; returns (seconds since
 /// the start, bytes) pairs.
 pub async fn sample_rss(
@@ -219,7 +201,7 @@ pub async fn sample_rss(
             () = stop.cancelled() => return samples,
             _ = tick.tick() => {}
         }
-        match status_bytes(pid, "VmRSS") {
+        match crate::clock::process_status_bytes(pid, "VmRSS") {
             Some(b) => samples.push((start.elapsed().as_secs_f64(), b)),
             None => return samples,
         }
@@ -452,7 +434,7 @@ mod tests {
     #[test]
     fn proc_figures_of_this_process() {
         let pid = std::process::id();
-        assert!(cpu_seconds(pid).is_some());
+        assert!(crate::clock::process_cpu_seconds(pid).is_some());
         let before = CpuClock::read(pid);
         let spin = Instant::now();
         let mut x = 0u64;
@@ -462,6 +444,6 @@ mod tests {
         // 30 ms of spinning, measured finer than the 10 ms ticks could.
         let cpu = CpuClock::read(pid).since(&before);
         assert!((0.02..1.0).contains(&cpu), "{cpu}");
-        assert!(status_bytes(pid, "VmRSS").is_some_and(|b| b > 0));
+        assert!(crate::clock::process_status_bytes(pid, "VmRSS").is_some_and(|b| b > 0));
     }
 }

@@ -632,7 +632,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         _ => 0.5,
     };
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
-    run.idle_rss_bytes = measure::status_bytes(pid, "VmRSS").unwrap_or(0);
+    run.idle_rss_bytes = crate::clock::process_status_bytes(pid, "VmRSS").unwrap_or(0);
     let idle = Duration::from_secs_f64(idle_secs);
     let cpu0 = measure::CpuClock::read(pid);
     tokio::time::sleep(idle).await;
@@ -725,7 +725,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         ));
         progress.step();
     }
-    run.peak_rss_bytes = measure::status_bytes(pid, "VmHWM").unwrap_or(0);
+    run.peak_rss_bytes = crate::clock::process_status_bytes(pid, "VmHWM").unwrap_or(0);
     stop_sampling.cancel();
     run.rss_over_time = sampler.await.unwrap_or_default();
     run.memory_mb_seconds_above_idle =
