@@ -71,7 +71,7 @@ TOML
     for _ in $(seq 1 60); do
         sleep 1
         timeout 5 mosquitto_sub -p "$port" -t edge-agent/bench/stats -C 1 >"$work/stats-$run.json" || true
-        python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); sys.exit(0 if all(f["succeeded"]>=int(sys.argv[2]) for f in s) else 1)' \
+        python3 -c 'import json,sys; s=json.load(open(sys.argv[1])); sys.exit(0 if all(f["succeeded"]>=int(sys.argv[2]) for f in s["functions"]) else 1)' \
             "$work/stats-$run.json" "$events" 2>/dev/null && break
     done
     kill -TERM "$agent"; wait "$agent" 2>/dev/null || true
@@ -79,11 +79,11 @@ TOML
     pids=()
 done
 
-for r in $(seq 1 "$runs"); do python3 -c "import json,sys; print([(f[\"function\"], f[\"received\"], f[\"failed\"]) for f in json.load(open(sys.argv[1]))])" "$work/stats-$r.json"; done
+for r in $(seq 1 "$runs"); do python3 -c "import json,sys; print([(f[\"function\"], f[\"received\"], f[\"failed\"]) for f in json.load(open(sys.argv[1]))["functions"]])" "$work/stats-$r.json"; done
 python3 - "$work" "$runs" "$events" "$rate" <<'PY'
 import json, statistics, sys
 work, runs, events, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-snaps = [json.load(open(f"{work}/stats-{r}.json")) for r in range(1, runs + 1)]
+snaps = [json.load(open(f"{work}/stats-{r}.json"))["functions"] for r in range(1, runs + 1)]
 names = [f["function"] for f in snaps[0]]
 def med(name, path):
     vals = []

@@ -51,8 +51,12 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         "[agent]\nid = \"prom\"\nstats_interval_secs = 1\n[broker]\nurl = \"{}\"\n\
          [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
          [[function]]\nname = \"f\"\nmodule = \"{}\"\ntopics = [\"f/in\"]\n\
-         [function.config]\nout_topic = \"out/f\"\n",
+         [function.config]\nout_topic = \"out/f\"\n\
+         [[function]]\nname = \"slow\"\nmodule = \"{}\"\nmode = \"persistent\"\n\
+         topics = [\"slow/in\"]\ntimeout_ms = 10000\n\
+         [function.config]\nout_topic = \"out/slow\"\n",
         broker.url(),
+        guest("misbehave"),
         guest("misbehave")
     );
     let agent = Process::start(&config, broker.port, "prom", &[]).await;
@@ -60,7 +64,12 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
     assert_eq!(get(metrics, "/readyz"), (200, "ready\n".into()));
     let mut c = Client::connect(
         broker.port,
-        &["out/f", "edge-agent/prom/stats", "edge-agent/prom/status"],
+        &[
+            "out/f",
+            "out/slow",
+            "edge-agent/prom/stats",
+            "edge-agent/prom/status",
+        ],
     )
     .await;
     // The birth message names each function, its model and its module's hash.
@@ -88,17 +97,40 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
     for _ in 0..2 {
         c.publish("f/in", "err:on purpose").await;
     }
-    for _ in 0..50 {
+    for key in ["a", "b", "a"] {
+        c.publish("f/in", format!("state-incr:{key}")).await;
+    }
+    for _ in 0..53 {
         c.recv_on("out/f").await;
     }
     // The stats topic's report once it has counted every event, then a scrape.
-    let stats = loop {
+    let (report, stats) = loop {
         let v = c.recv_on("edge-agent/prom/stats").await.json();
-        let f = v[0].clone();
-        if f["succeeded"] == 50 && f["failed"].to_string().contains("guest-error") {
-            break f;
+        let f = v["functions"][0].clone();
+        if f["succeeded"] == 53 && f["failed"].to_string().contains("guest-error") {
+            break (v, f);
         }
     };
+    assert_eq!(report["schema_version"], 2, "{report}");
+    assert_eq!(report["agent"], "prom", "{report}");
+    assert!(
+        report["interval_secs"].as_f64().is_some_and(|s| s > 0.5),
+        "{report}"
+    );
+    assert!(
+        report["process"]["rss_bytes"]
+            .as_u64()
+            .is_some_and(|b| b > 1_000_000)
+    );
+    for rate in [
+        "events_per_sec",
+        "errors_per_sec",
+        "cold_starts_per_sec",
+        "cpu_percent",
+    ] {
+        assert!(stats["rates"][rate].as_f64().is_some(), "{rate}: {stats}");
+    }
+    assert_eq!(stats["state_keys"], 2, "{stats}");
     let (code, body) = get(metrics, "/metrics");
     assert_eq!(code, 200, "{body}");
     let labels = "function=\"f\",mode=\"on-demand\"";
@@ -139,8 +171,45 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         "{cpu:?} {body}"
     );
     assert_eq!(sample(&body, "edge_agent_broker_connected"), Some(1.0));
+    assert_eq!(
+        sample(&body, "edge_agent_state_keys{function=\"f\"}"),
+        stats["state_keys"].as_f64(),
+        "{body}"
+    );
+    let disk = sample(&body, "edge_agent_state_disk_bytes");
+    assert!(disk.is_some_and(|b| b > 0.0), "{body}");
+    assert!(
+        report["state_disk_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{report}"
+    );
     assert!(sample(&body, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
     assert!(body.contains("edge_agent_build_info{version=\""), "{body}");
+
+    // Queue depth: a persistent instance busy for 3.5 s while 4 events wait behind it, seen
+    // by a scrape and by a stats report, then back to 0.
+    c.publish("slow/in", "sleep:3500").await;
+    for _ in 0..4 {
+        c.publish("slow/in", "ok").await;
+    }
+    let depth = |body: &str| sample(body, "edge_agent_queue_depth{function=\"slow\"}");
+    let deadline = std::time::Instant::now() + Duration::from_millis(1500);
+    while depth(&get(metrics, "/metrics").1) != Some(4.0) {
+        assert!(std::time::Instant::now() < deadline, "queue depth never 4");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let queued = loop {
+        let v = c.recv_on("edge-agent/prom/stats").await.json();
+        let slow = v["functions"][1].clone();
+        if slow["queue_depth"] == 4 || slow["succeeded"] == 5 {
+            break slow;
+        }
+    };
+    assert_eq!(queued["queue_depth"], 4, "{queued}");
+    for _ in 0..5 {
+        c.recv_on("out/slow").await;
+    }
+    assert_eq!(depth(&get(metrics, "/metrics").1), Some(0.0));
+    let body = get(metrics, "/metrics").1;
 
     // A real parser of the format: promtool (Debian's `prometheus` package).
     let dir = tempfile::tempdir().expect("tempdir");

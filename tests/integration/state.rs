@@ -332,7 +332,8 @@ async fn both_models_report_their_costs() {
     loop {
         let j = stats.recv().await.json();
         let find = |name: &str| {
-            j.as_array()
+            j["functions"]
+                .as_array()
                 .and_then(|a| a.iter().find(|f| f["function"] == name))
                 .cloned()
         };
@@ -354,6 +355,10 @@ async fn both_models_report_their_costs() {
             );
             assert!(od["cpu_total_us"].as_u64().unwrap_or(0) > 0);
             assert!(p["peak_memory_bytes"].as_u64().unwrap_or(0) > 0);
+            assert_eq!(
+                (od["queue_depth"].as_u64(), p["queue_depth"].as_u64()),
+                (Some(0), Some(0))
+            );
             break;
         }
         assert!(

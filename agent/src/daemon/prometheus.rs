@@ -161,6 +161,38 @@ impl Collector for AgentCollector {
                 .encode_counter::<Labels, _, u64>(&s.restarts, None)?;
         }
 
+        let mut m = encoder.encode_descriptor(
+            "edge_agent_queue_depth",
+            "Events waiting in the function's queue (all its instances' queues)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &snapshots {
+            let l: Labels = vec![("function", s.function.clone())];
+            m.encode_family(&l)?.encode_gauge(&(s.queue_depth as i64))?;
+        }
+
+        let mut m = encoder.encode_descriptor(
+            "edge_agent_state_keys",
+            "Keys in the function's state namespace",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in &snapshots {
+            let l: Labels = vec![("function", s.function.clone())];
+            m.encode_family(&l)?.encode_gauge(&(s.state_keys as i64))?;
+        }
+
+        let disk = book.state_disk_bytes() as i64;
+        encoder
+            .encode_descriptor(
+                "edge_agent_state_disk_bytes",
+                "Bytes the state store takes on disk",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&disk)?;
+
         let connected = i64::from(self.links.borrow().overall().connected);
         encoder
             .encode_descriptor(

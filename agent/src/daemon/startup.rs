@@ -125,6 +125,8 @@ impl Startup {
             tracker: tracker.clone(),
         };
         let (routes, workers, stats) = spawn_functions(&config, &runtime, &shared);
+        let store = state.clone();
+        stats.probe_state_disk(Box::new(move || store.disk_bytes()));
         let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
         if let Some(listen) = config.metrics.listen {
             super::prometheus::serve(listen, stats.clone(), links.clone()).map_err(|source| {
@@ -303,6 +305,13 @@ fn spawn_functions(config: &Config, runtime: &Runtime, shared: &Shared) -> Funct
         let inboxes: Vec<_> = (0..queues)
             .map(|_| Arc::new(Inbox::new(capacity, f.overflow)))
             .collect();
+        let queues = inboxes.clone();
+        stats.probe_queue_depth(Box::new(move || {
+            queues.iter().map(|q| q.len() as u64).sum()
+        }));
+        if let Some(ns) = loaded.state().cloned() {
+            stats.probe_state_keys(Box::new(move || ns.keys()));
+        }
         tracing::info!(function = %f.name, mode = f.mode.as_str(), topics = ?f.topics, "function ready");
         workers.extend(match f.mode {
             Mode::OnDemand => dispatch::run_on_demand(
@@ -340,6 +349,7 @@ fn spawn_reporter(
 ) -> Option<JoinHandle<()>> {
     (config.agent.stats_interval_secs > 0).then(|| {
         tokio::spawn(stats.clone().publish_every(
+            config.agent.id.clone(),
             publisher.clone(),
             config.stats_topic(),
             Duration::from_secs(config.agent.stats_interval_secs),

@@ -5,8 +5,8 @@
 //! shutdown and publishes them every `agent.stats_interval_secs` on
 //! `<topic_prefix>/<id>/stats`.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
@@ -34,9 +34,15 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|_| unreachable!())
 }
 
+/// A figure read when it is reported rather than recorded as it changes (a queue's length,
+/// a namespace's keys).
+pub type Probe = Box<dyn Fn() -> u64 + Send + Sync>;
+
 /// Event counters and cost histograms of one function.
 pub struct FunctionStats {
     received: AtomicU64,
+    queue_depth: OnceLock<Probe>,
+    state_keys: OnceLock<Probe>,
     succeeded: AtomicU64,
     restarts: AtomicU64,
     failed: [AtomicU64; FailureKind::ALL.len()],
@@ -47,6 +53,8 @@ impl Default for FunctionStats {
     fn default() -> Self {
         Self {
             received: AtomicU64::new(0),
+            queue_depth: OnceLock::new(),
+            state_keys: OnceLock::new(),
             succeeded: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             failed: Default::default(),
@@ -115,6 +123,22 @@ impl FunctionStats {
         l.peak_memory = l.peak_memory.max(cost.peak_memory);
     }
 
+    /// Reads the function's queue depth (events waiting, all its queues) with `probe`.
+    pub fn probe_queue_depth(&self, probe: Probe) {
+        let _ = self.queue_depth.set(probe);
+    }
+
+    /// Reads the function's stored state keys with `probe`.
+    pub fn probe_state_keys(&self, probe: Probe) {
+        let _ = self.state_keys.set(probe);
+    }
+
+    /// A copy of the end-to-end histogram (µs), to take differences between reports.
+    pub fn end_to_end(&self) -> Histogram<u64> {
+        let l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        l.end_to_end.clone()
+    }
+
     /// A persistent instance was restarted.
     pub fn restarted(&self) {
         self.restarts.fetch_add(1, Ordering::Relaxed);
@@ -139,11 +163,15 @@ impl FunctionStats {
 
     /// A snapshot for reports.
     pub fn snapshot(&self, function: &str, mode: &str) -> Snapshot {
+        let read = |probe: &OnceLock<Probe>| probe.get().map_or(0, |p| p());
+        let (queue_depth, state_keys) = (read(&self.queue_depth), read(&self.state_keys));
         let l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
         Snapshot {
             function: function.to_string(),
             mode: mode.to_string(),
             received: self.received.load(Ordering::Relaxed),
+            queue_depth,
+            state_keys,
             succeeded: self.succeeded.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             failed: FailureKind::ALL
@@ -166,7 +194,7 @@ impl FunctionStats {
 }
 
 /// Percentiles of a histogram, in microseconds.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 pub struct Percentiles {
     /// Samples.
     pub count: u64,
@@ -181,7 +209,8 @@ pub struct Percentiles {
 }
 
 impl Percentiles {
-    fn of(h: &Histogram<u64>) -> Self {
+    /// The percentiles of `h`.
+    pub fn of(h: &Histogram<u64>) -> Self {
         Self {
             count: h.len(),
             p50: h.value_at_quantile(0.5),
@@ -201,6 +230,10 @@ pub struct Snapshot {
     pub mode: String,
     /// Events routed to it.
     pub received: u64,
+    /// Events waiting in its queue(s) now.
+    pub queue_depth: u64,
+    /// Keys in its state namespace now.
+    pub state_keys: u64,
     /// Events handled successfully.
     pub succeeded: u64,
     /// Persistent instance restarts.

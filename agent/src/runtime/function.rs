@@ -150,6 +150,11 @@ impl LoadedFunction {
         let _ = self.state.set(ns);
     }
 
+    /// Its state namespace, once attached.
+    pub fn state(&self) -> Option<&Arc<Namespace>> {
+        self.state.get()
+    }
+
     /// SHA-256 of its module file as loaded (hex), for logs and the birth message.
     pub fn sha256(&self) -> &str {
         &self.sha256

@@ -127,6 +127,11 @@ impl StateStore {
         tracing::info!(flushes = self.flushes(), "state store closed");
     }
 
+    /// Bytes the store takes on disk (sled's own count of its files).
+    pub fn disk_bytes(&self) -> u64 {
+        self.db.size_on_disk().unwrap_or(0)
+    }
+
     /// Flushes done so far (successful or not).
     pub fn flushes(&self) -> u64 {
         self.next_flush.load(Ordering::Acquire) - 1
@@ -209,6 +214,11 @@ impl Namespace {
             deadline,
             holds_gate: false,
         }
+    }
+
+    /// Keys stored in the namespace (committed).
+    pub fn keys(&self) -> u64 {
+        self.keys.load(Ordering::Acquire)
     }
 
     /// The store this namespace lives in.

@@ -783,7 +783,7 @@ impl AgentStats {
                 return;
             };
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let f = &v[0];
+            let f = &v["functions"][0];
             let succeeded = f["succeeded"].as_u64().unwrap_or(0);
             if succeeded > self.succeeded {
                 deadline = tokio::time::Instant::now() + quiet;
