@@ -46,6 +46,18 @@ fn main() -> ExitCode {
         },
         Command::Publish(args) => publish(&args),
         Command::Compare(args) => compare(&args),
+        #[cfg(feature = "top")]
+        Command::Top(args) => match edge_agent::cli::top::run(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e @ edge_agent::cli::top::TopError::Usage(_)) => {
+                eprintln!("error: {e}");
+                ExitCode::from(64)
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(69)
+            }
+        },
     }
 }
 

@@ -4,6 +4,8 @@
 pub mod compare;
 pub mod logs;
 pub mod publish;
+#[cfg(feature = "top")]
+pub mod top;
 
 use std::path::PathBuf;
 
@@ -51,6 +53,10 @@ pub enum Command {
     /// Measure both execution models on this device with the example functions, each in
     /// an agent process of its own, and say which one to use and why.
     Compare(compare::CompareArgs),
+    /// Watch agents live: one row per function with its rate, latency, cold starts, CPU,
+    /// memory, queue and errors, from the agents' stats and status topics. `q` quits.
+    #[cfg(feature = "top")]
+    Top(top::TopArgs),
     /// Compile components ahead of time into `.cwasm` artifacts for a device (same agent
     /// version and settings required there). Prints each artifact's size and SHA-256.
     #[cfg(feature = "compiler")]
@@ -72,12 +78,53 @@ pub enum Command {
     },
 }
 
+/// Where the broker is and how to log in: the commands that connect as clients.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// Broker URL, e.g. mqtt://127.0.0.1:1883 or mqtts://broker.example:8883.
+    #[arg(short, long, default_value = "mqtt://127.0.0.1:1883")]
+    pub broker: String,
+    /// User name for the broker.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Password for the broker.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) for mqtts:// brokers.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    /// Client options for a connection with `client_id` (clean session, 30 s keep-alive).
+    ///
+    /// # Errors
+    /// A bad `--broker` URL or TLS file, in words.
+    pub fn options(&self, client_id: &str) -> Result<rumqttc::MqttOptions, String> {
+        let addr = crate::config::BrokerAddress::parse(&self.broker)
+            .map_err(|e| format!("--broker: {e}"))?;
+        let tls = self.ca_file.clone().map(|ca| crate::config::TlsConfig {
+            ca_file: Some(ca),
+            ..crate::config::TlsConfig::default()
+        });
+        let mut opts = crate::mqtt::options::client_options(&addr, client_id, tls.as_ref())
+            .map_err(|e| e.to_string())?;
+        opts.set_keep_alive(std::time::Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
+        if let Some(u) = &self.username {
+            opts.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
+        }
+        Ok(opts)
+    }
+}
+
 /// Arguments of `edge-agent publish`.
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
-    /// Broker URL, e.g. mqtt://127.0.0.1:1883.
-    #[arg(short, long, default_value = "mqtt://127.0.0.1:1883")]
-    pub broker: String,
+    /// The broker.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
     /// Topic to publish on.
     #[arg(short, long)]
     pub topic: String,
@@ -105,13 +152,4 @@ pub struct PublishArgs {
     /// Set the retain flag.
     #[arg(long)]
     pub retain: bool,
-    /// User name for the broker.
-    #[arg(long)]
-    pub username: Option<String>,
-    /// Password for the broker.
-    #[arg(long)]
-    pub password: Option<String>,
-    /// CA certificate (PEM) for mqtts:// brokers.
-    #[arg(long)]
-    pub ca_file: Option<PathBuf>,
 }

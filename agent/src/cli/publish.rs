@@ -6,7 +6,6 @@ use std::time::Duration;
 use rumqttc::{AsyncClient, Event, Outgoing, Packet};
 
 use super::PublishArgs;
-use crate::config::{BrokerAddress, TlsConfig};
 
 /// Why publishing failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,25 +52,12 @@ fn template(args: &PublishArgs) -> Result<Template, PublishError> {
 }
 
 fn connect(args: &PublishArgs) -> Result<(AsyncClient, rumqttc::EventLoop), PublishError> {
-    let addr = BrokerAddress::parse(&args.broker)
-        .map_err(|e| PublishError::Usage(format!("--broker: {e}")))?;
-    let tls = args.ca_file.clone().map(|ca| TlsConfig {
-        ca_file: Some(ca),
-        ..TlsConfig::default()
-    });
     let id = format!(
         "edge-agent-publish-{}-{}",
         std::process::id(),
         crate::clock::now_ms()
     );
-    let mut opts = crate::mqtt::options::client_options(&addr, &id, tls.as_ref())
-        .map_err(|e| PublishError::Usage(e.to_string()))?;
-    opts.set_keep_alive(Duration::from_secs(30))
-        .set_clean_session(true)
-        .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
-    if let Some(u) = &args.username {
-        opts.set_credentials(u.clone(), args.password.clone().unwrap_or_default());
-    }
+    let opts = args.broker.options(&id).map_err(PublishError::Usage)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     crate::mqtt::options::low_latency(&mut eventloop);
     Ok((client, eventloop))
@@ -95,10 +81,10 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
     };
     while !done(sent, acked) {
         match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-            Err(_) => return Err(PublishError::Stalled(args.broker.clone())),
+            Err(_) => return Err(PublishError::Stalled(args.broker.broker.clone())),
             Ok(Err(source)) => {
                 return Err(PublishError::Broker {
-                    url: args.broker.clone(),
+                    url: args.broker.broker.clone(),
                     source: Box::new(source),
                 });
             }
