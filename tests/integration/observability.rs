@@ -237,6 +237,168 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
             .unwrap_or_else(|| panic!("promtool: {line}\n{said}"));
         assert!(body.contains(&format!("# HELP {family} ")), "{line}");
     }
+    dashboard_queries_parse_and_name_served_metrics(&body);
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
+}
+
+/// The Grafana dashboard (docs/grafana/edge-agent.json): every query is PromQL that
+/// promtool parses (as recording rules), and every metric it names is in `body`, a real
+/// scrape. Its shape against Grafana's schema is checked by tests/grafana/check.sh.
+fn dashboard_queries_parse_and_name_served_metrics(body: &str) {
+    let path = crate::harness::repo_root().join("docs/grafana/edge-agent.json");
+    let text = std::fs::read_to_string(&path).expect("docs/grafana/edge-agent.json");
+    let dashboard: serde_json::Value = serde_json::from_str(&text).expect("dashboard JSON");
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            queries.push(target["expr"].as_str().expect("expr").to_string());
+        }
+    }
+    for variable in dashboard["templating"]["list"]
+        .as_array()
+        .expect("variables")
+    {
+        if let Some(q) = variable["query"]["query"].as_str() {
+            // label_values(metric, label) is Grafana's, not PromQL: check its metric.
+            let metric = q
+                .strip_prefix("label_values(")
+                .and_then(|r| r.split(',').next())
+                .expect("label_values query");
+            queries.push(metric.to_string());
+        }
+    }
+    assert!(queries.len() >= 15, "{queries:?}");
+    let served: std::collections::BTreeSet<&str> = body
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.split(['{', ' ']).next())
+        .collect();
+    let mut rules = Vec::new();
+    for (i, q) in queries.iter().enumerate() {
+        let promql = q
+            .replace("$__rate_interval", "1m")
+            .replace("$instance", ".*");
+        let names = promql
+            .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+            .filter(|w| w.starts_with("edge_agent_") || w.starts_with("process_"));
+        for name in names {
+            assert!(
+                served.contains(name),
+                "the dashboard asks for {name}, not served:\n{body}"
+            );
+        }
+        rules.push(serde_json::json!({ "record": format!("dashboard:query_{i}"), "expr": promql }));
+    }
+    // JSON is YAML: promtool reads it as a rule file.
+    let file = tempfile::NamedTempFile::new().expect("temp file");
+    let groups = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": rules }] });
+    std::fs::write(file.path(), groups.to_string()).expect("write rules");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(file.path())
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check rules on the dashboard's queries: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// `edge-agent top` in a real terminal (tmux): both models' rows come live, and `q` quits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn top_shows_both_models_live_and_quits_on_q() {
+    let id = crate::harness::unique("top");
+    let mut config = format!(
+        "[agent]\nid = \"{id}\"\nstats_interval_secs = 1\n\
+         [broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n"
+    );
+    for (name, mode) in [("od", "on-demand"), ("p", "persistent")] {
+        config += &format!(
+            "[[function]]\nname = \"{name}\"\nmodule = \"{}\"\nmode = \"{mode}\"\n\
+             topics = [\"{name}/in\"]\n[function.config]\nout_topic = \"out/{name}\"\n",
+            guest("echo")
+        );
+    }
+    let agent = crate::harness::Agent::start(&config).await;
+    let c = Client::connect(agent.port, &[]).await;
+    // A tmux server of the test's own, so that nothing else's sessions are touched.
+    let socket = format!("edge-agent-{id}");
+    let tmux = |args: &[&str]| {
+        std::process::Command::new("tmux")
+            .args(["-L", &socket])
+            .args(args)
+            .output()
+            .expect("tmux (apt-get install tmux)")
+    };
+    let command = format!(
+        "{} top --broker mqtt://127.0.0.1:{} --agent {id}",
+        crate::harness::agent_bin(),
+        agent.port
+    );
+    let started = tmux(&[
+        "new-session",
+        "-d",
+        "-s",
+        "top",
+        "-x",
+        "140",
+        "-y",
+        "20",
+        &command,
+    ]);
+    assert!(started.status.success(), "{started:?}");
+    // Events on both functions until both rows show a rate above zero.
+    let row = |screen: &str, name: &str, mode: &str| -> Option<Vec<String>> {
+        screen
+            .lines()
+            .map(|l| l.split_whitespace().map(String::from).collect::<Vec<_>>())
+            .find(|cells| cells.len() == 11 && cells[0] == name && cells[1] == mode)
+    };
+    let busy = |cells: &Option<Vec<String>>| {
+        cells
+            .as_ref()
+            .and_then(|c| c[2].parse::<f64>().ok())
+            .is_some_and(|rate| rate > 0.0)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let screen = loop {
+        for _ in 0..5 {
+            c.publish("od/in", "x").await;
+            c.publish("p/in", "x").await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let pane = tmux(&["capture-pane", "-p", "-t", "top"]);
+        let screen = String::from_utf8_lossy(&pane.stdout).into_owned();
+        let (od, p) = (
+            row(&screen, "od", "on-demand"),
+            row(&screen, "p", "persistent"),
+        );
+        if busy(&od) && busy(&p) {
+            break screen;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top never showed both functions busy:\n{screen}"
+        );
+    };
+    assert!(screen.contains(&format!("{id}  online")), "{screen}");
+    assert!(screen.contains("FUNCTION"), "{screen}");
+    // On demand, every event is a cold start; the persistent instance has none.
+    let cold = |name, mode| row(&screen, name, mode).map(|c| c[5].clone());
+    assert_ne!(cold("od", "on-demand").as_deref(), Some("0.0"), "{screen}");
+    assert_eq!(cold("p", "persistent").as_deref(), Some("0.0"), "{screen}");
+    tmux(&["send-keys", "-t", "top", "q"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while tmux(&["has-session", "-t", "top"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "top did not quit on q"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tmux(&["kill-server"]);
+    agent.stop().await;
 }
