@@ -4,7 +4,8 @@
 # Usage: cross/build.sh TARGET [device|full] [--profile PROFILE]
 #   TARGET   aarch64 | armv7 | host, or a Rust target triple
 #            (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, x86_64-unknown-linux-gnu)
-#   device   (default) no compiler: runs only `.cwasm` made by `edge-agent precompile`;
+#   device   (default) no compiler: runs only `.cwasm` made by `edge-agent precompile`
+#            (with `edge-agent top`);
 #            armv7 gets the `pulley` feature (wasmtime's interpreter: Cranelift has no
 #            32-bit ARM back end)
 #   full     default features: Cranelift included, compiles `.wasm` and precompiles
@@ -48,7 +49,8 @@ esac
 
 features=()
 if [[ $kind == device ]]; then
-    features+=(--no-default-features)
+    # No compiler; `top` (the live table, +192 KiB on aarch64) stays in.
+    features+=(--no-default-features --features top)
     [[ $triple == armv7* || $triple == arm-* || $triple == thumbv7* ]] && features+=(--features pulley)
 fi
 

@@ -61,6 +61,63 @@ fn check_accepts_the_demo_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 functions"));
 }
 
+/// Relative paths in a config file are read from the file's own directory: `check` from
+/// elsewhere finds the modules, and the data directory lands beside the file.
+#[test]
+fn relative_paths_resolve_against_the_config_files_directory() {
+    crate::harness::guests();
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let demo = repo_root().join("configs/demo.toml");
+    let out = run(
+        &["check", "--config", demo.to_str().expect("utf-8")],
+        elsewhere.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+
+    let layout = tempfile::tempdir().expect("tempdir");
+    let (etc, lib) = (layout.path().join("etc"), layout.path().join("lib"));
+    std::fs::create_dir_all(&etc).expect("mkdir");
+    std::fs::create_dir_all(&lib).expect("mkdir");
+    std::fs::copy(guest("echo"), lib.join("echo.wasm")).expect("copy");
+    let config = etc.join("agent.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[agent]\ndata_dir = \"state\"\n{}",
+            good("../lib/echo.wasm")
+        ),
+    )
+    .expect("write");
+    let out = run(
+        &["check", "--config", config.to_str().expect("utf-8")],
+        elsewhere.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // data_dir too: a file where the data directory would be, beside the config.
+    std::fs::write(etc.join("state"), "not a directory").expect("write");
+    let out = run(
+        &["check", "--config", config.to_str().expect("utf-8")],
+        elsewhere.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("agent.data_dir") && stderr.contains("etc/state"),
+        "{stderr}"
+    );
+    // A module path that is right only from the working directory is not found.
+    std::fs::write(&config, good("lib/echo.wasm")).expect("write");
+    let out = run(
+        &["check", "--config", config.to_str().expect("utf-8")],
+        layout.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(stderr.contains("etc/lib/echo.wasm"), "{stderr}");
+}
+
 #[test]
 fn unknown_key_is_rejected() {
     rejected(

@@ -545,8 +545,36 @@ impl Config {
             .try_deserialize()
             .map_err(|e| parse_err(clean_message(&e.to_string())))?;
         cfg.source = path.to_path_buf();
+        cfg.resolve_paths();
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Makes the relative paths in the file (`module`, `agent.data_dir`, the TLS files)
+    /// relative to the file's own directory rather than the working directory, so that a
+    /// config reads the same from anywhere (`check --config /etc/edge-agent/config.toml`).
+    fn resolve_paths(&mut self) {
+        let dir = self.source.parent().unwrap_or(Path::new(""));
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.agent.data_dir);
+        for f in &mut self.functions {
+            resolve(&mut f.module);
+        }
+        if let Some(tls) = &mut self.broker.tls {
+            for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
+                file.iter_mut().for_each(resolve);
+            }
+        }
     }
 
     /// The client id in use: `broker.client_id` or `edge-agent-<agent.id>`.
