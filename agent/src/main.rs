@@ -11,11 +11,27 @@ use edge_agent::config::Config;
 use edge_agent::{AgentError, Prepared};
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // Usage errors exit 64 (EX_USAGE) with clap's message; --help and --version exit 0.
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 64 } else { 0 });
+        }
+    };
     edge_agent::cli::logs::init(cli.verbose, cli.log_format);
     match cli.command {
-        Command::Check { config } => check(&config),
-        Command::Run { config } => run(&config),
+        Command::Check { config } => match find_config(config.as_deref()) {
+            Ok((path, from)) => {
+                println!("reading {} (from {from})", path.display());
+                check(&path)
+            }
+            Err(code) => code,
+        },
+        Command::Run { config } => match find_config(config.as_deref()) {
+            Ok((path, _)) => run(&path),
+            Err(code) => code,
+        },
         #[cfg(feature = "compiler")]
         Command::Precompile {
             target,
@@ -137,6 +153,15 @@ fn compare(args: &edge_agent::cli::compare::CompareArgs) -> ExitCode {
     } else {
         ExitCode::FAILURE
     }
+}
+
+/// The config file to use (see `edge_agent::cli::config_path`); exit 78 if there is none.
+fn find_config(flag: Option<&Path>) -> Result<(std::path::PathBuf, &'static str), ExitCode> {
+    let env = std::env::var_os("EDGE_AGENT_CONFIG");
+    edge_agent::cli::config_path(flag, env, &edge_agent::cli::DEFAULT_CONFIGS).map_err(|e| {
+        eprintln!("error: {e}");
+        ExitCode::from(78)
+    })
 }
 
 fn prepare(path: &Path) -> Result<Prepared, AgentError> {

@@ -118,6 +118,64 @@ fn relative_paths_resolve_against_the_config_files_directory() {
     assert!(stderr.contains("etc/lib/echo.wasm"), "{stderr}");
 }
 
+/// Without `--config`: `EDGE_AGENT_CONFIG`, then /etc/edge-agent/config.toml, then
+/// ./edge-agent.toml; `check` says which file it read, and none at all is exit 78.
+#[test]
+fn the_config_is_found_without_flag_and_check_says_where() {
+    crate::harness::guests();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let check = |env: Option<&std::path::Path>| {
+        let mut cmd = Command::new(agent_bin());
+        cmd.arg("check")
+            .current_dir(dir.path())
+            .env_remove("EDGE_AGENT_CONFIG");
+        if let Some(path) = env {
+            cmd.env("EDGE_AGENT_CONFIG", path);
+        }
+        cmd.output().expect("run edge-agent")
+    };
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let named = elsewhere.path().join("named.toml");
+    std::fs::write(&named, good(&guest("echo"))).expect("write");
+    let out = check(Some(&named));
+    assert!(out.status.success(), "{}", text(&out));
+    let said = format!("reading {} (from EDGE_AGENT_CONFIG)", named.display());
+    assert!(text(&out).contains(&said), "{}", text(&out));
+    // The defaults (only where this machine has no /etc/edge-agent/config.toml).
+    if !std::path::Path::new(edge_agent::cli::DEFAULT_CONFIGS[0]).exists() {
+        let out = check(None);
+        assert_eq!(out.status.code(), Some(78), "{}", text(&out));
+        assert!(text(&out).contains("no config file"), "{}", text(&out));
+        std::fs::write(dir.path().join("edge-agent.toml"), good(&guest("echo"))).expect("write");
+        let out = check(None);
+        assert!(out.status.success(), "{}", text(&out));
+        let said = "reading ./edge-agent.toml (from the default location)";
+        assert!(text(&out).contains(said), "{}", text(&out));
+    }
+}
+
+/// Usage errors are exit 64 (EX_USAGE) with clap's message; --help is 0.
+#[test]
+fn usage_errors_exit_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    for args in [&["run", "--colour"][..], &["publish"], &["frobnicate"]] {
+        let out = run(args, dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "{args:?}: {stderr}");
+        assert!(stderr.contains("Usage:"), "{args:?}: {stderr}");
+    }
+    let out = run(&["check", "--help"], dir.path());
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("EDGE_AGENT_CONFIG"));
+}
+
 #[test]
 fn unknown_key_is_rejected() {
     rejected(

@@ -7,7 +7,7 @@ pub mod publish;
 #[cfg(feature = "top")]
 pub mod top;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -38,15 +38,17 @@ pub struct Cli {
 pub enum Command {
     /// Run the agent.
     Run {
-        /// Config file (.toml, .yaml or .json).
+        /// Config file (.toml, .yaml or .json). Default: $EDGE_AGENT_CONFIG, then
+        /// /etc/edge-agent/config.toml, then ./edge-agent.toml.
         #[arg(short, long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Validate a config file and load every module, then exit (0 if all is well, 78 if not).
     Check {
-        /// Config file (.toml, .yaml or .json).
+        /// Config file (.toml, .yaml or .json). Default: $EDGE_AGENT_CONFIG, then
+        /// /etc/edge-agent/config.toml, then ./edge-agent.toml.
         #[arg(short, long)]
-        config: PathBuf,
+        config: Option<PathBuf>,
     },
     /// Publish test events to a broker.
     Publish(PublishArgs),
@@ -76,6 +78,35 @@ pub enum Command {
         #[arg(required = true)]
         modules: Vec<PathBuf>,
     },
+}
+
+/// Where the agent looks for its config file when `--config` is not given, after
+/// `EDGE_AGENT_CONFIG`, in order.
+pub const DEFAULT_CONFIGS: [&str; 2] = ["/etc/edge-agent/config.toml", "./edge-agent.toml"];
+
+/// The config file to read, and how it was chosen: `--config`, else `EDGE_AGENT_CONFIG`
+/// (`env`), else the first of `defaults` that exists.
+///
+/// # Errors
+/// None of them gives a file: says where it looked.
+pub fn config_path(
+    flag: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    defaults: &[&str],
+) -> Result<(PathBuf, &'static str), String> {
+    if let Some(path) = flag {
+        return Ok((path.to_path_buf(), "--config"));
+    }
+    if let Some(path) = env.filter(|p| !p.is_empty()) {
+        return Ok((PathBuf::from(path), "EDGE_AGENT_CONFIG"));
+    }
+    if let Some(found) = defaults.iter().map(Path::new).find(|p| p.is_file()) {
+        return Ok((found.to_path_buf(), "the default location"));
+    }
+    Err(format!(
+        "no config file: give --config FILE or set EDGE_AGENT_CONFIG; there is none at {}",
+        defaults.join(" or ")
+    ))
 }
 
 /// Where the broker is and how to log in: the commands that connect as clients.
