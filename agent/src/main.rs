@@ -235,7 +235,9 @@ fn publish(args: &PublishArgs) -> ExitCode {
 
 /// Prints the error with its causes on one line, and picks the exit code.
 fn fail(e: &AgentError) -> ExitCode {
-    eprintln!("error: {}", edge_agent::failure::chain(e));
+    for line in e.lines() {
+        eprintln!("error: {line}");
+    }
     ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
 }
 

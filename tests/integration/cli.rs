@@ -161,6 +161,70 @@ fn the_config_is_found_without_flag_and_check_says_where() {
     }
 }
 
+/// `check` reports every mistake in the file, one line each naming its key, and every
+/// module that cannot be loaded.
+#[test]
+fn check_reports_every_error_each_on_its_own_line() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("many.toml");
+    let f = |name: &str, extra: &str| {
+        format!(
+            "[[function]]\nname = \"{name}\"\nmodule = \"{}\"\ntopics = [\"{name}/#\"]\n{extra}\n",
+            guest("echo")
+        )
+    };
+    let config = format!(
+        "[broker]\nurl = \"mqtt://127.0.0.1:1\"\nkeep_alive_secs = 1\n{}{}{}",
+        f("a", "qos = 5\ntimeout_ms = 0"),
+        f("b", "topics = [\"b/#/x\"]").replace("topics = [\"b/#\"]\n", ""),
+        f("c", "")
+    );
+    std::fs::write(&path, config).expect("write");
+    let out = run(&["check", "--config", "many.toml"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    let keys = [
+        "`broker.keep_alive_secs`",
+        "`function[a].qos`",
+        "`function[a].timeout_ms`",
+        "`function[b].topics`",
+    ];
+    assert_eq!(lines.len(), keys.len(), "{stderr}");
+    for (line, key) in lines.iter().zip(keys) {
+        assert!(
+            line.contains("many.toml") && line.contains(key),
+            "{key}: {stderr}"
+        );
+    }
+    // Two modules that cannot be loaded: both named.
+    let not_wasm = dir.path().join("not.wasm");
+    std::fs::write(&not_wasm, "hello").expect("write");
+    let bad = |name: &str| {
+        format!("[[function]]\nname = \"{name}\"\nmodule = \"not.wasm\"\ntopics = [\"{name}/#\"]\n")
+    };
+    let config = format!(
+        "[broker]\nurl = \"mqtt://127.0.0.1:1\"\n{}{}{}",
+        bad("x"),
+        f("ok", ""),
+        bad("y")
+    );
+    std::fs::write(&path, config).expect("write");
+    let out = run(&["check", "--config", "many.toml"], dir.path());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(lines.len(), 2, "{stderr}");
+    assert!(
+        lines[0].contains("function `x`") && lines[1].contains("function `y`"),
+        "{stderr}"
+    );
+    assert!(
+        !stderr.contains("\\x") && !stderr.contains("[104"),
+        "byte dump: {stderr}"
+    );
+}
+
 /// Usage errors are exit 64 (EX_USAGE) with clap's message; --help is 0.
 #[test]
 fn usage_errors_exit_64() {

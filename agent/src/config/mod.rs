@@ -40,6 +40,31 @@ pub enum ConfigError {
         /// Why it is rejected.
         message: String,
     },
+    /// More than one problem: each on its own line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// `Ok` for no errors, the error for one, [`ConfigError::Several`] for more.
+    ///
+    /// # Errors
+    /// The errors given, if any.
+    pub fn all(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
+
+    /// Each problem on its own (one for all but [`ConfigError::Several`]).
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            Self::Several(all) => all.iter().flat_map(|e| e.each()).collect(),
+            one => vec![one],
+        }
+    }
 }
 
 /// The whole configuration of one agent.

@@ -100,32 +100,56 @@ fn is_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// One line per mistake: the first error of each key, and none that only follows from
+/// another key being wrong (`max_concurrency` must be at most `runtime.max_instances`, when
+/// `runtime.max_instances` is itself rejected).
+fn consequences_dropped(errs: Vec<ConfigError>) -> Vec<ConfigError> {
+    let key = |e: &ConfigError| match e {
+        ConfigError::Invalid { key, .. } => Some(key.clone()),
+        _ => None,
+    };
+    let wrong: HashSet<String> = errs.iter().filter_map(key).collect();
+    let mut seen = HashSet::new();
+    errs.into_iter()
+        .filter(|e| match e {
+            ConfigError::Invalid { key, message, .. } => {
+                seen.insert(key.clone())
+                    && !wrong
+                        .iter()
+                        .any(|other| other != key && message.contains(other.as_str()))
+            }
+            _ => true,
+        })
+        .collect()
+}
+
 impl Config {
     /// Checks everything that does not need the modules compiled.
     ///
     /// # Errors
-    /// The first problem found, naming its key.
+    /// Every problem found, each naming its key ([`ConfigError::Several`] if more than one).
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_agent()?;
-        self.validate_data_dir()?;
-        self.validate_broker()?;
-        self.validate_runtime()?;
-        self.validate_state()?;
+        let mut errs = Vec::new();
+        self.validate_agent(&mut errs);
+        errs.extend(self.validate_data_dir().err());
+        errs.extend(self.validate_broker().err());
+        self.validate_runtime(&mut errs);
+        self.validate_state(&mut errs);
         if self.functions.is_empty() {
-            return Err(self.invalid("function", "no [[function]] is configured"));
+            errs.push(self.invalid("function", "no [[function]] is configured"));
         }
         let mut names = HashSet::new();
         for (i, f) in self.functions.iter().enumerate() {
-            self.validate_function(i, f)?;
+            self.validate_function(i, f, &mut errs);
             if !names.insert(f.name.as_str()) {
-                return Err(self.invalid(
+                errs.push(self.invalid(
                     format!("function[{}].name", f.name),
                     "duplicate function name",
                 ));
             }
-            self.validate_module(f)?;
+            errs.extend(self.validate_module(f).err());
         }
-        Ok(())
+        ConfigError::all(consequences_dropped(errs))
     }
 
     /// `agent.data_dir`: a directory the agent can write, or one it can create, and not in
@@ -168,21 +192,20 @@ impl Config {
     }
 
     /// `[agent]`.
-    fn validate_agent(&self) -> Result<(), ConfigError> {
+    fn validate_agent(&self, errs: &mut Vec<ConfigError>) {
         let a = &self.agent;
         if a.max_hops == 0 {
-            return Err(self.invalid("agent.max_hops", "must be at least 1"));
+            errs.push(self.invalid("agent.max_hops", "must be at least 1"));
         }
         if !is_name(&a.id) {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 "agent.id",
                 format!("`{}` must be 1-64 letters, digits, `-`, `_` or `.`", a.id),
             ));
         }
         if let Err(e) = topic::validate_name(&a.topic_prefix) {
-            return Err(self.invalid("agent.topic_prefix", format!("topic prefix {e}")));
+            errs.push(self.invalid("agent.topic_prefix", format!("topic prefix {e}")));
         }
-        Ok(())
     }
 
     /// `[broker]`.
@@ -261,16 +284,16 @@ impl Config {
     }
 
     /// `[runtime]`, including the room persistent functions leave in the pool.
-    fn validate_runtime(&self) -> Result<(), ConfigError> {
+    fn validate_runtime(&self, errs: &mut Vec<ConfigError>) {
         let r = &self.runtime;
         if !(1..=10_000).contains(&r.max_instances) {
-            return Err(self.invalid("runtime.max_instances", "must be from 1 to 10000"));
+            errs.push(self.invalid("runtime.max_instances", "must be from 1 to 10000"));
         }
         if !(1..=1_000).contains(&r.epoch_tick_ms) {
-            return Err(self.invalid("runtime.epoch_tick_ms", "must be from 1 to 1000"));
+            errs.push(self.invalid("runtime.epoch_tick_ms", "must be from 1 to 1000"));
         }
         if !(1..=1024).contains(&r.max_module_mb) {
-            return Err(self.invalid("runtime.max_module_mb", "must be from 1 to 1024"));
+            errs.push(self.invalid("runtime.max_module_mb", "must be from 1 to 1024"));
         }
 
         let persistent: u64 = self
@@ -280,7 +303,7 @@ impl Config {
             .map(|f| u64::from(f.instances))
             .sum();
         if persistent >= u64::from(r.max_instances) {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 "runtime.max_instances",
                 format!(
                     "persistent functions keep {persistent} instances; max_instances ({}) must be larger to leave room for on-demand calls",
@@ -288,78 +311,76 @@ impl Config {
                 ),
             ));
         }
-        Ok(())
     }
 
     /// `[state]`.
-    fn validate_state(&self) -> Result<(), ConfigError> {
+    fn validate_state(&self, errs: &mut Vec<ConfigError>) {
         let st = &self.state;
         if !(1..=4096).contains(&st.cache_mb) {
-            return Err(self.invalid("state.cache_mb", "must be from 1 to 4096"));
+            errs.push(self.invalid("state.cache_mb", "must be from 1 to 4096"));
         }
         if st.min_flush_interval_ms > 60_000 {
-            return Err(self.invalid("state.min_flush_interval_ms", "must be at most 60000"));
+            errs.push(self.invalid("state.min_flush_interval_ms", "must be at most 60000"));
         }
         if !(1..=65_536).contains(&st.max_key_bytes) {
-            return Err(self.invalid("state.max_key_bytes", "must be from 1 to 65536"));
+            errs.push(self.invalid("state.max_key_bytes", "must be from 1 to 65536"));
         }
         if !(1..=64 * 1024 * 1024).contains(&st.max_value_bytes) {
-            return Err(self.invalid("state.max_value_bytes", "must be from 1 to 67108864"));
+            errs.push(self.invalid("state.max_value_bytes", "must be from 1 to 67108864"));
         }
         if st.max_pending_bytes_per_call < st.max_value_bytes + st.max_key_bytes {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 "state.max_pending_bytes_per_call",
                 "must hold at least one key and value (max_key_bytes + max_value_bytes)",
             ));
         }
         if st.max_pending_keys_per_call == 0 {
-            return Err(self.invalid("state.max_pending_keys_per_call", "must be at least 1"));
+            errs.push(self.invalid("state.max_pending_keys_per_call", "must be at least 1"));
         }
         if st.max_keys_per_function == 0 {
-            return Err(self.invalid("state.max_keys_per_function", "must be at least 1"));
+            errs.push(self.invalid("state.max_keys_per_function", "must be at least 1"));
         }
-        Ok(())
     }
 
     /// One `[[function]]`, apart from its module file.
-    fn validate_function(&self, i: usize, f: &super::FunctionConfig) -> Result<(), ConfigError> {
+    fn validate_function(&self, i: usize, f: &super::FunctionConfig, errs: &mut Vec<ConfigError>) {
         let (b, r) = (&self.broker, &self.runtime);
         if !is_name(&f.name) {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 format!("function[{i}].name"),
                 format!("`{}` must be 1-64 letters, digits, `-`, `_` or `.`", f.name),
             ));
         }
         let key = |k: &str| format!("function[{}].{k}", f.name);
         if f.topics.is_empty() {
-            return Err(self.invalid(key("topics"), "needs at least one topic filter"));
+            errs.push(self.invalid(key("topics"), "needs at least one topic filter"));
         }
         for t in &f.topics {
             if let Err(e) = topic::validate_filter(t) {
-                return Err(self.invalid(key("topics"), format!("topic filter `{t}` {e}")));
+                errs.push(self.invalid(key("topics"), format!("topic filter `{t}` {e}")));
             }
             if t.starts_with("$share/") || t.starts_with("$queue/") {
-                return Err(self.invalid(
+                errs.push(self.invalid(
                     key("topics"),
                     format!("`{t}`: shared subscriptions are not supported yet"),
                 ));
             }
         }
         if f.qos > 2 {
-            return Err(self.invalid(key("qos"), "must be 0, 1 or 2"));
+            errs.push(self.invalid(key("qos"), "must be 0, 1 or 2"));
         }
         if !(1..=600_000).contains(&f.timeout_ms) {
-            return Err(self.invalid(key("timeout_ms"), "must be from 1 to 600000 (10 min)"));
+            errs.push(self.invalid(key("timeout_ms"), "must be from 1 to 600000 (10 min)"));
         }
         let max_mb = super::host_memory_reservation() / (1024 * 1024);
         if !(1..=max_mb).contains(&f.memory_limit_mb) {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 key("memory_limit_mb"),
                 format!("must be from 1 to {max_mb} on this platform"),
             ));
         }
         if f.max_concurrency == 0 || f.max_concurrency > r.max_instances {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 key("max_concurrency"),
                 format!(
                     "must be from 1 to runtime.max_instances ({})",
@@ -368,31 +389,31 @@ impl Config {
             ));
         }
         if !(1..=256).contains(&f.instances) {
-            return Err(self.invalid(key("instances"), "must be from 1 to 256"));
+            errs.push(self.invalid(key("instances"), "must be from 1 to 256"));
         }
         if f.instances != 1 && f.mode != super::Mode::Persistent {
-            return Err(self.invalid(key("instances"), "only applies to mode = \"persistent\""));
+            errs.push(self.invalid(key("instances"), "only applies to mode = \"persistent\""));
         }
         if f.keep_warm_secs.is_some() && f.mode != super::Mode::OnDemand {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 key("keep_warm_secs"),
                 "only applies to mode = \"on-demand\" (a persistent instance is always warm)",
             ));
         }
         if f.keep_warm_secs == Some(0) {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 key("keep_warm_secs"),
                 "must be at least 1 (or unset: always warm)",
             ));
         }
         if f.restart_window_secs == 0 {
-            return Err(self.invalid(key("restart_window_secs"), "must be at least 1"));
+            errs.push(self.invalid(key("restart_window_secs"), "must be at least 1"));
         }
         if !(1..=1_000_000).contains(&f.queue_capacity) {
-            return Err(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
+            errs.push(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
         }
         if f.fuel == Some(0) {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 key("fuel"),
                 "must be at least 1 (leave it out for no budget)",
             ));
@@ -403,7 +424,7 @@ impl Config {
                 let is_topic = !v.contains('{') && topic::validate_name(v).is_ok();
                 let fed = f.topics.iter().find(|t| is_topic && topic::matches(t, v));
                 if let Some(filter) = fed {
-                    return Err(self.invalid(
+                    errs.push(self.invalid(
                         key(&format!("config.{k}")),
                         format!(
                             "`{v}` matches the function's own topic filter `{filter}`: its \
@@ -415,19 +436,19 @@ impl Config {
             }
         }
         if f.log_rate == 0 {
-            return Err(self.invalid(key("log_rate"), "must be at least 1 line per second"));
+            errs.push(self.invalid(key("log_rate"), "must be at least 1 line per second"));
         }
         if f.publish_rate == 0 {
-            return Err(self.invalid(key("publish_rate"), "must be at least 1 message per second"));
+            errs.push(self.invalid(key("publish_rate"), "must be at least 1 message per second"));
         }
         if f.max_publish_bytes == 0 || f.max_publish_bytes > b.max_packet_bytes {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 key("max_publish_bytes"),
                 "must be from 1 to broker.max_packet_bytes",
             ));
         }
         if f.max_payload_bytes > b.max_packet_bytes {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 key("max_payload_bytes"),
                 "is larger than broker.max_packet_bytes, which no message can exceed",
             ));
@@ -435,9 +456,8 @@ impl Config {
         if let Some(h) = &f.sha256
             && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
         {
-            return Err(self.invalid(key("sha256"), "must be 64 hexadecimal digits"));
+            errs.push(self.invalid(key("sha256"), "must be 64 hexadecimal digits"));
         }
-        Ok(())
     }
 
     /// A function's module file: present, a file, not too large.

@@ -56,13 +56,29 @@ pub enum AgentError {
 }
 
 impl AgentError {
+    /// The error as lines to print, one problem each (a config with several mistakes, or
+    /// several modules that cannot be loaded, gives one line per mistake).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Self::Config(e) => e.each().iter().map(|e| e.to_string()).collect(),
+            Self::Runtime {
+                file,
+                source: RuntimeError::Several(all),
+            } => all
+                .iter()
+                .map(|e| format!("{file}: {}", crate::failure::chain(e)))
+                .collect(),
+            other => vec![crate::failure::chain(other)],
+        }
+    }
+
     /// The process exit code: 78 (`EX_CONFIG`) for anything the configuration can fix,
     /// 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
             Self::Config(_)
             | Self::Runtime {
-                source: RuntimeError::Load { .. },
+                source: RuntimeError::Load { .. } | RuntimeError::Several(_),
                 ..
             }
             | Self::Mqtt {

@@ -62,6 +62,9 @@ pub enum RuntimeError {
         /// What went wrong.
         message: String,
     },
+    /// More than one function could not be loaded: each error, in configuration order.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<RuntimeError>),
 }
 
 /// An error from wasmtime or the OS, kept as the cause of a [`RuntimeError`].
@@ -115,8 +118,16 @@ impl Runtime {
         // Before the probes below: a start function that loops must meet its deadline.
         engine::start_epoch_ticker(&engine, tick)?;
         let mut functions = HashMap::new();
+        // Every function is tried, so that `check` reports every module that is wrong.
+        let mut errors = Vec::new();
         for f in &cfg.functions {
-            let loaded = LoadedFunction::load(&engine, &linker, cfg, f, tick, fuel)?;
+            let loaded = match LoadedFunction::load(&engine, &linker, cfg, f, tick, fuel) {
+                Ok(loaded) => loaded,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            };
             // One instance now, so that a module that cannot start within its limits
             // (a 40 MB memory under a 32 MiB limit) fails `check`, not its first event.
             if let Err(e) = loaded.instantiate() {
@@ -127,12 +138,18 @@ impl Runtime {
                     ),
                     _ => format!("does not start: {e}"),
                 };
-                return Err(RuntimeError::Load {
+                errors.push(RuntimeError::Load {
                     function: f.name.clone(),
                     message: format!("{} {why}", f.module.display()),
                 });
+                continue;
             }
             functions.insert(f.name.clone(), Arc::new(loaded));
+        }
+        match errors.len() {
+            0 => {}
+            1 => return Err(errors.remove(0)),
+            _ => return Err(RuntimeError::Several(errors)),
         }
         release_freed_memory();
         Ok(Self {
