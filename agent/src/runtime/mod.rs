@@ -30,11 +30,11 @@ use crate::config::Config;
 use crate::failure::FailureKind;
 use host::StoreData;
 
-/// Host bindings for the `function` world in `modules/wit/`.
+/// Host bindings for the `function` world in `modules/sdk/wit/` (the SDK carries the WIT).
 #[allow(missing_docs)]
 pub mod bindings {
     wasmtime::component::bindgen!({
-        path: "../modules/wit",
+        path: "../modules/sdk/wit",
         world: "function",
         // A state store I/O error traps the call (the event becomes a dead letter)
         // rather than looking like a missing key to the guest.

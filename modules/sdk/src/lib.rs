@@ -33,13 +33,13 @@
 use std::fmt::Display;
 use std::str::FromStr;
 
-/// The bindings generated from `modules/wit/agent.wit`. Not part of the API: use the
+/// The bindings generated from `wit/agent.wit` (shipped inside this crate). Not part of the API: use the
 /// wrappers in this crate instead.
 #[doc(hidden)]
 #[allow(missing_docs, unsafe_code)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "function",
         // `export_function!` expands in the function's crate and refers back to here.
         pub_export_macro: true,
