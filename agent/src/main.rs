@@ -60,6 +60,35 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::New(args) => match edge_agent::cli::project::new(&args) {
+            Ok(dir) => {
+                println!("{}", dir.display());
+                eprintln!(
+                    "new: function `{}` written to {}; build it with `edge-agent build {}`, \
+                     then paste function.toml into the agent's config",
+                    args.name,
+                    dir.display(),
+                    dir.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
+        Command::Build(args) => match edge_agent::cli::project::build(&args) {
+            Ok(built) => {
+                for b in built {
+                    println!("{b}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(e.exit_code())
+            }
+        },
         Command::Publish(args) => publish(&args),
         Command::Compare(args) => compare(&args),
         #[cfg(feature = "top")]

@@ -1051,3 +1051,90 @@ fn compare_without_modules_says_where_it_looked() {
         "{stderr}"
     );
 }
+
+/// A function made, built and run outside the repository: `edge-agent new` in a temp
+/// directory (an on-demand echo and a persistent counter), `edge-agent build`, and the agent
+/// runs both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_then_build_then_run_outside_the_repo() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The repository's toolchain (it has the wasm32-wasip2 target), and a build cache kept
+    // between runs under its target/: the projects themselves are fresh each time.
+    let toolchain = std::fs::read_to_string(repo_root().join("rust-toolchain.toml"))
+        .expect("rust-toolchain.toml")
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("channel = ")
+                .map(|c| c.trim_matches('"').to_string())
+        })
+        .expect("channel");
+    let cache = repo_root().join("target/function-projects");
+    let edge_agent = |args: &[&str]| {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .current_dir(tmp.path())
+            .env("RUSTUP_TOOLCHAIN", &toolchain)
+            .env("CARGO_TARGET_DIR", &cache)
+            .output()
+            .expect("run edge-agent");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let made = edge_agent(&["new", "greet"]);
+    assert_eq!(made.trim(), tmp.path().join("greet").display().to_string());
+    edge_agent(&[
+        "new",
+        "tally",
+        "--template",
+        "counter",
+        "--dir",
+        "projects/tally",
+    ]);
+    edge_agent(&["new", "heat", "-t", "threshold"]);
+    let mut config =
+        "[agent]\nid = \"outside\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n"
+            .to_string();
+    for (name, dir) in [
+        ("greet", "greet"),
+        ("tally", "projects/tally"),
+        ("heat", "heat"),
+    ] {
+        let started = std::time::Instant::now();
+        let printed = edge_agent(&["build", dir]);
+        eprintln!("{name}: built in {:.1?}", started.elapsed());
+        // `PATH  N bytes  sha256 HEX`, and the file is that component.
+        let fields: Vec<&str> = printed.split_whitespace().collect();
+        let wasm = std::path::PathBuf::from(fields[0]);
+        let bytes = std::fs::read(&wasm).expect("the built component");
+        assert_eq!(fields[1], bytes.len().to_string(), "{printed}");
+        assert_eq!(
+            fields[4],
+            edge_agent::runtime::function::sha256_hex(&bytes),
+            "{printed}"
+        );
+        // The project's snippet, pointed at where this build put the component.
+        let snippet = std::fs::read_to_string(tmp.path().join(dir).join("function.toml"))
+            .expect("function.toml");
+        let default_place = tmp.path().join(dir).join("target");
+        config += &snippet.replace(
+            &default_place.display().to_string(),
+            &cache.display().to_string(),
+        );
+    }
+    let agent = crate::harness::Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["greet/out/#", "tally/count/#", "alerts/#"]).await;
+    c.publish("greet/in/x", "hi").await;
+    let m = c.recv_on("greet/out/x").await;
+    assert_eq!(m.text(), "hi");
+    for n in 1..=3 {
+        c.publish("tally/in/door", "open").await;
+        let m = c.recv_on("tally/count/door").await;
+        assert_eq!(m.json()["count"], n, "{}", m.text());
+    }
+    c.publish("sensors/kitchen/temperature", r#"{"value": 31.5}"#)
+        .await;
+    let alert = c.recv_on("alerts/kitchen/temperature").await.json();
+    assert_eq!(alert["value"], 31.5, "{alert}");
+    agent.stop().await;
+}

@@ -3,6 +3,7 @@
 
 pub mod compare;
 pub mod logs;
+pub mod project;
 pub mod publish;
 #[cfg(feature = "top")]
 pub mod top;
@@ -50,6 +51,12 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Write a new function project (Cargo.toml, src/lib.rs, README, the SDK, and a
+    /// function.toml snippet for the agent's config) from a template.
+    New(project::NewArgs),
+    /// Build a function project into a WebAssembly component and print its path, size and
+    /// SHA-256 (with --precompile, also its .cwasm).
+    Build(project::BuildArgs),
     /// Publish test events to a broker.
     Publish(PublishArgs),
     /// Measure both execution models on this device with the example functions, each in
