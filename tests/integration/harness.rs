@@ -439,6 +439,11 @@ impl Process {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// The config file this agent runs on (editable: hot reload reads it again).
+    pub fn config_path(&self) -> PathBuf {
+        self._dir.path().join("agent.toml")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }

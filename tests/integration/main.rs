@@ -12,5 +12,6 @@ mod events;
 mod harness;
 mod hostile;
 mod observability;
+mod reload;
 mod state;
 mod tls;

@@ -127,6 +127,8 @@ pub struct AgentConfig {
     /// last becomes a `hop-limit` dead letter instead of another call. Stops loops between
     /// functions.
     pub max_hops: u8,
+    /// Reload when the config file or a module file changes (SIGHUP reloads either way).
+    pub watch: bool,
 }
 
 /// `[broker]`: the MQTT connection.
@@ -386,6 +388,7 @@ impl Default for AgentConfig {
             shutdown_grace_ms: 5_000,
             stats_interval_secs: 60,
             max_hops: 8,
+            watch: true,
         }
     }
 }

@@ -4,6 +4,7 @@
 //! is the whole life of the agent.
 
 pub mod prometheus;
+pub mod reload;
 pub mod shutdown;
 pub mod startup;
 pub mod systemd;

@@ -155,6 +155,13 @@ impl Startup {
             options::birth(&serde_json::Value::from(functions)),
             root.child_token(),
         ));
+        let functions = config
+            .functions
+            .iter()
+            .filter_map(|f| Some((f.name.clone(), runtime.function(&f.name)?)))
+            .collect();
+        let reloader = super::reload::Reloader::new(&config, functions, publisher.clone());
+        tokio::spawn(reloader.run(root.child_token()));
         let flusher_stop = root.child_token();
         let flusher = tokio::spawn(state.run_flusher(flusher_stop.clone()));
         let stop_intake = root.child_token();

@@ -65,6 +65,7 @@ impl PersistentInstance {
         let name = self.function.name().to_string();
         let mut restarts: VecDeque<Instant> = VecDeque::new();
         let mut backoff = RESTART_BACKOFF_MIN;
+        let mut generation = self.function.generation();
         let mut live = match self.function.instantiate() {
             Ok(i) => {
                 tracing::info!(function = %name, instance = self.index, "persistent instance started");
@@ -79,6 +80,24 @@ impl PersistentInstance {
             live = self.restart(rt, &name, &mut restarts, &mut backoff);
         }
         while let Some(event) = inbox.pop() {
+            // A reload put a new version in force: this instance finished its last event
+            // on the old one; the next runs on a fresh instance of the new one (its state
+            // is in the store, not in the instance).
+            let now = self.function.generation();
+            if now != generation && live.is_some() {
+                generation = now;
+                live = match self.function.instantiate() {
+                    Ok(i) => {
+                        tracing::info!(function = %name, instance = self.index,
+                            sha256 = %self.function.sha256(), "persistent instance moved to the reloaded version");
+                        Some(i)
+                    }
+                    Err(e) => {
+                        tracing::error!(function = %name, instance = self.index, "reloaded version failed to start: {e}");
+                        self.restart(rt, &name, &mut restarts, &mut backoff)
+                    }
+                };
+            }
             let Some(instance) = live.take() else {
                 let err = CallError {
                     kind: FailureKind::FunctionStopped,

@@ -1,5 +1,6 @@
 //! A loaded function and one on-demand call of it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
@@ -58,15 +59,19 @@ impl CallOutcome {
 /// A function ready to run: its component compiled and linked once (again after a scale
 /// to zero).
 pub struct LoadedFunction {
-    ctx: Arc<FunctionContext>,
-    /// SHA-256 of the module file as loaded (hex).
-    sha256: String,
+    name: Arc<str>,
+    /// The module and settings in force (replaced as one by a reload).
+    current: RwLock<Current>,
+    /// Bumped by each reload that replaces the module or its config, so that persistent
+    /// instances move to the new version between events.
+    generation: AtomicU64,
     /// The linked component; `None` while scaled to zero.
     pre: RwLock<Option<FunctionPre<StoreData>>>,
     /// What loading it again takes.
     engine: Engine,
     linker: Linker<StoreData>,
-    cfg: FunctionConfig,
+    /// What a function context takes from the agent's config.
+    agent_limits: (usize, String),
     /// On demand: how long it stays loaded without events (`keep_warm_secs`).
     keep_warm: Option<Duration>,
     /// When a call last started or ended.
@@ -75,6 +80,50 @@ pub struct LoadedFunction {
     state: OnceLock<Arc<Namespace>>,
     /// Fuel per call, when the engine counts fuel.
     fuel: Option<u64>,
+}
+
+/// The version of a function in force: its config (module path, `[function.config]`), the
+/// context its instances get, and its module's hash.
+struct Current {
+    cfg: FunctionConfig,
+    ctx: Arc<FunctionContext>,
+    sha256: Arc<str>,
+}
+
+/// A new version of a function, loaded and checked, not yet in force
+/// ([`LoadedFunction::prepare`], then [`LoadedFunction::commit`]).
+pub struct NextVersion {
+    pre: FunctionPre<StoreData>,
+    current: Current,
+}
+
+impl NextVersion {
+    /// The new module's SHA-256 (hex).
+    pub fn sha256(&self) -> &str {
+        &self.current.sha256
+    }
+}
+
+fn context(agent_limits: &(usize, String), cfg: &FunctionConfig) -> Arc<FunctionContext> {
+    Arc::new(FunctionContext {
+        name: cfg.name.as_str().into(),
+        config: cfg.config.clone(),
+        max_publish_bytes: cfg.max_publish_bytes,
+        max_packet_bytes: agent_limits.0,
+        reserved_prefix: agent_limits.1.clone(),
+        own_filters: if cfg.allow_feedback {
+            Vec::new()
+        } else {
+            cfg.topics.clone()
+        },
+        publish_bucket: std::sync::Mutex::new(crate::rate::TokenBucket::new(cfg.publish_rate)),
+        memory_limit: usize::try_from(cfg.memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
+        timeout_ms: cfg.timeout_ms,
+        log: Arc::new(super::stdio::LogLimiter::new(
+            cfg.name.as_str().into(),
+            cfg.log_rate,
+        )),
+    })
 }
 
 /// A live instance of a function, with its own store. In the persistent model it lives
@@ -108,32 +157,23 @@ impl LoadedFunction {
         let tick_ms = u64::try_from(tick.as_millis()).unwrap_or(1).max(1);
         // Round up, plus one tick: the epoch may advance right after the deadline is set.
         let deadline_ticks = cfg.timeout_ms.div_ceil(tick_ms) + 1;
-        let ctx = Arc::new(FunctionContext {
-            name: cfg.name.as_str().into(),
-            config: cfg.config.clone(),
-            max_publish_bytes: cfg.max_publish_bytes,
-            max_packet_bytes: agent.broker.max_packet_bytes,
-            reserved_prefix: format!("{}/", agent.agent.topic_prefix),
-            own_filters: if cfg.allow_feedback {
-                Vec::new()
-            } else {
-                cfg.topics.clone()
-            },
-            publish_bucket: std::sync::Mutex::new(crate::rate::TokenBucket::new(cfg.publish_rate)),
-            memory_limit: usize::try_from(cfg.memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
-            timeout_ms: cfg.timeout_ms,
-            log: Arc::new(super::stdio::LogLimiter::new(
-                cfg.name.as_str().into(),
-                cfg.log_rate,
-            )),
-        });
+        let agent_limits = (
+            agent.broker.max_packet_bytes,
+            format!("{}/", agent.agent.topic_prefix),
+        );
+        let ctx = context(&agent_limits, cfg);
         Ok(Self {
-            ctx,
-            sha256,
+            name: cfg.name.as_str().into(),
+            current: RwLock::new(Current {
+                cfg: cfg.clone(),
+                ctx,
+                sha256: sha256.into(),
+            }),
+            generation: AtomicU64::new(0),
             pre: RwLock::new(Some(pre)),
             engine: engine.clone(),
             linker: linker.clone(),
-            cfg: cfg.clone(),
+            agent_limits,
             keep_warm: (cfg.mode == crate::config::Mode::OnDemand)
                 .then_some(cfg.keep_warm_secs)
                 .flatten()
@@ -155,14 +195,71 @@ impl LoadedFunction {
         self.state.get()
     }
 
+    fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// SHA-256 of its module file as loaded (hex), for logs and the birth message.
-    pub fn sha256(&self) -> &str {
-        &self.sha256
+    pub fn sha256(&self) -> Arc<str> {
+        self.current().sha256.clone()
+    }
+
+    /// The version in force: 0 as loaded at start-up, then one more per reload.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The function's name.
     pub fn name(&self) -> &str {
-        &self.ctx.name
+        &self.name
+    }
+
+    /// Loads `cfg`'s module and checks it as start-up does (links, exports the handler,
+    /// starts within its limits), without putting it in force. `None` if neither the
+    /// module's content nor `cfg`'s module path, pin or `[function.config]` changed.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Load`] with why the new version cannot be used.
+    pub fn prepare(&self, cfg: &FunctionConfig) -> Result<Option<NextVersion>, RuntimeError> {
+        let err = |message: String| RuntimeError::Load {
+            function: cfg.name.clone(),
+            message,
+        };
+        let (pre, sha256) = link(&self.engine, &self.linker, cfg).map_err(err)?;
+        {
+            let now = self.current();
+            let same = *now.sha256 == *sha256
+                && now.cfg.module == cfg.module
+                && now.cfg.sha256 == cfg.sha256
+                && now.cfg.config == cfg.config;
+            tracing::debug!(function = %cfg.name, module = %cfg.module.display(), was = %now.sha256, file = %sha256, same, "reload: compared");
+            if same {
+                return Ok(None);
+            }
+        }
+        let next = NextVersion {
+            pre,
+            current: Current {
+                cfg: cfg.clone(),
+                ctx: context(&self.agent_limits, cfg),
+                sha256: sha256.into(),
+            },
+        };
+        let probe = self.instantiate_with(&next.pre, &next.current.ctx);
+        if let Err(e) = probe {
+            return Err(err(format!("{} does not start: {e}", cfg.module.display())));
+        }
+        Ok(Some(next))
+    }
+
+    /// Puts `next` in force: calls from now on use it; calls in flight finish on the old
+    /// one; persistent instances move over before their next event.
+    pub fn commit(&self, next: NextVersion) {
+        let mut current = self.current.write().unwrap_or_else(|p| p.into_inner());
+        let mut pre = self.pre.write().unwrap_or_else(|p| p.into_inner());
+        *pre = Some(next.pre);
+        *current = next.current;
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// On demand: how long the function stays loaded without events, if it scales to zero.
@@ -209,11 +306,11 @@ impl LoadedFunction {
             return Ok((pre.clone(), None));
         }
         let start = Instant::now();
-        let (pre, _) =
-            link(&self.engine, &self.linker, &self.cfg).map_err(|message| CallError {
-                kind: FailureKind::Instantiate,
-                message: format!("loading the module again after a scale to zero: {message}"),
-            })?;
+        let cfg = self.current().cfg.clone();
+        let (pre, _) = link(&self.engine, &self.linker, &cfg).map_err(|message| CallError {
+            kind: FailureKind::Instantiate,
+            message: format!("loading the module again after a scale to zero: {message}"),
+        })?;
         *slot = Some(pre.clone());
         Ok((pre, Some(start.elapsed())))
     }
@@ -234,7 +331,16 @@ impl LoadedFunction {
     }
 
     fn instantiate_from(&self, pre: &FunctionPre<StoreData>) -> Result<Instance, CallError> {
-        let mut store = Store::new(pre.engine(), StoreData::new(self.ctx.clone()));
+        let ctx = self.current().ctx.clone();
+        self.instantiate_with(pre, &ctx)
+    }
+
+    fn instantiate_with(
+        &self,
+        pre: &FunctionPre<StoreData>,
+        ctx: &Arc<FunctionContext>,
+    ) -> Result<Instance, CallError> {
+        let mut store = Store::new(pre.engine(), StoreData::new(ctx.clone()));
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(self.deadline_ticks);
         store.epoch_deadline_trap();

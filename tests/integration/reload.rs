@@ -1,0 +1,176 @@
+//! Hot reload under load: modules replaced on disk and config edits while numbered QoS 1
+//! events stream in; every event is handled exactly once.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use crate::harness::{Client, Mosquitto, Process, guest};
+
+/// Replaces `dst` with a copy of `src` the way build tools and deploy scripts do: written
+/// beside it, then renamed over it.
+fn replace(src: &str, dst: &std::path::Path) {
+    let tmp = dst.with_extension("tmp");
+    std::fs::copy(src, &tmp).expect("copy module");
+    std::fs::rename(&tmp, dst).expect("rename module");
+}
+
+fn config(broker: &Mosquitto, mods: &std::path::Path, od_extra: &str, tail: &str) -> String {
+    format!(
+        "[agent]\nid = \"reload\"\n[broker]\nurl = \"{}\"\n\
+         [[function]]\nname = \"od\"\nmodule = \"{}\"\nmode = \"on-demand\"\ntopics = [\"od/in\"]\n\
+         [function.config]\nout_topic = \"out/od\"\n{od_extra}\n\
+         [[function]]\nname = \"p\"\nmodule = \"{}\"\nmode = \"persistent\"\ntopics = [\"p/in\"]\n\
+         [function.config]\nout_topic = \"out/p\"\n{tail}",
+        broker.url(),
+        mods.join("od.wasm").display(),
+        mods.join("p.wasm").display(),
+    )
+}
+
+type Outputs = BTreeMap<(String, u64), Vec<String>>;
+
+/// Files an output under its function and sequence number, or a reload report.
+fn take(m: crate::harness::Msg, outputs: &mut Outputs, reloads: &mut Vec<serde_json::Value>) {
+    if m.topic.ends_with("/reload") {
+        reloads.push(m.json());
+        return;
+    }
+    let text = m.text();
+    let seq = text
+        .rsplit(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("seq");
+    let function = m.topic.trim_start_matches("out/").to_string();
+    outputs.entry((function, seq)).or_default().push(text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() {
+    let broker = Mosquitto::start();
+    let mods = tempfile::tempdir().expect("tempdir");
+    let (echo, misbehave) = (guest("echo"), guest("misbehave"));
+    for f in ["od.wasm", "p.wasm"] {
+        replace(&echo, &mods.path().join(f));
+    }
+    let agent = Process::start(
+        &config(&broker, mods.path(), "", ""),
+        broker.port,
+        "reload",
+        &[],
+    )
+    .await;
+    let mut c = Client::connect(broker.port, &["out/#", "edge-agent/reload/reload"]).await;
+    // Numbered events to both functions, 200/s each for 15 s, while modules and config change.
+    // `slow-echo:0:N`: misbehave answers `N`, echo answers the payload itself.
+    let publisher = Client::connect(broker.port, &[]).await;
+    let events = 3_000u64;
+    let stream = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for seq in 0..events {
+            tick.tick().await;
+            for f in ["od", "p"] {
+                publisher
+                    .publish(&format!("{f}/in"), format!("slow-echo:0:{seq}"))
+                    .await;
+            }
+        }
+        publisher
+    });
+    let mut reloads = Vec::new();
+    let mut outputs = Outputs::new();
+    // Each change waits for the agent's report of its reload, so that every one is seen
+    // (changes closer together than a reload takes are read as one, the last winning).
+    async fn next_report(
+        c: &mut Client,
+        outputs: &mut Outputs,
+        reloads: &mut Vec<serde_json::Value>,
+    ) -> serde_json::Value {
+        let before = reloads.len();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while reloads.len() == before {
+            assert!(std::time::Instant::now() < deadline, "no reload report");
+            for m in c.drain(Duration::from_millis(100)).await {
+                take(m, outputs, reloads);
+            }
+        }
+        reloads[before].clone()
+    }
+    // Ten swaps: misbehave and echo in turn, both functions at once.
+    for i in 0..10 {
+        let src = if i % 2 == 0 { &misbehave } else { &echo };
+        replace(src, &mods.path().join("od.wasm"));
+        replace(src, &mods.path().join("p.wasm"));
+        let report = next_report(&mut c, &mut outputs, &mut reloads).await;
+        let functions = report["reloaded"].as_array().map_or(0, Vec::len);
+        assert_eq!(functions, 2, "swap {i}: {report}");
+    }
+    // Three config edits: a [function.config] value (in place), a function added (needs a
+    // restart: refused, the running version stays), and back to the first.
+    let path = agent.config_path();
+    let extra = format!("[[function]]\nname = \"extra\"\nmodule = \"{echo}\"\ntopics = [\"x\"]\n");
+    let edits = [
+        (config(&broker, mods.path(), "note = \"b\"", ""), true),
+        (config(&broker, mods.path(), "note = \"b\"", &extra), false),
+        (config(&broker, mods.path(), "", ""), true),
+    ];
+    for (edit, ok) in edits {
+        std::fs::write(&path, edit).expect("edit config");
+        let report = next_report(&mut c, &mut outputs, &mut reloads).await;
+        assert_eq!(report["ok"], ok, "{report}");
+    }
+    let _publisher = stream.await.expect("publisher");
+    // SIGHUP reloads too (and does not end the agent): nothing changed since.
+    agent.signal("HUP");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while outputs.len() < 2 * events as usize || !reloads.iter().any(|r| r["trigger"] == "SIGHUP") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} of {} outputs, reloads {reloads:?}\n{}",
+            outputs.len(),
+            2 * events,
+            agent.log_text()
+        );
+        for m in c.drain(Duration::from_millis(200)).await {
+            take(m, &mut outputs, &mut reloads);
+        }
+    }
+    // Exactly once each, and both versions did part of the work in both models.
+    for f in ["od", "p"] {
+        for seq in 0..events {
+            let got = outputs.get(&(f.to_string(), seq)).map_or(0, Vec::len);
+            assert_eq!(got, 1, "{f} event {seq}: {got} outputs");
+        }
+        let by_echo = (0..events)
+            .filter(|s| outputs[&(f.to_string(), *s)][0].starts_with("slow-echo"))
+            .count();
+        assert!(
+            by_echo > 0 && by_echo < events as usize,
+            "{f}: {by_echo} of {events} by echo; reloads {reloads:?}\n{}",
+            agent.log_text()
+        );
+    }
+    // Each swap was one reload of both functions; the config value edit one of `od`; the
+    // added function refused; the revert one of `od`; SIGHUP nothing.
+    let ok: Vec<&serde_json::Value> = reloads.iter().filter(|r| r["ok"] == true).collect();
+    let swapped = ok
+        .iter()
+        .filter(|r| r["reloaded"].as_array().is_some_and(|a| a.len() == 2))
+        .count();
+    assert_eq!(swapped, 10, "{reloads:#?}");
+    let refused: Vec<_> = reloads.iter().filter(|r| r["ok"] == false).collect();
+    assert_eq!(refused.len(), 1, "{reloads:#?}");
+    let why = refused[0]["error"].as_str().unwrap_or_default();
+    assert!(why.contains("functions added (extra)"), "{why}");
+    let hup = reloads
+        .iter()
+        .find(|r| r["trigger"] == "SIGHUP")
+        .expect("SIGHUP");
+    assert_eq!(hup["reloaded"], serde_json::json!([]), "{hup}");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    assert!(
+        log.contains("persistent instance moved to the reloaded version"),
+        "{log}"
+    );
+}
