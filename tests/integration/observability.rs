@@ -69,6 +69,7 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
             "out/slow",
             "edge-agent/prom/stats",
             "edge-agent/prom/status",
+            "edge-agent/prom/dead-letter",
         ],
     )
     .await;
@@ -131,6 +132,13 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         assert!(stats["rates"][rate].as_f64().is_some(), "{rate}: {stats}");
     }
     assert_eq!(stats["state_keys"], 2, "{stats}");
+    // The module in force, by hash, in the stats and in each dead letter.
+    let sha = edge_agent::runtime::function::sha256_hex(&module);
+    assert_eq!(
+        stats["module_sha256"].as_str(),
+        Some(sha.as_str()),
+        "{stats}"
+    );
     let (code, body) = get(metrics, "/metrics");
     assert_eq!(code, 200, "{body}");
     let labels = "function=\"f\",mode=\"on-demand\"";
@@ -238,6 +246,13 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         assert!(body.contains(&format!("# HELP {family} ")), "{line}");
     }
     dashboard_queries_parse_and_name_served_metrics(&body);
+    c.publish("f/in", "err:once more").await;
+    let letter = c.recv_on("edge-agent/prom/dead-letter").await.json();
+    assert_eq!(
+        letter["module_sha256"].as_str(),
+        Some(sha.as_str()),
+        "{letter}"
+    );
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
 }

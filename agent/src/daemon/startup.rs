@@ -316,10 +316,13 @@ fn spawn_functions(config: &Config, runtime: &Runtime, shared: &Shared) -> Funct
         stats.probe_queue_depth(Box::new(move || {
             queues.iter().map(|q| q.len() as u64).sum()
         }));
+        let module = loaded.clone();
+        stats.probe_module(Box::new(move || module.sha256()));
         if let Some(ns) = loaded.state().cloned() {
             stats.probe_state_keys(Box::new(move || ns.keys()));
         }
-        tracing::info!(function = %f.name, mode = f.mode.as_str(), topics = ?f.topics, "function ready");
+        tracing::info!(function = %f.name, mode = f.mode.as_str(), topics = ?f.topics,
+            sha256 = %loaded.sha256(), "function ready");
         workers.extend(match f.mode {
             Mode::OnDemand => dispatch::run_on_demand(
                 loaded,

@@ -38,11 +38,15 @@ fn histogram() -> Histogram<u64> {
 /// a namespace's keys).
 pub type Probe = Box<dyn Fn() -> u64 + Send + Sync>;
 
+/// Reads the SHA-256 of the module version in force (it changes with a hot reload).
+pub type ModuleProbe = Box<dyn Fn() -> std::sync::Arc<str> + Send + Sync>;
+
 /// Event counters and cost histograms of one function.
 pub struct FunctionStats {
     received: AtomicU64,
     queue_depth: OnceLock<Probe>,
     state_keys: OnceLock<Probe>,
+    module: OnceLock<ModuleProbe>,
     succeeded: AtomicU64,
     restarts: AtomicU64,
     failed: [AtomicU64; FailureKind::ALL.len()],
@@ -55,6 +59,7 @@ impl Default for FunctionStats {
             received: AtomicU64::new(0),
             queue_depth: OnceLock::new(),
             state_keys: OnceLock::new(),
+            module: OnceLock::new(),
             succeeded: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             failed: Default::default(),
@@ -133,6 +138,16 @@ impl FunctionStats {
         let _ = self.state_keys.set(probe);
     }
 
+    /// Reads the function's module hash with `probe`.
+    pub fn probe_module(&self, probe: ModuleProbe) {
+        let _ = self.module.set(probe);
+    }
+
+    /// The SHA-256 of the function's module in force, once probed.
+    pub fn module_sha256(&self) -> Option<std::sync::Arc<str>> {
+        self.module.get().map(|p| p())
+    }
+
     /// A copy of the end-to-end histogram (µs), to take differences between reports.
     pub fn end_to_end(&self) -> Histogram<u64> {
         let l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
@@ -172,6 +187,7 @@ impl FunctionStats {
             received: self.received.load(Ordering::Relaxed),
             queue_depth,
             state_keys,
+            module_sha256: self.module_sha256().map(|s| s.to_string()),
             succeeded: self.succeeded.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             failed: FailureKind::ALL
@@ -230,6 +246,8 @@ pub struct Snapshot {
     pub mode: String,
     /// Events routed to it.
     pub received: u64,
+    /// SHA-256 of the module version in force (it changes with a hot reload).
+    pub module_sha256: Option<String>,
     /// Events waiting in its queue(s) now.
     pub queue_depth: u64,
     /// Keys in its state namespace now.

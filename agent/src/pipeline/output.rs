@@ -32,6 +32,8 @@ pub const DEAD_LETTER_MAX_PAYLOAD: usize = 64 * 1024;
 pub struct DeadLetter {
     /// The function that failed.
     pub function: String,
+    /// SHA-256 of the function's module version that failed (it changes with a reload).
+    pub module_sha256: Option<String>,
     /// Topic of the event.
     pub topic: String,
     /// Kind of failure (`guest-error`, `timeout`, `trap`, ...).
@@ -71,6 +73,7 @@ impl DeadLetter {
         let kept = event.payload.len().min(max_payload);
         Self {
             function: function.to_string(),
+            module_sha256: None,
             topic: event.topic.clone(),
             kind: kind.as_str(),
             message,
@@ -246,7 +249,8 @@ impl Output {
             event.delivery.complete();
             return;
         }
-        let Some(body) = self.dead_letter_body(function, &event, kind, message) else {
+        let module = stats.module_sha256();
+        let Some(body) = self.dead_letter_body(function, module, &event, kind, message) else {
             event.delivery.complete();
             return;
         };
@@ -286,6 +290,7 @@ impl Output {
     fn dead_letter_body(
         &self,
         function: &str,
+        module: Option<Arc<str>>,
         event: &Inbound,
         kind: FailureKind,
         message: String,
@@ -293,17 +298,18 @@ impl Output {
         // Room for the payload: the packet, less the topic and the rest of the letter
         // (the event's topic and the message may need escaping: count them twice), less a
         // quarter for base64.
-        let fixed = crate::event::publish_packet_bytes(&self.dead_letter_topic, 512)
+        let fixed = crate::event::publish_packet_bytes(&self.dead_letter_topic, 600)
             + 2 * (event.topic.len() + message.len().min(DEAD_LETTER_MAX_MESSAGE))
             + function.len();
         let room = self.max_packet_bytes.saturating_sub(fixed) / 4 * 3;
-        let letter = DeadLetter::new(
+        let mut letter = DeadLetter::new(
             function,
             event,
             kind,
             message,
             room.min(DEAD_LETTER_MAX_PAYLOAD),
         );
+        letter.module_sha256 = module.map(|m| m.to_string());
         let body = letter.to_json();
         let packet = crate::event::publish_packet_bytes(&self.dead_letter_topic, body.len());
         if packet <= self.max_packet_bytes {
