@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the Debian package of the device build for an ARM target with cargo-deb:
-# binary (cross/build.sh ARCH device), systemd unit, example config, and the example
-# functions precompiled for ARCH by the host agent. Metadata: [package.metadata.deb] in
+# binary (cross/build.sh ARCH device), systemd unit, example config, and every function
+# in target/<triple>/device/cwasm/: yours (precompiled there as in docs/raspberry-pi.md) and
+# the two examples, which it precompiles for ARCH with the host agent. Metadata: [package.metadata.deb] in
 # agent/Cargo.toml; maintainer scripts in cross/deb/.
 #
 # Usage: cross/deb.sh [aarch64|armv7]     (default aarch64)
@@ -27,7 +28,8 @@ out="$target_dir/$triple/device"
 # (a .cwasm only loads into the agent version and settings that made it).
 [[ -f modules/dist/threshold-alert.wasm ]] || modules/build.sh >/dev/null
 cargo build -q -p edge-agent
-rm -rf "$out/cwasm"
+# Into the same folder as the user's own functions (docs/raspberry-pi.md step 3), which are
+# packaged with them: nothing there is deleted.
 "$target_dir/debug/edge-agent" precompile --target "$triple" --out "$out/cwasm" \
     modules/dist/threshold-alert.wasm modules/dist/echo.wasm
 

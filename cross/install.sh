@@ -139,7 +139,7 @@ systemctl daemon-reload
 if [ -n "$restart" ]; then
     systemctl enable edge-agent.service
     systemctl restart edge-agent.service
-    # Up means: still active a few seconds after the restart (ExecStartPre ran `check`).
+    # Up means: still active a few seconds after the restart (`run` checks the config first).
     i=0
     while [ $i -lt 10 ]; do
         sleep 1
@@ -174,6 +174,13 @@ elif [[ -n $dry_run ]]; then
 elif [[ $("${ssh_cmd[@]}" "$host" id -u) == 0 ]]; then
     as_root=(sh -s)
 else
+    # The script is fed to `sudo sh -s` over ssh with no terminal: sudo cannot ask for a
+    # password. Say so now rather than fail half-way.
+    "${ssh_cmd[@]}" "$host" sudo -n true 2>/dev/null || {
+        echo "cross/install.sh: $host needs passwordless sudo for this user (or log in as root):" >&2
+        echo "  on the device: echo \"\$USER ALL=(ALL) NOPASSWD: ALL\" | sudo tee /etc/sudoers.d/edge-agent-install" >&2
+        exit 77
+    }
     as_root=(sudo sh -s)
 fi
 
