@@ -2,8 +2,10 @@
 # Builds the agent for a target and prints the binary's stripped size.
 #
 # Usage: cross/build.sh TARGET [device|full] [--profile PROFILE]
-#   TARGET   aarch64 | armv7 | host, or a Rust target triple
-#            (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, x86_64-unknown-linux-gnu)
+#   TARGET   aarch64 | armv7 | aarch64-musl | host, or a Rust target triple
+#            (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, x86_64-unknown-linux-gnu,
+#            aarch64-unknown-linux-musl: a static binary, no glibc needed on the device,
+#            built with cargo-zigbuild; cross/setup.sh aarch64-musl installs it)
 #   device   (default) no compiler: runs only `.cwasm` made by `edge-agent precompile`
 #            (with `edge-agent top`);
 #            armv7 gets the `pulley` feature (wasmtime's interpreter: Cranelift has no
@@ -43,6 +45,7 @@ host=$(rustc -vV | sed -n 's/^host: //p')
 case $target in
     aarch64 | arm64) triple=aarch64-unknown-linux-gnu ;;
     armv7 | armhf) triple=armv7-unknown-linux-gnueabihf ;;
+    aarch64-musl) triple=aarch64-unknown-linux-musl ;;
     host | x86_64) triple=$host ;;
     *) triple=$target ;;
 esac
@@ -54,8 +57,20 @@ if [[ $kind == device ]]; then
     [[ $triple == armv7* || $triple == arm-* || $triple == thumbv7* ]] && features+=(--features pulley)
 fi
 
+# musl: zig compiles the C parts and links, through cargo-zigbuild (cross/setup.sh).
+build=(cargo build)
+if [[ $triple == *-musl* ]]; then
+    zig=$(ls "$root"/target/zig/lib/python3*/site-packages/ziglang/zig 2>/dev/null | head -n 1)
+    if [[ -z $zig ]] || ! command -v cargo-zigbuild >/dev/null; then
+        echo "cross/build.sh: zig or cargo-zigbuild not found: run cross/setup.sh ${target}" >&2
+        exit 69
+    fi
+    export CARGO_ZIGBUILD_ZIG_PATH=$zig
+    build=(cargo zigbuild)
+fi
+
 # A missing cross linker fails late and obscurely inside cargo: say what to do instead.
-if [[ $triple != "$host" ]]; then
+if [[ $triple != "$host" && $triple != *-musl* ]]; then
     linker=$(sed -n "/^\[target\.$triple\]/,/^\[/s/^linker *= *\"\(.*\)\"/\1/p" .cargo/config.toml)
     if [[ -n $linker ]] && ! command -v "$linker" >/dev/null; then
         echo "cross/build.sh: $linker not found: run cross/setup.sh first" >&2
@@ -77,7 +92,7 @@ bin="$target_dir/$triple/$out_dir/edge-agent"
 
 read -ra extra <<<"${CARGO_FLAGS:-}"
 set -x
-cargo build -p edge-agent --target "$triple" --profile "$profile" "${features[@]}" "${extra[@]}"
+"${build[@]}" -p edge-agent --target "$triple" --profile "$profile" "${features[@]}" "${extra[@]}"
 { set +x; } 2>/dev/null
 
 # Profiles with `strip = true` are already stripped; otherwise measure a stripped copy.

@@ -10,12 +10,14 @@
 #   5. publishes {"value": 31.5} to sensors/kitchen/temperature from the host and expects
 #      exactly {"sensor":"kitchen","value":31.5,"threshold":30} on alerts/kitchen/temperature;
 #   6. sends SIGTERM and expects exit status 0;
+#   (aarch64-musl: the static build, run with an empty sysroot, and first checked to have
+#   no dynamic section: it needs no glibc on the device;)
 #   7. (aarch64) runs `compare --quick` with the device build and precompiled echo and
 #      counter, each model's agent under qemu, and checks its JSON: every model, nothing
 #      lost, a verdict per function (issue 11).
 # Every wait has a timeout; the last line is `qemu-smoke: N passed, N failed`.
 #
-# Usage: cross/ci-smoke.sh [aarch64] [armv7]   (default: $CROSS_SMOKE_ARCHES, else aarch64)
+# Usage: cross/ci-smoke.sh [aarch64] [armv7] [aarch64-musl]   (default: $CROSS_SMOKE_ARCHES, else aarch64)
 # Needs mosquitto-clients (mosquitto_sub). Honours CARGO_TARGET_DIR.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -66,7 +68,14 @@ if [[ ${1:-} == --one ]]; then
             triple=armv7-unknown-linux-gnueabihf
             qemu=(qemu-arm -L /usr/arm-linux-gnueabihf)
             ;;
-        *) die "unknown architecture '$arch' (aarch64 or armv7)" ;;
+        aarch64-musl)
+            # Static: no sysroot at all (-L to an empty directory), as on a system whose
+            # glibc is too old (or absent) for the glibc build.
+            triple=aarch64-unknown-linux-musl
+            mkdir -p "$work/empty-root"
+            qemu=(qemu-aarch64 -L "$work/empty-root")
+            ;;
+        *) die "unknown architecture '$arch' (aarch64, armv7 or aarch64-musl)" ;;
     esac
 
     t=$(now)
@@ -79,6 +88,11 @@ if [[ ${1:-} == --one ]]; then
     device_agent=$(tail -n 1 <<<"$build_out")
     say "$(tail -n 2 <<<"$build_out" | head -n 1), built in $(elapsed "$t")"
     [[ -x $device_agent ]] || die "no binary at $device_agent"
+    if [[ $triple == *-musl ]]; then
+        readelf -d "$device_agent" 2>&1 | grep -q 'no dynamic section' ||
+            die "$device_agent is not static: $(readelf -d "$device_agent" | grep NEEDED)"
+        say "static: no dynamic section (no glibc needed)"
+    fi
 
     # A device-like working directory: relative module paths, as under the systemd unit.
     mkdir -p "$work/modules" "$work/data"

@@ -5,18 +5,27 @@
 #     build scripts): gcc-aarch64-linux-gnu + libc6-dev-arm64-cross,
 #     gcc-arm-linux-gnueabihf + libc6-dev-armhf-cross;
 #   - qemu-user (qemu-aarch64, qemu-arm) to run the ARM binaries here;
-#   - the Rust standard libraries for the targets (rustup).
+#   - the Rust standard libraries for the targets (rustup);
+#   - for the static musl builds (aarch64-musl): zig as the C compiler and linker
+#     (the `ziglang` package from PyPI, pinned, in a venv under target/zig) and
+#     cargo-zigbuild (pinned, cargo install), which drives cargo with it.
 #
-# Usage: cross/setup.sh [aarch64] [armv7]      (no argument: both)
+# Usage: cross/setup.sh [aarch64] [armv7] [aarch64-musl]      (no argument: aarch64 armv7)
 set -euo pipefail
 # From the repository root, so that rustup adds the targets to the pinned toolchain.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+# Pinned tools of the musl builds.
+ZIGLANG_VERSION=0.14.1
+CARGO_ZIGBUILD_VERSION=0.24.1
 
 arches=("$@")
 ((${#arches[@]})) || arches=(aarch64 armv7)
 
 packages=()
 targets=()
+musl=""
+
 need() { # need COMMAND-OR-EMPTY PACKAGE: queue PACKAGE unless it (or COMMAND) is there
     local cmd=$1 pkg=$2
     if [[ -n $cmd ]] && command -v "$cmd" >/dev/null; then return; fi
@@ -38,8 +47,14 @@ for arch in "${arches[@]}"; do
             need qemu-arm qemu-user
             targets+=(armv7-unknown-linux-gnueabihf)
             ;;
+        aarch64-musl | aarch64-unknown-linux-musl)
+            need qemu-aarch64 qemu-user
+            need "" python3-venv
+            targets+=(aarch64-unknown-linux-musl)
+            musl=yes
+            ;;
         *)
-            echo "cross/setup.sh: unknown architecture '$arch' (aarch64 or armv7)" >&2
+            echo "cross/setup.sh: unknown architecture '$arch' (aarch64, armv7 or aarch64-musl)" >&2
             exit 64
             ;;
     esac
@@ -62,4 +77,16 @@ for t in "${targets[@]}"; do
         rustup target add "$t"
     fi
 done
+if [[ -n $musl ]]; then
+    zig_venv=target/zig
+    if ! "$zig_venv/bin/python" -c 'import ziglang' 2>/dev/null; then
+        echo "cross/setup.sh: installing zig ($ZIGLANG_VERSION, PyPI ziglang) in $zig_venv"
+        python3 -m venv "$zig_venv"
+        "$zig_venv/bin/pip" install --quiet "ziglang==$ZIGLANG_VERSION"
+    fi
+    if [[ $(cargo-zigbuild --version 2>/dev/null) != *" $CARGO_ZIGBUILD_VERSION" ]]; then
+        echo "cross/setup.sh: installing cargo-zigbuild $CARGO_ZIGBUILD_VERSION"
+        cargo install --quiet --locked cargo-zigbuild --version "$CARGO_ZIGBUILD_VERSION"
+    fi
+fi
 echo "cross/setup.sh: ready for ${targets[*]}"

@@ -404,6 +404,7 @@ pub fn build(args: &BuildArgs) -> Result<Vec<Built>, ProjectError> {
             wasm.display()
         )));
     }
+    #[cfg_attr(not(feature = "compiler"), allow(unused_mut))]
     let mut out = vec![built(wasm.clone())?];
     #[cfg(feature = "compiler")]
     if args.precompile {
