@@ -13,6 +13,11 @@
 #   full     default features: Cranelift included, compiles `.wasm` and precompiles
 #   --profile  Cargo profile: default `device` for device builds and `device-full` (the
 #              same settings, another folder) for full builds; `release` also works
+#   --tarball  also write a release tarball beside the binary:
+#              edge-agent-<version>-<triple>.tar.gz with the binary, the systemd unit, the
+#              example config, the example functions precompiled for the target (by the
+#              host's full build of the same version), a README, and SHA256SUMS; its path
+#              is then the last line printed
 #
 # The binary lands in ${CARGO_TARGET_DIR:-target}/<triple>/<profile>/edge-agent and that
 # path is the last line printed. Run cross/setup.sh once first for ARM targets.
@@ -21,14 +26,15 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-usage() { sed -n '2,17s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
+usage() { sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
 
-target="" kind=device profile=""
+target="" kind=device profile="" tarball=""
 while (($#)); do
     case $1 in
         device | full) kind=$1 ;;
         --profile) [[ $# -ge 2 ]] || usage; profile=$2; shift ;;
         --profile=*) profile=${1#--profile=} ;;
+        --tarball) tarball=yes ;;
         -h | --help) usage ;;
         -*) echo "cross/build.sh: unknown option $1" >&2; usage ;;
         *) [[ -z $target ]] || usage; target=$1 ;;
@@ -111,4 +117,40 @@ if readelf -S "$bin" | grep -q '\.symtab'; then
 fi
 awk -v t="$triple" -v k="$kind" -v p="$profile" -v s="$size" \
     'BEGIN { printf "edge-agent %s %s (profile %s): %.1f MiB stripped (%d bytes)\n", t, k, p, s / 1048576, s }'
-echo "$bin"
+[[ -n $tarball ]] || { echo "$bin"; exit 0; }
+
+# --- the release tarball ------------------------------------------------------------------
+version=$(sed -n 's/^version = "\(.*\)"$/\1/p' Cargo.toml | head -n 1)
+name="edge-agent-$version-$triple"
+stage="$target_dir/$triple/$out_dir/$name"
+rm -rf "$stage" && mkdir -p "$stage/modules"
+install -m 0755 "$bin" "$stage/edge-agent"
+install -m 0644 cross/edge-agent.service "$stage/"
+install -m 0644 configs/device.toml "$stage/config.toml"
+install -m 0644 LICENSE docs/raspberry-pi.md "$stage/"
+# The examples, precompiled for the target by the host's full build of this version (a
+# .cwasm loads only into the agent version that made it).
+[[ -f modules/dist/threshold-alert.wasm ]] || modules/build.sh >/dev/null
+cargo build -q -p edge-agent
+"$target_dir/debug/edge-agent" precompile --target "$triple" --out "$stage/modules" \
+    modules/dist/threshold-alert.wasm modules/dist/echo.wasm modules/dist/counter.wasm >/dev/null
+cat >"$stage/README" <<README
+edge-agent $version for $triple$([[ $triple == *-musl* ]] && echo " (static: needs no glibc)")
+
+  edge-agent            the agent (device build: runs .cwasm functions, no compiler)
+  edge-agent.service    systemd unit: /etc/systemd/system/ (or /usr/lib/systemd/system/)
+  config.toml           example config: /etc/edge-agent/config.toml
+  modules/*.cwasm       example functions, precompiled for this target and version:
+                        /usr/lib/edge-agent/modules/
+  SHA256SUMS            sha256sum -c SHA256SUMS
+
+Install by hand as in raspberry-pi.md (step 4, "over ssh"), or with cross/install.sh from
+the source tree. edge-agent --help lists the commands.
+README
+(cd "$stage" && find . -type f ! -name SHA256SUMS -printf '%P\n' | sort | xargs sha256sum >SHA256SUMS)
+tar -C "$(dirname "$stage")" --owner=0 --group=0 -czf "$stage.tar.gz" "$name"
+rm -rf "$stage"
+echo "$(basename "$stage.tar.gz"): $(stat -c %s "$stage.tar.gz") bytes"
+tar -tzf "$stage.tar.gz" | sed 's/^/  /'
+echo "$stage.tar.gz"
+
