@@ -104,6 +104,23 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         let report = next_report(&mut c, &mut outputs, &mut reloads).await;
         let functions = report["reloaded"].as_array().map_or(0, Vec::len);
         assert_eq!(functions, 2, "swap {i}: {report}");
+        if i == 0 {
+            // The retained birth message follows: it names the version now in force.
+            let mut presence = Client::connect(broker.port, &["edge-agent/reload/status"]).await;
+            let want = report["reloaded"][0]["sha256"].clone();
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            loop {
+                // The retained message, then (if that was older) the new one.
+                let birth = presence.recv().await.json();
+                if birth["functions"][0]["sha256"] == want {
+                    break;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "{birth} never named {want}"
+                );
+            }
+        }
     }
     // Three config edits: a [function.config] value (in place), a function added (needs a
     // restart: refused, the running version stays), and back to the first.

@@ -41,6 +41,8 @@ pub struct Reloader {
     functions: BTreeMap<String, Arc<LoadedFunction>>,
     publisher: Arc<Publisher>,
     topic: String,
+    /// The birth message on the status topic, which names each module's hash.
+    birth: tokio::sync::watch::Sender<Vec<u8>>,
 }
 
 /// Top-level keys of `v` (a serialised section) whose values differ from `w`'s.
@@ -118,6 +120,7 @@ impl Reloader {
         config: &Config,
         functions: BTreeMap<String, Arc<LoadedFunction>>,
         publisher: Arc<Publisher>,
+        birth: tokio::sync::watch::Sender<Vec<u8>>,
     ) -> Self {
         Self {
             path: std::path::absolute(&config.source).unwrap_or_else(|_| config.source.clone()),
@@ -125,6 +128,7 @@ impl Reloader {
             functions,
             publisher,
             topic: format!("{}/{}/reload", config.agent.topic_prefix, config.agent.id),
+            birth,
         }
     }
 
@@ -161,6 +165,11 @@ impl Reloader {
             changed.push((loaded.name().to_string(), sha));
         }
         self.config = new;
+        if !changed.is_empty() {
+            let functions = &self.functions;
+            let body = super::startup::birth(&self.config, |name| functions.get(name).cloned());
+            self.birth.send_replace(body);
+        }
         Ok(changed)
     }
 

@@ -136,23 +136,13 @@ impl Startup {
                 }
             })?;
         }
-        let functions: Vec<serde_json::Value> = config
-            .functions
-            .iter()
-            .map(|f| {
-                serde_json::json!({
-                    "name": f.name,
-                    "mode": f.mode.as_str(),
-                    "module": f.module.file_name().map(|n| n.to_string_lossy()),
-                    "sha256": runtime.function(&f.name).map(|l| l.sha256().to_string()),
-                })
-            })
-            .collect();
+        let loaded = |name: &str| runtime.function(name);
+        let (birth, births) = watch::channel(birth(&config, loaded));
         let presence = tokio::spawn(announce_presence(
             links.clone(),
             publisher.clone(),
             config.status_topic(),
-            options::birth(&serde_json::Value::from(functions)),
+            births,
             root.child_token(),
         ));
         let functions = config
@@ -160,7 +150,7 @@ impl Startup {
             .iter()
             .filter_map(|f| Some((f.name.clone(), runtime.function(&f.name)?)))
             .collect();
-        let reloader = super::reload::Reloader::new(&config, functions, publisher.clone());
+        let reloader = super::reload::Reloader::new(&config, functions, publisher.clone(), birth);
         tokio::spawn(reloader.run(root.child_token()));
         let flusher_stop = root.child_token();
         let flusher = tokio::spawn(state.run_flusher(flusher_stop.clone()));
@@ -379,13 +369,35 @@ fn stale_filters(config: &Config) -> Vec<String> {
         .collect()
 }
 
+/// The birth message: `online`, with each function's name, model, module file and the
+/// SHA-256 of the module version in force (`loaded` finds it).
+pub(super) fn birth(
+    config: &Config,
+    loaded: impl Fn(&str) -> Option<Arc<crate::runtime::LoadedFunction>>,
+) -> Vec<u8> {
+    let functions: Vec<serde_json::Value> = config
+        .functions
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name,
+                "mode": f.mode.as_str(),
+                "module": f.module.file_name().map(|n| n.to_string_lossy()),
+                "sha256": loaded(&f.name).map(|l| l.sha256().to_string()),
+            })
+        })
+        .collect();
+    options::birth(&serde_json::Value::from(functions))
+}
+
 /// Says `online`, retained, on the status topic each time every connection is up and
-/// subscribed (the output connection's last will says `offline` when it is lost).
+/// subscribed (the output connection's last will says `offline` when it is lost), and
+/// again when the message changes (a hot reload put new module versions in force).
 async fn announce_presence(
     mut links: watch::Receiver<Links>,
     publisher: Arc<Publisher>,
     topic: String,
-    birth: Vec<u8>,
+    mut birth: watch::Receiver<Vec<u8>>,
     stop: CancellationToken,
 ) {
     loop {
@@ -394,17 +406,24 @@ async fn announce_presence(
             ready = links.wait_for(|l| l.overall().subscribed) => if ready.is_err() { return },
         }
         tracing::info!("connected and subscribed");
-        let qos = rumqttc::QoS::AtLeastOnce;
-        if publisher
-            .publish(topic.clone(), qos, true, birth.clone(), None)
-            .await
-            .is_err()
-        {
-            return;
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            lost = links.wait_for(|l| !l.overall().connected) => if lost.is_err() { return },
+        loop {
+            let qos = rumqttc::QoS::AtLeastOnce;
+            let body = birth.borrow_and_update().clone();
+            if publisher
+                .publish(topic.clone(), qos, true, body, None)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                lost = links.wait_for(|l| !l.overall().connected) => {
+                    if lost.is_err() { return }
+                    break;
+                }
+                changed = birth.changed() => if changed.is_err() { return },
+            }
         }
     }
 }
