@@ -114,6 +114,27 @@ fn needs_restart(old: &Config, new: &Config) -> Option<String> {
     None
 }
 
+/// The birth message: `online`, with each function's name, model, module file and the
+/// SHA-256 of the module version in force (`loaded` finds it).
+pub(super) fn birth(
+    config: &Config,
+    loaded: impl Fn(&str) -> Option<Arc<crate::runtime::LoadedFunction>>,
+) -> Vec<u8> {
+    let functions: Vec<serde_json::Value> = config
+        .functions
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name,
+                "mode": f.mode.as_str(),
+                "module": f.module.file_name().map(|n| n.to_string_lossy()),
+                "sha256": loaded(&f.name).map(|l| l.sha256().to_string()),
+            })
+        })
+        .collect();
+    crate::mqtt::options::birth(&serde_json::Value::from(functions))
+}
+
 impl Reloader {
     /// A reloader for the agent running `config` with `functions`.
     pub fn new(
@@ -167,7 +188,7 @@ impl Reloader {
         self.config = new;
         if !changed.is_empty() {
             let functions = &self.functions;
-            let body = super::startup::birth(&self.config, |name| functions.get(name).cloned());
+            let body = birth(&self.config, |name| functions.get(name).cloned());
             self.birth.send_replace(body);
         }
         Ok(changed)

@@ -137,7 +137,7 @@ impl Startup {
             })?;
         }
         let loaded = |name: &str| runtime.function(name);
-        let (birth, births) = watch::channel(birth(&config, loaded));
+        let (birth, births) = watch::channel(super::reload::birth(&config, loaded));
         let presence = tokio::spawn(announce_presence(
             links.clone(),
             publisher.clone(),
@@ -367,27 +367,6 @@ fn stale_filters(config: &Config) -> Vec<String> {
         .cloned()
         .chain(merged.into_iter().map(|s| s.filter))
         .collect()
-}
-
-/// The birth message: `online`, with each function's name, model, module file and the
-/// SHA-256 of the module version in force (`loaded` finds it).
-pub(super) fn birth(
-    config: &Config,
-    loaded: impl Fn(&str) -> Option<Arc<crate::runtime::LoadedFunction>>,
-) -> Vec<u8> {
-    let functions: Vec<serde_json::Value> = config
-        .functions
-        .iter()
-        .map(|f| {
-            serde_json::json!({
-                "name": f.name,
-                "mode": f.mode.as_str(),
-                "module": f.module.file_name().map(|n| n.to_string_lossy()),
-                "sha256": loaded(&f.name).map(|l| l.sha256().to_string()),
-            })
-        })
-        .collect();
-    options::birth(&serde_json::Value::from(functions))
 }
 
 /// Says `online`, retained, on the status topic each time every connection is up and
