@@ -134,11 +134,18 @@ pub struct BrokerArgs {
 }
 
 impl BrokerArgs {
-    /// Client options for a connection with `client_id` (clean session, 30 s keep-alive).
+    /// Client options for a connection of the `edge-agent <command>` process (a client id
+    /// of its own: command, pid and time; clean session, 30 s keep-alive).
     ///
     /// # Errors
     /// A bad `--broker` URL or TLS file, in words.
-    pub fn options(&self, client_id: &str) -> Result<rumqttc::MqttOptions, String> {
+    pub fn options(&self, command: &str) -> Result<rumqttc::MqttOptions, String> {
+        let client_id = format!(
+            "edge-agent-{command}-{}-{}",
+            std::process::id(),
+            crate::clock::now_ms()
+        );
+        let client_id = client_id.as_str();
         let addr = crate::config::BrokerAddress::parse(&self.broker)
             .map_err(|e| format!("--broker: {e}"))?;
         let tls = self.ca_file.clone().map(|ca| crate::config::TlsConfig {

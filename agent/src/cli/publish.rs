@@ -52,12 +52,10 @@ fn template(args: &PublishArgs) -> Result<Template, PublishError> {
 }
 
 fn connect(args: &PublishArgs) -> Result<(AsyncClient, rumqttc::EventLoop), PublishError> {
-    let id = format!(
-        "edge-agent-publish-{}-{}",
-        std::process::id(),
-        crate::clock::now_ms()
-    );
-    let opts = args.broker.options(&id).map_err(PublishError::Usage)?;
+    let opts = args
+        .broker
+        .options("publish")
+        .map_err(PublishError::Usage)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
     crate::mqtt::options::low_latency(&mut eventloop);
     Ok((client, eventloop))

@@ -254,12 +254,7 @@ async fn listen(
     args: TopArgs,
     tx: mpsc::Sender<Result<(String, Vec<u8>), String>>,
 ) -> Result<(), TopError> {
-    let id = format!(
-        "edge-agent-top-{}-{}",
-        std::process::id(),
-        crate::clock::now_ms()
-    );
-    let opts = args.broker.options(&id).map_err(TopError::Usage)?;
+    let opts = args.broker.options("top").map_err(TopError::Usage)?;
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let agent = args.agent.as_deref().unwrap_or("+");
     let filters = ["stats", "status"].map(|t| format!("{}/{agent}/{t}", args.prefix));

@@ -225,18 +225,20 @@ impl LoadedFunction {
             function: cfg.name.clone(),
             message,
         };
-        let (pre, sha256) = link(&self.engine, &self.linker, cfg).map_err(err)?;
+        // Hash first: an unchanged function is not compiled again.
+        let bytes = std::fs::read(&cfg.module)
+            .map_err(|e| err(format!("cannot read {}: {e}", cfg.module.display())))?;
         {
             let now = self.current();
-            let same = *now.sha256 == *sha256
+            let same = *now.sha256 == sha256_hex(&bytes)
                 && now.cfg.module == cfg.module
                 && now.cfg.sha256 == cfg.sha256
                 && now.cfg.config == cfg.config;
-            tracing::debug!(function = %cfg.name, module = %cfg.module.display(), was = %now.sha256, file = %sha256, same, "reload: compared");
             if same {
                 return Ok(None);
             }
         }
+        let (pre, sha256) = link(&self.engine, &self.linker, cfg).map_err(err)?;
         let next = NextVersion {
             pre,
             current: Current {
