@@ -35,6 +35,53 @@ for manifest in "$here"/examples/*/Cargo.toml "$here"/test-functions/*/Cargo.tom
     built+=("$dist/$name.wasm")
 done
 
+# Python and JavaScript functions, built with the pinned toolchains that
+# guest-tools/install.sh puts in <repo>/target/guest-tools: examples-py/NAME and
+# test-functions-py/NAME -> dist/NAME-py.wasm, examples-js/NAME -> dist/NAME-js.wasm.
+# A component is rebuilt only when something it is made of (its source, the SDK, the WIT,
+# the toolchain) is newer than it.
+tools="${EDGE_AGENT_GUEST_TOOLS:-$here/../target/guest-tools}"
+wit="$here/sdk/wit"
+
+stale() { # stale OUTPUT INPUT...: is OUTPUT missing or older than a file under an INPUT?
+    [[ ! -f "$1" ]] || [[ -n "$(find "${@:2}" -newer "$1" -print -quit)" ]]
+}
+
+componentize_py="$tools/py/bin/componentize-py"
+if [[ -x "$componentize_py" ]]; then
+    for app in "$here"/examples-py/*/ "$here"/test-functions-py/*/; do
+        name="$(basename "$app")"
+        wasm="$dist/$name-py.wasm"
+        if stale "$wasm" "$app" "$here/sdk-py" "$wit" "$tools/py/.pins"; then
+            "$componentize_py" -d "$wit" -w function componentize app \
+                -p "$app" -p "$here/sdk-py" -o "$wasm.tmp" >/dev/null
+            mv "$wasm.tmp" "$wasm"
+        fi
+        built+=("$wasm")
+    done
+else
+    echo "Python examples skipped: componentize-py is not installed (modules/guest-tools/install.sh)"
+fi
+
+jco="$tools/js/node_modules/.bin/jco"
+if [[ -x "$jco" ]]; then
+    for app in "$here"/examples-js/*/; do
+        name="$(basename "$app")"
+        wasm="$dist/$name-js.wasm"
+        if stale "$wasm" "$app" "$here/sdk-js" "$wit" "$tools/js/.pins"; then
+            # jco reads files relative to its working directory; http and the fetch event
+            # are left out because the agent links no wasi:http.
+            (cd "$here" && "$jco" componentize "${app#"$here/"}app.js" --bundle \
+                --bundle-config sdk-js/bundle.config.mjs -w sdk/wit -n function \
+                -d http -d fetch-event -o "$wasm.tmp" >/dev/null)
+            mv "$wasm.tmp" "$wasm"
+        fi
+        built+=("$wasm")
+    done
+else
+    echo "JavaScript examples skipped: jco is not installed (modules/guest-tools/install.sh)"
+fi
+
 echo "Built components:"
 for wasm in "${built[@]}"; do
     printf '%10d bytes  %s\n' "$(wc -c <"$wasm")" "$wasm"

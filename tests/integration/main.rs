@@ -11,6 +11,7 @@ mod cli;
 mod events;
 mod harness;
 mod hostile;
+mod languages;
 mod observability;
 mod reload;
 mod state;

@@ -149,11 +149,13 @@ impl LoadedFunction {
         cfg: &FunctionConfig,
         tick: Duration,
         fuel_enabled: bool,
+        compiled: &mut Compiled,
     ) -> Result<Self, RuntimeError> {
-        let (pre, sha256) = link(engine, linker, cfg).map_err(|message| RuntimeError::Load {
-            function: cfg.name.clone(),
-            message,
-        })?;
+        let (pre, sha256) =
+            link(engine, linker, cfg, compiled).map_err(|message| RuntimeError::Load {
+                function: cfg.name.clone(),
+                message,
+            })?;
         let tick_ms = u64::try_from(tick.as_millis()).unwrap_or(1).max(1);
         // Round up, plus one tick: the epoch may advance right after the deadline is set.
         let deadline_ticks = cfg.timeout_ms.div_ceil(tick_ms) + 1;
@@ -238,7 +240,8 @@ impl LoadedFunction {
                 return Ok(None);
             }
         }
-        let (pre, sha256) = link(&self.engine, &self.linker, cfg).map_err(err)?;
+        let (pre, sha256) =
+            link(&self.engine, &self.linker, cfg, &mut Compiled::default()).map_err(err)?;
         let next = NextVersion {
             pre,
             current: Current {
@@ -309,10 +312,12 @@ impl LoadedFunction {
         }
         let start = Instant::now();
         let cfg = self.current().cfg.clone();
-        let (pre, _) = link(&self.engine, &self.linker, &cfg).map_err(|message| CallError {
-            kind: FailureKind::Instantiate,
-            message: format!("loading the module again after a scale to zero: {message}"),
-        })?;
+        let (pre, _) = link(&self.engine, &self.linker, &cfg, &mut Compiled::default()).map_err(
+            |message| CallError {
+                kind: FailureKind::Instantiate,
+                message: format!("loading the module again after a scale to zero: {message}"),
+            },
+        )?;
         *slot = Some(pre.clone());
         Ok((pre, Some(start.elapsed())))
     }
@@ -473,8 +478,9 @@ fn link(
     engine: &Engine,
     linker: &Linker<StoreData>,
     cfg: &FunctionConfig,
+    compiled: &mut Compiled,
 ) -> Result<(FunctionPre<StoreData>, String), String> {
-    let (component, sha256) = load_component(engine, cfg)?;
+    let (component, sha256) = load_component(engine, cfg, compiled)?;
     let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
         format!(
             "{} needs imports the agent does not provide: {e:#}",
@@ -490,9 +496,21 @@ fn link(
     Ok((pre, sha256))
 }
 
+/// Components already compiled, by the SHA-256 of their file, so that functions sharing a
+/// module (the same `.wasm` on demand and persistent, say) compile it once: seconds to
+/// minutes of Cranelift for an interpreter-carrying Python or JavaScript component on a
+/// Pi. Lives as long as one start-up; a `Component` is a cheap handle to shared code.
+#[derive(Default)]
+pub struct Compiled(std::collections::HashMap<String, Component>);
+
 /// Reads the module, checks its pinned hash, and compiles it (`.wasm`) or loads the
-/// precompiled native code (`.cwasm`, made by `edge-agent precompile`).
-fn load_component(engine: &Engine, cfg: &FunctionConfig) -> Result<(Component, String), String> {
+/// precompiled native code (`.cwasm`, made by `edge-agent precompile`), unless `compiled`
+/// already has it.
+fn load_component(
+    engine: &Engine,
+    cfg: &FunctionConfig,
+    compiled: &mut Compiled,
+) -> Result<(Component, String), String> {
     let path = cfg.module.display();
     let bytes = std::fs::read(&cfg.module).map_err(|e| format!("cannot read {path}: {e}"))?;
     let actual = sha256_hex(&bytes);
@@ -503,7 +521,13 @@ fn load_component(engine: &Engine, cfg: &FunctionConfig) -> Result<(Component, S
             "{path} has sha256 {actual}, but the config pins {pinned}: refusing to load it"
         ));
     }
+    // The same bytes under another name compile to the same code, whatever the extension.
     let cwasm = cfg.module.extension().is_some_and(|e| e == "cwasm");
+    if let Some(component) = compiled.0.get(&actual)
+        && cwasm == Engine::detect_precompiled(&bytes).is_some()
+    {
+        return Ok((component.clone(), actual));
+    }
     let component = match (cwasm, Engine::detect_precompiled(&bytes)) {
         (true, Some(wasmtime::Precompiled::Component)) => {
             deserialize(engine, &bytes).map_err(|e| {
@@ -528,7 +552,9 @@ fn load_component(engine: &Engine, cfg: &FunctionConfig) -> Result<(Component, S
             })
         }
     };
-    Ok((component?, actual))
+    let component = component?;
+    compiled.0.insert(actual.clone(), component.clone());
+    Ok((component, actual))
 }
 
 /// Says, in a few words, why `bytes` is not a component, when its header shows it.

@@ -120,14 +120,16 @@ impl Runtime {
         let mut functions = HashMap::new();
         // Every function is tried, so that `check` reports every module that is wrong.
         let mut errors = Vec::new();
+        let mut compiled = function::Compiled::default();
         for f in &cfg.functions {
-            let loaded = match LoadedFunction::load(&engine, &linker, cfg, f, tick, fuel) {
-                Ok(loaded) => loaded,
-                Err(e) => {
-                    errors.push(e);
-                    continue;
-                }
-            };
+            let loaded =
+                match LoadedFunction::load(&engine, &linker, cfg, f, tick, fuel, &mut compiled) {
+                    Ok(loaded) => loaded,
+                    Err(e) => {
+                        errors.push(e);
+                        continue;
+                    }
+                };
             // One instance now, so that a module that cannot start within its limits
             // (a 40 MB memory under a 32 MiB limit) fails `check`, not its first event.
             if let Err(e) = loaded.instantiate() {

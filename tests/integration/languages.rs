@@ -1,0 +1,326 @@
+//! Functions in Python and JavaScript (modules/examples-py, modules/examples-js): the same
+//! outputs as the Rust examples, event for event, in both execution models, and the
+//! agent's limits still hold over an interpreter.
+//!
+//! These components are built by `modules/build.sh` with the pinned toolchains of
+//! `modules/guest-tools`. Without them the tests say so and pass, unless
+//! `EDGE_AGENT_REQUIRE_GUEST_LANGS` is set (as `.ci/run` does), when they fail.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
+
+use crate::harness::*;
+
+/// The languages, by the suffix of their components in `modules/dist`.
+const LANGUAGES: [(&str, &str); 3] = [("rust", ""), ("py", "-py"), ("js", "-js")];
+const MODES: [&str; 2] = ["on-demand", "persistent"];
+
+/// Whether the Python and JavaScript components are built; panics if they must be.
+fn guest_languages_built() -> bool {
+    let dist = guests();
+    let missing: Vec<_> = [
+        "threshold-alert-py",
+        "counter-py",
+        "spin-py",
+        "threshold-alert-js",
+        "counter-js",
+    ]
+    .into_iter()
+    .filter(|name| !dist.join(format!("{name}.wasm")).exists())
+    .collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = format!(
+        "{missing:?} not built: install the toolchains with modules/guest-tools/install.sh"
+    );
+    assert!(
+        std::env::var_os("EDGE_AGENT_REQUIRE_GUEST_LANGS").is_none(),
+        "{why}"
+    );
+    eprintln!("skipped: {why}");
+    false
+}
+
+/// One function per example, language and model, each publishing under its own label.
+fn config() -> String {
+    let mut cfg = String::from(
+        r#"
+[agent]
+id = "languages"
+data_dir = "data"
+[broker]
+url = "mqtt://127.0.0.1:0"
+embedded = true
+"#,
+    );
+    for (lang, suffix) in LANGUAGES {
+        for mode in MODES {
+            let label = format!("{lang}-{mode}");
+            cfg.push_str(&format!(
+                r#"
+[[function]]
+name = "threshold-{label}"
+module = "{}"
+mode = "{mode}"
+topics = ["sensors/+/temperature"]
+timeout_ms = 2000
+[function.config]
+threshold = "30"
+alert_topic = "alerts/{label}/{{1..}}"
+
+[[function]]
+name = "counter-{label}"
+module = "{}"
+mode = "{mode}"
+topics = ["counter/#"]
+timeout_ms = 2000
+[function.config]
+out_topic = "counts/{label}/{{1..}}"
+"#,
+                guest(&format!("threshold-alert{suffix}")),
+                guest(&format!("counter{suffix}")),
+            ));
+        }
+    }
+    cfg
+}
+
+/// Payloads for threshold-alert, each on a topic of its own so that every outcome names
+/// its event: alerts (number forms: integers exact past 2^53 and up to u64, floats in
+/// shortest form with and without an exponent, sensor names to escape) and rejections.
+fn threshold_payloads() -> Vec<(String, Vec<u8>)> {
+    let values: &[&[u8]] = &[
+        br#"{"value": 31.5}"#,
+        br#"{"value": 30}"#,
+        br#"{"value": 29.9}"#,
+        br#"{"value": 45}"#,
+        br#"{"value": 30.000001}"#,
+        br#"{"value": 30.0000000000000001}"#,
+        br#"{"value": 3.1e1}"#,
+        br#"{"value": 1e3}"#,
+        br#"{"value": 1e20}"#,
+        br#"{"value": 123456789012345678}"#,
+        br#"{"value": 18446744073709551615}"#,
+        br#"{"value": 100000000000000000000}"#,
+        br#"{"value": 1.7976931348623157e308}"#,
+        br#"{"value": 12345678.125}"#,
+        br#"{"value": -5}"#,
+        br#"{"value": 31, "extra": {"list": [1, 2.5, "x"]}}"#,
+        br#"{"value": "31"}"#,
+        br#"{"temp": 31}"#,
+        br#"{"value": true}"#,
+        br#"{"value": null}"#,
+        br#"[31]"#,
+        b"31",
+        b"hot",
+        b"",
+        br#"{"value": NaN}"#,
+        b"{\"value\": 31, \"s\": \"\xff\xfe\"}",
+    ];
+    let mut events: Vec<(String, Vec<u8>)> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (format!("sensors/s{i:02}/temperature"), v.to_vec()))
+        .collect();
+    // Sensor names JSON must escape or keep as they are.
+    for (i, sensor) in ["küche", "a\"b\\c", "emoji🌡", ""].into_iter().enumerate() {
+        events.push((
+            format!("sensors/{sensor}{i}/temperature"),
+            br#"{"value": 33.25}"#.to_vec(),
+        ));
+    }
+    events
+}
+
+/// What each function did with the events: its outputs and its rejected topics.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Outcomes {
+    published: BTreeSet<(String, String)>,
+    rejected: BTreeSet<String>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_javascript_match_rust_event_for_event_in_both_models() {
+    if !guest_languages_built() {
+        return;
+    }
+    let agent = Agent::start(&config()).await;
+    let dead_letters = "edge-agent/languages/dead-letter";
+    let mut c = Client::connect(agent.port, &["alerts/#", "counts/#", dead_letters]).await;
+
+    let thresholds = threshold_payloads();
+    for (topic, payload) in &thresholds {
+        c.publish(topic, payload.clone()).await;
+    }
+    // Counter: interleaved topics, each counted from 1 by every function in its own state.
+    let counted: Vec<String> = (0..24).map(|i| format!("counter/c{}", i % 3)).collect();
+    for topic in &counted {
+        c.publish(topic, "x").await;
+    }
+
+    // Wait until every function has finished every event it was sent.
+    let expected = |name: &str| {
+        if name.starts_with("threshold") {
+            thresholds.len()
+        } else {
+            counted.len()
+        }
+    };
+    let names: Vec<String> = LANGUAGES
+        .iter()
+        .flat_map(|(lang, _)| MODES.iter().map(move |mode| format!("{lang}-{mode}")))
+        .flat_map(|label| [format!("threshold-{label}"), format!("counter-{label}")])
+        .collect();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    let mut messages = Vec::new();
+    loop {
+        messages.extend(c.drain(Duration::from_millis(200)).await);
+        let done = names.iter().all(|name| {
+            let s = agent.snapshot(name);
+            let failed: u64 = s.failed.iter().map(|(_, n)| n).sum();
+            s.succeeded + failed == expected(name) as u64
+        });
+        if done {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "functions did not finish: {:?}",
+            names
+                .iter()
+                .map(|n| (n, agent.snapshot(n).succeeded, agent.snapshot(n).failed))
+                .collect::<Vec<_>>()
+        );
+    }
+    messages.extend(c.drain(Duration::from_secs(1)).await);
+
+    // Sort what arrived by the function that produced it.
+    let mut by_function: BTreeMap<String, Outcomes> = BTreeMap::new();
+    for m in &messages {
+        if m.topic == dead_letters {
+            let j = m.json();
+            let function = j["function"].as_str().expect("function").to_string();
+            assert_eq!(j["kind"], "guest-error", "{j}");
+            by_function
+                .entry(function)
+                .or_default()
+                .rejected
+                .insert(j["topic"].as_str().expect("topic").to_string());
+        } else {
+            let mut levels = m.topic.splitn(3, '/');
+            let kind = levels.next().expect("kind");
+            let label = levels.next().expect("label");
+            let rest = levels.next().expect("rest").to_string();
+            let example = if kind == "alerts" {
+                "threshold"
+            } else {
+                "counter"
+            };
+            by_function
+                .entry(format!("{example}-{label}"))
+                .or_default()
+                .published
+                .insert((rest, m.text()));
+        }
+    }
+
+    // The Rust on-demand function is the reference; check it is the one we mean.
+    let reference = |example: &str| &by_function[&format!("{example}-rust-on-demand")];
+    let alerts = &reference("threshold").published;
+    assert!(alerts.contains(&(
+        "s00/temperature".into(),
+        r#"{"sensor":"s00","value":31.5,"threshold":30}"#.into()
+    )));
+    assert!(alerts.contains(&(
+        "s10/temperature".into(),
+        r#"{"sensor":"s10","value":18446744073709551615,"threshold":30}"#.into()
+    )));
+    assert!(
+        alerts.contains(&(
+            "s08/temperature".into(),
+            r#"{"sensor":"s08","value":1e+20,"threshold":30}"#.into()
+        )),
+        "{alerts:#?}"
+    );
+    assert_eq!(alerts.len(), 16, "{alerts:#?}");
+    assert_eq!(reference("threshold").rejected.len(), 10);
+    let counts = &reference("counter").published;
+    assert_eq!(counts.len(), counted.len());
+    assert!(counts.contains(&("c2".into(), r#"{"count":8,"topic":"counter/c2"}"#.into())));
+
+    for example in ["threshold", "counter"] {
+        for (lang, _) in LANGUAGES {
+            for mode in MODES {
+                let name = format!("{example}-{lang}-{mode}");
+                assert_eq!(
+                    by_function.get(&name),
+                    Some(reference(example)),
+                    "{name} differs from {example}-rust-on-demand"
+                );
+            }
+        }
+    }
+    // Persistent instances were started once, on-demand ones once per event.
+    for lang in ["py", "js"] {
+        let p = agent.snapshot(&format!("counter-{lang}-persistent"));
+        assert_eq!(p.restarts, 0, "{p:?}");
+    }
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_python_loop_is_stopped_by_the_timeout() {
+    if !guest_languages_built() {
+        return;
+    }
+    let mut cfg = String::from(
+        r#"
+[agent]
+id = "spin"
+data_dir = "data"
+[broker]
+url = "mqtt://127.0.0.1:0"
+embedded = true
+"#,
+    );
+    for mode in MODES {
+        cfg.push_str(&format!(
+            r#"
+[[function]]
+name = "spin-{mode}"
+module = "{}"
+mode = "{mode}"
+topics = ["spin/{mode}"]
+timeout_ms = 500
+[function.config]
+out_topic = "spun/{mode}"
+"#,
+            guest("spin-py")
+        ));
+    }
+    let agent = Agent::start(&cfg).await;
+    let dead_letters = "edge-agent/spin/dead-letter";
+    let mut c = Client::connect(agent.port, &["spun/#", dead_letters]).await;
+    for mode in MODES {
+        let started = std::time::Instant::now();
+        c.publish(&format!("spin/{mode}"), "loop").await;
+        let m = c.recv_on(dead_letters).await;
+        let j = m.json();
+        assert_eq!(j["function"], format!("spin-{mode}"), "{j}");
+        assert_eq!(j["kind"], "timeout", "{j}");
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "stopped after {:?}",
+            started.elapsed()
+        );
+        // And the function goes on with the next event.
+        c.publish(&format!("spin/{mode}"), "next").await;
+        let m = c.recv_on(&format!("spun/{mode}")).await;
+        assert_eq!(m.text(), "done next");
+    }
+    let p = agent.snapshot("spin-persistent");
+    assert_eq!(p.failed, vec![("timeout", 1)]);
+    assert_eq!(p.restarts, 1, "the looping instance was replaced: {p:?}");
+    agent.stop().await;
+}
