@@ -324,3 +324,70 @@ out_topic = "spun/{mode}"
     assert_eq!(p.restarts, 1, "the looping instance was replaced: {p:?}");
     agent.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_and_js_projects_are_made_built_and_run_outside_the_repo() {
+    let tools = repo_root().join("target/guest-tools");
+    if !guest_languages_built() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tempdir");
+    // The pinned toolchains, installed once (modules/guest-tools/install.sh), rather than
+    // a venv and node_modules per project.
+    let edge_agent = |args: &[&str]| {
+        let out = std::process::Command::new(agent_bin())
+            .args(args)
+            .current_dir(tmp.path())
+            .env("EDGE_AGENT_GUEST_TOOLS", &tools)
+            .output()
+            .expect("run edge-agent");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    edge_agent(&["new", "heat", "--lang", "python", "--template", "threshold"]);
+    edge_agent(&["new", "tally", "--lang", "js", "-t", "counter"]);
+    edge_agent(&["new", "say", "-l", "py"]);
+    let mut config =
+        "[agent]\nid = \"outside\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n"
+            .to_string();
+    for name in ["heat", "tally", "say"] {
+        let started = std::time::Instant::now();
+        let printed = edge_agent(&["build", name]);
+        eprintln!("{name}: built in {:.1?}", started.elapsed());
+        // One line, `PATH  N bytes  sha256 HEX`, and the file is that component.
+        let fields: Vec<&str> = printed.split_whitespace().collect();
+        assert_eq!(fields.len(), 5, "{printed}");
+        let wasm = tmp
+            .path()
+            .join(name)
+            .join("dist")
+            .join(format!("{name}.wasm"));
+        assert_eq!(fields[0], wasm.display().to_string());
+        let bytes = std::fs::read(&wasm).expect("the built component");
+        assert_eq!(
+            fields[4],
+            edge_agent::runtime::function::sha256_hex(&bytes),
+            "{printed}"
+        );
+        config += &std::fs::read_to_string(tmp.path().join(name).join("function.toml"))
+            .expect("function.toml");
+    }
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["alerts/#", "tally/count/#", "say/out/#"]).await;
+    c.publish("sensors/kitchen/temperature", r#"{"value": 31.5}"#)
+        .await;
+    let m = c.recv_on("alerts/kitchen/temperature").await;
+    assert_eq!(
+        m.text(),
+        r#"{"sensor":"kitchen","value":31.5,"threshold":30}"#
+    );
+    for n in 1..=3 {
+        c.publish("tally/in/door", "open").await;
+        let m = c.recv_on("tally/count/door").await;
+        assert_eq!(m.json()["count"], n, "{}", m.text());
+    }
+    c.publish("say/in/hello", "hi").await;
+    assert_eq!(c.recv_on("say/out/hello").await.text(), "hi");
+    agent.stop().await;
+}

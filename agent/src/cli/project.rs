@@ -1,10 +1,12 @@
 //! Function projects outside this repository: `edge-agent new` writes one from a template,
 //! `edge-agent build` builds it into a component (and, with `--precompile`, a `.cwasm`).
 //!
-//! The templates are the repository's own examples and the SDK is the repository's own,
-//! both built into the binary, so that what `new` writes is what the test suite builds.
-//! Until `edge-agent-sdk` is on crates.io the project carries a copy of it
-//! (`edge-agent-sdk/`, the WIT inside), named by path and version; then the path goes.
+//! A function is written in Rust (the default), Python (`--lang python`, built with
+//! componentize-py) or JavaScript (`--lang js`, built with jco). The templates are the
+//! repository's own examples and the SDKs are the repository's own, all built into the
+//! binary, so that what `new` writes is what the test suite builds. A Rust project carries
+//! a copy of `edge-agent-sdk` (the WIT inside) until it is on crates.io; a Python or
+//! JavaScript project carries its SDK layer (`edge_agent/`, `edge-agent.js`) and the WIT.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,24 @@ use clap::{Args, ValueEnum};
 
 /// The guest target functions are built for.
 pub const WASM_TARGET: &str = "wasm32-wasip2";
+
+/// The guest toolchains' versions, as pinned in modules/guest-tools (checked by a test).
+pub const COMPONENTIZE_PY: &str = "componentize-py==0.25.1";
+/// See [`COMPONENTIZE_PY`].
+pub const JCO: &str = "1.34.0";
+
+/// The language a function is written in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// Rust, with the `edge-agent-sdk` crate (cargo, the wasm32-wasip2 target).
+    Rust,
+    /// Python, with the `edge_agent` package (componentize-py; needs python3).
+    #[value(alias = "py")]
+    Python,
+    /// JavaScript, with `edge-agent.js` (jco with ComponentizeJS; needs Node.js >= 20.19).
+    #[value(alias = "javascript")]
+    Js,
+}
 
 /// What a new function starts from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -27,11 +47,29 @@ pub enum Template {
 }
 
 impl Template {
-    fn source(self) -> &'static str {
-        match self {
-            Self::Echo => include_str!("../../../modules/examples/echo/src/lib.rs"),
-            Self::Threshold => include_str!("../../../modules/examples/threshold-alert/src/lib.rs"),
-            Self::Counter => include_str!("../../../modules/examples/counter/src/lib.rs"),
+    fn source(self, lang: Lang) -> &'static str {
+        match (lang, self) {
+            (Lang::Rust, Self::Echo) => include_str!("../../../modules/examples/echo/src/lib.rs"),
+            (Lang::Rust, Self::Threshold) => {
+                include_str!("../../../modules/examples/threshold-alert/src/lib.rs")
+            }
+            (Lang::Rust, Self::Counter) => {
+                include_str!("../../../modules/examples/counter/src/lib.rs")
+            }
+            (Lang::Python, Self::Echo) => include_str!("../../../modules/examples-py/echo/app.py"),
+            (Lang::Python, Self::Threshold) => {
+                include_str!("../../../modules/examples-py/threshold-alert/app.py")
+            }
+            (Lang::Python, Self::Counter) => {
+                include_str!("../../../modules/examples-py/counter/app.py")
+            }
+            (Lang::Js, Self::Echo) => include_str!("../../../modules/examples-js/echo/app.js"),
+            (Lang::Js, Self::Threshold) => {
+                include_str!("../../../modules/examples-js/threshold-alert/app.js")
+            }
+            (Lang::Js, Self::Counter) => {
+                include_str!("../../../modules/examples-js/counter/app.js")
+            }
         }
     }
 
@@ -86,6 +124,9 @@ pub struct NewArgs {
     /// What it starts from.
     #[arg(short, long, value_enum, default_value_t = Template::Echo)]
     pub template: Template,
+    /// The language it is written in.
+    #[arg(short, long, value_enum, default_value_t = Lang::Rust)]
+    pub lang: Lang,
     /// Where to write the project (a new or empty directory). Default: `./NAME`.
     #[arg(short, long)]
     pub dir: Option<PathBuf>,
@@ -94,7 +135,8 @@ pub struct NewArgs {
 /// Arguments of `edge-agent build`.
 #[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
-    /// The function's project (the directory with its Cargo.toml).
+    /// The function's project: the directory with its Cargo.toml (Rust), app.py (Python)
+    /// or app.js (JavaScript).
     #[arg(default_value = ".")]
     pub dir: PathBuf,
     /// Also compile the component ahead of time into a `.cwasm` beside it, for a device
@@ -144,8 +186,46 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// Where `build` puts a project's component.
+fn component_path(dir: &Path, name: &str, lang: Lang) -> PathBuf {
+    match lang {
+        Lang::Rust => dir
+            .join("target")
+            .join(WASM_TARGET)
+            .join("release")
+            .join(format!("{}.wasm", name.replace('-', "_"))),
+        Lang::Python | Lang::Js => dir.join("dist").join(format!("{name}.wasm")),
+    }
+}
+
+/// The `[[function]]` snippet to paste into the agent's config.
+fn snippet(name: &str, template: Template, wasm: &Path) -> String {
+    format!(
+        "# Paste into the agent's config (relative paths there are read from the config's\n\
+         # own directory; this one is absolute). On a device: `edge-agent build --precompile\n\
+         # --target <triple>` and name the .cwasm instead.\n\
+         [[function]]\nname = \"{name}\"\nmodule = \"{}\"\n{}",
+        wasm.display(),
+        template.function_lines(name)
+    )
+}
+
+fn template_name(template: Template) -> String {
+    template
+        .to_possible_value()
+        .map_or(String::new(), |v| v.get_name().to_string())
+}
+
 /// The files of a new project, relative to its directory.
-fn files(name: &str, template: Template, wasm: &Path) -> Vec<(&'static str, String)> {
+fn files(name: &str, template: Template, lang: Lang, wasm: &Path) -> Vec<(&'static str, String)> {
+    match lang {
+        Lang::Rust => rust_files(name, template, wasm),
+        Lang::Python => python_files(name, template, wasm),
+        Lang::Js => js_files(name, template, wasm),
+    }
+}
+
+fn rust_files(name: &str, template: Template, wasm: &Path) -> Vec<(&'static str, String)> {
     let cargo = format!(
         r#"[package]
 name = "{name}"
@@ -173,14 +253,7 @@ panic = "abort"
 "#,
         deps = template.dependencies()
     );
-    let snippet = format!(
-        "# Paste into the agent's config (relative paths there are read from the config's\n\
-         # own directory; this one is absolute). On a device: `edge-agent build --precompile\n\
-         # --target <triple>` and name the .cwasm instead.\n\
-         [[function]]\nname = \"{name}\"\nmodule = \"{}\"\n{}",
-        wasm.display(),
-        template.function_lines(name)
-    );
+    let snippet = snippet(name, template, wasm);
     let readme = format!(
         "# {name}\n\n\
          An [edge-agent](https://example.invalid/edge-agent) function, made by `edge-agent new \
@@ -200,13 +273,11 @@ panic = "abort"
          `src/lib.rs` is the function; `edge-agent-sdk/` is the SDK it is written with (see \
          its README), kept here until it is on crates.io.\n",
         template.try_it(name),
-        template = template
-            .to_possible_value()
-            .map_or(String::new(), |v| v.get_name().to_string()),
+        template = template_name(template),
     );
     vec![
         ("Cargo.toml", cargo),
-        ("src/lib.rs", template.source().to_string()),
+        ("src/lib.rs", template.source(Lang::Rust).to_string()),
         ("README.md", readme),
         ("function.toml", snippet),
         (".gitignore", "/target\n".to_string()),
@@ -228,6 +299,145 @@ panic = "abort"
         ),
         (
             "edge-agent-sdk/wit/agent.wit",
+            include_str!("../../../modules/sdk/wit/agent.wit").to_string(),
+        ),
+    ]
+}
+
+/// The README of a Python or JavaScript project: how to build and run it.
+fn guest_readme(name: &str, template: Template, lang: Lang) -> String {
+    let (flag, source, sdk, toolchain) = match lang {
+        Lang::Python => (
+            "python",
+            "app.py",
+            "`edge_agent/` is the SDK layer it is written with (a handler is a plain \
+             function; raising rejects the event)",
+            format!(
+                "`edge-agent build` runs componentize-py: from `$EDGE_AGENT_GUEST_TOOLS/py`, \
+                 `.venv/` here or the PATH; if there is none it makes `.venv/` with python3 \
+                 and installs `requirements.txt` ({COMPONENTIZE_PY}) into it."
+            ),
+        ),
+        _ => (
+            "js",
+            "app.js",
+            "`edge-agent.js` is the SDK layer it is written with (a handler is a plain \
+             function; throwing rejects the event)",
+            format!(
+                "`edge-agent build` runs jco (`jco componentize --bundle`, ComponentizeJS): \
+                 from `$EDGE_AGENT_GUEST_TOOLS/js` or `node_modules/` here; if there is none it \
+                 runs `npm install` (package.json pins @bytecodealliance/jco {JCO}; Node.js \
+                 >= 20.19)."
+            ),
+        ),
+    };
+    format!(
+        "# {name}\n\n\
+         An [edge-agent](https://example.invalid/edge-agent) function in {lang}, made by \
+         `edge-agent new {name} --lang {flag} --template {template}`.\n\n\
+         ```sh\n\
+         edge-agent build                 # prints the component's path, size and sha256\n\
+         ```\n\n\
+         {toolchain} The component lands in `dist/{name}.wasm`. Then paste `function.toml` \
+         into the agent's config and run it:\n\n\
+         ```sh\n\
+         edge-agent run --config edge-agent.toml\n\
+         {try_it}\n\
+         ```\n\n\
+         The component carries an interpreter: about 12 (JavaScript) to 18 MB (Python), and \
+         tens of MB of native code once compiled. Compile it once, ahead of time, for a \
+         device: `edge-agent build --precompile --target aarch64-unknown-linux-gnu` writes \
+         a `.cwasm` beside it (the device build of the agent runs only those).\n\n\
+         `{source}` is the function; {sdk}; `wit/` is the contract with the agent.\n",
+        lang = if lang == Lang::Python {
+            "Python"
+        } else {
+            "JavaScript"
+        },
+        template = template_name(template),
+        try_it = template.try_it(name),
+    )
+}
+
+fn python_files(name: &str, template: Template, wasm: &Path) -> Vec<(&'static str, String)> {
+    vec![
+        ("app.py", template.source(Lang::Python).to_string()),
+        ("README.md", guest_readme(name, template, Lang::Python)),
+        ("function.toml", snippet(name, template, wasm)),
+        (
+            "requirements.txt",
+            format!("# The toolchain `edge-agent build` uses.\n{COMPONENTIZE_PY}\n"),
+        ),
+        (".gitignore", "/dist\n/.venv\n__pycache__/\n".to_string()),
+        (
+            "edge_agent/__init__.py",
+            include_str!("../../../modules/sdk-py/edge_agent/__init__.py").to_string(),
+        ),
+        (
+            "edge_agent/clock.py",
+            include_str!("../../../modules/sdk-py/edge_agent/clock.py").to_string(),
+        ),
+        (
+            "edge_agent/config.py",
+            include_str!("../../../modules/sdk-py/edge_agent/config.py").to_string(),
+        ),
+        (
+            "edge_agent/errors.py",
+            include_str!("../../../modules/sdk-py/edge_agent/errors.py").to_string(),
+        ),
+        (
+            "edge_agent/log.py",
+            include_str!("../../../modules/sdk-py/edge_agent/log.py").to_string(),
+        ),
+        (
+            "edge_agent/state.py",
+            include_str!("../../../modules/sdk-py/edge_agent/state.py").to_string(),
+        ),
+        (
+            "edge_agent/topic.py",
+            include_str!("../../../modules/sdk-py/edge_agent/topic.py").to_string(),
+        ),
+        (
+            "wit/agent.wit",
+            include_str!("../../../modules/sdk/wit/agent.wit").to_string(),
+        ),
+    ]
+}
+
+fn js_files(name: &str, template: Template, wasm: &Path) -> Vec<(&'static str, String)> {
+    let package = format!(
+        r#"{{
+  "name": "{name}",
+  "private": true,
+  "type": "module",
+  "description": "An edge-agent function; `edge-agent build` makes dist/{name}.wasm",
+  "devDependencies": {{
+    "@bytecodealliance/jco": "{JCO}"
+  }}
+}}
+"#
+    );
+    vec![
+        (
+            "app.js",
+            template
+                .source(Lang::Js)
+                .replace("\"../../sdk-js/edge-agent.js\"", "\"./edge-agent.js\""),
+        ),
+        ("README.md", guest_readme(name, template, Lang::Js)),
+        ("function.toml", snippet(name, template, wasm)),
+        ("package.json", package),
+        (".gitignore", "/dist\n/node_modules\n".to_string()),
+        (
+            "edge-agent.js",
+            include_str!("../../../modules/sdk-js/edge-agent.js").to_string(),
+        ),
+        (
+            "bundle.config.mjs",
+            include_str!("../../../modules/sdk-js/bundle.config.mjs").to_string(),
+        ),
+        (
+            "wit/agent.wit",
             include_str!("../../../modules/sdk/wit/agent.wit").to_string(),
         ),
     ]
@@ -261,12 +471,8 @@ pub fn new(args: &NewArgs) -> Result<PathBuf, ProjectError> {
     }
     std::fs::create_dir_all(&dir).map_err(|e| cannot("create", e))?;
     let dir = std::path::absolute(&dir).map_err(|e| cannot("find", e))?;
-    let wasm = dir
-        .join("target")
-        .join(WASM_TARGET)
-        .join("release")
-        .join(format!("{}.wasm", args.name.replace('-', "_")));
-    for (path, text) in files(&args.name, args.template, &wasm) {
+    let wasm = component_path(&dir, &args.name, args.lang);
+    for (path, text) in files(&args.name, args.template, args.lang, &wasm) {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
             std::fs::create_dir_all(parent).map_err(|e| cannot("write in", e))?;
@@ -327,26 +533,9 @@ fn ensure_target() {
     }
 }
 
-/// `edge-agent build`: builds the project's component in release; with `--precompile`
-/// also its `.cwasm`. Cargo's progress and errors go to stderr as they come.
-///
-/// # Errors
-/// No project there, no cargo, a failed build, or an artifact that is not a component.
-pub fn build(args: &BuildArgs) -> Result<Vec<Built>, ProjectError> {
-    let manifest = args.dir.join("Cargo.toml");
-    if !manifest.is_file() {
-        return Err(ProjectError::Usage(format!(
-            "{}: no Cargo.toml (make a project with `edge-agent new NAME`)",
-            args.dir.display()
-        )));
-    }
-    if args.precompile && !cfg!(feature = "compiler") {
-        return Err(ProjectError::Unavailable(
-            "--precompile needs the full build of edge-agent (this one has no compiler)".into(),
-        ));
-    }
-    let manifest = std::fs::canonicalize(&manifest)
-        .map_err(|e| ProjectError::Usage(format!("{}: {e}", manifest.display())))?;
+/// Builds a Rust project with cargo (release, wasm32-wasip2); returns the component.
+fn build_rust(dir: &Path) -> Result<PathBuf, ProjectError> {
+    let manifest = dir.join("Cargo.toml");
     ensure_target();
     let mut child = Command::new("cargo")
         .args(["build", "--release", "--target", WASM_TARGET])
@@ -390,12 +579,191 @@ pub fn build(args: &BuildArgs) -> Result<Vec<Built>, ProjectError> {
             "cargo build failed ({status}); its messages are above"
         )));
     }
-    let wasm = wasm.ok_or_else(|| {
+    wasm.ok_or_else(|| {
         ProjectError::Build(format!(
             "{} built no cdylib: a function's Cargo.toml needs [lib] crate-type = [\"cdylib\"]",
             manifest.display()
         ))
-    })?;
+    })
+}
+
+/// The function's name in the project's function.toml, else the directory's name.
+fn project_name(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("function.toml"))
+        .ok()
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                let value = l.trim().strip_prefix("name")?.trim().strip_prefix('=')?;
+                Some(value.trim().trim_matches('"').to_string())
+            })
+        })
+        .filter(|name| valid_name(name))
+        .or_else(|| dir.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "function".into())
+}
+
+/// Runs `cmd` (a build step, all its output to stderr: stdout is for what was built);
+/// `what` names it in errors.
+fn run(what: &str, mut cmd: Command) -> Result<(), ProjectError> {
+    let status = cmd
+        .stdout(Stdio::from(std::io::stderr()))
+        .stderr(Stdio::inherit())
+        .status()
+        .map_err(|e| ProjectError::Unavailable(format!("cannot run {what}: {e}")))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(ProjectError::Build(format!(
+            "{what} failed ({status}); its messages are above"
+        )))
+    }
+}
+
+/// The first of `candidates` that is a file.
+fn first_file(candidates: impl IntoIterator<Item = PathBuf>) -> Option<PathBuf> {
+    candidates.into_iter().find(|p| p.is_file())
+}
+
+/// `name` on the PATH.
+fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The pinned toolchains installed by modules/guest-tools/install.sh, if pointed at.
+fn guest_tools(sub: &str) -> Option<PathBuf> {
+    std::env::var_os("EDGE_AGENT_GUEST_TOOLS").map(|d| PathBuf::from(d).join(sub))
+}
+
+/// componentize-py: the pinned install, the project's `.venv`, the PATH; or a new
+/// `.venv` with requirements.txt installed.
+fn componentize_py(dir: &Path) -> Result<PathBuf, ProjectError> {
+    let venv = dir.join(".venv");
+    let found = first_file(
+        guest_tools("py/bin/componentize-py")
+            .into_iter()
+            .chain([venv.join("bin/componentize-py")]),
+    )
+    .or_else(|| on_path("componentize-py"));
+    if let Some(tool) = found {
+        return Ok(tool);
+    }
+    eprintln!(
+        "build: installing {COMPONENTIZE_PY} into {} (python3 -m venv, pip)",
+        venv.display()
+    );
+    let mut make = Command::new("python3");
+    make.args(["-m", "venv"]).arg(&venv);
+    run("python3 -m venv (Debian: apt install python3-venv)", make)?;
+    let mut pip = Command::new(venv.join("bin/pip"));
+    pip.args(["install", "--quiet", "--disable-pip-version-check", "-r"])
+        .arg(dir.join("requirements.txt"));
+    run("pip install -r requirements.txt", pip)?;
+    Ok(venv.join("bin/componentize-py"))
+}
+
+/// jco: the pinned install, the project's `node_modules`; or `npm install` first.
+fn jco(dir: &Path) -> Result<PathBuf, ProjectError> {
+    let local = dir.join("node_modules/.bin/jco");
+    if let Some(tool) = first_file(
+        guest_tools("js/node_modules/.bin/jco")
+            .into_iter()
+            .chain([local.clone()]),
+    ) {
+        return Ok(tool);
+    }
+    eprintln!("build: installing @bytecodealliance/jco {JCO} (npm install, Node.js >= 20.19)");
+    let mut npm = Command::new("npm");
+    npm.args(["install", "--no-audit", "--no-fund"])
+        .current_dir(dir);
+    run("npm install", npm)?;
+    Ok(local)
+}
+
+/// Builds a Python or JavaScript project into `dist/NAME.wasm`; returns it.
+fn build_guest(dir: &Path, lang: Lang) -> Result<PathBuf, ProjectError> {
+    let name = project_name(dir);
+    let out = dir.join("dist");
+    std::fs::create_dir_all(&out)
+        .map_err(|e| ProjectError::CannotCreate(format!("cannot create {}: {e}", out.display())))?;
+    let wasm = out.join(format!("{name}.wasm"));
+    // The tools read files relative to the project (jco only there).
+    let mut cmd = match lang {
+        Lang::Python => {
+            let mut cmd = Command::new(componentize_py(dir)?);
+            cmd.args([
+                "-d",
+                "wit",
+                "-w",
+                "function",
+                "componentize",
+                "app",
+                "-p",
+                ".",
+                "-o",
+            ]);
+            cmd
+        }
+        _ => {
+            let mut cmd = Command::new(jco(dir)?);
+            cmd.args(["componentize", "app.js", "--bundle", "--bundle-config"])
+                .args(["bundle.config.mjs", "-w", "wit", "-n", "function"])
+                // The agent links no wasi:http.
+                .args(["-d", "http", "-d", "fetch-event", "-o"]);
+            cmd
+        }
+    };
+    cmd.arg(&wasm).current_dir(dir);
+    let what = if lang == Lang::Python {
+        "componentize-py"
+    } else {
+        "jco componentize"
+    };
+    let started = std::time::Instant::now();
+    run(what, cmd)?;
+    eprintln!("build: {what} took {:.1?}", started.elapsed());
+    Ok(wasm)
+}
+
+/// The language of the project in `dir`, from the file its build starts at.
+fn project_lang(dir: &Path) -> Result<Lang, ProjectError> {
+    [
+        ("Cargo.toml", Lang::Rust),
+        ("app.py", Lang::Python),
+        ("app.js", Lang::Js),
+    ]
+    .into_iter()
+    .find(|(file, _)| dir.join(file).is_file())
+    .map(|(_, lang)| lang)
+    .ok_or_else(|| {
+        ProjectError::Usage(format!(
+            "{}: no Cargo.toml, app.py or app.js (make a project with `edge-agent new NAME`)",
+            dir.display()
+        ))
+    })
+}
+
+/// `edge-agent build`: builds the project's component (Rust in release, Python with
+/// componentize-py, JavaScript with jco); with `--precompile` also its `.cwasm`. The
+/// tools' progress and errors go to stderr as they come.
+///
+/// # Errors
+/// No project there, a missing tool, a failed build, or an artifact that is not a
+/// component.
+pub fn build(args: &BuildArgs) -> Result<Vec<Built>, ProjectError> {
+    let lang = project_lang(&args.dir)?;
+    if args.precompile && !cfg!(feature = "compiler") {
+        return Err(ProjectError::Unavailable(
+            "--precompile needs the full build of edge-agent (this one has no compiler)".into(),
+        ));
+    }
+    let dir = std::fs::canonicalize(&args.dir)
+        .map_err(|e| ProjectError::Usage(format!("{}: {e}", args.dir.display())))?;
+    let wasm = match lang {
+        Lang::Rust => build_rust(&dir)?,
+        Lang::Python | Lang::Js => build_guest(&dir, lang)?,
+    };
     let head = std::fs::read(&wasm).unwrap_or_default();
     // A component: "\0asm", then version 0x0d and layer 1 (a core module has 1, 0).
     if head.get(..8) != Some(b"\0asm\x0d\x00\x01\x00".as_slice()) {
@@ -444,6 +812,7 @@ mod tests {
         let args = NewArgs {
             name: "door-count".into(),
             template: Template::Counter,
+            lang: Lang::Rust,
             dir: Some(dir.clone()),
         };
         let made = new(&args).unwrap_or_else(|e| panic!("{e}"));
@@ -475,5 +844,52 @@ mod tests {
             ..args
         };
         assert!(matches!(new(&bad), Err(ProjectError::Usage(_))));
+    }
+
+    #[test]
+    fn python_and_js_projects_carry_their_sdk_and_the_wit() {
+        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        for (lang, files) in [
+            (
+                Lang::Python,
+                ["app.py", "edge_agent/__init__.py", "requirements.txt"],
+            ),
+            (Lang::Js, ["app.js", "edge-agent.js", "package.json"]),
+        ] {
+            let dir = tmp.path().join(format!("{lang:?}"));
+            let args = NewArgs {
+                name: "heat".into(),
+                template: Template::Threshold,
+                lang,
+                dir: Some(dir.clone()),
+            };
+            let made = new(&args).unwrap_or_else(|e| panic!("{e}"));
+            for f in files
+                .into_iter()
+                .chain(["wit/agent.wit", "function.toml", "README.md"])
+            {
+                assert!(made.join(f).is_file(), "{lang:?}: {f}");
+            }
+            assert_eq!(project_lang(&made).ok(), Some(lang));
+            assert_eq!(project_name(&made), "heat");
+            let snippet = std::fs::read_to_string(made.join("function.toml")).unwrap_or_default();
+            assert!(snippet.contains("dist/heat.wasm"), "{snippet}");
+        }
+        let app = std::fs::read_to_string(tmp.path().join("Js/app.js")).unwrap_or_default();
+        assert!(app.contains("from \"./edge-agent.js\""), "{app}");
+    }
+
+    #[test]
+    fn the_pinned_guest_toolchains_are_the_repositorys() {
+        let requirements = include_str!("../../../modules/guest-tools/requirements.txt");
+        assert!(
+            requirements.lines().any(|l| l == COMPONENTIZE_PY),
+            "{requirements}"
+        );
+        let package = include_str!("../../../modules/guest-tools/package.json");
+        assert!(
+            package.contains(&format!("\"@bytecodealliance/jco\": \"{JCO}\"")),
+            "{package}"
+        );
     }
 }
