@@ -10,6 +10,10 @@
 # Starts Mosquitto (TCP_NODELAY) on a free port, an agent with `echo` and `counter` each
 # in both models, publishes EVENTS to each function at RATE with `edge-agent publish`, and
 # reads the agent's own per-function statistics from <prefix>/<id>/stats.
+#
+# FUNCTIONS (environment) names other components of modules/dist instead, e.g.
+# FUNCTIONS="counter counter-py counter-js" (tests/bench/languages.sh); `.cwasm` beside
+# the agent's config dir are not used: MODULES=DIR takes them from DIR (NAME.cwasm).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="${1:-$root/target/release/edge-agent}"
@@ -17,7 +21,10 @@ events="${2:-2000}"
 rate="${3:-500}"
 runs="${4:-3}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
+functions="${FUNCTIONS:-echo counter}"
+modules="${MODULES:-}"
 [[ -f "$root/modules/dist/echo.wasm" ]] || "$root/modules/build.sh" >/dev/null
+module() { if [[ -n $modules ]]; then echo "$modules/$1.cwasm"; else echo "$root/modules/dist/$1.wasm"; fi; }
 work="$(mktemp -d)"
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
@@ -41,28 +48,31 @@ stats_interval_secs = 1
 url = "mqtt://127.0.0.1:$port"
 TOML
     for mode in on-demand persistent; do
-        for fn in echo counter; do
+        for fn in $functions; do
             cat >>"$work/agent.toml" <<TOML
 [[function]]
 name = "$fn-$mode"
-module = "$root/modules/dist/$fn.wasm"
+module = "$(module "$fn")"
 mode = "$mode"
 topics = ["bench/$fn-$mode"]
 queue_capacity = 1024
 [function.config]
 out_topic = "out/$fn-$mode"
+threshold = "30"
+alert_topic = "out/{1..}"
 TOML
         done
     done
     "$bin" run --config "$work/agent.toml" 2>"$work/agent.log" &
     agent=$!
     pids+=("$agent")
-    for _ in $(seq 1 100); do grep -q subscribed "$work/agent.log" && break; sleep 0.1; done
+    # Compiling interpreter-carrying components (.wasm of Python or JS) takes a while.
+    for _ in $(seq 1 1800); do grep -q subscribed "$work/agent.log" && break; sleep 0.1; done
     publishers=()
     for mode in on-demand persistent; do
-        for fn in echo counter; do
+        for fn in $functions; do
             "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "bench/$fn-$mode" \
-                --payload '{"seq":{seq}}' --count "$events" --rate "$rate" 2>/dev/null &
+                --payload '{"seq":{seq},"value":31.5}' --count "$events" --rate "$rate" 2>/dev/null &
             publishers+=($!)
         done
     done
@@ -79,7 +89,7 @@ TOML
     pids=()
 done
 
-for r in $(seq 1 "$runs"); do python3 -c "import json,sys; print([(f[\"function\"], f[\"received\"], f[\"failed\"]) for f in json.load(open(sys.argv[1]))["functions"]])" "$work/stats-$r.json"; done
+for r in $(seq 1 "$runs"); do python3 -c 'import json,sys; print([(f["function"], f["received"], f["failed"]) for f in json.load(open(sys.argv[1]))["functions"]])' "$work/stats-$r.json"; done
 python3 - "$work" "$runs" "$events" "$rate" <<'PY'
 import json, statistics, sys
 work, runs, events, rate = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
