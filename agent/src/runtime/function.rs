@@ -319,6 +319,10 @@ impl LoadedFunction {
             },
         )?;
         *slot = Some(pre.clone());
+        // Loaded counts as used: a load slower than keep_warm_secs (compiling a Python or
+        // JavaScript .wasm takes seconds to minutes) must not be released before the
+        // events waiting for it run, or every event would compile it again.
+        self.touch();
         Ok((pre, Some(start.elapsed())))
     }
 

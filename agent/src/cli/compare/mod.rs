@@ -605,6 +605,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         .spawn()
         .map_err(|e| format!("cannot start the agent ({}): {e}", wrapper.join(" ")))?;
     let agent = AgentProcess(child);
+    let spawned = std::time::Instant::now();
     let pid = agent.0.id();
     let online = async {
         while let Some((_, body)) = status.recv().await {
@@ -615,16 +616,20 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         }
         false
     };
-    if !tokio::time::timeout(Duration::from_secs(60), online)
+    // Compiling a Python or JavaScript .wasm takes minutes on a Pi (precompile it).
+    if !tokio::time::timeout(Duration::from_secs(600), online)
         .await
         .unwrap_or(false)
     {
         return Err(
-            "the agent did not come online within 60 s (try `edge-agent check` on \
+            "the agent did not come online within 600 s (try `edge-agent check` on \
                     the function's module and config)"
                 .into(),
         );
     }
+    // What loading the module costs, compile included: a function scaled to zero pays it
+    // again on its next event, so a phase must wait at least that long for outputs.
+    let startup = spawned.elapsed();
     // Scaled to zero, it is idle once keep_warm_secs have passed (checked four times per
     // keep_warm_secs, at most once a second).
     let settle = match model {
@@ -681,7 +686,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         };
         let n = measure::publish_phase(&client, &phase.offsets, first, qos, event, &mut sent).await;
         let mut h = measure::histogram();
-        let quiet = Duration::from_secs(5);
+        let quiet = Duration::from_secs(5).max(startup * 2);
         let (received, duplicates) = if f.outputs == Outputs::None {
             let before = own.succeeded;
             own.wait_for(&mut stats, first + n, quiet).await;
