@@ -67,7 +67,9 @@ topics = ["sensors/+/temperature"]
 timeout_ms = 2000
 [function.config]
 threshold = "30"
-alert_topic = "alerts/{label}/{{1..}}"
+# Every kind of placeholder, and text in braces that is not one: the SDKs' fill_topic
+# must agree too.
+alert_topic = "alerts/{label}/{{1..}}/{{a}}/{{{{1}}}}/x{{7}}/{{topic"
 
 [[function]]
 name = "counter-{label}"
@@ -76,7 +78,7 @@ mode = "{mode}"
 topics = ["counter/#"]
 timeout_ms = 2000
 [function.config]
-out_topic = "counts/{label}/{{1..}}"
+out_topic = "counts/{label}/{{1..}}/{{0}}/{{9..}}"
 "#,
                 guest(&format!("threshold-alert{suffix}")),
                 guest(&format!("counter{suffix}")),
@@ -228,17 +230,18 @@ async fn python_and_javascript_match_rust_event_for_event_in_both_models() {
     // The Rust on-demand function is the reference; check it is the one we mean.
     let reference = |example: &str| &by_function[&format!("{example}-rust-on-demand")];
     let alerts = &reference("threshold").published;
+    let at = |sensor: &str| format!("{sensor}/temperature/{{a}}/{{{sensor}}}/x/{{topic");
     assert!(alerts.contains(&(
-        "s00/temperature".into(),
+        at("s00"),
         r#"{"sensor":"s00","value":31.5,"threshold":30}"#.into()
     )));
     assert!(alerts.contains(&(
-        "s10/temperature".into(),
+        at("s10"),
         r#"{"sensor":"s10","value":18446744073709551615,"threshold":30}"#.into()
     )));
     assert!(
         alerts.contains(&(
-            "s08/temperature".into(),
+            at("s08"),
             r#"{"sensor":"s08","value":1e+20,"threshold":30}"#.into()
         )),
         "{alerts:#?}"
@@ -247,7 +250,10 @@ async fn python_and_javascript_match_rust_event_for_event_in_both_models() {
     assert_eq!(reference("threshold").rejected.len(), 10);
     let counts = &reference("counter").published;
     assert_eq!(counts.len(), counted.len());
-    assert!(counts.contains(&("c2".into(), r#"{"count":8,"topic":"counter/c2"}"#.into())));
+    assert!(counts.contains(&(
+        "c2/counter/".into(),
+        r#"{"count":8,"topic":"counter/c2"}"#.into()
+    )));
 
     for example in ["threshold", "counter"] {
         for (lang, _) in LANGUAGES {
