@@ -10,6 +10,8 @@
 #   5. publishes {"value": 31.5} to sensors/kitchen/temperature from the host and expects
 #      exactly {"sensor":"kitchen","value":31.5,"threshold":30} on alerts/kitchen/temperature;
 #   6. sends SIGTERM and expects exit status 0;
+#   (aarch64: steps 3-5 also with the Python threshold-alert beside it, precompiled; its
+#   alert is expected too;)
 #   (aarch64-musl: the static build, run with an empty sysroot, and first checked to have
 #   no dynamic section: it needs no glibc on the device;)
 #   7. (aarch64) runs `compare --quick` with the device build and precompiled echo and
@@ -102,6 +104,22 @@ if [[ ${1:-} == --one ]]; then
     [[ -n $sha ]] || die "precompile printed no sha256: $pre"
     say "precompiled: $pre"
 
+    # aarch64: a Python function beside it (issue 14): a precompiled interpreter, on demand.
+    python=""
+    if [[ $arch == aarch64 ]]; then
+        if [[ -f modules/dist/threshold-alert-py.wasm ]]; then
+            t=$(now)
+            pre=$("$host_agent" precompile --target "$triple" --out "$work/modules" \
+                modules/dist/threshold-alert-py.wasm 2>&1) || die "precompile of the Python function failed: $pre"
+            say "precompiled in $(elapsed "$t"): $pre"
+            python=yes
+        elif [[ -n ${EDGE_AGENT_REQUIRE_GUEST_LANGS:-} ]]; then
+            die "modules/dist/threshold-alert-py.wasm is not built (modules/guest-tools/install.sh)"
+        else
+            say "Python function skipped: not built (modules/guest-tools/install.sh)"
+        fi
+    fi
+
     # A free port (cross/lib.sh); start-up is retried on another if the agent still loses
     # the race for it.
     # shellcheck source=cross/lib.sh
@@ -129,6 +147,19 @@ memory_limit_mb = 8 # the default (32) is over armv7's 16 MiB reservation
 [function.config]
 threshold = "30"
 alert_topic = "alerts/{1..}"
+CONFIG
+        [[ -z $python ]] || cat >>"$work/config.toml" <<CONFIG
+
+[[function]]
+name = "threshold-py"
+module = "modules/threshold-alert-py.cwasm"
+mode = "on-demand"
+topics = ["sensors/+/temperature"]
+qos = 1
+timeout_ms = 10000
+[function.config]
+threshold = "30"
+alert_topic = "alerts/py/{1..}"
 CONFIG
     }
 
@@ -168,7 +199,9 @@ CONFIG
 
     # Subscribe first and wait for the broker's SUBACK, so the alert cannot be missed.
     # stdbuf: mosquitto_sub block-buffers a file, which would hide the SUBACK until it exits.
-    stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$port" -t 'alerts/#' -v -d -C 1 -W "$ALERT_TIMEOUT" \
+    alerts=1
+    [[ -z $python ]] || alerts=2
+    stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$port" -t 'alerts/#' -v -d -C "$alerts" -W "$ALERT_TIMEOUT" \
         -i "qemu-smoke-sub-$$" >"$work/sub.out" 2>&1 &
     sub_pid=$!
     t=$(now)
@@ -186,13 +219,15 @@ CONFIG
     sub_rc=0
     wait "$sub_pid" || sub_rc=$?
     sub_pid=""
-    expected='alerts/kitchen/temperature {"sensor":"kitchen","value":31.5,"threshold":30}'
-    if ! grep -qxF "$expected" "$work/sub.out"; then
-        echo "--- mosquitto_sub output (exit $sub_rc) ---"
-        grep -v '^Client ' "$work/sub.out" || true
-        die "expected the alert '$expected' within ${ALERT_TIMEOUT}s"
-    fi
-    say "alert received in $(elapsed "$t"): $expected"
+    alert='{"sensor":"kitchen","value":31.5,"threshold":30}'
+    for expected in "alerts/kitchen/temperature $alert" ${python:+"alerts/py/kitchen/temperature $alert"}; do
+        if ! grep -qxF "$expected" "$work/sub.out"; then
+            echo "--- mosquitto_sub output (exit $sub_rc) ---"
+            grep -v '^Client ' "$work/sub.out" || true
+            die "expected the alert '$expected' within ${ALERT_TIMEOUT}s"
+        fi
+        say "alert received in $(elapsed "$t"): $expected"
+    done
 
     t=$(now)
     kill -TERM "$agent_pid"
@@ -255,10 +290,9 @@ command -v mosquitto_sub >/dev/null || {
 }
 
 t0=$(now)
-if [[ ! -f modules/dist/threshold-alert.wasm ]]; then
-    echo "qemu-smoke: building the guest components (modules/build.sh)"
-    timeout "$BUILD_TIMEOUT" modules/build.sh >/dev/null
-fi
+# Incremental: seconds when they are built already.
+echo "qemu-smoke: building the guest components (modules/build.sh)"
+timeout "$BUILD_TIMEOUT" modules/build.sh >/dev/null
 # The host agent (dev profile, with Cranelift) precompiles for the device; CI's tests build
 # the same artifacts, so this costs little there.
 t=$(now)
