@@ -10,6 +10,11 @@ use edge_agent::cli::{Cli, Command, PublishArgs};
 use edge_agent::config::Config;
 use edge_agent::{AgentError, Prepared};
 
+/// With the `mimalloc` feature, mimalloc serves every allocation (see agent/Cargo.toml).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     // Usage errors exit 64 (EX_USAGE) with clap's message; --help and --version exit 0.
     let cli = match Cli::try_parse() {
