@@ -397,3 +397,61 @@ async fn python_and_js_projects_are_made_built_and_run_outside_the_repo() {
     assert_eq!(c.recv_on("say/out/hello").await.text(), "hi");
     agent.stop().await;
 }
+
+/// A function scaled to zero whose module takes longer to load than `keep_warm_secs` (a
+/// Python `.wasm` compiles for seconds): the events that arrive during the load must all
+/// use it, not load it again one by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_load_after_scale_to_zero_serves_every_waiting_event() {
+    if !guest_languages_built() {
+        return;
+    }
+    let cfg = format!(
+        r#"
+[agent]
+id = "slowload"
+data_dir = "data"
+[broker]
+url = "mqtt://127.0.0.1:0"
+embedded = true
+[[function]]
+name = "echo-py"
+module = "{}"
+mode = "on-demand"
+topics = ["in/#"]
+keep_warm_secs = 1
+[function.config]
+out_topic = "out/{{1..}}"
+"#,
+        guest("echo-py")
+    );
+    let agent = Agent::start(&cfg).await;
+    let mut c = Client::connect(agent.port, &["out/#"]).await;
+    // Idle past keep_warm_secs: released.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    for i in 0..4 {
+        c.publish(&format!("in/{i}"), "x").await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let mut seen = BTreeSet::new();
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while seen.len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "only {seen:?} arrived"
+        );
+        seen.extend(
+            c.drain(Duration::from_secs(1))
+                .await
+                .into_iter()
+                .map(|m| m.topic),
+        );
+    }
+    let s = agent.snapshot("echo-py");
+    assert_eq!(
+        s.load_us.count, 1,
+        "the module was loaded again {} times for 4 events: {s:?}",
+        s.load_us.count
+    );
+    agent.stop().await;
+}

@@ -284,15 +284,18 @@ impl LoadedFunction {
         let Some(keep) = self.keep_warm else {
             return false;
         };
+        // The module's lock first, without waiting: a load in progress holds it (and
+        // counts as use when it is done). Judging idleness before waiting for the lock
+        // released the module a slow load had just made, so that every event of a
+        // Python or JavaScript function compiled it again.
+        let Ok(mut slot) = self.pre.try_write() else {
+            return false;
+        };
         let idle = self
             .last_used
             .lock()
             .map_or(Duration::ZERO, |t| t.elapsed());
-        if idle < keep {
-            return false;
-        }
-        let released = self.pre.write().ok().and_then(|mut p| p.take());
-        released.is_some()
+        idle >= keep && slot.take().is_some()
     }
 
     /// The linked component, loading it again if the function was scaled to zero (and
