@@ -2,15 +2,21 @@
 //! module file changes, the agent reads its config again and puts new versions of its
 //! functions in force without a restart and without losing or repeating an event.
 //!
-//! What reloads: a function's module (new content at the same path, or another path), its
-//! `sha256` pin and its `[function.config]`. Every changed function is loaded and checked
-//! (linked, started once within its limits) before any is put in force; if one fails,
-//! none is, and the old versions keep running. Nothing in the pipeline stops: queued events
-//! and the next ones go to the new version, calls in flight finish on the old one, and a
-//! persistent instance finishes its current event and moves to a fresh instance of the new
-//! version (its state is in the store). Anything else (functions added or removed, topics,
-//! models, limits, the broker...) needs a restart: the reload is refused, saying which
-//! keys, and nothing changes.
+//! What reloads:
+//! - a function's module (new content at the same path, or another path), its `sha256`
+//!   pin and its `[function.config]`, in place: nothing in the pipeline stops; queued
+//!   events and the next ones go to the new version, calls in flight finish on the old one,
+//!   and a persistent instance finishes its current event and moves to a fresh instance of
+//!   the new version (its state is in the store);
+//! - functions added: loaded, started and subscribed before the reload is reported;
+//! - functions removed: unsubscribed, then their queues drain, their acknowledgements go
+//!   out and their connections close before the reload is reported. Their state stays in
+//!   the store, for a function of the same name added later.
+//!
+//! Every changed or added function is loaded and checked (linked, started once within its
+//! limits) before anything is put in force; if one fails, nothing is, and the running
+//! versions stay. Anything else (a function's topics, model or limits, the broker...)
+//! needs a restart: the reload is refused, saying which keys, and nothing changes.
 //!
 //! Each reload is logged and published (QoS 1, not retained) on `<prefix>/<id>/reload`.
 
@@ -19,12 +25,17 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use rumqttc::MqttOptions;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, FunctionConfig};
+use super::lanes::Lanes;
+use crate::config::{BrokerAddress, Config, FunctionConfig};
 use crate::publisher::Publisher;
-use crate::runtime::LoadedFunction;
+use crate::runtime::function::NextVersion;
+use crate::runtime::{LoadedFunction, Runtime};
+use crate::state::StateStore;
 
 /// How long to wait for more changes after one (editors and cargo write in steps).
 const SETTLE: Duration = Duration::from_millis(300);
@@ -32,17 +43,54 @@ const SETTLE: Duration = Duration::from_millis(300);
 /// Keys of a function that a reload can change in place.
 const IN_PLACE: [&str; 3] = ["module", "sha256", "config"];
 
+/// Longest wait for an added function's subscriptions before the reload is reported.
+const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the reloader works with.
+pub struct Parts {
+    /// The engine, which loads added functions.
+    pub runtime: Arc<Runtime>,
+    /// The running functions.
+    pub lanes: Lanes,
+    /// The state store (added functions get their namespace in it).
+    pub state: Arc<StateStore>,
+    /// Where the broker is (the embedded one's real port).
+    pub broker: BrokerAddress,
+    /// Reload reports go out through it.
+    pub publisher: Arc<Publisher>,
+    /// The birth message on the status topic, which names each module's hash.
+    pub birth: tokio::sync::watch::Sender<Vec<u8>>,
+    /// Removed functions drain on it, so that shutdown waits for them.
+    pub tracker: TaskTracker,
+}
+
 /// Reloads the agent's functions when asked.
 pub struct Reloader {
     /// The config file, absolute.
     path: PathBuf,
     /// The config in force.
     config: Config,
+    /// The running functions' loaded modules.
     functions: BTreeMap<String, Arc<LoadedFunction>>,
-    publisher: Arc<Publisher>,
+    parts: Parts,
     topic: String,
-    /// The birth message on the status topic, which names each module's hash.
-    birth: tokio::sync::watch::Sender<Vec<u8>>,
+}
+
+/// A reload checked and ready to be put in force.
+struct Plan {
+    config: Config,
+    changed: Vec<(Arc<LoadedFunction>, NextVersion)>,
+    added: Vec<(FunctionConfig, Arc<LoadedFunction>, MqttOptions)>,
+    removed: Vec<String>,
+}
+
+/// What a reload did: functions changed in place and added (with their modules' hashes),
+/// and removed.
+#[derive(Default)]
+struct Done {
+    changed: Vec<(String, Arc<str>)>,
+    added: Vec<(String, Arc<str>)>,
+    removed: Vec<String>,
 }
 
 /// Top-level keys of `v` (a serialised section) whose values differ from `w`'s.
@@ -83,29 +131,16 @@ fn needs_restart(old: &Config, new: &Config) -> Option<String> {
             ));
         }
     }
-    let names =
-        |c: &Config| -> BTreeSet<String> { c.functions.iter().map(|f| f.name.clone()).collect() };
-    let (was, now) = (names(old), names(new));
-    if was != now {
-        let list = |what: &str, names: Vec<String>| {
-            (!names.is_empty()).then(|| format!("functions {what} ({})", names.join(", ")))
-        };
-        let said: Vec<String> = [
-            list("added", now.difference(&was).cloned().collect()),
-            list("removed", was.difference(&now).cloned().collect()),
-        ]
-        .into_iter()
-        .flatten()
-        .collect();
-        return Some(format!("{}: that needs a restart", said.join(" and ")));
-    }
     for f in &new.functions {
-        let before = old.functions.iter().find(|o| o.name == f.name)?;
+        // Added functions are new, not changed.
+        let Some(before) = old.functions.iter().find(|o| o.name == f.name) else {
+            continue;
+        };
         let keys = changed_keys(&json(before), &json(f), &IN_PLACE);
         if !keys.is_empty() {
             return Some(format!(
                 "function `{}`: {} changed: that needs a restart (a reload changes module, \
-                 sha256 and [function.config])",
+                 sha256 and [function.config], and adds or removes functions)",
                 f.name,
                 keys.join(", ")
             ));
@@ -136,30 +171,29 @@ pub(super) fn birth(
 }
 
 impl Reloader {
-    /// A reloader for the agent running `config` with `functions`.
-    pub fn new(
-        config: &Config,
-        functions: BTreeMap<String, Arc<LoadedFunction>>,
-        publisher: Arc<Publisher>,
-        birth: tokio::sync::watch::Sender<Vec<u8>>,
-    ) -> Self {
+    /// A reloader for the agent running `config`, with the modules its lanes run.
+    pub fn new(config: &Config, parts: Parts) -> Self {
+        let functions = config
+            .functions
+            .iter()
+            .filter_map(|f| Some((f.name.clone(), parts.runtime.function(&f.name)?)))
+            .collect();
         Self {
             path: std::path::absolute(&config.source).unwrap_or_else(|_| config.source.clone()),
             config: config.clone(),
             functions,
-            publisher,
+            parts,
             topic: format!("{}/{}/reload", config.agent.topic_prefix, config.agent.id),
-            birth,
         }
     }
 
-    /// Reads the config again and puts every changed function in force, or none. Returns
-    /// the functions that changed, with their new modules' hashes.
+    /// Reads the config again, and loads and checks every changed or added function
+    /// (blocking: compiling takes a while).
     ///
     /// # Errors
-    /// Why nothing was reloaded: the config is invalid, a change needs a restart, or a
-    /// changed module cannot be loaded.
-    pub fn reload(&mut self) -> Result<Vec<(String, Arc<str>)>, String> {
+    /// Why nothing will be reloaded: the config is invalid, a change needs a restart, or
+    /// a module cannot be loaded.
+    fn plan(&self) -> Result<Plan, String> {
         let new = Config::load(&self.path).map_err(|e| {
             e.each()
                 .iter()
@@ -170,28 +204,109 @@ impl Reloader {
         if let Some(why) = needs_restart(&self.config, &new) {
             return Err(why);
         }
-        let mut next = Vec::new();
-        for f in &new.functions {
-            let Some(loaded) = self.functions.get(&f.name) else {
-                continue;
+        let mut plan = Plan {
+            changed: Vec::new(),
+            added: Vec::new(),
+            removed: self
+                .config
+                .functions
+                .iter()
+                .filter(|f| !new.functions.iter().any(|n| n.name == f.name))
+                .map(|f| f.name.clone())
+                .collect(),
+            config: new,
+        };
+        let mut compiled = crate::runtime::function::Compiled::default();
+        let mut errors = Vec::new();
+        for f in &plan.config.functions {
+            let outcome = match self.functions.get(&f.name) {
+                Some(loaded) => loaded.prepare(f).map(|next| {
+                    if let Some(next) = next {
+                        plan.changed.push((loaded.clone(), next));
+                    }
+                }),
+                None => self
+                    .load(&plan.config, f, &mut compiled)
+                    .map(|(loaded, intake)| {
+                        plan.added.push((f.clone(), loaded, intake));
+                    }),
             };
-            if let Some(version) = loaded.prepare(f).map_err(|e| e.to_string())? {
-                next.push((loaded.clone(), version));
+            if let Err(e) = outcome {
+                errors.push(crate::failure::chain(&e));
             }
         }
-        let mut changed = Vec::new();
-        for (loaded, version) in next {
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Loads function `f`, which the running agent does not have, with its state
+    /// namespace and its intake connection's options.
+    fn load(
+        &self,
+        config: &Config,
+        f: &FunctionConfig,
+        compiled: &mut crate::runtime::function::Compiled,
+    ) -> Result<(Arc<LoadedFunction>, MqttOptions), crate::runtime::RuntimeError> {
+        let err = |message: String| crate::runtime::RuntimeError::Load {
+            function: f.name.clone(),
+            message,
+        };
+        let loaded = self.parts.runtime.load(config, f, compiled)?;
+        let ns = self
+            .parts
+            .state
+            .namespace(&f.name)
+            .map_err(|e| err(e.to_string()))?;
+        loaded.attach_state(ns);
+        let intake = crate::mqtt::options::intake(config, &self.parts.broker, &f.name)
+            .map_err(|e| err(crate::failure::chain(&e)))?;
+        Ok((loaded, intake))
+    }
+
+    /// Puts `plan` in force: changed functions first, then added ones (reported once they
+    /// are subscribed), then removed ones (reported once drained and disconnected).
+    async fn apply(&mut self, plan: Plan, stop: &CancellationToken) -> Done {
+        let mut done = Done::default();
+        for (loaded, version) in plan.changed {
             let sha: Arc<str> = version.sha256().into();
             loaded.commit(version);
-            changed.push((loaded.name().to_string(), sha));
+            done.changed.push((loaded.name().to_string(), sha));
         }
-        self.config = new;
-        if !changed.is_empty() {
-            let functions = &self.functions;
-            let body = birth(&self.config, |name| functions.get(name).cloned());
-            self.birth.send_replace(body);
+        for (f, loaded, intake) in plan.added {
+            self.parts
+                .lanes
+                .start(&plan.config, &f, loaded.clone(), intake);
+            done.added.push((f.name.clone(), loaded.sha256()));
+            self.functions.insert(f.name, loaded);
         }
-        Ok(changed)
+        for (name, _) in &done.added {
+            if !self.parts.lanes.subscribed(name, SUBSCRIBE_DEADLINE).await {
+                tracing::warn!(function = %name, "added function not subscribed yet; its events flow once it is");
+            }
+        }
+        for name in plan.removed {
+            self.functions.remove(&name);
+            if let Some(retirement) = self.parts.lanes.retire(&name) {
+                let drained = self.parts.tracker.spawn(retirement);
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = drained => {}
+                }
+            }
+            done.removed.push(name);
+        }
+        self.config = plan.config;
+        let functions = &self.functions;
+        let body = birth(&self.config, |name| functions.get(name).cloned());
+        self.parts.birth.send_if_modified(|b| {
+            let changed = *b != body;
+            *b = body;
+            changed
+        });
+        done
     }
 
     /// The files whose changes reload: the config and every module.
@@ -266,20 +381,33 @@ impl Reloader {
                 }
             }
             // Compiling can take a while: off the async workers' hands.
-            let outcome = tokio::task::block_in_place(|| self.reload());
+            let outcome = match tokio::task::block_in_place(|| self.plan()) {
+                Ok(plan) => Ok(self.apply(plan, &stop).await),
+                Err(why) => Err(why),
+            };
             let body = match &outcome {
-                Ok(changed) => {
-                    for (function, sha) in changed {
+                Ok(done) => {
+                    for (function, sha) in &done.changed {
                         tracing::info!(%function, sha256 = %sha, %trigger, "reloaded");
                     }
-                    if changed.is_empty() {
+                    for (function, sha) in &done.added {
+                        tracing::info!(%function, sha256 = %sha, %trigger, "function added");
+                    }
+                    if done.changed.is_empty() && done.added.is_empty() && done.removed.is_empty() {
                         tracing::info!(%trigger, "reload: nothing changed");
                     }
-                    let reloaded: Vec<_> = changed
-                        .iter()
-                        .map(|(f, s)| serde_json::json!({ "function": f, "sha256": &**s }))
-                        .collect();
-                    serde_json::json!({ "ok": true, "trigger": trigger, "reloaded": reloaded })
+                    let list = |l: &[(String, Arc<str>)]| -> Vec<serde_json::Value> {
+                        l.iter()
+                            .map(|(f, s)| serde_json::json!({ "function": f, "sha256": &**s }))
+                            .collect()
+                    };
+                    serde_json::json!({
+                        "ok": true,
+                        "trigger": trigger,
+                        "reloaded": list(&done.changed),
+                        "added": list(&done.added),
+                        "removed": done.removed,
+                    })
                 }
                 Err(why) => {
                     tracing::warn!(%trigger, "reload refused, the running version stays: {why}");
@@ -289,7 +417,7 @@ impl Reloader {
             let mut body = body;
             body["ts_ms"] = crate::clock::now_ms().into();
             let qos = rumqttc::QoS::AtLeastOnce;
-            let sent = self.publisher.publish(
+            let sent = self.parts.publisher.publish(
                 self.topic.clone(),
                 qos,
                 false,
@@ -317,7 +445,7 @@ mod tests {
     }
 
     #[test]
-    fn only_module_pin_and_function_config_reload_in_place() {
+    fn module_pin_config_and_the_set_of_functions_reload_the_rest_restarts() {
         let base = "[broker]\nurl = \"mqtt://127.0.0.1:1\"\n[[function]]\nname = \"f\"\n\
                     module = \"a.wasm\"\ntopics = [\"a/#\"]\n";
         let old = config(base);
@@ -336,7 +464,7 @@ mod tests {
         let added = config(&format!(
             "{base}[[function]]\nname = \"g\"\nmodule = \"a.wasm\"\ntopics = [\"g/#\"]\n"
         ));
-        let why = needs_restart(&old, &added).unwrap_or_default();
-        assert!(why.contains("functions added (g)"), "{why}");
+        assert_eq!(needs_restart(&old, &added), None, "adding reloads");
+        assert_eq!(needs_restart(&added, &old), None, "removing reloads");
     }
 }

@@ -1,5 +1,7 @@
 //! The ordered stop of a running agent, with its deadlines, in one place.
 //!
+//! 0. The reloader stops (a reload under way finishes first; a function it is removing
+//!    goes on draining, tracked like in-flight work).
 //! 1. Intake stops: the router is dropped, so later messages stay with the broker,
 //!    unacknowledged, and the inboxes close.
 //! 2. Drain: dispatchers and supervisors finish what is queued and in flight, and the
@@ -18,12 +20,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::AsyncClient;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use super::lanes::DISCONNECT_DEADLINE;
+use super::lanes::Lanes;
 use crate::metrics::report::StatsBook;
 use crate::mqtt::connection::Links;
 use crate::publisher::Publisher;
@@ -32,26 +35,17 @@ use crate::runtime::Runtime;
 /// Longest wait for the released acknowledgements to reach the connections (and for the
 /// broker to confirm the outputs they wait on).
 pub const ACK_DEADLINE: Duration = Duration::from_secs(1);
-/// Longest wait for the DISCONNECTs to go out before the connection tasks are stopped.
-pub const DISCONNECT_DEADLINE: Duration = Duration::from_secs(2);
-
-/// One function's intake connection, as the stop sequence sees it.
-pub struct Intake {
-    pub(super) client: AsyncClient,
-    /// Sends the acknowledgements; ends once every delivery is done or dropped.
-    pub(super) acker: JoinHandle<()>,
-    pub(super) connection: JoinHandle<()>,
-}
-
 /// Everything the stop sequence stops, in the order it stops them.
 pub struct Shutdown {
     pub(super) grace: Duration,
     /// Parent of every token below; cancelled last, so nothing outlives the stop.
     pub(super) root: CancellationToken,
+    pub(super) reloader: JoinHandle<()>,
+    pub(super) reloader_stop: CancellationToken,
     pub(super) stop_intake: CancellationToken,
-    pub(super) workers: Vec<JoinHandle<()>>,
+    /// The running functions: their workers and intake connections.
+    pub(super) lanes: Lanes,
     pub(super) tracker: TaskTracker,
-    pub(super) intakes: Vec<Intake>,
     pub(super) publisher: Arc<Publisher>,
     pub(super) status_topic: String,
     pub(super) output_connection: JoinHandle<()>,
@@ -62,20 +56,27 @@ pub struct Shutdown {
     pub(super) reporter: Option<JoinHandle<()>>,
     pub(super) presence: JoinHandle<()>,
     pub(super) stats: StatsBook,
-    /// The loaded functions, dropped last.
-    pub(super) runtime: Runtime,
+    /// The engine, dropped last.
+    pub(super) runtime: Arc<Runtime>,
 }
 
 impl Shutdown {
     /// Runs the stop sequence described in the module documentation.
-    pub async fn run(mut self) {
+    pub async fn run(self) {
+        self.reloader_stop.cancel();
+        let _ = self.reloader.await;
         tracing::info!(
             grace_ms = self.grace.as_millis() as u64,
             "shutting down: stopping intake"
         );
         self.stop_intake.cancel();
+        let (mut workers, mut intakes) = (Vec::new(), Vec::new());
+        for lane in self.lanes.take_all() {
+            workers.extend(lane.workers);
+            intakes.push(lane.intake);
+        }
         let drained = tokio::time::timeout(self.grace, async {
-            for w in self.workers {
+            for w in workers {
                 let _ = w.await;
             }
             self.tracker.close();
@@ -93,12 +94,12 @@ impl Shutdown {
         let mut connections = Vec::new();
         if connected {
             let _ = tokio::time::timeout(ACK_DEADLINE, async {
-                for i in &mut self.intakes {
+                for i in &mut intakes {
                     let _ = (&mut i.acker).await;
                 }
             })
             .await;
-            for i in &self.intakes {
+            for i in &intakes {
                 let _ = i.client.try_disconnect();
             }
             // A clean DISCONNECT discards the last will: say `offline` ourselves.
@@ -111,7 +112,7 @@ impl Shutdown {
             let _ = tokio::time::timeout(DISCONNECT_DEADLINE, self.publisher.disconnect()).await;
         }
         connections.push(self.output_connection);
-        connections.extend(self.intakes.into_iter().map(|i| i.connection));
+        connections.extend(intakes.into_iter().map(|i| i.connection));
         let all = async {
             for c in &mut connections {
                 let _ = c.await;
@@ -132,7 +133,7 @@ impl Shutdown {
             let _ = r.await;
         }
         let _ = self.presence.await;
-        self.stats.log_totals();
+        self.stats.log_totals(None);
         drop(self.runtime);
         tracing::info!("stopped");
     }

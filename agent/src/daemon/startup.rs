@@ -1,32 +1,28 @@
 //! Startup: from a [`Prepared`] agent to a [`Running`] one, in named steps: the state
-//! store, the embedded broker, the output connection and its publisher, the pipeline (one
-//! dispatcher or supervisor per function, each behind a router on an intake connection of
-//! its own), the stats reporter and the presence announcer, and last the intake
-//! connections, which start the flow of events.
+//! store, the embedded broker, the output connection and its publisher, the stats reporter
+//! and the state flusher, then the functions (one [`Lanes`] entry each: a dispatcher or
+//! supervisor behind a router on an intake connection of its own, which starts the flow of
+//! events), and last the presence announcer and the reloader.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use rumqttc::{AsyncClient, MqttOptions};
-use tokio::sync::{Semaphore, mpsc, watch};
+use rumqttc::AsyncClient;
+use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::shutdown::{Intake, Shutdown};
+use super::lanes::{Lanes, Parts};
+use super::shutdown::Shutdown;
 use super::{AgentError, Prepared};
-use crate::ack::AckQueue;
-use crate::config::{BrokerAddress, Config, FunctionConfig, Mode};
+use crate::config::{BrokerAddress, Config};
 use crate::metrics::report::StatsBook;
-use crate::mqtt::connection::{
-    Backoff, ConnectionStatus, IntakeTask, Link, Links, OutputTask, send_acks,
-};
+use crate::mqtt::connection::{Backoff, ConnectionStatus, Link, Links, OUTPUT, OutputTask};
 use crate::mqtt::options::{self, Connections};
+use crate::pipeline::Shared;
 use crate::pipeline::hops::HopLedger;
-use crate::pipeline::inbox::Inbox;
 use crate::pipeline::output::Output;
-use crate::pipeline::router::{Route, Router};
-use crate::pipeline::{Shared, dispatch, supervisor};
 use crate::publisher::Publisher;
 use crate::runtime::Runtime;
 use crate::state::StateStore;
@@ -86,12 +82,6 @@ impl Startup {
         let tracker = TaskTracker::new();
         let (board, links) =
             watch::channel(Links::new(config.functions.iter().map(|f| f.name.as_str())));
-        let backoff = || {
-            Backoff::new(
-                Duration::from_millis(config.broker.reconnect_min_ms),
-                Duration::from_millis(config.broker.reconnect_max_ms),
-            )
-        };
         // The output connection first: functions publish through it.
         let connection_done = root.child_token();
         let (client, mut eventloop) =
@@ -101,8 +91,11 @@ impl Startup {
         let output_task = OutputTask {
             eventloop,
             publisher: publisher.clone(),
-            backoff: backoff(),
-            link: Link::new(board.clone(), 0),
+            backoff: Backoff::new(
+                Duration::from_millis(config.broker.reconnect_min_ms),
+                Duration::from_millis(config.broker.reconnect_max_ms),
+            ),
+            link: Link::new(board.clone(), OUTPUT.into()),
             stale_filters: stale_filters(&config),
         };
         let output_connection = tokio::spawn(output_task.run(connection_done.clone()));
@@ -113,18 +106,13 @@ impl Startup {
             tracker.clone(),
             config.broker.max_packet_bytes,
             hops.clone(),
-            config
-                .functions
-                .iter()
-                .flat_map(|f| f.topics.clone())
-                .collect(),
         );
         let shared = Shared {
             output: output.clone(),
             instances: Arc::new(Semaphore::new(config.runtime.max_instances as usize)),
             tracker: tracker.clone(),
         };
-        let (routes, workers, stats) = spawn_functions(&config, &runtime, &shared);
+        let stats = StatsBook::default();
         let store = state.clone();
         stats.probe_state_disk(Box::new(move || store.disk_bytes()));
         let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
@@ -136,6 +124,26 @@ impl Startup {
                 }
             })?;
         }
+        let flusher_stop = root.child_token();
+        let flusher = tokio::spawn(state.clone().run_flusher(flusher_stop.clone()));
+        // The functions last: their intake connections start the flow of events.
+        let stop_intake = root.child_token();
+        let lanes = Lanes::new(Parts {
+            board,
+            output,
+            hops,
+            shared,
+            stats: stats.clone(),
+            stop_intake: stop_intake.clone(),
+            done: connection_done.clone(),
+        });
+        for (f, intake) in config.functions.iter().zip(connections.intake) {
+            // Runtime::new loaded every configured function or failed.
+            if let Some(loaded) = runtime.function(&f.name) {
+                lanes.start(&config, f, loaded, intake);
+            }
+        }
+        let runtime = Arc::new(runtime);
         let loaded = |name: &str| runtime.function(name);
         let (birth, births) = watch::channel(super::reload::birth(&config, loaded));
         let presence = tokio::spawn(announce_presence(
@@ -145,52 +153,28 @@ impl Startup {
             births,
             root.child_token(),
         ));
-        let functions = config
-            .functions
-            .iter()
-            .filter_map(|f| Some((f.name.clone(), runtime.function(&f.name)?)))
-            .collect();
-        let reloader = super::reload::Reloader::new(&config, functions, publisher.clone(), birth);
-        tokio::spawn(reloader.run(root.child_token()));
-        let flusher_stop = root.child_token();
-        let flusher = tokio::spawn(state.run_flusher(flusher_stop.clone()));
-        let stop_intake = root.child_token();
-        let intakes = config
-            .functions
-            .iter()
-            .zip(connections.intake)
-            .zip(routes)
-            .enumerate()
-            .map(|(i, ((f, opts), route))| {
-                let router = |acks| {
-                    Router::new(
-                        vec![route],
-                        acks,
-                        output.clone(),
-                        hops.clone(),
-                        config.agent.max_hops,
-                    )
-                };
-                let link = Link::new(board.clone(), i + 1);
-                spawn_intake(
-                    &config,
-                    f,
-                    opts,
-                    router,
-                    link,
-                    backoff(),
-                    &stop_intake,
-                    &connection_done,
-                )
-            })
-            .collect();
+        let reloader = super::reload::Reloader::new(
+            &config,
+            super::reload::Parts {
+                runtime: runtime.clone(),
+                lanes: lanes.clone(),
+                state,
+                broker: broker.clone(),
+                publisher: publisher.clone(),
+                birth,
+                tracker: tracker.clone(),
+            },
+        );
+        let reloader_stop = root.child_token();
+        let reloader = tokio::spawn(reloader.run(reloader_stop.clone()));
         let shutdown = Shutdown {
             grace: Duration::from_millis(config.agent.shutdown_grace_ms),
             root,
+            reloader,
+            reloader_stop,
             stop_intake,
-            workers,
+            lanes,
             tracker,
-            intakes,
             publisher,
             status_topic: config.status_topic(),
             output_connection,
@@ -278,69 +262,6 @@ fn start_broker(
     Ok((actual, connections))
 }
 
-type Functions = (Vec<Route>, Vec<JoinHandle<()>>, StatsBook);
-
-/// Spawns each function's dispatcher (on-demand) or supervisor (persistent) over a fresh
-/// inbox, and returns the router's view of them.
-fn spawn_functions(config: &Config, runtime: &Runtime, shared: &Shared) -> Functions {
-    let mut routes = Vec::new();
-    let mut workers = Vec::new();
-    let mut book = StatsBook::default();
-    for f in &config.functions {
-        let Some(loaded) = runtime.function(&f.name) else {
-            // Runtime::new loaded every configured function or failed.
-            continue;
-        };
-        let stats = book.add(&f.name, f.mode);
-        // One queue, or one per persistent instance sharing the function's capacity.
-        let queues = if f.mode == Mode::Persistent {
-            f.instances.max(1) as usize
-        } else {
-            1
-        };
-        let capacity = f.queue_capacity.div_ceil(queues);
-        let inboxes: Vec<_> = (0..queues)
-            .map(|_| Arc::new(Inbox::new(capacity, f.overflow)))
-            .collect();
-        let queues = inboxes.clone();
-        stats.probe_queue_depth(Box::new(move || {
-            queues.iter().map(|q| q.len() as u64).sum()
-        }));
-        let module = loaded.clone();
-        stats.probe_module(Box::new(move || module.sha256()));
-        if let Some(ns) = loaded.state().cloned() {
-            stats.probe_state_keys(Box::new(move || ns.keys()));
-        }
-        tracing::info!(function = %f.name, mode = f.mode.as_str(), topics = ?f.topics,
-            sha256 = %loaded.sha256(), "function ready");
-        workers.extend(match f.mode {
-            Mode::OnDemand => dispatch::run_on_demand(
-                loaded,
-                f.max_concurrency,
-                stats.clone(),
-                inboxes[0].clone(),
-                shared.clone(),
-            ),
-            Mode::Persistent => {
-                // Persistent instances hold their pool slots for the agent's lifetime.
-                match shared.instances.clone().try_acquire_many_owned(f.instances) {
-                    Ok(permits) => permits.forget(),
-                    Err(_) => tracing::warn!(function = %f.name, "instance pool exhausted by persistent functions"),
-                }
-                supervisor::run_persistent(loaded, f, stats.clone(), inboxes.clone(), shared)
-            }
-        });
-        routes.push(Route {
-            name: f.name.as_str().into(),
-            filters: f.topics.clone(),
-            inboxes,
-            max_payload_bytes: f.max_payload_bytes,
-            stats,
-        });
-    }
-    (routes, workers, book)
-}
-
 fn spawn_reporter(
     config: &Config,
     publisher: &Arc<Publisher>,
@@ -404,56 +325,5 @@ async fn announce_presence(
                 changed = birth.changed() => if changed.is_err() { return },
             }
         }
-    }
-}
-
-/// Starts `function`'s intake connection: its client, its acknowledgement order (and the
-/// task that sends what it releases), and the task that polls it into `router`.
-#[allow(clippy::too_many_arguments)]
-fn spawn_intake(
-    config: &Config,
-    function: &FunctionConfig,
-    options: MqttOptions,
-    router: impl FnOnce(Arc<AckQueue>) -> Router,
-    link: Link,
-    backoff: Backoff,
-    stop_intake: &CancellationToken,
-    done: &CancellationToken,
-) -> Intake {
-    // QoS 2 is subscribed as QoS 1. rumqttc 0.25 forgets the ids of incoming QoS 2
-    // messages at every reconnection, then takes the broker's resent PUBREL for a
-    // protocol error and drops the connection, again at every reconnection: a loop with
-    // no end. The agent acknowledges only after handling, so it handles a message at
-    // least once either way; QoS 2 would only have saved a duplicate on redelivery.
-    if function.qos > 1 {
-        tracing::warn!(function = %function.name, "qos = 2 is subscribed as QoS 1 (at-least-once)");
-    }
-    let subscriptions = crate::topic::subscriptions(
-        function
-            .topics
-            .iter()
-            .map(|t| (t.as_str(), function.qos.min(1))),
-    );
-    let (client, mut eventloop) = AsyncClient::new(options, options::REQUEST_CHANNEL_CAPACITY);
-    options::low_latency(&mut eventloop);
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let acker = tokio::spawn(send_acks(client.clone(), ack_rx));
-    let task = IntakeTask {
-        eventloop,
-        client: client.clone(),
-        subscriptions,
-        backoff,
-        link,
-        max_pause: Duration::from_secs(config.broker.keep_alive_secs) / 2,
-    };
-    let connection = tokio::spawn(task.run(
-        router(AckQueue::new(ack_tx)),
-        stop_intake.clone(),
-        done.clone(),
-    ));
-    Intake {
-        client,
-        acker,
-        connection,
     }
 }

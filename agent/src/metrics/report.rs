@@ -3,7 +3,7 @@
 //! figures since start-up and rates over the last interval), and one log line per function
 //! at shutdown. The comparison report and the metrics endpoint read the same [`Snapshot`]s.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
@@ -17,10 +17,15 @@ use crate::config::Mode;
 /// [`Report`] object. Readers should check it.
 pub const STATS_SCHEMA_VERSION: u32 = 2;
 
-/// The stats of every function, with their names and execution models.
+/// One function in the book: its name, model and stats.
+pub type Entry = (Arc<str>, Mode, Arc<FunctionStats>);
+
+/// The stats of every running function, with their names and execution models. Clones
+/// share one book: a function that a reload adds or removes comes or goes for every
+/// reader (the reporter, the metrics endpoint).
 #[derive(Clone, Default)]
 pub struct StatsBook {
-    entries: Vec<(Arc<str>, Mode, Arc<FunctionStats>)>,
+    entries: Arc<RwLock<Vec<Entry>>>,
     state_disk: Arc<OnceLock<Probe>>,
 }
 
@@ -120,16 +125,25 @@ impl Reporter {
         let functions = now
             .functions
             .iter()
-            .zip(&self.last.functions)
-            .map(|((s, h), (was, h0))| {
+            .map(|(s, h)| {
+                // By name: functions come and go with reloads. One that is new since the
+                // last report counts from zero.
+                let was = self
+                    .last
+                    .functions
+                    .iter()
+                    .find(|(w, _)| w.function == s.function);
                 let mut interval = h.clone();
-                let _ = interval.subtract(h0);
+                if let Some((_, h0)) = was {
+                    let _ = interval.subtract(h0);
+                }
+                let since = |f: fn(&Snapshot) -> u64| per_sec(f(s), was.map_or(0, |(w, _)| f(w)));
                 FunctionReport {
                     rates: Rates {
-                        events_per_sec: per_sec(s.received, was.received),
-                        errors_per_sec: per_sec(failed_total(s), failed_total(was)),
-                        cold_starts_per_sec: per_sec(cold_starts(s), cold_starts(was)),
-                        cpu_percent: per_sec(s.cpu_total_us, was.cpu_total_us) / 1e4,
+                        events_per_sec: since(|s| s.received),
+                        errors_per_sec: since(failed_total),
+                        cold_starts_per_sec: since(cold_starts),
+                        cpu_percent: since(|s| s.cpu_total_us) / 1e4,
                         end_to_end_us: Percentiles::of(&interval),
                     },
                     totals: s.clone(),
@@ -156,11 +170,22 @@ impl Reporter {
 }
 
 impl StatsBook {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Vec<Entry>> {
+        self.entries.read().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Adds `function`'s stats; returns them for the parts of the pipeline that record.
-    pub fn add(&mut self, function: &str, mode: Mode) -> Arc<FunctionStats> {
+    pub fn add(&self, function: &str, mode: Mode) -> Arc<FunctionStats> {
         let stats = Arc::new(FunctionStats::default());
-        self.entries.push((function.into(), mode, stats.clone()));
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.push((function.into(), mode, stats.clone()));
         stats
+    }
+
+    /// Takes `function` out of the book (a reload removed it).
+    pub fn remove(&self, function: &str) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.retain(|(name, _, _)| &**name != function);
     }
 
     /// Reads the state store's size on disk with `probe`.
@@ -178,32 +203,32 @@ impl StatsBook {
             at: Instant::now(),
             process_cpu: crate::clock::process_cpu_seconds(std::process::id()).unwrap_or(0.0),
             functions: self
-                .entries
+                .read()
                 .iter()
                 .map(|(name, mode, s)| (s.snapshot(name, mode.as_str()), s.end_to_end()))
                 .collect(),
         }
     }
 
-    /// A snapshot of every function, in configuration order.
+    /// A snapshot of every function, in configuration order (those a reload added last).
     pub fn snapshots(&self) -> Vec<Snapshot> {
-        self.entries
+        self.read()
             .iter()
             .map(|(name, mode, s)| s.snapshot(name, mode.as_str()))
             .collect()
     }
 
     /// Every function: its name, model and stats.
-    pub fn entries(&self) -> impl Iterator<Item = (&str, Mode, &Arc<FunctionStats>)> {
-        self.entries.iter().map(|(n, m, s)| (&**n, *m, s))
+    pub fn entries(&self) -> Vec<Entry> {
+        self.read().clone()
     }
 
     /// The stats of `function`, if it is in the book.
-    pub fn get(&self, function: &str) -> Option<&Arc<FunctionStats>> {
-        self.entries
+    pub fn get(&self, function: &str) -> Option<Arc<FunctionStats>> {
+        self.read()
             .iter()
             .find(|(name, _, _)| &**name == function)
-            .map(|(_, _, s)| s)
+            .map(|(_, _, s)| s.clone())
     }
 
     /// Publishes a retained [`Report`] every `every`, until
@@ -233,9 +258,13 @@ impl StatsBook {
         }
     }
 
-    /// Logs one line of totals per function.
-    pub fn log_totals(&self) {
-        for s in self.snapshots() {
+    /// Logs one line of totals per function (or only `function`'s).
+    pub fn log_totals(&self, function: Option<&str>) {
+        let all = self.snapshots();
+        for s in all
+            .into_iter()
+            .filter(|s| function.is_none_or(|f| f == s.function))
+        {
             tracing::info!(
                 function = %s.function,
                 mode = %s.mode,
@@ -263,7 +292,7 @@ mod tests {
 
     #[test]
     fn rates_cover_only_the_last_interval() {
-        let mut book = StatsBook::default();
+        let book = StatsBook::default();
         let f = book.add("f", Mode::OnDemand);
         let event = |f: &FunctionStats, ms: u64| {
             f.received();

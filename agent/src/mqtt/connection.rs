@@ -28,6 +28,18 @@ use crate::topic::Subscription;
 /// How long a connection must hold before a failure starts the back-off from its minimum.
 const HEALTHY: Duration = Duration::from_secs(10);
 
+/// After a removed function's unsubscriptions are confirmed, how long its intake goes on
+/// reading with nothing arriving before it takes the broker to have sent all it had.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Completes at `at`, or never.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// One connection as last seen by its task.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ConnectionStatus {
@@ -42,7 +54,8 @@ pub struct ConnectionStatus {
     pub last_error: Option<String>,
 }
 
-/// Every connection's status: the output connection's first, then each intake's.
+/// Every connection's status: the output connection's first, then each intake's (a
+/// function that a reload adds gets its place at the end, one it removes loses its place).
 #[derive(Debug, Clone, Default)]
 pub struct Links {
     /// (connection name, status).
@@ -52,11 +65,15 @@ pub struct Links {
 impl Links {
     /// A board for the output connection and one intake per name in `functions`.
     pub fn new<'a>(functions: impl Iterator<Item = &'a str>) -> Self {
-        let names =
-            std::iter::once("output".to_string()).chain(functions.map(|f| format!("intake {f}")));
+        let names = std::iter::once(OUTPUT.to_string()).chain(functions.map(intake_name));
         Self {
             links: names.map(|n| (n, ConnectionStatus::default())).collect(),
         }
+    }
+
+    /// The status of the connection called `name`.
+    pub fn get(&self, name: &str) -> Option<&ConnectionStatus> {
+        self.links.iter().find(|(n, _)| n == name).map(|(_, s)| s)
     }
 
     /// The agent's connection as a whole: connected and subscribed when every connection
@@ -75,33 +92,53 @@ impl Links {
     }
 }
 
+/// The output connection's name on the board.
+pub const OUTPUT: &str = "output";
+
+/// Function `f`'s intake connection's name on the board.
+pub fn intake_name(f: &str) -> String {
+    format!("intake {f}")
+}
+
 /// A connection's place on the [`Links`] board.
+#[derive(Clone)]
 pub struct Link {
     board: watch::Sender<Links>,
-    index: usize,
+    name: String,
 }
 
 impl Link {
-    /// Entry `index` of `board`.
-    pub fn new(board: watch::Sender<Links>, index: usize) -> Self {
-        Self { board, index }
+    /// The place called `name` on `board`, added at the end if it is not there yet.
+    pub fn new(board: watch::Sender<Links>, name: String) -> Self {
+        board.send_if_modified(|l| {
+            let missing = l.get(&name).is_none();
+            if missing {
+                l.links.push((name.clone(), ConnectionStatus::default()));
+            }
+            missing
+        });
+        Self { board, name }
     }
 
     fn update(&self, f: impl FnOnce(&mut ConnectionStatus)) {
         self.board.send_modify(|l| {
-            if let Some((_, s)) = l.links.get_mut(self.index) {
+            if let Some((_, s)) = l.links.iter_mut().find(|(n, _)| *n == self.name) {
                 f(s);
             }
         });
     }
 
-    fn name(&self) -> String {
-        self.board
-            .borrow()
-            .links
-            .get(self.index)
-            .map(|(n, _)| n.clone())
-            .unwrap_or_default()
+    /// Takes the place off the board (its function was removed); later updates do nothing.
+    pub fn remove(&self) {
+        self.board.send_if_modified(|l| {
+            let before = l.links.len();
+            l.links.retain(|(n, _)| *n != self.name);
+            l.links.len() != before
+        });
+    }
+
+    fn name(&self) -> &str {
+        &self.name
     }
 }
 
@@ -263,6 +300,9 @@ pub struct IntakeTask {
     /// Longest stop in reading while the queue is full: half the keep-alive, so that the
     /// keep-alive pings still go out in time.
     pub max_pause: Duration,
+    /// Cancelled when a reload removes the function: the task unsubscribes, routes what
+    /// arrives until the broker confirms, then drops the router (the queue drains).
+    pub retire: CancellationToken,
 }
 
 impl IntakeTask {
@@ -276,6 +316,11 @@ impl IntakeTask {
         done: CancellationToken,
     ) {
         let mut router = Some(router);
+        let (mut connected, mut retiring) = (false, false);
+        // UNSUBACKs still awaited while retiring, then when the broker is taken to have
+        // sent all it had for us (nothing for QUIET while there was room to read).
+        let mut unsubscribing = 0;
+        let mut quiet_at: Option<tokio::time::Instant> = None;
         loop {
             if let Some(r) = router.as_ref().filter(|r| !r.has_room()) {
                 // Backpressure: read nothing until the queue has room; the broker holds
@@ -284,6 +329,7 @@ impl IntakeTask {
                     biased;
                     () = done.cancelled() => break,
                     () = stop_intake.cancelled() => {}
+                    () = self.retire.cancelled(), if !retiring => {}
                     _ = tokio::time::timeout(self.max_pause, r.room()) => {}
                 }
             }
@@ -295,24 +341,61 @@ impl IntakeTask {
                     tracing::info!(connection = %self.link.name(), "intake stopped; new messages are left with the broker");
                     continue;
                 }
+                () = self.retire.cancelled(), if router.is_some() && !retiring => {
+                    retiring = true;
+                    if connected && !self.subscriptions.is_empty() {
+                        unsubscribing = self.subscriptions.len();
+                        self.unsubscribe();
+                    } else {
+                        router = None;
+                    }
+                    continue;
+                }
+                () = sleep_until(quiet_at), if router.is_some() => {
+                    if router.as_ref().is_some_and(Router::has_room) {
+                        tracing::info!(connection = %self.link.name(), "unsubscribed and nothing more came: the removed function's queue drains");
+                        router = None;
+                    } else {
+                        quiet_at = Some(tokio::time::Instant::now() + QUIET);
+                    }
+                    continue;
+                }
                 polled = self.eventloop.poll() => polled,
             };
             match polled {
                 Ok(Event::Incoming(Packet::Publish(p))) => match &router {
-                    Some(r) => r.route(p),
+                    Some(r) => {
+                        if quiet_at.is_some() {
+                            quiet_at = Some(tokio::time::Instant::now() + QUIET);
+                        }
+                        r.route(p);
+                    }
                     None => {
                         tracing::debug!(topic = %p.topic, "message after intake stopped; not acknowledged")
                     }
                 },
+                Ok(Event::Incoming(Packet::UnsubAck(_))) if retiring => {
+                    unsubscribing = unsubscribing.saturating_sub(1);
+                    if unsubscribing == 0 {
+                        // What the broker had queued or in flight for this client may
+                        // still come: it is the function's, and handled.
+                        quiet_at = Some(tokio::time::Instant::now() + QUIET);
+                    }
+                }
                 Ok(Event::Incoming(Packet::ConnAck(ack)))
                     if ack.code == ConnectReturnCode::Success =>
                 {
+                    connected = true;
                     tracing::debug!(connection = %self.link.name(), session_present = ack.session_present, "connected to broker");
                     self.backoff.connected();
                     self.link.update(|s| {
                         s.connected = true;
                         s.subscribed = false;
                     });
+                    if retiring {
+                        // Removed while the connection was down: subscribe no more.
+                        router = None;
+                    }
                     if let Some(r) = &router {
                         r.connected();
                         self.subscribe();
@@ -332,6 +415,10 @@ impl IntakeTask {
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
                 Ok(_) => {}
                 Err(e) => {
+                    connected = false;
+                    if retiring && router.take().is_some() {
+                        tracing::info!(connection = %self.link.name(), "connection lost while the function is removed: its queue drains");
+                    }
                     if !self.backoff.failed(&self.link, &e, &done).await {
                         break;
                     }
@@ -354,6 +441,25 @@ impl IntakeTask {
         tokio::spawn(async move {
             if let Err(e) = client.subscribe_many(filters).await {
                 tracing::error!(error = %e, "could not subscribe");
+            }
+        });
+    }
+
+    fn unsubscribe(&self) {
+        let filters: Vec<String> = self
+            .subscriptions
+            .iter()
+            .map(|s| s.filter.clone())
+            .collect();
+        tracing::info!(connection = %self.link.name(), ?filters, "function removed: unsubscribing");
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            // One request per filter (rumqttc 0.25 has no unsubscribe_many); the task
+            // drops the router once the broker has confirmed them all.
+            for f in filters {
+                if let Err(e) = client.unsubscribe(f).await {
+                    tracing::error!(error = %e, "could not unsubscribe");
+                }
             }
         });
     }

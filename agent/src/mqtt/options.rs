@@ -52,14 +52,24 @@ pub fn connections(cfg: &Config, addr: &BrokerAddress) -> Result<Connections, Mq
     let intake = cfg
         .functions
         .iter()
-        .map(|f| {
-            let mut opts = common(cfg, addr, &format!("{}.{}", cfg.client_id(), f.name))?;
-            opts.set_clean_session(cfg.broker.clean_session)
-                .set_manual_acks(true);
-            Ok(opts)
-        })
+        .map(|f| intake(cfg, addr, &f.name))
         .collect::<Result<_, MqttError>>()?;
     Ok(Connections { output, intake })
+}
+
+/// The options of `function`'s intake connection (see [`Connections::intake`]).
+///
+/// # Errors
+/// [`MqttError::Tls`] if a certificate or key file cannot be used.
+pub fn intake(
+    cfg: &Config,
+    addr: &BrokerAddress,
+    function: &str,
+) -> Result<MqttOptions, MqttError> {
+    let mut opts = common(cfg, addr, &format!("{}.{function}", cfg.client_id()))?;
+    opts.set_clean_session(cfg.broker.clean_session)
+        .set_manual_acks(true);
+    Ok(opts)
 }
 
 fn common(cfg: &Config, addr: &BrokerAddress, client_id: &str) -> Result<MqttOptions, MqttError> {

@@ -102,23 +102,23 @@ pub struct Output {
     tracker: TaskTracker,
     max_packet_bytes: usize,
     hops: Arc<HopLedger>,
-    /// Every function's topic filters: outputs that match one may come back in.
-    filters: Arc<[String]>,
+    /// Every running function's topic filters: outputs that match one may come back in.
+    /// Shared by the clones; a reload that adds or removes a function replaces it.
+    filters: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 impl Output {
     /// An output through `publisher` that sends dead letters to `dead_letter_topic`. Work that
     /// outlives a call (waiting for a flush, a dead letter waiting for room) runs on
     /// `tracker`, so that shutdown can wait for it.
-    /// Nothing it sends is larger than `max_packet_bytes`. Outputs that match one of
-    /// `filters` (the agent's own subscriptions) are recorded in `hops`.
+    /// Nothing it sends is larger than `max_packet_bytes`. Outputs that match one of the
+    /// agent's own subscriptions ([`Output::set_filters`]) are recorded in `hops`.
     pub fn new(
         publisher: Arc<Publisher>,
         dead_letter_topic: String,
         tracker: TaskTracker,
         max_packet_bytes: usize,
         hops: Arc<HopLedger>,
-        filters: Vec<String>,
     ) -> Self {
         Self {
             publisher,
@@ -126,8 +126,18 @@ impl Output {
             tracker,
             max_packet_bytes,
             hops,
-            filters: filters.into(),
+            filters: Arc::default(),
         }
+    }
+
+    /// The agent's subscriptions now: every running function's topic filters.
+    pub fn set_filters(&self, filters: Vec<String>) {
+        *self.filters.write().unwrap_or_else(|p| p.into_inner()) = filters;
+    }
+
+    fn comes_back(&self, topic: &str) -> bool {
+        let filters = self.filters.read().unwrap_or_else(|p| p.into_inner());
+        filters.iter().any(|f| crate::topic::matches(f, topic))
     }
 
     /// Publishes a call's outputs (or its dead letter), then completes the delivery so the
@@ -177,11 +187,7 @@ impl Output {
             event.delivery.expect(outcome.outbox.len());
         }
         for msg in outcome.outbox {
-            if self
-                .filters
-                .iter()
-                .any(|f| crate::topic::matches(f, &msg.topic))
-            {
+            if self.comes_back(&msg.topic) {
                 self.hops
                     .published(&msg.topic, &msg.payload, event.hop.saturating_add(1));
             }

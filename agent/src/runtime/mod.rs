@@ -26,7 +26,7 @@ pub use bindings::edge::agent::types::Event as GuestEvent;
 pub use engine::Allocator;
 pub use function::{CallError, CallOutcome, Instance, LoadedFunction};
 
-use crate::config::Config;
+use crate::config::{Config, FunctionConfig};
 use crate::failure::FailureKind;
 use host::StoreData;
 
@@ -82,7 +82,11 @@ impl RuntimeError {
 /// The engine, the linker and every configured function, ready to run events.
 pub struct Runtime {
     engine: Engine,
+    linker: Linker<StoreData>,
     allocator: Allocator,
+    tick: Duration,
+    /// Whether the engine counts fuel (fixed when it is built).
+    fuel: bool,
     functions: HashMap<String, Arc<LoadedFunction>>,
 }
 
@@ -117,36 +121,24 @@ impl Runtime {
         let fuel = engine::fuel_enabled(cfg);
         // Before the probes below: a start function that loops must meet its deadline.
         engine::start_epoch_ticker(&engine, tick)?;
-        let mut functions = HashMap::new();
+        let mut runtime = Self {
+            engine,
+            linker,
+            allocator,
+            tick,
+            fuel,
+            functions: HashMap::new(),
+        };
         // Every function is tried, so that `check` reports every module that is wrong.
         let mut errors = Vec::new();
         let mut compiled = function::Compiled::default();
         for f in &cfg.functions {
-            let loaded =
-                match LoadedFunction::load(&engine, &linker, cfg, f, tick, fuel, &mut compiled) {
-                    Ok(loaded) => loaded,
-                    Err(e) => {
-                        errors.push(e);
-                        continue;
-                    }
-                };
-            // One instance now, so that a module that cannot start within its limits
-            // (a 40 MB memory under a 32 MiB limit) fails `check`, not its first event.
-            if let Err(e) = loaded.instantiate() {
-                let why = match e.kind {
-                    FailureKind::MemoryLimit => format!(
-                        "needs more memory than memory_limit_mb ({} MiB) to start",
-                        f.memory_limit_mb
-                    ),
-                    _ => format!("does not start: {e}"),
-                };
-                errors.push(RuntimeError::Load {
-                    function: f.name.clone(),
-                    message: format!("{} {why}", f.module.display()),
-                });
-                continue;
+            match runtime.load(cfg, f, &mut compiled) {
+                Ok(loaded) => {
+                    runtime.functions.insert(f.name.clone(), loaded);
+                }
+                Err(e) => errors.push(e),
             }
-            functions.insert(f.name.clone(), Arc::new(loaded));
         }
         match errors.len() {
             0 => {}
@@ -154,11 +146,54 @@ impl Runtime {
             _ => return Err(RuntimeError::Several(errors)),
         }
         release_freed_memory();
-        Ok(Self {
-            engine,
-            allocator,
-            functions,
-        })
+        Ok(runtime)
+    }
+
+    /// Loads function `f` of `cfg` (compile, link, check the export) and starts one
+    /// instance of it, so that a module that cannot start within its limits (a 40 MB
+    /// memory under a 32 MiB limit) fails here, not at its first event. `compiled` saves
+    /// compiling a module that several functions use more than once. Start-up loads every
+    /// function with it, and a reload the ones it adds.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Load`] naming the function.
+    pub fn load(
+        &self,
+        cfg: &Config,
+        f: &FunctionConfig,
+        compiled: &mut function::Compiled,
+    ) -> Result<Arc<LoadedFunction>, RuntimeError> {
+        if f.fuel.is_some() && !self.fuel {
+            return Err(RuntimeError::Load {
+                function: f.name.clone(),
+                message: "`fuel` needs a restart: the engine was started without fuel \
+                          counting (no function had a budget)"
+                    .into(),
+            });
+        }
+        let loaded = LoadedFunction::load(
+            &self.engine,
+            &self.linker,
+            cfg,
+            f,
+            self.tick,
+            self.fuel,
+            compiled,
+        )?;
+        if let Err(e) = loaded.instantiate() {
+            let why = match e.kind {
+                FailureKind::MemoryLimit => format!(
+                    "needs more memory than memory_limit_mb ({} MiB) to start",
+                    f.memory_limit_mb
+                ),
+                _ => format!("does not start: {e}"),
+            };
+            return Err(RuntimeError::Load {
+                function: f.name.clone(),
+                message: format!("{} {why}", f.module.display()),
+            });
+        }
+        Ok(Arc::new(loaded))
     }
 
     /// The function called `name`.
