@@ -44,14 +44,7 @@ pub struct Lanes {
 }
 
 struct Inner {
-    board: watch::Sender<Links>,
-    output: Output,
-    hops: Arc<HopLedger>,
-    shared: Shared,
-    stats: StatsBook,
-    /// Parents of every lane's tokens: shutdown cancels them for all at once.
-    stop_intake: CancellationToken,
-    done: CancellationToken,
+    parts: Parts,
     running: Mutex<Vec<Lane>>,
 }
 
@@ -82,33 +75,19 @@ pub struct Parts {
     pub shared: Shared,
     /// The stats of every function.
     pub stats: StatsBook,
-    /// Cancelled first by shutdown: every intake stops.
+    /// Cancelled first by shutdown: every intake stops (the parent of each lane's token).
     pub stop_intake: CancellationToken,
-    /// Cancelled by shutdown when the connections did not end by themselves.
+    /// Cancelled by shutdown when the connections did not end by themselves (the parent
+    /// of each lane's token).
     pub done: CancellationToken,
 }
 
 impl Lanes {
     /// No function running yet.
     pub fn new(parts: Parts) -> Self {
-        let Parts {
-            board,
-            output,
-            hops,
-            shared,
-            stats,
-            stop_intake,
-            done,
-        } = parts;
         Self {
             inner: Arc::new(Inner {
-                board,
-                output,
-                hops,
-                shared,
-                stats,
-                stop_intake,
-                done,
+                parts,
                 running: Mutex::new(Vec::new()),
             }),
         }
@@ -128,7 +107,7 @@ impl Lanes {
         loaded: Arc<LoadedFunction>,
         intake: MqttOptions,
     ) {
-        let inner = &self.inner;
+        let inner = &self.inner.parts;
         let stats = inner.stats.add(&f.name, f.mode);
         // One queue, or one per persistent instance sharing the function's capacity.
         let queues = if f.mode == Mode::Persistent {
@@ -237,7 +216,7 @@ impl Lanes {
     /// is.
     pub async fn subscribed(&self, name: &str, deadline: Duration) -> bool {
         let link = intake_name(name);
-        let mut board = self.inner.board.subscribe();
+        let mut board = self.inner.parts.board.subscribe();
         let subscribed = board.wait_for(|l| l.get(&link).is_some_and(|s| s.subscribed));
         matches!(tokio::time::timeout(deadline, subscribed).await, Ok(Ok(_)))
     }
@@ -255,7 +234,7 @@ impl Lanes {
             self.update_filters(&running);
             lane
         };
-        let stats = self.inner.stats.clone();
+        let stats = self.inner.parts.stats.clone();
         Some(lane.retire(stats))
     }
 
@@ -267,7 +246,7 @@ impl Lanes {
     /// Outputs that match a running function's filters may come back in (hop counting).
     fn update_filters(&self, running: &[Lane]) {
         let filters = running.iter().flat_map(|l| l.topics.clone()).collect();
-        self.inner.output.set_filters(filters);
+        self.inner.parts.output.set_filters(filters);
     }
 }
 

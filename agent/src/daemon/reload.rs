@@ -171,13 +171,12 @@ pub(super) fn birth(
 }
 
 impl Reloader {
-    /// A reloader for the agent running `config`, with the modules its lanes run.
-    pub fn new(config: &Config, parts: Parts) -> Self {
-        let functions = config
-            .functions
-            .iter()
-            .filter_map(|f| Some((f.name.clone(), parts.runtime.function(&f.name)?)))
-            .collect();
+    /// A reloader for the agent running `config`, whose lanes run `functions`.
+    pub fn new(
+        config: &Config,
+        functions: BTreeMap<String, Arc<LoadedFunction>>,
+        parts: Parts,
+    ) -> Self {
         Self {
             path: std::path::absolute(&config.source).unwrap_or_else(|_| config.source.clone()),
             config: config.clone(),

@@ -4,6 +4,7 @@
 //! supervisor behind a router on an intake connection of its own, which starts the flow of
 //! events), and last the presence announcer and the reloader.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -137,14 +138,16 @@ impl Startup {
             stop_intake: stop_intake.clone(),
             done: connection_done.clone(),
         });
+        let mut runtime = runtime;
+        let functions: BTreeMap<_, _> = runtime.take_functions().into_iter().collect();
         for (f, intake) in config.functions.iter().zip(connections.intake) {
             // Runtime::new loaded every configured function or failed.
-            if let Some(loaded) = runtime.function(&f.name) {
-                lanes.start(&config, f, loaded, intake);
+            if let Some(loaded) = functions.get(&f.name) {
+                lanes.start(&config, f, loaded.clone(), intake);
             }
         }
         let runtime = Arc::new(runtime);
-        let loaded = |name: &str| runtime.function(name);
+        let loaded = |name: &str| functions.get(name).cloned();
         let (birth, births) = watch::channel(super::reload::birth(&config, loaded));
         let presence = tokio::spawn(announce_presence(
             links.clone(),
@@ -155,6 +158,7 @@ impl Startup {
         ));
         let reloader = super::reload::Reloader::new(
             &config,
+            functions,
             super::reload::Parts {
                 runtime: runtime.clone(),
                 lanes: lanes.clone(),

@@ -333,4 +333,27 @@ mod tests {
         assert_eq!(json["functions"][0]["received"], 15, "{json}");
         assert!(json["functions"][0]["rates"]["events_per_sec"].is_number());
     }
+
+    #[test]
+    fn functions_added_and_removed_between_reports_are_matched_by_name() {
+        let book = StatsBook::default();
+        let a = book.add("a", Mode::OnDemand);
+        let mut reporter = Reporter::new(book.clone(), "agent");
+        a.received();
+        let _ = reporter.report();
+        // A reload removes `a` and adds `b`, which has had 3 events since.
+        book.remove("a");
+        let b = book.add("b", Mode::Persistent);
+        for _ in 0..3 {
+            b.received();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        let report = reporter.report();
+        assert_eq!(report.functions.len(), 1);
+        let f = &report.functions[0];
+        assert_eq!(f.totals.function, "b");
+        let counted = f.rates.events_per_sec * report.interval_secs;
+        assert!((counted - 3.0).abs() < 1e-6, "{f:?}");
+        assert!(book.get("a").is_none() && book.get("b").is_some());
+    }
 }

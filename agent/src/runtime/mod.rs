@@ -201,6 +201,12 @@ impl Runtime {
         self.functions.get(name).cloned()
     }
 
+    /// Hands over every function loaded by [`Runtime::new`] (to the agent's lanes, which
+    /// own them from then on, so that a function a reload removes is freed).
+    pub fn take_functions(&mut self) -> HashMap<String, Arc<LoadedFunction>> {
+        std::mem::take(&mut self.functions)
+    }
+
     /// Which instance allocator is in use.
     pub fn allocator(&self) -> Allocator {
         self.allocator
