@@ -2,10 +2,11 @@
 # Builds the agent for a target and prints the binary's stripped size.
 #
 # Usage: cross/build.sh TARGET [device|full] [--profile PROFILE]
-#   TARGET   aarch64 | armv7 | aarch64-musl | host, or a Rust target triple
+#   TARGET   aarch64 | armv7 | aarch64-musl | armv7-musl | host, or a Rust target triple
 #            (aarch64-unknown-linux-gnu, armv7-unknown-linux-gnueabihf, x86_64-unknown-linux-gnu,
-#            aarch64-unknown-linux-musl: a static binary, no glibc needed on the device,
-#            built with cargo-zigbuild; cross/setup.sh aarch64-musl installs it)
+#            aarch64-unknown-linux-musl, armv7-unknown-linux-musleabihf: static binaries, no
+#            glibc needed on the device, built with cargo-zigbuild; cross/setup.sh
+#            aarch64-musl armv7-musl installs it)
 #   device   (default) no compiler: runs only `.cwasm` made by `edge-agent precompile`
 #            (with `edge-agent top`);
 #            armv7 gets the `pulley` feature (wasmtime's interpreter: Cranelift has no
@@ -26,7 +27,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 
-usage() { sed -n '2,23s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
+usage() { sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
 
 target="" kind=device profile="" tarball=""
 while (($#)); do
@@ -52,6 +53,7 @@ case $target in
     aarch64 | arm64) triple=aarch64-unknown-linux-gnu ;;
     armv7 | armhf) triple=armv7-unknown-linux-gnueabihf ;;
     aarch64-musl) triple=aarch64-unknown-linux-musl ;;
+    armv7-musl) triple=armv7-unknown-linux-musleabihf ;;
     host | x86_64) triple=$host ;;
     *) triple=$target ;;
 esac
@@ -73,6 +75,22 @@ if [[ $triple == *-musl* ]]; then
     fi
     export CARGO_ZIGBUILD_ZIG_PATH=$zig
     build=(cargo zigbuild)
+    if ! rustup target list --installed | grep -qx "$triple"; then
+        if ! rustup component list --installed | grep -q '^rust-src'; then
+            echo "cross/build.sh: Rust target $triple not installed: run cross/setup.sh ${target}" >&2
+            exit 69
+        fi
+        # No prebuilt standard library from rustup (cross/setup.sh said why): build it from
+        # rust-src with the pinned compiler. RUSTC_BOOTSTRAP lets the stable toolchain take
+        # -Zbuild-std; nothing else here uses unstable features. Without rust-std, the
+        # start files (crt1.o...) rustc links "self-contained" are missing too: zig's own
+        # musl start files are used instead (link-self-contained=no).
+        echo "cross/build.sh: building the standard library for $triple from source (-Zbuild-std)" >&2
+        export RUSTC_BOOTSTRAP=1
+        rustflags_var="CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$triple")_RUSTFLAGS"
+        export "$rustflags_var=-C link-self-contained=no"
+        build+=(-Zbuild-std=std,panic_abort)
+    fi
 fi
 
 # A missing cross linker fails late and obscurely inside cargo: say what to do instead.

@@ -12,14 +12,14 @@
 #   6. sends SIGTERM and expects exit status 0;
 #   (aarch64: steps 3-5 also with the Python threshold-alert beside it, precompiled; its
 #   alert is expected too;)
-#   (aarch64-musl: the static build, run with an empty sysroot, and first checked to have
-#   no dynamic section: it needs no glibc on the device;)
+#   (aarch64-musl, armv7-musl: the static builds, run with an empty sysroot, and first
+#   checked to have no dynamic section: they need no glibc on the device;)
 #   7. (aarch64) runs `compare --quick` with the device build and precompiled echo and
 #      counter, each model's agent under qemu, and checks its JSON: every model, nothing
 #      lost, a verdict per function (issue 11).
 # Every wait has a timeout; the last line is `qemu-smoke: N passed, N failed`.
 #
-# Usage: cross/ci-smoke.sh [aarch64] [armv7] [aarch64-musl]   (default: $CROSS_SMOKE_ARCHES, else aarch64)
+# Usage: cross/ci-smoke.sh [aarch64] [armv7] [aarch64-musl] [armv7-musl]   (default: $CROSS_SMOKE_ARCHES, else aarch64)
 # Needs mosquitto-clients (mosquitto_sub). Honours CARGO_TARGET_DIR.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -77,7 +77,12 @@ if [[ ${1:-} == --one ]]; then
             mkdir -p "$work/empty-root"
             qemu=(qemu-aarch64 -L "$work/empty-root")
             ;;
-        *) die "unknown architecture '$arch' (aarch64, armv7 or aarch64-musl)" ;;
+        armv7-musl)
+            triple=armv7-unknown-linux-musleabihf
+            mkdir -p "$work/empty-root"
+            qemu=(qemu-arm -L "$work/empty-root")
+            ;;
+        *) die "unknown architecture '$arch' (aarch64, armv7, aarch64-musl or armv7-musl)" ;;
     esac
 
     t=$(now)
@@ -90,7 +95,7 @@ if [[ ${1:-} == --one ]]; then
     device_agent=$(tail -n 1 <<<"$build_out")
     say "$(tail -n 2 <<<"$build_out" | head -n 1), built in $(elapsed "$t")"
     [[ -x $device_agent ]] || die "no binary at $device_agent"
-    if [[ $triple == *-musl ]]; then
+    if [[ $triple == *-musl* ]]; then
         readelf -d "$device_agent" 2>&1 | grep -q 'no dynamic section' ||
             die "$device_agent is not static: $(readelf -d "$device_agent" | grep NEEDED)"
         say "static: no dynamic section (no glibc needed)"

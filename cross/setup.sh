@@ -5,12 +5,15 @@
 #     build scripts): gcc-aarch64-linux-gnu + libc6-dev-arm64-cross,
 #     gcc-arm-linux-gnueabihf + libc6-dev-armhf-cross;
 #   - qemu-user (qemu-aarch64, qemu-arm) to run the ARM binaries here;
-#   - the Rust standard libraries for the targets (rustup);
-#   - for the static musl builds (aarch64-musl): zig as the C compiler and linker
+#   - the Rust standard libraries for the targets (rustup); for a musl target whose
+#     prebuilt one rustup cannot download (armv7-unknown-linux-musleabihf from the mirror
+#     this project is built behind answers 404), the standard library's source (rust-src),
+#     from which cross/build.sh builds it;
+#   - for the static musl builds (aarch64-musl, armv7-musl): zig as the C compiler and linker
 #     (the `ziglang` package from PyPI, pinned, in a venv under target/zig) and
 #     cargo-zigbuild (pinned, cargo install), which drives cargo with it.
 #
-# Usage: cross/setup.sh [aarch64] [armv7] [aarch64-musl]      (no argument: aarch64 armv7)
+# Usage: cross/setup.sh [aarch64] [armv7] [aarch64-musl] [armv7-musl]   (no argument: aarch64 armv7)
 set -euo pipefail
 # From the repository root, so that rustup adds the targets to the pinned toolchain.
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -53,8 +56,14 @@ for arch in "${arches[@]}"; do
             targets+=(aarch64-unknown-linux-musl)
             musl=yes
             ;;
+        armv7-musl | armv7-unknown-linux-musleabihf)
+            need qemu-arm qemu-user
+            need "" python3-venv
+            targets+=(armv7-unknown-linux-musleabihf)
+            musl=yes
+            ;;
         *)
-            echo "cross/setup.sh: unknown architecture '$arch' (aarch64, armv7 or aarch64-musl)" >&2
+            echo "cross/setup.sh: unknown architecture '$arch' (aarch64, armv7, aarch64-musl or armv7-musl)" >&2
             exit 64
             ;;
     esac
@@ -74,7 +83,13 @@ installed=$(rustup target list --installed)
 for t in "${targets[@]}"; do
     if ! grep -qx "$t" <<<"$installed"; then
         echo "cross/setup.sh: adding Rust target $t"
-        rustup target add "$t"
+        if ! why=$(RUST_BACKTRACE=0 rustup target add "$t" 2>&1); then
+            [[ $t == *-musl* ]] || { echo "$why" >&2; exit 1; }
+            # cross/build.sh then builds the standard library from source (-Zbuild-std).
+            echo "cross/setup.sh: rustup cannot download the standard library for $t" \
+                "($(grep -m 1 -o 'status code: [0-9]*\|error: .*' <<<"$why")); adding rust-src to build it from source"
+            rustup component add rust-src
+        fi
     fi
 done
 if [[ -n $musl ]]; then
