@@ -47,40 +47,41 @@ stale() { # stale OUTPUT INPUT...: is OUTPUT missing or older than a file under 
     [[ ! -f "$1" ]] || [[ -n "$(find "${@:2}" -newer "$1" -print -quit)" ]]
 }
 
-componentize_py="$tools/py/bin/componentize-py"
-if [[ -x "$componentize_py" ]]; then
-    for app in "$here"/examples-py/*/ "$here"/test-functions-py/*/; do
-        name="$(basename "$app")"
-        wasm="$dist/$name-py.wasm"
-        if stale "$wasm" "$app" "$here/sdk-py" "$wit" "$tools/py/.pins"; then
-            "$componentize_py" -d "$wit" -w function componentize app \
-                -p "$app" -p "$here/sdk-py" -o "$wasm.tmp" >/dev/null
-            mv "$wasm.tmp" "$wasm"
-        fi
-        built+=("$wasm")
-    done
-else
-    echo "Python examples skipped: componentize-py is not installed (modules/guest-tools/install.sh)"
-fi
+# One component from APP into WASM, per language.
+componentize_py() {
+    "$tools/py/bin/componentize-py" -d "$wit" -w function componentize app \
+        -p "$1" -p "$here/sdk-py" -o "$2" >/dev/null
+}
+componentize_js() {
+    # jco reads files relative to its working directory; http and the fetch event are left
+    # out because the agent links no wasi:http.
+    (cd "$here" && "$tools/js/node_modules/.bin/jco" componentize "${1#"$here/"}app.js" \
+        --bundle --bundle-config sdk-js/bundle.config.mjs -w sdk/wit -n function \
+        -d http -d fetch-event -o "$2" >/dev/null)
+}
 
-jco="$tools/js/node_modules/.bin/jco"
-if [[ -x "$jco" ]]; then
-    for app in "$here"/examples-js/*/; do
+# guests LANG TOOL LANGUAGE APP...: builds each APP that is stale into dist/NAME-LANG.wasm
+# with componentize_LANG, or says in one line that TOOL is missing.
+guests() {
+    local lang=$1 tool=$2 language=$3 app name wasm
+    shift 3
+    if [[ ! -x $tool ]]; then
+        echo "$language examples skipped: $(basename "$tool") is not installed (modules/guest-tools/install.sh)"
+        return
+    fi
+    for app in "$@"; do
         name="$(basename "$app")"
-        wasm="$dist/$name-js.wasm"
-        if stale "$wasm" "$app" "$here/sdk-js" "$wit" "$tools/js/.pins"; then
-            # jco reads files relative to its working directory; http and the fetch event
-            # are left out because the agent links no wasi:http.
-            (cd "$here" && "$jco" componentize "${app#"$here/"}app.js" --bundle \
-                --bundle-config sdk-js/bundle.config.mjs -w sdk/wit -n function \
-                -d http -d fetch-event -o "$wasm.tmp" >/dev/null)
+        wasm="$dist/$name-$lang.wasm"
+        if stale "$wasm" "$app" "$here/sdk-$lang" "$wit" "$tools/$lang/.pins"; then
+            "componentize_$lang" "$app" "$wasm.tmp"
             mv "$wasm.tmp" "$wasm"
         fi
         built+=("$wasm")
     done
-else
-    echo "JavaScript examples skipped: jco is not installed (modules/guest-tools/install.sh)"
-fi
+}
+
+guests py "$tools/py/bin/componentize-py" Python "$here"/examples-py/*/ "$here"/test-functions-py/*/
+guests js "$tools/js/node_modules/.bin/jco" JavaScript "$here"/examples-js/*/
 
 echo "Built components:"
 for wasm in "${built[@]}"; do
