@@ -3,7 +3,7 @@
 
 use std::process::{Command, Output};
 
-use crate::harness::{Client, agent_bin, broker_port, guest, repo_root};
+use crate::harness::{Client, agent_bin, broker_port, edge_agent, embedded, guest, repo_root};
 
 fn run(args: &[&str], dir: &std::path::Path) -> Output {
     Command::new(agent_bin())
@@ -1069,18 +1069,11 @@ async fn new_then_build_then_run_outside_the_repo() {
         })
         .expect("channel");
     let cache = repo_root().join("target/function-projects");
-    let edge_agent = |args: &[&str]| {
-        let out = Command::new(agent_bin())
-            .args(args)
-            .current_dir(tmp.path())
-            .env("RUSTUP_TOOLCHAIN", &toolchain)
-            .env("CARGO_TARGET_DIR", &cache)
-            .output()
-            .expect("run edge-agent");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let env = [
+        ("RUSTUP_TOOLCHAIN", std::ffi::OsStr::new(&toolchain)),
+        ("CARGO_TARGET_DIR", cache.as_os_str()),
+    ];
+    let edge_agent = |args: &[&str]| edge_agent(tmp.path(), &env, args);
     let made = edge_agent(&["new", "greet"]);
     assert_eq!(made.trim(), tmp.path().join("greet").display().to_string());
     edge_agent(&[
@@ -1092,9 +1085,7 @@ async fn new_then_build_then_run_outside_the_repo() {
         "projects/tally",
     ]);
     edge_agent(&["new", "heat", "-t", "threshold"]);
-    let mut config =
-        "[agent]\nid = \"outside\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n"
-            .to_string();
+    let mut config = embedded("outside");
     for (name, dir) in [
         ("greet", "greet"),
         ("tally", "projects/tally"),

@@ -339,6 +339,26 @@ pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_edge-agent")
 }
 
+/// `[agent]` with `id`, and the embedded broker on any free port: the head of most test
+/// configs.
+pub fn embedded(id: &str) -> String {
+    format!("[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n")
+}
+
+/// Runs `edge-agent ARGS` in `dir` with `env`, asserts that it succeeded, and returns its
+/// standard output.
+pub fn edge_agent(dir: &Path, env: &[(&str, &std::ffi::OsStr)], args: &[&str]) -> String {
+    let out = Command::new(agent_bin())
+        .args(args)
+        .current_dir(dir)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run edge-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{args:?}: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
 impl Process {
     /// Starts `edge-agent run` on `config`, whose broker listens on `broker_port` and whose
     /// `agent.id` is `id`; returns once the agent has said `online` on its status topic.

@@ -3,7 +3,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Agent, Client, Mosquitto, Process, guest, unique};
+use crate::harness::{Agent, Client, Mosquitto, Process, embedded, guest, unique};
 
 struct Setup {
     _agent: Option<Agent>,
@@ -14,9 +14,7 @@ struct Setup {
 
 async fn setup(functions: &str) -> Setup {
     let id = unique("h");
-    let config = format!(
-        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n{functions}"
-    );
+    let config = format!("{}{functions}", embedded(&id));
     let agent = Agent::start(&config).await;
     let dlq = format!("edge-agent/{id}/dead-letter");
     let client = Client::connect(agent.port, &["out/#", &dlq]).await;
@@ -289,10 +287,7 @@ async fn healthy_neighbour_keeps_its_latency() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_dead_letters_are_cut_and_never_break_the_connection() {
     let id = unique("h");
-    let config = format!(
-        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n{}",
-        misbehave("big", "")
-    );
+    let config = format!("{}{}", embedded(&id), misbehave("big", ""));
     let agent = Agent::start(&config).await;
     let dlq = format!("edge-agent/{id}/dead-letter");
     let mut c = Client::connect(agent.port, &["out/#", &dlq]).await;
@@ -333,10 +328,7 @@ async fn dead_letters_about_dead_letters_do_not_cascade() {
          [function.config]\nout_topic = \"out/reader\"\n",
         guest("misbehave")
     );
-    let config = format!(
-        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n{}{listener}",
-        misbehave("bad", "")
-    );
+    let config = format!("{}{}{listener}", embedded(&id), misbehave("bad", ""));
     let agent = Agent::start(&config).await;
     let mut c = Client::connect(agent.port, &["out/#", &dlq]).await;
     c.publish("bad/in", "err:first failure").await;

@@ -44,16 +44,7 @@ fn guest_languages_built() -> bool {
 
 /// One function per example, language and model, each publishing under its own label.
 fn config() -> String {
-    let mut cfg = String::from(
-        r#"
-[agent]
-id = "languages"
-data_dir = "data"
-[broker]
-url = "mqtt://127.0.0.1:0"
-embedded = true
-"#,
-    );
+    let mut cfg = embedded("languages");
     for (lang, suffix) in LANGUAGES {
         for mode in MODES {
             let label = format!("{lang}-{mode}");
@@ -280,16 +271,7 @@ async fn an_endless_python_loop_is_stopped_by_the_timeout() {
     if !guest_languages_built() {
         return;
     }
-    let mut cfg = String::from(
-        r#"
-[agent]
-id = "spin"
-data_dir = "data"
-[broker]
-url = "mqtt://127.0.0.1:0"
-embedded = true
-"#,
-    );
+    let mut cfg = embedded("spin");
     for mode in MODES {
         cfg.push_str(&format!(
             r#"
@@ -340,23 +322,12 @@ async fn python_and_js_projects_are_made_built_and_run_outside_the_repo() {
     let tmp = tempfile::tempdir().expect("tempdir");
     // The pinned toolchains, installed once (modules/guest-tools/install.sh), rather than
     // a venv and node_modules per project.
-    let edge_agent = |args: &[&str]| {
-        let out = std::process::Command::new(agent_bin())
-            .args(args)
-            .current_dir(tmp.path())
-            .env("EDGE_AGENT_GUEST_TOOLS", &tools)
-            .output()
-            .expect("run edge-agent");
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let env = [("EDGE_AGENT_GUEST_TOOLS", tools.as_os_str())];
+    let edge_agent = |args: &[&str]| edge_agent(tmp.path(), &env, args);
     edge_agent(&["new", "heat", "--lang", "python", "--template", "threshold"]);
     edge_agent(&["new", "tally", "--lang", "js", "-t", "counter"]);
     edge_agent(&["new", "say", "-l", "py"]);
-    let mut config =
-        "[agent]\nid = \"outside\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n"
-            .to_string();
+    let mut config = embedded("outside");
     for name in ["heat", "tally", "say"] {
         let started = std::time::Instant::now();
         let printed = edge_agent(&["build", name]);
@@ -406,14 +377,9 @@ async fn a_slow_load_after_scale_to_zero_serves_every_waiting_event() {
     if !guest_languages_built() {
         return;
     }
-    let cfg = format!(
-        r#"
-[agent]
-id = "slowload"
-data_dir = "data"
-[broker]
-url = "mqtt://127.0.0.1:0"
-embedded = true
+    let cfg = embedded("slowload")
+        + &format!(
+            r#"
 [[function]]
 name = "echo-py"
 module = "{}"
@@ -423,8 +389,8 @@ keep_warm_secs = 1
 [function.config]
 out_topic = "out/{{1..}}"
 "#,
-        guest("echo-py")
-    );
+            guest("echo-py")
+        );
     let agent = Agent::start(&cfg).await;
     let mut c = Client::connect(agent.port, &["out/#"]).await;
     // Idle past keep_warm_secs: released.

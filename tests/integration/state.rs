@@ -3,12 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::harness::{Agent, Client, Mosquitto, Process, guest, unique};
-
-/// `[agent]` with a unique id, and the embedded broker on any free port.
-fn embedded(id: &str) -> String {
-    format!("[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:0\"\nembedded = true\n")
-}
+use crate::harness::{Agent, Client, Mosquitto, Process, embedded, guest, unique};
 
 fn function(name: &str, module: &str, mode: &str, topic: &str, extra: &str) -> String {
     format!(

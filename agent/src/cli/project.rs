@@ -281,27 +281,53 @@ panic = "abort"
         ("README.md", readme),
         ("function.toml", snippet),
         (".gitignore", "/target\n".to_string()),
-        (
-            "Cargo.lock",
-            include_str!("../../../modules/Cargo.lock").to_string(),
-        ),
-        (
-            "edge-agent-sdk/Cargo.toml",
-            include_str!("../../../modules/sdk/Cargo.toml").to_string(),
-        ),
-        (
-            "edge-agent-sdk/README.md",
-            include_str!("../../../modules/sdk/README.md").to_string(),
-        ),
-        (
-            "edge-agent-sdk/src/lib.rs",
-            include_str!("../../../modules/sdk/src/lib.rs").to_string(),
-        ),
-        (
-            "edge-agent-sdk/wit/agent.wit",
-            include_str!("../../../modules/sdk/wit/agent.wit").to_string(),
-        ),
     ]
+    .into_iter()
+    .chain(embedded(RUST_SDK))
+    .collect()
+}
+
+/// Files of `modules/` that a project carries, as (path in the project, text).
+type Embedded = &'static [(&'static str, &'static str)];
+
+/// (path in the project, path under `modules/`) pairs, read at compile time.
+macro_rules! embed {
+    ($($to:literal <= $from:literal),* $(,)?) => {
+        &[$(($to, include_str!(concat!("../../../modules/", $from)))),*]
+    };
+}
+
+/// A Rust project: the SDK crate beside it, and the lock file the repository's examples
+/// are tested with.
+const RUST_SDK: Embedded = embed![
+    "Cargo.lock" <= "Cargo.lock",
+    "edge-agent-sdk/Cargo.toml" <= "sdk/Cargo.toml",
+    "edge-agent-sdk/README.md" <= "sdk/README.md",
+    "edge-agent-sdk/src/lib.rs" <= "sdk/src/lib.rs",
+    "edge-agent-sdk/wit/agent.wit" <= "sdk/wit/agent.wit",
+];
+
+/// A Python project: the `edge_agent` package and the WIT.
+const PYTHON_SDK: Embedded = embed![
+    "edge_agent/__init__.py" <= "sdk-py/edge_agent/__init__.py",
+    "edge_agent/clock.py" <= "sdk-py/edge_agent/clock.py",
+    "edge_agent/config.py" <= "sdk-py/edge_agent/config.py",
+    "edge_agent/errors.py" <= "sdk-py/edge_agent/errors.py",
+    "edge_agent/log.py" <= "sdk-py/edge_agent/log.py",
+    "edge_agent/state.py" <= "sdk-py/edge_agent/state.py",
+    "edge_agent/topic.py" <= "sdk-py/edge_agent/topic.py",
+    "wit/agent.wit" <= "sdk/wit/agent.wit",
+];
+
+/// A JavaScript project: the SDK module, its bundler settings and the WIT.
+const JS_SDK: Embedded = embed![
+    "edge-agent.js" <= "sdk-js/edge-agent.js",
+    "bundle.config.mjs" <= "sdk-js/bundle.config.mjs",
+    "wit/agent.wit" <= "sdk/wit/agent.wit",
+];
+
+fn embedded(files: Embedded) -> impl Iterator<Item = (&'static str, String)> {
+    files.iter().map(|(to, text)| (*to, (*text).to_string()))
 }
 
 /// The README of a Python or JavaScript project: how to build and run it.
@@ -369,39 +395,10 @@ fn python_files(name: &str, template: Template, wasm: &Path) -> Vec<(&'static st
             format!("# The toolchain `edge-agent build` uses.\n{COMPONENTIZE_PY}\n"),
         ),
         (".gitignore", "/dist\n/.venv\n__pycache__/\n".to_string()),
-        (
-            "edge_agent/__init__.py",
-            include_str!("../../../modules/sdk-py/edge_agent/__init__.py").to_string(),
-        ),
-        (
-            "edge_agent/clock.py",
-            include_str!("../../../modules/sdk-py/edge_agent/clock.py").to_string(),
-        ),
-        (
-            "edge_agent/config.py",
-            include_str!("../../../modules/sdk-py/edge_agent/config.py").to_string(),
-        ),
-        (
-            "edge_agent/errors.py",
-            include_str!("../../../modules/sdk-py/edge_agent/errors.py").to_string(),
-        ),
-        (
-            "edge_agent/log.py",
-            include_str!("../../../modules/sdk-py/edge_agent/log.py").to_string(),
-        ),
-        (
-            "edge_agent/state.py",
-            include_str!("../../../modules/sdk-py/edge_agent/state.py").to_string(),
-        ),
-        (
-            "edge_agent/topic.py",
-            include_str!("../../../modules/sdk-py/edge_agent/topic.py").to_string(),
-        ),
-        (
-            "wit/agent.wit",
-            include_str!("../../../modules/sdk/wit/agent.wit").to_string(),
-        ),
     ]
+    .into_iter()
+    .chain(embedded(PYTHON_SDK))
+    .collect()
 }
 
 fn js_files(name: &str, template: Template, wasm: &Path) -> Vec<(&'static str, String)> {
@@ -428,19 +425,10 @@ fn js_files(name: &str, template: Template, wasm: &Path) -> Vec<(&'static str, S
         ("function.toml", snippet(name, template, wasm)),
         ("package.json", package),
         (".gitignore", "/dist\n/node_modules\n".to_string()),
-        (
-            "edge-agent.js",
-            include_str!("../../../modules/sdk-js/edge-agent.js").to_string(),
-        ),
-        (
-            "bundle.config.mjs",
-            include_str!("../../../modules/sdk-js/bundle.config.mjs").to_string(),
-        ),
-        (
-            "wit/agent.wit",
-            include_str!("../../../modules/sdk/wit/agent.wit").to_string(),
-        ),
     ]
+    .into_iter()
+    .chain(embedded(JS_SDK))
+    .collect()
 }
 
 /// `edge-agent new`: writes the project; returns its directory.
