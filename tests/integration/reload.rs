@@ -66,7 +66,8 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     let mut c = Client::connect(broker.port, &["out/#", "edge-agent/reload/reload"]).await;
     // Numbered events to `x/in` all along, for a function that a reload adds and another
     // removes. `x_next` is the number of the next one, counted before it is published.
-    // They take 10 ms each, at 200/s: a queue builds up, which the removal must drain.
+    // They take 10 ms each, at 200/s, and x's queue holds 16: its queue is full and the
+    // broker holds the rest (backpressure) when it is removed, all of which must be handled.
     let (x_next, x_stop) = (
         Arc::new(AtomicU64::new(0)),
         Arc::new(AtomicBool::new(false)),
@@ -153,7 +154,7 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     let path = agent.config_path();
     let x = format!(
         "[[function]]\nname = \"x\"\nmodule = \"{misbehave}\"\nmode = \"persistent\"\n\
-         instances = 2\ntopics = [\"x/in\"]\n[function.config]\nout_topic = \"out/x\"\n"
+         instances = 2\nqueue_capacity = 16\ntopics = [\"x/in\"]\n[function.config]\nout_topic = \"out/x\"\n"
     );
     let edit = |od_extra: &str, tail: &str| {
         std::fs::write(&path, config(&broker, mods.path(), od_extra, tail)).expect("edit config")
