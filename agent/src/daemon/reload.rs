@@ -282,7 +282,11 @@ impl Reloader {
             self.functions.insert(f.name, loaded);
         }
         for (name, _) in &done.added {
-            if !self.parts.lanes.subscribed(name, SUBSCRIBE_DEADLINE).await {
+            let subscribed = tokio::select! {
+                () = stop.cancelled() => true,
+                s = self.parts.lanes.subscribed(name, SUBSCRIBE_DEADLINE) => s,
+            };
+            if !subscribed {
                 tracing::warn!(function = %name, "added function not subscribed yet; its events flow once it is");
             }
         }
