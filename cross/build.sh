@@ -60,8 +60,10 @@ esac
 
 features=()
 if [[ $kind == device ]]; then
-    # No compiler; `top` (the live table, +192 KiB on aarch64) stays in.
-    features+=(--no-default-features --features top)
+    # No compiler, no `new`/`build` (and their templates); `top`, `publish`, `compare`
+    # (measuring on the device is the point) and the embedded broker (compare's built-in
+    # workload, the smoke test) stay in. docs/device-build.md has the sizes.
+    features+=(--no-default-features --features top,publish,compare,broker)
     [[ $triple == armv7* || $triple == arm-* || $triple == thumbv7* ]] && features+=(--features pulley)
 fi
 

@@ -20,7 +20,9 @@
 # Every wait has a timeout; the last line is `qemu-smoke: N passed, N failed`.
 #
 # Usage: cross/ci-smoke.sh [aarch64] [armv7] [aarch64-musl] [armv7-musl]   (default: $CROSS_SMOKE_ARCHES, else aarch64)
-# Needs mosquitto-clients (mosquitto_sub). Honours CARGO_TARGET_DIR.
+# Needs mosquitto-clients (mosquitto_sub). Honours CARGO_TARGET_DIR, and CROSS_PROFILE (the
+# Cargo profile of the device builds; default `device`; CI uses `smoke`, which builds
+# faster).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 self="$root/cross/$(basename "${BASH_SOURCE[0]}")"
@@ -90,7 +92,7 @@ if [[ ${1:-} == --one ]]; then
     say "setup $(elapsed "$t")"
 
     t=$(now)
-    build_out=$(timeout "$BUILD_TIMEOUT" "$root/cross/build.sh" "$arch" device 2>&1) ||
+    build_out=$(timeout "$BUILD_TIMEOUT" "$root/cross/build.sh" "$arch" device ${CROSS_PROFILE:+--profile "$CROSS_PROFILE"} 2>&1) ||
         { echo "$build_out" | tail -n 40; die "device build failed (or took over ${BUILD_TIMEOUT}s)"; }
     device_agent=$(tail -n 1 <<<"$build_out")
     say "$(tail -n 2 <<<"$build_out" | head -n 1), built in $(elapsed "$t")"

@@ -1,41 +1,184 @@
-//! edge-agent: MQTT events in, WebAssembly functions run, results out.
-//!
-//! The modules form layers; each imports only from the layers below it (a test,
-//! `tests/integration/architecture.rs`, keeps it so; `docs/architecture.md` has the table):
-//!
-//! 1. plain data and pure logic: [`config`], [`topic`] (the MQTT topic grammar),
-//!    [`event`] (an event on its way in, a message on its way out), [`ack`] (the
-//!    acknowledgement order), [`failure`] (the failure kinds), [`clock`], [`rate`] (a
-//!    token bucket), [`publisher`] (what the agent publishes, and when the broker has it);
-//! 2. [`state`] (sled-backed key-value state) and [`metrics`] (costs, reports);
-//! 3. [`runtime`]: everything that touches wasmtime;
-//! 4. [`pipeline`]: routing, inboxes, on-demand dispatch, persistent supervision, output;
-//! 5. [`mqtt`]: the connection task, client options and the embedded broker;
-//! 6. [`daemon`]: the agent assembled ([`Startup`]), run, and stopped in order;
-//! 7. [`cli`]: the command line, including the test publisher.
-//!
-//! Where an event goes, in order: the [`mqtt::connection`] task polls the broker and hands
-//! each message to the [`pipeline::router`], which puts an [`event::Inbound`] into the
-//! [`pipeline::inbox`] of every function whose filters match; the function's
-//! [`pipeline::dispatch`] (on-demand) or [`pipeline::supervisor`] (persistent) calls it in
-//! the [`runtime`]; [`pipeline::output`] publishes what the call published (or a dead
-//! letter), waits for its state writes to be durable, and completes the delivery, which
-//! releases the acknowledgement in arrival order ([`ack`]) back through the connection.
+//! The `edge-agent` command line over the agent library (`edge_agent`, in `agent/core`)
+//! and the tools (`agent/tools/`): [`cli`] parses, [`execute`] runs one command and
+//! returns a [`CommandError`] that knows its exit status ([`edge_agent::failure::Exit`]),
+//! [`logs`] sets up logging. Each tool is behind a feature of this crate; the device build
+//! leaves out `new` and `build`.
 
-pub mod ack;
 pub mod cli;
-pub mod clock;
-pub mod config;
-pub mod daemon;
-pub mod event;
-pub mod failure;
-pub mod metrics;
-pub mod mqtt;
-pub mod pipeline;
-pub mod publisher;
-pub mod rate;
-pub mod runtime;
-pub mod state;
-pub mod topic;
+pub mod logs;
 
-pub use daemon::{AgentError, Prepared, Ready, Running, Startup, run};
+use std::path::Path;
+
+use edge_agent::config::Config;
+use edge_agent::failure::{Exit, chain};
+use edge_agent::{AgentError, Prepared};
+
+use crate::cli::{Command, DEFAULT_CONFIGS, NoConfig};
+
+/// Why a command failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    /// No config file to read.
+    #[error(transparent)]
+    NoConfig(#[from] NoConfig),
+    /// `run` or `check`: the agent could not start, or stopped with an error.
+    #[error(transparent)]
+    Agent(#[from] AgentError),
+    /// The async runtime could not start.
+    #[error("cannot start the async runtime")]
+    Runtime(#[source] std::io::Error),
+    /// `precompile`.
+    #[cfg(feature = "compiler")]
+    #[error(transparent)]
+    Precompile(#[from] edge_agent::runtime::RuntimeError),
+    /// `new` or `build`.
+    #[cfg(feature = "project")]
+    #[error(transparent)]
+    Project(#[from] edge_agent_project::ProjectError),
+    /// `publish`.
+    #[cfg(feature = "publish")]
+    #[error(transparent)]
+    Publish(#[from] edge_agent_publish::PublishError),
+    /// `compare`.
+    #[cfg(feature = "compare")]
+    #[error(transparent)]
+    Compare(#[from] edge_agent_compare::CompareError),
+    /// `top`.
+    #[cfg(feature = "top")]
+    #[error(transparent)]
+    Top(#[from] edge_agent_top::TopError),
+}
+
+impl CommandError {
+    /// How the process ends.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::NoConfig(_) => Exit::Config,
+            Self::Agent(e) => e.exit(),
+            Self::Runtime(_) => Exit::Failure,
+            #[cfg(feature = "compiler")]
+            Self::Precompile(_) => Exit::Failure,
+            #[cfg(feature = "project")]
+            Self::Project(e) => e.exit(),
+            #[cfg(feature = "publish")]
+            Self::Publish(e) => e.exit(),
+            #[cfg(feature = "compare")]
+            Self::Compare(e) => e.exit(),
+            #[cfg(feature = "top")]
+            Self::Top(e) => e.exit(),
+        }
+    }
+
+    /// The message, one line per error with its causes (a config with several mistakes
+    /// gives one line each).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Self::Agent(e) => e.lines(),
+            other => vec![chain(other)],
+        }
+    }
+}
+
+/// Runs one command to its end.
+///
+/// # Errors
+/// [`CommandError`]: what failed, and with [`CommandError::exit`] the exit status.
+pub fn execute(command: Command) -> Result<(), CommandError> {
+    match command {
+        Command::Check { config } => {
+            let path = find_config(config.as_deref(), true)?;
+            let p = Prepared::new(Config::load(&path).map_err(AgentError::from)?)?;
+            println!(
+                "{}: ok ({} functions, {:?} allocator)",
+                path.display(),
+                p.config().functions.len(),
+                p.runtime().allocator()
+            );
+        }
+        Command::Run { config } => {
+            let path = find_config(config.as_deref(), false)?;
+            let prepared = Prepared::new(Config::load(&path).map_err(AgentError::from)?)?;
+            let rt = tokio::runtime::Runtime::new().map_err(CommandError::Runtime)?;
+            rt.block_on(edge_agent::run(prepared, shutdown_signal()))?;
+        }
+        #[cfg(feature = "compiler")]
+        Command::Precompile {
+            target,
+            out,
+            fuel,
+            modules,
+        } => {
+            let artifacts = edge_agent::runtime::precompile::precompile(
+                target.as_deref(),
+                fuel,
+                &out,
+                &modules,
+            )?;
+            for a in artifacts {
+                let (path, bytes, sha) = (a.path.display(), a.bytes, a.sha256);
+                println!("{path}  {bytes} bytes  sha256 {sha}");
+            }
+        }
+        #[cfg(feature = "project")]
+        Command::New(args) => {
+            let dir = edge_agent_project::new(&args)?;
+            println!("{}", dir.display());
+            eprintln!(
+                "new: function `{}` written to {}; build it with `edge-agent build {}`, \
+                 then paste function.toml into the agent's config",
+                args.name,
+                dir.display(),
+                dir.display()
+            );
+        }
+        #[cfg(feature = "project")]
+        Command::Build(args) => {
+            for b in edge_agent_project::build(&args)? {
+                println!("{b}");
+            }
+        }
+        #[cfg(feature = "publish")]
+        Command::Publish(args) => {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(CommandError::Runtime)?;
+            let n = rt.block_on(edge_agent_publish::publish(&args))?;
+            eprintln!("published {n} message(s) to {}", args.topic);
+        }
+        #[cfg(feature = "compare")]
+        Command::Compare(args) => edge_agent_compare::run(&args)?,
+        #[cfg(feature = "top")]
+        Command::Top(args) => edge_agent_top::run(&args)?,
+    }
+    Ok(())
+}
+
+/// The config file to use (see [`cli::config_path`]); `check` says which it read.
+fn find_config(flag: Option<&Path>, say: bool) -> Result<std::path::PathBuf, NoConfig> {
+    let env = std::env::var_os("EDGE_AGENT_CONFIG");
+    let (path, from) = cli::config_path(flag, env, &DEFAULT_CONFIGS)?;
+    if say {
+        println!("reading {} (from {from})", path.display());
+    }
+    Ok(path)
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => tracing::info!("SIGINT received"),
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

@@ -149,7 +149,7 @@ fn the_config_is_found_without_flag_and_check_says_where() {
     let said = format!("reading {} (from EDGE_AGENT_CONFIG)", named.display());
     assert!(text(&out).contains(&said), "{}", text(&out));
     // The defaults (only where this machine has no /etc/edge-agent/config.toml).
-    if !std::path::Path::new(edge_agent::cli::DEFAULT_CONFIGS[0]).exists() {
+    if !std::path::Path::new(edge_agent_cli::cli::DEFAULT_CONFIGS[0]).exists() {
         let out = check(None);
         assert_eq!(out.status.code(), Some(78), "{}", text(&out));
         assert!(text(&out).contains("no config file"), "{}", text(&out));
@@ -642,12 +642,9 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         "{stdout}\n{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: edge_agent::cli::compare::Report =
+    let report: edge_agent_compare::Report =
         serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("report JSON");
-    assert_eq!(
-        report.schema_version,
-        edge_agent::cli::compare::SCHEMA_VERSION
-    );
+    assert_eq!(report.schema_version, edge_agent_compare::SCHEMA_VERSION);
     let names: Vec<&str> = report
         .functions
         .iter()
@@ -789,7 +786,7 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
 
 /// Parses the page and checks that every chart has axes, a title and data, and that the
 /// points drawn are the report's figures (`copies` times: once per device shown).
-fn charts_show_the_report(html: &str, report: &edge_agent::cli::compare::Report, copies: usize) {
+fn charts_show_the_report(html: &str, report: &edge_agent_compare::Report, copies: usize) {
     let options = roxmltree::ParsingOptions {
         allow_dtd: true, // <!DOCTYPE html>
         ..roxmltree::ParsingOptions::default()
@@ -867,14 +864,13 @@ fn charts_show_the_report(html: &str, report: &edge_agent::cli::compare::Report,
     };
     for f in &report.functions {
         let name = &f.function;
-        let expected =
-            |each: &dyn Fn(&edge_agent::cli::compare::ModelRun) -> Vec<(String, f64)>| {
-                sorted(
-                    (0..copies)
-                        .flat_map(|_| f.models.iter().flat_map(each))
-                        .collect(),
-                )
-            };
+        let expected = |each: &dyn Fn(&edge_agent_compare::ModelRun) -> Vec<(String, f64)>| {
+            sorted(
+                (0..copies)
+                    .flat_map(|_| f.models.iter().flat_map(each))
+                    .collect(),
+            )
+        };
         let cpu = expected(&|m| {
             m.phases
                 .iter()
@@ -975,7 +971,7 @@ fn compare_runs_a_workload_file_against_mosquitto() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let report: edge_agent::cli::compare::Report =
+    let report: edge_agent_compare::Report =
         serde_json::from_slice(&std::fs::read(&json).expect("report")).expect("report JSON");
     assert_eq!((report.qos, report.power.name.as_str()), (0, "pi5"));
     let patterns: Vec<&str> = report
@@ -1068,7 +1064,9 @@ async fn new_then_build_then_run_outside_the_repo() {
                 .map(|c| c.trim_matches('"').to_string())
         })
         .expect("channel");
-    let cache = repo_root().join("target/function-projects");
+    let cache = std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| repo_root().join("target"), std::path::PathBuf::from)
+        .join("function-projects");
     let env = [
         ("RUSTUP_TOOLCHAIN", std::ffi::OsStr::new(&toolchain)),
         ("CARGO_TARGET_DIR", cache.as_os_str()),

@@ -1,0 +1,723 @@
+//! Configuration: one serde tree, loaded in layers and validated before anything starts.
+//!
+//! Layers, later ones win: built-in defaults (each written once, below), the config
+//! file (TOML, or YAML/JSON by extension), then environment variables
+//! `EDGE_AGENT__SECTION__KEY` (for example `EDGE_AGENT__BROKER__URL`).
+//!
+//! [`Config::load`] returns a [`ConfigError`] that names the file and the key or function at
+//! fault; `main` turns it into exit code 78 (`EX_CONFIG`).
+
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use validate::{BrokerAddress, UrlError};
+
+/// A configuration that cannot be used. The message names the file and the key or function.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a value has the wrong type.
+    #[error("{file}: {message}")]
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// What the parser said, with the key where it knows it.
+        message: String,
+    },
+    /// A value parsed but is not acceptable.
+    #[error("{file}: `{key}`: {message}")]
+    Invalid {
+        /// The config file.
+        file: PathBuf,
+        /// The key at fault, e.g. `function[threshold].qos` or `broker.url`.
+        key: String,
+        /// Why it is rejected.
+        message: String,
+    },
+    /// More than one problem: each on its own line.
+    #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
+    Several(Vec<ConfigError>),
+}
+
+impl ConfigError {
+    /// `Ok` for no errors, the error for one, [`ConfigError::Several`] for more.
+    ///
+    /// # Errors
+    /// The errors given, if any.
+    pub fn all(mut errors: Vec<ConfigError>) -> Result<(), ConfigError> {
+        match errors.len() {
+            0 => Ok(()),
+            1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
+        }
+    }
+
+    /// Each problem on its own (one for all but [`ConfigError::Several`]).
+    pub fn each(&self) -> Vec<&ConfigError> {
+        match self {
+            Self::Several(all) => all.iter().flat_map(|e| e.each()).collect(),
+            one => vec![one],
+        }
+    }
+}
+
+/// The whole configuration of one agent.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Identity and local storage of this agent.
+    #[serde(default)]
+    pub agent: AgentConfig,
+    /// The MQTT broker the agent connects to (or embeds).
+    #[serde(default)]
+    pub broker: BrokerConfig,
+    /// Settings of the WebAssembly runtime shared by all functions.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+    /// The local state store (sled) behind the `state` interface.
+    #[serde(default)]
+    pub state: StateConfig,
+    /// The Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+    /// The functions, one `[[function]]` table each.
+    #[serde(default, rename = "function")]
+    pub functions: Vec<FunctionConfig>,
+    /// The file this configuration was read from (not a config key).
+    #[serde(skip)]
+    pub source: PathBuf,
+}
+
+/// `[metrics]`: the Prometheus endpoint.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on this address (for example
+    /// `127.0.0.1:9464`); unset (the default): no listener.
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[agent]`: identity and local storage.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentConfig {
+    /// Name of this agent, used in its own topics (`<topic_prefix>/<id>/...`) and in the
+    /// default client id. Letters, digits, `-`, `_` and `.` only.
+    pub id: String,
+    /// Directory for the agent's local state.
+    pub data_dir: PathBuf,
+    /// Prefix of the agent's own topics. Dead letters go to
+    /// `<topic_prefix>/<id>/dead-letter`.
+    pub topic_prefix: String,
+    /// On SIGINT/SIGTERM, how long in-flight events may take to finish before the agent
+    /// stops anyway, in milliseconds.
+    pub shutdown_grace_ms: u64,
+    /// How often each function's counters and cost percentiles are published (retained)
+    /// on `<topic_prefix>/<id>/stats`, in seconds; 0 turns it off. They are also logged
+    /// at shutdown.
+    pub stats_interval_secs: u64,
+    /// Longest chain of calls of this agent's functions that one outside event may start
+    /// (A publishes what B handles, B publishes what A handles, ...): the output of the
+    /// last becomes a `hop-limit` dead letter instead of another call. Stops loops between
+    /// functions.
+    pub max_hops: u8,
+    /// Reload when the config file or a module file changes (SIGHUP reloads either way).
+    pub watch: bool,
+}
+
+/// `[broker]`: the MQTT connection.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// Broker address: `mqtt://host:port` (plain TCP, default port 1883) or
+    /// `mqtts://host:port` (TLS, default port 8883).
+    pub url: String,
+    /// Start an MQTT broker (rumqttd) inside the agent, listening on the host and port of
+    /// `url`, so that no other service is needed. For trying things out and tests: it keeps
+    /// sessions in memory only. Production uses Mosquitto or a clustered broker.
+    pub embedded: bool,
+    /// Let anyone connect to the embedded broker without credentials when it listens on
+    /// an address other than loopback. Off, such a broker needs `username`/`password`.
+    pub allow_anonymous: bool,
+    /// MQTT client id. Keep it stable so that the broker keeps the agent's session (and
+    /// queues its QoS 1 events) while it is away. Default: `edge-agent-<agent.id>`.
+    pub client_id: Option<String>,
+    /// Ask the broker to drop the session on connect. `false` (the default) keeps
+    /// subscriptions and queued QoS 1/2 messages across disconnections.
+    pub clean_session: bool,
+    /// MQTT keep-alive interval in seconds (5 to 65535).
+    pub keep_alive_secs: u64,
+    /// User name for the broker, if it requires one.
+    pub username: Option<String>,
+    /// Password for the broker (needs `username`).
+    pub password: Option<String>,
+    /// TLS settings for `mqtts://` URLs.
+    pub tls: Option<TlsConfig>,
+    /// Largest MQTT packet accepted or sent, in bytes (payload plus topic and header).
+    pub max_packet_bytes: usize,
+    /// First delay before reconnecting after the connection is lost, in milliseconds. It
+    /// doubles after each failed attempt up to `reconnect_max_ms`.
+    pub reconnect_min_ms: u64,
+    /// Longest delay between reconnection attempts, in milliseconds.
+    pub reconnect_max_ms: u64,
+}
+
+/// `[broker.tls]`: certificates for `mqtts://`.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM file with the CA certificate(s) that signed the broker's certificate. Default:
+    /// the operating system's trusted roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// PEM file with the client certificate chain, for brokers that require client
+    /// authentication (needs `key_file`).
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// PEM file with the client's private key (needs `cert_file`).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// `[runtime]`: the WebAssembly engine shared by all functions.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Instance allocation: `auto` probes at start-up whether the pooling allocator (fast
+    /// instantiation, large virtual reservations) works on this kernel and falls back to
+    /// on-demand allocation if not; `pooling` requires it; `on-demand` never uses it.
+    pub allocator: AllocatorMode,
+    /// Instances that may exist at once across all functions; sizes the instance pool.
+    pub max_instances: u32,
+    /// Interval of the epoch ticker that enforces timeouts, in milliseconds. A call is
+    /// stopped within its timeout plus one tick.
+    pub epoch_tick_ms: u64,
+    /// Largest module file accepted, in MiB: a bigger one is refused at start-up.
+    pub max_module_mb: u64,
+}
+
+/// `[state]`: the functions' key-value state on local disk.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StateConfig {
+    /// Memory sled may use for its page cache, in MiB.
+    pub cache_mb: u64,
+    /// Least time between the starts of two flushes of committed state to disk, in
+    /// milliseconds. 0 (the default) is a plain group commit: a flush starts as soon as the
+    /// previous one has finished, and takes every commit made meanwhile, so one fsync in
+    /// flight bounds the rate by itself. A QoS 1/2 event whose call wrote state is
+    /// acknowledged only after the flush that made its writes durable, so a spacing adds up
+    /// to that much to its latency, in exchange for fewer writes to an SD card.
+    /// (Its former name, `flush_interval_ms`, is still read.)
+    #[serde(alias = "flush_interval_ms")]
+    pub min_flush_interval_ms: u64,
+    /// Longest key, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value, in bytes.
+    pub max_value_bytes: usize,
+    /// Most keys one function may keep.
+    pub max_keys_per_function: u64,
+    /// Most bytes (keys plus values) one call may have written and not yet committed: past
+    /// it, `set` returns an error to the guest. Bounds the memory a call can make the agent
+    /// hold, whatever the key quota says.
+    pub max_pending_bytes_per_call: usize,
+    /// Most keys one call may have written and not yet committed.
+    pub max_pending_keys_per_call: usize,
+}
+
+/// What happens when a persistent instance traps or times out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RestartPolicy {
+    /// Replace it with a fresh instance (after a back-off), up to `max_restarts` in
+    /// `restart_window_secs`.
+    #[default]
+    Always,
+    /// Leave it stopped: its later events go to the dead-letter topic.
+    Never,
+}
+
+/// How WebAssembly instances get their memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AllocatorMode {
+    /// Probe the pooling allocator and fall back to on-demand allocation.
+    #[default]
+    Auto,
+    /// Always use the pooling allocator; fail at start-up if it cannot be created.
+    Pooling,
+    /// Allocate each instance's memory when it is created.
+    OnDemand,
+}
+
+/// The execution model of a function.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    /// Serverless: a fresh instance per event, dropped afterwards.
+    #[default]
+    OnDemand,
+    /// Container-like: long-lived instances created at start-up that keep their memory
+    /// between events, one event at a time each, restarted by policy when they fail.
+    Persistent,
+}
+
+/// What happens to events that arrive when a function's inbox is full.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Overflow {
+    /// Stop reading from the broker until there is room, so that it holds the rest of
+    /// the stream (QoS 0 as well as QoS 1/2); nothing is dropped.
+    #[default]
+    Backpressure,
+    /// Reject the newest event.
+    DropNewest,
+    /// Reject the oldest waiting event.
+    DropOldest,
+}
+
+/// One `[[function]]`: a WebAssembly component and the topics it handles.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FunctionConfig {
+    /// Unique name: used in logs, metrics and dead letters. Letters, digits, `-`, `_`, `.`.
+    pub name: String,
+    /// Path of the component, relative to the agent's working directory: a `.wasm`
+    /// component (compiled at start-up) or a `.cwasm` made by `edge-agent precompile`.
+    pub module: PathBuf,
+    /// Expected SHA-256 of the module file (hex). When set, a file with another hash is
+    /// refused at start-up.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// Execution model: `on-demand` (a fresh instance per event) or `persistent`
+    /// (long-lived instances that keep their memory).
+    #[serde(default)]
+    pub mode: Mode,
+    /// Persistent mode: number of long-lived instances. Events are assigned by a hash of
+    /// their topic, so the events of one topic stay in order.
+    #[serde(default = "default_instances")]
+    pub instances: u32,
+    /// Persistent mode: what to do when an instance traps or times out.
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    /// Persistent mode: most restarts of one instance within `restart_window_secs`; one
+    /// more and the instance stays stopped.
+    #[serde(default = "default_max_restarts")]
+    pub max_restarts: u32,
+    /// Persistent mode: the window for `max_restarts`, in seconds.
+    #[serde(default = "default_restart_window_secs")]
+    pub restart_window_secs: u64,
+    /// MQTT topic filters (`+` and `#` wildcards) whose messages this function handles.
+    pub topics: Vec<String>,
+    /// QoS of the subscription for these topics (0, 1 or 2).
+    #[serde(default = "default_qos")]
+    pub qos: u8,
+    /// Longest a call may run, in milliseconds; a call still running is stopped and its
+    /// event goes to the dead-letter topic.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most linear memory one instance may have, in MiB (default 32; 16 on 32-bit hosts,
+    /// whose per-instance reservation is 16 MiB). Growing past it fails the call.
+    #[serde(default = "default_memory_limit_mb")]
+    pub memory_limit_mb: u64,
+    /// On-demand mode: events of this function handled at once (instances in flight).
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: u32,
+    /// On-demand mode: release the module's compiled code after this many seconds
+    /// without events (scale to zero); the next event then pays a full cold start
+    /// (load, instantiate, call). Unset (the default): it stays loaded.
+    #[serde(default)]
+    pub keep_warm_secs: Option<u64>,
+    /// Events waiting for this function before `overflow` applies.
+    #[serde(default = "default_queue_capacity")]
+    pub queue_capacity: usize,
+    /// What happens when more events arrive than wait in the queue: `backpressure` (QoS
+    /// 1/2 events keep waiting unacknowledged, so the broker holds back the rest),
+    /// `drop-newest` or `drop-oldest`. Dropped events go to the dead-letter topic.
+    #[serde(default)]
+    pub overflow: Overflow,
+    /// Largest payload passed to the function, in bytes; larger events go to the
+    /// dead-letter topic without being passed in.
+    #[serde(default = "default_max_payload_bytes")]
+    pub max_payload_bytes: usize,
+    /// Instruction budget per call (wasmtime fuel): a call that uses it up fails with
+    /// `fuel-exhausted`. Deterministic, unlike a timeout; costs some speed for every
+    /// function while any function sets it. Default: no budget.
+    #[serde(default)]
+    pub fuel: Option<u64>,
+    /// Messages the function may publish per second, across its instances (a token
+    /// bucket that also allows bursts of this size). Past it, `publish` returns an error.
+    #[serde(default = "default_publish_rate")]
+    pub publish_rate: u32,
+    /// Let the function publish to topics its own `topics` match (deliberate feedback).
+    /// Off, such a publish is refused: it would call the function again with its own
+    /// output, a loop that only the rate limit would end.
+    #[serde(default)]
+    pub allow_feedback: bool,
+    /// Lines per second the function may log (stdout, stderr and the `log` interface
+    /// together, across its instances; bursts of this size). Past it lines are dropped,
+    /// counted, and reported once a second. Every line is cut at 4 KiB.
+    #[serde(default = "default_log_rate")]
+    pub log_rate: u32,
+    /// Largest message the function may publish, in bytes.
+    #[serde(default = "default_max_publish_bytes")]
+    pub max_publish_bytes: usize,
+    /// Static settings the function reads through the `config` interface, like a Lambda
+    /// function's environment variables. Values are strings (numbers and booleans are
+    /// converted).
+    #[serde(default)]
+    pub config: BTreeMap<String, String>,
+}
+
+// Each default is written once: in the section's `Default` impl (sections are
+// `#[serde(default)]` as a whole), or, for `[[function]]` whose name, module and topics
+// have no default, in the `default_*` function its field names.
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        Self {
+            id: "edge-agent".into(),
+            data_dir: "./data".into(),
+            topic_prefix: "edge-agent".into(),
+            shutdown_grace_ms: 5_000,
+            stats_interval_secs: 60,
+            max_hops: 8,
+            watch: true,
+        }
+    }
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "mqtt://127.0.0.1:1883".into(),
+            embedded: false,
+            allow_anonymous: false,
+            client_id: None,
+            clean_session: false,
+            keep_alive_secs: 30,
+            username: None,
+            password: None,
+            tls: None,
+            max_packet_bytes: 1024 * 1024,
+            reconnect_min_ms: 100,
+            reconnect_max_ms: 30_000,
+        }
+    }
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            allocator: AllocatorMode::Auto,
+            max_instances: 64,
+            epoch_tick_ms: 10,
+            max_module_mb: 64,
+        }
+    }
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        Self {
+            cache_mb: 8,
+            min_flush_interval_ms: 0,
+            max_key_bytes: 256,
+            max_value_bytes: 64 * 1024,
+            max_keys_per_function: 10_000,
+            max_pending_bytes_per_call: 1024 * 1024,
+            max_pending_keys_per_call: 1_000,
+        }
+    }
+}
+
+fn default_instances() -> u32 {
+    1
+}
+fn default_max_restarts() -> u32 {
+    5
+}
+fn default_restart_window_secs() -> u64 {
+    60
+}
+fn default_qos() -> u8 {
+    1
+}
+fn default_timeout_ms() -> u64 {
+    1_000
+}
+fn default_memory_limit_mb() -> u64 {
+    // At most the per-instance reservation: 16 MiB on 32-bit hosts (armv7).
+    32.min(host_memory_reservation() / (1024 * 1024))
+}
+fn default_max_concurrency() -> u32 {
+    4
+}
+fn default_queue_capacity() -> usize {
+    64
+}
+fn default_publish_rate() -> u32 {
+    1_000
+}
+fn default_log_rate() -> u32 {
+    // 20 lines of at most 4 KiB: 80 KB/s per function at worst, which an SD card and
+    // journald can take all day. The soak run at 100 wrote 330 KB/s for two functions.
+    20
+}
+fn default_max_publish_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_payload_bytes() -> usize {
+    256 * 1024
+}
+
+/// Linear-memory reservation per instance on 64-bit hosts. Part of the compiled code's
+/// settings (a `.cwasm` only loads into an engine with the same value), so it is fixed
+/// rather than configurable; it also caps `memory_limit_mb`.
+pub const MEMORY_RESERVATION_64: u64 = 256 * 1024 * 1024;
+/// The same on 32-bit hosts (armv7 through Pulley), where address space is scarce.
+pub const MEMORY_RESERVATION_32: u64 = 16 * 1024 * 1024;
+
+/// The per-instance memory reservation of this host: the largest `memory_limit_mb`.
+pub fn host_memory_reservation() -> u64 {
+    if cfg!(target_pointer_width = "32") {
+        MEMORY_RESERVATION_32
+    } else {
+        MEMORY_RESERVATION_64
+    }
+}
+
+impl Mode {
+    /// The name used in the config file and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on-demand",
+            Self::Persistent => "persistent",
+        }
+    }
+}
+
+impl Config {
+    /// Reads `path` (format by extension: `.toml`, `.yaml`/`.yml`, `.json`), applies
+    /// `EDGE_AGENT__*` environment overrides and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key or function at fault.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Config::load`], with the environment given explicitly (for tests).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key or function at fault.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let parse_err = |message: String| ConfigError::Parse {
+            file: path.to_path_buf(),
+            message,
+        };
+        let format = match path.extension().and_then(|e| e.to_str()) {
+            Some("toml") => config::FileFormat::Toml,
+            Some("yaml" | "yml") => config::FileFormat::Yaml,
+            Some("json") => config::FileFormat::Json,
+            _ => {
+                return Err(parse_err(
+                    "unknown config format: use a .toml, .yaml, .yml or .json file".into(),
+                ));
+            }
+        };
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| parse_err(format!("cannot read config file: {e}")))?;
+        if format == config::FileFormat::Toml
+            && let Err(e) = toml::from_str::<toml::Table>(&text)
+        {
+            return Err(parse_err(toml_error(&text, &e)));
+        }
+        let env: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("EDGE_AGENT__"))
+            .collect();
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(&text, format))
+            .add_source(
+                config::Environment::with_prefix("EDGE_AGENT")
+                    .prefix_separator("__")
+                    .separator("__")
+                    .try_parsing(true)
+                    .source(Some(env)),
+            )
+            .build()
+            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
+        // The config crate turns 1.5 into 1 without a word; no key of ours is fractional.
+        let tree: serde_json::Value = raw
+            .clone()
+            .try_deserialize()
+            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
+        if let Some((key, n)) = fraction(&tree, "") {
+            return Err(ConfigError::Invalid {
+                file: path.to_path_buf(),
+                key,
+                message: format!("{n} is not a whole number"),
+            });
+        }
+        let mut cfg: Config = raw
+            .try_deserialize()
+            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
+        cfg.source = path.to_path_buf();
+        cfg.resolve_paths();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Makes the relative paths in the file (`module`, `agent.data_dir`, the TLS files)
+    /// relative to the file's own directory rather than the working directory, so that a
+    /// config reads the same from anywhere (`check --config /etc/edge-agent/config.toml`).
+    fn resolve_paths(&mut self) {
+        let dir = self.source.parent().unwrap_or(Path::new(""));
+        let dir = if dir.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            dir
+        };
+        let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.agent.data_dir);
+        for f in &mut self.functions {
+            resolve(&mut f.module);
+        }
+        if let Some(tls) = &mut self.broker.tls {
+            for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {
+                file.iter_mut().for_each(resolve);
+            }
+        }
+    }
+
+    /// The client id in use: `broker.client_id` or `edge-agent-<agent.id>`.
+    pub fn client_id(&self) -> String {
+        self.broker
+            .client_id
+            .clone()
+            .unwrap_or_else(|| format!("edge-agent-{}", self.agent.id))
+    }
+
+    /// The topic statistics are published on.
+    pub fn stats_topic(&self) -> String {
+        format!("{}/{}/stats", self.agent.topic_prefix, self.agent.id)
+    }
+
+    /// The topic of the agent's presence: retained `online` while connected, `offline`
+    /// (the last will, or said at a clean stop) otherwise.
+    pub fn status_topic(&self) -> String {
+        format!("{}/{}/status", self.agent.topic_prefix, self.agent.id)
+    }
+
+    /// The topic dead letters are published on.
+    pub fn dead_letter_topic(&self) -> String {
+        format!("{}/{}/dead-letter", self.agent.topic_prefix, self.agent.id)
+    }
+
+    pub(crate) fn invalid(
+        &self,
+        key: impl Into<String>,
+        message: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError::Invalid {
+            file: self.source.clone(),
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// The first fractional number in `v` and its key, outside `[function.config]` (whose
+/// values are free-form strings).
+fn fraction(v: &serde_json::Value, path: &str) -> Option<(String, serde_json::Number)> {
+    match v {
+        serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            Some((path.to_string(), n.clone()))
+        }
+        serde_json::Value::Object(map) if !path.ends_with("].config") => {
+            map.iter().find_map(|(k, v)| {
+                let key = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                fraction(v, &key)
+            })
+        }
+        serde_json::Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| fraction(v, &format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// Reads a TOML file of another kind (a `compare` workload) with the same error messages
+/// as the agent's config: one line naming the file and the key.
+///
+/// # Errors
+/// [`ConfigError::Parse`] naming `path` and the key at fault.
+pub fn from_toml<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    text: &str,
+) -> Result<T, ConfigError> {
+    let parse_err = |message: String| ConfigError::Parse {
+        file: path.to_path_buf(),
+        message,
+    };
+    if let Err(e) = toml::from_str::<toml::Table>(text) {
+        return Err(parse_err(toml_error(text, &e)));
+    }
+    config::Config::builder()
+        .add_source(config::File::from_str(text, config::FileFormat::Toml))
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|e| parse_err(clean_message(&e.to_string())))
+}
+
+/// A TOML syntax error on one line, with its line number and the key written there.
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
+        return clean_message(e.message());
+    };
+    let line_no = text[..at].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or_default();
+    match line.split_once('=') {
+        Some((key, _)) if !key.trim().is_empty() => format!(
+            "`{}` (line {line_no}): {}",
+            key.trim(),
+            clean_message(e.message())
+        ),
+        _ => format!("line {line_no}: {}", clean_message(e.message())),
+    }
+}
+
+/// Keeps the `config` crate's message on one line and writes its key paths the way the
+/// file spells them (`function[0].qos`, where it prints `function[0]qos`).
+fn clean_message(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut prev = ' ';
+    for c in msg.chars() {
+        if prev == ']' && (c.is_ascii_alphanumeric() || c == '_') {
+            out.push('.');
+        }
+        out.push(if c == '\n' { ' ' } else { c });
+        prev = c;
+    }
+    out.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,522 @@
+//! Semantic checks that serde cannot express. Each error names the key at fault.
+
+use std::collections::HashSet;
+
+use super::{Config, ConfigError};
+use crate::topic;
+
+/// Why a broker URL is unusable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct UrlError(String);
+
+/// The parsed `broker.url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerAddress {
+    /// `mqtts://`.
+    pub tls: bool,
+    /// Host name or IP address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+}
+
+impl BrokerAddress {
+    /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (also `tcp://`, `ssl://`).
+    ///
+    /// Port 0 stands for "any free port" and is only meaningful for the embedded broker,
+    /// which reports the port it got; `validate` refuses it otherwise.
+    ///
+    /// # Errors
+    /// [`UrlError`] saying what is wrong with the URL.
+    pub fn parse(url: &str) -> Result<Self, UrlError> {
+        Self::parse_inner(url).map_err(UrlError)
+    }
+
+    fn parse_inner(url: &str) -> Result<Self, String> {
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("`{url}` is not a URL like mqtt://host:1883"))?;
+        let tls = match scheme {
+            "mqtt" | "tcp" => false,
+            "mqtts" | "ssl" => true,
+            other => {
+                return Err(format!(
+                    "unsupported scheme `{other}://` (use mqtt:// or mqtts://)"
+                ));
+            }
+        };
+        let rest = rest.trim_end_matches('/');
+        if rest.contains(['/', '?', '@']) {
+            return Err(format!(
+                "`{url}` must be scheme://host:port only (credentials go in broker.username/password)"
+            ));
+        }
+        let default_port = if tls { 8883 } else { 1883 };
+        let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
+            let (h, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{url}`: unclosed `[` in IPv6 address"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => parse_port(p, url)?,
+                None if after.is_empty() => default_port,
+                None => return Err(format!("`{url}`: unexpected `{after}` after the address")),
+            };
+            (h.to_string(), port)
+        } else {
+            match rest.rsplit_once(':') {
+                Some((h, p)) => (h.to_string(), parse_port(p, url)?),
+                None => (rest.to_string(), default_port),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("`{url}` has no host"));
+        }
+        Ok(Self { tls, host, port })
+    }
+}
+
+impl BrokerAddress {
+    /// Whether the host is a loopback address (`localhost`, 127.0.0.0/8, `::1`): only this
+    /// machine can reach it.
+    pub fn is_loopback(&self) -> bool {
+        self.host == "localhost"
+            || self
+                .host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+}
+
+fn parse_port(p: &str, url: &str) -> Result<u16, String> {
+    p.parse::<u16>()
+        .map_err(|_| format!("`{url}`: port `{p}` is not a number from 0 to 65535"))
+}
+
+fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+}
+
+/// One line per mistake: the first error of each key, and none that only follows from
+/// another key being wrong (`max_concurrency` must be at most `runtime.max_instances`, when
+/// `runtime.max_instances` is itself rejected).
+fn consequences_dropped(errs: Vec<ConfigError>) -> Vec<ConfigError> {
+    let key = |e: &ConfigError| match e {
+        ConfigError::Invalid { key, .. } => Some(key.clone()),
+        _ => None,
+    };
+    let wrong: HashSet<String> = errs.iter().filter_map(key).collect();
+    let mut seen = HashSet::new();
+    errs.into_iter()
+        .filter(|e| match e {
+            ConfigError::Invalid { key, message, .. } => {
+                seen.insert(key.clone())
+                    && !wrong
+                        .iter()
+                        .any(|other| other != key && message.contains(other.as_str()))
+            }
+            _ => true,
+        })
+        .collect()
+}
+
+impl Config {
+    /// Checks everything that does not need the modules compiled.
+    ///
+    /// # Errors
+    /// Every problem found, each naming its key ([`ConfigError::Several`] if more than one).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let mut errs = Vec::new();
+        self.validate_agent(&mut errs);
+        errs.extend(self.validate_data_dir().err());
+        errs.extend(self.validate_broker().err());
+        self.validate_runtime(&mut errs);
+        self.validate_state(&mut errs);
+        if self.functions.is_empty() {
+            errs.push(self.invalid("function", "no [[function]] is configured"));
+        }
+        let mut names = HashSet::new();
+        for (i, f) in self.functions.iter().enumerate() {
+            self.validate_function(i, f, &mut errs);
+            if !names.insert(f.name.as_str()) {
+                errs.push(self.invalid(
+                    format!("function[{}].name", f.name),
+                    "duplicate function name",
+                ));
+            }
+            errs.extend(self.validate_module(f).err());
+        }
+        ConfigError::all(consequences_dropped(errs))
+    }
+
+    /// `agent.data_dir`: a directory the agent can write, or one it can create, and not in
+    /// a kernel file system. Probed with a file created and removed at once.
+    fn validate_data_dir(&self) -> Result<(), ConfigError> {
+        let dir = &self.agent.data_dir;
+        let err = |m: String| self.invalid("agent.data_dir", m);
+        // The nearest part of the path that exists decides.
+        let mut existing = dir.as_path();
+        while !existing.exists() {
+            existing = match existing.parent() {
+                Some(p) if !p.as_os_str().is_empty() => p,
+                _ => std::path::Path::new("."),
+            };
+        }
+        let real = existing
+            .canonicalize()
+            .map_err(|e| err(format!("{}: {e}", existing.display())))?;
+        if ["/proc", "/sys", "/dev"]
+            .iter()
+            .any(|k| real.starts_with(k))
+        {
+            return Err(err(format!(
+                "{} is in a kernel file system ({}), not storage",
+                dir.display(),
+                real.display()
+            )));
+        }
+        if !real.is_dir() {
+            return Err(err(format!("{} is not a directory", existing.display())));
+        }
+        let probe = real.join(format!(".edge-agent-probe-{}", std::process::id()));
+        match std::fs::File::create(&probe) {
+            Ok(_) => {
+                let _ = std::fs::remove_file(&probe);
+                Ok(())
+            }
+            Err(e) => Err(err(format!("cannot write in {}: {e}", real.display()))),
+        }
+    }
+
+    /// `[agent]`.
+    fn validate_agent(&self, errs: &mut Vec<ConfigError>) {
+        let a = &self.agent;
+        if a.max_hops == 0 {
+            errs.push(self.invalid("agent.max_hops", "must be at least 1"));
+        }
+        if !is_name(&a.id) {
+            errs.push(self.invalid(
+                "agent.id",
+                format!("`{}` must be 1-64 letters, digits, `-`, `_` or `.`", a.id),
+            ));
+        }
+        if let Err(e) = topic::validate_name(&a.topic_prefix) {
+            errs.push(self.invalid("agent.topic_prefix", format!("topic prefix {e}")));
+        }
+    }
+
+    /// `[broker]`.
+    fn validate_broker(&self) -> Result<(), ConfigError> {
+        let b = &self.broker;
+        let addr =
+            BrokerAddress::parse(&b.url).map_err(|e| self.invalid("broker.url", e.to_string()))?;
+        if b.embedded && !cfg!(feature = "broker") {
+            return Err(self.invalid(
+                "broker.embedded",
+                "this build has no embedded broker (the device build leaves it out): set \
+                 embedded = false and point broker.url at the device's broker (Mosquitto)",
+            ));
+        }
+        if b.embedded && !addr.is_loopback() && b.username.is_none() && !b.allow_anonymous {
+            return Err(self.invalid(
+                "broker.embedded",
+                format!(
+                    "the embedded broker would listen on {} with no credentials, open to \
+                     anyone on the network: set broker.username and broker.password, listen on \
+                     127.0.0.1, or write allow_anonymous = true",
+                    addr.host
+                ),
+            ));
+        }
+        if addr.port == 0 && !b.embedded {
+            return Err(self.invalid(
+                "broker.url",
+                "port 0 (any free port) only applies to the embedded broker",
+            ));
+        }
+        if b.embedded && addr.tls {
+            return Err(self.invalid(
+                "broker.embedded",
+                "the embedded broker listens on plain TCP: use an mqtt:// url",
+            ));
+        }
+        let client_id = self.client_id();
+        if client_id.is_empty() || client_id.len() > 256 {
+            return Err(self.invalid("broker.client_id", "must be 1 to 256 characters"));
+        }
+        if !(5..=65_535).contains(&b.keep_alive_secs) {
+            return Err(self.invalid("broker.keep_alive_secs", "must be from 5 to 65535"));
+        }
+        if b.password.is_some() && b.username.is_none() {
+            return Err(self.invalid("broker.password", "is set but broker.username is not"));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&b.max_packet_bytes) {
+            return Err(self.invalid(
+                "broker.max_packet_bytes",
+                "must be from 1024 to 268435456 (256 MiB, the MQTT maximum)",
+            ));
+        }
+        if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
+            return Err(self.invalid(
+                "broker.reconnect_min_ms",
+                "must be at least 1 and not more than broker.reconnect_max_ms",
+            ));
+        }
+        if let Some(tls) = &b.tls {
+            if !addr.tls {
+                return Err(self.invalid("broker.tls", "is set but broker.url is not mqtts://"));
+            }
+            for (key, file) in [
+                ("broker.tls.ca_file", &tls.ca_file),
+                ("broker.tls.cert_file", &tls.cert_file),
+                ("broker.tls.key_file", &tls.key_file),
+            ] {
+                if let Some(f) = file
+                    && let Err(e) = std::fs::metadata(f)
+                {
+                    return Err(self.invalid(key, format!("cannot read {}: {e}", f.display())));
+                }
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                return Err(self.invalid(
+                    "broker.tls.cert_file",
+                    "cert_file and key_file must be given together",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `[runtime]`, including the room persistent functions leave in the pool.
+    fn validate_runtime(&self, errs: &mut Vec<ConfigError>) {
+        let r = &self.runtime;
+        if !(1..=10_000).contains(&r.max_instances) {
+            errs.push(self.invalid("runtime.max_instances", "must be from 1 to 10000"));
+        }
+        if !(1..=1_000).contains(&r.epoch_tick_ms) {
+            errs.push(self.invalid("runtime.epoch_tick_ms", "must be from 1 to 1000"));
+        }
+        if !(1..=1024).contains(&r.max_module_mb) {
+            errs.push(self.invalid("runtime.max_module_mb", "must be from 1 to 1024"));
+        }
+
+        let persistent: u64 = self
+            .functions
+            .iter()
+            .filter(|f| f.mode == super::Mode::Persistent)
+            .map(|f| u64::from(f.instances))
+            .sum();
+        if persistent >= u64::from(r.max_instances) {
+            errs.push(self.invalid(
+                "runtime.max_instances",
+                format!(
+                    "persistent functions keep {persistent} instances; max_instances ({}) must be larger to leave room for on-demand calls",
+                    r.max_instances
+                ),
+            ));
+        }
+    }
+
+    /// `[state]`.
+    fn validate_state(&self, errs: &mut Vec<ConfigError>) {
+        let st = &self.state;
+        if !(1..=4096).contains(&st.cache_mb) {
+            errs.push(self.invalid("state.cache_mb", "must be from 1 to 4096"));
+        }
+        if st.min_flush_interval_ms > 60_000 {
+            errs.push(self.invalid("state.min_flush_interval_ms", "must be at most 60000"));
+        }
+        if !(1..=65_536).contains(&st.max_key_bytes) {
+            errs.push(self.invalid("state.max_key_bytes", "must be from 1 to 65536"));
+        }
+        if !(1..=64 * 1024 * 1024).contains(&st.max_value_bytes) {
+            errs.push(self.invalid("state.max_value_bytes", "must be from 1 to 67108864"));
+        }
+        if st.max_pending_bytes_per_call < st.max_value_bytes + st.max_key_bytes {
+            errs.push(self.invalid(
+                "state.max_pending_bytes_per_call",
+                "must hold at least one key and value (max_key_bytes + max_value_bytes)",
+            ));
+        }
+        if st.max_pending_keys_per_call == 0 {
+            errs.push(self.invalid("state.max_pending_keys_per_call", "must be at least 1"));
+        }
+        if st.max_keys_per_function == 0 {
+            errs.push(self.invalid("state.max_keys_per_function", "must be at least 1"));
+        }
+    }
+
+    /// One `[[function]]`, apart from its module file.
+    fn validate_function(&self, i: usize, f: &super::FunctionConfig, errs: &mut Vec<ConfigError>) {
+        let (b, r) = (&self.broker, &self.runtime);
+        if !is_name(&f.name) {
+            errs.push(self.invalid(
+                format!("function[{i}].name"),
+                format!("`{}` must be 1-64 letters, digits, `-`, `_` or `.`", f.name),
+            ));
+        }
+        let key = |k: &str| format!("function[{}].{k}", f.name);
+        if f.topics.is_empty() {
+            errs.push(self.invalid(key("topics"), "needs at least one topic filter"));
+        }
+        for t in &f.topics {
+            if let Err(e) = topic::validate_filter(t) {
+                errs.push(self.invalid(key("topics"), format!("topic filter `{t}` {e}")));
+            }
+            if t.starts_with("$share/") || t.starts_with("$queue/") {
+                errs.push(self.invalid(
+                    key("topics"),
+                    format!("`{t}`: shared subscriptions are not supported yet"),
+                ));
+            }
+        }
+        if f.qos > 2 {
+            errs.push(self.invalid(key("qos"), "must be 0, 1 or 2"));
+        }
+        if !(1..=600_000).contains(&f.timeout_ms) {
+            errs.push(self.invalid(key("timeout_ms"), "must be from 1 to 600000 (10 min)"));
+        }
+        let max_mb = super::host_memory_reservation() / (1024 * 1024);
+        if !(1..=max_mb).contains(&f.memory_limit_mb) {
+            errs.push(self.invalid(
+                key("memory_limit_mb"),
+                format!("must be from 1 to {max_mb} on this platform"),
+            ));
+        }
+        if f.max_concurrency == 0 || f.max_concurrency > r.max_instances {
+            errs.push(self.invalid(
+                key("max_concurrency"),
+                format!(
+                    "must be from 1 to runtime.max_instances ({})",
+                    r.max_instances
+                ),
+            ));
+        }
+        if !(1..=256).contains(&f.instances) {
+            errs.push(self.invalid(key("instances"), "must be from 1 to 256"));
+        }
+        if f.instances != 1 && f.mode != super::Mode::Persistent {
+            errs.push(self.invalid(key("instances"), "only applies to mode = \"persistent\""));
+        }
+        if f.keep_warm_secs.is_some() && f.mode != super::Mode::OnDemand {
+            errs.push(self.invalid(
+                key("keep_warm_secs"),
+                "only applies to mode = \"on-demand\" (a persistent instance is always warm)",
+            ));
+        }
+        if f.keep_warm_secs == Some(0) {
+            errs.push(self.invalid(
+                key("keep_warm_secs"),
+                "must be at least 1 (or unset: always warm)",
+            ));
+        }
+        if f.restart_window_secs == 0 {
+            errs.push(self.invalid(key("restart_window_secs"), "must be at least 1"));
+        }
+        if !(1..=1_000_000).contains(&f.queue_capacity) {
+            errs.push(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
+        }
+        if f.fuel == Some(0) {
+            errs.push(self.invalid(
+                key("fuel"),
+                "must be at least 1 (leave it out for no budget)",
+            ));
+        }
+        if !f.allow_feedback {
+            for (k, v) in &f.config {
+                // A static output topic (no template) that the function itself listens to.
+                let is_topic = !v.contains('{') && topic::validate_name(v).is_ok();
+                let fed = f.topics.iter().find(|t| is_topic && topic::matches(t, v));
+                if let Some(filter) = fed {
+                    errs.push(self.invalid(
+                        key(&format!("config.{k}")),
+                        format!(
+                            "`{v}` matches the function's own topic filter `{filter}`: its \
+                             output would call it again, for ever (set allow_feedback = true \
+                             if that is the point)"
+                        ),
+                    ));
+                }
+            }
+        }
+        if f.log_rate == 0 {
+            errs.push(self.invalid(key("log_rate"), "must be at least 1 line per second"));
+        }
+        if f.publish_rate == 0 {
+            errs.push(self.invalid(key("publish_rate"), "must be at least 1 message per second"));
+        }
+        if f.max_publish_bytes == 0 || f.max_publish_bytes > b.max_packet_bytes {
+            errs.push(self.invalid(
+                key("max_publish_bytes"),
+                "must be from 1 to broker.max_packet_bytes",
+            ));
+        }
+        if f.max_payload_bytes > b.max_packet_bytes {
+            errs.push(self.invalid(
+                key("max_payload_bytes"),
+                "is larger than broker.max_packet_bytes, which no message can exceed",
+            ));
+        }
+        if let Some(h) = &f.sha256
+            && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
+        {
+            errs.push(self.invalid(key("sha256"), "must be 64 hexadecimal digits"));
+        }
+    }
+
+    /// A function's module file: present, a file, not too large.
+    fn validate_module(&self, f: &super::FunctionConfig) -> Result<(), ConfigError> {
+        let r = &self.runtime;
+        let key = |k: &str| format!("function[{}].{k}", f.name);
+        match std::fs::metadata(&f.module) {
+            Ok(m) if m.is_file() && m.len() > r.max_module_mb * 1024 * 1024 => {
+                return Err(self.invalid(
+                    key("module"),
+                    format!(
+                        "{} is {} bytes, over runtime.max_module_mb ({} MiB)",
+                        f.module.display(),
+                        m.len(),
+                        r.max_module_mb
+                    ),
+                ));
+            }
+            Ok(m) if m.is_file() => {}
+            Ok(_) => {
+                return Err(self.invalid(
+                    key("module"),
+                    format!("{} is not a file", f.module.display()),
+                ));
+            }
+            Err(e) => {
+                return Err(self.invalid(
+                    key("module"),
+                    format!("cannot read {}: {e}", f.module.display()),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BrokerAddress;
+
+    #[test]
+    fn broker_urls() {
+        let a = BrokerAddress::parse("mqtt://127.0.0.1:1883").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.tls, a.host.as_str(), a.port), (false, "127.0.0.1", 1883));
+        let a = BrokerAddress::parse("mqtts://broker.example").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.tls, a.port), (true, 8883));
+        let a = BrokerAddress::parse("mqtt://[::1]:1999").unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
+        assert!(BrokerAddress::parse("http://x").is_err());
+        assert_eq!(BrokerAddress::parse("mqtt://x:0").map(|a| a.port), Ok(0));
+        assert!(BrokerAddress::parse("mqtt://x:99999").is_err());
+        assert!(BrokerAddress::parse("localhost:1883").is_err());
+        assert!(BrokerAddress::parse("mqtt://user:pw@host").is_err());
+    }
+}

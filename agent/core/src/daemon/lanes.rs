@@ -1,0 +1,326 @@
+//! Each running function as one [`Lane`]: its worker (a dispatcher, or a supervisor per
+//! persistent instance) over its inboxes, its stats entry, its place on the links board,
+//! and its intake connection with the router that feeds the inboxes. [`Lanes`] starts one
+//! per function at start-up, and one for each function a reload adds; it retires the ones a
+//! reload removes ([`Lanes::retire`]: unsubscribe, drain the queue, acknowledge,
+//! disconnect), and hands the rest to the shutdown sequence ([`Lanes::take_all`]).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, MqttOptions};
+use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{Config, FunctionConfig, Mode};
+use crate::metrics::report::StatsBook;
+use crate::mqtt::ack::AckQueue;
+use crate::mqtt::connection::{Backoff, IntakeTask, Link, Links, intake_name, send_acks};
+use crate::mqtt::options;
+use crate::pipeline::hops::HopLedger;
+use crate::pipeline::inbox::Inbox;
+use crate::pipeline::output::Output;
+use crate::pipeline::router::{Route, Router};
+use crate::pipeline::{Shared, on_demand, persistent};
+use crate::runtime::LoadedFunction;
+
+/// Longest wait for the DISCONNECTs to go out before the connection tasks are stopped (a
+/// removed function's, and at shutdown every one).
+pub const DISCONNECT_DEADLINE: Duration = Duration::from_secs(2);
+
+/// One function's intake connection, as the stop sequence sees it.
+pub struct Intake {
+    pub(super) client: AsyncClient,
+    /// Sends the acknowledgements; ends once every delivery is done or dropped.
+    pub(super) acker: JoinHandle<()>,
+    pub(super) connection: JoinHandle<()>,
+}
+
+/// The running functions, and what starting another takes. Clones share them.
+#[derive(Clone)]
+pub struct Lanes {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    parts: Parts,
+    running: Mutex<Vec<Lane>>,
+}
+
+/// One running function.
+pub struct Lane {
+    name: String,
+    topics: Vec<String>,
+    pub(super) workers: Vec<JoinHandle<()>>,
+    pub(super) intake: Intake,
+    /// Cancelled to remove the function: its intake unsubscribes, then drops the router.
+    retire: CancellationToken,
+    done: CancellationToken,
+    link: Link,
+    /// Persistent instances' places in the instance pool, given back when it is removed.
+    _permits: Option<OwnedSemaphorePermit>,
+    _loaded: Arc<LoadedFunction>,
+}
+
+/// What the lanes share with the rest of the agent.
+pub struct Parts {
+    /// The connections' status board.
+    pub board: watch::Sender<Links>,
+    /// Outputs and dead letters.
+    pub output: Output,
+    /// The hop ledger.
+    pub hops: Arc<HopLedger>,
+    /// The instance pool and the tracker.
+    pub shared: Shared,
+    /// The stats of every function.
+    pub stats: StatsBook,
+    /// Cancelled first by shutdown: every intake stops (the parent of each lane's token).
+    pub stop_intake: CancellationToken,
+    /// Cancelled by shutdown when the connections did not end by themselves (the parent
+    /// of each lane's token).
+    pub done: CancellationToken,
+}
+
+impl Lanes {
+    /// No function running yet.
+    pub fn new(parts: Parts) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                parts,
+                running: Mutex::new(Vec::new()),
+            }),
+        }
+    }
+
+    fn running(&self) -> std::sync::MutexGuard<'_, Vec<Lane>> {
+        self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Starts function `f` of `config`, loaded as `loaded`, with an intake connection
+    /// made with `intake`: its worker first, then its connection, which starts its flow of
+    /// events.
+    pub fn start(
+        &self,
+        config: &Config,
+        f: &FunctionConfig,
+        loaded: Arc<LoadedFunction>,
+        intake: MqttOptions,
+    ) {
+        let inner = &self.inner.parts;
+        let stats = inner.stats.add(&f.name, f.mode);
+        // One queue, or one per persistent instance sharing the function's capacity.
+        let queues = if f.mode == Mode::Persistent {
+            f.instances.max(1) as usize
+        } else {
+            1
+        };
+        let capacity = f.queue_capacity.div_ceil(queues);
+        let inboxes: Vec<_> = (0..queues)
+            .map(|_| Arc::new(Inbox::new(capacity, f.overflow)))
+            .collect();
+        let queues = inboxes.clone();
+        stats.probe_queue_depth(Box::new(move || {
+            queues.iter().map(|q| q.len() as u64).sum()
+        }));
+        let module = loaded.clone();
+        stats.probe_module(Box::new(move || module.sha256()));
+        if let Some(ns) = loaded.state().cloned() {
+            stats.probe_state_keys(Box::new(move || ns.keys()));
+        }
+        tracing::info!(function = %f.name, mode = f.mode.as_str(), topics = ?f.topics,
+            sha256 = %loaded.sha256(), "function ready");
+        let mut permits = None;
+        let workers = match f.mode {
+            Mode::OnDemand => on_demand::run(
+                loaded.clone(),
+                f.max_concurrency,
+                stats.clone(),
+                inboxes[0].clone(),
+                inner.shared.clone(),
+            ),
+            Mode::Persistent => {
+                // Persistent instances hold their pool slots while the function runs.
+                match inner
+                    .shared
+                    .instances
+                    .clone()
+                    .try_acquire_many_owned(f.instances)
+                {
+                    Ok(p) => permits = Some(p),
+                    Err(_) => {
+                        tracing::warn!(function = %f.name, "instance pool exhausted by persistent functions")
+                    }
+                }
+                persistent::run(
+                    loaded.clone(),
+                    f,
+                    stats.clone(),
+                    inboxes.clone(),
+                    &inner.shared,
+                )
+            }
+        };
+        let route = Route {
+            name: f.name.as_str().into(),
+            filters: f.topics.clone(),
+            inboxes,
+            max_payload_bytes: f.max_payload_bytes,
+            stats,
+        };
+        let router = |acks| {
+            Router::new(
+                vec![route],
+                acks,
+                inner.output.clone(),
+                inner.hops.clone(),
+                config.agent.max_hops,
+            )
+        };
+        let link = Link::new(inner.board.clone(), intake_name(&f.name));
+        let (stop_intake, done, retire) = (
+            inner.stop_intake.child_token(),
+            inner.done.child_token(),
+            CancellationToken::new(),
+        );
+        let backoff = Backoff::new(
+            Duration::from_millis(config.broker.reconnect_min_ms),
+            Duration::from_millis(config.broker.reconnect_max_ms),
+        );
+        let task = |eventloop, client| IntakeTask {
+            eventloop,
+            client,
+            subscriptions: subscriptions(f),
+            backoff,
+            link: link.clone(),
+            max_pause: Duration::from_secs(config.broker.keep_alive_secs) / 2,
+            retire: retire.clone(),
+        };
+        let intake = spawn_intake(intake, task, router, &stop_intake, &done);
+        let mut running = self.running();
+        running.push(Lane {
+            name: f.name.clone(),
+            topics: f.topics.clone(),
+            workers,
+            intake,
+            retire,
+            done,
+            link,
+            _permits: permits,
+            _loaded: loaded,
+        });
+        self.update_filters(&running);
+    }
+
+    /// Waits until function `name`'s intake is subscribed, at most `deadline`; whether it
+    /// is.
+    pub async fn subscribed(&self, name: &str, deadline: Duration) -> bool {
+        let link = intake_name(name);
+        let mut board = self.inner.parts.board.subscribe();
+        let subscribed = board.wait_for(|l| l.get(&link).is_some_and(|s| s.subscribed));
+        matches!(tokio::time::timeout(deadline, subscribed).await, Ok(Ok(_)))
+    }
+
+    /// Takes function `name` out of the running ones and returns its retirement, which
+    /// the caller runs: the intake unsubscribes, routes what arrives until the broker
+    /// confirms, then stops; the queue drains; the acknowledgements go out; the intake
+    /// disconnects; the stats entry goes (its totals are logged) and the persistent
+    /// instances' pool places are given back. `None` if no such function runs.
+    pub fn retire(&self, name: &str) -> Option<impl Future<Output = ()> + Send + 'static> {
+        let lane = {
+            let mut running = self.running();
+            let i = running.iter().position(|l| l.name == name)?;
+            let lane = running.remove(i);
+            self.update_filters(&running);
+            lane
+        };
+        let stats = self.inner.parts.stats.clone();
+        Some(lane.retire(stats))
+    }
+
+    /// Every running function, for the shutdown sequence (the lanes are empty after).
+    pub fn take_all(&self) -> Vec<Lane> {
+        std::mem::take(&mut *self.running())
+    }
+
+    /// Outputs that match a running function's filters may come back in (hop counting).
+    fn update_filters(&self, running: &[Lane]) {
+        let filters = running.iter().flat_map(|l| l.topics.clone()).collect();
+        self.inner.parts.output.set_filters(filters);
+    }
+}
+
+impl Lane {
+    async fn retire(mut self, stats: StatsBook) {
+        tracing::info!(function = %self.name, "function removed by reload: draining its queue");
+        // The intake unsubscribes, routes what the broker still sends, then drops the
+        // router (at once if the connection is down or lost): the queue drains.
+        self.retire.cancel();
+        for w in &mut self.workers {
+            let _ = w.await;
+        }
+        // The acknowledgements of what drained, once the broker has those events' outputs.
+        tokio::select! {
+            () = self.done.cancelled() => {}
+            _ = &mut self.intake.acker => {}
+        }
+        self.link.remove();
+        let _ = self.intake.client.try_disconnect();
+        let connection = &mut self.intake.connection;
+        if tokio::time::timeout(DISCONNECT_DEADLINE, &mut *connection)
+            .await
+            .is_err()
+        {
+            self.done.cancel();
+            let _ = connection.await;
+        }
+        stats.log_totals(Some(&self.name));
+        stats.remove(&self.name);
+        tracing::info!(function = %self.name, "function removed: queue drained, intake disconnected");
+    }
+}
+
+/// What `function`'s intake subscribes to. QoS 2 is subscribed as QoS 1: rumqttc 0.25
+/// forgets the ids of incoming QoS 2 messages at every reconnection, then takes the
+/// broker's resent PUBREL for a protocol error and drops the connection, again at every
+/// reconnection: a loop with no end. The agent acknowledges only after handling, so it
+/// handles a message at least once either way; QoS 2 would only have saved a duplicate on
+/// redelivery.
+fn subscriptions(function: &FunctionConfig) -> Vec<crate::topic::Subscription> {
+    if function.qos > 1 {
+        tracing::warn!(function = %function.name, "qos = 2 is subscribed as QoS 1 (at-least-once)");
+    }
+    crate::topic::subscriptions(
+        function
+            .topics
+            .iter()
+            .map(|t| (t.as_str(), function.qos.min(1))),
+    )
+}
+
+/// Starts an intake connection with `options`: its client, its acknowledgement order (and
+/// the task that sends what it releases), and the task (`task`) that polls it into the
+/// router (`router`).
+fn spawn_intake(
+    options: MqttOptions,
+    task: impl FnOnce(rumqttc::EventLoop, AsyncClient) -> IntakeTask,
+    router: impl FnOnce(Arc<AckQueue>) -> Router,
+    stop_intake: &CancellationToken,
+    done: &CancellationToken,
+) -> Intake {
+    let (client, mut eventloop) = AsyncClient::new(options, options::REQUEST_CHANNEL_CAPACITY);
+    options::low_latency(&mut eventloop);
+    let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+    let acker = tokio::spawn(send_acks(client.clone(), ack_rx));
+    let task = task(eventloop, client.clone());
+    let connection = tokio::spawn(task.run(
+        router(AckQueue::new(ack_tx)),
+        stop_intake.clone(),
+        done.clone(),
+    ));
+    Intake {
+        client,
+        acker,
+        connection,
+    }
+}

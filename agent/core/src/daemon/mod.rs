@@ -1,0 +1,163 @@
+//! The agent assembled: [`Prepared`] checks everything that can be checked before a
+//! socket is opened, [`startup`] builds the running agent from it, and [`shutdown`] owns
+//! the ordered stop, and [`systemd`] tells systemd where the agent is in that life. [`run`]
+//! is the whole life of the agent.
+
+pub mod lanes;
+pub mod prometheus;
+pub mod reload;
+pub mod shutdown;
+pub mod startup;
+pub mod systemd;
+
+use std::future::Future;
+
+use crate::config::{BrokerAddress, Config, ConfigError};
+use crate::failure::Exit;
+use crate::mqtt::MqttError;
+use crate::runtime::{Runtime, RuntimeError};
+use crate::state::StateError;
+
+pub use startup::{Ready, Running, Startup};
+
+/// Why the agent could not start or run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// A function's module is unusable, or the engine failed.
+    #[error("{file}")]
+    Runtime {
+        /// The config file that names the module.
+        file: String,
+        /// What failed.
+        #[source]
+        source: RuntimeError,
+    },
+    /// The state store could not be opened.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// MQTT set-up failed (URL, TLS files, embedded broker).
+    #[error("{file}")]
+    Mqtt {
+        /// The config file.
+        file: String,
+        /// What failed.
+        #[source]
+        source: MqttError,
+    },
+    /// The metrics listener (`metrics.listen`) could not be opened.
+    #[error("cannot listen for metrics on {listen} (metrics.listen)")]
+    Metrics {
+        /// The address.
+        listen: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl AgentError {
+    /// The error as lines to print, one problem each (a config with several mistakes, or
+    /// several modules that cannot be loaded, gives one line per mistake).
+    pub fn lines(&self) -> Vec<String> {
+        match self {
+            Self::Config(e) => e.each().iter().map(|e| e.to_string()).collect(),
+            Self::Runtime {
+                file,
+                source: RuntimeError::Several(all),
+            } => all
+                .iter()
+                .map(|e| format!("{file}: {}", crate::failure::chain(e)))
+                .collect(),
+            other => vec![crate::failure::chain(other)],
+        }
+    }
+
+    /// How the process ends: [`Exit::Config`] for anything the configuration can fix,
+    /// [`Exit::Failure`] otherwise.
+    pub fn exit(&self) -> Exit {
+        match self {
+            Self::Config(_)
+            | Self::Runtime {
+                source: RuntimeError::Load { .. } | RuntimeError::Several(_),
+                ..
+            }
+            | Self::Mqtt {
+                source: MqttError::Tls { .. } | MqttError::Url(_),
+                ..
+            } => Exit::Config,
+            _ => Exit::Failure,
+        }
+    }
+}
+
+/// Everything `run` needs that can be checked before a socket is opened: the runtime with
+/// every module loaded and the broker's address and client options (TLS files read).
+pub struct Prepared {
+    config: Config,
+    runtime: Runtime,
+    broker: BrokerAddress,
+    connections: crate::mqtt::options::Connections,
+}
+
+impl Prepared {
+    /// Loads every module and reads TLS material. `edge-agent check` stops here.
+    ///
+    /// # Errors
+    /// [`AgentError`] naming the config file and the function or key at fault.
+    pub fn new(config: Config) -> Result<Self, AgentError> {
+        let file = config.source.display().to_string();
+        let runtime = Runtime::new(&config).map_err(|source| AgentError::Runtime {
+            file: file.clone(),
+            source,
+        })?;
+        let mqtt_err = |source| AgentError::Mqtt {
+            file: file.clone(),
+            source,
+        };
+        let broker =
+            BrokerAddress::parse(&config.broker.url).map_err(|e| mqtt_err(MqttError::Url(e)))?;
+        let connections = crate::mqtt::options::connections(&config, &broker).map_err(mqtt_err)?;
+        Ok(Self {
+            config,
+            runtime,
+            broker,
+            connections,
+        })
+    }
+
+    /// The runtime (for inspection).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+}
+
+/// Runs the agent until `shutdown` completes, then stops intake, lets in-flight events
+/// finish within `agent.shutdown_grace_ms`, and disconnects cleanly.
+///
+/// # Errors
+/// [`AgentError`] if the state store cannot be opened or the embedded broker cannot start.
+pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
+    let running = Startup::new(prepared).start()?;
+    systemd::spawn_watchdog();
+    let ready = async {
+        if running.ready().await.is_some() {
+            systemd::ready();
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::select! {
+        () = shutdown => {}
+        () = ready => {}
+    }
+    systemd::stopping();
+    running.stop().await;
+    Ok(())
+}

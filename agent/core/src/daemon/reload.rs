@@ -1,0 +1,473 @@
+//! Hot reload: on SIGHUP, or (with `agent.watch`, the default) when the config file or a
+//! module file changes, the agent reads its config again and puts new versions of its
+//! functions in force without a restart and without losing or repeating an event.
+//!
+//! What reloads:
+//! - a function's module (new content at the same path, or another path), its `sha256`
+//!   pin and its `[function.config]`, in place: nothing in the pipeline stops; queued
+//!   events and the next ones go to the new version, calls in flight finish on the old one,
+//!   and a persistent instance finishes its current event and moves to a fresh instance of
+//!   the new version (its state is in the store);
+//! - functions added: loaded, started and subscribed before the reload is reported;
+//! - functions removed: unsubscribed, then their queues drain, their acknowledgements go
+//!   out and their connections close before the reload is reported. Their state stays in
+//!   the store, for a function of the same name added later.
+//!
+//! Every changed or added function is loaded and checked (linked, started once within its
+//! limits) before anything is put in force; if one fails, nothing is, and the running
+//! versions stay. Anything else (a function's topics, model or limits, the broker...)
+//! needs a restart: the reload is refused, saying which keys, and nothing changes.
+//!
+//! Each reload is logged and published (QoS 1, not retained) on `<prefix>/<id>/reload`.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::MqttOptions;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::lanes::Lanes;
+use crate::config::{BrokerAddress, Config, FunctionConfig};
+use crate::mqtt::publisher::Publisher;
+use crate::runtime::function::NextVersion;
+use crate::runtime::{LoadedFunction, Runtime};
+use crate::state::StateStore;
+
+/// How long to wait for more changes after one (editors and cargo write in steps).
+const SETTLE: Duration = Duration::from_millis(300);
+
+/// Keys of a function that a reload can change in place.
+const IN_PLACE: [&str; 3] = ["module", "sha256", "config"];
+
+/// Longest wait for an added function's subscriptions before the reload is reported.
+const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(10);
+
+/// What the reloader works with.
+pub struct Parts {
+    /// The engine, which loads added functions.
+    pub runtime: Arc<Runtime>,
+    /// The running functions.
+    pub lanes: Lanes,
+    /// The state store (added functions get their namespace in it).
+    pub state: Arc<StateStore>,
+    /// Where the broker is (the embedded one's real port).
+    pub broker: BrokerAddress,
+    /// Reload reports go out through it.
+    pub publisher: Arc<Publisher>,
+    /// The birth message on the status topic, which names each module's hash.
+    pub birth: tokio::sync::watch::Sender<Vec<u8>>,
+    /// Removed functions drain on it, so that shutdown waits for them.
+    pub tracker: TaskTracker,
+}
+
+/// Reloads the agent's functions when asked.
+pub struct Reloader {
+    /// The config file, absolute.
+    path: PathBuf,
+    /// The config in force.
+    config: Config,
+    /// The running functions' loaded modules.
+    functions: BTreeMap<String, Arc<LoadedFunction>>,
+    parts: Parts,
+    topic: String,
+}
+
+/// A reload checked and ready to be put in force.
+struct Plan {
+    config: Config,
+    changed: Vec<(Arc<LoadedFunction>, NextVersion)>,
+    added: Vec<(FunctionConfig, Arc<LoadedFunction>, MqttOptions)>,
+    removed: Vec<String>,
+}
+
+/// What a reload did: functions changed in place and added (with their modules' hashes),
+/// and removed.
+#[derive(Default)]
+struct Done {
+    changed: Vec<(String, Arc<str>)>,
+    added: Vec<(String, Arc<str>)>,
+    removed: Vec<String>,
+}
+
+/// Top-level keys of `v` (a serialised section) whose values differ from `w`'s.
+fn changed_keys(v: &serde_json::Value, w: &serde_json::Value, skip: &[&str]) -> Vec<String> {
+    let (Some(a), Some(b)) = (v.as_object(), w.as_object()) else {
+        return if v == w {
+            Vec::new()
+        } else {
+            vec!["(all)".into()]
+        };
+    };
+    let keys: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    keys.into_iter()
+        .filter(|k| !skip.contains(&k.as_str()) && a.get(*k) != b.get(*k))
+        .cloned()
+        .collect()
+}
+
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_default()
+}
+
+/// Why `new` cannot be put in force without a restart, if it cannot.
+fn needs_restart(old: &Config, new: &Config) -> Option<String> {
+    let sections = [
+        ("agent", json(&old.agent), json(&new.agent)),
+        ("broker", json(&old.broker), json(&new.broker)),
+        ("runtime", json(&old.runtime), json(&new.runtime)),
+        ("state", json(&old.state), json(&new.state)),
+        ("metrics", json(&old.metrics), json(&new.metrics)),
+    ];
+    for (name, a, b) in sections {
+        let keys = changed_keys(&a, &b, &[]);
+        if !keys.is_empty() {
+            return Some(format!(
+                "[{name}] {} changed: that needs a restart",
+                keys.join(", ")
+            ));
+        }
+    }
+    for f in &new.functions {
+        // Added functions are new, not changed.
+        let Some(before) = old.functions.iter().find(|o| o.name == f.name) else {
+            continue;
+        };
+        let keys = changed_keys(&json(before), &json(f), &IN_PLACE);
+        if !keys.is_empty() {
+            return Some(format!(
+                "function `{}`: {} changed: that needs a restart (a reload changes module, \
+                 sha256 and [function.config], and adds or removes functions)",
+                f.name,
+                keys.join(", ")
+            ));
+        }
+    }
+    None
+}
+
+/// The birth message: `online`, with each function's name, model, module file and the
+/// SHA-256 of the module version in force (`loaded` finds it).
+pub(super) fn birth(
+    config: &Config,
+    loaded: impl Fn(&str) -> Option<Arc<crate::runtime::LoadedFunction>>,
+) -> Vec<u8> {
+    let functions: Vec<serde_json::Value> = config
+        .functions
+        .iter()
+        .map(|f| {
+            serde_json::json!({
+                "name": f.name,
+                "mode": f.mode.as_str(),
+                "module": f.module.file_name().map(|n| n.to_string_lossy()),
+                "sha256": loaded(&f.name).map(|l| l.sha256().to_string()),
+            })
+        })
+        .collect();
+    crate::mqtt::options::birth(&serde_json::Value::from(functions))
+}
+
+impl Reloader {
+    /// A reloader for the agent running `config`, whose lanes run `functions`.
+    pub fn new(
+        config: &Config,
+        functions: BTreeMap<String, Arc<LoadedFunction>>,
+        parts: Parts,
+    ) -> Self {
+        Self {
+            path: std::path::absolute(&config.source).unwrap_or_else(|_| config.source.clone()),
+            config: config.clone(),
+            functions,
+            parts,
+            topic: format!("{}/{}/reload", config.agent.topic_prefix, config.agent.id),
+        }
+    }
+
+    /// Reads the config again, and loads and checks every changed or added function
+    /// (blocking: compiling takes a while).
+    ///
+    /// # Errors
+    /// Why nothing will be reloaded: the config is invalid, a change needs a restart, or
+    /// a module cannot be loaded.
+    fn plan(&self) -> Result<Plan, String> {
+        let new = Config::load(&self.path).map_err(|e| {
+            e.each()
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        })?;
+        if let Some(why) = needs_restart(&self.config, &new) {
+            return Err(why);
+        }
+        let mut plan = Plan {
+            changed: Vec::new(),
+            added: Vec::new(),
+            removed: self
+                .config
+                .functions
+                .iter()
+                .filter(|f| !new.functions.iter().any(|n| n.name == f.name))
+                .map(|f| f.name.clone())
+                .collect(),
+            config: new,
+        };
+        let mut compiled = crate::runtime::function::Compiled::default();
+        let mut errors = Vec::new();
+        for f in &plan.config.functions {
+            let outcome = match self.functions.get(&f.name) {
+                Some(loaded) => loaded.prepare(f).map(|next| {
+                    if let Some(next) = next {
+                        plan.changed.push((loaded.clone(), next));
+                    }
+                }),
+                None => self
+                    .load(&plan.config, f, &mut compiled)
+                    .map(|(loaded, intake)| {
+                        plan.added.push((f.clone(), loaded, intake));
+                    }),
+            };
+            if let Err(e) = outcome {
+                errors.push(crate::failure::chain(&e));
+            }
+        }
+        if errors.is_empty() {
+            Ok(plan)
+        } else {
+            Err(errors.join("; "))
+        }
+    }
+
+    /// Loads function `f`, which the running agent does not have, with its state
+    /// namespace and its intake connection's options.
+    fn load(
+        &self,
+        config: &Config,
+        f: &FunctionConfig,
+        compiled: &mut crate::runtime::function::Compiled,
+    ) -> Result<(Arc<LoadedFunction>, MqttOptions), crate::runtime::RuntimeError> {
+        let err = |message: String| crate::runtime::RuntimeError::Load {
+            function: f.name.clone(),
+            message,
+        };
+        let loaded = self.parts.runtime.load(config, f, compiled)?;
+        let ns = self
+            .parts
+            .state
+            .namespace(&f.name)
+            .map_err(|e| err(e.to_string()))?;
+        loaded.attach_state(ns);
+        let intake = crate::mqtt::options::intake(config, &self.parts.broker, &f.name)
+            .map_err(|e| err(crate::failure::chain(&e)))?;
+        Ok((loaded, intake))
+    }
+
+    /// Puts `plan` in force: changed functions first, then added ones (reported once they
+    /// are subscribed), then removed ones (reported once drained and disconnected).
+    async fn apply(&mut self, plan: Plan, stop: &CancellationToken) -> Done {
+        let mut done = Done::default();
+        for (loaded, version) in plan.changed {
+            let sha: Arc<str> = version.sha256().into();
+            loaded.commit(version);
+            done.changed.push((loaded.name().to_string(), sha));
+        }
+        for (f, loaded, intake) in plan.added {
+            self.parts
+                .lanes
+                .start(&plan.config, &f, loaded.clone(), intake);
+            done.added.push((f.name.clone(), loaded.sha256()));
+            self.functions.insert(f.name, loaded);
+        }
+        for (name, _) in &done.added {
+            let subscribed = tokio::select! {
+                () = stop.cancelled() => true,
+                s = self.parts.lanes.subscribed(name, SUBSCRIBE_DEADLINE) => s,
+            };
+            if !subscribed {
+                tracing::warn!(function = %name, "added function not subscribed yet; its events flow once it is");
+            }
+        }
+        for name in plan.removed {
+            self.functions.remove(&name);
+            if let Some(retirement) = self.parts.lanes.retire(&name) {
+                let drained = self.parts.tracker.spawn(retirement);
+                tokio::select! {
+                    () = stop.cancelled() => {}
+                    _ = drained => {}
+                }
+            }
+            done.removed.push(name);
+        }
+        self.config = plan.config;
+        let functions = &self.functions;
+        let body = birth(&self.config, |name| functions.get(name).cloned());
+        self.parts.birth.send_if_modified(|b| {
+            let changed = *b != body;
+            *b = body;
+            changed
+        });
+        done
+    }
+
+    /// The files whose changes reload: the config and every module.
+    fn watched_files(&self) -> BTreeSet<PathBuf> {
+        std::iter::once(self.path.clone())
+            .chain(self.config.functions.iter().map(|f: &FunctionConfig| {
+                std::path::absolute(&f.module).unwrap_or_else(|_| f.module.clone())
+            }))
+            .collect()
+    }
+
+    /// Watches the directories of the config and the modules (files are often replaced,
+    /// not written in place) and sends on `tx` when one of those files changes.
+    fn watch(&self, tx: mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+        use notify::{EventKind, RecursiveMode, Watcher};
+        let files = self.watched_files();
+        let interesting = files.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res
+                && matches!(
+                    ev.kind,
+                    EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
+                )
+                && ev.paths.iter().any(|p| interesting.contains(p))
+            {
+                let _ = tx.try_send("file change");
+            }
+        });
+        let mut watcher = match watcher {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot watch files for changes; SIGHUP still reloads");
+                return None;
+            }
+        };
+        let dirs: BTreeSet<&Path> = files.iter().filter_map(|f| f.parent()).collect();
+        for dir in dirs {
+            if let Err(e) = watcher.watch(dir, RecursiveMode::NonRecursive) {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch for changes");
+            }
+        }
+        Some(watcher)
+    }
+
+    /// Reloads on SIGHUP and (with `agent.watch`) on file changes, until `stop`.
+    pub async fn run(mut self, stop: CancellationToken) {
+        let (tx, mut rx) = mpsc::channel(16);
+        let hup = tx.clone();
+        let hangups = tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let Ok(mut signals) = signal(SignalKind::hangup()) else {
+                return;
+            };
+            while signals.recv().await.is_some() {
+                if hup.send("SIGHUP").await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut watcher = self.config.agent.watch.then(|| self.watch(tx.clone()));
+        loop {
+            let trigger = tokio::select! {
+                () = stop.cancelled() => break,
+                t = rx.recv() => match t { Some(t) => t, None => break },
+            };
+            // Let a burst of writes finish, and take them as one.
+            tokio::time::sleep(SETTLE).await;
+            let mut trigger = trigger;
+            while let Ok(t) = rx.try_recv() {
+                if t == "SIGHUP" {
+                    trigger = t;
+                }
+            }
+            // Compiling can take a while: off the async workers' hands.
+            let outcome = match tokio::task::block_in_place(|| self.plan()) {
+                Ok(plan) => Ok(self.apply(plan, &stop).await),
+                Err(why) => Err(why),
+            };
+            let body = match &outcome {
+                Ok(done) => {
+                    for (function, sha) in &done.changed {
+                        tracing::info!(%function, sha256 = %sha, %trigger, "reloaded");
+                    }
+                    for (function, sha) in &done.added {
+                        tracing::info!(%function, sha256 = %sha, %trigger, "function added");
+                    }
+                    if done.changed.is_empty() && done.added.is_empty() && done.removed.is_empty() {
+                        tracing::info!(%trigger, "reload: nothing changed");
+                    }
+                    let list = |l: &[(String, Arc<str>)]| -> Vec<serde_json::Value> {
+                        l.iter()
+                            .map(|(f, s)| serde_json::json!({ "function": f, "sha256": &**s }))
+                            .collect()
+                    };
+                    serde_json::json!({
+                        "ok": true,
+                        "trigger": trigger,
+                        "reloaded": list(&done.changed),
+                        "added": list(&done.added),
+                        "removed": done.removed,
+                    })
+                }
+                Err(why) => {
+                    tracing::warn!(%trigger, "reload refused, the running version stays: {why}");
+                    serde_json::json!({ "ok": false, "trigger": trigger, "error": why })
+                }
+            };
+            let mut body = body;
+            body["ts_ms"] = crate::clock::now_ms().into();
+            let qos = rumqttc::QoS::AtLeastOnce;
+            let sent = self.parts.publisher.publish(
+                self.topic.clone(),
+                qos,
+                false,
+                body.to_string().into_bytes(),
+                None,
+            );
+            let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
+            if outcome.is_ok() && watcher.is_some() {
+                // Module paths may have changed: watch what is in force now.
+                watcher = Some(self.watch(tx.clone()));
+            }
+        }
+        hangups.abort();
+        drop(watcher);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        crate::config::from_toml(std::path::Path::new("t.toml"), text)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn module_pin_config_and_the_set_of_functions_reload_the_rest_restarts() {
+        let base = "[broker]\nurl = \"mqtt://127.0.0.1:1\"\n[[function]]\nname = \"f\"\n\
+                    module = \"a.wasm\"\ntopics = [\"a/#\"]\n";
+        let old = config(base);
+        let in_place = config(&format!(
+            "{}sha256 = \"{}\"\n[function.config]\nk = \"v\"\n",
+            base.replace("a.wasm", "b.wasm"),
+            "0".repeat(64)
+        ));
+        assert_eq!(needs_restart(&old, &in_place), None);
+        let topics = config(&base.replace("a/#", "b/#"));
+        let why = needs_restart(&old, &topics).unwrap_or_default();
+        assert!(why.contains("function `f`: topics changed"), "{why}");
+        let broker = config(&base.replace(":1\"", ":2\""));
+        let why = needs_restart(&old, &broker).unwrap_or_default();
+        assert!(why.contains("[broker] url changed"), "{why}");
+        let added = config(&format!(
+            "{base}[[function]]\nname = \"g\"\nmodule = \"a.wasm\"\ntopics = [\"g/#\"]\n"
+        ));
+        assert_eq!(needs_restart(&old, &added), None, "adding reloads");
+        assert_eq!(needs_restart(&added, &old), None, "removing reloads");
+    }
+}

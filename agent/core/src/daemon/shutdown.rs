@@ -1,0 +1,140 @@
+//! The ordered stop of a running agent, with its deadlines, in one place.
+//!
+//! 0. The reloader stops (a reload under way finishes first; a function it is removing
+//!    goes on draining, tracked like in-flight work).
+//! 1. Intake stops: the router is dropped, so later messages stay with the broker,
+//!    unacknowledged, and the inboxes close.
+//! 2. Drain: dispatchers and supervisors finish what is queued and in flight, and the
+//!    calls' outputs, dead letters and flush waits complete, within
+//!    `agent.shutdown_grace_ms`. What is still running then is left unacknowledged, for the
+//!    broker to redeliver.
+//! 3. If connected: the acknowledgements released so far go out on each intake connection
+//!    (within [`ACK_DEADLINE`], which also covers the broker confirming the outputs they
+//!    wait on), each intake disconnects, then the output connection sends a retained
+//!    `offline` on the status topic and a clean MQTT DISCONNECT ([`DISCONNECT_DEADLINE`];
+//!    past it the connection tasks are stopped). If not, there is nobody to tell, and the
+//!    connection tasks are stopped at once.
+//! 4. The state store is flushed one last time, the stats reporter stops, and each
+//!    function's totals are logged.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use super::lanes::DISCONNECT_DEADLINE;
+use super::lanes::Lanes;
+use crate::metrics::report::StatsBook;
+use crate::mqtt::connection::Links;
+use crate::mqtt::publisher::Publisher;
+use crate::runtime::Runtime;
+
+/// Longest wait for the released acknowledgements to reach the connections (and for the
+/// broker to confirm the outputs they wait on).
+pub const ACK_DEADLINE: Duration = Duration::from_secs(1);
+/// Everything the stop sequence stops, in the order it stops them.
+pub struct Shutdown {
+    pub(super) grace: Duration,
+    /// Parent of every token below; cancelled last, so nothing outlives the stop.
+    pub(super) root: CancellationToken,
+    pub(super) reloader: JoinHandle<()>,
+    pub(super) reloader_stop: CancellationToken,
+    pub(super) stop_intake: CancellationToken,
+    /// The running functions: their workers and intake connections.
+    pub(super) lanes: Lanes,
+    pub(super) tracker: TaskTracker,
+    pub(super) publisher: Arc<Publisher>,
+    pub(super) status_topic: String,
+    pub(super) output_connection: JoinHandle<()>,
+    pub(super) links: watch::Receiver<Links>,
+    pub(super) connection_done: CancellationToken,
+    pub(super) flusher: JoinHandle<()>,
+    pub(super) flusher_stop: CancellationToken,
+    pub(super) reporter: Option<JoinHandle<()>>,
+    pub(super) presence: JoinHandle<()>,
+    pub(super) stats: StatsBook,
+    /// The engine, dropped last.
+    pub(super) runtime: Arc<Runtime>,
+}
+
+impl Shutdown {
+    /// Runs the stop sequence described in the module documentation.
+    pub async fn run(self) {
+        self.reloader_stop.cancel();
+        let _ = self.reloader.await;
+        tracing::info!(
+            grace_ms = self.grace.as_millis() as u64,
+            "shutting down: stopping intake"
+        );
+        self.stop_intake.cancel();
+        let (mut workers, mut intakes) = (Vec::new(), Vec::new());
+        for lane in self.lanes.take_all() {
+            workers.extend(lane.workers);
+            intakes.push(lane.intake);
+        }
+        let drained = tokio::time::timeout(self.grace, async {
+            for w in workers {
+                let _ = w.await;
+            }
+            self.tracker.close();
+            self.tracker.wait().await;
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                "grace period over: events still in flight are left unacknowledged for redelivery"
+            );
+        }
+        // With no connection there is nobody to send acknowledgements or a DISCONNECT to:
+        // do not wait for them.
+        let connected = self.links.borrow().overall().connected;
+        let mut connections = Vec::new();
+        if connected {
+            let _ = tokio::time::timeout(ACK_DEADLINE, async {
+                for i in &mut intakes {
+                    let _ = (&mut i.acker).await;
+                }
+            })
+            .await;
+            for i in &intakes {
+                let _ = i.client.try_disconnect();
+            }
+            // A clean DISCONNECT discards the last will: say `offline` ourselves.
+            let offline = crate::mqtt::options::presence("offline");
+            let qos = rumqttc::QoS::AtLeastOnce;
+            let _ = self
+                .publisher
+                .try_publish(self.status_topic, qos, true, offline, None);
+            // Bounded: a broker that stopped reading must not hold the stop up.
+            let _ = tokio::time::timeout(DISCONNECT_DEADLINE, self.publisher.disconnect()).await;
+        }
+        connections.push(self.output_connection);
+        connections.extend(intakes.into_iter().map(|i| i.connection));
+        let all = async {
+            for c in &mut connections {
+                let _ = c.await;
+            }
+        };
+        let disconnected =
+            connected && tokio::time::timeout(DISCONNECT_DEADLINE, all).await.is_ok();
+        if !disconnected {
+            self.connection_done.cancel();
+            for c in connections {
+                let _ = c.await;
+            }
+        }
+        self.flusher_stop.cancel();
+        let _ = self.flusher.await;
+        self.root.cancel();
+        if let Some(r) = self.reporter {
+            let _ = r.await;
+        }
+        let _ = self.presence.await;
+        self.stats.log_totals(None);
+        drop(self.runtime);
+        tracing::info!("stopped");
+    }
+}

@@ -1,0 +1,340 @@
+//! Startup: from a [`Prepared`] agent to a [`Running`] one, in named steps: the state
+//! store, the embedded broker, the output connection and its publisher, the stats reporter
+//! and the state flusher, then the functions (one [`Lanes`] entry each: a dispatcher or
+//! supervisor behind a router on an intake connection of its own, which starts the flow of
+//! events), and last the presence announcer and the reloader.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rumqttc::AsyncClient;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::lanes::{Lanes, Parts};
+use super::shutdown::Shutdown;
+use super::{AgentError, Prepared};
+use crate::config::{BrokerAddress, Config};
+use crate::metrics::report::StatsBook;
+use crate::mqtt::connection::{Backoff, ConnectionStatus, Link, Links, OUTPUT, OutputTask};
+use crate::mqtt::options::{self, Connections};
+use crate::mqtt::publisher::Publisher;
+use crate::pipeline::Shared;
+use crate::pipeline::hops::HopLedger;
+use crate::pipeline::output::Output;
+use crate::runtime::Runtime;
+use crate::state::StateStore;
+
+/// Builds a running agent from a [`Prepared`] one.
+pub struct Startup {
+    prepared: Prepared,
+}
+
+/// What a running agent reports once it is ready: connected and subscribed.
+#[derive(Debug, Clone)]
+pub struct Ready {
+    /// Where the broker is: `broker.url`, or where the embedded broker really listens
+    /// (its port when the configured one is 0).
+    pub broker: BrokerAddress,
+}
+
+/// A running agent: events flow until [`Running::stop`].
+pub struct Running {
+    broker: BrokerAddress,
+    links: watch::Receiver<Links>,
+    stats: StatsBook,
+    shutdown: Shutdown,
+}
+
+impl Startup {
+    /// A startup for `prepared`.
+    pub fn new(prepared: Prepared) -> Self {
+        Self { prepared }
+    }
+
+    /// Opens the state store, starts the embedded broker if configured, and spawns the
+    /// pipeline and the connections on the current tokio runtime.
+    ///
+    /// # Errors
+    /// [`AgentError`] if the state store cannot be opened or the embedded broker cannot
+    /// start.
+    pub fn start(self) -> Result<Running, AgentError> {
+        let Prepared {
+            config,
+            runtime,
+            broker,
+            connections,
+        } = self.prepared;
+        let state = open_state(&config, &runtime)?;
+        let (broker, connections) = start_broker(&config, broker, connections)?;
+        tracing::info!(
+            agent = %config.agent.id,
+            broker = %format_args!("{}:{}", broker.host, broker.port),
+            client_id = %config.client_id(),
+            allocator = ?runtime.allocator(),
+            functions = config.functions.len(),
+            connections = connections.intake.len() + 1,
+            "starting"
+        );
+        let root = CancellationToken::new();
+        let tracker = TaskTracker::new();
+        let (board, links) =
+            watch::channel(Links::new(config.functions.iter().map(|f| f.name.as_str())));
+        // The output connection first: functions publish through it.
+        let connection_done = root.child_token();
+        let (client, mut eventloop) =
+            AsyncClient::new(connections.output, options::REQUEST_CHANNEL_CAPACITY);
+        options::low_latency(&mut eventloop);
+        let publisher = Publisher::new(client);
+        let output_task = OutputTask {
+            eventloop,
+            publisher: publisher.clone(),
+            backoff: Backoff::new(
+                Duration::from_millis(config.broker.reconnect_min_ms),
+                Duration::from_millis(config.broker.reconnect_max_ms),
+            ),
+            link: Link::new(board.clone(), OUTPUT.into()),
+            stale_filters: stale_filters(&config),
+        };
+        let output_connection = tokio::spawn(output_task.run(connection_done.clone()));
+        let hops = Arc::new(HopLedger::default());
+        let output = Output::new(
+            publisher.clone(),
+            config.dead_letter_topic(),
+            tracker.clone(),
+            config.broker.max_packet_bytes,
+            hops.clone(),
+        );
+        let shared = Shared {
+            output: output.clone(),
+            instances: Arc::new(Semaphore::new(config.runtime.max_instances as usize)),
+            tracker: tracker.clone(),
+        };
+        let stats = StatsBook::default();
+        let store = state.clone();
+        stats.probe_state_disk(Box::new(move || store.disk_bytes()));
+        let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
+        if let Some(listen) = config.metrics.listen {
+            super::prometheus::serve(listen, stats.clone(), links.clone()).map_err(|source| {
+                AgentError::Metrics {
+                    listen: listen.to_string(),
+                    source,
+                }
+            })?;
+        }
+        let flusher_stop = root.child_token();
+        let flusher = tokio::spawn(state.clone().run_flusher(flusher_stop.clone()));
+        // The functions last: their intake connections start the flow of events.
+        let stop_intake = root.child_token();
+        let lanes = Lanes::new(Parts {
+            board,
+            output,
+            hops,
+            shared,
+            stats: stats.clone(),
+            stop_intake: stop_intake.clone(),
+            done: connection_done.clone(),
+        });
+        let mut runtime = runtime;
+        let functions: BTreeMap<_, _> = runtime.take_functions().into_iter().collect();
+        for (f, intake) in config.functions.iter().zip(connections.intake) {
+            // Runtime::new loaded every configured function or failed.
+            if let Some(loaded) = functions.get(&f.name) {
+                lanes.start(&config, f, loaded.clone(), intake);
+            }
+        }
+        let runtime = Arc::new(runtime);
+        let loaded = |name: &str| functions.get(name).cloned();
+        let (birth, births) = watch::channel(super::reload::birth(&config, loaded));
+        let presence = tokio::spawn(announce_presence(
+            links.clone(),
+            publisher.clone(),
+            config.status_topic(),
+            births,
+            root.child_token(),
+        ));
+        let reloader = super::reload::Reloader::new(
+            &config,
+            functions,
+            super::reload::Parts {
+                runtime: runtime.clone(),
+                lanes: lanes.clone(),
+                state,
+                broker: broker.clone(),
+                publisher: publisher.clone(),
+                birth,
+                tracker: tracker.clone(),
+            },
+        );
+        let reloader_stop = root.child_token();
+        let reloader = tokio::spawn(reloader.run(reloader_stop.clone()));
+        let shutdown = Shutdown {
+            grace: Duration::from_millis(config.agent.shutdown_grace_ms),
+            root,
+            reloader,
+            reloader_stop,
+            stop_intake,
+            lanes,
+            tracker,
+            publisher,
+            status_topic: config.status_topic(),
+            output_connection,
+            links: links.clone(),
+            connection_done,
+            flusher,
+            flusher_stop,
+            reporter,
+            presence,
+            stats: stats.clone(),
+            runtime,
+        };
+        Ok(Running {
+            broker,
+            links,
+            stats,
+            shutdown,
+        })
+    }
+}
+
+impl Running {
+    /// Completes once the agent is connected and subscribed; `None` if the connection
+    /// task ended first.
+    pub async fn ready(&self) -> Option<Ready> {
+        let mut links = self.links.clone();
+        links.wait_for(|l| l.overall().subscribed).await.ok()?;
+        Some(Ready {
+            broker: self.broker.clone(),
+        })
+    }
+
+    /// The agent's connections as a whole, now (see [`Links::overall`]).
+    pub fn status(&self) -> ConnectionStatus {
+        self.links.borrow().overall()
+    }
+
+    /// Every connection's status, live.
+    pub fn links(&self) -> watch::Receiver<Links> {
+        self.links.clone()
+    }
+
+    /// Every function's counters and costs, live.
+    pub fn stats(&self) -> &StatsBook {
+        &self.stats
+    }
+
+    /// Stops the agent: see [`Shutdown`].
+    pub async fn stop(self) {
+        self.shutdown.run().await;
+    }
+}
+
+/// Opens the state store and gives every function its namespace.
+fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, AgentError> {
+    let state = StateStore::open(&config.agent.data_dir, &config.state)?;
+    for f in &config.functions {
+        if let Some(loaded) = runtime.function(&f.name) {
+            loaded.attach_state(state.namespace(&f.name)?);
+        }
+    }
+    Ok(state)
+}
+
+/// Starts the embedded broker if configured; the client then connects where it really
+/// listens.
+fn start_broker(
+    config: &Config,
+    broker: BrokerAddress,
+    connections: Connections,
+) -> Result<(BrokerAddress, Connections), AgentError> {
+    if !config.broker.embedded {
+        return Ok((broker, connections));
+    }
+    let err = |source| AgentError::Mqtt {
+        file: config.source.display().to_string(),
+        source,
+    };
+    #[cfg(feature = "broker")]
+    let listen = crate::mqtt::broker::start(config).map_err(err)?;
+    // `config::validate` refuses `broker.embedded` in a build without the broker first.
+    #[cfg(not(feature = "broker"))]
+    let listen: std::net::SocketAddr = return Err(err(crate::mqtt::MqttError::Broker {
+        context: "start".into(),
+        source: "this build has no embedded broker".into(),
+    }));
+    let actual = BrokerAddress {
+        port: listen.port(),
+        ..broker
+    };
+    let connections = options::connections(config, &actual).map_err(err)?;
+    Ok((actual, connections))
+}
+
+fn spawn_reporter(
+    config: &Config,
+    publisher: &Arc<Publisher>,
+    stats: &StatsBook,
+    stop: CancellationToken,
+) -> Option<JoinHandle<()>> {
+    (config.agent.stats_interval_secs > 0).then(|| {
+        tokio::spawn(stats.clone().publish_every(
+            config.agent.id.clone(),
+            publisher.clone(),
+            config.stats_topic(),
+            Duration::from_secs(config.agent.stats_interval_secs),
+            stop,
+        ))
+    })
+}
+
+/// What an agent with one connection for everything subscribed to under the client id the
+/// output connection now uses: each function's filters, and their merged form.
+fn stale_filters(config: &Config) -> Vec<String> {
+    let topics = || config.functions.iter().flat_map(|f| f.topics.iter());
+    let merged = crate::topic::subscriptions(topics().map(|t| (t.as_str(), 1)));
+    topics()
+        .cloned()
+        .chain(merged.into_iter().map(|s| s.filter))
+        .collect()
+}
+
+/// Says `online`, retained, on the status topic each time every connection is up and
+/// subscribed (the output connection's last will says `offline` when it is lost), and
+/// again when the message changes (a hot reload put new module versions in force).
+async fn announce_presence(
+    mut links: watch::Receiver<Links>,
+    publisher: Arc<Publisher>,
+    topic: String,
+    mut birth: watch::Receiver<Vec<u8>>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            ready = links.wait_for(|l| l.overall().subscribed) => if ready.is_err() { return },
+        }
+        tracing::info!("connected and subscribed");
+        loop {
+            let qos = rumqttc::QoS::AtLeastOnce;
+            let body = birth.borrow_and_update().clone();
+            if publisher
+                .publish(topic.clone(), qos, true, body, None)
+                .await
+                .is_err()
+            {
+                return;
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                lost = links.wait_for(|l| !l.overall().connected) => {
+                    if lost.is_err() { return }
+                    break;
+                }
+                changed = birth.changed() => if changed.is_err() { return },
+            }
+        }
+    }
+}

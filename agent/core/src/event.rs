@@ -1,0 +1,140 @@
+//! The event: one MQTT message on its way to one function, and the bookkeeping that
+//! acknowledges the message once every function it went to is done with it.
+//!
+//! Three things are called "event" around here; in this crate's code they are kept apart
+//! by name: [`Inbound`] (this module: what the pipeline carries), the guest's view of it
+//! (`runtime::GuestEvent`, generated from the WIT) and rumqttc's connection events (always
+//! written `rumqttc::Event`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use bytes::Bytes;
+
+/// A message's place in the acknowledgement order: the connection it came on (a
+/// generation, counted up at each reconnect) and its place in line on that connection.
+/// Plain data; the order itself is the MQTT layer's (`mqtt::ack`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    /// The connection it arrived on.
+    pub generation: u64,
+    /// Its place in line there.
+    pub seq: u64,
+}
+
+/// What releases a message's acknowledgement once every function is done with it. The
+/// MQTT layer's acknowledgement order (`mqtt::ack::AckQueue`) implements it, so that the
+/// event, and the pipeline that carries it, never name the transport.
+pub trait Release: Send + Sync {
+    /// Every holder of the message with `ticket` is done with it.
+    fn release(&self, ticket: Ticket);
+}
+
+/// One message on its way to one function.
+#[derive(Debug)]
+pub struct Inbound {
+    /// Topic name it was published on.
+    pub topic: String,
+    /// Body.
+    pub payload: Bytes,
+    /// Delivery QoS.
+    pub qos: u8,
+    /// Retained flag.
+    pub retain: bool,
+    /// Wall-clock receive time, ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// Monotonic receive time, for queue-wait and end-to-end latency.
+    pub received: Instant,
+    /// How many functions of this agent it has passed through (0: it came from outside).
+    pub hop: u8,
+    /// Acknowledges the message once every function is done with it.
+    pub delivery: Arc<Delivery>,
+}
+
+/// Acknowledgement bookkeeping for one received message, shared by the [`Inbound`]s made
+/// from it (one per function whose filters match).
+pub struct Delivery {
+    remaining: AtomicUsize,
+    ticket: Option<Ticket>,
+    acks: Arc<dyn Release>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("ticket", &self.ticket)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// A delivery shared by `functions` functions (at least one), acknowledged through
+    /// `ticket` (none for QoS 0) once all of them are done.
+    pub fn new(functions: usize, ticket: Option<Ticket>, acks: Arc<dyn Release>) -> Self {
+        Self {
+            remaining: AtomicUsize::new(functions.max(1)),
+            ticket,
+            acks,
+        }
+    }
+
+    /// A delivery for one function that needs no acknowledgement (tests, QoS 0).
+    pub fn detached(acks: Arc<dyn Release>) -> Self {
+        Self::new(1, None, acks)
+    }
+
+    /// Whether the message waits for an acknowledgement (QoS 1/2).
+    pub fn needs_ack(&self) -> bool {
+        self.ticket.is_some()
+    }
+
+    /// Makes completion wait for `n` more holders, each ending with its own
+    /// [`Delivery::complete`] (one per output the broker must confirm first). Call it
+    /// before this holder's own `complete`.
+    pub fn add_holders(&self, n: usize) {
+        self.remaining.fetch_add(n, Ordering::AcqRel);
+    }
+
+    /// Marks one function as done with the message; the last one releases its
+    /// acknowledgement (sent once every earlier message is acknowledged too). A delivery
+    /// that is dropped without being completed is never acknowledged, so the broker
+    /// redelivers it when the session resumes.
+    pub fn complete(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
+            && let Some(t) = self.ticket
+        {
+            self.acks.release(t);
+        }
+    }
+}
+
+/// A message a function asked to publish; sent only if its call returns `ok`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outbound {
+    /// Topic name.
+    pub topic: String,
+    /// Body.
+    pub payload: Vec<u8>,
+    /// 0, 1 or 2.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// Converts a QoS number (0-2, validated earlier) to rumqttc's type.
+pub fn mqtt_qos(n: u8) -> rumqttc::QoS {
+    match n {
+        0 => rumqttc::QoS::AtMostOnce,
+        1 => rumqttc::QoS::AtLeastOnce,
+        _ => rumqttc::QoS::ExactlyOnce,
+    }
+}
+
+/// The size of an MQTT 3.1.1 PUBLISH packet carrying `payload_len` bytes on `topic`, at
+/// most: fixed header (5), topic length and name, packet id (2), payload. Nothing the agent
+/// sends may exceed `broker.max_packet_bytes`: the client would refuse it and drop the
+/// connection.
+pub fn publish_packet_bytes(topic: &str, payload_len: usize) -> usize {
+    5 + 2 + topic.len() + 2 + payload_len
+}

@@ -1,0 +1,488 @@
+//! The connections to the broker, each polled by a task of its own that never runs guest
+//! code or disk I/O, reconnects with exponential back-off, and reports what it sees on a
+//! shared [`Links`] board (readiness for whoever started the agent, the last errors):
+//!
+//! - an **intake** connection per function ([`IntakeTask`]): it subscribes to the
+//!   function's topics, hands messages to the router and sends their acknowledgements. When
+//!   the function's queue is full it stops reading, so TCP flow control makes the broker
+//!   hold the stream; one function's backlog, acknowledgement order and in-flight window
+//!   never hold up another's;
+//! - the **output** connection ([`OutputTask`]): everything the agent publishes, which the
+//!   [`Publisher`] follows so that an event is acknowledged only once the broker has its
+//!   outputs.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{
+    AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet,
+    SubscribeFilter,
+};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::mqtt::publisher::Publisher;
+use crate::topic::Subscription;
+
+/// How long a connection must hold before a failure starts the back-off from its minimum.
+const HEALTHY: Duration = Duration::from_secs(10);
+
+/// After a removed function's unsubscriptions are confirmed, how long its intake goes on
+/// reading with nothing arriving before it takes the broker to have sent all it had.
+const QUIET: Duration = Duration::from_millis(500);
+
+/// Completes at `at`, or never.
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Where an intake connection hands what it receives. The pipeline's router implements
+/// it, so that the transport never names the pipeline (it sits below it).
+pub trait Intake: Send {
+    /// A (re)connection: the previous connection's packet ids are void.
+    fn connected(&self);
+    /// Whether the next message can be taken now; when not, the connection stops reading.
+    fn has_room(&self) -> bool;
+    /// Completes once [`Intake::has_room`].
+    fn room(&self) -> impl std::future::Future<Output = ()> + Send;
+    /// Takes one message. Never blocks.
+    fn route(&self, publish: rumqttc::Publish);
+}
+
+/// One connection as last seen by its task.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConnectionStatus {
+    /// The broker accepted the connection (CONNACK success) and it has not failed since.
+    pub connected: bool,
+    /// The broker answered the subscriptions of the current connection (the output
+    /// connection, which subscribes to nothing, counts as subscribed once connected).
+    pub subscribed: bool,
+    /// Connections that failed or were lost so far.
+    pub failures: u64,
+    /// The last connection error, if any.
+    pub last_error: Option<String>,
+}
+
+/// Every connection's status: the output connection's first, then each intake's (a
+/// function that a reload adds gets its place at the end, one it removes loses its place).
+#[derive(Debug, Clone, Default)]
+pub struct Links {
+    /// (connection name, status).
+    pub links: Vec<(String, ConnectionStatus)>,
+}
+
+impl Links {
+    /// A board for the output connection and one intake per name in `functions`.
+    pub fn new<'a>(functions: impl Iterator<Item = &'a str>) -> Self {
+        let names = std::iter::once(OUTPUT.to_string()).chain(functions.map(intake_name));
+        Self {
+            links: names.map(|n| (n, ConnectionStatus::default())).collect(),
+        }
+    }
+
+    /// The status of the connection called `name`.
+    pub fn get(&self, name: &str) -> Option<&ConnectionStatus> {
+        self.links.iter().find(|(n, _)| n == name).map(|(_, s)| s)
+    }
+
+    /// The agent's connection as a whole: connected and subscribed when every connection
+    /// is; failures summed; the first connection's error that has one.
+    pub fn overall(&self) -> ConnectionStatus {
+        let all = |f: fn(&ConnectionStatus) -> bool| self.links.iter().all(|(_, s)| f(s));
+        ConnectionStatus {
+            connected: !self.links.is_empty() && all(|s| s.connected),
+            subscribed: !self.links.is_empty() && all(|s| s.subscribed),
+            failures: self.links.iter().map(|(_, s)| s.failures).sum(),
+            last_error: self
+                .links
+                .iter()
+                .find_map(|(n, s)| s.last_error.as_ref().map(|e| format!("{n}: {e}"))),
+        }
+    }
+}
+
+/// The output connection's name on the board.
+pub const OUTPUT: &str = "output";
+
+/// Function `f`'s intake connection's name on the board.
+pub fn intake_name(f: &str) -> String {
+    format!("intake {f}")
+}
+
+/// A connection's place on the [`Links`] board.
+#[derive(Clone)]
+pub struct Link {
+    board: watch::Sender<Links>,
+    name: String,
+}
+
+impl Link {
+    /// The place called `name` on `board`, added at the end if it is not there yet.
+    pub fn new(board: watch::Sender<Links>, name: String) -> Self {
+        board.send_if_modified(|l| {
+            let missing = l.get(&name).is_none();
+            if missing {
+                l.links.push((name.clone(), ConnectionStatus::default()));
+            }
+            missing
+        });
+        Self { board, name }
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ConnectionStatus)) {
+        self.board.send_modify(|l| {
+            if let Some((_, s)) = l.links.iter_mut().find(|(n, _)| *n == self.name) {
+                f(s);
+            }
+        });
+    }
+
+    /// Takes the place off the board (its function was removed); later updates do nothing.
+    pub fn remove(&self) {
+        self.board.send_if_modified(|l| {
+            let before = l.links.len();
+            l.links.retain(|(n, _)| *n != self.name);
+            l.links.len() != before
+        });
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+}
+
+/// Reconnection delays: doubling from `min` to `max`, back to `min` only after a
+/// connection has held for [`HEALTHY`] (one that the broker accepts and then drops at once,
+/// a protocol error or a client-id takeover, must not reconnect in a loop at the minimum).
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    next: Duration,
+    failures: u32,
+    connected_at: Option<Instant>,
+}
+
+impl Backoff {
+    /// Delays from `min` to `max`.
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Self {
+            min,
+            max,
+            next: min,
+            failures: 0,
+            connected_at: None,
+        }
+    }
+
+    fn connected(&mut self) {
+        self.connected_at = Some(Instant::now());
+    }
+
+    /// Records a failure on `link`, logs it, and waits out the delay. False if `done`
+    /// came first.
+    async fn failed(&mut self, link: &Link, e: &ConnectionError, done: &CancellationToken) -> bool {
+        if self
+            .connected_at
+            .take()
+            .is_some_and(|t| t.elapsed() >= HEALTHY)
+        {
+            self.next = self.min;
+            self.failures = 0;
+        }
+        self.failures += 1;
+        link.update(|s| {
+            s.connected = false;
+            s.subscribed = false;
+            s.failures += 1;
+            s.last_error = Some(e.to_string());
+        });
+        let (name, retry_in_ms) = (link.name(), self.next.as_millis() as u64);
+        if self.failures == 1 {
+            tracing::warn!(connection = %name, error = %e, retry_in_ms, "broker connection lost; reconnecting");
+        } else {
+            tracing::debug!(connection = %name, error = %e, attempt = self.failures, retry_in_ms, "reconnect failed");
+        }
+        if self.failures.is_multiple_of(10) {
+            tracing::warn!(connection = %name, error = %e, attempts = self.failures, "broker connection keeps failing");
+        }
+        let waited = tokio::select! {
+            () = done.cancelled() => false,
+            () = tokio::time::sleep(self.next) => true,
+        };
+        self.next = (self.next * 2).min(self.max);
+        waited
+    }
+}
+
+/// The output connection's task.
+pub struct OutputTask {
+    /// rumqttc's event loop of the output connection.
+    pub eventloop: EventLoop,
+    /// Follows what goes out.
+    pub publisher: Arc<Publisher>,
+    /// Reconnection delays.
+    pub backoff: Backoff,
+    /// Where the task reports what it sees.
+    pub link: Link,
+    /// Filters an agent with one connection for everything subscribed to under this client
+    /// id: dropped if the first connection resumes such a session.
+    pub stale_filters: Vec<String>,
+}
+
+impl OutputTask {
+    /// Runs until `done` is cancelled or a clean disconnect has been sent.
+    pub async fn run(mut self, done: CancellationToken) {
+        loop {
+            let polled = tokio::select! {
+                biased;
+                () = done.cancelled() => break,
+                polled = self.eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(event) => {
+                    self.publisher.observe(&event);
+                    match event {
+                        Event::Incoming(Packet::ConnAck(ack))
+                            if ack.code == ConnectReturnCode::Success =>
+                        {
+                            tracing::info!(
+                                connection = "output",
+                                session_present = ack.session_present,
+                                "connected to broker"
+                            );
+                            let dropped = self.publisher.reconnected(ack.session_present);
+                            if dropped > 0 {
+                                tracing::error!(
+                                    dropped,
+                                    "the broker did not keep the output connection's session: \
+                                    unconfirmed outputs were dropped; their events stay unacknowledged for redelivery"
+                                );
+                            }
+                            // The session is kept so that, after a reconnection, rumqttc
+                            // resends what the broker had not confirmed. An older agent
+                            // received its events on this client id: drop its subscriptions.
+                            if ack.session_present {
+                                self.publisher
+                                    .unsubscribe(&std::mem::take(&mut self.stale_filters));
+                            }
+                            self.stale_filters.clear();
+                            self.backoff.connected();
+                            self.link.update(|s| {
+                                s.connected = true;
+                                s.subscribed = true;
+                            });
+                        }
+                        Event::Outgoing(Outgoing::Disconnect) => break,
+                        _ => {}
+                    }
+                }
+                Err(e) => {
+                    // Requests rumqttc took from its queue and has not numbered yet.
+                    let taken = self
+                        .eventloop
+                        .pending
+                        .iter()
+                        .filter(|r| matches!(r, rumqttc::Request::Publish(p) if p.pkid == 0))
+                        .count();
+                    self.publisher.connection_lost(taken);
+                    if !self.backoff.failed(&self.link, &e, &done).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// An intake connection's task.
+pub struct IntakeTask {
+    /// rumqttc's event loop of this connection.
+    pub eventloop: EventLoop,
+    /// Its client (for subscribing).
+    pub client: AsyncClient,
+    /// What to subscribe to after each connect.
+    pub subscriptions: Vec<Subscription>,
+    /// Reconnection delays.
+    pub backoff: Backoff,
+    /// Where the task reports what it sees.
+    pub link: Link,
+    /// Longest stop in reading while the queue is full: half the keep-alive, so that the
+    /// keep-alive pings still go out in time.
+    pub max_pause: Duration,
+    /// Cancelled when a reload removes the function: the task unsubscribes, routes what
+    /// arrives until the broker confirms, then drops the router (the queue drains).
+    pub retire: CancellationToken,
+}
+
+impl IntakeTask {
+    /// Runs until `done` is cancelled or a clean disconnect has been sent. When
+    /// `stop_intake` is cancelled the router is dropped: later messages are left
+    /// unacknowledged for the broker to redeliver, and the function's queue closes.
+    pub async fn run(
+        mut self,
+        router: impl Intake,
+        stop_intake: CancellationToken,
+        done: CancellationToken,
+    ) {
+        let mut router = Some(router);
+        let (mut connected, mut retiring) = (false, false);
+        // UNSUBACKs still awaited while retiring, then when the broker is taken to have
+        // sent all it had for us (nothing for QUIET while there was room to read).
+        let mut unsubscribing = 0;
+        let mut quiet_at: Option<tokio::time::Instant> = None;
+        loop {
+            if let Some(r) = router.as_ref().filter(|r| !r.has_room()) {
+                // Backpressure: read nothing until the queue has room; the broker holds
+                // the stream meanwhile (TCP flow control), QoS 0 as well.
+                tokio::select! {
+                    biased;
+                    () = done.cancelled() => break,
+                    () = stop_intake.cancelled() => {}
+                    () = self.retire.cancelled(), if !retiring => {}
+                    _ = tokio::time::timeout(self.max_pause, r.room()) => {}
+                }
+            }
+            let polled = tokio::select! {
+                biased;
+                () = done.cancelled() => break,
+                () = stop_intake.cancelled(), if router.is_some() => {
+                    router = None;
+                    tracing::info!(connection = %self.link.name(), "intake stopped; new messages are left with the broker");
+                    continue;
+                }
+                () = self.retire.cancelled(), if router.is_some() && !retiring => {
+                    retiring = true;
+                    if connected && !self.subscriptions.is_empty() {
+                        unsubscribing = self.subscriptions.len();
+                        self.unsubscribe();
+                    } else {
+                        router = None;
+                    }
+                    continue;
+                }
+                () = sleep_until(quiet_at), if router.is_some() => {
+                    if router.as_ref().is_some_and(Intake::has_room) {
+                        tracing::info!(connection = %self.link.name(), "unsubscribed and nothing more came: the removed function's queue drains");
+                        router = None;
+                    } else {
+                        quiet_at = Some(tokio::time::Instant::now() + QUIET);
+                    }
+                    continue;
+                }
+                polled = self.eventloop.poll() => polled,
+            };
+            match polled {
+                Ok(Event::Incoming(Packet::Publish(p))) => match &router {
+                    Some(r) => {
+                        if quiet_at.is_some() {
+                            quiet_at = Some(tokio::time::Instant::now() + QUIET);
+                        }
+                        r.route(p);
+                    }
+                    None => {
+                        tracing::debug!(topic = %p.topic, "message after intake stopped; not acknowledged")
+                    }
+                },
+                Ok(Event::Incoming(Packet::UnsubAck(_))) if retiring => {
+                    unsubscribing = unsubscribing.saturating_sub(1);
+                    if unsubscribing == 0 {
+                        // What the broker had queued or in flight for this client may
+                        // still come: it is the function's, and handled.
+                        quiet_at = Some(tokio::time::Instant::now() + QUIET);
+                    }
+                }
+                Ok(Event::Incoming(Packet::ConnAck(ack)))
+                    if ack.code == ConnectReturnCode::Success =>
+                {
+                    connected = true;
+                    tracing::debug!(connection = %self.link.name(), session_present = ack.session_present, "connected to broker");
+                    self.backoff.connected();
+                    self.link.update(|s| {
+                        s.connected = true;
+                        s.subscribed = false;
+                    });
+                    if retiring {
+                        // Removed while the connection was down: subscribe no more.
+                        router = None;
+                    }
+                    if let Some(r) = &router {
+                        r.connected();
+                        self.subscribe();
+                    }
+                }
+                Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                    use rumqttc::SubscribeReasonCode;
+                    for (i, code) in ack.return_codes.iter().enumerate() {
+                        if matches!(code, SubscribeReasonCode::Failure) {
+                            let filter =
+                                self.subscriptions.get(i).map_or("?", |s| s.filter.as_str());
+                            tracing::error!(connection = %self.link.name(), filter, "broker refused the subscription");
+                        }
+                    }
+                    self.link.update(|s| s.subscribed = true);
+                }
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => break,
+                Ok(_) => {}
+                Err(e) => {
+                    connected = false;
+                    if retiring && router.take().is_some() {
+                        tracing::info!(connection = %self.link.name(), "connection lost while the function is removed: its queue drains");
+                    }
+                    if !self.backoff.failed(&self.link, &e, &done).await {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn subscribe(&self) {
+        let filters: Vec<SubscribeFilter> = self
+            .subscriptions
+            .iter()
+            .map(|s| SubscribeFilter::new(s.filter.clone(), crate::event::mqtt_qos(s.qos)))
+            .collect();
+        for s in &self.subscriptions {
+            tracing::info!(connection = %self.link.name(), filter = %s.filter, qos = s.qos, "subscribing");
+        }
+        // Through a task: the request queue may be full and this loop must keep polling.
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            if let Err(e) = client.subscribe_many(filters).await {
+                tracing::error!(error = %e, "could not subscribe");
+            }
+        });
+    }
+
+    fn unsubscribe(&self) {
+        let filters: Vec<String> = self
+            .subscriptions
+            .iter()
+            .map(|s| s.filter.clone())
+            .collect();
+        tracing::info!(connection = %self.link.name(), ?filters, "function removed: unsubscribing");
+        let client = self.client.clone();
+        tokio::spawn(async move {
+            // One request per filter (rumqttc 0.25 has no unsubscribe_many); the task
+            // drops the router once the broker has confirmed them all.
+            for f in filters {
+                if let Err(e) = client.unsubscribe(f).await {
+                    tracing::error!(error = %e, "could not unsubscribe");
+                }
+            }
+        });
+    }
+}
+
+/// Sends the acknowledgements that [`crate::mqtt::ack::AckQueue`] releases, in that order, until
+/// the queue is dropped or the connection is gone.
+pub async fn send_acks(client: AsyncClient, mut ready: mpsc::UnboundedReceiver<rumqttc::Publish>) {
+    while let Some(p) = ready.recv().await {
+        if client.ack(&p).await.is_err() {
+            break;
+        }
+    }
+}

@@ -1,0 +1,338 @@
+//! Everything the agent publishes (functions' outputs, dead letters, stats, presence) goes
+//! through one [`Publisher`] on the output connection, which is not the connection the
+//! events came in on. So that a message is still acknowledged only once what it caused is
+//! safe, the publisher tells when the broker has each message (PUBACK for QoS 1, PUBREC for
+//! QoS 2, written out for QoS 0) and completes the [`Delivery`] that waits on it.
+//!
+//! rumqttc numbers a publish only when its event loop takes it from the request queue, and
+//! then reports `Outgoing::Publish(pkid)` in the order requests were queued. The publisher
+//! queues its requests under a lock, in the same order as the deliveries waiting on them,
+//! and pairs the two as the connection task reports what went out.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+
+use rumqttc::{AsyncClient, ClientError, Event, Outgoing, Packet, QoS};
+
+use crate::event::Delivery;
+
+/// What waits on one publish: a delivery to complete, or nothing.
+type Waiter = Option<Arc<Delivery>>;
+
+#[derive(Default)]
+struct Waiting {
+    /// Queued requests not yet numbered, oldest first.
+    queued: VecDeque<Waiter>,
+    /// Numbered QoS 1/2 publishes the broker has not confirmed.
+    in_flight: HashMap<u16, Waiter>,
+    /// A publish rumqttc holds back because its packet id is still in flight.
+    collided: Option<(u16, Waiter)>,
+    /// Queued requests rumqttc took out of its queue when the connection failed: it resends
+    /// them (after the unconfirmed ones) if the broker resumes the session, and drops them
+    /// with the unconfirmed ones if it does not.
+    taken_at_failure: usize,
+}
+
+/// Publishes on the output connection and reports when the broker has each message.
+pub struct Publisher {
+    client: AsyncClient,
+    /// Held while a request and its waiter are queued, so both queues keep one order.
+    order: tokio::sync::Mutex<()>,
+    waiting: Mutex<Waiting>,
+}
+
+impl Publisher {
+    /// A publisher over the output connection's `client`. Its event loop's events must be
+    /// passed to [`Publisher::observe`].
+    pub fn new(client: AsyncClient) -> Arc<Self> {
+        Arc::new(Self {
+            client,
+            order: tokio::sync::Mutex::new(()),
+            waiting: Mutex::new(Waiting::default()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a message, waiting while the connection's request queue is full; `then` is
+    /// completed once the broker has it. Cancel-safe: dropped before it returns, nothing
+    /// was queued.
+    ///
+    /// # Errors
+    /// The connection is gone (shutting down): `then` is never completed.
+    pub async fn publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        then: Waiter,
+    ) -> Result<(), ClientError> {
+        /// Takes the waiter back out unless the request went into the queue.
+        struct Unqueue<'a>(&'a Publisher, bool);
+        impl Drop for Unqueue<'_> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.lock().queued.pop_back();
+                }
+            }
+        }
+        let _order = self.order.lock().await;
+        self.lock().queued.push_back(then);
+        let mut unqueue = Unqueue(self, true);
+        let sent = self.client.publish(topic, qos, retain, payload).await;
+        unqueue.1 = sent.is_err();
+        sent
+    }
+
+    /// Like [`Publisher::publish`], but never waits.
+    ///
+    /// # Errors
+    /// `Err(then)` if the request queue is full (or another publish is being queued).
+    pub fn try_publish(
+        &self,
+        topic: String,
+        qos: QoS,
+        retain: bool,
+        payload: Vec<u8>,
+        then: Waiter,
+    ) -> Result<(), Waiter> {
+        let Ok(_order) = self.order.try_lock() else {
+            return Err(then);
+        };
+        self.lock().queued.push_back(then);
+        match self.client.try_publish(topic, qos, retain, payload) {
+            Ok(()) => Ok(()),
+            Err(_) => Err(self.lock().queued.pop_back().flatten()),
+        }
+    }
+
+    /// Drops subscriptions on `filters` (an older agent's, left in a resumed session).
+    pub fn unsubscribe(&self, filters: &[String]) {
+        for f in filters {
+            let _ = self.client.try_unsubscribe(f.clone());
+        }
+    }
+
+    /// Sends a clean DISCONNECT once what is queued has gone.
+    pub async fn disconnect(&self) {
+        let _order = self.order.lock().await;
+        let _ = self.client.disconnect().await;
+    }
+
+    /// Follows the output connection: pairs numbered publishes with their waiters and
+    /// completes those the broker confirmed.
+    pub fn observe(&self, event: &Event) {
+        let done = {
+            let mut w = self.lock();
+            match event {
+                Event::Outgoing(Outgoing::Publish(0)) => w.queued.pop_front().flatten(),
+                Event::Outgoing(Outgoing::Publish(pkid)) => {
+                    if !w.in_flight.contains_key(pkid) {
+                        let waiter = match w.collided.take() {
+                            Some((held, waiter)) if held == *pkid => waiter,
+                            other => {
+                                w.collided = other;
+                                w.queued.pop_front().flatten()
+                            }
+                        };
+                        w.in_flight.insert(*pkid, waiter);
+                    }
+                    // Otherwise a resend after a reconnection: its waiter is in place.
+                    None
+                }
+                Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
+                    let waiter = w.queued.pop_front().flatten();
+                    w.collided = Some((*pkid, waiter));
+                    None
+                }
+                Event::Incoming(Packet::PubAck(ack)) => w.in_flight.remove(&ack.pkid).flatten(),
+                Event::Incoming(Packet::PubRec(rec)) => w.in_flight.remove(&rec.pkid).flatten(),
+                _ => None,
+            }
+        };
+        if let Some(delivery) = done {
+            delivery.complete();
+        }
+    }
+
+    /// The output connection failed: rumqttc has moved every unconfirmed publish aside, and
+    /// `taken` requests it had not numbered yet (the oldest queued ones, counted in its
+    /// event loop's `pending`), to resend if the session resumes.
+    pub fn connection_lost(&self, taken: usize) {
+        self.lock().taken_at_failure = taken;
+    }
+
+    /// The output connection is back. If the broker kept the session, rumqttc resends what
+    /// it moved aside, in order, and the pairing stands. If not, rumqttc has dropped it:
+    /// those waiters are forgotten, so their events are never acknowledged and the broker
+    /// redelivers them (when their intake connections resume), and the outputs are made
+    /// again. Returns how many outputs were dropped.
+    pub fn reconnected(&self, session_present: bool) -> usize {
+        let mut w = self.lock();
+        let taken = std::mem::take(&mut w.taken_at_failure);
+        if session_present {
+            return 0;
+        }
+        let taken = taken.min(w.queued.len());
+        let dropped = taken + w.in_flight.len() + usize::from(w.collided.is_some());
+        w.queued.drain(..taken);
+        w.in_flight.clear();
+        w.collided = None;
+        dropped
+    }
+
+    /// Publishes the broker has not confirmed yet (queued or in flight).
+    pub fn unconfirmed(&self) -> usize {
+        let w = self.lock();
+        w.queued.len() + w.in_flight.len() + usize::from(w.collided.is_some())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use rumqttc::{PubAck, PubRec};
+    use tokio::sync::mpsc;
+
+    use super::*;
+    use crate::mqtt::ack::AckQueue;
+
+    /// A publisher whose request queue nobody reads, and a delivery that counts.
+    fn setup() -> (Arc<Publisher>, rumqttc::EventLoop) {
+        let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (client, eventloop) = AsyncClient::new(opts, 16);
+        (Publisher::new(client), eventloop)
+    }
+
+    /// A delivery of a QoS 1 message waiting on `outputs` publishes, and the acks it
+    /// releases.
+    fn delivery(outputs: usize) -> (Arc<Delivery>, mpsc::UnboundedReceiver<rumqttc::Publish>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let acks = AckQueue::new(tx);
+        let mut p = rumqttc::Publish::new("in", QoS::AtLeastOnce, "x");
+        p.pkid = 7;
+        let d = Arc::new(Delivery::new(1, acks.register(&p), acks));
+        d.add_holders(outputs);
+        d.complete();
+        (d, rx)
+    }
+
+    fn out(pkid: u16) -> Event {
+        Event::Outgoing(Outgoing::Publish(pkid))
+    }
+
+    #[tokio::test]
+    async fn a_delivery_completes_when_the_broker_has_its_outputs() {
+        let (p, _el) = setup();
+        let (d, mut acks) = delivery(2);
+        for _ in 0..2 {
+            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d.clone()));
+            assert!(sent.await.is_ok());
+        }
+        p.observe(&out(1));
+        p.observe(&out(2));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert!(acks.try_recv().is_err(), "one output still unconfirmed");
+        // A resend after a reconnection is not a new publish.
+        p.observe(&out(2));
+        assert_eq!(p.unconfirmed(), 1);
+        p.observe(&Event::Incoming(Packet::PubRec(PubRec::new(2))));
+        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+        assert_eq!(p.unconfirmed(), 0);
+    }
+
+    #[tokio::test]
+    async fn qos0_and_unwaited_publishes_keep_the_pairing() {
+        let (p, _el) = setup();
+        let (d, mut acks) = delivery(1);
+        assert!(
+            p.try_publish("s".into(), QoS::AtMostOnce, false, vec![], None)
+                .is_ok()
+        );
+        assert!(
+            p.try_publish("s".into(), QoS::AtLeastOnce, false, vec![], None)
+                .is_ok()
+        );
+        assert!(
+            p.try_publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d))
+                .is_ok()
+        );
+        p.observe(&out(0));
+        p.observe(&out(1));
+        // Packet id 1 is still in flight: rumqttc holds the next publish back.
+        p.observe(&Event::Outgoing(Outgoing::AwaitAck(1)));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert!(
+            acks.try_recv().is_err(),
+            "the held publish is not confirmed"
+        );
+        p.observe(&out(1));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_lost_session_drops_what_was_moved_aside_and_a_kept_one_resends_it() {
+        let (p, _el) = setup();
+        let (d, mut acks) = delivery(1);
+        for waiter in [None, Some(d.clone())] {
+            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], waiter);
+            assert!(sent.await.is_ok());
+        }
+        p.observe(&out(1));
+        p.connection_lost(1);
+        // Published during the outage: still in rumqttc's queue, not moved aside.
+        let (later, mut later_acks) = delivery(1);
+        let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(later));
+        assert!(sent.await.is_ok());
+        assert_eq!(
+            p.reconnected(false),
+            2,
+            "the unconfirmed one and the one moved aside"
+        );
+        p.observe(&out(1));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert_eq!(later_acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+        assert!(
+            acks.try_recv().is_err(),
+            "a dropped output never confirms its event"
+        );
+        drop(d);
+
+        // The session resumes: resends keep their waiters, in order.
+        let (p, _el) = setup();
+        let (d, mut acks) = delivery(2);
+        for _ in 0..2 {
+            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d.clone()));
+            assert!(sent.await.is_ok());
+        }
+        p.observe(&out(1));
+        p.connection_lost(1);
+        assert_eq!(p.reconnected(true), 0);
+        p.observe(&out(1));
+        p.observe(&out(2));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(2))));
+        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+    }
+
+    #[tokio::test]
+    async fn a_publish_given_up_while_waiting_for_room_leaves_no_waiter() {
+        let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (client, _el) = AsyncClient::new(opts, 1);
+        let p = Publisher::new(client);
+        let (d, mut acks) = delivery(1);
+        let first = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d));
+        assert!(first.await.is_ok());
+        // The request queue (1) is full: this one waits, and is given up.
+        let second = p.publish("s".into(), QoS::AtLeastOnce, false, vec![], None);
+        let waited = tokio::time::timeout(std::time::Duration::from_millis(20), second);
+        assert!(waited.await.is_err());
+        assert_eq!(p.unconfirmed(), 1);
+        p.observe(&out(1));
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+    }
+}

@@ -1,0 +1,265 @@
+//! A function's inbox: the bounded queue of its waiting events, with the overflow policy
+//! chosen in its config.
+//!
+//! The router pushes without ever waiting (it runs on the MQTT poll task); the function's
+//! worker threads pop, blocking while it is empty.
+//! When `queue_capacity` events wait:
+//! - `backpressure` (default): the function's intake connection stops reading from the
+//!   broker until there is room ([`Inbox::room`]), so TCP flow control makes the broker
+//!   hold the rest of the stream, QoS 0 as well as QoS 1. What one read had already
+//!   brought in is still taken; as a safety net, past [`BACKPRESSURE_FACTOR`] × capacity
+//!   new events are rejected;
+//! - `drop-newest`: the new event is rejected;
+//! - `drop-oldest`: the oldest waiting event is rejected to make room.
+//!
+//! A rejected event becomes a `queue-full` dead letter (counted and logged).
+
+use std::collections::VecDeque;
+use std::sync::{Condvar, Mutex};
+
+use tokio::sync::Notify;
+
+use crate::config::Overflow;
+use crate::event::Inbound;
+
+/// How far past its capacity an inbox under backpressure may grow before it rejects.
+pub const BACKPRESSURE_FACTOR: usize = 16;
+
+struct Inner {
+    events: VecDeque<Inbound>,
+    closed: bool,
+}
+
+/// A bounded queue of events: the router pushes, worker threads pop.
+pub struct Inbox {
+    inner: Mutex<Inner>,
+    /// Signalled when an event arrives or the queue closes (for the worker threads).
+    ready: Condvar,
+    /// Signalled when an event leaves (for an intake waiting for room).
+    space: Notify,
+    capacity: usize,
+    overflow: Overflow,
+}
+
+impl Inbox {
+    /// An empty queue.
+    pub fn new(capacity: usize, overflow: Overflow) -> Self {
+        Self {
+            inner: Mutex::new(Inner {
+                events: VecDeque::new(),
+                closed: false,
+            }),
+            ready: Condvar::new(),
+            space: Notify::new(),
+            capacity: capacity.max(1),
+            overflow,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds `event` without waiting. Returns the event that had to be rejected, if any
+    /// (the new one, or the oldest with `drop-oldest`), or `Err(event)` if the queue is
+    /// closed.
+    ///
+    /// # Errors
+    /// The event back if the queue is closed (shutting down).
+    pub fn push(&self, event: Inbound) -> Result<Option<Inbound>, Inbound> {
+        let mut q = self.lock();
+        if q.closed {
+            return Err(event);
+        }
+        let len = q.events.len();
+        let rejected = if len < self.capacity {
+            q.events.push_back(event);
+            None
+        } else {
+            match self.overflow {
+                Overflow::Backpressure if len < self.capacity * BACKPRESSURE_FACTOR => {
+                    q.events.push_back(event);
+                    None
+                }
+                Overflow::Backpressure | Overflow::DropNewest => Some(event),
+                Overflow::DropOldest => {
+                    let oldest = q.events.pop_front();
+                    q.events.push_back(event);
+                    oldest
+                }
+            }
+        };
+        drop(q);
+        self.ready.notify_one();
+        Ok(rejected)
+    }
+
+    /// The next event, blocking the calling thread until there is one; `None` once the
+    /// queue is closed and empty. For worker threads, never for async tasks.
+    pub fn pop(&self) -> Option<Inbound> {
+        let mut q = self.lock();
+        loop {
+            if let Some(e) = q.events.pop_front() {
+                let now_has_room = q.events.len() + 1 == self.capacity;
+                drop(q);
+                if now_has_room {
+                    self.space.notify_one();
+                }
+                return Some(e);
+            }
+            if q.closed {
+                return None;
+            }
+            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    /// Whether [`Inbox::close`] was called.
+    pub fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
+    /// No more pushes; `pop` drains what is left, then returns `None`.
+    pub fn close(&self) {
+        self.lock().closed = true;
+        self.ready.notify_all();
+        self.space.notify_one();
+    }
+
+    /// Whether a push now would be taken without going over capacity, or is not held
+    /// back anyway (the drop policies, and a closed queue, never make intake wait).
+    pub fn has_room(&self) -> bool {
+        let q = self.lock();
+        q.closed || self.overflow != Overflow::Backpressure || q.events.len() < self.capacity
+    }
+
+    /// Waits until [`Inbox::has_room`].
+    pub async fn room(&self) {
+        loop {
+            let freed = self.space.notified();
+            if self.has_room() {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Events waiting.
+    pub fn len(&self) -> usize {
+        self.lock().events.len()
+    }
+
+    /// Whether no events wait.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The configured capacity.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Instant;
+
+    use super::*;
+    use crate::event::Delivery;
+    use crate::mqtt::ack::AckQueue;
+
+    fn event(n: u8, qos: u8) -> Inbound {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        Inbound {
+            topic: format!("t/{n}"),
+            payload: vec![n].into(),
+            qos,
+            retain: false,
+            received_at_ms: 0,
+            received: Instant::now(),
+            hop: 0,
+            delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
+        }
+    }
+
+    fn topics(q: &Inbox) -> Vec<String> {
+        q.lock().events.iter().map(|e| e.topic.clone()).collect()
+    }
+
+    #[test]
+    fn drop_newest_rejects_the_arrival() {
+        let q = Inbox::new(2, Overflow::DropNewest);
+        for n in 0..2 {
+            assert!(matches!(q.push(event(n, 1)), Ok(None)));
+        }
+        let rejected = q.push(event(2, 1)).ok().flatten().map(|e| e.topic);
+        assert_eq!(rejected.as_deref(), Some("t/2"));
+        assert_eq!(topics(&q), ["t/0", "t/1"]);
+    }
+
+    #[test]
+    fn drop_oldest_makes_room() {
+        let q = Inbox::new(2, Overflow::DropOldest);
+        for n in 0..3 {
+            let rejected = q.push(event(n, 1)).ok().flatten().map(|e| e.topic);
+            assert_eq!(rejected.as_deref(), (n == 2).then_some("t/0"));
+        }
+        assert_eq!(topics(&q), ["t/1", "t/2"]);
+    }
+
+    #[tokio::test]
+    async fn backpressure_says_when_there_is_room_and_holds_any_qos() {
+        let q = Inbox::new(2, Overflow::Backpressure);
+        for n in 0..2 {
+            assert!(matches!(q.push(event(n, 0)), Ok(None)));
+        }
+        assert!(!q.has_room());
+        assert!(matches!(q.push(event(2, 0)), Ok(None)), "QoS 0 is held too");
+        for n in 3..(2 * BACKPRESSURE_FACTOR) as u8 {
+            assert!(matches!(q.push(event(n, 1)), Ok(None)), "held {n}");
+        }
+        assert!(matches!(q.push(event(200, 1)), Ok(Some(_))), "safety net");
+        let waiter = async {
+            q.room().await;
+            q.len()
+        };
+        let drain = async {
+            while q.len() >= 2 {
+                assert!(q.pop().is_some());
+                tokio::task::yield_now().await;
+            }
+        };
+        let (len, ()) = tokio::join!(waiter, drain);
+        assert!(len < 2, "room with {len} waiting");
+        assert!(Inbox::new(1, Overflow::DropNewest).has_room());
+    }
+
+    #[test]
+    fn close_drains_then_ends() {
+        let q = Inbox::new(4, Overflow::Backpressure);
+        assert!(q.push(event(1, 1)).is_ok());
+        q.close();
+        assert!(q.push(event(2, 1)).is_err(), "closed");
+        assert_eq!(q.pop().map(|e| e.topic).as_deref(), Some("t/1"));
+        assert!(q.pop().is_none());
+    }
+
+    #[test]
+    fn a_waiting_worker_wakes_for_an_event_and_for_close() {
+        let q = Arc::new(Inbox::new(4, Overflow::Backpressure));
+        let worker = {
+            let q = q.clone();
+            std::thread::spawn(move || {
+                let first = q.pop().map(|e| e.topic);
+                (first, q.pop().is_none())
+            })
+        };
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert!(q.push(event(1, 0)).is_ok());
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        q.close();
+        let (first, ended) = worker.join().unwrap_or_else(|_| panic!("worker"));
+        assert_eq!((first.as_deref(), ended), (Some("t/1"), true));
+    }
+}

@@ -1,0 +1,73 @@
+//! The pipeline: what happens to an event between the connection and its acknowledgement.
+//!
+//! - [`router`]: matches a message's topic against every function's filters and pushes it
+//!   into their inboxes (or takes the dead-letter path at once);
+//! - [`inbox`]: a function's bounded queue, with its overflow policy;
+//! - [`on_demand`]: the on-demand model, a fresh instance per event;
+//! - [`persistent`]: the persistent model, long-lived instances restarted by policy;
+//! - [`output`]: the calls' messages and the dead letters out to the broker, then the
+//!   delivery's completion, which releases the acknowledgement in arrival order;
+//! - [`hops`]: what the agent published, so that a loop through its functions stops.
+
+pub mod hops;
+pub mod inbox;
+pub mod on_demand;
+pub mod output;
+pub mod persistent;
+pub mod router;
+
+use std::sync::Arc;
+
+use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
+
+use crate::event::Inbound;
+use crate::runtime::GuestEvent;
+
+/// What every function's dispatcher or supervisor shares.
+#[derive(Clone)]
+pub struct Shared {
+    /// Where outputs and dead letters go.
+    pub output: output::Output,
+    /// Instances in flight across all functions (the instance pool's size).
+    pub instances: Arc<Semaphore>,
+    /// Tracks work that outlives a call (flush waits), so shutdown can wait for it.
+    pub tracker: TaskTracker,
+}
+
+/// Runs `work` on a thread of its own named `name` (as `top -H` and profilers show it),
+/// with the current tokio runtime's handle for what it must await (handing outputs to the
+/// connection). The returned task completes when `work` returns. Guest calls block for up
+/// to their timeout, so they run on these threads, never on the runtime's.
+pub fn spawn_worker(
+    name: String,
+    work: impl FnOnce(tokio::runtime::Handle) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    let rt = tokio::runtime::Handle::current();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let spawned = std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(move || {
+            let _guard = rt.enter();
+            work(rt.clone());
+            drop(done);
+        });
+    if let Err(e) = spawned {
+        tracing::error!(worker = %name, error = %e, "cannot start a worker thread");
+    }
+    tokio::spawn(async move {
+        let _ = finished.await;
+    })
+}
+
+/// The guest's view of an event.
+fn guest_event(event: &Inbound) -> GuestEvent {
+    GuestEvent {
+        topic: event.topic.clone(),
+        payload: event.payload.to_vec(),
+        qos: event.qos,
+        retain: event.retain,
+        received_at_ms: event.received_at_ms,
+        user_properties: Vec::new(),
+    }
+}

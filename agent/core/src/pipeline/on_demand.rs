@@ -1,0 +1,93 @@
+//! On-demand dispatch (the serverless model): each event runs in a fresh instance, on one of
+//! the function's `max_concurrency` worker threads, never more than `runtime.max_instances`
+//! at once across all functions. A worker takes the next event as soon as it has handed
+//! the last one's outputs to the connection: no task, thread hand-off or allocation per
+//! event beyond the call itself.
+
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use tokio::runtime::Handle;
+use tokio::task::JoinHandle;
+
+use super::inbox::Inbox;
+use super::{Shared, guest_event, spawn_worker};
+use crate::metrics::FunctionStats;
+use crate::runtime::LoadedFunction;
+
+/// Starts `function`'s `max_concurrency` workers over `inbox`; they end once the inbox is
+/// closed and empty.
+pub fn run(
+    function: Arc<LoadedFunction>,
+    max_concurrency: u32,
+    stats: Arc<FunctionStats>,
+    inbox: Arc<Inbox>,
+    shared: Shared,
+) -> Vec<JoinHandle<()>> {
+    if let Some(keep) = function.keep_warm() {
+        tokio::spawn(scale_to_zero(
+            Arc::downgrade(&function),
+            inbox.clone(),
+            keep,
+        ));
+    }
+    (0..max_concurrency.max(1))
+        .map(|i| {
+            let (function, stats, inbox, shared) = (
+                function.clone(),
+                stats.clone(),
+                inbox.clone(),
+                shared.clone(),
+            );
+            let name = format!("{}#{i}", function.name());
+            spawn_worker(name, move |rt| {
+                work(&rt, &function, &stats, &inbox, &shared)
+            })
+        })
+        .collect()
+}
+
+/// Releases `function`'s module once it has had no event for `keep`, checking four times
+/// per `keep` (at most once a second); ends with the function or its inbox.
+async fn scale_to_zero(function: Weak<LoadedFunction>, inbox: Arc<Inbox>, keep: Duration) {
+    let mut tick =
+        tokio::time::interval((keep / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(f) = function.upgrade() else { return };
+        if inbox.is_closed() {
+            return;
+        }
+        if f.release_if_idle() {
+            crate::runtime::release_freed_memory();
+            tracing::info!(
+                function = f.name(),
+                keep_warm_secs = keep.as_secs(),
+                "scaled to zero: module released after keep_warm_secs without events; the next event loads it again"
+            );
+        }
+    }
+}
+
+fn work(
+    rt: &Handle,
+    function: &LoadedFunction,
+    stats: &Arc<FunctionStats>,
+    inbox: &Inbox,
+    shared: &Shared,
+) {
+    while let Some(event) = inbox.pop() {
+        // The semaphore lives as long as the agent: acquiring cannot fail.
+        let permit = match shared.instances.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => rt.block_on(shared.instances.acquire()).ok(),
+        };
+        let queued = event.received.elapsed();
+        let result = function
+            .call_on_demand(&guest_event(&event))
+            .map(|o| o.queued(queued));
+        drop(permit);
+        rt.block_on(shared.output.finish(function.name(), stats, event, result));
+    }
+}

@@ -1,0 +1,328 @@
+//! The output path: everything the agent sends to the broker on behalf of functions, in
+//! one place. A successful call's messages go out in order, and its delivery completes
+//! once the broker has them (and its state writes are on disk, when it made any); a failed
+//! event, whether the router refused it or its call failed, takes the one dead-letter path
+//! in [`Output::fail`], and completes once the broker has its dead letter.
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+use serde::Serialize;
+use tokio_util::task::TaskTracker;
+
+use super::hops::HopLedger;
+use crate::event::{Inbound, Outbound};
+use crate::failure::FailureKind;
+use crate::metrics::{CallCost, FunctionStats};
+use crate::mqtt::publisher::Publisher;
+use crate::runtime::{CallError, CallOutcome};
+
+/// Longest error message a dead letter carries, in bytes; a longer one is cut (on a
+/// character boundary) and `message_truncated` says so.
+pub const DEAD_LETTER_MAX_MESSAGE: usize = 4096;
+/// Most of the original payload a dead letter carries, in bytes before base64; a longer
+/// one is cut and `payload_truncated` says so (`payload_bytes` keeps the full size). Less
+/// when `broker.max_packet_bytes` leaves less room.
+pub const DEAD_LETTER_MAX_PAYLOAD: usize = 64 * 1024;
+
+/// A failed event, as published on `<topic_prefix>/<id>/dead-letter`. It carries the
+/// original payload (up to [`DEAD_LETTER_MAX_PAYLOAD`]) so that it can be inspected or
+/// replayed.
+#[derive(Debug, Serialize)]
+pub struct DeadLetter {
+    /// The function that failed.
+    pub function: String,
+    /// SHA-256 of the function's module version that failed (it changes with a reload).
+    pub module_sha256: Option<String>,
+    /// Topic of the event.
+    pub topic: String,
+    /// Kind of failure (`guest-error`, `timeout`, `trap`, ...).
+    pub kind: &'static str,
+    /// Details.
+    pub message: String,
+    /// When the failure happened, ms since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// When the event was received, ms since the Unix epoch.
+    pub received_at_ms: u64,
+    /// QoS the event was delivered with.
+    pub qos: u8,
+    /// Size of the original payload.
+    pub payload_bytes: usize,
+    /// The original payload, base64 (cut when `payload_truncated`).
+    pub payload_base64: String,
+    /// Whether `payload_base64` holds only the start of the payload.
+    pub payload_truncated: bool,
+    /// Whether `message` holds only the start of the error message.
+    pub message_truncated: bool,
+}
+
+impl DeadLetter {
+    /// A dead letter for `event` in `function` that carries at most `max_payload` bytes of
+    /// its payload.
+    pub fn new(
+        function: &str,
+        event: &Inbound,
+        kind: FailureKind,
+        mut message: String,
+        max_payload: usize,
+    ) -> Self {
+        let message_truncated = message.len() > DEAD_LETTER_MAX_MESSAGE;
+        if message_truncated {
+            message.truncate(message.floor_char_boundary(DEAD_LETTER_MAX_MESSAGE));
+        }
+        let kept = event.payload.len().min(max_payload);
+        Self {
+            function: function.to_string(),
+            module_sha256: None,
+            topic: event.topic.clone(),
+            kind: kind.as_str(),
+            message,
+            timestamp_ms: crate::clock::now_ms(),
+            received_at_ms: event.received_at_ms,
+            qos: event.qos,
+            payload_bytes: event.payload.len(),
+            payload_base64: base64::engine::general_purpose::STANDARD
+                .encode(&event.payload[..kept]),
+            payload_truncated: kept < event.payload.len(),
+            message_truncated,
+        }
+    }
+
+    fn to_json(&self) -> Vec<u8> {
+        // Serialising a struct of strings and integers cannot fail.
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// Sends functions' messages and dead letters through the agent's output connection.
+#[derive(Clone)]
+pub struct Output {
+    publisher: Arc<Publisher>,
+    dead_letter_topic: Arc<str>,
+    tracker: TaskTracker,
+    max_packet_bytes: usize,
+    hops: Arc<HopLedger>,
+    /// Every running function's topic filters: outputs that match one may come back in.
+    /// Shared by the clones; a reload that adds or removes a function replaces it.
+    filters: Arc<std::sync::RwLock<Vec<String>>>,
+}
+
+impl Output {
+    /// An output through `publisher` that sends dead letters to `dead_letter_topic`. Work that
+    /// outlives a call (waiting for a flush, a dead letter waiting for room) runs on
+    /// `tracker`, so that shutdown can wait for it.
+    /// Nothing it sends is larger than `max_packet_bytes`. Outputs that match one of the
+    /// agent's own subscriptions ([`Output::set_filters`]) are recorded in `hops`.
+    pub fn new(
+        publisher: Arc<Publisher>,
+        dead_letter_topic: String,
+        tracker: TaskTracker,
+        max_packet_bytes: usize,
+        hops: Arc<HopLedger>,
+    ) -> Self {
+        Self {
+            publisher,
+            dead_letter_topic: dead_letter_topic.into(),
+            tracker,
+            max_packet_bytes,
+            hops,
+            filters: Arc::default(),
+        }
+    }
+
+    /// The agent's subscriptions now: every running function's topic filters.
+    pub fn set_filters(&self, filters: Vec<String>) {
+        *self.filters.write().unwrap_or_else(|p| p.into_inner()) = filters;
+    }
+
+    fn comes_back(&self, topic: &str) -> bool {
+        let filters = self.filters.read().unwrap_or_else(|p| p.into_inner());
+        filters.iter().any(|f| crate::topic::matches(f, topic))
+    }
+
+    /// Publishes a call's outputs (or its dead letter), then completes the delivery so the
+    /// message can be acknowledged once the broker has confirmed the outputs. If the call
+    /// wrote state, completion waits for the flush that makes it durable, in a task of its
+    /// own: the function goes on with its next event meanwhile (otherwise a persistent
+    /// instance could handle one event per flush).
+    pub async fn finish(
+        &self,
+        function: &str,
+        stats: &Arc<FunctionStats>,
+        event: Inbound,
+        result: Result<CallOutcome, CallError>,
+    ) {
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(err) => return self.fail(function, stats, event, err.kind, err.message),
+        };
+        let called = std::time::Instant::now();
+        let mut cost = CallCost {
+            instantiate: outcome.instantiate,
+            execute: outcome.execute,
+            cpu: outcome.cpu,
+            peak_memory: outcome.peak_memory,
+            load: outcome.load,
+            queue: outcome.queue,
+            commit: None,
+        };
+        tracing::debug!(
+            function,
+            topic = %event.topic,
+            instantiate_us = outcome.instantiate.as_micros() as u64,
+            execute_us = outcome.execute.as_micros() as u64,
+            end_to_end_us = event.received.elapsed().as_micros() as u64,
+            outputs = outcome.outbox.len(),
+            "event handled"
+        );
+        // Counted before its outputs leave, so that whoever receives one sees it counted
+        // (a state-writing call is counted once its writes are durable, below).
+        if outcome.durable.is_none() {
+            stats.succeeded(event.received.elapsed(), cost);
+        }
+        // Acknowledged only once the broker has every output: they go out on another
+        // connection than the acknowledgement, so nothing else orders the two.
+        let waiter = event.delivery.needs_ack().then(|| event.delivery.clone());
+        if waiter.is_some() {
+            event.delivery.add_holders(outcome.outbox.len());
+        }
+        for msg in outcome.outbox {
+            if self.comes_back(&msg.topic) {
+                self.hops
+                    .published(&msg.topic, &msg.payload, event.hop.saturating_add(1));
+            }
+            if !self.publish(msg, waiter.clone()).await {
+                // Connection gone (shutting down): leave the event unacknowledged.
+                return;
+            }
+        }
+        match outcome.durable {
+            Some((store, generation)) => {
+                let stats = stats.clone();
+                self.tracker.spawn(async move {
+                    store.durable(generation).await;
+                    cost.commit = Some(called.elapsed());
+                    stats.succeeded(event.received.elapsed(), cost);
+                    event.delivery.complete();
+                });
+            }
+            None => event.delivery.complete(),
+        }
+    }
+
+    /// Queues a function's message for the broker, waiting while the connection's request
+    /// queue is full. Returns false if the connection is gone (shutting down).
+    async fn publish(&self, msg: Outbound, then: Option<Arc<crate::event::Delivery>>) -> bool {
+        // The host refuses oversized messages when the guest publishes them; this is the
+        // last line, since one oversized packet would break the connection for everyone.
+        let packet = crate::event::publish_packet_bytes(&msg.topic, msg.payload.len());
+        if packet > self.max_packet_bytes {
+            tracing::error!(topic = %msg.topic, packet, max = self.max_packet_bytes,
+                "output over broker.max_packet_bytes not sent");
+            if let Some(d) = then {
+                d.complete();
+            }
+            return true;
+        }
+        let qos = crate::event::mqtt_qos(msg.qos);
+        self.publisher
+            .publish(msg.topic, qos, msg.retain, msg.payload, then)
+            .await
+            .is_ok()
+    }
+
+    /// The one path of a failed event: counted, logged, sent as a dead letter, and then
+    /// acknowledged. Never waits, so the router may call it on the poll task.
+    pub fn fail(
+        &self,
+        function: &str,
+        stats: &FunctionStats,
+        event: Inbound,
+        kind: FailureKind,
+        message: String,
+    ) {
+        stats.failed(kind);
+        let shown = message.get(..message.floor_char_boundary(DEAD_LETTER_MAX_MESSAGE));
+        tracing::warn!(function, topic = %event.topic, kind = %kind,
+            "event failed: {}", shown.unwrap_or_default());
+        if event.topic == *self.dead_letter_topic {
+            // A dead letter about a dead letter would feed the function that failed on it
+            // again: one failure could go round for ever, growing each time.
+            tracing::warn!(
+                function,
+                "no dead letter for a dead-letter event (no cascade)"
+            );
+            event.delivery.complete();
+            return;
+        }
+        let module = stats.module_sha256();
+        let Some(body) = self.dead_letter_body(function, module, &event, kind, message) else {
+            event.delivery.complete();
+            return;
+        };
+        let topic = self.dead_letter_topic.to_string();
+        let qos = rumqttc::QoS::AtLeastOnce;
+        // The message is acknowledged once the broker has its dead letter.
+        let delivery = event.delivery.clone();
+        match self
+            .publisher
+            .try_publish(topic.clone(), qos, false, body.clone(), Some(delivery))
+        {
+            Ok(()) => {}
+            Err(_) if event.qos == 0 => {
+                // Nothing to acknowledge and nothing the broker would redeliver: count it
+                // and move on rather than pile up tasks under a QoS 0 flood.
+                tracing::warn!(function, topic = %event.topic,
+                    "connection backlog full: dead letter of a QoS 0 event dropped");
+            }
+            Err(_) => {
+                // The output connection's request queue is full. Leaving the message
+                // unacknowledged would hold back every later acknowledgement (they leave
+                // in order) and stall the stream for good, so wait for room in a task.
+                // At most one task per unacknowledged message: the broker's in-flight
+                // window bounds them.
+                let publisher = self.publisher.clone();
+                self.tracker.spawn(async move {
+                    let then = Some(event.delivery.clone());
+                    let _ = publisher.publish(topic, qos, false, body, then).await;
+                });
+            }
+        }
+    }
+
+    /// The dead letter as JSON, within `broker.max_packet_bytes`: the payload is cut to
+    /// what fits, and left out if nothing does. `None` if even that is too large (a topic
+    /// near the packet limit), which is logged.
+    fn dead_letter_body(
+        &self,
+        function: &str,
+        module: Option<Arc<str>>,
+        event: &Inbound,
+        kind: FailureKind,
+        message: String,
+    ) -> Option<Vec<u8>> {
+        // Room for the payload: the packet, less the topic and the rest of the letter
+        // (the event's topic and the message may need escaping: count them twice), less a
+        // quarter for base64.
+        let fixed = crate::event::publish_packet_bytes(&self.dead_letter_topic, 600)
+            + 2 * (event.topic.len() + message.len().min(DEAD_LETTER_MAX_MESSAGE))
+            + function.len();
+        let room = self.max_packet_bytes.saturating_sub(fixed) / 4 * 3;
+        let mut letter = DeadLetter::new(
+            function,
+            event,
+            kind,
+            message,
+            room.min(DEAD_LETTER_MAX_PAYLOAD),
+        );
+        letter.module_sha256 = module.map(|m| m.to_string());
+        let body = letter.to_json();
+        let packet = crate::event::publish_packet_bytes(&self.dead_letter_topic, body.len());
+        if packet <= self.max_packet_bytes {
+            return Some(body);
+        }
+        tracing::error!(function, topic = %event.topic, packet,
+            "dead letter over broker.max_packet_bytes not sent");
+        None
+    }
+}

@@ -1,0 +1,116 @@
+//! The command line: the `edge-agent` subcommands and their arguments. The tools' own
+//! arguments live in their crates, each behind a feature of this one.
+
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+
+/// Event-processing agent for edge devices: MQTT events to WebAssembly functions.
+#[derive(Debug, Parser)]
+#[command(name = "edge-agent", version, about)]
+pub struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Log lines as text or as one JSON object each. Under systemd every line also starts
+    /// with its syslog priority (`<4>` warning), which journald reads.
+    #[arg(
+        long,
+        value_enum,
+        default_value_t,
+        env = "EDGE_AGENT_LOG_FORMAT",
+        global = true
+    )]
+    pub log_format: crate::logs::LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent.
+    Run {
+        /// Config file (.toml, .yaml or .json). Default: $EDGE_AGENT_CONFIG, then
+        /// /etc/edge-agent/config.toml, then ./edge-agent.toml.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Validate a config file and load every module, then exit (0 if all is well, 78 if not).
+    Check {
+        /// Config file (.toml, .yaml or .json). Default: $EDGE_AGENT_CONFIG, then
+        /// /etc/edge-agent/config.toml, then ./edge-agent.toml.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+    },
+    /// Write a new function project (Cargo.toml, src/lib.rs, README, the SDK, and a
+    /// function.toml snippet for the agent's config) from a template.
+    #[cfg(feature = "project")]
+    New(edge_agent_project::NewArgs),
+    /// Build a function project into a WebAssembly component and print its path, size and
+    /// SHA-256 (with --precompile, also its .cwasm).
+    #[cfg(feature = "project")]
+    Build(edge_agent_project::BuildArgs),
+    /// Publish test events to a broker.
+    #[cfg(feature = "publish")]
+    Publish(edge_agent_publish::PublishArgs),
+    /// Measure both execution models on this device with the example functions, each in
+    /// an agent process of its own, and say which one to use and why.
+    #[cfg(feature = "compare")]
+    Compare(edge_agent_compare::CompareArgs),
+    /// Watch agents live: one row per function with its rate, latency, cold starts, CPU,
+    /// memory, queue and errors, from the agents' stats and status topics. `q` quits.
+    #[cfg(feature = "top")]
+    Top(edge_agent_top::TopArgs),
+    /// Compile components ahead of time into `.cwasm` artifacts for a device (same agent
+    /// version and settings required there). Prints each artifact's size and SHA-256.
+    #[cfg(feature = "compiler")]
+    Precompile {
+        /// Target triple of the device, e.g. aarch64-unknown-linux-gnu or
+        /// armv7-unknown-linux-gnueabihf (runs through Pulley). Default: this host.
+        #[arg(long)]
+        target: Option<String>,
+        /// Directory for the `.cwasm` files.
+        #[arg(long)]
+        out: PathBuf,
+        /// Compile with fuel counting: required when the device's config gives any
+        /// function a `fuel` budget (it changes the compiled code).
+        #[arg(long)]
+        fuel: bool,
+        /// Components (`.wasm`) to compile.
+        #[arg(required = true)]
+        modules: Vec<PathBuf>,
+    },
+}
+
+/// Where the agent looks for its config file when `--config` is not given, after
+/// `EDGE_AGENT_CONFIG`, in order.
+pub const DEFAULT_CONFIGS: [&str; 2] = ["/etc/edge-agent/config.toml", "./edge-agent.toml"];
+
+/// The config file to read, and how it was chosen: `--config`, else `EDGE_AGENT_CONFIG`
+/// (`env`), else the first of `defaults` that exists.
+///
+/// # Errors
+/// None of them gives a file: [`NoConfig`] says where it looked.
+pub fn config_path(
+    flag: Option<&Path>,
+    env: Option<std::ffi::OsString>,
+    defaults: &[&str],
+) -> Result<(PathBuf, &'static str), NoConfig> {
+    if let Some(path) = flag {
+        return Ok((path.to_path_buf(), "--config"));
+    }
+    if let Some(path) = env.filter(|p| !p.is_empty()) {
+        return Ok((PathBuf::from(path), "EDGE_AGENT_CONFIG"));
+    }
+    if let Some(found) = defaults.iter().map(Path::new).find(|p| p.is_file()) {
+        return Ok((found.to_path_buf(), "the default location"));
+    }
+    Err(NoConfig(defaults.join(" or ")))
+}
+
+/// No config file was given and none is at the default locations (listed).
+#[derive(Debug, thiserror::Error)]
+#[error("no config file: give --config FILE or set EDGE_AGENT_CONFIG; there is none at {0}")]
+pub struct NoConfig(pub String);

@@ -1,0 +1,251 @@
+//! `edge-agent publish`: a test publisher that waits until the broker has acknowledged
+//! every message (QoS 1 and 2) before it returns; and [`BrokerArgs`], the broker flags that
+//! every client command (`publish`, `top`) shares.
+
+use std::time::Duration;
+
+use rumqttc::{AsyncClient, Event, Outgoing, Packet};
+
+use clap::Args;
+use std::path::PathBuf;
+
+/// Why the broker arguments cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerArgsError {
+    /// `--broker` is not a broker URL.
+    #[error("--broker")]
+    Url(#[from] edge_agent::config::UrlError),
+    /// `--ca-file` cannot be used.
+    #[error("--ca-file")]
+    Tls(#[from] edge_agent::mqtt::MqttError),
+}
+
+/// Where the broker is and how to log in: the commands that connect as clients.
+#[derive(Debug, Clone, Args)]
+pub struct BrokerArgs {
+    /// Broker URL, e.g. mqtt://127.0.0.1:1883 or mqtts://broker.example:8883.
+    #[arg(short, long, default_value = "mqtt://127.0.0.1:1883")]
+    pub broker: String,
+    /// User name for the broker.
+    #[arg(long)]
+    pub username: Option<String>,
+    /// Password for the broker.
+    #[arg(long)]
+    pub password: Option<String>,
+    /// CA certificate (PEM) for mqtts:// brokers.
+    #[arg(long)]
+    pub ca_file: Option<PathBuf>,
+}
+
+impl BrokerArgs {
+    /// Client options for a connection of the `edge-agent <command>` process (a client id
+    /// of its own: command, pid and time; clean session, 30 s keep-alive).
+    ///
+    /// # Errors
+    /// A bad `--broker` URL or TLS file.
+    pub fn options(&self, command: &str) -> Result<rumqttc::MqttOptions, BrokerArgsError> {
+        let client_id = format!(
+            "edge-agent-{command}-{}-{}",
+            std::process::id(),
+            edge_agent::clock::now_ms()
+        );
+        let client_id = client_id.as_str();
+        let addr = edge_agent::config::BrokerAddress::parse(&self.broker)?;
+        let tls = self
+            .ca_file
+            .clone()
+            .map(|ca| edge_agent::config::TlsConfig {
+                ca_file: Some(ca),
+                ..edge_agent::config::TlsConfig::default()
+            });
+        let mut opts = edge_agent::mqtt::options::client_options(&addr, client_id, tls.as_ref())?;
+        opts.set_keep_alive(std::time::Duration::from_secs(30))
+            .set_clean_session(true)
+            .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
+        if let Some(u) = &self.username {
+            opts.set_credentials(u.clone(), self.password.clone().unwrap_or_default());
+        }
+        Ok(opts)
+    }
+}
+
+/// Arguments of `edge-agent publish`.
+#[derive(Debug, Clone, Args)]
+pub struct PublishArgs {
+    /// The broker.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// Topic to publish on.
+    #[arg(short, long)]
+    pub topic: String,
+    /// Payload; `{seq}` (0, 1, ...) and `{ts_ms}` (ms since the Unix epoch) are replaced
+    /// in each message.
+    #[arg(
+        short,
+        long,
+        conflicts_with = "payload_file",
+        required_unless_present = "payload_file"
+    )]
+    pub payload: Option<String>,
+    /// Read the payload from a file (placeholders are replaced too if it is UTF-8).
+    #[arg(long)]
+    pub payload_file: Option<PathBuf>,
+    /// Number of messages.
+    #[arg(short = 'n', long, default_value_t = 1)]
+    pub count: u64,
+    /// Messages per second (default: as fast as the broker takes them).
+    #[arg(short, long)]
+    pub rate: Option<f64>,
+    /// QoS (0, 1 or 2).
+    #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
+    pub qos: u8,
+    /// Set the retain flag.
+    #[arg(long)]
+    pub retain: bool,
+}
+
+/// Why publishing failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    /// Bad arguments.
+    #[error("{0}")]
+    Usage(String),
+    /// Bad broker arguments.
+    #[error(transparent)]
+    Args(#[from] BrokerArgsError),
+    /// The broker could not be reached or dropped the connection.
+    #[error("broker {url}")]
+    Broker {
+        /// The broker's URL.
+        url: String,
+        /// What the connection said (boxed: it is large).
+        #[source]
+        source: Box<rumqttc::ConnectionError>,
+    },
+    /// The broker stopped acknowledging.
+    #[error("broker {0}: no progress for 30 s")]
+    Stalled(String),
+}
+
+impl PublishError {
+    /// How the command ends: bad arguments, or a broker that is not there.
+    pub fn exit(&self) -> edge_agent::failure::Exit {
+        match self {
+            Self::Usage(_) | Self::Args(_) => edge_agent::failure::Exit::Usage,
+            Self::Broker { .. } | Self::Stalled(_) => edge_agent::failure::Exit::Unavailable,
+        }
+    }
+}
+
+/// Replaces `{seq}` and `{ts_ms}` in a payload template.
+pub fn render(template: &str, seq: u64, ts_ms: u64) -> String {
+    template
+        .replace("{seq}", &seq.to_string())
+        .replace("{ts_ms}", &ts_ms.to_string())
+}
+
+/// The payload: text with placeholders, or bytes sent as they are.
+type Template = Result<String, Vec<u8>>;
+
+fn template(args: &PublishArgs) -> Result<Template, PublishError> {
+    match (&args.payload, &args.payload_file) {
+        (Some(p), _) => Ok(Ok(p.clone())),
+        (None, Some(f)) => {
+            let bytes = std::fs::read(f)
+                .map_err(|e| PublishError::Usage(format!("cannot read {}: {e}", f.display())))?;
+            Ok(String::from_utf8(bytes).map_err(|e| e.into_bytes()))
+        }
+        (None, None) => Err(PublishError::Usage(
+            "give --payload or --payload-file".into(),
+        )),
+    }
+}
+
+fn connect(args: &PublishArgs) -> Result<(AsyncClient, rumqttc::EventLoop), PublishError> {
+    let opts = args.broker.options("publish")?;
+    let (client, mut eventloop) = AsyncClient::new(opts, 64);
+    edge_agent::mqtt::options::low_latency(&mut eventloop);
+    Ok((client, eventloop))
+}
+
+/// Publishes `args.count` messages and waits for the broker's acknowledgements.
+///
+/// # Errors
+/// [`PublishError`] for bad arguments or a broker that cannot be reached.
+pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
+    edge_agent::topic::validate_name(&args.topic)
+        .map_err(|e| PublishError::Usage(format!("topic `{}` {e}", args.topic)))?;
+    let template = template(args)?;
+    let (client, mut eventloop) = connect(args)?;
+    let producer = tokio::spawn(produce(client.clone(), args.clone(), template));
+    let count = args.count;
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let done = |sent: u64, acked: u64| match args.qos {
+        0 => sent >= count,
+        _ => acked >= count,
+    };
+    while !done(sent, acked) {
+        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+            Err(_) => return Err(PublishError::Stalled(args.broker.broker.clone())),
+            Ok(Err(source)) => {
+                return Err(PublishError::Broker {
+                    url: args.broker.broker.clone(),
+                    source: Box::new(source),
+                });
+            }
+            Ok(Ok(Event::Outgoing(Outgoing::Publish(_)))) => sent += 1,
+            Ok(Ok(Event::Incoming(Packet::PubAck(_) | Packet::PubComp(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+        }
+    }
+    let _ = producer.await;
+    let _ = client.disconnect().await;
+    // Let the DISCONNECT go out.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, Event::Outgoing(Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    Ok(sent)
+}
+
+/// Hands the messages to the client, paced at `--rate` if given.
+async fn produce(client: AsyncClient, args: PublishArgs, template: Template) {
+    let qos = edge_agent::event::mqtt_qos(args.qos);
+    let mut ticker = args.rate.filter(|r| *r > 0.0).map(|r| {
+        let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    for seq in 0..args.count {
+        if let Some(t) = ticker.as_mut() {
+            t.tick().await;
+        }
+        let payload = match &template {
+            Ok(text) => render(text, seq, edge_agent::clock::now_ms()).into_bytes(),
+            Err(bytes) => bytes.clone(),
+        };
+        if client
+            .publish(args.topic.clone(), qos, args.retain, payload)
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn placeholders_are_replaced() {
+        assert_eq!(
+            super::render("{\"n\":{seq},\"t\":{ts_ms}}", 7, 42),
+            "{\"n\":7,\"t\":42}"
+        );
+        assert_eq!(super::render("plain", 1, 2), "plain");
+    }
+}
