@@ -513,3 +513,30 @@ async fn loops_between_functions_stop_at_max_hops() {
     assert_eq!(handled, 6, "a chain of six calls, the seventh refused");
     agent.stop().await;
 }
+
+/// A call that waits for its turn under `publish_rate` never waits past its own deadline:
+/// a turn that would come too late is a `rate-limit` dead letter at once, not a timeout,
+/// and the persistent instance that made it is kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_wait_never_outlives_the_call() {
+    let functions = misbehave(
+        "slowed",
+        "mode = \"persistent\"\ntimeout_ms = 300\npublish_rate = 1",
+    );
+    let mut s = setup(&functions).await;
+    s.client.publish("slowed/in", "ok").await;
+    assert_eq!(
+        s.client.recv().await.text(),
+        "ok",
+        "the first takes the token"
+    );
+    // The next token is a second away, the call's deadline 300 ms.
+    assert_eq!(kind_of(&mut s, "slowed/in", "ok").await, "rate-limit");
+    let agent = s._agent.as_ref().expect("an in-process agent");
+    let stats = agent.snapshot("slowed");
+    assert_eq!(stats.restarts, 0, "the instance was kept: {stats:?}");
+    assert!(
+        stats.failed.iter().all(|(kind, _)| *kind != "timeout"),
+        "{stats:?}"
+    );
+}

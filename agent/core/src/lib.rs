@@ -6,7 +6,8 @@
 //! 1. plain data and pure logic: [`config`], [`topic`] (the MQTT topic grammar),
 //!    [`event`] (an event on its way in, a message on its way out, and the narrow
 //!    [`event::Release`] through which a finished event is acknowledged), [`failure`] (the
-//!    failure kinds and exit statuses), [`clock`], [`rate`] (a token bucket);
+//!    failure kinds and exit statuses), [`clock`], [`rate`] (a token bucket), [`tasks`]
+//!    (the background tasks that the stop sequence owns);
 //! 2. [`mqtt`]: the connections, the acknowledgement order, the publisher, client options
 //!    and the embedded broker; it hands messages to a [`mqtt::connection::Intake`], which
 //!    the pipeline implements, so it never names the pipeline. [`state`] (sled-backed
@@ -40,6 +41,7 @@ pub mod pipeline;
 pub mod rate;
 pub mod runtime;
 pub mod state;
+pub mod tasks;
 pub mod topic;
 
 pub use daemon::{AgentError, Prepared, Ready, Running, Startup, run};

@@ -29,6 +29,33 @@ use crate::runtime::LoadedFunction;
 /// removed function's, and at shutdown every one).
 pub const DISCONNECT_DEADLINE: Duration = Duration::from_secs(2);
 
+/// Why a function could not be started.
+#[derive(Debug, thiserror::Error)]
+pub enum LaneError {
+    /// Its persistent instances do not fit in the instance pool.
+    #[error(
+        "function `{function}`: its {wanted} persistent instance(s) do not fit in the instance \
+         pool ({free} place(s) free of runtime.max_instances)"
+    )]
+    Pool {
+        /// The function.
+        function: String,
+        /// Its `instances`.
+        wanted: u32,
+        /// Places free in the pool when it was started.
+        free: usize,
+    },
+    /// A worker thread could not be started.
+    #[error("function `{function}`: cannot start a worker thread")]
+    Worker {
+        /// The function.
+        function: String,
+        /// Why (the system's thread or memory limit).
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 /// One function's intake connection, as the stop sequence sees it.
 pub struct Intake {
     pub(super) client: AsyncClient,
@@ -100,14 +127,34 @@ impl Lanes {
     /// Starts function `f` of `config`, loaded as `loaded`, with an intake connection
     /// made with `intake`: its worker first, then its connection, which starts its flow of
     /// events.
+    ///
+    /// # Errors
+    /// [`LaneError`] if its persistent instances have no room in the instance pool or a
+    /// worker thread cannot start; nothing of the function is left running then.
     pub fn start(
         &self,
         config: &Config,
         f: &FunctionConfig,
         loaded: Arc<LoadedFunction>,
         intake: MqttOptions,
-    ) {
+    ) -> Result<(), LaneError> {
         let inner = &self.inner.parts;
+        // Persistent instances hold their pool places while the function runs.
+        let permits = match f.mode {
+            Mode::OnDemand => None,
+            Mode::Persistent => {
+                let pool = inner.shared.instances.clone();
+                let free = pool.available_permits();
+                Some(
+                    pool.try_acquire_many_owned(f.instances)
+                        .map_err(|_| LaneError::Pool {
+                            function: f.name.clone(),
+                            wanted: f.instances,
+                            free,
+                        })?,
+                )
+            }
+        };
         let stats = inner.stats.add(&f.name, f.mode);
         // One queue, or one per persistent instance sharing the function's capacity.
         let queues = if f.mode == Mode::Persistent {
@@ -130,7 +177,6 @@ impl Lanes {
         }
         tracing::info!(function = %f.name, mode = f.mode.as_str(), topics = ?f.topics,
             sha256 = %loaded.sha256(), "function ready");
-        let mut permits = None;
         let workers = match f.mode {
             Mode::OnDemand => on_demand::run(
                 loaded.clone(),
@@ -139,26 +185,26 @@ impl Lanes {
                 inboxes[0].clone(),
                 inner.shared.clone(),
             ),
-            Mode::Persistent => {
-                // Persistent instances hold their pool slots while the function runs.
-                match inner
-                    .shared
-                    .instances
-                    .clone()
-                    .try_acquire_many_owned(f.instances)
-                {
-                    Ok(p) => permits = Some(p),
-                    Err(_) => {
-                        tracing::warn!(function = %f.name, "instance pool exhausted by persistent functions")
-                    }
+            Mode::Persistent => persistent::run(
+                loaded.clone(),
+                f,
+                stats.clone(),
+                inboxes.clone(),
+                &inner.shared,
+            ),
+        };
+        let workers = match workers {
+            Ok(w) => w,
+            Err(source) => {
+                // The workers that did start end once their queues close.
+                for i in &inboxes {
+                    i.close();
                 }
-                persistent::run(
-                    loaded.clone(),
-                    f,
-                    stats.clone(),
-                    inboxes.clone(),
-                    &inner.shared,
-                )
+                inner.stats.remove(&f.name);
+                return Err(LaneError::Worker {
+                    function: f.name.clone(),
+                    source,
+                });
             }
         };
         let route = Route {
@@ -188,6 +234,7 @@ impl Lanes {
             Duration::from_millis(config.broker.reconnect_max_ms),
         );
         let task = |eventloop, client| IntakeTask {
+            background: inner.shared.background.clone(),
             eventloop,
             client,
             subscriptions: subscriptions(f),
@@ -210,6 +257,7 @@ impl Lanes {
             _loaded: loaded,
         });
         self.update_filters(&running);
+        Ok(())
     }
 
     /// Waits until function `name`'s intake is subscribed, at most `deadline`; whether it

@@ -47,6 +47,9 @@ pub enum AgentError {
         #[source]
         source: MqttError,
     },
+    /// A function could not be started (instance pool, worker threads).
+    #[error(transparent)]
+    Lane(#[from] lanes::LaneError),
     /// The metrics listener (`metrics.listen`) could not be opened.
     #[error("cannot listen for metrics on {listen} (metrics.listen)")]
     Metrics {
@@ -146,7 +149,6 @@ impl Prepared {
 /// [`AgentError`] if the state store cannot be opened or the embedded broker cannot start.
 pub async fn run(prepared: Prepared, shutdown: impl Future<Output = ()>) -> Result<(), AgentError> {
     let running = Startup::new(prepared).start()?;
-    systemd::spawn_watchdog();
     let ready = async {
         if running.ready().await.is_some() {
             systemd::ready();

@@ -296,6 +296,7 @@ pub fn serve(
     listen: SocketAddr,
     stats: StatsBook,
     links: watch::Receiver<Links>,
+    background: &crate::tasks::Background,
 ) -> std::io::Result<SocketAddr> {
     use axum::http::{StatusCode, header};
     use axum::routing::get;
@@ -342,8 +343,10 @@ pub fn serve(
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
-    tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, app).await {
+    // Ends with the agent: open scrapes are answered, then the listener closes.
+    background.spawn(|stop| async move {
+        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
+        if let Err(e) = serve.await {
             tracing::error!(error = %e, "metrics listener stopped");
         }
     });

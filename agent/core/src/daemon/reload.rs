@@ -91,6 +91,8 @@ struct Done {
     changed: Vec<(String, Arc<str>)>,
     added: Vec<(String, Arc<str>)>,
     removed: Vec<String>,
+    /// Added functions that could not be started, and why.
+    failed: Vec<(String, String)>,
 }
 
 /// Top-level keys of `v` (a serialised section) whose values differ from `w`'s.
@@ -275,9 +277,16 @@ impl Reloader {
             done.changed.push((loaded.name().to_string(), sha));
         }
         for (f, loaded, intake) in plan.added {
-            self.parts
+            if let Err(e) = self
+                .parts
                 .lanes
-                .start(&plan.config, &f, loaded.clone(), intake);
+                .start(&plan.config, &f, loaded.clone(), intake)
+            {
+                let why = crate::failure::chain(&e);
+                tracing::error!(function = %f.name, "reload: function not added: {why}");
+                done.failed.push((f.name.clone(), why));
+                continue;
+            }
             done.added.push((f.name.clone(), loaded.sha256()));
             self.functions.insert(f.name, loaded);
         }
@@ -383,8 +392,7 @@ impl Reloader {
                     trigger = t;
                 }
             }
-            // Compiling can take a while: off the async workers' hands.
-            let outcome = match tokio::task::block_in_place(|| self.plan()) {
+            let outcome = match blocking(|| self.plan()) {
                 Ok(plan) => Ok(self.apply(plan, &stop).await),
                 Err(why) => Err(why),
             };
@@ -404,12 +412,18 @@ impl Reloader {
                             .map(|(f, s)| serde_json::json!({ "function": f, "sha256": &**s }))
                             .collect()
                     };
+                    let failed: Vec<serde_json::Value> = done
+                        .failed
+                        .iter()
+                        .map(|(f, why)| serde_json::json!({ "function": f, "error": why }))
+                        .collect();
                     serde_json::json!({
-                        "ok": true,
+                        "ok": done.failed.is_empty(),
                         "trigger": trigger,
                         "reloaded": list(&done.changed),
                         "added": list(&done.added),
                         "removed": done.removed,
+                        "failed": failed,
                     })
                 }
                 Err(why) => {
@@ -435,6 +449,16 @@ impl Reloader {
         }
         hangups.abort();
         drop(watcher);
+    }
+}
+
+/// Runs `work`, which blocks (compiling takes a while), off the async workers' hands on a
+/// multi-threaded runtime; on a current-thread runtime, where `block_in_place` panics,
+/// there are no other workers to keep free, so in place.
+fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::current().runtime_flavor() {
+        tokio::runtime::RuntimeFlavor::CurrentThread => work(),
+        _ => tokio::task::block_in_place(work),
     }
 }
 

@@ -14,8 +14,9 @@
 //!    `offline` on the status topic and a clean MQTT DISCONNECT ([`DISCONNECT_DEADLINE`];
 //!    past it the connection tasks are stopped). If not, there is nobody to tell, and the
 //!    connection tasks are stopped at once.
-//! 4. The state store is flushed one last time, the stats reporter stops, and each
-//!    function's totals are logged.
+//! 4. The state store is flushed one last time, the stats reporter stops, the background
+//!    tasks (watchdog, metrics server, scale to zero, subscription requests) are cancelled
+//!    and waited for ([`DISCONNECT_DEADLINE`]), and each function's totals are logged.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -31,6 +32,7 @@ use crate::metrics::report::StatsBook;
 use crate::mqtt::connection::Links;
 use crate::mqtt::publisher::Publisher;
 use crate::runtime::Runtime;
+use crate::tasks::Background;
 
 /// Longest wait for the released acknowledgements to reach the connections (and for the
 /// broker to confirm the outputs they wait on).
@@ -55,6 +57,8 @@ pub struct Shutdown {
     pub(super) flusher_stop: CancellationToken,
     pub(super) reporter: Option<JoinHandle<()>>,
     pub(super) presence: JoinHandle<()>,
+    /// The watchdog, the metrics server, scale to zero, subscription requests: ended last.
+    pub(super) background: Background,
     pub(super) stats: StatsBook,
     /// The engine, dropped last.
     pub(super) runtime: Arc<Runtime>,
@@ -133,6 +137,9 @@ impl Shutdown {
             let _ = r.await;
         }
         let _ = self.presence.await;
+        if !self.background.stop(DISCONNECT_DEADLINE).await {
+            tracing::warn!("background tasks still running at the end of the stop sequence");
+        }
         self.stats.log_totals(None);
         drop(self.runtime);
         tracing::info!("stopped");

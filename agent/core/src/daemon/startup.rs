@@ -27,6 +27,7 @@ use crate::pipeline::hops::HopLedger;
 use crate::pipeline::output::Output;
 use crate::runtime::Runtime;
 use crate::state::StateStore;
+use crate::tasks::Background;
 
 /// Builds a running agent from a [`Prepared`] one.
 pub struct Startup {
@@ -81,6 +82,8 @@ impl Startup {
         );
         let root = CancellationToken::new();
         let tracker = TaskTracker::new();
+        let background = Background::new(root.child_token());
+        super::systemd::spawn_watchdog(&background);
         let (board, links) =
             watch::channel(Links::new(config.functions.iter().map(|f| f.name.as_str())));
         // The output connection first: functions publish through it.
@@ -112,18 +115,19 @@ impl Startup {
             output: output.clone(),
             instances: Arc::new(Semaphore::new(config.runtime.max_instances as usize)),
             tracker: tracker.clone(),
+            background: background.clone(),
         };
         let stats = StatsBook::default();
         let store = state.clone();
         stats.probe_state_disk(Box::new(move || store.disk_bytes()));
         let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
         if let Some(listen) = config.metrics.listen {
-            super::prometheus::serve(listen, stats.clone(), links.clone()).map_err(|source| {
-                AgentError::Metrics {
+            super::prometheus::serve(listen, stats.clone(), links.clone(), &background).map_err(
+                |source| AgentError::Metrics {
                     listen: listen.to_string(),
                     source,
-                }
-            })?;
+                },
+            )?;
         }
         let flusher_stop = root.child_token();
         let flusher = tokio::spawn(state.clone().run_flusher(flusher_stop.clone()));
@@ -143,7 +147,7 @@ impl Startup {
         for (f, intake) in config.functions.iter().zip(connections.intake) {
             // Runtime::new loaded every configured function or failed.
             if let Some(loaded) = functions.get(&f.name) {
-                lanes.start(&config, f, loaded.clone(), intake);
+                lanes.start(&config, f, loaded.clone(), intake)?;
             }
         }
         let runtime = Arc::new(runtime);
@@ -188,6 +192,7 @@ impl Startup {
             flusher_stop,
             reporter,
             presence,
+            background,
             stats: stats.clone(),
             runtime,
         };

@@ -37,7 +37,7 @@ fn watchdog_usec(usec: Option<&str>, pid: Option<&str>) -> Option<u64> {
 /// Pings systemd's watchdog at half its period for as long as the runtime runs, when the
 /// unit sets `WatchdogSec` (a runtime that stalls stops the pings, and systemd restarts
 /// the agent).
-pub fn spawn_watchdog() {
+pub fn spawn_watchdog(background: &crate::tasks::Background) {
     let Some(usec) = watchdog_usec(
         std::env::var("WATCHDOG_USEC").ok().as_deref(),
         std::env::var("WATCHDOG_PID").ok().as_deref(),
@@ -46,7 +46,7 @@ pub fn spawn_watchdog() {
     };
     let period = Duration::from_micros(usec) / 2;
     tracing::info!(period_ms = period.as_millis() as u64, "systemd watchdog on");
-    tokio::spawn(async move {
+    background.spawn_until_stopped(async move {
         let mut tick = tokio::time::interval(period);
         loop {
             tick.tick().await;

@@ -299,6 +299,9 @@ impl OutputTask {
 
 /// An intake connection's task.
 pub struct IntakeTask {
+    /// Where its subscription requests run (they must not block the polling loop), owned
+    /// by the stop sequence.
+    pub background: crate::tasks::Background,
     /// rumqttc's event loop of this connection.
     pub eventloop: EventLoop,
     /// Its client (for subscribing).
@@ -450,7 +453,7 @@ impl IntakeTask {
         }
         // Through a task: the request queue may be full and this loop must keep polling.
         let client = self.client.clone();
-        tokio::spawn(async move {
+        self.background.spawn_until_stopped(async move {
             if let Err(e) = client.subscribe_many(filters).await {
                 tracing::error!(error = %e, "could not subscribe");
             }
@@ -465,7 +468,7 @@ impl IntakeTask {
             .collect();
         tracing::info!(connection = %self.link.name(), ?filters, "function removed: unsubscribing");
         let client = self.client.clone();
-        tokio::spawn(async move {
+        self.background.spawn_until_stopped(async move {
             // One request per filter (rumqttc 0.25 has no unsubscribe_many); the task
             // drops the router once the broker has confirmed them all.
             for f in filters {

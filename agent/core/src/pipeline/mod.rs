@@ -33,31 +33,32 @@ pub struct Shared {
     pub instances: Arc<Semaphore>,
     /// Tracks work that outlives a call (flush waits), so shutdown can wait for it.
     pub tracker: TaskTracker,
+    /// Tasks beside the functions (scale to zero), which the stop sequence ends last.
+    pub background: crate::tasks::Background,
 }
 
 /// Runs `work` on a thread of its own named `name` (as `top -H` and profilers show it),
 /// with the current tokio runtime's handle for what it must await (handing outputs to the
 /// connection). The returned task completes when `work` returns. Guest calls block for up
 /// to their timeout, so they run on these threads, never on the runtime's.
+///
+/// # Errors
+/// The thread could not be started (the system's thread or memory limit): the function
+/// would never run, so its start fails rather than being only logged.
 pub fn spawn_worker(
     name: String,
     work: impl FnOnce(tokio::runtime::Handle) + Send + 'static,
-) -> tokio::task::JoinHandle<()> {
+) -> std::io::Result<tokio::task::JoinHandle<()>> {
     let rt = tokio::runtime::Handle::current();
     let (done, finished) = tokio::sync::oneshot::channel::<()>();
-    let spawned = std::thread::Builder::new()
-        .name(name.clone())
-        .spawn(move || {
-            let _guard = rt.enter();
-            work(rt.clone());
-            drop(done);
-        });
-    if let Err(e) = spawned {
-        tracing::error!(worker = %name, error = %e, "cannot start a worker thread");
-    }
-    tokio::spawn(async move {
+    std::thread::Builder::new().name(name).spawn(move || {
+        let _guard = rt.enter();
+        work(rt.clone());
+        drop(done);
+    })?;
+    Ok(tokio::spawn(async move {
         let _ = finished.await;
-    })
+    }))
 }
 
 /// The guest's view of an event.

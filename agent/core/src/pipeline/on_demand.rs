@@ -17,15 +17,18 @@ use crate::runtime::LoadedFunction;
 
 /// Starts `function`'s `max_concurrency` workers over `inbox`; they end once the inbox is
 /// closed and empty.
+///
+/// # Errors
+/// A worker thread could not be started (see [`spawn_worker`]).
 pub fn run(
     function: Arc<LoadedFunction>,
     max_concurrency: u32,
     stats: Arc<FunctionStats>,
     inbox: Arc<Inbox>,
     shared: Shared,
-) -> Vec<JoinHandle<()>> {
+) -> std::io::Result<Vec<JoinHandle<()>>> {
     if let Some(keep) = function.keep_warm() {
-        tokio::spawn(scale_to_zero(
+        shared.background.spawn_until_stopped(scale_to_zero(
             Arc::downgrade(&function),
             inbox.clone(),
             keep,

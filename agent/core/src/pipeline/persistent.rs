@@ -21,13 +21,16 @@ use crate::runtime::{CallError, Instance, LoadedFunction};
 
 /// Starts one instance per inbox in `inboxes` (`cfg.instances` of them); each finishes its
 /// inbox once it is closed, then ends.
+///
+/// # Errors
+/// A worker thread could not be started (see [`spawn_worker`]).
 pub fn run(
     function: Arc<LoadedFunction>,
     cfg: &FunctionConfig,
     stats: Arc<FunctionStats>,
     inboxes: Vec<Arc<Inbox>>,
     shared: &Shared,
-) -> Vec<JoinHandle<()>> {
+) -> std::io::Result<Vec<JoinHandle<()>>> {
     inboxes
         .into_iter()
         .enumerate()

@@ -424,6 +424,7 @@ impl Instance {
             data.state_failure = None;
             // State waits for other calls no longer than this call may run.
             let deadline = Instant::now() + Duration::from_millis(data.timeout_ms());
+            data.deadline = deadline;
             data.txn = self.state.as_ref().map(|ns| ns.begin_until(Some(deadline)));
         }
         let started = Instant::now();

@@ -64,6 +64,9 @@ pub struct StoreData {
     pub(crate) state_failure: Option<FailureKind>,
     /// The last limit (publish rate, state quota) that refused something in this call.
     pub(crate) limit_hit: Option<FailureKind>,
+    /// When the current call's time is up (`timeout_ms` after it started): no wait inside
+    /// a host call may run past it.
+    pub(crate) deadline: Instant,
 }
 
 impl StoreData {
@@ -87,6 +90,7 @@ impl StoreData {
             txn: None,
             state_failure: None,
             limit_hit: None,
+            deadline: Instant::now(),
         }
     }
 
@@ -195,11 +199,20 @@ impl mqtt::Host for StoreData {
             // concurrent calls, up to a second): a burst of events that publish one message
             // each is slowed to the rate, and the queue and the broker hold the rest,
             // rather than being dead-lettered. More messages in a call that already emptied
-            // the bucket are a flood: refused.
-            let until = Instant::now() + std::time::Duration::from_secs(1);
-            while !allowed && Instant::now() < until {
-                let wait = bucket().wait(Instant::now());
-                std::thread::sleep(wait.max(std::time::Duration::from_micros(100)));
+            // the bucket are a flood: refused. The wait never outlives the call's deadline:
+            // past it the call would be stopped as a timeout (and a persistent instance
+            // dropped) for what is only a rate limit; a turn that would come too late is
+            // refused at once instead.
+            let until = (Instant::now() + std::time::Duration::from_secs(1)).min(self.deadline);
+            while !allowed {
+                let now = Instant::now();
+                let wait = bucket()
+                    .wait(now)
+                    .max(std::time::Duration::from_micros(100));
+                if now + wait > until {
+                    break;
+                }
+                std::thread::sleep(wait);
                 allowed = bucket().take(Instant::now());
             }
         }
