@@ -83,7 +83,8 @@ pub struct Lane {
     pub(super) intake: Intake,
     /// Cancelled to remove the function: its intake unsubscribes, then drops the router.
     retire: CancellationToken,
-    done: CancellationToken,
+    /// Cancelled when its connection must end now, without waiting for a clean stop.
+    force_stop: CancellationToken,
     link: Link,
     /// Persistent instances' places in the instance pool, given back when it is removed.
     _permits: Option<OwnedSemaphorePermit>,
@@ -106,7 +107,7 @@ pub struct Parts {
     pub stop_intake: CancellationToken,
     /// Cancelled by shutdown when the connections did not end by themselves (the parent
     /// of each lane's token).
-    pub done: CancellationToken,
+    pub force_stop: CancellationToken,
 }
 
 impl Lanes {
@@ -224,9 +225,9 @@ impl Lanes {
             )
         };
         let link = Link::new(inner.board.clone(), intake_name(&f.name));
-        let (stop_intake, done, retire) = (
+        let (stop_intake, force_stop, retire) = (
             inner.stop_intake.child_token(),
-            inner.done.child_token(),
+            inner.force_stop.child_token(),
             CancellationToken::new(),
         );
         let backoff = Backoff::new(
@@ -243,7 +244,7 @@ impl Lanes {
             max_pause: Duration::from_secs(config.broker.keep_alive_secs) / 2,
             retire: retire.clone(),
         };
-        let intake = spawn_intake(intake, task, router, &stop_intake, &done);
+        let intake = spawn_intake(intake, task, router, &stop_intake, &force_stop);
         let mut running = self.running();
         running.push(Lane {
             name: f.name.clone(),
@@ -251,7 +252,7 @@ impl Lanes {
             workers,
             intake,
             retire,
-            done,
+            force_stop,
             link,
             _permits: permits,
             _loaded: loaded,
@@ -309,7 +310,7 @@ impl Lane {
         }
         // The acknowledgements of what drained, once the broker has those events' outputs.
         tokio::select! {
-            () = self.done.cancelled() => {}
+            () = self.force_stop.cancelled() => {}
             _ = &mut self.intake.acker => {}
         }
         self.link.remove();
@@ -319,7 +320,7 @@ impl Lane {
             .await
             .is_err()
         {
-            self.done.cancel();
+            self.force_stop.cancel();
             let _ = connection.await;
         }
         stats.log_totals(Some(&self.name));
@@ -354,7 +355,7 @@ fn spawn_intake(
     task: impl FnOnce(rumqttc::EventLoop, AsyncClient) -> IntakeTask,
     router: impl FnOnce(Arc<AckQueue>) -> Router,
     stop_intake: &CancellationToken,
-    done: &CancellationToken,
+    force_stop: &CancellationToken,
 ) -> Intake {
     let (client, mut eventloop) = AsyncClient::new(options, options::REQUEST_CHANNEL_CAPACITY);
     options::low_latency(&mut eventloop);
@@ -364,7 +365,7 @@ fn spawn_intake(
     let connection = tokio::spawn(task.run(
         router(AckQueue::new(ack_tx)),
         stop_intake.clone(),
-        done.clone(),
+        force_stop.clone(),
     ));
     Intake {
         client,

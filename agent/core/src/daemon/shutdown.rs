@@ -52,7 +52,7 @@ pub struct Shutdown {
     pub(super) status_topic: String,
     pub(super) output_connection: JoinHandle<()>,
     pub(super) links: watch::Receiver<Links>,
-    pub(super) connection_done: CancellationToken,
+    pub(super) force_stop: CancellationToken,
     pub(super) flusher: JoinHandle<()>,
     pub(super) flusher_stop: CancellationToken,
     pub(super) reporter: Option<JoinHandle<()>>,
@@ -125,7 +125,7 @@ impl Shutdown {
         let disconnected =
             connected && tokio::time::timeout(DISCONNECT_DEADLINE, all).await.is_ok();
         if !disconnected {
-            self.connection_done.cancel();
+            self.force_stop.cancel();
             for c in connections {
                 let _ = c.await;
             }

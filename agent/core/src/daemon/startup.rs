@@ -87,7 +87,7 @@ impl Startup {
         let (board, links) =
             watch::channel(Links::new(config.functions.iter().map(|f| f.name.as_str())));
         // The output connection first: functions publish through it.
-        let connection_done = root.child_token();
+        let force_stop = root.child_token();
         let (client, mut eventloop) =
             AsyncClient::new(connections.output, options::REQUEST_CHANNEL_CAPACITY);
         options::low_latency(&mut eventloop);
@@ -102,7 +102,7 @@ impl Startup {
             link: Link::new(board.clone(), OUTPUT.into()),
             stale_filters: stale_filters(&config),
         };
-        let output_connection = tokio::spawn(output_task.run(connection_done.clone()));
+        let output_connection = tokio::spawn(output_task.run(force_stop.clone()));
         let hops = Arc::new(HopLedger::default());
         let output = Output::new(
             publisher.clone(),
@@ -140,7 +140,7 @@ impl Startup {
             shared,
             stats: stats.clone(),
             stop_intake: stop_intake.clone(),
-            done: connection_done.clone(),
+            force_stop: force_stop.clone(),
         });
         let mut runtime = runtime;
         let functions: BTreeMap<_, _> = runtime.take_functions().into_iter().collect();
@@ -187,7 +187,7 @@ impl Startup {
             status_topic: config.status_topic(),
             output_connection,
             links: links.clone(),
-            connection_done,
+            force_stop,
             flusher,
             flusher_stop,
             reporter,

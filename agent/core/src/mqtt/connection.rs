@@ -181,9 +181,14 @@ impl Backoff {
         self.connected_at = Some(Instant::now());
     }
 
-    /// Records a failure on `link`, logs it, and waits out the delay. False if `done`
+    /// Records a failure on `link`, logs it, and waits out the delay. False if `force_stop`
     /// came first.
-    async fn failed(&mut self, link: &Link, e: &ConnectionError, done: &CancellationToken) -> bool {
+    async fn failed(
+        &mut self,
+        link: &Link,
+        e: &ConnectionError,
+        force_stop: &CancellationToken,
+    ) -> bool {
         if self
             .connected_at
             .take()
@@ -209,7 +214,7 @@ impl Backoff {
             tracing::warn!(connection = %name, error = %e, attempts = self.failures, "broker connection keeps failing");
         }
         let waited = tokio::select! {
-            () = done.cancelled() => false,
+            () = force_stop.cancelled() => false,
             () = tokio::time::sleep(self.next) => true,
         };
         self.next = (self.next * 2).min(self.max);
@@ -233,12 +238,12 @@ pub struct OutputTask {
 }
 
 impl OutputTask {
-    /// Runs until `done` is cancelled or a clean disconnect has been sent.
-    pub async fn run(mut self, done: CancellationToken) {
+    /// Runs until `force_stop` is cancelled or a clean disconnect has been sent.
+    pub async fn run(mut self, force_stop: CancellationToken) {
         loop {
             let polled = tokio::select! {
                 biased;
-                () = done.cancelled() => break,
+                () = force_stop.cancelled() => break,
                 polled = self.eventloop.poll() => polled,
             };
             match polled {
@@ -288,7 +293,7 @@ impl OutputTask {
                         .filter(|r| matches!(r, rumqttc::Request::Publish(p) if p.pkid == 0))
                         .count();
                     self.publisher.connection_lost(taken);
-                    if !self.backoff.failed(&self.link, &e, &done).await {
+                    if !self.backoff.failed(&self.link, &e, &force_stop).await {
                         break;
                     }
                 }
@@ -321,14 +326,14 @@ pub struct IntakeTask {
 }
 
 impl IntakeTask {
-    /// Runs until `done` is cancelled or a clean disconnect has been sent. When
+    /// Runs until `force_stop` is cancelled or a clean disconnect has been sent. When
     /// `stop_intake` is cancelled the router is dropped: later messages are left
     /// unacknowledged for the broker to redeliver, and the function's queue closes.
     pub async fn run(
         mut self,
         router: impl Intake,
         stop_intake: CancellationToken,
-        done: CancellationToken,
+        force_stop: CancellationToken,
     ) {
         let mut router = Some(router);
         let (mut connected, mut retiring) = (false, false);
@@ -342,7 +347,7 @@ impl IntakeTask {
                 // the stream meanwhile (TCP flow control), QoS 0 as well.
                 tokio::select! {
                     biased;
-                    () = done.cancelled() => break,
+                    () = force_stop.cancelled() => break,
                     () = stop_intake.cancelled() => {}
                     () = self.retire.cancelled(), if !retiring => {}
                     _ = tokio::time::timeout(self.max_pause, r.room()) => {}
@@ -350,7 +355,7 @@ impl IntakeTask {
             }
             let polled = tokio::select! {
                 biased;
-                () = done.cancelled() => break,
+                () = force_stop.cancelled() => break,
                 () = stop_intake.cancelled(), if router.is_some() => {
                     router = None;
                     tracing::info!(connection = %self.link.name(), "intake stopped; new messages are left with the broker");
@@ -434,7 +439,7 @@ impl IntakeTask {
                     if retiring && router.take().is_some() {
                         tracing::info!(connection = %self.link.name(), "connection lost while the function is removed: its queue drains");
                     }
-                    if !self.backoff.failed(&self.link, &e, &done).await {
+                    if !self.backoff.failed(&self.link, &e, &force_stop).await {
                         break;
                     }
                 }
