@@ -15,6 +15,7 @@ use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
+use crate::metrics::Snapshot;
 use crate::metrics::report::StatsBook;
 use crate::mqtt::connection::Links;
 
@@ -41,6 +42,35 @@ impl std::fmt::Debug for Book {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One value of a metric family, typed as Prometheus types it.
+enum Sample {
+    /// A counter of things.
+    Count(u64),
+    /// A counter of seconds.
+    Seconds(f64),
+    /// A gauge.
+    Gauge(i64),
+}
+
+/// A metric family: its descriptor, then one sample per label set (gauge samples make a
+/// gauge, the others a counter; a family with no samples yet is still described).
+fn family(
+    encoder: &mut DescriptorEncoder,
+    (name, help, kind): (&str, &str, MetricType),
+    samples: impl IntoIterator<Item = (Labels, Sample)>,
+) -> Result<(), std::fmt::Error> {
+    let mut m = encoder.encode_descriptor(name, help, None, kind)?;
+    for (labels, sample) in samples {
+        let mut f = m.encode_family(&labels)?;
+        match sample {
+            Sample::Count(n) => f.encode_counter::<Labels, _, u64>(&n, None)?,
+            Sample::Seconds(x) => f.encode_counter::<Labels, _, u64>(&x, None)?,
+            Sample::Gauge(g) => f.encode_gauge(&g)?,
+        }
+    }
+    Ok(())
+}
+
 /// Prometheus buckets (upper bound in seconds, count in that bucket) of a histogram in µs.
 fn buckets(h: &Histogram<u64>) -> (f64, u64, Vec<(f64, u64)>) {
     let mut out = Vec::with_capacity(BUCKETS.len() + 1);
@@ -59,28 +89,27 @@ impl Collector for AgentCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let book = &self.stats.0;
         let snapshots = book.snapshots();
-        let labels = |s: &crate::metrics::Snapshot| -> Labels {
+        let labels = |s: &Snapshot| -> Labels {
             vec![("function", s.function.clone()), ("mode", s.mode.clone())]
         };
 
-        let mut m = encoder.encode_descriptor(
-            "edge_agent_events",
-            "Events handled, by outcome: succeeded, or the kind of failure",
-            None,
-            MetricType::Counter,
+        family(
+            &mut encoder,
+            (
+                "edge_agent_events",
+                "Events handled, by outcome: succeeded, or the kind of failure",
+                MetricType::Counter,
+            ),
+            snapshots.iter().flat_map(|s| {
+                let outcomes =
+                    std::iter::once(("succeeded", s.succeeded)).chain(s.failed.iter().copied());
+                outcomes.map(|(outcome, n)| {
+                    let mut l = labels(s);
+                    l.push(("outcome", outcome.into()));
+                    (l, Sample::Count(n))
+                })
+            }),
         )?;
-        for s in &snapshots {
-            let mut l = labels(s);
-            l.push(("outcome", "succeeded".into()));
-            m.encode_family(&l)?
-                .encode_counter::<Labels, _, u64>(&s.succeeded, None)?;
-            for (kind, n) in &s.failed {
-                let mut l = labels(s);
-                l.push(("outcome", (*kind).into()));
-                m.encode_family(&l)?
-                    .encode_counter::<Labels, _, u64>(n, None)?;
-            }
-        }
 
         let mut m = encoder.encode_descriptor(
             "edge_agent_event_duration_seconds",
@@ -108,80 +137,82 @@ impl Collector for AgentCollector {
             result?;
         }
 
-        let mut m = encoder.encode_descriptor(
-            "edge_agent_cold_starts",
-            "Cold starts by kind: instantiate (an instance per on-demand event), full (the \
+        let fam = |s: &Snapshot| vec![("function", s.function.clone())];
+        family(
+            &mut encoder,
+            (
+                "edge_agent_cold_starts",
+                "Cold starts by kind: instantiate (an instance per on-demand event), full (the \
              module loaded again after a scale to zero)",
-            None,
-            MetricType::Counter,
+                MetricType::Counter,
+            ),
+            snapshots.iter().flat_map(|s| {
+                [
+                    ("instantiate", s.instantiate_us.count),
+                    ("full", s.load_us.count),
+                ]
+                .map(|(kind, n)| {
+                    let mut l = fam(s);
+                    l.push(("kind", kind.into()));
+                    (l, Sample::Count(n))
+                })
+            }),
         )?;
-        for s in &snapshots {
-            for (kind, n) in [
-                ("instantiate", s.instantiate_us.count),
-                ("full", s.load_us.count),
-            ] {
-                let l: Labels = vec![("function", s.function.clone()), ("kind", kind.into())];
-                m.encode_family(&l)?
-                    .encode_counter::<Labels, _, u64>(&n, None)?;
-            }
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "edge_agent_function_cpu_seconds",
-            "Thread CPU time of the function's successful calls (instantiation and call)",
-            None,
-            MetricType::Counter,
+        family(
+            &mut encoder,
+            (
+                "edge_agent_function_cpu_seconds",
+                "Thread CPU time of the function's successful calls (instantiation and call)",
+                MetricType::Counter,
+            ),
+            snapshots
+                .iter()
+                .map(|s| (labels(s), Sample::Seconds(s.cpu_total_us as f64 / 1e6))),
         )?;
-        for s in &snapshots {
-            let secs = s.cpu_total_us as f64 / 1e6;
-            m.encode_family(&labels(s))?
-                .encode_counter::<Labels, _, u64>(&secs, None)?;
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "edge_agent_instance_memory_bytes",
-            "Largest linear memory an instance of the function reached",
-            None,
-            MetricType::Gauge,
+        family(
+            &mut encoder,
+            (
+                "edge_agent_instance_memory_bytes",
+                "Largest linear memory an instance of the function reached",
+                MetricType::Gauge,
+            ),
+            snapshots
+                .iter()
+                .map(|s| (labels(s), Sample::Gauge(s.peak_memory_bytes as i64))),
         )?;
-        for s in &snapshots {
-            let bytes = s.peak_memory_bytes as i64;
-            m.encode_family(&labels(s))?.encode_gauge(&bytes)?;
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "edge_agent_restarts",
-            "Persistent instances restarted after a failure",
-            None,
-            MetricType::Counter,
+        family(
+            &mut encoder,
+            (
+                "edge_agent_restarts",
+                "Persistent instances restarted after a failure",
+                MetricType::Counter,
+            ),
+            snapshots
+                .iter()
+                .map(|s| (fam(s), Sample::Count(s.restarts))),
         )?;
-        for s in &snapshots {
-            let l: Labels = vec![("function", s.function.clone())];
-            m.encode_family(&l)?
-                .encode_counter::<Labels, _, u64>(&s.restarts, None)?;
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "edge_agent_queue_depth",
-            "Events waiting in the function's queue (all its instances' queues)",
-            None,
-            MetricType::Gauge,
+        family(
+            &mut encoder,
+            (
+                "edge_agent_queue_depth",
+                "Events waiting in the function's queue (all its instances' queues)",
+                MetricType::Gauge,
+            ),
+            snapshots
+                .iter()
+                .map(|s| (fam(s), Sample::Gauge(s.queue_depth as i64))),
         )?;
-        for s in &snapshots {
-            let l: Labels = vec![("function", s.function.clone())];
-            m.encode_family(&l)?.encode_gauge(&(s.queue_depth as i64))?;
-        }
-
-        let mut m = encoder.encode_descriptor(
-            "edge_agent_state_keys",
-            "Keys in the function's state namespace",
-            None,
-            MetricType::Gauge,
+        family(
+            &mut encoder,
+            (
+                "edge_agent_state_keys",
+                "Keys in the function's state namespace",
+                MetricType::Gauge,
+            ),
+            snapshots
+                .iter()
+                .map(|s| (fam(s), Sample::Gauge(s.state_keys as i64))),
         )?;
-        for s in &snapshots {
-            let l: Labels = vec![("function", s.function.clone())];
-            m.encode_family(&l)?.encode_gauge(&(s.state_keys as i64))?;
-        }
 
         let disk = book.state_disk_bytes() as i64;
         encoder

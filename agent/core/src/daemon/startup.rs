@@ -262,20 +262,29 @@ fn start_broker(
         file: config.source.display().to_string(),
         source,
     };
-    #[cfg(feature = "broker")]
-    let listen = crate::mqtt::broker::start(config).map_err(err)?;
-    // `config::validate` refuses `broker.embedded` in a build without the broker first.
-    #[cfg(not(feature = "broker"))]
-    let listen: std::net::SocketAddr = return Err(err(crate::mqtt::MqttError::Broker {
-        context: "start".into(),
-        source: "this build has no embedded broker".into(),
-    }));
+    let listen = embedded_broker(config).map_err(err)?;
     let actual = BrokerAddress {
         port: listen.port(),
         ..broker
     };
     let connections = options::connections(config, &actual).map_err(err)?;
     Ok((actual, connections))
+}
+
+/// Starts the embedded broker; where it listens.
+#[cfg(feature = "broker")]
+fn embedded_broker(config: &Config) -> Result<std::net::SocketAddr, crate::mqtt::MqttError> {
+    crate::mqtt::broker::start(config)
+}
+
+/// A build without the embedded broker (`config::validate` refuses `broker.embedded`
+/// there first, with the way out).
+#[cfg(not(feature = "broker"))]
+fn embedded_broker(_: &Config) -> Result<std::net::SocketAddr, crate::mqtt::MqttError> {
+    Err(crate::mqtt::MqttError::broker(
+        "start",
+        "this build has no embedded broker",
+    ))
 }
 
 fn spawn_reporter(

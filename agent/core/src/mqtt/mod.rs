@@ -44,7 +44,7 @@ pub enum MqttError {
 }
 
 impl MqttError {
-    fn broker(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
+    pub(crate) fn broker(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Self::Broker {
             context: context.into(),
             source: source.into(),

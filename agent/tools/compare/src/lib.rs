@@ -25,7 +25,7 @@ use serde::{Deserialize, Serialize};
 use self::cost::{Billing, BreakEven, Costs, Fits, PowerProfile, Prices, Usage};
 use self::measure::Phase;
 use self::workload::{FunctionPlan, Outputs, Plan};
-use edge_agent::config::{BrokerConfig, Config, ConfigError, Mode};
+use edge_agent::config::{BrokerConfig, ConfigError, Mode};
 use edge_agent::failure::Exit;
 
 /// Version of the JSON report's layout.
@@ -576,7 +576,7 @@ impl Drop for WorkDir {
 /// The broker the models share, in this process (so its CPU counts for neither).
 #[cfg(feature = "embedded-broker")]
 fn start_broker() -> Result<String, CompareError> {
-    let mut cfg = Config::default();
+    let mut cfg = edge_agent::config::Config::default();
     cfg.broker.url = "mqtt://127.0.0.1:0".into();
     cfg.broker.embedded = true;
     edge_agent::mqtt::broker::start(&cfg)
