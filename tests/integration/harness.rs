@@ -404,7 +404,7 @@ impl Process {
         let sink = log.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                sink.lock().expect("log lock").push(line);
             }
         });
         Self {
@@ -456,7 +456,7 @@ impl Process {
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.lock().expect("log lock").join("\n")
     }
 
     /// The config file this agent runs on (editable: hot reload reads it again).
