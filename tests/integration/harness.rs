@@ -20,6 +20,24 @@ use tokio::sync::{mpsc, watch};
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Waits until `fact` holds, checking every 20 ms; panics with `what` after [`WAIT`].
+pub async fn eventually(what: &str, mut fact: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !fact() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {WAIT:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the latency bounds are checked too: only by `tests/bench/isolation.sh`, on a
+/// quiet machine and a release build (docs/benchmarks.md), never on a shared test runner.
+pub fn checks_latency() -> bool {
+    std::env::var_os("EDGE_AGENT_BENCH_LATENCY").is_some()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -384,6 +402,8 @@ fn init_log() {
 pub struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads the agent's stderr into `log`; ends when the agent has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
     broker_port: u16,
     status_topic: String,
     _dir: tempfile::TempDir,
@@ -456,7 +476,7 @@ impl Process {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 sink.lock().expect("log lock").push(line);
             }
@@ -464,6 +484,7 @@ impl Process {
         Self {
             child,
             log,
+            reader: Some(reader),
             broker_port,
             status_topic: format!("edge-agent/{id}/status"),
             _dir: dir,
@@ -537,8 +558,10 @@ impl Process {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the log reader catch up.
-                std::thread::sleep(Duration::from_millis(100));
+                // The whole log: the reader ends at the end of the agent's stderr.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("log reader");
+                }
                 return (status, self.log_text());
             }
             assert!(
