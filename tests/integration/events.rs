@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Agent, Client, Mosquitto, Process, WAIT, guest, unique};
+use crate::harness::{
+    Agent, Client, Mosquitto, Process, WAIT, checks_latency, eventually, guest, unique,
+};
 
 /// Which broker a test runs against.
 #[derive(Clone, Copy, Debug)]
@@ -203,21 +205,37 @@ async fn slow_function_does_not_stall_another() {
     for _ in 0..3 {
         c.publish("slow/in", "sleep:1000").await;
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("slow to receive its three events", || {
+        s.agent.snapshot("slow").received >= 3
+    })
+    .await;
     let start = Instant::now();
     c.publish("fast/in", "ok").await;
-    let m = c.recv().await;
-    assert_eq!((m.topic.as_str(), m.text().as_str()), ("out/fast", "ok"));
-    let fast = start.elapsed();
-    assert!(
-        fast < Duration::from_millis(900),
-        "fast function waited {fast:?} behind the slow one"
-    );
-    // The slow ones all complete, in order, afterwards.
-    for _ in 0..3 {
-        let m = c.recv_on("out/slow").await;
-        assert_eq!(m.text(), "slept 1000");
+    // Behind the slow function, `fast` would come after all three of its outputs; beside
+    // it, before the last (which cannot come sooner than two seconds from now).
+    let mut order = Vec::new();
+    while order.len() < 4 {
+        let m = c.recv().await;
+        if m.topic == "out/fast" {
+            assert_eq!(m.text(), "ok");
+            eprintln!("fast function answered in {:?}", start.elapsed());
+            if checks_latency() {
+                let fast = start.elapsed();
+                assert!(
+                    fast < Duration::from_millis(900),
+                    "fast function waited {fast:?} behind the slow one"
+                );
+            }
+        } else {
+            assert_eq!(m.text(), "slept 1000", "{m:?}");
+        }
+        order.push(m.topic);
     }
+    assert_ne!(
+        order.last().map(String::as_str),
+        Some("out/fast"),
+        "the fast function waited for every slow event: {order:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,8 +339,12 @@ async fn guests_have_no_capabilities_and_their_output_is_logged() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_in_flight_events_then_exits_zero() {
     let broker = Mosquitto::start();
-    let broker_toml = format!("[broker]\nurl = \"{}\"\n", broker.url());
-    let functions = misbehave_fn("slow", "slow/in", "timeout_ms = 5000");
+    let metrics = crate::harness::broker_port();
+    let broker_toml = format!(
+        "[broker]\nurl = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:{metrics}\"\n",
+        broker.url()
+    );
+    let functions = misbehave_fn("slow", "slow/in", "timeout_ms = 5000\nmax_concurrency = 1");
     let agent = Process::start(
         &config("term", &broker_toml, &functions),
         broker.port,
@@ -332,7 +354,16 @@ async fn sigterm_finishes_in_flight_events_then_exits_zero() {
     .await;
     let mut c = Client::connect(broker.port, &["out/#", "edge-agent/term/status"]).await;
     c.publish("slow/in", "sleep:1000").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // In flight: the one worker has taken the first event and the second waits for it.
+    c.publish("slow/in", "ok").await;
+    let depth = || {
+        let body = crate::observability::get(metrics, "/metrics").1;
+        crate::observability::sample(&body, "edge_agent_queue_depth{function=\"slow\"}")
+    };
+    eventually("the first event in flight, the second queued", || {
+        depth() == Some(1.0)
+    })
+    .await;
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
     // The in-flight event finished and its output went out before the disconnect, and
@@ -381,11 +412,17 @@ async fn systemd_hears_ready_watchdog_and_stopping_and_journald_gets_priorities(
     let agent = Process::start(&config, broker.port, "sd", &env).await;
     let c = Client::connect(broker.port, &[]).await;
     c.publish("f/in", "err:on purpose").await;
-    // A few watchdog periods (100 ms each).
-    tokio::time::sleep(Duration::from_millis(600)).await;
+    let pings = || {
+        let heard = heard.lock().unwrap();
+        heard.iter().filter(|h| *h == "WATCHDOG=1").count()
+    };
+    eventually("three watchdog pings", || pings() >= 3).await;
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
-    std::thread::sleep(Duration::from_millis(200));
+    eventually("STOPPING=1", || {
+        heard.lock().unwrap().iter().any(|h| h == "STOPPING=1")
+    })
+    .await;
     let heard = heard.lock().unwrap().clone();
     let at = |m: &str| heard.iter().position(|h| h == m);
     let (ready, stopping) = (at("READY=1"), at("STOPPING=1"));
@@ -499,6 +536,7 @@ async fn client_id_takeovers_back_off_and_recover() {
                 }
             })
             .await;
+            // Pacing, not waiting: a takeover every 20 ms or so for three seconds.
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     });
@@ -507,6 +545,7 @@ async fn client_id_takeovers_back_off_and_recover() {
             .publish("q2/in", rumqttc::QoS::ExactlyOnce, false, format!("{i}"))
             .await
             .expect("publish");
+        // Pacing: events spread over the three seconds of takeovers.
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     thief.await.expect("thief");
@@ -611,20 +650,31 @@ async fn a_hostile_neighbour_does_not_hold_up_a_healthy_function() {
     for _ in 0..100 {
         c.publish("healthy/in", "ok").await;
     }
-    let mut got = 0;
+    // Held up by one hostile timeout each, the healthy events would outlast the hostile
+    // backlog (20 s); beside it, all 100 are through while most of the backlog still waits.
+    let (mut got, mut dead) = (0, 1);
     while got < 100 {
         if c.recv().await.topic == "out/healthy" {
             got += 1;
+        } else {
+            dead += 1;
         }
     }
+    assert!(
+        dead < 20,
+        "{dead} hostile timeouts before the healthy events were through"
+    );
     let healthy = s.agent.snapshot("healthy");
     assert_eq!((healthy.succeeded, healthy.failed.len()), (100, 0));
-    // Generous (the healthy calls take microseconds), but below one hostile timeout.
-    assert!(
-        healthy.end_to_end_us.p99 < TIMEOUT_MS * 1000,
-        "healthy p99 {} µs: held up by the hostile neighbour",
-        healthy.end_to_end_us.p99
-    );
+    eprintln!("healthy p99 {} µs", healthy.end_to_end_us.p99);
+    if checks_latency() {
+        // Generous (the healthy calls take microseconds), but below one hostile timeout.
+        assert!(
+            healthy.end_to_end_us.p99 < TIMEOUT_MS * 1000,
+            "healthy p99 {} µs: held up by the hostile neighbour",
+            healthy.end_to_end_us.p99
+        );
+    }
     assert!(
         s.agent
             .snapshot("hostile")
@@ -650,8 +700,9 @@ async fn an_idle_function_scales_to_zero_and_its_next_event_pays_a_full_cold_sta
         .await;
     assert_eq!(c.recv_on("alerts/kitchen/temperature").await.text(), expect);
     assert_eq!(s.agent.snapshot("threshold").load_us.count, 0);
-    // Idle for longer than keep_warm_secs (checked four times per keep_warm): released.
-    tokio::time::sleep(Duration::from_millis(2500)).await;
+    // Lets the scale-to-zero timer run: idle for keep_warm_secs (1 s), checked every
+    // 250 ms, so released by 1.25 s; nothing outside says it was, the next event does.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     c.publish("sensors/kitchen/temperature", r#"{"value": 31.5}"#)
         .await;
     assert_eq!(c.recv_on("alerts/kitchen/temperature").await.text(), expect);

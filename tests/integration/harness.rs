@@ -20,6 +20,24 @@ use tokio::sync::{mpsc, watch};
 /// Longest any single wait in a test may take.
 pub const WAIT: Duration = Duration::from_secs(20);
 
+/// Waits until `fact` holds, checking every 20 ms; panics with `what` after [`WAIT`].
+pub async fn eventually(what: &str, mut fact: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !fact() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {WAIT:?} for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Whether the latency bounds are checked too: only by `tests/bench/isolation.sh`, on a
+/// quiet machine and a release build (docs/benchmarks.md), never on a shared test runner.
+pub fn checks_latency() -> bool {
+    std::env::var_os("EDGE_AGENT_BENCH_LATENCY").is_some()
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -100,15 +118,30 @@ pub fn unique(prefix: &str) -> String {
 pub struct Mosquitto {
     child: Child,
     pub port: u16,
+    /// The TLS listener's port, for a broker started with [`Mosquitto::start_tls`].
+    pub tls_port: Option<u16>,
     _dir: tempfile::TempDir,
+}
+
+/// A TLS listener beside the plain one (which stays anonymous, for the test's clients).
+pub struct Tls {
+    pub cafile: PathBuf,
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
+    pub require_certificate: bool,
+    /// Clients of the TLS listener must log in with a name and password from this file.
+    pub password_file: Option<PathBuf>,
 }
 
 impl Mosquitto {
     pub fn start() -> Self {
         loop {
-            if let Some(m) =
-                Self::launch(broker_port(), tempfile::tempdir().expect("tempdir"), false)
-            {
+            if let Some(m) = Self::launch(
+                broker_port(),
+                tempfile::tempdir().expect("tempdir"),
+                false,
+                None,
+            ) {
                 return m;
             }
         }
@@ -117,9 +150,12 @@ impl Mosquitto {
     /// A broker that saves sessions and queued messages to disk when stopped.
     pub fn start_persistent() -> Self {
         loop {
-            if let Some(m) =
-                Self::launch(broker_port(), tempfile::tempdir().expect("tempdir"), true)
-            {
+            if let Some(m) = Self::launch(
+                broker_port(),
+                tempfile::tempdir().expect("tempdir"),
+                true,
+                None,
+            ) {
                 return m;
             }
         }
@@ -127,7 +163,21 @@ impl Mosquitto {
 
     /// Starts a persistent broker again from the directory [`Mosquitto::stop`] returned.
     pub fn restart_persistent(port: u16, dir: tempfile::TempDir) -> Self {
-        Self::launch(port, dir, true).expect("mosquitto restarts on its port")
+        Self::launch(port, dir, true, None).expect("mosquitto restarts on its port")
+    }
+
+    /// A broker with a plain listener (`port`) and a TLS one (`tls_port`).
+    pub fn start_tls(tls: &Tls) -> Self {
+        loop {
+            if let Some(m) = Self::launch(
+                broker_port(),
+                tempfile::tempdir().expect("tempdir"),
+                false,
+                Some((broker_port(), tls)),
+            ) {
+                return m;
+            }
+        }
     }
 
     /// Stops the broker with SIGTERM (it saves its state) and returns its directory.
@@ -141,7 +191,12 @@ impl Mosquitto {
     }
 
     /// `None` if it could not listen on `port`.
-    fn launch(port: u16, dir: tempfile::TempDir, persistent: bool) -> Option<Self> {
+    fn launch(
+        port: u16,
+        dir: tempfile::TempDir,
+        persistent: bool,
+        tls: Option<(u16, &Tls)>,
+    ) -> Option<Self> {
         let conf = dir.path().join("mosquitto.conf");
         // Run as root, mosquitto drops to its own user: let it write its database here.
         #[cfg(unix)]
@@ -157,13 +212,27 @@ impl Mosquitto {
         } else {
             "persistence false\n".to_string()
         };
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{persistence}"
-            ),
-        )
-        .expect("write mosquitto.conf");
+        let mut text = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{persistence}"
+        );
+        if let Some((tls_port, tls)) = tls {
+            // The plain listener stays anonymous while the TLS one may ask for a password.
+            text = format!(
+                "per_listener_settings true\n{text}listener {tls_port} 127.0.0.1\n\
+                 cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+                tls.cafile.display(),
+                tls.certfile.display(),
+                tls.keyfile.display(),
+                tls.require_certificate,
+            );
+            match &tls.password_file {
+                Some(f) => {
+                    text += &format!("allow_anonymous false\npassword_file {}\n", f.display());
+                }
+                None => text += "allow_anonymous true\n",
+            }
+        }
+        std::fs::write(&conf, text).expect("write mosquitto.conf");
         let mut child = Command::new(mosquitto_binary())
             .arg("-c")
             .arg(&conf)
@@ -171,7 +240,9 @@ impl Mosquitto {
             .stderr(Stdio::null())
             .spawn()
             .expect("start mosquitto (apt-get install mosquitto)");
-        if !wait_for_port(port, &mut child) {
+        let listening = wait_for_port(port, &mut child)
+            && tls.is_none_or(|(tls_port, _)| wait_for_port(tls_port, &mut child));
+        if !listening {
             let _ = child.kill();
             let _ = child.wait();
             return None;
@@ -179,6 +250,7 @@ impl Mosquitto {
         Some(Self {
             child,
             port,
+            tls_port: tls.map(|(p, _)| p),
             _dir: dir,
         })
     }
@@ -330,6 +402,8 @@ fn init_log() {
 pub struct Process {
     child: Child,
     log: Arc<Mutex<Vec<String>>>,
+    /// Reads the agent's stderr into `log`; ends when the agent has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
     broker_port: u16,
     status_topic: String,
     _dir: tempfile::TempDir,
@@ -402,14 +476,15 @@ impl Process {
         let log = Arc::new(Mutex::new(Vec::new()));
         let stderr = child.stderr.take().expect("stderr");
         let sink = log.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                sink.lock().unwrap().push(line);
+                sink.lock().expect("log lock").push(line);
             }
         });
         Self {
             child,
             log,
+            reader: Some(reader),
             broker_port,
             status_topic: format!("edge-agent/{id}/status"),
             _dir: dir,
@@ -456,7 +531,7 @@ impl Process {
     }
 
     pub fn log_text(&self) -> String {
-        self.log.lock().unwrap().join("\n")
+        self.log.lock().expect("log lock").join("\n")
     }
 
     /// The config file this agent runs on (editable: hot reload reads it again).
@@ -483,8 +558,10 @@ impl Process {
         let deadline = Instant::now() + WAIT;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the log reader catch up.
-                std::thread::sleep(Duration::from_millis(100));
+                // The whole log: the reader ends at the end of the agent's stderr.
+                if let Some(reader) = self.reader.take() {
+                    reader.join().expect("log reader");
+                }
                 return (status, self.log_text());
             }
             assert!(

@@ -3,7 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::harness::{Agent, Client, Mosquitto, Process, embedded, guest, unique};
+use crate::harness::{
+    Agent, Client, Mosquitto, Process, checks_latency, embedded, eventually, guest, unique,
+};
 
 struct Setup {
     _agent: Option<Agent>,
@@ -104,7 +106,7 @@ async fn hostile_guests_get_the_right_error_kind() {
             );
         }
         // Still healthy afterwards (persistent: a fresh instance after the restarts).
-        // Let the publish bucket (50/s) refill a token or more.
+        // Lets the publish bucket (50/s) refill a token or more: a timer, not a wait.
         tokio::time::sleep(Duration::from_millis(100)).await;
         s.client.publish(&topic, "ok").await;
         let m = s.client.recv().await;
@@ -246,13 +248,26 @@ async fn healthy_neighbour_keeps_its_latency() {
                 let cmd = ["loop", "alloc:100", "panic", "recurse"][(i % 4) as usize];
                 c.publish("hostile/in", cmd).await;
                 i += 1;
+                // Pacing: an event every 20 ms.
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             i
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let agent = s._agent.as_ref().expect("agent");
+    let failed = || -> u64 {
+        agent
+            .snapshot("hostile")
+            .failed
+            .iter()
+            .map(|(_, n)| n)
+            .sum()
+    };
+    eventually("the hostile neighbour's first failure", || failed() > 0).await;
     let noisy = healthy_latencies(&mut s.client, 200).await;
+    // Every healthy round trip came back (healthy_latencies checks each answer) while
+    // the neighbour kept failing.
+    assert!(failed() > 1, "the neighbour was not hostile");
     stop.cancel();
     let sent = hostile.await.unwrap_or(0);
 
@@ -263,13 +278,16 @@ async fn healthy_neighbour_keeps_its_latency() {
         "healthy neighbour (echo, 200 round trips each): alone p50 {q50:?} p99 {q99:?}; \
          with a hostile neighbour ({sent} hostile events) p50 {n50:?} p99 {n99:?}; p99 ratio {ratio:.2}"
     );
-    // Loose, for a shared 2-core machine running other tests at the same time. No healthy
-    // event may wait for the hostile function: each function has its own connection, so
-    // its own in-flight window and acknowledgement order. (With one shared connection the
-    // hostile messages filled the broker's window and the healthy p99 was one hostile
-    // timeout, 200 ms; docs/limits.md. That regression is caught for sure by
-    // `a_hostile_neighbour_does_not_hold_up_a_healthy_function`; this bound leaves room for
-    // a loaded CI machine.)
+    // Wall-clock bounds only on a quiet machine (tests/bench/isolation.sh): on a shared
+    // runner they fail for reasons of their own. No healthy event may wait for the
+    // hostile function: each function has its own connection, so its own in-flight window
+    // and acknowledgement order. (With one shared connection the hostile messages filled
+    // the broker's window and the healthy p99 was one hostile timeout, 200 ms;
+    // docs/limits.md. That regression is caught on every run by
+    // `a_hostile_neighbour_does_not_hold_up_a_healthy_function`.)
+    if !checks_latency() {
+        return;
+    }
     assert!(
         n50 < q50 + Duration::from_millis(50),
         "healthy p50 {n50:?} vs {q50:?} alone"
@@ -426,7 +444,8 @@ async fn guest_logs_are_cut_and_rate_limited() {
     assert_eq!(c.recv().await.text(), "logged 2000");
     // A burst of 50, then 50 a second for as long as the flood lasted.
     let allowed = 50 + (50.0 * start.elapsed().as_secs_f64()).ceil() as usize + 5;
-    // The count of dropped lines is reported with the next line let through.
+    // The count of dropped lines is reported with the next line let through: lets the
+    // rate limiter's one-second window pass (a timer, not a wait).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     c.publish("chatty/in", "stdout:after the flood").await;
     c.publish("chatty/in", "ok").await;

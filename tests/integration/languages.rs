@@ -396,10 +396,13 @@ out_topic = "out/{{1..}}"
         );
     let agent = Agent::start(&cfg).await;
     let mut c = Client::connect(agent.port, &["out/#"]).await;
-    // Idle past keep_warm_secs: released.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Lets the scale-to-zero timer run: idle for keep_warm_secs (1 s) since the load,
+    // checked every 250 ms, so released by 1.25 s; nothing outside says it was, the load
+    // count below does.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     for i in 0..4 {
         c.publish(&format!("in/{i}"), "x").await;
+        // Pacing: the events arrive one by one while the module loads again.
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
     let mut seen = BTreeSet::new();

@@ -4,8 +4,6 @@
 //! process itself is the point (exit codes, signals, `kill -9`). `architecture` checks the
 //! house rules on the source and the docs.
 
-#![allow(clippy::unwrap_used)] // a failed lock in a test is a test failure
-
 mod architecture;
 mod cli;
 mod events;

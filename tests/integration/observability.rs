@@ -7,7 +7,7 @@ use std::time::Duration;
 use crate::harness::{Client, Mosquitto, Process, broker_port, guest};
 
 /// GET `path` from the agent's metrics listener: (status code, body).
-fn get(port: u16, path: &str) -> (u16, String) {
+pub fn get(port: u16, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect to /metrics");
     s.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -24,7 +24,7 @@ fn get(port: u16, path: &str) -> (u16, String) {
 }
 
 /// The value of the sample `series` (`name{a="1",b="2"}`, labels in any order).
-fn sample(body: &str, series: &str) -> Option<f64> {
+pub fn sample(body: &str, series: &str) -> Option<f64> {
     let key = |s: &str| -> (String, Vec<String>) {
         let (name, labels) = s.split_once('{').unwrap_or((s, ""));
         let mut l: Vec<String> = labels

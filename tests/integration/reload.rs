@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::harness::{Client, Mosquitto, Process, guest};
+use crate::harness::{Client, Mosquitto, Process, eventually, guest};
 
 /// Replaces `dst` with a copy of `src` the way build tools and deploy scripts do: written
 /// beside it, then renamed over it.
@@ -175,7 +175,11 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     assert_eq!(report["ok"], false, "{report}");
     let why = report["error"].as_str().unwrap_or_default();
     assert!(why.contains("function `x`: topics changed"), "{why}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // x's stream goes on while it is subscribed, enough events to count.
+    eventually("50 more events for x while it runs", || {
+        x_next.load(Ordering::SeqCst) > added_at + 50
+    })
+    .await;
     // Every event before this one reaches the broker before the reload unsubscribes x.
     let removed_at = x_next.load(Ordering::SeqCst);
     edit("", "");
@@ -184,7 +188,11 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     let gone_at = x_next.load(Ordering::SeqCst);
     assert_eq!(report["ok"], true, "{report}");
     assert_eq!(report["removed"], serde_json::json!(["x"]), "{report}");
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // And after its removal: none of these may reach it.
+    eventually("50 more events for x after its removal", || {
+        x_next.load(Ordering::SeqCst) > gone_at + 50
+    })
+    .await;
     x_stop.store(true, Ordering::SeqCst);
     let _x_publisher = x_stream.await.expect("x publisher");
     let x_last = x_next.load(Ordering::SeqCst);

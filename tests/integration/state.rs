@@ -237,7 +237,11 @@ async fn sigkill_mid_stream_loses_no_qos1_event() {
             .output()
             .expect("publish")
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Mid-stream: the first 50 outputs are out, the publisher goes on.
+    let mut seen = BTreeSet::new();
+    while seen.len() < 50 {
+        seen.insert(c.recv().await.text().parse::<u64>().unwrap_or(u64::MAX));
+    }
     let agent = agent.kill_and_restart(&config, &[]).await;
     let out = publisher.await.expect("join");
     assert!(
@@ -245,7 +249,6 @@ async fn sigkill_mid_stream_loses_no_qos1_event() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let mut seen = BTreeSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while seen.len() < N as usize && tokio::time::Instant::now() < deadline {
         for m in c.drain(Duration::from_millis(500)).await {
@@ -286,13 +289,16 @@ async fn outputs_survive_a_broker_outage_in_order() {
     for i in 0..10 {
         c.publish("slow/in", format!("slow-echo:200:{i}")).await;
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The first output is out: the broker goes down in the middle of the work.
+    let early = c.recv().await;
     let dir = broker.stop();
+    // Lets the rest of the work (about 1.8 s) run with the broker down: the outage is the
+    // point, not a wait.
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let _broker = Mosquitto::restart_persistent(port, dir);
     // At-least-once: events whose acks were lost with the connection run again, so an
     // output may come twice; the first arrivals are complete and in order.
-    let mut first = Vec::new();
+    let mut first = vec![early.text()];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     while first.len() < 10 && tokio::time::Instant::now() < deadline {
         for m in c.drain(Duration::from_millis(300)).await {

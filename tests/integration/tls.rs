@@ -2,9 +2,9 @@
 //! server authentication, client certificates, and username/password.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 
-use crate::harness::{Agent, Client, broker_port, guest, unique, wait_for_port};
+use crate::harness::{Agent, Client, Mosquitto, Tls, guest, unique};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -88,30 +88,11 @@ fn make_pki(dir: &Path) {
     }
 }
 
-struct Broker {
-    child: Child,
-    plain: u16,
-    tls: u16,
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Mosquitto with a plain listener (for the test's client) and a TLS one (for the agent).
-fn start(dir: &Path, require_cert: bool, password: bool) -> Broker {
-    let (plain, tls) = (broker_port(), broker_port());
+/// Mosquitto (through the harness, which retries on a taken port) with a plain listener
+/// for the test's client and a TLS one for the agent.
+fn start(dir: &Path, require_cert: bool, password: bool) -> Mosquitto {
     let d = dir.display();
-    let mut conf = format!(
-        "per_listener_settings true\n\
-         listener {plain} 127.0.0.1\nallow_anonymous true\n\
-         listener {tls} 127.0.0.1\ncafile {d}/ca.pem\ncertfile {d}/server.pem\nkeyfile {d}/server.key\n\
-         require_certificate {require_cert}\n"
-    );
-    if password {
+    let password_file = password.then(|| {
         let out = Command::new("mosquitto_passwd")
             .args(["-b", "-c", &format!("{d}/passwords"), "agent", "s3cret"])
             .output()
@@ -121,47 +102,35 @@ fn start(dir: &Path, require_cert: bool, password: bool) -> Broker {
             "{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        conf += &format!("allow_anonymous false\npassword_file {d}/passwords\n");
-    } else {
-        conf += "allow_anonymous true\n";
-    }
-    std::fs::write(dir.join("mosquitto.conf"), conf).expect("write conf");
+        dir.join("passwords")
+    });
     // Mosquitto drops to its own user when run as root: let it read the files.
     let _ = Command::new("chmod")
         .args(["-R", "a+rX", &d.to_string()])
         .status();
-    let mut child = Command::new(if Path::new("/usr/sbin/mosquitto").exists() {
-        "/usr/sbin/mosquitto"
-    } else {
-        "mosquitto"
+    Mosquitto::start_tls(&Tls {
+        cafile: dir.join("ca.pem"),
+        certfile: dir.join("server.pem"),
+        keyfile: dir.join("server.key"),
+        require_certificate: require_cert,
+        password_file,
     })
-    .arg("-c")
-    .arg(dir.join("mosquitto.conf"))
-    .stdout(Stdio::null())
-    .stderr(Stdio::null())
-    .spawn()
-    .expect("mosquitto");
-    assert!(
-        wait_for_port(plain, &mut child) && wait_for_port(tls, &mut child),
-        "mosquitto did not start on {plain} and {tls}"
-    );
-    Broker { child, plain, tls }
 }
 
-fn agent_config(broker: &Broker, dir: &Path, host: &str, extra_broker: &str) -> String {
+fn agent_config(broker: &Mosquitto, dir: &Path, host: &str, extra_broker: &str) -> String {
     format!(
         "[agent]\nid = \"{}\"\n[broker]\nurl = \"mqtts://{host}:{}\"\n{extra_broker}\n\
          [[function]]\nname = \"echo\"\nmodule = \"{}\"\ntopics = [\"in\"]\n[function.config]\nout_topic = \"out\"\n",
         unique("tls"),
-        broker.tls,
+        broker.tls_port.expect("a TLS listener"),
         guest("echo"),
     )
     .replace("CA_FILE", &dir.join("ca.pem").display().to_string())
     .replace("DIR", &dir.display().to_string())
 }
 
-async fn round_trip(broker: &Broker) {
-    let mut c = Client::connect(broker.plain, &["out"]).await;
+async fn round_trip(broker: &Mosquitto) {
+    let mut c = Client::connect(broker.port, &["out"]).await;
     c.publish("in", "over tls").await;
     assert_eq!(c.recv().await.text(), "over tls");
 }

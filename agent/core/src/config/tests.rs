@@ -10,8 +10,8 @@ struct Case {
 
 impl Case {
     fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
-        std::fs::write(dir.path().join("f.wasm"), b"\0asm").unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("f.wasm"), b"\0asm").unwrap();
         Self { dir }
     }
     fn module(&self) -> PathBuf {
@@ -31,7 +31,7 @@ impl Case {
             &path,
             text.replace("MODULE", &self.module().display().to_string()),
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         Config::load_with_env(&path, env)
     }
     fn err(&self, text: &str) -> String {
@@ -77,7 +77,7 @@ fn with(extra_broker: &str, extra_fn: &str) -> String {
 #[test]
 fn good_config_has_defaults() {
     let c = Case::new();
-    let cfg = c.load("agent.toml", GOOD).unwrap_or_else(|e| panic!("{e}"));
+    let cfg = c.load("agent.toml", GOOD).unwrap();
     assert_eq!(cfg.client_id(), "edge-agent-a1");
     assert!(!cfg.broker.clean_session);
     let f = &cfg.functions[0];
@@ -93,14 +93,10 @@ fn yaml_and_json_are_accepted() {
     let yaml = format!(
         "agent:\n  id: y\nfunction:\n  - name: f\n    module: {m}\n    topics: [\"a/#\"]\n"
     );
-    let cfg = c
-        .load("agent.yaml", &yaml)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = c.load("agent.yaml", &yaml).unwrap();
     assert_eq!(cfg.agent.id, "y");
     let json = format!(r#"{{"function": [{{"name": "f", "module": "{m}", "topics": ["a/#"]}}]}}"#);
-    let cfg = c
-        .load("agent.json", &json)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = c.load("agent.json", &json).unwrap();
     assert_eq!(cfg.functions[0].topics, ["a/#"]);
 }
 
@@ -119,9 +115,7 @@ fn environment_overrides_the_file() {
         ("EDGE_AGENT__AGENT__ID".to_string(), "from-env".to_string()),
         ("UNRELATED".to_string(), "x".to_string()),
     ];
-    let cfg = c
-        .load_env("agent.toml", GOOD, env)
-        .unwrap_or_else(|e| panic!("{e}"));
+    let cfg = c.load_env("agent.toml", GOOD, env).unwrap();
     assert_eq!(cfg.broker.url, "mqtt://10.0.0.1:1999");
     assert!(cfg.broker.clean_session);
     assert_eq!(cfg.agent.id, "from-env");
@@ -165,7 +159,7 @@ fn keep_warm_is_for_on_demand_functions() {
     );
     let cfg = Case::new()
         .load("agent.toml", &with("", "keep_warm_secs = 30"))
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
     assert_eq!(cfg.functions[0].keep_warm_secs, Some(30));
 }
 

@@ -507,11 +507,11 @@ mod tests {
 
     #[test]
     fn broker_urls() {
-        let a = BrokerAddress::parse("mqtt://127.0.0.1:1883").unwrap_or_else(|e| panic!("{e}"));
+        let a = BrokerAddress::parse("mqtt://127.0.0.1:1883").unwrap();
         assert_eq!((a.tls, a.host.as_str(), a.port), (false, "127.0.0.1", 1883));
-        let a = BrokerAddress::parse("mqtts://broker.example").unwrap_or_else(|e| panic!("{e}"));
+        let a = BrokerAddress::parse("mqtts://broker.example").unwrap();
         assert_eq!((a.tls, a.port), (true, 8883));
-        let a = BrokerAddress::parse("mqtt://[::1]:1999").unwrap_or_else(|e| panic!("{e}"));
+        let a = BrokerAddress::parse("mqtt://[::1]:1999").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
         assert!(BrokerAddress::parse("http://x").is_err());
         assert_eq!(BrokerAddress::parse("mqtt://x:0").map(|a| a.port), Ok(0));

@@ -391,8 +391,7 @@ mod tests {
 
     #[test]
     fn hdr_histograms_become_prometheus_buckets() {
-        let mut h =
-            Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap_or_else(|e| panic!("{e}"));
+        let mut h = Histogram::<u64>::new_with_bounds(1, 600_000_000, 3).unwrap();
         for us in [5, 20, 20, 900, 3_000_000, 60_000_000] {
             let _ = h.record(us);
         }

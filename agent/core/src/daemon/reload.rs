@@ -467,8 +467,7 @@ mod tests {
     use super::*;
 
     fn config(text: &str) -> Config {
-        crate::config::from_toml(std::path::Path::new("t.toml"), text)
-            .unwrap_or_else(|e| panic!("{e}"))
+        crate::config::from_toml(std::path::Path::new("t.toml"), text).unwrap()
     }
 
     #[test]

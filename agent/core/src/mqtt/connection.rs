@@ -12,7 +12,7 @@
 //!   outputs.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rumqttc::{
     AsyncClient, ConnectReturnCode, ConnectionError, Event, EventLoop, Outgoing, Packet,
@@ -162,7 +162,8 @@ pub struct Backoff {
     max: Duration,
     next: Duration,
     failures: u32,
-    connected_at: Option<Instant>,
+    /// On tokio's clock, like the delays, so that a test can let the time pass.
+    connected_at: Option<tokio::time::Instant>,
 }
 
 impl Backoff {
@@ -178,7 +179,7 @@ impl Backoff {
     }
 
     fn connected(&mut self) {
-        self.connected_at = Some(Instant::now());
+        self.connected_at = Some(tokio::time::Instant::now());
     }
 
     /// Records a failure on `link`, logs it, and waits out the delay. False if `force_stop`
@@ -492,5 +493,54 @@ pub async fn send_acks(client: AsyncClient, mut ready: mpsc::UnboundedReceiver<r
         if client.ack(&p).await.is_err() {
             break;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// How long each of `n` failures waits, on tokio's paused clock.
+    async fn waits(b: &mut Backoff, link: &Link, n: usize) -> Vec<u128> {
+        let (e, done) = (ConnectionError::NetworkTimeout, CancellationToken::new());
+        let mut out = Vec::new();
+        for _ in 0..n {
+            let start = tokio::time::Instant::now();
+            assert!(b.failed(link, &e, &done).await, "not cancelled");
+            out.push(start.elapsed().as_millis());
+        }
+        out
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_backoff_doubles_and_resets_only_after_a_healthy_connection() {
+        let (board, _seen) = watch::channel(Links::new(std::iter::empty()));
+        let link = Link::new(board.clone(), "output".into());
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_millis(800));
+        assert_eq!(waits(&mut b, &link, 5).await, [100, 200, 400, 800, 800]);
+        assert_eq!(board.borrow().overall().failures, 5);
+        // Accepted, then dropped before it held for HEALTHY: no reset.
+        b.connected();
+        tokio::time::advance(HEALTHY - Duration::from_millis(1)).await;
+        assert_eq!(waits(&mut b, &link, 1).await, [800]);
+        // Held for HEALTHY: back to the minimum.
+        b.connected();
+        tokio::time::advance(HEALTHY).await;
+        assert_eq!(waits(&mut b, &link, 2).await, [100, 200]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_shutdown_ends_the_backoff_wait() {
+        let (board, _seen) = watch::channel(Links::new(std::iter::empty()));
+        let link = Link::new(board, "output".into());
+        let mut b = Backoff::new(Duration::from_secs(60), Duration::from_secs(60));
+        let done = CancellationToken::new();
+        done.cancel();
+        let start = tokio::time::Instant::now();
+        assert!(
+            !b.failed(&link, &ConnectionError::NetworkTimeout, &done)
+                .await
+        );
+        assert_eq!(start.elapsed(), Duration::ZERO);
     }
 }

@@ -6,10 +6,12 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
+// Tokio's clock (the real one outside tests), so that a test can let the time pass.
+use tokio::time::Instant;
 
 use super::inbox::Inbox;
 use super::output::Output;
@@ -62,6 +64,19 @@ struct PersistentInstance {
 
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// Whether the instance has been restarted `max_restarts` times within the last `window`
+/// (forgetting the restarts older than that).
+fn window_full(restarts: &mut VecDeque<Instant>, window: Duration, max_restarts: u32) -> bool {
+    let now = Instant::now();
+    while restarts
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > window)
+    {
+        restarts.pop_front();
+    }
+    restarts.len() >= max_restarts as usize
+}
 
 impl PersistentInstance {
     fn run(self, rt: &Handle, inbox: &Inbox) {
@@ -142,14 +157,7 @@ impl PersistentInstance {
                 tracing::error!(function = %name, instance = self.index, "instance stopped (restart = \"never\")");
                 return None;
             }
-            let now = Instant::now();
-            while restarts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > self.window)
-            {
-                restarts.pop_front();
-            }
-            if restarts.len() >= self.max_restarts as usize {
+            if window_full(restarts, self.window, self.max_restarts) {
                 tracing::error!(function = %name, instance = self.index, max_restarts = self.max_restarts,
                     window_secs = self.window.as_secs(), "instance stopped: too many restarts");
                 return None;
@@ -168,5 +176,36 @@ impl PersistentInstance {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn the_restart_window_forgets_restarts_older_than_the_window() {
+        let (window, max) = (Duration::from_secs(10), 3);
+        let mut restarts = VecDeque::new();
+        for _ in 0..3 {
+            assert!(!window_full(&mut restarts, window, max), "{restarts:?}");
+            restarts.push_back(Instant::now());
+            tokio::time::advance(Duration::from_secs(1)).await;
+        }
+        // Three restarts at 0 s, 1 s and 2 s: a fourth within the window is refused.
+        assert!(window_full(&mut restarts, window, max));
+        // At 10 s the first is exactly a window old: still counted.
+        tokio::time::advance(Duration::from_secs(7)).await;
+        assert!(window_full(&mut restarts, window, max));
+        // Just past it, the first falls out and one more restart is allowed.
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert!(!window_full(&mut restarts, window, max));
+        assert_eq!(restarts.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_restart_is_allowed_with_max_restarts_zero() {
+        let mut restarts = VecDeque::new();
+        assert!(window_full(&mut restarts, Duration::from_secs(10), 0));
     }
 }

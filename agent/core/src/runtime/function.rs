@@ -75,11 +75,32 @@ pub struct LoadedFunction {
     /// On demand: how long it stays loaded without events (`keep_warm_secs`).
     keep_warm: Option<Duration>,
     /// When a call last started or ended.
-    last_used: Mutex<Instant>,
+    last_used: LastUse,
     deadline_ticks: u64,
     state: OnceLock<Arc<Namespace>>,
     /// Fuel per call, when the engine counts fuel.
     fuel: Option<u64>,
+}
+
+/// When a function was last used, on tokio's clock (the real one outside tests), so that a
+/// test can let the time pass.
+struct LastUse(Mutex<tokio::time::Instant>);
+
+impl LastUse {
+    fn now() -> Self {
+        Self(Mutex::new(tokio::time::Instant::now()))
+    }
+
+    fn touch(&self) {
+        if let Ok(mut t) = self.0.lock() {
+            *t = tokio::time::Instant::now();
+        }
+    }
+
+    /// How long it has not been used (zero if the lock was poisoned: never released then).
+    fn idle(&self) -> Duration {
+        self.0.lock().map_or(Duration::ZERO, |t| t.elapsed())
+    }
 }
 
 /// The version of a function in force: its config (module path, `[function.config]`), the
@@ -180,7 +201,7 @@ impl LoadedFunction {
                 .then_some(cfg.keep_warm_secs)
                 .flatten()
                 .map(Duration::from_secs),
-            last_used: Mutex::new(Instant::now()),
+            last_used: LastUse::now(),
             deadline_ticks,
             state: OnceLock::new(),
             fuel: fuel_enabled.then_some(cfg.fuel.unwrap_or(u64::MAX)),
@@ -291,11 +312,7 @@ impl LoadedFunction {
         let Ok(mut slot) = self.pre.try_write() else {
             return false;
         };
-        let idle = self
-            .last_used
-            .lock()
-            .map_or(Duration::ZERO, |t| t.elapsed());
-        idle >= keep && slot.take().is_some()
+        self.last_used.idle() >= keep && slot.take().is_some()
     }
 
     /// The linked component, loading it again if the function was scaled to zero (and
@@ -330,9 +347,7 @@ impl LoadedFunction {
     }
 
     fn touch(&self) {
-        if let Ok(mut t) = self.last_used.lock() {
-            *t = Instant::now();
-        }
+        self.last_used.touch();
     }
 
     /// Creates an instance: a fresh store with a memory limiter and a deadline.
@@ -639,4 +654,23 @@ fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: FailureKind
         _ => format!("{e:#}"),
     };
     CallError { kind, message }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Scale to zero judges idleness on tokio's clock: a use restarts the count.
+    #[tokio::test(start_paused = true)]
+    async fn a_function_is_idle_for_the_time_since_its_last_use() {
+        let keep = Duration::from_secs(30);
+        let last = LastUse::now();
+        tokio::time::advance(keep - Duration::from_millis(1)).await;
+        assert!(last.idle() < keep, "released before keep_warm_secs");
+        last.touch();
+        tokio::time::advance(keep - Duration::from_millis(1)).await;
+        assert!(last.idle() < keep, "a use did not restart the count");
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(last.idle(), keep);
+    }
 }

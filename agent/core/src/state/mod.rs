@@ -459,14 +459,14 @@ mod tests {
             max_value_bytes: 32,
             ..StateConfig::default()
         };
-        StateStore::open(dir, &limits).unwrap_or_else(|e| panic!("{e}"))
+        StateStore::open(dir, &limits).unwrap()
     }
 
     #[test]
     fn writes_are_visible_in_the_call_and_applied_on_commit() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let ns = s.namespace("f").unwrap();
         let mut t = ns.begin();
         assert_eq!(t.increment("n", 2).ok(), Some(2));
         assert_eq!(t.increment("n", 3).ok(), Some(5));
@@ -483,34 +483,33 @@ mod tests {
 
     #[test]
     fn dropped_transactions_leave_no_trace() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let ns = s.namespace("f").unwrap();
         let mut t = ns.begin();
-        t.set("k", b"v".to_vec()).unwrap_or_else(|e| panic!("{e}"));
+        t.set("k", b"v".to_vec()).unwrap();
         drop(t);
         assert_eq!(ns.begin().get("k").ok().flatten(), None);
     }
 
     #[test]
     fn namespaces_are_isolated() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let a = s.namespace("a").unwrap_or_else(|e| panic!("{e}"));
-        let b = s.namespace("b").unwrap_or_else(|e| panic!("{e}"));
+        let a = s.namespace("a").unwrap();
+        let b = s.namespace("b").unwrap();
         let mut t = a.begin();
-        t.set("secret", b"1".to_vec())
-            .unwrap_or_else(|e| panic!("{e}"));
-        t.commit().unwrap_or_else(|e| panic!("{e}"));
+        t.set("secret", b"1".to_vec()).unwrap();
+        t.commit().unwrap();
         assert_eq!(b.begin().get("secret").ok().flatten(), None);
         assert!(b.begin().list("", 10).unwrap_or_default().is_empty());
     }
 
     #[test]
     fn limits_are_errors() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let ns = s.namespace("f").unwrap();
         let mut t = ns.begin();
         assert!(matches!(
             t.set("big", vec![0; 33]),
@@ -522,35 +521,32 @@ mod tests {
         ));
         assert!(matches!(t.set("", vec![]), Err(StateError::Limit(_))));
         for k in ["a", "b", "c"] {
-            t.set(k, vec![1]).unwrap_or_else(|e| panic!("{e}"));
+            t.set(k, vec![1]).unwrap();
         }
         assert!(
             matches!(t.set("d", vec![1]), Err(StateError::Limit(_))),
             "4th key"
         );
-        t.set("a", vec![2])
-            .unwrap_or_else(|e| panic!("overwrite is fine: {e}"));
-        t.commit().unwrap_or_else(|e| panic!("{e}"));
+        t.set("a", vec![2]).expect("overwrite is fine");
+        t.commit().unwrap();
 
         let mut t = ns.begin();
         assert!(
             matches!(t.set("d", vec![1]), Err(StateError::Limit(_))),
             "after commit"
         );
-        t.delete("a").unwrap_or_else(|e| panic!("{e}"));
-        t.set("d", vec![1])
-            .unwrap_or_else(|e| panic!("room after a delete: {e}"));
-        t.commit().unwrap_or_else(|e| panic!("{e}"));
+        t.delete("a").unwrap();
+        t.set("d", vec![1]).expect("room after a delete");
+        t.commit().unwrap();
 
         let mut t = ns.begin();
-        t.set("b", b"0".to_vec()).unwrap_or_else(|e| panic!("{e}"));
+        t.set("b", b"0".to_vec()).unwrap();
         assert!(matches!(t.increment("b", i64::MAX), Ok(i64::MAX)));
         assert!(
             matches!(t.increment("b", 1), Err(StateError::Limit(_))),
             "overflow"
         );
-        t.set("d", b"abc".to_vec())
-            .unwrap_or_else(|e| panic!("{e}"));
+        t.set("d", b"abc".to_vec()).unwrap();
         assert!(
             matches!(t.increment("d", 1), Err(StateError::Limit(_))),
             "not an integer"
@@ -559,19 +555,16 @@ mod tests {
 
     #[test]
     fn list_merges_own_writes() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let ns = s.namespace("f").unwrap();
         let mut t = ns.begin();
-        t.set("p/1", b"1".to_vec())
-            .unwrap_or_else(|e| panic!("{e}"));
-        t.set("p/2", b"2".to_vec())
-            .unwrap_or_else(|e| panic!("{e}"));
-        t.commit().unwrap_or_else(|e| panic!("{e}"));
+        t.set("p/1", b"1".to_vec()).unwrap();
+        t.set("p/2", b"2".to_vec()).unwrap();
+        t.commit().unwrap();
         let mut t = ns.begin();
-        t.delete("p/1").unwrap_or_else(|e| panic!("{e}"));
-        t.set("p/0", b"0".to_vec())
-            .unwrap_or_else(|e| panic!("{e}"));
+        t.delete("p/1").unwrap();
+        t.set("p/0", b"0".to_vec()).unwrap();
         let keys: Vec<String> = t
             .list("p/", 10)
             .unwrap_or_default()
@@ -584,20 +577,20 @@ mod tests {
 
     #[test]
     fn the_gate_is_released_by_commit_drop_and_failure() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
-        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let ns = s.namespace("f").unwrap();
         let soon = || Some(Instant::now() + Duration::from_millis(200));
         let mut t = ns.begin_until(soon());
-        t.set("k", b"1".to_vec()).unwrap_or_else(|e| panic!("{e}"));
-        t.commit().unwrap_or_else(|e| panic!("{e}"));
+        t.set("k", b"1".to_vec()).unwrap();
+        t.commit().unwrap();
         let mut t = ns.begin_until(soon());
         assert!(t.set("", vec![]).is_err(), "a refused write takes no gate");
-        t.get("k").unwrap_or_else(|e| panic!("{e}"));
+        t.get("k").unwrap();
         drop(t);
         // A writer in another thread waits until this reader is done, then goes on.
         let mut reader = ns.begin_until(soon());
-        reader.get("k").unwrap_or_else(|e| panic!("{e}"));
+        reader.get("k").unwrap();
         let ns2 = ns.clone();
         let writer = std::thread::spawn(move || {
             let mut w = ns2.begin_until(Some(Instant::now() + Duration::from_secs(5)));
@@ -612,13 +605,13 @@ mod tests {
 
     #[tokio::test]
     async fn commits_become_durable_after_a_flush() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let stop = tokio_util::sync::CancellationToken::new();
         let flusher = tokio::spawn(s.clone().run_flusher(stop.clone()));
-        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let ns = s.namespace("f").unwrap();
         let mut t = ns.begin();
-        t.increment("n", 1).unwrap_or_else(|e| panic!("{e}"));
+        t.increment("n", 1).unwrap();
         let generation = t
             .commit()
             .ok()
@@ -632,45 +625,42 @@ mod tests {
     }
 
     /// With a spacing, a commit made just after a flush waits for the next one, which
-    /// starts no sooner than the spacing allows; each flush is counted.
-    #[tokio::test]
+    /// starts the spacing after the first started, not sooner and not much later; each
+    /// flush is counted. On tokio's paused clock, which moves only when every task waits
+    /// for a timer: no timeout around `durable` here, it would fire while sled writes.
+    #[tokio::test(start_paused = true)]
     async fn flushes_keep_the_minimum_spacing() {
-        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let dir = tempfile::tempdir().unwrap();
+        let spacing = Duration::from_secs(5);
         let limits = StateConfig {
-            min_flush_interval_ms: 300,
+            min_flush_interval_ms: 5000,
             ..StateConfig::default()
         };
-        let s = StateStore::open(dir.path(), &limits).unwrap_or_else(|e| panic!("{e}"));
+        let s = StateStore::open(dir.path(), &limits).unwrap();
         let stop = tokio_util::sync::CancellationToken::new();
         let flusher = tokio::spawn(s.clone().run_flusher(stop.clone()));
-        let ns = s.namespace("f").unwrap_or_else(|e| panic!("{e}"));
+        let ns = s.namespace("f").unwrap();
         let commit = || {
             let mut t = ns.begin();
-            t.increment("n", 1).unwrap_or_else(|e| panic!("{e}"));
-            t.commit()
-                .ok()
-                .flatten()
-                .unwrap_or_else(|| panic!("a generation"))
+            t.increment("n", 1).unwrap();
+            t.commit().unwrap().expect("a generation")
         };
-        let first = commit();
-        let wait = |g| tokio::time::timeout(Duration::from_secs(5), s.durable(g));
-        wait(first)
-            .await
-            .unwrap_or_else(|_| panic!("never flushed"));
-        let flushed_at = Instant::now();
-        assert_eq!(s.flushes(), 1);
-        wait(commit())
-            .await
-            .unwrap_or_else(|_| panic!("never flushed"));
-        // The first flush started before `flushed_at`, so this bound is safe.
-        assert!(flushed_at.elapsed() < Duration::from_secs(5));
+        let start = tokio::time::Instant::now();
+        s.durable(commit()).await;
         assert!(
-            flushed_at.elapsed() >= Duration::from_millis(250),
-            "second flush after {:?}",
-            flushed_at.elapsed()
+            start.elapsed() < Duration::from_millis(1),
+            "the first flush waits for nothing"
+        );
+        assert_eq!(s.flushes(), 1);
+        s.durable(commit()).await;
+        let second = start.elapsed();
+        assert!(
+            second >= spacing && second <= spacing + Duration::from_millis(1),
+            "second flush after {second:?}"
         );
         assert_eq!(s.flushes(), 2);
         stop.cancel();
-        let _ = flusher.await;
+        flusher.await.unwrap();
+        assert_eq!(s.flushes(), 3, "one more flush on the way out");
     }
 }

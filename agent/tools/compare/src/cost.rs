@@ -419,7 +419,7 @@ mod tests {
     #[test]
     fn billing_schemes_price_what_was_used() {
         let p = Prices::default();
-        let power = power_profile(Some("pi4")).unwrap_or_else(|e| panic!("{e}"));
+        let power = power_profile(Some("pi4")).unwrap();
         let usage = Usage {
             rate: 10.0,
             cpu_seconds_per_hour: 360.0, // 10% of a core

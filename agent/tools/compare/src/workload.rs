@@ -505,7 +505,7 @@ mod tests {
             "qos = 0\nsensors = 3\n[traffic]\npattern = \"sweep\"\nrates = [1, 10]\n\
              [[function]]\nname = \"f\"\nmodule = \"f.wasm\"\n[function.config]\nk = \"v\"\n",
         )
-        .unwrap_or_else(|e| panic!("{e}"));
+        .unwrap();
         assert_eq!((ok.qos, ok.sensors, ok.functions.len()), (0, 3, 1));
         assert_eq!(ok.functions[0].phases.len(), 2);
         assert_eq!(ok.sensor(4), "sensor-1");

@@ -793,7 +793,7 @@ mod tests {
 
     #[test]
     fn a_new_project_has_everything_and_refuses_to_overwrite() {
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("door-count");
         let args = NewArgs {
             name: "door-count".into(),
@@ -801,7 +801,7 @@ mod tests {
             lang: Lang::Rust,
             dir: Some(dir.clone()),
         };
-        let made = new(&args).unwrap_or_else(|e| panic!("{e}"));
+        let made = new(&args).unwrap();
         for f in [
             "Cargo.toml",
             "src/lib.rs",
@@ -818,7 +818,7 @@ mod tests {
             "{snippet}"
         );
         // The snippet is a valid [[function]] table.
-        let table: toml::Table = toml::from_str(&snippet).unwrap_or_else(|e| panic!("{e}"));
+        let table: toml::Table = toml::from_str(&snippet).unwrap();
         assert_eq!(table["function"][0]["name"].as_str(), Some("door-count"));
         let again = new(&args);
         assert!(
@@ -834,7 +834,7 @@ mod tests {
 
     #[test]
     fn python_and_js_projects_carry_their_sdk_and_the_wit() {
-        let tmp = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
+        let tmp = tempfile::tempdir().unwrap();
         for (lang, files) in [
             (
                 Lang::Python,
@@ -849,7 +849,7 @@ mod tests {
                 lang,
                 dir: Some(dir.clone()),
             };
-            let made = new(&args).unwrap_or_else(|e| panic!("{e}"));
+            let made = new(&args).unwrap();
             for f in files
                 .into_iter()
                 .chain(["wit/agent.wit", "function.toml", "README.md"])
