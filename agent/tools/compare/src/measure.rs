@@ -436,12 +436,14 @@ mod tests {
         let pid = std::process::id();
         assert!(edge_agent::clock::process_cpu_seconds(pid).is_some());
         let before = CpuClock::read(pid);
-        let spin = Instant::now();
+        // 30 ms of this thread's CPU (not of wall time: on a loaded machine the thread
+        // may get a fraction of it), measured finer than the 10 ms ticks could.
+        let spin = edge_agent::clock::thread_cpu_time();
         let mut x = 0u64;
-        while spin.elapsed() < Duration::from_millis(30) {
+        while edge_agent::clock::thread_cpu_time().saturating_sub(spin) < Duration::from_millis(30)
+        {
             x = std::hint::black_box(x.wrapping_add(1));
         }
-        // 30 ms of spinning, measured finer than the 10 ms ticks could.
         let cpu = CpuClock::read(pid).since(&before);
         assert!((0.02..1.0).contains(&cpu), "{cpu}");
         assert!(edge_agent::clock::process_status_bytes(pid, "VmRSS").is_some_and(|b| b > 0));
