@@ -25,6 +25,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("failure", 1),
     ("clock", 1),
     ("rate", 1),
+    ("messages", 1),
     ("mqtt", 2),
     ("state", 2),
     ("metrics", 3),

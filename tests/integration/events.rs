@@ -111,7 +111,7 @@ async fn threshold_alerts_and_dead_letters(broker: Broker) {
 
     let totals = s.agent.snapshot("threshold");
     assert_eq!((totals.received, totals.succeeded), (4, 3), "{totals:?}");
-    assert_eq!(totals.failed, vec![("guest-error", 1)]);
+    assert_eq!(totals.failed, vec![("guest-error".into(), 1)]);
     s.agent.stop().await;
 }
 

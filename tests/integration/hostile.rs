@@ -338,7 +338,7 @@ async fn dead_letters_about_dead_letters_do_not_cascade() {
     let more = c.drain(Duration::from_millis(800)).await;
     assert!(more.is_empty(), "cascade: {more:?}");
     let reader = agent.snapshot("dlq-reader");
-    assert_eq!(reader.failed, vec![("guest-error", 1)]);
+    assert_eq!(reader.failed, vec![("guest-error".into(), 1)]);
     agent.stop().await;
 }
 

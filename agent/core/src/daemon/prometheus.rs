@@ -76,7 +76,7 @@ impl Collector for AgentCollector {
                 .encode_counter::<Labels, _, u64>(&s.succeeded, None)?;
             for (kind, n) in &s.failed {
                 let mut l = labels(s);
-                l.push(("outcome", (*kind).into()));
+                l.push(("outcome", kind.clone()));
                 m.encode_family(&l)?
                     .encode_counter::<Labels, _, u64>(n, None)?;
             }
