@@ -338,8 +338,13 @@ async fn sigterm_finishes_in_flight_events_then_exits_zero() {
     // The in-flight event finished and its output went out before the disconnect, and
     // the agent said it was going.
     assert_eq!(c.recv_on("out/slow").await.text(), "slept 1000");
-    let presence = c.recv_on("edge-agent/term/status").await.json();
-    assert_eq!(presence["status"], "offline", "{presence}");
+    let presence: edge_agent::messages::Status =
+        c.recv_on("edge-agent/term/status").await.message();
+    assert_eq!(
+        presence.status,
+        edge_agent::messages::Presence::Offline,
+        "{presence:?}"
+    );
 }
 
 /// Under systemd: `READY=1` once subscribed, `WATCHDOG=1` at half `WatchdogSec`, and
