@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use edge_agent::messages::DeadLetter;
+
 use crate::harness::{Agent, Client, Mosquitto, Process, WAIT, guest, unique};
 
 /// Which broker a test runs against.
@@ -91,16 +93,13 @@ async fn threshold_alerts_and_dead_letters(broker: Broker) {
     c.publish("sensors/hall/temperature", "not json").await;
     let m = c.recv().await;
     assert_eq!(m.topic, dlq, "expected only the dead letter, got {m:?}");
-    let j = m.json();
-    assert_eq!(j["function"], "threshold");
-    assert_eq!(j["topic"], "sensors/hall/temperature");
-    assert_eq!(j["kind"], "guest-error");
-    assert!(
-        j["message"].as_str().unwrap_or("").contains("not JSON"),
-        "{j}"
-    );
-    assert_eq!(j["payload_base64"], "bm90IGpzb24=");
-    assert!(j["timestamp_ms"].as_u64().unwrap_or(0) > 1_600_000_000_000);
+    let j: DeadLetter = m.message();
+    assert_eq!(j.function, "threshold");
+    assert_eq!(j.topic, "sensors/hall/temperature");
+    assert_eq!(j.kind, "guest-error");
+    assert!(j.message.contains("not JSON"), "{j:?}");
+    assert_eq!(j.payload_base64, "bm90IGpzb24=");
+    assert!(j.timestamp_ms > 1_600_000_000_000);
 
     // The agent keeps going after a failure.
     c.publish("sensors/attic/temperature", r#"{"value": 40}"#)
@@ -270,9 +269,9 @@ async fn oversized_payload_is_dead_lettered_without_a_call() {
     let dlq = s.dead_letter_topic();
     let mut c = Client::connect(s.port, &["out/#", &dlq]).await;
     c.publish("small/in", vec![b'x'; 5000]).await;
-    let j = c.recv().await.json();
-    assert_eq!(j["kind"], "payload-too-large");
-    assert_eq!(j["payload_bytes"], 5000);
+    let j: DeadLetter = c.recv().await.message();
+    assert_eq!(j.kind, "payload-too-large");
+    assert_eq!(j.payload_bytes, 5000);
 }
 
 /// The binary, since what it prints is the point: a guest's stdout ends up in the agent's

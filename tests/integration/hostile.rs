@@ -65,7 +65,7 @@ async fn kind_of(s: &mut Setup, topic: &str, payload: impl Into<Vec<u8>>) -> Str
         m.topic,
         m.text()
     );
-    m.json()["kind"].as_str().unwrap_or_default().to_string()
+    m.message::<edge_agent::messages::DeadLetter>().kind
 }
 
 fn rss_kib(pid: u32) -> u64 {
