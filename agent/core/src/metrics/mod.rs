@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use hdrhistogram::Histogram;
+
 use crate::failure::FailureKind;
 pub use crate::messages::stats::{Percentiles, Snapshot};
-use hdrhistogram::Histogram;
 
 pub mod report;
 

@@ -1,8 +1,7 @@
 //! Reports of what each function has done and cost: a retained JSON object on the stats
-//! topic every `agent.stats_interval_secs` ([`Report`], a type of [`crate::messages`],
-//! `schema_version` 2: cumulative
-//! figures since start-up and rates over the last interval), and one log line per function
-//! at shutdown. The comparison report and the metrics endpoint read the same [`Snapshot`]s.
+//! topic every `agent.stats_interval_secs` ([`Report`], one of the [`crate::messages`],
+//! `schema_version` 2: cumulative figures since start-up and rates over the last
+//! interval), and one log line per function at shutdown. The comparison report and the metrics endpoint read the same [`Snapshot`]s.
 
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
