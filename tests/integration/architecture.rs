@@ -26,6 +26,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("clock", 1),
     ("rate", 1),
     ("tasks", 1),
+    ("messages", 1),
     ("mqtt", 2),
     ("state", 2),
     ("metrics", 3),

@@ -3,6 +3,8 @@
 
 use std::time::{Duration, Instant};
 
+use edge_agent::messages::DeadLetter;
+
 use crate::harness::{
     Agent, Client, Mosquitto, Process, WAIT, checks_latency, eventually, guest, unique,
 };
@@ -93,16 +95,13 @@ async fn threshold_alerts_and_dead_letters(broker: Broker) {
     c.publish("sensors/hall/temperature", "not json").await;
     let m = c.recv().await;
     assert_eq!(m.topic, dlq, "expected only the dead letter, got {m:?}");
-    let j = m.json();
-    assert_eq!(j["function"], "threshold");
-    assert_eq!(j["topic"], "sensors/hall/temperature");
-    assert_eq!(j["kind"], "guest-error");
-    assert!(
-        j["message"].as_str().unwrap_or("").contains("not JSON"),
-        "{j}"
-    );
-    assert_eq!(j["payload_base64"], "bm90IGpzb24=");
-    assert!(j["timestamp_ms"].as_u64().unwrap_or(0) > 1_600_000_000_000);
+    let j: DeadLetter = m.message();
+    assert_eq!(j.function, "threshold");
+    assert_eq!(j.topic, "sensors/hall/temperature");
+    assert_eq!(j.kind, "guest-error");
+    assert!(j.message.contains("not JSON"), "{j:?}");
+    assert_eq!(j.payload_base64, "bm90IGpzb24=");
+    assert!(j.timestamp_ms > 1_600_000_000_000);
 
     // The agent keeps going after a failure.
     c.publish("sensors/attic/temperature", r#"{"value": 40}"#)
@@ -113,7 +112,7 @@ async fn threshold_alerts_and_dead_letters(broker: Broker) {
 
     let totals = s.agent.snapshot("threshold");
     assert_eq!((totals.received, totals.succeeded), (4, 3), "{totals:?}");
-    assert_eq!(totals.failed, vec![("guest-error", 1)]);
+    assert_eq!(totals.failed, vec![("guest-error".into(), 1)]);
     s.agent.stop().await;
 }
 
@@ -288,9 +287,9 @@ async fn oversized_payload_is_dead_lettered_without_a_call() {
     let dlq = s.dead_letter_topic();
     let mut c = Client::connect(s.port, &["out/#", &dlq]).await;
     c.publish("small/in", vec![b'x'; 5000]).await;
-    let j = c.recv().await.json();
-    assert_eq!(j["kind"], "payload-too-large");
-    assert_eq!(j["payload_bytes"], 5000);
+    let j: DeadLetter = c.recv().await.message();
+    assert_eq!(j.kind, "payload-too-large");
+    assert_eq!(j.payload_bytes, 5000);
 }
 
 /// The binary, since what it prints is the point: a guest's stdout ends up in the agent's
@@ -369,8 +368,13 @@ async fn sigterm_finishes_in_flight_events_then_exits_zero() {
     // The in-flight event finished and its output went out before the disconnect, and
     // the agent said it was going.
     assert_eq!(c.recv_on("out/slow").await.text(), "slept 1000");
-    let presence = c.recv_on("edge-agent/term/status").await.json();
-    assert_eq!(presence["status"], "offline", "{presence}");
+    let presence: edge_agent::messages::Status =
+        c.recv_on("edge-agent/term/status").await.message();
+    assert_eq!(
+        presence.status,
+        edge_agent::messages::Presence::Offline,
+        "{presence:?}"
+    );
 }
 
 /// Under systemd: `READY=1` once subscribed, `WATCHDOG=1` at half `WatchdogSec`, and

@@ -495,15 +495,15 @@ impl Process {
     /// message has another pid).
     async fn wait_online(&self) {
         let mut c = Client::connect(self.broker_port, &[&self.status_topic]).await;
-        let pid = u64::from(self.child.id());
+        let pid = self.child.id();
         let deadline = tokio::time::Instant::now() + WAIT;
         loop {
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let got = tokio::time::timeout(left, c.rx.recv()).await;
             match got {
                 Ok(Some(m)) => {
-                    let j = m.json();
-                    if j["status"] == "online" && j["pid"].as_u64() == Some(pid) {
+                    let s: edge_agent::messages::Status = m.message();
+                    if s.status == edge_agent::messages::Presence::Online && s.pid == pid {
                         return;
                     }
                 }
@@ -594,6 +594,11 @@ impl Msg {
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).expect("JSON payload")
+    }
+    /// The payload read as one of the agent's messages, with the type the agent builds it
+    /// from (another `schema_version` or a missing field fails the test, saying which).
+    pub fn message<M: edge_agent::messages::Message>(&self) -> M {
+        M::from_bytes(&self.payload).unwrap_or_else(|e| panic!("{}: {e}", self.text()))
     }
 }
 

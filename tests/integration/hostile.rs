@@ -67,7 +67,7 @@ async fn kind_of(s: &mut Setup, topic: &str, payload: impl Into<Vec<u8>>) -> Str
         m.topic,
         m.text()
     );
-    m.json()["kind"].as_str().unwrap_or_default().to_string()
+    m.message::<edge_agent::messages::DeadLetter>().kind
 }
 
 fn rss_kib(pid: u32) -> u64 {
@@ -356,7 +356,7 @@ async fn dead_letters_about_dead_letters_do_not_cascade() {
     let more = c.drain(Duration::from_millis(800)).await;
     assert!(more.is_empty(), "cascade: {more:?}");
     let reader = agent.snapshot("dlq-reader");
-    assert_eq!(reader.failed, vec![("guest-error", 1)]);
+    assert_eq!(reader.failed, vec![("guest-error".into(), 1)]);
     agent.stop().await;
 }
 

@@ -309,7 +309,7 @@ out_topic = "spun/{mode}"
         assert_eq!(m.text(), "done next");
     }
     let p = agent.snapshot("spin-persistent");
-    assert_eq!(p.failed, vec![("timeout", 1)]);
+    assert_eq!(p.failed, vec![("timeout".into(), 1)]);
     assert_eq!(p.restarts, 1, "the looping instance was replaced: {p:?}");
     agent.stop().await;
 }

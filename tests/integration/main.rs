@@ -10,6 +10,7 @@ mod events;
 mod harness;
 mod hostile;
 mod languages;
+mod messages;
 mod observability;
 mod reload;
 mod state;

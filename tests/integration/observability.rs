@@ -4,6 +4,8 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
+use edge_agent::messages::{Presence, Report, Status, StatusFunction};
+
 use crate::harness::{Client, Mosquitto, Process, broker_port, guest};
 
 /// GET `path` from the agent's metrics listener: (status code, body).
@@ -74,23 +76,20 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
     )
     .await;
     // The birth message names each function, its model and its module's hash.
-    let birth = c.recv_on("edge-agent/prom/status").await.json();
+    let birth: Status = c.recv_on("edge-agent/prom/status").await.message();
     let module = std::fs::read(guest("misbehave")).expect("module");
-    let f0 = &birth["functions"][0];
+    let sha = edge_agent::runtime::function::sha256_hex(&module);
+    let want = StatusFunction {
+        name: "f".into(),
+        mode: "on-demand".into(),
+        module: Some("misbehave.wasm".into()),
+        sha256: Some(sha.clone()),
+    };
+    assert_eq!(birth.status, Presence::Online, "{birth:?}");
     assert_eq!(
-        (&birth["status"], &f0["name"], &f0["mode"], &f0["module"]),
-        (
-            &"online".into(),
-            &"f".into(),
-            &"on-demand".into(),
-            &"misbehave.wasm".into()
-        ),
-        "{birth}"
-    );
-    assert_eq!(
-        f0["sha256"].as_str(),
-        Some(edge_agent::runtime::function::sha256_hex(&module).as_str()),
-        "{birth}"
+        birth.functions.as_ref().map(|f| &f[0]),
+        Some(&want),
+        "{birth:?}"
     );
     for _ in 0..50 {
         c.publish("f/in", "ok").await;
@@ -106,38 +105,24 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
     }
     // The stats topic's report once it has counted every event, then a scrape.
     let (report, stats) = loop {
-        let v = c.recv_on("edge-agent/prom/stats").await.json();
-        let f = v["functions"][0].clone();
-        if f["succeeded"] == 53 && f["failed"].to_string().contains("guest-error") {
+        // Read with the type the agent builds it from: a renamed field fails here.
+        let v: Report = c.recv_on("edge-agent/prom/stats").await.message();
+        let f = v.functions[0].clone();
+        if f.totals.succeeded == 53 && f.totals.failed.iter().any(|(k, _)| k == "guest-error") {
             break (v, f);
         }
     };
-    assert_eq!(report["schema_version"], 2, "{report}");
-    assert_eq!(report["agent"], "prom", "{report}");
-    assert!(
-        report["interval_secs"].as_f64().is_some_and(|s| s > 0.5),
-        "{report}"
-    );
-    assert!(
-        report["process"]["rss_bytes"]
-            .as_u64()
-            .is_some_and(|b| b > 1_000_000)
-    );
-    for rate in [
-        "events_per_sec",
-        "errors_per_sec",
-        "cold_starts_per_sec",
-        "cpu_percent",
-    ] {
-        assert!(stats["rates"][rate].as_f64().is_some(), "{rate}: {stats}");
-    }
-    assert_eq!(stats["state_keys"], 2, "{stats}");
+    assert_eq!(report.agent, "prom", "{report:?}");
+    assert!(report.interval_secs > 0.5, "{report:?}");
+    assert!(report.process.rss_bytes > 1_000_000, "{report:?}");
+    // The rates are there: the report was read into its type.
+    let stats = stats.totals;
+    assert_eq!(stats.state_keys, 2, "{stats:?}");
     // The module in force, by hash, in the stats and in each dead letter.
-    let sha = edge_agent::runtime::function::sha256_hex(&module);
     assert_eq!(
-        stats["module_sha256"].as_str(),
+        stats.module_sha256.as_deref(),
         Some(sha.as_str()),
-        "{stats}"
+        "{stats:?}"
     );
     let (code, body) = get(metrics, "/metrics");
     assert_eq!(code, 200, "{body}");
@@ -146,7 +131,7 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         &body,
         &format!("edge_agent_events_total{{{labels},outcome=\"succeeded\"}}"),
     );
-    assert_eq!(ok, stats["succeeded"].as_f64(), "{body}");
+    assert_eq!(ok, Some(stats.succeeded as f64), "{body}");
     let failed = sample(
         &body,
         &format!("edge_agent_events_total{{{labels},outcome=\"guest-error\"}}"),
@@ -156,7 +141,7 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         &body,
         &format!("edge_agent_event_duration_seconds_count{{{labels},phase=\"end_to_end\"}}"),
     );
-    assert_eq!(e2e, stats["end_to_end_us"]["count"].as_f64(), "{body}");
+    assert_eq!(e2e, Some(stats.end_to_end_us.count as f64), "{body}");
     let inf = sample(
         &body,
         &format!(
@@ -168,12 +153,12 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         &body,
         "edge_agent_cold_starts_total{function=\"f\",kind=\"instantiate\"}",
     );
-    assert_eq!(cold, stats["instantiate_us"]["count"].as_f64(), "{body}");
+    assert_eq!(cold, Some(stats.instantiate_us.count as f64), "{body}");
     let cpu = sample(
         &body,
         &format!("edge_agent_function_cpu_seconds_total{{{labels}}}"),
     );
-    let expected_cpu = stats["cpu_total_us"].as_f64().unwrap_or(0.0) / 1e6;
+    let expected_cpu = stats.cpu_total_us as f64 / 1e6;
     assert!(
         cpu.is_some_and(|c| c >= expected_cpu && c > 0.0),
         "{cpu:?} {body}"
@@ -181,15 +166,12 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
     assert_eq!(sample(&body, "edge_agent_broker_connected"), Some(1.0));
     assert_eq!(
         sample(&body, "edge_agent_state_keys{function=\"f\"}"),
-        stats["state_keys"].as_f64(),
+        Some(stats.state_keys as f64),
         "{body}"
     );
     let disk = sample(&body, "edge_agent_state_disk_bytes");
     assert!(disk.is_some_and(|b| b > 0.0), "{body}");
-    assert!(
-        report["state_disk_bytes"].as_u64().is_some_and(|b| b > 0),
-        "{report}"
-    );
+    assert!(report.state_disk_bytes > 0, "{report:?}");
     assert!(sample(&body, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
     assert!(body.contains("edge_agent_build_info{version=\""), "{body}");
 

@@ -7,6 +7,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use edge_agent::messages::{ReloadReport, ReloadedFunction, Status};
+
 use crate::harness::{Client, Mosquitto, Process, eventually, guest};
 
 /// Replaces `dst` with a copy of `src` the way build tools and deploy scripts do: written
@@ -32,10 +34,15 @@ fn config(broker: &Mosquitto, mods: &std::path::Path, od_extra: &str, tail: &str
 
 type Outputs = BTreeMap<(String, u64), Vec<String>>;
 
+/// The functions named in one of a reload report's lists.
+fn names(list: &Option<Vec<ReloadedFunction>>) -> Vec<&str> {
+    list.iter().flatten().map(|f| f.function.as_str()).collect()
+}
+
 /// Files an output under its function and sequence number, or a reload report.
-fn take(m: crate::harness::Msg, outputs: &mut Outputs, reloads: &mut Vec<serde_json::Value>) {
+fn take(m: crate::harness::Msg, outputs: &mut Outputs, reloads: &mut Vec<ReloadReport>) {
     if m.topic.ends_with("/reload") {
-        reloads.push(m.json());
+        reloads.push(m.message());
         return;
     }
     let text = m.text();
@@ -110,8 +117,8 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     async fn next_report(
         c: &mut Client,
         outputs: &mut Outputs,
-        reloads: &mut Vec<serde_json::Value>,
-    ) -> serde_json::Value {
+        reloads: &mut Vec<ReloadReport>,
+    ) -> ReloadReport {
         let before = reloads.len();
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
         while reloads.len() == before {
@@ -128,22 +135,22 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         replace(src, &mods.path().join("od.wasm"));
         replace(src, &mods.path().join("p.wasm"));
         let report = next_report(&mut c, &mut outputs, &mut reloads).await;
-        let functions = report["reloaded"].as_array().map_or(0, Vec::len);
-        assert_eq!(functions, 2, "swap {i}: {report}");
+        let functions = report.reloaded.as_ref().map_or(0, Vec::len);
+        assert_eq!(functions, 2, "swap {i}: {report:?}");
         if i == 0 {
             // The retained birth message follows: it names the version now in force.
             let mut presence = Client::connect(broker.port, &["edge-agent/reload/status"]).await;
-            let want = report["reloaded"][0]["sha256"].clone();
+            let want = report.reloaded.as_ref().map(|r| r[0].sha256.clone());
             let deadline = std::time::Instant::now() + Duration::from_secs(5);
             loop {
                 // The retained message, then (if that was older) the new one.
-                let birth = presence.recv().await.json();
-                if birth["functions"][0]["sha256"] == want {
+                let birth: Status = presence.recv().await.message();
+                if birth.functions.as_ref().and_then(|f| f[0].sha256.clone()) == want {
                     break;
                 }
                 assert!(
                     std::time::Instant::now() < deadline,
-                    "{birth} never named {want}"
+                    "{birth:?} never named {want:?}"
                 );
             }
         }
@@ -161,19 +168,19 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     };
     edit("note = \"b\"", "");
     let report = next_report(&mut c, &mut outputs, &mut reloads).await;
-    assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(report["reloaded"][0]["function"], "od", "{report}");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(names(&report.reloaded), ["od"], "{report:?}");
     edit("note = \"b\"", &x);
     let report = next_report(&mut c, &mut outputs, &mut reloads).await;
     // Reported once subscribed: every event from here on is x's.
     let added_at = x_next.load(Ordering::SeqCst);
-    assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(report["added"][0]["function"], "x", "{report}");
-    assert_eq!(report["reloaded"], serde_json::json!([]), "{report}");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(names(&report.added), ["x"], "{report:?}");
+    assert_eq!(report.reloaded, Some(Vec::new()), "{report:?}");
     edit("note = \"b\"", &x.replace("x/in", "x/other"));
     let report = next_report(&mut c, &mut outputs, &mut reloads).await;
-    assert_eq!(report["ok"], false, "{report}");
-    let why = report["error"].as_str().unwrap_or_default();
+    assert!(!report.ok, "{report:?}");
+    let why = report.error.as_deref().unwrap_or_default();
     assert!(why.contains("function `x`: topics changed"), "{why}");
     // x's stream goes on while it is subscribed, enough events to count.
     eventually("50 more events for x while it runs", || {
@@ -186,8 +193,8 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     let report = next_report(&mut c, &mut outputs, &mut reloads).await;
     // Reported once drained and unsubscribed: no event from here on is x's.
     let gone_at = x_next.load(Ordering::SeqCst);
-    assert_eq!(report["ok"], true, "{report}");
-    assert_eq!(report["removed"], serde_json::json!(["x"]), "{report}");
+    assert!(report.ok, "{report:?}");
+    assert_eq!(report.removed, Some(vec!["x".to_string()]), "{report:?}");
     // And after its removal: none of these may reach it.
     eventually("50 more events for x after its removal", || {
         x_next.load(Ordering::SeqCst) > gone_at + 50
@@ -205,8 +212,7 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     agent.signal("HUP");
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     let main = |o: &Outputs| o.keys().filter(|(f, _)| f != "x").count();
-    while main(&outputs) < 2 * events as usize || !reloads.iter().any(|r| r["trigger"] == "SIGHUP")
-    {
+    while main(&outputs) < 2 * events as usize || !reloads.iter().any(|r| r.trigger == "SIGHUP") {
         assert!(
             std::time::Instant::now() < deadline,
             "{} of {} outputs, reloads {reloads:?}\n{}",
@@ -253,19 +259,19 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     }
     // Each swap was one reload of both functions; the config value edit one of `od`; the
     // topics change refused; the revert one of `od`; SIGHUP nothing.
-    let ok: Vec<&serde_json::Value> = reloads.iter().filter(|r| r["ok"] == true).collect();
+    let ok: Vec<&ReloadReport> = reloads.iter().filter(|r| r.ok).collect();
     let swapped = ok
         .iter()
-        .filter(|r| r["reloaded"].as_array().is_some_and(|a| a.len() == 2))
+        .filter(|r| r.reloaded.as_ref().is_some_and(|a| a.len() == 2))
         .count();
     assert_eq!(swapped, 10, "{reloads:#?}");
-    let refused: Vec<_> = reloads.iter().filter(|r| r["ok"] == false).collect();
+    let refused: Vec<_> = reloads.iter().filter(|r| !r.ok).collect();
     assert_eq!(refused.len(), 1, "{reloads:#?}");
     let hup = reloads
         .iter()
-        .find(|r| r["trigger"] == "SIGHUP")
+        .find(|r| r.trigger == "SIGHUP")
         .expect("SIGHUP");
-    assert_eq!(hup["reloaded"], serde_json::json!([]), "{hup}");
+    assert_eq!(hup.reloaded, Some(Vec::new()), "{hup:?}");
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
     assert!(

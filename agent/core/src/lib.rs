@@ -7,7 +7,8 @@
 //!    [`event`] (an event on its way in, a message on its way out, and the narrow
 //!    [`event::Release`] through which a finished event is acknowledged), [`failure`] (the
 //!    failure kinds and exit statuses), [`clock`], [`rate`] (a token bucket), [`tasks`]
-//!    (the background tasks that the stop sequence owns);
+//!    (the background tasks that the stop sequence owns), [`messages`] (what the agent
+//!    publishes about itself, typed once for the agent and its clients);
 //! 2. [`mqtt`]: the connections, the acknowledgement order, the publisher, client options
 //!    and the embedded broker; it hands messages to a [`mqtt::connection::Intake`], which
 //!    the pipeline implements, so it never names the pipeline. [`state`] (sled-backed
@@ -35,6 +36,7 @@ pub mod config;
 pub mod daemon;
 pub mod event;
 pub mod failure;
+pub mod messages;
 pub mod metrics;
 pub mod mqtt;
 pub mod pipeline;

@@ -101,8 +101,8 @@ impl Collector for AgentCollector {
                 MetricType::Counter,
             ),
             snapshots.iter().flat_map(|s| {
-                let outcomes =
-                    std::iter::once(("succeeded", s.succeeded)).chain(s.failed.iter().copied());
+                let outcomes = std::iter::once(("succeeded", s.succeeded))
+                    .chain(s.failed.iter().map(|(k, n)| (k.as_str(), *n)));
                 outcomes.map(|(outcome, n)| {
                     let mut l = labels(s);
                     l.push(("outcome", outcome.into()));

@@ -32,6 +32,9 @@ use tokio_util::task::TaskTracker;
 
 use super::lanes::Lanes;
 use crate::config::{BrokerAddress, Config, FunctionConfig};
+use crate::messages::{
+    FailedFunction, Message as _, ReloadReport, ReloadedFunction, Status, StatusFunction,
+};
 use crate::mqtt::publisher::Publisher;
 use crate::runtime::function::NextVersion;
 use crate::runtime::{LoadedFunction, Runtime};
@@ -157,19 +160,20 @@ pub(super) fn birth(
     config: &Config,
     loaded: impl Fn(&str) -> Option<Arc<crate::runtime::LoadedFunction>>,
 ) -> Vec<u8> {
-    let functions: Vec<serde_json::Value> = config
+    let functions = config
         .functions
         .iter()
-        .map(|f| {
-            serde_json::json!({
-                "name": f.name,
-                "mode": f.mode.as_str(),
-                "module": f.module.file_name().map(|n| n.to_string_lossy()),
-                "sha256": loaded(&f.name).map(|l| l.sha256().to_string()),
-            })
+        .map(|f| StatusFunction {
+            name: f.name.clone(),
+            mode: f.mode.as_str().to_string(),
+            module: f
+                .module
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned()),
+            sha256: loaded(&f.name).map(|l| l.sha256().to_string()),
         })
         .collect();
-    crate::mqtt::options::birth(&serde_json::Value::from(functions))
+    Status::birth(functions).to_bytes()
 }
 
 impl Reloader {
@@ -407,40 +411,35 @@ impl Reloader {
                     if done.changed.is_empty() && done.added.is_empty() && done.removed.is_empty() {
                         tracing::info!(%trigger, "reload: nothing changed");
                     }
-                    let list = |l: &[(String, Arc<str>)]| -> Vec<serde_json::Value> {
+                    let list = |l: &[(String, Arc<str>)]| -> Vec<ReloadedFunction> {
                         l.iter()
-                            .map(|(f, s)| serde_json::json!({ "function": f, "sha256": &**s }))
+                            .map(|(f, s)| ReloadedFunction {
+                                function: f.clone(),
+                                sha256: s.to_string(),
+                            })
                             .collect()
                     };
-                    let failed: Vec<serde_json::Value> = done
+                    let (changed, added) = (list(&done.changed), list(&done.added));
+                    let failed = done
                         .failed
                         .iter()
-                        .map(|(f, why)| serde_json::json!({ "function": f, "error": why }))
+                        .map(|(function, error)| FailedFunction {
+                            function: function.clone(),
+                            error: error.clone(),
+                        })
                         .collect();
-                    serde_json::json!({
-                        "ok": done.failed.is_empty(),
-                        "trigger": trigger,
-                        "reloaded": list(&done.changed),
-                        "added": list(&done.added),
-                        "removed": done.removed,
-                        "failed": failed,
-                    })
+                    ReloadReport::done(trigger, changed, added, done.removed.clone(), failed)
                 }
                 Err(why) => {
                     tracing::warn!(%trigger, "reload refused, the running version stays: {why}");
-                    serde_json::json!({ "ok": false, "trigger": trigger, "error": why })
+                    ReloadReport::refused(trigger, why.clone())
                 }
             };
-            let mut body = body;
-            body["ts_ms"] = crate::clock::now_ms().into();
             let qos = rumqttc::QoS::AtLeastOnce;
-            let sent = self.parts.publisher.publish(
-                self.topic.clone(),
-                qos,
-                false,
-                body.to_string().into_bytes(),
-                None,
-            );
+            let sent =
+                self.parts
+                    .publisher
+                    .publish(self.topic.clone(), qos, false, body.to_bytes(), None);
             let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
             if outcome.is_ok() && watcher.is_some() {
                 // Module paths may have changed: watch what is in force now.

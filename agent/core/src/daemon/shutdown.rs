@@ -107,7 +107,8 @@ impl Shutdown {
                 let _ = i.client.try_disconnect();
             }
             // A clean DISCONNECT discards the last will: say `offline` ourselves.
-            let offline = crate::mqtt::options::presence("offline");
+            use crate::messages::{Message as _, Presence, Status};
+            let offline = Status::presence(Presence::Offline).to_bytes();
             let qos = rumqttc::QoS::AtLeastOnce;
             let _ = self
                 .publisher

@@ -10,9 +10,9 @@ use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 
 use crate::failure::FailureKind;
+pub use crate::messages::stats::{Percentiles, Snapshot};
 
 pub mod report;
 
@@ -193,7 +193,7 @@ impl FunctionStats {
             failed: FailureKind::ALL
                 .iter()
                 .zip(&self.failed)
-                .map(|(k, n)| (k.as_str(), n.load(Ordering::Relaxed)))
+                .map(|(k, n)| (k.as_str().to_string(), n.load(Ordering::Relaxed)))
                 .filter(|(_, n)| *n > 0)
                 .collect(),
             end_to_end_us: Percentiles::of(&l.end_to_end),
@@ -209,21 +209,7 @@ impl FunctionStats {
     }
 }
 
-/// Percentiles of a histogram, in microseconds.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Percentiles {
-    /// Samples.
-    pub count: u64,
-    /// Median.
-    pub p50: u64,
-    /// 90th percentile.
-    pub p90: u64,
-    /// 99th percentile.
-    pub p99: u64,
-    /// Largest.
-    pub max: u64,
-}
-
+// Here rather than beside the type: the message module stays free of histograms.
 impl Percentiles {
     /// The percentiles of `h`.
     pub fn of(h: &Histogram<u64>) -> Self {
@@ -235,49 +221,6 @@ impl Percentiles {
             max: h.max(),
         }
     }
-}
-
-/// What one function has done and cost so far.
-#[derive(Debug, Clone, Serialize)]
-pub struct Snapshot {
-    /// Function name.
-    pub function: String,
-    /// `on-demand` or `persistent`.
-    pub mode: String,
-    /// Events routed to it.
-    pub received: u64,
-    /// SHA-256 of the module version in force (it changes with a hot reload).
-    pub module_sha256: Option<String>,
-    /// Events waiting in its queue(s) now.
-    pub queue_depth: u64,
-    /// Keys in its state namespace now.
-    pub state_keys: u64,
-    /// Events handled successfully.
-    pub succeeded: u64,
-    /// Persistent instance restarts.
-    pub restarts: u64,
-    /// Failures by kind (non-zero only).
-    pub failed: Vec<(&'static str, u64)>,
-    /// Receive to outputs handed to the connection, successful events.
-    pub end_to_end_us: Percentiles,
-    /// Instantiation per event (on-demand cold starts; persistent: none after start-up).
-    pub instantiate_us: Percentiles,
-    /// Full cold starts after a scale to zero (`keep_warm_secs`): loading the module again,
-    /// before that event's instantiation; `count` is how many there were.
-    pub load_us: Percentiles,
-    /// The handler call.
-    pub execute_us: Percentiles,
-    /// Waiting in the function's queue, from receipt to the call.
-    pub queue_us: Percentiles,
-    /// State-writing calls: from the call's end to its writes being durable (the group
-    /// commit); `count` is how many calls wrote state.
-    pub commit_us: Percentiles,
-    /// CPU time per event (instantiation plus call).
-    pub cpu_us: Percentiles,
-    /// CPU time of all successful events.
-    pub cpu_total_us: u64,
-    /// Largest linear memory of any instance.
-    pub peak_memory_bytes: usize,
 }
 
 #[cfg(test)]
@@ -305,7 +248,7 @@ mod tests {
         let snap = s.snapshot("f", "on-demand");
         assert_eq!((snap.received, snap.succeeded), (100, 100));
         assert_eq!((snap.load_us.count, snap.load_us.p50), (10, 2000));
-        assert_eq!(snap.failed, vec![("timeout", 1)]);
+        assert_eq!(snap.failed, vec![("timeout".to_string(), 1)]);
         assert_eq!(snap.end_to_end_us.count, 100);
         assert!(
             (49_000..=51_000).contains(&snap.end_to_end_us.p50),

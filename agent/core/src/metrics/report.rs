@@ -1,21 +1,21 @@
 //! Reports of what each function has done and cost: a retained JSON object on the stats
-//! topic every `agent.stats_interval_secs` ([`Report`], `schema_version` 2: cumulative
-//! figures since start-up and rates over the last interval), and one log line per function
-//! at shutdown. The comparison report and the metrics endpoint read the same [`Snapshot`]s.
+//! topic every `agent.stats_interval_secs` ([`Report`], one of the [`crate::messages`],
+//! `schema_version` 2: cumulative figures since start-up and rates over the last
+//! interval), and one log line per function at shutdown. The comparison report and the metrics endpoint read the same [`Snapshot`]s.
 
 use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{FunctionStats, Percentiles, Probe, Snapshot};
 use crate::config::Mode;
+use crate::messages::Message as _;
+pub use crate::messages::stats::{FunctionReport, ProcessFigures, Rates, Report};
 
-/// The version of the stats topic's message. 1 was a bare array of snapshots; 2 is a
-/// [`Report`] object. Readers should check it.
-pub const STATS_SCHEMA_VERSION: u32 = 2;
+/// The version of the stats topic's message ([`Report::SCHEMA_VERSION`]).
+pub const STATS_SCHEMA_VERSION: u32 = Report::SCHEMA_VERSION;
 
 /// One function in the book: its name, model and stats.
 pub type Entry = (Arc<str>, Mode, Arc<FunctionStats>);
@@ -27,61 +27,6 @@ pub type Entry = (Arc<str>, Mode, Arc<FunctionStats>);
 pub struct StatsBook {
     entries: Arc<RwLock<Vec<Entry>>>,
     state_disk: Arc<OnceLock<Probe>>,
-}
-
-/// One message on the stats topic.
-#[derive(Debug, Clone, Serialize)]
-pub struct Report {
-    /// [`STATS_SCHEMA_VERSION`].
-    pub schema_version: u32,
-    /// The agent's id.
-    pub agent: String,
-    /// When the report was made, ms since the Unix epoch.
-    pub ts_ms: u64,
-    /// Seconds the rates cover: since the previous report (the first: since start-up).
-    pub interval_secs: f64,
-    /// The whole agent process.
-    pub process: ProcessFigures,
-    /// Bytes the state store takes on disk.
-    pub state_disk_bytes: u64,
-    /// One entry per function, in configuration order.
-    pub functions: Vec<FunctionReport>,
-}
-
-/// The agent process as a whole.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct ProcessFigures {
-    /// Resident memory, bytes.
-    pub rss_bytes: u64,
-    /// User and system CPU time since start-up.
-    pub cpu_seconds: f64,
-    /// CPU used over the interval, percent of one core.
-    pub cpu_percent: f64,
-}
-
-/// A function's cumulative figures and its rates over the interval.
-#[derive(Debug, Clone, Serialize)]
-pub struct FunctionReport {
-    /// Since start-up.
-    #[serde(flatten)]
-    pub totals: Snapshot,
-    /// Over the interval.
-    pub rates: Rates,
-}
-
-/// What a function did over the last interval.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct Rates {
-    /// Events received per second.
-    pub events_per_sec: f64,
-    /// Events that failed (any kind, dead letters included) per second.
-    pub errors_per_sec: f64,
-    /// Instantiations (on-demand cold starts) and full cold starts per second.
-    pub cold_starts_per_sec: f64,
-    /// Thread CPU of its calls, percent of one core.
-    pub cpu_percent: f64,
-    /// End-to-end latency of the events that succeeded in the interval.
-    pub end_to_end_us: Percentiles,
 }
 
 /// The figures a report is compared with to make rates.
@@ -249,7 +194,7 @@ impl StatsBook {
                 () = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
-            let body = serde_json::to_vec(&reporter.report()).unwrap_or_default();
+            let body = reporter.report().to_bytes();
             let qos = rumqttc::QoS::AtMostOnce;
             let sent = publisher.publish(topic.clone(), qos, true, body, None);
             if tokio::time::timeout(every, sent).await.is_err() {

@@ -8,6 +8,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
 use super::MqttError;
 use crate::config::{BrokerAddress, Config, TlsConfig};
+use crate::messages::{Message as _, Presence, Status};
 
 /// Requests (publishes, acks, subscriptions) buffered for the connection; when full,
 /// senders wait, which is the backpressure on functions while the broker is slow.
@@ -45,7 +46,7 @@ pub fn connections(cfg: &Config, addr: &BrokerAddress) -> Result<Connections, Mq
         .set_inflight(OUTGOING_INFLIGHT)
         .set_last_will(rumqttc::LastWill::new(
             cfg.status_topic(),
-            presence("offline"),
+            Status::presence(Presence::Offline).to_bytes(),
             rumqttc::QoS::AtLeastOnce,
             true,
         ));
@@ -82,32 +83,6 @@ fn common(cfg: &Config, addr: &BrokerAddress, client_id: &str) -> Result<MqttOpt
         opts.set_credentials(user.clone(), b.password.clone().unwrap_or_default());
     }
     Ok(opts)
-}
-
-/// The retained presence message on the status topic: `{"status":"online","pid":..,
-/// "version":..}` or `{"status":"offline",...}`. The pid tells one run from the next.
-pub fn presence(status: &str) -> Vec<u8> {
-    serde_json::json!({
-        "status": status,
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-    })
-    .to_string()
-    .into_bytes()
-}
-
-/// The retained birth message on the status topic once the agent is connected and
-/// subscribed: [`presence`]`("online")` plus `functions`, each with its name, mode, module
-/// file and the module's sha256.
-pub fn birth(functions: &serde_json::Value) -> Vec<u8> {
-    serde_json::json!({
-        "status": "online",
-        "pid": std::process::id(),
-        "version": env!("CARGO_PKG_VERSION"),
-        "functions": functions,
-    })
-    .to_string()
-    .into_bytes()
 }
 
 /// Options for a connection to `addr` with `client_id`: host, port and, for `mqtts://`,

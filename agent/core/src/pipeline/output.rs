@@ -7,12 +7,12 @@
 use std::sync::Arc;
 
 use base64::Engine as _;
-use serde::Serialize;
 use tokio_util::task::TaskTracker;
 
 use super::hops::HopLedger;
 use crate::event::{Inbound, Outbound};
 use crate::failure::FailureKind;
+use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::{CallCost, FunctionStats};
 use crate::mqtt::publisher::Publisher;
 use crate::runtime::{CallError, CallOutcome};
@@ -25,37 +25,8 @@ pub const DEAD_LETTER_MAX_MESSAGE: usize = 4096;
 /// when `broker.max_packet_bytes` leaves less room.
 pub const DEAD_LETTER_MAX_PAYLOAD: usize = 64 * 1024;
 
-/// A failed event, as published on `<topic_prefix>/<id>/dead-letter`. It carries the
-/// original payload (up to [`DEAD_LETTER_MAX_PAYLOAD`]) so that it can be inspected or
-/// replayed.
-#[derive(Debug, Serialize)]
-pub struct DeadLetter {
-    /// The function that failed.
-    pub function: String,
-    /// SHA-256 of the function's module version that failed (it changes with a reload).
-    pub module_sha256: Option<String>,
-    /// Topic of the event.
-    pub topic: String,
-    /// Kind of failure (`guest-error`, `timeout`, `trap`, ...).
-    pub kind: &'static str,
-    /// Details.
-    pub message: String,
-    /// When the failure happened, ms since the Unix epoch.
-    pub timestamp_ms: u64,
-    /// When the event was received, ms since the Unix epoch.
-    pub received_at_ms: u64,
-    /// QoS the event was delivered with.
-    pub qos: u8,
-    /// Size of the original payload.
-    pub payload_bytes: usize,
-    /// The original payload, base64 (cut when `payload_truncated`).
-    pub payload_base64: String,
-    /// Whether `payload_base64` holds only the start of the payload.
-    pub payload_truncated: bool,
-    /// Whether `message` holds only the start of the error message.
-    pub message_truncated: bool,
-}
-
+// The type is one of the agent's messages (`crate::messages`); how a failed event becomes
+// one is the output path's business, so its constructor is here.
 impl DeadLetter {
     /// A dead letter for `event` in `function` that carries at most `max_payload` bytes of
     /// its payload.
@@ -72,10 +43,11 @@ impl DeadLetter {
         }
         let kept = event.payload.len().min(max_payload);
         Self {
+            schema_version: DeadLetter::SCHEMA_VERSION,
             function: function.to_string(),
             module_sha256: None,
             topic: event.topic.clone(),
-            kind: kind.as_str(),
+            kind: kind.as_str().to_string(),
             message,
             timestamp_ms: crate::clock::now_ms(),
             received_at_ms: event.received_at_ms,
@@ -86,11 +58,6 @@ impl DeadLetter {
             payload_truncated: kept < event.payload.len(),
             message_truncated,
         }
-    }
-
-    fn to_json(&self) -> Vec<u8> {
-        // Serialising a struct of strings and integers cannot fail.
-        serde_json::to_vec(self).unwrap_or_default()
     }
 }
 
@@ -316,7 +283,7 @@ impl Output {
             room.min(DEAD_LETTER_MAX_PAYLOAD),
         );
         letter.module_sha256 = module.map(|m| m.to_string());
-        let body = letter.to_json();
+        let body = letter.to_bytes();
         let packet = crate::event::publish_packet_bytes(&self.dead_letter_topic, body.len());
         if packet <= self.max_packet_bytes {
             return Some(body);

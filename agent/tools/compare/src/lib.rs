@@ -27,6 +27,7 @@ use self::measure::Phase;
 use self::workload::{FunctionPlan, Outputs, Plan};
 use edge_agent::config::{BrokerConfig, ConfigError, Mode};
 use edge_agent::failure::Exit;
+use edge_agent::messages::{Message as _, Presence, Report as StatsReport, Status};
 
 /// Version of the JSON report's layout.
 pub const SCHEMA_VERSION: u32 = 2;
@@ -703,8 +704,11 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     let pid = agent.0.id();
     let online = async {
         while let Some((_, body)) = status.recv().await {
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            if v["status"] == "online" && v["pid"] == pid {
+            // Another agent's or an older run's message, in whatever format, is not ours.
+            if let Ok(s) = Status::from_bytes(&body)
+                && s.status == Presence::Online
+                && s.pid == pid
+            {
                 return true;
             }
         }
@@ -783,7 +787,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         let quiet = Duration::from_secs(5).max(startup * 2);
         let (received, duplicates) = if f.outputs == Outputs::None {
             let before = own.succeeded;
-            own.wait_for(&mut stats, first + n, quiet).await;
+            own.wait_for(&mut stats, first + n, quiet).await?;
             (own.succeeded.saturating_sub(before), 0)
         } else {
             measure::collect(
@@ -835,7 +839,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     }
     // The agent's own figures: the report after the last event (one a second).
     own.wait_for(&mut stats, first, Duration::from_secs(5))
-        .await;
+        .await?;
     run.agent_succeeded = own.succeeded;
     run.agent_end_to_end_p50_us = own.end_to_end_p50_us;
     run.agent_instantiate_p50_us = own.instantiate_p50_us;
@@ -870,37 +874,43 @@ struct AgentStats {
 impl AgentStats {
     /// Reads reports until the agent has handled `events` or `quiet` passes with no
     /// progress.
+    ///
+    /// # Errors
+    /// A report this build cannot read (another `schema_version`, a field missing): the
+    /// agent under test is not the one this harness was built with.
     async fn wait_for(
         &mut self,
         stats: &mut tokio::sync::mpsc::UnboundedReceiver<(std::time::Instant, Vec<u8>)>,
         events: u64,
         quiet: Duration,
-    ) {
+    ) -> Result<(), String> {
         let mut deadline = tokio::time::Instant::now() + quiet;
         while self.succeeded < events {
             let Ok(Some((_, body))) = tokio::time::timeout_at(deadline, stats.recv()).await else {
-                return;
+                return Ok(());
             };
-            let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-            let f = &v["functions"][0];
-            let succeeded = f["succeeded"].as_u64().unwrap_or(0);
-            if succeeded > self.succeeded {
+            let report = StatsReport::from_bytes(&body)
+                .map_err(|e| format!("the agent's stats cannot be read: {e}"))?;
+            let Some(f) = report.functions.first().map(|f| &f.totals) else {
+                continue;
+            };
+            if f.succeeded > self.succeeded {
                 deadline = tokio::time::Instant::now() + quiet;
             }
-            let p50 = |k: &str| f[k]["p50"].as_u64().unwrap_or(0);
             *self = Self {
-                succeeded,
-                end_to_end_p50_us: p50("end_to_end_us"),
-                instantiate_p50_us: p50("instantiate_us"),
-                execute_p50_us: p50("execute_us"),
-                call_cpu_p50_us: p50("cpu_us"),
-                instance_memory_bytes: f["peak_memory_bytes"].as_u64().unwrap_or(0),
-                full_cold_starts: f["load_us"]["count"].as_u64().unwrap_or(0),
-                load_p50_us: p50("load_us"),
-                queue_p50_us: p50("queue_us"),
-                commit_p50_us: p50("commit_us"),
+                succeeded: f.succeeded,
+                end_to_end_p50_us: f.end_to_end_us.p50,
+                instantiate_p50_us: f.instantiate_us.p50,
+                execute_p50_us: f.execute_us.p50,
+                call_cpu_p50_us: f.cpu_us.p50,
+                instance_memory_bytes: f.peak_memory_bytes as u64,
+                full_cold_starts: f.load_us.count,
+                load_p50_us: f.load_us.p50,
+                queue_p50_us: f.queue_us.p50,
+                commit_p50_us: f.commit_us.p50,
             };
         }
+        Ok(())
     }
 }
 

@@ -15,8 +15,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
+use edge_agent::messages::{Message, Presence, ReadError, Report, Status};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
-use serde_json::Value;
 
 use edge_agent_publish::BrokerArgs;
 
@@ -69,10 +69,10 @@ impl TopError {
 /// What is known of one agent.
 #[derive(Debug, Default)]
 struct AgentView {
-    /// The last status message (birth or will).
-    status: Option<Value>,
-    /// The last stats report.
-    report: Option<Value>,
+    /// The last status message (birth or will), or why it could not be read.
+    status: Option<Result<Status, ReadError>>,
+    /// The last stats report, or why it could not be read (another `schema_version`).
+    report: Option<Result<Report, ReadError>>,
     /// When the report arrived here.
     heard: Option<Instant>,
 }
@@ -100,17 +100,17 @@ pub const COLUMNS: [&str; 11] = [
     "RESTARTS",
 ];
 
-fn us(v: &Value) -> String {
-    match v.as_u64() {
-        None | Some(0) => "-".into(),
-        Some(n) if n < 1_000 => format!("{n}µs"),
-        Some(n) if n < 1_000_000 => format!("{:.1}ms", n as f64 / 1e3),
-        Some(n) => format!("{:.2}s", n as f64 / 1e6),
+fn us(v: u64) -> String {
+    match v {
+        0 => "-".into(),
+        n if n < 1_000 => format!("{n}µs"),
+        n if n < 1_000_000 => format!("{:.1}ms", n as f64 / 1e3),
+        n => format!("{:.2}s", n as f64 / 1e6),
     }
 }
 
-fn bytes(v: &Value) -> String {
-    let n = v.as_f64().unwrap_or(0.0);
+fn bytes(n: u64) -> String {
+    let n = n as f64;
     if n >= 1024.0 * 1024.0 {
         format!("{:.1}MiB", n / (1024.0 * 1024.0))
     } else if n > 0.0 {
@@ -120,11 +120,11 @@ fn bytes(v: &Value) -> String {
     }
 }
 
-fn rate(v: &Value) -> String {
-    match v.as_f64() {
-        None => "-".into(),
-        Some(r) if r >= 100.0 => format!("{r:.0}"),
-        Some(r) => format!("{r:.1}"),
+fn rate(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else {
+        format!("{r:.1}")
     }
 }
 
@@ -135,15 +135,13 @@ impl Board {
         let (Some(kind), Some(id)) = (parts.next(), parts.next()) else {
             return;
         };
-        let value = serde_json::from_slice::<Value>(payload)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(payload).into_owned()));
         let view = self.agents.entry(id.to_string()).or_default();
         match kind {
             "stats" => {
-                view.report = Some(value);
+                view.report = Some(Report::from_bytes(payload));
                 view.heard = Some(Instant::now());
             }
-            "status" => view.status = Some(value),
+            "status" => view.status = Some(Status::from_bytes(payload)),
             _ => {}
         }
     }
@@ -157,58 +155,52 @@ impl Board {
     pub fn sections(&self) -> Vec<Section> {
         let mut sections = Vec::new();
         for (id, a) in &self.agents {
-            let presence = a.status.as_ref().map_or("status unknown".to_string(), |s| {
-                let state = s["status"].as_str().unwrap_or("?");
-                match s["version"].as_str() {
-                    Some(v) => format!("{state}  v{v}"),
-                    None => state.to_string(),
+            let presence = match &a.status {
+                None => "status unknown".to_string(),
+                Some(Ok(s)) => {
+                    let state = match s.status {
+                        Presence::Online => "online",
+                        Presence::Offline => "offline",
+                    };
+                    format!("{state}  v{}", s.version)
                 }
-            });
+                Some(Err(e)) => format!("status unreadable ({e})"),
+            };
             let title = match &a.report {
                 None => format!("{id}  {presence}  (no stats report yet)"),
-                Some(r) if r["schema_version"].as_u64() != Some(2) => format!(
+                Some(Err(ReadError::Version { found, reads, .. })) => format!(
                     "{id}  {presence}  stats in a format this top does not read \
-                     (schema_version {}; it reads 2)",
-                    r["schema_version"].as_u64().unwrap_or(1)
+                     (schema_version {found}; it reads {reads})"
                 ),
-                Some(r) => format!(
+                Some(Err(e)) => format!("{id}  {presence}  stats unreadable: {e}"),
+                Some(Ok(r)) => format!(
                     "{id}  {presence}  rss {}  cpu {:.1}%  state {} on disk  \
                      report {}s ago, covers {:.0}s",
-                    bytes(&r["process"]["rss_bytes"]),
-                    r["process"]["cpu_percent"].as_f64().unwrap_or(0.0),
-                    bytes(&r["state_disk_bytes"]),
+                    bytes(r.process.rss_bytes),
+                    r.process.cpu_percent,
+                    bytes(r.state_disk_bytes),
                     a.heard.map_or(0, |t| t.elapsed().as_secs()),
-                    r["interval_secs"].as_f64().unwrap_or(0.0),
+                    r.interval_secs,
                 ),
             };
-            let functions = a
-                .report
-                .as_ref()
-                .filter(|r| r["schema_version"].as_u64() == Some(2))
-                .and_then(|r| r["functions"].as_array());
+            let functions = a.report.as_ref().and_then(|r| r.as_ref().ok());
             let rows = functions
                 .into_iter()
-                .flatten()
+                .flat_map(|r| &r.functions)
                 .map(|f| {
-                    let rates = &f["rates"];
-                    let errors: u64 = f["failed"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|k| k[1].as_u64())
-                        .sum();
+                    let (t, rates) = (&f.totals, &f.rates);
                     vec![
-                        f["function"].as_str().unwrap_or("?").to_string(),
-                        f["mode"].as_str().unwrap_or("?").to_string(),
-                        rate(&rates["events_per_sec"]),
-                        us(&rates["end_to_end_us"]["p50"]),
-                        us(&rates["end_to_end_us"]["p99"]),
-                        rate(&rates["cold_starts_per_sec"]),
-                        rate(&rates["cpu_percent"]),
-                        bytes(&f["peak_memory_bytes"]),
-                        f["queue_depth"].as_u64().unwrap_or(0).to_string(),
-                        errors.to_string(),
-                        f["restarts"].as_u64().unwrap_or(0).to_string(),
+                        t.function.clone(),
+                        t.mode.clone(),
+                        rate(rates.events_per_sec),
+                        us(rates.end_to_end_us.p50),
+                        us(rates.end_to_end_us.p99),
+                        rate(rates.cold_starts_per_sec),
+                        rate(rates.cpu_percent),
+                        bytes(t.peak_memory_bytes as u64),
+                        t.queue_depth.to_string(),
+                        t.failed_total().to_string(),
+                        t.restarts.to_string(),
                     ]
                 })
                 .collect();
@@ -452,27 +444,78 @@ fn draw(frame: &mut ratatui::Frame, board: &Board) {
 
 #[cfg(test)]
 mod tests {
+    use edge_agent::messages::{FunctionReport, Percentiles, ProcessFigures, Rates, Snapshot};
+
     use super::*;
 
-    const REPORT: &str = r#"{"schema_version":2,"agent":"demo","interval_secs":5.0,
-        "process":{"rss_bytes":24117248,"cpu_percent":3.25},"state_disk_bytes":1048576,
-        "functions":[
-          {"function":"counter","mode":"persistent","received":10,"succeeded":9,
-           "failed":[["timeout",1]],"restarts":1,"queue_depth":3,"peak_memory_bytes":1179648,
-           "rates":{"events_per_sec":2.0,"errors_per_sec":0.2,"cold_starts_per_sec":0.0,
-                    "cpu_percent":0.5,"end_to_end_us":{"count":9,"p50":850,"p99":1250000}}},
-          {"function":"echo","mode":"on-demand","received":0,"succeeded":0,"failed":[],
-           "restarts":0,"queue_depth":0,"peak_memory_bytes":0,
-           "rates":{"events_per_sec":0.0,"errors_per_sec":0.0,"cold_starts_per_sec":0.0,
-                    "cpu_percent":0.0,"end_to_end_us":{"count":0,"p50":0,"p99":0}}}]}"#;
+    fn function(name: &str, mode: &str) -> FunctionReport {
+        let none = Percentiles::default();
+        FunctionReport {
+            totals: Snapshot {
+                function: name.into(),
+                mode: mode.into(),
+                received: 0,
+                module_sha256: None,
+                queue_depth: 0,
+                state_keys: 0,
+                succeeded: 0,
+                restarts: 0,
+                failed: Vec::new(),
+                end_to_end_us: none.clone(),
+                instantiate_us: none.clone(),
+                load_us: none.clone(),
+                execute_us: none.clone(),
+                queue_us: none.clone(),
+                commit_us: none.clone(),
+                cpu_us: none,
+                cpu_total_us: 0,
+                peak_memory_bytes: 0,
+            },
+            rates: Rates::default(),
+        }
+    }
+
+    fn report() -> Vec<u8> {
+        let mut counter = function("counter", "persistent");
+        let t = &mut counter.totals;
+        (t.received, t.succeeded, t.restarts, t.queue_depth) = (10, 9, 1, 3);
+        t.failed = vec![("timeout".into(), 1)];
+        t.peak_memory_bytes = 1_179_648;
+        counter.rates = Rates {
+            events_per_sec: 2.0,
+            errors_per_sec: 0.2,
+            cold_starts_per_sec: 0.0,
+            cpu_percent: 0.5,
+            end_to_end_us: Percentiles {
+                count: 9,
+                p50: 850,
+                p99: 1_250_000,
+                ..Percentiles::default()
+            },
+        };
+        Report {
+            schema_version: Report::SCHEMA_VERSION,
+            agent: "demo".into(),
+            ts_ms: 0,
+            interval_secs: 5.0,
+            process: ProcessFigures {
+                rss_bytes: 24_117_248,
+                cpu_seconds: 1.0,
+                cpu_percent: 3.25,
+            },
+            state_disk_bytes: 1_048_576,
+            functions: vec![counter, function("echo", "on-demand")],
+        }
+        .to_bytes()
+    }
 
     #[test]
     fn a_report_becomes_one_row_per_function_under_its_agent() {
         let mut b = Board::default();
-        let birth = br#"{"status":"online","version":"0.1.0"}"#;
+        let birth = br#"{"schema_version":1,"status":"online","pid":7,"version":"0.1.0"}"#;
         b.apply("edge-agent/demo/status", birth);
         assert!(!b.has_reports());
-        b.apply("edge-agent/demo/stats", REPORT.as_bytes());
+        b.apply("edge-agent/demo/stats", &report());
         assert!(b.has_reports());
         let sections = b.sections();
         assert_eq!(sections.len(), 1);
@@ -501,13 +544,34 @@ mod tests {
     }
 
     #[test]
-    fn an_old_or_offline_agent_says_so() {
+    fn an_old_offline_or_misshapen_agent_says_so() {
         let mut b = Board::default();
         b.apply("edge-agent/old/stats", b"[]");
-        b.apply("edge-agent/gone/status", br#"{"status":"offline"}"#);
+        b.apply("edge-agent/next/stats", br#"{"schema_version":3}"#);
+        // A status from before schema_version was written reads as version 1.
+        let gone = br#"{"status":"offline","pid":7,"version":"0.1.0"}"#;
+        b.apply("edge-agent/gone/status", gone);
+        // A field renamed without a new schema_version: said, not shown as zeros.
+        let renamed = String::from_utf8(report())
+            .unwrap_or_default()
+            .replace("\"rss_bytes\"", "\"rss\"");
+        b.apply("edge-agent/odd/stats", renamed.as_bytes());
         let s = b.sections();
-        let gone = "gone  offline  (no stats report yet)";
-        assert!(s[0].title.starts_with(gone), "{s:?}");
-        assert!(s[1].title.contains("schema_version 1; it reads 2"), "{s:?}");
+        let titles: Vec<&str> = s.iter().map(|s| s.title.as_str()).collect();
+        let gone = "gone  offline  v0.1.0  (no stats report yet)";
+        assert!(titles[0].starts_with(gone), "{titles:?}");
+        assert!(
+            titles[1].contains("(schema_version 3; it reads 2)"),
+            "{titles:?}"
+        );
+        assert!(
+            titles[2].contains("missing field `rss_bytes`"),
+            "{titles:?}"
+        );
+        assert!(
+            titles[3].contains("(schema_version 1; it reads 2)"),
+            "{titles:?}"
+        );
+        assert!(s.iter().all(|s| s.rows.is_empty()), "{s:?}");
     }
 }

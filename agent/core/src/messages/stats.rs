@@ -1,0 +1,133 @@
+//! The retained message on `<topic_prefix>/<id>/stats`, every `agent.stats_interval_secs`:
+//! a [`Report`] of cumulative figures since start-up and rates over the last interval.
+//! `metrics::report` builds it; the metrics endpoint reads the same [`Snapshot`]s.
+
+use serde::{Deserialize, Serialize};
+
+use super::Message;
+
+/// One message on the stats topic.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// [`Report::SCHEMA_VERSION`]: 1 was a bare array of snapshots; 2 is this object.
+    #[serde(default = "super::unversioned")]
+    pub schema_version: u32,
+    /// The agent's id.
+    pub agent: String,
+    /// When the report was made, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// Seconds the rates cover: since the previous report (the first: since start-up).
+    pub interval_secs: f64,
+    /// The whole agent process.
+    pub process: ProcessFigures,
+    /// Bytes the state store takes on disk.
+    pub state_disk_bytes: u64,
+    /// One entry per function, in configuration order.
+    pub functions: Vec<FunctionReport>,
+}
+
+impl Message for Report {
+    const TOPIC: &'static str = "stats";
+    const SCHEMA_VERSION: u32 = 2;
+}
+
+/// The agent process as a whole.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessFigures {
+    /// Resident memory, bytes.
+    pub rss_bytes: u64,
+    /// User and system CPU time since start-up.
+    pub cpu_seconds: f64,
+    /// CPU used over the interval, percent of one core.
+    pub cpu_percent: f64,
+}
+
+/// A function's cumulative figures and its rates over the interval.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FunctionReport {
+    /// Since start-up.
+    #[serde(flatten)]
+    pub totals: Snapshot,
+    /// Over the interval.
+    pub rates: Rates,
+}
+
+/// What a function did over the last interval.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rates {
+    /// Events received per second.
+    pub events_per_sec: f64,
+    /// Events that failed (any kind, dead letters included) per second.
+    pub errors_per_sec: f64,
+    /// Instantiations (on-demand cold starts) and full cold starts per second.
+    pub cold_starts_per_sec: f64,
+    /// Thread CPU of its calls, percent of one core.
+    pub cpu_percent: f64,
+    /// End-to-end latency of the events that succeeded in the interval.
+    pub end_to_end_us: Percentiles,
+}
+
+/// Percentiles of a histogram, in microseconds.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub count: u64,
+    /// Median.
+    pub p50: u64,
+    /// 90th percentile.
+    pub p90: u64,
+    /// 99th percentile.
+    pub p99: u64,
+    /// Largest.
+    pub max: u64,
+}
+
+/// What one function has done and cost so far.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    /// Function name.
+    pub function: String,
+    /// `on-demand` or `persistent`.
+    pub mode: String,
+    /// Events routed to it.
+    pub received: u64,
+    /// SHA-256 of the module version in force (it changes with a hot reload).
+    pub module_sha256: Option<String>,
+    /// Events waiting in its queue(s) now.
+    pub queue_depth: u64,
+    /// Keys in its state namespace now.
+    pub state_keys: u64,
+    /// Events handled successfully.
+    pub succeeded: u64,
+    /// Persistent instance restarts.
+    pub restarts: u64,
+    /// Failures by kind (non-zero only), as `[kind, count]` pairs.
+    pub failed: Vec<(String, u64)>,
+    /// Receive to outputs handed to the connection, successful events.
+    pub end_to_end_us: Percentiles,
+    /// Instantiation per event (on-demand cold starts; persistent: none after start-up).
+    pub instantiate_us: Percentiles,
+    /// Full cold starts after a scale to zero (`keep_warm_secs`): loading the module again,
+    /// before that event's instantiation; `count` is how many there were.
+    pub load_us: Percentiles,
+    /// The handler call.
+    pub execute_us: Percentiles,
+    /// Waiting in the function's queue, from receipt to the call.
+    pub queue_us: Percentiles,
+    /// State-writing calls: from the call's end to its writes being durable (the group
+    /// commit); `count` is how many calls wrote state.
+    pub commit_us: Percentiles,
+    /// CPU time per event (instantiation plus call).
+    pub cpu_us: Percentiles,
+    /// CPU time of all successful events.
+    pub cpu_total_us: u64,
+    /// Largest linear memory of any instance.
+    pub peak_memory_bytes: usize,
+}
+
+impl Snapshot {
+    /// Its failed events, all kinds together.
+    pub fn failed_total(&self) -> u64 {
+        self.failed.iter().map(|(_, n)| n).sum()
+    }
+}
