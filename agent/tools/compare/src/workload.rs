@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::cost::{PowerProfile, Prices};
-use edge_agent::config::{BrokerConfig, ConfigError};
+use edge_agent::config::{BrokerConfig, ConfigError, ParseError};
 
 /// A workload file, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -334,9 +334,14 @@ impl Plan {
             key: key.into(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Parse {
             file: path.to_path_buf(),
-            message: format!("cannot read workload file: {e}"),
+            key: None,
+            line: None,
+            source: ParseError::Read {
+                what: "workload file",
+                source,
+            },
         })?;
         let file: WorkloadFile = edge_agent::config::from_toml(path, &text)?;
         if file.qos > 1 {
