@@ -362,9 +362,10 @@ impl Plan {
         }
         let power = match (&file.power_profile, &file.power) {
             (Some(p), _) => Some(p.clone()),
-            (None, Some(name)) => {
-                Some(super::cost::power_profile(Some(name)).map_err(|e| invalid("power", e))?)
-            }
+            (None, Some(name)) => Some(
+                super::cost::power_profile(Some(name))
+                    .map_err(|e| invalid("power", e.to_string()))?,
+            ),
             (None, None) => None,
         };
         let secs = if quick {
