@@ -534,7 +534,7 @@ mod tests {
                 "must be above 0",
             ),
             ("[traffic]\npattern = \"zigzag\"\n", "zigzag"),
-            ("rates = [1\n", "invalid array"),
+            ("rates = [1\n", "`rates` (line 1): unclosed array"),
             ("colour = 1\n", "colour"),
             (
                 "payload = \"x\"\n[[function]]\nname = \"f\"\nmodule = \"f.wasm\"\n[function.traffic]\npattern = \"steady\"\nrate = 1\n",
