@@ -244,7 +244,7 @@ fn usage_errors_exit_64() {
 fn unknown_key_is_rejected() {
     rejected(
         &(good(&guest("echo")) + "colour = 1\n"),
-        "unknown field `colour`",
+        "`function[0].colour`: unknown key `colour`; expected one of",
     );
 }
 
@@ -499,7 +499,10 @@ fn malformed_configs_table() {
         ),
         (with_fn("fuel = 0"), "`function[f].fuel`"),
         (with_fn("publish_rate = 0"), "`function[f].publish_rate`"),
-        (with_fn("topics_extra = 1"), "unknown field `topics_extra`"),
+        (
+            with_fn("topics_extra = 1"),
+            "`function[0].topics_extra`: unknown key `topics_extra`",
+        ),
         (base.replace("a/#", "a/#/b"), "`function[f].topics`"),
         (
             base.replace("a/#", ""),
@@ -596,7 +599,7 @@ fn malformed_configs_table() {
             ),
             (
                 with_fn("timeout_ms = 99999999999999999999"),
-                "`timeout_ms` (line 7): number too large".to_string(),
+                "`function[0].timeout_ms` (line 7): number too large".to_string(),
             ),
             (
                 base.replace(&echo, random.to_str().expect("utf-8")),

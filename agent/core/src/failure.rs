@@ -103,10 +103,17 @@ impl std::fmt::Display for FailureKind {
 /// An error and its causes on one line (`outer: inner: innermost`), for logs and for the
 /// one-line messages of `check` and `run`.
 pub fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
+    // Some messages run over lines (wasmtime's byte dumps): keep one.
+    let one_line = |e: &dyn std::error::Error| {
+        e.to_string()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = one_line(e);
     let mut cause = e.source();
     while let Some(c) = cause {
-        let text = c.to_string();
+        let text = one_line(c);
         // Some errors repeat their cause in their own message: say it once.
         if !out.ends_with(&text) {
             out.push_str(": ");

@@ -7,6 +7,8 @@
 //! [`Config::load`] returns a [`ConfigError`] that names the file and the key or function at
 //! fault; `main` turns it into exit code 78 (`EX_CONFIG`).
 
+mod de;
+mod toml_file;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -14,18 +16,24 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use de::ValueError;
 pub use validate::{BrokerAddress, UrlError};
 
 /// A configuration that cannot be used. The message names the file and the key or function.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// The file could not be read or parsed, or a value has the wrong type.
-    #[error("{file}: {message}")]
+    /// The file could not be read or parsed, or a value does not fit its key.
+    #[error("{file}: {}{source}", location(.key.as_deref(), *.line))]
     Parse {
         /// The config file.
         file: PathBuf,
-        /// What the parser said, with the key where it knows it.
-        message: String,
+        /// The key at fault, where known (`function[0].mode`).
+        key: Option<String>,
+        /// The line at fault, where the format and the parser know it.
+        line: Option<usize>,
+        /// What is wrong.
+        #[source]
+        source: ParseError,
     },
     /// A value parsed but is not acceptable.
     #[error("{file}: `{key}`: {message}")]
@@ -40,6 +48,89 @@ pub enum ConfigError {
     /// More than one problem: each on its own line.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ConfigError>),
+}
+
+/// Why a file could not be read as configuration. Its message is complete on one line.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// The extension names no format the agent reads.
+    #[error("unknown config format: use a .toml, .yaml, .yml or .json file")]
+    Format,
+    /// The file could not be read.
+    #[error("cannot read {what}: {source}")]
+    Read {
+        /// What kind of file (`config file`, `workload file`).
+        what: &'static str,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// TOML syntax.
+    #[error("{}", one_line(.0.message()))]
+    Toml(#[source] Box<toml::de::Error>),
+    /// A TOML integer that does not fit in 64 bits.
+    #[error("{0}")]
+    Integer(#[source] std::num::ParseIntError),
+    /// A TOML float that does not fit in 64 bits.
+    #[error("number too large for a float")]
+    Float,
+    /// YAML or JSON syntax, or an environment variable `config` cannot merge.
+    #[error("{}", one_line(&.0.to_string()))]
+    Syntax(#[source] Box<config::ConfigError>),
+    /// A value that does not fit its key.
+    #[error("{0}")]
+    Value(#[source] ValueError),
+}
+
+/// A [`ParseError`] with the place it is about, before the file is known.
+#[derive(Debug)]
+struct ParseFailure {
+    key: Option<String>,
+    line: Option<usize>,
+    source: ParseError,
+}
+
+impl ParseFailure {
+    fn new(source: ParseError) -> Self {
+        Self {
+            key: None,
+            line: None,
+            source,
+        }
+    }
+
+    fn in_file(self, file: &Path) -> ConfigError {
+        ConfigError::Parse {
+            file: file.to_path_buf(),
+            key: self.key,
+            line: self.line,
+            source: self.source,
+        }
+    }
+}
+
+impl From<de::DeError> for ParseFailure {
+    fn from(e: de::DeError) -> Self {
+        Self {
+            key: e.key,
+            line: None,
+            source: ParseError::Value(e.reason),
+        }
+    }
+}
+
+/// `` `key` (line 3): ``, `` `key`: ``, `line 3: ` or nothing.
+fn location(key: Option<&str>, line: Option<usize>) -> String {
+    match (key, line) {
+        (Some(k), Some(n)) => format!("`{k}` (line {n}): "),
+        (Some(k), None) => format!("`{k}`: "),
+        (None, Some(n)) => format!("line {n}: "),
+        (None, None) => String::new(),
+    }
+}
+
+/// A parser's message on one line.
+fn one_line(msg: &str) -> String {
+    msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
 impl ConfigError {
@@ -518,57 +609,17 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
-        let parse_err = |message: String| ConfigError::Parse {
-            file: path.to_path_buf(),
-            message,
-        };
         let format = match path.extension().and_then(|e| e.to_str()) {
-            Some("toml") => config::FileFormat::Toml,
-            Some("yaml" | "yml") => config::FileFormat::Yaml,
-            Some("json") => config::FileFormat::Json,
-            _ => {
-                return Err(parse_err(
-                    "unknown config format: use a .toml, .yaml, .yml or .json file".into(),
-                ));
-            }
+            Some("toml") => None,
+            Some("yaml" | "yml") => Some(config::FileFormat::Yaml),
+            Some("json") => Some(config::FileFormat::Json),
+            _ => return Err(ParseFailure::new(ParseError::Format).in_file(path)),
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| parse_err(format!("cannot read config file: {e}")))?;
-        if format == config::FileFormat::Toml
-            && let Err(e) = toml::from_str::<toml::Table>(&text)
-        {
-            return Err(parse_err(toml_error(&text, &e)));
-        }
-        let env: config::Map<String, String> = env
-            .into_iter()
-            .filter(|(k, _)| k.starts_with("EDGE_AGENT__"))
-            .collect();
-        let raw = config::Config::builder()
-            .add_source(config::File::from_str(&text, format))
-            .add_source(
-                config::Environment::with_prefix("EDGE_AGENT")
-                    .prefix_separator("__")
-                    .separator("__")
-                    .try_parsing(true)
-                    .source(Some(env)),
-            )
-            .build()
-            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
-        // The config crate turns 1.5 into 1 without a word; no key of ours is fractional.
-        let tree: serde_json::Value = raw
-            .clone()
-            .try_deserialize()
-            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
-        if let Some((key, n)) = fraction(&tree, "") {
-            return Err(ConfigError::Invalid {
-                file: path.to_path_buf(),
-                key,
-                message: format!("{n} is not a whole number"),
-            });
-        }
-        let mut cfg: Config = raw
-            .try_deserialize()
-            .map_err(|e| parse_err(clean_message(&e.to_string())))?;
+        let what = "config file";
+        let mut cfg: Config = std::fs::read_to_string(path)
+            .map_err(|source| ParseFailure::new(ParseError::Read { what, source }))
+            .and_then(|text| parse(&text, format, env))
+            .map_err(|e| e.in_file(path))?;
         cfg.source = path.to_path_buf();
         cfg.resolve_paths();
         cfg.validate()?;
@@ -639,29 +690,34 @@ impl Config {
     }
 }
 
-/// The first fractional number in `v` and its key, outside `[function.config]` (whose
-/// values are free-form strings).
-fn fraction(v: &serde_json::Value, path: &str) -> Option<(String, serde_json::Number)> {
-    match v {
-        serde_json::Value::Number(n) if !n.is_i64() && !n.is_u64() => {
-            Some((path.to_string(), n.clone()))
-        }
-        serde_json::Value::Object(map) if !path.ends_with("].config") => {
-            map.iter().find_map(|(k, v)| {
-                let key = if path.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{path}.{k}")
-                };
-                fraction(v, &key)
-            })
-        }
-        serde_json::Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| fraction(v, &format!("{path}[{i}]"))),
-        _ => None,
-    }
+/// Reads `text` (TOML, or the `format` given) under the `EDGE_AGENT__*` variables of `env`
+/// into a `T`. TOML is parsed here, once, so that its errors keep their line.
+fn parse<T: serde::de::DeserializeOwned>(
+    text: &str,
+    format: Option<config::FileFormat>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<T, ParseFailure> {
+    let env: config::Map<String, String> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("EDGE_AGENT__"))
+        .collect();
+    let builder = config::Config::builder();
+    let builder = match format {
+        None => builder.add_source(toml_file::TomlFile::parse(text)?),
+        Some(format) => builder.add_source(config::File::from_str(text, format)),
+    };
+    let tree: serde_json::Value = builder
+        .add_source(
+            config::Environment::with_prefix("EDGE_AGENT")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(env)),
+        )
+        .build()
+        .and_then(config::Config::try_deserialize)
+        .map_err(|e| ParseFailure::new(ParseError::Syntax(Box::new(e))))?;
+    Ok(de::from_tree(&tree)?)
 }
 
 /// Reads a TOML file of another kind (a `compare` workload) with the same error messages
@@ -673,50 +729,7 @@ pub fn from_toml<T: serde::de::DeserializeOwned>(
     path: &Path,
     text: &str,
 ) -> Result<T, ConfigError> {
-    let parse_err = |message: String| ConfigError::Parse {
-        file: path.to_path_buf(),
-        message,
-    };
-    if let Err(e) = toml::from_str::<toml::Table>(text) {
-        return Err(parse_err(toml_error(text, &e)));
-    }
-    config::Config::builder()
-        .add_source(config::File::from_str(text, config::FileFormat::Toml))
-        .build()
-        .and_then(config::Config::try_deserialize)
-        .map_err(|e| parse_err(clean_message(&e.to_string())))
-}
-
-/// A TOML syntax error on one line, with its line number and the key written there.
-fn toml_error(text: &str, e: &toml::de::Error) -> String {
-    let Some(at) = e.span().map(|s| s.start.min(text.len())) else {
-        return clean_message(e.message());
-    };
-    let line_no = text[..at].matches('\n').count() + 1;
-    let line = text.lines().nth(line_no - 1).unwrap_or_default();
-    match line.split_once('=') {
-        Some((key, _)) if !key.trim().is_empty() => format!(
-            "`{}` (line {line_no}): {}",
-            key.trim(),
-            clean_message(e.message())
-        ),
-        _ => format!("line {line_no}: {}", clean_message(e.message())),
-    }
-}
-
-/// Keeps the `config` crate's message on one line and writes its key paths the way the
-/// file spells them (`function[0].qos`, where it prints `function[0]qos`).
-fn clean_message(msg: &str) -> String {
-    let mut out = String::with_capacity(msg.len());
-    let mut prev = ' ';
-    for c in msg.chars() {
-        if prev == ']' && (c.is_ascii_alphanumeric() || c == '_') {
-            out.push('.');
-        }
-        out.push(if c == '\n' { ' ' } else { c });
-        prev = c;
-    }
-    out.split_whitespace().collect::<Vec<_>>().join(" ")
+    parse(text, None, []).map_err(|e| e.in_file(path))
 }
 
 #[cfg(test)]

@@ -124,19 +124,65 @@ fn environment_overrides_the_file() {
 #[test]
 fn unknown_key() {
     let e = Case::new().err(&with("colour = \"blue\"", ""));
-    assert!(e.contains("unknown field `colour`"), "{e}");
+    assert!(
+        e.contains("`broker.colour`: unknown key `colour`; expected one of `url`, `embedded`,"),
+        "{e}"
+    );
 }
 
 #[test]
 fn unknown_key_in_function() {
     let e = Case::new().err(&with("", "timout_ms = 5"));
-    assert!(e.contains("unknown field `timout_ms`"), "{e}");
+    assert!(
+        e.contains("`function[0].timout_ms`: unknown key `timout_ms`; expected one of `name`,"),
+        "{e}"
+    );
+}
+
+#[test]
+fn unknown_value_names_key_value_and_allowed_values() {
+    let e = Case::new().err(&with("", "mode = \"auto\""));
+    assert!(
+        e.ends_with(
+            "agent.toml: `function[0].mode`: unknown value `auto`; expected one of \
+             `on-demand`, `persistent`"
+        ),
+        "{e}"
+    );
+    let e = Case::new().err(&format!("{GOOD}[runtime]\nallocator = \"pool\"\n"));
+    assert!(
+        e.contains(
+            "`runtime.allocator`: unknown value `pool`; expected one of `auto`, `pooling`, \
+             `on-demand`"
+        ),
+        "{e}"
+    );
+}
+
+#[test]
+fn fraction_where_a_whole_number_is_expected() {
+    let e = Case::new().err(&with("", "timeout_ms = 1.5"));
+    assert!(
+        e.contains("`function[0].timeout_ms`: 1.5 is not a whole number"),
+        "{e}"
+    );
+    // `[function.config]` values are free-form: a fraction is its text.
+    let cfg = Case::new()
+        .load("agent.toml", &format!("{GOOD}ratio = 0.5\n"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        cfg.functions[0].config.get("ratio").map(String::as_str),
+        Some("0.5")
+    );
 }
 
 #[test]
 fn wrong_type() {
     let e = Case::new().err(&with("", "qos = \"high\""));
-    assert!(e.contains("for key `function[0].qos`"), "{e}");
+    assert!(
+        e.contains("`function[0].qos`: expected u8, not string \"high\""),
+        "{e}"
+    );
 }
 
 #[test]
@@ -197,7 +243,7 @@ fn duplicate_function_names() {
 #[test]
 fn missing_required_field() {
     let e = Case::new().err("[[function]]\nname = \"f\"\ntopics = [\"x\"]\n");
-    assert!(e.contains("function[0].module"), "{e}");
+    assert!(e.contains("`function[0].module`: is required"), "{e}");
 }
 
 #[test]
@@ -267,7 +313,18 @@ fn unknown_extension() {
 #[test]
 fn toml_syntax_error() {
     let e = Case::new().err("[agent\nid = 1");
-    assert!(!e.is_empty());
+    assert!(e.contains("agent.toml: line 1: "), "{e}");
+    let e = Case::new().err(&format!("{GOOD}\nqos = = 1\n"));
+    assert!(e.contains("agent.toml: `qos` (line 13): "), "{e}");
+}
+
+#[test]
+fn number_too_large_names_its_key_and_line() {
+    let e = Case::new().err(&with("", "timeout_ms = 99999999999999999999"));
+    assert!(
+        e.contains("`function[0].timeout_ms` (line 11): number too large"),
+        "{e}"
+    );
 }
 
 mod fuzz {

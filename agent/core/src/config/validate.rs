@@ -7,8 +7,42 @@ use crate::topic;
 
 /// Why a broker URL is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{0}")]
-pub struct UrlError(String);
+pub enum UrlError {
+    /// No `scheme://`.
+    #[error("`{0}` is not a URL like mqtt://host:1883")]
+    NotUrl(String),
+    /// A scheme other than MQTT's.
+    #[error("unsupported scheme `{0}://` (use mqtt:// or mqtts://)")]
+    Scheme(String),
+    /// A path, query or credentials.
+    #[error("`{0}` must be scheme://host:port only (credentials go in broker.username/password)")]
+    NotHostPort(String),
+    /// `[` with no `]`.
+    #[error("`{0}`: unclosed `[` in IPv6 address")]
+    UnclosedBracket(String),
+    /// Text after `[address]` that is not a port.
+    #[error("`{url}`: unexpected `{after}` after the address")]
+    AfterAddress {
+        /// The URL.
+        url: String,
+        /// What follows the address.
+        after: String,
+    },
+    /// A port that is not a number from 0 to 65535.
+    #[error("`{url}`: port `{port}` is not a number from 0 to 65535")]
+    Port {
+        /// The URL.
+        url: String,
+        /// The port as written.
+        port: String,
+        /// Why it does not parse.
+        #[source]
+        source: std::num::ParseIntError,
+    },
+    /// No host.
+    #[error("`{0}` has no host")]
+    NoHost(String),
+}
 
 /// The parsed `broker.url`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,37 +64,32 @@ impl BrokerAddress {
     /// # Errors
     /// [`UrlError`] saying what is wrong with the URL.
     pub fn parse(url: &str) -> Result<Self, UrlError> {
-        Self::parse_inner(url).map_err(UrlError)
-    }
-
-    fn parse_inner(url: &str) -> Result<Self, String> {
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| format!("`{url}` is not a URL like mqtt://host:1883"))?;
+            .ok_or_else(|| UrlError::NotUrl(url.into()))?;
         let tls = match scheme {
             "mqtt" | "tcp" => false,
             "mqtts" | "ssl" => true,
-            other => {
-                return Err(format!(
-                    "unsupported scheme `{other}://` (use mqtt:// or mqtts://)"
-                ));
-            }
+            other => return Err(UrlError::Scheme(other.into())),
         };
         let rest = rest.trim_end_matches('/');
         if rest.contains(['/', '?', '@']) {
-            return Err(format!(
-                "`{url}` must be scheme://host:port only (credentials go in broker.username/password)"
-            ));
+            return Err(UrlError::NotHostPort(url.into()));
         }
         let default_port = if tls { 8883 } else { 1883 };
         let (host, port) = if let Some(v6) = rest.strip_prefix('[') {
             let (h, after) = v6
                 .split_once(']')
-                .ok_or_else(|| format!("`{url}`: unclosed `[` in IPv6 address"))?;
+                .ok_or_else(|| UrlError::UnclosedBracket(url.into()))?;
             let port = match after.strip_prefix(':') {
                 Some(p) => parse_port(p, url)?,
                 None if after.is_empty() => default_port,
-                None => return Err(format!("`{url}`: unexpected `{after}` after the address")),
+                None => {
+                    return Err(UrlError::AfterAddress {
+                        url: url.into(),
+                        after: after.into(),
+                    });
+                }
             };
             (h.to_string(), port)
         } else {
@@ -70,7 +99,7 @@ impl BrokerAddress {
             }
         };
         if host.is_empty() {
-            return Err(format!("`{url}` has no host"));
+            return Err(UrlError::NoHost(url.into()));
         }
         Ok(Self { tls, host, port })
     }
@@ -88,9 +117,12 @@ impl BrokerAddress {
     }
 }
 
-fn parse_port(p: &str, url: &str) -> Result<u16, String> {
-    p.parse::<u16>()
-        .map_err(|_| format!("`{url}`: port `{p}` is not a number from 0 to 65535"))
+fn parse_port(p: &str, url: &str) -> Result<u16, UrlError> {
+    p.parse::<u16>().map_err(|source| UrlError::Port {
+        url: url.into(),
+        port: p.into(),
+        source,
+    })
 }
 
 fn is_name(s: &str) -> bool {

@@ -255,19 +255,19 @@ impl Reloader {
         f: &FunctionConfig,
         compiled: &mut crate::runtime::function::Compiled,
     ) -> Result<(Arc<LoadedFunction>, MqttOptions), crate::runtime::RuntimeError> {
-        let err = |message: String| crate::runtime::RuntimeError::Load {
+        let err = |source| crate::runtime::RuntimeError::Load {
             function: f.name.clone(),
-            message,
+            source,
         };
         let loaded = self.parts.runtime.load(config, f, compiled)?;
         let ns = self
             .parts
             .state
             .namespace(&f.name)
-            .map_err(|e| err(e.to_string()))?;
+            .map_err(|e| err(crate::runtime::LoadError::State(e)))?;
         loaded.attach_state(ns);
         let intake = crate::mqtt::options::intake(config, &self.parts.broker, &f.name)
-            .map_err(|e| err(crate::failure::chain(&e)))?;
+            .map_err(|e| err(crate::runtime::LoadError::Intake(e)))?;
         Ok((loaded, intake))
     }
 

@@ -3,7 +3,7 @@
 //! It keeps sessions in memory only, so queued messages do not survive a restart of the
 //! agent. Production devices point `broker.url` at Mosquitto or a clustered broker.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,7 +37,7 @@ pub fn start(cfg: &Config) -> Result<SocketAddr, MqttError> {
             )
         })?;
     }
-    let broker_cfg = broker_config(cfg, listen)?;
+    let broker_cfg = broker_config(cfg, listen);
     // rumqttd binds inside its own thread and does not say where: for port 0, the new
     // listening socket of this process is the broker's. One start at a time, so that two
     // brokers starting at once cannot take each other's socket for their own.
@@ -87,42 +87,37 @@ pub fn start(cfg: &Config) -> Result<SocketAddr, MqttError> {
 
 /// rumqttd's configuration: one plain-TCP listener on `listen`, with the agent's
 /// credentials when it has some.
-fn broker_config(cfg: &Config, listen: SocketAddr) -> Result<rumqttd::Config, MqttError> {
-    let auth = match (&cfg.broker.username, &cfg.broker.password) {
-        (Some(u), p) => format!(
-            "[v4.1.connections.auth]\n{} = {}\n",
-            toml_string(u),
-            toml_string(p.as_deref().unwrap_or(""))
-        ),
-        _ => String::new(),
+fn broker_config(cfg: &Config, listen: SocketAddr) -> rumqttd::Config {
+    let auth = cfg.broker.username.as_ref().map(|user| {
+        let password = cfg.broker.password.clone().unwrap_or_default();
+        HashMap::from([(user.clone(), password)])
+    });
+    let server = rumqttd::ServerSettings {
+        name: "embedded".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: rumqttd::ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: cfg.broker.max_packet_bytes,
+            max_inflight_count: 100,
+            auth,
+            external_auth: None,
+            dynamic_filters: true,
+        },
     };
-    let max_payload = cfg.broker.max_packet_bytes;
-    let text = format!(
-        r#"
-id = 0
-[router]
-id = 0
-max_connections = 1000
-max_outgoing_packet_count = 200
-max_segment_size = 104857600
-max_segment_count = 10
-
-[v4.1]
-name = "embedded"
-listen = "{listen}"
-next_connection_delay_ms = 1
-[v4.1.connections]
-connection_timeout_ms = 60000
-max_payload_size = {max_payload}
-max_inflight_count = 100
-dynamic_filters = true
-{auth}"#
-    );
-    config::Config::builder()
-        .add_source(config::File::from_str(&text, config::FileFormat::Toml))
-        .build()
-        .and_then(config::Config::try_deserialize)
-        .map_err(|e| MqttError::broker("internal broker config", e))
+    rumqttd::Config {
+        id: 0,
+        router: rumqttd::RouterConfig {
+            max_connections: 1000,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            ..Default::default()
+        },
+        v4: Some(HashMap::from([("1".to_string(), server)])),
+        ..Default::default()
+    }
 }
 
 /// The TCP sockets this process listens on, as (inode, port), from `/proc`.
@@ -157,17 +152,4 @@ fn own_listeners() -> HashSet<(u64, u16)> {
         }
     }
     out
-}
-
-fn toml_string(s: &str) -> String {
-    let escaped: String = s
-        .chars()
-        .flat_map(|c| match c {
-            '"' => vec!['\\', '"'],
-            '\\' => vec!['\\', '\\'],
-            c if c.is_control() => format!("\\u{:04x}", c as u32).chars().collect(),
-            c => vec![c],
-        })
-        .collect();
-    format!("\"{escaped}\"")
 }

@@ -22,12 +22,15 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
     /// A TLS file could not be read or parsed.
-    #[error("`{key}`: {message}")]
+    #[error("`{key}`: {what}")]
     Tls {
         /// The config key of the file.
         key: &'static str,
-        /// What went wrong.
-        message: String,
+        /// What could not be done (with the file's path).
+        what: String,
+        /// Why, where the OS or rustls said (render with [`crate::failure::chain`]).
+        #[source]
+        source: Option<BoxError>,
     },
     /// `broker.url` is not a usable MQTT URL.
     #[error("`broker.url`: {0}")]

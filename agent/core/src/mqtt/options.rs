@@ -6,7 +6,7 @@ use std::time::Duration;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::MqttError;
+use super::{BoxError, MqttError};
 use crate::config::{BrokerAddress, Config, TlsConfig};
 use crate::messages::{Message as _, Presence, Status};
 
@@ -112,7 +112,8 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
             for c in certs {
                 roots.add(c).map_err(|e| MqttError::Tls {
                     key: "broker.tls.ca_file",
-                    message: format!("{}: {e}", ca.display()),
+                    what: ca.display().to_string(),
+                    source: Some(e.into()),
                 })?;
             }
         }
@@ -125,7 +126,8 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
             if roots.is_empty() {
                 return Err(MqttError::Tls {
                     key: "broker.tls.ca_file",
-                    message: "no system CA certificates found: set broker.tls.ca_file".into(),
+                    what: "no system CA certificates found: set broker.tls.ca_file".into(),
+                    source: None,
                 });
             }
         }
@@ -138,7 +140,8 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
     .with_safe_default_protocol_versions()
     .map_err(|e| MqttError::Tls {
         key: "broker.tls",
-        message: format!("no usable TLS protocol version: {e}"),
+        what: "no usable TLS protocol version".into(),
+        source: Some(e.into()),
     })?
     .with_root_certificates(roots);
     match (&tls.cert_file, &tls.key_file) {
@@ -146,13 +149,15 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
             let chain = read_certs(cert, "broker.tls.cert_file")?;
             let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| MqttError::Tls {
                 key: "broker.tls.key_file",
-                message: format!("{}: no usable private key: {e}", key.display()),
+                what: format!("{}: no usable private key", key.display()),
+                source: Some(e.into()),
             })?;
             builder
                 .with_client_auth_cert(chain, key_der)
                 .map_err(|e| MqttError::Tls {
                     key: "broker.tls.key_file",
-                    message: format!("client certificate and key do not fit: {e}"),
+                    what: "client certificate and key do not fit".into(),
+                    source: Some(e.into()),
                 })
         }
         _ => Ok(builder.with_no_client_auth()),
@@ -163,16 +168,17 @@ fn read_certs(
     path: &std::path::Path,
     key: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, MqttError> {
-    let err = |message: String| MqttError::Tls { key, message };
+    let err = |source: Option<BoxError>| MqttError::Tls {
+        key,
+        what: path.display().to_string(),
+        source,
+    };
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(format!("{}: {e}", path.display())))?
+        .map_err(|e| err(Some(e.into())))?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(format!("{}: {e}", path.display())))?;
+        .map_err(|e| err(Some(e.into())))?;
     if certs.is_empty() {
-        return Err(err(format!(
-            "{}: no PEM certificate in file",
-            path.display()
-        )));
+        return Err(err(Some("no PEM certificate in file".into())));
     }
     Ok(certs)
 }

@@ -8,9 +8,9 @@ use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
 use super::GuestEvent;
-use super::RuntimeError;
 use super::bindings::{Function as FunctionBindings, FunctionPre};
 use super::host::{FunctionContext, StoreData};
+use super::{LoadError, RuntimeError};
 use crate::config::{Config, FunctionConfig};
 use crate::event::Outbound;
 use crate::failure::FailureKind;
@@ -173,9 +173,9 @@ impl LoadedFunction {
         compiled: &mut Compiled,
     ) -> Result<Self, RuntimeError> {
         let (pre, sha256) =
-            link(engine, linker, cfg, compiled).map_err(|message| RuntimeError::Load {
+            link(engine, linker, cfg, compiled).map_err(|source| RuntimeError::Load {
                 function: cfg.name.clone(),
-                message,
+                source,
             })?;
         let tick_ms = u64::try_from(tick.as_millis()).unwrap_or(1).max(1);
         // Round up, plus one tick: the epoch may advance right after the deadline is set.
@@ -244,13 +244,17 @@ impl LoadedFunction {
     /// # Errors
     /// [`RuntimeError::Load`] with why the new version cannot be used.
     pub fn prepare(&self, cfg: &FunctionConfig) -> Result<Option<NextVersion>, RuntimeError> {
-        let err = |message: String| RuntimeError::Load {
+        let err = |source: LoadError| RuntimeError::Load {
             function: cfg.name.clone(),
-            message,
+            source,
         };
         // Hash first: an unchanged function is not compiled again.
-        let bytes = std::fs::read(&cfg.module)
-            .map_err(|e| err(format!("cannot read {}: {e}", cfg.module.display())))?;
+        let bytes = std::fs::read(&cfg.module).map_err(|source| {
+            err(LoadError::Read {
+                path: cfg.module.clone(),
+                source,
+            })
+        })?;
         {
             let now = self.current();
             let same = *now.sha256 == sha256_hex(&bytes)
@@ -272,8 +276,11 @@ impl LoadedFunction {
             },
         };
         let probe = self.instantiate_with(&next.pre, &next.current.ctx);
-        if let Err(e) = probe {
-            return Err(err(format!("{} does not start: {e}", cfg.module.display())));
+        if let Err(source) = probe {
+            return Err(err(LoadError::Start {
+                path: cfg.module.clone(),
+                source,
+            }));
         }
         Ok(Some(next))
     }
@@ -502,19 +509,18 @@ fn link(
     linker: &Linker<StoreData>,
     cfg: &FunctionConfig,
     compiled: &mut Compiled,
-) -> Result<(FunctionPre<StoreData>, String), String> {
+) -> Result<(FunctionPre<StoreData>, String), LoadError> {
     let (component, sha256) = load_component(engine, cfg, compiled)?;
-    let instance_pre = linker.instantiate_pre(&component).map_err(|e| {
-        format!(
-            "{} needs imports the agent does not provide: {e:#}",
-            cfg.module.display()
-        )
-    })?;
-    let pre = FunctionPre::new(instance_pre).map_err(|e| {
-        format!(
-            "{} does not export `edge:agent/handler@0.1.0`: {e:#}",
-            cfg.module.display()
-        )
+    let path = || cfg.module.clone();
+    let instance_pre = linker
+        .instantiate_pre(&component)
+        .map_err(|e| LoadError::Imports {
+            path: path(),
+            source: e.into(),
+        })?;
+    let pre = FunctionPre::new(instance_pre).map_err(|e| LoadError::Export {
+        path: path(),
+        source: e.into(),
     })?;
     Ok((pre, sha256))
 }
@@ -533,16 +539,21 @@ fn load_component(
     engine: &Engine,
     cfg: &FunctionConfig,
     compiled: &mut Compiled,
-) -> Result<(Component, String), String> {
-    let path = cfg.module.display();
-    let bytes = std::fs::read(&cfg.module).map_err(|e| format!("cannot read {path}: {e}"))?;
+) -> Result<(Component, String), LoadError> {
+    let path = || cfg.module.clone();
+    let bytes = std::fs::read(&cfg.module).map_err(|source| LoadError::Read {
+        path: path(),
+        source,
+    })?;
     let actual = sha256_hex(&bytes);
     if let Some(pinned) = &cfg.sha256
         && !actual.eq_ignore_ascii_case(pinned)
     {
-        return Err(format!(
-            "{path} has sha256 {actual}, but the config pins {pinned}: refusing to load it"
-        ));
+        return Err(LoadError::HashMismatch {
+            path: path(),
+            actual,
+            pinned: pinned.clone(),
+        });
     }
     // The same bytes under another name compile to the same code, whatever the extension.
     let cwasm = cfg.module.extension().is_some_and(|e| e == "cwasm");
@@ -553,29 +564,19 @@ fn load_component(
     }
     let component = match (cwasm, Engine::detect_precompiled(&bytes)) {
         (true, Some(wasmtime::Precompiled::Component)) => {
-            deserialize(engine, &bytes).map_err(|e| {
-                format!(
-                    "{path} was precompiled for another target, wasmtime version or settings \
-                 (re-run `edge-agent precompile` with this agent's version): {e:#}"
-                )
-            })
+            deserialize(engine, &bytes).map_err(|e| LoadError::OtherTarget {
+                path: path(),
+                source: e.into(),
+            })?
         }
-        (true, _) => Err(format!(
-            "{path} is not a precompiled component (make one with `edge-agent precompile`)"
-        )),
-        (false, Some(_)) => Err(format!(
-            "{path} holds precompiled native code: name it .cwasm to load it as such"
-        )),
+        (true, _) => return Err(LoadError::NotPrecompiled { path: path() }),
+        (false, Some(_)) => return Err(LoadError::NativeCode { path: path() }),
         (false, None) => {
-            check_component_header(&bytes).map_err(|why| format!("{path} {why}"))?;
-            compile(engine, &bytes).map_err(|e| {
-                // wasmtime's messages may run over lines (byte dumps): keep one.
-                let one_line = e.split_whitespace().collect::<Vec<_>>().join(" ");
-                format!("{path} is not a loadable WebAssembly component: {one_line}")
-            })
+            check_component_header(&bytes)
+                .map_err(|why| LoadError::NotComponent { path: path(), why })?;
+            compile(engine, &bytes, path)?
         }
     };
-    let component = component?;
     compiled.0.insert(actual.clone(), component.clone());
     Ok((component, actual))
 }
@@ -596,17 +597,24 @@ fn check_component_header(bytes: &[u8]) -> Result<(), &'static str> {
 }
 
 #[cfg(feature = "compiler")]
-fn compile(engine: &Engine, bytes: &[u8]) -> Result<Component, String> {
-    Component::new(engine, bytes).map_err(|e| format!("{e:#}"))
+fn compile(
+    engine: &Engine,
+    bytes: &[u8],
+    path: impl Fn() -> std::path::PathBuf,
+) -> Result<Component, LoadError> {
+    Component::new(engine, bytes).map_err(|e| LoadError::Compile {
+        path: path(),
+        source: e.into(),
+    })
 }
 
 #[cfg(not(feature = "compiler"))]
-fn compile(_engine: &Engine, _bytes: &[u8]) -> Result<Component, String> {
-    Err(
-        "this is a device build without a compiler: it runs only .cwasm artifacts \
-         (make them with `edge-agent precompile --target <device triple>` on a full build)"
-            .into(),
-    )
+fn compile(
+    _engine: &Engine,
+    _bytes: &[u8],
+    path: impl Fn() -> std::path::PathBuf,
+) -> Result<Component, LoadError> {
+    Err(LoadError::NoCompiler { path: path() })
 }
 
 /// Loads precompiled native code.

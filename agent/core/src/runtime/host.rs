@@ -235,13 +235,10 @@ impl mqtt::Host for StoreData {
     }
 }
 
-impl StoreData {
-    fn txn(&mut self) -> Result<&mut Txn, String> {
-        self.txn
-            .as_mut()
-            .ok_or_else(|| "the state store is not available".to_string())
-    }
+/// What a state call returns to the guest when the function has no state store.
+const NO_STATE: &str = "the state store is not available";
 
+impl StoreData {
     /// Guest-visible errors become `Err(message)`; I/O errors and a state that stays busy
     /// until the deadline trap the call.
     fn state_result<T>(&mut self, r: Result<T, StateError>) -> wasmtime::Result<Result<T, String>> {
@@ -256,7 +253,7 @@ impl StoreData {
                     StateError::Busy => FailureKind::Timeout,
                     _ => FailureKind::State,
                 });
-                Err(wasmtime::Error::msg(crate::failure::chain(&e)))
+                Err(wasmtime::Error::new(e))
             }
         }
     }
@@ -264,38 +261,38 @@ impl StoreData {
 
 impl state::Host for StoreData {
     fn get(&mut self, key: String) -> wasmtime::Result<Option<Vec<u8>>> {
-        let r = match self.txn() {
-            Ok(t) => t.get(&key),
-            Err(_) => return Ok(None),
+        let Some(t) = self.txn.as_mut() else {
+            return Ok(None);
         };
+        let r = t.get(&key);
         self.state_result(r).map(|r| r.ok().flatten())
     }
     fn set(&mut self, key: String, value: Vec<u8>) -> wasmtime::Result<Result<(), String>> {
-        let r = match self.txn() {
-            Ok(t) => t.set(&key, value),
-            Err(e) => return Ok(Err(e)),
+        let r = match self.txn.as_mut() {
+            Some(t) => t.set(&key, value),
+            None => return Ok(Err(NO_STATE.into())),
         };
         self.state_result(r)
     }
     fn delete(&mut self, key: String) -> wasmtime::Result<Result<(), String>> {
-        let r = match self.txn() {
-            Ok(t) => t.delete(&key),
-            Err(e) => return Ok(Err(e)),
+        let r = match self.txn.as_mut() {
+            Some(t) => t.delete(&key),
+            None => return Ok(Err(NO_STATE.into())),
         };
         self.state_result(r)
     }
     fn increment(&mut self, key: String, delta: i64) -> wasmtime::Result<Result<i64, String>> {
-        let r = match self.txn() {
-            Ok(t) => t.increment(&key, delta),
-            Err(e) => return Ok(Err(e)),
+        let r = match self.txn.as_mut() {
+            Some(t) => t.increment(&key, delta),
+            None => return Ok(Err(NO_STATE.into())),
         };
         self.state_result(r)
     }
     fn list(&mut self, prefix: String, limit: u32) -> wasmtime::Result<Vec<(String, Vec<u8>)>> {
-        let r = match self.txn() {
-            Ok(t) => t.list(&prefix, limit),
-            Err(_) => return Ok(Vec::new()),
+        let Some(t) = self.txn.as_mut() else {
+            return Ok(Vec::new());
         };
+        let r = t.list(&prefix, limit);
         self.state_result(r).map(Result::unwrap_or_default)
     }
 }

@@ -16,6 +16,7 @@ pub mod precompile;
 pub mod stdio;
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -55,12 +56,13 @@ pub enum RuntimeError {
         source: BoxError,
     },
     /// A function's module could not be loaded or does not fit the `function` world.
-    #[error("function `{function}`: {message}")]
+    #[error("function `{function}`: {source}")]
     Load {
-        /// The function's name.
+        /// The function's name (or, for `precompile`, the module's path).
         function: String,
         /// What went wrong.
-        message: String,
+        #[source]
+        source: LoadError,
     },
     /// More than one function could not be loaded: each error, in configuration order.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
@@ -69,6 +71,143 @@ pub enum RuntimeError {
 
 /// An error from wasmtime or the OS, kept as the cause of a [`RuntimeError`].
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a function's module cannot be used. Each message names the module; the cause, where
+/// there is one, is kept as the source (render the whole with [`crate::failure::chain`]).
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file cannot be read.
+    #[error("cannot read {}", .path.display())]
+    Read {
+        /// The module file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file is not the one the config pins.
+    #[error("{} has sha256 {actual}, but the config pins {pinned}: refusing to load it", .path.display())]
+    HashMismatch {
+        /// The module file.
+        path: PathBuf,
+        /// Its hash.
+        actual: String,
+        /// The hash in the config.
+        pinned: String,
+    },
+    /// The header shows that the file is not a component.
+    #[error("{} {why}", .path.display())]
+    NotComponent {
+        /// The module file.
+        path: PathBuf,
+        /// What it is instead.
+        why: &'static str,
+    },
+    /// A `.cwasm` that holds no precompiled component.
+    #[error("{} is not a precompiled component (make one with `edge-agent precompile`)", .path.display())]
+    NotPrecompiled {
+        /// The module file.
+        path: PathBuf,
+    },
+    /// Precompiled native code under a name other than `.cwasm`.
+    #[error("{} holds precompiled native code: name it .cwasm to load it as such", .path.display())]
+    NativeCode {
+        /// The module file.
+        path: PathBuf,
+    },
+    /// A `.cwasm` made for another target, wasmtime version or engine settings.
+    #[error(
+        "{} was precompiled for another target, wasmtime version or settings (re-run \
+         `edge-agent precompile` with this agent's version)",
+        .path.display()
+    )]
+    OtherTarget {
+        /// The module file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        #[source]
+        source: BoxError,
+    },
+    /// The component does not compile.
+    #[error("{} is not a loadable WebAssembly component", .path.display())]
+    Compile {
+        /// The module file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        #[source]
+        source: BoxError,
+    },
+    /// A `.wasm` in a build that can only load `.cwasm`.
+    #[error(
+        "{} is not a loadable WebAssembly component: this is a device build without a \
+         compiler: it runs only .cwasm artifacts (make them with `edge-agent precompile \
+         --target <device triple>` on a full build)",
+        .path.display()
+    )]
+    NoCompiler {
+        /// The module file.
+        path: PathBuf,
+    },
+    /// The component imports what the agent does not provide.
+    #[error("{} needs imports the agent does not provide", .path.display())]
+    Imports {
+        /// The module file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        #[source]
+        source: BoxError,
+    },
+    /// The component does not export the handler.
+    #[error("{} does not export `edge:agent/handler@0.1.0`", .path.display())]
+    Export {
+        /// The module file.
+        path: PathBuf,
+        /// wasmtime's reason.
+        #[source]
+        source: BoxError,
+    },
+    /// Its first instance does not fit in `memory_limit_mb`.
+    #[error("{} needs more memory than memory_limit_mb ({limit_mb} MiB) to start", .path.display())]
+    Memory {
+        /// The module file.
+        path: PathBuf,
+        /// The function's `memory_limit_mb`.
+        limit_mb: u64,
+    },
+    /// Its first instance fails.
+    #[error("{} does not start", .path.display())]
+    Start {
+        /// The module file.
+        path: PathBuf,
+        /// How the instance failed.
+        #[source]
+        source: function::CallError,
+    },
+    /// `fuel` set on a function when the engine counts none.
+    #[error(
+        "`fuel` needs a restart: the engine was started without fuel counting (no function \
+         had a budget)"
+    )]
+    FuelNeedsRestart,
+    /// The function's state namespace cannot be opened.
+    #[error("cannot open its state")]
+    State(#[source] crate::state::StateError),
+    /// The function's intake connection cannot be set up.
+    #[error("cannot set up its MQTT connection")]
+    Intake(#[source] crate::mqtt::MqttError),
+    /// `precompile`: the output cannot be written.
+    #[error("cannot write {}", .path.display())]
+    Write {
+        /// The output file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `precompile`: a module path with no file name.
+    #[error("has no file name")]
+    NoFileName,
+}
 
 impl RuntimeError {
     pub(crate) fn engine(context: impl Into<String>, source: impl Into<BoxError>) -> Self {
@@ -166,9 +305,7 @@ impl Runtime {
         if f.fuel.is_some() && !self.fuel {
             return Err(RuntimeError::Load {
                 function: f.name.clone(),
-                message: "`fuel` needs a restart: the engine was started without fuel \
-                          counting (no function had a budget)"
-                    .into(),
+                source: LoadError::FuelNeedsRestart,
             });
         }
         let loaded = LoadedFunction::load(
@@ -181,16 +318,17 @@ impl Runtime {
             compiled,
         )?;
         if let Err(e) = loaded.instantiate() {
-            let why = match e.kind {
-                FailureKind::MemoryLimit => format!(
-                    "needs more memory than memory_limit_mb ({} MiB) to start",
-                    f.memory_limit_mb
-                ),
-                _ => format!("does not start: {e}"),
+            let path = f.module.clone();
+            let source = match e.kind {
+                FailureKind::MemoryLimit => LoadError::Memory {
+                    path,
+                    limit_mb: f.memory_limit_mb,
+                },
+                _ => LoadError::Start { path, source: e },
             };
             return Err(RuntimeError::Load {
                 function: f.name.clone(),
-                message: format!("{} {why}", f.module.display()),
+                source,
             });
         }
         Ok(Arc::new(loaded))

@@ -6,9 +6,9 @@ use std::path::{Path, PathBuf};
 
 use wasmtime::Engine;
 
-use super::RuntimeError;
 use super::engine::base_config;
 use super::function::sha256_hex;
+use super::{LoadError, RuntimeError};
 
 /// One written artifact.
 #[derive(Debug)]
@@ -49,20 +49,32 @@ pub fn precompile(
         .map_err(|e| RuntimeError::engine(format!("cannot create {}", out.display()), e))?;
     let mut artifacts = Vec::new();
     for module in modules {
-        let err = |message: String| RuntimeError::Load {
+        let err = |source: LoadError| RuntimeError::Load {
             function: module.display().to_string(),
-            message,
+            source,
         };
-        let bytes = std::fs::read(module).map_err(|e| err(format!("cannot read: {e}")))?;
-        let compiled = engine
-            .precompile_component(&bytes)
-            .map_err(|e| err(format!("not a component that compiles: {e:#}")))?;
+        let bytes = std::fs::read(module).map_err(|source| {
+            err(LoadError::Read {
+                path: module.clone(),
+                source,
+            })
+        })?;
+        let compiled = engine.precompile_component(&bytes).map_err(|e| {
+            err(LoadError::Compile {
+                path: module.clone(),
+                source: e.into(),
+            })
+        })?;
         let stem = module
             .file_stem()
-            .ok_or_else(|| err("has no file name".into()))?;
+            .ok_or_else(|| err(LoadError::NoFileName))?;
         let path = out.join(stem).with_extension("cwasm");
-        std::fs::write(&path, &compiled)
-            .map_err(|e| err(format!("cannot write {}: {e}", path.display())))?;
+        std::fs::write(&path, &compiled).map_err(|source| {
+            err(LoadError::Write {
+                path: path.clone(),
+                source,
+            })
+        })?;
         artifacts.push(Artifact {
             sha256: sha256_hex(&compiled),
             bytes: compiled.len(),

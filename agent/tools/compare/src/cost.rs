@@ -89,23 +89,34 @@ pub fn power_profiles() -> Vec<PowerProfile> {
     ]
 }
 
+/// A power profile name that [`power_profiles`] does not have.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown power profile '{name}' (known: {})", .known.join(", "))]
+pub struct UnknownPowerProfile {
+    /// The name asked for.
+    pub name: String,
+    /// The names there are.
+    pub known: Vec<String>,
+}
+
 /// The profile for a name, or the one that suits this machine's architecture.
-pub fn power_profile(name: Option<&str>) -> Result<PowerProfile, String> {
+///
+/// # Errors
+/// [`UnknownPowerProfile`] for a name no profile has.
+pub fn power_profile(name: Option<&str>) -> Result<PowerProfile, UnknownPowerProfile> {
     let all = power_profiles();
     let name = name.unwrap_or(if cfg!(target_arch = "x86_64") {
         "x86-laptop"
     } else {
         "pi4"
     });
-    all.iter().find(|p| p.name == name).cloned().ok_or_else(|| {
-        format!(
-            "unknown power profile '{name}' (known: {})",
-            all.iter()
-                .map(|p| p.name.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        )
-    })
+    all.iter()
+        .find(|p| p.name == name)
+        .cloned()
+        .ok_or_else(|| UnknownPowerProfile {
+            name: name.to_string(),
+            known: all.iter().map(|p| p.name.clone()).collect(),
+        })
 }
 
 /// A price list for the two billing schemes (US dollars): a model, not a measurement.

@@ -414,7 +414,9 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
     };
     let power = match (&args.power, &plan.power) {
         (None, Some(p)) => p.clone(),
-        (name, _) => cost::power_profile(name.as_deref()).map_err(CompareError::Setup)?,
+        (name, _) => {
+            cost::power_profile(name.as_deref()).map_err(|e| CompareError::Setup(e.to_string()))?
+        }
     };
     let wrapper: Vec<String> = args
         .agent_wrapper

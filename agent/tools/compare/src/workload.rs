@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use super::cost::{PowerProfile, Prices};
-use edge_agent::config::{BrokerConfig, ConfigError};
+use edge_agent::config::{BrokerConfig, ConfigError, ParseError};
 
 /// A workload file, as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -334,9 +334,14 @@ impl Plan {
             key: key.into(),
             message,
         };
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::Parse {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Parse {
             file: path.to_path_buf(),
-            message: format!("cannot read workload file: {e}"),
+            key: None,
+            line: None,
+            source: ParseError::Read {
+                what: "workload file",
+                source,
+            },
         })?;
         let file: WorkloadFile = edge_agent::config::from_toml(path, &text)?;
         if file.qos > 1 {
@@ -357,9 +362,10 @@ impl Plan {
         }
         let power = match (&file.power_profile, &file.power) {
             (Some(p), _) => Some(p.clone()),
-            (None, Some(name)) => {
-                Some(super::cost::power_profile(Some(name)).map_err(|e| invalid("power", e))?)
-            }
+            (None, Some(name)) => Some(
+                super::cost::power_profile(Some(name))
+                    .map_err(|e| invalid("power", e.to_string()))?,
+            ),
             (None, None) => None,
         };
         let secs = if quick {
@@ -528,7 +534,7 @@ mod tests {
                 "must be above 0",
             ),
             ("[traffic]\npattern = \"zigzag\"\n", "zigzag"),
-            ("rates = [1\n", "invalid array"),
+            ("rates = [1\n", "`rates` (line 1): unclosed array"),
             ("colour = 1\n", "colour"),
             (
                 "payload = \"x\"\n[[function]]\nname = \"f\"\nmodule = \"f.wasm\"\n[function.traffic]\npattern = \"steady\"\nrate = 1\n",
