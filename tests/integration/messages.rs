@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use edge_agent::messages::{
-    DeadLetter, FunctionReport, Message, Percentiles, ProcessFigures, Rates, ReloadReport,
-    ReloadedFunction, Report, Snapshot, Status, StatusFunction,
+    DeadLetter, FailedFunction, FunctionReport, Message, Percentiles, ProcessFigures, Rates,
+    ReloadReport, ReloadedFunction, Report, Snapshot, Status, StatusFunction,
 };
 use serde_json::Value;
 
@@ -184,6 +184,10 @@ fn examples(doc: &str) -> Vec<String> {
         added: one(),
         reloaded: one(),
         removed: Some(vec!["g".into()]),
+        failed: Some(vec![FailedFunction {
+            function: "h".into(),
+            error: "e".into(),
+        }]),
         error: Some("e".into()),
         ..ReloadReport::refused("SIGHUP", String::new())
     };

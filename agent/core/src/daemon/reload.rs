@@ -87,6 +87,20 @@ struct Plan {
     removed: Vec<String>,
 }
 
+/// Why a reload was refused (the running versions stay).
+#[derive(Debug, thiserror::Error)]
+enum Refused {
+    /// The new config is invalid: each problem, joined.
+    #[error("{}", .0.each().iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Config(#[from] crate::config::ConfigError),
+    /// A change that only a restart can put in force (the sections and keys it names).
+    #[error("{0}")]
+    NeedsRestart(String),
+    /// Changed or added modules that cannot be loaded, each with its cause.
+    #[error("{}", .0.iter().map(|e| crate::failure::chain(e)).collect::<Vec<_>>().join("; "))]
+    Load(Vec<crate::runtime::RuntimeError>),
+}
+
 /// What a reload did: functions changed in place and added (with their modules' hashes),
 /// and removed.
 #[derive(Default)]
@@ -196,18 +210,12 @@ impl Reloader {
     /// (blocking: compiling takes a while).
     ///
     /// # Errors
-    /// Why nothing will be reloaded: the config is invalid, a change needs a restart, or
-    /// a module cannot be loaded.
-    fn plan(&self) -> Result<Plan, String> {
-        let new = Config::load(&self.path).map_err(|e| {
-            e.each()
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join("; ")
-        })?;
+    /// [`Refused`]: why nothing will be reloaded: the config is invalid, a change needs a
+    /// restart, or a module cannot be loaded.
+    fn plan(&self) -> Result<Plan, Refused> {
+        let new = Config::load(&self.path)?;
         if let Some(why) = needs_restart(&self.config, &new) {
-            return Err(why);
+            return Err(Refused::NeedsRestart(why));
         }
         let mut plan = Plan {
             changed: Vec::new(),
@@ -237,13 +245,13 @@ impl Reloader {
                     }),
             };
             if let Err(e) = outcome {
-                errors.push(crate::failure::chain(&e));
+                errors.push(e);
             }
         }
         if errors.is_empty() {
             Ok(plan)
         } else {
-            Err(errors.join("; "))
+            Err(Refused::Load(errors))
         }
     }
 
@@ -430,9 +438,10 @@ impl Reloader {
                         .collect();
                     ReloadReport::done(trigger, changed, added, done.removed.clone(), failed)
                 }
-                Err(why) => {
+                Err(refused) => {
+                    let why = refused.to_string();
                     tracing::warn!(%trigger, "reload refused, the running version stays: {why}");
-                    ReloadReport::refused(trigger, why.clone())
+                    ReloadReport::refused(trigger, why)
                 }
             };
             let qos = rumqttc::QoS::AtLeastOnce;

@@ -107,6 +107,9 @@ pub enum CompareError {
     /// The workload file is wrong.
     #[error(transparent)]
     Workload(#[from] ConfigError),
+    /// The broker's URL or TLS files cannot be used.
+    #[error(transparent)]
+    Client(#[from] measure::ClientError),
     /// `--json` was given with several `--from` reports.
     #[error("--json writes one report; --from gave {0}")]
     SeveralReports(usize),
@@ -132,6 +135,7 @@ impl CompareError {
         match self {
             Self::Report(_) => Exit::NoInput,
             Self::Modules(_) | Self::Setup(_) => Exit::Unavailable,
+            Self::Client(_) => Exit::Config,
             Self::Workload(_) => Exit::Config,
             Self::SeveralReports(_) => Exit::Usage,
             Self::Write { .. } => Exit::CantCreate,
@@ -459,7 +463,7 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         },
     };
     // Fails here, once, on a bad URL or TLS file rather than in every model.
-    measure::client(&broker, "edge-agent-compare-check").map_err(CompareError::Setup)?;
+    measure::client(&broker, "edge-agent-compare-check")?;
     let work = WorkDir::new()?;
     let progress = Progress::new(((plan.functions.len() + phases) * MODELS.len()) as u64);
     let mut functions = Vec::new();
@@ -628,6 +632,7 @@ async fn run_model(setup: ModelSetup<'_>) -> ModelRun {
     };
     if let Err(e) = measure_model(&setup, &mut run).await {
         let (name, mode) = (&setup.function.name, setup.model.name());
+        let e = edge_agent::failure::chain(&e);
         setup.progress.say(format!("{name} {mode} failed: {e}"));
         run.error = Some(e);
     }
@@ -659,7 +664,40 @@ fn agent_config(setup: &ModelSetup<'_>, id: &str, data: &Path) -> serde_json::Va
     })
 }
 
-async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(), String> {
+/// Why one model of one function could not be measured: the report keeps the reason, and
+/// the run goes on with the next.
+#[derive(Debug, thiserror::Error)]
+enum MeasureError {
+    /// A client of the broker.
+    #[error(transparent)]
+    Client(#[from] measure::ClientError),
+    /// The agent's config file.
+    #[error("{}", path.display())]
+    Config {
+        /// The file.
+        path: PathBuf,
+        /// Why it could not be written.
+        #[source]
+        source: std::io::Error,
+    },
+    /// This program's own path, to start the agent with.
+    #[error("cannot find this program")]
+    Exe(#[source] std::io::Error),
+    /// The agent process.
+    #[error("cannot start the agent ({0})")]
+    Start(String, #[source] std::io::Error),
+    /// The agent never said it was online.
+    #[error(
+        "the agent did not come online within 600 s (try `edge-agent check` on the \
+         function's module and config)"
+    )]
+    Offline,
+    /// A stats report this build cannot read.
+    #[error("the agent's stats cannot be read")]
+    Stats(#[source] edge_agent::messages::ReadError),
+}
+
+async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(), MeasureError> {
     let ModelSetup {
         work,
         broker,
@@ -675,10 +713,12 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     progress.say(format!("{what}: starting its agent, then idle"));
     let data = work.join(&id);
     let file = work.join(format!("{id}.json"));
-    let config =
-        serde_json::to_vec_pretty(&agent_config(setup, &id, &data)).map_err(|e| e.to_string())?;
-    std::fs::write(&file, config).map_err(|e| format!("{}: {e}", file.display()))?;
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let config = serde_json::to_vec_pretty(&agent_config(setup, &id, &data)).unwrap_or_default();
+    std::fs::write(&file, config).map_err(|source| MeasureError::Config {
+        path: file.clone(),
+        source,
+    })?;
+    let exe = std::env::current_exe().map_err(MeasureError::Exe)?;
     let mut status = measure::subscribe(
         broker,
         &format!("{id}-status"),
@@ -700,7 +740,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
-        .map_err(|e| format!("cannot start the agent ({}): {e}", wrapper.join(" ")))?;
+        .map_err(|e| MeasureError::Start(wrapper.join(" "), e))?;
     let agent = AgentProcess(child);
     let spawned = std::time::Instant::now();
     let pid = agent.0.id();
@@ -721,11 +761,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
         .await
         .unwrap_or(false)
     {
-        return Err(
-            "the agent did not come online within 600 s (try `edge-agent check` on \
-                    the function's module and config)"
-                .into(),
-        );
+        return Err(MeasureError::Offline);
     }
     // What loading the module costs, compile included: a function scaled to zero pays it
     // again on its next event, so a phase must wait at least that long for outputs.
@@ -885,14 +921,13 @@ impl AgentStats {
         stats: &mut tokio::sync::mpsc::UnboundedReceiver<(std::time::Instant, Vec<u8>)>,
         events: u64,
         quiet: Duration,
-    ) -> Result<(), String> {
+    ) -> Result<(), MeasureError> {
         let mut deadline = tokio::time::Instant::now() + quiet;
         while self.succeeded < events {
             let Ok(Some((_, body))) = tokio::time::timeout_at(deadline, stats.recv()).await else {
                 return Ok(());
             };
-            let report = StatsReport::from_bytes(&body)
-                .map_err(|e| format!("the agent's stats cannot be read: {e}"))?;
+            let report = StatsReport::from_bytes(&body).map_err(MeasureError::Stats)?;
             let Some(f) = report.functions.first().map(|f| &f.totals) else {
                 continue;
             };

@@ -250,14 +250,24 @@ pub fn disk_bytes(dir: &std::path::Path) -> u64 {
         .sum()
 }
 
+/// Why the compare process cannot be a client of the broker.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The broker's URL.
+    #[error("broker.url")]
+    Url(#[from] edge_agent::config::UrlError),
+    /// Its TLS files.
+    #[error(transparent)]
+    Tls(#[from] edge_agent::mqtt::MqttError),
+}
+
 /// A client of the compare process on `broker` (its address, TLS and credentials).
 ///
 /// # Errors
 /// Why the broker's URL or TLS files cannot be used.
-pub fn client(broker: &BrokerConfig, id: &str) -> Result<(AsyncClient, EventLoop), String> {
-    let addr = BrokerAddress::parse(&broker.url).map_err(|e| e.to_string())?;
-    let mut opts = edge_agent::mqtt::options::client_options(&addr, id, broker.tls.as_ref())
-        .map_err(|e| edge_agent::failure::chain(&e))?;
+pub fn client(broker: &BrokerConfig, id: &str) -> Result<(AsyncClient, EventLoop), ClientError> {
+    let addr = BrokerAddress::parse(&broker.url)?;
+    let mut opts = edge_agent::mqtt::options::client_options(&addr, id, broker.tls.as_ref())?;
     opts.set_keep_alive(Duration::from_secs(30))
         .set_max_packet_size(1 << 20, 1 << 20)
         .set_inflight(1024);
@@ -275,7 +285,7 @@ pub async fn subscribe(
     broker: &BrokerConfig,
     id: &str,
     filter: &str,
-) -> Result<mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, String> {
+) -> Result<mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, ClientError> {
     let (client, mut eventloop) = client(broker, id)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

@@ -219,12 +219,12 @@ impl Traffic {
         }
     }
 
-    fn check(&self) -> Result<(), String> {
-        let positive = |what: &str, v: f64| {
+    fn check(&self) -> Result<(), TrafficError> {
+        let positive = |what: &'static str, v: f64| {
             if v.is_finite() && v > 0.0 {
                 Ok(())
             } else {
-                Err(format!("`{what}` must be above 0, not {v}"))
+                Err(TrafficError::NotPositive(what, v))
             }
         };
         match self {
@@ -236,18 +236,32 @@ impl Traffic {
             Self::Ramp { from, to } => {
                 positive("from + to", from + to)?;
                 if *from < 0.0 || *to < 0.0 {
-                    return Err("`from` and `to` must not be negative".into());
+                    return Err(TrafficError::Negative);
                 }
                 Ok(())
             }
             Self::Sweep { rates } => {
                 if rates.is_empty() {
-                    return Err("`rates` is empty".into());
+                    return Err(TrafficError::NoRates);
                 }
                 rates.iter().try_for_each(|r| positive("rates", *r))
             }
         }
     }
+}
+
+/// What is wrong with a traffic pattern.
+#[derive(Debug, thiserror::Error)]
+enum TrafficError {
+    /// A rate, count or period that must be above 0.
+    #[error("`{0}` must be above 0, not {1}")]
+    NotPositive(&'static str, f64),
+    /// A ramp's ends.
+    #[error("`from` and `to` must not be negative")]
+    Negative,
+    /// A sweep with no rates.
+    #[error("`rates` is empty")]
+    NoRates,
 }
 
 /// A function to compare, ready to run.
@@ -390,7 +404,9 @@ impl Plan {
                 .ok_or_else(|| {
                     invalid(&key("traffic"), "no traffic for it, nor a [traffic]".into())
                 })?;
-            traffic.check().map_err(|e| invalid(&key("traffic"), e))?;
+            traffic
+                .check()
+                .map_err(|e| invalid(&key("traffic"), e.to_string()))?;
             if f.outputs == Outputs::Seq && !file.payload.contains("{seq}") {
                 return Err(invalid(
                     "payload",
@@ -497,12 +513,12 @@ mod tests {
         assert!((900..1100).contains(&n), "{n}");
     }
 
-    fn load(text: &str) -> Result<Plan, String> {
-        let dir = tempfile::tempdir().map_err(|e| e.to_string())?;
-        std::fs::write(dir.path().join("f.wasm"), b"x").map_err(|e| e.to_string())?;
+    fn load(text: &str) -> Result<Plan, ConfigError> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("f.wasm"), b"x").unwrap();
         let path = dir.path().join("w.toml");
-        std::fs::write(&path, text).map_err(|e| e.to_string())?;
-        Plan::load(&path, false).map_err(|e| e.to_string())
+        std::fs::write(&path, text).unwrap();
+        Plan::load(&path, false)
     }
 
     #[test]
@@ -543,7 +559,8 @@ mod tests {
         ] {
             let e = load(text)
                 .err()
-                .unwrap_or_else(|| panic!("accepted: {text}"));
+                .unwrap_or_else(|| panic!("accepted: {text}"))
+                .to_string();
             assert!(e.contains("w.toml") && e.contains(says), "{text:?}: {e}");
             assert!(!e.contains('\n'), "{e}");
         }
