@@ -120,9 +120,14 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         reloads: &mut Vec<ReloadReport>,
     ) -> ReloadReport {
         let before = reloads.len();
-        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        // Generous: under a loaded 2-core runner (the Python and JavaScript tests compiling
+        // beside it) the first report once took over 20 s; a missed change fails anyway.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
         while reloads.len() == before {
-            assert!(std::time::Instant::now() < deadline, "no reload report");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no reload report within 60 s (after {before} reports)"
+            );
             for m in c.drain(Duration::from_millis(100)).await {
                 take(m, outputs, reloads);
             }
