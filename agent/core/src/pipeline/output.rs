@@ -13,7 +13,7 @@ use super::hops::HopLedger;
 use crate::event::{Inbound, Outbound};
 use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
-use crate::metrics::{CallCost, FunctionStats};
+use crate::metrics::FunctionStats;
 use crate::mqtt::publisher::Publisher;
 use crate::runtime::{CallError, CallOutcome};
 
@@ -124,20 +124,12 @@ impl Output {
             Err(err) => return self.fail(function, stats, event, err.kind, err.message),
         };
         let called = std::time::Instant::now();
-        let mut cost = CallCost {
-            instantiate: outcome.instantiate,
-            execute: outcome.execute,
-            cpu: outcome.cpu,
-            peak_memory: outcome.peak_memory,
-            load: outcome.load,
-            queue: outcome.queue,
-            commit: None,
-        };
+        let mut cost = outcome.cost;
         tracing::debug!(
             function,
             topic = %event.topic,
-            instantiate_us = outcome.instantiate.as_micros() as u64,
-            execute_us = outcome.execute.as_micros() as u64,
+            instantiate_us = cost.instantiate.as_micros() as u64,
+            execute_us = cost.execute.as_micros() as u64,
             end_to_end_us = event.received.elapsed().as_micros() as u64,
             outputs = outcome.outbox.len(),
             "event handled"

@@ -32,26 +32,15 @@ pub struct CallOutcome {
     pub outbox: Vec<Outbound>,
     /// If the call wrote state: the store and the flush generation that makes it durable.
     pub durable: Option<(Arc<StateStore>, u64)>,
-    /// Store creation and instantiation.
-    pub instantiate: Duration,
-    /// The handler call itself.
-    pub execute: Duration,
-    /// CPU time of the calling thread during instantiation (on demand) and the call.
-    pub cpu: Duration,
-    /// Largest linear memory the instance reached, in bytes.
-    pub peak_memory: usize,
-    /// On demand, after the function was scaled to zero: loading its module again (read,
-    /// then deserialise or compile, then link), before `instantiate`.
-    pub load: Option<Duration>,
-    /// From receipt to the start of the call: waiting in the function's queue (and for an
-    /// instance slot), set by the dispatcher.
-    pub queue: Duration,
+    /// What it cost: instantiation, execution, CPU, memory, a reload of the module and
+    /// the queue wait (set by the dispatcher); the commit wait is the pipeline's to add.
+    pub cost: crate::metrics::CallCost,
 }
 
 impl CallOutcome {
     /// The outcome of a call whose event waited `queue` before it started.
     pub fn queued(mut self, queue: Duration) -> Self {
-        self.queue = queue;
+        self.cost.queue = queue;
         self
     }
 }
@@ -414,9 +403,9 @@ impl LoadedFunction {
         let (result, _instance) = instance.call(event);
         self.touch();
         result.map(|mut outcome| {
-            outcome.instantiate = instantiate;
-            outcome.load = load;
-            outcome.cpu = crate::clock::thread_cpu_time().saturating_sub(cpu_start);
+            outcome.cost.instantiate = instantiate;
+            outcome.cost.load = load;
+            outcome.cost.cpu = crate::clock::thread_cpu_time().saturating_sub(cpu_start);
             outcome
         })
     }
@@ -480,12 +469,12 @@ impl Instance {
                 let outcome = CallOutcome {
                     outbox,
                     durable,
-                    instantiate: Duration::ZERO,
-                    execute,
-                    cpu,
-                    peak_memory,
-                    load: None,
-                    queue: Duration::ZERO,
+                    cost: crate::metrics::CallCost {
+                        execute,
+                        cpu,
+                        peak_memory,
+                        ..crate::metrics::CallCost::default()
+                    },
                 };
                 (Ok(outcome), Some(self))
             }
