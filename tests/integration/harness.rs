@@ -166,6 +166,12 @@ impl Mosquitto {
         Self::launch(port, dir, true, None).expect("mosquitto restarts on its port")
     }
 
+    /// Starts a broker without persistence again on `port` (it remembers nothing).
+    pub fn restart(port: u16) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::launch(port, dir, false, None).expect("mosquitto restarts on its port")
+    }
+
     /// A broker with a plain listener (`port`) and a TLS one (`tls_port`).
     pub fn start_tls(tls: &Tls) -> Self {
         loop {
@@ -212,6 +218,9 @@ impl Mosquitto {
         } else {
             "persistence false\n".to_string()
         };
+        // Tests send backlogs of thousands: queue them all (Mosquitto's default drops QoS 1
+        // messages past 1000 queued for a client).
+        let persistence = persistence + "max_queued_messages 0\n";
         let mut text = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{persistence}"
         );
@@ -553,7 +562,31 @@ impl Process {
     }
 
     /// Sends SIGTERM and waits for the exit status and the whole log.
-    pub fn stop(mut self) -> (std::process::ExitStatus, String) {
+    pub fn stop(self) -> (std::process::ExitStatus, String) {
+        let (status, log, _dir) = self.stop_keeping_dir();
+        (status, log)
+    }
+
+    /// Starts an agent in `dir` (where an earlier one ran: its state store is there).
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        broker_port: u16,
+        id: &str,
+    ) -> Self {
+        let p = Self::spawn_in(dir, config, broker_port, id, &[]);
+        p.wait_online().await;
+        p
+    }
+
+    /// [`Process::stop`], and the directory it ran in, kept (to read its state store).
+    pub fn stop_keeping_dir(mut self) -> (std::process::ExitStatus, String, tempfile::TempDir) {
+        let (status, log) = self.stop_now();
+        let dir = std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"));
+        (status, log, dir)
+    }
+
+    fn stop_now(&mut self) -> (std::process::ExitStatus, String) {
         self.signal("TERM");
         let deadline = Instant::now() + WAIT;
         loop {
@@ -694,6 +727,14 @@ impl Client {
     }
 
     /// Everything that arrives within `window`.
+    /// The next message, or `None` if none comes within `quiet`.
+    pub async fn next(&mut self, quiet: Duration) -> Option<Msg> {
+        tokio::time::timeout(quiet, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
     pub async fn drain(&mut self, window: Duration) -> Vec<Msg> {
         let mut out = Vec::new();
         let end = tokio::time::Instant::now() + window;

@@ -7,6 +7,7 @@
 mod architecture;
 mod cli;
 mod events;
+mod faults;
 mod harness;
 mod hostile;
 mod languages;

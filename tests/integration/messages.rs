@@ -145,6 +145,7 @@ fn examples(doc: &str) -> Vec<String> {
                 state_keys: 0,
                 succeeded: 1,
                 restarts: 0,
+                replayed: 0,
                 failed: vec![("timeout".into(), 1)],
                 end_to_end_us: p(),
                 instantiate_us: p(),

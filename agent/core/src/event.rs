@@ -48,6 +48,10 @@ pub struct Inbound {
     pub received: Instant,
     /// How many functions of this agent it has passed through (0: it came from outside).
     pub hop: u8,
+    /// Its packet id on the intake session (QoS 1/2; 0 for QoS 0).
+    pub pkid: u16,
+    /// The broker's DUP flag: it may have sent this message before.
+    pub dup: bool,
     /// Acknowledges the message once every function is done with it.
     pub delivery: Arc<Delivery>,
 }

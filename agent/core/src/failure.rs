@@ -22,7 +22,8 @@ pub enum FailureKind {
     PayloadTooLarge,
     /// The function's inbox was full.
     QueueFull,
-    /// The state store failed (disk or database error).
+    /// The state store was unavailable (full disk, disk or database error). Never a dead
+    /// letter: the pipeline tries the event again until the store takes it.
     State,
     /// A persistent function's instance is stopped (restart policy exhausted).
     FunctionStopped,

@@ -317,6 +317,13 @@ pub struct StateConfig {
     pub max_pending_bytes_per_call: usize,
     /// Most keys one call may have written and not yet committed.
     pub max_pending_keys_per_call: usize,
+    /// Most bytes (keys plus values) one function may keep: past it, `set` returns an
+    /// error to the guest, so that one function cannot fill the disk for the others.
+    pub max_bytes_per_function: u64,
+    /// Free space, in MiB, that the store leaves on the data directory's file system:
+    /// below it, commits wait (the functions that write state pause, their events stay
+    /// with the broker) until space comes back. 0 turns the check off.
+    pub min_free_mb: u64,
 }
 
 /// What happens when a persistent instance traps or times out.
@@ -521,6 +528,8 @@ impl Default for StateConfig {
             max_keys_per_function: 10_000,
             max_pending_bytes_per_call: 1024 * 1024,
             max_pending_keys_per_call: 1_000,
+            max_bytes_per_function: 64 * 1024 * 1024,
+            min_free_mb: 64,
         }
     }
 }

@@ -379,6 +379,31 @@ impl Config {
         if st.max_keys_per_function == 0 {
             errs.push(self.invalid("state.max_keys_per_function", "must be at least 1"));
         }
+        if st.max_bytes_per_function < (st.max_value_bytes + st.max_key_bytes) as u64 {
+            errs.push(self.invalid(
+                "state.max_bytes_per_function",
+                "must hold at least one key and value (max_key_bytes + max_value_bytes)",
+            ));
+        }
+        // The reserve must leave room to write at all on the data directory's disk (a
+        // kernel file system that says 0 is `agent.data_dir`'s error).
+        let disk = self
+            .agent
+            .data_dir
+            .ancestors()
+            .find_map(|d| fs2::total_space(d).ok());
+        if let Some(total) = disk.filter(|t| *t > 0)
+            && st.min_free_mb.saturating_mul(1024 * 1024) >= total
+        {
+            errs.push(self.invalid(
+                "state.min_free_mb",
+                format!(
+                    "is {} MiB, but the data directory's file system holds only {} MiB: no state could ever be written",
+                    st.min_free_mb,
+                    total / (1024 * 1024)
+                ),
+            ));
+        }
     }
 
     /// One `[[function]]`, apart from its module file.

@@ -214,6 +214,7 @@ impl Lanes {
             inboxes,
             max_payload_bytes: f.max_payload_bytes,
             stats,
+            state: loaded.state().cloned(),
         };
         let router = |acks| {
             Router::new(

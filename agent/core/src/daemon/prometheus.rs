@@ -29,6 +29,7 @@ const BUCKETS: [f64; 13] = [
 struct AgentCollector {
     stats: Book,
     links: watch::Receiver<Links>,
+    state_health: watch::Receiver<Option<String>>,
 }
 
 /// [`StatsBook`] is not `Debug`; the collector trait wants it.
@@ -194,6 +195,17 @@ impl Collector for AgentCollector {
         family(
             &mut encoder,
             (
+                "edge_agent_replayed",
+                "Redelivered messages answered from their receipt: already handled, not called again",
+                MetricType::Counter,
+            ),
+            snapshots
+                .iter()
+                .map(|s| (fam(s), Sample::Count(s.replayed))),
+        )?;
+        family(
+            &mut encoder,
+            (
                 "edge_agent_queue_depth",
                 "Events waiting in the function's queue (all its instances' queues)",
                 MetricType::Gauge,
@@ -233,6 +245,16 @@ impl Collector for AgentCollector {
                 MetricType::Gauge,
             )?
             .encode_gauge(&connected)?;
+
+        let available = i64::from(self.state_health.borrow().is_none());
+        encoder
+            .encode_descriptor(
+                "edge_agent_state_available",
+                "1 when the state store takes writes; 0 while a full or failing disk pauses the functions that write state",
+                None,
+                MetricType::Gauge,
+            )?
+            .encode_gauge(&available)?;
 
         let info: Labels = vec![
             ("version", env!("CARGO_PKG_VERSION").into()),
@@ -327,6 +349,7 @@ pub fn serve(
     listen: SocketAddr,
     stats: StatsBook,
     links: watch::Receiver<Links>,
+    state_health: watch::Receiver<Option<String>>,
     background: &crate::tasks::Background,
 ) -> std::io::Result<SocketAddr> {
     use axum::http::{StatusCode, header};
@@ -336,6 +359,7 @@ pub fn serve(
     registry.register_collector(Box::new(AgentCollector {
         stats: Book(stats),
         links: links.clone(),
+        state_health: state_health.clone(),
     }));
     let registry = Arc::new(registry);
     let app = axum::Router::new()
@@ -359,13 +383,22 @@ pub fn serve(
             "/readyz",
             get(move || {
                 let overall = links.borrow().overall();
+                let degraded = state_health.borrow().clone();
                 async move {
-                    if overall.subscribed {
-                        (StatusCode::OK, "ready\n")
+                    if let Some(reason) = degraded {
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            format!("degraded: {reason}\n"),
+                        )
+                    } else if overall.subscribed {
+                        (StatusCode::OK, "ready\n".into())
                     } else if overall.connected {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not subscribed yet\n")
+                        (
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "not subscribed yet\n".into(),
+                        )
                     } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not connected\n")
+                        (StatusCode::SERVICE_UNAVAILABLE, "not connected\n".into())
                     }
                 }
             }),

@@ -122,12 +122,12 @@ impl Startup {
         stats.probe_state_disk(Box::new(move || store.disk_bytes()));
         let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
         if let Some(listen) = config.metrics.listen {
-            super::prometheus::serve(listen, stats.clone(), links.clone(), &background).map_err(
-                |source| AgentError::Metrics {
+            let health = state.health();
+            super::prometheus::serve(listen, stats.clone(), links.clone(), health, &background)
+                .map_err(|source| AgentError::Metrics {
                     listen: listen.to_string(),
                     source,
-                },
-            )?;
+                })?;
         }
         let flusher_stop = root.child_token();
         let flusher = tokio::spawn(state.clone().run_flusher(flusher_stop.clone()));
@@ -158,8 +158,10 @@ impl Startup {
             publisher.clone(),
             config.status_topic(),
             births,
+            state.health(),
             root.child_token(),
         ));
+        background.spawn_until_stopped(remind_degraded(state.health()));
         let reloader = super::reload::Reloader::new(
             &config,
             functions,
@@ -317,14 +319,17 @@ fn stale_filters(config: &Config) -> Vec<String> {
 
 /// Says `online`, retained, on the status topic each time every connection is up and
 /// subscribed (the output connection's last will says `offline` when it is lost), and
-/// again when the message changes (a hot reload put new module versions in force).
+/// again when the message changes (a hot reload put new module versions in force, or the
+/// state store became unavailable or available again: `degraded` says why).
 async fn announce_presence(
     mut links: watch::Receiver<Links>,
     publisher: Arc<Publisher>,
     topic: String,
     mut birth: watch::Receiver<Vec<u8>>,
+    mut health: watch::Receiver<Option<String>>,
     stop: CancellationToken,
 ) {
+    use crate::messages::{Message as _, Status};
     loop {
         tokio::select! {
             () = stop.cancelled() => return,
@@ -333,7 +338,13 @@ async fn announce_presence(
         tracing::info!("connected and subscribed");
         loop {
             let qos = rumqttc::QoS::AtLeastOnce;
-            let body = birth.borrow_and_update().clone();
+            let mut body = birth.borrow_and_update().clone();
+            if let Some(reason) = health.borrow_and_update().clone()
+                && let Ok(mut status) = serde_json::from_slice::<Status>(&body)
+            {
+                status.degraded = Some(reason);
+                body = status.to_bytes();
+            }
             if publisher
                 .publish(topic.clone(), qos, true, body, None)
                 .await
@@ -348,7 +359,31 @@ async fn announce_presence(
                     break;
                 }
                 changed = birth.changed() => if changed.is_err() { return },
+                changed = health.changed() => if changed.is_err() { return },
             }
+        }
+    }
+}
+
+/// While the state store is unavailable, says so in the log once a minute (the change
+/// itself is logged when it happens).
+async fn remind_degraded(mut health: watch::Receiver<Option<String>>) {
+    const EVERY: Duration = Duration::from_secs(60);
+    loop {
+        if health.wait_for(Option::is_some).await.is_err() {
+            return;
+        }
+        let since = tokio::time::Instant::now();
+        loop {
+            tokio::select! {
+                () = tokio::time::sleep(EVERY) => {}
+                changed = health.changed() => if changed.is_err() { return },
+            }
+            let Some(reason) = health.borrow().clone() else {
+                break;
+            };
+            tracing::warn!(reason = %reason, for_secs = since.elapsed().as_secs(),
+                "still degraded: functions that write state are paused, their events wait with the broker");
         }
     }
 }

@@ -101,6 +101,10 @@ pub struct Snapshot {
     pub succeeded: u64,
     /// Persistent instance restarts.
     pub restarts: u64,
+    /// Redelivered messages whose effects were already in the store: answered from their
+    /// receipt, the function not called again (exactly-once state).
+    #[serde(default)]
+    pub replayed: u64,
     /// Failures by kind (non-zero only), as `[kind, count]` pairs.
     pub failed: Vec<(String, u64)>,
     /// Receive to outputs handed to the connection, successful events.

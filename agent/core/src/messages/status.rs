@@ -31,6 +31,10 @@ pub struct Status {
     /// In the birth message only: each function, in configuration order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub functions: Option<Vec<StatusFunction>>,
+    /// While the state store is unavailable (full or failing disk): why. The functions
+    /// that write state are paused meanwhile; the others run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// A function as the birth message names it.
@@ -61,6 +65,7 @@ impl Status {
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             functions: None,
+            degraded: None,
         }
     }
 

@@ -49,6 +49,7 @@ pub struct FunctionStats {
     module: OnceLock<ModuleProbe>,
     succeeded: AtomicU64,
     restarts: AtomicU64,
+    replayed: AtomicU64,
     failed: [AtomicU64; FailureKind::ALL.len()],
     latencies: Mutex<Latencies>,
 }
@@ -62,6 +63,7 @@ impl Default for FunctionStats {
             module: OnceLock::new(),
             succeeded: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            replayed: AtomicU64::new(0),
             failed: Default::default(),
             latencies: Mutex::new(Latencies {
                 end_to_end: histogram(),
@@ -159,6 +161,12 @@ impl FunctionStats {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A redelivered message was answered from its receipt: its effects were already in
+    /// the store, so the function was not called again.
+    pub fn replayed(&self) {
+        self.replayed.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// An event failed with `kind`.
     pub fn failed(&self, kind: FailureKind) {
         self.failed[kind.index()].fetch_add(1, Ordering::Relaxed);
@@ -190,6 +198,7 @@ impl FunctionStats {
             module_sha256: self.module_sha256().map(|s| s.to_string()),
             succeeded: self.succeeded.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
+            replayed: self.replayed.load(Ordering::Relaxed),
             failed: FailureKind::ALL
                 .iter()
                 .zip(&self.failed)

@@ -42,8 +42,9 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
 /// Where an intake connection hands what it receives. The pipeline's router implements
 /// it, so that the transport never names the pipeline (it sits below it).
 pub trait Intake: Send {
-    /// A (re)connection: the previous connection's packet ids are void.
-    fn connected(&self);
+    /// A (re)connection: the previous connection's packet ids are void, and so is the
+    /// session's history unless the broker kept it (`session_present`).
+    fn connected(&self, session_present: bool);
     /// Whether the next message can be taken now; when not, the connection stops reading.
     fn has_room(&self) -> bool;
     /// Completes once [`Intake::has_room`].
@@ -418,7 +419,7 @@ impl IntakeTask {
                         router = None;
                     }
                     if let Some(r) = &router {
-                        r.connected();
+                        r.connected(ack.session_present);
                         self.subscribe();
                     }
                 }

@@ -179,6 +179,8 @@ mod tests {
             received_at_ms: 0,
             received: Instant::now(),
             hop: 0,
+            pkid: 0,
+            dup: false,
             delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
         }
     }

@@ -21,8 +21,10 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 use tokio_util::task::TaskTracker;
 
-use crate::event::Inbound;
-use crate::runtime::GuestEvent;
+use std::time::Duration;
+
+use crate::event::{Inbound, Outbound};
+use crate::runtime::{GuestEvent, LoadedFunction, MessageId};
 
 /// What every function's dispatcher or supervisor shares.
 #[derive(Clone)]
@@ -59,6 +61,41 @@ pub fn spawn_worker(
     Ok(tokio::spawn(async move {
         let _ = finished.await;
     }))
+}
+
+/// The message's identity for its receipt: QoS 1/2 only, for a function with state.
+fn message_id(function: &LoadedFunction, event: &Inbound) -> Option<MessageId> {
+    (event.qos > 0 && function.state().is_some()).then(|| MessageId {
+        pkid: event.pkid,
+        checksum: crate::state::Receipt::checksum(&event.topic, &event.payload),
+    })
+}
+
+/// The recorded outputs of a redelivered message whose effects are already in the store
+/// (its receipt matches), or `None` if the function must be called.
+fn already_done(
+    function: &LoadedFunction,
+    event: &Inbound,
+    id: Option<MessageId>,
+) -> Option<Vec<Outbound>> {
+    let (id, ns) = (id?, function.state()?);
+    if !event.dup {
+        return None;
+    }
+    match ns.receipt(id.pkid, id.checksum) {
+        Ok(r) => r.map(|r| r.outputs),
+        // The call will meet the same error at its commit, and wait.
+        Err(_) => None,
+    }
+}
+
+/// How long a call that met an unavailable state store waits before it is tried again:
+/// doubling from 100 ms to 1 s (a retry is one call; a paused function resumes within a
+/// second of the store taking writes again).
+fn next_state_retry(wait: &mut Duration) -> Duration {
+    let now = *wait;
+    *wait = (*wait * 2).min(Duration::from_secs(1));
+    now
 }
 
 /// The guest's view of an event.

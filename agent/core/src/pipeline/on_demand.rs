@@ -11,7 +11,8 @@ use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
 use super::inbox::Inbox;
-use super::{Shared, guest_event, spawn_worker};
+use super::{Shared, already_done, guest_event, message_id, next_state_retry, spawn_worker};
+use crate::failure::FailureKind;
 use crate::metrics::FunctionStats;
 use crate::runtime::LoadedFunction;
 
@@ -81,16 +82,41 @@ fn work(
     shared: &Shared,
 ) {
     while let Some(event) = inbox.pop() {
-        // The semaphore lives as long as the agent: acquiring cannot fail.
-        let permit = match shared.instances.try_acquire() {
-            Ok(p) => Some(p),
-            Err(_) => rt.block_on(shared.instances.acquire()).ok(),
+        let id = message_id(function, &event);
+        if let Some(outputs) = already_done(function, &event, id) {
+            rt.block_on(shared.output.replay(function.name(), stats, event, outputs));
+            continue;
+        }
+        let mut wait = Duration::from_millis(100);
+        let result = loop {
+            // The semaphore lives as long as the agent: acquiring cannot fail.
+            let permit = match shared.instances.try_acquire() {
+                Ok(p) => Some(p),
+                Err(_) => rt.block_on(shared.instances.acquire()).ok(),
+            };
+            let queued = event.received.elapsed();
+            let result = function
+                .call_on_demand(&guest_event(&event), id)
+                .map(|o| o.queued(queued));
+            drop(permit);
+            match result {
+                // The store, not the event, failed: nothing of the call was kept; try it
+                // again once the store may take it (the queue fills meanwhile, and the
+                // broker holds the rest).
+                Err(e) if e.kind == FailureKind::State => {
+                    if inbox.is_closed() {
+                        break None;
+                    }
+                    tracing::debug!(function = function.name(), error = %e.message, "state store unavailable: the event waits");
+                    rt.block_on(tokio::time::sleep(next_state_retry(&mut wait)));
+                }
+                other => break Some(other),
+            }
         };
-        let queued = event.received.elapsed();
-        let result = function
-            .call_on_demand(&guest_event(&event))
-            .map(|o| o.queued(queued));
-        drop(permit);
-        rt.block_on(shared.output.finish(function.name(), stats, event, result));
+        // Stopping while the store is unavailable: the event stays unacknowledged, for
+        // the broker to deliver again.
+        if let Some(result) = result {
+            rt.block_on(shared.output.finish(function.name(), stats, event, result));
+        }
     }
 }

@@ -125,6 +125,12 @@ impl Output {
         };
         let called = std::time::Instant::now();
         let mut cost = outcome.cost;
+        if outcome.duplicate {
+            // Another copy of the message committed first and published its outputs.
+            stats.replayed();
+            event.delivery.complete();
+            return;
+        }
         tracing::debug!(
             function,
             topic = %event.topic,
@@ -167,6 +173,28 @@ impl Output {
             }
             None => event.delivery.complete(),
         }
+    }
+
+    /// A redelivered message whose effects are already in the store: its recorded outputs
+    /// go out again (the store cannot know whether the broker had them: outputs are at
+    /// least once), then it is acknowledged. The function is not called.
+    pub async fn replay(
+        &self,
+        function: &str,
+        stats: &Arc<FunctionStats>,
+        event: Inbound,
+        outputs: Vec<Outbound>,
+    ) {
+        tracing::debug!(function, topic = %event.topic, pkid = event.pkid, outputs = outputs.len(),
+            "redelivered message already handled: outputs sent again, not called");
+        stats.replayed();
+        event.delivery.add_holders(outputs.len());
+        for msg in outputs {
+            if !self.publish(msg, Some(event.delivery.clone())).await {
+                return;
+            }
+        }
+        event.delivery.complete();
     }
 
     /// Queues a function's message for the broker, waiting while the connection's request

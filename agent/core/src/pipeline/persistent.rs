@@ -15,7 +15,7 @@ use tokio::time::Instant;
 
 use super::inbox::Inbox;
 use super::output::Output;
-use super::{Shared, guest_event, spawn_worker};
+use super::{Shared, already_done, guest_event, message_id, next_state_retry, spawn_worker};
 use crate::config::{FunctionConfig, RestartPolicy};
 use crate::failure::FailureKind;
 use crate::metrics::FunctionStats;
@@ -124,9 +124,49 @@ impl PersistentInstance {
                 rt.block_on(self.output.finish(&name, &self.stats, event, Err(err)));
                 continue;
             };
-            let queued = event.received.elapsed();
-            let (result, back) = instance.call(&guest_event(&event));
-            let result = result.map(|o| o.queued(queued));
+            let id = message_id(&self.function, &event);
+            if let Some(outputs) = already_done(&self.function, &event, id) {
+                live = Some(instance);
+                rt.block_on(self.output.replay(&name, &self.stats, event, outputs));
+                continue;
+            }
+            let mut wait = Duration::from_millis(100);
+            let mut instance = Some(instance);
+            let (result, back) = loop {
+                let Some(i) = instance.take() else {
+                    break (
+                        Err(CallError {
+                            kind: FailureKind::Instantiate,
+                            message: "no instance to retry the call on".into(),
+                        }),
+                        None,
+                    );
+                };
+                let queued = event.received.elapsed();
+                let (result, back) = i.call(&guest_event(&event), id);
+                let result = result.map(|o| o.queued(queued));
+                match result {
+                    // The store, not the event or the instance, failed: nothing of the
+                    // call was kept. Try again on a fresh instance (its memory may
+                    // assume the writes), counted as no restart, once the store may take
+                    // it; the queue fills meanwhile and the broker holds the rest.
+                    Err(e) if e.kind == FailureKind::State && !inbox.is_closed() => {
+                        tracing::debug!(function = %name, error = %e.message, "state store unavailable: the event waits");
+                        rt.block_on(tokio::time::sleep(next_state_retry(&mut wait)));
+                        instance = back.or_else(|| self.function.instantiate().ok());
+                    }
+                    // Stopping while the store is unavailable: the event stays
+                    // unacknowledged, for the broker to deliver again.
+                    Err(e) if e.kind == FailureKind::State => {
+                        break (Err(e), back.or_else(|| self.function.instantiate().ok()));
+                    }
+                    other => break (other, back),
+                }
+            };
+            if matches!(&result, Err(e) if e.kind == FailureKind::State) {
+                live = back;
+                continue;
+            }
             if result.is_ok() {
                 backoff = RESTART_BACKOFF_MIN;
             }

@@ -34,6 +34,8 @@ pub struct Route {
     pub max_payload_bytes: usize,
     /// Its counters.
     pub stats: Arc<FunctionStats>,
+    /// Its state, where the receipts of its messages are.
+    pub state: Option<Arc<crate::state::Namespace>>,
 }
 
 impl Route {
@@ -81,9 +83,17 @@ impl Router {
         }
     }
 
-    /// A (re)connection: packet ids of the previous connection are void.
-    pub fn connected(&self) {
+    /// A (re)connection: packet ids of the previous connection are void; when the broker
+    /// did not keep the session, so are the receipts (packet ids start over).
+    pub fn connected(&self, session_present: bool) {
         self.acks.reset();
+        if !session_present {
+            for ns in self.routes.iter().filter_map(|r| r.state.as_ref()) {
+                if let Err(e) = ns.forget_all() {
+                    tracing::warn!(error = %e, "could not clear the receipts of a lost session");
+                }
+            }
+        }
     }
 
     /// Whether every inbox takes a message now without going over its capacity (or drops
@@ -123,6 +133,15 @@ impl Router {
             return;
         }
         let hop = self.hops.received(&publish.topic, &publish.payload);
+        if publish.qos != rumqttc::QoS::AtMostOnce && !publish.dup {
+            // A new message with this packet id: the broker had our acknowledgement of the
+            // last one, whose receipt must not answer for this one.
+            for ns in targets.iter().filter_map(|r| r.state.as_ref()) {
+                if let Err(e) = ns.forget(publish.pkid) {
+                    tracing::warn!(error = %e, pkid = publish.pkid, "could not clear a receipt");
+                }
+            }
+        }
         for route in targets {
             route.stats.received();
             let event = Inbound {
@@ -133,6 +152,8 @@ impl Router {
                 received_at_ms,
                 received,
                 hop,
+                pkid: publish.pkid,
+                dup: publish.dup,
                 delivery: delivery.clone(),
             };
             if hop >= self.max_hops {
@@ -177,8 +198,8 @@ impl Router {
 }
 
 impl crate::mqtt::connection::Intake for Router {
-    fn connected(&self) {
-        Router::connected(self);
+    fn connected(&self, session_present: bool) {
+        Router::connected(self, session_present);
     }
 
     fn has_room(&self) -> bool {

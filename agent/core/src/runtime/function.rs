@@ -14,7 +14,7 @@ use super::{LoadError, RuntimeError};
 use crate::config::{Config, FunctionConfig};
 use crate::event::Outbound;
 use crate::failure::FailureKind;
-use crate::state::{Namespace, StateStore};
+use crate::state::{Committed, Namespace, Receipt, StateStore};
 
 /// A failed call.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -32,9 +32,21 @@ pub struct CallOutcome {
     pub outbox: Vec<Outbound>,
     /// If the call wrote state: the store and the flush generation that makes it durable.
     pub durable: Option<(Arc<StateStore>, u64)>,
+    /// Another copy of the same message committed its state first: this call's writes and
+    /// outputs were dropped (the other copy's stand).
+    pub duplicate: bool,
     /// What it cost: instantiation, execution, CPU, memory, a reload of the module and
     /// the queue wait (set by the dispatcher); the commit wait is the pipeline's to add.
     pub cost: crate::metrics::CallCost,
+}
+
+/// A QoS 1/2 message on its intake session, as the state store's receipts know it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageId {
+    /// Its packet id.
+    pub pkid: u16,
+    /// [`Receipt::checksum`] of its topic and payload.
+    pub checksum: u32,
 }
 
 impl CallOutcome {
@@ -393,14 +405,18 @@ impl LoadedFunction {
     ///
     /// # Errors
     /// [`CallError`] with the kind of failure; the instance is gone either way.
-    pub fn call_on_demand(&self, event: &GuestEvent) -> Result<CallOutcome, CallError> {
+    pub fn call_on_demand(
+        &self,
+        event: &GuestEvent,
+        message: Option<MessageId>,
+    ) -> Result<CallOutcome, CallError> {
         self.touch();
         let cpu_start = crate::clock::thread_cpu_time();
         let (pre, load) = self.linked()?;
         let start = Instant::now();
         let instance = self.instantiate_from(&pre)?;
         let instantiate = start.elapsed();
-        let (result, _instance) = instance.call(event);
+        let (result, _instance) = instance.call(event, message);
         self.touch();
         result.map(|mut outcome| {
             outcome.cost.instantiate = instantiate;
@@ -416,7 +432,14 @@ impl Instance {
     ///
     /// Returns the instance back unless the call trapped (timeout, memory limit, trap):
     /// a store that trapped is never called again.
-    pub fn call(mut self, event: &GuestEvent) -> (Result<CallOutcome, CallError>, Option<Self>) {
+    ///
+    /// `message` identifies a QoS 1/2 message on its session: a call that writes state
+    /// commits a receipt for it with its writes (see [`crate::state`]).
+    pub fn call(
+        mut self,
+        event: &GuestEvent,
+        message: Option<MessageId>,
+    ) -> (Result<CallOutcome, CallError>, Option<Self>) {
         self.store.set_epoch_deadline(self.deadline_ticks);
         if let Some(fuel) = self.fuel
             && let Err(e) = self.store.set_fuel(fuel)
@@ -453,10 +476,23 @@ impl Instance {
         let limit_hit = data.limit_hit.take();
         match result {
             Ok(Ok(())) => {
-                let durable = match txn.map(|t| t.commit()).transpose() {
-                    Ok(generation) => generation
-                        .flatten()
-                        .and_then(|g| self.state.as_ref().map(|ns| (ns.store().clone(), g))),
+                let committed = match txn {
+                    Some(t) if !t.is_empty() => {
+                        let receipt = message.map(|m| Receipt {
+                            pkid: m.pkid,
+                            checksum: m.checksum,
+                            outputs: outbox.clone(),
+                        });
+                        t.commit(receipt.as_ref())
+                    }
+                    _ => Ok(Committed::Nothing),
+                };
+                let (durable, duplicate) = match committed {
+                    Ok(Committed::Nothing) => (None, false),
+                    Ok(Committed::Pending(g)) => {
+                        (self.state.as_ref().map(|ns| (ns.store().clone(), g)), false)
+                    }
+                    Ok(Committed::Duplicate) => (None, true),
                     Err(e) => {
                         let err = CallError {
                             kind: FailureKind::State,
@@ -466,9 +502,11 @@ impl Instance {
                         return (Err(err), None);
                     }
                 };
+                let outbox = if duplicate { Vec::new() } else { outbox };
                 let outcome = CallOutcome {
                     outbox,
                     durable,
+                    duplicate,
                     cost: crate::metrics::CallCost {
                         execute,
                         cpu,

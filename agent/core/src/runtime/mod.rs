@@ -25,7 +25,7 @@ use wasmtime::component::{HasSelf, Linker};
 
 pub use bindings::edge::agent::types::Event as GuestEvent;
 pub use engine::Allocator;
-pub use function::{CallError, CallOutcome, Instance, LoadedFunction};
+pub use function::{CallError, CallOutcome, Instance, LoadedFunction, MessageId};
 
 use crate::config::{Config, FunctionConfig};
 use crate::failure::FailureKind;

@@ -10,6 +10,24 @@
 //! as if they ran one at a time and `increment` never loses an update. Calls that never
 //! touch state never wait, and a call waits for the gate at most until its own deadline.
 //!
+//! Exactly once: a call of a QoS 1/2 event that writes state commits, in the same batch, a
+//! receipt for the message (its packet id on the function's intake session, a checksum of
+//! topic and payload, and the call's outputs). When the broker redelivers the message
+//! (DUP=1, same packet id) the receipt says its effects are already in the store: the
+//! pipeline publishes the recorded outputs again and acknowledges it, and the function is
+//! not called. A new message with that packet id (DUP=0) proves the broker had the old
+//! one's acknowledgement and voids the receipt ([`Namespace::forget`]); a session the broker
+//! did not keep voids all of them ([`Namespace::forget_all`]). Receipts live in the
+//! function's own tree under keys that begin with a NUL byte, which guests cannot use.
+//!
+//! Full or failing disk: a commit is refused while the data directory's file system has
+//! less than `state.min_free_mb` free ([`StateError::Full`]), and any I/O error of the store
+//! ([`StateError::Io`]) is reported the same way: the store is unavailable
+//! ([`StateStore::health`]), the pipeline retries the event later, and nothing of the call
+//! is kept. Each function's keys and values together may not exceed
+//! `state.max_bytes_per_function` (a limit the guest sees), so that one function cannot
+//! fill the disk for the others.
+//!
 //! Durability: commits land in sled's memory; a flusher task writes them to disk in a group
 //! commit: a flush starts as soon as the previous one has finished (and, if set, at least
 //! `state.min_flush_interval_ms` after it started, to spare SD cards), and covers every
@@ -42,6 +60,16 @@ pub enum StateError {
     /// A disk or database error during a call.
     #[error("state store I/O error")]
     Io(#[from] sled::Error),
+    /// The data directory's file system has less free space than `state.min_free_mb`.
+    #[error(
+        "the disk is full: {free_mb} MiB free in the data directory, state.min_free_mb is {reserve_mb}"
+    )]
+    Full {
+        /// Free space, MiB.
+        free_mb: u64,
+        /// The reserve, MiB.
+        reserve_mb: u64,
+    },
     /// A limit from `[state]` was exceeded; reported to the guest.
     #[error("{0}")]
     Limit(String),
@@ -50,10 +78,29 @@ pub enum StateError {
     Busy,
 }
 
+impl StateError {
+    /// Whether the store, not the call, is at fault (full disk, I/O error): the event is
+    /// tried again later rather than failed.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Self::Io(_) | Self::Full { .. })
+    }
+}
+
+/// Keys of receipts begin with this byte, which guest keys may not.
+const RECEIPT_PREFIX: &[u8] = b"\0receipt/";
+
+/// How long a free-space reading is trusted before the next commit reads it again.
+const FREE_SPACE_TTL: Duration = Duration::from_millis(500);
+
 /// The database and its flusher bookkeeping.
 pub struct StateStore {
     db: sled::Db,
+    dir: std::path::PathBuf,
     limits: StateConfig,
+    /// Free bytes in the data directory at `free_at`.
+    free: Mutex<(u64, Option<Instant>)>,
+    /// Why the store is unavailable (full disk, I/O error), or `None` if it is not.
+    health: watch::Sender<Option<String>>,
     /// Generation the next flush will cover.
     next_flush: AtomicU64,
     /// Last generation flushed to disk.
@@ -81,7 +128,10 @@ impl StateStore {
             })?;
         Ok(Arc::new(Self {
             db,
+            dir,
             limits: limits.clone(),
+            free: Mutex::new((u64::MAX, None)),
+            health: watch::channel(None).0,
             next_flush: AtomicU64::new(1),
             flushed: watch::channel(0).0,
             dirty: Notify::new(),
@@ -94,13 +144,73 @@ impl StateStore {
     /// [`StateError::Io`] if its tree cannot be opened.
     pub fn namespace(self: &Arc<Self>, function: &str) -> Result<Arc<Namespace>, StateError> {
         let tree = self.db.open_tree(format!("function/{function}"))?;
-        let keys = AtomicU64::new(tree.len() as u64);
+        // Keys and bytes of the guest's own entries (receipts are the agent's).
+        let (mut keys, mut bytes) = (0, 0);
+        for item in &tree {
+            let (k, v) = item?;
+            if !k.starts_with(RECEIPT_PREFIX) {
+                keys += 1;
+                bytes += (k.len() + v.len()) as u64;
+            }
+        }
         Ok(Arc::new(Namespace {
             store: self.clone(),
             tree,
-            keys,
+            keys: AtomicU64::new(keys),
+            bytes: AtomicU64::new(bytes),
             gate: Gate::default(),
         }))
+    }
+
+    /// Why the store is unavailable now (`None`: it is available). Watch it to see it
+    /// change.
+    pub fn health(&self) -> watch::Receiver<Option<String>> {
+        self.health.subscribe()
+    }
+
+    /// Records that the store failed (`Some(reason)`) or works again (`None`); logs the
+    /// change.
+    fn set_health(&self, reason: Option<String>) {
+        self.health.send_if_modified(|h| {
+            if *h == reason {
+                return false;
+            }
+            match &reason {
+                Some(r) => tracing::error!(reason = %r, "state store unavailable: functions that write state pause, their events stay with the broker"),
+                None => tracing::info!("state store available again: paused functions resume"),
+            }
+            *h = reason;
+            true
+        });
+    }
+
+    /// Refuses a commit while the file system has less than `state.min_free_mb` free (read
+    /// at most every [`FREE_SPACE_TTL`]).
+    fn check_free_space(&self) -> Result<(), StateError> {
+        let reserve = self.limits.min_free_mb.saturating_mul(1024 * 1024);
+        if reserve == 0 {
+            return Ok(());
+        }
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.1.is_none_or(|t| t.elapsed() >= FREE_SPACE_TTL) {
+            // A file system that cannot say is not taken to be full.
+            *free = (
+                fs2::available_space(&self.dir).unwrap_or(u64::MAX),
+                Some(Instant::now()),
+            );
+        }
+        if free.0 < reserve {
+            let err = StateError::Full {
+                free_mb: free.0 / (1024 * 1024),
+                reserve_mb: self.limits.min_free_mb,
+            };
+            // Read again at the next commit: space may come back any time.
+            free.1 = None;
+            drop(free);
+            self.set_health(Some(err.to_string()));
+            return Err(err);
+        }
+        Ok(())
     }
 
     /// Flushes committed state to disk while there is any (a group commit: one flush at a
@@ -137,13 +247,27 @@ impl StateStore {
         self.next_flush.load(Ordering::Acquire) - 1
     }
 
+    /// Flushes until a flush succeeds (or `stop`): a failed one is tried again after a
+    /// back-off, with the store reported unavailable meanwhile, and the acknowledgements of
+    /// the commits it should cover held back.
     async fn flush(&self) {
-        let generation = self.next_flush.fetch_add(1, Ordering::AcqRel);
-        match self.db.flush_async().await {
-            Ok(_) => {
-                self.flushed.send_replace(generation);
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let generation = self.next_flush.fetch_add(1, Ordering::AcqRel);
+            match self.db.flush_async().await {
+                Ok(_) => {
+                    self.flushed.send_replace(generation);
+                    if self.health.borrow().is_some() && self.check_free_space().is_ok() {
+                        self.set_health(None);
+                    }
+                    return;
+                }
+                Err(e) => {
+                    self.set_health(Some(format!("state flush failed: {e}")));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
             }
-            Err(e) => tracing::error!(error = %e, "state flush failed; acknowledgements held back"),
         }
     }
 
@@ -158,8 +282,97 @@ impl StateStore {
 pub struct Namespace {
     store: Arc<StateStore>,
     tree: sled::Tree,
+    /// The guest's keys, committed.
     keys: AtomicU64,
+    /// The guest's keys' and values' bytes, committed.
+    bytes: AtomicU64,
     gate: Gate,
+}
+
+/// What the agent keeps of a QoS 1/2 message whose call wrote state: enough to know a
+/// redelivery of it, and the outputs to publish again then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Receipt {
+    /// The packet id on the function's intake session.
+    pub pkid: u16,
+    /// Checksum of the topic and payload ([`Receipt::checksum`]).
+    pub checksum: u32,
+    /// The call's outputs.
+    pub outputs: Vec<crate::event::Outbound>,
+}
+
+/// How a commit went.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Committed {
+    /// Nothing to write.
+    Nothing,
+    /// Written; durable after the flush of this generation ([`StateStore::durable`]).
+    Pending(u64),
+    /// The store already had a receipt for the message: another copy of it committed
+    /// first, and this call's writes were dropped.
+    Duplicate,
+}
+
+impl Receipt {
+    /// The checksum of a message: CRC-32 of its topic, a NUL, and its payload.
+    pub fn checksum(topic: &str, payload: &[u8]) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(topic.as_bytes());
+        h.update(&[0]);
+        h.update(payload);
+        h.finalize()
+    }
+
+    fn key(pkid: u16) -> Vec<u8> {
+        let mut k = RECEIPT_PREFIX.to_vec();
+        k.extend_from_slice(&pkid.to_be_bytes());
+        k
+    }
+
+    /// checksum, then per output: topic length, topic, payload length, payload, qos, retain
+    /// (lengths as 4-byte big-endian).
+    fn encode(&self) -> Vec<u8> {
+        let mut v = self.checksum.to_be_bytes().to_vec();
+        for o in &self.outputs {
+            for part in [o.topic.as_bytes(), &o.payload] {
+                v.extend_from_slice(&(part.len() as u32).to_be_bytes());
+                v.extend_from_slice(part);
+            }
+            v.extend_from_slice(&[o.qos, u8::from(o.retain)]);
+        }
+        v
+    }
+
+    fn decode(pkid: u16, mut v: &[u8]) -> Option<Self> {
+        fn take<'a>(v: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
+            let (head, rest) = (v.get(..n)?, v.get(n..)?);
+            *v = rest;
+            Some(head)
+        }
+        fn len(v: &mut &[u8]) -> Option<usize> {
+            Some(u32::from_be_bytes(take(v, 4)?.try_into().ok()?) as usize)
+        }
+        let checksum = u32::from_be_bytes(take(&mut v, 4)?.try_into().ok()?);
+        let mut outputs = Vec::new();
+        while !v.is_empty() {
+            let n = len(&mut v)?;
+            let topic = String::from_utf8(take(&mut v, n)?.to_vec()).ok()?;
+            let n = len(&mut v)?;
+            let payload = take(&mut v, n)?.to_vec();
+            let flags = take(&mut v, 2)?;
+            outputs.push(crate::event::Outbound {
+                topic,
+                payload,
+                qos: flags[0],
+                retain: flags[1] != 0,
+            });
+        }
+        Some(Self {
+            pkid,
+            checksum,
+            outputs,
+        })
+    }
 }
 
 /// One call at a time in a namespace's state, from its first access to its end.
@@ -221,6 +434,47 @@ impl Namespace {
         self.keys.load(Ordering::Acquire)
     }
 
+    /// Bytes of the keys and values stored in the namespace (committed).
+    pub fn bytes(&self) -> u64 {
+        self.bytes.load(Ordering::Acquire)
+    }
+
+    /// The receipt of the message with `pkid` if the store has one for the same topic and
+    /// payload (`checksum`): its effects are already committed.
+    ///
+    /// # Errors
+    /// [`StateError::Io`] on a database error.
+    pub fn receipt(&self, pkid: u16, checksum: u32) -> Result<Option<Receipt>, StateError> {
+        let Some(v) = self.tree.get(Receipt::key(pkid))? else {
+            return Ok(None);
+        };
+        Ok(Receipt::decode(pkid, &v).filter(|r| r.checksum == checksum))
+    }
+
+    /// A new message came with `pkid` (DUP=0): the broker had the acknowledgement of the
+    /// one before, so its receipt is void.
+    ///
+    /// # Errors
+    /// [`StateError::Io`] on a database error.
+    pub fn forget(&self, pkid: u16) -> Result<(), StateError> {
+        let key = Receipt::key(pkid);
+        if self.tree.contains_key(&key)? {
+            self.tree.remove(key)?;
+        }
+        Ok(())
+    }
+
+    /// The broker did not keep the session: every receipt is void (packet ids start over).
+    ///
+    /// # Errors
+    /// [`StateError::Io`] on a database error.
+    pub fn forget_all(&self) -> Result<(), StateError> {
+        for key in self.tree.scan_prefix(RECEIPT_PREFIX).keys() {
+            self.tree.remove(key?)?;
+        }
+        Ok(())
+    }
+
     /// The store this namespace lives in.
     pub fn store(&self) -> &Arc<StateStore> {
         &self.store
@@ -268,7 +522,27 @@ impl Txn {
                 key.len()
             )));
         }
+        if key.starts_with('\0') {
+            return Err(StateError::Limit(
+                "keys may not begin with a NUL character (the agent's own keys do)".into(),
+            ));
+        }
         Ok(())
+    }
+
+    /// Bytes the namespace would hold if this call committed now, and what `key` holds in
+    /// the tree now (0 if absent).
+    fn bytes_after(&self) -> Result<i64, StateError> {
+        let mut after = self.ns.bytes.load(Ordering::Acquire) as i64;
+        for (k, v) in &self.writes {
+            if let Some(old) = self.ns.tree.get(k.as_str())? {
+                after -= (k.len() + old.len()) as i64;
+            }
+            if let Some(v) = v {
+                after += (k.len() + v.len()) as i64;
+            }
+        }
+        Ok(after)
     }
 
     /// The value of `key` as this call sees it.
@@ -316,7 +590,27 @@ impl Txn {
                 )));
             }
         }
-        self.pend(key, Some(value))
+        let previous = self.writes.get(key).cloned();
+        self.pend(key, Some(value))?;
+        let budget = self.limits().max_bytes_per_function;
+        let after = self.bytes_after()?;
+        if after > budget as i64 {
+            // Undo: the write is refused, the call may go on.
+            match previous {
+                Some(v) => self.writes.insert(key.to_string(), v),
+                None => self.writes.remove(key),
+            };
+            self.pending_bytes = self
+                .writes
+                .iter()
+                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
+                .sum();
+            return Err(StateError::Limit(format!(
+                "the function's state would reach {after} bytes, over \
+                 state.max_bytes_per_function ({budget})"
+            )));
+        }
+        Ok(())
     }
 
     /// Records a write, within the call's budget of pending keys and bytes.
@@ -382,6 +676,9 @@ impl Txn {
         let limit = limit as usize;
         for item in self.ns.tree.scan_prefix(prefix) {
             let (k, v) = item?;
+            if k.starts_with(RECEIPT_PREFIX) {
+                continue;
+            }
             let k = String::from_utf8_lossy(&k).into_owned();
             if !self.writes.contains_key(&k) {
                 merged.insert(k, v.to_vec());
@@ -407,15 +704,37 @@ impl Txn {
         self.writes.is_empty()
     }
 
-    /// Applies the writes atomically. Returns the flush generation to wait for with
-    /// [`StateStore::durable`], or `None` if there was nothing to write.
+    /// Applies the writes atomically, with `receipt` (for a QoS 1/2 message) when there
+    /// are any. Nothing is applied when the store is unavailable, or when the store already
+    /// has a receipt for the same message ([`Committed::Duplicate`]).
     ///
     /// # Errors
-    /// [`StateError::Io`] if sled refuses the batch (nothing is applied then).
-    pub fn commit(self) -> Result<Option<u64>, StateError> {
+    /// [`StateError::Full`] below the free-space reserve, [`StateError::Io`] if sled
+    /// refuses the batch; nothing is applied then.
+    pub fn commit(mut self, receipt: Option<&Receipt>) -> Result<Committed, StateError> {
         if self.writes.is_empty() {
-            return Ok(None);
+            return Ok(Committed::Nothing);
         }
+        let store = self.ns.store.clone();
+        store.check_free_space()?;
+        let result = self.apply(receipt);
+        if let Err(e) = &result
+            && e.is_unavailable()
+        {
+            store.set_health(Some(format!("state commit failed: {e}")));
+        }
+        result
+    }
+
+    fn apply(&mut self, receipt: Option<&Receipt>) -> Result<Committed, StateError> {
+        // A writing call holds the gate: no other copy of the message commits meanwhile.
+        self.enter()?;
+        if let Some(r) = receipt
+            && self.ns.receipt(r.pkid, r.checksum)?.is_some()
+        {
+            return Ok(Committed::Duplicate);
+        }
+        let bytes_after = self.bytes_after()?;
         let mut batch = sled::Batch::default();
         let mut added: i64 = 0;
         for (k, v) in &self.writes {
@@ -431,7 +750,11 @@ impl Txn {
                 }
             }
         }
+        if let Some(r) = receipt {
+            batch.insert(Receipt::key(r.pkid), r.encode());
+        }
         self.ns.tree.apply_batch(batch)?;
+        self.writes.clear();
         if added >= 0 {
             self.ns
                 .keys
@@ -441,11 +764,14 @@ impl Txn {
                 .keys
                 .fetch_sub(added.unsigned_abs(), Ordering::AcqRel);
         }
+        self.ns
+            .bytes
+            .store(bytes_after.max(0) as u64, Ordering::Release);
         let store = &self.ns.store;
         // Read after applying: a flush that starts later covers this batch.
         let generation = store.next_flush.load(Ordering::Acquire);
         store.dirty.notify_one();
-        Ok(Some(generation))
+        Ok(Committed::Pending(generation))
     }
 }
 
@@ -477,7 +803,7 @@ mod tests {
             matches!(ns.begin_until(soon).get("n"), Err(StateError::Busy)),
             "another call must wait for the gate"
         );
-        assert!(t.commit().ok().flatten().is_some());
+        assert!(matches!(t.commit(None), Ok(Committed::Pending(_))));
         assert_eq!(ns.begin().get("n").ok().flatten(), Some(b"5".to_vec()));
     }
 
@@ -500,7 +826,7 @@ mod tests {
         let b = s.namespace("b").unwrap();
         let mut t = a.begin();
         t.set("secret", b"1".to_vec()).unwrap();
-        t.commit().unwrap();
+        t.commit(None).unwrap();
         assert_eq!(b.begin().get("secret").ok().flatten(), None);
         assert!(b.begin().list("", 10).unwrap_or_default().is_empty());
     }
@@ -528,7 +854,7 @@ mod tests {
             "4th key"
         );
         t.set("a", vec![2]).expect("overwrite is fine");
-        t.commit().unwrap();
+        t.commit(None).unwrap();
 
         let mut t = ns.begin();
         assert!(
@@ -537,7 +863,7 @@ mod tests {
         );
         t.delete("a").unwrap();
         t.set("d", vec![1]).expect("room after a delete");
-        t.commit().unwrap();
+        t.commit(None).unwrap();
 
         let mut t = ns.begin();
         t.set("b", b"0".to_vec()).unwrap();
@@ -561,7 +887,7 @@ mod tests {
         let mut t = ns.begin();
         t.set("p/1", b"1".to_vec()).unwrap();
         t.set("p/2", b"2".to_vec()).unwrap();
-        t.commit().unwrap();
+        t.commit(None).unwrap();
         let mut t = ns.begin();
         t.delete("p/1").unwrap();
         t.set("p/0", b"0".to_vec()).unwrap();
@@ -583,7 +909,7 @@ mod tests {
         let soon = || Some(Instant::now() + Duration::from_millis(200));
         let mut t = ns.begin_until(soon());
         t.set("k", b"1".to_vec()).unwrap();
-        t.commit().unwrap();
+        t.commit(None).unwrap();
         let mut t = ns.begin_until(soon());
         assert!(t.set("", vec![]).is_err(), "a refused write takes no gate");
         t.get("k").unwrap();
@@ -594,13 +920,103 @@ mod tests {
         let ns2 = ns.clone();
         let writer = std::thread::spawn(move || {
             let mut w = ns2.begin_until(Some(Instant::now() + Duration::from_secs(5)));
-            w.increment("k", 1).map(|_| w.commit())
+            w.increment("k", 1).map(|_| w.commit(None))
         });
         std::thread::sleep(Duration::from_millis(50));
         assert!(!writer.is_finished(), "the writer waits for the reader");
         drop(reader);
         assert!(matches!(writer.join().ok(), Some(Ok(Ok(_)))));
         assert_eq!(ns.begin().get("k").ok().flatten(), Some(b"2".to_vec()));
+    }
+
+    #[test]
+    fn a_receipt_answers_for_its_message_only_and_is_invisible_to_the_guest() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap();
+        let out = crate::event::Outbound {
+            topic: "out/f".into(),
+            payload: b"1".to_vec(),
+            qos: 1,
+            retain: true,
+        };
+        let receipt = Receipt {
+            pkid: 7,
+            checksum: Receipt::checksum("in", b"x"),
+            outputs: vec![out.clone(), out],
+        };
+        let mut t = ns.begin();
+        t.increment("n", 1).unwrap();
+        assert!(matches!(
+            t.commit(Some(&receipt)),
+            Ok(Committed::Pending(_))
+        ));
+        assert_eq!(
+            ns.receipt(7, receipt.checksum).unwrap(),
+            Some(receipt.clone())
+        );
+        assert_eq!(
+            ns.receipt(7, Receipt::checksum("in", b"y")).unwrap(),
+            None,
+            "another payload"
+        );
+        assert_eq!(
+            ns.receipt(8, receipt.checksum).unwrap(),
+            None,
+            "another packet id"
+        );
+        // A second copy of the message commits nothing.
+        let mut t = ns.begin();
+        t.increment("n", 1).unwrap();
+        assert_eq!(t.commit(Some(&receipt)).unwrap(), Committed::Duplicate);
+        assert_eq!(ns.begin().get("n").unwrap(), Some(b"1".to_vec()));
+        // The guest sees neither the receipt nor its count, and cannot write one.
+        assert_eq!(ns.keys(), 1);
+        assert_eq!(ns.begin().list("", 10).unwrap().len(), 1);
+        assert!(matches!(
+            ns.begin().set("\0receipt/x", vec![]),
+            Err(StateError::Limit(_))
+        ));
+        ns.forget(7).unwrap();
+        assert_eq!(ns.receipt(7, receipt.checksum).unwrap(), None, "forgotten");
+        let mut t = ns.begin();
+        t.increment("n", 1).unwrap();
+        t.commit(Some(&receipt)).unwrap();
+        ns.forget_all().unwrap();
+        assert_eq!(
+            ns.receipt(7, receipt.checksum).unwrap(),
+            None,
+            "all forgotten"
+        );
+        // Counted again from the tree after a reopen: receipts are not the guest's keys.
+        drop(ns);
+        assert_eq!(s.namespace("f").unwrap().keys(), 1);
+    }
+
+    #[test]
+    fn the_byte_budget_refuses_a_write_and_the_call_goes_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StateConfig {
+            max_bytes_per_function: 100,
+            ..StateConfig::default()
+        };
+        let s = StateStore::open(dir.path(), &limits).unwrap();
+        let ns = s.namespace("f").unwrap();
+        let mut t = ns.begin();
+        t.set("a", vec![0; 60]).unwrap();
+        assert!(
+            matches!(t.set("b", vec![0; 60]), Err(StateError::Limit(_))),
+            "over 100 bytes"
+        );
+        t.set("b", vec![0; 30]).expect("what fits still goes");
+        t.commit(None).unwrap();
+        assert_eq!(ns.bytes(), 61 + 31);
+        let mut t = ns.begin();
+        t.set("a", vec![0; 10]).unwrap();
+        t.set("c", vec![0; 40])
+            .expect("room made by the smaller value");
+        t.commit(None).unwrap();
+        assert_eq!(ns.bytes(), 11 + 31 + 41);
     }
 
     #[tokio::test]
@@ -612,11 +1028,9 @@ mod tests {
         let ns = s.namespace("f").unwrap();
         let mut t = ns.begin();
         t.increment("n", 1).unwrap();
-        let generation = t
-            .commit()
-            .ok()
-            .flatten()
-            .unwrap_or_else(|| panic!("a generation"));
+        let Ok(Committed::Pending(generation)) = t.commit(None) else {
+            panic!("a generation")
+        };
         tokio::time::timeout(Duration::from_secs(5), s.durable(generation))
             .await
             .unwrap_or_else(|_| panic!("never flushed"));
@@ -643,7 +1057,10 @@ mod tests {
         let commit = || {
             let mut t = ns.begin();
             t.increment("n", 1).unwrap();
-            t.commit().unwrap().expect("a generation")
+            match t.commit(None) {
+                Ok(Committed::Pending(g)) => g,
+                other => panic!("a generation, not {other:?}"),
+            }
         };
         let start = tokio::time::Instant::now();
         s.durable(commit()).await;

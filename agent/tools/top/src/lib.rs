@@ -460,6 +460,7 @@ mod tests {
                 state_keys: 0,
                 succeeded: 0,
                 restarts: 0,
+                replayed: 0,
                 failed: Vec::new(),
                 end_to_end_us: none.clone(),
                 instantiate_us: none.clone(),
