@@ -224,3 +224,220 @@ async fn kill_9_mid_stream_counts_every_event_once() {
         .await;
     assert_counted(agent, N as i64, "kill -9 mid-stream");
 }
+
+/// A file system of `mb` MiB mounted on `dir` for one test (tmpfs, which runs out of
+/// space like a full SD card), unmounted on drop. `None` where this process may not mount
+/// (not root): the test then says so and passes only if `EDGE_AGENT_REQUIRE_FAULTS` is unset
+/// (CI sets it).
+struct SmallDisk {
+    dir: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(dir: &Path, mb: u64) -> Option<Self> {
+        std::fs::create_dir_all(dir).expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !ok {
+            assert!(
+                std::env::var_os("EDGE_AGENT_REQUIRE_FAULTS").is_none(),
+                "EDGE_AGENT_REQUIRE_FAULTS is set but a tmpfs cannot be mounted (run as root)"
+            );
+            eprintln!("skipped: mounting a small file system needs root");
+            return None;
+        }
+        Some(Self { dir: dir.into() })
+    }
+
+    /// Writes a file until the disk is full to the last byte; returns its path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let path = self.dir.join("filler");
+        let mut f = std::fs::File::create(&path).expect("create the filler");
+        let block = vec![0xA5u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        // The last partial block, byte by byte (tmpfs allocates whole pages).
+        while f.write_all(&[0]).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl SmallDisk {
+    /// `mount -o remount,<how>`: `ro` or `rw`.
+    fn remount(&self, how: &str) {
+        let ok = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,{how}")])
+            .arg(&self.dir)
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "remount {how}");
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+/// A disk fault the agent meets while running.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum DiskFault {
+    /// Another program fills the disk to the last byte; the store keeps its default
+    /// reserve, so it stops writing before sled meets the full disk.
+    FullDisk,
+    /// The same with the reserve off (`min_free_mb = 0`): sled meets ENOSPC in a flush
+    /// and stops for good, so the agent reopens it once the space is back, and runs again
+    /// the events whose commits were in memory only.
+    FullDiskNoReserve,
+}
+
+/// Runs the counters and `echo` (no state) on a small disk, brings on `fault` with 100
+/// events waiting for each, and takes it away again. The functions that write state pause:
+/// none of their events is dead-lettered, no instance restarted, the agent says it is
+/// degraded (and why); `echo` goes on. Once the fault is gone the paused functions resume
+/// by themselves within seconds, and every event counts exactly once.
+async fn pause_and_resume(fault: DiskFault) {
+    let broker = Mosquitto::start();
+    let (port, url) = (broker.port, broker.url());
+    let dir = tempfile::tempdir().expect("tempdir");
+    // The default reserve (64 MiB) on a small disk.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("data"), 80) else {
+        return;
+    };
+    let id = format!("disk-{}", std::process::id());
+    let echo = format!(
+        "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\nmode = \"on-demand\"\ntopics = [\"e/in\"]\n\
+         [function.config]\nout_topic = \"out/e\"\n",
+        guest("echo")
+    );
+    let state = match fault {
+        DiskFault::FullDiskNoReserve => "[state]\nmin_free_mb = 0\n",
+        _ => "",
+    };
+    let config = counters(&id, &url, state) + &echo;
+    let mut dead = Client::connect(port, &[&format!("edge-agent/{id}/dead-letter")]).await;
+    let mut counts = Counts::follow(port).await;
+    let agent = Process::start_in(dir, &config, port, &id).await;
+    for topic in ["p/in", "od/in"] {
+        publish(&url, topic, 20).await.expect("publish");
+    }
+    counts
+        .until(&["p", "od"], 20, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        (counts.of("p"), counts.of("od")),
+        (20, 20),
+        "before the fault"
+    );
+
+    let filler = disk.fill();
+    for topic in ["p/in", "od/in", "e/in"] {
+        publish(&url, topic, 100).await.expect("publish");
+    }
+    // The function without state goes on.
+    let mut echoed = 0;
+    while echoed < 100 {
+        let m = counts.client.recv().await;
+        if m.topic == "out/e" {
+            echoed += 1;
+        } else {
+            let n = m.json()["count"].as_i64().unwrap_or(-1);
+            counts.seen.insert(m.topic, n);
+        }
+    }
+    // The agent says why the others wait.
+    let mut status = Client::connect(port, &[&format!("edge-agent/{id}/status")]).await;
+    let s: edge_agent::messages::Status = status.recv().await.message();
+    let reason = s
+        .degraded
+        .unwrap_or_else(|| panic!("{fault:?}: not degraded"));
+    if fault == DiskFault::FullDisk {
+        assert!(reason.contains("disk is full"), "{reason}");
+    }
+    // Nothing is counted while the disk fails, beyond commits made in memory before sled
+    // met the fault (those are run again later, and counted once).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    std::fs::remove_file(filler).expect("free the space");
+    let back = std::time::Instant::now();
+    let before = (counts.of("p"), counts.of("od"));
+    counts
+        .until(
+            &["p", "od"],
+            before.0.min(before.1) + 1,
+            Duration::from_secs(10),
+        )
+        .await;
+    let resumed = back.elapsed();
+    assert!(
+        resumed < Duration::from_secs(5),
+        "{fault:?}: resumed {resumed:?} after the fault went"
+    );
+    counts
+        .until(&["p", "od"], 120, Duration::from_secs(5))
+        .await;
+    // The last status says so (earlier ones may be queued: each change of reason is one).
+    loop {
+        let s: edge_agent::messages::Status = status.recv().await.message();
+        if s.degraded.is_none() {
+            break;
+        }
+    }
+    let letters = dead.drain(Duration::from_millis(200)).await;
+    assert!(
+        letters.is_empty(),
+        "{fault:?}: {} dead letters, the first: {}",
+        letters.len(),
+        letters[0].text()
+    );
+    let log = assert_counted(agent, 120, &format!("{fault:?}, then back"));
+    assert!(
+        !log.contains("instance restarted") && !log.contains("instance stopped"),
+        "{fault:?} counted against the restart policy:\n{log}"
+    );
+    drop(disk);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_pauses_the_state_functions_until_space_returns() {
+    pause_and_resume(DiskFault::FullDisk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_met_by_sled_itself_reopens_the_store_and_counts_once() {
+    pause_and_resume(DiskFault::FullDiskNoReserve).await;
+}
+
+/// A data directory on a read-only file system: the agent does not start, and says which
+/// directory and why (a file system that turns read-only while the agent runs cannot be
+/// made here: the kernel refuses to remount one with files open for writing; sled's
+/// stop on an I/O error is the full-disk test above).
+#[test]
+fn a_read_only_data_directory_is_refused_at_start_with_its_reason() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(disk) = SmallDisk::mount(&dir.path().join("data"), 8) else {
+        return;
+    };
+    disk.remount("ro");
+    let config = counters("ro", "mqtt://127.0.0.1:1", "");
+    std::fs::write(dir.path().join("agent.toml"), config).expect("config");
+    let out = std::process::Command::new(agent_bin())
+        .args(["run", "--config", "agent.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("run the agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr.contains("agent.data_dir") && stderr.contains("Read-only file system"),
+        "{stderr}"
+    );
+}

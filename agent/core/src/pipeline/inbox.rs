@@ -94,6 +94,22 @@ impl Inbox {
         Ok(rejected)
     }
 
+    /// Puts `event` back at the head of the queue, whatever the capacity: an event that
+    /// must run again (its commit was lost with a failed store).
+    ///
+    /// # Errors
+    /// The event back if the queue is closed (shutting down).
+    pub fn requeue(&self, event: Inbound) -> Result<(), Inbound> {
+        let mut q = self.lock();
+        if q.closed {
+            return Err(event);
+        }
+        q.events.push_front(event);
+        drop(q);
+        self.ready.notify_one();
+        Ok(())
+    }
+
     /// The next event, blocking the calling thread until there is one; `None` once the
     /// queue is closed and empty. For worker threads, never for async tasks.
     pub fn pop(&self) -> Option<Inbound> {

@@ -78,7 +78,7 @@ fn work(
     rt: &Handle,
     function: &LoadedFunction,
     stats: &Arc<FunctionStats>,
-    inbox: &Inbox,
+    inbox: &Arc<Inbox>,
     shared: &Shared,
 ) {
     while let Some(event) = inbox.pop() {
@@ -116,7 +116,11 @@ fn work(
         // Stopping while the store is unavailable: the event stays unacknowledged, for
         // the broker to deliver again.
         if let Some(result) = result {
-            rt.block_on(shared.output.finish(function.name(), stats, event, result));
+            rt.block_on(
+                shared
+                    .output
+                    .finish(function.name(), stats, event, result, inbox),
+            );
         }
     }
 }

@@ -10,6 +10,7 @@ use base64::Engine as _;
 use tokio_util::task::TaskTracker;
 
 use super::hops::HopLedger;
+use super::inbox::Inbox;
 use crate::event::{Inbound, Outbound};
 use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
@@ -118,6 +119,7 @@ impl Output {
         stats: &Arc<FunctionStats>,
         event: Inbound,
         result: Result<CallOutcome, CallError>,
+        inbox: &Arc<Inbox>,
     ) {
         let outcome = match result {
             Ok(outcome) => outcome,
@@ -163,12 +165,22 @@ impl Output {
         }
         match outcome.durable {
             Some((store, generation)) => {
-                let stats = stats.clone();
+                let (stats, inbox) = (stats.clone(), inbox.clone());
                 self.tracker.spawn(async move {
-                    store.durable(generation).await;
-                    cost.commit = Some(called.elapsed());
-                    stats.succeeded(event.received.elapsed(), cost);
-                    event.delivery.complete();
+                    if store.durable(generation).await {
+                        cost.commit = Some(called.elapsed());
+                        stats.succeeded(event.received.elapsed(), cost);
+                        event.delivery.complete();
+                    } else {
+                        // The store was reopened after an I/O error and the commit was
+                        // not on disk: run the event again, first. Its outputs may go out
+                        // twice (at least once); its state changes once.
+                        tracing::info!(topic = %event.topic, "commit lost with the failed store: the event runs again");
+                        if let Err(event) = inbox.requeue(event) {
+                            // Stopping: left unacknowledged, for the broker to resend.
+                            drop(event);
+                        }
+                    }
                 });
             }
             None => event.delivery.complete(),

@@ -79,7 +79,7 @@ fn window_full(restarts: &mut VecDeque<Instant>, window: Duration, max_restarts:
 }
 
 impl PersistentInstance {
-    fn run(self, rt: &Handle, inbox: &Inbox) {
+    fn run(self, rt: &Handle, inbox: &Arc<Inbox>) {
         let name = self.function.name().to_string();
         let mut restarts: VecDeque<Instant> = VecDeque::new();
         let mut backoff = RESTART_BACKOFF_MIN;
@@ -116,12 +116,16 @@ impl PersistentInstance {
                     }
                 };
             }
+
             let Some(instance) = live.take() else {
                 let err = CallError {
                     kind: FailureKind::FunctionStopped,
                     message: format!("instance {} is stopped by its restart policy", self.index),
                 };
-                rt.block_on(self.output.finish(&name, &self.stats, event, Err(err)));
+                rt.block_on(
+                    self.output
+                        .finish(&name, &self.stats, event, Err(err), inbox),
+                );
                 continue;
             };
             let id = message_id(&self.function, &event);
@@ -170,13 +174,19 @@ impl PersistentInstance {
             if result.is_ok() {
                 backoff = RESTART_BACKOFF_MIN;
             }
+            // Another copy of the message had committed first: the instance's memory
+            // assumes writes that were dropped. A fresh one, counted as no restart.
+            let back = match (&result, back) {
+                (Ok(o), None) if o.duplicate => self.function.instantiate().ok(),
+                (_, back) => back,
+            };
             let killed = back.is_none();
             if let (true, Err(e)) = (killed, &result) {
                 tracing::warn!(function = %name, instance = self.index, kind = %e.kind,
                     "persistent instance dropped after a failed call");
             }
             live = back;
-            rt.block_on(self.output.finish(&name, &self.stats, event, result));
+            rt.block_on(self.output.finish(&name, &self.stats, event, result, inbox));
             if killed {
                 // Replace it now, not when the next event arrives; events wait meanwhile.
                 live = self.restart(rt, &name, &mut restarts, &mut backoff);

@@ -155,6 +155,9 @@ pub struct Instance {
     bindings: FunctionBindings,
     deadline_ticks: u64,
     state: Option<Arc<Namespace>>,
+    /// The state store's epoch when the instance was made: once the store has been
+    /// reopened (commits lost), what it remembers is stale and it may commit no more.
+    epoch: u64,
     fuel: Option<u64>,
 }
 
@@ -396,6 +399,7 @@ impl LoadedFunction {
             bindings,
             deadline_ticks: self.deadline_ticks,
             state: self.state.get().cloned(),
+            epoch: self.state.get().map_or(0, |ns| ns.store().epoch()),
             fuel: self.fuel,
         })
     }
@@ -459,7 +463,10 @@ impl Instance {
             // State waits for other calls no longer than this call may run.
             let deadline = Instant::now() + Duration::from_millis(data.timeout_ms());
             data.deadline = deadline;
-            data.txn = self.state.as_ref().map(|ns| ns.begin_until(Some(deadline)));
+            data.txn = self
+                .state
+                .as_ref()
+                .map(|ns| ns.begin_in(Some(deadline), self.epoch));
         }
         let started = Instant::now();
         let cpu_start = crate::clock::thread_cpu_time();
@@ -503,6 +510,8 @@ impl Instance {
                     }
                 };
                 let outbox = if duplicate { Vec::new() } else { outbox };
+                // The guest's memory assumes the dropped writes: drop it too.
+                let back = (!duplicate).then_some(self);
                 let outcome = CallOutcome {
                     outbox,
                     durable,
@@ -514,7 +523,7 @@ impl Instance {
                         ..crate::metrics::CallCost::default()
                     },
                 };
-                (Ok(outcome), Some(self))
+                (Ok(outcome), back)
             }
             // A guest that fails right after a limit refused it failed because of the limit.
             Ok(Err(message)) => (

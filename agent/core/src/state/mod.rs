@@ -24,7 +24,11 @@
 //! less than `state.min_free_mb` free ([`StateError::Full`]), and any I/O error of the store
 //! ([`StateError::Io`]) is reported the same way: the store is unavailable
 //! ([`StateStore::health`]), the pipeline retries the event later, and nothing of the call
-//! is kept. Each function's keys and values together may not exceed
+//! is kept. sled stops for good after an I/O error (it keeps the first one and returns it
+//! from every later call), so the flusher then reopens the store from its files, retrying
+//! with a back-off until that works; commits that were in memory only are lost with the old
+//! handle, and their events, not yet acknowledged, are run again ([`StateStore::durable`]
+//! says `false`). Each function's keys and values together may not exceed
 //! `state.max_bytes_per_function` (a limit the guest sees), so that one function cannot
 //! fill the disk for the others.
 //!
@@ -38,7 +42,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, watch};
@@ -76,26 +80,47 @@ pub enum StateError {
     /// The call reached its deadline while another call of the function held the state.
     #[error("state busy: another call of this function held it until this call's deadline")]
     Busy,
+    /// The store is being reopened after an I/O error, or the call began before that.
+    #[error("the state store is being reopened after an I/O error")]
+    Reopening,
 }
 
 impl StateError {
     /// Whether the store, not the call, is at fault (full disk, I/O error): the event is
     /// tried again later rather than failed.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Io(_) | Self::Full { .. })
+        matches!(self, Self::Io(_) | Self::Full { .. } | Self::Reopening)
     }
 }
 
 /// Keys of receipts begin with this byte, which guest keys may not.
 const RECEIPT_PREFIX: &[u8] = b"\0receipt/";
 
-/// How long a free-space reading is trusted before the next commit reads it again.
-const FREE_SPACE_TTL: Duration = Duration::from_millis(500);
+/// How long a free-space reading with more than [`FREE_SPACE_MARGIN`] above the reserve is
+/// trusted; nearer the reserve, every commit reads it again.
+const FREE_SPACE_TTL: Duration = Duration::from_secs(1);
+/// See [`FREE_SPACE_TTL`]: no SD card fills a GiB in a second.
+const FREE_SPACE_MARGIN: u64 = 1024 * 1024 * 1024;
+
+/// Flush generations as the flusher left them.
+#[derive(Debug, Default)]
+struct Flushed {
+    /// The last generation on disk.
+    upto: u64,
+    /// Ranges of generations (first, last) lost with a store that was reopened: their
+    /// commits were in memory only.
+    lost: Vec<(u64, u64)>,
+}
 
 /// The database and its flusher bookkeeping.
 pub struct StateStore {
-    db: sled::Db,
+    /// `None` while it is being reopened.
+    db: RwLock<Option<sled::Db>>,
     dir: std::path::PathBuf,
+    /// Every namespace handed out, for a reopen to give them their new trees.
+    namespaces: Mutex<Vec<std::sync::Weak<Namespace>>>,
+    /// Bumped by each reopen: a call that began before it may not commit after it.
+    epoch: AtomicU64,
     limits: StateConfig,
     /// Free bytes in the data directory at `free_at`.
     free: Mutex<(u64, Option<Instant>)>,
@@ -103,8 +128,8 @@ pub struct StateStore {
     health: watch::Sender<Option<String>>,
     /// Generation the next flush will cover.
     next_flush: AtomicU64,
-    /// Last generation flushed to disk.
-    flushed: watch::Sender<u64>,
+    /// What is on disk, and what was lost.
+    flushed: watch::Sender<Flushed>,
     dirty: Notify,
 }
 
@@ -115,8 +140,24 @@ impl StateStore {
     /// [`StateError::Open`] if sled cannot open it.
     pub fn open(data_dir: &Path, limits: &StateConfig) -> Result<Arc<Self>, StateError> {
         let dir = data_dir.join("state");
-        let db = sled::Config::new()
-            .path(&dir)
+        let db = Self::open_db(&dir, limits)?;
+        Ok(Arc::new(Self {
+            db: RwLock::new(Some(db)),
+            dir,
+            namespaces: Mutex::default(),
+            epoch: AtomicU64::new(0),
+            limits: limits.clone(),
+            free: Mutex::new((u64::MAX, None)),
+            health: watch::channel(None).0,
+            next_flush: AtomicU64::new(1),
+            flushed: watch::channel(Flushed::default()).0,
+            dirty: Notify::new(),
+        }))
+    }
+
+    fn open_db(dir: &Path, limits: &StateConfig) -> Result<sled::Db, StateError> {
+        sled::Config::new()
+            .path(dir)
             .cache_capacity(limits.cache_mb * 1024 * 1024)
             .mode(sled::Mode::LowSpace)
             // We flush ourselves, on our interval, and track which commits it covered.
@@ -125,17 +166,12 @@ impl StateStore {
             .map_err(|source| StateError::Open {
                 dir: dir.display().to_string(),
                 source,
-            })?;
-        Ok(Arc::new(Self {
-            db,
-            dir,
-            limits: limits.clone(),
-            free: Mutex::new((u64::MAX, None)),
-            health: watch::channel(None).0,
-            next_flush: AtomicU64::new(1),
-            flushed: watch::channel(0).0,
-            dirty: Notify::new(),
-        }))
+            })
+    }
+
+    fn db(&self) -> Result<sled::Db, StateError> {
+        let db = self.db.read().unwrap_or_else(|p| p.into_inner());
+        db.clone().ok_or(StateError::Reopening)
     }
 
     /// The namespace of `function`.
@@ -143,23 +179,69 @@ impl StateStore {
     /// # Errors
     /// [`StateError::Io`] if its tree cannot be opened.
     pub fn namespace(self: &Arc<Self>, function: &str) -> Result<Arc<Namespace>, StateError> {
-        let tree = self.db.open_tree(format!("function/{function}"))?;
-        // Keys and bytes of the guest's own entries (receipts are the agent's).
-        let (mut keys, mut bytes) = (0, 0);
-        for item in &tree {
-            let (k, v) = item?;
-            if !k.starts_with(RECEIPT_PREFIX) {
-                keys += 1;
-                bytes += (k.len() + v.len()) as u64;
-            }
-        }
-        Ok(Arc::new(Namespace {
+        let name = format!("function/{function}");
+        let tree = self.db()?.open_tree(&name)?;
+        let (keys, bytes) = Namespace::count(&tree)?;
+        let ns = Arc::new(Namespace {
             store: self.clone(),
-            tree,
+            name,
+            tree: RwLock::new(Some(tree)),
             keys: AtomicU64::new(keys),
             bytes: AtomicU64::new(bytes),
             gate: Gate::default(),
-        }))
+        });
+        let mut all = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.push(Arc::downgrade(&ns));
+        Ok(ns)
+    }
+
+    /// Reopens the store from its files after sled stopped on an I/O error: every handle
+    /// on the old one is dropped (sled holds a lock on its files until then), the commits
+    /// not yet flushed are marked lost, and every namespace gets its tree again.
+    ///
+    /// # Errors
+    /// The store could not be opened again (the disk still fails): it stays closed, and
+    /// every state access says [`StateError::Reopening`] until a later try works.
+    fn reopen(&self) -> Result<(), StateError> {
+        let namespaces: Vec<Arc<Namespace>> = {
+            let all = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+            all.iter().filter_map(std::sync::Weak::upgrade).collect()
+        };
+        if self.db.read().unwrap_or_else(|p| p.into_inner()).is_some() {
+            // Calls that began on the old handle may not commit on the new one: what they
+            // read may be among the lost commits.
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+            for ns in &namespaces {
+                *ns.tree.write().unwrap_or_else(|p| p.into_inner()) = None;
+            }
+            *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
+            let last = self.next_flush.fetch_add(1, Ordering::AcqRel);
+            self.flushed.send_modify(|f| {
+                if f.upto < last {
+                    f.lost.push((f.upto + 1, last));
+                }
+            });
+        }
+        let db = Self::open_db(&self.dir, &self.limits)?;
+        for ns in &namespaces {
+            let tree = db.open_tree(&ns.name)?;
+            let (keys, bytes) = Namespace::count(&tree)?;
+            ns.keys.store(keys, Ordering::Release);
+            ns.bytes.store(bytes, Ordering::Release);
+            *ns.tree.write().unwrap_or_else(|p| p.into_inner()) = Some(tree);
+        }
+        *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
+        tracing::warn!(
+            "state store reopened after an I/O error; the events of commits that were not on disk run again"
+        );
+        Ok(())
+    }
+
+    /// Bumped each time the store is reopened after an I/O error: commits made before may
+    /// be lost, so whatever a persistent instance remembers of its state is stale.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
     }
 
     /// Why the store is unavailable now (`None`: it is available). Watch it to see it
@@ -192,7 +274,9 @@ impl StateStore {
             return Ok(());
         }
         let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.1.is_none_or(|t| t.elapsed() >= FREE_SPACE_TTL) {
+        let trusted = free.0 >= reserve.saturating_add(FREE_SPACE_MARGIN)
+            && free.1.is_some_and(|t| t.elapsed() < FREE_SPACE_TTL);
+        if !trusted {
             // A file system that cannot say is not taken to be full.
             *free = (
                 fs2::available_space(&self.dir).unwrap_or(u64::MAX),
@@ -231,15 +315,20 @@ impl StateStore {
                 }
             }
             last = Some(tokio::time::Instant::now());
-            self.flush().await;
+            self.flush(&stop).await;
         }
-        self.flush().await;
-        tracing::info!(flushes = self.flushes(), "state store closed");
+        // On the way out, once: a store that fails now is left as it is on disk.
+        if self.flush_once().await.is_ok() {
+            tracing::info!(flushes = self.flushes(), "state store closed");
+        }
     }
 
     /// Bytes the store takes on disk (sled's own count of its files).
     pub fn disk_bytes(&self) -> u64 {
-        self.db.size_on_disk().unwrap_or(0)
+        self.db()
+            .ok()
+            .and_then(|db| db.size_on_disk().ok())
+            .unwrap_or(0)
     }
 
     /// Flushes done so far (successful or not).
@@ -247,16 +336,22 @@ impl StateStore {
         self.next_flush.load(Ordering::Acquire) - 1
     }
 
-    /// Flushes until a flush succeeds (or `stop`): a failed one is tried again after a
-    /// back-off, with the store reported unavailable meanwhile, and the acknowledgements of
-    /// the commits it should cover held back.
-    async fn flush(&self) {
+    async fn flush_once(&self) -> Result<(), StateError> {
+        let generation = self.next_flush.fetch_add(1, Ordering::AcqRel);
+        self.db()?.flush_async().await?;
+        self.flushed
+            .send_modify(|f| f.upto = f.upto.max(generation));
+        Ok(())
+    }
+
+    /// Flushes until a flush succeeds (or `stop`). After a failure the store is reported
+    /// unavailable, and reopened after a back-off (sled stops for good on an I/O error);
+    /// the acknowledgements of the commits the flush should cover are held meanwhile.
+    async fn flush(self: &Arc<Self>, stop: &tokio_util::sync::CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            let generation = self.next_flush.fetch_add(1, Ordering::AcqRel);
-            match self.db.flush_async().await {
-                Ok(_) => {
-                    self.flushed.send_replace(generation);
+            match self.flush_once().await {
+                Ok(()) => {
                     if self.health.borrow().is_some() && self.check_free_space().is_ok() {
                         self.set_health(None);
                     }
@@ -264,24 +359,48 @@ impl StateStore {
                 }
                 Err(e) => {
                     self.set_health(Some(format!("state flush failed: {e}")));
-                    tokio::time::sleep(backoff).await;
+                    tokio::select! {
+                        () = tokio::time::sleep(backoff) => {}
+                        () = stop.cancelled() => return,
+                    }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let store = self.clone();
+                    match tokio::task::spawn_blocking(move || store.reopen()).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            tracing::debug!(error = %crate::failure::chain(&e), "state store not reopened yet")
+                        }
+                        Err(e) => tracing::error!(error = %e, "reopening the state store panicked"),
+                    }
                 }
             }
         }
     }
 
-    /// Waits until the commit that returned `generation` is on disk.
-    pub async fn durable(&self, generation: u64) {
+    /// Waits until the commit that returned `generation` is on disk: `true`; `false` if it
+    /// was lost with a store that had to be reopened (its event must run again).
+    pub async fn durable(&self, generation: u64) -> bool {
         let mut rx = self.flushed.subscribe();
-        let _ = rx.wait_for(|g| *g >= generation).await;
+        let settled = rx
+            .wait_for(|f| {
+                f.upto >= generation || f.lost.iter().any(|(a, b)| (*a..=*b).contains(&generation))
+            })
+            .await;
+        match settled {
+            Ok(f) => !f.lost.iter().any(|(a, b)| (*a..=*b).contains(&generation)),
+            // The store is gone (shutting down): not durable as far as anyone knows.
+            Err(_) => false,
+        }
     }
 }
 
 /// One function's keys.
 pub struct Namespace {
     store: Arc<StateStore>,
-    tree: sled::Tree,
+    /// Its tree's name.
+    name: String,
+    /// `None` while the store is being reopened.
+    tree: RwLock<Option<sled::Tree>>,
     /// The guest's keys, committed.
     keys: AtomicU64,
     /// The guest's keys' and values' bytes, committed.
@@ -412,9 +531,36 @@ impl Gate {
 }
 
 impl Namespace {
+    fn tree(&self) -> Result<sled::Tree, StateError> {
+        let tree = self.tree.read().unwrap_or_else(|p| p.into_inner());
+        tree.clone().ok_or(StateError::Reopening)
+    }
+
+    /// Keys and bytes of the guest's own entries in `tree` (receipts are the agent's).
+    fn count(tree: &sled::Tree) -> Result<(u64, u64), StateError> {
+        let (mut keys, mut bytes) = (0, 0);
+        for item in tree {
+            let (k, v) = item?;
+            if !k.starts_with(RECEIPT_PREFIX) {
+                keys += 1;
+                bytes += (k.len() + v.len()) as u64;
+            }
+        }
+        Ok((keys, bytes))
+    }
+
     /// A transaction for one call with no deadline (tools and tests).
     pub fn begin(self: &Arc<Self>) -> Txn {
         self.begin_until(None)
+    }
+
+    /// [`Namespace::begin_until`] for a call on an instance made in the store's `epoch`
+    /// ([`StateStore::epoch`]): if the store has been reopened since, the commit fails
+    /// with [`StateError::Reopening`] (the instance's memory may run ahead of the store).
+    pub fn begin_in(self: &Arc<Self>, deadline: Option<Instant>, epoch: u64) -> Txn {
+        let mut txn = self.begin_until(deadline);
+        txn.epoch = Some(epoch);
+        txn
     }
 
     /// A transaction for one call that waits for the namespace's gate at most until
@@ -426,6 +572,7 @@ impl Namespace {
             pending_bytes: 0,
             deadline,
             holds_gate: false,
+            epoch: None,
         }
     }
 
@@ -445,7 +592,7 @@ impl Namespace {
     /// # Errors
     /// [`StateError::Io`] on a database error.
     pub fn receipt(&self, pkid: u16, checksum: u32) -> Result<Option<Receipt>, StateError> {
-        let Some(v) = self.tree.get(Receipt::key(pkid))? else {
+        let Some(v) = self.tree()?.get(Receipt::key(pkid))? else {
             return Ok(None);
         };
         Ok(Receipt::decode(pkid, &v).filter(|r| r.checksum == checksum))
@@ -458,8 +605,9 @@ impl Namespace {
     /// [`StateError::Io`] on a database error.
     pub fn forget(&self, pkid: u16) -> Result<(), StateError> {
         let key = Receipt::key(pkid);
-        if self.tree.contains_key(&key)? {
-            self.tree.remove(key)?;
+        let tree = self.tree()?;
+        if tree.contains_key(&key)? {
+            tree.remove(key)?;
         }
         Ok(())
     }
@@ -469,8 +617,9 @@ impl Namespace {
     /// # Errors
     /// [`StateError::Io`] on a database error.
     pub fn forget_all(&self) -> Result<(), StateError> {
-        for key in self.tree.scan_prefix(RECEIPT_PREFIX).keys() {
-            self.tree.remove(key?)?;
+        let tree = self.tree()?;
+        for key in tree.scan_prefix(RECEIPT_PREFIX).keys() {
+            tree.remove(key?)?;
         }
         Ok(())
     }
@@ -490,6 +639,9 @@ pub struct Txn {
     pending_bytes: usize,
     deadline: Option<Instant>,
     holds_gate: bool,
+    /// The store's epoch when the instance was made, or at the call's first access: it
+    /// may not commit into a store reopened since (what it read or remembers may be lost).
+    epoch: Option<u64>,
 }
 
 impl Drop for Txn {
@@ -506,6 +658,9 @@ impl Txn {
         if !self.holds_gate {
             self.ns.gate.enter(self.deadline)?;
             self.holds_gate = true;
+            if self.epoch.is_none() {
+                self.epoch = Some(self.ns.store.epoch.load(Ordering::Acquire));
+            }
         }
         Ok(())
     }
@@ -534,8 +689,9 @@ impl Txn {
     /// the tree now (0 if absent).
     fn bytes_after(&self) -> Result<i64, StateError> {
         let mut after = self.ns.bytes.load(Ordering::Acquire) as i64;
+        let tree = self.ns.tree()?;
         for (k, v) in &self.writes {
-            if let Some(old) = self.ns.tree.get(k.as_str())? {
+            if let Some(old) = tree.get(k.as_str())? {
                 after -= (k.len() + old.len()) as i64;
             }
             if let Some(v) = v {
@@ -554,7 +710,7 @@ impl Txn {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
-        Ok(self.ns.tree.get(key)?.map(|v| v.to_vec()))
+        Ok(self.ns.tree()?.get(key)?.map(|v| v.to_vec()))
     }
 
     /// Stores `value` under `key` when the call commits.
@@ -574,8 +730,9 @@ impl Txn {
         if self.get(key)?.is_none() {
             // Keys after commit: stored ones, plus this call's new keys, minus its deletes.
             let mut pending: i64 = 0;
+            let tree = self.ns.tree()?;
             for (k, v) in &self.writes {
-                let stored = self.ns.tree.contains_key(k.as_str())?;
+                let stored = tree.contains_key(k.as_str())?;
                 pending += match (v.is_some(), stored) {
                     (true, false) => 1,
                     (false, true) => -1,
@@ -674,7 +831,7 @@ impl Txn {
         self.enter()?;
         let mut merged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let limit = limit as usize;
-        for item in self.ns.tree.scan_prefix(prefix) {
+        for item in self.ns.tree()?.scan_prefix(prefix) {
             let (k, v) = item?;
             if k.starts_with(RECEIPT_PREFIX) {
                 continue;
@@ -722,6 +879,8 @@ impl Txn {
             && e.is_unavailable()
         {
             store.set_health(Some(format!("state commit failed: {e}")));
+            // The flusher finds the store failed and reopens it.
+            store.dirty.notify_one();
         }
         result
     }
@@ -734,11 +893,15 @@ impl Txn {
         {
             return Ok(Committed::Duplicate);
         }
+        if self.epoch != Some(self.ns.store.epoch.load(Ordering::Acquire)) {
+            return Err(StateError::Reopening);
+        }
+        let tree = self.ns.tree()?;
         let bytes_after = self.bytes_after()?;
         let mut batch = sled::Batch::default();
         let mut added: i64 = 0;
         for (k, v) in &self.writes {
-            let existed = self.ns.tree.contains_key(k.as_str())?;
+            let existed = tree.contains_key(k.as_str())?;
             match v {
                 Some(v) => {
                     batch.insert(k.as_bytes(), v.as_slice());
@@ -753,7 +916,7 @@ impl Txn {
         if let Some(r) = receipt {
             batch.insert(Receipt::key(r.pkid), r.encode());
         }
-        self.ns.tree.apply_batch(batch)?;
+        tree.apply_batch(batch)?;
         self.writes.clear();
         if added >= 0 {
             self.ns
