@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Client, Mosquitto, Process, agent_bin, guest};
+use crate::harness::{Client, Mosquitto, Process, Proxy, agent_bin, guest};
 
 /// Two `counter`s, one per model, on `p/in` and `od/in`, counting into `out/p`, `out/od`.
 fn counters(id: &str, url: &str, extra: &str) -> String {
@@ -225,6 +225,35 @@ async fn kill_9_mid_stream_counts_every_event_once() {
     assert_counted(agent, N as i64, "kill -9 mid-stream");
 }
 
+/// The agent's connections go silent (a proxy stops all traffic, the sockets stay open)
+/// for longer than the keep-alive, in the middle of a backlog. The agent notices by its
+/// keep-alive, reconnects once the path is back, and catches up: every event counted once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_partition_longer_than_the_keep_alive_loses_and_repeats_nothing() {
+    const N: u64 = 1000;
+    let broker = Mosquitto::start();
+    let proxy = Proxy::start(broker.port).await;
+    let config = counters(
+        "partition",
+        &format!("mqtt://127.0.0.1:{}", proxy.port),
+        "keep_alive_secs = 5\n",
+    );
+    let mut counts = Counts::follow(broker.port).await;
+    let agent = with_backlog(&broker, "partition", &config, N).await;
+    counts.until(&["p", "od"], 100, Duration::from_secs(10)).await;
+    proxy.pause(true);
+    // Mosquitto drops a client after 1.5 keep-alives of silence; the agent gives up on
+    // its connections after a keep-alive without a ping answered.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    proxy.pause(false);
+    let healed = std::time::Instant::now();
+    counts
+        .until(&["p", "od"], N as i64, Duration::from_secs(10))
+        .await;
+    eprintln!("caught up {:?} after the partition healed", healed.elapsed());
+    assert_counted(agent, N as i64, "a silent partition");
+}
+
 /// A file system of `mb` MiB mounted on `dir` for one test (tmpfs, which runs out of
 /// space like a full SD card), unmounted on drop. `None` where this process may not mount
 /// (not root): the test then says so and passes only if `EDGE_AGENT_REQUIRE_FAULTS` is unset
@@ -377,6 +406,7 @@ async fn pause_and_resume(fault: DiskFault) {
         )
         .await;
     let resumed = back.elapsed();
+    eprintln!("{fault:?}: resumed {resumed:?} after the fault went");
     assert!(
         resumed < Duration::from_secs(5),
         "{fault:?}: resumed {resumed:?} after the fault went"

@@ -750,3 +750,73 @@ impl Drop for Client {
         self.task.abort();
     }
 }
+
+/// A TCP proxy to a local port that can go silent: while paused it neither reads nor
+/// writes, so both ends see a connection that is open and says nothing (a partition that
+/// only keep-alives can detect).
+pub struct Proxy {
+    pub port: u16,
+    paused: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    pub async fn start(to: u16) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let (paused, watch) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            while let Ok((inbound, _)) = listener.accept().await {
+                let watch = watch.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", to)).await
+                    else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::spawn(Self::pipe(ri, wo, watch.clone()));
+                    Self::pipe(ro, wi, watch).await;
+                });
+            }
+        });
+        Self { port, paused, task }
+    }
+
+    /// Stops (true) or resumes (false) all traffic.
+    pub fn pause(&self, on: bool) {
+        self.paused.send_replace(on);
+    }
+
+    async fn pipe(
+        mut from: tokio::net::tcp::OwnedReadHalf,
+        mut to: tokio::net::tcp::OwnedWriteHalf,
+        mut paused: tokio::sync::watch::Receiver<bool>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buf = vec![0; 16 * 1024];
+        loop {
+            if paused.wait_for(|p| !p).await.is_err() {
+                return;
+            }
+            let n = tokio::select! {
+                r = from.read(&mut buf) => match r {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                },
+                _ = paused.wait_for(|p| *p) => continue,
+            };
+            if paused.wait_for(|p| !p).await.is_err() || to.write_all(&buf[..n]).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
