@@ -579,6 +579,13 @@ impl Process {
         p
     }
 
+    /// `kill -9`, and the directory it ran in, kept.
+    pub fn kill_keeping_dir(mut self) -> tempfile::TempDir {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::mem::replace(&mut self._dir, tempfile::tempdir().expect("tempdir"))
+    }
+
     /// [`Process::stop`], and the directory it ran in, kept (to read its state store).
     pub fn stop_keeping_dir(mut self) -> (std::process::ExitStatus, String, tempfile::TempDir) {
         let (status, log) = self.stop_now();

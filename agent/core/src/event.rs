@@ -126,6 +126,16 @@ pub struct Outbound {
     pub retain: bool,
 }
 
+/// A checksum of a message, to tell a resend of it from another message with the same
+/// packet id: CRC-32 of its topic, a NUL, and its payload.
+pub fn checksum(topic: &str, payload: &[u8]) -> u32 {
+    let mut h = crc32fast::Hasher::new();
+    h.update(topic.as_bytes());
+    h.update(&[0]);
+    h.update(payload);
+    h.finalize()
+}
+
 /// Converts a QoS number (0-2, validated earlier) to rumqttc's type.
 pub fn mqtt_qos(n: u8) -> rumqttc::QoS {
     match n {

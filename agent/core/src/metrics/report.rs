@@ -216,6 +216,7 @@ impl StatsBook {
                 received = s.received,
                 succeeded = s.succeeded,
                 restarts = s.restarts,
+                replayed = s.replayed,
                 failed = ?s.failed,
                 e2e_p50_us = s.end_to_end_us.p50,
                 e2e_p99_us = s.end_to_end_us.p99,

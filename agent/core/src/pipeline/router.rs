@@ -86,7 +86,7 @@ impl Router {
     /// A (re)connection: packet ids of the previous connection are void; when the broker
     /// did not keep the session, so are the receipts (packet ids start over).
     pub fn connected(&self, session_present: bool) {
-        self.acks.reset();
+        self.acks.reset(session_present);
         if !session_present {
             for ns in self.routes.iter().filter_map(|r| r.state.as_ref()) {
                 if let Err(e) = ns.forget_all() {
@@ -121,11 +121,13 @@ impl Router {
             .iter()
             .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
             .collect();
-        let delivery = Arc::new(Delivery::new(
-            targets.len(),
-            self.acks.register(&publish),
-            self.acks.clone(),
-        ));
+        let Ok(ticket) = self.acks.register(&publish) else {
+            // A resend of a message still in the pipeline from before a reconnect: its
+            // acknowledgement goes out when it is done.
+            tracing::trace!(topic = %publish.topic, pkid = publish.pkid, "resend of a message in hand: dropped");
+            return;
+        };
+        let delivery = Arc::new(Delivery::new(targets.len(), ticket, self.acks.clone()));
         if targets.is_empty() {
             // Covered by a merged subscription but wanted by no function.
             tracing::trace!(topic = %publish.topic, "no function for topic");

@@ -433,13 +433,9 @@ pub enum Committed {
 }
 
 impl Receipt {
-    /// The checksum of a message: CRC-32 of its topic, a NUL, and its payload.
+    /// The checksum of a message ([`crate::event::checksum`]).
     pub fn checksum(topic: &str, payload: &[u8]) -> u32 {
-        let mut h = crc32fast::Hasher::new();
-        h.update(topic.as_bytes());
-        h.update(&[0]);
-        h.update(payload);
-        h.finalize()
+        crate::event::checksum(topic, payload)
     }
 
     fn key(pkid: u16) -> Vec<u8> {
