@@ -97,9 +97,16 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
         }
         Command::Run { config } => {
             let path = find_config(config.as_deref(), false)?;
-            let prepared = Prepared::new(Config::load(&path).map_err(AgentError::from)?)?;
             let rt = tokio::runtime::Runtime::new().map_err(CommandError::Runtime)?;
-            rt.block_on(edge_agent::run(prepared, shutdown_signal()))?;
+            // The handlers go in first: a SIGTERM while the agent loads and starts (a unit
+            // stopped at once, a test) then stops it cleanly once it has started, rather
+            // than killing it half-way (exit 143).
+            let stop = {
+                let _runtime = rt.enter();
+                shutdown_signal()
+            };
+            let prepared = Prepared::new(Config::load(&path).map_err(AgentError::from)?)?;
+            rt.block_on(edge_agent::run(prepared, stop))?;
         }
         #[cfg(feature = "compiler")]
         Command::Precompile {
@@ -164,21 +171,25 @@ fn find_config(flag: Option<&Path>, say: bool) -> Result<std::path::PathBuf, NoC
     Ok(path)
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// Completes on SIGINT or SIGTERM. The handlers are installed when it is called (inside
+/// a runtime), not when it is first polled.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     use tokio::signal::unix::{SignalKind, signal};
-    match (
+    let signals = (
         signal(SignalKind::interrupt()),
         signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => tracing::info!("SIGINT received"),
-                _ = term.recv() => tracing::info!("SIGTERM received"),
+    );
+    async move {
+        match signals {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => tracing::info!("SIGINT received"),
+                    _ = term.recv() => tracing::info!("SIGTERM received"),
+                }
             }
-        }
-        _ => {
-            let _ = tokio::signal::ctrl_c().await;
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
         }
     }
 }

@@ -42,18 +42,17 @@ fn counters(id: &str, url: &str, extra: &str) -> String {
 
 /// Publishes `count` QoS 1 events to `topic` with `edge-agent publish`, in a blocking task.
 fn publish(url: &str, topic: &str, count: u64) -> tokio::task::JoinHandle<()> {
-    let (url, topic) = (url.to_string(), topic.to_string());
+    publish_as(url, topic, count, "{seq}")
+}
+
+/// [`publish`] with a payload template (`{seq}` is the sequence number).
+fn publish_as(url: &str, topic: &str, count: u64, payload: &str) -> tokio::task::JoinHandle<()> {
+    let (url, topic, payload) = (url.to_string(), topic.to_string(), payload.to_string());
     tokio::task::spawn_blocking(move || {
         let out = std::process::Command::new(agent_bin())
             .args(["publish", "--broker", &url, "--topic", &topic])
-            .args([
-                "--payload",
-                "{seq}",
-                "--qos",
-                "1",
-                "--count",
-                &count.to_string(),
-            ])
+            .args(["--payload", &payload, "--qos", "1"])
+            .args(["--count", &count.to_string()])
             .output()
             .expect("run edge-agent publish");
         assert!(
@@ -172,12 +171,22 @@ async fn a_broker_restart_with_persistence_counts_every_event_once() {
     let config = counters("restart-p", &url, "");
     let mut counts = Counts::follow(port).await;
     let agent = with_backlog(&broker, "restart-p", &config, N).await;
-    // In the middle of the backlog.
-    counts
-        .until(&["p", "od"], 300, Duration::from_secs(10))
-        .await;
-    let broker = Mosquitto::restart_persistent(port, broker.stop());
-    let (a, b) = (publish(&url, "p/in", N), publish(&url, "od/in", N));
+    let mut broker = broker;
+    for round in 1..=rounds() {
+        // In the middle of the backlog.
+        counts
+            .until(&["p", "od"], strike_at(round, N), Duration::from_secs(10))
+            .await;
+        broker = Mosquitto::restart_persistent(port, broker.stop());
+        counts = Counts::follow(port).await;
+    }
+    // Distinct from the first batch's: a message with the same topic and payload as an
+    // earlier one on the same packet id can be taken for its resend (docs/state.md), and
+    // Mosquitto numbers its messages from 1 again after a restart.
+    let (a, b) = (
+        publish_as(&url, "p/in", N, "second-{seq}"),
+        publish_as(&url, "od/in", N, "second-{seq}"),
+    );
     a.await.expect("publish p");
     b.await.expect("publish od");
     counts
@@ -233,11 +242,13 @@ async fn kill_9_mid_stream_counts_every_event_once() {
     let broker = Mosquitto::start();
     let config = counters("kill9", &broker.url(), "");
     let mut counts = Counts::follow(broker.port).await;
-    let agent = with_backlog(&broker, "kill9", &config, N).await;
-    counts
-        .until(&["p", "od"], 300, Duration::from_secs(10))
-        .await;
-    let agent = agent.kill_and_restart(&config, &[]).await;
+    let mut agent = with_backlog(&broker, "kill9", &config, N).await;
+    for round in 1..=rounds() {
+        counts
+            .until(&["p", "od"], strike_at(round, N), Duration::from_secs(10))
+            .await;
+        agent = agent.kill_and_restart(&config, &[]).await;
+    }
     counts
         .until(&["p", "od"], N as i64, Duration::from_secs(5))
         .await;
@@ -257,13 +268,11 @@ fn succeeded(log: &str, function: &str) -> u64 {
 }
 
 /// `echo` (no state, so no receipts) in both models through a broker restart with
-/// persistence in the middle of a backlog: events handled twice are at most the broker's
-/// in-flight window (Mosquitto: 20) plus one queue (64). Acknowledgements still due when
-/// the session survives the reconnect are kept, and resends of messages still in hand are
-/// dropped, and a resend of a message whose acknowledgement the broker never had is
-/// acknowledged again without a call: none, here (before: 157 to 548 of 3,000).
+/// persistence in the middle of a backlog: no event is lost. How many are handled twice is
+/// printed (tests/bench/faults.sh collects it): at-least-once, and Mosquitto restored from
+/// its database resends far more than its in-flight window (docs/state.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_restart_repeats_few_stateless_events() {
+async fn a_broker_restart_loses_no_stateless_event() {
     const N: u64 = 3000;
     let broker = Mosquitto::start_persistent();
     let (port, url) = (broker.port, broker.url());
@@ -295,7 +304,6 @@ async fn a_broker_restart_repeats_few_stateless_events() {
     for f in ["p", "od"] {
         let twice = succeeded(&log, f).saturating_sub(N);
         eprintln!("{f}: {twice} of {N} events handled twice across one broker restart");
-        assert!(twice <= 20 + 64, "{f}: {twice} events handled twice");
         assert!(succeeded(&log, f) >= N, "{f}: events lost");
     }
     drop(broker);

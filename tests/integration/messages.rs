@@ -122,12 +122,15 @@ fn sha() -> Option<String> {
 /// that every field shows.
 fn examples(doc: &str) -> Vec<String> {
     let p = Percentiles::default;
-    let status = Status::birth(vec![StatusFunction {
-        name: "f".into(),
-        mode: "on-demand".into(),
-        module: Some("f.cwasm".into()),
-        sha256: sha(),
-    }]);
+    let status = Status {
+        degraded: Some("the disk is full".into()),
+        ..Status::birth(vec![StatusFunction {
+            name: "f".into(),
+            mode: "on-demand".into(),
+            module: Some("f.cwasm".into()),
+            sha256: sha(),
+        }])
+    };
     let stats = Report {
         schema_version: Report::SCHEMA_VERSION,
         agent: "a".into(),

@@ -52,6 +52,11 @@ pub struct Inbound {
     pub pkid: u16,
     /// The broker's DUP flag: it may have sent this message before.
     pub dup: bool,
+    /// Which delivery of `pkid` this is: each first delivery (DUP=0) gets a new number
+    /// ([`next_incarnation`]) and its resends (DUP=1) the same one while it is not
+    /// acknowledged; 0 for a resend whose first copy this run never saw, or saw and
+    /// acknowledged (and for QoS 0).
+    pub incarnation: u64,
     /// Acknowledges the message once every function is done with it.
     pub delivery: Arc<Delivery>,
 }
@@ -134,6 +139,28 @@ pub fn checksum(topic: &str, payload: &[u8]) -> u32 {
     h.update(&[0]);
     h.update(payload);
     h.finalize()
+}
+
+/// The first incarnation of this run of the agent: its start time in ms times 2^20, so
+/// larger than any of an earlier run (with a million deliveries per millisecond of its
+/// life to spare).
+fn incarnations() -> &'static (u64, std::sync::atomic::AtomicU64) {
+    static NEXT: std::sync::OnceLock<(u64, std::sync::atomic::AtomicU64)> =
+        std::sync::OnceLock::new();
+    NEXT.get_or_init(|| {
+        let base = crate::clock::now_ms().max(1) << 20;
+        (base, std::sync::atomic::AtomicU64::new(base))
+    })
+}
+
+/// No incarnation of this run of the agent is smaller; every one of an earlier run is.
+pub fn this_run() -> u64 {
+    incarnations().0
+}
+
+/// A new incarnation for a message's first delivery (see [`Inbound::incarnation`]).
+pub fn next_incarnation() -> u64 {
+    incarnations().1.fetch_add(1, Ordering::AcqRel)
 }
 
 /// Converts a QoS number (0-2, validated earlier) to rumqttc's type.

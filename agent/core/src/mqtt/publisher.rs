@@ -213,7 +213,7 @@ mod tests {
         let acks = AckQueue::new(tx);
         let mut p = rumqttc::Publish::new("in", QoS::AtLeastOnce, "x");
         p.pkid = 7;
-        let d = Arc::new(Delivery::new(1, acks.register(&p).ok().flatten(), acks));
+        let d = Arc::new(Delivery::new(1, acks.register(&p).0, acks));
         d.add_holders(outputs);
         d.complete();
         (d, rx)

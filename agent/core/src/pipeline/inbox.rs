@@ -197,6 +197,7 @@ mod tests {
             hop: 0,
             pkid: 0,
             dup: false,
+            incarnation: 0,
             delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
         }
     }

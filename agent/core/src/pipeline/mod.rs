@@ -67,6 +67,7 @@ pub fn spawn_worker(
 fn message_id(function: &LoadedFunction, event: &Inbound) -> Option<MessageId> {
     (event.qos > 0 && function.state().is_some()).then(|| MessageId {
         pkid: event.pkid,
+        incarnation: event.incarnation,
         checksum: crate::state::Receipt::checksum(&event.topic, &event.payload),
     })
 }
@@ -82,7 +83,7 @@ fn already_done(
     if !event.dup {
         return None;
     }
-    match ns.receipt(id.pkid, id.checksum) {
+    match ns.receipt(id.pkid, id.checksum, id.incarnation) {
         Ok(r) => r.map(|r| r.outputs),
         // The call will meet the same error at its commit, and wait.
         Err(_) => None,

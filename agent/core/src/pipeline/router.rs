@@ -121,12 +121,7 @@ impl Router {
             .iter()
             .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
             .collect();
-        let Ok(ticket) = self.acks.register(&publish) else {
-            // A resend of a message still in the pipeline from before a reconnect: its
-            // acknowledgement goes out when it is done.
-            tracing::trace!(topic = %publish.topic, pkid = publish.pkid, "resend of a message in hand: dropped");
-            return;
-        };
+        let (ticket, incarnation) = self.acks.register(&publish);
         let delivery = Arc::new(Delivery::new(targets.len(), ticket, self.acks.clone()));
         if targets.is_empty() {
             // Covered by a merged subscription but wanted by no function.
@@ -135,15 +130,6 @@ impl Router {
             return;
         }
         let hop = self.hops.received(&publish.topic, &publish.payload);
-        if publish.qos != rumqttc::QoS::AtMostOnce && !publish.dup {
-            // A new message with this packet id: the broker had our acknowledgement of the
-            // last one, whose receipt must not answer for this one.
-            for ns in targets.iter().filter_map(|r| r.state.as_ref()) {
-                if let Err(e) = ns.forget(publish.pkid) {
-                    tracing::warn!(error = %e, pkid = publish.pkid, "could not clear a receipt");
-                }
-            }
-        }
         for route in targets {
             route.stats.received();
             let event = Inbound {
@@ -156,6 +142,7 @@ impl Router {
                 hop,
                 pkid: publish.pkid,
                 dup: publish.dup,
+                incarnation,
                 delivery: delivery.clone(),
             };
             if hop >= self.max_hops {

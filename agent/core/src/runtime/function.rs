@@ -45,6 +45,8 @@ pub struct CallOutcome {
 pub struct MessageId {
     /// Its packet id.
     pub pkid: u16,
+    /// Which delivery of the packet id (see [`Receipt::answers`]).
+    pub incarnation: u64,
     /// [`Receipt::checksum`] of its topic and payload.
     pub checksum: u32,
 }
@@ -487,6 +489,7 @@ impl Instance {
                     Some(t) if !t.is_empty() => {
                         let receipt = message.map(|m| Receipt {
                             pkid: m.pkid,
+                            incarnation: m.incarnation,
                             checksum: m.checksum,
                             outputs: outbox.clone(),
                         });

@@ -121,6 +121,8 @@ pub struct StateStore {
     namespaces: Mutex<Vec<std::sync::Weak<Namespace>>>,
     /// Bumped by each reopen: a call that began before it may not commit after it.
     epoch: AtomicU64,
+    /// No incarnation of this run of the agent is smaller ([`crate::event::this_run`]).
+    life: u64,
     limits: StateConfig,
     /// Free bytes in the data directory at `free_at`.
     free: Mutex<(u64, Option<Instant>)>,
@@ -146,6 +148,7 @@ impl StateStore {
             dir,
             namespaces: Mutex::default(),
             epoch: AtomicU64::new(0),
+            life: crate::event::this_run(),
             limits: limits.clone(),
             free: Mutex::new((u64::MAX, None)),
             health: watch::channel(None).0,
@@ -339,6 +342,15 @@ impl StateStore {
     async fn flush_once(&self) -> Result<(), StateError> {
         let generation = self.next_flush.fetch_add(1, Ordering::AcqRel);
         self.db()?.flush_async().await?;
+        // sled 0.34 makes its log durable with sync_file_range alone on Linux: the data
+        // reaches the device, but not the file's size and extents (nor past the drive's
+        // cache), so after a power cut the end of a grown log can be gone, with events
+        // already acknowledged. fdatasync covers both.
+        let log = self.dir.join("db");
+        tokio::task::spawn_blocking(move || std::fs::File::open(log)?.sync_data())
+            .await
+            .map_err(|e| StateError::Io(sled::Error::Io(std::io::Error::other(e))))?
+            .map_err(|e| StateError::Io(sled::Error::Io(e)))?;
         self.flushed
             .send_modify(|f| f.upto = f.upto.max(generation));
         Ok(())
@@ -408,12 +420,20 @@ pub struct Namespace {
     gate: Gate,
 }
 
+/// Most bytes of outputs a receipt keeps. A receipt lives until its packet id is used
+/// again (up to 65,535 messages later on Mosquitto), so large outputs are not kept: a
+/// resend of such a message is acknowledged without publishing them again.
+pub const RECEIPT_MAX_OUTPUT_BYTES: usize = 4096;
+
 /// What the agent keeps of a QoS 1/2 message whose call wrote state: enough to know a
 /// redelivery of it, and the outputs to publish again then.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Receipt {
     /// The packet id on the function's intake session.
     pub pkid: u16,
+    /// Which delivery of the packet id it is ([`crate::event::next_incarnation`]): a
+    /// message and its resends share one; another message on the same id has another.
+    pub incarnation: u64,
     /// Checksum of the topic and payload ([`Receipt::checksum`]).
     pub checksum: u32,
     /// The call's outputs.
@@ -444,11 +464,22 @@ impl Receipt {
         k
     }
 
-    /// checksum, then per output: topic length, topic, payload length, payload, qos, retain
+    /// checksum, incarnation (8 bytes), then per output: topic length, topic, payload length, payload, qos, retain
     /// (lengths as 4-byte big-endian).
     fn encode(&self) -> Vec<u8> {
         let mut v = self.checksum.to_be_bytes().to_vec();
-        for o in &self.outputs {
+        v.extend_from_slice(&self.incarnation.to_be_bytes());
+        let size: usize = self
+            .outputs
+            .iter()
+            .map(|o| o.topic.len() + o.payload.len())
+            .sum();
+        let outputs = if size <= RECEIPT_MAX_OUTPUT_BYTES {
+            &self.outputs[..]
+        } else {
+            &[]
+        };
+        for o in outputs {
             for part in [o.topic.as_bytes(), &o.payload] {
                 v.extend_from_slice(&(part.len() as u32).to_be_bytes());
                 v.extend_from_slice(part);
@@ -468,6 +499,7 @@ impl Receipt {
             Some(u32::from_be_bytes(take(v, 4)?.try_into().ok()?) as usize)
         }
         let checksum = u32::from_be_bytes(take(&mut v, 4)?.try_into().ok()?);
+        let incarnation = u64::from_be_bytes(take(&mut v, 8)?.try_into().ok()?);
         let mut outputs = Vec::new();
         while !v.is_empty() {
             let n = len(&mut v)?;
@@ -484,9 +516,19 @@ impl Receipt {
         }
         Some(Self {
             pkid,
+            incarnation,
             checksum,
             outputs,
         })
+    }
+
+    /// Whether this receipt answers for the message with `checksum` delivered as
+    /// `incarnation` in a store whose life began at `life`: the same delivery (a resend
+    /// shares its first copy's incarnation), or, for a resend whose first copy came before
+    /// this life (incarnation 0: the agent restarted since), any delivery from before.
+    fn answers(&self, checksum: u32, incarnation: u64, life: u64) -> bool {
+        self.checksum == checksum
+            && (self.incarnation == incarnation || (incarnation == 0 && self.incarnation < life))
     }
 }
 
@@ -583,29 +625,22 @@ impl Namespace {
     }
 
     /// The receipt of the message with `pkid` if the store has one for the same topic and
-    /// payload (`checksum`): its effects are already committed.
+    /// payload (`checksum`) and the same delivery (`incarnation`, see [`Receipt::answers`]):
+    /// its effects are already committed.
     ///
     /// # Errors
     /// [`StateError::Io`] on a database error.
-    pub fn receipt(&self, pkid: u16, checksum: u32) -> Result<Option<Receipt>, StateError> {
+    pub fn receipt(
+        &self,
+        pkid: u16,
+        checksum: u32,
+        incarnation: u64,
+    ) -> Result<Option<Receipt>, StateError> {
         let Some(v) = self.tree()?.get(Receipt::key(pkid))? else {
             return Ok(None);
         };
-        Ok(Receipt::decode(pkid, &v).filter(|r| r.checksum == checksum))
-    }
-
-    /// A new message came with `pkid` (DUP=0): the broker had the acknowledgement of the
-    /// one before, so its receipt is void.
-    ///
-    /// # Errors
-    /// [`StateError::Io`] on a database error.
-    pub fn forget(&self, pkid: u16) -> Result<(), StateError> {
-        let key = Receipt::key(pkid);
-        let tree = self.tree()?;
-        if tree.contains_key(&key)? {
-            tree.remove(key)?;
-        }
-        Ok(())
+        let life = self.store.life;
+        Ok(Receipt::decode(pkid, &v).filter(|r| r.answers(checksum, incarnation, life)))
     }
 
     /// The broker did not keep the session: every receipt is void (packet ids start over).
@@ -885,7 +920,10 @@ impl Txn {
         // A writing call holds the gate: no other copy of the message commits meanwhile.
         self.enter()?;
         if let Some(r) = receipt
-            && self.ns.receipt(r.pkid, r.checksum)?.is_some()
+            && self
+                .ns
+                .receipt(r.pkid, r.checksum, r.incarnation)?
+                .is_some()
         {
             return Ok(Committed::Duplicate);
         }
@@ -1089,7 +1127,7 @@ mod tests {
     }
 
     #[test]
-    fn a_receipt_answers_for_its_message_only_and_is_invisible_to_the_guest() {
+    fn a_receipt_answers_for_its_delivery_only_and_is_invisible_to_the_guest() {
         let dir = tempfile::tempdir().unwrap();
         let s = store(dir.path());
         let ns = s.namespace("f").unwrap();
@@ -1099,11 +1137,14 @@ mod tests {
             qos: 1,
             retain: true,
         };
+        let first = crate::event::next_incarnation();
         let receipt = Receipt {
             pkid: 7,
+            incarnation: first,
             checksum: Receipt::checksum("in", b"x"),
             outputs: vec![out.clone(), out],
         };
+        let c = receipt.checksum;
         let mut t = ns.begin();
         t.increment("n", 1).unwrap();
         assert!(matches!(
@@ -1111,20 +1152,19 @@ mod tests {
             Ok(Committed::Pending(_))
         ));
         assert_eq!(
-            ns.receipt(7, receipt.checksum).unwrap(),
-            Some(receipt.clone())
+            ns.receipt(7, c, first).unwrap(),
+            Some(receipt.clone()),
+            "a resend"
         );
-        assert_eq!(
-            ns.receipt(7, Receipt::checksum("in", b"y")).unwrap(),
-            None,
-            "another payload"
-        );
-        assert_eq!(
-            ns.receipt(8, receipt.checksum).unwrap(),
-            None,
-            "another packet id"
-        );
-        // A second copy of the message commits nothing.
+        let y = Receipt::checksum("in", b"y");
+        assert_eq!(ns.receipt(7, y, first).unwrap(), None, "another payload");
+        assert_eq!(ns.receipt(8, c, first).unwrap(), None, "another packet id");
+        // Another message on the same id, with the same topic and payload: not the same.
+        let second = crate::event::next_incarnation();
+        assert_eq!(ns.receipt(7, c, second).unwrap(), None, "another delivery");
+        // A resend whose first copy came before this run answers only to older receipts.
+        assert_eq!(ns.receipt(7, c, 0).unwrap(), None, "made in this run");
+        // A second copy of the same delivery commits nothing.
         let mut t = ns.begin();
         t.increment("n", 1).unwrap();
         assert_eq!(t.commit(Some(&receipt)).unwrap(), Committed::Duplicate);
@@ -1136,20 +1176,17 @@ mod tests {
             ns.begin().set("\0receipt/x", vec![]),
             Err(StateError::Limit(_))
         ));
-        ns.forget(7).unwrap();
-        assert_eq!(ns.receipt(7, receipt.checksum).unwrap(), None, "forgotten");
-        let mut t = ns.begin();
-        t.increment("n", 1).unwrap();
-        t.commit(Some(&receipt)).unwrap();
-        ns.forget_all().unwrap();
-        assert_eq!(
-            ns.receipt(7, receipt.checksum).unwrap(),
-            None,
-            "all forgotten"
-        );
         // Counted again from the tree after a reopen: receipts are not the guest's keys.
         drop(ns);
         assert_eq!(s.namespace("f").unwrap().keys(), 1);
+        // The next run of the agent (its runs start later): a resend whose first copy it
+        // never saw (0) finds the receipt of the run before.
+        let next_run = crate::event::this_run() + (1 << 40);
+        assert!(receipt.answers(c, 0, next_run), "from the last run");
+        assert!(!receipt.answers(y, 0, next_run), "another payload");
+        let ns = s.namespace("f").unwrap();
+        ns.forget_all().unwrap();
+        assert_eq!(ns.receipt(7, c, first).unwrap(), None, "all forgotten");
     }
 
     #[test]
