@@ -45,6 +45,17 @@ fn publish(url: &str, topic: &str, count: u64) -> tokio::task::JoinHandle<()> {
     publish_as(url, topic, count, "{seq}")
 }
 
+/// Publishes `count` events to each counter (`p/in`, `od/in`) at once, payloads from
+/// `payload` ([`publish_as`]), and waits for both publishers.
+async fn publish_both(url: &str, count: u64, payload: &str) {
+    let (p, od) = (
+        publish_as(url, "p/in", count, payload),
+        publish_as(url, "od/in", count, payload),
+    );
+    p.await.expect("publish p");
+    od.await.expect("publish od");
+}
+
 /// [`publish`] with a payload template (`{seq}` is the sequence number).
 fn publish_as(url: &str, topic: &str, count: u64, payload: &str) -> tokio::task::JoinHandle<()> {
     let (url, topic, payload) = (url.to_string(), topic.to_string(), payload.to_string());
@@ -151,12 +162,7 @@ async fn with_backlog(broker: &Mosquitto, id: &str, config: &str, n: u64) -> Pro
     let agent = Process::start(config, broker.port, id, &[]).await;
     let (status, log, dir) = agent.stop_keeping_dir();
     assert!(status.success(), "{log}");
-    let (a, b) = (
-        publish(&broker.url(), "p/in", n),
-        publish(&broker.url(), "od/in", n),
-    );
-    a.await.expect("publish p");
-    b.await.expect("publish od");
+    publish_both(&broker.url(), n, "{seq}").await;
     Process::start_in(dir, config, broker.port, id).await
 }
 
@@ -183,12 +189,7 @@ async fn a_broker_restart_with_persistence_counts_every_event_once() {
     // Distinct from the first batch's: a message with the same topic and payload as an
     // earlier one on the same packet id can be taken for its resend (docs/state.md), and
     // Mosquitto numbers its messages from 1 again after a restart.
-    let (a, b) = (
-        publish_as(&url, "p/in", N, "second-{seq}"),
-        publish_as(&url, "od/in", N, "second-{seq}"),
-    );
-    a.await.expect("publish p");
-    b.await.expect("publish od");
+    publish_both(&url, N, "second-{seq}").await;
     counts
         .until(&["p", "od"], 2 * N as i64, Duration::from_secs(5))
         .await;
@@ -207,9 +208,7 @@ async fn a_broker_restart_without_persistence_loses_no_count_and_repeats_none() 
     let config = counters("restart-np", &url, "");
     let agent = Process::start(&config, port, "restart-np", &[]).await;
     let mut counts = Counts::follow(port).await;
-    let (a, b) = (publish(&url, "p/in", N), publish(&url, "od/in", N));
-    a.await.expect("publish p");
-    b.await.expect("publish od");
+    publish_both(&url, N, "{seq}").await;
     counts
         .until(&["p", "od"], N as i64, Duration::from_secs(5))
         .await;
@@ -223,9 +222,7 @@ async fn a_broker_restart_without_persistence_loses_no_count_and_repeats_none() 
     let mut status = Client::connect(port, &["edge-agent/restart-np/status"]).await;
     status.recv().await;
     let mut counts = Counts::follow(port).await;
-    let (a, b) = (publish(&url, "p/in", N), publish(&url, "od/in", N));
-    a.await.expect("publish p");
-    b.await.expect("publish od");
+    publish_both(&url, N, "{seq}").await;
     counts
         .until(&["p", "od"], 2 * N as i64, Duration::from_secs(5))
         .await;
@@ -492,12 +489,7 @@ async fn a_power_cut_mid_stream_loses_nothing_acknowledged_and_counts_once() {
     let agent = Process::start_in(dir, &config, broker.port, "power").await;
     let (status, log, dir) = agent.stop_keeping_dir();
     assert!(status.success(), "{log}");
-    let (a, b) = (
-        publish(&broker.url(), "p/in", N),
-        publish(&broker.url(), "od/in", N),
-    );
-    a.await.expect("publish p");
-    b.await.expect("publish od");
+    publish_both(&broker.url(), N, "{seq}").await;
     let mut agent = Process::start_in(dir, &config, broker.port, "power").await;
     let mut disk = disk;
     for round in 1..=rounds() {

@@ -68,7 +68,7 @@ fn message_id(function: &LoadedFunction, event: &Inbound) -> Option<MessageId> {
     (event.qos > 0 && function.state().is_some()).then(|| MessageId {
         pkid: event.pkid,
         incarnation: event.incarnation,
-        checksum: crate::state::Receipt::checksum(&event.topic, &event.payload),
+        checksum: crate::event::checksum(&event.topic, &event.payload),
     })
 }
 

@@ -47,7 +47,7 @@ pub struct MessageId {
     pub pkid: u16,
     /// Which delivery of the packet id (see [`Receipt::answers`]).
     pub incarnation: u64,
-    /// [`Receipt::checksum`] of its topic and payload.
+    /// [`crate::event::checksum`] of its topic and payload.
     pub checksum: u32,
 }
 

@@ -434,7 +434,7 @@ pub struct Receipt {
     /// Which delivery of the packet id it is ([`crate::event::next_incarnation`]): a
     /// message and its resends share one; another message on the same id has another.
     pub incarnation: u64,
-    /// Checksum of the topic and payload ([`Receipt::checksum`]).
+    /// Checksum of the topic and payload ([`crate::event::checksum`]).
     pub checksum: u32,
     /// The call's outputs.
     pub outputs: Vec<crate::event::Outbound>,
@@ -453,11 +453,6 @@ pub enum Committed {
 }
 
 impl Receipt {
-    /// The checksum of a message ([`crate::event::checksum`]).
-    pub fn checksum(topic: &str, payload: &[u8]) -> u32 {
-        crate::event::checksum(topic, payload)
-    }
-
     fn key(pkid: u16) -> Vec<u8> {
         let mut k = RECEIPT_PREFIX.to_vec();
         k.extend_from_slice(&pkid.to_be_bytes());
@@ -608,6 +603,7 @@ impl Namespace {
             ns: self.clone(),
             writes: BTreeMap::new(),
             pending_bytes: 0,
+            bytes_change: 0,
             deadline,
             holds_gate: false,
             epoch: None,
@@ -668,6 +664,8 @@ pub struct Txn {
     writes: BTreeMap<String, Option<Vec<u8>>>,
     /// Bytes of keys and values in `writes`.
     pending_bytes: usize,
+    /// How much the namespace's stored bytes change if the call commits.
+    bytes_change: i64,
     deadline: Option<Instant>,
     holds_gate: bool,
     /// The store's epoch when the instance was made, or at the call's first access: it
@@ -716,20 +714,13 @@ impl Txn {
         Ok(())
     }
 
-    /// Bytes the namespace would hold if this call committed now, and what `key` holds in
-    /// the tree now (0 if absent).
-    fn bytes_after(&self) -> Result<i64, StateError> {
-        let mut after = self.ns.bytes.load(Ordering::Acquire) as i64;
-        let tree = self.ns.tree()?;
-        for (k, v) in &self.writes {
-            if let Some(old) = tree.get(k.as_str())? {
-                after -= (k.len() + old.len()) as i64;
-            }
-            if let Some(v) = v {
-                after += (k.len() + v.len()) as i64;
-            }
-        }
-        Ok(after)
+    /// What `key` takes in the store as this call sees it (key plus value; 0 if absent).
+    fn size_now(&self, key: &str) -> Result<i64, StateError> {
+        let value_len = match self.writes.get(key) {
+            Some(w) => w.as_ref().map(Vec::len),
+            None => self.ns.tree()?.get(key)?.map(|v| v.len()),
+        };
+        Ok(value_len.map_or(0, |n| (key.len() + n) as i64))
     }
 
     /// The value of `key` as this call sees it.
@@ -778,26 +769,19 @@ impl Txn {
                 )));
             }
         }
-        let previous = self.writes.get(key).cloned();
-        self.pend(key, Some(value))?;
+        let (before, size) = (self.size_now(key)?, (key.len() + value.len()) as i64);
         let budget = self.limits().max_bytes_per_function;
-        let after = self.bytes_after()?;
+        let after =
+            self.ns.bytes.load(Ordering::Acquire) as i64 + self.bytes_change - before + size;
         if after > budget as i64 {
-            // Undo: the write is refused, the call may go on.
-            match previous {
-                Some(v) => self.writes.insert(key.to_string(), v),
-                None => self.writes.remove(key),
-            };
-            self.pending_bytes = self
-                .writes
-                .iter()
-                .map(|(k, v)| k.len() + v.as_ref().map_or(0, Vec::len))
-                .sum();
+            // The write is refused; the call may go on.
             return Err(StateError::Limit(format!(
                 "the function's state would reach {after} bytes, over \
                  state.max_bytes_per_function ({budget})"
             )));
         }
+        self.pend(key, Some(value))?;
+        self.bytes_change += size - before;
         Ok(())
     }
 
@@ -832,7 +816,10 @@ impl Txn {
     pub fn delete(&mut self, key: &str) -> Result<(), StateError> {
         self.check_key(key)?;
         self.enter()?;
-        self.pend(key, None)
+        let before = self.size_now(key)?;
+        self.pend(key, None)?;
+        self.bytes_change -= before;
+        Ok(())
     }
 
     /// Adds `delta` to the decimal integer under `key` (absent = 0) and returns the sum.
@@ -931,7 +918,7 @@ impl Txn {
             return Err(StateError::Reopening);
         }
         let tree = self.ns.tree()?;
-        let bytes_after = self.bytes_after()?;
+        let bytes_after = self.ns.bytes.load(Ordering::Acquire) as i64 + self.bytes_change;
         let mut batch = sled::Batch::default();
         let mut added: i64 = 0;
         for (k, v) in &self.writes {
@@ -1141,7 +1128,7 @@ mod tests {
         let receipt = Receipt {
             pkid: 7,
             incarnation: first,
-            checksum: Receipt::checksum("in", b"x"),
+            checksum: crate::event::checksum("in", b"x"),
             outputs: vec![out.clone(), out],
         };
         let c = receipt.checksum;
@@ -1156,7 +1143,7 @@ mod tests {
             Some(receipt.clone()),
             "a resend"
         );
-        let y = Receipt::checksum("in", b"y");
+        let y = crate::event::checksum("in", b"y");
         assert_eq!(ns.receipt(7, y, first).unwrap(), None, "another payload");
         assert_eq!(ns.receipt(8, c, first).unwrap(), None, "another packet id");
         // Another message on the same id, with the same topic and payload: not the same.
