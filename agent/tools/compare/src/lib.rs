@@ -13,6 +13,7 @@
 pub mod cost;
 pub mod html;
 pub mod measure;
+pub mod stats;
 pub mod tradeoffs;
 pub mod workload;
 
