@@ -665,15 +665,22 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         for m in &f.models {
             let what = format!("{} {}", f.function, m.model);
             assert_eq!(m.error, None, "{what}");
+            assert_eq!(m.rounds, 1, "{what}");
             assert!(
-                m.idle_rss_bytes > 0 && m.peak_rss_bytes >= m.idle_rss_bytes,
+                m.idle_rss_bytes.median > 0.0 && m.peak_rss_bytes.median >= m.idle_rss_bytes.median,
                 "{what}"
             );
             assert!(
-                m.rss_over_time.len() > 4 && m.state_disk_bytes > 0,
+                m.rss_over_time.len() > 4 && m.state_disk_bytes.median > 0.0,
                 "{what}"
             );
-            assert!(m.agent_call_cpu_p50_us > 0, "{what}");
+            assert!(m.agent_call_cpu_p50_us.median > 0.0, "{what}");
+            // Idle and each phase measured in one-second windows, the samples of every
+            // cost figure.
+            for rate in std::iter::once(0.0).chain(m.phases.iter().map(|p| p.rate)) {
+                let n = m.windows.iter().filter(|w| w.rate == rate).count();
+                assert!(n >= 2, "{what}: {n} windows at {rate}/s");
+            }
             let mut received = 0;
             for p in &m.phases {
                 assert!(p.sent > 0, "{what}: {p:?}");
@@ -683,9 +690,19 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
                     "{what}: {p:?}"
                 );
                 assert!(
-                    p.end_to_end_us.p50 > 0 && p.cpu_per_event_us > 0.0,
+                    p.end_to_end_us.p50.median > 0.0 && p.cpu_per_event_us.median > 0.0,
                     "{what}: {p:?}"
                 );
+                // Every figure is a median inside its interval.
+                for e in [
+                    p.end_to_end_us.p50,
+                    p.end_to_end_us.p99,
+                    p.cpu_per_event_us,
+                    p.cpu_seconds_per_hour,
+                    p.rss_bytes,
+                ] {
+                    assert!(e.low <= e.median && e.median <= e.high, "{what}: {e:?}");
+                }
                 received += p.received;
             }
             // The cross-check: the agent handled exactly the events whose outputs arrived.
@@ -697,7 +714,10 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
                 .map(|p| p.end_to_end_us.max)
                 .max()
                 .unwrap_or(0);
-            assert!(m.agent_end_to_end_p50_us <= outside_max, "{what}");
+            assert!(
+                m.agent_end_to_end_p50_us.median <= outside_max as f64,
+                "{what}"
+            );
             // Priced: idle, then each rate; each model under its own billing scheme.
             assert_eq!(m.costs.len(), m.phases.len() + 1, "{what}");
             let billing = if m.model != "persistent" {
@@ -707,28 +727,30 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
             };
             assert_eq!(m.billing, billing, "{what}");
             assert!(
-                m.costs.iter().skip(1).all(|c| c.cpu_seconds > 0.0
-                    && c.memory_mb > 0.0
-                    && c.watts > 0.0
-                    && c.dollars > 0.0),
+                m.costs.iter().skip(1).all(|c| c.cpu_seconds.median > 0.0
+                    && c.memory_mb.median > 0.0
+                    && c.watts.median > 0.0
+                    && c.dollars.median > 0.0
+                    && c.watts.low <= c.watts.median
+                    && c.watts.median <= c.watts.high),
                 "{what}: {:?}",
                 m.costs
             );
             assert!(m.latency_cdf.len() > 10, "{what}");
             // Counter's store grows while it works: memory is held above idle.
             assert!(
-                !f.stateful || m.memory_mb_seconds_above_idle > 0.0,
-                "{what}: {}",
+                !f.stateful || m.memory_mb_seconds_above_idle.median > 0.0,
+                "{what}: {:?}",
                 m.memory_mb_seconds_above_idle
             );
             // The agent's split: every event queues; only counter's calls commit state.
-            assert!(m.agent_queue_p50_us > 0, "{what}");
-            assert_eq!(m.agent_commit_p50_us > 0, f.stateful, "{what}");
+            assert!(m.agent_queue_p50_us.median > 0.0, "{what}");
+            assert_eq!(m.agent_commit_p50_us.median > 0.0, f.stateful, "{what}");
             // Scaled to zero during the idle phase: the first event loads the module again.
             let full = m.agent_full_cold_starts;
             if m.model == "scale-to-zero" {
                 assert!(
-                    full >= 1 && m.agent_full_cold_start_load_p50_us > 0,
+                    full >= 1 && m.agent_full_cold_start_load_p50_us.median > 0.0,
                     "{what}"
                 );
             } else {
@@ -751,17 +773,64 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
             f.models.iter().all(|m| m.max_sustained_rate >= Some(20.0)),
             "{f:?}"
         );
-        let kinds: Vec<&str> = f.break_even.iter().map(|b| b.kind.as_str()).collect();
+        let kinds: Vec<&str> = f.verdicts.iter().map(|v| v.kind.as_str()).collect();
         assert_eq!(
             kinds,
             ["cpu", "memory", "energy", "money"],
             "{}",
             f.function
         );
+        for v in &f.verdicts {
+            // A winner is named only where the interval of the difference lies beyond the
+            // noise threshold (25% for one round).
+            let (d, t) = (v.persistent_saves, v.noise_threshold);
+            assert_eq!(t, 0.25, "{v:?}");
+            match v.winner.as_str() {
+                "persistent" => assert!(d.low > t, "{v:?}"),
+                "on-demand" => assert!(d.high < -t, "{v:?}"),
+                w => assert!(
+                    w == edge_agent_compare::verdict::EVEN && d.low <= t && d.high >= -t,
+                    "{v:?}"
+                ),
+            }
+            assert!(stdout.contains(&v.text), "{stdout}");
+        }
+        // The card: at the workload's mean rate (20 and 200 events/s for 2 s each), and
+        // --quick's two windows per rate make it weak, and it says so.
+        assert!((f.card.rate - 110.0).abs() < 1.0, "{:?}", f.card);
+        assert!(f.card.weak, "{:?}", f.card);
         assert!(f.verdict.starts_with(&f.function), "{}", f.verdict);
         assert!(stdout.contains(&f.verdict), "{stdout}");
     }
     charts_show_the_report(&std::fs::read_to_string(&html).expect("html"), &report, 1);
+
+    // Back to back, the verdict holds still: a second run may say "about even" where the
+    // first named a winner, but never the other winner with both sure.
+    let second = dir.path().join("second.json");
+    let out = Command::new(agent_bin())
+        .args(["compare", "--quick", "--modules"])
+        .arg(crate::harness::guests())
+        .arg("--json")
+        .arg(&second)
+        .output()
+        .expect("run compare again");
+    assert!(out.status.success(), "{out:?}");
+    let again = edge_agent_compare::load(&second).expect("second report");
+    let contradictions = edge_agent_compare::contradictions(&report, &again);
+    assert!(
+        contradictions.is_empty(),
+        "two back-to-back runs contradict each other: {contradictions:?}\nfirst: {:?}\nsecond: {:?}",
+        report
+            .functions
+            .iter()
+            .map(|f| &f.verdicts)
+            .collect::<Vec<_>>(),
+        again
+            .functions
+            .iter()
+            .map(|f| &f.verdicts)
+            .collect::<Vec<_>>()
+    );
 
     // Saved reports re-render side by side (here the same one twice, as two devices).
     let both = dir.path().join("both.html");
@@ -804,6 +873,32 @@ fn charts_show_the_report(html: &str, report: &edge_agent_compare::Report, copie
         charts.len(),
         report.functions.len() * 6,
         "six charts per function"
+    );
+    // The answer first: a card per function (and device) before any chart, naming the
+    // report's recommendation.
+    let cards: Vec<roxmltree::Node> = doc
+        .descendants()
+        .filter(|n| n.attribute("class") == Some("card"))
+        .collect();
+    assert_eq!(cards.len(), report.functions.len() * copies);
+    let first_chart = charts[0].range().start;
+    for (card, f) in cards.iter().zip(report.functions.iter().cycle()) {
+        assert!(card.range().start < first_chart, "a card after the charts");
+        assert_eq!(card.attribute("data-function"), Some(f.function.as_str()));
+        assert_eq!(
+            card.attribute("data-recommended"),
+            Some(f.card.recommended.as_str())
+        );
+    }
+    // The raw figures folded away, as a table (no preformatted lines running off the page).
+    assert!(
+        doc.descendants()
+            .any(|n| n.has_tag_name("details") && n.descendants().any(|t| t.has_tag_name("table"))),
+        "no folded table"
+    );
+    assert!(
+        !doc.descendants().any(|n| n.has_tag_name("pre")),
+        "a <pre> is left"
     );
     let chart = |id: &str| {
         *charts
@@ -877,7 +972,7 @@ fn charts_show_the_report(html: &str, report: &edge_agent_compare::Report, copie
         let cpu = expected(&|m| {
             m.phases
                 .iter()
-                .map(|p| (p.rate.to_string(), p.cpu_per_event_us))
+                .map(|p| (p.rate.to_string(), p.cpu_per_event_us.median))
                 .collect()
         });
         same(
@@ -885,6 +980,13 @@ fn charts_show_the_report(html: &str, report: &edge_agent_compare::Report, copie
             cpu,
             name,
         );
+        // Each with its interval drawn as an error bar around it.
+        let c = chart(&format!("cpu-per-event-{name}"));
+        let bars = c
+            .descendants()
+            .filter(|n| n.attribute("class") == Some("interval"))
+            .count();
+        assert_eq!(bars, points(c).len(), "{name}: error bars");
         let cdf = expected(&|m| {
             m.latency_cdf
                 .iter()
@@ -905,7 +1007,7 @@ fn charts_show_the_report(html: &str, report: &edge_agent_compare::Report, copie
                 ("commit", m.agent_commit_p50_us),
             ]
             .iter()
-            .map(|(k, v)| (k.to_string(), *v as f64))
+            .map(|(k, v)| (k.to_string(), v.median))
             .collect()
         });
         same(

@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::stats::Estimate;
+
 /// A device's power draw: a model, from a cited source, not a measurement.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -272,83 +274,92 @@ impl Line {
     }
 }
 
-/// Each model's fitted cost of each kind.
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
-pub struct Fits {
-    /// CPU seconds per hour.
-    pub cpu_seconds: Line,
-    /// Resident memory, MB.
-    pub memory_mb: Line,
-    /// Watts above the idle board.
-    pub watts: Line,
-    /// Dollars per hour under the model's billing scheme.
-    pub dollars: Line,
+impl Line {
+    /// The rate in `0..=max_rate` where this line and `other` cross, if they do.
+    pub fn crossing(&self, other: &Self, max_rate: f64) -> Option<f64> {
+        let dm = self.marginal - other.marginal;
+        if dm.abs() <= f64::EPSILON {
+            return None;
+        }
+        Some((other.standing - self.standing) / dm).filter(|r| *r > 0.0 && *r < max_rate)
+    }
 }
 
-impl Fits {
-    /// Each kind of cost by name: `cpu`, `memory`, `energy`, `money`.
-    pub fn kinds(&self) -> [(&'static str, Line); 4] {
-        [
-            ("cpu", self.cpu_seconds),
-            ("memory", self.memory_mb),
-            ("energy", self.watts),
-            ("money", self.dollars),
-        ]
-    }
+/// A fitted line with intervals on both terms (bootstrap: the windows resampled).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct LineEstimate {
+    /// Cost at rate 0, per hour.
+    pub standing: Estimate,
+    /// Cost per event/s more, per hour.
+    pub marginal: Estimate,
+}
 
-    /// Fits each kind of cost over `costs`.
-    pub fn of(costs: &[Costs]) -> Self {
-        let line = |f: fn(&Costs) -> f64| {
-            Line::fit(&costs.iter().map(|c| (c.rate, f(c))).collect::<Vec<_>>())
-        };
-        Self {
-            cpu_seconds: line(|c| c.cpu_seconds),
-            memory_mb: line(|c| c.memory_mb),
-            watts: line(|c| c.watts),
-            dollars: line(|c| c.dollars),
+impl LineEstimate {
+    /// The line through the medians.
+    pub fn line(&self) -> Line {
+        Line {
+            standing: self.standing.median,
+            marginal: self.marginal.median,
         }
     }
 }
 
-/// Where two models cost the same, for one kind of cost.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
-pub struct BreakEven {
-    /// `cpu`, `memory`, `energy` or `money`.
-    pub kind: String,
-    /// The event rate where the two lines cross, if they do within the measured range.
-    pub rate: Option<f64>,
-    /// The cheaper model below that rate (or everywhere, when there is no break-even).
-    pub below: String,
-    /// The cheaper model above it (the same as `below` when there is none).
-    pub above: String,
+/// Each kind of cost's fitted line, with intervals.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct FitEstimates {
+    /// CPU seconds per hour.
+    pub cpu_seconds: LineEstimate,
+    /// Resident memory, MB.
+    pub memory_mb: LineEstimate,
+    /// Watts above the idle board.
+    pub watts: LineEstimate,
+    /// Dollars per hour under the model's billing scheme.
+    pub dollars: LineEstimate,
 }
 
-impl BreakEven {
-    /// Where `a` and `b` cross between rates 0 and `max_rate`.
-    pub fn of(kind: &str, (na, a): (&str, Line), (nb, b): (&str, Line), max_rate: f64) -> Self {
-        let cheaper = |r: f64| if a.at(r) <= b.at(r) { na } else { nb };
-        let dm = a.marginal - b.marginal;
-        let rate = if dm.abs() > f64::EPSILON {
-            Some((b.standing - a.standing) / dm).filter(|r| *r > 0.0 && *r < max_rate)
-        } else {
-            None
-        };
-        match rate {
-            Some(r) => Self {
-                kind: kind.into(),
-                rate: Some(r),
-                below: cheaper(r / 2.0).into(),
-                above: cheaper(r * 2.0).into(),
-            },
-            None => {
-                let at = cheaper(max_rate / 2.0);
-                Self {
-                    kind: kind.into(),
-                    rate: None,
-                    below: at.into(),
-                    above: at.into(),
-                }
-            }
+impl FitEstimates {
+    /// In the order of [`KINDS`].
+    pub fn lines(&self) -> [LineEstimate; 4] {
+        [self.cpu_seconds, self.memory_mb, self.watts, self.dollars]
+    }
+}
+
+/// What a model costs at one rate, per hour: each a median over the windows with its 95%
+/// interval.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]
+pub struct CostEstimates {
+    /// Events per second (0: idle).
+    pub rate: f64,
+    /// CPU seconds per hour.
+    pub cpu_seconds: Estimate,
+    /// Resident memory, MB.
+    pub memory_mb: Estimate,
+    /// Watts the agent adds to the idle board.
+    pub watts: Estimate,
+    /// Energy per event, joules (the idle share included); 0 at rate 0.
+    pub joules_per_event: Estimate,
+    /// Dollars per hour under the model's billing scheme.
+    pub dollars: Estimate,
+}
+
+impl CostEstimates {
+    /// In the order of [`KINDS`].
+    pub fn kinds(&self) -> [Estimate; 4] {
+        [self.cpu_seconds, self.memory_mb, self.watts, self.dollars]
+    }
+}
+
+/// The kinds of cost, in the order [`Costs::kind`] numbers them.
+pub const KINDS: [&str; 4] = ["cpu", "memory", "energy", "money"];
+
+impl Costs {
+    /// The cost of kind `k` of [`KINDS`].
+    pub fn kind(&self, k: usize) -> f64 {
+        match k {
+            0 => self.cpu_seconds,
+            1 => self.memory_mb,
+            2 => self.watts,
+            _ => self.dollars,
         }
     }
 }
@@ -378,7 +389,7 @@ mod tests {
     }
 
     #[test]
-    fn break_even_is_where_the_lines_cross_or_none() {
+    fn lines_cross_where_they_cost_the_same_or_not_at_all() {
         // By use: nothing standing, 1 per event/s; reserved: 10 standing, 0.5 marginal.
         let by_use = Line {
             standing: 0.0,
@@ -388,43 +399,16 @@ mod tests {
             standing: 10.0,
             marginal: 0.5,
         };
-        let b = BreakEven::of(
-            "money",
-            ("on-demand", by_use),
-            ("persistent", reserved),
-            1000.0,
-        );
-        assert_eq!(b.rate, Some(20.0));
-        assert_eq!(
-            (b.below.as_str(), b.above.as_str()),
-            ("on-demand", "persistent")
-        );
-        // Past the measured range: no break-even, and one model is cheaper throughout.
-        let b = BreakEven::of(
-            "money",
-            ("on-demand", by_use),
-            ("persistent", reserved),
-            10.0,
-        );
-        assert_eq!(b.rate, None);
-        assert_eq!(
-            (b.below.as_str(), b.above.as_str()),
-            ("on-demand", "on-demand")
-        );
+        assert_eq!(by_use.crossing(&reserved, 1000.0), Some(20.0));
+        assert_eq!(reserved.crossing(&by_use, 1000.0), Some(20.0));
+        // Past the measured range: none.
+        assert_eq!(by_use.crossing(&reserved, 10.0), None);
         // Parallel lines never cross.
-        let b = BreakEven::of(
-            "cpu",
-            ("a", reserved),
-            (
-                "b",
-                Line {
-                    standing: 1.0,
-                    ..reserved
-                },
-            ),
-            1e6,
-        );
-        assert_eq!((b.rate, b.below.as_str()), (None, "b"));
+        let parallel = Line {
+            standing: 1.0,
+            ..reserved
+        };
+        assert_eq!(reserved.crossing(&parallel, 1e6), None);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 
 use std::fmt::Write as _;
 
+use super::stats::Estimate;
+use super::verdict::rate_words;
 use super::{FunctionReport, HOURS_PER_MONTH, ModelRun, Report};
 
 /// Chart size, in SVG units.
@@ -37,6 +39,8 @@ struct Series {
     colour: &'static str,
     draw: Draw,
     points: Vec<(f64, f64)>,
+    /// The 95% interval of each point, drawn as an error bar (empty: none).
+    bars: Vec<(f64, f64)>,
 }
 
 struct Chart {
@@ -46,8 +50,8 @@ struct Chart {
     y_label: &'static str,
     x_log: bool,
     series: Vec<Series>,
-    /// Vertical markers: (x, label).
-    marks: Vec<(f64, String)>,
+    /// Vertical markers: (x, label, and the interval drawn as a band around it).
+    marks: Vec<(f64, String, (f64, f64))>,
 }
 
 fn esc(s: &str) -> String {
@@ -112,9 +116,16 @@ impl Chart {
             x1 = x1.max(x);
             y1 = y1.max(y);
         }
-        for (x, _) in &self.marks {
+        for (x, _, _) in &self.marks {
             x0 = x0.min(*x);
             x1 = x1.max(*x);
+        }
+        for s in &self.series {
+            for (&(x, _), &(_, hi)) in s.points.iter().zip(&s.bars) {
+                if hi.is_finite() && (!self.x_log || x > 0.0) {
+                    y1 = y1.max(hi);
+                }
+            }
         }
         if x0 > x1 {
             (x0, x1) = (if self.x_log { 1.0 } else { 0.0 }, 1.0);
@@ -197,8 +208,17 @@ impl Chart {
             MT + (H - MT - MB) / 2.0,
             esc(self.y_label)
         );
-        for (x, text) in &self.marks {
+        for (x, text, (lo, hi)) in &self.marks {
             let px = sx(*x);
+            let (a, b) = (sx(lo.max(xa)), sx(hi.min(xb)));
+            if b > a {
+                let _ = write!(
+                    s,
+                    r##"<rect class="band" x="{a:.1}" y="{MT}" width="{:.1}" height="{}" fill="#999" fill-opacity="0.15" data-low="{lo}" data-high="{hi}"/>"##,
+                    b - a,
+                    H - MT - MB
+                );
+            }
             let _ = write!(
                 s,
                 r##"<g class="mark" data-x="{x}"><line x1="{px:.1}" y1="{MT}" x2="{px:.1}" y2="{}" stroke="#555" stroke-dasharray="2,3"/><text x="{:.1}" y="{}" font-size="11">{}</text></g>"##,
@@ -237,6 +257,26 @@ impl Chart {
                 ser.colour,
                 line.join(" ")
             );
+            for (&(x, _), &(lo, hi)) in ser.points.iter().zip(&ser.bars) {
+                if !(x.is_finite() && lo.is_finite() && hi.is_finite()) || (self.x_log && x <= 0.0)
+                {
+                    continue;
+                }
+                let px = sx(x);
+                let _ = write!(
+                    s,
+                    r#"<path class="interval" d="M{:.1},{:.1}H{:.1}M{px:.1},{:.1}V{:.1}M{:.1},{:.1}H{:.1}" stroke="{}" stroke-width="1.2" data-x="{x}" data-low="{lo}" data-high="{hi}"/>"#,
+                    px - 4.0,
+                    sy(lo),
+                    px + 4.0,
+                    sy(lo),
+                    sy(hi),
+                    px - 4.0,
+                    sy(hi),
+                    px + 4.0,
+                    ser.colour
+                );
+            }
             if ser.draw == Draw::Points {
                 for &(x, y) in &shown {
                     let _ = write!(
@@ -305,6 +345,7 @@ fn charts(reports: &[Report], function: &str) -> Vec<Chart> {
                 colour,
                 draw,
                 points: points(m),
+                bars: Vec::new(),
             })
             .collect()
     };
@@ -343,19 +384,26 @@ fn charts(reports: &[Report], function: &str) -> Vec<Chart> {
                 .collect()
         }),
     );
-    let cpu = chart(
+    let mut cpu = chart(
         "cpu-per-event",
-        "process CPU per event against rate",
+        "process CPU per event against rate (median, 95% interval)",
         "events/s (log)",
         "CPU per event, µs",
         true,
         each(Draw::Points, &|m| {
             m.phases
                 .iter()
-                .map(|p| (p.rate, p.cpu_per_event_us))
+                .map(|p| (p.rate, p.cpu_per_event_us.median))
                 .collect()
         }),
     );
+    for (ser, (_, _, _, m)) in cpu.series.iter_mut().zip(&all) {
+        ser.bars = m
+            .phases
+            .iter()
+            .map(|p| (p.cpu_per_event_us.low, p.cpu_per_event_us.high))
+            .collect();
+    }
     let mut out = vec![latency, rss, cpu];
     for (kind, title, unit, scale) in [
         (
@@ -366,7 +414,9 @@ fn charts(reports: &[Report], function: &str) -> Vec<Chart> {
         ),
         ("energy", "power against rate", "mW above idle", 1e3),
     ] {
-        let pick = |c: &super::cost::Costs| if kind == "money" { c.dollars } else { c.watts };
+        let pick = |c: &super::cost::CostEstimates| {
+            if kind == "money" { c.dollars } else { c.watts }
+        };
         let line = |m: &ModelRun| {
             if kind == "money" {
                 m.fit.dollars
@@ -381,10 +431,19 @@ fn charts(reports: &[Report], function: &str) -> Vec<Chart> {
                 label: format!("{label}, {} (measured)", m.billing),
                 colour,
                 draw: Draw::Points,
-                points: m.costs.iter().map(|c| (c.rate, pick(c) * scale)).collect(),
+                points: m
+                    .costs
+                    .iter()
+                    .map(|c| (c.rate, pick(c).median * scale))
+                    .collect(),
+                bars: m
+                    .costs
+                    .iter()
+                    .map(|c| (pick(c).low * scale, pick(c).high * scale))
+                    .collect(),
             });
             let max = m.phases.iter().map(|p| p.rate).fold(1.0, f64::max);
-            let fit = line(m);
+            let fit = line(m).line();
             series.push(Series {
                 label: format!("{label}, fitted"),
                 colour,
@@ -395,12 +454,25 @@ fn charts(reports: &[Report], function: &str) -> Vec<Chart> {
                         (r, fit.at(r) * scale)
                     })
                     .collect(),
+                bars: Vec::new(),
             });
-            if let Some(b) = f.break_even.iter().find(|b| b.kind == kind)
-                && let Some(r) = b.rate
-                && !marks.iter().any(|(x, _): &(f64, String)| *x == r)
+            if let Some(b) = f
+                .verdicts
+                .iter()
+                .find(|v| v.kind == kind)
+                .and_then(|v| v.break_even)
+                && !marks.iter().any(|(x, _, _)| *x == b.median)
             {
-                marks.push((r, format!("break-even {r:.1}/s")));
+                marks.push((
+                    b.median,
+                    format!(
+                        "break-even {}/s ({}-{})",
+                        rate_words(b.median),
+                        rate_words(b.low),
+                        rate_words(b.high)
+                    ),
+                    (b.low, b.high),
+                ));
             }
         }
         let mut c = chart(
@@ -418,27 +490,25 @@ fn charts(reports: &[Report], function: &str) -> Vec<Chart> {
 }
 
 /// One bar of each group: its name and where its value is.
-type Part = (&'static str, fn(&ModelRun) -> u64);
+type Part = (&'static str, fn(&ModelRun) -> f64);
 
 /// Grouped bars: the cold-start breakdown per model (per-event instantiation, execution,
 /// thread CPU per call), µs.
 fn cold_starts(reports: &[Report], function: &str) -> String {
     let all = series_of(reports, function);
     let parts: [Part; 5] = [
-        ("queue", |m| m.agent_queue_p50_us),
+        ("queue", |m| m.agent_queue_p50_us.median),
         ("full cold start: load", |m| {
-            m.agent_full_cold_start_load_p50_us
+            m.agent_full_cold_start_load_p50_us.median
         }),
-        ("instantiate", |m| m.agent_instantiate_p50_us),
-        ("execute", |m| m.agent_execute_p50_us),
-        ("commit", |m| m.agent_commit_p50_us),
+        ("instantiate", |m| m.agent_instantiate_p50_us.median),
+        ("execute", |m| m.agent_execute_p50_us.median),
+        ("commit", |m| m.agent_commit_p50_us.median),
     ];
     let max = all
         .iter()
         .flat_map(|(_, _, _, m)| parts.iter().map(move |(_, f)| f(m)))
-        .max()
-        .unwrap_or(1)
-        .max(1) as f64;
+        .fold(1.0, f64::max);
     // Log scale from 1 µs: a full cold start (ms) and an execution (µs) on one chart.
     let yt = ticks(1.0, max, true);
     let top = yt.last().copied().unwrap_or(max).max(max).log10().max(1.0);
@@ -496,7 +566,7 @@ fn cold_starts(reports: &[Report], function: &str) -> String {
             parts.len()
         );
         for (i, (name, f)) in parts.iter().enumerate() {
-            let v = f(m) as f64;
+            let v = f(m);
             let x = ML + group * i as f64 + group * 0.1 + bar * j as f64;
             let _ = write!(
                 s,
@@ -521,30 +591,159 @@ fn cold_starts(reports: &[Report], function: &str) -> String {
     s
 }
 
-/// The page for `reports` (one per device, side by side).
+/// `175 [170-181]`, scaled, with a `!` for outliers among its samples.
+fn cell(e: &Estimate, scale: f64, digits: usize) -> String {
+    if e.n == 0 {
+        return "-".into();
+    }
+    let flag = if e.outliers > 0 {
+        format!(
+            " <span class=\"outliers\" title=\"{} outlier(s) of {}\">!</span>",
+            e.outliers, e.n
+        )
+    } else {
+        String::new()
+    };
+    if e.low == e.high {
+        format!("{:.digits$}{flag}", e.median * scale)
+    } else {
+        format!(
+            "{:.digits$} <small>[{:.digits$}-{:.digits$}]</small>{flag}",
+            e.median * scale,
+            e.low * scale,
+            e.high * scale
+        )
+    }
+}
+
+/// A function's card: the recommendation at the user's rate, its saving with the
+/// interval, and the trade-off that decides it.
+fn card(r: &Report, f: &FunctionReport, several: bool) -> String {
+    let c = &f.card;
+    let on = if several {
+        format!(" <small>on {}</small>", esc(&r.machine))
+    } else {
+        String::new()
+    };
+    let weak = if c.weak {
+        "<p class=\"weak\">Weak verdict: too few samples per rate for 95% intervals \
+         (a <code>--quick</code> run). Run without <code>--quick</code> for one that holds.</p>"
+    } else {
+        ""
+    };
+    format!(
+        "<div class=\"card\" data-function=\"{name}\" data-recommended=\"{rec}\" data-kind=\"{kind}\" \
+         data-saving=\"{sav}\" data-low=\"{lo}\" data-high=\"{hi}\"><h3>{name}{on}</h3>\
+         <p class=\"rec\">{rec_words}</p><p class=\"headline\">{head}</p>\
+         <p class=\"tradeoff\"><b>Decided by</b> {trade}</p>{weak}</div>",
+        name = esc(&f.function),
+        rec = esc(&c.recommended),
+        kind = esc(&c.kind),
+        sav = c.saving.median,
+        lo = c.saving.low,
+        hi = c.saving.high,
+        rec_words = match c.recommended.as_str() {
+            "either" => "Either model".to_string(),
+            m => format!("Use {}", esc(m)),
+        },
+        head = esc(&c.headline),
+        trade = esc(&c.trade_off),
+    )
+}
+
+/// The raw figures of one function as a table (folded away on the page).
+fn table(f: &FunctionReport) -> String {
+    let mut s = String::from(
+        "<table class=\"raw\"><thead><tr><th>model</th><th>rate/s</th><th>received</th>\
+         <th>lost</th><th>dups</th><th>p50 ms</th><th>p99 ms</th><th>CPU µs/event</th>\
+         <th>CPU s/h</th><th>MB</th><th>mW</th><th>mJ/event</th><th>$/month</th></tr></thead><tbody>",
+    );
+    for m in &f.models {
+        if let Some(e) = &m.error {
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td colspan=\"12\">failed: {}</td></tr>",
+                esc(&m.model),
+                esc(e)
+            );
+        }
+        for c in &m.costs {
+            let phase = m.phases.iter().find(|p| p.rate == c.rate && c.rate > 0.0);
+            let measured = match phase {
+                Some(p) => format!(
+                    "<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>",
+                    p.received,
+                    p.lost,
+                    p.duplicates,
+                    cell(&p.end_to_end_us.p50, 1e-3, 2),
+                    cell(&p.end_to_end_us.p99, 1e-3, 2),
+                    cell(&p.cpu_per_event_us, 1.0, 0)
+                ),
+                None => "<td>idle</td><td></td><td></td><td></td><td></td><td></td>".into(),
+            };
+            let _ = write!(
+                s,
+                "<tr><td>{}</td><td>{}</td>{measured}<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&m.model),
+                c.rate,
+                cell(&c.cpu_seconds, 1.0, 1),
+                cell(&c.memory_mb, 1.0, 1),
+                cell(&c.watts, 1e3, 1),
+                if c.rate > 0.0 {
+                    cell(&c.joules_per_event, 1e3, 3)
+                } else {
+                    String::new()
+                },
+                cell(&c.dollars, HOURS_PER_MONTH, 4)
+            );
+        }
+    }
+    s.push_str("</tbody></table>");
+    s
+}
+
+/// The page for `reports` (one per device, side by side): a card per function with the
+/// answer first, then per function the verdict per kind of cost and the charts with their
+/// intervals, then the raw figures folded away.
 pub fn render(reports: &[Report]) -> String {
     let mut s = String::new();
     s.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"/>\
          <title>edge-agent compare</title><style>\
          body{font-family:system-ui,sans-serif;margin:2em;max-width:1200px}\
-         pre{background:#f6f6f6;padding:1em;overflow-x:auto;font-size:12px}\
+         .cards{display:flex;flex-wrap:wrap;gap:16px;margin-bottom:1em}\
+         .card{border:2px solid #0072B2;border-radius:8px;padding:0.6em 1.2em;flex:1 1 420px;background:#f5f9fc}\
+         .card h3{margin:0.2em 0}.rec{font-size:1.6em;font-weight:bold;margin:0.2em 0}\
+         .headline{font-size:1.1em}.weak{color:#a04000}\
          .charts{display:flex;flex-wrap:wrap;gap:12px}\
          svg.chart{border:1px solid #ccc;background:#fff;font-size:11px}\
          .title{font-size:13px;font-weight:bold}\
-         .verdict{font-weight:bold}\
+         table.raw{border-collapse:collapse;font-size:12px;width:100%}\
+         table.raw td,table.raw th{border:1px solid #ddd;padding:2px 5px;text-align:right;white-space:nowrap}\
+         table.raw small{color:#666}.outliers{color:#c00;font-weight:bold}\
+         details{margin:1em 0;overflow-x:auto}\
          </style></head><body>\n<h1>edge-agent compare</h1>\n",
     );
+    let several = reports.len() > 1;
+    s.push_str("<div class=\"cards\">\n");
     for r in reports {
-        let _ = write!(
+        for f in &r.functions {
+            s.push_str(&card(r, f, several));
+            s.push('\n');
+        }
+    }
+    s.push_str("</div>\n");
+    for r in reports {
+        let _ = writeln!(
             s,
-            "<h2>{} on {}</h2>\n<p>Energy by the <b>{}</b> power profile and money by a price \
-             list: both are models, not measurements. Everything else was measured.</p>\n\
-             <pre>{}</pre>\n",
+            "<p>edge-agent {} on {}: {} round(s) per model{}, interleaved; every figure is a \
+             median with its 95% interval. Energy by the <b>{}</b> power profile and money by \
+             a price list: both are models, not measurements. Everything else was measured.</p>",
             esc(&r.agent_version),
             esc(&r.machine),
+            r.rounds,
+            if r.quick { " (--quick)" } else { "" },
             esc(&r.power.name),
-            esc(&super::render(r))
         );
     }
     let mut names: Vec<&str> = Vec::new();
@@ -553,25 +752,25 @@ pub fn render(reports: &[Report]) -> String {
             names.push(&f.function);
         }
     }
-    for name in names {
+    for name in &names {
         let _ = writeln!(s, "<h2>{}</h2>", esc(name));
         for r in reports {
             if let Some(f) = reports_function(r, name) {
-                let _ = writeln!(
-                    s,
-                    "<p class=\"verdict\">{}{}</p>",
-                    if reports.len() > 1 {
-                        format!("{}: ", esc(&r.machine))
-                    } else {
-                        String::new()
-                    },
-                    esc(&f.verdict)
-                );
-            }
-        }
-        for r in reports {
-            if let Some(f) = reports_function(r, name) {
-                s.push_str("<ul class=\"tradeoffs\">");
+                if several {
+                    let _ = writeln!(s, "<h3>{}</h3>", esc(&r.machine));
+                }
+                s.push_str("<ul class=\"verdicts\">");
+                for v in &f.verdicts {
+                    let _ = write!(
+                        s,
+                        "<li data-kind=\"{}\" data-winner=\"{}\"><b>{}</b>: {}</li>",
+                        esc(&v.kind),
+                        esc(&v.winner),
+                        esc(&v.kind),
+                        esc(&v.text)
+                    );
+                }
+                s.push_str("</ul>\n<ul class=\"tradeoffs\">");
                 for t in &f.tradeoffs {
                     let _ = write!(s, "<li><b>{}</b>: {}</li>", esc(&t.name), esc(&t.finding));
                 }
@@ -585,6 +784,17 @@ pub fn render(reports: &[Report]) -> String {
         }
         s.push_str(&cold_starts(reports, name));
         s.push_str("\n</div>\n");
+    }
+    for r in reports {
+        let _ = write!(
+            s,
+            "<details><summary>Raw figures ({}): medians [95% interval]; ! marks outliers</summary>\n",
+            esc(&r.machine)
+        );
+        for f in &r.functions {
+            let _ = write!(s, "<h3>{}</h3>{}\n", esc(&f.function), table(f));
+        }
+        s.push_str("</details>\n");
     }
     for r in reports {
         let _ = write!(

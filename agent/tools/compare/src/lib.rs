@@ -15,6 +15,7 @@ pub mod html;
 pub mod measure;
 pub mod stats;
 pub mod tradeoffs;
+pub mod verdict;
 pub mod workload;
 
 use std::path::{Path, PathBuf};
@@ -23,15 +24,17 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use self::cost::{Billing, BreakEven, Costs, Fits, PowerProfile, Prices, Usage};
-use self::measure::Phase;
+use self::cost::{Billing, CostEstimates, FitEstimates, PowerProfile, Prices};
+use self::measure::{Phase, Window};
+use self::stats::{Bootstrap, Estimate};
+use self::verdict::{Fitted, Verdict};
 use self::workload::{FunctionPlan, Outputs, Plan};
 use edge_agent::config::{BrokerConfig, ConfigError, Mode};
 use edge_agent::failure::Exit;
 use edge_agent::messages::{Message as _, Presence, Report as StatsReport, Status};
 
 /// Version of the JSON report's layout.
-pub const SCHEMA_VERSION: u32 = 2;
+pub const SCHEMA_VERSION: u32 = 3;
 
 /// Arguments of `edge-agent compare`.
 #[derive(Debug, Clone, clap::Args)]
@@ -55,9 +58,19 @@ pub struct CompareArgs {
     /// side by side in the HTML).
     #[arg(long, value_name = "JSON")]
     pub from: Vec<PathBuf>,
-    /// Short phases (about half a minute in all), for CI and first looks.
+    /// Short phases and one round (under a minute in all), for CI and first looks: its
+    /// intervals are wider and its verdict weaker, and it says so.
     #[arg(long)]
     pub quick: bool,
+    /// How many times each model is measured, the rounds interleaved across the models
+    /// (A B C A B C) so that drift on the machine falls on all of them. Default: 3, or 1
+    /// with `--quick`.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub repeat: Option<u32>,
+    /// The event rate to recommend a model for (events/s). Default: the workload's mean
+    /// rate.
+    #[arg(long, value_name = "EVENTS_PER_SEC")]
+    pub rate: Option<f64>,
     /// The device power profile that turns CPU time into energy: pi-zero-2w, pi4, pi5 or
     /// x86-laptop. Default: x86-laptop on x86_64, pi4 elsewhere.
     #[arg(long, value_name = "PROFILE")]
@@ -167,6 +180,26 @@ pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
     for r in &reports {
         print!("{}", render(r));
     }
+    // Several saved runs: do their verdicts hold still?
+    for (i, a) in reports.iter().enumerate() {
+        for (j, b) in reports.iter().enumerate().skip(i + 1) {
+            let c = contradictions(a, b);
+            if c.is_empty() {
+                println!(
+                    "reports {} and {}: no verdict contradicts the other",
+                    i + 1,
+                    j + 1
+                );
+            } else {
+                println!(
+                    "reports {} and {} CONTRADICT: {}",
+                    i + 1,
+                    j + 1,
+                    c.join("; ")
+                );
+            }
+        }
+    }
     let write = |path: &Path, what: &str, body: String| {
         std::fs::write(path, body).map_err(|source| CompareError::Write {
             path: path.to_path_buf(),
@@ -194,68 +227,185 @@ pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
     Ok(())
 }
 
-/// One function in one model.
+/// One function in one model, over every round.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct ModelRun {
-    /// `persistent` or `on-demand`.
+    /// `persistent`, `on-demand` or `scale-to-zero`.
     pub model: String,
-    /// Resident memory of the agent process, idle, before any event.
-    pub idle_rss_bytes: u64,
-    /// Peak resident memory of the agent process over the run.
-    pub peak_rss_bytes: u64,
+    /// Rounds measured: each an agent process of its own.
+    pub rounds: u32,
+    /// Resident memory of the agent process, idle, before any event (one per round).
+    pub idle_rss_bytes: Estimate,
+    /// Peak resident memory of the agent process over a round.
+    pub peak_rss_bytes: Estimate,
     /// CPU the agent process spends with no events (timers, keep-alives, stats), in CPU
-    /// seconds per hour: the standing cost beside each phase's cost per event.
-    pub idle_cpu_seconds_per_hour: f64,
-    /// One entry per steady rate.
+    /// seconds per hour, over the idle windows of every round.
+    pub idle_cpu_seconds_per_hour: Estimate,
+    /// One entry per phase of the workload.
     pub phases: Vec<Phase>,
-    /// Resident memory of the agent process over the run: (seconds, bytes), every 250 ms.
+    /// Every one-second window of every round, idle (rate 0) and per phase: the samples
+    /// behind every cost figure, kept so that a saved report can be analysed again.
+    pub windows: Vec<Window>,
+    /// Resident memory of the agent process over the first round: (seconds, bytes), every
+    /// 250 ms.
     pub rss_over_time: Vec<(f64, u64)>,
-    /// The highest rate whose events were all handled with the backlog gone within a
-    /// second (or a tenth of the phase) of the last send; none if no phase was.
+    /// The highest rate whose events were all handled, with the backlog gone within a
+    /// second (or a tenth of the phase) of the last send, in every round; none if no phase
+    /// was.
     pub max_sustained_rate: Option<f64>,
-    /// Memory held above the idle RSS over the run, MB-seconds.
-    pub memory_mb_seconds_above_idle: f64,
-    /// Size of the state store on disk after the run.
-    pub state_disk_bytes: u64,
-    /// The agent's own per-call execution p50, µs.
-    pub agent_execute_p50_us: u64,
+    /// Memory held above the idle RSS over a round, MB-seconds.
+    pub memory_mb_seconds_above_idle: Estimate,
+    /// Size of the state store on disk after a round.
+    pub state_disk_bytes: Estimate,
+    /// The agent's own per-call execution p50, µs (one per round).
+    pub agent_execute_p50_us: Estimate,
     /// The agent's own per-call thread CPU p50 (instantiation and call), µs: the part of
     /// the process CPU per event that is the function's.
-    pub agent_call_cpu_p50_us: u64,
-    /// Events the agent says it handled (its stats topic), for the cross-check.
+    pub agent_call_cpu_p50_us: Estimate,
+    /// Events the agent says it handled (its stats topic), over every round, for the
+    /// cross-check.
     pub agent_succeeded: u64,
-    /// The agent's own end-to-end p50 over the run, µs.
-    pub agent_end_to_end_p50_us: u64,
+    /// The agent's own end-to-end p50, µs.
+    pub agent_end_to_end_p50_us: Estimate,
     /// The agent's own per-event instantiation p50 (the on-demand cold start), µs.
-    pub agent_instantiate_p50_us: u64,
-    /// Full cold starts (scale to zero): how many, and the p50 of loading the module
-    /// again before that event's instantiation, µs.
+    pub agent_instantiate_p50_us: Estimate,
+    /// Full cold starts (scale to zero) over every round.
     pub agent_full_cold_starts: u64,
-    /// See [`ModelRun::agent_full_cold_starts`].
-    pub agent_full_cold_start_load_p50_us: u64,
+    /// The p50 of loading the module again before a full cold start's instantiation, µs.
+    pub agent_full_cold_start_load_p50_us: Estimate,
     /// The agent's own p50 of the wait in the function's queue, µs.
-    pub agent_queue_p50_us: u64,
+    pub agent_queue_p50_us: Estimate,
     /// The agent's own p50 from a state-writing call's end to its writes being durable
     /// (the group commit), µs; 0 if the function wrote no state.
-    pub agent_commit_p50_us: u64,
+    pub agent_commit_p50_us: Estimate,
     /// The agent's largest linear memory of one instance: held during a call on demand,
     /// all the time when persistent.
-    pub agent_instance_memory_bytes: u64,
-    /// End-to-end latency of every event of the run, as (quantile, µs) points.
+    pub agent_instance_memory_bytes: Estimate,
+    /// End-to-end latency of every event of every round, as (quantile, µs) points.
     pub latency_cdf: Vec<(f64, u64)>,
     /// How the model is billed in [`ModelRun::costs`]: `by-use` or `reserved`.
     pub billing: String,
     /// What the model costs per hour idle (rate 0) and at each measured rate.
-    pub costs: Vec<Costs>,
+    pub costs: Vec<CostEstimates>,
     /// Those costs fitted as standing + rate × marginal.
-    pub fit: Fits,
-    /// If the run failed: why (the other figures are then partial).
+    pub fit: FitEstimates,
+    /// If a round failed: why (the other figures are then partial).
     pub error: Option<String>,
 }
 
 impl ModelRun {
-    /// Prices what was measured, and fits the costs over the rates.
-    fn price(&mut self, power: &PowerProfile, prices: &Prices) {
+    /// The rounds of one model, combined: counts added up, every other figure a median
+    /// with its interval.
+    fn of(model: Model, rounds: Vec<Round>) -> Self {
+        let est = |f: &dyn Fn(&Round) -> f64| {
+            Estimate::of(
+                &rounds
+                    .iter()
+                    .filter(|r| r.error.is_none())
+                    .map(f)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let errors: Vec<String> = rounds
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| r.error.as_ref().map(|e| format!("round {}: {e}", i + 1)))
+            .collect();
+        let ok: Vec<&Round> = rounds.iter().filter(|r| r.error.is_none()).collect();
+        let windows: Vec<Window> = rounds
+            .iter()
+            .flat_map(|r| r.windows.iter().copied())
+            .collect();
+        let of_windows = |rate: f64, f: &dyn Fn(&Window) -> f64| {
+            Estimate::of(
+                &windows
+                    .iter()
+                    .filter(|w| w.rate == rate)
+                    .map(f)
+                    .collect::<Vec<_>>(),
+            )
+        };
+        let mut all = measure::histogram();
+        let phase_count = ok.iter().map(|r| r.phases.len()).max().unwrap_or(0);
+        let phases = (0..phase_count)
+            .map(|i| {
+                let these: Vec<&RoundPhase> = ok.iter().filter_map(|r| r.phases.get(i)).collect();
+                let mut h = measure::histogram();
+                for p in &these {
+                    let _ = h.add(&p.latency);
+                }
+                let _ = all.add(&h);
+                let first = these[0];
+                let sum = |f: fn(&RoundPhase) -> u64| these.iter().map(|p| f(p)).sum::<u64>();
+                let (sent, received) = (sum(|p| p.sent), sum(|p| p.received));
+                let rate = first.rate;
+                Phase {
+                    pattern: first.pattern.clone(),
+                    rate,
+                    sent,
+                    received,
+                    lost: sent - received.min(sent),
+                    duplicates: sum(|p| p.duplicates),
+                    end_to_end_us: measure::Latency::of(&h),
+                    cpu_per_event_us: of_windows(rate, &|w| {
+                        w.cpu_seconds_per_hour / 3600.0 / w.events_per_second.max(1e-9) * 1e6
+                    }),
+                    cpu_seconds_per_hour: of_windows(rate, &|w| w.cpu_seconds_per_hour),
+                    seconds: these.iter().map(|p| p.seconds).sum(),
+                    handled_per_second: Estimate::of(
+                        &these
+                            .iter()
+                            .map(|p| p.handled_per_second)
+                            .collect::<Vec<_>>(),
+                    ),
+                    rss_bytes: of_windows(rate, &|w| w.rss_bytes),
+                }
+            })
+            .collect();
+        let sustained = ok
+            .iter()
+            .map(|r| r.sustained)
+            .reduce(|a, b| match (a, b) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                _ => None,
+            })
+            .flatten();
+        let agent = |f: fn(&AgentStats) -> u64| est(&|r| f(&r.agent) as f64);
+        Self {
+            model: model.name().into(),
+            rounds: u32::try_from(ok.len()).unwrap_or(u32::MAX),
+            idle_rss_bytes: est(&|r| r.idle_rss_bytes as f64),
+            peak_rss_bytes: est(&|r| r.peak_rss_bytes as f64),
+            idle_cpu_seconds_per_hour: of_windows(0.0, &|w| w.cpu_seconds_per_hour),
+            phases,
+            windows,
+            rss_over_time: ok
+                .first()
+                .map(|r| r.rss_over_time.clone())
+                .unwrap_or_default(),
+            max_sustained_rate: sustained,
+            memory_mb_seconds_above_idle: est(&|r| r.mb_seconds),
+            state_disk_bytes: est(&|r| r.state_disk_bytes as f64),
+            agent_execute_p50_us: agent(|a| a.execute_p50_us),
+            agent_call_cpu_p50_us: agent(|a| a.call_cpu_p50_us),
+            agent_succeeded: ok.iter().map(|r| r.agent.succeeded).sum(),
+            agent_end_to_end_p50_us: agent(|a| a.end_to_end_p50_us),
+            agent_instantiate_p50_us: agent(|a| a.instantiate_p50_us),
+            agent_full_cold_starts: ok.iter().map(|r| r.agent.full_cold_starts).sum(),
+            agent_full_cold_start_load_p50_us: agent(|a| a.load_p50_us),
+            agent_queue_p50_us: agent(|a| a.queue_p50_us),
+            agent_commit_p50_us: agent(|a| a.commit_p50_us),
+            agent_instance_memory_bytes: agent(|a| a.instance_memory_bytes),
+            latency_cdf: measure::cdf(&all),
+            billing: String::new(),
+            costs: Vec::new(),
+            fit: FitEstimates::default(),
+            error: (!errors.is_empty()).then(|| errors.join("; ")),
+        }
+    }
+
+    /// Prices every window, and fits the costs over the rates (bootstrapped).
+    fn price(&mut self, power: &PowerProfile, prices: &Prices, boot: &mut Bootstrap) -> Fitted {
         let billing = if self.model == Model::Persistent.name() {
             Billing::Reserved
         } else {
@@ -266,25 +416,42 @@ impl ModelRun {
             Billing::Reserved => "reserved",
         }
         .into();
-        let call_seconds = (self.agent_instantiate_p50_us + self.agent_execute_p50_us) as f64 / 1e6;
-        let usage = |rate: f64, cpu: f64, rss: u64| Usage {
-            rate,
-            cpu_seconds_per_hour: cpu,
-            rss_bytes: rss as f64,
-            call_memory_bytes: self.agent_instance_memory_bytes as f64,
-            call_seconds,
+        let pricing = verdict::Pricing {
+            billing,
+            call_memory_bytes: self.agent_instance_memory_bytes.median,
+            call_seconds: (self.agent_instantiate_p50_us.median + self.agent_execute_p50_us.median)
+                / 1e6,
+            power,
+            prices,
         };
-        let idle = usage(0.0, self.idle_cpu_seconds_per_hour, self.idle_rss_bytes);
-        self.costs = std::iter::once(idle)
-            .chain(
-                self.phases
-                    .iter()
-                    .map(|p| usage(p.rate, p.cpu_seconds_per_hour, p.rss_mean_bytes)),
-            )
-            .map(|u| Costs::of(u, power, prices, billing))
-            .collect();
-        self.fit = Fits::of(&self.costs);
+        let priced = verdict::Priced::of(&self.windows, &pricing);
+        self.costs = priced.estimates();
+        let fitted = priced.fits(boot);
+        self.fit = fitted.estimates();
+        fitted
     }
+}
+
+/// What to use for one function at the rate asked about, and why: the top of the page.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct Card {
+    /// The rate the recommendation is for (events/s): `--rate`, or the workload's mean.
+    pub rate: f64,
+    /// `persistent`, `on-demand`, or `either` when no cost measured separates them.
+    pub recommended: String,
+    /// The kind of cost the recommendation rests on (`energy` first, then `cpu`,
+    /// `memory`, `money`: the first with a winner).
+    pub kind: String,
+    /// What the recommended model saves of the other's cost of that kind at `rate`, as a
+    /// fraction, with its interval.
+    pub saving: Estimate,
+    /// The recommendation in one sentence.
+    pub headline: String,
+    /// The trade-off that decides it, with this run's numbers.
+    pub trade_off: String,
+    /// Whether the verdict is weaker than 95%: too few windows per rate (`--quick`, or a
+    /// single short round).
+    pub weak: bool,
 }
 
 /// One function in every model, and the verdict.
@@ -296,9 +463,13 @@ pub struct FunctionReport {
     pub stateful: bool,
     /// Each model's run.
     pub models: Vec<ModelRun>,
-    /// Where the models cost the same, in CPU, memory, energy and money.
-    pub break_even: Vec<BreakEven>,
-    /// One line: which model to use here, and why.
+    /// The recommendation at the rate asked about.
+    pub card: Card,
+    /// Persistent against on demand, per kind of cost (`cpu`, `memory`, `energy`,
+    /// `money`): the winner or "about even (within noise)", the margin with its interval,
+    /// the ranges of rates, and the break-even.
+    pub verdicts: Vec<Verdict>,
+    /// One line: the card's headline, and events lost if any.
     pub verdict: String,
     /// The serverless-vs-containers trade-offs, filled in with this run's numbers.
     pub tradeoffs: Vec<tradeoffs::TradeOff>,
@@ -317,6 +488,10 @@ pub struct Report {
     pub workload: String,
     /// QoS of the events.
     pub qos: u8,
+    /// Rounds per model, interleaved across the models.
+    pub rounds: u32,
+    /// Whether this was a `--quick` run (shorter phases, weaker verdict).
+    pub quick: bool,
     /// The power profile energy is modelled with (a model, not a measurement).
     pub power: PowerProfile,
     /// The prices money is modelled with (a model, not a measurement).
@@ -408,10 +583,12 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         Some(path) => Plan::load(path, args.quick)?,
         None => {
             let dir = modules_dir(args)?;
+            // Each rate for 5 s in each of 3 rounds: 15 one-second windows per rate and
+            // model, enough for a 95% interval of each median.
             let (rates, secs): (&[f64], f64) = if args.quick {
                 (&[20.0, 200.0], 2.0)
             } else {
-                (&[1.0, 10.0, 100.0, 1000.0], 20.0)
+                (&[1.0, 10.0, 100.0, 1000.0], 5.0)
             };
             let found = |name| module(&dir, name).unwrap_or_default();
             Plan::built_in(found("echo"), found("counter"), rates, secs)
@@ -430,32 +607,45 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         .split_whitespace()
         .map(String::from)
         .collect();
-    let idle_secs = if args.quick { 2.0 } else { 5.0 };
+    let idle_secs = if args.quick { 2.0 } else { 4.0 };
+    let rounds = args.repeat.unwrap_or(if args.quick { 1 } else { 3 });
     let phases: usize = plan.functions.iter().map(|f| f.phases.len()).sum();
-    let total: f64 = plan
+    let per_round: f64 = plan
         .functions
         .iter()
         .flat_map(|f| &f.phases)
-        .map(|p| p.duration.as_secs_f64() + 1.0)
+        .map(|p| p.duration.as_secs_f64() + 0.5)
         .sum::<f64>()
         * MODELS.len() as f64
-        + plan.functions.len() as f64 * MODELS.len() as f64 * (idle_secs + 4.0)
+        + plan.functions.len() as f64 * MODELS.len() as f64 * (idle_secs + 2.5)
         + plan
             .functions
             .iter()
-            .map(|f| f.keep_warm_secs as f64 + 1.0)
+            .map(|f| f.keep_warm_secs as f64 + 1.5)
             .sum::<f64>();
     eprintln!(
         "compare: {} functions x {} models, each in its own agent process; {phases} phases per \
-         model over the functions{}; about {:.0} s in all",
+         model over the functions{}; {rounds} round(s), interleaved; about {:.0} s in all",
         plan.functions.len(),
         MODELS.len(),
         plan.source
             .as_ref()
             .map(|p| format!(" from {}", p.display()))
             .unwrap_or_default(),
-        total
+        per_round * f64::from(rounds)
     );
+    if args.quick {
+        eprintln!(
+            "compare: --quick measures {} one-second windows per rate: its intervals are wide \
+             and its verdict weaker (a full run takes about 8 minutes)",
+            plan.functions
+                .iter()
+                .flat_map(|f| &f.phases)
+                .map(|p| p.duration.as_secs_f64().round() as u64 * u64::from(rounds))
+                .min()
+                .unwrap_or(0)
+        );
+    }
     let broker = match &plan.broker {
         Some(b) => b.clone(),
         None => BrokerConfig {
@@ -466,36 +656,65 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
     // Fails here, once, on a bad URL or TLS file rather than in every model.
     measure::client(&broker, "edge-agent-compare-check")?;
     let work = WorkDir::new()?;
-    let progress = Progress::new(((plan.functions.len() + phases) * MODELS.len()) as u64);
+    let progress =
+        Progress::new(((plan.functions.len() + phases) * MODELS.len()) as u64 * u64::from(rounds));
+    // Rounds outermost: A B C A B C, so that drift on the machine falls on every model.
+    let mut measured: Vec<Vec<Vec<Round>>> = plan
+        .functions
+        .iter()
+        .map(|_| MODELS.iter().map(|_| Vec::new()).collect())
+        .collect();
+    for round in 0..rounds {
+        for (fi, f) in plan.functions.iter().enumerate() {
+            for (mi, &model) in MODELS.iter().enumerate() {
+                let run = run_model(ModelSetup {
+                    work: work.path(),
+                    broker: &broker,
+                    plan: &plan,
+                    function: f,
+                    model,
+                    round,
+                    idle_secs,
+                    wrapper: &wrapper,
+                    progress: &progress,
+                })
+                .await;
+                measured[fi][mi].push(run);
+            }
+        }
+    }
+    let mut boot = Bootstrap::default();
     let mut functions = Vec::new();
-    for f in &plan.functions {
+    for (f, rounds) in plan.functions.iter().zip(measured) {
         let mut models = Vec::new();
-        for model in MODELS {
-            let mut run = run_model(ModelSetup {
-                work: work.path(),
-                broker: &broker,
-                plan: &plan,
-                function: f,
-                model,
-                idle_secs,
-                wrapper: &wrapper,
-                progress: &progress,
-            })
-            .await;
-            run.price(&power, &plan.prices);
+        let mut fitted = Vec::new();
+        for (&model, runs) in MODELS.iter().zip(rounds) {
+            let mut run = ModelRun::of(model, runs);
+            fitted.push(run.price(&power, &plan.prices, &mut boot));
             models.push(run);
         }
-        let max_rate = f.phases.iter().map(|p| p.rate).fold(0.0, f64::max);
-        let break_even = break_even(&models, max_rate);
-        let verdict = verdict(&f.name, &models, &break_even, max_rate);
+        let rates: Vec<f64> = f.phases.iter().map(|p| p.rate).collect();
+        let rounds_run = models.iter().map(|m| m.rounds).min().unwrap_or(0);
+        let at = args.rate.unwrap_or_else(|| f.mean_rate());
         // An untouched store is sled's few-byte `conf` file; any write adds a segment.
-        let stateful = models.iter().any(|m| m.state_disk_bytes > 1024);
+        let stateful = models.iter().any(|m| m.state_disk_bytes.median > 1024.0);
+        let tradeoffs = tradeoffs::of(&models, stateful);
+        let verdicts = match (
+            Model::Persistent.run_in(&models).map(|_| &fitted[0]),
+            Model::OnDemand.run_in(&models).map(|_| &fitted[1]),
+        ) {
+            (Some(p), Some(o)) => verdict::verdicts(o, p, &rates, at, rounds_run),
+            _ => Vec::new(),
+        };
+        let card = card(&verdicts, &tradeoffs, &models, at);
+        let verdict = verdict_line(&f.name, &card, &verdicts, &models);
         functions.push(FunctionReport {
             function: f.name.clone(),
             stateful,
-            tradeoffs: tradeoffs::of(&models, stateful),
+            tradeoffs,
             models,
-            break_even,
+            card,
+            verdicts,
             verdict,
         });
     }
@@ -513,10 +732,120 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
             .as_ref()
             .map_or_else(|| "built-in".into(), |p| p.display().to_string()),
         qos: plan.qos,
+        rounds,
+        quick: args.quick,
         power,
         prices: plan.prices.clone(),
         functions,
     })
+}
+
+/// The recommendation at rate `at`: the first kind of cost, in the order energy, CPU,
+/// memory, money, whose verdict names a winner there; the trade-off that explains it.
+fn card(
+    verdicts: &[Verdict],
+    tradeoffs: &[tradeoffs::TradeOff],
+    models: &[ModelRun],
+    at: f64,
+) -> Card {
+    let weak = models
+        .iter()
+        .filter(|m| m.error.is_none())
+        .flat_map(|m| &m.costs)
+        .any(|c| c.cpu_seconds.confidence < stats::CONFIDENCE);
+    let finding = |name: &str| {
+        tradeoffs
+            .iter()
+            .find(|t| t.name == name)
+            .map(|t| format!("{}: {}", t.name, t.finding))
+            .unwrap_or_default()
+    };
+    let rate = verdict::rate_words(at);
+    let decided = ["energy", "cpu", "memory", "money"].iter().find_map(|k| {
+        verdicts
+            .iter()
+            .find(|v| v.kind == *k && v.winner != verdict::EVEN)
+    });
+    let Some(v) = decided else {
+        let headline = if verdicts.is_empty() {
+            "no verdict: a model's run failed".to_string()
+        } else {
+            format!(
+                "Either: at {rate} events/s the two models cost the same within noise in energy, \
+                 CPU, memory and money"
+            )
+        };
+        return Card {
+            rate: at,
+            recommended: "either".into(),
+            kind: String::new(),
+            saving: Estimate::default(),
+            headline,
+            trade_off: finding("cost predictability"),
+            weak,
+        };
+    };
+    let saving = if v.winner == verdict::PERSISTENT {
+        v.persistent_saves
+    } else {
+        v.persistent_saves.map(|x| -x)
+    };
+    let saving = Estimate {
+        low: saving.low.min(saving.high),
+        high: saving.high.max(saving.low),
+        ..saving
+    };
+    let why = match (v.kind.as_str(), v.winner.as_str()) {
+        ("energy" | "cpu", verdict::PERSISTENT) => "cold start",
+        ("energy" | "cpu" | "memory", _) => "resource efficiency",
+        _ => "cost predictability",
+    };
+    let even: Vec<&str> = verdicts
+        .iter()
+        .filter(|o| o.winner == verdict::EVEN)
+        .map(|o| verdict::noun(&o.kind))
+        .collect();
+    let also = if even.is_empty() {
+        String::new()
+    } else {
+        format!("; {} about even", even.join(", "))
+    };
+    Card {
+        rate: at,
+        recommended: v.winner.clone(),
+        kind: v.kind.clone(),
+        saving,
+        headline: format!(
+            "Use {}: it costs {:.0}% less {} (±{:.0}%) at {rate} events/s{also}",
+            v.winner,
+            saving.median * 100.0,
+            verdict::noun(&v.kind),
+            (saving.high - saving.low) / 2.0 * 100.0
+        ),
+        trade_off: finding(why),
+        weak,
+    }
+}
+
+/// The verdict line for one function: its card's headline, and lost events if any.
+fn verdict_line(name: &str, card: &Card, verdicts: &[Verdict], models: &[ModelRun]) -> String {
+    let lost: u64 = models.iter().flat_map(|m| &m.phases).map(|p| p.lost).sum();
+    let failed: Vec<&str> = models
+        .iter()
+        .filter(|m| m.error.is_some())
+        .map(|m| m.model.as_str())
+        .collect();
+    let mut line = format!("{name}: {}", card.headline);
+    if card.weak {
+        line.push_str(" [weak: fewer than 6 windows per rate, the intervals cover less than 95%]");
+    }
+    if verdicts.is_empty() && !failed.is_empty() {
+        line.push_str(&format!("; {} failed", failed.join(", ")));
+    }
+    if lost > 0 {
+        line.push_str(&format!("; {lost} events LOST"));
+    }
+    line
 }
 
 /// The models each function runs in, in this order.
@@ -621,23 +950,49 @@ struct ModelSetup<'a> {
     plan: &'a Plan,
     function: &'a FunctionPlan,
     model: Model,
+    round: u32,
     idle_secs: f64,
     wrapper: &'a [String],
     progress: &'a Progress,
 }
 
-async fn run_model(setup: ModelSetup<'_>) -> ModelRun {
-    let mut run = ModelRun {
-        model: setup.model.name().to_string(),
-        ..ModelRun::default()
-    };
-    if let Err(e) = measure_model(&setup, &mut run).await {
+/// One round of one model: what one agent process measured.
+#[derive(Debug, Default)]
+struct Round {
+    idle_rss_bytes: u64,
+    peak_rss_bytes: u64,
+    phases: Vec<RoundPhase>,
+    windows: Vec<Window>,
+    rss_over_time: Vec<(f64, u64)>,
+    sustained: Option<f64>,
+    mb_seconds: f64,
+    state_disk_bytes: u64,
+    agent: AgentStats,
+    error: Option<String>,
+}
+
+/// One phase of one round.
+#[derive(Debug)]
+struct RoundPhase {
+    pattern: String,
+    rate: f64,
+    sent: u64,
+    received: u64,
+    duplicates: u64,
+    latency: hdrhistogram::Histogram<u64>,
+    seconds: f64,
+    handled_per_second: f64,
+}
+
+async fn run_model(setup: ModelSetup<'_>) -> Round {
+    let mut round = Round::default();
+    if let Err(e) = measure_model(&setup, &mut round).await {
         let (name, mode) = (&setup.function.name, setup.model.name());
         let e = edge_agent::failure::chain(&e);
         setup.progress.say(format!("{name} {mode} failed: {e}"));
-        run.error = Some(e);
+        round.error = Some(e);
     }
-    run
+    round
 }
 
 /// The agent's config for one function in one model, as JSON (which the agent reads like
@@ -698,19 +1053,21 @@ enum MeasureError {
     Stats(#[source] edge_agent::messages::ReadError),
 }
 
-async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(), MeasureError> {
+async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), MeasureError> {
     let ModelSetup {
         work,
         broker,
         plan,
         function: f,
         model,
+        round,
         idle_secs,
         wrapper,
         progress,
     } = *setup;
-    let id = format!("compare-{}-{}", f.name, model.name());
-    let what = format!("{} {}", f.name, model.name());
+    // A fresh agent, store and topics per round.
+    let id = format!("compare-{}-{}-{}", f.name, model.name(), round + 1);
+    let what = format!("{} {} (round {})", f.name, model.name(), round + 1);
     progress.say(format!("{what}: starting its agent, then idle"));
     let data = work.join(&id);
     let file = work.join(format!("{id}.json"));
@@ -775,20 +1132,19 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     };
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
     run.idle_rss_bytes = edge_agent::clock::process_status_bytes(pid, "VmRSS").unwrap_or(0);
-    let idle = Duration::from_secs_f64(idle_secs);
-    let cpu0 = measure::CpuClock::read(pid);
-    tokio::time::sleep(idle).await;
-    let idle_cpu = measure::CpuClock::read(pid).since(&cpu0);
-    run.idle_cpu_seconds_per_hour = idle_cpu / idle.as_secs_f64() * 3600.0;
-    progress.step();
+    // From here the process is sampled every 250 ms: its CPU and memory in one-second
+    // windows, idle first, then each phase.
     let stop_sampling = tokio_util::sync::CancellationToken::new();
     let t0 = std::time::Instant::now();
-    let sampler = tokio::spawn(measure::sample_rss(
+    let sampler = tokio::spawn(measure::sample(
         pid,
         t0,
         Duration::from_millis(250),
         stop_sampling.clone(),
     ));
+    tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
+    let mut spans = vec![(0.0, 0.0, 0.0, t0.elapsed().as_secs_f64())];
+    progress.step();
     let mut outputs = measure::subscribe(broker, &format!("{id}-out"), &f.output_filter).await?;
     let mut stats = measure::subscribe(
         broker,
@@ -806,14 +1162,10 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     let mut first = 0;
     let mut sent = measure::Sent::default();
     let mut own = AgentStats::default();
-    let mut all = measure::histogram();
-    let mut starts = Vec::with_capacity(f.phases.len());
     for phase in &f.phases {
         let count = phase.offsets.len() as u64;
         progress.say(format!("{what}: {}, {count} events", phase.label));
-        let cpu0 = measure::CpuClock::read(pid);
         let start = t0.elapsed().as_secs_f64();
-        starts.push(start);
         let event = |seq: u64| {
             let sensor = plan.sensor(seq);
             (
@@ -839,26 +1191,22 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
             )
             .await
         };
-        let cpu = measure::CpuClock::read(pid).since(&cpu0);
-        let seconds = t0.elapsed().as_secs_f64() - start;
-        let _ = all.add(&h);
-        run.phases.push(Phase {
+        let end = t0.elapsed().as_secs_f64();
+        let seconds = end - start;
+        spans.push((phase.rate, n as f64 / seconds.max(1e-3), start, end));
+        run.phases.push(RoundPhase {
             pattern: phase.label.clone(),
             rate: phase.rate,
             sent: n,
             received,
-            lost: n - received.min(n),
             duplicates,
-            end_to_end_us: measure::Latency::of(&h),
-            cpu_per_event_us: cpu / n.max(1) as f64 * 1e6,
-            cpu_seconds_per_hour: cpu / seconds.max(1e-3) * 3600.0,
+            latency: h,
             seconds,
             handled_per_second: received as f64 / seconds.max(1e-3),
-            rss_mean_bytes: 0, // from the RSS samples, once they are all in
         });
         let slack = (phase.duration.as_secs_f64() * 0.1).max(1.0);
         if received == n && n > 0 && seconds <= phase.duration.as_secs_f64() + slack {
-            run.max_sustained_rate = Some(run.max_sustained_rate.unwrap_or(0.0).max(phase.rate));
+            run.sustained = Some(run.sustained.unwrap_or(0.0).max(phase.rate));
         }
         first += n;
         progress.say(format!(
@@ -869,26 +1217,26 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut ModelRun) -> Result<(),
     }
     run.peak_rss_bytes = edge_agent::clock::process_status_bytes(pid, "VmHWM").unwrap_or(0);
     stop_sampling.cancel();
-    run.rss_over_time = sampler.await.unwrap_or_default();
-    run.memory_mb_seconds_above_idle =
-        measure::mb_seconds_above(&run.rss_over_time, run.idle_rss_bytes);
-    run.latency_cdf = measure::cdf(&all);
-    for (p, start) in run.phases.iter_mut().zip(starts) {
-        p.rss_mean_bytes = measure::mean_between(&run.rss_over_time, start, start + p.seconds);
+    let samples = sampler.await.unwrap_or_default();
+    for (rate, events_per_second, from, to) in spans {
+        run.windows
+            .extend(measure::windows(&samples, from, to, 1.0).into_iter().map(
+                |(seconds, cpu, rss)| Window {
+                    round,
+                    rate,
+                    events_per_second,
+                    seconds,
+                    cpu_seconds_per_hour: cpu,
+                    rss_bytes: rss,
+                },
+            ));
     }
+    run.rss_over_time = samples.iter().map(|s| (s.t, s.rss)).collect();
+    run.mb_seconds = measure::mb_seconds_above(&run.rss_over_time, run.idle_rss_bytes);
     // The agent's own figures: the report after the last event (one a second).
     own.wait_for(&mut stats, first, Duration::from_secs(5))
         .await?;
-    run.agent_succeeded = own.succeeded;
-    run.agent_end_to_end_p50_us = own.end_to_end_p50_us;
-    run.agent_instantiate_p50_us = own.instantiate_p50_us;
-    run.agent_execute_p50_us = own.execute_p50_us;
-    run.agent_call_cpu_p50_us = own.call_cpu_p50_us;
-    run.agent_instance_memory_bytes = own.instance_memory_bytes;
-    run.agent_full_cold_starts = own.full_cold_starts;
-    run.agent_full_cold_start_load_p50_us = own.load_p50_us;
-    run.agent_queue_p50_us = own.queue_p50_us;
-    run.agent_commit_p50_us = own.commit_p50_us;
+    run.agent = own;
     poller.abort();
     drop(agent);
     run.state_disk_bytes = measure::disk_bytes(&data);
@@ -952,101 +1300,77 @@ impl AgentStats {
     }
 }
 
-/// Where the two models cost the same, per kind of cost, up to `max_rate`.
-fn break_even(models: &[ModelRun], max_rate: f64) -> Vec<BreakEven> {
-    let find = |m: Model| m.run_in(models);
-    let (Some(p), Some(o)) = (find(Model::Persistent), find(Model::OnDemand)) else {
-        return Vec::new();
-    };
-    o.fit
-        .kinds()
-        .into_iter()
-        .zip(p.fit.kinds())
-        .map(|((kind, on_demand), (_, persistent))| {
-            BreakEven::of(
-                kind,
-                (&o.model, on_demand),
-                (&p.model, persistent),
-                max_rate,
-            )
-        })
-        .collect()
-}
-
-/// The verdict line for one function: which model is cheaper in energy (the device's own
-/// cost) at which rates, the CPU and memory ratios, and what money says.
-fn verdict(name: &str, models: &[ModelRun], break_even: &[BreakEven], max_rate: f64) -> String {
-    let find = |m: Model| m.run_in(models);
-    let (Some(p), Some(o)) = (find(Model::Persistent), find(Model::OnDemand)) else {
-        return format!("{name}: no verdict, a model run failed");
-    };
-    let kind = |k: &str| break_even.iter().find(|b| b.kind == k);
-    let (Some(energy), Some(money)) = (kind("energy"), kind("money")) else {
-        return format!("{name}: no verdict, nothing was measured");
-    };
-    // Standing costs this close are within what one run can tell apart.
-    let close = |a: f64, b: f64| (a - b).abs() <= 0.1 * a.max(b);
-    let said = |b: &BreakEven, kind: &str| match b.rate {
-        Some(r) if kind == "energy" && close(o.fit.watts.standing, p.fit.watts.standing) => {
-            format!(
-                "{} below {r:.1} events/s, {} above (break-even in {kind}; the standing costs \
-                 differ by under 10%, so below it the two are about even)",
-                b.below, b.above
-            )
+/// Where two reports' verdicts contradict each other: the same function and kind of cost,
+/// overlapping rates, and two different winners, each named with its interval beyond the
+/// noise threshold. "About even" contradicts nothing. Empty when they agree.
+pub fn contradictions(a: &Report, b: &Report) -> Vec<String> {
+    let mut out = Vec::new();
+    for fa in &a.functions {
+        let Some(fb) = b.functions.iter().find(|f| f.function == fa.function) else {
+            continue;
+        };
+        for va in &fa.verdicts {
+            let Some(vb) = fb.verdicts.iter().find(|v| v.kind == va.kind) else {
+                continue;
+            };
+            for ra in va.ranges.iter().filter(|r| r.winner != verdict::EVEN) {
+                for rb in vb.ranges.iter().filter(|r| r.winner != verdict::EVEN) {
+                    if ra.winner != rb.winner && ra.from <= rb.to && rb.from <= ra.to {
+                        out.push(format!(
+                            "{} {}: {} at {}-{} events/s in one, {} at {}-{} in the other",
+                            fa.function,
+                            va.kind,
+                            ra.winner,
+                            verdict::rate_words(ra.from),
+                            verdict::rate_words(ra.to),
+                            rb.winner,
+                            verdict::rate_words(rb.from),
+                            verdict::rate_words(rb.to)
+                        ));
+                    }
+                }
+            }
         }
-        Some(r) => format!(
-            "{} below {r:.1} events/s, {} above (break-even in {kind})",
-            b.below, b.above
-        ),
-        None => format!(
-            "{} at every rate up to {max_rate} events/s (cheaper in {kind} throughout)",
-            b.below
-        ),
-    };
-    let cpu_ratio = o.fit.cpu_seconds.marginal / p.fit.cpu_seconds.marginal.max(1e-12);
-    let mem_ratio = o.idle_rss_bytes as f64 / (p.idle_rss_bytes as f64).max(1.0);
-    let lost: u64 = models
-        .iter()
-        .flat_map(|m| &m.phases)
-        .map(|ph| ph.lost)
-        .sum();
-    let lost = if lost > 0 {
-        format!("; {lost} events LOST")
-    } else {
-        String::new()
-    };
-    let zero = match find(Model::ScaleToZero) {
-        Some(z) => format!(
-            "; scaled to zero it holds {:.1} MB less while idle and paid {} full cold start(s) \
-             (load p50 {:.1} ms)",
-            (o.idle_rss_bytes as f64 - z.idle_rss_bytes as f64) / 1e6,
-            z.agent_full_cold_starts,
-            z.agent_full_cold_start_load_p50_us as f64 / 1000.0
-        ),
-        None => String::new(),
-    };
-    format!(
-        "{name}: {}; on-demand/persistent: CPU per event {cpu_ratio:.1}x, idle memory \
-         {mem_ratio:.2}x; billed by use vs reserved: {}{zero}{lost}",
-        said(energy, "energy"),
-        said(money, "money"),
-    )
+    }
+    out
 }
 
-/// The report as a table per function, then the break-evens and verdicts.
+/// `175±4%`: a median and half its interval relative to it; `!` when outliers were
+/// flagged among its samples.
+fn pm(e: &Estimate, scale: f64, digits: usize) -> String {
+    let flag = if e.outliers > 0 { "!" } else { "" };
+    let spread = e.relative_spread() * 100.0;
+    if e.n == 0 {
+        "-".into()
+    } else if spread < 0.5 {
+        format!("{:.digits$}{flag}", e.median * scale)
+    } else {
+        format!("{:.digits$}±{spread:.0}%{flag}", e.median * scale)
+    }
+}
+
+/// The report as a table per function (medians ± half their 95% interval), the fitted
+/// lines, the verdict per kind of cost, the trade-offs, then one verdict line per function.
 pub fn render(report: &Report) -> String {
     use std::fmt::Write as _;
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "edge-agent {} on {}; workload {}, QoS {}; energy by the {} power profile, money by a \
-         price list (models, see the end)",
-        report.agent_version, report.machine, report.workload, report.qos, report.power.name
+        "edge-agent {} on {}; workload {}, QoS {}, {} round(s) per model{}; energy by the {} \
+         power profile, money by a price list (models, see the end). Figures are medians ± \
+         half their 95% interval; ! marks outliers among their samples.",
+        report.agent_version,
+        report.machine,
+        report.workload,
+        report.qos,
+        report.rounds,
+        if report.quick { " (--quick)" } else { "" },
+        report.power.name
     );
     for f in &report.functions {
         let _ = writeln!(
             out,
-            "\n{} ({})\n{:<13} {:>7} {:>8} {:>5} {:>4} {:>8} {:>8} {:>8} {:>8} {:>6} {:>8} {:>7} {:>9}",
+            "\n{} ({})\n{:<13} {:>7} {:>8} {:>5} {:>4} {:>11} {:>11} {:>10} {:>11} {:>9} {:>10} {:>10} {:>12}",
             f.function,
             if f.stateful { "stateful" } else { "stateless" },
             "model",
@@ -1067,43 +1391,43 @@ pub fn render(report: &Report) -> String {
             if let Some(e) = &m.error {
                 let _ = writeln!(out, "{:<13} failed: {e}", m.model);
             }
-            for (i, c) in m.costs.iter().enumerate() {
-                let row = match i.checked_sub(1).and_then(|i| m.phases.get(i)) {
+            for c in &m.costs {
+                let row = match m.phases.iter().find(|p| p.rate == c.rate && c.rate > 0.0) {
                     Some(p) => {
                         // No outputs matched (`outputs = "none"`): no outside latency.
-                        let ms = |us: u64| match p.end_to_end_us.max {
+                        let ms = |e: &Estimate| match p.end_to_end_us.max {
                             0 => "-".to_string(),
-                            _ => format!("{:.2}", us as f64 / 1000.0),
+                            _ => pm(e, 1e-3, 2),
                         };
                         format!(
-                            "{:>8} {:>5} {:>4} {:>8} {:>8} {:>8.0}",
+                            "{:>8} {:>5} {:>4} {:>11} {:>11} {:>10}",
                             p.received,
                             p.lost,
                             p.duplicates,
-                            ms(p.end_to_end_us.p50),
-                            ms(p.end_to_end_us.p99),
-                            p.cpu_per_event_us
+                            ms(&p.end_to_end_us.p50),
+                            ms(&p.end_to_end_us.p99),
+                            pm(&p.cpu_per_event_us, 1.0, 0)
                         )
                     }
                     None => format!(
-                        "{:>8} {:>5} {:>4} {:>8} {:>8} {:>8}",
+                        "{:>8} {:>5} {:>4} {:>11} {:>11} {:>10}",
                         "idle", "", "", "", "", ""
                     ),
                 };
                 let _ = writeln!(
                     out,
-                    "{:<13} {:>7} {row} {:>8.1} {:>6.1} {:>8.1} {:>7} {:>9.4}",
+                    "{:<13} {:>7} {row} {:>11} {:>9} {:>10} {:>10} {:>12}",
                     m.model,
                     c.rate,
-                    c.cpu_seconds,
-                    c.memory_mb,
-                    c.watts * 1e3,
+                    pm(&c.cpu_seconds, 1.0, 1),
+                    pm(&c.memory_mb, 1.0, 1),
+                    pm(&c.watts, 1e3, 1),
                     if c.rate > 0.0 {
-                        format!("{:.3}", c.joules_per_event * 1e3)
+                        pm(&c.joules_per_event, 1e3, 3)
                     } else {
                         String::new()
                     },
-                    c.dollars * HOURS_PER_MONTH
+                    pm(&c.dollars, HOURS_PER_MONTH, 4)
                 );
             }
         }
@@ -1111,55 +1435,75 @@ pub fn render(report: &Report) -> String {
             let fit = &m.fit;
             let _ = writeln!(
                 out,
-                "{:<13} fitted: {:.1} CPU s/h + {:.3} per event/s; {:.1} mW + {:.3}; \
-                 ${:.4}/month + {:.5} ({})",
+                "{:<13} fitted: {} CPU s/h + {} per event/s; {} mW + {}; ${}/month + {} ({})",
                 m.model,
-                fit.cpu_seconds.standing,
-                fit.cpu_seconds.marginal,
-                fit.watts.standing * 1e3,
-                fit.watts.marginal * 1e3,
-                fit.dollars.standing * HOURS_PER_MONTH,
-                fit.dollars.marginal * HOURS_PER_MONTH,
+                fit.cpu_seconds.standing.show(1),
+                fit.cpu_seconds.marginal.show(3),
+                fit.watts.standing.map(|w| w * 1e3).show(1),
+                fit.watts.marginal.map(|w| w * 1e3).show(3),
+                fit.dollars.standing.map(|d| d * HOURS_PER_MONTH).show(4),
+                fit.dollars.marginal.map(|d| d * HOURS_PER_MONTH).show(5),
                 m.billing
             );
             let _ = writeln!(
                 out,
-                "{:<13} sustained {}; peak {:.1} MB, {:.1} MB-s above idle, state on disk {:.0} \
-                 KB, instance \
-                 {:.1} MB; agent p50s: queue {} us, cold start {} us, execute {} us, commit {} us, \
-                 call CPU {} us",
+                "{:<13} sustained {}; peak {} MB, {} MB-s above idle, state on disk {} KB, \
+                 instance {} MB; agent p50s: queue {} us, cold start {} us, execute {} us, \
+                 commit {} us, call CPU {} us",
                 "",
                 m.max_sustained_rate
                     .map_or("no rate".into(), |r| format!("{r:.0} events/s")),
-                m.peak_rss_bytes as f64 / 1e6,
-                m.memory_mb_seconds_above_idle,
-                m.state_disk_bytes as f64 / 1024.0,
-                m.agent_instance_memory_bytes as f64 / 1e6,
-                m.agent_queue_p50_us,
-                m.agent_instantiate_p50_us,
-                m.agent_execute_p50_us,
-                m.agent_commit_p50_us,
-                m.agent_call_cpu_p50_us
+                pm(&m.peak_rss_bytes, 1e-6, 1),
+                pm(&m.memory_mb_seconds_above_idle, 1.0, 0),
+                pm(&m.state_disk_bytes, 1.0 / 1024.0, 0),
+                pm(&m.agent_instance_memory_bytes, 1e-6, 1),
+                pm(&m.agent_queue_p50_us, 1.0, 0),
+                pm(&m.agent_instantiate_p50_us, 1.0, 0),
+                pm(&m.agent_execute_p50_us, 1.0, 0),
+                pm(&m.agent_commit_p50_us, 1.0, 0),
+                pm(&m.agent_call_cpu_p50_us, 1.0, 0)
             );
         }
-        let evens: Vec<String> = f
-            .break_even
-            .iter()
-            .map(|b| match b.rate {
-                Some(r) => format!("{} {r:.1}/s ({} below)", b.kind, b.below),
-                None => format!("{} none ({} throughout)", b.kind, b.below),
-            })
-            .collect();
-        if !evens.is_empty() {
-            let _ = writeln!(out, "break-even: {}", evens.join(", "));
+        for v in &f.verdicts {
+            let _ = writeln!(out, "- {}: {}", v.kind, v.text);
         }
         for t in &f.tradeoffs {
             let _ = writeln!(out, "- {}: {}", t.name, t.finding);
+        }
+        let flagged: Vec<String> = f
+            .models
+            .iter()
+            .flat_map(|m| {
+                m.costs
+                    .iter()
+                    .filter(|c| c.cpu_seconds.outliers > 0)
+                    .map(move |c| {
+                        format!(
+                            "{} at {}/s: {} of {}",
+                            m.model, c.rate, c.cpu_seconds.outliers, c.cpu_seconds.n
+                        )
+                    })
+            })
+            .collect();
+        if !flagged.is_empty() {
+            let _ = writeln!(
+                out,
+                "warning: outlying CPU windows ({}): kept, the medians hardly move, but \
+                 something else was busy on this machine",
+                flagged.join(", ")
+            );
         }
     }
     let _ = writeln!(out);
     for f in &report.functions {
         let _ = writeln!(out, "{}", f.verdict);
+    }
+    if report.quick {
+        let _ = writeln!(
+            out,
+            "(--quick: a few windows per rate, so its verdict is weaker; run without --quick for \
+             one that holds)"
+        );
     }
     let _ = writeln!(
         out,

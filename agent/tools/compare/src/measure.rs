@@ -11,19 +11,20 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use super::workload::Outputs;
+use crate::stats::{Estimate, quantile_bounds};
 use edge_agent::config::{BrokerAddress, BrokerConfig};
 
-/// Percentiles of a latency distribution, µs.
-#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+/// Percentiles of a latency distribution, µs, each with its 95% interval.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Latency {
     /// Median.
-    pub p50: u64,
+    pub p50: Estimate,
     /// 90th percentile.
-    pub p90: u64,
+    pub p90: Estimate,
     /// 99th percentile.
-    pub p99: u64,
+    pub p99: Estimate,
     /// 99.9th percentile.
-    pub p999: u64,
+    pub p999: Estimate,
     /// Largest.
     pub max: u64,
 }
@@ -63,26 +64,40 @@ pub fn histogram() -> Histogram<u64> {
 }
 
 impl Latency {
-    /// The percentiles of `h`.
+    /// The percentiles of `h`, each bounded by the order statistics of its interval.
     pub fn of(h: &Histogram<u64>) -> Self {
+        let at = |q: f64| {
+            if h.is_empty() {
+                return Estimate::default();
+            }
+            let (lo, hi) = quantile_bounds(q, h.len());
+            Estimate {
+                median: h.value_at_quantile(q) as f64,
+                low: h.value_at_quantile(lo) as f64,
+                high: h.value_at_quantile(hi) as f64,
+                n: usize::try_from(h.len()).unwrap_or(usize::MAX),
+                confidence: crate::stats::CONFIDENCE,
+                outliers: 0,
+            }
+        };
         Self {
-            p50: h.value_at_quantile(0.5),
-            p90: h.value_at_quantile(0.9),
-            p99: h.value_at_quantile(0.99),
-            p999: h.value_at_quantile(0.999),
+            p50: at(0.5),
+            p90: at(0.9),
+            p99: at(0.99),
+            p999: at(0.999),
             max: h.max(),
         }
     }
 }
 
-/// One steady phase, as seen from outside.
+/// One phase of the workload in one model, over every round, as seen from outside.
 #[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
 pub struct Phase {
     /// What was sent, e.g. `steady 10/s`.
     pub pattern: String,
     /// Mean events per second offered.
     pub rate: f64,
-    /// Events sent (each acknowledged by the broker).
+    /// Events sent (each acknowledged by the broker), over every round.
     pub sent: u64,
     /// Distinct events whose output arrived (`outputs = "none"`: that the agent handled).
     pub received: u64,
@@ -90,19 +105,83 @@ pub struct Phase {
     pub lost: u64,
     /// Outputs that arrived more than once for the same event.
     pub duplicates: u64,
-    /// From the publisher's send time to the output's arrival, µs.
+    /// From the publisher's send time to the output's arrival, µs, over every round.
     pub end_to_end_us: Latency,
-    /// User + system CPU of the agent process over the phase, per event sent, µs.
-    pub cpu_per_event_us: f64,
-    /// The process's CPU over the phase's wall time, per hour, in CPU seconds (the
-    /// standing idle share included).
-    pub cpu_seconds_per_hour: f64,
-    /// Wall time of the phase: sending, then waiting for the outputs, seconds.
+    /// User + system CPU of the agent process per event, µs: over the one-second windows
+    /// of every round.
+    pub cpu_per_event_us: Estimate,
+    /// The process's CPU per hour at this rate, in CPU seconds (the standing idle share
+    /// included), over the same windows.
+    pub cpu_seconds_per_hour: Estimate,
+    /// Wall time of the phase in all rounds: sending, then waiting for the outputs, seconds.
     pub seconds: f64,
-    /// Events handled per second of wall time: below `rate` when the agent fell behind.
-    pub handled_per_second: f64,
-    /// Mean resident memory of the process over the phase.
-    pub rss_mean_bytes: u64,
+    /// Events handled per second of wall time, one sample per round: below `rate` when the
+    /// agent fell behind.
+    pub handled_per_second: Estimate,
+    /// Resident memory of the process over the same windows, bytes.
+    pub rss_bytes: Estimate,
+}
+
+/// One window of one round: what the agent process used over about a second at one
+/// offered rate (0: idle). Every cost figure of a model is computed from its windows.
+#[derive(Debug, Clone, Copy, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Window {
+    /// The round (0-based).
+    pub round: u32,
+    /// Events per second offered (0 for the idle period).
+    pub rate: f64,
+    /// Events of the phase per second of its wall time (0 idle): CPU per event is the
+    /// window's CPU rate over this.
+    pub events_per_second: f64,
+    /// The window's length, seconds.
+    pub seconds: f64,
+    /// The process's CPU over the window, per hour, in CPU seconds.
+    pub cpu_seconds_per_hour: f64,
+    /// Its mean resident memory over the window, bytes.
+    pub rss_bytes: f64,
+}
+
+/// A reading of the agent process: when, its resident memory, and its CPU so far.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Sample {
+    /// Seconds since the sampling started.
+    pub t: f64,
+    /// Resident memory, bytes.
+    pub rss: u64,
+    /// CPU seconds used since the sampling started.
+    pub cpu: f64,
+}
+
+/// Splits `from..to` into windows of about `window` seconds (at least one) and measures
+/// each from `samples`: CPU by interpolating the cumulative CPU at the window's ends, RSS
+/// as the mean of the samples inside.
+pub fn windows(samples: &[Sample], from: f64, to: f64, window: f64) -> Vec<(f64, f64, f64)> {
+    let len = to - from;
+    if samples.len() < 2 || len <= 0.0 {
+        return Vec::new();
+    }
+    let k = ((len / window).round() as usize).max(1);
+    let step = len / k as f64;
+    let cpu_at = |t: f64| {
+        let i = samples.partition_point(|s| s.t < t);
+        match (
+            i.checked_sub(1).and_then(|i| samples.get(i)),
+            samples.get(i),
+        ) {
+            (Some(a), Some(b)) if b.t > a.t => a.cpu + (b.cpu - a.cpu) * (t - a.t) / (b.t - a.t),
+            (_, Some(b)) => b.cpu,
+            (Some(a), None) => a.cpu,
+            (None, None) => 0.0,
+        }
+    };
+    let rss: Vec<(f64, u64)> = samples.iter().map(|s| (s.t, s.rss)).collect();
+    (0..k)
+        .map(|i| {
+            let (a, b) = (from + step * i as f64, from + step * (i + 1) as f64);
+            let cpu = (cpu_at(b) - cpu_at(a)).max(0.0);
+            (step, cpu / step * 3600.0, mean_between(&rss, a, b) as f64)
+        })
+        .collect()
 }
 
 /// The events sent so far in one run: when, and on which topic in which order (for
@@ -186,25 +265,34 @@ impl CpuClock {
     }
 }
 
-/// Samples `VmRSS` of process `pid` every `every` until `stop`; returns (seconds since
-/// the start, bytes) pairs.
-pub async fn sample_rss(
+/// Reads process `pid`'s resident memory and CPU every `every` until `stop` (or until the
+/// process is gone).
+pub async fn sample(
     pid: u32,
     start: Instant,
     every: Duration,
     stop: tokio_util::sync::CancellationToken,
-) -> Vec<(f64, u64)> {
+) -> Vec<Sample> {
     let mut samples = Vec::new();
     let mut tick = tokio::time::interval(every);
+    let mut clock = CpuClock::read(pid);
+    let mut cpu = 0.0;
     loop {
         tokio::select! {
             () = stop.cancelled() => return samples,
             _ = tick.tick() => {}
         }
-        match edge_agent::clock::process_status_bytes(pid, "VmRSS") {
-            Some(b) => samples.push((start.elapsed().as_secs_f64(), b)),
-            None => return samples,
-        }
+        let Some(rss) = edge_agent::clock::process_status_bytes(pid, "VmRSS") else {
+            return samples;
+        };
+        let now = CpuClock::read(pid);
+        cpu += now.since(&clock);
+        clock = now;
+        samples.push(Sample {
+            t: start.elapsed().as_secs_f64(),
+            rss,
+            cpu,
+        });
     }
 }
 

@@ -95,7 +95,11 @@ impl Estimate {
             low: quantile_sorted(&r, tail).min(point),
             high: quantile_sorted(&r, 1.0 - tail).max(point),
             n,
-            confidence: if n >= 6 { CONFIDENCE } else { median_ranks(n).1 },
+            confidence: if n >= 6 {
+                CONFIDENCE
+            } else {
+                median_ranks(n).1
+            },
             outliers: 0,
         }
     }
@@ -360,7 +364,10 @@ mod tests {
     fn quantile_bounds_narrow_with_more_events() {
         let (lo, hi) = quantile_bounds(0.99, 100);
         let (lo2, hi2) = quantile_bounds(0.99, 100_000);
-        assert!(lo < lo2 && hi2 < hi.max(hi2 + 1e-12) && hi2 - lo2 < 0.002, "{lo2} {hi2}");
+        assert!(
+            lo < lo2 && hi2 < hi.max(hi2 + 1e-12) && hi2 - lo2 < 0.002,
+            "{lo2} {hi2}"
+        );
         assert_eq!(quantile_bounds(0.5, 0), (0.5, 0.5));
     }
 }

@@ -16,8 +16,9 @@ pub struct TradeOff {
     pub finding: String,
 }
 
-fn ms(us: u64) -> String {
-    format!("{:.2} ms", us as f64 / 1000.0)
+/// A median in µs, in milliseconds.
+fn ms(us: crate::stats::Estimate) -> String {
+    format!("{:.2} ms", us.median / 1000.0)
 }
 
 /// The trade-offs for one function, from its model runs (the ones that did not fail).
@@ -52,7 +53,7 @@ pub fn of(models: &[ModelRun], stateful: bool) -> Vec<TradeOff> {
             ms(o.agent_execute_p50_us)
         ),
     );
-    let cpu = |r: &ModelRun| r.fit.cpu_seconds.marginal / 3600.0 * 1e6;
+    let cpu = |r: &ModelRun| r.fit.cpu_seconds.marginal.median / 3600.0 * 1e6;
     say(
         "statelessness",
         if stateful {
@@ -64,7 +65,7 @@ pub fn of(models: &[ModelRun], stateful: bool) -> Vec<TradeOff> {
                 cpu(p),
                 ms(o.agent_commit_p50_us),
                 ms(p.agent_commit_p50_us),
-                o.state_disk_bytes.max(p.state_disk_bytes) as f64 / 1024.0
+                o.state_disk_bytes.median.max(p.state_disk_bytes.median) / 1024.0
             )
         } else {
             format!(
@@ -82,12 +83,15 @@ pub fn of(models: &[ModelRun], stateful: bool) -> Vec<TradeOff> {
             "each instance reached {:.1} MB of linear memory: persistent holds it all the time \
              (per instance), on demand only during a call ({} p50 each)",
             p.agent_instance_memory_bytes
-                .max(o.agent_instance_memory_bytes) as f64
+                .median
+                .max(o.agent_instance_memory_bytes.median)
                 / 1e6,
-            ms(o.agent_instantiate_p50_us + o.agent_execute_p50_us)
+            ms(crate::stats::Estimate::exact(
+                o.agent_instantiate_p50_us.median + o.agent_execute_p50_us.median
+            ))
         ),
     );
-    let idle = |r: &ModelRun| format!("{:.1} MB", r.idle_rss_bytes as f64 / 1e6);
+    let idle = |r: &ModelRun| format!("{:.1} MB", r.idle_rss_bytes.median / 1e6);
     say(
         "resource efficiency",
         format!(
@@ -96,8 +100,8 @@ pub fn of(models: &[ModelRun], stateful: bool) -> Vec<TradeOff> {
             idle(p),
             idle(o),
             z.map_or(String::new(), |z| format!(", {} scaled to zero", idle(z))),
-            p.memory_mb_seconds_above_idle,
-            o.memory_mb_seconds_above_idle
+            p.memory_mb_seconds_above_idle.median,
+            o.memory_mb_seconds_above_idle.median
         ),
     );
     let spread = |r: &ModelRun| {
@@ -105,19 +109,23 @@ pub fn of(models: &[ModelRun], stateful: bool) -> Vec<TradeOff> {
             .phases
             .iter()
             .filter(|ph| ph.sent > 0)
-            .map(|ph| ph.cpu_per_event_us)
+            .map(|ph| ph.cpu_per_event_us.median)
             .collect();
         let (lo, hi) = per_event
             .iter()
             .fold((f64::MAX, 0.0f64), |(lo, hi), v| (lo.min(*v), hi.max(*v)));
-        let p99: Vec<u64> = r.phases.iter().map(|ph| ph.end_to_end_us.p99).collect();
+        let p99: Vec<f64> = r
+            .phases
+            .iter()
+            .map(|ph| ph.end_to_end_us.p99.median)
+            .collect();
         (
             if lo > 0.0 && lo < f64::MAX {
                 hi / lo
             } else {
                 1.0
             },
-            p99.iter().copied().max().unwrap_or(0),
+            p99.iter().copied().fold(0.0, f64::max),
         )
     };
     let (sp, lp) = spread(p);
@@ -128,8 +136,8 @@ pub fn of(models: &[ModelRun], stateful: bool) -> Vec<TradeOff> {
             "across the phases, CPU per event varied {sp:.1}x persistent and {so:.1}x on \
              demand, and the worst phase's end-to-end p99 was {} and {}; billed by use, money \
              follows the events exactly, reserved it is the same whether they come or not",
-            ms(lp),
-            ms(lo)
+            ms(crate::stats::Estimate::exact(lp)),
+            ms(crate::stats::Estimate::exact(lo))
         ),
     );
     out

@@ -285,6 +285,19 @@ pub struct FunctionPlan {
     pub phases: Vec<PhasePlan>,
 }
 
+impl FunctionPlan {
+    /// The workload's mean rate: all its events over all its phases' time (events/s).
+    pub fn mean_rate(&self) -> f64 {
+        let events: usize = self.phases.iter().map(|p| p.offsets.len()).sum();
+        let secs: f64 = self.phases.iter().map(|p| p.duration.as_secs_f64()).sum();
+        if secs > 0.0 {
+            events as f64 / secs
+        } else {
+            0.0
+        }
+    }
+}
+
 /// A whole comparison, ready to run.
 #[derive(Debug, Clone)]
 pub struct Plan {

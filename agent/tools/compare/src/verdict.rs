@@ -1,0 +1,560 @@
+//! From windows to a verdict that holds still. Each model's one-second windows are priced
+//! ([`Priced`]), their medians per rate fitted as `standing + rate × marginal`, and the
+//! whole of it bootstrapped: the windows of every rate resampled 1,000 times, the medians
+//! and fits recomputed. Where the two models' costs differ by less than that noise, the
+//! verdict says "about even (within noise)"; it names a winner only where the whole 95%
+//! interval of the difference lies beyond the noise threshold on one side, and says by how
+//! much, with its interval.
+
+use serde::{Deserialize, Serialize};
+
+use crate::cost::{
+    Billing, CostEstimates, Costs, FitEstimates, KINDS, Line, LineEstimate, PowerProfile, Prices,
+    Usage,
+};
+use crate::measure::Window;
+use crate::stats::{Bootstrap, Estimate, median};
+
+/// Who wins where the data does not say.
+pub const EVEN: &str = "about even (within noise)";
+
+/// One model's windows priced, grouped by offered rate (idle, rate 0, first), each with
+/// the round it came from.
+pub struct Priced {
+    strata: Vec<(f64, Vec<(u32, Costs)>)>,
+    rounds: Vec<u32>,
+}
+
+/// What the pricing needs besides the windows.
+pub struct Pricing<'a> {
+    /// How the model is billed.
+    pub billing: Billing,
+    /// Linear memory one call holds, bytes (by use).
+    pub call_memory_bytes: f64,
+    /// How long one call holds it, seconds (by use).
+    pub call_seconds: f64,
+    /// Watts per busy core.
+    pub power: &'a PowerProfile,
+    /// The price list.
+    pub prices: &'a Prices,
+}
+
+impl Priced {
+    /// Prices every window.
+    pub fn of(windows: &[Window], pricing: &Pricing<'_>) -> Self {
+        let mut strata: Vec<(f64, Vec<(u32, Costs)>)> = Vec::new();
+        for w in windows {
+            let usage = Usage {
+                rate: w.rate,
+                cpu_seconds_per_hour: w.cpu_seconds_per_hour,
+                rss_bytes: w.rss_bytes,
+                call_memory_bytes: pricing.call_memory_bytes,
+                call_seconds: pricing.call_seconds,
+            };
+            let c = Costs::of(usage, pricing.power, pricing.prices, pricing.billing);
+            match strata.iter_mut().find(|(r, _)| *r == w.rate) {
+                Some((_, v)) => v.push((w.round, c)),
+                None => strata.push((w.rate, vec![(w.round, c)])),
+            }
+        }
+        strata.sort_by(|a, b| a.0.total_cmp(&b.0));
+        let mut rounds: Vec<u32> = windows.iter().map(|w| w.round).collect();
+        rounds.sort_unstable();
+        rounds.dedup();
+        Self { strata, rounds }
+    }
+
+    /// The cost of each kind at each rate, median and interval.
+    pub fn estimates(&self) -> Vec<CostEstimates> {
+        self.strata
+            .iter()
+            .map(|(rate, costs)| {
+                let of = |k: usize| {
+                    Estimate::of(&costs.iter().map(|(_, c)| c.kind(k)).collect::<Vec<_>>())
+                };
+                let watts = of(2);
+                CostEstimates {
+                    rate: *rate,
+                    cpu_seconds: of(0),
+                    memory_mb: of(1),
+                    watts,
+                    joules_per_event: if *rate > 0.0 {
+                        watts.map(|w| w / rate)
+                    } else {
+                        Estimate::default()
+                    },
+                    dollars: of(3),
+                }
+            })
+            .collect()
+    }
+
+    /// The fewest windows at any rate.
+    pub fn n(&self) -> usize {
+        self.strata.iter().map(|s| s.1.len()).min().unwrap_or(0)
+    }
+
+    /// The fitted line of each kind through the medians at each rate; with `boot`, through
+    /// the medians of one resample. The resample is in two stages, as the samples are: the
+    /// rounds (agent processes) with replacement, then each drawn round's windows, so that
+    /// what varies from one agent process to the next widens the intervals too.
+    fn lines(&self, mut boot: Option<&mut Bootstrap>) -> [Line; 4] {
+        let drawn: Option<Vec<u32>> = boot.as_deref_mut().map(|b| {
+            b.indices(self.rounds.len())
+                .into_iter()
+                .map(|i| self.rounds[i])
+                .collect()
+        });
+        let medians: Vec<(f64, [f64; 4])> = self
+            .strata
+            .iter()
+            .map(|(rate, costs)| {
+                let picked: Vec<&Costs> = match (&drawn, boot.as_deref_mut()) {
+                    (Some(rounds), Some(b)) => rounds
+                        .iter()
+                        .flat_map(|r| {
+                            let these: Vec<&Costs> = costs
+                                .iter()
+                                .filter(|(round, _)| round == r)
+                                .map(|(_, c)| c)
+                                .collect();
+                            b.indices(these.len())
+                                .into_iter()
+                                .filter_map(|i| these.get(i).copied())
+                                .collect::<Vec<_>>()
+                        })
+                        .collect(),
+                    _ => costs.iter().map(|(_, c)| c).collect(),
+                };
+                let m = |k: usize| median(&picked.iter().map(|c| c.kind(k)).collect::<Vec<_>>());
+                (*rate, [m(0), m(1), m(2), m(3)])
+            })
+            .collect();
+        std::array::from_fn(|k| {
+            Line::fit(&medians.iter().map(|(r, m)| (*r, m[k])).collect::<Vec<_>>())
+        })
+    }
+
+    /// The fit through the medians and `boot.replicates` fits through resamples.
+    pub fn fits(&self, boot: &mut Bootstrap) -> Fitted {
+        let point = self.lines(None);
+        let replicates = (0..boot.replicates)
+            .map(|_| self.lines(Some(boot)))
+            .collect();
+        Fitted {
+            point,
+            replicates,
+            n: self.n(),
+        }
+    }
+}
+
+/// A model's fitted lines, and the same fit on every resample.
+pub struct Fitted {
+    point: [Line; 4],
+    replicates: Vec<[Line; 4]>,
+    n: usize,
+}
+
+impl Fitted {
+    /// The lines with intervals.
+    pub fn estimates(&self) -> FitEstimates {
+        let of = |k: usize| {
+            let term = |f: fn(&Line) -> f64| {
+                let reps: Vec<f64> = self.replicates.iter().map(|r| f(&r[k])).collect();
+                Estimate::bootstrapped(f(&self.point[k]), &reps, self.n)
+            };
+            LineEstimate {
+                standing: term(|l| l.standing),
+                marginal: term(|l| l.marginal),
+            }
+        };
+        FitEstimates {
+            cpu_seconds: of(0),
+            memory_mb: of(1),
+            watts: of(2),
+            dollars: of(3),
+        }
+    }
+}
+
+/// The models compared, under their report names.
+pub const PERSISTENT: &str = "persistent";
+/// See [`PERSISTENT`].
+pub const ON_DEMAND: &str = "on-demand";
+
+/// Which model is cheaper over a range of rates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Range {
+    /// From this rate (events/s)...
+    pub from: f64,
+    /// ...to this one.
+    pub to: f64,
+    /// `persistent`, `on-demand`, or [`EVEN`].
+    pub winner: String,
+}
+
+/// The verdict for one kind of cost: who is cheaper at the rate asked about, by how much,
+/// and over which rates, with the break-even where the lines cross.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Verdict {
+    /// `cpu`, `memory`, `energy` or `money`.
+    pub kind: String,
+    /// The rate the winner and saving are stated at (events/s).
+    pub rate: f64,
+    /// `persistent`, `on-demand`, or [`EVEN`] when the 95% interval of the difference
+    /// reaches within the noise threshold of zero.
+    pub winner: String,
+    /// How much less the cheaper model costs at `rate`, as a fraction of the dearer one's
+    /// cost, with its interval: positive when persistent is cheaper, negative when on
+    /// demand is.
+    pub persistent_saves: Estimate,
+    /// Who is cheaper over which rates, from 0 to the highest rate measured.
+    pub ranges: Vec<Range>,
+    /// Where the lines cross, when they do in most resamples (at least half): the rate, with
+    /// its interval over the resamples that cross.
+    pub break_even: Option<Estimate>,
+    /// The share of resamples whose lines cross within the measured rates.
+    pub crossing_share: f64,
+    /// Differences smaller than this fraction are "about even" even when the interval
+    /// excludes zero ([`noise_threshold`]).
+    pub noise_threshold: f64,
+    /// The verdict in words, e.g. "persistent costs 38% less energy (±6%) at 100 events/s;
+    /// about even (within noise) below 20 events/s, persistent above".
+    pub text: String,
+}
+
+/// The relative difference `(on-demand − persistent) / the dearer`, in -1..1.
+fn relative(on_demand: f64, persistent: f64) -> f64 {
+    let dearer = on_demand.max(persistent);
+    if dearer <= 0.0 {
+        0.0
+    } else {
+        (on_demand - persistent) / dearer
+    }
+}
+
+/// Rates the verdict is checked at: 0, and 40 steps spaced evenly on a log scale from the
+/// lowest to the highest rate measured, and `at`.
+fn grid(rates: &[f64], at: f64) -> Vec<f64> {
+    let positive: Vec<f64> = rates.iter().copied().filter(|r| *r > 0.0).collect();
+    let lo = positive.iter().copied().fold(f64::INFINITY, f64::min);
+    let hi = positive.iter().copied().fold(0.0, f64::max);
+    let mut g = vec![0.0];
+    if lo.is_finite() && hi > 0.0 {
+        let steps = 40;
+        g.extend((0..=steps).map(|i| lo * (hi / lo).powf(f64::from(i) / f64::from(steps))));
+    }
+    if at > 0.0 {
+        g.push(at);
+    }
+    g.sort_by(f64::total_cmp);
+    g.dedup();
+    g
+}
+
+/// The smallest difference a verdict names a winner for, as a fraction of the dearer
+/// model's cost (criterion.rs calls it the noise threshold). Windows within one agent
+/// process cannot show how much the next process differs (its memory layout, its threads'
+/// timing): 5% covers that when rounds were repeated and the resampling of rounds saw some
+/// of it; a single round (`--quick`) allows 25%.
+pub fn noise_threshold(rounds: u32) -> f64 {
+    if rounds >= 2 { 0.05 } else { 0.25 }
+}
+
+fn winner_of(d: &Estimate, threshold: f64) -> &'static str {
+    if d.low > threshold {
+        PERSISTENT
+    } else if d.high < -threshold {
+        ON_DEMAND
+    } else {
+        EVEN
+    }
+}
+
+/// A rate for people: three significant figures at most.
+pub fn rate_words(r: f64) -> String {
+    if r >= 100.0 {
+        format!("{r:.0}")
+    } else if r >= 10.0 {
+        format!("{r:.1}").trim_end_matches(".0").to_string()
+    } else {
+        format!("{r:.2}")
+            .trim_end_matches('0')
+            .trim_end_matches('.')
+            .to_string()
+    }
+}
+
+/// The verdict per kind of cost between the two models, at rate `at`, with the noise
+/// threshold for `rounds` rounds.
+pub fn verdicts(
+    on_demand: &Fitted,
+    persistent: &Fitted,
+    rates: &[f64],
+    at: f64,
+    rounds: u32,
+) -> Vec<Verdict> {
+    let threshold = noise_threshold(rounds);
+    let max_rate = rates.iter().copied().fold(0.0, f64::max);
+    let g = grid(rates, at);
+    let n = on_demand.n.min(persistent.n);
+    KINDS
+        .iter()
+        .enumerate()
+        .map(|(k, kind)| {
+            let diff = |r: f64| {
+                let point = relative(on_demand.point[k].at(r), persistent.point[k].at(r));
+                let reps: Vec<f64> = on_demand
+                    .replicates
+                    .iter()
+                    .zip(&persistent.replicates)
+                    .map(|(o, p)| relative(o[k].at(r), p[k].at(r)))
+                    .collect();
+                Estimate::bootstrapped(point, &reps, n)
+            };
+            let mut ranges: Vec<Range> = Vec::new();
+            for &r in &g {
+                let w = winner_of(&diff(r), threshold);
+                match ranges.last_mut() {
+                    Some(last) if last.winner == w => last.to = r,
+                    _ => ranges.push(Range {
+                        from: r,
+                        to: r,
+                        winner: w.into(),
+                    }),
+                }
+            }
+            let crossings: Vec<f64> = on_demand
+                .replicates
+                .iter()
+                .zip(&persistent.replicates)
+                .filter_map(|(o, p)| o[k].crossing(&p[k], max_rate))
+                .collect();
+            let crossing_share = crossings.len() as f64 / on_demand.replicates.len().max(1) as f64;
+            let break_even = (crossing_share >= 0.5).then(|| {
+                let point = on_demand.point[k]
+                    .crossing(&persistent.point[k], max_rate)
+                    .unwrap_or_else(|| median(&crossings));
+                Estimate::bootstrapped(point, &crossings, n)
+            });
+            let d = diff(at);
+            let winner = winner_of(&d, threshold);
+            let text = words(kind, at, winner, &d, &ranges, break_even.as_ref(), max_rate);
+            Verdict {
+                kind: (*kind).into(),
+                rate: at,
+                winner: winner.into(),
+                persistent_saves: d,
+                ranges,
+                break_even,
+                crossing_share,
+                noise_threshold: threshold,
+                text,
+            }
+        })
+        .collect()
+}
+
+/// The noun a kind of cost goes by in a sentence.
+pub fn noun(kind: &str) -> &str {
+    match kind {
+        "cpu" => "CPU",
+        "money" => "money",
+        other => other,
+    }
+}
+
+/// "persistent costs 38% less energy (±6%) at 100 events/s" or "about even (within
+/// noise) in energy at 100 events/s (persistent 3% less, ±9%)".
+pub fn at_rate(kind: &str, at: f64, winner: &str, d: &Estimate) -> String {
+    let pct = |v: f64| v.abs() * 100.0;
+    let pm = (d.high - d.low) / 2.0 * 100.0;
+    let at = rate_words(at);
+    if winner == EVEN {
+        let leaning = if d.median >= 0.0 {
+            PERSISTENT
+        } else {
+            ON_DEMAND
+        };
+        format!(
+            "{EVEN} in {} at {at} events/s ({leaning} {:.0}% less, ±{pm:.0}%)",
+            noun(kind),
+            pct(d.median)
+        )
+    } else {
+        format!(
+            "{winner} costs {:.0}% less {} (±{pm:.0}%) at {at} events/s",
+            pct(d.median),
+            noun(kind)
+        )
+    }
+}
+
+fn words(
+    kind: &str,
+    at: f64,
+    winner: &str,
+    d: &Estimate,
+    ranges: &[Range],
+    break_even: Option<&Estimate>,
+    max_rate: f64,
+) -> String {
+    let mut out = at_rate(kind, at, winner, d);
+    let over = match ranges {
+        [only] => format!(
+            "{} at every rate up to {} events/s",
+            only.winner,
+            rate_words(max_rate)
+        ),
+        _ => {
+            let last = ranges.len() - 1;
+            ranges
+                .iter()
+                .enumerate()
+                .map(|(i, r)| match i {
+                    0 => format!("{} below {} events/s", r.winner, rate_words(ranges[1].from)),
+                    i if i == last => format!("{} above", r.winner),
+                    _ => format!(
+                        "{} from {} to {}",
+                        r.winner,
+                        rate_words(r.from),
+                        rate_words(ranges[i + 1].from)
+                    ),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    };
+    out.push_str("; ");
+    out.push_str(&over);
+    if let Some(b) = break_even {
+        out.push_str(&format!(
+            "; the lines cross at {} events/s ({}-{})",
+            rate_words(b.median),
+            rate_words(b.low),
+            rate_words(b.high)
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn window(round: u32, rate: f64, cpu: f64, rss: f64) -> Window {
+        Window {
+            round,
+            rate,
+            events_per_second: rate,
+            seconds: 1.0,
+            cpu_seconds_per_hour: cpu,
+            rss_bytes: rss,
+        }
+    }
+
+    /// Windows of a model whose CPU per hour is `standing + marginal × rate`, with a
+    /// deterministic ± `noise` spread.
+    fn model(seed: u64, standing: f64, marginal: f64, noise: f64) -> Vec<Window> {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        [0.0, 1.0, 10.0, 100.0, 1000.0]
+            .iter()
+            .flat_map(|&rate| {
+                (0..15)
+                    .map(|i| {
+                        let jitter = 1.0 + noise * (rng.f64() * 2.0 - 1.0);
+                        window(i / 5, rate, (standing + marginal * rate) * jitter, 20e6)
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
+
+    fn fitted(windows: &[Window], billing: Billing) -> Fitted {
+        let power = crate::cost::power_profile(Some("pi4")).unwrap_or_else(|e| panic!("{e}"));
+        let prices = Prices::default();
+        let pricing = Pricing {
+            billing,
+            call_memory_bytes: 1.1e6,
+            call_seconds: 1e-4,
+            power: &power,
+            prices: &prices,
+        };
+        Priced::of(windows, &pricing).fits(&mut Bootstrap::default())
+    }
+
+    #[test]
+    fn a_real_difference_is_named_with_its_margin() {
+        // Same standing cost; persistent half the marginal CPU.
+        let o = fitted(&model(1, 3.6, 0.72, 0.05), Billing::ByUse);
+        let p = fitted(&model(2, 3.6, 0.36, 0.05), Billing::Reserved);
+        let v = verdicts(&o, &p, &[1.0, 10.0, 100.0, 1000.0], 100.0, 3);
+        let cpu = &v[0];
+        assert_eq!(cpu.kind, "cpu");
+        assert_eq!(cpu.winner, PERSISTENT, "{cpu:?}");
+        // (3.6 + 72) vs (3.6 + 36): persistent saves 47.6%.
+        assert!(
+            (cpu.persistent_saves.median - 0.476).abs() < 0.03,
+            "{cpu:?}"
+        );
+        assert!(cpu.text.starts_with("persistent costs 4"), "{}", cpu.text);
+        // At rate 0 they cost the same: even there, persistent above.
+        assert_eq!(cpu.ranges.first().map(|r| r.winner.as_str()), Some(EVEN));
+        assert_eq!(
+            cpu.ranges.last().map(|r| r.winner.as_str()),
+            Some(PERSISTENT)
+        );
+    }
+
+    /// Two models that cost the same, measured with 30% noise, 40 times over: the verdict
+    /// at the rate asked about names a winner about 5% of the time (the interval's 95%),
+    /// and no two runs name opposite winners there with both sure.
+    #[test]
+    fn models_that_cost_the_same_are_about_even() {
+        let mut named = Vec::new();
+        for seed in 0..40 {
+            let o = fitted(&model(2 * seed, 3.6, 0.36, 0.3), Billing::ByUse);
+            let p = fitted(&model(2 * seed + 1, 3.6, 0.36, 0.3), Billing::ByUse);
+            let v = verdicts(&o, &p, &[1.0, 10.0, 100.0, 1000.0], 100.0, 3);
+            if v[0].winner != EVEN {
+                named.push(v[0].winner.clone());
+            }
+        }
+        assert!(
+            named.len() <= 5,
+            "a winner named in {} of 40: {named:?}",
+            named.len()
+        );
+        let noisy = fitted(&model(7, 3.6, 0.367, 0.3), Billing::ByUse);
+        let other = fitted(&model(8, 3.6, 0.36, 0.3), Billing::ByUse);
+        let v = verdicts(&noisy, &other, &[1.0, 10.0, 100.0, 1000.0], 100.0, 3);
+        assert!(v[0].text.contains(EVEN), "{}", v[0].text);
+    }
+
+    #[test]
+    fn a_crossing_is_an_interval() {
+        // By use: nothing standing, 0.5 per event/s; reserved: 20 standing, 0.1 marginal:
+        // they cross at 50 events/s.
+        let o = fitted(&model(1, 0.0001, 0.5, 0.05), Billing::ByUse);
+        let p = fitted(&model(2, 20.0, 0.1, 0.05), Billing::ByUse);
+        let v = verdicts(&o, &p, &[1.0, 10.0, 100.0, 1000.0], 500.0, 3);
+        let b = v[0].break_even.unwrap_or_else(|| panic!("{:?}", v[0]));
+        assert!(b.low <= 50.0 && 50.0 <= b.high && b.high < 70.0, "{b:?}");
+        assert_eq!(v[0].winner, PERSISTENT);
+        assert_eq!(
+            v[0].ranges.first().map(|r| r.winner.as_str()),
+            Some(ON_DEMAND)
+        );
+        assert!(v[0].text.contains("the lines cross at"), "{}", v[0].text);
+    }
+
+    #[test]
+    fn rates_read_as_people_write_them() {
+        assert_eq!(rate_words(1000.0), "1000");
+        assert_eq!(rate_words(44.64), "44.6");
+        assert_eq!(rate_words(20.0), "20");
+        assert_eq!(rate_words(1.5), "1.5");
+        assert_eq!(rate_words(0.0), "0");
+    }
+}
