@@ -845,6 +845,15 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         .expect("run compare --from");
     assert!(out.status.success(), "{out:?}");
     charts_show_the_report(&std::fs::read_to_string(&both).expect("html"), &report, 2);
+    // A saved report is judged again at another rate, without measuring again.
+    let out = Command::new(agent_bin())
+        .args(["compare", "--rate", "1000", "--from"])
+        .arg(&json)
+        .output()
+        .expect("run compare --from --rate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert!(stdout.contains("at 1000 events/s"), "{stdout}");
     // A file that is not a report is named, with exit 66.
     let out = Command::new(agent_bin())
         .args(["compare", "--from"])

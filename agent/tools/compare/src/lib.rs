@@ -169,6 +169,9 @@ pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
         .iter()
         .map(|p| load(p))
         .collect::<Result<Vec<_>, _>>()?;
+    for r in &mut reports {
+        rejudge(r, args.rate);
+    }
     let mut runtime = None;
     if reports.is_empty() {
         let rt = tokio::runtime::Runtime::new().map_err(CompareError::Runtime)?;
@@ -683,41 +686,21 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
             }
         }
     }
-    let mut boot = Bootstrap::default();
-    let mut functions = Vec::new();
-    for (f, rounds) in plan.functions.iter().zip(measured) {
-        let mut models = Vec::new();
-        let mut fitted = Vec::new();
-        for (&model, runs) in MODELS.iter().zip(rounds) {
-            let mut run = ModelRun::of(model, runs);
-            fitted.push(run.price(&power, &plan.prices, &mut boot));
-            models.push(run);
-        }
-        let rates: Vec<f64> = f.phases.iter().map(|p| p.rate).collect();
-        let rounds_run = models.iter().map(|m| m.rounds).min().unwrap_or(0);
-        let at = args.rate.unwrap_or_else(|| f.mean_rate());
-        // An untouched store is sled's few-byte `conf` file; any write adds a segment.
-        let stateful = models.iter().any(|m| m.state_disk_bytes.median > 1024.0);
-        let tradeoffs = tradeoffs::of(&models, stateful);
-        let verdicts = match (
-            Model::Persistent.run_in(&models).map(|_| &fitted[0]),
-            Model::OnDemand.run_in(&models).map(|_| &fitted[1]),
-        ) {
-            (Some(p), Some(o)) => verdict::verdicts(o, p, &rates, at, rounds_run),
-            _ => Vec::new(),
-        };
-        let card = card(&verdicts, &tradeoffs, &models, at);
-        let verdict = verdict_line(&f.name, &card, &verdicts, &models);
-        functions.push(FunctionReport {
-            function: f.name.clone(),
-            stateful,
-            tradeoffs,
-            models,
-            card,
-            verdicts,
-            verdict,
-        });
-    }
+    let functions = plan
+        .functions
+        .iter()
+        .zip(measured)
+        .map(|(f, rounds)| {
+            let models = MODELS
+                .iter()
+                .zip(rounds)
+                .map(|(&model, runs)| ModelRun::of(model, runs))
+                .collect();
+            let rates: Vec<f64> = f.phases.iter().map(|p| p.rate).collect();
+            let at = args.rate.unwrap_or_else(|| f.mean_rate());
+            judge(&f.name, models, &rates, at, &power, &plan.prices)
+        })
+        .collect();
     Ok(Report {
         schema_version: SCHEMA_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -738,6 +721,80 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         prices: plan.prices.clone(),
         functions,
     })
+}
+
+/// Prices one function's model runs, fits them, and gives the verdicts and the card at
+/// rate `at`. A saved report goes through here again (`--from`), so that it is judged by
+/// this version's rules and at the rate asked for.
+fn judge(
+    name: &str,
+    mut models: Vec<ModelRun>,
+    rates: &[f64],
+    at: f64,
+    power: &PowerProfile,
+    prices: &Prices,
+) -> FunctionReport {
+    // Seeded per function: the same windows give the same intervals in any order.
+    let mut boot = Bootstrap::default();
+    let fitted: Vec<Fitted> = models
+        .iter_mut()
+        .map(|m| m.price(power, prices, &mut boot))
+        .collect();
+    let rounds = models
+        .iter()
+        .filter(|m| m.error.is_none())
+        .map(|m| m.rounds)
+        .min()
+        .unwrap_or(0);
+    // An untouched store is sled's few-byte `conf` file; any write adds a segment.
+    let stateful = models.iter().any(|m| m.state_disk_bytes.median > 1024.0);
+    let tradeoffs = tradeoffs::of(&models, stateful);
+    let run = |m: Model| {
+        MODELS
+            .iter()
+            .position(|x| *x == m)
+            .filter(|_| m.run_in(&models).is_some())
+            .map(|i| &fitted[i])
+    };
+    let verdicts = match (run(Model::Persistent), run(Model::OnDemand)) {
+        (Some(p), Some(o)) => verdict::verdicts(o, p, rates, at, rounds),
+        _ => Vec::new(),
+    };
+    let card = card(&verdicts, &tradeoffs, &models, at);
+    let verdict = verdict_line(name, &card, &verdicts, &models);
+    FunctionReport {
+        function: name.to_string(),
+        stateful,
+        tradeoffs,
+        models,
+        card,
+        verdicts,
+        verdict,
+    }
+}
+
+/// A saved report judged again by this version's rules, at `rate` if given (else at the
+/// rate it was judged at).
+fn rejudge(report: &mut Report, rate: Option<f64>) {
+    for f in &mut report.functions {
+        let mut rates: Vec<f64> = f
+            .models
+            .iter()
+            .flat_map(|m| m.phases.iter().map(|p| p.rate))
+            .collect();
+        rates.sort_by(f64::total_cmp);
+        rates.dedup();
+        let at = rate.unwrap_or(f.card.rate);
+        let models = std::mem::take(&mut f.models);
+        *f = judge(
+            &f.function,
+            models,
+            &rates,
+            at,
+            &report.power,
+            &report.prices,
+        );
+    }
 }
 
 /// The recommendation at rate `at`: the first kind of cost, in the order energy, CPU,

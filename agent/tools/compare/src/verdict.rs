@@ -234,11 +234,13 @@ fn relative(on_demand: f64, persistent: f64) -> f64 {
     }
 }
 
-/// Rates the verdict is checked at: 0, and 40 steps spaced evenly on a log scale from the
-/// lowest to the highest rate measured, and `at`.
+/// Rates the verdict is checked at: 0, 40 steps spaced evenly on a log scale from a
+/// hundredth of the lowest rate measured to the highest, and `at`. Between the idle point
+/// (rate 0) and the lowest phase the fitted lines interpolate, so the low rates, where
+/// by-use billing and idle costs decide, are judged too.
 fn grid(rates: &[f64], at: f64) -> Vec<f64> {
     let positive: Vec<f64> = rates.iter().copied().filter(|r| *r > 0.0).collect();
-    let lo = positive.iter().copied().fold(f64::INFINITY, f64::min);
+    let lo = positive.iter().copied().fold(f64::INFINITY, f64::min) / 100.0;
     let hi = positive.iter().copied().fold(0.0, f64::max);
     let mut g = vec![0.0];
     if lo.is_finite() && hi > 0.0 {
