@@ -646,7 +646,10 @@ fn card(r: &Report, f: &FunctionReport, several: bool) -> String {
             "either" => "Either model".to_string(),
             m => format!("Use {}", esc(m)),
         },
-        head = esc(&c.headline),
+        head = esc(c
+            .headline
+            .strip_prefix(&format!("Use {}: ", c.recommended))
+            .unwrap_or(&c.headline)),
         trade = esc(&c.trade_off),
     )
 }

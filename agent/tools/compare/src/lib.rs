@@ -407,8 +407,8 @@ impl ModelRun {
         }
     }
 
-    /// Prices every window, and fits the costs over the rates (bootstrapped).
-    fn price(&mut self, power: &PowerProfile, prices: &Prices, boot: &mut Bootstrap) -> Fitted {
+    /// Prices every window, with the estimates per rate; the fitting is [`judge`]'s.
+    fn price(&mut self, power: &PowerProfile, prices: &Prices) -> verdict::Priced {
         let billing = if self.model == Model::Persistent.name() {
             Billing::Reserved
         } else {
@@ -429,9 +429,7 @@ impl ModelRun {
         };
         let priced = verdict::Priced::of(&self.windows, &pricing);
         self.costs = priced.estimates();
-        let fitted = priced.fits(boot);
-        self.fit = fitted.estimates();
-        fitted
+        priced
     }
 }
 
@@ -734,12 +732,18 @@ fn judge(
     power: &PowerProfile,
     prices: &Prices,
 ) -> FunctionReport {
-    // Seeded per function: the same windows give the same intervals in any order.
+    let priced: Vec<verdict::Priced> = models.iter_mut().map(|m| m.price(power, prices)).collect();
+    // Seeded per function: the same windows give the same intervals in any order. The
+    // models share their draws of rounds: paired, as the rounds were interleaved.
     let mut boot = Bootstrap::default();
-    let fitted: Vec<Fitted> = models
-        .iter_mut()
-        .map(|m| m.price(power, prices, &mut boot))
-        .collect();
+    let mut rounds: Vec<u32> = priced.iter().flat_map(|p| p.rounds().to_vec()).collect();
+    rounds.sort_unstable();
+    rounds.dedup();
+    let draws = verdict::draw_rounds(&rounds, &mut boot);
+    let fitted: Vec<Fitted> = priced.iter().map(|p| p.fits(&draws, &mut boot)).collect();
+    for (m, f) in models.iter_mut().zip(&fitted) {
+        m.fit = f.estimates();
+    }
     let rounds = models
         .iter()
         .filter(|m| m.error.is_none())
@@ -852,10 +856,10 @@ fn card(
         high: saving.high.max(saving.low),
         ..saving
     };
-    let why = match (v.kind.as_str(), v.winner.as_str()) {
-        ("energy" | "cpu", verdict::PERSISTENT) => "cold start",
-        ("energy" | "cpu" | "memory", _) => "resource efficiency",
-        _ => "cost predictability",
+    let trade_off = match (v.kind.as_str(), v.winner.as_str()) {
+        ("energy" | "cpu", verdict::PERSISTENT) => finding("cold start"),
+        ("energy" | "cpu" | "memory", _) => finding("resource efficiency"),
+        _ => billing(models, v),
     };
     let even: Vec<&str> = verdicts
         .iter()
@@ -879,9 +883,35 @@ fn card(
             verdict::noun(&v.kind),
             (saving.high - saving.low) / 2.0 * 100.0
         ),
-        trade_off: finding(why),
+        trade_off,
         weak,
     }
+}
+
+/// The trade-off behind a verdict in money: what each billing scheme charges.
+fn billing(models: &[ModelRun], v: &Verdict) -> String {
+    let (Some(p), Some(o)) = (
+        Model::Persistent.run_in(models),
+        Model::OnDemand.run_in(models),
+    ) else {
+        return String::new();
+    };
+    let month = |e: Estimate| e.median * HOURS_PER_MONTH;
+    let crossing = v.break_even.map_or(String::new(), |b| {
+        format!(
+            ", so billed by use is cheaper only below {} events/s ({}-{})",
+            verdict::rate_words(b.median),
+            verdict::rate_words(b.low),
+            verdict::rate_words(b.high)
+        )
+    });
+    format!(
+        "billing: by use (on demand) costs ${:.3} a month per event/s and nothing idle; \
+         reserved (persistent) costs ${:.3} a month standing plus ${:.4} per event/s{crossing}",
+        month(o.fit.dollars.marginal),
+        month(p.fit.dollars.standing),
+        month(p.fit.dollars.marginal)
+    )
 }
 
 /// The verdict line for one function: its card's headline, and lost events if any.

@@ -94,23 +94,23 @@ impl Priced {
         self.strata.iter().map(|s| s.1.len()).min().unwrap_or(0)
     }
 
-    /// The fitted line of each kind through the medians at each rate; with `boot`, through
-    /// the medians of one resample. The resample is in two stages, as the samples are: the
-    /// rounds (agent processes) with replacement, then each drawn round's windows, so that
-    /// what varies from one agent process to the next widens the intervals too.
-    fn lines(&self, mut boot: Option<&mut Bootstrap>) -> [Line; 4] {
-        let drawn: Option<Vec<u32>> = boot.as_deref_mut().map(|b| {
-            b.indices(self.rounds.len())
-                .into_iter()
-                .map(|i| self.rounds[i])
-                .collect()
-        });
+    /// The rounds this model's windows come from.
+    pub fn rounds(&self) -> &[u32] {
+        &self.rounds
+    }
+
+    /// The fitted line of each kind through the medians at each rate; with a resample,
+    /// through the medians of the windows of the `drawn` rounds, each round's windows
+    /// drawn again with replacement. Resampling rounds first lets what varies from one
+    /// agent process to the next widen the intervals too.
+    fn lines(&self, resample: Option<(&[u32], &mut Bootstrap)>) -> [Line; 4] {
+        let mut resample = resample;
         let medians: Vec<(f64, [f64; 4])> = self
             .strata
             .iter()
             .map(|(rate, costs)| {
-                let picked: Vec<&Costs> = match (&drawn, boot.as_deref_mut()) {
-                    (Some(rounds), Some(b)) => rounds
+                let picked: Vec<&Costs> = match resample.as_mut() {
+                    Some((drawn, b)) => drawn
                         .iter()
                         .flat_map(|r| {
                             let these: Vec<&Costs> = costs
@@ -124,7 +124,7 @@ impl Priced {
                                 .collect::<Vec<_>>()
                         })
                         .collect(),
-                    _ => costs.iter().map(|(_, c)| c).collect(),
+                    None => costs.iter().map(|(_, c)| c).collect(),
                 };
                 let m = |k: usize| median(&picked.iter().map(|c| c.kind(k)).collect::<Vec<_>>());
                 (*rate, [m(0), m(1), m(2), m(3)])
@@ -135,11 +135,15 @@ impl Priced {
         })
     }
 
-    /// The fit through the medians and `boot.replicates` fits through resamples.
-    pub fn fits(&self, boot: &mut Bootstrap) -> Fitted {
+    /// The fit through the medians, and one fit per entry of `draws`: the rounds drawn for
+    /// that resample. The models of one function share their draws, so that their
+    /// replicates are paired by round: the rounds were interleaved (A B C A B C), and what
+    /// the machine did during one round weighs on every model's windows of it alike.
+    pub fn fits(&self, draws: &[Vec<u32>], boot: &mut Bootstrap) -> Fitted {
         let point = self.lines(None);
-        let replicates = (0..boot.replicates)
-            .map(|_| self.lines(Some(boot)))
+        let replicates = draws
+            .iter()
+            .map(|drawn| self.lines(Some((drawn, &mut *boot))))
             .collect();
         Fitted {
             point,
@@ -147,6 +151,19 @@ impl Priced {
             n: self.n(),
         }
     }
+}
+
+/// `boot.replicates` draws with replacement of `rounds`, shared by the models of one
+/// function (see [`Priced::fits`]).
+pub fn draw_rounds(rounds: &[u32], boot: &mut Bootstrap) -> Vec<Vec<u32>> {
+    (0..boot.replicates)
+        .map(|_| {
+            boot.indices(rounds.len())
+                .into_iter()
+                .filter_map(|i| rounds.get(i).copied())
+                .collect()
+        })
+        .collect()
 }
 
 /// A model's fitted lines, and the same fit on every resample.
@@ -483,7 +500,10 @@ mod tests {
             power: &power,
             prices: &prices,
         };
-        Priced::of(windows, &pricing).fits(&mut Bootstrap::default())
+        let priced = Priced::of(windows, &pricing);
+        let mut boot = Bootstrap::default();
+        let draws = draw_rounds(priced.rounds(), &mut boot);
+        priced.fits(&draws, &mut boot)
     }
 
     #[test]
