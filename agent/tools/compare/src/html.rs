@@ -120,10 +120,14 @@ impl Chart {
             x0 = x0.min(*x);
             x1 = x1.max(*x);
         }
+        // The axis fits the medians, and an interval up to twice the highest: a wider one
+        // (a full cold start in a one-second window) runs off the top rather than
+        // flattening every other point.
+        let top = y1 * 2.0;
         for s in &self.series {
             for (&(x, _), &(_, hi)) in s.points.iter().zip(&s.bars) {
                 if hi.is_finite() && (!self.x_log || x > 0.0) {
-                    y1 = y1.max(hi);
+                    y1 = y1.max(hi.min(top));
                 }
             }
         }
@@ -263,16 +267,13 @@ impl Chart {
                     continue;
                 }
                 let px = sx(x);
+                let (lo_y, hi_y) = (sy(lo.min(yb)), sy(hi.min(yb)));
                 let _ = write!(
                     s,
-                    r#"<path class="interval" d="M{:.1},{:.1}H{:.1}M{px:.1},{:.1}V{:.1}M{:.1},{:.1}H{:.1}" stroke="{}" stroke-width="1.2" data-x="{x}" data-low="{lo}" data-high="{hi}"/>"#,
+                    r#"<path class="interval" d="M{:.1},{lo_y:.1}H{:.1}M{px:.1},{lo_y:.1}V{hi_y:.1}M{:.1},{hi_y:.1}H{:.1}" stroke="{}" stroke-width="1.2" data-x="{x}" data-low="{lo}" data-high="{hi}"/>"#,
                     px - 4.0,
-                    sy(lo),
                     px + 4.0,
-                    sy(lo),
-                    sy(hi),
                     px - 4.0,
-                    sy(hi),
                     px + 4.0,
                     ser.colour
                 );
