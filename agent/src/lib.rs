@@ -87,7 +87,10 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
     match command {
         Command::Check { config } => {
             let path = find_config(config.as_deref(), true)?;
-            let p = Prepared::new(Config::load(&path).map_err(AgentError::from)?)?;
+            let mut config = Config::load(&path).map_err(AgentError::from)?;
+            // A check (perhaps as another user) must not write into the agent's data dir.
+            config.runtime.compile_cache = false;
+            let p = Prepared::new(config)?;
             println!(
                 "{}: ok ({} functions, {:?} allocator)",
                 path.display(),

@@ -737,3 +737,72 @@ async fn a_burst_over_the_publish_rate_is_slowed_not_dead_lettered() {
     );
     s.agent.stop().await;
 }
+
+/// A `.wasm` is compiled once: the agent keeps the result in `<data_dir>/compiled` and the
+/// next start loads it from there. An entry it cannot use (damaged here) is compiled
+/// again and replaced, and the start goes on; the entries of versions no function uses
+/// any more are removed at start-up. `check` writes nothing there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiled_modules_are_kept_between_starts() {
+    let broker = Mosquitto::start();
+    let config = |module: &str| {
+        format!(
+            "[agent]\nid = \"cache\"\n[broker]\nurl = \"{}\"\n[[function]]\nname = \"f\"\n\
+             module = \"{}\"\ntopics = [\"in\"]\n[function.config]\nout_topic = \"out\"\n",
+            broker.url(),
+            guest(module)
+        )
+    };
+    let sha = |module: &str| {
+        edge_agent::runtime::function::sha256_hex(&std::fs::read(guest(module)).expect("module"))
+    };
+    let entries = |dir: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.join("data/compiled"))
+            .map(|d| d.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        v.sort();
+        v
+    };
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("agent.toml"), config("echo")).expect("config");
+    let check = std::process::Command::new(crate::harness::agent_bin())
+        .args(["check", "--config"])
+        .arg(dir.path().join("agent.toml"))
+        .output()
+        .expect("check");
+    assert!(check.status.success(), "{check:?}");
+    assert!(entries(dir.path()).is_empty(), "check wrote to the cache");
+
+    let agent = Process::start_in(dir, &config("echo"), broker.port, "cache").await;
+    let (_, _, dir) = agent.stop_keeping_dir();
+    let first = entries(dir.path());
+    assert_eq!(first.len(), 1, "{first:?}");
+    let name = first[0]
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    assert!(name.starts_with(&format!("{}-", sha("echo"))), "{name}");
+
+    std::fs::write(&first[0], b"not native code").expect("damage the entry");
+    let agent = Process::start_in(dir, &config("echo"), broker.port, "cache").await;
+    let (status, log, dir) = agent.stop_keeping_dir();
+    assert!(status.success(), "{log}");
+    assert!(log.contains("cannot be used; compiling it again"), "{log}");
+    let replaced = std::fs::metadata(&first[0]).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        replaced > 10_000,
+        "the damaged entry was not replaced: {replaced} bytes"
+    );
+
+    let agent = Process::start_in(dir, &config("counter"), broker.port, "cache").await;
+    let (_, log, dir) = agent.stop_keeping_dir();
+    let now = entries(dir.path());
+    assert_eq!(now.len(), 1, "{now:?}\n{log}");
+    let name = now[0]
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .to_string();
+    assert!(name.starts_with(&format!("{}-", sha("counter"))), "{name}");
+}

@@ -288,6 +288,11 @@ pub struct RuntimeConfig {
     pub epoch_tick_ms: u64,
     /// Largest module file accepted, in MiB: a bigger one is refused at start-up.
     pub max_module_mb: u64,
+    /// Keep what compiling a `.wasm` module produced in `<data_dir>/compiled`, so that the
+    /// next start (and a scale-to-zero reload) loads it in milliseconds instead of
+    /// compiling again (seconds to minutes for a Python or JavaScript component).
+    /// `edge-agent check` never writes it.
+    pub compile_cache: bool,
 }
 
 /// `[state]`: the functions' key-value state on local disk.
@@ -514,6 +519,7 @@ impl Default for RuntimeConfig {
             max_instances: 64,
             epoch_tick_ms: 10,
             max_module_mb: 64,
+            compile_cache: true,
         }
     }
 }

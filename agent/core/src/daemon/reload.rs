@@ -229,7 +229,12 @@ impl Reloader {
                 .collect(),
             config: new,
         };
-        let mut compiled = crate::runtime::function::Compiled::default();
+        let mut compiled = crate::runtime::function::Compiled::with_cache(
+            plan.config
+                .runtime
+                .compile_cache
+                .then(|| crate::runtime::function::CompileCache::of(&plan.config)),
+        );
         let mut errors = Vec::new();
         for f in &plan.config.functions {
             let outcome = match self.functions.get(&f.name) {

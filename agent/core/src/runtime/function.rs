@@ -83,6 +83,8 @@ pub struct LoadedFunction {
     state: OnceLock<Arc<Namespace>>,
     /// Fuel per call, when the engine counts fuel.
     fuel: Option<u64>,
+    /// Where compiled `.wasm` modules are kept between loads ([`Compiled`]).
+    cache: Option<Arc<CompileCache>>,
 }
 
 /// When a function was last used, on tokio's clock (the real one outside tests), so that a
@@ -211,7 +213,16 @@ impl LoadedFunction {
             deadline_ticks,
             state: OnceLock::new(),
             fuel: fuel_enabled.then_some(cfg.fuel.unwrap_or(u64::MAX)),
+            cache: compiled.cache.clone(),
         })
+    }
+
+    /// A fresh set of compiled components sharing this function's compile cache.
+    fn compiled(&self) -> Compiled {
+        Compiled {
+            components: std::collections::HashMap::new(),
+            cache: self.cache.clone(),
+        }
     }
 
     /// Gives the function its state namespace (done once, before the first event).
@@ -272,7 +283,7 @@ impl LoadedFunction {
             }
         }
         let (pre, sha256) =
-            link(&self.engine, &self.linker, cfg, &mut Compiled::default()).map_err(err)?;
+            link(&self.engine, &self.linker, cfg, &mut self.compiled()).map_err(err)?;
         let next = NextVersion {
             pre,
             current: Current {
@@ -345,12 +356,13 @@ impl LoadedFunction {
         }
         let start = Instant::now();
         let cfg = self.current().cfg.clone();
-        let (pre, _) = link(&self.engine, &self.linker, &cfg, &mut Compiled::default()).map_err(
-            |message| CallError {
-                kind: FailureKind::Instantiate,
-                message: format!("loading the module again after a scale to zero: {message}"),
-            },
-        )?;
+        let (pre, _) =
+            link(&self.engine, &self.linker, &cfg, &mut self.compiled()).map_err(|message| {
+                CallError {
+                    kind: FailureKind::Instantiate,
+                    message: format!("loading the module again after a scale to zero: {message}"),
+                }
+            })?;
         *slot = Some(pre.clone());
         // Loaded counts as used: a load slower than keep_warm_secs (compiling a Python or
         // JavaScript .wasm takes seconds to minutes) must not be released before the
@@ -567,9 +579,136 @@ fn link(
 /// Components already compiled, by the SHA-256 of their file, so that functions sharing a
 /// module (the same `.wasm` on demand and persistent, say) compile it once: seconds to
 /// minutes of Cranelift for an interpreter-carrying Python or JavaScript component on a
-/// Pi. Lives as long as one start-up; a `Component` is a cheap handle to shared code.
+/// Pi. Lives as long as one start-up (or one reload); a `Component` is a cheap handle to
+/// shared code. With a [`CompileCache`], what it compiles is also kept on disk for the
+/// next start.
 #[derive(Default)]
-pub struct Compiled(std::collections::HashMap<String, Component>);
+pub struct Compiled {
+    components: std::collections::HashMap<String, Component>,
+    cache: Option<Arc<CompileCache>>,
+}
+
+impl Compiled {
+    /// Compiled components kept in `cache` too (none: only in memory).
+    pub fn with_cache(cache: Option<Arc<CompileCache>>) -> Self {
+        Self {
+            components: std::collections::HashMap::new(),
+            cache,
+        }
+    }
+}
+
+/// Compiled `.wasm` modules kept on disk between starts, in `<data_dir>/compiled`, so that
+/// only the first start (and the first load of a new version) compiles: 13-22 s for a
+/// Python or JavaScript component here, minutes on a Pi. An entry is named by the
+/// module's SHA-256 and a hash of the engine's settings and wasmtime's version, and
+/// wasmtime checks both again when it loads one; an entry it refuses is compiled again
+/// and replaced. The folder holds native code that the agent runs: it must be as private
+/// as the state store beside it (the package's `StateDirectory` is the agent user's only).
+#[derive(Debug)]
+pub struct CompileCache {
+    dir: std::path::PathBuf,
+    /// Disk space to leave free (`state.min_free_mb`): an entry that would eat into it is
+    /// not written, since the state store needs it more.
+    #[cfg_attr(not(feature = "compiler"), allow(dead_code))]
+    reserve_bytes: u64,
+}
+
+impl CompileCache {
+    /// The cache of `cfg`'s data directory.
+    pub fn of(cfg: &Config) -> Arc<Self> {
+        Arc::new(Self {
+            dir: cfg.agent.data_dir.join("compiled"),
+            reserve_bytes: cfg.state.min_free_mb.saturating_mul(1024 * 1024),
+        })
+    }
+
+    #[cfg(feature = "compiler")]
+    fn path(&self, engine: &Engine, sha256: &str) -> std::path::PathBuf {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut h);
+        self.dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+    }
+
+    #[cfg(feature = "compiler")]
+    /// The cached compilation of the module with `sha256`, if there is a usable one.
+    fn get(&self, engine: &Engine, sha256: &str) -> Option<Component> {
+        let path = self.path(engine, sha256);
+        if !path.is_file() {
+            return None;
+        }
+        // SAFETY: the entry is native code this agent wrote into its own private data
+        // directory (see the type's documentation); wasmtime checks that it was built by
+        // this version, for this target and with these settings.
+        #[allow(unsafe_code)]
+        match unsafe { Component::deserialize_file(engine, &path) } {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "a compiled module in the cache cannot be used; compiling it again");
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    #[cfg(feature = "compiler")]
+    /// Keeps `component`, the compilation of the module with `sha256`. Failing to is only
+    /// logged: the next start compiles again.
+    fn put(&self, engine: &Engine, sha256: &str, component: &Component) {
+        let path = self.path(engine, sha256);
+        let written = component
+            .serialize()
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+                let free = fs2::available_space(&self.dir).unwrap_or(u64::MAX);
+                if free < self.reserve_bytes.saturating_add(bytes.len() as u64) {
+                    return Err(format!(
+                        "{} bytes would eat into the {} MiB kept free for the state store",
+                        bytes.len(),
+                        self.reserve_bytes / (1024 * 1024)
+                    ));
+                }
+                let tmp = path.with_extension("tmp");
+                std::fs::write(&tmp, &bytes)
+                    .and_then(|()| std::fs::rename(&tmp, &path))
+                    .map_err(|e| {
+                        let _ = std::fs::remove_file(&tmp);
+                        e.to_string()
+                    })
+            });
+        match written {
+            Ok(()) => {
+                tracing::debug!(path = %path.display(), "compiled module kept for the next start")
+            }
+            Err(why) => {
+                tracing::warn!(dir = %self.dir.display(), %why, "the compiled module is not kept; the next start compiles it again")
+            }
+        }
+    }
+
+    /// Removes the entries of modules other than `keep` (SHA-256s): the versions no
+    /// function uses any more. Returns how many bytes it freed.
+    pub fn prune(&self, keep: &[&str]) -> u64 {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut freed = 0;
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            if keep.iter().any(|k| name.starts_with(&format!("{k}-"))) {
+                continue;
+            }
+            let len = e.metadata().map(|m| m.len()).unwrap_or(0);
+            if std::fs::remove_file(e.path()).is_ok() {
+                freed += len;
+            }
+        }
+        freed
+    }
+}
 
 /// Reads the module, checks its pinned hash, and compiles it (`.wasm`) or loads the
 /// precompiled native code (`.cwasm`, made by `edge-agent precompile`), unless `compiled`
@@ -596,7 +735,7 @@ fn load_component(
     }
     // The same bytes under another name compile to the same code, whatever the extension.
     let cwasm = cfg.module.extension().is_some_and(|e| e == "cwasm");
-    if let Some(component) = compiled.0.get(&actual)
+    if let Some(component) = compiled.components.get(&actual)
         && cwasm == Engine::detect_precompiled(&bytes).is_some()
     {
         return Ok((component.clone(), actual));
@@ -613,10 +752,12 @@ fn load_component(
         (false, None) => {
             check_component_header(&bytes)
                 .map_err(|why| LoadError::NotComponent { path: path(), why })?;
-            compile(engine, &bytes, path)?
+            compile_cached(engine, &bytes, &actual, compiled.cache.as_deref(), path)?
         }
     };
-    compiled.0.insert(actual.clone(), component.clone());
+    compiled
+        .components
+        .insert(actual.clone(), component.clone());
     Ok((component, actual))
 }
 
@@ -633,6 +774,38 @@ fn check_component_header(bytes: &[u8]) -> Result<(), &'static str> {
         }
         _ => Err("is not WebAssembly: it does not start with the `\\0asm` header"),
     }
+}
+
+/// Compiles `bytes` (SHA-256 `sha256`), or loads it from `cache` where it was compiled
+/// before.
+#[cfg(feature = "compiler")]
+fn compile_cached(
+    engine: &Engine,
+    bytes: &[u8],
+    sha256: &str,
+    cache: Option<&CompileCache>,
+    path: impl Fn() -> std::path::PathBuf,
+) -> Result<Component, LoadError> {
+    if let Some(component) = cache.and_then(|c| c.get(engine, sha256)) {
+        return Ok(component);
+    }
+    let component = compile(engine, bytes, path)?;
+    if let Some(cache) = cache {
+        cache.put(engine, sha256, &component);
+    }
+    Ok(component)
+}
+
+/// Without a compiler only `.cwasm` loads, and nothing is cached.
+#[cfg(not(feature = "compiler"))]
+fn compile_cached(
+    engine: &Engine,
+    bytes: &[u8],
+    _sha256: &str,
+    _cache: Option<&CompileCache>,
+    path: impl Fn() -> std::path::PathBuf,
+) -> Result<Component, LoadError> {
+    compile(engine, bytes, path)
 }
 
 #[cfg(feature = "compiler")]

@@ -270,7 +270,11 @@ impl Runtime {
         };
         // Every function is tried, so that `check` reports every module that is wrong.
         let mut errors = Vec::new();
-        let mut compiled = function::Compiled::default();
+        let cache = cfg
+            .runtime
+            .compile_cache
+            .then(|| function::CompileCache::of(cfg));
+        let mut compiled = function::Compiled::with_cache(cache.clone());
         for f in &cfg.functions {
             match runtime.load(cfg, f, &mut compiled) {
                 Ok(loaded) => {
@@ -283,6 +287,18 @@ impl Runtime {
             0 => {}
             1 => return Err(errors.remove(0)),
             _ => return Err(RuntimeError::Several(errors)),
+        }
+        // Compiled versions no function uses any more (a module replaced since the last
+        // start) would otherwise pile up on the device's disk.
+        if let Some(cache) = &cache {
+            let keep: Vec<Arc<str>> = runtime.functions.values().map(|f| f.sha256()).collect();
+            let freed = cache.prune(&keep.iter().map(|s| &**s).collect::<Vec<_>>());
+            if freed > 0 {
+                tracing::info!(
+                    bytes = freed,
+                    "compiled modules of versions no longer used removed"
+                );
+            }
         }
         release_freed_memory();
         Ok(runtime)

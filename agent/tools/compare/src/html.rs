@@ -790,13 +790,13 @@ pub fn render(reports: &[Report]) -> String {
         s.push_str("\n</div>\n");
     }
     for r in reports {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<details><summary>Raw figures ({}): medians [95% interval]; ! marks outliers</summary>\n",
+            "<details><summary>Raw figures ({}): medians [95% interval]; ! marks outliers</summary>",
             esc(&r.machine)
         );
         for f in &r.functions {
-            let _ = write!(s, "<h3>{}</h3>{}\n", esc(&f.function), table(f));
+            let _ = writeln!(s, "<h3>{}</h3>{}", esc(&f.function), table(f));
         }
         s.push_str("</details>\n");
     }

@@ -293,7 +293,8 @@ mod tests {
     #[test]
     fn intervals_cover_the_true_median_at_the_stated_rate() {
         let mut rng = fastrand::Rng::with_seed(7);
-        let draws: [(&str, f64, fn(&mut fastrand::Rng) -> f64); 3] = [
+        type Draw = fn(&mut fastrand::Rng) -> f64;
+        let draws: [(&str, f64, Draw); 3] = [
             ("normal", 10.0, |r| normal(r, 10.0, 2.0)),
             // Log-normal: median e^1.
             ("log-normal", 1f64.exp(), |r| normal(r, 1.0, 0.8).exp()),
@@ -325,8 +326,10 @@ mod tests {
     #[test]
     fn bootstrapped_differences_cover_the_truth() {
         let mut rng = fastrand::Rng::with_seed(11);
-        let mut boot = Bootstrap::default();
-        boot.replicates = 400;
+        let mut boot = Bootstrap {
+            replicates: 400,
+            ..Bootstrap::default()
+        };
         let trials = 300;
         let mut covered = 0;
         for _ in 0..trials {
