@@ -1326,7 +1326,8 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
     run.agent = own;
     poller.abort();
     drop(agent);
-    run.state_disk_bytes = measure::disk_bytes(&data);
+    // The store only: the data directory also keeps the compiled module (compile cache).
+    run.state_disk_bytes = measure::disk_bytes(&data.join("state"));
     Ok(())
 }
 
