@@ -562,6 +562,10 @@ fn malformed_configs_table() {
             "`state.min_flush_interval_ms`",
         ),
         (
+            format!("[state]\nmax_flushes_per_sec = 100001\n{base}"),
+            "`state.max_flushes_per_sec`",
+        ),
+        (
             format!("[runtime]\nmax_instances = 0\n{base}"),
             "`runtime.max_instances`",
         ),

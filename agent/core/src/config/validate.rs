@@ -358,6 +358,12 @@ impl Config {
         if !(1..=4096).contains(&st.cache_mb) {
             errs.push(self.invalid("state.cache_mb", "must be from 1 to 4096"));
         }
+        if st.max_flushes_per_sec > 100_000 {
+            errs.push(self.invalid(
+                "state.max_flushes_per_sec",
+                "must be at most 100000 (0: no cap)",
+            ));
+        }
         if st.min_flush_interval_ms > 60_000 {
             errs.push(self.invalid("state.min_flush_interval_ms", "must be at most 60000"));
         }

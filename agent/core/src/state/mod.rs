@@ -35,7 +35,10 @@
 //! Durability: commits land in sled's memory; a flusher task writes them to disk in a group
 //! commit: a flush starts as soon as the previous one has finished (and, if set, at least
 //! `state.min_flush_interval_ms` after it started, to spare SD cards), and covers every
-//! commit made before it started. A committed call's
+//! commit made before it started. Above `state.max_flushes_per_sec` commits a second, a
+//! flush waits until enough commits are pending to keep to that rate (or until the first
+//! of them has waited a flush period): at 300 commits a second and the default 100, one
+//! flush per 3 commits instead of per commit. A committed call's
 //! message is acknowledged only after [`StateStore::durable`] says its flush is done, so a
 //! crash never loses state of an acknowledged message.
 
@@ -133,6 +136,8 @@ pub struct StateStore {
     /// What is on disk, and what was lost.
     flushed: watch::Sender<Flushed>,
     dirty: Notify,
+    /// Commits since the store opened (for the flusher's rate).
+    commits: AtomicU64,
 }
 
 impl StateStore {
@@ -155,6 +160,7 @@ impl StateStore {
             next_flush: AtomicU64::new(1),
             flushed: watch::channel(Flushed::default()).0,
             dirty: Notify::new(),
+            commits: AtomicU64::new(0),
         }))
     }
 
@@ -303,21 +309,63 @@ impl StateStore {
     /// Flushes committed state to disk while there is any (a group commit: one flush at a
     /// time, each taking every commit made before it started, no two starting closer than
     /// `min_flush_interval_ms`), until `stop` is cancelled; then flushes once more.
+    ///
+    /// Above `max_flushes_per_sec` commits a second, a flush waits for `k` pending commits,
+    /// `k` the commit rate over the cap rounded, or until the first pending commit has
+    /// waited one period of the cap. Below it (`k` = 1) every commit is flushed at once, as
+    /// a plain group commit. Counting commits, rather than spacing flushes in time, starts
+    /// a flush right after a commit: at twice the cap, one commit of each pair waits for
+    /// the next and the other not at all.
     pub async fn run_flusher(self: Arc<Self>, stop: tokio_util::sync::CancellationToken) {
         let spacing = Duration::from_millis(self.limits.min_flush_interval_ms);
-        let mut last: Option<tokio::time::Instant> = None;
+        let cap = self.limits.max_flushes_per_sec;
+        let period = (cap > 0).then(|| Duration::from_secs_f64(1.0 / cap as f64));
+        let mut last: Option<(tokio::time::Instant, u64)> = None;
+        let mut rate = 0.0f64;
         loop {
             tokio::select! {
                 () = self.dirty.notified() => {}
                 () = stop.cancelled() => break,
             }
-            if let Some(next) = last.map(|t| t + spacing) {
+            if let Some(period) = period {
+                let first = tokio::time::Instant::now();
+                let since = last.map_or(0, |(_, c)| c);
+                // The smoothed rate, unless the commits since the last flush started say
+                // it has dropped (after a pause, a lone commit is flushed at once).
+                let pending = self.commits.load(Ordering::Acquire).saturating_sub(since);
+                let recent = last.map_or(0.0, |(t, _)| {
+                    pending as f64 / first.duration_since(t).as_secs_f64().max(1e-6)
+                });
+                let rate = rate.min(recent);
+                // Rounded, not up: at exactly the cap, every commit still flushes at once.
+                let wanted = ((rate / cap as f64).round() as u64).max(1);
+                while self.commits.load(Ordering::Acquire).saturating_sub(since) < wanted {
+                    tokio::select! {
+                        () = self.dirty.notified() => {}
+                        () = tokio::time::sleep_until(first + period) => break,
+                        () = stop.cancelled() => break,
+                    }
+                }
+            }
+            if let Some(next) = last.map(|(t, _)| t + spacing) {
                 tokio::select! {
                     () = tokio::time::sleep_until(next) => {}
                     () = stop.cancelled() => {}
                 }
             }
-            last = Some(tokio::time::Instant::now());
+            let now = tokio::time::Instant::now();
+            let commits = self.commits.load(Ordering::Acquire);
+            if let Some((t, c)) = last {
+                // Commits per second between flush starts, smoothed over a few flushes.
+                let secs = now.duration_since(t).as_secs_f64().max(1e-6);
+                let seen = commits.saturating_sub(c) as f64 / secs;
+                rate = if rate == 0.0 {
+                    seen
+                } else {
+                    0.5 * rate + 0.5 * seen
+                };
+            }
+            last = Some((now, commits));
             self.flush(&stop).await;
         }
         // On the way out, once: a store that fails now is left as it is on disk.
@@ -954,6 +1002,7 @@ impl Txn {
         let store = &self.ns.store;
         // Read after applying: a flush that starts later covers this batch.
         let generation = store.next_flush.load(Ordering::Acquire);
+        store.commits.fetch_add(1, Ordering::Release);
         store.dirty.notify_one();
         Ok(Committed::Pending(generation))
     }
@@ -1219,6 +1268,51 @@ mod tests {
             .unwrap_or_else(|_| panic!("never flushed"));
         stop.cancel();
         let _ = flusher.await;
+    }
+
+    /// Above the cap, flushes wait for a share of the commits: 200 commits a second for a
+    /// second under a cap of 20 make about 20 flushes, not one per commit; after a pause a
+    /// lone commit is flushed at once again. Real time (sled writes for real).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_flush_rate_is_capped_above_max_flushes_per_sec() {
+        let dir = tempfile::tempdir().unwrap();
+        let limits = StateConfig {
+            max_flushes_per_sec: 20,
+            ..StateConfig::default()
+        };
+        let s = StateStore::open(dir.path(), &limits).unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let flusher = tokio::spawn(s.clone().run_flusher(stop.clone()));
+        let ns = s.namespace("f").unwrap();
+        let commit = || {
+            let mut t = ns.begin();
+            t.increment("n", 1).unwrap();
+            match t.commit(None) {
+                Ok(Committed::Pending(g)) => g,
+                other => panic!("a generation, not {other:?}"),
+            }
+        };
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let mut last = 0;
+        for _ in 0..200 {
+            tick.tick().await;
+            last = commit();
+        }
+        assert!(s.durable(last).await);
+        let flushes = s.flushes();
+        // Uncapped, a flush per commit or two (100-200); capped, about 20, and the first
+        // few before the rate is known.
+        assert!(flushes <= 45, "{flushes} flushes for 200 commits in a second");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let start = std::time::Instant::now();
+        assert!(s.durable(commit()).await);
+        let waited = start.elapsed();
+        assert!(
+            waited < Duration::from_millis(45),
+            "a lone commit waited {waited:?} (the cap's period is 50 ms)"
+        );
+        stop.cancel();
+        flusher.await.unwrap();
     }
 
     /// With a spacing, a commit made just after a flush waits for the next one, which
