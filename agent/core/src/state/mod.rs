@@ -1302,7 +1302,10 @@ mod tests {
         let flushes = s.flushes();
         // Uncapped, a flush per commit or two (100-200); capped, about 20, and the first
         // few before the rate is known.
-        assert!(flushes <= 45, "{flushes} flushes for 200 commits in a second");
+        assert!(
+            flushes <= 45,
+            "{flushes} flushes for 200 commits in a second"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         let start = std::time::Instant::now();
         assert!(s.durable(commit()).await);
