@@ -1270,6 +1270,16 @@ mod tests {
         let _ = flusher.await;
     }
 
+    /// Increments `n` in `ns` and commits: the generation whose flush makes it durable.
+    fn increment_n(ns: &Arc<Namespace>) -> u64 {
+        let mut t = ns.begin();
+        t.increment("n", 1).unwrap();
+        match t.commit(None) {
+            Ok(Committed::Pending(g)) => g,
+            other => panic!("a generation, not {other:?}"),
+        }
+    }
+
     /// Above the cap, flushes wait for a share of the commits: 200 commits a second for a
     /// second under a cap of 20 make about 20 flushes, not one per commit; after a pause a
     /// lone commit is flushed at once again. Real time (sled writes for real).
@@ -1284,14 +1294,7 @@ mod tests {
         let stop = tokio_util::sync::CancellationToken::new();
         let flusher = tokio::spawn(s.clone().run_flusher(stop.clone()));
         let ns = s.namespace("f").unwrap();
-        let commit = || {
-            let mut t = ns.begin();
-            t.increment("n", 1).unwrap();
-            match t.commit(None) {
-                Ok(Committed::Pending(g)) => g,
-                other => panic!("a generation, not {other:?}"),
-            }
-        };
+        let commit = || increment_n(&ns);
         let mut tick = tokio::time::interval(Duration::from_millis(5));
         let mut last = 0;
         for _ in 0..200 {
@@ -1334,14 +1337,7 @@ mod tests {
         let stop = tokio_util::sync::CancellationToken::new();
         let flusher = tokio::spawn(s.clone().run_flusher(stop.clone()));
         let ns = s.namespace("f").unwrap();
-        let commit = || {
-            let mut t = ns.begin();
-            t.increment("n", 1).unwrap();
-            match t.commit(None) {
-                Ok(Committed::Pending(g)) => g,
-                other => panic!("a generation, not {other:?}"),
-            }
-        };
+        let commit = || increment_n(&ns);
         let start = tokio::time::Instant::now();
         s.durable(commit()).await;
         assert!(

@@ -736,10 +736,10 @@ fn judge(
     // Seeded per function: the same windows give the same intervals in any order. The
     // models share their draws of rounds: paired, as the rounds were interleaved.
     let mut boot = Bootstrap::default();
-    let mut rounds: Vec<u32> = priced.iter().flat_map(|p| p.rounds().to_vec()).collect();
-    rounds.sort_unstable();
-    rounds.dedup();
-    let draws = verdict::draw_rounds(&rounds, &mut boot);
+    let mut round_ids: Vec<u32> = priced.iter().flat_map(|p| p.rounds().to_vec()).collect();
+    round_ids.sort_unstable();
+    round_ids.dedup();
+    let draws = verdict::draw_rounds(&round_ids, &mut boot);
     let fitted: Vec<Fitted> = priced.iter().map(|p| p.fits(&draws, &mut boot)).collect();
     for (m, f) in models.iter_mut().zip(&fitted) {
         m.fit = f.estimates();
