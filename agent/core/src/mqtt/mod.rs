@@ -12,6 +12,8 @@ pub mod broker;
 pub mod connection;
 pub mod options;
 pub mod publisher;
+#[cfg(test)]
+mod vendored;
 
 use crate::config::UrlError;
 

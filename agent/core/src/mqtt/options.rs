@@ -14,6 +14,12 @@ use crate::messages::{Message as _, Presence, Status};
 /// senders wait, which is the backpressure on functions while the broker is slow.
 pub const REQUEST_CHANNEL_CAPACITY: usize = 256;
 
+/// How many queued requests (outputs, acknowledgements) a connection writes before one
+/// flush (the vendored rumqttc patch; upstream flushes after each). Acknowledgements of a
+/// backlog then leave as fast as events finish, not one per read of the socket, and an
+/// event at a moderate rate shares its syscall with whatever else is ready.
+pub const MAX_REQUEST_BATCH: usize = 64;
+
 /// QoS 1/2 messages the output connection may have sent and not yet had confirmed. rumqttc
 /// stops reading its request queue while this many are outstanding; events wait for their
 /// outputs' confirmations before they are acknowledged, so this is also how many
@@ -78,7 +84,8 @@ fn common(cfg: &Config, addr: &BrokerAddress, client_id: &str) -> Result<MqttOpt
     let mut opts = client_options(addr, client_id, b.tls.as_ref())?;
     opts.set_keep_alive(Duration::from_secs(b.keep_alive_secs))
         .set_max_packet_size(b.max_packet_bytes, b.max_packet_bytes)
-        .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY);
+        .set_request_channel_capacity(REQUEST_CHANNEL_CAPACITY)
+        .set_max_request_batch(MAX_REQUEST_BATCH);
     if let Some(user) = &b.username {
         opts.set_credentials(user.clone(), b.password.clone().unwrap_or_default());
     }

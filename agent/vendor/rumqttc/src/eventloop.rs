@@ -128,6 +128,13 @@ impl EventLoop {
         self.network = None;
         self.keepalive_timeout = None;
         self.pending.extend(self.state.clean());
+        // Patched (edge-agent, see VENDORED.md): incoming messages read but not yet polled
+        // belong to the lost connection. Their packet ids died with it and the broker sends
+        // them again; handed out after the reconnect, their acknowledgements would go to
+        // the new connection, where the same ids may name other messages.
+        self.state
+            .events
+            .retain(|e| !matches!(e, Event::Incoming(Packet::Publish(_))));
 
         // drain requests from channel which weren't yet received
         let mut requests_in_channel: Vec<_> = self.requests_rx.drain().collect();
@@ -201,6 +208,10 @@ impl EventLoop {
             // Pull a bunch of packets from network, reply in bunch and yield the first item
             o = network.readb(&mut self.state) => {
                 o?;
+                // Patched (edge-agent): requests that are ready (manual acks above all)
+                // leave with this flush, whichever branch the select took.
+                let batch = self.mqtt_options.max_request_batch;
+                write_ready_requests(&mut self.state, &mut self.pending, &self.requests_rx, &self.mqtt_options, network, batch).await?;
                 // flush all the acks and return first incoming packet
                 match time::timeout(network_timeout, network.flush()).await {
                     Ok(inner) => inner?,
@@ -245,6 +256,9 @@ impl EventLoop {
                     if let Some(outgoing) = self.state.handle_outgoing_packet(request)? {
                         network.write(outgoing).await?;
                     }
+                    // Patched (edge-agent): more ready requests share this flush.
+                    let more = self.mqtt_options.max_request_batch.saturating_sub(1);
+                    write_ready_requests(&mut self.state, &mut self.pending, &self.requests_rx, &self.mqtt_options, network, more).await?;
                     match time::timeout(network_timeout, network.flush()).await {
                         Ok(inner) => inner?,
                         Err(_)=> return Err(ConnectionError::FlushTimeout),
@@ -298,6 +312,37 @@ impl EventLoop {
             }
         }
     }
+}
+
+/// Patched in (edge-agent, see VENDORED.md): writes up to `max` requests that are ready
+/// now (retransmissions of the last session first), under the event loop's flow control
+/// (in-flight limit, packet id collision, pending throttle), without flushing, so that they
+/// leave with the caller's one flush instead of a flush (a syscall) each.
+async fn write_ready_requests(
+    state: &mut MqttState,
+    pending: &mut VecDeque<Request>,
+    requests: &Receiver<Request>,
+    options: &MqttOptions,
+    network: &mut Network,
+    max: usize,
+) -> Result<(), ConnectionError> {
+    for _ in 0..max {
+        let next = if !pending.is_empty() {
+            if !options.pending_throttle.is_zero() {
+                break;
+            }
+            pending.pop_front()
+        } else if state.inflight >= options.inflight || state.collision.is_some() {
+            break;
+        } else {
+            requests.try_recv().ok()
+        };
+        let Some(request) = next else { break };
+        if let Some(outgoing) = state.handle_outgoing_packet(request)? {
+            network.write(outgoing).await?;
+        }
+    }
+    Ok(())
 }
 
 /// This stream internally processes requests from the request stream provided to the eventloop

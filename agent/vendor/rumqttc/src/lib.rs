@@ -704,6 +704,19 @@ impl MqttOptions {
         self.inflight
     }
 
+    /// Set how many requests that are ready at once the event loop writes before one
+    /// flush (0 or 1: one flush per request, as upstream). Patched in (edge-agent, see
+    /// VENDORED.md): upstream keeps the field but no longer reads it.
+    pub fn set_max_request_batch(&mut self, max: usize) -> &mut Self {
+        self.max_request_batch = max;
+        self
+    }
+
+    /// How many ready requests the event loop writes before one flush.
+    pub fn max_request_batch(&self) -> usize {
+        self.max_request_batch
+    }
+
     /// set manual acknowledgements
     pub fn set_manual_acks(&mut self, manual_acks: bool) -> &mut Self {
         self.manual_acks = manual_acks;
