@@ -220,7 +220,12 @@ impl Mosquitto {
         };
         // Tests send backlogs of thousands: queue them all (Mosquitto's default drops QoS 1
         // messages past 1000 queued for a client).
-        let persistence = persistence + "max_queued_messages 0\n";
+        let mut persistence = persistence + "max_queued_messages 0\n";
+        // Every packet in and out, to find out what the broker saw (debugging only).
+        if let Ok(log) = std::env::var("EDGE_AGENT_TEST_BROKER_LOG") {
+            let at = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis());
+            persistence += &format!("log_type all\nlog_dest file {log}.{port}.{at}\n");
+        }
         let mut text = format!(
             "listener {port} 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n{persistence}"
         );

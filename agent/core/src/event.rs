@@ -67,6 +67,44 @@ pub struct Delivery {
     remaining: AtomicUsize,
     ticket: Option<Ticket>,
     acks: Arc<dyn Release>,
+    /// The places the message holds in its functions' inboxes: given back when the
+    /// delivery is dropped, once every holder is done (outputs confirmed included).
+    _slots: Vec<Slot>,
+}
+
+/// A function's count of events taken in and not yet settled: waiting, running, or
+/// waiting for the broker to confirm their outputs, up to the acknowledgement. Its
+/// inbox under backpressure takes no more while `capacity` are unsettled, so that a
+/// broker restart finds at most one queue of events handled but not acknowledged.
+#[derive(Debug, Default)]
+pub struct Unsettled {
+    count: AtomicUsize,
+    /// Signalled when an event settles.
+    pub settled: tokio::sync::Notify,
+}
+
+impl Unsettled {
+    /// Events taken in and not yet settled.
+    pub fn count(&self) -> usize {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// Counts one more event, until the returned slot is dropped.
+    pub fn take(self: &Arc<Self>) -> Slot {
+        self.count.fetch_add(1, Ordering::AcqRel);
+        Slot(self.clone())
+    }
+}
+
+/// One event's place in [`Unsettled`], given back on drop.
+#[derive(Debug)]
+pub struct Slot(Arc<Unsettled>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.settled.notify_one();
+    }
 }
 
 impl std::fmt::Debug for Delivery {
@@ -81,10 +119,21 @@ impl Delivery {
     /// A delivery shared by `functions` functions (at least one), acknowledged through
     /// `ticket` (none for QoS 0) once all of them are done.
     pub fn new(functions: usize, ticket: Option<Ticket>, acks: Arc<dyn Release>) -> Self {
+        Self::holding(functions, ticket, acks, Vec::new())
+    }
+
+    /// [`Delivery::new`], holding `slots` in its functions' inboxes until it is dropped.
+    pub fn holding(
+        functions: usize,
+        ticket: Option<Ticket>,
+        acks: Arc<dyn Release>,
+        slots: Vec<Slot>,
+    ) -> Self {
         Self {
             remaining: AtomicUsize::new(functions.max(1)),
             ticket,
             acks,
+            _slots: slots,
         }
     }
 

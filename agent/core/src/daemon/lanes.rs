@@ -361,13 +361,10 @@ fn spawn_intake(
     let (client, mut eventloop) = AsyncClient::new(options, options::REQUEST_CHANNEL_CAPACITY);
     options::low_latency(&mut eventloop);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-    let acker = tokio::spawn(send_acks(client.clone(), ack_rx));
+    let acks = AckQueue::new(ack_tx);
+    let acker = tokio::spawn(send_acks(client.clone(), ack_rx, acks.generation()));
     let task = task(eventloop, client.clone());
-    let connection = tokio::spawn(task.run(
-        router(AckQueue::new(ack_tx)),
-        stop_intake.clone(),
-        force_stop.clone(),
-    ));
+    let connection = tokio::spawn(task.run(router(acks), stop_intake.clone(), force_stop.clone()));
     Intake {
         client,
         acker,

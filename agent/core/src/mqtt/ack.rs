@@ -7,19 +7,27 @@
 //!
 //! Packet ids belong to one connection. After a reconnect the broker redelivers what was
 //! not acknowledged, so acknowledgements still pending from the old connection are
-//! forgotten (their messages will be handled again: at-least-once).
+//! forgotten (their messages will be handled again: at-least-once), and so are those
+//! already released but not yet handed to the client: sent on the new connection, an old
+//! packet id could settle another message.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rumqttc::{Publish, QoS};
 use tokio::sync::mpsc;
 
+use crate::event::Slot;
 pub use crate::event::Ticket;
 
 struct Pending {
     ack: Publish,
     done: bool,
+    /// The message's places in its functions' inboxes, given back when its
+    /// acknowledgement is released (so that a function holds at most a queue of messages
+    /// it has taken and not acknowledged) or its connection is lost.
+    _slots: Vec<Slot>,
 }
 
 #[derive(Default)]
@@ -35,10 +43,21 @@ struct State {
     unacknowledged: HashMap<u16, u64>,
 }
 
+/// An acknowledgement released in order, and the connection it belongs to.
+#[derive(Debug)]
+pub struct Ready {
+    /// The connection (see [`AckQueue::generation`]); the ack is void on any other.
+    pub generation: u64,
+    /// The acknowledgement (packet id and QoS).
+    pub ack: Publish,
+}
+
 /// Orders acknowledgements; ready ones go to a channel drained by the connection's client.
 pub struct AckQueue {
     state: Mutex<State>,
-    ready: mpsc::UnboundedSender<Publish>,
+    ready: mpsc::UnboundedSender<Ready>,
+    /// The current connection's generation, for whoever sends what is ready.
+    generation: Arc<AtomicU64>,
 }
 
 impl crate::event::Release for AckQueue {
@@ -49,11 +68,18 @@ impl crate::event::Release for AckQueue {
 
 impl AckQueue {
     /// A queue sending ready acknowledgements to `ready`.
-    pub fn new(ready: mpsc::UnboundedSender<Publish>) -> Arc<Self> {
+    pub fn new(ready: mpsc::UnboundedSender<Ready>) -> Arc<Self> {
         Arc::new(Self {
             state: Mutex::new(State::default()),
             ready,
+            generation: Arc::default(),
         })
+    }
+
+    /// The current connection's generation, kept up to date: an acknowledgement
+    /// ([`Ready`]) of another generation must not be sent.
+    pub fn generation(&self) -> Arc<AtomicU64> {
+        self.generation.clone()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
@@ -63,10 +89,12 @@ impl AckQueue {
     /// Takes a place in line for `publish` (`None` for QoS 0, which needs no ack), and
     /// says which delivery it is: a first delivery (DUP=0) gets a new incarnation, a resend
     /// (DUP=1) that of the last first delivery of its packet id in this run, else 0.
-    pub fn register(&self, publish: &Publish) -> (Option<Ticket>, u64) {
+    /// Keeps `slots` (taking them; QoS 0 leaves them) until the acknowledgement leaves.
+    pub fn register(&self, publish: &Publish, slots: &mut Vec<Slot>) -> (Option<Ticket>, u64) {
         if publish.qos == QoS::AtMostOnce {
             return (None, 0);
         }
+        let slots = std::mem::take(slots);
         // The ack needs only the packet id and QoS: do not keep the payload twice.
         let mut ack = Publish::new("", publish.qos, Vec::new());
         ack.pkid = publish.pkid;
@@ -79,7 +107,11 @@ impl AckQueue {
             i
         };
         let seq = s.head + s.pending.len() as u64;
-        s.pending.push_back(Pending { ack, done: false });
+        s.pending.push_back(Pending {
+            ack,
+            done: false,
+            _slots: slots,
+        });
         let ticket = Ticket {
             generation: s.generation,
             seq,
@@ -103,21 +135,31 @@ impl AckQueue {
             if let Some(p) = s.pending.pop_front() {
                 s.head += 1;
                 // The receiver only goes away at shutdown, when redelivery is right.
-                let _ = self.ready.send(p.ack);
+                let _ = self.ready.send(Ready {
+                    generation: s.generation,
+                    ack: p.ack,
+                });
             }
         }
     }
 
-    /// A new connection: forget the old one's pending acknowledgements (the broker
-    /// resends their messages). If the broker did not keep the session, packet ids start
-    /// over, and the messages not acknowledged are forgotten too.
-    pub fn reset(&self, session_present: bool) {
+    /// The connection is lost: forget its pending acknowledgements, and void those
+    /// released but not sent yet (the broker resends their messages).
+    pub fn disconnected(&self) {
         let mut s = self.lock();
         s.generation += 1;
         s.head += s.pending.len() as u64;
         s.pending.clear();
+        self.generation.store(s.generation, Ordering::Release);
+    }
+
+    /// A new connection: as [`AckQueue::disconnected`] (in case the loss went unseen).
+    /// If the broker did not keep the session, packet ids start over, and the messages
+    /// not acknowledged are forgotten too.
+    pub fn reset(&self, session_present: bool) {
+        self.disconnected();
         if !session_present {
-            s.unacknowledged.clear();
+            self.lock().unacknowledged.clear();
         }
     }
 }
@@ -133,16 +175,56 @@ mod tests {
     }
 
     #[test]
+    fn a_message_holds_its_places_until_its_ack_leaves_or_its_connection_is_lost() {
+        use crate::event::Unsettled;
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let q = AckQueue::new(tx);
+        let unsettled = Arc::new(Unsettled::default());
+        let register = |pkid| {
+            q.register(&publish(pkid), &mut vec![unsettled.take()])
+                .0
+                .expect("ticket")
+        };
+        let (t1, t2) = (register(1), register(2));
+        q.done(t2);
+        assert_eq!(
+            unsettled.count(),
+            2,
+            "done, but its ack waits for the first"
+        );
+        q.done(t1);
+        assert_eq!(unsettled.count(), 0, "both acks released");
+        let _t3 = register(3);
+        let generation = q.generation();
+        let before = generation.load(Ordering::Acquire);
+        q.disconnected();
+        assert_eq!(
+            unsettled.count(),
+            0,
+            "a lost connection gives its places back"
+        );
+        let released = rx.try_recv().expect("released before the loss");
+        assert_eq!(released.generation, before);
+        assert_ne!(
+            released.generation,
+            generation.load(Ordering::Acquire),
+            "an ack released before the loss is marked void"
+        );
+    }
+
+    #[test]
     fn acks_leave_in_arrival_order() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let t: Vec<Ticket> = (1..=3).filter_map(|i| q.register(&publish(i)).0).collect();
+        let t: Vec<Ticket> = (1..=3)
+            .filter_map(|i| q.register(&publish(i), &mut Vec::new()).0)
+            .collect();
         q.done(t[2]);
         q.done(t[1]);
         assert!(rx.try_recv().is_err(), "nothing before the first is done");
         q.done(t[0]);
         let order: Vec<u16> = std::iter::from_fn(|| rx.try_recv().ok())
-            .map(|p| p.pkid)
+            .map(|r| r.ack.pkid)
             .collect();
         assert_eq!(order, [1, 2, 3]);
     }
@@ -152,7 +234,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
         assert_eq!(
-            q.register(&Publish::new("t", QoS::AtMostOnce, "x")),
+            q.register(&Publish::new("t", QoS::AtMostOnce, "x"), &mut Vec::new()),
             (None, 0)
         );
     }
@@ -161,13 +243,13 @@ mod tests {
     fn reconnect_forgets_old_acks() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let old = q.register(&publish(1)).0.expect("ticket");
+        let old = q.register(&publish(1), &mut Vec::new()).0.expect("ticket");
         q.reset(true);
-        let new = q.register(&publish(1)).0.expect("ticket");
+        let new = q.register(&publish(1), &mut Vec::new()).0.expect("ticket");
         q.done(old);
         assert!(rx.try_recv().is_err(), "a stale ack must not be sent");
         q.done(new);
-        assert_eq!(rx.try_recv().map(|p| p.pkid).ok(), Some(1));
+        assert_eq!(rx.try_recv().map(|r| r.ack.pkid).ok(), Some(1));
     }
 
     #[test]
@@ -176,21 +258,29 @@ mod tests {
         let q = AckQueue::new(tx);
         let mut resend = publish(1);
         resend.dup = true;
-        assert_eq!(q.register(&resend).1, 0, "first copy never seen");
-        let (_, first) = q.register(&publish(1));
+        assert_eq!(
+            q.register(&resend, &mut Vec::new()).1,
+            0,
+            "first copy never seen"
+        );
+        let (_, first) = q.register(&publish(1), &mut Vec::new());
         assert_ne!(first, 0);
         q.reset(true);
-        let (_, again) = q.register(&resend);
+        let (_, again) = q.register(&resend, &mut Vec::new());
         assert_eq!(again, first, "the resend of an unacknowledged message");
-        let (t3, other) = q.register(&publish(1));
+        let (t3, other) = q.register(&publish(1), &mut Vec::new());
         assert!(other > first, "another message on the id");
         q.done(t3.expect("ticket"));
         assert_eq!(
-            q.register(&resend).1,
+            q.register(&resend, &mut Vec::new()).1,
             other,
             "acknowledged, and still its resends'"
         );
         q.reset(false);
-        assert_eq!(q.register(&resend).1, 0, "a lost session forgets");
+        assert_eq!(
+            q.register(&resend, &mut Vec::new()).1,
+            0,
+            "a lost session forgets"
+        );
     }
 }

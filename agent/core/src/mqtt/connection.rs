@@ -45,6 +45,8 @@ pub trait Intake: Send {
     /// A (re)connection: the previous connection's packet ids are void, and so is the
     /// session's history unless the broker kept it (`session_present`).
     fn connected(&self, session_present: bool);
+    /// The connection is lost: the packet ids of its messages are void.
+    fn disconnected(&self);
     /// Whether the next message can be taken now; when not, the connection stops reading.
     fn has_room(&self) -> bool;
     /// Completes once [`Intake::has_room`].
@@ -343,16 +345,26 @@ impl IntakeTask {
         // sent all it had for us (nothing for QUIET while there was room to read).
         let mut unsubscribing = 0;
         let mut quiet_at: Option<tokio::time::Instant> = None;
+        // A message that came while the queue was full. Only it waits for room: the
+        // other events of the loop (above all the acknowledgements it writes, which
+        // rumqttc reports one per poll) go on, so that acknowledgements leave as events
+        // finish and a broker restart finds few events handled but not acknowledged.
+        let mut held: Option<rumqttc::Publish> = None;
         loop {
-            if let Some(r) = router.as_ref().filter(|r| !r.has_room()) {
-                // Backpressure: read nothing until the queue has room; the broker holds
-                // the stream meanwhile (TCP flow control), QoS 0 as well.
-                tokio::select! {
-                    biased;
-                    () = force_stop.cancelled() => break,
-                    () = stop_intake.cancelled() => {}
-                    () = self.retire.cancelled(), if !retiring => {}
-                    _ = tokio::time::timeout(self.max_pause, r.room()) => {}
+            if let (Some(r), Some(_)) = (router.as_ref(), held.as_ref()) {
+                if !r.has_room() {
+                    // Backpressure: read nothing until the queue has room; the broker
+                    // holds the stream meanwhile (TCP flow control), QoS 0 as well.
+                    tokio::select! {
+                        biased;
+                        () = force_stop.cancelled() => break,
+                        () = stop_intake.cancelled() => {}
+                        () = self.retire.cancelled(), if !retiring => {}
+                        _ = tokio::time::timeout(self.max_pause, r.room()) => {}
+                    }
+                }
+                if r.has_room() {
+                    r.route(held.take().expect("held"));
                 }
             }
             let polled = tokio::select! {
@@ -360,6 +372,7 @@ impl IntakeTask {
                 () = force_stop.cancelled() => break,
                 () = stop_intake.cancelled(), if router.is_some() => {
                     router = None;
+                    held = None;
                     tracing::info!(connection = %self.link.name(), "intake stopped; new messages are left with the broker");
                     continue;
                 }
@@ -390,7 +403,16 @@ impl IntakeTask {
                         if quiet_at.is_some() {
                             quiet_at = Some(tokio::time::Instant::now() + QUIET);
                         }
-                        r.route(p);
+                        // Polled without room only after `max_pause` (to keep the
+                        // connection alive): the message in hand goes in over the limit.
+                        if let Some(earlier) = held.take() {
+                            r.route(earlier);
+                        }
+                        if r.has_room() {
+                            r.route(p);
+                        } else {
+                            held = Some(p);
+                        }
                     }
                     None => {
                         tracing::debug!(topic = %p.topic, "message after intake stopped; not acknowledged")
@@ -438,6 +460,11 @@ impl IntakeTask {
                 Ok(_) => {}
                 Err(e) => {
                     connected = false;
+                    if let Some(r) = &router {
+                        r.disconnected();
+                    }
+                    // Its packet id died with the connection: the broker sends it again.
+                    held = None;
                     if retiring && router.take().is_some() {
                         tracing::info!(connection = %self.link.name(), "connection lost while the function is removed: its queue drains");
                     }
@@ -487,11 +514,19 @@ impl IntakeTask {
     }
 }
 
-/// Sends the acknowledgements that [`crate::mqtt::ack::AckQueue`] releases, in that order, until
-/// the queue is dropped or the connection is gone.
-pub async fn send_acks(client: AsyncClient, mut ready: mpsc::UnboundedReceiver<rumqttc::Publish>) {
-    while let Some(p) = ready.recv().await {
-        if client.ack(&p).await.is_err() {
+/// Sends the acknowledgements that [`crate::mqtt::ack::AckQueue`] releases, in that order,
+/// until the queue is dropped or the connection is gone; drops those of a connection that
+/// is no longer `generation` (lost: the broker resends their messages).
+pub async fn send_acks(
+    client: AsyncClient,
+    mut ready: mpsc::UnboundedReceiver<crate::mqtt::ack::Ready>,
+    generation: Arc<std::sync::atomic::AtomicU64>,
+) {
+    while let Some(r) = ready.recv().await {
+        if r.generation != generation.load(std::sync::atomic::Ordering::Acquire) {
+            continue;
+        }
+        if client.ack(&r.ack).await.is_err() {
             break;
         }
     }

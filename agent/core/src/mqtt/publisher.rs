@@ -208,12 +208,17 @@ mod tests {
 
     /// A delivery of a QoS 1 message waiting on `outputs` publishes, and the acks it
     /// releases.
-    fn delivery(outputs: usize) -> (Arc<Delivery>, mpsc::UnboundedReceiver<rumqttc::Publish>) {
+    fn delivery(
+        outputs: usize,
+    ) -> (
+        Arc<Delivery>,
+        mpsc::UnboundedReceiver<crate::mqtt::ack::Ready>,
+    ) {
         let (tx, rx) = mpsc::unbounded_channel();
         let acks = AckQueue::new(tx);
         let mut p = rumqttc::Publish::new("in", QoS::AtLeastOnce, "x");
         p.pkid = 7;
-        let d = Arc::new(Delivery::new(1, acks.register(&p).0, acks));
+        let d = Arc::new(Delivery::new(1, acks.register(&p, &mut Vec::new()).0, acks));
         d.add_holders(outputs);
         d.complete();
         (d, rx)
@@ -239,7 +244,7 @@ mod tests {
         p.observe(&out(2));
         assert_eq!(p.unconfirmed(), 1);
         p.observe(&Event::Incoming(Packet::PubRec(PubRec::new(2))));
-        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+        assert_eq!(acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
         assert_eq!(p.unconfirmed(), 0);
     }
 
@@ -270,7 +275,7 @@ mod tests {
         );
         p.observe(&out(1));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
-        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+        assert_eq!(acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
     }
 
     #[tokio::test]
@@ -294,7 +299,7 @@ mod tests {
         );
         p.observe(&out(1));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
-        assert_eq!(later_acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+        assert_eq!(later_acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
         assert!(
             acks.try_recv().is_err(),
             "a dropped output never confirms its event"
@@ -315,7 +320,7 @@ mod tests {
         p.observe(&out(2));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(2))));
-        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+        assert_eq!(acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
     }
 
     #[tokio::test]
@@ -333,6 +338,6 @@ mod tests {
         assert_eq!(p.unconfirmed(), 1);
         p.observe(&out(1));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
-        assert_eq!(acks.try_recv().map(|a| a.pkid).ok(), Some(7));
+        assert_eq!(acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
     }
 }

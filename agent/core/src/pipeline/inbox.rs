@@ -6,7 +6,10 @@
 //! When `queue_capacity` events wait:
 //! - `backpressure` (default): the function's intake connection stops reading from the
 //!   broker until there is room ([`Inbox::room`]), so TCP flow control makes the broker
-//!   hold the rest of the stream, QoS 0 as well as QoS 1. What one read had already
+//!   hold the rest of the stream, QoS 0 as well as QoS 1. It also stops while
+//!   `queue_capacity` events are taken and not settled (running, or waiting for their
+//!   outputs and their acknowledgement: [`Unsettled`]), so that a function never holds
+//!   more than a queue of messages it has not acknowledged. What one read had already
 //!   brought in is still taken; as a safety net, past [`BACKPRESSURE_FACTOR`] × capacity
 //!   new events are rejected;
 //! - `drop-newest`: the new event is rejected;
@@ -15,12 +18,12 @@
 //! A rejected event becomes a `queue-full` dead letter (counted and logged).
 
 use std::collections::VecDeque;
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::Notify;
 
 use crate::config::Overflow;
-use crate::event::Inbound;
+use crate::event::{Inbound, Slot, Unsettled};
 
 /// How far past its capacity an inbox under backpressure may grow before it rejects.
 pub const BACKPRESSURE_FACTOR: usize = 16;
@@ -37,6 +40,9 @@ pub struct Inbox {
     ready: Condvar,
     /// Signalled when an event leaves (for an intake waiting for room).
     space: Notify,
+    /// Events taken in and not settled yet (see [`Unsettled`]): under backpressure, the
+    /// room is what is left of the capacity after them.
+    unsettled: Arc<Unsettled>,
     capacity: usize,
     overflow: Overflow,
 }
@@ -51,6 +57,7 @@ impl Inbox {
             }),
             ready: Condvar::new(),
             space: Notify::new(),
+            unsettled: Arc::default(),
             capacity: capacity.max(1),
             overflow,
         }
@@ -146,18 +153,28 @@ impl Inbox {
     /// back anyway (the drop policies, and a closed queue, never make intake wait).
     pub fn has_room(&self) -> bool {
         let q = self.lock();
-        q.closed || self.overflow != Overflow::Backpressure || q.events.len() < self.capacity
+        q.closed
+            || self.overflow != Overflow::Backpressure
+            || (q.events.len() < self.capacity && self.unsettled.count() < self.capacity)
     }
 
     /// Waits until [`Inbox::has_room`].
     pub async fn room(&self) {
         loop {
-            let freed = self.space.notified();
+            let (left, settled) = (self.space.notified(), self.unsettled.settled.notified());
             if self.has_room() {
                 return;
             }
-            freed.await;
+            tokio::select! {
+                () = left => {}
+                () = settled => {}
+            }
         }
+    }
+
+    /// A place for an event that is about to be pushed, held until its delivery settles.
+    pub fn slot(&self) -> Slot {
+        self.unsettled.take()
     }
 
     /// Events waiting.
@@ -252,6 +269,18 @@ mod tests {
         let (len, ()) = tokio::join!(waiter, drain);
         assert!(len < 2, "room with {len} waiting");
         assert!(Inbox::new(1, Overflow::DropNewest).has_room());
+    }
+
+    #[tokio::test]
+    async fn room_waits_for_events_to_settle_not_only_to_leave_the_queue() {
+        let q = Inbox::new(2, Overflow::Backpressure);
+        let mut taken: Vec<Slot> = (0..2).map(|_| q.slot()).collect();
+        assert!(q.is_empty() && !q.has_room(), "two taken and not settled");
+        let room = q.room();
+        taken.pop();
+        tokio::time::timeout(std::time::Duration::from_secs(1), room)
+            .await
+            .expect("room once one settles");
     }
 
     #[test]

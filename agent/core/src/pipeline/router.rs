@@ -121,8 +121,17 @@ impl Router {
             .iter()
             .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
             .collect();
-        let (ticket, incarnation) = self.acks.register(&publish);
-        let delivery = Arc::new(Delivery::new(targets.len(), ticket, self.acks.clone()));
+        let mut slots = targets
+            .iter()
+            .map(|r| r.inbox(&publish.topic).slot())
+            .collect();
+        let (ticket, incarnation) = self.acks.register(&publish, &mut slots);
+        let delivery = Arc::new(Delivery::holding(
+            targets.len(),
+            ticket,
+            self.acks.clone(),
+            slots,
+        ));
         if targets.is_empty() {
             // Covered by a merged subscription but wanted by no function.
             tracing::trace!(topic = %publish.topic, "no function for topic");
@@ -187,6 +196,10 @@ impl Router {
 }
 
 impl crate::mqtt::connection::Intake for Router {
+    fn disconnected(&self) {
+        self.acks.disconnected();
+    }
+
     fn connected(&self, session_present: bool) {
         Router::connected(self, session_present);
     }
