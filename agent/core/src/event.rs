@@ -73,9 +73,11 @@ pub struct Delivery {
 }
 
 /// A function's count of events taken in and not yet settled: waiting, running, or
-/// waiting for the broker to confirm their outputs, up to the acknowledgement. Its
-/// inbox under backpressure takes no more while `capacity` are unsettled, so that a
-/// broker restart finds at most one queue of events handled but not acknowledged.
+/// waiting for the broker to confirm their outputs, until every function is done with
+/// the message and its acknowledgement is released. Its inbox under backpressure takes
+/// no more while `capacity` are unsettled, so that the events a function has taken and
+/// the broker has not seen acknowledged stay about one queue (the acknowledgement may
+/// still wait in line for an earlier message of another function, or on the wire).
 #[derive(Debug, Default)]
 pub struct Unsettled {
     count: AtomicUsize,
@@ -227,4 +229,42 @@ pub fn mqtt_qos(n: u8) -> rumqttc::QoS {
 /// connection.
 pub fn publish_packet_bytes(topic: &str, payload_len: usize) -> usize {
     5 + 2 + topic.len() + 2 + payload_len
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Mutex;
+
+    #[derive(Default)]
+    struct Released(Mutex<Vec<Ticket>>);
+
+    impl Release for Released {
+        fn release(&self, ticket: Ticket) {
+            self.0.lock().unwrap().push(ticket);
+        }
+    }
+
+    #[test]
+    fn a_delivery_releases_its_ack_when_all_are_done_and_its_places_when_dropped() {
+        let acks = Arc::new(Released::default());
+        let unsettled = Arc::new(Unsettled::default());
+        let ticket = Ticket {
+            generation: 0,
+            seq: 7,
+        };
+        let d = Delivery::holding(
+            2,
+            Some(ticket),
+            acks.clone(),
+            vec![unsettled.take(), unsettled.take()],
+        );
+        d.complete();
+        assert!(acks.0.lock().unwrap().is_empty(), "one function still runs");
+        d.complete();
+        assert_eq!(*acks.0.lock().unwrap(), [ticket]);
+        assert_eq!(unsettled.count(), 2, "places are held while the delivery lives");
+        drop(d);
+        assert_eq!(unsettled.count(), 0, "and given back when it settles");
+    }
 }

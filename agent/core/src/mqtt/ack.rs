@@ -18,16 +18,11 @@ use std::sync::{Arc, Mutex};
 use rumqttc::{Publish, QoS};
 use tokio::sync::mpsc;
 
-use crate::event::Slot;
 pub use crate::event::Ticket;
 
 struct Pending {
     ack: Publish,
     done: bool,
-    /// The message's places in its functions' inboxes, given back when its
-    /// acknowledgement is released (so that a function holds at most a queue of messages
-    /// it has taken and not acknowledged) or its connection is lost.
-    _slots: Vec<Slot>,
 }
 
 #[derive(Default)]
@@ -89,12 +84,10 @@ impl AckQueue {
     /// Takes a place in line for `publish` (`None` for QoS 0, which needs no ack), and
     /// says which delivery it is: a first delivery (DUP=0) gets a new incarnation, a resend
     /// (DUP=1) that of the last first delivery of its packet id in this run, else 0.
-    /// Keeps `slots` (taking them; QoS 0 leaves them) until the acknowledgement leaves.
-    pub fn register(&self, publish: &Publish, slots: &mut Vec<Slot>) -> (Option<Ticket>, u64) {
+    pub fn register(&self, publish: &Publish) -> (Option<Ticket>, u64) {
         if publish.qos == QoS::AtMostOnce {
             return (None, 0);
         }
-        let slots = std::mem::take(slots);
         // The ack needs only the packet id and QoS: do not keep the payload twice.
         let mut ack = Publish::new("", publish.qos, Vec::new());
         ack.pkid = publish.pkid;
@@ -107,11 +100,7 @@ impl AckQueue {
             i
         };
         let seq = s.head + s.pending.len() as u64;
-        s.pending.push_back(Pending {
-            ack,
-            done: false,
-            _slots: slots,
-        });
+        s.pending.push_back(Pending { ack, done: false });
         let ticket = Ticket {
             generation: s.generation,
             seq,
@@ -175,34 +164,14 @@ mod tests {
     }
 
     #[test]
-    fn a_message_holds_its_places_until_its_ack_leaves_or_its_connection_is_lost() {
-        use crate::event::Unsettled;
+    fn an_ack_released_before_the_connection_is_lost_is_marked_void() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let unsettled = Arc::new(Unsettled::default());
-        let register = |pkid| {
-            q.register(&publish(pkid), &mut vec![unsettled.take()])
-                .0
-                .expect("ticket")
-        };
-        let (t1, t2) = (register(1), register(2));
-        q.done(t2);
-        assert_eq!(
-            unsettled.count(),
-            2,
-            "done, but its ack waits for the first"
-        );
+        let t1 = q.register(&publish(1)).0.expect("ticket");
         q.done(t1);
-        assert_eq!(unsettled.count(), 0, "both acks released");
-        let _t3 = register(3);
         let generation = q.generation();
         let before = generation.load(Ordering::Acquire);
         q.disconnected();
-        assert_eq!(
-            unsettled.count(),
-            0,
-            "a lost connection gives its places back"
-        );
         let released = rx.try_recv().expect("released before the loss");
         assert_eq!(released.generation, before);
         assert_ne!(
@@ -217,7 +186,7 @@ mod tests {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
         let t: Vec<Ticket> = (1..=3)
-            .filter_map(|i| q.register(&publish(i), &mut Vec::new()).0)
+            .filter_map(|i| q.register(&publish(i)).0)
             .collect();
         q.done(t[2]);
         q.done(t[1]);
@@ -234,7 +203,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
         assert_eq!(
-            q.register(&Publish::new("t", QoS::AtMostOnce, "x"), &mut Vec::new()),
+            q.register(&Publish::new("t", QoS::AtMostOnce, "x")),
             (None, 0)
         );
     }
@@ -243,9 +212,9 @@ mod tests {
     fn reconnect_forgets_old_acks() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let old = q.register(&publish(1), &mut Vec::new()).0.expect("ticket");
+        let old = q.register(&publish(1)).0.expect("ticket");
         q.reset(true);
-        let new = q.register(&publish(1), &mut Vec::new()).0.expect("ticket");
+        let new = q.register(&publish(1)).0.expect("ticket");
         q.done(old);
         assert!(rx.try_recv().is_err(), "a stale ack must not be sent");
         q.done(new);
@@ -259,26 +228,26 @@ mod tests {
         let mut resend = publish(1);
         resend.dup = true;
         assert_eq!(
-            q.register(&resend, &mut Vec::new()).1,
+            q.register(&resend).1,
             0,
             "first copy never seen"
         );
-        let (_, first) = q.register(&publish(1), &mut Vec::new());
+        let (_, first) = q.register(&publish(1));
         assert_ne!(first, 0);
         q.reset(true);
-        let (_, again) = q.register(&resend, &mut Vec::new());
+        let (_, again) = q.register(&resend);
         assert_eq!(again, first, "the resend of an unacknowledged message");
-        let (t3, other) = q.register(&publish(1), &mut Vec::new());
+        let (t3, other) = q.register(&publish(1));
         assert!(other > first, "another message on the id");
         q.done(t3.expect("ticket"));
         assert_eq!(
-            q.register(&resend, &mut Vec::new()).1,
+            q.register(&resend).1,
             other,
             "acknowledged, and still its resends'"
         );
         q.reset(false);
         assert_eq!(
-            q.register(&resend, &mut Vec::new()).1,
+            q.register(&resend).1,
             0,
             "a lost session forgets"
         );

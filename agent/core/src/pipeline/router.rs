@@ -121,11 +121,11 @@ impl Router {
             .iter()
             .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
             .collect();
-        let mut slots = targets
+        let slots = targets
             .iter()
             .map(|r| r.inbox(&publish.topic).slot())
             .collect();
-        let (ticket, incarnation) = self.acks.register(&publish, &mut slots);
+        let (ticket, incarnation) = self.acks.register(&publish);
         let delivery = Arc::new(Delivery::holding(
             targets.len(),
             ticket,
