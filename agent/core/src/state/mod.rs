@@ -16,7 +16,7 @@
 //! (DUP=1, same packet id) the receipt says its effects are already in the store: the
 //! pipeline publishes the recorded outputs again and acknowledges it, and the function is
 //! not called. A new message with that packet id (DUP=0) proves the broker had the old
-//! one's acknowledgement and voids the receipt ([`Namespace::forget`]); a session the broker
+//! one's acknowledgement and so answers to a new incarnation; a session the broker
 //! did not keep voids all of them ([`Namespace::forget_all`]). Receipts live in the
 //! function's own tree under keys that begin with a NUL byte, which guests cannot use.
 //!
@@ -32,8 +32,11 @@
 //! `state.max_bytes_per_function` (a limit the guest sees), so that one function cannot
 //! fill the disk for the others.
 //!
-//! Durability: commits land in sled's memory; a flusher task writes them to disk in a group
-//! commit: a flush starts as soon as the previous one has finished (and, if set, at least
+//! Durability: a commit lands in its namespace's memory (the writes not yet applied, which
+//! every read sees first); a flusher task applies them to sled and writes them to disk in a
+//! group commit, one sled batch per namespace for every commit of the group (sled writes
+//! and syncs its log at every batch: one per event was one disk write per event). A
+//! flush starts as soon as the previous one has finished (and, if set, at least
 //! `state.min_flush_interval_ms` after it started, to spare SD cards), and covers every
 //! commit made before it started. Above `state.max_flushes_per_sec` commits a second, a
 //! flush waits until enough commits are pending to keep to that rate (or until the first
@@ -138,6 +141,8 @@ pub struct StateStore {
     dirty: Notify,
     /// Commits since the store opened (for the flusher's rate).
     commits: AtomicU64,
+    /// Namespaces with commits not yet applied to sled, kept alive until they are.
+    unapplied: Mutex<Vec<Arc<Namespace>>>,
 }
 
 impl StateStore {
@@ -161,6 +166,7 @@ impl StateStore {
             flushed: watch::channel(Flushed::default()).0,
             dirty: Notify::new(),
             commits: AtomicU64::new(0),
+            unapplied: Mutex::default(),
         }))
     }
 
@@ -189,6 +195,16 @@ impl StateStore {
     /// [`StateError::Io`] if its tree cannot be opened.
     pub fn namespace(self: &Arc<Self>, function: &str) -> Result<Arc<Namespace>, StateError> {
         let name = format!("function/{function}");
+        let mut all = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        // One namespace per function while any is alive (a function reloaded while the old
+        // one drains): one gate, and commits not yet applied seen by both.
+        if let Some(ns) = all
+            .iter()
+            .filter_map(std::sync::Weak::upgrade)
+            .find(|ns| ns.name == name)
+        {
+            return Ok(ns);
+        }
         let tree = self.db()?.open_tree(&name)?;
         let (keys, bytes) = Namespace::count(&tree)?;
         let ns = Arc::new(Namespace {
@@ -198,8 +214,8 @@ impl StateStore {
             keys: AtomicU64::new(keys),
             bytes: AtomicU64::new(bytes),
             gate: Gate::default(),
+            overlay: Mutex::default(),
         });
-        let mut all = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
         all.retain(|w| w.strong_count() > 0);
         all.push(Arc::downgrade(&ns));
         Ok(ns)
@@ -223,7 +239,14 @@ impl StateStore {
             self.epoch.fetch_add(1, Ordering::AcqRel);
             for ns in &namespaces {
                 *ns.tree.write().unwrap_or_else(|p| p.into_inner()) = None;
+                // Lost with the old handle: their events run again (marked lost below,
+                // after this, so that a commit that got in first is among them).
+                *ns.overlay() = Overlay::default();
             }
+            self.unapplied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clear();
             *self.db.write().unwrap_or_else(|p| p.into_inner()) = None;
             let last = self.next_flush.fetch_add(1, Ordering::AcqRel);
             self.flushed.send_modify(|f| {
@@ -387,8 +410,14 @@ impl StateStore {
         self.next_flush.load(Ordering::Acquire) - 1
     }
 
-    async fn flush_once(&self) -> Result<(), StateError> {
+    async fn flush_once(self: &Arc<Self>) -> Result<(), StateError> {
+        // Taken before the commits are: a commit reads the generation after it is in its
+        // namespace's overlay, so this flush covers every commit that read `generation`.
         let generation = self.next_flush.fetch_add(1, Ordering::AcqRel);
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.apply_unapplied())
+            .await
+            .map_err(|e| StateError::Io(sled::Error::Io(std::io::Error::other(e))))??;
         self.db()?.flush_async().await?;
         // sled 0.34 makes its log durable with sync_file_range alone on Linux: the data
         // reaches the device, but not the file's size and extents (nor past the drive's
@@ -401,6 +430,25 @@ impl StateStore {
             .map_err(|e| StateError::Io(sled::Error::Io(e)))?;
         self.flushed
             .send_modify(|f| f.upto = f.upto.max(generation));
+        Ok(())
+    }
+
+    /// Applies every namespace's committed writes to sled, one batch per namespace (the
+    /// group's commits in the order they were made), and then drops them from memory.
+    fn apply_unapplied(&self) -> Result<(), StateError> {
+        let mut dirty =
+            std::mem::take(&mut *self.unapplied.lock().unwrap_or_else(|p| p.into_inner()));
+        while let Some(ns) = dirty.pop() {
+            if let Err(e) = ns.apply_overlay() {
+                // Still to be applied: keep them listed (a reopen clears them all).
+                dirty.push(ns);
+                self.unapplied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .append(&mut dirty);
+                return Err(e);
+            }
+        }
         Ok(())
     }
 
@@ -466,6 +514,42 @@ pub struct Namespace {
     /// The guest's keys' and values' bytes, committed.
     bytes: AtomicU64,
     gate: Gate,
+    overlay: Mutex<Overlay>,
+}
+
+/// A namespace's commits not yet applied to sled. Reads look here first: `new`, then
+/// `applying`, then the tree. The flusher moves `new` to `applying`, applies that, and
+/// only then clears it, so a read never misses a commit.
+#[derive(Default)]
+struct Overlay {
+    /// Committed since the flusher last took them (`None`: removed).
+    new: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Being applied by the flusher.
+    applying: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+}
+
+impl Overlay {
+    /// The committed value of `key` if the overlay has it: `Some(None)` if removed.
+    fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.new
+            .get(key)
+            .or_else(|| self.applying.get(key))
+            .cloned()
+    }
+
+    /// The entries with `prefix`, `new` over `applying`.
+    fn scan(&self, prefix: &[u8]) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        let mut out = BTreeMap::new();
+        for map in [&self.applying, &self.new] {
+            for (k, v) in map.range(prefix.to_vec()..) {
+                if !k.starts_with(prefix) {
+                    break;
+                }
+                out.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
 }
 
 /// Most bytes of outputs a receipt keeps. A receipt lives until its packet id is used
@@ -617,6 +701,70 @@ impl Namespace {
         tree.clone().ok_or(StateError::Reopening)
     }
 
+    fn overlay(&self) -> std::sync::MutexGuard<'_, Overlay> {
+        self.overlay.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The committed value of `key` (applied to sled or not).
+    fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
+        if let Some(v) = self.overlay().get(key) {
+            return Ok(v);
+        }
+        Ok(self.tree()?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    /// At least `want` of the guest's committed entries with `prefix` (all of them if there
+    /// are fewer), in order: what sled has, with the overlay over it. Receipts are left out.
+    fn scan(&self, prefix: &[u8], want: usize) -> Result<BTreeMap<Vec<u8>, Vec<u8>>, StateError> {
+        let mut overlay = self.overlay().scan(prefix);
+        overlay.retain(|k, _| !k.starts_with(RECEIPT_PREFIX));
+        let mut merged: BTreeMap<Vec<u8>, Vec<u8>> = BTreeMap::new();
+        let tree = self.tree()?;
+        // Guest keys never begin with NUL; receipts (up to 65,535) all do.
+        let entries = if prefix.is_empty() {
+            tree.range::<&[u8], _>(&[1u8][..]..)
+        } else {
+            tree.scan_prefix(prefix)
+        };
+        for item in entries {
+            let (k, v) = item?;
+            if !overlay.contains_key(k.as_ref()) {
+                merged.insert(k.to_vec(), v.to_vec());
+            }
+            // The overlay may remove entries: read a little past what is wanted.
+            if merged.len() > want.saturating_add(overlay.len()) {
+                break;
+            }
+        }
+        merged.extend(overlay.into_iter().filter_map(|(k, v)| Some((k, v?))));
+        Ok(merged)
+    }
+
+    /// Applies the commits in the overlay's `new` to sled in one batch, then drops them.
+    fn apply_overlay(&self) -> Result<(), StateError> {
+        let tree = self.tree()?;
+        let batch = {
+            let mut o = self.overlay();
+            if o.new.is_empty() {
+                return Ok(());
+            }
+            let new = std::mem::take(&mut o.new);
+            // A failed apply left `applying` in place: apply it again, under the new.
+            o.applying.extend(new);
+            let mut batch = sled::Batch::default();
+            for (k, v) in &o.applying {
+                match v {
+                    Some(v) => batch.insert(k.as_slice(), v.as_slice()),
+                    None => batch.remove(k.as_slice()),
+                }
+            }
+            batch
+        };
+        tree.apply_batch(batch)?;
+        self.overlay().applying.clear();
+        Ok(())
+    }
+
     /// Keys and bytes of the guest's own entries in `tree` (receipts are the agent's).
     fn count(tree: &sled::Tree) -> Result<(u64, u64), StateError> {
         let (mut keys, mut bytes) = (0, 0);
@@ -680,7 +828,7 @@ impl Namespace {
         checksum: u32,
         incarnation: u64,
     ) -> Result<Option<Receipt>, StateError> {
-        let Some(v) = self.tree()?.get(Receipt::key(pkid))? else {
+        let Some(v) = self.read(&Receipt::key(pkid))? else {
             return Ok(None);
         };
         let life = self.store.life;
@@ -691,7 +839,22 @@ impl Namespace {
     ///
     /// # Errors
     /// [`StateError::Io`] on a database error.
-    pub fn forget_all(&self) -> Result<(), StateError> {
+    pub fn forget_all(self: &Arc<Self>) -> Result<(), StateError> {
+        {
+            // Receipts being applied are removed by the next batch, after them.
+            let mut o = self.overlay();
+            let receipts: Vec<Vec<u8>> = o.scan(RECEIPT_PREFIX).into_keys().collect();
+            if o.new.is_empty() && !receipts.is_empty() {
+                self.store
+                    .unapplied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(self.clone());
+            }
+            for k in receipts {
+                o.new.insert(k, None);
+            }
+        }
         let tree = self.tree()?;
         for key in tree.scan_prefix(RECEIPT_PREFIX).keys() {
             tree.remove(key?)?;
@@ -766,7 +929,7 @@ impl Txn {
     fn size_now(&self, key: &str) -> Result<i64, StateError> {
         let value_len = match self.writes.get(key) {
             Some(w) => w.as_ref().map(Vec::len),
-            None => self.ns.tree()?.get(key)?.map(|v| v.len()),
+            None => self.ns.read(key.as_bytes())?.map(|v| v.len()),
         };
         Ok(value_len.map_or(0, |n| (key.len() + n) as i64))
     }
@@ -780,7 +943,7 @@ impl Txn {
         if let Some(w) = self.writes.get(key) {
             return Ok(w.clone());
         }
-        Ok(self.ns.tree()?.get(key)?.map(|v| v.to_vec()))
+        self.ns.read(key.as_bytes())
     }
 
     /// Stores `value` under `key` when the call commits.
@@ -800,9 +963,8 @@ impl Txn {
         if self.get(key)?.is_none() {
             // Keys after commit: stored ones, plus this call's new keys, minus its deletes.
             let mut pending: i64 = 0;
-            let tree = self.ns.tree()?;
             for (k, v) in &self.writes {
-                let stored = tree.contains_key(k.as_str())?;
+                let stored = self.ns.read(k.as_bytes())?.is_some();
                 pending += match (v.is_some(), stored) {
                     (true, false) => 1,
                     (false, true) => -1,
@@ -897,18 +1059,14 @@ impl Txn {
         self.enter()?;
         let mut merged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let limit = limit as usize;
-        for item in self.ns.tree()?.scan_prefix(prefix) {
-            let (k, v) = item?;
+        // Our own writes may remove entries; read a little past the limit.
+        for (k, v) in self.ns.scan(prefix.as_bytes(), limit + self.writes.len())? {
             if k.starts_with(RECEIPT_PREFIX) {
                 continue;
             }
             let k = String::from_utf8_lossy(&k).into_owned();
             if !self.writes.contains_key(&k) {
-                merged.insert(k, v.to_vec());
-            }
-            // Our own writes may remove entries; read a little past the limit.
-            if merged.len() > limit + self.writes.len() {
-                break;
+                merged.insert(k, v);
             }
         }
         for (k, v) in self.writes.range(prefix.to_string()..) {
@@ -962,31 +1120,42 @@ impl Txn {
         {
             return Ok(Committed::Duplicate);
         }
-        if self.epoch != Some(self.ns.store.epoch.load(Ordering::Acquire)) {
-            return Err(StateError::Reopening);
-        }
-        let tree = self.ns.tree()?;
+        // A store being reopened takes no commit (and says so now, not at the flush).
+        self.ns.tree()?;
         let bytes_after = self.ns.bytes.load(Ordering::Acquire) as i64 + self.bytes_change;
-        let mut batch = sled::Batch::default();
         let mut added: i64 = 0;
         for (k, v) in &self.writes {
-            let existed = tree.contains_key(k.as_str())?;
-            match v {
-                Some(v) => {
-                    batch.insert(k.as_bytes(), v.as_slice());
-                    added += i64::from(!existed);
-                }
-                None => {
-                    batch.remove(k.as_bytes());
-                    added -= i64::from(existed);
-                }
+            let existed = self.ns.read(k.as_bytes())?.is_some();
+            added += match v {
+                Some(_) => i64::from(!existed),
+                None => -i64::from(existed),
+            };
+        }
+        let store = self.ns.store.clone();
+        let generation = {
+            let mut overlay = self.ns.overlay();
+            // Under the overlay's lock, which a reopen takes to clear it after bumping the
+            // epoch: a commit either lands before (and is marked lost with it) or is refused.
+            if self.epoch != Some(store.epoch.load(Ordering::Acquire)) {
+                return Err(StateError::Reopening);
             }
-        }
-        if let Some(r) = receipt {
-            batch.insert(Receipt::key(r.pkid), r.encode());
-        }
-        tree.apply_batch(batch)?;
-        self.writes.clear();
+            if overlay.new.is_empty() {
+                store
+                    .unapplied
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(self.ns.clone());
+            }
+            for (k, v) in std::mem::take(&mut self.writes) {
+                overlay.new.insert(k.into_bytes(), v);
+            }
+            if let Some(r) = receipt {
+                overlay.new.insert(Receipt::key(r.pkid), Some(r.encode()));
+            }
+            // Read once the writes are in: the flush that takes this generation starts
+            // (and takes the overlays) later, so it covers them.
+            store.next_flush.load(Ordering::Acquire)
+        };
         if added >= 0 {
             self.ns
                 .keys
@@ -999,9 +1168,6 @@ impl Txn {
         self.ns
             .bytes
             .store(bytes_after.max(0) as u64, Ordering::Release);
-        let store = &self.ns.store;
-        // Read after applying: a flush that starts later covers this batch.
-        let generation = store.next_flush.load(Ordering::Acquire);
         store.commits.fetch_add(1, Ordering::Release);
         store.dirty.notify_one();
         Ok(Committed::Pending(generation))
@@ -1212,7 +1378,9 @@ mod tests {
             ns.begin().set("\0receipt/x", vec![]),
             Err(StateError::Limit(_))
         ));
-        // Counted again from the tree after a reopen: receipts are not the guest's keys.
+        // Counted again from the tree after the commits are applied: receipts are not the
+        // guest's keys.
+        s.apply_unapplied().unwrap();
         drop(ns);
         assert_eq!(s.namespace("f").unwrap().keys(), 1);
         // The next run of the agent (its runs start later): a resend whose first copy it
@@ -1268,6 +1436,56 @@ mod tests {
             .unwrap_or_else(|_| panic!("never flushed"));
         stop.cancel();
         let _ = flusher.await;
+        // On disk: a store opened again from the files has it.
+        drop((ns, s));
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap();
+        assert_eq!(ns.begin().get("n").unwrap(), Some(b"1".to_vec()));
+    }
+
+    /// A group commit: the commits between two flushes reach sled as one batch (sled writes
+    /// its log at every batch), and until then every read sees them.
+    #[test]
+    fn commits_reach_sled_at_the_flush_and_every_read_sees_them_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap();
+        for _ in 0..50 {
+            increment_n(&ns);
+        }
+        let mut t = ns.begin();
+        t.set("p/a", b"a".to_vec()).unwrap();
+        t.set("p/b", b"b".to_vec()).unwrap();
+        t.commit(None).unwrap();
+        let in_sled = |k: &str| ns.tree().unwrap().get(k).unwrap().map(|v| v.to_vec());
+        assert_eq!(in_sled("n"), None, "not applied before the flush");
+        assert_eq!(ns.begin().get("n").unwrap(), Some(b"50".to_vec()));
+        assert_eq!(ns.keys(), 3);
+        // Deleting a key that sled has not seen yet, and listing over both.
+        let mut t = ns.begin();
+        t.delete("p/a").unwrap();
+        t.commit(None).unwrap();
+        let listed = |ns: &Arc<Namespace>| -> Vec<String> {
+            let mut t = ns.begin();
+            t.list("", 10)
+                .unwrap()
+                .into_iter()
+                .map(|(k, _)| k)
+                .collect()
+        };
+        assert_eq!(listed(&ns), ["n", "p/b"]);
+        assert_eq!(ns.keys(), 2);
+        // The same function loaded again (a reload while the old one drains) shares them.
+        assert!(Arc::ptr_eq(&ns, &s.namespace("f").unwrap()));
+        s.apply_unapplied().unwrap();
+        assert_eq!(in_sled("n"), Some(b"50".to_vec()));
+        assert_eq!(in_sled("p/a"), None);
+        assert_eq!(listed(&ns), ["n", "p/b"]);
+        // Applied and dropped: the next commit starts a new group.
+        assert!(ns.overlay().new.is_empty() && ns.overlay().applying.is_empty());
+        increment_n(&ns);
+        assert_eq!(in_sled("n"), Some(b"50".to_vec()));
+        assert_eq!(ns.begin().get("n").unwrap(), Some(b"51".to_vec()));
     }
 
     /// Increments `n` in `ns` and commits: the generation whose flush makes it durable.
