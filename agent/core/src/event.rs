@@ -263,7 +263,11 @@ mod tests {
         assert!(acks.0.lock().unwrap().is_empty(), "one function still runs");
         d.complete();
         assert_eq!(*acks.0.lock().unwrap(), [ticket]);
-        assert_eq!(unsettled.count(), 2, "places are held while the delivery lives");
+        assert_eq!(
+            unsettled.count(),
+            2,
+            "places are held while the delivery lives"
+        );
         drop(d);
         assert_eq!(unsettled.count(), 0, "and given back when it settles");
     }

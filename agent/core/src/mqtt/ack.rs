@@ -185,9 +185,7 @@ mod tests {
     fn acks_leave_in_arrival_order() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let t: Vec<Ticket> = (1..=3)
-            .filter_map(|i| q.register(&publish(i)).0)
-            .collect();
+        let t: Vec<Ticket> = (1..=3).filter_map(|i| q.register(&publish(i)).0).collect();
         q.done(t[2]);
         q.done(t[1]);
         assert!(rx.try_recv().is_err(), "nothing before the first is done");
@@ -227,11 +225,7 @@ mod tests {
         let q = AckQueue::new(tx);
         let mut resend = publish(1);
         resend.dup = true;
-        assert_eq!(
-            q.register(&resend).1,
-            0,
-            "first copy never seen"
-        );
+        assert_eq!(q.register(&resend).1, 0, "first copy never seen");
         let (_, first) = q.register(&publish(1));
         assert_ne!(first, 0);
         q.reset(true);
@@ -246,10 +240,6 @@ mod tests {
             "acknowledged, and still its resends'"
         );
         q.reset(false);
-        assert_eq!(
-            q.register(&resend).1,
-            0,
-            "a lost session forgets"
-        );
+        assert_eq!(q.register(&resend).1, 0, "a lost session forgets");
     }
 }
