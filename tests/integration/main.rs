@@ -5,6 +5,7 @@
 //! house rules on the source and the docs.
 
 mod architecture;
+mod auto;
 mod cli;
 mod events;
 mod faults;

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use edge_agent::messages::stats::{AutoLastSwitch, AutoReport, AutoSwitch};
 use edge_agent::messages::{
     DeadLetter, FailedFunction, FunctionReport, Message, Percentiles, ProcessFigures, Rates,
     ReloadReport, ReloadedFunction, Report, Snapshot, Status, StatusFunction,
@@ -159,6 +160,16 @@ fn examples(doc: &str) -> Vec<String> {
                 cpu_us: p(),
                 cpu_total_us: 1,
                 peak_memory_bytes: 1,
+                auto: Some(AutoReport {
+                    model: "persistent".into(),
+                    objective: "cpu".into(),
+                    break_even: Some(0.0),
+                    on_demand_cpu_us: Some(1.0),
+                    persistent_cpu_us: Some(1.0),
+                    switches: vec![AutoSwitch::default()],
+                    last_switch: Some(AutoLastSwitch::default()),
+                    ..AutoReport::default()
+                }),
             },
             rates: Rates::default(),
         }],

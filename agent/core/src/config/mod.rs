@@ -373,6 +373,119 @@ pub enum Mode {
     /// Container-like: long-lived instances created at start-up that keep their memory
     /// between events, one event at a time each, restarted by policy when they fail.
     Persistent,
+    /// Either of the two, chosen at run time by a controller from the function's own
+    /// measurements and switched without losing an event (`[function.auto]`).
+    Auto,
+}
+
+/// What `mode = "auto"` minimises.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Objective {
+    /// CPU time per hour (the calls' thread CPU, instantiation included).
+    #[default]
+    Cpu,
+    /// Linear memory held on average: an on-demand instance holds it while it handles an
+    /// event, a persistent one all the time.
+    Memory,
+    /// Energy: CPU time times a board's watts per busy core. The power model (idle watts
+    /// plus CPU) charges both models the same idle watts, so it picks what `cpu` picks.
+    Energy,
+    /// Money under the two billing schemes of `compare` (`prices`): on demand by use
+    /// (invocations and GB-seconds while handling), persistent reserved (vCPU-hours and
+    /// GB-hours held).
+    Money,
+}
+
+impl Objective {
+    /// The name used in the config file and in reports.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cpu => "cpu",
+            Self::Memory => "memory",
+            Self::Energy => "energy",
+            Self::Money => "money",
+        }
+    }
+}
+
+/// A price list for the two billing schemes (US dollars): a model, not a measurement.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Prices {
+    /// Where the prices come from, and when they were read.
+    pub source: String,
+    /// By use: per million invocations.
+    pub per_million_invocations: f64,
+    /// By use: per GB-second of memory held while handling.
+    pub per_gb_second: f64,
+    /// Reserved: per vCPU-hour.
+    pub per_vcpu_hour: f64,
+    /// Reserved: per GB-hour.
+    pub per_gb_hour: f64,
+}
+
+impl Default for Prices {
+    fn default() -> Self {
+        Self {
+            source: "AWS on-demand list prices, us-east-1, Arm (Graviton), no free tier: \
+                     Lambda $0.20 per million requests and $0.0000133334 per GB-second \
+                     (https://aws.amazon.com/lambda/pricing/), Fargate Linux/ARM $0.03238 per \
+                     vCPU-hour and $0.00356 per GB-hour (https://aws.amazon.com/fargate/pricing/); \
+                     as quoted from 2021 (vantage.sh) to 2026-03 (wring.co); the AWS pages \
+                     themselves were not readable here"
+                .into(),
+            per_million_invocations: 0.20,
+            per_gb_second: 0.000_013_333_4,
+            per_vcpu_hour: 0.032_38,
+            per_gb_hour: 0.003_56,
+        }
+    }
+}
+
+/// `[function.auto]`: how `mode = "auto"` decides. Every default works on a Pi untuned;
+/// docs/execution-models.md explains each. Times are seconds (fractions allowed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AutoConfig {
+    /// What to minimise.
+    pub objective: Objective,
+    /// How often the controller decides.
+    pub tick_secs: f64,
+    /// The window whose event rate promotes (held above the break-even) and demotes
+    /// (held below it).
+    pub stable_window_secs: f64,
+    /// The short window that promotes at once when it sees a burst.
+    pub panic_window_secs: f64,
+    /// Promote when the stable rate exceeds the break-even by this fraction, demote when
+    /// it is below the break-even divided by one plus it (hysteresis).
+    pub margin: f64,
+    /// Promote at once when the panic window's rate is this many times the break-even
+    /// (and above one event per panic window).
+    pub panic_factor: f64,
+    /// Least time in a model before the next switch (a panic promotion excepted).
+    pub min_secs_in_model: f64,
+    /// When set: while the on-demand model's p99 call time (cold starts included)
+    /// breaks this bound and events come, the function stays persistent.
+    pub latency_p99_ms: Option<f64>,
+    /// The price list for `objective = "money"`.
+    pub prices: Prices,
+}
+
+impl Default for AutoConfig {
+    fn default() -> Self {
+        Self {
+            objective: Objective::Cpu,
+            tick_secs: 2.0,
+            stable_window_secs: 60.0,
+            panic_window_secs: 6.0,
+            margin: 0.2,
+            panic_factor: 2.0,
+            min_secs_in_model: 30.0,
+            latency_p99_ms: None,
+            prices: Prices::default(),
+        }
+    }
 }
 
 /// What happens to events that arrive when a function's inbox is full.
@@ -402,10 +515,14 @@ pub struct FunctionConfig {
     /// refused at start-up.
     #[serde(default)]
     pub sha256: Option<String>,
-    /// Execution model: `on-demand` (a fresh instance per event) or `persistent`
-    /// (long-lived instances that keep their memory).
+    /// Execution model: `on-demand` (a fresh instance per event), `persistent`
+    /// (long-lived instances that keep their memory) or `auto` (either, chosen at run
+    /// time from the function's own measurements; see `auto`).
     #[serde(default)]
     pub mode: Mode,
+    /// `mode = "auto"`: how the model is chosen.
+    #[serde(default)]
+    pub auto: AutoConfig,
     /// Persistent mode: number of long-lived instances. Events are assigned by a hash of
     /// their topic, so the events of one topic stay in order.
     #[serde(default = "default_instances")]
@@ -610,6 +727,7 @@ impl Mode {
         match self {
             Self::OnDemand => "on-demand",
             Self::Persistent => "persistent",
+            Self::Auto => "auto",
         }
     }
 }

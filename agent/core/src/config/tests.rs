@@ -141,11 +141,11 @@ fn unknown_key_in_function() {
 
 #[test]
 fn unknown_value_names_key_value_and_allowed_values() {
-    let e = Case::new().err(&with("", "mode = \"auto\""));
+    let e = Case::new().err(&with("", "mode = \"container\""));
     assert!(
         e.ends_with(
-            "agent.toml: `function[0].mode`: unknown value `auto`; expected one of \
-             `on-demand`, `persistent`"
+            "agent.toml: `function[0].mode`: unknown value `container`; expected one of \
+             `on-demand`, `persistent`, `auto`"
         ),
         "{e}"
     );
@@ -355,4 +355,53 @@ mod fuzz {
             }
         }
     }
+}
+
+#[test]
+fn auto_mode_has_defaults_and_checks_its_settings() {
+    let c = Case::new();
+    let cfg = c
+        .load(
+            "agent.toml",
+            &with(
+                "",
+                "mode = \"auto\"\ninstances = 2\nauto = { objective = \"money\", tick_secs = 0.5 }",
+            ),
+        )
+        .unwrap();
+    let f = &cfg.functions[0];
+    assert_eq!(f.mode, super::Mode::Auto);
+    assert_eq!(f.auto.objective, super::Objective::Money);
+    assert_eq!(f.auto.tick_secs, 0.5);
+    // Knative's windows, untouched.
+    assert_eq!(
+        (f.auto.stable_window_secs, f.auto.panic_window_secs),
+        (60.0, 6.0)
+    );
+    let e = c.err(&with("", "mode = \"auto\"\nauto = { margin = -1 }"));
+    assert!(
+        e.contains("`function[f].auto.margin`: must be from 0 to 10"),
+        "{e}"
+    );
+    let e = c.err(&with(
+        "",
+        "mode = \"auto\"\nauto = { panic_window_secs = 90 }",
+    ));
+    assert!(
+        e.contains("`function[f].auto.panic_window_secs`: must be at most stable_window_secs"),
+        "{e}"
+    );
+    let e = c.err(&with("", "auto = { objective = \"memory\" }"));
+    assert!(
+        e.contains("`function[f].auto`: only applies to mode = \"auto\""),
+        "{e}"
+    );
+    let e = c.err(&with(
+        "",
+        "mode = \"auto\"\nauto = { objective = \"speed\" }",
+    ));
+    assert!(
+        e.contains("unknown value `speed`; expected one of `cpu`, `memory`, `energy`, `money`"),
+        "{e}"
+    );
 }

@@ -413,6 +413,50 @@ impl Config {
     }
 
     /// One `[[function]]`, apart from its module file.
+    /// `[function.auto]`, keys named by `key`.
+    fn check_auto(
+        &self,
+        a: &super::AutoConfig,
+        key: &dyn Fn(&str) -> String,
+        errs: &mut Vec<ConfigError>,
+    ) {
+        let mut within = |k: &str, v: f64, lo: f64, hi: f64| {
+            if !(v.is_finite() && (lo..=hi).contains(&v)) {
+                errs.push(self.invalid(key(k), format!("must be from {lo} to {hi}")));
+            }
+        };
+        within("tick_secs", a.tick_secs, 0.01, 3600.0);
+        within("stable_window_secs", a.stable_window_secs, 0.01, 86_400.0);
+        within("panic_window_secs", a.panic_window_secs, 0.01, 86_400.0);
+        within("margin", a.margin, 0.0, 10.0);
+        within("panic_factor", a.panic_factor, 1.0, 1000.0);
+        within("min_secs_in_model", a.min_secs_in_model, 0.0, 86_400.0);
+        if let Some(ms) = a.latency_p99_ms {
+            within("latency_p99_ms", ms, 0.001, 600_000.0);
+        }
+        let p = &a.prices;
+        for (k, v) in [
+            ("prices.per_million_invocations", p.per_million_invocations),
+            ("prices.per_gb_second", p.per_gb_second),
+            ("prices.per_vcpu_hour", p.per_vcpu_hour),
+            ("prices.per_gb_hour", p.per_gb_hour),
+        ] {
+            within(k, v, 0.0, 1e9);
+        }
+        if a.stable_window_secs < a.tick_secs || a.panic_window_secs < a.tick_secs {
+            errs.push(self.invalid(
+                key("tick_secs"),
+                "must be at most stable_window_secs and panic_window_secs (a window shorter than a tick sees nothing)",
+            ));
+        }
+        if a.panic_window_secs > a.stable_window_secs {
+            errs.push(self.invalid(
+                key("panic_window_secs"),
+                "must be at most stable_window_secs (the panic window is the short one)",
+            ));
+        }
+    }
+
     fn validate_function(&self, i: usize, f: &super::FunctionConfig, errs: &mut Vec<ConfigError>) {
         let (b, r) = (&self.broker, &self.runtime);
         if !is_name(&f.name) {
@@ -461,14 +505,22 @@ impl Config {
         if !(1..=256).contains(&f.instances) {
             errs.push(self.invalid(key("instances"), "must be from 1 to 256"));
         }
-        if f.instances != 1 && f.mode != super::Mode::Persistent {
-            errs.push(self.invalid(key("instances"), "only applies to mode = \"persistent\""));
+        if f.instances != 1 && f.mode == super::Mode::OnDemand {
+            errs.push(self.invalid(
+                key("instances"),
+                "only applies to mode = \"persistent\" or \"auto\"",
+            ));
         }
-        if f.keep_warm_secs.is_some() && f.mode != super::Mode::OnDemand {
+        if f.keep_warm_secs.is_some() && f.mode == super::Mode::Persistent {
             errs.push(self.invalid(
                 key("keep_warm_secs"),
-                "only applies to mode = \"on-demand\" (a persistent instance is always warm)",
+                "only applies to mode = \"on-demand\" or \"auto\" (a persistent instance is always warm)",
             ));
+        }
+        if f.mode == super::Mode::Auto {
+            self.check_auto(&f.auto, &|k| key(&format!("auto.{k}")), errs);
+        } else if f.auto != super::AutoConfig::default() {
+            errs.push(self.invalid(key("auto"), "only applies to mode = \"auto\""));
         }
         if f.keep_warm_secs == Some(0) {
             errs.push(self.invalid(

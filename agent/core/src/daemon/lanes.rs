@@ -18,6 +18,7 @@ use crate::metrics::report::StatsBook;
 use crate::mqtt::ack::AckQueue;
 use crate::mqtt::connection::{Backoff, IntakeTask, Link, Links, intake_name, send_acks};
 use crate::mqtt::options;
+use crate::pipeline::auto::Auto;
 use crate::pipeline::hops::HopLedger;
 use crate::pipeline::inbox::Inbox;
 use crate::pipeline::output::Output;
@@ -142,7 +143,8 @@ impl Lanes {
         let inner = &self.inner.parts;
         // Persistent instances hold their pool places while the function runs.
         let permits = match f.mode {
-            Mode::OnDemand => None,
+            // Auto takes its places when it is promoted, if the pool has room then.
+            Mode::OnDemand | Mode::Auto => None,
             Mode::Persistent => {
                 let pool = inner.shared.instances.clone();
                 let free = pool.available_permits();
@@ -158,7 +160,7 @@ impl Lanes {
         };
         let stats = inner.stats.add(&f.name, f.mode);
         // One queue, or one per persistent instance sharing the function's capacity.
-        let queues = if f.mode == Mode::Persistent {
+        let queues = if f.mode != Mode::OnDemand {
             f.instances.max(1) as usize
         } else {
             1
@@ -178,6 +180,11 @@ impl Lanes {
         }
         tracing::info!(function = %f.name, mode = f.mode.as_str(), topics = ?f.topics,
             sha256 = %loaded.sha256(), "function ready");
+        let auto = (f.mode == Mode::Auto)
+            .then(|| Arc::new(Auto::new(&f.name, f.auto.clone(), f.instances)));
+        if let Some(auto) = auto.clone() {
+            stats.probe_auto(Box::new(move || auto.snapshot()));
+        }
         let workers = match f.mode {
             Mode::OnDemand => on_demand::run(
                 loaded.clone(),
@@ -186,12 +193,13 @@ impl Lanes {
                 inboxes[0].clone(),
                 inner.shared.clone(),
             ),
-            Mode::Persistent => persistent::run(
+            Mode::Persistent | Mode::Auto => persistent::run(
                 loaded.clone(),
                 f,
                 stats.clone(),
                 inboxes.clone(),
                 &inner.shared,
+                auto,
             ),
         };
         let workers = match workers {

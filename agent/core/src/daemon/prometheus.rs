@@ -112,6 +112,44 @@ impl Collector for AgentCollector {
             }),
         )?;
 
+        // `mode = "auto"`: the model in force (1) and the other (0), and the switches.
+        let auto: Vec<_> = snapshots
+            .iter()
+            .filter_map(|s| s.auto.as_ref().map(|a| (s, a)))
+            .collect();
+        family(
+            &mut encoder,
+            (
+                "edge_agent_function_model",
+                "Auto functions: 1 for the execution model in force, 0 for the other",
+                MetricType::Gauge,
+            ),
+            auto.iter().flat_map(|(s, a)| {
+                ["on-demand", "persistent"].map(|model| {
+                    let mut l = labels(s);
+                    l.push(("model", model.into()));
+                    (l, Sample::Gauge(i64::from(a.model == model)))
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
+            (
+                "edge_agent_auto_switches",
+                "Auto functions: switches of execution model, by from, to and reason",
+                MetricType::Counter,
+            ),
+            auto.iter().flat_map(|(s, a)| {
+                a.switches.iter().map(|w| {
+                    let mut l = labels(s);
+                    l.push(("from", w.from.clone()));
+                    l.push(("to", w.to.clone()));
+                    l.push(("reason", w.reason.clone()));
+                    (l, Sample::Count(w.count))
+                })
+            }),
+        )?;
+
         let mut m = encoder.encode_descriptor(
             "edge_agent_event_duration_seconds",
             "Where an event's time goes, by phase: queue, instantiate, execute, commit \

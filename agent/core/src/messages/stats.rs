@@ -87,7 +87,7 @@ pub struct Percentiles {
 pub struct Snapshot {
     /// Function name.
     pub function: String,
-    /// `on-demand` or `persistent`.
+    /// `on-demand`, `persistent` or `auto` (then `auto.model` is the model in force).
     pub mode: String,
     /// Events routed to it.
     pub received: u64,
@@ -127,6 +127,65 @@ pub struct Snapshot {
     pub cpu_total_us: u64,
     /// Largest linear memory of any instance.
     pub peak_memory_bytes: usize,
+    /// `mode = "auto"`: the model in force and the controller's estimates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto: Option<AutoReport>,
+}
+
+/// What the controller of an auto function sees and did (`mode = "auto"`).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct AutoReport {
+    /// The model in force: `on-demand` or `persistent`.
+    pub model: String,
+    /// What it minimises: `cpu`, `memory`, `energy` or `money`.
+    pub objective: String,
+    /// Events per second over the stable window.
+    pub rate_stable: f64,
+    /// Events per second over the panic window.
+    pub rate_panic: f64,
+    /// Where persistent becomes cheaper, events/s; absent if it never does.
+    pub break_even: Option<f64>,
+    /// On demand's cost per hour at the stable rate (CPU seconds, MB held, or dollars;
+    /// energy is CPU seconds times the board's watts per busy core).
+    pub cost_on_demand: f64,
+    /// Persistent's, in the same unit.
+    pub cost_persistent: f64,
+    /// CPU per event on demand (instantiation included), µs, once measured.
+    pub on_demand_cpu_us: Option<f64>,
+    /// CPU per event persistent, µs, once measured.
+    pub persistent_cpu_us: Option<f64>,
+    /// Largest linear memory of an instance, bytes.
+    pub memory_bytes: u64,
+    /// Switches so far, by from, to and reason.
+    pub switches: Vec<AutoSwitch>,
+    /// The last switch.
+    pub last_switch: Option<AutoLastSwitch>,
+}
+
+/// Switches of one kind.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoSwitch {
+    /// Model before.
+    pub from: String,
+    /// Model after.
+    pub to: String,
+    /// `rate`, `panic` or `latency`.
+    pub reason: String,
+    /// How many.
+    pub count: u64,
+}
+
+/// One switch.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AutoLastSwitch {
+    /// Model before.
+    pub from: String,
+    /// Model after.
+    pub to: String,
+    /// `rate`, `panic` or `latency`.
+    pub reason: String,
+    /// When, ms since the Unix epoch.
+    pub ts_ms: u64,
 }
 
 impl Snapshot {

@@ -41,12 +41,16 @@ pub type Probe = Box<dyn Fn() -> u64 + Send + Sync>;
 /// Reads the SHA-256 of the module version in force (it changes with a hot reload).
 pub type ModuleProbe = Box<dyn Fn() -> std::sync::Arc<str> + Send + Sync>;
 
+/// Reads an auto function's controller (`mode = "auto"`).
+pub type AutoProbe = Box<dyn Fn() -> crate::messages::stats::AutoReport + Send + Sync>;
+
 /// Event counters and cost histograms of one function.
 pub struct FunctionStats {
     received: AtomicU64,
     queue_depth: OnceLock<Probe>,
     state_keys: OnceLock<Probe>,
     module: OnceLock<ModuleProbe>,
+    auto: OnceLock<AutoProbe>,
     succeeded: AtomicU64,
     restarts: AtomicU64,
     replayed: AtomicU64,
@@ -61,6 +65,7 @@ impl Default for FunctionStats {
             queue_depth: OnceLock::new(),
             state_keys: OnceLock::new(),
             module: OnceLock::new(),
+            auto: OnceLock::new(),
             succeeded: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
@@ -145,6 +150,16 @@ impl FunctionStats {
         let _ = self.module.set(probe);
     }
 
+    /// Reads the function's auto controller with `probe`.
+    pub fn probe_auto(&self, probe: AutoProbe) {
+        let _ = self.auto.set(probe);
+    }
+
+    /// Events routed to the function so far.
+    pub fn received_count(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
+    }
+
     /// The SHA-256 of the function's module in force, once probed.
     pub fn module_sha256(&self) -> Option<std::sync::Arc<str>> {
         self.module.get().map(|p| p())
@@ -214,6 +229,7 @@ impl FunctionStats {
             cpu_us: Percentiles::of(&l.cpu),
             cpu_total_us: l.cpu_total_us,
             peak_memory_bytes: l.peak_memory,
+            auto: self.auto.get().map(|p| p()),
         }
     }
 }

@@ -33,6 +33,10 @@ struct Inner {
     closed: bool,
 }
 
+/// No event came within the wait ([`Inbox::pop_timeout`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idle;
+
 /// A bounded queue of events: the router pushes, worker threads pop.
 pub struct Inbox {
     inner: Mutex<Inner>,
@@ -120,6 +124,19 @@ impl Inbox {
     /// The next event, blocking the calling thread until there is one; `None` once the
     /// queue is closed and empty. For worker threads, never for async tasks.
     pub fn pop(&self) -> Option<Inbound> {
+        self.pop_within(None).unwrap_or(None)
+    }
+
+    /// Like [`Inbox::pop`], but gives up after `wait` without an event: `Err(Idle)` then
+    /// (the queue is still open). For a worker that has something to do when idle.
+    ///
+    /// # Errors
+    /// [`Idle`]: no event came within `wait`.
+    pub fn pop_timeout(&self, wait: std::time::Duration) -> Result<Option<Inbound>, Idle> {
+        self.pop_within(Some(std::time::Instant::now() + wait))
+    }
+
+    fn pop_within(&self, until: Option<std::time::Instant>) -> Result<Option<Inbound>, Idle> {
         let mut q = self.lock();
         loop {
             if let Some(e) = q.events.pop_front() {
@@ -128,12 +145,24 @@ impl Inbox {
                 if now_has_room {
                     self.space.notify_one();
                 }
-                return Some(e);
+                return Ok(Some(e));
             }
             if q.closed {
-                return None;
+                return Ok(None);
             }
-            q = self.ready.wait(q).unwrap_or_else(|p| p.into_inner());
+            q = match until {
+                None => self.ready.wait(q).unwrap_or_else(|p| p.into_inner()),
+                Some(until) => {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        return Err(Idle);
+                    }
+                    self.ready
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
         }
     }
 

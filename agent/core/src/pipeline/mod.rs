@@ -5,10 +5,12 @@
 //! - [`inbox`]: a function's bounded queue, with its overflow policy;
 //! - [`on_demand`]: the on-demand model, a fresh instance per event;
 //! - [`persistent`]: the persistent model, long-lived instances restarted by policy;
+//! - [`auto`]: either model, chosen at run time by a controller per function;
 //! - [`output`]: the calls' messages and the dead letters out to the broker, then the
 //!   delivery's completion, which releases the acknowledgement in arrival order;
 //! - [`hops`]: what the agent published, so that a loop through its functions stops.
 
+pub mod auto;
 pub mod hops;
 pub mod inbox;
 pub mod on_demand;

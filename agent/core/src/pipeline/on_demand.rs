@@ -10,8 +10,13 @@ use std::time::Duration;
 use tokio::runtime::Handle;
 use tokio::task::JoinHandle;
 
+use tokio::sync::Semaphore;
+
+use super::auto::{Auto, Model};
 use super::inbox::Inbox;
+use super::output::Output;
 use super::{Shared, already_done, guest_event, message_id, next_state_retry, spawn_worker};
+use crate::event::Inbound;
 use crate::failure::FailureKind;
 use crate::metrics::FunctionStats;
 use crate::runtime::LoadedFunction;
@@ -53,7 +58,11 @@ pub fn run(
 
 /// Releases `function`'s module once it has had no event for `keep`, checking four times
 /// per `keep` (at most once a second); ends with the function or its inbox.
-async fn scale_to_zero(function: Weak<LoadedFunction>, inbox: Arc<Inbox>, keep: Duration) {
+pub(super) async fn scale_to_zero(
+    function: Weak<LoadedFunction>,
+    inbox: Arc<Inbox>,
+    keep: Duration,
+) {
     let mut tick =
         tokio::time::interval((keep / 4).clamp(Duration::from_millis(100), Duration::from_secs(1)));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -82,45 +91,70 @@ fn work(
     shared: &Shared,
 ) {
     while let Some(event) = inbox.pop() {
-        let id = message_id(function, &event);
-        if let Some(outputs) = already_done(function, &event, id) {
-            rt.block_on(shared.output.replay(function.name(), stats, event, outputs));
-            continue;
-        }
-        let mut wait = Duration::from_millis(100);
-        let result = loop {
-            // The semaphore lives as long as the agent: acquiring cannot fail.
-            let permit = match shared.instances.try_acquire() {
-                Ok(p) => Some(p),
-                Err(_) => rt.block_on(shared.instances.acquire()).ok(),
-            };
-            let queued = event.received.elapsed();
-            let result = function
-                .call_on_demand(&guest_event(&event), id)
-                .map(|o| o.queued(queued));
-            drop(permit);
-            match result {
-                // The store, not the event, failed: nothing of the call was kept; try it
-                // again once the store may take it (the queue fills meanwhile, and the
-                // broker holds the rest).
-                Err(e) if e.kind == FailureKind::State => {
-                    if inbox.is_closed() {
-                        break None;
-                    }
-                    tracing::debug!(function = function.name(), error = %e.message, "state store unavailable: the event waits");
-                    rt.block_on(tokio::time::sleep(next_state_retry(&mut wait)));
-                }
-                other => break Some(other),
-            }
+        handle(
+            rt,
+            function,
+            stats,
+            inbox,
+            &shared.instances,
+            &shared.output,
+            event,
+            None,
+        );
+    }
+}
+
+/// Runs `event` in a fresh instance, holding a place in the instance pool `instances`
+/// for the call, then hands the result to `output`. The call's costs go to `auto` too
+/// (an auto function on demand).
+#[allow(clippy::too_many_arguments)]
+pub(super) fn handle(
+    rt: &Handle,
+    function: &LoadedFunction,
+    stats: &Arc<FunctionStats>,
+    inbox: &Arc<Inbox>,
+    instances: &Semaphore,
+    output: &Output,
+    event: Inbound,
+    auto: Option<&Auto>,
+) {
+    let id = message_id(function, &event);
+    if let Some(outputs) = already_done(function, &event, id) {
+        rt.block_on(output.replay(function.name(), stats, event, outputs));
+        return;
+    }
+    let mut wait = Duration::from_millis(100);
+    let result = loop {
+        // The semaphore lives as long as the agent: acquiring cannot fail.
+        let permit = match instances.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => rt.block_on(instances.acquire()).ok(),
         };
-        // Stopping while the store is unavailable: the event stays unacknowledged, for
-        // the broker to deliver again.
-        if let Some(result) = result {
-            rt.block_on(
-                shared
-                    .output
-                    .finish(function.name(), stats, event, result, inbox),
-            );
+        let queued = event.received.elapsed();
+        let result = function
+            .call_on_demand(&guest_event(&event), id)
+            .map(|o| o.queued(queued));
+        drop(permit);
+        match result {
+            // The store, not the event, failed: nothing of the call was kept; try it
+            // again once the store may take it (the queue fills meanwhile, and the
+            // broker holds the rest).
+            Err(e) if e.kind == FailureKind::State => {
+                if inbox.is_closed() {
+                    break None;
+                }
+                tracing::debug!(function = function.name(), error = %e.message, "state store unavailable: the event waits");
+                rt.block_on(tokio::time::sleep(next_state_retry(&mut wait)));
+            }
+            other => break Some(other),
         }
+    };
+    // Stopping while the store is unavailable: the event stays unacknowledged, for the
+    // broker to deliver again.
+    if let Some(result) = result {
+        if let (Some(auto), Ok(outcome)) = (auto, &result) {
+            auto.record(Model::OnDemand, &outcome.cost);
+        }
+        rt.block_on(output.finish(function.name(), stats, event, result, inbox));
     }
 }

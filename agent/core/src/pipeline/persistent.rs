@@ -13,9 +13,14 @@ use tokio::task::JoinHandle;
 // Tokio's clock (the real one outside tests), so that a test can let the time pass.
 use tokio::time::Instant;
 
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::auto::{Auto, Model};
 use super::inbox::Inbox;
 use super::output::Output;
-use super::{Shared, already_done, guest_event, message_id, next_state_retry, spawn_worker};
+use super::{
+    Shared, already_done, guest_event, message_id, next_state_retry, on_demand, spawn_worker,
+};
 use crate::config::{FunctionConfig, RestartPolicy};
 use crate::failure::FailureKind;
 use crate::metrics::FunctionStats;
@@ -32,7 +37,23 @@ pub fn run(
     stats: Arc<FunctionStats>,
     inboxes: Vec<Arc<Inbox>>,
     shared: &Shared,
+    auto: Option<Arc<Auto>>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
+    if let Some(auto) = &auto {
+        if let (Some(keep), Some(inbox)) = (function.keep_warm(), inboxes.first()) {
+            shared
+                .background
+                .spawn_until_stopped(on_demand::scale_to_zero(
+                    Arc::downgrade(&function),
+                    inbox.clone(),
+                    keep,
+                ));
+        }
+        let (a, s) = (auto.clone(), stats.clone());
+        shared
+            .background
+            .spawn_until_stopped(a.run(move || s.received_count()));
+    }
     inboxes
         .into_iter()
         .enumerate()
@@ -45,6 +66,8 @@ pub fn run(
                 window: Duration::from_secs(cfg.restart_window_secs),
                 stats: stats.clone(),
                 output: shared.output.clone(),
+                pool: shared.instances.clone(),
+                auto: auto.clone(),
             };
             let name = format!("{}@{index}", function.name());
             spawn_worker(name, move |rt| inst.run(&rt, &inbox))
@@ -60,7 +83,15 @@ struct PersistentInstance {
     window: Duration,
     stats: Arc<FunctionStats>,
     output: Output,
+    /// The instance pool: an auto function takes its place in it when promoted, and for
+    /// each call on demand.
+    pool: Arc<Semaphore>,
+    /// `mode = "auto"`: the model in force decides how each event runs.
+    auto: Option<Arc<Auto>>,
 }
+
+/// How often an idle promoted worker of an auto function checks for a demotion.
+const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
@@ -84,20 +115,74 @@ impl PersistentInstance {
         let mut restarts: VecDeque<Instant> = VecDeque::new();
         let mut backoff = RESTART_BACKOFF_MIN;
         let mut generation = self.function.generation();
-        let mut live = match self.function.instantiate() {
-            Ok(i) => {
-                tracing::info!(function = %name, instance = self.index, "persistent instance started");
-                Some(i)
+        let mut live = None;
+        // Auto: the place in the pool while promoted, and how many more events a demoted
+        // instance finishes (those queued behind the event that saw the demotion).
+        let mut promoted: Option<OwnedSemaphorePermit> = None;
+        let mut finishing: Option<usize> = None;
+        if self.auto.is_none() {
+            live = self.start(&name);
+            if live.is_none() {
+                live = self.restart(rt, &name, &mut restarts, &mut backoff);
             }
-            Err(e) => {
-                tracing::error!(function = %name, instance = self.index, "instance failed to start: {e}");
-                None
-            }
-        };
-        if live.is_none() {
-            live = self.restart(rt, &name, &mut restarts, &mut backoff);
         }
-        while let Some(event) = inbox.pop() {
+        loop {
+            let event = match &self.auto {
+                // A promoted worker wakes when idle, so that a demotion frees the
+                // instance's memory without waiting for an event.
+                Some(auto) if promoted.is_some() => match inbox.pop_timeout(IDLE_CHECK) {
+                    Ok(event) => event,
+                    Err(_) => {
+                        if auto.model() == Model::OnDemand {
+                            (live, promoted, finishing) = (None, None, None);
+                            self.demoted(&name);
+                        }
+                        continue;
+                    }
+                },
+                _ => inbox.pop(),
+            };
+            let Some(event) = event else { break };
+            if let Some(auto) = &self.auto {
+                match auto.model() {
+                    Model::OnDemand if promoted.is_some() => {
+                        let left = finishing.get_or_insert(inbox.len());
+                        if *left == 0 {
+                            (live, promoted, finishing) = (None, None, None);
+                            self.demoted(&name);
+                        } else {
+                            *left -= 1;
+                        }
+                    }
+                    Model::Persistent => {
+                        finishing = None;
+                        if promoted.is_none()
+                            && let Ok(place) = self.pool.clone().try_acquire_owned()
+                        {
+                            // Made before the event is handed to it: this event pays the
+                            // one cold start of the switch.
+                            generation = self.function.generation();
+                            live = self.start(&name);
+                            promoted = live.is_some().then_some(place);
+                        }
+                    }
+                    Model::OnDemand => {}
+                }
+                if live.is_none() {
+                    // On demand (or promoted with no room in the pool or no instance).
+                    on_demand::handle(
+                        rt,
+                        &self.function,
+                        &self.stats,
+                        inbox,
+                        &self.pool,
+                        &self.output,
+                        event,
+                        Some(auto),
+                    );
+                    continue;
+                }
+            }
             // A reload put a new version in force: this instance finished its last event
             // on the old one; the next runs on a fresh instance of the new one (its state
             // is in the store, not in the instance).
@@ -186,12 +271,39 @@ impl PersistentInstance {
                     "persistent instance dropped after a failed call");
             }
             live = back;
+            if let (Some(auto), Ok(outcome)) = (&self.auto, &result) {
+                auto.record(Model::Persistent, &outcome.cost);
+            }
             rt.block_on(self.output.finish(&name, &self.stats, event, result, inbox));
-            if killed {
+            if killed && self.auto.is_some() {
+                // Auto: the next events run on demand until a fresh instance is made at
+                // the next one (the restart policy is the persistent model's own).
+                promoted = None;
+            } else if killed {
                 // Replace it now, not when the next event arrives; events wait meanwhile.
                 live = self.restart(rt, &name, &mut restarts, &mut backoff);
             }
         }
+    }
+
+    /// A fresh instance, logged either way.
+    fn start(&self, name: &str) -> Option<Instance> {
+        match self.function.instantiate() {
+            Ok(i) => {
+                tracing::info!(function = %name, instance = self.index, "persistent instance started");
+                Some(i)
+            }
+            Err(e) => {
+                tracing::error!(function = %name, instance = self.index, "instance failed to start: {e}");
+                None
+            }
+        }
+    }
+
+    fn demoted(&self, name: &str) {
+        tracing::info!(function = %name, instance = self.index,
+            "auto: persistent instance dropped, its queue finished; events run on demand");
+        crate::runtime::release_freed_memory();
     }
 
     /// Waits out the back-off and starts a fresh instance, unless the policy says stop.

@@ -205,7 +205,7 @@ impl LoadedFunction {
             engine: engine.clone(),
             linker: linker.clone(),
             agent_limits,
-            keep_warm: (cfg.mode == crate::config::Mode::OnDemand)
+            keep_warm: (cfg.mode != crate::config::Mode::Persistent)
                 .then_some(cfg.keep_warm_secs)
                 .flatten()
                 .map(Duration::from_secs),

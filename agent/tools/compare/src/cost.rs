@@ -121,39 +121,8 @@ pub fn power_profile(name: Option<&str>) -> Result<PowerProfile, UnknownPowerPro
         })
 }
 
-/// A price list for the two billing schemes (US dollars): a model, not a measurement.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct Prices {
-    /// Where the prices come from, and when they were read.
-    pub source: String,
-    /// By use: per million invocations.
-    pub per_million_invocations: f64,
-    /// By use: per GB-second of memory held while handling.
-    pub per_gb_second: f64,
-    /// Reserved: per vCPU-hour.
-    pub per_vcpu_hour: f64,
-    /// Reserved: per GB-hour.
-    pub per_gb_hour: f64,
-}
-
-impl Default for Prices {
-    fn default() -> Self {
-        Self {
-            source: "AWS on-demand list prices, us-east-1, Arm (Graviton), no free tier: \
-                     Lambda $0.20 per million requests and $0.0000133334 per GB-second \
-                     (https://aws.amazon.com/lambda/pricing/), Fargate Linux/ARM $0.03238 per \
-                     vCPU-hour and $0.00356 per GB-hour (https://aws.amazon.com/fargate/pricing/); \
-                     as quoted from 2021 (vantage.sh) to 2026-03 (wring.co); the AWS pages \
-                     themselves were not readable here"
-                .into(),
-            per_million_invocations: 0.20,
-            per_gb_second: 0.000_013_333_4,
-            per_vcpu_hour: 0.032_38,
-            per_gb_hour: 0.003_56,
-        }
-    }
-}
+/// The price list is the agent's own (`mode = "auto"` prices money with it too).
+pub use edge_agent::config::Prices;
 
 /// What a model costs at one rate, per hour.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq)]

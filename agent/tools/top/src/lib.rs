@@ -15,7 +15,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use edge_agent::messages::{Message, Presence, ReadError, Report, Status};
+use edge_agent::messages::{Message, Presence, ReadError, Report, Snapshot, Status};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use edge_agent_publish::BrokerArgs;
@@ -99,6 +99,18 @@ pub const COLUMNS: [&str; 11] = [
     "FUNCTION", "MODEL", "EVENTS/S", "P50", "P99", "COLD/S", "CPU %", "MEMORY", "QUEUE", "ERRORS",
     "RESTARTS",
 ];
+
+/// The model column: an auto function shows the model in force and the reason of its
+/// last switch (`auto:persistent (panic)`).
+fn model(t: &Snapshot) -> String {
+    match &t.auto {
+        Some(a) => match &a.last_switch {
+            Some(w) => format!("auto:{} ({})", a.model, w.reason),
+            None => format!("auto:{}", a.model),
+        },
+        None => t.mode.clone(),
+    }
+}
 
 fn us(v: u64) -> String {
     match v {
@@ -191,7 +203,7 @@ impl Board {
                     let (t, rates) = (&f.totals, &f.rates);
                     vec![
                         t.function.clone(),
-                        t.mode.clone(),
+                        model(t),
                         rate(rates.events_per_sec),
                         us(rates.end_to_end_us.p50),
                         us(rates.end_to_end_us.p99),
@@ -471,6 +483,7 @@ mod tests {
                 cpu_us: none,
                 cpu_total_us: 0,
                 peak_memory_bytes: 0,
+                auto: None,
             },
             rates: Rates::default(),
         }

@@ -1,0 +1,620 @@
+//! `mode = "auto"`: a controller per function picks the cheaper execution model from the
+//! function's own measurements, and its workers switch between the two without losing,
+//! repeating or reordering an event.
+//!
+//! **The workers** are the persistent model's ([`super::persistent`]): one thread per
+//! inbox, the router assigning events by a hash of their topic. Each reads [`Auto::model`]
+//! before an event: on demand it runs the event in a fresh instance; persistent it keeps a
+//! long-lived one (made, with a place in the instance pool, before the first event it
+//! handles: a promotion costs one cold start). A demoted instance finishes the events
+//! queued behind it, then is dropped. One thread per topic hash either way, so a switch
+//! keeps per-topic order, and an event is handled once, by whichever model is in force.
+//!
+//! **The controller** ticks every `tick_secs`. It reads the function's event rate over a
+//! stable window and a panic window, and the costs the workers measured per model: CPU per
+//! event, call time, linear memory. Each model's cost is a line, `standing + rate ×
+//! marginal`, in the objective's unit; the rate where they cross is the break-even. It
+//! promotes when the stable rate holds above the break-even by `margin` (or at once when
+//! the panic window sees `panic_factor` times it), and demotes after a stable window below
+//! it; no switch comes sooner than `min_secs_in_model` after the last (Knative's stable
+//! and panic windows, with hysteresis). Until the function has run persistently, its
+//! persistent CPU per event is estimated from the on-demand calls' execution share.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::config::{AutoConfig, Objective};
+use crate::messages::stats::{AutoLastSwitch, AutoReport, AutoSwitch};
+use crate::metrics::CallCost;
+
+/// The model an auto function runs now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Model {
+    /// A fresh instance per event.
+    OnDemand,
+    /// Long-lived instances.
+    Persistent,
+}
+
+impl Model {
+    /// The name used in logs and reports (as `mode` spells it).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OnDemand => "on-demand",
+            Self::Persistent => "persistent",
+        }
+    }
+}
+
+/// Calls' costs since the controller's last tick, per model.
+#[derive(Debug, Clone, Copy, Default)]
+struct Sums {
+    calls: u64,
+    cpu_us: f64,
+    call_us: f64,
+    execute_us: f64,
+}
+
+/// The last on-demand call times kept for the latency bound's p99.
+const LATENCY_SAMPLES: usize = 256;
+
+#[derive(Debug, Default)]
+struct Measured {
+    /// Indexed by `Model as usize`.
+    sums: [Sums; 2],
+    peak_memory: usize,
+    /// Ring of recent on-demand call times (load, instantiation, execution), µs.
+    od_calls_us: Vec<u32>,
+    next: usize,
+}
+
+/// The controller's running estimates (EWMA over ticks with calls).
+#[derive(Debug, Clone, Copy, Default)]
+struct Estimates {
+    od_cpu_us: Option<f64>,
+    od_call_us: Option<f64>,
+    od_execute_share: Option<f64>,
+    p_cpu_us: Option<f64>,
+    memory_bytes: f64,
+}
+
+/// A model's cost as a function of the event rate: `standing + rate × marginal`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Line {
+    /// At rate 0.
+    pub standing: f64,
+    /// Per event/s.
+    pub marginal: f64,
+}
+
+impl Line {
+    fn at(self, rate: f64) -> f64 {
+        self.standing + rate * self.marginal
+    }
+
+    /// The rate above which `persistent` costs less than `on_demand`; `None` if it never
+    /// does.
+    fn break_even(on_demand: Self, persistent: Self) -> Option<f64> {
+        let (ds, dm) = (
+            persistent.standing - on_demand.standing,
+            on_demand.marginal - persistent.marginal,
+        );
+        if ds <= 0.0 && dm >= 0.0 {
+            Some(0.0)
+        } else if dm > 0.0 {
+            Some(ds / dm)
+        } else {
+            None
+        }
+    }
+}
+
+/// Why the controller switched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// The stable window's rate crossed the break-even (with the margin).
+    Rate,
+    /// The panic window saw a burst.
+    Panic,
+    /// On demand, the calls' p99 broke `latency_p99_ms`.
+    Latency,
+}
+
+impl Reason {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Rate => "rate",
+            Self::Panic => "panic",
+            Self::Latency => "latency",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Book {
+    estimates: Estimates,
+    /// `(tick time, events received by then)`, oldest first, covering the stable window.
+    arrivals: std::collections::VecDeque<(Instant, u64)>,
+    since: Option<Instant>,
+    last: Option<AutoReport>,
+    switches: Vec<AutoSwitch>,
+    last_switch: Option<(Model, Model, Reason, u64)>,
+}
+
+/// One auto function's model, measurements and controller.
+pub struct Auto {
+    function: String,
+    cfg: AutoConfig,
+    /// Persistent instances when promoted (the function's `instances`).
+    instances: u32,
+    model: AtomicU8,
+    measured: Mutex<Measured>,
+    book: Mutex<Book>,
+}
+
+/// What a tick decided.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decision {
+    /// Switch to this model, for this reason.
+    pub switch: Option<(Model, Reason)>,
+    /// The stable window's rate, events/s.
+    pub rate_stable: f64,
+    /// The panic window's rate, events/s.
+    pub rate_panic: f64,
+    /// Where persistent becomes cheaper, events/s (`None`: never).
+    pub break_even: Option<f64>,
+    /// On demand's cost at the stable rate (the objective's unit, per hour).
+    pub cost_on_demand: f64,
+    /// Persistent's.
+    pub cost_persistent: f64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn ewma(old: Option<f64>, new: f64) -> Option<f64> {
+    Some(old.map_or(new, |o| 0.7 * o + 0.3 * new))
+}
+
+impl Auto {
+    /// A function that starts on demand.
+    pub fn new(function: &str, cfg: AutoConfig, instances: u32) -> Self {
+        Self {
+            function: function.into(),
+            cfg,
+            instances: instances.max(1),
+            model: AtomicU8::new(Model::OnDemand as u8),
+            measured: Mutex::new(Measured::default()),
+            book: Mutex::new(Book::default()),
+        }
+    }
+
+    /// The model the workers run next.
+    pub fn model(&self) -> Model {
+        if self.model.load(Ordering::Acquire) == Model::Persistent as u8 {
+            Model::Persistent
+        } else {
+            Model::OnDemand
+        }
+    }
+
+    /// A call's costs, measured by a worker in `model`.
+    pub fn record(&self, model: Model, cost: &CallCost) {
+        let mut m = lock(&self.measured);
+        let s = &mut m.sums[model as usize];
+        let call = cost.load.unwrap_or_default() + cost.instantiate + cost.execute;
+        s.calls += 1;
+        s.cpu_us += cost.cpu.as_secs_f64() * 1e6;
+        s.call_us += call.as_secs_f64() * 1e6;
+        s.execute_us += cost.execute.as_secs_f64() * 1e6;
+        m.peak_memory = m.peak_memory.max(cost.peak_memory);
+        if model == Model::OnDemand {
+            let us = u32::try_from(call.as_micros()).unwrap_or(u32::MAX);
+            if m.od_calls_us.len() < LATENCY_SAMPLES {
+                m.od_calls_us.push(us);
+            } else {
+                let i = m.next;
+                m.od_calls_us[i] = us;
+            }
+            m.next = (m.next + 1) % LATENCY_SAMPLES;
+        }
+    }
+
+    /// The 99th percentile of the recent on-demand calls, ms.
+    fn od_p99_ms(&self) -> Option<f64> {
+        let mut v = lock(&self.measured).od_calls_us.clone();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_unstable();
+        let i = ((v.len() as f64 * 0.99).ceil() as usize).clamp(1, v.len()) - 1;
+        Some(f64::from(v[i]) / 1000.0)
+    }
+
+    /// The two models' cost lines from the estimates, in the objective's unit per hour.
+    fn lines(&self, e: &Estimates) -> Option<(Line, Line)> {
+        let od_cpu = e.od_cpu_us? / 1e6;
+        let od_call = e.od_call_us? / 1e6;
+        // Persistent CPU per event: measured, or on demand's without the instantiation.
+        let p_cpu = e
+            .p_cpu_us
+            .map_or(od_cpu * e.od_execute_share.unwrap_or(1.0), |us| us / 1e6);
+        let n = f64::from(self.instances);
+        let gb = e.memory_bytes / 1e9;
+        Some(match self.cfg.objective {
+            // CPU seconds per hour; energy is CPU times watts per busy core (the idle
+            // board's watts are the same in both models), so the same lines.
+            Objective::Cpu | Objective::Energy => (
+                Line {
+                    standing: 0.0,
+                    marginal: 3600.0 * od_cpu,
+                },
+                Line {
+                    standing: 0.0,
+                    marginal: 3600.0 * p_cpu,
+                },
+            ),
+            // MB held on average: on demand while handling, persistent always.
+            Objective::Memory => (
+                Line {
+                    standing: 0.0,
+                    marginal: e.memory_bytes / 1e6 * od_call,
+                },
+                Line {
+                    standing: e.memory_bytes / 1e6 * n,
+                    marginal: 0.0,
+                },
+            ),
+            // Dollars per hour: by use against reserved.
+            Objective::Money => {
+                let p = &self.cfg.prices;
+                (
+                    Line {
+                        standing: 0.0,
+                        marginal: 3600.0
+                            * (p.per_million_invocations / 1e6 + p.per_gb_second * gb * od_call),
+                    },
+                    Line {
+                        standing: p.per_gb_hour * gb * n,
+                        marginal: p.per_vcpu_hour * p_cpu,
+                    },
+                )
+            }
+        })
+    }
+
+    /// One tick at `now` with `received` events so far: folds the calls measured since
+    /// the last tick into the estimates, decides, and switches if it should.
+    pub fn tick(&self, now: Instant, received: u64) -> Decision {
+        let sums = std::mem::take(&mut lock(&self.measured).sums);
+        let peak = lock(&self.measured).peak_memory;
+        let mut book = lock(&self.book);
+        let e = &mut book.estimates;
+        let od = sums[Model::OnDemand as usize];
+        if od.calls > 0 {
+            let n = od.calls as f64;
+            e.od_cpu_us = ewma(e.od_cpu_us, od.cpu_us / n);
+            e.od_call_us = ewma(e.od_call_us, od.call_us / n);
+            if od.call_us > 0.0 {
+                e.od_execute_share = ewma(e.od_execute_share, od.execute_us / od.call_us);
+            }
+        }
+        let p = sums[Model::Persistent as usize];
+        if p.calls > 0 {
+            e.p_cpu_us = ewma(e.p_cpu_us, p.cpu_us / p.calls as f64);
+        }
+        e.memory_bytes = peak as f64;
+        let estimates = *e;
+
+        let since = *book.since.get_or_insert(now);
+        let stable = Duration::from_secs_f64(self.cfg.stable_window_secs);
+        let panic = Duration::from_secs_f64(self.cfg.panic_window_secs);
+        book.arrivals.push_back((now, received));
+        while book
+            .arrivals
+            .get(1)
+            .is_some_and(|(t, _)| now.duration_since(*t) >= stable)
+        {
+            book.arrivals.pop_front();
+        }
+        let rate_over = |window: Duration| {
+            let (t, n) = book
+                .arrivals
+                .iter()
+                .find(|(t, _)| now.duration_since(*t) <= window)
+                .or(book.arrivals.front())
+                .copied()
+                .unwrap_or((now, received));
+            let secs = now.duration_since(t).as_secs_f64();
+            if secs > 0.0 {
+                received.saturating_sub(n) as f64 / secs
+            } else {
+                0.0
+            }
+        };
+        let (rate_stable, rate_panic) = (rate_over(stable), rate_over(panic));
+        let lines = self.lines(&estimates);
+        let break_even = lines.and_then(|(o, p)| Line::break_even(o, p));
+        let (cost_on_demand, cost_persistent) =
+            lines.map_or((0.0, 0.0), |(o, p)| (o.at(rate_stable), p.at(rate_stable)));
+
+        let model = self.model();
+        let in_model = now.duration_since(since);
+        let settled = in_model.as_secs_f64() >= self.cfg.min_secs_in_model;
+        let slow = self
+            .cfg
+            .latency_p99_ms
+            .zip(self.od_p99_ms())
+            .is_some_and(|(bound, p99)| p99 > bound);
+        let m = 1.0 + self.cfg.margin;
+        let switch = match (model, break_even) {
+            (Model::OnDemand, _) if slow && rate_stable > 0.0 && settled => {
+                Some((Model::Persistent, Reason::Latency))
+            }
+            (Model::OnDemand, Some(b))
+                if rate_panic > 0.0 && rate_panic > b * self.cfg.panic_factor =>
+            {
+                Some((Model::Persistent, Reason::Panic))
+            }
+            (Model::OnDemand, Some(b)) if settled && rate_stable > b * m => {
+                Some((Model::Persistent, Reason::Rate))
+            }
+            // A demotion needs a whole stable window below the break-even, and no latency
+            // bound that on demand breaks while events come.
+            (Model::Persistent, b)
+                if settled
+                    && in_model >= stable
+                    && !(slow && rate_stable > 0.0)
+                    && b.is_none_or(|b| rate_stable <= b / m) =>
+            {
+                Some((Model::OnDemand, Reason::Rate))
+            }
+            _ => None,
+        };
+        let decision = Decision {
+            switch,
+            rate_stable,
+            rate_panic,
+            break_even,
+            cost_on_demand,
+            cost_persistent,
+        };
+        if let Some((to, reason)) = switch {
+            self.model.store(to as u8, Ordering::Release);
+            book.since = Some(now);
+            let ts_ms = crate::clock::now_ms();
+            book.last_switch = Some((model, to, reason, ts_ms));
+            match book.switches.iter_mut().find(|s| {
+                s.from == model.as_str() && s.to == to.as_str() && s.reason == reason.as_str()
+            }) {
+                Some(s) => s.count += 1,
+                None => book.switches.push(AutoSwitch {
+                    from: model.as_str().into(),
+                    to: to.as_str().into(),
+                    reason: reason.as_str().into(),
+                    count: 1,
+                }),
+            }
+            tracing::info!(
+                function = %self.function,
+                from = model.as_str(),
+                to = to.as_str(),
+                reason = reason.as_str(),
+                objective = self.cfg.objective.as_str(),
+                rate_stable = format_args!("{rate_stable:.2}"),
+                rate_panic = format_args!("{rate_panic:.2}"),
+                break_even = break_even.map_or("never".into(), |b| format!("{b:.3}")),
+                cost_on_demand = format_args!("{cost_on_demand:.6}"),
+                cost_persistent = format_args!("{cost_persistent:.6}"),
+                on_demand_p99_ms = self.od_p99_ms().map(|v| format!("{v:.2}")).unwrap_or_default(),
+                "auto: switched model"
+            );
+        }
+        book.last = Some(self.report(&book, &decision));
+        decision
+    }
+
+    fn report(&self, book: &Book, d: &Decision) -> AutoReport {
+        let e = &book.estimates;
+        AutoReport {
+            model: self.model().as_str().into(),
+            objective: self.cfg.objective.as_str().into(),
+            rate_stable: d.rate_stable,
+            rate_panic: d.rate_panic,
+            break_even: d.break_even,
+            cost_on_demand: d.cost_on_demand,
+            cost_persistent: d.cost_persistent,
+            on_demand_cpu_us: e.od_cpu_us,
+            persistent_cpu_us: e.p_cpu_us,
+            memory_bytes: e.memory_bytes as u64,
+            switches: book.switches.clone(),
+            last_switch: book
+                .last_switch
+                .map(|(from, to, reason, ts_ms)| AutoLastSwitch {
+                    from: from.as_str().into(),
+                    to: to.as_str().into(),
+                    reason: reason.as_str().into(),
+                    ts_ms,
+                }),
+        }
+    }
+
+    /// The controller's view after its last tick (for the stats and the metrics).
+    pub fn snapshot(&self) -> AutoReport {
+        let book = lock(&self.book);
+        book.last.clone().unwrap_or_else(|| AutoReport {
+            model: self.model().as_str().into(),
+            objective: self.cfg.objective.as_str().into(),
+            ..AutoReport::default()
+        })
+    }
+
+    /// Ticks every `tick_secs`, reading the events received with `received`, until the
+    /// task is dropped.
+    pub async fn run(self: std::sync::Arc<Self>, received: impl Fn() -> u64 + Send) {
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(self.cfg.tick_secs));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let now = tick.tick().await;
+            self.tick(now, received());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Prices;
+
+    fn cost(cpu_us: u64, instantiate_us: u64, execute_us: u64, memory: usize) -> CallCost {
+        CallCost {
+            instantiate: Duration::from_micros(instantiate_us),
+            execute: Duration::from_micros(execute_us),
+            cpu: Duration::from_micros(cpu_us),
+            peak_memory: memory,
+            ..CallCost::default()
+        }
+    }
+
+    /// Drives `auto` for `secs` seconds at `rate` events/s, a tick a second, each event
+    /// measured in the model in force with `each`; returns the switches seen.
+    fn drive(
+        auto: &Auto,
+        clock: &mut (Instant, u64),
+        secs: u64,
+        rate: u64,
+        each: impl Fn(Model) -> CallCost,
+    ) -> Vec<(Model, Reason)> {
+        let mut seen = Vec::new();
+        for _ in 0..secs {
+            for _ in 0..rate {
+                auto.record(auto.model(), &each(auto.model()));
+            }
+            clock.0 += Duration::from_secs(1);
+            clock.1 += rate;
+            if let Some(s) = auto.tick(clock.0, clock.1).switch {
+                seen.push(s);
+            }
+        }
+        seen
+    }
+
+    fn config(objective: Objective) -> AutoConfig {
+        AutoConfig {
+            objective,
+            tick_secs: 1.0,
+            stable_window_secs: 10.0,
+            panic_window_secs: 2.0,
+            min_secs_in_model: 5.0,
+            ..AutoConfig::default()
+        }
+    }
+
+    #[test]
+    fn break_even_is_where_the_lines_cross() {
+        let l = |standing, marginal| Line { standing, marginal };
+        assert_eq!(Line::break_even(l(0.0, 2.0), l(10.0, 1.0)), Some(10.0));
+        // Persistent never dearer: cheaper from the first event.
+        assert_eq!(Line::break_even(l(0.0, 2.0), l(0.0, 1.0)), Some(0.0));
+        // Persistent dearer per event and standing: never.
+        assert_eq!(Line::break_even(l(0.0, 1.0), l(1.0, 2.0)), None);
+    }
+
+    #[test]
+    fn by_cpu_traffic_promotes_at_once_and_a_quiet_stable_window_demotes() {
+        let auto = Auto::new("f", config(Objective::Cpu), 1);
+        let mut clock = (Instant::now(), 0);
+        // Instantiation is most of an on-demand call's CPU here.
+        let each = |m| match m {
+            Model::OnDemand => cost(100, 80, 20, 1 << 20),
+            Model::Persistent => cost(20, 0, 20, 1 << 20),
+        };
+        assert_eq!(drive(&auto, &mut clock, 3, 0, each), vec![]);
+        // Any traffic: persistent is cheaper from the first event (break-even 0), and the
+        // panic window sees it at the first tick.
+        let up = drive(&auto, &mut clock, 30, 5, each);
+        assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
+        let r = auto.snapshot();
+        assert_eq!((r.model.as_str(), r.break_even), ("persistent", Some(0.0)));
+        assert!((r.persistent_cpu_us.unwrap() - 20.0).abs() < 1e-6, "{r:?}");
+        // Quiet: nothing for less than a stable window, then back on demand.
+        assert_eq!(drive(&auto, &mut clock, 9, 0, each), vec![]);
+        assert_eq!(
+            drive(&auto, &mut clock, 2, 0, each),
+            vec![(Model::OnDemand, Reason::Rate)]
+        );
+        let r = auto.snapshot();
+        assert_eq!(r.switches.len(), 2, "{r:?}");
+        assert_eq!(r.last_switch.unwrap().to, "on-demand");
+    }
+
+    #[test]
+    fn by_memory_the_break_even_has_hysteresis_and_a_least_time_in_a_model() {
+        // 1 MB instances, 10 ms calls: on demand holds 1 MB × rate × 10 ms, persistent
+        // 1 MB always; they cross at 100 events/s.
+        let auto = Auto::new("f", config(Objective::Memory), 1);
+        let mut clock = (Instant::now(), 0);
+        let each = |_| cost(500, 1_000, 9_000, 1_000_000);
+        assert_eq!(drive(&auto, &mut clock, 20, 80, each), vec![]);
+        let b = auto.snapshot().break_even.unwrap();
+        assert!((b - 100.0).abs() < 0.5, "{b}");
+        // 115/s: above the break-even, not by the margin (20%).
+        assert_eq!(drive(&auto, &mut clock, 20, 115, each), vec![]);
+        // 150/s: promoted once the stable rate passes 120, not by panic (under 200).
+        let up = drive(&auto, &mut clock, 20, 150, each);
+        assert_eq!(up, vec![(Model::Persistent, Reason::Rate)]);
+        // 90/s: under the break-even, not by the margin (83.3): stays.
+        assert_eq!(drive(&auto, &mut clock, 30, 90, each), vec![]);
+        // 50/s: demoted after a stable window of it.
+        let down = drive(&auto, &mut clock, 30, 50, each);
+        assert_eq!(down, vec![(Model::OnDemand, Reason::Rate)]);
+        // A burst: the panic window promotes at once, least time in a model or not.
+        let burst = drive(&auto, &mut clock, 1, 400, each);
+        assert_eq!(burst, vec![(Model::Persistent, Reason::Panic)]);
+    }
+
+    #[test]
+    fn a_latency_bound_that_cold_starts_break_keeps_the_function_persistent() {
+        let auto = Auto::new(
+            "f",
+            AutoConfig {
+                latency_p99_ms: Some(5.0),
+                ..config(Objective::Memory)
+            },
+            1,
+        );
+        let mut clock = (Instant::now(), 0);
+        // 8 ms cold starts at 1 event/s: memory alone says on demand.
+        let each = |_| cost(500, 8_000, 200, 1_000_000);
+        let up = drive(&auto, &mut clock, 10, 1, each);
+        assert_eq!(up, vec![(Model::Persistent, Reason::Latency)]);
+        assert_eq!(drive(&auto, &mut clock, 60, 1, each), vec![]);
+    }
+
+    #[test]
+    fn by_money_a_persistent_instance_pays_for_its_memory_by_the_hour() {
+        let auto = Auto::new("f", config(Objective::Money), 1);
+        let mut clock = (Instant::now(), 0);
+        // Persistent CPU per event as estimated from on demand's execution share (half).
+        drive(&auto, &mut clock, 3, 1, |m| match m {
+            Model::OnDemand => cost(100, 50, 50, 64_000_000),
+            Model::Persistent => cost(50, 0, 50, 64_000_000),
+        });
+        let p = Prices::default();
+        let r = auto.snapshot();
+        // By use: per invocation and GB-seconds; reserved: GB-hours (and vCPU-hours).
+        let gb = 0.064;
+        let by_use = 3600.0 * (p.per_million_invocations / 1e6 + p.per_gb_second * gb * 100e-6);
+        let reserved = p.per_gb_hour * gb;
+        let cpu = p.per_vcpu_hour * 100e-6 * (50.0 / 100.0);
+        let b = reserved / (by_use - cpu);
+        assert!(
+            (r.break_even.unwrap() - b).abs() < 1e-9 * b.max(1.0),
+            "{r:?} vs {b}"
+        );
+    }
+}
