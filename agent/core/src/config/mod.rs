@@ -378,6 +378,57 @@ pub enum Mode {
     Auto,
 }
 
+/// `keep_warm_secs`: a fixed keep-alive, or one learned from the function's idle times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepWarm {
+    /// Release the module after this many seconds without events.
+    Secs(u64),
+    /// `"auto"`: after the 99th percentile of the function's idle periods so far, plus
+    /// 10% (Serverless in the Wild's keep-alive).
+    Auto,
+}
+
+impl Serialize for KeepWarm {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Secs(n) => s.serialize_u64(*n),
+            Self::Auto => s.serialize_str("auto"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for KeepWarm {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = KeepWarm;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a number of seconds or \"auto\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<KeepWarm, E> {
+                Ok(KeepWarm::Secs(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<KeepWarm, E> {
+                u64::try_from(v)
+                    .map(KeepWarm::Secs)
+                    .map_err(|_| E::custom("must be at least 1 (or \"auto\")"))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeepWarm, E> {
+                match v {
+                    "auto" => Ok(KeepWarm::Auto),
+                    // Environment overrides arrive as strings.
+                    n => n.parse().map(KeepWarm::Secs).map_err(|_| {
+                        E::custom(format_args!(
+                            "expected a number of seconds or \"auto\", not `{n}`"
+                        ))
+                    }),
+                }
+            }
+        }
+        d.deserialize_any(Visitor)
+    }
+}
+
 /// What `mode = "auto"` minimises.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -557,7 +608,7 @@ pub struct FunctionConfig {
     /// without events (scale to zero); the next event then pays a full cold start
     /// (load, instantiate, call). Unset (the default): it stays loaded.
     #[serde(default)]
-    pub keep_warm_secs: Option<u64>,
+    pub keep_warm_secs: Option<KeepWarm>,
     /// Events waiting for this function before `overflow` applies.
     #[serde(default = "default_queue_capacity")]
     pub queue_capacity: usize,

@@ -206,7 +206,19 @@ fn keep_warm_is_for_on_demand_functions() {
     let cfg = Case::new()
         .load("agent.toml", &with("", "keep_warm_secs = 30"))
         .unwrap();
-    assert_eq!(cfg.functions[0].keep_warm_secs, Some(30));
+    assert_eq!(
+        cfg.functions[0].keep_warm_secs,
+        Some(super::KeepWarm::Secs(30))
+    );
+    let cfg = Case::new()
+        .load("agent.toml", &with("", "keep_warm_secs = \"auto\""))
+        .unwrap();
+    assert_eq!(cfg.functions[0].keep_warm_secs, Some(super::KeepWarm::Auto));
+    let e = Case::new().err(&with("", "keep_warm_secs = \"often\""));
+    assert!(
+        e.contains("`function[0].keep_warm_secs`: expected a number of seconds or \"auto\""),
+        "{e}"
+    );
 }
 
 #[test]

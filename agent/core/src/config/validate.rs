@@ -522,7 +522,7 @@ impl Config {
         } else if f.auto != super::AutoConfig::default() {
             errs.push(self.invalid(key("auto"), "only applies to mode = \"auto\""));
         }
-        if f.keep_warm_secs == Some(0) {
+        if f.keep_warm_secs == Some(super::KeepWarm::Secs(0)) {
             errs.push(self.invalid(
                 key("keep_warm_secs"),
                 "must be at least 1 (or unset: always warm)",

@@ -56,8 +56,9 @@ pub fn run(
         .collect()
 }
 
-/// Releases `function`'s module once it has had no event for `keep`, checking four times
-/// per `keep` (at most once a second); ends with the function or its inbox.
+/// Releases `function`'s module once it has had no event for its keep-alive (`keep` at
+/// the start), checking four times per `keep` (at most once a second); ends with the
+/// function or its inbox.
 pub(super) async fn scale_to_zero(
     function: Weak<LoadedFunction>,
     inbox: Arc<Inbox>,
@@ -76,7 +77,8 @@ pub(super) async fn scale_to_zero(
             crate::runtime::release_freed_memory();
             tracing::info!(
                 function = f.name(),
-                keep_warm_secs = keep.as_secs(),
+                // Learned (`"auto"`): what it was when the module was released.
+                keep_warm_secs = f.keep_warm().unwrap_or(keep).as_secs_f64(),
                 "scaled to zero: module released after keep_warm_secs without events; the next event loads it again"
             );
         }

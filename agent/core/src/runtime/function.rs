@@ -4,6 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
+use hdrhistogram::Histogram;
 use wasmtime::component::{Component, Linker};
 use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
@@ -76,7 +77,7 @@ pub struct LoadedFunction {
     /// What a function context takes from the agent's config.
     agent_limits: (usize, String),
     /// On demand: how long it stays loaded without events (`keep_warm_secs`).
-    keep_warm: Option<Duration>,
+    keep_warm: Option<KeepAlive>,
     /// When a call last started or ended.
     last_used: LastUse,
     deadline_ticks: u64,
@@ -85,6 +86,64 @@ pub struct LoadedFunction {
     fuel: Option<u64>,
     /// Where compiled `.wasm` modules are kept between loads ([`Compiled`]).
     cache: Option<Arc<CompileCache>>,
+}
+
+/// `keep_warm_secs`, as the function applies it.
+enum KeepAlive {
+    Fixed(Duration),
+    /// `"auto"`: learned from the idle periods so far.
+    Learned(Mutex<Histogram<u64>>),
+}
+
+/// Idle periods shorter than this are not idle periods for a keep-alive (which is checked
+/// at most once a second): a steady stream's gaps would pull the percentile to nothing.
+const IDLE_PERIOD_MIN: Duration = Duration::from_secs(1);
+/// Idle periods a learned keep-alive needs before it trusts its histogram.
+const IDLE_PERIODS_MIN: u64 = 5;
+/// The keep-alive until then: the order of the fixed ones of public platforms (Lambda's
+/// and Azure Functions' are quoted at 5 to 20 minutes).
+const KEEP_ALIVE_DEFAULT: Duration = Duration::from_secs(600);
+/// The learned keep-alive's bounds.
+const KEEP_ALIVE_MAX: Duration = Duration::from_secs(4 * 3600);
+
+impl KeepAlive {
+    fn of(keep: crate::config::KeepWarm) -> Self {
+        match keep {
+            crate::config::KeepWarm::Secs(n) => Self::Fixed(Duration::from_secs(n)),
+            // Milliseconds up to a day, two significant digits; the bounds are valid.
+            crate::config::KeepWarm::Auto => Self::Learned(Mutex::new(
+                Histogram::new_with_bounds(1, 86_400_000, 2).unwrap_or_else(|_| unreachable!()),
+            )),
+        }
+    }
+
+    /// The keep-alive now: fixed, or the 99th percentile of the idle periods plus 10%.
+    fn now(&self) -> Duration {
+        match self {
+            Self::Fixed(d) => *d,
+            Self::Learned(h) => {
+                let h = h.lock().unwrap_or_else(|p| p.into_inner());
+                if h.len() < IDLE_PERIODS_MIN {
+                    return KEEP_ALIVE_DEFAULT;
+                }
+                Duration::from_millis(h.value_at_quantile(0.99))
+                    .mul_f64(1.1)
+                    .clamp(IDLE_PERIOD_MIN, KEEP_ALIVE_MAX)
+            }
+        }
+    }
+
+    /// A call starts after `idle` without one.
+    fn idle_ended(&self, idle: Duration) {
+        if let Self::Learned(h) = self
+            && idle >= IDLE_PERIOD_MIN
+        {
+            let ms = u64::try_from(idle.as_millis()).unwrap_or(u64::MAX);
+            h.lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .saturating_record(ms);
+        }
+    }
 }
 
 /// When a function was last used, on tokio's clock (the real one outside tests), so that a
@@ -208,7 +267,7 @@ impl LoadedFunction {
             keep_warm: (cfg.mode != crate::config::Mode::Persistent)
                 .then_some(cfg.keep_warm_secs)
                 .flatten()
-                .map(Duration::from_secs),
+                .map(KeepAlive::of),
             last_used: LastUse::now(),
             deadline_ticks,
             state: OnceLock::new(),
@@ -313,8 +372,9 @@ impl LoadedFunction {
     }
 
     /// On demand: how long the function stays loaded without events, if it scales to zero.
+    /// (`keep_warm_secs = "auto"`: what it has learned so far.)
     pub fn keep_warm(&self) -> Option<Duration> {
-        self.keep_warm
+        self.keep_warm.as_ref().map(KeepAlive::now)
     }
 
     /// Whether its module is loaded (not scaled to zero).
@@ -326,7 +386,7 @@ impl LoadedFunction {
     /// the function has had no event for `keep_warm_secs`. Calls in flight keep their own
     /// reference; the next event loads it again. Returns whether it released it.
     pub fn release_if_idle(&self) -> bool {
-        let Some(keep) = self.keep_warm else {
+        let Some(keep) = self.keep_warm() else {
             return false;
         };
         // The module's lock first, without waiting: a load in progress holds it (and
@@ -428,6 +488,9 @@ impl LoadedFunction {
         event: &GuestEvent,
         message: Option<MessageId>,
     ) -> Result<CallOutcome, CallError> {
+        if let Some(keep) = &self.keep_warm {
+            keep.idle_ended(self.last_used.idle());
+        }
         self.touch();
         let cpu_start = crate::clock::thread_cpu_time();
         let (pre, load) = self.linked()?;
@@ -892,5 +955,26 @@ mod tests {
         assert!(last.idle() < keep, "a use did not restart the count");
         tokio::time::advance(Duration::from_millis(1)).await;
         assert_eq!(last.idle(), keep);
+    }
+
+    /// `keep_warm_secs = "auto"`: the default until five idle periods, then their 99th
+    /// percentile plus 10%; a steady stream's short gaps do not count.
+    #[test]
+    fn a_learned_keep_alive_covers_the_idle_periods_seen() {
+        let keep = KeepAlive::of(crate::config::KeepWarm::Auto);
+        for _ in 0..1000 {
+            keep.idle_ended(Duration::from_millis(3));
+        }
+        assert_eq!(keep.now(), KEEP_ALIVE_DEFAULT);
+        // A burst every five minutes, once every ten a quiet of twenty.
+        for i in 0..40 {
+            keep.idle_ended(Duration::from_secs(if i % 10 == 9 { 1200 } else { 300 }));
+        }
+        let k = keep.now().as_secs_f64();
+        assert!((1300.0..=1330.0).contains(&k), "{k}");
+        assert_eq!(
+            KeepAlive::of(crate::config::KeepWarm::Secs(7)).now(),
+            Duration::from_secs(7)
+        );
     }
 }
