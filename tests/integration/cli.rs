@@ -662,7 +662,7 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         let models: Vec<&str> = f.models.iter().map(|m| m.model.as_str()).collect();
         assert_eq!(
             models,
-            ["persistent", "on-demand", "scale-to-zero"],
+            ["persistent", "on-demand", "scale-to-zero", "auto"],
             "{}",
             f.function
         );
@@ -724,7 +724,7 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
             );
             // Priced: idle, then each rate; each model under its own billing scheme.
             assert_eq!(m.costs.len(), m.phases.len() + 1, "{what}");
-            let billing = if m.model != "persistent" {
+            let billing = if m.model != "persistent" && m.model != "auto" {
                 "by-use"
             } else {
                 "reserved"
@@ -805,8 +805,26 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         assert!(f.card.weak, "{:?}", f.card);
         assert!(f.verdict.starts_with(&f.function), "{}", f.verdict);
         assert!(stdout.contains(&f.verdict), "{stdout}");
+        // Auto, with its defaults, against the cheaper fixed model, per kind of cost.
+        let kinds: Vec<&str> = f.auto.iter().map(|a| a.kind.as_str()).collect();
+        assert_eq!(kinds, ["cpu", "memory", "energy", "money"], "{:?}", f.auto);
+        assert!(
+            f.auto
+                .iter()
+                .all(|a| a.auto > 0.0 && a.persistent > 0.0 && a.on_demand > 0.0),
+            "{:?}",
+            f.auto
+        );
+        assert!(
+            f.verdict
+                .contains("auto against the cheaper fixed model: cpu "),
+            "{}",
+            f.verdict
+        );
     }
-    charts_show_the_report(&std::fs::read_to_string(&html).expect("html"), &report, 1);
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert!(page.contains("<p class=\"auto\">"), "the page shows auto");
+    charts_show_the_report(&page, &report, 1);
 
     // Back to back, the verdict holds still: a second run may say "about even" where the
     // first named a winner, but never the other winner with both sure.

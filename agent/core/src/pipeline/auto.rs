@@ -453,13 +453,20 @@ impl Auto {
         })
     }
 
-    /// Ticks every `tick_secs`, reading the events received with `received`, until the
-    /// task is dropped.
-    pub async fn run(self: std::sync::Arc<Self>, received: impl Fn() -> u64 + Send) {
+    /// Ticks every `tick_secs`, reading the events received with `received`, until
+    /// `ended` says the function is gone (a reload removed it) or the task is dropped.
+    pub async fn run(
+        self: std::sync::Arc<Self>,
+        received: impl Fn() -> u64 + Send,
+        ended: impl Fn() -> bool + Send,
+    ) {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(self.cfg.tick_secs));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let now = tick.tick().await;
+            if ended() {
+                return;
+            }
             self.tick(now, received());
         }
     }

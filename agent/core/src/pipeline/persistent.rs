@@ -50,9 +50,11 @@ pub fn run(
                 ));
         }
         let (a, s) = (auto.clone(), stats.clone());
-        shared
-            .background
-            .spawn_until_stopped(a.run(move || s.received_count()));
+        let first = inboxes.first().cloned();
+        shared.background.spawn_until_stopped(a.run(
+            move || s.received_count(),
+            move || first.as_ref().is_none_or(|i| i.is_closed()),
+        ));
     }
     inboxes
         .into_iter()

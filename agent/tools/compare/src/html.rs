@@ -774,7 +774,26 @@ pub fn render(reports: &[Report]) -> String {
                         esc(&v.text)
                     );
                 }
-                s.push_str("</ul>\n<ul class=\"tradeoffs\">");
+                s.push_str("</ul>\n");
+                if let Some(a) = f.auto.first() {
+                    let _ = write!(
+                        s,
+                        "<p class=\"auto\">Auto (<code>mode = \"auto\"</code>, its defaults) at {}, \
+                         against the cheaper fixed model:",
+                        esc(&rate_words(a.rate))
+                    );
+                    for a in &f.auto {
+                        let _ = write!(
+                            s,
+                            " <span data-kind=\"{}\"><b>{}</b> {:+.0}%</span>",
+                            esc(&a.kind),
+                            esc(&a.kind),
+                            a.over_cheaper * 100.0
+                        );
+                    }
+                    s.push_str("</p>\n");
+                }
+                s.push_str("<ul class=\"tradeoffs\">");
                 for t in &f.tradeoffs {
                     let _ = write!(s, "<li><b>{}</b>: {}</li>", esc(&t.name), esc(&t.finding));
                 }

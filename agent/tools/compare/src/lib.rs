@@ -409,7 +409,9 @@ impl ModelRun {
 
     /// Prices every window, with the estimates per rate; the fitting is [`judge`]'s.
     fn price(&mut self, power: &PowerProfile, prices: &Prices) -> verdict::Priced {
-        let billing = if self.model == Model::Persistent.name() {
+        // Auto runs persistent while events come, by its defaults: billed as reserved.
+        let billing = if self.model == Model::Persistent.name() || self.model == Model::Auto.name()
+        {
             Billing::Reserved
         } else {
             Billing::ByUse
@@ -474,6 +476,59 @@ pub struct FunctionReport {
     pub verdict: String,
     /// The serverless-vs-containers trade-offs, filled in with this run's numbers.
     pub tradeoffs: Vec<tradeoffs::TradeOff>,
+    /// `mode = "auto"` (its defaults) against the two fixed models at the card's rate,
+    /// per kind of cost; empty if a model of the three failed.
+    #[serde(default)]
+    pub auto: Vec<AutoCost>,
+}
+
+/// What auto cost against the fixed models at one rate, for one kind of cost (per hour,
+/// from each model's fitted line). Auto is billed as reserved, as persistent is (with its
+/// defaults it is persistent while events come).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct AutoCost {
+    /// `cpu`, `memory`, `energy` or `money`.
+    pub kind: String,
+    /// Events per second.
+    pub rate: f64,
+    /// Auto's cost.
+    pub auto: f64,
+    /// Persistent's.
+    pub persistent: f64,
+    /// On demand's.
+    pub on_demand: f64,
+    /// How much dearer auto is than the cheaper fixed model, as a fraction of it
+    /// (negative: cheaper than both).
+    pub over_cheaper: f64,
+}
+
+/// Auto against the fixed models at `at` events/s, per kind, from the fitted lines.
+fn auto_costs(models: &[ModelRun], at: f64) -> Vec<AutoCost> {
+    let cost = |m: Model, k: usize| m.run_in(models).map(|r| r.fit.lines()[k].line().at(at));
+    cost::KINDS
+        .iter()
+        .enumerate()
+        .filter_map(|(k, kind)| {
+            let (auto, persistent, on_demand) = (
+                cost(Model::Auto, k)?,
+                cost(Model::Persistent, k)?,
+                cost(Model::OnDemand, k)?,
+            );
+            let cheaper = persistent.min(on_demand);
+            Some(AutoCost {
+                kind: (*kind).into(),
+                rate: at,
+                auto,
+                persistent,
+                on_demand,
+                over_cheaper: if cheaper > 0.0 {
+                    (auto - cheaper) / cheaper
+                } else {
+                    0.0
+                },
+            })
+        })
+        .collect()
 }
 
 /// The whole comparison.
@@ -765,7 +820,18 @@ fn judge(
         _ => Vec::new(),
     };
     let card = card(&verdicts, &tradeoffs, &models, at);
-    let verdict = verdict_line(name, &card, &verdicts, &models);
+    let auto = auto_costs(&models, at);
+    let mut verdict = verdict_line(name, &card, &verdicts, &models);
+    if !auto.is_empty() {
+        let each: Vec<String> = auto
+            .iter()
+            .map(|a| format!("{} {:+.0}%", a.kind, a.over_cheaper * 100.0))
+            .collect();
+        verdict.push_str(&format!(
+            "; auto against the cheaper fixed model: {}",
+            each.join(", ")
+        ));
+    }
     FunctionReport {
         function: name.to_string(),
         stateful,
@@ -774,6 +840,7 @@ fn judge(
         card,
         verdicts,
         verdict,
+        auto,
     }
 }
 
@@ -936,7 +1003,12 @@ fn verdict_line(name: &str, card: &Card, verdicts: &[Verdict], models: &[ModelRu
 }
 
 /// The models each function runs in, in this order.
-pub const MODELS: [Model; 3] = [Model::Persistent, Model::OnDemand, Model::ScaleToZero];
+pub const MODELS: [Model; 4] = [
+    Model::Persistent,
+    Model::OnDemand,
+    Model::ScaleToZero,
+    Model::Auto,
+];
 
 /// An execution model as `compare` runs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -948,6 +1020,8 @@ pub enum Model {
     /// On demand with `keep_warm_secs`: the module is released when idle, and the next
     /// event pays a full cold start.
     ScaleToZero,
+    /// `mode = "auto"` with its defaults: the agent picks between the two at run time.
+    Auto,
 }
 
 impl Model {
@@ -957,6 +1031,7 @@ impl Model {
             Self::Persistent => "persistent",
             Self::OnDemand => "on-demand",
             Self::ScaleToZero => "scale-to-zero",
+            Self::Auto => "auto",
         }
     }
 
@@ -971,6 +1046,7 @@ impl Model {
         match self {
             Self::Persistent => Mode::Persistent,
             Self::OnDemand | Self::ScaleToZero => Mode::OnDemand,
+            Self::Auto => Mode::Auto,
         }
     }
 }
@@ -1096,7 +1172,7 @@ fn agent_config(setup: &ModelSetup<'_>, id: &str, data: &Path) -> serde_json::Va
         "config": f.config,
     });
     match setup.model {
-        Model::Persistent => function["instances"] = f.instances.into(),
+        Model::Persistent | Model::Auto => function["instances"] = f.instances.into(),
         Model::ScaleToZero => function["keep_warm_secs"] = f.keep_warm_secs.into(),
         Model::OnDemand => {}
     }
@@ -1157,6 +1233,13 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
     let what = format!("{} {} (round {})", f.name, model.name(), round + 1);
     progress.say(format!("{what}: starting its agent, then idle"));
     let data = work.join(&id);
+    // One compile cache for the run's agents (each keeps its own store): only the first
+    // start of a `.wasm` compiles it, and no model's idle follows a compile. Loading after
+    // a scale to zero read the cache before as well.
+    let shared = work.join("compiled");
+    let _ = std::fs::create_dir_all(&shared).and_then(|()| std::fs::create_dir_all(&data));
+    #[cfg(unix)]
+    let _ = std::os::unix::fs::symlink(&shared, data.join("compiled"));
     let file = work.join(format!("{id}.json"));
     let config = serde_json::to_vec_pretty(&agent_config(setup, &id, &data)).unwrap_or_default();
     std::fs::write(&file, config).map_err(|source| MeasureError::Config {
@@ -1215,7 +1298,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
     // keep_warm_secs, at most once a second).
     let settle = match model {
         Model::ScaleToZero => 1.5 + f.keep_warm_secs as f64,
-        _ => 0.5,
+        _ => 0.25,
     };
     tokio::time::sleep(Duration::from_secs_f64(settle)).await;
     run.idle_rss_bytes = edge_agent::clock::process_status_bytes(pid, "VmRSS").unwrap_or(0);
