@@ -143,6 +143,49 @@ pub enum Traffic {
         /// Events per second, one phase each.
         rates: Vec<f64>,
     },
+    /// Rates up and down within one phase, each held for an equal share of it (0 for a
+    /// quiet step): what switching costs `mode = "auto"`.
+    Step {
+        /// Events per second, in order.
+        rates: Vec<f64>,
+    },
+    /// A day compressed into one phase, shaped after a device's traffic: a quiet night
+    /// (30% of the time at 1% of `peak`), a morning ramp (15%, to 50%), midday bursts
+    /// (20%: a second at `peak` every four, 10% between), an afternoon at 30% (15%) and
+    /// an evening plateau at 50% (20%).
+    Day {
+        /// The bursts' rate, events/s.
+        peak: f64,
+    },
+}
+
+/// A day's shape ([`Traffic::Day`]): each part's share of the time and its rate (as a
+/// share of the peak) at its start and its end.
+const DAY: [(f64, f64, f64); 5] = [
+    (0.30, 0.01, 0.01),
+    (0.15, 0.01, 0.50),
+    (0.20, 0.10, 0.10),
+    (0.15, 0.30, 0.30),
+    (0.20, 0.50, 0.50),
+];
+
+/// Send times of events at a rate going linearly from `from` to `to` over `secs`,
+/// starting at `start` (the i-th event when the integral of the rate reaches i).
+fn linear(start: f64, secs: f64, from: f64, to: f64) -> Vec<f64> {
+    let a = (to - from) / (2.0 * secs);
+    let n = ((from + to) / 2.0 * secs).round() as u64;
+    (0..n)
+        .map(|i| {
+            let i = i as f64;
+            start
+                + if a.abs() < 1e-12 {
+                    i / from
+                } else {
+                    (-from + (from * from + 4.0 * a * i).sqrt()) / (2.0 * a)
+                }
+        })
+        .filter(|t| *t < start + secs)
+        .collect()
 }
 
 /// One phase: when to send each event.
@@ -200,21 +243,45 @@ impl Traffic {
                 vec![phase(format!("burst {events} every {every_secs} s"), at)]
             }
             Self::Ramp { from, to } => {
-                // rate(t) = from + (to - from) t / secs; the i-th event is sent when the
-                // integral of the rate reaches i.
-                let a = (to - from) / (2.0 * secs);
-                let n = ((from + to) / 2.0 * secs).round() as u64;
-                let at = (0..n)
-                    .map(|i| {
-                        let i = i as f64;
-                        if a.abs() < 1e-12 {
-                            i / from
-                        } else {
-                            (-from + (from * from + 4.0 * a * i).sqrt()) / (2.0 * a)
-                        }
-                    })
+                vec![phase(
+                    format!("ramp {from}/s to {to}/s"),
+                    linear(0.0, secs, from, to),
+                )]
+            }
+            Self::Step { ref rates } => {
+                let each = secs / rates.len().max(1) as f64;
+                let at = rates
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| **r > 0.0)
+                    .flat_map(|(k, &r)| linear(k as f64 * each, each, r, r))
                     .collect();
-                vec![phase(format!("ramp {from}/s to {to}/s"), at)]
+                let label = rates.iter().map(f64::to_string).collect::<Vec<_>>();
+                vec![phase(format!("step {}/s", label.join(", ")), at)]
+            }
+            Self::Day { peak } => {
+                let mut at = Vec::new();
+                let mut start = 0.0;
+                for (k, (share, from, to)) in DAY.into_iter().enumerate() {
+                    let len = share * secs;
+                    if k == 2 {
+                        // Midday: a second at the peak every four, 10% between.
+                        let mut t = 0.0;
+                        while t < len {
+                            let burst = len.min(t + 1.0) - t;
+                            at.extend(linear(start + t, burst, peak, peak));
+                            let rest = len.min(t + 4.0) - (t + burst);
+                            if rest > 0.0 {
+                                at.extend(linear(start + t + burst, rest, from * peak, to * peak));
+                            }
+                            t += 4.0;
+                        }
+                    } else {
+                        at.extend(linear(start, len, from * peak, to * peak));
+                    }
+                    start += len;
+                }
+                vec![phase(format!("day, peak {peak}/s"), at)]
             }
         }
     }
@@ -246,6 +313,13 @@ impl Traffic {
                 }
                 rates.iter().try_for_each(|r| positive("rates", *r))
             }
+            Self::Step { rates } => {
+                if rates.iter().any(|r| !r.is_finite() || *r < 0.0) {
+                    return Err(TrafficError::Negative);
+                }
+                positive("rates (their sum)", rates.iter().sum())
+            }
+            Self::Day { peak } => positive("peak", *peak),
         }
     }
 }
@@ -256,8 +330,8 @@ enum TrafficError {
     /// A rate, count or period that must be above 0.
     #[error("`{0}` must be above 0, not {1}")]
     NotPositive(&'static str, f64),
-    /// A ramp's ends.
-    #[error("`from` and `to` must not be negative")]
+    /// A ramp's ends, a step's rates.
+    #[error("rates must not be negative")]
     Negative,
     /// A sweep with no rates.
     #[error("`rates` is empty")]
@@ -524,6 +598,33 @@ mod tests {
         assert_eq!(p, Traffic::Poisson { rate: 100.0 }.phases(10.0));
         let n = p[0].offsets.len();
         assert!((900..1100).contains(&n), "{n}");
+        // Steps up and down in one phase, a quiet one included: 2 s each.
+        let step = &Traffic::Step {
+            rates: vec![10.0, 0.0, 50.0, 5.0],
+        }
+        .phases(8.0)[0];
+        let at = secs(step);
+        let within = |a: f64, b: f64| at.iter().filter(|t| (a..b).contains(*t)).count();
+        assert_eq!(
+            [
+                within(0.0, 2.0),
+                within(2.0, 4.0),
+                within(4.0, 6.0),
+                within(6.0, 8.0)
+            ],
+            [20, 0, 100, 10]
+        );
+        assert!(at.windows(2).all(|w| w[0] <= w[1]));
+        // A day of 100 s at a peak of 100/s: a quiet night, then busier, in order.
+        let day = &Traffic::Day { peak: 100.0 }.phases(100.0)[0];
+        let at = secs(day);
+        assert!(at.windows(2).all(|w| w[0] <= w[1]) && *at.last().unwrap() < 100.0);
+        let within = |a: f64, b: f64| at.iter().filter(|t| (a..b).contains(*t)).count();
+        // Night: 30 s at 1/s; midday (45-65 s): five 1 s bursts of 100 and 10/s between.
+        assert_eq!(within(0.0, 30.0), 30);
+        assert_eq!(within(45.0, 65.0), 5 * 100 + 5 * 30);
+        assert_eq!(within(80.0, 100.0), 1000);
+        assert!((day.rate - at.len() as f64 / 100.0).abs() < 1e-9);
     }
 
     fn load(text: &str) -> Result<Plan, ConfigError> {
