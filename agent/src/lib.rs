@@ -100,15 +100,21 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
         }
         Command::Run { config } => {
             let path = find_config(config.as_deref(), false)?;
-            let rt = tokio::runtime::Runtime::new().map_err(CommandError::Runtime)?;
-            // The handlers go in first: a SIGTERM while the agent loads and starts (a unit
-            // stopped at once, a test) then stops it cleanly once it has started, rather
-            // than killing it half-way (exit 143).
+            let config = Config::load(&path).map_err(AgentError::from)?;
+            let mut rt = tokio::runtime::Builder::new_multi_thread();
+            rt.enable_all();
+            if config.runtime.async_threads > 0 {
+                rt.worker_threads(config.runtime.async_threads);
+            }
+            let rt = rt.build().map_err(CommandError::Runtime)?;
+            // The handlers go in before the modules load: a SIGTERM while the agent loads
+            // and starts (a unit stopped at once, a test) then stops it cleanly once it
+            // has started, rather than killing it half-way (exit 143).
             let stop = {
                 let _runtime = rt.enter();
                 shutdown_signal()
             };
-            let prepared = Prepared::new(Config::load(&path).map_err(AgentError::from)?)?;
+            let prepared = Prepared::new(config)?;
             rt.block_on(edge_agent::run(prepared, stop))?;
         }
         #[cfg(feature = "compiler")]

@@ -293,6 +293,11 @@ pub struct RuntimeConfig {
     /// compiling again (seconds to minutes for a Python or JavaScript component).
     /// `edge-agent check` never writes it.
     pub compile_cache: bool,
+    /// Threads of the agent's async runtime: the MQTT connections, routing, outputs and
+    /// acknowledgements (the guests' calls run on threads of their own). 0: one per
+    /// processor. 1 (the default) hands an event between tasks on one thread, without
+    /// waking a second one (docs/benchmarks.md, "One async thread").
+    pub async_threads: usize,
 }
 
 /// `[state]`: the functions' key-value state on local disk.
@@ -695,6 +700,7 @@ impl Default for RuntimeConfig {
             epoch_tick_ms: 10,
             max_module_mb: 64,
             compile_cache: true,
+            async_threads: 1,
         }
     }
 }

@@ -334,6 +334,12 @@ impl Config {
         if !(1..=1024).contains(&r.max_module_mb) {
             errs.push(self.invalid("runtime.max_module_mb", "must be from 1 to 1024"));
         }
+        if r.async_threads > 256 {
+            errs.push(self.invalid(
+                "runtime.async_threads",
+                "must be from 0 (one per processor) to 256",
+            ));
+        }
 
         let persistent: u64 = self
             .functions
