@@ -489,6 +489,22 @@ mod tests {
         }
     }
 
+    /// An auto function, persistent since a burst.
+    fn auto() -> FunctionReport {
+        let mut f = function("alert", "auto");
+        f.totals.auto = Some(edge_agent::messages::stats::AutoReport {
+            model: "persistent".into(),
+            last_switch: Some(edge_agent::messages::stats::AutoLastSwitch {
+                from: "on-demand".into(),
+                to: "persistent".into(),
+                reason: "panic".into(),
+                ts_ms: 1,
+            }),
+            ..Default::default()
+        });
+        f
+    }
+
     fn report() -> Vec<u8> {
         let mut counter = function("counter", "persistent");
         let t = &mut counter.totals;
@@ -518,7 +534,7 @@ mod tests {
                 cpu_percent: 3.25,
             },
             state_disk_bytes: 1_048_576,
-            functions: vec![counter, function("echo", "on-demand")],
+            functions: vec![counter, function("echo", "on-demand"), auto()],
         }
         .to_bytes()
     }
@@ -551,6 +567,8 @@ mod tests {
         ];
         assert_eq!(rows[0], counter);
         assert_eq!(rows[1][..5], ["echo", "on-demand", "0.0", "-", "-"]);
+        // An auto function: the model in force and why it switched last.
+        assert_eq!(rows[2][..2], ["alert", "auto:persistent (panic)"]);
         let text = b.text();
         assert!(text.starts_with("demo  online"), "{text}");
         assert!(text.contains("\nFUNCTION"), "{text}");
