@@ -290,8 +290,10 @@ impl Auto {
     /// One tick at `now` with `received` events so far: folds the calls measured since
     /// the last tick into the estimates, decides, and switches if it should.
     pub fn tick(&self, now: Instant, received: u64) -> Decision {
-        let sums = std::mem::take(&mut lock(&self.measured).sums);
-        let peak = lock(&self.measured).peak_memory;
+        let (sums, peak) = {
+            let mut m = lock(&self.measured);
+            (std::mem::take(&mut m.sums), m.peak_memory)
+        };
         let mut book = lock(&self.book);
         let e = &mut book.estimates;
         let od = sums[Model::OnDemand as usize];
@@ -345,11 +347,11 @@ impl Auto {
         let model = self.model();
         let in_model = now.duration_since(since);
         let settled = in_model.as_secs_f64() >= self.cfg.min_secs_in_model;
+        // Sorted only when a bound is set.
         let slow = self
             .cfg
             .latency_p99_ms
-            .zip(self.od_p99_ms())
-            .is_some_and(|(bound, p99)| p99 > bound);
+            .is_some_and(|bound| self.od_p99_ms().is_some_and(|p99| p99 > bound));
         let m = 1.0 + self.cfg.margin;
         let switch = match (model, break_even) {
             (Model::OnDemand, _) if slow && rate_stable > 0.0 && settled => {
