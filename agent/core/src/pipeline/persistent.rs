@@ -273,8 +273,13 @@ impl PersistentInstance {
                     "persistent instance dropped after a failed call");
             }
             live = back;
-            if let (Some(auto), Ok(outcome)) = (&self.auto, &result) {
-                auto.record(Model::Persistent, &outcome.cost);
+            if let Some(auto) = &self.auto {
+                // Busy persistent is not idle: the keep-alive must not release the
+                // module under it, nor count the stretch as an idle period.
+                self.function.touch();
+                if let Ok(outcome) = &result {
+                    auto.record(Model::Persistent, &outcome.cost);
+                }
             }
             rt.block_on(self.output.finish(&name, &self.stats, event, result, inbox));
             if killed && self.auto.is_some() {

@@ -431,7 +431,9 @@ impl LoadedFunction {
         Ok((pre, Some(start.elapsed())))
     }
 
-    fn touch(&self) {
+    /// Counts as a use for the keep-alive (a call that did not go through
+    /// [`LoadedFunction::call_on_demand`]: an auto function's persistent instance).
+    pub(crate) fn touch(&self) {
         self.last_used.touch();
     }
 
