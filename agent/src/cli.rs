@@ -63,6 +63,14 @@ pub enum Command {
     /// memory, queue and errors, from the agents' stats and status topics. `q` quits.
     #[cfg(feature = "top")]
     Top(edge_agent_top::TopArgs),
+    /// A function's shadow ([function.shadow]): `shadow report FUNCTION` prints how its
+    /// outputs compare with the primary's, what each side costs, and the last mismatches.
+    #[cfg(feature = "top")]
+    Shadow {
+        /// What to do.
+        #[command(subcommand)]
+        command: edge_agent_top::shadow::ShadowCommand,
+    },
     /// Compile components ahead of time into `.cwasm` artifacts for a device (same agent
     /// version and settings required there). Prints each artifact's size and SHA-256.
     #[cfg(feature = "compiler")]

@@ -166,6 +166,8 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
         Command::Compare(args) => edge_agent_compare::run(&args)?,
         #[cfg(feature = "top")]
         Command::Top(args) => edge_agent_top::run(&args)?,
+        #[cfg(feature = "top")]
+        Command::Shadow { command } => edge_agent_top::shadow::run(&command)?,
     }
     Ok(())
 }

@@ -5,6 +5,9 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
+use edge_agent::messages::shadow::{
+    ShadowMessage, ShadowMismatch, ShadowOutput, ShadowReport, ShadowResult, ShadowSide,
+};
 use edge_agent::messages::stats::{AutoLastSwitch, AutoReport, AutoSwitch};
 use edge_agent::messages::{
     DeadLetter, FailedFunction, FunctionReport, Message, Percentiles, ProcessFigures, Rates,
@@ -12,11 +15,12 @@ use edge_agent::messages::{
 };
 use serde_json::Value;
 
-/// The keys of a [`Percentiles`] object: such an object is one documented field, whose
-/// own fields are in the `percentiles` table.
+/// A [`Percentiles`] object, or a shadow report: such an object is one documented field,
+/// whose own fields are in the `percentiles` or the `shadow-report` table.
 fn is_percentiles(map: &serde_json::Map<String, Value>) -> bool {
     let keys: BTreeSet<&str> = map.keys().map(String::as_str).collect();
     keys == BTreeSet::from(["count", "p50", "p90", "p99", "max"])
+        || keys.contains("mismatch_ratio") && keys.contains("noise")
 }
 
 /// Every field path of `value`: nested fields with dots, list items with `[]`.
@@ -115,6 +119,26 @@ fn check<M: Message>(doc: &str, example: &M) -> Vec<String> {
     disagreements(doc, M::TOPIC, &value, Some(M::SCHEMA_VERSION))
 }
 
+fn shadow_report() -> ShadowReport {
+    let side = ShadowSide {
+        cpu_us_per_event: Some(1.0),
+        failed: vec![("trap".into(), 1)],
+        ..ShadowSide::default()
+    };
+    ShadowReport {
+        mismatch_ratio: Some(0.1),
+        raw_mismatch_ratio: Some(0.1),
+        noise: edge_agent::messages::shadow::ShadowNoise {
+            ratio: Some(0.0),
+            paths: vec!["ts".into()],
+            ..Default::default()
+        },
+        primary: side.clone(),
+        shadow: side,
+        ..ShadowReport::default()
+    }
+}
+
 fn sha() -> Option<String> {
     Some("ab".repeat(32))
 }
@@ -170,6 +194,7 @@ fn examples(doc: &str) -> Vec<String> {
                     last_switch: Some(AutoLastSwitch::default()),
                     ..AutoReport::default()
                 }),
+                shadow: Some(shadow_report()),
             },
             rates: Rates::default(),
         }],
@@ -206,7 +231,35 @@ fn examples(doc: &str) -> Vec<String> {
         error: Some("e".into()),
         ..ReloadReport::refused("SIGHUP", String::new())
     };
+    let shadow = ShadowMessage {
+        schema_version: ShadowMessage::SCHEMA_VERSION,
+        agent: "a".into(),
+        function: "f".into(),
+        ts_ms: 1,
+        report: shadow_report(),
+        mismatches: vec![ShadowMismatch {
+            ts_ms: 1,
+            topic: "t".into(),
+            payload: "p".into(),
+            paths: vec!["$count".into()],
+            primary: ShadowResult::Ok {
+                outputs: vec![ShadowOutput {
+                    topic: "o".into(),
+                    payload: "p".into(),
+                    qos: 1,
+                    retain: false,
+                }],
+            },
+            shadow: ShadowResult::Failed {
+                kind: "trap".into(),
+                message: "m".into(),
+            },
+        }],
+    };
     let mut problems = check(doc, &status);
+    problems.extend(check(doc, &shadow));
+    let report = serde_json::to_value(shadow_report()).expect("a report serialises");
+    problems.extend(disagreements(doc, "shadow-report", &report, None));
     problems.extend(check(doc, &stats));
     problems.extend(check(doc, &letter));
     problems.extend(check(doc, &reload));

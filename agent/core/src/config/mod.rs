@@ -653,6 +653,99 @@ pub struct FunctionConfig {
     /// converted).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// A second version run beside this one on live traffic, its outputs compared
+    /// (`[function.shadow]`); see docs/rollout.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<ShadowConfig>,
+}
+
+/// `[function.shadow]`: a second version of a function that sees the same events as the
+/// primary (or a share of its topics), with its outputs captured and compared, never
+/// published unless `publish_to` says where. Every key is optional: an empty section runs
+/// the primary against itself (how noisy the function's outputs are).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ShadowConfig {
+    /// The shadow's component; default: the primary's.
+    pub module: Option<PathBuf>,
+    /// Its model, `on-demand` or `persistent`; default: the primary's (on demand for an
+    /// auto primary).
+    pub mode: Option<Mode>,
+    /// Its `[function.config]`; default: the primary's.
+    pub config: Option<BTreeMap<String, String>>,
+    /// Share of the function's topics mirrored, chosen by a hash of the topic (so that a
+    /// topic's state sees all its events): 1 mirrors every event.
+    pub fraction: f64,
+    /// When set, the shadow's outputs are also published, under this topic prefix
+    /// (`<publish_to>/<output topic>`); otherwise they are only compared.
+    pub publish_to: Option<String>,
+    /// Events waiting for the shadow; past it, events are skipped (and counted), so that
+    /// the primary never waits for its shadow.
+    pub queue_capacity: usize,
+    /// JSON paths left out of the comparison (`ts`, `meta.time`, `readings.*.at`).
+    pub ignore: Vec<String>,
+    /// The first this many mirrored events also run the primary a second time, to learn
+    /// which output paths differ on their own (noise); 0 turns it off.
+    pub calibrate_events: u64,
+    /// Mismatches kept in full (both outputs, the input and its topic).
+    pub keep_mismatches: usize,
+}
+
+impl Default for ShadowConfig {
+    fn default() -> Self {
+        Self {
+            module: None,
+            mode: None,
+            config: None,
+            fraction: 1.0,
+            publish_to: None,
+            queue_capacity: 64,
+            ignore: Vec::new(),
+            calibrate_events: 100,
+            keep_mismatches: 20,
+        }
+    }
+}
+
+impl FunctionConfig {
+    /// The shadow as a function of its own, `<name>~shadow` (its state namespace too).
+    pub fn shadow_function(&self) -> Option<FunctionConfig> {
+        let s = self.shadow.as_ref()?;
+        Some(FunctionConfig {
+            name: format!("{}~shadow", self.name),
+            module: s.module.clone().unwrap_or_else(|| self.module.clone()),
+            sha256: if s.module.is_some() {
+                None
+            } else {
+                self.sha256.clone()
+            },
+            mode: s.mode.unwrap_or(match self.mode {
+                Mode::Auto => Mode::OnDemand,
+                m => m,
+            }),
+            config: s.config.clone().unwrap_or_else(|| self.config.clone()),
+            keep_warm_secs: None,
+            shadow: None,
+            ..self.clone()
+        })
+    }
+
+    /// The primary run a second time for the shadow's noise calibration,
+    /// `<name>~control`, in the primary's model (on demand for an auto primary); `None`
+    /// without a shadow or a calibration.
+    pub fn control_function(&self) -> Option<FunctionConfig> {
+        let s = self.shadow.as_ref()?;
+        (s.calibrate_events > 0).then(|| FunctionConfig {
+            name: format!("{}~control", self.name),
+            mode: match self.mode {
+                Mode::Auto => Mode::OnDemand,
+                m => m,
+            },
+            keep_warm_secs: None,
+            shadow: None,
+            ..self.clone()
+        })
+    }
 }
 
 // Each default is written once: in the section's `Default` impl (sections are
@@ -868,6 +961,14 @@ impl Config {
     /// (the last will, or said at a clean stop) otherwise.
     pub fn status_topic(&self) -> String {
         format!("{}/{}/status", self.agent.topic_prefix, self.agent.id)
+    }
+
+    /// The topic function `function`'s shadow report is retained on.
+    pub fn shadow_topic(&self, function: &str) -> String {
+        format!(
+            "{}/{}/shadow/{function}",
+            self.agent.topic_prefix, self.agent.id
+        )
     }
 
     /// The topic dead letters are published on.

@@ -179,7 +179,16 @@ impl Config {
                     "duplicate function name",
                 ));
             }
-            errs.extend(self.validate_module(f).err());
+            errs.extend(
+                self.validate_module(&f.module, format!("function[{}].module", f.name))
+                    .err(),
+            );
+            if let Some(m) = f.shadow.as_ref().and_then(|s| s.module.as_ref()) {
+                errs.extend(
+                    self.validate_module(m, format!("function[{}].shadow.module", f.name))
+                        .err(),
+                );
+            }
         }
         ConfigError::all(consequences_dropped(errs))
     }
@@ -463,6 +472,65 @@ impl Config {
         }
     }
 
+    /// `[function.shadow]`, keys named by `key`.
+    fn check_shadow(
+        &self,
+        f: &super::FunctionConfig,
+        s: &super::ShadowConfig,
+        key: &dyn Fn(&str) -> String,
+        errs: &mut Vec<ConfigError>,
+    ) {
+        if s.mode == Some(super::Mode::Auto) {
+            errs.push(self.invalid(
+                key("mode"),
+                "must be \"on-demand\" or \"persistent\" (a shadow runs one model, to be compared)",
+            ));
+        }
+        if !(s.fraction.is_finite() && s.fraction > 0.0 && s.fraction <= 1.0) {
+            errs.push(self.invalid(key("fraction"), "must be above 0 and at most 1"));
+        }
+        if !(1..=1_000_000).contains(&s.queue_capacity) {
+            errs.push(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
+        }
+        if s.keep_mismatches > 1000 {
+            errs.push(self.invalid(key("keep_mismatches"), "must be at most 1000"));
+        }
+        if s.calibrate_events > 1_000_000 {
+            errs.push(self.invalid(key("calibrate_events"), "must be at most 1000000"));
+        }
+        if let Some(p) = &s.publish_to {
+            let reserved = format!("{}/", self.agent.topic_prefix);
+            if let Err(e) = topic::validate_name(p) {
+                errs.push(self.invalid(key("publish_to"), format!("`{p}` {e}")));
+            } else if p == &self.agent.topic_prefix || p.starts_with(&reserved) {
+                errs.push(self.invalid(
+                    key("publish_to"),
+                    format!("`{p}` is under the agent's own topic prefix `{reserved}`"),
+                ));
+            } else if let Some(t) = f
+                .topics
+                .iter()
+                .find(|t| topic::matches(t, &format!("{p}/x")))
+            {
+                errs.push(self.invalid(
+                    key("publish_to"),
+                    format!(
+                        "`{p}` is under the function's own topic filter `{t}`: the shadow's \
+                         outputs would come back in as events"
+                    ),
+                ));
+            }
+        }
+        for path in &s.ignore {
+            if path.is_empty() || path.split('.').any(str::is_empty) {
+                errs.push(self.invalid(
+                    key("ignore"),
+                    format!("`{path}` is not a path: keys separated by `.`, `*` for any"),
+                ));
+            }
+        }
+    }
+
     fn validate_function(&self, i: usize, f: &super::FunctionConfig, errs: &mut Vec<ConfigError>) {
         let (b, r) = (&self.broker, &self.runtime);
         if !is_name(&f.name) {
@@ -581,6 +649,9 @@ impl Config {
                 "is larger than broker.max_packet_bytes, which no message can exceed",
             ));
         }
+        if let Some(shadow) = &f.shadow {
+            self.check_shadow(f, shadow, &|k| key(&format!("shadow.{k}")), errs);
+        }
         if let Some(h) = &f.sha256
             && (h.len() != 64 || !h.chars().all(|c| c.is_ascii_hexdigit()))
         {
@@ -589,16 +660,15 @@ impl Config {
     }
 
     /// A function's module file: present, a file, not too large.
-    fn validate_module(&self, f: &super::FunctionConfig) -> Result<(), ConfigError> {
+    fn validate_module(&self, module: &std::path::Path, key: String) -> Result<(), ConfigError> {
         let r = &self.runtime;
-        let key = |k: &str| format!("function[{}].{k}", f.name);
-        match std::fs::metadata(&f.module) {
+        match std::fs::metadata(module) {
             Ok(m) if m.is_file() && m.len() > r.max_module_mb * 1024 * 1024 => {
                 return Err(self.invalid(
-                    key("module"),
+                    key.clone(),
                     format!(
                         "{} is {} bytes, over runtime.max_module_mb ({} MiB)",
-                        f.module.display(),
+                        module.display(),
                         m.len(),
                         r.max_module_mb
                     ),
@@ -606,15 +676,14 @@ impl Config {
             }
             Ok(m) if m.is_file() => {}
             Ok(_) => {
-                return Err(self.invalid(
-                    key("module"),
-                    format!("{} is not a file", f.module.display()),
-                ));
+                return Err(
+                    self.invalid(key.clone(), format!("{} is not a file", module.display()))
+                );
             }
             Err(e) => {
                 return Err(self.invalid(
-                    key("module"),
-                    format!("cannot read {}: {e}", f.module.display()),
+                    key.clone(),
+                    format!("cannot read {}: {e}", module.display()),
                 ));
             }
         }

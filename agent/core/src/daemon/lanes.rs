@@ -23,6 +23,7 @@ use crate::pipeline::hops::HopLedger;
 use crate::pipeline::inbox::Inbox;
 use crate::pipeline::output::Output;
 use crate::pipeline::router::{Route, Router};
+use crate::pipeline::shadow::{self, Shadow};
 use crate::pipeline::{Shared, on_demand, persistent};
 use crate::runtime::LoadedFunction;
 
@@ -55,6 +56,15 @@ pub enum LaneError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A function's shadow and the primary again for its noise calibration, loaded, each
+/// with its state namespace (`[function.shadow]`).
+pub struct ShadowSides {
+    /// `<name>~shadow`.
+    pub shadow: Arc<LoadedFunction>,
+    /// `<name>~control`, unless `calibrate_events = 0`.
+    pub control: Option<Arc<LoadedFunction>>,
 }
 
 /// One function's intake connection, as the stop sequence sees it.
@@ -90,6 +100,7 @@ pub struct Lane {
     /// Persistent instances' places in the instance pool, given back when it is removed.
     _permits: Option<OwnedSemaphorePermit>,
     _loaded: Arc<LoadedFunction>,
+    _shadow: Option<Arc<Shadow>>,
 }
 
 /// What the lanes share with the rest of the agent.
@@ -126,9 +137,9 @@ impl Lanes {
         self.inner.running.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Starts function `f` of `config`, loaded as `loaded`, with an intake connection
-    /// made with `intake`: its worker first, then its connection, which starts its flow of
-    /// events.
+    /// Starts function `f` of `config`, loaded as `loaded` (its shadow's sides as
+    /// `shadow`), with an intake connection made with `intake`: its worker (and its
+    /// shadow's) first, then its connection, which starts its flow of events.
     ///
     /// # Errors
     /// [`LaneError`] if its persistent instances have no room in the instance pool or a
@@ -138,6 +149,7 @@ impl Lanes {
         config: &Config,
         f: &FunctionConfig,
         loaded: Arc<LoadedFunction>,
+        shadow: Option<ShadowSides>,
         intake: MqttOptions,
     ) -> Result<(), LaneError> {
         let inner = &self.inner.parts;
@@ -185,6 +197,35 @@ impl Lanes {
         if let Some(auto) = auto.clone() {
             stats.probe_auto(Box::new(move || auto.snapshot()));
         }
+        let shadow = match (&f.shadow, shadow, f.shadow_function()) {
+            (Some(cfg), Some(sides), Some(side)) => Some(
+                Shadow::start(
+                    shadow::Parts {
+                        function: f.name.clone(),
+                        cfg: cfg.clone(),
+                        model: side.mode,
+                        candidate: sides.shadow,
+                        control: sides
+                            .control
+                            .map(|c| (c, f.control_function().map_or(Mode::OnDemand, |c| c.mode))),
+                        report_topic: config.shadow_topic(&f.name),
+                        agent: config.agent.id.clone(),
+                    },
+                    &inner.shared,
+                )
+                .map_err(|source| {
+                    inner.stats.remove(&f.name);
+                    LaneError::Worker {
+                        function: f.name.clone(),
+                        source,
+                    }
+                })?,
+            ),
+            _ => None,
+        };
+        if let Some(s) = shadow.clone() {
+            stats.probe_shadow(Box::new(move || s.report()));
+        }
         let workers = match f.mode {
             Mode::OnDemand => on_demand::run(
                 loaded.clone(),
@@ -192,6 +233,7 @@ impl Lanes {
                 stats.clone(),
                 inboxes[0].clone(),
                 inner.shared.clone(),
+                shadow.clone(),
             ),
             Mode::Persistent | Mode::Auto => persistent::run(
                 loaded.clone(),
@@ -200,6 +242,7 @@ impl Lanes {
                 inboxes.clone(),
                 &inner.shared,
                 auto,
+                shadow.clone(),
             ),
         };
         let workers = match workers {
@@ -265,6 +308,7 @@ impl Lanes {
             link,
             _permits: permits,
             _loaded: loaded,
+            _shadow: shadow,
         });
         self.update_filters(&running);
         Ok(())

@@ -150,6 +150,53 @@ impl Collector for AgentCollector {
             }),
         )?;
 
+        // `[function.shadow]`: the events compared, by result, and each side's CPU on
+        // them (the ratio and the noise are in the stats message and `shadow report`).
+        let shadows: Vec<_> = snapshots
+            .iter()
+            .filter_map(|s| s.shadow.as_ref().map(|r| (s, r)))
+            .collect();
+        family(
+            &mut encoder,
+            (
+                "edge_agent_shadow_events",
+                "Shadows: events mirrored, by result: match, mismatch (noise left out), \
+                 shadow-failed, skipped (the shadow's queue was full)",
+                MetricType::Counter,
+            ),
+            shadows.iter().flat_map(|(s, r)| {
+                [
+                    ("match", r.matches),
+                    ("mismatch", r.mismatches),
+                    ("shadow-failed", r.shadow_failed),
+                    ("skipped", r.skipped),
+                ]
+                .map(|(result, n)| {
+                    let mut l = labels(s);
+                    l.push(("result", result.into()));
+                    (l, Sample::Count(n))
+                })
+            }),
+        )?;
+        family(
+            &mut encoder,
+            (
+                "edge_agent_shadow_cpu_seconds",
+                "Shadows: CPU time of the successful calls on the mirrored events, by side \
+                 (primary or shadow)",
+                MetricType::Counter,
+            ),
+            shadows.iter().flat_map(|(s, r)| {
+                [("primary", &r.primary), ("shadow", &r.shadow)].map(|(side, c)| {
+                    let mut l = labels(s);
+                    l.push(("side", side.into()));
+                    let ok = c.events - c.failed.iter().map(|(_, n)| n).sum::<u64>();
+                    let cpu = c.cpu_us_per_event.unwrap_or(0.0) * ok as f64 / 1e6;
+                    (l, Sample::Seconds(cpu))
+                })
+            }),
+        )?;
+
         let mut m = encoder.encode_descriptor(
             "edge_agent_event_duration_seconds",
             "Where an event's time goes, by phase: queue, instantiate, execute, commit \

@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::lanes::Lanes;
+use super::lanes::{Lanes, ShadowSides};
 use crate::config::{BrokerAddress, Config, FunctionConfig};
 use crate::messages::{
     FailedFunction, Message as _, ReloadReport, ReloadedFunction, Status, StatusFunction,
@@ -83,7 +83,12 @@ pub struct Reloader {
 struct Plan {
     config: Config,
     changed: Vec<(Arc<LoadedFunction>, NextVersion)>,
-    added: Vec<(FunctionConfig, Arc<LoadedFunction>, MqttOptions)>,
+    added: Vec<(
+        FunctionConfig,
+        Arc<LoadedFunction>,
+        Option<ShadowSides>,
+        MqttOptions,
+    )>,
     removed: Vec<String>,
 }
 
@@ -243,11 +248,12 @@ impl Reloader {
                         plan.changed.push((loaded.clone(), next));
                     }
                 }),
-                None => self
-                    .load(&plan.config, f, &mut compiled)
-                    .map(|(loaded, intake)| {
-                        plan.added.push((f.clone(), loaded, intake));
-                    }),
+                None => {
+                    self.load(&plan.config, f, &mut compiled)
+                        .map(|(loaded, shadow, intake)| {
+                            plan.added.push((f.clone(), loaded, shadow, intake));
+                        })
+                }
             };
             if let Err(e) = outcome {
                 errors.push(e);
@@ -267,7 +273,8 @@ impl Reloader {
         config: &Config,
         f: &FunctionConfig,
         compiled: &mut crate::runtime::function::Compiled,
-    ) -> Result<(Arc<LoadedFunction>, MqttOptions), crate::runtime::RuntimeError> {
+    ) -> Result<(Arc<LoadedFunction>, Option<ShadowSides>, MqttOptions), crate::runtime::RuntimeError>
+    {
         let err = |source| crate::runtime::RuntimeError::Load {
             function: f.name.clone(),
             source,
@@ -279,9 +286,22 @@ impl Reloader {
             .namespace(&f.name)
             .map_err(|e| err(crate::runtime::LoadError::State(e)))?;
         loaded.attach_state(ns);
+        let mut sides = BTreeMap::new();
+        for side in [f.shadow_function(), f.control_function()]
+            .into_iter()
+            .flatten()
+        {
+            sides.insert(
+                side.name.clone(),
+                self.parts.runtime.load(config, &side, compiled)?,
+            );
+        }
+        let shadow =
+            super::startup::shadow_sides(&self.parts.state, f, &loaded, |n| sides.get(n).cloned())
+                .map_err(|e| err(crate::runtime::LoadError::State(e)))?;
         let intake = crate::mqtt::options::intake(config, &self.parts.broker, &f.name)
             .map_err(|e| err(crate::runtime::LoadError::Intake(e)))?;
-        Ok((loaded, intake))
+        Ok((loaded, shadow, intake))
     }
 
     /// Puts `plan` in force: changed functions first, then added ones (reported once they
@@ -293,11 +313,11 @@ impl Reloader {
             loaded.commit(version);
             done.changed.push((loaded.name().to_string(), sha));
         }
-        for (f, loaded, intake) in plan.added {
+        for (f, loaded, shadow, intake) in plan.added {
             if let Err(e) = self
                 .parts
                 .lanes
-                .start(&plan.config, &f, loaded.clone(), intake)
+                .start(&plan.config, &f, loaded.clone(), shadow, intake)
             {
                 let why = crate::failure::chain(&e);
                 tracing::error!(function = %f.name, "reload: function not added: {why}");

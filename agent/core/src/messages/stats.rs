@@ -130,6 +130,9 @@ pub struct Snapshot {
     /// `mode = "auto"`: the model in force and the controller's estimates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auto: Option<AutoReport>,
+    /// `[function.shadow]`: how the shadow's outputs compare and what it costs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<super::shadow::ShadowReport>,
 }
 
 /// What the controller of an auto function sees and did (`mode = "auto"`).

@@ -44,6 +44,9 @@ pub type ModuleProbe = Box<dyn Fn() -> std::sync::Arc<str> + Send + Sync>;
 /// Reads an auto function's controller (`mode = "auto"`).
 pub type AutoProbe = Box<dyn Fn() -> crate::messages::stats::AutoReport + Send + Sync>;
 
+/// Reads a function's shadow (`[function.shadow]`).
+pub type ShadowProbe = Box<dyn Fn() -> crate::messages::ShadowReport + Send + Sync>;
+
 /// Event counters and cost histograms of one function.
 pub struct FunctionStats {
     received: AtomicU64,
@@ -51,6 +54,7 @@ pub struct FunctionStats {
     state_keys: OnceLock<Probe>,
     module: OnceLock<ModuleProbe>,
     auto: OnceLock<AutoProbe>,
+    shadow: OnceLock<ShadowProbe>,
     succeeded: AtomicU64,
     restarts: AtomicU64,
     replayed: AtomicU64,
@@ -66,6 +70,7 @@ impl Default for FunctionStats {
             state_keys: OnceLock::new(),
             module: OnceLock::new(),
             auto: OnceLock::new(),
+            shadow: OnceLock::new(),
             succeeded: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
@@ -155,6 +160,11 @@ impl FunctionStats {
         let _ = self.auto.set(probe);
     }
 
+    /// Reads the function's shadow with `probe`.
+    pub fn probe_shadow(&self, probe: ShadowProbe) {
+        let _ = self.shadow.set(probe);
+    }
+
     /// Events routed to the function so far.
     pub fn received_count(&self) -> u64 {
         self.received.load(Ordering::Relaxed)
@@ -230,6 +240,7 @@ impl FunctionStats {
             cpu_total_us: l.cpu_total_us,
             peak_memory_bytes: l.peak_memory,
             auto: self.auto.get().map(|p| p()),
+            shadow: self.shadow.get().map(|p| p()),
         }
     }
 }

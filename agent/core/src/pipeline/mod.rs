@@ -8,7 +8,8 @@
 //! - [`auto`]: either model, chosen at run time by a controller per function;
 //! - [`output`]: the calls' messages and the dead letters out to the broker, then the
 //!   delivery's completion, which releases the acknowledgement in arrival order;
-//! - [`hops`]: what the agent published, so that a loop through its functions stops.
+//! - [`hops`]: what the agent published, so that a loop through its functions stops;
+//! - [`shadow`]: a second version beside a function, its outputs compared.
 
 pub mod auto;
 pub mod hops;
@@ -17,6 +18,7 @@ pub mod on_demand;
 pub mod output;
 pub mod persistent;
 pub mod router;
+pub mod shadow;
 
 use std::sync::Arc;
 

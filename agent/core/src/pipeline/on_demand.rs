@@ -15,6 +15,7 @@ use tokio::sync::Semaphore;
 use super::auto::{Auto, Model};
 use super::inbox::Inbox;
 use super::output::Output;
+use super::shadow::Shadow;
 use super::{Shared, already_done, guest_event, message_id, next_state_retry, spawn_worker};
 use crate::event::Inbound;
 use crate::failure::FailureKind;
@@ -32,6 +33,7 @@ pub fn run(
     stats: Arc<FunctionStats>,
     inbox: Arc<Inbox>,
     shared: Shared,
+    shadow: Option<Arc<Shadow>>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     if let Some(keep) = function.keep_warm() {
         shared.background.spawn_until_stopped(scale_to_zero(
@@ -42,15 +44,16 @@ pub fn run(
     }
     (0..max_concurrency.max(1))
         .map(|i| {
-            let (function, stats, inbox, shared) = (
+            let (function, stats, inbox, shared, shadow) = (
                 function.clone(),
                 stats.clone(),
                 inbox.clone(),
                 shared.clone(),
+                shadow.clone(),
             );
             let name = format!("{}#{i}", function.name());
             spawn_worker(name, move |rt| {
-                work(&rt, &function, &stats, &inbox, &shared)
+                work(&rt, &function, &stats, &inbox, &shared, shadow.as_deref())
             })
         })
         .collect()
@@ -91,6 +94,7 @@ fn work(
     stats: &Arc<FunctionStats>,
     inbox: &Arc<Inbox>,
     shared: &Shared,
+    shadow: Option<&Shadow>,
 ) {
     while let Some(event) = inbox.pop() {
         handle(
@@ -102,13 +106,14 @@ fn work(
             &shared.output,
             event,
             None,
+            shadow,
         );
     }
 }
 
 /// Runs `event` in a fresh instance, holding a place in the instance pool `instances`
 /// for the call, then hands the result to `output`. The call's costs go to `auto` too
-/// (an auto function on demand).
+/// (an auto function on demand), and the event and its result to `shadow`.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn handle(
     rt: &Handle,
@@ -119,6 +124,7 @@ pub(super) fn handle(
     output: &Output,
     event: Inbound,
     auto: Option<&Auto>,
+    shadow: Option<&Shadow>,
 ) {
     let id = message_id(function, &event);
     if let Some(outputs) = already_done(function, &event, id) {
@@ -156,6 +162,9 @@ pub(super) fn handle(
     if let Some(result) = result {
         if let (Some(auto), Ok(outcome)) = (auto, &result) {
             auto.record(Model::OnDemand, &outcome.cost);
+        }
+        if let Some(shadow) = shadow {
+            shadow.offer(&event, &result);
         }
         rt.block_on(output.finish(function.name(), stats, event, result, inbox));
     }

@@ -209,6 +209,12 @@ impl Output {
         event.delivery.complete();
     }
 
+    /// Queues a message that no event waits for (a shadow's output, its report); false
+    /// if the connection is gone.
+    pub async fn publish_unheld(&self, msg: Outbound) -> bool {
+        self.publish(msg, None).await
+    }
+
     /// Queues a function's message for the broker, waiting while the connection's request
     /// queue is full. Returns false if the connection is gone (shutting down).
     async fn publish(&self, msg: Outbound, then: Option<Arc<crate::event::Delivery>>) -> bool {

@@ -18,6 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auto::{Auto, Model};
 use super::inbox::Inbox;
 use super::output::Output;
+use super::shadow::Shadow;
 use super::{
     Shared, already_done, guest_event, message_id, next_state_retry, on_demand, spawn_worker,
 };
@@ -38,6 +39,7 @@ pub fn run(
     inboxes: Vec<Arc<Inbox>>,
     shared: &Shared,
     auto: Option<Arc<Auto>>,
+    shadow: Option<Arc<Shadow>>,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     if let Some(auto) = &auto {
         if let (Some(keep), Some(inbox)) = (function.keep_warm(), inboxes.first()) {
@@ -70,6 +72,7 @@ pub fn run(
                 output: shared.output.clone(),
                 pool: shared.instances.clone(),
                 auto: auto.clone(),
+                shadow: shadow.clone(),
             };
             let name = format!("{}@{index}", function.name());
             spawn_worker(name, move |rt| inst.run(&rt, &inbox))
@@ -90,6 +93,8 @@ struct PersistentInstance {
     pool: Arc<Semaphore>,
     /// `mode = "auto"`: the model in force decides how each event runs.
     auto: Option<Arc<Auto>>,
+    /// `[function.shadow]`: gets each event with its result.
+    shadow: Option<Arc<Shadow>>,
 }
 
 /// How often an idle promoted worker of an auto function checks for a demotion.
@@ -181,6 +186,7 @@ impl PersistentInstance {
                         &self.output,
                         event,
                         Some(auto),
+                        self.shadow.as_deref(),
                     );
                     continue;
                 }
@@ -280,6 +286,9 @@ impl PersistentInstance {
                 if let Ok(outcome) = &result {
                     auto.record(Model::Persistent, &outcome.cost);
                 }
+            }
+            if let Some(shadow) = &self.shadow {
+                shadow.offer(&event, &result);
             }
             rt.block_on(self.output.finish(&name, &self.stats, event, result, inbox));
             if killed && self.auto.is_some() {

@@ -275,8 +275,15 @@ impl Runtime {
             .compile_cache
             .then(|| function::CompileCache::of(cfg));
         let mut compiled = function::Compiled::with_cache(cache.clone());
-        for f in &cfg.functions {
-            match runtime.load(cfg, f, &mut compiled) {
+        // A function's shadow (`<name>~shadow`) and the primary again for its noise
+        // calibration (`<name>~control`) are loaded as functions of their own.
+        let all = cfg.functions.iter().flat_map(|f| {
+            [Some(f.clone()), f.shadow_function(), f.control_function()]
+                .into_iter()
+                .flatten()
+        });
+        for f in all {
+            match runtime.load(cfg, &f, &mut compiled) {
                 Ok(loaded) => {
                     runtime.functions.insert(f.name.clone(), loaded);
                 }

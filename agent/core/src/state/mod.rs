@@ -862,6 +862,34 @@ impl Namespace {
         Ok(())
     }
 
+    /// Makes this namespace's keys a copy of `from`'s (receipts aside): a shadow starts
+    /// from the primary's state, and its writes never reach it. In transactions of a
+    /// hundred keys (a call's limits apply to each), so not atomic: done before the
+    /// shadow's first event.
+    ///
+    /// # Errors
+    /// [`StateError`] if either cannot be read or a part cannot be committed.
+    pub fn copy_from(self: &Arc<Self>, from: &Arc<Namespace>) -> Result<(), StateError> {
+        const PART: usize = 100;
+        let stale = self.begin().list("", u32::MAX)?;
+        for part in stale.chunks(PART) {
+            let mut txn = self.begin();
+            for (k, _) in part {
+                txn.delete(k)?;
+            }
+            txn.commit(None)?;
+        }
+        let keys = from.begin().list("", u32::MAX)?;
+        for part in keys.chunks(PART) {
+            let mut txn = self.begin();
+            for (k, v) in part {
+                txn.set(k, v.clone())?;
+            }
+            txn.commit(None)?;
+        }
+        Ok(())
+    }
+
     /// The store this namespace lives in.
     pub fn store(&self) -> &Arc<StateStore> {
         &self.store

@@ -20,6 +20,8 @@ use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use edge_agent_publish::BrokerArgs;
 
+pub mod shadow;
+
 /// Arguments of `edge-agent top`.
 #[derive(Debug, Clone, Args)]
 pub struct TopArgs {
@@ -54,6 +56,15 @@ pub enum TopError {
     /// The terminal could not be used.
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
+    /// `shadow report` heard no report in time.
+    #[error(
+        "no shadow report for function `{0}` within {1} s (does it have a [function.shadow], \
+         on a running agent, with this --prefix and --agent?)"
+    )]
+    NoShadow(String, u64),
+    /// A report in a format this build does not read.
+    #[error("shadow report unreadable: {0}")]
+    Unreadable(String),
 }
 
 impl TopError {
@@ -61,7 +72,10 @@ impl TopError {
     pub fn exit(&self) -> edge_agent::failure::Exit {
         match self {
             Self::Args(_) => edge_agent::failure::Exit::Usage,
-            Self::NoReport(..) | Self::Terminal(_) => edge_agent::failure::Exit::Unavailable,
+            Self::NoReport(..) | Self::NoShadow(..) | Self::Terminal(_) => {
+                edge_agent::failure::Exit::Unavailable
+            }
+            Self::Unreadable(_) => edge_agent::failure::Exit::Failure,
         }
     }
 }
@@ -110,6 +124,28 @@ fn model(t: &Snapshot) -> String {
         },
         None => t.mode.clone(),
     }
+}
+
+/// A shadow's row, under its function: its model and mismatch ratio (noise subtracted),
+/// its call p50 and p99 (not end to end: it publishes nothing), memory, events skipped
+/// (in the queue column) and failed where the primary did not.
+fn shadow_row(r: &edge_agent::messages::ShadowReport) -> Vec<String> {
+    let ratio = r
+        .mismatch_ratio
+        .map_or_else(|| "-".into(), |x| format!("{:.1}%", x * 100.0));
+    vec![
+        "└ shadow".into(),
+        format!("{} {ratio} differ", r.model),
+        "-".into(),
+        us(r.shadow.latency_p50_us),
+        us(r.shadow.latency_p99_us),
+        "-".into(),
+        "-".into(),
+        bytes(r.shadow.peak_memory_bytes),
+        format!("{} skip", r.skipped),
+        r.shadow_failed.to_string(),
+        "-".into(),
+    ]
 }
 
 fn us(v: u64) -> String {
@@ -199,9 +235,9 @@ impl Board {
             let rows = functions
                 .into_iter()
                 .flat_map(|r| &r.functions)
-                .map(|f| {
+                .flat_map(|f| {
                     let (t, rates) = (&f.totals, &f.rates);
-                    vec![
+                    let row = vec![
                         t.function.clone(),
                         model(t),
                         rate(rates.events_per_sec),
@@ -213,7 +249,8 @@ impl Board {
                         t.queue_depth.to_string(),
                         t.failed_total().to_string(),
                         t.restarts.to_string(),
-                    ]
+                    ];
+                    std::iter::once(row).chain(t.shadow.as_ref().map(shadow_row))
                 })
                 .collect();
             sections.push(Section { title, rows });
@@ -484,6 +521,7 @@ mod tests {
                 cpu_total_us: 0,
                 peak_memory_bytes: 0,
                 auto: None,
+                shadow: None,
             },
             rates: Rates::default(),
         }
@@ -500,6 +538,26 @@ mod tests {
                 reason: "panic".into(),
                 ts_ms: 1,
             }),
+            ..Default::default()
+        });
+        f
+    }
+
+    /// `echo` with a shadow that differs on a tenth of the events.
+    fn shadowed() -> FunctionReport {
+        let mut f = function("echo", "on-demand");
+        f.totals.shadow = Some(edge_agent::messages::ShadowReport {
+            model: "persistent".into(),
+            matches: 90,
+            mismatches: 10,
+            mismatch_ratio: Some(0.1),
+            skipped: 4,
+            shadow_failed: 1,
+            shadow: edge_agent::messages::shadow::ShadowSide {
+                latency_p50_us: 40,
+                latency_p99_us: 900,
+                ..Default::default()
+            },
             ..Default::default()
         });
         f
@@ -534,7 +592,7 @@ mod tests {
                 cpu_percent: 3.25,
             },
             state_disk_bytes: 1_048_576,
-            functions: vec![counter, function("echo", "on-demand"), auto()],
+            functions: vec![counter, shadowed(), auto()],
         }
         .to_bytes()
     }
@@ -567,8 +625,15 @@ mod tests {
         ];
         assert_eq!(rows[0], counter);
         assert_eq!(rows[1][..5], ["echo", "on-demand", "0.0", "-", "-"]);
+        // Its shadow, under it: model, mismatch ratio, call times, skipped, failed.
+        let shadow = &rows[2];
+        assert_eq!(
+            shadow[..5],
+            ["└ shadow", "persistent 10.0% differ", "-", "40µs", "900µs"]
+        );
+        assert_eq!(shadow[8..10], ["4 skip", "1"]);
         // An auto function: the model in force and why it switched last.
-        assert_eq!(rows[2][..2], ["alert", "auto:persistent (panic)"]);
+        assert_eq!(rows[3][..2], ["alert", "auto:persistent (panic)"]);
         let text = b.text();
         assert!(text.starts_with("demo  online"), "{text}");
         assert!(text.contains("\nFUNCTION"), "{text}");

@@ -25,6 +25,7 @@
 //! | `state-fill:N:BYTES` | sets keys `fill/0` .. `fill/N-1` to `BYTES` bytes each         |
 //! | `log-many:N:BYTES` | logs `N` lines of `BYTES` bytes (log interface) and prints them   |
 //! | `publish-to:TOPIC` | publishes `forged`, retained, to `TOPIC`                         |
+//! | `stamp:TEXT`       | publishes `{"text":"TEXT","at_ns":N}`, N the monotonic clock now |
 //!
 //! Anything else returns `Err("unknown command: PAYLOAD")`.
 
@@ -45,6 +46,10 @@ impl Function for Misbehave {
         let (verb, arg) = command.split_once(':').unwrap_or((command, ""));
         match (verb, command.contains(':')) {
             ("ok", false) => reply("ok"),
+            ("stamp", true) => {
+                let stamped = serde_json::json!({ "text": arg, "at_ns": clock::monotonic_ns() });
+                reply(&stamped.to_string())
+            }
             ("err", true) => Err(arg.to_string()),
             ("panic", false) => panic!("misbehave: panicking as asked"),
             ("loop", false) => loop {

@@ -1,0 +1,139 @@
+//! A function's shadow (`[function.shadow]`): how its outputs compare with the primary's
+//! and what each side costs on the same events ([`ShadowReport`], also in the stats
+//! message), and the mismatches kept in full ([`ShadowMessage`], retained on
+//! `<prefix>/<id>/shadow/<function>`).
+
+use serde::{Deserialize, Serialize};
+
+use super::Message;
+
+/// The counts, the noise and each side's cost.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    /// SHA-256 of the shadow's module.
+    pub module_sha256: String,
+    /// The shadow's model: `on-demand` or `persistent`.
+    pub model: String,
+    /// Share of the function's topics mirrored.
+    pub fraction: f64,
+    /// Events whose outputs agreed (noisy and ignored paths aside).
+    pub matches: u64,
+    /// Events whose outputs differed.
+    pub mismatches: u64,
+    /// Events the primary handled and the shadow failed.
+    pub shadow_failed: u64,
+    /// Events not mirrored because the shadow's queue was full.
+    pub skipped: u64,
+    /// Mismatches over events compared (matches plus mismatches), once any was, the
+    /// paths found noisy left out: the noise subtracted.
+    pub mismatch_ratio: Option<f64>,
+    /// The same with the noisy paths counted.
+    pub raw_mismatch_ratio: Option<f64>,
+    /// What the primary against itself showed.
+    pub noise: ShadowNoise,
+    /// The primary's cost on the mirrored events.
+    pub primary: ShadowSide,
+    /// The shadow's cost on the same events.
+    pub shadow: ShadowSide,
+}
+
+/// The primary against itself (a second run of it on the first mirrored events).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowNoise {
+    /// Events run twice so far.
+    pub calibrated: u64,
+    /// Events the calibration takes (`calibrate_events`).
+    pub of: u64,
+    /// Share of those whose two outputs differed.
+    pub ratio: Option<f64>,
+    /// The output paths that differed between the two (left out of every comparison).
+    pub paths: Vec<String>,
+}
+
+/// One side's cost on the mirrored events.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ShadowSide {
+    /// Events it handled (successes and failures).
+    pub events: u64,
+    /// CPU per successful event, µs.
+    pub cpu_us_per_event: Option<f64>,
+    /// Largest linear memory of an instance, bytes.
+    pub peak_memory_bytes: u64,
+    /// Call time (instantiation and call), median, µs.
+    pub latency_p50_us: u64,
+    /// Call time, 99th percentile, µs.
+    pub latency_p99_us: u64,
+    /// Failures by kind, as `[kind, count]` pairs.
+    pub failed: Vec<(String, u64)>,
+}
+
+/// What one side of a mismatch did with the event.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "result")]
+pub enum ShadowResult {
+    /// It returned these outputs.
+    Ok {
+        /// In order.
+        outputs: Vec<ShadowOutput>,
+    },
+    /// It failed.
+    Failed {
+        /// The failure kind.
+        kind: String,
+        /// Its message.
+        message: String,
+    },
+}
+
+/// An output, its payload as text (invalid UTF-8 replaced).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowOutput {
+    /// Topic.
+    pub topic: String,
+    /// Payload.
+    pub payload: String,
+    /// QoS.
+    pub qos: u8,
+    /// Retain flag.
+    pub retain: bool,
+}
+
+/// A mismatch kept in full.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowMismatch {
+    /// When the shadow handled it, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// The event's topic.
+    pub topic: String,
+    /// The event's payload as text (invalid UTF-8 replaced).
+    pub payload: String,
+    /// Where the two differed (`$count`, `$topic`, `$result`, `$payload`, or a JSON path
+    /// of the payload such as `value` or `readings.0.at`).
+    pub paths: Vec<String>,
+    /// The primary's result.
+    pub primary: ShadowResult,
+    /// The shadow's.
+    pub shadow: ShadowResult,
+}
+
+/// Retained on `<prefix>/<id>/shadow/<function>`: the report and the last mismatches.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowMessage {
+    /// The message's format (1).
+    pub schema_version: u32,
+    /// The agent's id.
+    pub agent: String,
+    /// The function.
+    pub function: String,
+    /// When, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// The counts and costs.
+    pub report: ShadowReport,
+    /// The last `keep_mismatches` mismatches, oldest first.
+    pub mismatches: Vec<ShadowMismatch>,
+}
+
+impl Message for ShadowMessage {
+    const TOPIC: &'static str = "shadow";
+    const SCHEMA_VERSION: u32 = 1;
+}

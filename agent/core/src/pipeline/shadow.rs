@@ -1,0 +1,734 @@
+//! Shadow runs (`[function.shadow]`): a second version of a function sees the primary's
+//! events (every one, or the topics a hash picks for `fraction`) after the primary has
+//! handled them, and its outputs are compared with the primary's, never published unless
+//! `publish_to` says where.
+//!
+//! - The primary is never slowed: it hands each event and its result over with a
+//!   `try_send` into the shadow's own bounded queue; when the queue is full the event is
+//!   skipped and counted. The shadow has one worker thread of its own.
+//! - The shadow's state is a namespace of its own (`<name>~shadow`), a copy of the
+//!   primary's at start-up: it sees realistic state and can never change the primary's.
+//! - The comparison understands JSON (key order ignored, numbers compared as numbers,
+//!   `ignore` paths left out), and the noise is calibrated the Diffy way: the first
+//!   `calibrate_events` events also run the primary again (`<name>~control`, its own state
+//!   copy too), and the output paths that differ between the primary and itself are left
+//!   out of every comparison, the ones before the calibration ended included.
+//! - The report (counts, the ratio with the noise subtracted, each side's cost on the
+//!   same events) goes into the stats message, `/metrics` and `top`; the last mismatches,
+//!   in full, are retained on `<prefix>/<id>/shadow/<function>` with the report, for
+//!   `edge-agent shadow report`.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use hdrhistogram::Histogram;
+use serde_json::Value;
+use tokio::runtime::Handle;
+
+use super::output::Output;
+use super::{Shared, guest_event, spawn_worker};
+use crate::config::{Mode, ShadowConfig};
+use crate::event::{Inbound, Outbound};
+use crate::messages::Message as _;
+use crate::messages::shadow::{
+    ShadowMessage, ShadowMismatch, ShadowNoise, ShadowOutput, ShadowReport, ShadowResult,
+    ShadowSide,
+};
+use crate::metrics::CallCost;
+use crate::runtime::{CallError, CallOutcome, GuestEvent, Instance, LoadedFunction};
+
+/// What one side did with an event: its outputs, or its failure's kind and message.
+type Outcome = Result<Vec<Outbound>, (String, String)>;
+
+/// An event on its way to the shadow, with what the primary did with it.
+struct Pair {
+    event: GuestEvent,
+    primary: Outcome,
+    cost: Option<CallCost>,
+}
+
+/// A function's shadow, as its primary's workers hold it. The shadow's worker ends once
+/// every holder is gone (the function removed or the agent stopped).
+pub struct Shadow {
+    tx: SyncSender<Pair>,
+    core: Arc<Core>,
+}
+
+/// What the shadow's worker, its holders and its report share.
+struct Core {
+    function: Arc<str>,
+    cfg: ShadowConfig,
+    model: Mode,
+    candidate: Arc<LoadedFunction>,
+    /// `ignore`, parsed once.
+    ignore: Vec<Vec<String>>,
+    skipped: AtomicU64,
+    /// Something to report since the last report went out.
+    changed: AtomicBool,
+    book: Mutex<Book>,
+}
+
+/// The shadow's parts as the lane hands them over.
+pub struct Parts {
+    /// The primary's name.
+    pub function: String,
+    /// `[function.shadow]`.
+    pub cfg: ShadowConfig,
+    /// The shadow's model.
+    pub model: Mode,
+    /// The shadow, loaded as `<name>~shadow` with its state namespace.
+    pub candidate: Arc<LoadedFunction>,
+    /// The primary again, `<name>~control`, for the noise calibration.
+    pub control: Option<(Arc<LoadedFunction>, Mode)>,
+    /// Where the report and the mismatches are retained.
+    pub report_topic: String,
+    /// The agent's id (in the retained message).
+    pub agent: String,
+}
+
+impl Shadow {
+    /// Starts the shadow's worker and its report.
+    ///
+    /// # Errors
+    /// Its worker thread could not be started.
+    pub fn start(parts: Parts, shared: &Shared) -> std::io::Result<Arc<Self>> {
+        let Parts {
+            function,
+            cfg,
+            model,
+            candidate,
+            control,
+            report_topic,
+            agent,
+        } = parts;
+        let (tx, rx) = sync_channel(cfg.queue_capacity);
+        let book = Book::new(cfg.keep_mismatches, control.is_none());
+        let core = Arc::new(Core {
+            function: function.as_str().into(),
+            ignore: cfg.ignore.iter().map(|p| segments(p)).collect(),
+            book: Mutex::new(book),
+            cfg,
+            model,
+            candidate,
+            skipped: AtomicU64::new(0),
+            changed: AtomicBool::new(false),
+        });
+        let (c, output) = (core.clone(), shared.output.clone());
+        spawn_worker(format!("{function}~shadow"), move |rt| {
+            work(&rt, &c, &rx, control, &output);
+        })?;
+        shared.background.spawn_until_stopped(publish_reports(
+            Arc::downgrade(&core),
+            shared.output.clone(),
+            report_topic,
+            agent,
+        ));
+        tracing::info!(function = %function, model = model.as_str(), sha256 = %core.candidate.sha256(),
+            fraction = core.cfg.fraction, "shadow started: outputs compared, not published");
+        Ok(Arc::new(Self { tx, core }))
+    }
+
+    /// Hands `event`, which the primary handled with `result`, to the shadow if its topic
+    /// is mirrored; never waits (a full queue skips it).
+    pub fn offer(&self, event: &Inbound, result: &Result<CallOutcome, CallError>) {
+        if !mirrored(&event.topic, self.core.cfg.fraction) {
+            return;
+        }
+        let (primary, cost) = match result {
+            Ok(o) => (Ok(o.outbox.clone()), Some(o.cost)),
+            Err(e) => (Err((e.kind.as_str().to_string(), e.message.clone())), None),
+        };
+        let pair = Pair {
+            event: guest_event(event),
+            primary,
+            cost,
+        };
+        if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(pair) {
+            self.core.skipped.fetch_add(1, Ordering::Relaxed);
+            self.core.changed.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// The report now.
+    pub fn report(&self) -> ShadowReport {
+        self.core.report()
+    }
+}
+
+/// Whether `topic` is among the `fraction` of topics mirrored: a hash of the topic, so
+/// that a topic's events all go to the shadow or none do (its state sees them all).
+fn mirrored(topic: &str, fraction: f64) -> bool {
+    fraction >= 1.0 || f64::from(crc32fast::hash(topic.as_bytes())) < fraction * 4_294_967_296.0
+}
+
+/// Runs one side: on demand, or on a long-lived instance made again after a failure.
+struct Runner {
+    function: Arc<LoadedFunction>,
+    persistent: bool,
+    live: Option<Instance>,
+}
+
+impl Runner {
+    fn new(function: Arc<LoadedFunction>, model: Mode) -> Self {
+        Self {
+            function,
+            persistent: model == Mode::Persistent,
+            live: None,
+        }
+    }
+
+    fn run(&mut self, event: &GuestEvent) -> (Outcome, Option<CallCost>) {
+        let result = if self.persistent {
+            match self
+                .live
+                .take()
+                .map_or_else(|| self.function.instantiate(), Ok)
+            {
+                Ok(i) => {
+                    let (result, back) = i.call(event, None);
+                    self.live = back;
+                    result
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            self.function.call_on_demand(event, None)
+        };
+        match result {
+            Ok(o) => (Ok(o.outbox), Some(o.cost)),
+            Err(e) => (Err((e.kind.as_str().to_string(), e.message)), None),
+        }
+    }
+}
+
+fn work(
+    rt: &Handle,
+    core: &Core,
+    rx: &Receiver<Pair>,
+    control: Option<(Arc<LoadedFunction>, Mode)>,
+    output: &Output,
+) {
+    let mut shadow = Runner::new(core.candidate.clone(), core.model);
+    let mut control = control.map(|(f, m)| Runner::new(f, m));
+    while let Ok(pair) = rx.recv() {
+        if let Some(c) = &mut control {
+            let (again, _) = c.run(&pair.event);
+            let paths = core.differences(&pair.primary, &again);
+            if core.book().calibrated(paths, core.cfg.calibrate_events) {
+                control = None;
+                tracing::info!(function = %core.function, noisy = ?core.book().noisy,
+                    "shadow: noise calibrated (the primary against itself)");
+            }
+        }
+        let (result, cost) = shadow.run(&pair.event);
+        if let (Some(prefix), Ok(outputs)) = (&core.cfg.publish_to, &result) {
+            for o in outputs {
+                let msg = Outbound {
+                    topic: format!("{prefix}/{}", o.topic),
+                    ..o.clone()
+                };
+                if !rt.block_on(output.publish_unheld(msg)) {
+                    return;
+                }
+            }
+        }
+        let paths = core.differences(&pair.primary, &result);
+        let mut book = core.book();
+        book.primary.record(&pair.primary, pair.cost.as_ref());
+        book.shadow.record(&result, cost.as_ref());
+        let judged = Judged {
+            failed: result.is_err() && pair.primary.is_ok(),
+            detail: (!paths.is_empty()).then(|| ShadowMismatch {
+                ts_ms: crate::clock::now_ms(),
+                topic: pair.event.topic.clone(),
+                payload: String::from_utf8_lossy(&pair.event.payload).into_owned(),
+                paths: paths.iter().cloned().collect(),
+                primary: shown(&pair.primary),
+                shadow: shown(&result),
+            }),
+            paths,
+        };
+        book.judge(judged);
+        core.changed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Publishes the report and the kept mismatches, retained, at most once a second while
+/// something changed; ends with the shadow.
+async fn publish_reports(core: Weak<Core>, output: Output, topic: String, agent: String) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        if !core.changed.swap(false, Ordering::Relaxed) {
+            continue;
+        }
+        let msg = ShadowMessage {
+            schema_version: ShadowMessage::SCHEMA_VERSION,
+            agent: agent.clone(),
+            function: core.function.to_string(),
+            ts_ms: crate::clock::now_ms(),
+            report: core.report(),
+            mismatches: core.book().kept.iter().cloned().collect(),
+        };
+        drop(core);
+        let out = Outbound {
+            topic: topic.clone(),
+            payload: msg.to_bytes(),
+            qos: 1,
+            retain: true,
+        };
+        if !output.publish_unheld(out).await {
+            return;
+        }
+    }
+}
+
+fn shown(o: &Outcome) -> ShadowResult {
+    match o {
+        Ok(outputs) => ShadowResult::Ok {
+            outputs: outputs
+                .iter()
+                .map(|o| ShadowOutput {
+                    topic: o.topic.clone(),
+                    payload: String::from_utf8_lossy(&o.payload).into_owned(),
+                    qos: o.qos,
+                    retain: o.retain,
+                })
+                .collect(),
+        },
+        Err((kind, message)) => ShadowResult::Failed {
+            kind: kind.clone(),
+            message: message.clone(),
+        },
+    }
+}
+
+impl Core {
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Where two results differ, `ignore` paths left out.
+    fn differences(&self, a: &Outcome, b: &Outcome) -> BTreeSet<String> {
+        let mut paths = differences(a, b);
+        paths.retain(|p| !self.ignore.iter().any(|i| covers(i, p)));
+        paths
+    }
+
+    fn report(&self) -> ShadowReport {
+        let b = self.book();
+        let ratio = |n: u64, of: u64| (of > 0).then(|| n as f64 / of as f64);
+        let compared = b.matches + b.mismatches;
+        ShadowReport {
+            module_sha256: self.candidate.sha256().to_string(),
+            model: self.model.as_str().to_string(),
+            fraction: self.cfg.fraction,
+            matches: b.matches,
+            mismatches: b.mismatches,
+            shadow_failed: b.shadow_failed,
+            skipped: self.skipped.load(Ordering::Relaxed),
+            mismatch_ratio: ratio(b.mismatches, compared),
+            raw_mismatch_ratio: ratio(b.raw_mismatches, compared),
+            noise: ShadowNoise {
+                calibrated: b.noise_runs,
+                of: self.cfg.calibrate_events,
+                ratio: ratio(b.noise_diffs, b.noise_runs),
+                paths: b.noisy.iter().cloned().collect(),
+            },
+            primary: b.primary.report(),
+            shadow: b.shadow.report(),
+        }
+    }
+}
+
+/// An event compared: where the two differed (before the noise is known), and, when they
+/// did, the mismatch in full.
+struct Judged {
+    paths: BTreeSet<String>,
+    /// The shadow failed where the primary did not.
+    failed: bool,
+    detail: Option<ShadowMismatch>,
+}
+
+#[derive(Default)]
+struct Book {
+    matches: u64,
+    mismatches: u64,
+    /// Mismatches with the noisy paths counted.
+    raw_mismatches: u64,
+    shadow_failed: u64,
+    noise_runs: u64,
+    noise_diffs: u64,
+    /// Output paths that differed between the primary and itself, array indices as `*`.
+    noisy: BTreeSet<String>,
+    /// Whether the calibration is over (or there is none): until then, events wait in
+    /// `pending` to be judged with the noise known.
+    calibrated: bool,
+    pending: Vec<Judged>,
+    primary: Side,
+    shadow: Side,
+    kept: VecDeque<ShadowMismatch>,
+    /// How many mismatches `kept` holds at most.
+    keep: usize,
+}
+
+impl Book {
+    /// One calibration run differed from the primary at `paths`; whether that was the last
+    /// of `of`.
+    fn calibrated(&mut self, paths: BTreeSet<String>, of: u64) -> bool {
+        self.noise_runs += 1;
+        if !paths.is_empty() {
+            self.noise_diffs += 1;
+        }
+        self.noisy.extend(paths.iter().map(|p| generalised(p)));
+        let done = self.noise_runs >= of;
+        if done {
+            self.calibrated = true;
+            for j in std::mem::take(&mut self.pending) {
+                self.count(j);
+            }
+        }
+        done
+    }
+
+    fn new(keep: usize, calibrated: bool) -> Self {
+        Self {
+            keep,
+            calibrated,
+            ..Self::default()
+        }
+    }
+
+    fn judge(&mut self, judged: Judged) {
+        if self.calibrated {
+            self.count(judged);
+        } else {
+            self.pending.push(judged);
+        }
+    }
+
+    fn count(&mut self, judged: Judged) {
+        if judged.failed {
+            self.shadow_failed += 1;
+        } else if !judged.paths.is_empty() {
+            self.raw_mismatches += 1;
+        }
+        let real: Vec<String> = judged
+            .paths
+            .iter()
+            .filter(|p| !self.noisy.iter().any(|n| covers(&segments(n), p)))
+            .cloned()
+            .collect();
+        if !judged.failed {
+            if real.is_empty() {
+                self.matches += 1;
+            } else {
+                self.mismatches += 1;
+            }
+        }
+        if let Some(mut d) = judged.detail
+            && (judged.failed || !real.is_empty())
+            && self.keep > 0
+        {
+            if !judged.failed {
+                d.paths = real;
+            }
+            if self.kept.len() == self.keep {
+                self.kept.pop_front();
+            }
+            self.kept.push_back(d);
+        }
+    }
+}
+
+/// One side's cost on the mirrored events.
+struct Side {
+    events: u64,
+    ok: u64,
+    cpu_us: u64,
+    peak_memory: u64,
+    /// Call time, µs.
+    latency: Histogram<u64>,
+    failed: BTreeMap<String, u64>,
+}
+
+impl Default for Side {
+    fn default() -> Self {
+        Self {
+            events: 0,
+            ok: 0,
+            cpu_us: 0,
+            peak_memory: 0,
+            // 1 µs to an hour, two significant digits: the bounds are valid.
+            latency: Histogram::new_with_bounds(1, 3_600_000_000, 2)
+                .unwrap_or_else(|_| unreachable!()),
+            failed: BTreeMap::new(),
+        }
+    }
+}
+
+impl Side {
+    fn record(&mut self, outcome: &Outcome, cost: Option<&CallCost>) {
+        self.events += 1;
+        if let Err((kind, _)) = outcome {
+            *self.failed.entry(kind.clone()).or_default() += 1;
+        }
+        if let Some(c) = cost {
+            self.ok += 1;
+            let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
+            self.cpu_us += us(c.cpu);
+            self.peak_memory = self.peak_memory.max(c.peak_memory as u64);
+            let call = c.instantiate + c.execute + c.load.unwrap_or_default();
+            self.latency.saturating_record(us(call).max(1));
+        }
+    }
+
+    fn report(&self) -> ShadowSide {
+        ShadowSide {
+            events: self.events,
+            cpu_us_per_event: (self.ok > 0).then(|| self.cpu_us as f64 / self.ok as f64),
+            peak_memory_bytes: self.peak_memory,
+            latency_p50_us: self.latency.value_at_quantile(0.5),
+            latency_p99_us: self.latency.value_at_quantile(0.99),
+            failed: self.failed.iter().map(|(k, n)| (k.clone(), *n)).collect(),
+        }
+    }
+}
+
+/// Where two results differ: `$result` (one failed, or they failed differently),
+/// `$count` (how many outputs), and per output `$topic`, `$qos`, `$retain`, and the
+/// payload: its JSON paths when both are JSON (`value`, `readings.0.at`; `$` for the
+/// whole value), `$payload` otherwise.
+fn differences(a: &Outcome, b: &Outcome) -> BTreeSet<String> {
+    let mut paths = BTreeSet::new();
+    match (a, b) {
+        (Ok(x), Ok(y)) if x.len() != y.len() => {
+            paths.insert("$count".to_string());
+        }
+        (Ok(x), Ok(y)) => {
+            for (o, p) in x.iter().zip(y) {
+                if o.topic != p.topic {
+                    paths.insert("$topic".into());
+                }
+                if o.qos != p.qos {
+                    paths.insert("$qos".into());
+                }
+                if o.retain != p.retain {
+                    paths.insert("$retain".into());
+                }
+                if o.payload == p.payload {
+                    continue;
+                }
+                match (
+                    serde_json::from_slice::<Value>(&o.payload),
+                    serde_json::from_slice::<Value>(&p.payload),
+                ) {
+                    (Ok(v), Ok(w)) => json_differences(&v, &w, &mut Vec::new(), &mut paths),
+                    _ => {
+                        paths.insert("$payload".into());
+                    }
+                }
+            }
+        }
+        (Err((k, _)), Err((l, _))) if k == l => {}
+        _ => {
+            paths.insert("$result".into());
+        }
+    }
+    paths
+}
+
+/// The paths where two JSON values differ: key order ignored, numbers compared as numbers
+/// (`1` and `1.0` are equal), arrays element by element (one of another length differs as
+/// a whole).
+fn json_differences(a: &Value, b: &Value, at: &mut Vec<String>, out: &mut BTreeSet<String>) {
+    let here = |at: &[String]| {
+        if at.is_empty() {
+            "$".to_string()
+        } else {
+            at.join(".")
+        }
+    };
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for k in x.keys().chain(y.keys().filter(|k| !x.contains_key(*k))) {
+                at.push(k.clone());
+                match (x.get(k), y.get(k)) {
+                    (Some(v), Some(w)) => json_differences(v, w, at, out),
+                    _ => {
+                        out.insert(here(at));
+                    }
+                }
+                at.pop();
+            }
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => {
+            for (i, (v, w)) in x.iter().zip(y).enumerate() {
+                at.push(i.to_string());
+                json_differences(v, w, at, out);
+                at.pop();
+            }
+        }
+        (Value::Number(x), Value::Number(y)) => {
+            let same = match (x.as_i64(), y.as_i64(), x.as_u64(), y.as_u64()) {
+                (Some(i), Some(j), _, _) => i == j,
+                (_, _, Some(i), Some(j)) => i == j,
+                _ => x.as_f64() == y.as_f64(),
+            };
+            if !same {
+                out.insert(here(at));
+            }
+        }
+        _ => {
+            if a != b {
+                out.insert(here(at));
+            }
+        }
+    }
+}
+
+fn segments(path: &str) -> Vec<String> {
+    path.split('.').map(str::to_string).collect()
+}
+
+/// Whether `pattern` (segments, `*` for any one) is `path` or one of its parents.
+fn covers(pattern: &[String], path: &str) -> bool {
+    let path: Vec<&str> = path.split('.').collect();
+    pattern.len() <= path.len() && pattern.iter().zip(&path).all(|(p, s)| p == "*" || p == s)
+}
+
+/// `path` with its array indices as `*`: a timestamp in every element of a list is one
+/// noisy path, not one per element.
+fn generalised(path: &str) -> String {
+    path.split('.')
+        .map(|s| {
+            if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                "*"
+            } else {
+                s
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(topic: &str, payload: &str) -> Outbound {
+        Outbound {
+            topic: topic.into(),
+            payload: payload.as_bytes().to_vec(),
+            qos: 1,
+            retain: false,
+        }
+    }
+
+    fn diff(a: &str, b: &str) -> Vec<String> {
+        differences(&Ok(vec![out("t", a)]), &Ok(vec![out("t", b)]))
+            .into_iter()
+            .collect()
+    }
+
+    #[test]
+    fn json_outputs_compare_as_values() {
+        // Key order and number forms do not matter.
+        assert!(diff(r#"{"a":1,"b":[1,2]}"#, r#"{"b":[1.0,2],"a":1.0}"#).is_empty());
+        assert_eq!(diff(r#"{"a":1,"b":2}"#, r#"{"a":1,"b":3}"#), ["b"]);
+        assert_eq!(
+            diff(r#"{"a":{"t":1}}"#, r#"{"a":{"t":2,"x":0}}"#),
+            ["a.t", "a.x"]
+        );
+        assert_eq!(
+            diff(r#"[{"at":1},{"at":2}]"#, r#"[{"at":1},{"at":3}]"#),
+            ["1.at"]
+        );
+        assert_eq!(diff("[1,2]", "[1,2,3]"), ["$"]);
+        // Large integers exactly, not through f64.
+        assert_eq!(
+            diff("9007199254740993", "9007199254740992"),
+            ["$"],
+            "integers past 2^53"
+        );
+        assert_eq!(diff("hot", "cold"), ["$payload"]);
+        assert!(diff("same", "same").is_empty());
+    }
+
+    #[test]
+    fn counts_topics_and_failures_are_differences_too() {
+        let two = Ok(vec![out("t", "1"), out("t", "2")]);
+        assert_eq!(
+            differences(&two, &Ok(vec![out("t", "1")]))
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["$count"]
+        );
+        assert_eq!(
+            differences(&Ok(vec![out("a", "1")]), &Ok(vec![out("b", "1")]))
+                .into_iter()
+                .collect::<Vec<_>>(),
+            ["$topic"]
+        );
+        let trap: Outcome = Err(("trap".into(), "x".into()));
+        assert_eq!(
+            differences(&two, &trap).into_iter().collect::<Vec<_>>(),
+            ["$result"]
+        );
+        assert!(differences(&trap, &trap).is_empty());
+    }
+
+    #[test]
+    fn ignore_patterns_cover_paths_and_their_children() {
+        assert!(covers(&segments("ts"), "ts"));
+        assert!(covers(&segments("meta"), "meta.time"));
+        assert!(covers(&segments("readings.*.at"), "readings.3.at"));
+        assert!(!covers(&segments("readings.*.at"), "readings.3.value"));
+        assert!(!covers(&segments("meta.time"), "meta"));
+        assert_eq!(generalised("readings.12.at"), "readings.*.at");
+    }
+
+    fn judged(paths: &[&str]) -> Judged {
+        Judged {
+            paths: paths.iter().map(|p| p.to_string()).collect(),
+            failed: false,
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn paths_the_primary_varies_on_are_noise_even_before_the_calibration_ends() {
+        let mut b = Book::new(5, false);
+        // Two events compared while calibrating: one differs only in `ts`, one in `value`.
+        b.judge(judged(&["ts"]));
+        b.judge(judged(&["ts", "value"]));
+        assert_eq!(
+            b.matches + b.mismatches,
+            0,
+            "judged once the noise is known"
+        );
+        // The primary against itself differs in `ts` (its timestamp) in both runs.
+        assert!(!b.calibrated(["ts".to_string()].into(), 2));
+        assert!(b.calibrated(["ts".to_string()].into(), 2));
+        assert_eq!((b.matches, b.mismatches, b.raw_mismatches), (1, 1, 2));
+        b.judge(judged(&[]));
+        b.judge(judged(&["ts"]));
+        assert_eq!((b.matches, b.mismatches), (3, 1));
+        assert_eq!((b.noise_runs, b.noise_diffs), (2, 2));
+    }
+
+    #[test]
+    fn topics_are_mirrored_by_hash_near_the_fraction() {
+        let n = 10_000;
+        let hit = (0..n)
+            .filter(|i| mirrored(&format!("sensors/{i}/t"), 0.25))
+            .count();
+        assert!((2_300..2_700).contains(&hit), "{hit} of {n}");
+        assert!(mirrored("any", 1.0));
+    }
+}
