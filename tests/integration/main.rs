@@ -15,5 +15,6 @@ mod languages;
 mod messages;
 mod observability;
 mod reload;
+mod shadow;
 mod state;
 mod tls;

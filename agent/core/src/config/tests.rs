@@ -417,3 +417,54 @@ fn auto_mode_has_defaults_and_checks_its_settings() {
         "{e}"
     );
 }
+
+#[test]
+fn a_shadow_section_has_defaults_and_checks_its_settings() {
+    let c = Case::new();
+    // `with` puts the key before `[function.config]`: an inline table here.
+    let cfg = c
+        .load(
+            "agent.toml",
+            &with("", "shadow = { mode = \"persistent\" }"),
+        )
+        .unwrap();
+    let f = &cfg.functions[0];
+    let s = f.shadow_function().expect("a shadow");
+    assert_eq!(
+        (s.name.as_str(), s.mode),
+        ("f~shadow", super::Mode::Persistent)
+    );
+    assert_eq!(s.module, f.module, "the primary's module by default");
+    let control = f.control_function().expect("a control");
+    assert_eq!(control.mode, super::Mode::OnDemand, "the primary's model");
+    assert_eq!(f.shadow.as_ref().map(|s| s.fraction), Some(1.0));
+    for (shadow, says) in [
+        (
+            "mode = \"auto\"",
+            "`function[f].shadow.mode`: must be \"on-demand\" or \"persistent\"",
+        ),
+        (
+            "fraction = 0",
+            "`function[f].shadow.fraction`: must be above 0 and at most 1",
+        ),
+        (
+            "publish_to = \"sensors/x\"",
+            "`function[f].shadow.publish_to`: `sensors/x` is under the function's own topic filter",
+        ),
+        (
+            "publish_to = \"edge-agent/v2\"",
+            "is under the agent's own topic prefix",
+        ),
+        (
+            "ignore = [\"a..b\"]",
+            "`function[f].shadow.ignore`: `a..b` is not a path",
+        ),
+        (
+            "module = \"nowhere.wasm\"",
+            "`function[f].shadow.module`: cannot read nowhere.wasm",
+        ),
+    ] {
+        let e = c.err(&with("", &format!("shadow = {{ {shadow} }}")));
+        assert!(e.contains(says), "{shadow}: {e}");
+    }
+}

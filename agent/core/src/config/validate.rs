@@ -125,6 +125,19 @@ fn parse_port(p: &str, url: &str) -> Result<u16, UrlError> {
     })
 }
 
+/// Whether topic filter `filter` matches some topic under `prefix/`.
+fn reaches_under(filter: &str, prefix: &str) -> bool {
+    let mut levels = filter.split('/');
+    for p in prefix.split('/') {
+        match levels.next() {
+            Some("#") => return true,
+            Some(l) if l == "+" || l == p => {}
+            _ => return false,
+        }
+    }
+    levels.next().is_some()
+}
+
 fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -507,11 +520,7 @@ impl Config {
                     key("publish_to"),
                     format!("`{p}` is under the agent's own topic prefix `{reserved}`"),
                 ));
-            } else if let Some(t) = f
-                .topics
-                .iter()
-                .find(|t| topic::matches(t, &format!("{p}/x")))
-            {
+            } else if let Some(t) = f.topics.iter().find(|t| reaches_under(t, p)) {
                 errs.push(self.invalid(
                     key("publish_to"),
                     format!(

@@ -273,7 +273,7 @@ async fn publish_reports(core: Weak<Core>, output: Output, topic: String, agent:
             function: core.function.to_string(),
             ts_ms: crate::clock::now_ms(),
             report: core.report(),
-            mismatches: core.book().kept.iter().cloned().collect(),
+            mismatches: core.book().mismatches(),
         };
         drop(core);
         let out = Outbound {
@@ -323,17 +323,18 @@ impl Core {
     fn report(&self) -> ShadowReport {
         let b = self.book();
         let ratio = |n: u64, of: u64| (of > 0).then(|| n as f64 / of as f64);
-        let compared = b.matches + b.mismatches;
+        let (matches, mismatches, raw, shadow_failed) = b.counts();
+        let compared = matches + mismatches;
         ShadowReport {
             module_sha256: self.candidate.sha256().to_string(),
             model: self.model.as_str().to_string(),
             fraction: self.cfg.fraction,
-            matches: b.matches,
-            mismatches: b.mismatches,
-            shadow_failed: b.shadow_failed,
+            matches,
+            mismatches,
+            shadow_failed,
             skipped: self.skipped.load(Ordering::Relaxed),
-            mismatch_ratio: ratio(b.mismatches, compared),
-            raw_mismatch_ratio: ratio(b.raw_mismatches, compared),
+            mismatch_ratio: ratio(mismatches, compared),
+            raw_mismatch_ratio: ratio(raw, compared),
             noise: ShadowNoise {
                 calibrated: b.noise_runs,
                 of: self.cfg.calibrate_events,
@@ -347,7 +348,8 @@ impl Core {
 }
 
 /// An event compared: where the two differed (before the noise is known), and, when they
-/// did, the mismatch in full.
+/// did, the mismatch in full. Until the calibration ends, events wait to be judged (the
+/// report judges them meanwhile with the noise known so far).
 struct Judged {
     paths: BTreeSet<String>,
     /// The shadow failed where the primary did not.
@@ -412,30 +414,40 @@ impl Book {
         }
     }
 
-    fn count(&mut self, judged: Judged) {
-        if judged.failed {
-            self.shadow_failed += 1;
-        } else if !judged.paths.is_empty() {
-            self.raw_mismatches += 1;
-        }
+    /// What `judged` counts as with the noise known so far, and the paths that are not
+    /// noise.
+    fn classify(&self, judged: &Judged) -> (Verdict, Vec<String>) {
         let real: Vec<String> = judged
             .paths
             .iter()
             .filter(|p| !self.noisy.iter().any(|n| covers(&segments(n), p)))
             .cloned()
             .collect();
-        if !judged.failed {
-            if real.is_empty() {
-                self.matches += 1;
-            } else {
-                self.mismatches += 1;
-            }
+        let verdict = if judged.failed {
+            Verdict::ShadowFailed
+        } else if real.is_empty() {
+            Verdict::Match
+        } else {
+            Verdict::Mismatch
+        };
+        (verdict, real)
+    }
+
+    fn count(&mut self, judged: Judged) {
+        let (verdict, real) = self.classify(&judged);
+        match verdict {
+            Verdict::ShadowFailed => self.shadow_failed += 1,
+            Verdict::Match => self.matches += 1,
+            Verdict::Mismatch => self.mismatches += 1,
+        }
+        if !judged.failed && !judged.paths.is_empty() {
+            self.raw_mismatches += 1;
         }
         if let Some(mut d) = judged.detail
-            && (judged.failed || !real.is_empty())
+            && verdict != Verdict::Match
             && self.keep > 0
         {
-            if !judged.failed {
+            if verdict == Verdict::Mismatch {
                 d.paths = real;
             }
             if self.kept.len() == self.keep {
@@ -444,6 +456,52 @@ impl Book {
             self.kept.push_back(d);
         }
     }
+
+    /// The last mismatches kept, oldest first, those of the events still waiting for the
+    /// calibration to end judged with the noise known so far.
+    fn mismatches(&self) -> Vec<ShadowMismatch> {
+        let waiting = self.pending.iter().filter_map(|j| {
+            let (verdict, real) = self.classify(j);
+            let mut d = j.detail.clone()?;
+            match verdict {
+                Verdict::Match => return None,
+                Verdict::Mismatch => d.paths = real,
+                Verdict::ShadowFailed => {}
+            }
+            Some(d)
+        });
+        let all: Vec<ShadowMismatch> = self.kept.iter().cloned().chain(waiting).collect();
+        all[all.len().saturating_sub(self.keep)..].to_vec()
+    }
+
+    /// The counts (matches, mismatches, raw mismatches, shadow failed), the events still
+    /// waiting for the calibration to end judged with the noise known so far.
+    fn counts(&self) -> (u64, u64, u64, u64) {
+        let mut n = (
+            self.matches,
+            self.mismatches,
+            self.raw_mismatches,
+            self.shadow_failed,
+        );
+        for j in &self.pending {
+            match self.classify(j).0 {
+                Verdict::ShadowFailed => n.3 += 1,
+                Verdict::Match => n.0 += 1,
+                Verdict::Mismatch => n.1 += 1,
+            }
+            if !j.failed && !j.paths.is_empty() {
+                n.2 += 1;
+            }
+        }
+        n
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Match,
+    Mismatch,
+    ShadowFailed,
 }
 
 /// One side's cost on the mirrored events.

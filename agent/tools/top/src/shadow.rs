@@ -179,7 +179,7 @@ pub fn text(m: &ShadowMessage) -> String {
     );
     let _ = writeln!(
         out,
-        "  shadow failed {}, skipped {} (its queue was full)",
+        "  shadow failed {}; skipped {} (its queue was full)",
         r.shadow_failed, r.skipped
     );
     let n = &r.noise;

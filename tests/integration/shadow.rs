@@ -1,0 +1,235 @@
+//! `[function.shadow]`: a second version beside a function on live traffic. Its outputs are
+//! compared, not published (unless `publish_to`); its state starts from a copy of the
+//! primary's and never changes it; a failing shadow never touches the primary's events.
+
+use edge_agent::messages::Message as _;
+use edge_agent::messages::shadow::{ShadowMessage, ShadowResult};
+
+use super::harness::*;
+
+/// `threshold-alert` against itself with another threshold: the primary alerts above 89,
+/// the shadow above 79, so the two differ on the values 80 to 89, a tenth of the events by
+/// design (their alerts also name their thresholds: `ignore`d). The shadow runs in the
+/// other model and publishes under `publish_to`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_differs_on_a_tenth_of_the_events_reports_a_tenth() {
+    let id = unique("shadow");
+    let config = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"alert\"\nmodule = \"{}\"\ntopics = [\"s/+/t\"]\n\
+             [function.config]\nthreshold = \"89\"\nalert_topic = \"alerts/{{topic}}\"\n\
+             [function.shadow]\nmode = \"persistent\"\nqueue_capacity = 2000\n\
+             calibrate_events = 20\nkeep_mismatches = 3\npublish_to = \"v2\"\n\
+             ignore = [\"threshold\"]\n\
+             config = {{ threshold = \"79\", alert_topic = \"alerts/{{topic}}\" }}\n",
+            guest("threshold-alert")
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["alerts/#", "v2/#"]).await;
+    const N: usize = 1000;
+    for i in 0..N {
+        c.publish(
+            &format!("s/k{}/t", i % 4),
+            format!("{{\"value\":{}}}", i % 100),
+        )
+        .await;
+    }
+    // The primary's alerts (values 90-99) and the shadow's under v2/ (80-99).
+    let (mut primary, mut shadow) = (0, 0);
+    while primary < N / 10 || shadow < N / 5 {
+        let m = c.recv().await;
+        if m.topic.starts_with("alerts/") {
+            primary += 1;
+        } else {
+            assert!(m.topic.starts_with("v2/alerts/"), "{}", m.topic);
+            shadow += 1;
+        }
+    }
+    let extra = c.drain(std::time::Duration::from_millis(300)).await;
+    assert!(
+        extra.is_empty(),
+        "more outputs than both versions make: {extra:?}"
+    );
+    let report = || agent.snapshot("alert").shadow.expect("a shadow report");
+    eventually("every event compared", || {
+        let r = report();
+        r.matches + r.mismatches == N as u64
+    })
+    .await;
+    let r = report();
+    assert_eq!(r.mismatches, N as u64 / 10, "{r:?}");
+    assert_eq!(r.mismatch_ratio, Some(0.1), "{r:?}");
+    assert_eq!((r.skipped, r.shadow_failed), (0, 0), "{r:?}");
+    // A deterministic function: no noise.
+    assert_eq!(
+        (r.noise.calibrated, r.noise.ratio),
+        (20, Some(0.0)),
+        "{r:?}"
+    );
+    assert!(r.noise.paths.is_empty(), "{r:?}");
+    assert_eq!(r.model, "persistent");
+    assert_eq!((r.primary.events, r.shadow.events), (N as u64, N as u64));
+    assert!(r.shadow.cpu_us_per_event.is_some_and(|c| c > 0.0), "{r:?}");
+    // The last three mismatches in full, retained for `shadow report`.
+    let topic = format!("edge-agent/{id}/shadow/alert");
+    let mut c = Client::connect(agent.port, &[topic.as_str()]).await;
+    let msg: ShadowMessage = loop {
+        let m: ShadowMessage = c.recv_on(&topic).await.message();
+        if m.report.matches + m.report.mismatches == N as u64 {
+            break m;
+        }
+    };
+    assert_eq!(msg.mismatches.len(), 3);
+    for x in &msg.mismatches {
+        assert_eq!(x.paths, ["$count"], "{x:?}");
+        assert!(
+            matches!(&x.primary, ShadowResult::Ok { outputs } if outputs.is_empty()),
+            "{x:?}"
+        );
+        assert!(
+            matches!(&x.shadow, ShadowResult::Ok { outputs } if outputs.len() == 1),
+            "{x:?}"
+        );
+    }
+    // The command line prints it.
+    let out = std::process::Command::new(agent_bin())
+        .args(["shadow", "report", "alert", "--agent", &id, "--broker"])
+        .arg(format!("mqtt://127.0.0.1:{}", agent.port))
+        .output()
+        .expect("run edge-agent shadow report");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("100 mismatch: 10.0% with the noise subtracted"),
+        "{text}"
+    );
+    assert!(text.contains("differ at: $count"), "{text}");
+    let _ = ShadowMessage::from_bytes(&msg.to_bytes()).expect("reads back");
+}
+
+/// The same module against itself, with a timestamp in every output: the calibration
+/// learns that `at_ns` differs on its own, and nothing is reported as a mismatch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timestamp_is_noise_once_the_primary_is_run_against_itself() {
+    let id = unique("shadow-noise");
+    let config = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"m\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+             [function.config]\nout_topic = \"out\"\n\
+             [function.shadow]\ncalibrate_events = 10\nqueue_capacity = 1000\n",
+            guest("misbehave")
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out"]).await;
+    for i in 0..200 {
+        c.publish("in", format!("stamp:{i}")).await;
+    }
+    for _ in 0..200 {
+        c.recv().await;
+    }
+    let report = || agent.snapshot("m").shadow.expect("a shadow report");
+    eventually("every event compared", || {
+        let r = report();
+        r.matches + r.mismatches == 200
+    })
+    .await;
+    let r = report();
+    assert_eq!(r.noise.paths, ["at_ns"], "{r:?}");
+    assert_eq!(r.noise.ratio, Some(1.0), "{r:?}");
+    assert_eq!((r.mismatches, r.mismatch_ratio), (0, Some(0.0)), "{r:?}");
+    assert_eq!(r.raw_mismatch_ratio, Some(1.0), "{r:?}");
+}
+
+/// A shadow that traps on every event: the primary's outputs all arrive, and the shadow's
+/// failures are counted as its own, never dead-lettered or charged to the primary.
+/// The shadow of a state-writing function starts from a copy of the primary's state and
+/// never changes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_shadow_and_a_stateful_one_leave_the_primary_alone() {
+    let id = unique("shadow-state");
+    let head = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"c\"\nmodule = \"{}\"\nmode = \"persistent\"\n\
+             topics = [\"in/c\"]\n[function.config]\nout_topic = \"out/c\"\n",
+            guest("counter")
+        );
+    let agent = Agent::start(&head).await;
+    let mut c = Client::connect(agent.port, &["out/c"]).await;
+    for _ in 0..5 {
+        c.publish("in/c", "x").await;
+        c.recv().await;
+    }
+    // Restarted with a shadow of the counter in the other model, and an echo whose shadow
+    // panics on every event.
+    let config = head.clone()
+        + "[function.shadow]\nmode = \"on-demand\"\n"
+        + &format!(
+            "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in/e\"]\n\
+             [function.config]\nout_topic = \"out/e\"\n\
+             [function.shadow]\nmodule = \"{}\"\n\
+             [function.shadow.config]\nout_topic = \"out/e\"\n",
+            guest("echo"),
+            guest("misbehave")
+        );
+    let agent = agent.restart(&config).await;
+    let mut c = Client::connect(agent.port, &["out/c", "out/e", "edge-agent/+/dead-letter"]).await;
+    for _ in 0..5 {
+        c.publish("in/c", "x").await;
+    }
+    for _ in 0..50 {
+        c.publish("in/e", "panic").await;
+    }
+    let mut counts = Vec::new();
+    let mut echoed = 0;
+    while counts.len() < 5 || echoed < 50 {
+        let m = c.recv().await;
+        match m.topic.as_str() {
+            "out/c" => counts.push(m.json()["count"].as_i64().expect("count")),
+            "out/e" => echoed += 1,
+            other => panic!("unexpected message on {other}: {}", m.text()),
+        }
+    }
+    assert_eq!(
+        counts,
+        [6, 7, 8, 9, 10],
+        "the primary's count goes on, once each"
+    );
+    let done = || {
+        let (c, e) = (agent.snapshot("c"), agent.snapshot("e"));
+        let (c, e) = (c.shadow.expect("c's shadow"), e.shadow.expect("e's shadow"));
+        (c.matches + c.mismatches == 5 && e.shadow_failed == 50, c, e)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (finished, c, e) = done();
+        if finished {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shadows not done: {c:?}\n{e:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // The shadow started from the primary's 5: it counted 6 to 10 too.
+    let r = agent.snapshot("c").shadow.expect("c's shadow");
+    assert_eq!((r.matches, r.mismatches), (5, 0), "{r:?}");
+    let e = agent.snapshot("e");
+    assert_eq!((e.succeeded, e.failed_total()), (50, 0), "{e:?}");
+    let r = e.shadow.expect("e's shadow");
+    assert_eq!(r.shadow.failed, [("trap".to_string(), 50)], "{r:?}");
+    let extra = c.drain(std::time::Duration::from_millis(300)).await;
+    assert!(
+        extra.is_empty(),
+        "no dead letter, no shadow output: {extra:?}"
+    );
+    // Another restart: the primary's count is still its own.
+    let agent = agent.restart(&config).await;
+    let mut c = Client::connect(agent.port, &["out/c"]).await;
+    c.publish("in/c", "x").await;
+    assert_eq!(c.recv().await.json()["count"], 11);
+}
