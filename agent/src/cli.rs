@@ -44,6 +44,21 @@ pub enum Command {
         #[arg(short, long)]
         config: Option<PathBuf>,
     },
+    /// Make a function's shadow its primary, and the primary its shadow ([function.shadow]
+    /// with its own `module` or `config`): the running agent rewrites its config file and
+    /// reloads it, losing no event. Promoting again rolls back.
+    Promote {
+        /// The function.
+        function: String,
+        /// The agent's config file (to find its data_dir's control socket). Default:
+        /// $EDGE_AGENT_CONFIG, then /etc/edge-agent/config.toml, then ./edge-agent.toml.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The agent's control socket, instead of the config's
+        /// `<agent.data_dir>/control.sock`.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// Write a new function project (Cargo.toml, src/lib.rs, README, the SDK, and a
     /// function.toml snippet for the agent's config) from a template.
     #[cfg(feature = "project")]

@@ -27,6 +27,12 @@ pub enum CommandError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// `promote`: the agent could not be reached.
+    #[error("promote: {0}")]
+    Unreachable(String),
+    /// `promote`: the agent refused (why is in the message).
+    #[error("promote refused: {0}")]
+    Refused(String),
     /// `precompile`.
     #[cfg(feature = "compiler")]
     #[error(transparent)]
@@ -55,7 +61,8 @@ impl CommandError {
         match self {
             Self::NoConfig(_) => Exit::Config,
             Self::Agent(e) => e.exit(),
-            Self::Runtime(_) => Exit::Failure,
+            Self::Runtime(_) | Self::Refused(_) => Exit::Failure,
+            Self::Unreachable(_) => Exit::Unavailable,
             #[cfg(feature = "compiler")]
             Self::Precompile(_) => Exit::Failure,
             #[cfg(feature = "project")]
@@ -116,6 +123,41 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
             };
             let prepared = Prepared::new(config)?;
             rt.block_on(edge_agent::run(prepared, stop))?;
+        }
+        Command::Promote {
+            function,
+            config,
+            socket,
+        } => {
+            let socket = match socket {
+                Some(s) => s,
+                None => {
+                    let path = find_config(config.as_deref(), false)?;
+                    let config = Config::load(&path).map_err(AgentError::from)?;
+                    edge_agent::daemon::control::socket_path(&config.agent.data_dir)
+                }
+            };
+            let report = edge_agent::daemon::control::promote(&socket, &function)
+                .map_err(CommandError::Unreachable)?;
+            if !report.ok {
+                let why = report.error.clone().unwrap_or_else(|| {
+                    let failed = report.failed.iter().flatten();
+                    failed
+                        .map(|f| format!("{}: {}", f.function, f.error))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                });
+                return Err(CommandError::Refused(why));
+            }
+            let now = report
+                .reloaded
+                .iter()
+                .flatten()
+                .find(|r| r.function == function);
+            let sha = now.map_or("", |r| r.sha256.as_str());
+            println!(
+                "promoted `{function}`: its primary is now module {sha}; the old version is its shadow (promote again to roll back)"
+            );
         }
         #[cfg(feature = "compiler")]
         Command::Precompile {

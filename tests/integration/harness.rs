@@ -357,6 +357,11 @@ impl Agent {
         })
     }
 
+    /// Its directory: `agent.toml`, and `data/` for a relative `data_dir`.
+    pub fn dir(&self) -> &Path {
+        self.dir.as_ref().expect("dir").path()
+    }
+
     fn running(&self) -> &Running {
         self.running.as_ref().expect("running")
     }

@@ -8,6 +8,7 @@
 //! fault; `main` turns it into exit code 78 (`EX_CONFIG`).
 
 mod de;
+pub mod promote;
 mod toml_file;
 mod validate;
 

@@ -23,7 +23,7 @@ use crate::pipeline::hops::HopLedger;
 use crate::pipeline::inbox::Inbox;
 use crate::pipeline::output::Output;
 use crate::pipeline::router::{Route, Router};
-use crate::pipeline::shadow::{self, Shadow};
+use crate::pipeline::shadow::{self, Shadow, Slot};
 use crate::pipeline::{Shared, on_demand, persistent};
 use crate::runtime::LoadedFunction;
 
@@ -100,7 +100,8 @@ pub struct Lane {
     /// Persistent instances' places in the instance pool, given back when it is removed.
     _permits: Option<OwnedSemaphorePermit>,
     _loaded: Arc<LoadedFunction>,
-    _shadow: Option<Arc<Shadow>>,
+    /// Its shadow, which a reload may put in, replace or take out.
+    shadow: Slot,
 }
 
 /// What the lanes share with the rest of the agent.
@@ -197,35 +198,13 @@ impl Lanes {
         if let Some(auto) = auto.clone() {
             stats.probe_auto(Box::new(move || auto.snapshot()));
         }
-        let shadow = match (&f.shadow, shadow, f.shadow_function()) {
-            (Some(cfg), Some(sides), Some(side)) => Some(
-                Shadow::start(
-                    shadow::Parts {
-                        function: f.name.clone(),
-                        cfg: cfg.clone(),
-                        model: side.mode,
-                        candidate: sides.shadow,
-                        control: sides
-                            .control
-                            .map(|c| (c, f.control_function().map_or(Mode::OnDemand, |c| c.mode))),
-                        report_topic: config.shadow_topic(&f.name),
-                        agent: config.agent.id.clone(),
-                    },
-                    &inner.shared,
-                )
-                .map_err(|source| {
-                    inner.stats.remove(&f.name);
-                    LaneError::Worker {
-                        function: f.name.clone(),
-                        source,
-                    }
-                })?,
-            ),
-            _ => None,
-        };
-        if let Some(s) = shadow.clone() {
-            stats.probe_shadow(Box::new(move || s.report()));
+        let slot = Slot::default();
+        if let Err(e) = self.set_shadow(config, f, shadow, &slot) {
+            inner.stats.remove(&f.name);
+            return Err(e);
         }
+        let s = slot.clone();
+        stats.probe_shadow(Box::new(move || s.report()));
         let workers = match f.mode {
             Mode::OnDemand => on_demand::run(
                 loaded.clone(),
@@ -233,7 +212,7 @@ impl Lanes {
                 stats.clone(),
                 inboxes[0].clone(),
                 inner.shared.clone(),
-                shadow.clone(),
+                slot.clone(),
             ),
             Mode::Persistent | Mode::Auto => persistent::run(
                 loaded.clone(),
@@ -242,7 +221,7 @@ impl Lanes {
                 inboxes.clone(),
                 &inner.shared,
                 auto,
-                shadow.clone(),
+                slot.clone(),
             ),
         };
         let workers = match workers {
@@ -308,10 +287,85 @@ impl Lanes {
             link,
             _permits: permits,
             _loaded: loaded,
-            _shadow: shadow,
+            shadow: slot,
         });
         self.update_filters(&running);
         Ok(())
+    }
+
+    /// Puts function `f`'s shadow (its sides loaded as `sides`; none without
+    /// `[function.shadow]`) in `slot`, replacing the one there. A shadow taken out has its
+    /// retained report cleared.
+    ///
+    /// # Errors
+    /// [`LaneError::Worker`] if the shadow's worker thread cannot start; the slot is left
+    /// as it was.
+    fn set_shadow(
+        &self,
+        config: &Config,
+        f: &FunctionConfig,
+        sides: Option<ShadowSides>,
+        slot: &Slot,
+    ) -> Result<(), LaneError> {
+        let inner = &self.inner.parts;
+        let shadow = match (&f.shadow, sides, f.shadow_function()) {
+            (Some(cfg), Some(sides), Some(side)) => Some(
+                Shadow::start(
+                    shadow::Parts {
+                        function: f.name.clone(),
+                        cfg: cfg.clone(),
+                        model: side.mode,
+                        candidate: sides.shadow,
+                        control: sides.control.zip(f.control_function().map(|c| c.mode)),
+                        report_topic: config.shadow_topic(&f.name),
+                        agent: config.agent.id.clone(),
+                    },
+                    &inner.shared,
+                )
+                .map_err(|source| LaneError::Worker {
+                    function: f.name.clone(),
+                    source,
+                })?,
+            ),
+            _ => None,
+        };
+        let taken_out = shadow.is_none();
+        if slot.replace(shadow).is_some() && taken_out {
+            tracing::info!(function = %f.name, "shadow removed");
+            let output = inner.output.clone();
+            let clear = crate::event::Outbound {
+                topic: config.shadow_topic(&f.name),
+                payload: Vec::new(),
+                qos: 1,
+                retain: true,
+            };
+            tokio::spawn(async move { output.publish_unheld(clear).await });
+        }
+        Ok(())
+    }
+
+    /// A reload changed running function `f`'s `[function.shadow]`: its new shadow (sides
+    /// loaded as `sides`), or none, replaces the one it had, between two events.
+    ///
+    /// # Errors
+    /// [`LaneError::Worker`]; the old shadow stays then.
+    pub fn reshadow(
+        &self,
+        config: &Config,
+        f: &FunctionConfig,
+        sides: Option<ShadowSides>,
+    ) -> Result<(), LaneError> {
+        let slot = {
+            let running = self.running();
+            running
+                .iter()
+                .find(|l| l.name == f.name)
+                .map(|l| l.shadow.clone())
+        };
+        match slot {
+            Some(slot) => self.set_shadow(config, f, sides, &slot),
+            None => Ok(()),
+        }
     }
 
     /// Waits until function `name`'s intake is subscribed, at most `deadline`; whether it

@@ -3,6 +3,7 @@
 //! the ordered stop, and [`systemd`] tells systemd where the agent is in that life. [`run`]
 //! is the whole life of the agent.
 
+pub mod control;
 pub mod lanes;
 pub mod prometheus;
 pub mod reload;

@@ -8,6 +8,10 @@
 //!   events and the next ones go to the new version, calls in flight finish on the old one,
 //!   and a persistent instance finishes its current event and moves to a fresh instance of
 //!   the new version (its state is in the store);
+//! - a function's `[function.shadow]`, in place: the new shadow (or none) replaces the old
+//!   between two events, with a fresh copy of the primary's state; a promotion (the
+//!   shadow's module and config made the primary's, `edge-agent promote`) is a reload
+//!   that changes both at once;
 //! - functions added: loaded, started and subscribed before the reload is reported;
 //! - functions removed: unsubscribed, then their queues drain, their acknowledgements go
 //!   out and their connections close before the reload is reported. Their state stays in
@@ -44,7 +48,7 @@ use crate::state::StateStore;
 const SETTLE: Duration = Duration::from_millis(300);
 
 /// Keys of a function that a reload can change in place.
-const IN_PLACE: [&str; 3] = ["module", "sha256", "config"];
+const IN_PLACE: [&str; 4] = ["module", "sha256", "config", "shadow"];
 
 /// Longest wait for an added function's subscriptions before the reload is reported.
 const SUBSCRIBE_DEADLINE: Duration = Duration::from_secs(10);
@@ -90,6 +94,9 @@ struct Plan {
         MqttOptions,
     )>,
     removed: Vec<String>,
+    /// Running functions whose `[function.shadow]` changed: the new one's sides (none if
+    /// it was taken out).
+    reshadowed: Vec<(FunctionConfig, Option<ShadowSides>)>,
 }
 
 /// Why a reload was refused (the running versions stay).
@@ -164,7 +171,7 @@ fn needs_restart(old: &Config, new: &Config) -> Option<String> {
         if !keys.is_empty() {
             return Some(format!(
                 "function `{}`: {} changed: that needs a restart (a reload changes module, \
-                 sha256 and [function.config], and adds or removes functions)",
+                 sha256, [function.config] and [function.shadow], and adds or removes functions)",
                 f.name,
                 keys.join(", ")
             ));
@@ -225,6 +232,7 @@ impl Reloader {
         let mut plan = Plan {
             changed: Vec::new(),
             added: Vec::new(),
+            reshadowed: Vec::new(),
             removed: self
                 .config
                 .functions
@@ -242,6 +250,15 @@ impl Reloader {
         );
         let mut errors = Vec::new();
         for f in &plan.config.functions {
+            let before = self.config.functions.iter().find(|o| o.name == f.name);
+            if let (Some(loaded), Some(before)) = (self.functions.get(&f.name), before)
+                && before.shadow != f.shadow
+            {
+                match self.load_shadow(&plan.config, f, loaded, &mut compiled) {
+                    Ok(sides) => plan.reshadowed.push((f.clone(), sides)),
+                    Err(e) => errors.push(e),
+                }
+            }
             let outcome = match self.functions.get(&f.name) {
                 Some(loaded) => loaded.prepare(f).map(|next| {
                     if let Some(next) = next {
@@ -286,6 +303,21 @@ impl Reloader {
             .namespace(&f.name)
             .map_err(|e| err(crate::runtime::LoadError::State(e)))?;
         loaded.attach_state(ns);
+        let shadow = self.load_shadow(config, f, &loaded, compiled)?;
+        let intake = crate::mqtt::options::intake(config, &self.parts.broker, &f.name)
+            .map_err(|e| err(crate::runtime::LoadError::Intake(e)))?;
+        Ok((loaded, shadow, intake))
+    }
+
+    /// Loads function `f`'s shadow and control (`[function.shadow]`), each with a copy of
+    /// the primary's state; `None` without a shadow.
+    fn load_shadow(
+        &self,
+        config: &Config,
+        f: &FunctionConfig,
+        primary: &LoadedFunction,
+        compiled: &mut crate::runtime::function::Compiled,
+    ) -> Result<Option<ShadowSides>, crate::runtime::RuntimeError> {
         let mut sides = BTreeMap::new();
         for side in [f.shadow_function(), f.control_function()]
             .into_iter()
@@ -296,12 +328,11 @@ impl Reloader {
                 self.parts.runtime.load(config, &side, compiled)?,
             );
         }
-        let shadow =
-            super::startup::shadow_sides(&self.parts.state, f, &loaded, |n| sides.get(n).cloned())
-                .map_err(|e| err(crate::runtime::LoadError::State(e)))?;
-        let intake = crate::mqtt::options::intake(config, &self.parts.broker, &f.name)
-            .map_err(|e| err(crate::runtime::LoadError::Intake(e)))?;
-        Ok((loaded, shadow, intake))
+        super::startup::shadow_sides(&self.parts.state, f, primary, |n| sides.get(n).cloned())
+            .map_err(|e| crate::runtime::RuntimeError::Load {
+                function: f.name.clone(),
+                source: crate::runtime::LoadError::State(e),
+            })
     }
 
     /// Puts `plan` in force: changed functions first, then added ones (reported once they
@@ -312,6 +343,25 @@ impl Reloader {
             let sha: Arc<str> = version.sha256().into();
             loaded.commit(version);
             done.changed.push((loaded.name().to_string(), sha));
+        }
+        // After the primary's new version: a promotion (the shadow's version made primary,
+        // the primary's made shadow) compares the new pair from its first event.
+        for (f, sides) in plan.reshadowed {
+            match self.parts.lanes.reshadow(&plan.config, &f, sides) {
+                Ok(()) => {
+                    tracing::info!(function = %f.name, shadow = f.shadow.is_some(), "reload: shadow changed");
+                    if !done.changed.iter().any(|(n, _)| *n == f.name)
+                        && let Some(l) = self.functions.get(&f.name)
+                    {
+                        done.changed.push((f.name.clone(), l.sha256()));
+                    }
+                }
+                Err(e) => {
+                    let why = crate::failure::chain(&e);
+                    tracing::error!(function = %f.name, "reload: shadow not started: {why}");
+                    done.failed.push((f.name.clone(), why));
+                }
+            }
         }
         for (f, loaded, shadow, intake) in plan.added {
             if let Err(e) = self
@@ -415,11 +465,25 @@ impl Reloader {
                 }
             }
         });
+        let (ask, mut asked) = mpsc::channel(4);
+        let control = super::control::listen(&self.config.agent.data_dir, ask);
         let mut watcher = self.config.agent.watch.then(|| self.watch(tx.clone()));
         loop {
             let trigger = tokio::select! {
                 () = stop.cancelled() => break,
                 t = rx.recv() => match t { Some(t) => t, None => break },
+                r = asked.recv() => {
+                    let Some(super::control::Request { function, reply }) = r else { continue };
+                    let answer = self.promote(&function, &stop).await;
+                    let _ = reply.send(answer);
+                    if watcher.is_some() {
+                        watcher = Some(self.watch(tx.clone()));
+                    }
+                    // The file watcher saw the edit: that reload is this one.
+                    tokio::time::sleep(SETTLE).await;
+                    while rx.try_recv().is_ok() {}
+                    continue;
+                }
             };
             // Let a burst of writes finish, and take them as one.
             tokio::time::sleep(SETTLE).await;
@@ -429,59 +493,105 @@ impl Reloader {
                     trigger = t;
                 }
             }
-            let outcome = match blocking(|| self.plan()) {
-                Ok(plan) => Ok(self.apply(plan, &stop).await),
-                Err(why) => Err(why),
-            };
-            let body = match &outcome {
-                Ok(done) => {
-                    for (function, sha) in &done.changed {
-                        tracing::info!(%function, sha256 = %sha, %trigger, "reloaded");
-                    }
-                    for (function, sha) in &done.added {
-                        tracing::info!(%function, sha256 = %sha, %trigger, "function added");
-                    }
-                    if done.changed.is_empty() && done.added.is_empty() && done.removed.is_empty() {
-                        tracing::info!(%trigger, "reload: nothing changed");
-                    }
-                    let list = |l: &[(String, Arc<str>)]| -> Vec<ReloadedFunction> {
-                        l.iter()
-                            .map(|(f, s)| ReloadedFunction {
-                                function: f.clone(),
-                                sha256: s.to_string(),
-                            })
-                            .collect()
-                    };
-                    let (changed, added) = (list(&done.changed), list(&done.added));
-                    let failed = done
-                        .failed
-                        .iter()
-                        .map(|(function, error)| FailedFunction {
-                            function: function.clone(),
-                            error: error.clone(),
-                        })
-                        .collect();
-                    ReloadReport::done(trigger, changed, added, done.removed.clone(), failed)
-                }
-                Err(refused) => {
-                    let why = refused.to_string();
-                    tracing::warn!(%trigger, "reload refused, the running version stays: {why}");
-                    ReloadReport::refused(trigger, why)
-                }
-            };
-            let qos = rumqttc::QoS::AtLeastOnce;
-            let sent =
-                self.parts
-                    .publisher
-                    .publish(self.topic.clone(), qos, false, body.to_bytes(), None);
-            let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
-            if outcome.is_ok() && watcher.is_some() {
+            let ok = self.reload(trigger, &stop).await.ok;
+            if ok && watcher.is_some() {
                 // Module paths may have changed: watch what is in force now.
                 watcher = Some(self.watch(tx.clone()));
             }
         }
         hangups.abort();
+        if let Some(c) = control {
+            c.abort();
+        }
         drop(watcher);
+    }
+
+    /// `edge-agent promote FUNCTION`: the config file rewritten with the function's shadow
+    /// made primary and its primary made shadow, then reloaded; the reload's report (or why
+    /// nothing was done).
+    async fn promote(&mut self, function: &str, stop: &CancellationToken) -> ReloadReport {
+        let trigger = "promote";
+        let edited = blocking(|| -> Result<(), String> {
+            let text = std::fs::read_to_string(&self.path)
+                .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
+            let new = crate::config::promote::promote(&self.path, &text, function)
+                .map_err(|e| e.to_string())?;
+            let tmp = self.path.with_extension("toml.promote");
+            std::fs::write(&tmp, new)
+                .and_then(|()| {
+                    if let Ok(m) = std::fs::metadata(&self.path) {
+                        std::fs::set_permissions(&tmp, m.permissions())?;
+                    }
+                    std::fs::rename(&tmp, &self.path)
+                })
+                .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
+        });
+        if let Err(why) = edited {
+            tracing::warn!(%function, "promote refused: {why}");
+            return ReloadReport::refused(trigger, why);
+        }
+        let report = self.reload(trigger, stop).await;
+        if report.ok {
+            tracing::info!(%function, file = %self.path.display(), "promoted: the shadow's version is the primary now, the old one its shadow");
+        } else if let Ok(text) = std::fs::read_to_string(&self.path)
+            && let Ok(back) = crate::config::promote::promote(&self.path, &text, function)
+        {
+            // Refused: the file goes back to what is running.
+            let _ = std::fs::write(&self.path, back);
+        }
+        report
+    }
+
+    /// Reads the config again and puts what changed in force; publishes the report and
+    /// returns it.
+    async fn reload(&mut self, trigger: &str, stop: &CancellationToken) -> ReloadReport {
+        let outcome = match blocking(|| self.plan()) {
+            Ok(plan) => Ok(self.apply(plan, stop).await),
+            Err(why) => Err(why),
+        };
+        let body = match &outcome {
+            Ok(done) => {
+                for (function, sha) in &done.changed {
+                    tracing::info!(%function, sha256 = %sha, %trigger, "reloaded");
+                }
+                for (function, sha) in &done.added {
+                    tracing::info!(%function, sha256 = %sha, %trigger, "function added");
+                }
+                if done.changed.is_empty() && done.added.is_empty() && done.removed.is_empty() {
+                    tracing::info!(%trigger, "reload: nothing changed");
+                }
+                let list = |l: &[(String, Arc<str>)]| -> Vec<ReloadedFunction> {
+                    l.iter()
+                        .map(|(f, s)| ReloadedFunction {
+                            function: f.clone(),
+                            sha256: s.to_string(),
+                        })
+                        .collect()
+                };
+                let (changed, added) = (list(&done.changed), list(&done.added));
+                let failed = done
+                    .failed
+                    .iter()
+                    .map(|(function, error)| FailedFunction {
+                        function: function.clone(),
+                        error: error.clone(),
+                    })
+                    .collect();
+                ReloadReport::done(trigger, changed, added, done.removed.clone(), failed)
+            }
+            Err(refused) => {
+                let why = refused.to_string();
+                tracing::warn!(%trigger, "reload refused, the running version stays: {why}");
+                ReloadReport::refused(trigger, why)
+            }
+        };
+        let qos = rumqttc::QoS::AtLeastOnce;
+        let sent =
+            self.parts
+                .publisher
+                .publish(self.topic.clone(), qos, false, body.to_bytes(), None);
+        let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
+        body
     }
 }
 
@@ -514,6 +624,8 @@ mod tests {
             "0".repeat(64)
         ));
         assert_eq!(needs_restart(&old, &in_place), None);
+        let shadowed = config(&format!("{base}[function.shadow]\nfraction = 0.5\n"));
+        assert_eq!(needs_restart(&old, &shadowed), None, "a shadow reloads");
         let topics = config(&base.replace("a/#", "b/#"));
         let why = needs_restart(&old, &topics).unwrap_or_default();
         assert!(why.contains("function `f`: topics changed"), "{why}");

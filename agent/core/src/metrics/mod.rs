@@ -45,7 +45,7 @@ pub type ModuleProbe = Box<dyn Fn() -> std::sync::Arc<str> + Send + Sync>;
 pub type AutoProbe = Box<dyn Fn() -> crate::messages::stats::AutoReport + Send + Sync>;
 
 /// Reads a function's shadow (`[function.shadow]`).
-pub type ShadowProbe = Box<dyn Fn() -> crate::messages::ShadowReport + Send + Sync>;
+pub type ShadowProbe = Box<dyn Fn() -> Option<crate::messages::ShadowReport> + Send + Sync>;
 
 /// Event counters and cost histograms of one function.
 pub struct FunctionStats {
@@ -240,7 +240,7 @@ impl FunctionStats {
             cpu_total_us: l.cpu_total_us,
             peak_memory_bytes: l.peak_memory,
             auto: self.auto.get().map(|p| p()),
-            shadow: self.shadow.get().map(|p| p()),
+            shadow: self.shadow.get().and_then(|p| p()),
         }
     }
 }

@@ -15,7 +15,7 @@ use tokio::sync::Semaphore;
 use super::auto::{Auto, Model};
 use super::inbox::Inbox;
 use super::output::Output;
-use super::shadow::Shadow;
+use super::shadow::Slot;
 use super::{Shared, already_done, guest_event, message_id, next_state_retry, spawn_worker};
 use crate::event::Inbound;
 use crate::failure::FailureKind;
@@ -33,7 +33,7 @@ pub fn run(
     stats: Arc<FunctionStats>,
     inbox: Arc<Inbox>,
     shared: Shared,
-    shadow: Option<Arc<Shadow>>,
+    shadow: Slot,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     if let Some(keep) = function.keep_warm() {
         shared.background.spawn_until_stopped(scale_to_zero(
@@ -53,7 +53,7 @@ pub fn run(
             );
             let name = format!("{}#{i}", function.name());
             spawn_worker(name, move |rt| {
-                work(&rt, &function, &stats, &inbox, &shared, shadow.as_deref())
+                work(&rt, &function, &stats, &inbox, &shared, &shadow)
             })
         })
         .collect()
@@ -94,7 +94,7 @@ fn work(
     stats: &Arc<FunctionStats>,
     inbox: &Arc<Inbox>,
     shared: &Shared,
-    shadow: Option<&Shadow>,
+    shadow: &Slot,
 ) {
     while let Some(event) = inbox.pop() {
         handle(
@@ -124,7 +124,7 @@ pub(super) fn handle(
     output: &Output,
     event: Inbound,
     auto: Option<&Auto>,
-    shadow: Option<&Shadow>,
+    shadow: &Slot,
 ) {
     let id = message_id(function, &event);
     if let Some(outputs) = already_done(function, &event, id) {
@@ -163,9 +163,7 @@ pub(super) fn handle(
         if let (Some(auto), Ok(outcome)) = (auto, &result) {
             auto.record(Model::OnDemand, &outcome.cost);
         }
-        if let Some(shadow) = shadow {
-            shadow.offer(&event, &result);
-        }
+        shadow.offer(&event, &result);
         rt.block_on(output.finish(function.name(), stats, event, result, inbox));
     }
 }

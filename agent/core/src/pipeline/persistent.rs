@@ -18,7 +18,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::auto::{Auto, Model};
 use super::inbox::Inbox;
 use super::output::Output;
-use super::shadow::Shadow;
+use super::shadow::Slot;
 use super::{
     Shared, already_done, guest_event, message_id, next_state_retry, on_demand, spawn_worker,
 };
@@ -39,7 +39,7 @@ pub fn run(
     inboxes: Vec<Arc<Inbox>>,
     shared: &Shared,
     auto: Option<Arc<Auto>>,
-    shadow: Option<Arc<Shadow>>,
+    shadow: Slot,
 ) -> std::io::Result<Vec<JoinHandle<()>>> {
     if let Some(auto) = &auto {
         if let (Some(keep), Some(inbox)) = (function.keep_warm(), inboxes.first()) {
@@ -94,7 +94,7 @@ struct PersistentInstance {
     /// `mode = "auto"`: the model in force decides how each event runs.
     auto: Option<Arc<Auto>>,
     /// `[function.shadow]`: gets each event with its result.
-    shadow: Option<Arc<Shadow>>,
+    shadow: Slot,
 }
 
 /// How often an idle promoted worker of an auto function checks for a demotion.
@@ -186,7 +186,7 @@ impl PersistentInstance {
                         &self.output,
                         event,
                         Some(auto),
-                        self.shadow.as_deref(),
+                        &self.shadow,
                     );
                     continue;
                 }
@@ -287,9 +287,7 @@ impl PersistentInstance {
                     auto.record(Model::Persistent, &outcome.cost);
                 }
             }
-            if let Some(shadow) = &self.shadow {
-                shadow.offer(&event, &result);
-            }
+            self.shadow.offer(&event, &result);
             rt.block_on(self.output.finish(&name, &self.stats, event, result, inbox));
             if killed && self.auto.is_some() {
                 // Auto: the next events run on demand until a fresh instance is made at

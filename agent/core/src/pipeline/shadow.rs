@@ -68,6 +68,8 @@ struct Core {
     skipped: AtomicU64,
     /// Something to report since the last report went out.
     changed: AtomicBool,
+    /// Taken out or replaced (by a reload): its report stops.
+    retired: AtomicBool,
     book: Mutex<Book>,
 }
 
@@ -115,6 +117,7 @@ impl Shadow {
             candidate,
             skipped: AtomicU64::new(0),
             changed: AtomicBool::new(false),
+            retired: AtomicBool::new(false),
         });
         let (c, output) = (core.clone(), shared.output.clone());
         spawn_worker(format!("{function}~shadow"), move |rt| {
@@ -155,6 +158,44 @@ impl Shadow {
     /// The report now.
     pub fn report(&self) -> ShadowReport {
         self.core.report()
+    }
+}
+
+impl Drop for Shadow {
+    fn drop(&mut self) {
+        self.core.retired.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A function's shadow as its workers see it: none, or one that a reload puts in or
+/// replaces. Clones share it.
+#[derive(Clone, Default)]
+pub struct Slot(Arc<std::sync::RwLock<Option<Arc<Shadow>>>>);
+
+impl Slot {
+    fn get(&self) -> std::sync::RwLockReadGuard<'_, Option<Arc<Shadow>>> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Hands `event` and the primary's `result` to the shadow, if there is one.
+    pub fn offer(&self, event: &Inbound, result: &Result<CallOutcome, CallError>) {
+        if let Some(s) = self.get().as_ref() {
+            s.offer(event, result);
+        }
+    }
+
+    /// The shadow's report, if there is a shadow.
+    pub fn report(&self) -> Option<ShadowReport> {
+        self.get().as_ref().map(|s| s.report())
+    }
+
+    /// Puts `shadow` in (or none) and returns the one before: its worker ends once it
+    /// is dropped (after the event it is on).
+    pub fn replace(&self, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
+        std::mem::replace(
+            &mut *self.0.write().unwrap_or_else(|p| p.into_inner()),
+            shadow,
+        )
     }
 }
 
@@ -264,6 +305,9 @@ async fn publish_reports(core: Weak<Core>, output: Output, topic: String, agent:
     loop {
         tick.tick().await;
         let Some(core) = core.upgrade() else { return };
+        if core.retired.load(Ordering::Relaxed) {
+            return;
+        }
         if !core.changed.swap(false, Ordering::Relaxed) {
             continue;
         }
