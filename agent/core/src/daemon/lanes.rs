@@ -67,6 +67,41 @@ pub struct ShadowSides {
     pub control: Option<Arc<LoadedFunction>>,
 }
 
+/// Function `f`'s shadow and control (loaded as `<name>~shadow` and `<name>~control`,
+/// found with `loaded`), each given a namespace of its own that starts as a copy of the
+/// primary's state; `None` without `[function.shadow]`.
+///
+/// # Errors
+/// The namespaces cannot be opened or copied.
+pub fn shadow_sides(
+    state: &Arc<crate::state::StateStore>,
+    f: &crate::config::FunctionConfig,
+    primary: &LoadedFunction,
+    loaded: impl Fn(&str) -> Option<Arc<LoadedFunction>>,
+) -> Result<Option<ShadowSides>, crate::state::StateError> {
+    let (Some(side), Some(from)) = (f.shadow_function(), primary.state()) else {
+        return Ok(None);
+    };
+    let attach = |name: &str| -> Result<Option<Arc<LoadedFunction>>, crate::state::StateError> {
+        let Some(l) = loaded(name) else {
+            return Ok(None);
+        };
+        if l.state().is_none() {
+            let ns = state.namespace(name)?;
+            ns.copy_from(from)?;
+            l.attach_state(ns);
+        }
+        Ok(Some(l))
+    };
+    let Some(shadow) = attach(&side.name)? else {
+        return Ok(None);
+    };
+    let control = match f.control_function() {
+        Some(c) => attach(&c.name)?,
+        None => None,
+    };
+    Ok(Some(ShadowSides { shadow, control }))
+}
 /// One function's intake connection, as the stop sequence sees it.
 pub struct Intake {
     pub(super) client: AsyncClient,

@@ -328,7 +328,7 @@ impl Reloader {
                 self.parts.runtime.load(config, &side, compiled)?,
             );
         }
-        super::startup::shadow_sides(&self.parts.state, f, primary, |n| sides.get(n).cloned())
+        super::lanes::shadow_sides(&self.parts.state, f, primary, |n| sides.get(n).cloned())
             .map_err(|e| crate::runtime::RuntimeError::Load {
                 function: f.name.clone(),
                 source: crate::runtime::LoadError::State(e),

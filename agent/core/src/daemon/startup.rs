@@ -14,7 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::lanes::{Lanes, Parts, ShadowSides};
+use super::lanes::{Lanes, Parts, shadow_sides};
 use super::shutdown::Shutdown;
 use super::{AgentError, Prepared};
 use crate::config::{BrokerAddress, Config};
@@ -25,7 +25,7 @@ use crate::mqtt::publisher::Publisher;
 use crate::pipeline::Shared;
 use crate::pipeline::hops::HopLedger;
 use crate::pipeline::output::Output;
-use crate::runtime::{LoadedFunction, Runtime};
+use crate::runtime::Runtime;
 use crate::state::StateStore;
 use crate::tasks::Background;
 
@@ -253,41 +253,6 @@ fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, Age
     Ok(state)
 }
 
-/// Function `f`'s shadow and control (loaded as `<name>~shadow` and `<name>~control`,
-/// found with `loaded`), each given a namespace of its own that starts as a copy of the
-/// primary's state; `None` without `[function.shadow]`.
-///
-/// # Errors
-/// The namespaces cannot be opened or copied.
-pub(super) fn shadow_sides(
-    state: &Arc<StateStore>,
-    f: &crate::config::FunctionConfig,
-    primary: &LoadedFunction,
-    loaded: impl Fn(&str) -> Option<Arc<LoadedFunction>>,
-) -> Result<Option<ShadowSides>, crate::state::StateError> {
-    let (Some(side), Some(from)) = (f.shadow_function(), primary.state()) else {
-        return Ok(None);
-    };
-    let attach = |name: &str| -> Result<Option<Arc<LoadedFunction>>, crate::state::StateError> {
-        let Some(l) = loaded(name) else {
-            return Ok(None);
-        };
-        if l.state().is_none() {
-            let ns = state.namespace(name)?;
-            ns.copy_from(from)?;
-            l.attach_state(ns);
-        }
-        Ok(Some(l))
-    };
-    let Some(shadow) = attach(&side.name)? else {
-        return Ok(None);
-    };
-    let control = match f.control_function() {
-        Some(c) => attach(&c.name)?,
-        None => None,
-    };
-    Ok(Some(ShadowSides { shadow, control }))
-}
 /// Starts the embedded broker if configured; the client then connects where it really
 /// listens.
 fn start_broker(
