@@ -135,6 +135,14 @@ fn shadow_report() -> ShadowReport {
         },
         primary: side.clone(),
         shadow: side,
+        canary: Some(edge_agent::messages::shadow::CanaryReport {
+            failed: vec![("trap".into(), 1)],
+            steps: vec![edge_agent::messages::shadow::CanaryStep {
+                mismatch_ratio: Some(0.0),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
         ..ShadowReport::default()
     }
 }

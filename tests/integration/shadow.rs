@@ -321,3 +321,122 @@ async fn promoting_under_a_stream_loses_nothing_and_counts_nothing_twice() {
         .expect("v1 is the shadow");
     assert_eq!(old["out_topic"], "v1/{topic}");
 }
+
+/// A canary of the counter's version 2 (its outputs on another topic) on a persistent
+/// function, raised step by step over 16 topics while events stream: every topic's count
+/// goes on once each as the topic moves from version 1 to version 2 (the primary's
+/// instance, which keeps counts in memory, starts afresh at each move).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_canary_is_raised_step_by_step_and_every_topic_counts_once() {
+    let id = unique("canary");
+    let config = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"c\"\nmodule = \"{}\"\nmode = \"persistent\"\n\
+             topics = [\"in/+\"]\n[function.config]\nout_topic = \"v1/{{topic}}\"\n\
+             [function.shadow]\nconfig = {{ out_topic = \"v2/{{topic}}\" }}\n\
+             canary = {{ weight = 0.25, step = 0.25, max_weight = 0.75, interval_secs = 0.4, \
+             min_events = 5 }}\n",
+            guest("counter")
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["v1/#", "v2/#"]).await;
+    let canary = |agent: &Agent| {
+        agent
+            .snapshot("c")
+            .shadow
+            .and_then(|s| s.canary)
+            .expect("a canary report")
+    };
+    const TOPICS: usize = 16;
+    let mut sent = 0;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(2));
+    while canary(&agent).status != "at-max-weight" {
+        assert!(sent < 20_000, "not at its max weight: {:?}", canary(&agent));
+        tick.tick().await;
+        c.publish(&format!("in/{}", sent % TOPICS), "x").await;
+        sent += 1;
+    }
+    let mut counts: std::collections::BTreeMap<String, Vec<i64>> = Default::default();
+    let mut v2 = 0;
+    for _ in 0..sent {
+        let m = c.recv().await;
+        v2 += usize::from(m.topic.starts_with("v2/"));
+        let j = m.json();
+        let topic = j["topic"].as_str().expect("topic").to_string();
+        counts
+            .entry(topic)
+            .or_default()
+            .push(j["count"].as_i64().expect("count"));
+    }
+    for (topic, got) in &mut counts {
+        got.sort_unstable();
+        let want: Vec<i64> = (1..=got.len() as i64).collect();
+        assert!(*got == want, "{topic}: {got:?}");
+    }
+    assert_eq!(counts.values().map(Vec::len).sum::<usize>(), sent);
+    let r = canary(&agent);
+    let steps: Vec<(&str, f64)> = r
+        .steps
+        .iter()
+        .map(|s| (s.action.as_str(), s.weight))
+        .collect();
+    assert_eq!(steps, [("raised", 0.5), ("raised", 0.75)], "{r:?}");
+    assert!(
+        v2 > 0 && r.events as usize >= v2,
+        "{v2} outputs of version 2: {r:?}"
+    );
+    assert!(r.failed.is_empty(), "{r:?}");
+}
+
+/// A canary that fails 5% of its events: rolled back at the end of its first analysis
+/// interval, and every event it failed ran on the primary, so each event has its output.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_canary_is_rolled_back_and_loses_nothing() {
+    let id = unique("canary-bad");
+    let config = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in/+\"]\n\
+             [function.config]\nout_topic = \"out\"\n\
+             [function.shadow]\nmodule = \"{}\"\n\
+             canary = {{ weight = 1.0, max_weight = 1.0, interval_secs = 1.0 }}\n",
+            guest("echo"),
+            guest("misbehave")
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out"]).await;
+    const N: usize = 400;
+    for i in 0..N {
+        let payload = if i % 20 == 0 { "err:v2 fails" } else { "ok" };
+        c.publish(&format!("in/{}", i % 8), payload).await;
+    }
+    for _ in 0..N {
+        c.recv().await;
+    }
+    let extra = c.drain(std::time::Duration::from_millis(200)).await;
+    assert!(extra.is_empty(), "{extra:?}");
+    let report = || {
+        agent
+            .snapshot("e")
+            .shadow
+            .and_then(|s| s.canary)
+            .expect("a canary report")
+    };
+    eventually("a roll-back", || report().status == "rolled-back").await;
+    let r = report();
+    assert_eq!(r.weight, 0.0, "{r:?}");
+    assert_eq!(
+        r.failed,
+        [("guest-error".to_string(), N as u64 / 20)],
+        "{r:?}"
+    );
+    let step = r.steps.last().expect("a step");
+    assert_eq!(
+        (step.action.as_str(), step.failures),
+        ("rolled-back", N as u64 / 20)
+    );
+    let e = agent.snapshot("e");
+    assert_eq!((e.succeeded, e.failed_total()), (N as u64, 0), "{e:?}");
+    // Rolled back: the next events run on the primary (echo publishes the payload).
+    c.publish("in/0", "err:again").await;
+    assert_eq!(c.recv().await.text(), "err:again");
+}

@@ -690,6 +690,51 @@ pub struct ShadowConfig {
     pub calibrate_events: u64,
     /// Mismatches kept in full (both outputs, the input and its topic).
     pub keep_mismatches: usize,
+    /// Canary: a share of the live topics goes to the shadow's version, its outputs
+    /// published and its state the function's, raised step by step while it holds up and
+    /// rolled back when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryConfig>,
+}
+
+/// `[function.shadow.canary]`: Flagger's steps for a function's version 2. Each analysis
+/// interval the canary's failure ratio (and, when bounded, the shadow's mismatch ratio on
+/// the other topics) is checked: within bounds, the share goes up by `step` until
+/// `max_weight`; out of bounds, the share goes to 0 and stays there (rolled back).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CanaryConfig {
+    /// The share of topics (by hash) the canary starts with.
+    pub weight: f64,
+    /// How much the share goes up after an interval within bounds.
+    pub step: f64,
+    /// The share it stops at (then `edge-agent promote` makes it the primary).
+    pub max_weight: f64,
+    /// The analysis interval, seconds.
+    pub interval_secs: f64,
+    /// Most failed canary events per canary event in an interval (any failure kind but the
+    /// state store's); more rolls back.
+    pub max_failure_ratio: f64,
+    /// When set: most mismatches per compared event the shadow may see on the other
+    /// topics in an interval (noise subtracted); more rolls back.
+    pub max_mismatch_ratio: Option<f64>,
+    /// Fewest canary events an interval needs to raise the share (fewer: it holds; a
+    /// failure among them still counts against this many).
+    pub min_events: u64,
+}
+
+impl Default for CanaryConfig {
+    fn default() -> Self {
+        Self {
+            weight: 0.1,
+            step: 0.1,
+            max_weight: 0.5,
+            interval_secs: 60.0,
+            max_failure_ratio: 0.01,
+            max_mismatch_ratio: None,
+            min_events: 10,
+        }
+    }
 }
 
 impl Default for ShadowConfig {
@@ -704,6 +749,7 @@ impl Default for ShadowConfig {
             ignore: Vec::new(),
             calibrate_events: 100,
             keep_mismatches: 20,
+            canary: None,
         }
     }
 }
@@ -728,6 +774,19 @@ impl FunctionConfig {
             keep_warm_secs: None,
             shadow: None,
             ..self.clone()
+        })
+    }
+
+    /// The shadow's version as the canary runs it, `<name>~canary`: the shadow's module
+    /// and config in the function's model, on the function's own state (a canary topic's
+    /// state moves with it); `None` without a canary.
+    pub fn canary_function(&self) -> Option<FunctionConfig> {
+        let s = self.shadow.as_ref()?;
+        s.canary.as_ref()?;
+        Some(FunctionConfig {
+            name: format!("{}~canary", self.name),
+            mode: self.mode,
+            ..self.shadow_function()?
         })
     }
 

@@ -530,6 +530,33 @@ impl Config {
                 ));
             }
         }
+        if let Some(c) = &s.canary {
+            let mut within = |k: &str, v: f64, lo: f64, hi: f64| {
+                if !(v.is_finite() && (lo..=hi).contains(&v)) {
+                    errs.push(self.invalid(
+                        key(&format!("canary.{k}")),
+                        format!("must be from {lo} to {hi}"),
+                    ));
+                }
+            };
+            within("weight", c.weight, 0.0, 1.0);
+            within("step", c.step, 0.0, 1.0);
+            within("max_weight", c.max_weight, 0.0, 1.0);
+            within("interval_secs", c.interval_secs, 0.01, 86_400.0);
+            within("max_failure_ratio", c.max_failure_ratio, 0.0, 1.0);
+            if let Some(m) = c.max_mismatch_ratio {
+                within("max_mismatch_ratio", m, 0.0, 1.0);
+            }
+            if c.weight > c.max_weight {
+                errs.push(self.invalid(key("canary.weight"), "must be at most max_weight"));
+            }
+            if s.mode.is_some_and(|m| m != f.mode) {
+                errs.push(self.invalid(
+                    key("canary"),
+                    "needs the shadow in the function's own model (the canary runs the shadow's version as the function)",
+                ));
+            }
+        }
         for path in &s.ignore {
             if path.is_empty() || path.split('.').any(str::is_empty) {
                 errs.push(self.invalid(

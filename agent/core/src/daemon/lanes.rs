@@ -65,6 +65,8 @@ pub struct ShadowSides {
     pub shadow: Arc<LoadedFunction>,
     /// `<name>~control`, unless `calibrate_events = 0`.
     pub control: Option<Arc<LoadedFunction>>,
+    /// `<name>~canary`, with `[function.shadow.canary]`.
+    pub canary: Option<Arc<LoadedFunction>>,
 }
 
 /// Function `f`'s shadow and control (loaded as `<name>~shadow` and `<name>~control`,
@@ -100,7 +102,18 @@ pub fn shadow_sides(
         Some(c) => attach(&c.name)?,
         None => None,
     };
-    Ok(Some(ShadowSides { shadow, control }))
+    // The canary works on the function's own state.
+    let canary = f.canary_function().and_then(|c| loaded(&c.name));
+    if let Some(c) = &canary
+        && c.state().is_none()
+    {
+        c.attach_state(from.clone());
+    }
+    Ok(Some(ShadowSides {
+        shadow,
+        control,
+        canary,
+    }))
 }
 /// One function's intake connection, as the stop sequence sees it.
 pub struct Intake {
@@ -134,7 +147,7 @@ pub struct Lane {
     link: Link,
     /// Persistent instances' places in the instance pool, given back when it is removed.
     _permits: Option<OwnedSemaphorePermit>,
-    _loaded: Arc<LoadedFunction>,
+    loaded: Arc<LoadedFunction>,
     /// Its shadow, which a reload may put in, replace or take out.
     shadow: Slot,
 }
@@ -234,7 +247,7 @@ impl Lanes {
             stats.probe_auto(Box::new(move || auto.snapshot()));
         }
         let slot = Slot::default();
-        if let Err(e) = self.set_shadow(config, f, shadow, &slot) {
+        if let Err(e) = self.set_shadow(config, f, shadow, &slot, &loaded) {
             inner.stats.remove(&f.name);
             return Err(e);
         }
@@ -321,7 +334,7 @@ impl Lanes {
             force_stop,
             link,
             _permits: permits,
-            _loaded: loaded,
+            loaded,
             shadow: slot,
         });
         self.update_filters(&running);
@@ -341,6 +354,7 @@ impl Lanes {
         f: &FunctionConfig,
         sides: Option<ShadowSides>,
         slot: &Slot,
+        primary: &Arc<LoadedFunction>,
     ) -> Result<(), LaneError> {
         let inner = &self.inner.parts;
         let shadow = match (&f.shadow, sides, f.shadow_function()) {
@@ -352,6 +366,8 @@ impl Lanes {
                         model: side.mode,
                         candidate: sides.shadow,
                         control: sides.control.zip(f.control_function().map(|c| c.mode)),
+                        primary: primary.clone(),
+                        canary: sides.canary,
                         report_topic: config.shadow_topic(&f.name),
                         agent: config.agent.id.clone(),
                     },
@@ -390,15 +406,15 @@ impl Lanes {
         f: &FunctionConfig,
         sides: Option<ShadowSides>,
     ) -> Result<(), LaneError> {
-        let slot = {
+        let lane = {
             let running = self.running();
             running
                 .iter()
                 .find(|l| l.name == f.name)
-                .map(|l| l.shadow.clone())
+                .map(|l| (l.shadow.clone(), l.loaded.clone()))
         };
-        match slot {
-            Some(slot) => self.set_shadow(config, f, sides, &slot),
+        match lane {
+            Some((slot, primary)) => self.set_shadow(config, f, sides, &slot, &primary),
             None => Ok(()),
         }
     }

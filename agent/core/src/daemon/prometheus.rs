@@ -197,6 +197,19 @@ impl Collector for AgentCollector {
             }),
         )?;
 
+        family(
+            &mut encoder,
+            (
+                "edge_agent_canary_weight_percent",
+                "Canaries: the share of the function's topics the shadow's version handles, %",
+                MetricType::Gauge,
+            ),
+            shadows.iter().filter_map(|(s, r)| {
+                let c = r.canary.as_ref()?;
+                Some((labels(s), Sample::Gauge((c.weight * 100.0).round() as i64)))
+            }),
+        )?;
+
         let mut m = encoder.encode_descriptor(
             "edge_agent_event_duration_seconds",
             "Where an event's time goes, by phase: queue, instantiate, execute, commit \

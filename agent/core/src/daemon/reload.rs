@@ -319,9 +319,13 @@ impl Reloader {
         compiled: &mut crate::runtime::function::Compiled,
     ) -> Result<Option<ShadowSides>, crate::runtime::RuntimeError> {
         let mut sides = BTreeMap::new();
-        for side in [f.shadow_function(), f.control_function()]
-            .into_iter()
-            .flatten()
+        for side in [
+            f.shadow_function(),
+            f.control_function(),
+            f.canary_function(),
+        ]
+        .into_iter()
+        .flatten()
         {
             sides.insert(
                 side.name.clone(),

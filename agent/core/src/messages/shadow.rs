@@ -35,6 +35,42 @@ pub struct ShadowReport {
     pub primary: ShadowSide,
     /// The shadow's cost on the same events.
     pub shadow: ShadowSide,
+    /// `[function.shadow.canary]`: the share of live topics the shadow's version handles.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canary: Option<CanaryReport>,
+}
+
+/// A canary's progress.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanaryReport {
+    /// The share of topics it handles now.
+    pub weight: f64,
+    /// `progressing`, `at-max-weight` (ready for `edge-agent promote`) or `rolled-back`.
+    pub status: String,
+    /// Events it handled (its outputs published).
+    pub events: u64,
+    /// Its failures by kind, as `[kind, count]` pairs (each of those events then ran on
+    /// the primary).
+    pub failed: Vec<(String, u64)>,
+    /// Every raise and roll-back, oldest first (the last 50).
+    pub steps: Vec<CanaryStep>,
+}
+
+/// One analysis that changed the share.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CanaryStep {
+    /// When, ms since the Unix epoch.
+    pub ts_ms: u64,
+    /// `raised` or `rolled-back`.
+    pub action: String,
+    /// The share after it.
+    pub weight: f64,
+    /// Canary events in the interval.
+    pub events: u64,
+    /// Of which failed.
+    pub failures: u64,
+    /// The shadow's mismatch ratio on the other topics in the interval, if any compared.
+    pub mismatch_ratio: Option<f64>,
 }
 
 /// The primary against itself (a second run of it on the first mirrored events).

@@ -111,6 +111,46 @@ fn work(
     }
 }
 
+/// Calls `function` with `event` in a fresh instance, holding a place in `instances` for
+/// the call; a call that met an unavailable state store is tried again once the store
+/// may take it. `None` if the agent is stopping meanwhile (the event stays
+/// unacknowledged, for the broker to deliver again).
+fn call(
+    rt: &Handle,
+    function: &LoadedFunction,
+    inbox: &Arc<Inbox>,
+    instances: &Semaphore,
+    event: &Inbound,
+    id: Option<crate::runtime::MessageId>,
+) -> Option<Result<crate::runtime::CallOutcome, crate::runtime::CallError>> {
+    let mut wait = Duration::from_millis(100);
+    loop {
+        // The semaphore lives as long as the agent: acquiring cannot fail.
+        let permit = match instances.try_acquire() {
+            Ok(p) => Some(p),
+            Err(_) => rt.block_on(instances.acquire()).ok(),
+        };
+        let queued = event.received.elapsed();
+        let result = function
+            .call_on_demand(&guest_event(event), id)
+            .map(|o| o.queued(queued));
+        drop(permit);
+        match result {
+            // The store, not the event, failed: nothing of the call was kept; try it
+            // again once the store may take it (the queue fills meanwhile, and the
+            // broker holds the rest).
+            Err(e) if e.kind == FailureKind::State => {
+                if inbox.is_closed() {
+                    return None;
+                }
+                tracing::debug!(function = function.name(), error = %e.message, "state store unavailable: the event waits");
+                rt.block_on(tokio::time::sleep(next_state_retry(&mut wait)));
+            }
+            other => return Some(other),
+        }
+    }
+}
+
 /// Runs `event` in a fresh instance, holding a place in the instance pool `instances`
 /// for the call, then hands the result to `output`. The call's costs go to `auto` too
 /// (an auto function on demand), and the event and its result to `shadow`.
@@ -131,32 +171,22 @@ pub(super) fn handle(
         rt.block_on(output.replay(function.name(), stats, event, outputs));
         return;
     }
-    let mut wait = Duration::from_millis(100);
-    let result = loop {
-        // The semaphore lives as long as the agent: acquiring cannot fail.
-        let permit = match instances.try_acquire() {
-            Ok(p) => Some(p),
-            Err(_) => rt.block_on(instances.acquire()).ok(),
+    // A canary topic runs on the shadow's version first; if it fails there, the event
+    // runs on the primary (nothing of the failed call was kept: no outputs, no state).
+    let shadowed = shadow.shadow();
+    if let Some(s) = &shadowed
+        && let Some(canary) = s.canary(&event.topic)
+    {
+        let Some(result) = call(rt, canary, inbox, instances, &event, id) else {
+            return;
         };
-        let queued = event.received.elapsed();
-        let result = function
-            .call_on_demand(&guest_event(&event), id)
-            .map(|o| o.queued(queued));
-        drop(permit);
-        match result {
-            // The store, not the event, failed: nothing of the call was kept; try it
-            // again once the store may take it (the queue fills meanwhile, and the
-            // broker holds the rest).
-            Err(e) if e.kind == FailureKind::State => {
-                if inbox.is_closed() {
-                    break None;
-                }
-                tracing::debug!(function = function.name(), error = %e.message, "state store unavailable: the event waits");
-                rt.block_on(tokio::time::sleep(next_state_retry(&mut wait)));
-            }
-            other => break Some(other),
+        s.canary_done(&result);
+        if result.is_ok() {
+            rt.block_on(output.finish(function.name(), stats, event, result, inbox));
+            return;
         }
-    };
+    }
+    let result = call(rt, function, inbox, instances, &event, id);
     // Stopping while the store is unavailable: the event stays unacknowledged, for the
     // broker to deliver again.
     if let Some(result) = result {

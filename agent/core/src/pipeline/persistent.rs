@@ -191,6 +191,27 @@ impl PersistentInstance {
                     continue;
                 }
             }
+            // A canary topic runs on the canary's version, in a fresh instance (and on a
+            // fresh one of the primary if it fails there): this instance never sees it,
+            // and starts afresh when the canary's share changes.
+            if self
+                .shadow
+                .shadow()
+                .is_some_and(|s| s.canary(&event.topic).is_some())
+            {
+                on_demand::handle(
+                    rt,
+                    &self.function,
+                    &self.stats,
+                    inbox,
+                    &self.pool,
+                    &self.output,
+                    event,
+                    None,
+                    &self.shadow,
+                );
+                continue;
+            }
             // A reload put a new version in force: this instance finished its last event
             // on the old one; the next runs on a fresh instance of the new one (its state
             // is in the store, not in the instance).

@@ -30,12 +30,12 @@ use tokio::runtime::Handle;
 
 use super::output::Output;
 use super::{Shared, guest_event, spawn_worker};
-use crate::config::{Mode, ShadowConfig};
+use crate::config::{CanaryConfig, Mode, ShadowConfig};
 use crate::event::{Inbound, Outbound};
 use crate::messages::Message as _;
 use crate::messages::shadow::{
-    ShadowMessage, ShadowMismatch, ShadowNoise, ShadowOutput, ShadowReport, ShadowResult,
-    ShadowSide,
+    CanaryReport, CanaryStep, ShadowMessage, ShadowMismatch, ShadowNoise, ShadowOutput,
+    ShadowReport, ShadowResult, ShadowSide,
 };
 use crate::metrics::CallCost;
 use crate::runtime::{CallError, CallOutcome, GuestEvent, Instance, LoadedFunction};
@@ -66,6 +66,8 @@ struct Core {
     /// `ignore`, parsed once.
     ignore: Vec<Vec<String>>,
     skipped: AtomicU64,
+    /// `[function.shadow.canary]`.
+    canary: Option<Canary>,
     /// Something to report since the last report went out.
     changed: AtomicBool,
     /// Taken out or replaced (by a reload): its report stops.
@@ -85,6 +87,10 @@ pub struct Parts {
     pub candidate: Arc<LoadedFunction>,
     /// The primary again, `<name>~control`, for the noise calibration.
     pub control: Option<(Arc<LoadedFunction>, Mode)>,
+    /// The primary (a canary's share changing renews its persistent instances).
+    pub primary: Arc<LoadedFunction>,
+    /// The shadow's version as a canary, `<name>~canary`, on the primary's state.
+    pub canary: Option<Arc<LoadedFunction>>,
     /// Where the report and the mismatches are retained.
     pub report_topic: String,
     /// The agent's id (in the retained message).
@@ -103,9 +109,14 @@ impl Shadow {
             model,
             candidate,
             control,
+            primary,
+            canary,
             report_topic,
             agent,
         } = parts;
+        let canary = canary
+            .zip(cfg.canary.clone())
+            .map(|(function, cfg)| Canary::new(function, primary, cfg));
         let (tx, rx) = sync_channel(cfg.queue_capacity);
         let book = Book::new(cfg.keep_mismatches, control.is_none());
         let core = Arc::new(Core {
@@ -116,9 +127,17 @@ impl Shadow {
             model,
             candidate,
             skipped: AtomicU64::new(0),
+            canary,
             changed: AtomicBool::new(false),
             retired: AtomicBool::new(false),
         });
+        if let Some(c) = &core.canary {
+            tracing::info!(function = %function, weight = c.weight(), "canary started: a share of the topics goes to the shadow's version, its outputs published");
+            shared.background.spawn_until_stopped(steer(
+                Arc::downgrade(&core),
+                Duration::from_secs_f64(c.cfg.interval_secs),
+            ));
+        }
         let (c, output) = (core.clone(), shared.output.clone());
         spawn_worker(format!("{function}~shadow"), move |rt| {
             work(&rt, &c, &rx, control, &output);
@@ -137,7 +156,7 @@ impl Shadow {
     /// Hands `event`, which the primary handled with `result`, to the shadow if its topic
     /// is mirrored; never waits (a full queue skips it).
     pub fn offer(&self, event: &Inbound, result: &Result<CallOutcome, CallError>) {
-        if !mirrored(&event.topic, self.core.cfg.fraction) {
+        if !mirrored(&event.topic, self.core.cfg.fraction) || self.canary(&event.topic).is_some() {
             return;
         }
         let (primary, cost) = match result {
@@ -158,6 +177,193 @@ impl Shadow {
     /// The report now.
     pub fn report(&self) -> ShadowReport {
         self.core.report()
+    }
+
+    /// The canary's version if `topic` is in its share now.
+    pub fn canary(&self, topic: &str) -> Option<&Arc<LoadedFunction>> {
+        let c = self.core.canary.as_ref()?;
+        let w = c.weight();
+        (w > 0.0 && mirrored(topic, w)).then_some(&c.function)
+    }
+
+    /// The canary handled an event with `result` (a failure then runs on the primary).
+    pub fn canary_done(&self, result: &Result<CallOutcome, CallError>) {
+        if let Some(c) = &self.core.canary {
+            c.done(result);
+            self.core.changed.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A canary: a share of the live topics that the shadow's version handles as the
+/// function, raised step by step while it holds up and rolled back when it does not.
+struct Canary {
+    function: Arc<LoadedFunction>,
+    primary: Arc<LoadedFunction>,
+    cfg: CanaryConfig,
+    /// The share now, as `f64` bits.
+    weight: AtomicU64,
+    book: Mutex<CanaryBook>,
+}
+
+#[derive(Default)]
+struct CanaryBook {
+    events: u64,
+    failed: BTreeMap<String, u64>,
+    interval_events: u64,
+    interval_failures: u64,
+    /// The shadow's matches and mismatches at the last analysis.
+    last: (u64, u64),
+    status: &'static str,
+    steps: VecDeque<CanaryStep>,
+}
+
+/// Steps a canary report keeps.
+const CANARY_STEPS: usize = 50;
+
+impl Canary {
+    fn new(function: Arc<LoadedFunction>, primary: Arc<LoadedFunction>, cfg: CanaryConfig) -> Self {
+        Self {
+            weight: AtomicU64::new(cfg.weight.to_bits()),
+            book: Mutex::new(CanaryBook {
+                status: "progressing",
+                ..CanaryBook::default()
+            }),
+            function,
+            primary,
+            cfg,
+        }
+    }
+
+    fn weight(&self) -> f64 {
+        f64::from_bits(self.weight.load(Ordering::Acquire))
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, CanaryBook> {
+        self.book.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn done(&self, result: &Result<CallOutcome, CallError>) {
+        let mut b = self.book();
+        b.events += 1;
+        b.interval_events += 1;
+        if let Err(e) = result {
+            *b.failed.entry(e.kind.as_str().to_string()).or_default() += 1;
+            b.interval_failures += 1;
+        }
+    }
+
+    /// One analysis interval is over: raise the share, roll back, or hold.
+    fn analyse(&self, function: &str, shadow: (u64, u64)) {
+        let cfg = &self.cfg;
+        let mut b = self.book();
+        let (events, failures) = (b.interval_events, b.interval_failures);
+        (b.interval_events, b.interval_failures) = (0, 0);
+        let (matches, mismatches) = (shadow.0 - b.last.0, shadow.1 - b.last.1);
+        b.last = shadow;
+        let mismatch_ratio =
+            (matches + mismatches > 0).then(|| mismatches as f64 / (matches + mismatches) as f64);
+        if b.status == "rolled-back" {
+            return;
+        }
+        let weight = self.weight();
+        let counted = events.max(cfg.min_events) as f64;
+        let Some((action, next)) = decide(cfg, weight, events, failures, mismatch_ratio) else {
+            tracing::debug!(function, weight, events, failures, "canary: held");
+            return;
+        };
+        self.weight.store(next.to_bits(), Ordering::Release);
+        // Topics moved between the versions: persistent instances start afresh.
+        self.primary.renew();
+        b.status = match action {
+            "rolled-back" => "rolled-back",
+            _ if next >= cfg.max_weight => "at-max-weight",
+            _ => "progressing",
+        };
+        let failure_ratio = failures as f64 / counted;
+        if action == "rolled-back" {
+            tracing::warn!(function, events, failures, failure_ratio, ?mismatch_ratio,
+                max_failure_ratio = cfg.max_failure_ratio, max_mismatch_ratio = ?cfg.max_mismatch_ratio,
+                "canary: rolled back, every topic on the primary again");
+        } else {
+            tracing::info!(
+                function,
+                weight = next,
+                events,
+                failures,
+                ?mismatch_ratio,
+                status = b.status,
+                "canary: share raised"
+            );
+        }
+        if b.steps.len() == CANARY_STEPS {
+            b.steps.pop_front();
+        }
+        b.steps.push_back(CanaryStep {
+            ts_ms: crate::clock::now_ms(),
+            action: action.to_string(),
+            weight: next,
+            events,
+            failures,
+            mismatch_ratio,
+        });
+    }
+
+    fn report(&self) -> CanaryReport {
+        let b = self.book();
+        CanaryReport {
+            weight: self.weight(),
+            status: b.status.to_string(),
+            events: b.events,
+            failed: b.failed.iter().map(|(k, n)| (k.clone(), *n)).collect(),
+            steps: b.steps.iter().cloned().collect(),
+        }
+    }
+}
+
+/// What one analysis does with a canary at `weight` that handled `events` in the
+/// interval, `failures` of them failed, while the shadow saw `mismatch_ratio` on the
+/// other topics: roll back (to 0) when out of bounds, raise by a step when within them
+/// on enough events, or hold (`None`).
+fn decide(
+    cfg: &CanaryConfig,
+    weight: f64,
+    events: u64,
+    failures: u64,
+    mismatch_ratio: Option<f64>,
+) -> Option<(&'static str, f64)> {
+    // Fewer events than `min_events` count as that many: one failure among three
+    // events is not a third.
+    let counted = events.max(cfg.min_events) as f64;
+    let failing = failures as f64 > cfg.max_failure_ratio * counted;
+    let differing = cfg
+        .max_mismatch_ratio
+        .zip(mismatch_ratio)
+        .is_some_and(|(max, r)| r > max);
+    if failing || differing {
+        Some(("rolled-back", 0.0))
+    } else if events >= cfg.min_events && weight < cfg.max_weight {
+        Some(("raised", (weight + cfg.step).min(cfg.max_weight)))
+    } else {
+        None
+    }
+}
+
+/// Analyses the canary every `interval`; ends with the shadow.
+async fn steer(core: Weak<Core>, interval: Duration) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        if core.retired.load(Ordering::Relaxed) {
+            return;
+        }
+        let (matches, mismatches, _, _) = core.book().counts();
+        if let Some(c) = &core.canary {
+            c.analyse(&core.function, (matches, mismatches));
+            core.changed.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -182,6 +388,11 @@ impl Slot {
         if let Some(s) = self.get().as_ref() {
             s.offer(event, result);
         }
+    }
+
+    /// The shadow, if there is one.
+    pub fn shadow(&self) -> Option<Arc<Shadow>> {
+        self.get().clone()
     }
 
     /// The shadow's report, if there is a shadow.
@@ -387,6 +598,7 @@ impl Core {
             },
             primary: b.primary.report(),
             shadow: b.shadow.report(),
+            canary: self.canary.as_ref().map(Canary::report),
         }
     }
 }
@@ -822,6 +1034,31 @@ mod tests {
         b.judge(judged(&["ts"]));
         assert_eq!((b.matches, b.mismatches), (3, 1));
         assert_eq!((b.noise_runs, b.noise_diffs), (2, 2));
+    }
+
+    #[test]
+    fn a_canary_is_raised_within_bounds_and_rolled_back_outside_them() {
+        let cfg = CanaryConfig {
+            max_mismatch_ratio: Some(0.05),
+            ..CanaryConfig::default()
+        };
+        // Flagger's steps: 0.1, 0.2, ... up to max_weight, then held.
+        assert_eq!(decide(&cfg, 0.1, 100, 0, None), Some(("raised", 0.2)));
+        assert_eq!(
+            decide(&cfg, 0.45, 100, 1, Some(0.01)),
+            Some(("raised", 0.5))
+        );
+        assert_eq!(decide(&cfg, 0.5, 100, 0, None), None);
+        // Too few events to raise on.
+        assert_eq!(decide(&cfg, 0.1, 9, 0, None), None);
+        // 5% failing against a bound of 1%, or one failure among few events.
+        assert_eq!(decide(&cfg, 0.3, 100, 5, None), Some(("rolled-back", 0.0)));
+        assert_eq!(decide(&cfg, 0.3, 3, 1, None), Some(("rolled-back", 0.0)));
+        // The shadow's mismatches on the other topics.
+        assert_eq!(
+            decide(&cfg, 0.3, 100, 0, Some(0.1)),
+            Some(("rolled-back", 0.0))
+        );
     }
 
     #[test]

@@ -308,6 +308,13 @@ impl LoadedFunction {
         self.generation.load(Ordering::Acquire)
     }
 
+    /// Makes persistent instances start afresh from the store at their next event, as
+    /// after a reload (a canary's share changed: topics moved between versions, and what
+    /// an instance remembers of them is stale).
+    pub fn renew(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+    }
+
     /// The function's name.
     pub fn name(&self) -> &str {
         &self.name

@@ -275,12 +275,18 @@ impl Runtime {
             .compile_cache
             .then(|| function::CompileCache::of(cfg));
         let mut compiled = function::Compiled::with_cache(cache.clone());
-        // A function's shadow (`<name>~shadow`) and the primary again for its noise
-        // calibration (`<name>~control`) are loaded as functions of their own.
+        // A function's shadow (`<name>~shadow`), the primary again for its noise
+        // calibration (`<name>~control`) and the shadow's version as a canary
+        // (`<name>~canary`) are loaded as functions of their own.
         let all = cfg.functions.iter().flat_map(|f| {
-            [Some(f.clone()), f.shadow_function(), f.control_function()]
-                .into_iter()
-                .flatten()
+            [
+                Some(f.clone()),
+                f.shadow_function(),
+                f.control_function(),
+                f.canary_function(),
+            ]
+            .into_iter()
+            .flatten()
         });
         for f in all {
             match runtime.load(cfg, &f, &mut compiled) {

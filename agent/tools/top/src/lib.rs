@@ -135,7 +135,15 @@ fn shadow_row(r: &edge_agent::messages::ShadowReport) -> Vec<String> {
         .map_or_else(|| "-".into(), |x| format!("{:.1}%", x * 100.0));
     vec![
         "└ shadow".into(),
-        format!("{} {ratio} differ", r.model),
+        match &r.canary {
+            Some(c) => format!(
+                "{} {ratio} differ, canary {:.0}% {}",
+                r.model,
+                c.weight * 100.0,
+                c.status
+            ),
+            None => format!("{} {ratio} differ", r.model),
+        },
         "-".into(),
         us(r.shadow.latency_p50_us),
         us(r.shadow.latency_p99_us),

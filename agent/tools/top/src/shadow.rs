@@ -195,6 +195,39 @@ pub fn text(m: &ShadowMessage) -> String {
         n.of,
         pct(n.ratio)
     );
+    if let Some(c) = &r.canary {
+        let failed = c
+            .failed
+            .iter()
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect::<Vec<_>>();
+        let failed = if failed.is_empty() {
+            "none".to_string()
+        } else {
+            failed.join(", ")
+        };
+        let _ = writeln!(
+            out,
+            "  canary: {} at {:.0}% of the topics; {} events, failed: {failed}",
+            c.status,
+            c.weight * 100.0,
+            c.events
+        );
+        for s in &c.steps {
+            let mismatch = s
+                .mismatch_ratio
+                .map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0));
+            let _ = writeln!(
+                out,
+                "    {} {} to {:.0}%: {} events, {} failed, shadow mismatch {mismatch}",
+                s.ts_ms,
+                s.action,
+                s.weight * 100.0,
+                s.events,
+                s.failures
+            );
+        }
+    }
     let _ = writeln!(out, "\n  {:<14} {:>14} {:>14}", "", "primary", "shadow");
     for (label, p, s) in side_rows(&r.primary, &r.shadow) {
         let _ = writeln!(out, "  {label:<14} {p:>14} {s:>14}");
