@@ -1,7 +1,7 @@
 //! `edge-agent promote FUNCTION`: the function's shadow becomes its primary and the
 //! primary its shadow, by an edit of the config file that keeps its comments and layout
 //! (then a reload puts it in force; promoting again rolls back). What swaps: `module` and
-//! `[function.config]`. A shadow of another model cannot be promoted by a reload: the
+//! `[function.config]`; a `[function.shadow.canary]` is removed (it is done). A shadow of another model cannot be promoted by a reload: the
 //! model is fixed until a restart.
 
 use std::path::Path;
@@ -100,6 +100,8 @@ pub fn promote(path: &Path, text: &str, function: &str) -> Result<String, Promot
     if shadow_module.is_none() && shadow_config.is_none() {
         return Err(PromoteError::Same(function.into()));
     }
+    // A canary is done once its version is the primary.
+    shadow.remove("canary");
     // The shadow gets the primary's parts for the ones it had of its own.
     if shadow_module.is_some()
         && let Some(m) = &primary_module
@@ -163,6 +165,8 @@ threshold = "30"   # degrees
 [function.shadow]
 module = "v2.wasm"
 config = { threshold = "25" }
+[function.shadow.canary]
+weight = 0.5
 "#;
 
     fn promoted(text: &str) -> crate::config::Config {
@@ -184,6 +188,7 @@ config = { threshold = "25" }
         assert_eq!(s.module.as_deref(), Some(Path::new("v1.wasm")));
         let old = s.config.as_ref().and_then(|c| c.get("threshold"));
         assert_eq!(old.map(String::as_str), Some("30"));
+        assert_eq!(s.canary, None, "the canary is done");
         // Twice is a roll-back, to the same config.
         let text = promote(Path::new("a.toml"), CONFIG, "alert").expect("once");
         let back = promote(Path::new("a.toml"), &text, "alert").expect("twice");

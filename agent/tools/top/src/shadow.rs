@@ -103,6 +103,12 @@ async fn fetch(args: &ShadowReportArgs) -> Result<(Option<Vec<u8>>, Option<Strin
     Ok((got, problem))
 }
 
+/// The time of day of `ms` (since the Unix epoch), UTC.
+fn clock(ms: u64) -> String {
+    let s = ms / 1000 % 86_400;
+    format!("{:02}:{:02}:{:02} UTC", s / 3600, s / 60 % 60, s % 60)
+}
+
 fn pct(r: Option<f64>) -> String {
     r.map_or_else(|| "-".into(), |r| format!("{:.1}%", r * 100.0))
 }
@@ -220,7 +226,7 @@ pub fn text(m: &ShadowMessage) -> String {
             let _ = writeln!(
                 out,
                 "    {} {} to {:.0}%: {} events, {} failed, shadow mismatch {mismatch}",
-                s.ts_ms,
+                clock(s.ts_ms),
                 s.action,
                 s.weight * 100.0,
                 s.events,

@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Benchmark: shadows on live traffic (issue 27).
+#
+# Usage: tests/bench/shadow.sh [AGENT_BINARY] [RUNS]
+#   AGENT_BINARY  default target/release/edge-agent
+#   RUNS          runs of each isolation case (default 3; the median is reported)
+#
+# Starts Mosquitto (TCP_NODELAY) on a free port and, in turn:
+#
+# 1. The mismatch ratio. `threshold-alert` alerting above 89 with a shadow alerting above
+#    79 (`ignore = ["threshold"]`), 10,000 events with values drawn uniformly from 0 to 99:
+#    the two differ on the values 80 to 89, 10% of the events by design (1,000 expected,
+#    a binomial spread of about 30). Prints the shadow's ratio.
+# 2. Isolation. `echo` alone, then with a shadow (`misbehave`) that traps on every event
+#    (the payload `panic`), then with one that runs to its timeout on every event (`loop`,
+#    timeout_ms = 200): 20,000 QoS 1 events published as fast as four `edge-agent
+#    publish` can, the time until the last output arrives, and the function's end-to-end
+#    p99 from its stats. Prints the median of RUNS runs of each, and the shadow's counts.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+bin="${1:-$root/target/release/edge-agent}"
+runs="${2:-3}"
+[[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
+[[ -f "$root/modules/dist/misbehave.wasm" ]] || "$root/modules/build.sh" >/dev/null
+work="$(mktemp -d)"
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+port="$(free_port)"
+printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n' "$port" >"$work/mosquitto.conf"
+mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
+pids+=($!)
+sleep 0.3
+
+# start FUNCTION_TOML: writes the config and starts the agent; waits until it is online.
+start() {
+    rm -rf "$work/data"
+    cat >"$work/agent.toml" <<TOML
+[agent]
+id = "bench-shadow"
+data_dir = "$work/data"
+stats_interval_secs = 1
+[broker]
+url = "mqtt://127.0.0.1:$port"
+$1
+TOML
+    "$bin" run --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
+    agent=$!
+    pids+=("$agent")
+    mosquitto_sub -p "$port" -t edge-agent/bench-shadow/status -C 1 -W 20 >/dev/null
+}
+stop() { kill "$agent"; wait "$agent" 2>/dev/null || true; }
+# report FUNCTION: the function's last stats snapshot as JSON (after a report interval).
+report() {
+    sleep 1.5
+    mosquitto_sub -p "$port" -t edge-agent/bench-shadow/stats -C 1 -W 10 |
+        python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps([f for f in r['functions'] if f['function']=='$1'][0]))"
+}
+
+echo "== 1. mismatch ratio: 10,000 events, version 2 differs on 10% by design"
+start "[[function]]
+name = \"alert\"
+module = \"$root/modules/dist/threshold-alert.wasm\"
+topics = [\"s/+/t\"]
+[function.config]
+threshold = \"89\"
+alert_topic = \"alerts/{topic}\"
+[function.shadow]
+ignore = [\"threshold\"]
+queue_capacity = 20000
+config = { threshold = \"79\", alert_topic = \"alerts/{topic}\" }"
+python3 -c '
+import random
+for i in range(10000):
+    print("{\"value\": %d}" % random.randrange(100))' >"$work/values"
+by_design=$(python3 -c "import sys; print(sum(1 for l in open('$work/values') if 80 <= int(l.split(':')[1].strip(' }\n')) <= 89))")
+mosquitto_pub -p "$port" -q 1 -t s/k/t -l <"$work/values"
+for _ in $(seq 1 60); do
+    n=$(report alert | python3 -c 'import json,sys; s=json.load(sys.stdin)["shadow"]; print(s["matches"]+s["mismatches"])')
+    [[ "$n" == 10000 ]] && break
+done
+report alert | python3 -c "
+import json,sys
+s=json.load(sys.stdin)['shadow']
+print(f\"compared {s['matches']+s['mismatches']}, mismatches {s['mismatches']} (by design {$by_design}): \"
+      f\"ratio {s['mismatch_ratio']*100:.2f}% against {$by_design/100:.2f}%; skipped {s['skipped']}\")"
+stop
+
+echo "== 2. isolation: echo's rate and p99 alone and beside a hostile shadow (median of $runs)"
+n=20000
+# case NAME PAYLOAD SHADOW_TOML
+case_run() {
+    local name="$1" payload="$2" shadow="$3" out=()
+    for r in $(seq 1 "$runs"); do
+        start "[[function]]
+name = \"e\"
+module = \"$root/modules/dist/echo.wasm\"
+topics = [\"in\"]
+timeout_ms = 200
+queue_capacity = 64
+[function.config]
+out_topic = \"out\"
+$shadow"
+        mosquitto_sub -p "$port" -t out -q 1 -C "$n" -W 120 >/dev/null &
+        local sub=$!
+        sleep 0.3
+        local t0; t0=$(date +%s.%N)
+        for _ in 1 2 3 4; do
+            "$bin" publish --broker "mqtt://127.0.0.1:$port" -t in -n $((n / 4)) --payload "$payload" -q 1 2>/dev/null &
+        done
+        wait "$sub"
+        local t1; t1=$(date +%s.%N)
+        local totals; totals=$(report e)
+        out+=("$(python3 -c "
+import json,sys
+t=json.loads(sys.argv[1]); s=t.get('shadow') or {}
+rate=$n/($t1-$t0)
+print(f\"{rate:.0f} {t['end_to_end_us']['p99']} {s.get('shadow_failed','-')} {s.get('skipped','-')}\")" "$totals")")
+        stop
+    done
+    printf '%s\n' "${out[@]}" | python3 -c "
+import sys,statistics
+rows=[l.split() for l in sys.stdin]
+rate=statistics.median(float(r[0]) for r in rows); p99=statistics.median(int(r[1]) for r in rows)
+print(f'$name: {rate:.0f} events/s, p99 {p99/1000:.2f} ms (runs: ' + ', '.join(f'{r[0]}/s p99 {int(r[1])/1000:.2f} ms shadow-failed {r[2]} skipped {r[3]}' for r in rows) + ')')"
+}
+case_run "alone" "panic" ""
+case_run "shadow traps on every event" "panic" "[function.shadow]
+module = \"$root/modules/dist/misbehave.wasm\"
+config = { out_topic = \"out\" }"
+case_run "shadow runs to its timeout (200 ms) on every event" "loop" "[function.shadow]
+module = \"$root/modules/dist/misbehave.wasm\"
+config = { out_topic = \"out\" }"
