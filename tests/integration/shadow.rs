@@ -440,3 +440,35 @@ async fn a_failing_canary_is_rolled_back_and_loses_nothing() {
     c.publish("in/0", "err:again").await;
     assert_eq!(c.recv().await.text(), "err:again");
 }
+
+/// A shadow that takes the function's config follows a reload of it: the new version
+/// is compared with itself again, not with the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_of_the_function_reloads_a_shadow_that_follows_it() {
+    let id = unique("shadow-reload");
+    let config = |out: &str| {
+        embedded(&id)
+            + &format!(
+                "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+                 [function.config]\nout_topic = \"{out}\"\n\
+                 [function.shadow]\ncalibrate_events = 0\n",
+                guest("echo")
+            )
+    };
+    let agent = Agent::start(&config("a")).await;
+    std::fs::write(agent.dir().join("agent.toml"), config("b")).expect("rewrite the config");
+    let mut c = Client::connect(agent.port, &["b", "edge-agent/+/reload"]).await;
+    let report = c.recv_on(&format!("edge-agent/{id}/reload")).await;
+    assert!(report.text().contains("\"ok\":true"), "{}", report.text());
+    for _ in 0..10 {
+        c.publish("in", "x").await;
+        c.recv_on("b").await;
+    }
+    eventually("ten compared", || {
+        let r = agent.snapshot("e").shadow.expect("a shadow");
+        r.matches + r.mismatches == 10
+    })
+    .await;
+    let r = agent.snapshot("e").shadow.expect("a shadow");
+    assert_eq!(r.mismatches, 0, "compared with the old version: {r:?}");
+}

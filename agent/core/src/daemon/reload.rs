@@ -251,17 +251,11 @@ impl Reloader {
         let mut errors = Vec::new();
         for f in &plan.config.functions {
             let before = self.config.functions.iter().find(|o| o.name == f.name);
-            if let (Some(loaded), Some(before)) = (self.functions.get(&f.name), before)
-                && before.shadow != f.shadow
-            {
-                match self.load_shadow(&plan.config, f, loaded, &mut compiled) {
-                    Ok(sides) => plan.reshadowed.push((f.clone(), sides)),
-                    Err(e) => errors.push(e),
-                }
-            }
+            let mut new_version = false;
             let outcome = match self.functions.get(&f.name) {
                 Some(loaded) => loaded.prepare(f).map(|next| {
                     if let Some(next) = next {
+                        new_version = true;
                         plan.changed.push((loaded.clone(), next));
                     }
                 }),
@@ -274,6 +268,16 @@ impl Reloader {
             };
             if let Err(e) = outcome {
                 errors.push(e);
+            }
+            // The shadow changes with its section, and with the function's own version
+            // when it takes the function's module or config (and its control always does).
+            if let (Some(loaded), Some(before)) = (self.functions.get(&f.name), before)
+                && (before.shadow != f.shadow || new_version && f.shadow.is_some())
+            {
+                match self.load_shadow(&plan.config, f, loaded, &mut compiled) {
+                    Ok(sides) => plan.reshadowed.push((f.clone(), sides)),
+                    Err(e) => errors.push(e),
+                }
             }
         }
         if errors.is_empty() {
