@@ -9,6 +9,7 @@ mod auto;
 mod cli;
 mod events;
 mod faults;
+mod fleet;
 mod harness;
 mod hostile;
 mod languages;

@@ -654,10 +654,37 @@ pub struct FunctionConfig {
     /// converted).
     #[serde(default)]
     pub config: BTreeMap<String, String>,
+    /// Share the function's events with other agents through the broker: its intake
+    /// subscribes with `$share/<share>/<filter>`, and the broker hands each message to one
+    /// member of the group (docs/fleet.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub share: Option<String>,
+    /// Take only this agent's part of the function's topics (a hash of the topic), so that
+    /// a topic's events and state stay on one agent of several (docs/fleet.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partition: Option<Partition>,
     /// A second version run beside this one on live traffic, its outputs compared
     /// (`[function.shadow]`); see docs/rollout.md.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub shadow: Option<ShadowConfig>,
+}
+
+/// `partition = { of = N, index = i }`: this agent takes the topics whose CRC-32 (IEEE,
+/// of the topic's bytes) modulo `of` is `index`; the others are acknowledged unhandled.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Partition {
+    /// How many parts (agents).
+    pub of: u32,
+    /// This agent's part, from 0.
+    pub index: u32,
+}
+
+impl Partition {
+    /// Whether `topic` is in this part.
+    pub fn takes(&self, topic: &str) -> bool {
+        crc32fast::hash(topic.as_bytes()) % self.of.max(1) == self.index
+    }
 }
 
 /// `[function.shadow]`: a second version of a function that sees the same events as the

@@ -468,3 +468,36 @@ fn a_shadow_section_has_defaults_and_checks_its_settings() {
         assert!(e.contains(says), "{shadow}: {e}");
     }
 }
+
+#[test]
+fn share_and_partition_are_checked() {
+    let c = Case::new();
+    let cfg = c
+        .load("agent.toml", &with("", "partition = { of = 3, index = 2 }"))
+        .unwrap();
+    let p = cfg.functions[0].partition.expect("a partition");
+    // CRC-32 (IEEE) of the topic, modulo 3: a publisher can compute it too.
+    assert_eq!(crc32fast::hash(b"in/0") % 3 == 2, p.takes("in/0"));
+    for (extra, says) in [
+        (
+            "share = \"a/b\"",
+            "`function[f].share`: `a/b` must be 1-64 characters",
+        ),
+        (
+            "partition = { of = 3, index = 3 }",
+            "`function[f].partition`: of = 3, index = 3",
+        ),
+        (
+            "share = \"g\"\npartition = { of = 2, index = 0 }",
+            "`function[f].partition`: cannot be used with share",
+        ),
+    ] {
+        let e = c.err(&with("", extra));
+        assert!(e.contains(says), "{extra}: {e}");
+    }
+    let e = c.err(&GOOD.replace("sensors/+/temperature", "$share/g/sensors/+/temperature"));
+    assert!(
+        e.contains("write the plain filter and share = \"GROUP\""),
+        "{e}"
+    );
+}

@@ -586,7 +586,10 @@ impl Config {
             if t.starts_with("$share/") || t.starts_with("$queue/") {
                 errs.push(self.invalid(
                     key("topics"),
-                    format!("`{t}`: shared subscriptions are not supported yet"),
+                    format!(
+                        "`{t}`: write the plain filter and share = \"GROUP\" (the agent \
+                         subscribes with $share/GROUP/FILTER and routes by the real topic)"
+                    ),
                 ));
             }
         }
@@ -684,6 +687,32 @@ impl Config {
                 key("max_payload_bytes"),
                 "is larger than broker.max_packet_bytes, which no message can exceed",
             ));
+        }
+        if let Some(g) = &f.share
+            && (g.is_empty() || g.len() > 64 || g.contains(['/', '+', '#']))
+        {
+            errs.push(self.invalid(
+                key("share"),
+                format!("`{g}` must be 1-64 characters, none of `/`, `+`, `#`"),
+            ));
+        }
+        if let Some(p) = &f.partition {
+            if !(1..=1024).contains(&p.of) || p.index >= p.of {
+                errs.push(self.invalid(
+                    key("partition"),
+                    format!(
+                        "of = {}, index = {}: `of` must be from 1 to 1024 and `index` from 0 to of - 1",
+                        p.of, p.index
+                    ),
+                ));
+            }
+            if f.share.is_some() {
+                errs.push(self.invalid(
+                    key("partition"),
+                    "cannot be used with share: the broker hands each message to one member, \
+                     and a member would drop those of another's part (use one or the other)",
+                ));
+            }
         }
         if let Some(shadow) = &f.shadow {
             self.check_shadow(f, shadow, &|k| key(&format!("shadow.{k}")), errs);

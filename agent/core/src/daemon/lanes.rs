@@ -293,6 +293,7 @@ impl Lanes {
             max_payload_bytes: f.max_payload_bytes,
             stats,
             state: loaded.state().cloned(),
+            partition: f.partition,
         };
         let router = |acks| {
             Router::new(
@@ -497,12 +498,18 @@ fn subscriptions(function: &FunctionConfig) -> Vec<crate::topic::Subscription> {
     if function.qos > 1 {
         tracing::warn!(function = %function.name, "qos = 2 is subscribed as QoS 1 (at-least-once)");
     }
-    crate::topic::subscriptions(
+    let mut subs = crate::topic::subscriptions(
         function
             .topics
             .iter()
             .map(|t| (t.as_str(), function.qos.min(1))),
-    )
+    );
+    if let Some(group) = &function.share {
+        for s in &mut subs {
+            s.filter = format!("$share/{group}/{}", s.filter);
+        }
+    }
+    subs
 }
 
 /// Starts an intake connection with `options`: its client, its acknowledgement order (and

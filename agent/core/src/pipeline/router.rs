@@ -36,6 +36,8 @@ pub struct Route {
     pub stats: Arc<FunctionStats>,
     /// Its state, where the receipts of its messages are.
     pub state: Option<Arc<crate::state::Namespace>>,
+    /// `partition`: the part of the topics this agent takes.
+    pub partition: Option<crate::config::Partition>,
 }
 
 impl Route {
@@ -120,6 +122,7 @@ impl Router {
             .routes
             .iter()
             .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
+            .filter(|r| r.partition.is_none_or(|p| p.takes(&publish.topic)))
             .collect();
         let slots = targets
             .iter()
@@ -133,7 +136,8 @@ impl Router {
             slots,
         ));
         if targets.is_empty() {
-            // Covered by a merged subscription but wanted by no function.
+            // Covered by a merged subscription but wanted by no function (or in another
+            // agent's partition).
             tracing::trace!(topic = %publish.topic, "no function for topic");
             delivery.complete();
             return;
