@@ -52,7 +52,13 @@ TOML
     "$bin" run --config "$work/a$i/agent.toml" >>"$work/a$i/log" 2>&1 &
     agent_pid[$i]=$!
     pids+=($!)
-    mosquitto_sub -p "$port" -t "edge-agent/fleet-$i/status" -C 1 -W 20 >/dev/null
+    # (The embedded broker is not listening until its agent has started.)
+    for _ in $(seq 1 50); do
+        mosquitto_sub -p "$port" -t "edge-agent/fleet-$i/status" -C 1 -W 20 >/dev/null 2>&1 && return
+        sleep 0.2
+    done
+    echo "error: agent $i did not come up" >&2
+    exit 1
 }
 
 run() {
@@ -93,9 +99,9 @@ for line in open(path):
     parts = line.split()
     if len(parts) < 3:
         continue
-    arrived_us, seq, sent_ms = int(parts[0]), int(parts[1]), int(parts[2])
+    arrived_ms, seq, sent_ms = float(parts[0]) * 1000, int(parts[1]), int(parts[2])
     seen[seq] += 1
-    wait_max = max(wait_max, arrived_us / 1000 - sent_ms)
+    wait_max = max(wait_max, arrived_ms - sent_ms)
 handled = len(seen)
 twice = sum(c - 1 for c in seen.values())
 print(f"{name}: {handled} of {n} handled, {n - handled} lost, {twice} twice; "
