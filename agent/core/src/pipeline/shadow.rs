@@ -5,7 +5,8 @@
 //!
 //! - The primary is never slowed: it hands each event and its result over with a
 //!   `try_send` into the shadow's own bounded queue; when the queue is full the event is
-//!   skipped and counted. The shadow has one worker thread of its own.
+//!   skipped and counted. The shadow has one worker thread of its own, at the lowest
+//!   priority (nice 19), so that it takes next to no CPU from the function either.
 //! - The shadow's state is a namespace of its own (`<name>~shadow`), a copy of the
 //!   primary's at start-up: it sees realistic state and can never change the primary's.
 //! - The comparison understands JSON (key order ignored, numbers compared as numbers,
@@ -463,6 +464,9 @@ fn work(
     control: Option<(Arc<LoadedFunction>, Mode)>,
     output: &Output,
 ) {
+    if !lowest_priority() {
+        tracing::debug!(function = %core.function, "shadow: its thread could not be given the lowest priority; it competes for CPU with the function");
+    }
     let mut shadow = Runner::new(core.candidate.clone(), core.model);
     let mut control = control.map(|(f, m)| Runner::new(f, m));
     while let Ok(pair) = rx.recv() {
@@ -505,6 +509,29 @@ fn work(
         };
         book.judge(judged);
         core.changed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Gives the calling thread the lowest priority (nice 19): where it competes for a core
+/// with the function (or anything else), it gets a sliver of it, so that the shadow falls
+/// behind and skips events rather than slow them; it still moves on a busy machine
+/// (unlike `SCHED_IDLE`, which can starve it for as long as the machine is busy).
+/// Whether it could.
+fn lowest_priority() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: gettid has no arguments; setpriority changes the nice value of the
+        // thread it names (on Linux the nice value is per thread), this one.
+        #[allow(unsafe_code)]
+        let rc = unsafe {
+            let tid = libc::syscall(libc::SYS_gettid);
+            libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 19)
+        };
+        rc == 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
     }
 }
 
