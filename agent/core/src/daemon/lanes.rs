@@ -149,7 +149,7 @@ pub struct Lane {
     _permits: Option<OwnedSemaphorePermit>,
     loaded: Arc<LoadedFunction>,
     /// Its shadow, which a reload may put in, replace or take out.
-    shadow: Slot,
+    pub(super) shadow: Slot,
 }
 
 /// What the lanes share with the rest of the agent.
@@ -465,6 +465,9 @@ impl Lane {
         // router (at once if the connection is down or lost): the queue drains.
         self.retire.cancel();
         for w in &mut self.workers {
+            let _ = w.await;
+        }
+        if let Some(w) = self.shadow.retire() {
             let _ = w.await;
         }
         // The acknowledgements of what drained, once the broker has those events' outputs.

@@ -74,14 +74,21 @@ impl Shutdown {
             "shutting down: stopping intake"
         );
         self.stop_intake.cancel();
-        let (mut workers, mut intakes) = (Vec::new(), Vec::new());
+        let (mut workers, mut intakes, mut shadows) = (Vec::new(), Vec::new(), Vec::new());
         for lane in self.lanes.take_all() {
             workers.extend(lane.workers);
             intakes.push(lane.intake);
+            shadows.push(lane.shadow);
         }
         let drained = tokio::time::timeout(self.grace, async {
             for w in workers {
                 let _ = w.await;
+            }
+            // Once the functions are done, nothing hands their shadows events.
+            for s in &shadows {
+                if let Some(w) = s.retire() {
+                    let _ = w.await;
+                }
             }
             self.tracker.close();
             self.tracker.wait().await;

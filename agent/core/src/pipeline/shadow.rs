@@ -56,6 +56,8 @@ struct Pair {
 pub struct Shadow {
     tx: SyncSender<Pair>,
     core: Arc<Core>,
+    /// The worker, done once it has seen the shadow retired.
+    worker: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// What the shadow's worker, its holders and its report share.
@@ -140,7 +142,7 @@ impl Shadow {
             ));
         }
         let (c, output) = (core.clone(), shared.output.clone());
-        spawn_worker(format!("{function}~shadow"), move |rt| {
+        let worker = spawn_worker(format!("{function}~shadow"), move |rt| {
             work(&rt, &c, &rx, control, &output);
         })?;
         shared.background.spawn_until_stopped(publish_reports(
@@ -151,7 +153,11 @@ impl Shadow {
         ));
         tracing::info!(function = %function, model = model.as_str(), sha256 = %core.candidate.sha256(),
             fraction = core.cfg.fraction, "shadow started: outputs compared, not published");
-        Ok(Arc::new(Self { tx, core }))
+        Ok(Arc::new(Self {
+            tx,
+            core,
+            worker: Mutex::new(Some(worker)),
+        }))
     }
 
     /// Hands `event`, which the primary handled with `result`, to the shadow if its topic
@@ -409,6 +415,21 @@ impl Slot {
             shadow,
         )
     }
+
+    /// Takes the shadow out and returns its worker, which ends after the call it is on
+    /// (the events still queued for it are dropped): the stop sequence waits for it, so
+    /// that nothing of the agent (its state store) outlives the stop.
+    pub fn retire(&self) -> Option<tokio::task::JoinHandle<()>> {
+        let shadow = self.replace(None)?;
+        shadow.core.retired.store(true, Ordering::Relaxed);
+        let worker = shadow
+            .worker
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        drop(shadow);
+        worker
+    }
 }
 
 /// Whether `topic` is among the `fraction` of topics mirrored: a hash of the topic, so
@@ -470,6 +491,9 @@ fn work(
     let mut shadow = Runner::new(core.candidate.clone(), core.model);
     let mut control = control.map(|(f, m)| Runner::new(f, m));
     while let Ok(pair) = rx.recv() {
+        if core.retired.load(Ordering::Relaxed) {
+            return;
+        }
         if let Some(c) = &mut control {
             let (again, _) = c.run(&pair.event);
             let paths = core.differences(&pair.primary, &again);
