@@ -202,6 +202,8 @@ fn context(agent_limits: &(usize, String), cfg: &FunctionConfig) -> Arc<Function
             cfg.topics.clone()
         },
         publish_bucket: std::sync::Mutex::new(crate::rate::TokenBucket::new(cfg.publish_rate)),
+        publish_rate: cfg.publish_rate,
+        throttle_said: std::sync::Mutex::new(None),
         memory_limit: usize::try_from(cfg.memory_limit_mb * 1024 * 1024).unwrap_or(usize::MAX),
         timeout_ms: cfg.timeout_ms,
         log: Arc::new(super::stdio::LogLimiter::new(

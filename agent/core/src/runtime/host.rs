@@ -38,6 +38,10 @@ pub struct FunctionContext {
     pub own_filters: Vec<String>,
     /// Publishes allowed, shared by all instances of the function.
     pub publish_bucket: Mutex<TokenBucket>,
+    /// `publish_rate`, as configured (for the warning when it holds the function back).
+    pub publish_rate: u32,
+    /// When a call last had to wait for the bucket and it was said (once a minute).
+    pub throttle_said: Mutex<Option<Instant>>,
     /// Linear-memory cap per instance, in bytes.
     pub memory_limit: usize,
     /// Longest a call may run, in milliseconds.
@@ -70,6 +74,21 @@ pub struct StoreData {
 }
 
 impl StoreData {
+    /// A call waits for its turn to publish: `publish_rate` holds the function back.
+    /// Said at most once a minute per function, with the rate: the default (1,000
+    /// messages a second) caps a busy function's rate without an error anywhere.
+    fn say_throttled(&self) {
+        let mut said = self
+            .ctx
+            .throttle_said
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if said.is_none_or(|t| t.elapsed() >= std::time::Duration::from_secs(60)) {
+            *said = Some(Instant::now());
+            tracing::warn!(function = %self.ctx.name, publish_rate = self.ctx.publish_rate,
+                "publish_rate is holding the function back: its calls wait for their turn to publish (raise publish_rate if this rate is expected; said at most once a minute)");
+        }
+    }
     /// Fresh state for one instance: WASI with no capabilities at all (no files,
     /// environment, arguments or sockets); stdout/stderr into the log.
     pub fn new(ctx: Arc<FunctionContext>) -> Self {
@@ -203,6 +222,7 @@ impl mqtt::Host for StoreData {
             // past it the call would be stopped as a timeout (and a persistent instance
             // dropped) for what is only a rate limit; a turn that would come too late is
             // refused at once instead.
+            self.say_throttled();
             let until = (Instant::now() + std::time::Duration::from_secs(1)).min(self.deadline);
             while !allowed {
                 let now = Instant::now();
