@@ -449,9 +449,7 @@ impl Config {
         errs: &mut Vec<ConfigError>,
     ) {
         let mut within = |k: &str, v: f64, lo: f64, hi: f64| {
-            if !(v.is_finite() && (lo..=hi).contains(&v)) {
-                errs.push(self.invalid(key(k), format!("must be from {lo} to {hi}")));
-            }
+            errs.extend(self.within(key(k), v, lo, hi));
         };
         within("tick_secs", a.tick_secs, 0.01, 3600.0);
         within("stable_window_secs", a.stable_window_secs, 0.01, 86_400.0);
@@ -483,6 +481,12 @@ impl Config {
                 "must be at most stable_window_secs (the panic window is the short one)",
             ));
         }
+    }
+
+    /// `v` at `key` unless it is a finite number from `lo` to `hi`: why not.
+    fn within(&self, key: String, v: f64, lo: f64, hi: f64) -> Option<ConfigError> {
+        (!(v.is_finite() && (lo..=hi).contains(&v)))
+            .then(|| self.invalid(key, format!("must be from {lo} to {hi}")))
     }
 
     /// `[function.shadow]`, keys named by `key`.
@@ -532,12 +536,7 @@ impl Config {
         }
         if let Some(c) = &s.canary {
             let mut within = |k: &str, v: f64, lo: f64, hi: f64| {
-                if !(v.is_finite() && (lo..=hi).contains(&v)) {
-                    errs.push(self.invalid(
-                        key(&format!("canary.{k}")),
-                        format!("must be from {lo} to {hi}"),
-                    ));
-                }
+                errs.extend(self.within(key(&format!("canary.{k}")), v, lo, hi));
             };
             within("weight", c.weight, 0.0, 1.0);
             within("step", c.step, 0.0, 1.0);

@@ -240,14 +240,13 @@ impl Running {
     }
 }
 
-/// Opens the state store and gives every function its namespace (and its shadow's sides
-/// theirs, copies of the primary's).
+/// Opens the state store and gives every function its namespace (its shadow's sides get
+/// theirs when its lane starts: [`shadow_sides`]).
 fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, AgentError> {
     let state = StateStore::open(&config.agent.data_dir, &config.state)?;
     for f in &config.functions {
         if let Some(loaded) = runtime.function(&f.name) {
             loaded.attach_state(state.namespace(&f.name)?);
-            shadow_sides(&state, f, &loaded, |n| runtime.function(n))?;
         }
     }
     Ok(state)

@@ -193,7 +193,9 @@ pub(super) fn handle(
         if let (Some(auto), Ok(outcome)) = (auto, &result) {
             auto.record(Model::OnDemand, &outcome.cost);
         }
-        shadow.offer(&event, &result);
+        if let Some(s) = &shadowed {
+            s.offer(&event, &result);
+        }
         rt.block_on(output.finish(function.name(), stats, event, result, inbox));
     }
 }

@@ -177,17 +177,7 @@ impl PersistentInstance {
                 }
                 if live.is_none() {
                     // On demand (or promoted with no room in the pool or no instance).
-                    on_demand::handle(
-                        rt,
-                        &self.function,
-                        &self.stats,
-                        inbox,
-                        &self.pool,
-                        &self.output,
-                        event,
-                        Some(auto),
-                        &self.shadow,
-                    );
+                    self.on_demand(rt, inbox, event, Some(auto));
                     continue;
                 }
             }
@@ -199,17 +189,7 @@ impl PersistentInstance {
                 .shadow()
                 .is_some_and(|s| s.canary(&event.topic).is_some())
             {
-                on_demand::handle(
-                    rt,
-                    &self.function,
-                    &self.stats,
-                    inbox,
-                    &self.pool,
-                    &self.output,
-                    event,
-                    None,
-                    &self.shadow,
-                );
+                self.on_demand(rt, inbox, event, None);
                 continue;
             }
             // A reload put a new version in force: this instance finished its last event
@@ -319,6 +299,28 @@ impl PersistentInstance {
                 live = self.restart(rt, &name, &mut restarts, &mut backoff);
             }
         }
+    }
+
+    /// Runs `event` in a fresh instance, as the on-demand model does (an auto function on
+    /// demand, or a canary topic).
+    fn on_demand(
+        &self,
+        rt: &Handle,
+        inbox: &Arc<Inbox>,
+        event: crate::event::Inbound,
+        auto: Option<&Auto>,
+    ) {
+        on_demand::handle(
+            rt,
+            &self.function,
+            &self.stats,
+            inbox,
+            &self.pool,
+            &self.output,
+            event,
+            auto,
+            &self.shadow,
+        );
     }
 
     /// A fresh instance, logged either way.

@@ -274,7 +274,6 @@ impl Canary {
             return;
         }
         let weight = self.weight();
-        let counted = events.max(cfg.min_events) as f64;
         let Some((action, next)) = decide(cfg, weight, events, failures, mismatch_ratio) else {
             tracing::debug!(function, weight, events, failures, "canary: held");
             return;
@@ -287,9 +286,8 @@ impl Canary {
             _ if next >= cfg.max_weight => "at-max-weight",
             _ => "progressing",
         };
-        let failure_ratio = failures as f64 / counted;
         if action == "rolled-back" {
-            tracing::warn!(function, events, failures, failure_ratio, ?mismatch_ratio,
+            tracing::warn!(function, events, failures, ?mismatch_ratio,
                 max_failure_ratio = cfg.max_failure_ratio, max_mismatch_ratio = ?cfg.max_mismatch_ratio,
                 "canary: rolled back, every topic on the primary again");
         } else {
