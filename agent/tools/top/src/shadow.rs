@@ -188,6 +188,13 @@ pub fn text(m: &ShadowMessage) -> String {
         "  shadow failed {}; skipped {} (its queue was full)",
         r.shadow_failed, r.skipped
     );
+    if r.skipped > 0 {
+        let _ = writeln!(
+            out,
+            "  (a shadow that writes state misses the writes of the events it skipped: its \
+             later mismatches on their topics may be that drift; raise queue_capacity)"
+        );
+    }
     let n = &r.noise;
     let paths = if n.paths.is_empty() {
         "none".to_string()
