@@ -86,6 +86,22 @@ pub enum Command {
         #[command(subcommand)]
         command: edge_agent_top::shadow::ShadowCommand,
     },
+    /// Write an ed25519 key pair for signing deployments: KEY (private, mode 0600) and
+    /// KEY.pub (the public key for the agents' `[fleet] trusted_keys`).
+    #[cfg(feature = "fleet")]
+    Keygen(edge_agent_fleet::KeygenArgs),
+    /// Sign a directory of functions (functions.toml and its modules) and publish it to a
+    /// deployment group over MQTT: modules in chunks, then the document, all retained.
+    #[cfg(feature = "fleet")]
+    Deploy(edge_agent_fleet::DeployArgs),
+    /// The fleet seen as one: `fleet status` prints each agent on the broker with its
+    /// presence, deployment version and health.
+    #[cfg(feature = "fleet")]
+    Fleet {
+        /// What to do.
+        #[command(subcommand)]
+        command: edge_agent_fleet::status::FleetCommand,
+    },
     /// Compile components ahead of time into `.cwasm` artifacts for a device (same agent
     /// version and settings required there). Prints each artifact's size and SHA-256.
     #[cfg(feature = "compiler")]

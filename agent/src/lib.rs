@@ -53,6 +53,10 @@ pub enum CommandError {
     #[cfg(feature = "top")]
     #[error(transparent)]
     Top(#[from] edge_agent_top::TopError),
+    /// `keygen`, `deploy`, `fleet`.
+    #[cfg(feature = "fleet")]
+    #[error(transparent)]
+    Fleet(#[from] edge_agent_fleet::FleetError),
 }
 
 impl CommandError {
@@ -73,6 +77,8 @@ impl CommandError {
             Self::Compare(e) => e.exit(),
             #[cfg(feature = "top")]
             Self::Top(e) => e.exit(),
+            #[cfg(feature = "fleet")]
+            Self::Fleet(e) => e.exit(),
         }
     }
 
@@ -210,6 +216,19 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
         Command::Top(args) => edge_agent_top::run(&args)?,
         #[cfg(feature = "top")]
         Command::Shadow { command } => edge_agent_top::shadow::run(&command)?,
+        #[cfg(feature = "fleet")]
+        Command::Keygen(args) => {
+            let public = edge_agent_fleet::keygen(&args)?;
+            eprintln!(
+                "wrote {} (private: keep it off the devices) and its public key:",
+                args.key.display()
+            );
+            println!("{public}");
+        }
+        #[cfg(feature = "fleet")]
+        Command::Deploy(args) => edge_agent_fleet::deploy(&args)?,
+        #[cfg(feature = "fleet")]
+        Command::Fleet { command } => edge_agent_fleet::status::run(&command)?,
     }
     Ok(())
 }

@@ -27,6 +27,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("rate", 1),
     ("tasks", 1),
     ("messages", 1),
+    ("deployment", 1),
     ("mqtt", 2),
     ("state", 2),
     ("metrics", 3),

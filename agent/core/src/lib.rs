@@ -8,7 +8,8 @@
 //!    [`event::Release`] through which a finished event is acknowledged), [`failure`] (the
 //!    failure kinds and exit statuses), [`clock`], [`rate`] (a token bucket), [`tasks`]
 //!    (the background tasks that the stop sequence owns), [`messages`] (what the agent
-//!    publishes about itself, typed once for the agent and its clients);
+//!    publishes about itself, typed once for the agent and its clients), [`deployment`]
+//!    (signed deployment documents and their chunked modules);
 //! 2. [`mqtt`]: the connections, the acknowledgement order, the publisher, client options
 //!    and the embedded broker; it hands messages to a [`mqtt::connection::Intake`], which
 //!    the pipeline implements, so it never names the pipeline. [`state`] (sled-backed
@@ -34,6 +35,7 @@
 pub mod clock;
 pub mod config;
 pub mod daemon;
+pub mod deployment;
 pub mod event;
 pub mod failure;
 pub mod messages;

@@ -8,6 +8,7 @@
 //! fault; `main` turns it into exit code 78 (`EX_CONFIG`).
 
 mod de;
+pub mod deploy;
 pub mod promote;
 mod toml_file;
 mod validate;
@@ -175,6 +176,9 @@ pub struct Config {
     /// The Prometheus endpoint.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Signed deployments over MQTT (`[fleet]`).
+    #[serde(default)]
+    pub fleet: FleetConfig,
     /// The functions, one `[[function]]` table each.
     #[serde(default, rename = "function")]
     pub functions: Vec<FunctionConfig>,
@@ -190,6 +194,42 @@ pub struct MetricsConfig {
     /// Serve `/metrics`, `/healthz` and `/readyz` over HTTP on this address (for example
     /// `127.0.0.1:9464`); unset (the default): no listener.
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// `[fleet]`: signed deployments over MQTT (docs/fleet.md). With a `group` and at least
+/// one trusted key, the agent takes the deployment retained on
+/// `<topic_prefix>/fleet/<group>/deployment`: it checks the signature, the version and every
+/// module's SHA-256, stages the modules in `<data_dir>/deployment/`, replaces the
+/// `[[function]]` tables of its config file with the deployment's, and reloads.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FleetConfig {
+    /// The deployment group this agent belongs to; unset (the default): no deployments.
+    /// Letters, digits, `-`, `_` and `.` only.
+    pub group: Option<String>,
+    /// The ed25519 public keys (base64, as `edge-agent keygen` writes them in `KEY.pub`)
+    /// whose signatures the agent accepts. A group needs at least one.
+    pub trusted_keys: Vec<String>,
+    /// After a deployment is in force, how long the agent watches its functions, in
+    /// seconds: if more than `max_failure_ratio` of their events fail meanwhile (10 events
+    /// at least), it goes back to the functions it had before.
+    pub probation_secs: u64,
+    /// Share of failed events during probation that rolls a deployment back.
+    pub max_failure_ratio: f64,
+    /// How long to wait for a deployment's modules to arrive, in seconds.
+    pub download_timeout_secs: u64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        Self {
+            group: None,
+            trusted_keys: Vec::new(),
+            probation_secs: 10,
+            max_failure_ratio: 0.5,
+            download_timeout_secs: 120,
+        }
+    }
 }
 
 /// `[agent]`: identity and local storage.
@@ -994,10 +1034,27 @@ impl Config {
             _ => return Err(ParseFailure::new(ParseError::Format).in_file(path)),
         };
         let what = "config file";
-        let mut cfg: Config = std::fs::read_to_string(path)
-            .map_err(|source| ParseFailure::new(ParseError::Read { what, source }))
-            .and_then(|text| parse(&text, format, env))
-            .map_err(|e| e.in_file(path))?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ParseFailure::new(ParseError::Read { what, source }).in_file(path))?;
+        Self::from_text(path, &text, format, env)
+    }
+
+    /// The config that `text` would be as the file at `path`, checked as [`Config::load`]
+    /// checks it (a deployment's new functions, before they are written).
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key or function at fault.
+    pub fn load_text(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        Self::from_text(path, text, None, std::env::vars())
+    }
+
+    fn from_text(
+        path: &Path,
+        text: &str,
+        format: Option<config::FileFormat>,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigError> {
+        let mut cfg: Config = parse(text, format, env).map_err(|e| e.in_file(path))?;
         cfg.source = path.to_path_buf();
         cfg.resolve_paths();
         cfg.validate()?;

@@ -180,7 +180,10 @@ impl Config {
         errs.extend(self.validate_broker().err());
         self.validate_runtime(&mut errs);
         self.validate_state(&mut errs);
-        if self.functions.is_empty() {
+        self.validate_fleet(&mut errs);
+        // A member of a deployment group may start empty and take its functions from the
+        // group's deployment.
+        if self.functions.is_empty() && self.fleet.group.is_none() {
             errs.push(self.invalid("function", "no [[function]] is configured"));
         }
         let mut names = HashSet::new();
@@ -259,6 +262,43 @@ impl Config {
         }
         if let Err(e) = topic::validate_name(&a.topic_prefix) {
             errs.push(self.invalid("agent.topic_prefix", format!("topic prefix {e}")));
+        }
+    }
+
+    /// `[fleet]`.
+    fn validate_fleet(&self, errs: &mut Vec<ConfigError>) {
+        let f = &self.fleet;
+        if let Some(group) = &f.group {
+            if !is_name(group) {
+                errs.push(self.invalid(
+                    "fleet.group",
+                    format!("`{group}` must be 1-64 letters, digits, `-`, `_` or `.`"),
+                ));
+            }
+            if f.trusted_keys.is_empty() {
+                errs.push(self.invalid(
+                    "fleet.trusted_keys",
+                    "a deployment group needs at least one trusted public key \
+                     (edge-agent keygen writes one in KEY.pub)",
+                ));
+            }
+        }
+        for (i, k) in f.trusted_keys.iter().enumerate() {
+            if let Err(e) = crate::deployment::parse_key(k) {
+                errs.push(self.invalid(
+                    format!("fleet.trusted_keys[{i}]"),
+                    format!("not an ed25519 public key: {e}"),
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&f.max_failure_ratio) {
+            errs.push(self.invalid("fleet.max_failure_ratio", "must be from 0 to 1"));
+        }
+        if !(1..=3600).contains(&f.download_timeout_secs) {
+            errs.push(self.invalid("fleet.download_timeout_secs", "must be from 1 to 3600"));
+        }
+        if f.probation_secs > 3600 {
+            errs.push(self.invalid("fleet.probation_secs", "must be at most 3600"));
         }
     }
 

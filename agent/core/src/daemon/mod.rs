@@ -4,6 +4,7 @@
 //! is the whole life of the agent.
 
 pub mod control;
+pub mod deploy;
 pub mod lanes;
 pub mod prometheus;
 pub mod reload;

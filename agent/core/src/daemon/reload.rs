@@ -81,6 +81,19 @@ pub struct Reloader {
     functions: BTreeMap<String, Arc<LoadedFunction>>,
     parts: Parts,
     topic: String,
+    rewrites: (mpsc::Sender<Rewrite>, Option<mpsc::Receiver<Rewrite>>),
+}
+
+/// A new text for the config file, to be put in force by a reload (a deployment, or its
+/// roll-back); the answer is the reload's report. Refused, the file goes back to what it
+/// was, and so does anything the reload had put in force.
+pub struct Rewrite {
+    /// What asks (`deployment 7`), as the reload report's trigger.
+    pub trigger: String,
+    /// The whole new file.
+    pub text: String,
+    /// The reload's report.
+    pub reply: tokio::sync::oneshot::Sender<ReloadReport>,
 }
 
 /// A reload checked and ready to be put in force.
@@ -152,6 +165,7 @@ fn needs_restart(old: &Config, new: &Config) -> Option<String> {
         ("runtime", json(&old.runtime), json(&new.runtime)),
         ("state", json(&old.state), json(&new.state)),
         ("metrics", json(&old.metrics), json(&new.metrics)),
+        ("fleet", json(&old.fleet), json(&new.fleet)),
     ];
     for (name, a, b) in sections {
         let keys = changed_keys(&a, &b, &[]);
@@ -215,7 +229,16 @@ impl Reloader {
             functions,
             parts,
             topic: format!("{}/{}/reload", config.agent.topic_prefix, config.agent.id),
+            rewrites: {
+                let (tx, rx) = mpsc::channel(1);
+                (tx, Some(rx))
+            },
         }
+    }
+
+    /// Where to send rewrites of the config file ([`Rewrite`]).
+    pub fn rewriter(&self) -> mpsc::Sender<Rewrite> {
+        self.rewrites.0.clone()
     }
 
     /// Reads the config again, and loads and checks every changed or added function
@@ -476,13 +499,23 @@ impl Reloader {
         let (ask, mut asked) = mpsc::channel(4);
         let control = super::control::listen(&self.config.agent.data_dir, ask);
         let mut watcher = self.config.agent.watch.then(|| self.watch(tx.clone()));
+        let mut rewrites = self.rewrites.1.take();
         loop {
-            let trigger = tokio::select! {
+            // A file change to reload, or a request that edits the file and reloads.
+            let asked = tokio::select! {
                 () = stop.cancelled() => break,
-                t = rx.recv() => match t { Some(t) => t, None => break },
+                t = rx.recv() => match t { Some(t) => Err(t), None => break },
                 r = asked.recv() => {
                     let Some(super::control::Request { function, reply }) = r else { continue };
-                    let answer = self.promote(&function, &stop).await;
+                    Ok((reply, self.promote(&function, &stop).await))
+                }
+                Some(w) = async { match rewrites.as_mut() { Some(r) => r.recv().await, None => None } } => {
+                    Ok((w.reply, self.rewrite(&w.trigger, w.text, &stop).await))
+                }
+            };
+            let trigger = match asked {
+                Err(trigger) => trigger,
+                Ok((reply, answer)) => {
                     let _ = reply.send(answer);
                     if watcher.is_some() {
                         watcher = Some(self.watch(tx.clone()));
@@ -519,33 +552,58 @@ impl Reloader {
     /// nothing was done).
     async fn promote(&mut self, function: &str, stop: &CancellationToken) -> ReloadReport {
         let trigger = "promote";
-        let edited = blocking(|| -> Result<(), String> {
-            let text = std::fs::read_to_string(&self.path)
-                .map_err(|e| format!("cannot read {}: {e}", self.path.display()))?;
-            let new = crate::config::promote::promote(&self.path, &text, function)
-                .map_err(|e| e.to_string())?;
-            let tmp = self.path.with_extension("toml.promote");
-            std::fs::write(&tmp, new)
-                .and_then(|()| {
-                    if let Ok(m) = std::fs::metadata(&self.path) {
-                        std::fs::set_permissions(&tmp, m.permissions())?;
-                    }
-                    std::fs::rename(&tmp, &self.path)
-                })
-                .map_err(|e| format!("cannot write {}: {e}", self.path.display()))
-        });
-        if let Err(why) = edited {
-            tracing::warn!(%function, "promote refused: {why}");
+        let text = std::fs::read_to_string(&self.path)
+            .map_err(|e| format!("cannot read {}: {e}", self.path.display()))
+            .and_then(|text| {
+                crate::config::promote::promote(&self.path, &text, function)
+                    .map_err(|e| e.to_string())
+            });
+        let text = match text {
+            Ok(t) => t,
+            Err(why) => {
+                tracing::warn!(%function, "promote refused: {why}");
+                return ReloadReport::refused(trigger, why);
+            }
+        };
+        let report = self.rewrite(trigger, text, stop).await;
+        if report.ok {
+            tracing::info!(%function, file = %self.path.display(), "promoted: the shadow's version is the primary now, the old one its shadow");
+        }
+        report
+    }
+
+    /// The config file replaced by `text` (atomically, with its permissions) and reloaded;
+    /// if the reload is refused, or puts the new config in force only in part (an added
+    /// function could not start), the file goes back to what it was and so do the running
+    /// functions. The reload's report.
+    async fn rewrite(
+        &mut self,
+        trigger: &str,
+        text: String,
+        stop: &CancellationToken,
+    ) -> ReloadReport {
+        let before = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                return ReloadReport::refused(
+                    trigger,
+                    format!("cannot read {}: {e}", self.path.display()),
+                );
+            }
+        };
+        if let Err(e) = blocking(|| replace_file(&self.path, text.as_bytes())) {
+            let why = format!("cannot write {}: {e}", self.path.display());
+            tracing::warn!(%trigger, "{why}");
             return ReloadReport::refused(trigger, why);
         }
         let report = self.reload(trigger, stop).await;
-        if report.ok {
-            tracing::info!(%function, file = %self.path.display(), "promoted: the shadow's version is the primary now, the old one its shadow");
-        } else if let Ok(text) = std::fs::read_to_string(&self.path)
-            && let Ok(back) = crate::config::promote::promote(&self.path, &text, function)
-        {
-            // Refused: the file goes back to what is running.
-            let _ = std::fs::write(&self.path, back);
+        if !report.ok {
+            let _ = blocking(|| replace_file(&self.path, before.as_bytes()));
+            // Some of it was put in force: take it back too.
+            if report.error.is_none() {
+                tracing::warn!(%trigger, "the new config did not come up in full; going back to the one before");
+                self.reload(&format!("{trigger} roll-back"), stop).await;
+            }
         }
         report
     }
@@ -601,6 +659,20 @@ impl Reloader {
         let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
         body
     }
+}
+
+/// Replaces the file at `path` by `bytes` atomically (a temporary file beside it, synced,
+/// then renamed), keeping its permissions: the file on disk is always whole.
+pub(super) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = path.with_extension("part");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    if let Ok(m) = std::fs::metadata(path) {
+        f.set_permissions(m.permissions())?;
+    }
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
 }
 
 /// Runs `work`, which blocks (compiling takes a while), off the async workers' hands on a

@@ -176,6 +176,18 @@ impl Startup {
                 tracker: tracker.clone(),
             },
         );
+        super::deploy::spawn(
+            &config,
+            &broker,
+            reloader.rewriter(),
+            publisher.clone(),
+            stats.clone(),
+            &background,
+        )
+        .map_err(|source| AgentError::Mqtt {
+            file: config.source.display().to_string(),
+            source,
+        })?;
         let reloader_stop = root.child_token();
         let reloader = tokio::spawn(reloader.run(reloader_stop.clone()));
         let shutdown = Shutdown {

@@ -1,5 +1,5 @@
 //! The agent's own messages, typed once: what it publishes under `<topic_prefix>/<id>/`
-//! ([`status`]: presence and birth; [`stats`]; [`dead_letter`]; [`reload`]; [`shadow`]), as
+//! ([`status`]: presence and birth; [`stats`]; [`dead_letter`]; [`reload`]; [`shadow`]; [`deployment`]), as
 //! `Serialize + Deserialize` types that the agent builds and that its clients (`top`,
 //! `compare`, the tests) read back with [`Message::from_bytes`]. Every message carries its
 //! `schema_version`; a reader given another version gets [`ReadError::Version`], never a
@@ -13,12 +13,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 pub mod dead_letter;
+pub mod deployment;
 pub mod reload;
 pub mod shadow;
 pub mod stats;
 pub mod status;
 
 pub use dead_letter::DeadLetter;
+pub use deployment::{DeploymentReport, DeploymentState};
 pub use reload::{FailedFunction, ReloadReport, ReloadedFunction};
 pub use shadow::{ShadowMessage, ShadowReport};
 pub use stats::{FunctionReport, Percentiles, ProcessFigures, Rates, Report, Snapshot};

@@ -192,6 +192,12 @@ impl FunctionStats {
         self.replayed.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Events handled so far: succeeded, and failed of any kind.
+    pub fn outcomes(&self) -> (u64, u64) {
+        let failed = self.failed.iter().map(|n| n.load(Ordering::Relaxed)).sum();
+        (self.succeeded.load(Ordering::Relaxed), failed)
+    }
+
     /// An event failed with `kind`.
     pub fn failed(&self, kind: FailureKind) {
         self.failed[kind.index()].fetch_add(1, Ordering::Relaxed);

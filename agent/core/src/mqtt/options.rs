@@ -79,6 +79,17 @@ pub fn intake(
     Ok(opts)
 }
 
+/// The options of the deployment connection (`[fleet]`): `<client id>.deploy`, a clean
+/// session (the deployment and its chunks are retained: each connection reads them anew).
+///
+/// # Errors
+/// [`MqttError::Tls`] if a certificate or key file cannot be used.
+pub fn deployment(cfg: &Config, addr: &BrokerAddress) -> Result<MqttOptions, MqttError> {
+    let mut opts = common(cfg, addr, &format!("{}.deploy", cfg.client_id()))?;
+    opts.set_clean_session(true);
+    Ok(opts)
+}
+
 fn common(cfg: &Config, addr: &BrokerAddress, client_id: &str) -> Result<MqttOptions, MqttError> {
     let b = &cfg.broker;
     let mut opts = client_options(addr, client_id, b.tls.as_ref())?;

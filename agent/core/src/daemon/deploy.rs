@@ -1,0 +1,649 @@
+//! Signed deployments over MQTT (`[fleet]`, docs/fleet.md): the agent reads its group's
+//! retained document on `<topic_prefix>/fleet/<group>/deployment` through a connection of
+//! its own (`<client id>.deploy`), and for each new version:
+//!
+//! 1. checks the signature against `[fleet] trusted_keys`, the group, and that the version
+//!    is newer than the last it tried (`<data_dir>/deployment/record.json`);
+//! 2. receives the modules it does not have yet, chunk by chunk from their retained topics,
+//!    each chunk checked against its SHA-256 on arrival, then the whole file; a module is
+//!    staged in `<data_dir>/deployment/modules/<sha256>/` only once whole and checked (a
+//!    half-received module never replaces anything);
+//! 3. writes the deployment's `[[function]]` tables into its config file and reloads
+//!    (`reload::Rewrite`): every module is loaded and started once before anything is put
+//!    in force, and a refused reload leaves the file and the functions as they were;
+//! 4. watches the new functions for `probation_secs`, and goes back to the config it had
+//!    before if more than `max_failure_ratio` of their events fail.
+//!
+//! Each step is reported, retained, on `<topic_prefix>/<id>/deployment`
+//! ([`DeploymentReport`]); a refusal says why in one line.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::reload::Rewrite;
+use crate::config::deploy::Staged;
+use crate::config::{BrokerAddress, Config};
+use crate::deployment::{self, Assembly, Document, Envelope, Refusal};
+use crate::messages::{DeploymentReport, DeploymentState, Message as _};
+use crate::metrics::report::StatsBook;
+use crate::mqtt::MqttError;
+use crate::mqtt::publisher::Publisher;
+use crate::tasks::Background;
+
+/// Fewest events of the new functions that must fail during probation before a roll-back.
+const PROBATION_MIN_FAILED: u64 = 10;
+
+/// What the agent remembers of deployments across restarts.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+struct Record {
+    /// The last version it tried (applied, refused after its signature checked, or rolled
+    /// back): older ones and other documents of this version are refused.
+    tried: Option<u64>,
+    /// [`Document::digest`] of that version.
+    digest: Option<String>,
+    /// The version whose functions are in force.
+    in_force: Option<u64>,
+}
+
+/// The deployment task of one agent.
+struct Deployer {
+    group: String,
+    trusted: Vec<[u8; 32]>,
+    prefix: String,
+    agent: String,
+    /// The config file, absolute.
+    path: PathBuf,
+    /// `<data_dir>/deployment`.
+    dir: PathBuf,
+    fleet: crate::config::FleetConfig,
+    max_packet_bytes: usize,
+    max_module_bytes: u64,
+    rewrite: mpsc::Sender<Rewrite>,
+    publisher: Arc<Publisher>,
+    stats: StatsBook,
+    record: Record,
+    client: AsyncClient,
+    /// Filters to subscribe to on every connection: the document's, and the chunks of
+    /// modules being received.
+    filters: Arc<Mutex<BTreeSet<String>>>,
+    /// A document that arrived while another was in hand: the newest is taken next.
+    pending: Option<Bytes>,
+}
+
+/// Starts the deployment task if `[fleet] group` is set; it stops with `background`.
+///
+/// # Errors
+/// [`MqttError::Tls`] if the connection's TLS files cannot be used.
+pub fn spawn(
+    config: &Config,
+    broker: &BrokerAddress,
+    rewrite: mpsc::Sender<Rewrite>,
+    publisher: Arc<Publisher>,
+    stats: StatsBook,
+    background: &Background,
+) -> Result<(), MqttError> {
+    let Some(group) = config.fleet.group.clone() else {
+        return Ok(());
+    };
+    let options = crate::mqtt::options::deployment(config, broker)?;
+    let (client, eventloop) = AsyncClient::new(options, 16);
+    let prefix = config.agent.topic_prefix.clone();
+    let dir = config.agent.data_dir.join("deployment");
+    let record = std::fs::read(dir.join("record.json"))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    let deployer = Deployer {
+        trusted: config
+            .fleet
+            .trusted_keys
+            .iter()
+            .filter_map(|k| deployment::parse_key(k).ok())
+            .collect(),
+        filters: Arc::new(Mutex::new(
+            [deployment::document_topic(&prefix, &group)].into(),
+        )),
+        group,
+        prefix,
+        agent: config.agent.id.clone(),
+        path: std::path::absolute(&config.source).unwrap_or_else(|_| config.source.clone()),
+        dir,
+        fleet: config.fleet.clone(),
+        max_packet_bytes: config.broker.max_packet_bytes,
+        max_module_bytes: config.runtime.max_module_mb * 1024 * 1024,
+        rewrite,
+        publisher,
+        stats,
+        record,
+        client,
+        pending: None,
+    };
+    let reconnect = (
+        Duration::from_millis(config.broker.reconnect_min_ms),
+        Duration::from_millis(config.broker.reconnect_max_ms),
+    );
+    background.spawn(move |stop| deployer.run(eventloop, reconnect, stop));
+    Ok(())
+}
+
+/// Polls the deployment connection: subscribes on each connection and hands every message
+/// to the deployer.
+async fn poll(
+    mut eventloop: EventLoop,
+    client: AsyncClient,
+    filters: Arc<Mutex<BTreeSet<String>>>,
+    tx: mpsc::Sender<(String, Bytes)>,
+    (min, max): (Duration, Duration),
+) {
+    let mut delay = min;
+    let mut failures = 0u32;
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                delay = min;
+                failures = 0;
+                let filters: Vec<String> = lock(&filters).iter().cloned().collect();
+                for f in filters {
+                    let _ = client.try_subscribe(f, QoS::AtLeastOnce);
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                if tx.send((p.topic, p.payload)).await.is_err() {
+                    return;
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(connection = "deploy", error = %e, "broker connection lost; reconnecting");
+                }
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(max);
+            }
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Deployer {
+    async fn run(
+        mut self,
+        eventloop: EventLoop,
+        reconnect: (Duration, Duration),
+        stop: CancellationToken,
+    ) {
+        let (tx, mut rx) = mpsc::channel(256);
+        let poller = tokio::spawn(poll(
+            eventloop,
+            self.client.clone(),
+            self.filters.clone(),
+            tx,
+            reconnect,
+        ));
+        let topic = deployment::document_topic(&self.prefix, &self.group);
+        tracing::info!(group = %self.group, %topic, in_force = ?self.record.in_force, "taking signed deployments");
+        loop {
+            let payload = match self.pending.take() {
+                Some(p) => p,
+                None => tokio::select! {
+                    () = stop.cancelled() => break,
+                    m = rx.recv() => match m {
+                        Some((t, p)) if t == topic => p,
+                        Some(_) => continue,
+                        None => break,
+                    },
+                },
+            };
+            // An empty retained message clears the topic: nothing to deploy.
+            if !payload.is_empty() {
+                self.take(&payload, &mut rx, &stop).await;
+            }
+        }
+        poller.abort();
+        let _ = self.client.try_disconnect();
+    }
+
+    /// Handles one document.
+    async fn take(
+        &mut self,
+        payload: &[u8],
+        rx: &mut mpsc::Receiver<(String, Bytes)>,
+        stop: &CancellationToken,
+    ) {
+        let doc = match Envelope::open(payload, &self.trusted, &self.group) {
+            Ok(d) => d,
+            Err(refusal) => return self.refused(None, &refusal).await,
+        };
+        let digest = doc.digest();
+        if let Some(last) = self.record.tried {
+            if doc.version == last && self.record.digest.as_deref() == Some(digest.as_str()) {
+                // The retained copy of the one in hand, read again on a new connection.
+                tracing::debug!(version = doc.version, "deployment already taken");
+                return;
+            }
+            if doc.version <= last {
+                let refusal = Refusal::Old {
+                    version: doc.version,
+                    last,
+                };
+                return self.refused(Some(doc.version), &refusal).await;
+            }
+        }
+        tracing::info!(
+            version = doc.version,
+            functions = doc.functions.len(),
+            "deployment received"
+        );
+        let staged = match self.stage(&doc, rx, stop).await {
+            Ok(s) => s,
+            Err(refusal) => {
+                // A download that timed out is tried again on the next connection.
+                if !matches!(refusal, Refusal::Incomplete { .. }) {
+                    self.tried(&doc, &digest, self.record.in_force);
+                }
+                return self.refused(Some(doc.version), &refusal).await;
+            }
+        };
+        if stop.is_cancelled() {
+            return;
+        }
+        self.report(
+            Some(doc.version),
+            DeploymentState::Checking,
+            None,
+            false,
+            None,
+        )
+        .await;
+        let before = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) => {
+                let why = Refusal::Check(format!("cannot read {}: {e}", self.path.display()));
+                return self.refused(Some(doc.version), &why).await;
+            }
+        };
+        let text =
+            crate::config::deploy::with_functions(&self.path, &before, &doc.functions, &staged)
+                .and_then(|t| {
+                    Config::load_text(&self.path, &t).map(|_| t).map_err(|e| {
+                        e.each()
+                            .iter()
+                            .map(ToString::to_string)
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    })
+                });
+        let text = match text {
+            Ok(t) => t,
+            Err(why) => {
+                self.tried(&doc, &digest, self.record.in_force);
+                return self.refused(Some(doc.version), &Refusal::Check(why)).await;
+            }
+        };
+        let report = self.ask(format!("deployment {}", doc.version), text).await;
+        if !report.ok {
+            self.tried(&doc, &digest, self.record.in_force);
+            let why = report.error.clone().unwrap_or_else(|| {
+                report
+                    .failed
+                    .iter()
+                    .flatten()
+                    .map(|f| format!("function `{}` did not start: {}", f.function, f.error))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            });
+            // Refused by the reload: nothing changed. Put in force in part: taken back.
+            let state = if report.error.is_some() {
+                DeploymentState::Refused
+            } else {
+                DeploymentState::RolledBack
+            };
+            tracing::warn!(version = doc.version, "deployment not applied: {why}");
+            let why = Refusal::Check(why).to_string();
+            return self
+                .report(Some(doc.version), state, Some(why), false, None)
+                .await;
+        }
+        let previous = self.record.in_force;
+        self.tried(&doc, &digest, Some(doc.version));
+        tracing::info!(version = doc.version, "deployment applied; on probation");
+        self.report(
+            Some(doc.version),
+            DeploymentState::Applied,
+            None,
+            true,
+            None,
+        )
+        .await;
+        match self.probation(&doc, rx, stop).await {
+            Ok(()) => {
+                tracing::info!(version = doc.version, "deployment past probation");
+                self.report(
+                    Some(doc.version),
+                    DeploymentState::Applied,
+                    None,
+                    false,
+                    None,
+                )
+                .await;
+                self.clean(&staged);
+            }
+            Err(why) => {
+                tracing::warn!(version = doc.version, "deployment rolled back: {why}");
+                let back = self
+                    .ask(format!("deployment {} roll-back", doc.version), before)
+                    .await;
+                let why = if back.ok {
+                    why
+                } else {
+                    format!(
+                        "{why}; the roll-back failed too: {}",
+                        back.error.unwrap_or_default()
+                    )
+                };
+                self.tried(&doc, &digest, previous);
+                self.report(
+                    Some(doc.version),
+                    DeploymentState::RolledBack,
+                    Some(why),
+                    false,
+                    None,
+                )
+                .await;
+            }
+        }
+    }
+
+    /// Receives and stages every module of `doc` that is not staged yet.
+    async fn stage(
+        &mut self,
+        doc: &Document,
+        rx: &mut mpsc::Receiver<(String, Bytes)>,
+        stop: &CancellationToken,
+    ) -> Result<BTreeMap<String, Staged>, Refusal> {
+        let mut staged = BTreeMap::new();
+        let mut wanted: BTreeMap<String, Assembly> = BTreeMap::new();
+        for (name, m) in &doc.modules {
+            if m.size > self.max_module_bytes {
+                return Err(Refusal::TooLarge {
+                    module: name.clone(),
+                    why: format!("{} bytes, more than runtime.max_module_mb allows", m.size),
+                });
+            }
+            let path = self.dir.join("modules").join(&m.sha256).join(name);
+            let s = Staged {
+                path: path.clone(),
+                sha256: m.sha256.clone(),
+            };
+            if std::fs::read(&path).is_ok_and(|b| deployment::sha256_hex(&b) == m.sha256) {
+                staged.insert(name.clone(), s);
+                continue;
+            }
+            if m.chunk_bytes as usize + deployment::CHUNK_OVERHEAD_BYTES > self.max_packet_bytes {
+                return Err(Refusal::TooLarge {
+                    module: name.clone(),
+                    why: format!(
+                        "chunks of {} bytes do not fit broker.max_packet_bytes ({}); deploy with a smaller --chunk-bytes",
+                        m.chunk_bytes, self.max_packet_bytes
+                    ),
+                });
+            }
+            staged.insert(name.clone(), s);
+            wanted.insert(m.sha256.clone(), Assembly::new(name, m));
+        }
+        if wanted.is_empty() {
+            return Ok(staged);
+        }
+        let filters: Vec<String> = wanted
+            .keys()
+            .map(|sha| deployment::chunk_filter(&self.prefix, &self.group, sha))
+            .collect();
+        lock(&self.filters).extend(filters.iter().cloned());
+        for f in &filters {
+            let _ = self.client.subscribe(f.clone(), QoS::AtLeastOnce).await;
+        }
+        let outcome = self.receive(doc, &mut wanted, rx, stop).await;
+        for f in &filters {
+            lock(&self.filters).remove(f);
+            let _ = self.client.unsubscribe(f.clone()).await;
+        }
+        outcome?;
+        for (sha, assembly) in wanted {
+            let bytes = assembly.finish()?;
+            let Some((name, s)) = staged.iter().find(|(_, s)| s.sha256 == sha) else {
+                continue;
+            };
+            write_module(&s.path, &bytes)
+                .map_err(|e| Refusal::Check(format!("cannot stage {name}: {e}")))?;
+        }
+        Ok(staged)
+    }
+
+    /// Takes chunks until every module of `wanted` is whole, one is tampered, or the
+    /// download times out.
+    async fn receive(
+        &mut self,
+        doc: &Document,
+        wanted: &mut BTreeMap<String, Assembly>,
+        rx: &mut mpsc::Receiver<(String, Bytes)>,
+        stop: &CancellationToken,
+    ) -> Result<(), Refusal> {
+        let secs = self.fleet.download_timeout_secs;
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        let chunks = |w: &BTreeMap<String, Assembly>| {
+            w.values().fold([0, 0], |[h, n], a| {
+                let (have, want) = a.progress();
+                [h + have, n + want]
+            })
+        };
+        self.report(
+            Some(doc.version),
+            DeploymentState::Downloading,
+            None,
+            false,
+            Some(chunks(wanted)),
+        )
+        .await;
+        let mut last_report = Instant::now();
+        let doc_topic = deployment::document_topic(&self.prefix, &self.group);
+        let module_prefix = format!("{}/fleet/{}/module/", self.prefix, self.group);
+        while !wanted.values().all(Assembly::complete) {
+            let (topic, payload) = tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                () = tokio::time::sleep_until(deadline) => {
+                    let (name, have, want) = wanted
+                        .values()
+                        .find(|a| !a.complete())
+                        .map(|a| (a.name().to_string(), a.progress().0, a.progress().1))
+                        .unwrap_or_default();
+                    return Err(Refusal::Incomplete { module: name, have, want, secs });
+                }
+                m = rx.recv() => match m { Some(m) => m, None => return Ok(()) },
+            };
+            if topic == doc_topic {
+                self.pending = Some(payload);
+                continue;
+            }
+            let Some((sha, index)) = topic
+                .strip_prefix(&module_prefix)
+                .and_then(|rest| rest.split_once('/'))
+            else {
+                continue;
+            };
+            let (Some(assembly), Ok(index)) = (wanted.get_mut(sha), index.parse::<usize>()) else {
+                continue;
+            };
+            assembly.add(index, &payload)?;
+            if last_report.elapsed() >= Duration::from_secs(1) {
+                last_report = Instant::now();
+                self.report(
+                    Some(doc.version),
+                    DeploymentState::Downloading,
+                    None,
+                    false,
+                    Some(chunks(wanted)),
+                )
+                .await;
+            }
+        }
+        Ok(())
+    }
+
+    /// Watches `doc`'s functions for `probation_secs`; why they should be rolled back, if
+    /// they should.
+    async fn probation(
+        &mut self,
+        doc: &Document,
+        rx: &mut mpsc::Receiver<(String, Bytes)>,
+        stop: &CancellationToken,
+    ) -> Result<(), String> {
+        let names: Vec<&str> = doc
+            .functions
+            .iter()
+            .filter_map(|f| f.get("name").and_then(|n| n.as_str()))
+            .collect();
+        let outcomes = || -> (u64, u64) {
+            names
+                .iter()
+                .filter_map(|n| self.stats.get(n))
+                .map(|s| s.outcomes())
+                .fold((0, 0), |(a, b), (s, f)| (a + s, b + f))
+        };
+        let (ok0, failed0) = outcomes();
+        let until = Instant::now() + Duration::from_secs(self.fleet.probation_secs);
+        let doc_topic = deployment::document_topic(&self.prefix, &self.group);
+        let mut tick = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            let (ok, failed) = outcomes();
+            let (ok, failed) = (ok - ok0.min(ok), failed - failed0.min(failed));
+            if failed >= PROBATION_MIN_FAILED
+                && failed as f64 > self.fleet.max_failure_ratio * (ok + failed) as f64
+            {
+                return Err(format!(
+                    "{failed} of {} events failed within probation (fleet.max_failure_ratio {})",
+                    ok + failed,
+                    self.fleet.max_failure_ratio
+                ));
+            }
+            if Instant::now() >= until {
+                return Ok(());
+            }
+            tokio::select! {
+                () = stop.cancelled() => return Ok(()),
+                _ = tick.tick() => {}
+                m = rx.recv() => if let Some((t, p)) = m && t == doc_topic {
+                    self.pending = Some(p);
+                },
+            }
+        }
+    }
+
+    /// Asks the reloader to put `text` in force.
+    async fn ask(&self, trigger: String, text: String) -> crate::messages::ReloadReport {
+        let (reply, answer) = oneshot::channel();
+        let stopping =
+            || crate::messages::ReloadReport::refused(&trigger, "the agent is stopping".into());
+        if self
+            .rewrite
+            .send(Rewrite {
+                trigger: trigger.clone(),
+                text,
+                reply,
+            })
+            .await
+            .is_err()
+        {
+            return stopping();
+        }
+        answer.await.unwrap_or_else(|_| stopping())
+    }
+
+    /// Remembers that `doc` was tried, and which version is in force.
+    fn tried(&mut self, doc: &Document, digest: &str, in_force: Option<u64>) {
+        self.record = Record {
+            tried: Some(doc.version),
+            digest: Some(digest.to_string()),
+            in_force,
+        };
+        let body = serde_json::to_vec(&self.record).unwrap_or_default();
+        if let Err(e) = std::fs::create_dir_all(&self.dir)
+            .and_then(|()| super::reload::replace_file(&self.dir.join("record.json"), &body))
+        {
+            tracing::error!(dir = %self.dir.display(), "cannot record the deployment tried: {e}");
+        }
+    }
+
+    /// Deletes the staged modules that neither the deployment in force nor `keep` use.
+    fn clean(&self, keep: &BTreeMap<String, Staged>) {
+        let keep: BTreeSet<&str> = keep.values().map(|s| s.sha256.as_str()).collect();
+        let Ok(entries) = std::fs::read_dir(self.dir.join("modules")) else {
+            return;
+        };
+        for e in entries.flatten() {
+            if !keep.contains(e.file_name().to_string_lossy().as_ref()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+
+    async fn refused(&self, version: Option<u64>, why: &Refusal) {
+        tracing::warn!(version = ?version, "deployment refused: {why}");
+        self.report(
+            version,
+            DeploymentState::Refused,
+            Some(why.to_string()),
+            false,
+            None,
+        )
+        .await;
+    }
+
+    /// Publishes (retained) where this agent is with its deployment.
+    async fn report(
+        &self,
+        version: Option<u64>,
+        state: DeploymentState,
+        reason: Option<String>,
+        probation: bool,
+        chunks: Option<[usize; 2]>,
+    ) {
+        let body = DeploymentReport {
+            schema_version: <DeploymentReport as crate::messages::Message>::SCHEMA_VERSION,
+            agent: self.agent.clone(),
+            group: self.group.clone(),
+            version,
+            state,
+            reason,
+            in_force: self.record.in_force,
+            probation,
+            chunks,
+            ts_ms: crate::clock::now_ms(),
+        };
+        let topic = format!("{}/{}/{}", self.prefix, self.agent, DeploymentReport::TOPIC);
+        let sent = self
+            .publisher
+            .publish(topic, QoS::AtLeastOnce, true, body.to_bytes(), None);
+        let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
+    }
+}
+
+/// Writes a staged module (whole, or not at all).
+fn write_module(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    super::reload::replace_file(path, bytes)
+}

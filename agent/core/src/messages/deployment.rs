@@ -1,0 +1,58 @@
+//! The retained message on `<topic_prefix>/<id>/deployment`: where this agent is with its
+//! group's deployment (`daemon::deploy` sends it; `edge-agent fleet status` and
+//! `edge-agent deploy --wait` read it).
+
+use serde::{Deserialize, Serialize};
+
+use super::Message;
+
+/// A step of a deployment on one agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeploymentState {
+    /// Receiving its modules.
+    Downloading,
+    /// Checking the config it makes, then reloading.
+    Checking,
+    /// In force (and past probation when `probation` is false).
+    Applied,
+    /// Refused: nothing changed (`reason` says why).
+    Refused,
+    /// Put in force, then taken back: its functions failed during probation, or failed
+    /// to start.
+    RolledBack,
+}
+
+/// One report of an agent on its deployment.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeploymentReport {
+    /// [`DeploymentReport::SCHEMA_VERSION`].
+    pub schema_version: u32,
+    /// The agent's id.
+    pub agent: String,
+    /// Its deployment group.
+    pub group: String,
+    /// The deployment this report is about (none: no document read yet).
+    pub version: Option<u64>,
+    /// Where that deployment is.
+    pub state: DeploymentState,
+    /// Why it was refused or rolled back, one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The deployment version whose functions are in force (none: the config file's own).
+    pub in_force: Option<u64>,
+    /// While `applied`: whether the agent still watches the new functions, and would roll
+    /// back if they fail.
+    #[serde(default)]
+    pub probation: bool,
+    /// While `downloading`: chunks received and needed, over all modules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chunks: Option<[usize; 2]>,
+    /// When, ms since the Unix epoch.
+    pub ts_ms: u64,
+}
+
+impl Message for DeploymentReport {
+    const TOPIC: &'static str = "deployment";
+    const SCHEMA_VERSION: u32 = 1;
+}

@@ -1,0 +1,240 @@
+//! `edge-agent fleet status`: every agent on the broker, one line each, from what they
+//! retain: presence (`status`), deployment (`deployment`) and health (`stats`: events and
+//! errors per second, a degraded state store).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use clap::Args;
+use edge_agent::messages::{
+    DeploymentReport, DeploymentState, Message as _, Presence, Report, Status,
+};
+use edge_agent_publish::BrokerArgs;
+use rumqttc::{AsyncClient, Event, Packet, QoS};
+
+use crate::FleetError;
+
+/// Arguments of `edge-agent fleet status`.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// The broker the agents use.
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    /// The agents' `agent.topic_prefix`.
+    #[arg(long, default_value = "edge-agent")]
+    pub prefix: String,
+    /// Only the agents of this deployment group.
+    #[arg(short, long)]
+    pub group: Option<String>,
+    /// How long to collect the retained messages, in milliseconds.
+    #[arg(long, default_value_t = 1500)]
+    pub wait_ms: u64,
+    /// Print the agents as JSON, one object each.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What the broker retains of one agent.
+#[derive(Debug, Default, Clone)]
+pub struct Seen {
+    /// Its presence and birth.
+    pub status: Option<Status>,
+    /// Its last deployment report.
+    pub deployment: Option<DeploymentReport>,
+    /// Its last stats report.
+    pub stats: Option<Report>,
+}
+
+/// `edge-agent fleet ...`.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum FleetCommand {
+    /// Print each agent on the broker: presence, deployment version and health.
+    Status(StatusArgs),
+}
+
+/// Runs `edge-agent fleet`.
+///
+/// # Errors
+/// [`FleetError`]: bad arguments or an unreachable broker.
+pub fn run(command: &FleetCommand) -> Result<(), FleetError> {
+    let FleetCommand::Status(args) = command;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let mut agents = rt.block_on(collect(&args.broker, &args.prefix, args.wait_ms))?;
+    if let Some(g) = &args.group {
+        agents.retain(|_, s| s.deployment.as_ref().is_some_and(|d| d.group == *g));
+    }
+    if args.json {
+        for (id, s) in &agents {
+            println!("{}", json(id, s));
+        }
+    } else {
+        print!("{}", table(&agents, edge_agent::clock::now_ms()));
+    }
+    Ok(())
+}
+
+/// Reads the retained messages of every agent under `prefix` for `wait_ms`.
+///
+/// # Errors
+/// [`FleetError`] if the broker cannot be reached.
+pub async fn collect(
+    broker: &BrokerArgs,
+    prefix: &str,
+    wait_ms: u64,
+) -> Result<BTreeMap<String, Seen>, FleetError> {
+    let opts = broker.options("fleet")?;
+    let (client, mut eventloop) = AsyncClient::new(opts, 16);
+    for what in ["status", "stats", DeploymentReport::TOPIC] {
+        let _ = client
+            .subscribe(format!("{prefix}/+/{what}"), QoS::AtLeastOnce)
+            .await;
+    }
+    let mut agents: BTreeMap<String, Seen> = BTreeMap::new();
+    let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    loop {
+        let ev = tokio::select! {
+            () = tokio::time::sleep_until(until) => break,
+            ev = eventloop.poll() => ev,
+        };
+        let p = match ev {
+            Ok(Event::Incoming(Packet::Publish(p))) => p,
+            Ok(_) => continue,
+            Err(e) => return Err(FleetError::Broker(format!("{}: {e}", broker.broker))),
+        };
+        let Some((id, what)) = p
+            .topic
+            .strip_prefix(prefix)
+            .and_then(|t| t.strip_prefix('/'))
+            .and_then(|t| t.split_once('/'))
+        else {
+            continue;
+        };
+        // `<prefix>/fleet/<group>/deployment` is a document, not an agent.
+        if id == "fleet" || p.payload.is_empty() {
+            continue;
+        }
+        let seen = agents.entry(id.to_string()).or_default();
+        match what {
+            "status" => seen.status = Status::from_bytes(&p.payload).ok(),
+            "stats" => seen.stats = Report::from_bytes(&p.payload).ok(),
+            "deployment" => seen.deployment = DeploymentReport::from_bytes(&p.payload).ok(),
+            _ => {}
+        }
+    }
+    let _ = client.disconnect().await;
+    Ok(agents)
+}
+
+/// One agent's health in a word or two: `ok`, `degraded: <why>`, `errors`, or `-`
+/// (offline, or no stats yet).
+pub fn health(s: &Seen) -> String {
+    if s.status
+        .as_ref()
+        .is_some_and(|st| st.status == Presence::Offline)
+    {
+        return "-".into();
+    }
+    if let Some(why) = s.status.as_ref().and_then(|st| st.degraded.clone()) {
+        return format!("degraded: {why}");
+    }
+    match &s.stats {
+        Some(r) if r.functions.iter().any(|f| f.rates.errors_per_sec > 0.0) => "errors".into(),
+        Some(_) => "ok".into(),
+        None => "-".into(),
+    }
+}
+
+/// The deployment column: `7 applied`, `8 refused (<why>)`, ...
+pub fn deployment(d: Option<&DeploymentReport>) -> String {
+    let Some(d) = d else {
+        return "-".into();
+    };
+    let state = match (d.state, d.probation) {
+        (DeploymentState::Applied, true) => "on probation",
+        (DeploymentState::Applied, false) => "applied",
+        (DeploymentState::Downloading, _) => "downloading",
+        (DeploymentState::Checking, _) => "checking",
+        (DeploymentState::Refused, _) => "refused",
+        (DeploymentState::RolledBack, _) => "rolled back",
+    };
+    let mut out = format!(
+        "{}/{} {state}",
+        d.group,
+        d.version.map_or_else(|| "?".into(), |v| v.to_string())
+    );
+    if let Some([have, want]) = d.chunks {
+        let _ = write!(out, " {have}/{want} chunks");
+    }
+    if d.state != DeploymentState::Applied {
+        let _ = write!(
+            out,
+            ", in force: {}",
+            d.in_force.map_or_else(|| "none".into(), |v| v.to_string())
+        );
+    }
+    if let Some(r) = &d.reason {
+        let _ = write!(out, " ({r})");
+    }
+    out
+}
+
+/// The table `fleet status` prints.
+pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<20} {:<8} {:>9} {:>6} {:>8} {:<12} DEPLOYMENT",
+        "AGENT", "PRESENCE", "FUNCTIONS", "EV/S", "RSS MB", "HEALTH"
+    );
+    for (id, s) in agents {
+        let presence = match s.status.as_ref().map(|st| st.status) {
+            Some(Presence::Online) => "online",
+            Some(Presence::Offline) => "offline",
+            None => "?",
+        };
+        let functions = s
+            .status
+            .as_ref()
+            .and_then(|st| st.functions.as_ref())
+            .map(Vec::len)
+            .or_else(|| s.stats.as_ref().map(|r| r.functions.len()));
+        let (rate, rss) = s.stats.as_ref().map_or((None, None), |r| {
+            let rate: f64 = r.functions.iter().map(|f| f.rates.events_per_sec).sum();
+            (Some(rate), Some(r.process.rss_bytes as f64 / 1_048_576.0))
+        });
+        let stale = s
+            .stats
+            .as_ref()
+            .is_some_and(|r| now_ms.saturating_sub(r.ts_ms) > 10 * 60 * 1000);
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>9} {:>6} {:>8} {:<12} {}",
+            id,
+            presence,
+            functions.map_or_else(|| "-".into(), |n| n.to_string()),
+            rate.map_or_else(|| "-".into(), |r| format!("{r:.0}")),
+            rss.map_or_else(|| "-".into(), |r| format!("{r:.1}")),
+            if stale { "stale".into() } else { health(s) },
+            deployment(s.deployment.as_ref()),
+        );
+    }
+    if agents.is_empty() {
+        out.push_str("(no agent retains a status under this prefix)\n");
+    }
+    out
+}
+
+fn json(id: &str, s: &Seen) -> String {
+    serde_json::json!({
+        "agent": id,
+        "presence": s.status.as_ref().map(|st| st.status),
+        "version": s.status.as_ref().map(|st| st.version.clone()),
+        "functions": s.status.as_ref().and_then(|st| st.functions.as_ref()).map(|f| f.iter().map(|f| f.name.clone()).collect::<Vec<_>>()),
+        "health": health(s),
+        "deployment": s.deployment,
+    })
+    .to_string()
+}
