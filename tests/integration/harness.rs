@@ -725,6 +725,13 @@ impl Client {
             .expect("publish");
     }
 
+    pub async fn publish_retained(&self, topic: &str, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, QoS::AtLeastOnce, true, payload)
+            .await
+            .expect("publish");
+    }
+
     /// The next message, or panic after [`WAIT`].
     pub async fn recv(&mut self) -> Msg {
         tokio::time::timeout(WAIT, self.rx.recv())

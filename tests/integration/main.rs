@@ -7,6 +7,7 @@
 mod architecture;
 mod auto;
 mod cli;
+mod deploy;
 mod events;
 mod faults;
 mod fleet;

@@ -264,7 +264,20 @@ fn examples(doc: &str) -> Vec<String> {
             },
         }],
     };
+    let deployment = edge_agent::messages::DeploymentReport {
+        schema_version: 1,
+        agent: "a".into(),
+        group: "g".into(),
+        version: Some(2),
+        state: edge_agent::messages::DeploymentState::Downloading,
+        reason: Some("r".into()),
+        in_force: Some(1),
+        probation: false,
+        chunks: Some([1, 2]),
+        ts_ms: 1,
+    };
     let mut problems = check(doc, &status);
+    problems.extend(check(doc, &deployment));
     problems.extend(check(doc, &shadow));
     let report = serde_json::to_value(shadow_report()).expect("a report serialises");
     problems.extend(disagreements(doc, "shadow-report", &report, None));

@@ -1,0 +1,348 @@
+//! Signed deployments to three agents on one Mosquitto (`[fleet]`, `edge-agent keygen`,
+//! `edge-agent deploy`): a deployment swaps a function on every agent under a stream and
+//! loses nothing; every kind of bad deployment is refused by every agent, whose functions
+//! stay as they were; functions that fail on probation are rolled back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use edge_agent::deployment::{Document, Envelope};
+use edge_agent::messages::{DeploymentReport, DeploymentState};
+
+use super::harness::*;
+
+/// A key pair made by `edge-agent keygen` in `dir`; the private key's path and the public
+/// key.
+fn keygen(dir: &Path, name: &str) -> (PathBuf, String) {
+    let key = dir.join(name);
+    let out = Command::new(agent_bin())
+        .arg("keygen")
+        .arg(&key)
+        .output()
+        .expect("run keygen");
+    assert!(
+        out.status.success(),
+        "keygen: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let public = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (key, public)
+}
+
+/// A directory to deploy: `functions.toml` with `function` (a `[[function]]` table) and the
+/// guest modules it names.
+fn bundle(dir: &Path, function: &str, guests_used: &[&str]) -> PathBuf {
+    let b = dir.join(format!("bundle-{}", unique("b")));
+    std::fs::create_dir_all(&b).expect("bundle dir");
+    for g in guests_used {
+        std::fs::copy(guest(g), b.join(format!("{g}.wasm"))).expect("copy module");
+    }
+    std::fs::write(b.join("functions.toml"), function).expect("functions.toml");
+    b
+}
+
+fn deploy(broker: &Mosquitto, key: &Path, bundle: &Path, extra: &[&str]) -> std::process::Output {
+    Command::new(agent_bin())
+        .args([
+            "deploy",
+            "--group",
+            "site",
+            "--broker",
+            &broker.url(),
+            "--key",
+        ])
+        .arg(key)
+        .args(extra)
+        .arg(bundle)
+        .output()
+        .expect("run deploy")
+}
+
+/// `echo` shared by the group, out on `out`: what every agent runs before a deployment.
+fn member(broker: &Mosquitto, id: &str, public: &str) -> String {
+    format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\n\
+         [fleet]\ngroup = \"site\"\ntrusted_keys = [\"{public}\"]\nprobation_secs = 1\n\
+         [[function]]\nname = \"f\"\nmodule = \"{}\"\nshare = \"g\"\ntopics = [\"in/+\"]\n\
+         [function.config]\nout_topic = \"out\"\n",
+        broker.url(),
+        guest("echo")
+    )
+}
+
+async fn fleet(broker: &Mosquitto, public: &str) -> Vec<Agent> {
+    let mut agents = Vec::new();
+    for i in 0..3 {
+        agents.push(Agent::start(&member(broker, &unique(&format!("dep{i}")), public)).await);
+    }
+    agents
+}
+
+fn sha256_of(path: &str) -> String {
+    edge_agent::deployment::sha256_hex(&std::fs::read(path).expect("module"))
+}
+
+/// Waits until each of `n` agents has reported `state` for a deployment, whose reason
+/// contains `reason`; the reports.
+async fn reports(
+    c: &mut Client,
+    n: usize,
+    state: DeploymentState,
+    reason: &str,
+) -> BTreeMap<String, DeploymentReport> {
+    let mut got = BTreeMap::new();
+    while got.len() < n {
+        let m = c.recv().await;
+        if !m.topic.ends_with("/deployment") {
+            continue;
+        }
+        let r: DeploymentReport = m.message();
+        if r.state == state && r.reason.as_deref().unwrap_or("").contains(reason) && !r.probation {
+            got.insert(r.agent.clone(), r);
+        }
+    }
+    got
+}
+
+/// Three agents share `echo`; a signed deployment of `misbehave` (several chunks) swaps it
+/// on all three under a 500 events/s stream: every event is answered once, by one version
+/// or the other, and every agent ends on the new module.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_deployment_swaps_a_function_on_three_agents_under_a_stream() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(dir.path(), "ops.key");
+    let agents = fleet(&broker, &public).await;
+    let b = bundle(
+        dir.path(),
+        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
+         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
+        &["misbehave"],
+    );
+    let mut out = Client::connect(broker.port, &["out"]).await;
+    let producer = Client::connect(broker.port, &[]).await;
+    const N: usize = 3000;
+    let stream = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(2));
+        for i in 0..N {
+            tick.tick().await;
+            producer
+                .publish(&format!("in/{}", i % 10), format!("slow-echo:0:{i}"))
+                .await;
+        }
+        producer
+    });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let started = Instant::now();
+    let (broker_url, key2, b2) = (broker.url(), key.clone(), b.clone());
+    let done = tokio::task::spawn_blocking(move || {
+        Command::new(agent_bin())
+            .args([
+                "deploy",
+                "--group",
+                "site",
+                "--broker",
+                &broker_url,
+                "--key",
+            ])
+            .arg(&key2)
+            .args(["--chunk-bytes", "16384", "--wait", "3", "--wait-secs", "30"])
+            .arg(&b2)
+            .output()
+            .expect("run deploy")
+    })
+    .await
+    .expect("deploy");
+    let took = started.elapsed();
+    assert!(
+        done.status.success(),
+        "deploy: {}{}",
+        String::from_utf8_lossy(&done.stdout),
+        String::from_utf8_lossy(&done.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&done.stderr);
+    assert!(
+        stderr.contains("chunk(s)") && !stderr.contains(" 1 chunk(s)"),
+        "{stderr}"
+    );
+    let _producer = stream.await.expect("the stream");
+    let (mut seen, mut new_version) = (vec![0u32; N], 0usize);
+    let mut distinct = 0;
+    while distinct < N {
+        let text = out.recv().await.text();
+        let (i, new) = match text.strip_prefix("slow-echo:0:") {
+            Some(i) => (i, false),
+            None => (text.as_str(), true),
+        };
+        let i: usize = i.parse().expect("an event number");
+        if seen[i] == 0 {
+            distinct += 1;
+        }
+        seen[i] += 1;
+        new_version += usize::from(new);
+    }
+    let extra = out.drain(Duration::from_millis(300)).await;
+    let twice: u32 = seen.iter().map(|n| n - 1).sum::<u32>() + extra.len() as u32;
+    eprintln!(
+        "deployment applied by 3 agents in {took:?} (1 s probation included); \
+         {N} of {N} answered, {new_version} by the new version, {twice} twice"
+    );
+    assert_eq!(twice, 0, "answered twice");
+    assert!(new_version > 0, "the new version answered nothing");
+    let sha = sha256_of(&guest("misbehave"));
+    for a in &agents {
+        assert_eq!(a.snapshot("f").module_sha256.as_deref(), Some(sha.as_str()));
+        let text = std::fs::read_to_string(a.dir().join("agent.toml")).expect("config");
+        assert!(text.contains(&sha) && text.contains("[fleet]"), "{text}");
+    }
+}
+
+/// Every kind of bad deployment is refused by all three agents with one clear line, and
+/// their functions and config files stay as they were; then a deployment whose function
+/// fails every event is applied and rolled back on probation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
+    let broker = Mosquitto::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(dir.path(), "ops.key");
+    let (other, _) = keygen(dir.path(), "other.key");
+    let agents = fleet(&broker, &public).await;
+    let configs: Vec<String> = agents
+        .iter()
+        .map(|a| std::fs::read_to_string(a.dir().join("agent.toml")).expect("config"))
+        .collect();
+    let echo = sha256_of(&guest("echo"));
+    let mut c = Client::connect(broker.port, &["edge-agent/+/deployment", "out"]).await;
+    let good = bundle(
+        dir.path(),
+        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
+         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
+        &["misbehave"],
+    );
+    let unchanged = |what: &str| {
+        for (a, before) in agents.iter().zip(&configs) {
+            assert_eq!(
+                a.snapshot("f").module_sha256.as_deref(),
+                Some(echo.as_str()),
+                "{what}"
+            );
+            let now = std::fs::read_to_string(a.dir().join("agent.toml")).expect("config");
+            assert_eq!(&now, before, "{what}: the config file changed");
+        }
+    };
+    let doc_topic = "edge-agent/fleet/site/deployment";
+    let signed = |version: u64| -> (Envelope, Document) {
+        let b = edge_agent_fleet::bundle(&good).expect("bundle");
+        let k = edge_agent_fleet::read_key(&key).expect("key");
+        edge_agent_fleet::seal(&b, "site", version, 16384, &k)
+    };
+
+    // Unsigned.
+    let (mut e, _) = signed(1);
+    e.signature = None;
+    c.publish(doc_topic, serde_json::to_vec(&e).expect("json"))
+        .await;
+    reports(&mut c, 3, DeploymentState::Refused, "unsigned").await;
+    unchanged("unsigned");
+
+    // Signed with a key the agents do not trust.
+    let wrong = deploy(&broker, &other, &good, &["--version", "2"]);
+    assert!(
+        wrong.status.success(),
+        "{}",
+        String::from_utf8_lossy(&wrong.stderr)
+    );
+    reports(&mut c, 3, DeploymentState::Refused, "wrongly signed").await;
+    unchanged("wrongly signed");
+
+    // A tampered module: the signed document is right, a chunk on the broker is not.
+    let (e, doc) = signed(5);
+    let m = &doc.modules["misbehave.wasm"];
+    let bytes = std::fs::read(good.join("misbehave.wasm")).expect("module");
+    for (i, chunk) in bytes.chunks(16384).enumerate() {
+        let mut chunk = chunk.to_vec();
+        if i == 1 {
+            chunk[10] ^= 0xff;
+        }
+        let topic = format!("edge-agent/fleet/site/module/{}/{i}", m.sha256);
+        c.publish_retained(&topic, chunk).await;
+    }
+    c.publish(doc_topic, serde_json::to_vec(&e).expect("json"))
+        .await;
+    let r = reports(
+        &mut c,
+        3,
+        DeploymentState::Refused,
+        "tampered module misbehave.wasm",
+    )
+    .await;
+    eprintln!(
+        "tampered: {:?}",
+        r.values().next().and_then(|r| r.reason.clone())
+    );
+    unchanged("tampered");
+
+    // Older than (or a replay of) the last one tried.
+    let (e, _) = signed(4);
+    c.publish(doc_topic, serde_json::to_vec(&e).expect("json"))
+        .await;
+    reports(&mut c, 3, DeploymentState::Refused, "replayed or older").await;
+    unchanged("older");
+
+    // A deployment that would not pass `check` (its function subscribes to nothing).
+    let bad = bundle(
+        dir.path(),
+        "[[function]]\nname = \"f\"\nmodule = \"echo.wasm\"\nshare = \"g\"\ntopics = []\n",
+        &["echo"],
+    );
+    let refused = deploy(
+        &broker,
+        &key,
+        &bad,
+        &["--version", "6", "--wait", "3", "--wait-secs", "20"],
+    );
+    assert!(
+        !refused.status.success(),
+        "deploy --wait must fail when refused"
+    );
+    let line = String::from_utf8_lossy(&refused.stderr);
+    assert!(line.contains("refused: does not pass check"), "{line}");
+    reports(&mut c, 3, DeploymentState::Refused, "does not pass check").await;
+    unchanged("check");
+
+    // The functions still answer, with the old version.
+    c.publish("in/x", "still here").await;
+    assert_eq!(c.recv_on("out").await.text(), "still here");
+
+    // Applied, then every event fails (`nope` is no command of misbehave's): rolled back
+    // within probation, back to echo.
+    let producer = Client::connect(broker.port, &[]).await;
+    let stream = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        for _ in 0..800 {
+            tick.tick().await;
+            producer.publish("in/y", "nope").await;
+        }
+    });
+    let applied = deploy(&broker, &key, &good, &["--version", "7"]);
+    assert!(
+        applied.status.success(),
+        "{}",
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    let r = reports(
+        &mut c,
+        3,
+        DeploymentState::RolledBack,
+        "failed within probation",
+    )
+    .await;
+    eprintln!(
+        "rolled back: {:?}",
+        r.values().next().and_then(|r| r.reason.clone())
+    );
+    stream.await.expect("the stream");
+    unchanged("rolled back");
+}
