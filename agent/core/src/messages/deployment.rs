@@ -56,3 +56,35 @@ impl Message for DeploymentReport {
     const TOPIC: &'static str = "deployment";
     const SCHEMA_VERSION: u32 = 1;
 }
+
+impl DeploymentReport {
+    /// The report in a few words, as `fleet status` and `top --fleet` show it:
+    /// `site/7 applied`, `site/8 refused, in force: 7 (why)`, `site/8 downloading 3/10
+    /// chunks, in force: 7`.
+    pub fn summary(&self) -> String {
+        use std::fmt::Write as _;
+        let state = match (self.state, self.probation) {
+            (DeploymentState::Applied, true) => "on probation",
+            (DeploymentState::Applied, false) => "applied",
+            (DeploymentState::Downloading, _) => "downloading",
+            (DeploymentState::Checking, _) => "checking",
+            (DeploymentState::Refused, _) => "refused",
+            (DeploymentState::RolledBack, _) => "rolled back",
+        };
+        let version = self.version.map_or_else(|| "?".into(), |v| v.to_string());
+        let mut out = format!("{}/{version} {state}", self.group);
+        if let Some([have, want]) = self.chunks {
+            let _ = write!(out, " {have}/{want} chunks");
+        }
+        if self.state != DeploymentState::Applied {
+            let in_force = self
+                .in_force
+                .map_or_else(|| "none".into(), |v| v.to_string());
+            let _ = write!(out, ", in force: {in_force}");
+        }
+        if let Some(r) = &self.reason {
+            let _ = write!(out, " ({r})");
+        }
+        out
+    }
+}

@@ -7,9 +7,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use clap::Args;
-use edge_agent::messages::{
-    DeploymentReport, DeploymentState, Message as _, Presence, Report, Status,
-};
+use edge_agent::messages::{DeploymentReport, Message as _, Presence, Report, Status};
 use edge_agent_publish::BrokerArgs;
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
@@ -147,38 +145,9 @@ pub fn health(s: &Seen) -> String {
     }
 }
 
-/// The deployment column: `7 applied`, `8 refused (<why>)`, ...
+/// The deployment column ([`DeploymentReport::summary`]), `-` without one.
 pub fn deployment(d: Option<&DeploymentReport>) -> String {
-    let Some(d) = d else {
-        return "-".into();
-    };
-    let state = match (d.state, d.probation) {
-        (DeploymentState::Applied, true) => "on probation",
-        (DeploymentState::Applied, false) => "applied",
-        (DeploymentState::Downloading, _) => "downloading",
-        (DeploymentState::Checking, _) => "checking",
-        (DeploymentState::Refused, _) => "refused",
-        (DeploymentState::RolledBack, _) => "rolled back",
-    };
-    let mut out = format!(
-        "{}/{} {state}",
-        d.group,
-        d.version.map_or_else(|| "?".into(), |v| v.to_string())
-    );
-    if let Some([have, want]) = d.chunks {
-        let _ = write!(out, " {have}/{want} chunks");
-    }
-    if d.state != DeploymentState::Applied {
-        let _ = write!(
-            out,
-            ", in force: {}",
-            d.in_force.map_or_else(|| "none".into(), |v| v.to_string())
-        );
-    }
-    if let Some(r) = &d.reason {
-        let _ = write!(out, " ({r})");
-    }
-    out
+    d.map_or_else(|| "-".into(), DeploymentReport::summary)
 }
 
 /// The table `fleet status` prints.

@@ -15,7 +15,9 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use clap::Args;
-use edge_agent::messages::{Message, Presence, ReadError, Report, Snapshot, Status};
+use edge_agent::messages::{
+    DeploymentReport, Message, Presence, ReadError, Report, Snapshot, Status,
+};
 use rumqttc::{AsyncClient, Event, Packet, QoS};
 
 use edge_agent_publish::BrokerArgs;
@@ -40,6 +42,11 @@ pub struct TopArgs {
     /// With `--once`: how long to wait for the first report, in seconds.
     #[arg(long, default_value_t = 10)]
     pub wait_secs: u64,
+    /// The fleet as one: a summary line (agents online, deployments, events/s), then one
+    /// line per agent with its health and deployment, its functions under it (fewer
+    /// columns, with each module's version).
+    #[arg(long)]
+    pub fleet: bool,
 }
 
 /// What `top` failed at.
@@ -89,6 +96,8 @@ struct AgentView {
     report: Option<Result<Report, ReadError>>,
     /// When the report arrived here.
     heard: Option<Instant>,
+    /// Its last deployment report (`--fleet`).
+    deployment: Option<DeploymentReport>,
 }
 
 /// Every agent heard from, by id.
@@ -97,6 +106,8 @@ pub struct Board {
     agents: BTreeMap<String, AgentView>,
     /// The connection's state, when it is not simply up.
     pub broker_problem: Option<String>,
+    /// `--fleet`: one line per agent, fewer columns, a summary on top.
+    pub fleet: bool,
 }
 
 /// One agent's part of the table, as text.
@@ -113,6 +124,9 @@ pub const COLUMNS: [&str; 11] = [
     "FUNCTION", "MODEL", "EVENTS/S", "P50", "P99", "COLD/S", "CPU %", "MEMORY", "QUEUE", "ERRORS",
     "RESTARTS",
 ];
+
+/// Column titles of the function rows with `--fleet`.
+pub const FLEET_COLUMNS: [&str; 6] = ["FUNCTION", "MODEL", "EVENTS/S", "P99", "ERRORS", "MODULE"];
 
 /// The model column: an auto function shows the model in force and the reason of its
 /// last switch (`auto:persistent (panic)`).
@@ -198,6 +212,7 @@ impl Board {
                 view.heard = Some(Instant::now());
             }
             "status" => view.status = Some(Status::from_bytes(payload)),
+            "deployment" => view.deployment = DeploymentReport::from_bytes(payload).ok(),
             _ => {}
         }
     }
@@ -207,8 +222,57 @@ impl Board {
         !self.agents.is_empty() && self.agents.values().all(|a| a.report.is_some())
     }
 
+    /// The column titles in use.
+    pub fn columns(&self) -> &'static [&'static str] {
+        if self.fleet { &FLEET_COLUMNS } else { &COLUMNS }
+    }
+
+    /// `--fleet`: the fleet in one line: agents online, the deployments in force and how
+    /// many agents run each, events and errors per second over all.
+    pub fn summary(&self) -> String {
+        let online = self
+            .agents
+            .values()
+            .filter(|a| matches!(&a.status, Some(Ok(s)) if s.status == Presence::Online))
+            .count();
+        let mut deployments: BTreeMap<String, usize> = BTreeMap::new();
+        for d in self.agents.values().filter_map(|a| a.deployment.as_ref()) {
+            let key = match d.in_force {
+                Some(v) => format!("{}/{v}", d.group),
+                None => format!("{}/none", d.group),
+            };
+            *deployments.entry(key).or_default() += 1;
+        }
+        let reports = || {
+            self.agents
+                .values()
+                .filter_map(|a| a.report.as_ref()?.as_ref().ok())
+                .flat_map(|r| &r.functions)
+        };
+        let events: f64 = reports().map(|f| f.rates.events_per_sec).sum();
+        let errors: f64 = reports().map(|f| f.rates.errors_per_sec).sum();
+        let deployments = if deployments.is_empty() {
+            "no deployments".to_string()
+        } else {
+            let each: Vec<String> = deployments
+                .iter()
+                .map(|(d, n)| format!("{d} on {n}"))
+                .collect();
+            format!("in force: {}", each.join(", "))
+        };
+        format!(
+            "{} agents, {online} online; {deployments}; {} events/s, {} errors/s",
+            self.agents.len(),
+            rate(events),
+            rate(errors)
+        )
+    }
+
     /// The table: per agent its line, then its functions.
     pub fn sections(&self) -> Vec<Section> {
+        if self.fleet {
+            return self.fleet_sections();
+        }
         let mut sections = Vec::new();
         for (id, a) in &self.agents {
             let presence = match &a.status {
@@ -266,10 +330,67 @@ impl Board {
         sections
     }
 
+    /// `--fleet`: per agent one line (presence, events/s, errors, memory, CPU, deployment),
+    /// and under it each function's name, model, events/s, p99, errors and module version.
+    fn fleet_sections(&self) -> Vec<Section> {
+        let mut sections = Vec::new();
+        for (id, a) in &self.agents {
+            let presence = match &a.status {
+                Some(Ok(s)) if s.status == Presence::Online => match &s.degraded {
+                    Some(why) => format!("online (degraded: {why})"),
+                    None => "online".to_string(),
+                },
+                Some(Ok(_)) => "offline".to_string(),
+                Some(Err(_)) => "status unreadable".to_string(),
+                None => "status unknown".to_string(),
+            };
+            let report = a.report.as_ref().and_then(|r| r.as_ref().ok());
+            let figures = report.map_or_else(
+                || "no stats yet".to_string(),
+                |r| {
+                    let events: f64 = r.functions.iter().map(|f| f.rates.events_per_sec).sum();
+                    let errors: f64 = r.functions.iter().map(|f| f.rates.errors_per_sec).sum();
+                    format!(
+                        "{} ev/s  {} err/s  rss {}  cpu {:.1}%",
+                        rate(events),
+                        rate(errors),
+                        bytes(r.process.rss_bytes),
+                        r.process.cpu_percent
+                    )
+                },
+            );
+            let deployment = a
+                .deployment
+                .as_ref()
+                .map_or_else(String::new, |d| format!("  deploy {}", d.summary()));
+            let title = format!("{id}  {presence}  {figures}{deployment}");
+            let rows = report
+                .into_iter()
+                .flat_map(|r| &r.functions)
+                .map(|f| {
+                    let (t, rates) = (&f.totals, &f.rates);
+                    vec![
+                        t.function.clone(),
+                        model(t),
+                        rate(rates.events_per_sec),
+                        us(rates.end_to_end_us.p99),
+                        t.failed_total().to_string(),
+                        t.module_sha256
+                            .as_deref()
+                            .map_or_else(|| "-".into(), |s| s.chars().take(12).collect()),
+                    ]
+                })
+                .collect();
+            sections.push(Section { title, rows });
+        }
+        sections
+    }
+
     /// The table as plain text (for `--once` and pipes).
     pub fn text(&self) -> String {
         let sections = self.sections();
-        let widths = widths(&sections);
+        let columns = self.columns();
+        let widths = widths(columns, &sections);
         let line = |cells: &[String]| {
             let mut out = String::new();
             for (i, (c, w)) in cells.iter().zip(&widths).enumerate() {
@@ -283,10 +404,13 @@ impl Board {
             out.trim_end().to_string() + "\n"
         };
         let mut out = String::new();
+        if self.fleet {
+            out += &format!("{}\n", self.summary());
+        }
         for s in &sections {
             out += &format!("{}\n", s.title);
             if !s.rows.is_empty() {
-                out += &line(&COLUMNS.map(String::from));
+                out += &line(&columns.iter().map(|c| (*c).to_string()).collect::<Vec<_>>());
             }
             for r in &s.rows {
                 out += &line(r);
@@ -297,8 +421,8 @@ impl Board {
 }
 
 /// Each column's width: its widest cell or title.
-fn widths(sections: &[Section]) -> Vec<usize> {
-    let mut widths: Vec<usize> = COLUMNS.iter().map(|c| c.chars().count()).collect();
+fn widths(columns: &[&str], sections: &[Section]) -> Vec<usize> {
+    let mut widths: Vec<usize> = columns.iter().map(|c| c.chars().count()).collect();
     for r in sections.iter().flat_map(|s| &s.rows) {
         for (w, c) in widths.iter_mut().zip(r) {
             *w = (*w).max(c.chars().count());
@@ -316,7 +440,7 @@ async fn listen(
     let opts = args.broker.options("top")?;
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let agent = args.agent.as_deref().unwrap_or("+");
-    let filters = ["stats", "status"].map(|t| format!("{}/{agent}/{t}", args.prefix));
+    let filters = ["stats", "status", "deployment"].map(|t| format!("{}/{agent}/{t}", args.prefix));
     tokio::spawn(async move {
         loop {
             let sent = match eventloop.poll().await {
@@ -360,7 +484,10 @@ pub fn run(args: &TopArgs) -> Result<(), TopError> {
         rt.block_on(std::future::pending::<()>());
     });
     drop(background);
-    let mut board = Board::default();
+    let mut board = Board {
+        fleet: args.fleet,
+        ..Board::default()
+    };
     if args.once || !std::io::stdout().is_terminal() {
         return once(args, &mut board, &rx);
     }
@@ -460,11 +587,13 @@ fn draw(frame: &mut ratatui::Frame, board: &Board) {
         None if sections.is_empty() => {
             "edge-agent top   waiting for an agent's report   q quits".into()
         }
+        None if board.fleet => format!("edge-agent top   {}   q quits", board.summary()),
         None => "edge-agent top   q quits".into(),
     };
     let reversed = Style::new().add_modifier(Modifier::REVERSED);
     frame.render_widget(Paragraph::new(head).style(reversed), areas[0]);
-    let widths: Vec<Constraint> = widths(&sections)
+    let columns = board.columns();
+    let widths: Vec<Constraint> = widths(columns, &sections)
         .into_iter()
         .map(|w| Constraint::Length(w as u16))
         .collect();
@@ -476,7 +605,7 @@ fn draw(frame: &mut ratatui::Frame, board: &Board) {
             text.alignment(Alignment::Right)
         })
     };
-    let header = Row::new(COLUMNS.iter().enumerate().map(|(i, c)| cell(i, c)))
+    let header = Row::new(columns.iter().enumerate().map(|(i, c)| cell(i, c)))
         .style(Style::new().add_modifier(Modifier::UNDERLINED));
     for (s, area) in sections.iter().zip(&areas[1..]) {
         let [_, area] = Layout::vertical([Constraint::Length(1), Constraint::Min(0)]).areas(*area);
@@ -646,6 +775,52 @@ mod tests {
         assert!(text.starts_with("demo  online"), "{text}");
         assert!(text.contains("\nFUNCTION"), "{text}");
         assert!(text.contains("\ncounter   persistent"), "{text}");
+    }
+
+    #[test]
+    fn the_fleet_view_is_one_line_per_agent_with_a_summary_on_top() {
+        let mut b = Board {
+            fleet: true,
+            ..Board::default()
+        };
+        let birth = br#"{"schema_version":1,"status":"online","pid":7,"version":"0.1.0"}"#;
+        b.apply("edge-agent/a1/status", birth);
+        b.apply("edge-agent/a1/stats", &report());
+        let deployed = edge_agent::messages::DeploymentReport {
+            schema_version: 1,
+            agent: "a1".into(),
+            group: "site".into(),
+            version: Some(8),
+            state: edge_agent::messages::DeploymentState::Refused,
+            reason: Some("unsigned: ...".into()),
+            in_force: Some(7),
+            probation: false,
+            chunks: None,
+            ts_ms: 1,
+        };
+        b.apply("edge-agent/a1/deployment", &deployed.to_bytes());
+        let gone = br#"{"status":"offline","pid":8,"version":"0.1.0"}"#;
+        b.apply("edge-agent/a2/status", gone);
+        let text = b.text();
+        let mut lines = text.lines();
+        assert_eq!(
+            lines.next(),
+            Some("2 agents, 1 online; in force: site/7 on 1; 2.0 events/s, 0.2 errors/s"),
+            "{text}"
+        );
+        let a1 = lines.next().unwrap_or_default();
+        assert!(a1.starts_with("a1  online  2.0 ev/s  0.2 err/s  rss 23.0MiB"), "{a1}");
+        assert!(
+            a1.ends_with("deploy site/8 refused, in force: 7 (unsigned: ...)"),
+            "{a1}"
+        );
+        assert!(
+            lines
+                .next()
+                .unwrap_or_default()
+                .starts_with("FUNCTION  MODEL")
+        );
+        assert!(text.contains("a2  offline  no stats yet"), "{text}");
     }
 
     #[test]
