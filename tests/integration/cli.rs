@@ -867,6 +867,30 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         .expect("run compare --from");
     assert!(out.status.success(), "{out:?}");
     charts_show_the_report(&std::fs::read_to_string(&both).expect("html"), &report, 2);
+    // Several agents' reports from one run: in one file as a JSON array, or as the files
+    // of one directory; each named by its host.
+    let fleet = dir.path().join("fleet");
+    std::fs::create_dir(&fleet).expect("fleet dir");
+    std::fs::copy(&json, fleet.join("a.json")).expect("copy");
+    std::fs::copy(&second, fleet.join("b.json")).expect("copy");
+    let array = dir.path().join("array.json");
+    std::fs::write(
+        &array,
+        serde_json::to_vec(&[&report, &again]).expect("an array"),
+    )
+    .expect("write the array");
+    assert!(report.host.is_some(), "the report names its host");
+    for from in [&fleet, &array] {
+        let out = Command::new(agent_bin())
+            .args(["compare", "--from"])
+            .arg(from)
+            .output()
+            .expect("run compare --from over several agents");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{out:?}");
+        assert!(stdout.contains("reports 1 and 2"), "{stdout}");
+        assert!(stdout.contains(&report.place()), "{stdout}");
+    }
     // A saved report is judged again at another rate, without measuring again.
     let out = Command::new(agent_bin())
         .args(["compare", "--rate", "1000", "--from"])

@@ -321,7 +321,7 @@ fn series_of<'a>(
         };
         for m in f.models.iter().filter(|m| m.error.is_none()) {
             let label = if reports.len() > 1 {
-                format!("{} on {}", m.model, r.machine)
+                format!("{} on {}", m.model, r.place())
             } else {
                 m.model.clone()
             };
@@ -622,7 +622,7 @@ fn cell(e: &Estimate, scale: f64, digits: usize) -> String {
 fn card(r: &Report, f: &FunctionReport, several: bool) -> String {
     let c = &f.card;
     let on = if several {
-        format!(" <small>on {}</small>", esc(&r.machine))
+        format!(" <small>on {}</small>", esc(&r.place()))
     } else {
         String::new()
     };
@@ -744,7 +744,7 @@ pub fn render(reports: &[Report]) -> String {
              median with its 95% interval. Energy by the <b>{}</b> power profile and money by \
              a price list: both are models, not measurements. Everything else was measured.</p>",
             esc(&r.agent_version),
-            esc(&r.machine),
+            esc(&r.place()),
             r.rounds,
             if r.quick { " (--quick)" } else { "" },
             esc(&r.power.name),
@@ -761,7 +761,7 @@ pub fn render(reports: &[Report]) -> String {
         for r in reports {
             if let Some(f) = reports_function(r, name) {
                 if several {
-                    let _ = writeln!(s, "<h3>{}</h3>", esc(&r.machine));
+                    let _ = writeln!(s, "<h3>{}</h3>", esc(&r.place()));
                 }
                 s.push_str("<ul class=\"verdicts\">");
                 for v in &f.verdicts {
@@ -812,7 +812,7 @@ pub fn render(reports: &[Report]) -> String {
         let _ = writeln!(
             s,
             "<details><summary>Raw figures ({}): medians [95% interval]; ! marks outliers</summary>",
-            esc(&r.machine)
+            esc(&r.place())
         );
         for f in &r.functions {
             let _ = writeln!(s, "<h3>{}</h3>{}", esc(&f.function), table(f));
@@ -824,7 +824,7 @@ pub fn render(reports: &[Report]) -> String {
             s,
             "<h2>Models used ({})</h2>\n<p>Power: {} ({} cores, {} W idle, {} W busy).</p>\n\
              <p>Prices: {}.</p>\n",
-            esc(&r.machine),
+            esc(&r.place()),
             esc(&r.power.source),
             r.power.cores,
             r.power.idle_watts,

@@ -55,7 +55,8 @@ pub struct CompareArgs {
     #[arg(long)]
     pub html: Option<PathBuf>,
     /// Measure nothing: re-render saved JSON reports (repeat for several devices, shown
-    /// side by side in the HTML).
+    /// side by side in the HTML). Each may be a report, a JSON array of reports (several
+    /// agents' reports from one run), or a directory of such files.
     #[arg(long, value_name = "JSON")]
     pub from: Vec<PathBuf>,
     /// Short phases and one round (under a minute in all), for CI and first looks: its
@@ -93,6 +94,47 @@ pub fn load(path: &Path) -> Result<Report, CompareError> {
     let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
     let v: serde_json::Value =
         serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    one(path, v)
+}
+
+/// Reads every report at `path`: a report saved with `--json`, a JSON array of them (the
+/// reports of several agents from one run, gathered in one file), or a directory of such
+/// files (every `*.json` in it, by name).
+///
+/// # Errors
+/// [`CompareError::Report`] naming the file at fault.
+pub fn load_all(path: &Path) -> Result<Vec<Report>, CompareError> {
+    let bad = |why: String| CompareError::Report(format!("{}: {why}", path.display()));
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| bad(e.to_string()))?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(bad("no *.json report in this directory".into()));
+        }
+        let mut all = Vec::new();
+        for f in files {
+            all.extend(load_all(&f)?);
+        }
+        return Ok(all);
+    }
+    let text = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&text).map_err(|e| bad(format!("not JSON: {e}")))?;
+    match v {
+        serde_json::Value::Array(items) if items.is_empty() => Err(bad("an empty list".into())),
+        serde_json::Value::Array(items) => items.into_iter().map(|v| one(path, v)).collect(),
+        v => Ok(vec![one(path, v)?]),
+    }
+}
+
+/// One report read from `path`'s JSON.
+fn one(path: &Path, v: serde_json::Value) -> Result<Report, CompareError> {
+    let bad = |why: String| CompareError::Report(format!("{}: {why}", path.display()));
     match v.get("schema_version").and_then(serde_json::Value::as_u64) {
         Some(n) if n == u64::from(SCHEMA_VERSION) => {}
         Some(n) => {
@@ -164,11 +206,10 @@ impl CompareError {
 /// # Errors
 /// [`CompareError`]; its [`CompareError::exit`] is the process's exit status.
 pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
-    let mut reports = args
-        .from
-        .iter()
-        .map(|p| load(p))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut reports = Vec::new();
+    for p in &args.from {
+        reports.extend(load_all(p)?);
+    }
     for r in &mut reports {
         rejudge(r, args.rate);
     }
@@ -540,6 +581,10 @@ pub struct Report {
     pub agent_version: String,
     /// `uname -m` style machine name and processor count.
     pub machine: String,
+    /// The host name of the machine it ran on, which tells the devices of a fleet apart
+    /// (absent in reports made before it was recorded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
     /// `built-in`, or the workload file.
     pub workload: String,
     /// QoS of the events.
@@ -554,6 +599,17 @@ pub struct Report {
     pub prices: Prices,
     /// One entry per function.
     pub functions: Vec<FunctionReport>,
+}
+
+impl Report {
+    /// Where it ran, as the table and the page name it: `pi-kitchen (linux aarch64, 4
+    /// processors)`, or the machine alone for a report without a host name.
+    pub fn place(&self) -> String {
+        match &self.host {
+            Some(h) => format!("{h} ({})", self.machine),
+            None => self.machine.clone(),
+        }
+    }
 }
 
 /// What `compare` is doing: a progress bar on a terminal, plain lines otherwise.
@@ -763,6 +819,10 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
             std::env::consts::ARCH,
             std::thread::available_parallelism().map_or(1, |n| n.get())
         ),
+        host: std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .ok()
+            .map(|h| h.trim().to_string())
+            .filter(|h| !h.is_empty()),
         workload: plan
             .source
             .as_ref()
@@ -1531,7 +1591,7 @@ pub fn render(report: &Report) -> String {
          power profile, money by a price list (models, see the end). Figures are medians ± \
          half their 95% interval; ! marks outliers among their samples.",
         report.agent_version,
-        report.machine,
+        report.place(),
         report.workload,
         report.qos,
         report.rounds,

@@ -809,7 +809,10 @@ mod tests {
             "{text}"
         );
         let a1 = lines.next().unwrap_or_default();
-        assert!(a1.starts_with("a1  online  2.0 ev/s  0.2 err/s  rss 23.0MiB"), "{a1}");
+        assert!(
+            a1.starts_with("a1  online  2.0 ev/s  0.2 err/s  rss 23.0MiB"),
+            "{a1}"
+        );
         assert!(
             a1.ends_with("deploy site/8 refused, in force: 7 (unsigned: ...)"),
             "{a1}"
