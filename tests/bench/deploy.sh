@@ -7,8 +7,8 @@
 #   EVENTS        QoS 1 events in each run's stream (default 10000), on ten topics
 #   RATE          events per second (default 500)
 #
-# Three agents on one Mosquitto share `echo` (`share = "g"`, `[fleet] group = "site"`,
-# probation off so that "applied" is the moment the new version is in force). A third of
+# Three agents on one Mosquitto share `echo` (`share`, `[fleet] group`, a group of each per
+# run, probation off so that "applied" is the moment the new version is in force). A third of
 # the way into the stream, `edge-agent deploy --wait 3` publishes a signed deployment that
 # swaps the function for `misbehave` (several 16 KiB chunks); both versions answer every
 # event with its number. Reports per run: the time from the start of `deploy` to all three
@@ -31,24 +31,26 @@ port="$(free_port)"
 printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" >"$work/mosquitto.conf"
 mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
 pids+=($!)
+disown
 sleep 0.3
 "$bin" keygen "$work/ops.key" >"$work/ops.pub" 2>/dev/null
-mkdir -p "$work/bundle"
-cp "$root/modules/dist/misbehave.wasm" "$work/bundle/"
-cat >"$work/bundle/functions.toml" <<TOML
+times=()
+for run in $(seq 1 "$runs"); do
+    # Each run a deployment group and a share group of its own, so that each starts from
+    # echo and version 1, and no session of an earlier run's (killed) agents takes a turn
+    # of the stream (Mosquitto keeps them in the share group: docs/fleet.md).
+    group="site$run"
+    mkdir -p "$work/r$run/bundle"
+    cp "$root/modules/dist/misbehave.wasm" "$work/r$run/bundle/"
+    cat >"$work/r$run/bundle/functions.toml" <<TOML
 [[function]]
 name = "e"
 module = "misbehave.wasm"
-share = "g"
+share = "g$run"
 topics = ["in/+"]
 [function.config]
 out_topic = "out"
 TOML
-
-times=()
-for run in $(seq 1 "$runs"); do
-    # Each run a group of its own, so that each starts from echo and version 1.
-    group="site$run"
     agent_pids=()
     for i in 0 1 2; do
         mkdir -p "$work/r$run/a$i"
@@ -65,7 +67,7 @@ probation_secs = 0
 [[function]]
 name = "e"
 module = "$root/modules/dist/echo.wasm"
-share = "g"
+share = "g$run"
 topics = ["in/+"]
 [function.config]
 out_topic = "out"
@@ -85,7 +87,7 @@ TOML
     sleep "$(python3 -c "print($events / $rate / 3)")"
     start=$(date +%s.%N)
     "$bin" deploy --group "$group" --key "$work/ops.key" --broker "mqtt://127.0.0.1:$port" \
-        --chunk-bytes 16384 --wait 3 --wait-secs 60 "$work/bundle" >/dev/null 2>"$work/r$run/deploy.err"
+        --chunk-bytes 16384 --wait 3 --wait-secs 60 "$work/r$run/bundle" >/dev/null 2>"$work/r$run/deploy.err"
     took=$(python3 -c "print(f'{$(date +%s.%N) - $start:.2f}')")
     times+=("$took")
     wait "$pub"
