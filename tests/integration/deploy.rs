@@ -236,7 +236,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
     let signed = |version: u64| -> (Envelope, Document) {
         let b = edge_agent_fleet::bundle(&good).expect("bundle");
         let k = edge_agent_fleet::read_key(&key).expect("key");
-        edge_agent_fleet::seal(&b, "site", version, 16384, &k)
+        edge_agent_fleet::seal(&b, "site", version, 16384, None, &k)
     };
 
     // Unsigned.
@@ -345,4 +345,53 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
     );
     stream.await.expect("the stream");
     unchanged("rolled back");
+
+    // Modules already on the devices (`--modules-at`): a file that does not match the
+    // signed hash is refused like a tampered chunk; the right one is applied.
+    let on_device = dir.path().join("on-device");
+    std::fs::create_dir(&on_device).expect("dir");
+    let mut counter = std::fs::read(guest("counter")).expect("counter");
+    let last = counter.len() - 1;
+    counter[last] ^= 1;
+    std::fs::write(on_device.join("counter.wasm"), &counter).expect("a changed copy");
+    let b = bundle(
+        dir.path(),
+        "[[function]]\nname = \"f\"\nmodule = \"counter.wasm\"\nshare = \"g\"\n\
+         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
+        &["counter"],
+    );
+    let at = on_device.display().to_string();
+    let tampered = deploy(&broker, &key, &b, &["--version", "8", "--modules-at", &at]);
+    assert!(
+        tampered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tampered.stderr)
+    );
+    reports(
+        &mut c,
+        3,
+        DeploymentState::Refused,
+        "counter.wasm: the file at",
+    )
+    .await;
+    unchanged("a changed file on the device");
+    std::fs::copy(guest("counter"), on_device.join("counter.wasm")).expect("the right copy");
+    let good = deploy(
+        &broker,
+        &key,
+        &b,
+        &["--version", "9", "--modules-at", &at, "--wait", "3"],
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let counter = sha256_of(&guest("counter"));
+    for a in &agents {
+        assert_eq!(
+            a.snapshot("f").module_sha256.as_deref(),
+            Some(counter.as_str())
+        );
+    }
 }

@@ -74,8 +74,13 @@ pub struct Module {
     pub size: u64,
     /// Size of every chunk but the last, in bytes.
     pub chunk_bytes: u64,
-    /// SHA-256 of each chunk in order, hex.
+    /// SHA-256 of each chunk in order, hex (empty when the module comes from `path`).
     pub chunks: Vec<String>,
+    /// Where each device finds the file itself (put there by other means: a package, a
+    /// share, a USB stick), instead of in chunks over MQTT; it is checked against
+    /// `sha256` all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
 }
 
 /// What travels on the document topic: the document's exact bytes and their signature.
@@ -145,6 +150,16 @@ pub enum Refusal {
         /// The module it names.
         module: String,
     },
+    /// A module to read from a path on the device that cannot be read there.
+    #[error("module {module}: cannot read {path} on this device: {why}")]
+    Unreadable {
+        /// The module's file name.
+        module: String,
+        /// Where it was to be.
+        path: String,
+        /// Why not.
+        why: String,
+    },
     /// Modules did not arrive in time.
     #[error("module {module}: {have} of {want} chunks arrived in {secs} s")]
     Incomplete {
@@ -190,11 +205,26 @@ impl Module {
             size: bytes.len() as u64,
             chunk_bytes: chunk_bytes as u64,
             chunks: bytes.chunks(chunk_bytes).map(sha256_hex).collect(),
+            path: None,
         }
     }
 
-    /// Checks that the chunk list fits the size.
+    /// The module `bytes`, which each device reads from `path` (no chunks).
+    pub fn at(bytes: &[u8], path: String) -> Self {
+        Self {
+            sha256: sha256_hex(bytes),
+            size: bytes.len() as u64,
+            chunk_bytes: 0,
+            chunks: Vec::new(),
+            path: Some(path),
+        }
+    }
+
+    /// Checks that the chunk list fits the size (or that there is a path instead).
     fn consistent(&self) -> bool {
+        if self.path.is_some() {
+            return self.chunks.is_empty() && self.sha256.len() == 64;
+        }
         let want = if self.size == 0 || self.chunk_bytes == 0 {
             usize::from(self.size != 0)
         } else {

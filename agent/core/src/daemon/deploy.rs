@@ -250,8 +250,12 @@ impl Deployer {
         let staged = match self.stage(&doc, rx, stop).await {
             Ok(s) => s,
             Err(refusal) => {
-                // A download that timed out is tried again on the next connection.
-                if !matches!(refusal, Refusal::Incomplete { .. }) {
+                // A download that timed out, or a file not there yet, is tried again on the
+                // next connection.
+                if !matches!(
+                    refusal,
+                    Refusal::Incomplete { .. } | Refusal::Unreadable { .. }
+                ) {
                     self.tried(&doc, &digest, self.record.in_force);
                 }
                 return self.refused(Some(doc.version), &refusal).await;
@@ -389,6 +393,24 @@ impl Deployer {
                 sha256: m.sha256.clone(),
             };
             if std::fs::read(&path).is_ok_and(|b| deployment::sha256_hex(&b) == m.sha256) {
+                staged.insert(name.clone(), s);
+                continue;
+            }
+            if let Some(from) = &m.path {
+                // On the device already: checked like a download, then staged.
+                let bytes = std::fs::read(from).map_err(|e| Refusal::Unreadable {
+                    module: name.clone(),
+                    path: from.clone(),
+                    why: e.to_string(),
+                })?;
+                if deployment::sha256_hex(&bytes) != m.sha256 {
+                    return Err(Refusal::Tampered {
+                        module: name.clone(),
+                        what: format!("the file at {from}"),
+                    });
+                }
+                write_module(&path, &bytes)
+                    .map_err(|e| Refusal::Check(format!("cannot stage {name}: {e}")))?;
                 staged.insert(name.clone(), s);
                 continue;
             }

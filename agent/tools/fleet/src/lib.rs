@@ -154,6 +154,11 @@ pub struct DeployArgs {
     /// `broker.max_packet_bytes` and the broker's own limit.
     #[arg(long, default_value_t = deployment::DEFAULT_CHUNK_BYTES)]
     pub chunk_bytes: usize,
+    /// The modules are on every device already, in this directory (put there by other
+    /// means): the document names `DIR/<file name>` for each, checked by its SHA-256, and
+    /// no chunk is published.
+    #[arg(long, value_name = "DIR")]
+    pub modules_at: Option<String>,
     /// Wait until this many agents report the deployment applied (or one refuses it).
     #[arg(long, default_value_t = 0)]
     pub wait: usize,
@@ -253,6 +258,7 @@ pub fn seal(
     group: &str,
     version: u64,
     chunk_bytes: usize,
+    modules_at: Option<&str>,
     key: &Ed25519KeyPair,
 ) -> (Envelope, Document) {
     let document = Document {
@@ -264,7 +270,13 @@ pub fn seal(
         modules: bundle
             .modules
             .iter()
-            .map(|(name, bytes)| (name.clone(), Module::of(bytes, chunk_bytes)))
+            .map(|(name, bytes)| {
+                let m = match modules_at {
+                    Some(dir) => Module::at(bytes, format!("{}/{name}", dir.trim_end_matches('/'))),
+                    None => Module::of(bytes, chunk_bytes),
+                };
+                (name.clone(), m)
+            })
             .collect(),
     };
     let envelope = Envelope::signed(&document, key.public_key().as_ref(), |b| {
@@ -342,10 +354,24 @@ async fn publish(
         (Some(v), _) => v,
         (None, c) => c.map_or(1, |c| c + 1),
     };
-    let (envelope, document) = seal(bundle, &args.group, version, args.chunk_bytes, key);
+    let (envelope, document) = seal(
+        bundle,
+        &args.group,
+        version,
+        args.chunk_bytes,
+        args.modules_at.as_deref(),
+        key,
+    );
     let mut messages = 0usize;
     for (name, bytes) in &bundle.modules {
         let m = &document.modules[name];
+        if let Some(path) = &m.path {
+            eprintln!(
+                "module {name}: {} bytes, sha256 {}, read by each device at {path}",
+                m.size, m.sha256
+            );
+            continue;
+        }
         for (i, chunk) in bytes.chunks(args.chunk_bytes).enumerate() {
             let topic = deployment::chunk_topic(&args.prefix, &args.group, &m.sha256, i);
             send(
@@ -510,7 +536,7 @@ mod tests {
         std::fs::write(dir.path().join("m/e.wasm"), vec![7u8; 1000]).expect("module");
         let b = bundle(dir.path()).expect("a bundle");
         assert_eq!(b.functions[0]["module"], "e.wasm");
-        let (envelope, doc) = seal(&b, "g", 4, 300, &read_key(&key).expect("the key"));
+        let (envelope, doc) = seal(&b, "g", 4, 300, None, &read_key(&key).expect("the key"));
         assert_eq!(doc.modules["e.wasm"].chunks.len(), 4);
         let trusted = [edge_agent::deployment::parse_key(&public).expect("32 bytes")];
         let payload = serde_json::to_vec(&envelope).expect("json");
