@@ -1088,6 +1088,17 @@ impl Config {
         }
     }
 
+    /// The names of every shadow side the functions run (`<name>~shadow`,
+    /// `<name>~control`): the state namespaces of their own.
+    pub fn shadow_sides(&self) -> Vec<String> {
+        self.functions
+            .iter()
+            .flat_map(|f| [f.shadow_function(), f.control_function()])
+            .flatten()
+            .map(|f| f.name)
+            .collect()
+    }
+
     /// The client id in use: `broker.client_id` or `edge-agent-<agent.id>`.
     pub fn client_id(&self) -> String {
         self.broker

@@ -429,6 +429,7 @@ impl Reloader {
             done.removed.push(name);
         }
         self.config = plan.config;
+        drop_stale_shadows(&self.parts.state, &self.config);
         let functions = &self.functions;
         let body = birth(&self.config, |name| functions.get(name).cloned());
         self.parts.birth.send_if_modified(|b| {
@@ -658,6 +659,19 @@ impl Reloader {
                 .publish(self.topic.clone(), qos, false, body.to_bytes(), None);
         let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
         body
+    }
+}
+
+/// Drops the state copies of shadows that `config` no longer runs (logged; a failure
+/// only leaves them on disk).
+pub(super) fn drop_stale_shadows(state: &StateStore, config: &Config) {
+    let sides = config.shadow_sides();
+    match state.drop_shadow_namespaces(|name| sides.iter().any(|s| s == name)) {
+        Ok(dropped) if !dropped.is_empty() => {
+            tracing::info!(namespaces = ?dropped, "state of shadows no longer configured dropped");
+        }
+        Ok(_) => {}
+        Err(e) => tracing::warn!("cannot drop the state of removed shadows: {e}"),
     }
 }
 

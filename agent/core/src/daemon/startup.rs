@@ -256,6 +256,7 @@ impl Running {
 /// theirs when its lane starts: [`shadow_sides`]).
 fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, AgentError> {
     let state = StateStore::open(&config.agent.data_dir, &config.state)?;
+    super::reload::drop_stale_shadows(&state, config);
     for f in &config.functions {
         if let Some(loaded) = runtime.function(&f.name) {
             loaded.attach_state(state.namespace(&f.name)?);

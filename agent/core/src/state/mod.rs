@@ -221,6 +221,39 @@ impl StateStore {
         Ok(ns)
     }
 
+    /// Drops the namespaces of shadows (`<function>~<side>`) that `wanted` no longer names:
+    /// a shadow's state is a copy of its primary's, made again whenever it starts, so once
+    /// the shadow is gone its copy is only disk. A namespace still in use is kept. Returns
+    /// the names dropped.
+    ///
+    /// # Errors
+    /// [`StateError`] if the store cannot be read or a tree cannot be dropped.
+    pub fn drop_shadow_namespaces(
+        &self,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, StateError> {
+        let live: Vec<String> = {
+            let all = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+            all.iter()
+                .filter_map(std::sync::Weak::upgrade)
+                .map(|ns| ns.name.clone())
+                .collect()
+        };
+        let db = self.db()?;
+        let mut dropped = Vec::new();
+        for name in db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let Some(function) = name.strip_prefix("function/") else {
+                continue;
+            };
+            if function.contains('~') && !wanted(function) && !live.contains(&name) {
+                db.drop_tree(name.as_bytes())?;
+                dropped.push(function.to_string());
+            }
+        }
+        Ok(dropped)
+    }
+
     /// Reopens the store from its files after sled stopped on an I/O error: every handle
     /// on the old one is dropped (sled holds a lock on its files until then), the commits
     /// not yet flushed are marked lost, and every namespace gets its tree again.
@@ -1232,6 +1265,33 @@ mod tests {
         );
         assert!(matches!(t.commit(None), Ok(Committed::Pending(_))));
         assert_eq!(ns.begin().get("n").ok().flatten(), Some(b"5".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn the_state_of_a_shadow_no_longer_configured_is_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        for name in ["f", "f~shadow", "f~control", "g~shadow"] {
+            let mut t = s.namespace(name).unwrap().begin();
+            t.set("k", b"v".to_vec()).unwrap();
+            t.commit(None).unwrap();
+        }
+        s.flush_once().await.unwrap();
+        // g's shadow is still configured, f's is not; f~control is still in use.
+        let in_use = s.namespace("f~control").unwrap();
+        let dropped = s.drop_shadow_namespaces(|n| n == "g~shadow").unwrap();
+        assert_eq!(dropped, ["f~shadow"]);
+        drop(in_use);
+        let dropped = s.drop_shadow_namespaces(|n| n == "g~shadow").unwrap();
+        assert_eq!(dropped, ["f~control"]);
+        assert!(
+            s.namespace("f").unwrap().keys() == 1,
+            "a function's own state stays"
+        );
+        assert!(
+            s.namespace("f~shadow").unwrap().keys() == 0,
+            "a new shadow starts empty"
+        );
     }
 
     #[test]
