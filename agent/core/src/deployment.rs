@@ -342,13 +342,15 @@ pub fn module_names(function: &serde_json::Value) -> Vec<&str> {
     .collect()
 }
 
-/// A module being received chunk by chunk, each checked on arrival.
+/// A module being received chunk by chunk, each checked on arrival. It keeps which chunks
+/// are in, not their bytes: the receiver writes each new chunk where [`Assembly::add`]
+/// says, so that a module never has to fit in memory whole.
 #[derive(Debug)]
 pub struct Assembly {
     name: String,
     module: Module,
-    chunks: Vec<Option<Vec<u8>>>,
-    have: usize,
+    have: Vec<bool>,
+    count: usize,
 }
 
 impl Assembly {
@@ -357,8 +359,8 @@ impl Assembly {
         Self {
             name: name.to_string(),
             module: module.clone(),
-            chunks: vec![None; module.chunks.len()],
-            have: 0,
+            have: vec![false; module.chunks.len()],
+            count: 0,
         }
     }
 
@@ -369,23 +371,23 @@ impl Assembly {
 
     /// Chunks received and needed.
     pub fn progress(&self) -> (usize, usize) {
-        (self.have, self.chunks.len())
+        (self.count, self.have.len())
     }
 
     /// Whether every chunk is in.
     pub fn complete(&self) -> bool {
-        self.have == self.chunks.len()
+        self.count == self.have.len()
     }
 
-    /// Takes chunk `index`; a repeat of one already in is ignored, and so is an index past
-    /// the last (left retained by an earlier deployment of the same module in smaller
-    /// chunks).
+    /// Takes chunk `index`: the offset in the file to write it at if it is new; `None` for
+    /// a repeat of one already in, or for an index past the last (left retained by an
+    /// earlier deployment of the same module in smaller chunks).
     ///
     /// # Errors
     /// [`Refusal::Tampered`] if the chunk does not match its SHA-256.
-    pub fn add(&mut self, index: usize, bytes: &[u8]) -> Result<(), Refusal> {
+    pub fn add(&mut self, index: usize, bytes: &[u8]) -> Result<Option<u64>, Refusal> {
         let Some(want) = self.module.chunks.get(index) else {
-            return Ok(());
+            return Ok(None);
         };
         if sha256_hex(bytes) != *want {
             return Err(Refusal::Tampered {
@@ -393,35 +395,35 @@ impl Assembly {
                 what: format!("chunk {index}"),
             });
         }
-        if self.chunks[index].is_none() {
-            self.chunks[index] = Some(bytes.to_vec());
-            self.have += 1;
+        if self.have[index] {
+            return Ok(None);
         }
-        Ok(())
+        self.have[index] = true;
+        self.count += 1;
+        Ok(Some(index as u64 * self.module.chunk_bytes))
     }
 
-    /// The whole module, checked against its SHA-256.
+    /// Checks the whole file, given its size and SHA-256 as written.
     ///
     /// # Errors
     /// [`Refusal::Incomplete`] without every chunk (`secs` 0), [`Refusal::Tampered`] if
     /// the whole does not match.
-    pub fn finish(self) -> Result<Vec<u8>, Refusal> {
+    pub fn finish(self, size: u64, sha256: &str) -> Result<(), Refusal> {
         if !self.complete() {
             return Err(Refusal::Incomplete {
                 module: self.name,
-                have: self.have,
-                want: self.chunks.len(),
+                have: self.count,
+                want: self.have.len(),
                 secs: 0,
             });
         }
-        let bytes: Vec<u8> = self.chunks.into_iter().flatten().flatten().collect();
-        if bytes.len() as u64 != self.module.size || sha256_hex(&bytes) != self.module.sha256 {
+        if size != self.module.size || sha256 != self.module.sha256 {
             return Err(Refusal::Tampered {
                 module: self.name,
                 what: "the whole file".into(),
             });
         }
-        Ok(bytes)
+        Ok(())
     }
 }
 
@@ -506,19 +508,38 @@ mod tests {
         let m = Module::of(bytes, 4);
         assert_eq!(m.chunks.len(), 3);
         let mut a = Assembly::new("f.wasm", &m);
-        a.add(2, b"89").expect("the last chunk");
+        assert_eq!(
+            a.add(2, b"89"),
+            Ok(Some(8)),
+            "the last chunk, at its offset"
+        );
         assert_eq!(
             a.add(0, b"0124").unwrap_err().to_string(),
             "tampered module f.wasm: chunk 0 does not match its sha256"
         );
-        a.add(7, b"x")
-            .expect("a chunk past the last is left over, not wrong");
-        assert_eq!(a.progress(), (1, 3));
-        a.add(0, b"0123").expect("chunk 0");
-        a.add(0, b"0123").expect("a repeat");
+        assert_eq!(
+            a.add(7, b"x"),
+            Ok(None),
+            "a chunk past the last is left over, not wrong"
+        );
+        assert_eq!(a.add(0, b"0123"), Ok(Some(0)));
+        assert_eq!(a.add(0, b"0123"), Ok(None), "a repeat");
         assert_eq!(a.progress(), (2, 3));
         a.add(1, b"4567").expect("chunk 1");
-        assert_eq!(a.finish().expect("whole"), bytes);
+        assert!(a.complete());
+        let whole = sha256_hex(bytes);
+        Assembly::new("f.wasm", &m)
+            .finish(10, &whole)
+            .expect_err("nothing in yet");
+        let mut b = Assembly::new("f.wasm", &m);
+        for (i, c) in bytes.chunks(4).enumerate() {
+            b.add(i, c).expect("a chunk");
+        }
+        assert!(matches!(
+            b.finish(10, &"0".repeat(64)),
+            Err(Refusal::Tampered { .. })
+        ));
+        a.finish(10, &whole).expect("whole");
     }
 
     #[test]

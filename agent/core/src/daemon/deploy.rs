@@ -429,6 +429,22 @@ impl Deployer {
         if wanted.is_empty() {
             return Ok(staged);
         }
+        // Each module is written chunk by chunk into `<file>.part` beside where it goes,
+        // and renamed into place only once whole and checked.
+        let mut parts: BTreeMap<String, (PathBuf, std::fs::File)> = BTreeMap::new();
+        for (sha, a) in &wanted {
+            let Some(s) = staged.get(a.name()) else {
+                continue;
+            };
+            let part = s.path.with_extension("part");
+            let file = s
+                .path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::File::create(&part))
+                .map_err(|e| Refusal::Check(format!("cannot stage {}: {e}", a.name())))?;
+            parts.insert(sha.clone(), (part, file));
+        }
         let filters: Vec<String> = wanted
             .keys()
             .map(|sha| deployment::chunk_filter(&self.prefix, &self.group, sha))
@@ -437,21 +453,32 @@ impl Deployer {
         for f in &filters {
             let _ = self.client.subscribe(f.clone(), QoS::AtLeastOnce).await;
         }
-        let outcome = self.receive(doc, &mut wanted, rx, stop).await;
+        let outcome = self.receive(doc, &mut wanted, &parts, rx, stop).await;
         for f in &filters {
             lock(&self.filters).remove(f);
             let _ = self.client.unsubscribe(f.clone()).await;
         }
-        outcome?;
-        for (sha, assembly) in wanted {
-            let bytes = assembly.finish()?;
-            let Some((name, s)) = staged.iter().find(|(_, s)| s.sha256 == sha) else {
-                continue;
-            };
-            write_module(&s.path, &bytes)
-                .map_err(|e| Refusal::Check(format!("cannot stage {name}: {e}")))?;
+        let placed = outcome.and_then(|()| {
+            for (sha, assembly) in wanted {
+                let Some((part, file)) = parts.get(&sha) else {
+                    continue;
+                };
+                let name = assembly.name().to_string();
+                let io = |e: std::io::Error| Refusal::Check(format!("cannot stage {name}: {e}"));
+                file.sync_all().map_err(io)?;
+                let (size, hash) = hash_file(part).map_err(io)?;
+                assembly.finish(size, &hash)?;
+                let to = part.with_extension(Path::new(&name).extension().unwrap_or_default());
+                std::fs::rename(part, &to).map_err(io)?;
+            }
+            Ok(())
+        });
+        if placed.is_err() {
+            for (part, _) in parts.values() {
+                let _ = std::fs::remove_file(part);
+            }
         }
-        Ok(staged)
+        placed.map(|()| staged)
     }
 
     /// Takes chunks until every module of `wanted` is whole, one is tampered, or the
@@ -460,6 +487,7 @@ impl Deployer {
         &mut self,
         doc: &Document,
         wanted: &mut BTreeMap<String, Assembly>,
+        parts: &BTreeMap<String, (PathBuf, std::fs::File)>,
         rx: &mut mpsc::Receiver<(String, Bytes)>,
         stop: &CancellationToken,
     ) -> Result<(), Refusal> {
@@ -508,7 +536,14 @@ impl Deployer {
             let (Some(assembly), Ok(index)) = (wanted.get_mut(sha), index.parse::<usize>()) else {
                 continue;
             };
-            assembly.add(index, &payload)?;
+            if let Some(offset) = assembly.add(index, &payload)?
+                && let Some((_, file)) = parts.get(sha)
+            {
+                use std::os::unix::fs::FileExt as _;
+                file.write_all_at(&payload, offset).map_err(|e| {
+                    Refusal::Check(format!("cannot stage {}: {e}", assembly.name()))
+                })?;
+            }
             if last_report.elapsed() >= Duration::from_secs(1) {
                 last_report = Instant::now();
                 self.report(
@@ -660,6 +695,25 @@ impl Deployer {
             .publish(topic, QoS::AtLeastOnce, true, body.to_bytes(), None);
         let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
     }
+}
+
+/// The size and SHA-256 of the file at `path`, read in pieces.
+fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
+    use sha2::Digest as _;
+    use std::io::Read as _;
+    let mut f = std::fs::File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    Ok((size, format!("{:x}", hasher.finalize())))
 }
 
 /// Writes a staged module (whole, or not at all).
