@@ -172,6 +172,10 @@ pub enum Refusal {
         /// How long the agent waited.
         secs: u64,
     },
+    /// A newer deployment came while this one's modules were arriving: that one is taken
+    /// instead.
+    #[error("superseded by version {0} before it was in force")]
+    Superseded(u64),
     /// The config the deployment makes does not pass `edge-agent check`, or needs a
     /// restart: the reload's reason.
     #[error("does not pass check: {0}")]

@@ -524,7 +524,20 @@ impl Deployer {
                 m = rx.recv() => match m { Some(m) => m, None => return Ok(()) },
             };
             if topic == doc_topic {
+                // A newer deployment, rightly signed, replaces this one at once; anything
+                // else waits (and is refused) until this one is done.
+                let newer = Envelope::open(&payload, &self.trusted, &self.group)
+                    .ok()
+                    .map(|d| d.version)
+                    .filter(|v| *v > doc.version);
                 self.pending = Some(payload);
+                if let Some(v) = newer {
+                    return Err(Refusal::Superseded(v));
+                }
+                continue;
+            }
+            // A chunk topic cleared by a later `deploy` (an empty retained message).
+            if payload.is_empty() {
                 continue;
             }
             let Some((sha, index)) = topic

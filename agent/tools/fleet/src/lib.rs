@@ -339,13 +339,12 @@ async fn publish(
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == doc_topic => {
                 current = serde_json::from_slice::<Envelope>(&p.payload)
                     .ok()
-                    .and_then(|e| serde_json::from_str::<Document>(&e.document).ok())
-                    .map(|d| d.version);
+                    .and_then(|e| serde_json::from_str::<Document>(&e.document).ok());
             }
             Ok(Ok(_)) => {}
         }
     }
-    let version = match (args.version, current) {
+    let version = match (args.version, current.as_ref().map(|d| d.version)) {
         (Some(v), Some(c)) if v <= c => {
             return Err(FleetError::Usage(format!(
                 "--version {v} is not newer than the group's version {c}; agents would refuse it"
@@ -402,6 +401,28 @@ async fn publish(
         &mut messages,
     )
     .await?;
+    // The chunks only the replaced document used: cleared, so that the broker does not
+    // keep every module version ever deployed (an agent that reads the new document never
+    // asks for them).
+    for m in current.iter().flat_map(|d| d.modules.values()) {
+        let keep = document
+            .modules
+            .values()
+            .find(|n| n.sha256 == m.sha256)
+            .map_or(0, |n| n.chunks.len());
+        for i in keep..m.chunks.len() {
+            let topic = deployment::chunk_topic(&args.prefix, &args.group, &m.sha256, i);
+            send(
+                &client,
+                &mut eventloop,
+                &url,
+                topic,
+                Vec::new(),
+                &mut messages,
+            )
+            .await?;
+        }
+    }
     // Every PUBACK in.
     while messages > 0 {
         match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
