@@ -88,3 +88,58 @@ async fn auto_switches_on_steps_up_and_down_and_every_event_counts_once_in_order
     assert!(c.next(Duration::from_millis(200)).await.is_none());
     agent.stop().await;
 }
+
+/// An auto function whose persistent instance keeps failing: each failure sends its events
+/// on demand, and a new instance is made at the next event only while the restart policy
+/// allows (`max_restarts` within the window): after that the function runs on demand, and
+/// no event is lost for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_replaces_a_failed_instance_only_as_the_restart_policy_allows() {
+    let id = unique("autorestart");
+    let config = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"m\"\nmodule = \"{}\"\nmode = \"auto\"\ninstances = 1\n\
+             max_restarts = 2\ntopics = [\"in\"]\n\
+             auto = {{ objective = \"cpu\", tick_secs = 0.05, stable_window_secs = 60, \
+             panic_window_secs = 0.1, min_secs_in_model = 0.2 }}\n\
+             [function.config]\nout_topic = \"out\"\n",
+            guest("misbehave")
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out"]).await;
+    let model = |agent: &Agent| agent.snapshot("m").auto.expect("an auto report").model;
+    let mut sent = 0;
+    while model(&agent) != "persistent" {
+        for _ in 0..50 {
+            c.publish("in", "ok").await;
+            sent += 1;
+        }
+        for _ in 0..50 {
+            assert_eq!(c.recv().await.text(), "ok");
+        }
+        assert!(sent < 5000, "never promoted");
+    }
+    for _ in 0..5 {
+        c.publish("in", "panic").await;
+        for _ in 0..20 {
+            c.publish("in", "ok").await;
+        }
+        for _ in 0..20 {
+            assert_eq!(
+                c.recv().await.text(),
+                "ok",
+                "every ok answered, on demand or not"
+            );
+        }
+    }
+    let s = agent.snapshot("m");
+    assert_eq!(
+        model(&agent),
+        "persistent",
+        "no demotion in this test: {s:?}"
+    );
+    assert_eq!(s.restarts, 2, "two restarts, then on demand: {s:?}");
+    let traps: u64 = s.failed.iter().map(|(_, n)| n).sum();
+    assert_eq!(traps, 5, "each panic failed once: {s:?}");
+    agent.stop().await;
+}

@@ -127,6 +127,9 @@ impl PersistentInstance {
         // instance finishes (those queued behind the event that saw the demotion).
         let mut promoted: Option<OwnedSemaphorePermit> = None;
         let mut finishing: Option<usize> = None;
+        // Auto: the promoted instance failed; the next one is a restart, which the restart
+        // policy may refuse (the events run on demand meanwhile).
+        let mut failed = false;
         if self.auto.is_none() {
             live = self.start(&name);
             if live.is_none() {
@@ -164,6 +167,7 @@ impl PersistentInstance {
                     Model::Persistent => {
                         finishing = None;
                         if promoted.is_none()
+                            && (!failed || self.may_restart(&mut restarts))
                             && let Ok(place) = self.pool.clone().try_acquire_owned()
                         {
                             // Made before the event is handed to it: this event pays the
@@ -171,6 +175,12 @@ impl PersistentInstance {
                             generation = self.function.generation();
                             live = self.start(&name);
                             promoted = live.is_some().then_some(place);
+                            if failed && promoted.is_some() {
+                                failed = false;
+                                restarts.push_back(Instant::now());
+                                self.stats.restarted();
+                                tracing::info!(function = %name, instance = self.index, restarts = restarts.len(), "persistent instance restarted");
+                            }
                         }
                     }
                     Model::OnDemand => {}
@@ -292,8 +302,14 @@ impl PersistentInstance {
             rt.block_on(self.output.finish(&name, &self.stats, event, result, inbox));
             if killed && self.auto.is_some() {
                 // Auto: the next events run on demand until a fresh instance is made at
-                // the next one (the restart policy is the persistent model's own).
+                // the next one, if the restart policy allows one (no back-off to wait out:
+                // on demand serves meanwhile).
                 promoted = None;
+                failed = true;
+                if !self.may_restart(&mut restarts) {
+                    tracing::warn!(function = %name, instance = self.index,
+                        "no new persistent instance for now (restart policy): its events run on demand");
+                }
             } else if killed {
                 // Replace it now, not when the next event arrives; events wait meanwhile.
                 live = self.restart(rt, &name, &mut restarts, &mut backoff);
@@ -344,6 +360,13 @@ impl PersistentInstance {
     }
 
     /// Waits out the back-off and starts a fresh instance, unless the policy says stop.
+    /// Whether the restart policy lets a failed instance be replaced now: `always`, and
+    /// fewer than `max_restarts` restarts within the window.
+    fn may_restart(&self, restarts: &mut VecDeque<Instant>) -> bool {
+        self.policy == RestartPolicy::Always
+            && !window_full(restarts, self.window, self.max_restarts)
+    }
+
     fn restart(
         &self,
         rt: &Handle,
