@@ -395,3 +395,43 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         );
     }
 }
+
+/// What `deploy` cannot use is named before it connects, with exit status 64.
+#[test]
+fn deploy_names_a_bad_directory_or_key_with_exit_64() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let run = |args: &[&str]| {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .output()
+            .expect("run edge-agent");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let d = dir.path().display().to_string();
+    let (code, err) = run(&["deploy", "-g", "g", "-k", "nokey", &d]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("functions.toml"), "{err}");
+    std::fs::write(
+        dir.path().join("functions.toml"),
+        "[[function]]\nname = \"f\"\nmodule = \"missing.wasm\"\ntopics = [\"t\"]\n",
+    )
+    .expect("functions.toml");
+    let (code, err) = run(&["deploy", "-g", "g", "-k", "nokey", &d]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("function `f`: cannot read") && err.contains("missing.wasm"),
+        "{err}"
+    );
+    std::fs::write(dir.path().join("missing.wasm"), b"x").expect("module");
+    std::fs::write(dir.path().join("k"), "not a key\n").expect("key");
+    let k = dir.path().join("k").display().to_string();
+    let (code, err) = run(&["deploy", "-g", "g", "-k", &k, &d]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("not a key from edge-agent keygen"), "{err}");
+    let (code, err) = run(&["keygen", &k]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("does not overwrite"), "{err}");
+}
