@@ -156,7 +156,7 @@ install -m 0644 "$config" "$work/stage/config.toml"
 # (copyright files stay).
 packages=(
     systemd-sysv systemd-resolved systemd-timesyncd udev kmod
-    linux-image-arm64 raspi-firmware firmware-brcm80211 initramfs-tools zstd
+    linux-image-arm64 raspi-firmware firmware-brcm80211 wireless-regdb initramfs-tools zstd
     wpasupplicant openssh-server mosquitto mosquitto-clients
     iproute2 procps netbase e2fsprogs fdisk dosfstools
 )
