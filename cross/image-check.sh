@@ -221,7 +221,11 @@ declare -A idle peak delivered
 per=$((load / 3))
 for mode in on-demand persistent; do
     # An agent id (and so MQTT client id) per model: no backlog from the last one's load.
-    three "$mode" | sed "s/^id = .*/id = \"image-check-$mode\"/" | vm "cat >/etc/edge-agent/config.toml"
+    # On a read-only root (image.sh --read-only-root), as an administrator would: remount
+    # it writable for the change, then read-only again.
+    three "$mode" | sed "s/^id = .*/id = \"image-check-$mode\"/" |
+        vm "ro=\$(findmnt -no OPTIONS / | grep -c '^ro'); [ \$ro = 0 ] || mount -o remount,rw /;
+            cat >/etc/edge-agent/config.toml; [ \$ro = 0 ] || mount -o remount,ro /"
     vm systemctl restart edge-agent || die "the agent did not start with three $mode functions: $(vm journalctl -u edge-agent -n 5 --no-pager -o cat)"
     sleep 20
     idle[$mode]=$(status_of)

@@ -220,18 +220,21 @@ fstab="LABEL=RASPIROOT / ext4 rw,noatime,errors=remount-ro 0 1
 LABEL=RASPIFIRM /boot/firmware vfat rw,noatime,umask=0077 0 2"
 if [[ -n $read_only ]]; then
     # Read-only root: writes go to the state partition (the agent's sled store), to RAM
-    # (/tmp, /var/tmp, the journal) or nowhere (Mosquitto keeps no persistence file:
-    # its queue for the agent lives through agent restarts, not reboots).
+    # (/tmp, /var/tmp, /var/log, the journal) or nowhere (Mosquitto keeps no persistence
+    # file: its queue for the agent lives through agent restarts, not reboots). /var/log
+    # in RAM also because mosquitto.service creates and chowns /var/log/mosquitto before
+    # it starts, and fails on a read-only root.
     fstab="LABEL=RASPIROOT / ext4 ro,noatime 0 1
 LABEL=RASPIFIRM /boot/firmware vfat rw,noatime,umask=0077 0 2
 LABEL=EA-STATE /var/lib/edge-agent ext4 rw,noatime,nodev,nosuid,noexec 0 2
 tmpfs /tmp tmpfs rw,nosuid,nodev,size=64M 0 0
-tmpfs /var/tmp tmpfs rw,nosuid,nodev,size=16M 0 0"
+tmpfs /var/tmp tmpfs rw,nosuid,nodev,size=16M 0 0
+tmpfs /var/log tmpfs rw,nosuid,nodev,noexec,size=16M,mode=0755 0 0"
     echo "ro" >"$rootfs/etc/default/raspi-extra-cmdline"
     printf '%s\n' "[Journal]" "Storage=volatile" "RuntimeMaxUse=16M" >"$rootfs/etc/systemd/journald.conf.d/edge-agent-image.conf"
     sed -i 's/^persistence true/persistence false/' "$rootfs/etc/mosquitto/mosquitto.conf"
-    # systemd makes a transient machine id on a read-only root; first boot commits it.
-    in_root systemctl enable systemd-machine-id-commit.service >/dev/null 2>&1 || true
+    # systemd makes a transient machine id on a read-only root; the first-boot unit
+    # commits it.
 fi
 echo "$fstab" >"$rootfs/etc/fstab"
 mkdir -p "$rootfs/var/lib/edge-agent"
