@@ -41,6 +41,12 @@ ok=(--board pi4 --config "$work/config.toml" --modules "$work/modules" -o "$work
 
 case_ 64 "Usage: sudo cross/image.sh --board" --help
 case_ 64 "Usage: sudo cross/image.sh --board" -h
+if "$image" --help 2>&1 | grep -q 'set -euo'; then
+    failed=$((failed + 1))
+    echo "FAIL: image.sh --help prints code after its usage text"
+else
+    passed=$((passed + 1))
+fi
 case_ 64 "--board is required" --config "$work/config.toml"
 case_ 64 "unknown board 'pi5'" --board pi5 --config "$work/config.toml"
 case_ 64 "unknown argument '--bored'" --bored pi4

@@ -32,7 +32,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$repo/cross/lib.sh"
 me=image-check
 
-usage() { sed -n '2,33s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
+usage() { sed -n '2,28s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
 say() { echo "$me: $*"; }
 die() { echo "$me: FAIL: $1" >&2; exit "${2:-1}"; }
 

@@ -28,7 +28,7 @@
 # flashing (hostname, SSH keys, Wi-Fi, Mosquitto on the LAN); edge-agent-firstboot.service
 # applies it at the next boot (cross/image/). Needs root, and from Debian's packages
 # mmdebstrap, qemu-user-static, binfmt-support, dosfstools, mtools, fdisk, e2fsprogs
-# (installed when missing). Downloads about 150 MB from the Debian mirror (MIRROR,
+# (installed when missing). Downloads the packages from the Debian mirror (MIRROR,
 # default http://deb.debian.org/debian). Work files go to a temporary folder (TMPDIR).
 # Exit status: 64 usage, 66 an input is missing or wrong, 69 a tool is missing, 77 not
 # root, 1 the build failed.
@@ -37,7 +37,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 here="$repo/cross/image"
 me=cross/image.sh
 
-usage() { sed -n '2,37s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
+usage() { sed -n '2,34s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
 die() { echo "$me: $1" >&2; exit "${2:-1}"; }
 say() { echo "$me: $*" >&2; }
 
