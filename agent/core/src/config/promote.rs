@@ -118,7 +118,7 @@ pub fn promote(path: &Path, text: &str, function: &str) -> Result<String, Promot
         f.insert("module", toml_edit::value(m.as_str()));
         if pinned {
             let bytes = std::fs::read(m).map_err(|e| PromoteError::Pin(m.clone(), e))?;
-            let sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&bytes));
+            let sha = crate::deployment::sha256_hex(&bytes);
             f.insert("sha256", toml_edit::value(sha));
         }
     }

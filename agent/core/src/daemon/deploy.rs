@@ -499,18 +499,22 @@ impl Deployer {
                 [h + have, n + want]
             })
         };
-        self.report(
-            Some(doc.version),
-            DeploymentState::Downloading,
-            None,
-            false,
-            Some(chunks(wanted)),
-        )
-        .await;
-        let mut last_report = Instant::now();
+        // Reported at once, then at most once a second.
+        let mut last_report: Option<Instant> = None;
         let doc_topic = deployment::document_topic(&self.prefix, &self.group);
         let module_prefix = format!("{}/fleet/{}/module/", self.prefix, self.group);
         while !wanted.values().all(Assembly::complete) {
+            if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_report = Some(Instant::now());
+                self.report(
+                    Some(doc.version),
+                    DeploymentState::Downloading,
+                    None,
+                    false,
+                    Some(chunks(wanted)),
+                )
+                .await;
+            }
             let (topic, payload) = tokio::select! {
                 () = stop.cancelled() => return Ok(()),
                 () = tokio::time::sleep_until(deadline) => {
@@ -556,17 +560,6 @@ impl Deployer {
                 file.write_all_at(&payload, offset).map_err(|e| {
                     Refusal::Check(format!("cannot stage {}: {e}", assembly.name()))
                 })?;
-            }
-            if last_report.elapsed() >= Duration::from_secs(1) {
-                last_report = Instant::now();
-                self.report(
-                    Some(doc.version),
-                    DeploymentState::Downloading,
-                    None,
-                    false,
-                    Some(chunks(wanted)),
-                )
-                .await;
             }
         }
         Ok(())

@@ -913,14 +913,8 @@ fn deserialize(engine: &Engine, bytes: &[u8]) -> wasmtime::Result<Component> {
     unsafe { Component::deserialize(engine, bytes) }
 }
 
-/// Lowercase hex SHA-256 of `bytes`.
-pub fn sha256_hex(bytes: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
+/// Lowercase hex SHA-256 of `bytes` (one definition, with the deployments' checks).
+pub use crate::deployment::sha256_hex;
 
 /// Maps a wasmtime error to an [`FailureKind`]; `fallback` when it is nothing specific.
 fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: FailureKind) -> CallError {
