@@ -29,6 +29,13 @@ pub struct Ticket {
 pub trait Release: Send + Sync {
     /// Every holder of the message with `ticket` is done with it.
     fn release(&self, ticket: Ticket);
+
+    /// Whether the message with `ticket` is the broker's again: its connection was lost
+    /// and a later one resumed the session, so the broker redelivers it (or has).
+    /// Handling this copy too would handle it twice.
+    fn superseded(&self, _ticket: Ticket) -> bool {
+        false
+    }
 }
 
 /// One message on its way to one function.
@@ -142,6 +149,12 @@ impl Delivery {
     /// A delivery for one function that needs no acknowledgement (tests, QoS 0).
     pub fn detached(acks: Arc<dyn Release>) -> Self {
         Self::new(1, None, acks)
+    }
+
+    /// Whether the broker redelivers this message on a later connection of its session
+    /// (see [`Release::superseded`]): a copy not started yet is left to that redelivery.
+    pub fn superseded(&self) -> bool {
+        self.ticket.is_some_and(|t| self.acks.superseded(t))
     }
 
     /// Whether the message waits for an acknowledgement (QoS 1/2).

@@ -9,7 +9,9 @@
 //! not acknowledged, so acknowledgements still pending from the old connection are
 //! forgotten (their messages will be handled again: at-least-once), and so are those
 //! already released but not yet handed to the client: sent on the new connection, an old
-//! packet id could settle another message.
+//! packet id could settle another message. Once a new connection resumes the session,
+//! the old connection's messages not started yet are superseded: the broker redelivers
+//! them, and that copy is the one handled.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -36,6 +38,12 @@ struct State {
     /// acknowledged: the acknowledgement may never reach the broker (a restarting broker
     /// resends hundreds), and only a new message on the id (DUP=0) proves it did.
     unacknowledged: HashMap<u16, u64>,
+    /// The first connection of the current session (the last one the broker did not
+    /// resume): messages of earlier connections were forgotten with their session.
+    session_from: u64,
+    /// The last connection that resumed the session: messages of the session's earlier
+    /// connections are redelivered by the broker.
+    resumed_at: u64,
 }
 
 /// An acknowledgement released in order, and the connection it belongs to.
@@ -58,6 +66,11 @@ pub struct AckQueue {
 impl crate::event::Release for AckQueue {
     fn release(&self, ticket: Ticket) {
         self.done(ticket);
+    }
+
+    fn superseded(&self, ticket: Ticket) -> bool {
+        let s = self.lock();
+        (s.session_from..s.resumed_at).contains(&ticket.generation)
     }
 }
 
@@ -145,10 +158,16 @@ impl AckQueue {
     /// A new connection: as [`AckQueue::disconnected`] (in case the loss went unseen).
     /// If the broker did not keep the session, packet ids start over, and the messages
     /// not acknowledged are forgotten too.
+    /// Messages of the session's earlier connections are then superseded
+    /// ([`crate::event::Release::superseded`]).
     pub fn reset(&self, session_present: bool) {
         self.disconnected();
-        if !session_present {
-            self.lock().unacknowledged.clear();
+        let mut s = self.lock();
+        if session_present {
+            s.resumed_at = s.generation;
+        } else {
+            s.unacknowledged.clear();
+            s.session_from = s.generation;
         }
     }
 }
@@ -217,6 +236,30 @@ mod tests {
         assert!(rx.try_recv().is_err(), "a stale ack must not be sent");
         q.done(new);
         assert_eq!(rx.try_recv().map(|r| r.ack.pkid).ok(), Some(1));
+    }
+
+    #[test]
+    fn a_resumed_session_supersedes_the_old_connections_messages_and_a_lost_one_does_not() {
+        use crate::event::Release;
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let q = AckQueue::new(tx);
+        let first = q.register(&publish(1)).0.expect("ticket");
+        q.disconnected();
+        assert!(
+            !q.superseded(first),
+            "not before the broker says it kept the session"
+        );
+        q.reset(false);
+        assert!(
+            !q.superseded(first),
+            "a lost session redelivers nothing: handle it"
+        );
+        let second = q.register(&publish(1)).0.expect("ticket");
+        q.reset(true);
+        assert!(q.superseded(second), "the broker redelivers it");
+        assert!(!q.superseded(first), "from before the lost session");
+        let third = q.register(&publish(2)).0.expect("ticket");
+        assert!(!q.superseded(third), "the current connection's");
     }
 
     #[test]

@@ -145,7 +145,15 @@ impl Inbox {
                 if now_has_room {
                     self.space.notify_one();
                 }
-                return Ok(Some(e));
+                if !e.delivery.superseded() {
+                    return Ok(Some(e));
+                }
+                // Its connection was lost and the session resumed: the broker redelivers
+                // it, and that copy is handled (this one's acknowledgement is void).
+                tracing::debug!(topic = %e.topic, pkid = e.pkid, "event left to its redelivery");
+                drop(e);
+                q = self.lock();
+                continue;
             }
             if q.closed {
                 return Ok(None);
