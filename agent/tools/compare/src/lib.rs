@@ -724,14 +724,17 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
     let idle_secs = if args.quick { 1.5 } else { 4.0 };
     let rounds = args.repeat.unwrap_or(if args.quick { 1 } else { 3 });
     let phases: usize = plan.functions.iter().map(|f| f.phases.len()).sum();
+    // Per function and model: its phases, idle, and about 1.1 s to start the agent, let it
+    // settle and wait for its last stats report; scaled to zero, keep_warm_secs and 1.5 s
+    // more before idle (measured: `--quick` 52-54 s, estimated 58 s).
     let per_round: f64 = plan
         .functions
         .iter()
         .flat_map(|f| &f.phases)
-        .map(|p| p.duration.as_secs_f64() + 0.5)
+        .map(|p| p.duration.as_secs_f64())
         .sum::<f64>()
         * MODELS.len() as f64
-        + plan.functions.len() as f64 * MODELS.len() as f64 * (idle_secs + 2.5)
+        + plan.functions.len() as f64 * MODELS.len() as f64 * (idle_secs + 1.1)
         + plan
             .functions
             .iter()
@@ -751,7 +754,7 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
     if args.quick {
         eprintln!(
             "compare: --quick measures {} one-second windows per rate: its intervals are wide \
-             and its verdict weaker (a full run takes about 8 minutes)",
+             and its verdict weaker (a full run takes about 10 minutes)",
             plan.functions
                 .iter()
                 .flat_map(|f| &f.phases)
