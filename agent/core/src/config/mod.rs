@@ -360,8 +360,8 @@ pub struct StateConfig {
     /// each is flushed at once; above it, a flush waits for a share of the commits so
     /// that the disk sees about this many fsyncs a second, at the price of a few
     /// milliseconds of acknowledgement latency. 100 by default: a third of the fsyncs at
-    /// 300 events/s for a p50 under 10 ms, and no change at 100 events/s or less
-    /// (docs/benchmarks.md); 50 halves them again for an SD card.
+    /// 300 events/s for a p50 of about 4 ms, and no change at 100 events/s or less
+    /// (docs/benchmarks.md); 50 halves them again for an SD card (p50 about 10 ms).
     pub max_flushes_per_sec: u64,
     /// Longest key, in bytes.
     pub max_key_bytes: usize,

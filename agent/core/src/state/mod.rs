@@ -367,7 +367,7 @@ impl StateStore {
     /// `min_flush_interval_ms`), until `stop` is cancelled; then flushes once more.
     ///
     /// Above `max_flushes_per_sec` commits a second, a flush waits for `k` pending commits,
-    /// `k` the commit rate over the cap rounded, or until the first pending commit has
+    /// `k` the commit rate over the cap rounded up, or until the first pending commit has
     /// waited one period of the cap. Below it (`k` = 1) every commit is flushed at once, as
     /// a plain group commit. Counting commits, rather than spacing flushes in time, starts
     /// a flush right after a commit: at twice the cap, one commit of each pair waits for
@@ -393,8 +393,10 @@ impl StateStore {
                     pending as f64 / first.duration_since(t).as_secs_f64().max(1e-6)
                 });
                 let rate = rate.min(recent);
-                // Rounded, not up: at exactly the cap, every commit still flushes at once.
-                let wanted = ((rate / cap as f64).round() as u64).max(1);
+                // Up, less a margin for the estimate's noise: the flushes stay at about
+                // the cap or under it, and at exactly the cap every commit still flushes
+                // at once.
+                let wanted = ((rate / cap as f64 - 0.05).ceil() as u64).max(1);
                 while self.commits.load(Ordering::Acquire).saturating_sub(since) < wanted {
                     tokio::select! {
                         () = self.dirty.notified() => {}

@@ -451,6 +451,9 @@ async fn network_connect(
         {
             let addr = format!("{domain}:{port}");
             let tcp = socket_connect(addr, network_options).await?;
+            // Patched (edge-agent): acknowledge reads at once (src/quickack.rs).
+            #[cfg(any(target_os = "linux", target_os = "android"))]
+            let tcp = crate::quickack::QuickAck::new(tcp);
             Box::new(tcp)
         }
     };

@@ -108,6 +108,8 @@ use std::time::Duration;
 mod client;
 mod eventloop;
 mod framed;
+#[cfg(any(target_os = "linux", target_os = "android"))]
+mod quickack; // Patched (edge-agent)
 pub mod mqttbytes;
 mod state;
 pub mod v5;
