@@ -139,26 +139,141 @@ fn on_demand(fuel: bool) -> Result<Engine, RuntimeError> {
         .map_err(|e| RuntimeError::engine("cannot create the engine", e))
 }
 
-/// Starts the thread that increments the engine's epoch every `tick`, which is what stops
-/// calls at their deadline. It holds only a weak reference and ends once the engine is
-/// gone: that is, once the runtime *and every store* are dropped. Tying it to the runtime
-/// instead would let a call still running when the agent is dropped loop for ever.
-///
-/// # Errors
-/// [`RuntimeError::Engine`] if the thread cannot be spawned.
-pub fn start_epoch_ticker(engine: &Engine, tick: Duration) -> Result<(), RuntimeError> {
-    let weak = engine.weak();
-    std::thread::Builder::new()
-        .name("epoch-ticker".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(tick);
-                match weak.upgrade() {
-                    Some(e) => e.increment_epoch(),
-                    None => break,
+/// The thread that increments the engine's epoch every `tick`, which is what stops calls
+/// at their deadline. It ticks only while guest code may run ([`EpochTicker::running`]):
+/// with none running it sleeps, waking once a second to see whether the engine is gone,
+/// instead of 100 times a second (measured: its ticks were most of an idle agent's
+/// wake-ups and CPU). It holds only a weak reference to the engine and ends once the
+/// engine is gone: that is, once the runtime *and every store* are dropped. Tying it to
+/// the runtime instead would let a call still running when the agent is dropped loop for
+/// ever.
+#[derive(Clone)]
+pub struct EpochTicker {
+    inner: std::sync::Arc<Ticking>,
+    tick: Duration,
+}
+
+struct Ticking {
+    /// Guest code running now (calls and instantiations).
+    running: std::sync::atomic::AtomicUsize,
+    /// The thread sleeps for want of running guest code: a new call must wake it.
+    parked: std::sync::atomic::AtomicBool,
+    thread: std::sync::OnceLock<std::thread::Thread>,
+}
+
+/// How often a sleeping ticker checks that its engine is still there.
+const TICKER_IDLE_CHECK: Duration = Duration::from_secs(1);
+
+/// Guest code is running while this lives ([`EpochTicker::running`]).
+pub struct Running<'a>(&'a Ticking);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl EpochTicker {
+    /// Starts the ticker of `engine`.
+    ///
+    /// # Errors
+    /// [`RuntimeError::Engine`] if the thread cannot be spawned.
+    pub fn start(engine: &Engine, tick: Duration) -> Result<Self, RuntimeError> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let inner = std::sync::Arc::new(Ticking {
+            running: 0.into(),
+            parked: false.into(),
+            thread: std::sync::OnceLock::new(),
+        });
+        let weak = engine.weak();
+        let ticking = inner.clone();
+        let thread = std::thread::Builder::new()
+            .name("epoch-ticker".into())
+            .spawn(move || {
+                loop {
+                    std::thread::sleep(tick);
+                    match weak.upgrade() {
+                        Some(e) => e.increment_epoch(),
+                        None => break,
+                    }
+                    if ticking.running.load(SeqCst) == 0 {
+                        // Said before looking again: a call that starts in between
+                        // either is seen here or sees `parked` and wakes the thread.
+                        ticking.parked.store(true, SeqCst);
+                        if ticking.running.load(SeqCst) == 0 {
+                            std::thread::park_timeout(TICKER_IDLE_CHECK);
+                        }
+                        ticking.parked.store(false, SeqCst);
+                    }
                 }
-            }
-        })
-        .map_err(|e| RuntimeError::engine("cannot start the epoch ticker", e))?;
-    Ok(())
+            })
+            .map_err(|e| RuntimeError::engine("cannot start the epoch ticker", e))?;
+        let _ = inner.thread.set(thread.thread().clone());
+        Ok(Self { inner, tick })
+    }
+
+    /// The interval between ticks.
+    pub fn tick(&self) -> Duration {
+        self.tick
+    }
+
+    /// Marks guest code as running until the guard is dropped: the epoch advances
+    /// meanwhile, so the call's deadline holds.
+    pub fn running(&self) -> Running<'_> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.inner.running.fetch_add(1, SeqCst);
+        if self.inner.parked.swap(false, SeqCst)
+            && let Some(t) = self.inner.thread.get()
+        {
+            t.unpark();
+        }
+        Running(&self.inner)
+    }
+}
+
+// Compiles a module: needs Cranelift (the workspace's tests have it).
+#[cfg(all(test, feature = "compiler"))]
+mod tests {
+    use super::*;
+
+    /// `(module (func (export "f") (loop (br 0))))`: a call that never ends by itself.
+    const ENDLESS: &[u8] = &[
+        0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00, // magic, version
+        0x01, 0x04, 0x01, 0x60, 0x00, 0x00, // type: () -> ()
+        0x03, 0x02, 0x01, 0x00, // one function of that type
+        0x07, 0x05, 0x01, 0x01, b'f', 0x00, 0x00, // exported as "f"
+        0x0a, 0x09, 0x01, 0x07, 0x00, 0x03, 0x40, 0x0c, 0x00, 0x0b, 0x0b, // loop br 0
+    ];
+
+    /// The ticker sleeps while no guest code runs; a call after a quiet spell wakes it,
+    /// and still stops at its deadline (a few ticks), not after the ticker's idle check.
+    #[test]
+    fn a_call_after_a_quiet_spell_still_stops_at_its_deadline() {
+        let mut c = WasmConfig::new();
+        c.epoch_interruption(true);
+        let engine = Engine::new(&c).expect("engine");
+        let ticker = EpochTicker::start(&engine, Duration::from_millis(5)).expect("ticker");
+        let module = wasmtime::Module::new(&engine, ENDLESS).expect("module");
+        std::thread::sleep(Duration::from_millis(100));
+        let mut store = wasmtime::Store::new(&engine, ());
+        store.set_epoch_deadline(3);
+        store.epoch_deadline_trap();
+        let instance = wasmtime::Instance::new(&mut store, &module, &[]).expect("instance");
+        let f = instance
+            .get_typed_func::<(), ()>(&mut store, "f")
+            .expect("export");
+        let started = std::time::Instant::now();
+        let result = {
+            let _running = ticker.running();
+            f.call(&mut store, ())
+        };
+        let took = started.elapsed();
+        assert!(result.is_err(), "an endless loop ended by itself");
+        assert!(
+            took < Duration::from_millis(500),
+            "stopped after {took:?}: the sleeping ticker was not woken by the call"
+        );
+    }
 }

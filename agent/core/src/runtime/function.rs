@@ -10,6 +10,7 @@ use wasmtime::{Engine, ResourceLimiter, Store, Trap};
 
 use super::GuestEvent;
 use super::bindings::{Function as FunctionBindings, FunctionPre};
+use super::engine::EpochTicker;
 use super::host::{FunctionContext, StoreData};
 use super::{LoadError, RuntimeError};
 use crate::config::{Config, FunctionConfig};
@@ -81,6 +82,8 @@ pub struct LoadedFunction {
     /// When a call last started or ended.
     last_used: LastUse,
     deadline_ticks: u64,
+    /// Advances the epoch while guest code runs.
+    ticker: EpochTicker,
     state: OnceLock<Arc<Namespace>>,
     /// Fuel per call, when the engine counts fuel.
     fuel: Option<u64>,
@@ -219,6 +222,7 @@ pub struct Instance {
     store: Store<StoreData>,
     bindings: FunctionBindings,
     deadline_ticks: u64,
+    ticker: EpochTicker,
     state: Option<Arc<Namespace>>,
     /// The state store's epoch when the instance was made: once the store has been
     /// reopened (commits lost), what it remembers is stale and it may commit no more.
@@ -237,7 +241,7 @@ impl LoadedFunction {
         linker: &Linker<StoreData>,
         agent: &Config,
         cfg: &FunctionConfig,
-        tick: Duration,
+        ticker: &EpochTicker,
         fuel_enabled: bool,
         compiled: &mut Compiled,
     ) -> Result<Self, RuntimeError> {
@@ -246,7 +250,7 @@ impl LoadedFunction {
                 function: cfg.name.clone(),
                 source,
             })?;
-        let tick_ms = u64::try_from(tick.as_millis()).unwrap_or(1).max(1);
+        let tick_ms = u64::try_from(ticker.tick().as_millis()).unwrap_or(1).max(1);
         // Round up, plus one tick: the epoch may advance right after the deadline is set.
         let deadline_ticks = cfg.timeout_ms.div_ceil(tick_ms) + 1;
         let agent_limits = (
@@ -272,6 +276,7 @@ impl LoadedFunction {
                 .map(KeepAlive::of),
             last_used: LastUse::now(),
             deadline_ticks,
+            ticker: ticker.clone(),
             state: OnceLock::new(),
             fuel: fuel_enabled.then_some(cfg.fuel.unwrap_or(u64::MAX)),
             cache: compiled.cache.clone(),
@@ -476,13 +481,16 @@ impl LoadedFunction {
                 message: format!("{e:#}"),
             })?;
         }
-        let bindings = pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(&store, &e, FailureKind::Instantiate))?;
+        let bindings = {
+            let _running = self.ticker.running();
+            pre.instantiate(&mut store)
+        }
+        .map_err(|e| classify(&store, &e, FailureKind::Instantiate))?;
         Ok(Instance {
             store,
             bindings,
             deadline_ticks: self.deadline_ticks,
+            ticker: self.ticker.clone(),
             state: self.state.get().cloned(),
             epoch: self.state.get().map_or(0, |ns| ns.store().epoch()),
             fuel: self.fuel,
@@ -556,12 +564,14 @@ impl Instance {
                 .as_ref()
                 .map(|ns| ns.begin_in(Some(deadline), self.epoch));
         }
+        let running = self.ticker.running();
         let started = Instant::now();
         let cpu_start = crate::clock::thread_cpu_time();
         let result = self
             .bindings
             .edge_agent_handler()
             .call_handle(&mut self.store, event);
+        drop(running);
         let execute = started.elapsed();
         let cpu = crate::clock::thread_cpu_time().saturating_sub(cpu_start);
         let data = self.store.data_mut();

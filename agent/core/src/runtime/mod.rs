@@ -223,7 +223,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<StoreData>,
     allocator: Allocator,
-    tick: Duration,
+    ticker: engine::EpochTicker,
     /// Whether the engine counts fuel (fixed when it is built).
     fuel: bool,
     functions: HashMap<String, Arc<LoadedFunction>>,
@@ -259,12 +259,12 @@ impl Runtime {
             .map_err(|e| RuntimeError::engine("linking agent imports", e))?;
         let fuel = engine::fuel_enabled(cfg);
         // Before the probes below: a start function that loops must meet its deadline.
-        engine::start_epoch_ticker(&engine, tick)?;
+        let ticker = engine::EpochTicker::start(&engine, tick)?;
         let mut runtime = Self {
             engine,
             linker,
             allocator,
-            tick,
+            ticker,
             fuel,
             functions: HashMap::new(),
         };
@@ -342,7 +342,7 @@ impl Runtime {
             &self.linker,
             cfg,
             f,
-            self.tick,
+            &self.ticker,
             self.fuel,
             compiled,
         )?;
