@@ -38,12 +38,6 @@ struct State {
     /// acknowledged: the acknowledgement may never reach the broker (a restarting broker
     /// resends hundreds), and only a new message on the id (DUP=0) proves it did.
     unacknowledged: HashMap<u16, u64>,
-    /// The first connection of the current session (the last one the broker did not
-    /// resume): messages of earlier connections were forgotten with their session.
-    session_from: u64,
-    /// The last connection that resumed the session: messages of the session's earlier
-    /// connections are redelivered by the broker.
-    resumed_at: u64,
 }
 
 /// An acknowledgement released in order, and the connection it belongs to.
@@ -61,6 +55,13 @@ pub struct AckQueue {
     ready: mpsc::UnboundedSender<Ready>,
     /// The current connection's generation, for whoever sends what is ready.
     generation: Arc<AtomicU64>,
+    /// The first connection of the current session (the last one the broker did not
+    /// resume): messages of earlier connections were forgotten with their session.
+    /// Atomic, like `resumed_at`, so that workers ask about every event without the lock.
+    session_from: AtomicU64,
+    /// The last connection that resumed the session: messages of the session's earlier
+    /// connections are redelivered by the broker.
+    resumed_at: AtomicU64,
 }
 
 impl crate::event::Release for AckQueue {
@@ -69,8 +70,8 @@ impl crate::event::Release for AckQueue {
     }
 
     fn superseded(&self, ticket: Ticket) -> bool {
-        let s = self.lock();
-        (s.session_from..s.resumed_at).contains(&ticket.generation)
+        ticket.generation < self.resumed_at.load(Ordering::Acquire)
+            && ticket.generation >= self.session_from.load(Ordering::Acquire)
     }
 }
 
@@ -81,6 +82,8 @@ impl AckQueue {
             state: Mutex::new(State::default()),
             ready,
             generation: Arc::default(),
+            session_from: AtomicU64::new(0),
+            resumed_at: AtomicU64::new(0),
         })
     }
 
@@ -164,10 +167,10 @@ impl AckQueue {
         self.disconnected();
         let mut s = self.lock();
         if session_present {
-            s.resumed_at = s.generation;
+            self.resumed_at.store(s.generation, Ordering::Release);
         } else {
             s.unacknowledged.clear();
-            s.session_from = s.generation;
+            self.session_from.store(s.generation, Ordering::Release);
         }
     }
 }
