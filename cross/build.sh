@@ -60,11 +60,22 @@ esac
 
 features=()
 if [[ $kind == device ]]; then
-    # No compiler, no `new`/`build` (and their templates); `top`, `publish`, `compare`
-    # (measuring on the device is the point) and the embedded broker (compare's built-in
-    # workload, the smoke test) stay in. docs/device-build.md has the sizes.
-    features+=(--no-default-features --features top,publish,compare,broker)
+    # No compiler, no `new`/`build` (and their templates), no embedded broker (devices run
+    # Mosquitto; CARGO_FLAGS='--features broker' puts it back, 1 MiB); `top`, `publish` and
+    # `compare` (measuring on the device is the point) stay in. docs/device-build.md has
+    # the sizes.
+    features+=(--no-default-features --features top,publish,compare)
     [[ $triple == armv7* || $triple == arm-* || $triple == thumbv7* ]] && features+=(--features pulley)
+fi
+
+rustflags=()
+if [[ $kind == device ]]; then
+    # No unwind tables for the agent's own code (-190 KiB of .eh_frame on aarch64): with
+    # panic = "abort" nothing unwinds, and wasmtime walks and leaves guest frames by frame
+    # pointers, not by them. A panic still prints its message and location. The smoke test
+    # (cross/ci-smoke.sh) checks that a trapping, looping and memory-grabbing guest still
+    # becomes dead letters on the device build.
+    rustflags+=(-C force-unwind-tables=no)
 fi
 
 # musl: zig compiles the C parts and links, through cargo-zigbuild (cross/setup.sh).
@@ -89,8 +100,7 @@ if [[ $triple == *-musl* ]]; then
         # musl start files are used instead (link-self-contained=no).
         echo "cross/build.sh: building the standard library for $triple from source (-Zbuild-std)" >&2
         export RUSTC_BOOTSTRAP=1
-        rustflags_var="CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$triple")_RUSTFLAGS"
-        export "$rustflags_var=-C link-self-contained=no"
+        rustflags+=(-C link-self-contained=no)
         build+=(-Zbuild-std=std,panic_abort)
     fi
 fi
@@ -116,6 +126,9 @@ case $profile in
 esac
 bin="$target_dir/$triple/$out_dir/edge-agent"
 
+if ((${#rustflags[@]})); then
+    export "CARGO_TARGET_$(tr 'a-z-' 'A-Z_' <<<"$triple")_RUSTFLAGS=${rustflags[*]}"
+fi
 read -ra extra <<<"${CARGO_FLAGS:-}"
 set -x
 "${build[@]}" -p edge-agent --target "$triple" --profile "$profile" "${features[@]}" "${extra[@]}"

@@ -15,7 +15,10 @@
 #
 # Usage: sudo cross/bullseye-check.sh [ROOT]   (default /tmp/bullseye-arm64; kept for reruns)
 # Needs: debootstrap, qemu-user-static, mosquitto-clients (apt), and the builds:
-#   cross/build.sh aarch64 device && cross/build.sh aarch64-musl device && cargo build -p edge-agent
+#   cross/build.sh aarch64 device && CARGO_FLAGS='--features broker' cross/build.sh aarch64-musl device \
+#       && cargo build -p edge-agent
+#   (the musl build with the embedded broker, which the device build leaves out: the chroot
+#   has no Mosquitto)
 set -euo pipefail
 root_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 rootfs="${1:-/tmp/bullseye-arm64}"

@@ -4,23 +4,26 @@
 #   2. builds the device binary (no Cranelift) for it (cross/build.sh ARCH device);
 #   3. precompiles modules/dist/threshold-alert.wasm for it with the host agent
 #      (`cargo build -p edge-agent`, the dev build the tests use anyway);
-#   4. runs that binary under qemu-user with the embedded broker on a free port and a
-#      config that loads the `.cwasm` (pinned by sha256) from a device-like working dir:
+#   4. starts a Mosquitto on the host on a free port (the device build has no embedded
+#      broker: devices run Mosquitto), runs that binary under qemu-user with a config that
+#      loads the `.cwasm` (pinned by sha256) from a device-like working dir:
 #      `check` must exit 0, `run` must log `subscribed`;
 #   5. publishes {"value": 31.5} to sensors/kitchen/temperature from the host and expects
 #      exactly {"sensor":"kitchen","value":31.5,"threshold":30} on alerts/kitchen/temperature;
-#   6. sends SIGTERM and expects exit status 0;
+#   6. sends a hostile guest (misbehave, persistent) a panic, an endless loop and a memory
+#      grab, then "ok": three dead letters (trap, timeout, memory-limit), then its reply;
+#   7. sends SIGTERM and expects exit status 0;
 #   (aarch64: steps 3-5 also with the Python threshold-alert beside it, precompiled; its
 #   alert is expected too;)
 #   (aarch64-musl, armv7-musl: the static builds, run with an empty sysroot, and first
 #   checked to have no dynamic section: they need no glibc on the device;)
-#   7. (aarch64) runs `compare --quick` with the device build and precompiled echo and
+#   8. (aarch64) runs `compare --quick` with the device build and precompiled echo and
 #      counter, each model's agent under qemu, and checks its JSON: every model, nothing
 #      lost, a verdict per function (issue 11).
 # Every wait has a timeout; the last line is `qemu-smoke: N passed, N failed`.
 #
 # Usage: cross/ci-smoke.sh [aarch64] [armv7] [aarch64-musl] [armv7-musl]   (default: $CROSS_SMOKE_ARCHES, else aarch64)
-# Needs mosquitto-clients (mosquitto_sub). Honours CARGO_TARGET_DIR, CROSS_HOST_AGENT (a
+# Needs mosquitto and mosquitto-clients (mosquitto_sub). Honours CARGO_TARGET_DIR, CROSS_HOST_AGENT (a
 # host build of the agent to precompile with, instead of building one), and CROSS_PROFILE (the
 # Cargo profile of the device builds; default `device`; CI uses `smoke`, which builds
 # faster).
@@ -45,11 +48,11 @@ if [[ ${1:-} == --one ]]; then
     tag="qemu-smoke [$arch]"
     say() { echo "$tag: $*"; }
     work=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-smoke.XXXXXX")
-    agent_pid="" sub_pid=""
+    agent_pid="" sub_pid="" broker_pid=""
     # shellcheck disable=SC2317 # called by the trap
     cleanup() {
         local rc=$?
-        for p in $sub_pid $agent_pid; do kill -KILL "$p" 2>/dev/null || true; done
+        for p in $sub_pid $agent_pid $broker_pid; do kill -KILL "$p" 2>/dev/null || true; done
         wait 2>/dev/null || true
         if ((rc != 0)) && [[ -f $work/agent.log ]]; then
             echo "--- $tag: last lines of the agent's log ---"
@@ -107,8 +110,8 @@ if [[ ${1:-} == --one ]]; then
     # A device-like working directory: relative module paths, as under the systemd unit.
     mkdir -p "$work/modules" "$work/data"
     pre=$("$host_agent" precompile --target "$triple" --out "$work/modules" \
-        modules/dist/threshold-alert.wasm 2>&1) || die "precompile for $triple failed: $pre"
-    sha=$(sed -n 's/.*sha256 \([0-9a-f]\{64\}\)$/\1/p' <<<"$pre")
+        modules/dist/threshold-alert.wasm modules/dist/misbehave.wasm 2>&1) || die "precompile for $triple failed: $pre"
+    sha=$(sed -n 's/.*threshold-alert.cwasm.*sha256 \([0-9a-f]\{64\}\)$/\1/p' <<<"$pre")
     [[ -n $sha ]] || die "precompile printed no sha256: $pre"
     say "precompiled: $pre"
 
@@ -128,8 +131,7 @@ if [[ ${1:-} == --one ]]; then
         fi
     fi
 
-    # A free port (cross/lib.sh); start-up is retried on another if the agent still loses
-    # the race for it.
+    # free_port (cross/lib.sh), for the broker.
     # shellcheck source=cross/lib.sh
     source "$root/cross/lib.sh"
 
@@ -141,7 +143,6 @@ data_dir = "data"
 
 [broker]
 url = "mqtt://127.0.0.1:$1"
-embedded = true
 
 [[function]]
 name = "threshold"
@@ -155,6 +156,19 @@ memory_limit_mb = 8 # the default (32) is over armv7's 16 MiB reservation
 [function.config]
 threshold = "30"
 alert_topic = "alerts/{1..}"
+
+# A hostile guest: its trap, runaway loop and memory grab must become dead letters while
+# the agent goes on (the device build has no unwind tables; wasmtime must not need them).
+[[function]]
+name = "hostile"
+module = "modules/misbehave.cwasm"
+mode = "persistent"
+topics = ["hostile/in"]
+qos = 1
+timeout_ms = 3000
+memory_limit_mb = 8
+[function.config]
+out_topic = "hostile/out"
 CONFIG
         [[ -z $python ]] || cat >>"$work/config.toml" <<CONFIG
 
@@ -177,32 +191,35 @@ CONFIG
         die "\`edge-agent check\` under ${qemu[0]} failed: $check_out"
     say "check: $check_out ($(elapsed "$t"))"
 
-    started=""
+    # The device's broker: a Mosquitto of its own on a free port (retried if it loses
+    # the race for it).
     for attempt in 1 2 3; do
         port=$(free_port) || die "no free port found"
-        write_config "$port"
-        (cd "$work" && exec "${qemu[@]}" "$device_agent" run --config config.toml) >"$work/agent.log" 2>&1 &
-        agent_pid=$!
+        printf 'listener %s 127.0.0.1\nallow_anonymous true\npersistence false\n' "$port" >"$work/mosquitto.conf"
+        mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
+        broker_pid=$!
         t=$(now)
-        while (($(now) - t < START_TIMEOUT)); do
-            if grep -q 'subscribed' "$work/agent.log"; then
-                started=yes
-                break
-            fi
-            kill -0 "$agent_pid" 2>/dev/null || break
-            sleep 0.2
+        until (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; do
+            kill -0 "$broker_pid" 2>/dev/null || break
+            (($(now) - t < 10)) || die "mosquitto did not listen on port $port within 10s"
+            sleep 0.1
         done
-        [[ -n $started ]] && break
-        if kill -0 "$agent_pid" 2>/dev/null; then
-            die "agent did not log 'subscribed' within ${START_TIMEOUT}s"
-        fi
-        wait "$agent_pid" || true
-        agent_pid=""
-        grep -qi 'address already in use\|addrinuse' "$work/agent.log" ||
-            die "agent exited during start-up"
-        say "port $port was taken (attempt $attempt), trying another"
+        kill -0 "$broker_pid" 2>/dev/null && break
+        wait "$broker_pid" || true
+        broker_pid=""
+        say "mosquitto could not listen on port $port (attempt $attempt): $(tail -n 1 "$work/mosquitto.log")"
     done
-    [[ -n $started ]] || die "agent could not bind a free port in 3 attempts"
+    [[ -n $broker_pid ]] || die "mosquitto could not listen on a free port in 3 attempts"
+
+    write_config "$port"
+    (cd "$work" && exec "${qemu[@]}" "$device_agent" run --config config.toml) >"$work/agent.log" 2>&1 &
+    agent_pid=$!
+    t=$(now)
+    until grep -q 'subscribed' "$work/agent.log"; do
+        kill -0 "$agent_pid" 2>/dev/null || die "agent exited during start-up"
+        (($(now) - t < START_TIMEOUT)) || die "agent did not log 'subscribed' within ${START_TIMEOUT}s"
+        sleep 0.2
+    done
     say "agent up on port $port in $(elapsed "$t")"
 
     # Subscribe first and wait for the broker's SUBACK, so the alert cannot be missed.
@@ -237,6 +254,31 @@ CONFIG
         say "alert received in $(elapsed "$t"): $expected"
     done
 
+    # The hostile guest, in order (persistent: one instance, restarted after each fault).
+    stdbuf -oL mosquitto_sub -h 127.0.0.1 -p "$port" -t hostile/out -t "edge-agent/qemu-smoke-$arch/dead-letter" \
+        -v -d -C 4 -W "$ALERT_TIMEOUT" -i "qemu-smoke-hostile-$$" >"$work/hostile.out" 2>&1 &
+    sub_pid=$!
+    t=$(now)
+    until grep -q 'received SUBACK' "$work/hostile.out"; do
+        (($(now) - t < ALERT_TIMEOUT)) || die "mosquitto_sub got no SUBACK within ${ALERT_TIMEOUT}s"
+        sleep 0.1
+    done
+    for command in panic loop alloc:64 ok; do
+        "$host_agent" publish --broker "mqtt://127.0.0.1:$port" --topic hostile/in \
+            --payload "$command" --qos 1 >"$work/pub.out" 2>&1 || die "publish failed: $(cat "$work/pub.out")"
+    done
+    sub_rc=0
+    wait "$sub_pid" || sub_rc=$?
+    sub_pid=""
+    for expected in '"kind":"trap"' '"kind":"timeout"' '"kind":"memory-limit"' 'hostile/out ok'; do
+        grep -qF "$expected" "$work/hostile.out" || {
+            grep -v '^Client ' "$work/hostile.out" || true
+            die "the hostile guest: expected $expected (mosquitto_sub exit $sub_rc)"
+        }
+    done
+    kill -0 "$agent_pid" 2>/dev/null || die "the agent died of a hostile guest"
+    say "hostile guest: trap, timeout and memory limit dead-lettered, then ok, in $(elapsed "$t")"
+
     t=$(now)
     kill -TERM "$agent_pid"
     while kill -0 "$agent_pid" 2>/dev/null; do
@@ -249,7 +291,7 @@ CONFIG
     ((rc == 0)) || die "agent exited with status $rc after SIGTERM (expected 0)"
     say "SIGTERM: exit 0 in $(elapsed "$t")"
 
-    # 7. aarch64: `compare --quick` with the device build (no compiler: precompiled echo
+    # 8. aarch64: `compare --quick` with the device build (no compiler: precompiled echo
     #    and counter), each model's agent under qemu too; nothing may be lost, and the
     #    report must have every model and a verdict per function.
     if [[ $arch == aarch64 ]]; then
@@ -259,7 +301,8 @@ CONFIG
             die "precompile of echo and counter failed: $pre"
         t=$(now)
         (cd "$work" && timeout "$COMPARE_TIMEOUT" "${qemu[@]}" "$device_agent" compare --quick \
-            --modules compare --agent-wrapper "${qemu[*]}" --json compare.json --html compare.html) \
+            --modules compare --broker "mqtt://127.0.0.1:$port" --agent-wrapper "${qemu[*]}" \
+            --json compare.json --html compare.html) \
             >"$work/compare.out" 2>&1 || { cat "$work/compare.out"; die "compare --quick under ${qemu[0]} failed (or took over ${COMPARE_TIMEOUT}s)"; }
         python3 - "$work/compare.json" <<'CHECK' || { cat "$work/compare.out"; die "compare's report is incomplete"; }
 import json, sys
@@ -292,10 +335,12 @@ arches=("$@")
 if ((${#arches[@]} == 0)); then
     read -ra arches <<<"${CROSS_SMOKE_ARCHES:-aarch64}"
 fi
-command -v mosquitto_sub >/dev/null || {
-    echo "qemu-smoke: mosquitto_sub not found (apt-get install mosquitto-clients)" >&2
-    exit 69
-}
+for tool in mosquitto mosquitto_sub; do
+    command -v "$tool" >/dev/null || {
+        echo "qemu-smoke: $tool not found (apt-get install mosquitto mosquitto-clients)" >&2
+        exit 69
+    }
+done
 
 t0=$(now)
 # Incremental: seconds when they are built already.

@@ -7,10 +7,12 @@
 use std::fmt;
 
 use tracing::{Event, Level, Subscriber};
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::{JsonFields, Writer};
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -57,37 +59,66 @@ where
     }
 }
 
-/// Installs the log: `verbose` raises the default level (`RUST_LOG` overrides it),
-/// `format` picks text or JSON.
-pub fn init(verbose: u8, format: LogFormat) {
+/// The filter: `RUST_LOG` if set (`level` and `target=level` directives, comma-separated:
+/// `info,edge_agent::pipeline=debug`), else the level `verbose` asks for; with a
+/// warning to log when `RUST_LOG` does not parse.
+///
+/// `Targets` rather than `EnvFilter`: the same directives without span and field
+/// filters, and without the regular-expression engine those need (about 300 KiB of the
+/// device build).
+fn filter(verbose: u8, rust_log: Option<&str>) -> (Targets, Option<String>) {
     let default = match verbose {
         // rumqttd logs ordinary client disconnects as errors: silent unless asked for.
         0 => "info,rumqttd=off,rumqttc=warn",
         1 => "debug,rumqttd=warn,rumqttc=info,cranelift_codegen=info,wasmtime=info",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let fallback = || default.parse().expect("the default filters parse");
+    match rust_log.map(str::parse::<Targets>) {
+        None => (fallback(), None),
+        Some(Ok(targets)) => (targets, None),
+        Some(Err(e)) => (
+            fallback(),
+            Some(format!(
+                "RUST_LOG={:?} is not a log filter ({e}): using {default:?}",
+                rust_log.unwrap_or_default()
+            )),
+        ),
+    }
+}
+
+/// Installs the log: `verbose` raises the default level (`RUST_LOG` overrides it),
+/// `format` picks text or JSON.
+pub fn init(verbose: u8, format: LogFormat) {
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let (filter, warning) = filter(verbose, rust_log.as_deref());
     let journald = std::env::var_os("JOURNAL_STREAM").is_some();
     use std::io::IsTerminal;
     let ansi = !journald && std::io::stderr().is_terminal();
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::registry().with(filter);
+    let layer = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
         .with_ansi(ansi);
     match format {
-        LogFormat::Text => builder
-            .event_format(Prioritised {
+        LogFormat::Text => log
+            .with(layer.event_format(Prioritised {
                 inner: tracing_subscriber::fmt::format().with_ansi(ansi),
                 on: journald,
-            })
+            }))
             .init(),
-        LogFormat::Json => builder
-            .fmt_fields(JsonFields::new())
-            .event_format(Prioritised {
-                inner: tracing_subscriber::fmt::format().json().flatten_event(true),
-                on: journald,
-            })
+        LogFormat::Json => log
+            .with(
+                layer
+                    .fmt_fields(JsonFields::new())
+                    .event_format(Prioritised {
+                        inner: tracing_subscriber::fmt::format().json().flatten_event(true),
+                        on: journald,
+                    }),
+            )
             .init(),
+    }
+    if let Some(warning) = warning {
+        tracing::warn!("{warning}");
     }
 }
 
@@ -108,5 +139,26 @@ mod tests {
         .map(priority)
         .collect();
         assert_eq!(p, [3, 4, 6, 7, 7]);
+    }
+
+    #[test]
+    fn rust_log_overrides_the_level_and_a_bad_one_is_reported() {
+        use tracing::level_filters::LevelFilter;
+        let (t, w) = filter(0, None);
+        assert!(w.is_none());
+        assert!(t.would_enable("edge_agent::pipeline", &Level::INFO));
+        assert!(!t.would_enable("edge_agent::pipeline", &Level::DEBUG));
+        assert!(!t.would_enable("rumqttd::router", &Level::ERROR));
+        let (t, w) = filter(0, Some("warn,edge_agent::state=trace"));
+        assert!(w.is_none());
+        assert!(t.would_enable("edge_agent::state::store", &Level::TRACE));
+        assert!(!t.would_enable("edge_agent::pipeline", &Level::INFO));
+        let (t, w) = filter(1, Some("info,[span]=x"));
+        let w = w.expect("a warning");
+        assert!(
+            w.contains("RUST_LOG=\"info,[span]=x\" is not a log filter"),
+            "{w}"
+        );
+        assert_eq!(t.default_level(), Some(LevelFilter::DEBUG));
     }
 }

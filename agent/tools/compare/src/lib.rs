@@ -82,6 +82,11 @@ pub struct CompareArgs {
     /// memory are then the wrapper's process's.
     #[arg(long, value_name = "COMMAND")]
     pub agent_wrapper: Option<String>,
+    /// An existing broker to measure on (`mqtt://host:port` or `mqtts://...`), instead of
+    /// the embedded one (or the workload file's `[broker]` URL, whose other settings stay).
+    /// Builds without the embedded broker default to `mqtt://127.0.0.1:1883`.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
 }
 
 /// Reads a report saved with `--json`.
@@ -763,10 +768,17 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
                 .unwrap_or(0)
         );
     }
-    let broker = match &plan.broker {
-        Some(b) => b.clone(),
-        None => BrokerConfig {
-            url: start_broker()?,
+    let broker = match (&plan.broker, &args.broker) {
+        (Some(b), Some(url)) => BrokerConfig {
+            url: url.clone(),
+            ..b.clone()
+        },
+        (Some(b), None) => b.clone(),
+        (None, url) => BrokerConfig {
+            url: match url {
+                Some(url) => url.clone(),
+                None => start_broker()?,
+            },
             ..BrokerConfig::default()
         },
     };
@@ -1156,7 +1168,7 @@ fn start_broker() -> Result<String, CompareError> {
 fn start_broker() -> Result<String, CompareError> {
     let url = "mqtt://127.0.0.1:1883".to_string();
     eprintln!(
-        "compare: this build has no embedded broker; using {url} (a workload file's [broker] names another)"
+        "compare: this build has no embedded broker; using {url} (--broker, or a workload file's [broker], names another)"
     );
     Ok(url)
 }
