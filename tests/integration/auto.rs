@@ -143,3 +143,70 @@ async fn auto_replaces_a_failed_instance_only_as_the_restart_policy_allows() {
     assert_eq!(traps, 5, "each panic failed once: {s:?}");
     agent.stop().await;
 }
+
+/// A demotion while events are still queued: a burst of slow events (25 ms each) promotes
+/// the function, the burst ends, and a stable window later the controller demotes it with
+/// most of the burst still in the queue. The instance finishes the events queued behind
+/// it and is dropped; events after that run in whichever model is in force: every event
+/// once, in order, nothing after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_demotion_with_events_queued_finishes_them_once_and_in_order() {
+    let id = unique("auto-demote");
+    let config = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"s\"\nmodule = \"{}\"\nmode = \"auto\"\ninstances = 1\n\
+             topics = [\"in/s\"]\n\
+             auto = {{ objective = \"cpu\", tick_secs = 0.05, stable_window_secs = 0.3, \
+             panic_window_secs = 0.1, min_secs_in_model = 0.1 }}\n\
+             [function.config]\nout_topic = \"out/s\"\n",
+            guest("misbehave")
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out/s"]).await;
+    const BURST: usize = 60; // 1.5 s of work, published in a few ms
+    for i in 0..BURST {
+        c.publish("in/s", format!("slow-echo:25:{i}")).await;
+    }
+    let switched = |agent: &Agent, to: &str| {
+        agent
+            .snapshot("s")
+            .auto
+            .is_some_and(|a| a.switches.iter().any(|s| s.to == to && s.count > 0))
+    };
+    eventually("a promotion by the burst", || {
+        switched(&agent, "persistent")
+    })
+    .await;
+    eventually("a demotion once the burst has ended", || {
+        switched(&agent, "on-demand")
+    })
+    .await;
+    let handled = agent.snapshot("s").succeeded;
+    eprintln!("demoted after {handled} of {BURST} events");
+    assert!(
+        handled < BURST as u64 - 10,
+        "the demotion came after {handled} of {BURST} events: none were queued behind it"
+    );
+    // Then a few more, while the queue is still being finished.
+    for i in BURST..BURST + 5 {
+        c.publish("in/s", format!("slow-echo:1:{i}")).await;
+    }
+    let got: Vec<String> = payloads(&mut c, BURST + 5).await;
+    let want: Vec<String> = (0..BURST + 5).map(|i| i.to_string()).collect();
+    assert_eq!(got, want, "every event once, in the order it came");
+    assert!(
+        c.next(Duration::from_millis(200)).await.is_none(),
+        "nothing after the last"
+    );
+    let s = agent.snapshot("s");
+    assert_eq!(s.succeeded, (BURST + 5) as u64, "{s:?}");
+    agent.stop().await;
+}
+
+async fn payloads(c: &mut Client, n: usize) -> Vec<String> {
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        got.push(String::from_utf8_lossy(&c.recv().await.payload).into_owned());
+    }
+    got
+}
