@@ -70,7 +70,7 @@ fi
 
 rustflags=()
 if [[ $kind == device ]]; then
-    # No unwind tables for the agent's own code (-190 KiB of .eh_frame on aarch64): with
+    # No unwind tables for the agent's own code (-192 KiB on aarch64): with
     # panic = "abort" nothing unwinds, and wasmtime walks and leaves guest frames by frame
     # pointers, not by them. A panic still prints its message and location. The smoke test
     # (cross/ci-smoke.sh) checks that a trapping, looping and memory-grabbing guest still
