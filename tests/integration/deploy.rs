@@ -394,6 +394,135 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
             Some(counter.as_str())
         );
     }
+
+    // Modules on a web server (`--modules-at http://...`): fetched by each agent (through
+    // a redirect here), checked like a download: a changed file is refused, the right one
+    // applied.
+    let web = dir.path().join("web");
+    std::fs::create_dir(&web).expect("dir");
+    let mut average = std::fs::read(guest("rolling-average")).expect("rolling-average");
+    let last = average.len() - 1;
+    average[last] ^= 1;
+    std::fs::write(web.join("rolling-average.wasm"), &average).expect("a changed copy");
+    let server = FileServer::start(web.clone()).await;
+    let b = bundle(
+        dir.path(),
+        "[[function]]\nname = \"f\"\nmodule = \"rolling-average.wasm\"\nshare = \"g\"\n\
+         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
+        &["rolling-average"],
+    );
+    let url = format!("http://127.0.0.1:{}/redirect", server.port);
+    let tampered = deploy(
+        &broker,
+        &key,
+        &b,
+        &["--version", "10", "--modules-at", &url],
+    );
+    assert!(
+        tampered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&tampered.stderr)
+    );
+    reports(
+        &mut c,
+        3,
+        DeploymentState::Refused,
+        "rolling-average.wasm: the file at http://127.0.0.1",
+    )
+    .await;
+    std::fs::copy(guest("rolling-average"), web.join("rolling-average.wasm"))
+        .expect("the right copy");
+    let good = deploy(
+        &broker,
+        &key,
+        &b,
+        &["--version", "11", "--modules-at", &url, "--wait", "3"],
+    );
+    assert!(
+        good.status.success(),
+        "{}",
+        String::from_utf8_lossy(&good.stderr)
+    );
+    let average = sha256_of(&guest("rolling-average"));
+    for a in &agents {
+        assert_eq!(
+            a.snapshot("f").module_sha256.as_deref(),
+            Some(average.as_str())
+        );
+    }
+    assert!(
+        server.requests() >= 12,
+        "each agent fetched each version through the redirect: {} requests",
+        server.requests()
+    );
+}
+
+/// A web server for the files of one directory, for as long as it lives: `GET /NAME`
+/// answers the file, `GET /redirect/NAME` a redirect to `/NAME`, anything else 404.
+struct FileServer {
+    port: u16,
+    requests: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FileServer {
+    async fn start(dir: PathBuf) -> Self {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let port = listener.local_addr().expect("addr").port();
+        let requests = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = requests.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let dir = dir.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head);
+                    let path = head.split(' ').nth(1).unwrap_or("/").to_string();
+                    let (status, extra, body) = if let Some(rest) = path.strip_prefix("/redirect") {
+                        ("302 Found", format!("Location: {rest}\r\n"), Vec::new())
+                    } else {
+                        match std::fs::read(dir.join(path.trim_start_matches('/'))) {
+                            Ok(b) => ("200 OK", String::new(), b),
+                            Err(_) => ("404 Not Found", String::new(), Vec::new()),
+                        }
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = s.write_all(head.as_bytes()).await;
+                    let _ = s.write_all(&body).await;
+                    let _ = s.shutdown().await;
+                });
+            }
+        });
+        Self {
+            port,
+            requests,
+            task,
+        }
+    }
+
+    fn requests(&self) -> usize {
+        self.requests.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+impl Drop for FileServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// What `deploy` cannot use is named before it connects, with exit status 64.

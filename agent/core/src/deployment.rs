@@ -81,6 +81,10 @@ pub struct Module {
     /// `sha256` all the same.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// Where each device fetches the file (`http://` or `https://`), instead of in chunks
+    /// over MQTT; it is checked against `sha256` all the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
 }
 
 /// What travels on the document topic: the document's exact bytes and their signature.
@@ -151,7 +155,7 @@ pub enum Refusal {
         module: String,
     },
     /// A module to read from a path on the device that cannot be read there.
-    #[error("module {module}: cannot read {path} on this device: {why}")]
+    #[error("module {module}: cannot read {path} from this device: {why}")]
     Unreadable {
         /// The module's file name.
         module: String,
@@ -210,24 +214,33 @@ impl Module {
             chunk_bytes: chunk_bytes as u64,
             chunks: bytes.chunks(chunk_bytes).map(sha256_hex).collect(),
             path: None,
+            url: None,
         }
     }
 
-    /// The module `bytes`, which each device reads from `path` (no chunks).
-    pub fn at(bytes: &[u8], path: String) -> Self {
+    /// The module `bytes`, which each device reads from `at`: a URL (`http://`,
+    /// `https://`) to fetch, or else a path on the device (no chunks either way).
+    pub fn at(bytes: &[u8], at: String) -> Self {
+        let url = at.starts_with("http://") || at.starts_with("https://");
         Self {
             sha256: sha256_hex(bytes),
             size: bytes.len() as u64,
             chunk_bytes: 0,
             chunks: Vec::new(),
-            path: Some(path),
+            path: (!url).then(|| at.clone()),
+            url: url.then_some(at),
         }
     }
 
-    /// Checks that the chunk list fits the size (or that there is a path instead).
+    /// Checks that the chunk list fits the size (or that there is one path or URL
+    /// instead).
     fn consistent(&self) -> bool {
-        if self.path.is_some() {
-            return self.chunks.is_empty() && self.sha256.len() == 64;
+        match (&self.path, &self.url) {
+            (Some(_), Some(_)) => return false,
+            (Some(_), None) | (None, Some(_)) => {
+                return self.chunks.is_empty() && self.sha256.len() == 64;
+            }
+            (None, None) => {}
         }
         let want = if self.size == 0 || self.chunk_bytes == 0 {
             usize::from(self.size != 0)
@@ -561,5 +574,25 @@ mod tests {
             .push("0".repeat(64));
         let err = Envelope::open(&sealed(&doc, &ops), &[public(&ops)], "g").unwrap_err();
         assert!(matches!(err, Refusal::Malformed(_)), "{err}");
+    }
+
+    #[test]
+    fn a_module_comes_from_chunks_a_path_or_a_url_and_only_one() {
+        let url = Module::at(b"x", "https://files.example/v2/f.wasm".into());
+        assert_eq!(url.url.as_deref(), Some("https://files.example/v2/f.wasm"));
+        assert!(url.path.is_none() && url.consistent());
+        let path = Module::at(b"x", "/opt/modules/f.wasm".into());
+        assert_eq!(path.path.as_deref(), Some("/opt/modules/f.wasm"));
+        assert!(path.url.is_none() && path.consistent());
+        let both = Module {
+            path: Some("/opt/f.wasm".into()),
+            ..url.clone()
+        };
+        assert!(!both.consistent(), "a path and a URL");
+        let chunks_too = Module {
+            chunks: vec!["0".repeat(64)],
+            ..url
+        };
+        assert!(!chunks_too.consistent(), "a URL and chunks");
     }
 }

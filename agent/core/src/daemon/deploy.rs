@@ -414,6 +414,38 @@ impl Deployer {
                 staged.insert(name.clone(), s);
                 continue;
             }
+            if let Some(url) = &m.url {
+                // Fetched, then checked like a download; a server that cannot be reached
+                // or has no such file yet is tried again on the next connection.
+                self.report(
+                    Some(doc.version),
+                    DeploymentState::Downloading,
+                    None,
+                    false,
+                    None,
+                )
+                .await;
+                let timeout = Duration::from_secs(self.fleet.download_timeout_secs);
+                let bytes = tokio::select! {
+                    () = stop.cancelled() => return Ok(staged),
+                    got = super::fetch::fetch(url, m.size, timeout) => got,
+                }
+                .map_err(|why| Refusal::Unreadable {
+                    module: name.clone(),
+                    path: url.clone(),
+                    why,
+                })?;
+                if deployment::sha256_hex(&bytes) != m.sha256 {
+                    return Err(Refusal::Tampered {
+                        module: name.clone(),
+                        what: format!("the file at {url}"),
+                    });
+                }
+                write_module(&path, &bytes)
+                    .map_err(|e| Refusal::Check(format!("cannot stage {name}: {e}")))?;
+                staged.insert(name.clone(), s);
+                continue;
+            }
             if m.chunk_bytes as usize + deployment::CHUNK_OVERHEAD_BYTES > self.max_packet_bytes {
                 return Err(Refusal::TooLarge {
                     module: name.clone(),

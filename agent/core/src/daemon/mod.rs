@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod deploy;
+mod fetch;
 pub mod lanes;
 pub mod prometheus;
 pub mod reload;

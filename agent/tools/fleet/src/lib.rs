@@ -155,9 +155,10 @@ pub struct DeployArgs {
     #[arg(long, default_value_t = deployment::DEFAULT_CHUNK_BYTES)]
     pub chunk_bytes: usize,
     /// The modules are on every device already, in this directory (put there by other
-    /// means): the document names `DIR/<file name>` for each, checked by its SHA-256, and
-    /// no chunk is published.
-    #[arg(long, value_name = "DIR")]
+    /// means), or on a web server every device can reach (`http://...` or `https://...`):
+    /// the document names `DIR/<file name>` (or `URL/<file name>`) for each, checked by
+    /// its SHA-256, and no chunk is published.
+    #[arg(long, value_name = "DIR|URL")]
     pub modules_at: Option<String>,
     /// Wait until this many agents report the deployment applied (or one refuses it).
     #[arg(long, default_value_t = 0)]

@@ -1,0 +1,204 @@
+//! A module of a deployment fetched from a URL the device can reach (`http://` or
+//! `https://`): one GET, redirects followed, the size bounded. What it fetched is checked
+//! against the deployment's signed SHA-256 by the caller, so a plain `http://` server, a
+//! proxy or a mirror can change nothing unseen; TLS adds privacy, not integrity.
+//!
+//! hyper's HTTP/1 client over the tokio-rustls that MQTT's TLS already uses (both in the
+//! build already, for the metrics endpoint and the broker): no second HTTP stack.
+
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper::{Request, Response, StatusCode, Uri};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+/// Redirects followed before giving up (file servers and release hosts redirect once or
+/// twice, to a CDN).
+const MAX_REDIRECTS: usize = 5;
+
+/// Fetches `url`: its body, at most `max_bytes` long, within `timeout` for the whole
+/// transfer.
+///
+/// # Errors
+/// One line saying why: not an http(s) URL, unreachable, an HTTP status other than 200
+/// (after redirects), a body over `max_bytes`, or the time out.
+pub async fn fetch(url: &str, max_bytes: u64, timeout: Duration) -> Result<Vec<u8>, String> {
+    tokio::time::timeout(timeout, follow(url, max_bytes))
+        .await
+        .map_err(|_| format!("not fetched within {} s", timeout.as_secs()))?
+}
+
+async fn follow(url: &str, max_bytes: u64) -> Result<Vec<u8>, String> {
+    let mut uri: Uri = url.parse().map_err(|e| format!("not a URL: {e}"))?;
+    for _ in 0..=MAX_REDIRECTS {
+        let response = get(&uri).await?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(hyper::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| format!("HTTP {status} without a Location"))?;
+            uri = resolve(&uri, location)?;
+            continue;
+        }
+        if status != StatusCode::OK {
+            return Err(format!("HTTP {status} from {uri}"));
+        }
+        return body(response, max_bytes).await;
+    }
+    Err(format!("more than {MAX_REDIRECTS} redirects"))
+}
+
+/// Where a `Location` points, from the request it answers: an absolute URL, or a path
+/// on the same server.
+fn resolve(base: &Uri, location: &str) -> Result<Uri, String> {
+    if location.starts_with('/') && !location.starts_with("//") {
+        let authority = base.authority().ok_or("a URL without a host")?;
+        let scheme = base.scheme_str().unwrap_or("http");
+        return format!("{scheme}://{authority}{location}")
+            .parse()
+            .map_err(|e| format!("redirect to {location}: {e}"));
+    }
+    location
+        .parse::<Uri>()
+        .ok()
+        .filter(|u| u.scheme().is_some() && u.authority().is_some())
+        .ok_or_else(|| format!("redirect to {location}: not an absolute URL or path"))
+}
+
+async fn get(uri: &Uri) -> Result<Response<Incoming>, String> {
+    let https = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => false,
+        _ => return Err(format!("{uri}: only http:// and https:// URLs are fetched")),
+    };
+    let host = uri.host().ok_or_else(|| format!("{uri}: no host"))?;
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // `[::1]` in a URL is `::1` to connect to.
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    let tcp = TcpStream::connect((bare, port))
+        .await
+        .map_err(|e| format!("cannot connect to {host}:{port}: {e}"))?;
+    let _ = tcp.set_nodelay(true);
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let authority = uri.authority().map_or(host, |a| a.as_str());
+    let request = Request::get(path)
+        .header(hyper::header::HOST, authority)
+        .header(
+            hyper::header::USER_AGENT,
+            concat!("edge-agent/", env!("CARGO_PKG_VERSION")),
+        )
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| format!("{uri}: {e}"))?;
+    if https {
+        let name = rustls::pki_types::ServerName::try_from(bare.to_string())
+            .map_err(|e| format!("{host}: {e}"))?;
+        let tls = tokio_rustls::TlsConnector::from(tls_config()?)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| format!("TLS with {host}:{port}: {e}"))?;
+        send(tls, request).await
+    } else {
+        send(tcp, request).await
+    }
+}
+
+async fn send<T>(
+    io: T,
+    request: Request<http_body_util::Empty<bytes::Bytes>>,
+) -> Result<Response<Incoming>, String>
+where
+    T: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io))
+        .await
+        .map_err(|e| format!("HTTP: {e}"))?;
+    // Drives the connection until the body has been read (or the fetch is dropped).
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    sender
+        .send_request(request)
+        .await
+        .map_err(|e| format!("HTTP: {e}"))
+}
+
+/// The body, refused as soon as it passes `max_bytes`.
+async fn body(response: Response<Incoming>, max_bytes: u64) -> Result<Vec<u8>, String> {
+    let too_large = || format!("more than the {max_bytes} bytes the deployment names");
+    if let Some(length) = response
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|l| l.to_str().ok()?.parse::<u64>().ok())
+        && length > max_bytes
+    {
+        return Err(too_large());
+    }
+    let mut body = response.into_body();
+    let mut bytes = Vec::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| format!("HTTP body: {e}"))?;
+        if let Some(data) = frame.data_ref() {
+            if (bytes.len() + data.len()) as u64 > max_bytes {
+                return Err(too_large());
+            }
+            bytes.extend_from_slice(data);
+        }
+    }
+    Ok(bytes)
+}
+
+/// The system's CA certificates, read once.
+fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    CONFIG
+        .get_or_init(|| {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+            if roots.is_empty() {
+                return Err("no system CA certificates to check an https:// server with".into());
+            }
+            rustls::ClientConfig::builder_with_provider(Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .map(|b| Arc::new(b.with_root_certificates(roots).with_no_client_auth()))
+            .map_err(|e| format!("TLS: {e}"))
+        })
+        .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirects_resolve_against_the_request() {
+        let base: Uri = "http://files.local:8080/a/b.cwasm?x=1".parse().unwrap();
+        assert_eq!(
+            resolve(&base, "/c/d.cwasm").unwrap().to_string(),
+            "http://files.local:8080/c/d.cwasm"
+        );
+        assert_eq!(
+            resolve(&base, "https://cdn.example/e").unwrap().to_string(),
+            "https://cdn.example/e"
+        );
+        assert!(resolve(&base, "relative/path").is_err());
+        assert!(resolve(&base, "//cdn.example/e").is_err());
+    }
+
+    #[tokio::test]
+    async fn only_http_and_https_are_fetched() {
+        let e = fetch("ftp://host/x", 10, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(e.contains("only http:// and https://"), "{e}");
+    }
+}
