@@ -1209,6 +1209,33 @@ fn compare_without_modules_says_where_it_looked() {
     );
 }
 
+/// A broker that does not answer is named at once (exit 69), not waited for in every model:
+/// the device build has no embedded broker and looks for the device's Mosquitto.
+#[test]
+fn compare_without_a_broker_says_so_at_once() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = closed.local_addr().expect("addr").port();
+    drop(closed);
+    let started = std::time::Instant::now();
+    let out = Command::new(agent_bin())
+        .args(["compare", "--quick", "--modules"])
+        .arg(repo_root().join("modules/dist"))
+        .args(["--broker", &format!("mqtt://127.0.0.1:{port}")])
+        .output()
+        .expect("run compare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(
+        stderr.contains(&format!("no broker at mqtt://127.0.0.1:{port}"))
+            && stderr.contains("--broker URL"),
+        "{stderr}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{stderr}"
+    );
+}
+
 /// A function made, built and run outside the repository: `edge-agent new` in a temp
 /// directory (an on-demand echo and a persistent counter), `edge-agent build`, and the agent
 /// runs both.

@@ -33,6 +33,9 @@ use edge_agent::config::{BrokerConfig, ConfigError, Mode};
 use edge_agent::failure::Exit;
 use edge_agent::messages::{Message as _, Presence, Report as StatsReport, Status};
 
+/// How long the broker has to answer before `compare` gives up on it.
+const BROKER_WAIT: Duration = Duration::from_secs(10);
+
 /// Version of the JSON report's layout.
 pub const SCHEMA_VERSION: u32 = 3;
 
@@ -782,8 +785,18 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
             ..BrokerConfig::default()
         },
     };
-    // Fails here, once, on a bad URL or TLS file rather than in every model.
+    // Fails here, once, on a bad URL or TLS file (exit 78), or a broker that does not
+    // answer (69), rather than in every model (each agent would wait for it).
     measure::client(&broker, "edge-agent-compare-check")?;
+    measure::reachable(&broker, "edge-agent-compare-check", BROKER_WAIT)
+        .await
+        .map_err(|why| {
+            CompareError::Setup(format!(
+                "no broker at {}: {why} (start Mosquitto there, or name another with --broker \
+                 URL or a workload file's [broker])",
+                broker.url
+            ))
+        })?;
     let work = WorkDir::new()?;
     let progress =
         Progress::new(((plan.functions.len() + phases) * MODELS.len()) as u64 * u64::from(rounds));

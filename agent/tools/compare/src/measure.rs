@@ -365,6 +365,28 @@ pub fn client(broker: &BrokerConfig, id: &str) -> Result<(AsyncClient, EventLoop
     Ok(AsyncClient::new(opts, 1024))
 }
 
+/// Connects once and disconnects: whether the broker answers (CONNACK) within `wait`.
+///
+/// # Errors
+/// One line: the URL or TLS files cannot be used, the connection failed (refused,
+/// TLS, credentials), or no answer within `wait`.
+pub async fn reachable(broker: &BrokerConfig, id: &str, wait: Duration) -> Result<(), String> {
+    let (client, mut eventloop) = client(broker, id).map_err(|e| e.to_string())?;
+    let answered = tokio::time::timeout(wait, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| Err(format!("no answer within {} s", wait.as_secs())));
+    let _ = client.try_disconnect();
+    answered
+}
+
 /// Receives outputs on `filter` until dropped; sends (arrival, payload) down the channel.
 ///
 /// # Errors
