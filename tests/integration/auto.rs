@@ -55,7 +55,11 @@ async fn auto_switches_on_steps_up_and_down_and_every_event_counts_once_in_order
             .filter(|s| s.to == "persistent")
             .map(|s| s.count)
             .sum();
-        assert_eq!(promoted, step as u64 + 1, "one promotion per burst: {a:?}");
+        // At least one per burst: on a loaded machine (CI runs tests side by side) a
+        // burst's publishing can stall for a stable window, which demotes it mid-burst
+        // and promotes it again (seen once: 4 promotions in 3 bursts). The counts below
+        // are what must hold whatever the switches.
+        assert!(promoted > step as u64, "a promotion for every burst: {a:?}");
         eventually("a demotion after a quiet stable window", || {
             model(&agent) == "on-demand"
         })
