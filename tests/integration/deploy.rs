@@ -84,6 +84,24 @@ fn sha256_of(path: &str) -> String {
     edge_agent::deployment::sha256_hex(&std::fs::read(path).expect("module"))
 }
 
+/// `deploy` ended well (with `--wait`: every agent applied it).
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Writes `guest`'s module to `to` with its last byte changed: a file that does not match
+/// the signed SHA-256.
+fn changed_copy(guest_name: &str, to: &Path) {
+    let mut bytes = std::fs::read(guest(guest_name)).expect("the module");
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(to, &bytes).expect("a changed copy");
+}
+
 /// Waits until each of `n` agents has reported `state` for a deployment, whose reason
 /// contains `reason`; the reports.
 async fn reports(
@@ -249,11 +267,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
 
     // Signed with a key the agents do not trust.
     let wrong = deploy(&broker, &other, &good, &["--version", "2"]);
-    assert!(
-        wrong.status.success(),
-        "{}",
-        String::from_utf8_lossy(&wrong.stderr)
-    );
+    succeeded(&wrong);
     reports(&mut c, 3, DeploymentState::Refused, "wrongly signed").await;
     unchanged("wrongly signed");
 
@@ -327,11 +341,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         }
     });
     let applied = deploy(&broker, &key, &good, &["--version", "7"]);
-    assert!(
-        applied.status.success(),
-        "{}",
-        String::from_utf8_lossy(&applied.stderr)
-    );
+    succeeded(&applied);
     let r = reports(
         &mut c,
         3,
@@ -350,10 +360,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
     // signed hash is refused like a tampered chunk; the right one is applied.
     let on_device = dir.path().join("on-device");
     std::fs::create_dir(&on_device).expect("dir");
-    let mut counter = std::fs::read(guest("counter")).expect("counter");
-    let last = counter.len() - 1;
-    counter[last] ^= 1;
-    std::fs::write(on_device.join("counter.wasm"), &counter).expect("a changed copy");
+    changed_copy("counter", &on_device.join("counter.wasm"));
     let b = bundle(
         dir.path(),
         "[[function]]\nname = \"f\"\nmodule = \"counter.wasm\"\nshare = \"g\"\n\
@@ -362,11 +369,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
     );
     let at = on_device.display().to_string();
     let tampered = deploy(&broker, &key, &b, &["--version", "8", "--modules-at", &at]);
-    assert!(
-        tampered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tampered.stderr)
-    );
+    succeeded(&tampered);
     reports(
         &mut c,
         3,
@@ -382,11 +385,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         &b,
         &["--version", "9", "--modules-at", &at, "--wait", "3"],
     );
-    assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
-    );
+    succeeded(&good);
     let counter = sha256_of(&guest("counter"));
     for a in &agents {
         assert_eq!(
@@ -400,10 +399,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
     // applied.
     let web = dir.path().join("web");
     std::fs::create_dir(&web).expect("dir");
-    let mut average = std::fs::read(guest("rolling-average")).expect("rolling-average");
-    let last = average.len() - 1;
-    average[last] ^= 1;
-    std::fs::write(web.join("rolling-average.wasm"), &average).expect("a changed copy");
+    changed_copy("rolling-average", &web.join("rolling-average.wasm"));
     let server = FileServer::start(web.clone()).await;
     let b = bundle(
         dir.path(),
@@ -418,11 +414,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         &b,
         &["--version", "10", "--modules-at", &url],
     );
-    assert!(
-        tampered.status.success(),
-        "{}",
-        String::from_utf8_lossy(&tampered.stderr)
-    );
+    succeeded(&tampered);
     reports(
         &mut c,
         3,
@@ -438,11 +430,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         &b,
         &["--version", "11", "--modules-at", &url, "--wait", "3"],
     );
-    assert!(
-        good.status.success(),
-        "{}",
-        String::from_utf8_lossy(&good.stderr)
-    );
+    succeeded(&good);
     let average = sha256_of(&guest("rolling-average"));
     for a in &agents {
         assert_eq!(

@@ -396,49 +396,39 @@ impl Deployer {
                 staged.insert(name.clone(), s);
                 continue;
             }
-            if let Some(from) = &m.path {
-                // On the device already: checked like a download, then staged.
-                let bytes = std::fs::read(from).map_err(|e| Refusal::Unreadable {
+            // On the device already, or on a web server: read or fetched, then checked like
+            // a download and staged. A file not there yet, or a server that does not answer,
+            // is tried again on the next connection.
+            let source = match (&m.path, &m.url) {
+                (Some(from), _) => Some((from, std::fs::read(from).map_err(|e| e.to_string()))),
+                (None, Some(url)) => {
+                    self.report(
+                        Some(doc.version),
+                        DeploymentState::Downloading,
+                        None,
+                        false,
+                        None,
+                    )
+                    .await;
+                    let timeout = Duration::from_secs(self.fleet.download_timeout_secs);
+                    let got = tokio::select! {
+                        () = stop.cancelled() => return Ok(staged),
+                        got = super::fetch::fetch(url, m.size, timeout) => got,
+                    };
+                    Some((url, got))
+                }
+                (None, None) => None,
+            };
+            if let Some((from, got)) = source {
+                let bytes = got.map_err(|why| Refusal::Unreadable {
                     module: name.clone(),
                     path: from.clone(),
-                    why: e.to_string(),
-                })?;
-                if deployment::sha256_hex(&bytes) != m.sha256 {
-                    return Err(Refusal::Tampered {
-                        module: name.clone(),
-                        what: format!("the file at {from}"),
-                    });
-                }
-                write_module(&path, &bytes)
-                    .map_err(|e| Refusal::Check(format!("cannot stage {name}: {e}")))?;
-                staged.insert(name.clone(), s);
-                continue;
-            }
-            if let Some(url) = &m.url {
-                // Fetched, then checked like a download; a server that cannot be reached
-                // or has no such file yet is tried again on the next connection.
-                self.report(
-                    Some(doc.version),
-                    DeploymentState::Downloading,
-                    None,
-                    false,
-                    None,
-                )
-                .await;
-                let timeout = Duration::from_secs(self.fleet.download_timeout_secs);
-                let bytes = tokio::select! {
-                    () = stop.cancelled() => return Ok(staged),
-                    got = super::fetch::fetch(url, m.size, timeout) => got,
-                }
-                .map_err(|why| Refusal::Unreadable {
-                    module: name.clone(),
-                    path: url.clone(),
                     why,
                 })?;
                 if deployment::sha256_hex(&bytes) != m.sha256 {
                     return Err(Refusal::Tampered {
                         module: name.clone(),
-                        what: format!("the file at {url}"),
+                        what: format!("the file at {from}"),
                     });
                 }
                 write_module(&path, &bytes)

@@ -136,32 +136,20 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
             }
         }
         None => {
-            let native = rustls_native_certs::load_native_certs();
-            for c in native.certs {
-                // Skip the odd unparsable system certificate rather than failing.
-                let _ = roots.add(c);
-            }
-            if roots.is_empty() {
-                return Err(MqttError::Tls {
-                    key: "broker.tls.ca_file",
-                    what: "no system CA certificates found: set broker.tls.ca_file".into(),
-                    source: None,
-                });
-            }
+            roots = system_roots().ok_or_else(|| MqttError::Tls {
+                key: "broker.tls.ca_file",
+                what: "no system CA certificates found: set broker.tls.ca_file".into(),
+                source: None,
+            })?;
         }
     }
-    // The provider is named here rather than installed process-wide, so that the library
-    // works the same whoever embeds it (ring: no C toolchain beyond cc for ARM builds).
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .map_err(|e| MqttError::Tls {
-        key: "broker.tls",
-        what: "no usable TLS protocol version".into(),
-        source: Some(e.into()),
-    })?
-    .with_root_certificates(roots);
+    let builder = client_tls_builder()
+        .map_err(|e| MqttError::Tls {
+            key: "broker.tls",
+            what: "no usable TLS protocol version".into(),
+            source: Some(e.into()),
+        })?
+        .with_root_certificates(roots);
     match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert, "broker.tls.cert_file")?;
@@ -180,6 +168,28 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
         }
         _ => Ok(builder.with_no_client_auth()),
     }
+}
+
+/// The system's CA certificates (the odd unparsable one skipped); `None` if there are none.
+pub fn system_roots() -> Option<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        // Skip the odd unparsable system certificate rather than failing.
+        let _ = roots.add(c);
+    }
+    (!roots.is_empty()).then_some(roots)
+}
+
+/// A TLS client configuration's start: ring, the safe protocol versions. The provider is
+/// named here rather than installed process-wide, so that the library works the same
+/// whoever embeds it (ring: no C toolchain beyond cc for ARM builds).
+///
+/// # Errors
+/// When the provider has no usable protocol version.
+pub fn client_tls_builder()
+-> Result<rustls::ConfigBuilder<rustls::ClientConfig, rustls::WantsVerifier>, rustls::Error> {
+    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
 }
 
 fn read_certs(
