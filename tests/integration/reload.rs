@@ -2,7 +2,7 @@
 //! added and removed) while numbered QoS 1 events stream in; every event is handled exactly
 //! once, and a function's events are handled from its addition to its removal.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -139,9 +139,19 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         let src = if i % 2 == 0 { &misbehave } else { &echo };
         replace(src, &mods.path().join("od.wasm"));
         replace(src, &mods.path().join("p.wasm"));
-        let report = next_report(&mut c, &mut outputs, &mut reloads).await;
-        let functions = report.reloaded.as_ref().map_or(0, Vec::len);
-        assert_eq!(functions, 2, "swap {i}: {report:?}");
+        // Usually one reload of both; two when the runner is so loaded that the second
+        // file lands after the reloader's settle time (each a whole swap of its own).
+        let mut swapped = BTreeSet::new();
+        let mut report = None;
+        while swapped.len() < 2 {
+            let r = next_report(&mut c, &mut outputs, &mut reloads).await;
+            assert!(r.ok, "swap {i}: {r:?}");
+            let names = names(&r.reloaded);
+            assert!(!names.is_empty(), "swap {i}: {r:?}");
+            swapped.extend(names.into_iter().map(str::to_string));
+            report = Some(r);
+        }
+        let report = report.expect("a report");
         if i == 0 {
             // The retained birth message follows: it names the version now in force.
             let mut presence = Client::connect(broker.port, &["edge-agent/reload/status"]).await;
@@ -262,14 +272,14 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
             agent.log_text()
         );
     }
-    // Each swap was one reload of both functions; the config value edit one of `od`; the
-    // topics change refused; the revert one of `od`; SIGHUP nothing.
-    let ok: Vec<&ReloadReport> = reloads.iter().filter(|r| r.ok).collect();
-    let swapped = ok
+    // Each swap reloaded both functions once; the config value edit `od`; the topics change
+    // was refused; the revert reloaded `od`; SIGHUP nothing. No reload twice.
+    let reloaded: usize = reloads
         .iter()
-        .filter(|r| r.reloaded.as_ref().is_some_and(|a| a.len() == 2))
-        .count();
-    assert_eq!(swapped, 10, "{reloads:#?}");
+        .filter(|r| r.ok)
+        .map(|r| r.reloaded.as_ref().map_or(0, Vec::len))
+        .sum();
+    assert_eq!(reloaded, 10 * 2 + 2, "{reloads:#?}");
     let refused: Vec<_> = reloads.iter().filter(|r| !r.ok).collect();
     assert_eq!(refused.len(), 1, "{reloads:#?}");
     let hup = reloads
