@@ -31,7 +31,12 @@ for manifest in "$here"/examples/*/Cargo.toml "$here"/test-functions/*/Cargo.tom
         echo "error: $wasm is not a WebAssembly component" >&2
         exit 1
     fi
-    cp "$wasm" "$dist/$name.wasm"
+    # Replaced only when changed, and whole (a copy beside it, then renamed): the tests'
+    # processes each run this script and read dist/ while others do.
+    if ! cmp -s "$wasm" "$dist/$name.wasm"; then
+        cp "$wasm" "$dist/$name.wasm.tmp.$$"
+        mv "$dist/$name.wasm.tmp.$$" "$dist/$name.wasm"
+    fi
     built+=("$dist/$name.wasm")
 done
 
@@ -73,8 +78,8 @@ guests() {
         name="$(basename "$app")"
         wasm="$dist/$name-$lang.wasm"
         if stale "$wasm" "$app" "$here/sdk-$lang" "$wit" "$tools/$lang/.pins"; then
-            "componentize_$lang" "$app" "$wasm.tmp"
-            mv "$wasm.tmp" "$wasm"
+            "componentize_$lang" "$app" "$wasm.tmp.$$"
+            mv "$wasm.tmp.$$" "$wasm"
         fi
         built+=("$wasm")
     done
