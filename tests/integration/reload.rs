@@ -118,6 +118,7 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         c: &mut Client,
         outputs: &mut Outputs,
         reloads: &mut Vec<ReloadReport>,
+        agent: &Process,
     ) -> ReloadReport {
         let before = reloads.len();
         // Generous: under a loaded 2-core runner (the Python and JavaScript tests compiling
@@ -126,7 +127,8 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         while reloads.len() == before {
             assert!(
                 std::time::Instant::now() < deadline,
-                "no reload report within 60 s (after {before} reports)"
+                "no reload report within 60 s (after {before} reports: {reloads:?})\n{}",
+                agent.log_text()
             );
             for m in c.drain(Duration::from_millis(100)).await {
                 take(m, outputs, reloads);
@@ -144,7 +146,7 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         let mut swapped = BTreeSet::new();
         let mut report = None;
         while swapped.len() < 2 {
-            let r = next_report(&mut c, &mut outputs, &mut reloads).await;
+            let r = next_report(&mut c, &mut outputs, &mut reloads, &agent).await;
             assert!(r.ok, "swap {i}: {r:?}");
             let names = names(&r.reloaded);
             assert!(!names.is_empty(), "swap {i}: {r:?}");
@@ -182,18 +184,18 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         std::fs::write(&path, config(&broker, mods.path(), od_extra, tail)).expect("edit config")
     };
     edit("note = \"b\"", "");
-    let report = next_report(&mut c, &mut outputs, &mut reloads).await;
+    let report = next_report(&mut c, &mut outputs, &mut reloads, &agent).await;
     assert!(report.ok, "{report:?}");
     assert_eq!(names(&report.reloaded), ["od"], "{report:?}");
     edit("note = \"b\"", &x);
-    let report = next_report(&mut c, &mut outputs, &mut reloads).await;
+    let report = next_report(&mut c, &mut outputs, &mut reloads, &agent).await;
     // Reported once subscribed: every event from here on is x's.
     let added_at = x_next.load(Ordering::SeqCst);
     assert!(report.ok, "{report:?}");
     assert_eq!(names(&report.added), ["x"], "{report:?}");
     assert_eq!(report.reloaded, Some(Vec::new()), "{report:?}");
     edit("note = \"b\"", &x.replace("x/in", "x/other"));
-    let report = next_report(&mut c, &mut outputs, &mut reloads).await;
+    let report = next_report(&mut c, &mut outputs, &mut reloads, &agent).await;
     assert!(!report.ok, "{report:?}");
     let why = report.error.as_deref().unwrap_or_default();
     assert!(why.contains("function `x`: topics changed"), "{why}");
@@ -205,7 +207,7 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     // Every event before this one reaches the broker before the reload unsubscribes x.
     let removed_at = x_next.load(Ordering::SeqCst);
     edit("", "");
-    let report = next_report(&mut c, &mut outputs, &mut reloads).await;
+    let report = next_report(&mut c, &mut outputs, &mut reloads, &agent).await;
     // Reported once drained and unsubscribed: no event from here on is x's.
     let gone_at = x_next.load(Ordering::SeqCst);
     assert!(report.ok, "{report:?}");
