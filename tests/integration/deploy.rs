@@ -514,6 +514,59 @@ impl Drop for FileServer {
 }
 
 /// What `deploy` cannot use is named before it connects, with exit status 64.
+/// A deployment that meets a full disk is refused for now, says why, changes nothing, and
+/// is taken by itself once there is room again (no new version needed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deployment_that_meets_a_full_disk_is_taken_once_there_is_room() {
+    let broker = Mosquitto::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path(), "ops.key");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let Some(disk) = SmallDisk::mount(&dir.path().join("data"), 16) else {
+        return;
+    };
+    // No state here: the store's free-space reserve would only pause stateful functions.
+    let config = member(&broker, &unique("full"), &public) + "[state]\nmin_free_mb = 0\n";
+    let agent = Agent::start_in(dir, &config).await;
+    let mut c = Client::connect(broker.port, &["edge-agent/+/deployment", "out"]).await;
+    let filler = disk.fill();
+    let b = bundle(
+        keys.path(),
+        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
+         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
+        &["misbehave"],
+    );
+    succeeded(&deploy(&broker, &key, &b, &[]));
+    let refused = reports(&mut c, 1, DeploymentState::Refused, "No space left").await;
+    let why = refused.values().next().and_then(|r| r.reason.clone());
+    assert!(
+        why.as_deref()
+            .is_some_and(|w| w.contains("trying again in")),
+        "{why:?}"
+    );
+    // Still the version before.
+    c.publish("in/1", "slow-echo:0:1").await;
+    assert_eq!(c.recv_on("out").await.text(), "slow-echo:0:1");
+    let sha = sha256_of(&guest("misbehave"));
+    assert_ne!(
+        agent.snapshot("f").module_sha256.as_deref(),
+        Some(sha.as_str())
+    );
+
+    std::fs::remove_file(filler).expect("free the space");
+    let freed = Instant::now();
+    reports(&mut c, 1, DeploymentState::Applied, "").await;
+    eprintln!("applied {:?} after the space came back", freed.elapsed());
+    assert_eq!(
+        agent.snapshot("f").module_sha256.as_deref(),
+        Some(sha.as_str())
+    );
+    c.publish("in/1", "slow-echo:0:2").await;
+    assert_eq!(c.recv_on("out").await.text(), "2");
+    drop(agent);
+    drop(disk);
+}
+
 #[test]
 fn deploy_names_a_bad_directory_or_key_with_exit_64() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Client, Mosquitto, Process, Proxy, agent_bin, guest};
+use crate::harness::{Client, Mosquitto, Process, Proxy, SmallDisk, agent_bin, guest};
 
 /// How many times each of the stream faults strikes within one stream: 1 here,
 /// `EDGE_AGENT_FAULT_ROUNDS` in `tests/bench/faults.sh` (10 restarts, 10 kills, 5 cuts).
@@ -384,68 +384,6 @@ async fn a_silent_partition_longer_than_the_keep_alive_loses_and_repeats_nothing
         healed.elapsed()
     );
     assert_counted(agent, N as i64, "a silent partition");
-}
-
-/// A file system of `mb` MiB mounted on `dir` for one test (tmpfs, which runs out of
-/// space like a full SD card), unmounted on drop. `None` where this process may not mount
-/// (not root): the test then says so and passes only if `EDGE_AGENT_REQUIRE_FAULTS` is unset
-/// (CI sets it).
-struct SmallDisk {
-    dir: std::path::PathBuf,
-}
-
-impl SmallDisk {
-    fn mount(dir: &Path, mb: u64) -> Option<Self> {
-        std::fs::create_dir_all(dir).expect("mount point");
-        let ok = std::process::Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={mb}m"), "tmpfs"])
-            .arg(dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        if !ok {
-            assert!(
-                std::env::var_os("EDGE_AGENT_REQUIRE_FAULTS").is_none(),
-                "EDGE_AGENT_REQUIRE_FAULTS is set but a tmpfs cannot be mounted (run as root)"
-            );
-            eprintln!("skipped: mounting a small file system needs root");
-            return None;
-        }
-        Some(Self { dir: dir.into() })
-    }
-
-    /// Writes a file until the disk is full to the last byte; returns its path.
-    fn fill(&self) -> std::path::PathBuf {
-        use std::io::Write;
-        let path = self.dir.join("filler");
-        let mut f = std::fs::File::create(&path).expect("create the filler");
-        let block = vec![0xA5u8; 64 * 1024];
-        while f.write_all(&block).is_ok() {}
-        // The last partial block, byte by byte (tmpfs allocates whole pages).
-        while f.write_all(&[0]).is_ok() {}
-        let _ = f.sync_all();
-        path
-    }
-}
-
-impl SmallDisk {
-    /// `mount -o remount,<how>`: `ro` or `rw`.
-    fn remount(&self, how: &str) {
-        let ok = std::process::Command::new("mount")
-            .args(["-o", &format!("remount,{how}")])
-            .arg(&self.dir)
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok, "remount {how}");
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg("-l")
-            .arg(&self.dir)
-            .status();
-    }
 }
 
 /// An ext4 file system on a loop device over an image file, mounted on `dir`: a disk whose

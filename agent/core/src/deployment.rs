@@ -180,10 +180,32 @@ pub enum Refusal {
     /// instead.
     #[error("superseded by version {0} before it was in force")]
     Superseded(u64),
+    /// A staged module or the config file could not be written (a full disk, most often):
+    /// nothing changed, and the deployment is tried again.
+    #[error("cannot write {what}: {why}")]
+    Storage {
+        /// The module or file.
+        what: String,
+        /// The I/O error.
+        why: String,
+    },
     /// The config the deployment makes does not pass `edge-agent check`, or needs a
     /// restart: the reload's reason.
     #[error("does not pass check: {0}")]
     Check(String),
+}
+
+impl Refusal {
+    /// Whether the same document may succeed later without a new version: modules that did
+    /// not arrive or could not be fetched in time, or a disk that was full. The others are
+    /// refused for good.
+    #[must_use]
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Self::Incomplete { .. } | Self::Unreadable { .. } | Self::Storage { .. }
+        )
+    }
 }
 
 /// A trusted public key from `[fleet] trusted_keys` (base64 of 32 bytes).

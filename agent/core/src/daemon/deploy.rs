@@ -42,6 +42,12 @@ use crate::tasks::Background;
 /// Fewest events of the new functions that must fail during probation before a roll-back.
 const PROBATION_MIN_FAILED: u64 = 10;
 
+/// The first wait before a deployment refused for a passing reason ([`Refusal::is_transient`])
+/// is tried again; it doubles with each try, up to [`RETRY_MAX`].
+const RETRY_FIRST: Duration = Duration::from_secs(5);
+/// The longest wait between tries.
+const RETRY_MAX: Duration = Duration::from_secs(300);
+
 /// What the agent remembers of deployments across restarts.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Record {
@@ -77,6 +83,10 @@ struct Deployer {
     filters: Arc<Mutex<BTreeSet<String>>>,
     /// A document that arrived while another was in hand: the newest is taken next.
     pending: Option<Bytes>,
+    /// A document refused for a passing reason, and when to try it again.
+    retry: Option<(Instant, Bytes)>,
+    /// The wait before the next such try.
+    backoff: Duration,
 }
 
 /// Starts the deployment task if `[fleet] group` is set; it stops with `background`.
@@ -126,6 +136,8 @@ pub fn spawn(
         record,
         client,
         pending: None,
+        retry: None,
+        backoff: RETRY_FIRST,
     };
     let reconnect = (
         Duration::from_millis(config.broker.reconnect_min_ms),
@@ -196,6 +208,7 @@ impl Deployer {
         let topic = deployment::document_topic(&self.prefix, &self.group);
         tracing::info!(group = %self.group, %topic, in_force = ?self.record.in_force, "taking signed deployments");
         loop {
+            let retry_at = self.retry.as_ref().map(|(at, _)| *at);
             let payload = match self.pending.take() {
                 Some(p) => p,
                 None => tokio::select! {
@@ -205,11 +218,18 @@ impl Deployer {
                         Some(_) => continue,
                         None => break,
                     },
+                    () = sleep_until(retry_at) => match self.retry.take() {
+                        Some((_, p)) => p,
+                        None => continue,
+                    },
                 },
             };
+            // Whatever comes now replaces a try still waiting (the same document again
+            // after a reconnection, or a newer one).
+            self.retry = None;
             // An empty retained message clears the topic: nothing to deploy.
             if !payload.is_empty() {
-                self.take(&payload, &mut rx, &stop).await;
+                self.take(payload, &mut rx, &stop).await;
             }
         }
         poller.abort();
@@ -219,11 +239,11 @@ impl Deployer {
     /// Handles one document.
     async fn take(
         &mut self,
-        payload: &[u8],
+        payload: Bytes,
         rx: &mut mpsc::Receiver<(String, Bytes)>,
         stop: &CancellationToken,
     ) {
-        let doc = match Envelope::open(payload, &self.trusted, &self.group) {
+        let doc = match Envelope::open(&payload, &self.trusted, &self.group) {
             Ok(d) => d,
             Err(refusal) => return self.refused(None, &refusal).await,
         };
@@ -249,18 +269,15 @@ impl Deployer {
         );
         let staged = match self.stage(&doc, rx, stop).await {
             Ok(s) => s,
+            Err(refusal) if refusal.is_transient() => {
+                return self.try_again(doc.version, payload, &refusal).await;
+            }
             Err(refusal) => {
-                // A download that timed out, or a file not there yet, is tried again on the
-                // next connection.
-                if !matches!(
-                    refusal,
-                    Refusal::Incomplete { .. } | Refusal::Unreadable { .. }
-                ) {
-                    self.tried(&doc, &digest, self.record.in_force);
-                }
+                self.tried(&doc, &digest, self.record.in_force);
                 return self.refused(Some(doc.version), &refusal).await;
             }
         };
+        self.backoff = RETRY_FIRST;
         if stop.is_cancelled() {
             return;
         }
@@ -297,7 +314,16 @@ impl Deployer {
                 return self.refused(Some(doc.version), &Refusal::Check(why)).await;
             }
         };
-        let report = self.ask(format!("deployment {}", doc.version), text).await;
+        let report = match self.ask(format!("deployment {}", doc.version), text).await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = Refusal::Storage {
+                    what: self.path.display().to_string(),
+                    why: e.to_string(),
+                };
+                return self.try_again(doc.version, payload, &why).await;
+            }
+        };
         if !report.ok {
             self.tried(&doc, &digest, self.record.in_force);
             let why = report.error.clone().unwrap_or_else(|| {
@@ -350,13 +376,16 @@ impl Deployer {
                 let back = self
                     .ask(format!("deployment {} roll-back", doc.version), before)
                     .await;
-                let why = if back.ok {
-                    why
-                } else {
-                    format!(
+                let why = match back {
+                    Ok(back) if back.ok => why,
+                    Ok(back) => format!(
                         "{why}; the roll-back failed too: {}",
                         back.error.unwrap_or_default()
-                    )
+                    ),
+                    Err(e) => format!(
+                        "{why}; the roll-back failed too: cannot write {}: {e}",
+                        self.path.display()
+                    ),
                 };
                 self.tried(&doc, &digest, previous);
                 self.report(
@@ -431,8 +460,7 @@ impl Deployer {
                         what: format!("the file at {from}"),
                     });
                 }
-                write_module(&path, &bytes)
-                    .map_err(|e| Refusal::Check(format!("cannot stage {name}: {e}")))?;
+                write_module(&path, &bytes).map_err(|e| storage(name, &e))?;
                 staged.insert(name.clone(), s);
                 continue;
             }
@@ -464,7 +492,7 @@ impl Deployer {
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
                 .and_then(|()| std::fs::File::create(&part))
-                .map_err(|e| Refusal::Check(format!("cannot stage {}: {e}", a.name())))?;
+                .map_err(|e| storage(a.name(), &e))?;
             parts.insert(sha.clone(), (part, file));
         }
         let filters: Vec<String> = wanted
@@ -486,7 +514,7 @@ impl Deployer {
                     continue;
                 };
                 let name = assembly.name().to_string();
-                let io = |e: std::io::Error| Refusal::Check(format!("cannot stage {name}: {e}"));
+                let io = |e: std::io::Error| storage(&name, &e);
                 file.sync_all().map_err(io)?;
                 let (size, hash) = hash_file(part).map_err(io)?;
                 assembly.finish(size, &hash)?;
@@ -579,9 +607,8 @@ impl Deployer {
                 && let Some((_, file)) = parts.get(sha)
             {
                 use std::os::unix::fs::FileExt as _;
-                file.write_all_at(&payload, offset).map_err(|e| {
-                    Refusal::Check(format!("cannot stage {}: {e}", assembly.name()))
-                })?;
+                file.write_all_at(&payload, offset)
+                    .map_err(|e| storage(assembly.name(), &e))?;
             }
         }
         Ok(())
@@ -636,11 +663,38 @@ impl Deployer {
         }
     }
 
-    /// Asks the reloader to put `text` in force.
-    async fn ask(&self, trigger: String, text: String) -> crate::messages::ReloadReport {
+    /// Refused for a passing reason: reported, and tried again after a wait that doubles
+    /// with each try (and at once when the broker sends the document again).
+    async fn try_again(&mut self, version: u64, payload: Bytes, why: &Refusal) {
+        let wait = self.backoff;
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        self.retry = Some((Instant::now() + wait, payload));
+        let why = format!("{why}; trying again in {} s", wait.as_secs());
+        tracing::warn!(version, "deployment not taken yet: {why}");
+        self.report(
+            Some(version),
+            DeploymentState::Refused,
+            Some(why),
+            false,
+            None,
+        )
+        .await;
+    }
+
+    /// Asks the reloader to put `text` in force: its report, or why the config file could
+    /// not be written.
+    async fn ask(
+        &self,
+        trigger: String,
+        text: String,
+    ) -> std::io::Result<crate::messages::ReloadReport> {
         let (reply, answer) = oneshot::channel();
-        let stopping =
-            || crate::messages::ReloadReport::refused(&trigger, "the agent is stopping".into());
+        let stopping = || {
+            Ok(crate::messages::ReloadReport::refused(
+                &trigger,
+                "the agent is stopping".into(),
+            ))
+        };
         if self
             .rewrite
             .send(Rewrite {
@@ -742,6 +796,22 @@ fn hash_file(path: &Path) -> std::io::Result<(u64, String)> {
         hasher.update(&buf[..n]);
     }
     Ok((size, format!("{:x}", hasher.finalize())))
+}
+
+/// Sleeps until `at`, or for ever.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A staged module that could not be written.
+fn storage(module: &str, e: &std::io::Error) -> Refusal {
+    Refusal::Storage {
+        what: format!("module {module} to the data directory"),
+        why: e.to_string(),
+    }
 }
 
 /// Writes a staged module (whole, or not at all).

@@ -92,8 +92,9 @@ pub struct Rewrite {
     pub trigger: String,
     /// The whole new file.
     pub text: String,
-    /// The reload's report.
-    pub reply: tokio::sync::oneshot::Sender<ReloadReport>,
+    /// The reload's report, or why the file could not be read or written (a full disk,
+    /// most often; then nothing changed and nothing was reloaded).
+    pub reply: tokio::sync::oneshot::Sender<std::io::Result<ReloadReport>>,
 }
 
 /// A reload checked and ready to be put in force.
@@ -508,16 +509,18 @@ impl Reloader {
                 t = rx.recv() => match t { Some(t) => Err(t), None => break },
                 r = asked.recv() => {
                     let Some(super::control::Request { function, reply }) = r else { continue };
-                    Ok((reply, self.promote(&function, &stop).await))
+                    let _ = reply.send(self.promote(&function, &stop).await);
+                    Ok(())
                 }
                 Some(w) = async { match rewrites.as_mut() { Some(r) => r.recv().await, None => None } } => {
-                    Ok((w.reply, self.rewrite(&w.trigger, w.text, &stop).await))
+                    let answer = self.rewrite(&w.trigger, w.text, &stop).await;
+                    let _ = w.reply.send(answer);
+                    Ok(())
                 }
             };
             let trigger = match asked {
                 Err(trigger) => trigger,
-                Ok((reply, answer)) => {
-                    let _ = reply.send(answer);
+                Ok(()) => {
                     if watcher.is_some() {
                         watcher = Some(self.watch(tx.clone()));
                     }
@@ -566,7 +569,14 @@ impl Reloader {
                 return ReloadReport::refused(trigger, why);
             }
         };
-        let report = self.rewrite(trigger, text, stop).await;
+        let report = match self.rewrite(trigger, text, stop).await {
+            Ok(r) => r,
+            Err(e) => {
+                let why = format!("cannot write {}: {e}", self.path.display());
+                tracing::warn!(%function, "promote refused: {why}");
+                return ReloadReport::refused(trigger, why);
+            }
+        };
         if report.ok {
             tracing::info!(%function, file = %self.path.display(), "promoted: the shadow's version is the primary now, the old one its shadow");
         }
@@ -576,26 +586,18 @@ impl Reloader {
     /// The config file replaced by `text` (atomically, with its permissions) and reloaded;
     /// if the reload is refused, or puts the new config in force only in part (an added
     /// function could not start), the file goes back to what it was and so do the running
-    /// functions. The reload's report.
+    /// functions. The reload's report, or why the file could not be read or written
+    /// (nothing changed).
     async fn rewrite(
         &mut self,
         trigger: &str,
         text: String,
         stop: &CancellationToken,
-    ) -> ReloadReport {
-        let before = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) => {
-                return ReloadReport::refused(
-                    trigger,
-                    format!("cannot read {}: {e}", self.path.display()),
-                );
-            }
-        };
+    ) -> std::io::Result<ReloadReport> {
+        let before = std::fs::read_to_string(&self.path)?;
         if let Err(e) = blocking(|| replace_file(&self.path, text.as_bytes())) {
-            let why = format!("cannot write {}: {e}", self.path.display());
-            tracing::warn!(%trigger, "{why}");
-            return ReloadReport::refused(trigger, why);
+            tracing::warn!(%trigger, file = %self.path.display(), "cannot write the config file: {e}");
+            return Err(e);
         }
         let report = self.reload(trigger, stop).await;
         if !report.ok {
@@ -606,7 +608,7 @@ impl Reloader {
                 self.reload(&format!("{trigger} roll-back"), stop).await;
             }
         }
-        report
+        Ok(report)
     }
 
     /// Reads the config again and puts what changed in force; publishes the report and
@@ -680,13 +682,19 @@ pub(super) fn drop_stale_shadows(state: &StateStore, config: &Config) {
 pub(super) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
     let tmp = path.with_extension("part");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    if let Ok(m) = std::fs::metadata(path) {
-        f.set_permissions(m.permissions())?;
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        if let Ok(m) = std::fs::metadata(path) {
+            f.set_permissions(m.permissions())?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        // A half-written copy on a full disk would keep it full.
+        let _ = std::fs::remove_file(&tmp);
     }
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
+    written
 }
 
 /// Runs `work`, which blocks (compiling takes a while), off the async workers' hands on a
