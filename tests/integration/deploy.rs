@@ -280,7 +280,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         if i == 1 {
             chunk[10] ^= 0xff;
         }
-        let topic = format!("edge-agent/fleet/site/module/{}/{i}", m.sha256);
+        let topic = edge_agent::deployment::chunk_topic("edge-agent", "site", &m.sha256, i);
         c.publish_retained(&topic, chunk).await;
     }
     c.publish(doc_topic, serde_json::to_vec(&e).expect("json"))
@@ -515,10 +515,12 @@ impl Drop for FileServer {
 
 /// What `deploy` cannot use is named before it connects, with exit status 64.
 /// A deployment that meets a full disk is refused for now, says why, changes nothing, and
-/// is taken by itself once there is room again (no new version needed).
+/// is taken by itself once there is room again (no new version needed). Its module is in
+/// more chunks (1,275) than Mosquitto queues for one client by default (1,000, retained
+/// messages sent on a subscription included; the rest are dropped).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_deployment_that_meets_a_full_disk_is_taken_once_there_is_room() {
-    let broker = Mosquitto::start();
+    let broker = Mosquitto::start_with("max_queued_messages 1000\n");
     let keys = tempfile::tempdir().expect("tempdir");
     let (key, public) = keygen(keys.path(), "ops.key");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -536,7 +538,7 @@ async fn a_deployment_that_meets_a_full_disk_is_taken_once_there_is_room() {
          topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
         &["misbehave"],
     );
-    succeeded(&deploy(&broker, &key, &b, &[]));
+    succeeded(&deploy(&broker, &key, &b, &["--chunk-bytes", "100"]));
     let refused = reports(&mut c, 1, DeploymentState::Refused, "No space left").await;
     let why = refused.values().next().and_then(|r| r.reason.clone());
     assert!(
@@ -604,4 +606,39 @@ fn deploy_names_a_bad_directory_or_key_with_exit_64() {
     let (code, err) = run(&["keygen", &k]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("does not overwrite"), "{err}");
+    // Chunks or a document (a SHA-256 per chunk) larger than the agents' packets, refused
+    // before anything is published (no broker here).
+    std::fs::remove_file(&k).expect("remove the key");
+    let (_, out) = run(&["keygen", &k]);
+    std::fs::write(dir.path().join("missing.wasm"), vec![0u8; 40_000]).expect("module");
+    let (code, err) = run(&[
+        "deploy",
+        "-g",
+        "g",
+        "-k",
+        &k,
+        "--chunk-bytes",
+        "2000000",
+        &d,
+    ]);
+    assert_eq!(code, Some(64), "{out}{err}");
+    assert!(err.contains("--chunk-bytes 2000000 does not fit"), "{err}");
+    let (code, err) = run(&[
+        "deploy",
+        "-g",
+        "g",
+        "-k",
+        &k,
+        "--chunk-bytes",
+        "1",
+        "--max-packet-bytes",
+        "1000000",
+        &d,
+    ]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("(40000 chunks, each named by its sha256)")
+            && err.contains("larger --chunk-bytes"),
+        "{err}"
+    );
 }

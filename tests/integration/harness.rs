@@ -141,6 +141,23 @@ impl Mosquitto {
                 tempfile::tempdir().expect("tempdir"),
                 false,
                 None,
+                "",
+            ) {
+                return m;
+            }
+        }
+    }
+
+    /// A broker with `conf` added to its configuration (later lines win: `max_queued_messages
+    /// 1000` gives Mosquitto's default queue back).
+    pub fn start_with(conf: &str) -> Self {
+        loop {
+            if let Some(m) = Self::launch(
+                broker_port(),
+                tempfile::tempdir().expect("tempdir"),
+                false,
+                None,
+                conf,
             ) {
                 return m;
             }
@@ -155,6 +172,7 @@ impl Mosquitto {
                 tempfile::tempdir().expect("tempdir"),
                 true,
                 None,
+                "",
             ) {
                 return m;
             }
@@ -163,13 +181,13 @@ impl Mosquitto {
 
     /// Starts a persistent broker again from the directory [`Mosquitto::stop`] returned.
     pub fn restart_persistent(port: u16, dir: tempfile::TempDir) -> Self {
-        Self::launch(port, dir, true, None).expect("mosquitto restarts on its port")
+        Self::launch(port, dir, true, None, "").expect("mosquitto restarts on its port")
     }
 
     /// Starts a broker without persistence again on `port` (it remembers nothing).
     pub fn restart(port: u16) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        Self::launch(port, dir, false, None).expect("mosquitto restarts on its port")
+        Self::launch(port, dir, false, None, "").expect("mosquitto restarts on its port")
     }
 
     /// A broker with a plain listener (`port`) and a TLS one (`tls_port`).
@@ -180,6 +198,7 @@ impl Mosquitto {
                 tempfile::tempdir().expect("tempdir"),
                 false,
                 Some((broker_port(), tls)),
+                "",
             ) {
                 return m;
             }
@@ -202,6 +221,7 @@ impl Mosquitto {
         dir: tempfile::TempDir,
         persistent: bool,
         tls: Option<(u16, &Tls)>,
+        conf_extra: &str,
     ) -> Option<Self> {
         let conf = dir.path().join("mosquitto.conf");
         // Run as root, mosquitto drops to its own user: let it write its database here.
@@ -220,7 +240,7 @@ impl Mosquitto {
         };
         // Tests send backlogs of thousands: queue them all (Mosquitto's default drops QoS 1
         // messages past 1000 queued for a client).
-        let mut persistence = persistence + "max_queued_messages 0\n";
+        let mut persistence = persistence + "max_queued_messages 0\n" + conf_extra;
         // Every packet in and out, to find out what the broker saw (debugging only).
         if let Ok(log) = std::env::var("EDGE_AGENT_TEST_BROKER_LOG") {
             let at = std::time::UNIX_EPOCH.elapsed().map_or(0, |d| d.as_millis());

@@ -148,10 +148,12 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         while swapped.len() < 2 {
             let r = next_report(&mut c, &mut outputs, &mut reloads, &agent).await;
             assert!(r.ok, "swap {i}: {r:?}");
-            let names = names(&r.reloaded);
-            assert!(!names.is_empty(), "swap {i}: {r:?}");
-            swapped.extend(names.into_iter().map(str::to_string));
-            report = Some(r);
+            // (A change seen by a reload that had read the file already is one that
+            // changes nothing: a report without functions.)
+            swapped.extend(names(&r.reloaded).into_iter().map(str::to_string));
+            if r.reloaded.as_ref().is_some_and(|f| !f.is_empty()) {
+                report = Some(r);
+            }
         }
         let report = report.expect("a report");
         if i == 0 {

@@ -1,6 +1,6 @@
 //! Signed deployments: the document that changes the functions of a group of agents
 //! (`<topic_prefix>/fleet/<group>/deployment`, retained), its ed25519 signature, and the
-//! chunks its modules travel in (`<topic_prefix>/fleet/<group>/module/<sha256>/<index>`,
+//! chunks its modules travel in (`<topic_prefix>/fleet/<group>/module/<sha256>/<block>/<index>`,
 //! retained). `edge-agent deploy` makes them; `daemon::deploy` checks and applies them.
 //!
 //! A document names the functions (their `[[function]]` tables, as in a config file, with
@@ -26,22 +26,50 @@ pub const SCHEMA_VERSION: u32 = 1;
 pub const DEFAULT_CHUNK_BYTES: usize = 64 * 1024;
 
 /// Room a chunk's packet needs beyond its payload: fixed header, topic
-/// (`<prefix>/fleet/<group>/module/<64 hex>/<index>`) and packet id.
+/// (`<prefix>/fleet/<group>/module/<64 hex>/<block>/<index>`) and packet id.
 pub const CHUNK_OVERHEAD_BYTES: usize = 512;
+
+/// Chunks per block. An agent subscribes to a module's chunks a block at a time, a few
+/// blocks at once, so that the retained messages a broker sends for its subscriptions stay
+/// within what it queues for one client: Mosquitto queues 1,000 by default
+/// (`max_queued_messages`) and drops the rest, so a module of more chunks than that, or
+/// several modules together, never arrived whole through one subscription.
+pub const CHUNKS_PER_BLOCK: usize = 256;
 
 /// The retained topic of `group`'s deployment document.
 pub fn document_topic(prefix: &str, group: &str) -> String {
     format!("{prefix}/fleet/{group}/deployment")
 }
 
-/// The filter of every chunk of the module with `sha256`.
-pub fn chunk_filter(prefix: &str, group: &str, sha256: &str) -> String {
-    format!("{prefix}/fleet/{group}/module/{sha256}/+")
+/// The filter of the chunks of block `block` of the module with `sha256`.
+pub fn block_filter(prefix: &str, group: &str, sha256: &str, block: usize) -> String {
+    format!("{prefix}/fleet/{group}/module/{sha256}/{block}/+")
 }
 
 /// The retained topic of chunk `index` of the module with `sha256`.
 pub fn chunk_topic(prefix: &str, group: &str, sha256: &str, index: usize) -> String {
-    format!("{prefix}/fleet/{group}/module/{sha256}/{index}")
+    format!(
+        "{prefix}/fleet/{group}/module/{sha256}/{}/{index}",
+        index / CHUNKS_PER_BLOCK
+    )
+}
+
+/// The module's SHA-256 and the chunk's index, if `topic` is a chunk topic of `group`
+/// ([`chunk_topic`]).
+pub fn parse_chunk_topic<'t>(
+    prefix: &str,
+    group: &str,
+    topic: &'t str,
+) -> Option<(&'t str, usize)> {
+    let rest = topic
+        .strip_prefix(prefix)?
+        .strip_prefix("/fleet/")?
+        .strip_prefix(group)?
+        .strip_prefix("/module/")?;
+    let mut parts = rest.split('/');
+    let (sha, block, index) = (parts.next()?, parts.next()?, parts.next()?);
+    let (block, index) = (block.parse::<usize>().ok()?, index.parse::<usize>().ok()?);
+    (parts.next().is_none() && block == index / CHUNKS_PER_BLOCK).then_some((sha, index))
 }
 
 /// What a deployment puts in force on every agent of its group.
@@ -413,6 +441,18 @@ impl Assembly {
         (self.count, self.have.len())
     }
 
+    /// How many blocks of chunks the module has ([`CHUNKS_PER_BLOCK`]).
+    pub fn blocks(&self) -> usize {
+        self.have.len().div_ceil(CHUNKS_PER_BLOCK)
+    }
+
+    /// Whether every chunk of block `block` is in.
+    pub fn has_block(&self, block: usize) -> bool {
+        let start = (block * CHUNKS_PER_BLOCK).min(self.have.len());
+        let end = ((block + 1) * CHUNKS_PER_BLOCK).min(self.have.len());
+        self.have[start..end].iter().all(|h| *h)
+    }
+
     /// Whether every chunk is in.
     pub fn complete(&self) -> bool {
         self.count == self.have.len()
@@ -579,6 +619,39 @@ mod tests {
             Err(Refusal::Tampered { .. })
         ));
         a.finish(10, &whole).expect("whole");
+    }
+
+    #[test]
+    fn chunks_travel_in_blocks_that_a_broker_queues_whole() {
+        let sha = "ab".repeat(32);
+        let t = chunk_topic("ea", "site", &sha, 300);
+        assert_eq!(t, format!("ea/fleet/site/module/{sha}/1/300"));
+        assert_eq!(
+            parse_chunk_topic("ea", "site", &t),
+            Some((sha.as_str(), 300))
+        );
+        assert!(crate::topic::matches(
+            &block_filter("ea", "site", &sha, 1),
+            &t
+        ));
+        for wrong in [
+            format!("ea/fleet/site/module/{sha}/0/300"),
+            format!("ea/fleet/site/module/{sha}/300"),
+            format!("ea/fleet/other/module/{sha}/1/300"),
+            format!("ea/fleet/site/module/{sha}/1/300/x"),
+        ] {
+            assert_eq!(parse_chunk_topic("ea", "site", &wrong), None, "{wrong}");
+        }
+        let bytes = vec![7u8; CHUNKS_PER_BLOCK + 1];
+        let m = Module::of(&bytes, 1);
+        let mut a = Assembly::new("f.wasm", &m);
+        assert_eq!(a.blocks(), 2);
+        a.add(CHUNKS_PER_BLOCK, &[7]).expect("the last chunk");
+        assert!(a.has_block(1) && !a.has_block(0));
+        for i in 0..CHUNKS_PER_BLOCK {
+            a.add(i, &[7]).expect("a chunk");
+        }
+        assert!(a.has_block(0) && a.complete());
     }
 
     #[test]

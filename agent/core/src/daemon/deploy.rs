@@ -48,6 +48,21 @@ const RETRY_FIRST: Duration = Duration::from_secs(5);
 /// The longest wait between tries.
 const RETRY_MAX: Duration = Duration::from_secs(300);
 
+/// How long a deployment connection must have lasted for its next reconnection to start
+/// again from `broker.reconnect_min_ms`.
+const STABLE: Duration = Duration::from_secs(10);
+
+/// Blocks of chunks subscribed to at once: their retained messages (256 each) stay well
+/// within what a broker queues for one client (Mosquitto: 1,000).
+const WINDOW_BLOCKS: usize = 2;
+
+/// The blocks of chunks being received: those still to subscribe to, in order, and those
+/// subscribed to now.
+struct Window {
+    queue: std::collections::VecDeque<(String, usize)>,
+    open: Vec<(String, usize)>,
+}
+
 /// What the agent remembers of deployments across restarts.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
 struct Record {
@@ -158,11 +173,11 @@ async fn poll(
 ) {
     let mut delay = min;
     let mut failures = 0u32;
+    let mut up: Option<Instant> = None;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                delay = min;
-                failures = 0;
+                up = Some(Instant::now());
                 let filters: Vec<String> = lock(&filters).iter().cloned().collect();
                 for f in filters {
                     let _ = client.try_subscribe(f, QoS::AtLeastOnce);
@@ -175,9 +190,29 @@ async fn poll(
             }
             Ok(_) => {}
             Err(e) => {
+                // A connection that dies soon after it is made (a retained message larger
+                // than this agent takes ends every one) keeps backing off, not retrying
+                // ten times a second.
+                if up.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                    delay = min;
+                    failures = 0;
+                }
                 failures += 1;
                 if failures == 1 {
-                    tracing::warn!(connection = "deploy", error = %e, "broker connection lost; reconnecting");
+                    if let rumqttc::ConnectionError::MqttState(
+                        rumqttc::StateError::Deserialization(
+                            rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
+                        ),
+                    ) = &e
+                    {
+                        tracing::error!(
+                            connection = "deploy",
+                            bytes = n,
+                            "a deployment message is larger than broker.max_packet_bytes: raise it on this agent, or deploy with a larger --chunk-bytes"
+                        );
+                    } else {
+                        tracing::warn!(connection = "deploy", error = %e, "broker connection lost; reconnecting");
+                    }
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);
@@ -495,18 +530,20 @@ impl Deployer {
                 .map_err(|e| storage(a.name(), &e))?;
             parts.insert(sha.clone(), (part, file));
         }
-        let filters: Vec<String> = wanted
-            .keys()
-            .map(|sha| deployment::chunk_filter(&self.prefix, &self.group, sha))
-            .collect();
-        lock(&self.filters).extend(filters.iter().cloned());
-        for f in &filters {
-            let _ = self.client.subscribe(f.clone(), QoS::AtLeastOnce).await;
-        }
-        let outcome = self.receive(doc, &mut wanted, &parts, rx, stop).await;
-        for f in &filters {
-            lock(&self.filters).remove(f);
-            let _ = self.client.unsubscribe(f.clone()).await;
+        // The chunks' blocks, subscribed to a few at a time.
+        let mut window = Window {
+            queue: wanted
+                .iter()
+                .flat_map(|(sha, a)| (0..a.blocks()).map(move |b| (sha.clone(), b)))
+                .collect(),
+            open: Vec::new(),
+        };
+        self.fill(&mut window).await;
+        let outcome = self
+            .receive(doc, &mut wanted, &mut window, &parts, rx, stop)
+            .await;
+        for (sha, block) in std::mem::take(&mut window.open) {
+            self.close(&sha, block).await;
         }
         let placed = outcome.and_then(|()| {
             for (sha, assembly) in wanted {
@@ -531,12 +568,34 @@ impl Deployer {
         placed.map(|()| staged)
     }
 
+    /// Subscribes to the next blocks of chunks until [`WINDOW_BLOCKS`] are open.
+    async fn fill(&self, window: &mut Window) {
+        while window.open.len() < WINDOW_BLOCKS {
+            let Some((sha, block)) = window.queue.pop_front() else {
+                return;
+            };
+            let filter = deployment::block_filter(&self.prefix, &self.group, &sha, block);
+            // Kept in `filters`: subscribed again on a new connection.
+            lock(&self.filters).insert(filter.clone());
+            let _ = self.client.subscribe(filter, QoS::AtLeastOnce).await;
+            window.open.push((sha, block));
+        }
+    }
+
+    /// Unsubscribes from a block of chunks.
+    async fn close(&self, sha: &str, block: usize) {
+        let filter = deployment::block_filter(&self.prefix, &self.group, sha, block);
+        lock(&self.filters).remove(&filter);
+        let _ = self.client.unsubscribe(filter).await;
+    }
+
     /// Takes chunks until every module of `wanted` is whole, one is tampered, or the
-    /// download times out.
+    /// download times out; moves the window on as blocks come in whole.
     async fn receive(
         &mut self,
         doc: &Document,
         wanted: &mut BTreeMap<String, Assembly>,
+        window: &mut Window,
         parts: &BTreeMap<String, (PathBuf, std::fs::File)>,
         rx: &mut mpsc::Receiver<(String, Bytes)>,
         stop: &CancellationToken,
@@ -552,7 +611,6 @@ impl Deployer {
         // Reported at once, then at most once a second.
         let mut last_report: Option<Instant> = None;
         let doc_topic = deployment::document_topic(&self.prefix, &self.group);
-        let module_prefix = format!("{}/fleet/{}/module/", self.prefix, self.group);
         while !wanted.values().all(Assembly::complete) {
             if last_report.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_report = Some(Instant::now());
@@ -594,13 +652,12 @@ impl Deployer {
             if payload.is_empty() {
                 continue;
             }
-            let Some((sha, index)) = topic
-                .strip_prefix(&module_prefix)
-                .and_then(|rest| rest.split_once('/'))
+            let Some((sha, index)) =
+                deployment::parse_chunk_topic(&self.prefix, &self.group, &topic)
             else {
                 continue;
             };
-            let (Some(assembly), Ok(index)) = (wanted.get_mut(sha), index.parse::<usize>()) else {
+            let Some(assembly) = wanted.get_mut(sha) else {
                 continue;
             };
             if let Some(offset) = assembly.add(index, &payload)?
@@ -609,6 +666,17 @@ impl Deployer {
                 use std::os::unix::fs::FileExt as _;
                 file.write_all_at(&payload, offset)
                     .map_err(|e| storage(assembly.name(), &e))?;
+            }
+            let block = index / deployment::CHUNKS_PER_BLOCK;
+            if assembly.has_block(block)
+                && let Some(i) = window
+                    .open
+                    .iter()
+                    .position(|(s, b)| s == sha && *b == block)
+            {
+                let (sha, block) = window.open.swap_remove(i);
+                self.close(&sha, block).await;
+                self.fill(window).await;
             }
         }
         Ok(())

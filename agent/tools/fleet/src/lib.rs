@@ -166,6 +166,10 @@ pub struct DeployArgs {
     /// Longest wait for `--wait`, in seconds.
     #[arg(long, default_value_t = 60)]
     pub wait_secs: u64,
+    /// The largest MQTT packet the agents take (their `broker.max_packet_bytes`): a chunk
+    /// or a document that does not fit is refused here, before anything is published.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    pub max_packet_bytes: usize,
 }
 
 /// A directory read for deployment: its functions and modules.
@@ -298,8 +302,35 @@ pub fn deploy(args: &DeployArgs) -> Result<(), FleetError> {
     if args.chunk_bytes == 0 {
         return Err(FleetError::Usage("--chunk-bytes must be at least 1".into()));
     }
+    if args.chunk_bytes + deployment::CHUNK_OVERHEAD_BYTES > args.max_packet_bytes {
+        return Err(FleetError::Usage(format!(
+            "--chunk-bytes {} does not fit the agents' packets (--max-packet-bytes {}, less {} for the topic)",
+            args.chunk_bytes,
+            args.max_packet_bytes,
+            deployment::CHUNK_OVERHEAD_BYTES
+        )));
+    }
     edge_agent::topic::validate_name(&deployment::document_topic(&args.prefix, &args.group))
         .map_err(|e| FleetError::Usage(format!("--group/--prefix: {e}")))?;
+    // The document names every chunk's SHA-256 (67 bytes each): with small chunks and big
+    // modules it outgrows a packet, and no agent could read it. Measured with the longest
+    // version there is, before anything is published.
+    let (probe, document) = seal(
+        &bundle,
+        &args.group,
+        u64::MAX,
+        args.chunk_bytes,
+        args.modules_at.as_deref(),
+        &key,
+    );
+    let size = serde_json::to_vec(&probe).map_or(0, |b| b.len());
+    if size + deployment::CHUNK_OVERHEAD_BYTES > args.max_packet_bytes {
+        let chunks: usize = document.modules.values().map(|m| m.chunks.len()).sum();
+        return Err(FleetError::Usage(format!(
+            "the signed document would be {size} bytes ({chunks} chunks, each named by its sha256), more than the agents' packets take (--max-packet-bytes {}): deploy with a larger --chunk-bytes, or raise every agent's broker.max_packet_bytes and pass it here",
+            args.max_packet_bytes
+        )));
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -362,6 +393,7 @@ async fn publish(
         args.modules_at.as_deref(),
         key,
     );
+    let body = serde_json::to_vec(&envelope).unwrap_or_default();
     let mut messages = 0usize;
     for (name, bytes) in &bundle.modules {
         let m = &document.modules[name];
@@ -392,7 +424,6 @@ async fn publish(
         );
     }
     // The document last: an agent that reads it finds every chunk already retained.
-    let body = serde_json::to_vec(&envelope).unwrap_or_default();
     send(
         &client,
         &mut eventloop,
