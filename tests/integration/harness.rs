@@ -366,10 +366,14 @@ impl Agent {
 
     pub async fn try_start_in(dir: tempfile::TempDir, config: &str) -> Result<Self, AgentError> {
         let (running, dir) = Self::launch(dir, config).await?;
-        let ready = tokio::time::timeout(WAIT, running.ready())
-            .await
-            .expect("agent ready in time")
-            .expect("connection task alive");
+        let ready = match tokio::time::timeout(WAIT, running.ready()).await {
+            Ok(r) => r.expect("connection task alive"),
+            // Which connection did not get there, and how far it got.
+            Err(_) => panic!(
+                "agent not connected and subscribed within {WAIT:?}: {:?}",
+                running.links().borrow().links
+            ),
+        };
         Ok(Self {
             running: Some(running),
             port: ready.broker.port,
