@@ -611,30 +611,16 @@ fn deploy_names_a_bad_directory_or_key_with_exit_64() {
     std::fs::remove_file(&k).expect("remove the key");
     let (_, out) = run(&["keygen", &k]);
     std::fs::write(dir.path().join("missing.wasm"), vec![0u8; 40_000]).expect("module");
-    let (code, err) = run(&[
-        "deploy",
-        "-g",
-        "g",
-        "-k",
-        &k,
-        "--chunk-bytes",
-        "2000000",
-        &d,
-    ]);
+    let deploy_with = |extra: &[&str]| {
+        let mut args = vec!["deploy", "-g", "g", "-k", &k];
+        args.extend_from_slice(extra);
+        args.push(&d);
+        run(&args)
+    };
+    let (code, err) = deploy_with(&["--chunk-bytes", "2000000"]);
     assert_eq!(code, Some(64), "{out}{err}");
     assert!(err.contains("--chunk-bytes 2000000 does not fit"), "{err}");
-    let (code, err) = run(&[
-        "deploy",
-        "-g",
-        "g",
-        "-k",
-        &k,
-        "--chunk-bytes",
-        "1",
-        "--max-packet-bytes",
-        "1000000",
-        &d,
-    ]);
+    let (code, err) = deploy_with(&["--chunk-bytes", "1", "--max-packet-bytes", "1000000"]);
     assert_eq!(code, Some(64), "{err}");
     assert!(
         err.contains("(40000 chunks, each named by its sha256)")

@@ -135,48 +135,18 @@ pub struct Tls {
 
 impl Mosquitto {
     pub fn start() -> Self {
-        loop {
-            if let Some(m) = Self::launch(
-                broker_port(),
-                tempfile::tempdir().expect("tempdir"),
-                false,
-                None,
-                "",
-            ) {
-                return m;
-            }
-        }
+        Self::on_a_free_port(false, None, "")
     }
 
     /// A broker with `conf` added to its configuration (later lines win: `max_queued_messages
     /// 1000` gives Mosquitto's default queue back).
     pub fn start_with(conf: &str) -> Self {
-        loop {
-            if let Some(m) = Self::launch(
-                broker_port(),
-                tempfile::tempdir().expect("tempdir"),
-                false,
-                None,
-                conf,
-            ) {
-                return m;
-            }
-        }
+        Self::on_a_free_port(false, None, conf)
     }
 
     /// A broker that saves sessions and queued messages to disk when stopped.
     pub fn start_persistent() -> Self {
-        loop {
-            if let Some(m) = Self::launch(
-                broker_port(),
-                tempfile::tempdir().expect("tempdir"),
-                true,
-                None,
-                "",
-            ) {
-                return m;
-            }
-        }
+        Self::on_a_free_port(true, None, "")
     }
 
     /// Starts a persistent broker again from the directory [`Mosquitto::stop`] returned.
@@ -192,14 +162,15 @@ impl Mosquitto {
 
     /// A broker with a plain listener (`port`) and a TLS one (`tls_port`).
     pub fn start_tls(tls: &Tls) -> Self {
+        Self::on_a_free_port(false, Some(tls), "")
+    }
+
+    /// Launches on new ports until the broker listens.
+    fn on_a_free_port(persistent: bool, tls: Option<&Tls>, conf: &str) -> Self {
         loop {
-            if let Some(m) = Self::launch(
-                broker_port(),
-                tempfile::tempdir().expect("tempdir"),
-                false,
-                Some((broker_port(), tls)),
-                "",
-            ) {
+            let dir = tempfile::tempdir().expect("tempdir");
+            let tls = tls.map(|t| (broker_port(), t));
+            if let Some(m) = Self::launch(broker_port(), dir, persistent, tls, conf) {
                 return m;
             }
         }
