@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A CPU flame graph of the agent handling a burst of the `threshold-alert` job (or, with
-# JOB=counter, of the stateful `counter`).
+# JOB=counter, of the stateful `counter`; with JOB=echo, of the stateless `echo`), or,
+# with RATE=N, the same events paced at N a second (the moderate rates of issue 25).
 #
-# Usage: tests/bench/flamegraph.sh AGENT_BINARY MODE OUT.svg [EVENTS] [QOS]
+# Usage: [JOB=threshold|counter|echo] [RATE=N] tests/bench/flamegraph.sh AGENT_BINARY MODE OUT.svg [EVENTS] [QOS]
 #   AGENT_BINARY  an agent built with symbols, e.g.
 #                 CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR=target-prof \
 #                     cargo build --release -p edge-agent
@@ -14,7 +15,9 @@
 # Needs perf (Debian: linux-perf) and inferno (cargo install inferno). Starts Mosquitto on
 # a free port, the agent with one `threshold-alert` function, records the agent process
 # with `perf record --call-graph dwarf` from the first event to the last output, and
-# folds the stacks into OUT.svg (and OUT.folded next to it, for diffs).
+# folds the stacks into OUT.svg (and OUT.folded next to it, for diffs). With RATE, it also
+# prints what the agent did per event meanwhile: context switches (perf's software
+# counters, summed over its threads) and CPU time.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="${1:?agent binary}"
@@ -27,7 +30,8 @@ case $job in
     threshold) module=threshold-alert filter='sensors/+/temperature' out_filter='alerts/#'
         cfg=$'threshold = "30"\nalert_topic = "alerts/{1..}"' ;;
     counter) module=counter filter='sensors/#' out_filter='counts/#' cfg='out_topic = "counts/{1..}"' ;;
-    *) echo "error: JOB is threshold or counter" >&2; exit 64 ;;
+    echo) module=echo filter='sensors/#' out_filter='echoed/#' cfg='out_topic = "echoed/{topic}"' ;;
+    *) echo "error: JOB is threshold, counter or echo" >&2; exit 64 ;;
 esac
 for c in perf inferno-collapse-perf inferno-flamegraph mosquitto mosquitto_sub; do
     command -v "$c" >/dev/null || { echo "error: $c not found" >&2; exit 1; }
@@ -64,18 +68,48 @@ timeout 30 mosquitto_sub -p "$port" -t "edge-agent/flame-$$/status" -C 1 >/dev/n
 mosquitto_sub -p "$port" -q "$qos" -t "$out_filter" -C "$events" -W 120 >/dev/null &
 sub=$!
 pids+=("$sub")
+rate="${RATE:-}"
 perf record -q -F 999 --call-graph dwarf,16384 -p "$agent" -o "$work/perf.data" 2>/dev/null &
 perf_pid=$!
+if [[ -n $rate ]]; then
+    perf stat -e context-switches,cpu-migrations,task-clock -p "$agent" -o "$work/stat.txt" 2>/dev/null &
+    stat_pid=$!
+fi
+# switches THREAD...: each thread's name and voluntary + involuntary context switches.
+switches() {
+    for t in /proc/"$agent"/task/*; do
+        printf '%s %s\n' "$(tr ' ' _ <"$t/comm")" \
+            "$(awk '/ctxt_switches/ { s += $2 } END { print s }' "$t/status")"
+    done | sort
+}
 sleep 0.5
+switches >"$work/switches0"
+ticks0=$(awk '{ print $14 + $15 }' "/proc/$agent/stat")
 for i in 1 2 3 4; do
+    pace=()
+    [[ -n $rate ]] && pace=(--rate "$(((rate + 3) / 4))")
     "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "sensors/s$i/temperature" \
-        --payload '{"value": 31.5}' --count "$((events / 4))" --qos "$qos" >/dev/null 2>&1 &
+        --payload '{"value": 31.5}' --count "$((events / 4))" --qos "$qos" "${pace[@]}" >/dev/null 2>&1 &
     pids+=($!)
 done
 wait "$sub" || true
+switches >"$work/switches1"
+ticks1=$(awk '{ print $14 + $15 }' "/proc/$agent/stat")
 kill -INT "$perf_pid"
 wait "$perf_pid" || true
+if [[ -n $rate ]]; then
+    kill -INT "$stat_pid"
+    wait "$stat_pid" || true
+    hz=$(getconf CLK_TCK)
+    awk -v n="$events" -v t="$((ticks1 - ticks0))" -v hz="$hz" '
+        /context-switches|cpu-migrations/ { gsub(",", "", $1); printf "%s per event: %.2f\n", $2, $1 / n }
+        END { printf "CPU per event: %.0f µs (user+system ticks, perf running alongside)\n", t / hz * 1e6 / n }' "$work/stat.txt"
+    echo "context switches per event, by thread (threads of the same name summed):"
+    join -a 2 -e 0 -o 2.1,1.2,2.2 <(awk '{ s[$1] += $2 } END { for (k in s) print k, s[k] }' "$work/switches0" | sort) \
+        <(awk '{ s[$1] += $2 } END { for (k in s) print k, s[k] }' "$work/switches1" | sort) |
+        awk -v n="$events" '$3 > $2 { printf "  %-20s %.2f\n", $1, ($3 - $2) / n }'
+fi
 perf script -i "$work/perf.data" 2>/dev/null | inferno-collapse-perf >"${out%.svg}.folded"
-inferno-flamegraph --title "edge-agent, $mode, $module, $events events at QoS $qos" \
+inferno-flamegraph --title "edge-agent, $mode, $module, $events events at QoS $qos${rate:+, $rate/s}" \
     <"${out%.svg}.folded" >"$out"
 echo "$out"
