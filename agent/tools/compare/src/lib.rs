@@ -458,16 +458,21 @@ impl ModelRun {
 
     /// Prices every window, with the estimates per rate; the fitting is [`judge`]'s.
     fn price(&mut self, power: &PowerProfile, prices: &Prices) -> verdict::Priced {
-        // Auto runs persistent while events come, by its defaults: billed as reserved.
+        // Auto's windows carry the model it was in, and are billed as that model is
+        // (reserved in a report from before they did: it ran persistent while events came).
         let billing = if self.model == Model::Persistent.name() || self.model == Model::Auto.name()
         {
             Billing::Reserved
         } else {
             Billing::ByUse
         };
-        self.billing = match billing {
-            Billing::ByUse => "by-use",
-            Billing::Reserved => "reserved",
+        self.billing = if self.model == Model::Auto.name() {
+            "reserved while persistent, by use while on demand"
+        } else {
+            match billing {
+                Billing::ByUse => "by-use",
+                Billing::Reserved => "reserved",
+            }
         }
         .into();
         let pricing = verdict::Pricing {
@@ -532,8 +537,8 @@ pub struct FunctionReport {
 }
 
 /// What auto cost against the fixed models at one rate, for one kind of cost (per hour,
-/// from each model's fitted line). Auto is billed as reserved, as persistent is (with its
-/// defaults it is persistent while events come).
+/// from each model's fitted line). Auto is billed as the model it was in: reserved while
+/// persistent, by use while on demand (before its first event, say).
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 pub struct AutoCost {
     /// `cpu`, `memory`, `energy` or `money`.
@@ -1403,7 +1408,15 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         stop_sampling.clone(),
     ));
     tokio::time::sleep(Duration::from_secs_f64(idle_secs)).await;
-    let mut spans = vec![(0.0, 0.0, 0.0, t0.elapsed().as_secs_f64())];
+    // Auto starts on demand and stays so until events come: its idle is billed by use.
+    let auto = model == Model::Auto;
+    let mut spans = vec![(
+        0.0,
+        0.0,
+        0.0,
+        t0.elapsed().as_secs_f64(),
+        auto.then_some(false),
+    )];
     progress.step();
     let mut outputs = measure::subscribe(broker, &format!("{id}-out"), &f.output_filter).await?;
     let mut stats = measure::subscribe(
@@ -1453,7 +1466,16 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         };
         let end = t0.elapsed().as_secs_f64();
         let seconds = end - start;
-        spans.push((phase.rate, n as f64 / seconds.max(1e-3), start, end));
+        // The model auto was in: its last report's (one a second), near the phase's end.
+        own.drain(&mut stats)?;
+        let persistent = own.auto_model.as_deref().map(|m| m == "persistent");
+        spans.push((
+            phase.rate,
+            n as f64 / seconds.max(1e-3),
+            start,
+            end,
+            persistent,
+        ));
         run.phases.push(RoundPhase {
             pattern: phase.label.clone(),
             rate: phase.rate,
@@ -1478,7 +1500,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
     run.peak_rss_bytes = edge_agent::clock::process_status_bytes(pid, "VmHWM").unwrap_or(0);
     stop_sampling.cancel();
     let samples = sampler.await.unwrap_or_default();
-    for (rate, events_per_second, from, to) in spans {
+    for (rate, events_per_second, from, to, persistent) in spans {
         run.windows
             .extend(measure::windows(&samples, from, to, 1.0).into_iter().map(
                 |(seconds, cpu, rss)| Window {
@@ -1488,6 +1510,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
                     seconds,
                     cpu_seconds_per_hour: cpu,
                     rss_bytes: rss,
+                    persistent,
                 },
             ));
     }
@@ -1517,6 +1540,8 @@ struct AgentStats {
     load_p50_us: u64,
     queue_p50_us: u64,
     commit_p50_us: u64,
+    /// `mode = "auto"`: the model in force at the last report.
+    auto_model: Option<String>,
 }
 
 impl AgentStats {
@@ -1537,27 +1562,48 @@ impl AgentStats {
             let Ok(Some((_, body))) = tokio::time::timeout_at(deadline, stats.recv()).await else {
                 return Ok(());
             };
-            let report = StatsReport::from_bytes(&body).map_err(MeasureError::Stats)?;
-            let Some(f) = report.functions.first().map(|f| &f.totals) else {
-                continue;
-            };
-            if f.succeeded > self.succeeded {
+            if self.read(&body)? {
                 deadline = tokio::time::Instant::now() + quiet;
             }
-            *self = Self {
-                succeeded: f.succeeded,
-                end_to_end_p50_us: f.end_to_end_us.p50,
-                instantiate_p50_us: f.instantiate_us.p50,
-                execute_p50_us: f.execute_us.p50,
-                call_cpu_p50_us: f.cpu_us.p50,
-                instance_memory_bytes: f.peak_memory_bytes as u64,
-                full_cold_starts: f.load_us.count,
-                load_p50_us: f.load_us.p50,
-                queue_p50_us: f.queue_us.p50,
-                commit_p50_us: f.commit_us.p50,
-            };
         }
         Ok(())
+    }
+
+    /// Reads the reports that have come, without waiting.
+    ///
+    /// # Errors
+    /// As [`AgentStats::wait_for`].
+    fn drain(
+        &mut self,
+        stats: &mut tokio::sync::mpsc::UnboundedReceiver<(std::time::Instant, Vec<u8>)>,
+    ) -> Result<(), MeasureError> {
+        while let Ok((_, body)) = stats.try_recv() {
+            self.read(&body)?;
+        }
+        Ok(())
+    }
+
+    /// Takes one report's figures; whether the agent had handled more events.
+    fn read(&mut self, body: &[u8]) -> Result<bool, MeasureError> {
+        let report = StatsReport::from_bytes(body).map_err(MeasureError::Stats)?;
+        let Some(f) = report.functions.first().map(|f| &f.totals) else {
+            return Ok(false);
+        };
+        let progress = f.succeeded > self.succeeded;
+        *self = Self {
+            succeeded: f.succeeded,
+            end_to_end_p50_us: f.end_to_end_us.p50,
+            instantiate_p50_us: f.instantiate_us.p50,
+            execute_p50_us: f.execute_us.p50,
+            call_cpu_p50_us: f.cpu_us.p50,
+            instance_memory_bytes: f.peak_memory_bytes as u64,
+            full_cold_starts: f.load_us.count,
+            load_p50_us: f.load_us.p50,
+            queue_p50_us: f.queue_us.p50,
+            commit_p50_us: f.commit_us.p50,
+            auto_model: f.auto.as_ref().map(|a| a.model.clone()),
+        };
+        Ok(progress)
     }
 }
 

@@ -139,6 +139,10 @@ pub struct Window {
     pub cpu_seconds_per_hour: f64,
     /// Its mean resident memory over the window, bytes.
     pub rss_bytes: f64,
+    /// `mode = "auto"` only: whether it was persistent in this window (billed as
+    /// reserved) or on demand (billed by use). Absent for the fixed models.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub persistent: Option<bool>,
 }
 
 /// A reading of the agent process: when, its resident memory, and its CPU so far.

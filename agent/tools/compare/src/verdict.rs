@@ -27,7 +27,7 @@ pub struct Priced {
 
 /// What the pricing needs besides the windows.
 pub struct Pricing<'a> {
-    /// How the model is billed.
+    /// How the model is billed (auto's windows say which model they were in).
     pub billing: Billing,
     /// Linear memory one call holds, bytes (by use).
     pub call_memory_bytes: f64,
@@ -51,7 +51,13 @@ impl Priced {
                 call_memory_bytes: pricing.call_memory_bytes,
                 call_seconds: pricing.call_seconds,
             };
-            let c = Costs::of(usage, pricing.power, pricing.prices, pricing.billing);
+            // Auto is billed as the model it was in: reserved only while persistent.
+            let billing = match w.persistent {
+                Some(true) => Billing::Reserved,
+                Some(false) => Billing::ByUse,
+                None => pricing.billing,
+            };
+            let c = Costs::of(usage, pricing.power, pricing.prices, billing);
             match strata.iter_mut().find(|(r, _)| *r == w.rate) {
                 Some((_, v)) => v.push((w.round, c)),
                 None => strata.push((w.rate, vec![(w.round, c)])),
@@ -470,6 +476,7 @@ mod tests {
             seconds: 1.0,
             cpu_seconds_per_hour: cpu,
             rss_bytes: rss,
+            persistent: None,
         }
     }
 
@@ -504,6 +511,50 @@ mod tests {
         let mut boot = Bootstrap::default();
         let draws = draw_rounds(priced.rounds(), &mut boot);
         priced.fits(&draws, &mut boot)
+    }
+
+    #[test]
+    fn auto_is_billed_as_the_model_it_was_in() {
+        let power = crate::cost::power_profile(Some("pi4")).unwrap_or_else(|e| panic!("{e}"));
+        let prices = Prices::default();
+        // The model's default billing is the other one each time: the window decides.
+        let pricing = |billing| Pricing {
+            billing,
+            call_memory_bytes: 1.1e6,
+            call_seconds: 1e-4,
+            power: &power,
+            prices: &prices,
+        };
+        // Idle on demand (before its first event), then persistent at 10 events/s.
+        let mut idle = window(0, 0.0, 3.6, 20e6);
+        idle.persistent = Some(false);
+        let mut busy = window(0, 10.0, 20.0, 20e6);
+        busy.persistent = Some(true);
+        let dollars = |w: Window, b| Priced::of(&[w], &pricing(b)).estimates()[0].dollars.median;
+        assert_eq!(
+            dollars(idle, Billing::Reserved),
+            0.0,
+            "on demand and idle: nothing to bill"
+        );
+        let reserved = Costs::of(
+            Usage {
+                rate: 10.0,
+                cpu_seconds_per_hour: 20.0,
+                rss_bytes: 20e6,
+                call_memory_bytes: 1.1e6,
+                call_seconds: 1e-4,
+            },
+            &power,
+            &prices,
+            Billing::Reserved,
+        )
+        .dollars;
+        assert!(reserved > 0.0);
+        assert_eq!(
+            dollars(busy, Billing::ByUse),
+            reserved,
+            "persistent: reserved"
+        );
     }
 
     #[test]
