@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Benchmark: shadows on live traffic (issue 27).
 #
-# Usage: tests/bench/shadow.sh [AGENT_BINARY] [RUNS]
+# Usage: [CASES="1 2 3"] tests/bench/shadow.sh [AGENT_BINARY] [RUNS]
 #   AGENT_BINARY  default target/release/edge-agent
 #   RUNS          runs of each isolation case (default 3; the median is reported)
+#   CASES         which of the cases below to run (default all)
 #
 # Starts Mosquitto (TCP_NODELAY) on a free port and, in turn:
 #
@@ -17,6 +18,9 @@
 #    publish` can, the time until the last output arrives, and the function's end-to-end
 #    p99 from its stats. `publish_rate` is lifted (its default, 1,000 messages/s, would
 #    be the rate measured). Prints the median of RUNS runs of each, and the shadow's counts.
+# 3. The live model comparison. `echo` persistent with an on-demand shadow of itself, then
+#    on demand with a persistent shadow, 1,000 events paced at 100/s: each model's CPU per
+#    event as the function and as the shadow, RUNS times.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 bin="${1:-$root/target/release/edge-agent}"
@@ -60,6 +64,9 @@ report() {
         python3 -c "import json,sys; r=json.load(sys.stdin); print(json.dumps([f for f in r['functions'] if f['function']=='$1'][0]))"
 }
 
+want() { [[ " ${CASES:-1 2 3} " == *" $1 "* ]]; }
+
+if want 1; then
 echo "== 1. mismatch ratio: 10,000 events, version 2 differs on 10% by design"
 start "[[function]]
 name = \"alert\"
@@ -89,6 +96,9 @@ print(f\"compared {s['matches']+s['mismatches']}, mismatches {s['mismatches']} (
       f\"ratio {s['mismatch_ratio']*100:.2f}% against {$by_design/100:.2f}%; skipped {s['skipped']}\")"
 stop
 
+fi
+
+if want 2; then
 echo "== 2. isolation: echo's rate and p99 alone and beside a hostile shadow (median of $runs)"
 n=20000
 # case NAME PAYLOAD SHADOW_TOML
@@ -134,3 +144,43 @@ config = { out_topic = \"out\" }"
 case_run "shadow runs to its timeout (200 ms) on every event" "loop" "[function.shadow]
 module = \"$root/modules/dist/misbehave.wasm\"
 config = { out_topic = \"out\" }"
+
+fi
+
+if want 3; then
+echo "== 3. the live model comparison: echo in one model, its shadow the same module in the other"
+# Paced at 100 events/s, 1,000 events. Each side's CPU per event (call CPU, instantiation
+# included, as the agent measures it for a function and `compare` reads it) as the
+# primary and as the shadow: the shadow's figure for a model should agree with the
+# primary's figure for the same model, measured in the other run.
+live_run() { # PRIMARY_MODE SHADOW_MODE: prints "primary_cpu shadow_cpu"
+    start "[[function]]
+name = \"e\"
+module = \"$root/modules/dist/echo.wasm\"
+mode = \"$1\"
+topics = [\"in\"]
+[function.config]
+out_topic = \"out\"
+[function.shadow]
+mode = \"$2\""
+    "$bin" publish --broker "mqtt://127.0.0.1:$port" -t in -n 1000 --rate 100 --payload '{"v": 1}' -q 1 >/dev/null 2>&1
+    local r
+    for _ in $(seq 1 20); do
+        r=$(report e)
+        [[ $(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["shadow"]["shadow"]["events"])' "$r") -ge 1000 ]] && break
+    done
+    python3 -c '
+import json,sys
+s=json.loads(sys.argv[1])["shadow"]
+print("%.1f %.1f %d" % (s["primary"]["cpu_us_per_event"], s["shadow"]["cpu_us_per_event"], s["skipped"]))' "$r"
+    stop
+}
+for r in $(seq 1 "$runs"); do
+    read -r pp so skip1 < <(live_run persistent on-demand)
+    read -r po sp skip2 < <(live_run on-demand persistent)
+    python3 -c "
+pp,so,po,sp=$pp,$so,$po,$sp
+print(f'run $r: on demand {po:.1f} µs as the function, {so:.1f} as the shadow ({(so-po)/po*100:+.0f}%); '
+      f'persistent {pp:.1f} as the function, {sp:.1f} as the shadow ({(sp-pp)/pp*100:+.0f}%); skipped $skip1, $skip2')"
+done
+fi
