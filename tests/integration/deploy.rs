@@ -569,6 +569,77 @@ async fn a_deployment_that_meets_a_full_disk_is_taken_once_there_is_room() {
     drop(disk);
 }
 
+/// The agent's connections go silent (a proxy stops all traffic, the sockets stay open) as
+/// a download starts (at its first progress report, with its chunks' subscription on its
+/// way), for longer than the keep-alive: it notices, reconnects once the path is back,
+/// takes the chunks from their retained topics, and applies the deployment. (A download
+/// of these chunks takes under a second here, less than the progress reports' spacing,
+/// so the cut cannot be placed later by watching them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_met_by_a_silent_partition_is_applied_once_the_path_is_back() {
+    let broker = Mosquitto::start();
+    let proxy = Proxy::start(broker.port).await;
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path(), "ops.key");
+    let config = member(&broker, &unique("silent"), &public).replace(
+        &format!("url = \"{}\"\n", broker.url()),
+        &format!(
+            "url = \"mqtt://127.0.0.1:{}\"\nkeep_alive_secs = 5\n",
+            proxy.port
+        ),
+    );
+    assert!(config.contains("keep_alive_secs"), "{config}");
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(broker.port, &["edge-agent/+/deployment", "out"]).await;
+    let b = bundle(
+        keys.path(),
+        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
+         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
+        &["misbehave"],
+    );
+    // About 5,000 chunks, in blocks.
+    succeeded(&deploy(&broker, &key, &b, &["--chunk-bytes", "25"]));
+    reports(&mut c, 1, DeploymentState::Downloading, "").await;
+    proxy.pause(true);
+    // Mosquitto drops a client after 1.5 keep-alives of silence; the agent gives up on
+    // its connections after a keep-alive without a ping answered.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    proxy.pause(false);
+    let healed = Instant::now();
+    // Still downloading once the path is back, then applied.
+    let mut resumed = None;
+    let applied = loop {
+        let m = c.recv().await;
+        if !m.topic.ends_with("/deployment") {
+            continue;
+        }
+        let r: DeploymentReport = m.message();
+        match r.state {
+            DeploymentState::Downloading => resumed = resumed.or(r.chunks),
+            DeploymentState::Applied if !r.probation && r.version == Some(1) => break r,
+            DeploymentState::Refused | DeploymentState::RolledBack => panic!("{r:?}"),
+            _ => {}
+        }
+    };
+    let [have, want] = resumed.expect("a downloading report after the partition");
+    assert!(
+        have < want,
+        "{have}/{want}: the download was over before the partition"
+    );
+    eprintln!(
+        "downloading again at {have}/{want} chunks; applied {:?} after the path came back",
+        healed.elapsed()
+    );
+    assert_eq!(applied.version, Some(1));
+    let sha = sha256_of(&guest("misbehave"));
+    assert_eq!(
+        agent.snapshot("f").module_sha256.as_deref(),
+        Some(sha.as_str())
+    );
+    c.publish("in/1", "slow-echo:0:1").await;
+    assert_eq!(c.recv_on("out").await.text(), "1");
+}
+
 #[test]
 fn deploy_names_a_bad_directory_or_key_with_exit_64() {
     let dir = tempfile::tempdir().expect("tempdir");
