@@ -52,6 +52,11 @@ pub struct DeploymentReport {
     pub ts_ms: u64,
 }
 
+/// A `downloading` report with chunks older than this says the download has stalled:
+/// while chunks come the agent reports about once a second (ten seconds leave room for the
+/// clocks of the agent and of whoever reads the report to differ).
+pub const STALLED_AFTER_MS: u64 = 10_000;
+
 impl Message for DeploymentReport {
     const TOPIC: &'static str = "deployment";
     const SCHEMA_VERSION: u32 = 1;
@@ -86,5 +91,59 @@ impl DeploymentReport {
             let _ = write!(out, " ({r})");
         }
         out
+    }
+
+    /// [`DeploymentReport::summary`] read at `now_ms` (ms since the Unix epoch): a download
+    /// whose last report is older than [`STALLED_AFTER_MS`] says for how long no chunk
+    /// came: `site/8 downloading 3/10 chunks, in force: 7, no chunk for 40 s`.
+    pub fn summary_at(&self, now_ms: u64) -> String {
+        use std::fmt::Write as _;
+        let mut out = self.summary();
+        let quiet = now_ms.saturating_sub(self.ts_ms);
+        if self.state == DeploymentState::Downloading
+            && self.chunks.is_some()
+            && quiet > STALLED_AFTER_MS
+        {
+            let _ = write!(out, ", no chunk for {} s", quiet / 1000);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_download_with_no_progress_says_for_how_long() {
+        let r = DeploymentReport {
+            schema_version: DeploymentReport::SCHEMA_VERSION,
+            agent: "a".into(),
+            group: "site".into(),
+            version: Some(8),
+            state: DeploymentState::Downloading,
+            reason: None,
+            in_force: Some(7),
+            probation: false,
+            chunks: Some([3, 10]),
+            ts_ms: 1_000_000,
+        };
+        let moving = "site/8 downloading 3/10 chunks, in force: 7";
+        assert_eq!(r.summary_at(1_002_000), moving);
+        assert_eq!(
+            r.summary_at(1_040_000),
+            format!("{moving}, no chunk for 40 s")
+        );
+        // Other states, and a download from a URL (no chunks), say nothing of it.
+        let url = DeploymentReport {
+            chunks: None,
+            ..r.clone()
+        };
+        assert!(!url.summary_at(1_040_000).contains("no chunk"));
+        let applied = DeploymentReport {
+            state: DeploymentState::Applied,
+            ..r
+        };
+        assert!(!applied.summary_at(1_040_000).contains("no chunk"));
     }
 }

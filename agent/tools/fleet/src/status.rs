@@ -145,9 +145,9 @@ pub fn health(s: &Seen) -> String {
     }
 }
 
-/// The deployment column ([`DeploymentReport::summary`]), `-` without one.
-pub fn deployment(d: Option<&DeploymentReport>) -> String {
-    d.map_or_else(|| "-".into(), DeploymentReport::summary)
+/// The deployment column at `now_ms` ([`DeploymentReport::summary_at`]), `-` without one.
+pub fn deployment(d: Option<&DeploymentReport>, now_ms: u64) -> String {
+    d.map_or_else(|| "-".into(), |d| d.summary_at(now_ms))
 }
 
 /// The table `fleet status` prints.
@@ -187,7 +187,7 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
             rate.map_or_else(|| "-".into(), |r| format!("{r:.0}")),
             rss.map_or_else(|| "-".into(), |r| format!("{r:.1}")),
             if stale { "stale".into() } else { health(s) },
-            deployment(s.deployment.as_ref()),
+            deployment(s.deployment.as_ref(), now_ms),
         );
     }
     if agents.is_empty() {

@@ -359,10 +359,9 @@ impl Board {
                     )
                 },
             );
-            let deployment = a
-                .deployment
-                .as_ref()
-                .map_or_else(String::new, |d| format!("  deploy {}", d.summary()));
+            let deployment = a.deployment.as_ref().map_or_else(String::new, |d| {
+                format!("  deploy {}", d.summary_at(edge_agent::clock::now_ms()))
+            });
             let title = format!("{id}  {presence}  {figures}{deployment}");
             let rows = report
                 .into_iter()
