@@ -724,10 +724,10 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
             );
             // Priced: idle, then each rate; each model under its own billing scheme.
             assert_eq!(m.costs.len(), m.phases.len() + 1, "{what}");
-            let billing = if m.model != "persistent" && m.model != "auto" {
-                "by-use"
-            } else {
-                "reserved"
+            let billing = match m.model.as_str() {
+                "persistent" => "reserved",
+                "auto" => "per-window",
+                _ => "by-use",
             };
             assert_eq!(m.billing, billing, "{what}");
             assert!(

@@ -429,7 +429,7 @@ fn charts(reports: &[Report], function: &str) -> Vec<Chart> {
         let mut marks = Vec::new();
         for (label, colour, f, m) in &all {
             series.push(Series {
-                label: format!("{label}, {} (measured)", m.billing),
+                label: format!("{label}, {} (measured)", crate::billing_words(&m.billing)),
                 colour,
                 draw: Draw::Points,
                 points: m

@@ -335,7 +335,8 @@ pub struct ModelRun {
     pub agent_instance_memory_bytes: Estimate,
     /// End-to-end latency of every event of every round, as (quantile, µs) points.
     pub latency_cdf: Vec<(f64, u64)>,
-    /// How the model is billed in [`ModelRun::costs`]: `by-use` or `reserved`.
+    /// How the model is billed in [`ModelRun::costs`]: `by-use`, `reserved`, or
+    /// [`PER_WINDOW`] (auto: each window as the model it was in).
     pub billing: String,
     /// What the model costs per hour idle (rate 0) and at each measured rate.
     pub costs: Vec<CostEstimates>,
@@ -467,7 +468,7 @@ impl ModelRun {
             Billing::ByUse
         };
         self.billing = if self.model == Model::Auto.name() {
-            "reserved while persistent, by use while on demand"
+            PER_WINDOW
         } else {
             match billing {
                 Billing::ByUse => "by-use",
@@ -534,6 +535,19 @@ pub struct FunctionReport {
     /// per kind of cost; empty if a model of the three failed.
     #[serde(default)]
     pub auto: Vec<AutoCost>,
+}
+
+/// [`ModelRun::billing`] of auto: each window billed as the model it was in
+/// ([`Window::persistent`]).
+pub const PER_WINDOW: &str = "per-window";
+
+/// [`ModelRun::billing`] in words, as the text and the page show it.
+pub fn billing_words(billing: &str) -> &str {
+    if billing == PER_WINDOW {
+        "reserved while persistent, by use while on demand"
+    } else {
+        billing
+    }
 }
 
 /// What auto cost against the fixed models at one rate, for one kind of cost (per hour,
@@ -1750,7 +1764,7 @@ pub fn render(report: &Report) -> String {
                 fit.watts.marginal.map(|w| w * 1e3).show(3),
                 fit.dollars.standing.map(|d| d * HOURS_PER_MONTH).show(4),
                 fit.dollars.marginal.map(|d| d * HOURS_PER_MONTH).show(5),
-                m.billing
+                billing_words(&m.billing)
             );
             let _ = writeln!(
                 out,
