@@ -43,6 +43,16 @@ fn bundle(dir: &Path, function: &str, guests_used: &[&str]) -> PathBuf {
     b
 }
 
+/// The deployment most tests make: `f` becomes `misbehave` (shared by `g`, `in/+` to `out`).
+fn misbehave_bundle(dir: &Path) -> PathBuf {
+    bundle(
+        dir,
+        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
+         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
+        &["misbehave"],
+    )
+}
+
 fn deploy(broker: &Mosquitto, key: &Path, bundle: &Path, extra: &[&str]) -> std::process::Output {
     Command::new(agent_bin())
         .args([
@@ -133,12 +143,7 @@ async fn a_signed_deployment_swaps_a_function_on_three_agents_under_a_stream() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (key, public) = keygen(dir.path(), "ops.key");
     let agents = fleet(&broker, &public).await;
-    let b = bundle(
-        dir.path(),
-        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
-         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
-        &["misbehave"],
-    );
+    let b = misbehave_bundle(dir.path());
     let mut out = Client::connect(broker.port, &["out"]).await;
     let producer = Client::connect(broker.port, &[]).await;
     const N: usize = 3000;
@@ -233,12 +238,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         .collect();
     let echo = sha256_of(&guest("echo"));
     let mut c = Client::connect(broker.port, &["edge-agent/+/deployment", "out"]).await;
-    let good = bundle(
-        dir.path(),
-        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
-         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
-        &["misbehave"],
-    );
+    let good = misbehave_bundle(dir.path());
     let unchanged = |what: &str| {
         for (a, before) in agents.iter().zip(&configs) {
             assert_eq!(
@@ -532,12 +532,7 @@ async fn a_deployment_that_meets_a_full_disk_is_taken_once_there_is_room() {
     let agent = Agent::start_in(dir, &config).await;
     let mut c = Client::connect(broker.port, &["edge-agent/+/deployment", "out"]).await;
     let filler = disk.fill();
-    let b = bundle(
-        keys.path(),
-        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
-         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
-        &["misbehave"],
-    );
+    let b = misbehave_bundle(keys.path());
     succeeded(&deploy(&broker, &key, &b, &["--chunk-bytes", "100"]));
     let refused = reports(&mut c, 1, DeploymentState::Refused, "No space left").await;
     let why = refused.values().next().and_then(|r| r.reason.clone());
@@ -591,12 +586,7 @@ async fn a_download_met_by_a_silent_partition_is_applied_once_the_path_is_back()
     assert!(config.contains("keep_alive_secs"), "{config}");
     let agent = Agent::start(&config).await;
     let mut c = Client::connect(broker.port, &["edge-agent/+/deployment", "out"]).await;
-    let b = bundle(
-        keys.path(),
-        "[[function]]\nname = \"f\"\nmodule = \"misbehave.wasm\"\nshare = \"g\"\n\
-         topics = [\"in/+\"]\n[function.config]\nout_topic = \"out\"\n",
-        &["misbehave"],
-    );
+    let b = misbehave_bundle(keys.path());
     // About 5,000 chunks, in blocks.
     succeeded(&deploy(&broker, &key, &b, &["--chunk-bytes", "25"]));
     reports(&mut c, 1, DeploymentState::Downloading, "").await;

@@ -459,23 +459,16 @@ impl ModelRun {
 
     /// Prices every window, with the estimates per rate; the fitting is [`judge`]'s.
     fn price(&mut self, power: &PowerProfile, prices: &Prices) -> verdict::Priced {
-        // Auto's windows carry the model it was in, and are billed as that model is
-        // (reserved in a report from before they did: it ran persistent while events came).
-        let billing = if self.model == Model::Persistent.name() || self.model == Model::Auto.name()
-        {
-            Billing::Reserved
+        // Auto's windows carry the model it was in and are billed as that model is; those
+        // of a report from before they did, as reserved (it ran persistent while events came).
+        let (billing, name) = if self.model == Model::Persistent.name() {
+            (Billing::Reserved, "reserved")
+        } else if self.model == Model::Auto.name() {
+            (Billing::Reserved, PER_WINDOW)
         } else {
-            Billing::ByUse
+            (Billing::ByUse, "by-use")
         };
-        self.billing = if self.model == Model::Auto.name() {
-            PER_WINDOW
-        } else {
-            match billing {
-                Billing::ByUse => "by-use",
-                Billing::Reserved => "reserved",
-            }
-        }
-        .into();
+        self.billing = name.into();
         let pricing = verdict::Pricing {
             billing,
             call_memory_bytes: self.agent_instance_memory_bytes.median,
