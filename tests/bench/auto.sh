@@ -18,23 +18,15 @@
 # (promoted), and the script reports the process's CPU over each (what the controller
 # and the idle checks cost) against an agent with the same function on demand.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:-$root/target/release/edge-agent}"
 steps="${2:-12}"
 rate="${3:-1000}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
 [[ -f "$root/modules/dist/counter.wasm" ]] || "$root/modules/build.sh" >/dev/null
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-port="$(free_port)"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 100\n' "$port" >"$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-pids+=($!)
-sleep 0.3
+start_mosquitto 'set_tcp_nodelay true' 'max_inflight_messages 100'
 
 # agent MODE EXTRA: writes the config and starts the agent; sets $agent to its pid.
 agent() {

@@ -14,25 +14,16 @@
 # event with its number. Reports per run: the time from the start of `deploy` to all three
 # agents applied, events answered (distinct), lost, answered twice, and by which version.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:-$root/target/release/edge-agent}"
 runs="${2:-3}"
 events="${3:-10000}"
 rate="${4:-500}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
 [[ -f "$root/modules/dist/misbehave.wasm" ]] || "$root/modules/build.sh" >/dev/null
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-port="$(free_port)"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" >"$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-pids+=($!)
-disown
-sleep 0.3
+start_mosquitto 'max_queued_messages 0'
 "$bin" keygen "$work/ops.key" >"$work/ops.pub" 2>/dev/null
 times=()
 for run in $(seq 1 "$runs"); do
@@ -73,13 +64,13 @@ topics = ["in/+"]
 out_topic = "out"
 TOML
         "$bin" run --config "$work/r$run/a$i/agent.toml" >>"$work/r$run/a$i/log" 2>&1 &
-        agent_pids+=($!)
-        pids+=($!)
+        agent_pids+=("$!")
+        pids+=("$!")
         mosquitto_sub -p "$port" -t "edge-agent/deploy-$run-$i/status" -C 1 -W 30 >/dev/null
     done
     mosquitto_sub -p "$port" -t out -q 1 >"$work/r$run/out" &
     sub=$!
-    pids+=($sub)
+    pids+=("$sub")
     sleep 0.5
     "$bin" publish --broker "mqtt://127.0.0.1:$port" -t in/a -n "$events" --rate "$rate" \
         --payload 'slow-echo:0:{seq}' -q 1 2>/dev/null &

@@ -37,7 +37,7 @@ echo "Machine: $(nproc) CPUs, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -
 run 10 a_broker_restart_with_persistence_counts_every_event_once
 run 10 kill_9_mid_stream_counts_every_event_once
 run 5 a_power_cut_mid_stream_loses_nothing_acknowledged_and_counts_once
-for i in $(seq 1 "$runs"); do
+for _ in $(seq 1 "$runs"); do
     run 1 a_broker_restart_loses_no_stateless_event
     grep -E 'handled twice across' "$log" | sed 's/^/    /'
 done

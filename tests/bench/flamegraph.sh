@@ -19,7 +19,8 @@
 # prints what the agent did per event meanwhile: context switches (perf's software
 # counters, summed over its threads) and CPU time.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:?agent binary}"
 mode="${2:?persistent or on-demand}"
 out="${3:?output .svg}"
@@ -36,15 +37,7 @@ esac
 for c in perf inferno-collapse-perf inferno-flamegraph mosquitto mosquitto_sub; do
     command -v "$c" >/dev/null || { echo "error: $c not found" >&2; exit 1; }
 done
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" >"$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-pids+=($!)
-sleep 0.3
+start_mosquitto 'max_queued_messages 0'
 cat >"$work/agent.toml" <<TOML
 [agent]
 id = "flame-$$"
@@ -90,7 +83,7 @@ for i in 1 2 3 4; do
     [[ -n $rate ]] && pace=(--rate "$(((rate + 3) / 4))")
     "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "sensors/s$i/temperature" \
         --payload '{"value": 31.5}' --count "$((events / 4))" --qos "$qos" "${pace[@]}" >/dev/null 2>&1 &
-    pids+=($!)
+    pids+=("$!")
 done
 wait "$sub" || true
 switches >"$work/switches1"

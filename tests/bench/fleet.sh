@@ -14,18 +14,14 @@
 # longest time an event waited from publish to output (what the dead member's share
 # waited).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:-$root/target/release/edge-agent}"
 events="${2:-30000}"
 rate="${3:-500}"
 down="${4:-5}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
 [[ -f "$root/modules/dist/echo.wasm" ]] || "$root/modules/build.sh" >/dev/null
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill -9 "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 # member I PORT EMBEDDED: writes agent I's config and starts it; its pid in agent_pid[I].
 declare -A agent_pid
@@ -51,7 +47,7 @@ out_topic = "out"
 TOML
     "$bin" run --config "$work/a$i/agent.toml" >>"$work/a$i/log" 2>&1 &
     agent_pid[$i]=$!
-    pids+=($!)
+    pids+=("$!")
     # (The embedded broker is not listening until its agent has started.)
     for _ in $(seq 1 50); do
         mosquitto_sub -p "$port" -t "edge-agent/fleet-$i/status" -C 1 -W 20 >/dev/null 2>&1 && return
@@ -69,7 +65,7 @@ run() {
     # Output: arrival time and payload "seq publish_ms".
     mosquitto_sub -p "$port" -t out -q 1 -F '%U %p' >"$work/out" &
     local sub=$!
-    pids+=($sub)
+    pids+=("$sub")
     sleep 0.5
     "$bin" publish --broker "mqtt://127.0.0.1:$port" -t in/a -n "$events" --rate "$rate" \
         --payload '{seq} {ts_ms}' -q 1 2>/dev/null &
@@ -112,12 +108,7 @@ PY
     rm -rf "$work"/a*
 }
 
-port="$(free_port)"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" >"$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-mosq=$!
-pids+=($mosq)
-sleep 0.3
+start_mosquitto 'max_queued_messages 0'
 run "Mosquitto 2.0.11" "$port" false
-kill "$mosq"
+kill "$mosquitto_pid"
 run "embedded broker (rumqttd 0.20)" "$(free_port)" true

@@ -15,7 +15,9 @@
 # end-to-end p99 per second, medians over each phase. At the end: counter's count against
 # the events sent to it, and the dead letters (there must be none).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+bench_cleanup() { umount "$work/data" 2>/dev/null || true; }
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 rate="${1:-300}"
 secs="${2:-20}"
 runs="${3:-3}"
@@ -23,24 +25,11 @@ bin="${4:-$root/target/release/edge-agent}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
 [[ $(id -u) == 0 ]] || { echo "error: run as root (it mounts a tmpfs)" >&2; exit 1; }
 [[ -f "$root/modules/dist/echo.wasm" ]] || "$root/modules/build.sh" >/dev/null
-work="$(mktemp -d)"
-pids=()
-cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-    wait 2>/dev/null || true
-    umount "$work/data" 2>/dev/null || true
-    rm -rf "$work"
-}
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 n=$((rate * secs))
 
 for run in $(seq 1 "$runs"); do
-    port="$(free_port)"
+    start_mosquitto 'max_queued_messages 0'
     url="mqtt://127.0.0.1:$port"
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" >"$work/mosquitto.conf"
-    mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-    pids+=($!)
     mkdir -p "$work/data"
     mount -t tmpfs -o size=128m tmpfs "$work/data"
     cat >"$work/agent.toml" <<TOML
@@ -64,14 +53,13 @@ topics = ["counter/in"]
 [function.config]
 out_topic = "out/counter"
 TOML
-    sleep 0.3
     mosquitto_sub -p "$port" -t edge-agent/fulldisk/stats -F '%p' >>"$work/stats" &
-    pids+=($!)
+    pids+=("$!")
     mosquitto_sub -p "$port" -t edge-agent/fulldisk/dead-letter -F '%p' >"$work/dead" &
-    pids+=($!)
+    pids+=("$!")
     "$bin" run --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
     agent=$!
-    pids+=($agent)
+    pids+=("$agent")
     for _ in $(seq 50); do grep -q '"function"' "$work/stats" 2>/dev/null && break; sleep 0.2; done
     phase() { # NAME: both functions fed at RATE for SECONDS; marks the stats file
         echo "PHASE $1" >>"$work/stats"

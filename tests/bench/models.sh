@@ -15,7 +15,8 @@
 # FUNCTIONS="counter counter-py counter-js" (tests/bench/languages.sh); `.cwasm` beside
 # the agent's config dir are not used: MODULES=DIR takes them from DIR (NAME.cwasm).
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:-$root/target/release/edge-agent}"
 events="${2:-2000}"
 rate="${3:-500}"
@@ -25,19 +26,10 @@ functions="${FUNCTIONS:-echo counter}"
 modules="${MODULES:-}"
 [[ -f "$root/modules/dist/echo.wasm" ]] || "$root/modules/build.sh" >/dev/null
 module() { if [[ -n $modules ]]; then echo "$modules/$1.cwasm"; else echo "$root/modules/dist/$1.wasm"; fi; }
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
 for run in $(seq 1 "$runs"); do
-    port="$(free_port)"
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_inflight_messages 100\n' "$port" >"$work/mosquitto.conf"
-    mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-    pids+=($!)
-    sleep 0.3
+    start_mosquitto 'set_tcp_nodelay true' 'max_inflight_messages 100'
     rm -rf "$work/data"
     cat >"$work/agent.toml" <<TOML
 [agent]
@@ -73,7 +65,7 @@ TOML
         for fn in $functions; do
             "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "bench/$fn-$mode" \
                 --payload '{"seq":{seq},"value":31.5}' --count "$events" --rate "$rate" 2>/dev/null &
-            publishers+=($!)
+            publishers+=("$!")
         done
     done
     wait "${publishers[@]}"

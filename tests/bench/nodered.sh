@@ -20,7 +20,8 @@
 # its CPU per second over 5 s with nothing sent, just before (in 10 ms ticks: a rough
 # figure). Prints a row per run, then the medians and the targets, met or MISSED.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:-$root/target/release/edge-agent}"
 rates="${2:-50 300}"
 secs="${3:-20}"
@@ -38,16 +39,7 @@ if [[ ! -x "$nr_dir/node_modules/.bin/node-red" ]]; then
 fi
 node_red="$nr_dir/node_modules/.bin/node-red"
 
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-port="$(free_port)"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" >"$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-pids+=($!)
-sleep 0.3
+start_mosquitto 'max_queued_messages 0'
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)

@@ -22,22 +22,14 @@
 #    on demand with a persistent shadow, 1,000 events paced at 100/s: each model's CPU per
 #    event as the function and as the shadow, RUNS times.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:-$root/target/release/edge-agent}"
 runs="${2:-3}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
 [[ -f "$root/modules/dist/misbehave.wasm" ]] || "$root/modules/build.sh" >/dev/null
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 
-port="$(free_port)"
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\nmax_queued_messages 100000\n' "$port" >"$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-pids+=($!)
-sleep 0.3
+start_mosquitto 'set_tcp_nodelay true' 'max_queued_messages 100000'
 
 # start FUNCTION_TOML: writes the config and starts the agent; waits until it is online.
 start() {

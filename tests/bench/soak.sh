@@ -12,7 +12,8 @@
 # function that listens to the dead letters and rejects them (no cascade). Healthy traffic:
 # 10 events/s to an echo function, each stamped with its send time.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:-}"
 if [[ -z $bin ]]; then
     bin="$root/target/release/edge-agent"
@@ -21,16 +22,8 @@ fi
 secs="${2:-600}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
 [[ -f "$root/modules/dist/misbehave.wasm" ]] || "$root/modules/build.sh" >/dev/null
-work="$(mktemp -d)"
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
 
-port=$((20000 + RANDOM % 10000))
-printf 'listener %s 127.0.0.1\nallow_anonymous true\nset_tcp_nodelay true\n' "$port" >"$work/mosquitto.conf"
-mosquitto -c "$work/mosquitto.conf" >/dev/null 2>&1 &
-pids+=($!)
-sleep 0.5
+start_mosquitto 'set_tcp_nodelay true'
 m="$root/modules/dist"
 cat >"$work/agent.toml" <<TOML
 [agent]
@@ -75,18 +68,18 @@ out_topic = "out/reader"
 TOML
 "$bin" run --config "$work/agent.toml" >"$work/agent.log" 2>&1 &
 agent=$!
-pids+=($agent)
+pids+=("$agent")
 sleep 2
 
 # Healthy replies, stamped with their arrival time (ms).
 mosquitto_sub -p "$port" -t out/healthy | while read -r sent; do
     echo "$(date +%s%3N) $sent"
 done >"$work/replies" &
-pids+=($!)
+pids+=("$!")
 "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic healthy/in --payload '{ts_ms}' \
     --count $((secs * 10)) --rate 10 --qos 1 >/dev/null 2>&1 &
 healthy=$!
-pids+=($healthy)
+pids+=("$healthy")
 
 head -c 819200 /dev/zero | tr '\0' x >"$work/big"
 cmds=(loop alloc:100 err-big:1048576 log-many:200:100000 state-fill:10000:65536
@@ -106,7 +99,7 @@ cmds=(loop alloc:100 err-big:1048576 log-many:200:100000 state-fill:10000:65536
         sleep 0.1
     done
 ) &
-pids+=($!)
+pids+=("$!")
 
 rss() { awk '/VmRSS/ {print $2}' "/proc/$agent/status" 2>/dev/null || echo 0; }
 echo "t_s rss_kib healthy_replies agent_log_bytes"

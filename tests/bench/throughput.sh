@@ -44,7 +44,8 @@
 # Prints the machine and a markdown table of medians to stdout; raw per-run figures to
 # stderr as they come.
 set -euo pipefail
-root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+# shellcheck source=lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin="${1:-$root/target/release/edge-agent}"
 events="${2:-20000}"
 runs="${3:-3}"
@@ -64,8 +65,6 @@ done
 for c in mosquitto mosquitto_sub mosquitto_pub python3; do
     command -v "$c" >/dev/null || { echo "error: $c not found" >&2; exit 1; }
 done
-work="$(mktemp -d)"
-pids=()
 # A process is gone once it has exited (a zombie counts as gone).
 alive() { [[ -r /proc/$1/stat ]] && [[ "$(sed 's/.*) //' "/proc/$1/stat" 2>/dev/null | cut -d' ' -f1)" != Z ]]; }
 stop_pids() {
@@ -83,13 +82,8 @@ stop_pids() {
     done
     pids=()
 }
-cleanup() { stop_pids; rm -rf "$work"; }
-trap cleanup EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
-die() { echo "error: $*" >&2; exit 1; }
-
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# At exit, lib.sh kills what is left; stop_pids first lets the agents end their runs.
+bench_cleanup() { stop_pids; }
 now() { date +%s.%N; }
 clk_tck="$(getconf CLK_TCK)"
 # utime + stime of a process, clock ticks (fields 14 and 15 of /proc/PID/stat).
@@ -99,15 +93,8 @@ rss_mb() { awk '/^VmRSS:/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 # A fresh Mosquitto on a free port, with a retained bench/ready that tells a subscriber it
 # is subscribed (it gets the retained message first).
 start_broker() {
-    port="$(free_port)"
-    printf 'listener %s 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n' "$port" >"$work/mosquitto.conf"
-    mosquitto -c "$work/mosquitto.conf" >"$work/mosquitto.log" 2>&1 &
-    pids+=($!)
-    for _ in $(seq 1 50); do
-        mosquitto_pub -h 127.0.0.1 -p "$port" -r -t bench/ready -m ready 2>/dev/null && return 0
-        sleep 0.1
-    done
-    die "mosquitto did not start on port $port: $(cat "$work/mosquitto.log")"
+    start_mosquitto 'max_queued_messages 0'
+    mosquitto_pub -h 127.0.0.1 -p "$port" -r -t bench/ready -m ready
 }
 
 # start_sub FILE COUNT QOS FORMAT WAIT TOPIC...: a background subscriber (pid in sub_pid)
@@ -205,10 +192,10 @@ measure() {
         mkfifo "$work/relay.fifo"
         mosquitto_sub -h 127.0.0.1 -p "$port" -q "$q" -t 'sensors/+/temperature' >"$work/relay.fifo" 2>/dev/null &
         relay_sub=$!
-        pids+=($!)
+        pids+=("$!")
         mosquitto_pub -h 127.0.0.1 -p "$port" -q "$q" -l -t alerts/relay <"$work/relay.fifo" 2>/dev/null &
         relay_pub=$!
-        pids+=($!)
+        pids+=("$!")
         for _ in $(seq 1 200); do alive "$probe" || break; sleep 0.05; done
         grep -q '^alerts/relay' "$work/probe" || die "relay did not pass the probe"
         sleep 0.2 # let the probe settle before the counting subscriber starts
@@ -271,8 +258,8 @@ TOML
             --payload '{"value": 31.5, "seq": {seq}}' --count "$share" --qos "$q")
         [[ -n $rate ]] && args+=(--rate "$rate")
         "$bin" "${args[@]}" >"$work/pub-$i.log" 2>&1 &
-        pubs+=($!)
-        pids+=($!)
+        pubs+=("$!")
+        pids+=("$!")
     done
 
     # Wait: every output, or outputs plus dead letters make COUNT, or no progress for
