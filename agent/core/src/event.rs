@@ -21,6 +21,11 @@ pub struct Ticket {
     pub generation: u64,
     /// Its place in line there.
     pub seq: u64,
+    /// The message's packet id, so that its completion is remembered even after its
+    /// connection is gone.
+    pub pkid: u16,
+    /// Which delivery of it this is ([`Inbound::incarnation`]).
+    pub incarnation: u64,
 }
 
 /// What releases a message's acknowledgement once every function is done with it. The
@@ -265,6 +270,8 @@ mod tests {
         let ticket = Ticket {
             generation: 0,
             seq: 7,
+            pkid: 7,
+            incarnation: 1,
         };
         let d = Delivery::holding(
             2,

@@ -101,8 +101,9 @@ pub struct Snapshot {
     pub succeeded: u64,
     /// Persistent instance restarts.
     pub restarts: u64,
-    /// Redelivered messages whose effects were already in the store: answered from their
-    /// receipt, the function not called again (exactly-once state).
+    /// Redelivered messages already handled, the function not called again: answered
+    /// from their receipt in the store (exactly-once state), or resends of messages this
+    /// run had finished, acknowledged at once.
     #[serde(default)]
     pub replayed: u64,
     /// Failures by kind (non-zero only), as `[kind, count]` pairs.

@@ -186,8 +186,8 @@ impl FunctionStats {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// A redelivered message was answered from its receipt: its effects were already in
-    /// the store, so the function was not called again.
+    /// A redelivered message was already handled (its receipt is in the store, or this
+    /// run finished it), so the function was not called again.
     pub fn replayed(&self) {
         self.replayed.fetch_add(1, Ordering::Relaxed);
     }

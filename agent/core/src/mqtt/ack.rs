@@ -12,6 +12,11 @@
 //! packet id could settle another message. Once a new connection resumes the session,
 //! the old connection's messages not started yet are superseded: the broker redelivers
 //! them, and that copy is the one handled.
+//!
+//! A resend (DUP=1) of a message this run has already finished (every function done, its
+//! outputs confirmed, its state on disk) is acknowledged at once and handed to no
+//! function: it is the broker that missed the acknowledgement, not the agent the work.
+//! It is recognised by packet id, delivery (see `Inbound::incarnation`) and checksum.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -27,17 +32,38 @@ struct Pending {
     done: bool,
 }
 
+/// What this run knows of a packet id's last first delivery (DUP=0) in this session.
+struct Delivered {
+    incarnation: u64,
+    /// [`crate::event::checksum`] of its topic and payload.
+    checksum: u32,
+    /// Every function is done with it and its outputs are confirmed.
+    finished: bool,
+}
+
+/// A message's place in line, and what this run knows of it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Registered {
+    /// Its acknowledgement's place in line (`None` for QoS 0).
+    pub ticket: Option<Ticket>,
+    /// Which delivery it is (see `Inbound::incarnation`).
+    pub incarnation: u64,
+    /// A resend of a message this run has finished: acknowledge it, handle it no more.
+    pub finished: bool,
+}
+
 #[derive(Default)]
 struct State {
     generation: u64,
     /// Sequence number of `pending[0]`.
     head: u64,
     pending: VecDeque<Pending>,
-    /// The incarnation of each packet id's last first delivery (DUP=0) in this session,
-    /// for its resends to share (see `Inbound::incarnation`). Kept after the message is
-    /// acknowledged: the acknowledgement may never reach the broker (a restarting broker
-    /// resends hundreds), and only a new message on the id (DUP=0) proves it did.
-    unacknowledged: HashMap<u16, u64>,
+    /// Each packet id's last first delivery (DUP=0) in this session, for its resends to
+    /// share its incarnation (see `Inbound::incarnation`) and to be recognised once it is
+    /// finished. Kept after the message is acknowledged: the acknowledgement may never
+    /// reach the broker (a restarting broker resends hundreds), and only a new message on
+    /// the id (DUP=0) proves it did. At most one entry per packet id (65,535).
+    delivered: HashMap<u16, Delivered>,
 }
 
 /// An acknowledgement released in order, and the connection it belongs to.
@@ -97,36 +123,66 @@ impl AckQueue {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Takes a place in line for `publish` (`None` for QoS 0, which needs no ack), and
+    /// Takes a place in line for `publish` (no ticket for QoS 0, which needs no ack), and
     /// says which delivery it is: a first delivery (DUP=0) gets a new incarnation, a resend
-    /// (DUP=1) that of the last first delivery of its packet id in this run, else 0.
-    pub fn register(&self, publish: &Publish) -> (Option<Ticket>, u64) {
+    /// (DUP=1) that of the last first delivery of its packet id in this run, else 0; and
+    /// whether it is a resend of a message this run has finished.
+    pub fn register(&self, publish: &Publish) -> Registered {
         if publish.qos == QoS::AtMostOnce {
-            return (None, 0);
+            return Registered {
+                ticket: None,
+                incarnation: 0,
+                finished: false,
+            };
         }
         // The ack needs only the packet id and QoS: do not keep the payload twice.
         let mut ack = Publish::new("", publish.qos, Vec::new());
         ack.pkid = publish.pkid;
+        let checksum = crate::event::checksum(&publish.topic, &publish.payload);
         let mut s = self.lock();
-        let incarnation = if publish.dup {
-            s.unacknowledged.get(&publish.pkid).copied().unwrap_or(0)
+        let (incarnation, finished) = if publish.dup {
+            match s.delivered.get(&publish.pkid) {
+                Some(d) => (d.incarnation, d.finished && d.checksum == checksum),
+                None => (0, false),
+            }
         } else {
-            let i = crate::event::next_incarnation();
-            s.unacknowledged.insert(publish.pkid, i);
-            i
+            let incarnation = crate::event::next_incarnation();
+            s.delivered.insert(
+                publish.pkid,
+                Delivered {
+                    incarnation,
+                    checksum,
+                    finished: false,
+                },
+            );
+            (incarnation, false)
         };
         let seq = s.head + s.pending.len() as u64;
         s.pending.push_back(Pending { ack, done: false });
         let ticket = Ticket {
             generation: s.generation,
             seq,
+            pkid: publish.pkid,
+            incarnation,
         };
-        (Some(ticket), incarnation)
+        Registered {
+            ticket: Some(ticket),
+            incarnation,
+            finished,
+        }
     }
 
     /// Marks a message as finished and releases every acknowledgement now in order.
     pub fn done(&self, ticket: Ticket) {
         let mut s = self.lock();
+        // Remembered even when its connection is gone: the broker resends it, and the
+        // resend needs only an acknowledgement.
+        if let Some(d) = s.delivered.get_mut(&ticket.pkid)
+            && d.incarnation == ticket.incarnation
+            && ticket.incarnation != 0
+        {
+            d.finished = true;
+        }
         if ticket.generation != s.generation || ticket.seq < s.head {
             return;
         }
@@ -169,7 +225,7 @@ impl AckQueue {
         if session_present {
             self.resumed_at.store(s.generation, Ordering::Release);
         } else {
-            s.unacknowledged.clear();
+            s.delivered.clear();
             self.session_from.store(s.generation, Ordering::Release);
         }
     }
@@ -189,7 +245,7 @@ mod tests {
     fn an_ack_released_before_the_connection_is_lost_is_marked_void() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let t1 = q.register(&publish(1)).0.expect("ticket");
+        let t1 = q.register(&publish(1)).ticket.expect("ticket");
         q.done(t1);
         let generation = q.generation();
         let before = generation.load(Ordering::Acquire);
@@ -207,7 +263,9 @@ mod tests {
     fn acks_leave_in_arrival_order() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let t: Vec<Ticket> = (1..=3).filter_map(|i| q.register(&publish(i)).0).collect();
+        let t: Vec<Ticket> = (1..=3)
+            .filter_map(|i| q.register(&publish(i)).ticket)
+            .collect();
         q.done(t[2]);
         q.done(t[1]);
         assert!(rx.try_recv().is_err(), "nothing before the first is done");
@@ -222,19 +280,17 @@ mod tests {
     fn qos0_needs_no_ticket() {
         let (tx, _rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        assert_eq!(
-            q.register(&Publish::new("t", QoS::AtMostOnce, "x")),
-            (None, 0)
-        );
+        let r = q.register(&Publish::new("t", QoS::AtMostOnce, "x"));
+        assert_eq!((r.ticket, r.incarnation, r.finished), (None, 0, false));
     }
 
     #[test]
     fn reconnect_forgets_old_acks() {
         let (tx, mut rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let old = q.register(&publish(1)).0.expect("ticket");
+        let old = q.register(&publish(1)).ticket.expect("ticket");
         q.reset(true);
-        let new = q.register(&publish(1)).0.expect("ticket");
+        let new = q.register(&publish(1)).ticket.expect("ticket");
         q.done(old);
         assert!(rx.try_recv().is_err(), "a stale ack must not be sent");
         q.done(new);
@@ -246,7 +302,7 @@ mod tests {
         use crate::event::Release;
         let (tx, _rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
-        let first = q.register(&publish(1)).0.expect("ticket");
+        let first = q.register(&publish(1)).ticket.expect("ticket");
         q.disconnected();
         assert!(
             !q.superseded(first),
@@ -257,11 +313,11 @@ mod tests {
             !q.superseded(first),
             "a lost session redelivers nothing: handle it"
         );
-        let second = q.register(&publish(1)).0.expect("ticket");
+        let second = q.register(&publish(1)).ticket.expect("ticket");
         q.reset(true);
         assert!(q.superseded(second), "the broker redelivers it");
         assert!(!q.superseded(first), "from before the lost session");
-        let third = q.register(&publish(2)).0.expect("ticket");
+        let third = q.register(&publish(2)).ticket.expect("ticket");
         assert!(!q.superseded(third), "the current connection's");
     }
 
@@ -271,21 +327,59 @@ mod tests {
         let q = AckQueue::new(tx);
         let mut resend = publish(1);
         resend.dup = true;
-        assert_eq!(q.register(&resend).1, 0, "first copy never seen");
-        let (_, first) = q.register(&publish(1));
+        assert_eq!(q.register(&resend).incarnation, 0, "first copy never seen");
+        let first = q.register(&publish(1)).incarnation;
         assert_ne!(first, 0);
         q.reset(true);
-        let (_, again) = q.register(&resend);
+        let again = q.register(&resend).incarnation;
         assert_eq!(again, first, "the resend of an unacknowledged message");
-        let (t3, other) = q.register(&publish(1));
+        let r = q.register(&publish(1));
+        let other = r.incarnation;
         assert!(other > first, "another message on the id");
-        q.done(t3.expect("ticket"));
+        q.done(r.ticket.expect("ticket"));
         assert_eq!(
-            q.register(&resend).1,
+            q.register(&resend).incarnation,
             other,
             "acknowledged, and still its resends'"
         );
         q.reset(false);
-        assert_eq!(q.register(&resend).1, 0, "a lost session forgets");
+        assert_eq!(q.register(&resend).incarnation, 0, "a lost session forgets");
+    }
+
+    #[test]
+    fn a_resend_of_a_finished_message_is_known_and_of_an_unfinished_or_other_one_is_not() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let q = AckQueue::new(tx);
+        let resend = |pkid, payload: &str| {
+            let mut p = Publish::new("t", QoS::AtLeastOnce, payload.to_string());
+            p.pkid = pkid;
+            p.dup = true;
+            p
+        };
+        let first = q.register(&publish(1));
+        let unfinished = q.register(&publish(2));
+        // Finished after its connection was lost (its ack is void), before the resend.
+        q.disconnected();
+        q.done(first.ticket.expect("ticket"));
+        q.reset(true);
+        let again = q.register(&resend(1, "x"));
+        assert!(
+            again.finished,
+            "the broker missed the ack; the work is done"
+        );
+        assert!(
+            !q.register(&resend(2, "x")).finished,
+            "not finished yet: it is handled"
+        );
+        assert!(
+            !q.register(&resend(1, "y")).finished,
+            "another message on a reused packet id (its checksum differs)"
+        );
+        let _ = unfinished;
+        q.reset(false);
+        assert!(
+            !q.register(&resend(1, "x")).finished,
+            "a lost session forgets"
+        );
     }
 }

@@ -218,7 +218,7 @@ mod tests {
         let acks = AckQueue::new(tx);
         let mut p = rumqttc::Publish::new("in", QoS::AtLeastOnce, "x");
         p.pkid = 7;
-        let d = Arc::new(Delivery::new(1, acks.register(&p).0, acks));
+        let d = Arc::new(Delivery::new(1, acks.register(&p).ticket, acks));
         d.add_holders(outputs);
         d.complete();
         (d, rx)

@@ -124,11 +124,26 @@ impl Router {
             .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
             .filter(|r| r.partition.is_none_or(|p| p.takes(&publish.topic)))
             .collect();
+        let crate::mqtt::ack::Registered {
+            ticket,
+            incarnation,
+            finished,
+        } = self.acks.register(&publish);
+        if finished {
+            // Every function finished it in this run and the broker has its outputs: the
+            // broker missed the acknowledgement (it restarted, or the connection fell).
+            tracing::debug!(topic = %publish.topic, pkid = publish.pkid,
+                "resend of a message already handled: acknowledged, not handled again");
+            for route in &targets {
+                route.stats.replayed();
+            }
+            Delivery::new(1, ticket, self.acks.clone()).complete();
+            return;
+        }
         let slots = targets
             .iter()
             .map(|r| r.inbox(&publish.topic).slot())
             .collect();
-        let (ticket, incarnation) = self.acks.register(&publish);
         let delivery = Arc::new(Delivery::holding(
             targets.len(),
             ticket,
