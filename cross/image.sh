@@ -27,7 +27,7 @@
 # The FAT partition holds edge-agent-settings.txt, which a person can edit after
 # flashing (hostname, SSH keys, Wi-Fi, Mosquitto on the LAN); edge-agent-firstboot.service
 # applies it at the next boot (cross/image/). Needs root, and from Debian's packages
-# mmdebstrap, qemu-user-static, binfmt-support, dosfstools, mtools, fdisk, e2fsprogs
+# mmdebstrap, arch-test, qemu-user-static, binfmt-support, dosfstools, mtools, fdisk, e2fsprogs
 # (installed when missing). Downloads the packages from the Debian mirror (MIRROR,
 # default http://deb.debian.org/debian). Work files go to a temporary folder (TMPDIR).
 # Exit status: 64 usage, 66 an input is missing or wrong, 69 a tool is missing, 77 not
@@ -116,7 +116,7 @@ fi
 # --- tools ----------------------------------------------------------------------------------
 ((EUID == 0)) || die "needs root (a chroot, device files and file ownership in the image): sudo $me ..." 77
 missing=()
-for tool in mmdebstrap:mmdebstrap qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support \
+for tool in mmdebstrap:mmdebstrap arch-test:arch-test qemu-aarch64-static:qemu-user-static update-binfmts:binfmt-support \
     mkfs.vfat:dosfstools mcopy:mtools sfdisk:fdisk mkfs.ext4:e2fsprogs; do
     command -v "${tool%%:*}" >/dev/null || missing+=("${tool#*:}")
 done
