@@ -202,6 +202,13 @@ for nic in eth wlan; do
         >"$rootfs/etc/systemd/network/20-$nic.network"
 done
 in_root systemctl enable systemd-networkd.service systemd-resolved.service >/dev/null 2>&1
+# Online once one link is: by default systemd-networkd-wait-online waits for every link it
+# manages, and a Pi has one without a carrier (the Wi-Fi when it uses Ethernet, or the
+# other way round), which held network-online.target, and the agent, for its 2 min timeout.
+mkdir -p "$rootfs/etc/systemd/system/systemd-networkd-wait-online.service.d"
+printf '%s\n' "# cross/image.sh: online once any link is (a Pi has an interface it does not use)." \
+    "[Service]" "ExecStart=" "ExecStart=/lib/systemd/systemd-networkd-wait-online --any --timeout=60" \
+    >"$rootfs/etc/systemd/system/systemd-networkd-wait-online.service.d/any.conf"
 echo "$hostname" >"$rootfs/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\t%s\n::1\t\tlocalhost ip6-localhost ip6-loopback\n' "$hostname" >"$rootfs/etc/hosts"
 # A 512 MB device: the journal in RAM is capped.
