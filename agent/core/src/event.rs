@@ -64,10 +64,12 @@ pub struct Inbound {
     pub pkid: u16,
     /// The broker's DUP flag: it may have sent this message before.
     pub dup: bool,
+    /// [`checksum`] of its topic and payload, to tell a resend from another message on
+    /// the same packet id (QoS 1/2; 0 for QoS 0).
+    pub checksum: u32,
     /// Which delivery of `pkid` this is: each first delivery (DUP=0) gets a new number
     /// ([`next_incarnation`]) and its resends (DUP=1) the same one while it is not
-    /// acknowledged; 0 for a resend whose first copy this run never saw, or saw and
-    /// acknowledged (and for QoS 0).
+    /// acknowledged; 0 for a resend whose first copy this run never saw (and for QoS 0).
     pub incarnation: u64,
     /// Acknowledges the message once every function is done with it.
     pub delivery: Arc<Delivery>,

@@ -48,10 +48,17 @@ struct Delivered {
 pub struct Registered {
     /// Its acknowledgement's place in line (`None` for QoS 0).
     pub ticket: Option<Ticket>,
-    /// Which delivery it is (see `Inbound::incarnation`).
-    pub incarnation: u64,
+    /// [`crate::event::checksum`] of its topic and payload (0 for QoS 0).
+    pub checksum: u32,
     /// A resend of a message this run has finished: acknowledge it, handle it no more.
     pub finished: bool,
+}
+
+impl Registered {
+    /// Which delivery it is (see `Inbound::incarnation`; 0 for QoS 0).
+    pub fn incarnation(&self) -> u64 {
+        self.ticket.map_or(0, |t| t.incarnation)
+    }
 }
 
 #[derive(Default)]
@@ -152,7 +159,7 @@ impl AckQueue {
         if publish.qos == QoS::AtMostOnce {
             return Registered {
                 ticket: None,
-                incarnation: 0,
+                checksum: 0,
                 finished: false,
             };
         }
@@ -188,7 +195,7 @@ impl AckQueue {
         };
         Registered {
             ticket: Some(ticket),
-            incarnation,
+            checksum,
             finished,
         }
     }
@@ -301,7 +308,7 @@ mod tests {
         let (tx, _rx) = mpsc::unbounded_channel();
         let q = AckQueue::new(tx);
         let r = q.register(&Publish::new("t", QoS::AtMostOnce, "x"));
-        assert_eq!((r.ticket, r.incarnation, r.finished), (None, 0, false));
+        assert_eq!((r.ticket, r.incarnation(), r.finished), (None, 0, false));
     }
 
     #[test]
@@ -347,23 +354,31 @@ mod tests {
         let q = AckQueue::new(tx);
         let mut resend = publish(1);
         resend.dup = true;
-        assert_eq!(q.register(&resend).incarnation, 0, "first copy never seen");
-        let first = q.register(&publish(1)).incarnation;
+        assert_eq!(
+            q.register(&resend).incarnation(),
+            0,
+            "first copy never seen"
+        );
+        let first = q.register(&publish(1)).incarnation();
         assert_ne!(first, 0);
         q.reset(true);
-        let again = q.register(&resend).incarnation;
+        let again = q.register(&resend).incarnation();
         assert_eq!(again, first, "the resend of an unacknowledged message");
         let r = q.register(&publish(1));
-        let other = r.incarnation;
+        let other = r.incarnation();
         assert!(other > first, "another message on the id");
         q.done(r.ticket.expect("ticket"));
         assert_eq!(
-            q.register(&resend).incarnation,
+            q.register(&resend).incarnation(),
             other,
             "acknowledged, and still its resends'"
         );
         q.reset(false);
-        assert_eq!(q.register(&resend).incarnation, 0, "a lost session forgets");
+        assert_eq!(
+            q.register(&resend).incarnation(),
+            0,
+            "a lost session forgets"
+        );
     }
 
     #[test]

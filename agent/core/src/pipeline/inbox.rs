@@ -251,6 +251,7 @@ mod tests {
             hop: 0,
             pkid: 0,
             dup: false,
+            checksum: 0,
             incarnation: 0,
             delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
         }

@@ -69,10 +69,10 @@ pub fn spawn_worker(
 
 /// The message's identity for its receipt: QoS 1/2 only, for a function with state.
 fn message_id(function: &LoadedFunction, event: &Inbound) -> Option<MessageId> {
-    (event.qos > 0 && function.state().is_some()).then(|| MessageId {
+    (event.qos > 0 && function.state().is_some()).then_some(MessageId {
         pkid: event.pkid,
         incarnation: event.incarnation,
-        checksum: crate::event::checksum(&event.topic, &event.payload),
+        checksum: event.checksum,
     })
 }
 

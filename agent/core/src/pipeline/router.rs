@@ -124,12 +124,9 @@ impl Router {
             .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
             .filter(|r| r.partition.is_none_or(|p| p.takes(&publish.topic)))
             .collect();
-        let crate::mqtt::ack::Registered {
-            ticket,
-            incarnation,
-            finished,
-        } = self.acks.register(&publish);
-        if finished {
+        let registered = self.acks.register(&publish);
+        let (ticket, incarnation) = (registered.ticket, registered.incarnation());
+        if registered.finished {
             // Every function finished it in this run and the broker has its outputs: the
             // broker missed the acknowledgement (it restarted, or the connection fell).
             tracing::debug!(topic = %publish.topic, pkid = publish.pkid,
@@ -170,6 +167,7 @@ impl Router {
                 hop,
                 pkid: publish.pkid,
                 dup: publish.dup,
+                checksum: registered.checksum,
                 incarnation,
                 delivery: delivery.clone(),
             };
