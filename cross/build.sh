@@ -17,7 +17,7 @@
 #   --tarball  also write a release tarball beside the binary:
 #              edge-agent-<version>-<triple>.tar.gz with the binary, the systemd unit, the
 #              example config, the example functions precompiled for the target (by the
-#              host's full build of the same version), a README, and SHA256SUMS; its path
+#              host's `precompile` build of the same version), a README, and SHA256SUMS; its path
 #              is then the last line printed
 #
 # The binary lands in ${CARGO_TARGET_DIR:-target}/<triple>/<profile>/edge-agent and that
@@ -26,6 +26,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=lib.sh
+source "$root/cross/lib.sh"
 
 usage() { sed -n '2,24s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
 
@@ -161,11 +163,10 @@ install -m 0755 "$bin" "$stage/edge-agent"
 install -m 0644 cross/edge-agent.service "$stage/"
 install -m 0644 configs/device.toml "$stage/config.toml"
 install -m 0644 LICENSE docs/raspberry-pi.md "$stage/"
-# The examples, precompiled for the target by the host's full build of this version (a
+# The examples, precompiled for the target by the host's precompile build of this version (a
 # .cwasm loads only into the agent version that made it).
 [[ -f modules/dist/threshold-alert.wasm ]] || modules/build.sh >/dev/null
-cargo build -q -p edge-agent
-"$target_dir/debug/edge-agent" precompile --target "$triple" --out "$stage/modules" \
+"$(precompiler)" precompile --target "$triple" --out "$stage/modules" \
     modules/dist/threshold-alert.wasm modules/dist/echo.wasm modules/dist/counter.wasm >/dev/null
 cat >"$stage/README" <<README
 edge-agent $version for $triple$([[ $triple == *-musl* ]] && echo " (static: needs no glibc)")

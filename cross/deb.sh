@@ -2,8 +2,9 @@
 # Builds the Debian package of the device build for an ARM target with cargo-deb:
 # binary (cross/build.sh ARCH device), systemd unit, example config, and every function
 # in target/<triple>/device/cwasm/: yours (precompiled there as in docs/raspberry-pi.md) and
-# the two examples, which it precompiles for ARCH with the host agent. Metadata: [package.metadata.deb] in
-# agent/Cargo.toml; maintainer scripts in cross/deb/.
+# the two examples, which it precompiles for ARCH with the host agent (its `precompile`
+# build). Metadata: [package.metadata.deb] in agent/Cargo.toml; maintainer scripts in
+# cross/deb/.
 #
 # Usage: cross/deb.sh [aarch64|armv7]     (default aarch64)
 # Needs cargo-deb (`cargo install cargo-deb`) and cross/setup.sh. Honours CARGO_TARGET_DIR.
@@ -11,6 +12,8 @@
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+# shellcheck source=lib.sh
+source "$root/cross/lib.sh"
 
 arch=${1:-aarch64}
 case $arch in
@@ -27,10 +30,10 @@ out="$target_dir/$triple/device"
 # The example functions of configs/device.toml, precompiled by this version's host agent
 # (a .cwasm only loads into the agent version and settings that made it).
 [[ -f modules/dist/threshold-alert.wasm ]] || modules/build.sh >/dev/null
-cargo build -q -p edge-agent
+host=$(precompiler)
 # Into the same folder as the user's own functions (docs/raspberry-pi.md step 3), which are
 # packaged with them: nothing there is deleted.
-"$target_dir/debug/edge-agent" precompile --target "$triple" --out "$out/cwasm" \
+"$host" precompile --target "$triple" --out "$out/cwasm" \
     modules/dist/threshold-alert.wasm modules/dist/echo.wasm
 
 # Already built and stripped (profile `device`): package as is.

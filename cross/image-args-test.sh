@@ -12,9 +12,12 @@ image="$root/cross/image.sh"
 work=$(mktemp -d "${TMPDIR:-/tmp}/image-args.XXXXXX")
 trap 'rm -rf "$work"' EXIT
 
-mkdir -p "$work/modules" "$work/wasm" "$work/empty"
+mkdir -p "$work/modules" "$work/wasm" "$work/empty" "$work/both"
 : >"$work/modules/echo.cwasm"
 : >"$work/wasm/echo.wasm"
+: >"$work/wasm/threshold-alert.wasm"
+: >"$work/both/echo.wasm"
+: >"$work/both/echo.cwasm"
 cp "$root/configs/device.toml" "$work/config.toml"
 echo "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIC6 test@ci" >"$work/key.pub"
 printf '%s\n' "-----BEGIN OPENSSH PRIVATE KEY-----" "b3BlbnNzaC1rZXktdjEAAAAA" >"$work/key"
@@ -57,15 +60,18 @@ case_ 64 "-o FILE is required" --board pi4 --config "$work/config.toml" --module
 case_ 64 "must end in .img" --board pi4 --config "$work/config.toml" --modules "$work/modules" -o x.iso
 case_ 66 "config '$work/nope.toml' not found" --board pi4 --config "$work/nope.toml" --modules "$work/modules" -o x.img
 case_ 66 "modules folder '$work/nope' not found" --board pi4 --config "$work/config.toml" --modules "$work/nope" -o x.img
-case_ 66 "no .cwasm in" --board pi4 --config "$work/config.toml" --modules "$work/empty" -o x.img
-case_ 66 "the device build runs only .cwasm" --board pi4 --config "$work/config.toml" --modules "$work/wasm" -o x.img
-case_ 66 "has no mine.cwasm" --board pi4 --config "$work/other.toml" --modules "$work/modules" -o x.img
+case_ 66 "no .wasm or .cwasm in" --board pi4 --config "$work/config.toml" --modules "$work/empty" -o x.img
+case_ 66 "has both echo.wasm and its .cwasm" --board pi4 --config "$work/config.toml" --modules "$work/both" -o x.img
+case_ 66 "has no mine.cwasm (or mine.wasm)" --board pi4 --config "$work/other.toml" --modules "$work/modules" -o x.img
+case_ 66 "has no mine.cwasm (or mine.wasm)" --board pi4 --config "$work/other.toml" --modules "$work/wasm" -o x.img
 case_ 66 "is a private key" "${ok[@]}" --ssh-key "$work/key"
 case_ 66 "SSH key '$work/nope.pub' not found" "${ok[@]}" --ssh-key "$work/nope.pub"
 case_ 66 "psk must be 8 to 63 characters" "${ok[@]}" --wifi "$work/wifi-short"
 case_ 66 "needs country=XX" "${ok[@]}" --wifi "$work/wifi-nocountry"
 case_ 64 "hostname 'bad_name'" "${ok[@]}" --hostname bad_name
 case_ 0 "would build $work/edge-agent-pi4.img for pi4" "${ok[@]}" --dry-run
+case_ 0 "2 module(s) from $work/wasm (2 to precompile)" --board pi4 --config "$work/config.toml" \
+    --modules "$work/wasm" -o x.img --dry-run
 case_ 0 "SSH key from $work/key.pub, Wi-Fi 'lab', read-only root" "${ok[@]}" --dry-run \
     --ssh-key "$work/key.pub" --wifi "$work/wifi" --read-only-root --board pi-zero-2w
 

@@ -11,9 +11,10 @@
 #                files and device trees go on the FAT partition (the root is the same)
 #   --config     the agent's config: /etc/edge-agent/config.toml (checked with the
 #                image's own agent before the image is written)
-#   --modules    a folder of precompiled functions (*.cwasm for aarch64-unknown-linux-gnu,
-#                made by `edge-agent precompile` of the same version):
-#                /usr/lib/edge-agent/modules/
+#   --modules    a folder of functions for /usr/lib/edge-agent/modules/: components
+#                (*.wasm), precompiled here for aarch64 by the host's `precompile` build,
+#                and functions already precompiled (*.cwasm, by `edge-agent precompile
+#                --target aarch64-unknown-linux-gnu` of the same version)
 #   --ssh-key    a public key file (e.g. ~/.ssh/id_ed25519.pub) written into the settings
 #                file as ssh_key= lines: root may log in with it
 #   --wifi       a file of ssid=, psk= and country= lines, written into the settings file
@@ -36,6 +37,8 @@ set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 here="$repo/cross/image"
 me=cross/image.sh
+# shellcheck source=lib.sh
+source "$repo/cross/lib.sh"
 
 usage() { sed -n '2,34s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
 die() { echo "$me: $1" >&2; exit "${2:-1}"; }
@@ -68,23 +71,26 @@ case $board in
     *) die "unknown board '$board': pi3, pi4 or pi-zero-2w (Debian's arm64 kernel does not boot the Pi 5)" 64 ;;
 esac
 [[ -n $config ]] || die "--config FILE is required (e.g. configs/device.toml)" 64
-[[ -n $modules ]] || die "--modules DIR is required (a folder of .cwasm files)" 64
+[[ -n $modules ]] || die "--modules DIR is required (a folder of .wasm or .cwasm files)" 64
 [[ -n $out ]] || die "-o FILE is required (e.g. -o edge-agent-$board.img)" 64
 [[ $out == *.img ]] || die "the output '$out' must end in .img" 64
 [[ -f $config && -r $config ]] || die "config '$config' not found" 66
 [[ -d $modules ]] || die "modules folder '$modules' not found" 66
+modules=$(cd "$modules" && pwd)
 shopt -s nullglob
 cwasm=("$modules"/*.cwasm)
 wasm=("$modules"/*.wasm)
 shopt -u nullglob
-((${#wasm[@]} == 0)) || die "'${wasm[0]}' is a .wasm: the device build runs only .cwasm (edge-agent precompile --target aarch64-unknown-linux-gnu)" 66
-((${#cwasm[@]} > 0)) || die "no .cwasm in '$modules' (edge-agent precompile --target aarch64-unknown-linux-gnu --out $modules ...)" 66
-# Every module the config names under /usr/lib/edge-agent/modules must be there (or come
-# with the package, which carries the examples).
+((${#cwasm[@]} + ${#wasm[@]} > 0)) || die "no .wasm or .cwasm in '$modules'" 66
+for w in "${wasm[@]}"; do
+    [[ ! -f ${w%.wasm}.cwasm ]] || die "'$modules' has both $(basename "$w") and its .cwasm: keep one" 66
+done
+# Every module the config names under /usr/lib/edge-agent/modules must be there, as is or
+# to be precompiled (or come with the package, which carries the examples).
 while IFS= read -r m; do
     name=$(basename "$m")
-    [[ -f $modules/$name ]] || [[ $name == threshold-alert.cwasm || $name == echo.cwasm ]] ||
-        die "the config names $m, but '$modules' has no $name" 66
+    [[ -f $modules/$name || -f $modules/${name%.cwasm}.wasm ]] || [[ $name == threshold-alert.cwasm || $name == echo.cwasm ]] ||
+        die "the config names $m, but '$modules' has no $name (or ${name%.cwasm}.wasm)" 66
 done < <(sed -n 's|^[[:space:]]*module[[:space:]]*=[[:space:]]*"\(/usr/lib/edge-agent/modules/[^"]*\)".*|\1|p' "$config")
 if [[ -n $ssh_key ]]; then
     [[ -f $ssh_key && -r $ssh_key ]] || die "SSH key '$ssh_key' not found" 66
@@ -105,10 +111,12 @@ fi
 [[ $hostname =~ ^[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?$ ]] ||
     die "hostname '$hostname': letters, digits and inner hyphens, at most 63" 64
 [[ -z $deb || -f $deb ]] || die "package '$deb' not found" 66
+[[ -z $deb ]] || deb=$(realpath "$deb")
 [[ -d $(dirname "$out") ]] || die "no folder for '$out'" 66
 
 if [[ -n $dry_run ]]; then
-    echo "$me: would build $out for $board: Debian bookworm arm64, ${#cwasm[@]} module(s) from $modules," \
+    echo "$me: would build $out for $board: Debian bookworm arm64, $((${#cwasm[@]} + ${#wasm[@]})) module(s) from $modules" \
+        "(${#wasm[@]} to precompile)," \
         "config $config, hostname $hostname${ssh_key:+, SSH key from $ssh_key}${wifi:+, Wi-Fi '$wifi_ssid'}${read_only:+, read-only root with a state partition}"
     exit 0
 fi
@@ -132,21 +140,32 @@ fi
 [[ -e /proc/sys/fs/binfmt_misc/qemu-aarch64 ]] || update-binfmts --enable qemu-aarch64 ||
     die "cannot register qemu-aarch64 with binfmt_misc" 69
 
-start=$(date +%s)
-if [[ -z $deb ]]; then
-    command -v cargo-deb >/dev/null || die "cargo-deb not found (cargo install cargo-deb), or give --deb FILE" 69
-    say "building the agent's package: cross/deb.sh aarch64"
-    deb=$("$repo/cross/deb.sh" aarch64 | tail -n 1)
-fi
-dpkg-deb -f "$deb" Architecture | grep -qx arm64 || die "'$deb' is not an arm64 package" 66
+[[ -n $deb ]] || command -v cargo-deb >/dev/null || die "cargo-deb not found (cargo install cargo-deb), or give --deb FILE" 69
+[[ -z $deb ]] || dpkg-deb -f "$deb" Architecture | grep -qx arm64 || die "'$deb' is not an arm64 package" 66
 
+start=$(date +%s)
 work=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-image.XXXXXX")
-trap 'rm -rf "$work"' EXIT
 rootfs=$work/rootfs
-mkdir -p "$work/stage"
-cp "$deb" "$work/stage/edge-agent.deb"
-install -m 0644 "${cwasm[@]}" -t "$work/stage/"
-install -m 0644 "$config" "$work/stage/config.toml"
+mkdir -p "$work/precompiled"
+# The agent's package (cross/deb.sh: the device build) and the precompiling of the .wasm
+# (the host's `precompile` build) are built while mmdebstrap makes the root file system:
+# mmdebstrap keeps about one core busy (dpkg and maintainer scripts under qemu-user), the
+# compilers the rest. (Sequentially, a fresh clone took 18.6 min; docs/device-build.md.)
+build() {
+    set -e
+    cd "$repo"
+    [[ -n $deb ]] || deb=$(cross/deb.sh aarch64 | tail -n 1)
+    dpkg-deb -f "$deb" Architecture | grep -qx arm64 || { echo "'$deb' is not an arm64 package"; exit 66; }
+    echo "$deb" >"$work/deb-path"
+    if ((${#wasm[@]})); then
+        host=$(precompiler)
+        "$host" precompile --target aarch64-unknown-linux-gnu --out "$work/precompiled" "${wasm[@]}"
+    fi
+}
+say "${deb:+not }building the agent's package${deb:+ (--deb)}, precompiling ${#wasm[@]} function(s): beside the root file system"
+build >"$work/build.log" 2>&1 &
+build_pid=$!
+trap 'kill "$build_pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # --- the root file system ---------------------------------------------------------------------
 # Only what the agent and a headless Pi need. systemd-networkd (DHCP on eth0 and wlan0)
@@ -158,7 +177,7 @@ packages=(
     systemd-sysv systemd-resolved systemd-timesyncd udev kmod
     linux-image-arm64 raspi-firmware firmware-brcm80211 wireless-regdb initramfs-tools zstd
     wpasupplicant openssh-server mosquitto mosquitto-clients
-    iproute2 procps netbase e2fsprogs fdisk dosfstools
+    iproute2 procps netbase e2fsprogs fdisk dosfstools adduser
 )
 say "mmdebstrap bookworm arm64 ($(IFS=,; echo "${packages[*]}"))"
 # The raspi-firmware kernel hook writes the kernel, initrd, device trees, config.txt and
@@ -171,11 +190,12 @@ mmdebstrap --arch=arm64 --variant=minbase --components=main,non-free-firmware \
     --essential-hook='mkdir -p "$1/boot/firmware" "$1/etc/default" "$1/etc/initramfs-tools/hooks" "$1/etc/initramfs-tools/conf.d"' \
     --essential-hook="install -m 0755 '$here/initramfs-hook' \"\$1/etc/initramfs-tools/hooks/edge-agent-image\"" \
     --essential-hook='echo MODULES=list >"$1/etc/initramfs-tools/conf.d/edge-agent-image"' \
-    --customize-hook="copy-in $work/stage /tmp" \
-    --customize-hook='chroot "$1" apt-get install -y -q /tmp/stage/edge-agent.deb' \
     bookworm "$rootfs" "${MIRROR:-http://deb.debian.org/debian}" >"$work/mmdebstrap.log" 2>&1 ||
     { tail -n 20 "$work/mmdebstrap.log" >&2; die "mmdebstrap failed (log above)"; }
 say "root file system in $(($(date +%s) - start)) s"
+wait "$build_pid" || { tail -n 20 "$work/build.log" >&2; die "building the package or precompiling failed (log above)"; }
+deb=$(cat "$work/deb-path")
+say "package $(basename "$deb") and functions ready at $(($(date +%s) - start)) s"
 
 # --- configure it ---------------------------------------------------------------------------
 # /proc and /dev for the chroot (the kernel hook's chroot detection, the agent's check).
@@ -183,7 +203,13 @@ mount -t proc proc "$rootfs/proc"
 mount --bind /dev "$rootfs/dev"
 trap 'umount "$rootfs/dev" "$rootfs/proc" 2>/dev/null || true; rm -rf "$work"' EXIT
 in_root() { chroot "$rootfs" "$@"; }
-rm -rf "$rootfs/tmp/stage"
+# Its dependencies (libc6, libgcc-s1, adduser) are in the root already: no download.
+cp "$deb" "$rootfs/tmp/edge-agent.deb"
+in_root dpkg -i /tmp/edge-agent.deb >"$work/dpkg.log" 2>&1 || { tail -n 20 "$work/dpkg.log" >&2; die "installing $deb failed (log above)"; }
+rm -f "$rootfs/tmp/edge-agent.deb"
+shopt -s nullglob
+cwasm+=("$work"/precompiled/*.cwasm)
+shopt -u nullglob
 install -m 0644 "${cwasm[@]}" -t "$rootfs/usr/lib/edge-agent/modules/"
 install -m 0640 "$config" "$rootfs/etc/edge-agent/config.toml"
 in_root chown root:edge-agent /etc/edge-agent/config.toml

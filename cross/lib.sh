@@ -14,3 +14,12 @@ free_port() {
     done
     return 1
 }
+
+# Builds the host agent whose only use here is `precompile` (Cranelift and nothing else:
+# profile `precompile` in Cargo.toml, target/precompile/) and prints its path. A .cwasm
+# loads only into the agent version that made it, so it is built from this checkout.
+# Needs the caller in the repository's root; honours CARGO_TARGET_DIR.
+precompiler() {
+    cargo build -q -p edge-agent --profile precompile --no-default-features --features compiler >&2 || return 1
+    echo "${CARGO_TARGET_DIR:-$PWD/target}/precompile/edge-agent"
+}
