@@ -226,12 +226,12 @@ topics = ["counter/#"]
 out_topic = "counts/{1..}"
 CONFIG
 }
-status_of() { vm "grep -E '^(VmRSS|VmHWM)' /proc/\$(systemctl show -p MainPID --value edge-agent)/status" | awk '{ printf "%s %.1f MB  ", $1, $2 / 1024 }'; }
+status_of() { vm "grep -E '^(VmRSS|VmHWM)' /proc/\$(systemctl show -p MainPID --value edge-agent)/status" | awk '{ printf "%s %.1f MiB (%.1f MB)  ", $1, $2 / 1024, $2 * 1.024 / 1000 }'; }
 # Where the resident memory is: the largest mappings by RSS (heap, the binary, anonymous).
 breakdown() {
     vm "pid=\$(systemctl show -p MainPID --value edge-agent); grep Threads /proc/\$pid/status;
         awk '/^[0-9a-f]+-/ { n = \$6 == \"\" ? \"[anonymous]\" : \$6 } /^Rss:/ { r[n] += \$2 }
-             END { for (n in r) if (r[n] >= 256) printf \"%6.1f MB %s\\n\", r[n] / 1024, n }' /proc/\$pid/smaps | sort -rn | head -n 6" |
+             END { for (n in r) if (r[n] >= 256) printf \"%6.1f MiB %s\\n\", r[n] / 1024, n }' /proc/\$pid/smaps | sort -rn | head -n 6" |
         sed 's/^/    /'
 }
 declare -A idle peak delivered
@@ -279,7 +279,7 @@ for mode in on-demand persistent; do
     dead=$(grep -c dead-letter "$work/load-$mode.out" || true)
     max_rss=$(sort -n "$work/rss-$mode.txt" | tail -n 1)
     delivered[$mode]="$out outputs and $dead dead letters in $((sent_secs + 5)) s, $((per * 3)) events/s offered for $sent_secs s"
-    say "$mode, ${per}x3 events/s offered for $secs s: ${delivered[$mode]}; RSS samples max $(awk -v k="${max_rss:-0}" 'BEGIN { printf "%.1f", k / 1024 }') MB; ${peak[$mode]}"
+    say "$mode, ${per}x3 events/s offered for $secs s: ${delivered[$mode]}; RSS samples max $(awk -v k="${max_rss:-0}" 'BEGIN { printf "%.1f", k / 1024 }') MiB; ${peak[$mode]}"
     breakdown
 done
 # The persistent config stays for the reboot (step 4 needs counter); the disk is a copy.
