@@ -163,9 +163,12 @@ build() {
     fi
 }
 say "${deb:+not }building the agent's package${deb:+ (--deb)}, precompiling ${#wasm[@]} function(s): beside the root file system"
+# In a process group of its own (set -m), so that a failure or Ctrl-C here stops cargo too.
+set -m
 build >"$work/build.log" 2>&1 &
 build_pid=$!
-trap 'kill "$build_pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
+set +m
+trap 'kill -- "-$build_pid" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"' EXIT
 
 # --- the root file system ---------------------------------------------------------------------
 # Only what the agent and a headless Pi need. systemd-networkd (DHCP on eth0 and wlan0)
