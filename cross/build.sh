@@ -16,9 +16,9 @@
 #              same settings, another folder) for full builds; `release` also works
 #   --tarball  also write a release tarball beside the binary:
 #              edge-agent-<version>-<triple>.tar.gz with the binary, the systemd unit, the
-#              example config, the example functions precompiled for the target (by the
-#              host's `precompile` build of the same version), a README, and SHA256SUMS; its path
-#              is then the last line printed
+#              example config, the example functions precompiled for the target (by
+#              the host's `precompile` build of the same version), a README, and
+#              SHA256SUMS; its path is then the last line printed
 #
 # The binary lands in ${CARGO_TARGET_DIR:-target}/<triple>/<profile>/edge-agent and that
 # path is the last line printed. Run cross/setup.sh once first for ARM targets.
@@ -163,10 +163,11 @@ install -m 0755 "$bin" "$stage/edge-agent"
 install -m 0644 cross/edge-agent.service "$stage/"
 install -m 0644 configs/device.toml "$stage/config.toml"
 install -m 0644 LICENSE docs/raspberry-pi.md "$stage/"
-# The examples, precompiled for the target by the host's precompile build of this version (a
-# .cwasm loads only into the agent version that made it).
+# The examples, precompiled for the target by the host's `precompile` build of this
+# version (a .cwasm loads only into the agent version that made it).
 [[ -f modules/dist/threshold-alert.wasm ]] || modules/build.sh >/dev/null
-"$(precompiler)" precompile --target "$triple" --out "$stage/modules" \
+host=$(precompiler)
+"$host" precompile --target "$triple" --out "$stage/modules" \
     modules/dist/threshold-alert.wasm modules/dist/echo.wasm modules/dist/counter.wasm >/dev/null
 cat >"$stage/README" <<README
 edge-agent $version for $triple$([[ $triple == *-musl* ]] && echo " (static: needs no glibc)")
