@@ -15,6 +15,7 @@
 #   LAT_SECS      latency mode: seconds of traffic per paced rate (default 5; at least 10 events)
 #   EXTRA_TOML    appended to the agent's config before its function, e.g.
 #                 $'[state]\nmin_flush_interval_ms = 200'
+#   FUNCTION_TOML appended to the function's table, e.g. 'queue_capacity = 256'
 #
 # Throughput mode: for each run and QoS, three rows, each on a fresh Mosquitto on loopback
 # with its default settings (in-flight window of 20 per client) but for `listener`,
@@ -217,6 +218,7 @@ mode = "$mode"
 topics = [$topics]
 qos = $q
 publish_rate = 1000000
+${FUNCTION_TOML:-}
 [function.config]
 $cfg
 TOML

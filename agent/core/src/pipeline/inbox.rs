@@ -9,9 +9,14 @@
 //!   hold the rest of the stream, QoS 0 as well as QoS 1. It also stops while
 //!   `queue_capacity` events are taken and not settled (running, or waiting for their
 //!   outputs and their acknowledgement: [`Unsettled`]), so that a function never holds
-//!   more than a queue of messages it has not acknowledged. What one read had already
-//!   brought in is still taken; as a safety net, past [`BACKPRESSURE_FACTOR`] × capacity
-//!   new events are rejected;
+//!   more than a queue of messages it has not acknowledged. Events of a state-writing
+//!   function that wait only for the flush that makes their writes durable count apart,
+//!   up to [`FLUSH_WAIT_FACTOR`] × capacity ([`Inbox::awaiting_flush`]): the store flushes
+//!   a group at a time (at most `state.max_flushes_per_sec`), so a queue's worth per flush
+//!   would cap such a function at one queue per flush interval. A broker restart cannot
+//!   make them run twice: their receipts commit with their writes. What one read had
+//!   already brought in is still taken; as a safety net, past [`BACKPRESSURE_FACTOR`] ×
+//!   capacity new events are rejected;
 //! - `drop-newest`: the new event is rejected;
 //! - `drop-oldest`: the oldest waiting event is rejected to make room.
 //!
@@ -27,6 +32,12 @@ use crate::event::{Inbound, Slot, Unsettled};
 
 /// How far past its capacity an inbox under backpressure may grow before it rejects.
 pub const BACKPRESSURE_FACTOR: usize = 16;
+
+/// How many queues' worth of a state-writing function's events may wait for their flush
+/// besides the queue ([`Inbox::awaiting_flush`]). Four: at the default cap of 100 flushes
+/// a second and a queue of 64, a flush-bound ceiling of about 25,000 events a second, above
+/// what the rest of the path reaches (docs/benchmarks.md, "Waiting for the flush apart").
+pub const FLUSH_WAIT_FACTOR: usize = 4;
 
 struct Inner {
     events: VecDeque<Inbound>,
@@ -47,6 +58,8 @@ pub struct Inbox {
     /// Events taken in and not settled yet (see [`Unsettled`]): under backpressure, the
     /// room is what is left of the capacity after them.
     unsettled: Arc<Unsettled>,
+    /// Of those, the ones only waiting for the store's flush (see [`Inbox::awaiting_flush`]).
+    flushing: Arc<Unsettled>,
     capacity: usize,
     overflow: Overflow,
 }
@@ -62,6 +75,7 @@ impl Inbox {
             ready: Condvar::new(),
             space: Notify::new(),
             unsettled: Arc::default(),
+            flushing: Arc::default(),
             capacity: capacity.max(1),
             overflow,
         }
@@ -192,19 +206,26 @@ impl Inbox {
         let q = self.lock();
         q.closed
             || self.overflow != Overflow::Backpressure
-            || (q.events.len() < self.capacity && self.unsettled.count() < self.capacity)
+            || (q.events.len() < self.capacity
+                && self.unsettled.count().saturating_sub(self.flushing.count()) < self.capacity
+                && self.flushing.count() < self.capacity * FLUSH_WAIT_FACTOR)
     }
 
     /// Waits until [`Inbox::has_room`].
     pub async fn room(&self) {
         loop {
-            let (left, settled) = (self.space.notified(), self.unsettled.settled.notified());
+            let (left, settled, flushed) = (
+                self.space.notified(),
+                self.unsettled.settled.notified(),
+                self.flushing.settled.notified(),
+            );
             if self.has_room() {
                 return;
             }
             tokio::select! {
                 () = left => {}
                 () = settled => {}
+                () = flushed => {}
             }
         }
     }
@@ -212,6 +233,17 @@ impl Inbox {
     /// A place for an event that is about to be pushed, held until its delivery settles.
     pub fn slot(&self) -> Slot {
         self.unsettled.take()
+    }
+
+    /// Moves an unsettled event that now waits only for the flush of its state writes to
+    /// the flush budget, until the returned place is dropped (drop it once the event has
+    /// settled or gone back to the queue: until then it counts in the flush budget, not
+    /// the queue's).
+    pub fn awaiting_flush(&self) -> Slot {
+        let place = self.flushing.take();
+        // Its place in the queue's budget is free now: an intake may be waiting for it.
+        self.unsettled.settled.notify_one();
+        place
     }
 
     /// Events waiting.
@@ -319,6 +351,39 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(1), room)
             .await
             .expect("room once one settles");
+    }
+
+    #[tokio::test]
+    async fn events_waiting_for_their_flush_have_a_budget_of_their_own() {
+        let q = Inbox::new(2, Overflow::Backpressure);
+        let mut taken: Vec<Slot> = (0..2).map(|_| q.slot()).collect();
+        assert!(!q.has_room(), "two taken and not settled");
+        let room = q.room();
+        let mut flushing = vec![q.awaiting_flush()];
+        tokio::time::timeout(std::time::Duration::from_secs(1), room)
+            .await
+            .expect("room once one only waits for its flush");
+        // Up to FLUSH_WAIT_FACTOR queues' worth wait for a flush; then the intake waits.
+        while flushing.len() < 2 * FLUSH_WAIT_FACTOR {
+            assert!(q.has_room(), "{} waiting for a flush", flushing.len());
+            taken.push(q.slot());
+            flushing.push(q.awaiting_flush());
+        }
+        assert!(!q.has_room(), "the flush budget is full");
+        let room = q.room();
+        flushing.pop();
+        taken.pop();
+        tokio::time::timeout(std::time::Duration::from_secs(1), room)
+            .await
+            .expect("room once one is flushed");
+        // One whose flush is done but whose message waits for another holder counts in
+        // the queue's budget again.
+        flushing.clear();
+        assert_eq!(taken.len(), 2 * FLUSH_WAIT_FACTOR);
+        assert!(
+            !q.has_room(),
+            "unsettled again once out of the flush budget"
+        );
     }
 
     #[test]

@@ -29,6 +29,7 @@ use std::time::Duration;
 
 use crate::event::{Inbound, Outbound};
 use crate::runtime::{GuestEvent, LoadedFunction, MessageId};
+use output::Durable;
 
 /// What every function's dispatcher or supervisor shares.
 #[derive(Clone)]
@@ -77,18 +78,22 @@ fn message_id(function: &LoadedFunction, event: &Inbound) -> Option<MessageId> {
 }
 
 /// The recorded outputs of a redelivered message whose effects are already in the store
-/// (its receipt matches), or `None` if the function must be called.
+/// (its receipt matches), with the flush that makes them durable if they are not on disk
+/// yet; `None` if the function must be called.
 fn already_done(
     function: &LoadedFunction,
     event: &Inbound,
     id: Option<MessageId>,
-) -> Option<Vec<Outbound>> {
+) -> Option<(Vec<Outbound>, Option<Durable>)> {
     let (id, ns) = (id?, function.state()?);
     if !event.dup {
         return None;
     }
     match ns.receipt(id.pkid, id.checksum, id.incarnation) {
-        Ok(r) => r.map(|r| r.outputs),
+        Ok(r) => r.map(|r| {
+            let pending = ns.receipt_pending(id.pkid);
+            (r.outputs, pending.map(|g| (ns.store().clone(), g)))
+        }),
         // The call will meet the same error at its commit, and wait.
         Err(_) => None,
     }

@@ -167,8 +167,8 @@ pub(super) fn handle(
     shadow: &Slot,
 ) {
     let id = message_id(function, &event);
-    if let Some(outputs) = already_done(function, &event, id) {
-        rt.block_on(output.replay(function.name(), stats, event, outputs));
+    if let Some((outputs, durable)) = already_done(function, &event, id) {
+        rt.block_on(output.replay(function.name(), stats, event, outputs, durable));
         return;
     }
     // A canary topic runs on the shadow's version first; if it fails there, the event

@@ -17,6 +17,10 @@ use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
 use crate::mqtt::publisher::Publisher;
 use crate::runtime::{CallError, CallOutcome};
+use crate::state::StateStore;
+
+/// A state store and the flush generation that makes a commit in it durable.
+pub type Durable = (Arc<StateStore>, u64);
 
 /// Longest error message a dead letter carries, in bytes; a longer one is cut (on a
 /// character boundary) and `message_truncated` says so.
@@ -130,7 +134,7 @@ impl Output {
         if outcome.duplicate {
             // Another copy of the message committed first and published its outputs.
             stats.replayed();
-            event.delivery.complete();
+            self.complete_when_durable(event, outcome.durable);
             return;
         }
         tracing::debug!(
@@ -166,11 +170,16 @@ impl Output {
         match outcome.durable {
             Some((store, generation)) => {
                 let (stats, inbox) = (stats.clone(), inbox.clone());
+                let flush_budget = inbox.awaiting_flush();
                 self.tracker.spawn(async move {
                     if store.durable(generation).await {
                         cost.commit = Some(called.elapsed());
                         stats.succeeded(event.received.elapsed(), cost);
                         event.delivery.complete();
+                        // Its place goes back to the queue's budget if another holder
+                        // still keeps the message unsettled.
+                        drop(event);
+                        drop(flush_budget);
                     } else {
                         // The store was reopened after an I/O error and the commit was
                         // not on disk: run the event again, first. Its outputs may go out
@@ -189,13 +198,15 @@ impl Output {
 
     /// A redelivered message whose effects are already in the store: its recorded outputs
     /// go out again (the store cannot know whether the broker had them: outputs are at
-    /// least once), then it is acknowledged. The function is not called.
+    /// least once), then it is acknowledged, once those effects are on disk (`durable`:
+    /// the flush they wait for, if they are not yet). The function is not called.
     pub async fn replay(
         &self,
         function: &str,
         stats: &Arc<FunctionStats>,
         event: Inbound,
         outputs: Vec<Outbound>,
+        durable: Option<Durable>,
     ) {
         tracing::debug!(function, topic = %event.topic, pkid = event.pkid, outputs = outputs.len(),
             "redelivered message already handled: outputs sent again, not called");
@@ -206,7 +217,24 @@ impl Output {
                 return;
             }
         }
-        event.delivery.complete();
+        self.complete_when_durable(event, durable);
+    }
+
+    /// Completes the delivery of a message whose effects another copy committed: at once
+    /// if they are on disk, or after the flush that makes them durable. If that commit
+    /// was lost with a failed store, the message stays unacknowledged: the other copy runs
+    /// again, and the broker resends this one.
+    fn complete_when_durable(&self, event: Inbound, durable: Option<Durable>) {
+        match durable {
+            None => event.delivery.complete(),
+            Some((store, generation)) => {
+                self.tracker.spawn(async move {
+                    if store.durable(generation).await {
+                        event.delivery.complete();
+                    }
+                });
+            }
+        }
     }
 
     /// Queues a message that no event waits for (a shadow's output, its report); false

@@ -233,9 +233,12 @@ impl PersistentInstance {
                 continue;
             };
             let id = message_id(&self.function, &event);
-            if let Some(outputs) = already_done(&self.function, &event, id) {
+            if let Some((outputs, durable)) = already_done(&self.function, &event, id) {
                 live = Some(instance);
-                rt.block_on(self.output.replay(&name, &self.stats, event, outputs));
+                rt.block_on(
+                    self.output
+                        .replay(&name, &self.stats, event, outputs, durable),
+                );
                 continue;
             }
             let mut wait = Duration::from_millis(100);

@@ -32,7 +32,8 @@ pub struct CallError {
 pub struct CallOutcome {
     /// Messages to publish, in order.
     pub outbox: Vec<Outbound>,
-    /// If the call wrote state: the store and the flush generation that makes it durable.
+    /// If the call wrote state: the store and the flush generation that makes it durable
+    /// (for a `duplicate`, the other copy's, while it is not on disk yet).
     pub durable: Option<(Arc<StateStore>, u64)>,
     /// Another copy of the same message committed its state first: this call's writes and
     /// outputs were dropped (the other copy's stand).
@@ -598,7 +599,10 @@ impl Instance {
                     Ok(Committed::Pending(g)) => {
                         (self.state.as_ref().map(|ns| (ns.store().clone(), g)), false)
                     }
-                    Ok(Committed::Duplicate) => (None, true),
+                    Ok(Committed::Duplicate(pending)) => (
+                        pending.and_then(|g| self.state.as_ref().map(|ns| (ns.store().clone(), g))),
+                        true,
+                    ),
                     Err(e) => {
                         let err = CallError {
                             kind: FailureKind::State,

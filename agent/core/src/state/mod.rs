@@ -440,6 +440,15 @@ impl StateStore {
             .unwrap_or(0)
     }
 
+    /// A generation whose flush covers every commit made so far, and the flusher woken so
+    /// that it comes (a flush that starts after this read takes every overlay as it is
+    /// then, and one already under way finishes first).
+    fn covering_flush(&self) -> u64 {
+        let generation = self.next_flush.load(Ordering::Acquire);
+        self.dirty.notify_one();
+        generation
+    }
+
     /// Flushes done so far (successful or not).
     pub fn flushes(&self) -> u64 {
         self.next_flush.load(Ordering::Acquire) - 1
@@ -615,8 +624,9 @@ pub enum Committed {
     /// Written; durable after the flush of this generation ([`StateStore::durable`]).
     Pending(u64),
     /// The store already had a receipt for the message: another copy of it committed
-    /// first, and this call's writes were dropped.
-    Duplicate,
+    /// first, and this call's writes were dropped. With the flush generation that makes
+    /// that other copy's commit durable, if it is not on disk yet.
+    Duplicate(Option<u64>),
 }
 
 impl Receipt {
@@ -868,6 +878,16 @@ impl Namespace {
         };
         let life = self.store.life;
         Ok(Receipt::decode(pkid, &v).filter(|r| r.answers(checksum, incarnation, life)))
+    }
+
+    /// For a receipt of `pkid` that is committed but not flushed yet: a flush generation
+    /// that makes it durable ([`StateStore::durable`]), with the flusher woken so that the
+    /// flush comes. `None` once it is on disk (or if there is none): read it after
+    /// [`Namespace::receipt`] found it, so that a flush in between only makes it `None`.
+    /// A resend must not be acknowledged on a receipt that a power cut could still undo.
+    pub fn receipt_pending(&self, pkid: u16) -> Option<u64> {
+        let pending = matches!(self.overlay().get(&Receipt::key(pkid)), Some(Some(_)));
+        pending.then(|| self.store.covering_flush())
     }
 
     /// The broker did not keep the session: every receipt is void (packet ids start over).
@@ -1181,7 +1201,7 @@ impl Txn {
                 .receipt(r.pkid, r.checksum, r.incarnation)?
                 .is_some()
         {
-            return Ok(Committed::Duplicate);
+            return Ok(Committed::Duplicate(self.ns.receipt_pending(r.pkid)));
         }
         // A store being reopened takes no commit (and says so now, not at the flush).
         self.ns.tree()?;
@@ -1510,7 +1530,10 @@ mod tests {
         // A second copy of the same delivery commits nothing.
         let mut t = ns.begin();
         t.increment("n", 1).unwrap();
-        assert_eq!(t.commit(Some(&receipt)).unwrap(), Committed::Duplicate);
+        assert!(matches!(
+            t.commit(Some(&receipt)).unwrap(),
+            Committed::Duplicate(_)
+        ));
         assert_eq!(ns.begin().get("n").unwrap(), Some(b"1".to_vec()));
         // The guest sees neither the receipt nor its count, and cannot write one.
         assert_eq!(ns.keys(), 1);
@@ -1558,6 +1581,41 @@ mod tests {
             .expect("room made by the smaller value");
         t.commit(None).unwrap();
         assert_eq!(ns.bytes(), 11 + 31 + 41);
+    }
+
+    /// A resend found by a receipt that is not on disk yet waits for that receipt's flush:
+    /// acknowledged before it, a power cut would lose the message.
+    #[tokio::test]
+    async fn a_receipt_not_flushed_yet_says_which_flush_makes_it_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap();
+        let receipt = Receipt {
+            pkid: 9,
+            incarnation: crate::event::next_incarnation(),
+            checksum: crate::event::checksum("in", b"x"),
+            outputs: vec![],
+        };
+        let copy = |ns: &Arc<Namespace>| {
+            let mut t = ns.begin();
+            t.increment("n", 1).unwrap();
+            t.commit(Some(&receipt)).unwrap()
+        };
+        assert!(matches!(copy(&ns), Committed::Pending(_)));
+        let Some(generation) = ns.receipt_pending(9) else {
+            panic!("pending before any flush")
+        };
+        assert_eq!(copy(&ns), Committed::Duplicate(Some(generation)));
+        // The flush of that generation makes the first copy, and so the resend, durable.
+        let stop = tokio_util::sync::CancellationToken::new();
+        let flusher = tokio::spawn(s.clone().run_flusher(stop.clone()));
+        let durable = tokio::time::timeout(Duration::from_secs(5), s.durable(generation)).await;
+        assert_eq!(durable.ok(), Some(true), "flushed");
+        assert_eq!(ns.receipt_pending(9), None, "on disk");
+        assert_eq!(copy(&ns), Committed::Duplicate(None));
+        assert_eq!(ns.begin().get("n").unwrap(), Some(b"1".to_vec()));
+        stop.cancel();
+        let _ = flusher.await;
     }
 
     #[tokio::test]
