@@ -5,6 +5,7 @@
 #   AGENT_BINARY  default target/release/edge-agent
 #   RUNS          runs of each isolation case (default 3; the median is reported)
 #   CASES         which of the cases below to run (default all)
+#   SHADOW_EXTRA  appended to case 2's shadow tables, e.g. 'max_cpu_percent = 100'
 #
 # Starts Mosquitto (TCP_NODELAY) on a free port and, in turn:
 #
@@ -132,10 +133,12 @@ print(f'$name: {rate:.0f} events/s, p99 {p99/1000:.2f} ms (runs: ' + ', '.join(f
 case_run "alone" "panic" ""
 case_run "shadow traps on every event" "panic" "[function.shadow]
 module = \"$root/modules/dist/misbehave.wasm\"
-config = { out_topic = \"out\" }"
+config = { out_topic = \"out\" }
+${SHADOW_EXTRA:-}"
 case_run "shadow runs to its timeout (200 ms) on every event" "loop" "[function.shadow]
 module = \"$root/modules/dist/misbehave.wasm\"
-config = { out_topic = \"out\" }"
+config = { out_topic = \"out\" }
+${SHADOW_EXTRA:-}"
 
 fi
 

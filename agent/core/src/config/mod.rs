@@ -750,6 +750,10 @@ pub struct ShadowConfig {
     /// Events waiting for the shadow; past it, events are skipped (and counted), so that
     /// the primary never waits for its shadow.
     pub queue_capacity: usize,
+    /// Most CPU the shadow's thread may use, in percent of one core (averaged over a
+    /// second): past it, the shadow pauses and the events meanwhile are skipped, so that
+    /// a costly or hostile version cannot take the CPU its function needs.
+    pub max_cpu_percent: f64,
     /// JSON paths left out of the comparison (`ts`, `meta.time`, `readings.*.at`).
     pub ignore: Vec<String>,
     /// The first this many mirrored events also run the primary a second time, to learn
@@ -813,6 +817,7 @@ impl Default for ShadowConfig {
             fraction: 1.0,
             publish_to: None,
             queue_capacity: 64,
+            max_cpu_percent: 5.0,
             ignore: Vec::new(),
             calibrate_events: 100,
             keep_mismatches: 20,

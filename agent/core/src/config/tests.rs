@@ -448,6 +448,10 @@ fn a_shadow_section_has_defaults_and_checks_its_settings() {
             "`function[f].shadow.fraction`: must be above 0 and at most 1",
         ),
         (
+            "max_cpu_percent = 150",
+            "`function[f].shadow.max_cpu_percent`: must be above 0 and at most 100",
+        ),
+        (
             "publish_to = \"sensors/x\"",
             "`function[f].shadow.publish_to`: `sensors/x` is under the function's own topic filter",
         ),

@@ -549,6 +549,13 @@ impl Config {
         if !(1..=1_000_000).contains(&s.queue_capacity) {
             errs.push(self.invalid(key("queue_capacity"), "must be from 1 to 1000000"));
         }
+        if !(s.max_cpu_percent.is_finite() && s.max_cpu_percent > 0.0 && s.max_cpu_percent <= 100.0)
+        {
+            errs.push(self.invalid(
+                key("max_cpu_percent"),
+                "must be above 0 and at most 100 (percent of one core)",
+            ));
+        }
         if s.keep_mismatches > 1000 {
             errs.push(self.invalid(key("keep_mismatches"), "must be at most 1000"));
         }

@@ -6,7 +6,9 @@
 //! - The primary is never slowed: it hands each event and its result over with a
 //!   `try_send` into the shadow's own bounded queue; when the queue is full the event is
 //!   skipped and counted. The shadow has one worker thread of its own, at the lowest
-//!   priority (nice 19), so that it takes next to no CPU from the function either.
+//!   priority (nice 19), and it uses at most `max_cpu_percent` of a core: past it, it
+//!   pauses and the events meanwhile are skipped. On a busy machine a low priority alone
+//!   did not keep a trapping shadow from taking 17% of the function's rate.
 //! - The shadow's state is a namespace of its own (`<name>~shadow`), a copy of the
 //!   primary's at start-up: it sees realistic state and can never change the primary's.
 //! - The comparison understands JSON (key order ignored, numbers compared as numbers,
@@ -486,6 +488,40 @@ impl Runner {
     }
 }
 
+/// The shadow thread's CPU allowance: `share` of one core, with at most a second's worth
+/// saved up (a token bucket counted in CPU seconds).
+struct Allowance {
+    share: f64,
+    /// CPU seconds the thread may still use now; below zero, what it owes.
+    left: f64,
+    last: std::time::Instant,
+}
+
+impl Allowance {
+    fn new(percent: f64) -> Self {
+        let share = (percent / 100.0).clamp(1e-6, 1.0);
+        Self {
+            share,
+            left: share,
+            last: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts `cpu` used since the last call; returns how long the thread must pause to
+    /// be back within its share (zero if it is).
+    fn spend(&mut self, cpu: Duration) -> Duration {
+        let now = std::time::Instant::now();
+        let earned = now.duration_since(self.last).as_secs_f64() * self.share;
+        self.last = now;
+        self.left = (self.left + earned).min(self.share) - cpu.as_secs_f64();
+        if self.left >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.left / self.share)
+        }
+    }
+}
+
 fn work(
     rt: &Handle,
     core: &Core,
@@ -498,9 +534,24 @@ fn work(
     }
     let mut shadow = Runner::new(core.candidate.clone(), core.model);
     let mut control = control.map(|(f, m)| Runner::new(f, m));
+    let mut allowance = Allowance::new(core.cfg.max_cpu_percent);
+    let mut cpu = crate::clock::thread_cpu_time();
     while let Ok(pair) = rx.recv() {
         if core.retired.load(Ordering::Relaxed) {
             return;
+        }
+        // Over its CPU share (the last events were costly): pause, and let the events
+        // meanwhile be skipped (its queue fills), rather than take the function's CPU.
+        let now = crate::clock::thread_cpu_time();
+        let pause = allowance.spend(now.saturating_sub(cpu));
+        cpu = now;
+        let until = std::time::Instant::now() + pause;
+        while let Some(left) = until.checked_duration_since(std::time::Instant::now()) {
+            // In slices, so that a stop or a reload never waits out a long pause.
+            if core.retired.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(left.min(Duration::from_millis(50)));
         }
         let wait = HOLD_BACK.saturating_sub(pair.handed.elapsed());
         if !wait.is_zero() {
@@ -992,6 +1043,30 @@ fn generalised(path: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(".")
+}
+
+#[cfg(test)]
+mod allowance_tests {
+    use super::{Allowance, Duration};
+
+    #[test]
+    fn the_shadow_pauses_for_what_it_used_over_its_share() {
+        let mut a = Allowance::new(10.0);
+        assert_eq!(
+            a.spend(Duration::from_millis(50)),
+            Duration::ZERO,
+            "within the saved 100 ms"
+        );
+        let pause = a.spend(Duration::from_millis(150));
+        assert!(
+            (Duration::from_millis(950)..=Duration::from_millis(1000)).contains(&pause),
+            "100 ms over at 10% of a core is a second's pause, not {pause:?}"
+        );
+        // Nothing saved beyond a second's worth, however long it idled.
+        let mut a = Allowance::new(10.0);
+        a.last -= Duration::from_secs(60);
+        assert!(a.spend(Duration::from_millis(300)) >= Duration::from_millis(1900));
+    }
 }
 
 #[cfg(test)]
