@@ -840,9 +840,9 @@ impl Deployer {
             ts_ms: crate::clock::now_ms(),
         };
         let topic = format!("{}/{}/{}", self.prefix, self.agent, DeploymentReport::TOPIC);
-        let sent = self
-            .publisher
-            .publish(topic, QoS::AtLeastOnce, true, body.to_bytes(), None);
+        let sent =
+            self.publisher
+                .publish(topic, QoS::AtLeastOnce, true, body.to_bytes(), None, None);
         let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
     }
 }

@@ -655,10 +655,14 @@ impl Reloader {
             }
         };
         let qos = rumqttc::QoS::AtLeastOnce;
-        let sent =
-            self.parts
-                .publisher
-                .publish(self.topic.clone(), qos, false, body.to_bytes(), None);
+        let sent = self.parts.publisher.publish(
+            self.topic.clone(),
+            qos,
+            false,
+            body.to_bytes(),
+            None,
+            None,
+        );
         let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
         body
     }

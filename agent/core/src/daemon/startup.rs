@@ -361,7 +361,7 @@ async fn announce_presence(
                 body = status.to_bytes();
             }
             if publisher
-                .publish(topic.clone(), qos, true, body, None)
+                .publish(topic.clone(), qos, true, body, None, None)
                 .await
                 .is_err()
             {

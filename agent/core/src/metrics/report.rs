@@ -196,7 +196,7 @@ impl StatsBook {
             }
             let body = reporter.report().to_bytes();
             let qos = rumqttc::QoS::AtMostOnce;
-            let sent = publisher.publish(topic.clone(), qos, true, body, None);
+            let sent = publisher.publish(topic.clone(), qos, true, body, None, None);
             if tokio::time::timeout(every, sent).await.is_err() {
                 tracing::debug!("stats not published: connection backlog full");
             }

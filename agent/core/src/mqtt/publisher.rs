@@ -8,25 +8,48 @@
 //! then reports `Outgoing::Publish(pkid)` in the order requests were queued. The publisher
 //! queues its requests under a lock, in the same order as the deliveries waiting on them,
 //! and pairs the two as the connection task reports what went out.
+//!
+//! One connection is one stream: an output waits for every output queued before it, in
+//! the agent and in the broker. So that a function that floods outputs cannot make the
+//! others wait behind hundreds of its own, each function holds at most
+//! [`UNCONFIRMED_PER_FUNCTION`] outputs the broker has not confirmed; its next waits for
+//! one of them ([`Output`](crate::pipeline::output::Output) keeps one semaphore per function).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 
 use rumqttc::{AsyncClient, ClientError, Event, Outgoing, Packet, QoS};
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::event::Delivery;
+
+/// Most outputs of one function on the output connection that the broker has not
+/// confirmed (written out, for QoS 0). A function's queue of one-output events (64) never
+/// holds more, so it bounds a function that makes many outputs per event: measured in
+/// docs/benchmarks.md ("One function's flood of outputs").
+pub const UNCONFIRMED_PER_FUNCTION: usize = 64;
 
 /// What waits on one publish: a delivery to complete, or nothing.
 type Waiter = Option<Arc<Delivery>>;
 
+/// A publish's waiter, and its function's place among its unconfirmed outputs (given back
+/// when the entry is dropped: confirmed, or dropped with a lost session).
+struct Entry(Waiter, Option<OwnedSemaphorePermit>);
+
+impl Entry {
+    fn waiter(self) -> Waiter {
+        self.0
+    }
+}
+
 #[derive(Default)]
 struct Waiting {
     /// Queued requests not yet numbered, oldest first.
-    queued: VecDeque<Waiter>,
+    queued: VecDeque<Entry>,
     /// Numbered QoS 1/2 publishes the broker has not confirmed.
-    in_flight: HashMap<u16, Waiter>,
+    in_flight: HashMap<u16, Entry>,
     /// A publish rumqttc holds back because its packet id is still in flight.
-    collided: Option<(u16, Waiter)>,
+    collided: Option<(u16, Entry)>,
     /// Queued requests rumqttc took out of its queue when the connection failed: it resends
     /// them (after the unconfirmed ones) if the broker resumes the session, and drops them
     /// with the unconfirmed ones if it does not.
@@ -57,8 +80,9 @@ impl Publisher {
     }
 
     /// Queues a message, waiting while the connection's request queue is full; `then` is
-    /// completed once the broker has it. Cancel-safe: dropped before it returns, nothing
-    /// was queued.
+    /// completed once the broker has it, and `place` (the function's, see
+    /// [`UNCONFIRMED_PER_FUNCTION`]) given back. Cancel-safe: dropped before it returns,
+    /// nothing was queued.
     ///
     /// # Errors
     /// The connection is gone (shutting down): `then` is never completed.
@@ -69,6 +93,7 @@ impl Publisher {
         retain: bool,
         payload: Vec<u8>,
         then: Waiter,
+        place: Option<OwnedSemaphorePermit>,
     ) -> Result<(), ClientError> {
         /// Takes the waiter back out unless the request went into the queue.
         struct Unqueue<'a>(&'a Publisher, bool);
@@ -80,7 +105,7 @@ impl Publisher {
             }
         }
         let _order = self.order.lock().await;
-        self.lock().queued.push_back(then);
+        self.lock().queued.push_back(Entry(then, place));
         let mut unqueue = Unqueue(self, true);
         let sent = self.client.publish(topic, qos, retain, payload).await;
         unqueue.1 = sent.is_err();
@@ -102,10 +127,10 @@ impl Publisher {
         let Ok(_order) = self.order.try_lock() else {
             return Err(then);
         };
-        self.lock().queued.push_back(then);
+        self.lock().queued.push_back(Entry(then, None));
         match self.client.try_publish(topic, qos, retain, payload) {
             Ok(()) => Ok(()),
-            Err(_) => Err(self.lock().queued.pop_back().flatten()),
+            Err(_) => Err(self.lock().queued.pop_back().and_then(Entry::waiter)),
         }
     }
 
@@ -128,32 +153,34 @@ impl Publisher {
         let done = {
             let mut w = self.lock();
             match event {
-                Event::Outgoing(Outgoing::Publish(0)) => w.queued.pop_front().flatten(),
+                Event::Outgoing(Outgoing::Publish(0)) => w.queued.pop_front(),
                 Event::Outgoing(Outgoing::Publish(pkid)) => {
                     if !w.in_flight.contains_key(pkid) {
-                        let waiter = match w.collided.take() {
-                            Some((held, waiter)) if held == *pkid => waiter,
+                        let entry = match w.collided.take() {
+                            Some((held, entry)) if held == *pkid => Some(entry),
                             other => {
                                 w.collided = other;
-                                w.queued.pop_front().flatten()
+                                w.queued.pop_front()
                             }
                         };
-                        w.in_flight.insert(*pkid, waiter);
+                        w.in_flight
+                            .insert(*pkid, entry.unwrap_or(Entry(None, None)));
                     }
                     // Otherwise a resend after a reconnection: its waiter is in place.
                     None
                 }
                 Event::Outgoing(Outgoing::AwaitAck(pkid)) => {
-                    let waiter = w.queued.pop_front().flatten();
-                    w.collided = Some((*pkid, waiter));
+                    let entry = w.queued.pop_front().unwrap_or(Entry(None, None));
+                    w.collided = Some((*pkid, entry));
                     None
                 }
-                Event::Incoming(Packet::PubAck(ack)) => w.in_flight.remove(&ack.pkid).flatten(),
-                Event::Incoming(Packet::PubRec(rec)) => w.in_flight.remove(&rec.pkid).flatten(),
+                Event::Incoming(Packet::PubAck(ack)) => w.in_flight.remove(&ack.pkid),
+                Event::Incoming(Packet::PubRec(rec)) => w.in_flight.remove(&rec.pkid),
                 _ => None,
             }
         };
-        if let Some(delivery) = done {
+        // The function's place is given back with the entry, after its delivery.
+        if let Some(Entry(Some(delivery), _place)) = done {
             delivery.complete();
         }
     }
@@ -233,7 +260,14 @@ mod tests {
         let (p, _el) = setup();
         let (d, mut acks) = delivery(2);
         for _ in 0..2 {
-            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d.clone()));
+            let sent = p.publish(
+                "o".into(),
+                QoS::AtLeastOnce,
+                false,
+                vec![],
+                Some(d.clone()),
+                None,
+            );
             assert!(sent.await.is_ok());
         }
         p.observe(&out(1));
@@ -283,14 +317,21 @@ mod tests {
         let (p, _el) = setup();
         let (d, mut acks) = delivery(1);
         for waiter in [None, Some(d.clone())] {
-            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], waiter);
+            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], waiter, None);
             assert!(sent.await.is_ok());
         }
         p.observe(&out(1));
         p.connection_lost(1);
         // Published during the outage: still in rumqttc's queue, not moved aside.
         let (later, mut later_acks) = delivery(1);
-        let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(later));
+        let sent = p.publish(
+            "o".into(),
+            QoS::AtLeastOnce,
+            false,
+            vec![],
+            Some(later),
+            None,
+        );
         assert!(sent.await.is_ok());
         assert_eq!(
             p.reconnected(false),
@@ -310,7 +351,14 @@ mod tests {
         let (p, _el) = setup();
         let (d, mut acks) = delivery(2);
         for _ in 0..2 {
-            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d.clone()));
+            let sent = p.publish(
+                "o".into(),
+                QoS::AtLeastOnce,
+                false,
+                vec![],
+                Some(d.clone()),
+                None,
+            );
             assert!(sent.await.is_ok());
         }
         p.observe(&out(1));
@@ -324,15 +372,33 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_functions_place_is_given_back_when_the_broker_has_its_output() {
+        let (p, _el) = setup();
+        let places = Arc::new(tokio::sync::Semaphore::new(2));
+        for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+            let place = places.clone().try_acquire_owned().ok();
+            let sent = p.publish("o".into(), qos, false, vec![], None, place);
+            assert!(sent.await.is_ok());
+        }
+        assert_eq!(places.available_permits(), 0, "both held while unconfirmed");
+        p.observe(&out(0));
+        assert_eq!(places.available_permits(), 1, "QoS 0: once written out");
+        p.observe(&out(1));
+        assert_eq!(places.available_permits(), 1, "in flight: still held");
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
+        assert_eq!(places.available_permits(), 2, "confirmed");
+    }
+
+    #[tokio::test]
     async fn a_publish_given_up_while_waiting_for_room_leaves_no_waiter() {
         let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
         let (client, _el) = AsyncClient::new(opts, 1);
         let p = Publisher::new(client);
         let (d, mut acks) = delivery(1);
-        let first = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d));
+        let first = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d), None);
         assert!(first.await.is_ok());
         // The request queue (1) is full: this one waits, and is given up.
-        let second = p.publish("s".into(), QoS::AtLeastOnce, false, vec![], None);
+        let second = p.publish("s".into(), QoS::AtLeastOnce, false, vec![], None, None);
         let waited = tokio::time::timeout(std::time::Duration::from_millis(20), second);
         assert!(waited.await.is_err());
         assert_eq!(p.unconfirmed(), 1);

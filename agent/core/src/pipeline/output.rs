@@ -4,7 +4,10 @@
 //! event, whether the router refused it or its call failed, takes the one dead-letter path
 //! in [`Output::fail`], and completes once the broker has its dead letter.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+
+use tokio::sync::Semaphore;
 
 use base64::Engine as _;
 use tokio_util::task::TaskTracker;
@@ -15,7 +18,7 @@ use crate::event::{Inbound, Outbound};
 use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
-use crate::mqtt::publisher::Publisher;
+use crate::mqtt::publisher::{Publisher, UNCONFIRMED_PER_FUNCTION};
 use crate::runtime::{CallError, CallOutcome};
 use crate::state::StateStore;
 
@@ -77,6 +80,9 @@ pub struct Output {
     /// Every running function's topic filters: outputs that match one may come back in.
     /// Shared by the clones; a reload that adds or removes a function replaces it.
     filters: Arc<std::sync::RwLock<Vec<String>>>,
+    /// Each function's places among the output connection's unconfirmed publishes
+    /// ([`UNCONFIRMED_PER_FUNCTION`]), by function name. Shared by the clones.
+    places: Arc<std::sync::Mutex<HashMap<String, Arc<Semaphore>>>>,
 }
 
 impl Output {
@@ -99,7 +105,19 @@ impl Output {
             max_packet_bytes,
             hops,
             filters: Arc::default(),
+            places: Arc::default(),
         }
+    }
+
+    /// `function`'s places among the unconfirmed publishes (made at its first output).
+    fn places(&self, function: &str) -> Arc<Semaphore> {
+        let mut all = self.places.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = all.get(function) {
+            return s.clone();
+        }
+        let s = Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION));
+        all.insert(function.to_string(), s.clone());
+        s
     }
 
     /// The agent's subscriptions now: every running function's topic filters.
@@ -162,7 +180,7 @@ impl Output {
                 self.hops
                     .published(&msg.topic, &msg.payload, event.hop.saturating_add(1));
             }
-            if !self.publish(msg, waiter.clone()).await {
+            if !self.publish(msg, waiter.clone(), Some(function)).await {
                 // Connection gone (shutting down): leave the event unacknowledged.
                 return;
             }
@@ -213,7 +231,10 @@ impl Output {
         stats.replayed();
         event.delivery.add_holders(outputs.len());
         for msg in outputs {
-            if !self.publish(msg, Some(event.delivery.clone())).await {
+            if !self
+                .publish(msg, Some(event.delivery.clone()), Some(function))
+                .await
+            {
                 return;
             }
         }
@@ -240,12 +261,18 @@ impl Output {
     /// Queues a message that no event waits for (a shadow's output, its report); false
     /// if the connection is gone.
     pub async fn publish_unheld(&self, msg: Outbound) -> bool {
-        self.publish(msg, None).await
+        self.publish(msg, None, None).await
     }
 
     /// Queues a function's message for the broker, waiting while the connection's request
-    /// queue is full. Returns false if the connection is gone (shutting down).
-    async fn publish(&self, msg: Outbound, then: Option<Arc<crate::event::Delivery>>) -> bool {
+    /// queue is full, or while `function` already has its most unconfirmed outputs. Returns
+    /// false if the connection is gone (shutting down).
+    async fn publish(
+        &self,
+        msg: Outbound,
+        then: Option<Arc<crate::event::Delivery>>,
+        function: Option<&str>,
+    ) -> bool {
         // The host refuses oversized messages when the guest publishes them; this is the
         // last line, since one oversized packet would break the connection for everyone.
         let packet = crate::event::publish_packet_bytes(&msg.topic, msg.payload.len());
@@ -258,8 +285,13 @@ impl Output {
             return true;
         }
         let qos = crate::event::mqtt_qos(msg.qos);
+        // Never closed: an error cannot happen, and would only mean no place is held.
+        let place = match function {
+            Some(f) => self.places(f).acquire_owned().await.ok(),
+            None => None,
+        };
         self.publisher
-            .publish(msg.topic, qos, msg.retain, msg.payload, then)
+            .publish(msg.topic, qos, msg.retain, msg.payload, then, place)
             .await
             .is_ok()
     }
@@ -317,7 +349,7 @@ impl Output {
                 let publisher = self.publisher.clone();
                 self.tracker.spawn(async move {
                     let then = Some(event.delivery.clone());
-                    let _ = publisher.publish(topic, qos, false, body, then).await;
+                    let _ = publisher.publish(topic, qos, false, body, then, None).await;
                 });
             }
         }
