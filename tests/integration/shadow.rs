@@ -234,6 +234,69 @@ async fn a_failing_shadow_and_a_stateful_one_leave_the_primary_alone() {
     assert_eq!(c.recv().await.json()["count"], 11);
 }
 
+/// A stateful shadow that skipped events (its queue of 1 overflows in a burst) missed
+/// their writes; once it has caught up it starts again from the function's state, so the
+/// events after the burst compare as matches, not as the drift.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stateful_shadow_that_skipped_events_is_back_in_step_once_it_catches_up() {
+    let id = unique("shadow-resync");
+    let config = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"c\"\nmodule = \"{}\"\nmode = \"persistent\"\n\
+             topics = [\"in/c\"]\npublish_rate = 1000000\n[function.config]\nout_topic = \"out/c\"\n\
+             [function.shadow]\nqueue_capacity = 1\ncalibrate_events = 0\n",
+            guest("counter")
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out/c"]).await;
+    const BURST: u64 = 200;
+    for _ in 0..BURST {
+        c.publish("in/c", "x").await;
+    }
+    for _ in 0..BURST {
+        c.recv().await;
+    }
+    let report = || agent.snapshot("c").shadow.expect("c's shadow");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let burst = loop {
+        let r = report();
+        if r.matches + r.mismatches + r.skipped == BURST {
+            break r;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "shadow not done: {r:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert!(
+        burst.skipped > 0,
+        "the burst overflowed the shadow's queue: {burst:?}"
+    );
+    for n in 1..=3 {
+        c.publish("in/c", "x").await;
+        assert_eq!(c.recv().await.json()["count"], BURST + n);
+        let deadline = tokio::time::Instant::now() + WAIT;
+        while report().matches + report().mismatches < burst.matches + burst.mismatches + n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not compared: {:?}",
+                report()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    let after = report();
+    assert_eq!(
+        (
+            after.matches - burst.matches,
+            after.mismatches - burst.mismatches
+        ),
+        (3, 0),
+        "the events after the burst match the function's: {after:?}"
+    );
+}
+
 /// `edge-agent promote` under a stream of about 1,000 events/s on four topics: the
 /// counter's version 2 (its outputs on another topic) takes over from version 1 between
 /// two events, and every event is counted once by one of the two.

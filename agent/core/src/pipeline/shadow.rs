@@ -23,7 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
+use std::sync::mpsc::{Receiver, SyncSender, TryRecvError, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -128,6 +128,8 @@ impl Shadow {
             report_topic,
             agent,
         } = parts;
+        // A stateful shadow that skipped events starts again from this once it has caught up.
+        let primary_state = primary.state().cloned();
         let canary = canary
             .zip(cfg.canary.clone())
             .map(|(function, cfg)| Canary::new(function, primary, cfg));
@@ -154,7 +156,7 @@ impl Shadow {
         }
         let (c, output) = (core.clone(), shared.output.clone());
         let worker = spawn_worker(format!("{function}~shadow"), move |rt| {
-            work(&rt, &c, &rx, control, &output);
+            work(&rt, &c, &rx, control, &output, primary_state.as_ref());
         })?;
         shared.background.spawn_until_stopped(publish_reports(
             Arc::downgrade(&core),
@@ -528,6 +530,7 @@ fn work(
     rx: &Receiver<Pair>,
     control: Option<(Arc<LoadedFunction>, Mode)>,
     output: &Output,
+    primary_state: Option<&Arc<crate::state::Namespace>>,
 ) {
     if !lowest_priority() {
         tracing::debug!(function = %core.function, "shadow: its thread could not be given the lowest priority; it competes for CPU with the function");
@@ -536,7 +539,27 @@ fn work(
     let mut control = control.map(|(f, m)| Runner::new(f, m));
     let mut allowance = Allowance::new(core.cfg.max_cpu_percent);
     let mut cpu = crate::clock::thread_cpu_time();
-    while let Ok(pair) = rx.recv() {
+    let mut skips_seen = 0;
+    loop {
+        let pair = match rx.try_recv() {
+            Ok(pair) => pair,
+            Err(TryRecvError::Disconnected) => return,
+            Err(TryRecvError::Empty) => {
+                // Caught up after skipping events: a stateful shadow missed their writes,
+                // so it starts again from the primary's state as it is now.
+                let skips = core.skipped.load(Ordering::Relaxed);
+                if skips != skips_seen {
+                    skips_seen = skips;
+                    if let Some(from) = primary_state {
+                        resync(core, from, &mut shadow, control.as_mut());
+                    }
+                }
+                match rx.recv() {
+                    Ok(pair) => pair,
+                    Err(_) => return,
+                }
+            }
+        };
         if core.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -597,6 +620,32 @@ fn work(
         book.judge(judged);
         core.changed.store(true, Ordering::Relaxed);
     }
+}
+
+/// Copies the primary's state into the shadow's namespace (and the calibration's), and
+/// drops their persistent instances, whose memory may hold the state they drifted to.
+/// The copy is one consistent snapshot of the primary's keys; an event the primary
+/// committed just before it and handed over just after is counted again by the shadow (a
+/// window of microseconds: one mismatch, set right at the next catch-up after a skip).
+fn resync(
+    core: &Core,
+    from: &Arc<crate::state::Namespace>,
+    shadow: &mut Runner,
+    control: Option<&mut Runner>,
+) {
+    for runner in std::iter::once(shadow).chain(control) {
+        let Some(ns) = runner.function.state() else {
+            continue;
+        };
+        match ns.copy_from(from) {
+            Ok(()) => runner.live = None,
+            Err(e) => {
+                tracing::warn!(function = %core.function, error = %crate::failure::chain(&e),
+                    "shadow: its state could not be brought back in step with the function's; its counts may differ");
+            }
+        }
+    }
+    tracing::debug!(function = %core.function, "shadow: skipped events, state copied again from the function's");
 }
 
 /// Gives the calling thread the lowest priority (nice 19): where it competes for a core
