@@ -53,6 +53,10 @@ struct Pair {
     cost: Option<CallCost>,
     /// When the primary handed it over.
     handed: std::time::Instant,
+    /// Events skipped before it was handed over: if some were skipped after the shadow's
+    /// state was last copied from the function's, a stateful shadow's state misses their
+    /// writes.
+    skips_before: u64,
 }
 
 /// How long after the primary's call the shadow's call on the same event starts, at the
@@ -188,6 +192,7 @@ impl Shadow {
             primary,
             cost,
             handed: std::time::Instant::now(),
+            skips_before: self.core.skipped.load(Ordering::Acquire),
         };
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(pair) {
             self.core.skipped.fetch_add(1, Ordering::Relaxed);
@@ -539,7 +544,11 @@ fn work(
     let mut control = control.map(|(f, m)| Runner::new(f, m));
     let mut allowance = Allowance::new(core.cfg.max_cpu_percent);
     let mut cpu = crate::clock::thread_cpu_time();
-    let mut skips_seen = 0;
+    // Skips covered by the last copy of the function's state (none at the start: the
+    // shadow starts from a copy). A stateful shadow skips the events handed over after
+    // later skips (their comparisons would show its drift, not its version) until it has
+    // caught up and copied the function's state again.
+    let mut synced = 0;
     loop {
         let pair = match rx.try_recv() {
             Ok(pair) => pair,
@@ -547,9 +556,9 @@ fn work(
             Err(TryRecvError::Empty) => {
                 // Caught up after skipping events: a stateful shadow missed their writes,
                 // so it starts again from the primary's state as it is now.
-                let skips = core.skipped.load(Ordering::Relaxed);
-                if skips != skips_seen {
-                    skips_seen = skips;
+                let skips = core.skipped.load(Ordering::Acquire);
+                if skips != synced {
+                    synced = skips;
                     if let Some(from) = primary_state {
                         resync(core, from, &mut shadow, control.as_mut());
                     }
@@ -562,6 +571,11 @@ fn work(
         };
         if core.retired.load(Ordering::Relaxed) {
             return;
+        }
+        if primary_state.is_some() && pair.skips_before > synced {
+            core.skipped.fetch_add(1, Ordering::Release);
+            core.changed.store(true, Ordering::Relaxed);
+            continue;
         }
         // Over its CPU share (the last events were costly): pause, and let the events
         // meanwhile be skipped (its queue fills), rather than take the function's CPU.
@@ -624,9 +638,10 @@ fn work(
 
 /// Copies the primary's state into the shadow's namespace (and the calibration's), and
 /// drops their persistent instances, whose memory may hold the state they drifted to.
-/// The copy is one consistent snapshot of the primary's keys; an event the primary
-/// committed just before it and handed over just after is counted again by the shadow (a
-/// window of microseconds: one mismatch, set right at the next catch-up after a skip).
+/// The copy is one consistent snapshot of the primary's keys, but the primary goes on
+/// meanwhile: an event it committed before the snapshot and handed over after the queue
+/// was found empty runs on the shadow again (a mismatch), and the next catch-up after a
+/// skip sets it right. Exact would need the primary's commit order on each event.
 fn resync(
     core: &Core,
     from: &Arc<crate::state::Namespace>,
