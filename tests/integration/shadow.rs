@@ -259,18 +259,12 @@ async fn a_stateful_shadow_that_skipped_events_is_back_in_step_once_it_catches_u
         c.recv().await;
     }
     let report = || agent.snapshot("c").shadow.expect("c's shadow");
-    let deadline = tokio::time::Instant::now() + WAIT;
-    let burst = loop {
+    eventually("the shadow done with the burst", || {
         let r = report();
-        if r.matches + r.mismatches + r.skipped == BURST {
-            break r;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "shadow not done: {r:?}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    };
+        r.matches + r.mismatches + r.skipped == BURST
+    })
+    .await;
+    let burst = report();
     assert!(
         burst.skipped > 0,
         "the burst overflowed the shadow's queue: {burst:?}"
@@ -278,15 +272,11 @@ async fn a_stateful_shadow_that_skipped_events_is_back_in_step_once_it_catches_u
     for n in 1..=3 {
         c.publish("in/c", "x").await;
         assert_eq!(c.recv().await.json()["count"], BURST + n);
-        let deadline = tokio::time::Instant::now() + WAIT;
-        while report().matches + report().mismatches < burst.matches + burst.mismatches + n {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "not compared: {:?}",
-                report()
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-        }
+        eventually("the event after the burst compared", || {
+            let r = report();
+            r.matches + r.mismatches == burst.matches + burst.mismatches + n
+        })
+        .await;
     }
     let after = report();
     assert_eq!(

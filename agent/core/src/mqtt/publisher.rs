@@ -251,6 +251,12 @@ mod tests {
         (d, rx)
     }
 
+    /// Queues a QoS 1 output on `p` that `waiter` waits on.
+    async fn queue(p: &Publisher, waiter: Waiter) {
+        let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], waiter, None);
+        assert!(sent.await.is_ok());
+    }
+
     fn out(pkid: u16) -> Event {
         Event::Outgoing(Outgoing::Publish(pkid))
     }
@@ -260,15 +266,7 @@ mod tests {
         let (p, _el) = setup();
         let (d, mut acks) = delivery(2);
         for _ in 0..2 {
-            let sent = p.publish(
-                "o".into(),
-                QoS::AtLeastOnce,
-                false,
-                vec![],
-                Some(d.clone()),
-                None,
-            );
-            assert!(sent.await.is_ok());
+            queue(&p, Some(d.clone())).await;
         }
         p.observe(&out(1));
         p.observe(&out(2));
@@ -317,22 +315,13 @@ mod tests {
         let (p, _el) = setup();
         let (d, mut acks) = delivery(1);
         for waiter in [None, Some(d.clone())] {
-            let sent = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], waiter, None);
-            assert!(sent.await.is_ok());
+            queue(&p, waiter).await;
         }
         p.observe(&out(1));
         p.connection_lost(1);
         // Published during the outage: still in rumqttc's queue, not moved aside.
         let (later, mut later_acks) = delivery(1);
-        let sent = p.publish(
-            "o".into(),
-            QoS::AtLeastOnce,
-            false,
-            vec![],
-            Some(later),
-            None,
-        );
-        assert!(sent.await.is_ok());
+        queue(&p, Some(later)).await;
         assert_eq!(
             p.reconnected(false),
             2,
@@ -351,15 +340,7 @@ mod tests {
         let (p, _el) = setup();
         let (d, mut acks) = delivery(2);
         for _ in 0..2 {
-            let sent = p.publish(
-                "o".into(),
-                QoS::AtLeastOnce,
-                false,
-                vec![],
-                Some(d.clone()),
-                None,
-            );
-            assert!(sent.await.is_ok());
+            queue(&p, Some(d.clone())).await;
         }
         p.observe(&out(1));
         p.connection_lost(1);
