@@ -42,6 +42,10 @@ pub const FLUSH_WAIT_FACTOR: usize = 4;
 struct Inner {
     events: VecDeque<Inbound>,
     closed: bool,
+    /// Worker threads blocked in [`Inbox::pop`]: a push wakes one only if there is one
+    /// (std's `Condvar::notify_one` is a system call even when nobody waits, and under
+    /// load the workers are mostly busy when an event arrives).
+    waiting: usize,
 }
 
 /// No event came within the wait ([`Inbox::pop_timeout`]).
@@ -71,6 +75,7 @@ impl Inbox {
             inner: Mutex::new(Inner {
                 events: VecDeque::new(),
                 closed: false,
+                waiting: 0,
             }),
             ready: Condvar::new(),
             space: Notify::new(),
@@ -114,8 +119,11 @@ impl Inbox {
                 }
             }
         };
+        let wake = q.waiting > 0;
         drop(q);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(rejected)
     }
 
@@ -130,8 +138,11 @@ impl Inbox {
             return Err(event);
         }
         q.events.push_front(event);
+        let wake = q.waiting > 0;
         drop(q);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         Ok(())
     }
 
@@ -172,11 +183,13 @@ impl Inbox {
             if q.closed {
                 return Ok(None);
             }
+            q.waiting += 1;
             q = match until {
                 None => self.ready.wait(q).unwrap_or_else(|p| p.into_inner()),
                 Some(until) => {
                     let left = until.saturating_duration_since(std::time::Instant::now());
                     if left.is_zero() {
+                        q.waiting -= 1;
                         return Err(Idle);
                     }
                     self.ready
@@ -185,6 +198,7 @@ impl Inbox {
                         .0
                 }
             };
+            q.waiting -= 1;
         }
     }
 

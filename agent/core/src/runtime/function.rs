@@ -517,12 +517,13 @@ impl LoadedFunction {
         let start = Instant::now();
         let instance = self.instantiate_from(&pre)?;
         let instantiate = start.elapsed();
-        let (result, _instance) = instance.call(event, message);
+        // The call's CPU is counted from before the instance was made: one more read of
+        // the thread's CPU clock (a system call) per event would be all it saved.
+        let (result, _instance) = instance.call_counting(event, message, Some(cpu_start));
         self.touch();
         result.map(|mut outcome| {
             outcome.cost.instantiate = instantiate;
             outcome.cost.load = load;
-            outcome.cost.cpu = crate::clock::thread_cpu_time().saturating_sub(cpu_start);
             outcome
         })
     }
@@ -537,9 +538,20 @@ impl Instance {
     /// `message` identifies a QoS 1/2 message on its session: a call that writes state
     /// commits a receipt for it with its writes (see [`crate::state`]).
     pub fn call(
+        self,
+        event: &GuestEvent,
+        message: Option<MessageId>,
+    ) -> (Result<CallOutcome, CallError>, Option<Self>) {
+        self.call_counting(event, message, None)
+    }
+
+    /// [`Instance::call`], its CPU counted from `cpu_start` (this thread's CPU time then)
+    /// if given, else from the call's start.
+    fn call_counting(
         mut self,
         event: &GuestEvent,
         message: Option<MessageId>,
+        cpu_start: Option<Duration>,
     ) -> (Result<CallOutcome, CallError>, Option<Self>) {
         self.store.set_epoch_deadline(self.deadline_ticks);
         if let Some(fuel) = self.fuel
@@ -567,7 +579,7 @@ impl Instance {
         }
         let running = self.ticker.running();
         let started = Instant::now();
-        let cpu_start = crate::clock::thread_cpu_time();
+        let cpu_start = cpu_start.unwrap_or_else(crate::clock::thread_cpu_time);
         let result = self
             .bindings
             .edge_agent_handler()
