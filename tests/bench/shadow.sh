@@ -6,6 +6,9 @@
 #   RUNS          runs of each isolation case (default 3; the median is reported)
 #   CASES         which of the cases below to run (default all)
 #   SHADOW_EXTRA  appended to case 2's shadow tables, e.g. 'max_cpu_percent = 100'
+#   ISO_RATE      case 2 paced at this many events/s in all (four publishers at a quarter
+#                 each, 10 s of events) instead of as fast as they can: the p99 of a
+#                 moderate rate, where it is not the queue's length at saturation
 #
 # Starts Mosquitto (TCP_NODELAY) on a free port and, in turn:
 #
@@ -93,7 +96,11 @@ fi
 
 if want 2; then
 echo "== 2. isolation: echo's rate and p99 alone and beside a hostile shadow (median of $runs)"
-n=20000
+n=20000 pace=()
+if [[ -n ${ISO_RATE:-} ]]; then
+    n=$((ISO_RATE * 10)) pace=(--rate "$((ISO_RATE / 4))")
+    echo "   paced: $ISO_RATE events/s, $n events"
+fi
 # case NAME PAYLOAD SHADOW_TOML
 case_run() {
     local name="$1" payload="$2" shadow="$3" out=()
@@ -112,7 +119,7 @@ $shadow"
         sleep 0.3
         local t0; t0=$(date +%s.%N)
         for _ in 1 2 3 4; do
-            "$bin" publish --broker "mqtt://127.0.0.1:$port" -t in -n $((n / 4)) --payload "$payload" -q 1 2>/dev/null &
+            "$bin" publish --broker "mqtt://127.0.0.1:$port" -t in -n $((n / 4)) "${pace[@]}" --payload "$payload" -q 1 2>/dev/null &
         done
         wait "$sub"
         local t1; t1=$(date +%s.%N)
