@@ -1,12 +1,14 @@
-//! A token bucket: the rate limit behind `publish_rate` and `log_rate`.
+//! A token bucket: the rate limit behind `publish_rate`, `log_rate` and, over it, the state
+//! store's `max_flushes_per_sec`.
 
 use std::time::Instant;
 
-/// A token bucket: `rate` tokens per second, holding at most `rate` (so bursts of up to
-/// one second's worth are allowed).
+/// A token bucket: `rate` tokens per second, holding at most `burst` (by default `rate`,
+/// so bursts of up to one second's worth are allowed).
 #[derive(Debug)]
 pub struct TokenBucket {
     rate: f64,
+    burst: f64,
     tokens: f64,
     last: Option<Instant>,
 }
@@ -14,10 +16,16 @@ pub struct TokenBucket {
 impl TokenBucket {
     /// A full bucket refilling at `rate` per second.
     pub fn new(rate: u32) -> Self {
-        let rate = f64::from(rate.max(1));
+        Self::with_burst(rate, f64::from(rate.max(1)))
+    }
+
+    /// A full bucket of `burst` tokens (at least one) refilling at `rate` per second.
+    pub fn with_burst(rate: u32, burst: f64) -> Self {
+        let burst = burst.max(1.0);
         Self {
-            rate,
-            tokens: rate,
+            rate: f64::from(rate.max(1)),
+            burst,
+            tokens: burst,
             last: None,
         }
     }
@@ -31,7 +39,7 @@ impl TokenBucket {
     fn refill(&mut self, now: Instant) {
         if let Some(last) = self.last {
             let refill = now.saturating_duration_since(last).as_secs_f64() * self.rate;
-            self.tokens = (self.tokens + refill).min(self.rate);
+            self.tokens = (self.tokens + refill).min(self.burst);
         }
         self.last = Some(now);
     }
@@ -39,7 +47,8 @@ impl TokenBucket {
     /// Takes one token if there is one.
     pub fn take(&mut self, now: Instant) -> bool {
         self.refill(now);
-        if self.tokens >= 1.0 {
+        // Less a rounding error: after waiting out `wait`, a token is there.
+        if self.tokens >= 1.0 - 1e-9 {
             self.tokens -= 1.0;
             true
         } else {

@@ -143,10 +143,10 @@ fn on_demand(fuel: bool) -> Result<Engine, RuntimeError> {
 /// at their deadline. It ticks only while guest code may run ([`EpochTicker::running`]), or
 /// has started within the last tick: after a whole tick without any it sleeps, waking once
 /// a second to see whether the engine is gone, instead of 100 times a second (measured: its
-/// ticks were most of an idle agent's wake-ups and CPU). It holds only a weak reference to the engine and ends once the
-/// engine is gone: that is, once the runtime *and every store* are dropped. Tying it to
-/// the runtime instead would let a call still running when the agent is dropped loop for
-/// ever.
+/// ticks were most of an idle agent's wake-ups and CPU). It holds only a weak reference to
+/// the engine and ends once the engine is gone: that is, once the runtime *and every store*
+/// are dropped. Tying it to the runtime instead would let a call still running when the
+/// agent is dropped loop for ever.
 #[derive(Clone)]
 pub struct EpochTicker {
     inner: std::sync::Arc<Ticking>,

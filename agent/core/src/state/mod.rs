@@ -368,8 +368,8 @@ impl StateStore {
     ///
     /// Above `max_flushes_per_sec` commits a second, a flush waits for `k` pending commits,
     /// `k` the commit rate over the cap rounded up, or until the first pending commit has
-    /// waited one period of the cap, and no sooner than a period after the last flush
-    /// started. Below it (`k` = 1) every commit is flushed at once, as
+    /// waited one period of the cap, and draws on an allowance of `cap` flushes a second
+    /// (which holds the cap in bursts). Below it (`k` = 1) every commit is flushed at once, as
     /// a plain group commit. Counting commits, rather than spacing flushes in time, starts
     /// a flush right after a commit: at twice the cap, one commit of each pair waits for
     /// the next and the other not at all.
@@ -379,7 +379,7 @@ impl StateStore {
         let period = (cap > 0).then(|| Duration::from_secs_f64(1.0 / cap as f64));
         let mut last: Option<(tokio::time::Instant, u64)> = None;
         let mut rate = 0.0f64;
-        let mut allowance = FlushAllowance::new(cap);
+        let mut allowance = flush_allowance(cap);
         loop {
             tokio::select! {
                 () = self.dirty.notified() => {}
@@ -414,12 +414,13 @@ impl StateStore {
                 // already keeps to it, and what the allowance saves up absorbs the jitter.
                 // (At the cap or under it, every commit is still flushed at once: an
                 // allowance there would hold commits for the jitter.)
-                let wait = allowance.take(over);
-                if !wait.is_zero() {
+                if over {
+                    let wait = allowance.wait(tokio::time::Instant::now().into_std());
                     tokio::select! {
                         () = tokio::time::sleep(wait) => {}
                         () = stop.cancelled() => {}
                     }
+                    allowance.take(tokio::time::Instant::now().into_std());
                 }
             }
             if let Some(next) = last.map(|(t, _)| t + spacing) {
@@ -563,43 +564,10 @@ impl StateStore {
     }
 }
 
-/// Flushes a second over the cap (`state.max_flushes_per_sec`): a token bucket of `cap` a
-/// second with a tenth of a second's worth saved up.
-struct FlushAllowance {
-    cap: f64,
-    saved: f64,
-    most: f64,
-    at: tokio::time::Instant,
-}
-
-impl FlushAllowance {
-    fn new(cap: u64) -> Self {
-        let most = (cap as f64 / 10.0).max(1.0);
-        Self {
-            cap: cap as f64,
-            saved: most,
-            most,
-            at: tokio::time::Instant::now(),
-        }
-    }
-
-    /// Counts a flush about to start: how long it must wait first. Only flushes `over`
-    /// the cap wait (and spend); the others leave what is saved up as it is.
-    fn take(&mut self, over: bool) -> Duration {
-        let now = tokio::time::Instant::now();
-        let earned = now.duration_since(self.at).as_secs_f64() * self.cap;
-        self.at = now;
-        self.saved = (self.saved + earned).min(self.most);
-        if !over {
-            return Duration::ZERO;
-        }
-        self.saved -= 1.0;
-        if self.saved >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.saved / self.cap)
-        }
-    }
+/// Flushes over the cap (`state.max_flushes_per_sec`): `cap` a second, with a tenth of a
+/// second's worth saved up.
+fn flush_allowance(cap: u64) -> crate::rate::TokenBucket {
+    crate::rate::TokenBucket::with_burst(u32::try_from(cap).unwrap_or(u32::MAX), cap as f64 / 10.0)
 }
 
 /// One function's keys.
@@ -1796,17 +1764,16 @@ mod tests {
 
     /// Over the cap, flushes as fast as they come are held to the cap: a second of them
     /// under a cap of 50 starts at most 50, plus the tenth of a second's worth saved up.
-    /// At or under the cap nothing waits, and nothing is spent. On tokio's paused clock.
+    /// On tokio's paused clock.
     #[tokio::test(start_paused = true)]
     async fn the_flush_allowance_holds_flushes_over_the_cap_to_it() {
-        let mut a = FlushAllowance::new(50);
-        for _ in 0..1000 {
-            assert_eq!(a.take(false), Duration::ZERO, "at the cap nothing waits");
-        }
+        let now = || tokio::time::Instant::now().into_std();
+        let mut a = flush_allowance(50);
         let start = tokio::time::Instant::now();
         let mut flushes = 0;
         while start.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(a.take(true)).await;
+            tokio::time::sleep(a.wait(now())).await;
+            assert!(a.take(now()));
             flushes += 1;
             // A flush takes a millisecond, and the next comes at once.
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -1818,9 +1785,10 @@ mod tests {
         // After a quiet spell, what was saved up lets the next ones start at once.
         tokio::time::sleep(Duration::from_secs(1)).await;
         for _ in 0..5 {
-            assert_eq!(a.take(true), Duration::ZERO);
+            assert_eq!(a.wait(now()), Duration::ZERO);
+            assert!(a.take(now()));
         }
-        assert!(a.take(true) > Duration::ZERO);
+        assert!(a.wait(now()) > Duration::ZERO);
     }
 
     /// With a spacing, a commit made just after a flush waits for the next one, which
