@@ -450,70 +450,135 @@ pub fn serve(
     state_health: watch::Receiver<Option<String>>,
     background: &crate::tasks::Background,
 ) -> std::io::Result<SocketAddr> {
-    use axum::http::{StatusCode, header};
-    use axum::routing::get;
-
     let mut registry = Registry::default();
     registry.register_collector(Box::new(AgentCollector {
         stats: Book(stats),
         links: links.clone(),
         state_health: state_health.clone(),
     }));
-    let registry = Arc::new(registry);
-    let app = axum::Router::new()
-        .route(
-            "/metrics",
-            get(move || {
-                let registry = registry.clone();
-                async move {
-                    (
-                        [(
-                            header::CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        render(&registry),
-                    )
-                }
-            }),
-        )
-        .route("/healthz", get(|| async { "ok\n" }))
-        .route(
-            "/readyz",
-            get(move || {
-                let overall = links.borrow().overall();
-                let degraded = state_health.borrow().clone();
-                async move {
-                    if let Some(reason) = degraded {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            format!("degraded: {reason}\n"),
-                        )
-                    } else if overall.subscribed {
-                        (StatusCode::OK, "ready\n".into())
-                    } else if overall.connected {
-                        (
-                            StatusCode::SERVICE_UNAVAILABLE,
-                            "not subscribed yet\n".into(),
-                        )
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not connected\n".into())
-                    }
-                }
-            }),
-        );
+    let routes = Arc::new(Routes {
+        registry,
+        links,
+        state_health,
+    });
     let listener = std::net::TcpListener::bind(listen)?;
     listener.set_nonblocking(true)?;
     let bound = listener.local_addr()?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     // Ends with the agent: open scrapes are answered, then the listener closes.
     background.spawn(|stop| async move {
-        let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-        if let Err(e) = serve.await {
-            tracing::error!(error = %e, "metrics listener stopped");
+        let connections = tokio_util::task::TaskTracker::new();
+        loop {
+            let stream = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(e) => {
+                        // Out of file descriptors, say: the next accept may work.
+                        tracing::warn!(error = %e, "metrics listener: accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        continue;
+                    }
+                },
+            };
+            let (routes, stop) = (routes.clone(), stop.clone());
+            connections.spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let response = routes.answer(&req);
+                    async move { Ok::<_, std::convert::Infallible>(response) }
+                });
+                let conn = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+                tokio::pin!(conn);
+                let done = tokio::select! {
+                    r = conn.as_mut() => Some(r),
+                    () = stop.cancelled() => None,
+                };
+                let result = match done {
+                    Some(r) => r,
+                    // Stopping: finish the request in hand, then close.
+                    None => {
+                        conn.as_mut().graceful_shutdown();
+                        conn.await
+                    }
+                };
+                if let Err(e) = result {
+                    tracing::debug!(error = %e, "metrics connection ended");
+                }
+            });
         }
+        connections.close();
+        connections.wait().await;
     });
     tracing::info!(listen = %bound, "metrics on http://{bound}/metrics");
     Ok(bound)
+}
+
+/// What the listener answers.
+struct Routes {
+    registry: Registry,
+    links: watch::Receiver<Links>,
+    state_health: watch::Receiver<Option<String>>,
+}
+
+type Body = http_body_util::Full<bytes::Bytes>;
+
+impl Routes {
+    fn answer<B>(&self, req: &hyper::Request<B>) -> hyper::Response<Body> {
+        use hyper::{Method, StatusCode, header};
+        let reply = |status: StatusCode, text: String| {
+            let mut r = hyper::Response::new(Body::from(text));
+            *r.status_mut() = status;
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                header::HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            r
+        };
+        let path = req.uri().path();
+        if !matches!(path, "/metrics" | "/healthz" | "/readyz") {
+            return reply(StatusCode::NOT_FOUND, String::new());
+        }
+        // HEAD too: hyper sends its headers without the body.
+        if !matches!(*req.method(), Method::GET | Method::HEAD) {
+            let mut r = reply(StatusCode::METHOD_NOT_ALLOWED, String::new());
+            r.headers_mut()
+                .insert(header::ALLOW, header::HeaderValue::from_static("GET,HEAD"));
+            return r;
+        }
+        match path {
+            "/metrics" => {
+                let mut r = reply(StatusCode::OK, render(&self.registry));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
+                );
+                r
+            }
+            "/healthz" => reply(StatusCode::OK, "ok\n".into()),
+            _ => {
+                let overall = self.links.borrow().overall();
+                let degraded = self.state_health.borrow().clone();
+                if let Some(reason) = degraded {
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        format!("degraded: {reason}\n"),
+                    )
+                } else if overall.subscribed {
+                    reply(StatusCode::OK, "ready\n".into())
+                } else if overall.connected {
+                    reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not subscribed yet\n".into(),
+                    )
+                } else {
+                    reply(StatusCode::SERVICE_UNAVAILABLE, "not connected\n".into())
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
