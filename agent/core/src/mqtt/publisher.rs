@@ -12,8 +12,9 @@
 //! One connection is one stream: an output waits for every output queued before it, in
 //! the agent and in the broker. So that a function that floods outputs cannot make the
 //! others wait behind hundreds of its own, each function holds at most
-//! [`UNCONFIRMED_PER_FUNCTION`] outputs the broker has not confirmed; its next waits for
-//! one of them ([`Output`](crate::pipeline::output::Output) keeps one semaphore per function).
+//! [`UNCONFIRMED_PER_FUNCTION`] outputs the broker has not confirmed, and at most
+//! [`UNCONFIRMED_SHARE`] while other functions publish too; its next waits for one of them
+//! ([`Output`](crate::pipeline::output::Output) keeps the places of each function).
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -29,12 +30,27 @@ use crate::event::Delivery;
 /// docs/benchmarks.md ("One function's flood of outputs").
 pub const UNCONFIRMED_PER_FUNCTION: usize = 64;
 
+/// Most unconfirmed outputs of one function while other functions publish too: what
+/// another function's output may find ahead of it in the stream. Measured in
+/// docs/benchmarks.md ("A cap that depends on who is publishing").
+pub const UNCONFIRMED_SHARE: usize = 16;
+
+/// What a function's output holds until the broker has it (given back when dropped): its
+/// place among the function's unconfirmed outputs, and, while other functions publish
+/// too, its place in the function's share of them.
+pub struct Place {
+    /// One of [`UNCONFIRMED_PER_FUNCTION`].
+    pub all: OwnedSemaphorePermit,
+    /// One of [`UNCONFIRMED_SHARE`], if one was free or had to be waited for.
+    pub share: Option<OwnedSemaphorePermit>,
+}
+
 /// What waits on one publish: a delivery to complete, or nothing.
 type Waiter = Option<Arc<Delivery>>;
 
 /// A publish's waiter, and its function's place among its unconfirmed outputs (given back
 /// when the entry is dropped: confirmed, or dropped with a lost session).
-struct Entry(Waiter, Option<OwnedSemaphorePermit>);
+struct Entry(Waiter, Option<Place>);
 
 impl Entry {
     fn waiter(self) -> Waiter {
@@ -93,7 +109,7 @@ impl Publisher {
         retain: bool,
         payload: Vec<u8>,
         then: Waiter,
-        place: Option<OwnedSemaphorePermit>,
+        place: Option<Place>,
     ) -> Result<(), ClientError> {
         /// Takes the waiter back out unless the request went into the queue.
         struct Unqueue<'a>(&'a Publisher, bool);
@@ -357,7 +373,11 @@ mod tests {
         let (p, _el) = setup();
         let places = Arc::new(tokio::sync::Semaphore::new(2));
         for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-            let place = places.clone().try_acquire_owned().ok();
+            let place = places
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|all| Place { all, share: None });
             let sent = p.publish("o".into(), qos, false, vec![], None, place);
             assert!(sent.await.is_ok());
         }

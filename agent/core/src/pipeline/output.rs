@@ -6,6 +6,8 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
@@ -18,7 +20,7 @@ use crate::event::{Inbound, Outbound};
 use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
-use crate::mqtt::publisher::{Publisher, UNCONFIRMED_PER_FUNCTION};
+use crate::mqtt::publisher::{Place, Publisher, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE};
 use crate::runtime::{CallError, CallOutcome};
 use crate::state::StateStore;
 
@@ -80,9 +82,9 @@ pub struct Output {
     /// Every running function's topic filters: outputs that match one may come back in.
     /// Shared by the clones; a reload that adds or removes a function replaces it.
     filters: Arc<std::sync::RwLock<Vec<String>>>,
-    /// Each function's places among the output connection's unconfirmed publishes
-    /// ([`UNCONFIRMED_PER_FUNCTION`]), by function name. Shared by the clones.
-    places: Arc<std::sync::Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// Each function's places among the output connection's unconfirmed publishes.
+    /// Shared by the clones.
+    places: Arc<Places>,
 }
 
 impl Output {
@@ -105,19 +107,8 @@ impl Output {
             max_packet_bytes,
             hops,
             filters: Arc::default(),
-            places: Arc::default(),
+            places: Arc::new(Places::new()),
         }
-    }
-
-    /// `function`'s places among the unconfirmed publishes (made at its first output).
-    fn places(&self, function: &str) -> Arc<Semaphore> {
-        let mut all = self.places.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = all.get(function) {
-            return s.clone();
-        }
-        let s = Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION));
-        all.insert(function.to_string(), s.clone());
-        s
     }
 
     /// The agent's subscriptions now: every running function's topic filters.
@@ -287,7 +278,7 @@ impl Output {
         let qos = crate::event::mqtt_qos(msg.qos);
         // Never closed: an error cannot happen, and would only mean no place is held.
         let place = match function {
-            Some(f) => self.places(f).acquire_owned().await.ok(),
+            Some(f) => self.places.take(f).await,
             None => None,
         };
         self.publisher
@@ -389,5 +380,116 @@ impl Output {
         tracing::error!(function, topic = %event.topic, packet,
             "dead letter over broker.max_packet_bytes not sent");
         None
+    }
+}
+
+/// How long after two functions last took turns at publishing each still counts as
+/// publishing beside the other (and holds at most its share of unconfirmed outputs).
+const TAKING_TURNS: Duration = Duration::from_secs(1);
+
+/// Each function's places among the output connection's unconfirmed publishes: at most
+/// [`UNCONFIRMED_PER_FUNCTION`], and at most [`UNCONFIRMED_SHARE`] while other functions
+/// publish too (one took a place after another within [`TAKING_TURNS`]), so that a
+/// function's output finds at most a share of each other function's ahead of it in the
+/// one stream; a function publishing alone keeps the whole window for its bursts.
+struct Places {
+    by_function: std::sync::Mutex<HashMap<String, Arc<FunctionPlaces>>>,
+    /// The function that took the last place (its index; `usize::MAX`: none yet).
+    last: AtomicUsize,
+    /// Until when (ms after `origin`) functions count as publishing side by side.
+    side_by_side_until: AtomicU64,
+    origin: Instant,
+}
+
+struct FunctionPlaces {
+    index: usize,
+    all: Arc<Semaphore>,
+    share: Arc<Semaphore>,
+}
+
+impl Places {
+    fn new() -> Self {
+        Self {
+            by_function: std::sync::Mutex::default(),
+            last: AtomicUsize::new(usize::MAX),
+            side_by_side_until: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    /// `function`'s places (made at its first output).
+    fn of(&self, function: &str) -> Arc<FunctionPlaces> {
+        let mut all = self.by_function.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(f) = all.get(function) {
+            return f.clone();
+        }
+        let f = Arc::new(FunctionPlaces {
+            index: all.len(),
+            all: Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION)),
+            share: Arc::new(Semaphore::new(UNCONFIRMED_SHARE)),
+        });
+        all.insert(function.to_string(), f.clone());
+        f
+    }
+
+    /// A place for one of `function`'s outputs, once it has one. Cancel-safe. `None` only
+    /// if a semaphore were closed, which none is.
+    async fn take(&self, function: &str) -> Option<Place> {
+        let f = self.of(function);
+        let all = f.all.clone().acquire_owned().await.ok()?;
+        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let before = self.last.swap(f.index, Ordering::Relaxed);
+        if before != f.index && before != usize::MAX {
+            let until = now.saturating_add(TAKING_TURNS.as_millis() as u64);
+            self.side_by_side_until.fetch_max(until, Ordering::Relaxed);
+        }
+        let share = if now < self.side_by_side_until.load(Ordering::Relaxed) {
+            f.share.clone().acquire_owned().await.ok()
+        } else {
+            // Alone: the share's places are counted while free, never waited for.
+            f.share.clone().try_acquire_owned().ok()
+        };
+        Some(Place { all, share })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn soon(places: &Places, function: &str) -> Option<Place> {
+        tokio::time::timeout(Duration::from_millis(50), places.take(function))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    #[tokio::test]
+    async fn a_function_alone_keeps_its_whole_window_and_beside_another_its_share() {
+        let places = Places::new();
+        let mut loud = Vec::new();
+        for _ in 0..UNCONFIRMED_PER_FUNCTION {
+            loud.push(
+                soon(&places, "loud")
+                    .await
+                    .expect("alone: the whole window"),
+            );
+        }
+        assert!(
+            soon(&places, "loud").await.is_none(),
+            "past the window it waits for a confirmation"
+        );
+        loud.truncate(UNCONFIRMED_SHARE + 4);
+        // Another function publishes: from now on loud holds at most its share, so
+        // quiet's next output finds at most that many of loud's ahead of it.
+        let quiet = soon(&places, "quiet").await.expect("quiet has room");
+        assert!(quiet.share.is_some());
+        assert!(
+            soon(&places, "loud").await.is_none(),
+            "side by side, the share ({UNCONFIRMED_SHARE}) is full"
+        );
+        // The oldest outputs hold the share's places: one confirmed, one more goes.
+        loud.remove(0);
+        assert!(soon(&places, "loud").await.is_some());
     }
 }
