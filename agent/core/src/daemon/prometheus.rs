@@ -466,8 +466,8 @@ pub fn serve(
     let bound = listener.local_addr()?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     // Ends with the agent: open scrapes are answered, then the listener closes.
+    let connections = background.clone();
     background.spawn(|stop| async move {
-        let connections = tokio_util::task::TaskTracker::new();
         loop {
             let stream = tokio::select! {
                 () = stop.cancelled() => break,
@@ -481,8 +481,8 @@ pub fn serve(
                     }
                 },
             };
-            let (routes, stop) = (routes.clone(), stop.clone());
-            connections.spawn(async move {
+            let routes = routes.clone();
+            connections.spawn(|stop| async move {
                 let service = hyper::service::service_fn(move |req| {
                     let response = routes.answer(&req);
                     async move { Ok::<_, std::convert::Infallible>(response) }
@@ -490,14 +490,10 @@ pub fn serve(
                 let conn = hyper::server::conn::http1::Builder::new()
                     .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
                 tokio::pin!(conn);
-                let done = tokio::select! {
-                    r = conn.as_mut() => Some(r),
-                    () = stop.cancelled() => None,
-                };
-                let result = match done {
-                    Some(r) => r,
+                let result = tokio::select! {
+                    r = conn.as_mut() => r,
                     // Stopping: finish the request in hand, then close.
-                    None => {
+                    () = stop.cancelled() => {
                         conn.as_mut().graceful_shutdown();
                         conn.await
                     }
@@ -507,8 +503,6 @@ pub fn serve(
                 }
             });
         }
-        connections.close();
-        connections.wait().await;
     });
     tracing::info!(listen = %bound, "metrics on http://{bound}/metrics");
     Ok(bound)

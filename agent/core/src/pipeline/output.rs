@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
@@ -107,7 +107,7 @@ impl Output {
             max_packet_bytes,
             hops,
             filters: Arc::default(),
-            places: Arc::new(Places::new()),
+            places: Arc::default(),
         }
     }
 
@@ -392,31 +392,24 @@ const TAKING_TURNS: Duration = Duration::from_secs(1);
 /// publish too (one took a place after another within [`TAKING_TURNS`]), so that a
 /// function's output finds at most a share of each other function's ahead of it in the
 /// one stream; a function publishing alone keeps the whole window for its bursts.
+#[derive(Default)]
 struct Places {
     by_function: std::sync::Mutex<HashMap<String, Arc<FunctionPlaces>>>,
-    /// The function that took the last place (its index; `usize::MAX`: none yet).
+    /// The function that took the last place: its index plus one (0: none yet).
     last: AtomicUsize,
-    /// Until when (ms after `origin`) functions count as publishing side by side.
+    /// Until when ([`crate::clock::monotonic_ns`], in ms) functions count as publishing
+    /// side by side.
     side_by_side_until: AtomicU64,
-    origin: Instant,
 }
 
 struct FunctionPlaces {
-    index: usize,
+    /// From 1, in the order the functions first published.
+    id: usize,
     all: Arc<Semaphore>,
     share: Arc<Semaphore>,
 }
 
 impl Places {
-    fn new() -> Self {
-        Self {
-            by_function: std::sync::Mutex::default(),
-            last: AtomicUsize::new(usize::MAX),
-            side_by_side_until: AtomicU64::new(0),
-            origin: Instant::now(),
-        }
-    }
-
     /// `function`'s places (made at its first output).
     fn of(&self, function: &str) -> Arc<FunctionPlaces> {
         let mut all = self.by_function.lock().unwrap_or_else(|p| p.into_inner());
@@ -424,7 +417,7 @@ impl Places {
             return f.clone();
         }
         let f = Arc::new(FunctionPlaces {
-            index: all.len(),
+            id: all.len() + 1,
             all: Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION)),
             share: Arc::new(Semaphore::new(UNCONFIRMED_SHARE)),
         });
@@ -437,9 +430,9 @@ impl Places {
     async fn take(&self, function: &str) -> Option<Place> {
         let f = self.of(function);
         let all = f.all.clone().acquire_owned().await.ok()?;
-        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let before = self.last.swap(f.index, Ordering::Relaxed);
-        if before != f.index && before != usize::MAX {
+        let now = crate::clock::monotonic_ns() / 1_000_000;
+        let before = self.last.swap(f.id, Ordering::Relaxed);
+        if before != f.id && before != 0 {
             let until = now.saturating_add(TAKING_TURNS.as_millis() as u64);
             self.side_by_side_until.fetch_max(until, Ordering::Relaxed);
         }
@@ -466,7 +459,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_function_alone_keeps_its_whole_window_and_beside_another_its_share() {
-        let places = Places::new();
+        let places = Places::default();
         let mut loud = Vec::new();
         for _ in 0..UNCONFIRMED_PER_FUNCTION {
             loud.push(
