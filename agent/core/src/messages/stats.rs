@@ -122,9 +122,11 @@ pub struct Snapshot {
     /// State-writing calls: from the call's end to its writes being durable (the group
     /// commit); `count` is how many calls wrote state.
     pub commit_us: Percentiles,
-    /// CPU time per event (instantiation plus call).
+    /// CPU time per event (instantiation plus call), of the calls whose CPU was read: all
+    /// of them while a worker's calls are [`crate::clock::CALL_CPU_SPACING`] or more apart,
+    /// one per spacing when they come faster.
     pub cpu_us: Percentiles,
-    /// CPU time of all successful events.
+    /// CPU time of all successful events (a call not read counts at its thread's last read).
     pub cpu_total_us: u64,
     /// Largest linear memory of any instance.
     pub peak_memory_bytes: usize,

@@ -512,14 +512,14 @@ impl LoadedFunction {
             keep.idle_ended(self.last_used.idle());
         }
         self.touch();
-        let cpu_start = crate::clock::thread_cpu_time();
+        let cpu = crate::clock::CallCpu::start();
         let (pre, load) = self.linked()?;
         let start = Instant::now();
         let instance = self.instantiate_from(&pre)?;
         let instantiate = start.elapsed();
         // The call's CPU is counted from before the instance was made: one more read of
         // the thread's CPU clock (a system call) per event would be all it saved.
-        let (result, _instance) = instance.call_counting(event, message, Some(cpu_start));
+        let (result, _instance) = instance.call_counting(event, message, Some(cpu));
         self.touch();
         result.map(|mut outcome| {
             outcome.cost.instantiate = instantiate;
@@ -545,13 +545,13 @@ impl Instance {
         self.call_counting(event, message, None)
     }
 
-    /// [`Instance::call`], its CPU counted from `cpu_start` (this thread's CPU time then)
-    /// if given, else from the call's start.
+    /// [`Instance::call`], its CPU counted from `cpu` (started before the instance was
+    /// made) if given, else from the call's start.
     fn call_counting(
         mut self,
         event: &GuestEvent,
         message: Option<MessageId>,
-        cpu_start: Option<Duration>,
+        cpu: Option<crate::clock::CallCpu>,
     ) -> (Result<CallOutcome, CallError>, Option<Self>) {
         self.store.set_epoch_deadline(self.deadline_ticks);
         if let Some(fuel) = self.fuel
@@ -579,14 +579,14 @@ impl Instance {
         }
         let running = self.ticker.running();
         let started = Instant::now();
-        let cpu_start = cpu_start.unwrap_or_else(crate::clock::thread_cpu_time);
+        let cpu = cpu.unwrap_or_else(crate::clock::CallCpu::start);
         let result = self
             .bindings
             .edge_agent_handler()
             .call_handle(&mut self.store, event);
         drop(running);
         let execute = started.elapsed();
-        let cpu = crate::clock::thread_cpu_time().saturating_sub(cpu_start);
+        let cpu = cpu.stop();
         let data = self.store.data_mut();
         let txn = data.txn.take();
         let outbox = std::mem::take(&mut data.outbox);
@@ -633,7 +633,8 @@ impl Instance {
                     duplicate,
                     cost: crate::metrics::CallCost {
                         execute,
-                        cpu,
+                        cpu: cpu.cpu,
+                        cpu_estimated: cpu.estimated,
                         peak_memory,
                         ..crate::metrics::CallCost::default()
                     },
