@@ -80,6 +80,21 @@ if [[ $kind == device ]]; then
     rustflags+=(-C force-unwind-tables=no)
 fi
 
+# The device build's standard library is built from source (rust-src) with the build's
+# own flags: no unwind tables, no backtrace symbolisation (a stripped binary has no
+# symbols to show), and std, core and alloc still at opt-level 3 rather than the device
+# profile's "s" (at "s" the per-event CPU looked a few percent higher). -658 KiB on aarch64,
+# the same CPU per event (docs/device-build.md). CI's `smoke` profile keeps its own level.
+std_from_source=()
+if [[ $kind == device ]]; then
+    std_from_source=(-Zbuild-std=std,panic_abort -Zbuild-std-features=)
+    if [[ $profile != smoke ]]; then
+        for krate in std core alloc; do
+            std_from_source+=(--config "profile.$profile.package.$krate.opt-level=3")
+        done
+    fi
+fi
+
 # musl: zig compiles the C parts and links, through cargo-zigbuild (cross/setup.sh).
 build=(cargo build)
 if [[ $triple == *-musl* ]]; then
@@ -91,20 +106,24 @@ if [[ $triple == *-musl* ]]; then
     export CARGO_ZIGBUILD_ZIG_PATH=$zig
     build=(cargo zigbuild)
     if ! rustup target list --installed | grep -qx "$triple"; then
-        if ! rustup component list --installed | grep -q '^rust-src'; then
-            echo "cross/build.sh: Rust target $triple not installed: run cross/setup.sh ${target}" >&2
-            exit 69
-        fi
         # No prebuilt standard library from rustup (cross/setup.sh said why): build it from
-        # rust-src with the pinned compiler. RUSTC_BOOTSTRAP lets the stable toolchain take
-        # -Zbuild-std; nothing else here uses unstable features. Without rust-std, the
-        # start files (crt1.o...) rustc links "self-contained" are missing too: zig's own
-        # musl start files are used instead (link-self-contained=no).
-        echo "cross/build.sh: building the standard library for $triple from source (-Zbuild-std)" >&2
-        export RUSTC_BOOTSTRAP=1
+        # rust-src (below), for a full build too. Without rust-std, the start files
+        # (crt1.o...) rustc links "self-contained" are missing too: zig's own musl start
+        # files are used instead (link-self-contained=no).
+        ((${#std_from_source[@]})) || std_from_source=(-Zbuild-std=std,panic_abort)
         rustflags+=(-C link-self-contained=no)
-        build+=(-Zbuild-std=std,panic_abort)
     fi
+fi
+if ((${#std_from_source[@]})); then
+    if ! rustup component list --installed | grep -q '^rust-src'; then
+        echo "cross/build.sh: the standard library's source (rust-src) is not installed: run cross/setup.sh ${target}" >&2
+        exit 69
+    fi
+    # -Zbuild-std is unstable: RUSTC_BOOTSTRAP lets the pinned stable compiler take it;
+    # nothing else here uses unstable features.
+    echo "cross/build.sh: building the standard library for $triple from source (-Zbuild-std)" >&2
+    export RUSTC_BOOTSTRAP=1
+    build+=("${std_from_source[@]}")
 fi
 
 # A missing cross linker fails late and obscurely inside cargo: say what to do instead.
