@@ -92,6 +92,9 @@ for t in "${targets[@]}"; do
         fi
     fi
 done
+# Device builds compile the standard library from its source (cross/build.sh): listed in
+# rust-toolchain.toml, added here in case the toolchain was installed before it was.
+rustup component list --installed | grep -q '^rust-src' || rustup component add rust-src
 if [[ -n $musl ]]; then
     zig_venv=target/zig
     if ! "$zig_venv/bin/python" -c 'import ziglang' 2>/dev/null; then
