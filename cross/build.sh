@@ -83,7 +83,7 @@ fi
 # The device build's standard library is built from source (rust-src) with the build's
 # own flags: no unwind tables, no backtrace symbolisation (a stripped binary has no
 # symbols to show), and std, core and alloc still at opt-level 3 rather than the device
-# profile's "s" (at "s" the per-event CPU looked a few percent higher). -658 KiB on aarch64,
+# profile's "s" (at "s" the per-event CPU looked a few percent higher). -657,856 bytes on aarch64,
 # the same CPU per event (docs/device-build.md). CI's `smoke` profile keeps its own level.
 std_from_source=()
 if [[ $kind == device ]]; then

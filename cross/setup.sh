@@ -85,10 +85,9 @@ for t in "${targets[@]}"; do
         echo "cross/setup.sh: adding Rust target $t"
         if ! why=$(RUST_BACKTRACE=0 rustup target add "$t" 2>&1); then
             [[ $t == *-musl* ]] || { echo "$why" >&2; exit 1; }
-            # cross/build.sh then builds the standard library from source (-Zbuild-std).
+            # cross/build.sh then builds the standard library from rust-src (added below).
             echo "cross/setup.sh: rustup cannot download the standard library for $t" \
-                "($(grep -m 1 -o 'status code: [0-9]*\|error: .*' <<<"$why")); adding rust-src to build it from source"
-            rustup component add rust-src
+                "($(grep -m 1 -o 'status code: [0-9]*\|error: .*' <<<"$why")); it is built from source (rust-src)"
         fi
     fi
 done

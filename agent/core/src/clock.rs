@@ -47,7 +47,7 @@ pub fn thread_cpu_time() -> Duration {
 /// still read.
 pub const CALL_CPU_SPACING: Duration = Duration::from_millis(1);
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct CallCpuReadings {
     /// When this thread last read its CPU clock for a call.
     at: Option<Instant>,
