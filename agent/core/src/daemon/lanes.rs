@@ -90,7 +90,7 @@ pub fn shadow_sides(
         };
         if l.state().is_none() {
             let ns = state.namespace(name)?;
-            ns.copy_from(from)?;
+            ns.replace(&from.snapshot()?.0)?;
             l.attach_state(ns);
         }
         Ok(Some(l))

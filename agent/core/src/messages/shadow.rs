@@ -22,7 +22,9 @@ pub struct ShadowReport {
     pub mismatches: u64,
     /// Events the primary handled and the shadow failed.
     pub shadow_failed: u64,
-    /// Events not mirrored because the shadow's queue was full.
+    /// Events not compared: the shadow's queue was full, or (a stateful shadow) they came
+    /// after such a skip before it caught up, or the copy of the function's state it
+    /// started again from held them already.
     pub skipped: u64,
     /// Mismatches over events compared (matches plus mismatches), once any was, the
     /// paths found noisy left out: the noise subtracted.

@@ -51,6 +51,8 @@ struct Pair {
     event: GuestEvent,
     primary: Outcome,
     cost: Option<CallCost>,
+    /// The primary's commit of its writes, if it wrote ([`CallOutcome::committed`]).
+    seq: Option<u64>,
     /// When the primary handed it over.
     handed: std::time::Instant,
     /// Events skipped before it was handed over: if some were skipped after the shadow's
@@ -114,6 +116,9 @@ struct Core {
     /// `ignore`, parsed once.
     ignore: Vec<Vec<String>>,
     skipped: AtomicU64,
+    /// Events not compared because the copy of the function's state that a stateful
+    /// shadow started again from already held their writes (reported as skipped).
+    in_copy: AtomicU64,
     /// `[function.shadow.canary]`.
     canary: Option<Canary>,
     /// Something to report since the last report went out.
@@ -177,6 +182,7 @@ impl Shadow {
             model,
             candidate,
             skipped: AtomicU64::new(0),
+            in_copy: AtomicU64::new(0),
             canary,
             changed: AtomicBool::new(false),
             retired: AtomicBool::new(false),
@@ -213,14 +219,19 @@ impl Shadow {
         if !mirrored(&event.topic, self.core.cfg.fraction) || self.canary(&event.topic).is_some() {
             return;
         }
-        let (primary, cost) = match result {
-            Ok(o) => (Ok(o.outbox.clone()), Some(o.cost)),
-            Err(e) => (Err((e.kind.as_str().to_string(), e.message.clone())), None),
+        let (primary, cost, seq) = match result {
+            Ok(o) => (Ok(o.outbox.clone()), Some(o.cost), o.committed),
+            Err(e) => (
+                Err((e.kind.as_str().to_string(), e.message.clone())),
+                None,
+                None,
+            ),
         };
         let pair = Pair {
             event: guest_event(event),
             primary,
             cost,
+            seq,
             handed: std::time::Instant::now(),
             skips_before: self.core.skipped.load(Ordering::Acquire),
         };
@@ -579,6 +590,9 @@ fn work(
     // later skips (their comparisons would show its drift, not its version) until it has
     // caught up and copied the function's state again.
     let mut synced = 0;
+    // The primary's commits that the last copy holds: their events are in the shadow's
+    // state already. (The copy at the start is made before the shadow is handed events.)
+    let mut copied = 0;
     let mut hold = Hold::default();
     loop {
         let pair = match rx.try_recv() {
@@ -590,8 +604,10 @@ fn work(
                 let skips = core.skipped.load(Ordering::Acquire);
                 if skips != synced {
                     synced = skips;
-                    if let Some(from) = primary_state {
-                        resync(core, from, &mut shadow, control.as_mut());
+                    if let Some(seq) = primary_state
+                        .and_then(|from| resync(core, from, &mut shadow, control.as_mut()))
+                    {
+                        copied = seq;
                     }
                 }
                 match rx.recv() {
@@ -602,6 +618,13 @@ fn work(
         };
         if core.retired.load(Ordering::Relaxed) {
             return;
+        }
+        // Committed before the copy was made, handed over after: replayed on the copy it
+        // would count twice in the shadow's state.
+        if pair.seq.is_some_and(|seq| seq <= copied) {
+            core.in_copy.fetch_add(1, Ordering::Relaxed);
+            core.changed.store(true, Ordering::Relaxed);
+            continue;
         }
         if primary_state.is_some() && pair.skips_before > synced {
             core.skipped.fetch_add(1, Ordering::Release);
@@ -671,29 +694,31 @@ fn work(
 
 /// Copies the primary's state into the shadow's namespace (and the calibration's), and
 /// drops their persistent instances, whose memory may hold the state they drifted to.
-/// The copy is one consistent snapshot of the primary's keys, but the primary goes on
-/// meanwhile: an event it committed before the snapshot and handed over after the queue
-/// was found empty runs on the shadow again (a mismatch), and the next catch-up after a
-/// skip sets it right. Exact would need the primary's commit order on each event.
+/// Returns how many of the primary's commits the copy holds: the primary goes on
+/// meanwhile, and the events it committed before the copy but hands over after must not
+/// run on the shadow again. `None` if the state could not be read.
 fn resync(
     core: &Core,
     from: &Arc<crate::state::Namespace>,
     shadow: &mut Runner,
     control: Option<&mut Runner>,
-) {
+) -> Option<u64> {
+    let failed = |e: &crate::state::StateError| {
+        tracing::warn!(function = %core.function, error = %crate::failure::chain(e),
+            "shadow: its state could not be brought back in step with the function's; its counts may differ");
+    };
+    let (keys, seq) = from.snapshot().map_err(|e| failed(&e)).ok()?;
     for runner in std::iter::once(shadow).chain(control) {
         let Some(ns) = runner.function.state() else {
             continue;
         };
-        match ns.copy_from(from) {
+        match ns.replace(&keys) {
             Ok(()) => runner.live = None,
-            Err(e) => {
-                tracing::warn!(function = %core.function, error = %crate::failure::chain(&e),
-                    "shadow: its state could not be brought back in step with the function's; its counts may differ");
-            }
+            Err(e) => failed(&e),
         }
     }
-    tracing::debug!(function = %core.function, "shadow: skipped events, state copied again from the function's");
+    tracing::debug!(function = %core.function, seq, "shadow: skipped events, state copied again from the function's");
+    Some(seq)
 }
 
 /// Gives the calling thread the lowest priority (nice 19): where it competes for a core
@@ -798,7 +823,7 @@ impl Core {
             matches,
             mismatches,
             shadow_failed,
-            skipped: self.skipped.load(Ordering::Relaxed),
+            skipped: self.skipped.load(Ordering::Relaxed) + self.in_copy.load(Ordering::Relaxed),
             mismatch_ratio: ratio(mismatches, compared),
             raw_mismatch_ratio: ratio(raw, compared),
             noise: ShadowNoise {

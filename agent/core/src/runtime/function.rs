@@ -35,6 +35,9 @@ pub struct CallOutcome {
     /// If the call wrote state: the store and the flush generation that makes it durable
     /// (for a `duplicate`, the other copy's, while it is not on disk yet).
     pub durable: Option<(Arc<StateStore>, u64)>,
+    /// If the call's writes were committed: their number among its namespace's commits
+    /// ([`Committed::Pending`]), which a shadow's copy of the state is placed by.
+    pub committed: Option<u64>,
     /// Another copy of the same message committed its state first: this call's writes and
     /// outputs were dropped (the other copy's stand).
     pub duplicate: bool,
@@ -606,13 +609,18 @@ impl Instance {
                     }
                     _ => Ok(Committed::Nothing),
                 };
-                let (durable, duplicate) = match committed {
-                    Ok(Committed::Nothing) => (None, false),
-                    Ok(Committed::Pending(g)) => {
-                        (self.state.as_ref().map(|ns| (ns.store().clone(), g)), false)
-                    }
+                let (durable, committed, duplicate) = match committed {
+                    Ok(Committed::Nothing) => (None, None, false),
+                    Ok(Committed::Pending { generation, seq }) => (
+                        self.state
+                            .as_ref()
+                            .map(|ns| (ns.store().clone(), generation)),
+                        Some(seq),
+                        false,
+                    ),
                     Ok(Committed::Duplicate(pending)) => (
                         pending.and_then(|g| self.state.as_ref().map(|ns| (ns.store().clone(), g))),
+                        None,
                         true,
                     ),
                     Err(e) => {
@@ -630,6 +638,7 @@ impl Instance {
                 let outcome = CallOutcome {
                     outbox,
                     durable,
+                    committed,
                     duplicate,
                     cost: crate::metrics::CallCost {
                         execute,

@@ -213,6 +213,7 @@ impl StateStore {
             tree: RwLock::new(Some(tree)),
             keys: AtomicU64::new(keys),
             bytes: AtomicU64::new(bytes),
+            commits: AtomicU64::new(0),
             gate: Gate::default(),
             overlay: Mutex::default(),
         });
@@ -570,6 +571,9 @@ fn flush_allowance(cap: u64) -> crate::rate::TokenBucket {
     crate::rate::TokenBucket::with_burst(u32::try_from(cap).unwrap_or(u32::MAX), cap as f64 / 10.0)
 }
 
+/// Keys and their values, in key order.
+pub type Entries = Vec<(String, Vec<u8>)>;
+
 /// One function's keys.
 pub struct Namespace {
     store: Arc<StateStore>,
@@ -581,6 +585,9 @@ pub struct Namespace {
     keys: AtomicU64,
     /// The guest's keys' and values' bytes, committed.
     bytes: AtomicU64,
+    /// Commits into it since it was opened, counted under its gate: a copy of its keys
+    /// knows which commits it holds ([`Namespace::snapshot`]).
+    commits: AtomicU64,
     gate: Gate,
     overlay: Mutex<Overlay>,
 }
@@ -645,8 +652,13 @@ pub struct Receipt {
 pub enum Committed {
     /// Nothing to write.
     Nothing,
-    /// Written; durable after the flush of this generation ([`StateStore::durable`]).
-    Pending(u64),
+    /// Written.
+    Pending {
+        /// The flush that makes it durable ([`StateStore::durable`]).
+        generation: u64,
+        /// Its number among the namespace's commits since it was opened.
+        seq: u64,
+    },
     /// The store already had a receipt for the message: another copy of it committed
     /// first, and this call's writes were dropped. With the flush generation that makes
     /// that other copy's commit durable, if it is not on disk yet.
@@ -941,14 +953,27 @@ impl Namespace {
         Ok(())
     }
 
-    /// Makes this namespace's keys a copy of `from`'s (receipts aside): a shadow starts
-    /// from the primary's state, and its writes never reach it. In transactions of a
-    /// hundred keys (a call's limits apply to each), so not atomic: done before the
-    /// shadow's first event.
+    /// The namespace's keys (receipts aside) and how many commits they hold (the
+    /// [`Committed::Pending`] `seq` of the last), read under its gate: one consistent
+    /// state, placed exactly among its commits.
     ///
     /// # Errors
-    /// [`StateError`] if either cannot be read or a part cannot be committed.
-    pub fn copy_from(self: &Arc<Self>, from: &Arc<Namespace>) -> Result<(), StateError> {
+    /// [`StateError`] if it cannot be read.
+    pub fn snapshot(self: &Arc<Self>) -> Result<(Entries, u64), StateError> {
+        let mut txn = self.begin();
+        let keys = txn.list("", u32::MAX)?;
+        // The gate is still held: no commit comes between the keys and the count.
+        Ok((keys, self.commits.load(Ordering::Acquire)))
+    }
+
+    /// Makes this namespace's keys `keys` (receipts aside): a shadow starts from a
+    /// [snapshot](Namespace::snapshot) of the primary's state, and its writes never reach
+    /// it. In transactions of a hundred keys (a call's limits apply to each), so not
+    /// atomic: done while no call runs on it.
+    ///
+    /// # Errors
+    /// [`StateError`] if it cannot be read or a part cannot be committed.
+    pub fn replace(self: &Arc<Self>, keys: &[(String, Vec<u8>)]) -> Result<(), StateError> {
         const PART: usize = 100;
         let stale = self.begin().list("", u32::MAX)?;
         for part in stale.chunks(PART) {
@@ -958,7 +983,6 @@ impl Namespace {
             }
             txn.commit(None)?;
         }
-        let keys = from.begin().list("", u32::MAX)?;
         for part in keys.chunks(PART) {
             let mut txn = self.begin();
             for (k, v) in part {
@@ -1162,7 +1186,7 @@ impl Txn {
     ///
     /// # Errors
     /// [`StateError::Io`] on a database error.
-    pub fn list(&mut self, prefix: &str, limit: u32) -> Result<Vec<(String, Vec<u8>)>, StateError> {
+    pub fn list(&mut self, prefix: &str, limit: u32) -> Result<Entries, StateError> {
         self.enter()?;
         let mut merged: BTreeMap<String, Vec<u8>> = BTreeMap::new();
         let limit = limit as usize;
@@ -1275,9 +1299,11 @@ impl Txn {
         self.ns
             .bytes
             .store(bytes_after.max(0) as u64, Ordering::Release);
+        // Still under the gate: a snapshot sees the writes and their number together.
+        let seq = self.ns.commits.fetch_add(1, Ordering::AcqRel) + 1;
         store.commits.fetch_add(1, Ordering::Release);
         store.dirty.notify_one();
-        Ok(Committed::Pending(generation))
+        Ok(Committed::Pending { generation, seq })
     }
 }
 
@@ -1360,10 +1386,44 @@ mod tests {
             matches!(ns.begin_until(soon).get("n"), Err(StateError::Busy)),
             "another call must wait for the gate"
         );
-        assert!(matches!(t.commit(None), Ok(Committed::Pending(_))));
+        assert!(matches!(t.commit(None), Ok(Committed::Pending { .. })));
         assert_eq!(ns.begin().get("n").ok().flatten(), Some(b"5".to_vec()));
     }
 
+    /// A shadow's copy of the state must know which commits it holds: taken while calls
+    /// commit, each snapshot's count is exactly the commits its keys show.
+    #[test]
+    fn a_snapshot_knows_which_commits_it_holds() {
+        const COMMITS: u64 = 1000;
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap();
+        let start = Arc::new(std::sync::Barrier::new(2));
+        let writer = {
+            let (ns, start) = (ns.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                for i in 1..=COMMITS {
+                    let mut t = ns.begin();
+                    t.increment("n", 1).unwrap();
+                    let Ok(Committed::Pending { seq, .. }) = t.commit(None) else {
+                        panic!("commit {i} failed")
+                    };
+                    assert_eq!(seq, i, "commits are numbered in order");
+                }
+            })
+        };
+        start.wait();
+        for _ in 0..200 {
+            let (keys, seq) = ns.snapshot().unwrap();
+            let n = keys.iter().find(|(k, _)| k == "n").map_or(0, |(_, v)| {
+                String::from_utf8_lossy(v).parse::<u64>().unwrap()
+            });
+            assert_eq!(n, seq, "the snapshot's keys hold exactly its commits");
+        }
+        writer.join().unwrap();
+        assert_eq!(ns.snapshot().unwrap().1, COMMITS);
+    }
     #[tokio::test]
     async fn the_state_of_a_shadow_no_longer_configured_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
@@ -1536,7 +1596,7 @@ mod tests {
         t.increment("n", 1).unwrap();
         assert!(matches!(
             t.commit(Some(&receipt)),
-            Ok(Committed::Pending(_))
+            Ok(Committed::Pending { .. })
         ));
         assert_eq!(
             ns.receipt(7, c, first).unwrap(),
@@ -1625,7 +1685,7 @@ mod tests {
             t.increment("n", 1).unwrap();
             t.commit(Some(&receipt)).unwrap()
         };
-        assert!(matches!(copy(&ns), Committed::Pending(_)));
+        assert!(matches!(copy(&ns), Committed::Pending { .. }));
         let Some(generation) = ns.receipt_pending(9) else {
             panic!("pending before any flush")
         };
@@ -1651,7 +1711,7 @@ mod tests {
         let ns = s.namespace("f").unwrap();
         let mut t = ns.begin();
         t.increment("n", 1).unwrap();
-        let Ok(Committed::Pending(generation)) = t.commit(None) else {
+        let Ok(Committed::Pending { generation, .. }) = t.commit(None) else {
             panic!("a generation")
         };
         tokio::time::timeout(Duration::from_secs(5), s.durable(generation))
@@ -1716,7 +1776,7 @@ mod tests {
         let mut t = ns.begin();
         t.increment("n", 1).unwrap();
         match t.commit(None) {
-            Ok(Committed::Pending(g)) => g,
+            Ok(Committed::Pending { generation, .. }) => generation,
             other => panic!("a generation, not {other:?}"),
         }
     }

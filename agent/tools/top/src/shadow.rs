@@ -185,7 +185,7 @@ pub fn text(m: &ShadowMessage) -> String {
     );
     let _ = writeln!(
         out,
-        "  shadow failed {}; skipped {} (its queue was full)",
+        "  shadow failed {}; skipped {} (not compared: its queue was full, or its state was being copied again)",
         r.shadow_failed, r.skipped
     );
     if r.skipped > 0 {
