@@ -70,11 +70,11 @@ pub struct ShadowSides {
 }
 
 /// Function `f`'s shadow and control (loaded as `<name>~shadow` and `<name>~control`,
-/// found with `loaded`), each given a namespace of its own that starts as a copy of the
-/// primary's state; `None` without `[function.shadow]`.
+/// found with `loaded`), each given a namespace of its own, which the shadow fills with a
+/// copy of the primary's state; `None` without `[function.shadow]`.
 ///
 /// # Errors
-/// The namespaces cannot be opened or copied.
+/// The namespaces cannot be opened.
 pub fn shadow_sides(
     state: &Arc<crate::state::StateStore>,
     f: &crate::config::FunctionConfig,
@@ -89,9 +89,9 @@ pub fn shadow_sides(
             return Ok(None);
         };
         if l.state().is_none() {
-            let ns = state.namespace(name)?;
-            ns.replace(&from.snapshot()?.0)?;
-            l.attach_state(ns);
+            // Filled with a copy of the primary's state by the shadow's worker once the
+            // shadow is in place (pipeline::shadow).
+            l.attach_state(state.namespace(name)?);
         }
         Ok(Some(l))
     };

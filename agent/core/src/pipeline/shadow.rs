@@ -10,7 +10,8 @@
 //!   pauses and the events meanwhile are skipped. On a busy machine a low priority alone
 //!   did not keep a trapping shadow from taking 17% of the function's rate.
 //! - The shadow's state is a namespace of its own (`<name>~shadow`), a copy of the
-//!   primary's at start-up: it sees realistic state and can never change the primary's.
+//!   primary's made once the shadow is in place: it sees realistic state and can never
+//!   change the primary's.
 //! - The comparison understands JSON (key order ignored, numbers compared as numbers,
 //!   `ignore` paths left out), and the noise is calibrated the Diffy way: the first
 //!   `calibrate_events` events also run the primary again (`<name>~control`, its own state
@@ -125,6 +126,8 @@ struct Core {
     changed: AtomicBool,
     /// Taken out or replaced (by a reload): its report stops.
     retired: AtomicBool,
+    /// In its slot, to be handed events: a stateful shadow's state is copied then.
+    placed: AtomicBool,
     book: Mutex<Book>,
 }
 
@@ -186,6 +189,7 @@ impl Shadow {
             canary,
             changed: AtomicBool::new(false),
             retired: AtomicBool::new(false),
+            placed: AtomicBool::new(false),
         });
         if let Some(c) = &core.canary {
             tracing::info!(function = %function, weight = c.weight(), "canary started: a share of the topics goes to the shadow's version, its outputs published");
@@ -468,10 +472,15 @@ impl Slot {
     /// Puts `shadow` in (or none) and returns the one before: its worker ends once it
     /// is dropped (after the event it is on).
     pub fn replace(&self, shadow: Option<Arc<Shadow>>) -> Option<Arc<Shadow>> {
-        std::mem::replace(
+        let placed = shadow.clone();
+        let before = std::mem::replace(
             &mut *self.0.write().unwrap_or_else(|p| p.into_inner()),
             shadow,
-        )
+        );
+        if let Some(s) = placed {
+            s.core.placed.store(true, Ordering::Release);
+        }
+        before
     }
 
     /// Takes the shadow out and returns its worker, which ends after the call it is on
@@ -593,6 +602,20 @@ fn work(
     // The primary's commits that the last copy holds: their events are in the shadow's
     // state already. (The copy at the start is made before the shadow is handed events.)
     let mut copied = 0;
+    // A stateful shadow starts from a copy of the function's state made once it is in
+    // place: an event the function commits before the copy is in it, and one it commits
+    // after is handed over. (Copied before, the events committed between the copy and the
+    // shadow's placing were in neither, and the shadow's state lagged for good: a counter
+    // added a shadow by a reload under a stream mismatched on every event.)
+    if let Some(from) = primary_state {
+        while !core.placed.load(Ordering::Acquire) {
+            if core.retired.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        copied = resync(core, from, &mut shadow, control.as_mut()).unwrap_or(0);
+    }
     let mut hold = Hold::default();
     loop {
         let pair = match rx.try_recv() {
@@ -693,7 +716,8 @@ fn work(
 }
 
 /// Copies the primary's state into the shadow's namespace (and the calibration's), and
-/// drops their persistent instances, whose memory may hold the state they drifted to.
+/// drops their persistent instances, whose memory may hold the state they drifted to
+/// (at the start, and after skipped events once the shadow has caught up).
 /// Returns how many of the primary's commits the copy holds: the primary goes on
 /// meanwhile, and the events it committed before the copy but hands over after must not
 /// run on the shadow again. `None` if the state could not be read.
@@ -717,7 +741,7 @@ fn resync(
             Err(e) => failed(&e),
         }
     }
-    tracing::debug!(function = %core.function, seq, "shadow: skipped events, state copied again from the function's");
+    tracing::debug!(function = %core.function, seq, "shadow: state copied from the function's");
     Some(seq)
 }
 
