@@ -234,25 +234,12 @@ async fn a_failing_shadow_and_a_stateful_one_leave_the_primary_alone() {
     assert_eq!(c.recv().await.json()["count"], 11);
 }
 
-/// `function`'s shadow report once its counts have stood still for 300 ms: it has caught up
-/// with what it was handed.
+/// `function`'s shadow report once it has caught up: every event handed to it compared
+/// or skipped.
 async fn settled(agent: &Agent, function: &str) -> ShadowReport {
     let report = || agent.snapshot(function).shadow.expect("a shadow report");
-    let seen = |r: &ShadowReport| r.matches + r.mismatches + r.shadow_failed + r.skipped;
-    let mut last = report();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-        let now = report();
-        if seen(&now) == seen(&last) {
-            return now;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the shadow still busy after {WAIT:?}: {now:?}"
-        );
-        last = now;
-    }
+    eventually("the shadow caught up", || report().queued == 0).await;
+    report()
 }
 
 /// A stateful shadow that skipped events (its queue of 1 overflows in a burst) missed

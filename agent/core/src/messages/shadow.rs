@@ -26,6 +26,9 @@ pub struct ShadowReport {
     /// after such a skip before it caught up, or the copy of the function's state it
     /// started again from held them already.
     pub skipped: u64,
+    /// Events handed over and not yet compared or skipped: how far the shadow is behind.
+    #[serde(default)]
+    pub queued: u64,
     /// Mismatches over events compared (matches plus mismatches), once any was, the
     /// paths found noisy left out: the noise subtracted.
     pub mismatch_ratio: Option<f64>,

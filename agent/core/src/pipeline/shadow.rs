@@ -117,6 +117,8 @@ struct Core {
     /// `ignore`, parsed once.
     ignore: Vec<Vec<String>>,
     skipped: AtomicU64,
+    /// Events handed over whose comparison (or skip) is not done yet.
+    queued: AtomicU64,
     /// Events not compared because the copy of the function's state that a stateful
     /// shadow started again from already held their writes (reported as skipped).
     in_copy: AtomicU64,
@@ -185,6 +187,7 @@ impl Shadow {
             model,
             candidate,
             skipped: AtomicU64::new(0),
+            queued: AtomicU64::new(0),
             in_copy: AtomicU64::new(0),
             canary,
             changed: AtomicBool::new(false),
@@ -245,7 +248,10 @@ impl Shadow {
             handed: std::time::Instant::now(),
             skips_before: self.core.skipped.load(Ordering::Acquire),
         };
+        // Counted before the worker can take it, so that it never reads below zero.
+        self.core.queued.fetch_add(1, Ordering::AcqRel);
         if let Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) = self.tx.try_send(pair) {
+            self.core.queued.fetch_sub(1, Ordering::AcqRel);
             self.core.skipped.fetch_add(1, Ordering::Relaxed);
             self.core.changed.store(true, Ordering::Relaxed);
         }
@@ -645,6 +651,8 @@ fn work(
                 }
             }
         };
+        // Whichever way this event ends, it is no longer queued then.
+        let _done = Dequeued(&core.queued);
         if core.retired.load(Ordering::Relaxed) {
             return;
         }
@@ -718,6 +726,16 @@ fn work(
         };
         book.judge(judged);
         core.changed.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Takes an event off the shadow's `queued` count when dropped: once it has been compared
+/// or skipped (or the shadow is retired on it).
+struct Dequeued<'a>(&'a AtomicU64);
+
+impl Drop for Dequeued<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -854,6 +872,7 @@ impl Core {
             mismatches,
             shadow_failed,
             skipped: self.skipped.load(Ordering::Relaxed) + self.in_copy.load(Ordering::Relaxed),
+            queued: self.queued.load(Ordering::Acquire),
             mismatch_ratio: ratio(mismatches, compared),
             raw_mismatch_ratio: ratio(raw, compared),
             noise: ShadowNoise {

@@ -185,8 +185,8 @@ pub fn text(m: &ShadowMessage) -> String {
     );
     let _ = writeln!(
         out,
-        "  shadow failed {}; skipped {} (not compared: its queue was full, or its state was being copied again)",
-        r.shadow_failed, r.skipped
+        "  shadow failed {}; skipped {} (not compared: its queue was full, or its state was being copied again); queued {}",
+        r.shadow_failed, r.skipped, r.queued
     );
     if r.skipped > 0 {
         let _ = writeln!(
