@@ -161,7 +161,8 @@ impl Collector for AgentCollector {
             (
                 "edge_agent_shadow_events",
                 "Shadows: events mirrored, by result: match, mismatch (noise left out), \
-                 shadow-failed, skipped (the shadow's queue was full)",
+                 shadow-failed, skipped (not compared: the shadow's queue was full, or its \
+                 state was being copied again)",
                 MetricType::Counter,
             ),
             shadows.iter().flat_map(|(s, r)| {
@@ -200,6 +201,18 @@ impl Collector for AgentCollector {
         family(
             &mut encoder,
             (
+                "edge_agent_shadow_queued",
+                "Shadows: events handed over and not yet compared or skipped (how far the \
+                 shadow is behind)",
+                MetricType::Gauge,
+            ),
+            shadows
+                .iter()
+                .map(|(s, r)| (labels(s), Sample::Gauge(r.queued as i64))),
+        )?;
+        family(
+            &mut encoder,
+            (
                 "edge_agent_canary_weight_percent",
                 "Canaries: the share of the function's topics the shadow's version handles, %",
                 MetricType::Gauge,
@@ -213,7 +226,8 @@ impl Collector for AgentCollector {
         let mut m = encoder.encode_descriptor(
             "edge_agent_event_duration_seconds",
             "Where an event's time goes, by phase: queue, instantiate, execute, commit \
-             (state-writing calls), end_to_end (receipt to outputs handed on)",
+             (state-writing calls), end_to_end (receipt to completion: outputs handed on, \
+             and a state-writing call's writes on disk)",
             None,
             MetricType::Histogram,
         )?;
