@@ -611,8 +611,8 @@ fn work(
     // later skips (their comparisons would show its drift, not its version) until it has
     // caught up and copied the function's state again.
     let mut synced = 0;
-    // The primary's commits that the last copy holds: their events are in the shadow's
-    // state already. (The copy at the start is made before the shadow is handed events.)
+    // How many of the primary's commits the last copy holds: their events are in the
+    // shadow's state already, and are not run on it again.
     let mut copied = 0;
     // A stateful shadow starts from a copy of the function's state made once it is in
     // place: an event the function commits before the copy is in it, and one it commits
