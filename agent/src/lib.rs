@@ -28,8 +28,8 @@ pub enum CommandError {
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
     /// `promote`: the agent could not be reached.
-    #[error("promote: {0}")]
-    Unreachable(String),
+    #[error("promote")]
+    Unreachable(#[source] edge_agent::daemon::control::ControlError),
     /// `promote`: the agent refused (why is in the message).
     #[error("promote refused: {0}")]
     Refused(String),

@@ -236,17 +236,28 @@ impl Refusal {
     }
 }
 
+/// Why a text is not an ed25519 public key.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    /// Not base64.
+    #[error("not base64")]
+    Base64(#[source] base64::DecodeError),
+    /// Base64 of another length than 32 bytes.
+    #[error("{0} bytes; an ed25519 public key has 32")]
+    Length(usize),
+}
+
 /// A trusted public key from `[fleet] trusted_keys` (base64 of 32 bytes).
 ///
 /// # Errors
-/// Why the text is not an ed25519 public key.
-pub fn parse_key(text: &str) -> Result<[u8; 32], String> {
+/// [`KeyError`]: why the text is not an ed25519 public key.
+pub fn parse_key(text: &str) -> Result<[u8; 32], KeyError> {
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
-        .map_err(|e| format!("not base64: {e}"))?;
+        .map_err(KeyError::Base64)?;
     bytes
         .try_into()
-        .map_err(|b: Vec<u8>| format!("{} bytes; an ed25519 public key has 32", b.len()))
+        .map_err(|b: Vec<u8>| KeyError::Length(b.len()))
 }
 
 /// SHA-256 of `bytes`, hex.

@@ -17,30 +17,68 @@ pub struct Staged {
     pub sha256: String,
 }
 
+/// Why a deployment's functions cannot be written into the config file.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The file is not TOML (YAML and JSON configs are not edited).
+    #[error("{}: deployments edit TOML config files; this one is not", .0.display())]
+    NotToml(PathBuf),
+    /// The file is not valid TOML.
+    #[error("{}", file.display())]
+    Parse {
+        /// The config file.
+        file: PathBuf,
+        /// What the parser found.
+        #[source]
+        source: toml_edit::TomlError,
+    },
+    /// A function of the deployment is not a table.
+    #[error("function `{0}` is not a table")]
+    NotTable(String),
+    /// A function names a module that is not staged.
+    #[error("function `{function}`: module {module} is not staged")]
+    NotStaged {
+        /// The function.
+        function: String,
+        /// The module it names.
+        module: String,
+    },
+    /// A function's shadow names a module that is not staged.
+    #[error("function `{function}`: shadow module {module} is not staged")]
+    ShadowNotStaged {
+        /// The function.
+        function: String,
+        /// The module its shadow names.
+        module: String,
+    },
+    /// The deployment's functions cannot be written as TOML.
+    #[error("the deployment's functions as TOML")]
+    Toml(#[source] toml_edit::ser::Error),
+}
+
 /// `text` (the config file at `path`) with its `[[function]]` tables replaced by
 /// `functions` (the deployment's tables, as JSON), whose module names are resolved
 /// through `modules`.
 ///
 /// # Errors
-/// The file is not TOML, or a function table cannot be written as TOML.
+/// [`DeployError`]: the file is not TOML, a function's module is not staged, or a function
+/// table cannot be written as TOML.
 pub fn with_functions(
     path: &Path,
     text: &str,
     functions: &[serde_json::Value],
     modules: &BTreeMap<String, Staged>,
-) -> Result<String, String> {
+) -> Result<String, DeployError> {
     if path
         .extension()
         .is_some_and(|e| !e.eq_ignore_ascii_case("toml"))
     {
-        return Err(format!(
-            "{}: deployments edit TOML config files; this one is not",
-            path.display()
-        ));
+        return Err(DeployError::NotToml(path.to_path_buf()));
     }
-    let mut doc: DocumentMut = text
-        .parse()
-        .map_err(|e: toml_edit::TomlError| format!("{}: {e}", path.display()))?;
+    let mut doc: DocumentMut = text.parse().map_err(|source| DeployError::Parse {
+        file: path.to_path_buf(),
+        source,
+    })?;
     let mut resolved = functions.to_vec();
     for f in &mut resolved {
         let name = f
@@ -49,26 +87,28 @@ pub fn with_functions(
             .unwrap_or("?")
             .to_string();
         let Some(table) = f.as_object_mut() else {
-            return Err(format!("function `{name}` is not a table"));
+            return Err(DeployError::NotTable(name));
         };
         if let Some(m) = table.get("module").and_then(|m| m.as_str()) {
-            let s = modules
-                .get(m)
-                .ok_or_else(|| format!("function `{name}`: module {m} is not staged"))?;
+            let s = modules.get(m).ok_or_else(|| DeployError::NotStaged {
+                function: name.clone(),
+                module: m.to_string(),
+            })?;
             table.insert("module".into(), s.path.display().to_string().into());
             table.insert("sha256".into(), s.sha256.clone().into());
         }
         if let Some(shadow) = table.get_mut("shadow").and_then(|s| s.as_object_mut())
             && let Some(m) = shadow.get("module").and_then(|m| m.as_str())
         {
-            let s = modules
-                .get(m)
-                .ok_or_else(|| format!("function `{name}`: shadow module {m} is not staged"))?;
+            let s = modules.get(m).ok_or_else(|| DeployError::ShadowNotStaged {
+                function: name.clone(),
+                module: m.to_string(),
+            })?;
             shadow.insert("module".into(), s.path.display().to_string().into());
         }
     }
     let tables = toml_edit::ser::to_document(&serde_json::json!({ "function": resolved }))
-        .map_err(|e| format!("the deployment's functions as TOML: {e}"))?;
+        .map_err(DeployError::Toml)?;
     doc.remove("function");
     // The serializer writes an array of inline tables; a config file has `[[function]]`
     // tables, with `[function.config]` and `[function.shadow]` under them.
@@ -133,6 +173,9 @@ mod tests {
         assert_eq!(s.module.as_deref(), Some(Path::new("/d/abc/new.wasm")));
         assert_eq!(c.fleet.group.as_deref(), Some("g"));
         let e = with_functions(Path::new("a.yaml"), "", &[], &staged).unwrap_err();
-        assert!(e.contains("deployments edit TOML config files"), "{e}");
+        assert!(
+            e.to_string().contains("deployments edit TOML config files"),
+            "{e}"
+        );
     }
 }

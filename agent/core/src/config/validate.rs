@@ -287,7 +287,7 @@ impl Config {
             if let Err(e) = crate::deployment::parse_key(k) {
                 errs.push(self.invalid(
                     format!("fleet.trusted_keys[{i}]"),
-                    format!("not an ed25519 public key: {e}"),
+                    format!("not an ed25519 public key: {}", crate::failure::chain(&e)),
                 ));
             }
         }

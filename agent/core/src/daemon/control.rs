@@ -12,7 +12,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::messages::{Message as _, ReloadReport};
+use crate::messages::{Message as _, ReadError, ReloadReport};
 
 /// The socket's file name in `agent.data_dir`.
 pub const SOCKET: &str = "control.sock";
@@ -86,18 +86,53 @@ async fn serve(stream: UnixStream, ask: mpsc::Sender<Request>) {
     let _ = write.write_all(&body).await;
 }
 
+/// Why `edge-agent promote` got no report from the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// The socket cannot be reached: no agent there, or not allowed.
+    #[error("cannot reach the agent at {}", socket.display())]
+    Connect {
+        /// The control socket.
+        socket: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The request could not be sent, or the answer read.
+    #[error("no answer from the agent at {}", socket.display())]
+    Io {
+        /// The control socket.
+        socket: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The answer is not a reload report.
+    #[error("the agent's answer")]
+    Answer(#[source] ReadError),
+}
+
 /// Asks the agent listening at `socket` to promote `function`'s shadow; its reload report.
 ///
 /// # Errors
-/// The socket cannot be reached (no agent, or not allowed), or the answer is not a report.
-pub fn promote(socket: &Path, function: &str) -> Result<ReloadReport, String> {
+/// [`ControlError`]: the socket cannot be reached (no agent, or not allowed), the request
+/// or answer cannot pass through it, or the answer is not a report.
+pub fn promote(socket: &Path, function: &str) -> Result<ReloadReport, ControlError> {
     use std::io::{BufRead as _, Write as _};
-    let mut stream = std::os::unix::net::UnixStream::connect(socket)
-        .map_err(|e| format!("cannot reach the agent at {}: {e}", socket.display()))?;
-    writeln!(stream, "promote {function}").map_err(|e| e.to_string())?;
+    let io = |source| ControlError::Io {
+        socket: socket.to_path_buf(),
+        source,
+    };
+    let mut stream = std::os::unix::net::UnixStream::connect(socket).map_err(|source| {
+        ControlError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        }
+    })?;
+    writeln!(stream, "promote {function}").map_err(io)?;
     let mut line = String::new();
     std::io::BufReader::new(stream)
         .read_line(&mut line)
-        .map_err(|e| e.to_string())?;
-    ReloadReport::from_bytes(line.trim().as_bytes()).map_err(|e| format!("the agent's answer: {e}"))
+        .map_err(io)?;
+    ReloadReport::from_bytes(line.trim().as_bytes()).map_err(ControlError::Answer)
 }

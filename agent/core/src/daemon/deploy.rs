@@ -42,6 +42,20 @@ use crate::tasks::Background;
 /// Fewest events of the new functions that must fail during probation before a roll-back.
 const PROBATION_MIN_FAILED: u64 = 10;
 
+/// Why a deployment is rolled back: too many of its functions' events failed on probation.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{failed} of {events} events failed within probation (fleet.max_failure_ratio {max_failure_ratio})"
+)]
+struct ProbationFailed {
+    /// The events that failed.
+    failed: u64,
+    /// The events handled, failed or not.
+    events: u64,
+    /// `fleet.max_failure_ratio`.
+    max_failure_ratio: f64,
+}
+
 /// The first wait before a deployment refused for a passing reason ([`Refusal::is_transient`])
 /// is tried again; it doubles with each try, up to [`RETRY_MAX`].
 const RETRY_FIRST: Duration = Duration::from_secs(5);
@@ -333,6 +347,7 @@ impl Deployer {
         };
         let text =
             crate::config::deploy::with_functions(&self.path, &before, &doc.functions, &staged)
+                .map_err(|e| crate::failure::chain(&e))
                 .and_then(|t| {
                     Config::load_text(&self.path, &t).map(|_| t).map_err(|e| {
                         e.each()
@@ -412,7 +427,7 @@ impl Deployer {
                     .ask(format!("deployment {} roll-back", doc.version), before)
                     .await;
                 let why = match back {
-                    Ok(back) if back.ok => why,
+                    Ok(back) if back.ok => why.to_string(),
                     Ok(back) => format!(
                         "{why}; the roll-back failed too: {}",
                         back.error.unwrap_or_default()
@@ -479,7 +494,7 @@ impl Deployer {
                         () = stop.cancelled() => return Ok(staged),
                         got = super::fetch::fetch(url, m.size, timeout) => got,
                     };
-                    Some((url, got))
+                    Some((url, got.map_err(|e| crate::failure::chain(&e))))
                 }
                 (None, None) => None,
             };
@@ -689,7 +704,7 @@ impl Deployer {
         doc: &Document,
         rx: &mut mpsc::Receiver<(String, Bytes)>,
         stop: &CancellationToken,
-    ) -> Result<(), String> {
+    ) -> Result<(), ProbationFailed> {
         let names: Vec<&str> = doc
             .functions
             .iter()
@@ -712,11 +727,11 @@ impl Deployer {
             if failed >= PROBATION_MIN_FAILED
                 && failed as f64 > self.fleet.max_failure_ratio * (ok + failed) as f64
             {
-                return Err(format!(
-                    "{failed} of {} events failed within probation (fleet.max_failure_ratio {})",
-                    ok + failed,
-                    self.fleet.max_failure_ratio
-                ));
+                return Err(ProbationFailed {
+                    failed,
+                    events: ok + failed,
+                    max_failure_ratio: self.fleet.max_failure_ratio,
+                });
             }
             if Instant::now() >= until {
                 return Ok(());

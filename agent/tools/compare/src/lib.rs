@@ -804,9 +804,10 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         .await
         .map_err(|why| {
             CompareError::Setup(format!(
-                "no broker at {}: {why} (start Mosquitto there, or name another with --broker \
+                "no broker at {}: {} (start Mosquitto there, or name another with --broker \
                  URL or a workload file's [broker])",
-                broker.url
+                broker.url,
+                edge_agent::failure::chain(&why)
             ))
         })?;
     let work = WorkDir::new()?;

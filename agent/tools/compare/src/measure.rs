@@ -369,24 +369,38 @@ pub fn client(broker: &BrokerConfig, id: &str) -> Result<(AsyncClient, EventLoop
     Ok(AsyncClient::new(opts, 1024))
 }
 
+/// Why the broker did not answer [`reachable`].
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    /// The broker's URL or TLS files cannot be used.
+    #[error(transparent)]
+    Client(#[from] ClientError),
+    /// The connection failed: refused, TLS, credentials.
+    #[error(transparent)]
+    Connection(#[from] rumqttc::ConnectionError),
+    /// No CONNACK within the wait.
+    #[error("no answer within {} s", .0.as_secs())]
+    Timeout(Duration),
+}
+
 /// Connects once and disconnects: whether the broker answers (CONNACK) within `wait`.
 ///
 /// # Errors
-/// One line: the URL or TLS files cannot be used, the connection failed (refused,
+/// [`ReachError`]: the URL or TLS files cannot be used, the connection failed (refused,
 /// TLS, credentials), or no answer within `wait`.
-pub async fn reachable(broker: &BrokerConfig, id: &str, wait: Duration) -> Result<(), String> {
-    let (client, mut eventloop) = client(broker, id).map_err(|e| e.to_string())?;
+pub async fn reachable(broker: &BrokerConfig, id: &str, wait: Duration) -> Result<(), ReachError> {
+    let (client, mut eventloop) = client(broker, id)?;
     let answered = tokio::time::timeout(wait, async {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
                 Ok(_) => {}
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(ReachError::Connection(e)),
             }
         }
     })
     .await
-    .unwrap_or_else(|_| Err(format!("no answer within {} s", wait.as_secs())));
+    .unwrap_or(Err(ReachError::Timeout(wait)));
     let _ = client.try_disconnect();
     answered
 }
