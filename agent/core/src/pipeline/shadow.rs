@@ -614,6 +614,11 @@ fn work(
     // How many of the primary's commits the last copy holds: their events are in the
     // shadow's state already, and are not run on it again.
     let mut copied = 0;
+    // Whether the last copy was made. After a failed one (the store could not be read)
+    // the events are skipped, not compared on a state that is not the function's, and the
+    // copy is tried again at the next catch-up, at most once every RESYNC_RETRY.
+    let mut in_step = true;
+    let mut retry_at = None;
     // A stateful shadow starts from a copy of the function's state made once it is in
     // place: an event the function commits before the copy is in it, and one it commits
     // after is handed over. (Copied before, the events committed between the copy and the
@@ -626,7 +631,10 @@ fn work(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        copied = resync(core, from, &mut shadow, control.as_mut()).unwrap_or(0);
+        in_step = resync(core, from, &mut shadow, control.as_mut())
+            .map(|seq| copied = seq)
+            .is_some();
+        retry_at = (!in_step).then(|| std::time::Instant::now() + RESYNC_RETRY);
     }
     let mut hold = Hold::default();
     loop {
@@ -637,12 +645,15 @@ fn work(
                 // Caught up after skipping events: a stateful shadow missed their writes,
                 // so it starts again from the primary's state as it is now.
                 let skips = core.skipped.load(Ordering::Acquire);
-                if skips != synced {
+                if (skips != synced || !in_step)
+                    && retry_at.is_none_or(|t| std::time::Instant::now() >= t)
+                {
                     synced = skips;
-                    if let Some(seq) = primary_state
-                        .and_then(|from| resync(core, from, &mut shadow, control.as_mut()))
-                    {
-                        copied = seq;
+                    if let Some(from) = primary_state {
+                        in_step = resync(core, from, &mut shadow, control.as_mut())
+                            .map(|seq| copied = seq)
+                            .is_some();
+                        retry_at = (!in_step).then(|| std::time::Instant::now() + RESYNC_RETRY);
                     }
                 }
                 match rx.recv() {
@@ -663,7 +674,7 @@ fn work(
             core.changed.store(true, Ordering::Relaxed);
             continue;
         }
-        if primary_state.is_some() && pair.skips_before > synced {
+        if primary_state.is_some() && (pair.skips_before > synced || !in_step) {
             core.skipped.fetch_add(1, Ordering::Release);
             core.changed.store(true, Ordering::Relaxed);
             continue;
@@ -729,6 +740,9 @@ fn work(
     }
 }
 
+/// How long after a failed copy of the function's state the next is tried.
+const RESYNC_RETRY: Duration = Duration::from_secs(1);
+
 /// Takes an event off the shadow's `queued` count when dropped: once it has been compared
 /// or skipped (or the shadow is retired on it).
 struct Dequeued<'a>(&'a AtomicU64);
@@ -744,7 +758,7 @@ impl Drop for Dequeued<'_> {
 /// (at the start, and after skipped events once the shadow has caught up).
 /// Returns how many of the primary's commits the copy holds: the primary goes on
 /// meanwhile, and the events it committed before the copy but hands over after must not
-/// run on the shadow again. `None` if the state could not be read.
+/// run on the shadow again. `None` if the state could not be read or written.
 fn resync(
     core: &Core,
     from: &Arc<crate::state::Namespace>,
@@ -753,16 +767,18 @@ fn resync(
 ) -> Option<u64> {
     let failed = |e: &crate::state::StateError| {
         tracing::warn!(function = %core.function, error = %crate::failure::chain(e),
-            "shadow: its state could not be brought back in step with the function's; its counts may differ");
+            "shadow: its state could not be copied from the function's; its events are skipped until a copy is made");
     };
     let (keys, seq) = from.snapshot().map_err(|e| failed(&e)).ok()?;
     for runner in std::iter::once(shadow).chain(control) {
         let Some(ns) = runner.function.state() else {
             continue;
         };
-        match ns.replace(&keys) {
-            Ok(()) => runner.live = None,
-            Err(e) => failed(&e),
+        // Its instance's memory may hold the state it drifted to, or a half-made copy.
+        runner.live = None;
+        if let Err(e) = ns.replace(&keys) {
+            failed(&e);
+            return None;
         }
     }
     tracing::debug!(function = %core.function, seq, "shadow: state copied from the function's");
