@@ -533,6 +533,35 @@ async fn loops_between_functions_stop_at_max_hops() {
     agent.stop().await;
 }
 
+/// A call's wait for its turn under `publish_rate` counts as waiting (`queue`), not as
+/// the call's execution: a burst slowed to the rate does not read as a slow function.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rate_wait_counts_as_waiting_not_as_execution() {
+    let functions = misbehave("paced", "mode = \"persistent\"\npublish_rate = 10");
+    let mut s = setup(&functions).await;
+    // The bucket holds ten: the eleventh to thirteenth wait about 100 ms each for a turn.
+    for _ in 0..13 {
+        s.client.publish("paced/in", "ok").await;
+    }
+    for _ in 0..13 {
+        assert_eq!(s.client.recv().await.text(), "ok");
+    }
+    let agent = s._agent.as_ref().expect("an in-process agent");
+    eventually("the thirteen counted", || {
+        agent.snapshot("paced").succeeded == 13
+    })
+    .await;
+    let stats = agent.snapshot("paced");
+    assert!(
+        stats.queue_us.max >= 80_000,
+        "the waits for a turn count as waiting: {stats:?}"
+    );
+    assert!(
+        stats.execute_us.max < 50_000,
+        "and not as the call's execution: {stats:?}"
+    );
+}
+
 /// A call that waits for its turn under `publish_rate` never waits past its own deadline:
 /// a turn that would come too late is a `rate-limit` dead letter at once, not a timeout,
 /// and the persistent instance that made it is kept.

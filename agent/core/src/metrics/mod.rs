@@ -110,7 +110,8 @@ pub struct CallCost {
     pub peak_memory: usize,
     /// Loading the module again after a scale to zero (a full cold start).
     pub load: Option<Duration>,
-    /// Waiting in the function's queue before the call.
+    /// Waiting for its turn: in the function's queue before the call, and during it for
+    /// its turn to publish (`publish_rate`).
     pub queue: Duration,
     /// After a call that wrote state: waiting for the flush that makes it durable.
     pub commit: Option<Duration>,

@@ -58,9 +58,10 @@ pub struct MessageId {
 }
 
 impl CallOutcome {
-    /// The outcome of a call whose event waited `queue` before it started.
+    /// The outcome of a call whose event waited `queue` before it started (added to the
+    /// call's own wait for its turn to publish).
     pub fn queued(mut self, queue: Duration) -> Self {
-        self.cost.queue = queue;
+        self.cost.queue += queue;
         self
     }
 }
@@ -569,6 +570,7 @@ impl Instance {
         {
             let data = self.store.data_mut();
             data.limit_hit = None;
+            data.throttled = Duration::ZERO;
             data.outbox.clear();
             data.memory_limit_hit = false;
             data.state_failure = None;
@@ -588,9 +590,11 @@ impl Instance {
             .edge_agent_handler()
             .call_handle(&mut self.store, event);
         drop(running);
-        let execute = started.elapsed();
         let cpu = cpu.stop();
         let data = self.store.data_mut();
+        // A wait for its turn to publish is the function's rate limit, not its work.
+        let throttled = std::mem::take(&mut data.throttled);
+        let execute = started.elapsed().saturating_sub(throttled);
         let txn = data.txn.take();
         let outbox = std::mem::take(&mut data.outbox);
         let peak_memory = data.peak_memory;
@@ -642,6 +646,7 @@ impl Instance {
                     duplicate,
                     cost: crate::metrics::CallCost {
                         execute,
+                        queue: throttled,
                         cpu: cpu.cpu,
                         cpu_estimated: cpu.estimated,
                         peak_memory,

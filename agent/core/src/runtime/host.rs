@@ -71,6 +71,9 @@ pub struct StoreData {
     /// When the current call's time is up (`timeout_ms` after it started): no wait inside
     /// a host call may run past it.
     pub(crate) deadline: Instant,
+    /// How long the current call waited for its turn to publish (`publish_rate`): counted
+    /// as waiting, not as the call's execution.
+    pub(crate) throttled: std::time::Duration,
 }
 
 impl StoreData {
@@ -110,6 +113,7 @@ impl StoreData {
             state_failure: None,
             limit_hit: None,
             deadline: Instant::now(),
+            throttled: std::time::Duration::ZERO,
         }
     }
 
@@ -223,7 +227,8 @@ impl mqtt::Host for StoreData {
             // dropped) for what is only a rate limit; a turn that would come too late is
             // refused at once instead.
             self.say_throttled();
-            let until = (Instant::now() + std::time::Duration::from_secs(1)).min(self.deadline);
+            let waited = Instant::now();
+            let until = (waited + std::time::Duration::from_secs(1)).min(self.deadline);
             while !allowed {
                 let now = Instant::now();
                 let wait = bucket()
@@ -235,6 +240,7 @@ impl mqtt::Host for StoreData {
                 std::thread::sleep(wait);
                 allowed = bucket().take(Instant::now());
             }
+            self.throttled += waited.elapsed();
         }
         if !allowed {
             self.limit_hit = Some(FailureKind::RateLimit);
