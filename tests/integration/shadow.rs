@@ -318,36 +318,30 @@ async fn a_stateful_shadow_added_under_a_stream_starts_in_step() {
             )
     };
     let agent = Agent::start(&config("")).await;
-    let mut c = Client::connect(agent.port, &["out/c", "edge-agent/+/reload"]).await;
-    const N: u64 = 2000;
+    let mut c = Client::connect(agent.port, &["out/c"]).await;
+    // 1,000 events a second; the shadow is added after 400 and the stream goes on for 500
+    // more once it is in place, however long the reload takes on this machine.
     let mut tick = tokio::time::interval(std::time::Duration::from_millis(1));
-    for i in 0..N {
+    let (mut sent, mut until) = (0u64, None);
+    while until.is_none_or(|n| sent < n) {
         tick.tick().await;
         c.publish("in/c", "x").await;
-        if i == N / 5 {
+        sent += 1;
+        if sent == 400 {
             // No skips: a queue for the whole stream and a whole core.
             let shadow = "[function.shadow]\ncalibrate_events = 0\nqueue_capacity = 10000\n\
                           max_cpu_percent = 100\n";
             std::fs::write(agent.dir().join("agent.toml"), config(shadow))
                 .expect("rewrite the config");
         }
-    }
-    let (mut outputs, mut reloaded) = (0, false);
-    while outputs < N || !reloaded {
-        let m = c.recv().await;
-        if m.topic == "out/c" {
-            outputs += 1;
-        } else {
-            assert!(m.text().contains("\"ok\":true"), "{}", m.text());
-            reloaded = true;
+        if until.is_none() && sent > 400 && sent % 10 == 0 && agent.snapshot("c").shadow.is_some() {
+            until = Some(sent + 500);
         }
+        assert!(sent < 30_000, "the reload never put the shadow in place");
     }
-    let report = || agent.snapshot("c").shadow.expect("c's shadow");
-    let during = report();
-    assert!(
-        during.matches + during.mismatches + during.skipped >= 100,
-        "the shadow came in while the stream went on: {during:?}"
-    );
+    for _ in 0..sent {
+        c.recv().await;
+    }
     let r = settled(&agent, "c").await;
     // (Its skipped ones, if any, are the events the function committed before the copy
     // and handed over after: in the copy already.)
