@@ -611,14 +611,7 @@ fn work(
     // later skips (their comparisons would show its drift, not its version) until it has
     // caught up and copied the function's state again.
     let mut synced = 0;
-    // How many of the primary's commits the last copy holds: their events are in the
-    // shadow's state already, and are not run on it again.
-    let mut copied = 0;
-    // Whether the last copy was made. After a failed one (the store could not be read)
-    // the events are skipped, not compared on a state that is not the function's, and the
-    // copy is tried again at the next catch-up, at most once every RESYNC_RETRY.
-    let mut in_step = true;
-    let mut retry_at = None;
+    let mut copy = StateCopy::default();
     // A stateful shadow starts from a copy of the function's state made once it is in
     // place: an event the function commits before the copy is in it, and one it commits
     // after is handed over. (Copied before, the events committed between the copy and the
@@ -631,10 +624,7 @@ fn work(
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        in_step = resync(core, from, &mut shadow, control.as_mut())
-            .map(|seq| copied = seq)
-            .is_some();
-        retry_at = (!in_step).then(|| std::time::Instant::now() + RESYNC_RETRY);
+        copy.make(core, from, &mut shadow, control.as_mut());
     }
     let mut hold = Hold::default();
     loop {
@@ -645,15 +635,10 @@ fn work(
                 // Caught up after skipping events: a stateful shadow missed their writes,
                 // so it starts again from the primary's state as it is now.
                 let skips = core.skipped.load(Ordering::Acquire);
-                if (skips != synced || !in_step)
-                    && retry_at.is_none_or(|t| std::time::Instant::now() >= t)
-                {
+                if (skips != synced || !copy.in_step()) && copy.may_retry() {
                     synced = skips;
                     if let Some(from) = primary_state {
-                        in_step = resync(core, from, &mut shadow, control.as_mut())
-                            .map(|seq| copied = seq)
-                            .is_some();
-                        retry_at = (!in_step).then(|| std::time::Instant::now() + RESYNC_RETRY);
+                        copy.make(core, from, &mut shadow, control.as_mut());
                     }
                 }
                 match rx.recv() {
@@ -669,12 +654,12 @@ fn work(
         }
         // Committed before the copy was made, handed over after: replayed on the copy it
         // would count twice in the shadow's state.
-        if pair.seq.is_some_and(|seq| seq <= copied) {
+        if pair.seq.is_some_and(|seq| seq <= copy.copied) {
             core.in_copy.fetch_add(1, Ordering::Relaxed);
             core.changed.store(true, Ordering::Relaxed);
             continue;
         }
-        if primary_state.is_some() && (pair.skips_before > synced || !in_step) {
+        if primary_state.is_some() && (pair.skips_before > synced || !copy.in_step()) {
             core.skipped.fetch_add(1, Ordering::Release);
             core.changed.store(true, Ordering::Relaxed);
             continue;
@@ -742,6 +727,42 @@ fn work(
 
 /// How long after a failed copy of the function's state the next is tried.
 const RESYNC_RETRY: Duration = Duration::from_secs(1);
+
+/// A stateful shadow's copy of the function's state.
+#[derive(Default)]
+struct StateCopy {
+    /// How many of the primary's commits the last copy holds: their events are in the
+    /// shadow's state already, and are not run on it again.
+    copied: u64,
+    /// The last copy failed (the store could not be read or written): the events are
+    /// skipped, not compared on a state that is not the function's, and the copy is tried
+    /// again at a catch-up from this time on.
+    failed_until: Option<std::time::Instant>,
+}
+
+impl StateCopy {
+    fn make(
+        &mut self,
+        core: &Core,
+        from: &Arc<crate::state::Namespace>,
+        shadow: &mut Runner,
+        control: Option<&mut Runner>,
+    ) {
+        match resync(core, from, shadow, control) {
+            Some(seq) => (self.copied, self.failed_until) = (seq, None),
+            None => self.failed_until = Some(std::time::Instant::now() + RESYNC_RETRY),
+        }
+    }
+
+    fn in_step(&self) -> bool {
+        self.failed_until.is_none()
+    }
+
+    fn may_retry(&self) -> bool {
+        self.failed_until
+            .is_none_or(|t| std::time::Instant::now() >= t)
+    }
+}
 
 /// Takes an event off the shadow's `queued` count when dropped: once it has been compared
 /// or skipped (or the shadow is retired on it).

@@ -1424,6 +1424,7 @@ mod tests {
         writer.join().unwrap();
         assert_eq!(ns.snapshot().unwrap().1, COMMITS);
     }
+
     #[tokio::test]
     async fn the_state_of_a_shadow_no_longer_configured_is_dropped() {
         let dir = tempfile::tempdir().unwrap();
