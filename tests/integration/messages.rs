@@ -122,6 +122,7 @@ fn check<M: Message>(doc: &str, example: &M) -> Vec<String> {
 fn shadow_report() -> ShadowReport {
     let side = ShadowSide {
         cpu_us_per_event: Some(1.0),
+        cpu_us_p50: Some(1),
         failed: vec![("trap".into(), 1)],
         ..ShadowSide::default()
     };

@@ -70,6 +70,9 @@ async fn a_shadow_that_differs_on_a_tenth_of_the_events_reports_a_tenth() {
     assert_eq!(r.model, "persistent");
     assert_eq!((r.primary.events, r.shadow.events), (N as u64, N as u64));
     assert!(r.shadow.cpu_us_per_event.is_some_and(|c| c > 0.0), "{r:?}");
+    // Each side's median call CPU (the first call of each is always read).
+    assert!(r.primary.cpu_us_p50.is_some_and(|c| c > 0), "{r:?}");
+    assert!(r.shadow.cpu_us_p50.is_some_and(|c| c > 0), "{r:?}");
     // The last three mismatches in full, retained for `shadow report`.
     let topic = format!("edge-agent/{id}/shadow/alert");
     let mut c = Client::connect(agent.port, &[topic.as_str()]).await;

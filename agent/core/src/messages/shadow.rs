@@ -98,6 +98,12 @@ pub struct ShadowSide {
     pub events: u64,
     /// CPU per successful event, µs.
     pub cpu_us_per_event: Option<f64>,
+    /// CPU of a successful call (instantiation included), median, µs: over the calls whose
+    /// CPU was read (`CallCost::cpu_estimated`), the same figure as a function's
+    /// `cpu_us.p50` and `compare`'s call CPU. A mean moves with every preempted call; on a
+    /// shared machine this one holds still.
+    #[serde(default)]
+    pub cpu_us_p50: Option<u64>,
     /// Largest linear memory of an instance, bytes.
     pub peak_memory_bytes: u64,
     /// Call time (instantiation and call), median, µs.

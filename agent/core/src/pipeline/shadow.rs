@@ -1087,6 +1087,8 @@ struct Side {
     events: u64,
     ok: u64,
     cpu_us: u64,
+    /// CPU of a call whose CPU was read, µs.
+    cpu: Histogram<u64>,
     peak_memory: u64,
     /// Call time, µs.
     latency: Histogram<u64>,
@@ -1099,13 +1101,18 @@ impl Default for Side {
             events: 0,
             ok: 0,
             cpu_us: 0,
+            cpu: micros(),
             peak_memory: 0,
-            // 1 µs to an hour, two significant digits: the bounds are valid.
-            latency: Histogram::new_with_bounds(1, 3_600_000_000, 2)
-                .unwrap_or_else(|_| unreachable!()),
+            latency: micros(),
             failed: BTreeMap::new(),
         }
     }
+}
+
+/// 1 µs to an hour, two significant digits.
+fn micros() -> Histogram<u64> {
+    // The bounds are valid.
+    Histogram::new_with_bounds(1, 3_600_000_000, 2).unwrap_or_else(|_| unreachable!())
 }
 
 impl Side {
@@ -1118,6 +1125,9 @@ impl Side {
             self.ok += 1;
             let us = |d: Duration| u64::try_from(d.as_micros()).unwrap_or(u64::MAX);
             self.cpu_us += us(c.cpu);
+            if !c.cpu_estimated {
+                self.cpu.saturating_record(us(c.cpu).max(1));
+            }
             self.peak_memory = self.peak_memory.max(c.peak_memory as u64);
             let call = c.instantiate + c.execute + c.load.unwrap_or_default();
             self.latency.saturating_record(us(call).max(1));
@@ -1128,6 +1138,7 @@ impl Side {
         ShadowSide {
             events: self.events,
             cpu_us_per_event: (self.ok > 0).then(|| self.cpu_us as f64 / self.ok as f64),
+            cpu_us_p50: (!self.cpu.is_empty()).then(|| self.cpu.value_at_quantile(0.5)),
             peak_memory_bytes: self.peak_memory,
             latency_p50_us: self.latency.value_at_quantile(0.5),
             latency_p99_us: self.latency.value_at_quantile(0.99),

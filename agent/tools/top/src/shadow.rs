@@ -118,6 +118,10 @@ fn side_rows(p: &ShadowSide, s: &ShadowSide) -> Vec<(&'static str, String, Strin
         c.cpu_us_per_event
             .map_or_else(|| "-".into(), |v| format!("{v:.0} µs"))
     };
+    let cpu_p50 = |c: &ShadowSide| {
+        c.cpu_us_p50
+            .map_or_else(|| "-".into(), |v| format!("{v} µs"))
+    };
     let failed = |c: &ShadowSide| {
         if c.failed.is_empty() {
             "0".to_string()
@@ -133,6 +137,7 @@ fn side_rows(p: &ShadowSide, s: &ShadowSide) -> Vec<(&'static str, String, Strin
     vec![
         ("events", p.events.to_string(), s.events.to_string()),
         ("CPU per event", cpu(p), cpu(s)),
+        ("CPU p50", cpu_p50(p), cpu_p50(s)),
         (
             "call p50",
             format!("{} µs", p.latency_p50_us),
