@@ -483,24 +483,49 @@ impl Reloader {
         Some(watcher)
     }
 
-    /// Reloads on SIGHUP and (with `agent.watch`) on file changes, until `stop`.
-    pub async fn run(mut self, stop: CancellationToken) {
-        let (tx, mut rx) = mpsc::channel(16);
-        let hup = tx.clone();
-        let hangups = tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let Ok(mut signals) = signal(SignalKind::hangup()) else {
-                return;
-            };
-            while signals.recv().await.is_some() {
-                if hup.send("SIGHUP").await.is_err() {
-                    return;
-                }
+    /// Reloads on SIGHUP and (with `agent.watch`) on file changes, until `stop`. The
+    /// SIGHUP handler, the file watcher and the control socket are in place when this
+    /// returns, before the agent can say it is online: an edit or a `systemctl reload`
+    /// right after that is not missed (and a SIGHUP before a handler would end the process).
+    pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+        let (tx, rx) = mpsc::channel(16);
+        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(mut signals) => {
+                let hup = tx.clone();
+                Some(tokio::spawn(async move {
+                    while signals.recv().await.is_some() {
+                        if hup.send("SIGHUP").await.is_err() {
+                            return;
+                        }
+                    }
+                }))
             }
-        });
-        let (ask, mut asked) = mpsc::channel(4);
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot handle SIGHUP; file changes still reload");
+                None
+            }
+        };
+        let (ask, asked) = mpsc::channel(4);
         let control = super::control::listen(&self.config.agent.data_dir, ask);
-        let mut watcher = self.config.agent.watch.then(|| self.watch(tx.clone()));
+        let watcher = self.config.agent.watch.then(|| self.watch(tx.clone()));
+        tokio::spawn(async move {
+            self.run(stop, (tx, rx), asked, watcher).await;
+            if let Some(h) = hangups {
+                h.abort();
+            }
+            if let Some(c) = control {
+                c.abort();
+            }
+        })
+    }
+
+    async fn run(
+        mut self,
+        stop: CancellationToken,
+        (tx, mut rx): (mpsc::Sender<&'static str>, mpsc::Receiver<&'static str>),
+        mut asked: mpsc::Receiver<super::control::Request>,
+        mut watcher: Option<Option<notify::RecommendedWatcher>>,
+    ) {
         let mut rewrites = self.rewrites.1.take();
         loop {
             // A file change to reload, or a request that edits the file and reloads.
@@ -530,6 +555,7 @@ impl Reloader {
                     continue;
                 }
             };
+            tracing::debug!(%trigger, "reload asked; waiting for the writes to settle");
             // Let a burst of writes finish, and take them as one.
             tokio::time::sleep(SETTLE).await;
             let mut trigger = trigger;
@@ -543,10 +569,6 @@ impl Reloader {
                 // Module paths may have changed: watch what is in force now.
                 watcher = Some(self.watch(tx.clone()));
             }
-        }
-        hangups.abort();
-        if let Some(c) = control {
-            c.abort();
         }
         drop(watcher);
     }
@@ -663,7 +685,13 @@ impl Reloader {
             None,
             None,
         );
-        let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
+        match tokio::time::timeout(Duration::from_secs(5), sent).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(%trigger, "reload report not published: {e}"),
+            Err(_) => {
+                tracing::warn!(%trigger, "reload report not sent: the output connection took no request for 5 s")
+            }
+        }
         body
     }
 }

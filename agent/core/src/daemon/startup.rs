@@ -154,14 +154,7 @@ impl Startup {
         let runtime = Arc::new(runtime);
         let loaded = |name: &str| functions.get(name).cloned();
         let (birth, births) = watch::channel(super::reload::birth(&config, loaded));
-        let presence = tokio::spawn(announce_presence(
-            links.clone(),
-            publisher.clone(),
-            config.status_topic(),
-            births,
-            state.health(),
-            root.child_token(),
-        ));
+        let health = state.health();
         background.spawn_until_stopped(remind_degraded(state.health()));
         let reloader = super::reload::Reloader::new(
             &config,
@@ -189,7 +182,18 @@ impl Startup {
             source,
         })?;
         let reloader_stop = root.child_token();
-        let reloader = tokio::spawn(reloader.run(reloader_stop.clone()));
+        let reloader = reloader.spawn(reloader_stop.clone());
+        // Said online only now, with the reloader listening: `start` runs beside the
+        // connection tasks (on `block_on`'s thread), so an earlier announcement could let
+        // an edit made on seeing it land before the file watcher was there.
+        let presence = tokio::spawn(announce_presence(
+            links.clone(),
+            publisher.clone(),
+            config.status_topic(),
+            births,
+            health,
+            root.child_token(),
+        ));
         let shutdown = Shutdown {
             grace: Duration::from_millis(config.agent.shutdown_grace_ms),
             root,
