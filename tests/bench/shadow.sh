@@ -22,9 +22,10 @@
 #    publish` can, the time until the last output arrives, and the function's end-to-end
 #    p99 from its stats. `publish_rate` is lifted (its default, 1,000 messages/s, would
 #    be the rate measured). Prints the median of RUNS runs of each, and the shadow's counts.
-# 3. The live model comparison. `echo` persistent with an on-demand shadow of itself, then
-#    on demand with a persistent shadow, 1,000 events paced at 100/s: each model's CPU per
-#    event as the function and as the shadow, RUNS times.
+# 3. The live model comparison against `compare`. `compare` at a steady 100 events/s,
+#    then `echo` persistent with an on-demand shadow of itself and on demand with a
+#    persistent shadow, 1,000 events paced at 100/s: each model's median call CPU by
+#    `compare` and as the shadow, RUNS times.
 set -euo pipefail
 # shellcheck source=lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -150,12 +151,27 @@ ${SHADOW_EXTRA:-}"
 fi
 
 if want 3; then
-echo "== 3. the live model comparison: echo in one model, its shadow the same module in the other"
-# Paced at 100 events/s, 1,000 events. Each side's CPU per event (call CPU, instantiation
-# included, as the agent measures it for a function and `compare` reads it) as the
-# primary and as the shadow: the shadow's figure for a model should agree with the
-# primary's figure for the same model, measured in the other run.
-live_run() { # PRIMARY_MODE SHADOW_MODE: prints "primary_cpu shadow_cpu"
+echo "== 3. the live model comparison against compare's, echo at 100 events/s"
+# Per run: `edge-agent compare` at a steady 100 events/s (its own agents, the same
+# broker), then `echo` persistent with an on-demand shadow of itself and on demand with a
+# persistent shadow, 1,000 events paced at 100/s. The figure is the median CPU of a call
+# (instantiation included): compare's `agent_call_cpu_p50_us` for each model, the
+# shadow's `cpu_us_p50` for the model it runs in. Means are printed beside them.
+cat >"$work/compare.toml" <<TOML
+duration_secs = 10
+qos = 1
+sensors = 4
+payload = '{"seq":{seq},"ts_ms":{ts_ms},"sensor":"{sensor}","value":31.5}'
+[traffic]
+pattern = "steady"
+rate = 100
+[[function]]
+name = "echo"
+module = "$root/modules/dist/echo.wasm"
+[function.config]
+out_topic = "compare/out/{topic}"
+TOML
+live_run() { # PRIMARY_MODE SHADOW_MODE: prints "shadow_p50 shadow_mean primary_p50 skipped"
     start "[[function]]
 name = \"e\"
 module = \"$root/modules/dist/echo.wasm\"
@@ -165,7 +181,8 @@ topics = [\"in\"]
 out_topic = \"out\"
 [function.shadow]
 mode = \"$2\""
-    "$bin" publish --broker "mqtt://127.0.0.1:$port" -t in -n 1000 --rate 100 --payload '{"v": 1}' -q 1 >/dev/null 2>&1
+    "$bin" publish --broker "mqtt://127.0.0.1:$port" -t in -n 1000 --rate 100 \
+        --payload '{"seq":1,"ts_ms":1764900000000,"sensor":"sensor-0","value":31.5}' -q 1 >/dev/null 2>&1
     local r
     for _ in $(seq 1 20); do
         r=$(report e)
@@ -173,16 +190,26 @@ mode = \"$2\""
     done
     python3 -c '
 import json,sys
-s=json.loads(sys.argv[1])["shadow"]
-print("%.1f %.1f %d" % (s["primary"]["cpu_us_per_event"], s["shadow"]["cpu_us_per_event"], s["skipped"]))' "$r"
+f=json.loads(sys.argv[1]); s=f["shadow"]
+print(s["shadow"]["cpu_us_p50"], "%.1f" % s["shadow"]["cpu_us_per_event"], f["cpu_us"]["p50"], s["skipped"])' "$r"
     stop
 }
 for r in $(seq 1 "$runs"); do
-    read -r pp so skip1 < <(live_run persistent on-demand)
-    read -r po sp skip2 < <(live_run on-demand persistent)
+    "$bin" compare --config "$work/compare.toml" --repeat 1 --broker "mqtt://127.0.0.1:$port" \
+        --json "$work/compare.json" >"$work/compare.log" 2>&1 ||
+        { echo "compare failed:"; tail -20 "$work/compare.log"; exit 1; }
+    read -r cp co < <(python3 -c "
+import json
+m={x['model']: x['agent_call_cpu_p50_us']['median'] for x in json.load(open('$work/compare.json'))['functions'][0]['models']}
+print(m['persistent'], m['on-demand'])")
+    read -r so som fp skip1 < <(live_run persistent on-demand)
+    read -r sp spm fo skip2 < <(live_run on-demand persistent)
     python3 -c "
-pp,so,po,sp=$pp,$so,$po,$sp
-print(f'run $r: on demand {po:.1f} µs as the function, {so:.1f} as the shadow ({(so-po)/po*100:+.0f}%); '
-      f'persistent {pp:.1f} as the function, {sp:.1f} as the shadow ({(sp-pp)/pp*100:+.0f}%); skipped $skip1, $skip2')"
+cp,co,so,som,fp,sp,spm,fo=$cp,$co,$so,$som,$fp,$sp,$spm,$fo
+d=lambda a,b: f'{(a-b)/b*100:+.0f}%'
+ok=lambda a,b: 'within 20%' if abs(a-b)/b <= 0.2 else 'MISSED'
+print(f'run $r: on demand: compare {co:.0f} µs, as the shadow {so} µs ({d(so,co)}, {ok(so,co)}; mean {som}), '
+      f'as the function {fo} µs; persistent: compare {cp:.0f} µs, as the shadow {sp} µs ({d(sp,cp)}, {ok(sp,cp)}; mean {spm}), '
+      f'as the function {fp} µs; on demand / persistent: compare {co/cp:.2f}, live {so/fp:.2f} and {fo/sp:.2f}; skipped $skip1, $skip2')"
 done
 fi
