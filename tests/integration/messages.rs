@@ -172,6 +172,7 @@ fn examples(doc: &str) -> Vec<String> {
         interval_secs: 1.0,
         process: ProcessFigures::default(),
         state_disk_bytes: 1,
+        state_flushes: 1,
         functions: vec![FunctionReport {
             totals: Snapshot {
                 function: "f".into(),

@@ -172,6 +172,13 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
     let disk = sample(&body, "edge_agent_state_disk_bytes");
     assert!(disk.is_some_and(|b| b > 0.0), "{body}");
     assert!(report.state_disk_bytes > 0, "{report:?}");
+    // The three state writes were flushed: counted in the report, and by the scrape since.
+    assert!(report.state_flushes > 0, "{report:?}");
+    let flushes = sample(&body, "edge_agent_state_flushes_total");
+    assert!(
+        flushes.is_some_and(|n| n >= report.state_flushes as f64),
+        "{flushes:?} {body}"
+    );
     assert!(sample(&body, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
     assert!(body.contains("edge_agent_build_info{version=\""), "{body}");
 

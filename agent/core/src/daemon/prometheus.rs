@@ -348,6 +348,16 @@ impl Collector for AgentCollector {
             )?
             .encode_gauge(&disk)?;
 
+        let flushes = book.state_flushes();
+        encoder
+            .encode_descriptor(
+                "edge_agent_state_flushes",
+                "Flushes of the state store to disk, each one fdatasync",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<Labels, _, u64>(&flushes, None)?;
+
         let connected = i64::from(self.links.borrow().overall().connected);
         encoder
             .encode_descriptor(

@@ -22,6 +22,10 @@ pub struct Report {
     pub process: ProcessFigures,
     /// Bytes the state store takes on disk.
     pub state_disk_bytes: u64,
+    /// The state store's flushes since start-up, each one `fdatasync` (absent before
+    /// 2026-12-05).
+    #[serde(default)]
+    pub state_flushes: u64,
     /// One entry per function, in configuration order.
     pub functions: Vec<FunctionReport>,
 }

@@ -27,6 +27,7 @@ pub type Entry = (Arc<str>, Mode, Arc<FunctionStats>);
 pub struct StatsBook {
     entries: Arc<RwLock<Vec<Entry>>>,
     state_disk: Arc<OnceLock<Probe>>,
+    state_flushes: Arc<OnceLock<Probe>>,
 }
 
 /// The figures a report is compared with to make rates.
@@ -107,6 +108,7 @@ impl Reporter {
                 cpu_percent: (now.process_cpu - self.last.process_cpu).max(0.0) / secs * 100.0,
             },
             state_disk_bytes: self.book.state_disk_bytes(),
+            state_flushes: self.book.state_flushes(),
             functions,
         };
         self.last = now;
@@ -141,6 +143,17 @@ impl StatsBook {
     /// Bytes the state store takes on disk (0 before it is probed).
     pub fn state_disk_bytes(&self) -> u64 {
         self.state_disk.get().map_or(0, |p| p())
+    }
+
+    /// Counts the state store's flushes with `probe`.
+    pub fn probe_state_flushes(&self, probe: Probe) {
+        let _ = self.state_flushes.set(probe);
+    }
+
+    /// The state store's flushes (each one fdatasync) since start-up (0 before it is
+    /// probed).
+    pub fn state_flushes(&self) -> u64 {
+        self.state_flushes.get().map_or(0, |p| p())
     }
 
     fn mark(&self) -> Mark {

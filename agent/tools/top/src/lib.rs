@@ -728,6 +728,7 @@ mod tests {
                 cpu_percent: 3.25,
             },
             state_disk_bytes: 1_048_576,
+            state_flushes: 0,
             functions: vec![counter, shadowed(), auto()],
         }
         .to_bytes()
