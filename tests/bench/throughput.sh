@@ -38,8 +38,11 @@
 # Latency mode (LATENCY=1): the stateful `counter` (persistent, counter/# -> counts/{1..})
 # and the stateless `echo` (persistent, echo/# -> echoed/{topic}), QoS 1, publish_rate
 # 1000000, each paced with `publish --rate R` for R in RATES (p50/p99 end-to-end latency
-# from the agent's stats, and state flushes per second from the count the agent logs when
-# it stops),
+# from the agent's stats; state flushes per second from its stats reports' `state_flushes`
+# over the steady part of the row, 2 s after the first publish to 1 s before the last
+# output, and for the whole row, as raw figures, from the count the agent logs when it
+# stops: that one also counts the first flushes, before the commit rate is known, what
+# the cap's allowance saved up, and one on the way out),
 # then each bursting EVENTS events (throughput as above).
 #
 # Prints the machine and a markdown table of medians to stdout; raw per-run figures to
@@ -239,6 +242,9 @@ TOML
     : >"$work/dl"
     if [[ -n $agent ]]; then
         start_sub "$work/dl" 100000000 1 '%t %p' "$((row_timeout + 60))" "edge-agent/$agent_id/dead-letter"
+        # Every stats report of the row (one a second): the state store's flushes in the
+        # steady part of a paced row.
+        start_sub "$work/stats" 100000000 0 '%t %p' "$((row_timeout + 60))" "edge-agent/$agent_id/stats"
     fi
     local rss="-" cpu0=0
     if [[ -n $agent ]]; then
@@ -338,12 +344,42 @@ TOML
         d="-"
     fi
     stop_pids
+    local flush_row="n/a"
     if [[ -n $agent ]]; then
         # The agent logs its state flushes when it stops; it flushes only while there are
-        # commits, so they all fall in the traffic window.
+        # commits, so they all fall in the row, with the first few before the commit rate
+        # is known, what the cap's allowance saved up, and one on the way out.
         flushes="$(sed 's/\x1b\[[0-9;]*m//g' "$work/agent-$row_no.log" | grep -o 'flushes=[0-9]*' | tail -1 | cut -d= -f2 || true)"
-        [[ -n $flushes ]] && flush_s="$(awk -v b="$flushes" -v t0="$t0" -v t1="${t_last:-$t_pub}" \
+        [[ -n $flushes ]] && flush_row="$(awk -v b="$flushes" -v t0="$t0" -v t1="${t_last:-$t_pub}" \
             'BEGIN { printf "%.1f", (t1 > t0) ? b / (t1 - t0) : 0 }')"
+        flush_s=$flush_row
+        # Paced: the rate the store keeps to, from the stats reports' `state_flushes`
+        # between 2 s after the first publish and 1 s before the last output.
+        if [[ -n $rate ]]; then
+            local steady
+            steady="$(python3 - "$work/stats" "$t0" "${t_last:-$t_pub}" <<'PY'
+import json, sys
+path, t0, t1 = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
+points = []
+for line in open(path, errors="replace"):
+    topic, _, body = line.partition(" ")
+    try:
+        s = json.loads(body)
+    except ValueError:
+        continue
+    if topic != "bench/ready" and isinstance(s, dict) and "state_flushes" in s:
+        ts = s["ts_ms"] / 1000
+        if t0 + 2 <= ts <= t1 - 1:
+            points.append((ts, s["state_flushes"]))
+if len(points) >= 2 and points[-1][0] - points[0][0] >= 2:
+    (a, fa), (b, fb) = points[0], points[-1]
+    print(f"{(fb - fa) / (b - a):.1f}")
+else:
+    print("n/a")
+PY
+)"
+            [[ $steady != n/a ]] && flush_s=$steady
+        fi
     fi
 
     local row=$job
@@ -353,9 +389,9 @@ TOML
     printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' \
         "$section" "$row" "$q" "${rate:--}" "$run" "$count" "$eps" "$n" "$handled" "$received" \
         "$ftotal" "$fkinds" "$d" "$dlkinds" "$cpu_us" "$rss" "$p50" "$p99" "$flush_s" >>"$work/results.tsv"
-    printf '  run %s %-20s %s %-6s events/s %-7s outputs %s/%s handled %s received %s failed [%s] dead letters %s [%s] cpu µs/event %s idle RSS MB %s e2e p50/p99 µs %s/%s flushes/s %s publish rate %s/s\n' \
+    printf '  run %s %-20s %s %-6s events/s %-7s outputs %s/%s handled %s received %s failed [%s] dead letters %s [%s] cpu µs/event %s idle RSS MB %s e2e p50/p99 µs %s/%s flushes/s %s (whole row %s) publish rate %s/s\n' \
         "$run" "$row" "$([[ -n $rate ]] && echo rate || echo QoS)" "$param" "$eps" "$n" "$count" "$handled" "$received" \
-        "$fkinds" "$d" "$dlkinds" "$cpu_us" "$rss" "$p50" "$p99" "$flush_s" "$pub_rate" >&2
+        "$fkinds" "$d" "$dlkinds" "$cpu_us" "$rss" "$p50" "$p99" "$flush_s" "$flush_row" "$pub_rate" >&2
 }
 
 model="$(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
