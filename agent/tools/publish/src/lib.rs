@@ -114,17 +114,32 @@ pub enum PublishError {
     #[error(transparent)]
     Args(#[from] BrokerArgsError),
     /// The broker could not be reached or dropped the connection.
-    #[error("broker {url}")]
+    #[error("broker {url}, with {done} of {count} messages {what}")]
     Broker {
         /// The broker's URL.
         url: String,
+        /// Messages the broker had acknowledged (QoS 0: sent) by then.
+        done: u64,
+        /// Messages asked for.
+        count: u64,
+        /// "acknowledged" or, at QoS 0, "sent".
+        what: &'static str,
         /// What the connection said (boxed: it is large).
         #[source]
         source: Box<rumqttc::ConnectionError>,
     },
     /// The broker stopped acknowledging.
-    #[error("broker {0}: no progress for 30 s")]
-    Stalled(String),
+    #[error("broker {url}: no progress for 30 s, with {done} of {count} messages {what}")]
+    Stalled {
+        /// The broker's URL.
+        url: String,
+        /// As in [`PublishError::Broker`].
+        done: u64,
+        /// Messages asked for.
+        count: u64,
+        /// "acknowledged" or, at QoS 0, "sent".
+        what: &'static str,
+    },
 }
 
 impl PublishError {
@@ -132,7 +147,7 @@ impl PublishError {
     pub fn exit(&self) -> edge_agent::failure::Exit {
         match self {
             Self::Usage(_) | Self::Args(_) => edge_agent::failure::Exit::Usage,
-            Self::Broker { .. } | Self::Stalled(_) => edge_agent::failure::Exit::Unavailable,
+            Self::Broker { .. } | Self::Stalled { .. } => edge_agent::failure::Exit::Unavailable,
         }
     }
 }
@@ -184,12 +199,29 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
         0 => sent >= count,
         _ => acked >= count,
     };
+    // A fault test (a broker restarted under the stream) needs to know how far it got.
+    let what = if args.qos == 0 {
+        "sent"
+    } else {
+        "acknowledged"
+    };
+    let so_far = |sent: u64, acked: u64| if args.qos == 0 { sent } else { acked };
     while !done(sent, acked) {
         match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
-            Err(_) => return Err(PublishError::Stalled(args.broker.broker.clone())),
+            Err(_) => {
+                return Err(PublishError::Stalled {
+                    url: args.broker.broker.clone(),
+                    done: so_far(sent, acked),
+                    count,
+                    what,
+                });
+            }
             Ok(Err(source)) => {
                 return Err(PublishError::Broker {
                     url: args.broker.broker.clone(),
+                    done: so_far(sent, acked),
+                    count,
+                    what,
                     source: Box::new(source),
                 });
             }
