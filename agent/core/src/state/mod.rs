@@ -58,7 +58,7 @@ use crate::config::StateConfig;
 /// State store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
-    /// The database could not be opened (missing permissions, used by another agent).
+    /// The database could not be opened (missing permissions, a damaged file).
     #[error("cannot open the state store in {dir}")]
     Open {
         /// The data directory.
@@ -66,6 +66,14 @@ pub enum StateError {
         /// What sled said.
         #[source]
         source: sled::Error,
+    },
+    /// Another process holds the store's lock: another agent with the same `data_dir`.
+    #[error(
+        "the state store in {dir} is in use by another process (another edge-agent with the same agent.data_dir?)"
+    )]
+    Locked {
+        /// The store's directory.
+        dir: String,
     },
     /// A disk or database error during a call.
     #[error("state store I/O error")]
@@ -96,6 +104,42 @@ impl StateError {
     /// tried again later rather than failed.
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Self::Io(_) | Self::Full { .. } | Self::Reopening)
+    }
+}
+
+/// How long opening the store waits for its lock. sled lets go of its files when the last
+/// of its IO threads drops them, which can be a moment after the last `Db` handle (a
+/// reopen after an I/O error, a store opened again in the same process); a second agent on
+/// the same `data_dir` holds it for as long as it runs.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Waits up to `wait` until nobody holds the lock sled takes on `<dir>/db` (an exclusive
+/// `flock`; sled itself only tries once), and says who holds it if that never happens.
+/// Any other failure is left to sled's own open to report.
+fn wait_for_lock(dir: &Path, wait: Duration) -> Result<(), StateError> {
+    use fs2::FileExt;
+    let Ok(file) = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dir.join("db"))
+    else {
+        return Ok(());
+    };
+    let deadline = Instant::now() + wait;
+    loop {
+        match file.try_lock_exclusive() {
+            // Closing the file gives the lock back, for sled to take.
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(StateError::Locked {
+                        dir: dir.display().to_string(),
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(_) => return Ok(()),
+        }
     }
 }
 
@@ -171,6 +215,7 @@ impl StateStore {
     }
 
     fn open_db(dir: &Path, limits: &StateConfig) -> Result<sled::Db, StateError> {
+        wait_for_lock(dir, LOCK_WAIT)?;
         sled::Config::new()
             .path(dir)
             .cache_capacity(limits.cache_mb * 1024 * 1024)
@@ -1338,6 +1383,49 @@ mod tests {
             ..StateConfig::default()
         };
         StateStore::open(dir, &limits).unwrap()
+    }
+
+    /// sled lets go of its lock a moment after the last handle (its IO threads drop the
+    /// files), so a store opened again in the same process found it still held now and
+    /// then; and a second agent on the same data directory holds it for good. Opening
+    /// waits for a lock that is given back, and names one that is not.
+    #[test]
+    fn opening_waits_for_the_lock_and_names_a_holder_that_keeps_it() {
+        use fs2::FileExt;
+        let dir = tempfile::tempdir().unwrap();
+        drop(store(dir.path()));
+        let db = dir.path().join("state").join("db");
+        let hold = || {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&db)
+                .unwrap();
+            f.lock_exclusive().unwrap();
+            f
+        };
+        // Held throughout: named after the wait.
+        let held = hold();
+        let started = Instant::now();
+        let err = wait_for_lock(&dir.path().join("state"), Duration::from_millis(100))
+            .expect_err("the lock is held");
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        let said = err.to_string();
+        assert!(
+            said.contains("in use by another process") && said.contains("state"),
+            "{said}"
+        );
+        // Given back during the wait: the store opens.
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(150));
+            drop(held);
+        });
+        let s = store(dir.path());
+        release.join().unwrap();
+        assert!(s.namespace("f").is_ok());
+        // No store yet: nothing to wait for.
+        let fresh = tempfile::tempdir().unwrap();
+        wait_for_lock(&fresh.path().join("state"), Duration::ZERO).unwrap();
     }
 
     /// sled builds about 40 metrics histograms of 512 KiB when a store opens, for metrics
