@@ -1394,18 +1394,13 @@ mod tests {
         use fs2::FileExt;
         let dir = tempfile::tempdir().unwrap();
         drop(store(dir.path()));
-        let db = dir.path().join("state").join("db");
-        let hold = || {
-            let f = std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(&db)
-                .unwrap();
-            f.lock_exclusive().unwrap();
-            f
-        };
         // Held throughout: named after the wait.
-        let held = hold();
+        let held = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(dir.path().join("state").join("db"))
+            .unwrap();
+        held.lock_exclusive().unwrap();
         let started = Instant::now();
         let err = wait_for_lock(&dir.path().join("state"), Duration::from_millis(100))
             .expect_err("the lock is held");
