@@ -23,8 +23,7 @@
 //! A rejected event becomes a `queue-full` dead letter (counted and logged).
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
-use std::thread::Thread;
+use std::sync::{Arc, Condvar, Mutex};
 
 use tokio::sync::Notify;
 
@@ -43,14 +42,10 @@ pub const FLUSH_WAIT_FACTOR: usize = 4;
 struct Inner {
     events: VecDeque<Inbound>,
     closed: bool,
-    /// Worker threads blocked in [`Inbox::pop`], the one that began to wait last on top:
-    /// a push wakes that one, and none if none waits (a wake is a system call, and under
-    /// load the workers are mostly busy when an event arrives). Last in, first out: at a
-    /// device's rates one event at a time keeps one on-demand worker busy and the others
-    /// asleep, on the caches and the CPU it last ran on. A condition variable wakes the
-    /// one that has waited longest, so four workers took turns: 171 against 147 µs of
-    /// CPU per event at 300 events/s (docs/benchmarks.md, "The worker that waited last").
-    waiting: Vec<Thread>,
+    /// Worker threads blocked in [`Inbox::pop`]: a push wakes one only if there is one
+    /// (std's `Condvar::notify_one` is a system call even when nobody waits, and under
+    /// load the workers are mostly busy when an event arrives).
+    waiting: usize,
 }
 
 /// No event came within the wait ([`Inbox::pop_timeout`]).
@@ -60,6 +55,8 @@ pub struct Idle;
 /// A bounded queue of events: the router pushes, worker threads pop.
 pub struct Inbox {
     inner: Mutex<Inner>,
+    /// Signalled when an event arrives or the queue closes (for the worker threads).
+    ready: Condvar,
     /// Signalled when an event leaves (for an intake waiting for room).
     space: Notify,
     /// Events taken in and not settled yet (see [`Unsettled`]): under backpressure, the
@@ -78,8 +75,9 @@ impl Inbox {
             inner: Mutex::new(Inner {
                 events: VecDeque::new(),
                 closed: false,
-                waiting: Vec::new(),
+                waiting: 0,
             }),
+            ready: Condvar::new(),
             space: Notify::new(),
             unsettled: Arc::default(),
             flushing: Arc::default(),
@@ -121,10 +119,10 @@ impl Inbox {
                 }
             }
         };
-        let wake = q.waiting.pop();
+        let wake = q.waiting > 0;
         drop(q);
-        if let Some(worker) = wake {
-            worker.unpark();
+        if wake {
+            self.ready.notify_one();
         }
         Ok(rejected)
     }
@@ -140,10 +138,10 @@ impl Inbox {
             return Err(event);
         }
         q.events.push_front(event);
-        let wake = q.waiting.pop();
+        let wake = q.waiting > 0;
         drop(q);
-        if let Some(worker) = wake {
-            worker.unpark();
+        if wake {
+            self.ready.notify_one();
         }
         Ok(())
     }
@@ -164,7 +162,6 @@ impl Inbox {
     }
 
     fn pop_within(&self, until: Option<std::time::Instant>) -> Result<Option<Inbound>, Idle> {
-        let me = std::thread::current();
         let mut q = self.lock();
         loop {
             if let Some(e) = q.events.pop_front() {
@@ -186,23 +183,22 @@ impl Inbox {
             if q.closed {
                 return Ok(None);
             }
-            let left = until.map(|u| u.saturating_duration_since(std::time::Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Err(Idle);
-            }
-            q.waiting.push(me.clone());
-            drop(q);
-            // A push or close that took this thread off the list unparks it; one that
-            // did so before the park leaves the token, and the park returns at once.
-            // Woken or not (a park may end spuriously), look again.
-            match left {
-                None => std::thread::park(),
-                Some(left) => std::thread::park_timeout(left),
-            }
-            q = self.lock();
-            if let Some(i) = q.waiting.iter().rposition(|t| t.id() == me.id()) {
-                q.waiting.remove(i);
-            }
+            q.waiting += 1;
+            q = match until {
+                None => self.ready.wait(q).unwrap_or_else(|p| p.into_inner()),
+                Some(until) => {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        q.waiting -= 1;
+                        return Err(Idle);
+                    }
+                    self.ready
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
+                }
+            };
+            q.waiting -= 1;
         }
     }
 
@@ -213,14 +209,8 @@ impl Inbox {
 
     /// No more pushes; `pop` drains what is left, then returns `None`.
     pub fn close(&self) {
-        let waiting = {
-            let mut q = self.lock();
-            q.closed = true;
-            std::mem::take(&mut q.waiting)
-        };
-        for worker in waiting {
-            worker.unpark();
-        }
+        self.lock().closed = true;
+        self.ready.notify_all();
         self.space.notify_one();
     }
 
@@ -436,45 +426,5 @@ mod tests {
         q.close();
         let (first, ended) = worker.join().unwrap_or_else(|_| panic!("worker"));
         assert_eq!((first.as_deref(), ended), (Some("t/1"), true));
-    }
-
-    /// Of two idle workers, an event wakes the one that began to wait last; the other
-    /// sleeps on until the queue closes.
-    #[test]
-    fn an_event_wakes_the_worker_that_waited_last() {
-        let q = Arc::new(Inbox::new(4, Overflow::Backpressure));
-        let waiters = |n: usize| {
-            let q = q.clone();
-            move || q.lock().waiting.len() == n
-        };
-        let until = |ready: &dyn Fn() -> bool| {
-            let start = Instant::now();
-            while !ready() {
-                assert!(start.elapsed().as_secs() < 5, "a worker never waited");
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-        };
-        let worker = |name: &'static str| {
-            let q = q.clone();
-            std::thread::spawn(move || {
-                let mut took = Vec::new();
-                while let Some(e) = q.pop() {
-                    took.push(e.topic);
-                }
-                (name, took)
-            })
-        };
-        let first = worker("first");
-        until(&waiters(1));
-        let last = worker("last");
-        until(&waiters(2));
-        assert!(q.push(event(1, 0)).is_ok());
-        until(&|| q.is_empty() && waiters(2)());
-        q.close();
-        let took = |w: std::thread::JoinHandle<(&'static str, Vec<String>)>| {
-            w.join().unwrap_or_else(|_| panic!("worker"))
-        };
-        assert_eq!(took(first), ("first", vec![]));
-        assert_eq!(took(last), ("last", vec!["t/1".to_string()]));
     }
 }
