@@ -95,6 +95,13 @@ impl Line {
         self.standing + rate * self.marginal
     }
 
+    fn scaled(self, by: f64) -> Self {
+        Self {
+            standing: self.standing * by,
+            marginal: self.marginal * by,
+        }
+    }
+
     /// The rate above which `persistent` costs less than `on_demand`; `None` if it never
     /// does.
     fn break_even(on_demand: Self, persistent: Self) -> Option<f64> {
@@ -353,6 +360,13 @@ impl Auto {
             .latency_p99_ms
             .is_some_and(|bound| self.od_p99_ms().is_some_and(|p99| p99 > bound));
         let m = 1.0 + self.cfg.margin;
+        // A demotion needs persistent dearer by the margin: its line discounted by it. On
+        // the memory line that is a rate under the break-even divided by 1 + margin; by
+        // CPU, where the break-even is 0 or none, it is calls measured dearer by the
+        // margin, since two models' CPU per event can lie within each other's noise (a
+        // loaded machine has measured persistent a few percent dearer for a while, and
+        // demoting on that would flap).
+        let demote_at = lines.and_then(|(o, p)| Line::break_even(o, p.scaled(1.0 / m)));
         let switch = match (model, break_even) {
             (Model::OnDemand, _) if slow && rate_stable > 0.0 && settled => {
                 Some((Model::Persistent, Reason::Latency))
@@ -367,11 +381,11 @@ impl Auto {
             }
             // A demotion needs a whole stable window below the break-even, and no latency
             // bound that on demand breaks while events come.
-            (Model::Persistent, b)
+            (Model::Persistent, _)
                 if settled
                     && in_model >= stable
                     && !(slow && rate_stable > 0.0)
-                    && b.is_none_or(|b| rate_stable <= b / m) =>
+                    && demote_at.is_none_or(|b| rate_stable <= b) =>
             {
                 Some((Model::OnDemand, Reason::Rate))
             }
@@ -559,6 +573,29 @@ mod tests {
         let r = auto.snapshot();
         assert_eq!(r.switches.len(), 2, "{r:?}");
         assert_eq!(r.last_switch.unwrap().to, "on-demand");
+    }
+
+    /// Persistent measured a little dearer than on demand under traffic (within the
+    /// margin: noise) stays persistent; clearly dearer, it is demoted though events come,
+    /// and not promoted again.
+    #[test]
+    fn by_cpu_a_demotion_under_traffic_needs_persistent_dearer_by_the_margin() {
+        let auto = Auto::new("f", config(Objective::Cpu), 1);
+        let mut clock = (Instant::now(), 0);
+        let costs = |persistent_us: u64| {
+            move |m| match m {
+                Model::OnDemand => cost(100, 40, 60, 1 << 20),
+                Model::Persistent => cost(persistent_us, 0, persistent_us, 1 << 20),
+            }
+        };
+        let up = drive(&auto, &mut clock, 3, 50, costs(60));
+        assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
+        // 10% dearer than on demand, for six stable windows.
+        assert_eq!(drive(&auto, &mut clock, 60, 50, costs(110)), vec![]);
+        assert_eq!(auto.snapshot().break_even, None, "dearer, by the lines");
+        // 50% dearer: demoted after a stable window, and it stays on demand.
+        let down = drive(&auto, &mut clock, 60, 50, costs(150));
+        assert_eq!(down, vec![(Model::OnDemand, Reason::Rate)]);
     }
 
     #[test]
