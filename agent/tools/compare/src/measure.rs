@@ -390,7 +390,18 @@ pub enum ReachError {
 /// TLS, credentials), or no answer within `wait`.
 pub async fn reachable(broker: &BrokerConfig, id: &str, wait: Duration) -> Result<(), ReachError> {
     let (client, mut eventloop) = client(broker, id)?;
-    let answered = tokio::time::timeout(wait, async {
+    let answered = connected(&mut eventloop, wait).await;
+    let _ = client.try_disconnect();
+    answered
+}
+
+/// Polls `eventloop` until the broker's CONNACK, within `wait`: a client that publishes
+/// before it is connected puts its connection's set-up in its first event's latency.
+///
+/// # Errors
+/// [`ReachError`]: the connection failed, or no answer within `wait`.
+pub async fn connected(eventloop: &mut EventLoop, wait: Duration) -> Result<(), ReachError> {
+    tokio::time::timeout(wait, async {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => return Ok(()),
@@ -400,9 +411,7 @@ pub async fn reachable(broker: &BrokerConfig, id: &str, wait: Duration) -> Resul
         }
     })
     .await
-    .unwrap_or(Err(ReachError::Timeout(wait)));
-    let _ = client.try_disconnect();
-    answered
+    .unwrap_or(Err(ReachError::Timeout(wait)))
 }
 
 /// Receives outputs on `filter` until dropped; sends (arrival, payload) down the channel.
