@@ -97,6 +97,7 @@ fn work(
     shadow: &Slot,
 ) {
     while let Some(event) = inbox.pop() {
+        let started = std::time::Instant::now();
         handle(
             rt,
             function,
@@ -108,6 +109,7 @@ fn work(
             None,
             shadow,
         );
+        inbox.took(started.elapsed());
     }
 }
 
