@@ -23,9 +23,7 @@
 //! A rejected event becomes a `queue-full` dead letter (counted and logged).
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -41,43 +39,13 @@ pub const BACKPRESSURE_FACTOR: usize = 16;
 /// what the rest of the path reaches (docs/benchmarks.md, "Waiting for the flush apart").
 pub const FLUSH_WAIT_FACTOR: usize = 4;
 
-/// How long a worker may leave the events queued behind the one it takes to itself,
-/// going by its recent calls, before it wakes another ([`Inbox::pop`]).
-pub const SERIAL_BUDGET: Duration = Duration::from_millis(1);
-
-/// The workers' side of the queue. A push wakes a sleeping worker only if no worker is
-/// awake and free to take the event; a worker that takes an event wakes another only if
-/// what is left would wait more than [`SERIAL_BUDGET`] behind it, at its recent calls'
-/// time. So events that come together at a device's rates (several sensors reporting in
-/// the same millisecond) are taken one after another by one worker, not by one woken
-/// worker each: on demand at 300 events/s, 147 against 171 µs of CPU per event with one
-/// worker against four (docs/benchmarks.md, "One worker for events that come together").
-/// A backlog that would wait longer, and every event that comes while all awake workers
-/// are in calls, wake more, up to all of them.
 struct Inner {
     events: VecDeque<Inbound>,
     closed: bool,
-    /// Workers awake in [`Inbox::pop`] and free to take an event: looking, or woken for
-    /// one and not back yet.
-    free: usize,
-    /// Workers asleep in [`Inbox::pop`], not counting those woken.
-    parked: usize,
-    /// Wake-ups sent and not yet taken by a sleeping worker (each counted in `free`).
-    wakes: usize,
-}
-
-impl Inner {
-    /// Takes a sleeping worker off `parked` into `free` for a wake-up; whether there was
-    /// one (then notify after unlocking).
-    fn wake_one(&mut self) -> bool {
-        if self.parked == 0 {
-            return false;
-        }
-        self.parked -= 1;
-        self.free += 1;
-        self.wakes += 1;
-        true
-    }
+    /// Worker threads blocked in [`Inbox::pop`]: a push wakes one only if there is one
+    /// (std's `Condvar::notify_one` is a system call even when nobody waits, and under
+    /// load the workers are mostly busy when an event arrives).
+    waiting: usize,
 }
 
 /// No event came within the wait ([`Inbox::pop_timeout`]).
@@ -89,8 +57,6 @@ pub struct Inbox {
     inner: Mutex<Inner>,
     /// Signalled when an event arrives or the queue closes (for the worker threads).
     ready: Condvar,
-    /// The workers' recent calls, wall time in ns (a moving average, [`Inbox::took`]).
-    call_ns: AtomicU64,
     /// Signalled when an event leaves (for an intake waiting for room).
     space: Notify,
     /// Events taken in and not settled yet (see [`Unsettled`]): under backpressure, the
@@ -109,12 +75,9 @@ impl Inbox {
             inner: Mutex::new(Inner {
                 events: VecDeque::new(),
                 closed: false,
-                free: 0,
-                parked: 0,
-                wakes: 0,
+                waiting: 0,
             }),
             ready: Condvar::new(),
-            call_ns: AtomicU64::new(0),
             space: Notify::new(),
             unsettled: Arc::default(),
             flushing: Arc::default(),
@@ -156,7 +119,7 @@ impl Inbox {
                 }
             }
         };
-        let wake = q.free == 0 && q.wake_one();
+        let wake = q.waiting > 0;
         drop(q);
         if wake {
             self.ready.notify_one();
@@ -175,7 +138,7 @@ impl Inbox {
             return Err(event);
         }
         q.events.push_front(event);
-        let wake = q.free == 0 && q.wake_one();
+        let wake = q.waiting > 0;
         drop(q);
         if wake {
             self.ready.notify_one();
@@ -200,18 +163,10 @@ impl Inbox {
 
     fn pop_within(&self, until: Option<std::time::Instant>) -> Result<Option<Inbound>, Idle> {
         let mut q = self.lock();
-        q.free += 1;
         loop {
             if let Some(e) = q.events.pop_front() {
-                q.free -= 1;
                 let now_has_room = q.events.len() + 1 == self.capacity;
-                let behind = Duration::from_nanos(self.call_ns.load(Ordering::Relaxed))
-                    .saturating_mul(u32::try_from(q.events.len()).unwrap_or(u32::MAX));
-                let wake = behind > SERIAL_BUDGET && q.wake_one();
                 drop(q);
-                if wake {
-                    self.ready.notify_one();
-                }
                 if now_has_room {
                     self.space.notify_one();
                 }
@@ -223,53 +178,28 @@ impl Inbox {
                 tracing::debug!(topic = %e.topic, pkid = e.pkid, "event left to its redelivery");
                 drop(e);
                 q = self.lock();
-                q.free += 1;
                 continue;
             }
             if q.closed {
-                q.free -= 1;
                 return Ok(None);
             }
-            q.free -= 1;
-            q.parked += 1;
-            loop {
-                q = match until {
-                    None => self.ready.wait(q).unwrap_or_else(|p| p.into_inner()),
-                    Some(until) => {
-                        let left = until.saturating_duration_since(std::time::Instant::now());
-                        if left.is_zero() {
-                            q.parked -= 1;
-                            return Err(Idle);
-                        }
-                        self.ready
-                            .wait_timeout(q, left)
-                            .unwrap_or_else(|p| p.into_inner())
-                            .0
+            q.waiting += 1;
+            q = match until {
+                None => self.ready.wait(q).unwrap_or_else(|p| p.into_inner()),
+                Some(until) => {
+                    let left = until.saturating_duration_since(std::time::Instant::now());
+                    if left.is_zero() {
+                        q.waiting -= 1;
+                        return Err(Idle);
                     }
-                };
-                // Woken for an event: counted free already, by whoever woke it.
-                if q.wakes > 0 {
-                    q.wakes -= 1;
-                    break;
+                    self.ready
+                        .wait_timeout(q, left)
+                        .unwrap_or_else(|p| p.into_inner())
+                        .0
                 }
-                if q.closed {
-                    q.parked -= 1;
-                    q.free += 1;
-                    break;
-                }
-                // A spurious wake-up, or the wait's end (seen at the top).
-            }
+            };
+            q.waiting -= 1;
         }
-    }
-
-    /// Tells the queue how long a worker's last call took (wall time, instantiation
-    /// included): whether to leave the events queued behind a call to its worker or to
-    /// wake another goes by it.
-    pub fn took(&self, call: Duration) {
-        let new = u64::try_from(call.as_nanos()).unwrap_or(u64::MAX);
-        let old = self.call_ns.load(Ordering::Relaxed);
-        let avg = if old == 0 { new } else { (old * 7 + new) / 8 };
-        self.call_ns.store(avg, Ordering::Relaxed);
     }
 
     /// Whether [`Inbox::close`] was called.
@@ -496,93 +426,5 @@ mod tests {
         q.close();
         let (first, ended) = worker.join().unwrap_or_else(|_| panic!("worker"));
         assert_eq!((first.as_deref(), ended), (Some("t/1"), true));
-    }
-
-    /// `n` workers that take events until the queue closes, each call lasting `call`;
-    /// returns what each took, once `events` (pushed as `push` says) are all taken.
-    fn workers_take(
-        n: usize,
-        call: std::time::Duration,
-        push: impl FnOnce(&Inbox),
-    ) -> Vec<Vec<String>> {
-        let q = Arc::new(Inbox::new(16, Overflow::Backpressure));
-        q.took(call);
-        let workers: Vec<_> = (0..n)
-            .map(|_| {
-                let q = q.clone();
-                std::thread::spawn(move || {
-                    let mut took = Vec::new();
-                    while let Some(e) = q.pop() {
-                        took.push(e.topic);
-                        std::thread::sleep(call);
-                        q.took(call);
-                    }
-                    took
-                })
-            })
-            .collect();
-        let start = Instant::now();
-        while q.lock().parked < n {
-            assert!(start.elapsed().as_secs() < 5, "the workers never slept");
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        push(&q);
-        let idle = |q: &Inbox| {
-            let s = q.lock();
-            s.events.is_empty() && s.parked + s.free == n
-        };
-        while !idle(&q) {
-            assert!(
-                start.elapsed().as_secs() < 10,
-                "the events were never taken"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(1));
-        }
-        q.close();
-        workers
-            .into_iter()
-            .map(|w| w.join().unwrap_or_else(|_| panic!("worker")))
-            .collect()
-    }
-
-    /// Events that come together behind short calls go to one worker, one after another.
-    #[test]
-    fn events_that_come_together_behind_short_calls_take_one_worker() {
-        let took = workers_take(2, std::time::Duration::from_millis(5) / 50, |q| {
-            for n in 0..3 {
-                assert!(q.push(event(n, 1)).is_ok());
-            }
-        });
-        let mut counts: Vec<usize> = took.iter().map(Vec::len).collect();
-        counts.sort_unstable();
-        assert_eq!(counts, [0, 3], "{took:?}");
-    }
-
-    /// Behind long calls, a worker that takes one event wakes another for the rest.
-    #[test]
-    fn a_backlog_behind_long_calls_wakes_more_workers() {
-        let took = workers_take(2, std::time::Duration::from_millis(20), |q| {
-            for n in 0..3 {
-                assert!(q.push(event(n, 1)).is_ok());
-            }
-        });
-        assert!(took.iter().all(|t| !t.is_empty()), "{took:?}");
-    }
-
-    /// An event that comes while every awake worker is in a call wakes a sleeping one,
-    /// short calls or not.
-    #[test]
-    fn an_event_while_the_awake_workers_are_busy_wakes_another() {
-        let took = workers_take(2, std::time::Duration::from_millis(50), |q| {
-            q.took(std::time::Duration::from_micros(10));
-            assert!(q.push(event(1, 1)).is_ok());
-            let start = Instant::now();
-            while !q.is_empty() {
-                assert!(start.elapsed().as_secs() < 5, "the first event never taken");
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
-            assert!(q.push(event(2, 1)).is_ok());
-        });
-        assert!(took.iter().all(|t| t.len() == 1), "{took:?}");
     }
 }

@@ -97,7 +97,6 @@ fn work(
     shadow: &Slot,
 ) {
     while let Some(event) = inbox.pop() {
-        let started = std::time::Instant::now();
         handle(
             rt,
             function,
@@ -109,7 +108,6 @@ fn work(
             None,
             shadow,
         );
-        inbox.took(started.elapsed());
     }
 }
 
