@@ -197,12 +197,11 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
     let (mut sent, mut acked) = (0u64, 0u64);
     // How far it got: at QoS 0 what was sent, else what the broker acknowledged (a fault
     // test, a broker restarted under the stream, needs to know it when the stream fails).
-    let what = if args.qos == 0 {
-        "sent"
+    let (what, so_far): (&str, fn(u64, u64) -> u64) = if args.qos == 0 {
+        ("sent", |sent, _| sent)
     } else {
-        "acknowledged"
+        ("acknowledged", |_, acked| acked)
     };
-    let so_far = |sent: u64, acked: u64| if args.qos == 0 { sent } else { acked };
     while so_far(sent, acked) < count {
         match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
             Err(_) => {
