@@ -18,7 +18,9 @@
 //! the panic window sees `panic_factor` times it), and demotes after a stable window below
 //! it; no switch comes sooner than `min_secs_in_model` after the last (Knative's stable
 //! and panic windows, with hysteresis). Until the function has run persistently, its
-//! persistent CPU per event is estimated from the on-demand calls' execution share.
+//! persistent CPU per event is estimated from the on-demand calls' execution share; the
+//! same estimate comes back once persistent calls are [`FORGET_AFTER_WINDOWS`] stable
+//! windows old, and every estimate starts afresh when a reload changes the module.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -60,6 +62,14 @@ struct Sums {
 
 /// The last on-demand call times kept for the latency bound's p99.
 const LATENCY_SAMPLES: usize = 256;
+
+/// Stable windows after its last call for which persistent's measured CPU per event is
+/// kept while on demand. A demotion because persistent measured dearer (a loaded machine
+/// can make it so for a while) would otherwise hold until a restart: after this, the
+/// estimate from the on-demand calls is back, and the next traffic tries persistent
+/// again (a cold start and at least a stable window, every ten windows, if it is dearer
+/// for good).
+pub const FORGET_AFTER_WINDOWS: f64 = 10.0;
 
 #[derive(Debug, Default)]
 struct Measured {
@@ -149,6 +159,10 @@ struct Book {
     last: Option<AutoReport>,
     switches: Vec<AutoSwitch>,
     last_switch: Option<(Model, Model, Reason, u64)>,
+    /// The last tick that folded in persistent calls.
+    persistent_measured: Option<Instant>,
+    /// The module (SHA-256) the estimates are of.
+    module: Option<std::sync::Arc<str>>,
 }
 
 /// One auto function's model, measurements and controller.
@@ -229,6 +243,27 @@ impl Auto {
             }
             m.next = (m.next + 1) % LATENCY_SAMPLES;
         }
+    }
+
+    /// The module the calls now run (its SHA-256): when a reload has changed it, what was
+    /// measured of the old one is dropped, and the estimates start afresh from the new
+    /// one's calls. The model in force stays until they say otherwise.
+    pub fn module(&self, sha256: &std::sync::Arc<str>) {
+        let mut book = lock(&self.book);
+        match &book.module {
+            Some(m) if m == sha256 => return,
+            None => {
+                book.module = Some(sha256.clone());
+                return;
+            }
+            Some(_) => {}
+        }
+        book.module = Some(sha256.clone());
+        book.estimates = Estimates::default();
+        book.persistent_measured = None;
+        *lock(&self.measured) = Measured::default();
+        tracing::info!(function = %self.function, sha256 = %sha256,
+            "auto: module changed; its costs are measured afresh");
     }
 
     /// The 99th percentile of the recent on-demand calls, ms.
@@ -315,12 +350,24 @@ impl Auto {
         let p = sums[Model::Persistent as usize];
         if p.calls > 0 {
             e.p_cpu_us = ewma(e.p_cpu_us, p.cpu_us / p.calls as f64);
+            book.persistent_measured = Some(now);
         }
+        let e = &mut book.estimates;
         e.memory_bytes = peak as f64;
-        let estimates = *e;
+        let stable = Duration::from_secs_f64(self.cfg.stable_window_secs);
+        if self.model() == Model::OnDemand
+            && e.p_cpu_us.is_some()
+            && book
+                .persistent_measured
+                .is_some_and(|t| now.duration_since(t) >= stable.mul_f64(FORGET_AFTER_WINDOWS))
+        {
+            book.estimates.p_cpu_us = None;
+            tracing::info!(function = %self.function, stable_windows = FORGET_AFTER_WINDOWS,
+                "auto: persistent's measured CPU per event is stable_windows old; estimated from the on-demand calls again");
+        }
+        let estimates = book.estimates;
 
         let since = *book.since.get_or_insert(now);
-        let stable = Duration::from_secs_f64(self.cfg.stable_window_secs);
         let panic = Duration::from_secs_f64(self.cfg.panic_window_secs);
         book.arrivals.push_back((now, received));
         while book
@@ -469,11 +516,13 @@ impl Auto {
         })
     }
 
-    /// Ticks every `tick_secs`, reading the events received with `received`, until
-    /// `ended` says the function is gone (a reload removed it) or the task is dropped.
+    /// Ticks every `tick_secs`, reading the events received with `received` and the
+    /// module in force with `module`, until `ended` says the function is gone (a reload
+    /// removed it) or the task is dropped.
     pub async fn run(
         self: std::sync::Arc<Self>,
         received: impl Fn() -> u64 + Send,
+        module: impl Fn() -> std::sync::Arc<str> + Send,
         ended: impl Fn() -> bool + Send,
     ) {
         let mut tick = tokio::time::interval(Duration::from_secs_f64(self.cfg.tick_secs));
@@ -483,6 +532,7 @@ impl Auto {
             if ended() {
                 return;
             }
+            self.module(&module());
             self.tick(now, received());
         }
     }
@@ -596,6 +646,65 @@ mod tests {
         // 50% dearer: demoted after a stable window, and it stays on demand.
         let down = drive(&auto, &mut clock, 60, 50, costs(150));
         assert_eq!(down, vec![(Model::OnDemand, Reason::Rate)]);
+    }
+
+    /// A demotion because persistent measured dearer holds while the measurement is
+    /// recent; ten stable windows later persistent is estimated from the on-demand calls
+    /// again and tried under the same traffic, and demoted again if it is still dearer.
+    #[test]
+    fn by_cpu_a_demotion_by_measurement_is_tried_again_once_the_measurement_is_old() {
+        let auto = Auto::new("f", config(Objective::Cpu), 1);
+        let mut clock = (Instant::now(), 0);
+        let each = |m| match m {
+            Model::OnDemand => cost(100, 40, 60, 1 << 20),
+            Model::Persistent => cost(150, 0, 150, 1 << 20),
+        };
+        let up = drive(&auto, &mut clock, 3, 50, each);
+        assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
+        while auto.model() == Model::Persistent {
+            assert!(drive(&auto, &mut clock, 1, 50, each).len() <= 1);
+        }
+        // The stable window is 10 s: nothing for nearly ten of them.
+        let demoted = clock.0;
+        while clock.0.duration_since(demoted) < Duration::from_secs(99) {
+            let seen = drive(&auto, &mut clock, 1, 50, each);
+            assert_eq!(seen, vec![], "tried again after {:?}", clock.0 - demoted);
+        }
+        assert!(auto.snapshot().persistent_cpu_us.is_some());
+        let again = drive(&auto, &mut clock, 10, 50, each);
+        assert_eq!(again, vec![(Model::Persistent, Reason::Panic)]);
+        let down = drive(&auto, &mut clock, 30, 50, each);
+        assert_eq!(down, vec![(Model::OnDemand, Reason::Rate)]);
+    }
+
+    /// A reload that changes the module drops what was measured of the old one: a
+    /// function demoted because the old persistent calls were dearer is tried again.
+    #[test]
+    fn a_new_module_is_measured_afresh() {
+        let auto = Auto::new("f", config(Objective::Cpu), 1);
+        let (v1, v2): (std::sync::Arc<str>, std::sync::Arc<str>) = ("aa".into(), "bb".into());
+        auto.module(&v1);
+        let mut clock = (Instant::now(), 0);
+        let old = |m| match m {
+            Model::OnDemand => cost(100, 40, 60, 1 << 20),
+            Model::Persistent => cost(150, 0, 150, 1 << 20),
+        };
+        let seen = drive(&auto, &mut clock, 30, 50, old);
+        assert_eq!(seen.last(), Some(&(Model::OnDemand, Reason::Rate)));
+        assert_eq!(drive(&auto, &mut clock, 10, 50, old), vec![]);
+        auto.module(&v1);
+        assert_eq!(drive(&auto, &mut clock, 10, 50, old), vec![], "same module");
+        auto.module(&v2);
+        let r = auto.snapshot();
+        assert_eq!(r.model, "on-demand", "the model in force stays");
+        let new = |m| match m {
+            Model::OnDemand => cost(100, 40, 60, 1 << 20),
+            Model::Persistent => cost(60, 0, 60, 1 << 20),
+        };
+        let up = drive(&auto, &mut clock, 10, 50, new);
+        assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
+        let r = auto.snapshot();
+        assert!((r.persistent_cpu_us.unwrap() - 60.0).abs() < 1.0, "{r:?}");
     }
 
     #[test]

@@ -51,10 +51,11 @@ pub fn run(
                     keep,
                 ));
         }
-        let (a, s) = (auto.clone(), stats.clone());
+        let (a, s, f) = (auto.clone(), stats.clone(), function.clone());
         let first = inboxes.first().cloned();
         shared.background.spawn_until_stopped(a.run(
             move || s.received_count(),
+            move || f.sha256(),
             move || first.as_ref().is_none_or(|i| i.is_closed()),
         ));
     }
