@@ -413,7 +413,9 @@ impl Auto {
         // margin, since two models' CPU per event can lie within each other's noise (a
         // loaded machine has measured persistent a few percent dearer for a while, and
         // demoting on that would flap).
-        let demote_at = lines.and_then(|(o, p)| Line::break_even(o, p.scaled(1.0 / m)));
+        // Without both lines (a new module, not yet measured on demand while it runs
+        // persistent) only a quiet window demotes.
+        let demote_at = lines.map_or(Some(0.0), |(o, p)| Line::break_even(o, p.scaled(1.0 / m)));
         let switch = match (model, break_even) {
             (Model::OnDemand, _) if slow && rate_stable > 0.0 && settled => {
                 Some((Model::Persistent, Reason::Latency))
@@ -705,6 +707,12 @@ mod tests {
         assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
         let r = auto.snapshot();
         assert!((r.persistent_cpu_us.unwrap() - 60.0).abs() < 1.0, "{r:?}");
+        // A new module while persistent under traffic: nothing measured of it on demand,
+        // so it stays persistent until a quiet window.
+        auto.module(&"cc".into());
+        assert_eq!(drive(&auto, &mut clock, 30, 50, new), vec![]);
+        let down = drive(&auto, &mut clock, 12, 0, new);
+        assert_eq!(down, vec![(Model::OnDemand, Reason::Rate)]);
     }
 
     #[test]
