@@ -363,7 +363,7 @@ impl Auto {
         {
             book.estimates.p_cpu_us = None;
             tracing::info!(function = %self.function, stable_windows = FORGET_AFTER_WINDOWS,
-                "auto: persistent's measured CPU per event is stable_windows old; estimated from the on-demand calls again");
+                "auto: persistent's measured CPU per event expired (stable_windows after the last persistent call); estimated from the on-demand calls again");
         }
         let estimates = book.estimates;
 
