@@ -31,6 +31,49 @@ const HEALTHY: Duration = Duration::from_secs(10);
 /// reading with nothing arriving before it takes the broker to have sent all it had.
 const QUIET: Duration = Duration::from_millis(500);
 
+/// A [`CancellationToken`] as a future that a connection's loop makes once and polls at
+/// every MQTT event: polling it is an atomic load while the token stands. The token's own
+/// future, made anew in each `select!`, registered a waiter on a lock at every event,
+/// took the token's lock at every poll and another to unregister: 4.8% of the agent's
+/// CPU in a QoS 0 burst (docs/benchmarks.md, "Cancellation tokens made once"). Ready,
+/// it stays ready.
+struct Cancelled(Option<tokio::sync::oneshot::Receiver<()>>);
+
+impl Cancelled {
+    /// Follows `token`; a task of its own waits for it, and ends with the future.
+    fn new(token: &CancellationToken) -> Self {
+        let (mut tx, rx) = tokio::sync::oneshot::channel();
+        let token = token.clone();
+        tokio::spawn(async move {
+            let cancelled = tokio::select! {
+                () = token.cancelled() => true,
+                () = tx.closed() => false,
+            };
+            if cancelled {
+                let _ = tx.send(());
+            }
+        });
+        Self(Some(rx))
+    }
+}
+
+impl std::future::Future for Cancelled {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let Some(rx) = self.0.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        // An error is the task gone without sending: the runtime is shutting down.
+        std::task::ready!(std::pin::Pin::new(rx).poll(cx)).ok();
+        self.0 = None;
+        std::task::Poll::Ready(())
+    }
+}
+
 /// Completes at `at`, or never.
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
@@ -244,10 +287,11 @@ pub struct OutputTask {
 impl OutputTask {
     /// Runs until `force_stop` is cancelled or a clean disconnect has been sent.
     pub async fn run(mut self, force_stop: CancellationToken) {
+        let mut stop = Cancelled::new(&force_stop);
         loop {
             let polled = tokio::select! {
                 biased;
-                () = force_stop.cancelled() => break,
+                () = &mut stop => break,
                 polled = self.eventloop.poll() => polled,
             };
             match polled {
@@ -350,6 +394,11 @@ impl IntakeTask {
         // rumqttc reports one per poll) go on, so that acknowledgements leave as events
         // finish and a broker restart finds few events handled but not acknowledged.
         let mut held: Option<rumqttc::Publish> = None;
+        let (mut force, mut intake, mut retire) = (
+            Cancelled::new(&force_stop),
+            Cancelled::new(&stop_intake),
+            Cancelled::new(&self.retire),
+        );
         loop {
             if let (Some(r), Some(_)) = (router.as_ref(), held.as_ref()) {
                 if !r.has_room() {
@@ -357,9 +406,9 @@ impl IntakeTask {
                     // holds the stream meanwhile (TCP flow control), QoS 0 as well.
                     tokio::select! {
                         biased;
-                        () = force_stop.cancelled() => break,
-                        () = stop_intake.cancelled() => {}
-                        () = self.retire.cancelled(), if !retiring => {}
+                        () = &mut force => break,
+                        () = &mut intake => {}
+                        () = &mut retire, if !retiring => {}
                         _ = tokio::time::timeout(self.max_pause, r.room()) => {}
                     }
                 }
@@ -369,14 +418,14 @@ impl IntakeTask {
             }
             let polled = tokio::select! {
                 biased;
-                () = force_stop.cancelled() => break,
-                () = stop_intake.cancelled(), if router.is_some() => {
+                () = &mut force => break,
+                () = &mut intake, if router.is_some() => {
                     router = None;
                     held = None;
                     tracing::info!(connection = %self.link.name(), "intake stopped; new messages are left with the broker");
                     continue;
                 }
-                () = self.retire.cancelled(), if router.is_some() && !retiring => {
+                () = &mut retire, if router.is_some() && !retiring => {
                     retiring = true;
                     if connected && !self.subscriptions.is_empty() {
                         unsubscribing = self.subscriptions.len();
