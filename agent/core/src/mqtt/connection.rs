@@ -585,6 +585,34 @@ pub async fn send_acks(
 mod tests {
     use super::*;
 
+    /// The loops poll one `Cancelled` per token again and again: pending while the token
+    /// stands, ready once it is cancelled, and ready at every poll after that (the intake
+    /// polls its `stop_intake` future in two `select!`s).
+    #[tokio::test]
+    async fn cancelled_is_ready_once_its_token_is_and_stays_ready() {
+        let short = Duration::from_millis(20);
+        let token = CancellationToken::new();
+        let mut c = Cancelled::new(&token);
+        assert!(
+            tokio::time::timeout(short, &mut c).await.is_err(),
+            "ready before"
+        );
+        token.cancel();
+        tokio::time::timeout(Duration::from_secs(5), &mut c)
+            .await
+            .expect("not ready once cancelled");
+        for _ in 0..3 {
+            tokio::time::timeout(short, &mut c)
+                .await
+                .expect("not ready again");
+        }
+        // A token cancelled before the future is made.
+        let mut late = Cancelled::new(&token);
+        tokio::time::timeout(Duration::from_secs(5), &mut late)
+            .await
+            .expect("an already cancelled token");
+    }
+
     /// How long each of `n` failures waits, on tokio's paused clock.
     async fn waits(b: &mut Backoff, link: &Link, n: usize) -> Vec<u128> {
         let (e, done) = (ConnectionError::NetworkTimeout, CancellationToken::new());
