@@ -613,6 +613,33 @@ mod tests {
             .expect("an already cancelled token");
     }
 
+    /// A loop that ends without its token cancelled (a connection of a removed function)
+    /// leaves no task behind: the one that waits for the token ends with the future.
+    #[tokio::test]
+    async fn a_dropped_cancelled_leaves_no_task_behind() {
+        let alive = || {
+            tokio::runtime::Handle::current()
+                .metrics()
+                .num_alive_tasks()
+        };
+        let before = alive();
+        let token = CancellationToken::new();
+        let c = Cancelled::new(&token);
+        tokio::task::yield_now().await;
+        assert_eq!(alive(), before + 1, "its task runs");
+        drop(c);
+        for _ in 0..100 {
+            if alive() == before {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!(
+            "the task outlived its future: {} alive, {before} before",
+            alive()
+        );
+    }
+
     /// How long each of `n` failures waits, on tokio's paused clock.
     async fn waits(b: &mut Backoff, link: &Link, n: usize) -> Vec<u128> {
         let (e, done) = (ConnectionError::NetworkTimeout, CancellationToken::new());
