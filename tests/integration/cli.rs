@@ -717,7 +717,10 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
             }
             // The cross-check: the agent handled exactly the events whose outputs arrived.
             assert_eq!(m.agent_succeeded, received, "{what}");
-            // Its own latency (receive to output sent) is inside the outside view's.
+            // Its own latency (receive to output sent) is inside the outside view's. Not
+            // for `counter`: a state-writing call's own latency runs until its writes are
+            // durable, after its outputs have left (a flush of 2 ms on a slow disk put its
+            // p50 past every output's arrival).
             let outside_max = m
                 .phases
                 .iter()
@@ -725,8 +728,9 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
                 .max()
                 .unwrap_or(0);
             assert!(
-                m.agent_end_to_end_p50_us.median <= outside_max as f64,
-                "{what}"
+                f.function == "counter" || m.agent_end_to_end_p50_us.median <= outside_max as f64,
+                "{what}: the agent's p50 {} against the outside's max {outside_max}",
+                m.agent_end_to_end_p50_us.median
             );
             // Priced: idle, then each rate; each model under its own billing scheme.
             assert_eq!(m.costs.len(), m.phases.len() + 1, "{what}");
