@@ -1246,6 +1246,44 @@ fn compare_without_a_broker_says_so_at_once() {
     );
 }
 
+/// An agent that exits at start (here: a module that is not WebAssembly, which the
+/// workload's own checks cannot see) fails its model at once with the agent's reason,
+/// rather than after the 600 s that a slow first compile may take.
+#[test]
+fn compare_says_at_once_why_an_agent_exited_at_start() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("bad.wasm"), "not wasm").expect("write module");
+    let file = dir.path().join("workload.toml");
+    std::fs::write(
+        &file,
+        "duration_secs = 2\n[traffic]\npattern = \"steady\"\nrate = 10\n\
+         [[function]]\nname = \"bad\"\nmodule = \"bad.wasm\"\n",
+    )
+    .expect("write workload");
+    let started = std::time::Instant::now();
+    let out = Command::new(agent_bin())
+        .args(["compare", "--quick", "--config"])
+        .arg(&file)
+        .output()
+        .expect("run compare");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for model in ["persistent", "on-demand", "scale-to-zero", "auto"] {
+        assert!(
+            stderr
+                .lines()
+                .any(|l| l.contains(&format!("bad {model} failed"))
+                    && l.contains("the agent exited at start")
+                    && l.contains("is not WebAssembly")),
+            "{model}: {stderr}"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(60),
+        "took {:?}: {stderr}",
+        started.elapsed()
+    );
+}
+
 /// A function made, built and run outside the repository: `edge-agent new` in a temp
 /// directory (an on-demand echo and a persistent counter), `edge-agent build`, and the agent
 /// runs both.

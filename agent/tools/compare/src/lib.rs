@@ -1209,6 +1209,26 @@ impl Drop for AgentProcess {
     }
 }
 
+/// The last `n` lines that say something of what `from` gives until its end, joined by
+/// "; ".
+fn last_lines(from: impl std::io::Read, n: usize) -> String {
+    use std::io::BufRead;
+    let mut kept = std::collections::VecDeque::with_capacity(n + 1);
+    for line in std::io::BufReader::new(from).lines().map_while(Result::ok) {
+        if !line.trim().is_empty() {
+            kept.push_back(line);
+            if kept.len() > n {
+                kept.pop_front();
+            }
+        }
+    }
+    if kept.is_empty() {
+        "nothing on stderr".into()
+    } else {
+        Vec::from(kept).join("; ")
+    }
+}
+
 /// One function in one model, and where to run it.
 struct ModelSetup<'a> {
     work: &'a Path,
@@ -1317,6 +1337,15 @@ enum MeasureError {
          function's module and config)"
     )]
     Offline,
+    /// The agent exited before it was online: a module it cannot load, a config it
+    /// refuses. `said` is the end of what it wrote to stderr.
+    #[error("the agent exited at start ({status}): {said}")]
+    Exited {
+        /// How it exited.
+        status: std::process::ExitStatus,
+        /// Its last lines on stderr (the error).
+        said: String,
+    },
     /// A stats report this build cannot read.
     #[error("the agent's stats cannot be read")]
     Stats(#[source] edge_agent::messages::ReadError),
@@ -1374,15 +1403,22 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         }
         None => Command::new(exe),
     };
-    let child = command
+    let mut child = command
         .args(["run", "--config"])
         .arg(&file)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| MeasureError::Start(wrapper.join(" "), e))?;
-    let agent = AgentProcess(child);
+    // The last lines of its stderr, kept by a thread of ours: if it exits at start, the
+    // reason. A pipe, not a file, so that the measurement writes nothing more to the disk
+    // that the agent's store flushes to.
+    let said = child
+        .stderr
+        .take()
+        .map(|e| std::thread::spawn(move || last_lines(e, 3)));
+    let mut agent = AgentProcess(child);
     let spawned = std::time::Instant::now();
     let pid = agent.0.id();
     let online = async {
@@ -1397,11 +1433,28 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         }
         false
     };
+    // An agent that exits at start (a module it cannot load) says why at once, rather
+    // than after the wait for a slow start.
+    let exited = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if let Ok(Some(status)) = agent.0.try_wait() {
+                return status;
+            }
+        }
+    };
     // Compiling a Python or JavaScript .wasm takes minutes on a Pi (precompile it).
-    if !tokio::time::timeout(Duration::from_secs(600), online)
-        .await
-        .unwrap_or(false)
-    {
+    let up = tokio::select! {
+        up = tokio::time::timeout(Duration::from_secs(600), online) => up.unwrap_or(false),
+        status = exited => {
+            // Its stderr is closed now that it has exited: the thread ends.
+            let said = said
+                .and_then(|t| t.join().ok())
+                .unwrap_or_else(|| "nothing on stderr".into());
+            return Err(MeasureError::Exited { status, said });
+        }
+    };
+    if !up {
         return Err(MeasureError::Offline);
     }
     // What loading the module costs, compile included: a function scaled to zero pays it
