@@ -1248,7 +1248,8 @@ fn compare_without_a_broker_says_so_at_once() {
 
 /// An agent that exits at start (here: a module that is not WebAssembly, which the
 /// workload's own checks cannot see) fails its model at once with the agent's reason,
-/// rather than after the 600 s that a slow first compile may take.
+/// rather than after the 600 s that a slow first compile may take; a run with failed
+/// models exits 1.
 #[test]
 fn compare_says_at_once_why_an_agent_exited_at_start() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -1267,6 +1268,13 @@ fn compare_says_at_once_why_an_agent_exited_at_start() {
         .output()
         .expect("run compare");
     let stderr = String::from_utf8_lossy(&out.stderr);
+    // The report is printed, and the exit status says that it is incomplete.
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error: 4 could not be measured")
+            && stderr.contains("bad persistent, bad on-demand, bad scale-to-zero, bad auto"),
+        "{stderr}"
+    );
     for model in ["persistent", "on-demand", "scale-to-zero", "auto"] {
         assert!(
             stderr

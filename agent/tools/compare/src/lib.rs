@@ -189,12 +189,16 @@ pub enum CompareError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// Some models could not be measured (the report says why for each); everything
+    /// asked for was still printed and written.
+    #[error("{} could not be measured (the report says why): {}", .0.len(), .0.join(", "))]
+    Failed(Vec<String>),
 }
 
 impl CompareError {
     /// How the command ends: [`Exit::Unavailable`] if it cannot run at all (no modules, no
     /// broker), [`Exit::Config`] on a bad workload file, [`Exit::NoInput`] if a `--from`
-    /// report cannot be read.
+    /// report cannot be read, [`Exit::Failure`] if a model of a measured run failed.
     pub fn exit(&self) -> Exit {
         match self {
             Self::Report(_) => Exit::NoInput,
@@ -203,7 +207,7 @@ impl CompareError {
             Self::Workload(_) => Exit::Config,
             Self::SeveralReports(_) => Exit::Usage,
             Self::Write { .. } => Exit::CantCreate,
-            Self::Runtime(_) => Exit::Failure,
+            Self::Runtime(_) | Self::Failed(_) => Exit::Failure,
         }
     }
 }
@@ -273,10 +277,28 @@ pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
     if let Some(path) = &args.html {
         write(path, "page", html::render(&reports))?;
     }
+    let measured = runtime.is_some();
     if let Some(rt) = runtime {
         rt.shutdown_background();
     }
-    Ok(())
+    // A run that could not measure every model says so in its exit status too, so that a
+    // script can tell (saved reports, `--from`, were judged when they were made).
+    let failed: Vec<String> = reports
+        .iter()
+        .filter(|_| measured)
+        .flat_map(|r| &r.functions)
+        .flat_map(|f| {
+            f.models
+                .iter()
+                .filter(|m| m.error.is_some())
+                .map(move |m| format!("{} {}", f.function, m.model))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(CompareError::Failed(failed))
+    }
 }
 
 /// One function in one model, over every round.
