@@ -250,15 +250,13 @@ impl Auto {
     /// one's calls. The model in force stays until they say otherwise.
     pub fn module(&self, sha256: &std::sync::Arc<str>) {
         let mut book = lock(&self.book);
-        match &book.module {
-            Some(m) if m == sha256 => return,
-            None => {
-                book.module = Some(sha256.clone());
-                return;
-            }
-            Some(_) => {}
+        if book.module.as_ref() == Some(sha256) {
+            return;
         }
-        book.module = Some(sha256.clone());
+        // The first module seen is the one measured so far.
+        if book.module.replace(sha256.clone()).is_none() {
+            return;
+        }
         book.estimates = Estimates::default();
         book.persistent_measured = None;
         *lock(&self.measured) = Measured::default();
@@ -578,6 +576,15 @@ mod tests {
         seen
     }
 
+    /// On demand 100 µs of CPU a call (40 making the instance, 60 running), persistent
+    /// `persistent_us`, 1 MiB of memory either way.
+    fn by_cpu(persistent_us: u64) -> impl Fn(Model) -> CallCost + Copy {
+        move |m| match m {
+            Model::OnDemand => cost(100, 40, 60, 1 << 20),
+            Model::Persistent => cost(persistent_us, 0, persistent_us, 1 << 20),
+        }
+    }
+
     fn config(objective: Objective) -> AutoConfig {
         AutoConfig {
             objective,
@@ -634,19 +641,13 @@ mod tests {
     fn by_cpu_a_demotion_under_traffic_needs_persistent_dearer_by_the_margin() {
         let auto = Auto::new("f", config(Objective::Cpu), 1);
         let mut clock = (Instant::now(), 0);
-        let costs = |persistent_us: u64| {
-            move |m| match m {
-                Model::OnDemand => cost(100, 40, 60, 1 << 20),
-                Model::Persistent => cost(persistent_us, 0, persistent_us, 1 << 20),
-            }
-        };
-        let up = drive(&auto, &mut clock, 3, 50, costs(60));
+        let up = drive(&auto, &mut clock, 3, 50, by_cpu(60));
         assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
         // 10% dearer than on demand, for six stable windows.
-        assert_eq!(drive(&auto, &mut clock, 60, 50, costs(110)), vec![]);
+        assert_eq!(drive(&auto, &mut clock, 60, 50, by_cpu(110)), vec![]);
         assert_eq!(auto.snapshot().break_even, None, "dearer, by the lines");
         // 50% dearer: demoted after a stable window, and it stays on demand.
-        let down = drive(&auto, &mut clock, 60, 50, costs(150));
+        let down = drive(&auto, &mut clock, 60, 50, by_cpu(150));
         assert_eq!(down, vec![(Model::OnDemand, Reason::Rate)]);
     }
 
@@ -657,10 +658,7 @@ mod tests {
     fn by_cpu_a_demotion_by_measurement_is_tried_again_once_the_measurement_is_old() {
         let auto = Auto::new("f", config(Objective::Cpu), 1);
         let mut clock = (Instant::now(), 0);
-        let each = |m| match m {
-            Model::OnDemand => cost(100, 40, 60, 1 << 20),
-            Model::Persistent => cost(150, 0, 150, 1 << 20),
-        };
+        let each = by_cpu(150);
         let up = drive(&auto, &mut clock, 3, 50, each);
         assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
         while auto.model() == Model::Persistent {
@@ -687,10 +685,7 @@ mod tests {
         let (v1, v2): (std::sync::Arc<str>, std::sync::Arc<str>) = ("aa".into(), "bb".into());
         auto.module(&v1);
         let mut clock = (Instant::now(), 0);
-        let old = |m| match m {
-            Model::OnDemand => cost(100, 40, 60, 1 << 20),
-            Model::Persistent => cost(150, 0, 150, 1 << 20),
-        };
+        let old = by_cpu(150);
         let seen = drive(&auto, &mut clock, 30, 50, old);
         assert_eq!(seen.last(), Some(&(Model::OnDemand, Reason::Rate)));
         assert_eq!(drive(&auto, &mut clock, 10, 50, old), vec![]);
@@ -699,10 +694,7 @@ mod tests {
         auto.module(&v2);
         let r = auto.snapshot();
         assert_eq!(r.model, "on-demand", "the model in force stays");
-        let new = |m| match m {
-            Model::OnDemand => cost(100, 40, 60, 1 << 20),
-            Model::Persistent => cost(60, 0, 60, 1 << 20),
-        };
+        let new = by_cpu(60);
         let up = drive(&auto, &mut clock, 10, 50, new);
         assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
         let r = auto.snapshot();

@@ -277,15 +277,15 @@ pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
     if let Some(path) = &args.html {
         write(path, "page", html::render(&reports))?;
     }
-    let measured = runtime.is_some();
-    if let Some(rt) = runtime {
-        rt.shutdown_background();
-    }
+    let Some(rt) = runtime else {
+        // Saved reports (`--from`) were judged when they were made.
+        return Ok(());
+    };
+    rt.shutdown_background();
     // A run that could not measure every model says so in its exit status too, so that a
-    // script can tell (saved reports, `--from`, were judged when they were made).
+    // script can tell.
     let failed: Vec<String> = reports
         .iter()
-        .filter(|_| measured)
         .flat_map(|r| &r.functions)
         .flat_map(|f| {
             f.models
@@ -1231,6 +1231,9 @@ impl Drop for AgentProcess {
     }
 }
 
+/// What [`last_lines`] gives for an agent that wrote nothing.
+const NOTHING_SAID: &str = "nothing on stderr";
+
 /// The last `n` lines that say something of what `from` gives until its end, joined by
 /// "; ".
 fn last_lines(from: impl std::io::Read, n: usize) -> String {
@@ -1245,7 +1248,7 @@ fn last_lines(from: impl std::io::Read, n: usize) -> String {
         }
     }
     if kept.is_empty() {
-        "nothing on stderr".into()
+        NOTHING_SAID.into()
     } else {
         Vec::from(kept).join("; ")
     }
@@ -1472,7 +1475,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
             // Its stderr is closed now that it has exited: the thread ends.
             let said = said
                 .and_then(|t| t.join().ok())
-                .unwrap_or_else(|| "nothing on stderr".into());
+                .unwrap_or_else(|| NOTHING_SAID.into());
             return Err(MeasureError::Exited { status, said });
         }
     };
