@@ -8,6 +8,13 @@
 #   RATES         events per second, each paced by four `edge-agent publish --rate` (default "50 300")
 #   SECS          seconds of traffic per rate (default 20)
 #   RUNS          runs of each system and rate, interleaved (default 2; medians reported)
+# Environment:
+#   SYSTEMS   which to run, in this order in every run (default "node-red persistent
+#             on-demand")
+#   AGENT_B   a second agent binary, run as the systems persistent-b and on-demand-b: two
+#             builds compared in the same runs, e.g. SYSTEMS="persistent persistent-b"
+#   MODULE    the threshold-alert module (default modules/dist/threshold-alert.wasm); a
+#             `.cwasm` from `edge-agent precompile` for a device build, which cannot compile
 #
 # Node-RED (pinned below) is installed from the npm registry into $NODE_RED_DIR (default
 # ~/.cache/edge-agent-bench/node-red) on first use. One Mosquitto on a free port serves all.
@@ -26,14 +33,23 @@ bin="${1:-$root/target/release/edge-agent}"
 rates="${2:-50 300}"
 secs="${3:-20}"
 runs="${4:-2}"
+systems="${SYSTEMS:-node-red persistent on-demand}"
+agent_b="${AGENT_B:-}"
+module="${MODULE:-$root/modules/dist/threshold-alert.wasm}"
 node_red_version=4.1.15
 nr_dir="${NODE_RED_DIR:-$HOME/.cache/edge-agent-bench/node-red}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
-[[ -f "$root/modules/dist/threshold-alert.wasm" ]] || "$root/modules/build.sh" >/dev/null
-for c in mosquitto mosquitto_sub npm node; do
+[[ -n ${MODULE:-} || -f $module ]] || "$root/modules/build.sh" >/dev/null
+[[ -f $module ]] || { echo "error: no module at $module" >&2; exit 1; }
+if [[ $systems == *-b* ]]; then
+    [[ -x $agent_b ]] || { echo "error: SYSTEMS has a -b system but AGENT_B is not an agent binary" >&2; exit 1; }
+fi
+with_node_red=""
+[[ " $systems " == *" node-red "* ]] && with_node_red=yes
+for c in mosquitto mosquitto_sub ${with_node_red:+npm node}; do
     command -v "$c" >/dev/null || { echo "error: $c not found" >&2; exit 1; }
 done
-if [[ ! -x "$nr_dir/node_modules/.bin/node-red" ]]; then
+if [[ -n $with_node_red && ! -x "$nr_dir/node_modules/.bin/node-red" ]]; then
     mkdir -p "$nr_dir"
     (cd "$nr_dir" && npm install --no-audit --no-fund "node-red@$node_red_version" >/dev/null)
 fi
@@ -74,7 +90,9 @@ JSON
             done
             grep -q "Connected to broker" "$work/sys/log" || { cat "$work/sys/log" >&2; exit 1; }
             ;;
-        persistent | on-demand)
+        persistent | on-demand | persistent-b | on-demand-b)
+            local agent=$bin
+            [[ $1 == *-b ]] && agent=$agent_b
             cat >"$work/sys/agent.toml" <<TOML
 [agent]
 id = "$id"
@@ -83,15 +101,15 @@ data_dir = "$work/sys/data"
 url = "mqtt://127.0.0.1:$port"
 [[function]]
 name = "threshold"
-module = "$root/modules/dist/threshold-alert.wasm"
-mode = "$1"
+module = "$module"
+mode = "${1%-b}"
 topics = ["sensors/+/temperature"]
 qos = 1
 [function.config]
 threshold = "30"
 alert_topic = "alerts/{1..}"
 TOML
-            "$bin" run --config "$work/sys/agent.toml" 2>"$work/sys/log" &
+            "$agent" run --config "$work/sys/agent.toml" 2>"$work/sys/log" &
             sys_pid=$!
             timeout 60 mosquitto_sub -p "$port" -t edge-agent/$id/status -C 1 >/dev/null
             ;;
@@ -101,7 +119,8 @@ TOML
 
 # measure SYSTEM RATE RUN: one row of results.tsv.
 measure() {
-    local sys=$1 rate=$2 run=$3 n=$(($2 * secs))
+    # Four publishers of n/4 each: n is rounded down to a multiple of four.
+    local sys=$1 rate=$2 run=$3 n=$(($2 * secs / 4 * 4))
     start "$sys"
     # Settle (the agent compiles at start; Node-RED loads its nodes), then idle.
     sleep 2
@@ -136,10 +155,10 @@ PY
     tail -1 "$work/results.tsv" | awk -F'\t' '{ printf "  run %s %-10s %4s/s: %s of %s alerts, CPU %s µs/event (idle before: %s µs/s)\n", $3, $1, $2, $5, $4, $6, $7 }' >&2
 }
 
-echo "Threshold job paced at $rates events/s, $secs s each, $runs run(s), QoS 1; Node-RED $node_red_version ($(node --version)), agent $bin" >&2
+echo "Threshold job paced at $rates events/s, $secs s each, $runs run(s), QoS 1; systems: $systems${with_node_red:+; Node-RED $node_red_version ($(node --version))}; agent $bin${agent_b:+, agent b $agent_b}; module $module" >&2
 for r in $(seq 1 "$runs"); do
     for rate in $rates; do
-        for sys in node-red persistent on-demand; do
+        for sys in $systems; do
             measure "$sys" "$rate" "$r"
         done
     done
