@@ -41,6 +41,7 @@ nr_dir="${NODE_RED_DIR:-$HOME/.cache/edge-agent-bench/node-red}"
 [[ -x "$bin" ]] || { echo "error: no agent binary at $bin" >&2; exit 1; }
 [[ -n ${MODULE:-} || -f $module ]] || "$root/modules/build.sh" >/dev/null
 [[ -f $module ]] || { echo "error: no module at $module" >&2; exit 1; }
+module=$(realpath "$module") # the agent reads it relative to its config, elsewhere
 if [[ $systems == *-b* ]]; then
     [[ -x $agent_b ]] || { echo "error: SYSTEMS has a -b system but AGENT_B is not an agent binary" >&2; exit 1; }
 fi
