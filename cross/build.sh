@@ -78,6 +78,15 @@ if [[ $kind == device ]]; then
     # (cross/ci-smoke.sh) checks that a trapping, looping and memory-grabbing guest still
     # becomes dead letters on the device build.
     rustflags+=(-C force-unwind-tables=no)
+    # 32-bit ARM in Thumb-2, as Debian's and Raspberry Pi OS's own armhf packages are
+    # compiled (their GCC is built --with-mode=thumb): the same instructions in 16- and
+    # 32-bit encodings, -1.9 MB (-29 %) against the ARM encoding rustc's armv7 target
+    # uses by default. rustc calls the feature unstable and warns once per crate; the
+    # build already needs RUSTC_BOOTSTRAP for the standard library (below), and the
+    # thumbv7neon target, which is this plus NEON, is the stable form of the same thing.
+    if [[ $triple == armv7* ]]; then
+        rustflags+=(-C target-feature=+thumb-mode)
+    fi
 fi
 
 # The device build's standard library is built from source (rust-src) with the build's
@@ -162,7 +171,7 @@ if readelf -S "$bin" | grep -q '\.symtab'; then
     strip_tool="strip"
     case $triple in
         aarch64-*) strip_tool=aarch64-linux-gnu-strip ;;
-        armv7-* | arm-*) strip_tool=arm-linux-gnueabihf-strip ;;
+        armv7-* | arm-* | thumbv7*) strip_tool=arm-linux-gnueabihf-strip ;;
     esac
     tmp=$(mktemp)
     "$strip_tool" -o "$tmp" "$bin"
