@@ -10,7 +10,7 @@
 #   device   (default) no compiler: runs only `.cwasm` made by `edge-agent precompile`
 #            (with `edge-agent top`);
 #            armv7 gets the `pulley` feature (wasmtime's interpreter: Cranelift has no
-#            32-bit ARM back end)
+#            32-bit ARM back end) and is compiled to Thumb-2
 #   full     default features: Cranelift included, compiles `.wasm` and precompiles
 #   --profile  Cargo profile: default `device` for device builds and `device-full` (the
 #              same settings, another folder) for full builds; `release` also works
