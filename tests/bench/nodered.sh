@@ -114,6 +114,10 @@ TOML
             sys_pid=$!
             timeout 60 mosquitto_sub -p "$port" -t edge-agent/$id/status -C 1 >/dev/null
             ;;
+        *)
+            echo "error: unknown system $1 in SYSTEMS (node-red, persistent, on-demand, persistent-b, on-demand-b)" >&2
+            exit 1
+            ;;
     esac
     pids+=("$sys_pid")
 }
