@@ -42,9 +42,14 @@ nr_dir="${NODE_RED_DIR:-$HOME/.cache/edge-agent-bench/node-red}"
 [[ -n ${MODULE:-} || -f $module ]] || "$root/modules/build.sh" >/dev/null
 [[ -f $module ]] || { echo "error: no module at $module" >&2; exit 1; }
 module=$(realpath "$module") # the agent reads it relative to its config, elsewhere
-if [[ $systems == *-b* ]]; then
-    [[ -x $agent_b ]] || { echo "error: SYSTEMS has a -b system but AGENT_B is not an agent binary" >&2; exit 1; }
-fi
+for sys in $systems; do
+    case $sys in
+        node-red | persistent | on-demand) ;;
+        persistent-b | on-demand-b)
+            [[ -x $agent_b ]] || { echo "error: SYSTEMS has $sys but AGENT_B is not an agent binary" >&2; exit 1; } ;;
+        *) echo "error: unknown system $sys in SYSTEMS (node-red, persistent, on-demand, persistent-b, on-demand-b)" >&2; exit 1 ;;
+    esac
+done
 with_node_red=""
 [[ " $systems " == *" node-red "* ]] && with_node_red=yes
 for c in mosquitto mosquitto_sub ${with_node_red:+npm node}; do
@@ -113,10 +118,6 @@ TOML
             "$agent" run --config "$work/sys/agent.toml" 2>"$work/sys/log" &
             sys_pid=$!
             timeout 60 mosquitto_sub -p "$port" -t edge-agent/$id/status -C 1 >/dev/null
-            ;;
-        *)
-            echo "error: unknown system $1 in SYSTEMS (node-red, persistent, on-demand, persistent-b, on-demand-b)" >&2
-            exit 1
             ;;
     esac
     pids+=("$sys_pid")
