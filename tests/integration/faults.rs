@@ -8,7 +8,9 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Client, Mosquitto, Process, Proxy, SmallDisk, agent_bin, guest};
+use crate::harness::{
+    Agent, Client, Mosquitto, Process, Proxy, SmallDisk, agent_bin, eventually, guest,
+};
 
 /// How many times each of the stream faults strikes within one stream: 1 here,
 /// `EDGE_AGENT_FAULT_ROUNDS` in `tests/bench/faults.sh` (10 restarts, 10 kills, 5 cuts).
@@ -401,6 +403,28 @@ async fn a_silent_partition_longer_than_the_keep_alive_loses_and_repeats_nothing
         healed.elapsed()
     );
     assert_counted(agent, N as i64, "a silent partition");
+}
+
+/// Two agents with one id on one broker (a config copied to a second device, a second
+/// `edge-agent run` by mistake): Mosquitto closes the older connection whenever the other
+/// connects with the same client id, so each takes the other's sessions in turn, and over
+/// MQTT 3.1.1 the broker says nothing about why. Each agent must say what is probably
+/// wrong rather than reconnect in silence.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_with_one_id_are_told_so() {
+    let broker = Mosquitto::start();
+    let config = counters("twin", &broker.url(), "");
+    let (a, b) = (Agent::start(&config).await, Agent::start(&config).await);
+    let told = |agent: &Agent| {
+        let last = agent.links().borrow().overall().last_error;
+        last.is_some_and(|e| e.contains("same client id"))
+    };
+    eventually("both agents to name the client id they share", || {
+        told(&a) && told(&b)
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
 }
 
 /// An ext4 file system on a loop device over an image file, mounted on `dir`: a disk whose

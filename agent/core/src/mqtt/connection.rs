@@ -27,6 +27,21 @@ use crate::topic::Subscription;
 /// How long a connection must hold before a failure starts the back-off from its minimum.
 const HEALTHY: Duration = Duration::from_secs(10);
 
+/// Connections in a row that the broker accepts and then closes before they held for
+/// [`HEALTHY`], after which the agent says what usually does that.
+const CLOSED_YOUNG: u32 = 3;
+
+/// What the agent says after [`CLOSED_YOUNG`] such connections. Over MQTT 3.1.1 a broker
+/// gives no reason when it closes a connection, and a second client with the same client
+/// id is what closes one again and again right after the broker accepted it: Mosquitto
+/// ends the older connection whenever the other reconnects, so two agents with one id
+/// take their sessions from each other in turn, each missing events that the other then
+/// handles with its own state.
+const CLOSED_YOUNG_HINT: &str = "the broker keeps closing this connection right after accepting it: \
+     another client is probably connected with the same client id (two agents with the same \
+     `agent.id` or `broker.client_id` on one broker take each other's sessions in turn: give \
+     each its own), or the broker refuses something this connection sends (its log says which)";
+
 /// After a removed function's unsubscriptions are confirmed, how long its intake goes on
 /// reading with nothing arriving before it takes the broker to have sent all it had.
 const QUIET: Duration = Duration::from_millis(500);
@@ -208,6 +223,8 @@ pub struct Backoff {
     max: Duration,
     next: Duration,
     failures: u32,
+    /// Connections in a row that the broker closed before they held for [`HEALTHY`].
+    closed_young: u32,
     /// On tokio's clock, like the delays, so that a test can let the time pass.
     connected_at: Option<tokio::time::Instant>,
 }
@@ -220,6 +237,7 @@ impl Backoff {
             max,
             next: min,
             failures: 0,
+            closed_young: 0,
             connected_at: None,
         }
     }
@@ -236,23 +254,30 @@ impl Backoff {
         e: &ConnectionError,
         force_stop: &CancellationToken,
     ) -> bool {
-        if self
-            .connected_at
-            .take()
-            .is_some_and(|t| t.elapsed() >= HEALTHY)
-        {
+        let held = self.connected_at.take().map(|t| t.elapsed());
+        if held.is_some_and(|held| held >= HEALTHY) {
             self.next = self.min;
             self.failures = 0;
         }
         self.failures += 1;
+        self.closed_young = match held {
+            Some(held) if held < HEALTHY && closed_by_peer(e) => self.closed_young + 1,
+            _ => 0,
+        };
+        let hint = (self.closed_young >= CLOSED_YOUNG).then_some(CLOSED_YOUNG_HINT);
         link.update(|s| {
             s.connected = false;
             s.subscribed = false;
             s.failures += 1;
-            s.last_error = Some(e.to_string());
+            s.last_error = Some(match hint {
+                Some(hint) => format!("{e}: {hint}"),
+                None => e.to_string(),
+            });
         });
         let (name, retry_in_ms) = (link.name(), self.next.as_millis() as u64);
-        if self.failures == 1 {
+        if self.closed_young == CLOSED_YOUNG {
+            tracing::warn!(connection = %name, error = %e, times = self.closed_young, retry_in_ms, "{CLOSED_YOUNG_HINT}");
+        } else if self.failures == 1 {
             tracing::warn!(connection = %name, error = %e, retry_in_ms, "broker connection lost; reconnecting");
         } else {
             tracing::debug!(connection = %name, error = %e, attempt = self.failures, retry_in_ms, "reconnect failed");
@@ -266,6 +291,22 @@ impl Backoff {
         };
         self.next = (self.next * 2).min(self.max);
         waited
+    }
+}
+
+/// Whether `e` is the broker (or something on the way) closing a connection, rather than
+/// refusing it or timing out.
+fn closed_by_peer(e: &ConnectionError) -> bool {
+    use std::io::ErrorKind;
+    match e {
+        ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => true,
+        ConnectionError::MqttState(rumqttc::StateError::Io(e)) | ConnectionError::Io(e) => {
+            matches!(
+                e.kind(),
+                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
+            )
+        }
+        _ => false,
     }
 }
 
@@ -667,6 +708,49 @@ mod tests {
         b.connected();
         tokio::time::advance(HEALTHY).await;
         assert_eq!(waits(&mut b, &link, 2).await, [100, 200]);
+    }
+
+    /// A connection accepted, held for `held`, then lost with `e`.
+    async fn lost_after(b: &mut Backoff, link: &Link, held: Duration, e: &ConnectionError) {
+        b.connected();
+        tokio::time::advance(held).await;
+        assert!(
+            b.failed(link, e, &CancellationToken::new()).await,
+            "not cancelled"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connections_closed_young_again_and_again_are_explained() {
+        let (board, _seen) = watch::channel(Links::new(std::iter::empty()));
+        let link = Link::new(board.clone(), "output".into());
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let closed = ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted);
+        let timeout = ConnectionError::NetworkTimeout;
+        let young = Duration::from_millis(50);
+        let explained = || {
+            let last = board.borrow().overall().last_error.unwrap_or_default();
+            last.contains("same client id")
+        };
+        for n in 1..=CLOSED_YOUNG + 1 {
+            lost_after(&mut b, &link, young, &closed).await;
+            assert_eq!(explained(), n >= CLOSED_YOUNG, "after {n}");
+        }
+        // A connection that held starts a new count, and so does one the broker never
+        // accepted.
+        lost_after(&mut b, &link, HEALTHY, &closed).await;
+        assert!(!explained());
+        for _ in 1..CLOSED_YOUNG {
+            lost_after(&mut b, &link, young, &closed).await;
+        }
+        assert!(b.failed(&link, &timeout, &CancellationToken::new()).await);
+        lost_after(&mut b, &link, young, &closed).await;
+        assert!(!explained());
+        // Timeouts are not the broker closing it.
+        for _ in 0..CLOSED_YOUNG {
+            lost_after(&mut b, &link, young, &timeout).await;
+        }
+        assert!(!explained());
     }
 
     #[tokio::test(start_paused = true)]
