@@ -335,6 +335,37 @@ async fn oversized_dead_letters_are_cut_and_never_break_the_connection() {
     agent.stop().await;
 }
 
+/// A message over the agent's largest packet (`broker.max_packet_bytes`, 1 MiB by default)
+/// from a broker that takes it (Mosquitto takes up to 256 MiB): its payload is skipped
+/// unread, the event dead-lettered with its size and acknowledged, and the connection kept.
+/// Until 2026-12-05 the agent's MQTT client broke the connection on it, the broker sent it
+/// again on the next one, and the function received nothing more, for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_over_the_packet_limit_is_dead_lettered_and_the_function_goes_on() {
+    let broker = Mosquitto::start();
+    let id = unique("h");
+    let config = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\nmax_packet_bytes = 65536\n{}",
+        broker.url(),
+        misbehave("big", "max_payload_bytes = 1024\nmax_publish_bytes = 1024")
+    );
+    let agent = Agent::start(&config).await;
+    let dlq = format!("edge-agent/{id}/dead-letter");
+    let mut c = Client::connect(broker.port, &["out/#", &dlq]).await;
+    c.publish("big/in", vec![b'x'; 1_000_000]).await;
+    c.publish("big/in", "ok").await;
+    let j = c.recv_on(&dlq).await.json();
+    assert_eq!(j["kind"], "payload-too-large", "{j}");
+    assert_eq!(j["payload_bytes"], 1_000_000, "{j}");
+    assert_eq!(j["payload_truncated"], true, "{j}");
+    assert_eq!(c.recv_on("out/big").await.text(), "ok");
+    let rest = c.drain(Duration::from_millis(500)).await;
+    assert!(rest.is_empty(), "sent again? {rest:?}");
+    let status = agent.status();
+    assert!(status.connected && status.failures == 0, "{status:?}");
+    agent.stop().await;
+}
+
 /// A function that listens to the dead-letter topic and fails on what it gets must not
 /// start a cascade of dead letters, each embedding the one before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

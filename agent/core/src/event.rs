@@ -50,6 +50,9 @@ pub struct Inbound {
     pub topic: String,
     /// Body.
     pub payload: Bytes,
+    /// Bytes of the body skipped unread, for being over `broker.max_packet_bytes` (then
+    /// `payload` is empty); 0 otherwise.
+    pub payload_skipped: usize,
     /// Delivery QoS.
     pub qos: u8,
     /// Retained flag.

@@ -1,7 +1,7 @@
 //! Tests of the patch carried in `agent/vendor/rumqttc` (docs/architecture.md, "Vendored
 //! crates"): requests that are ready leave together before one flush, in order, under the
 //! in-flight limit and packet-id collisions; messages read before a lost connection are
-//! not handed out after it. A broker cannot show when a client flushes, so the peer here
+//! not handed out after it; a message over the largest packet keeps the connection. A broker cannot show when a client flushes, so the peer here
 //! is a plain socket speaking MQTT with rumqttc's own codec.
 
 use std::time::Duration;
@@ -154,5 +154,56 @@ async fn messages_read_before_a_lost_connection_are_not_handed_out_after_it() {
     assert!(
         matches!(left[..], [Event::Outgoing(Outgoing::PingReq)]),
         "{left:?}"
+    );
+}
+
+/// The next incoming PUBLISH, skipping anything else.
+async fn incoming(eventloop: &mut EventLoop) -> Publish {
+    loop {
+        if let Event::Incoming(Packet::Publish(p)) = eventloop.poll().await.expect("poll") {
+            return p;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_message_over_the_largest_packet_is_skipped_and_the_connection_kept() {
+    let (_client, mut eventloop, mut peer) = Peer::connect(10).await;
+    // Its payload unread; the connection must go on, or the broker sends it again on the
+    // next one, for ever. MqttOptions' largest incoming packet is 10 KiB by default.
+    let (size, topic) = (300_000, "sensors/big");
+    let mut big = Publish::new(topic, QoS::AtLeastOnce, vec![7; size]);
+    big.pkid = 1;
+    let mut small = Publish::new("sensors/small", QoS::AtMostOnce, "after");
+    small.pkid = 0;
+    let mut out = BytesMut::new();
+    Packet::Publish(big)
+        .write(&mut out, 1 << 20)
+        .expect("encode");
+    Packet::Publish(small).write(&mut out, MAX).expect("encode");
+    // In pieces, so that the headers and the payload arrive in separate reads.
+    let send = async {
+        for piece in out.chunks(7_000) {
+            peer.socket.write_all(piece).await.expect("write");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    let receive = async {
+        (
+            incoming(&mut eventloop).await,
+            incoming(&mut eventloop).await,
+        )
+    };
+    let ((), (first, second)) = tokio::join!(send, receive);
+    assert_eq!(
+        (first.topic.as_str(), first.pkid, first.qos),
+        (topic, 1, QoS::AtLeastOnce)
+    );
+    assert_eq!(first.payload_dropped, Some(size));
+    assert!(first.payload.is_empty());
+    assert_eq!(second.topic, "sensors/small");
+    assert_eq!(
+        (second.payload_dropped, &second.payload[..]),
+        (None, &b"after"[..])
     );
 }

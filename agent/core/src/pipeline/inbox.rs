@@ -290,6 +290,7 @@ mod tests {
         Inbound {
             topic: format!("t/{n}"),
             payload: vec![n].into(),
+            payload_skipped: 0,
             qos,
             retain: false,
             received_at_ms: 0,

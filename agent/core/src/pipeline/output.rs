@@ -62,10 +62,10 @@ impl DeadLetter {
             timestamp_ms: crate::clock::now_ms(),
             received_at_ms: event.received_at_ms,
             qos: event.qos,
-            payload_bytes: event.payload.len(),
+            payload_bytes: event.payload.len() + event.payload_skipped,
             payload_base64: base64::engine::general_purpose::STANDARD
                 .encode(&event.payload[..kept]),
-            payload_truncated: kept < event.payload.len(),
+            payload_truncated: kept < event.payload.len() + event.payload_skipped,
             message_truncated,
         }
     }

@@ -160,6 +160,7 @@ impl Router {
             let event = Inbound {
                 topic: publish.topic.clone(),
                 payload: publish.payload.clone(),
+                payload_skipped: publish.payload_dropped.unwrap_or(0),
                 qos: publish.qos as u8,
                 retain: publish.retain,
                 received_at_ms,
@@ -178,6 +179,15 @@ impl Router {
                     self.max_hops
                 );
                 self.reject(route, event, FailureKind::HopLimit, msg);
+                continue;
+            }
+            if event.payload_skipped > 0 {
+                let msg = format!(
+                    "payload of {} bytes is over broker.max_packet_bytes: \
+                     skipped unread, with the connection kept",
+                    event.payload_skipped
+                );
+                self.reject(route, event, FailureKind::PayloadTooLarge, msg);
                 continue;
             }
             if event.payload.len() > route.max_payload_bytes {

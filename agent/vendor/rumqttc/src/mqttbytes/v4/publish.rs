@@ -10,6 +10,10 @@ pub struct Publish {
     pub topic: String,
     pub pkid: u16,
     pub payload: Bytes,
+    /// Set on an incoming PUBLISH over the client's largest incoming packet: its payload,
+    /// this many bytes, was skipped unread and `payload` is empty (the connection goes on,
+    /// so that the broker does not deliver it again on the next one, for ever).
+    pub payload_dropped: Option<usize>,
 }
 
 impl Publish {
@@ -21,6 +25,7 @@ impl Publish {
             pkid: 0,
             topic: topic.into(),
             payload: Bytes::from(payload.into()),
+            payload_dropped: None,
         }
     }
 
@@ -32,6 +37,7 @@ impl Publish {
             pkid: 0,
             topic: topic.into(),
             payload,
+            payload_dropped: None,
         }
     }
 
@@ -77,6 +83,7 @@ impl Publish {
             pkid,
             topic,
             payload: bytes,
+            payload_dropped: None,
         };
 
         Ok(publish)
@@ -165,6 +172,7 @@ mod test {
                 topic: "a/b".to_owned(),
                 pkid: 10,
                 payload: Bytes::from(&payload[..]),
+                payload_dropped: None,
             }
         );
     }
@@ -201,6 +209,7 @@ mod test {
                 topic: "a/b".to_owned(),
                 pkid: 0,
                 payload: Bytes::from(&[0x01, 0x02][..]),
+                payload_dropped: None,
             }
         );
     }
@@ -214,6 +223,7 @@ mod test {
             topic: "a/b".to_owned(),
             pkid: 10,
             payload: Bytes::from(vec![0xF1, 0xF2, 0xF3, 0xF4]),
+            payload_dropped: None,
         };
 
         let mut buf = BytesMut::new();
@@ -248,6 +258,7 @@ mod test {
             topic: "a/b".to_owned(),
             pkid: 0,
             payload: Bytes::from(vec![0xE1, 0xE2, 0xE3, 0xE4]),
+            payload_dropped: None,
         };
 
         let mut buf = BytesMut::new();
