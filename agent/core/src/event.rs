@@ -217,7 +217,8 @@ pub fn checksum(topic: &str, payload: &[u8]) -> u32 {
 
 /// The first incarnation of this run of the agent: its start time in ms times 2^20, so
 /// larger than any of an earlier run (with a million deliveries per millisecond of its
-/// life to spare).
+/// life to spare) while the clock only goes forward. For a clock that went back, each
+/// function's store raises the count above its receipts ([`no_incarnation_below`]).
 fn incarnations() -> &'static (u64, std::sync::atomic::AtomicU64) {
     static NEXT: std::sync::OnceLock<(u64, std::sync::atomic::AtomicU64)> =
         std::sync::OnceLock::new();
@@ -227,9 +228,16 @@ fn incarnations() -> &'static (u64, std::sync::atomic::AtomicU64) {
     })
 }
 
-/// No incarnation of this run of the agent is smaller; every one of an earlier run is.
+/// No incarnation of this run of the agent is smaller; every one of an earlier run is,
+/// unless the clock went back (a state namespace's own life then takes over).
 pub fn this_run() -> u64 {
     incarnations().0
+}
+
+/// Makes every later incarnation at least `floor`: above the receipts of earlier runs
+/// when the clock is behind them.
+pub fn no_incarnation_below(floor: u64) {
+    incarnations().1.fetch_max(floor, Ordering::AcqRel);
 }
 
 /// A new incarnation for a message's first delivery (see [`Inbound::incarnation`]).

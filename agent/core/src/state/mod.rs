@@ -251,10 +251,16 @@ impl StateStore {
             return Ok(ns);
         }
         let tree = self.db()?.open_tree(&name)?;
-        let (keys, bytes) = Namespace::count(&tree)?;
+        let (keys, bytes, last) = Namespace::count(&tree)?;
+        // After the receipts of earlier runs even when the clock has gone back since (a
+        // device without a real-time clock, restarted before it has the time again):
+        // they must stay "before this life", and no new delivery may take their numbers.
+        let life = self.life.max(last.saturating_add(1));
+        crate::event::no_incarnation_below(life);
         let ns = Arc::new(Namespace {
             store: self.clone(),
             name,
+            life,
             tree: RwLock::new(Some(tree)),
             keys: AtomicU64::new(keys),
             bytes: AtomicU64::new(bytes),
@@ -337,7 +343,7 @@ impl StateStore {
         let db = Self::open_db(&self.dir, &self.limits)?;
         for ns in &namespaces {
             let tree = db.open_tree(&ns.name)?;
-            let (keys, bytes) = Namespace::count(&tree)?;
+            let (keys, bytes, _) = Namespace::count(&tree)?;
             ns.keys.store(keys, Ordering::Release);
             ns.bytes.store(bytes, Ordering::Release);
             *ns.tree.write().unwrap_or_else(|p| p.into_inner()) = Some(tree);
@@ -644,6 +650,9 @@ pub struct Namespace {
     store: Arc<StateStore>,
     /// Its tree's name.
     name: String,
+    /// No incarnation of this run of the agent is smaller, and every receipt it had when
+    /// it was opened is ([`Receipt::answers`]).
+    life: u64,
     /// `None` while the store is being reopened.
     tree: RwLock<Option<sled::Tree>>,
     /// The guest's keys, committed.
@@ -911,17 +920,21 @@ impl Namespace {
         Ok(())
     }
 
-    /// Keys and bytes of the guest's own entries in `tree` (receipts are the agent's).
-    fn count(tree: &sled::Tree) -> Result<(u64, u64), StateError> {
-        let (mut keys, mut bytes) = (0, 0);
+    /// Keys and bytes of the guest's own entries in `tree` (receipts are the agent's), and
+    /// the largest incarnation of its receipts (0 if none).
+    fn count(tree: &sled::Tree) -> Result<(u64, u64, u64), StateError> {
+        let (mut keys, mut bytes, mut last) = (0, 0, 0);
         for item in tree {
             let (k, v) = item?;
-            if !k.starts_with(RECEIPT_PREFIX) {
+            if k.starts_with(RECEIPT_PREFIX) {
+                let incarnation = v.get(4..12).and_then(|b| b.try_into().ok());
+                last = last.max(incarnation.map_or(0, u64::from_be_bytes));
+            } else {
                 keys += 1;
                 bytes += (k.len() + v.len()) as u64;
             }
         }
-        Ok((keys, bytes))
+        Ok((keys, bytes, last))
     }
 
     /// A transaction for one call with no deadline (tools and tests).
@@ -977,7 +990,7 @@ impl Namespace {
         let Some(v) = self.read(&Receipt::key(pkid))? else {
             return Ok(None);
         };
-        let life = self.store.life;
+        let life = self.life;
         Ok(Receipt::decode(pkid, &v).filter(|r| r.answers(checksum, incarnation, life)))
     }
 
@@ -1737,12 +1750,46 @@ mod tests {
         assert_eq!(s.namespace("f").unwrap().keys(), 1);
         // The next run of the agent (its runs start later): a resend whose first copy it
         // never saw (0) finds the receipt of the run before.
-        let next_run = crate::event::this_run() + (1 << 40);
+        let next_run = first + (1 << 40);
         assert!(receipt.answers(c, 0, next_run), "from the last run");
         assert!(!receipt.answers(y, 0, next_run), "another payload");
         let ns = s.namespace("f").unwrap();
         ns.forget_all().unwrap();
         assert_eq!(ns.receipt(7, c, first).unwrap(), None, "all forgotten");
+    }
+
+    /// A run whose clock was ahead of this one's (a device without a real-time clock,
+    /// restarted before it has the time again): its receipts must still answer for
+    /// resends from before this run, and no new delivery may take their numbers.
+    #[test]
+    fn receipts_of_a_run_whose_clock_was_ahead_stay_before_this_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ahead = crate::event::this_run() + (1 << 40);
+        let receipt = Receipt {
+            pkid: 3,
+            incarnation: ahead,
+            checksum: crate::event::checksum("in", b"x"),
+            outputs: vec![],
+        };
+        {
+            let s = store(dir.path());
+            let ns = s.namespace("f").unwrap();
+            let mut t = ns.begin();
+            t.increment("n", 1).unwrap();
+            t.commit(Some(&receipt)).unwrap();
+            s.apply_unapplied().unwrap();
+        }
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap();
+        let c = receipt.checksum;
+        assert_eq!(
+            ns.receipt(3, c, 0).unwrap(),
+            Some(receipt),
+            "a resend whose first copy came before this run"
+        );
+        let next = crate::event::next_incarnation();
+        assert!(next > ahead, "a new delivery took an old receipt's number");
+        assert_eq!(ns.receipt(3, c, next).unwrap(), None, "a new message");
     }
 
     #[test]
