@@ -468,3 +468,56 @@ async fn state_writing_burst_on_the_embedded_broker_completes() {
     assert_eq!((od, p), (N, N));
     agent.stop().await;
 }
+
+/// A retained message is one event. The agent subscribes again at every connect, and over
+/// MQTT 3.1.1 the broker then sends a filter's retained messages again, even to a session
+/// that has the filter: until 2026-12-05 a counter counted a retained reading once more at
+/// every restart of the agent and every reconnect. A filter new to the session still gets
+/// its retained messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retained_message_is_one_event_across_restarts_and_reconnects() {
+    let broker = Mosquitto::start_persistent();
+    let port = broker.port;
+    let base = format!(
+        "[agent]\nid = \"{}\"\n[broker]\nurl = \"{}\"\nreconnect_max_ms = 200\n",
+        unique("s"),
+        broker.url()
+    );
+    let config = |topics: &str| base.clone() + &function("c", "counter", "persistent", topics, "");
+    let publisher = Client::connect(port, &[]).await;
+    publisher.publish_retained("r/a", "x").await;
+    let mut out = Client::connect_persistent(port, "out", &["out/c"]).await;
+    let count = |m: crate::harness::Msg| {
+        let j = m.json();
+        (
+            j["topic"].as_str().unwrap_or_default().to_string(),
+            j["count"].as_i64().unwrap_or(-1),
+        )
+    };
+
+    let agent = Agent::start(&config("r/a")).await;
+    assert_eq!(count(out.recv().await), ("r/a".into(), 1));
+    let agent = agent.restart(&config("r/a")).await;
+    let broker = Mosquitto::restart_persistent(port, broker.stop());
+    crate::harness::eventually("the agent back on the broker", || {
+        let s = agent.status();
+        s.connected && s.subscribed && s.failures > 0
+    })
+    .await;
+    let again = out.drain(Duration::from_millis(700)).await;
+    assert!(again.is_empty(), "handled again: {again:?}");
+    publisher.publish("r/a", "y").await;
+    assert_eq!(count(out.recv().await), ("r/a".into(), 2));
+    // Retained as it is published, to a subscription already made: an event.
+    publisher.publish_retained("r/a", "z").await;
+    assert_eq!(count(out.recv().await), ("r/a".into(), 3));
+
+    // A filter the session did not have: its retained message is new to the function.
+    publisher.publish_retained("r/b", "x").await;
+    let agent = agent.restart(&config("r/a\", \"r/b")).await;
+    assert_eq!(count(out.recv().await), ("r/b".into(), 1));
+    let again = out.drain(Duration::from_millis(700)).await;
+    assert!(again.is_empty(), "handled again: {again:?}");
+    agent.stop().await;
+    drop(broker);
+}

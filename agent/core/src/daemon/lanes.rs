@@ -16,7 +16,9 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, FunctionConfig, Mode};
 use crate::metrics::report::StatsBook;
 use crate::mqtt::ack::AckQueue;
-use crate::mqtt::connection::{Backoff, IntakeTask, Link, Links, intake_name, send_acks};
+use crate::mqtt::connection::{
+    Backoff, IntakeTask, Link, Links, SessionFilters, intake_name, send_acks,
+};
 use crate::mqtt::options;
 use crate::pipeline::auto::Auto;
 use crate::pipeline::hops::HopLedger;
@@ -323,6 +325,7 @@ impl Lanes {
             link: link.clone(),
             max_pause: Duration::from_secs(config.broker.keep_alive_secs) / 2,
             retire: retire.clone(),
+            session: SessionFilters::load(session_file(config, &f.name)),
         };
         let intake = spawn_intake(intake, task, router, &stop_intake, &force_stop);
         let mut running = self.running();
@@ -518,6 +521,30 @@ fn subscriptions(function: &FunctionConfig) -> Vec<crate::topic::Subscription> {
 /// Starts an intake connection with `options`: its client, its acknowledgement order (and
 /// the task that sends what it releases), and the task (`task`) that polls it into the
 /// router (`router`).
+/// Where the filters of function `name`'s session on the broker are kept
+/// ([`SessionFilters`]): `<data_dir>/sessions/<broker url>/<client id>`, with anything but
+/// letters, digits, `-`, `_` and `.` written as `_`.
+fn session_file(config: &Config, name: &str) -> std::path::PathBuf {
+    let safe = |s: &str| -> String {
+        s.chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect()
+    };
+    let client_id = format!("{}.{name}", config.client_id());
+    config
+        .agent
+        .data_dir
+        .join("sessions")
+        .join(safe(&config.broker.url))
+        .join(safe(&client_id))
+}
+
 fn spawn_intake(
     options: MqttOptions,
     task: impl FnOnce(rumqttc::EventLoop, AsyncClient) -> IntakeTask,

@@ -111,6 +111,10 @@ pub trait Intake: Send {
     fn room(&self) -> impl std::future::Future<Output = ()> + Send;
     /// Takes one message. Never blocks.
     fn route(&self, publish: rumqttc::Publish);
+    /// Takes a retained message that the broker sent again only because the connection
+    /// subscribed again to a filter its resumed session already had: the agent has had it
+    /// before. Acknowledges it without handing it to a function. Never blocks.
+    fn retained_copy(&self, publish: rumqttc::Publish);
 }
 
 /// One connection as last seen by its task.
@@ -412,6 +416,71 @@ pub struct IntakeTask {
     /// Cancelled when a reload removes the function: the task unsubscribes, routes what
     /// arrives until the broker confirms, then drops the router (the queue drains).
     pub retire: CancellationToken,
+    /// Where the filters that the broker's session for this connection has are kept, so
+    /// that a restart of the agent knows them too ([`SessionFilters`]).
+    pub session: SessionFilters,
+}
+
+/// The filters a connection's session on the broker has, as far as the agent knows: those
+/// the broker confirmed (SUBACK) on a connection of that session. Over MQTT 3.1.1 every
+/// SUBSCRIBE, even of a filter the session already has, makes the broker send the
+/// filter's retained messages again, and the agent subscribes again at each connect (the
+/// only way to be sure of its subscriptions): without this, each reconnect and each
+/// restart handed every retained message to the functions once more, and a counter counted
+/// it again. Kept in a file (one filter a line); a missing or unreadable one is no
+/// filters, which costs one more copy of each retained message, never an event.
+pub struct SessionFilters {
+    file: std::path::PathBuf,
+    had: std::collections::BTreeSet<String>,
+}
+
+impl SessionFilters {
+    /// The filters kept in `file` (none if it does not exist or cannot be read).
+    pub fn load(file: std::path::PathBuf) -> Self {
+        let had = std::fs::read_to_string(&file)
+            .map(|s| s.lines().map(str::to_string).collect())
+            .unwrap_or_default();
+        Self { file, had }
+    }
+
+    /// The broker confirmed `filters` on this session: kept, in the background.
+    fn confirmed(&mut self, filters: &[Subscription], background: &crate::tasks::Background) {
+        let filters: std::collections::BTreeSet<String> =
+            filters.iter().map(|s| s.filter.clone()).collect();
+        if filters == self.had {
+            return;
+        }
+        self.had = filters;
+        let (file, text) = (self.file.clone(), self.had.iter().map(|f| format!("{f}\n")));
+        let text: String = text.collect();
+        background.spawn_until_stopped(async move {
+            let written =
+                tokio::task::spawn_blocking(move || (write_replacing(&file, &text), file)).await;
+            if let Ok((Err(e), file)) = written {
+                tracing::warn!(file = %file.display(), error = %e, "could not keep the session's filters: a restart may hand retained messages to the function again");
+            }
+        });
+    }
+
+    /// The function is removed and its filters unsubscribed: the session has none.
+    fn forget(&mut self, background: &crate::tasks::Background) {
+        self.had.clear();
+        let file = self.file.clone();
+        background.spawn_until_stopped(async move {
+            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(file)).await;
+        });
+    }
+}
+
+/// Writes `text` to `file` whole: into a file beside it, then renamed over it.
+fn write_replacing(file: &std::path::Path, text: &str) -> std::io::Result<()> {
+    if let Some(dir) = file.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut tmp = file.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, file)
 }
 
 impl IntakeTask {
@@ -435,6 +504,9 @@ impl IntakeTask {
         // rumqttc reports one per poll) go on, so that acknowledgements leave as events
         // finish and a broker restart finds few events handled but not acknowledged.
         let mut held: Option<rumqttc::Publish> = None;
+        // The filters the session had when this connection resumed it (none for a new
+        // session): the retained messages of those that the broker sends again are copies.
+        let mut resumed: std::collections::BTreeSet<String> = Default::default();
         let (mut force, mut intake, mut retire) = (
             Cancelled::new(&force_stop),
             Cancelled::new(&stop_intake),
@@ -498,7 +570,10 @@ impl IntakeTask {
                         if let Some(earlier) = held.take() {
                             r.route(earlier);
                         }
-                        if r.has_room() {
+                        if p.retain && self.had_before(&resumed, &p.topic) {
+                            tracing::debug!(topic = %p.topic, "a retained message sent again on a resumed subscription: acknowledged, not handled again");
+                            r.retained_copy(p);
+                        } else if r.has_room() {
                             r.route(p);
                         } else {
                             held = Some(p);
@@ -511,6 +586,7 @@ impl IntakeTask {
                 Ok(Event::Incoming(Packet::UnsubAck(_))) if retiring => {
                     unsubscribing = unsubscribing.saturating_sub(1);
                     if unsubscribing == 0 {
+                        self.session.forget(&self.background);
                         // What the broker had queued or in flight for this client may
                         // still come: it is the function's, and handled.
                         quiet_at = Some(tokio::time::Instant::now() + QUIET);
@@ -530,6 +606,11 @@ impl IntakeTask {
                         // Removed while the connection was down: subscribe no more.
                         router = None;
                     }
+                    resumed = if ack.session_present {
+                        self.session.had.clone()
+                    } else {
+                        Default::default()
+                    };
                     if let Some(r) = &router {
                         r.connected(ack.session_present);
                         self.subscribe();
@@ -537,12 +618,18 @@ impl IntakeTask {
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     use rumqttc::SubscribeReasonCode;
+                    let mut refused = false;
                     for (i, code) in ack.return_codes.iter().enumerate() {
                         if matches!(code, SubscribeReasonCode::Failure) {
+                            refused = true;
                             let filter =
                                 self.subscriptions.get(i).map_or("?", |s| s.filter.as_str());
                             tracing::error!(connection = %self.link.name(), filter, "broker refused the subscription");
                         }
+                    }
+                    if !refused {
+                        self.session
+                            .confirmed(&self.subscriptions, &self.background);
                     }
                     self.link.update(|s| s.subscribed = true);
                 }
@@ -564,6 +651,17 @@ impl IntakeTask {
                 }
             }
         }
+    }
+
+    /// Whether every one of this connection's filters that `topic` matches was in the
+    /// session it resumed (`resumed`), so that a retained message on `topic` came before.
+    fn had_before(&self, resumed: &std::collections::BTreeSet<String>, topic: &str) -> bool {
+        let mut matching = self
+            .subscriptions
+            .iter()
+            .filter(|s| crate::topic::matches(&s.filter, topic))
+            .peekable();
+        matching.peek().is_some() && matching.all(|s| resumed.contains(&s.filter))
     }
 
     fn subscribe(&self) {

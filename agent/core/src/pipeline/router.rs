@@ -114,16 +114,31 @@ impl Router {
         }
     }
 
+    /// The functions whose filters match `topic` (in this agent's partition).
+    fn targets(&self, topic: &str) -> Vec<&Route> {
+        self.routes
+            .iter()
+            .filter(|r| r.filters.iter().any(|f| topic::matches(f, topic)))
+            .filter(|r| r.partition.is_none_or(|p| p.takes(topic)))
+            .collect()
+    }
+
+    /// A retained message sent again on a resumed subscription
+    /// ([`crate::mqtt::connection::Intake::retained_copy`]): acknowledged in its turn, and
+    /// counted as `replayed`, without a call.
+    pub fn retained_copy(&self, publish: Publish) {
+        let registered = self.acks.register(&publish);
+        for route in self.targets(&publish.topic) {
+            route.stats.replayed();
+        }
+        Delivery::new(1, registered.ticket, self.acks.clone()).complete();
+    }
+
     /// Hands `publish` to every function whose filters match its topic. Never blocks.
     pub fn route(&self, publish: Publish) {
         let received = Instant::now();
         let received_at_ms = crate::clock::now_ms();
-        let targets: Vec<&Route> = self
-            .routes
-            .iter()
-            .filter(|r| r.filters.iter().any(|f| topic::matches(f, &publish.topic)))
-            .filter(|r| r.partition.is_none_or(|p| p.takes(&publish.topic)))
-            .collect();
+        let targets = self.targets(&publish.topic);
         let registered = self.acks.register(&publish);
         let (ticket, incarnation) = (registered.ticket, registered.incarnation());
         if registered.finished {
@@ -241,6 +256,10 @@ impl crate::mqtt::connection::Intake for Router {
 
     fn route(&self, publish: Publish) {
         Router::route(self, publish);
+    }
+
+    fn retained_copy(&self, publish: Publish) {
+        Router::retained_copy(self, publish);
     }
 }
 
