@@ -282,7 +282,19 @@ impl Backoff {
         if self.closed_young == CLOSED_YOUNG {
             tracing::warn!(connection = %name, error = %e, times = self.closed_young, retry_in_ms, "{CLOSED_YOUNG_HINT}");
         } else if self.failures == 1 {
-            tracing::warn!(connection = %name, error = %e, retry_in_ms, "broker connection lost; reconnecting");
+            let what = match e {
+                ConnectionError::ConnectionRefused(
+                    ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+                ) => {
+                    "the broker refused the agent's credentials (`broker.username`, `broker.password`); retrying"
+                }
+                ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
+                    "the broker refused the client id (`broker.client_id`); retrying"
+                }
+                _ if held.is_none() => "cannot connect to the broker; retrying",
+                _ => "broker connection lost; reconnecting",
+            };
+            tracing::warn!(connection = %name, error = %e, retry_in_ms, "{what}");
         } else {
             tracing::debug!(connection = %name, error = %e, attempt = self.failures, retry_in_ms, "reconnect failed");
         }
