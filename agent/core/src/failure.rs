@@ -156,7 +156,8 @@ pub enum Exit {
     Unavailable,
     /// 73 (`EX_CANTCREAT`): an output cannot be created.
     CantCreate,
-    /// 78 (`EX_CONFIG`): the configuration is wrong; fix it, then start again.
+    /// 78 (`EX_CONFIG`): the configuration, or what it points at (a damaged state store), is
+    /// wrong; fix it, then start again.
     Config,
 }
 

@@ -93,7 +93,9 @@ impl AgentError {
             | Self::Mqtt {
                 source: MqttError::Tls { .. } | MqttError::Url(_),
                 ..
-            } => Exit::Config,
+            }
+            // Restarting does not mend a damaged store: stop until someone moves it aside.
+            | Self::State(StateError::Damaged { .. }) => Exit::Config,
             _ => Exit::Failure,
         }
     }

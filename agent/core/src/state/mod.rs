@@ -67,6 +67,23 @@ pub enum StateError {
         #[source]
         source: sled::Error,
     },
+    /// The store's files are damaged: the disk lost writes it had confirmed (a power cut on
+    /// an SD card that does not keep its promises, or a failing card). Starting again will
+    /// not help; moving the store aside will, at the price of every function's state.
+    #[error(
+        "the state store in {dir} is damaged, so its data cannot be trusted: the disk lost \
+         writes it had confirmed (a power cut on a card that does not keep its promises, or a \
+         failing card). To start again with empty state, move it aside: `mv {dir} {dir}.damaged` \
+         (every function's state and receipts are then gone; the broker still holds the events \
+         not yet acknowledged)"
+    )]
+    Damaged {
+        /// The store's directory.
+        dir: String,
+        /// What sled said.
+        #[source]
+        source: Box<sled::Error>,
+    },
     /// Another process holds the store's lock: another agent with the same `data_dir`.
     #[error(
         "the state store in {dir} is in use by another process (another edge-agent with the same agent.data_dir?)"
@@ -223,9 +240,15 @@ impl StateStore {
             // We flush ourselves, on our interval, and track which commits it covered.
             .flush_every_ms(None)
             .open()
-            .map_err(|source| StateError::Open {
-                dir: dir.display().to_string(),
-                source,
+            .map_err(|source| {
+                let dir = dir.display().to_string();
+                match source {
+                    sled::Error::Corruption { .. } => StateError::Damaged {
+                        dir,
+                        source: Box::new(source),
+                    },
+                    source => StateError::Open { dir, source },
+                }
             })
     }
 
@@ -1790,6 +1813,27 @@ mod tests {
         let next = crate::event::next_incarnation();
         assert!(next > ahead, "a new delivery took an old receipt's number");
         assert_eq!(ns.receipt(3, c, next).unwrap(), None, "a new message");
+    }
+
+    #[test]
+    fn a_damaged_store_says_so_and_how_to_start_again() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(store(dir.path()));
+        // What a card that lost confirmed writes leaves: a settings file whose checksum fails.
+        let conf = dir.path().join("state").join("conf");
+        let mut bytes = std::fs::read(&conf).unwrap();
+        bytes[..7].copy_from_slice(b"garbage");
+        std::fs::write(&conf, bytes).unwrap();
+        let limits = StateConfig::default();
+        let Err(e) = StateStore::open(dir.path(), &limits) else {
+            panic!("a damaged store opened");
+        };
+        assert!(matches!(e, StateError::Damaged { .. }), "{e:?}");
+        let text = e.to_string();
+        assert!(
+            text.contains("is damaged") && text.contains("mv "),
+            "{text}"
+        );
     }
 
     #[test]
