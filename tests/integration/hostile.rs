@@ -336,22 +336,34 @@ async fn oversized_dead_letters_are_cut_and_never_break_the_connection() {
 }
 
 /// A message over the agent's largest packet (`broker.max_packet_bytes`, 1 MiB by default)
-/// from a broker that takes it (Mosquitto takes up to 256 MiB): its payload is skipped
-/// unread, the event dead-lettered with its size and acknowledged, and the connection kept.
-/// Until 2026-12-05 the agent's MQTT client broke the connection on it, the broker sent it
-/// again on the next one, and the function received nothing more, for ever.
+/// from a broker that takes it (Mosquitto takes up to 256 MiB, the embedded broker 16 MiB):
+/// its payload is skipped unread, the event dead-lettered with its size and acknowledged,
+/// and the connection kept. Until 2026-12-05 the agent's MQTT client broke the connection
+/// on it, Mosquitto sent it again on the next one, and the function received nothing more,
+/// for ever; the embedded broker dropped the publisher instead, without a word.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_over_the_packet_limit_is_dead_lettered_and_the_function_goes_on() {
     let broker = Mosquitto::start();
     let id = unique("h");
+    let on_mosquitto = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\n",
+        broker.url()
+    );
+    over_the_packet_limit(&id, &on_mosquitto, Some(broker.port)).await;
+    let id = unique("h");
+    over_the_packet_limit(&id, &embedded(&id), None).await;
+}
+
+/// One agent on `broker_toml` (at `port`, or its embedded broker's) gets a message over
+/// its packet limit, then a small one.
+async fn over_the_packet_limit(id: &str, broker_toml: &str, port: Option<u16>) {
     let config = format!(
-        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\nmax_packet_bytes = 65536\n{}",
-        broker.url(),
+        "{broker_toml}max_packet_bytes = 65536\n{}",
         misbehave("big", "max_payload_bytes = 1024\nmax_publish_bytes = 1024")
     );
     let agent = Agent::start(&config).await;
     let dlq = format!("edge-agent/{id}/dead-letter");
-    let mut c = Client::connect(broker.port, &["out/#", &dlq]).await;
+    let mut c = Client::connect(port.unwrap_or(agent.port), &["out/#", &dlq]).await;
     c.publish("big/in", vec![b'x'; 1_000_000]).await;
     c.publish("big/in", "ok").await;
     let j = c.recv_on(&dlq).await.json();

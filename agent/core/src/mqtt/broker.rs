@@ -85,6 +85,10 @@ pub fn start(cfg: &Config) -> Result<SocketAddr, MqttError> {
     Ok(bound)
 }
 
+/// Largest packet the embedded broker takes from a client: 16 MiB, or
+/// `broker.max_packet_bytes` if larger. It holds a message whole while it routes it.
+const EMBEDDED_MAX_PACKET: usize = 16 * 1024 * 1024;
+
 /// rumqttd's configuration: one plain-TCP listener on `listen`, with the agent's
 /// credentials when it has some.
 fn broker_config(cfg: &Config, listen: SocketAddr) -> rumqttd::Config {
@@ -99,7 +103,10 @@ fn broker_config(cfg: &Config, listen: SocketAddr) -> rumqttd::Config {
         next_connection_delay_ms: 1,
         connections: rumqttd::ConnectionSettings {
             connection_timeout_ms: 60_000,
-            max_payload_size: cfg.broker.max_packet_bytes,
+            // Past the agent's own limit, so that a message too large for the agent reaches
+            // it and becomes a `payload-too-large` dead letter (its payload skipped unread),
+            // rather than the broker dropping the publisher's connection without a word.
+            max_payload_size: cfg.broker.max_packet_bytes.max(EMBEDDED_MAX_PACKET),
             max_inflight_count: 100,
             auth,
             external_auth: None,
