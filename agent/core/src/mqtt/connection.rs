@@ -582,7 +582,10 @@ impl IntakeTask {
                         if let Some(earlier) = held.take() {
                             r.route(earlier);
                         }
-                        if p.retain && self.had_before(&resumed, &p.topic) {
+                        // At QoS 0 the broker queued nothing while the agent was away: the
+                        // copy may be the only delivery of a newer value, so it is handled.
+                        let copy = p.retain && p.qos != rumqttc::QoS::AtMostOnce;
+                        if copy && self.had_before(&resumed, &p.topic) {
                             tracing::debug!(topic = %p.topic, "a retained message sent again on a resumed subscription: acknowledged, not handled again");
                             r.retained_copy(p);
                         } else if r.has_room() {
