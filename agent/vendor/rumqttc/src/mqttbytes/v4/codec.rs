@@ -10,11 +10,12 @@ pub struct Codec {
     pub max_incoming_size: usize,
     /// Maximum packet size allowed by broker
     pub max_outgoing_size: usize,
-    /// Bytes still to skip of an incoming PUBLISH over `max_incoming_size`, whose headers
-    /// were already handed out.
+    /// Patched (edge-agent): bytes still to skip of an incoming PUBLISH over
+    /// `max_incoming_size`, whose headers were already handed out.
     pub discard: usize,
 }
 
+// Patched (edge-agent): an oversized PUBLISH is handed out without its payload.
 impl Codec {
     /// Skips what is left of an oversized PUBLISH. True once nothing is left.
     fn skip(&mut self, src: &mut BytesMut) -> bool {

@@ -10,9 +10,10 @@ pub struct Publish {
     pub topic: String,
     pub pkid: u16,
     pub payload: Bytes,
-    /// Set on an incoming PUBLISH over the client's largest incoming packet: its payload,
-    /// this many bytes, was skipped unread and `payload` is empty (the connection goes on,
-    /// so that the broker does not deliver it again on the next one, for ever).
+    /// Patched (edge-agent). Set on an incoming PUBLISH over the client's largest incoming
+    /// packet: its payload, this many bytes, was skipped unread and `payload` is empty (the
+    /// connection goes on, so that the broker does not deliver it again on the next one,
+    /// for ever).
     pub payload_dropped: Option<usize>,
 }
 
