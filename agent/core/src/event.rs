@@ -110,18 +110,23 @@ impl Unsettled {
 
     /// Counts one more event, until the returned slot is dropped.
     pub fn take(self: &Arc<Self>) -> Slot {
-        self.count.fetch_add(1, Ordering::AcqRel);
-        Slot(self.clone())
+        self.take_n(1)
+    }
+
+    /// Counts `n` more (bytes, for a budget of bytes), until the returned slot is dropped.
+    pub fn take_n(self: &Arc<Self>, n: usize) -> Slot {
+        self.count.fetch_add(n, Ordering::AcqRel);
+        Slot(self.clone(), n)
     }
 }
 
-/// One event's place in [`Unsettled`], given back on drop.
+/// One event's place in [`Unsettled`] (or its bytes), given back on drop.
 #[derive(Debug)]
-pub struct Slot(Arc<Unsettled>);
+pub struct Slot(Arc<Unsettled>, usize);
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.count.fetch_sub(self.1, Ordering::AcqRel);
         self.0.settled.notify_one();
     }
 }

@@ -34,10 +34,16 @@ use crate::event::{Inbound, Slot, Unsettled};
 pub const BACKPRESSURE_FACTOR: usize = 16;
 
 /// How many queues' worth of a state-writing function's events may wait for their flush
-/// besides the queue ([`Inbox::awaiting_flush`]). Four: at the default cap of 100 flushes
-/// a second and a queue of 64, a flush-bound ceiling of about 25,000 events a second, above
-/// what the rest of the path reaches (docs/benchmarks.md, "Waiting for the flush apart").
-pub const FLUSH_WAIT_FACTOR: usize = 4;
+/// besides the queue ([`Inbox::awaiting_flush`]). Sixteen: at the default cap of 100
+/// flushes a second and a queue of 64, a flush-bound ceiling of about 100,000 events a
+/// second. Four (25,000 a second) held `counter` to 50-66% of `echo`'s rate on a machine
+/// where `echo` ran at 42,000-57,000 (docs/benchmarks.md, "Waiting for the flush apart").
+pub const FLUSH_WAIT_FACTOR: usize = 16;
+
+/// Most bytes of payload a state-writing function's events waiting for their flush may
+/// hold (each keeps its payload, to run again if the store loses its commit): with large
+/// payloads this, not [`FLUSH_WAIT_FACTOR`], bounds the memory they take.
+pub const FLUSH_WAIT_BYTES: usize = 16 * 1024 * 1024;
 
 struct Inner {
     events: VecDeque<Inbound>,
@@ -64,6 +70,8 @@ pub struct Inbox {
     unsettled: Arc<Unsettled>,
     /// Of those, the ones only waiting for the store's flush (see [`Inbox::awaiting_flush`]).
     flushing: Arc<Unsettled>,
+    /// Their payloads' bytes.
+    flushing_bytes: Arc<Unsettled>,
     capacity: usize,
     overflow: Overflow,
 }
@@ -81,6 +89,7 @@ impl Inbox {
             space: Notify::new(),
             unsettled: Arc::default(),
             flushing: Arc::default(),
+            flushing_bytes: Arc::default(),
             capacity: capacity.max(1),
             overflow,
         }
@@ -222,16 +231,18 @@ impl Inbox {
             || self.overflow != Overflow::Backpressure
             || (q.events.len() < self.capacity
                 && self.unsettled.count().saturating_sub(self.flushing.count()) < self.capacity
-                && self.flushing.count() < self.capacity * FLUSH_WAIT_FACTOR)
+                && self.flushing.count() < self.capacity * FLUSH_WAIT_FACTOR
+                && self.flushing_bytes.count() < FLUSH_WAIT_BYTES)
     }
 
     /// Waits until [`Inbox::has_room`].
     pub async fn room(&self) {
         loop {
-            let (left, settled, flushed) = (
+            let (left, settled, flushed, freed) = (
                 self.space.notified(),
                 self.unsettled.settled.notified(),
                 self.flushing.settled.notified(),
+                self.flushing_bytes.settled.notified(),
             );
             if self.has_room() {
                 return;
@@ -240,6 +251,7 @@ impl Inbox {
                 () = left => {}
                 () = settled => {}
                 () = flushed => {}
+                () = freed => {}
             }
         }
     }
@@ -249,15 +261,15 @@ impl Inbox {
         self.unsettled.take()
     }
 
-    /// Moves an unsettled event that now waits only for the flush of its state writes to
-    /// the flush budget, until the returned place is dropped (drop it once the event has
-    /// settled or gone back to the queue: until then it counts in the flush budget, not
-    /// the queue's).
-    pub fn awaiting_flush(&self) -> Slot {
-        let place = self.flushing.take();
+    /// Moves an unsettled event with a payload of `bytes` that now waits only for the
+    /// flush of its state writes to the flush budget, until the returned places are
+    /// dropped (drop them once the event has settled or gone back to the queue: until then
+    /// it counts in the flush budget, not the queue's).
+    pub fn awaiting_flush(&self, bytes: usize) -> (Slot, Slot) {
+        let places = (self.flushing.take(), self.flushing_bytes.take_n(bytes));
         // Its place in the queue's budget is free now: an intake may be waiting for it.
         self.unsettled.settled.notify_one();
-        place
+        places
     }
 
     /// Events waiting.
@@ -369,12 +381,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn large_payloads_waiting_for_their_flush_are_bounded_by_their_bytes() {
+        let q = Inbox::new(64, Overflow::Backpressure);
+        let big = FLUSH_WAIT_BYTES / 4;
+        let mut held = Vec::new();
+        while q.has_room() {
+            held.push((q.slot(), q.awaiting_flush(big)));
+            assert!(held.len() <= 4, "{} events of {big} bytes", held.len());
+        }
+        assert_eq!(held.len(), 4, "the bytes, not the count, filled the budget");
+        let room = q.room();
+        held.pop();
+        tokio::time::timeout(std::time::Duration::from_secs(1), room)
+            .await
+            .expect("room once one is flushed");
+    }
+
+    #[tokio::test]
     async fn events_waiting_for_their_flush_have_a_budget_of_their_own() {
         let q = Inbox::new(2, Overflow::Backpressure);
         let mut taken: Vec<Slot> = (0..2).map(|_| q.slot()).collect();
         assert!(!q.has_room(), "two taken and not settled");
         let room = q.room();
-        let mut flushing = vec![q.awaiting_flush()];
+        let mut flushing = vec![q.awaiting_flush(10)];
         tokio::time::timeout(std::time::Duration::from_secs(1), room)
             .await
             .expect("room once one only waits for its flush");
@@ -382,7 +411,7 @@ mod tests {
         while flushing.len() < 2 * FLUSH_WAIT_FACTOR {
             assert!(q.has_room(), "{} waiting for a flush", flushing.len());
             taken.push(q.slot());
-            flushing.push(q.awaiting_flush());
+            flushing.push(q.awaiting_flush(10));
         }
         assert!(!q.has_room(), "the flush budget is full");
         let room = q.room();

@@ -179,7 +179,7 @@ impl Output {
         match outcome.durable {
             Some((store, generation)) => {
                 let (stats, inbox) = (stats.clone(), inbox.clone());
-                let flush_budget = inbox.awaiting_flush();
+                let flush_budget = inbox.awaiting_flush(event.payload.len());
                 self.tracker.spawn(async move {
                     if store.durable(generation).await {
                         cost.commit = Some(called.elapsed());
