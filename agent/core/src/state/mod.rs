@@ -794,6 +794,11 @@ impl Receipt {
         v
     }
 
+    /// The incarnation of an encoded receipt, without decoding the rest.
+    fn incarnation_in(v: &[u8]) -> Option<u64> {
+        Some(u64::from_be_bytes(v.get(4..12)?.try_into().ok()?))
+    }
+
     fn decode(pkid: u16, mut v: &[u8]) -> Option<Self> {
         fn take<'a>(v: &mut &'a [u8], n: usize) -> Option<&'a [u8]> {
             let (head, rest) = (v.get(..n)?, v.get(n..)?);
@@ -950,8 +955,7 @@ impl Namespace {
         for item in tree {
             let (k, v) = item?;
             if k.starts_with(RECEIPT_PREFIX) {
-                let incarnation = v.get(4..12).and_then(|b| b.try_into().ok());
-                last = last.max(incarnation.map_or(0, u64::from_be_bytes));
+                last = last.max(Receipt::incarnation_in(&v).unwrap_or(0));
             } else {
                 keys += 1;
                 bytes += (k.len() + v.len()) as u64;
