@@ -20,12 +20,14 @@
 # `edge-agent`, checks the new binary, config and modules with `edge-agent check` BEFORE
 # replacing anything, then installs
 #   /usr/bin/edge-agent, /usr/lib/edge-agent/modules/*.cwasm, /etc/edge-agent/config.toml,
-#   /etc/systemd/system/edge-agent.service
+#   /etc/systemd/system/edge-agent.service, and, where Mosquitto is installed and has none
+#   yet, /etc/mosquitto/conf.d/edge-agent.conf (cross/deb/mosquitto.conf: the queue it
+#   keeps for the agent; read at Mosquitto's next start)
 # and restarts the service, then shows its status and last log lines.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
-usage() { sed -n '2,26s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
+usage() { sed -n '2,29s/^# \{0,1\}//p' "${BASH_SOURCE[0]}" >&2; exit 64; }
 die() { echo "cross/install.sh: $*" >&2; exit 1; }
 
 triple=aarch64-unknown-linux-gnu binary="" modules="" config="" restart=yes dry_run="" host=""
@@ -72,6 +74,7 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/modules"
 cp "$binary" "$stage/edge-agent"
 cp "$root/cross/edge-agent.service" "$stage/edge-agent.service"
+cp "$root/cross/deb/mosquitto.conf" "$stage/mosquitto.conf"
 cp "${cwasm[@]}" "$stage/modules/"
 if [[ -n $config ]]; then
     cp "$config" "$stage/config.toml"
@@ -135,6 +138,17 @@ elif [ -n "$replace_config" ]; then
     install -m 0640 -o root -g edge-agent "$stage/config.toml" /etc/edge-agent/config.toml
 fi
 install -m 0644 "$stage/edge-agent.service" /etc/systemd/system/edge-agent.service
+# Mosquitto keeps 1000 messages for a client that is away or behind and drops the rest
+# (see the file). Installed once, as the package does; an existing file is the owner's.
+dropin=/etc/mosquitto/conf.d/edge-agent.conf
+if [ -e "$dropin" ]; then
+    :
+elif [ -d /etc/mosquitto/conf.d ]; then
+    install -m 0644 "$stage/mosquitto.conf" "$dropin"
+    echo "install: $dropin installed; Mosquitto reads it at its next start (systemctl restart mosquitto)"
+else
+    echo "install: no /etc/mosquitto/conf.d here: if the agent's broker is a Mosquitto elsewhere, copy cross/deb/mosquitto.conf to its conf.d"
+fi
 systemctl daemon-reload
 if [ -n "$restart" ]; then
     systemctl enable edge-agent.service
