@@ -546,6 +546,68 @@ enum DiskFault {
     /// and stops for good, so the agent reopens it once the space is back, and runs again
     /// the events whose commits were in memory only.
     FullDiskNoReserve,
+    /// The disk stops answering writes (`fsfreeze`, as an SD card that stalls for its own
+    /// housekeeping or is failing): nothing fails, a flush just never ends until it thaws.
+    Stall,
+}
+
+/// The disk under a fault: a small tmpfs to fill, or an ext4 on a loop device to freeze.
+enum FaultyDisk {
+    Small(SmallDisk),
+    Loop {
+        disk: PowerDisk,
+        _images: tempfile::TempDir,
+    },
+}
+
+impl FaultyDisk {
+    fn mount(fault: DiskFault, data: &Path) -> Option<Self> {
+        if fault == DiskFault::Stall {
+            let images = tempfile::tempdir().expect("tempdir");
+            let disk = PowerDisk::mount(data, &images.path().join("disk.img"))?;
+            Some(Self::Loop {
+                disk,
+                _images: images,
+            })
+        } else {
+            // The default reserve (64 MiB) on a small disk.
+            SmallDisk::mount(data, 80).map(Self::Small)
+        }
+    }
+
+    /// Brings the fault on; what it returns takes it away when dropped.
+    fn strike(&self) -> Box<dyn std::any::Any> {
+        struct Filler(std::path::PathBuf);
+        impl Drop for Filler {
+            fn drop(&mut self) {
+                std::fs::remove_file(&self.0).expect("free the space");
+            }
+        }
+        struct Frozen(std::path::PathBuf);
+        impl Drop for Frozen {
+            fn drop(&mut self) {
+                // Also when the test fails: a frozen file system cannot be unmounted.
+                let ok = std::process::Command::new("fsfreeze")
+                    .arg("-u")
+                    .arg(&self.0)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "fsfreeze -u {}", self.0.display());
+            }
+        }
+        match self {
+            Self::Small(disk) => Box::new(Filler(disk.fill())),
+            Self::Loop { disk, .. } => {
+                let ok = std::process::Command::new("fsfreeze")
+                    .arg("-f")
+                    .arg(&disk.dir)
+                    .status()
+                    .is_ok_and(|s| s.success());
+                assert!(ok, "fsfreeze -f {} (util-linux)", disk.dir.display());
+                Box::new(Frozen(disk.dir.clone()))
+            }
+        }
+    }
 }
 
 /// Runs the counters and `echo` (no state) on a small disk, brings on `fault` with 100
@@ -557,8 +619,7 @@ async fn pause_and_resume(fault: DiskFault) {
     let broker = Mosquitto::start();
     let (port, url) = (broker.port, broker.url());
     let dir = tempfile::tempdir().expect("tempdir");
-    // The default reserve (64 MiB) on a small disk.
-    let Some(disk) = SmallDisk::mount(&dir.path().join("data"), 80) else {
+    let Some(disk) = FaultyDisk::mount(fault, &dir.path().join("data")) else {
         return;
     };
     let id = format!("disk-{}", std::process::id());
@@ -587,7 +648,7 @@ async fn pause_and_resume(fault: DiskFault) {
         "before the fault"
     );
 
-    let filler = disk.fill();
+    let fault_on = disk.strike();
     for topic in ["p/in", "od/in", "e/in"] {
         publish(&url, topic, 100).await.expect("publish");
     }
@@ -602,20 +663,29 @@ async fn pause_and_resume(fault: DiskFault) {
             counts.seen.insert(m.topic, n);
         }
     }
-    // The agent says why the others wait.
+    // The agent says why the others wait (a stall once a flush has waited 5 s).
     let mut status = Client::connect(port, &[&format!("edge-agent/{id}/status")]).await;
-    let s: edge_agent::messages::Status = status.recv().await.message();
-    let reason = s
-        .degraded
-        .unwrap_or_else(|| panic!("{fault:?}: not degraded"));
-    if fault == DiskFault::FullDisk {
-        assert!(reason.contains("disk is full"), "{reason}");
+    let degraded = async {
+        loop {
+            let s: edge_agent::messages::Status = status.recv().await.message();
+            if let Some(reason) = s.degraded {
+                break reason;
+            }
+        }
+    };
+    let reason = tokio::time::timeout(Duration::from_secs(15), degraded)
+        .await
+        .unwrap_or_else(|_| panic!("{fault:?}: the agent's status never said it was degraded"));
+    match fault {
+        DiskFault::FullDisk => assert!(reason.contains("disk is full"), "{reason}"),
+        DiskFault::Stall => assert!(reason.contains("waited 5 s for the disk"), "{reason}"),
+        DiskFault::FullDiskNoReserve => {}
     }
     // Nothing is counted while the disk fails, beyond commits made in memory before sled
     // met the fault (those are run again later, and counted once).
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    std::fs::remove_file(filler).expect("free the space");
+    drop(fault_on);
     let back = std::time::Instant::now();
     let before = (counts.of("p"), counts.of("od"));
     counts
@@ -664,6 +734,11 @@ async fn a_full_disk_pauses_the_state_functions_until_space_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_met_by_sled_itself_reopens_the_store_and_counts_once() {
     pause_and_resume(DiskFault::FullDiskNoReserve).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_disk_pauses_the_state_functions_and_says_so() {
+    pause_and_resume(DiskFault::Stall).await;
 }
 
 /// A data directory on a read-only file system: the agent does not start, and says which

@@ -28,7 +28,9 @@
 //! from every later call), so the flusher then reopens the store from its files, retrying
 //! with a back-off until that works; commits that were in memory only are lost with the old
 //! handle, and their events, not yet acknowledged, are run again ([`StateStore::durable`]
-//! says `false`). Each function's keys and values together may not exceed
+//! says `false`). A flush that waits [`SLOW_FLUSH`] for a stalled disk makes the store
+//! unavailable in its health too (nothing fails then; the functions that write state just
+//! wait with it). Each function's keys and values together may not exceed
 //! `state.max_bytes_per_function` (a limit the guest sees), so that one function cannot
 //! fill the disk for the others.
 //!
@@ -129,6 +131,10 @@ impl StateError {
 /// reopen after an I/O error, a store opened again in the same process); a second agent on
 /// the same `data_dir` holds it for as long as it runs.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// A flush that takes this long is said in the log (a flush takes about a millisecond on
+/// a healthy disk, tens on a slow SD card; seconds are a stall).
+const SLOW_FLUSH: Duration = Duration::from_secs(5);
 
 /// Waits up to `wait` until nobody holds the lock sled takes on `<dir>/db` (an exclusive
 /// `flock`; sled itself only tries once), and says who holds it if that never happens.
@@ -590,7 +596,7 @@ impl StateStore {
     async fn flush(self: &Arc<Self>, stop: &tokio_util::sync::CancellationToken) {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.flush_once().await {
+            match self.flush_once_or_say_it_waits().await {
                 Ok(()) => {
                     if self.health.borrow().is_some() && self.check_free_space().is_ok() {
                         self.set_health(None);
@@ -615,6 +621,32 @@ impl StateStore {
                 }
             }
         }
+    }
+
+    /// [`Self::flush_once`]; a flush the disk keeps waiting for [`SLOW_FLUSH`] or more
+    /// (a stalled or failing SD card) makes the store unavailable in the health it reports
+    /// until a flush succeeds: nothing fails then, so nothing else would say why the
+    /// functions that write state stopped.
+    async fn flush_once_or_say_it_waits(self: &Arc<Self>) -> Result<(), StateError> {
+        let flush = self.flush_once();
+        tokio::pin!(flush);
+        let started = Instant::now();
+        tokio::select! {
+            done = &mut flush => return done,
+            () = tokio::time::sleep(SLOW_FLUSH) => {}
+        }
+        self.set_health(Some(format!(
+            "a flush has waited {} s for the disk of {} (stalled or failing?)",
+            SLOW_FLUSH.as_secs(),
+            self.dir.display()
+        )));
+        let done = flush.await;
+        tracing::info!(
+            took_ms = started.elapsed().as_millis() as u64,
+            ok = done.is_ok(),
+            "the slow flush is over"
+        );
+        done
     }
 
     /// Waits until the commit that returned `generation` is on disk: `true`; `false` if it
