@@ -904,7 +904,16 @@ fn compile_cached(
     if let Some(component) = cache.and_then(|c| c.get(engine, sha256)) {
         return Ok(component);
     }
-    let component = compile(engine, bytes, path)?;
+    // Said before and after: a large component (Python, JavaScript) takes seconds here and
+    // minutes on a Pi, in which nothing else is logged.
+    let started = std::time::Instant::now();
+    if cache.is_some() {
+        tracing::info!(module = %path().display(), bytes = bytes.len(), "compiling (once: later starts load it from the compile cache)");
+    } else {
+        tracing::info!(module = %path().display(), bytes = bytes.len(), "compiling");
+    }
+    let component = compile(engine, bytes, &path)?;
+    tracing::info!(module = %path().display(), took_ms = started.elapsed().as_millis() as u64, "compiled");
     if let Some(cache) = cache {
         cache.put(engine, sha256, &component);
     }
