@@ -384,6 +384,64 @@ async fn sigterm_finishes_in_flight_events_then_exits_zero() {
     );
 }
 
+/// SIGTERM while the broker cannot be reached: nothing is in flight and nobody is there to
+/// tell, so the agent exits at once, not when its reconnect back-off (here 30 s) or its
+/// grace period (10 s) runs out.
+#[test]
+fn sigterm_without_a_broker_exits_at_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let port = crate::harness::broker_port(); // nothing listens there
+    let config = format!(
+        "[agent]\nid = \"nobroker\"\nshutdown_grace_ms = 10000\n[broker]\n\
+         url = \"mqtt://127.0.0.1:{port}\"\nreconnect_min_ms = 30000\nreconnect_max_ms = 30000\n\
+         [[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"e/in\"]\n\
+         [function.config]\nout_topic = \"out/e\"\n",
+        guest("echo")
+    );
+    std::fs::write(dir.path().join("agent.toml"), config).expect("config");
+    let log = dir.path().join("agent.log");
+    let mut agent = std::process::Command::new(crate::harness::agent_bin())
+        .args(["run", "--config", "agent.toml"])
+        .current_dir(dir.path())
+        .env("RUST_LOG", "info")
+        .stderr(std::fs::File::create(&log).expect("log file"))
+        .spawn()
+        .expect("start the agent");
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !text().contains("cannot connect to the broker") {
+        assert!(
+            Instant::now() < deadline,
+            "no connection failure logged:\n{}",
+            text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &agent.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "kill -TERM");
+    let sent = Instant::now();
+    let status = loop {
+        if let Some(status) = agent.try_wait().expect("try_wait") {
+            break status;
+        }
+        if sent.elapsed() > Duration::from_secs(15) {
+            let _ = agent.kill();
+            panic!("still running 15 s after SIGTERM:\n{}", text());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = sent.elapsed();
+    assert!(status.success(), "{status:?}:\n{}", text());
+    assert!(
+        took < Duration::from_secs(3),
+        "SIGTERM took {took:?} without a broker:\n{}",
+        text()
+    );
+}
+
 /// Under systemd: `READY=1` once subscribed, `WATCHDOG=1` at half `WatchdogSec`, and
 /// `STOPPING=1` at SIGTERM, on a datagram socket standing in for systemd's; and with
 /// `JOURNAL_STREAM` set every log line starts with its syslog priority (here in JSON, with

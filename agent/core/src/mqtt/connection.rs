@@ -660,7 +660,15 @@ impl IntakeTask {
                     if retiring && router.take().is_some() {
                         tracing::info!(connection = %self.link.name(), "connection lost while the function is removed: its queue drains");
                     }
-                    if !self.backoff.failed(&self.link, &e, &force_stop).await {
+                    // A stop of intake cuts the back-off short (the loop then drops the
+                    // router): the stop waits for every intake to let go of its router,
+                    // and waiting out a delay of up to `reconnect_max_ms` for a broker
+                    // that is not there held it for the whole grace period.
+                    let waited = tokio::select! {
+                        waited = self.backoff.failed(&self.link, &e, &force_stop) => waited,
+                        () = &mut intake, if router.is_some() => true,
+                    };
+                    if !waited {
                         break;
                     }
                 }
