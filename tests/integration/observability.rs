@@ -45,6 +45,65 @@ pub fn sample(body: &str, series: &str) -> Option<f64> {
     })
 }
 
+/// Clients that open connections to the metrics listener and send nothing (a port scanner,
+/// a scraper that lost power) cannot take the agent's file descriptors: past 32 at once
+/// a new one is closed as it comes, the log says so once, and scrapes work again as soon
+/// as they let go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_metrics_connections_cannot_take_every_file_descriptor() {
+    let broker = Mosquitto::start();
+    let metrics = broker_port();
+    let config = format!(
+        "[agent]\nid = \"idle\"\n[broker]\nurl = \"{}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+         [[function]]\nname = \"f\"\nmodule = \"{}\"\ntopics = [\"f/in\"]\n\
+         [function.config]\nout_topic = \"out/f\"\n",
+        broker.url(),
+        guest("echo")
+    );
+    let agent = Process::start(&config, broker.port, "idle", &[]).await;
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", agent.pid()))
+            .map(Iterator::count)
+            .unwrap_or(0)
+    };
+    let before = fds();
+    let idle: Vec<std::net::TcpStream> = (0..200)
+        .map(|_| std::net::TcpStream::connect(("127.0.0.1", metrics)).expect("connect"))
+        .collect();
+    // Every one accepted (and the ones over the bound closed) by now.
+    let closed = |mut s: &std::net::TcpStream| {
+        s.set_nonblocking(true).expect("nonblocking");
+        match s.read(&mut [0u8; 1]) {
+            Ok(n) => n == 0,
+            Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    };
+    crate::harness::eventually(
+        "the listener has closed all but 32 of 200 connections",
+        || idle.iter().filter(|s| closed(s)).count() == 200 - 32,
+    )
+    .await;
+    let during = fds();
+    assert!(
+        during <= before + 32,
+        "the agent holds {during} file descriptors with 200 idle connections ({before} before)"
+    );
+    drop(idle);
+    crate::harness::eventually("a scrape after the idle connections went", || {
+        std::panic::catch_unwind(|| get(metrics, "/healthz")).is_ok_and(|r| r.0 == 200)
+    })
+    .await;
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        log.matches("metrics listener: a connection closed at once")
+            .count(),
+        1,
+        "said once a minute, not once per connection:\n{log}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
     let broker = Mosquitto::start();
