@@ -8,6 +8,7 @@
 #   AUTOSAVE    Mosquitto's autosave_interval, seconds (default 30)
 #   AFTER_SAVE  seconds from Mosquitto's save to the cut (default 3.5)
 #   RUNS        default 3
+# KEEP=DIR keeps each run's logs and files in DIR.
 #
 # Mosquitto (persistence on, as Debian has it) keeps its sessions in memory and writes them
 # to disk every `autosave_interval` s (1800 by default) and when it stops. A cut makes it
@@ -40,6 +41,8 @@ echo "rate $rate/s, autosave_interval $autosave s, cut $after s after the save (
 for run in $(seq 1 "$runs"); do
     w="$work/run$run"
     mkdir -p "$w/mq"
+    # Mosquitto runs as its own user: it must reach its folder (mktemp's is root's alone).
+    chmod a+x "$work" "$w"
     chown mosquitto: "$w/mq" 2>/dev/null || chmod 777 "$w/mq"
     port="$(free_port)"
     printf '%s\n' "listener $port 127.0.0.1" "allow_anonymous true" "persistence true" \
@@ -74,7 +77,9 @@ TOML
     sleep "$cut_at"
     kill -9 "$mq" "$agent"
     wait "$mq" "$agent" 2>/dev/null || true
-    grep -q "Saving in-memory database" "$w/m.log" || die "Mosquitto did not save before the cut: $(tail -3 "$w/m.log")"
+    if ! grep -q "Saving in-memory database" "$w/m.log" || grep -q "Error saving" "$w/m.log"; then
+        die "Mosquitto did not save before the cut: $(tail -3 "$w/m.log")"
+    fi
     mosquitto -c "$w/m.conf" >>"$w/m.log" 2>&1 &
     mq=$!
     pids+=("$mq")
@@ -92,9 +97,13 @@ TOML
 import json, re, sys
 outs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 twice = [o["topic"] for o in outs if o["count"] > 1]
-replayed = re.findall(r"function totals .*replayed=(\d+)", open(sys.argv[2]).read())
+log = open(sys.argv[2]).read()
+replayed = re.findall(r"function totals .*replayed=(\d+)", log)
+if "session_present=true" not in log:
+    sys.exit(f"run {sys.argv[3]}: Mosquitto did not restore the agent's session from its save")
 print(f"run {sys.argv[3]}: outputs after the cut {len(outs)}, counted twice {len(twice)}, "
       f"replayed {replayed[0] if replayed else '?'}; sensor: {sys.argv[4]}")
 PY
     kill "$mq" 2>/dev/null || true
+    [[ -z ${KEEP:-} ]] || cp -r "$w" "$KEEP/run$run"
 done
