@@ -42,6 +42,26 @@ const CLOSED_YOUNG_HINT: &str = "the broker keeps closing this connection right 
      `agent.id` or `broker.client_id` on one broker take each other's sessions in turn: give \
      each its own), or the broker refuses something this connection sends (its log says which)";
 
+/// Whether `e` is a TLS handshake that failed on the certificate's validity period (not
+/// yet valid, or expired): on a device without a real-time clock, before it has the time
+/// from the network, that is the device's clock, not the certificate.
+fn certificate_out_of_time(e: &ConnectionError) -> bool {
+    use rustls::CertificateError as C;
+    let tls = match e {
+        ConnectionError::Tls(rumqttc::TlsError::TLS(r)) => Some(r),
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => io
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        _ => None,
+    };
+    matches!(
+        tls,
+        Some(rustls::Error::InvalidCertificate(
+            C::NotValidYet | C::NotValidYetContext { .. } | C::Expired | C::ExpiredContext { .. }
+        ))
+    )
+}
+
 /// After a removed function's unsubscriptions are confirmed, how long its intake goes on
 /// reading with nothing arriving before it takes the broker to have sent all it had.
 const QUIET: Duration = Duration::from_millis(500);
@@ -290,6 +310,11 @@ impl Backoff {
                 }
                 ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
                     "the broker refused the client id (`broker.client_id`); retrying"
+                }
+                _ if certificate_out_of_time(e) => {
+                    "the broker's certificate is not valid at this device's time: if the \
+                     device has no real-time clock (a Raspberry Pi) and has not had the time \
+                     from the network yet, this ends when it does; retrying"
                 }
                 _ if held.is_none() => "cannot connect to the broker; retrying",
                 _ => "broker connection lost; reconnecting",
@@ -746,6 +771,26 @@ pub async fn send_acks(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A handshake that failed on the certificate's dates is told apart (tokio-rustls
+    /// hands rustls's error over inside an `io::Error`), and no other failure is.
+    #[test]
+    fn a_certificate_out_of_its_dates_is_recognised() {
+        use rustls::CertificateError as C;
+        let handshake = |c: C| {
+            let io = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(c),
+            );
+            ConnectionError::Tls(rumqttc::TlsError::Io(io))
+        };
+        assert!(certificate_out_of_time(&handshake(C::NotValidYet)));
+        assert!(certificate_out_of_time(&handshake(C::Expired)));
+        assert!(!certificate_out_of_time(&handshake(C::UnknownIssuer)));
+        assert!(!certificate_out_of_time(
+            &ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
+        ));
+    }
 
     /// The loops poll one `Cancelled` per token again and again: pending while the token
     /// stands, ready once it is cancelled, and ready at every poll after that (the intake
