@@ -132,8 +132,9 @@ impl StateError {
 /// the same `data_dir` holds it for as long as it runs.
 const LOCK_WAIT: Duration = Duration::from_secs(2);
 
-/// A flush that takes this long is said in the log (a flush takes about a millisecond on
-/// a healthy disk, tens on a slow SD card; seconds are a stall).
+/// A flush still under way after this long makes the store report itself unavailable
+/// (health, status, log) until a flush succeeds: a flush takes about a millisecond on a
+/// healthy disk and tens on a slow SD card; seconds are a stall.
 const SLOW_FLUSH: Duration = Duration::from_secs(5);
 
 /// Waits up to `wait` until nobody holds the lock sled takes on `<dir>/db` (an exclusive
