@@ -549,6 +549,9 @@ enum DiskFault {
     /// The disk stops answering writes (`fsfreeze`, as an SD card that stalls for its own
     /// housekeeping or is failing): nothing fails, a flush just never ends until it thaws.
     Stall,
+    /// The disk is full when the agent starts (a restart, a reboot): sled cannot open the
+    /// store at all, and the agent starts without it.
+    FullAtStart,
 }
 
 /// The disk under a fault: a small tmpfs to fill, or an ext4 on a loop device to freeze.
@@ -648,7 +651,14 @@ async fn pause_and_resume(fault: DiskFault) {
         "before the fault"
     );
 
-    let fault_on = disk.strike();
+    let (agent, fault_on) = if fault == DiskFault::FullAtStart {
+        let (status, log, dir) = agent.stop_keeping_dir();
+        assert!(status.success(), "{log}");
+        let fault_on = disk.strike();
+        (Process::start_in(dir, &config, port, &id).await, fault_on)
+    } else {
+        (agent, disk.strike())
+    };
     for topic in ["p/in", "od/in", "e/in"] {
         publish(&url, topic, 100).await.expect("publish");
     }
@@ -677,7 +687,9 @@ async fn pause_and_resume(fault: DiskFault) {
         .await
         .unwrap_or_else(|_| panic!("{fault:?}: the agent's status never said it was degraded"));
     match fault {
-        DiskFault::FullDisk => assert!(reason.contains("disk is full"), "{reason}"),
+        DiskFault::FullDisk | DiskFault::FullAtStart => {
+            assert!(reason.contains("disk is full"), "{reason}");
+        }
         DiskFault::Stall => assert!(reason.contains("waited 5 s for the disk"), "{reason}"),
         DiskFault::FullDiskNoReserve => {}
     }
@@ -739,6 +751,14 @@ async fn a_full_disk_met_by_sled_itself_reopens_the_store_and_counts_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_disk_pauses_the_state_functions_and_says_so() {
     pause_and_resume(DiskFault::Stall).await;
+}
+
+/// Started on a full disk, the agent runs the functions without state and opens the store
+/// once there is room (before, it exited at start-up, and systemd restarted it every 2 s:
+/// no function ran at all).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_started_on_a_full_disk_runs_and_opens_its_store_when_there_is_room() {
+    pause_and_resume(DiskFault::FullAtStart).await;
 }
 
 /// A data directory on a read-only file system: the agent does not start, and says which

@@ -705,6 +705,8 @@ pub(super) fn drop_stale_shadows(state: &StateStore, config: &Config) {
             tracing::info!(namespaces = ?dropped, "state of shadows no longer configured dropped");
         }
         Ok(_) => {}
+        // Not open yet (a full disk at start-up): the next start drops them.
+        Err(crate::state::StateError::Reopening) => {}
         Err(e) => tracing::warn!("cannot drop the state of removed shadows: {e}"),
     }
 }

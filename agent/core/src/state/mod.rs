@@ -28,7 +28,9 @@
 //! from every later call), so the flusher then reopens the store from its files, retrying
 //! with a back-off until that works; commits that were in memory only are lost with the old
 //! handle, and their events, not yet acknowledged, are run again ([`StateStore::durable`]
-//! says `false`). A flush that waits [`SLOW_FLUSH`] for a stalled disk makes the store
+//! says `false`). A disk already full at start-up leaves the store without a database
+//! until there is room ([`StateStore::open`]), its namespaces waiting for their trees as
+//! during a reopen. A flush that waits [`SLOW_FLUSH`] for a stalled disk makes the store
 //! unavailable in its health too (nothing fails then; the functions that write state just
 //! wait with it). Each function's keys and values together may not exceed
 //! `state.max_bytes_per_function` (a limit the guest sees), so that one function cannot
@@ -113,8 +115,11 @@ pub enum StateError {
     /// The call reached its deadline while another call of the function held the state.
     #[error("state busy: another call of this function held it until this call's deadline")]
     Busy,
-    /// The store is being reopened after an I/O error, or the call began before that.
-    #[error("the state store is being reopened after an I/O error")]
+    /// The store is being reopened after an I/O error, or the call began before that, or
+    /// it is waiting for room on the disk to open at all.
+    #[error(
+        "the state store is not open: being reopened after an I/O error, or waiting for room on the disk"
+    )]
     Reopening,
 }
 
@@ -213,6 +218,9 @@ pub struct StateStore {
     unapplied: Mutex<Vec<Arc<Namespace>>>,
     /// After how many ms a flush still under way is reported ([`SLOW_FLUSH`]; 0: never).
     slow_flush_ms: AtomicU64,
+    /// Whether a database was ever opened: `false` while a store that met a full disk at
+    /// start-up waits for room ([`StateStore::open`]).
+    opened: std::sync::atomic::AtomicBool,
 }
 
 impl StateStore {
@@ -222,9 +230,27 @@ impl StateStore {
     /// [`StateError::Open`] if sled cannot open it.
     pub fn open(data_dir: &Path, limits: &StateConfig) -> Result<Arc<Self>, StateError> {
         let dir = data_dir.join("state");
-        let db = Self::open_db(&dir, limits)?;
-        Ok(Arc::new(Self {
-            db: RwLock::new(Some(db)),
+        // A full disk at start-up (sled writes as it opens) is the disk's fault, as it is
+        // later: the agent starts without a database, the functions that write no state
+        // run, the others wait as on a full disk, and the flusher opens it once there is
+        // room. Any other failure stops the start.
+        let (db, health) = match Self::open_db(&dir, limits) {
+            Ok(db) => (Some(db), None),
+            Err(StateError::Open {
+                dir: shown,
+                source: sled::Error::Io(e),
+            }) if e.kind() == std::io::ErrorKind::StorageFull => {
+                let why = format!(
+                    "the disk is full: the state store in {shown} cannot be opened ({e}); it is \
+                     opened once there is room"
+                );
+                (None, Some(why))
+            }
+            Err(e) => return Err(e),
+        };
+        let opened = db.is_some();
+        let store = Arc::new(Self {
+            db: RwLock::new(db),
             dir,
             namespaces: Mutex::default(),
             epoch: AtomicU64::new(0),
@@ -237,8 +263,11 @@ impl StateStore {
             dirty: Notify::new(),
             commits: AtomicU64::new(0),
             slow_flush_ms: AtomicU64::new(SLOW_FLUSH.as_millis() as u64),
+            opened: std::sync::atomic::AtomicBool::new(opened),
             unapplied: Mutex::default(),
-        }))
+        });
+        store.set_health(health);
+        Ok(store)
     }
 
     fn open_db(dir: &Path, limits: &StateConfig) -> Result<sled::Db, StateError> {
@@ -262,6 +291,16 @@ impl StateStore {
             })
     }
 
+    /// A namespace's life, given the largest incarnation among its receipts: after the
+    /// receipts of earlier runs even when the clock has gone back since (a device without
+    /// a real-time clock, restarted before it has the time again), they must stay "before
+    /// this life", and no new delivery may take their numbers.
+    fn life_after(&self, last_receipt: u64) -> u64 {
+        let life = self.life.max(last_receipt.saturating_add(1));
+        crate::event::no_incarnation_below(life);
+        life
+    }
+
     fn db(&self) -> Result<sled::Db, StateError> {
         let db = self.db.read().unwrap_or_else(|p| p.into_inner());
         db.clone().ok_or(StateError::Reopening)
@@ -283,18 +322,25 @@ impl StateStore {
         {
             return Ok(ns);
         }
-        let tree = self.db()?.open_tree(&name)?;
-        let (keys, bytes, last) = Namespace::count(&tree)?;
-        // After the receipts of earlier runs even when the clock has gone back since (a
-        // device without a real-time clock, restarted before it has the time again):
-        // they must stay "before this life", and no new delivery may take their numbers.
-        let life = self.life.max(last.saturating_add(1));
-        crate::event::no_incarnation_below(life);
+        // Without a database (not opened yet: the disk was full at start-up) the
+        // namespace waits for its tree like one being reopened: its calls are told the
+        // store is unavailable, and `reopen` gives it its tree, counts and life.
+        let opened = match self.db.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            Some(db) => Some(db.open_tree(&name)?),
+            None => None,
+        };
+        let (keys, bytes, life) = match &opened {
+            Some(tree) => {
+                let (keys, bytes, last) = Namespace::count(tree)?;
+                (keys, bytes, self.life_after(last))
+            }
+            None => (0, 0, self.life),
+        };
         let ns = Arc::new(Namespace {
             store: self.clone(),
             name,
-            life,
-            tree: RwLock::new(Some(tree)),
+            life: AtomicU64::new(life),
+            tree: RwLock::new(opened),
             keys: AtomicU64::new(keys),
             bytes: AtomicU64::new(bytes),
             commits: AtomicU64::new(0),
@@ -376,15 +422,20 @@ impl StateStore {
         let db = Self::open_db(&self.dir, &self.limits)?;
         for ns in &namespaces {
             let tree = db.open_tree(&ns.name)?;
-            let (keys, bytes, _) = Namespace::count(&tree)?;
+            let (keys, bytes, last) = Namespace::count(&tree)?;
             ns.keys.store(keys, Ordering::Release);
             ns.bytes.store(bytes, Ordering::Release);
+            ns.life.fetch_max(self.life_after(last), Ordering::AcqRel);
             *ns.tree.write().unwrap_or_else(|p| p.into_inner()) = Some(tree);
         }
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
-        tracing::warn!(
-            "state store reopened after an I/O error; the events of commits that were not on disk run again"
-        );
+        if !self.opened.swap(true, Ordering::AcqRel) {
+            tracing::info!("state store opened: there is room on the disk now");
+        } else {
+            tracing::warn!(
+                "state store reopened after an I/O error; the events of commits that were not on disk run again"
+            );
+        }
         Ok(())
     }
 
@@ -465,6 +516,7 @@ impl StateStore {
         let mut last: Option<(tokio::time::Instant, u64)> = None;
         let mut rate = 0.0f64;
         let mut allowance = flush_allowance(cap);
+        self.open_when_there_is_room(&stop).await;
         loop {
             tokio::select! {
                 () = self.dirty.notified() => {}
@@ -527,6 +579,32 @@ impl StateStore {
         // On the way out, once: a store that fails now is left as it is on disk.
         if self.flush_once().await.is_ok() {
             tracing::info!(flushes = self.flushes(), "state store closed");
+        }
+    }
+
+    /// For a store that met a full disk at start-up ([`StateStore::open`]): tries to open
+    /// it, every 0.1 s doubling to 1 s (as a paused call is retried), until it opens (or
+    /// `stop`); then it is available.
+    async fn open_when_there_is_room(self: &Arc<Self>, stop: &tokio_util::sync::CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !self.opened.load(Ordering::Acquire) {
+            tokio::select! {
+                () = tokio::time::sleep(backoff) => {}
+                () = stop.cancelled() => return,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(1));
+            let store = self.clone();
+            match tokio::task::spawn_blocking(move || store.reopen()).await {
+                Ok(Ok(())) => {
+                    if self.check_free_space().is_ok() {
+                        self.set_health(None);
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %crate::failure::chain(&e), "state store not opened yet")
+                }
+                Err(e) => tracing::error!(error = %e, "opening the state store panicked"),
+            }
         }
     }
 
@@ -722,8 +800,9 @@ pub struct Namespace {
     /// Its tree's name.
     name: String,
     /// No incarnation of this run of the agent is smaller, and every receipt it had when
-    /// it was opened is ([`Receipt::answers`]).
-    life: u64,
+    /// it was opened is ([`Receipt::answers`]). Raised when its tree comes later (a store
+    /// opened only once the disk had room).
+    life: AtomicU64,
     /// `None` while the store is being reopened.
     tree: RwLock<Option<sled::Tree>>,
     /// The guest's keys, committed.
@@ -1065,7 +1144,7 @@ impl Namespace {
         let Some(v) = self.read(&Receipt::key(pkid))? else {
             return Ok(None);
         };
-        let life = self.life;
+        let life = self.life.load(Ordering::Acquire);
         Ok(Receipt::decode(pkid, &v).filter(|r| r.answers(checksum, incarnation, life)))
     }
 
