@@ -593,17 +593,25 @@ impl StateStore {
                 () = stop.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
-            let store = self.clone();
-            match tokio::task::spawn_blocking(move || store.reopen()).await {
-                Ok(Ok(())) => {
-                    if self.check_free_space().is_ok() {
-                        self.set_health(None);
-                    }
-                }
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %crate::failure::chain(&e), "state store not opened yet")
-                }
-                Err(e) => tracing::error!(error = %e, "opening the state store panicked"),
+            if self.reopen_off_thread().await && self.check_free_space().is_ok() {
+                self.set_health(None);
+            }
+        }
+    }
+
+    /// [`StateStore::reopen`] on a blocking thread: whether it worked (why not is logged at
+    /// debug level: the callers try again).
+    async fn reopen_off_thread(self: &Arc<Self>) -> bool {
+        let store = self.clone();
+        match tokio::task::spawn_blocking(move || store.reopen()).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %crate::failure::chain(&e), "state store not opened yet");
+                false
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "opening the state store panicked");
+                false
             }
         }
     }
@@ -692,14 +700,7 @@ impl StateStore {
                         () = stop.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    let store = self.clone();
-                    match tokio::task::spawn_blocking(move || store.reopen()).await {
-                        Ok(Ok(())) => {}
-                        Ok(Err(e)) => {
-                            tracing::debug!(error = %crate::failure::chain(&e), "state store not reopened yet")
-                        }
-                        Err(e) => tracing::error!(error = %e, "reopening the state store panicked"),
-                    }
+                    self.reopen_off_thread().await;
                 }
             }
         }
