@@ -322,12 +322,15 @@ impl StateStore {
         {
             return Ok(ns);
         }
-        // Without a database (not opened yet: the disk was full at start-up) the
-        // namespace waits for its tree like one being reopened: its calls are told the
-        // store is unavailable, and `reopen` gives it its tree, counts and life.
-        let opened = match self.db.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
-            Some(db) => Some(db.open_tree(&name)?),
-            None => None,
+        // Without a database yet (the disk was full at start-up) the namespace waits for
+        // its tree like one being reopened: its calls are told the store is unavailable,
+        // and `reopen` (which holds `namespaces` throughout, so it cannot miss this one)
+        // gives it its tree, counts and life. While an opened store is being reopened,
+        // asking for a namespace is refused, as it was.
+        let opened = match self.db() {
+            Ok(db) => Some(db.open_tree(&name)?),
+            Err(StateError::Reopening) if !self.opened.load(Ordering::Acquire) => None,
+            Err(e) => return Err(e),
         };
         let (keys, bytes, life) = match &opened {
             Some(tree) => {
@@ -393,10 +396,12 @@ impl StateStore {
     /// The store could not be opened again (the disk still fails): it stays closed, and
     /// every state access says [`StateError::Reopening`] until a later try works.
     fn reopen(&self) -> Result<(), StateError> {
-        let namespaces: Vec<Arc<Namespace>> = {
-            let all = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
-            all.iter().filter_map(std::sync::Weak::upgrade).collect()
-        };
+        // Held to the end: a namespace asked for meanwhile is either in this list or made
+        // after the new database is in place (the same order as `namespace`: this lock,
+        // then the database's).
+        let all = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
+        let namespaces: Vec<Arc<Namespace>> =
+            all.iter().filter_map(std::sync::Weak::upgrade).collect();
         if self.db.read().unwrap_or_else(|p| p.into_inner()).is_some() {
             // Calls that began on the old handle may not commit on the new one: what they
             // read may be among the lost commits.
@@ -429,7 +434,9 @@ impl StateStore {
             *ns.tree.write().unwrap_or_else(|p| p.into_inner()) = Some(tree);
         }
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
-        if !self.opened.swap(true, Ordering::AcqRel) {
+        let first = !self.opened.swap(true, Ordering::AcqRel);
+        drop(all);
+        if first {
             tracing::info!("state store opened: there is room on the disk now");
         } else {
             tracing::warn!(
