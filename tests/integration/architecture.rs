@@ -24,6 +24,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("event", 1),
     ("failure", 1),
     ("clock", 1),
+    ("files", 1),
     ("rate", 1),
     ("tasks", 1),
     ("messages", 1),

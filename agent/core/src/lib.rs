@@ -6,7 +6,7 @@
 //! 1. plain data and pure logic: [`config`], [`topic`] (the MQTT topic grammar),
 //!    [`event`] (an event on its way in, a message on its way out, and the narrow
 //!    [`event::Release`] through which a finished event is acknowledged), [`failure`] (the
-//!    failure kinds and exit statuses), [`clock`], [`rate`] (a token bucket), [`tasks`]
+//!    failure kinds and exit statuses), [`clock`], [`files`] (files replaced whole), [`rate`] (a token bucket), [`tasks`]
 //!    (the background tasks that the stop sequence owns), [`messages`] (what the agent
 //!    publishes about itself, typed once for the agent and its clients), [`deployment`]
 //!    (signed deployment documents and their chunked modules);
@@ -38,6 +38,7 @@ pub mod daemon;
 pub mod deployment;
 pub mod event;
 pub mod failure;
+pub mod files;
 pub mod messages;
 pub mod metrics;
 pub mod mqtt;

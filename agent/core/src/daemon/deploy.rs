@@ -802,7 +802,7 @@ impl Deployer {
         };
         let body = serde_json::to_vec(&self.record).unwrap_or_default();
         if let Err(e) = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| super::reload::replace_file(&self.dir.join("record.json"), &body))
+            .and_then(|()| crate::files::replace(&self.dir.join("record.json"), &body))
         {
             tracing::error!(dir = %self.dir.display(), "cannot record the deployment tried: {e}");
         }
@@ -902,5 +902,5 @@ fn write_module(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    super::reload::replace_file(path, bytes)
+    crate::files::replace(path, bytes)
 }

@@ -617,13 +617,13 @@ impl Reloader {
         stop: &CancellationToken,
     ) -> std::io::Result<ReloadReport> {
         let before = std::fs::read_to_string(&self.path)?;
-        if let Err(e) = blocking(|| replace_file(&self.path, text.as_bytes())) {
+        if let Err(e) = blocking(|| crate::files::replace(&self.path, text.as_bytes())) {
             tracing::warn!(%trigger, file = %self.path.display(), "cannot write the config file: {e}");
             return Err(e);
         }
         let report = self.reload(trigger, stop).await;
         if !report.ok {
-            let _ = blocking(|| replace_file(&self.path, before.as_bytes()));
+            let _ = blocking(|| crate::files::replace(&self.path, before.as_bytes()));
             // Some of it was put in force: take it back too.
             if report.error.is_none() {
                 tracing::warn!(%trigger, "the new config did not come up in full; going back to the one before");
@@ -709,26 +709,6 @@ pub(super) fn drop_stale_shadows(state: &StateStore, config: &Config) {
         Err(crate::state::StateError::Reopening) => {}
         Err(e) => tracing::warn!("cannot drop the state of removed shadows: {e}"),
     }
-}
-
-/// Replaces the file at `path` by `bytes` atomically (a temporary file beside it, synced,
-/// then renamed), keeping its permissions: the file on disk is always whole.
-pub(super) fn replace_file(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = path.with_extension("part");
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        if let Ok(m) = std::fs::metadata(path) {
-            f.set_permissions(m.permissions())?;
-        }
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    });
-    if written.is_err() {
-        // A half-written copy on a full disk would keep it full.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
 }
 
 /// Runs `work`, which blocks (compiling takes a while), off the async workers' hands on a

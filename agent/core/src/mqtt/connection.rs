@@ -509,15 +509,12 @@ impl SessionFilters {
     }
 }
 
-/// Writes `text` to `file` whole: into a file beside it, then renamed over it.
+/// Writes `text` to `file` whole ([`crate::files::replace`]).
 fn write_replacing(file: &std::path::Path, text: &str) -> std::io::Result<()> {
     if let Some(dir) = file.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let mut tmp = file.as_os_str().to_owned();
-    tmp.push(".tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, file)
+    crate::files::replace(file, text.as_bytes())
 }
 
 impl IntakeTask {

@@ -785,13 +785,8 @@ impl CompileCache {
                         self.reserve_bytes / (1024 * 1024)
                     ));
                 }
-                let tmp = path.with_extension("tmp");
-                std::fs::write(&tmp, &bytes)
-                    .and_then(|()| std::fs::rename(&tmp, &path))
-                    .map_err(|e| {
-                        let _ = std::fs::remove_file(&tmp);
-                        e.to_string()
-                    })
+                // Synced before it is named: native code this agent will run must be whole.
+                crate::files::replace(&path, &bytes).map_err(|e| e.to_string())
             });
         match written {
             Ok(()) => {
@@ -804,7 +799,8 @@ impl CompileCache {
     }
 
     /// Removes the entries of modules other than `keep` (SHA-256s): the versions no
-    /// function uses any more. Returns how many bytes it freed.
+    /// function uses any more, and what a stop in the middle of writing one left. Returns
+    /// how many bytes it freed.
     pub fn prune(&self, keep: &[&str]) -> u64 {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
@@ -813,7 +809,7 @@ impl CompileCache {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if keep.iter().any(|k| name.starts_with(&format!("{k}-"))) {
+            if !name.ends_with(".part") && keep.iter().any(|k| name.starts_with(&format!("{k}-"))) {
                 continue;
             }
             let len = e.metadata().map(|m| m.len()).unwrap_or(0);

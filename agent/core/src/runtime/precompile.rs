@@ -69,7 +69,8 @@ pub fn precompile(
             .file_stem()
             .ok_or_else(|| err(LoadError::NoFileName))?;
         let path = out.join(stem).with_extension("cwasm");
-        std::fs::write(&path, &compiled).map_err(|source| {
+        // Whole or not at all: an agent watching this folder never loads part of it.
+        crate::files::replace(&path, &compiled).map_err(|source| {
             err(LoadError::Write {
                 path: path.clone(),
                 source,

@@ -1,0 +1,72 @@
+//! Files the agent writes whole: a power cut leaves the old file or the new one, never a
+//! part of the new one.
+
+use std::io::Write as _;
+use std::path::Path;
+
+/// Replaces the file at `path` by `bytes` atomically: written to a file beside it, synced,
+/// then renamed over it, keeping the old file's permissions.
+///
+/// The sync comes before the rename: without it a file system may make the rename durable
+/// before the data (ext4 commits metadata every 5 s and writes data back later; other file
+/// systems order them less), and a power cut in between leaves a file of the new name that
+/// is empty or partly zeros. For a compiled module that is native code the agent would run.
+pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    // Beside it, its whole name and `.part`: files that differ only after their last dot
+    // (the session files `<client id>.<function>`) each get their own.
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".part");
+    let tmp = std::path::PathBuf::from(tmp);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        if let Ok(m) = std::fs::metadata(path) {
+            f.set_permissions(m.permissions())?;
+        }
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    });
+    if written.is_err() {
+        // A half-written copy on a full disk would keep it full.
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_replaced_file_is_whole_and_keeps_its_permissions() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(&path, "old").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+        replace(&path, b"new").unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"new");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o640);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(names, ["agent.toml"], "no file left beside it");
+    }
+
+    #[test]
+    fn a_failed_replace_leaves_nothing_beside_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // A non-empty directory where the file goes: the rename fails.
+        let path = dir.path().join("cache");
+        std::fs::create_dir(&path).unwrap();
+        std::fs::write(path.join("inside"), "x").unwrap();
+        assert!(replace(&path, b"new").is_err());
+        assert!(
+            !dir.path().join("cache.part").exists(),
+            "the copy beside it is removed"
+        );
+        assert!(path.join("inside").exists());
+    }
+}
