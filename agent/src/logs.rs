@@ -68,8 +68,10 @@ where
 /// device build).
 fn filter(verbose: u8, rust_log: Option<&str>) -> (Targets, Option<String>) {
     let default = match verbose {
-        // rumqttd logs ordinary client disconnects as errors: silent unless asked for.
-        0 => "info,rumqttd=off,rumqttc=warn",
+        // rumqttd logs ordinary client disconnects as errors: silent unless asked for,
+        // but for its warning that a subscriber fell behind its log and lost messages
+        // (crate::mqtt::broker's SEGMENTS).
+        0 => "info,rumqttd=off,rumqttd::segments=warn,rumqttc=warn",
         1 => "debug,rumqttd=warn,rumqttc=info,cranelift_codegen=info,wasmtime=info",
         _ => "trace",
     };
@@ -149,6 +151,7 @@ mod tests {
         assert!(t.would_enable("edge_agent::pipeline", &Level::INFO));
         assert!(!t.would_enable("edge_agent::pipeline", &Level::DEBUG));
         assert!(!t.would_enable("rumqttd::router", &Level::ERROR));
+        assert!(t.would_enable("rumqttd::segments", &Level::WARN));
         let (t, w) = filter(0, Some("warn,edge_agent::state=trace"));
         assert!(w.is_none());
         assert!(t.would_enable("edge_agent::state::store", &Level::TRACE));

@@ -423,6 +423,16 @@ pub struct Process {
     _dir: tempfile::TempDir,
 }
 
+/// The resident memory of process `pid`, in KiB (0 if it cannot be read).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
 pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_edge-agent")
 }

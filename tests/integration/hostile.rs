@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use crate::harness::{
-    Agent, Client, Mosquitto, Process, checks_latency, embedded, eventually, guest, unique,
+    Agent, Client, Mosquitto, Process, checks_latency, embedded, eventually, guest, rss_kib, unique,
 };
 
 struct Setup {
@@ -68,15 +68,6 @@ async fn kind_of(s: &mut Setup, topic: &str, payload: impl Into<Vec<u8>>) -> Str
         m.text()
     );
     m.message::<edge_agent::messages::DeadLetter>().kind
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -89,6 +89,21 @@ pub fn start(cfg: &Config) -> Result<SocketAddr, MqttError> {
 /// `broker.max_packet_bytes` if larger. It holds a message whole while it routes it.
 const EMBEDDED_MAX_PACKET: usize = 16 * 1024 * 1024;
 
+/// rumqttd keeps every message it routes in a log per subscription filter, delivered or
+/// not, and drops a log's oldest segment only once it has `SEGMENTS` of `SEGMENT_BYTES`
+/// (counting topic and payload bytes; each message takes about 200 bytes more memory).
+/// The log is also each subscriber's queue, and publishers are acknowledged at once, so a
+/// burst lands in it whole: a subscriber (the agent's intake) that falls further behind
+/// than its log reaches skips to the log's start, losing what was between (rumqttd then
+/// warns "jumping to head", which the agent's log shows). So these bound both the
+/// broker's memory and the burst it absorbs: 24-32 MiB of topics and payloads per filter,
+/// 24,000 events of 1 KB at least (about 45 MB of memory) or 600,000 of 40 bytes (about
+/// 180 MB), like the 32 MiB per client the package sets for Mosquitto
+/// (cross/deb/mosquitto.conf). Until 2026-12-06 it was 10 of 100 MiB, 1 GiB per filter,
+/// which a demo filled by 85 MB per 50,000 events of 1 KB and never gave back.
+const SEGMENT_BYTES: usize = 8 * 1024 * 1024;
+const SEGMENTS: usize = 4;
+
 /// rumqttd's configuration: one plain-TCP listener on `listen`, with the agent's
 /// credentials when it has some.
 fn broker_config(cfg: &Config, listen: SocketAddr) -> rumqttd::Config {
@@ -118,8 +133,8 @@ fn broker_config(cfg: &Config, listen: SocketAddr) -> rumqttd::Config {
         router: rumqttd::RouterConfig {
             max_connections: 1000,
             max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: SEGMENT_BYTES,
+            max_segment_count: SEGMENTS,
             ..Default::default()
         },
         v4: Some(HashMap::from([("1".to_string(), server)])),
