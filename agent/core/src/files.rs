@@ -3,6 +3,11 @@
 
 use std::io::Write as _;
 use std::path::Path;
+use std::time::Duration;
+
+/// How long a disk may keep the agent waiting before it says so: a stalled or failing SD
+/// card, not a slow one.
+pub const SLOW_DISK: Duration = Duration::from_secs(5);
 
 /// Replaces the file at `path` by `bytes` atomically: written to a file beside it, synced,
 /// then renamed over it, keeping the old file's permissions.
@@ -30,6 +35,32 @@ pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written
+}
+
+/// Runs `work` on the disk of `path`; if it keeps waiting [`SLOW_DISK`], says so (as
+/// `what`), and how long it took once it ends. For the disk work of a start, before the
+/// agent has said anything else: a stalled card otherwise left it silent until the disk
+/// answered.
+pub fn said_if_slow<T>(what: &str, path: &Path, work: impl FnOnce() -> T) -> T {
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let (what, shown) = (what.to_string(), path.display().to_string());
+    let started = std::time::Instant::now();
+    let watcher = std::thread::Builder::new()
+        .name("slow-disk".into())
+        .spawn(move || {
+            if wait.recv_timeout(SLOW_DISK) == Err(std::sync::mpsc::RecvTimeoutError::Timeout) {
+                tracing::warn!(path = %shown, "{what} has waited {} s for the disk (stalled or failing?); the start goes on once it answers", SLOW_DISK.as_secs());
+                let _ = wait.recv();
+                let took_ms = started.elapsed().as_millis() as u64;
+                tracing::info!(path = %shown, took_ms, "{what}: the disk answered");
+            }
+        });
+    let result = work();
+    drop(done);
+    if let Ok(w) = watcher {
+        let _ = w.join();
+    }
+    result
 }
 
 #[cfg(test)]

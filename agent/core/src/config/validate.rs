@@ -239,13 +239,17 @@ impl Config {
             return Err(err(format!("{} is not a directory", existing.display())));
         }
         let probe = real.join(format!(".edge-agent-probe-{}", std::process::id()));
-        match std::fs::File::create(&probe) {
-            Ok(_) => {
-                let _ = std::fs::remove_file(&probe);
-                Ok(())
-            }
-            Err(e) => Err(err(format!("cannot write in {}: {e}", real.display()))),
-        }
+        let write = || {
+            std::fs::File::create(&probe)?;
+            let _ = std::fs::remove_file(&probe);
+            Ok::<_, std::io::Error>(())
+        };
+        crate::files::said_if_slow(
+            "checking that the data directory can be written",
+            &real,
+            write,
+        )
+        .map_err(|e| err(format!("cannot write in {}: {e}", real.display())))
     }
 
     /// `[agent]`.

@@ -140,7 +140,7 @@ const LOCK_WAIT: Duration = Duration::from_secs(2);
 /// A flush still under way after this long makes the store report itself unavailable
 /// (health, status, log) until a flush succeeds: a flush takes about a millisecond on a
 /// healthy disk and tens on a slow SD card; seconds are a stall.
-const SLOW_FLUSH: Duration = Duration::from_secs(5);
+const SLOW_FLUSH: Duration = crate::files::SLOW_DISK;
 
 /// Waits up to `wait` until nobody holds the lock sled takes on `<dir>/db` (an exclusive
 /// `flock`; sled itself only tries once), and says who holds it if that never happens.
@@ -234,7 +234,12 @@ impl StateStore {
         // later: the agent starts without a database, the functions that write no state
         // run, the others wait as on a full disk, and the flusher opens it once there is
         // room. Any other failure stops the start.
-        let (db, health) = match Self::open_db(&dir, limits) {
+        let opening = || Self::open_db(&dir, limits);
+        let (db, health) = match crate::files::said_if_slow(
+            "opening the state store",
+            &dir,
+            opening,
+        ) {
             Ok(db) => (Some(db), None),
             Err(StateError::Open {
                 dir: shown,
