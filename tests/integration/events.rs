@@ -863,8 +863,11 @@ async fn compiled_modules_are_kept_between_starts() {
 
     // What a stop in the middle of writing an entry leaves beside it goes too, even for a
     // module in use.
-    let leftover = format!("{}-0123456789abcdef.cwasm.part", sha("counter"));
-    std::fs::write(dir.path().join("data/compiled").join(leftover), b"half").expect("leftover");
+    // (`.tmp` was the name of that copy until 2026-12-06.)
+    for leftover in [".cwasm.part", ".tmp"] {
+        let name = format!("{}-0123456789abcdef{leftover}", sha("counter"));
+        std::fs::write(dir.path().join("data/compiled").join(name), b"half").expect("leftover");
+    }
     let agent = Process::start_in(dir, &config("counter"), broker.port, "cache").await;
     let (_, log, dir) = agent.stop_keeping_dir();
     let now = entries(dir.path());

@@ -799,8 +799,8 @@ impl CompileCache {
     }
 
     /// Removes the entries of modules other than `keep` (SHA-256s): the versions no
-    /// function uses any more, and what a stop in the middle of writing one left. Returns
-    /// how many bytes it freed.
+    /// function uses any more, and what a stop in the middle of writing one left (anything
+    /// but a `.cwasm`). Returns how many bytes it freed.
     pub fn prune(&self, keep: &[&str]) -> u64 {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
@@ -809,7 +809,8 @@ impl CompileCache {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            if !name.ends_with(".part") && keep.iter().any(|k| name.starts_with(&format!("{k}-"))) {
+            let entry = name.ends_with(".cwasm");
+            if entry && keep.iter().any(|k| name.starts_with(&format!("{k}-"))) {
                 continue;
             }
             let len = e.metadata().map(|m| m.len()).unwrap_or(0);
