@@ -4,9 +4,15 @@ RATE a second until N, and connects again when the broker goes away. A message t
 did not acknowledge is not sent again, so that every duplicate the agent meets comes from
 the broker. Prints how many the broker acknowledged and how many are in doubt.
 
-Usage: sensor.py HOST PORT N RATE   (Python 3 standard library only: MQTT 3.1.1 by hand)"""
+Usage: sensor.py HOST PORT N RATE [BASE [CLIENT_ID [ACKED_FILE]]]
+  BASE        the first seq (default 0): topics cut/BASE to cut/BASE+N-1
+  CLIENT_ID   default cut-sensor
+  ACKED_FILE  where to write the acknowledged seqs, one a line
+(Python 3 standard library only: MQTT 3.1.1 by hand)"""
 import socket, struct, sys, threading, time
 host, port, n, rate = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+base = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+cid = (sys.argv[6] if len(sys.argv) > 6 else "cut-sensor").encode()
 
 def rl(x):
     out = b""
@@ -20,7 +26,6 @@ def connect():
         try:
             s = socket.create_connection((host, port), timeout=2)
             vh = b"\x00\x04MQTT\x04\x02\x00\x3c"
-            cid = b"cut-sensor"
             body = vh + struct.pack(">H", len(cid)) + cid
             s.sendall(b"\x10" + rl(len(body)) + body)
             h = s.recv(4)
@@ -44,7 +49,7 @@ def reader(s):
                     mid = struct.unpack(">H", buf[2:4])[0]
                     with lock:
                         seq = pending.pop(mid, None)
-                        if seq is not None: acked.add(seq)
+                        if seq is not None: acked.add(base + seq)
                     buf = buf[4:]
                 else:
                     buf = buf[2 + buf[1]:]
@@ -56,7 +61,7 @@ t0 = time.time(); mid = 0; doubt = []
 for seq in range(n):
     while time.time() < t0 + seq / rate: time.sleep(0.0005)
     mid = mid % 65535 + 1
-    topic = f"cut/{seq}".encode()
+    topic = f"cut/{base + seq}".encode()
     body = struct.pack(">H", len(topic)) + topic + struct.pack(">H", mid) + b"{}"
     with lock: pending[mid] = seq
     try:
@@ -69,3 +74,5 @@ for seq in range(n):
 time.sleep(2)
 with lock: doubt += list(pending.values())
 print(f"acked {len(acked)} doubt {len(doubt)}")
+if len(sys.argv) > 7:
+    with open(sys.argv[7], "w") as f: f.write("".join(f"{a}\n" for a in sorted(acked)))
