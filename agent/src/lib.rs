@@ -113,7 +113,16 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
         }
         Command::Run { config } => {
             let path = find_config(config.as_deref(), false)?;
-            let config = Config::load(&path).map_err(AgentError::from)?;
+            let mut config = Config::load(&path).map_err(AgentError::from)?;
+            // A deployment whose probation this agent did not live through goes, before
+            // anything of it is loaded again (it may be what stopped the agent).
+            match edge_agent::daemon::deploy::roll_back_unfinished(&config) {
+                Ok(true) => config = Config::load(&path).map_err(AgentError::from)?,
+                Ok(false) => {}
+                Err(e) => {
+                    tracing::error!(config = %path.display(), "cannot put back the config from before the unfinished deployment: {e}")
+                }
+            }
             let mut rt = tokio::runtime::Builder::new_multi_thread();
             rt.enable_all();
             if config.runtime.async_threads > 0 {

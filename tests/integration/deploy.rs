@@ -564,6 +564,54 @@ async fn a_deployment_that_meets_a_full_disk_is_taken_once_there_is_room() {
     drop(disk);
 }
 
+/// An agent that stops during a deployment's probation without a clean stop (SIGKILL
+/// here; out of memory, a crash and a power cut end the same way) starts again on the
+/// config it had before and reports the deployment rolled back: a deployment that kills
+/// the agent would otherwise be started again at every restart, and never rolled back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_killed_on_probation_starts_again_on_the_config_before() {
+    let broker = Mosquitto::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path(), "ops.key");
+    let id = unique("onprobation");
+    let config = member(&broker, &id, &public).replace("probation_secs = 1", "probation_secs = 60");
+    let agent = Process::start(&config, broker.port, &id, &[]).await;
+    let mut c = Client::connect(broker.port, &["edge-agent/+/deployment", "out"]).await;
+    succeeded(&deploy(&broker, &key, &misbehave_bundle(keys.path()), &[]));
+    loop {
+        let m = c.recv().await;
+        if m.topic.ends_with("/deployment") {
+            let r: DeploymentReport = m.message();
+            if r.state == DeploymentState::Applied && r.probation {
+                break;
+            }
+        }
+    }
+    let deployed = std::fs::read_to_string(agent.config_path()).expect("config");
+    assert!(deployed.contains("misbehave"), "{deployed}");
+    let agent = agent.kill_and_restart(&deployed, &[]).await;
+    let r = reports(
+        &mut c,
+        1,
+        DeploymentState::RolledBack,
+        "stopped during the probation",
+    )
+    .await;
+    assert_eq!(r.values().next().map(|r| r.in_force), Some(None), "{r:?}");
+    assert_eq!(
+        std::fs::read_to_string(agent.config_path()).expect("config"),
+        config,
+        "the config file as it was before the deployment"
+    );
+    // echo again (misbehave would answer "2"), and the deployment is not taken again when
+    // its retained document comes at the next connection.
+    c.publish("in/1", "slow-echo:0:2").await;
+    assert_eq!(c.recv_on("out").await.text(), "slow-echo:0:2");
+    let (status, log, _) = agent.stop_keeping_dir();
+    assert!(status.success(), "{log}");
+    assert_eq!(log.matches("deployment applied").count(), 0, "{log}");
+}
+
 /// The agent's connections go silent (a proxy stops all traffic, the sockets stay open) as
 /// a download starts (at its first progress report, with its chunks' subscription on its
 /// way), for longer than the keep-alive: it notices, reconnects once the path is back,

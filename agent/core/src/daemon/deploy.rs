@@ -12,7 +12,10 @@
 //!    (`reload::Rewrite`): every module is loaded and started once before anything is put
 //!    in force, and a refused reload leaves the file and the functions as they were;
 //! 4. watches the new functions for `probation_secs`, and goes back to the config it had
-//!    before if more than `max_failure_ratio` of their events fail.
+//!    before if more than `max_failure_ratio` of their events fail, or if the agent stops
+//!    without a clean stop meanwhile (killed, crashed, out of memory, a power cut): the
+//!    probation is kept on disk, and the next start puts the config back before it loads
+//!    anything ([`roll_back_unfinished`]).
 //!
 //! Each step is reported, retained, on `<topic_prefix>/<id>/deployment`
 //! ([`DeploymentReport`]); a refusal says why in one line.
@@ -87,6 +90,66 @@ struct Record {
     digest: Option<String>,
     /// The version whose functions are in force.
     in_force: Option<u64>,
+}
+
+/// A deployment on probation, kept in `<data_dir>/deployment/probation.json` from just
+/// before it is put in force until its probation ends. Found at a start, it is a
+/// probation the agent did not live through: a deployment that kills the agent (out of
+/// memory, say) would otherwise be started again at every restart, never rolled back.
+#[derive(Debug, Serialize, Deserialize)]
+struct Probation {
+    /// Its version.
+    version: u64,
+    /// Its [`Document::digest`].
+    digest: String,
+    /// The version in force before it.
+    previous: Option<u64>,
+    /// The config file before it.
+    before: String,
+}
+
+const PROBATION_FILE: &str = "probation.json";
+
+impl Probation {
+    /// Its file in `dir`, the agent's `<data_dir>/deployment`.
+    fn path(dir: &Path) -> PathBuf {
+        dir.join(PROBATION_FILE)
+    }
+
+    fn read(dir: &Path) -> Option<Self> {
+        let bytes = std::fs::read(Self::path(dir)).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+}
+
+/// Why a deployment found on probation at a start is rolled back.
+fn unfinished(version: u64) -> String {
+    format!(
+        "the agent stopped during the probation of deployment {version} without a clean stop \
+         (killed, crashed, out of memory, or a power cut); the config it had before is back"
+    )
+}
+
+/// At a start, before anything is loaded: if `config`'s agent stopped during a deployment's
+/// probation (see [`Probation`]), puts its config file back as it was before that
+/// deployment. Returns whether it did (the caller loads the file again); the deployment
+/// task reports the roll-back once connected.
+///
+/// # Errors
+/// The config file could not be written back.
+pub fn roll_back_unfinished(config: &Config) -> std::io::Result<bool> {
+    if config.fleet.group.is_none() {
+        return Ok(false);
+    }
+    let Some(p) = Probation::read(&config.agent.data_dir.join("deployment")) else {
+        return Ok(false);
+    };
+    if std::fs::read_to_string(&config.source).is_ok_and(|now| now == p.before) {
+        return Ok(false);
+    }
+    tracing::warn!(version = p.version, config = %config.source.display(), "{}", unfinished(p.version));
+    crate::files::replace(&config.source, p.before.as_bytes())?;
+    Ok(true)
 }
 
 /// The deployment task of one agent.
@@ -255,6 +318,27 @@ impl Deployer {
             reconnect,
         ));
         let topic = deployment::document_topic(&self.prefix, &self.group);
+        // A probation this agent did not live through: the start put the config back
+        // (roll_back_unfinished); the record and the report follow.
+        // (Unless the config could not be written back: then the next start tries again.)
+        let restored =
+            |p: &Probation| std::fs::read_to_string(&self.path).is_ok_and(|t| t == p.before);
+        if let Some(p) = Probation::read(&self.dir).filter(restored) {
+            self.tried(p.version, &p.digest, p.previous);
+            if let Err(e) = self.keep_probation(None) {
+                tracing::error!("cannot delete the finished probation: {e}");
+            }
+            let why = unfinished(p.version);
+            tracing::warn!(version = p.version, "deployment rolled back: {why}");
+            self.report(
+                Some(p.version),
+                DeploymentState::RolledBack,
+                Some(why),
+                false,
+                None,
+            )
+            .await;
+        }
         tracing::info!(group = %self.group, %topic, in_force = ?self.record.in_force, "taking signed deployments");
         loop {
             let retry_at = self.retry.as_ref().map(|(at, _)| *at);
@@ -322,7 +406,7 @@ impl Deployer {
                 return self.try_again(doc.version, payload, &refusal).await;
             }
             Err(refusal) => {
-                self.tried(&doc, &digest, self.record.in_force);
+                self.tried(doc.version, &digest, self.record.in_force);
                 return self.refused(Some(doc.version), &refusal).await;
             }
         };
@@ -360,13 +444,27 @@ impl Deployer {
         let text = match text {
             Ok(t) => t,
             Err(why) => {
-                self.tried(&doc, &digest, self.record.in_force);
+                self.tried(doc.version, &digest, self.record.in_force);
                 return self.refused(Some(doc.version), &Refusal::Check(why)).await;
             }
         };
+        let on_probation = Probation {
+            version: doc.version,
+            digest: digest.clone(),
+            previous: self.record.in_force,
+            before: before.clone(),
+        };
+        if let Err(e) = self.keep_probation(Some(&on_probation)) {
+            let why = Refusal::Storage {
+                what: Probation::path(&self.dir).display().to_string(),
+                why: e.to_string(),
+            };
+            return self.try_again(doc.version, payload, &why).await;
+        }
         let report = match self.ask(format!("deployment {}", doc.version), text).await {
             Ok(r) => r,
             Err(e) => {
+                let _ = self.keep_probation(None);
                 let why = Refusal::Storage {
                     what: self.path.display().to_string(),
                     why: e.to_string(),
@@ -375,7 +473,8 @@ impl Deployer {
             }
         };
         if !report.ok {
-            self.tried(&doc, &digest, self.record.in_force);
+            let _ = self.keep_probation(None);
+            self.tried(doc.version, &digest, self.record.in_force);
             let why = report.error.clone().unwrap_or_else(|| {
                 report
                     .failed
@@ -398,7 +497,7 @@ impl Deployer {
                 .await;
         }
         let previous = self.record.in_force;
-        self.tried(&doc, &digest, Some(doc.version));
+        self.tried(doc.version, &digest, Some(doc.version));
         tracing::info!(version = doc.version, "deployment applied; on probation");
         self.report(
             Some(doc.version),
@@ -408,7 +507,11 @@ impl Deployer {
             None,
         )
         .await;
-        match self.probation(&doc, rx, stop).await {
+        let outcome = self.probation(&doc, rx, stop).await;
+        if outcome.is_ok() {
+            let _ = self.keep_probation(None);
+        }
+        match outcome {
             Ok(()) => {
                 tracing::info!(version = doc.version, "deployment past probation");
                 self.report(
@@ -437,7 +540,8 @@ impl Deployer {
                         self.path.display()
                     ),
                 };
-                self.tried(&doc, &digest, previous);
+                self.tried(doc.version, &digest, previous);
+                let _ = self.keep_probation(None);
                 self.report(
                     Some(doc.version),
                     DeploymentState::RolledBack,
@@ -793,10 +897,10 @@ impl Deployer {
         answer.await.unwrap_or_else(|_| stopping())
     }
 
-    /// Remembers that `doc` was tried, and which version is in force.
-    fn tried(&mut self, doc: &Document, digest: &str, in_force: Option<u64>) {
+    /// Remembers that `version` (of `digest`) was tried, and which version is in force.
+    fn tried(&mut self, version: u64, digest: &str, in_force: Option<u64>) {
         self.record = Record {
-            tried: Some(doc.version),
+            tried: Some(version),
             digest: Some(digest.to_string()),
             in_force,
         };
@@ -805,6 +909,21 @@ impl Deployer {
             .and_then(|()| crate::files::replace(&self.dir.join("record.json"), &body))
         {
             tracing::error!(dir = %self.dir.display(), "cannot record the deployment tried: {e}");
+        }
+    }
+
+    /// Keeps `probation` on disk (synced), or with `None` deletes it.
+    fn keep_probation(&self, probation: Option<&Probation>) -> std::io::Result<()> {
+        let path = Probation::path(&self.dir);
+        match probation {
+            Some(p) => {
+                std::fs::create_dir_all(&self.dir)?;
+                crate::files::replace(&path, &serde_json::to_vec(p).unwrap_or_default())
+            }
+            None => match std::fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
         }
     }
 
