@@ -916,3 +916,56 @@ async fn the_embedded_broker_holds_a_bounded_log_not_every_message() {
     let (status, log, _) = agent.stop_keeping_dir();
     assert!(status.success(), "{log}");
 }
+
+/// Each function has a session of its own on the broker. One removed while the agent was
+/// stopped (an edit and a restart) kept its subscription there, and the broker queued
+/// every message on its topics for it, for ever (100 here; up to `max_queued_messages`,
+/// 100,000 with the package's Mosquitto settings); the next start ends that session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_removed_while_stopped_leaves_no_session_queueing_on_the_broker() {
+    let broker = Mosquitto::start();
+    let id = unique("gone");
+    let function = |name: &str| {
+        format!(
+            "\n[[function]]\nname = \"{name}\"\nmodule = \"{}\"\ntopics = [\"{name}/in\"]\n\
+             [function.config]\nout_topic = \"{name}/out\"\n",
+            guest("echo")
+        )
+    };
+    let head = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\n",
+        broker.url()
+    );
+    let agent = Agent::start(&(head.clone() + &function("a") + &function("b"))).await;
+    let agent = agent.restart(&(head + &function("a"))).await;
+    let sessions = agent.dir().join("data/sessions");
+    eventually("b's session ended (its file gone)", || {
+        !walkdir(&sessions).iter().any(|f| f.ends_with(".b"))
+    })
+    .await;
+    let c = Client::connect(broker.port, &[]).await;
+    for _ in 0..100 {
+        c.publish("b/in", "x").await;
+    }
+    let mut b = Client::resume(broker.port, &format!("edge-agent-{id}.b")).await;
+    let kept = b.drain(Duration::from_millis(500)).await;
+    assert!(
+        kept.is_empty(),
+        "the broker kept {} messages for b",
+        kept.len()
+    );
+    agent.stop().await;
+}
+
+/// The names of the files under `dir`, at any depth.
+fn walkdir(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(walkdir(&e.path()));
+        } else {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}

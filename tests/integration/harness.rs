@@ -676,6 +676,11 @@ impl Client {
         Self::connect_with(port, unique(name), false, subscriptions).await
     }
 
+    /// Connects as client `id` resuming its session (what the broker kept for it arrives).
+    pub async fn resume(port: u16, id: &str) -> Self {
+        Self::connect_with(port, id.to_string(), false, &[]).await
+    }
+
     async fn connect_with(port: u16, id: String, clean: bool, subscriptions: &[&str]) -> Self {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_session(clean);

@@ -518,33 +518,101 @@ fn subscriptions(function: &FunctionConfig) -> Vec<crate::topic::Subscription> {
     subs
 }
 
-/// Starts an intake connection with `options`: its client, its acknowledgement order (and
-/// the task that sends what it releases), and the task (`task`) that polls it into the
-/// router (`router`).
-/// Where the filters of function `name`'s session on the broker are kept
-/// ([`SessionFilters`]): `<data_dir>/sessions/<broker url>/<client id>`, with anything but
-/// letters, digits, `-`, `_` and `.` written as `_`.
-fn session_file(config: &Config, name: &str) -> std::path::PathBuf {
-    let safe = |s: &str| -> String {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect()
-    };
-    let client_id = format!("{}.{name}", config.client_id());
+/// Anything but letters, digits, `-`, `_` and `.` written as `_`: a file name.
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Where the session files of `config`'s broker are: `<data_dir>/sessions/<broker url>`.
+fn session_dir(config: &Config) -> std::path::PathBuf {
     config
         .agent
         .data_dir
         .join("sessions")
         .join(safe(&config.broker.url))
-        .join(safe(&client_id))
 }
 
+/// Where the filters of function `name`'s session on the broker are kept
+/// ([`SessionFilters`]): `<session dir>/<client id>`, made safe as a file name.
+fn session_file(config: &Config, name: &str) -> std::path::PathBuf {
+    session_dir(config).join(safe(&format!("{}.{name}", config.client_id())))
+}
+
+/// Ends, on the broker, the sessions of functions that have a session file but are no
+/// longer in `config`: removed while the agent was stopped (an edit and a restart, a
+/// deployment rolled back at start; a reload that removes one unsubscribes it at once).
+/// Each had a session of its own (`clean_session = false`) that kept its subscriptions:
+/// the broker went on queueing every message on its topics for it, for ever (Mosquitto
+/// keeps a session until `persistent_client_expiration`, unlimited by default, and queues
+/// up to `max_queued_messages`, which the package raises to 100,000), saved them in every
+/// autosave, and handed that backlog to a function of the same name added later. Each is
+/// connected once with its client id and a clean session, which makes the broker drop
+/// the old one; then its file is deleted. An unreachable broker is tried again with the
+/// reconnection back-off until the agent stops (and at the next start).
+pub(super) fn end_stale_sessions(
+    config: &Config,
+    addr: &crate::config::BrokerAddress,
+    background: &crate::tasks::Background,
+) {
+    let Ok(entries) = std::fs::read_dir(session_dir(config)) else {
+        return;
+    };
+    let prefix = format!("{}.", safe(&config.client_id()));
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(function) = name.strip_prefix(&prefix) else {
+            continue;
+        };
+        if name.ends_with(".part") || config.functions.iter().any(|f| f.name == function) {
+            continue;
+        }
+        let options = match options::intake(config, addr, function) {
+            Ok(mut o) => {
+                o.set_clean_session(true).set_manual_acks(false);
+                o
+            }
+            Err(e) => {
+                tracing::warn!(
+                    function,
+                    "cannot end the broker session of a removed function: {e}"
+                );
+                continue;
+            }
+        };
+        let (file, function) = (e.path(), function.to_string());
+        let max = Duration::from_millis(config.broker.reconnect_max_ms);
+        let mut wait = Duration::from_millis(config.broker.reconnect_min_ms);
+        background.spawn_until_stopped(async move {
+            let (client, mut eventloop) = AsyncClient::new(options, 1);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break,
+                    Ok(_) => {}
+                    Err(_) => {
+                        tokio::time::sleep(wait).await;
+                        wait = (wait * 2).min(max);
+                    }
+                }
+            }
+            let _ = client.disconnect().await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+            let _ = std::fs::remove_file(&file);
+            tracing::info!(function = %function, "the broker session of a function no longer configured ended: the broker no longer keeps its messages");
+        });
+    }
+}
+
+/// Starts an intake connection with `options`: its client, its acknowledgement order (and
+/// the task that sends what it releases), and the task (`task`) that polls it into the
+/// router (`router`).
 fn spawn_intake(
     options: MqttOptions,
     task: impl FnOnce(rumqttc::EventLoop, AsyncClient) -> IntakeTask,
