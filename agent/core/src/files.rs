@@ -17,12 +17,31 @@ pub const SLOW_DISK: Duration = Duration::from_secs(5);
 /// systems order them less), and a power cut in between leaves a file of the new name that
 /// is empty or partly zeros. For a compiled module that is native code the agent would run.
 pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_with_mode(path, bytes, 0o666)
+}
+
+/// [`replace`] for what only the agent's user may read (a copy of a config file, which may
+/// hold the broker's password): a new file is made readable by its owner only.
+pub fn replace_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    replace_with_mode(path, bytes, 0o600)
+}
+
+fn replace_with_mode(path: &Path, bytes: &[u8], new_mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     // Beside it, its whole name and `.part`: files that differ only after their last dot
     // (the session files `<client id>.<function>`) each get their own.
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = std::path::PathBuf::from(tmp);
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+    // One a stop left half-written would keep its own mode.
+    let _ = std::fs::remove_file(&tmp);
+    let created = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(new_mode)
+        .open(&tmp);
+    let written = created.and_then(|mut f| {
         f.write_all(bytes)?;
         if let Ok(m) = std::fs::metadata(path) {
             f.set_permissions(m.permissions())?;
@@ -84,6 +103,15 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names, ["agent.toml"], "no file left beside it");
+    }
+
+    #[test]
+    fn a_private_file_is_readable_by_its_owner_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("probation.json");
+        replace_private(&path, b"password").unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
     }
 
     #[test]

@@ -918,7 +918,8 @@ impl Deployer {
         match probation {
             Some(p) => {
                 std::fs::create_dir_all(&self.dir)?;
-                crate::files::replace(&path, &serde_json::to_vec(p).unwrap_or_default())
+                // It holds a copy of the config file, password included.
+                crate::files::replace_private(&path, &serde_json::to_vec(p).unwrap_or_default())
             }
             None => match std::fs::remove_file(&path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
