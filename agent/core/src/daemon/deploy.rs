@@ -106,6 +106,8 @@ struct Probation {
     previous: Option<u64>,
     /// The config file before it.
     before: String,
+    /// The config file it wrote.
+    after: String,
 }
 
 const PROBATION_FILE: &str = "probation.json";
@@ -144,7 +146,8 @@ pub fn roll_back_unfinished(config: &Config) -> std::io::Result<bool> {
     let Some(p) = Probation::read(&config.agent.data_dir.join("deployment")) else {
         return Ok(false);
     };
-    if std::fs::read_to_string(&config.source).is_ok_and(|now| now == p.before) {
+    // Only the file as the deployment wrote it: edited since, it is someone's to keep.
+    if std::fs::read_to_string(&config.source).ok().as_ref() != Some(&p.after) {
         return Ok(false);
     }
     tracing::warn!(version = p.version, config = %config.source.display(), "{}", unfinished(p.version));
@@ -320,24 +323,8 @@ impl Deployer {
         let topic = deployment::document_topic(&self.prefix, &self.group);
         // A probation this agent did not live through: the start put the config back
         // (roll_back_unfinished); the record and the report follow.
-        // (Unless the config could not be written back: then the next start tries again.)
-        let restored =
-            |p: &Probation| std::fs::read_to_string(&self.path).is_ok_and(|t| t == p.before);
-        if let Some(p) = Probation::read(&self.dir).filter(restored) {
-            self.tried(p.version, &p.digest, p.previous);
-            if let Err(e) = self.keep_probation(None) {
-                tracing::error!("cannot delete the finished probation: {e}");
-            }
-            let why = unfinished(p.version);
-            tracing::warn!(version = p.version, "deployment rolled back: {why}");
-            self.report(
-                Some(p.version),
-                DeploymentState::RolledBack,
-                Some(why),
-                false,
-                None,
-            )
-            .await;
+        if let Some(p) = Probation::read(&self.dir) {
+            self.unfinished_probation(p).await;
         }
         tracing::info!(group = %self.group, %topic, in_force = ?self.record.in_force, "taking signed deployments");
         loop {
@@ -453,6 +440,7 @@ impl Deployer {
             digest: digest.clone(),
             previous: self.record.in_force,
             before: before.clone(),
+            after: text.clone(),
         };
         if let Err(e) = self.keep_probation(Some(&on_probation)) {
             let why = Refusal::Storage {
@@ -912,6 +900,35 @@ impl Deployer {
         }
     }
 
+    /// Ends probation `p`, found at the start: reported rolled back if the start put the
+    /// config back; left for the next start if it could not; forgotten if the config
+    /// file was edited since the deployment wrote it (the edit stays).
+    async fn unfinished_probation(&mut self, p: Probation) {
+        let now = std::fs::read_to_string(&self.path).ok();
+        if now.as_ref() == Some(&p.after) {
+            return;
+        }
+        if let Err(e) = self.keep_probation(None) {
+            tracing::error!("cannot delete the finished probation: {e}");
+        }
+        if now.as_ref() != Some(&p.before) {
+            tracing::warn!(version = p.version, config = %self.path.display(),
+                "the agent stopped during the probation of this deployment, and the config file was edited since: it is left as it is");
+            return;
+        }
+        self.tried(p.version, &p.digest, p.previous);
+        let why = unfinished(p.version);
+        tracing::warn!(version = p.version, "deployment rolled back: {why}");
+        self.report(
+            Some(p.version),
+            DeploymentState::RolledBack,
+            Some(why),
+            false,
+            None,
+        )
+        .await;
+    }
+
     /// Keeps `probation` on disk (synced), or with `None` deletes it.
     fn keep_probation(&self, probation: Option<&Probation>) -> std::io::Result<()> {
         let path = Probation::path(&self.dir);
@@ -1023,4 +1040,49 @@ fn write_module(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
     }
     crate::files::replace(path, bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The start puts back the config from before a deployment whose probation did not end,
+    /// but only the file as that deployment wrote it: an edit made since stays.
+    #[test]
+    fn a_start_puts_back_only_the_config_the_deployment_wrote() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = Config::default();
+        config.fleet.group = Some("site".into());
+        config.agent.data_dir = dir.path().join("data");
+        config.source = dir.path().join("agent.toml");
+        let deployment = config.agent.data_dir.join("deployment");
+        std::fs::create_dir_all(&deployment).unwrap();
+        let p = Probation {
+            version: 3,
+            digest: "d".into(),
+            previous: Some(2),
+            before: "before".into(),
+            after: "after".into(),
+        };
+        std::fs::write(
+            Probation::path(&deployment),
+            serde_json::to_vec(&p).unwrap(),
+        )
+        .unwrap();
+        let file = || std::fs::read_to_string(&config.source).unwrap();
+
+        std::fs::write(&config.source, "edited").unwrap();
+        assert!(!roll_back_unfinished(&config).unwrap());
+        assert_eq!(file(), "edited");
+
+        std::fs::write(&config.source, "after").unwrap();
+        config.fleet.group = None;
+        assert!(
+            !roll_back_unfinished(&config).unwrap(),
+            "not a fleet member"
+        );
+        config.fleet.group = Some("site".into());
+        assert!(roll_back_unfinished(&config).unwrap());
+        assert_eq!(file(), "before");
+    }
 }
