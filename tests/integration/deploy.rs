@@ -612,6 +612,43 @@ async fn an_agent_killed_on_probation_starts_again_on_the_config_before() {
     assert_eq!(log.matches("deployment applied").count(), 0, "{log}");
 }
 
+/// Through the embedded broker (the demo's): rumqttd 0.20 hands a new subscription at most
+/// 100 retained messages at QoS 1 and drops the rest, so a module of more than 100 chunks
+/// never arrived (an 18 MB Python component in 281). The agent takes chunks at QoS 0
+/// there. 320 chunks here, in two blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_module_of_many_chunks_arrives_through_the_embedded_broker() {
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path(), "ops.key");
+    let config = embedded(&unique("embdeploy"))
+        + &format!(
+            "[fleet]\ngroup = \"site\"\ntrusted_keys = [\"{public}\"]\nprobation_secs = 1\n\
+             [[function]]\nname = \"f\"\nmodule = \"{}\"\nshare = \"g\"\ntopics = [\"in/+\"]\n\
+             [function.config]\nout_topic = \"out\"\n",
+            guest("echo")
+        );
+    let agent = Agent::start(&config).await;
+    let out = Command::new(agent_bin())
+        .args(["deploy", "--group", "site", "--broker"])
+        .arg(format!("mqtt://127.0.0.1:{}", agent.port))
+        .arg("--key")
+        .arg(&key)
+        .args(["--chunk-bytes", "400", "--wait", "1"])
+        .arg(misbehave_bundle(keys.path()))
+        .output()
+        .expect("run deploy");
+    succeeded(&out);
+    let said =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("in 320 chunk(s)"), "{said}");
+    let sha = sha256_of(&guest("misbehave"));
+    assert_eq!(
+        agent.snapshot("f").module_sha256.as_deref(),
+        Some(sha.as_str())
+    );
+    agent.stop().await;
+}
+
 /// The agent's connections go silent (a proxy stops all traffic, the sockets stay open) as
 /// a download starts (at its first progress report, with its chunks' subscription on its
 /// way), for longer than the keep-alive: it notices, reconnects once the path is back,

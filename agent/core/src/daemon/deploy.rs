@@ -173,9 +173,17 @@ struct Deployer {
     stats: StatsBook,
     record: Record,
     client: AsyncClient,
-    /// Filters to subscribe to on every connection: the document's, and the chunks of
-    /// modules being received.
-    filters: Arc<Mutex<BTreeSet<String>>>,
+    /// Filters to subscribe to on every connection, with their QoS: the document's, and
+    /// the chunks of modules being received.
+    filters: Arc<Mutex<BTreeMap<String, QoS>>>,
+    /// The QoS chunks are subscribed at: 1, but 0 on the embedded broker. rumqttd 0.20
+    /// hands a new subscription at most as many retained messages as the connection has
+    /// free in-flight slots (a constant 100 at QoS 1; at QoS 0 its
+    /// `max_outgoing_packet_count`) and drops the rest, so a block of 256 chunks never came
+    /// whole there, and a module of more than 100 chunks never arrived. A chunk lost at
+    /// QoS 0 (a connection that breaks) comes again with the subscription's retained copy
+    /// on the next connection, as at QoS 1.
+    chunk_qos: QoS,
     /// A document that arrived while another was in hand: the newest is taken next.
     pending: Option<Bytes>,
     /// A document refused for a passing reason, and when to try it again.
@@ -215,8 +223,17 @@ pub fn spawn(
             .filter_map(|k| deployment::parse_key(k).ok())
             .collect(),
         filters: Arc::new(Mutex::new(
-            [deployment::document_topic(&prefix, &group)].into(),
+            [(
+                deployment::document_topic(&prefix, &group),
+                QoS::AtLeastOnce,
+            )]
+            .into(),
         )),
+        chunk_qos: if config.broker.embedded {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        },
         group,
         prefix,
         agent: config.agent.id.clone(),
@@ -247,7 +264,7 @@ pub fn spawn(
 async fn poll(
     mut eventloop: EventLoop,
     client: AsyncClient,
-    filters: Arc<Mutex<BTreeSet<String>>>,
+    filters: Arc<Mutex<BTreeMap<String, QoS>>>,
     tx: mpsc::Sender<(String, Bytes)>,
     (min, max): (Duration, Duration),
 ) {
@@ -258,9 +275,12 @@ async fn poll(
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
                 up = Some(Instant::now());
-                let filters: Vec<String> = lock(&filters).iter().cloned().collect();
-                for f in filters {
-                    let _ = client.try_subscribe(f, QoS::AtLeastOnce);
+                let filters: Vec<(String, QoS)> = lock(&filters)
+                    .iter()
+                    .map(|(f, q)| (f.clone(), *q))
+                    .collect();
+                for (f, qos) in filters {
+                    let _ = client.try_subscribe(f, qos);
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -683,8 +703,8 @@ impl Deployer {
             };
             let filter = deployment::block_filter(&self.prefix, &self.group, &sha, block);
             // Kept in `filters`: subscribed again on a new connection.
-            lock(&self.filters).insert(filter.clone());
-            let _ = self.client.subscribe(filter, QoS::AtLeastOnce).await;
+            lock(&self.filters).insert(filter.clone(), self.chunk_qos);
+            let _ = self.client.subscribe(filter, self.chunk_qos).await;
             window.open.push((sha, block));
         }
     }

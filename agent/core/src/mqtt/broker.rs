@@ -132,7 +132,10 @@ fn broker_config(cfg: &Config, listen: SocketAddr) -> rumqttd::Config {
         id: 0,
         router: rumqttd::RouterConfig {
             max_connections: 1000,
-            max_outgoing_packet_count: 200,
+            // Also how many retained messages a new QoS 0 subscription is handed (the rest
+            // are dropped): a deployment's block of chunks whole (daemon::deploy's
+            // `chunk_qos`), two at once.
+            max_outgoing_packet_count: 2 * crate::deployment::CHUNKS_PER_BLOCK as u64,
             max_segment_size: SEGMENT_BYTES,
             max_segment_count: SEGMENTS,
             ..Default::default()
