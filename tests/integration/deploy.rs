@@ -615,7 +615,7 @@ async fn an_agent_killed_on_probation_starts_again_on_the_config_before() {
 /// Through the embedded broker (the demo's): rumqttd 0.20 hands a new subscription at most
 /// 100 retained messages at QoS 1 and drops the rest, so a module of more than 100 chunks
 /// never arrived (an 18 MB Python component in 281). The agent takes chunks at QoS 0
-/// there. 320 chunks here, in two blocks.
+/// there. About 320 chunks here, in two blocks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_module_of_many_chunks_arrives_through_the_embedded_broker() {
     let keys = tempfile::tempdir().expect("tempdir");
@@ -640,7 +640,14 @@ async fn a_module_of_many_chunks_arrives_through_the_embedded_broker() {
     succeeded(&out);
     let said =
         String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("in 320 chunk(s)"), "{said}");
+    // Over 100 chunks, in two blocks of up to 256 (the module's size varies a little with
+    // the toolchain that built it).
+    let chunks: usize = said
+        .split(" bytes in ")
+        .nth(1)
+        .and_then(|t| t.split(' ').next()?.parse().ok())
+        .expect("the chunk count");
+    assert!(chunks > 256, "{said}");
     let sha = sha256_of(&guest("misbehave"));
     assert_eq!(
         agent.snapshot("f").module_sha256.as_deref(),
