@@ -10,7 +10,8 @@ use std::time::Duration;
 pub const SLOW_DISK: Duration = Duration::from_secs(5);
 
 /// Replaces the file at `path` by `bytes` atomically: written to a file beside it, synced,
-/// then renamed over it, keeping the old file's permissions.
+/// then renamed over it, keeping the old file's permissions (and making its directory if
+/// there is none).
 ///
 /// The sync comes before the rename: without it a file system may make the rename durable
 /// before the data (ext4 commits metadata every 5 s and writes data back later; other file
@@ -33,6 +34,9 @@ fn replace_with_mode(path: &Path, bytes: &[u8], new_mode: u32) -> std::io::Resul
     let mut tmp = path.as_os_str().to_owned();
     tmp.push(".part");
     let tmp = std::path::PathBuf::from(tmp);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     // One a stop left half-written would keep its own mode.
     let _ = std::fs::remove_file(&tmp);
     let created = std::fs::OpenOptions::new()

@@ -622,7 +622,7 @@ impl Deployer {
                         what: format!("the file at {from}"),
                     });
                 }
-                write_module(&path, &bytes).map_err(|e| storage(name, &e))?;
+                crate::files::replace(&path, &bytes).map_err(|e| storage(name, &e))?;
                 staged.insert(name.clone(), s);
                 continue;
             }
@@ -913,9 +913,7 @@ impl Deployer {
             in_force,
         };
         let body = serde_json::to_vec(&self.record).unwrap_or_default();
-        if let Err(e) = std::fs::create_dir_all(&self.dir)
-            .and_then(|()| crate::files::replace(&self.dir.join("record.json"), &body))
-        {
+        if let Err(e) = crate::files::replace(&self.dir.join("record.json"), &body) {
             tracing::error!(dir = %self.dir.display(), "cannot record the deployment tried: {e}");
         }
     }
@@ -954,7 +952,6 @@ impl Deployer {
         let path = Probation::path(&self.dir);
         match probation {
             Some(p) => {
-                std::fs::create_dir_all(&self.dir)?;
                 // It holds a copy of the config file, password included.
                 crate::files::replace_private(&path, &serde_json::to_vec(p).unwrap_or_default())
             }
@@ -1052,14 +1049,6 @@ fn storage(module: &str, e: &std::io::Error) -> Refusal {
         what: format!("module {module} to the data directory"),
         why: e.to_string(),
     }
-}
-
-/// Writes a staged module (whole, or not at all).
-fn write_module(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    crate::files::replace(path, bytes)
 }
 
 #[cfg(test)]

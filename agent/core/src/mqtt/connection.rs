@@ -492,7 +492,7 @@ impl SessionFilters {
         let text: String = text.collect();
         background.spawn_until_stopped(async move {
             let written =
-                tokio::task::spawn_blocking(move || (write_replacing(&file, &text), file)).await;
+                tokio::task::spawn_blocking(move || (crate::files::replace(&file, text.as_bytes()), file)).await;
             if let Ok((Err(e), file)) = written {
                 tracing::warn!(file = %file.display(), error = %e, "could not keep the session's filters: a restart may hand retained messages to the function again");
             }
@@ -507,14 +507,6 @@ impl SessionFilters {
             let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(file)).await;
         });
     }
-}
-
-/// Writes `text` to `file` whole ([`crate::files::replace`]).
-fn write_replacing(file: &std::path::Path, text: &str) -> std::io::Result<()> {
-    if let Some(dir) = file.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    crate::files::replace(file, text.as_bytes())
 }
 
 impl IntakeTask {
