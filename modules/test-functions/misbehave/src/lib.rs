@@ -21,6 +21,7 @@
 //! | `state-incr-then-err:KEY` | increments state `KEY`, then returns `Err`                |
 //! | `state-incr-then-panic:KEY` | increments state `KEY`, then panics                     |
 //! | `state-set:BYTES`  | stores `BYTES` bytes under `big`, publishes `stored BYTES`       |
+//! | `state-pad:BYTES`  | increments state `n`, publishes the count and `BYTES` bytes more |
 //! | `err-big:BYTES`    | returns an `Err` message of `BYTES` bytes                        |
 //! | `state-fill:N:BYTES` | sets keys `fill/0` .. `fill/N-1` to `BYTES` bytes each         |
 //! | `log-many:N:BYTES` | logs `N` lines of `BYTES` bytes (log interface) and prints them   |
@@ -120,6 +121,10 @@ impl Function for Misbehave {
                 let n: usize = number(arg)?;
                 state::set("big", &vec![b'x'; n])?;
                 reply(&format!("stored {n}"))
+            }
+            ("state-pad", true) => {
+                let n = state::increment("n", 1)?;
+                reply(&format!("{n} {}", "x".repeat(number(arg)?)))
             }
             ("err-big", true) => Err("e".repeat(number(arg)?)),
             ("log-many", true) => {
