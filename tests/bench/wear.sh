@@ -2,10 +2,11 @@
 # Benchmark: what a state-writing function writes to the disk under the agent's data
 # directory (on a device, the SD card) per event, and how much room its store takes.
 #
-# Usage: tests/bench/wear.sh [RATE] [SECONDS] [SPACINGS] [OUTPUT_BYTES] [AGENT_BINARY]
+# Usage: tests/bench/wear.sh [RATE] [SECONDS] [SETTINGS] [OUTPUT_BYTES] [AGENT_BINARY]
 #   RATE          events/s, QoS 1, to one persistent function (default 50)
 #   SECONDS       length of each row (default 30)
-#   SPACINGS      `state.min_flush_interval_ms` values, one row each (default "0 100 1000")
+#   SETTINGS      `[state]` settings, KEY=VALUE, one row each (default: the defaults, then
+#                 "min_flush_interval_ms=500" and "max_flushes_per_sec=5")
 #   OUTPUT_BYTES  0: the `counter` example (outputs of about 40 bytes); N: `misbehave`'s
 #                 `state-pad:N` (one counter, outputs of N bytes more) (default 0)
 #
@@ -22,7 +23,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 rate="${1:-50}"
 secs="${2:-30}"
-spacings="${3:-0 100 1000}"
+settings="${3:-max_flushes_per_sec=100 min_flush_interval_ms=500 max_flushes_per_sec=5}"
 pad="${4:-0}"
 bin="${5:-$root/target/release/edge-agent}"
 [[ -x "$bin" ]] || die "no agent binary at $bin"
@@ -47,8 +48,8 @@ else
 fi
 
 echo "rate $rate/s for ${secs}s, outputs +$pad bytes, data on /dev/$dev, $(basename "$bin")"
-printf '%-8s %12s %12s %10s %10s %12s %12s\n' spacing agent_B/ev device_B/ev flushes/s e2e_p50 store_KiB device_GB/day
-for spacing in $spacings; do
+printf '%-26s %12s %12s %10s %10s %12s %12s\n' setting agent_B/ev device_B/ev flushes/s e2e_p50 store_KiB device_GB/day
+for setting in $settings; do
     start_mosquitto 'max_queued_messages 0'
     rm -rf "$work/data"
     cat >"$work/agent.toml" <<TOML
@@ -60,7 +61,7 @@ stats_interval_secs = 1
 url = "mqtt://127.0.0.1:$port"
 clean_session = false
 [state]
-min_flush_interval_ms = $spacing
+${setting%%=*} = ${setting#*=}
 [[function]]
 name = "f"
 module = "$module"
@@ -98,8 +99,8 @@ TOML
     flushes=$(sed -n 's/.*state store closed flushes=\([0-9]*\).*/\1/p' "$work/agent.log" | tail -1)
     [[ "$received" == $((n + 1)) ]] || die "the function received ${received:-nothing} of $((n + 1)) events"
     store=$(du -sk "$work/data/state" | cut -f1)
-    awk -v sp="$spacing" -v w=$((w1 - w0)) -v s=$(((s1 - s0) * 512)) -v n="$n" -v f="${flushes:-0}" \
+    awk -v sp="$setting" -v w=$((w1 - w0)) -v s=$(((s1 - s0) * 512)) -v n="$n" -v f="${flushes:-0}" \
         -v secs="$secs" -v p50="$p50" -v store="$store" -v rate="$rate" 'BEGIN {
-        printf "%-8s %12.0f %12.0f %10.1f %8.1fms %12d %12.2f\n", sp " ms", w / n, s / n,
+        printf "%-26s %12.0f %12.0f %10.1f %8.1fms %12d %12.2f\n", sp, w / n, s / n,
             f / secs, p50 / 1000, store, s / n * rate * 86400 / 1e9 }'
 done
