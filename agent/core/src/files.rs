@@ -86,6 +86,26 @@ pub fn said_if_slow<T>(what: &str, path: &Path, work: impl FnOnce() -> T) -> T {
     result
 }
 
+/// The SD card or eMMC (`mmcblk0p2`, say) that holds `path`, if that is what holds it: such
+/// cards wear out by what is written to them. `None` for any other disk, or when `/sys`
+/// cannot tell (a file system without a block device, or no sysfs).
+pub fn flash_card_under(path: &Path) -> Option<String> {
+    flash_card_in(Path::new("/sys"), path)
+}
+
+/// [`flash_card_under`] with sysfs at `sys`: `dev/block/MAJOR:MINOR` links to the device's
+/// folder, named after it.
+fn flash_card_in(sys: &Path, path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let dev = std::fs::metadata(path).ok()?.dev();
+    let link = sys
+        .join("dev/block")
+        .join(format!("{}:{}", libc::major(dev), libc::minor(dev)));
+    let device = std::fs::canonicalize(link).ok()?;
+    let name = device.file_name()?.to_str()?;
+    name.starts_with("mmcblk").then(|| name.to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +151,31 @@ mod tests {
             "the copy beside it is removed"
         );
         assert!(path.join("inside").exists());
+    }
+
+    #[test]
+    fn a_folder_on_an_mmc_card_is_told_from_one_on_another_disk() {
+        use std::os::unix::fs::MetadataExt as _;
+        let data = tempfile::tempdir().unwrap();
+        let dev = std::fs::metadata(data.path()).unwrap().dev();
+        let number = format!("{}:{}", libc::major(dev), libc::minor(dev));
+        let sysfs = |disk: &str| {
+            let sys = tempfile::tempdir().unwrap();
+            let device = sys.path().join("devices/platform/mmc0/block").join(disk);
+            std::fs::create_dir_all(&device).unwrap();
+            std::fs::create_dir_all(sys.path().join("dev/block")).unwrap();
+            std::os::unix::fs::symlink(&device, sys.path().join("dev/block").join(&number))
+                .unwrap();
+            sys
+        };
+        let card = sysfs("mmcblk0p2");
+        assert_eq!(
+            flash_card_in(card.path(), data.path()).as_deref(),
+            Some("mmcblk0p2")
+        );
+        assert_eq!(flash_card_in(sysfs("sda1").path(), data.path()), None);
+        // A number sysfs does not know (another device's), and a path that is not there.
+        assert_eq!(flash_card_in(card.path(), Path::new("/proc")), None);
+        assert_eq!(flash_card_in(card.path(), &data.path().join("none")), None);
     }
 }

@@ -263,6 +263,7 @@ impl Running {
 /// theirs when its lane starts: [`shadow_sides`]).
 fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, AgentError> {
     let state = StateStore::open(&config.agent.data_dir, &config.state)?;
+    warn_if_flushes_wear_a_card(config);
     super::reload::drop_stale_shadows(&state, config);
     for f in &config.functions {
         if let Some(loaded) = runtime.function(&f.name) {
@@ -270,6 +271,36 @@ fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, Age
         }
     }
     Ok(state)
+}
+
+/// Flushes a second above which an agent on an SD card says what they cost the card.
+const CARD_FLUSHES: u64 = 10;
+
+/// Says, once at start, that the state store's flushes wear the SD card or eMMC it is on
+/// when they are allowed more than [`CARD_FLUSHES`] a second: about 13 KB each, whatever
+/// they hold (docs/state.md, "The card"). The device config caps them at 5.
+fn warn_if_flushes_wear_a_card(config: &Config) {
+    let st = &config.state;
+    let capped = st.max_flushes_per_sec != 0 && st.max_flushes_per_sec <= CARD_FLUSHES;
+    let spaced = st.min_flush_interval_ms >= 1000 / CARD_FLUSHES;
+    if capped || spaced {
+        return;
+    }
+    let Some(card) = crate::files::flash_card_under(&config.agent.data_dir) else {
+        return;
+    };
+    let most = match st.max_flushes_per_sec {
+        0 => "without a cap".to_owned(),
+        n => format!("up to {n} times a second"),
+    };
+    tracing::warn!(
+        card,
+        max_flushes_per_sec = st.max_flushes_per_sec,
+        "the state store is on an SD card or eMMC and may flush {most}, each flush writing \
+         about 13 KB to the card: a function writing state at 50 events/s would write about \
+         56 GB a day, which wears a card out within months; state.max_flushes_per_sec = 5 \
+         (as in configs/device.toml) cuts that to about 9 GB (docs/state.md, \"The card\")"
+    );
 }
 
 /// Starts the embedded broker if configured; the client then connects where it really
