@@ -165,6 +165,14 @@ impl Mosquitto {
         Self::on_a_free_port(false, Some(tls), "")
     }
 
+    /// Starts a broker with a TLS listener again on the same two ports, with `tls`'s files
+    /// (it remembers nothing).
+    pub fn restart_tls(port: u16, tls_port: u16, tls: &Tls) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::launch(port, dir, false, Some((tls_port, tls)), "")
+            .expect("mosquitto restarts on its ports")
+    }
+
     /// Launches on new ports until the broker listens.
     fn on_a_free_port(persistent: bool, tls: Option<&Tls>, conf: &str) -> Self {
         loop {

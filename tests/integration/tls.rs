@@ -3,6 +3,7 @@
 
 use std::path::Path;
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::harness::{Agent, Client, Mosquitto, Tls, guest, unique};
 
@@ -167,6 +168,65 @@ async fn mqtts_with_a_client_certificate_and_a_password() {
     );
     let agent = Agent::start(&cfg).await;
     round_trip(&broker).await;
+    agent.stop().await;
+}
+
+/// A client certificate renewed in place (the same paths, a new key and a certificate from
+/// another CA) is the one the next connection shows: the broker, restarted to trust only
+/// that CA for clients, takes the agent back without a restart of the agent. (Read once at
+/// start, the old certificate was shown at every reconnection, and turned away for ever.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_renewed_on_disk_is_shown_at_the_next_connection() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    make_pki(dir.path());
+    let renewed = tempfile::tempdir().expect("tempdir");
+    make_pki(renewed.path());
+    let broker = start(dir.path(), true, false);
+    let (port, tls_port) = (broker.port, broker.tls_port.expect("a TLS listener"));
+    let cfg = agent_config(
+        &broker,
+        dir.path(),
+        "localhost",
+        "reconnect_max_ms = 500\n[broker.tls]\nca_file = \"CA_FILE\"\n\
+         cert_file = \"DIR/client.pem\"\nkey_file = \"DIR/client.key\"",
+    );
+    let agent = Agent::start(&cfg).await;
+    round_trip(&broker).await;
+    // Renewed as a renewal tool does it: each file replaced whole.
+    for f in ["client.pem", "client.key"] {
+        let part = dir.path().join(format!("{f}.new"));
+        std::fs::copy(renewed.path().join(f), &part).expect("copy");
+        std::fs::rename(&part, dir.path().join(f)).expect("rename");
+    }
+    drop(broker);
+    let _ = Command::new("chmod")
+        .args(["-R", "a+rX", &renewed.path().display().to_string()])
+        .status();
+    let broker = Mosquitto::restart_tls(
+        port,
+        tls_port,
+        &Tls {
+            cafile: renewed.path().join("ca.pem"),
+            certfile: dir.path().join("server.pem"),
+            keyfile: dir.path().join("server.key"),
+            require_certificate: true,
+            password_file: None,
+        },
+    );
+    // The broker kept no session: the agent must connect and subscribe again.
+    let mut c = Client::connect(broker.port, &["out"]).await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        c.publish("in", "renewed").await;
+        if let Some(m) = c.next(Duration::from_millis(300)).await {
+            assert_eq!(m.text(), "renewed");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not come back with the renewed certificate within 15 s"
+        );
+    }
     agent.stop().await;
 }
 

@@ -1,6 +1,7 @@
 //! rumqttc client options from `[broker]`, including TLS.
 
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
@@ -152,21 +153,95 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
         .with_root_certificates(roots);
     match (&tls.cert_file, &tls.key_file) {
         (Some(cert), Some(key)) => {
-            let chain = read_certs(cert, "broker.tls.cert_file")?;
-            let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| MqttError::Tls {
-                key: "broker.tls.key_file",
-                what: format!("{}: no usable private key", key.display()),
-                source: Some(e.into()),
-            })?;
-            builder
-                .with_client_auth_cert(chain, key_der)
-                .map_err(|e| MqttError::Tls {
-                    key: "broker.tls.key_file",
-                    what: "client certificate and key do not fit".into(),
-                    source: Some(e.into()),
-                })
+            let provider = builder.crypto_provider().clone();
+            let pair = ClientCert::load(cert, key, &provider)?;
+            Ok(builder.with_client_cert_resolver(Arc::new(ClientCert {
+                stamp: Mutex::new((ClientCert::stamp(cert, key), Arc::new(pair))),
+                cert: cert.clone(),
+                key: key.clone(),
+                provider,
+            })))
         }
         _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+/// The client certificate and its key, read again at a connection when either file has
+/// changed: a certificate renewed in place (the same paths) is the one the next connection
+/// shows, without a restart of the agent, before the old one expires and the broker turns
+/// it away. A change that cannot be used (a file half-written, a key that does not fit
+/// the certificate) is said once and the last pair that could be used stays.
+#[derive(Debug)]
+struct ClientCert {
+    cert: PathBuf,
+    key: PathBuf,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+    /// The files' modification times and sizes when last read, and what was in use then.
+    stamp: Mutex<(Option<Stamp>, Arc<rustls::sign::CertifiedKey>)>,
+}
+
+type Stamp = [(std::time::SystemTime, u64); 2];
+
+impl ClientCert {
+    /// Reads the certificate chain and key (`broker.tls.cert_file`, `key_file`).
+    fn load(
+        cert: &Path,
+        key: &Path,
+        provider: &rustls::crypto::CryptoProvider,
+    ) -> Result<rustls::sign::CertifiedKey, MqttError> {
+        let chain = read_certs(cert, "broker.tls.cert_file")?;
+        let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| MqttError::Tls {
+            key: "broker.tls.key_file",
+            what: format!("{}: no usable private key", key.display()),
+            source: Some(e.into()),
+        })?;
+        rustls::sign::CertifiedKey::from_der(chain, key_der, provider).map_err(|e| MqttError::Tls {
+            key: "broker.tls.key_file",
+            what: "client certificate and key do not fit".into(),
+            source: Some(e.into()),
+        })
+    }
+
+    /// When the two files were last changed, and their sizes.
+    fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
+        let of = |p: &Path| {
+            let m = std::fs::metadata(p).ok()?;
+            Some((m.modified().ok()?, m.len()))
+        };
+        Some([of(cert)?, of(key)?])
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Self::stamp(&self.cert, &self.key);
+        if now.is_some() && now != last.0 {
+            last.0 = now;
+            match Self::load(&self.cert, &self.key, &self.provider) {
+                Ok(pair) => {
+                    tracing::info!(
+                        cert_file = %self.cert.display(),
+                        "client certificate changed on disk: connections show the new one"
+                    );
+                    last.1 = Arc::new(pair);
+                }
+                Err(e) => tracing::warn!(
+                    error = %crate::failure::chain(&e),
+                    "client certificate or key changed on disk but cannot be used: \
+                     connections show the previous one"
+                ),
+            }
+        }
+        Some(last.1.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -217,4 +292,75 @@ pub fn low_latency(eventloop: &mut rumqttc::EventLoop) {
     let mut net = eventloop.network_options();
     net.set_tcp_nodelay(true);
     eventloop.set_network_options(net);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::client::ResolvesClientCert as _;
+
+    /// A self-signed P-256 certificate and its key, `NAME.pem` and `NAME.key` in `dir`.
+    fn self_signed(dir: &Path, name: &str) {
+        let out = std::process::Command::new("openssl")
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
+            .args(["-subj", &format!("/CN={name}"), "-keyout"])
+            .arg(dir.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(dir.join(format!("{name}.pem")))
+            .output()
+            .expect("openssl (apt-get install openssl)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    #[test]
+    fn a_renewed_client_certificate_is_used_once_it_and_its_key_fit() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        self_signed(d, "old");
+        self_signed(d, "new");
+        let (cert, key) = (d.join("client.pem"), d.join("client.key"));
+        std::fs::copy(d.join("old.pem"), &cert).unwrap();
+        std::fs::copy(d.join("old.key"), &key).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let resolver = ClientCert {
+            stamp: Mutex::new((
+                ClientCert::stamp(&cert, &key),
+                Arc::new(ClientCert::load(&cert, &key, &provider).unwrap()),
+            )),
+            cert: cert.clone(),
+            key: key.clone(),
+            provider,
+        };
+        let shown = || resolver.resolve(&[], &[]).unwrap().cert[0].to_vec();
+        let der = |name: &str| {
+            CertificateDer::pem_file_iter(d.join(name))
+                .unwrap()
+                .next()
+                .unwrap()
+                .unwrap()
+                .to_vec()
+        };
+        assert_eq!(shown(), der("old.pem"));
+        // Half-way through a renewal: the new certificate, the old key. Not usable.
+        std::fs::copy(d.join("new.pem"), &cert).unwrap();
+        assert_eq!(
+            shown(),
+            der("old.pem"),
+            "a certificate without its key is not shown"
+        );
+        std::fs::copy(d.join("new.key"), &key).unwrap();
+        assert_eq!(
+            shown(),
+            der("new.pem"),
+            "the renewed pair is shown once both are there"
+        );
+        // A file that is not PEM at all: the last good pair stays.
+        std::fs::write(&cert, "not a certificate").unwrap();
+        assert_eq!(shown(), der("new.pem"));
+    }
 }
