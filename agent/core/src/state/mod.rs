@@ -123,6 +123,26 @@ pub enum StateError {
     Reopening,
 }
 
+/// What to do about a store whose file system the kernel made read-only (it does that to
+/// ext4 after disk errors, `errors=remount-ro`): nothing the agent can, so it says so.
+fn read_only_hint(e: &StateError) -> &'static str {
+    let io = match e {
+        StateError::Io(sled::Error::Io(io))
+        | StateError::Open {
+            source: sled::Error::Io(io),
+            ..
+        } => io,
+        _ => return "",
+    };
+    if io.kind() == std::io::ErrorKind::ReadOnlyFilesystem {
+        " (the data directory's file system is read-only: the kernel makes ext4 read-only \
+         after disk errors, see `dmesg`; the card needs a check, `fsck`, and a reboot, or \
+         replacing)"
+    } else {
+        ""
+    }
+}
+
 impl StateError {
     /// Whether the store, not the call, is at fault (full disk, I/O error): the event is
     /// tried again later rather than failed.
@@ -605,25 +625,29 @@ impl StateStore {
                 () = stop.cancelled() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(1));
-            if self.reopen_off_thread().await && self.check_free_space().is_ok() {
+            if self.reopen_off_thread().await.is_ok() && self.check_free_space().is_ok() {
                 self.set_health(None);
             }
         }
     }
 
-    /// [`StateStore::reopen`] on a blocking thread: whether it worked (why not is logged at
-    /// debug level: the callers try again).
-    async fn reopen_off_thread(self: &Arc<Self>) -> bool {
+    /// [`StateStore::reopen`] on a blocking thread: why it did not work, if it did not
+    /// (logged at debug level only: the callers try again, and say why in the health).
+    async fn reopen_off_thread(self: &Arc<Self>) -> Result<(), String> {
         let store = self.clone();
         match tokio::task::spawn_blocking(move || store.reopen()).await {
-            Ok(Ok(())) => true,
+            Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::debug!(error = %crate::failure::chain(&e), "state store not opened yet");
-                false
+                Err(format!(
+                    "{}{}",
+                    crate::failure::chain(&e),
+                    read_only_hint(&e)
+                ))
             }
             Err(e) => {
                 tracing::error!(error = %e, "opening the state store panicked");
-                false
+                Err(format!("opening the state store panicked: {e}"))
             }
         }
     }
@@ -697,6 +721,8 @@ impl StateStore {
     /// the acknowledgements of the commits the flush should cover are held meanwhile.
     async fn flush(self: &Arc<Self>, stop: &tokio_util::sync::CancellationToken) {
         let mut backoff = Duration::from_millis(100);
+        // Why the store is closed, once a reopen failed: a flush then only finds it closed.
+        let mut closed: Option<String> = None;
         loop {
             match self.flush_once_or_say_it_waits().await {
                 Ok(()) => {
@@ -706,13 +732,25 @@ impl StateStore {
                     return;
                 }
                 Err(e) => {
-                    self.set_health(Some(format!("state flush failed: {e}")));
+                    let why = match (&e, &closed) {
+                        (StateError::Reopening, Some(why)) => why.clone(),
+                        _ => format!(
+                            "state flush failed: {}{}",
+                            crate::failure::chain(&e),
+                            read_only_hint(&e)
+                        ),
+                    };
+                    self.set_health(Some(why));
                     tokio::select! {
                         () = tokio::time::sleep(backoff) => {}
                         () = stop.cancelled() => return,
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    self.reopen_off_thread().await;
+                    closed = self
+                        .reopen_off_thread()
+                        .await
+                        .err()
+                        .map(|why| format!("the state store cannot be opened again: {why}"));
                 }
             }
         }
