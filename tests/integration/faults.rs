@@ -762,9 +762,7 @@ async fn an_agent_started_on_a_full_disk_runs_and_opens_its_store_when_there_is_
 }
 
 /// A data directory on a read-only file system: the agent does not start, and says which
-/// directory and why (a file system that turns read-only while the agent runs cannot be
-/// made here: the kernel refuses to remount one with files open for writing; sled's
-/// stop on an I/O error is the full-disk test above).
+/// directory and why (one that turns read-only while the agent runs: the next test).
 #[test]
 fn a_read_only_data_directory_is_refused_at_start_with_its_reason() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -785,4 +783,122 @@ fn a_read_only_data_directory_is_refused_at_start_with_its_reason() {
         stderr.contains("agent.data_dir") && stderr.contains("Read-only file system"),
         "{stderr}"
     );
+}
+
+/// The data directory's ext4 turns read-only under the agent, as an ext4 mounted
+/// `errors=remount-ro` (Raspberry Pi OS's root) does at its first disk error (made here
+/// with ext4's `trigger_fs_error`): the functions that write state pause and the agent
+/// names the cause; the one without state goes on. Only `fsck` and a new mount end it, so
+/// the agent is stopped, the disk checked and mounted again, and a new agent counts every
+/// event once (the commits that were in memory when the disk turned run again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once_after_fsck() {
+    let broker = Mosquitto::start();
+    let (port, url) = (broker.port, broker.url());
+    let (dir, images) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let (data, image) = (dir.path().join("data"), images.path().join("disk.img"));
+    let run = |cmd: &str, args: &[&str]| {
+        std::process::Command::new(cmd)
+            .args(args)
+            .status()
+            .unwrap_or_else(|e| panic!("{cmd}: {e}"))
+    };
+    // Made here (else PowerDisk makes it) to be told, in its superblock, to turn
+    // read-only on an error: the mount takes that from it.
+    std::fs::File::create(&image)
+        .and_then(|f| f.set_len(256 * 1024 * 1024))
+        .expect("image file");
+    let img = image.to_str().expect("utf-8 path");
+    assert!(
+        run("mkfs.ext4", &["-q", "-F", "-e", "remount-ro", img]).success(),
+        "mkfs.ext4"
+    );
+    let Some(disk) = PowerDisk::mount(&data, &image) else {
+        return;
+    };
+    let knob = format!(
+        "/sys/fs/ext4/{}/trigger_fs_error",
+        disk.device.trim_start_matches("/dev/")
+    );
+    if !Path::new(&knob).exists() {
+        assert!(
+            std::env::var_os("EDGE_AGENT_REQUIRE_FAULTS").is_none(),
+            "EDGE_AGENT_REQUIRE_FAULTS is set but this kernel has no {knob}"
+        );
+        eprintln!("skipped: no {knob}");
+        return;
+    }
+    let id = format!("ro-{}", std::process::id());
+    let echo = format!(
+        "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\nmode = \"on-demand\"\ntopics = [\"e/in\"]\n\
+         [function.config]\nout_topic = \"out/e\"\n",
+        guest("echo")
+    );
+    let config = counters(&id, &url, "") + &echo;
+    let mut counts = Counts::follow(port).await;
+    let agent = Process::start_in(dir, &config, port, &id).await;
+    publish_both(&url, 20, "{seq}").await;
+    counts
+        .until(&["p", "od"], 20, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        (counts.of("p"), counts.of("od")),
+        (20, 20),
+        "before the fault"
+    );
+
+    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
+    for topic in ["p/in", "od/in", "e/in"] {
+        publish(&url, topic, 100).await.expect("publish");
+    }
+    let mut echoed = 0;
+    while echoed < 100 {
+        if counts.client.recv().await.topic == "out/e" {
+            echoed += 1;
+        }
+    }
+    let mut status = Client::connect(port, &[&format!("edge-agent/{id}/status")]).await;
+    // The first reason may be the write that met the error (EIO); the store's reopen then
+    // meets the read-only file system, and the reason names it, and what to do.
+    let mut reasons = Vec::new();
+    let read_only = async {
+        loop {
+            let s: edge_agent::messages::Status = status.recv().await.message();
+            if let Some(reason) = s.degraded {
+                if reason.contains("Read-only file system") && reason.contains("fsck") {
+                    break;
+                }
+                reasons.push(reason);
+            }
+        }
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(15), read_only)
+            .await
+            .is_ok(),
+        "the agent's status never named the read-only file system and fsck: {reasons:?}"
+    );
+
+    let (status, log, dir) = agent.stop_keeping_dir();
+    assert!(status.success(), "the agent did not stop cleanly:\n{log}");
+    drop(disk);
+    let fsck = std::process::Command::new("e2fsck")
+        .args(["-f", "-y", img])
+        .output()
+        .expect("e2fsck (e2fsprogs)");
+    assert!(
+        fsck.status.code().is_some_and(|c| c < 4),
+        "e2fsck left errors: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let disk = PowerDisk::mount(&data, &image).expect("the disk mounts after fsck");
+    let agent = Process::start_in(dir, &config, port, &id).await;
+    counts
+        .until(&["p", "od"], 120, Duration::from_secs(10))
+        .await;
+    assert_counted(agent, 120, "read-only, fsck, and a new start");
+    drop(disk);
 }
