@@ -86,9 +86,10 @@ pub fn said_if_slow<T>(what: &str, path: &Path, work: impl FnOnce() -> T) -> T {
     result
 }
 
-/// The SD card or eMMC (`mmcblk0p2`, say) that holds `path`, if that is what holds it: such
-/// cards wear out by what is written to them. `None` for any other disk, or when `/sys`
-/// cannot tell (a file system without a block device, or no sysfs).
+/// The SD card or eMMC (`mmcblk0p2`, say) that holds `path` (or, for a path not made yet,
+/// its nearest folder that is), if that is what holds it: such cards wear out by what is
+/// written to them. `None` for any other disk, or when `/sys` cannot tell (a file system
+/// without a block device, or no sysfs).
 pub fn flash_card_under(path: &Path) -> Option<String> {
     flash_card_in(Path::new("/sys"), path)
 }
@@ -97,7 +98,10 @@ pub fn flash_card_under(path: &Path) -> Option<String> {
 /// folder, named after it.
 fn flash_card_in(sys: &Path, path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
-    let dev = std::fs::metadata(path).ok()?.dev();
+    let dev = path
+        .ancestors()
+        .find_map(|p| std::fs::metadata(p).ok())?
+        .dev();
     let link = sys
         .join("dev/block")
         .join(format!("{}:{}", libc::major(dev), libc::minor(dev)));
@@ -174,8 +178,12 @@ mod tests {
             Some("mmcblk0p2")
         );
         assert_eq!(flash_card_in(sysfs("sda1").path(), data.path()), None);
-        // A number sysfs does not know (another device's), and a path that is not there.
+        // A number sysfs does not know (another device's).
         assert_eq!(flash_card_in(card.path(), Path::new("/proc")), None);
-        assert_eq!(flash_card_in(card.path(), &data.path().join("none")), None);
+        // A data directory not made yet (a check before the first run): its parent's disk.
+        assert_eq!(
+            flash_card_in(card.path(), &data.path().join("not/yet")).as_deref(),
+            Some("mmcblk0p2")
+        );
     }
 }

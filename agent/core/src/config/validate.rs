@@ -55,6 +55,17 @@ pub struct BrokerAddress {
     pub port: u16,
 }
 
+/// `host:port`, an IPv6 address in brackets (`[::1]:1883`), as in a URL.
+impl std::fmt::Display for BrokerAddress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
 impl BrokerAddress {
     /// Parses `mqtt://host[:port]` or `mqtts://host[:port]` (also `tcp://`, `ssl://`).
     ///
@@ -818,6 +829,7 @@ mod tests {
         assert_eq!((a.tls, a.port), (true, 8883));
         let a = BrokerAddress::parse("mqtt://[::1]:1999").unwrap();
         assert_eq!((a.host.as_str(), a.port), ("::1", 1999));
+        assert_eq!(a.to_string(), "[::1]:1999", "shown as in a URL");
         assert!(BrokerAddress::parse("http://x").is_err());
         assert_eq!(BrokerAddress::parse("mqtt://x:0").map(|a| a.port), Ok(0));
         assert!(BrokerAddress::parse("mqtt://x:99999").is_err());

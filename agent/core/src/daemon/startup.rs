@@ -73,7 +73,7 @@ impl Startup {
         let (broker, connections) = start_broker(&config, broker, connections)?;
         tracing::info!(
             agent = %config.agent.id,
-            broker = %format_args!("{}:{}", broker.host, broker.port),
+            broker = %broker,
             client_id = %config.client_id(),
             allocator = ?runtime.allocator(),
             functions = config.functions.len(),
@@ -278,8 +278,9 @@ const CARD_FLUSHES: u64 = 10;
 
 /// Says, once at start, that the state store's flushes wear the SD card or eMMC it is on
 /// when they are allowed more than [`CARD_FLUSHES`] a second: about 13 KB each, whatever
-/// they hold (docs/state.md, "The card"). The device config caps them at 5.
-fn warn_if_flushes_wear_a_card(config: &Config) {
+/// they hold (docs/state.md, "The card"). The device config caps them at 5. `edge-agent
+/// check` says it too.
+pub fn warn_if_flushes_wear_a_card(config: &Config) {
     let st = &config.state;
     let capped = st.max_flushes_per_sec != 0 && st.max_flushes_per_sec <= CARD_FLUSHES;
     let spaced = st.min_flush_interval_ms >= 1000 / CARD_FLUSHES;
