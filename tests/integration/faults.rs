@@ -42,6 +42,16 @@ fn counters(id: &str, url: &str, extra: &str) -> String {
     )
 }
 
+/// [`counters`] and `e`, an on-demand `echo` that writes no state (`e/in` to `out/e`).
+fn counters_and_echo(id: &str, url: &str, extra: &str) -> String {
+    counters(id, url, extra)
+        + &format!(
+            "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\nmode = \"on-demand\"\n\
+             topics = [\"e/in\"]\n[function.config]\nout_topic = \"out/e\"\n",
+            guest("echo")
+        )
+}
+
 /// Publishes `count` QoS 1 events to `topic` with `edge-agent publish`, in a blocking task.
 fn publish(url: &str, topic: &str, count: u64) -> tokio::task::JoinHandle<()> {
     publish_as(url, topic, count, "{seq}")
@@ -626,16 +636,11 @@ async fn pause_and_resume(fault: DiskFault) {
         return;
     };
     let id = format!("disk-{}", std::process::id());
-    let echo = format!(
-        "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\nmode = \"on-demand\"\ntopics = [\"e/in\"]\n\
-         [function.config]\nout_topic = \"out/e\"\n",
-        guest("echo")
-    );
     let state = match fault {
         DiskFault::FullDiskNoReserve => "[state]\nmin_free_mb = 0\n",
         _ => "",
     };
-    let config = counters(&id, &url, state) + &echo;
+    let config = counters_and_echo(&id, &url, state);
     let mut dead = Client::connect(port, &[&format!("edge-agent/{id}/dead-letter")]).await;
     let mut counts = Counts::follow(port).await;
     let agent = Process::start_in(dir, &config, port, &id).await;
@@ -832,12 +837,7 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
         return;
     }
     let id = format!("ro-{}", std::process::id());
-    let echo = format!(
-        "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\nmode = \"on-demand\"\ntopics = [\"e/in\"]\n\
-         [function.config]\nout_topic = \"out/e\"\n",
-        guest("echo")
-    );
-    let config = counters(&id, &url, "") + &echo;
+    let config = counters_and_echo(&id, &url, "");
     let mut counts = Counts::follow(port).await;
     let agent = Process::start_in(dir, &config, port, &id).await;
     publish_both(&url, 20, "{seq}").await;
