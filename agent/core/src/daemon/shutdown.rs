@@ -124,7 +124,14 @@ impl Shutdown {
             let _ = tokio::time::timeout(DISCONNECT_DEADLINE, self.publisher.disconnect()).await;
         }
         connections.push(self.output_connection);
-        connections.extend(intakes.into_iter().map(|i| i.connection));
+        // Each intake's client lives until its connection task ends: with its request
+        // queue closed, rumqttc would end the connection at once instead of reading on
+        // until the broker closes it after the DISCONNECT (see `mqtt::connection`).
+        let mut clients = Vec::new();
+        for i in intakes {
+            connections.push(i.connection);
+            clients.push(i.client);
+        }
         let all = async {
             for c in &mut connections {
                 let _ = c.await;
@@ -138,6 +145,7 @@ impl Shutdown {
                 let _ = c.await;
             }
         }
+        drop(clients);
         self.flusher_stop.cancel();
         let _ = self.flusher.await;
         self.root.cancel();
