@@ -115,7 +115,7 @@ impl std::future::Future for Cancelled {
 /// sending after the intake stopped) ends in a TCP reset, and a broker whose kernel gets
 /// the reset before the broker has read the last acknowledgements drops them: those
 /// messages came again at the next start, and their outputs went out twice (33-59 after
-/// a graceful stop mid-stream under `max_flushes_per_sec = 5`, in 3 of 14 runs).
+/// a graceful stop mid-stream under `max_flushes_per_sec = 5`, in 5 of 40 runs).
 const LINGER: Duration = Duration::from_secs(1);
 
 /// When a connection that has just sent DISCONNECT stops waiting for the broker to close.
