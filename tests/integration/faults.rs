@@ -52,6 +52,19 @@ fn counters_and_echo(id: &str, url: &str, extra: &str) -> String {
         )
 }
 
+/// Sends 20 events to each counter and waits until both have counted them.
+async fn twenty_counted_before_the_fault(counts: &mut Counts, url: &str) {
+    publish_both(url, 20, "{seq}").await;
+    counts
+        .until(&["p", "od"], 20, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        (counts.of("p"), counts.of("od")),
+        (20, 20),
+        "before the fault"
+    );
+}
+
 /// Publishes `count` QoS 1 events to `topic` with `edge-agent publish`, in a blocking task.
 fn publish(url: &str, topic: &str, count: u64) -> tokio::task::JoinHandle<()> {
     publish_as(url, topic, count, "{seq}")
@@ -644,17 +657,7 @@ async fn pause_and_resume(fault: DiskFault) {
     let mut dead = Client::connect(port, &[&format!("edge-agent/{id}/dead-letter")]).await;
     let mut counts = Counts::follow(port).await;
     let agent = Process::start_in(dir, &config, port, &id).await;
-    for topic in ["p/in", "od/in"] {
-        publish(&url, topic, 20).await.expect("publish");
-    }
-    counts
-        .until(&["p", "od"], 20, Duration::from_secs(10))
-        .await;
-    assert_eq!(
-        (counts.of("p"), counts.of("od")),
-        (20, 20),
-        "before the fault"
-    );
+    twenty_counted_before_the_fault(&mut counts, &url).await;
 
     let (agent, fault_on) = if fault == DiskFault::FullAtStart {
         let (status, log, dir) = agent.stop_keeping_dir();
@@ -840,15 +843,7 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
     let config = counters_and_echo(&id, &url, "");
     let mut counts = Counts::follow(port).await;
     let agent = Process::start_in(dir, &config, port, &id).await;
-    publish_both(&url, 20, "{seq}").await;
-    counts
-        .until(&["p", "od"], 20, Duration::from_secs(10))
-        .await;
-    assert_eq!(
-        (counts.of("p"), counts.of("od")),
-        (20, 20),
-        "before the fault"
-    );
+    twenty_counted_before_the_fault(&mut counts, &url).await;
 
     std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
     for topic in ["p/in", "od/in", "e/in"] {
