@@ -6,6 +6,8 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use edge_agent::deployment::{Document, Envelope};
@@ -332,12 +334,19 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
 
     // Applied, then every event fails (`nope` is no command of misbehave's): rolled back
     // within probation, back to echo.
+    // The events go on until the rollback is seen: applying takes each agent a compile,
+    // which on a loaded machine outlasted a fixed stream of 4 s (nothing then failed
+    // within probation, and no rollback came).
     let producer = Client::connect(broker.port, &[]).await;
-    let stream = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        for _ in 0..800 {
-            tick.tick().await;
-            producer.publish("in/y", "nope").await;
+    let streaming = Arc::new(AtomicBool::new(true));
+    let stream = tokio::spawn({
+        let streaming = streaming.clone();
+        async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(5));
+            while streaming.load(Ordering::Relaxed) {
+                tick.tick().await;
+                producer.publish("in/y", "nope").await;
+            }
         }
     });
     let applied = deploy(&broker, &key, &good, &["--version", "7"]);
@@ -353,6 +362,7 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         "rolled back: {:?}",
         r.values().next().and_then(|r| r.reason.clone())
     );
+    streaming.store(false, Ordering::Relaxed);
     stream.await.expect("the stream");
     unchanged("rolled back");
 
