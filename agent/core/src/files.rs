@@ -94,9 +94,15 @@ pub fn flash_card_under(path: &Path) -> Option<String> {
     flash_card_in(Path::new("/sys"), path)
 }
 
-/// [`flash_card_under`] with sysfs at `sys`: `dev/block/MAJOR:MINOR` links to the device's
-/// folder, named after it.
+/// [`flash_card_under`] with sysfs at `sys`.
 fn flash_card_in(sys: &Path, path: &Path) -> Option<String> {
+    block_device_in(sys, path).filter(|name| name.starts_with("mmcblk"))
+}
+
+/// The block device (`mmcblk0p2`, `sda1`, `loop0`) that holds `path` or, for a path not
+/// made yet, its nearest folder that is; with sysfs at `sys`, whose `dev/block/MAJOR:MINOR`
+/// links to the device's folder, named after it.
+fn block_device_in(sys: &Path, path: &Path) -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let dev = path
         .ancestors()
@@ -106,8 +112,39 @@ fn flash_card_in(sys: &Path, path: &Path) -> Option<String> {
         .join("dev/block")
         .join(format!("{}:{}", libc::major(dev), libc::minor(dev)));
     let device = std::fs::canonicalize(link).ok()?;
-    let name = device.file_name()?.to_str()?;
-    name.starts_with("mmcblk").then(|| name.to_owned())
+    Some(device.file_name()?.to_str()?.to_owned())
+}
+
+/// The count of errors that the ext4 file system holding `path` has met since it was last
+/// checked (`/sys/fs/ext4/<device>/errors_count`), to read again with [`ErrorCount::read`];
+/// `None` on any other file system.
+///
+/// It tells a flush whether its `fsync` can be believed: when ext4 meets an error it
+/// aborts its journal first and turns read-only after, and an `fsync` in between returns
+/// success for writes that the aborted journal never committed (measured: see
+/// `docs/state.md`, "A file system made read-only under the agent").
+pub fn ext4_error_count(path: &Path) -> Option<ErrorCount> {
+    ext4_error_count_in(Path::new("/sys"), path)
+}
+
+fn ext4_error_count_in(sys: &Path, path: &Path) -> Option<ErrorCount> {
+    let file = sys
+        .join("fs/ext4")
+        .join(block_device_in(sys, path)?)
+        .join("errors_count");
+    let count = ErrorCount(file);
+    count.read().map(|_| count)
+}
+
+/// See [`ext4_error_count`].
+#[derive(Debug, Clone)]
+pub struct ErrorCount(std::path::PathBuf);
+
+impl ErrorCount {
+    /// The count now (`None` if it cannot be read: the file system is gone).
+    pub fn read(&self) -> Option<u64> {
+        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+    }
 }
 
 #[cfg(test)]
@@ -157,21 +194,23 @@ mod tests {
         assert!(path.join("inside").exists());
     }
 
+    /// A sysfs in which the disk of `data` is `disk`.
+    fn sysfs(data: &Path, disk: &str) -> tempfile::TempDir {
+        use std::os::unix::fs::MetadataExt as _;
+        let dev = std::fs::metadata(data).unwrap().dev();
+        let number = format!("{}:{}", libc::major(dev), libc::minor(dev));
+        let sys = tempfile::tempdir().unwrap();
+        let device = sys.path().join("devices/platform/mmc0/block").join(disk);
+        std::fs::create_dir_all(&device).unwrap();
+        std::fs::create_dir_all(sys.path().join("dev/block")).unwrap();
+        std::os::unix::fs::symlink(&device, sys.path().join("dev/block").join(&number)).unwrap();
+        sys
+    }
+
     #[test]
     fn a_folder_on_an_mmc_card_is_told_from_one_on_another_disk() {
-        use std::os::unix::fs::MetadataExt as _;
         let data = tempfile::tempdir().unwrap();
-        let dev = std::fs::metadata(data.path()).unwrap().dev();
-        let number = format!("{}:{}", libc::major(dev), libc::minor(dev));
-        let sysfs = |disk: &str| {
-            let sys = tempfile::tempdir().unwrap();
-            let device = sys.path().join("devices/platform/mmc0/block").join(disk);
-            std::fs::create_dir_all(&device).unwrap();
-            std::fs::create_dir_all(sys.path().join("dev/block")).unwrap();
-            std::os::unix::fs::symlink(&device, sys.path().join("dev/block").join(&number))
-                .unwrap();
-            sys
-        };
+        let sysfs = |disk: &str| sysfs(data.path(), disk);
         let card = sysfs("mmcblk0p2");
         assert_eq!(
             flash_card_in(card.path(), data.path()).as_deref(),
@@ -185,5 +224,22 @@ mod tests {
             flash_card_in(card.path(), &data.path().join("not/yet")).as_deref(),
             Some("mmcblk0p2")
         );
+    }
+
+    #[test]
+    fn the_error_count_of_an_ext4_disk_is_read_where_the_kernel_keeps_it() {
+        let data = tempfile::tempdir().unwrap();
+        let sys = sysfs(data.path(), "mmcblk0p2");
+        assert!(
+            ext4_error_count_in(sys.path(), data.path()).is_none(),
+            "not ext4: no errors_count"
+        );
+        let ext4 = sys.path().join("fs/ext4/mmcblk0p2");
+        std::fs::create_dir_all(&ext4).unwrap();
+        std::fs::write(ext4.join("errors_count"), "0\n").unwrap();
+        let count = ext4_error_count_in(sys.path(), data.path()).expect("ext4");
+        assert_eq!(count.read(), Some(0));
+        std::fs::write(ext4.join("errors_count"), "2\n").unwrap();
+        assert_eq!(count.read(), Some(2), "read again each time");
     }
 }

@@ -115,6 +115,22 @@ pub enum StateError {
     /// The call reached its deadline while another call of the function held the state.
     #[error("state busy: another call of this function held it until this call's deadline")]
     Busy,
+    /// The data directory's file system met an error after the database was opened: what
+    /// a flush wrote may not be on disk even though `fsync` said it was
+    /// ([`crate::files::ext4_error_count`]).
+    #[error(
+        "the file system of {dir} met an error (ext4 errors_count {then} when the store was \
+         opened, {now} now; see `dmesg`): what this flush wrote may not be on disk, whatever \
+         fsync said"
+    )]
+    FileSystemError {
+        /// The store's directory.
+        dir: String,
+        /// The count when the database was opened.
+        then: u64,
+        /// The count after the flush.
+        now: u64,
+    },
     /// The store is being reopened after an I/O error, or the call began before that, or
     /// it is waiting for room on the disk to open at all.
     #[error(
@@ -147,7 +163,10 @@ impl StateError {
     /// Whether the store, not the call, is at fault (full disk, I/O error): the event is
     /// tried again later rather than failed.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, Self::Io(_) | Self::Full { .. } | Self::Reopening)
+        matches!(
+            self,
+            Self::Io(_) | Self::Full { .. } | Self::Reopening | Self::FileSystemError { .. }
+        )
     }
 }
 
@@ -241,6 +260,9 @@ pub struct StateStore {
     /// Whether a database was ever opened: `false` while a store that met a full disk at
     /// start-up waits for room ([`StateStore::open`]).
     opened: std::sync::atomic::AtomicBool,
+    /// The errors its file system had counted when the database was last opened, and
+    /// where to count them again (ext4 only): see [`StateStore::flush_once`].
+    fs_errors: Option<(crate::files::ErrorCount, AtomicU64)>,
 }
 
 impl StateStore {
@@ -254,6 +276,10 @@ impl StateStore {
         // later: the agent starts without a database, the functions that write no state
         // run, the others wait as on a full disk, and the flusher opens it once there is
         // room. Any other failure stops the start.
+        let fs_errors = crate::files::ext4_error_count(&dir).map(|count| {
+            let then = AtomicU64::new(count.read().unwrap_or(0));
+            (count, then)
+        });
         let opening = || Self::open_db(&dir, limits);
         let (db, health) = match crate::files::said_if_slow(
             "opening the state store",
@@ -290,6 +316,7 @@ impl StateStore {
             slow_flush_ms: AtomicU64::new(SLOW_FLUSH.as_millis() as u64),
             opened: std::sync::atomic::AtomicBool::new(opened),
             unapplied: Mutex::default(),
+            fs_errors,
         });
         store.set_health(health);
         Ok(store)
@@ -448,6 +475,11 @@ impl StateStore {
                     f.lost.push((f.upto + 1, last));
                 }
             });
+        }
+        if let Some((count, then)) = &self.fs_errors
+            && let Some(now) = count.read()
+        {
+            then.store(now, Ordering::Release);
         }
         let db = Self::open_db(&self.dir, &self.limits)?;
         for ns in &namespaces {
@@ -692,6 +724,21 @@ impl StateStore {
             .await
             .map_err(|e| StateError::Io(sled::Error::Io(std::io::Error::other(e))))?
             .map_err(|e| StateError::Io(sled::Error::Io(e)))?;
+        // ext4 meets an error by aborting its journal and only then turning read-only; an
+        // fdatasync in between returns success for writes the aborted journal never
+        // committed (measured: the state of acknowledged events gone after the error). An
+        // error counted since the database was opened fails the flush instead: the store
+        // reopens, and the commits run again from their unacknowledged events.
+        if let Some((count, then)) = &self.fs_errors {
+            let then = then.load(Ordering::Acquire);
+            if let Some(now) = count.read().filter(|now| *now > then) {
+                return Err(StateError::FileSystemError {
+                    dir: self.dir.display().to_string(),
+                    then,
+                    now,
+                });
+            }
+        }
         self.flushed
             .send_modify(|f| f.upto = f.upto.max(generation));
         Ok(())
