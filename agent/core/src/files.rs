@@ -132,18 +132,22 @@ fn ext4_error_count_in(sys: &Path, path: &Path) -> Option<ErrorCount> {
         .join("fs/ext4")
         .join(block_device_in(sys, path)?)
         .join("errors_count");
-    let count = ErrorCount(file);
+    let count = ErrorCount(std::fs::File::open(file).ok()?);
     count.read().map(|_| count)
 }
 
-/// See [`ext4_error_count`].
-#[derive(Debug, Clone)]
-pub struct ErrorCount(std::path::PathBuf);
+/// See [`ext4_error_count`]: the file kept open, read again from its start each time
+/// (one system call; sysfs makes the value anew at every read from offset 0).
+#[derive(Debug)]
+pub struct ErrorCount(std::fs::File);
 
 impl ErrorCount {
     /// The count now (`None` if it cannot be read: the file system is gone).
     pub fn read(&self) -> Option<u64> {
-        std::fs::read_to_string(&self.0).ok()?.trim().parse().ok()
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = [0u8; 24];
+        let n = self.0.read_at(&mut buf, 0).ok()?;
+        std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
     }
 }
 
