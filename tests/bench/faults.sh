@@ -9,7 +9,10 @@
 #   - 10 `kill -9` of the agent in a 3,000-event backlog;
 #   - 5 power cuts (the agent frozen, its ext4 disk image copied as a cut leaves it, the
 #     agent killed, a new one started on the copy);
-# and, RUNS times, the events `echo` handles twice across one broker restart.
+# and, RUNS times, the events `echo` handles twice across one broker restart, and an ext4
+# error on the data directory's disk (mounted errors=remount-ro) followed by fsck: the
+# error must land inside a flush to show whether the store believes an fsync that ext4
+# answered wrongly, which one run does only now and then.
 #
 # Usage: tests/bench/faults.sh [RUNS]   (default 5; as root: the power cuts mount loop devices)
 set -euo pipefail
@@ -40,5 +43,8 @@ run 5 a_power_cut_mid_stream_loses_nothing_acknowledged_and_counts_once
 for _ in $(seq 1 "$runs"); do
     run 1 a_broker_restart_loses_no_stateless_event
     grep -E 'handled twice across' "$log" | sed 's/^/    /'
+done
+for _ in $(seq 1 "$runs"); do
+    run 1 a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once_after_fsck
 done
 exit "$failed"
