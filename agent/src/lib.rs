@@ -104,7 +104,7 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
             // A check (perhaps as another user) must not write into the agent's data dir.
             config.runtime.compile_cache = false;
             let p = Prepared::new(config)?;
-            edge_agent::daemon::startup::warn_if_flushes_wear_a_card(p.config());
+            edge_agent::daemon::startup::warn_about_the_data_disk(p.config());
             println!(
                 "{}: ok ({} functions, {:?} allocator)",
                 path.display(),

@@ -909,7 +909,8 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
 /// An ext4 that goes on after an error (`errors=continue`, mkfs's default) stays writable,
 /// but a flush under way at the error cannot tell whether its writes reached the disk
 /// (ext4's fsync says yes either way): the store says why, opens again, and runs that
-/// flush's commits again; every event counts once, with no restart.
+/// flush's commits again; every event counts once, with no restart. `check` says the disk
+/// has met an error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ext4_error_on_a_disk_that_goes_on_costs_a_reopen_and_counts_once() {
     let broker = Mosquitto::start();
@@ -933,6 +934,19 @@ async fn an_ext4_error_on_a_disk_that_goes_on_costs_a_reopen_and_counts_once() {
     counts
         .until(&["p", "od"], 120, Duration::from_secs(10))
         .await;
+    // Until an fsck, `check` (and each start) says that the disk has met an error.
+    let config_path = agent.config_path();
+    let check = std::process::Command::new(agent_bin())
+        .args(["check", "--config"])
+        .arg(&config_path)
+        .current_dir(config_path.parent().expect("the agent's folder"))
+        .output()
+        .expect("edge-agent check");
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        check.status.success() && said.contains("has met 1 error(s) since it was last checked"),
+        "{said}"
+    );
     let log = assert_counted(agent, 120, "an ext4 error on a disk that goes on");
     assert!(
         log.contains("met an error (ext4 errors_count 0 when the store was opened, 1 now")

@@ -128,25 +128,30 @@ pub fn ext4_error_count(path: &Path) -> Option<ErrorCount> {
 }
 
 fn ext4_error_count_in(sys: &Path, path: &Path) -> Option<ErrorCount> {
-    let file = sys
-        .join("fs/ext4")
-        .join(block_device_in(sys, path)?)
-        .join("errors_count");
-    let count = ErrorCount(std::fs::File::open(file).ok()?);
+    let device = block_device_in(sys, path)?;
+    let file = sys.join("fs/ext4").join(&device).join("errors_count");
+    let count = ErrorCount {
+        file: std::fs::File::open(file).ok()?,
+        device,
+    };
     count.read().map(|_| count)
 }
 
 /// See [`ext4_error_count`]: the file kept open, read again from its start each time
 /// (one system call; sysfs makes the value anew at every read from offset 0).
 #[derive(Debug)]
-pub struct ErrorCount(std::fs::File);
+pub struct ErrorCount {
+    file: std::fs::File,
+    /// The block device (`mmcblk0p2`).
+    pub device: String,
+}
 
 impl ErrorCount {
     /// The count now (`None` if it cannot be read: the file system is gone).
     pub fn read(&self) -> Option<u64> {
         use std::os::unix::fs::FileExt as _;
         let mut buf = [0u8; 24];
-        let n = self.0.read_at(&mut buf, 0).ok()?;
+        let n = self.file.read_at(&mut buf, 0).ok()?;
         std::str::from_utf8(&buf[..n]).ok()?.trim().parse().ok()
     }
 }
@@ -242,6 +247,7 @@ mod tests {
         std::fs::create_dir_all(&ext4).unwrap();
         std::fs::write(ext4.join("errors_count"), "0\n").unwrap();
         let count = ext4_error_count_in(sys.path(), data.path()).expect("ext4");
+        assert_eq!(count.device, "mmcblk0p2");
         assert_eq!(count.read(), Some(0));
         std::fs::write(ext4.join("errors_count"), "2\n").unwrap();
         assert_eq!(count.read(), Some(2), "read again each time");

@@ -263,7 +263,7 @@ impl Running {
 /// theirs when its lane starts: [`shadow_sides`]).
 fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, AgentError> {
     let state = StateStore::open(&config.agent.data_dir, &config.state)?;
-    warn_if_flushes_wear_a_card(config);
+    warn_about_the_data_disk(config);
     super::reload::drop_stale_shadows(&state, config);
     for f in &config.functions {
         if let Some(loaded) = runtime.function(&f.name) {
@@ -276,11 +276,37 @@ fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, Age
 /// Flushes a second above which an agent on an SD card says what they cost the card.
 const CARD_FLUSHES: u64 = 10;
 
+/// Says, once at start (and in `edge-agent check`), what the disk of the data directory
+/// needs: [`warn_if_flushes_wear_a_card`], [`warn_if_the_disk_has_met_errors`].
+pub fn warn_about_the_data_disk(config: &Config) {
+    warn_if_flushes_wear_a_card(config);
+    warn_if_the_disk_has_met_errors(config);
+}
+
+/// Says that the data directory's ext4 has met errors since it was last checked (its
+/// count goes back to 0 only at an `fsck`): a card or disk that may be failing, and a
+/// store that will not trust a flush during the next error (docs/state.md).
+fn warn_if_the_disk_has_met_errors(config: &Config) {
+    let Some(count) = crate::files::ext4_error_count(&config.agent.data_dir) else {
+        return;
+    };
+    if let Some(errors) = count.read().filter(|n| *n > 0) {
+        tracing::warn!(
+            device = count.device,
+            errors,
+            "the data directory's file system (ext4 on {}) has met {errors} error(s) since \
+             it was last checked (`dmesg` says which): the card or disk may be failing; \
+             check it with fsck at the next chance (Raspberry Pi OS does at boot when it \
+             is needed)",
+            count.device
+        );
+    }
+}
+
 /// Says, once at start, that the state store's flushes wear the SD card or eMMC it is on
 /// when they are allowed more than [`CARD_FLUSHES`] a second: about 13 KB each, whatever
-/// they hold (docs/state.md, "The card"). The device config caps them at 5. `edge-agent
-/// check` says it too.
-pub fn warn_if_flushes_wear_a_card(config: &Config) {
+/// they hold (docs/state.md, "The card"). The device config caps them at 5.
+fn warn_if_flushes_wear_a_card(config: &Config) {
     let st = &config.state;
     let capped = st.max_flushes_per_sec != 0 && st.max_flushes_per_sec <= CARD_FLUSHES;
     let spaced = st.min_flush_interval_ms >= 1000 / CARD_FLUSHES;
