@@ -906,6 +906,40 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
     drop(disk);
 }
 
+/// A disk that turns read-only while the agent is idle: no write of the store meets the
+/// error before the stop, whose last flush does. The agent says so and stops cleanly;
+/// sled's drop used to panic when its own sync failed (the agent aborted: status 134 on a
+/// device build, 101 here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanly() {
+    let broker = Mosquitto::start();
+    let (dir, images) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let data = dir.path().join("data");
+    let image = images.path().join("disk.img");
+    let Some((disk, knob)) = ext4_that_errs("remount-ro", &data, &image) else {
+        return;
+    };
+    let id = format!("idle-ro-{}", std::process::id());
+    let mut counts = Counts::follow(broker.port).await;
+    let agent = Process::start_in(dir, &counters(&id, &broker.url(), ""), broker.port, &id).await;
+    twenty_counted_before_the_fault(&mut counts, &broker.url()).await;
+    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
+    let (status, log) = agent.stop();
+    assert!(
+        status.success() && !log.contains("panicked"),
+        "the agent did not stop cleanly ({status}):\n{log}"
+    );
+    assert!(
+        log.contains("the state store's last flush failed")
+            && log.contains("Read-only file system"),
+        "{log}"
+    );
+    drop(disk);
+}
+
 /// An ext4 that goes on after an error (`errors=continue`, mkfs's default) stays writable,
 /// but a flush under way at the error cannot tell whether its writes reached the disk
 /// (ext4's fsync says yes either way): the store says why, opens again, and runs that

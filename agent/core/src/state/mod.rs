@@ -170,6 +170,18 @@ impl StateError {
     }
 }
 
+/// Before a database whose flush failed is dropped. sled's drop syncs its log and panics
+/// when that fails (the agent aborted, on a disk turned read-only), unless sled has met an
+/// I/O error of its own; a flush that failed outside it (our fdatasync, the file system's
+/// error count) or no write since the disk failed leave it unaware. A write through it
+/// meets the disk's error as sled's own; on a disk that takes the write it changes nothing.
+fn let_sled_meet_the_disk_error(db: &sled::Db) {
+    const PROBE: &[u8] = b"\0edge-agent/probe";
+    if db.insert(PROBE, &[]).is_ok() && db.remove(PROBE).is_ok() {
+        let _ = db.flush();
+    }
+}
+
 /// How long opening the store waits for its lock. sled lets go of its files when the last
 /// of its IO threads drops them, which can be a moment after the last `Db` handle (a
 /// reopen after an I/O error, a store opened again in the same process); a second agent on
@@ -454,6 +466,9 @@ impl StateStore {
         let all = self.namespaces.lock().unwrap_or_else(|p| p.into_inner());
         let namespaces: Vec<Arc<Namespace>> =
             all.iter().filter_map(std::sync::Weak::upgrade).collect();
+        if let Some(db) = self.db.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let_sled_meet_the_disk_error(db);
+        }
         if self.db.read().unwrap_or_else(|p| p.into_inner()).is_some() {
             // Calls that began on the old handle may not commit on the new one: what they
             // read may be among the lost commits.
@@ -641,8 +656,20 @@ impl StateStore {
             self.flush(&stop).await;
         }
         // On the way out, once: a store that fails now is left as it is on disk.
-        if self.flush_once().await.is_ok() {
-            tracing::info!(flushes = self.flushes(), "state store closed");
+        match self.flush_once().await {
+            Ok(()) => tracing::info!(flushes = self.flushes(), "state store closed"),
+            Err(e) => {
+                tracing::warn!(
+                    "the state store's last flush failed: {}{}; the events of what it had \
+                     not written stay with the broker, unacknowledged",
+                    crate::failure::chain(&e),
+                    read_only_hint(&e)
+                );
+                if let Ok(db) = self.db() {
+                    let _ = tokio::task::spawn_blocking(move || let_sled_meet_the_disk_error(&db))
+                        .await;
+                }
+            }
         }
     }
 
