@@ -925,25 +925,32 @@ async fn the_embedded_broker_holds_a_bounded_log_not_every_message() {
 async fn a_function_removed_while_stopped_leaves_no_session_queueing_on_the_broker() {
     let broker = Mosquitto::start();
     let id = unique("gone");
-    let function = |name: &str| {
+    let function = |name: &str, module: &str| {
         format!(
             "\n[[function]]\nname = \"{name}\"\nmodule = \"{}\"\ntopics = [\"{name}/in\"]\n\
              [function.config]\nout_topic = \"{name}/out\"\n",
-            guest("echo")
+            guest(module)
         )
     };
     let head = format!(
         "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\n",
         broker.url()
     );
-    let agent = Agent::start(&(head.clone() + &function("a") + &function("b"))).await;
-    let agent = agent.restart(&(head + &function("a"))).await;
+    // b writes state: each of its QoS 1 events leaves a receipt in the store.
+    let agent =
+        Agent::start(&(head.clone() + &function("a", "echo") + &function("b", "counter"))).await;
+    let mut c = Client::connect(broker.port, &["b/out"]).await;
+    for _ in 0..5 {
+        c.publish("b/in", "x").await;
+    }
+    let counted = c.drain(Duration::from_millis(300)).await;
+    assert_eq!(counted.len(), 5, "b counted 5 events");
+    let agent = agent.restart(&(head + &function("a", "echo"))).await;
     let sessions = agent.dir().join("data/sessions");
     eventually("b's session ended (its file gone)", || {
         !walkdir(&sessions).iter().any(|f| f.ends_with(".b"))
     })
     .await;
-    let c = Client::connect(broker.port, &[]).await;
     for _ in 0..100 {
         c.publish("b/in", "x").await;
     }
@@ -954,7 +961,13 @@ async fn a_function_removed_while_stopped_leaves_no_session_queueing_on_the_brok
         "the broker kept {} messages for b",
         kept.len()
     );
-    agent.stop().await;
+    // Its receipts went with its session; its state stays for a `b` added later.
+    let dir = agent.stop().await;
+    let db = sled::open(dir.path().join("data/state")).expect("the store opens");
+    let tree = db.open_tree("function/b").expect("b's tree");
+    let receipts = tree.scan_prefix(b"\0receipt/").count();
+    assert_eq!(receipts, 0, "b's receipts outlived its session");
+    assert!(tree.iter().count() > 0, "b's state went with its session");
 }
 
 /// The names of the files under `dir`, at any depth.

@@ -555,11 +555,16 @@ fn session_file(config: &Config, name: &str) -> std::path::PathBuf {
 /// up to `max_queued_messages`, which the package raises to 100,000), saved them in every
 /// autosave, and handed that backlog to a function of the same name added later. Each is
 /// connected once with its client id and a clean session, which makes the broker drop
-/// the old one; then its file is deleted. An unreachable broker is tried again with the
-/// reconnection back-off until the agent stops (and at the next start).
+/// the old one. The function's receipts in the state store go with the session: they
+/// were kept to know the broker's resends of its packet ids, and there will be none (its
+/// state stays, for a function of that name added later). Then its file is deleted, or
+/// kept for the next start to try again if the receipts could not be. An unreachable
+/// broker is tried again with the reconnection back-off until the agent stops (and at the
+/// next start).
 pub(super) fn end_stale_sessions(
     config: &Config,
     addr: &crate::config::BrokerAddress,
+    state: &Arc<crate::state::StateStore>,
     background: &crate::tasks::Background,
 ) {
     let Ok(entries) = std::fs::read_dir(session_dir(config)) else {
@@ -587,7 +592,7 @@ pub(super) fn end_stale_sessions(
                 continue;
             }
         };
-        let (file, function) = (e.path(), function.to_string());
+        let (file, function, state) = (e.path(), function.to_string(), state.clone());
         let max = Duration::from_millis(config.broker.reconnect_max_ms);
         let mut wait = Duration::from_millis(config.broker.reconnect_min_ms);
         background.spawn_until_stopped(async move {
@@ -604,8 +609,15 @@ pub(super) fn end_stale_sessions(
             }
             let _ = client.disconnect().await;
             let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
-            let _ = std::fs::remove_file(&file);
             tracing::info!(function = %function, "the broker session of a function no longer configured ended: the broker no longer keeps its messages");
+            let receipts = state.namespace(&function).and_then(|ns| ns.forget_all());
+            match receipts {
+                Ok(()) if state.flushed().await => {
+                    let _ = std::fs::remove_file(&file);
+                }
+                Ok(()) => tracing::warn!(function = %function, "the receipts of a removed function are not on disk yet: the next start drops them"),
+                Err(e) => tracing::warn!(function = %function, "the receipts of a removed function stay in the state store until the next start: {e}"),
+            }
         });
     }
 }

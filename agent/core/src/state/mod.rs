@@ -728,6 +728,12 @@ impl StateStore {
         generation
     }
 
+    /// Waits for a flush that covers everything written so far, writes outside commits
+    /// included (such as [`Namespace::forget_all`]'s); `true` once it is on disk.
+    pub async fn flushed(&self) -> bool {
+        self.durable(self.covering_flush()).await
+    }
+
     /// Flushes done so far (successful or not).
     pub fn flushes(&self) -> u64 {
         self.next_flush.load(Ordering::Acquire) - 1
