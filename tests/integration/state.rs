@@ -124,6 +124,35 @@ async fn counter_is_identical_in_both_models_and_survives_a_restart() {
     agent.stop().await;
 }
 
+/// A state-writing call whose outputs are over 4 KiB (`counter` puts the event's topic in
+/// its output): its receipt keeps them until the message is finished, so that a resend
+/// after a crash publishes them again, then lets them go, and the store keeps only the
+/// receipt's 12 bytes of identity for the id's life.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_finished_messages_receipt_lets_go_of_large_outputs() {
+    // A topic level of 240 bytes (the count's key must stay under 256), 20 times over in
+    // the output's topic: 4,820 bytes.
+    let config = embedded(&unique("s"))
+        + &format!(
+            "[[function]]\nname = \"p\"\nmodule = \"{}\"\nmode = \"persistent\"\n\
+             topics = [\"p/+\"]\n[function.config]\nout_topic = \"out{}\"\n",
+            guest("counter"),
+            "/{1}".repeat(20)
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out/#"]).await;
+    c.publish(&format!("p/{}", "x".repeat(240)), "x").await;
+    assert_eq!(c.recv().await.json()["count"], 1);
+    let dir = agent.stop().await;
+    let db = sled::open(dir.path().join("data/state")).expect("the store opens");
+    let tree = db.open_tree("function/p").expect("p's tree");
+    let receipts: Vec<usize> = tree
+        .scan_prefix(b"\0receipt/")
+        .map(|kv| kv.expect("a receipt").1.len())
+        .collect();
+    assert_eq!(receipts, [12], "one receipt, without its outputs");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn state_is_per_function_and_failed_calls_write_nothing() {
     let id = unique("s");

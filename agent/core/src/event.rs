@@ -87,6 +87,8 @@ pub struct Delivery {
     /// The places the message holds in its functions' inboxes: given back when the
     /// delivery is dropped, once every holder is done (outputs confirmed included).
     _slots: Vec<Slot>,
+    /// Run once every holder is done ([`Delivery::on_finished`]).
+    finished: std::sync::Mutex<Vec<Box<dyn FnOnce() + Send>>>,
 }
 
 /// A function's count of events taken in and not yet settled: waiting, running, or
@@ -158,6 +160,7 @@ impl Delivery {
             ticket,
             acks,
             _slots: slots,
+            finished: std::sync::Mutex::default(),
         }
     }
 
@@ -189,11 +192,26 @@ impl Delivery {
     /// that is dropped without being completed is never acknowledged, so the broker
     /// redelivers it when the session resumes.
     pub fn complete(&self) {
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1
-            && let Some(t) = self.ticket
-        {
-            self.acks.release(t);
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            if let Some(t) = self.ticket {
+                self.acks.release(t);
+            }
+            let finished =
+                std::mem::take(&mut *self.finished.lock().unwrap_or_else(|p| p.into_inner()));
+            for f in finished {
+                f();
+            }
         }
+    }
+
+    /// Runs `f` once every holder is done with the message (its outputs confirmed by the
+    /// broker, its acknowledgement released); never if the delivery is dropped before
+    /// that. Call it before this holder's own [`Delivery::complete`].
+    pub fn on_finished(&self, f: impl FnOnce() + Send + 'static) {
+        self.finished
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Box::new(f));
     }
 }
 
@@ -297,10 +315,26 @@ mod tests {
             acks.clone(),
             vec![unsettled.take(), unsettled.take()],
         );
+        let finished = Arc::new(AtomicUsize::new(0));
+        let f = finished.clone();
+        d.on_finished(move || {
+            f.fetch_add(1, Ordering::AcqRel);
+        });
         d.complete();
         assert!(acks.0.lock().unwrap().is_empty(), "one function still runs");
+        assert_eq!(finished.load(Ordering::Acquire), 0);
         d.complete();
         assert_eq!(*acks.0.lock().unwrap(), [ticket]);
+        assert_eq!(finished.load(Ordering::Acquire), 1, "finished once");
+        // A delivery dropped before every holder is done never finishes.
+        let f = finished.clone();
+        let unfinished = Delivery::new(2, Some(ticket), acks.clone());
+        unfinished.on_finished(move || {
+            f.fetch_add(1, Ordering::AcqRel);
+        });
+        unfinished.complete();
+        drop(unfinished);
+        assert_eq!(finished.load(Ordering::Acquire), 1);
         assert_eq!(
             unsettled.count(),
             2,

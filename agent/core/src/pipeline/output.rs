@@ -176,12 +176,20 @@ impl Output {
                 return;
             }
         }
+        let large_receipt = outcome.large_receipt;
         match outcome.durable {
             Some((store, generation)) => {
                 let (stats, inbox) = (stats.clone(), inbox.clone());
                 let flush_budget = inbox.awaiting_flush(event.payload.len());
                 self.tracker.spawn(async move {
                     if store.durable(generation).await {
+                        // Its receipt keeps the outputs for a resend until the broker has
+                        // them all and the message is acknowledged.
+                        if let Some((ns, m)) = large_receipt {
+                            event
+                                .delivery
+                                .on_finished(move || ns.settled(m.pkid, m.incarnation));
+                        }
                         cost.commit = Some(called.elapsed());
                         stats.succeeded(event.received.elapsed(), cost);
                         event.delivery.complete();

@@ -44,6 +44,9 @@ pub struct CallOutcome {
     /// What it cost: instantiation, execution, CPU, memory, a reload of the module and
     /// the queue wait (set by the dispatcher); the commit wait is the pipeline's to add.
     pub cost: crate::metrics::CallCost,
+    /// A receipt committed with outputs larger than a finished message's receipt keeps:
+    /// its namespace and message, for [`Namespace::settled`] once the message is finished.
+    pub large_receipt: Option<(Arc<Namespace>, MessageId)>,
 }
 
 /// A QoS 1/2 message on its intake session, as the state store's receipts know it.
@@ -636,6 +639,14 @@ impl Instance {
                         return (Err(err), None);
                     }
                 };
+                let large_receipt = match (&self.state, message) {
+                    (Some(ns), Some(m))
+                        if committed.is_some() && crate::state::large_outputs(&outbox) =>
+                    {
+                        Some((ns.clone(), m))
+                    }
+                    _ => None,
+                };
                 let outbox = if duplicate { Vec::new() } else { outbox };
                 // The guest's memory assumes the dropped writes: drop it too.
                 let back = (!duplicate).then_some(self);
@@ -644,6 +655,7 @@ impl Instance {
                     durable,
                     committed,
                     duplicate,
+                    large_receipt,
                     cost: crate::metrics::CallCost {
                         execute,
                         queue: throttled,

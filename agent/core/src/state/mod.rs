@@ -982,10 +982,21 @@ impl Overlay {
     }
 }
 
-/// Most bytes of outputs a receipt keeps. A receipt lives until its packet id is used
-/// again (up to 65,535 messages later on Mosquitto), so large outputs are not kept: a
-/// resend of such a message is acknowledged without publishing them again.
+/// Most bytes of outputs a receipt keeps once its message is finished. A receipt lives
+/// until its packet id is used again (up to 65,535 messages later on Mosquitto); larger
+/// outputs are kept only until the broker has confirmed them and the message is
+/// acknowledged ([`Namespace::settled`]), which is as long as a resend could need them.
 pub const RECEIPT_MAX_OUTPUT_BYTES: usize = 4096;
+
+/// Whether `outputs` are more than a finished message's receipt keeps
+/// ([`RECEIPT_MAX_OUTPUT_BYTES`]).
+pub fn large_outputs(outputs: &[crate::event::Outbound]) -> bool {
+    let size: usize = outputs
+        .iter()
+        .map(|o| o.topic.len() + o.payload.len())
+        .sum();
+    size > RECEIPT_MAX_OUTPUT_BYTES
+}
 
 /// What the agent keeps of a QoS 1/2 message whose call wrote state: enough to know a
 /// redelivery of it, and the outputs to publish again then.
@@ -1032,17 +1043,7 @@ impl Receipt {
     fn encode(&self) -> Vec<u8> {
         let mut v = self.checksum.to_be_bytes().to_vec();
         v.extend_from_slice(&self.incarnation.to_be_bytes());
-        let size: usize = self
-            .outputs
-            .iter()
-            .map(|o| o.topic.len() + o.payload.len())
-            .sum();
-        let outputs = if size <= RECEIPT_MAX_OUTPUT_BYTES {
-            &self.outputs[..]
-        } else {
-            &[]
-        };
-        for o in outputs {
+        for o in &self.outputs {
             for part in [o.topic.as_bytes(), &o.payload] {
                 v.extend_from_slice(&(part.len() as u32).to_be_bytes());
                 v.extend_from_slice(part);
@@ -1287,6 +1288,37 @@ impl Namespace {
     pub fn receipt_pending(&self, pkid: u16) -> Option<u64> {
         let pending = matches!(self.overlay().get(&Receipt::key(pkid)), Some(Some(_)));
         pending.then(|| self.store.covering_flush())
+    }
+
+    /// The message of `pkid`, delivery `incarnation`, is finished: its outputs confirmed
+    /// by the broker, its acknowledgement released. A receipt of it that kept outputs over
+    /// [`RECEIPT_MAX_OUTPUT_BYTES`] is rewritten without them, with the next flush (no
+    /// flush of its own: one lost to a crash only leaves them until the packet id is used
+    /// again); it still answers the message's resends, which a lost acknowledgement can
+    /// still bring. A receipt of another delivery (the id used again) is left alone.
+    pub fn settled(self: &Arc<Self>, pkid: u16, incarnation: u64) {
+        let key = Receipt::key(pkid);
+        let mut o = self.overlay();
+        let current = match o.get(&key) {
+            Some(v) => v,
+            None => match self.tree().map(|t| t.get(&key)) {
+                Ok(Ok(v)) => v.map(|v| v.to_vec()),
+                // Not readable now (the store is being reopened): the outputs stay.
+                _ => return,
+            },
+        };
+        let Some(v) = current else { return };
+        if v.len() <= 12 || Receipt::incarnation_in(&v) != Some(incarnation) {
+            return;
+        }
+        if o.new.is_empty() {
+            self.store
+                .unapplied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(self.clone());
+        }
+        o.new.insert(key, Some(v[..12].to_vec()));
     }
 
     /// The broker did not keep the session: every receipt is void (packet ids start over).
@@ -2041,6 +2073,69 @@ mod tests {
         let ns = s.namespace("f").unwrap();
         ns.forget_all().unwrap();
         assert_eq!(ns.receipt(7, c, first).unwrap(), None, "all forgotten");
+    }
+
+    /// Outputs over [`RECEIPT_MAX_OUTPUT_BYTES`] stay in the receipt until the message is
+    /// finished (a resend after a crash before then publishes them again: until
+    /// 2026-12-06 it was acknowledged without them), then only the receipt's identity
+    /// stays, and it still answers the resends. A later delivery on the id is left alone.
+    #[tokio::test]
+    async fn large_outputs_stay_in_the_receipt_until_the_message_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap();
+        let big = crate::event::Outbound {
+            topic: "out/f".into(),
+            payload: vec![7; RECEIPT_MAX_OUTPUT_BYTES],
+            qos: 1,
+            retain: false,
+        };
+        assert!(large_outputs(std::slice::from_ref(&big)));
+        let first = crate::event::next_incarnation();
+        let c = crate::event::checksum("in", b"x");
+        let receipt = |incarnation| Receipt {
+            pkid: 9,
+            incarnation,
+            checksum: c,
+            outputs: vec![big.clone()],
+        };
+        let commit = |r: &Receipt| {
+            let mut t = ns.begin();
+            t.increment("n", 1).unwrap();
+            assert!(matches!(t.commit(Some(r)), Ok(Committed::Pending { .. })));
+        };
+        commit(&receipt(first));
+        s.flush_once().await.unwrap();
+        assert_eq!(
+            ns.receipt(9, c, first).unwrap(),
+            Some(receipt(first)),
+            "kept"
+        );
+        // Another delivery's settling changes nothing.
+        ns.settled(9, first + 1);
+        assert_eq!(ns.receipt(9, c, first).unwrap(), Some(receipt(first)));
+        ns.settled(9, first);
+        let bare = Receipt {
+            outputs: vec![],
+            ..receipt(first)
+        };
+        assert_eq!(
+            ns.receipt(9, c, first).unwrap(),
+            Some(bare.clone()),
+            "trimmed"
+        );
+        s.flush_once().await.unwrap();
+        drop(ns);
+        let ns = s.namespace("f").unwrap();
+        assert_eq!(ns.receipt(9, c, first).unwrap(), Some(bare), "on disk");
+        // The id used again: the new message's receipt keeps its outputs, and the old
+        // message's settling (late) leaves them.
+        let second = crate::event::next_incarnation();
+        let mut t = ns.begin();
+        t.increment("n", 1).unwrap();
+        t.commit(Some(&receipt(second))).unwrap();
+        ns.settled(9, first);
+        assert_eq!(ns.receipt(9, c, second).unwrap(), Some(receipt(second)));
     }
 
     /// A run whose clock was ahead of this one's (a device without a real-time clock,
