@@ -92,6 +92,14 @@ fn already_done(
     match ns.receipt(id.pkid, id.checksum, id.incarnation) {
         Ok(r) => r.map(|r| {
             let pending = ns.receipt_pending(id.pkid);
+            // Outputs kept past their message's end (a crash came first): let go of them
+            // once this delivery has them confirmed.
+            if crate::state::large_outputs(&r.outputs) {
+                let (ns, incarnation) = (ns.clone(), r.incarnation);
+                event
+                    .delivery
+                    .on_finished(move || ns.settled(id.pkid, incarnation));
+            }
             (r.outputs, pending.map(|g| (ns.store().clone(), g)))
         }),
         // The call will meet the same error at its commit, and wait.
