@@ -884,6 +884,8 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
 
     let (status, log, dir) = agent.stop_keeping_dir();
     assert!(status.success(), "the agent did not stop cleanly:\n{log}");
+    // Shown only if the test fails: what the store did around the error.
+    eprintln!("the agent before the fsck:\n{log}");
     drop(disk);
     let fsck = std::process::Command::new("e2fsck")
         .args(["-f", "-y", image.to_str().expect("utf-8 path")])
