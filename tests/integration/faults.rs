@@ -908,6 +908,41 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
     drop(disk);
 }
 
+/// What the store's flush relies on to tell an `fdatasync` answered by an aborted journal
+/// (ext4 counts the error in `errors_count` only after it has written the journal's
+/// superblock, and a flush in between saw success and the old count): a journal
+/// transaction begun after the error fails, with the read-only file system's error.
+#[test]
+fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
+    let (dir, images) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let data = dir.path().join("data");
+    let Some((disk, knob)) = ext4_that_errs("remount-ro", &data, &images.path().join("disk.img"))
+    else {
+        return;
+    };
+    let db = data.join("db");
+    std::fs::write(&db, [7u8; 4096]).expect("write a file on the disk");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&db)
+        .expect("open it for writing");
+    file.sync_data().expect("fdatasync");
+    edge_agent::files::ext4_journal_takes_writes(&file).expect("a healthy journal takes a write");
+    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
+    let refused = edge_agent::files::ext4_journal_takes_writes(&file)
+        .expect_err("the aborted journal took a transaction");
+    assert_eq!(
+        refused.kind(),
+        std::io::ErrorKind::ReadOnlyFilesystem,
+        "{refused}"
+    );
+    drop(file);
+    drop(disk);
+}
+
 /// A disk that turns read-only while the agent is idle: no write of the store meets the
 /// error before the stop, whose last flush does. The agent says so and stops cleanly;
 /// sled's drop used to panic when its own sync failed (the agent aborted: status 134 on a
