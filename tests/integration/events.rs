@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 use edge_agent::messages::DeadLetter;
 
 use crate::harness::{
-    Agent, Client, Mosquitto, Process, WAIT, broker_port, checks_latency, eventually, guest,
-    rss_kib, unique,
+    Agent, Client, Mosquitto, Process, WAIT, broker_port, checks_latency, eventually, files_under,
+    guest, rss_kib, unique,
 };
 
 /// Which broker a test runs against.
@@ -948,7 +948,7 @@ async fn a_function_removed_while_stopped_leaves_no_session_queueing_on_the_brok
     let agent = agent.restart(&(head + &function("a", "echo"))).await;
     let sessions = agent.dir().join("data/sessions");
     eventually("b's session ended (its file gone)", || {
-        !walkdir(&sessions).iter().any(|f| f.ends_with(".b"))
+        !files_under(&sessions).iter().any(|f| f.ends_with(".b"))
     })
     .await;
     for _ in 0..100 {
@@ -970,15 +970,95 @@ async fn a_function_removed_while_stopped_leaves_no_session_queueing_on_the_brok
     assert!(tree.iter().count() > 0, "b's state went with its session");
 }
 
-/// The names of the files under `dir`, at any depth.
-fn walkdir(dir: &std::path::Path) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
-        if e.path().is_dir() {
-            out.extend(walkdir(&e.path()));
-        } else {
-            out.push(e.file_name().to_string_lossy().into_owned());
-        }
+/// A function removed while the agent was stopped, and added back by a reload while the
+/// broker is away: the task that would end its old session (waiting for the broker) stops
+/// instead, so that its clean connection neither takes the client id from the new intake
+/// (wiping its session) nor drops the receipts it uses. The count goes on once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_added_back_while_its_old_session_waits_to_end_keeps_it() {
+    let broker = Mosquitto::start_persistent();
+    let port = broker.port;
+    let id = unique("back");
+    let function = |name: &str, module: &str| {
+        format!(
+            "\n[[function]]\nname = \"{name}\"\nmodule = \"{}\"\ntopics = [\"{name}/in\"]\n\
+             [function.config]\nout_topic = \"{name}/out\"\n",
+            guest(module)
+        )
+    };
+    let head = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\nclean_session = false\nreconnect_max_ms = 200\n",
+        broker.url()
+    );
+    let (both, only_a) = (
+        head.clone() + &function("a", "echo") + &function("b", "counter"),
+        head + &function("a", "echo"),
+    );
+    let agent = Process::start(&both, port, &id, &[]).await;
+    let mut c = Client::connect(port, &["b/out"]).await;
+    for _ in 0..5 {
+        c.publish("b/in", "x").await;
     }
-    out
+    assert_eq!(
+        c.drain(Duration::from_millis(300)).await.len(),
+        5,
+        "b counted 5"
+    );
+    let (status, log, dir) = agent.stop_keeping_dir();
+    assert!(status.success(), "{log}");
+    drop(c);
+    let saved = broker.stop();
+    // b's session file is there and b is not configured: its session waits to be ended.
+    let config = dir.path().join("agent.toml");
+    let agent = Process::spawn_in(dir, &only_a, port, &id, &[]);
+    eventually("the agent runs, waiting for the broker", || {
+        agent.log_text().contains("cannot connect")
+    })
+    .await;
+    std::fs::write(&config, &both).expect("add b back");
+    agent.signal("HUP");
+    eventually("b added back, its old session no longer ended", || {
+        agent
+            .log_text()
+            .contains("a function of this name is back: its old broker session is no longer ended")
+    })
+    .await;
+    let broker = Mosquitto::restart_persistent(port, saved);
+    let mut c = Client::connect(port, &["b/out"]).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !agent
+        .log_text()
+        .lines()
+        .any(|l| l.contains("subscribing connection=intake b"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "b never subscribed again:\n{}",
+            agent.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..5 {
+        c.publish("b/in", "x").await;
+    }
+    let mut counts: Vec<i64> = c
+        .drain(Duration::from_millis(500))
+        .await
+        .iter()
+        .map(|m| m.json()["count"].as_i64().unwrap_or(-1))
+        .collect();
+    // On demand, the calls' outputs may leave in any order.
+    counts.sort_unstable();
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    assert_eq!(
+        counts,
+        [6, 7, 8, 9, 10],
+        "b's count after it came back:\n{log}"
+    );
+    assert!(
+        !log.contains("no longer configured ended"),
+        "b's old session was ended after it came back:\n{log}"
+    );
+    drop(broker);
 }

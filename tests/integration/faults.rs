@@ -875,14 +875,14 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
             }
         }
     };
-    assert!(
-        tokio::time::timeout(Duration::from_secs(15), read_only)
-            .await
-            .is_ok(),
-        "the agent's status never named the read-only file system and fsck: {reasons:?}"
-    );
-
+    let named = tokio::time::timeout(Duration::from_secs(15), read_only)
+        .await
+        .is_ok();
     let (status, log, dir) = agent.stop_keeping_dir();
+    assert!(
+        named,
+        "the agent's status never named the read-only file system and fsck: {reasons:?}\n{log}"
+    );
     assert!(status.success(), "the agent did not stop cleanly:\n{log}");
     // Shown only if the test fails: what the store did around the error.
     eprintln!("the agent before the fsck:\n{log}");

@@ -445,6 +445,19 @@ pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_edge-agent")
 }
 
+/// The names of the files under `dir`, at any depth.
+pub fn files_under(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        if e.path().is_dir() {
+            out.extend(files_under(&e.path()));
+        } else {
+            out.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    out
+}
+
 /// `[agent]` with `id`, and the embedded broker on any free port: the head of most test
 /// configs.
 pub fn embedded(id: &str) -> String {
@@ -480,7 +493,9 @@ impl Process {
         p
     }
 
-    fn spawn_in(
+    /// Starts `edge-agent run` in `dir` without waiting for it to be online (its broker
+    /// may be away).
+    pub fn spawn_in(
         dir: tempfile::TempDir,
         config: &str,
         broker_port: u16,

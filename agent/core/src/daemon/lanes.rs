@@ -134,6 +134,19 @@ pub struct Lanes {
 struct Inner {
     parts: Parts,
     running: Mutex<Vec<Lane>>,
+    /// The broker sessions being ended ([`Lanes::end_stale_sessions`]), by function.
+    ending: Ending,
+}
+
+/// The tokens of the tasks that end stale broker sessions, by function. A function of that
+/// name that starts again cancels its task: its clean connection would otherwise take the
+/// client id from the new intake (and wipe its session), and drop the receipts it uses.
+type Ending = Arc<Mutex<std::collections::BTreeMap<String, CancellationToken>>>;
+
+fn lock(
+    ending: &Ending,
+) -> std::sync::MutexGuard<'_, std::collections::BTreeMap<String, CancellationToken>> {
+    ending.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// One running function.
@@ -180,6 +193,7 @@ impl Lanes {
             inner: Arc::new(Inner {
                 parts,
                 running: Mutex::new(Vec::new()),
+                ending: Ending::default(),
             }),
         }
     }
@@ -204,6 +218,10 @@ impl Lanes {
         intake: MqttOptions,
     ) -> Result<(), LaneError> {
         let inner = &self.inner.parts;
+        if let Some(ending) = lock(&self.inner.ending).remove(&f.name) {
+            ending.cancel();
+            tracing::info!(function = %f.name, "a function of this name is back: its old broker session is no longer ended");
+        }
         // Persistent instances hold their pool places while the function runs.
         let permits = match f.mode {
             // Auto takes its places when it is promoted, if the pool has room then.
@@ -548,7 +566,7 @@ fn session_file(config: &Config, name: &str) -> std::path::PathBuf {
 
 /// Ends, on the broker, the sessions of functions that have a session file but are no
 /// longer in `config`: removed while the agent was stopped (an edit and a restart, a
-/// deployment rolled back at start; a reload that removes one unsubscribes it at once).
+/// deployment rolled back at start), or by a reload once their intake has disconnected.
 /// Each had a session of its own (`clean_session = false`) that kept its subscriptions:
 /// the broker went on queueing every message on its topics for it, for ever (Mosquitto
 /// keeps a session until `persistent_client_expiration`, unlimited by default, and queues
@@ -560,65 +578,95 @@ fn session_file(config: &Config, name: &str) -> std::path::PathBuf {
 /// state stays, for a function of that name added later). Then its file is deleted, or
 /// kept for the next start to try again if the receipts could not be. An unreachable
 /// broker is tried again with the reconnection back-off until the agent stops (and at the
-/// next start).
-pub(super) fn end_stale_sessions(
-    config: &Config,
-    addr: &crate::config::BrokerAddress,
-    state: &Arc<crate::state::StateStore>,
-    background: &crate::tasks::Background,
-) {
-    let Ok(entries) = std::fs::read_dir(session_dir(config)) else {
-        return;
-    };
-    let prefix = format!("{}.", safe(&config.client_id()));
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        let Some(function) = name.strip_prefix(&prefix) else {
-            continue;
+/// next start), or until a function of that name starts again ([`Lanes::start`]), which
+/// then keeps the session and the receipts.
+impl Lanes {
+    pub(super) fn end_stale_sessions(
+        &self,
+        config: &Config,
+        addr: &crate::config::BrokerAddress,
+        state: &Arc<crate::state::StateStore>,
+    ) {
+        let Ok(entries) = std::fs::read_dir(session_dir(config)) else {
+            return;
         };
-        if name.ends_with(".part") || config.functions.iter().any(|f| f.name == function) {
-            continue;
-        }
-        let options = match options::intake(config, addr, function) {
-            Ok(mut o) => {
-                o.set_clean_session(true).set_manual_acks(false);
-                o
-            }
-            Err(e) => {
-                tracing::warn!(
-                    function,
-                    "cannot end the broker session of a removed function: {e}"
-                );
+        let prefix = format!("{}.", safe(&config.client_id()));
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(function) = name.strip_prefix(&prefix) else {
+                continue;
+            };
+            if name.ends_with(".part")
+                || config.functions.iter().any(|f| f.name == function)
+                || lock(&self.inner.ending).contains_key(function)
+            {
                 continue;
             }
-        };
-        let (file, function, state) = (e.path(), function.to_string(), state.clone());
-        let max = Duration::from_millis(config.broker.reconnect_max_ms);
-        let mut wait = Duration::from_millis(config.broker.reconnect_min_ms);
-        background.spawn_until_stopped(async move {
-            let (client, mut eventloop) = AsyncClient::new(options, 1);
-            loop {
-                match eventloop.poll().await {
-                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break,
-                    Ok(_) => {}
-                    Err(_) => {
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(max);
+            let options = match options::intake(config, addr, function) {
+                Ok(mut o) => {
+                    o.set_clean_session(true).set_manual_acks(false);
+                    o
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        function,
+                        "cannot end the broker session of a removed function: {e}"
+                    );
+                    continue;
+                }
+            };
+            let token = CancellationToken::new();
+            lock(&self.inner.ending).insert(function.to_string(), token.clone());
+            let (file, function, state) = (e.path(), function.to_string(), state.clone());
+            let registry = self.inner.ending.clone();
+            let max = Duration::from_millis(config.broker.reconnect_max_ms);
+            let mut wait = Duration::from_millis(config.broker.reconnect_min_ms);
+            let ended = async move {
+                let (client, mut eventloop) = AsyncClient::new(options, 1);
+                loop {
+                    match eventloop.poll().await {
+                        Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break,
+                        Ok(_) => {}
+                        Err(_) => {
+                            tokio::time::sleep(wait).await;
+                            wait = (wait * 2).min(max);
+                        }
                     }
                 }
-            }
-            let _ = client.disconnect().await;
-            let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
-            tracing::info!(function = %function, "the broker session of a function no longer configured ended: the broker no longer keeps its messages");
-            let receipts = state.namespace(&function).and_then(|ns| ns.forget_all());
-            match receipts {
-                Ok(()) if state.flushed().await => {
-                    let _ = std::fs::remove_file(&file);
+                let _ = client.disconnect().await;
+                let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+            };
+            self.inner.parts.shared.background.spawn_until_stopped(async move {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = ended => {}
                 }
-                Ok(()) => tracing::warn!(function = %function, "the receipts of a removed function are not on disk yet: the next start drops them"),
-                Err(e) => tracing::warn!(function = %function, "the receipts of a removed function stay in the state store until the next start: {e}"),
-            }
-        });
+                tracing::info!(function = %function, "the broker session of a function no longer configured ended: the broker no longer keeps its messages");
+                // Under the lock, so that a function of this name that starts now finds
+                // its receipts either dropped already or kept.
+                let receipts = {
+                    let _ending = lock(&registry);
+                    if token.is_cancelled() {
+                        return;
+                    }
+                    state.namespace(&function).and_then(|ns| ns.forget_all())
+                };
+                let flushed = state.flushed().await;
+                let mut ending = lock(&registry);
+                if token.is_cancelled() {
+                    // Its file is the new intake's now.
+                    return;
+                }
+                ending.remove(&function);
+                match receipts {
+                    Ok(()) if flushed => {
+                        let _ = std::fs::remove_file(&file);
+                    }
+                    Ok(()) => tracing::warn!(function = %function, "the receipts of a removed function are not on disk yet: the next start drops them"),
+                    Err(e) => tracing::warn!(function = %function, "the receipts of a removed function stay in the state store until the next start: {e}"),
+                }
+            });
+        }
     }
 }
 

@@ -431,6 +431,10 @@ impl Reloader {
         }
         self.config = plan.config;
         drop_stale_shadows(&self.parts.state, &self.config);
+        // The removed functions' intakes have disconnected: their sessions can end.
+        self.parts
+            .lanes
+            .end_stale_sessions(&self.config, &self.parts.broker, &self.parts.state);
         let functions = &self.functions;
         let body = birth(&self.config, |name| functions.get(name).cloned());
         self.parts.birth.send_if_modified(|b| {

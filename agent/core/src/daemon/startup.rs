@@ -153,7 +153,7 @@ impl Startup {
                 lanes.start(&config, f, loaded.clone(), shadow, intake)?;
             }
         }
-        super::lanes::end_stale_sessions(&config, &broker, &state, &background);
+        lanes.end_stale_sessions(&config, &broker, &state);
         let runtime = Arc::new(runtime);
         let loaded = |name: &str| functions.get(name).cloned();
         let (birth, births) = watch::channel(super::reload::birth(&config, loaded));
