@@ -917,6 +917,15 @@ async fn the_embedded_broker_holds_a_bounded_log_not_every_message() {
     assert!(status.success(), "{log}");
 }
 
+/// Function `name` running guest `module`, from `<name>/in` to `<name>/out`.
+fn function_on(name: &str, module: &str) -> String {
+    format!(
+        "\n[[function]]\nname = \"{name}\"\nmodule = \"{}\"\ntopics = [\"{name}/in\"]\n\
+         [function.config]\nout_topic = \"{name}/out\"\n",
+        guest(module)
+    )
+}
+
 /// Each function has a session of its own on the broker. One removed while the agent was
 /// stopped (an edit and a restart) kept its subscription there, and the broker queued
 /// every message on its topics for it, for ever (100 here; up to `max_queued_messages`,
@@ -925,27 +934,21 @@ async fn the_embedded_broker_holds_a_bounded_log_not_every_message() {
 async fn a_function_removed_while_stopped_leaves_no_session_queueing_on_the_broker() {
     let broker = Mosquitto::start();
     let id = unique("gone");
-    let function = |name: &str, module: &str| {
-        format!(
-            "\n[[function]]\nname = \"{name}\"\nmodule = \"{}\"\ntopics = [\"{name}/in\"]\n\
-             [function.config]\nout_topic = \"{name}/out\"\n",
-            guest(module)
-        )
-    };
     let head = format!(
         "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\n",
         broker.url()
     );
     // b writes state: each of its QoS 1 events leaves a receipt in the store.
     let agent =
-        Agent::start(&(head.clone() + &function("a", "echo") + &function("b", "counter"))).await;
+        Agent::start(&(head.clone() + &function_on("a", "echo") + &function_on("b", "counter")))
+            .await;
     let mut c = Client::connect(broker.port, &["b/out"]).await;
     for _ in 0..5 {
         c.publish("b/in", "x").await;
     }
     let counted = c.drain(Duration::from_millis(300)).await;
     assert_eq!(counted.len(), 5, "b counted 5 events");
-    let agent = agent.restart(&(head + &function("a", "echo"))).await;
+    let agent = agent.restart(&(head + &function_on("a", "echo"))).await;
     let sessions = agent.dir().join("data/sessions");
     eventually("b's session ended (its file gone)", || {
         !files_under(&sessions).iter().any(|f| f.ends_with(".b"))
@@ -979,20 +982,13 @@ async fn a_function_added_back_while_its_old_session_waits_to_end_keeps_it() {
     let broker = Mosquitto::start_persistent();
     let port = broker.port;
     let id = unique("back");
-    let function = |name: &str, module: &str| {
-        format!(
-            "\n[[function]]\nname = \"{name}\"\nmodule = \"{}\"\ntopics = [\"{name}/in\"]\n\
-             [function.config]\nout_topic = \"{name}/out\"\n",
-            guest(module)
-        )
-    };
     let head = format!(
         "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\nclean_session = false\nreconnect_max_ms = 200\n",
         broker.url()
     );
     let (both, only_a) = (
-        head.clone() + &function("a", "echo") + &function("b", "counter"),
-        head + &function("a", "echo"),
+        head.clone() + &function_on("a", "echo") + &function_on("b", "counter"),
+        head + &function_on("a", "echo"),
     );
     let agent = Process::start(&both, port, &id, &[]).await;
     let mut c = Client::connect(port, &["b/out"]).await;
