@@ -445,6 +445,27 @@ pub fn agent_bin() -> &'static str {
     env!("CARGO_BIN_EXE_edge-agent")
 }
 
+/// Whether the broker on `port` keeps a session for client `id`: connects as it without
+/// a clean session and reads CONNACK's session-present flag (a session is made for it if
+/// there was none, so ask once).
+pub async fn session_present(port: u16, id: &str) -> bool {
+    let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+    opts.set_clean_session(false);
+    let (client, mut eventloop) = AsyncClient::new(opts, 10);
+    let present = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Ok(Event::Incoming(Packet::ConnAck(ack))) = eventloop.poll().await {
+                return ack.session_present;
+            }
+        }
+    })
+    .await
+    .expect("the broker answered the connection");
+    let _ = client.disconnect().await;
+    let _ = tokio::time::timeout(Duration::from_secs(1), eventloop.poll()).await;
+    present
+}
+
 /// The names of the files under `dir`, at any depth.
 pub fn files_under(dir: &std::path::Path) -> Vec<String> {
     let mut out = Vec::new();

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use edge_agent::messages::{ReloadReport, ReloadedFunction, Status};
 
-use crate::harness::{Client, Mosquitto, Process, eventually, files_under, guest};
+use crate::harness::{Client, Mosquitto, Process, eventually, files_under, guest, session_present};
 
 /// Replaces `dst` with a copy of `src` the way build tools and deploy scripts do: written
 /// beside it, then renamed over it.
@@ -214,15 +214,26 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
     let gone_at = x_next.load(Ordering::SeqCst);
     assert!(report.ok, "{report:?}");
     assert_eq!(report.removed, Some(vec!["x".to_string()]), "{report:?}");
-    // Its broker session ends too, once its intake has disconnected: nothing queues for it.
+    // Its broker session ends too, once its intake has disconnected (its receipts with it).
+    eventually("x's broker session ended", || {
+        agent
+            .log_text()
+            .lines()
+            .any(|l| l.contains("no longer configured ended") && l.contains("function=x"))
+    })
+    .await;
     let sessions = path
         .parent()
         .expect("the agent's folder")
         .join("data/sessions");
-    eventually("x's broker session ended (its file gone)", || {
-        !files_under(&sessions).iter().any(|f| f.ends_with(".x"))
-    })
-    .await;
+    assert!(
+        !files_under(&sessions).iter().any(|f| f.ends_with(".x")),
+        "x's session file outlived its session"
+    );
+    assert!(
+        !session_present(broker.port, "edge-agent-reload.x").await,
+        "the broker kept x's session"
+    );
     // And after its removal: none of these may reach it.
     eventually("50 more events for x after its removal", || {
         x_next.load(Ordering::SeqCst) > gone_at + 50

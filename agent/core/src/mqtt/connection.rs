@@ -517,13 +517,17 @@ impl SessionFilters {
         });
     }
 
-    /// The function is removed and its filters unsubscribed: the session has none.
-    fn forget(&mut self, background: &crate::tasks::Background) {
+    /// The function is removed and its filters unsubscribed: the session has none. Its
+    /// file stays, empty, for the session to be ended on the broker (with the receipts
+    /// that answered its resends) and the file with it
+    /// ([`crate::daemon::lanes`]`::end_stale_sessions`, at once or at the next start).
+    async fn forget(&mut self) {
         self.had.clear();
         let file = self.file.clone();
-        background.spawn_until_stopped(async move {
-            let _ = tokio::task::spawn_blocking(move || std::fs::remove_file(file)).await;
-        });
+        let emptied = tokio::task::spawn_blocking(move || crate::files::replace(&file, b"")).await;
+        if let Ok(Err(e)) = emptied {
+            tracing::warn!(file = %self.file.display(), error = %e, "could not empty the removed function's session file");
+        }
     }
 }
 
@@ -636,7 +640,7 @@ impl IntakeTask {
                 Ok(Event::Incoming(Packet::UnsubAck(_))) if retiring => {
                     unsubscribing = unsubscribing.saturating_sub(1);
                     if unsubscribing == 0 {
-                        self.session.forget(&self.background);
+                        self.session.forget().await;
                         // What the broker had queued or in flight for this client may
                         // still come: it is the function's, and handled.
                         quiet_at = Some(tokio::time::Instant::now() + QUIET);
