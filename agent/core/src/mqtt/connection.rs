@@ -524,9 +524,22 @@ impl SessionFilters {
     async fn forget(&mut self) {
         self.had.clear();
         let file = self.file.clone();
-        let emptied = tokio::task::spawn_blocking(move || crate::files::replace(&file, b"")).await;
-        if let Ok(Err(e)) = emptied {
-            tracing::warn!(file = %self.file.display(), error = %e, "could not empty the removed function's session file");
+        // Waited for, so that the session's end finds it emptied, but not for long: on a
+        // stalled disk the removal goes on and the write lands when it can (the session
+        // may then be ended once more at the next start, which costs nothing).
+        let emptied = tokio::time::timeout(
+            Duration::from_secs(1),
+            tokio::task::spawn_blocking(move || crate::files::replace(&file, b"")),
+        )
+        .await;
+        match emptied {
+            Ok(Ok(Err(e))) => {
+                tracing::warn!(file = %self.file.display(), error = %e, "could not empty the removed function's session file");
+            }
+            Err(_) => {
+                tracing::warn!(file = %self.file.display(), "emptying the removed function's session file has waited 1 s for the disk; going on");
+            }
+            Ok(_) => {}
         }
     }
 }
