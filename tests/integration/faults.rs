@@ -555,7 +555,11 @@ async fn a_power_cut_mid_stream_loses_nothing_acknowledged_and_counts_once() {
     counts
         .until(&["p", "od"], N as i64, Duration::from_secs(5))
         .await;
-    assert_counted(agent, N as i64, "a power cut mid-stream");
+    let log = assert_counted(agent, N as i64, "a power cut mid-stream");
+    assert!(
+        !log.contains("empty/corrupt configuration"),
+        "sled's conf lost:\n{log}"
+    );
     drop(disk);
 }
 
