@@ -813,6 +813,21 @@ impl Client {
             .flatten()
     }
 
+    /// Messages until `n` have come (or `within` has passed), and any that follow within
+    /// 200 ms (a duplicate, one too many).
+    pub async fn at_least(&mut self, n: usize, within: Duration) -> Vec<Msg> {
+        let mut out = Vec::new();
+        let end = tokio::time::Instant::now() + within;
+        while out.len() < n {
+            match tokio::time::timeout_at(end, self.rx.recv()).await {
+                Ok(Some(m)) => out.push(m),
+                _ => return out,
+            }
+        }
+        out.extend(self.drain(Duration::from_millis(200)).await);
+        out
+    }
+
     pub async fn drain(&mut self, window: Duration) -> Vec<Msg> {
         let mut out = Vec::new();
         let end = tokio::time::Instant::now() + window;
