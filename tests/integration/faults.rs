@@ -563,6 +563,31 @@ async fn a_power_cut_mid_stream_loses_nothing_acknowledged_and_counts_once() {
     drop(disk);
 }
 
+/// A file the agent replaces (a config a deployment rewrites, the deployment record, a
+/// session file, a compiled module) is on the disk when `replace` returns: a power cut
+/// right after leaves the new one. Until 2026-12-06 the rename waited for ext4's next
+/// commit (up to 5 s), and a cut in between brought the old file back after the agent had
+/// gone on with the new one.
+#[test]
+fn a_replaced_file_is_the_new_one_after_a_power_cut_right_after() {
+    let images = tempfile::tempdir().expect("tempdir");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let data = dir.path().join("data");
+    let Some(disk) = PowerDisk::mount(&data, &images.path().join("disk.img")) else {
+        return;
+    };
+    let path = data.join("agent.toml");
+    edge_agent::files::replace(&path, b"old").expect("write the file");
+    edge_agent::files::replace(&path, b"new").expect("replace it");
+    let after = images.path().join("after-cut.img");
+    disk.cut(&after);
+    drop(disk);
+    let disk = PowerDisk::mount(&data, &after).expect("the disk after the cut mounts");
+    let kept = std::fs::read_to_string(&path).unwrap_or_else(|e| format!("({e})"));
+    drop(disk);
+    assert_eq!(kept, "new", "the file after a power cut");
+}
+
 /// A disk fault the agent meets while running.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum DiskFault {

@@ -17,6 +17,7 @@ pub const SLOW_DISK: Duration = Duration::from_secs(5);
 /// before the data (ext4 commits metadata every 5 s and writes data back later; other file
 /// systems order them less), and a power cut in between leaves a file of the new name that
 /// is empty or partly zeros. For a compiled module that is native code the agent would run.
+/// The folder is synced after it, so that the rename itself is durable when this returns.
 pub fn replace(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     replace_with_mode(path, bytes, 0o666)
 }
@@ -56,6 +57,17 @@ fn replace_with_mode(path: &Path, bytes: &[u8], new_mode: u32) -> std::io::Resul
     if written.is_err() {
         // A half-written copy on a full disk would keep it full.
         let _ = std::fs::remove_file(&tmp);
+        return written;
+    }
+    // The rename is durable once its folder is: until then a power cut can bring the old
+    // file back (ext4 commits its metadata every 5 s) after the agent went on with the
+    // new one (a deployment applied and reported, a config rewritten). The file is in
+    // place either way, so a folder that cannot be synced (a failing disk) is said, not
+    // failed.
+    if let Some(dir) = path.parent()
+        && let Err(e) = std::fs::File::open(dir).and_then(|d| d.sync_all())
+    {
+        tracing::warn!(file = %path.display(), error = %e, "the folder of a replaced file could not be synced: a power cut soon may bring the old file back");
     }
     written
 }
