@@ -1183,6 +1183,18 @@ impl Namespace {
         self.overlay.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Lists this namespace for the next flush if `overlay` (its own, locked) has no
+    /// writes yet; call before adding some.
+    fn to_be_applied(self: &Arc<Self>, overlay: &Overlay) {
+        if overlay.new.is_empty() {
+            self.store
+                .unapplied
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(self.clone());
+        }
+    }
+
     /// The committed value of `key` (applied to sled or not).
     fn read(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StateError> {
         if let Some(v) = self.overlay().get(key) {
@@ -1347,13 +1359,7 @@ impl Namespace {
         if v.len() <= 12 || Receipt::incarnation_in(&v) != Some(incarnation) {
             return;
         }
-        if o.new.is_empty() {
-            self.store
-                .unapplied
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(self.clone());
-        }
+        self.to_be_applied(&o);
         o.new.insert(key, Some(v[..12].to_vec()));
     }
 
@@ -1366,12 +1372,8 @@ impl Namespace {
             // Receipts being applied are removed by the next batch, after them.
             let mut o = self.overlay();
             let receipts: Vec<Vec<u8>> = o.scan(RECEIPT_PREFIX).into_keys().collect();
-            if o.new.is_empty() && !receipts.is_empty() {
-                self.store
-                    .unapplied
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(self.clone());
+            if !receipts.is_empty() {
+                self.to_be_applied(&o);
             }
             for k in receipts {
                 o.new.insert(k, None);
@@ -1701,13 +1703,7 @@ impl Txn {
             if self.epoch != Some(store.epoch.load(Ordering::Acquire)) {
                 return Err(StateError::Reopening);
             }
-            if overlay.new.is_empty() {
-                store
-                    .unapplied
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(self.ns.clone());
-            }
+            self.ns.to_be_applied(&overlay);
             for (k, v) in std::mem::take(&mut self.writes) {
                 overlay.new.insert(k.into_bytes(), v);
             }
