@@ -822,13 +822,29 @@ fn a_read_only_data_directory_is_refused_at_start_with_its_reason() {
     );
 }
 
-/// An ext4 image made with `errors` (`mkfs.ext4 -e`: what the file system does at an
-/// error), mounted at `data`, and the file that makes it meet an error
+/// An agent's folder whose `data` is an ext4 image made with `errors` (`mkfs.ext4 -e`:
+/// what the file system does at an error), and the file that makes it meet an error
 /// (`trigger_fs_error`); `None` (the test skipped) without root or that file.
-fn ext4_that_errs(errors: &str, data: &Path, image: &Path) -> Option<(PowerDisk, String)> {
+struct Ext4ThatErrs {
+    /// The agent's folder (its data directory is `data` in it).
+    dir: tempfile::TempDir,
+    data: std::path::PathBuf,
+    /// The image's folder, kept for as long as the disk is used.
+    _images: tempfile::TempDir,
+    image: std::path::PathBuf,
+    disk: PowerDisk,
+    knob: String,
+}
+
+fn ext4_that_errs(errors: &str) -> Option<Ext4ThatErrs> {
+    let (dir, images) = (
+        tempfile::tempdir().expect("tempdir"),
+        tempfile::tempdir().expect("tempdir"),
+    );
+    let (data, image) = (dir.path().join("data"), images.path().join("disk.img"));
     // Made here (else PowerDisk makes it) to say, in its superblock, what to do at an
     // error: the mount takes that from it.
-    std::fs::File::create(image)
+    std::fs::File::create(&image)
         .and_then(|f| f.set_len(256 * 1024 * 1024))
         .expect("image file");
     let img = image.to_str().expect("utf-8 path");
@@ -837,7 +853,7 @@ fn ext4_that_errs(errors: &str, data: &Path, image: &Path) -> Option<(PowerDisk,
         .status()
         .expect("mkfs.ext4 (e2fsprogs)");
     assert!(made.success(), "mkfs.ext4");
-    let disk = PowerDisk::mount(data, image)?;
+    let disk = PowerDisk::mount(&data, &image)?;
     let knob = format!(
         "/sys/fs/ext4/{}/trigger_fs_error",
         disk.device.trim_start_matches("/dev/")
@@ -850,7 +866,14 @@ fn ext4_that_errs(errors: &str, data: &Path, image: &Path) -> Option<(PowerDisk,
         eprintln!("skipped: no {knob}");
         return None;
     }
-    Some((disk, knob))
+    Some(Ext4ThatErrs {
+        dir,
+        data,
+        _images: images,
+        image,
+        disk,
+        knob,
+    })
 }
 
 /// The data directory's ext4 turns read-only under the agent, as an ext4 mounted
@@ -865,21 +888,16 @@ fn ext4_that_errs(errors: &str, data: &Path, image: &Path) -> Option<(PowerDisk,
 async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once_after_fsck() {
     let broker = Mosquitto::start();
     let (port, url) = (broker.port, broker.url());
-    let (dir, images) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let (data, image) = (dir.path().join("data"), images.path().join("disk.img"));
-    let Some((disk, knob)) = ext4_that_errs("remount-ro", &data, &image) else {
+    let Some(ext4) = ext4_that_errs("remount-ro") else {
         return;
     };
     let id = format!("ro-{}", std::process::id());
     let config = counters_and_echo(&id, &url, "");
     let mut counts = Counts::follow(port).await;
-    let agent = Process::start_in(dir, &config, port, &id).await;
+    let agent = Process::start_in(ext4.dir, &config, port, &id).await;
     twenty_counted_before_the_fault(&mut counts, &url).await;
 
-    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
+    std::fs::write(&ext4.knob, "edge-agent test").expect("trigger an ext4 error");
     for topic in ["p/in", "od/in", "e/in"] {
         publish(&url, topic, 100).await.expect("publish");
     }
@@ -915,9 +933,9 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
     assert!(status.success(), "the agent did not stop cleanly:\n{log}");
     // Shown only if the test fails: what the store did around the error.
     eprintln!("the agent before the fsck:\n{log}");
-    drop(disk);
+    drop(ext4.disk);
     let fsck = std::process::Command::new("e2fsck")
-        .args(["-f", "-y", image.to_str().expect("utf-8 path")])
+        .args(["-f", "-y", ext4.image.to_str().expect("utf-8 path")])
         .output()
         .expect("e2fsck (e2fsprogs)");
     let said = String::from_utf8_lossy(&fsck.stdout);
@@ -926,7 +944,7 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
         "e2fsck left errors: {said}"
     );
     eprintln!("e2fsck: {said}");
-    let disk = PowerDisk::mount(&data, &image).expect("the disk mounts after fsck");
+    let disk = PowerDisk::mount(&ext4.data, &ext4.image).expect("the disk mounts after fsck");
     let agent = Process::start_in(dir, &config, port, &id).await;
     // What was acknowledged is on disk; the broker sends the rest again, and each counts
     // once.
@@ -943,16 +961,10 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
 /// transaction begun after the error fails, with the read-only file system's error.
 #[test]
 fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
-    let (dir, images) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let data = dir.path().join("data");
-    let Some((disk, knob)) = ext4_that_errs("remount-ro", &data, &images.path().join("disk.img"))
-    else {
+    let Some(ext4) = ext4_that_errs("remount-ro") else {
         return;
     };
-    let db = data.join("db");
+    let db = ext4.data.join("db");
     std::fs::write(&db, [7u8; 4096]).expect("write a file on the disk");
     let file = std::fs::OpenOptions::new()
         .write(true)
@@ -960,7 +972,7 @@ fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
         .expect("open it for writing");
     file.sync_data().expect("fdatasync");
     edge_agent::files::ext4_journal_takes_writes(&file).expect("a healthy journal takes a write");
-    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
+    std::fs::write(&ext4.knob, "edge-agent test").expect("trigger an ext4 error");
     let refused = edge_agent::files::ext4_journal_takes_writes(&file)
         .expect_err("the aborted journal took a transaction");
     assert_eq!(
@@ -969,7 +981,7 @@ fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
         "{refused}"
     );
     drop(file);
-    drop(disk);
+    drop(ext4.disk);
 }
 
 /// A disk that turns read-only while the agent is idle: no write of the store meets the
@@ -979,20 +991,20 @@ fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanly() {
     let broker = Mosquitto::start();
-    let (dir, images) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let data = dir.path().join("data");
-    let image = images.path().join("disk.img");
-    let Some((disk, knob)) = ext4_that_errs("remount-ro", &data, &image) else {
+    let Some(ext4) = ext4_that_errs("remount-ro") else {
         return;
     };
     let id = format!("idle-ro-{}", std::process::id());
     let mut counts = Counts::follow(broker.port).await;
-    let agent = Process::start_in(dir, &counters(&id, &broker.url(), ""), broker.port, &id).await;
+    let agent = Process::start_in(
+        ext4.dir,
+        &counters(&id, &broker.url(), ""),
+        broker.port,
+        &id,
+    )
+    .await;
     twenty_counted_before_the_fault(&mut counts, &broker.url()).await;
-    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
+    std::fs::write(&ext4.knob, "edge-agent test").expect("trigger an ext4 error");
     let (status, log) = agent.stop();
     assert!(
         status.success() && !log.contains("panicked"),
@@ -1003,7 +1015,7 @@ async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanl
             && log.contains("Read-only file system"),
         "{log}"
     );
-    drop(disk);
+    drop(ext4.disk);
 }
 
 /// An ext4 that goes on after an error (`errors=continue`, mkfs's default) stays writable,
@@ -1015,21 +1027,15 @@ async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanl
 async fn an_ext4_error_on_a_disk_that_goes_on_costs_a_reopen_and_counts_once() {
     let broker = Mosquitto::start();
     let (port, url) = (broker.port, broker.url());
-    let (dir, images) = (
-        tempfile::tempdir().expect("tempdir"),
-        tempfile::tempdir().expect("tempdir"),
-    );
-    let data = dir.path().join("data");
-    let Some((disk, knob)) = ext4_that_errs("continue", &data, &images.path().join("disk.img"))
-    else {
+    let Some(ext4) = ext4_that_errs("continue") else {
         return;
     };
     let id = format!("errs-{}", std::process::id());
     let config = counters(&id, &url, "");
     let mut counts = Counts::follow(port).await;
-    let agent = Process::start_in(dir, &config, port, &id).await;
+    let agent = Process::start_in(ext4.dir, &config, port, &id).await;
     twenty_counted_before_the_fault(&mut counts, &url).await;
-    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
+    std::fs::write(&ext4.knob, "edge-agent test").expect("trigger an ext4 error");
     publish_both(&url, 100, "{seq}").await;
     counts
         .until(&["p", "od"], 120, Duration::from_secs(10))
@@ -1053,5 +1059,5 @@ async fn an_ext4_error_on_a_disk_that_goes_on_costs_a_reopen_and_counts_once() {
             && log.contains("state store reopened"),
         "the store neither said that its file system met an error nor opened again:\n{log}"
     );
-    drop(disk);
+    drop(ext4.disk);
 }
