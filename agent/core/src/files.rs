@@ -72,6 +72,70 @@ fn replace_with_mode(path: &Path, bytes: &[u8], new_mode: u32) -> std::io::Resul
     written
 }
 
+/// When a write of a file was decided, for writes that run in the background and may
+/// reach the disk in another order (a session's filters confirmed twice in a row, or a
+/// removed function's emptied file and the file of the same function added back while
+/// the disk stalled): [`replace_in_turn`] and [`remove_in_turn`] let the later decision
+/// stand. Take it where the write is decided, not where it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Turn(u64);
+
+impl Turn {
+    /// Later than every turn taken before it in this process.
+    pub fn take() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+}
+
+/// The last turn that reached `path`, locked: writes of one file run one at a time (two
+/// at once would share its `.part` file, and one could rename the other's half-written
+/// copy into place).
+fn turn_of(path: &Path) -> std::sync::Arc<std::sync::Mutex<Turn>> {
+    type Turns =
+        std::collections::HashMap<std::path::PathBuf, std::sync::Arc<std::sync::Mutex<Turn>>>;
+    static TURNS: std::sync::LazyLock<std::sync::Mutex<Turns>> =
+        std::sync::LazyLock::new(Default::default);
+    let mut turns = TURNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    turns.entry(path.to_path_buf()).or_default().clone()
+}
+
+/// Runs `write` on `path` unless a later turn than `turn` has already written or removed
+/// it; `Ok(false)` if it was skipped.
+fn in_turn(
+    path: &Path,
+    turn: Turn,
+    write: impl FnOnce() -> std::io::Result<()>,
+) -> std::io::Result<bool> {
+    let last = turn_of(path);
+    let mut last = last
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if *last > turn {
+        return Ok(false);
+    }
+    write()?;
+    *last = turn;
+    Ok(true)
+}
+
+/// [`replace`], unless a later [`Turn`] has already replaced or removed `path`:
+/// `Ok(false)`, the file as that one left it.
+pub fn replace_in_turn(path: &Path, bytes: &[u8], turn: Turn) -> std::io::Result<bool> {
+    in_turn(path, turn, || replace(path, bytes))
+}
+
+/// Removes `path` (gone already is fine), unless a later [`Turn`] has already replaced
+/// it: `Ok(false)`, the file kept.
+pub fn remove_in_turn(path: &Path, turn: Turn) -> std::io::Result<bool> {
+    in_turn(path, turn, || match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+        _ => Ok(()),
+    })
+}
+
 /// Runs `work` on the disk of `path`; if it keeps waiting [`SLOW_DISK`], says so (as
 /// `what`), and how long it took once it ends. For the disk work of a start, before the
 /// agent has said anything else: a stalled card otherwise left it silent until the disk
@@ -217,6 +281,60 @@ mod tests {
             .map(|e| e.file_name())
             .collect();
         assert_eq!(names, ["agent.toml"], "no file left beside it");
+    }
+
+    #[test]
+    fn a_write_decided_earlier_never_lands_over_a_later_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.x");
+        let (emptied, added_back, ended) = (Turn::take(), Turn::take(), Turn::take());
+        assert!(replace_in_turn(&path, b"filter\n", added_back).unwrap());
+        assert!(
+            !replace_in_turn(&path, b"", emptied).unwrap(),
+            "a late write is skipped"
+        );
+        assert_eq!(std::fs::read(&path).unwrap(), b"filter\n");
+        assert!(remove_in_turn(&path, ended).unwrap());
+        assert!(!path.exists());
+        assert!(
+            !replace_in_turn(&path, b"", added_back).unwrap(),
+            "nor brings it back"
+        );
+        assert!(!path.exists());
+        assert!(
+            remove_in_turn(&path, Turn::take()).unwrap(),
+            "gone already is fine"
+        );
+    }
+
+    #[test]
+    fn writes_of_one_file_from_many_threads_never_overlap_and_the_last_turn_stays() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.x");
+        let writers: Vec<_> = (0..4)
+            .map(|_| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let mut highest = Turn::default();
+                    for _ in 0..100 {
+                        let turn = Turn::take();
+                        let text = format!("{turn:?}");
+                        replace_in_turn(&path, text.as_bytes(), turn)
+                            .unwrap_or_else(|e| panic!("{turn:?}: {e}"));
+                        highest = highest.max(turn);
+                    }
+                    highest
+                })
+            })
+            .collect();
+        let last = writers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .max()
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("{last:?}"));
+        let files = std::fs::read_dir(dir.path()).unwrap().flatten().count();
+        assert_eq!(files, 1, "no `.part` file left beside it");
     }
 
     #[test]

@@ -660,7 +660,7 @@ impl Lanes {
                 ending.remove(&function);
                 match receipts {
                     Ok(()) if flushed => {
-                        let _ = std::fs::remove_file(&file);
+                        let _ = crate::files::remove_in_turn(&file, crate::files::Turn::take());
                     }
                     Ok(()) => tracing::warn!(function = %function, "the receipts of a removed function are not on disk yet: the next start drops them"),
                     Err(e) => tracing::warn!(function = %function, "the receipts of a removed function stay in the state store until the next start: {e}"),

@@ -508,9 +508,14 @@ impl SessionFilters {
         self.had = filters;
         let (file, text) = (self.file.clone(), self.had.iter().map(|f| format!("{f}\n")));
         let text: String = text.collect();
+        // Taken now: a write of the filters confirmed before this one that reaches the
+        // disk after it is skipped.
+        let turn = crate::files::Turn::take();
         background.spawn_until_stopped(async move {
-            let written =
-                tokio::task::spawn_blocking(move || (crate::files::replace(&file, text.as_bytes()), file)).await;
+            let written = tokio::task::spawn_blocking(move || {
+                (crate::files::replace_in_turn(&file, text.as_bytes(), turn), file)
+            })
+            .await;
             if let Ok((Err(e), file)) = written {
                 tracing::warn!(file = %file.display(), error = %e, "could not keep the session's filters: a restart may hand retained messages to the function again");
             }
@@ -525,11 +530,13 @@ impl SessionFilters {
         self.had.clear();
         let file = self.file.clone();
         // Waited for, so that the session's end finds it emptied, but not for long: on a
-        // stalled disk the removal goes on and the write lands when it can (the session
-        // may then be ended once more at the next start, which costs nothing).
+        // stalled disk the removal goes on and the write lands when it can, unless the
+        // session's end or a function of this name added back has written the file since
+        // (its turn is later).
+        let turn = crate::files::Turn::take();
         let emptied = tokio::time::timeout(
             Duration::from_secs(1),
-            tokio::task::spawn_blocking(move || crate::files::replace(&file, b"")),
+            tokio::task::spawn_blocking(move || crate::files::replace_in_turn(&file, b"", turn)),
         )
         .await;
         match emptied {
