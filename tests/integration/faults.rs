@@ -120,6 +120,21 @@ impl Counts {
             .unwrap_or(0)
     }
 
+    /// Reads outputs until `n` have come from `e`, the echo of [`counters_and_echo`]
+    /// (whatever the counters say meanwhile counts as in [`Self::until`]).
+    async fn echoed(&mut self, n: usize) {
+        let mut echoed = 0;
+        while echoed < n {
+            let m = self.client.recv().await;
+            if m.topic == "out/e" {
+                echoed += 1;
+            } else if let Some(count) = m.json()["count"].as_i64() {
+                let best = self.seen.entry(m.topic).or_default();
+                *best = (*best).max(count);
+            }
+        }
+    }
+
     /// Reads outputs until each of `functions` has counted `at_least`, or nothing has come
     /// for `quiet` (then it returns what it has).
     async fn until(&mut self, functions: &[&str], at_least: i64, quiet: Duration) {
@@ -822,10 +837,10 @@ fn a_read_only_data_directory_is_refused_at_start_with_its_reason() {
     );
 }
 
-/// An agent's folder whose `data` is an ext4 image made with `errors` (`mkfs.ext4 -e`:
-/// what the file system does at an error), and the file that makes it meet an error
-/// (`trigger_fs_error`); `None` (the test skipped) without root or that file.
-struct Ext4ThatErrs {
+/// An agent's folder whose `data` is a file system of its own, on a loop device over an
+/// image file; `None` (the test skipped) without root, or without the file system's tools
+/// (unless `EDGE_AGENT_REQUIRE_FAULTS` is set).
+struct DiskUnder {
     /// The agent's folder (its data directory is `data` in it).
     dir: tempfile::TempDir,
     data: std::path::PathBuf,
@@ -833,30 +848,51 @@ struct Ext4ThatErrs {
     _images: tempfile::TempDir,
     image: std::path::PathBuf,
     disk: PowerDisk,
-    knob: String,
 }
 
-fn ext4_that_errs(errors: &str) -> Option<Ext4ThatErrs> {
+/// [`DiskUnder`] of `bytes` made by `mkfs` (the command and its arguments; the image's
+/// path comes last).
+fn disk_under(mkfs: &[&str], bytes: u64) -> Option<DiskUnder> {
     let (dir, images) = (
         tempfile::tempdir().expect("tempdir"),
         tempfile::tempdir().expect("tempdir"),
     );
     let (data, image) = (dir.path().join("data"), images.path().join("disk.img"));
-    // Made here (else PowerDisk makes it) to say, in its superblock, what to do at an
-    // error: the mount takes that from it.
     std::fs::File::create(&image)
-        .and_then(|f| f.set_len(256 * 1024 * 1024))
+        .and_then(|f| f.set_len(bytes))
         .expect("image file");
-    let img = image.to_str().expect("utf-8 path");
-    let made = std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-F", "-e", errors, img])
-        .status()
-        .expect("mkfs.ext4 (e2fsprogs)");
-    assert!(made.success(), "mkfs.ext4");
+    let made = std::process::Command::new(mkfs[0])
+        .args(&mkfs[1..])
+        .arg(&image)
+        .status();
+    if made.is_err() {
+        assert!(
+            std::env::var_os("EDGE_AGENT_REQUIRE_FAULTS").is_none(),
+            "EDGE_AGENT_REQUIRE_FAULTS is set but there is no {}",
+            mkfs[0]
+        );
+        eprintln!("skipped: no {}", mkfs[0]);
+        return None;
+    }
+    assert!(made.is_ok_and(|s| s.success()), "{mkfs:?}");
     let disk = PowerDisk::mount(&data, &image)?;
+    Some(DiskUnder {
+        dir,
+        data,
+        _images: images,
+        image,
+        disk,
+    })
+}
+
+/// A [`DiskUnder`] of ext4 made with `errors` (`mkfs.ext4 -e`: what the file system does
+/// at an error; the mount takes it from the superblock), and the file that makes it meet
+/// an error (`trigger_fs_error`); `None` (the test skipped) without that file.
+fn ext4_that_errs(errors: &str) -> Option<(DiskUnder, String)> {
+    let ext4 = disk_under(&["mkfs.ext4", "-q", "-F", "-e", errors], 256 * 1024 * 1024)?;
     let knob = format!(
         "/sys/fs/ext4/{}/trigger_fs_error",
-        disk.device.trim_start_matches("/dev/")
+        ext4.disk.device.trim_start_matches("/dev/")
     );
     if !Path::new(&knob).exists() {
         assert!(
@@ -866,14 +902,7 @@ fn ext4_that_errs(errors: &str) -> Option<Ext4ThatErrs> {
         eprintln!("skipped: no {knob}");
         return None;
     }
-    Some(Ext4ThatErrs {
-        dir,
-        data,
-        _images: images,
-        image,
-        disk,
-        knob,
-    })
+    Some((ext4, knob))
 }
 
 /// The data directory's ext4 turns read-only under the agent, as an ext4 mounted
@@ -888,7 +917,7 @@ fn ext4_that_errs(errors: &str) -> Option<Ext4ThatErrs> {
 async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once_after_fsck() {
     let broker = Mosquitto::start();
     let (port, url) = (broker.port, broker.url());
-    let Some(ext4) = ext4_that_errs("remount-ro") else {
+    let Some((ext4, knob)) = ext4_that_errs("remount-ro") else {
         return;
     };
     let id = format!("ro-{}", std::process::id());
@@ -897,16 +926,11 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
     let agent = Process::start_in(ext4.dir, &config, port, &id).await;
     twenty_counted_before_the_fault(&mut counts, &url).await;
 
-    std::fs::write(&ext4.knob, "edge-agent test").expect("trigger an ext4 error");
+    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
     for topic in ["p/in", "od/in", "e/in"] {
         publish(&url, topic, 100).await.expect("publish");
     }
-    let mut echoed = 0;
-    while echoed < 100 {
-        if counts.client.recv().await.topic == "out/e" {
-            echoed += 1;
-        }
-    }
+    counts.echoed(100).await;
     let mut status = Client::connect(port, &[&format!("edge-agent/{id}/status")]).await;
     // The first reason may be the write that met the error (EIO); the store's reopen then
     // meets the read-only file system, and the reason names it, and what to do.
@@ -961,7 +985,7 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
 /// transaction begun after the error fails, with the read-only file system's error.
 #[test]
 fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
-    let Some(ext4) = ext4_that_errs("remount-ro") else {
+    let Some((ext4, knob)) = ext4_that_errs("remount-ro") else {
         return;
     };
     let db = ext4.data.join("db");
@@ -972,7 +996,7 @@ fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
         .expect("open it for writing");
     file.sync_data().expect("fdatasync");
     edge_agent::files::ext4_journal_takes_writes(&file).expect("a healthy journal takes a write");
-    std::fs::write(&ext4.knob, "edge-agent test").expect("trigger an ext4 error");
+    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
     let refused = edge_agent::files::ext4_journal_takes_writes(&file)
         .expect_err("the aborted journal took a transaction");
     assert_eq!(
@@ -991,7 +1015,7 @@ fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanly() {
     let broker = Mosquitto::start();
-    let Some(ext4) = ext4_that_errs("remount-ro") else {
+    let Some((ext4, knob)) = ext4_that_errs("remount-ro") else {
         return;
     };
     let id = format!("idle-ro-{}", std::process::id());
@@ -1004,7 +1028,7 @@ async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanl
     )
     .await;
     twenty_counted_before_the_fault(&mut counts, &broker.url()).await;
-    std::fs::write(&ext4.knob, "edge-agent test").expect("trigger an ext4 error");
+    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
     let (status, log) = agent.stop();
     assert!(
         status.success() && !log.contains("panicked"),
@@ -1018,6 +1042,78 @@ async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanl
     drop(ext4.disk);
 }
 
+/// The data directory's file system shuts down under the agent, as XFS does at a
+/// metadata or log error (made here with `xfs_io -x -c shutdown`, which also drops the
+/// log it has not written, as a crash does): every later I/O fails. The functions that
+/// write state pause and the agent names the I/O error and what to do (the store's reopen
+/// used to say "File exists": sled's `create_dir_all` on a shut-down XFS); the one without
+/// state goes on. Stopped, the disk mounted again (XFS replays its log), a new agent
+/// counts every event once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_system_shut_down_under_the_agent_says_so_and_counts_once_mounted_again() {
+    let broker = Mosquitto::start();
+    let (port, url) = (broker.port, broker.url());
+    let kernel = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
+    if !kernel
+        .lines()
+        .any(|l| l.trim_start_matches("nodev").trim() == "xfs")
+    {
+        eprintln!("skipped: this kernel has no XFS");
+        return;
+    }
+    // XFS's smallest (xfsprogs 5.19 and later), sparse.
+    let Some(xfs) = disk_under(&["mkfs.xfs", "-q", "-f"], 320 * 1024 * 1024) else {
+        return;
+    };
+    let id = format!("shut-{}", std::process::id());
+    let config = counters_and_echo(&id, &url, "");
+    let mut counts = Counts::follow(port).await;
+    let agent = Process::start_in(xfs.dir, &config, port, &id).await;
+    twenty_counted_before_the_fault(&mut counts, &url).await;
+    let shut = std::process::Command::new("xfs_io")
+        .args(["-x", "-c", "shutdown"])
+        .arg(&xfs.data)
+        .status()
+        .expect("xfs_io (xfsprogs)");
+    assert!(shut.success(), "xfs_io -x -c shutdown");
+    for topic in ["p/in", "od/in", "e/in"] {
+        publish(&url, topic, 100).await.expect("publish");
+    }
+    counts.echoed(100).await;
+    let mut status = Client::connect(port, &[&format!("edge-agent/{id}/status")]).await;
+    let mut reasons = Vec::new();
+    let said = async {
+        loop {
+            let s: edge_agent::messages::Status = status.recv().await.message();
+            if let Some(reason) = s.degraded {
+                if reason.starts_with("the state store cannot be opened again")
+                    && reason.contains("I/O error, see `dmesg`")
+                {
+                    break;
+                }
+                reasons.push(reason);
+            }
+        }
+    };
+    let named = tokio::time::timeout(Duration::from_secs(15), said)
+        .await
+        .is_ok();
+    let (status, log, dir) = agent.stop_keeping_dir();
+    assert!(
+        named,
+        "the agent's status never named the I/O error of the reopen: {reasons:?}\n{log}"
+    );
+    assert!(status.success(), "the agent did not stop cleanly:\n{log}");
+    drop(xfs.disk);
+    let disk = PowerDisk::mount(&xfs.data, &xfs.image).expect("the disk mounts again");
+    let agent = Process::start_in(dir, &config, port, &id).await;
+    counts
+        .until(&["p", "od"], 120, Duration::from_secs(10))
+        .await;
+    assert_counted(agent, 120, "a file system shut down, then mounted again");
+    drop(disk);
+}
+
 /// An ext4 that goes on after an error (`errors=continue`, mkfs's default) stays writable,
 /// but a flush under way at the error cannot tell whether its writes reached the disk
 /// (ext4's fsync says yes either way): the store says why, opens again, and runs that
@@ -1027,7 +1123,7 @@ async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanl
 async fn an_ext4_error_on_a_disk_that_goes_on_costs_a_reopen_and_counts_once() {
     let broker = Mosquitto::start();
     let (port, url) = (broker.port, broker.url());
-    let Some(ext4) = ext4_that_errs("continue") else {
+    let Some((ext4, knob)) = ext4_that_errs("continue") else {
         return;
     };
     let id = format!("errs-{}", std::process::id());
@@ -1035,7 +1131,7 @@ async fn an_ext4_error_on_a_disk_that_goes_on_costs_a_reopen_and_counts_once() {
     let mut counts = Counts::follow(port).await;
     let agent = Process::start_in(ext4.dir, &config, port, &id).await;
     twenty_counted_before_the_fault(&mut counts, &url).await;
-    std::fs::write(&ext4.knob, "edge-agent test").expect("trigger an ext4 error");
+    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
     publish_both(&url, 100, "{seq}").await;
     counts
         .until(&["p", "od"], 120, Duration::from_secs(10))

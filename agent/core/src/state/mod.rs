@@ -140,8 +140,10 @@ pub enum StateError {
 }
 
 /// What to do about a store whose file system the kernel made read-only (it does that to
-/// ext4 after disk errors, `errors=remount-ro`): nothing the agent can, so it says so.
-fn read_only_hint(e: &StateError) -> &'static str {
+/// ext4 after disk errors, `errors=remount-ro`) or answers with I/O errors (a failing
+/// card, or a file system shut down after errors, as XFS does): nothing the agent can, so
+/// it says so.
+fn disk_hint(e: &StateError) -> &'static str {
     let io = match e {
         StateError::Io(sled::Error::Io(io))
         | StateError::Open {
@@ -154,10 +156,18 @@ fn read_only_hint(e: &StateError) -> &'static str {
         " (the data directory's file system is read-only: the kernel makes ext4 read-only \
          after disk errors, see `dmesg`; the card needs a check, `fsck`, and a reboot, or \
          replacing)"
+    } else if io.raw_os_error() == Some(EIO) {
+        " (the disk answered with an I/O error, see `dmesg`: a failing card or cable, or a \
+         file system the kernel shut down after errors, which stays so until it is mounted \
+         again: stop the agent, check it (`fsck`, `xfs_repair`) and mount it; the events not \
+         yet on disk wait with the broker)"
     } else {
         ""
     }
 }
+
+/// `EIO`, the same number on every Linux architecture.
+const EIO: i32 = 5;
 
 impl StateError {
     /// Whether the store, not the call, is at fault (full disk, I/O error): the event is
@@ -335,6 +345,16 @@ impl StateStore {
     }
 
     fn open_db(dir: &Path, limits: &StateConfig) -> Result<sled::Db, StateError> {
+        // The folder's own error first: on a file system the kernel shut down (XFS after
+        // an error) sled's `create_dir_all` meets "File exists" before the I/O error.
+        if let Err(e) = std::fs::metadata(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            return Err(StateError::Open {
+                dir: dir.display().to_string(),
+                source: sled::Error::Io(e),
+            });
+        }
         wait_for_lock(dir, LOCK_WAIT)?;
         let db = sled::Config::new()
             .path(dir)
@@ -667,7 +687,7 @@ impl StateStore {
                     "the state store's last flush failed: {}{}; the events of what it had \
                      not written stay with the broker, unacknowledged",
                     crate::failure::chain(&e),
-                    read_only_hint(&e)
+                    disk_hint(&e)
                 );
                 if let Ok(db) = self.db() {
                     let _ = tokio::task::spawn_blocking(move || let_sled_meet_the_disk_error(&db))
@@ -702,11 +722,7 @@ impl StateStore {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => {
                 tracing::debug!(error = %crate::failure::chain(&e), "state store not opened yet");
-                Err(format!(
-                    "{}{}",
-                    crate::failure::chain(&e),
-                    read_only_hint(&e)
-                ))
+                Err(format!("{}{}", crate::failure::chain(&e), disk_hint(&e)))
             }
             Err(e) => {
                 tracing::error!(error = %e, "opening the state store panicked");
@@ -834,12 +850,16 @@ impl StateStore {
                     return;
                 }
                 Err(e) => {
-                    let why = match (&e, &closed) {
-                        (StateError::Reopening, Some(why)) => why.clone(),
+                    let said = self.health.borrow().clone();
+                    let why = match (&e, &closed, said) {
+                        (StateError::Reopening, Some(why), _) => why.clone(),
+                        // Closed since an earlier round: its reason is said already, and
+                        // "not open" would only hide it.
+                        (StateError::Reopening, None, Some(said)) => said,
                         _ => format!(
                             "state flush failed: {}{}",
                             crate::failure::chain(&e),
-                            read_only_hint(&e)
+                            disk_hint(&e)
                         ),
                     };
                     self.set_health(Some(why));
