@@ -488,10 +488,16 @@ impl PowerDisk {
         };
         let img = image.to_str().expect("utf-8 path");
         if !image.exists() {
+            // ext4, the Pi's; `EDGE_AGENT_FAULT_FS=xfs` runs the power-cut tests on XFS.
+            let xfs = std::env::var("EDGE_AGENT_FAULT_FS").is_ok_and(|fs| fs == "xfs");
             std::fs::File::create(image)
-                .and_then(|f| f.set_len(256 * 1024 * 1024))
+                .and_then(|f| f.set_len(if xfs { 320 } else { 256 } * 1024 * 1024))
                 .expect("image file");
-            run("mkfs.ext4", &["-q", "-F", img]).expect("mkfs.ext4 (e2fsprogs)");
+            if xfs {
+                run("mkfs.xfs", &["-q", "-f", img]).expect("mkfs.xfs (xfsprogs)");
+            } else {
+                run("mkfs.ext4", &["-q", "-F", img]).expect("mkfs.ext4 (e2fsprogs)");
+            }
         }
         std::fs::create_dir_all(dir).expect("mount point");
         let device = run("losetup", &["-f", "--show", img]);
