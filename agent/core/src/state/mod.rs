@@ -410,14 +410,14 @@ impl StateStore {
         {
             return Ok(ns);
         }
-        // Without a database yet (the disk was full at start-up) the namespace waits for
-        // its tree like one being reopened: its calls are told the store is unavailable,
-        // and `reopen` (which holds `namespaces` throughout, so it cannot miss this one)
-        // gives it its tree, counts and life. While an opened store is being reopened,
-        // asking for a namespace is refused, as it was.
+        // Without a database (the disk was full at start-up, or the store is closed after
+        // a disk error) the namespace waits for its tree like the others: its calls are
+        // told the store is unavailable, and `reopen` (which holds `namespaces`
+        // throughout, so it cannot miss this one) gives it its tree, counts and life. A
+        // function added by a reload during a disk fault thus pauses like the rest.
         let opened = match self.db() {
             Ok(db) => Some(db.open_tree(&name)?),
-            Err(StateError::Reopening) if !self.opened.load(Ordering::Acquire) => None,
+            Err(StateError::Reopening) => None,
             Err(e) => return Err(e),
         };
         let (keys, bytes, life) = match &opened {
@@ -1873,6 +1873,33 @@ mod tests {
         );
         assert!(matches!(t.commit(None), Ok(Committed::Pending { .. })));
         assert_eq!(ns.begin().get("n").ok().flatten(), Some(b"5".to_vec()));
+    }
+
+    /// A function added while the store is closed after a disk error (a reload during the
+    /// fault) waits like the others, and gets its tree when the store opens again: the
+    /// reload used to be refused ("cannot open its state").
+    #[test]
+    fn a_namespace_asked_for_while_the_store_is_closed_waits_for_its_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(dir.path());
+        s.namespace("old").unwrap();
+        // The store's folder turns into something sled cannot open: the reopen fails and
+        // the store stays closed.
+        let (state, aside) = (dir.path().join("state"), dir.path().join("aside"));
+        std::fs::rename(&state, &aside).unwrap();
+        std::fs::write(&state, b"not a folder").unwrap();
+        assert!(s.reopen().is_err());
+        let added = s
+            .namespace("added")
+            .expect("a namespace while the store is closed");
+        assert!(matches!(added.begin().get("n"), Err(StateError::Reopening)));
+        std::fs::remove_file(&state).unwrap();
+        std::fs::rename(&aside, &state).unwrap();
+        s.reopen().unwrap();
+        let mut t = added.begin();
+        assert_eq!(t.increment("n", 1).ok(), Some(1));
+        assert!(matches!(t.commit(None), Ok(Committed::Pending { .. })));
+        assert_eq!(added.begin().get("n").ok().flatten(), Some(b"1".to_vec()));
     }
 
     /// A shadow's copy of the state must know which commits it holds: taken while calls
