@@ -1110,6 +1110,10 @@ async fn a_file_system_shut_down_under_the_agent_says_so_and_counts_once_mounted
         "the agent's status never named the I/O error of the reopen: {reasons:?}\n{log}"
     );
     assert!(status.success(), "the agent did not stop cleanly:\n{log}");
+    assert!(
+        !log.contains("File exists"),
+        "an error named by its symptom:\n{log}"
+    );
     drop(xfs.disk);
     let disk = PowerDisk::mount(&xfs.data, &xfs.image).expect("the disk mounts again");
     let agent = Process::start_in(dir, &config, port, &id).await;

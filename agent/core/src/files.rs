@@ -36,7 +36,7 @@ fn replace_with_mode(path: &Path, bytes: &[u8], new_mode: u32) -> std::io::Resul
     tmp.push(".part");
     let tmp = std::path::PathBuf::from(tmp);
     if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
+        create_dir_all(dir)?;
     }
     // One a stop left half-written would keep its own mode.
     let _ = std::fs::remove_file(&tmp);
@@ -70,6 +70,17 @@ fn replace_with_mode(path: &Path, bytes: &[u8], new_mode: u32) -> std::io::Resul
         tracing::warn!(file = %path.display(), error = %e, "the folder of a replaced file could not be synced: a power cut soon may bring the old file back");
     }
     written
+}
+
+/// [`std::fs::create_dir_all`], with the disk's own error where it would say "File
+/// exists": on a file system the kernel shut down (XFS after an error) `mkdir` of a folder
+/// that exists still says so, and reading the folder then fails with the I/O error that
+/// is the cause.
+pub fn create_dir_all(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| match std::fs::metadata(dir) {
+        Err(cause) if e.kind() == std::io::ErrorKind::AlreadyExists => cause,
+        _ => e,
+    })
 }
 
 /// When a write of a file was decided, for writes that run in the background and may

@@ -652,7 +652,7 @@ impl Deployer {
             let file = s
                 .path
                 .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
+                .map_or(Ok(()), crate::files::create_dir_all)
                 .and_then(|()| std::fs::File::create(&part))
                 .map_err(|e| storage(a.name(), &e))?;
             parts.insert(sha.clone(), (part, file));

@@ -788,7 +788,7 @@ impl CompileCache {
             .serialize()
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
-                std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
+                crate::files::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
                 let free = fs2::available_space(&self.dir).unwrap_or(u64::MAX);
                 if free < self.reserve_bytes.saturating_add(bytes.len() as u64) {
                     return Err(format!(

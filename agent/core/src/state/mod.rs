@@ -345,16 +345,12 @@ impl StateStore {
     }
 
     fn open_db(dir: &Path, limits: &StateConfig) -> Result<sled::Db, StateError> {
-        // The folder's own error first: on a file system the kernel shut down (XFS after
-        // an error) sled's `create_dir_all` meets "File exists" before the I/O error.
-        if let Err(e) = std::fs::metadata(dir)
-            && e.kind() != std::io::ErrorKind::NotFound
-        {
-            return Err(StateError::Open {
-                dir: dir.display().to_string(),
-                source: sled::Error::Io(e),
-            });
-        }
+        // Made here for the disk's own error: on a file system the kernel shut down (XFS
+        // after an error) sled's `create_dir_all` says "File exists" instead.
+        crate::files::create_dir_all(dir).map_err(|e| StateError::Open {
+            dir: dir.display().to_string(),
+            source: sled::Error::Io(e),
+        })?;
         wait_for_lock(dir, LOCK_WAIT)?;
         let db = sled::Config::new()
             .path(dir)
