@@ -8,7 +8,8 @@
 #     then 3,000 more events;
 #   - 10 `kill -9` of the agent in a 3,000-event backlog;
 #   - 5 power cuts (the agent frozen, its ext4 disk image copied as a cut leaves it, the
-#     agent killed, a new one started on the copy), then 5 more on XFS (EDGE_AGENT_FAULT_FS);
+#     agent killed, a new one started on the copy), then 5 more on XFS and on btrfs
+#     where they can be made (EDGE_AGENT_FAULT_FS);
 # and, RUNS times, the events `echo` handles twice across one broker restart, and an ext4
 # error on the data directory's disk (mounted errors=remount-ro) followed by fsck: the
 # error must land inside a flush to show whether the store believes an fsync that ext4
@@ -40,12 +41,14 @@ echo "Machine: $(nproc) CPUs, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -
 run 10 a_broker_restart_with_persistence_counts_every_event_once
 run 10 kill_9_mid_stream_counts_every_event_once
 run 5 a_power_cut_mid_stream_loses_nothing_acknowledged_and_counts_once
-if grep -qw xfs /proc/filesystems && command -v mkfs.xfs >/dev/null; then
-    echo "on XFS:"
-    export EDGE_AGENT_FAULT_FS=xfs
-    run 5 a_power_cut_mid_stream_loses_nothing_acknowledged_and_counts_once
-    unset EDGE_AGENT_FAULT_FS
-fi
+for fs in xfs btrfs; do
+    if grep -qw "$fs" /proc/filesystems && command -v "mkfs.$fs" >/dev/null; then
+        echo "on $fs:"
+        export EDGE_AGENT_FAULT_FS=$fs
+        run 5 a_power_cut_mid_stream_loses_nothing_acknowledged_and_counts_once
+        unset EDGE_AGENT_FAULT_FS
+    fi
+done
 for _ in $(seq 1 "$runs"); do
     run 1 a_broker_restart_loses_no_stateless_event
     grep -E 'handled twice across' "$log" | sed 's/^/    /'

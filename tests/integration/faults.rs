@@ -488,16 +488,19 @@ impl PowerDisk {
         };
         let img = image.to_str().expect("utf-8 path");
         if !image.exists() {
-            // ext4, the Pi's; `EDGE_AGENT_FAULT_FS=xfs` runs the power-cut tests on XFS.
-            let xfs = std::env::var("EDGE_AGENT_FAULT_FS").is_ok_and(|fs| fs == "xfs");
+            // ext4, the Pi's; `EDGE_AGENT_FAULT_FS=xfs` (or `btrfs`) runs the power-cut
+            // tests on another.
+            let fs = std::env::var("EDGE_AGENT_FAULT_FS").unwrap_or_else(|_| "ext4".into());
+            let (mb, force) = match fs.as_str() {
+                "xfs" => (320, "-f"),
+                "btrfs" => (256, "-f"),
+                _ => (256, "-F"),
+            };
             std::fs::File::create(image)
-                .and_then(|f| f.set_len(if xfs { 320 } else { 256 } * 1024 * 1024))
+                .and_then(|f| f.set_len(mb * 1024 * 1024))
                 .expect("image file");
-            if xfs {
-                run("mkfs.xfs", &["-q", "-f", img]).expect("mkfs.xfs (xfsprogs)");
-            } else {
-                run("mkfs.ext4", &["-q", "-F", img]).expect("mkfs.ext4 (e2fsprogs)");
-            }
+            run(&format!("mkfs.{fs}"), &["-q", force, img])
+                .unwrap_or_else(|| panic!("mkfs.{fs} failed or is not installed"));
         }
         std::fs::create_dir_all(dir).expect("mount point");
         let device = run("losetup", &["-f", "--show", img]);
