@@ -914,6 +914,45 @@ fn ext4_that_errs(errors: &str) -> Option<(DiskUnder, String)> {
     Some((ext4, knob))
 }
 
+/// After a fault on the disk of an agent running [`counters_and_echo`]: 100 events to
+/// each function, the echo's 100 answers (it writes no state), then the agent's status
+/// until its degraded reason is `wanted` (`what`), for 15 s at most. The agent is stopped;
+/// it must have said so and stopped cleanly. Returns its log and folder.
+async fn paused_saying(
+    agent: Process,
+    counts: &mut Counts,
+    (url, port, id): (&str, u16, &str),
+    what: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> (String, tempfile::TempDir) {
+    for topic in ["p/in", "od/in", "e/in"] {
+        publish(url, topic, 100).await.expect("publish");
+    }
+    counts.echoed(100).await;
+    let mut status = Client::connect(port, &[&format!("edge-agent/{id}/status")]).await;
+    let mut reasons = Vec::new();
+    let said = async {
+        loop {
+            let s: edge_agent::messages::Status = status.recv().await.message();
+            match s.degraded {
+                Some(reason) if wanted(&reason) => break,
+                Some(reason) => reasons.push(reason),
+                None => {}
+            }
+        }
+    };
+    let named = tokio::time::timeout(Duration::from_secs(15), said)
+        .await
+        .is_ok();
+    let (status, log, dir) = agent.stop_keeping_dir();
+    assert!(
+        named,
+        "the agent's status never named {what}: {reasons:?}\n{log}"
+    );
+    assert!(status.success(), "the agent did not stop cleanly:\n{log}");
+    (log, dir)
+}
+
 /// The data directory's ext4 turns read-only under the agent, as an ext4 mounted
 /// `errors=remount-ro` (Raspberry Pi OS's root) does at its first disk error (made here
 /// with ext4's `trigger_fs_error`): the functions that write state pause and the agent
@@ -936,34 +975,16 @@ async fn a_data_directory_turned_read_only_pauses_with_its_cause_and_counts_once
     twenty_counted_before_the_fault(&mut counts, &url).await;
 
     std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
-    for topic in ["p/in", "od/in", "e/in"] {
-        publish(&url, topic, 100).await.expect("publish");
-    }
-    counts.echoed(100).await;
-    let mut status = Client::connect(port, &[&format!("edge-agent/{id}/status")]).await;
     // The first reason may be the write that met the error (EIO); the store's reopen then
     // meets the read-only file system, and the reason names it, and what to do.
-    let mut reasons = Vec::new();
-    let read_only = async {
-        loop {
-            let s: edge_agent::messages::Status = status.recv().await.message();
-            if let Some(reason) = s.degraded {
-                if reason.contains("Read-only file system") && reason.contains("fsck") {
-                    break;
-                }
-                reasons.push(reason);
-            }
-        }
-    };
-    let named = tokio::time::timeout(Duration::from_secs(15), read_only)
-        .await
-        .is_ok();
-    let (status, log, dir) = agent.stop_keeping_dir();
-    assert!(
-        named,
-        "the agent's status never named the read-only file system and fsck: {reasons:?}\n{log}"
-    );
-    assert!(status.success(), "the agent did not stop cleanly:\n{log}");
+    let (log, dir) = paused_saying(
+        agent,
+        &mut counts,
+        (&url, port, &id),
+        "the read-only file system and fsck",
+        |r| r.contains("Read-only file system") && r.contains("fsck"),
+    )
+    .await;
     // Shown only if the test fails: what the store did around the error.
     eprintln!("the agent before the fsck:\n{log}");
     drop(ext4.disk);
@@ -1085,34 +1106,17 @@ async fn a_file_system_shut_down_under_the_agent_says_so_and_counts_once_mounted
         .status()
         .expect("xfs_io (xfsprogs)");
     assert!(shut.success(), "xfs_io -x -c shutdown");
-    for topic in ["p/in", "od/in", "e/in"] {
-        publish(&url, topic, 100).await.expect("publish");
-    }
-    counts.echoed(100).await;
-    let mut status = Client::connect(port, &[&format!("edge-agent/{id}/status")]).await;
-    let mut reasons = Vec::new();
-    let said = async {
-        loop {
-            let s: edge_agent::messages::Status = status.recv().await.message();
-            if let Some(reason) = s.degraded {
-                if reason.starts_with("the state store cannot be opened again")
-                    && reason.contains("I/O error, see `dmesg`")
-                {
-                    break;
-                }
-                reasons.push(reason);
-            }
-        }
-    };
-    let named = tokio::time::timeout(Duration::from_secs(15), said)
-        .await
-        .is_ok();
-    let (status, log, dir) = agent.stop_keeping_dir();
-    assert!(
-        named,
-        "the agent's status never named the I/O error of the reopen: {reasons:?}\n{log}"
-    );
-    assert!(status.success(), "the agent did not stop cleanly:\n{log}");
+    let (log, dir) = paused_saying(
+        agent,
+        &mut counts,
+        (&url, port, &id),
+        "the I/O error of the reopen",
+        |r| {
+            r.starts_with("the state store cannot be opened again")
+                && r.contains("I/O error, see `dmesg`")
+        },
+    )
+    .await;
     assert!(
         !log.contains("File exists"),
         "an error named by its symptom:\n{log}"
