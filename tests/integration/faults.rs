@@ -1077,8 +1077,8 @@ async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanl
 /// log it has not written, as a crash does): every later I/O fails. The functions that
 /// write state pause and the agent names the I/O error and what to do (the store's reopen
 /// used to say "File exists": sled's `create_dir_all` on a shut-down XFS); the one without
-/// state goes on. Stopped, the disk mounted again (XFS replays its log), a new agent
-/// counts every event once.
+/// state goes on, and `check` refuses the data directory with the I/O error. Stopped, the
+/// disk mounted again (XFS replays its log), a new agent counts every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_system_shut_down_under_the_agent_says_so_and_counts_once_mounted_again() {
     let broker = Mosquitto::start();
@@ -1120,6 +1120,20 @@ async fn a_file_system_shut_down_under_the_agent_says_so_and_counts_once_mounted
     assert!(
         !log.contains("File exists"),
         "an error named by its symptom:\n{log}"
+    );
+    // Until it is mounted again the data directory is refused, with the I/O error (the
+    // check used to find it missing and probe the folder above instead).
+    let check = std::process::Command::new(agent_bin())
+        .args(["check", "--config", "agent.toml"])
+        .current_dir(dir.path())
+        .output()
+        .expect("edge-agent check");
+    let said = String::from_utf8_lossy(&check.stderr);
+    assert!(
+        check.status.code() == Some(78)
+            && said.contains("agent.data_dir")
+            && said.contains("Input/output error"),
+        "{said}"
     );
     drop(xfs.disk);
     let disk = PowerDisk::mount(&xfs.data, &xfs.image).expect("the disk mounts again");

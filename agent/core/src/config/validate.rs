@@ -225,9 +225,14 @@ impl Config {
     fn validate_data_dir(&self) -> Result<(), ConfigError> {
         let dir = &self.agent.data_dir;
         let err = |m: String| self.invalid("agent.data_dir", m);
-        // The nearest part of the path that exists decides.
+        // The nearest part of the path that exists decides. One that cannot be read (an
+        // I/O error: a failing card, a file system the kernel shut down) is not taken for
+        // one that does not exist, which sent the check to the folder above it.
         let mut existing = dir.as_path();
-        while !existing.exists() {
+        while !existing
+            .try_exists()
+            .map_err(|e| err(format!("{}: {e} (see `dmesg`)", existing.display())))?
+        {
             existing = match existing.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => std::path::Path::new("."),
