@@ -158,9 +158,10 @@ fn disk_hint(e: &StateError) -> &'static str {
          replacing)"
     } else if io.raw_os_error() == Some(EIO) {
         " (the disk answered with an I/O error, see `dmesg`: a failing card or cable, or a \
-         file system the kernel shut down after errors, which stays so until it is mounted \
-         again: stop the agent, check it (`fsck`, `xfs_repair`) and mount it; the events not \
-         yet on disk wait with the broker)"
+         file system the kernel shut down after errors. The store is tried again every few \
+         seconds, but a file system shut down stays so until it is mounted again: stop the \
+         agent, check it (`fsck`, `xfs_repair`) and mount it. The events not yet on disk \
+         wait with the broker)"
     } else {
         ""
     }
