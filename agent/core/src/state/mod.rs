@@ -681,10 +681,9 @@ impl StateStore {
             Ok(()) => tracing::info!(flushes = self.flushes(), "state store closed"),
             Err(e) => {
                 tracing::warn!(
-                    "the state store's last flush failed: {}{}; the events of what it had \
-                     not written stay with the broker, unacknowledged",
-                    crate::failure::chain(&e),
-                    disk_hint(&e)
+                    "the state store's last flush failed: {}; the events of what it had not \
+                     written stay with the broker, unacknowledged",
+                    self.why_flush_failed(&e, "")
                 );
                 if let Ok(db) = self.db() {
                     let _ = tokio::task::spawn_blocking(move || let_sled_meet_the_disk_error(&db))
@@ -847,17 +846,9 @@ impl StateStore {
                     return;
                 }
                 Err(e) => {
-                    let said = self.health.borrow().clone();
-                    let why = match (&e, &closed, said) {
-                        (StateError::Reopening, Some(why), _) => why.clone(),
-                        // Closed since an earlier round: its reason is said already, and
-                        // "not open" would only hide it.
-                        (StateError::Reopening, None, Some(said)) => said,
-                        _ => format!(
-                            "state flush failed: {}{}",
-                            crate::failure::chain(&e),
-                            disk_hint(&e)
-                        ),
+                    let why = match (&e, &closed) {
+                        (StateError::Reopening, Some(why)) => why.clone(),
+                        _ => self.why_flush_failed(&e, "state flush failed: "),
                     };
                     self.set_health(Some(why));
                     tokio::select! {
@@ -872,6 +863,16 @@ impl StateStore {
                         .map(|why| format!("the state store cannot be opened again: {why}"));
                 }
             }
+        }
+    }
+
+    /// Why a flush failed with `e`, to say (after `prefix`): for a store that is
+    /// closed, the reason said already (a failed reopen's, a full disk's), which "not open"
+    /// would only hide.
+    fn why_flush_failed(&self, e: &StateError, prefix: &str) -> String {
+        match (e, self.health.borrow().clone()) {
+            (StateError::Reopening, Some(said)) => said,
+            _ => format!("{prefix}{}{}", crate::failure::chain(e), disk_hint(e)),
         }
     }
 
