@@ -1077,8 +1077,9 @@ async fn a_data_directory_turned_read_only_while_idle_lets_the_agent_stop_cleanl
 /// log it has not written, as a crash does): every later I/O fails. The functions that
 /// write state pause and the agent names the I/O error and what to do (the store's reopen
 /// used to say "File exists": sled's `create_dir_all` on a shut-down XFS); the one without
-/// state goes on, and `check` refuses the data directory with the I/O error. Stopped, the
-/// disk mounted again (XFS replays its log), a new agent counts every event once.
+/// state goes on, a reload that adds a counter is taken, and `check` refuses the data
+/// directory with the I/O error. Stopped, the disk mounted again (XFS replays its log), a
+/// new agent counts every event once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_system_shut_down_under_the_agent_says_so_and_counts_once_mounted_again() {
     let kernel = std::fs::read_to_string("/proc/filesystems").unwrap_or_default();
@@ -1119,6 +1120,20 @@ async fn shut_down_under_the_agent(disk: DiskUnder) {
         .status()
         .expect("xfs_io (xfsprogs)");
     assert!(shut.success(), "xfs_io -x -c shutdown");
+    // A reload during the fault is taken, and the counter it adds pauses like the others:
+    // it was refused, by the data directory's probe and then for the new function's state.
+    let mut reloads = Client::connect(port, &[&format!("edge-agent/{id}/reload")]).await;
+    let added = "\n[[function]]\nname = \"q\"\nmodule = \"".to_string()
+        + &guest("counter")
+        + "\"\nmode = \"persistent\"\ntopics = [\"q/in\"]\n";
+    std::fs::write(agent.config_path(), config.clone() + &added).expect("edit the config");
+    agent.signal("HUP");
+    let reload = reloads
+        .next(Duration::from_secs(20))
+        .await
+        .expect("no reload result")
+        .json();
+    assert_eq!(reload["ok"], true, "{reload}");
     let (log, dir) = paused_saying(
         agent,
         &mut counts,

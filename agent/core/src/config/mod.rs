@@ -1032,6 +1032,12 @@ impl Config {
         path: &Path,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        let (text, format) = Self::read(path)?;
+        Self::from_text(path, &text, format, env)
+    }
+
+    /// The file's text, and its format by its extension.
+    fn read(path: &Path) -> Result<(String, Option<config::FileFormat>), ConfigError> {
         let format = match path.extension().and_then(|e| e.to_str()) {
             Some("toml") => None,
             Some("yaml" | "yml") => Some(config::FileFormat::Yaml),
@@ -1041,7 +1047,20 @@ impl Config {
         let what = "config file";
         let text = std::fs::read_to_string(path)
             .map_err(|source| ParseFailure::new(ParseError::Read { what, source }).in_file(path))?;
-        Self::from_text(path, &text, format, env)
+        Ok((text, format))
+    }
+
+    /// [`Config::load`] for a reload of the agent that runs `running`: its data directory,
+    /// which a reload cannot change, is not probed again. The disk under it is the state
+    /// store's to report (a disk that failed since the start makes its functions pause and
+    /// says why), and a reload that adds or removes functions during such a fault is taken.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the file and the key or function at fault.
+    pub fn load_for_reload(path: &Path, running: &Config) -> Result<Self, ConfigError> {
+        let (text, format) = Self::read(path)?;
+        let in_use = Some(running.agent.data_dir.as_path());
+        Self::from_text_with(path, &text, format, std::env::vars(), in_use)
     }
 
     /// The config that `text` would be as the file at `path`, checked as [`Config::load`]
@@ -1059,10 +1078,21 @@ impl Config {
         format: Option<config::FileFormat>,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Self, ConfigError> {
+        Self::from_text_with(path, text, format, env, None)
+    }
+
+    /// [`Config::from_text`]; `data_dir_in_use` is not probed again if it is the result's.
+    fn from_text_with(
+        path: &Path,
+        text: &str,
+        format: Option<config::FileFormat>,
+        env: impl IntoIterator<Item = (String, String)>,
+        data_dir_in_use: Option<&Path>,
+    ) -> Result<Self, ConfigError> {
         let mut cfg: Config = parse(text, format, env).map_err(|e| e.in_file(path))?;
         cfg.source = path.to_path_buf();
         cfg.resolve_paths();
-        cfg.validate()?;
+        cfg.validate_with(data_dir_in_use == Some(cfg.agent.data_dir.as_path()))?;
         Ok(cfg)
     }
 

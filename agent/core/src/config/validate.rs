@@ -185,9 +185,17 @@ impl Config {
     /// # Errors
     /// Every problem found, each naming its key ([`ConfigError::Several`] if more than one).
     pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(false)
+    }
+
+    /// [`Config::validate`]; with `data_dir_in_use` the data directory, which the running
+    /// agent already uses, is not probed ([`Config::load_for_reload`]).
+    pub(super) fn validate_with(&self, data_dir_in_use: bool) -> Result<(), ConfigError> {
         let mut errs = Vec::new();
         self.validate_agent(&mut errs);
-        errs.extend(self.validate_data_dir().err());
+        if !data_dir_in_use {
+            errs.extend(self.validate_data_dir().err());
+        }
         errs.extend(self.validate_broker().err());
         self.validate_runtime(&mut errs);
         self.validate_state(&mut errs);

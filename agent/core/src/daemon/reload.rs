@@ -249,7 +249,7 @@ impl Reloader {
     /// [`Refused`]: why nothing will be reloaded: the config is invalid, a change needs a
     /// restart, or a module cannot be loaded.
     fn plan(&self) -> Result<Plan, Refused> {
-        let new = Config::load(&self.path)?;
+        let new = Config::load_for_reload(&self.path, &self.config)?;
         if let Some(why) = needs_restart(&self.config, &new) {
             return Err(Refused::NeedsRestart(why));
         }
