@@ -506,48 +506,33 @@ impl SessionFilters {
             return;
         }
         self.had = filters;
-        let (file, text) = (self.file.clone(), self.had.iter().map(|f| format!("{f}\n")));
-        let text: String = text.collect();
-        // Taken now: a write of the filters confirmed before this one that reaches the
-        // disk after it is skipped.
-        let turn = crate::files::Turn::take();
-        background.spawn_until_stopped(async move {
-            let written = tokio::task::spawn_blocking(move || {
-                (crate::files::replace_in_turn(&file, text.as_bytes(), turn), file)
-            })
-            .await;
-            if let Ok((Err(e), file)) = written {
-                tracing::warn!(file = %file.display(), error = %e, "could not keep the session's filters: a restart may hand retained messages to the function again");
-            }
-        });
+        self.keep(background);
     }
 
     /// The function is removed and its filters unsubscribed: the session has none. Its
     /// file stays, empty, for the session to be ended on the broker (with the receipts
     /// that answered its resends) and the file with it
     /// ([`crate::daemon::lanes`]`::end_stale_sessions`, at once or at the next start).
-    async fn forget(&mut self) {
+    fn forget(&mut self, background: &crate::tasks::Background) {
         self.had.clear();
-        let file = self.file.clone();
-        // Waited for, so that the session's end finds it emptied, but not for long: on a
-        // stalled disk the removal goes on and the write lands when it can, unless the
-        // session's end or a function of this name added back has written the file since
-        // (its turn is later).
-        let turn = crate::files::Turn::take();
-        let emptied = tokio::time::timeout(
-            Duration::from_secs(1),
-            tokio::task::spawn_blocking(move || crate::files::replace_in_turn(&file, b"", turn)),
-        )
-        .await;
-        match emptied {
-            Ok(Ok(Err(e))) => {
-                tracing::warn!(file = %self.file.display(), error = %e, "could not empty the removed function's session file");
+        self.keep(background);
+    }
+
+    /// Writes the filters to the file, in the background. The turn is taken now: a write
+    /// decided before this one (or before the session's end deletes the file) that
+    /// reaches a stalled disk after it is skipped, so nothing waits for the disk here.
+    fn keep(&self, background: &crate::tasks::Background) {
+        let text: String = self.had.iter().map(|f| format!("{f}\n")).collect();
+        let (file, turn) = (self.file.clone(), crate::files::Turn::take());
+        background.spawn_until_stopped(async move {
+            let written = tokio::task::spawn_blocking(move || {
+                (crate::files::replace_in_turn(&file, text.as_bytes(), turn), file)
+            })
+            .await;
+            if let Ok((Err(e), file)) = written {
+                tracing::warn!(file = %file.display(), error = %e, "could not write the session's filters: after a restart, retained messages on them may be handled again, or not at all");
             }
-            Err(_) => {
-                tracing::warn!(file = %self.file.display(), "emptying the removed function's session file has waited 1 s for the disk; going on");
-            }
-            Ok(_) => {}
-        }
+        });
     }
 }
 
@@ -660,7 +645,7 @@ impl IntakeTask {
                 Ok(Event::Incoming(Packet::UnsubAck(_))) if retiring => {
                     unsubscribing = unsubscribing.saturating_sub(1);
                     if unsubscribing == 0 {
-                        self.session.forget().await;
+                        self.session.forget(&self.background);
                         // What the broker had queued or in flight for this client may
                         // still come: it is the function's, and handled.
                         quiet_at = Some(tokio::time::Instant::now() + QUIET);
