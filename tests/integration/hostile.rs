@@ -369,6 +369,47 @@ async fn over_the_packet_limit(id: &str, broker_toml: &str, port: Option<u16>) {
     agent.stop().await;
 }
 
+/// A broker that takes smaller packets than `broker.max_packet_bytes` (Mosquitto's
+/// `max_packet_size`; a cloud broker's 128 or 256 KB) closes the connection on a larger
+/// one, and over MQTT 3.1.1 cannot say why. Until 2026-12-06 the output connection resent
+/// it on every reconnection, and every function's outputs waited for good. Now, after
+/// three closes on it, such outputs are dropped (their events counted once, not again),
+/// the other function's outputs go on, and later ones are refused when published, with a
+/// dead letter saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_larger_than_the_broker_takes_are_dropped_and_the_others_go_on() {
+    let broker = Mosquitto::start_with("max_packet_size 4096\n");
+    let id = unique("h");
+    let config = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\n{}{}",
+        broker.url(),
+        misbehave("big", "mode = \"persistent\""),
+        misbehave("small", ""),
+    );
+    let agent = Agent::start(&config).await;
+    let dlq = format!("edge-agent/{id}/dead-letter");
+    let mut c = Client::connect(broker.port, &["out/#", &dlq]).await;
+    for _ in 0..3 {
+        c.publish("big/in", "state-pad:8000").await;
+    }
+    c.publish("small/in", "ok").await;
+    assert_eq!(c.recv_on("out/small").await.text(), "ok");
+
+    c.publish("big/in", "state-pad:8000").await;
+    let j = c.recv_on(&dlq).await.json();
+    assert_eq!(j["kind"], "guest-error", "{j}");
+    let why = j["message"].as_str().unwrap_or_default();
+    assert!(why.contains("too large for the broker"), "{why}");
+    // Each of the three events whose output was dropped counted once; the refused one not.
+    c.publish("big/in", "state-pad:10").await;
+    let reply = c.recv_on("out/big").await.text();
+    assert_eq!(reply.split(' ').next(), Some("4"), "{reply}");
+    let rest = c.drain(Duration::from_millis(300)).await;
+    assert!(rest.is_empty(), "more than expected: {rest:?}");
+    assert!(agent.status().connected, "{:?}", agent.status());
+    agent.stop().await;
+}
+
 /// A function that listens to the dead-letter topic and fails on what it gets must not
 /// start a cascade of dead letters, each embedding the one before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

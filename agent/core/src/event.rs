@@ -285,6 +285,60 @@ pub fn publish_packet_bytes(topic: &str, payload_len: usize) -> usize {
     5 + 2 + topic.len() + 2 + payload_len
 }
 
+/// The largest PUBLISH packet the agent sends ([`publish_packet_bytes`]):
+/// `broker.max_packet_bytes`, lowered below the smallest packet the broker was seen to
+/// refuse. Over MQTT 3.1.1 a broker cannot say how large a packet it takes; one with a
+/// smaller limit (Mosquitto's `max_packet_size`, a cloud broker's 128 or 256 KB) closes the
+/// connection on a larger one, which the output connection learns from
+/// ([`crate::mqtt::publisher::Publisher::connection_lost`]). Shared by the clones; one per
+/// agent, for its one broker.
+#[derive(Clone, Debug)]
+pub struct PacketLimit {
+    configured: usize,
+    /// The smallest packet the broker refused (`usize::MAX`: none yet).
+    refused: Arc<AtomicUsize>,
+}
+
+impl PacketLimit {
+    /// `broker.max_packet_bytes`, before the broker has refused anything.
+    pub fn new(configured: usize) -> Self {
+        Self {
+            configured,
+            refused: Arc::new(AtomicUsize::new(usize::MAX)),
+        }
+    }
+
+    /// The largest packet the agent sends now.
+    pub fn get(&self) -> usize {
+        self.configured
+            .min(self.refused.load(Ordering::Relaxed).saturating_sub(1))
+    }
+
+    /// Records that the broker refused a packet of `packet` bytes.
+    pub fn refused(&self, packet: usize) {
+        self.refused.fetch_min(packet, Ordering::Relaxed);
+    }
+
+    /// Why a message of `packet` bytes may not be sent, if it may not.
+    pub fn over(&self, packet: usize) -> Option<String> {
+        let refused = self.refused.load(Ordering::Relaxed);
+        if packet >= refused {
+            Some(format!(
+                "message of {packet} bytes with its topic is too large for the broker: it \
+                 closed the connection on one of {refused} bytes (set broker.max_packet_bytes \
+                 to the broker's limit)"
+            ))
+        } else if packet > self.configured {
+            Some(format!(
+                "message of {packet} bytes with its topic is over broker.max_packet_bytes ({})",
+                self.configured
+            ))
+        } else {
+            None
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

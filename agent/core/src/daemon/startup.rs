@@ -91,7 +91,7 @@ impl Startup {
         let (client, mut eventloop) =
             AsyncClient::new(connections.output, options::REQUEST_CHANNEL_CAPACITY);
         options::low_latency(&mut eventloop);
-        let publisher = Publisher::new(client);
+        let publisher = Publisher::new(client, runtime.packet_limit());
         let output_task = OutputTask {
             eventloop,
             publisher: publisher.clone(),
@@ -108,7 +108,7 @@ impl Startup {
             publisher.clone(),
             config.dead_letter_topic(),
             tracker.clone(),
-            config.broker.max_packet_bytes,
+            runtime.packet_limit(),
             hops.clone(),
         );
         let shared = Shared {

@@ -21,7 +21,7 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::mqtt::publisher::Publisher;
+use crate::mqtt::publisher::{Publisher, REFUSALS};
 use crate::topic::Subscription;
 
 /// How long a connection must hold before a failure starts the back-off from its minimum.
@@ -283,6 +283,14 @@ impl Backoff {
         self.connected_at = Some(tokio::time::Instant::now());
     }
 
+    /// The cause of the failures in a row so far is known and removed: the next attempt
+    /// comes at the shortest delay, as after a healthy connection.
+    fn dealt_with(&mut self) {
+        self.next = self.min;
+        self.failures = 0;
+        self.closed_young = 0;
+    }
+
     /// Records a failure on `link`, logs it, and waits out the delay. False if `force_stop`
     /// came first.
     async fn failed(
@@ -354,7 +362,11 @@ fn closed_by_peer(e: &ConnectionError) -> bool {
     use std::io::ErrorKind;
     match e {
         ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => true,
-        ConnectionError::MqttState(rumqttc::StateError::Io(e)) | ConnectionError::Io(e) => {
+        ConnectionError::MqttState(
+            rumqttc::StateError::Io(e)
+            | rumqttc::StateError::Deserialization(rumqttc::mqttbytes::Error::Io(e)),
+        )
+        | ConnectionError::Io(e) => {
             matches!(
                 e.kind(),
                 ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
@@ -440,7 +452,30 @@ impl OutputTask {
                         .iter()
                         .filter(|r| matches!(r, rumqttc::Request::Publish(p) if p.pkid == 0))
                         .count();
-                    self.publisher.connection_lost(taken);
+                    let peer = closed_by_peer(&e);
+                    let pending = &mut self.eventloop.pending;
+                    if let Some(r) = self.publisher.connection_lost(taken, peer, pending) {
+                        if r.learned {
+                            tracing::error!(
+                                topic = %r.topic,
+                                bytes = r.bytes,
+                                largest_confirmed = r.largest_confirmed,
+                                dropped = r.dropped,
+                                "the broker closed the output connection {REFUSALS} times in a \
+                                 row on an output larger than any it took: it refuses messages \
+                                 this large (a packet size limit: set broker.max_packet_bytes \
+                                 to the broker's limit). Outputs of this size or more are \
+                                 dropped (their events were handled), and refused when \
+                                 published from now on"
+                            );
+                        } else {
+                            tracing::error!(topic = %r.topic, bytes = r.bytes, dropped = r.dropped,
+                                "outputs too large for the broker dropped");
+                        }
+                        // Understood, and dealt with: not another client with this id, and
+                        // nothing to back off from.
+                        self.backoff.dealt_with();
+                    }
                     if !self.backoff.failed(&self.link, &e, &force_stop).await {
                         break;
                     }

@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::hops::HopLedger;
 use super::inbox::Inbox;
-use crate::event::{Inbound, Outbound};
+use crate::event::{Inbound, Outbound, PacketLimit};
 use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
@@ -77,7 +77,7 @@ pub struct Output {
     publisher: Arc<Publisher>,
     dead_letter_topic: Arc<str>,
     tracker: TaskTracker,
-    max_packet_bytes: usize,
+    packet_limit: PacketLimit,
     hops: Arc<HopLedger>,
     /// Every running function's topic filters: outputs that match one may come back in.
     /// Shared by the clones; a reload that adds or removes a function replaces it.
@@ -91,20 +91,20 @@ impl Output {
     /// An output through `publisher` that sends dead letters to `dead_letter_topic`. Work that
     /// outlives a call (waiting for a flush, a dead letter waiting for room) runs on
     /// `tracker`, so that shutdown can wait for it.
-    /// Nothing it sends is larger than `max_packet_bytes`. Outputs that match one of the
+    /// Nothing it sends is larger than `packet_limit`. Outputs that match one of the
     /// agent's own subscriptions ([`Output::set_filters`]) are recorded in `hops`.
     pub fn new(
         publisher: Arc<Publisher>,
         dead_letter_topic: String,
         tracker: TaskTracker,
-        max_packet_bytes: usize,
+        packet_limit: PacketLimit,
         hops: Arc<HopLedger>,
     ) -> Self {
         Self {
             publisher,
             dead_letter_topic: dead_letter_topic.into(),
             tracker,
-            max_packet_bytes,
+            packet_limit,
             hops,
             filters: Arc::default(),
             places: Arc::default(),
@@ -272,17 +272,6 @@ impl Output {
         then: Option<Arc<crate::event::Delivery>>,
         function: Option<&str>,
     ) -> bool {
-        // The host refuses oversized messages when the guest publishes them; this is the
-        // last line, since one oversized packet would break the connection for everyone.
-        let packet = crate::event::publish_packet_bytes(&msg.topic, msg.payload.len());
-        if packet > self.max_packet_bytes {
-            tracing::error!(topic = %msg.topic, packet, max = self.max_packet_bytes,
-                "output over broker.max_packet_bytes not sent");
-            if let Some(d) = then {
-                d.complete();
-            }
-            return true;
-        }
         let qos = crate::event::mqtt_qos(msg.qos);
         // Never closed: an error cannot happen, and would only mean no place is held.
         let place = match function {
@@ -354,7 +343,7 @@ impl Output {
         }
     }
 
-    /// The dead letter as JSON, within `broker.max_packet_bytes`: the payload is cut to
+    /// The dead letter as JSON, within the packet limit: the payload is cut to
     /// what fits, and left out if nothing does. `None` if even that is too large (a topic
     /// near the packet limit), which is logged.
     fn dead_letter_body(
@@ -371,7 +360,8 @@ impl Output {
         let fixed = crate::event::publish_packet_bytes(&self.dead_letter_topic, 600)
             + 2 * (event.topic.len() + message.len().min(DEAD_LETTER_MAX_MESSAGE))
             + function.len();
-        let room = self.max_packet_bytes.saturating_sub(fixed) / 4 * 3;
+        let max_packet_bytes = self.packet_limit.get();
+        let room = max_packet_bytes.saturating_sub(fixed) / 4 * 3;
         let mut letter = DeadLetter::new(
             function,
             event,
@@ -382,11 +372,11 @@ impl Output {
         letter.module_sha256 = module.map(|m| m.to_string());
         let body = letter.to_bytes();
         let packet = crate::event::publish_packet_bytes(&self.dead_letter_topic, body.len());
-        if packet <= self.max_packet_bytes {
+        if packet <= max_packet_bytes {
             return Some(body);
         }
         tracing::error!(function, topic = %event.topic, packet,
-            "dead letter over broker.max_packet_bytes not sent");
+            "dead letter over the packet limit not sent");
         None
     }
 }

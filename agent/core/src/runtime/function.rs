@@ -14,7 +14,7 @@ use super::engine::EpochTicker;
 use super::host::{FunctionContext, StoreData};
 use super::{LoadError, RuntimeError};
 use crate::config::{Config, FunctionConfig};
-use crate::event::Outbound;
+use crate::event::{Outbound, PacketLimit};
 use crate::failure::FailureKind;
 use crate::state::{Committed, Namespace, Receipt, StateStore};
 
@@ -83,8 +83,9 @@ pub struct LoadedFunction {
     /// What loading it again takes.
     engine: Engine,
     linker: Linker<StoreData>,
-    /// What a function context takes from the agent's config.
-    agent_limits: (usize, String),
+    /// What a function context takes from the agent: its packet limit and its own topics'
+    /// prefix (`<topic_prefix>/`).
+    agent_limits: (PacketLimit, String),
     /// On demand: how long it stays loaded without events (`keep_warm_secs`).
     keep_warm: Option<KeepAlive>,
     /// When a call last started or ended.
@@ -200,12 +201,12 @@ impl NextVersion {
     }
 }
 
-fn context(agent_limits: &(usize, String), cfg: &FunctionConfig) -> Arc<FunctionContext> {
+fn context(agent_limits: &(PacketLimit, String), cfg: &FunctionConfig) -> Arc<FunctionContext> {
     Arc::new(FunctionContext {
         name: cfg.name.as_str().into(),
         config: cfg.config.clone(),
         max_publish_bytes: cfg.max_publish_bytes,
-        max_packet_bytes: agent_limits.0,
+        packet_limit: agent_limits.0.clone(),
         reserved_prefix: agent_limits.1.clone(),
         own_filters: if cfg.allow_feedback {
             Vec::new()
@@ -247,7 +248,7 @@ impl LoadedFunction {
     pub fn load(
         engine: &Engine,
         linker: &Linker<StoreData>,
-        agent: &Config,
+        agent_limits: (PacketLimit, String),
         cfg: &FunctionConfig,
         ticker: &EpochTicker,
         fuel_enabled: bool,
@@ -261,10 +262,6 @@ impl LoadedFunction {
         let tick_ms = u64::try_from(ticker.tick().as_millis()).unwrap_or(1).max(1);
         // Round up, plus one tick: the epoch may advance right after the deadline is set.
         let deadline_ticks = cfg.timeout_ms.div_ceil(tick_ms) + 1;
-        let agent_limits = (
-            agent.broker.max_packet_bytes,
-            format!("{}/", agent.agent.topic_prefix),
-        );
         let ctx = context(&agent_limits, cfg);
         Ok(Self {
             name: cfg.name.as_str().into(),

@@ -29,8 +29,9 @@ pub struct FunctionContext {
     pub config: BTreeMap<String, String>,
     /// Largest payload a guest may publish, in bytes.
     pub max_publish_bytes: usize,
-    /// Largest MQTT packet the connection sends (`broker.max_packet_bytes`).
-    pub max_packet_bytes: usize,
+    /// Largest MQTT packet the connection sends (`broker.max_packet_bytes`, or less once
+    /// the broker refused one).
+    pub packet_limit: crate::event::PacketLimit,
     /// The agent's own topics, `<topic_prefix>/`: functions may not publish there.
     pub reserved_prefix: String,
     /// The function's own topic filters, unless `allow_feedback`: it may not publish to a
@@ -186,11 +187,8 @@ impl mqtt::Host for StoreData {
             ));
         }
         let packet = crate::event::publish_packet_bytes(&topic, payload.len());
-        if packet > self.ctx.max_packet_bytes {
-            return Err(format!(
-                "message of {packet} bytes with its topic is over broker.max_packet_bytes ({})",
-                self.ctx.max_packet_bytes
-            ));
+        if let Some(why) = self.ctx.packet_limit.over(packet) {
+            return Err(why);
         }
         if let Some(filter) = self
             .ctx

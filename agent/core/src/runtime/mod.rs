@@ -226,6 +226,8 @@ pub struct Runtime {
     ticker: engine::EpochTicker,
     /// Whether the engine counts fuel (fixed when it is built).
     fuel: bool,
+    /// The broker's packet limit, shared with the output connection, which may lower it.
+    packet_limit: crate::event::PacketLimit,
     functions: HashMap<String, Arc<LoadedFunction>>,
 }
 
@@ -266,6 +268,7 @@ impl Runtime {
             allocator,
             ticker,
             fuel,
+            packet_limit: crate::event::PacketLimit::new(cfg.broker.max_packet_bytes),
             functions: HashMap::new(),
         };
         // Every function is tried, so that `check` reports every module that is wrong.
@@ -337,10 +340,14 @@ impl Runtime {
                 source: LoadError::FuelNeedsRestart,
             });
         }
+        let agent_limits = (
+            self.packet_limit.clone(),
+            format!("{}/", cfg.agent.topic_prefix),
+        );
         let loaded = LoadedFunction::load(
             &self.engine,
             &self.linker,
-            cfg,
+            agent_limits,
             f,
             &self.ticker,
             self.fuel,
@@ -372,6 +379,12 @@ impl Runtime {
     /// own them from then on, so that a function a reload removes is freed).
     pub fn take_functions(&mut self) -> HashMap<String, Arc<LoadedFunction>> {
         std::mem::take(&mut self.functions)
+    }
+
+    /// The largest packet the agent may send: the output connection lowers it when the
+    /// broker refuses one, and every function's publishes are held to it.
+    pub fn packet_limit(&self) -> crate::event::PacketLimit {
+        self.packet_limit.clone()
     }
 
     /// Which instance allocator is in use.
