@@ -372,10 +372,11 @@ async fn over_the_packet_limit(id: &str, broker_toml: &str, port: Option<u16>) {
 /// A broker that takes smaller packets than `broker.max_packet_bytes` (Mosquitto's
 /// `max_packet_size`; a cloud broker's 128 or 256 KB) closes the connection on a larger
 /// one, and over MQTT 3.1.1 cannot say why. Until 2026-12-06 the output connection resent
-/// it on every reconnection, and every function's outputs waited for good. Now, after
-/// three closes on it, such outputs are dropped (their events counted once, not again),
-/// the other function's outputs go on, and later ones are refused when published, with a
-/// dead letter saying why.
+/// it on every reconnection, and every function's outputs waited for good. Now the
+/// connection resends one message at a time until it catches the one the broker closes
+/// on; such outputs are dropped (their events counted once, not again), the other
+/// function's outputs go on, and later ones are refused when published, with a dead
+/// letter saying why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn outputs_larger_than_the_broker_takes_are_dropped_and_the_others_go_on() {
     let broker = Mosquitto::start_with("max_packet_size 4096\n");
@@ -386,7 +387,7 @@ async fn outputs_larger_than_the_broker_takes_are_dropped_and_the_others_go_on()
         misbehave("big", "mode = \"persistent\""),
         misbehave("small", ""),
     );
-    let agent = Agent::start(&config).await;
+    let agent = Process::start(&config, broker.port, &id, &[]).await;
     let dlq = format!("edge-agent/{id}/dead-letter");
     let mut c = Client::connect(broker.port, &["out/#", &dlq]).await;
     for _ in 0..3 {
@@ -394,6 +395,10 @@ async fn outputs_larger_than_the_broker_takes_are_dropped_and_the_others_go_on()
     }
     c.publish("small/in", "ok").await;
     assert_eq!(c.recv_on("out/small").await.text(), "ok");
+    eventually("the refused output found", || {
+        agent.log_text().contains("larger than any it took")
+    })
+    .await;
 
     c.publish("big/in", "state-pad:8000").await;
     let j = c.recv_on(&dlq).await.json();
@@ -406,8 +411,8 @@ async fn outputs_larger_than_the_broker_takes_are_dropped_and_the_others_go_on()
     assert_eq!(reply.split(' ').next(), Some("4"), "{reply}");
     let rest = c.drain(Duration::from_millis(300)).await;
     assert!(rest.is_empty(), "more than expected: {rest:?}");
-    assert!(agent.status().connected, "{:?}", agent.status());
-    agent.stop().await;
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
 }
 
 /// A function that listens to the dead-letter topic and fails on what it gets must not

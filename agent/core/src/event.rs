@@ -285,57 +285,88 @@ pub fn publish_packet_bytes(topic: &str, payload_len: usize) -> usize {
     5 + 2 + topic.len() + 2 + payload_len
 }
 
-/// The largest PUBLISH packet the agent sends ([`publish_packet_bytes`]):
-/// `broker.max_packet_bytes`, lowered below the smallest packet the broker was seen to
-/// refuse. Over MQTT 3.1.1 a broker cannot say how large a packet it takes; one with a
-/// smaller limit (Mosquitto's `max_packet_size`, a cloud broker's 128 or 256 KB) closes the
-/// connection on a larger one, which the output connection learns from
-/// ([`crate::mqtt::publisher::Publisher::connection_lost`]). Shared by the clones; one per
-/// agent, for its one broker.
+/// What the broker takes from the agent: packets up to `broker.max_packet_bytes`, less
+/// once the broker refused a smaller one, and any topic but those it refused. Over MQTT
+/// 3.1.1 a broker cannot say why it refuses a message (one over its own size limit, or to
+/// a topic its ACL or policy denies): it closes the connection, which the output
+/// connection learns from ([`crate::mqtt::refusal`]). Shared by the clones; one per agent,
+/// for its one broker, for as long as it runs.
 #[derive(Clone, Debug)]
-pub struct PacketLimit {
+pub struct BrokerLimits {
     configured: usize,
     /// The smallest packet the broker refused (`usize::MAX`: none yet).
     refused: Arc<AtomicUsize>,
+    /// Topics the broker refused (read on every publish: behind a flag that says whether
+    /// there are any).
+    refused_topics: Arc<(
+        std::sync::atomic::AtomicBool,
+        std::sync::RwLock<Vec<String>>,
+    )>,
 }
 
-impl PacketLimit {
+impl BrokerLimits {
     /// `broker.max_packet_bytes`, before the broker has refused anything.
     pub fn new(configured: usize) -> Self {
         Self {
             configured,
             refused: Arc::new(AtomicUsize::new(usize::MAX)),
+            refused_topics: Arc::default(),
         }
     }
 
     /// The largest packet the agent sends now.
-    pub fn get(&self) -> usize {
+    pub fn max_packet_bytes(&self) -> usize {
         self.configured
             .min(self.refused.load(Ordering::Relaxed).saturating_sub(1))
     }
 
     /// Records that the broker refused a packet of `packet` bytes.
-    pub fn refused(&self, packet: usize) {
+    pub fn refused_size(&self, packet: usize) {
         self.refused.fetch_min(packet, Ordering::Relaxed);
     }
 
-    /// Why a message of `packet` bytes may not be sent, if it may not.
-    pub fn over(&self, packet: usize) -> Option<String> {
+    /// Records that the broker refused a message to `topic`.
+    pub fn refused_topic(&self, topic: &str) {
+        let (any, topics) = &*self.refused_topics;
+        let mut topics = topics.write().unwrap_or_else(|p| p.into_inner());
+        if !topics.iter().any(|t| t == topic) {
+            topics.push(topic.to_owned());
+        }
+        any.store(true, Ordering::Release);
+    }
+
+    /// Why a message of `packet` bytes ([`publish_packet_bytes`]) to `topic` may not be
+    /// sent, if it may not.
+    pub fn over(&self, topic: &str, packet: usize) -> Option<String> {
         let refused = self.refused.load(Ordering::Relaxed);
         if packet >= refused {
-            Some(format!(
+            return Some(format!(
                 "message of {packet} bytes with its topic is too large for the broker: it \
                  closed the connection on one of {refused} bytes (set broker.max_packet_bytes \
                  to the broker's limit)"
-            ))
-        } else if packet > self.configured {
-            Some(format!(
+            ));
+        }
+        if packet > self.configured {
+            return Some(format!(
                 "message of {packet} bytes with its topic is over broker.max_packet_bytes ({})",
                 self.configured
-            ))
-        } else {
-            None
+            ));
         }
+        let (any, topics) = &*self.refused_topics;
+        if any.load(Ordering::Acquire)
+            && topics
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .iter()
+                .any(|t| t == topic)
+        {
+            return Some(format!(
+                "the broker refuses messages to `{topic}`: it closed the connection on one \
+                 each time (its ACL or policy does not let this client publish there; its log \
+                 says why). Refused until the agent restarts"
+            ));
+        }
+        None
     }
 }
 

@@ -22,6 +22,7 @@ use crate::metrics::report::StatsBook;
 use crate::mqtt::connection::{Backoff, ConnectionStatus, Link, Links, OUTPUT, OutputTask};
 use crate::mqtt::options::{self, Connections};
 use crate::mqtt::publisher::Publisher;
+use crate::mqtt::refusal::Refusals;
 use crate::pipeline::Shared;
 use crate::pipeline::hops::HopLedger;
 use crate::pipeline::output::Output;
@@ -91,7 +92,7 @@ impl Startup {
         let (client, mut eventloop) =
             AsyncClient::new(connections.output, options::REQUEST_CHANNEL_CAPACITY);
         options::low_latency(&mut eventloop);
-        let publisher = Publisher::new(client, runtime.packet_limit());
+        let publisher = Publisher::new(client, runtime.broker_limits());
         let output_task = OutputTask {
             eventloop,
             publisher: publisher.clone(),
@@ -101,6 +102,7 @@ impl Startup {
             ),
             link: Link::new(board.clone(), OUTPUT.into()),
             stale_filters: stale_filters(&config),
+            refusals: Refusals::new(publisher.clone(), runtime.broker_limits()),
         };
         let output_connection = tokio::spawn(output_task.run(force_stop.clone()));
         let hops = Arc::new(HopLedger::default());
@@ -108,7 +110,7 @@ impl Startup {
             publisher.clone(),
             config.dead_letter_topic(),
             tracker.clone(),
-            runtime.packet_limit(),
+            runtime.broker_limits(),
             hops.clone(),
         );
         let shared = Shared {

@@ -21,7 +21,8 @@ use rumqttc::{
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::mqtt::publisher::{Publisher, REFUSALS};
+use crate::mqtt::publisher::Publisher;
+use crate::mqtt::refusal::Refusals;
 use crate::topic::Subscription;
 
 /// How long a connection must hold before a failure starts the back-off from its minimum.
@@ -283,6 +284,11 @@ impl Backoff {
         self.connected_at = Some(tokio::time::Instant::now());
     }
 
+    /// Whether the connection that just failed had been up for less than [`HEALTHY`].
+    fn young(&self) -> bool {
+        self.connected_at.is_some_and(|t| t.elapsed() < HEALTHY)
+    }
+
     /// The cause of the failures in a row so far is known and removed: the next attempt
     /// comes at the shortest delay, as after a healthy connection.
     fn dealt_with(&mut self) {
@@ -389,6 +395,8 @@ pub struct OutputTask {
     /// Filters an agent with one connection for everything subscribed to under this client
     /// id: dropped if the first connection resumes such a session.
     pub stale_filters: Vec<String>,
+    /// Finds a message the broker refuses by closing the connection.
+    pub refusals: Refusals,
 }
 
 impl OutputTask {
@@ -408,6 +416,12 @@ impl OutputTask {
                 Ok(event) => {
                     self.publisher.observe(&event);
                     match event {
+                        Event::Incoming(Packet::PubAck(_) | Packet::PubRec(_)) => {
+                            self.refusals.confirmed(&mut self.eventloop.pending);
+                        }
+                        Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+                            self.refusals.written();
+                        }
                         Event::Incoming(Packet::ConnAck(ack))
                             if ack.code == ConnectReturnCode::Success =>
                         {
@@ -416,6 +430,9 @@ impl OutputTask {
                                 session_present = ack.session_present,
                                 "connected to broker"
                             );
+                            if !ack.session_present {
+                                self.refusals.session_lost();
+                            }
                             let dropped = self.publisher.reconnected(ack.session_present);
                             if dropped > 0 {
                                 tracing::error!(
@@ -452,28 +469,28 @@ impl OutputTask {
                         .iter()
                         .filter(|r| matches!(r, rumqttc::Request::Publish(p) if p.pkid == 0))
                         .count();
-                    let peer = closed_by_peer(&e);
-                    let pending = &mut self.eventloop.pending;
-                    if let Some(r) = self.publisher.connection_lost(taken, peer, pending) {
-                        if r.learned {
-                            tracing::error!(
-                                topic = %r.topic,
-                                bytes = r.bytes,
-                                largest_confirmed = r.largest_confirmed,
-                                dropped = r.dropped,
-                                "the broker closed the output connection {REFUSALS} times in a \
-                                 row on an output larger than any it took: it refuses messages \
-                                 this large (a packet size limit: set broker.max_packet_bytes \
-                                 to the broker's limit). Outputs of this size or more are \
-                                 dropped (their events were handled), and refused when \
-                                 published from now on"
-                            );
+                    self.publisher
+                        .connection_lost(taken + self.refusals.held_unnumbered());
+                    let by_broker = closed_by_peer(&e) && self.backoff.young();
+                    if let Some(r) = self.refusals.lost(by_broker, &mut self.eventloop).await {
+                        let why = if r.too_large {
+                            "larger than any it took: it refuses messages this large (a packet \
+                             size limit: set broker.max_packet_bytes to it). Messages of this \
+                             size or more"
                         } else {
-                            tracing::error!(topic = %r.topic, bytes = r.bytes, dropped = r.dropped,
-                                "outputs too large for the broker dropped");
-                        }
-                        // Understood, and dealt with: not another client with this id, and
-                        // nothing to back off from.
+                            "to a topic it refuses (its ACL or policy: its log says why). \
+                             Messages to this topic"
+                        };
+                        tracing::error!(
+                            topic = %r.topic,
+                            bytes = r.bytes,
+                            largest_confirmed = r.largest_confirmed,
+                            dropped = r.dropped,
+                            "the broker closed the output connection each time this message \
+                             was alone in flight, {why} are dropped (their events were handled) \
+                             and refused when published, until the agent restarts"
+                        );
+                        // Found and dealt with: nothing to back off from.
                         self.backoff.dealt_with();
                     }
                     if !self.backoff.failed(&self.link, &e, &force_stop).await {

@@ -12,6 +12,7 @@ pub mod broker;
 pub mod connection;
 pub mod options;
 pub mod publisher;
+pub mod refusal;
 #[cfg(test)]
 mod vendored;
 

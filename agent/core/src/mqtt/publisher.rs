@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use rumqttc::{AsyncClient, ClientError, Event, Outgoing, Packet, PubAck, PubRec, QoS, Request};
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::event::{Delivery, PacketLimit, publish_packet_bytes};
+use crate::event::{BrokerLimits, Delivery, publish_packet_bytes};
 
 /// Most outputs of one function on the output connection that the broker has not
 /// confirmed (written out, for QoS 0). A function's queue of one-output events (64) never
@@ -73,50 +73,29 @@ struct Waiting {
     taken_at_failure: usize,
     /// The largest packet the broker confirmed.
     largest_confirmed: usize,
-    /// The publish the broker may be refusing (its packet id and size), and how many
-    /// times in a row the broker closed the connection while it was unconfirmed.
-    suspect: Option<((u16, usize), u32)>,
-}
-
-/// Times in a row the broker closes the output connection while the same publish, larger
-/// than any it confirmed, is unconfirmed, after which that publish is taken for one the
-/// broker refuses.
-pub const REFUSALS: u32 = 3;
-
-/// Publishes too large for the broker, dropped: see [`Publisher::connection_lost`].
-#[derive(Debug, PartialEq, Eq)]
-pub struct Refused {
-    /// The first one's topic.
-    pub topic: String,
-    /// The size ([`publish_packet_bytes`]) of the packet the broker refused, if learned
-    /// now, or of the first one dropped.
-    pub bytes: usize,
-    /// The largest packet the broker had confirmed.
-    pub largest_confirmed: usize,
-    /// Publishes dropped for being at least as large.
-    pub dropped: usize,
-    /// Whether this failure taught the limit (rather than one before).
-    pub learned: bool,
 }
 
 /// Publishes on the output connection and reports when the broker has each message.
 pub struct Publisher {
     client: AsyncClient,
     /// Lowered when the broker refuses a publish.
-    limit: PacketLimit,
+    limit: BrokerLimits,
     /// Held while a request and its waiter are queued, so both queues keep one order.
-    order: tokio::sync::Mutex<()>,
+    order: Arc<tokio::sync::Mutex<()>>,
+    /// Topics of messages not sent for the broker's limits, said once each.
+    said: Mutex<std::collections::HashSet<String>>,
     waiting: Mutex<Waiting>,
 }
 
 impl Publisher {
     /// A publisher over the output connection's `client`. Its event loop's events must be
     /// passed to [`Publisher::observe`].
-    pub fn new(client: AsyncClient, limit: PacketLimit) -> Arc<Self> {
+    pub fn new(client: AsyncClient, limit: BrokerLimits) -> Arc<Self> {
         Arc::new(Self {
             client,
             limit,
-            order: tokio::sync::Mutex::new(()),
+            order: Arc::default(),
+            said: Mutex::default(),
             waiting: Mutex::new(Waiting::default()),
         })
     }
@@ -151,10 +130,11 @@ impl Publisher {
                 }
             }
         }
+        let _order = self.order.lock().await;
+        // Under the lock: what the broker refused meanwhile is known.
         let Some(bytes) = self.fits(&topic, payload.len(), then.as_ref()) else {
             return Ok(());
         };
-        let _order = self.order.lock().await;
         self.lock().queued.push_back(Entry(then, place, bytes));
         let mut unqueue = Unqueue(self, true);
         let sent = self.client.publish(topic, qos, retain, payload).await;
@@ -168,10 +148,19 @@ impl Publisher {
     /// everyone, see [`Publisher::connection_lost`]), and what waits on it is released.
     fn fits(&self, topic: &str, payload_len: usize, then: Option<&Arc<Delivery>>) -> Option<usize> {
         let bytes = publish_packet_bytes(topic, payload_len);
-        let Some(why) = self.limit.over(bytes) else {
+        let Some(why) = self.limit.over(topic, bytes) else {
             return Some(bytes);
         };
-        tracing::error!(%topic, "not sent: {why}");
+        let first = self
+            .said
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(topic.to_owned());
+        if first {
+            tracing::error!(%topic, "not sent: {why}");
+        } else {
+            tracing::debug!(%topic, "not sent: {why}");
+        }
         if let Some(delivery) = then {
             delivery.complete();
         }
@@ -190,11 +179,11 @@ impl Publisher {
         payload: Vec<u8>,
         then: Waiter,
     ) -> Result<(), Waiter> {
-        let Some(bytes) = self.fits(&topic, payload.len(), then.as_ref()) else {
-            return Ok(());
-        };
         let Ok(_order) = self.order.try_lock() else {
             return Err(then);
+        };
+        let Some(bytes) = self.fits(&topic, payload.len(), then.as_ref()) else {
+            return Ok(());
         };
         self.lock().queued.push_back(Entry(then, None, bytes));
         match self.client.try_publish(topic, qos, retain, payload) {
@@ -261,104 +250,74 @@ impl Publisher {
         }
     }
 
-    /// The output connection failed: rumqttc has moved every unconfirmed publish aside
-    /// into `pending` (its event loop's), followed by `taken` requests it had not numbered
-    /// yet and the rest of its request queue, to resend if the session resumes.
-    ///
-    /// Over MQTT 3.1.1 a broker refuses a packet (one over its size limit) by closing the
-    /// connection, and the resend on the next one closes it again: every output of every
-    /// function would wait for good. So when the broker (`closed_by_peer`) has closed the
-    /// connection [`REFUSALS`] times in a row while the same publish was the first of the
-    /// largest unconfirmed ones, and larger than any it confirmed, the packet limit is
-    /// lowered below that publish's size, and every publish in `pending` of that size or
-    /// more is taken out: their waiters are released as if the broker had them (their
-    /// events were handled; such outputs cannot be delivered to this broker), and later
-    /// ones are refused when they are published.
-    pub fn connection_lost(
+    /// The output connection failed: rumqttc has moved every unconfirmed publish aside, and
+    /// `taken` requests it had not numbered yet (the oldest queued ones, counted in its
+    /// event loop's `pending` and what [`crate::mqtt::refusal`] holds back), to resend if
+    /// the session resumes.
+    pub fn connection_lost(&self, taken: usize) {
+        self.lock().taken_at_failure = taken;
+    }
+
+    /// The largest packet the broker confirmed.
+    pub fn largest_confirmed(&self) -> usize {
+        self.lock().largest_confirmed
+    }
+
+    /// Takes every publish that `unsendable` (given it and its packet's size) picks out of
+    /// `queues` (what is to be resent, in order: rumqttc's `pending`, then what is held
+    /// back), and releases what waits on each as if the broker had it: their events were
+    /// handled, and the broker will not take these. Returns each one's topic and size.
+    /// Only right after [`Publisher::connection_lost`], with every request not yet
+    /// numbered in `queues`.
+    pub fn drop_unsendable(
         &self,
-        taken: usize,
-        closed_by_peer: bool,
-        pending: &mut VecDeque<Request>,
-    ) -> Option<Refused> {
-        let bytes = |r: &Request| match r {
-            Request::Publish(p) => Some((p.pkid, publish_packet_bytes(&p.topic, p.payload.len()))),
-            _ => None,
-        };
+        queues: [&mut VecDeque<Request>; 2],
+        unsendable: impl Fn(&rumqttc::Publish, usize) -> bool,
+    ) -> Vec<(String, usize)> {
+        let (mut dropped, mut released) = (Vec::new(), Vec::new());
         let mut w = self.lock();
-        w.taken_at_failure = taken;
-        // The first of the largest numbered ones: the one the broker meets first when
-        // rumqttc resends them in order.
-        let mut largest: Option<(u16, usize)> = None;
-        for (pkid, size) in pending.iter().filter_map(bytes) {
-            if pkid != 0 && largest.is_none_or(|(_, l)| size > l) {
-                largest = Some((pkid, size));
+        // Requests not yet numbered pair with the queued waiters, in order.
+        let mut unnumbered = 0;
+        for queue in queues {
+            let mut kept = VecDeque::with_capacity(queue.len());
+            for r in queue.drain(..) {
+                let p = match r {
+                    Request::Publish(p) => p,
+                    other => {
+                        kept.push_back(other);
+                        continue;
+                    }
+                };
+                let bytes = publish_packet_bytes(&p.topic, p.payload.len());
+                if !unsendable(&p, bytes) {
+                    unnumbered += usize::from(p.pkid == 0);
+                    kept.push_back(Request::Publish(p));
+                    continue;
+                }
+                let entry = if p.pkid == 0 {
+                    w.taken_at_failure = w.taken_at_failure.saturating_sub(1);
+                    w.queued.remove(unnumbered)
+                } else {
+                    w.in_flight.remove(&p.pkid)
+                };
+                if let Some(Entry(Some(delivery), _place, _)) = entry {
+                    released.push(delivery);
+                }
+                dropped.push((p.topic, bytes));
             }
+            *queue = kept;
         }
-        let suspect = largest.filter(|&(_, size)| closed_by_peer && size > w.largest_confirmed);
-        w.suspect = suspect.map(|s| match w.suspect {
-            Some((before, times)) if before == s => (s, times + 1),
-            _ => (s, 1),
-        });
-        let refused = match w.suspect {
-            Some(((_, size), times)) if times >= REFUSALS => {
-                w.suspect = None;
-                self.limit.refused(size);
-                Some(size)
-            }
-            _ => None,
-        };
-        // Everything the broker is known to refuse, whether just learned or before.
-        let limit = self.limit.get();
-        if pending
-            .iter()
-            .filter_map(bytes)
-            .all(|(_, size)| size <= limit)
-        {
-            return None;
-        }
-        let mut released = Vec::new();
-        let (mut unnumbered, mut dropped, mut first) = (0, 0, None);
-        let mut kept = VecDeque::with_capacity(pending.len());
-        for r in pending.drain(..) {
-            let Some((pkid, size)) = bytes(&r) else {
-                kept.push_back(r);
-                continue;
-            };
-            if size <= limit {
-                unnumbered += usize::from(pkid == 0);
-                kept.push_back(r);
-                continue;
-            }
-            let entry = if pkid == 0 {
-                // Its waiter is the next one queued after those kept before it.
-                let entry = w.queued.remove(unnumbered);
-                w.taken_at_failure = w.taken_at_failure.saturating_sub(1);
-                entry
-            } else {
-                w.in_flight.remove(&pkid)
-            };
-            if let Some(Entry(Some(delivery), _place, _)) = entry {
-                released.push(delivery);
-            }
-            dropped += 1;
-            if let Request::Publish(p) = r {
-                first.get_or_insert((p.topic, size));
-            }
-        }
-        *pending = kept;
-        let largest_confirmed = w.largest_confirmed;
         drop(w);
         for delivery in released {
             delivery.complete();
         }
-        let (topic, bytes) = first?;
-        Some(Refused {
-            topic,
-            bytes: refused.unwrap_or(bytes),
-            largest_confirmed,
-            dropped,
-            learned: refused.is_some(),
-        })
+        dropped
+    }
+
+    /// Holds the request queue: nothing more is queued until the guard is dropped (see
+    /// [`crate::mqtt::refusal`]).
+    pub async fn hold_queue(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.order.clone().lock_owned().await
     }
 
     /// The output connection is back. If the broker kept the session, rumqttc resends what
@@ -388,7 +347,7 @@ impl Publisher {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use tokio::sync::mpsc;
 
     use super::*;
@@ -398,12 +357,15 @@ mod tests {
     fn setup() -> (Arc<Publisher>, rumqttc::EventLoop) {
         let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
         let (client, eventloop) = AsyncClient::new(opts, 16);
-        (Publisher::new(client, PacketLimit::new(1 << 20)), eventloop)
+        (
+            Publisher::new(client, BrokerLimits::new(1 << 20)),
+            eventloop,
+        )
     }
 
     /// A delivery of a QoS 1 message waiting on `outputs` publishes, and the acks it
     /// releases.
-    fn delivery(
+    pub(crate) fn delivery(
         outputs: usize,
     ) -> (
         Arc<Delivery>,
@@ -486,7 +448,7 @@ mod tests {
             queue(&p, waiter).await;
         }
         p.observe(&out(1));
-        p.connection_lost(1, false, &mut VecDeque::new());
+        p.connection_lost(1);
         // Published during the outage: still in rumqttc's queue, not moved aside.
         let (later, mut later_acks) = delivery(1);
         queue(&p, Some(later)).await;
@@ -511,119 +473,13 @@ mod tests {
             queue(&p, Some(d.clone())).await;
         }
         p.observe(&out(1));
-        p.connection_lost(1, false, &mut VecDeque::new());
+        p.connection_lost(1);
         assert_eq!(p.reconnected(true), 0);
         p.observe(&out(1));
         p.observe(&out(2));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(1))));
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(2))));
         assert_eq!(acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
-    }
-
-    /// What rumqttc moves aside when the connection fails: `(pkid, payload bytes)`.
-    fn moved_aside(publishes: &[(u16, usize)]) -> VecDeque<Request> {
-        let publish = |&(pkid, bytes): &(u16, usize)| {
-            let mut p = rumqttc::Publish::new("o", QoS::AtLeastOnce, vec![0; bytes]);
-            p.pkid = pkid;
-            Request::Publish(p)
-        };
-        publishes.iter().map(publish).collect()
-    }
-
-    #[tokio::test]
-    async fn publishes_the_broker_keeps_closing_the_connection_on_are_refused() {
-        let (client, _el) = AsyncClient::new(rumqttc::MqttOptions::new("t", "h", 1), 16);
-        let limit = PacketLimit::new(1 << 20);
-        let p = Publisher::new(client, limit.clone());
-        // Two events: one with a small output and a large one, one with a large one and
-        // one too large that rumqttc has not numbered yet.
-        let (d, mut acks) = delivery(2);
-        let (e, mut e_acks) = delivery(3);
-        let small = publish_packet_bytes("o", 100);
-        for (bytes, waiter) in [(100, &d), (100, &e), (5000, &d), (10, &e), (6000, &e)] {
-            let payload = vec![0; bytes];
-            let sent = p.publish(
-                "o".into(),
-                QoS::AtLeastOnce,
-                false,
-                payload,
-                Some(waiter.clone()),
-                None,
-            );
-            assert!(sent.await.is_ok());
-        }
-        for pkid in 1..=2 {
-            p.observe(&out(pkid));
-            p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(pkid))));
-        }
-        for pkid in 3..=4 {
-            p.observe(&out(pkid));
-        }
-        let big = publish_packet_bytes("o", 5000);
-        let lost = |peer: bool| {
-            let mut pending = moved_aside(&[(4, 10), (3, 5000), (0, 6000)]);
-            let refused = p.connection_lost(1, peer, &mut pending);
-            let left: Vec<u16> = pending
-                .iter()
-                .filter_map(|r| match r {
-                    Request::Publish(p) => Some(p.pkid),
-                    _ => None,
-                })
-                .collect();
-            (refused, left)
-        };
-        assert_eq!(lost(true), (None, vec![4, 3, 0]));
-        assert_eq!(lost(true), (None, vec![4, 3, 0]));
-        assert_eq!(
-            lost(false),
-            (None, vec![4, 3, 0]),
-            "a failure of another kind breaks the row"
-        );
-        assert_eq!(lost(true), (None, vec![4, 3, 0]));
-        assert_eq!(lost(true), (None, vec![4, 3, 0]));
-        assert_eq!(limit.get(), 1 << 20);
-        let refused = Refused {
-            topic: "o".into(),
-            bytes: big,
-            largest_confirmed: small,
-            dropped: 2,
-            learned: true,
-        };
-        assert_eq!(
-            lost(true),
-            (Some(refused), vec![4]),
-            "taken out of what is resent"
-        );
-        assert_eq!(limit.get(), big - 1);
-        assert!(
-            limit
-                .over(big)
-                .is_some_and(|why| why.contains("too large for the broker"))
-        );
-        assert!(limit.over(big - 1).is_none());
-        assert_eq!(p.unconfirmed(), 1, "the small one is still resent");
-        assert_eq!(
-            acks.try_recv().map(|a| a.ack.pkid).ok(),
-            Some(7),
-            "its event is done"
-        );
-        assert!(e_acks.try_recv().is_err());
-        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(4))));
-        assert_eq!(e_acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
-        assert_eq!(p.unconfirmed(), 0);
-
-        // Once the limit is known, what is over it is dropped at the next failure.
-        let mut pending = moved_aside(&[(9, 9000)]);
-        let refused = p.connection_lost(0, false, &mut pending);
-        assert!(refused.is_some_and(|r| !r.learned && r.dropped == 1 && r.bytes > big));
-        assert!(pending.is_empty());
-
-        // A publish no larger than one the broker took is never taken for a refused one.
-        for _ in 0..2 * REFUSALS {
-            let mut pending = moved_aside(&[(5, 10), (6, 100)]);
-            assert_eq!(p.connection_lost(0, true, &mut pending), None);
-            assert_eq!(pending.len(), 2);
-        }
     }
 
     #[tokio::test]
@@ -652,7 +508,7 @@ mod tests {
     async fn a_publish_given_up_while_waiting_for_room_leaves_no_waiter() {
         let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
         let (client, _el) = AsyncClient::new(opts, 1);
-        let p = Publisher::new(client, PacketLimit::new(1 << 20));
+        let p = Publisher::new(client, BrokerLimits::new(1 << 20));
         let (d, mut acks) = delivery(1);
         let first = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], Some(d), None);
         assert!(first.await.is_ok());

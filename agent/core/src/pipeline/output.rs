@@ -16,7 +16,7 @@ use tokio_util::task::TaskTracker;
 
 use super::hops::HopLedger;
 use super::inbox::Inbox;
-use crate::event::{Inbound, Outbound, PacketLimit};
+use crate::event::{BrokerLimits, Inbound, Outbound};
 use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
@@ -77,7 +77,7 @@ pub struct Output {
     publisher: Arc<Publisher>,
     dead_letter_topic: Arc<str>,
     tracker: TaskTracker,
-    packet_limit: PacketLimit,
+    broker_limits: BrokerLimits,
     hops: Arc<HopLedger>,
     /// Every running function's topic filters: outputs that match one may come back in.
     /// Shared by the clones; a reload that adds or removes a function replaces it.
@@ -91,20 +91,20 @@ impl Output {
     /// An output through `publisher` that sends dead letters to `dead_letter_topic`. Work that
     /// outlives a call (waiting for a flush, a dead letter waiting for room) runs on
     /// `tracker`, so that shutdown can wait for it.
-    /// Nothing it sends is larger than `packet_limit`. Outputs that match one of the
+    /// Nothing it sends is over `broker_limits`. Outputs that match one of the
     /// agent's own subscriptions ([`Output::set_filters`]) are recorded in `hops`.
     pub fn new(
         publisher: Arc<Publisher>,
         dead_letter_topic: String,
         tracker: TaskTracker,
-        packet_limit: PacketLimit,
+        broker_limits: BrokerLimits,
         hops: Arc<HopLedger>,
     ) -> Self {
         Self {
             publisher,
             dead_letter_topic: dead_letter_topic.into(),
             tracker,
-            packet_limit,
+            broker_limits,
             hops,
             filters: Arc::default(),
             places: Arc::default(),
@@ -360,7 +360,7 @@ impl Output {
         let fixed = crate::event::publish_packet_bytes(&self.dead_letter_topic, 600)
             + 2 * (event.topic.len() + message.len().min(DEAD_LETTER_MAX_MESSAGE))
             + function.len();
-        let max_packet_bytes = self.packet_limit.get();
+        let max_packet_bytes = self.broker_limits.max_packet_bytes();
         let room = max_packet_bytes.saturating_sub(fixed) / 4 * 3;
         let mut letter = DeadLetter::new(
             function,

@@ -14,7 +14,7 @@ use super::engine::EpochTicker;
 use super::host::{FunctionContext, StoreData};
 use super::{LoadError, RuntimeError};
 use crate::config::{Config, FunctionConfig};
-use crate::event::{Outbound, PacketLimit};
+use crate::event::{BrokerLimits, Outbound};
 use crate::failure::FailureKind;
 use crate::state::{Committed, Namespace, Receipt, StateStore};
 
@@ -85,7 +85,7 @@ pub struct LoadedFunction {
     linker: Linker<StoreData>,
     /// What a function context takes from the agent: its packet limit and its own topics'
     /// prefix (`<topic_prefix>/`).
-    agent_limits: (PacketLimit, String),
+    agent_limits: (BrokerLimits, String),
     /// On demand: how long it stays loaded without events (`keep_warm_secs`).
     keep_warm: Option<KeepAlive>,
     /// When a call last started or ended.
@@ -201,12 +201,12 @@ impl NextVersion {
     }
 }
 
-fn context(agent_limits: &(PacketLimit, String), cfg: &FunctionConfig) -> Arc<FunctionContext> {
+fn context(agent_limits: &(BrokerLimits, String), cfg: &FunctionConfig) -> Arc<FunctionContext> {
     Arc::new(FunctionContext {
         name: cfg.name.as_str().into(),
         config: cfg.config.clone(),
         max_publish_bytes: cfg.max_publish_bytes,
-        packet_limit: agent_limits.0.clone(),
+        broker_limits: agent_limits.0.clone(),
         reserved_prefix: agent_limits.1.clone(),
         own_filters: if cfg.allow_feedback {
             Vec::new()
@@ -248,7 +248,7 @@ impl LoadedFunction {
     pub fn load(
         engine: &Engine,
         linker: &Linker<StoreData>,
-        agent_limits: (PacketLimit, String),
+        agent_limits: (BrokerLimits, String),
         cfg: &FunctionConfig,
         ticker: &EpochTicker,
         fuel_enabled: bool,

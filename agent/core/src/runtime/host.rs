@@ -29,9 +29,9 @@ pub struct FunctionContext {
     pub config: BTreeMap<String, String>,
     /// Largest payload a guest may publish, in bytes.
     pub max_publish_bytes: usize,
-    /// Largest MQTT packet the connection sends (`broker.max_packet_bytes`, or less once
-    /// the broker refused one).
-    pub packet_limit: crate::event::PacketLimit,
+    /// What the broker takes: packets up to `broker.max_packet_bytes` (less once it
+    /// refused a smaller one), to any topic but those it refused.
+    pub broker_limits: crate::event::BrokerLimits,
     /// The agent's own topics, `<topic_prefix>/`: functions may not publish there.
     pub reserved_prefix: String,
     /// The function's own topic filters, unless `allow_feedback`: it may not publish to a
@@ -187,7 +187,7 @@ impl mqtt::Host for StoreData {
             ));
         }
         let packet = crate::event::publish_packet_bytes(&topic, payload.len());
-        if let Some(why) = self.ctx.packet_limit.over(packet) {
+        if let Some(why) = self.ctx.broker_limits.over(&topic, packet) {
             return Err(why);
         }
         if let Some(filter) = self

@@ -226,8 +226,8 @@ pub struct Runtime {
     ticker: engine::EpochTicker,
     /// Whether the engine counts fuel (fixed when it is built).
     fuel: bool,
-    /// The broker's packet limit, shared with the output connection, which may lower it.
-    packet_limit: crate::event::PacketLimit,
+    /// What the broker takes, shared with the output connection, which learns it.
+    broker_limits: crate::event::BrokerLimits,
     functions: HashMap<String, Arc<LoadedFunction>>,
 }
 
@@ -268,7 +268,7 @@ impl Runtime {
             allocator,
             ticker,
             fuel,
-            packet_limit: crate::event::PacketLimit::new(cfg.broker.max_packet_bytes),
+            broker_limits: crate::event::BrokerLimits::new(cfg.broker.max_packet_bytes),
             functions: HashMap::new(),
         };
         // Every function is tried, so that `check` reports every module that is wrong.
@@ -341,7 +341,7 @@ impl Runtime {
             });
         }
         let agent_limits = (
-            self.packet_limit.clone(),
+            self.broker_limits.clone(),
             format!("{}/", cfg.agent.topic_prefix),
         );
         let loaded = LoadedFunction::load(
@@ -381,10 +381,10 @@ impl Runtime {
         std::mem::take(&mut self.functions)
     }
 
-    /// The largest packet the agent may send: the output connection lowers it when the
-    /// broker refuses one, and every function's publishes are held to it.
-    pub fn packet_limit(&self) -> crate::event::PacketLimit {
-        self.packet_limit.clone()
+    /// What the broker takes: the output connection learns when it refuses a message, and
+    /// every function's publishes are held to it.
+    pub fn broker_limits(&self) -> crate::event::BrokerLimits {
+        self.broker_limits.clone()
     }
 
     /// Which instance allocator is in use.

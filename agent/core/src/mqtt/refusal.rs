@@ -1,0 +1,440 @@
+//! A message the broker refuses by closing the output connection.
+//!
+//! Over MQTT 3.1.1 a broker cannot say why it refuses a message: one over its own packet
+//! size limit (Mosquitto's `max_packet_size`, 128 KB on AWS IoT Core), or to a topic its
+//! ACL or policy denies (AWS IoT Core, the Greengrass broker, Azure Event Grid), makes it
+//! close the connection. rumqttc resends the message on the next connection, which the
+//! broker closes again: every output of every function would wait behind it for good.
+//!
+//! So after [`SUSPICIOUS`] closes in a row by the broker, each with messages unconfirmed,
+//! the output connection resends with care: one message at a time, the next once the
+//! broker has confirmed the one before, and nothing new queued meanwhile (the publisher's
+//! queue is held). One that is alone in flight when the broker closes the connection
+//! [`CAUGHT`] times is refused: taken out, and what waits on it released (its event was
+//! handled; the broker will not take it). The agent's [`BrokerLimits`] learn from it: if it
+//! was larger than any message the broker confirmed, no packet that large is sent again,
+//! and otherwise nothing more to its topic. Guests are refused both when they publish,
+//! with a dead letter saying why, and what is waiting to be resent is dropped with it.
+//!
+//! Another client with the same client id (the broker closes each connection when the
+//! other connects) also closes connections in a row; it can only be taken for a refusal
+//! if the broker closes the connection [`CAUGHT`] times while the same message is alone in
+//! flight, which takes a round trip each.
+
+use std::collections::VecDeque;
+
+use rumqttc::{EventLoop, QoS, Request};
+use tokio::sync::OwnedMutexGuard;
+
+use crate::event::BrokerLimits;
+use crate::mqtt::publisher::Publisher;
+
+/// Closes in a row by the broker, each with messages unconfirmed, after which the
+/// connection resends with care.
+pub const SUSPICIOUS: u32 = 2;
+
+/// Times the broker closes the connection while the same message is alone in flight,
+/// after which it is taken for one the broker refuses.
+pub const CAUGHT: u32 = 2;
+
+/// What the broker refused, and what was dropped with it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Refused {
+    /// Its topic.
+    pub topic: String,
+    /// Its packet's size ([`crate::event::publish_packet_bytes`]).
+    pub bytes: usize,
+    /// Whether it was larger than any message the broker confirmed (then the broker's
+    /// packet size limit was taken to be below it; otherwise its topic was refused).
+    pub too_large: bool,
+    /// The largest message the broker confirmed.
+    pub largest_confirmed: usize,
+    /// Messages dropped, it included.
+    pub dropped: usize,
+}
+
+/// Follows the output connection's failures to find a message the broker refuses.
+pub struct Refusals {
+    publisher: std::sync::Arc<Publisher>,
+    limits: BrokerLimits,
+    /// Closes in a row by the broker, each with messages unconfirmed.
+    closes: u32,
+    careful: Option<Careful>,
+}
+
+/// Resending one message at a time.
+struct Careful {
+    /// Nothing new is queued while held.
+    _queue: OwnedMutexGuard<()>,
+    /// What is left to resend, in order, behind what is in rumqttc's `pending`.
+    held: VecDeque<Request>,
+    /// The message in flight alone: released, not yet confirmed.
+    in_flight: bool,
+    /// Whether rumqttc has written it on this connection.
+    written: bool,
+    /// The one the broker closed the connection on while it was alone in flight (its
+    /// packet id), and how many times.
+    caught: Option<(u16, u32)>,
+}
+
+impl Refusals {
+    /// For the output connection through `publisher`, teaching `limits`.
+    pub fn new(publisher: std::sync::Arc<Publisher>, limits: BrokerLimits) -> Self {
+        Self {
+            publisher,
+            limits,
+            closes: 0,
+            careful: None,
+        }
+    }
+
+    /// Requests held back that rumqttc has not numbered yet (they count among those
+    /// taken from its queue: see [`Publisher::connection_lost`]).
+    pub fn held_unnumbered(&self) -> usize {
+        self.careful.as_ref().map_or(0, |c| unnumbered(&c.held))
+    }
+
+    /// The connection failed, after rumqttc moved what is to be resent into its
+    /// `pending`, and after [`Publisher::connection_lost`]; `by_broker` if the broker
+    /// closed a connection it had accepted shortly before. Returns what was refused, if
+    /// this failure shows it.
+    pub async fn lost(&mut self, by_broker: bool, eventloop: &mut EventLoop) -> Option<Refused> {
+        let pending = &mut eventloop.pending;
+        // A message rumqttc wrote (it numbers them as it does) and the broker has not
+        // confirmed: the first of them is the first the broker met again.
+        let unconfirmed = pending.iter().find_map(|r| match r {
+            Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
+            _ => None,
+        });
+        self.closes = match unconfirmed {
+            Some(_) if by_broker => self.closes + 1,
+            _ => 0,
+        };
+        let Some(careful) = &mut self.careful else {
+            if self.closes >= SUSPICIOUS {
+                let queue = self.publisher.hold_queue().await;
+                // What was queued before the hold took effect joins what is held.
+                eventloop.clean();
+                let pending = &mut eventloop.pending;
+                let mut careful = Careful {
+                    _queue: queue,
+                    held: std::mem::take(pending),
+                    in_flight: false,
+                    written: false,
+                    caught: None,
+                };
+                self.publisher.connection_lost(unnumbered(&careful.held));
+                careful.release_next(pending);
+                tracing::warn!(
+                    closes = self.closes,
+                    "the broker keeps closing the output connection with messages unconfirmed: \
+                     resending them one at a time, to find one it refuses"
+                );
+                self.careful = Some(careful);
+            }
+            return None;
+        };
+        // Alone in flight: rumqttc wrote it, and the broker closed before confirming it.
+        let alone = careful.in_flight && careful.written && by_broker;
+        careful.written = false;
+        careful.caught = match (unconfirmed, careful.caught) {
+            (Some(pkid), Some((before, n))) if alone && pkid == before => Some((pkid, n + 1)),
+            (Some(pkid), _) if alone => Some((pkid, 1)),
+            _ => None,
+        };
+        let (pkid, _) = careful.caught.filter(|&(_, n)| n >= CAUGHT)?;
+        careful.caught = None;
+        let Some(Request::Publish(refused)) = pending
+            .iter()
+            .find(|r| matches!(r, Request::Publish(p) if p.pkid == pkid))
+        else {
+            return None;
+        };
+        let bytes = crate::event::publish_packet_bytes(&refused.topic, refused.payload.len());
+        let largest_confirmed = self.publisher.largest_confirmed();
+        let too_large = bytes > largest_confirmed;
+        let topic = refused.topic.clone();
+        if too_large {
+            self.limits.refused_size(bytes);
+        } else {
+            self.limits.refused_topic(&topic);
+        }
+        let limits = &self.limits;
+        let dropped = self
+            .publisher
+            .drop_unsendable([pending, &mut careful.held], |p, bytes| {
+                p.pkid == pkid || limits.over(&p.topic, bytes).is_some()
+            });
+        careful.in_flight = false;
+        careful.release_next(pending);
+        self.closes = 0;
+        if careful.done(pending) {
+            self.careful = None;
+        }
+        Some(Refused {
+            topic,
+            bytes,
+            too_large,
+            largest_confirmed,
+            dropped: dropped.len(),
+        })
+    }
+
+    /// rumqttc wrote a message that the broker confirms.
+    pub fn written(&mut self) {
+        if let Some(careful) = &mut self.careful {
+            careful.written = true;
+        }
+    }
+
+    /// The broker confirmed a message (PUBACK, PUBREC): with care, the next is released
+    /// into `pending`, or, once nothing is left, new messages are let in again.
+    pub fn confirmed(&mut self, pending: &mut VecDeque<Request>) {
+        let Some(careful) = &mut self.careful else {
+            return;
+        };
+        careful.in_flight = false;
+        careful.written = false;
+        careful.caught = None;
+        careful.release_next(pending);
+        if careful.done(pending) {
+            self.careful = None;
+        }
+    }
+
+    /// The broker did not keep the session: rumqttc dropped what it was to resend, and so
+    /// is what is held back (the publisher forgets their waiters).
+    pub fn session_lost(&mut self) {
+        self.closes = 0;
+        self.careful = None;
+    }
+}
+
+impl Careful {
+    /// Moves what is held into `pending` up to and with the next message the broker
+    /// confirms (QoS 1 or 2), unless one is in flight already.
+    fn release_next(&mut self, pending: &mut VecDeque<Request>) {
+        if self.in_flight || pending.iter().any(confirmable) {
+            self.in_flight |= pending.iter().any(confirmable);
+            return;
+        }
+        while let Some(r) = self.held.pop_front() {
+            let last = confirmable(&r);
+            pending.push_back(r);
+            if last {
+                self.in_flight = true;
+                return;
+            }
+        }
+    }
+
+    /// Whether everything held has been resent and confirmed.
+    fn done(&self, pending: &VecDeque<Request>) -> bool {
+        self.held.is_empty() && !self.in_flight && !pending.iter().any(confirmable)
+    }
+}
+
+/// Requests in `queue` that rumqttc has not numbered yet.
+fn unnumbered(queue: &VecDeque<Request>) -> usize {
+    queue
+        .iter()
+        .filter(|r| matches!(r, Request::Publish(p) if p.pkid == 0))
+        .count()
+}
+
+/// A message the broker confirms.
+fn confirmable(r: &Request) -> bool {
+    matches!(r, Request::Publish(p) if p.qos != QoS::AtMostOnce)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use rumqttc::{AsyncClient, Event, Outgoing, Packet, PubAck};
+
+    use super::*;
+    use crate::event::publish_packet_bytes;
+    use crate::mqtt::publisher::tests::delivery;
+
+    /// A publisher, its event loop (never connected: what rumqttc would do is done by
+    /// hand), and the refusals that follow it.
+    fn setup() -> (Arc<Publisher>, EventLoop, Refusals, BrokerLimits) {
+        let (client, eventloop) = AsyncClient::new(rumqttc::MqttOptions::new("t", "h", 1), 16);
+        let limits = BrokerLimits::new(1 << 20);
+        let p = Publisher::new(client, limits.clone());
+        let r = Refusals::new(p.clone(), limits.clone());
+        (p, eventloop, r, limits)
+    }
+
+    /// Queues QoS 1 messages `(topic, payload bytes)` for `waiter`, numbered 1, 2, ... as
+    /// rumqttc would, and the first `confirmed` of them confirmed.
+    async fn sent(
+        p: &Publisher,
+        el: &mut EventLoop,
+        messages: &[(&str, usize)],
+        waiter: &Arc<crate::event::Delivery>,
+        confirmed: u16,
+    ) {
+        for &(topic, bytes) in messages {
+            let payload = vec![0; bytes];
+            let queued = p.publish(
+                topic.into(),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+                Some(waiter.clone()),
+                None,
+            );
+            assert!(queued.await.is_ok());
+        }
+        el.clean(); // rumqttc has taken them from its queue
+        el.pending.clear();
+        for pkid in 1..=messages.len() as u16 {
+            p.observe(&Event::Outgoing(Outgoing::Publish(pkid)));
+        }
+        for pkid in 1..=confirmed {
+            p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(pkid))));
+        }
+    }
+
+    /// What rumqttc has to resend after a failure: `(pkid, topic, payload bytes)`.
+    fn resend(el: &mut EventLoop, messages: &[(u16, &str, usize)]) {
+        el.pending = messages
+            .iter()
+            .map(|&(pkid, topic, bytes)| {
+                let mut p = rumqttc::Publish::new(topic, QoS::AtLeastOnce, vec![0; bytes]);
+                p.pkid = pkid;
+                Request::Publish(p)
+            })
+            .collect();
+    }
+
+    fn pkids(el: &EventLoop) -> Vec<u16> {
+        el.pending
+            .iter()
+            .filter_map(|r| match r {
+                Request::Publish(p) => Some(p.pkid),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// rumqttc writes what is pending, and the broker confirms `pkid`.
+    fn confirm(p: &Publisher, el: &mut EventLoop, r: &mut Refusals, pkid: u16) {
+        r.written();
+        p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(pkid))));
+        r.confirmed(&mut el.pending);
+    }
+
+    /// Whether a new message can be queued at once (nothing holds the queue).
+    async fn queue_open(p: &Publisher) -> bool {
+        let publish = p.publish("n".into(), QoS::AtMostOnce, false, vec![], None, None);
+        tokio::time::timeout(Duration::from_millis(50), publish)
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_message_too_large_for_the_broker_is_found_one_at_a_time_and_dropped() {
+        let (p, mut el, mut r, limits) = setup();
+        let (d, mut acks) = delivery(3);
+        let all = [("o", 100), ("o", 5000), ("o", 10)];
+        sent(&p, &mut el, &all, &d, 1).await;
+        // The broker closes on the large one, with both unconfirmed, twice.
+        for _ in 0..SUSPICIOUS {
+            resend(&mut el, &[(2, "o", 5000), (3, "o", 10)]);
+            assert_eq!(r.lost(true, &mut el).await, None);
+        }
+        assert_eq!(pkids(&el), [2], "then one at a time");
+        assert!(!queue_open(&p).await, "nothing new meanwhile");
+        for _ in 1..CAUGHT {
+            r.written(); // rumqttc writes it
+            assert_eq!(r.lost(true, &mut el).await, None);
+            assert_eq!(pkids(&el), [2]);
+        }
+        r.written(); // rumqttc writes it
+        let bytes = publish_packet_bytes("o", 5000);
+        let refused = Refused {
+            topic: "o".into(),
+            bytes,
+            too_large: true,
+            largest_confirmed: publish_packet_bytes("o", 100),
+            dropped: 1,
+        };
+        assert_eq!(r.lost(true, &mut el).await, Some(refused));
+        assert_eq!(limits.max_packet_bytes(), bytes - 1);
+        assert_eq!(pkids(&el), [3], "the next one");
+        el.pending.clear();
+        confirm(&p, &mut el, &mut r, 3);
+        assert_eq!(
+            acks.try_recv().map(|a| a.ack.pkid).ok(),
+            Some(7),
+            "its event is done"
+        );
+        assert!(queue_open(&p).await, "all resent: new messages go again");
+    }
+
+    #[tokio::test]
+    async fn a_message_to_a_refused_topic_is_found_behind_others_the_broker_takes() {
+        let (p, mut el, mut r, limits) = setup();
+        let (d, mut acks) = delivery(4);
+        let all = [("o", 100), ("a", 10), ("denied", 10), ("b", 10)];
+        sent(&p, &mut el, &all, &d, 1).await;
+        let rest = [(2, "a", 10), (3, "denied", 10), (4, "b", 10)];
+        for _ in 0..SUSPICIOUS {
+            resend(&mut el, &rest);
+            assert_eq!(r.lost(true, &mut el).await, None);
+        }
+        // The first is confirmed alone; the next is the one the broker refuses.
+        assert_eq!(pkids(&el), [2]);
+        el.pending.clear();
+        confirm(&p, &mut el, &mut r, 2);
+        assert_eq!(pkids(&el), [3]);
+        // A failure that is not the broker's (a timeout) catches nothing.
+        r.written(); // rumqttc writes it
+        assert_eq!(r.lost(false, &mut el).await, None);
+        for _ in 0..CAUGHT - 1 {
+            r.written(); // rumqttc writes it
+            assert_eq!(r.lost(true, &mut el).await, None);
+        }
+        r.written(); // rumqttc writes it
+        let refused = r.lost(true, &mut el).await.expect("refused");
+        assert_eq!(
+            (refused.topic.as_str(), refused.too_large),
+            ("denied", false)
+        );
+        assert!(limits.over("denied", 10).is_some() && limits.over("a", 10).is_none());
+        assert_eq!(limits.max_packet_bytes(), 1 << 20, "not a size limit");
+        assert_eq!(pkids(&el), [4]);
+        el.pending.clear();
+        confirm(&p, &mut el, &mut r, 4);
+        assert_eq!(acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
+        assert!(queue_open(&p).await);
+    }
+
+    #[tokio::test]
+    async fn closes_that_never_catch_one_message_alone_refuse_nothing() {
+        let (p, mut el, mut r, limits) = setup();
+        let (d, _acks) = delivery(3);
+        sent(&p, &mut el, &[("a", 10), ("b", 10), ("c", 10)], &d, 0).await;
+        for _ in 0..SUSPICIOUS {
+            resend(&mut el, &[(1, "a", 10), (2, "b", 10), (3, "c", 10)]);
+            assert_eq!(r.lost(true, &mut el).await, None);
+        }
+        // Another client with this id closes the connection again and again: before the
+        // message released was written, or after it was confirmed.
+        for pkid in 1..=3 {
+            for _ in 0..2 * CAUGHT {
+                assert_eq!(pkids(&el), [pkid]);
+                assert_eq!(r.lost(true, &mut el).await, None, "not written yet");
+            }
+            el.pending.clear();
+            confirm(&p, &mut el, &mut r, pkid);
+            assert_eq!(r.lost(true, &mut el).await, None, "confirmed");
+        }
+        assert!(limits.over("a", 10).is_none());
+        assert!(queue_open(&p).await);
+    }
+}
