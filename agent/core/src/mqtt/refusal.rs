@@ -112,7 +112,17 @@ impl Refusals {
         };
         let Some(careful) = &mut self.careful else {
             if self.closes >= SUSPICIOUS {
-                let queue = self.publisher.hold_queue().await;
+                // In turn behind whoever is queueing now, with room made for them in
+                // rumqttc's queue meanwhile: nobody reads it while the connection is down.
+                let hold = self.publisher.hold_queue();
+                tokio::pin!(hold);
+                let queue = loop {
+                    eventloop.clean();
+                    tokio::select! {
+                        queue = &mut hold => break queue,
+                        () = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
+                    }
+                };
                 // What was queued before the hold took effect joins what is held.
                 eventloop.clean();
                 let pending = &mut eventloop.pending;
@@ -436,5 +446,29 @@ mod tests {
         }
         assert!(limits.over("a", 10).is_none());
         assert!(queue_open(&p).await);
+    }
+
+    #[tokio::test]
+    async fn holding_the_queue_waits_for_no_one_stuck_behind_a_full_channel() {
+        let (client, mut el) = AsyncClient::new(rumqttc::MqttOptions::new("t", "h", 1), 1);
+        let limits = BrokerLimits::new(1 << 20);
+        let p = Publisher::new(client, limits.clone());
+        let mut r = Refusals::new(p.clone(), limits);
+        let publish = |p: Arc<Publisher>| async move {
+            let queued = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], None, None);
+            queued.await.is_ok()
+        };
+        assert!(publish(p.clone()).await, "fills the channel");
+        // Holds the publisher's queue, waiting for room in the channel.
+        let stuck = tokio::spawn(publish(p.clone()));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        for _ in 0..SUSPICIOUS {
+            resend(&mut el, &[(1, "a", 10)]);
+            let lost = r.lost(true, &mut el);
+            let lost = tokio::time::timeout(Duration::from_secs(5), lost).await;
+            assert_eq!(lost.ok(), Some(None));
+        }
+        assert!(stuck.await.unwrap_or_default());
+        assert!(!queue_open(&p).await, "held");
     }
 }
