@@ -382,7 +382,7 @@ async fn outputs_larger_than_the_broker_takes_are_dropped_and_the_others_go_on()
     let broker = Mosquitto::start_with("max_packet_size 4096\n");
     let id = unique("h");
     let config = format!(
-        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\n{}{}",
+        "[agent]\nid = \"{id}\"\nstats_interval_secs = 1\n[broker]\nurl = \"{}\"\n{}{}",
         broker.url(),
         misbehave("big", "mode = \"persistent\""),
         misbehave("small", ""),
@@ -411,6 +411,10 @@ async fn outputs_larger_than_the_broker_takes_are_dropped_and_the_others_go_on()
     assert_eq!(reply.split(' ').next(), Some("4"), "{reply}");
     let rest = c.drain(Duration::from_millis(300)).await;
     assert!(rest.is_empty(), "more than expected: {rest:?}");
+    // The three dropped outputs are counted.
+    let mut stats = Client::connect(broker.port, &[&format!("edge-agent/{id}/stats")]).await;
+    let report = stats.recv().await.json();
+    assert_eq!(report["outputs_dropped"], 3, "{report}");
     let (status, log) = agent.stop();
     assert!(status.success(), "{log}");
 }

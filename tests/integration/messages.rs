@@ -173,6 +173,7 @@ fn examples(doc: &str) -> Vec<String> {
         process: ProcessFigures::default(),
         state_disk_bytes: 1,
         state_flushes: 1,
+        outputs_dropped: 0,
         functions: vec![FunctionReport {
             totals: Snapshot {
                 function: "f".into(),

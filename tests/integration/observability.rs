@@ -238,6 +238,11 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         flushes.is_some_and(|n| n >= report.state_flushes as f64),
         "{flushes:?} {body}"
     );
+    assert_eq!(
+        sample(&body, "edge_agent_outputs_dropped_total"),
+        Some(0.0),
+        "{body}"
+    );
     assert!(sample(&body, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
     assert!(body.contains("edge_agent_build_info{version=\""), "{body}");
 

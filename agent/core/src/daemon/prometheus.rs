@@ -358,6 +358,16 @@ impl Collector for AgentCollector {
             )?
             .encode_counter::<Labels, _, u64>(&flushes, None)?;
 
+        let dropped = book.outputs_dropped();
+        encoder
+            .encode_descriptor(
+                "edge_agent_outputs_dropped",
+                "Messages not sent because the broker will not take them, their events handled",
+                None,
+                MetricType::Counter,
+            )?
+            .encode_counter::<Labels, _, u64>(&dropped, None)?;
+
         let connected = i64::from(self.links.borrow().overall().connected);
         encoder
             .encode_descriptor(

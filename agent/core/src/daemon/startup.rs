@@ -124,6 +124,8 @@ impl Startup {
         stats.probe_state_disk(Box::new(move || store.disk_bytes()));
         let store = state.clone();
         stats.probe_state_flushes(Box::new(move || store.flushes()));
+        let dropped = publisher.clone();
+        stats.probe_outputs_dropped(Box::new(move || dropped.dropped()));
         let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
         if let Some(listen) = config.metrics.listen {
             let health = state.health();

@@ -26,6 +26,11 @@ pub struct Report {
     /// 2026-12-05).
     #[serde(default)]
     pub state_flushes: u64,
+    /// Messages the agent did not send because the broker will not take them (over its
+    /// packet size limit, or to a topic it refuses), their events handled, since start-up
+    /// (absent before 2026-12-06).
+    #[serde(default)]
+    pub outputs_dropped: u64,
     /// One entry per function, in configuration order.
     pub functions: Vec<FunctionReport>,
 }

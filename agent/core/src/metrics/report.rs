@@ -28,6 +28,7 @@ pub struct StatsBook {
     entries: Arc<RwLock<Vec<Entry>>>,
     state_disk: Arc<OnceLock<Probe>>,
     state_flushes: Arc<OnceLock<Probe>>,
+    outputs_dropped: Arc<OnceLock<Probe>>,
 }
 
 /// The figures a report is compared with to make rates.
@@ -109,6 +110,7 @@ impl Reporter {
             },
             state_disk_bytes: self.book.state_disk_bytes(),
             state_flushes: self.book.state_flushes(),
+            outputs_dropped: self.book.outputs_dropped(),
             functions,
         };
         self.last = now;
@@ -154,6 +156,17 @@ impl StatsBook {
     /// probed).
     pub fn state_flushes(&self) -> u64 {
         self.state_flushes.get().map_or(0, |p| p())
+    }
+
+    /// Counts with `probe` the messages not sent because the broker will not take them.
+    pub fn probe_outputs_dropped(&self, probe: Probe) {
+        let _ = self.outputs_dropped.set(probe);
+    }
+
+    /// Messages not sent because the broker will not take them, since start-up (0 before
+    /// it is probed).
+    pub fn outputs_dropped(&self) -> u64 {
+        self.outputs_dropped.get().map_or(0, |p| p())
     }
 
     fn mark(&self) -> Mark {

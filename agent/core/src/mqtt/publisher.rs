@@ -84,6 +84,8 @@ pub struct Publisher {
     order: Arc<tokio::sync::Mutex<()>>,
     /// Topics of messages not sent for the broker's limits, said once each.
     said: Mutex<std::collections::HashSet<String>>,
+    /// Messages not sent for the broker's limits, or dropped when it refused them.
+    dropped: std::sync::atomic::AtomicU64,
     waiting: Mutex<Waiting>,
 }
 
@@ -96,6 +98,7 @@ impl Publisher {
             limit,
             order: Arc::default(),
             said: Mutex::default(),
+            dropped: std::sync::atomic::AtomicU64::new(0),
             waiting: Mutex::new(Waiting::default()),
         })
     }
@@ -151,6 +154,8 @@ impl Publisher {
         let Some(why) = self.limit.over(topic, bytes) else {
             return Some(bytes);
         };
+        self.dropped
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let first = self
             .said
             .lock()
@@ -311,7 +316,15 @@ impl Publisher {
         for delivery in released {
             delivery.complete();
         }
+        self.dropped
+            .fetch_add(dropped.len() as u64, std::sync::atomic::Ordering::Relaxed);
         dropped
+    }
+
+    /// Messages the broker will not take (over its packet limit, or to a topic it
+    /// refuses) that were not sent, or were dropped when it refused them, since start-up.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Holds the request queue: nothing more is queued until the guard is dropped (see

@@ -729,6 +729,7 @@ mod tests {
             },
             state_disk_bytes: 1_048_576,
             state_flushes: 0,
+            outputs_dropped: 0,
             functions: vec![counter, shadowed(), auto()],
         }
         .to_bytes()
