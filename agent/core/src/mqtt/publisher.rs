@@ -45,6 +45,9 @@ pub struct Place {
     pub share: Option<OwnedSemaphorePermit>,
 }
 
+/// Topics whose messages not sent for the broker's limits are logged as errors, once each.
+const SAID_TOPICS: usize = 256;
+
 /// What waits on one publish: a delivery to complete, or nothing.
 type Waiter = Option<Arc<Delivery>>;
 
@@ -82,7 +85,8 @@ pub struct Publisher {
     limit: BrokerLimits,
     /// Held while a request and its waiter are queued, so both queues keep one order.
     order: Arc<tokio::sync::Mutex<()>>,
-    /// Topics of messages not sent for the broker's limits, said once each.
+    /// Topics of messages not sent for the broker's limits, said once each (the first
+    /// [`SAID_TOPICS`]; the rest at debug level).
     said: Mutex<std::collections::HashSet<String>>,
     /// Messages not sent for the broker's limits, or dropped when it refused them.
     dropped: std::sync::atomic::AtomicU64,
@@ -109,9 +113,9 @@ impl Publisher {
 
     /// Queues a message, waiting while the connection's request queue is full; `then` is
     /// completed once the broker has it, and `place` (the function's, see
-    /// [`UNCONFIRMED_PER_FUNCTION`]) given back. A message over the packet limit is not
-    /// sent, and `then` completed at once ([`Publisher::fits`]). Cancel-safe: dropped before it returns,
-    /// nothing was queued.
+    /// [`UNCONFIRMED_PER_FUNCTION`]) given back. A message the broker will not take is not
+    /// sent, and `then` is completed at once ([`Publisher::fits`]). Cancel-safe: dropped
+    /// before it returns, nothing was queued.
     ///
     /// # Errors
     /// The connection is gone (shutting down): `then` is never completed.
@@ -145,10 +149,11 @@ impl Publisher {
         sent
     }
 
-    /// The packet's size if a message of `payload_len` bytes to `topic` is within the
-    /// limit. If not, it is not sent: guests are refused such messages when they publish
-    /// them, so this is the last line (one such packet would break the connection for
-    /// everyone, see [`Publisher::connection_lost`]), and what waits on it is released.
+    /// The packet's size if the broker takes a message of `payload_len` bytes to `topic`
+    /// ([`BrokerLimits`]). If not, it is not sent: guests are refused such messages when
+    /// they publish them, so this is the last line (one such packet would break the
+    /// connection for everyone, see [`crate::mqtt::refusal`]), and what waits on it is
+    /// released.
     fn fits(&self, topic: &str, payload_len: usize, then: Option<&Arc<Delivery>>) -> Option<usize> {
         let bytes = publish_packet_bytes(topic, payload_len);
         let Some(why) = self.limit.over(topic, bytes) else {
@@ -156,11 +161,10 @@ impl Publisher {
         };
         self.dropped
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let first = self
-            .said
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(topic.to_owned());
+        let first = {
+            let mut said = self.said.lock().unwrap_or_else(|p| p.into_inner());
+            said.len() < SAID_TOPICS && said.insert(topic.to_owned())
+        };
         if first {
             tracing::error!(%topic, "not sent: {why}");
         } else {
