@@ -473,13 +473,20 @@ impl OutputTask {
                         .connection_lost(taken + self.refusals.held_unnumbered());
                     let by_broker = closed_by_peer(&e) && self.backoff.young();
                     if let Some(r) = self.refusals.lost(by_broker, &mut self.eventloop).await {
-                        let why = if r.too_large {
+                        let what = if r.too_large {
                             "larger than any it took: it refuses messages this large (a packet \
                              size limit: set broker.max_packet_bytes to it). Messages of this \
-                             size or more"
+                             size or more are dropped (their events were handled) and refused \
+                             when published, until the agent restarts"
+                        } else if r.topic_refused {
+                            "the second to this topic so refused: it refuses the topic (its \
+                             ACL or policy: its log says why). Messages to it are dropped \
+                             (their events were handled) and refused when published, until \
+                             the agent restarts"
                         } else {
-                            "to a topic it refuses (its ACL or policy: its log says why). \
-                             Messages to this topic"
+                            "no larger than others it took: it refuses this one (its ACL or \
+                             policy: its log says why), which is dropped (its event was \
+                             handled); a second one so refused refuses the topic"
                         };
                         tracing::error!(
                             topic = %r.topic,
@@ -487,8 +494,7 @@ impl OutputTask {
                             largest_confirmed = r.largest_confirmed,
                             dropped = r.dropped,
                             "the broker closed the output connection each time this message \
-                             was alone in flight, {why} are dropped (their events were handled) \
-                             and refused when published, until the agent restarts"
+                             was alone in flight, {what}"
                         );
                         // Found and dealt with: nothing to back off from.
                         self.backoff.dealt_with();

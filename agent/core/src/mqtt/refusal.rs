@@ -9,17 +9,20 @@
 //! So after [`SUSPICIOUS`] closes in a row by the broker, each with messages unconfirmed,
 //! the output connection resends with care: one message at a time, the next once the
 //! broker has confirmed the one before, and nothing new queued meanwhile (the publisher's
-//! queue is held). One that is alone in flight when the broker closes the connection
-//! [`CAUGHT`] times is refused: taken out, and what waits on it released (its event was
-//! handled; the broker will not take it). The agent's [`BrokerLimits`] learn from it: if it
-//! was larger than any message the broker confirmed, no packet that large is sent again,
-//! and otherwise nothing more to its topic. Guests are refused both when they publish,
-//! with a dead letter saying why, and what is waiting to be resent is dropped with it.
+//! queue is held). One that is alone in flight each time the broker closes the
+//! connection is refused: taken out, and what waits on it released (its event was
+//! handled; the broker will not take it), once that happened [`CAUGHT`] times if it is
+//! larger than any message the broker confirmed, and [`CAUGHT_SMALL`] times if not. The
+//! agent's [`BrokerLimits`] learn from it: no packet as large is sent again; or, once a
+//! second message to the same topic has been refused, nothing more to that topic. Guests
+//! are refused such messages when they publish, with a dead letter saying why, and what
+//! is waiting to be resent is dropped with it.
 //!
-//! Another client with the same client id (the broker closes each connection when the
-//! other connects) also closes connections in a row; it can only be taken for a refusal
-//! if the broker closes the connection [`CAUGHT`] times while the same message is alone in
-//! flight, which takes a round trip each.
+//! Other causes close connections in a row too: another client with the same client id
+//! (the broker closes each connection when the other connects), a link that drops. They
+//! are taken for a refusal only if they close the connection each time the same message
+//! is alone in flight (a round trip each), [`CAUGHT_SMALL`] times for one no larger than
+//! messages the broker took, and a topic is refused only after two such messages.
 
 use std::collections::VecDeque;
 
@@ -33,9 +36,14 @@ use crate::mqtt::publisher::Publisher;
 /// connection resends with care.
 pub const SUSPICIOUS: u32 = 2;
 
-/// Times the broker closes the connection while the same message is alone in flight,
-/// after which it is taken for one the broker refuses.
+/// Times the broker closes the connection while the same message, larger than any it
+/// confirmed, is alone in flight, after which it is taken for one over the broker's
+/// packet size limit.
 pub const CAUGHT: u32 = 2;
+
+/// The same, for a message no larger than one the broker confirmed (then its topic is
+/// what the broker may refuse, and a dropping link is more likely to look the same).
+pub const CAUGHT_SMALL: u32 = 3;
 
 /// What the broker refused, and what was dropped with it.
 #[derive(Debug, PartialEq, Eq)]
@@ -45,8 +53,10 @@ pub struct Refused {
     /// Its packet's size ([`crate::event::publish_packet_bytes`]).
     pub bytes: usize,
     /// Whether it was larger than any message the broker confirmed (then the broker's
-    /// packet size limit was taken to be below it; otherwise its topic was refused).
+    /// packet size limit was taken to be below it).
     pub too_large: bool,
+    /// Whether its topic is refused from now on (the second message to it refused).
+    pub topic_refused: bool,
     /// The largest message the broker confirmed.
     pub largest_confirmed: usize,
     /// Messages dropped, it included.
@@ -60,6 +70,9 @@ pub struct Refusals {
     /// Closes in a row by the broker, each with messages unconfirmed.
     closes: u32,
     careful: Option<Careful>,
+    /// Topics of messages refused that were no larger than others the broker took: a
+    /// second one refuses the topic.
+    refused_once: std::collections::HashSet<String>,
 }
 
 /// Resending one message at a time.
@@ -85,6 +98,7 @@ impl Refusals {
             limits,
             closes: 0,
             careful: None,
+            refused_once: std::collections::HashSet::new(),
         }
     }
 
@@ -152,8 +166,7 @@ impl Refusals {
             (Some(pkid), _) if alone => Some((pkid, 1)),
             _ => None,
         };
-        let (pkid, _) = careful.caught.filter(|&(_, n)| n >= CAUGHT)?;
-        careful.caught = None;
+        let (pkid, times) = careful.caught?;
         let Some(Request::Publish(refused)) = pending
             .iter()
             .find(|r| matches!(r, Request::Publish(p) if p.pkid == pkid))
@@ -163,11 +176,17 @@ impl Refusals {
         let bytes = crate::event::publish_packet_bytes(&refused.topic, refused.payload.len());
         let largest_confirmed = self.publisher.largest_confirmed();
         let too_large = bytes > largest_confirmed;
+        if times < if too_large { CAUGHT } else { CAUGHT_SMALL } {
+            return None;
+        }
+        careful.caught = None;
         let topic = refused.topic.clone();
+        let mut topic_refused = false;
         if too_large {
             self.limits.refused_size(bytes);
-        } else {
+        } else if !self.refused_once.insert(topic.clone()) {
             self.limits.refused_topic(&topic);
+            topic_refused = true;
         }
         let limits = &self.limits;
         let dropped = self
@@ -185,6 +204,7 @@ impl Refusals {
             topic,
             bytes,
             too_large,
+            topic_refused,
             largest_confirmed,
             dropped: dropped.len(),
         })
@@ -359,17 +379,15 @@ mod tests {
         }
         assert_eq!(pkids(&el), [2], "then one at a time");
         assert!(!queue_open(&p).await, "nothing new meanwhile");
-        for _ in 1..CAUGHT {
-            r.written(); // rumqttc writes it
-            assert_eq!(r.lost(true, &mut el).await, None);
-            assert_eq!(pkids(&el), [2]);
-        }
+        let caught_once = caught(&mut el, &mut r, CAUGHT - 1).await;
+        assert_eq!((caught_once, pkids(&el)), (None, vec![2]));
         r.written(); // rumqttc writes it
         let bytes = publish_packet_bytes("o", 5000);
         let refused = Refused {
             topic: "o".into(),
             bytes,
             too_large: true,
+            topic_refused: false,
             largest_confirmed: publish_packet_bytes("o", 100),
             dropped: 1,
         };
@@ -386,40 +404,68 @@ mod tests {
         assert!(queue_open(&p).await, "all resent: new messages go again");
     }
 
+    /// The broker closes the connection on each of `times` writes of the message alone
+    /// in flight; returns what the last close made of it.
+    async fn caught(el: &mut EventLoop, r: &mut Refusals, times: u32) -> Option<Refused> {
+        for _ in 1..times {
+            r.written(); // rumqttc writes it
+            assert_eq!(r.lost(true, el).await, None);
+        }
+        r.written();
+        r.lost(true, el).await
+    }
+
     #[tokio::test]
-    async fn a_message_to_a_refused_topic_is_found_behind_others_the_broker_takes() {
+    async fn messages_to_a_refused_topic_are_found_behind_others_the_broker_takes() {
         let (p, mut el, mut r, limits) = setup();
-        let (d, mut acks) = delivery(4);
-        let all = [("o", 100), ("a", 10), ("denied", 10), ("b", 10)];
+        let (d, mut acks) = delivery(5);
+        let all = [
+            ("o", 100),
+            ("a", 10),
+            ("denied", 10),
+            ("denied", 10),
+            ("b", 10),
+        ];
         sent(&p, &mut el, &all, &d, 1).await;
-        let rest = [(2, "a", 10), (3, "denied", 10), (4, "b", 10)];
+        let rest = [
+            (2, "a", 10),
+            (3, "denied", 10),
+            (4, "denied", 10),
+            (5, "b", 10),
+        ];
         for _ in 0..SUSPICIOUS {
             resend(&mut el, &rest);
             assert_eq!(r.lost(true, &mut el).await, None);
         }
-        // The first is confirmed alone; the next is the one the broker refuses.
+        // The first is confirmed alone; the next is one the broker refuses.
         assert_eq!(pkids(&el), [2]);
         el.pending.clear();
         confirm(&p, &mut el, &mut r, 2);
         assert_eq!(pkids(&el), [3]);
         // A failure that is not the broker's (a timeout) catches nothing.
-        r.written(); // rumqttc writes it
+        r.written();
         assert_eq!(r.lost(false, &mut el).await, None);
-        for _ in 0..CAUGHT - 1 {
-            r.written(); // rumqttc writes it
-            assert_eq!(r.lost(true, &mut el).await, None);
-        }
-        r.written(); // rumqttc writes it
-        let refused = r.lost(true, &mut el).await.expect("refused");
-        assert_eq!(
-            (refused.topic.as_str(), refused.too_large),
-            ("denied", false)
+        // No larger than what the broker took: caught more often before it counts.
+        assert_eq!(caught(&mut el, &mut r, CAUGHT).await, None);
+        let refused = caught(&mut el, &mut r, CAUGHT_SMALL - CAUGHT).await;
+        let refused = refused.expect("refused");
+        assert_eq!(refused.topic, "denied");
+        assert!(!refused.too_large && !refused.topic_refused, "{refused:?}");
+        assert!(
+            limits.over("denied", 10).is_none(),
+            "one message is not the topic"
         );
+        // The second message to it: the topic is refused.
+        assert_eq!(pkids(&el), [4]);
+        let refused = caught(&mut el, &mut r, CAUGHT_SMALL)
+            .await
+            .expect("refused");
+        assert!(refused.topic_refused, "{refused:?}");
         assert!(limits.over("denied", 10).is_some() && limits.over("a", 10).is_none());
         assert_eq!(limits.max_packet_bytes(), 1 << 20, "not a size limit");
-        assert_eq!(pkids(&el), [4]);
+        assert_eq!(pkids(&el), [5]);
         el.pending.clear();
-        confirm(&p, &mut el, &mut r, 4);
+        confirm(&p, &mut el, &mut r, 5);
         assert_eq!(acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
         assert!(queue_open(&p).await);
     }
@@ -436,7 +482,7 @@ mod tests {
         // Another client with this id closes the connection again and again: before the
         // message released was written, or after it was confirmed.
         for pkid in 1..=3 {
-            for _ in 0..2 * CAUGHT {
+            for _ in 0..2 * CAUGHT_SMALL {
                 assert_eq!(pkids(&el), [pkid]);
                 assert_eq!(r.lost(true, &mut el).await, None, "not written yet");
             }
