@@ -329,23 +329,7 @@ impl Backoff {
         if self.closed_young == CLOSED_YOUNG {
             tracing::warn!(connection = %name, error = %e, times = self.closed_young, retry_in_ms, "{CLOSED_YOUNG_HINT}");
         } else if self.failures == 1 {
-            let what = match e {
-                ConnectionError::ConnectionRefused(
-                    ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
-                ) => {
-                    "the broker refused the agent's credentials (`broker.username`, `broker.password`); retrying"
-                }
-                ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
-                    "the broker refused the client id (`broker.client_id`); retrying"
-                }
-                _ if certificate_out_of_time(e) => {
-                    "the broker's certificate is not valid at this device's time: if the \
-                     device has no real-time clock (a Raspberry Pi) and has not had the time \
-                     from the network yet, this ends when it does; retrying"
-                }
-                _ if held.is_none() => "cannot connect to the broker; retrying",
-                _ => "broker connection lost; reconnecting",
-            };
+            let what = first_failure(e, held.is_some());
             tracing::warn!(connection = %name, error = %e, retry_in_ms, "{what}");
         } else {
             tracing::debug!(connection = %name, error = %e, attempt = self.failures, retry_in_ms, "reconnect failed");
@@ -359,6 +343,34 @@ impl Backoff {
         };
         self.next = (self.next * 2).min(self.max);
         waited
+    }
+}
+
+/// What the log says of the first failure in a row: `e`, on a connection that the broker
+/// had accepted (`was_up`) or not.
+fn first_failure(e: &ConnectionError, was_up: bool) -> &'static str {
+    match e {
+        ConnectionError::ConnectionRefused(
+            ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
+        ) => {
+            "the broker refused the agent's credentials (`broker.username`, `broker.password`); retrying"
+        }
+        ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
+            "the broker refused the client id (`broker.client_id`); retrying"
+        }
+        _ if certificate_out_of_time(e) => {
+            "the broker's certificate is not valid at this device's time: if the \
+             device has no real-time clock (a Raspberry Pi) and has not had the time \
+             from the network yet, this ends when it does; retrying"
+        }
+        _ if !was_up && closed_by_peer(e) => {
+            "the broker closed the connection before accepting it: a TLS port reached \
+             without TLS (`broker.url` with mqtt:// where it needs mqtts://), or a broker \
+             that will not take the agent's CONNECT (its log says why: Mosquitto with \
+             `retain_available false` refuses the agent's retained last will); retrying"
+        }
+        _ if !was_up => "cannot connect to the broker; retrying",
+        _ => "broker connection lost; reconnecting",
     }
 }
 
@@ -996,6 +1008,26 @@ mod tests {
             lost_after(&mut b, &link, young, &timeout).await;
         }
         assert!(!explained());
+    }
+
+    #[test]
+    fn a_connection_closed_before_it_was_accepted_is_explained() {
+        let reset = || {
+            let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+            ConnectionError::MqttState(rumqttc::StateError::Deserialization(
+                rumqttc::mqttbytes::Error::Io(io),
+            ))
+        };
+        assert!(first_failure(&reset(), false).contains("mqtts://"));
+        assert_eq!(
+            first_failure(&reset(), true),
+            "broker connection lost; reconnecting"
+        );
+        let refused = ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(
+            first_failure(&refused, false),
+            "cannot connect to the broker; retrying"
+        );
     }
 
     #[tokio::test(start_paused = true)]
