@@ -412,6 +412,18 @@ pub struct OutputTask {
 }
 
 impl OutputTask {
+    /// Follows what went out and what the broker confirmed.
+    fn seen(&mut self, event: &Event) {
+        self.publisher.observe(event);
+        match event {
+            Event::Incoming(Packet::PubAck(_) | Packet::PubRec(_)) => {
+                self.refusals.confirmed(&mut self.eventloop.pending);
+            }
+            Event::Outgoing(Outgoing::Publish(pkid)) if *pkid != 0 => self.refusals.written(),
+            _ => {}
+        }
+    }
+
     /// Runs until `force_stop` is cancelled or a clean disconnect has been sent.
     pub async fn run(mut self, force_stop: CancellationToken) {
         let mut stop = Cancelled::new(&force_stop);
@@ -426,14 +438,8 @@ impl OutputTask {
             };
             match polled {
                 Ok(event) => {
-                    self.publisher.observe(&event);
+                    self.seen(&event);
                     match event {
-                        Event::Incoming(Packet::PubAck(_) | Packet::PubRec(_)) => {
-                            self.refusals.confirmed(&mut self.eventloop.pending);
-                        }
-                        Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
-                            self.refusals.written();
-                        }
                         Event::Incoming(Packet::ConnAck(ack))
                             if ack.code == ConnectReturnCode::Success =>
                         {
@@ -474,6 +480,20 @@ impl OutputTask {
                 // The broker closed the connection after our DISCONNECT.
                 Err(_) if closing.is_some() => break,
                 Err(e) => {
+                    // What rumqttc wrote, and what the broker confirmed, before the failure
+                    // and not handed out yet: followed now, so that the publisher pairs
+                    // what it numbered before deciding what the session's loss drops.
+                    let buffered: Vec<Event> = self.eventloop.state.events.drain(..).collect();
+                    for event in &buffered {
+                        self.seen(event);
+                    }
+                    // Our DISCONNECT went out, and the broker closed: done.
+                    if buffered
+                        .iter()
+                        .any(|e| matches!(e, Event::Outgoing(Outgoing::Disconnect)))
+                    {
+                        break;
+                    }
                     // Requests rumqttc took from its queue and has not numbered yet.
                     let taken = self
                         .eventloop

@@ -350,6 +350,13 @@ impl Publisher {
         }
         let taken = taken.min(w.queued.len());
         let dropped = taken + w.in_flight.len() + usize::from(w.collided.is_some());
+        tracing::debug!(
+            taken,
+            queued = w.queued.len(),
+            in_flight = w.in_flight.len(),
+            collided = w.collided.is_some(),
+            "session lost: forgetting what it held"
+        );
         w.queued.drain(..taken);
         w.in_flight.clear();
         w.collided = None;

@@ -149,6 +149,12 @@ impl Refusals {
                 };
                 self.publisher.connection_lost(unnumbered(&careful.held));
                 careful.release_next(pending);
+                tracing::debug!(
+                    held = careful.held.len(),
+                    unnumbered = unnumbered(&careful.held),
+                    released = pending.len(),
+                    "resending with care"
+                );
                 tracing::warn!(
                     closes = self.closes,
                     "the broker keeps closing the output connection with messages unconfirmed: \
