@@ -102,7 +102,7 @@ impl Startup {
             ),
             link: Link::new(board.clone(), OUTPUT.into()),
             stale_filters: stale_filters(&config),
-            refusals: Refusals::new(publisher.clone(), runtime.broker_limits()),
+            refusals: Refusals::new(publisher.clone()),
         };
         let output_connection = tokio::spawn(output_task.run(force_stop.clone()));
         let hops = Arc::new(HopLedger::default());

@@ -494,15 +494,8 @@ impl OutputTask {
                     {
                         break;
                     }
-                    // Requests rumqttc took from its queue and has not numbered yet.
-                    let taken = self
-                        .eventloop
-                        .pending
-                        .iter()
-                        .filter(|r| matches!(r, rumqttc::Request::Publish(p) if p.pkid == 0))
-                        .count();
-                    self.publisher
-                        .connection_lost(taken + self.refusals.held_unnumbered());
+                    let taken = self.refusals.unnumbered(&self.eventloop.pending);
+                    self.publisher.connection_lost(taken);
                     let by_broker = closed_by_peer(&e) && self.backoff.young();
                     if let Some(r) = self.refusals.lost(by_broker, &mut self.eventloop).await {
                         let what = if r.too_large {

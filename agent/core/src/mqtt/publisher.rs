@@ -114,7 +114,7 @@ impl Publisher {
     /// Queues a message, waiting while the connection's request queue is full; `then` is
     /// completed once the broker has it, and `place` (the function's, see
     /// [`UNCONFIRMED_PER_FUNCTION`]) given back. A message the broker will not take is not
-    /// sent, and `then` is completed at once ([`Publisher::fits`]). Cancel-safe: dropped
+    /// sent, and `then` is completed at once (see `Publisher::fits`). Cancel-safe: dropped
     /// before it returns, nothing was queued.
     ///
     /// # Errors
@@ -323,6 +323,11 @@ impl Publisher {
         self.dropped
             .fetch_add(dropped.len() as u64, std::sync::atomic::Ordering::Relaxed);
         dropped
+    }
+
+    /// What the broker takes, as far as the agent knows.
+    pub fn limits(&self) -> &BrokerLimits {
+        &self.limit
     }
 
     /// Messages the broker will not take (over its packet limit, or to a topic it

@@ -13,7 +13,7 @@
 //! connection is refused: taken out, and what waits on it released (its event was
 //! handled; the broker will not take it), once that happened [`CAUGHT`] times if it is
 //! larger than any message the broker confirmed, and [`CAUGHT_SMALL`] times if not. The
-//! agent's [`BrokerLimits`] learn from it: no packet as large is sent again; or, once a
+//! agent's [`BrokerLimits`](crate::event::BrokerLimits) learn from it: no packet as large is sent again; or, once a
 //! second message to the same topic has been refused, nothing more to that topic. Guests
 //! are refused such messages when they publish, with a dead letter saying why, and what
 //! is waiting to be resent is dropped with it.
@@ -29,7 +29,6 @@ use std::collections::VecDeque;
 use rumqttc::{EventLoop, QoS, Request};
 use tokio::sync::OwnedMutexGuard;
 
-use crate::event::BrokerLimits;
 use crate::mqtt::publisher::Publisher;
 
 /// Closes in a row by the broker, each with messages unconfirmed, after which the
@@ -66,7 +65,6 @@ pub struct Refused {
 /// Follows the output connection's failures to find a message the broker refuses.
 pub struct Refusals {
     publisher: std::sync::Arc<Publisher>,
-    limits: BrokerLimits,
     /// Closes in a row by the broker, each with messages unconfirmed.
     closes: u32,
     careful: Option<Careful>,
@@ -91,21 +89,20 @@ struct Careful {
 }
 
 impl Refusals {
-    /// For the output connection through `publisher`, teaching `limits`.
-    pub fn new(publisher: std::sync::Arc<Publisher>, limits: BrokerLimits) -> Self {
+    /// For the output connection through `publisher`, teaching its [`BrokerLimits`](crate::event::BrokerLimits).
+    pub fn new(publisher: std::sync::Arc<Publisher>) -> Self {
         Self {
             publisher,
-            limits,
             closes: 0,
             careful: None,
             refused_once: std::collections::HashSet::new(),
         }
     }
 
-    /// Requests held back that rumqttc has not numbered yet (they count among those
-    /// taken from its queue: see [`Publisher::connection_lost`]).
-    pub fn held_unnumbered(&self) -> usize {
-        self.careful.as_ref().map_or(0, |c| unnumbered(&c.held))
+    /// Requests rumqttc took from its queue and has not numbered yet: in its `pending`,
+    /// and held back here (see [`Publisher::connection_lost`]).
+    pub fn unnumbered(&self, pending: &VecDeque<Request>) -> usize {
+        unnumbered(pending) + self.careful.as_ref().map_or(0, |c| unnumbered(&c.held))
     }
 
     /// The connection failed, after rumqttc moved what is to be resent into its
@@ -189,12 +186,12 @@ impl Refusals {
         let topic = refused.topic.clone();
         let mut topic_refused = false;
         if too_large {
-            self.limits.refused_size(bytes);
+            self.publisher.limits().refused_size(bytes);
         } else if !self.refused_once.insert(topic.clone()) {
-            self.limits.refused_topic(&topic);
+            self.publisher.limits().refused_topic(&topic);
             topic_refused = true;
         }
-        let limits = &self.limits;
+        let limits = self.publisher.limits();
         let dropped = self
             .publisher
             .drop_unsendable([pending, &mut careful.held], |p, bytes| {
@@ -291,7 +288,7 @@ mod tests {
     use rumqttc::{AsyncClient, Event, Outgoing, Packet, PubAck};
 
     use super::*;
-    use crate::event::publish_packet_bytes;
+    use crate::event::{BrokerLimits, publish_packet_bytes};
     use crate::mqtt::publisher::tests::delivery;
 
     /// A publisher, its event loop (never connected: what rumqttc would do is done by
@@ -300,7 +297,7 @@ mod tests {
         let (client, eventloop) = AsyncClient::new(rumqttc::MqttOptions::new("t", "h", 1), 16);
         let limits = BrokerLimits::new(1 << 20);
         let p = Publisher::new(client, limits.clone());
-        let r = Refusals::new(p.clone(), limits.clone());
+        let r = Refusals::new(p.clone());
         (p, eventloop, r, limits)
     }
 
@@ -505,7 +502,7 @@ mod tests {
         let (client, mut el) = AsyncClient::new(rumqttc::MqttOptions::new("t", "h", 1), 1);
         let limits = BrokerLimits::new(1 << 20);
         let p = Publisher::new(client, limits.clone());
-        let mut r = Refusals::new(p.clone(), limits);
+        let mut r = Refusals::new(p.clone());
         let publish = |p: Arc<Publisher>| async move {
             let queued = p.publish("o".into(), QoS::AtLeastOnce, false, vec![], None, None);
             queued.await.is_ok()
