@@ -419,6 +419,56 @@ async fn outputs_larger_than_the_broker_takes_are_dropped_and_the_others_go_on()
     assert!(status.success(), "{log}");
 }
 
+/// The same for QoS 0 outputs, which are not resent: each would close the output
+/// connection anew, and every function's outputs stalled behind the reconnections. The
+/// output connection sends them one at a time with a PINGREQ behind each, catches one
+/// alone, and learns the limit; the other function's outputs go on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_outputs_larger_than_the_broker_takes_are_refused_and_the_others_go_on() {
+    let broker = Mosquitto::start_with("max_packet_size 4096\n");
+    let id = unique("h");
+    let config = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"{}\"\n{}{}",
+        broker.url(),
+        misbehave("big", "qos = 0"),
+        misbehave("small", ""),
+    );
+    let agent = Process::start(&config, broker.port, &id, &[]).await;
+    let dlq = format!("edge-agent/{id}/dead-letter");
+    let mut c = Client::connect(broker.port, &["out/#", &dlq]).await;
+    // A stream of them, as from a function whose every output is too large: those written
+    // before the search are lost with their connections (QoS 0: at most once).
+    let mut sent = 0;
+    while !agent.log_text().contains("larger than any it took") {
+        assert!(sent < 200, "not found after {sent} events");
+        c.publish("big/in", "state-pad:8000").await;
+        sent += 1;
+        if sent % 10 == 0 {
+            c.publish("small/in", "ok").await;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for _ in 0..3 {
+        c.publish("small/in", "ok").await;
+    }
+    let replies = sent / 10 + 3;
+    for n in 0..replies {
+        let m = c.recv_on("out/small").await;
+        assert_eq!(m.text(), "ok", "reply {n} of {replies}");
+    }
+    // Refused when published now, with the reason; and small ones still go.
+    c.publish("big/in", "state-pad:8000").await;
+    let j = c.recv_on(&dlq).await.json();
+    let why = j["message"].as_str().unwrap_or_default();
+    assert!(why.contains("too large for the broker"), "{j}");
+    c.publish("big/in", "state-pad:10").await;
+    let reply = c.recv_on("out/big").await.text();
+    assert!(reply.len() > 10, "{reply}");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("refuses the topic"), "{log}");
+}
+
 /// A function that listens to the dead-letter topic and fails on what it gets must not
 /// start a cascade of dead letters, each embedding the one before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

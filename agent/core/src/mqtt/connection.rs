@@ -417,9 +417,12 @@ impl OutputTask {
         self.publisher.observe(event);
         match event {
             Event::Incoming(Packet::PubAck(_) | Packet::PubRec(_)) => {
-                self.refusals.confirmed(&mut self.eventloop.pending);
+                let ping_outstanding = self.eventloop.state.await_pingresp;
+                self.refusals
+                    .confirmed(&mut self.eventloop.pending, ping_outstanding);
             }
-            Event::Outgoing(Outgoing::Publish(pkid)) if *pkid != 0 => self.refusals.written(),
+            Event::Incoming(Packet::PingResp) => self.refusals.pinged(&mut self.eventloop.pending),
+            Event::Outgoing(Outgoing::Publish(pkid)) => self.refusals.written(*pkid),
             _ => {}
         }
     }

@@ -267,6 +267,22 @@ impl Publisher {
         self.lock().taken_at_failure = taken;
     }
 
+    /// A message rumqttc wrote and forgot (QoS 0) is to be sent again, first of what is
+    /// not numbered: it takes the first place in the queue, waited on by nobody. Only
+    /// right after [`Publisher::connection_lost`] (see [`crate::mqtt::refusal`]).
+    pub fn resend_front(&self, bytes: usize) {
+        let mut w = self.lock();
+        w.queued.push_front(Entry(None, None, bytes));
+        w.taken_at_failure += 1;
+    }
+
+    /// The broker took a packet of `bytes` that it does not confirm (QoS 0, proven by a
+    /// PINGRESP behind it).
+    pub fn taken(&self, bytes: usize) {
+        let mut w = self.lock();
+        w.largest_confirmed = w.largest_confirmed.max(bytes);
+    }
+
     /// The largest packet the broker confirmed.
     pub fn largest_confirmed(&self) -> usize {
         self.lock().largest_confirmed

@@ -18,6 +18,15 @@
 //! are refused such messages when they publish, with a dead letter saying why, and what
 //! is waiting to be resent is dropped with it.
 //!
+//! A QoS 0 message is not resent: one the broker refuses is gone with the connection, and
+//! the next such one closes the next connection. So a close right after QoS 0 messages
+//! were written is enough to resend with care; with care, a QoS 0 message goes out
+//! followed by a PINGREQ, and counts as taken once the PINGRESP comes back (the broker
+//! reads a connection's packets in order). Until then it is kept, and sent again if the
+//! connection closes first, so that it can be caught alone like any other: at least once,
+//! like QoS 1, while resending with care (the broker may have taken it just before a
+//! close for another reason).
+//!
 //! Other causes close connections in a row too: another client with the same client id
 //! (the broker closes each connection when the other connects), a link that drops. They
 //! are taken for a refusal only if they close the connection each time the same message
@@ -26,7 +35,7 @@
 
 use std::collections::VecDeque;
 
-use rumqttc::{EventLoop, QoS, Request};
+use rumqttc::{EventLoop, PingReq, Publish, QoS, Request};
 use tokio::sync::OwnedMutexGuard;
 
 use crate::mqtt::publisher::Publisher;
@@ -34,6 +43,10 @@ use crate::mqtt::publisher::Publisher;
 /// Closes in a row by the broker, each with messages unconfirmed, after which the
 /// connection resends with care.
 pub const SUSPICIOUS: u32 = 2;
+
+/// The same, for closes right after QoS 0 messages were written: those are not resent,
+/// so a second close would have lost the next ones too.
+pub const SUSPICIOUS_QOS0: u32 = 1;
 
 /// Times the broker closes the connection while the same message, larger than any it
 /// confirmed, is alone in flight, after which it is taken for one over the broker's
@@ -68,6 +81,8 @@ pub struct Refusals {
     /// Closes in a row by the broker, each with messages unconfirmed.
     closes: u32,
     careful: Option<Careful>,
+    /// A QoS 0 message was written on the connection that is up.
+    qos0_written: bool,
     /// Topics of messages refused that were no larger than others the broker took: a
     /// second one refuses the topic.
     refused_once: std::collections::HashSet<String>,
@@ -81,10 +96,13 @@ struct Careful {
     held: VecDeque<Request>,
     /// The message in flight alone: released, not yet confirmed.
     in_flight: bool,
+    /// It is QoS 0: kept until the PINGRESP behind it, to be sent again if the
+    /// connection closes first (rumqttc forgets a QoS 0 message once written).
+    qos0: Option<Publish>,
     /// Whether rumqttc has written it on this connection.
     written: bool,
     /// The one the broker closed the connection on while it was alone in flight (its
-    /// packet id), and how many times.
+    /// packet id, 0 for QoS 0), and how many times.
     caught: Option<(u16, u32)>,
 }
 
@@ -95,6 +113,7 @@ impl Refusals {
             publisher,
             closes: 0,
             careful: None,
+            qos0_written: false,
             refused_once: std::collections::HashSet::new(),
         }
     }
@@ -110,6 +129,7 @@ impl Refusals {
     /// closed a connection it had accepted shortly before. Returns what was refused, if
     /// this failure shows it.
     pub async fn lost(&mut self, by_broker: bool, eventloop: &mut EventLoop) -> Option<Refused> {
+        let qos0_written = std::mem::take(&mut self.qos0_written);
         let pending = &mut eventloop.pending;
         // A message rumqttc wrote (it numbers them as it does) and the broker has not
         // confirmed: the first of them is the first the broker met again.
@@ -117,72 +137,70 @@ impl Refusals {
             Request::Publish(p) if p.pkid != 0 => Some(p.pkid),
             _ => None,
         });
-        self.closes = match unconfirmed {
-            Some(_) if by_broker => self.closes + 1,
-            _ => 0,
+        self.closes = if by_broker && (unconfirmed.is_some() || qos0_written) {
+            self.closes + 1
+        } else {
+            0
         };
         let Some(careful) = &mut self.careful else {
-            if self.closes >= SUSPICIOUS {
-                // In turn behind whoever is queueing now, with room made for them in
-                // rumqttc's queue meanwhile: nobody reads it while the connection is down.
-                let hold = self.publisher.hold_queue();
-                tokio::pin!(hold);
-                let queue = loop {
-                    eventloop.clean();
-                    tokio::select! {
-                        queue = &mut hold => break queue,
-                        () = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
-                    }
-                };
-                // What was queued before the hold took effect joins what is held.
-                eventloop.clean();
-                let pending = &mut eventloop.pending;
-                let mut careful = Careful {
-                    _queue: queue,
-                    held: std::mem::take(pending),
-                    in_flight: false,
-                    written: false,
-                    caught: None,
-                };
-                self.publisher.connection_lost(unnumbered(&careful.held));
-                careful.release_next(pending);
-                tracing::debug!(
-                    held = careful.held.len(),
-                    unnumbered = unnumbered(&careful.held),
-                    released = pending.len(),
-                    "resending with care"
-                );
-                tracing::warn!(
-                    closes = self.closes,
-                    "the broker keeps closing the output connection with messages unconfirmed: \
-                     resending them one at a time, to find one it refuses"
-                );
-                self.careful = Some(careful);
+            if self.closes
+                >= if qos0_written {
+                    SUSPICIOUS_QOS0
+                } else {
+                    SUSPICIOUS
+                }
+            {
+                self.careful = self.begin(eventloop).await;
             }
             return None;
         };
+        let pending = &mut eventloop.pending;
         // Alone in flight: rumqttc wrote it, and the broker closed before confirming it.
         let alone = careful.in_flight && careful.written && by_broker;
+        let culprit = match &careful.qos0 {
+            Some(p) => {
+                if careful.written {
+                    // Written, so gone from rumqttc's queues: first again, with its PINGREQ.
+                    pending.retain(|r| !matches!(r, Request::PingReq(_)));
+                    pending.push_front(Request::PingReq(PingReq));
+                    pending.push_front(Request::Publish(p.clone()));
+                    self.publisher
+                        .resend_front(crate::event::publish_packet_bytes(
+                            &p.topic,
+                            p.payload.len(),
+                        ));
+                }
+                Some(0)
+            }
+            None => unconfirmed,
+        };
         careful.written = false;
-        careful.caught = match (unconfirmed, careful.caught) {
+        careful.caught = match (culprit, careful.caught) {
             (Some(pkid), Some((before, n))) if alone && pkid == before => Some((pkid, n + 1)),
             (Some(pkid), _) if alone => Some((pkid, 1)),
             _ => None,
         };
-        let (pkid, times) = careful.caught?;
-        let Some(Request::Publish(refused)) = pending
-            .iter()
-            .find(|r| matches!(r, Request::Publish(p) if p.pkid == pkid))
-        else {
+        let refused = careful.caught.and_then(|(pkid, times)| {
+            let p = match (&careful.qos0, pkid) {
+                (Some(p), 0) => p,
+                (None, 0) => return None,
+                _ => pending.iter().find_map(|r| match r {
+                    Request::Publish(p) if p.pkid == pkid => Some(p),
+                    _ => None,
+                })?,
+            };
+            let bytes = crate::event::publish_packet_bytes(&p.topic, p.payload.len());
+            let too_large = bytes > self.publisher.largest_confirmed();
+            (times >= if too_large { CAUGHT } else { CAUGHT_SMALL })
+                .then(|| (p.clone(), bytes, too_large))
+        });
+        let Some((refused, bytes, too_large)) = refused else {
+            // Nothing in flight (a PINGRESP was awaited): the next goes now.
+            careful.release_next(pending, false);
             return None;
         };
-        let bytes = crate::event::publish_packet_bytes(&refused.topic, refused.payload.len());
-        let largest_confirmed = self.publisher.largest_confirmed();
-        let too_large = bytes > largest_confirmed;
-        if times < if too_large { CAUGHT } else { CAUGHT_SMALL } {
-            return None;
-        }
         careful.caught = None;
+        let largest_confirmed = self.publisher.largest_confirmed();
         let topic = refused.topic.clone();
         let mut topic_refused = false;
         if too_large {
@@ -192,13 +210,20 @@ impl Refusals {
             topic_refused = true;
         }
         let limits = self.publisher.limits();
+        // The refused message itself: by its packet id, or (QoS 0) the first copy.
+        let found = std::cell::Cell::new(false);
         let dropped = self
             .publisher
             .drop_unsendable([pending, &mut careful.held], |p, bytes| {
-                p.pkid == pkid || limits.over(&p.topic, bytes).is_some()
+                let it = !found.get() && p.pkid == refused.pkid && (p.pkid != 0 || *p == refused);
+                found.set(found.get() || it);
+                it || limits.over(&p.topic, bytes).is_some()
             });
+        if careful.qos0.take().is_some() {
+            pending.retain(|r| !matches!(r, Request::PingReq(_)));
+        }
         careful.in_flight = false;
-        careful.release_next(pending);
+        careful.release_next(pending, false);
         self.closes = 0;
         if careful.done(pending) {
             self.careful = None;
@@ -213,23 +238,101 @@ impl Refusals {
         })
     }
 
-    /// rumqttc wrote a message that the broker confirms.
-    pub fn written(&mut self) {
-        if let Some(careful) = &mut self.careful {
+    /// Starts resending with care: holds the publisher's queue and takes what rumqttc
+    /// is to send. None if nothing is left to send (nothing to catch).
+    async fn begin(&mut self, eventloop: &mut EventLoop) -> Option<Careful> {
+        // In turn behind whoever is queueing now, with room made for them in rumqttc's
+        // queue meanwhile: nobody reads it while the connection is down.
+        let hold = self.publisher.hold_queue();
+        tokio::pin!(hold);
+        let queue = loop {
+            eventloop.clean();
+            tokio::select! {
+                queue = &mut hold => break queue,
+                () = tokio::time::sleep(std::time::Duration::from_millis(1)) => {}
+            }
+        };
+        // What was queued before the hold took effect joins what is held.
+        eventloop.clean();
+        let pending = &mut eventloop.pending;
+        let mut careful = Careful {
+            _queue: queue,
+            held: std::mem::take(pending),
+            in_flight: false,
+            qos0: None,
+            written: false,
+            caught: None,
+        };
+        self.publisher.connection_lost(unnumbered(&careful.held));
+        careful.release_next(pending, false);
+        tracing::debug!(
+            held = careful.held.len(),
+            unnumbered = unnumbered(&careful.held),
+            released = pending.len(),
+            "resending with care"
+        );
+        if careful.done(pending) {
+            return None;
+        }
+        tracing::warn!(
+            closes = self.closes,
+            "the broker closes the output connection with messages it has not confirmed: \
+             resending them one at a time, to find one it refuses"
+        );
+        Some(careful)
+    }
+
+    /// rumqttc wrote a publish (`pkid` 0: QoS 0).
+    pub fn written(&mut self, pkid: u16) {
+        if pkid == 0 {
+            self.qos0_written = true;
+        }
+        if let Some(careful) = &mut self.careful
+            && (pkid != 0 || careful.qos0.is_some())
+        {
             careful.written = true;
         }
     }
 
     /// The broker confirmed a message (PUBACK, PUBREC): with care, the next is released
     /// into `pending`, or, once nothing is left, new messages are let in again.
-    pub fn confirmed(&mut self, pending: &mut VecDeque<Request>) {
+    /// `ping_outstanding`: rumqttc awaits a PINGRESP (then a QoS 0 message waits for it).
+    pub fn confirmed(&mut self, pending: &mut VecDeque<Request>, ping_outstanding: bool) {
         let Some(careful) = &mut self.careful else {
             return;
         };
+        if careful.qos0.is_some() {
+            return; // not its proof
+        }
         careful.in_flight = false;
         careful.written = false;
         careful.caught = None;
-        careful.release_next(pending);
+        careful.release_next(pending, ping_outstanding);
+        if careful.done(pending) {
+            self.careful = None;
+        }
+    }
+
+    /// The broker answered a PINGREQ: with care, the QoS 0 message written before it was
+    /// taken (the broker reads in order), and the next is released.
+    pub fn pinged(&mut self, pending: &mut VecDeque<Request>) {
+        let Some(careful) = &mut self.careful else {
+            return;
+        };
+        match &careful.qos0 {
+            Some(p) if careful.written => {
+                let bytes = crate::event::publish_packet_bytes(&p.topic, p.payload.len());
+                self.publisher.taken(bytes);
+                careful.qos0 = None;
+                careful.in_flight = false;
+                careful.written = false;
+                careful.caught = None;
+            }
+            // Its PINGREQ is still to go: this answered rumqttc's own.
+            Some(_) => return,
+            None => {}
+        }
+        careful.release_next(pending, false);
         if careful.done(pending) {
             self.careful = None;
         }
@@ -244,19 +347,35 @@ impl Refusals {
 }
 
 impl Careful {
-    /// Moves what is held into `pending` up to and with the next message the broker
-    /// confirms (QoS 1 or 2), unless one is in flight already.
-    fn release_next(&mut self, pending: &mut VecDeque<Request>) {
+    /// Moves what is held into `pending` up to and with the next message, unless one is
+    /// in flight already. A QoS 0 message goes with a PINGREQ behind it, and only while
+    /// rumqttc awaits no PINGRESP (`ping_outstanding`): one more PINGREQ then is an error,
+    /// and that PINGRESP would not say the message was taken.
+    fn release_next(&mut self, pending: &mut VecDeque<Request>, ping_outstanding: bool) {
         if self.in_flight || pending.iter().any(confirmable) {
             self.in_flight |= pending.iter().any(confirmable);
             return;
         }
-        while let Some(r) = self.held.pop_front() {
-            let last = confirmable(&r);
-            pending.push_back(r);
-            if last {
-                self.in_flight = true;
-                return;
+        while let Some(r) = self.held.front() {
+            match r {
+                Request::Publish(p) if p.qos == QoS::AtMostOnce => {
+                    if ping_outstanding {
+                        return;
+                    }
+                    self.qos0 = Some(p.clone());
+                    pending.extend(self.held.pop_front());
+                    pending.push_back(Request::PingReq(PingReq));
+                    self.in_flight = true;
+                    return;
+                }
+                r => {
+                    let last = confirmable(r);
+                    pending.extend(self.held.pop_front());
+                    if last {
+                        self.in_flight = true;
+                        return;
+                    }
+                }
             }
         }
     }
@@ -356,9 +475,9 @@ mod tests {
 
     /// rumqttc writes what is pending, and the broker confirms `pkid`.
     fn confirm(p: &Publisher, el: &mut EventLoop, r: &mut Refusals, pkid: u16) {
-        r.written();
+        r.written(1);
         p.observe(&Event::Incoming(Packet::PubAck(PubAck::new(pkid))));
-        r.confirmed(&mut el.pending);
+        r.confirmed(&mut el.pending, false);
     }
 
     /// Whether a new message can be queued at once (nothing holds the queue).
@@ -384,7 +503,7 @@ mod tests {
         assert!(!queue_open(&p).await, "nothing new meanwhile");
         let caught_once = caught(&mut el, &mut r, CAUGHT - 1).await;
         assert_eq!((caught_once, pkids(&el)), (None, vec![2]));
-        r.written(); // rumqttc writes it
+        r.written(1); // rumqttc writes it
         let bytes = publish_packet_bytes("o", 5000);
         let refused = Refused {
             topic: "o".into(),
@@ -411,10 +530,10 @@ mod tests {
     /// in flight; returns what the last close made of it.
     async fn caught(el: &mut EventLoop, r: &mut Refusals, times: u32) -> Option<Refused> {
         for _ in 1..times {
-            r.written(); // rumqttc writes it
+            r.written(1); // rumqttc writes it
             assert_eq!(r.lost(true, el).await, None);
         }
-        r.written();
+        r.written(1);
         r.lost(true, el).await
     }
 
@@ -446,7 +565,7 @@ mod tests {
         confirm(&p, &mut el, &mut r, 2);
         assert_eq!(pkids(&el), [3]);
         // A failure that is not the broker's (a timeout) catches nothing.
-        r.written();
+        r.written(1);
         assert_eq!(r.lost(false, &mut el).await, None);
         // No larger than what the broker took: caught more often before it counts.
         assert_eq!(caught(&mut el, &mut r, CAUGHT).await, None);
@@ -494,6 +613,107 @@ mod tests {
             assert_eq!(r.lost(true, &mut el).await, None, "confirmed");
         }
         assert!(limits.over("a", 10).is_none());
+        assert!(queue_open(&p).await);
+    }
+
+    /// Queues a QoS 0 message `(topic, payload bytes)` for `waiter`.
+    async fn sent_qos0(
+        p: &Publisher,
+        topic: &str,
+        bytes: usize,
+        waiter: Option<Arc<crate::event::Delivery>>,
+    ) {
+        let queued = p.publish(
+            topic.into(),
+            QoS::AtMostOnce,
+            false,
+            vec![0; bytes],
+            waiter,
+            None,
+        );
+        assert!(queued.await.is_ok());
+    }
+
+    /// rumqttc writes the first of `pending`, a QoS 0 message sent with care (a PINGREQ
+    /// behind it), and forgets it.
+    fn write_qos0(p: &Publisher, el: &mut EventLoop, r: &mut Refusals) -> String {
+        let topic = write_first(p, el, r);
+        assert!(
+            matches!(el.pending.pop_front(), Some(Request::PingReq(_))),
+            "a PINGREQ behind it"
+        );
+        topic
+    }
+
+    /// rumqttc writes the first of `pending`, a QoS 0 message, and forgets it.
+    fn write_first(p: &Publisher, el: &mut EventLoop, r: &mut Refusals) -> String {
+        let Some(Request::Publish(m)) = el.pending.pop_front() else {
+            panic!("not a publish first: {:?}", el.pending);
+        };
+        assert_eq!(m.qos, QoS::AtMostOnce);
+        p.observe(&Event::Outgoing(Outgoing::Publish(0)));
+        r.written(0);
+        m.topic
+    }
+
+    #[tokio::test]
+    async fn a_qos0_message_too_large_for_the_broker_is_caught_alone_and_dropped() {
+        let (p, mut el, mut r, limits) = setup();
+        let (d, _acks) = delivery(1);
+        sent(&p, &mut el, &[("o", 100)], &d, 1).await;
+        let (small_event, mut acks) = delivery(1);
+        sent_qos0(&p, "big", 5000, None).await;
+        sent_qos0(&p, "big", 5000, None).await;
+        sent_qos0(&p, "small", 10, Some(small_event)).await;
+        el.clean(); // rumqttc takes them, writes the first, and the broker closes
+        write_first(&p, &mut el, &mut r);
+        assert_eq!(r.lost(true, &mut el).await, None);
+        // QoS 0 is not resent: one close is enough to go on with care, one at a time.
+        assert!(!queue_open(&p).await, "nothing new meanwhile");
+        assert_eq!(write_qos0(&p, &mut el, &mut r), "big");
+        assert_eq!(r.lost(true, &mut el).await, None, "caught once");
+        assert_eq!(write_qos0(&p, &mut el, &mut r), "big", "sent again");
+        let refused = r.lost(true, &mut el).await.expect("refused");
+        let bytes = publish_packet_bytes("big", 5000);
+        assert_eq!(
+            (refused.too_large, refused.bytes, refused.dropped),
+            (true, bytes, 1),
+            "{refused:?}"
+        );
+        assert_eq!(limits.max_packet_bytes(), bytes - 1);
+        // The next, with its own waiter, then nothing left: new messages go again.
+        assert_eq!(write_qos0(&p, &mut el, &mut r), "small");
+        assert!(
+            acks.try_recv().is_ok(),
+            "its event is done once it is written"
+        );
+        assert!(el.pending.is_empty(), "{:?}", el.pending);
+        r.pinged(&mut el.pending);
+        assert_eq!(p.unconfirmed(), 0, "every waiter paired");
+        assert!(queue_open(&p).await);
+    }
+
+    #[tokio::test]
+    async fn a_qos0_message_the_broker_took_is_not_refused_for_a_close_before_its_pingresp() {
+        let (p, mut el, mut r, limits) = setup();
+        for _ in 0..3 {
+            sent_qos0(&p, "a", 10, None).await;
+        }
+        el.clean();
+        write_first(&p, &mut el, &mut r);
+        assert_eq!(r.lost(true, &mut el).await, None);
+        // A PINGRESP to rumqttc's own PINGREQ, before this one was written, proves nothing.
+        r.pinged(&mut el.pending);
+        assert_eq!(el.pending.len(), 2, "still in flight: {:?}", el.pending);
+        write_qos0(&p, &mut el, &mut r);
+        assert_eq!(r.lost(true, &mut el).await, None, "caught once");
+        // Sent again, and this time the broker answers the PINGREQ behind it.
+        write_qos0(&p, &mut el, &mut r);
+        r.pinged(&mut el.pending);
+        assert_eq!(write_qos0(&p, &mut el, &mut r), "a", "the next one");
+        r.pinged(&mut el.pending);
+        assert!(limits.over("a", 10).is_none() && limits.max_packet_bytes() == 1 << 20);
+        assert_eq!(p.unconfirmed(), 0, "every waiter paired");
         assert!(queue_open(&p).await);
     }
 
