@@ -4,6 +4,9 @@
 # whose outputs are about 5 KB (its out_topic is 20 levels deep) beside an `echo`.
 #   - refusal: 20 events to each at 50/s; prints the time from the first close to the
 #     refusal, the echo's outputs (all 20 expected) and the counter's totals;
+#   - qos0: an `echo` subscribed at QoS 0 (so its outputs are QoS 0, and about 5 KB) at 10
+#     events/s beside the QoS 1 echo at 10/s, 50 each: the time from the first close to
+#     the refusal, and the QoS 1 echo's outputs (all 50 expected);
 #   - restart: the broker is stopped the moment the output connection starts resending one
 #     message at a time, and started again without the sessions; then 100 echo events must
 #     all come back (a run with fewer stalled: this is what found the race of 95402e8).
@@ -40,6 +43,13 @@ module = "$modules/echo.wasm"
 topics = ["q/+"]
 [function.config]
 out_topic = "q-out/e"
+[[function]]
+name = "z"
+module = "$modules/echo.wasm"
+topics = ["z/+"]
+qos = 0
+[function.config]
+out_topic = "$out"
 EOF
 }
 
@@ -92,6 +102,24 @@ for run in $(seq 1 "$runs"); do
     found=$(grep -m1 "alone in flight" "$dir/agent.log" | cut -c12-26 || true)
     totals=$(grep -o 'function=c mode=persistent received=[0-9]* succeeded=[0-9]*' "$dir/agent.log" || true)
     echo "refusal $run: first close $first, refused $found; echo outputs $(wc -l <"$dir/out.txt") of 20; $totals"
+    kill "$mosquitto_pid"; wait "$mosquitto_pid" 2>/dev/null || true
+
+    dir="$work/qos0-$run"
+    mkdir -p "$dir"
+    start_mosquitto "max_packet_size 2000"
+    mosquitto_sub -p "$port" -t 'q-out/#' -q 1 >"$dir/out.txt" &
+    pids+=("$!")
+    start "$dir"
+    "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "z/$level" --payload '{seq}' --qos 0 \
+        --count 50 --rate 10 >/dev/null 2>&1 &
+    pids+=("$!")
+    "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic q/a --payload '{seq}' --qos 1 \
+        --count 50 --rate 10 >/dev/null 2>&1
+    sleep 2
+    stop
+    first=$(grep -m1 "connection lost\|one at a time" "$dir/agent.log" | cut -c12-26 || true)
+    found=$(grep -m1 "alone in flight" "$dir/agent.log" | cut -c12-26 || true)
+    echo "qos0 $run: first close $first, refused $found; echo outputs $(sort -u "$dir/out.txt" | wc -l) of 50"
     kill "$mosquitto_pid"; wait "$mosquitto_pid" 2>/dev/null || true
 
     dir="$work/restart-$run"

@@ -530,6 +530,7 @@ impl OutputTask {
                     if !self.backoff.failed(&self.link, &e, &force_stop).await {
                         break;
                     }
+                    self.refusals.reconnecting(&mut self.eventloop).await;
                 }
             }
         }

@@ -20,7 +20,8 @@
 //!
 //! A QoS 0 message is not resent: one the broker refuses is gone with the connection, and
 //! the next such one closes the next connection. So a close right after QoS 0 messages
-//! were written is enough to resend with care; with care, a QoS 0 message goes out
+//! were written is enough to resend with care, from the reconnection on (what was made
+//! while it backed off is what may hold the next one); with care, a QoS 0 message goes out
 //! followed by a PINGREQ, and counts as taken once the PINGRESP comes back (the broker
 //! reads a connection's packets in order). Until then it is kept, and sent again if the
 //! connection closes first, so that it can be caught alone like any other: at least once,
@@ -83,6 +84,8 @@ pub struct Refusals {
     careful: Option<Careful>,
     /// A QoS 0 message was written on the connection that is up.
     qos0_written: bool,
+    /// Resend with care from the next connection on ([`Refusals::reconnecting`]).
+    begin_later: bool,
     /// Topics of messages refused that were no larger than others the broker took: a
     /// second one refuses the topic.
     refused_once: std::collections::HashSet<String>,
@@ -114,6 +117,7 @@ impl Refusals {
             closes: 0,
             careful: None,
             qos0_written: false,
+            begin_later: false,
             refused_once: std::collections::HashSet::new(),
         }
     }
@@ -143,14 +147,13 @@ impl Refusals {
             0
         };
         let Some(careful) = &mut self.careful else {
-            if self.closes
-                >= if qos0_written {
-                    SUSPICIOUS_QOS0
-                } else {
-                    SUSPICIOUS
-                }
-            {
+            if self.closes >= SUSPICIOUS {
                 self.careful = self.begin(eventloop).await;
+            } else if qos0_written && self.closes >= SUSPICIOUS_QOS0 {
+                // What rumqttc wrote is gone, and what it had not written is seldom the
+                // next refused one: the messages made while the reconnection backs off
+                // are more likely to hold one.
+                self.begin_later = true;
             }
             return None;
         };
@@ -236,6 +239,14 @@ impl Refusals {
             largest_confirmed,
             dropped: dropped.len(),
         })
+    }
+
+    /// The output connection is about to connect again after a failure: resending with
+    /// care starts now if a close right after QoS 0 messages asked for it.
+    pub async fn reconnecting(&mut self, eventloop: &mut EventLoop) {
+        if std::mem::take(&mut self.begin_later) && self.careful.is_none() {
+            self.careful = self.begin(eventloop).await;
+        }
     }
 
     /// Starts resending with care: holds the publisher's queue and takes what rumqttc
@@ -343,6 +354,7 @@ impl Refusals {
     pub fn session_lost(&mut self) {
         self.closes = 0;
         self.careful = None;
+        self.begin_later = false;
     }
 }
 
@@ -668,6 +680,7 @@ mod tests {
         el.clean(); // rumqttc takes them, writes the first, and the broker closes
         write_first(&p, &mut el, &mut r);
         assert_eq!(r.lost(true, &mut el).await, None);
+        r.reconnecting(&mut el).await;
         // QoS 0 is not resent: one close is enough to go on with care, one at a time.
         assert!(!queue_open(&p).await, "nothing new meanwhile");
         assert_eq!(write_qos0(&p, &mut el, &mut r), "big");
@@ -702,6 +715,7 @@ mod tests {
         el.clean();
         write_first(&p, &mut el, &mut r);
         assert_eq!(r.lost(true, &mut el).await, None);
+        r.reconnecting(&mut el).await;
         // A PINGRESP to rumqttc's own PINGREQ, before this one was written, proves nothing.
         r.pinged(&mut el.pending);
         assert_eq!(el.pending.len(), 2, "still in flight: {:?}", el.pending);
