@@ -2,8 +2,8 @@
 # Benchmark: a broker that will not take one of the agent's outputs (docs/limits.md,
 # "broker.max_packet_bytes"). Mosquitto with `max_packet_size 2000`; a persistent `counter`
 # whose outputs are about 5 KB (its out_topic is 20 levels deep) beside an `echo`.
-#   - refusal: 20 events to each at 50/s; prints the time from the first close to the
-#     refusal, the echo's outputs (all 20 expected) and the counter's totals;
+#   - refusal: 20 events to each at 50/s, side by side; prints the time from the first
+#     close to the refusal, the echo's outputs (all 20 expected) and the counter's totals;
 #   - qos0: an `echo` subscribed at QoS 0 (so its outputs are QoS 0, and about 5 KB) at 10
 #     events/s beside the QoS 1 echo at 10/s, 50 each: the time from the first close to
 #     the refusal, and the QoS 1 echo's outputs (all 50 expected);
@@ -83,44 +83,37 @@ if [ "${BUSY:-0}" = 1 ]; then
     pids+=("$!")
 fi
 
-echo "Machine: $(nproc) CPUs, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
-stalled=0
-for run in $(seq 1 "$runs"); do
-    dir="$work/refusal-$run"
+# search NAME FUNCTION QOS COUNT RATE: on a broker that takes packets up to 2000 bytes, COUNT
+# events at RATE to FUNCTION (c or z: its outputs about 5 KB, at QOS) beside as many to the
+# echo; prints the time from the first close to the refusal, the echo's outputs, and
+# FUNCTION's totals.
+search() {
+    local dir="$work/$1" first found totals prefix=$2
+    [ "$2" = c ] && prefix=p # the counter listens on p/+
     mkdir -p "$dir"
     start_mosquitto "max_packet_size 2000"
     mosquitto_sub -p "$port" -t 'q-out/#' -q 1 >"$dir/out.txt" &
     pids+=("$!")
     start "$dir"
-    "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "p/$level" --payload '{seq}' --qos 1 \
-        --count 20 --rate 50 >/dev/null 2>&1
-    "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic q/a --payload '{seq}' --qos 1 \
-        --count 20 --rate 50 >/dev/null 2>&1
-    sleep 2
-    stop
-    first=$(grep -m1 "connection lost" "$dir/agent.log" | cut -c12-26 || true)
-    found=$(grep -m1 "alone in flight" "$dir/agent.log" | cut -c12-26 || true)
-    totals=$(grep -o 'function=c mode=persistent received=[0-9]* succeeded=[0-9]*' "$dir/agent.log" || true)
-    echo "refusal $run: first close $first, refused $found; echo outputs $(wc -l <"$dir/out.txt") of 20; $totals"
-    kill "$mosquitto_pid"; wait "$mosquitto_pid" 2>/dev/null || true
-
-    dir="$work/qos0-$run"
-    mkdir -p "$dir"
-    start_mosquitto "max_packet_size 2000"
-    mosquitto_sub -p "$port" -t 'q-out/#' -q 1 >"$dir/out.txt" &
-    pids+=("$!")
-    start "$dir"
-    "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "z/$level" --payload '{seq}' --qos 0 \
-        --count 50 --rate 10 >/dev/null 2>&1 &
+    "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic "$prefix/$level" --payload '{seq}' --qos "$3" \
+        --count "$4" --rate "$5" >/dev/null 2>&1 &
     pids+=("$!")
     "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic q/a --payload '{seq}' --qos 1 \
-        --count 50 --rate 10 >/dev/null 2>&1
+        --count "$4" --rate "$5" >/dev/null 2>&1
     sleep 2
     stop
     first=$(grep -m1 "connection lost\|one at a time" "$dir/agent.log" | cut -c12-26 || true)
     found=$(grep -m1 "alone in flight" "$dir/agent.log" | cut -c12-26 || true)
-    echo "qos0 $run: first close $first, refused $found; echo outputs $(sort -u "$dir/out.txt" | wc -l) of 50"
+    totals=$(grep -o "function=$2 mode=[a-z-]* received=[0-9]* succeeded=[0-9]*" "$dir/agent.log" || true)
+    echo "$1: first close $first, refused $found; echo outputs $(sort -u "$dir/out.txt" | wc -l) of $4 $totals"
     kill "$mosquitto_pid"; wait "$mosquitto_pid" 2>/dev/null || true
+}
+
+echo "Machine: $(nproc) CPUs, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')"
+stalled=0
+for run in $(seq 1 "$runs"); do
+    search refusal-$run c 1 20 50
+    search qos0-$run z 0 50 10
 
     dir="$work/restart-$run"
     mkdir -p "$dir"
