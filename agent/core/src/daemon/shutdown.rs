@@ -117,10 +117,14 @@ impl Shutdown {
             use crate::messages::{Message as _, Presence, Status};
             let offline = Status::presence(Presence::Offline).to_bytes();
             let qos = rumqttc::QoS::AtLeastOnce;
-            let _ = self
+            // Waits for its turn: a try would fail whenever another output is being
+            // queued at that moment, and the retained status would say `online` for good.
+            // Bounded, like the DISCONNECT: a broker that stopped reading must not hold
+            // the stop up.
+            let offline = self
                 .publisher
-                .try_publish(self.status_topic, qos, true, offline, None);
-            // Bounded: a broker that stopped reading must not hold the stop up.
+                .publish(self.status_topic, qos, true, offline, None, None);
+            let _ = tokio::time::timeout(DISCONNECT_DEADLINE, offline).await;
             let _ = tokio::time::timeout(DISCONNECT_DEADLINE, self.publisher.disconnect()).await;
         }
         connections.push(self.output_connection);
