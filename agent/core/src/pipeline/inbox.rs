@@ -290,30 +290,10 @@ impl Inbox {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-    use std::time::Instant;
-
     use super::*;
-    use crate::event::Delivery;
-    use crate::mqtt::ack::AckQueue;
 
     fn event(n: u8, qos: u8) -> Inbound {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        Inbound {
-            topic: format!("t/{n}"),
-            payload: vec![n].into(),
-            payload_skipped: 0,
-            qos,
-            retain: false,
-            received_at_ms: 0,
-            received: Instant::now(),
-            hop: 0,
-            pkid: 0,
-            dup: false,
-            checksum: 0,
-            incarnation: 0,
-            delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
-        }
+        Inbound::for_test(format!("t/{n}"), vec![n], qos)
     }
 
     fn topics(q: &Inbox) -> Vec<String> {

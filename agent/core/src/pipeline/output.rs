@@ -466,28 +466,6 @@ impl Places {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Delivery;
-    use crate::mqtt::ack::AckQueue;
-
-    /// A QoS 0 event on `topic`.
-    fn qos0_event(topic: &str) -> Inbound {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        Inbound {
-            topic: topic.into(),
-            payload: b"x".to_vec().into(),
-            payload_skipped: 0,
-            qos: 0,
-            retain: false,
-            received_at_ms: 0,
-            received: std::time::Instant::now(),
-            hop: 0,
-            pkid: 0,
-            dup: false,
-            checksum: 0,
-            incarnation: 0,
-            delivery: Arc::new(Delivery::detached(AckQueue::new(tx))),
-        }
-    }
 
     #[tokio::test]
     async fn a_qos0_events_dead_letter_waits_while_another_message_is_queued() {
@@ -506,13 +484,8 @@ mod tests {
         let stats = FunctionStats::default();
         // Another publish holds the queue for a moment as the event fails.
         let queueing = publisher.hold_queue().await;
-        out.fail(
-            "f",
-            &stats,
-            qos0_event("in/a"),
-            FailureKind::GuestError,
-            "no".into(),
-        );
+        let event = Inbound::for_test("in/a", b"x".to_vec(), 0);
+        out.fail("f", &stats, event, FailureKind::GuestError, "no".into());
         drop(queueing);
         tracker.close();
         let waited = tokio::time::timeout(Duration::from_secs(5), tracker.wait()).await;
