@@ -78,29 +78,6 @@ pub struct Inbound {
     pub delivery: Arc<Delivery>,
 }
 
-#[cfg(test)]
-impl Inbound {
-    /// A message on `topic` for tests, received now, whose acknowledgement goes nowhere.
-    pub(crate) fn for_test(topic: impl Into<String>, payload: Vec<u8>, qos: u8) -> Self {
-        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
-        Self {
-            topic: topic.into(),
-            payload: payload.into(),
-            payload_skipped: 0,
-            qos,
-            retain: false,
-            received_at_ms: 0,
-            received: Instant::now(),
-            hop: 0,
-            pkid: 0,
-            dup: false,
-            checksum: 0,
-            incarnation: 0,
-            delivery: Arc::new(Delivery::detached(crate::mqtt::ack::AckQueue::new(tx))),
-        }
-    }
-}
-
 /// Acknowledgement bookkeeping for one received message, shared by the [`Inbound`]s made
 /// from it (one per function whose filters match).
 pub struct Delivery {

@@ -293,7 +293,7 @@ mod tests {
     use super::*;
 
     fn event(n: u8, qos: u8) -> Inbound {
-        Inbound::for_test(format!("t/{n}"), vec![n], qos)
+        crate::pipeline::test_event(format!("t/{n}"), vec![n], qos)
     }
 
     fn topics(q: &Inbox) -> Vec<String> {

@@ -127,3 +127,30 @@ fn guest_event(event: &Inbound) -> GuestEvent {
         user_properties: Vec::new(),
     }
 }
+
+/// A message on `topic` for tests, received now, whose acknowledgement goes nowhere.
+#[cfg(test)]
+pub(crate) fn test_event(
+    topic: impl Into<String>,
+    payload: Vec<u8>,
+    qos: u8,
+) -> crate::event::Inbound {
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    crate::event::Inbound {
+        topic: topic.into(),
+        payload: payload.into(),
+        payload_skipped: 0,
+        qos,
+        retain: false,
+        received_at_ms: 0,
+        received: std::time::Instant::now(),
+        hop: 0,
+        pkid: 0,
+        dup: false,
+        checksum: 0,
+        incarnation: 0,
+        delivery: std::sync::Arc::new(crate::event::Delivery::detached(
+            crate::mqtt::ack::AckQueue::new(tx),
+        )),
+    }
+}

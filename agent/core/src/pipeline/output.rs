@@ -484,7 +484,7 @@ mod tests {
         let stats = FunctionStats::default();
         // Another publish holds the queue for a moment as the event fails.
         let queueing = publisher.hold_queue().await;
-        let event = Inbound::for_test("in/a", b"x".to_vec(), 0);
+        let event = crate::pipeline::test_event("in/a", b"x".to_vec(), 0);
         out.fail("f", &stats, event, FailureKind::GuestError, "no".into());
         drop(queueing);
         tracker.close();
