@@ -1007,6 +1007,10 @@ async fn a_function_added_back_while_its_old_session_waits_to_end_keeps_it() {
         agent.log_text().contains("cannot connect")
     })
     .await;
+    // Held from now until the broker is back, so that no other test's broker takes the
+    // port: b's old session would end there, with nothing left to cancel. (Connections
+    // to it wait for an answer that never comes, as to a broker that is away.)
+    let hold = std::net::TcpListener::bind(("127.0.0.1", port)).expect("hold the port");
     std::fs::write(&config, &both).expect("add b back");
     agent.signal("HUP");
     let deadline = std::time::Instant::now() + WAIT;
@@ -1014,7 +1018,7 @@ async fn a_function_added_back_while_its_old_session_waits_to_end_keeps_it() {
         .log_text()
         .contains("a function of this name is back: its old broker session is no longer ended")
     {
-        // Once failed in CI under load (2026-12-06); the log says what the agent did.
+        // Failed once in CI (2026-12-06), before the port was held; the log says why.
         assert!(
             std::time::Instant::now() < deadline,
             "b not added back, or its old session still ended:\n{}",
@@ -1022,6 +1026,7 @@ async fn a_function_added_back_while_its_old_session_waits_to_end_keeps_it() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    drop(hold);
     let broker = Mosquitto::restart_persistent(port, saved);
     let mut c = Client::connect(port, &["b/out"]).await;
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
