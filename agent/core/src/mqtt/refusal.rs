@@ -167,11 +167,7 @@ impl Refusals {
                     pending.retain(|r| !matches!(r, Request::PingReq(_)));
                     pending.push_front(Request::PingReq(PingReq));
                     pending.push_front(Request::Publish(p.clone()));
-                    self.publisher
-                        .resend_front(crate::event::publish_packet_bytes(
-                            &p.topic,
-                            p.payload.len(),
-                        ));
+                    self.publisher.resend_front(packet_bytes(p));
                 }
                 Some(0)
             }
@@ -192,7 +188,7 @@ impl Refusals {
                     _ => None,
                 })?,
             };
-            let bytes = crate::event::publish_packet_bytes(&p.topic, p.payload.len());
+            let bytes = packet_bytes(p);
             let too_large = bytes > self.publisher.largest_confirmed();
             (times >= if too_large { CAUGHT } else { CAUGHT_SMALL })
                 .then(|| (p.clone(), bytes, too_large))
@@ -202,7 +198,6 @@ impl Refusals {
             careful.release_next(pending, false);
             return None;
         };
-        careful.caught = None;
         let largest_confirmed = self.publisher.largest_confirmed();
         let topic = refused.topic.clone();
         let mut topic_refused = false;
@@ -222,15 +217,12 @@ impl Refusals {
                 found.set(found.get() || it);
                 it || limits.over(&p.topic, bytes).is_some()
             });
-        if careful.qos0.take().is_some() {
+        if careful.qos0.is_some() {
             pending.retain(|r| !matches!(r, Request::PingReq(_)));
         }
-        careful.in_flight = false;
-        careful.release_next(pending, false);
+        careful.taken();
         self.closes = 0;
-        if careful.done(pending) {
-            self.careful = None;
-        }
+        self.release(pending, false);
         Some(Refused {
             topic,
             bytes,
@@ -309,19 +301,11 @@ impl Refusals {
     /// into `pending`, or, once nothing is left, new messages are let in again.
     /// `ping_outstanding`: rumqttc awaits a PINGRESP (then a QoS 0 message waits for it).
     pub fn confirmed(&mut self, pending: &mut VecDeque<Request>, ping_outstanding: bool) {
-        let Some(careful) = &mut self.careful else {
-            return;
-        };
-        if careful.qos0.is_some() {
-            return; // not its proof
+        match &mut self.careful {
+            Some(careful) if careful.qos0.is_none() => careful.taken(),
+            _ => return, // not searching, or not the proof of a QoS 0 message
         }
-        careful.in_flight = false;
-        careful.written = false;
-        careful.caught = None;
-        careful.release_next(pending, ping_outstanding);
-        if careful.done(pending) {
-            self.careful = None;
-        }
+        self.release(pending, ping_outstanding);
     }
 
     /// The broker answered a PINGREQ: with care, the QoS 0 message written before it was
@@ -332,20 +316,24 @@ impl Refusals {
         };
         match &careful.qos0 {
             Some(p) if careful.written => {
-                let bytes = crate::event::publish_packet_bytes(&p.topic, p.payload.len());
-                self.publisher.taken(bytes);
-                careful.qos0 = None;
-                careful.in_flight = false;
-                careful.written = false;
-                careful.caught = None;
+                self.publisher.taken(packet_bytes(p));
+                careful.taken();
             }
             // Its PINGREQ is still to go: this answered rumqttc's own.
             Some(_) => return,
             None => {}
         }
-        careful.release_next(pending, false);
-        if careful.done(pending) {
-            self.careful = None;
+        self.release(pending, false);
+    }
+
+    /// With care, releases the next message, or, once nothing is left, lets new messages
+    /// in again.
+    fn release(&mut self, pending: &mut VecDeque<Request>, ping_outstanding: bool) {
+        if let Some(careful) = &mut self.careful {
+            careful.release_next(pending, ping_outstanding);
+            if careful.done(pending) {
+                self.careful = None;
+            }
         }
     }
 
@@ -359,6 +347,14 @@ impl Refusals {
 }
 
 impl Careful {
+    /// The message in flight is confirmed (or proven, for QoS 0).
+    fn taken(&mut self) {
+        self.in_flight = false;
+        self.qos0 = None;
+        self.written = false;
+        self.caught = None;
+    }
+
     /// Moves what is held into `pending` up to and with the next message, unless one is
     /// in flight already. A QoS 0 message goes with a PINGREQ behind it, and only while
     /// rumqttc awaits no PINGRESP (`ping_outstanding`): one more PINGREQ then is an error,
@@ -396,6 +392,11 @@ impl Careful {
     fn done(&self, pending: &VecDeque<Request>) -> bool {
         self.held.is_empty() && !self.in_flight && !pending.iter().any(confirmable)
     }
+}
+
+/// The size of `p`'s packet ([`crate::event::publish_packet_bytes`]).
+fn packet_bytes(p: &Publish) -> usize {
+    crate::event::publish_packet_bytes(&p.topic, p.payload.len())
 }
 
 /// Requests in `queue` that rumqttc has not numbered yet.
