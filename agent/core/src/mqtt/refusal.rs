@@ -16,7 +16,10 @@
 //! agent's [`BrokerLimits`](crate::event::BrokerLimits) learn from it: no packet as large is sent again; or, once a
 //! second message to the same topic has been refused, nothing more to that topic. Guests
 //! are refused such messages when they publish, with a dead letter saying why, and what
-//! is waiting to be resent is dropped with it.
+//! is waiting to be resent is dropped with it. Then the rest is sent as usual (one found
+//! explains the closes), and so it is after [`CAREFUL_RUN`] messages taken in a row: a
+//! round trip per message held would keep every function's outputs waiting for seconds
+//! on a distant broker.
 //!
 //! A QoS 0 message is not resent: one the broker refuses is gone with the connection, and
 //! the next such one closes the next connection. So a close right after QoS 0 messages
@@ -57,6 +60,13 @@ pub const CAUGHT: u32 = 2;
 /// The same, for a message no larger than one the broker confirmed (then its topic is
 /// what the broker may refuse, and a dropping link is more likely to look the same).
 pub const CAUGHT_SMALL: u32 = 3;
+
+/// Messages taken in a row, with care, after which the rest is sent as usual: what closed
+/// the connection was one of the first (the broker confirms in order what it read before
+/// it), or, for QoS 0, lost with it. Each is a round trip, while every function's outputs
+/// wait: seconds on a distant broker. Another one refused among the rest closes the
+/// connection again, and the search starts again with what is then unconfirmed first.
+pub const CAREFUL_RUN: u32 = 8;
 
 /// What the broker refused, and what was dropped with it.
 #[derive(Debug, PartialEq, Eq)]
@@ -107,6 +117,8 @@ struct Careful {
     /// The one the broker closed the connection on while it was alone in flight (its
     /// packet id, 0 for QoS 0), and how many times.
     caught: Option<(u16, u32)>,
+    /// Messages taken since the search began or the connection last closed.
+    taken_in_a_row: u32,
 }
 
 impl Refusals {
@@ -174,6 +186,7 @@ impl Refusals {
             None => unconfirmed,
         };
         careful.written = false;
+        careful.taken_in_a_row = 0;
         careful.caught = match (culprit, careful.caught) {
             (Some(pkid), Some((before, n))) if alone && pkid == before => Some((pkid, n + 1)),
             (Some(pkid), _) if alone => Some((pkid, 1)),
@@ -220,9 +233,11 @@ impl Refusals {
         if careful.qos0.is_some() {
             pending.retain(|r| !matches!(r, Request::PingReq(_)));
         }
-        careful.taken();
+        // Found what closed the connection: the rest goes as usual. Another one refused
+        // among them closes the connection again, and is searched for again.
+        pending.append(&mut careful.held);
+        self.careful = None;
         self.closes = 0;
-        self.release(pending, false);
         Some(Refused {
             topic,
             bytes,
@@ -265,6 +280,7 @@ impl Refusals {
             qos0: None,
             written: false,
             caught: None,
+            taken_in_a_row: 0,
         };
         self.publisher.connection_lost(unnumbered(&careful.held));
         careful.release_next(pending, false);
@@ -326,14 +342,20 @@ impl Refusals {
         self.release(pending, false);
     }
 
-    /// With care, releases the next message, or, once nothing is left, lets new messages
-    /// in again.
+    /// With care, releases the next message; once nothing is left, or after
+    /// [`CAREFUL_RUN`] taken in a row, sends the rest as usual and lets new messages in.
     fn release(&mut self, pending: &mut VecDeque<Request>, ping_outstanding: bool) {
-        if let Some(careful) = &mut self.careful {
-            careful.release_next(pending, ping_outstanding);
-            if careful.done(pending) {
-                self.careful = None;
-            }
+        let Some(careful) = &mut self.careful else {
+            return;
+        };
+        if careful.taken_in_a_row >= CAREFUL_RUN {
+            pending.append(&mut careful.held);
+            self.careful = None;
+            return;
+        }
+        careful.release_next(pending, ping_outstanding);
+        if careful.done(pending) {
+            self.careful = None;
         }
     }
 
@@ -349,6 +371,7 @@ impl Refusals {
 impl Careful {
     /// The message in flight is confirmed (or proven, for QoS 0).
     fn taken(&mut self) {
+        self.taken_in_a_row += 1;
         self.in_flight = false;
         self.qos0 = None;
         self.written = false;
@@ -528,7 +551,8 @@ mod tests {
         };
         assert_eq!(r.lost(true, &mut el).await, Some(refused));
         assert_eq!(limits.max_packet_bytes(), bytes - 1);
-        assert_eq!(pkids(&el), [3], "the next one");
+        assert_eq!(pkids(&el), [3], "the rest");
+        assert!(queue_open(&p).await, "found: new messages go again");
         el.pending.clear();
         confirm(&p, &mut el, &mut r, 3);
         assert_eq!(
@@ -536,7 +560,6 @@ mod tests {
             Some(7),
             "its event is done"
         );
-        assert!(queue_open(&p).await, "all resent: new messages go again");
     }
 
     /// The broker closes the connection on each of `times` writes of the message alone
@@ -590,7 +613,15 @@ mod tests {
             limits.over("denied", 10).is_none(),
             "one message is not the topic"
         );
-        // The second message to it: the topic is refused.
+        // Found: the rest goes as usual, new messages too, until the second message to it
+        // closes the connection (with the one behind it in flight); searched for again,
+        // the topic is refused.
+        assert_eq!(pkids(&el), [4, 5]);
+        assert!(queue_open(&p).await);
+        for _ in 0..SUSPICIOUS {
+            resend(&mut el, &[(4, "denied", 10), (5, "b", 10)]);
+            assert_eq!(r.lost(true, &mut el).await, None);
+        }
         assert_eq!(pkids(&el), [4]);
         let refused = caught(&mut el, &mut r, CAUGHT_SMALL)
             .await
@@ -598,11 +629,10 @@ mod tests {
         assert!(refused.topic_refused, "{refused:?}");
         assert!(limits.over("denied", 10).is_some() && limits.over("a", 10).is_none());
         assert_eq!(limits.max_packet_bytes(), 1 << 20, "not a size limit");
-        assert_eq!(pkids(&el), [5]);
+        assert_eq!(pkids(&el), [5, 0], "the rest, and the one queued meanwhile");
         el.pending.clear();
         confirm(&p, &mut el, &mut r, 5);
         assert_eq!(acks.try_recv().map(|a| a.ack.pkid).ok(), Some(7));
-        assert!(queue_open(&p).await);
     }
 
     #[tokio::test]
@@ -627,6 +657,37 @@ mod tests {
         }
         assert!(limits.over("a", 10).is_none());
         assert!(queue_open(&p).await);
+    }
+
+    #[tokio::test]
+    async fn a_search_that_catches_nothing_sends_the_rest_as_usual_after_a_run() {
+        let (p, mut el, mut r, limits) = setup();
+        let n = CAREFUL_RUN as u16 + 5;
+        let (d, _acks) = delivery(usize::from(n));
+        let all = vec![("o", 10); usize::from(n)];
+        sent(&p, &mut el, &all, &d, 0).await;
+        let rest: Vec<_> = (1..=n).map(|pkid| (pkid, "o", 10)).collect();
+        for _ in 0..SUSPICIOUS {
+            resend(&mut el, &rest);
+            assert_eq!(r.lost(true, &mut el).await, None);
+        }
+        for pkid in 1..=3 {
+            assert_eq!(pkids(&el), [pkid], "one at a time");
+            el.pending.clear();
+            confirm(&p, &mut el, &mut r, pkid);
+        }
+        // A close with the fourth alone in flight: the run starts again from it.
+        r.written(1);
+        resend(&mut el, &[(4, "o", 10)]);
+        assert_eq!(r.lost(true, &mut el).await, None, "caught once");
+        for pkid in 4..4 + CAREFUL_RUN as u16 {
+            assert_eq!(pkids(&el), [pkid], "one at a time");
+            el.pending.clear();
+            confirm(&p, &mut el, &mut r, pkid);
+        }
+        assert_eq!(pkids(&el), [n - 1, n], "then the rest as usual");
+        assert!(queue_open(&p).await, "and new messages");
+        assert!(limits.over("o", 10).is_none());
     }
 
     /// Queues a QoS 0 message `(topic, payload bytes)` for `waiter`.
@@ -695,14 +756,13 @@ mod tests {
             "{refused:?}"
         );
         assert_eq!(limits.max_packet_bytes(), bytes - 1);
-        // The next, with its own waiter, then nothing left: new messages go again.
-        assert_eq!(write_qos0(&p, &mut el, &mut r), "small");
+        // Found: the rest goes as usual (no PINGREQ behind it), and new messages too.
+        assert_eq!(write_first(&p, &mut el, &mut r), "small");
         assert!(
             acks.try_recv().is_ok(),
             "its event is done once it is written"
         );
         assert!(el.pending.is_empty(), "{:?}", el.pending);
-        r.pinged(&mut el.pending);
         assert_eq!(p.unconfirmed(), 0, "every waiter paired");
         assert!(queue_open(&p).await);
     }
