@@ -14,10 +14,13 @@
 //! others wait behind hundreds of its own, each function holds at most
 //! [`UNCONFIRMED_PER_FUNCTION`] outputs the broker has not confirmed, and at most
 //! [`UNCONFIRMED_SHARE`] while other functions publish too; its next waits for one of them
-//! ([`Output`](crate::pipeline::output::Output) keeps the places of each function).
+//! ([`Output`](crate::pipeline::output::Output) keeps the places of each function). Both
+//! grow with the broker's round trip past [`WINDOW_ROUND_TRIP`] ([`windows`]): on a
+//! distant broker, outputs on their way take places without holding anyone up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, ClientError, Event, Outgoing, Packet, PubAck, PubRec, QoS, Request};
 use tokio::sync::OwnedSemaphorePermit;
@@ -34,6 +37,75 @@ pub const UNCONFIRMED_PER_FUNCTION: usize = 64;
 /// another function's output may find ahead of it in the stream. Measured in
 /// docs/benchmarks.md ("A cap that depends on who is publishing").
 pub const UNCONFIRMED_SHARE: usize = 16;
+
+/// The broker's round trip that [`UNCONFIRMED_PER_FUNCTION`] and [`UNCONFIRMED_SHARE`] are
+/// made for: over it they keep 4,000 and 1,000 outputs a second on their way. Over a
+/// longer one both grow with it ([`windows`]), up to [`WINDOW_GROWTH`] times: fixed, 16
+/// unconfirmed outputs over 200 ms were at most 80 a second, and two functions at 100
+/// events a second each fell further behind every second (docs/benchmarks.md, "A distant
+/// broker").
+pub const WINDOW_ROUND_TRIP: Duration = Duration::from_millis(16);
+
+/// How many times their base the windows grow at most: [`UNCONFIRMED_PER_FUNCTION`] up to
+/// the connection's in-flight limit (1,024), and what a function holds with them.
+pub const WINDOW_GROWTH: usize = 16;
+
+/// A function's windows (all its unconfirmed outputs, its share beside other functions)
+/// for the broker's `round_trip`, as [`Publisher::round_trip`] measures it.
+pub fn windows(round_trip: Option<Duration>) -> (usize, usize) {
+    let rt = round_trip.map_or(0, |d| d.as_micros());
+    let scale = |base: usize| {
+        let grown = (base as u128 * rt).div_ceil(WINDOW_ROUND_TRIP.as_micros());
+        usize::try_from(grown)
+            .unwrap_or(usize::MAX)
+            .clamp(base, base * WINDOW_GROWTH)
+    };
+    (scale(UNCONFIRMED_PER_FUNCTION), scale(UNCONFIRMED_SHARE))
+}
+
+/// How long each of the two spans lasts whose least round trips make the estimate.
+const ROUND_TRIP_SPAN: Duration = Duration::from_secs(30);
+
+/// The broker's round trip as the output connection sees it: the least time from writing a
+/// QoS 1 publish while nothing else was unconfirmed to its PUBACK (so not the time it
+/// waited behind the agent's own outputs), over the last one or two spans of
+/// [`ROUND_TRIP_SPAN`] that had one; kept meanwhile (a steady stream has none).
+#[derive(Default)]
+struct RoundTrip {
+    /// The publish being timed: its packet id, and when it was written.
+    probe: Option<(u16, Instant)>,
+    /// The least of the span before.
+    before: Option<Duration>,
+    /// The least of this span, and when it began.
+    this: Option<(Duration, Instant)>,
+}
+
+impl RoundTrip {
+    /// rumqttc wrote publish `pkid`, `alone` if nothing else was unconfirmed.
+    fn written(&mut self, pkid: u16, alone: bool) {
+        if alone && self.probe.is_none() {
+            self.probe = Some((pkid, Instant::now()));
+        }
+    }
+
+    /// The broker confirmed `pkid`: the new estimate, if it was the one timed.
+    fn confirmed(&mut self, pkid: u16) -> Option<Duration> {
+        let (_, at) = self.probe.take_if(|(probe, _)| *probe == pkid)?;
+        let now = Instant::now();
+        let took = now.duration_since(at);
+        self.this = match self.this {
+            Some((least, since)) if now.duration_since(since) < ROUND_TRIP_SPAN => {
+                Some((least.min(took), since))
+            }
+            over => {
+                self.before = over.map(|(least, _)| least);
+                Some((took, now))
+            }
+        };
+        self.this
+            .map(|(least, _)| self.before.map_or(least, |b| b.min(least)))
+    }
+}
 
 /// What a function's output holds until the broker has it (given back when dropped): its
 /// place among the function's unconfirmed outputs, and, while other functions publish
@@ -76,6 +148,7 @@ struct Waiting {
     taken_at_failure: usize,
     /// The largest packet the broker confirmed.
     largest_confirmed: usize,
+    round_trip: RoundTrip,
 }
 
 /// Publishes on the output connection and reports when the broker has each message.
@@ -91,6 +164,8 @@ pub struct Publisher {
     /// Messages not sent for the broker's limits, or dropped when it refused them.
     dropped: std::sync::atomic::AtomicU64,
     waiting: Mutex<Waiting>,
+    /// [`RoundTrip`]'s estimate in microseconds (0: none yet), read without the lock.
+    round_trip_us: std::sync::atomic::AtomicU64,
 }
 
 impl Publisher {
@@ -104,6 +179,7 @@ impl Publisher {
             said: Mutex::default(),
             dropped: std::sync::atomic::AtomicU64::new(0),
             waiting: Mutex::new(Waiting::default()),
+            round_trip_us: std::sync::atomic::AtomicU64::new(0),
         })
     }
 
@@ -223,6 +299,8 @@ impl Publisher {
                 Event::Outgoing(Outgoing::Publish(0)) => w.queued.pop_front(),
                 Event::Outgoing(Outgoing::Publish(pkid)) => {
                     if !w.in_flight.contains_key(pkid) {
+                        let alone = w.in_flight.is_empty();
+                        w.round_trip.written(*pkid, alone);
                         let entry = match w.collided.take() {
                             Some((held, entry)) if held == *pkid => Some(entry),
                             other => {
@@ -248,6 +326,11 @@ impl Publisher {
                     if let Some(Entry(_, _, bytes)) = done {
                         w.largest_confirmed = w.largest_confirmed.max(bytes);
                     }
+                    if let Some(rt) = w.round_trip.confirmed(*pkid) {
+                        let us = u64::try_from(rt.as_micros()).unwrap_or(u64::MAX).max(1);
+                        self.round_trip_us
+                            .store(us, std::sync::atomic::Ordering::Relaxed);
+                    }
                     done
                 }
                 _ => None,
@@ -264,7 +347,21 @@ impl Publisher {
     /// event loop's `pending` and what [`crate::mqtt::refusal`] holds back), to resend if
     /// the session resumes.
     pub fn connection_lost(&self, taken: usize) {
-        self.lock().taken_at_failure = taken;
+        let mut w = self.lock();
+        w.taken_at_failure = taken;
+        // Its confirmation, if it comes, counts the reconnection too.
+        w.round_trip.probe = None;
+    }
+
+    /// The broker's round trip, once measured (see [`windows`]).
+    pub fn round_trip(&self) -> Option<Duration> {
+        match self
+            .round_trip_us
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            0 => None,
+            us => Some(Duration::from_micros(us)),
+        }
     }
 
     /// A message rumqttc wrote and forgot (QoS 0) is to be sent again, first of what is
@@ -434,6 +531,34 @@ pub(crate) mod tests {
 
     fn out(pkid: u16) -> Event {
         Event::Outgoing(Outgoing::Publish(pkid))
+    }
+
+    #[tokio::test]
+    async fn the_round_trip_is_timed_on_a_publish_written_with_nothing_unconfirmed() {
+        let (p, _el) = setup();
+        let ack = |pkid| Event::Incoming(Packet::PubAck(PubAck::new(pkid)));
+        assert_eq!(p.round_trip(), None);
+        p.observe(&Event::Outgoing(Outgoing::Publish(1)));
+        p.observe(&Event::Outgoing(Outgoing::Publish(2))); // behind it: not timed
+        std::thread::sleep(Duration::from_millis(20));
+        p.observe(&ack(2));
+        assert_eq!(p.round_trip(), None, "2 waited behind 1");
+        p.observe(&ack(1));
+        let first = p.round_trip().expect("1 went alone");
+        assert!(first >= Duration::from_millis(20), "{first:?}");
+        // A quicker one lowers it; one confirmed after a lost connection is not timed.
+        p.observe(&Event::Outgoing(Outgoing::Publish(3)));
+        p.observe(&ack(3));
+        let least = p.round_trip().expect("timed");
+        assert!(least < first, "{least:?}");
+        p.observe(&Event::Outgoing(Outgoing::Publish(4)));
+        p.connection_lost(0);
+        std::thread::sleep(Duration::from_millis(5));
+        p.observe(&ack(4));
+        p.observe(&Event::Outgoing(Outgoing::Publish(5)));
+        std::thread::sleep(Duration::from_millis(5));
+        p.observe(&ack(5));
+        assert_eq!(p.round_trip(), Some(least), "the least of the span");
     }
 
     #[tokio::test]

@@ -20,7 +20,9 @@ use crate::event::{BrokerLimits, Inbound, Outbound};
 use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
-use crate::mqtt::publisher::{Place, Publisher, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE};
+use crate::mqtt::publisher::{
+    Place, Publisher, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE, windows,
+};
 use crate::runtime::{CallError, CallOutcome};
 use crate::state::StateStore;
 
@@ -283,7 +285,7 @@ impl Output {
         let qos = crate::event::mqtt_qos(msg.qos);
         // Never closed: an error cannot happen, and would only mean no place is held.
         let place = match function {
-            Some(f) => self.places.take(f).await,
+            Some(f) => self.places.take(f, self.publisher.round_trip()).await,
             None => None,
         };
         self.publisher
@@ -408,7 +410,8 @@ const TAKING_TURNS: Duration = Duration::from_secs(1);
 /// [`UNCONFIRMED_PER_FUNCTION`], and at most [`UNCONFIRMED_SHARE`] while other functions
 /// publish too (one took a place after another within [`TAKING_TURNS`]), so that a
 /// function's output finds at most a share of each other function's ahead of it in the
-/// one stream; a function publishing alone keeps the whole window for its bursts.
+/// one stream; a function publishing alone keeps the whole window for its bursts. Both
+/// grow with the broker's round trip ([`windows`]).
 #[derive(Default)]
 struct Places {
     by_function: std::sync::Mutex<HashMap<String, Arc<FunctionPlaces>>>,
@@ -424,6 +427,24 @@ struct FunctionPlaces {
     id: usize,
     all: Arc<Semaphore>,
     share: Arc<Semaphore>,
+    /// The places `all` and `share` have now (given out or not).
+    sizes: std::sync::Mutex<(usize, usize)>,
+}
+
+impl FunctionPlaces {
+    /// Gives the semaphores `to` places each; fewer are taken back only as they are free.
+    fn resize(&self, to: (usize, usize)) {
+        let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, share) = &mut *sizes;
+        for (semaphore, size, to) in [(&self.all, all, to.0), (&self.share, share, to.1)] {
+            if to > *size {
+                semaphore.add_permits(to - *size);
+                *size = to;
+            } else {
+                *size -= semaphore.forget_permits(*size - to);
+            }
+        }
+    }
 }
 
 impl Places {
@@ -437,15 +458,18 @@ impl Places {
             id: all.len() + 1,
             all: Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION)),
             share: Arc::new(Semaphore::new(UNCONFIRMED_SHARE)),
+            sizes: std::sync::Mutex::new((UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE)),
         });
         all.insert(function.to_string(), f.clone());
         f
     }
 
-    /// A place for one of `function`'s outputs, once it has one. Cancel-safe. `None` only
-    /// if a semaphore were closed, which none is.
-    async fn take(&self, function: &str) -> Option<Place> {
+    /// A place for one of `function`'s outputs, once it has one, in windows made for the
+    /// broker's `round_trip`. Cancel-safe. `None` only if a semaphore were closed, which
+    /// none is.
+    async fn take(&self, function: &str, round_trip: Option<Duration>) -> Option<Place> {
         let f = self.of(function);
+        f.resize(windows(round_trip));
         let all = f.all.clone().acquire_owned().await.ok()?;
         let now = crate::clock::monotonic_ns() / 1_000_000;
         let before = self.last.swap(f.id, Ordering::Relaxed);
@@ -500,10 +524,60 @@ mod tests {
     }
 
     async fn soon(places: &Places, function: &str) -> Option<Place> {
-        tokio::time::timeout(Duration::from_millis(50), places.take(function))
+        soon_at(places, function, None).await
+    }
+
+    /// A place within 50 ms, with the broker `round_trip` away.
+    async fn soon_at(
+        places: &Places,
+        function: &str,
+        round_trip: Option<Duration>,
+    ) -> Option<Place> {
+        let take = places.take(function, round_trip);
+        tokio::time::timeout(Duration::from_millis(50), take)
             .await
             .ok()
             .flatten()
+    }
+
+    #[tokio::test]
+    async fn the_windows_grow_with_the_brokers_round_trip_and_shrink_back() {
+        let far = Some(Duration::from_millis(200));
+        assert_eq!(
+            windows(far),
+            (800, 200),
+            "16 and 64 over 16 ms: the same rates"
+        );
+        assert_eq!(windows(Some(Duration::from_millis(2))), (64, 16));
+        assert_eq!(windows(Some(Duration::from_secs(5))), (1024, 256));
+        let places = Places::default();
+        let mut loud = Vec::new();
+        for _ in 0..800 {
+            loud.push(
+                soon_at(&places, "loud", far)
+                    .await
+                    .expect("the grown window"),
+            );
+        }
+        assert!(soon_at(&places, "loud", far).await.is_none(), "and no more");
+        // Beside another function, its grown share.
+        assert!(soon_at(&places, "quiet", far).await.is_some());
+        loud.truncate(199);
+        loud.push(soon_at(&places, "loud", far).await.expect("199 + 1"));
+        assert!(
+            soon_at(&places, "loud", far).await.is_none(),
+            "the share is full"
+        );
+        // The broker is near again: the windows shrink as places come free.
+        loud.clear();
+        let mut near = Vec::new();
+        for _ in 0..UNCONFIRMED_SHARE {
+            near.push(soon(&places, "loud").await.expect("the base share"));
+        }
+        assert!(
+            soon(&places, "loud").await.is_none(),
+            "back to {UNCONFIRMED_SHARE}"
+        );
     }
 
     #[tokio::test]

@@ -1,0 +1,66 @@
+"""A TCP proxy that delays each direction by a fixed time: a distant broker on loopback.
+
+    python3 tests/bench/delay.py LISTEN_PORT TARGET_PORT ONE_WAY_MS
+
+Each chunk read is written on after ONE_WAY_MS, in order, so a round trip through it takes
+twice that (the machine has no `tc netem`). When either side closes, the other is closed
+once what was read before has gone through.
+"""
+
+import asyncio
+import sys
+import time
+
+
+async def pump(reader, writer, delay):
+    """Copies reader to writer, each chunk `delay` seconds after it was read."""
+    chunks = asyncio.Queue()
+
+    async def send():
+        while True:
+            read_at, data = await chunks.get()
+            if data is None:
+                break
+            wait = read_at + delay - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                writer.write(data)
+                await writer.drain()
+            except ConnectionError:
+                break
+
+    sender = asyncio.create_task(send())
+    try:
+        while data := await reader.read(65536):
+            chunks.put_nowait((time.monotonic(), data))
+    except ConnectionError:
+        pass
+    chunks.put_nowait((time.monotonic(), None))
+    await sender
+
+
+async def main(listen, target, delay):
+    async def handle(client_reader, client_writer):
+        try:
+            server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
+        except OSError:
+            client_writer.close()
+            return
+        ways = [
+            asyncio.create_task(pump(client_reader, server_writer, delay)),
+            asyncio.create_task(pump(server_reader, client_writer, delay)),
+        ]
+        await asyncio.wait(ways, return_when=asyncio.FIRST_COMPLETED)
+        for way in ways:
+            way.cancel()
+        server_writer.close()
+        client_writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", listen)
+    async with server:
+        await server.serve_forever()
+
+
+if __name__ == "__main__":
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1000))
