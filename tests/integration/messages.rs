@@ -174,6 +174,7 @@ fn examples(doc: &str) -> Vec<String> {
         state_disk_bytes: 1,
         state_flushes: 1,
         outputs_dropped: 0,
+        broker_round_trip_ms: Some(0.4),
         functions: vec![FunctionReport {
             totals: Snapshot {
                 function: "f".into(),

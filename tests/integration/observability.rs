@@ -243,6 +243,14 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         Some(0.0),
         "{body}"
     );
+    // The broker's round trip, timed on an output that went alone: a loopback's, and the
+    // least of it can only have fallen between the report and the scrape.
+    let reported = report.broker_round_trip_ms.expect("measured");
+    let scraped = sample(&body, "edge_agent_broker_round_trip_seconds");
+    assert!(
+        scraped.is_some_and(|s| s > 0.0 && s * 1000.0 <= reported + 1e-6) && reported < 16.0,
+        "{scraped:?} {reported} {body}"
+    );
     assert!(sample(&body, "process_resident_memory_bytes").is_some_and(|b| b > 1e6));
     assert!(body.contains("edge_agent_build_info{version=\""), "{body}");
 

@@ -368,6 +368,17 @@ impl Collector for AgentCollector {
             )?
             .encode_counter::<Labels, _, u64>(&dropped, None)?;
 
+        if let Some(round_trip) = book.round_trip() {
+            encoder
+                .encode_descriptor(
+                    "edge_agent_broker_round_trip_seconds",
+                    "The broker's round trip: the least time from a publish written alone to its PUBACK, over the last 30-60 s",
+                    None,
+                    MetricType::Gauge,
+                )?
+                .encode_gauge(&round_trip.as_secs_f64())?;
+        }
+
         let connected = i64::from(self.links.borrow().overall().connected);
         encoder
             .encode_descriptor(

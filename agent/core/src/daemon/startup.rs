@@ -126,6 +126,12 @@ impl Startup {
         stats.probe_state_flushes(Box::new(move || store.flushes()));
         let dropped = publisher.clone();
         stats.probe_outputs_dropped(Box::new(move || dropped.dropped()));
+        let timed = publisher.clone();
+        stats.probe_round_trip(Box::new(move || {
+            timed
+                .round_trip()
+                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+        }));
         let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
         if let Some(listen) = config.metrics.listen {
             let health = state.health();

@@ -29,6 +29,7 @@ pub struct StatsBook {
     state_disk: Arc<OnceLock<Probe>>,
     state_flushes: Arc<OnceLock<Probe>>,
     outputs_dropped: Arc<OnceLock<Probe>>,
+    round_trip: Arc<OnceLock<Probe>>,
 }
 
 /// The figures a report is compared with to make rates.
@@ -111,6 +112,7 @@ impl Reporter {
             state_disk_bytes: self.book.state_disk_bytes(),
             state_flushes: self.book.state_flushes(),
             outputs_dropped: self.book.outputs_dropped(),
+            broker_round_trip_ms: self.book.round_trip().map(|d| d.as_secs_f64() * 1000.0),
             functions,
         };
         self.last = now;
@@ -167,6 +169,19 @@ impl StatsBook {
     /// it is probed).
     pub fn outputs_dropped(&self) -> u64 {
         self.outputs_dropped.get().map_or(0, |p| p())
+    }
+
+    /// Reads the broker's round trip with `probe`, in microseconds (0: not measured).
+    pub fn probe_round_trip(&self, probe: Probe) {
+        let _ = self.round_trip.set(probe);
+    }
+
+    /// The broker's round trip, once measured.
+    pub fn round_trip(&self) -> Option<std::time::Duration> {
+        match self.round_trip.get().map_or(0, |p| p()) {
+            0 => None,
+            us => Some(std::time::Duration::from_micros(us)),
+        }
     }
 
     fn mark(&self) -> Mark {

@@ -294,10 +294,12 @@ impl Board {
                 ),
                 Some(Err(e)) => format!("{id}  {presence}  stats unreadable: {e}"),
                 Some(Ok(r)) => format!(
-                    "{id}  {presence}  rss {}  cpu {:.1}%  state {} on disk  \
+                    "{id}  {presence}  rss {}  cpu {:.1}%{}  state {} on disk  \
                      report {}s ago, covers {:.0}s",
                     bytes(r.process.rss_bytes),
                     r.process.cpu_percent,
+                    r.broker_round_trip_ms
+                        .map_or_else(String::new, |ms| format!("  broker rtt {ms:.1} ms")),
                     bytes(r.state_disk_bytes),
                     a.heard.map_or(0, |t| t.elapsed().as_secs()),
                     r.interval_secs,
@@ -730,6 +732,7 @@ mod tests {
             state_disk_bytes: 1_048_576,
             state_flushes: 0,
             outputs_dropped: 0,
+            broker_round_trip_ms: Some(0.4),
             functions: vec![counter, shadowed(), auto()],
         }
         .to_bytes()
