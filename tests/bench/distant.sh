@@ -7,6 +7,8 @@
 #   - stream-N: two echoes, each paced at RATE events/s (default 100) for 20 s: every output
 #     and its latency (a round trip and a bit is the least it can be); "kept up" if all
 #     arrived and the p50 is under three round trips;
+#   - fast-N: one echo at 4 × RATE events/s: a queue's worth of unsettled events
+#     (`queue_capacity`, 64) over the round trip is about 310 a second at 200 ms;
 #   - refusal-N, refusal0-N: one echo at 200 events/s and, 5 s in, one 5 KB output (QoS 1,
 #     then QoS 0) that the broker refuses (`max_packet_size 2000`): how long the echo's
 #     outputs were held, and when they were back to a round trip.
@@ -96,6 +98,16 @@ stream() {
     echo "$1: two echoes at $rate/s each: $(latency "$dir/out.txt" $((2 * rate * secs)))"
 }
 
+fast() {
+    local dir="$work/$1"
+    mkdir -p "$dir"
+    echo_fn a 'a/+' out/a 1 >"$dir/functions.toml"
+    run "$dir"
+    paced a/x $((4 * rate))
+    finish
+    echo "$1: one echo at $((4 * rate))/s: $(latency "$dir/out.txt" $((4 * rate * secs)))"
+}
+
 refusal() { # refusal NAME QOS
     local dir="$work/$1" deep level
     mkdir -p "$dir"
@@ -117,6 +129,7 @@ refusal() { # refusal NAME QOS
 echo "Machine: $(nproc) CPUs, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); broker ${one_way} ms away each way"
 for run in $(seq 1 "$runs"); do
     stream "stream-$run"
+    fast "fast-$run"
     refusal "refusal-$run" 1
     refusal "refusal0-$run" 0
 done

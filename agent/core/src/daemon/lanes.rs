@@ -248,7 +248,16 @@ impl Lanes {
         };
         let capacity = f.queue_capacity.div_ceil(queues);
         let inboxes: Vec<_> = (0..queues)
-            .map(|_| Arc::new(Inbox::new(capacity, f.overflow)))
+            .map(|_| {
+                // As much more as the function's window of unconfirmed outputs grew
+                // with the broker's round trip, shared out like the capacity.
+                let output = inner.output.clone();
+                let more = move || {
+                    let (window, _) = crate::mqtt::publisher::windows(output.round_trip());
+                    (window - crate::mqtt::publisher::UNCONFIRMED_PER_FUNCTION) / queues
+                };
+                Arc::new(Inbox::new(capacity, f.overflow).beyond_capacity(more))
+            })
             .collect();
         let queues = inboxes.clone();
         stats.probe_queue_depth(Box::new(move || {

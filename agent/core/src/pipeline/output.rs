@@ -273,6 +273,11 @@ impl Output {
         self.publish(msg, None, None).await
     }
 
+    /// The broker's round trip, once measured ([`Publisher::round_trip`]).
+    pub fn round_trip(&self) -> Option<Duration> {
+        self.publisher.round_trip()
+    }
+
     /// Queues a function's message for the broker, waiting while the connection's request
     /// queue is full, or while `function` already has its most unconfirmed outputs. Returns
     /// false if the connection is gone (shutting down).
