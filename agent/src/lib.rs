@@ -132,12 +132,18 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
             let rt = rt.build().map_err(CommandError::Runtime)?;
             // The handlers go in before the modules load: a SIGTERM while the agent loads
             // and starts (a unit stopped at once, a test) then stops it cleanly once it
-            // has started, rather than killing it half-way (exit 143).
-            let stop = {
+            // has started, rather than killing it half-way (exit 143); a SIGHUP (a
+            // `systemctl reload`) reloads once it runs, rather than ending it.
+            let (stop, hangups) = {
                 let _runtime = rt.enter();
-                shutdown_signal()
+                let hangups =
+                    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+                (shutdown_signal(), hangups)
             };
-            let prepared = Prepared::new(config)?;
+            let mut prepared = Prepared::new(config)?;
+            if let Ok(hangups) = hangups {
+                prepared = prepared.hangups(hangups);
+            }
             rt.block_on(edge_agent::run(prepared, stop))?;
         }
         Command::Promote {

@@ -108,6 +108,8 @@ pub struct Prepared {
     runtime: Runtime,
     broker: BrokerAddress,
     connections: crate::mqtt::options::Connections,
+    /// SIGHUPs since before the modules loaded ([`Prepared::hangups`]).
+    hangups: Option<tokio::signal::unix::Signal>,
 }
 
 impl Prepared {
@@ -133,7 +135,18 @@ impl Prepared {
             runtime,
             broker,
             connections,
+            hangups: None,
         })
+    }
+
+    /// SIGHUPs received since `hangups` was made: made before the modules load (which can
+    /// take seconds), a `systemctl reload` meanwhile reloads once the agent runs, where
+    /// without a handler SIGHUP ends the process. Without it the reloader listens from
+    /// when it starts.
+    #[must_use]
+    pub fn hangups(mut self, hangups: tokio::signal::unix::Signal) -> Self {
+        self.hangups = Some(hangups);
+        self
     }
 
     /// The runtime (for inspection).

@@ -487,13 +487,22 @@ impl Reloader {
         Some(watcher)
     }
 
-    /// Reloads on SIGHUP and (with `agent.watch`) on file changes, until `stop`. The
-    /// SIGHUP handler, the file watcher and the control socket are in place when this
-    /// returns, before the agent can say it is online: an edit or a `systemctl reload`
-    /// right after that is not missed (and a SIGHUP before a handler would end the process).
-    pub fn spawn(self, stop: CancellationToken) -> tokio::task::JoinHandle<()> {
+    /// Reloads on SIGHUP (`hangups`, if made earlier: see [`super::Prepared::hangups`])
+    /// and (with `agent.watch`) on file changes, until `stop`. The SIGHUP handler, the
+    /// file watcher and the control socket are in place when this returns, before the
+    /// agent can say it is online: an edit or a `systemctl reload` right after that is not
+    /// missed (and a SIGHUP before a handler would end the process).
+    pub fn spawn(
+        self,
+        stop: CancellationToken,
+        hangups: Option<tokio::signal::unix::Signal>,
+    ) -> tokio::task::JoinHandle<()> {
         let (tx, rx) = mpsc::channel(16);
-        let hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        let hangups = hangups.map_or_else(
+            || tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()),
+            Ok,
+        );
+        let hangups = match hangups {
             Ok(mut signals) => {
                 let hup = tx.clone();
                 Some(tokio::spawn(async move {

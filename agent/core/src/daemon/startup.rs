@@ -69,6 +69,7 @@ impl Startup {
             runtime,
             broker,
             connections,
+            hangups,
         } = self.prepared;
         let state = open_state(&config, &runtime)?;
         let (broker, connections) = start_broker(&config, broker, connections)?;
@@ -195,7 +196,7 @@ impl Startup {
             source,
         })?;
         let reloader_stop = root.child_token();
-        let reloader = reloader.spawn(reloader_stop.clone());
+        let reloader = reloader.spawn(reloader_stop.clone(), hangups);
         // Said online only now, with the reloader listening: `start` runs beside the
         // connection tasks (on `block_on`'s thread), so an earlier announcement could let
         // an edit made on seeing it land before the file watcher was there.
