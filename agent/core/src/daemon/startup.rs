@@ -128,11 +128,7 @@ impl Startup {
         let dropped = publisher.clone();
         stats.probe_outputs_dropped(Box::new(move || dropped.dropped()));
         let timed = publisher.clone();
-        stats.probe_round_trip(Box::new(move || {
-            timed
-                .round_trip()
-                .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-        }));
+        stats.probe_round_trip(Box::new(move || timed.round_trip()));
         let reporter = spawn_reporter(&config, &publisher, &stats, root.child_token());
         if let Some(listen) = config.metrics.listen {
             let health = state.health();

@@ -29,8 +29,11 @@ pub struct StatsBook {
     state_disk: Arc<OnceLock<Probe>>,
     state_flushes: Arc<OnceLock<Probe>>,
     outputs_dropped: Arc<OnceLock<Probe>>,
-    round_trip: Arc<OnceLock<Probe>>,
+    round_trip: Arc<OnceLock<RoundTripProbe>>,
 }
+
+/// Reads the broker's round trip (None until measured).
+pub type RoundTripProbe = Box<dyn Fn() -> Option<std::time::Duration> + Send + Sync>;
 
 /// The figures a report is compared with to make rates.
 struct Mark {
@@ -171,17 +174,14 @@ impl StatsBook {
         self.outputs_dropped.get().map_or(0, |p| p())
     }
 
-    /// Reads the broker's round trip with `probe`, in microseconds (0: not measured).
-    pub fn probe_round_trip(&self, probe: Probe) {
+    /// Reads the broker's round trip with `probe`.
+    pub fn probe_round_trip(&self, probe: RoundTripProbe) {
         let _ = self.round_trip.set(probe);
     }
 
     /// The broker's round trip, once measured.
     pub fn round_trip(&self) -> Option<std::time::Duration> {
-        match self.round_trip.get().map_or(0, |p| p()) {
-            0 => None,
-            us => Some(std::time::Duration::from_micros(us)),
-        }
+        self.round_trip.get().and_then(|p| p())
     }
 
     fn mark(&self) -> Mark {

@@ -235,8 +235,7 @@ impl Refusals {
         }
         // Found what closed the connection: the rest goes as usual. Another one refused
         // among them closes the connection again, and is searched for again.
-        pending.append(&mut careful.held);
-        self.careful = None;
+        self.end(pending);
         self.closes = 0;
         Some(Refused {
             topic,
@@ -349,13 +348,18 @@ impl Refusals {
             return;
         };
         if careful.taken_in_a_row >= CAREFUL_RUN {
-            pending.append(&mut careful.held);
-            self.careful = None;
-            return;
+            return self.end(pending);
         }
         careful.release_next(pending, ping_outstanding);
         if careful.done(pending) {
             self.careful = None;
+        }
+    }
+
+    /// Ends the search: what is held goes out as usual, and new messages are let in.
+    fn end(&mut self, pending: &mut VecDeque<Request>) {
+        if let Some(mut careful) = self.careful.take() {
+            pending.append(&mut careful.held);
         }
     }
 
