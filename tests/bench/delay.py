@@ -1,27 +1,33 @@
 """A TCP proxy that delays each direction by a fixed time: a distant broker on loopback.
 
-    python3 tests/bench/delay.py LISTEN_PORT TARGET_PORT ONE_WAY_MS
+    python3 tests/bench/delay.py LISTEN_PORT TARGET_PORT ONE_WAY_MS [LATER_MS]
 
 Each chunk read is written on after ONE_WAY_MS, in order, so a round trip through it takes
-twice that (the machine has no `tc netem`). When either side closes, the other is closed
-once what was read before has gone through.
+twice that (the machine has no `tc netem`). With LATER_MS, SIGUSR1 switches every
+connection's delay to it from the next chunk on (a link that gets slower mid-stream: Wi-Fi
+failing over to a mobile link). When either side closes, the other is closed once what was
+read before has gone through.
 """
 
 import asyncio
+import signal
 import sys
 import time
 
+# The delay in force, in seconds: ONE_WAY_MS, LATER_MS after SIGUSR1.
+delays = {"now": 0.0, "later": None}
 
-async def pump(reader, writer, delay):
-    """Copies reader to writer, each chunk `delay` seconds after it was read."""
+
+async def pump(reader, writer):
+    """Copies reader to writer, each chunk the delay in force after it was read."""
     chunks = asyncio.Queue()
 
     async def send():
         while True:
-            read_at, data = await chunks.get()
+            due, data = await chunks.get()
             if data is None:
                 break
-            wait = read_at + delay - time.monotonic()
+            wait = due - time.monotonic()
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
@@ -33,14 +39,20 @@ async def pump(reader, writer, delay):
     sender = asyncio.create_task(send())
     try:
         while data := await reader.read(65536):
-            chunks.put_nowait((time.monotonic(), data))
+            chunks.put_nowait((time.monotonic() + delays["now"], data))
     except ConnectionError:
         pass
-    chunks.put_nowait((time.monotonic(), None))
+    chunks.put_nowait((time.monotonic() + delays["now"], None))
     await sender
 
 
-async def main(listen, target, delay):
+async def main(listen, target):
+    if delays["later"] is not None:
+        def slower():
+            delays["now"] = delays["later"]
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, slower)
+
     async def handle(client_reader, client_writer):
         try:
             server_reader, server_writer = await asyncio.open_connection("127.0.0.1", target)
@@ -48,8 +60,8 @@ async def main(listen, target, delay):
             client_writer.close()
             return
         ways = [
-            asyncio.create_task(pump(client_reader, server_writer, delay)),
-            asyncio.create_task(pump(server_reader, client_writer, delay)),
+            asyncio.create_task(pump(client_reader, server_writer)),
+            asyncio.create_task(pump(server_reader, client_writer)),
         ]
         await asyncio.wait(ways, return_when=asyncio.FIRST_COMPLETED)
         for way in ways:
@@ -63,4 +75,7 @@ async def main(listen, target, delay):
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3]) / 1000))
+    delays["now"] = float(sys.argv[3]) / 1000
+    if len(sys.argv) > 4:
+        delays["later"] = float(sys.argv[4]) / 1000
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
