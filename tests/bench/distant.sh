@@ -9,13 +9,19 @@
 #     arrived and the p50 is under three round trips;
 #   - fast-N: one echo at 4 × RATE events/s: a queue's worth of unsettled events
 #     (`queue_capacity`, 64) over the round trip is about 310 a second at 200 ms;
+#   - slower-N: the stream's two echoes for twice as long, on a link 5 ms away each way that
+#     gets ONE_WAY_MS away 10 s in (delay.py's SIGUSR1: Wi-Fi failing over to a mobile
+#     link): whether, and when, the outputs are back to a round trip;
+#   - narrow-N: a quiet echo at 5 events/s beside a flood of 1 KB outputs at 400/s, for
+#     40 s, over an uplink of 200 KB/s (delay.py's UP_BYTES_PER_SEC): the flood's outputs
+#     queue on the link, and the quiet one's wait behind what the flood has unconfirmed;
 #   - refusal-N, refusal0-N: one echo at 200 events/s and, 5 s in, one 5 KB output (QoS 1,
 #     then QoS 0) that the broker refuses (`max_packet_size 2000`): how long the echo's
 #     outputs were held, and when they were back to a round trip.
 # Each RUNS times (default 3). Mosquitto keeps up to 100,000 messages queued per client
 # (as the Raspberry Pi package sets it), so falling behind shows as latency, not loss.
 #
-# Usage: tests/bench/distant.sh BINARY [RUNS]   (ONE_WAY_MS=100 RATE=100)
+# Usage: tests/bench/distant.sh BINARY [RUNS]   (ONE_WAY_MS=100 RATE=100 ROWS="stream slower fast narrow refusal refusal0")
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin=$(realpath "${1:?usage: distant.sh BINARY [RUNS]}")
@@ -31,14 +37,16 @@ echo_fn() {
         "$1" "$modules" "$2" "$4" "$3"
 }
 
-# run DIR: Mosquitto, the proxy and the agent with the functions of DIR/functions.toml;
-# sets $proxy_port and $agent once the agent is connected.
+# run DIR [FIRST_MS]: Mosquitto, the proxy (FIRST_MS away each way until SIGUSR1 to
+# $proxy, then ONE_WAY_MS) and the agent with the functions of DIR/functions.toml; sets
+# $proxy_port and $agent once the agent is connected.
 run() {
     local dir=$1
     start_mosquitto "max_packet_size 2000" "max_queued_messages 100000" "set_tcp_nodelay true"
     proxy_port="$(free_port)" || die "no free port"
-    python3 "$root/tests/bench/delay.py" "$proxy_port" "$port" "$one_way" 2>/dev/null &
-    pids+=("$!")
+    UP_BYTES_PER_SEC="${up:-}" python3 "$root/tests/bench/delay.py" "$proxy_port" "$port" "${2:-$one_way}" "$one_way" 2>/dev/null &
+    proxy=$!
+    pids+=("$proxy")
     sleep 0.3
     { printf '[agent]\nid = "distant"\ndata_dir = "%s/data"\n[broker]\nurl = "mqtt://127.0.0.1:%s"\nclean_session = false\n' "$dir" "$proxy_port"; cat "$dir/functions.toml"; } >"$dir/agent.toml"
     "$bin" run --config "$dir/agent.toml" >"$dir/agent.log" 2>&1 &
@@ -98,6 +106,40 @@ stream() {
     echo "$1: two echoes at $rate/s each: $(latency "$dir/out.txt" $((2 * rate * secs)))"
 }
 
+slower() {
+    local dir="$work/$1"
+    mkdir -p "$dir"
+    { echo_fn a 'a/+' out/a 1; echo_fn b 'b/+' out/b 1; } >"$dir/functions.toml"
+    run "$dir" 5
+    local secs=$((2 * secs))
+    paced a/x "$rate" &
+    local pa=$!
+    paced b/x "$rate" &
+    local pb=$!
+    sleep 10
+    kill -USR1 "$proxy"
+    wait "$pa" "$pb"
+    finish
+    echo "$1: two echoes at $rate/s each, the link 5 ms away each way, ${one_way} ms from 10 s on: $(latency "$dir/out.txt" $((2 * rate * secs)))"
+}
+
+narrow() {
+    local dir="$work/$1" up=200000 secs=$((2 * secs)) payload
+    mkdir -p "$dir"
+    { echo_fn f 'f/+' out/f 1; echo_fn q 'q/+' out/q 1; } >"$dir/functions.toml"
+    run "$dir"
+    payload=$(printf 'x%.0s' $(seq 1000))
+    "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic f/x --payload "$payload" --qos 1 \
+        --count $((400 * secs)) --rate 400 >/dev/null 2>&1 &
+    local pf=$!
+    paced q/x 5
+    kill "$pf" 2>/dev/null || true
+    wait "$pf" || true
+    finish
+    grep ' out/q ' "$dir/out.txt" >"$dir/quiet.txt" || true
+    echo "$1: a quiet echo at 5/s beside a flood of 1 KB outputs at 400/s over a $up B/s uplink: $(latency "$dir/quiet.txt" $((5 * secs))); the flood's outputs: $(grep -c ' out/f ' "$dir/out.txt")"
+}
+
 fast() {
     local dir="$work/$1"
     mkdir -p "$dir"
@@ -127,9 +169,13 @@ refusal() { # refusal NAME QOS
 }
 
 echo "Machine: $(nproc) CPUs, $(grep -m1 '^model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'); broker ${one_way} ms away each way"
+rows=${ROWS:-stream slower fast narrow refusal refusal0}
 for run in $(seq 1 "$runs"); do
-    stream "stream-$run"
-    fast "fast-$run"
-    refusal "refusal-$run" 1
-    refusal "refusal0-$run" 0
+    for row in $rows; do
+        case $row in
+            refusal) refusal "refusal-$run" 1 ;;
+            refusal0) refusal "refusal0-$run" 0 ;;
+            *) "$row" "$row-$run" ;;
+        esac
+    done
 done

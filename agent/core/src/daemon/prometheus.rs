@@ -372,7 +372,7 @@ impl Collector for AgentCollector {
             encoder
                 .encode_descriptor(
                     "edge_agent_broker_round_trip_seconds",
-                    "The broker's round trip: the least time from a publish written alone to its PUBACK, over the last 30-60 s",
+                    "The broker's round trip: the least time from a publish written alone to its PUBACK, over the last 10-20 s",
                     None,
                     MetricType::Gauge,
                 )?

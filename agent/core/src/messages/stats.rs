@@ -33,7 +33,7 @@ pub struct Report {
     pub outputs_dropped: u64,
     /// The broker's round trip as the output connection measures it, ms: the least time
     /// from a publish written with nothing else unconfirmed to its PUBACK, over the last
-    /// 30-60 s that had one. None until measured (and in reports before 2026-12-06).
+    /// 10-20 s that had one (a stream waits for one such once in 10 s). None until measured (and in reports before 2026-12-06).
     #[serde(default)]
     pub broker_round_trip_ms: Option<f64>,
     /// One entry per function, in configuration order.

@@ -63,13 +63,28 @@ pub fn windows(round_trip: Option<Duration>) -> (usize, usize) {
     (scale(UNCONFIRMED_PER_FUNCTION), scale(UNCONFIRMED_SHARE))
 }
 
-/// How long each of the two spans lasts whose least round trips make the estimate.
-const ROUND_TRIP_SPAN: Duration = Duration::from_secs(30);
+/// How long each of the two spans lasts whose least round trips make the estimate: a link
+/// that became slower is seen within two of them.
+const ROUND_TRIP_SPAN: Duration = Duration::from_secs(10);
+
+/// Longest a publish waits for the outputs before it to be confirmed, so as to be timed
+/// alone ([`RoundTrip::due`]). What it waits for is ahead of it anyway; a broker slower
+/// than this leaves the estimate as it was.
+const DRAIN_WAIT: Duration = Duration::from_secs(2);
 
 /// The broker's round trip as the output connection sees it: the least time from writing a
 /// QoS 1 publish while nothing else was unconfirmed to its PUBACK (so not the time it
 /// waited behind the agent's own outputs), over the last one or two spans of
-/// [`ROUND_TRIP_SPAN`] that had one; kept meanwhile (a steady stream has none).
+/// [`ROUND_TRIP_SPAN`] that had one.
+///
+/// A stream that never leaves the connection alone would never be timed: once a span has
+/// passed without a publish alone, the next one waits for those before it to be confirmed
+/// ([`Publisher::publish`]), at most [`DRAIN_WAIT`], once a span. Until 2026-12-07 it did
+/// not, and a link that got slower under a stream was never seen: two functions at 100
+/// events a second fell further behind every second (docs/benchmarks.md, "A link that
+/// gets slower"). A publish timed behind others is no cure: on a link whose bandwidth is
+/// full it times the queue, the windows grow with it and the queue with them (a quiet
+/// function's outputs beside a flood took 4.5 s instead of 0.1 s).
 #[derive(Default)]
 struct RoundTrip {
     /// The publish being timed: its packet id, and when it was written.
@@ -78,32 +93,52 @@ struct RoundTrip {
     before: Option<Duration>,
     /// The least of this span, and when it began.
     this: Option<(Duration, Instant)>,
+    /// When a publish last waited to be timed alone.
+    drained: Option<Instant>,
 }
 
 impl RoundTrip {
-    /// rumqttc wrote publish `pkid`, `alone` if nothing else was unconfirmed.
-    fn written(&mut self, pkid: u16, alone: bool) {
+    /// rumqttc wrote publish `pkid`, `alone` if nothing else was unconfirmed; `now` is read
+    /// only if it is timed.
+    fn written(&mut self, pkid: u16, alone: bool, now: impl FnOnce() -> Instant) {
         if alone && self.probe.is_none() {
-            self.probe = Some((pkid, Instant::now()));
+            self.probe = Some((pkid, now()));
         }
     }
 
-    /// The broker confirmed `pkid`: the new estimate, if it was the one timed.
-    fn confirmed(&mut self, pkid: u16) -> Option<Duration> {
+    /// The broker confirmed `pkid` at `now`: the new estimate, if it was the one timed.
+    fn confirmed(&mut self, pkid: u16, now: impl FnOnce() -> Instant) -> Option<Duration> {
         let (_, at) = self.probe.take_if(|(probe, _)| *probe == pkid)?;
-        let now = Instant::now();
+        let now = now();
         let took = now.duration_since(at);
         self.this = match self.this {
             Some((least, since)) if now.duration_since(since) < ROUND_TRIP_SPAN => {
                 Some((least.min(took), since))
             }
             over => {
-                self.before = over.map(|(least, _)| least);
+                // The span before is the one just over only if it ended within a span.
+                self.before = over
+                    .filter(|(_, since)| now.duration_since(*since) < 2 * ROUND_TRIP_SPAN)
+                    .map(|(least, _)| least);
                 Some((took, now))
             }
         };
         self.this
             .map(|(least, _)| self.before.map_or(least, |b| b.min(least)))
+    }
+
+    /// Whether a publish at `now`, written behind unconfirmed ones, should wait to be timed
+    /// alone: nothing is being timed, a span has passed since the last span began, and
+    /// since the last wait. (Before the first span the first publish written went alone.)
+    fn due(&mut self, now: Instant) -> bool {
+        let over = |at: Instant| now.duration_since(at) >= ROUND_TRIP_SPAN;
+        let due = self.probe.is_none()
+            && self.this.is_some_and(|(_, since)| over(since))
+            && self.drained.is_none_or(over);
+        if due {
+            self.drained = Some(now);
+        }
+        due
     }
 }
 
@@ -151,6 +186,13 @@ struct Waiting {
     round_trip: RoundTrip,
 }
 
+impl Waiting {
+    /// Nothing queued, held back or unconfirmed: a publish now is written alone.
+    fn idle(&self) -> bool {
+        self.in_flight.is_empty() && self.queued.is_empty() && self.collided.is_none()
+    }
+}
+
 /// Publishes on the output connection and reports when the broker has each message.
 pub struct Publisher {
     client: AsyncClient,
@@ -166,6 +208,8 @@ pub struct Publisher {
     waiting: Mutex<Waiting>,
     /// [`RoundTrip`]'s estimate in microseconds (0: none yet), read without the lock.
     round_trip_us: std::sync::atomic::AtomicU64,
+    /// Told when the broker has confirmed everything ([`Waiting::idle`]).
+    idle: tokio::sync::Notify,
 }
 
 impl Publisher {
@@ -180,6 +224,7 @@ impl Publisher {
             dropped: std::sync::atomic::AtomicU64::new(0),
             waiting: Mutex::new(Waiting::default()),
             round_trip_us: std::sync::atomic::AtomicU64::new(0),
+            idle: tokio::sync::Notify::new(),
         })
     }
 
@@ -218,11 +263,38 @@ impl Publisher {
         let Some(bytes) = self.fits(&topic, payload.len(), then.as_ref()) else {
             return Ok(());
         };
+        if qos != QoS::AtMostOnce {
+            self.wait_to_be_timed().await;
+        }
         self.lock().queued.push_back(Entry(then, place, bytes));
         let mut unqueue = Unqueue(self, true);
         let sent = self.client.publish(topic, qos, retain, payload).await;
         unqueue.1 = sent.is_err();
         sent
+    }
+
+    /// Waits, at most [`DRAIN_WAIT`], for everything before to be confirmed if the round
+    /// trip is due to be timed ([`RoundTrip::due`]), so that this publish is written alone.
+    async fn wait_to_be_timed(&self) {
+        let due = {
+            let mut w = self.lock();
+            !w.in_flight.is_empty() && w.round_trip.due(Instant::now())
+        };
+        if !due {
+            return;
+        }
+        let drained = async {
+            loop {
+                let idle = self.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.lock().idle() {
+                    break;
+                }
+                idle.await;
+            }
+        };
+        let _ = tokio::time::timeout(DRAIN_WAIT, drained).await;
     }
 
     /// The packet's size if the broker takes a message of `payload_len` bytes to `topic`
@@ -293,14 +365,14 @@ impl Publisher {
     /// Follows the output connection: pairs numbered publishes with their waiters and
     /// completes those the broker confirmed.
     pub fn observe(&self, event: &Event) {
-        let done = {
+        let (done, idle) = {
             let mut w = self.lock();
-            match event {
+            let done = match event {
                 Event::Outgoing(Outgoing::Publish(0)) => w.queued.pop_front(),
                 Event::Outgoing(Outgoing::Publish(pkid)) => {
                     if !w.in_flight.contains_key(pkid) {
                         let alone = w.in_flight.is_empty();
-                        w.round_trip.written(*pkid, alone);
+                        w.round_trip.written(*pkid, alone, Instant::now);
                         let entry = match w.collided.take() {
                             Some((held, entry)) if held == *pkid => Some(entry),
                             other => {
@@ -326,7 +398,7 @@ impl Publisher {
                     if let Some(Entry(_, _, bytes)) = done {
                         w.largest_confirmed = w.largest_confirmed.max(bytes);
                     }
-                    if let Some(rt) = w.round_trip.confirmed(*pkid) {
+                    if let Some(rt) = w.round_trip.confirmed(*pkid, Instant::now) {
                         let us = u64::try_from(rt.as_micros()).unwrap_or(u64::MAX).max(1);
                         self.round_trip_us
                             .store(us, std::sync::atomic::Ordering::Relaxed);
@@ -334,8 +406,12 @@ impl Publisher {
                     done
                 }
                 _ => None,
-            }
+            };
+            (done, w.idle())
         };
+        if idle {
+            self.idle.notify_waiters();
+        }
         // The function's place is given back with the entry, after its delivery.
         if let Some(Entry(Some(delivery), _place, _)) = done {
             delivery.complete();
@@ -538,8 +614,8 @@ pub(crate) mod tests {
         let (p, _el) = setup();
         let ack = |pkid| Event::Incoming(Packet::PubAck(PubAck::new(pkid)));
         assert_eq!(p.round_trip(), None);
-        p.observe(&Event::Outgoing(Outgoing::Publish(1)));
-        p.observe(&Event::Outgoing(Outgoing::Publish(2))); // behind it: not timed
+        p.observe(&out(1));
+        p.observe(&out(2)); // behind it: not timed
         std::thread::sleep(Duration::from_millis(20));
         p.observe(&ack(2));
         assert_eq!(p.round_trip(), None, "2 waited behind 1");
@@ -547,18 +623,82 @@ pub(crate) mod tests {
         let first = p.round_trip().expect("1 went alone");
         assert!(first >= Duration::from_millis(20), "{first:?}");
         // A quicker one lowers it; one confirmed after a lost connection is not timed.
-        p.observe(&Event::Outgoing(Outgoing::Publish(3)));
+        p.observe(&out(3));
         p.observe(&ack(3));
         let least = p.round_trip().expect("timed");
         assert!(least < first, "{least:?}");
-        p.observe(&Event::Outgoing(Outgoing::Publish(4)));
+        p.observe(&out(4));
         p.connection_lost(0);
         std::thread::sleep(Duration::from_millis(5));
         p.observe(&ack(4));
-        p.observe(&Event::Outgoing(Outgoing::Publish(5)));
+        p.observe(&out(5));
         std::thread::sleep(Duration::from_millis(5));
         p.observe(&ack(5));
         assert_eq!(p.round_trip(), Some(least), "the least of the span");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_is_never_alone_waits_once_a_span_to_be_timed() {
+        let (p, _el) = setup();
+        let ack = |pkid| Event::Incoming(Packet::PubAck(PubAck::new(pkid)));
+        p.observe(&out(1));
+        p.observe(&out(2));
+        p.observe(&ack(1));
+        let timed = p.round_trip().expect("1 went alone");
+        // 2 is unconfirmed, and a span has passed since the last was timed.
+        let span_ago = || Some((timed, Instant::now() - ROUND_TRIP_SPAN));
+        p.lock().round_trip.this = span_ago();
+        let publish = queue(&p, None);
+        tokio::pin!(publish);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), &mut publish)
+                .await
+                .is_err(),
+            "it waits for 2"
+        );
+        p.observe(&ack(2));
+        publish.await;
+        p.observe(&out(3));
+        p.observe(&ack(3));
+        assert_ne!(p.round_trip(), Some(timed), "3 went alone: timed");
+        // Not within a span of the last wait; and a broker that keeps one unconfirmed for
+        // longer than DRAIN_WAIT holds a publish no longer than that.
+        p.observe(&out(4));
+        p.observe(&out(5));
+        p.observe(&ack(4));
+        p.lock().round_trip.this = span_ago();
+        let waited = tokio::time::Instant::now();
+        queue(&p, None).await;
+        assert_eq!(waited.elapsed(), Duration::ZERO, "waited within a span");
+        p.lock().round_trip.drained = None;
+        let waited = tokio::time::Instant::now();
+        queue(&p, None).await;
+        assert_eq!(waited.elapsed(), DRAIN_WAIT);
+    }
+
+    #[test]
+    fn a_link_that_gets_slower_is_seen_within_two_spans() {
+        let t0 = Instant::now();
+        let span = u64::try_from(ROUND_TRIP_SPAN.as_millis()).expect("ms");
+        let ms = Duration::from_millis;
+        let mut rt = RoundTrip::default();
+        // Publish `pkid` written at `start` ms and confirmed `took` ms later.
+        let mut sample = |pkid, start: u64, took: u64| {
+            rt.written(pkid, true, || t0 + ms(start));
+            rt.confirmed(pkid, || t0 + ms(start + took))
+        };
+        assert_eq!(sample(1, 0, 10), Some(ms(10)));
+        // 200 ms from now on: the quick one stands while its span is this one or the last.
+        assert_eq!(sample(2, span / 2, 200), Some(ms(10)));
+        assert_eq!(sample(3, span + 100, 200), Some(ms(10)));
+        assert_eq!(
+            sample(4, 2 * span + 300, 200),
+            Some(ms(200)),
+            "its span is over"
+        );
+        // After a silence of more than a span, the last span is not the one before.
+        assert_eq!(sample(5, 6 * span, 300), Some(ms(300)));
+        assert_eq!(sample(6, 6 * span + 400, 250), Some(ms(250)));
     }
 
     #[tokio::test]
