@@ -63,6 +63,28 @@ pub fn windows(round_trip: Option<Duration>) -> (usize, usize) {
     (scale(UNCONFIRMED_PER_FUNCTION), scale(UNCONFIRMED_SHARE))
 }
 
+/// A function's windows for the broker's `round_trip` when it gets about `rate` outputs a
+/// second confirmed: [`windows`] at most, and no more than twice what that rate keeps on
+/// its way over the round trip (at least the base windows). A function held back by its
+/// window doubles it from one round trip to the next; one held back by a link that carries
+/// no more keeps about one round trip's worth queued ahead of the others' outputs, where
+/// [`windows`] alone kept up to sixteen times their base: over a 200 KB/s uplink 200 ms
+/// away, a quiet function's outputs waited 1.6-3.0 s behind a flood of 1 KB outputs
+/// (docs/benchmarks.md, "A link that gets slower"). Without a rate, [`windows`].
+pub fn windows_at(round_trip: Option<Duration>, rate: Option<f64>) -> (usize, usize) {
+    let (all, share) = windows(round_trip);
+    let Some(rate) = rate else {
+        return (all, share);
+    };
+    let on_the_way = rate * round_trip.map_or(0.0, |d| d.as_secs_f64());
+    // At most a window's worth, so the conversion cannot overflow.
+    let needed = (2.0 * on_the_way).ceil().min(all as f64) as usize;
+    (
+        all.min(needed.max(UNCONFIRMED_PER_FUNCTION)),
+        share.min(needed.max(UNCONFIRMED_SHARE)),
+    )
+}
+
 /// How long each of the two spans lasts whose least round trips make the estimate: a link
 /// that became slower is seen within two of them.
 const ROUND_TRIP_SPAN: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use base64::Engine as _;
 use tokio_util::task::TaskTracker;
@@ -21,7 +21,7 @@ use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
 use crate::mqtt::publisher::{
-    Place, Publisher, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE, windows,
+    Place, Publisher, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE, windows_at,
 };
 use crate::runtime::{CallError, CallOutcome};
 use crate::state::StateStore;
@@ -416,7 +416,7 @@ const TAKING_TURNS: Duration = Duration::from_secs(1);
 /// publish too (one took a place after another within [`TAKING_TURNS`]), so that a
 /// function's output finds at most a share of each other function's ahead of it in the
 /// one stream; a function publishing alone keeps the whole window for its bursts. Both
-/// grow with the broker's round trip ([`windows`]).
+/// grow with the broker's round trip, as far as the function's rate needs ([`windows_at`]).
 #[derive(Default)]
 struct Places {
     by_function: std::sync::Mutex<HashMap<String, Arc<FunctionPlaces>>>,
@@ -432,21 +432,141 @@ struct FunctionPlaces {
     id: usize,
     all: Arc<Semaphore>,
     share: Arc<Semaphore>,
-    /// The places `all` and `share` have now (given out or not).
-    sizes: std::sync::Mutex<(usize, usize)>,
+    sizes: std::sync::Mutex<Sizes>,
+}
+
+/// The places of a function's two windows, and how fast the broker confirms its outputs.
+struct Sizes {
+    all: Window,
+    share: Window,
+    rate: DeliveryRate,
+}
+
+/// How many places a window's semaphore has (given out or not), and how many it should
+/// have: a window too large gives up places as they are free or given back.
+#[derive(Clone, Copy)]
+struct Window {
+    has: usize,
+    wants: usize,
+}
+
+impl Window {
+    fn new(size: usize) -> Self {
+        Self {
+            has: size,
+            wants: size,
+        }
+    }
+
+    /// Gives `semaphore` `wants` places: those it lacks at once, those over by taking back
+    /// the free ones now ([`Window::keep`] the rest).
+    fn resize(&mut self, semaphore: &Semaphore, wants: usize) {
+        self.wants = wants;
+        if wants > self.has {
+            semaphore.add_permits(wants - self.has);
+            self.has = wants;
+        } else {
+            self.has -= semaphore.forget_permits(self.has - wants);
+        }
+    }
+
+    /// Whether a place just taken is kept: not if the window has more than it should. A
+    /// function that always waits for its next place never leaves one free, so a window
+    /// shrinks only this way while it is full (until 2026-12-07 it did not shrink then).
+    fn keep(&mut self, place: OwnedSemaphorePermit) -> Option<OwnedSemaphorePermit> {
+        if self.has > self.wants {
+            place.forget();
+            self.has -= 1;
+            return None;
+        }
+        Some(place)
+    }
+}
+
+/// How fast the broker confirms a function's outputs: the places it took, less those it
+/// holds more than when the interval began (a place added to a window is taken at once by
+/// a function that waits, which is no confirmation: counted, it made the window grow with
+/// its own growth). Measured over intervals of a round trip (at least
+/// [`DeliveryRate::INTERVAL_MS`]); the most of those within the last ten of them (at least
+/// a second) counts, so that a function growing its window is not held to the rate of
+/// the window before.
+#[derive(Default)]
+struct DeliveryRate {
+    /// Places taken since the interval began; when it began (ms), and how many places the
+    /// function held then.
+    taken: u64,
+    since: Option<(u64, usize)>,
+    /// The most per second of a recent interval, and when it ended (ms).
+    best: Option<(f64, u64)>,
+}
+
+impl DeliveryRate {
+    const INTERVAL_MS: u64 = 50;
+
+    /// A place was taken at `now` (ms), the function now holding `held`, the broker
+    /// `round_trip_ms` away.
+    fn taken(&mut self, now: u64, held: usize, round_trip_ms: u64) {
+        let Some((since, held_then)) = self.since else {
+            self.since = Some((now, held));
+            return;
+        };
+        self.taken += 1;
+        let interval = round_trip_ms.max(Self::INTERVAL_MS);
+        let elapsed = now.saturating_sub(since);
+        if elapsed < interval {
+            return;
+        }
+        let more = held.saturating_sub(held_then) as u64;
+        let fewer = held_then.saturating_sub(held) as u64;
+        let confirmed = (self.taken + fewer).saturating_sub(more);
+        let rate = confirmed as f64 * 1000.0 / elapsed as f64;
+        let keep = interval.saturating_mul(10).max(1000);
+        if self
+            .best
+            .is_none_or(|(best, at)| rate >= best || now.saturating_sub(at) >= keep)
+        {
+            self.best = Some((rate, now));
+        }
+        (self.taken, self.since) = (0, Some((now, held)));
+    }
+
+    /// Confirmations a second, once an interval was measured.
+    fn rate(&self) -> Option<f64> {
+        self.best.map(|(rate, _)| rate)
+    }
 }
 
 impl FunctionPlaces {
-    /// Gives the semaphores `to` places each; fewer are taken back only as they are free.
-    fn resize(&self, to: (usize, usize)) {
-        let mut sizes = self.sizes.lock().unwrap_or_else(|p| p.into_inner());
-        let (all, share) = &mut *sizes;
-        for (semaphore, size, to) in [(&self.all, all, to.0), (&self.share, share, to.1)] {
-            if to > *size {
-                semaphore.add_permits(to - *size);
-                *size = to;
+    fn sizes(&self) -> std::sync::MutexGuard<'_, Sizes> {
+        self.sizes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives the semaphores the places of [`windows_at`] each.
+    fn resize(&self, round_trip: Option<Duration>) {
+        let mut sizes = self.sizes();
+        let to = windows_at(round_trip, sizes.rate.rate());
+        sizes.all.resize(&self.all, to.0);
+        sizes.share.resize(&self.share, to.1);
+    }
+
+    /// A place in `all` (`share` if `share`), once one is free and kept ([`Window::keep`]);
+    /// without `wait`, only if one is free now.
+    async fn place(&self, share: bool, wait: bool) -> Option<OwnedSemaphorePermit> {
+        let semaphore = if share { &self.share } else { &self.all };
+        loop {
+            let place = if wait {
+                semaphore.clone().acquire_owned().await.ok()?
             } else {
-                *size -= semaphore.forget_permits(*size - to);
+                semaphore.clone().try_acquire_owned().ok()?
+            };
+            let mut sizes = self.sizes();
+            let window = if share {
+                &mut sizes.share
+            } else {
+                &mut sizes.all
+            };
+            if let Some(place) = window.keep(place) {
+                return Some(place);
             }
         }
     }
@@ -463,7 +583,11 @@ impl Places {
             id: all.len() + 1,
             all: Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION)),
             share: Arc::new(Semaphore::new(UNCONFIRMED_SHARE)),
-            sizes: std::sync::Mutex::new((UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE)),
+            sizes: std::sync::Mutex::new(Sizes {
+                all: Window::new(UNCONFIRMED_PER_FUNCTION),
+                share: Window::new(UNCONFIRMED_SHARE),
+                rate: DeliveryRate::default(),
+            }),
         });
         all.insert(function.to_string(), f.clone());
         f
@@ -474,20 +598,23 @@ impl Places {
     /// none is.
     async fn take(&self, function: &str, round_trip: Option<Duration>) -> Option<Place> {
         let f = self.of(function);
-        f.resize(windows(round_trip));
-        let all = f.all.clone().acquire_owned().await.ok()?;
+        f.resize(round_trip);
+        let all = f.place(false, true).await?;
         let now = crate::clock::monotonic_ns() / 1_000_000;
+        let round_trip_ms = round_trip.map_or(0, |d| d.as_millis() as u64);
+        {
+            let mut sizes = f.sizes();
+            let held = sizes.all.has.saturating_sub(f.all.available_permits());
+            sizes.rate.taken(now, held, round_trip_ms);
+        }
         let before = self.last.swap(f.id, Ordering::Relaxed);
         if before != f.id && before != 0 {
             let until = now.saturating_add(TAKING_TURNS.as_millis() as u64);
             self.side_by_side_until.fetch_max(until, Ordering::Relaxed);
         }
-        let share = if now < self.side_by_side_until.load(Ordering::Relaxed) {
-            f.share.clone().acquire_owned().await.ok()
-        } else {
-            // Alone: the share's places are counted while free, never waited for.
-            f.share.clone().try_acquire_owned().ok()
-        };
+        // Alone, the share's places are counted while free, never waited for.
+        let side_by_side = now < self.side_by_side_until.load(Ordering::Relaxed);
+        let share = f.place(true, side_by_side).await;
         Some(Place { all, share })
     }
 }
@@ -545,8 +672,59 @@ mod tests {
             .flatten()
     }
 
+    #[test]
+    fn the_windows_grow_only_as_far_as_the_rate_needs() {
+        use crate::mqtt::publisher::windows;
+        let far = Some(Duration::from_millis(200));
+        assert_eq!(windows_at(far, None), windows(far), "not measured yet");
+        assert_eq!(
+            windows_at(far, Some(190.0)),
+            (76, 76),
+            "twice 38 on the way"
+        );
+        assert_eq!(windows_at(far, Some(100.0)), (64, 40));
+        assert_eq!(windows_at(far, Some(5.0)), (64, 16), "the base windows");
+        assert_eq!(
+            windows_at(far, Some(1e9)),
+            (800, 200),
+            "the round trip's at most"
+        );
+        let near = Some(Duration::from_millis(2));
+        assert_eq!(windows_at(near, Some(1e6)), (64, 16));
+    }
+
+    #[test]
+    fn the_delivery_rate_is_the_most_of_recent_intervals() {
+        let mut r = DeliveryRate::default();
+        // A place every `every` ms from `from` to `to`, each as one comes back (20 held),
+        // a 200 ms round trip away.
+        let mut take = |from: u64, to: u64, every: usize| {
+            for now in (from..=to).step_by(every) {
+                r.taken(now, 20, 200);
+            }
+            r.rate()
+        };
+        assert_eq!(take(1000, 1190, 10), None, "no interval yet");
+        assert_eq!(take(1200, 1200, 10), Some(100.0));
+        assert_eq!(take(1205, 1400, 5), Some(200.0), "faster counts at once");
+        assert_eq!(take(1450, 3350, 50), Some(200.0), "for ten intervals");
+        assert_eq!(take(3400, 3400, 50), Some(20.0), "then the slower");
+    }
+
+    #[test]
+    fn places_added_to_a_window_are_no_confirmations() {
+        let mut r = DeliveryRate::default();
+        r.taken(0, 20, 200);
+        // 60 taken in 200 ms while the window grew from 20 to 60: 20 came back.
+        for i in 1..=60 {
+            r.taken(i * 200 / 60, 20 + (i as usize * 40).div_ceil(60), 200);
+        }
+        assert_eq!(r.rate(), Some(100.0));
+    }
+
     #[tokio::test]
     async fn the_windows_grow_with_the_brokers_round_trip_and_shrink_back() {
+        use crate::mqtt::publisher::windows;
         let far = Some(Duration::from_millis(200));
         assert_eq!(
             windows(far),
@@ -583,6 +761,37 @@ mod tests {
             soon(&places, "loud").await.is_none(),
             "back to {UNCONFIRMED_SHARE}"
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_window_shrinks_as_its_places_come_back() {
+        let (far, near) = (
+            Some(Duration::from_millis(200)),
+            Some(Duration::from_millis(2)),
+        );
+        let places = Places::default();
+        let mut loud = Vec::new();
+        for _ in 0..800 {
+            loud.push(
+                soon_at(&places, "loud", far)
+                    .await
+                    .expect("the grown window"),
+            );
+        }
+        // The broker is near again while the function waits for its next place: the
+        // places it gives back go, down to the base window.
+        let next = places.take("loud", near);
+        tokio::pin!(next);
+        let wait = Duration::from_millis(50);
+        assert!(tokio::time::timeout(wait, &mut next).await.is_err());
+        loud.truncate(800 - (800 - UNCONFIRMED_PER_FUNCTION));
+        assert!(
+            tokio::time::timeout(wait, &mut next).await.is_err(),
+            "the 736 given back are gone"
+        );
+        loud.pop();
+        let place = tokio::time::timeout(wait, &mut next).await;
+        assert!(place.is_ok_and(|p| p.is_some()), "the base window's");
     }
 
     #[tokio::test]
