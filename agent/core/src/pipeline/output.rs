@@ -672,6 +672,21 @@ mod tests {
             .flatten()
     }
 
+    /// `n` places for `function`, each within 50 ms.
+    async fn fill(
+        places: &Places,
+        function: &str,
+        round_trip: Option<Duration>,
+        n: usize,
+    ) -> Vec<Place> {
+        let mut taken = Vec::new();
+        for i in 0..n {
+            let place = soon_at(places, function, round_trip).await;
+            taken.push(place.unwrap_or_else(|| panic!("place {i} of {n}")));
+        }
+        taken
+    }
+
     #[test]
     fn the_windows_grow_only_as_far_as_the_rate_needs() {
         use crate::mqtt::publisher::windows;
@@ -734,14 +749,7 @@ mod tests {
         assert_eq!(windows(Some(Duration::from_millis(2))), (64, 16));
         assert_eq!(windows(Some(Duration::from_secs(5))), (1024, 256));
         let places = Places::default();
-        let mut loud = Vec::new();
-        for _ in 0..800 {
-            loud.push(
-                soon_at(&places, "loud", far)
-                    .await
-                    .expect("the grown window"),
-            );
-        }
+        let mut loud = fill(&places, "loud", far, 800).await;
         assert!(soon_at(&places, "loud", far).await.is_none(), "and no more");
         // Beside another function, its grown share.
         assert!(soon_at(&places, "quiet", far).await.is_some());
@@ -770,14 +778,7 @@ mod tests {
             Some(Duration::from_millis(2)),
         );
         let places = Places::default();
-        let mut loud = Vec::new();
-        for _ in 0..800 {
-            loud.push(
-                soon_at(&places, "loud", far)
-                    .await
-                    .expect("the grown window"),
-            );
-        }
+        let mut loud = fill(&places, "loud", far, 800).await;
         // The broker is near again while the function waits for its next place: the
         // places it gives back go, down to the base window.
         let next = places.take("loud", near);
