@@ -206,6 +206,8 @@ struct Waiting {
     /// The largest packet the broker confirmed.
     largest_confirmed: usize,
     round_trip: RoundTrip,
+    /// A publish waits to be timed alone ([`Publisher::wait_to_be_timed`]).
+    draining: bool,
 }
 
 impl Waiting {
@@ -300,7 +302,9 @@ impl Publisher {
     async fn wait_to_be_timed(&self) {
         let due = {
             let mut w = self.lock();
-            !w.in_flight.is_empty() && w.round_trip.due(Instant::now())
+            let due = !w.in_flight.is_empty() && w.round_trip.due(Instant::now());
+            w.draining = due;
+            due
         };
         if !due {
             return;
@@ -317,6 +321,7 @@ impl Publisher {
             }
         };
         let _ = tokio::time::timeout(DRAIN_WAIT, drained).await;
+        self.lock().draining = false;
     }
 
     /// The packet's size if the broker takes a message of `payload_len` bytes to `topic`
@@ -429,7 +434,8 @@ impl Publisher {
                 }
                 _ => None,
             };
-            (done, w.idle())
+            // Told only while a publish waits for it: this runs on the connection's task.
+            (done, w.draining && w.idle())
         };
         if idle {
             self.idle.notify_waiters();
