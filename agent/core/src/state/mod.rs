@@ -760,7 +760,7 @@ impl StateStore {
         // namespace's overlay, so this flush covers every commit that read `generation`.
         let generation = self.next_flush.fetch_add(1, Ordering::AcqRel);
         let store = self.clone();
-        tokio::task::spawn_blocking(move || store.apply_unapplied())
+        let applied = tokio::task::spawn_blocking(move || store.apply_unapplied())
             .await
             .map_err(|e| StateError::Io(sled::Error::Io(std::io::Error::other(e))))??;
         self.db()?.flush_async().await?;
@@ -806,16 +806,20 @@ impl StateStore {
                 });
             }
         }
+        applied.on_disk();
         self.flushed
             .send_modify(|f| f.upto = f.upto.max(generation));
         Ok(())
     }
 
     /// Applies every namespace's committed writes to sled, one batch per namespace (the
-    /// group's commits in the order they were made), and then drops them from memory.
-    fn apply_unapplied(&self) -> Result<(), StateError> {
+    /// group's commits in the order they were made). They stay in memory as well until
+    /// [`Applied::on_disk`]: sled has them now, but only the flush's sync makes them
+    /// durable, and a receipt must not look settled before ([`Namespace::receipt_pending`]).
+    fn apply_unapplied(&self) -> Result<Applied, StateError> {
         let mut dirty =
             std::mem::take(&mut *self.unapplied.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut applied = Vec::with_capacity(dirty.len());
         while let Some(ns) = dirty.pop() {
             if let Err(e) = ns.apply_overlay() {
                 // Still to be applied: keep them listed (a reopen clears them all).
@@ -826,8 +830,9 @@ impl StateStore {
                     .append(&mut dirty);
                 return Err(e);
             }
+            applied.push(ns);
         }
-        Ok(())
+        Ok(Applied(applied))
     }
 
     /// Flushes until a flush succeeds (or `stop`). After a failure the store is reported
@@ -1001,9 +1006,24 @@ pub struct Namespace {
     overlay: Mutex<Overlay>,
 }
 
-/// A namespace's commits not yet applied to sled. Reads look here first: `new`, then
-/// `applying`, then the tree. The flusher moves `new` to `applying`, applies that, and
-/// only then clears it, so a read never misses a commit.
+/// The namespaces whose commits a flush has applied to sled, still held in their
+/// overlays' `applying` until the flush has synced them.
+#[must_use = "applied commits stay in memory until `on_disk`"]
+struct Applied(Vec<Arc<Namespace>>);
+
+impl Applied {
+    /// The flush that applied them has synced them: drop them from memory.
+    fn on_disk(self) {
+        for ns in self.0 {
+            ns.overlay().applying.clear();
+        }
+    }
+}
+
+/// A namespace's commits not durable yet. Reads look here first: `new`, then `applying`,
+/// then the tree. The flusher moves `new` to `applying` and applies that to sled, and
+/// clears it only once its sync is done: a read never misses a commit, and a commit
+/// still here is not on disk.
 #[derive(Default)]
 struct Overlay {
     /// Committed since the flusher last took them (`None`: removed).
@@ -1248,7 +1268,8 @@ impl Namespace {
         Ok(merged)
     }
 
-    /// Applies the commits in the overlay's `new` to sled in one batch, then drops them.
+    /// Applies the commits in the overlay's `new` to sled in one batch (they stay in
+    /// `applying` until the flush has synced them: [`Applied::on_disk`]).
     fn apply_overlay(&self) -> Result<(), StateError> {
         let tree = self.tree()?;
         let batch = {
@@ -1257,7 +1278,8 @@ impl Namespace {
                 return Ok(());
             }
             let new = std::mem::take(&mut o.new);
-            // A failed apply left `applying` in place: apply it again, under the new.
+            // Empty after the last flush's sync; a failed apply left it in place (the
+            // reopen that follows clears it): apply it again, under the new.
             o.applying.extend(new);
             let mut batch = sled::Batch::default();
             for (k, v) in &o.applying {
@@ -1269,7 +1291,6 @@ impl Namespace {
             batch
         };
         tree.apply_batch(batch)?;
-        self.overlay().applying.clear();
         Ok(())
     }
 
@@ -2139,7 +2160,7 @@ mod tests {
         ));
         // Counted again from the tree after the commits are applied: receipts are not the
         // guest's keys.
-        s.apply_unapplied().unwrap();
+        s.apply_unapplied().unwrap().on_disk();
         drop(ns);
         assert_eq!(s.namespace("f").unwrap().keys(), 1);
         // The next run of the agent (its runs start later): a resend whose first copy it
@@ -2234,7 +2255,7 @@ mod tests {
             let mut t = ns.begin();
             t.increment("n", 1).unwrap();
             t.commit(Some(&receipt)).unwrap();
-            s.apply_unapplied().unwrap();
+            s.apply_unapplied().unwrap().on_disk();
         }
         let s = store(dir.path());
         let ns = s.namespace("f").unwrap();
@@ -2319,11 +2340,19 @@ mod tests {
             panic!("pending before any flush")
         };
         assert_eq!(copy(&ns), Committed::Duplicate(Some(generation)));
+        // A flush under way has applied it to sled but not synced it yet: sled has it, the
+        // disk may not (this said `None` here, and a resend was acknowledged at once).
+        let applied = s.apply_unapplied().unwrap();
+        assert!(ns.tree().unwrap().get(Receipt::key(9)).unwrap().is_some());
+        assert!(ns.receipt_pending(9).is_some(), "applied, not synced");
+        assert!(matches!(copy(&ns), Committed::Duplicate(Some(_))));
         // The flush of that generation makes the first copy, and so the resend, durable.
         let stop = tokio_util::sync::CancellationToken::new();
         let flusher = tokio::spawn(s.clone().run_flusher(stop.clone()));
         let durable = tokio::time::timeout(Duration::from_secs(5), s.durable(generation)).await;
         assert_eq!(durable.ok(), Some(true), "flushed");
+        // What the flush that applied them does once it has synced (applied by hand here).
+        applied.on_disk();
         assert_eq!(ns.receipt_pending(9), None, "on disk");
         assert_eq!(copy(&ns), Committed::Duplicate(None));
         assert_eq!(ns.begin().get("n").unwrap(), Some(b"1".to_vec()));
@@ -2389,12 +2418,15 @@ mod tests {
         assert_eq!(ns.keys(), 2);
         // The same function loaded again (a reload while the old one drains) shares them.
         assert!(Arc::ptr_eq(&ns, &s.namespace("f").unwrap()));
-        s.apply_unapplied().unwrap();
+        let applied = s.apply_unapplied().unwrap();
         assert_eq!(in_sled("n"), Some(b"50".to_vec()));
         assert_eq!(in_sled("p/a"), None);
         assert_eq!(listed(&ns), ["n", "p/b"]);
-        // Applied and dropped: the next commit starts a new group.
-        assert!(ns.overlay().new.is_empty() && ns.overlay().applying.is_empty());
+        // Kept until the flush has synced them, then dropped: the next commit starts a
+        // new group.
+        assert!(ns.overlay().new.is_empty() && !ns.overlay().applying.is_empty());
+        applied.on_disk();
+        assert!(ns.overlay().applying.is_empty());
         increment_n(&ns);
         assert_eq!(in_sled("n"), Some(b"50".to_vec()));
         assert_eq!(ns.begin().get("n").unwrap(), Some(b"51".to_vec()));
