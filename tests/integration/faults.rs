@@ -1018,24 +1018,47 @@ fn an_aborted_ext4_journal_refuses_the_flushs_last_check() {
     let Some((ext4, knob)) = ext4_that_errs("remount-ro") else {
         return;
     };
-    let db = ext4.data.join("db");
+    // EROFS
+    flushs_last_check_refused(ext4, 30, |_| {
+        std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
+    });
+}
+
+/// The same check on an XFS shut down (an `fsync` under way at the shutdown can say yes
+/// for writes that its log replay then does not have): refused with the I/O error.
+#[test]
+fn a_shut_down_xfs_refuses_the_flushs_last_check() {
+    let Some(xfs) = disk_under(&["mkfs.xfs", "-q", "-f"], 320 * 1024 * 1024) else {
+        return;
+    };
+    // EIO
+    flushs_last_check_refused(xfs, 5, |data| {
+        let shut = std::process::Command::new("xfs_io")
+            .args(["-x", "-c", "shutdown"])
+            .arg(data)
+            .status()
+            .expect("xfs_io (xfsprogs)");
+        assert!(shut.success(), "xfs_io -x -c shutdown");
+    });
+}
+
+/// On `disk`: a synced file passes the store's last check, and after `fault` (given the
+/// disk's mount point) fails it with the error `errno`.
+fn flushs_last_check_refused(disk: DiskUnder, errno: i32, fault: impl FnOnce(&Path)) {
+    let db = disk.data.join("db");
     std::fs::write(&db, [7u8; 4096]).expect("write a file on the disk");
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(&db)
         .expect("open it for writing");
     file.sync_data().expect("fdatasync");
-    edge_agent::files::ext4_journal_takes_writes(&file).expect("a healthy journal takes a write");
-    std::fs::write(&knob, "edge-agent test").expect("trigger an ext4 error");
-    let refused = edge_agent::files::ext4_journal_takes_writes(&file)
-        .expect_err("the aborted journal took a transaction");
-    assert_eq!(
-        refused.kind(),
-        std::io::ErrorKind::ReadOnlyFilesystem,
-        "{refused}"
-    );
+    edge_agent::files::takes_writes_after_sync(&file).expect("a healthy disk takes a write");
+    fault(&disk.data);
+    let refused = edge_agent::files::takes_writes_after_sync(&file)
+        .expect_err("the file system took a change after its fault");
+    assert_eq!(refused.raw_os_error(), Some(errno), "{refused}");
     drop(file);
-    drop(ext4.disk);
+    drop(disk.disk);
 }
 
 /// A disk that turns read-only while the agent is idle: no write of the store meets the

@@ -769,22 +769,20 @@ impl StateStore {
         // cache), so after a power cut the end of a grown log can be gone, with events
         // already acknowledged. fdatasync covers both.
         let log = self.dir.join("db");
-        let ext4 = self.fs_errors.is_some();
         tokio::task::spawn_blocking(move || {
             let log = std::fs::OpenOptions::new().write(true).open(log)?;
             log.sync_data()?;
-            if ext4 {
-                crate::files::ext4_journal_takes_writes(&log).map_err(|e| {
-                    std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "ext4's journal refused a write after the flush ({e}): what \
-                             the flush wrote may not be on disk, whatever fsync said"
-                        ),
-                    )
-                })?;
-            }
-            Ok(())
+            // ext4 and XFS can answer a sync under way at their fault with success: a
+            // change begun after it fails if the fault had come by then.
+            crate::files::takes_writes_after_sync(&log).map_err(|e| {
+                std::io::Error::new(
+                    e.kind(),
+                    format!(
+                        "the file system refused a write after the flush ({e}): what the \
+                         flush wrote may not be on disk, whatever fsync said"
+                    ),
+                )
+            })
         })
         .await
         .map_err(|e| StateError::Io(sled::Error::Io(std::io::Error::other(e))))?
@@ -792,10 +790,10 @@ impl StateStore {
         // ext4 meets an error by aborting its journal and only then turning read-only; an
         // fdatasync in between returns success for writes the aborted journal never
         // committed (measured: the state of acknowledged events gone after the error). A
-        // journal that refuses a transaction after the fdatasync (above: it was aborted),
-        // or an error counted since the database was opened (a disk mounted
-        // `errors=continue` keeps its journal), fails the flush instead: the store
-        // reopens, and the commits run again from their unacknowledged events.
+        // file system that refuses a change after the fdatasync (above), or an ext4 error
+        // counted since the database was opened (a disk mounted `errors=continue` keeps
+        // its journal), fails the flush instead: the store reopens, and the commits run
+        // again from their unacknowledged events.
         if let Some((count, then)) = &self.fs_errors {
             let then = then.load(Ordering::Acquire);
             if let Some(now) = count.read().filter(|now| *now > then) {
