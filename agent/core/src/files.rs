@@ -228,8 +228,11 @@ fn ext4_error_count_in(sys: &Path, path: &Path) -> Option<ErrorCount> {
 /// begins one metadata change on it (`fallocate` with `FALLOC_FL_KEEP_SIZE` over the first
 /// byte, which is allocated already: only the file's times change) and fails with the
 /// file system's error if it has stopped (ext4: `EROFS`, its journal aborted; XFS: `EIO`,
-/// shut down). `Ok` where the file system has no `fallocate` (`EOPNOTSUPP`): nothing to
-/// tell by. `file` must be open for writing.
+/// shut down). `Ok` where the file system has no `fallocate` (`EOPNOTSUPP`: nothing to
+/// tell by), and if it finds no room (`ENOSPC`, `EDQUOT`): a file system that counts its
+/// room is up, and a full disk is the free-space reserve's to handle (ext4 and XFS,
+/// filled here to the last block, take this change: the byte is allocated). `file` must
+/// be open for writing.
 ///
 /// Both file systems can answer an `fsync` under way at their fault with success for
 /// writes that are then not on disk. ext4 aborts its journal, writes the journal's
@@ -252,7 +255,13 @@ pub fn takes_writes_after_sync(file: &std::fs::File) -> std::io::Result<()> {
         return Ok(());
     }
     match std::io::Error::last_os_error() {
-        e if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(()),
+        e if matches!(
+            e.raw_os_error(),
+            Some(libc::EOPNOTSUPP | libc::ENOSPC | libc::EDQUOT)
+        ) =>
+        {
+            Ok(())
+        }
         e => Err(e),
     }
 }
