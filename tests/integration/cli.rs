@@ -534,6 +534,10 @@ fn malformed_configs_table() {
             with_broker("keep_alive_secs = 1"),
             "`broker.keep_alive_secs`",
         ),
+        (
+            with_broker("connect_timeout_secs = 0"),
+            "`broker.connect_timeout_secs`: must be from 1 to 600",
+        ),
         (with_broker("password = \"x\""), "`broker.password`"),
         (
             base.replace("mqtt://127.0.0.1:1", "mqtts://127.0.0.1:1")

@@ -443,6 +443,29 @@ async fn a_silent_partition_longer_than_the_keep_alive_loses_and_repeats_nothing
     assert_counted(agent, N as i64, "a silent partition");
 }
 
+/// A broker slower to answer a connection than rumqttc's own 5 s (a connection takes
+/// about three round trips of a slow mobile link over TLS): the agent waits for the answer
+/// (`broker.connect_timeout_secs`, 30 s by default) rather than give up and begin again,
+/// which on such a link never ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_slower_to_answer_than_five_seconds_is_waited_for() {
+    let broker = Mosquitto::start();
+    let proxy = Proxy::start(broker.port).await;
+    proxy.pause(true);
+    let id = format!("slow-{}", std::process::id());
+    let url = format!("mqtt://127.0.0.1:{}", proxy.port);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let agent = Process::spawn_in(dir, &counters(&id, &url, ""), broker.port, &id, &[]);
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    proxy.pause(false);
+    agent.wait_online().await;
+    let (status, log) = agent.stop();
+    assert!(
+        status.success() && !log.contains("Network timeout"),
+        "a connection attempt was given up on:\n{log}"
+    );
+}
+
 /// Two agents with one id on one broker (a config copied to a second device, a second
 /// `edge-agent run` by mistake): Mosquitto closes the older connection whenever the other
 /// connects with the same client id, so each takes the other's sessions in turn, and over

@@ -561,7 +561,7 @@ impl Process {
 
     /// Waits for this process's retained `online` on the status topic (an earlier run's
     /// message has another pid).
-    async fn wait_online(&self) {
+    pub async fn wait_online(&self) {
         let mut c = Client::connect(self.broker_port, &[&self.status_topic]).await;
         let pid = self.child.id();
         let deadline = tokio::time::Instant::now() + WAIT;
@@ -731,7 +731,7 @@ impl Client {
         opts.set_keep_alive(Duration::from_secs(10));
         opts.set_max_packet_size(4 * 1024 * 1024, 4 * 1024 * 1024);
         let (client, mut eventloop) = AsyncClient::new(opts, 1000);
-        edge_agent::mqtt::options::low_latency(&mut eventloop);
+        edge_agent::mqtt::options::network(&mut eventloop, &Default::default());
         let (tx, rx) = mpsc::unbounded_channel();
         let (ready_tx, mut ready_rx) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {

@@ -282,6 +282,10 @@ pub struct BrokerConfig {
     pub clean_session: bool,
     /// MQTT keep-alive interval in seconds (5 to 65535).
     pub keep_alive_secs: u64,
+    /// How long a connection attempt (TCP, TLS and the broker's CONNACK) may take, and a
+    /// write to the broker may wait, in seconds (1 to 600). A slow link needs several
+    /// round trips of it: over TLS at a 1.7 s round trip, more than rumqttc's own 5 s.
+    pub connect_timeout_secs: u64,
     /// User name for the broker, if it requires one.
     pub username: Option<String>,
     /// Password for the broker (needs `username`).
@@ -907,6 +911,7 @@ impl Default for BrokerConfig {
             client_id: None,
             clean_session: false,
             keep_alive_secs: 30,
+            connect_timeout_secs: 30,
             username: None,
             password: None,
             tls: None,

@@ -372,6 +372,9 @@ impl Config {
         if !(5..=65_535).contains(&b.keep_alive_secs) {
             return Err(self.invalid("broker.keep_alive_secs", "must be from 5 to 65535"));
         }
+        if !(1..=600).contains(&b.connect_timeout_secs) {
+            return Err(self.invalid("broker.connect_timeout_secs", "must be from 1 to 600"));
+        }
         if b.password.is_some() && b.username.is_none() {
             return Err(self.invalid("broker.password", "is set but broker.username is not"));
         }

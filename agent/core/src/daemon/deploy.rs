@@ -208,7 +208,8 @@ pub fn spawn(
         return Ok(());
     };
     let options = crate::mqtt::options::deployment(config, broker)?;
-    let (client, eventloop) = AsyncClient::new(options, 16);
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    crate::mqtt::options::network(&mut eventloop, &config.broker);
     let prefix = config.agent.topic_prefix.clone();
     let dir = config.agent.data_dir.join("deployment");
     let record = std::fs::read(dir.join("record.json"))

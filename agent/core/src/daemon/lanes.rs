@@ -354,7 +354,13 @@ impl Lanes {
             retire: retire.clone(),
             session: SessionFilters::load(session_file(config, &f.name)),
         };
-        let intake = spawn_intake(intake, task, router, &stop_intake, &force_stop);
+        let intake = spawn_intake(
+            (intake, &config.broker),
+            task,
+            router,
+            &stop_intake,
+            &force_stop,
+        );
         let mut running = self.running();
         running.push(Lane {
             name: f.name.clone(),
@@ -630,8 +636,10 @@ impl Lanes {
             let registry = self.inner.ending.clone();
             let max = Duration::from_millis(config.broker.reconnect_max_ms);
             let mut wait = Duration::from_millis(config.broker.reconnect_min_ms);
+            let broker = config.broker.clone();
             let ended = async move {
                 let (client, mut eventloop) = AsyncClient::new(options, 1);
+                options::network(&mut eventloop, &broker);
                 loop {
                     match eventloop.poll().await {
                         Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => break,
@@ -683,14 +691,14 @@ impl Lanes {
 /// the task that sends what it releases), and the task (`task`) that polls it into the
 /// router (`router`).
 fn spawn_intake(
-    options: MqttOptions,
+    (options, broker): (MqttOptions, &crate::config::BrokerConfig),
     task: impl FnOnce(rumqttc::EventLoop, AsyncClient) -> IntakeTask,
     router: impl FnOnce(Arc<AckQueue>) -> Router,
     stop_intake: &CancellationToken,
     force_stop: &CancellationToken,
 ) -> Intake {
     let (client, mut eventloop) = AsyncClient::new(options, options::REQUEST_CHANNEL_CAPACITY);
-    options::low_latency(&mut eventloop);
+    options::network(&mut eventloop, broker);
     let (ack_tx, ack_rx) = mpsc::unbounded_channel();
     let acks = AckQueue::new(ack_tx);
     let acker = tokio::spawn(send_acks(client.clone(), ack_rx, acks.generation()));

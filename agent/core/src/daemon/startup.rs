@@ -92,7 +92,7 @@ impl Startup {
         let force_stop = root.child_token();
         let (client, mut eventloop) =
             AsyncClient::new(connections.output, options::REQUEST_CHANNEL_CAPACITY);
-        options::low_latency(&mut eventloop);
+        options::network(&mut eventloop, &config.broker);
         let publisher = Publisher::new(client, runtime.broker_limits());
         let output_task = OutputTask {
             eventloop,

@@ -286,11 +286,15 @@ fn read_certs(
     Ok(certs)
 }
 
-/// Sends small packets at once (TCP_NODELAY): events and acknowledgements are small, and
-/// Nagle's algorithm meeting delayed ACKs adds tens of milliseconds per hop otherwise.
-pub fn low_latency(eventloop: &mut rumqttc::EventLoop) {
+/// The socket of a connection to `broker`: small packets sent at once (TCP_NODELAY:
+/// events and acknowledgements are small, and Nagle's algorithm meeting delayed ACKs adds
+/// tens of milliseconds per hop otherwise), and `connect_timeout_secs` for a connection
+/// attempt and a write (rumqttc's 5 s is under three round trips of a slow mobile link:
+/// such a device never connected over TLS).
+pub fn network(eventloop: &mut rumqttc::EventLoop, broker: &crate::config::BrokerConfig) {
     let mut net = eventloop.network_options();
     net.set_tcp_nodelay(true);
+    net.set_connection_timeout(broker.connect_timeout_secs);
     eventloop.set_network_options(net);
 }
 

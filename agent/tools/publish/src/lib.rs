@@ -179,7 +179,11 @@ fn template(args: &PublishArgs) -> Result<Template, PublishError> {
 fn connect(args: &PublishArgs) -> Result<(AsyncClient, rumqttc::EventLoop), PublishError> {
     let opts = args.broker.options("publish")?;
     let (client, mut eventloop) = AsyncClient::new(opts, 64);
-    edge_agent::mqtt::options::low_latency(&mut eventloop);
+    // The agent's defaults: TCP_NODELAY, and the connect timeout of a slow link.
+    edge_agent::mqtt::options::network(
+        &mut eventloop,
+        &edge_agent::config::BrokerConfig::default(),
+    );
     Ok((client, eventloop))
 }
 
