@@ -355,7 +355,8 @@ impl Lanes {
             session: SessionFilters::load(session_file(config, &f.name)),
         };
         let intake = spawn_intake(
-            (intake, &config.broker),
+            intake,
+            &config.broker,
             task,
             router,
             &stop_intake,
@@ -687,11 +688,12 @@ impl Lanes {
     }
 }
 
-/// Starts an intake connection with `options`: its client, its acknowledgement order (and
+/// Starts an intake connection with `options` to `broker`: its client, its acknowledgement order (and
 /// the task that sends what it releases), and the task (`task`) that polls it into the
 /// router (`router`).
 fn spawn_intake(
-    (options, broker): (MqttOptions, &crate::config::BrokerConfig),
+    options: MqttOptions,
+    broker: &crate::config::BrokerConfig,
     task: impl FnOnce(rumqttc::EventLoop, AsyncClient) -> IntakeTask,
     router: impl FnOnce(Arc<AckQueue>) -> Router,
     stop_intake: &CancellationToken,
