@@ -688,9 +688,9 @@ impl Lanes {
     }
 }
 
-/// Starts an intake connection with `options` to `broker`: its client, its acknowledgement order (and
-/// the task that sends what it releases), and the task (`task`) that polls it into the
-/// router (`router`).
+/// Starts an intake connection with `options` to `broker` (its settings): its client, its
+/// acknowledgement order (and the task that sends what it releases), and the task
+/// (`task`) that polls it into the router (`router`).
 fn spawn_intake(
     options: MqttOptions,
     broker: &crate::config::BrokerConfig,
