@@ -965,8 +965,7 @@ async fn a_function_removed_while_stopped_leaves_no_session_queueing_on_the_brok
         kept.len()
     );
     // Its receipts went with its session; its state stays for a `b` added later.
-    let dir = agent.stop().await;
-    let db = sled::open(dir.path().join("data/state")).expect("the store opens");
+    let (db, _dir) = agent.stop_and_open_store().await;
     let tree = db.open_tree("function/b").expect("b's tree");
     let receipts = tree.scan_prefix(b"\0receipt/").count();
     assert_eq!(receipts, 0, "b's receipts outlived its session");

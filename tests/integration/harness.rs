@@ -397,6 +397,26 @@ impl Agent {
         self.dir.take().expect("dir")
     }
 
+    /// Stops the agent and opens its state store (in `data/state`) as sled, for a test to
+    /// read. A flush the stop cut short may still be writing on a blocking thread, holding
+    /// the store's lock a moment longer (seen once under load: `could not acquire lock`);
+    /// the open waits for it, up to [`WAIT`].
+    pub async fn stop_and_open_store(self) -> (sled::Db, tempfile::TempDir) {
+        let dir = self.stop().await;
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match sled::open(dir.path().join("data/state")) {
+                Ok(db) => return (db, dir),
+                Err(e)
+                    if Instant::now() < deadline && format!("{e:?}").contains("acquire lock") =>
+                {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(e) => panic!("the store opens: {e:?}"),
+            }
+        }
+    }
+
     /// Stops the agent and starts a new one in the same directory, so it finds the same
     /// state.
     pub async fn restart(self, config: &str) -> Self {

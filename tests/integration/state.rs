@@ -143,8 +143,7 @@ async fn a_finished_messages_receipt_lets_go_of_large_outputs() {
     let mut c = Client::connect(agent.port, &["out/#"]).await;
     c.publish(&format!("p/{}", "x".repeat(240)), "x").await;
     assert_eq!(c.recv().await.json()["count"], 1);
-    let dir = agent.stop().await;
-    let db = sled::open(dir.path().join("data/state")).expect("the store opens");
+    let (db, _dir) = agent.stop_and_open_store().await;
     let tree = db.open_tree("function/p").expect("p's tree");
     let receipts: Vec<usize> = tree
         .scan_prefix(b"\0receipt/")
