@@ -552,12 +552,29 @@ impl FunctionPlaces {
     /// A place in `all` (`share` if `share`), once one is free and kept ([`Window::keep`]);
     /// without `wait`, only if one is free now.
     async fn place(&self, share: bool, wait: bool) -> Option<OwnedSemaphorePermit> {
-        let semaphore = if share { &self.share } else { &self.all };
+        let (semaphore, base) = if share {
+            (&self.share, UNCONFIRMED_SHARE)
+        } else {
+            (&self.all, UNCONFIRMED_PER_FUNCTION)
+        };
         loop {
-            let place = if wait {
-                semaphore.clone().acquire_owned().await.ok()?
-            } else {
-                semaphore.clone().try_acquire_owned().ok()?
+            let place = match semaphore.clone().try_acquire_owned() {
+                Ok(place) => place,
+                Err(_) if wait => {
+                    // A full window: wait for an eighth of it to be free, take one place
+                    // and leave the rest for the next outputs to take at once. Woken at
+                    // every confirmation, a function that outruns the connection paid a
+                    // thread wake-up per output (a tenth of the persistent agent's CPU in
+                    // a QoS 0 burst). Windows never shrink below `base`, so the places
+                    // waited for always come.
+                    let mut some = semaphore
+                        .clone()
+                        .acquire_many_owned((base / 8).max(1) as u32)
+                        .await
+                        .ok()?;
+                    some.split(1)?
+                }
+                Err(_) => return None,
             };
             let mut sizes = self.sizes();
             let window = if share {
@@ -789,6 +806,13 @@ mod tests {
         assert!(
             tokio::time::timeout(wait, &mut next).await.is_err(),
             "the 736 given back are gone"
+        );
+        for _ in 1..UNCONFIRMED_PER_FUNCTION / 8 {
+            loud.pop();
+        }
+        assert!(
+            tokio::time::timeout(wait, &mut next).await.is_err(),
+            "woken once an eighth of the window is free, not at every confirmation"
         );
         loud.pop();
         let place = tokio::time::timeout(wait, &mut next).await;
