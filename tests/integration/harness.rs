@@ -73,6 +73,11 @@ pub fn guest(name: &str) -> String {
 /// in-process agents, every client socket) never use, so nothing in this test process can
 /// take it between this check and the broker's bind; a per-process offset keeps parallel
 /// test runs apart, and a broker that still fails to bind is started again on the next.
+/// The offset is a hash of the process id: nextest runs each test in a process of its
+/// own, with ids a few apart, and with an offset of the id itself a test whose id was 7
+/// above another's walked the same ports one step behind it: both could find a port free
+/// before either bound it (a CI run on 2026-12-07 failed with an agent's metrics port
+/// already in use).
 pub fn broker_port() -> u16 {
     use std::sync::atomic::{AtomicU16, Ordering};
     static NEXT: AtomicU16 = AtomicU16::new(0);
@@ -82,7 +87,9 @@ pub fn broker_port() -> u16 {
         .unwrap_or(32768);
     let base = 10_000u16;
     let span = low.saturating_sub(base).max(1000);
-    let offset = (std::process::id() % u32::from(span)) as u16;
+    let offset =
+        (u64::from(std::process::id()).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 32) % u64::from(span);
+    let offset = offset as u16;
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let port = base + (offset.wrapping_add(n.wrapping_mul(7))) % span;
