@@ -13,7 +13,8 @@
 //! the agent and in the broker. So that a function that floods outputs cannot make the
 //! others wait behind hundreds of its own, each function holds at most
 //! [`UNCONFIRMED_PER_FUNCTION`] outputs the broker has not confirmed, and at most
-//! [`UNCONFIRMED_SHARE`] while other functions publish too; its next waits for one of them
+//! [`UNCONFIRMED_SHARE`] while other functions publish too; once it holds them all, its
+//! next waits for an eighth of them to be confirmed, so that it is woken once for several
 //! ([`Output`](crate::pipeline::output::Output) keeps the places of each function). Both
 //! grow with the broker's round trip past [`WINDOW_ROUND_TRIP`] ([`windows`]): on a
 //! distant broker, outputs on their way take places without holding anyone up.

@@ -550,7 +550,8 @@ impl FunctionPlaces {
     }
 
     /// A place in `all` (`share` if `share`), once one is free and kept ([`Window::keep`]);
-    /// without `wait`, only if one is free now.
+    /// when none is, once an eighth of the window's base is; without `wait`, only if one
+    /// is free now.
     async fn place(&self, share: bool, wait: bool) -> Option<OwnedSemaphorePermit> {
         let (semaphore, base) = if share {
             (&self.share, UNCONFIRMED_SHARE)
