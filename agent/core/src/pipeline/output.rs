@@ -432,6 +432,9 @@ struct FunctionPlaces {
     id: usize,
     all: Arc<Semaphore>,
     share: Arc<Semaphore>,
+    /// Places of `all` and `share` taken by a wait for several ([`FunctionPlaces::place`])
+    /// and not yet used: the function's next outputs take them before anything else.
+    spare: [std::sync::Mutex<Option<OwnedSemaphorePermit>>; 2],
     sizes: std::sync::Mutex<Sizes>,
 }
 
@@ -549,6 +552,13 @@ impl FunctionPlaces {
         sizes.share.resize(&self.share, to.1);
     }
 
+    /// Places of `all` (`share` if `share`) kept aside by a wait for several.
+    fn spare_places(&self, share: bool) -> usize {
+        let spare = self.spare[usize::from(share)].lock();
+        let spare = spare.unwrap_or_else(|p| p.into_inner());
+        spare.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
     /// A place in `all` (`share` if `share`), once one is free and kept ([`Window::keep`]);
     /// when none is, once an eighth of the window's base is; without `wait`, only if one
     /// is free now.
@@ -558,22 +568,43 @@ impl FunctionPlaces {
         } else {
             (&self.all, UNCONFIRMED_PER_FUNCTION)
         };
+        let spare = &self.spare[usize::from(share)];
+        let take_spare = || {
+            let mut spare = spare.lock().unwrap_or_else(|p| p.into_inner());
+            match spare.as_ref().map(OwnedSemaphorePermit::num_permits) {
+                Some(1) => spare.take(),
+                Some(_) => spare.as_mut().and_then(|some| some.split(1)),
+                None => None,
+            }
+        };
         loop {
-            let place = match semaphore.clone().try_acquire_owned() {
+            let place = match take_spare().map_or_else(|| semaphore.clone().try_acquire_owned(), Ok)
+            {
                 Ok(place) => place,
                 Err(_) if wait => {
                     // A full window: wait for an eighth of it to be free, take one place
-                    // and leave the rest for the next outputs to take at once. Woken at
+                    // and keep the rest for the next outputs to take at once. Woken at
                     // every confirmation, a function that outruns the connection paid a
                     // thread wake-up per output (a tenth of the persistent agent's CPU in
-                    // a QoS 0 burst). Windows never shrink below `base`, so the places
-                    // waited for always come.
+                    // a QoS 0 burst). The rest is kept aside, not given back: given back,
+                    // it went to the next of the function's waiting callers (on demand,
+                    // four workers wait at once), whom the next confirmation then woke.
+                    // Windows never shrink below `base`, so the places waited for always
+                    // come.
                     let mut some = semaphore
                         .clone()
                         .acquire_many_owned((base / 8).max(1) as u32)
                         .await
                         .ok()?;
-                    some.split(1)?
+                    let one = some.split(1)?;
+                    if some.num_permits() > 0 {
+                        let mut spare = spare.lock().unwrap_or_else(|p| p.into_inner());
+                        match spare.as_mut() {
+                            Some(kept) => kept.merge(some),
+                            None => *spare = Some(some),
+                        }
+                    }
+                    one
                 }
                 Err(_) => return None,
             };
@@ -601,6 +632,7 @@ impl Places {
             id: all.len() + 1,
             all: Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION)),
             share: Arc::new(Semaphore::new(UNCONFIRMED_SHARE)),
+            spare: Default::default(),
             sizes: std::sync::Mutex::new(Sizes {
                 all: Window::new(UNCONFIRMED_PER_FUNCTION),
                 share: Window::new(UNCONFIRMED_SHARE),
@@ -622,7 +654,8 @@ impl Places {
         let round_trip_ms = round_trip.map_or(0, |d| d.as_millis() as u64);
         {
             let mut sizes = f.sizes();
-            let held = sizes.all.has.saturating_sub(f.all.available_permits());
+            let free = f.all.available_permits() + f.spare_places(false);
+            let held = sizes.all.has.saturating_sub(free);
             sizes.rate.taken(now, held, round_trip_ms);
         }
         let before = self.last.swap(f.id, Ordering::Relaxed);
@@ -818,6 +851,38 @@ mod tests {
         loud.pop();
         let place = tokio::time::timeout(wait, &mut next).await;
         assert!(place.is_ok_and(|p| p.is_some()), "the base window's");
+    }
+
+    #[tokio::test]
+    async fn callers_waiting_on_one_full_window_are_woken_once_per_eighth_each() {
+        let places = Places::default();
+        let mut held = fill(&places, "f", None, UNCONFIRMED_PER_FUNCTION).await;
+        // Two of the function's callers wait (on demand, its workers).
+        let (first, second) = (places.take("f", None), places.take("f", None));
+        tokio::pin!(first, second);
+        let wait = Duration::from_millis(50);
+        assert!(tokio::time::timeout(wait, &mut first).await.is_err());
+        assert!(tokio::time::timeout(wait, &mut second).await.is_err());
+        held.drain(..UNCONFIRMED_PER_FUNCTION / 8);
+        let one = tokio::time::timeout(wait, &mut first).await;
+        assert!(one.is_ok_and(|p| p.is_some()), "an eighth came back");
+        held.pop();
+        assert!(
+            tokio::time::timeout(wait, &mut second).await.is_err(),
+            "not woken by the next confirmation: the first's seven are kept aside"
+        );
+        for i in 1..UNCONFIRMED_PER_FUNCTION / 8 {
+            let spare = soon(&places, "f").await;
+            assert!(spare.is_some(), "the next output takes spare place {i}");
+            held.extend(spare);
+        }
+        assert!(
+            soon(&places, "f").await.is_none(),
+            "the spare places are used up"
+        );
+        held.drain(..UNCONFIRMED_PER_FUNCTION / 8 - 1);
+        let two = tokio::time::timeout(wait, &mut second).await;
+        assert!(two.is_ok_and(|p| p.is_some()), "its own eighth came back");
     }
 
     #[tokio::test]
