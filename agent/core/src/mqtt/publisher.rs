@@ -6,16 +6,17 @@
 //!
 //! rumqttc numbers a publish only when its event loop takes it from the request queue, and
 //! then reports `Outgoing::Publish(pkid)` in the order requests were queued. The publisher
-//! queues its requests under a lock, in the same order as the deliveries waiting on them,
-//! and pairs the two as the connection task reports what went out.
+//! queues each request in the same order as the delivery waiting on it (at once under the
+//! short lock of the waiters' queue, or, when the request queue is full or held, in turn
+//! under the `order` lock), and pairs the two as the connection task reports what went out.
 //!
 //! One connection is one stream: an output waits for every output queued before it, in
 //! the agent and in the broker. So that a function that floods outputs cannot make the
 //! others wait behind hundreds of its own, each function holds at most
 //! [`UNCONFIRMED_PER_FUNCTION`] outputs the broker has not confirmed, and at most
 //! [`UNCONFIRMED_SHARE`] while other functions publish too; once it holds them all, its
-//! next waits for an eighth of them to be confirmed, so that it is woken once for several
-//! ([`Output`](crate::pipeline::output::Output) keeps the places of each function). Both
+//! next waits for an eighth of them to be confirmed and keeps the rest aside for its next
+//! outputs, so that it is woken once for several ([`Output`](crate::pipeline::output::Output) keeps the places of each function). Both
 //! grow with the broker's round trip past [`WINDOW_ROUND_TRIP`] ([`windows`]): on a
 //! distant broker, outputs on their way take places without holding anyone up.
 

@@ -559,9 +559,9 @@ impl FunctionPlaces {
         spare.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 
-    /// A place in `all` (`share` if `share`), once one is free and kept ([`Window::keep`]);
-    /// when none is, once an eighth of the window's base is; without `wait`, only if one
-    /// is free now.
+    /// A place in `all` (`share` if `share`), once one is free and kept ([`Window::keep`]):
+    /// one kept aside by an earlier wait first; when none is free, once an eighth of the
+    /// window's base is (the rest kept aside); without `wait`, only if one is free now.
     async fn place(&self, share: bool, wait: bool) -> Option<OwnedSemaphorePermit> {
         let (semaphore, base) = if share {
             (&self.share, UNCONFIRMED_SHARE)
