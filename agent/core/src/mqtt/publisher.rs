@@ -290,7 +290,7 @@ impl Publisher {
             }
         }
         let (topic, payload, then, place) =
-            match self.queue_now(topic, qos, retain, payload, then, place, true) {
+            match self.queue_now(topic, qos, retain, payload, then, place) {
                 Ok(()) => return Ok(()),
                 Err(later) => later,
             };
@@ -310,13 +310,12 @@ impl Publisher {
     }
 
     /// Queues a publish at once if it can be: nobody holds the queue or waits for it (the
-    /// `order` lock is free), the request queue has room, and, if `timed`, no round trip
-    /// is due to be timed. It is then queued under the short lock of `waiting` alone, which
+    /// `order` lock is free), the request queue has room, and no round trip is due to be
+    /// timed ([`Publisher::wait_to_be_timed`]). It is then queued under the short lock of `waiting` alone, which
     /// also keeps the two queues in one order: publishes from several threads no longer
     /// wake one another through `order` (11.5% of the samples of an on-demand burst,
     /// docs/benchmarks.md). Otherwise gives everything back, to wait for its turn. A
     /// message the broker will not take is not sent (see `Publisher::fits`).
-    #[allow(clippy::too_many_arguments)]
     fn queue_now(
         &self,
         topic: String,
@@ -325,7 +324,6 @@ impl Publisher {
         payload: Vec<u8>,
         then: Waiter,
         place: Option<Place>,
-        timed: bool,
     ) -> Result<(), Later> {
         let bytes = publish_packet_bytes(&topic, payload.len());
         let mut w = self.lock();
@@ -340,7 +338,7 @@ impl Publisher {
                 Some(_) => Err((topic, payload.into(), then, place)),
             };
         }
-        if timed && qos != QoS::AtMostOnce && w.timing_due(Instant::now()) {
+        if qos != QoS::AtMostOnce && w.timing_due(Instant::now()) {
             return Err((topic, payload.into(), then, place));
         }
         w.queued.push_back(Entry(then, place, bytes));
@@ -417,7 +415,8 @@ impl Publisher {
     /// Like [`Publisher::publish`], but never waits.
     ///
     /// # Errors
-    /// `Err(then)` if the request queue is full (or another publish is being queued).
+    /// `Err(then)` if the request queue is full, another publish holds it or waits for
+    /// it, or the round trip is due to be timed (once a span at most).
     pub fn try_publish(
         &self,
         topic: String,
@@ -426,7 +425,7 @@ impl Publisher {
         payload: Vec<u8>,
         then: Waiter,
     ) -> Result<(), Waiter> {
-        self.queue_now(topic, qos, retain, payload, then, None, false)
+        self.queue_now(topic, qos, retain, payload, then, None)
             .map_err(|(_, _, then, _)| then)
     }
 
