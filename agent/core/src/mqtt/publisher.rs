@@ -110,7 +110,7 @@ const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// gets slower"). A publish timed behind others is no cure: on a link whose bandwidth is
 /// full it times the queue, the windows grow with it and the queue with them (a quiet
 /// function's outputs beside a flood took 4.5 s instead of 0.1 s).
-#[derive(Default, Clone)]
+#[derive(Default)]
 struct RoundTrip {
     /// The publish being timed: its packet id, and when it was written.
     probe: Option<(u16, Instant)>,
@@ -156,14 +156,22 @@ impl RoundTrip {
     /// alone: nothing is being timed, a span has passed since the last span began, and
     /// since the last wait. (Before the first span the first publish written went alone.)
     fn due(&mut self, now: Instant) -> bool {
-        let over = |at: Instant| now.duration_since(at) >= ROUND_TRIP_SPAN;
-        let due = self.probe.is_none()
-            && self.this.is_some_and(|(_, since)| over(since))
-            && self.drained.is_none_or(over);
+        let due = self.would_be_due(|| now);
         if due {
             self.drained = Some(now);
         }
         due
+    }
+
+    /// [`RoundTrip::due`] without counting the wait; `now` is read only if something is
+    /// being timed.
+    fn would_be_due(&self, now: impl FnOnce() -> Instant) -> bool {
+        let Some((_, since)) = self.this.filter(|_| self.probe.is_none()) else {
+            return false;
+        };
+        let now = now();
+        let over = |at: Instant| now.duration_since(at) >= ROUND_TRIP_SPAN;
+        over(since) && self.drained.is_none_or(over)
     }
 }
 
@@ -219,8 +227,8 @@ impl Waiting {
 
     /// Whether a publish now would wait to be timed alone ([`RoundTrip::due`]), without
     /// counting it as waited.
-    fn timing_due(&self, now: Instant) -> bool {
-        !self.in_flight.is_empty() && self.round_trip.clone().due(now)
+    fn timing_due(&self) -> bool {
+        !self.in_flight.is_empty() && self.round_trip.would_be_due(Instant::now)
     }
 }
 
@@ -338,7 +346,7 @@ impl Publisher {
                 Some(_) => Err((topic, payload.into(), then, place)),
             };
         }
-        if qos != QoS::AtMostOnce && w.timing_due(Instant::now()) {
+        if qos != QoS::AtMostOnce && w.timing_due() {
             return Err((topic, payload.into(), then, place));
         }
         w.queued.push_back(Entry(then, place, bytes));
