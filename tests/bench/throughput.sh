@@ -16,6 +16,10 @@
 #   EXTRA_TOML    appended to the agent's config before its function, e.g.
 #                 $'[state]\nmin_flush_interval_ms = 200'
 #   FUNCTION_TOML appended to the function's table, e.g. 'queue_capacity = 256'
+#   ALERT_QOS     the QoS `threshold-alert` publishes its alerts with (its `alert_qos`);
+#                 default: the row's QoS, as the relay's `mosquitto_pub -q` does. Until
+#                 2026-12-07 the alerts were QoS 1 in every row (ALERT_QOS=1 for that): the
+#                 QoS 0 rows then carried a PUBACK per alert that the relay's did not.
 #
 # Throughput mode: for each run and QoS, three rows, each on a fresh Mosquitto on loopback
 # with its default settings (in-flight window of 20 per client) but for `listener`,
@@ -172,7 +176,7 @@ measure() {
         relay | threshold)
             in_prefix="sensors/s%d/temperature" out_filter='alerts/#' fn=threshold
             module=threshold-alert topics='"sensors/+/temperature"'
-            cfg=$'threshold = "30"\nalert_topic = "alerts/{1..}"' ;;
+            cfg=$'threshold = "30"\nalert_topic = "alerts/{1..}"\n'"alert_qos = \"${ALERT_QOS:-$q}\"" ;;
         counter)
             in_prefix="counter/s%d" out_filter='counts/#' fn=counter module=counter
             topics='"counter/#"' cfg='out_topic = "counts/{1..}"' ;;

@@ -4,9 +4,10 @@
 //!
 //! - `threshold`: the number the value must exceed (a JSON number, e.g. `30` or `30.5`);
 //! - `alert_topic`: where to publish alerts; `{topic}` in it is replaced by the incoming
-//!   topic.
+//!   topic;
+//! - `alert_qos` (optional): the alerts' QoS, `0`, `1` or `2`; `1` if not set.
 //!
-//! When `value > threshold` it publishes, with QoS 1, compact JSON naming the sensor (the
+//! When `value > threshold` it publishes, with QoS `alert_qos`, compact JSON naming the sensor (the
 //! second topic level): `{"sensor":"kitchen","value":31.5,"threshold":30}` for topic
 //! `sensors/kitchen/temperature`. Numbers keep the form they were written in, so integers
 //! stay integers. Otherwise it publishes nothing.
@@ -22,10 +23,11 @@ impl Function for ThresholdAlert {
         let threshold: Number = config::parse("threshold")?;
         let alert_topic = config::require("alert_topic")?;
         if let Some(alert) = check(&event, &threshold)? {
+            let qos = alert_qos(config::get("alert_qos"))?;
             publish(
                 &fill_topic(&alert_topic, &event.topic),
                 alert.as_bytes(),
-                1,
+                qos,
                 false,
             )?;
         }
@@ -56,6 +58,17 @@ fn check(event: &Event, threshold: &Number) -> Result<Option<String>, String> {
         "{{\"sensor\":{},\"value\":{value},\"threshold\":{threshold}}}",
         Value::from(sensor)
     )))
+}
+
+/// The alerts' QoS from the `alert_qos` config value: 1 if not set.
+fn alert_qos(value: Option<String>) -> Result<u8, String> {
+    match value.as_deref().map(str::trim) {
+        None => Ok(1),
+        Some(q @ ("0" | "1" | "2")) => Ok(q.as_bytes()[0] - b'0'),
+        Some(other) => Err(format!(
+            "config key `alert_qos` must be 0, 1 or 2, not `{other}`"
+        )),
+    }
 }
 
 /// `value > threshold`, exactly for integers and in `f64` otherwise.
@@ -112,6 +125,17 @@ mod tests {
             run("s/k", r#"{"value": 9007199254740993}"#, "9007199254740993"),
             Ok(None)
         );
+    }
+
+    #[test]
+    fn alerts_go_at_qos_1_unless_alert_qos_says_otherwise() {
+        assert_eq!(alert_qos(None), Ok(1));
+        assert_eq!(alert_qos(Some("0".into())), Ok(0));
+        assert_eq!(alert_qos(Some(" 2".into())), Ok(2));
+        for bad in ["3", "one", "", "-1"] {
+            let err = alert_qos(Some(bad.into())).expect_err(bad);
+            assert!(err.contains("must be 0, 1 or 2"), "{err}");
+        }
     }
 
     #[test]
