@@ -1,9 +1,10 @@
 // `threshold-alert` in JavaScript: the same behaviour and outputs as the Rust example.
 //
 // The payload is JSON with a numeric `value`, e.g. `{"value": 31.5}`. Config: `threshold`
-// (a JSON number) and `alert_topic` (placeholders filled from the incoming topic). When
-// `value > threshold` it publishes, with QoS 1, `{"sensor":"kitchen","value":31.5,
-// "threshold":30}` for topic `sensors/kitchen/temperature`; otherwise nothing. Numbers are
+// (a JSON number), `alert_topic` (placeholders filled from the incoming topic) and,
+// optionally, `alert_qos` (0, 1 or 2; 1 if not set). When `value > threshold` it publishes,
+// with QoS `alert_qos`, `{"sensor":"kitchen","value":31.5,"threshold":30}` for topic
+// `sensors/kitchen/temperature`; otherwise nothing. Numbers are
 // written as the Rust example writes them (integers exactly, floats in shortest form).
 
 import { Reject, config, fillTopic, handler as exportHandler, publish, text, topicLevel } from "../../sdk-js/edge-agent.js";
@@ -13,9 +14,18 @@ export const handler = exportHandler((event) => {
     const alertTopic = config.require("alert_topic");
     const alert = check(event.topic, event.payload, threshold);
     if (alert !== undefined) {
-        publish(fillTopic(alertTopic, event.topic), alert, { qos: 1 });
+        const qos = alertQos(config.get("alert_qos"));
+        publish(fillTopic(alertTopic, event.topic), alert, { qos });
     }
 });
+
+/** The alerts' QoS from the `alert_qos` config value: 1 if not set. */
+function alertQos(value) {
+    if (value === undefined) return 1;
+    const trimmed = value.trim();
+    if (["0", "1", "2"].includes(trimmed)) return Number(trimmed);
+    throw new Reject(`config key \`alert_qos\` must be 0, 1 or 2, not \`${trimmed}\``);
+}
 
 /** The alert to publish, as JSON text, or undefined when the value is not above threshold. */
 function check(topic, payload, threshold) {

@@ -2,7 +2,8 @@
 
 The payload is JSON with a numeric ``value``, e.g. ``{"value": 31.5}``. Config:
 ``threshold`` (a JSON number) and ``alert_topic`` (``{topic}``-style placeholders filled
-from the incoming topic). When ``value > threshold`` it publishes, with QoS 1,
+from the incoming topic), and optionally ``alert_qos`` (0, 1 or 2; 1 if not set). When
+``value > threshold`` it publishes, with QoS ``alert_qos``,
 ``{"sensor":"kitchen","value":31.5,"threshold":30}`` for topic
 ``sensors/kitchen/temperature``; otherwise nothing.
 """
@@ -19,10 +20,20 @@ def handle(event):
     alert_topic = config.require("alert_topic")
     alert = check(event.topic, event.payload, threshold)
     if alert is not None:
-        publish(fill_topic(alert_topic, event.topic), alert, qos=1)
+        qos = _alert_qos(config.get("alert_qos"))
+        publish(fill_topic(alert_topic, event.topic), alert, qos=qos)
 
 
 Handler = edge_agent.handler(handle)
+
+
+def _alert_qos(value):
+    """The alerts' QoS from the ``alert_qos`` config value: 1 if not set."""
+    if value is None:
+        return 1
+    if value.strip() in ("0", "1", "2"):
+        return int(value.strip())
+    raise Reject(f"config key `alert_qos` must be 0, 1 or 2, not `{value.strip()}`")
 
 
 def check(topic, payload, threshold):
