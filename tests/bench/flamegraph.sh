@@ -4,6 +4,8 @@
 # with RATE=N, the same events paced at N a second (the moderate rates of issue 25).
 #
 # Usage: [JOB=threshold|counter|echo] [RATE=N] tests/bench/flamegraph.sh AGENT_BINARY MODE OUT.svg [EVENTS] [QOS]
+#   (the threshold job's alerts go at QOS, as in throughput.sh; ALERT_QOS=1 for the QoS 1
+#   alerts of the flame graphs before 2026-12-07)
 #   AGENT_BINARY  an agent built with symbols, e.g.
 #                 CARGO_PROFILE_RELEASE_STRIP=false CARGO_TARGET_DIR=target-prof \
 #                     cargo build --release -p edge-agent
@@ -29,7 +31,7 @@ qos="${5:-1}"
 job="${JOB:-threshold}"
 case $job in
     threshold) module=threshold-alert filter='sensors/+/temperature' out_filter='alerts/#'
-        cfg=$'threshold = "30"\nalert_topic = "alerts/{1..}"' ;;
+        cfg=$'threshold = "30"\nalert_topic = "alerts/{1..}"\n'"alert_qos = \"${ALERT_QOS:-$qos}\"" ;;
     counter) module=counter filter='sensors/#' out_filter='counts/#' cfg='out_topic = "counts/{1..}"' ;;
     echo) module=echo filter='sensors/#' out_filter='echoed/#' cfg='out_topic = "echoed/{topic}"' ;;
     *) echo "error: JOB is threshold, counter or echo" >&2; exit 64 ;;
