@@ -319,11 +319,12 @@ impl Publisher {
 
     /// Queues a publish at once if it can be: nobody holds the queue or waits for it (the
     /// `order` lock is free), the request queue has room, and no round trip is due to be
-    /// timed ([`Publisher::wait_to_be_timed`]). It is then queued under the short lock of `waiting` alone, which
-    /// also keeps the two queues in one order: publishes from several threads no longer
-    /// wake one another through `order` (11.5% of the samples of an on-demand burst,
-    /// docs/benchmarks.md). Otherwise gives everything back, to wait for its turn. A
-    /// message the broker will not take is not sent (see `Publisher::fits`).
+    /// timed ([`Publisher::wait_to_be_timed`]). It is then queued under the short lock of
+    /// `waiting` alone, which also keeps the two queues in one order: publishes from
+    /// several threads no longer wake one another through `order` (11.5% of the samples
+    /// of an on-demand burst, docs/benchmarks.md). Otherwise gives everything back, to
+    /// wait for its turn. A message the broker will not take is not sent (see
+    /// `Publisher::fits`).
     fn queue_now(
         &self,
         topic: String,
