@@ -16,7 +16,8 @@
 //! [`UNCONFIRMED_PER_FUNCTION`] outputs the broker has not confirmed, and at most
 //! [`UNCONFIRMED_SHARE`] while other functions publish too; once it holds them all, its
 //! next waits for an eighth of them to be confirmed and keeps the rest aside for its next
-//! outputs, so that it is woken once for several ([`Output`](crate::pipeline::output::Output) keeps the places of each function). Both
+//! outputs, so that it is woken once for several
+//! ([`Output`](crate::pipeline::output::Output) keeps the places of each function). Both
 //! grow with the broker's round trip past [`WINDOW_ROUND_TRIP`] ([`windows`]): on a
 //! distant broker, outputs on their way take places without holding anyone up.
 
