@@ -808,10 +808,9 @@ pub(crate) mod tests {
             let _in = rt.enter();
             setup()
         };
-        let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let threads: Vec<_> = (0..4)
             .map(|t| {
-                let (p, handle, done) = (p.clone(), rt.handle().clone(), done.clone());
+                let (p, handle) = (p.clone(), rt.handle().clone());
                 std::thread::spawn(move || {
                     for i in 0..PER_THREAD {
                         let payload = vec![0; t * PER_THREAD + i];
@@ -819,12 +818,17 @@ pub(crate) mod tests {
                             p.publish("o".into(), QoS::AtMostOnce, false, payload, None, None);
                         assert!(handle.block_on(sent).is_ok());
                     }
-                    done.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 })
             })
             .collect();
         let mut requests = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
         while requests.len() < 4 * PER_THREAD {
+            assert!(
+                Instant::now() < deadline,
+                "{} requests came",
+                requests.len()
+            );
             el.clean();
             requests.extend(el.pending.drain(..).map(|r| match r {
                 Request::Publish(p) => publish_packet_bytes(&p.topic, p.payload.len()),
