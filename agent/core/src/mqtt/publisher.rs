@@ -361,7 +361,7 @@ impl Publisher {
                     ClientError::TryRequest(Request::Publish(p)) => {
                         Err((p.topic, p.payload, then, place))
                     }
-                    // Not built by try_publish: nothing to give back but the waiter.
+                    // try_publish fails only with TryRequest, giving its publish back.
                     _ => unreachable!("try_publish gives its publish back"),
                 }
             }
