@@ -14,14 +14,15 @@
 #     link): whether, and when, the outputs are back to a round trip;
 #   - narrow-N: a quiet echo at 5 events/s beside a flood of 1 KB outputs at 400/s, for
 #     40 s, over an uplink of 200 KB/s (delay.py's UP_BYTES_PER_SEC): the flood's outputs
-#     queue on the link, and the quiet one's wait behind what the flood has unconfirmed;
+#     queue on the link, and the quiet one's wait behind what the flood has unconfirmed
+#     (both on demand, the default; FLOOD_MODE=persistent runs the flood persistent);
 #   - refusal-N, refusal0-N: one echo at 200 events/s and, 5 s in, one 5 KB output (QoS 1,
 #     then QoS 0) that the broker refuses (`max_packet_size 2000`): how long the echo's
 #     outputs were held, and when they were back to a round trip.
 # Each RUNS times (default 3). Mosquitto keeps up to 100,000 messages queued per client
 # (as the Raspberry Pi package sets it), so falling behind shows as latency, not loss.
 #
-# Usage: tests/bench/distant.sh BINARY [RUNS]   (ONE_WAY_MS=100 RATE=100 ROWS="stream slower fast narrow refusal refusal0")
+# Usage: tests/bench/distant.sh BINARY [RUNS]   (ONE_WAY_MS=100 RATE=100 ROWS="stream slower fast narrow refusal refusal0" FLOOD_MODE=)
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 bin=$(realpath "${1:?usage: distant.sh BINARY [RUNS]}")
@@ -31,10 +32,10 @@ rate=${RATE:-100}
 modules="$root/modules/dist"
 secs=20
 
-# echo_fn NAME FILTER OUT QOS: one echo function's config.
+# echo_fn NAME FILTER OUT QOS [MODE]: one echo function's config (MODE: the default's).
 echo_fn() {
-    printf '[[function]]\nname = "%s"\nmodule = "%s/echo.wasm"\ntopics = ["%s"]\nqos = %s\n[function.config]\nout_topic = "%s"\n' \
-        "$1" "$modules" "$2" "$4" "$3"
+    printf '[[function]]\nname = "%s"\nmodule = "%s/echo.wasm"\ntopics = ["%s"]\nqos = %s\n%s[function.config]\nout_topic = "%s"\n' \
+        "$1" "$modules" "$2" "$4" "${5:+mode = \"$5\"$'\n'}" "$3"
 }
 
 # run DIR [FIRST_MS]: Mosquitto, the proxy (FIRST_MS away each way until SIGUSR1 to
@@ -126,7 +127,7 @@ slower() {
 narrow() {
     local dir="$work/$1" up=200000 secs=$((2 * secs)) payload
     mkdir -p "$dir"
-    { echo_fn f 'f/+' out/f 1; echo_fn q 'q/+' out/q 1; } >"$dir/functions.toml"
+    { echo_fn f 'f/+' out/f 1 "${FLOOD_MODE:-}"; echo_fn q 'q/+' out/q 1; } >"$dir/functions.toml"
     run "$dir"
     payload=$(printf 'x%.0s' $(seq 1000))
     "$bin" publish --broker "mqtt://127.0.0.1:$port" --topic f/x --payload "$payload" --qos 1 \
