@@ -67,22 +67,34 @@ pub fn windows(round_trip: Option<Duration>) -> (usize, usize) {
     (scale(UNCONFIRMED_PER_FUNCTION), scale(UNCONFIRMED_SHARE))
 }
 
+/// How many times what a function's rate keeps on its way its windows may hold
+/// ([`windows_at`]): twice while the rate grows with the window, so that a function held
+/// back by its window doubles it from one round trip to the next.
+pub const WINDOW_GAIN: f64 = 2.0;
+
+/// The same once the link holds the function back: its window was full and a larger one
+/// brought no more confirmations a second. What it holds past one round trip's worth
+/// waits in the link's queue, ahead of every other function's outputs.
+pub const WINDOW_GAIN_HELD_BY_LINK: f64 = 1.25;
+
 /// A function's windows for the broker's `round_trip` when it gets about `rate` outputs a
-/// second confirmed: [`windows`] at most, and no more than twice what that rate keeps on
-/// its way over the round trip (at least the base windows). A function held back by its
-/// window doubles it from one round trip to the next; one held back by a link that carries
-/// no more keeps about one round trip's worth queued ahead of the others' outputs, where
-/// [`windows`] alone kept up to sixteen times their base: over a 200 KB/s uplink 200 ms
-/// away, a quiet function's outputs waited 1.6-3.0 s behind a flood of 1 KB outputs
-/// (docs/benchmarks.md, "A link that gets slower"). Without a rate, [`windows`].
-pub fn windows_at(round_trip: Option<Duration>, rate: Option<f64>) -> (usize, usize) {
+/// second confirmed: [`windows`] at most, and no more than `gain` times what that rate
+/// keeps on its way over the round trip (at least the base windows). A function held back
+/// by its window grows it by `gain` from one round trip to the next ([`WINDOW_GAIN`]); one
+/// held back by a link that carries no more keeps about a quarter of a round trip's worth
+/// queued ahead of the others' outputs ([`WINDOW_GAIN_HELD_BY_LINK`]; a whole round trip's
+/// at [`WINDOW_GAIN`]), where [`windows`] alone kept up to sixteen times their base: over a
+/// 200 KB/s uplink 200 ms away, a quiet function's outputs waited 1.6-3.0 s behind a
+/// flood of 1 KB outputs (docs/benchmarks.md, "A link that gets slower"). Without a rate,
+/// [`windows`].
+pub fn windows_at(round_trip: Option<Duration>, rate: Option<f64>, gain: f64) -> (usize, usize) {
     let (all, share) = windows(round_trip);
     let Some(rate) = rate else {
         return (all, share);
     };
     let on_the_way = rate * round_trip.map_or(0.0, |d| d.as_secs_f64());
     // At most a window's worth, so the conversion cannot overflow.
-    let needed = (2.0 * on_the_way).ceil().min(all as f64) as usize;
+    let needed = (gain * on_the_way).ceil().min(all as f64) as usize;
     (
         all.min(needed.max(UNCONFIRMED_PER_FUNCTION)),
         share.min(needed.max(UNCONFIRMED_SHARE)),

@@ -21,7 +21,8 @@ use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
 use crate::mqtt::publisher::{
-    Place, Publisher, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE, windows_at,
+    Place, Publisher, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE, WINDOW_GAIN,
+    WINDOW_GAIN_HELD_BY_LINK, windows_at,
 };
 use crate::runtime::{CallError, CallOutcome};
 use crate::state::StateStore;
@@ -435,6 +436,8 @@ struct FunctionPlaces {
     /// Places of `all` and `share` taken by a wait for several ([`FunctionPlaces::place`])
     /// and not yet used: the function's next outputs take them before anything else.
     spare: [std::sync::Mutex<Option<OwnedSemaphorePermit>>; 2],
+    /// Whether a place was waited for since the last one counted ([`DeliveryRate::taken`]).
+    waited: std::sync::atomic::AtomicBool,
     sizes: std::sync::Mutex<Sizes>,
 }
 
@@ -493,6 +496,10 @@ impl Window {
 /// [`DeliveryRate::INTERVAL_MS`]); the most of those within the last ten of them (at least
 /// a second) counts, so that a function growing its window is not held to the rate of
 /// the window before.
+///
+/// It also tells a function held back by its link from one held back by its window
+/// ([`DeliveryRate::gain`]): both wait for places, but only the second gets more
+/// confirmations a second from a larger window.
 #[derive(Default)]
 struct DeliveryRate {
     /// Places taken since the interval began; when it began (ms), and how many places the
@@ -501,14 +508,40 @@ struct DeliveryRate {
     since: Option<(u64, usize)>,
     /// The most per second of a recent interval, and when it ended (ms).
     best: Option<(f64, u64)>,
+    /// Whether a place was waited for in this interval.
+    waited: bool,
+    /// The intervals in a row, up to the last, in which places were waited for and the
+    /// rate was no higher than the most of the intervals before by
+    /// [`DeliveryRate::GROWING`], since the round trip was last found to have changed.
+    flat: u8,
+    /// The round trip (ms) of the last place counted.
+    round_trip_ms: u64,
 }
 
 impl DeliveryRate {
     const INTERVAL_MS: u64 = 50;
 
+    /// How much more than the most of the recent intervals counts as the rate growing
+    /// with the window: a window grown by [`WINDOW_GAIN_HELD_BY_LINK`] (a quarter) still
+    /// shows as growth, while an interval's spread seldom does.
+    const GROWING: f64 = 1.15;
+
+    /// How many flat intervals in a row ([`DeliveryRate::flat`]) show the link holding a
+    /// function back. A window's growth shows in the interval after the one it grew in
+    /// (its outputs come back a round trip later): with one, a function growing its
+    /// window after a link got slower was taken for one held by its link every other
+    /// interval, and cleared its backlog later (docs/benchmarks.md, "A full link").
+    const FLAT_INTERVALS: u8 = 3;
+
     /// A place was taken at `now` (ms), the function now holding `held`, the broker
-    /// `round_trip_ms` away.
-    fn taken(&mut self, now: u64, held: usize, round_trip_ms: u64) {
+    /// `round_trip_ms` away; `waited` if it, or one before it, waited for a free one.
+    fn taken(&mut self, now: u64, held: usize, round_trip_ms: u64, waited: bool) {
+        self.waited |= waited;
+        if round_trip_ms.abs_diff(self.round_trip_ms) > self.round_trip_ms / 4 {
+            // The windows are sized for another round trip now: what held the function
+            // back was its window for the old one, not its link.
+            (self.flat, self.round_trip_ms) = (0, round_trip_ms);
+        }
         let Some((since, held_then)) = self.since else {
             self.since = Some((now, held));
             return;
@@ -524,6 +557,15 @@ impl DeliveryRate {
         let confirmed = (self.taken + fewer).saturating_sub(more);
         let rate = confirmed as f64 * 1000.0 / elapsed as f64;
         let keep = interval.saturating_mul(10).max(1000);
+        let growing = self
+            .best
+            .is_none_or(|(best, _)| rate >= best * Self::GROWING);
+        self.flat = if self.waited && !growing {
+            self.flat.saturating_add(1)
+        } else {
+            0
+        };
+        self.waited = false;
         if self
             .best
             .is_none_or(|(best, at)| rate >= best || now.saturating_sub(at) >= keep)
@@ -537,6 +579,15 @@ impl DeliveryRate {
     fn rate(&self) -> Option<f64> {
         self.best.map(|(rate, _)| rate)
     }
+
+    /// How many times what the rate keeps on its way the windows hold ([`windows_at`]).
+    fn gain(&self) -> f64 {
+        if self.flat >= Self::FLAT_INTERVALS {
+            WINDOW_GAIN_HELD_BY_LINK
+        } else {
+            WINDOW_GAIN
+        }
+    }
 }
 
 impl FunctionPlaces {
@@ -547,7 +598,7 @@ impl FunctionPlaces {
     /// Gives the semaphores the places of [`windows_at`] each.
     fn resize(&self, round_trip: Option<Duration>) {
         let mut sizes = self.sizes();
-        let to = windows_at(round_trip, sizes.rate.rate());
+        let to = windows_at(round_trip, sizes.rate.rate(), sizes.rate.gain());
         sizes.all.resize(&self.all, to.0);
         sizes.share.resize(&self.share, to.1);
     }
@@ -591,6 +642,7 @@ impl FunctionPlaces {
                     // four workers wait at once), whom the next confirmation then woke.
                     // Windows never shrink below `base`, so the places waited for always
                     // come.
+                    self.waited.store(true, Ordering::Relaxed);
                     let mut some = semaphore
                         .clone()
                         .acquire_many_owned((base / 8).max(1) as u32)
@@ -633,6 +685,7 @@ impl Places {
             all: Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION)),
             share: Arc::new(Semaphore::new(UNCONFIRMED_SHARE)),
             spare: Default::default(),
+            waited: Default::default(),
             sizes: std::sync::Mutex::new(Sizes {
                 all: Window::new(UNCONFIRMED_PER_FUNCTION),
                 share: Window::new(UNCONFIRMED_SHARE),
@@ -656,7 +709,8 @@ impl Places {
             let mut sizes = f.sizes();
             let free = f.all.available_permits() + f.spare_places(false);
             let held = sizes.all.has.saturating_sub(free);
-            sizes.rate.taken(now, held, round_trip_ms);
+            let waited = f.waited.swap(false, Ordering::Relaxed);
+            sizes.rate.taken(now, held, round_trip_ms, waited);
         }
         let before = self.last.swap(f.id, Ordering::Relaxed);
         if before != f.id && before != 0 {
@@ -742,21 +796,73 @@ mod tests {
     fn the_windows_grow_only_as_far_as_the_rate_needs() {
         use crate::mqtt::publisher::windows;
         let far = Some(Duration::from_millis(200));
-        assert_eq!(windows_at(far, None), windows(far), "not measured yet");
         assert_eq!(
-            windows_at(far, Some(190.0)),
+            windows_at(far, None, WINDOW_GAIN),
+            windows(far),
+            "not measured yet"
+        );
+        assert_eq!(
+            windows_at(far, Some(190.0), WINDOW_GAIN),
             (76, 76),
             "twice 38 on the way"
         );
-        assert_eq!(windows_at(far, Some(100.0)), (64, 40));
-        assert_eq!(windows_at(far, Some(5.0)), (64, 16), "the base windows");
+        assert_eq!(windows_at(far, Some(100.0), WINDOW_GAIN), (64, 40));
         assert_eq!(
-            windows_at(far, Some(1e9)),
+            windows_at(far, Some(5.0), WINDOW_GAIN),
+            (64, 16),
+            "the base windows"
+        );
+        assert_eq!(
+            windows_at(far, Some(1e9), WINDOW_GAIN),
             (800, 200),
             "the round trip's at most"
         );
         let near = Some(Duration::from_millis(2));
-        assert_eq!(windows_at(near, Some(1e6)), (64, 16));
+        assert_eq!(windows_at(near, Some(1e6), WINDOW_GAIN), (64, 16));
+        assert_eq!(
+            windows_at(far, Some(190.0), WINDOW_GAIN_HELD_BY_LINK),
+            (64, 48),
+            "a quarter more than 38 on the way"
+        );
+    }
+
+    #[test]
+    fn a_full_window_that_brings_no_more_confirmations_is_held_by_the_link() {
+        let mut r = DeliveryRate::default();
+        // A place every `every` ms from `from` to `to`, 20 held, 200 ms away; the
+        // windows' gain after it.
+        let mut take = |from: u64, to: u64, every: usize, waited: bool| {
+            for now in (from..=to).step_by(every) {
+                r.taken(now, 20, 200, waited);
+            }
+            r.gain()
+        };
+        assert_eq!(take(1000, 1200, 10, true), WINDOW_GAIN, "a first rate");
+        assert_eq!(take(1210, 1400, 10, true), WINDOW_GAIN, "one flat interval");
+        assert_eq!(take(1410, 1600, 10, true), WINDOW_GAIN, "two");
+        assert_eq!(
+            take(1610, 1800, 10, true),
+            WINDOW_GAIN_HELD_BY_LINK,
+            "three: waited, and no more a second"
+        );
+        assert_eq!(
+            take(1805, 2000, 5, true),
+            WINDOW_GAIN,
+            "the larger window brought more"
+        );
+        for (from, to) in [(2010, 2200), (2210, 2400), (2410, 2600)] {
+            assert_eq!(
+                take(from, to, 10, false),
+                WINDOW_GAIN,
+                "no more, but nothing waited: the function has no more to send"
+            );
+        }
+        for (from, to) in [(2610, 2800), (2810, 3000), (3010, 3200)] {
+            take(from, to, 10, true);
+        }
+        assert_eq!(r.gain(), WINDOW_GAIN_HELD_BY_LINK);
+        r.taken(3210, 20, 400, true);
+        assert_eq!(r.gain(), WINDOW_GAIN, "windows for another round trip");
     }
 
     #[test]
@@ -766,7 +872,7 @@ mod tests {
         // a 200 ms round trip away.
         let mut take = |from: u64, to: u64, every: usize| {
             for now in (from..=to).step_by(every) {
-                r.taken(now, 20, 200);
+                r.taken(now, 20, 200, false);
             }
             r.rate()
         };
@@ -780,10 +886,15 @@ mod tests {
     #[test]
     fn places_added_to_a_window_are_no_confirmations() {
         let mut r = DeliveryRate::default();
-        r.taken(0, 20, 200);
+        r.taken(0, 20, 200, false);
         // 60 taken in 200 ms while the window grew from 20 to 60: 20 came back.
         for i in 1..=60 {
-            r.taken(i * 200 / 60, 20 + (i as usize * 40).div_ceil(60), 200);
+            r.taken(
+                i * 200 / 60,
+                20 + (i as usize * 40).div_ceil(60),
+                200,
+                false,
+            );
         }
         assert_eq!(r.rate(), Some(100.0));
     }
