@@ -436,8 +436,6 @@ struct FunctionPlaces {
     /// Places of `all` and `share` taken by a wait for several ([`FunctionPlaces::place`])
     /// and not yet used: the function's next outputs take them before anything else.
     spare: [std::sync::Mutex<Option<OwnedSemaphorePermit>>; 2],
-    /// Whether a place was waited for since the last one counted ([`DeliveryRate::taken`]).
-    waited: std::sync::atomic::AtomicBool,
     sizes: std::sync::Mutex<Sizes>,
 }
 
@@ -508,7 +506,7 @@ struct DeliveryRate {
     since: Option<(u64, usize)>,
     /// The most per second of a recent interval, and when it ended (ms).
     best: Option<(f64, u64)>,
-    /// Whether a place was waited for in this interval.
+    /// Whether a place was waited for in this interval ([`FunctionPlaces::place`]).
     waited: bool,
     /// The intervals in a row, up to the last, in which places were waited for and the
     /// rate was no higher than the most of the intervals before by
@@ -534,9 +532,8 @@ impl DeliveryRate {
     const FLAT_INTERVALS: u8 = 3;
 
     /// A place was taken at `now` (ms), the function now holding `held`, the broker
-    /// `round_trip_ms` away; `waited` if it, or one before it, waited for a free one.
-    fn taken(&mut self, now: u64, held: usize, round_trip_ms: u64, waited: bool) {
-        self.waited |= waited;
+    /// `round_trip_ms` away.
+    fn taken(&mut self, now: u64, held: usize, round_trip_ms: u64) {
         if round_trip_ms.abs_diff(self.round_trip_ms) > self.round_trip_ms / 4 {
             // The windows are sized for another round trip now: what held the function
             // back was its window for the old one, not its link.
@@ -628,6 +625,7 @@ impl FunctionPlaces {
                 None => None,
             }
         };
+        let mut waited = false;
         loop {
             let place = match take_spare().map_or_else(|| semaphore.clone().try_acquire_owned(), Ok)
             {
@@ -642,7 +640,7 @@ impl FunctionPlaces {
                     // four workers wait at once), whom the next confirmation then woke.
                     // Windows never shrink below `base`, so the places waited for always
                     // come.
-                    self.waited.store(true, Ordering::Relaxed);
+                    waited = true;
                     let mut some = semaphore
                         .clone()
                         .acquire_many_owned((base / 8).max(1) as u32)
@@ -661,6 +659,7 @@ impl FunctionPlaces {
                 Err(_) => return None,
             };
             let mut sizes = self.sizes();
+            sizes.rate.waited |= waited;
             let window = if share {
                 &mut sizes.share
             } else {
@@ -685,7 +684,6 @@ impl Places {
             all: Arc::new(Semaphore::new(UNCONFIRMED_PER_FUNCTION)),
             share: Arc::new(Semaphore::new(UNCONFIRMED_SHARE)),
             spare: Default::default(),
-            waited: Default::default(),
             sizes: std::sync::Mutex::new(Sizes {
                 all: Window::new(UNCONFIRMED_PER_FUNCTION),
                 share: Window::new(UNCONFIRMED_SHARE),
@@ -709,8 +707,7 @@ impl Places {
             let mut sizes = f.sizes();
             let free = f.all.available_permits() + f.spare_places(false);
             let held = sizes.all.has.saturating_sub(free);
-            let waited = f.waited.swap(false, Ordering::Relaxed);
-            sizes.rate.taken(now, held, round_trip_ms, waited);
+            sizes.rate.taken(now, held, round_trip_ms);
         }
         let before = self.last.swap(f.id, Ordering::Relaxed);
         if before != f.id && before != 0 {
@@ -833,7 +830,8 @@ mod tests {
         // windows' gain after it.
         let mut take = |from: u64, to: u64, every: usize, waited: bool| {
             for now in (from..=to).step_by(every) {
-                r.taken(now, 20, 200, waited);
+                r.waited |= waited;
+                r.taken(now, 20, 200);
             }
             r.gain()
         };
@@ -861,7 +859,8 @@ mod tests {
             take(from, to, 10, true);
         }
         assert_eq!(r.gain(), WINDOW_GAIN_HELD_BY_LINK);
-        r.taken(3210, 20, 400, true);
+        r.waited = true;
+        r.taken(3210, 20, 400);
         assert_eq!(r.gain(), WINDOW_GAIN, "windows for another round trip");
     }
 
@@ -872,7 +871,7 @@ mod tests {
         // a 200 ms round trip away.
         let mut take = |from: u64, to: u64, every: usize| {
             for now in (from..=to).step_by(every) {
-                r.taken(now, 20, 200, false);
+                r.taken(now, 20, 200);
             }
             r.rate()
         };
@@ -886,15 +885,10 @@ mod tests {
     #[test]
     fn places_added_to_a_window_are_no_confirmations() {
         let mut r = DeliveryRate::default();
-        r.taken(0, 20, 200, false);
+        r.taken(0, 20, 200);
         // 60 taken in 200 ms while the window grew from 20 to 60: 20 came back.
         for i in 1..=60 {
-            r.taken(
-                i * 200 / 60,
-                20 + (i as usize * 40).div_ceil(60),
-                200,
-                false,
-            );
+            r.taken(i * 200 / 60, 20 + (i as usize * 40).div_ceil(60), 200);
         }
         assert_eq!(r.rate(), Some(100.0));
     }
