@@ -959,6 +959,22 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_place_waited_for_counts_in_the_delivery_rate() {
+        let places = Places::default();
+        let mut held = fill(&places, "f", None, UNCONFIRMED_PER_FUNCTION).await;
+        let f = places.of("f");
+        assert!(!f.sizes().rate.waited, "free places are no wait");
+        let next = f.place(false, true);
+        tokio::pin!(next);
+        let wait = Duration::from_millis(50);
+        assert!(tokio::time::timeout(wait, &mut next).await.is_err());
+        held.drain(..UNCONFIRMED_PER_FUNCTION / 8);
+        let place = tokio::time::timeout(wait, &mut next).await;
+        assert!(place.is_ok_and(|p| p.is_some()), "an eighth came back");
+        assert!(f.sizes().rate.waited, "the full window held it back");
+    }
+
+    #[tokio::test]
     async fn callers_waiting_on_one_full_window_are_woken_once_per_eighth_each() {
         let places = Places::default();
         let mut held = fill(&places, "f", None, UNCONFIRMED_PER_FUNCTION).await;
