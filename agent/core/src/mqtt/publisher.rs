@@ -123,6 +123,13 @@ const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// gets slower"). A publish timed behind others is no cure: on a link whose bandwidth is
 /// full it times the queue, the windows grow with it and the queue with them (a quiet
 /// function's outputs beside a flood took 4.5 s instead of 0.1 s).
+///
+/// A round trip [`SLOWER`] than the estimate is timed again at once (by the next publish,
+/// waiting for those before it if it must, once), and two in a row are the new estimate:
+/// the least of the spans kept a link that had become slower at its old round trip for
+/// another 10-20 s, and at 500 ms the backlog built meanwhile took most of a minute to
+/// clear (docs/benchmarks.md, "A link that gets slower"). One slow round trip alone (a
+/// lost segment resent, a broker that paused) changes nothing.
 #[derive(Default)]
 struct RoundTrip {
     /// The publish being timed: its packet id, and when it was written.
@@ -133,7 +140,15 @@ struct RoundTrip {
     this: Option<(Duration, Instant)>,
     /// When a publish last waited to be timed alone.
     drained: Option<Instant>,
+    /// The last round trip timed, if it was [`SLOWER`] than the estimate, and when it was
+    /// confirmed.
+    slower: Option<(Duration, Instant)>,
 }
+
+/// How many times the estimate a round trip takes to be timed again at once, and, with the
+/// next, to be the estimate ([`RoundTrip`]). Both must also be over [`WINDOW_ROUND_TRIP`]:
+/// under it the windows do not change.
+const SLOWER: u32 = 2;
 
 impl RoundTrip {
     /// rumqttc wrote publish `pkid`, `alone` if nothing else was unconfirmed; `now` is read
@@ -149,6 +164,19 @@ impl RoundTrip {
         let (_, at) = self.probe.take_if(|(probe, _)| *probe == pkid)?;
         let now = now();
         let took = now.duration_since(at);
+        let estimate = self.estimate();
+        if estimate.is_some_and(|e| took > SLOWER * e && took > WINDOW_ROUND_TRIP) {
+            match self.slower.take() {
+                None => self.slower = Some((took, now)),
+                // Two in a row: the link is slower. The spans begin again.
+                Some((first, _)) => {
+                    self.before = None;
+                    self.this = Some((first.min(took), now));
+                }
+            }
+            return self.estimate();
+        }
+        self.slower = None;
         self.this = match self.this {
             Some((least, since)) if now.duration_since(since) < ROUND_TRIP_SPAN => {
                 Some((least.min(took), since))
@@ -161,13 +189,20 @@ impl RoundTrip {
                 Some((took, now))
             }
         };
+        self.estimate()
+    }
+
+    /// The least round trip of this span and the one before.
+    fn estimate(&self) -> Option<Duration> {
         self.this
             .map(|(least, _)| self.before.map_or(least, |b| b.min(least)))
     }
 
     /// Whether a publish at `now`, written behind unconfirmed ones, should wait to be timed
-    /// alone: nothing is being timed, a span has passed since the last span began, and
-    /// since the last wait. (Before the first span the first publish written went alone.)
+    /// alone: nothing is being timed, and a span has passed since the last span began and
+    /// since the last wait, or the last round trip timed was [`SLOWER`] than the estimate
+    /// and none waited since. (Before the first span the first publish written went
+    /// alone.)
     fn due(&mut self, now: Instant) -> bool {
         let due = self.would_be_due(|| now);
         if due {
@@ -182,6 +217,11 @@ impl RoundTrip {
         let Some((_, since)) = self.this.filter(|_| self.probe.is_none()) else {
             return false;
         };
+        if let Some((_, at)) = self.slower
+            && self.drained.is_none_or(|d| d < at)
+        {
+            return true;
+        }
         let now = now();
         let over = |at: Instant| now.duration_since(at) >= ROUND_TRIP_SPAN;
         over(since) && self.drained.is_none_or(over)
@@ -779,29 +819,73 @@ pub(crate) mod tests {
         assert_eq!(waited.elapsed(), DRAIN_WAIT);
     }
 
+    /// Publish `pkid` written at `start` ms after `t0` and confirmed `took` ms later: the
+    /// estimate then.
+    fn sample(
+        rt: &mut RoundTrip,
+        t0: Instant,
+        pkid: u16,
+        start: u64,
+        took: u64,
+    ) -> Option<Duration> {
+        let ms = Duration::from_millis;
+        rt.written(pkid, true, || t0 + ms(start));
+        rt.confirmed(pkid, || t0 + ms(start + took))
+    }
+
     #[test]
-    fn a_link_that_gets_slower_is_seen_within_two_spans() {
+    fn the_estimate_is_the_least_of_this_span_and_the_one_before() {
         let t0 = Instant::now();
         let span = u64::try_from(ROUND_TRIP_SPAN.as_millis()).expect("ms");
         let ms = Duration::from_millis;
         let mut rt = RoundTrip::default();
-        // Publish `pkid` written at `start` ms and confirmed `took` ms later.
-        let mut sample = |pkid, start: u64, took: u64| {
-            rt.written(pkid, true, || t0 + ms(start));
-            rt.confirmed(pkid, || t0 + ms(start + took))
-        };
-        assert_eq!(sample(1, 0, 10), Some(ms(10)));
-        // 200 ms from now on: the quick one stands while its span is this one or the last.
-        assert_eq!(sample(2, span / 2, 200), Some(ms(10)));
-        assert_eq!(sample(3, span + 100, 200), Some(ms(10)));
+        assert_eq!(sample(&mut rt, t0, 1, 0, 100), Some(ms(100)));
+        // 150 ms from now on (not twice as slow): the quick one stands while its span is
+        // this one or the last.
+        assert_eq!(sample(&mut rt, t0, 2, span / 2, 150), Some(ms(100)));
+        assert_eq!(sample(&mut rt, t0, 3, span + 100, 150), Some(ms(100)));
         assert_eq!(
-            sample(4, 2 * span + 300, 200),
-            Some(ms(200)),
+            sample(&mut rt, t0, 4, 2 * span + 300, 150),
+            Some(ms(150)),
             "its span is over"
         );
         // After a silence of more than a span, the last span is not the one before.
-        assert_eq!(sample(5, 6 * span, 300), Some(ms(300)));
-        assert_eq!(sample(6, 6 * span + 400, 250), Some(ms(250)));
+        assert_eq!(sample(&mut rt, t0, 5, 6 * span, 200), Some(ms(200)));
+        assert_eq!(sample(&mut rt, t0, 6, 6 * span + 400, 180), Some(ms(180)));
+    }
+
+    #[test]
+    fn a_link_that_gets_slower_is_seen_by_two_round_trips_in_a_row() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut rt = RoundTrip::default();
+        assert_eq!(sample(&mut rt, t0, 1, 0, 10), Some(ms(10)));
+        assert!(!rt.would_be_due(|| t0 + ms(20)), "within the span");
+        // One slow round trip changes nothing, but the next publish is timed at once.
+        assert_eq!(sample(&mut rt, t0, 2, 100, 200), Some(ms(10)));
+        assert!(rt.would_be_due(|| t0 + ms(301)), "timed again at once");
+        assert_eq!(sample(&mut rt, t0, 3, 400, 12), Some(ms(10)), "a quick one");
+        assert!(!rt.would_be_due(|| t0 + ms(413)));
+        // Two in a row are the new estimate: the least of them.
+        assert_eq!(sample(&mut rt, t0, 4, 500, 250), Some(ms(10)));
+        assert!(rt.due(t0 + ms(750)), "timed again at once");
+        assert_eq!(sample(&mut rt, t0, 5, 800, 200), Some(ms(200)));
+        // Quicker ones lower it as before; one under twice it does not count as slower.
+        assert_eq!(sample(&mut rt, t0, 6, 1100, 150), Some(ms(150)));
+        assert_eq!(sample(&mut rt, t0, 7, 1300, 290), Some(ms(150)));
+        assert!(!rt.would_be_due(|| t0 + ms(1600)));
+        // Nor under the windows' base round trip, where the windows do not change.
+        let mut quick = RoundTrip::default();
+        assert_eq!(sample(&mut quick, t0, 1, 0, 1), Some(ms(1)));
+        assert_eq!(sample(&mut quick, t0, 2, 10, 15), Some(ms(1)));
+        assert!(!quick.would_be_due(|| t0 + ms(30)));
+        // A wait that timed nothing (a broker slower than DRAIN_WAIT) is not waited again
+        // until a span has passed.
+        let mut stuck = RoundTrip::default();
+        assert_eq!(sample(&mut stuck, t0, 1, 0, 10), Some(ms(10)));
+        assert_eq!(sample(&mut stuck, t0, 2, 100, 200), Some(ms(10)));
+        assert!(stuck.due(t0 + ms(400)));
+        assert!(!stuck.would_be_due(|| t0 + ms(400) + DRAIN_WAIT));
     }
 
     /// Four threads publish at once (as the on-demand model's workers do), through a
