@@ -129,7 +129,11 @@ const DRAIN_WAIT: Duration = Duration::from_secs(2);
 /// the least of the spans kept a link that had become slower at its old round trip for
 /// another 10-20 s, and at 500 ms the backlog built meanwhile took most of a minute to
 /// clear (docs/benchmarks.md, "A link that gets slower"). One slow round trip alone (a
-/// lost segment resent, a broker that paused) changes nothing.
+/// lost segment resent, a broker that paused) changes nothing. And a function whose
+/// outputs the broker confirms slower than the estimate explains
+/// ([`Publisher::confirmations_overdue`]) has the next publish timed alone at once too,
+/// at most once a span: under a stream the span's wait could come just before the link
+/// became slower, and the next only 10 s later.
 #[derive(Default)]
 struct RoundTrip {
     /// The publish being timed: its packet id, and when it was written.
@@ -140,15 +144,19 @@ struct RoundTrip {
     this: Option<(Duration, Instant)>,
     /// When a publish last waited to be timed alone.
     drained: Option<Instant>,
-    /// The last round trip timed, if it was [`SLOWER`] than the estimate, and when it was
-    /// confirmed.
-    slower: Option<(Duration, Instant)>,
+    /// The last round trip timed, if it was [`SLOWER`] than the estimate.
+    slower: Option<Duration>,
+    /// When a publish was last asked to be timed alone at once: due until one is timed, or
+    /// waits to be.
+    again: Option<Instant>,
+    /// When confirmations overdue last asked for that ([`RoundTrip::overdue`]).
+    overdue: Option<Instant>,
 }
 
 /// How many times the estimate a round trip takes to be timed again at once, and, with the
 /// next, to be the estimate ([`RoundTrip`]). Both must also be over [`WINDOW_ROUND_TRIP`]:
 /// under it the windows do not change.
-const SLOWER: u32 = 2;
+pub const SLOWER: u32 = 2;
 
 impl RoundTrip {
     /// rumqttc wrote publish `pkid`, `alone` if nothing else was unconfirmed; `now` is read
@@ -167,16 +175,18 @@ impl RoundTrip {
         let estimate = self.estimate();
         if estimate.is_some_and(|e| took > SLOWER * e && took > WINDOW_ROUND_TRIP) {
             match self.slower.take() {
-                None => self.slower = Some((took, now)),
+                None => (self.slower, self.again) = (Some(took), Some(now)),
                 // Two in a row: the link is slower. The spans begin again.
-                Some((first, _)) => {
+                Some(first) => {
                     self.before = None;
                     self.this = Some((first.min(took), now));
+                    self.again = None;
+                    tracing::debug!(?first, then = ?took, "the broker's round trip is slower");
                 }
             }
             return self.estimate();
         }
-        self.slower = None;
+        (self.slower, self.again) = (None, None);
         self.this = match self.this {
             Some((least, since)) if now.duration_since(since) < ROUND_TRIP_SPAN => {
                 Some((least.min(took), since))
@@ -192,6 +202,20 @@ impl RoundTrip {
         self.estimate()
     }
 
+    /// A function's outputs were confirmed slower than the estimate explains: the next
+    /// publish is timed alone at once, unless this asked within a span. Before the first
+    /// estimate nothing explains them (the first publish alone is timed anyway).
+    fn overdue(&mut self, now: Instant) {
+        if self.this.is_some()
+            && self
+                .overdue
+                .is_none_or(|at| now.duration_since(at) >= ROUND_TRIP_SPAN)
+        {
+            (self.overdue, self.again) = (Some(now), Some(now));
+            tracing::debug!("outputs confirmed slower than the round trip explains: timing it");
+        }
+    }
+
     /// The least round trip of this span and the one before.
     fn estimate(&self) -> Option<Duration> {
         self.this
@@ -200,9 +224,9 @@ impl RoundTrip {
 
     /// Whether a publish at `now`, written behind unconfirmed ones, should wait to be timed
     /// alone: nothing is being timed, and a span has passed since the last span began and
-    /// since the last wait, or the last round trip timed was [`SLOWER`] than the estimate
-    /// and none waited since. (Before the first span the first publish written went
-    /// alone.)
+    /// since the last wait, or one was asked for at once ([`SLOWER`],
+    /// [`RoundTrip::overdue`]) and none waited since. (Before the first span the first
+    /// publish written went alone.)
     fn due(&mut self, now: Instant) -> bool {
         let due = self.would_be_due(|| now);
         if due {
@@ -217,7 +241,7 @@ impl RoundTrip {
         let Some((_, since)) = self.this.filter(|_| self.probe.is_none()) else {
             return false;
         };
-        if let Some((_, at)) = self.slower
+        if let Some(at) = self.again
             && self.drained.is_none_or(|d| d < at)
         {
             return true;
@@ -572,6 +596,12 @@ impl Publisher {
         w.round_trip.probe = None;
     }
 
+    /// A function's outputs are confirmed slower than the round trip explains: a full
+    /// window's worth took over [`SLOWER`] round trips (see [`RoundTrip`]).
+    pub fn confirmations_overdue(&self) {
+        self.lock().round_trip.overdue(Instant::now());
+    }
+
     /// The broker's round trip, once measured (see [`windows`]).
     pub fn round_trip(&self) -> Option<Duration> {
         match self
@@ -787,8 +817,10 @@ pub(crate) mod tests {
         p.observe(&out(1));
         p.observe(&out(2));
         p.observe(&ack(1));
-        let timed = p.round_trip().expect("1 went alone");
-        // 2 is unconfirmed, and a span has passed since the last was timed.
+        p.round_trip().expect("1 went alone");
+        // 2 is unconfirmed, and a span has passed since the last was timed (at a second,
+        // so that whatever 3 takes below is quicker, however the tests' threads run).
+        let timed = Duration::from_secs(1);
         let span_ago = || Some((timed, Instant::now() - ROUND_TRIP_SPAN));
         p.lock().round_trip.this = span_ago();
         let publish = queue(&p, None);
@@ -803,7 +835,7 @@ pub(crate) mod tests {
         publish.await;
         p.observe(&out(3));
         p.observe(&ack(3));
-        assert_ne!(p.round_trip(), Some(timed), "3 went alone: timed");
+        assert!(p.round_trip() < Some(timed), "3 went alone: timed");
         // Not within a span of the last wait; and a broker that keeps one unconfirmed for
         // longer than DRAIN_WAIT holds a publish no longer than that.
         p.observe(&out(4));
@@ -886,6 +918,29 @@ pub(crate) mod tests {
         assert_eq!(sample(&mut stuck, t0, 2, 100, 200), Some(ms(10)));
         assert!(stuck.due(t0 + ms(400)));
         assert!(!stuck.would_be_due(|| t0 + ms(400) + DRAIN_WAIT));
+    }
+
+    #[test]
+    fn confirmations_overdue_time_the_next_publish_alone_once_a_span() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let mut rt = RoundTrip::default();
+        rt.overdue(t0);
+        assert_eq!(sample(&mut rt, t0, 1, 0, 10), Some(ms(10)));
+        assert!(
+            !rt.would_be_due(|| t0 + ms(100)),
+            "nothing to be overdue against before"
+        );
+        rt.overdue(t0 + ms(100));
+        assert!(rt.due(t0 + ms(100)), "at once");
+        assert!(!rt.would_be_due(|| t0 + ms(200)), "it waited once");
+        rt.overdue(t0 + ms(300));
+        assert!(!rt.would_be_due(|| t0 + ms(300)), "at most once a span");
+        // A span later (a publish timed alone began a new one meanwhile), again.
+        assert_eq!(sample(&mut rt, t0, 2, 10_050, 10), Some(ms(10)));
+        assert!(!rt.would_be_due(|| t0 + ms(10_200)));
+        rt.overdue(t0 + ms(10_200));
+        assert!(rt.would_be_due(|| t0 + ms(10_200)));
     }
 
     /// Four threads publish at once (as the on-demand model's workers do), through a

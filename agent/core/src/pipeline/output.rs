@@ -21,8 +21,8 @@ use crate::failure::FailureKind;
 use crate::messages::{DeadLetter, Message as _};
 use crate::metrics::FunctionStats;
 use crate::mqtt::publisher::{
-    Place, Publisher, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE, WINDOW_GAIN,
-    WINDOW_GAIN_HELD_BY_LINK, windows_at,
+    Place, Publisher, SLOWER, UNCONFIRMED_PER_FUNCTION, UNCONFIRMED_SHARE, WINDOW_GAIN,
+    WINDOW_GAIN_HELD_BY_LINK, WINDOW_ROUND_TRIP, windows_at,
 };
 use crate::runtime::{CallError, CallOutcome};
 use crate::state::StateStore;
@@ -291,7 +291,12 @@ impl Output {
         let qos = crate::event::mqtt_qos(msg.qos);
         // Never closed: an error cannot happen, and would only mean no place is held.
         let place = match function {
-            Some(f) => self.places.take(f, self.publisher.round_trip()).await,
+            Some(f) => {
+                let overdue = || self.publisher.confirmations_overdue();
+                self.places
+                    .take(f, self.publisher.round_trip(), overdue)
+                    .await
+            }
             None => None,
         };
         self.publisher
@@ -497,7 +502,9 @@ impl Window {
 ///
 /// It also tells a function held back by its link from one held back by its window
 /// ([`DeliveryRate::gain`]): both wait for places, but only the second gets more
-/// confirmations a second from a larger window.
+/// confirmations a second from a larger window. And by Little's law it tells when a full
+/// window's outputs take longer than [`SLOWER`] round trips to be confirmed
+/// ([`DeliveryRate::taken`]): the round trip may no longer be what was measured.
 #[derive(Default)]
 struct DeliveryRate {
     /// Places taken since the interval began; when it began (ms), and how many places the
@@ -514,6 +521,10 @@ struct DeliveryRate {
     flat: u8,
     /// The round trip (ms) of the last place counted.
     round_trip_ms: u64,
+    /// Whether the round trip changed in this interval: its confirmations, then, say
+    /// nothing of whether they are overdue (the first interval after the first estimate
+    /// had none of the outputs that were on their way).
+    new_round_trip: bool,
 }
 
 impl DeliveryRate {
@@ -532,22 +543,26 @@ impl DeliveryRate {
     const FLAT_INTERVALS: u8 = 3;
 
     /// A place was taken at `now` (ms), the function now holding `held`, the broker
-    /// `round_trip_ms` away.
-    fn taken(&mut self, now: u64, held: usize, round_trip_ms: u64) {
+    /// `round_trip_ms` away. True once an interval in which places were waited for ends
+    /// with what the function holds taking longer than [`SLOWER`] round trips (at least
+    /// [`WINDOW_ROUND_TRIP`]) to be confirmed at the interval's rate: a link that became
+    /// slower, or a full one ([`Publisher::confirmations_overdue`]).
+    fn taken(&mut self, now: u64, held: usize, round_trip_ms: u64) -> bool {
         if round_trip_ms.abs_diff(self.round_trip_ms) > self.round_trip_ms / 4 {
             // The windows are sized for another round trip now: what held the function
             // back was its window for the old one, not its link.
             (self.flat, self.round_trip_ms) = (0, round_trip_ms);
+            self.new_round_trip = true;
         }
         let Some((since, held_then)) = self.since else {
             self.since = Some((now, held));
-            return;
+            return false;
         };
         self.taken += 1;
         let interval = round_trip_ms.max(Self::INTERVAL_MS);
         let elapsed = now.saturating_sub(since);
         if elapsed < interval {
-            return;
+            return false;
         }
         let more = held.saturating_sub(held_then) as u64;
         let fewer = held_then.saturating_sub(held) as u64;
@@ -557,6 +572,15 @@ impl DeliveryRate {
         let growing = self
             .best
             .is_none_or(|(best, _)| rate >= best * Self::GROWING);
+        let slowest_ms =
+            f64::from(SLOWER) * round_trip_ms.max(WINDOW_ROUND_TRIP.as_millis() as u64) as f64;
+        // What it held throughout: held at the start and not confirmed by the end would
+        // have been, a round trip away (outputs sent in the interval may still be on
+        // their way: a window filling after a quiet spell is not overdue).
+        let throughout = held.min(held_then) as f64;
+        let overdue =
+            self.waited && !self.new_round_trip && throughout * 1000.0 > rate * slowest_ms;
+        self.new_round_trip = false;
         self.flat = if self.waited && !growing {
             self.flat.saturating_add(1)
         } else {
@@ -570,6 +594,7 @@ impl DeliveryRate {
             self.best = Some((rate, now));
         }
         (self.taken, self.since) = (0, Some((now, held)));
+        overdue
     }
 
     /// Confirmations a second, once an interval was measured.
@@ -695,19 +720,28 @@ impl Places {
     }
 
     /// A place for one of `function`'s outputs, once it has one, in windows made for the
-    /// broker's `round_trip`. Cancel-safe. `None` only if a semaphore were closed, which
-    /// none is.
-    async fn take(&self, function: &str, round_trip: Option<Duration>) -> Option<Place> {
+    /// broker's `round_trip`; `overdue` is called when its confirmations come slower than
+    /// that explains ([`DeliveryRate::taken`]). Cancel-safe. `None` only if a semaphore
+    /// were closed, which none is.
+    async fn take(
+        &self,
+        function: &str,
+        round_trip: Option<Duration>,
+        overdue: impl FnOnce(),
+    ) -> Option<Place> {
         let f = self.of(function);
         f.resize(round_trip);
         let all = f.place(false, true).await?;
         let now = crate::clock::monotonic_ns() / 1_000_000;
         let round_trip_ms = round_trip.map_or(0, |d| d.as_millis() as u64);
-        {
+        let late = {
             let mut sizes = f.sizes();
             let free = f.all.available_permits() + f.spare_places(false);
             let held = sizes.all.has.saturating_sub(free);
-            sizes.rate.taken(now, held, round_trip_ms);
+            sizes.rate.taken(now, held, round_trip_ms)
+        };
+        if late {
+            overdue();
         }
         let before = self.last.swap(f.id, Ordering::Relaxed);
         if before != f.id && before != 0 {
@@ -767,7 +801,7 @@ mod tests {
         function: &str,
         round_trip: Option<Duration>,
     ) -> Option<Place> {
-        let take = places.take(function, round_trip);
+        let take = places.take(function, round_trip, || ());
         tokio::time::timeout(Duration::from_millis(50), take)
             .await
             .ok()
@@ -865,6 +899,52 @@ mod tests {
     }
 
     #[test]
+    fn a_full_window_confirmed_slower_than_its_round_trip_is_overdue() {
+        // 16 held, the round trip measured at 10 ms, a place every `every` ms for a
+        // second: whether an interval ended overdue.
+        let overdue = |waited: bool, every: usize| {
+            let mut r = DeliveryRate::default();
+            let mut overdue = false;
+            for now in (0..=1000).step_by(every) {
+                r.waited |= waited;
+                overdue |= r.taken(now, 16, 10);
+            }
+            overdue
+        };
+        assert!(
+            overdue(true, 31),
+            "16 at 32 a second: half a second each, not 10 ms"
+        );
+        assert!(
+            !overdue(false, 31),
+            "nothing waited: the function has no more to send"
+        );
+        assert!(!overdue(true, 1), "16 at 1,000 a second: 16 ms each");
+        // Not in an interval in which the round trip changed (its outputs were sent
+        // before): here the first, from none to 10 ms.
+        let mut r = DeliveryRate {
+            waited: true,
+            ..DeliveryRate::default()
+        };
+        r.taken(0, 16, 10);
+        r.taken(31, 16, 10);
+        assert!(!r.taken(62, 16, 10), "the round trip was new");
+        r.waited = true;
+        r.taken(93, 16, 10);
+        assert!(r.taken(124, 16, 10), "the next interval");
+        // Nor a window filling after a quiet spell, 200 ms away: what it holds at the end
+        // was sent in the interval, and is on its way.
+        let mut r = DeliveryRate::default();
+        r.taken(0, 1, 200);
+        r.taken(200, 1, 200);
+        r.waited = true;
+        for i in 1..=22 {
+            r.taken(200 + i * 9, 1 + i as usize, 200);
+        }
+        assert!(!r.taken(400, 23, 200), "22 more sent, 1 confirmed");
+    }
+
+    #[test]
     fn the_delivery_rate_is_the_most_of_recent_intervals() {
         let mut r = DeliveryRate::default();
         // A place every `every` ms from `from` to `to`, each as one comes back (20 held),
@@ -937,7 +1017,7 @@ mod tests {
         let mut loud = fill(&places, "loud", far, 800).await;
         // The broker is near again while the function waits for its next place: the
         // places it gives back go, down to the base window.
-        let next = places.take("loud", near);
+        let next = places.take("loud", near, || ());
         tokio::pin!(next);
         let wait = Duration::from_millis(50);
         assert!(tokio::time::timeout(wait, &mut next).await.is_err());
@@ -979,7 +1059,7 @@ mod tests {
         let places = Places::default();
         let mut held = fill(&places, "f", None, UNCONFIRMED_PER_FUNCTION).await;
         // Two of the function's callers wait (on demand, its workers).
-        let (first, second) = (places.take("f", None), places.take("f", None));
+        let (first, second) = (places.take("f", None, || ()), places.take("f", None, || ()));
         tokio::pin!(first, second);
         let wait = Duration::from_millis(50);
         assert!(tokio::time::timeout(wait, &mut first).await.is_err());
