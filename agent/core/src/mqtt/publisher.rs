@@ -151,6 +151,9 @@ struct RoundTrip {
     again: Option<Instant>,
     /// When confirmations overdue last asked for that ([`RoundTrip::overdue`]).
     overdue: Option<Instant>,
+    /// When a wait to be timed alone last gave up ([`DRAIN_WAIT`]): confirmations take
+    /// longer than that, and waiting again for overdue ones would not time it either.
+    gave_up: Option<Instant>,
 }
 
 /// How many times the estimate a round trip takes to be timed again at once, and, with the
@@ -203,14 +206,13 @@ impl RoundTrip {
     }
 
     /// A function's outputs were confirmed slower than the estimate explains: the next
-    /// publish is timed alone at once, unless this asked within a span. Before the first
-    /// estimate nothing explains them (the first publish alone is timed anyway).
+    /// publish is timed alone at once, unless this asked, or a wait gave up, within a
+    /// span. Before the first estimate nothing explains them (the first publish alone is
+    /// timed anyway).
     fn overdue(&mut self, now: Instant) {
-        if self.this.is_some()
-            && self
-                .overdue
-                .is_none_or(|at| now.duration_since(at) >= ROUND_TRIP_SPAN)
-        {
+        let over =
+            |at: Option<Instant>| at.is_none_or(|at| now.duration_since(at) >= ROUND_TRIP_SPAN);
+        if self.this.is_some() && over(self.overdue) && over(self.gave_up) {
             (self.overdue, self.again) = (Some(now), Some(now));
             tracing::debug!("outputs confirmed slower than the round trip explains: timing it");
         }
@@ -467,8 +469,12 @@ impl Publisher {
                 idle.await;
             }
         };
-        let _ = tokio::time::timeout(DRAIN_WAIT, drained).await;
-        self.lock().draining = false;
+        let gave_up = tokio::time::timeout(DRAIN_WAIT, drained).await.is_err();
+        let mut w = self.lock();
+        w.draining = false;
+        if gave_up {
+            w.round_trip.gave_up = Some(Instant::now());
+        }
     }
 
     /// The packet's size if the broker takes a message of `payload_len` bytes to `topic`
@@ -941,6 +947,12 @@ pub(crate) mod tests {
         assert!(!rt.would_be_due(|| t0 + ms(10_200)));
         rt.overdue(t0 + ms(10_200));
         assert!(rt.would_be_due(|| t0 + ms(10_200)));
+        // Not within a span of a wait that gave up: confirmations slower than DRAIN_WAIT.
+        let mut slow = RoundTrip::default();
+        assert_eq!(sample(&mut slow, t0, 1, 0, 10), Some(ms(10)));
+        slow.gave_up = Some(t0 + ms(50));
+        slow.overdue(t0 + ms(100));
+        assert!(!slow.would_be_due(|| t0 + ms(100)), "a wait gave up");
     }
 
     /// Four threads publish at once (as the on-demand model's workers do), through a
