@@ -149,11 +149,11 @@ struct RoundTrip {
     /// When a publish was last asked to be timed alone at once: due until one is timed, or
     /// waits to be.
     again: Option<Instant>,
-    /// When confirmations overdue last asked for that ([`RoundTrip::overdue`]).
-    overdue: Option<Instant>,
-    /// When a wait to be timed alone last gave up ([`DRAIN_WAIT`]): confirmations take
-    /// longer than that, and waiting again for overdue ones would not time it either.
-    gave_up: Option<Instant>,
+    /// When confirmations overdue last asked for that ([`RoundTrip::overdue`]), or a wait
+    /// to be timed alone last gave up ([`DRAIN_WAIT`]: confirmations take longer than
+    /// that, and waiting for overdue ones would not time it either): they ask for none
+    /// within a span of it.
+    overdue_held: Option<Instant>,
 }
 
 /// How many times the estimate a round trip takes to be timed again at once, and, with the
@@ -210,10 +210,11 @@ impl RoundTrip {
     /// span. Before the first estimate nothing explains them (the first publish alone is
     /// timed anyway).
     fn overdue(&mut self, now: Instant) {
-        let over =
-            |at: Option<Instant>| at.is_none_or(|at| now.duration_since(at) >= ROUND_TRIP_SPAN);
-        if self.this.is_some() && over(self.overdue) && over(self.gave_up) {
-            (self.overdue, self.again) = (Some(now), Some(now));
+        let held = self
+            .overdue_held
+            .is_some_and(|at| now.duration_since(at) < ROUND_TRIP_SPAN);
+        if self.this.is_some() && !held {
+            (self.overdue_held, self.again) = (Some(now), Some(now));
             tracing::debug!("outputs confirmed slower than the round trip explains: timing it");
         }
     }
@@ -473,7 +474,7 @@ impl Publisher {
         let mut w = self.lock();
         w.draining = false;
         if gave_up {
-            w.round_trip.gave_up = Some(Instant::now());
+            w.round_trip.overdue_held = Some(Instant::now());
         }
     }
 
@@ -950,7 +951,7 @@ pub(crate) mod tests {
         // Not within a span of a wait that gave up: confirmations slower than DRAIN_WAIT.
         let mut slow = RoundTrip::default();
         assert_eq!(sample(&mut slow, t0, 1, 0, 10), Some(ms(10)));
-        slow.gave_up = Some(t0 + ms(50));
+        slow.overdue_held = Some(t0 + ms(50)); // a wait gave up
         slow.overdue(t0 + ms(100));
         assert!(!slow.would_be_due(|| t0 + ms(100)), "a wait gave up");
     }
