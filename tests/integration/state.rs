@@ -80,6 +80,16 @@ async fn restart_never_stops_the_instance() {
     c.publish("f/in", "x").await;
     let j = c.recv().await.json();
     assert_eq!(j["kind"], "function-stopped", "{j}");
+
+    // A reload (a fix, or here an edit of its config) starts it again.
+    let mut reports = Client::connect(port, &[&format!("edge-agent/{id}/reload")]).await;
+    let edited = config.replace("[function.config]\n", "[function.config]\nfixed = \"1\"\n");
+    std::fs::write(agent.dir().join("agent.toml"), edited).expect("edit the config");
+    let report = reports.recv().await.text();
+    assert!(report.contains("\"ok\":true"), "{report}");
+    c.publish("f/in", "x").await;
+    let m = c.recv().await;
+    assert_eq!(m.topic, "out/fragile", "{}", m.text());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -205,14 +205,23 @@ impl PersistentInstance {
             }
             // A reload put a new version in force: this instance finished its last event
             // on the old one; the next runs on a fresh instance of the new one (its state
-            // is in the store, not in the instance).
+            // is in the store, not in the instance). An instance stopped by its restart
+            // policy starts again, with the policy's count from zero: the reload is how a
+            // user puts right what stopped it (until 2026-12-07 it stayed stopped, and
+            // every event after a reload that reported success was dead-lettered).
             let now = self.function.generation();
-            if now != generation && live.is_some() {
+            if now != generation {
                 generation = now;
+                let stopped = live.is_none();
+                if stopped {
+                    restarts.clear();
+                    backoff = RESTART_BACKOFF_MIN;
+                }
                 live = match self.function.instantiate() {
                     Ok(i) => {
                         tracing::info!(function = %name, instance = self.index,
-                            sha256 = %self.function.sha256(), "persistent instance moved to the reloaded version");
+                            sha256 = %self.function.sha256(), stopped,
+                            "persistent instance moved to the reloaded version");
                         Some(i)
                     }
                     Err(e) => {
