@@ -217,9 +217,13 @@ impl Board {
         }
     }
 
-    /// Whether every agent heard from has sent a report.
+    /// Whether any agent heard from has sent a report. Not every one: an agent that
+    /// never reported (stopped before its first, or with `stats_interval_secs = 0`) leaves
+    /// a retained status on the broker for ever, and `top --once` then failed with "no
+    /// stats report" beside agents that had sent theirs (until 2026-12-07). Those show
+    /// as "no stats report yet".
     pub fn has_reports(&self) -> bool {
-        !self.agents.is_empty() && self.agents.values().all(|a| a.report.is_some())
+        self.agents.values().any(|a| a.report.is_some())
     }
 
     /// The column titles in use.
@@ -736,6 +740,21 @@ mod tests {
             functions: vec![counter, shadowed(), auto()],
         }
         .to_bytes()
+    }
+
+    #[test]
+    fn an_agent_that_never_reported_does_not_hide_one_that_did() {
+        let mut b = Board::default();
+        b.apply("edge-agent/demo/stats", &report());
+        let birth = br#"{"schema_version":1,"status":"offline","pid":7,"version":"0.1.0"}"#;
+        b.apply("edge-agent/old/status", birth);
+        assert!(b.has_reports());
+        let text = b.text();
+        assert!(
+            text.contains("old  offline  v0.1.0  (no stats report yet)"),
+            "{text}"
+        );
+        assert!(text.contains("counter"), "{text}");
     }
 
     #[test]
