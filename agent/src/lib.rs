@@ -140,7 +140,7 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
                 (shutdown_signal(), hangups)
             };
-            let mut prepared = Prepared::new(config)?;
+            let mut prepared = Prepared::open(config)?;
             if let Ok(hangups) = hangups {
                 prepared = prepared.hangups(hangups);
             }

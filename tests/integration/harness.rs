@@ -344,7 +344,7 @@ impl Agent {
             cfg.agent.data_dir = dir.path().join(&cfg.agent.data_dir);
         }
         // Loading compiles every module: CPU work, off the async threads.
-        let prepared = tokio::task::spawn_blocking(move || Prepared::new(cfg))
+        let prepared = tokio::task::spawn_blocking(move || Prepared::open(cfg))
             .await
             .expect("prepare")?;
         Ok((Startup::new(prepared).start()?, dir))

@@ -559,3 +559,40 @@ async fn a_retained_message_is_one_event_across_restarts_and_reconnects() {
     agent.stop().await;
     drop(broker);
 }
+
+/// A second agent started on a `data_dir` in use stops at the state store's lock before it
+/// compiles its modules (minutes on a Pi for Python ones) and writes into the compile cache
+/// the first agent uses. Its module here cannot be compiled: which error it gives says
+/// which came first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_agent_on_a_data_dir_in_use_stops_before_it_compiles() {
+    let id = unique("s");
+    let agent =
+        Agent::start(&(embedded(&id) + &function("c", "counter", "persistent", "c/in", ""))).await;
+    let dir = agent.dir().to_path_buf();
+    std::fs::write(dir.join("bogus.wasm"), "not a module").expect("write");
+    let second = format!(
+        "[agent]\nid = \"{id}-2\"\ndata_dir = \"{}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{}\"\n\
+         [[function]]\nname = \"b\"\nmodule = \"{}\"\ntopics = [\"b/in\"]\n",
+        dir.join("data").display(),
+        agent.port,
+        dir.join("bogus.wasm").display()
+    );
+    std::fs::write(dir.join("second.toml"), second).expect("write");
+    let config = dir.join("second.toml");
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(crate::harness::agent_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .output()
+            .expect("run")
+    })
+    .await
+    .expect("join");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("in use by another process"), "{said}");
+    assert!(!said.contains("bogus"), "compiled before the lock: {said}");
+    agent.stop().await;
+}

@@ -14,12 +14,13 @@ pub mod startup;
 pub mod systemd;
 
 use std::future::Future;
+use std::sync::Arc;
 
 use crate::config::{BrokerAddress, Config, ConfigError};
 use crate::failure::Exit;
 use crate::mqtt::MqttError;
 use crate::runtime::{Runtime, RuntimeError};
-use crate::state::StateError;
+use crate::state::{StateError, StateStore};
 
 pub use startup::{Ready, Running, Startup};
 
@@ -110,6 +111,8 @@ pub struct Prepared {
     connections: crate::mqtt::options::Connections,
     /// SIGHUPs since before the modules loaded ([`Prepared::hangups`]).
     hangups: Option<tokio::signal::unix::Signal>,
+    /// The state store, if opened before the modules loaded ([`Prepared::open`]).
+    state: Option<Arc<StateStore>>,
 }
 
 impl Prepared {
@@ -136,7 +139,23 @@ impl Prepared {
             broker,
             connections,
             hangups: None,
+            state: None,
         })
+    }
+
+    /// [`Prepared::new`] for `run`: the state store first, so that a second agent on the
+    /// same `data_dir` stops at its lock before it compiles every module (seconds to
+    /// minutes on a Pi with Python or JavaScript functions) and before it writes into the
+    /// compile cache the first one uses. Until 2026-12-07 it found the lock only after.
+    ///
+    /// # Errors
+    /// As [`Prepared::new`], and [`StateError`] if the store cannot be opened (held by
+    /// another process, damaged).
+    pub fn open(config: Config) -> Result<Self, AgentError> {
+        let state = StateStore::open(&config.agent.data_dir, &config.state)?;
+        let mut prepared = Self::new(config)?;
+        prepared.state = Some(state);
+        Ok(prepared)
     }
 
     /// SIGHUPs received since `hangups` was made: made before the modules load (which can

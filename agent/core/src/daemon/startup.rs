@@ -70,8 +70,9 @@ impl Startup {
             broker,
             connections,
             hangups,
+            state,
         } = self.prepared;
-        let state = open_state(&config, &runtime)?;
+        let state = open_state(&config, &runtime, state)?;
         let (broker, connections) = start_broker(&config, broker, connections)?;
         tracing::info!(
             agent = %config.agent.id,
@@ -268,8 +269,17 @@ impl Running {
 
 /// Opens the state store and gives every function its namespace (its shadow's sides get
 /// theirs when its lane starts: [`shadow_sides`]).
-fn open_state(config: &Config, runtime: &Runtime) -> Result<Arc<StateStore>, AgentError> {
-    let state = StateStore::open(&config.agent.data_dir, &config.state)?;
+/// The state store (`opened` by [`Prepared::open`], or opened now), with each function's
+/// namespace attached.
+fn open_state(
+    config: &Config,
+    runtime: &Runtime,
+    opened: Option<Arc<StateStore>>,
+) -> Result<Arc<StateStore>, AgentError> {
+    let state = match opened {
+        Some(state) => state,
+        None => StateStore::open(&config.agent.data_dir, &config.state)?,
+    };
     warn_about_the_data_disk(config);
     super::reload::drop_stale_shadows(&state, config);
     for f in &config.functions {
