@@ -50,6 +50,14 @@ pub enum ConfigError {
     /// More than one problem: each on its own line.
     #[error("{}", .0.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n"))]
     Several(Vec<ConfigError>),
+    /// A problem with a key that an `EDGE_AGENT__*` variable set, not the file.
+    #[error("{source} (set by the environment variable {variable})")]
+    Environment {
+        /// The variable's name.
+        variable: String,
+        /// The problem, as told of the file.
+        source: Box<ConfigError>,
+    },
 }
 
 /// Why a file could not be read as configuration. Its message is complete on one line.
@@ -135,7 +143,38 @@ fn one_line(msg: &str) -> String {
     msg.split_whitespace().collect::<Vec<_>>().join(" ")
 }
 
+/// What the names of the variables that override keys begin with (`EDGE_AGENT__BROKER__URL`
+/// for `broker.url`).
+const ENV_PREFIX: &str = "EDGE_AGENT__";
+
 impl ConfigError {
+    /// The same error told as the variable's of `env` that set its key, if one did: a
+    /// mistake in `EDGE_AGENT__BROKER__URLL` was told as the file's (`broker.urll`: unknown
+    /// key), which has no such key, until 2026-12-07.
+    fn from_environment(self, env: &[(String, String)]) -> Self {
+        if let Self::Several(all) = self {
+            return Self::Several(all.into_iter().map(|e| e.from_environment(env)).collect());
+        }
+        let key = match &self {
+            Self::Parse { key: Some(key), .. } | Self::Invalid { key, .. } => key.as_str(),
+            _ => return self,
+        };
+        let variable = env.iter().map(|(name, _)| name).find(|name| {
+            let path = name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
+            key == path
+                || key
+                    .strip_prefix(path.as_str())
+                    .is_some_and(|rest| rest.starts_with(['.', '[']))
+        });
+        match variable {
+            Some(variable) => Self::Environment {
+                variable: variable.clone(),
+                source: Box::new(self),
+            },
+            None => self,
+        }
+    }
+
     /// `Ok` for no errors, the error for one, [`ConfigError::Several`] for more.
     ///
     /// # Errors
@@ -1094,10 +1133,18 @@ impl Config {
         env: impl IntoIterator<Item = (String, String)>,
         data_dir_in_use: Option<&Path>,
     ) -> Result<Self, ConfigError> {
-        let mut cfg: Config = parse(text, format, env).map_err(|e| e.in_file(path))?;
+        let env: Vec<(String, String)> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with(ENV_PREFIX))
+            .collect();
+        let blame = |e: ConfigError| e.from_environment(&env);
+        let mut cfg: Config = parse(text, format, env.clone())
+            .map_err(|e| e.in_file(path))
+            .map_err(blame)?;
         cfg.source = path.to_path_buf();
         cfg.resolve_paths();
-        cfg.validate_with(data_dir_in_use == Some(cfg.agent.data_dir.as_path()))?;
+        cfg.validate_with(data_dir_in_use == Some(cfg.agent.data_dir.as_path()))
+            .map_err(blame)?;
         Ok(cfg)
     }
 
@@ -1193,7 +1240,7 @@ fn parse<T: serde::de::DeserializeOwned>(
 ) -> Result<T, ParseFailure> {
     let env: config::Map<String, String> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with("EDGE_AGENT__"))
+        .filter(|(k, _)| k.starts_with(ENV_PREFIX))
         .collect();
     let builder = config::Config::builder();
     let builder = match format {

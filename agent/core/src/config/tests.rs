@@ -122,6 +122,43 @@ fn environment_overrides_the_file() {
 }
 
 #[test]
+fn a_mistake_in_a_variable_names_the_variable() {
+    let c = Case::new();
+    let var = |k: &str, v: &str| vec![(k.to_string(), v.to_string())];
+    let e = c
+        .load_env("agent.toml", GOOD, var("EDGE_AGENT__BROKER__URLL", "x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`broker.urll`: unknown key `urll`"), "{e}");
+    assert!(
+        e.ends_with("(set by the environment variable EDGE_AGENT__BROKER__URLL)"),
+        "{e}"
+    );
+    let e = c
+        .load_env(
+            "agent.toml",
+            GOOD,
+            var("EDGE_AGENT__BROKER__URL", "ftp://x"),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`broker.url`") && e.contains("EDGE_AGENT__BROKER__URL)"),
+        "{e}"
+    );
+    // The file's own mistakes are the file's.
+    let e = c
+        .load_env(
+            "agent.toml",
+            &with("colour = \"blue\"", ""),
+            var("EDGE_AGENT__AGENT__ID", "a"),
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(!e.contains("environment"), "{e}");
+}
+
+#[test]
 fn unknown_key() {
     let e = Case::new().err(&with("colour = \"blue\"", ""));
     assert!(
