@@ -265,6 +265,8 @@ pub struct Backoff {
     closed_young: u32,
     /// On tokio's clock, like the delays, so that a test can let the time pass.
     connected_at: Option<tokio::time::Instant>,
+    /// What the log last said of a failure in this row ([`first_failure`]).
+    said: Option<&'static str>,
 }
 
 impl Backoff {
@@ -277,6 +279,7 @@ impl Backoff {
             failures: 0,
             closed_young: 0,
             connected_at: None,
+            said: None,
         }
     }
 
@@ -295,6 +298,15 @@ impl Backoff {
         self.next = self.min;
         self.failures = 0;
         self.closed_young = 0;
+    }
+
+    /// Whether `what` ([`first_failure`]) is not what the log said of the last failure in
+    /// this row (the first of a row always is); it is from now on.
+    fn new_cause(&mut self, what: &'static str) -> bool {
+        if self.failures == 1 {
+            self.said = None;
+        }
+        self.said.replace(what) != Some(what)
     }
 
     /// Records a failure on `link`, logs it, and waits out the delay. False if `force_stop`
@@ -326,16 +338,20 @@ impl Backoff {
             });
         });
         let (name, retry_in_ms) = (link.name(), self.next.as_millis() as u64);
+        // Said at the first failure of a row, and again when the cause changes: a broker
+        // that comes up while the agent waits and then refuses its credentials was told
+        // only as "keeps failing" 50 s later, without the hint (until 2026-12-07).
+        let what = first_failure(e, held.is_some());
+        let new_cause = self.new_cause(what);
         if self.closed_young == CLOSED_YOUNG {
             tracing::warn!(connection = %name, error = %e, times = self.closed_young, retry_in_ms, "{CLOSED_YOUNG_HINT}");
-        } else if self.failures == 1 {
-            let what = first_failure(e, held.is_some());
+        } else if new_cause {
             tracing::warn!(connection = %name, error = %e, retry_in_ms, "{what}");
         } else {
             tracing::debug!(connection = %name, error = %e, attempt = self.failures, retry_in_ms, "reconnect failed");
         }
         if self.failures.is_multiple_of(10) {
-            tracing::warn!(connection = %name, error = %e, attempts = self.failures, "broker connection keeps failing");
+            tracing::warn!(connection = %name, error = %e, attempts = self.failures, "broker connection keeps failing: {what}");
         }
         let waited = tokio::select! {
             () = force_stop.cancelled() => false,
@@ -1045,6 +1061,25 @@ mod tests {
             first_failure(&refused, false),
             "cannot connect to the broker; retrying"
         );
+    }
+
+    #[test]
+    fn a_new_cause_of_failure_is_said_when_it_comes() {
+        let mut b = Backoff::new(Duration::from_millis(100), Duration::from_secs(30));
+        let refused = ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        let credentials = ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized);
+        let mut said = Vec::new();
+        for e in [&refused, &refused, &credentials, &credentials, &refused] {
+            b.failures += 1;
+            said.push(b.new_cause(first_failure(e, false)));
+        }
+        // Said at the first; then, once the broker came up and refused the agent, at once
+        // (not as "keeps failing" at the tenth failure).
+        assert_eq!(said, [true, false, true, false, true]);
+        // A new row of failures starts afresh.
+        b.dealt_with();
+        b.failures += 1;
+        assert!(b.new_cause(first_failure(&refused, false)));
     }
 
     #[tokio::test(start_paused = true)]
