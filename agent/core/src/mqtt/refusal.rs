@@ -295,7 +295,8 @@ impl Refusals {
         tracing::warn!(
             closes = self.closes,
             "the broker closes the output connection with messages it has not confirmed: \
-             resending them one at a time, to find one it refuses"
+             resending them one at a time, to find one it refuses (or, if none is found, \
+             another cause: a second client with this client id, a link that drops)"
         );
         Some(careful)
     }
