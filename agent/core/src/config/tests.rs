@@ -159,6 +159,16 @@ fn a_mistake_in_a_variable_names_the_variable() {
 }
 
 #[test]
+fn a_wildcard_in_the_topic_prefix_is_told_plainly() {
+    let text = GOOD.replace("id = \"a1\"", "id = \"a1\"\ntopic_prefix = \"edge/+\"");
+    let e = Case::new().err(&text);
+    assert!(
+        e.contains("`agent.topic_prefix`: cannot contain `+` or `#`: it begins"),
+        "{e}"
+    );
+}
+
+#[test]
 fn unknown_key() {
     let e = Case::new().err(&with("colour = \"blue\"", ""));
     assert!(

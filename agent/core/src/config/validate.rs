@@ -289,7 +289,15 @@ impl Config {
             ));
         }
         if let Err(e) = topic::validate_name(&a.topic_prefix) {
-            errs.push(self.invalid("agent.topic_prefix", format!("topic prefix {e}")));
+            let why = match e {
+                crate::topic::TopicError::WildcardInName => {
+                    "cannot contain `+` or `#`: it begins the names of the topics the agent \
+                     publishes on"
+                        .to_string()
+                }
+                e => e.to_string(),
+            };
+            errs.push(self.invalid("agent.topic_prefix", why));
         }
     }
 
