@@ -151,9 +151,13 @@ impl ConfigError {
     /// The same error told as the variable's of `env` that set its key, if one did: a
     /// mistake in `EDGE_AGENT__BROKER__URLL` was told as the file's (`broker.urll`: unknown
     /// key), which has no such key, until 2026-12-07.
-    fn from_environment(self, env: &[(String, String)]) -> Self {
+    fn blamed_on_environment(self, env: &[(String, String)]) -> Self {
         if let Self::Several(all) = self {
-            return Self::Several(all.into_iter().map(|e| e.from_environment(env)).collect());
+            return Self::Several(
+                all.into_iter()
+                    .map(|e| e.blamed_on_environment(env))
+                    .collect(),
+            );
         }
         let key = match &self {
             Self::Parse { key: Some(key), .. } | Self::Invalid { key, .. } => key.as_str(),
@@ -1137,7 +1141,7 @@ impl Config {
             .into_iter()
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
-        let blame = |e: ConfigError| e.from_environment(&env);
+        let blame = |e: ConfigError| e.blamed_on_environment(&env);
         let mut cfg: Config = parse(text, format, env.clone())
             .map_err(|e| e.in_file(path))
             .map_err(blame)?;

@@ -168,6 +168,41 @@ fn a_wildcard_in_the_topic_prefix_is_told_plainly() {
     );
 }
 
+/// What an earlier run left in the data directory must be writable too, as `run` needs it:
+/// `check` said ok where `run` failed (a `state/` made by a run as root).
+#[test]
+fn what_an_earlier_run_left_in_the_data_dir_is_checked() {
+    let c = Case::new();
+    let data = c.dir.path().join("data");
+    let text = GOOD.replace(
+        "id = \"a1\"",
+        &format!("id = \"a1\"\ndata_dir = \"{}\"", data.display()),
+    );
+    std::fs::create_dir_all(data.join("state")).unwrap();
+    std::fs::write(data.join("state").join("conf"), "x").unwrap();
+    c.load("agent.toml", &text).expect("a store it can write");
+    std::fs::write(data.join("sessions"), "not a directory").unwrap();
+    let e = c.err(&text);
+    assert!(
+        e.contains("`agent.data_dir`") && e.contains("data/sessions is not a directory"),
+        "{e}"
+    );
+    std::fs::remove_file(data.join("sessions")).unwrap();
+    // A file of the store that cannot be opened for writing (root opens it anyway).
+    let ro = data.join("state").join("db");
+    std::fs::write(&ro, "x").unwrap();
+    let mut perms = std::fs::metadata(&ro).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&ro, perms).unwrap();
+    // SAFETY: geteuid cannot fail.
+    #[allow(unsafe_code)]
+    let root = unsafe { libc::geteuid() } == 0;
+    if !root {
+        let e = c.err(&text);
+        assert!(e.contains("cannot write") && e.contains("state/db"), "{e}");
+    }
+}
+
 #[test]
 fn unknown_key() {
     let e = Case::new().err(&with("colour = \"blue\"", ""));

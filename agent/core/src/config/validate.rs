@@ -1,6 +1,7 @@
 //! Semantic checks that serde cannot express. Each error names the key at fault.
 
 use std::collections::HashSet;
+use std::path::Path;
 
 use super::{Config, ConfigError};
 use crate::topic;
@@ -156,6 +157,59 @@ fn is_name(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
+/// What the agent writes in its data directory: the state store, the broker sessions'
+/// filters, the compile cache, a deployment under way.
+const DATA_DIR_PARTS: [&str; 4] = ["state", "sessions", "compiled", "deployment"];
+
+/// Whether the agent can write what an earlier run left in the data directory `real`:
+/// each part ([`DATA_DIR_PARTS`]) that exists is a folder it can write in, and the files
+/// directly in it open for writing. One run as root leaves `state/` root's, and `run` as
+/// the service's user then failed where `check` had said ok (until 2026-12-07).
+fn writable_within(real: &Path) -> Result<(), String> {
+    use std::os::unix::fs::MetadataExt as _;
+    // SAFETY: geteuid cannot fail and touches no memory.
+    #[allow(unsafe_code)]
+    let me = unsafe { libc::geteuid() };
+    let owned = |path: &Path| match std::fs::metadata(path) {
+        Ok(m) if m.uid() != me => format!(
+            " (owned by uid {}, the agent runs as uid {me}: `chown -R` the data directory to \
+             the agent's user)",
+            m.uid()
+        ),
+        _ => String::new(),
+    };
+    for part in DATA_DIR_PARTS {
+        let dir = real.join(part);
+        match std::fs::symlink_metadata(&dir) {
+            Err(_) => continue,
+            Ok(m) if !m.is_dir() => {
+                return Err(format!("{} is not a directory", dir.display()));
+            }
+            Ok(_) => {}
+        }
+        let probe = dir.join(format!(".edge-agent-probe-{}", std::process::id()));
+        if let Err(e) = std::fs::File::create(&probe) {
+            return Err(format!(
+                "cannot write in {}: {e}{}",
+                dir.display(),
+                owned(&dir)
+            ));
+        }
+        let _ = std::fs::remove_file(&probe);
+        let files = std::fs::read_dir(&dir).into_iter().flatten().flatten();
+        for path in files.map(|entry| entry.path()).filter(|p| p.is_file()) {
+            if let Err(e) = std::fs::OpenOptions::new().write(true).open(&path) {
+                return Err(format!(
+                    "cannot write {}: {e}{}",
+                    path.display(),
+                    owned(&path)
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// One line per mistake: the first error of each key, and none that only follows from
 /// another key being wrong (`max_concurrency` must be at most `runtime.max_instances`, when
 /// `runtime.max_instances` is itself rejected).
@@ -273,7 +327,8 @@ impl Config {
             &real,
             write,
         )
-        .map_err(|e| err(format!("cannot write in {}: {e}", real.display())))
+        .map_err(|e| err(format!("cannot write in {}: {e}", real.display())))?;
+        writable_within(&real).map_err(err)
     }
 
     /// `[agent]`.
