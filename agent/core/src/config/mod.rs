@@ -1163,9 +1163,11 @@ impl Config {
             dir
         };
         let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        // Joined component by component: `./data` under `/etc/edge-agent` is
+        // `/etc/edge-agent/data`, not `/etc/edge-agent/./data` in every message.
         let resolve = |p: &mut PathBuf| {
             if p.is_relative() {
-                *p = base.join(&*p);
+                *p = base.join(&*p).components().collect();
             }
         };
         resolve(&mut self.agent.data_dir);

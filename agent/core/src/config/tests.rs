@@ -180,6 +180,9 @@ fn what_an_earlier_run_left_in_the_data_dir_is_checked() {
     );
     std::fs::create_dir_all(data.join("state")).unwrap();
     std::fs::write(data.join("state").join("conf"), "x").unwrap();
+    // `compare` links each agent's compile cache to one folder.
+    std::fs::create_dir(c.dir.path().join("shared")).unwrap();
+    std::os::unix::fs::symlink(c.dir.path().join("shared"), data.join("compiled")).unwrap();
     c.load("agent.toml", &text).expect("a store it can write");
     std::fs::write(data.join("sessions"), "not a directory").unwrap();
     let e = c.err(&text);
@@ -201,6 +204,13 @@ fn what_an_earlier_run_left_in_the_data_dir_is_checked() {
         let e = c.err(&text);
         assert!(e.contains("cannot write") && e.contains("state/db"), "{e}");
     }
+}
+
+#[test]
+fn relative_paths_are_joined_without_a_dot() {
+    let c = Case::new();
+    let cfg = c.load("agent.toml", GOOD).expect("good");
+    assert_eq!(cfg.agent.data_dir, c.dir.path().join("data"));
 }
 
 #[test]

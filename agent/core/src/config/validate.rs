@@ -180,7 +180,8 @@ fn writable_within(real: &Path) -> Result<(), String> {
     };
     for part in DATA_DIR_PARTS {
         let dir = real.join(part);
-        match std::fs::symlink_metadata(&dir) {
+        // Followed: `compare` links its agents' `compiled` to one cache.
+        match std::fs::metadata(&dir) {
             Err(_) => continue,
             Ok(m) if !m.is_dir() => {
                 return Err(format!("{} is not a directory", dir.display()));
