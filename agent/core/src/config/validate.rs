@@ -162,9 +162,10 @@ fn is_name(s: &str) -> bool {
 const DATA_DIR_PARTS: [&str; 4] = ["state", "sessions", "compiled", "deployment"];
 
 /// Whether the agent can write what an earlier run left in the data directory `real`:
-/// each part ([`DATA_DIR_PARTS`]) that exists is a folder it can write in, and the files
-/// directly in it open for writing. One run as root leaves `state/` root's, and `run` as
-/// the service's user then failed where `check` had said ok (until 2026-12-07).
+/// each part ([`DATA_DIR_PARTS`]) that exists is a folder it can write in, and the state
+/// store's files (the only ones written in place; the others are replaced by a rename)
+/// open for writing. One run as root leaves `state/` root's, and `run` as the service's
+/// user then failed where `check` had said ok (until 2026-12-07).
 fn writable_within(real: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     // SAFETY: geteuid cannot fail and touches no memory.
@@ -197,6 +198,9 @@ fn writable_within(real: &Path) -> Result<(), String> {
             ));
         }
         let _ = std::fs::remove_file(&probe);
+        if part != "state" {
+            continue;
+        }
         let files = std::fs::read_dir(&dir).into_iter().flatten().flatten();
         for path in files.map(|entry| entry.path()).filter(|p| p.is_file()) {
             if let Err(e) = std::fs::OpenOptions::new().write(true).open(&path) {
