@@ -94,7 +94,7 @@ pub struct PublishArgs {
     #[arg(short = 'n', long, default_value_t = 1)]
     pub count: u64,
     /// Messages per second (default: as fast as the broker takes them).
-    #[arg(short, long)]
+    #[arg(short, long, value_parser = rate)]
     pub rate: Option<f64>,
     /// QoS (0, 1 or 2).
     #[arg(short, long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(0..=2))]
@@ -244,10 +244,29 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
     Ok(sent)
 }
 
+/// Most and least messages a second `--rate` takes: one a microsecond, one in about 11
+/// days. Until 2026-12-07 `inf` and `1e10` panicked (a period of zero), `1e-300` too (a
+/// period too long for a `Duration`), and `0`, `-5` and `NaN` were taken for no rate.
+const RATES: std::ops::RangeInclusive<f64> = 1e-6..=1e6;
+
+/// Parses `--rate`: a number of messages a second within [`RATES`].
+fn rate(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if RATES.contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "messages a second, from {} to {} (leave it out for as fast as the broker takes them)",
+            RATES.start(),
+            RATES.end()
+        ))
+    }
+}
+
 /// Hands the messages to the client, paced at `--rate` if given.
 async fn produce(client: AsyncClient, args: PublishArgs, template: Template) {
     let qos = edge_agent::event::mqtt_qos(args.qos);
-    let mut ticker = args.rate.filter(|r| *r > 0.0).map(|r| {
+    let mut ticker = args.rate.map(|r| {
         let mut t = tokio::time::interval(Duration::from_secs_f64(1.0 / r));
         t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
         t
@@ -279,5 +298,20 @@ mod tests {
             "{\"n\":7,\"t\":42}"
         );
         assert_eq!(super::render("plain", 1, 2), "plain");
+    }
+
+    #[test]
+    fn a_rate_is_a_number_of_messages_a_second_that_can_be_paced() {
+        for ok in ["0.5", "300", "1e6", "0.000001"] {
+            let r = super::rate(ok).expect(ok);
+            // The period every rate taken gives: non-zero, and a Duration.
+            assert!(
+                !std::time::Duration::from_secs_f64(1.0 / r).is_zero(),
+                "{ok}"
+            );
+        }
+        for bad in ["0", "-5", "NaN", "inf", "1e10", "1e-300", "fast"] {
+            assert!(super::rate(bad).is_err(), "{bad} was taken");
+        }
     }
 }
