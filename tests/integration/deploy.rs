@@ -790,4 +790,10 @@ fn deploy_names_a_bad_directory_or_key_with_exit_64() {
             && err.contains("larger --chunk-bytes"),
         "{err}"
     );
+    // A group no agent can be in.
+    for group in ["bad/group", ""] {
+        let (code, err) = run(&["deploy", "-g", group, "-k", &k, &d]);
+        assert_eq!(code, Some(64), "{group}: {err}");
+        assert!(err.contains("as the agents' [fleet] group"), "{err}");
+    }
 }

@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use de::ValueError;
-pub use validate::{BrokerAddress, UrlError};
+pub use validate::{BrokerAddress, UrlError, is_name};
 
 /// A configuration that cannot be used. The message names the file and the key or function.
 #[derive(Debug, thiserror::Error)]

@@ -150,7 +150,9 @@ fn reaches_under(filter: &str, prefix: &str) -> bool {
     levels.next().is_some()
 }
 
-fn is_name(s: &str) -> bool {
+/// Whether `s` may name an agent, a function or a fleet group: 1-64 letters, digits, `-`,
+/// `_` or `.` (each is a level of the topics it is used in).
+pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.chars()

@@ -310,6 +310,14 @@ pub fn deploy(args: &DeployArgs) -> Result<(), FleetError> {
             deployment::CHUNK_OVERHEAD_BYTES
         )));
     }
+    // What the agents take as their `[fleet] group`: another name would go out to a topic
+    // no agent listens on (until 2026-12-07 `bad/group` and `` did, with exit 0).
+    if !edge_agent::config::is_name(&args.group) {
+        return Err(FleetError::Usage(format!(
+            "--group `{}`: 1-64 letters, digits, `-`, `_` or `.`, as the agents' [fleet] group",
+            args.group
+        )));
+    }
     edge_agent::topic::validate_name(&deployment::document_topic(&args.prefix, &args.group))
         .map_err(|e| FleetError::Usage(format!("--group/--prefix: {e}")))?;
     // The document names every chunk's SHA-256 (67 bytes each): with small chunks and big
