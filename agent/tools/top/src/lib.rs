@@ -96,6 +96,8 @@ struct AgentView {
     report: Option<Result<Report, ReadError>>,
     /// When the report arrived here.
     heard: Option<Instant>,
+    /// How old it was then (retained: by its `ts_ms`).
+    old_when_heard: Duration,
     /// Its last deployment report (`--fleet`).
     deployment: Option<DeploymentReport>,
 }
@@ -199,6 +201,26 @@ fn rate(r: f64) -> String {
 }
 
 impl Board {
+    /// [`Board::apply`] for a retained message (the broker's copy, sent at subscribing): a
+    /// report is as old as its own `ts_ms` says, by this machine's clock. An agent that
+    /// stopped long ago showed its last report as "0s ago", its events a second as if
+    /// current (until 2026-12-07).
+    pub fn apply_retained(&mut self, topic: &str, payload: &[u8]) {
+        self.apply(topic, payload);
+        let Some(id) = topic
+            .strip_suffix("/stats")
+            .and_then(|t| t.rsplit('/').next())
+        else {
+            return;
+        };
+        if let Some(view) = self.agents.get_mut(id)
+            && let Some(Ok(report)) = &view.report
+        {
+            let age = edge_agent::clock::now_ms().saturating_sub(report.ts_ms);
+            view.old_when_heard = Duration::from_millis(age);
+        }
+    }
+
     /// Takes in a message from `<prefix>/<id>/stats` or `<prefix>/<id>/status`.
     pub fn apply(&mut self, topic: &str, payload: &[u8]) {
         let mut parts = topic.rsplitn(3, '/');
@@ -210,6 +232,7 @@ impl Board {
             "stats" => {
                 view.report = Some(Report::from_bytes(payload));
                 view.heard = Some(Instant::now());
+                view.old_when_heard = Duration::ZERO;
             }
             "status" => view.status = Some(Status::from_bytes(payload)),
             "deployment" => view.deployment = DeploymentReport::from_bytes(payload).ok(),
@@ -297,17 +320,24 @@ impl Board {
                      (schema_version {found}; it reads {reads})"
                 ),
                 Some(Err(e)) => format!("{id}  {presence}  stats unreadable: {e}"),
-                Some(Ok(r)) => format!(
-                    "{id}  {presence}  rss {}  cpu {:.1}%{}  state {} on disk  \
-                     report {}s ago, covers {:.0}s",
-                    bytes(r.process.rss_bytes),
-                    r.process.cpu_percent,
-                    r.broker_round_trip_ms
-                        .map_or_else(String::new, |ms| format!("  broker rtt {ms:.1} ms")),
-                    bytes(r.state_disk_bytes),
-                    a.heard.map_or(0, |t| t.elapsed().as_secs()),
-                    r.interval_secs,
-                ),
+                Some(Ok(r)) => {
+                    let age = a
+                        .heard
+                        .map_or(0, |t| (t.elapsed() + a.old_when_heard).as_secs());
+                    // Three reports missed: its figures are the last it sent, not now's.
+                    let stale = age as f64 > (3.0 * r.interval_secs).max(10.0);
+                    format!(
+                        "{id}  {presence}  rss {}  cpu {:.1}%{}  state {} on disk  \
+                         report {age}s ago{}, covers {:.0}s",
+                        bytes(r.process.rss_bytes),
+                        r.process.cpu_percent,
+                        r.broker_round_trip_ms
+                            .map_or_else(String::new, |ms| format!("  broker rtt {ms:.1} ms")),
+                        bytes(r.state_disk_bytes),
+                        if stale { " (STALE)" } else { "" },
+                        r.interval_secs,
+                    )
+                }
             };
             let functions = a.report.as_ref().and_then(|r| r.as_ref().ok());
             let rows = functions
@@ -438,10 +468,7 @@ fn widths(columns: &[&str], sections: &[Section]) -> Vec<usize> {
 
 /// Connects, subscribes, and sends every message to `tx` (and the connection's troubles as
 /// `Err`), reconnecting until `tx` is dropped.
-async fn listen(
-    args: TopArgs,
-    tx: mpsc::Sender<Result<(String, Vec<u8>), String>>,
-) -> Result<(), TopError> {
+async fn listen(args: TopArgs, tx: mpsc::Sender<Result<Received, String>>) -> Result<(), TopError> {
     let opts = args.broker.options("top")?;
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let agent = args.agent.as_deref().unwrap_or("+");
@@ -456,7 +483,7 @@ async fn listen(
                     Ok(())
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    tx.send(Ok((p.topic, p.payload.to_vec())))
+                    tx.send(Ok((p.topic, p.payload.to_vec(), p.retain)))
                 }
                 Ok(_) => Ok(()),
                 Err(e) => {
@@ -499,17 +526,24 @@ pub fn run(args: &TopArgs) -> Result<(), TopError> {
     live(&mut board, &rx)
 }
 
-fn take(board: &mut Board, msg: Result<(String, Vec<u8>), String>) {
+fn take(board: &mut Board, msg: Result<Received, String>) {
     match msg {
-        Ok((topic, payload)) => {
+        Ok((topic, payload, retained)) => {
             board.broker_problem = None;
-            board.apply(&topic, &payload);
+            if retained {
+                board.apply_retained(&topic, &payload);
+            } else {
+                board.apply(&topic, &payload);
+            }
         }
         Err(problem) => board.broker_problem = Some(problem),
     }
 }
 
-type Inbox = mpsc::Receiver<Result<(String, Vec<u8>), String>>;
+/// A message's topic, payload and retain flag.
+type Received = (String, Vec<u8>, bool);
+
+type Inbox = mpsc::Receiver<Result<Received, String>>;
 
 fn once(args: &TopArgs, board: &mut Board, rx: &Inbox) -> Result<(), TopError> {
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
@@ -740,6 +774,23 @@ mod tests {
             functions: vec![counter, shadowed(), auto()],
         }
         .to_bytes()
+    }
+
+    #[test]
+    fn a_retained_report_is_as_old_as_it_says() {
+        let mut b = Board::default();
+        let mut old: serde_json::Value = serde_json::from_slice(&report()).expect("json");
+        old["ts_ms"] = (edge_agent::clock::now_ms() - 1_459_000).into();
+        b.apply_retained(
+            "edge-agent/gone/stats",
+            &serde_json::to_vec(&old).expect("json"),
+        );
+        let text = b.text();
+        assert!(text.contains("report 1459s ago (STALE)"), "{text}");
+        // The same heard live is as old as the time since.
+        b.apply("edge-agent/gone/stats", &report());
+        let text = b.text();
+        assert!(text.contains("report 0s ago, covers"), "{text}");
     }
 
     #[test]
