@@ -508,6 +508,38 @@ async fn promoting_under_a_stream_loses_nothing_and_counts_nothing_twice() {
         .and_then(|s| s.config.as_ref())
         .expect("v1 is the shadow");
     assert_eq!(old["out_topic"], "v1/{topic}");
+
+    // An edit made right after a promote is reloaded too, not taken for the promote's own
+    // write of the file.
+    let mut reports = Client::connect(agent.port, &[&format!("edge-agent/{id}/reload")]).await;
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(agent_bin())
+            .args(["promote", "c", "--socket"])
+            .arg(&socket)
+            .output()
+            .expect("run edge-agent promote")
+    })
+    .await
+    .expect("promote ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let path = agent.dir().join("agent.toml");
+    let text = std::fs::read_to_string(&path).expect("config")
+        + &format!(
+            "\n[[function]]\nname = \"added\"\nmodule = \"{}\"\ntopics = [\"added/in\"]\n",
+            guest("echo")
+        );
+    std::fs::write(&path, text).expect("edit the config");
+    loop {
+        let report = reports.recv().await.text();
+        if report.contains("\"function\":\"added\"") {
+            break;
+        }
+        assert!(report.contains("\"trigger\":\"promote\""), "{report}");
+    }
 }
 
 /// A canary of the counter's version 2 (its outputs on another topic) on a persistent

@@ -82,6 +82,9 @@ pub struct Reloader {
     parts: Parts,
     topic: String,
     rewrites: (mpsc::Sender<Rewrite>, Option<mpsc::Receiver<Rewrite>>),
+    /// What the agent itself last wrote into the config file ([`Reloader::rewrite`]), until
+    /// the file watcher's notice of it has been let go.
+    wrote: Option<String>,
 }
 
 /// A new text for the config file, to be put in force by a reload (a deployment, or its
@@ -234,6 +237,7 @@ impl Reloader {
                 let (tx, rx) = mpsc::channel(1);
                 (tx, Some(rx))
             },
+            wrote: None,
         }
     }
 
@@ -562,10 +566,19 @@ impl Reloader {
                     if watcher.is_some() {
                         watcher = Some(self.watch(tx.clone()));
                     }
-                    // The file watcher saw the edit: that reload is this one.
+                    // The file watcher saw the agent's own edit: that reload is this one.
+                    // Not an edit someone made since (until 2026-12-07 one made within
+                    // half a second of a `promote` waited for the next change, the file
+                    // saying what the agent did not run): the file is not what the agent
+                    // wrote.
                     tokio::time::sleep(SETTLE).await;
                     while rx.try_recv().is_ok() {}
-                    continue;
+                    let wrote = self.wrote.take();
+                    let now = std::fs::read_to_string(&self.path).ok();
+                    if wrote.is_none() || now == wrote {
+                        continue;
+                    }
+                    "file change"
                 }
             };
             tracing::debug!(%trigger, "reload asked; waiting for the writes to settle");
@@ -634,9 +647,11 @@ impl Reloader {
             tracing::warn!(%trigger, file = %self.path.display(), "cannot write the config file: {e}");
             return Err(e);
         }
+        self.wrote = Some(text);
         let report = self.reload(trigger, stop).await;
         if !report.ok {
             let _ = blocking(|| crate::files::replace(&self.path, before.as_bytes()));
+            self.wrote = Some(before);
             // Some of it was put in force: take it back too.
             if report.error.is_none() {
                 tracing::warn!(%trigger, "the new config did not come up in full; going back to the one before");
