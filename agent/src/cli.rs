@@ -58,6 +58,10 @@ pub enum Command {
         /// `<agent.data_dir>/control.sock`.
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Promote even a shadow that failed every event it was given and compared none
+        /// (without it, that is refused: every event would fail).
+        #[arg(long)]
+        force: bool,
     },
     /// Write a new function project (Cargo.toml, src/lib.rs, README, the SDK, and a
     /// function.toml snippet for the agent's config) from a template.

@@ -150,6 +150,7 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
             function,
             config,
             socket,
+            force,
         } => {
             let socket = match socket {
                 Some(s) => s,
@@ -159,7 +160,7 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
                     edge_agent::daemon::control::socket_path(&config.agent.data_dir)
                 }
             };
-            let report = edge_agent::daemon::control::promote(&socket, &function)
+            let report = edge_agent::daemon::control::promote(&socket, &function, force)
                 .map_err(CommandError::Unreachable)?;
             if !report.ok {
                 let why = report.error.clone().unwrap_or_else(|| {

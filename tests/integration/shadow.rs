@@ -693,3 +693,53 @@ async fn a_reload_of_the_function_reloads_a_shadow_that_follows_it() {
     let r = agent.snapshot("e").shadow.expect("a shadow");
     assert_eq!(r.mismatches, 0, "compared with the old version: {r:?}");
 }
+
+/// A shadow that failed every event it was given is not promoted (it would fail every
+/// event as the primary) unless asked with `--force`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shadow_that_failed_every_event_is_promoted_only_by_force() {
+    let id = unique("promote-failing");
+    let config = embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+             [function.config]\nout_topic = \"out\"\n\
+             [function.shadow]\nmodule = \"{}\"\ncalibrate_events = 0\n",
+            guest("echo"),
+            guest("misbehave")
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out"]).await;
+    for _ in 0..3 {
+        c.publish("in", "panic").await;
+        c.recv_on("out").await;
+    }
+    eventually("the shadow failed three", || {
+        agent
+            .snapshot("e")
+            .shadow
+            .is_some_and(|r| r.shadow_failed == 3)
+    })
+    .await;
+    let socket = agent.dir().join("data/control.sock");
+    let promote = |force: bool| {
+        let socket = socket.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = std::process::Command::new(agent_bin());
+            cmd.args(["promote", "e", "--socket"]).arg(&socket);
+            if force {
+                cmd.arg("--force");
+            }
+            cmd.output().expect("run edge-agent promote")
+        })
+    };
+    let out = promote(false).await.expect("promote ran");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "promoted: {said}");
+    assert!(said.contains("failed all 3 events"), "{said}");
+    let out = promote(true).await.expect("promote ran");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -26,6 +26,8 @@ pub fn socket_path(data_dir: &Path) -> PathBuf {
 pub struct Request {
     /// The function whose shadow is to be promoted.
     pub function: String,
+    /// Even a shadow that failed every event it was given and compared none.
+    pub force: bool,
     /// The reload's report.
     pub reply: oneshot::Sender<ReloadReport>,
 }
@@ -61,11 +63,27 @@ async fn serve(stream: UnixStream, ask: mpsc::Sender<Request>) {
     if read.read_line(&mut line).await.is_err() {
         return;
     }
-    let answer = match line.trim().split_once(' ') {
-        Some(("promote", function)) if !function.trim().is_empty() => {
+    let request = line.trim().split_once(' ').and_then(|(verb, function)| {
+        let function = function.trim().to_string();
+        let force = match verb {
+            "promote" => false,
+            "promote!" => true,
+            _ => return None,
+        };
+        (!function.is_empty()).then_some((function, force))
+    });
+    let answer = match request {
+        Some((function, force)) => {
             let (reply, answer) = oneshot::channel();
-            let function = function.trim().to_string();
-            if ask.send(Request { function, reply }).await.is_err() {
+            if ask
+                .send(Request {
+                    function,
+                    force,
+                    reply,
+                })
+                .await
+                .is_err()
+            {
                 ReloadReport::refused("promote", "the agent is stopping".into())
             } else {
                 answer.await.unwrap_or_else(|_| {
@@ -112,12 +130,13 @@ pub enum ControlError {
     Answer(#[source] ReadError),
 }
 
-/// Asks the agent listening at `socket` to promote `function`'s shadow; its reload report.
+/// Asks the agent listening at `socket` to promote `function`'s shadow (with `force`,
+/// even one that failed every event it was given); its reload report.
 ///
 /// # Errors
 /// [`ControlError`]: the socket cannot be reached (no agent, or not allowed), the request
 /// or answer cannot pass through it, or the answer is not a report.
-pub fn promote(socket: &Path, function: &str) -> Result<ReloadReport, ControlError> {
+pub fn promote(socket: &Path, function: &str, force: bool) -> Result<ReloadReport, ControlError> {
     use std::io::{BufRead as _, Write as _};
     let io = |source| ControlError::Io {
         socket: socket.to_path_buf(),
@@ -129,7 +148,8 @@ pub fn promote(socket: &Path, function: &str) -> Result<ReloadReport, ControlErr
             source,
         }
     })?;
-    writeln!(stream, "promote {function}").map_err(io)?;
+    let verb = if force { "promote!" } else { "promote" };
+    writeln!(stream, "{verb} {function}").map_err(io)?;
     let mut line = String::new();
     std::io::BufReader::new(stream)
         .read_line(&mut line)

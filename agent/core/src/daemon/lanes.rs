@@ -187,6 +187,11 @@ pub struct Parts {
 }
 
 impl Lanes {
+    /// The stats of every function.
+    pub fn stats(&self) -> &StatsBook {
+        &self.inner.parts.stats
+    }
+
     /// No function running yet.
     pub fn new(parts: Parts) -> Self {
         Self {

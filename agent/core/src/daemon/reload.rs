@@ -550,8 +550,8 @@ impl Reloader {
                 () = stop.cancelled() => break,
                 t = rx.recv() => match t { Some(t) => Err(t), None => break },
                 r = asked.recv() => {
-                    let Some(super::control::Request { function, reply }) = r else { continue };
-                    let _ = reply.send(self.promote(&function, &stop).await);
+                    let Some(super::control::Request { function, force, reply }) = r else { continue };
+                    let _ = reply.send(self.promote(&function, force, &stop).await);
                     Ok(())
                 }
                 Some(w) = async { match rewrites.as_mut() { Some(r) => r.recv().await, None => None } } => {
@@ -602,8 +602,34 @@ impl Reloader {
     /// `edge-agent promote FUNCTION`: the config file rewritten with the function's shadow
     /// made primary and its primary made shadow, then reloaded; the reload's report (or why
     /// nothing was done).
-    async fn promote(&mut self, function: &str, stop: &CancellationToken) -> ReloadReport {
+    async fn promote(
+        &mut self,
+        function: &str,
+        force: bool,
+        stop: &CancellationToken,
+    ) -> ReloadReport {
         let trigger = "promote";
+        // A shadow that failed every event it was given would fail every event as the
+        // primary (until 2026-12-07 it was promoted all the same, without a word).
+        let failed_all = self
+            .parts
+            .lanes
+            .stats()
+            .snapshots()
+            .into_iter()
+            .find(|s| s.function == function)
+            .and_then(|s| s.shadow)
+            .filter(|r| r.shadow_failed > 0 && r.matches + r.mismatches == 0);
+        if let (Some(r), false) = (failed_all, force) {
+            let why = format!(
+                "its shadow failed all {} events it was given and compared none: as the \
+                 primary it would fail every event (see its shadow report; --force promotes \
+                 it anyway)",
+                r.shadow_failed
+            );
+            tracing::warn!(%function, "promote refused: {why}");
+            return ReloadReport::refused(trigger, why);
+        }
         let text = std::fs::read_to_string(&self.path)
             .map_err(|e| format!("cannot read {}: {e}", self.path.display()))
             .and_then(|text| {
