@@ -267,9 +267,18 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
     reports(&mut c, 3, DeploymentState::Refused, "unsigned").await;
     unchanged("unsigned");
 
-    // Signed with a key the agents do not trust.
-    let wrong = deploy(&broker, &other, &good, &["--version", "2"]);
-    succeeded(&wrong);
+    // Signed with a key the agents do not trust: `--wait` says so with the agents' reason
+    // (it cannot be told by its version, which the agents cannot trust).
+    let wait = ["--version", "2", "--wait", "3", "--wait-secs", "60"];
+    let started = std::time::Instant::now();
+    let wrong = deploy(&broker, &other, &good, &wait);
+    let said = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(1), "{said}");
+    assert!(said.contains("refused: wrongly signed"), "{said}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{said}"
+    );
     reports(&mut c, 3, DeploymentState::Refused, "wrongly signed").await;
     unchanged("wrongly signed");
 

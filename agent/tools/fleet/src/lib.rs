@@ -550,7 +550,12 @@ async fn wait(
         let Ok(r) = DeploymentReport::from_bytes(&p.payload) else {
             continue;
         };
-        if r.group != args.group || r.version != Some(version) {
+        // A deployment an agent cannot open (wrongly signed, another group's key) has no
+        // version it can trust: refused without one. Live (not the retained copy of an
+        // older report) it is this deployment's; until 2026-12-07 `--wait` ignored it and
+        // ran out its time without the agent's reason.
+        let unopened = r.version.is_none() && r.state == DeploymentState::Refused && !p.retain;
+        if r.group != args.group || (r.version != Some(version) && !unopened) {
             continue;
         }
         match r.state {
