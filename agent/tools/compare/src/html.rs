@@ -636,7 +636,7 @@ fn card(r: &Report, f: &FunctionReport, several: bool) -> String {
         "<div class=\"card\" data-function=\"{name}\" data-recommended=\"{rec}\" data-kind=\"{kind}\" \
          data-saving=\"{sav}\" data-low=\"{lo}\" data-high=\"{hi}\"><h3>{name}{on}</h3>\
          <p class=\"rec\">{rec_words}</p><p class=\"headline\">{head}</p>\
-         <p class=\"tradeoff\"><b>Decided by</b> {trade}</p>{weak}</div>",
+         {trade}{weak}</div>",
         name = esc(&f.function),
         rec = esc(&c.recommended),
         kind = esc(&c.kind),
@@ -645,13 +645,26 @@ fn card(r: &Report, f: &FunctionReport, several: bool) -> String {
         hi = c.saving.high,
         rec_words = match c.recommended.as_str() {
             "either" => "Either model".to_string(),
+            "none" => "Not measured".to_string(),
             m => format!("Use {}", esc(m)),
         },
         head = esc(c
             .headline
             .strip_prefix(&format!("Use {}: ", c.recommended))
             .unwrap_or(&c.headline)),
-        trade = esc(&c.trade_off),
+        trade = decided_by(&c.trade_off),
+    )
+}
+
+/// The card's "Decided by" line, none without a trade-off (no verdict: until 2026-12-07
+/// the card read "Decided by" and nothing).
+fn decided_by(trade_off: &str) -> String {
+    if trade_off.is_empty() {
+        return String::new();
+    }
+    format!(
+        "<p class=\"tradeoff\"><b>Decided by</b> {}</p>",
+        esc(trade_off)
     )
 }
 
@@ -848,5 +861,14 @@ mod tests {
         assert_eq!(label(2.5), "2.5");
         assert_eq!(label(1500.0), "1500");
         assert_eq!(esc("a<b & \"c\""), "a&lt;b &amp; &quot;c&quot;");
+    }
+
+    #[test]
+    fn a_card_without_a_trade_off_has_no_decided_by_line() {
+        assert_eq!(decided_by(""), "");
+        assert_eq!(
+            decided_by("cold start: <1 ms"),
+            "<p class=\"tradeoff\"><b>Decided by</b> cold start: &lt;1 ms</p>"
+        );
     }
 }

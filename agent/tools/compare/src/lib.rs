@@ -510,7 +510,8 @@ impl ModelRun {
 pub struct Card {
     /// The rate the recommendation is for (events/s): `--rate`, or the workload's mean.
     pub rate: f64,
-    /// `persistent`, `on-demand`, or `either` when no cost measured separates them.
+    /// `persistent`, `on-demand`, `either` when no cost measured separates them, or
+    /// `none` when there is no verdict (a model's run failed).
     pub recommended: String,
     /// The kind of cost the recommendation rests on (`energy` first, then `cpu`,
     /// `memory`, `money`: the first with a winner).
@@ -1020,17 +1021,22 @@ fn card(
             .find(|v| v.kind == *k && v.winner != verdict::EVEN)
     });
     let Some(v) = decided else {
-        let headline = if verdicts.is_empty() {
-            "no verdict: a model's run failed".to_string()
+        // No verdict at all (a model's run failed) recommends nothing: until 2026-12-07
+        // its card said "Either model", decided by nothing.
+        let (recommended, headline) = if verdicts.is_empty() {
+            ("none", "no verdict: a model's run failed".to_string())
         } else {
-            format!(
-                "Either: at {rate} events/s the two models cost the same within noise in energy, \
-                 CPU, memory and money"
+            (
+                "either",
+                format!(
+                    "Either: at {rate} events/s the two models cost the same within noise in \
+                     energy, CPU, memory and money"
+                ),
             )
         };
         return Card {
             rate: at,
-            recommended: "either".into(),
+            recommended: recommended.into(),
             kind: String::new(),
             saving: Estimate::default(),
             headline,
@@ -1921,3 +1927,16 @@ pub fn render(report: &Report) -> String {
 
 /// Hours in an average month (365.25 × 24 / 12), for $/month.
 const HOURS_PER_MONTH: f64 = 730.5;
+
+#[cfg(test)]
+mod card_tests {
+    /// A function whose models all failed to run recommends nothing, and its page card
+    /// says so, with no "Decided by" line naming nothing.
+    #[test]
+    fn no_verdict_recommends_nothing() {
+        let c = super::card(&[], &[], &[], 10.0);
+        assert_eq!(c.recommended, "none");
+        assert!(c.headline.contains("a model's run failed"), "{c:?}");
+        assert!(c.trade_off.is_empty(), "{c:?}");
+    }
+}
