@@ -53,18 +53,24 @@ async fn auto_switches_on_steps_up_and_down_and_every_event_counts_once_in_order
                 .or_default()
                 .push(j["count"].as_i64().expect("count"));
         }
-        let a = agent.snapshot("c").auto.expect("an auto report");
-        let promoted: u64 = a
-            .switches
-            .iter()
-            .filter(|s| s.to == "persistent")
-            .map(|s| s.count)
-            .sum();
+        let promoted = |agent: &Agent| -> u64 {
+            let a = agent.snapshot("c").auto.expect("an auto report");
+            a.switches
+                .iter()
+                .filter(|s| s.to == "persistent")
+                .map(|s| s.count)
+                .sum()
+        };
         // At least one per burst: on a loaded machine (CI runs tests side by side) a
         // burst's publishing can stall for a stable window, which demotes it mid-burst
-        // and promotes it again (seen once: 4 promotions in 3 bursts). The counts below
-        // are what must hold whatever the switches.
-        assert!(promoted > step as u64, "a promotion for every burst: {a:?}");
+        // and promotes it again (seen once: 4 promotions in 3 bursts). On an idle one a
+        // burst can be handled within one tick, and the promotion comes at the next: it
+        // was asserted at once and failed three runs in four run alone (2026-12-07). The
+        // counts below are what must hold whatever the switches.
+        eventually("a promotion for every burst", || {
+            promoted(&agent) > step as u64
+        })
+        .await;
         eventually("a demotion after a quiet stable window", || {
             model(&agent) == "on-demand"
         })
