@@ -422,6 +422,22 @@ async fn a_stateful_shadow_stays_in_step_across_a_broker_restart() {
     drop(broker);
 }
 
+/// `edge-agent promote FUNCTION --socket SOCKET` (`--force` if `force`), off the async
+/// threads.
+async fn promote(socket: &std::path::Path, function: &str, force: bool) -> std::process::Output {
+    let (socket, function) = (socket.to_path_buf(), function.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(agent_bin());
+        cmd.args(["promote", &function, "--socket"]).arg(&socket);
+        if force {
+            cmd.arg("--force");
+        }
+        cmd.output().expect("run edge-agent promote")
+    })
+    .await
+    .expect("promote ran")
+}
+
 /// `edge-agent promote` under a stream of about 1,000 events/s on four topics: the
 /// counter's version 2 (its outputs on another topic) takes over from version 1 between
 /// two events, and every event is counted once by one of the two.
@@ -446,13 +462,9 @@ async fn promoting_under_a_stream_loses_nothing_and_counts_nothing_twice() {
         c.publish(&format!("in/{}", i % 4), "x").await;
         if i == N / 2 {
             let socket = socket.clone();
-            promoted = Some(tokio::task::spawn_blocking(move || {
-                std::process::Command::new(agent_bin())
-                    .args(["promote", "c", "--socket"])
-                    .arg(&socket)
-                    .output()
-                    .expect("run edge-agent promote")
-            }));
+            promoted = Some(tokio::spawn(
+                async move { promote(&socket, "c", false).await },
+            ));
         }
     }
     let out = promoted
@@ -512,15 +524,7 @@ async fn promoting_under_a_stream_loses_nothing_and_counts_nothing_twice() {
     // An edit made right after a promote is reloaded too, not taken for the promote's own
     // write of the file.
     let mut reports = Client::connect(agent.port, &[&format!("edge-agent/{id}/reload")]).await;
-    let out = tokio::task::spawn_blocking(move || {
-        std::process::Command::new(agent_bin())
-            .args(["promote", "c", "--socket"])
-            .arg(&socket)
-            .output()
-            .expect("run edge-agent promote")
-    })
-    .await
-    .expect("promote ran");
+    let out = promote(&socket, "c", false).await;
     assert!(
         out.status.success(),
         "{}",
@@ -721,22 +725,11 @@ async fn a_shadow_that_failed_every_event_is_promoted_only_by_force() {
     })
     .await;
     let socket = agent.dir().join("data/control.sock");
-    let promote = |force: bool| {
-        let socket = socket.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut cmd = std::process::Command::new(agent_bin());
-            cmd.args(["promote", "e", "--socket"]).arg(&socket);
-            if force {
-                cmd.arg("--force");
-            }
-            cmd.output().expect("run edge-agent promote")
-        })
-    };
-    let out = promote(false).await.expect("promote ran");
+    let out = promote(&socket, "e", false).await;
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success(), "promoted: {said}");
     assert!(said.contains("failed all 3 events"), "{said}");
-    let out = promote(true).await.expect("promote ran");
+    let out = promote(&socket, "e", true).await;
     assert!(
         out.status.success(),
         "{}",
