@@ -615,10 +615,8 @@ impl Reloader {
             .parts
             .lanes
             .stats()
-            .snapshots()
-            .into_iter()
-            .find(|s| s.function == function)
-            .and_then(|s| s.shadow)
+            .get(function)
+            .and_then(|s| s.shadow_report())
             .filter(|r| r.shadow_failed > 0 && r.matches + r.mismatches == 0);
         if let (Some(r), false) = (failed_all, force) {
             let why = format!(

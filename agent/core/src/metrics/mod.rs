@@ -256,8 +256,13 @@ impl FunctionStats {
             cpu_total_us: l.cpu_total_us,
             peak_memory_bytes: l.peak_memory,
             auto: self.auto.get().map(|p| p()),
-            shadow: self.shadow.get().and_then(|p| p()),
+            shadow: self.shadow_report(),
         }
+    }
+
+    /// The function's shadow report, if it has a shadow.
+    pub fn shadow_report(&self) -> Option<crate::messages::ShadowReport> {
+        self.shadow.get().and_then(|p| p())
     }
 }
 
