@@ -17,7 +17,8 @@
 //! promotes when the stable rate holds above the break-even by `margin` (or at once when
 //! the panic window sees `panic_factor` times it), and demotes after a stable window below
 //! it; no switch comes sooner than `min_secs_in_model` after the last (Knative's stable
-//! and panic windows, with hysteresis). Until the function has run persistently, its
+//! and panic windows, with hysteresis). Costs are kept per rate class and compared at
+//! one ([`RATE_CLASSES`]). Until the function has run persistently at that rate, its
 //! persistent CPU per event is estimated from the on-demand calls' execution share; the
 //! same estimate comes back once persistent calls are [`FORGET_AFTER_WINDOWS`] stable
 //! windows old, and every estimate starts afresh when a reload changes the module.
@@ -81,14 +82,54 @@ struct Measured {
     next: usize,
 }
 
-/// The controller's running estimates (EWMA over ticks with calls).
+/// Rate classes of half a decade each: under 1 event/s, 1 to 3.2, 3.2 to 10, ... and
+/// 1,000 and over. A call's CPU depends on the rate it runs at (at 1 event/s every call
+/// finds cold caches and pays a wake-up; at 200/s it shares them), by a factor of two on
+/// the same function: the two models are compared on calls made at about the same rate,
+/// never persistent's from a trickle against on demand's from a burst.
+const RATE_CLASSES: usize = 8;
+
+fn rate_class(rate: f64) -> usize {
+    if rate < 1.0 {
+        0
+    } else {
+        ((rate.log10() * 2.0).floor() as usize + 1).min(RATE_CLASSES - 1)
+    }
+}
+
+/// What the calls made at one rate class cost (EWMA over ticks with calls).
 #[derive(Debug, Clone, Copy, Default)]
-struct Estimates {
+struct AtRate {
     od_cpu_us: Option<f64>,
     od_call_us: Option<f64>,
     od_execute_share: Option<f64>,
     p_cpu_us: Option<f64>,
+}
+
+/// The controller's running estimates.
+#[derive(Debug, Clone, Copy, Default)]
+struct Estimates {
+    by_rate: [AtRate; RATE_CLASSES],
     memory_bytes: f64,
+}
+
+impl Estimates {
+    /// The costs to compare at `rate`: those of the rate class nearest it in which on
+    /// demand was measured (its own, when it was), so that both models' figures come from
+    /// calls at the same rate; `None` before any on-demand call.
+    fn at(&self, rate: f64) -> Option<AtRate> {
+        self.nearest(rate, |a| a.od_cpu_us).copied()
+    }
+
+    /// The rate class nearest `rate` in which `f` was measured.
+    fn nearest(&self, rate: f64, f: impl Fn(&AtRate) -> Option<f64>) -> Option<&AtRate> {
+        let c = rate_class(rate);
+        (0..RATE_CLASSES)
+            .flat_map(|d| [c.checked_sub(d), Some(c + d)])
+            .flatten()
+            .filter_map(|i| self.by_rate.get(i))
+            .find(|a| f(a).is_some())
+    }
 }
 
 /// A model's cost as a function of the event rate: `standing + rate × marginal`.
@@ -275,16 +316,20 @@ impl Auto {
         Some(f64::from(v[i]) / 1000.0)
     }
 
-    /// The two models' cost lines from the estimates, in the objective's unit per hour.
-    fn lines(&self, e: &Estimates) -> Option<(Line, Line)> {
+    /// The two models' cost lines from the costs at one rate class and the memory, in
+    /// the objective's unit per hour; persistent's CPU per event, if measured, times
+    /// `p_measured_by`.
+    fn lines(&self, e: &AtRate, memory_bytes: f64, p_measured_by: f64) -> Option<(Line, Line)> {
         let od_cpu = e.od_cpu_us? / 1e6;
         let od_call = e.od_call_us? / 1e6;
         // Persistent CPU per event: measured, or on demand's without the instantiation.
         let p_cpu = e
             .p_cpu_us
-            .map_or(od_cpu * e.od_execute_share.unwrap_or(1.0), |us| us / 1e6);
+            .map_or(od_cpu * e.od_execute_share.unwrap_or(1.0), |us| {
+                us / 1e6 * p_measured_by
+            });
         let n = f64::from(self.instances);
-        let gb = e.memory_bytes / 1e9;
+        let gb = memory_bytes / 1e9;
         Some(match self.cfg.objective {
             // CPU seconds per hour; energy is CPU times watts per busy core (the idle
             // board's watts are the same in both models), so the same lines.
@@ -302,10 +347,10 @@ impl Auto {
             Objective::Memory => (
                 Line {
                     standing: 0.0,
-                    marginal: e.memory_bytes / 1e6 * od_call,
+                    marginal: memory_bytes / 1e6 * od_call,
                 },
                 Line {
-                    standing: e.memory_bytes / 1e6 * n,
+                    standing: memory_bytes / 1e6 * n,
                     marginal: 0.0,
                 },
             ),
@@ -335,37 +380,23 @@ impl Auto {
             (std::mem::take(&mut m.sums), m.peak_memory)
         };
         let mut book = lock(&self.book);
-        let e = &mut book.estimates;
-        let od = sums[Model::OnDemand as usize];
-        if od.calls > 0 {
-            let n = od.calls as f64;
-            e.od_cpu_us = ewma(e.od_cpu_us, od.cpu_us / n);
-            e.od_call_us = ewma(e.od_call_us, od.call_us / n);
-            if od.call_us > 0.0 {
-                e.od_execute_share = ewma(e.od_execute_share, od.execute_us / od.call_us);
-            }
-        }
-        let p = sums[Model::Persistent as usize];
-        if p.calls > 0 {
-            e.p_cpu_us = ewma(e.p_cpu_us, p.cpu_us / p.calls as f64);
-            book.persistent_measured = Some(now);
-        }
-        let e = &mut book.estimates;
-        e.memory_bytes = peak as f64;
-        let stable = Duration::from_secs_f64(self.cfg.stable_window_secs);
-        if self.model() == Model::OnDemand
-            && e.p_cpu_us.is_some()
-            && book
-                .persistent_measured
-                .is_some_and(|t| now.duration_since(t) >= stable.mul_f64(FORGET_AFTER_WINDOWS))
-        {
-            book.estimates.p_cpu_us = None;
-            tracing::info!(function = %self.function, stable_windows = FORGET_AFTER_WINDOWS,
-                "auto: persistent's measured CPU per event expired (stable_windows after the last persistent call); estimated from the on-demand calls again");
-        }
-        let estimates = book.estimates;
+        let (od, p) = (
+            sums[Model::OnDemand as usize],
+            sums[Model::Persistent as usize],
+        );
+        // The calls since the last tick ran at this rate (of calls, not of arrivals: a
+        // backlog runs at the workers' pace).
+        let calls_rate = (od.calls + p.calls) as f64
+            / book
+                .arrivals
+                .back()
+                .map_or(self.cfg.tick_secs, |(t, _)| {
+                    now.duration_since(*t).as_secs_f64()
+                })
+                .max(1e-3);
 
         let since = *book.since.get_or_insert(now);
+        let stable = Duration::from_secs_f64(self.cfg.stable_window_secs);
         let panic = Duration::from_secs_f64(self.cfg.panic_window_secs);
         book.arrivals.push_back((now, received));
         while book
@@ -391,10 +422,51 @@ impl Auto {
             }
         };
         let (rate_stable, rate_panic) = (rate_over(stable), rate_over(panic));
-        let lines = self.lines(&estimates);
+
+        let e = &mut book.estimates.by_rate[rate_class(calls_rate)];
+        if od.calls > 0 {
+            let n = od.calls as f64;
+            e.od_cpu_us = ewma(e.od_cpu_us, od.cpu_us / n);
+            e.od_call_us = ewma(e.od_call_us, od.call_us / n);
+            if od.call_us > 0.0 {
+                e.od_execute_share = ewma(e.od_execute_share, od.execute_us / od.call_us);
+            }
+        }
+        if p.calls > 0 {
+            e.p_cpu_us = ewma(e.p_cpu_us, p.cpu_us / p.calls as f64);
+            book.persistent_measured = Some(now);
+        }
+        book.estimates.memory_bytes = peak as f64;
+        if self.model() == Model::OnDemand
+            && book
+                .persistent_measured
+                .is_some_and(|t| now.duration_since(t) >= stable.mul_f64(FORGET_AFTER_WINDOWS))
+        {
+            book.persistent_measured = None;
+            for e in &mut book.estimates.by_rate {
+                e.p_cpu_us = None;
+            }
+            tracing::info!(function = %self.function, stable_windows = FORGET_AFTER_WINDOWS,
+                "auto: persistent's measured CPU per event expired (stable_windows after the last persistent call); estimated from the on-demand calls again");
+        }
+        let estimates = book.estimates;
+
+        let m = 1.0 + self.cfg.margin;
+        let lines_at = |rate: f64, p_measured_by: f64| {
+            estimates
+                .at(rate)
+                .and_then(|a| self.lines(&a, estimates.memory_bytes, p_measured_by))
+        };
+        let lines = lines_at(rate_stable, 1.0);
         let break_even = lines.and_then(|(o, p)| Line::break_even(o, p));
         let (cost_on_demand, cost_persistent) =
             lines.map_or((0.0, 0.0), |(o, p)| (o.at(rate_stable), p.at(rate_stable)));
+        // A promotion against persistent's measured CPU per event needs on demand dearer
+        // by the margin, as a demotion needs persistent dearer by it: figures within each
+        // other's noise (one call a tick at 1 event/s moves an average by a third) would
+        // otherwise flap. Against the estimate from the on-demand calls themselves there is
+        // no second measurement to be noisy, and no margin.
+        let promote_at = |rate: f64| lines_at(rate, m).and_then(|(o, p)| Line::break_even(o, p));
 
         let model = self.model();
         let in_model = now.duration_since(since);
@@ -404,7 +476,6 @@ impl Auto {
             .cfg
             .latency_p99_ms
             .is_some_and(|bound| self.od_p99_ms().is_some_and(|p99| p99 > bound));
-        let m = 1.0 + self.cfg.margin;
         // A demotion needs persistent dearer by the margin: its line discounted by it. On
         // the memory line that is a rate under the break-even divided by 1 + margin; by
         // CPU, where the break-even is 0 or none, it is calls measured dearer by the
@@ -414,21 +485,25 @@ impl Auto {
         // Without both lines (a new module, not yet measured on demand while it runs
         // persistent) only a quiet window demotes.
         let demote_at = lines.map_or(Some(0.0), |(o, p)| Line::break_even(o, p.scaled(1.0 / m)));
-        let switch = match (model, break_even) {
-            (Model::OnDemand, _) if slow && rate_stable > 0.0 && settled => {
+        let switch = match model {
+            Model::OnDemand if slow && rate_stable > 0.0 && settled => {
                 Some((Model::Persistent, Reason::Latency))
             }
-            (Model::OnDemand, Some(b))
-                if rate_panic > 0.0 && rate_panic > b * self.cfg.panic_factor =>
+            Model::OnDemand
+                if rate_panic > 0.0
+                    && promote_at(rate_panic)
+                        .is_some_and(|b| rate_panic > b * self.cfg.panic_factor) =>
             {
                 Some((Model::Persistent, Reason::Panic))
             }
-            (Model::OnDemand, Some(b)) if settled && rate_stable > b * m => {
+            Model::OnDemand
+                if settled && promote_at(rate_stable).is_some_and(|b| rate_stable > b * m) =>
+            {
                 Some((Model::Persistent, Reason::Rate))
             }
             // A demotion needs a whole stable window below the break-even, and no latency
             // bound that on demand breaks while events come.
-            (Model::Persistent, _)
+            Model::Persistent
                 if settled
                     && in_model >= stable
                     && !(slow && rate_stable > 0.0)
@@ -482,7 +557,10 @@ impl Auto {
     }
 
     fn report(&self, book: &Book, d: &Decision) -> AutoReport {
+        // Each model's CPU per event as measured nearest the stable rate (the decision
+        // compares them only where both were measured at about the same rate).
         let e = &book.estimates;
+        let near = |f: fn(&AtRate) -> Option<f64>| e.nearest(d.rate_stable, f).and_then(f);
         AutoReport {
             model: self.model().as_str().into(),
             objective: self.cfg.objective.as_str().into(),
@@ -491,9 +569,9 @@ impl Auto {
             break_even: d.break_even,
             cost_on_demand: d.cost_on_demand,
             cost_persistent: d.cost_persistent,
-            on_demand_cpu_us: e.od_cpu_us,
-            persistent_cpu_us: e.p_cpu_us,
-            memory_bytes: e.memory_bytes as u64,
+            on_demand_cpu_us: near(|a| a.od_cpu_us),
+            persistent_cpu_us: near(|a| a.p_cpu_us),
+            memory_bytes: book.estimates.memory_bytes as u64,
             switches: book.switches.clone(),
             last_switch: book
                 .last_switch
@@ -675,6 +753,60 @@ mod tests {
         assert_eq!(again, vec![(Model::Persistent, Reason::Panic)]);
         let down = drive(&auto, &mut clock, 30, 50, each);
         assert_eq!(down, vec![(Model::OnDemand, Reason::Rate)]);
+    }
+
+    /// CPU per call depends on the rate (cold caches at a trickle): persistent measured at
+    /// 1 event/s is not compared with on demand measured in a 200/s burst, which demoted
+    /// it, promoted it again on the next on-demand figure, and then held a 500/s burst on
+    /// demand (a probe, 2026-12-07). Each is compared at the rate it was measured.
+    #[test]
+    fn by_cpu_costs_are_compared_at_the_rate_they_were_measured() {
+        let auto = Auto::new("f", config(Objective::Cpu), 1);
+        let mut clock = (Instant::now(), 0);
+        let burst = |m| match m {
+            Model::OnDemand => cost(38, 20, 18, 1 << 20),
+            Model::Persistent => cost(20, 0, 20, 1 << 20),
+        };
+        let trickle = |m| match m {
+            Model::OnDemand => cost(150, 100, 50, 1 << 20),
+            Model::Persistent => cost(77, 0, 77, 1 << 20),
+        };
+        let up = drive(&auto, &mut clock, 10, 200, burst);
+        assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
+        assert_eq!(
+            drive(&auto, &mut clock, 120, 1, trickle),
+            vec![],
+            "a trickle"
+        );
+        let r = auto.snapshot();
+        assert!((r.persistent_cpu_us.unwrap() - 77.0).abs() < 1.0, "{r:?}");
+        assert_eq!(drive(&auto, &mut clock, 5, 500, burst), vec![], "a burst");
+        // Quiet, then a trickle on demand: persistent measured at that rate is cheaper.
+        let down = drive(&auto, &mut clock, 12, 0, trickle);
+        assert_eq!(down, vec![(Model::OnDemand, Reason::Rate)]);
+        let up = drive(&auto, &mut clock, 10, 1, trickle);
+        assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
+    }
+
+    /// After a demotion because persistent measured dearer, a few noisy on-demand calls
+    /// that put on demand just above persistent's measured figure do not promote it (and
+    /// the next stable window demote it again): a promotion against a measured figure
+    /// needs the margin too.
+    #[test]
+    fn by_cpu_a_promotion_against_measured_persistent_needs_the_margin() {
+        let auto = Auto::new("f", config(Objective::Cpu), 1);
+        let mut clock = (Instant::now(), 0);
+        let seen = drive(&auto, &mut clock, 30, 50, by_cpu(150));
+        assert_eq!(seen.last(), Some(&(Model::OnDemand, Reason::Rate)));
+        let noisy = |m| match m {
+            Model::OnDemand => cost(200, 40, 160, 1 << 20),
+            Model::Persistent => cost(150, 0, 150, 1 << 20),
+        };
+        assert_eq!(drive(&auto, &mut clock, 3, 50, noisy), vec![], "noise");
+        assert_eq!(drive(&auto, &mut clock, 30, 50, by_cpu(150)), vec![]);
+        // Clearly dearer on demand now: promoted.
+        let up = drive(&auto, &mut clock, 10, 50, |_| cost(250, 40, 210, 1 << 20));
+        assert_eq!(up, vec![(Model::Persistent, Reason::Panic)]);
     }
 
     /// A reload that changes the module drops what was measured of the old one: a
