@@ -18,7 +18,7 @@
 //! the panic window sees `panic_factor` times it), and demotes after a stable window below
 //! it; no switch comes sooner than `min_secs_in_model` after the last (Knative's stable
 //! and panic windows, with hysteresis). Costs are kept per rate class and compared at
-//! one ([`RATE_CLASSES`]). Until the function has run persistently at that rate, its
+//! one (`RATE_CLASSES`). Until the function has run persistently at that rate, its
 //! persistent CPU per event is estimated from the on-demand calls' execution share; the
 //! same estimate comes back once persistent calls are [`FORGET_AFTER_WINDOWS`] stable
 //! windows old, and every estimate starts afresh when a reload changes the module.
