@@ -186,6 +186,7 @@ fn examples(doc: &str) -> Vec<String> {
                 succeeded: 1,
                 restarts: 0,
                 replayed: 0,
+                stopped_instances: 0,
                 failed: vec![("timeout".into(), 1)],
                 end_to_end_us: p(),
                 instantiate_us: p(),

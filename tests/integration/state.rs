@@ -80,6 +80,7 @@ async fn restart_never_stops_the_instance() {
     c.publish("f/in", "x").await;
     let j = c.recv().await.json();
     assert_eq!(j["kind"], "function-stopped", "{j}");
+    assert_eq!(agent.snapshot("fragile").stopped_instances, 1, "told");
 
     // A reload (a fix, or here an edit of its config) starts it again.
     let mut reports = Client::connect(port, &[&format!("edge-agent/{id}/reload")]).await;
@@ -90,6 +91,7 @@ async fn restart_never_stops_the_instance() {
     c.publish("f/in", "x").await;
     let m = c.recv().await;
     assert_eq!(m.topic, "out/fragile", "{}", m.text());
+    assert_eq!(agent.snapshot("fragile").stopped_instances, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -307,6 +307,17 @@ impl Collector for AgentCollector {
         family(
             &mut encoder,
             (
+                "edge_agent_instances_stopped",
+                "Persistent instances stopped by their restart policy: their events are dead-lettered until a reload",
+                MetricType::Gauge,
+            ),
+            snapshots
+                .iter()
+                .map(|s| (fam(s), Sample::Gauge(s.stopped_instances as i64))),
+        )?;
+        family(
+            &mut encoder,
+            (
                 "edge_agent_replayed",
                 "Redelivered messages answered from their receipt: already handled, not called again",
                 MetricType::Counter,

@@ -120,6 +120,11 @@ pub struct Snapshot {
     /// run had finished, acknowledged at once.
     #[serde(default)]
     pub replayed: u64,
+    /// Persistent instances stopped now by their restart policy (`restart = "never"`, or
+    /// `max_restarts` within the window): their events are dead-lettered as
+    /// `function-stopped` until a reload puts a new version in force.
+    #[serde(default)]
+    pub stopped_instances: u64,
     /// Failures by kind (non-zero only), as `[kind, count]` pairs.
     pub failed: Vec<(String, u64)>,
     /// Receive to outputs handed to the connection, successful events.

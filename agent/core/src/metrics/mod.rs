@@ -60,6 +60,7 @@ pub struct FunctionStats {
     shadow: OnceLock<ShadowProbe>,
     succeeded: AtomicU64,
     restarts: AtomicU64,
+    stopped: AtomicU64,
     replayed: AtomicU64,
     failed: [AtomicU64; FailureKind::ALL.len()],
     latencies: Mutex<Latencies>,
@@ -76,6 +77,7 @@ impl Default for FunctionStats {
             shadow: OnceLock::new(),
             succeeded: AtomicU64::new(0),
             restarts: AtomicU64::new(0),
+            stopped: AtomicU64::new(0),
             replayed: AtomicU64::new(0),
             failed: Default::default(),
             latencies: Mutex::new(Latencies {
@@ -196,6 +198,16 @@ impl FunctionStats {
         self.restarts.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A persistent instance was stopped by its restart policy (`true`), or started again
+    /// (`false`).
+    pub fn instance_stopped(&self, stopped: bool) {
+        if stopped {
+            self.stopped.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.stopped.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
     /// A redelivered message was already handled (its receipt is in the store, or this
     /// run finished it), so the function was not called again.
     pub fn replayed(&self) {
@@ -240,6 +252,7 @@ impl FunctionStats {
             succeeded: self.succeeded.load(Ordering::Relaxed),
             restarts: self.restarts.load(Ordering::Relaxed),
             replayed: self.replayed.load(Ordering::Relaxed),
+            stopped_instances: self.stopped.load(Ordering::Relaxed),
             failed: FailureKind::ALL
                 .iter()
                 .zip(&self.failed)

@@ -131,11 +131,14 @@ impl PersistentInstance {
         // Auto: the promoted instance failed; the next one is a restart, which the restart
         // policy may refuse (the events run on demand meanwhile).
         let mut failed = false;
+        // Counted in the function's instances stopped by the restart policy.
+        let mut counted = false;
         if self.auto.is_none() {
             live = self.start(&name);
             if live.is_none() {
                 live = self.restart(rt, &name, &mut restarts, &mut backoff);
             }
+            self.stopped(&mut counted, live.is_none());
         }
         loop {
             let event = match &self.auto {
@@ -229,6 +232,7 @@ impl PersistentInstance {
                         self.restart(rt, &name, &mut restarts, &mut backoff)
                     }
                 };
+                self.stopped(&mut counted, live.is_none());
             }
 
             let Some(instance) = live.take() else {
@@ -326,7 +330,17 @@ impl PersistentInstance {
             } else if killed {
                 // Replace it now, not when the next event arrives; events wait meanwhile.
                 live = self.restart(rt, &name, &mut restarts, &mut backoff);
+                self.stopped(&mut counted, live.is_none());
             }
+        }
+        self.stopped(&mut counted, false);
+    }
+
+    /// Counts this instance in the function's stopped instances while `now` says so.
+    fn stopped(&self, counted: &mut bool, now: bool) {
+        if *counted != now {
+            *counted = now;
+            self.stats.instance_stopped(now);
         }
     }
 

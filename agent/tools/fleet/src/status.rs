@@ -126,8 +126,9 @@ pub async fn collect(
     Ok(agents)
 }
 
-/// One agent's health in a word or two: `ok`, `degraded: <why>`, `errors`, or `-`
-/// (offline, or no stats yet).
+/// One agent's health in a word or two: `ok`, `degraded: <why>`, `stopped: <functions>`
+/// (instances stopped by their restart policy), `errors`, or `-` (offline, or no stats
+/// yet).
 pub fn health(s: &Seen) -> String {
     if s.status
         .as_ref()
@@ -137,6 +138,16 @@ pub fn health(s: &Seen) -> String {
     }
     if let Some(why) = s.status.as_ref().and_then(|st| st.degraded.clone()) {
         return format!("degraded: {why}");
+    }
+    let stopped: Vec<&str> = s
+        .stats
+        .iter()
+        .flat_map(|r| &r.functions)
+        .filter(|f| f.totals.stopped_instances > 0)
+        .map(|f| f.totals.function.as_str())
+        .collect();
+    if !stopped.is_empty() {
+        return format!("stopped: {}", stopped.join(", "));
     }
     match &s.stats {
         Some(r) if r.functions.iter().any(|f| f.rates.errors_per_sec > 0.0) => "errors".into(),

@@ -356,7 +356,11 @@ impl Board {
                         bytes(t.peak_memory_bytes as u64),
                         t.queue_depth.to_string(),
                         t.failed_total().to_string(),
-                        t.restarts.to_string(),
+                        if t.stopped_instances > 0 {
+                            format!("{} STOPPED", t.restarts)
+                        } else {
+                            t.restarts.to_string()
+                        },
                     ];
                     std::iter::once(row).chain(t.shadow.as_ref().map(shadow_row))
                 })
@@ -686,6 +690,7 @@ mod tests {
                 succeeded: 0,
                 restarts: 0,
                 replayed: 0,
+                stopped_instances: 0,
                 failed: Vec::new(),
                 end_to_end_us: none.clone(),
                 instantiate_us: none.clone(),
@@ -743,6 +748,7 @@ mod tests {
         let mut counter = function("counter", "persistent");
         let t = &mut counter.totals;
         (t.received, t.succeeded, t.restarts, t.queue_depth) = (10, 9, 1, 3);
+        t.stopped_instances = 1;
         t.failed = vec![("timeout".into(), 1)];
         t.peak_memory_bytes = 1_179_648;
         counter.rates = Rates {
@@ -832,7 +838,7 @@ mod tests {
             "1.1MiB",
             "3",
             "1",
-            "1",
+            "1 STOPPED",
         ];
         assert_eq!(rows[0], counter);
         assert_eq!(rows[1][..5], ["echo", "on-demand", "0.0", "-", "-"]);
