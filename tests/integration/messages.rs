@@ -226,6 +226,7 @@ fn examples(doc: &str) -> Vec<String> {
         payload_base64: "eA==".into(),
         payload_truncated: false,
         message_truncated: false,
+        topic_truncated: false,
     };
     let one = || {
         Some(vec![ReloadedFunction {

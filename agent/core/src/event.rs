@@ -360,6 +360,7 @@ impl BrokerLimits {
                 .iter()
                 .any(|t| t == topic)
         {
+            let topic = crate::topic::shown(topic);
             return Some(format!(
                 "the broker refuses messages to `{topic}`: it closed the connection on one \
                  each time (its ACL or policy does not let this client publish there; its log \

@@ -134,6 +134,21 @@ pub fn join(a: &str, b: &str) -> String {
     out.join("/")
 }
 
+/// Longest topic quoted whole in an error message or a log line.
+const SHOWN_MAX: usize = 200;
+
+/// `topic` as an error message or a log line quotes it: a topic of up to 200 bytes
+/// whole, a longer one (MQTT allows 65,535) by its start and end with its length between,
+/// so that what the message says after it is not lost when the message is cut.
+pub fn shown(topic: &str) -> std::borrow::Cow<'_, str> {
+    if topic.len() <= SHOWN_MAX {
+        return topic.into();
+    }
+    let start = &topic[..topic.floor_char_boundary(SHOWN_MAX - 60)];
+    let end = &topic[topic.ceil_char_boundary(topic.len() - 40)..];
+    format!("{start}…({} bytes)…{end}", topic.len()).into()
+}
+
 /// A subscription: a filter and the highest QoS any function asked for on it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subscription {
@@ -170,6 +185,16 @@ pub fn subscriptions<'a>(filters: impl IntoIterator<Item = (&'a str, u8)>) -> Ve
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_long_topic_is_shown_by_its_ends_and_length() {
+        assert_eq!(super::shown("a/b"), "a/b");
+        let long = format!("s/{}/end", "é".repeat(40_000));
+        let s = super::shown(&long);
+        assert!(s.len() < 250, "{s}");
+        assert!(s.starts_with("s/éé") && s.ends_with("éé/end"), "{s}");
+        assert!(s.contains("…(80006 bytes)…"), "{s}");
+    }
+
     use super::*;
 
     // Examples from MQTT 3.1.1 section 4.7 (and MQTT 5 section 4.7).

@@ -37,6 +37,10 @@ pub struct DeadLetter {
     pub payload_truncated: bool,
     /// Whether `message` holds only the start of the error message.
     pub message_truncated: bool,
+    /// Whether `topic` holds only the start of the event's topic (a topic near
+    /// `broker.max_packet_bytes`, which the dead letter's own topic and fields push over).
+    #[serde(default)]
+    pub topic_truncated: bool,
 }
 
 impl Message for DeadLetter {

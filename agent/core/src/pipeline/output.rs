@@ -75,6 +75,7 @@ impl DeadLetter {
                 .encode(&event.payload[..kept]),
             payload_truncated: kept < event.payload.len() + event.payload_skipped,
             message_truncated,
+            topic_truncated: false,
         }
     }
 }
@@ -317,7 +318,7 @@ impl Output {
     ) {
         stats.failed(kind);
         let shown = message.get(..message.floor_char_boundary(DEAD_LETTER_MAX_MESSAGE));
-        tracing::warn!(function, topic = %event.topic, kind = %kind,
+        tracing::warn!(function, topic = %crate::topic::shown(&event.topic), kind = %kind,
             "event failed: {}", shown.unwrap_or_default());
         if event.topic == *self.dead_letter_topic {
             // A dead letter about a dead letter would feed the function that failed on it
@@ -375,9 +376,9 @@ impl Output {
         }
     }
 
-    /// The dead letter as JSON, within the packet limit: the payload is cut to
-    /// what fits, and left out if nothing does. `None` if even that is too large (a topic
-    /// near the packet limit), which is logged.
+    /// The dead letter as JSON, within the packet limit: the payload is cut to what fits,
+    /// and left out if nothing does; then the message, then the topic. `None` only if the
+    /// letter's own fields are over it (a limit near its 1,024 floor), which is logged.
     fn dead_letter_body(
         &self,
         function: &str,
@@ -402,14 +403,29 @@ impl Output {
             room.min(DEAD_LETTER_MAX_PAYLOAD),
         );
         letter.module_sha256 = module.map(|m| m.to_string());
-        let body = letter.to_bytes();
-        let packet = crate::event::publish_packet_bytes(&self.dead_letter_topic, body.len());
-        if packet <= max_packet_bytes {
-            return Some(body);
+        // Still over with the payload left out (a long message under a low limit, or a
+        // topic near it): the message is cut to fit, then the topic, each flagged. Each
+        // round takes at least the excess off the JSON (escaping only lengthens text).
+        loop {
+            let body = letter.to_bytes();
+            let packet = crate::event::publish_packet_bytes(&self.dead_letter_topic, body.len());
+            let Some(over) = packet.checked_sub(max_packet_bytes).filter(|&o| o > 0) else {
+                return Some(body);
+            };
+            let cut =
+                |s: &mut String| s.truncate(s.floor_char_boundary(s.len().saturating_sub(over)));
+            if !letter.message.is_empty() {
+                cut(&mut letter.message);
+                letter.message_truncated = true;
+            } else if !letter.topic.is_empty() {
+                cut(&mut letter.topic);
+                letter.topic_truncated = true;
+            } else {
+                tracing::error!(function, topic = %crate::topic::shown(&event.topic), packet,
+                    "dead letter over the packet limit even without its message and topic: not sent");
+                return None;
+            }
         }
-        tracing::error!(function, topic = %event.topic, packet,
-            "dead letter over the packet limit not sent");
-        None
     }
 }
 
@@ -789,6 +805,54 @@ mod tests {
             .filter(|r| matches!(r, rumqttc::Request::Publish(p) if p.topic == "dl"))
             .collect();
         assert_eq!(letters.len(), 1, "{:?}", el.pending);
+    }
+
+    /// A dead letter that does not fit with its payload left out is cut to fit (its
+    /// message, then its topic), not dropped (a probe, 2026-12-07: a 5,000-byte error
+    /// under a 4,096-byte limit was never published).
+    #[tokio::test]
+    async fn a_dead_letter_is_cut_to_the_packet_limit_message_then_topic() {
+        let opts = rumqttc::MqttOptions::new("t", "127.0.0.1", 1);
+        let (client, _el) = rumqttc::AsyncClient::new(opts, 16);
+        let limits = BrokerLimits::new(4096);
+        let publisher = Publisher::new(client, limits.clone());
+        let out = Output::new(
+            publisher,
+            "edge-agent/a/dead-letter".into(),
+            TaskTracker::new(),
+            limits,
+            Arc::default(),
+        );
+        let fits = |body: &[u8]| {
+            crate::event::publish_packet_bytes("edge-agent/a/dead-letter", body.len()) <= 4096
+        };
+        let letter = |topic: &str, message: String| {
+            let event = crate::pipeline::test_event(topic, vec![b'p'; 3000], 1);
+            let body = out.dead_letter_body("f", None, &event, FailureKind::GuestError, message);
+            let body = body.expect("a dead letter");
+            assert!(fits(&body), "{} bytes", body.len());
+            serde_json::from_slice::<DeadLetter>(&body).expect("a dead letter")
+        };
+        // A short one keeps what fits of its payload.
+        let l = letter("in/x", "no".into());
+        assert_eq!((l.message.as_str(), l.payload_truncated), ("no", true));
+        assert!(!l.payload_base64.is_empty());
+        // A message that does not fit even without the payload: cut.
+        let l = letter("in/x", "\"é".repeat(2500));
+        assert!(l.message_truncated && !l.topic_truncated, "{l:?}");
+        assert!(
+            l.message.starts_with("\"é") && l.message.len() > 1000,
+            "{l:?}"
+        );
+        // A topic that does not fit with the rest: the message goes, then the topic is cut.
+        let long = format!("in/{}", "t".repeat(4000));
+        let l = letter(&long, "why".into());
+        assert!(l.topic_truncated && l.message.is_empty(), "{l:?}");
+        assert!(
+            long.starts_with(&l.topic) && l.topic.len() > 3000,
+            "{}",
+            l.topic.len()
+        );
     }
 
     async fn soon(places: &Places, function: &str) -> Option<Place> {

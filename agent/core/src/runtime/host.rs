@@ -175,7 +175,8 @@ impl mqtt::Host for StoreData {
         qos: u8,
         retain: bool,
     ) -> Result<(), String> {
-        topic::validate_name(&topic).map_err(|e| format!("invalid topic `{topic}`: {e}"))?;
+        topic::validate_name(&topic)
+            .map_err(|e| format!("invalid topic ({e}): `{}`", topic::shown(&topic)))?;
         if qos > 2 {
             return Err(format!("invalid qos {qos}: must be 0, 1 or 2"));
         }
@@ -196,6 +197,7 @@ impl mqtt::Host for StoreData {
             .iter()
             .find(|f| topic::matches(f, &topic))
         {
+            let topic = topic::shown(&topic);
             return Err(format!(
                 "topic `{topic}` matches this function's own filter `{filter}`: it would call \
                  the function again with its own output (set allow_feedback = true for \
@@ -204,6 +206,7 @@ impl mqtt::Host for StoreData {
         }
         let prefix = self.ctx.reserved_prefix.as_str();
         if topic.starts_with(prefix) || topic == prefix.trim_end_matches('/') {
+            let topic = topic::shown(&topic);
             return Err(format!(
                 "topic `{topic}` is under `{prefix}`, which is reserved for the agent's own topics"
             ));
