@@ -1142,7 +1142,11 @@ impl Config {
             .filter(|(k, _)| k.starts_with(ENV_PREFIX))
             .collect();
         let blame = |e: ConfigError| e.blamed_on_environment(&env);
-        let mut cfg: Config = parse(text, format, env.clone())
+        let mut cfg: Config = tree(text, format, env.clone())
+            .and_then(|mut tree| {
+                limits_within_the_packet_limit(&mut tree);
+                Ok(de::from_tree(&tree)?)
+            })
             .map_err(|e| e.in_file(path))
             .map_err(blame)?;
         cfg.source = path.to_path_buf();
@@ -1244,6 +1248,15 @@ fn parse<T: serde::de::DeserializeOwned>(
     format: Option<config::FileFormat>,
     env: impl IntoIterator<Item = (String, String)>,
 ) -> Result<T, ParseFailure> {
+    Ok(de::from_tree(&tree(text, format, env)?)?)
+}
+
+/// The file and the environment merged, before deserialization.
+fn tree(
+    text: &str,
+    format: Option<config::FileFormat>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<serde_json::Value, ParseFailure> {
     let env: config::Map<String, String> = env
         .into_iter()
         .filter(|(k, _)| k.starts_with(ENV_PREFIX))
@@ -1264,7 +1277,33 @@ fn parse<T: serde::de::DeserializeOwned>(
         .build()
         .and_then(config::Config::try_deserialize)
         .map_err(|e| ParseFailure::new(ParseError::Syntax(Box::new(e))))?;
-    Ok(de::from_tree(&tree)?)
+    Ok(tree)
+}
+
+/// A function's `max_publish_bytes` and `max_payload_bytes` left out default to 256 KiB,
+/// or to `broker.max_packet_bytes` where that is lower: lowering the packet limit for a
+/// broker that takes less does not make every function's defaults invalid (until
+/// 2026-12-07 `check` refused them, naming keys the file did not have).
+fn limits_within_the_packet_limit(tree: &mut serde_json::Value) {
+    let Some(packet) = tree
+        .pointer("/broker/max_packet_bytes")
+        .and_then(serde_json::Value::as_u64)
+    else {
+        return;
+    };
+    let Some(functions) = tree.get_mut("function").and_then(|f| f.as_array_mut()) else {
+        return;
+    };
+    for f in functions.iter_mut().filter_map(|f| f.as_object_mut()) {
+        for (key, default) in [
+            ("max_publish_bytes", default_max_publish_bytes()),
+            ("max_payload_bytes", default_max_payload_bytes()),
+        ] {
+            if packet < default as u64 && !f.contains_key(key) {
+                f.insert(key.into(), packet.into());
+            }
+        }
+    }
 }
 
 /// Reads a TOML file of another kind (a `compare` workload) with the same error messages

@@ -599,3 +599,24 @@ fn share_and_partition_are_checked() {
         "{e}"
     );
 }
+
+/// A lower packet limit lowers the functions' default message limits with it (a probe,
+/// 2026-12-07: `check` refused the defaults, naming keys the file did not have); limits
+/// written out are still checked against it.
+#[test]
+fn the_default_message_limits_follow_a_lower_packet_limit() {
+    let c = Case::new();
+    let cfg = c
+        .load("agent.toml", &with("max_packet_bytes = 4096", ""))
+        .expect("defaults within the packet limit");
+    let f = &cfg.functions[0];
+    assert_eq!((f.max_publish_bytes, f.max_payload_bytes), (4096, 4096));
+    let cfg = c.load("agent.toml", GOOD).expect("a config");
+    assert_eq!(cfg.functions[0].max_publish_bytes, 256 * 1024);
+    let e = c.err(&with("max_packet_bytes = 4096", "max_publish_bytes = 5000"));
+    assert!(e.contains("`function[f].max_publish_bytes`"), "{e}");
+    // Set through the environment, too.
+    let env = vec![("EDGE_AGENT__BROKER__MAX_PACKET_BYTES".into(), "2048".into())];
+    let cfg = c.load_env("agent.toml", GOOD, env).expect("a config");
+    assert_eq!(cfg.functions[0].max_payload_bytes, 2048);
+}
