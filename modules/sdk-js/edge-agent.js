@@ -57,7 +57,10 @@ function call(f, ...args) {
 }
 
 const encoder = new TextEncoder();
-const decoder = new TextDecoder("utf-8", { fatal: true });
+// A leading byte-order mark is kept (U+FEFF), as Rust's `str::from_utf8` and Python's
+// `bytes.decode` keep it: dropped, a payload with one was JSON to a JavaScript function
+// and not to the others.
+const decoder = new TextDecoder("utf-8", { fatal: true, ignoreBOM: true });
 
 function bytes(value) {
     return typeof value === "string" ? encoder.encode(value) : value;

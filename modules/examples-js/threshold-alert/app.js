@@ -56,6 +56,9 @@ class JsonNumber {
         const integer = /^-?\d+$/.test(source) ? BigInt(source) : undefined;
         const fits = integer !== undefined && integer >= -(2n ** 63n) && integer < 2n ** 64n;
         this.value = fits ? integer : Number(source);
+        // serde_json refuses a number no double holds (`1e400`); written as `Infinity` it
+        // would not be JSON.
+        if (!fits && !Number.isFinite(this.value)) throw new SyntaxError("number out of range");
     }
 
     exceeds(other) {
@@ -70,11 +73,17 @@ class JsonNumber {
     }
 }
 
-/** JSON.parse, with every number kept as a JsonNumber from its source text. */
+/**
+ * JSON.parse as strict as serde_json, with every number kept as a JsonNumber from its
+ * source text: no number out of a double's range, no lone surrogate escape (`"\ud800"`).
+ */
 function parseJson(source) {
-    return JSON.parse(source, (key, value, context) =>
-        typeof value === "number" ? new JsonNumber(context.source) : value,
-    );
+    return JSON.parse(source, (key, value, context) => {
+        if (!key.isWellFormed() || (typeof value === "string" && !value.isWellFormed())) {
+            throw new SyntaxError("lone surrogate in a string escape");
+        }
+        return typeof value === "number" ? new JsonNumber(context.source) : value;
+    });
 }
 
 function parseNumber(source) {

@@ -39,7 +39,9 @@ def _alert_qos(value):
 def check(topic, payload, threshold):
     """The alert to publish, as JSON text, or None when the value is not above threshold."""
     try:
-        document = _loads(payload)
+        # Decoded here, so that a byte-order mark is not JSON (json.loads on bytes would
+        # look for the utf-8-sig codec, which this Python does not have).
+        document = _loads(payload.decode("utf-8"))
     except ValueError as e:
         raise Reject(f"payload is not JSON: {e}") from None
     value = document.get("value") if isinstance(document, dict) else None
@@ -57,11 +59,30 @@ def check(topic, payload, threshold):
 
 
 def _loads(text):
-    # Strict JSON, as the Rust example reads it (serde_json): no NaN or Infinity, and an
-    # integer that does not fit 64 bits becomes a float.
-    return json.loads(
-        text, parse_constant=_reject_constant, parse_int=_integer, parse_float=_float
+    # Strict JSON, as the Rust example reads it (serde_json): no NaN or Infinity, no lone
+    # surrogate escape, and an integer that does not fit 64 bits becomes a float.
+    document = json.loads(
+        text,
+        parse_constant=_reject_constant,
+        parse_int=_integer,
+        parse_float=_float,
     )
+    _well_formed(document)
+    return document
+
+
+def _well_formed(document):
+    """Raises ValueError for a string (or key) with a lone surrogate (``"\\ud800"``)."""
+    left = [document]
+    while left:
+        item = left.pop()
+        if isinstance(item, str):
+            item.encode("utf-8")  # UnicodeEncodeError, a ValueError, on a lone surrogate
+        elif isinstance(item, dict):
+            left.extend(item.keys())
+            left.extend(item.values())
+        elif isinstance(item, list):
+            left.extend(item)
 
 
 def _integer(literal):
