@@ -578,8 +578,8 @@ async fn guest_logs_are_cut_and_rate_limited() {
     assert_eq!(c.recv().await.text(), "logged 2000");
     // A burst of 50, then 50 a second for as long as the flood lasted.
     let allowed = 50 + (50.0 * start.elapsed().as_secs_f64()).ceil() as usize + 5;
-    // The count of dropped lines is reported with the next line let through: lets the
-    // rate limiter's one-second window pass (a timer, not a wait).
+    // The count of dropped lines is told as the call ends; the rate limiter lets lines
+    // through again a second later (a timer, not a wait).
     tokio::time::sleep(Duration::from_millis(1100)).await;
     c.publish("chatty/in", "stdout:after the flood").await;
     c.publish("chatty/in", "ok").await;

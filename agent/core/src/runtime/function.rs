@@ -592,6 +592,7 @@ impl Instance {
         drop(running);
         let cpu = cpu.stop();
         let data = self.store.data_mut();
+        data.call_ended();
         // A wait for its turn to publish is the function's rate limit, not its work.
         let throttled = std::mem::take(&mut data.throttled);
         let execute = started.elapsed().saturating_sub(throttled);

@@ -127,6 +127,11 @@ impl StoreData {
     pub fn timeout_ms(&self) -> u64 {
         self.ctx.timeout_ms
     }
+
+    /// A call ended: the log lines it dropped are told, if a report is due.
+    pub fn call_ended(&self) {
+        self.ctx.log.report_due();
+    }
 }
 
 /// Caps linear memory (the only memory a guest controls) and records its peak. A refused

@@ -64,16 +64,31 @@ impl LogLimiter {
             s.dropped += 1;
             return false;
         }
+        self.report(&mut s, now);
+        true
+    }
+
+    /// Reports the lines dropped since the last report, if any and if a report is due:
+    /// at the end of every call, so that a burst's drops are told when the call that
+    /// wrote them ends, not when the function next logs a line (until 2026-12-07 a last
+    /// burst's were never told).
+    /// Returns how many it told.
+    pub fn report_due(&self) -> u64 {
+        let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.report(&mut s, std::time::Instant::now())
+    }
+
+    fn report(&self, s: &mut LimiterState, now: std::time::Instant) -> u64 {
         let due = s
             .last_report
             .is_none_or(|t| now.duration_since(t) >= REPORT_EVERY);
-        if s.dropped > 0 && due {
-            tracing::warn!(function = %self.function, dropped = s.dropped,
-                "guest log lines dropped: over the function's log_rate");
-            s.dropped = 0;
-            s.last_report = Some(now);
+        if s.dropped == 0 || !due {
+            return 0;
         }
-        true
+        tracing::warn!(function = %self.function, dropped = s.dropped,
+            "guest log lines dropped: over the function's log_rate");
+        s.last_report = Some(now);
+        std::mem::take(&mut s.dropped)
     }
 
     /// Cuts `line` to [`MAX_LINE`] bytes (on a character boundary), marking the cut.
@@ -81,6 +96,18 @@ impl LogLimiter {
         if line.len() > MAX_LINE {
             line.truncate(line.floor_char_boundary(MAX_LINE));
             line.push_str(" [line truncated]");
+        }
+    }
+}
+
+/// What was dropped and not yet told is told when the function's version goes (a reload
+/// or a stop).
+impl Drop for LogLimiter {
+    fn drop(&mut self) {
+        let s = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        if s.dropped > 0 {
+            tracing::warn!(function = %self.function, dropped = s.dropped,
+                "guest log lines dropped: over the function's log_rate");
         }
     }
 }
@@ -206,5 +233,23 @@ impl AsyncWrite for GuestOutput {
     }
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
         Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Drops are told when the call that made them ends, then at most once a second.
+    #[test]
+    fn dropped_lines_are_told_at_the_end_of_the_call_then_once_a_second() {
+        let l = LogLimiter::new("f".into(), 2);
+        let admitted = (0..5).filter(|_| l.admit()).count();
+        assert_eq!(admitted, 2);
+        assert_eq!(l.report_due(), 3, "told as the call ends");
+        assert!(!l.admit());
+        assert_eq!(l.report_due(), 0, "not again within the second");
+        l.state.lock().unwrap().last_report = Some(std::time::Instant::now() - REPORT_EVERY);
+        assert_eq!(l.report_due(), 1);
     }
 }
