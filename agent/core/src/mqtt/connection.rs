@@ -43,10 +43,17 @@ const CLOSED_YOUNG_HINT: &str = "the broker keeps closing this connection right 
      `agent.id` or `broker.client_id` on one broker take each other's sessions in turn: give \
      each its own), or the broker refuses something this connection sends (its log says which)";
 
-/// Whether `e` is a TLS handshake that failed on the certificate's validity period (not
-/// yet valid, or expired): on a device without a real-time clock, before it has the time
-/// from the network, that is the device's clock, not the certificate.
-fn certificate_out_of_time(e: &ConnectionError) -> bool {
+/// [`CLOSED_YOUNG_HINT`] when the connections were reset rather than closed: a link that
+/// drops connections (a proxy resetting them every second in a probe, 2026-12-07) was
+/// blamed on a second client alone.
+const RESET_YOUNG_HINT: &str = "the connection keeps being reset right after the broker accepted it:      a link that drops connections (a failing Wi-Fi or mobile link, a NAT or proxy that resets      them), another client connected with the same client id (two agents with the same      `agent.id` or `broker.client_id` on one broker take each other's sessions in turn: give      each its own), or the broker refusing something this connection sends (its log says which)";
+
+/// Whether `e` is a TLS handshake that failed on the certificate's validity period:
+/// `Some(false)` not yet valid, `Some(true)` expired. Not yet valid, on a device without
+/// a real-time clock before it has the time from the network, is the device's clock (it
+/// starts behind: at 1970, or at the time it last saved); expired is the certificate, or
+/// a clock ahead.
+fn certificate_out_of_time(e: &ConnectionError) -> Option<bool> {
     use rustls::CertificateError as C;
     let tls = match e {
         ConnectionError::Tls(rumqttc::TlsError::TLS(r)) => Some(r),
@@ -55,12 +62,15 @@ fn certificate_out_of_time(e: &ConnectionError) -> bool {
             .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
         _ => None,
     };
-    matches!(
-        tls,
-        Some(rustls::Error::InvalidCertificate(
-            C::NotValidYet | C::NotValidYetContext { .. } | C::Expired | C::ExpiredContext { .. }
-        ))
-    )
+    match tls {
+        Some(rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. })) => {
+            Some(false)
+        }
+        Some(rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
+            Some(true)
+        }
+        _ => None,
+    }
 }
 
 /// After a removed function's unsubscriptions are confirmed, how long its intake goes on
@@ -327,7 +337,11 @@ impl Backoff {
             Some(held) if held < HEALTHY && closed_by_peer(e) => self.closed_young + 1,
             _ => 0,
         };
-        let hint = (self.closed_young >= CLOSED_YOUNG).then_some(CLOSED_YOUNG_HINT);
+        let hint = (self.closed_young >= CLOSED_YOUNG).then_some(if reset(e) {
+            RESET_YOUNG_HINT
+        } else {
+            CLOSED_YOUNG_HINT
+        });
         link.update(|s| {
             s.connected = false;
             s.subscribed = false;
@@ -343,8 +357,8 @@ impl Backoff {
         // only as "keeps failing" 50 s later, without the hint (until 2026-12-07).
         let what = first_failure(e, held.is_some());
         let new_cause = self.new_cause(what);
-        if self.closed_young == CLOSED_YOUNG {
-            tracing::warn!(connection = %name, error = %e, times = self.closed_young, retry_in_ms, "{CLOSED_YOUNG_HINT}");
+        if let Some(hint) = hint.filter(|_| self.closed_young == CLOSED_YOUNG) {
+            tracing::warn!(connection = %name, error = %e, times = self.closed_young, retry_in_ms, "{hint}");
         } else if new_cause {
             tracing::warn!(connection = %name, error = %e, retry_in_ms, "{what}");
         } else {
@@ -374,10 +388,24 @@ fn first_failure(e: &ConnectionError, was_up: bool) -> &'static str {
         ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
             "the broker refused the client id (`broker.client_id`); retrying"
         }
-        _ if certificate_out_of_time(e) => {
-            "the broker's certificate is not valid at this device's time: if the \
+        _ if certificate_out_of_time(e) == Some(false) => {
+            "the broker's certificate is not valid yet at this device's time: if the \
              device has no real-time clock (a Raspberry Pi) and has not had the time \
              from the network yet, this ends when it does; retrying"
+        }
+        // Until 2026-12-07 this was blamed on the clock too, for a certificate expired
+        // three years before.
+        _ if certificate_out_of_time(e) == Some(true) => {
+            "the broker's certificate has expired (the error says when): renew it on the \
+             broker, or set this device's clock if it is ahead; retrying"
+        }
+        _ if !was_up && reset(e) => {
+            "the connection was reset before the broker accepted it: a TLS port reached \
+             without TLS (`broker.url` with mqtt:// where it needs mqtts://), a broker that \
+             will not take the agent's CONNECT (its log says why: Mosquitto with \
+             `retain_available false` refuses the agent's retained last will), or a link \
+             that drops connections (a failing Wi-Fi or mobile link, a NAT or proxy that \
+             resets them); retrying"
         }
         _ if !was_up && closed_by_peer(e) => {
             "the broker closed the connection before accepting it: a TLS port reached \
@@ -394,19 +422,32 @@ fn first_failure(e: &ConnectionError, was_up: bool) -> &'static str {
 /// refusing it or timing out.
 fn closed_by_peer(e: &ConnectionError) -> bool {
     use std::io::ErrorKind;
+    io_error(e).is_some_and(|e| {
+        matches!(
+            e.kind(),
+            ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
+        )
+    }) || matches!(
+        e,
+        ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted)
+    )
+}
+
+/// Whether `e` is a connection reset (a TCP RST): from the broker, or from anything on
+/// the way, where a closed connection (end of file) comes from the broker.
+fn reset(e: &ConnectionError) -> bool {
+    io_error(e).is_some_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset)
+}
+
+/// The I/O error under `e`, if it is one.
+fn io_error(e: &ConnectionError) -> Option<&std::io::Error> {
     match e {
-        ConnectionError::MqttState(rumqttc::StateError::ConnectionAborted) => true,
         ConnectionError::MqttState(
             rumqttc::StateError::Io(e)
             | rumqttc::StateError::Deserialization(rumqttc::mqttbytes::Error::Io(e)),
         )
-        | ConnectionError::Io(e) => {
-            matches!(
-                e.kind(),
-                ErrorKind::ConnectionReset | ErrorKind::UnexpectedEof | ErrorKind::BrokenPipe
-            )
-        }
-        _ => false,
+        | ConnectionError::Io(e) => Some(e),
+        _ => None,
     }
 }
 
@@ -908,12 +949,20 @@ mod tests {
             );
             ConnectionError::Tls(rumqttc::TlsError::Io(io))
         };
-        assert!(certificate_out_of_time(&handshake(C::NotValidYet)));
-        assert!(certificate_out_of_time(&handshake(C::Expired)));
-        assert!(!certificate_out_of_time(&handshake(C::UnknownIssuer)));
-        assert!(!certificate_out_of_time(
-            &ConnectionError::ConnectionRefused(ConnectReturnCode::NotAuthorized)
-        ));
+        assert_eq!(
+            certificate_out_of_time(&handshake(C::NotValidYet)),
+            Some(false)
+        );
+        assert_eq!(certificate_out_of_time(&handshake(C::Expired)), Some(true));
+        assert!(first_failure(&handshake(C::Expired), false).contains("renew it"));
+        assert!(first_failure(&handshake(C::NotValidYet), false).contains("real-time clock"));
+        assert_eq!(certificate_out_of_time(&handshake(C::UnknownIssuer)), None);
+        assert_eq!(
+            certificate_out_of_time(&ConnectionError::ConnectionRefused(
+                ConnectReturnCode::NotAuthorized
+            )),
+            None
+        );
     }
 
     /// The loops poll one `Cancelled` per token again and again: pending while the token
@@ -1041,6 +1090,13 @@ mod tests {
             lost_after(&mut b, &link, young, &timeout).await;
         }
         assert!(!explained());
+        // Resets may be the link's: said so too.
+        let reset = ConnectionError::Io(std::io::ErrorKind::ConnectionReset.into());
+        for _ in 0..CLOSED_YOUNG {
+            lost_after(&mut b, &link, young, &reset).await;
+        }
+        let last = board.borrow().overall().last_error.unwrap_or_default();
+        assert!(explained() && last.contains("a link that drops"), "{last}");
     }
 
     #[test]
@@ -1051,7 +1107,17 @@ mod tests {
                 rumqttc::mqttbytes::Error::Io(io),
             ))
         };
-        assert!(first_failure(&reset(), false).contains("mqtts://"));
+        let said = first_failure(&reset(), false);
+        assert!(
+            said.contains("mqtts://") && said.contains("a link"),
+            "{said}"
+        );
+        let eof = ConnectionError::Io(std::io::ErrorKind::UnexpectedEof.into());
+        let said = first_failure(&eof, false);
+        assert!(
+            said.contains("mqtts://") && !said.contains("a link"),
+            "{said}"
+        );
         assert_eq!(
             first_failure(&reset(), true),
             "broker connection lost; reconnecting"
