@@ -195,10 +195,20 @@ impl ClientCert {
             what: format!("{}: no usable private key", key.display()),
             source: Some(e.into()),
         })?;
-        rustls::sign::CertifiedKey::from_der(chain, key_der, provider).map_err(|e| MqttError::Tls {
-            key: "broker.tls.key_file",
-            what: "client certificate and key do not fit".into(),
-            source: Some(e.into()),
+        rustls::sign::CertifiedKey::from_der(chain, key_der, provider).map_err(|e| match e {
+            rustls::Error::InconsistentKeys(_) => MqttError::Tls {
+                key: "broker.tls.key_file",
+                what: "client certificate and key do not fit".into(),
+                source: Some(e.into()),
+            },
+            // The certificate itself (until 2026-12-07 blamed on the key: an X.509 v1
+            // certificate, which `openssl x509 -req` without extensions makes, is refused
+            // with `UnsupportedCertVersion`; v3 is needed).
+            e => MqttError::Tls {
+                key: "broker.tls.cert_file",
+                what: format!("{}: the client certificate cannot be used", cert.display()),
+                source: Some(e.into()),
+            },
         })
     }
 
@@ -366,5 +376,53 @@ mod tests {
         // A file that is not PEM at all: the last good pair stays.
         std::fs::write(&cert, "not a certificate").unwrap();
         assert_eq!(shown(), der("new.pem"));
+    }
+
+    /// A key that does not fit is blamed on the key; an X.509 v1 certificate, which
+    /// rustls refuses, on the certificate (a probe, 2026-12-07: blamed on the key).
+    #[test]
+    fn a_client_certificate_that_cannot_be_used_is_blamed_on_the_right_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        self_signed(d, "a");
+        self_signed(d, "b");
+        let openssl = |args: &[&str]| {
+            let out = std::process::Command::new("openssl")
+                .args(args)
+                .current_dir(d)
+                .output()
+                .expect("openssl");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        openssl(&[
+            "req", "-new", "-key", "a.key", "-subj", "/CN=v1", "-out", "v1.csr",
+        ]);
+        openssl(&[
+            "x509", "-req", "-in", "v1.csr", "-signkey", "a.key", "-out", "v1.pem",
+        ]);
+        let provider = rustls::crypto::ring::default_provider();
+        let blamed = |cert: &str, key: &str| match ClientCert::load(
+            &d.join(cert),
+            &d.join(key),
+            &provider,
+        ) {
+            Ok(_) => panic!("{cert} with {key} was taken"),
+            Err(MqttError::Tls { key, what, .. }) => format!("{key}: {what}"),
+            Err(e) => panic!("{e}"),
+        };
+        let e = blamed("a.pem", "b.key");
+        assert!(
+            e.starts_with("broker.tls.key_file: client certificate and key do not fit"),
+            "{e}"
+        );
+        let e = blamed("v1.pem", "a.key");
+        assert!(
+            e.starts_with("broker.tls.cert_file: ") && e.contains("v1.pem"),
+            "{e}"
+        );
     }
 }
