@@ -471,16 +471,21 @@ async fn remind_degraded(mut health: watch::Receiver<Option<String>>) {
             return;
         }
         let since = tokio::time::Instant::now();
+        let mut next = since + EVERY;
         loop {
-            tokio::select! {
-                () = tokio::time::sleep(EVERY) => {}
-                changed = health.changed() => if changed.is_err() { return },
-            }
+            // A new reason meanwhile (the free space falling further) is no reminder.
+            let due = tokio::select! {
+                () = tokio::time::sleep_until(next) => true,
+                changed = health.changed() => if changed.is_err() { return } else { false },
+            };
             let Some(reason) = health.borrow().clone() else {
                 break;
             };
-            tracing::warn!(reason = %reason, for_secs = since.elapsed().as_secs(),
-                "still degraded: functions that write state are paused, their events wait with the broker");
+            if due {
+                next += EVERY;
+                tracing::warn!(reason = %reason, for_secs = since.elapsed().as_secs(),
+                    "still degraded: functions that write state are paused, their events wait with the broker");
+            }
         }
     }
 }

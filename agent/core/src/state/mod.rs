@@ -552,15 +552,17 @@ impl StateStore {
     }
 
     /// Records that the store failed (`Some(reason)`) or works again (`None`); logs the
-    /// change.
+    /// change between the two (a new reason while unavailable, such as the free space
+    /// falling further as a disk fills, only at debug: it made three errors within 25 ms).
     fn set_health(&self, reason: Option<String>) {
         self.health.send_if_modified(|h| {
             if *h == reason {
                 return false;
             }
-            match &reason {
-                Some(r) => tracing::error!(reason = %r, "state store unavailable: functions that write state pause, their events stay with the broker"),
-                None => tracing::info!("state store available again: paused functions resume"),
+            match (&*h, &reason) {
+                (None, Some(r)) => tracing::error!(reason = %r, "state store unavailable: functions that write state pause, their events stay with the broker"),
+                (Some(_), Some(r)) => tracing::debug!(reason = %r, "state store still unavailable"),
+                (_, None) => tracing::info!("state store available again: paused functions resume"),
             }
             *h = reason;
             true
