@@ -46,7 +46,11 @@ const CLOSED_YOUNG_HINT: &str = "the broker keeps closing this connection right 
 /// [`CLOSED_YOUNG_HINT`] when the connections were reset rather than closed: a link that
 /// drops connections (a proxy resetting them every second in a probe, 2026-12-07) was
 /// blamed on a second client alone.
-const RESET_YOUNG_HINT: &str = "the connection keeps being reset right after the broker accepted it:      a link that drops connections (a failing Wi-Fi or mobile link, a NAT or proxy that resets      them), another client connected with the same client id (two agents with the same      `agent.id` or `broker.client_id` on one broker take each other's sessions in turn: give      each its own), or the broker refusing something this connection sends (its log says which)";
+const RESET_YOUNG_HINT: &str = "the connection keeps being reset right after the broker accepted it: \
+     a link that drops connections (a failing Wi-Fi or mobile link, a NAT or proxy that resets \
+     them), another client connected with the same client id (two agents with the same \
+     `agent.id` or `broker.client_id` on one broker take each other's sessions in turn: give \
+     each its own), or the broker refusing something this connection sends (its log says which)";
 
 /// Whether `e` is a TLS handshake that failed on the certificate's validity period:
 /// `Some(false)` not yet valid, `Some(true)` expired. Not yet valid, on a device without
@@ -1097,6 +1101,7 @@ mod tests {
         }
         let last = board.borrow().overall().last_error.unwrap_or_default();
         assert!(explained() && last.contains("a link that drops"), "{last}");
+        assert!(!last.contains("  "), "one space between words: {last}");
     }
 
     #[test]
