@@ -850,15 +850,25 @@ async fn compiled_modules_are_kept_between_starts() {
         .to_string();
     assert!(name.starts_with(&format!("{}-", sha("echo"))), "{name}");
 
-    std::fs::write(&first[0], b"not native code").expect("damage the entry");
+    // Damaged in its code, its header whole (as a bad sector would): wasmtime takes it as
+    // it is, and until 2026-12-07 the agent crashed (SIGSEGV) at the first event, at
+    // every start. Its CRC-32 tells now.
+    let mut bytes = std::fs::read(&first[0]).expect("the entry");
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 4096].fill(0);
+    std::fs::write(&first[0], bytes).expect("damage the entry");
     let agent = Process::start_in(dir, &config("echo"), broker.port, "cache").await;
+    let mut c = Client::connect(broker.port, &["out"]).await;
+    c.publish("in", "after the damage").await;
+    assert_eq!(c.recv().await.text(), "after the damage");
     let (status, log, dir) = agent.stop_keeping_dir();
     assert!(status.success(), "{log}");
     assert!(log.contains("cannot be used; compiling it again"), "{log}");
-    let replaced = std::fs::metadata(&first[0]).map(|m| m.len()).unwrap_or(0);
+    assert_eq!(entries(dir.path()), first, "replaced under the same name");
+    let replaced = std::fs::read(&first[0]).unwrap_or_default();
     assert!(
-        replaced > 10_000,
-        "the damaged entry was not replaced: {replaced} bytes"
+        replaced.len() > 10_000 && replaced[middle..middle + 4096].iter().any(|&b| b != 0),
+        "the damaged entry was not replaced"
     );
 
     // What a stop in the middle of writing an entry leaves beside it goes too, even for a

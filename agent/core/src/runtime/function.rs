@@ -726,10 +726,13 @@ impl Compiled {
 /// Compiled `.wasm` modules kept on disk between starts, in `<data_dir>/compiled`, so that
 /// only the first start (and the first load of a new version) compiles: 13-22 s for a
 /// Python or JavaScript component here, minutes on a Pi. An entry is named by the
-/// module's SHA-256 and a hash of the engine's settings and wasmtime's version, and
-/// wasmtime checks both again when it loads one; an entry it refuses is compiled again
-/// and replaced. The folder holds native code that the agent runs: it must be as private
-/// as the state store beside it (the package's `StateDirectory` is the agent user's only).
+/// module's SHA-256, a hash of the engine's settings and wasmtime's version, and a CRC-32
+/// of the entry itself; wasmtime checks the first two again when it loads one, the agent
+/// the third (wasmtime reads native code as it is: a damaged entry, which an SD card can
+/// make, crashed the agent at the next event until 2026-12-07). An entry either refuses
+/// is compiled again and replaced. The folder holds native code that the agent runs: it
+/// must be as private as the state store beside it (the package's `StateDirectory` is
+/// the agent user's only).
 #[derive(Debug)]
 pub struct CompileCache {
     dir: std::path::PathBuf,
@@ -748,29 +751,44 @@ impl CompileCache {
         })
     }
 
+    /// The start of the names of the module's entries for `engine`:
+    /// `<sha256>-<engine hash>-`, then the entry's CRC-32 and `.cwasm`.
     #[cfg(feature = "compiler")]
-    fn path(&self, engine: &Engine, sha256: &str) -> std::path::PathBuf {
+    fn prefix(engine: &Engine, sha256: &str) -> String {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        self.dir.join(format!("{sha256}-{:016x}.cwasm", h.finish()))
+        format!("{sha256}-{:016x}-", h.finish())
     }
 
     #[cfg(feature = "compiler")]
     /// The cached compilation of the module with `sha256`, if there is a usable one.
     fn get(&self, engine: &Engine, sha256: &str) -> Option<Component> {
-        let path = self.path(engine, sha256);
-        if !path.is_file() {
-            return None;
-        }
-        // SAFETY: the entry is native code this agent wrote into its own private data
-        // directory (see the type's documentation); wasmtime checks that it was built by
-        // this version, for this target and with these settings.
-        #[allow(unsafe_code)]
-        match unsafe { Component::deserialize_file(engine, &path) } {
+        let prefix = Self::prefix(engine, sha256);
+        // Entries of another form (before 2026-12-07: no CRC) are left to `prune`.
+        let (path, crc) = std::fs::read_dir(&self.dir).ok()?.flatten().find_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let crc = name.strip_prefix(&prefix)?.strip_suffix(".cwasm")?;
+            Some((e.path(), u32::from_str_radix(crc, 16).ok()?))
+        })?;
+        let usable = match crc32_of(&path) {
+            Ok(actual) if actual == crc => {
+                // SAFETY: the entry is native code this agent wrote into its own private
+                // data directory (see the type's documentation), whole (its CRC-32 is
+                // the one it was named with); wasmtime checks that it was built by this
+                // version, for this target and with these settings.
+                #[allow(unsafe_code)]
+                unsafe { Component::deserialize_file(engine, &path) }.map_err(|e| e.to_string())
+            }
+            Ok(actual) => Err(format!(
+                "damaged: its CRC-32 is {actual:08x}, written as {crc:08x}"
+            )),
+            Err(e) => Err(e.to_string()),
+        };
+        match usable {
             Ok(c) => Some(c),
-            Err(e) => {
-                tracing::warn!(path = %path.display(), error = %e, "a compiled module in the cache cannot be used; compiling it again");
+            Err(error) => {
+                tracing::warn!(path = %path.display(), %error, "a compiled module in the cache cannot be used; compiling it again");
                 let _ = std::fs::remove_file(&path);
                 None
             }
@@ -781,11 +799,15 @@ impl CompileCache {
     /// Keeps `component`, the compilation of the module with `sha256`. Failing to is only
     /// logged: the next start compiles again.
     fn put(&self, engine: &Engine, sha256: &str, component: &Component) {
-        let path = self.path(engine, sha256);
+        let mut path = self.dir.clone();
         let written = component
             .serialize()
             .map_err(|e| e.to_string())
             .and_then(|bytes| {
+                let crc = crc32fast::hash(&bytes);
+                path = self
+                    .dir
+                    .join(format!("{}{crc:08x}.cwasm", Self::prefix(engine, sha256)));
                 crate::files::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
                 let free = fs2::available_space(&self.dir).unwrap_or(u64::MAX);
                 if free < self.reserve_bytes.saturating_add(bytes.len() as u64) {
@@ -809,8 +831,9 @@ impl CompileCache {
     }
 
     /// Removes the entries of modules other than `keep` (SHA-256s): the versions no
-    /// function uses any more, and what a stop in the middle of writing one left (anything
-    /// but a `.cwasm`). Returns how many bytes it freed.
+    /// function uses any more, what a stop in the middle of writing one left (anything
+    /// but a `.cwasm`), and entries named without their CRC-32 (before 2026-12-07).
+    /// Returns how many bytes it freed.
     pub fn prune(&self, keep: &[&str]) -> u64 {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return 0;
@@ -819,7 +842,8 @@ impl CompileCache {
         for e in entries.flatten() {
             let name = e.file_name();
             let name = name.to_string_lossy();
-            let entry = name.ends_with(".cwasm");
+            // `<sha256>-<engine hash>-<crc>.cwasm`
+            let entry = name.ends_with(".cwasm") && name.split('-').count() == 3;
             if entry && keep.iter().any(|k| name.starts_with(&format!("{k}-"))) {
                 continue;
             }
@@ -829,6 +853,21 @@ impl CompileCache {
             }
         }
         freed
+    }
+}
+
+/// The CRC-32 of the file at `path`, read in pieces (a Python component's entry is 40 MB).
+#[cfg(feature = "compiler")]
+fn crc32_of(path: &std::path::Path) -> std::io::Result<u32> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut crc = crc32fast::Hasher::new();
+    let mut buf = vec![0; 256 * 1024];
+    loop {
+        match file.read(&mut buf)? {
+            0 => return Ok(crc.finalize()),
+            n => crc.update(&buf[..n]),
+        }
     }
 }
 
