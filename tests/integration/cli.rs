@@ -914,6 +914,18 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("at 1000 events/s"), "{stdout}");
+    // A rate that is none: refused with exit 64, not judged ("3626% less money at -5
+    // events/s" until 2026-12-07).
+    for bad in ["-5", "0", "NaN", "inf"] {
+        let out = Command::new(agent_bin())
+            .args(["compare", &format!("--rate={bad}"), "--from"])
+            .arg(&json)
+            .output()
+            .expect("run compare --from --rate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(64), "--rate {bad}: {stderr}");
+        assert!(stderr.contains("events a second, from"), "{stderr}");
+    }
     // A file that is not a report is named, with exit 66.
     let out = Command::new(agent_bin())
         .args(["compare", "--from"])

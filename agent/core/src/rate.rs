@@ -3,6 +3,29 @@
 
 use std::time::Instant;
 
+/// Most and least events a second a command line takes (`publish --rate`, `compare
+/// --rate`): one a microsecond, one in about 11 days. Until 2026-12-07 `publish` panicked
+/// on `inf`, `1e10` and `1e-300` and took `0`, `-5` and `NaN` for no rate; `compare`
+/// printed verdicts such as "3626% less money at -5 events/s".
+pub const RATES: std::ops::RangeInclusive<f64> = 1e-6..=1e6;
+
+/// Parses a rate given on the command line: a number of events a second within [`RATES`].
+///
+/// # Errors
+/// What it must be, for clap to print.
+pub fn parse(s: &str) -> Result<f64, String> {
+    let r: f64 = s.parse().map_err(|e| format!("{e}"))?;
+    if RATES.contains(&r) {
+        Ok(r)
+    } else {
+        Err(format!(
+            "events a second, from {} to {}",
+            RATES.start(),
+            RATES.end()
+        ))
+    }
+}
+
 /// A token bucket: `rate` tokens per second, holding at most `burst` (by default `rate`,
 /// so bursts of up to one second's worth are allowed).
 #[derive(Debug)]

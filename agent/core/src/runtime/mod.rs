@@ -207,6 +207,14 @@ pub enum LoadError {
     /// `precompile`: a module path with no file name.
     #[error("has no file name")]
     NoFileName,
+    /// `precompile`: two modules with one file name would be written to one artifact.
+    #[error("would be written to {} as {other} is: give them different file names, or precompile them into different --out folders", .path.display())]
+    SameArtifact {
+        /// The artifact both would be.
+        path: PathBuf,
+        /// The other module.
+        other: String,
+    },
 }
 
 impl RuntimeError {

@@ -45,14 +45,30 @@ pub fn precompile(
 ) -> Result<Vec<Artifact>, RuntimeError> {
     let engine = Engine::new(&base_config(target.map(wasmtime_target), fuel)?)
         .map_err(|e| RuntimeError::engine("cannot create the compiling engine", e))?;
+    // Two modules of one file name (`a/m.wasm`, `b/m.wasm`) would be one artifact: the
+    // second silently replaced the first, whose printed hash then named nothing (a probe,
+    // 2026-12-07). Refused before anything is compiled.
+    let artifact = |module: &PathBuf| {
+        let stem = module.file_stem().ok_or(LoadError::NoFileName);
+        stem.map(|stem| out.join(stem).with_extension("cwasm"))
+    };
+    let err = |module: &PathBuf, source: LoadError| RuntimeError::Load {
+        function: module.display().to_string(),
+        source,
+    };
+    let mut seen = std::collections::HashMap::new();
+    for module in modules {
+        let path = artifact(module).map_err(|e| err(module, e))?;
+        if let Some(other) = seen.insert(path.clone(), module) {
+            let other = other.display().to_string();
+            return Err(err(module, LoadError::SameArtifact { path, other }));
+        }
+    }
     std::fs::create_dir_all(out)
         .map_err(|e| RuntimeError::engine(format!("cannot create {}", out.display()), e))?;
     let mut artifacts = Vec::new();
     for module in modules {
-        let err = |source: LoadError| RuntimeError::Load {
-            function: module.display().to_string(),
-            source,
-        };
+        let err = |source: LoadError| err(module, source);
         let bytes = std::fs::read(module).map_err(|source| {
             err(LoadError::Read {
                 path: module.clone(),
@@ -65,10 +81,7 @@ pub fn precompile(
                 source: e.into(),
             })
         })?;
-        let stem = module
-            .file_stem()
-            .ok_or_else(|| err(LoadError::NoFileName))?;
-        let path = out.join(stem).with_extension("cwasm");
+        let path = artifact(module).map_err(err)?;
         // Whole or not at all: an agent watching this folder never loads part of it.
         crate::files::replace(&path, &compiled).map_err(|source| {
             err(LoadError::Write {
@@ -87,6 +100,18 @@ pub fn precompile(
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn two_modules_of_one_file_name_are_refused_before_compiling() {
+        let out = tempfile::tempdir().expect("tempdir");
+        let modules = ["x1/m.wasm".into(), "x2/m.wasm".into()];
+        let e = super::precompile(None, false, out.path(), &modules).expect_err("refused");
+        let e = crate::failure::chain(&e);
+        assert!(
+            e.contains("x2/m.wasm") && e.contains("as x1/m.wasm is"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn armv7_goes_through_pulley() {
         assert_eq!(

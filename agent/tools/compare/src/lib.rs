@@ -73,7 +73,7 @@ pub struct CompareArgs {
     pub repeat: Option<u32>,
     /// The event rate to recommend a model for (events/s). Default: the workload's mean
     /// rate.
-    #[arg(long, value_name = "EVENTS_PER_SEC")]
+    #[arg(long, value_name = "EVENTS_PER_SEC", value_parser = edge_agent::rate::parse)]
     pub rate: Option<f64>,
     /// The device power profile that turns CPU time into energy: pi-zero-2w, pi4, pi5 or
     /// x86-laptop. Default: x86-laptop on x86_64, pi4 elsewhere.

@@ -244,23 +244,10 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
     Ok(sent)
 }
 
-/// Most and least messages a second `--rate` takes: one a microsecond, one in about 11
-/// days. Until 2026-12-07 `inf` and `1e10` panicked (a period of zero), `1e-300` too (a
-/// period too long for a `Duration`), and `0`, `-5` and `NaN` were taken for no rate.
-const RATES: std::ops::RangeInclusive<f64> = 1e-6..=1e6;
-
-/// Parses `--rate`: a number of messages a second within [`RATES`].
+/// Parses `--rate` ([`edge_agent::rate::parse`]).
 fn rate(s: &str) -> Result<f64, String> {
-    let r: f64 = s.parse().map_err(|e| format!("{e}"))?;
-    if RATES.contains(&r) {
-        Ok(r)
-    } else {
-        Err(format!(
-            "messages a second, from {} to {} (leave it out for as fast as the broker takes them)",
-            RATES.start(),
-            RATES.end()
-        ))
-    }
+    edge_agent::rate::parse(s)
+        .map_err(|e| format!("{e} (leave it out for as fast as the broker takes them)"))
 }
 
 /// Hands the messages to the client, paced at `--rate` if given.
