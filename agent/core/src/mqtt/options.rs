@@ -313,21 +313,46 @@ mod tests {
     use super::*;
     use rustls::client::ResolvesClientCert as _;
 
-    /// A self-signed P-256 certificate and its key, `NAME.pem` and `NAME.key` in `dir`.
-    fn self_signed(dir: &Path, name: &str) {
+    /// Runs `openssl ARGS` in `dir`.
+    fn openssl(dir: &Path, args: &[&str]) {
         let out = std::process::Command::new("openssl")
-            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
-            .args(["ec_paramgen_curve:prime256v1", "-nodes", "-days", "2"])
-            .args(["-subj", &format!("/CN={name}"), "-keyout"])
-            .arg(dir.join(format!("{name}.key")))
-            .arg("-out")
-            .arg(dir.join(format!("{name}.pem")))
+            .args(args)
+            .current_dir(dir)
             .output()
             .expect("openssl (apt-get install openssl)");
         assert!(
             out.status.success(),
             "{}",
             String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// A self-signed P-256 certificate and its key, `NAME.pem` and `NAME.key` in `dir`.
+    fn self_signed(dir: &Path, name: &str) {
+        let (subject, key, pem) = (
+            format!("/CN={name}"),
+            format!("{name}.key"),
+            format!("{name}.pem"),
+        );
+        openssl(
+            dir,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-days",
+                "2",
+                "-subj",
+                &subject,
+                "-keyout",
+                &key,
+                "-out",
+                &pem,
+            ],
         );
     }
 
@@ -386,18 +411,7 @@ mod tests {
         let d = dir.path();
         self_signed(d, "a");
         self_signed(d, "b");
-        let openssl = |args: &[&str]| {
-            let out = std::process::Command::new("openssl")
-                .args(args)
-                .current_dir(d)
-                .output()
-                .expect("openssl");
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        };
+        let openssl = |args: &[&str]| openssl(d, args);
         openssl(&[
             "req", "-new", "-key", "a.key", "-subj", "/CN=v1", "-out", "v1.csr",
         ]);
