@@ -323,3 +323,42 @@ async fn modules_swapped_and_config_edited_under_load_lose_and_repeat_nothing() 
         "{log}"
     );
 }
+
+/// A config that is a symbolic link into another directory (`/etc/edge-agent/config.toml`
+/// leading to a checkout, or a Kubernetes ConfigMap): an edit in place of the file it
+/// leads to reloads, as an edit of the config itself does (a probe, 2026-12-07: never seen;
+/// events kept the old config until a SIGHUP).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_edit_behind_a_symbolic_link_reloads() {
+    let id = crate::harness::unique("symlink");
+    let config = |out: &str| {
+        crate::harness::embedded(&id)
+            + &format!(
+                "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+                 [function.config]\nout_topic = \"{out}\"\n",
+                guest("echo")
+            )
+    };
+    let agent = crate::harness::Agent::start(&config("out/a")).await;
+    let reloads = format!("edge-agent/{id}/reload");
+    let mut c = Client::connect(agent.port, &["out/#", &reloads]).await;
+    let reloaded = |m: crate::harness::Msg| {
+        assert!(m.text().contains("\"ok\":true"), "{}", m.text());
+    };
+    // The config becomes a link to a file elsewhere (renamed over it, as tools do).
+    let elsewhere = tempfile::tempdir().expect("tempdir");
+    let target = elsewhere.path().join("agent.toml");
+    std::fs::write(&target, config("out/b")).expect("write the target");
+    let link = agent.dir().join("agent.toml");
+    let beside = agent.dir().join("agent.toml.new");
+    std::os::unix::fs::symlink(&target, &beside).expect("symlink");
+    std::fs::rename(&beside, &link).expect("rename the link over the config");
+    reloaded(c.recv_on(&reloads).await);
+    c.publish("in", "1").await;
+    assert_eq!(c.recv_on("out/b").await.text(), "1");
+    // The file it leads to, edited in place.
+    std::fs::write(&target, config("out/c")).expect("edit the target");
+    reloaded(c.recv_on(&reloads).await);
+    c.publish("in", "2").await;
+    assert_eq!(c.recv_on("out/c").await.text(), "2");
+}

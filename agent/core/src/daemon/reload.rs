@@ -449,12 +449,19 @@ impl Reloader {
         done
     }
 
-    /// The files whose changes reload: the config and every module.
+    /// The files whose changes reload: the config and every module, and for one that is
+    /// a symbolic link the file it leads to (edited in place in another directory, it was
+    /// never seen until 2026-12-07; a Kubernetes ConfigMap's swap of `..data` removes the
+    /// file the old link led to, which is seen too).
     fn watched_files(&self) -> BTreeSet<PathBuf> {
         std::iter::once(self.path.clone())
             .chain(self.config.functions.iter().map(|f: &FunctionConfig| {
                 std::path::absolute(&f.module).unwrap_or_else(|_| f.module.clone())
             }))
+            .flat_map(|f| {
+                let target = std::fs::canonicalize(&f).ok().filter(|t| *t != f);
+                std::iter::once(f).chain(target)
+            })
             .collect()
     }
 
