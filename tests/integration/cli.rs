@@ -926,6 +926,12 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         assert_eq!(out.status.code(), Some(64), "--rate {bad}: {stderr}");
         assert!(stderr.contains("events a second, from"), "{stderr}");
     }
+    let out = Command::new(agent_bin())
+        .args(["compare", "--power", "toaster", "--from"])
+        .arg(&json)
+        .output()
+        .expect("run compare --power");
+    assert_eq!(out.status.code(), Some(64), "{out:?}");
     // A file that is not a report is named, with exit 66.
     let out = Command::new(agent_bin())
         .args(["compare", "--from"])

@@ -39,6 +39,14 @@ const BROKER_WAIT: Duration = Duration::from_secs(10);
 /// Version of the JSON report's layout.
 pub const SCHEMA_VERSION: u32 = 3;
 
+/// Parses `--power`: a built-in profile's name, refused as a usage error (exit 64) before
+/// anything is measured (until 2026-12-07 after the modules were found, with exit 69).
+fn power_name(s: &str) -> Result<String, String> {
+    cost::power_profile(Some(s))
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 /// Arguments of `edge-agent compare`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct CompareArgs {
@@ -77,7 +85,7 @@ pub struct CompareArgs {
     pub rate: Option<f64>,
     /// The device power profile that turns CPU time into energy: pi-zero-2w, pi4, pi5 or
     /// x86-laptop. Default: x86-laptop on x86_64, pi4 elsewhere.
-    #[arg(long, value_name = "PROFILE")]
+    #[arg(long, value_name = "PROFILE", value_parser = power_name)]
     pub power: Option<String>,
     /// Start each agent process under this command (words split at spaces): for example
     /// `taskset -c 1` to pin the agents to one core, or `qemu-aarch64 -L
