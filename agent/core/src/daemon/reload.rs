@@ -460,7 +460,8 @@ impl Reloader {
             }))
             .flat_map(|f| {
                 let target = std::fs::canonicalize(&f).ok().filter(|t| *t != f);
-                std::iter::once(f).chain(target)
+                let links = links_on_the_way(&f);
+                std::iter::once(f).chain(target).chain(links)
             })
             .collect()
     }
@@ -780,9 +781,43 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
     }
 }
 
+/// The symbolic links met on the way from `file` to what it leads to, other than `file`
+/// itself: for a ConfigMap's `agent.toml -> ..data/agent.toml`, `..data`, whose swap to
+/// a new version (renamed over) is the change, in a directory already watched.
+fn links_on_the_way(file: &Path) -> Vec<PathBuf> {
+    let mut links = Vec::new();
+    let mut at = file.to_path_buf();
+    // As many hops as the kernel follows.
+    for _ in 0..40 {
+        let Ok(to) = std::fs::read_link(&at) else {
+            break;
+        };
+        at = at.parent().map_or_else(|| to.clone(), |dir| dir.join(&to));
+        links.extend(
+            at.ancestors()
+                .skip(1)
+                .filter(|a| a.is_symlink())
+                .map(Path::to_path_buf),
+        );
+    }
+    links
+}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A ConfigMap's layout: `agent.toml -> ..data/agent.toml`, `..data -> v1`.
+    #[test]
+    fn the_links_on_the_way_to_a_config_are_watched_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path();
+        std::fs::create_dir(d.join("v1")).unwrap();
+        std::fs::write(d.join("v1/agent.toml"), "").unwrap();
+        std::os::unix::fs::symlink("v1", d.join("..data")).unwrap();
+        std::os::unix::fs::symlink("..data/agent.toml", d.join("agent.toml")).unwrap();
+        assert_eq!(links_on_the_way(&d.join("agent.toml")), [d.join("..data")]);
+        assert!(links_on_the_way(&d.join("v1/agent.toml")).is_empty());
+    }
 
     fn config(text: &str) -> Config {
         crate::config::from_toml(std::path::Path::new("t.toml"), text).unwrap()
