@@ -914,6 +914,16 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("at 1000 events/s"), "{stdout}");
+    let out = Command::new(agent_bin())
+        .args(["compare", "--rate", "1e6", "--from"])
+        .arg(&json)
+        .output()
+        .expect("run compare --from --rate");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("[extrapolated: 1000000 events/s is past the highest rate measured"),
+        "{stdout}"
+    );
     // A rate that is none: refused with exit 64, not judged ("3626% less money at -5
     // events/s" until 2026-12-07).
     for bad in ["-5", "0", "NaN", "inf"] {

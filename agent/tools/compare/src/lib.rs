@@ -956,6 +956,13 @@ fn judge(
     let card = card(&verdicts, &tradeoffs, &models, at);
     let auto = auto_costs(&models, at);
     let mut verdict = verdict_line(name, &card, &verdicts, &models);
+    // Past the sweep the lines are extended, not measured (`--rate 1e9` after a sweep to
+    // 200 read as a verdict like any other until 2026-12-07).
+    if let Some(most) = rates.iter().copied().reduce(f64::max).filter(|m| at > *m) {
+        verdict.push_str(&format!(
+            " [extrapolated: {at} events/s is past the highest rate measured, {most}]"
+        ));
+    }
     if !auto.is_empty() {
         let each: Vec<String> = auto
             .iter()
