@@ -31,6 +31,9 @@ pub enum Stream {
 pub struct LogLimiter {
     function: Arc<str>,
     state: Mutex<LimiterState>,
+    /// Lines dropped and not yet told (kept with `dropped`, under the lock): the end of
+    /// every call reads it, and takes the lock only when it is set.
+    untold: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug)]
@@ -53,6 +56,7 @@ impl LogLimiter {
                 dropped: 0,
                 last_report: None,
             }),
+            untold: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -62,6 +66,8 @@ impl LogLimiter {
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         if !s.bucket.take(now) {
             s.dropped += 1;
+            self.untold
+                .store(true, std::sync::atomic::Ordering::Relaxed);
             return false;
         }
         self.report(&mut s, now);
@@ -74,6 +80,9 @@ impl LogLimiter {
     /// burst's were never told).
     /// Returns how many it told.
     pub fn report_due(&self) -> u64 {
+        if !self.untold.load(std::sync::atomic::Ordering::Relaxed) {
+            return 0;
+        }
         let mut s = self.state.lock().unwrap_or_else(|p| p.into_inner());
         self.report(&mut s, std::time::Instant::now())
     }
@@ -88,6 +97,8 @@ impl LogLimiter {
         tracing::warn!(function = %self.function, dropped = s.dropped,
             "guest log lines dropped: over the function's log_rate");
         s.last_report = Some(now);
+        self.untold
+            .store(false, std::sync::atomic::Ordering::Relaxed);
         std::mem::take(&mut s.dropped)
     }
 
