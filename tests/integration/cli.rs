@@ -905,20 +905,22 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
         assert!(stdout.contains("reports 1 and 2"), "{stdout}");
         assert!(stdout.contains(&report.place()), "{stdout}");
     }
+    // `compare ARGS --from` the saved report.
+    let judged = |args: &[&str]| {
+        Command::new(agent_bin())
+            .arg("compare")
+            .args(args)
+            .arg("--from")
+            .arg(&json)
+            .output()
+            .expect("run compare --from")
+    };
     // A saved report is judged again at another rate, without measuring again.
-    let out = Command::new(agent_bin())
-        .args(["compare", "--rate", "1000", "--from"])
-        .arg(&json)
-        .output()
-        .expect("run compare --from --rate");
+    let out = judged(&["--rate", "1000"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{out:?}");
     assert!(stdout.contains("at 1000 events/s"), "{stdout}");
-    let out = Command::new(agent_bin())
-        .args(["compare", "--rate", "1e6", "--from"])
-        .arg(&json)
-        .output()
-        .expect("run compare --from --rate");
+    let out = judged(&["--rate", "1e6"]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         stdout.contains("[extrapolated: 1000000 events/s is past the highest rate measured"),
@@ -927,20 +929,12 @@ fn compare_measures_both_models_and_agrees_with_the_agents_stats() {
     // A rate that is none: refused with exit 64, not judged ("3626% less money at -5
     // events/s" until 2026-12-07).
     for bad in ["-5", "0", "NaN", "inf"] {
-        let out = Command::new(agent_bin())
-            .args(["compare", &format!("--rate={bad}"), "--from"])
-            .arg(&json)
-            .output()
-            .expect("run compare --from --rate");
+        let out = judged(&[&format!("--rate={bad}")]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(64), "--rate {bad}: {stderr}");
         assert!(stderr.contains("events a second, from"), "{stderr}");
     }
-    let out = Command::new(agent_bin())
-        .args(["compare", "--power", "toaster", "--from"])
-        .arg(&json)
-        .output()
-        .expect("run compare --power");
+    let out = judged(&["--power", "toaster"]);
     assert_eq!(out.status.code(), Some(64), "{out:?}");
     // A file that is not a report is named, with exit 66.
     let out = Command::new(agent_bin())
