@@ -437,6 +437,18 @@ async fn precompiled_module_runs_and_its_hash_can_be_pinned() {
     let wrong =
         good(cwasm.to_str().expect("utf-8")) + &format!("sha256 = \"{}\"\n", "0".repeat(64));
     rejected(&wrong, "refusing to load it");
+
+    // Unpinned, a copy damaged in its code (a bad SD-card sector) is refused by its seal;
+    // wasmtime checks only the header, and until 2026-12-08 the agent crashed running it.
+    let mut bytes = std::fs::read(&cwasm).expect("read");
+    let middle = bytes.len() / 2;
+    bytes[middle..middle + 512].fill(0);
+    let damaged = dir.path().join("damaged.cwasm");
+    std::fs::write(&damaged, bytes).expect("write");
+    rejected(
+        &good(damaged.to_str().expect("utf-8")),
+        "damaged.cwasm is damaged: its code's CRC-32 is",
+    );
 }
 
 #[test]

@@ -903,7 +903,12 @@ fn load_component(
     }
     let component = match (cwasm, Engine::detect_precompiled(&bytes)) {
         (true, Some(wasmtime::Precompiled::Component)) => {
-            deserialize(engine, &bytes).map_err(|e| LoadError::OtherTarget {
+            let code = super::artifact::unseal(&bytes).map_err(|d| LoadError::Damaged {
+                path: path(),
+                actual: d.actual,
+                sealed: d.sealed,
+            })?;
+            deserialize(engine, code).map_err(|e| LoadError::OtherTarget {
                 path: path(),
                 source: e.into(),
             })?

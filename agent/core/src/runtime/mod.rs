@@ -5,9 +5,11 @@
 //! - [`host`]: store data and the agent's imports (`mqtt`, `config`, `log`, `clock`);
 //! - [`stdio`]: guest stdout/stderr into the log;
 //! - `precompile`: ahead-of-time compilation into `.cwasm` for devices (`compiler` feature);
+//! - [`artifact`]: the CRC-32 seal `precompile` puts on a `.cwasm`, checked at load;
 //! - [`function`]: a loaded function (`InstancePre`, prepared at start-up) and one call of
 //!   it in the on-demand model: fresh store, deadline, limiter, instance, call, drop.
 
+pub mod artifact;
 pub mod engine;
 pub mod function;
 pub mod host;
@@ -114,6 +116,20 @@ pub enum LoadError {
     NativeCode {
         /// The module file.
         path: PathBuf,
+    },
+    /// A `.cwasm` whose code is not what `precompile` sealed.
+    #[error(
+        "{} is damaged: its code's CRC-32 is {actual:08x}, but precompile sealed it as \
+         {sealed:08x} (copy it again, or precompile it again)",
+        .path.display()
+    )]
+    Damaged {
+        /// The module file.
+        path: PathBuf,
+        /// The CRC-32 of the code as read.
+        actual: u32,
+        /// The one in the seal.
+        sealed: u32,
     },
     /// A `.cwasm` made for another target, wasmtime version or engine settings.
     #[error(

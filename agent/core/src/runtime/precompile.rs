@@ -81,6 +81,8 @@ pub fn precompile(
                 source: e.into(),
             })
         })?;
+        // Sealed with its CRC-32, which the agent checks before it runs the code.
+        let compiled = super::artifact::seal(compiled);
         let path = artifact(module).map_err(err)?;
         // Whole or not at all: an agent watching this folder never loads part of it.
         crate::files::replace(&path, &compiled).map_err(|source| {
