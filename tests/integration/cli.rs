@@ -474,7 +474,7 @@ fn wasm_named_cwasm_is_refused() {
     std::fs::copy(guest("echo"), &fake).expect("copy");
     rejected(
         &good(fake.to_str().expect("utf-8")),
-        "is not a precompiled component",
+        "is not a precompiled component: it is a WebAssembly component: name it .wasm",
     );
 }
 

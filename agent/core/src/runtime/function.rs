@@ -913,7 +913,22 @@ fn load_component(
                 source: e.into(),
             })?
         }
-        (true, _) => return Err(LoadError::NotPrecompiled { path: path() }),
+        (true, _) => {
+            // A `.wasm` renamed (or copied) as `.cwasm` compiles as it is under its own name.
+            let hint = match check_component_header(&bytes) {
+                Ok(()) if cfg!(feature = "compiler") => {
+                    ": it is a WebAssembly component: name it .wasm to have it compiled at \
+                     start-up, or make a .cwasm of it with `edge-agent precompile`"
+                }
+                Ok(()) => {
+                    ": it is a WebAssembly component, and this device build runs only .cwasm \
+                     artifacts: make one with `edge-agent precompile --target <device \
+                     triple>` on a full build"
+                }
+                Err(_) => " (make one with `edge-agent precompile`)",
+            };
+            return Err(LoadError::NotPrecompiled { path: path(), hint });
+        }
         (false, Some(_)) => return Err(LoadError::NativeCode { path: path() }),
         (false, None) => {
             check_component_header(&bytes)

@@ -106,10 +106,12 @@ pub enum LoadError {
         why: &'static str,
     },
     /// A `.cwasm` that holds no precompiled component.
-    #[error("{} is not a precompiled component (make one with `edge-agent precompile`)", .path.display())]
+    #[error("{} is not a precompiled component{hint}", .path.display())]
     NotPrecompiled {
         /// The module file.
         path: PathBuf,
+        /// What to do, by what the file holds instead.
+        hint: &'static str,
     },
     /// Precompiled native code under a name other than `.cwasm`.
     #[error("{} holds precompiled native code: name it .cwasm to load it as such", .path.display())]
@@ -133,8 +135,9 @@ pub enum LoadError {
     },
     /// A `.cwasm` made for another target, wasmtime version or engine settings.
     #[error(
-        "{} was precompiled for another target, wasmtime version or settings (re-run \
-         `edge-agent precompile` with this agent's version)",
+        "{} was precompiled for another target, wasmtime version or settings (precompile \
+         it again with this agent's version, for this device's target, and with `--fuel` \
+         exactly when this config gives a function `fuel`)",
         .path.display()
     )]
     OtherTarget {
