@@ -463,7 +463,8 @@ pub fn new(args: &NewArgs) -> Result<PathBuf, ProjectError> {
         )));
     }
     std::fs::create_dir_all(&dir).map_err(|e| cannot("create", e))?;
-    let dir = std::path::absolute(&dir).map_err(|e| cannot("find", e))?;
+    // Canonical, as `build` takes it: `--dir ../x` left `..` in function.toml's path.
+    let dir = std::fs::canonicalize(&dir).map_err(|e| cannot("find", e))?;
     let wasm = component_path(&dir, &args.name, args.lang);
     for (path, text) in files(&args.name, args.template, args.lang, &wasm) {
         let path = dir.join(path);
@@ -830,6 +831,21 @@ mod tests {
             ..args
         };
         assert!(matches!(new(&bad), Err(ProjectError::Usage(_))));
+    }
+
+    #[test]
+    fn a_dir_given_with_dots_is_written_without_them() {
+        let tmp = tempfile::tempdir().unwrap();
+        let args = NewArgs {
+            name: "up".into(),
+            template: Template::Echo,
+            lang: Lang::Rust,
+            dir: Some(tmp.path().join("a/../up")),
+        };
+        let made = new(&args).unwrap();
+        let snippet = std::fs::read_to_string(made.join("function.toml")).unwrap();
+        assert!(!snippet.contains("/../"), "{snippet}");
+        assert_eq!(made, tmp.path().canonicalize().unwrap().join("up"));
     }
 
     #[test]
