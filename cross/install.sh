@@ -57,6 +57,16 @@ binary=${binary:-$target_dir/$triple/device/edge-agent}
 modules=${modules:-$target_dir/$triple/device/cwasm}
 
 [[ -f $binary ]] || die "no binary at $binary (build it: cross/build.sh $triple device)"
+# A host build passed by mistake would be uploaded and fail on the device only then, with
+# "Exec format error": the ELF header's machine field says which it is before anything moves.
+case $triple in aarch64-*) want=183 ;; *) want=40 ;; esac
+magic=$(od -An -tx1 -N4 "$binary" | tr -d ' ')
+[[ $magic == 7f454c46 ]] || die "$binary is not an ELF executable"
+got=$(od -An -tu2 -j18 -N2 "$binary" | tr -d ' ')
+if [[ $got != "$want" ]]; then
+    case $got in 62) what=x86_64 ;; 183) what=aarch64 ;; 40) what="32-bit ARM" ;; *) what="machine $got" ;; esac
+    die "$binary is built for $what, not for $triple (build the device's: cross/build.sh $triple device, or pass the --target it was built for)"
+fi
 shopt -s nullglob
 cwasm=("$modules"/*.cwasm)
 shopt -u nullglob
