@@ -798,10 +798,9 @@ pub fn render(reports: &[Report]) -> String {
                     for a in &f.auto {
                         let _ = write!(
                             s,
-                            " <span data-kind=\"{}\"><b>{}</b> {:+.0}%</span>",
+                            " <span data-kind=\"{}\">{}</span>",
                             esc(&a.kind),
-                            esc(&a.kind),
-                            a.over_cheaper * 100.0
+                            esc(&a.words)
                         );
                     }
                     s.push_str("</p>\n");

@@ -592,69 +592,50 @@ pub struct AutoCost {
     /// How much dearer auto is than the cheaper fixed model, as a fraction of it
     /// (negative: cheaper than both).
     pub over_cheaper: f64,
+    /// The same with its interval over the resamples (absent from reports made before
+    /// 2026-12-08; `--from` computes it again).
+    #[serde(default)]
+    pub over_cheaper_interval: Estimate,
+    /// The comparison in words, as the verdict line and the page give it: `cpu +56%
+    /// (±14%)`, or `cpu about even (+10%)` where the interval reaches within the verdicts'
+    /// noise threshold of zero.
+    #[serde(default)]
+    pub words: String,
 }
 
-/// Auto against the fixed models at `at` events/s, per kind: the fixed models from their
-/// fitted lines, auto from its own costs at the rates measured, joined by straight lines
-/// ([`between_measured`]). Auto is billed as the model it was in, so its money jumps where
-/// it switched: nothing while idle on demand, reserved once persistent. One line fitted
-/// through both understated every rate in between: "auto against the cheaper fixed model:
-/// money -39%" at 110 events/s, where auto was persistent and billed as such (a probe,
-/// 2026-12-07).
-fn auto_costs(models: &[ModelRun], at: f64) -> Vec<AutoCost> {
-    let cost = |m: Model, k: usize| m.run_in(models).map(|r| r.fit.lines()[k].line().at(at));
-    let auto = |k: usize| {
-        let run = Model::Auto.run_in(models)?;
-        let points: Vec<(f64, f64)> = run
-            .costs
-            .iter()
-            .map(|c| (c.rate, c.kinds()[k].median))
-            .collect();
-        between_measured(&points, at)
-    };
+/// Auto against the fixed models at `at` events/s, per kind ([`verdict::auto_against`]),
+/// "about even" where the interval of the difference reaches within `threshold` (the
+/// verdicts' noise threshold) of zero.
+fn auto_costs(
+    auto: &Fitted,
+    persistent: &Fitted,
+    on_demand: &Fitted,
+    at: f64,
+    threshold: f64,
+) -> Vec<AutoCost> {
     cost::KINDS
         .iter()
-        .enumerate()
-        .filter_map(|(k, kind)| {
-            let (auto, persistent, on_demand) = (
-                auto(k)?,
-                cost(Model::Persistent, k)?,
-                cost(Model::OnDemand, k)?,
-            );
-            let cheaper = persistent.min(on_demand);
-            Some(AutoCost {
+        .zip(verdict::auto_against(auto, persistent, on_demand, at))
+        .map(|(kind, (auto, persistent, on_demand, over))| {
+            let percent = over.median * 100.0;
+            let words = if over.low > threshold || over.high < -threshold {
+                let half = (over.high - over.low) * 50.0;
+                format!("{kind} {percent:+.0}% (±{half:.0}%)")
+            } else {
+                format!("{kind} about even ({percent:+.0}%)")
+            };
+            AutoCost {
                 kind: (*kind).into(),
                 rate: at,
                 auto,
                 persistent,
                 on_demand,
-                over_cheaper: if cheaper > 0.0 {
-                    (auto - cheaper) / cheaper
-                } else {
-                    0.0
-                },
-            })
+                over_cheaper: over.median,
+                over_cheaper_interval: over,
+                words,
+            }
         })
         .collect()
-}
-
-/// The value at `at` of the straight lines joining `points` (rate, value), sorted by rate:
-/// between two rates measured, on the line between them; past either end, on the line of
-/// the nearest two (one point: its value). None without points.
-fn between_measured(points: &[(f64, f64)], at: f64) -> Option<f64> {
-    let (first, rest) = points.split_first()?;
-    let Some(last) = rest.last() else {
-        return Some(first.1);
-    };
-    let (a, b) = points
-        .windows(2)
-        .map(|w| (w[0], w[1]))
-        .find(|(_, b)| at <= b.0)
-        .unwrap_or((points[points.len() - 2], *last));
-    if b.0 == a.0 {
-        return Some(b.1);
-    }
-    Some(a.1 + (b.1 - a.1) * (at - a.0) / (b.0 - a.0))
 }
 
 /// The whole comparison.
@@ -988,7 +969,14 @@ fn judge(
         _ => Vec::new(),
     };
     let card = card(&verdicts, &tradeoffs, &models, at);
-    let auto = auto_costs(&models, at);
+    let auto = match (
+        run(Model::Auto),
+        run(Model::Persistent),
+        run(Model::OnDemand),
+    ) {
+        (Some(a), Some(p), Some(o)) => auto_costs(a, p, o, at, verdict::noise_threshold(rounds)),
+        _ => Vec::new(),
+    };
     let mut verdict = verdict_line(name, &card, &verdicts, &models);
     // Past the sweep the lines are extended, not measured (`--rate 1e9` after a sweep to
     // 200 read as a verdict like any other until 2026-12-07).
@@ -998,10 +986,7 @@ fn judge(
         ));
     }
     if !auto.is_empty() {
-        let each: Vec<String> = auto
-            .iter()
-            .map(|a| format!("{} {:+.0}%", a.kind, a.over_cheaper * 100.0))
-            .collect();
+        let each: Vec<&str> = auto.iter().map(|a| a.words.as_str()).collect();
         verdict.push_str(&format!(
             "; auto against the cheaper fixed model: {}",
             each.join(", ")
@@ -2010,88 +1995,5 @@ mod card_tests {
         assert_eq!(c.recommended, "none");
         assert!(c.headline.contains("a model's run failed"), "{c:?}");
         assert!(c.trade_off.is_empty(), "{c:?}");
-    }
-}
-
-#[cfg(test)]
-mod auto_tests {
-    use super::{ModelRun, auto_costs, between_measured};
-    use crate::cost::{CostEstimates, LineEstimate};
-    use crate::stats::Estimate;
-
-    fn at(median: f64) -> Estimate {
-        Estimate {
-            median,
-            ..Estimate::default()
-        }
-    }
-
-    /// A run whose money is `dollars` at each rate, fitted as `standing + rate × marginal`.
-    fn run(model: &str, dollars: &[(f64, f64)], standing: f64, marginal: f64) -> ModelRun {
-        let mut r = ModelRun {
-            model: model.into(),
-            ..ModelRun::default()
-        };
-        r.costs = dollars
-            .iter()
-            .map(|&(rate, d)| CostEstimates {
-                rate,
-                dollars: at(d),
-                ..CostEstimates::default()
-            })
-            .collect();
-        r.fit.dollars = LineEstimate {
-            standing: at(standing),
-            marginal: at(marginal),
-        };
-        r
-    }
-
-    /// The probe's `compare --quick` of echo (2026-12-07): auto idle on demand (nothing to
-    /// bill), then persistent (reserved) at 20 and 200 events/s. Its one fitted line, $0 +
-    /// 0.00305 per event/s, put it 39% under persistent at 110 events/s, where it was
-    /// persistent and cost what persistent cost.
-    #[test]
-    fn auto_is_priced_at_the_rates_it_was_measured_not_by_one_line_across_its_billings() {
-        let models = [
-            run(
-                "persistent",
-                &[(0.0, 0.0817), (20.0, 0.2555), (200.0, 0.6719)],
-                0.0908,
-                0.00325,
-            ),
-            run(
-                "on-demand",
-                &[(0.0, 0.0), (20.0, 10.52), (200.0, 105.19)],
-                0.0,
-                0.52596,
-            ),
-            run(
-                "auto",
-                &[(0.0, 0.0), (20.0, 0.2555), (200.0, 0.6719)],
-                0.0,
-                0.00305,
-            ),
-        ];
-        let money = auto_costs(&models, 110.0)
-            .into_iter()
-            .find(|a| a.kind == "money")
-            .expect("money");
-        // Persistent's line at 110: 0.0908 + 0.3575; auto between 20 and 200: 0.4637.
-        assert!(
-            (money.auto - 0.4637).abs() < 1e-3 && money.over_cheaper.abs() < 0.05,
-            "{money:?}"
-        );
-    }
-
-    #[test]
-    fn between_measured_joins_the_points_and_extends_the_nearest_two() {
-        let p = [(0.0, 0.0), (20.0, 2.0), (200.0, 20.0)];
-        assert_eq!(between_measured(&p, 10.0), Some(1.0));
-        assert_eq!(between_measured(&p, 20.0), Some(2.0));
-        assert_eq!(between_measured(&p, 110.0), Some(11.0));
-        assert_eq!(between_measured(&p, 400.0), Some(40.0));
-        assert_eq!(between_measured(&p[..1], 5.0), Some(0.0));
-        assert_eq!(between_measured(&[], 5.0), None);
     }
 }

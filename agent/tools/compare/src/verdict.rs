@@ -105,14 +105,13 @@ impl Priced {
         &self.rounds
     }
 
-    /// The fitted line of each kind through the medians at each rate; with a resample,
-    /// through the medians of the windows of the `drawn` rounds, each round's windows
-    /// drawn again with replacement. Resampling rounds first lets what varies from one
-    /// agent process to the next widen the intervals too.
-    fn lines(&self, resample: Option<(&[u32], &mut Bootstrap)>) -> [Line; 4] {
+    /// The median of each kind at each rate; with a resample, the medians of the windows
+    /// of the `drawn` rounds, each round's windows drawn again with replacement.
+    /// Resampling rounds first lets what varies from one agent process to the next widen
+    /// the intervals too.
+    fn medians(&self, resample: Option<(&[u32], &mut Bootstrap)>) -> Medians {
         let mut resample = resample;
-        let medians: Vec<(f64, [f64; 4])> = self
-            .strata
+        self.strata
             .iter()
             .map(|(rate, costs)| {
                 let picked: Vec<&Costs> = match resample.as_mut() {
@@ -135,10 +134,7 @@ impl Priced {
                 let m = |k: usize| median(&picked.iter().map(|c| c.kind(k)).collect::<Vec<_>>());
                 (*rate, [m(0), m(1), m(2), m(3)])
             })
-            .collect();
-        std::array::from_fn(|k| {
-            Line::fit(&medians.iter().map(|(r, m)| (*r, m[k])).collect::<Vec<_>>())
-        })
+            .collect()
     }
 
     /// The fit through the medians, and one fit per entry of `draws`: the rounds drawn for
@@ -146,10 +142,10 @@ impl Priced {
     /// replicates are paired by round: the rounds were interleaved (A B C A B C), and what
     /// the machine did during one round weighs on every model's windows of it alike.
     pub fn fits(&self, draws: &[Vec<u32>], boot: &mut Bootstrap) -> Fitted {
-        let point = self.lines(None);
+        let point = Measured::of(self.medians(None));
         let replicates = draws
             .iter()
-            .map(|drawn| self.lines(Some((drawn, &mut *boot))))
+            .map(|drawn| Measured::of(self.medians(Some((drawn, &mut *boot)))))
             .collect();
         Fitted {
             point,
@@ -157,6 +153,91 @@ impl Priced {
             n: self.n(),
         }
     }
+}
+
+/// The median of each kind of cost at each rate measured, by rate.
+type Medians = Vec<(f64, [f64; 4])>;
+
+/// One model's medians per rate and the lines fitted through them, once for the windows
+/// and once per resample.
+struct Measured {
+    medians: Medians,
+    lines: [Line; 4],
+}
+
+impl Measured {
+    fn of(medians: Medians) -> Self {
+        let lines = std::array::from_fn(|k| {
+            Line::fit(&medians.iter().map(|(r, m)| (*r, m[k])).collect::<Vec<_>>())
+        });
+        Self { medians, lines }
+    }
+
+    /// Cost of kind `k` at `at` on the straight lines joining the medians
+    /// ([`between_measured`]).
+    fn joined_at(&self, k: usize, at: f64) -> Option<f64> {
+        let points: Vec<(f64, f64)> = self.medians.iter().map(|(r, m)| (*r, m[k])).collect();
+        between_measured(&points, at)
+    }
+}
+
+/// The value at `at` of the straight lines joining `points` (rate, value), sorted by rate:
+/// between two rates measured, on the line between them; past either end, on the line of
+/// the nearest two (one point: its value). None without points.
+pub fn between_measured(points: &[(f64, f64)], at: f64) -> Option<f64> {
+    let (first, rest) = points.split_first()?;
+    let Some(last) = rest.last() else {
+        return Some(first.1);
+    };
+    let (a, b) = points
+        .windows(2)
+        .map(|w| (w[0], w[1]))
+        .find(|(_, b)| at <= b.0)
+        .unwrap_or((points[points.len() - 2], *last));
+    if b.0 == a.0 {
+        return Some(b.1);
+    }
+    Some(a.1 + (b.1 - a.1) * (at - a.0) / (b.0 - a.0))
+}
+
+/// How much dearer `auto` is at `at` than the cheaper of the two fixed models, per kind of
+/// cost, as a fraction of that model's cost (negative: cheaper), with its interval over
+/// the paired resamples. The fixed models are read from their fitted lines; auto from its
+/// medians joined by straight lines, since it is billed as the model it was in and its
+/// money jumps where it switched: nothing while idle on demand, reserved once persistent
+/// (one line fitted through both put it 25-39% under persistent at rates where it was
+/// persistent and cost what persistent cost; a probe, 2026-12-07).
+pub fn auto_against(
+    auto: &Fitted,
+    persistent: &Fitted,
+    on_demand: &Fitted,
+    at: f64,
+) -> Vec<(f64, f64, f64, Estimate)> {
+    let over = |a: &Measured, p: &Measured, o: &Measured, k: usize| {
+        let (p, o) = (p.lines[k].at(at), o.lines[k].at(at));
+        let auto = a.joined_at(k, at)?;
+        let cheaper = p.min(o);
+        let over = if cheaper > 0.0 {
+            (auto - cheaper) / cheaper
+        } else {
+            0.0
+        };
+        Some((auto, p, o, over))
+    };
+    let n = auto.n.min(persistent.n).min(on_demand.n);
+    (0..KINDS.len())
+        .filter_map(|k| {
+            let (a, p, o, point) = over(&auto.point, &persistent.point, &on_demand.point, k)?;
+            let reps: Vec<f64> = auto
+                .replicates
+                .iter()
+                .zip(&persistent.replicates)
+                .zip(&on_demand.replicates)
+                .filter_map(|((a, p), o)| over(a, p, o, k).map(|r| r.3))
+                .collect();
+            Some((a, p, o, Estimate::bootstrapped(point, &reps, n)))
+        })
+        .collect()
 }
 
 /// `boot.replicates` draws with replacement of `rounds`, shared by the models of one
@@ -172,10 +253,10 @@ pub fn draw_rounds(rounds: &[u32], boot: &mut Bootstrap) -> Vec<Vec<u32>> {
         .collect()
 }
 
-/// A model's fitted lines, and the same fit on every resample.
+/// A model's medians per rate and its fitted lines, and the same on every resample.
 pub struct Fitted {
-    point: [Line; 4],
-    replicates: Vec<[Line; 4]>,
+    point: Measured,
+    replicates: Vec<Measured>,
     n: usize,
 }
 
@@ -184,8 +265,8 @@ impl Fitted {
     pub fn estimates(&self) -> FitEstimates {
         let of = |k: usize| {
             let term = |f: fn(&Line) -> f64| {
-                let reps: Vec<f64> = self.replicates.iter().map(|r| f(&r[k])).collect();
-                Estimate::bootstrapped(f(&self.point[k]), &reps, self.n)
+                let reps: Vec<f64> = self.replicates.iter().map(|r| f(&r.lines[k])).collect();
+                Estimate::bootstrapped(f(&self.point.lines[k]), &reps, self.n)
             };
             LineEstimate {
                 standing: term(|l| l.standing),
@@ -329,12 +410,15 @@ pub fn verdicts(
         .enumerate()
         .map(|(k, kind)| {
             let diff = |r: f64| {
-                let point = relative(on_demand.point[k].at(r), persistent.point[k].at(r));
+                let point = relative(
+                    on_demand.point.lines[k].at(r),
+                    persistent.point.lines[k].at(r),
+                );
                 let reps: Vec<f64> = on_demand
                     .replicates
                     .iter()
                     .zip(&persistent.replicates)
-                    .map(|(o, p)| relative(o[k].at(r), p[k].at(r)))
+                    .map(|(o, p)| relative(o.lines[k].at(r), p.lines[k].at(r)))
                     .collect();
                 Estimate::bootstrapped(point, &reps, n)
             };
@@ -354,12 +438,12 @@ pub fn verdicts(
                 .replicates
                 .iter()
                 .zip(&persistent.replicates)
-                .filter_map(|(o, p)| o[k].crossing(&p[k], max_rate))
+                .filter_map(|(o, p)| o.lines[k].crossing(&p.lines[k], max_rate))
                 .collect();
             let crossing_share = crossings.len() as f64 / on_demand.replicates.len().max(1) as f64;
             let break_even = (crossing_share >= 0.5).then(|| {
-                let point = on_demand.point[k]
-                    .crossing(&persistent.point[k], max_rate)
+                let point = on_demand.point.lines[k]
+                    .crossing(&persistent.point.lines[k], max_rate)
                     .unwrap_or_else(|| median(&crossings));
                 Estimate::bootstrapped(point, &crossings, n)
             });
@@ -511,6 +595,48 @@ mod tests {
         let mut boot = Bootstrap::default();
         let draws = draw_rounds(priced.rounds(), &mut boot);
         priced.fits(&draws, &mut boot)
+    }
+
+    /// Auto idle on demand (nothing to bill), then persistent (reserved) at every rate, with
+    /// persistent's own windows: it costs what persistent costs. One line fitted through
+    /// its medians ran from $0 at idle with a shallow slope and put it far under
+    /// persistent (a probe's "money -39%", 2026-12-07).
+    #[test]
+    fn auto_is_priced_at_the_rates_measured_not_by_one_line_across_its_billings() {
+        // A --quick sweep's rates: idle and two, where the idle point weighs on a line.
+        let persistent: Vec<Window> = model(2, 36.0, 0.36, 0.05)
+            .into_iter()
+            .filter(|w| w.rate <= 100.0 && w.rate != 1.0)
+            .collect();
+        let auto: Vec<Window> = persistent
+            .iter()
+            .map(|w| Window {
+                persistent: Some(w.rate > 0.0),
+                ..*w
+            })
+            .collect();
+        let p = fitted(&persistent, Billing::Reserved);
+        let o = fitted(&model(1, 3.6, 0.72, 0.05), Billing::ByUse);
+        let a = fitted(&auto, Billing::Reserved);
+        let money = &auto_against(&a, &p, &o, 50.0)[3];
+        assert!(
+            money.3.median.abs() < 0.05 && money.3.low < 0.0 && money.3.high > 0.0,
+            "{money:?}"
+        );
+        // What the old single line said, for the record: far under.
+        let line = a.point.lines[3].at(50.0);
+        assert!(line < 0.8 * money.1, "{line} against {money:?}");
+    }
+
+    #[test]
+    fn between_measured_joins_the_points_and_extends_the_nearest_two() {
+        let p = [(0.0, 0.0), (20.0, 2.0), (200.0, 20.0)];
+        assert_eq!(between_measured(&p, 10.0), Some(1.0));
+        assert_eq!(between_measured(&p, 20.0), Some(2.0));
+        assert_eq!(between_measured(&p, 110.0), Some(11.0));
+        assert_eq!(between_measured(&p, 400.0), Some(40.0));
+        assert_eq!(between_measured(&p[..1], 5.0), Some(0.0));
+        assert_eq!(between_measured(&[], 5.0), None);
     }
 
     #[test]
