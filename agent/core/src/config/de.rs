@@ -143,6 +143,49 @@ struct Node<'a> {
     key: String,
 }
 
+/// Where a number or a boolean is expected, text that spells one is read as it. Every
+/// environment override arrives as text and is kept so (until 2026-12-08 the variables
+/// were parsed as numbers wherever they looked like them, so that
+/// `EDGE_AGENT__BROKER__PASSWORD=007123` reached the broker as `7123` and
+/// `EDGE_AGENT__AGENT__ID=007` ran the agent as `7`, with other topics and sessions).
+macro_rules! from_text {
+    ($($method:ident => $parse:ident),*) => {$(
+        fn $method<V: Visitor<'de>>(self, visitor: V) -> Result<V::Value, DeError> {
+            match self.value {
+                Value::String(s) => match $parse(s) {
+                    Some(value) => Node {
+                        value: &value,
+                        key: self.key,
+                    }
+                    .deserialize_any(visitor),
+                    None => self.deserialize_any(visitor),
+                },
+                _ => self.deserialize_any(visitor),
+            }
+        }
+    )*};
+}
+
+/// `true` or `false`, in any case.
+fn bool_from_text(s: &str) -> Option<Value> {
+    s.trim().to_ascii_lowercase().parse().ok().map(Value::Bool)
+}
+
+/// A whole number, or else a number with a fraction (which an integer key then refuses as
+/// not whole).
+fn number_from_text(s: &str) -> Option<Value> {
+    let s = s.trim();
+    s.parse::<u64>()
+        .map(Value::from)
+        .or_else(|_| s.parse::<i64>().map(Value::from))
+        .ok()
+        .or_else(|| {
+            s.parse::<f64>()
+                .ok()
+                .and_then(|f| serde_json::Number::from_f64(f).map(Value::Number))
+        })
+}
+
 impl<'de> de::Deserializer<'de> for Node<'_> {
     type Error = DeError;
 
@@ -218,8 +261,22 @@ impl<'de> de::Deserializer<'de> for Node<'_> {
         visitor.visit_unit()
     }
 
+    from_text! {
+        deserialize_bool => bool_from_text,
+        deserialize_u8 => number_from_text,
+        deserialize_u16 => number_from_text,
+        deserialize_u32 => number_from_text,
+        deserialize_u64 => number_from_text,
+        deserialize_i8 => number_from_text,
+        deserialize_i16 => number_from_text,
+        deserialize_i32 => number_from_text,
+        deserialize_i64 => number_from_text,
+        deserialize_f32 => number_from_text,
+        deserialize_f64 => number_from_text
+    }
+
     serde::forward_to_deserialize_any! {
-        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char bytes byte_buf unit
+        i128 u128 char bytes byte_buf unit
         unit_struct seq tuple tuple_struct map struct identifier
     }
 }

@@ -165,10 +165,15 @@ impl ConfigError {
         };
         let variable = env.iter().map(|(name, _)| name).find(|name| {
             let path = name[ENV_PREFIX.len()..].to_lowercase().replace("__", ".");
+            // The key itself, one under it, or a section only the variable brought
+            // (`EDGE_AGENT__FOO__BAR`: "`foo`: unknown key").
             key == path
                 || key
                     .strip_prefix(path.as_str())
                     .is_some_and(|rest| rest.starts_with(['.', '[']))
+                || path
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with('.'))
         });
         match variable {
             Some(variable) => Self::Environment {
@@ -1271,7 +1276,6 @@ fn tree(
             config::Environment::with_prefix("EDGE_AGENT")
                 .prefix_separator("__")
                 .separator("__")
-                .try_parsing(true)
                 .source(Some(env)),
         )
         .build()
@@ -1285,9 +1289,10 @@ fn tree(
 /// broker that takes less does not make every function's defaults invalid (until
 /// 2026-12-07 `check` refused them, naming keys the file did not have).
 fn limits_within_the_packet_limit(tree: &mut serde_json::Value) {
+    // A number in the file, text from the environment.
     let Some(packet) = tree
         .pointer("/broker/max_packet_bytes")
-        .and_then(serde_json::Value::as_u64)
+        .and_then(|v| v.as_u64().or_else(|| v.as_str()?.trim().parse().ok()))
     else {
         return;
     };

@@ -121,6 +121,42 @@ fn environment_overrides_the_file() {
     assert_eq!(cfg.agent.id, "from-env");
 }
 
+/// A variable's value is text, kept as it is where text is expected and read as a number or
+/// a boolean where one is (a probe, 2026-12-07: `007123` reached the broker as `7123`).
+#[test]
+fn variables_that_look_like_numbers_stay_text_where_text_is_expected() {
+    let c = Case::new();
+    let var = |k: &str, v: &str| (k.to_string(), v.to_string());
+    let env = vec![
+        var("EDGE_AGENT__BROKER__USERNAME", "0042"),
+        var("EDGE_AGENT__BROKER__PASSWORD", "007123"),
+        var("EDGE_AGENT__AGENT__ID", "007"),
+        var("EDGE_AGENT__BROKER__KEEP_ALIVE_SECS", " 30"),
+        var("EDGE_AGENT__BROKER__CLEAN_SESSION", "TRUE"),
+        var("EDGE_AGENT__BROKER__MAX_PACKET_BYTES", "4096"),
+    ];
+    let cfg = c.load_env("agent.toml", GOOD, env).unwrap();
+    assert_eq!(cfg.broker.username.as_deref(), Some("0042"));
+    assert_eq!(cfg.broker.password.as_deref(), Some("007123"));
+    assert_eq!(cfg.agent.id, "007");
+    assert_eq!(cfg.broker.keep_alive_secs, 30);
+    assert!(cfg.broker.clean_session);
+    // The functions' message limits follow a packet limit set from the environment too.
+    assert_eq!(cfg.functions[0].max_payload_bytes, 4096);
+    let e = c
+        .load_env(
+            "agent.toml",
+            GOOD,
+            vec![var("EDGE_AGENT__BROKER__KEEP_ALIVE_SECS", "1.5")],
+        )
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("1.5 is not a whole number") && e.contains("KEEP_ALIVE_SECS"),
+        "{e}"
+    );
+}
+
 #[test]
 fn a_mistake_in_a_variable_names_the_variable() {
     let c = Case::new();
@@ -144,6 +180,15 @@ fn a_mistake_in_a_variable_names_the_variable() {
         .to_string();
     assert!(
         e.contains("`broker.url`") && e.contains("EDGE_AGENT__BROKER__URL)"),
+        "{e}"
+    );
+    // A section that only the variable brings is the variable's too.
+    let e = c
+        .load_env("agent.toml", GOOD, var("EDGE_AGENT__FOO__BAR", "1"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("unknown key `foo`") && e.ends_with("EDGE_AGENT__FOO__BAR)"),
         "{e}"
     );
     // The file's own mistakes are the file's.
