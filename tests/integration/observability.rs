@@ -167,10 +167,18 @@ async fn prometheus_scrapes_the_same_figures_as_the_stats_topic() {
         // Read with the type the agent builds it from: a renamed field fails here.
         let v: Report = c.recv_on("edge-agent/prom/stats").await.message();
         let f = v.functions[0].clone();
-        if f.totals.succeeded == 53 && f.totals.failed.iter().any(|(k, _)| k == "guest-error") {
+        if f.totals.succeeded == 53
+            && f.totals
+                .failed
+                .iter()
+                .any(|(k, n)| k == "guest-error" && *n == 2)
+        {
             break (v, f);
         }
     };
+    // Every event made its instance, the two that failed too (until 2026-12-08 a failed
+    // call was no cold start, and its CPU counted nowhere).
+    assert_eq!(stats.totals.instantiate_us.count, 55, "{:?}", stats.totals);
     assert_eq!(report.agent, "prom", "{report:?}");
     assert!(report.interval_secs > 0.5, "{report:?}");
     assert!(report.process.rss_bytes > 1_000_000, "{report:?}");

@@ -152,6 +152,23 @@ impl FunctionStats {
         l.peak_memory = l.peak_memory.max(cost.peak_memory);
     }
 
+    /// What a failed call cost before it failed: its instance (on demand, a cold start
+    /// like any other) and its CPU and memory, which count in the totals. The latency
+    /// percentiles stay those of the events handled. Until 2026-12-08 a failed call cost
+    /// nothing here: a function looping to its timeout on every event showed no CPU and
+    /// no cold starts (a probe, 2026-12-07).
+    pub fn failed_call(&self, cost: &CallCost) {
+        let mut l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
+        if !cost.instantiate.is_zero() {
+            l.instantiate.saturating_record(us(cost.instantiate));
+        }
+        if let Some(load) = cost.load {
+            l.load.saturating_record(us(load));
+        }
+        l.cpu_total_us += us(cost.cpu);
+        l.peak_memory = l.peak_memory.max(cost.peak_memory);
+    }
+
     /// Reads the function's queue depth (events waiting, all its queues) with `probe`.
     pub fn probe_queue_depth(&self, probe: Probe) {
         let _ = self.queue_depth.set(probe);

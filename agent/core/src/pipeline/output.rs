@@ -148,7 +148,12 @@ impl Output {
     ) {
         let outcome = match result {
             Ok(outcome) => outcome,
-            Err(err) => return self.fail(function, stats, event, err.kind, err.message),
+            Err(err) => {
+                if let Some(cost) = &err.cost {
+                    stats.failed_call(cost);
+                }
+                return self.fail(function, stats, event, err.kind, err.message);
+            }
         };
         let called = std::time::Instant::now();
         let mut cost = outcome.cost;

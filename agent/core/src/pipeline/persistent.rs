@@ -239,6 +239,7 @@ impl PersistentInstance {
                 let err = CallError {
                     kind: FailureKind::FunctionStopped,
                     message: format!("instance {} is stopped by its restart policy", self.index),
+                    cost: None,
                 };
                 rt.block_on(
                     self.output
@@ -263,6 +264,7 @@ impl PersistentInstance {
                         Err(CallError {
                             kind: FailureKind::Instantiate,
                             message: "no instance to retry the call on".into(),
+                            cost: None,
                         }),
                         None,
                     );

@@ -26,6 +26,10 @@ pub struct CallError {
     pub kind: FailureKind,
     /// Details for the log and the dead letter.
     pub message: String,
+    /// What the call cost before it failed, where it got as far as an instance: a failed
+    /// call made its instance and burnt its CPU too (a call looping to its timeout burns
+    /// the most), which the function's cold starts and CPU count.
+    pub cost: Option<Box<crate::metrics::CallCost>>,
 }
 
 /// A successful call: what to publish and what it cost.
@@ -424,6 +428,7 @@ impl LoadedFunction {
         let poisoned = || CallError {
             kind: FailureKind::Instantiate,
             message: "the function's module lock was poisoned by a panic".into(),
+            cost: None,
         };
         if let Some(pre) = self.pre.read().map_err(|_| poisoned())?.as_ref() {
             return Ok((pre.clone(), None));
@@ -440,6 +445,7 @@ impl LoadedFunction {
                 CallError {
                     kind: FailureKind::Instantiate,
                     message: format!("loading the module again after a scale to zero: {message}"),
+                    cost: None,
                 }
             })?;
         *slot = Some(pre.clone());
@@ -484,6 +490,7 @@ impl LoadedFunction {
             store.set_fuel(fuel).map_err(|e| CallError {
                 kind: FailureKind::Instantiate,
                 message: format!("{e:#}"),
+                cost: None,
             })?;
         }
         let bindings = {
@@ -519,17 +526,40 @@ impl LoadedFunction {
         let cpu = crate::clock::CallCpu::start();
         let (pre, load) = self.linked()?;
         let start = Instant::now();
-        let instance = self.instantiate_from(&pre)?;
+        // An instance that failed to start was made all the same: a cold start that counts.
+        let instance = self.instantiate_from(&pre).map_err(|e| {
+            let spent = cpu.stop();
+            CallError {
+                cost: Some(Box::new(crate::metrics::CallCost {
+                    instantiate: start.elapsed(),
+                    load,
+                    cpu: spent.cpu,
+                    cpu_estimated: spent.estimated,
+                    ..crate::metrics::CallCost::default()
+                })),
+                ..e
+            }
+        })?;
         let instantiate = start.elapsed();
         // The call's CPU is counted from before the instance was made: one more read of
         // the thread's CPU clock (a system call) per event would be all it saved.
         let (result, _instance) = instance.call_counting(event, message, Some(cpu));
         self.touch();
-        result.map(|mut outcome| {
-            outcome.cost.instantiate = instantiate;
-            outcome.cost.load = load;
-            outcome
-        })
+        let cold = |cost: &mut crate::metrics::CallCost| {
+            cost.instantiate = instantiate;
+            cost.load = load;
+        };
+        result
+            .map(|mut outcome| {
+                cold(&mut outcome.cost);
+                outcome
+            })
+            .map_err(|mut e| {
+                if let Some(cost) = &mut e.cost {
+                    cold(cost);
+                }
+                e
+            })
     }
 }
 
@@ -564,6 +594,7 @@ impl Instance {
             let err = CallError {
                 kind: FailureKind::Trap,
                 message: format!("cannot set fuel: {e:#}"),
+                cost: None,
             };
             return (Err(err), None);
         }
@@ -598,7 +629,14 @@ impl Instance {
         let execute = started.elapsed().saturating_sub(throttled);
         let txn = data.txn.take();
         let outbox = std::mem::take(&mut data.outbox);
-        let peak_memory = data.peak_memory;
+        let spent = crate::metrics::CallCost {
+            execute,
+            queue: throttled,
+            cpu: cpu.cpu,
+            cpu_estimated: cpu.estimated,
+            peak_memory: data.peak_memory,
+            ..crate::metrics::CallCost::default()
+        };
         let limit_hit = data.limit_hit.take();
         match result {
             Ok(Ok(())) => {
@@ -632,6 +670,7 @@ impl Instance {
                         let err = CallError {
                             kind: FailureKind::State,
                             message: format!("state not committed: {}", crate::failure::chain(&e)),
+                            cost: Some(Box::new(spent)),
                         };
                         // The guest's memory may assume the writes happened: drop it.
                         return (Err(err), None);
@@ -654,14 +693,7 @@ impl Instance {
                     committed,
                     duplicate,
                     large_receipt,
-                    cost: crate::metrics::CallCost {
-                        execute,
-                        queue: throttled,
-                        cpu: cpu.cpu,
-                        cpu_estimated: cpu.estimated,
-                        peak_memory,
-                        ..crate::metrics::CallCost::default()
-                    },
+                    cost: spent,
                 };
                 (Ok(outcome), back)
             }
@@ -670,10 +702,18 @@ impl Instance {
                 Err(CallError {
                     kind: limit_hit.unwrap_or(FailureKind::GuestError),
                     message,
+                    cost: Some(Box::new(spent)),
                 }),
                 Some(self),
             ),
-            Err(e) => (Err(classify(&self.store, &e, FailureKind::Trap)), None),
+            Err(e) => {
+                let err = classify(&self.store, &e, FailureKind::Trap);
+                let err = CallError {
+                    cost: Some(Box::new(spent)),
+                    ..err
+                };
+                (Err(err), None)
+            }
         }
     }
 }
@@ -1057,7 +1097,11 @@ fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: FailureKind
         ),
         _ => format!("{e:#}"),
     };
-    CallError { kind, message }
+    CallError {
+        kind,
+        message,
+        cost: None,
+    }
 }
 
 #[cfg(test)]
