@@ -102,6 +102,27 @@ struct AgentView {
     deployment: Option<DeploymentReport>,
 }
 
+impl AgentView {
+    /// Seconds since the agent made its report (0 without one).
+    fn report_age(&self) -> u64 {
+        self.heard
+            .map_or(0, |t| (t.elapsed() + self.old_when_heard).as_secs())
+    }
+
+    /// Whether its report's figures are the past's, not what it does now: the agent is
+    /// offline, or three of its reports were missed.
+    fn stale(&self, r: &Report) -> bool {
+        let offline = matches!(&self.status, Some(Ok(s)) if s.status == Presence::Offline);
+        offline || self.report_age() as f64 > 3.0 * r.interval_secs
+    }
+
+    /// Its report, if its figures are current ([`AgentView::stale`]).
+    fn current(&self) -> Option<&Report> {
+        let r = self.report.as_ref()?.as_ref().ok()?;
+        (!self.stale(r)).then_some(r)
+    }
+}
+
 /// Every agent heard from, by id.
 #[derive(Debug, Default)]
 pub struct Board {
@@ -270,10 +291,12 @@ impl Board {
             };
             *deployments.entry(key).or_default() += 1;
         }
+        // What the fleet does now: an agent gone or silent does nothing it can count (until
+        // 2026-12-08 its last figures stayed in the sum).
         let reports = || {
             self.agents
                 .values()
-                .filter_map(|a| a.report.as_ref()?.as_ref().ok())
+                .filter_map(AgentView::current)
                 .flat_map(|r| &r.functions)
         };
         let events: f64 = reports().map(|f| f.rates.events_per_sec).sum();
@@ -321,11 +344,10 @@ impl Board {
                 ),
                 Some(Err(e)) => format!("{id}  {presence}  stats unreadable: {e}"),
                 Some(Ok(r)) => {
-                    let age = a
-                        .heard
-                        .map_or(0, |t| (t.elapsed() + a.old_when_heard).as_secs());
-                    // Three reports missed: its figures are the last it sent, not now's.
-                    let stale = age as f64 > (3.0 * r.interval_secs).max(10.0);
+                    let age = a.report_age();
+                    // Offline, or three reports missed: its figures are the last it sent,
+                    // not now's.
+                    let stale = a.stale(r);
                     format!(
                         "{id}  {presence}  rss {}  cpu {:.1}%{}  state {} on disk  \
                          report {age}s ago{}, covers {:.0}s",
@@ -388,6 +410,9 @@ impl Board {
             let figures = report.map_or_else(
                 || "no stats yet".to_string(),
                 |r| {
+                    if a.stale(r) {
+                        return format!("last report {}s ago (STALE)", a.report_age());
+                    }
                     let events: f64 = r.functions.iter().map(|f| f.rates.events_per_sec).sum();
                     let errors: f64 = r.functions.iter().map(|f| f.rates.errors_per_sec).sum();
                     format!(
@@ -403,6 +428,7 @@ impl Board {
                 format!("  deploy {}", d.summary_at(edge_agent::clock::now_ms()))
             });
             let title = format!("{id}  {presence}  {figures}{deployment}");
+            let stale = report.is_some_and(|r| a.stale(r));
             let rows = report
                 .into_iter()
                 .flat_map(|r| &r.functions)
@@ -411,7 +437,11 @@ impl Board {
                     vec![
                         t.function.clone(),
                         model(t),
-                        rate(rates.events_per_sec),
+                        if stale {
+                            "-".into()
+                        } else {
+                            rate(rates.events_per_sec)
+                        },
                         us(rates.end_to_end_us.p99),
                         t.failed_total().to_string(),
                         t.module_sha256
@@ -457,6 +487,24 @@ impl Board {
         }
         out
     }
+}
+
+/// How many of the columns of `widths`, from the left, fit in `width` with `spacing`
+/// between them; at least the first (a name, which may then be cut).
+fn columns_that_fit(widths: &[usize], width: usize, spacing: usize) -> usize {
+    let mut used = 0;
+    let fit = widths
+        .iter()
+        .take_while(|&&w| {
+            let needed = if used == 0 { w } else { used + spacing + w };
+            let fits = needed <= width;
+            if fits {
+                used = needed;
+            }
+            fits
+        })
+        .count();
+    fit.max(1).min(widths.len())
 }
 
 /// Each column's width: its widest cell or title.
@@ -633,12 +681,25 @@ fn draw(frame: &mut ratatui::Frame, board: &Board) {
         None if board.fleet => format!("edge-agent top   {}   q quits", board.summary()),
         None => "edge-agent top   q quits".into(),
     };
+    // The columns that fit, from the left; the rest are left out whole rather than cut
+    // (ratatui cuts right-aligned figures from the left, so that a narrow terminal showed
+    // 150 events/s as `50` and 104 µs as `04µs` until 2026-12-08).
+    let all = widths(board.columns(), &sections);
+    let fit = columns_that_fit(&all, usize::from(frame.area().width), 2);
+    let head = if fit < all.len() {
+        format!(
+            "{head}   {} column(s) hidden: widen the terminal",
+            all.len() - fit
+        )
+    } else {
+        head
+    };
     let reversed = Style::new().add_modifier(Modifier::REVERSED);
     frame.render_widget(Paragraph::new(head).style(reversed), areas[0]);
-    let columns = board.columns();
-    let widths: Vec<Constraint> = widths(columns, &sections)
-        .into_iter()
-        .map(|w| Constraint::Length(w as u16))
+    let columns = &board.columns()[..fit];
+    let widths: Vec<Constraint> = all[..fit]
+        .iter()
+        .map(|&w| Constraint::Length(w as u16))
         .collect();
     let cell = |i: usize, c: &str| {
         let text = Text::from(c.to_string());
@@ -662,7 +723,7 @@ fn draw(frame: &mut ratatui::Frame, board: &Board) {
         let rows = s
             .rows
             .iter()
-            .map(|r| Row::new(r.iter().enumerate().map(|(i, c)| cell(i, c))));
+            .map(|r| Row::new(r.iter().take(fit).enumerate().map(|(i, c)| cell(i, c))));
         let table = Table::new(rows, widths.clone())
             .header(header.clone())
             .column_spacing(2)
@@ -904,6 +965,27 @@ mod tests {
                 .starts_with("FUNCTION  MODEL")
         );
         assert!(text.contains("a2  offline  no stats yet"), "{text}");
+        // An agent gone with its last report still there counts for nothing now (its
+        // figures stayed in the sum until 2026-12-08).
+        b.apply("edge-agent/a2/stats", &report());
+        let text = b.text();
+        assert!(
+            text.starts_with("2 agents, 1 online; in force: site/7 on 1; 2.0 events/s"),
+            "{text}"
+        );
+        assert!(
+            text.contains("a2  offline  last report 0s ago (STALE)"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn columns_that_do_not_fit_are_left_out_whole() {
+        let widths = [8, 5, 6, 4];
+        assert_eq!(columns_that_fit(&widths, 100, 2), 4);
+        assert_eq!(columns_that_fit(&widths, 8 + 2 + 5 + 2 + 6, 2), 3);
+        assert_eq!(columns_that_fit(&widths, 8 + 2 + 5 + 2 + 5, 2), 2);
+        assert_eq!(columns_that_fit(&widths, 3, 2), 1);
     }
 
     #[test]
