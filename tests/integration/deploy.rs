@@ -267,6 +267,15 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
     reports(&mut c, 3, DeploymentState::Refused, "unsigned").await;
     unchanged("unsigned");
 
+    // Retained, unsigned, with the largest version there is: deploy takes nothing from a
+    // document its key did not sign (until 2026-12-08 this refused every --version as not
+    // newer, and the next default version wrapped to 0).
+    let (mut e, _) = signed(u64::MAX);
+    e.signature = None;
+    c.publish_retained(doc_topic, serde_json::to_vec(&e).expect("json"))
+        .await;
+    reports(&mut c, 3, DeploymentState::Refused, "unsigned").await;
+
     // Signed with a key the agents do not trust: `--wait` says so with the agents' reason
     // (it cannot be told by its version, which the agents cannot trust).
     let wait = ["--version", "2", "--wait", "3", "--wait-secs", "60"];
@@ -275,6 +284,10 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
     let said = String::from_utf8_lossy(&wrong.stderr);
     assert_eq!(wrong.status.code(), Some(1), "{said}");
     assert!(said.contains("refused: wrongly signed"), "{said}");
+    assert!(
+        said.contains("(it claims version 18446744073709551615) was not signed by this key"),
+        "{said}"
+    );
     assert!(
         started.elapsed() < std::time::Duration::from_secs(30),
         "{said}"

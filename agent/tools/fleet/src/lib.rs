@@ -364,7 +364,7 @@ async fn publish(
     }
     // The group's current version, from the retained document: read until the broker has
     // answered the subscription and a moment more.
-    let mut current = None;
+    let mut retained = None;
     let until = tokio::time::Instant::now() + Duration::from_millis(700);
     let mut subscribed = false;
     loop {
@@ -377,13 +377,14 @@ async fn publish(
             Ok(Err(e)) => return Err(FleetError::Broker(format!("{url}: {e}"))),
             Ok(Ok(Event::Incoming(Packet::SubAck(_)))) => subscribed = true,
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == doc_topic => {
-                current = serde_json::from_slice::<Envelope>(&p.payload)
-                    .ok()
-                    .and_then(|e| serde_json::from_str::<Document>(&e.document).ok());
+                retained = Some(p.payload);
             }
             Ok(Ok(_)) => {}
         }
     }
+    let current = retained
+        .filter(|p| !p.is_empty())
+        .and_then(|p| signed_by(&p, key, &args.group));
     let version = match (args.version, current.as_ref().map(|d| d.version)) {
         (Some(v), Some(c)) if v <= c => {
             return Err(FleetError::Usage(format!(
@@ -391,7 +392,12 @@ async fn publish(
             )));
         }
         (Some(v), _) => v,
-        (None, c) => c.map_or(1, |c| c + 1),
+        (None, None) => 1,
+        (None, Some(c)) => c.checked_add(1).ok_or_else(|| {
+            FleetError::Usage(format!(
+                "the group's version is {c}, the largest there is: no deployment can be newer"
+            ))
+        })?,
     };
     let (envelope, document) = seal(
         bundle,
@@ -515,6 +521,32 @@ async fn send(
     }
 }
 
+/// The group's retained document, if this key signed it. Only then are its version and
+/// modules taken: anyone who can publish on the broker can retain a document, and until
+/// 2026-12-08 an unsigned one with version 2^64-1 made the next deploy wrap to version 0,
+/// which every agent refused, and made any `--version` "not newer than the group's" (a
+/// probe, 2026-12-07). One signed by another trusted key is said, and left too.
+fn signed_by(payload: &[u8], key: &Ed25519KeyPair, group: &str) -> Option<Document> {
+    let own: [u8; 32] = key.public_key().as_ref().try_into().ok()?;
+    match Envelope::open(payload, &[own], group) {
+        Ok(document) => Some(document),
+        Err(why) => {
+            let claimed = serde_json::from_slice::<Envelope>(payload)
+                .ok()
+                .and_then(|e| serde_json::from_str::<Document>(&e.document).ok())
+                .map_or_else(String::new, |d| {
+                    format!(" (it claims version {})", d.version)
+                });
+            eprintln!(
+                "warning: the group's retained document{claimed} was not signed by this key \
+                 ({why}): its version is not taken. If the agents refuse this deployment as \
+                 not newer, deploy again with a --version above the one they name"
+            );
+            None
+        }
+    }
+}
+
 /// Follows the agents' reports on `version` until `args.wait` have applied it (past
 /// probation), one refused or rolled it back, or the wait is over.
 async fn wait(
@@ -570,8 +602,15 @@ async fn wait(
                 } else {
                     "rolled back"
                 };
+                // The agents' record is the truth the retained document may not tell (the
+                // broker lost it, or someone replayed an older one).
+                let hint = if why.starts_with("replayed or older") {
+                    ": deploy again with a --version above the one the agent names"
+                } else {
+                    ""
+                };
                 return Err(FleetError::NotApplied(format!(
-                    "{}: {state}: {why}",
+                    "{}: {state}: {why}{hint}",
                     r.agent
                 )));
             }
