@@ -475,6 +475,17 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         "each agent fetched each version through the redirect: {} requests",
         server.requests()
     );
+
+    // A broker that comes back without its retained messages hears each agent's state
+    // again once it reconnects (until 2026-12-08 `fleet status` showed none until the next
+    // deployment).
+    drop(c);
+    let port = broker.port;
+    drop(broker.stop());
+    let broker = Mosquitto::restart(port);
+    let mut c = Client::connect(broker.port, &["edge-agent/+/deployment"]).await;
+    let again = reports(&mut c, 3, DeploymentState::Applied, "").await;
+    assert!(again.values().all(|r| r.version == Some(11)), "{again:?}");
 }
 
 /// A web server for the files of one directory, for as long as it lives: `GET /NAME`

@@ -190,6 +190,11 @@ struct Deployer {
     retry: Option<(Instant, Bytes)>,
     /// The wait before the next such try.
     backoff: Duration,
+    /// The last report published, to publish again when the connection comes back: a
+    /// broker that lost its retained messages (no persistence, or killed before it saved
+    /// them) had no deployment state for this agent until the next deployment, and `fleet
+    /// status` showed none (a probe, 2026-12-07).
+    last_report: Mutex<Option<Vec<u8>>>,
 }
 
 /// Starts the deployment task if `[fleet] group` is set; it stops with `background`.
@@ -251,6 +256,7 @@ pub fn spawn(
         pending: None,
         retry: None,
         backoff: RETRY_FIRST,
+        last_report: Mutex::new(None),
     };
     let reconnect = (
         Duration::from_millis(config.broker.reconnect_min_ms),
@@ -259,6 +265,9 @@ pub fn spawn(
     background.spawn(move |stop| deployer.run(eventloop, reconnect, stop));
     Ok(())
 }
+
+/// What the poller hands the deployer when a connection is made (no topic is empty).
+const CONNECTED: &str = "";
 
 /// Polls the deployment connection: subscribes on each connection and hands every message
 /// to the deployer.
@@ -282,6 +291,10 @@ async fn poll(
                     .collect();
                 for (f, qos) in filters {
                     let _ = client.try_subscribe(f, qos);
+                }
+                // Connected: the deployer says where it is again ([`CONNECTED`]).
+                if tx.send((CONNECTED.into(), Bytes::new())).await.is_err() {
+                    return;
                 }
             }
             Ok(Event::Incoming(Packet::Publish(p))) => {
@@ -356,6 +369,10 @@ impl Deployer {
                     () = stop.cancelled() => break,
                     m = rx.recv() => match m {
                         Some((t, p)) if t == topic => p,
+                        Some((t, _)) if t == CONNECTED => {
+                            self.report_again().await;
+                            continue;
+                        }
                         Some(_) => continue,
                         None => break,
                     },
@@ -1009,10 +1026,19 @@ impl Deployer {
             chunks,
             ts_ms: crate::clock::now_ms(),
         };
+        *lock(&self.last_report) = Some(body.to_bytes());
+        self.report_again().await;
+    }
+
+    /// Publishes (retained) the last report again, if there is one.
+    async fn report_again(&self) {
+        let Some(body) = lock(&self.last_report).clone() else {
+            return;
+        };
         let topic = format!("{}/{}/{}", self.prefix, self.agent, DeploymentReport::TOPIC);
-        let sent =
-            self.publisher
-                .publish(topic, QoS::AtLeastOnce, true, body.to_bytes(), None, None);
+        let sent = self
+            .publisher
+            .publish(topic, QoS::AtLeastOnce, true, body, None, None);
         let _ = tokio::time::timeout(Duration::from_secs(5), sent).await;
     }
 }
