@@ -29,8 +29,16 @@ fn main() -> ExitCode {
     match edge_agent_cli::execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Under systemd with the syslog priority of an error, as the log lines carry
+            // theirs: `journalctl -p warning` hid the one line that says why the agent
+            // stopped until 2026-12-08.
+            let priority = if std::env::var_os("JOURNAL_STREAM").is_some() {
+                "<3>"
+            } else {
+                ""
+            };
             for line in e.lines() {
-                eprintln!("error: {line}");
+                eprintln!("{priority}error: {line}");
             }
             e.exit().into()
         }

@@ -61,6 +61,34 @@ fn check_accepts_the_demo_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 functions"));
 }
 
+/// Under systemd the error that stops the agent carries an error's syslog priority, as
+/// its log lines do theirs, so that `journalctl -p warning` shows it.
+#[test]
+fn under_systemd_the_fatal_error_has_an_error_priority() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[broker]
+keep_alive_secs = 2
+",
+    )
+    .expect("write");
+    let out = Command::new(agent_bin())
+        .args(["run", "--config", path.to_str().expect("utf-8")])
+        .env("JOURNAL_STREAM", "8:1234")
+        .output()
+        .expect("run edge-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with("<3>error: ") && l.contains("keep_alive_secs")),
+        "{stderr}"
+    );
+}
+
 /// Relative paths in a config file are read from the file's own directory: `check` from
 /// elsewhere finds the modules, and the data directory lands beside the file.
 #[test]
