@@ -18,6 +18,12 @@ pub enum BrokerArgsError {
     /// `--ca-file` cannot be used.
     #[error("--ca-file")]
     Tls(#[from] edge_agent::mqtt::MqttError),
+    /// `--ca-file` with a plain `mqtt://` broker, which would never read it.
+    #[error(
+        "--ca-file is for an mqtts:// broker; --broker {0} is plain mqtt:// (use mqtts:// to \
+         connect with TLS, or leave --ca-file out)"
+    )]
+    CaWithoutTls(String),
 }
 
 /// Where the broker is and how to log in: the commands that connect as clients.
@@ -51,6 +57,11 @@ impl BrokerArgs {
         );
         let client_id = client_id.as_str();
         let addr = edge_agent::config::BrokerAddress::parse(&self.broker)?;
+        // Refused as the config refuses `[broker.tls]` with mqtt://: until 2026-12-08 the
+        // file was silently never read, and the connection went out in plain text.
+        if self.ca_file.is_some() && !addr.tls {
+            return Err(BrokerArgsError::CaWithoutTls(self.broker.clone()));
+        }
         let tls = self
             .ca_file
             .clone()
@@ -278,6 +289,18 @@ async fn produce(client: AsyncClient, args: PublishArgs, template: Template) {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_ca_file_with_a_plain_broker_is_refused() {
+        let args = super::BrokerArgs {
+            broker: "mqtt://127.0.0.1:1883".into(),
+            username: None,
+            password: None,
+            ca_file: Some("/nonexistent.pem".into()),
+        };
+        let e = args.options("t").expect_err("refused").to_string();
+        assert!(e.contains("--ca-file is for an mqtts:// broker"), "{e}");
+    }
+
     #[test]
     fn placeholders_are_replaced() {
         assert_eq!(
