@@ -50,10 +50,22 @@ pub fn listen(data_dir: &Path, ask: mpsc::Sender<Request>) -> Option<JoinHandle<
         return None;
     }
     Some(tokio::spawn(async move {
+        // Removed when the listener goes (the agent stops, or the runtime drops the task),
+        // so that a clean stop leaves no socket behind.
+        let _gone = RemoveOnDrop(path);
         while let Ok((stream, _)) = listener.accept().await {
             tokio::spawn(serve(stream, ask.clone()));
         }
     }))
+}
+
+/// Removes its file when dropped.
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
 }
 
 async fn serve(stream: UnixStream, ask: mpsc::Sender<Request>) {
