@@ -330,6 +330,31 @@ fn qos_out_of_range() {
     assert!(e.contains("`function[f].qos`: must be 0, 1 or 2"), "{e}");
 }
 
+/// A key of one model set on the other is refused, not ignored.
+#[test]
+fn restart_keys_and_max_concurrency_belong_to_their_models() {
+    for (k, line) in [
+        ("restart", "restart = \"never\""),
+        ("max_restarts", "max_restarts = 1"),
+    ] {
+        let e = Case::new().err(&with("", &format!("mode = \"on-demand\"\n{line}")));
+        assert!(
+            e.contains(&format!(
+                "`function[f].{k}`: only applies to mode = \"persistent\" or \"auto\""
+            )),
+            "{e}"
+        );
+    }
+    let e = Case::new().err(&with("", "mode = \"persistent\"\nmax_concurrency = 2"));
+    assert!(
+        e.contains("`function[f].max_concurrency`: only applies to mode = \"on-demand\""),
+        "{e}"
+    );
+    Case::new()
+        .load("agent.toml", &with("", "mode = \"auto\"\nmax_restarts = 2"))
+        .expect("auto takes the restart keys");
+}
+
 #[test]
 fn keep_warm_is_for_on_demand_functions() {
     let e = Case::new().err(&with("", "mode = \"persistent\"\nkeep_warm_secs = 5"));

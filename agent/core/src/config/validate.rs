@@ -771,6 +771,36 @@ impl Config {
                 "only applies to mode = \"persistent\" or \"auto\"",
             ));
         }
+        // Keys of one model set on the other did nothing, silently, while `instances` and
+        // `keep_warm_secs` were refused (a docs probe, 2026-12-07).
+        if f.mode == super::Mode::OnDemand {
+            let restarts = [
+                ("restart", f.restart != super::RestartPolicy::default()),
+                (
+                    "max_restarts",
+                    f.max_restarts != super::default_max_restarts(),
+                ),
+                (
+                    "restart_window_secs",
+                    f.restart_window_secs != super::default_restart_window_secs(),
+                ),
+            ];
+            for (name, _) in restarts.iter().filter(|(_, set)| *set) {
+                errs.push(self.invalid(
+                    key(name),
+                    "only applies to mode = \"persistent\" or \"auto\" (an on-demand \
+                     instance lives for one event: a failed one is never restarted)",
+                ));
+            }
+        }
+        if f.max_concurrency != super::default_max_concurrency() && f.mode != super::Mode::OnDemand
+        {
+            errs.push(self.invalid(
+                key("max_concurrency"),
+                "only applies to mode = \"on-demand\" (persistent and auto functions handle \
+                 `instances` events at once, one per instance)",
+            ));
+        }
         if f.keep_warm_secs.is_some() && f.mode == super::Mode::Persistent {
             errs.push(self.invalid(
                 key("keep_warm_secs"),
