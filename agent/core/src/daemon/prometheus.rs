@@ -19,9 +19,12 @@ use crate::metrics::Snapshot;
 use crate::metrics::report::StatsBook;
 use crate::mqtt::connection::Links;
 
-/// Bucket bounds of the duration histograms, seconds: 10 µs to 10 s.
-const BUCKETS: [f64; 13] = [
-    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 1e-2, 5e-2, 0.25, 1.0, 10.0,
+/// Bucket bounds of the duration histograms, seconds: 10 µs to 10 s, 1-2.5-5 in each
+/// decade. Until 2026-12-08 the bounds past 1 ms skipped 5 ms, 25 ms, 100 ms, 500 ms and
+/// 2.5-5 s, and `histogram_quantile` put a p99 of 6.1 ms at 8.4 ms (a probe, 2026-12-07).
+const BUCKETS: [f64; 19] = [
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
 ];
 
 /// Reads the agent's figures at each scrape.
@@ -686,7 +689,10 @@ mod tests {
         assert!((sum / 63.00094 - 1.0).abs() < 1e-3, "{sum}");
         // 5 µs, then 20 µs twice, 900 µs, 3 s, and 60 s above the last bound.
         let counts: Vec<u64> = b.iter().map(|x| x.1).collect();
-        assert_eq!(counts, [1, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 1, 1]);
+        assert_eq!(
+            counts,
+            [1, 2, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 1]
+        );
         assert_eq!(b.last().map(|x| x.0), Some(f64::MAX));
     }
 }
