@@ -61,6 +61,34 @@ fn check_accepts_the_demo_config() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("ok (3 functions"));
 }
 
+/// `share` with a module that can write state is said at load (each member keeps its own
+/// state); a module that cannot is not warned about.
+#[test]
+fn share_with_a_state_writing_module_is_warned_about() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("agent.toml");
+    let config = format!(
+        "[broker]\nurl = \"mqtt://127.0.0.1:1\"\n\
+         [[function]]\nname = \"c\"\nmodule = \"{}\"\nshare = \"g\"\ntopics = [\"c/#\"]\n\
+         [[function]]\nname = \"e\"\nmodule = \"{}\"\nshare = \"g\"\ntopics = [\"e/#\"]\n",
+        guest("counter"),
+        guest("echo")
+    );
+    std::fs::write(&path, config).expect("write");
+    let out = run(
+        &["check", "--config", path.to_str().expect("utf-8")],
+        dir.path(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let warned: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("can write state, and with share"))
+        .collect();
+    assert_eq!(warned.len(), 1, "{stderr}");
+    assert!(warned[0].contains("function=c"), "{stderr}");
+}
+
 /// Under systemd the error that stops the agent carries an error's syslog priority, as
 /// its log lines do theirs, so that `journalctl -p warning` shows it.
 #[test]

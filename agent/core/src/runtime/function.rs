@@ -314,6 +314,19 @@ impl LoadedFunction {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Whether its module imports the state interface (it can write state). Rust
+    /// components import it only if they use it; Python and JavaScript ones always do.
+    pub fn imports_state(&self) -> bool {
+        self.linked().is_ok_and(|(pre, _)| {
+            let engine = pre.engine();
+            pre.instance_pre()
+                .component()
+                .component_type()
+                .imports(engine)
+                .any(|(name, _)| name.starts_with("edge:agent/state"))
+        })
+    }
+
     /// SHA-256 of its module file as loaded (hex), for logs and the birth message.
     pub fn sha256(&self) -> Arc<str> {
         self.current().sha256.clone()

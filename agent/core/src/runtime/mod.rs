@@ -394,6 +394,17 @@ impl Runtime {
                 source,
             });
         }
+        // Each member of a share group keeps its own state, so a counter's count was split
+        // between the agents, silently (a fleet probe, 2026-12-07). Said, not refused: a
+        // Python or JavaScript module imports state whether it writes any or not.
+        if let Some(group) = &f.share
+            && loaded.imports_state()
+        {
+            tracing::warn!(function = %f.name, share = %group,
+                "the function's module can write state, and with share each agent of the group keeps its own: \
+                 a topic's events are spread over them, and so is its state (a count would be split). \
+                 For state per topic across agents use partition instead");
+        }
         Ok(Arc::new(loaded))
     }
 
