@@ -74,6 +74,28 @@ fn with(extra_broker: &str, extra_fn: &str) -> String {
     )
 }
 
+/// Every mistake in `[broker]` is told, as in the other sections.
+#[test]
+fn every_broker_mistake_is_told() {
+    let e = Case::new()
+        .load(
+            "agent.toml",
+            &with(
+                "keep_alive_secs = 2\nconnect_timeout_secs = 0\nmax_packet_bytes = 5",
+                "",
+            ),
+        )
+        .unwrap_err()
+        .to_string();
+    for key in [
+        "broker.keep_alive_secs",
+        "broker.connect_timeout_secs",
+        "broker.max_packet_bytes",
+    ] {
+        assert!(e.contains(&format!("`{key}`")), "{key} not told: {e}");
+    }
+}
+
 #[test]
 fn good_config_has_defaults() {
     let c = Case::new();

@@ -257,7 +257,7 @@ impl Config {
         if !data_dir_in_use {
             errs.extend(self.validate_data_dir().err());
         }
-        errs.extend(self.validate_broker().err());
+        self.validate_broker(&mut errs);
         self.validate_runtime(&mut errs);
         self.validate_state(&mut errs);
         self.validate_fleet(&mut errs);
@@ -400,20 +400,72 @@ impl Config {
         }
     }
 
-    /// `[broker]`.
-    fn validate_broker(&self) -> Result<(), ConfigError> {
+    /// `[broker]`: every mistake, as the other sections are (until 2026-12-08 only the
+    /// first was told, and a user fixed and ran `check` again once per key).
+    fn validate_broker(&self, errs: &mut Vec<ConfigError>) {
         let b = &self.broker;
-        let addr =
-            BrokerAddress::parse(&b.url).map_err(|e| self.invalid("broker.url", e.to_string()))?;
+        match BrokerAddress::parse(&b.url) {
+            Ok(addr) => self.validate_broker_address(&addr, errs),
+            Err(e) => errs.push(self.invalid("broker.url", e.to_string())),
+        }
         if b.embedded && !cfg!(feature = "broker") {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 "broker.embedded",
                 "this build has no embedded broker (the device build leaves it out): set \
                  embedded = false and point broker.url at the device's broker (Mosquitto)",
             ));
         }
+        let client_id = self.client_id();
+        if client_id.is_empty() || client_id.len() > 256 {
+            errs.push(self.invalid("broker.client_id", "must be 1 to 256 characters"));
+        }
+        if !(5..=65_535).contains(&b.keep_alive_secs) {
+            errs.push(self.invalid("broker.keep_alive_secs", "must be from 5 to 65535"));
+        }
+        if !(1..=600).contains(&b.connect_timeout_secs) {
+            errs.push(self.invalid("broker.connect_timeout_secs", "must be from 1 to 600"));
+        }
+        if b.password.is_some() && b.username.is_none() {
+            errs.push(self.invalid("broker.password", "is set but broker.username is not"));
+        }
+        if !(1024..=256 * 1024 * 1024).contains(&b.max_packet_bytes) {
+            errs.push(self.invalid(
+                "broker.max_packet_bytes",
+                "must be from 1024 to 268435456 (256 MiB, the MQTT maximum)",
+            ));
+        }
+        if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
+            errs.push(self.invalid(
+                "broker.reconnect_min_ms",
+                "must be at least 1 and not more than broker.reconnect_max_ms",
+            ));
+        }
+        if let Some(tls) = &b.tls {
+            for (key, file) in [
+                ("broker.tls.ca_file", &tls.ca_file),
+                ("broker.tls.cert_file", &tls.cert_file),
+                ("broker.tls.key_file", &tls.key_file),
+            ] {
+                if let Some(f) = file
+                    && let Err(e) = std::fs::metadata(f)
+                {
+                    errs.push(self.invalid(key, format!("cannot read {}: {e}", f.display())));
+                }
+            }
+            if tls.cert_file.is_some() != tls.key_file.is_some() {
+                errs.push(self.invalid(
+                    "broker.tls.cert_file",
+                    "cert_file and key_file must be given together",
+                ));
+            }
+        }
+    }
+
+    /// The parts of `[broker]` that depend on its URL.
+    fn validate_broker_address(&self, addr: &BrokerAddress, errs: &mut Vec<ConfigError>) {
+        let b = &self.broker;
         if b.embedded && !addr.is_loopback() && b.username.is_none() && !b.allow_anonymous {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 "broker.embedded",
                 format!(
                     "the embedded broker would listen on {} with no credentials, open to \
@@ -424,65 +476,20 @@ impl Config {
             ));
         }
         if addr.port == 0 && !b.embedded {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 "broker.url",
                 "port 0 (any free port) only applies to the embedded broker",
             ));
         }
         if b.embedded && addr.tls {
-            return Err(self.invalid(
+            errs.push(self.invalid(
                 "broker.embedded",
                 "the embedded broker listens on plain TCP: use an mqtt:// url",
             ));
         }
-        let client_id = self.client_id();
-        if client_id.is_empty() || client_id.len() > 256 {
-            return Err(self.invalid("broker.client_id", "must be 1 to 256 characters"));
+        if b.tls.is_some() && !addr.tls {
+            errs.push(self.invalid("broker.tls", "is set but broker.url is not mqtts://"));
         }
-        if !(5..=65_535).contains(&b.keep_alive_secs) {
-            return Err(self.invalid("broker.keep_alive_secs", "must be from 5 to 65535"));
-        }
-        if !(1..=600).contains(&b.connect_timeout_secs) {
-            return Err(self.invalid("broker.connect_timeout_secs", "must be from 1 to 600"));
-        }
-        if b.password.is_some() && b.username.is_none() {
-            return Err(self.invalid("broker.password", "is set but broker.username is not"));
-        }
-        if !(1024..=256 * 1024 * 1024).contains(&b.max_packet_bytes) {
-            return Err(self.invalid(
-                "broker.max_packet_bytes",
-                "must be from 1024 to 268435456 (256 MiB, the MQTT maximum)",
-            ));
-        }
-        if b.reconnect_min_ms == 0 || b.reconnect_min_ms > b.reconnect_max_ms {
-            return Err(self.invalid(
-                "broker.reconnect_min_ms",
-                "must be at least 1 and not more than broker.reconnect_max_ms",
-            ));
-        }
-        if let Some(tls) = &b.tls {
-            if !addr.tls {
-                return Err(self.invalid("broker.tls", "is set but broker.url is not mqtts://"));
-            }
-            for (key, file) in [
-                ("broker.tls.ca_file", &tls.ca_file),
-                ("broker.tls.cert_file", &tls.cert_file),
-                ("broker.tls.key_file", &tls.key_file),
-            ] {
-                if let Some(f) = file
-                    && let Err(e) = std::fs::metadata(f)
-                {
-                    return Err(self.invalid(key, format!("cannot read {}: {e}", f.display())));
-                }
-            }
-            if tls.cert_file.is_some() != tls.key_file.is_some() {
-                return Err(self.invalid(
-                    "broker.tls.cert_file",
-                    "cert_file and key_file must be given together",
-                ));
-            }
-        }
-        Ok(())
     }
 
     /// `[runtime]`, including the room persistent functions leave in the pool.
