@@ -63,8 +63,9 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Write a new function project (Cargo.toml, src/lib.rs, README, the SDK, and a
-    /// function.toml snippet for the agent's config) from a template.
+    /// Write a new function project from a template, in Rust, Python or JavaScript: its
+    /// source and build files, a README, the SDK, and a function.toml snippet for the
+    /// agent's config.
     #[cfg(feature = "project")]
     New(edge_agent_project::NewArgs),
     /// Build a function project into a WebAssembly component and print its path, size and
