@@ -334,7 +334,8 @@ impl Envelope {
     pub fn open(payload: &[u8], trusted: &[[u8; 32]], group: &str) -> Result<Document, Refusal> {
         let envelope: Self = serde_json::from_slice(payload)
             .map_err(|e| Refusal::Malformed(format!("the envelope: {e}")))?;
-        let Some(signature) = &envelope.signature else {
+        // An empty signature is none (it was told as "wrongly signed" until 2026-12-08).
+        let Some(signature) = envelope.signature.as_ref().filter(|s| !s.is_empty()) else {
             return Err(Refusal::Unsigned);
         };
         let b64 = base64::engine::general_purpose::STANDARD;
@@ -582,6 +583,12 @@ mod tests {
         let unsigned = serde_json::to_vec(&e).expect("json");
         assert_eq!(
             Envelope::open(&unsigned, &trusted, "g"),
+            Err(Refusal::Unsigned)
+        );
+        e.signature = Some(String::new());
+        let empty = serde_json::to_vec(&e).expect("json");
+        assert_eq!(
+            Envelope::open(&empty, &trusted, "g"),
             Err(Refusal::Unsigned)
         );
         let err = Envelope::open(&sealed(&doc, &ops), &trusted, "h").unwrap_err();

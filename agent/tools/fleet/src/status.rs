@@ -182,7 +182,12 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
             .map(Vec::len)
             .or_else(|| s.stats.as_ref().map(|r| r.functions.len()));
         let (rate, rss) = s.stats.as_ref().map_or((None, None), |r| {
-            let rate: f64 = r.functions.iter().map(|f| f.rates.events_per_sec).sum();
+            // From 0, not from the empty sum's -0.0 ("EV/S -0" for an agent with no functions).
+            let rate = r
+                .functions
+                .iter()
+                .map(|f| f.rates.events_per_sec)
+                .fold(0.0, |a, b| a + b);
             (Some(rate), Some(r.process.rss_bytes as f64 / 1_048_576.0))
         });
         let stale = s

@@ -299,8 +299,9 @@ impl Board {
                 .filter_map(AgentView::current)
                 .flat_map(|r| &r.functions)
         };
-        let events: f64 = reports().map(|f| f.rates.events_per_sec).sum();
-        let errors: f64 = reports().map(|f| f.rates.errors_per_sec).sum();
+        // From 0, not from the empty sum's -0.0.
+        let events = reports().fold(0.0, |a, f| a + f.rates.events_per_sec);
+        let errors = reports().fold(0.0, |a, f| a + f.rates.errors_per_sec);
         let deployments = if deployments.is_empty() {
             "no deployments".to_string()
         } else {
@@ -413,8 +414,14 @@ impl Board {
                     if a.stale(r) {
                         return format!("last report {}s ago (STALE)", a.report_age());
                     }
-                    let events: f64 = r.functions.iter().map(|f| f.rates.events_per_sec).sum();
-                    let errors: f64 = r.functions.iter().map(|f| f.rates.errors_per_sec).sum();
+                    let events = r
+                        .functions
+                        .iter()
+                        .fold(0.0, |a, f| a + f.rates.events_per_sec);
+                    let errors = r
+                        .functions
+                        .iter()
+                        .fold(0.0, |a, f| a + f.rates.errors_per_sec);
                     format!(
                         "{} ev/s  {} err/s  rss {}  cpu {:.1}%",
                         rate(events),

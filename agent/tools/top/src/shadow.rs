@@ -135,7 +135,9 @@ fn side_rows(p: &ShadowSide, s: &ShadowSide) -> Vec<(&'static str, String, Strin
     };
     let mib = |b: u64| format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0));
     vec![
-        ("events", p.events.to_string(), s.events.to_string()),
+        // The events mirrored to the shadow: the primary's here are those, not all it
+        // handled ("events" read as all of them).
+        ("mirrored", p.events.to_string(), s.events.to_string()),
         ("CPU per event", cpu(p), cpu(s)),
         ("CPU p50", cpu_p50(p), cpu_p50(s)),
         (
@@ -196,8 +198,8 @@ pub fn text(m: &ShadowMessage) -> String {
     if r.skipped > 0 {
         let _ = writeln!(
             out,
-            "  (a shadow that writes state misses the writes of the events it skipped: its \
-             later mismatches on their topics may be that drift; raise queue_capacity)"
+            "  (if the shadow writes state, it missed the writes of the events it skipped: \
+             its later mismatches on their topics may be that drift; raise queue_capacity)"
         );
     }
     let n = &r.noise;
