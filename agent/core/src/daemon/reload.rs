@@ -434,6 +434,13 @@ impl Reloader {
             done.removed.push(name);
         }
         self.config = plan.config;
+        let names: Vec<&str> = self
+            .config
+            .functions
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        self.parts.lanes.stats().order(&names);
         drop_stale_shadows(&self.parts.state, &self.config);
         // The removed functions' intakes have disconnected: their sessions can end.
         self.parts

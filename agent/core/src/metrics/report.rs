@@ -136,6 +136,19 @@ impl StatsBook {
         stats
     }
 
+    /// Puts the functions in the order of `names` (the config's), those not named last: a
+    /// reload that removed a function and added it again (a rename and back) listed it
+    /// last in the stats and `top` until 2026-12-08, where the docs say config order.
+    pub fn order(&self, names: &[&str]) {
+        let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
+        entries.sort_by_key(|(name, _, _)| {
+            names
+                .iter()
+                .position(|n| **n == **name)
+                .unwrap_or(usize::MAX)
+        });
+    }
+
     /// Takes `function` out of the book (a reload removed it).
     pub fn remove(&self, function: &str) {
         let mut entries = self.entries.write().unwrap_or_else(|p| p.into_inner());
@@ -342,5 +355,18 @@ mod tests {
         let counted = f.rates.events_per_sec * report.interval_secs;
         assert!((counted - 3.0).abs() < 1e-6, "{f:?}");
         assert!(book.get("a").is_none() && book.get("b").is_some());
+    }
+
+    #[test]
+    fn a_function_added_again_takes_its_place_in_the_config_order() {
+        let book = StatsBook::default();
+        for f in ["a", "b", "c"] {
+            book.add(f, Mode::OnDemand);
+        }
+        book.remove("a");
+        book.add("a", Mode::OnDemand);
+        book.order(&["a", "b", "c"]);
+        let names: Vec<String> = book.snapshots().into_iter().map(|s| s.function).collect();
+        assert_eq!(names, ["a", "b", "c"]);
     }
 }
