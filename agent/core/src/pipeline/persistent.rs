@@ -103,6 +103,8 @@ const IDLE_CHECK: Duration = Duration::from_millis(250);
 
 const RESTART_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often a restart's back-off looks whether the agent is stopping.
+const BACK_OFF_SLICE: Duration = Duration::from_millis(20);
 
 /// Whether the instance has been restarted `max_restarts` times within the last `window`
 /// (forgetting the restarts older than that).
@@ -136,7 +138,7 @@ impl PersistentInstance {
         if self.auto.is_none() {
             live = self.start(&name);
             if live.is_none() {
-                live = self.restart(rt, &name, &mut restarts, &mut backoff);
+                live = self.restart(inbox, &name, &mut restarts, &mut backoff);
             }
             self.stopped(&mut counted, live.is_none());
         }
@@ -229,7 +231,7 @@ impl PersistentInstance {
                     }
                     Err(e) => {
                         tracing::error!(function = %name, instance = self.index, "reloaded version failed to start: {e}");
-                        self.restart(rt, &name, &mut restarts, &mut backoff)
+                        self.restart(inbox, &name, &mut restarts, &mut backoff)
                     }
                 };
                 self.stopped(&mut counted, live.is_none());
@@ -331,7 +333,7 @@ impl PersistentInstance {
                 }
             } else if killed {
                 // Replace it now, not when the next event arrives; events wait meanwhile.
-                live = self.restart(rt, &name, &mut restarts, &mut backoff);
+                live = self.restart(inbox, &name, &mut restarts, &mut backoff);
                 self.stopped(&mut counted, live.is_none());
             }
         }
@@ -398,7 +400,7 @@ impl PersistentInstance {
 
     fn restart(
         &self,
-        rt: &Handle,
+        inbox: &Inbox,
         name: &str,
         restarts: &mut VecDeque<Instant>,
         backoff: &mut Duration,
@@ -413,7 +415,18 @@ impl PersistentInstance {
                     window_secs = self.window.as_secs(), "instance stopped: too many restarts");
                 return None;
             }
-            rt.block_on(tokio::time::sleep(*backoff));
+            // A plain sleep, in slices, cut short when the agent stops (the inbox closes):
+            // tokio's timer panics on a runtime that is shutting down, which a stop during
+            // a back-off met, with a backtrace after "stopped" (a probe, 2026-12-07).
+            let until = std::time::Instant::now() + *backoff;
+            while !inbox.is_closed() && std::time::Instant::now() < until {
+                std::thread::sleep(
+                    BACK_OFF_SLICE.min(until.saturating_duration_since(std::time::Instant::now())),
+                );
+            }
+            if inbox.is_closed() && inbox.is_empty() {
+                return None;
+            }
             *backoff = (*backoff * 2).min(RESTART_BACKOFF_MAX);
             restarts.push_back(Instant::now());
             self.stats.restarted();
