@@ -181,7 +181,13 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
             .and_then(|st| st.functions.as_ref())
             .map(Vec::len)
             .or_else(|| s.stats.as_ref().map(|r| r.functions.len()));
-        let (rate, rss) = s.stats.as_ref().map_or((None, None), |r| {
+        // Figures of now only: an agent offline, or three reports behind, shows none (its
+        // last rate stayed on show until 2026-12-08, as in `top --fleet`).
+        let current = s.stats.as_ref().filter(|r| {
+            presence == "online"
+                && now_ms.saturating_sub(r.ts_ms) as f64 <= 3000.0 * r.interval_secs
+        });
+        let (rate, rss) = current.map_or((None, None), |r| {
             // From 0, not from the empty sum's -0.0 ("EV/S -0" for an agent with no functions).
             let rate = r
                 .functions

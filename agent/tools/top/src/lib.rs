@@ -349,16 +349,21 @@ impl Board {
                     // Offline, or three reports missed: its figures are the last it sent,
                     // not now's.
                     let stale = a.stale(r);
+                    // How old the figures are first: a narrow terminal cuts the line's end,
+                    // and cut "(STALE)" off a hung agent's line until 2026-12-08.
                     format!(
-                        "{id}  {presence}  rss {}  cpu {:.1}%{}  state {} on disk  \
-                         report {age}s ago{}, covers {:.0}s",
+                        "{id}  {presence}  report {age}s ago{}, covers {:.0}s  rss {}  \
+                         cpu {:.1}%{}  state {} on disk",
+                        if stale { " (STALE)" } else { "" },
+                        r.interval_secs,
                         bytes(r.process.rss_bytes),
                         r.process.cpu_percent,
                         r.broker_round_trip_ms
-                            .map_or_else(String::new, |ms| format!("  broker rtt {ms:.1} ms")),
+                            .map_or_else(String::new, |ms| format!(
+                                "  broker rtt {}",
+                                us((ms * 1000.0).round() as u64)
+                            )),
                         bytes(r.state_disk_bytes),
-                        if stale { " (STALE)" } else { "" },
-                        r.interval_secs,
                     )
                 }
             };
@@ -893,7 +898,7 @@ mod tests {
         let sections = b.sections();
         assert_eq!(sections.len(), 1);
         let (title, rows) = (&sections[0].title, &sections[0].rows);
-        let start = "demo  online  v0.1.0  rss 23.0MiB  cpu 3.2%";
+        let start = "demo  online  v0.1.0  report 0s ago, covers 5s  rss 23.0MiB  cpu 3.2%  broker rtt 400µs";
         assert!(title.starts_with(start), "{title}");
         let counter = [
             "counter",
