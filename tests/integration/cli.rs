@@ -505,6 +505,14 @@ async fn precompiled_module_runs_and_its_hash_can_be_pinned() {
         &good(damaged.to_str().expect("utf-8")),
         "damaged.cwasm is damaged: its code's CRC-32 is",
     );
+    // A copy cut short loses the seal with its tail: told as not whole.
+    let bytes = std::fs::read(&cwasm).expect("read");
+    let cut = dir.path().join("cut.cwasm");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).expect("write");
+    rejected(
+        &good(cut.to_str().expect("utf-8")),
+        "it is native code but not a whole artifact",
+    );
 }
 
 #[test]

@@ -969,6 +969,12 @@ fn load_component(
         (true, _) => {
             // A `.wasm` renamed (or copied) as `.cwasm` compiles as it is under its own name.
             let hint = match check_component_header(&bytes) {
+                // Native code that wasmtime cannot read as an artifact: a copy cut short
+                // loses the seal with its tail, so this is how one shows.
+                _ if bytes.starts_with(b"\x7fELF") => {
+                    ": it is native code but not a whole artifact (cut short or damaged on \
+                     its way?): copy it again, or precompile it again"
+                }
                 Ok(()) if cfg!(feature = "compiler") => {
                     ": it is a WebAssembly component: name it .wasm to have it compiled at \
                      start-up, or make a .cwasm of it with `edge-agent precompile`"
