@@ -476,6 +476,21 @@ async fn bad_deployments_are_refused_by_every_agent_and_change_nothing() {
         server.requests()
     );
 
+    // A forged document refused, then the one in force published again: the agents say it
+    // is in force (their last report was the refusal, and `--wait` waited out its time).
+    let (mut e, _) = signed(12);
+    e.signature = None;
+    c.publish_retained(doc_topic, serde_json::to_vec(&e).expect("json"))
+        .await;
+    reports(&mut c, 3, DeploymentState::Refused, "unsigned").await;
+    let again = deploy(
+        &broker,
+        &key,
+        &b,
+        &["--version", "11", "--modules-at", &url, "--wait", "3"],
+    );
+    succeeded(&again);
+
     // A broker that comes back without its retained messages hears each agent's state
     // again once it reconnects (until 2026-12-08 `fleet status` showed none until the next
     // deployment).

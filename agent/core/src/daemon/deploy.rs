@@ -408,8 +408,30 @@ impl Deployer {
         let digest = doc.digest();
         if let Some(last) = self.record.tried {
             if doc.version == last && self.record.digest.as_deref() == Some(digest.as_str()) {
-                // The retained copy of the one in hand, read again on a new connection.
+                // The retained copy of the one in hand, read again on a new connection, or
+                // published again. If it is in force, say so unless the last report does:
+                // a refusal since (of a forged document, say) had replaced it, and a
+                // `deploy --wait` of the same document again waited out its time without
+                // a word (a probe, 2026-12-07).
                 tracing::debug!(version = doc.version, "deployment already taken");
+                let said = lock(&self.last_report)
+                    .as_deref()
+                    .and_then(|b| DeploymentReport::from_bytes(b).ok())
+                    .is_some_and(|r| {
+                        r.version == Some(doc.version)
+                            && r.state == DeploymentState::Applied
+                            && !r.probation
+                    });
+                if self.record.in_force == Some(doc.version) && !said {
+                    self.report(
+                        Some(doc.version),
+                        DeploymentState::Applied,
+                        None,
+                        false,
+                        None,
+                    )
+                    .await;
+                }
                 return;
             }
             if doc.version <= last {
