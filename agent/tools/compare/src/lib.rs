@@ -597,8 +597,8 @@ pub struct AutoCost {
     #[serde(default)]
     pub over_cheaper_interval: Estimate,
     /// The comparison in words, as the verdict line and the page give it: `cpu +56%
-    /// (±14%)`, or `cpu about even (+10%)` where the interval reaches within the verdicts'
-    /// noise threshold of zero.
+    /// (±14%)`, or `cpu +10% (±8%, within noise)` where the interval reaches within the
+    /// verdicts' noise threshold of zero.
     #[serde(default)]
     pub words: String,
 }
@@ -618,11 +618,13 @@ fn auto_costs(
         .zip(verdict::auto_against(auto, persistent, on_demand, at))
         .map(|(kind, (auto, persistent, on_demand, over))| {
             let percent = over.median * 100.0;
+            let half = (over.high - over.low) * 50.0;
+            // With its interval either way: "about even (+43%)" beside "-38% (±9%)" read
+            // as a contradiction (a probe, 2026-12-07).
             let words = if over.low > threshold || over.high < -threshold {
-                let half = (over.high - over.low) * 50.0;
                 format!("{kind} {percent:+.0}% (±{half:.0}%)")
             } else {
-                format!("{kind} about even ({percent:+.0}%)")
+                format!("{kind} {percent:+.0}% (±{half:.0}%, within noise)")
             };
             AutoCost {
                 kind: (*kind).into(),
