@@ -27,12 +27,25 @@ pub enum ValueError {
     /// A required key is not there.
     #[error("is required")]
     Missing,
-    /// A fraction where a whole number is expected.
-    #[error("{0} is not a whole number")]
+    /// A fraction (or a float written as one, `1e3`, `30.0`) where a whole number is
+    /// expected.
+    #[error("{}", not_whole(*.0))]
     NotWhole(f64),
     /// Anything else (a string where a number is expected, a number out of range).
     #[error("{0}")]
     Other(String),
+}
+
+/// Why `f` is not taken for a whole number: a fraction, or a whole one written as a float
+/// (`1e3` was told "1000 is not a whole number" until 2026-12-08).
+fn not_whole(f: f64) -> String {
+    if f.fract() == 0.0 && f.is_finite() {
+        format!(
+            "{f} is written as a floating-point number (`.0` or an exponent): write it as a whole number"
+        )
+    } else {
+        format!("{f} is not a whole number")
+    }
 }
 
 fn one_of(expected: &[&str]) -> String {
