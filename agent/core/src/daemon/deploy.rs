@@ -423,14 +423,7 @@ impl Deployer {
                             && !r.probation
                     });
                 if self.record.in_force == Some(doc.version) && !said {
-                    self.report(
-                        Some(doc.version),
-                        DeploymentState::Applied,
-                        None,
-                        false,
-                        None,
-                    )
-                    .await;
+                    self.report_in_force(doc.version).await;
                 }
                 return;
             }
@@ -562,14 +555,7 @@ impl Deployer {
         match outcome {
             Ok(()) => {
                 tracing::info!(version = doc.version, "deployment past probation");
-                self.report(
-                    Some(doc.version),
-                    DeploymentState::Applied,
-                    None,
-                    false,
-                    None,
-                )
-                .await;
+                self.report_in_force(doc.version).await;
                 self.clean(&staged);
             }
             Err(why) => {
@@ -1050,6 +1036,12 @@ impl Deployer {
         };
         *lock(&self.last_report) = Some(body.to_bytes());
         self.report_again().await;
+    }
+
+    /// Reports `version` applied and past its probation.
+    async fn report_in_force(&self, version: u64) {
+        self.report(Some(version), DeploymentState::Applied, None, false, None)
+            .await;
     }
 
     /// Publishes (retained) the last report again, if there is one.
