@@ -25,9 +25,19 @@ fn main() -> ExitCode {
             };
         }
     };
-    edge_agent_cli::logs::init(cli.verbose, cli.log_format);
+    let format = cli.log_format;
+    edge_agent_cli::logs::init(cli.verbose, format);
     match edge_agent_cli::execute(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
+        // With JSON logs, one JSON object like every other line (and its priority under
+        // systemd, which the log layer adds): the fatal line was plain text until
+        // 2026-12-08, which a log shipper reading JSON dropped.
+        Err(e) if format == edge_agent_cli::logs::LogFormat::Json => {
+            for line in e.lines() {
+                tracing::error!("{line}");
+            }
+            e.exit().into()
+        }
         Err(e) => {
             // Under systemd with the syslog priority of an error, as the log lines carry
             // theirs: `journalctl -p warning` hid the one line that says why the agent

@@ -95,26 +95,37 @@ fn share_with_a_state_writing_module_is_warned_about() {
 fn under_systemd_the_fatal_error_has_an_error_priority() {
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("bad.toml");
-    std::fs::write(
-        &path,
-        "[broker]
-keep_alive_secs = 2
-",
-    )
-    .expect("write");
-    let out = Command::new(agent_bin())
-        .args(["run", "--config", path.to_str().expect("utf-8")])
-        .env("JOURNAL_STREAM", "8:1234")
-        .output()
-        .expect("run edge-agent");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    std::fs::write(&path, "[broker]\nkeep_alive_secs = 2\n").expect("write");
+    let run = |args: &[&str]| {
+        let out = Command::new(agent_bin())
+            .args(args)
+            .args(["run", "--config", path.to_str().expect("utf-8")])
+            .env("JOURNAL_STREAM", "8:1234")
+            .output()
+            .expect("run edge-agent");
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(78), "{stderr}");
+        stderr
+    };
+    let stderr = run(&[]);
     assert!(
         stderr
             .lines()
             .any(|l| l.starts_with("<3>error: ") && l.contains("keep_alive_secs")),
         "{stderr}"
     );
+    // With JSON logs, a JSON object like every other line.
+    let stderr = run(&["--log-format", "json"]);
+    let fatal = stderr
+        .lines()
+        .filter_map(|l| l.strip_prefix("<3>"))
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| {
+            v["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("keep_alive_secs"))
+        });
+    assert!(fatal.is_some_and(|v| v["level"] == "ERROR"), "{stderr}");
 }
 
 /// Relative paths in a config file are read from the file's own directory: `check` from
