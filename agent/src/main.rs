@@ -31,8 +31,12 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         // With JSON logs, one JSON object like every other line (and its priority under
         // systemd, which the log layer adds): the fatal line was plain text until
-        // 2026-12-08, which a log shipper reading JSON dropped.
-        Err(e) if format == edge_agent_cli::logs::LogFormat::Json => {
+        // 2026-12-08, which a log shipper reading JSON dropped. Plain text still where the
+        // filter would drop an error (RUST_LOG=off): the reason is never lost.
+        Err(e)
+            if format == edge_agent_cli::logs::LogFormat::Json
+                && tracing::enabled!(tracing::Level::ERROR) =>
+        {
             for line in e.lines() {
                 tracing::error!("{line}");
             }
