@@ -119,6 +119,21 @@ pub struct CallCost {
     pub commit: Option<Duration>,
 }
 
+impl Latencies {
+    /// What any call spent, succeeded or failed: its instance (a cold start), a reload
+    /// after a scale to zero, its CPU and its memory.
+    fn spent(&mut self, cost: &CallCost) {
+        if !cost.instantiate.is_zero() {
+            self.instantiate.saturating_record(us(cost.instantiate));
+        }
+        if let Some(load) = cost.load {
+            self.load.saturating_record(us(load));
+        }
+        self.cpu_total_us += us(cost.cpu);
+        self.peak_memory = self.peak_memory.max(cost.peak_memory);
+    }
+}
+
 fn us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX).max(1)
 }
@@ -134,12 +149,7 @@ impl FunctionStats {
         self.succeeded.fetch_add(1, Ordering::Relaxed);
         let mut l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
         l.end_to_end.saturating_record(us(end_to_end));
-        if !cost.instantiate.is_zero() {
-            l.instantiate.saturating_record(us(cost.instantiate));
-        }
-        if let Some(load) = cost.load {
-            l.load.saturating_record(us(load));
-        }
+        l.spent(&cost);
         l.queue.saturating_record(us(cost.queue));
         if let Some(commit) = cost.commit {
             l.commit.saturating_record(us(commit));
@@ -148,8 +158,6 @@ impl FunctionStats {
         if !cost.cpu_estimated {
             l.cpu.saturating_record(us(cost.cpu));
         }
-        l.cpu_total_us += us(cost.cpu);
-        l.peak_memory = l.peak_memory.max(cost.peak_memory);
     }
 
     /// What a failed call cost before it failed: its instance (on demand, a cold start
@@ -159,14 +167,7 @@ impl FunctionStats {
     /// no cold starts (a probe, 2026-12-07).
     pub fn failed_call(&self, cost: &CallCost) {
         let mut l = self.latencies.lock().unwrap_or_else(|p| p.into_inner());
-        if !cost.instantiate.is_zero() {
-            l.instantiate.saturating_record(us(cost.instantiate));
-        }
-        if let Some(load) = cost.load {
-            l.load.saturating_record(us(load));
-        }
-        l.cpu_total_us += us(cost.cpu);
-        l.peak_memory = l.peak_memory.max(cost.peak_memory);
+        l.spent(cost);
     }
 
     /// Reads the function's queue depth (events waiting, all its queues) with `probe`.

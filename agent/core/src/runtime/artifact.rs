@@ -1,9 +1,11 @@
 //! The seal `edge-agent precompile` puts on a `.cwasm`: the artifact's CRC-32 and a mark,
 //! after wasmtime's bytes. wasmtime checks an artifact's header (its version, target and
-//! settings) but runs its code as it is, so a `.cwasm` damaged on its way to a device (a
-//! bad SD-card sector, a cut copy) crashed the agent at its first event, at every start.
-//! A sealed artifact whose CRC-32 does not match is refused at load with a clear error
-//! instead. Artifacts without the seal (made before 2026-12-08) still load, unchecked.
+//! settings) but runs its code as it is, so a `.cwasm` damaged on a device (a bad SD-card
+//! sector) crashed the agent at its first event, at every start. A sealed artifact whose
+//! CRC-32 does not match is refused at load with a clear error instead. A copy cut short
+//! loses the seal with its tail (the loader tells native code that is not a whole
+//! artifact apart); artifacts without the seal (made before 2026-12-08, or with the seal
+//! itself hit) still load, unchecked.
 
 /// The last bytes of a sealed artifact, after the CRC-32 (little-endian) of what precedes
 /// it.
