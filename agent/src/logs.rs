@@ -89,12 +89,18 @@ fn filter(verbose: u8, rust_log: Option<&str>) -> (Targets, Option<String>) {
     }
 }
 
+/// Whether stderr goes to journald (systemd sets `JOURNAL_STREAM`): then every line starts
+/// with its syslog priority.
+pub fn under_journald() -> bool {
+    std::env::var_os("JOURNAL_STREAM").is_some()
+}
+
 /// Installs the log: `verbose` raises the default level (`RUST_LOG` overrides it),
 /// `format` picks text or JSON.
 pub fn init(verbose: u8, format: LogFormat) {
     let rust_log = std::env::var("RUST_LOG").ok();
     let (filter, warning) = filter(verbose, rust_log.as_deref());
-    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let journald = under_journald();
     use std::io::IsTerminal;
     let ansi = !journald && std::io::stderr().is_terminal();
     let log = tracing_subscriber::registry().with(filter);

@@ -46,7 +46,7 @@ fn main() -> ExitCode {
             // Under systemd with the syslog priority of an error, as the log lines carry
             // theirs: `journalctl -p warning` hid the one line that says why the agent
             // stopped until 2026-12-08.
-            let priority = if std::env::var_os("JOURNAL_STREAM").is_some() {
+            let priority = if edge_agent_cli::logs::under_journald() {
                 "<3>"
             } else {
                 ""
