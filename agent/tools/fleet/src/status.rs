@@ -64,12 +64,13 @@ pub fn run(command: &FleetCommand) -> Result<(), FleetError> {
     if let Some(g) = &args.group {
         agents.retain(|_, s| s.deployment.as_ref().is_some_and(|d| d.group == *g));
     }
+    let now_ms = edge_agent::clock::now_ms();
     if args.json {
         for (id, s) in &agents {
-            println!("{}", json(id, s));
+            println!("{}", json(id, s, now_ms));
         }
     } else {
-        print!("{}", table(&agents, edge_agent::clock::now_ms()));
+        print!("{}", table(&agents, now_ms));
     }
     Ok(())
 }
@@ -126,15 +127,31 @@ pub async fn collect(
     Ok(agents)
 }
 
-/// One agent's health in a word or two: `ok`, `degraded: <why>`, `stopped: <functions>`
-/// (instances stopped by their restart policy), `errors`, or `-` (offline, or no stats
-/// yet).
-pub fn health(s: &Seen) -> String {
+/// Its last stats report if that still tells of now: the agent is online and the report
+/// is no more than three of its intervals old (as `top` marks a report STALE).
+fn current(s: &Seen, now_ms: u64) -> Option<&Report> {
+    let online = s
+        .status
+        .as_ref()
+        .is_some_and(|st| st.status == Presence::Online);
+    s.stats
+        .as_ref()
+        .filter(|r| online && now_ms.saturating_sub(r.ts_ms) as f64 <= 3000.0 * r.interval_secs)
+}
+
+/// One agent's health at `now_ms` in a word or two: `ok`, `degraded: <why>`,
+/// `stopped: <functions>` (instances stopped by their restart policy), `errors`, `stale`
+/// (online, but its last stats report is over three intervals old: hung, or cut off from
+/// the broker on its side), or `-` (offline, or no stats yet).
+pub fn health(s: &Seen, now_ms: u64) -> String {
     if s.status
         .as_ref()
         .is_some_and(|st| st.status == Presence::Offline)
     {
         return "-".into();
+    }
+    if s.stats.is_some() && current(s, now_ms).is_none() {
+        return "stale".into();
     }
     if let Some(why) = s.status.as_ref().and_then(|st| st.degraded.clone()) {
         return format!("degraded: {why}");
@@ -183,11 +200,7 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
             .or_else(|| s.stats.as_ref().map(|r| r.functions.len()));
         // Figures of now only: an agent offline, or three reports behind, shows none (its
         // last rate stayed on show until 2026-12-08, as in `top --fleet`).
-        let current = s.stats.as_ref().filter(|r| {
-            presence == "online"
-                && now_ms.saturating_sub(r.ts_ms) as f64 <= 3000.0 * r.interval_secs
-        });
-        let (rate, rss) = current.map_or((None, None), |r| {
+        let (rate, rss) = current(s, now_ms).map_or((None, None), |r| {
             // From 0, not from the empty sum's -0.0 ("EV/S -0" for an agent with no functions).
             let rate = r
                 .functions
@@ -196,10 +209,6 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
                 .fold(0.0, |a, b| a + b);
             (Some(rate), Some(r.process.rss_bytes as f64 / 1_048_576.0))
         });
-        let stale = s
-            .stats
-            .as_ref()
-            .is_some_and(|r| now_ms.saturating_sub(r.ts_ms) > 10 * 60 * 1000);
         let _ = writeln!(
             out,
             "{:<20} {:<8} {:>9} {:>6} {:>8} {:<12} {}",
@@ -208,7 +217,7 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
             functions.map_or_else(|| "-".into(), |n| n.to_string()),
             rate.map_or_else(|| "-".into(), |r| format!("{r:.0}")),
             rss.map_or_else(|| "-".into(), |r| format!("{r:.1}")),
-            if stale { "stale".into() } else { health(s) },
+            health(s, now_ms),
             deployment(s.deployment.as_ref(), now_ms),
         );
     }
@@ -218,14 +227,71 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
     out
 }
 
-fn json(id: &str, s: &Seen) -> String {
+fn json(id: &str, s: &Seen, now_ms: u64) -> String {
     serde_json::json!({
         "agent": id,
         "presence": s.status.as_ref().map(|st| st.status),
         "version": s.status.as_ref().map(|st| st.version.clone()),
         "functions": s.status.as_ref().and_then(|st| st.functions.as_ref()).map(|f| f.iter().map(|f| f.name.clone()).collect::<Vec<_>>()),
-        "health": health(s),
+        "health": health(s, now_ms),
         "deployment": s.deployment,
     })
     .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use edge_agent::messages::ProcessFigures;
+
+    use super::*;
+
+    fn seen(presence: Presence, report_ts_ms: u64) -> Seen {
+        Seen {
+            status: Some(Status {
+                schema_version: Status::SCHEMA_VERSION,
+                status: presence,
+                pid: 7,
+                version: "0.1.0".into(),
+                functions: None,
+                degraded: None,
+            }),
+            deployment: None,
+            stats: Some(Report {
+                schema_version: Report::SCHEMA_VERSION,
+                agent: "a".into(),
+                ts_ms: report_ts_ms,
+                interval_secs: 5.0,
+                process: ProcessFigures {
+                    rss_bytes: 10 * 1_048_576,
+                    ..ProcessFigures::default()
+                },
+                state_disk_bytes: 0,
+                state_flushes: 0,
+                outputs_dropped: 0,
+                broker_round_trip_ms: None,
+                functions: Vec::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn only_an_online_agent_with_a_recent_report_shows_figures_and_health() {
+        let now = 1_000_000;
+        let agents = BTreeMap::from([
+            ("fresh".to_string(), seen(Presence::Online, now - 14_000)),
+            // Online by its retained presence, but three intervals without a report: a
+            // hung agent, which showed "ok" until ten minutes had passed.
+            ("hung".to_string(), seen(Presence::Online, now - 16_000)),
+            ("gone".to_string(), seen(Presence::Offline, now - 1_000)),
+        ]);
+        let table = table(&agents, now);
+        let row = |id: &str| {
+            let line = table.lines().find(|l| l.starts_with(id)).unwrap_or("");
+            line.split_whitespace().collect::<Vec<_>>()
+        };
+        assert_eq!(row("fresh")[3..6], ["0", "10.0", "ok"], "{table}");
+        assert_eq!(row("hung")[3..6], ["-", "-", "stale"], "{table}");
+        assert_eq!(row("gone")[3..6], ["-", "-", "-"], "{table}");
+        assert_eq!(health(&agents["hung"], now), "stale");
+    }
 }
