@@ -7,7 +7,7 @@ use std::time::Duration;
 use rumqttc::{MqttOptions, TlsConfiguration, Transport};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject};
 
-use super::{BoxError, MqttError};
+use super::MqttError;
 use crate::config::{BrokerAddress, Config, TlsConfig};
 use crate::messages::{Message as _, Presence, Status};
 
@@ -155,12 +155,8 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
         (Some(cert), Some(key)) => {
             let provider = builder.crypto_provider().clone();
             let pair = ClientCert::load(cert, key, &provider)?;
-            Ok(builder.with_client_cert_resolver(Arc::new(ClientCert {
-                stamp: Mutex::new((ClientCert::stamp(cert, key), Arc::new(pair))),
-                cert: cert.clone(),
-                key: key.clone(),
-                provider,
-            })))
+            Ok(builder
+                .with_client_cert_resolver(Arc::new(ClientCert::new(cert, key, pair, provider))))
         }
         _ => Ok(builder.with_no_client_auth()),
     }
@@ -169,20 +165,51 @@ fn tls_config(tls: TlsConfig) -> Result<rustls::ClientConfig, MqttError> {
 /// The client certificate and its key, read again at a connection when either file has
 /// changed: a certificate renewed in place (the same paths) is the one the next connection
 /// shows, without a restart of the agent, before the old one expires and the broker turns
-/// it away. A change that cannot be used (a file half-written, a key that does not fit
-/// the certificate) is said once and the last pair that could be used stays.
+/// it away. A change that cannot be used (a file half-written or gone, a key that does not
+/// fit the certificate or that the agent may not read) is said once, the last pair that
+/// could be used stays, and the files are read again at every connection until they can
+/// be used: a key made readable by `chown` changes no modification time, and until
+/// 2026-12-08 the agent kept the old certificate after one (a probe).
 #[derive(Debug)]
 struct ClientCert {
     cert: PathBuf,
     key: PathBuf,
     provider: Arc<rustls::crypto::CryptoProvider>,
-    /// The files' modification times and sizes when last read, and what was in use then.
-    stamp: Mutex<(Option<Stamp>, Arc<rustls::sign::CertifiedKey>)>,
+    in_use: Mutex<InUse>,
 }
 
-type Stamp = [(std::time::SystemTime, u64); 2];
+/// The two files' modification times and sizes: `None` while either cannot be looked at.
+type Stamp = Option<[(std::time::SystemTime, u64); 2]>;
+
+#[derive(Debug)]
+struct InUse {
+    /// The pair connections show.
+    pair: Arc<rustls::sign::CertifiedKey>,
+    /// The files' stamp when `pair` was read from them.
+    read: Stamp,
+    /// The stamp at which the files last could not be used, said in the log.
+    refused: Option<Stamp>,
+}
 
 impl ClientCert {
+    fn new(
+        cert: &Path,
+        key: &Path,
+        pair: rustls::sign::CertifiedKey,
+        provider: Arc<rustls::crypto::CryptoProvider>,
+    ) -> Self {
+        Self {
+            in_use: Mutex::new(InUse {
+                pair: Arc::new(pair),
+                read: Self::stamp(cert, key),
+                refused: None,
+            }),
+            cert: cert.to_path_buf(),
+            key: key.to_path_buf(),
+            provider,
+        }
+    }
+
     /// Reads the certificate chain and key (`broker.tls.cert_file`, `key_file`).
     fn load(
         cert: &Path,
@@ -192,8 +219,12 @@ impl ClientCert {
         let chain = read_certs(cert, "broker.tls.cert_file")?;
         let key_der = PrivateKeyDer::from_pem_file(key).map_err(|e| MqttError::Tls {
             key: "broker.tls.key_file",
-            what: format!("{}: no usable private key", key.display()),
-            source: Some(e.into()),
+            what: format!(
+                "{}: no usable private key: {}",
+                key.display(),
+                pem_error(key, e)
+            ),
+            source: None,
         })?;
         rustls::sign::CertifiedKey::from_der(chain, key_der, provider).map_err(|e| match e {
             rustls::Error::InconsistentKeys(_) => MqttError::Tls {
@@ -213,7 +244,7 @@ impl ClientCert {
     }
 
     /// When the two files were last changed, and their sizes.
-    fn stamp(cert: &Path, key: &Path) -> Option<Stamp> {
+    fn stamp(cert: &Path, key: &Path) -> Stamp {
         let of = |p: &Path| {
             let m = std::fs::metadata(p).ok()?;
             Some((m.modified().ok()?, m.len()))
@@ -228,26 +259,35 @@ impl rustls::client::ResolvesClientCert for ClientCert {
         _root_hint_subjects: &[&[u8]],
         _sigschemes: &[rustls::SignatureScheme],
     ) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let mut last = self.stamp.lock().unwrap_or_else(|p| p.into_inner());
+        let mut last = self.in_use.lock().unwrap_or_else(|p| p.into_inner());
         let now = Self::stamp(&self.cert, &self.key);
-        if now.is_some() && now != last.0 {
-            last.0 = now;
+        if now == last.read {
+            last.refused = None;
+        } else {
             match Self::load(&self.cert, &self.key, &self.provider) {
                 Ok(pair) => {
                     tracing::info!(
                         cert_file = %self.cert.display(),
                         "client certificate changed on disk: connections show the new one"
                     );
-                    last.1 = Arc::new(pair);
+                    *last = InUse {
+                        pair: Arc::new(pair),
+                        read: now,
+                        refused: None,
+                    };
                 }
-                Err(e) => tracing::warn!(
-                    error = %crate::failure::chain(&e),
-                    "client certificate or key changed on disk but cannot be used: \
-                     connections show the previous one"
-                ),
+                Err(e) if last.refused != Some(now) => {
+                    tracing::warn!(
+                        error = %crate::failure::chain(&e),
+                        "client certificate or key changed on disk but cannot be used: \
+                         connections show the previous one until it can"
+                    );
+                    last.refused = Some(now);
+                }
+                Err(_) => {}
             }
         }
-        Some(last.1.clone())
+        Some(last.pair.clone())
     }
 
     fn has_certs(&self) -> bool {
@@ -281,19 +321,53 @@ fn read_certs(
     path: &std::path::Path,
     key: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, MqttError> {
-    let err = |source: Option<BoxError>| MqttError::Tls {
+    let err = |why: String| MqttError::Tls {
         key,
-        what: path.display().to_string(),
-        source,
+        what: format!("{}: {why}", path.display()),
+        source: None,
     };
     let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(Some(e.into())))?
+        .map_err(|e| err(pem_error(path, e)))?
         .collect::<Result<_, _>>()
-        .map_err(|e| err(Some(e.into())))?;
+        .map_err(|e| err(pem_error(path, e)))?;
     if certs.is_empty() {
-        return Err(err(Some("no PEM certificate in file".into())));
+        return Err(err("no PEM certificate in the file".into()));
     }
     Ok(certs)
+}
+
+/// What is wrong with the PEM file at `path`, in words: the parser's own text printed
+/// the missing end line as a list of byte values, and an encrypted key as "no items
+/// found" (a probe, 2026-12-07).
+fn pem_error(path: &Path, e: rustls::pki_types::pem::Error) -> String {
+    use rustls::pki_types::pem::Error as E;
+    let text = |b: &[u8]| String::from_utf8_lossy(b).trim().to_string();
+    match e {
+        E::MissingSectionEnd { end_marker } => format!(
+            "the file ends before its `-----END {}-----` line (half-written, or cut short)",
+            text(&end_marker)
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("a malformed PEM line: `{}`", text(&line))
+        }
+        E::Base64Decode(why) => {
+            format!("a PEM section is not valid base64 (damaged, or half-written): {why}")
+        }
+        E::Io(e) => e.to_string(),
+        E::NoItemsFound
+            if std::fs::read(path)
+                .is_ok_and(|b| String::from_utf8_lossy(&b).contains("ENCRYPTED")) =>
+        {
+            "the key is encrypted with a passphrase, which the agent cannot ask for: write it \
+             out unencrypted (`openssl pkey -in KEY -out KEY.plain`) and let only the \
+             agent's user read it"
+                .into()
+        }
+        E::NoItemsFound => "no PEM private key in the file (`-----BEGIN PRIVATE KEY-----`, \
+             `RSA PRIVATE KEY` or `EC PRIVATE KEY`)"
+            .into(),
+        e => e.to_string(),
+    }
 }
 
 /// The socket of a connection to `broker`: small packets sent at once (TCP_NODELAY:
@@ -366,15 +440,8 @@ mod tests {
         std::fs::copy(d.join("old.pem"), &cert).unwrap();
         std::fs::copy(d.join("old.key"), &key).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let resolver = ClientCert {
-            stamp: Mutex::new((
-                ClientCert::stamp(&cert, &key),
-                Arc::new(ClientCert::load(&cert, &key, &provider).unwrap()),
-            )),
-            cert: cert.clone(),
-            key: key.clone(),
-            provider,
-        };
+        let pair = ClientCert::load(&cert, &key, &provider).unwrap();
+        let resolver = ClientCert::new(&cert, &key, pair, provider);
         let shown = || resolver.resolve(&[], &[]).unwrap().cert[0].to_vec();
         let der = |name: &str| {
             CertificateDer::pem_file_iter(d.join(name))
@@ -401,6 +468,28 @@ mod tests {
         // A file that is not PEM at all: the last good pair stays.
         std::fs::write(&cert, "not a certificate").unwrap();
         assert_eq!(shown(), der("new.pem"));
+        // A key that cannot be used at first and then can, with the same modification time
+        // and size (a probe made the new key readable by `chown`): read again until usable.
+        std::fs::copy(d.join("old.pem"), &cert).unwrap();
+        let good = std::fs::read(d.join("old.key")).unwrap();
+        let when = std::time::SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1 << 30);
+        let put = |bytes: &[u8]| {
+            std::fs::write(&key, bytes).unwrap();
+            std::fs::File::options()
+                .write(true)
+                .open(&key)
+                .unwrap()
+                .set_modified(when)
+                .unwrap();
+        };
+        put(&vec![b'x'; good.len()]);
+        assert_eq!(shown(), der("new.pem"), "a key that cannot be used");
+        put(&good);
+        assert_eq!(
+            shown(),
+            der("old.pem"),
+            "the same files, usable now, are read again"
+        );
     }
 
     /// A key that does not fit is blamed on the key; an X.509 v1 certificate, which
@@ -436,6 +525,23 @@ mod tests {
         let e = blamed("v1.pem", "a.key");
         assert!(
             e.starts_with("broker.tls.cert_file: ") && e.contains("v1.pem"),
+            "{e}"
+        );
+        // Said in words: an encrypted key, and a certificate cut short (the parser's own
+        // text had "no items found" and a list of byte values).
+        openssl(&[
+            "pkey", "-in", "a.key", "-aes256", "-passout", "pass:x", "-out", "enc.key",
+        ]);
+        let e = blamed("a.pem", "enc.key");
+        assert!(
+            e.starts_with("broker.tls.key_file: ") && e.contains("encrypted with a passphrase"),
+            "{e}"
+        );
+        let pem = std::fs::read(d.join("a.pem")).unwrap();
+        std::fs::write(d.join("cut.pem"), &pem[..pem.len() / 2]).unwrap();
+        let e = blamed("cut.pem", "a.key");
+        assert!(
+            e.contains("ends before its `-----END CERTIFICATE-----` line"),
             "{e}"
         );
     }
