@@ -52,29 +52,74 @@ const RESET_YOUNG_HINT: &str = "the connection keeps being reset right after the
      `agent.id` or `broker.client_id` on one broker take each other's sessions in turn: give \
      each its own), or the broker refusing something this connection sends (its log says which)";
 
-/// Whether `e` is a TLS handshake that failed on the certificate's validity period:
-/// `Some(false)` not yet valid, `Some(true)` expired. Not yet valid, on a device without
-/// a real-time clock before it has the time from the network, is the device's clock (it
-/// starts behind: at 1970, or at the time it last saved); expired is the certificate, or
-/// a clock ahead.
-fn certificate_out_of_time(e: &ConnectionError) -> Option<bool> {
+/// What the log says of a TLS handshake that failed, when the failure has a cause the user
+/// can act on: `None` for any other failure. Until 2026-12-08 only the certificates'
+/// dates had their own words; the rest read "cannot connect to the broker", the same as a
+/// broker that is down, so a broker that came back with a certificate the agent does not
+/// trust was said only at the tenth attempt, 50 s later (a probe).
+fn tls_cause(e: &ConnectionError) -> Option<&'static str> {
+    use rustls::AlertDescription as A;
     use rustls::CertificateError as C;
+    // tokio-rustls hands rustls's error over inside an `io::Error`, in the handshake, and
+    // after it for an alert the broker sends once it has seen the client certificate
+    // (TLS 1.3).
+    fn inner(io: &std::io::Error) -> Option<&rustls::Error> {
+        io.get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+    }
     let tls = match e {
         ConnectionError::Tls(rumqttc::TlsError::TLS(r)) => Some(r),
-        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => io
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
-        _ => None,
-    };
-    match tls {
-        Some(rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. })) => {
-            Some(false)
+        ConnectionError::Tls(rumqttc::TlsError::Io(io)) => inner(io),
+        _ => io_error(e).and_then(inner),
+    }?;
+    Some(match tls {
+        // Not yet valid, on a device without a real-time clock before it has the time from
+        // the network, is the device's clock (it starts behind: at 1970, or at the time it
+        // last saved); expired is the certificate (until 2026-12-07 blamed on the clock
+        // too, for one expired three years before), or a clock ahead.
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "the broker's certificate is not valid yet at this device's time: if the \
+             device has no real-time clock (a Raspberry Pi) and has not had the time \
+             from the network yet, this ends when it does; retrying"
         }
-        Some(rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. })) => {
-            Some(true)
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => {
+            "the broker's certificate has expired: renew it on the broker, or set this \
+             device's clock if it is ahead; retrying"
         }
-        _ => None,
-    }
+        rustls::Error::InvalidCertificate(
+            C::NotValidForName | C::NotValidForNameContext { .. },
+        ) => {
+            "the broker's certificate is not for the host in `broker.url`: its subject \
+             alternative names must include that name or IP address; retrying"
+        }
+        rustls::Error::InvalidCertificate(_) => {
+            "the broker's certificate is not one the agent trusts (`broker.tls.ca_file`, or \
+             the system's CAs without it): signed by another CA, or damaged; retrying"
+        }
+        rustls::Error::AlertReceived(A::CertificateRequired | A::HandshakeFailure) => {
+            "the broker wants a client certificate that this agent does not show \
+             (`broker.tls.cert_file` and `key_file`), or refused the TLS handshake (its \
+             log says why); retrying"
+        }
+        rustls::Error::AlertReceived(A::CertificateExpired) => {
+            "the broker refused this agent's client certificate as expired \
+             (`broker.tls.cert_file`): renew it, or set this device's clock if it is \
+             behind; retrying"
+        }
+        rustls::Error::AlertReceived(
+            A::UnknownCA
+            | A::BadCertificate
+            | A::UnsupportedCertificate
+            | A::CertificateRevoked
+            | A::CertificateUnknown
+            | A::AccessDenied,
+        ) => {
+            "the broker refused this agent's client certificate (`broker.tls.cert_file`): \
+             not signed by a CA the broker trusts, or revoked (the broker's log says \
+             which); retrying"
+        }
+        _ => "the TLS handshake with the broker failed; retrying",
+    })
 }
 
 /// After a removed function's unsubscriptions are confirmed, how long its intake goes on
@@ -383,6 +428,9 @@ impl Backoff {
 /// What the log says of the first failure in a row: `e`, on a connection that the broker
 /// had accepted (`was_up`) or not.
 fn first_failure(e: &ConnectionError, was_up: bool) -> &'static str {
+    if let Some(cause) = tls_cause(e) {
+        return cause;
+    }
     match e {
         ConnectionError::ConnectionRefused(
             ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized,
@@ -391,17 +439,6 @@ fn first_failure(e: &ConnectionError, was_up: bool) -> &'static str {
         }
         ConnectionError::ConnectionRefused(ConnectReturnCode::BadClientId) => {
             "the broker refused the client id (`broker.client_id`); retrying"
-        }
-        _ if certificate_out_of_time(e) == Some(false) => {
-            "the broker's certificate is not valid yet at this device's time: if the \
-             device has no real-time clock (a Raspberry Pi) and has not had the time \
-             from the network yet, this ends when it does; retrying"
-        }
-        // Until 2026-12-07 this was blamed on the clock too, for a certificate expired
-        // three years before.
-        _ if certificate_out_of_time(e) == Some(true) => {
-            "the broker's certificate has expired (the error says when): renew it on the \
-             broker, or set this device's clock if it is ahead; retrying"
         }
         _ if !was_up && reset(e) => {
             "the connection was reset before the broker accepted it: a TLS port reached \
@@ -941,28 +978,41 @@ pub async fn send_acks(
 mod tests {
     use super::*;
 
-    /// A handshake that failed on the certificate's dates is told apart (tokio-rustls
-    /// hands rustls's error over inside an `io::Error`), and no other failure is.
+    /// A handshake that failed on a certificate is told apart, each cause in its own
+    /// words (tokio-rustls hands rustls's error over inside an `io::Error`), and no other
+    /// failure is.
     #[test]
-    fn a_certificate_out_of_its_dates_is_recognised() {
+    fn a_certificate_the_handshake_refused_is_named() {
         use rustls::CertificateError as C;
-        let handshake = |c: C| {
-            let io = std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                rustls::Error::InvalidCertificate(c),
-            );
+        let tls = |e: rustls::Error| {
+            let io = std::io::Error::new(std::io::ErrorKind::InvalidData, e);
             ConnectionError::Tls(rumqttc::TlsError::Io(io))
         };
+        let handshake = |c: C| tls(rustls::Error::InvalidCertificate(c));
+        let said = |e: &ConnectionError| first_failure(e, false);
+        assert!(said(&handshake(C::Expired)).contains("has expired: renew it"));
+        assert!(said(&handshake(C::NotValidYet)).contains("real-time clock"));
+        assert!(said(&handshake(C::UnknownIssuer)).contains("not one the agent trusts"));
+        assert!(said(&handshake(C::NotValidForName)).contains("subject alternative names"));
+        // The broker's alert after it saw the agent's certificate, read as the CONNACK.
+        let alert = |a| {
+            let io = std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::AlertReceived(a),
+            );
+            ConnectionError::MqttState(rumqttc::StateError::Io(io))
+        };
+        use rustls::AlertDescription as A;
+        assert!(said(&alert(A::UnknownCA)).contains("refused this agent's client certificate"));
+        assert!(said(&alert(A::CertificateExpired)).contains("client certificate as expired"));
+        assert!(said(&alert(A::CertificateRequired)).contains("wants a client certificate"));
+        // Each its own cause, told apart from a broker that is down: the log says a new
+        // cause at once.
+        let refused = ConnectionError::Io(std::io::ErrorKind::ConnectionRefused.into());
+        assert_eq!(said(&refused), "cannot connect to the broker; retrying");
+        assert_eq!(tls_cause(&refused), None);
         assert_eq!(
-            certificate_out_of_time(&handshake(C::NotValidYet)),
-            Some(false)
-        );
-        assert_eq!(certificate_out_of_time(&handshake(C::Expired)), Some(true));
-        assert!(first_failure(&handshake(C::Expired), false).contains("renew it"));
-        assert!(first_failure(&handshake(C::NotValidYet), false).contains("real-time clock"));
-        assert_eq!(certificate_out_of_time(&handshake(C::UnknownIssuer)), None);
-        assert_eq!(
-            certificate_out_of_time(&ConnectionError::ConnectionRefused(
+            tls_cause(&ConnectionError::ConnectionRefused(
                 ConnectReturnCode::NotAuthorized
             )),
             None
