@@ -281,6 +281,10 @@ async fn poll(
     let mut delay = min;
     let mut failures = 0u32;
     let mut up: Option<Instant> = None;
+    // What the log said of the last failure: a new cause is said at once (until
+    // 2026-12-08 only a row's first failure was, so a broker back with a certificate the
+    // agent does not trust was never named on this connection).
+    let mut said = None;
     loop {
         match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(_))) => {
@@ -307,12 +311,14 @@ async fn poll(
                 // A connection that dies soon after it is made (a retained message larger
                 // than this agent takes ends every one) keeps backing off, not retrying
                 // ten times a second.
-                if up.take().is_some_and(|t| t.elapsed() >= STABLE) {
+                let was_up = up.take();
+                if was_up.is_some_and(|t| t.elapsed() >= STABLE) {
                     delay = min;
                     failures = 0;
                 }
                 failures += 1;
-                if failures == 1 {
+                let what = crate::mqtt::connection::first_failure(&e, was_up.is_some());
+                if failures == 1 || said != Some(what) {
                     if let rumqttc::ConnectionError::MqttState(
                         rumqttc::StateError::Deserialization(
                             rumqttc::mqttbytes::Error::PayloadSizeLimitExceeded(n),
@@ -325,9 +331,10 @@ async fn poll(
                             "a deployment message is larger than broker.max_packet_bytes: raise it on this agent, or deploy with a larger --chunk-bytes"
                         );
                     } else {
-                        tracing::warn!(connection = "deploy", error = %e, "broker connection lost; reconnecting");
+                        tracing::warn!(connection = "deploy", error = %e, "{what}");
                     }
                 }
+                said = Some(what);
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);
             }

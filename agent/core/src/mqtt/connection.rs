@@ -427,7 +427,7 @@ impl Backoff {
 
 /// What the log says of the first failure in a row: `e`, on a connection that the broker
 /// had accepted (`was_up`) or not.
-fn first_failure(e: &ConnectionError, was_up: bool) -> &'static str {
+pub(crate) fn first_failure(e: &ConnectionError, was_up: bool) -> &'static str {
     if let Some(cause) = tls_cause(e) {
         return cause;
     }
