@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{Agent, Client, Mosquitto, Tls, guest, unique};
+use crate::harness::{Agent, Client, Mosquitto, Tls, agent_bin, guest, unique};
 
 fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
@@ -168,6 +168,52 @@ async fn mqtts_with_a_client_certificate_and_a_password() {
     );
     let agent = Agent::start(&cfg).await;
     round_trip(&broker).await;
+    // The client commands over the same mutual TLS (until 2026-12-08 they had no client
+    // certificate flags, and could not reach such a broker at all).
+    let mut c = Client::connect(broker.port, &["out"]).await;
+    let d = dir.path().display().to_string();
+    let url = format!("mqtts://localhost:{}", broker.tls_port.expect("TLS"));
+    let (ca, cert, key) = (
+        format!("{d}/ca.pem"),
+        format!("{d}/client.pem"),
+        format!("{d}/client.key"),
+    );
+    let publish = move |with_cert: bool| {
+        let mut args = vec![
+            "publish",
+            "--broker",
+            &url,
+            "--ca-file",
+            &ca,
+            "--username",
+            "agent",
+            "--password",
+            "s3cret",
+            "--topic",
+            "in",
+            "--payload",
+            "by publish",
+        ];
+        if with_cert {
+            args.extend(["--cert-file", &cert, "--key-file", &key]);
+        }
+        Command::new(agent_bin())
+            .args(&args)
+            .output()
+            .expect("run edge-agent")
+    };
+    let (without, with) = tokio::task::spawn_blocking(move || (publish(false), publish(true)))
+        .await
+        .expect("join");
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(with.status.success(), "{}", stderr(&with));
+    assert_eq!(c.recv().await.text(), "by publish");
+    assert_eq!(without.status.code(), Some(69), "{}", stderr(&without));
+    assert!(
+        stderr(&without).contains("CertificateRequired"),
+        "{}",
+        stderr(&without)
+    );
     agent.stop().await;
 }
 

@@ -15,15 +15,15 @@ pub enum BrokerArgsError {
     /// `--broker` is not a broker URL.
     #[error("--broker")]
     Url(#[from] edge_agent::config::UrlError),
-    /// `--ca-file` cannot be used.
-    #[error("--ca-file")]
+    /// `--ca-file`, `--cert-file` or `--key-file` cannot be used (the error names which).
+    #[error(transparent)]
     Tls(#[from] edge_agent::mqtt::MqttError),
-    /// `--ca-file` with a plain `mqtt://` broker, which would never read it.
+    /// A TLS file with a plain `mqtt://` broker, which would never read it.
     #[error(
-        "--ca-file is for an mqtts:// broker; --broker {0} is plain mqtt:// (use mqtts:// to \
-         connect with TLS, or leave --ca-file out)"
+        "{0} is for an mqtts:// broker; --broker {1} is plain mqtt:// (use mqtts:// to \
+         connect with TLS, or leave {0} out)"
     )]
-    CaWithoutTls(String),
+    CaWithoutTls(&'static str, String),
 }
 
 /// Where the broker is and how to log in: the commands that connect as clients.
@@ -41,6 +41,13 @@ pub struct BrokerArgs {
     /// CA certificate (PEM) for mqtts:// brokers.
     #[arg(long)]
     pub ca_file: Option<PathBuf>,
+    /// Client certificate chain (PEM), for mqtts:// brokers that require one (mutual TLS,
+    /// as AWS IoT Core does); with --key-file.
+    #[arg(long, requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM, unencrypted); with --cert-file.
+    #[arg(long, requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
 }
 
 impl BrokerArgs {
@@ -59,17 +66,35 @@ impl BrokerArgs {
         let addr = edge_agent::config::BrokerAddress::parse(&self.broker)?;
         // Refused as the config refuses `[broker.tls]` with mqtt://: until 2026-12-08 the
         // file was silently never read, and the connection went out in plain text.
-        if self.ca_file.is_some() && !addr.tls {
-            return Err(BrokerArgsError::CaWithoutTls(self.broker.clone()));
+        let given = [
+            ("--ca-file", self.ca_file.is_some()),
+            ("--cert-file", self.cert_file.is_some()),
+        ];
+        if let Some((flag, _)) = given.iter().find(|(_, given)| *given && !addr.tls) {
+            return Err(BrokerArgsError::CaWithoutTls(flag, self.broker.clone()));
         }
-        let tls = self
-            .ca_file
-            .clone()
-            .map(|ca| edge_agent::config::TlsConfig {
-                ca_file: Some(ca),
-                ..edge_agent::config::TlsConfig::default()
-            });
-        let mut opts = edge_agent::mqtt::options::client_options(&addr, client_id, tls.as_ref())?;
+        let tls = edge_agent::config::TlsConfig {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+        };
+        let mut opts = edge_agent::mqtt::options::client_options(&addr, client_id, Some(&tls))
+            .map_err(|e| match e {
+                // The flag, where the agent's error names its config key.
+                edge_agent::mqtt::MqttError::Tls { key, what, source } => {
+                    edge_agent::mqtt::MqttError::Tls {
+                        key: match key {
+                            "broker.tls.ca_file" => "--ca-file",
+                            "broker.tls.cert_file" => "--cert-file",
+                            "broker.tls.key_file" => "--key-file",
+                            key => key,
+                        },
+                        what,
+                        source,
+                    }
+                }
+                e => e,
+            })?;
         opts.set_keep_alive(std::time::Duration::from_secs(30))
             .set_clean_session(true)
             .set_max_packet_size(256 * 1024 * 1024, 256 * 1024 * 1024);
@@ -290,15 +315,27 @@ async fn produce(client: AsyncClient, args: PublishArgs, template: Template) {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn a_ca_file_with_a_plain_broker_is_refused() {
-        let args = super::BrokerArgs {
+    fn a_tls_file_with_a_plain_broker_is_refused() {
+        let mut args = super::BrokerArgs {
             broker: "mqtt://127.0.0.1:1883".into(),
             username: None,
             password: None,
             ca_file: Some("/nonexistent.pem".into()),
+            cert_file: None,
+            key_file: None,
         };
         let e = args.options("t").expect_err("refused").to_string();
         assert!(e.contains("--ca-file is for an mqtts:// broker"), "{e}");
+        args.ca_file = None;
+        args.cert_file = Some("/nonexistent.pem".into());
+        args.key_file = Some("/nonexistent.key".into());
+        let e = args.options("t").expect_err("refused").to_string();
+        assert!(e.contains("--cert-file is for an mqtts:// broker"), "{e}");
+        // On mqtts://, a file that cannot be read is named by its flag.
+        args.broker = "mqtts://127.0.0.1:8883".into();
+        let e = args.options("t").expect_err("refused");
+        let e = edge_agent::failure::chain(&e);
+        assert!(e.starts_with("`--cert-file`: /nonexistent.pem"), "{e}");
     }
 
     #[test]
