@@ -452,6 +452,34 @@ fn publish_to_a_dead_broker_fails_clearly() {
     );
 }
 
+/// `top --once` and `shadow report` with no broker there: the broker's error, not "is the
+/// agent running?" after it on a line of its own (as until 2026-12-08).
+#[test]
+fn top_and_shadow_report_without_a_broker_say_why() {
+    let url = format!("mqtt://127.0.0.1:{}", broker_port());
+    for args in [
+        &["top", "--once", "--wait-secs", "1", "--broker", &url][..],
+        &[
+            "shadow",
+            "report",
+            "f",
+            "--wait-secs",
+            "1",
+            "--broker",
+            &url,
+        ],
+    ] {
+        let out = run(args, &repo_root());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{args:?}: {stderr}");
+        let says = format!("error: broker {url}: ");
+        assert!(
+            stderr.starts_with(&says) && stderr.contains("so no report could be read"),
+            "{args:?}: {stderr}"
+        );
+    }
+}
+
 fn precompile(target: Option<&str>, out: &std::path::Path) -> String {
     let mut args = vec![
         "precompile".to_string(),

@@ -60,6 +60,9 @@ pub enum TopError {
         "no stats report from {0} within {1} s (is the agent running, with agent.stats_interval_secs > 0?)"
     )]
     NoReport(String, u64),
+    /// The broker could not be reached, or refused the connection, until the wait ended.
+    #[error("{0} (so no report could be read)")]
+    Broker(String),
     /// The terminal could not be used.
     #[error("terminal: {0}")]
     Terminal(#[from] std::io::Error),
@@ -79,7 +82,7 @@ impl TopError {
     pub fn exit(&self) -> edge_agent::failure::Exit {
         match self {
             Self::Args(_) => edge_agent::failure::Exit::Usage,
-            Self::NoReport(..) | Self::NoShadow(..) | Self::Terminal(_) => {
+            Self::NoReport(..) | Self::Broker(_) | Self::NoShadow(..) | Self::Terminal(_) => {
                 edge_agent::failure::Exit::Unavailable
             }
             Self::Unreadable(_) => edge_agent::failure::Exit::Failure,
@@ -532,7 +535,7 @@ fn widths(columns: &[&str], sections: &[Section]) -> Vec<usize> {
 
 /// Connects, subscribes, and sends every message to `tx` (and the connection's troubles as
 /// `Err`), reconnecting until `tx` is dropped.
-async fn listen(args: TopArgs, tx: mpsc::Sender<Result<Received, String>>) -> Result<(), TopError> {
+async fn listen(args: TopArgs, tx: mpsc::Sender<Heard>) -> Result<(), TopError> {
     let opts = args.broker.options("top")?;
     let (client, mut eventloop) = AsyncClient::new(opts, 16);
     let agent = args.agent.as_deref().unwrap_or("+");
@@ -544,15 +547,17 @@ async fn listen(args: TopArgs, tx: mpsc::Sender<Result<Received, String>>) -> Re
                     for f in &filters {
                         let _ = client.subscribe(f.clone(), QoS::AtMostOnce).await;
                     }
-                    Ok(())
+                    tx.send(Heard::Connected)
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    tx.send(Ok((p.topic, p.payload.to_vec(), p.retain)))
+                    tx.send(Heard::Message(p.topic, p.payload.to_vec(), p.retain))
                 }
                 Ok(_) => Ok(()),
                 Err(e) => {
-                    let sent =
-                        tx.send(Err(format!("broker {}: {e}; retrying", args.broker.broker)));
+                    let sent = tx.send(Heard::Problem(format!(
+                        "broker {}: {e}",
+                        args.broker.broker
+                    )));
                     tokio::time::sleep(Duration::from_secs(1)).await;
                     sent
                 }
@@ -590,9 +595,9 @@ pub fn run(args: &TopArgs) -> Result<(), TopError> {
     live(&mut board, &rx)
 }
 
-fn take(board: &mut Board, msg: Result<Received, String>) {
-    match msg {
-        Ok((topic, payload, retained)) => {
+fn take(board: &mut Board, heard: Heard) {
+    match heard {
+        Heard::Message(topic, payload, retained) => {
             board.broker_problem = None;
             if retained {
                 board.apply_retained(&topic, &payload);
@@ -600,14 +605,22 @@ fn take(board: &mut Board, msg: Result<Received, String>) {
                 board.apply(&topic, &payload);
             }
         }
-        Err(problem) => board.broker_problem = Some(problem),
+        Heard::Connected => board.broker_problem = None,
+        Heard::Problem(problem) => board.broker_problem = Some(problem),
     }
 }
 
-/// A message's topic, payload and retain flag.
-type Received = (String, Vec<u8>, bool);
+/// What the connection hands the view.
+enum Heard {
+    /// A message's topic, payload and retain flag.
+    Message(String, Vec<u8>, bool),
+    /// Connected (again): no problem with the broker now.
+    Connected,
+    /// The connection failed, and why; it is tried again.
+    Problem(String),
+}
 
-type Inbox = mpsc::Receiver<Result<Received, String>>;
+type Inbox = mpsc::Receiver<Heard>;
 
 fn once(args: &TopArgs, board: &mut Board, rx: &Inbox) -> Result<(), TopError> {
     let deadline = Instant::now() + Duration::from_secs(args.wait_secs);
@@ -626,11 +639,12 @@ fn once(args: &TopArgs, board: &mut Board, rx: &Inbox) -> Result<(), TopError> {
         }
     }
     if !board.has_reports() {
-        let who = args.agent.clone().unwrap_or_else(|| "any agent".into());
-        let why = board.broker_problem.clone().unwrap_or_default();
-        if !why.is_empty() {
-            eprintln!("{why}");
+        // The broker's own problem where there is one: until 2026-12-08 a wrong CA or
+        // password ended in "is the agent running?", after the cause on a line of its own.
+        if let Some(why) = board.broker_problem.take() {
+            return Err(TopError::Broker(why));
         }
+        let who = args.agent.clone().unwrap_or_else(|| "any agent".into());
         return Err(TopError::NoReport(who, args.wait_secs));
     }
     print!("{}", board.text());
@@ -686,7 +700,7 @@ fn draw(frame: &mut ratatui::Frame, board: &Board) {
     heights.push(Constraint::Min(0));
     let areas = Layout::vertical(heights).split(frame.area());
     let head = match &board.broker_problem {
-        Some(p) => format!("edge-agent top   {p}"),
+        Some(p) => format!("edge-agent top   {p}; retrying"),
         None if sections.is_empty() => {
             "edge-agent top   waiting for an agent's report   q quits".into()
         }

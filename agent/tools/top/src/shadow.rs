@@ -54,10 +54,10 @@ pub fn run(command: &ShadowCommand) -> Result<(), TopError> {
         .build()?;
     let (payload, problem) = rt.block_on(fetch(args))?;
     let Some(payload) = payload else {
-        if let Some(p) = problem {
-            eprintln!("{p}");
-        }
-        return Err(TopError::NoShadow(args.function.clone(), args.wait_secs));
+        return Err(match problem {
+            Some(why) => TopError::Broker(why),
+            None => TopError::NoShadow(args.function.clone(), args.wait_secs),
+        });
     };
     if args.json {
         println!("{}", String::from_utf8_lossy(&payload));
@@ -85,6 +85,7 @@ async fn fetch(args: &ShadowReportArgs) -> Result<(Option<Vec<u8>>, Option<Strin
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    problem = None;
                     let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => return p.payload.to_vec(),
