@@ -556,6 +556,10 @@ async fn wait(
 ) -> Result<(), FleetError> {
     let until = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
     let mut done: BTreeMap<String, DeploymentReport> = BTreeMap::new();
+    // Every agent of the group heard of (its retained report, of any version) and what it
+    // said last: at the end of the wait, those that have not applied are named with it
+    // (until 2026-12-08 the error gave a count alone).
+    let mut heard: BTreeMap<String, DeploymentReport> = BTreeMap::new();
     loop {
         let applied = done
             .values()
@@ -568,8 +572,10 @@ async fn wait(
         let ev = tokio::select! {
             () = tokio::time::sleep_until(until) => {
                 return Err(FleetError::NotApplied(format!(
-                    "{applied} of {} agent(s) applied deployment {version} within {} s",
-                    args.wait, args.wait_secs
+                    "{applied} of {} agent(s) applied deployment {version} within {} s; {}",
+                    args.wait,
+                    args.wait_secs,
+                    not_yet(&args.group, &heard, &done, edge_agent::clock::now_ms()),
                 )));
             }
             ev = eventloop.poll() => ev,
@@ -587,6 +593,9 @@ async fn wait(
         // older report) it is this deployment's; until 2026-12-07 `--wait` ignored it and
         // ran out its time without the agent's reason.
         let unopened = r.version.is_none() && r.state == DeploymentState::Refused && !p.retain;
+        if r.group == args.group {
+            heard.insert(r.agent.clone(), r.clone());
+        }
         if r.group != args.group || (r.version != Some(version) && !unopened) {
             continue;
         }
@@ -619,9 +628,63 @@ async fn wait(
     }
 }
 
+/// For `deploy --wait`'s error when the wait ran out: each agent of `group` heard of that
+/// has not applied, with its last report at `now_ms`.
+fn not_yet(
+    group: &str,
+    heard: &BTreeMap<String, DeploymentReport>,
+    done: &BTreeMap<String, DeploymentReport>,
+    now_ms: u64,
+) -> String {
+    let waiting: Vec<String> = heard
+        .iter()
+        .filter(|(agent, _)| !done.contains_key(*agent))
+        .map(|(agent, r)| format!("{agent} ({})", r.summary_at(now_ms)))
+        .collect();
+    if waiting.is_empty() {
+        format!(
+            "no other agent of group `{group}` has reported on this broker (are they \
+             online, with `[fleet] group = \"{group}\"` and this --prefix?)"
+        )
+    } else {
+        format!("not applied by: {}", waiting.join(", "))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wait_that_runs_out_names_the_agents_that_have_not_applied() {
+        let report = |agent: &str, version, state, chunks| DeploymentReport {
+            schema_version: DeploymentReport::SCHEMA_VERSION,
+            agent: agent.into(),
+            group: "site".into(),
+            version: Some(version),
+            state,
+            reason: None,
+            in_force: Some(6),
+            probation: false,
+            chunks,
+            ts_ms: 1_000_000,
+        };
+        let heard = BTreeMap::from([
+            ("a".into(), report("a", 7, DeploymentState::Applied, None)),
+            (
+                "b".into(),
+                report("b", 7, DeploymentState::Downloading, Some([3, 10])),
+            ),
+            ("c".into(), report("c", 6, DeploymentState::Applied, None)),
+        ]);
+        let done = BTreeMap::from([("a".into(), heard["a"].clone())]);
+        assert_eq!(
+            not_yet("site", &heard, &done, 1_040_000),
+            "not applied by: b (site/7 downloading 3/10 chunks, in force: 6, no chunk for 40 s), \
+             c (site/6 applied)"
+        );
+        assert!(not_yet("site", &done, &done, 0).contains("no other agent of group `site`"));
+    }
 
     #[test]
     fn a_key_pair_signs_what_an_agent_trusting_it_opens() {
