@@ -353,6 +353,10 @@ impl StateStore {
             source: sled::Error::Io(e),
         })?;
         wait_for_lock(dir, LOCK_WAIT)?;
+        remove_unfinished_snapshots(dir).map_err(|e| StateError::Open {
+            dir: dir.display().to_string(),
+            source: sled::Error::Io(e),
+        })?;
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(limits.cache_mb * 1024 * 1024)
@@ -941,6 +945,30 @@ impl StateStore {
 /// files. Without it a power cut within half a minute of a start (before the kernel wrote
 /// the file back) left `conf` empty, measured in every run of the power-cut test; sled
 /// then warns `empty/corrupt configuration file found` and writes it again. Once per open.
+/// Removes the snapshot files sled did not finish. sled writes a snapshot to
+/// `snap.<lsn>.generating` and renames it to `snap.<lsn>` once it is whole, but at an open
+/// it takes the last name in order among both kinds as the snapshot to read: one left by a
+/// write that failed (a disk full as the agent started, in a probe, 2026-12-08) sorts after
+/// its finished kin, reads as corrupt, and every open after it failed, the store called
+/// damaged, and the user told to move it aside. Such a file is never a whole snapshot (the
+/// rename makes it one), and the snapshot before it stays until a newer one is whole: the
+/// store loses nothing without it.
+fn remove_unfinished_snapshots(dir: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") {
+            tracing::info!(
+                file = %entry.path().display(),
+                "removing a state store snapshot that was never finished (a full disk, or a crash, while it was written)"
+            );
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
 fn sync_store_files(dir: &Path) -> std::io::Result<()> {
     std::fs::File::open(dir.join("conf"))?.sync_all()?;
     std::fs::File::open(dir)?.sync_all()?;
@@ -1784,6 +1812,24 @@ mod tests {
             ..StateConfig::default()
         };
         StateStore::open(dir, &limits).unwrap()
+    }
+
+    /// A snapshot sled did not finish (a full disk as it opened) made every later open fail
+    /// as damaged; it is removed first, and the store opens with everything in it.
+    #[test]
+    fn an_unfinished_snapshot_does_not_make_the_store_damaged() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = StateStore::open_db(&dir.path().join("state"), &StateConfig::default()).unwrap();
+        db.insert("k", "v").unwrap();
+        db.flush().unwrap();
+        drop(db);
+        // Empty, and named after any finished one: what the failed write left.
+        let state = dir.path().join("state");
+        std::fs::write(state.join("snap.FFFFFFFFFFFFFFFF.generating"), b"").unwrap();
+        let reopened = StateStore::open_db(&state, &StateConfig::default())
+            .expect("opens, without the unfinished snapshot");
+        assert_eq!(reopened.get("k").unwrap().as_deref(), Some(&b"v"[..]));
+        assert!(!state.join("snap.FFFFFFFFFFFFFFFF.generating").exists());
     }
 
     /// sled lets go of its lock a moment after the last handle (its IO threads drop the
