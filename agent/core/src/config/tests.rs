@@ -462,6 +462,23 @@ fn embedded_broker_needs_plain_tcp() {
     assert!(e.contains("`broker.embedded`"), "{e}");
 }
 
+/// rumqttd refuses a client id with `/` and such, and then panicked: refused here.
+#[test]
+fn the_embedded_broker_takes_no_client_id_it_refuses() {
+    for id in ["a/b", "a+b", "a#b", "$a"] {
+        let text = with(&format!("embedded = true\nclient_id = \"{id}\""), "");
+        // (Two mistakes where this crate is built without the embedded broker.)
+        let e = Case::new()
+            .load("agent.toml", &text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`broker.client_id`") && e.contains(id), "{e}");
+    }
+    Case::new()
+        .load("agent.toml", &with("client_id = \"a/b\"", ""))
+        .expect("Mosquitto takes it");
+}
+
 #[test]
 fn missing_tls_file() {
     let text = "[broker]\nurl = \"mqtts://127.0.0.1:8883\"\n[broker.tls]\nca_file = \"/nonexistent/ca.pem\"\n\

@@ -419,6 +419,17 @@ impl Config {
         if client_id.is_empty() || client_id.len() > 256 {
             errs.push(self.invalid("broker.client_id", "must be 1 to 256 characters"));
         }
+        // rumqttd turns such a client away, and then panics at its reconnection, which
+        // aborted the agent a second after start (a probe, 2026-12-08; `check` said ok).
+        if b.embedded && client_id.contains(['+', '#', '/', '$']) {
+            errs.push(self.invalid(
+                "broker.client_id",
+                format!(
+                    "`{client_id}` cannot contain `+`, `#`, `/` or `$` with the embedded broker, \
+                     which refuses such client ids"
+                ),
+            ));
+        }
         if !(5..=65_535).contains(&b.keep_alive_secs) {
             errs.push(self.invalid("broker.keep_alive_secs", "must be from 5 to 65535"));
         }
