@@ -362,3 +362,39 @@ async fn an_edit_behind_a_symbolic_link_reloads() {
     c.publish("in", "2").await;
     assert_eq!(c.recv_on("out/c").await.text(), "2");
 }
+
+/// A module replaced by a reload leaves no compiled version behind in the compile cache
+/// (until 2026-12-08 each stayed until the next start, and a probe's 40 versions filled a
+/// small data disk).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_removes_the_compiled_versions_no_function_uses() {
+    let id = crate::harness::unique("prune");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = dir.path().join("m.wasm");
+    std::fs::copy(guest("echo"), &module).expect("copy module");
+    let config = crate::harness::embedded(&id)
+        + &format!(
+            "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+             [function.config]\nout_topic = \"out\"\n",
+            module.display()
+        );
+    let agent = crate::harness::Agent::start_in(dir, &config).await;
+    let compiled = agent.dir().join("data/compiled");
+    let entries = || files_under(&compiled).len();
+    assert_eq!(entries(), 1, "the first version, compiled");
+    let reloads = format!("edge-agent/{id}/reload");
+    let mut c = Client::connect(agent.port, &["out", &reloads]).await;
+    for version in ["rolling-average", "echo"] {
+        replace(&guest(version), &module);
+        let report = c.recv_on(&reloads).await.text();
+        assert!(report.contains("\"ok\":true"), "{report}");
+        assert_eq!(
+            entries(),
+            1,
+            "after the reload to {version}: {:?}",
+            files_under(&compiled)
+        );
+    }
+    c.publish("in", "still echoed").await;
+    assert_eq!(c.recv_on("out").await.text(), "still echoed");
+}

@@ -335,7 +335,7 @@ impl Runtime {
         // start) would otherwise pile up on the device's disk.
         if let Some(cache) = &cache {
             let keep: Vec<Arc<str>> = runtime.functions.values().map(|f| f.sha256()).collect();
-            let freed = cache.prune(&keep.iter().map(|s| &**s).collect::<Vec<_>>());
+            let freed = cache.prune(&keep.iter().map(|s| &**s).collect::<Vec<_>>(), true);
             if freed > 0 {
                 tracing::info!(
                     bytes = freed,
