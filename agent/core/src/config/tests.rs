@@ -235,6 +235,24 @@ fn a_wildcard_in_the_topic_prefix_is_told_plainly() {
     );
 }
 
+/// A data directory that is a symbolic link to nothing (a card not mounted) is refused by
+/// `check` as by `run` (which failed with a bare "No such file or directory").
+#[test]
+fn a_data_dir_linked_to_nothing_is_refused() {
+    let c = Case::new();
+    let link = c.dir.path().join("data");
+    std::os::unix::fs::symlink("/nonexistent/card", &link).unwrap();
+    let text = GOOD.replace(
+        "id = \"a1\"",
+        &format!("id = \"a1\"\ndata_dir = \"{}\"", link.display()),
+    );
+    let e = c.err(&text);
+    assert!(
+        e.contains("`agent.data_dir`") && e.contains("symbolic link to /nonexistent/card"),
+        "{e}"
+    );
+}
+
 /// What an earlier run left in the data directory must be writable too, as `run` needs it:
 /// `check` said ok where `run` failed (a `state/` made by a run as root).
 #[test]

@@ -302,6 +302,16 @@ impl Config {
             .try_exists()
             .map_err(|e| err(format!("{}: {e} (see `dmesg`)", existing.display())))?
         {
+            // A symbolic link to nothing (a card or share not mounted where it leads):
+            // the folder above could be written, so `check` passed it, and `run` then
+            // failed to make it with a bare ENOENT (a probe, 2026-12-08).
+            if let Ok(target) = std::fs::read_link(existing) {
+                return Err(err(format!(
+                    "{} is a symbolic link to {}, which does not exist (not mounted?)",
+                    existing.display(),
+                    target.display()
+                )));
+            }
             existing = match existing.parent() {
                 Some(p) if !p.as_os_str().is_empty() => p,
                 _ => std::path::Path::new("."),
