@@ -203,21 +203,22 @@ const SLOW_FLUSH: Duration = crate::files::SLOW_DISK;
 
 /// Waits up to `wait` until nobody holds the lock sled takes on `<dir>/db` (an exclusive
 /// `flock`; sled itself only tries once), and says who holds it if that never happens.
-/// Any other failure is left to sled's own open to report.
-fn wait_for_lock(dir: &Path, wait: Duration) -> Result<(), StateError> {
+/// Returns the file, holding the lock until it is dropped; `None` where there is no store
+/// yet, or on any other failure, which is left to sled's own open to report.
+fn wait_for_lock(dir: &Path, wait: Duration) -> Result<Option<std::fs::File>, StateError> {
     use fs2::FileExt;
     let Ok(file) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open(dir.join("db"))
     else {
-        return Ok(());
+        return Ok(None);
     };
     let deadline = Instant::now() + wait;
     loop {
         match file.try_lock_exclusive() {
             // Closing the file gives the lock back, for sled to take.
-            Ok(()) => return Ok(()),
+            Ok(()) => return Ok(Some(file)),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 if Instant::now() >= deadline {
                     return Err(StateError::Locked {
@@ -226,7 +227,7 @@ fn wait_for_lock(dir: &Path, wait: Duration) -> Result<(), StateError> {
                 }
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Err(_) => return Ok(()),
+            Err(_) => return Ok(None),
         }
     }
 }
@@ -349,11 +350,39 @@ impl StateStore {
             dir: dir.display().to_string(),
             source: sled::Error::Io(e),
         })?;
-        wait_for_lock(dir, LOCK_WAIT)?;
-        remove_unfinished_snapshots(dir).map_err(|e| StateError::Open {
-            dir: dir.display().to_string(),
-            source: sled::Error::Io(e),
-        })?;
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            // Under the lock (a store with no `db` yet has no snapshot): nobody else's
+            // snapshot is being written.
+            if let Some(_held) =
+                wait_for_lock(dir, deadline.saturating_duration_since(Instant::now()))?
+            {
+                remove_unfinished_snapshots(dir).map_err(|e| StateError::Open {
+                    dir: dir.display().to_string(),
+                    source: sled::Error::Io(e),
+                })?;
+            }
+            match Self::open_sled(dir, limits) {
+                // Two agents started at the same moment: both found the lock free (or no
+                // store yet), and sled's own lock turned one away with a raw error, in
+                // half of a probe's races (2026-12-08). Waited for like any holder.
+                Err(StateError::Open {
+                    source: sled::Error::Io(e),
+                    ..
+                }) if e.to_string().contains("could not acquire lock") => {
+                    if Instant::now() >= deadline {
+                        return Err(StateError::Locked {
+                            dir: dir.display().to_string(),
+                        });
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                opened => return opened,
+            }
+        }
+    }
+
+    fn open_sled(dir: &Path, limits: &StateConfig) -> Result<sled::Db, StateError> {
         let db = sled::Config::new()
             .path(dir)
             .cache_capacity(limits.cache_mb * 1024 * 1024)
