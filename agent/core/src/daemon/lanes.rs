@@ -693,6 +693,34 @@ impl Lanes {
     }
 }
 
+/// Says which broker sessions the data directory holds for client ids other than this
+/// agent's: an `agent.id` or `broker.client_id` changed on the same `data_dir` leaves the
+/// old ids' sessions on the broker, which queues every event on their topics for them for
+/// ever (a probe, 2026-12-08: Mosquitto kept them through two restarts under the new id).
+/// They are not ended here: another device may run as that id (a data directory copied
+/// to clone one), and ending its session would lose its queued events.
+pub(super) fn warn_of_other_ids(config: &Config) {
+    let Ok(entries) = std::fs::read_dir(session_dir(config)) else {
+        return;
+    };
+    let prefix = format!("{}.", safe(&config.client_id()));
+    let others: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with(&prefix) && !n.ends_with(".part"))
+        .collect();
+    if !others.is_empty() {
+        tracing::warn!(
+            client_ids = ?others,
+            dir = %session_dir(config).display(),
+            "the data directory holds broker sessions of other client ids (was agent.id or \
+             broker.client_id changed?): the broker keeps queueing their topics' events for \
+             them. If nothing runs as them any more, end each with `mosquitto_sub -h HOST \
+             -p PORT -i <client id> -t x -E` (a clean session) and delete its file here"
+        );
+    }
+}
+
 /// Starts an intake connection with `options` to `broker` (its settings): its client, its
 /// acknowledgement order (and the task that sends what it releases), and the task
 /// (`task`) that polls it into the router (`router`).
