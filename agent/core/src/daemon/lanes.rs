@@ -693,6 +693,25 @@ impl Lanes {
     }
 }
 
+/// Says that the state store is new while the data directory has broker sessions from
+/// earlier runs: its state was moved aside, or it is on a disk that is not mounted or was
+/// lost (a probe, 2026-12-08: a deleted `state/` started every count from zero, silently).
+pub(super) fn warn_of_a_lost_store(config: &Config) {
+    let earlier = std::fs::read_dir(config.agent.data_dir.join("sessions"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| std::fs::read_dir(d.path()).is_ok_and(|mut f| f.next().is_some()));
+    if earlier {
+        tracing::warn!(
+            dir = %config.agent.data_dir.join("state").display(),
+            "the state store is new, but this data directory has broker sessions from earlier \
+             runs: unless its state was moved aside on purpose, the store is lost or on a disk \
+             that is not mounted, and every function's state starts from empty"
+        );
+    }
+}
+
 /// Says which broker sessions the data directory holds for client ids other than this
 /// agent's: an `agent.id` or `broker.client_id` changed on the same `data_dir` leaves the
 /// old ids' sessions on the broker, which queues every event on their topics for them for

@@ -282,6 +282,9 @@ fn open_state(
         None => StateStore::open(&config.agent.data_dir, &config.state)?,
     };
     warn_about_the_data_disk(config);
+    if state.is_new() {
+        super::lanes::warn_of_a_lost_store(config);
+    }
     super::reload::drop_stale_shadows(&state, config);
     for f in &config.functions {
         if let Some(loaded) = runtime.function(&f.name) {

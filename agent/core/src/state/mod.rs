@@ -281,6 +281,8 @@ pub struct StateStore {
     /// Whether a database was ever opened: `false` while a store that met a full disk at
     /// start-up waits for room ([`StateStore::open`]).
     opened: std::sync::atomic::AtomicBool,
+    /// Whether this start made the store: it had no database before.
+    new: bool,
     /// The errors its file system had counted when the database was last opened, and
     /// where to count them again (ext4 only): see [`StateStore::flush_once`].
     fs_errors: Option<(crate::files::ErrorCount, AtomicU64)>,
@@ -293,6 +295,7 @@ impl StateStore {
     /// [`StateError::Open`] if sled cannot open it.
     pub fn open(data_dir: &Path, limits: &StateConfig) -> Result<Arc<Self>, StateError> {
         let dir = data_dir.join("state");
+        let new = !dir.join("db").exists();
         // A full disk at start-up (sled writes as it opens) is the disk's fault, as it is
         // later: the agent starts without a database, the functions that write no state
         // run, the others wait as on a full disk, and the flusher opens it once there is
@@ -336,11 +339,17 @@ impl StateStore {
             commits: AtomicU64::new(0),
             slow_flush_ms: AtomicU64::new(SLOW_FLUSH.as_millis() as u64),
             opened: std::sync::atomic::AtomicBool::new(opened),
+            new,
             unapplied: Mutex::default(),
             fs_errors,
         });
         store.set_health(health);
         Ok(store)
+    }
+
+    /// Whether this start made the store (there was none in the data directory).
+    pub fn is_new(&self) -> bool {
+        self.new
     }
 
     fn open_db(dir: &Path, limits: &StateConfig) -> Result<sled::Db, StateError> {
