@@ -697,12 +697,7 @@ impl Lanes {
 /// earlier runs: its state was moved aside, or it is on a disk that is not mounted or was
 /// lost (a probe, 2026-12-08: a deleted `state/` started every count from zero, silently).
 pub(super) fn warn_of_a_lost_store(config: &Config) {
-    let earlier = std::fs::read_dir(config.agent.data_dir.join("sessions"))
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|d| std::fs::read_dir(d.path()).is_ok_and(|mut f| f.next().is_some()));
-    if earlier {
+    if sessions_of_earlier_runs(&config.agent.data_dir) {
         tracing::warn!(
             dir = %config.agent.data_dir.join("state").display(),
             "the state store is new, but this data directory has broker sessions from earlier \
@@ -710,6 +705,15 @@ pub(super) fn warn_of_a_lost_store(config: &Config) {
              that is not mounted, and every function's state starts from empty"
         );
     }
+}
+
+/// Whether `data_dir` has a session file: `sessions/<broker>/<client id>`.
+fn sessions_of_earlier_runs(data_dir: &std::path::Path) -> bool {
+    std::fs::read_dir(data_dir.join("sessions"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|d| std::fs::read_dir(d.path()).is_ok_and(|mut f| f.next().is_some()))
 }
 
 /// Says which broker sessions the data directory holds for client ids other than this
@@ -762,5 +766,22 @@ fn spawn_intake(
         client,
         acker,
         connection,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_session_file_tells_of_an_earlier_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        assert!(!super::sessions_of_earlier_runs(d), "no sessions/");
+        std::fs::create_dir_all(d.join("sessions/mqtt___127.0.0.1_1883")).unwrap();
+        assert!(
+            !super::sessions_of_earlier_runs(d),
+            "a broker's folder, empty"
+        );
+        std::fs::write(d.join("sessions/mqtt___127.0.0.1_1883/edge-agent-a.f"), "").unwrap();
+        assert!(super::sessions_of_earlier_runs(d));
     }
 }
