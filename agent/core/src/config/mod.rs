@@ -1174,8 +1174,10 @@ impl Config {
         let base = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         // Joined component by component: `./data` under `/etc/edge-agent` is
         // `/etc/edge-agent/data`, not `/etc/edge-agent/./data` in every message.
+        // An empty path stays empty, for validation to refuse: joined, `data_dir = ""` was
+        // the config file's own folder, silently (a probe, 2026-12-08).
         let resolve = |p: &mut PathBuf| {
-            if p.is_relative() {
+            if p.is_relative() && !p.as_os_str().is_empty() {
                 *p = base.join(&*p).components().collect();
             }
         };

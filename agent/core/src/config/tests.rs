@@ -235,6 +235,13 @@ fn a_wildcard_in_the_topic_prefix_is_told_plainly() {
     );
 }
 
+/// An empty data directory is refused (it was the config file's own folder).
+#[test]
+fn an_empty_data_dir_is_refused() {
+    let e = Case::new().err(&GOOD.replace("id = \"a1\"", "id = \"a1\"\ndata_dir = \"\""));
+    assert!(e.contains("`agent.data_dir`: is empty"), "{e}");
+}
+
 /// A data directory that is a symbolic link to nothing (a card not mounted) is refused by
 /// `check` as by `run` (which failed with a bare "No such file or directory").
 #[test]

@@ -294,6 +294,12 @@ impl Config {
     fn validate_data_dir(&self) -> Result<(), ConfigError> {
         let dir = &self.agent.data_dir;
         let err = |m: String| self.invalid("agent.data_dir", m);
+        if dir.as_os_str().is_empty() {
+            return Err(err(
+                "is empty: name a directory (the default is \"./data\", beside the config file)"
+                    .into(),
+            ));
+        }
         // The nearest part of the path that exists decides. One that cannot be read (an
         // I/O error: a failing card, a file system the kernel shut down) is not taken for
         // one that does not exist, which sent the check to the folder above it.
