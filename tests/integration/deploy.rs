@@ -222,6 +222,27 @@ async fn a_signed_deployment_swaps_a_function_on_three_agents_under_a_stream() {
         let text = std::fs::read_to_string(a.dir().join("agent.toml")).expect("config");
         assert!(text.contains(&sha) && text.contains("[fleet]"), "{text}");
     }
+    // One agent gone: a wait for three that runs out names it with its last report, read
+    // from what the broker retains (until 2026-12-08 those were dropped unread, and the
+    // error said no agent of the group had reported).
+    let mut agents = agents;
+    let gone = agents.pop().expect("three agents");
+    let config = std::fs::read_to_string(gone.dir().join("agent.toml")).expect("config");
+    let gone_id = config
+        .lines()
+        .find_map(|l| l.strip_prefix("id = \""))
+        .and_then(|l| l.strip_suffix('"'))
+        .expect("agent.id")
+        .to_string();
+    gone.stop().await;
+    let again = deploy(&broker, &key, &b, &["--wait", "3", "--wait-secs", "3"]);
+    let said = String::from_utf8_lossy(&again.stderr);
+    assert!(!again.status.success(), "{said}");
+    assert!(
+        said.contains("2 of 3 agent(s) applied deployment 2")
+            && said.contains(&format!("not applied by: {gone_id} (site/1 applied")),
+        "{said}"
+    );
 }
 
 /// Every kind of bad deployment is refused by all three agents with one clear line, and

@@ -365,6 +365,10 @@ async fn publish(
     // The group's current version, from the retained document: read until the broker has
     // answered the subscription and a moment more.
     let mut retained = None;
+    // The agents' reports that come before `wait` follows them (their retained ones come
+    // right after the subscription): until 2026-12-08 they were dropped, so a wait that
+    // ran out could not name the agents that had reported only before it (a probe).
+    let mut early: Vec<rumqttc::Publish> = Vec::new();
     let until = tokio::time::Instant::now() + Duration::from_millis(700);
     let mut subscribed = false;
     loop {
@@ -379,6 +383,7 @@ async fn publish(
             Ok(Ok(Event::Incoming(Packet::Publish(p)))) if p.topic == doc_topic => {
                 retained = Some(p.payload);
             }
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => early.push(p),
             Ok(Ok(_)) => {}
         }
     }
@@ -427,6 +432,7 @@ async fn publish(
                 topic,
                 chunk.to_vec(),
                 &mut messages,
+                &mut early,
             )
             .await?;
         }
@@ -445,6 +451,7 @@ async fn publish(
         doc_topic,
         body,
         &mut messages,
+        &mut early,
     )
     .await?;
     // The chunks only the replaced document used: cleared, so that the broker does not
@@ -465,6 +472,7 @@ async fn publish(
                 topic,
                 Vec::new(),
                 &mut messages,
+                &mut early,
             )
             .await?;
         }
@@ -479,6 +487,7 @@ async fn publish(
             }
             Ok(Err(e)) => return Err(FleetError::Broker(format!("{url}: {e}"))),
             Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => messages -= 1,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => early.push(p),
             Ok(Ok(_)) => {}
         }
     }
@@ -492,7 +501,7 @@ async fn publish(
         let _ = client.disconnect().await;
         return Ok(());
     }
-    wait(args, version, &mut eventloop).await
+    wait(args, version, &mut eventloop, early).await
 }
 
 /// Hands one retained QoS 1 message to the client, polling the event loop meanwhile so
@@ -504,6 +513,7 @@ async fn send(
     topic: String,
     payload: Vec<u8>,
     unacked: &mut usize,
+    received: &mut Vec<rumqttc::Publish>,
 ) -> Result<(), FleetError> {
     client
         .try_publish(topic, QoS::AtLeastOnce, true, payload)
@@ -516,6 +526,7 @@ async fn send(
             Ok(Err(e)) => return Err(FleetError::Broker(format!("{url}: {e}"))),
             Ok(Ok(Event::Outgoing(Outgoing::Publish(_)))) => return Ok(()),
             Ok(Ok(Event::Incoming(Packet::PubAck(_)))) => *unacked -= 1,
+            Ok(Ok(Event::Incoming(Packet::Publish(p)))) => received.push(p),
             Ok(Ok(_)) => {}
         }
     }
@@ -553,7 +564,9 @@ async fn wait(
     args: &DeployArgs,
     version: u64,
     eventloop: &mut rumqttc::EventLoop,
+    early: Vec<rumqttc::Publish>,
 ) -> Result<(), FleetError> {
+    let mut early = early.into_iter();
     let until = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
     let mut done: BTreeMap<String, DeploymentReport> = BTreeMap::new();
     // Every agent of the group heard of (its retained report, of any version) and what it
@@ -569,21 +582,28 @@ async fn wait(
             println!("applied by {applied} agent(s)");
             return Ok(());
         }
-        let ev = tokio::select! {
-            () = tokio::time::sleep_until(until) => {
-                return Err(FleetError::NotApplied(format!(
-                    "{applied} of {} agent(s) applied deployment {version} within {} s; {}",
-                    args.wait,
-                    args.wait_secs,
-                    not_yet(&args.group, &heard, &done, edge_agent::clock::now_ms()),
-                )));
+        let p = match early.next() {
+            Some(p) => p,
+            None => {
+                let ev = tokio::select! {
+                    () = tokio::time::sleep_until(until) => {
+                        return Err(FleetError::NotApplied(format!(
+                            "{applied} of {} agent(s) applied deployment {version} within {} s; {}",
+                            args.wait,
+                            args.wait_secs,
+                            not_yet(&args.group, &heard, &done, edge_agent::clock::now_ms()),
+                        )));
+                    }
+                    ev = eventloop.poll() => ev,
+                };
+                match ev {
+                    Ok(Event::Incoming(Packet::Publish(p))) => p,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        return Err(FleetError::Broker(format!("{}: {e}", args.broker.broker)));
+                    }
+                }
             }
-            ev = eventloop.poll() => ev,
-        };
-        let p = match ev {
-            Ok(Event::Incoming(Packet::Publish(p))) => p,
-            Ok(_) => continue,
-            Err(e) => return Err(FleetError::Broker(format!("{}: {e}", args.broker.broker))),
         };
         let Ok(r) = DeploymentReport::from_bytes(&p.payload) else {
             continue;
