@@ -372,25 +372,38 @@ async fn a_reload_removes_the_compiled_versions_no_function_uses() {
     let dir = tempfile::tempdir().expect("tempdir");
     let module = dir.path().join("m.wasm");
     std::fs::copy(guest("echo"), &module).expect("copy module");
-    let config = crate::harness::embedded(&id)
-        + &format!(
-            "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
-             [function.config]\nout_topic = \"out\"\n",
-            module.display()
-        );
-    let agent = crate::harness::Agent::start_in(dir, &config).await;
+    let shadow = dir.path().join("s.wasm");
+    std::fs::copy(guest("counter"), &shadow).expect("copy shadow");
+    let config = |shadow: &std::path::Path| {
+        crate::harness::embedded(&id)
+            + &format!(
+                "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+                 [function.config]\nout_topic = \"out\"\n[function.shadow]\nmodule = \"{}\"\n",
+                module.display(),
+                shadow.display()
+            )
+    };
+    let second = dir.path().join("s2.wasm");
+    std::fs::copy(guest("rolling-average"), &second).expect("copy shadow");
+    let agent = crate::harness::Agent::start_in(dir, &config(&shadow)).await;
     let compiled = agent.dir().join("data/compiled");
     let entries = || files_under(&compiled).len();
-    assert_eq!(entries(), 1, "the first version, compiled");
+    assert_eq!(entries(), 2, "the first versions, compiled");
     let reloads = format!("edge-agent/{id}/reload");
     let mut c = Client::connect(agent.port, &["out", &reloads]).await;
-    for version in ["rolling-average", "echo"] {
-        replace(&guest(version), &module);
+    // The function's module twice, then its shadow's (whose first version, loaded at the
+    // start, stayed until 2026-12-08), by the config.
+    for version in ["rolling-average", "echo", "the shadow's"] {
+        match version {
+            "the shadow's" => std::fs::write(agent.dir().join("agent.toml"), config(&second))
+                .expect("edit the config"),
+            _ => replace(&guest(version), &module),
+        }
         let report = c.recv_on(&reloads).await.text();
         assert!(report.contains("\"ok\":true"), "{report}");
         assert_eq!(
             entries(),
-            1,
+            2,
             "after the reload to {version}: {:?}",
             files_under(&compiled)
         );

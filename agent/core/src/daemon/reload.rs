@@ -227,6 +227,14 @@ impl Reloader {
         functions: BTreeMap<String, Arc<LoadedFunction>>,
         parts: Parts,
     ) -> Self {
+        // The configured functions only: the start loads shadows, controls and canaries
+        // (`<name>~shadow`, ...) as functions of their own, which the lanes hold. Kept here
+        // too, until 2026-12-08, their first versions stayed in memory and in the compile
+        // cache through every reload that replaced them (a probe).
+        let functions = functions
+            .into_iter()
+            .filter(|(name, _)| config.functions.iter().any(|f| f.name == *name))
+            .collect();
         Self {
             path: std::path::absolute(&config.source).unwrap_or_else(|_| config.source.clone()),
             config: config.clone(),
