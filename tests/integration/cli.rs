@@ -478,6 +478,26 @@ fn top_and_shadow_report_without_a_broker_say_why() {
             "{args:?}: {stderr}"
         );
     }
+    // A port that takes connections and never answers: no empty fleet, no "is the agent
+    // running?" (as until 2026-12-08).
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let url = format!("mqtt://{}", silent.local_addr().expect("addr"));
+    std::thread::spawn(move || {
+        let held: Vec<_> = silent.incoming().collect();
+        drop(held);
+    });
+    for args in [
+        &["top", "--once", "--wait-secs", "1", "--broker", &url][..],
+        &["fleet", "status", "--wait-ms", "500", "--broker", &url],
+    ] {
+        let out = run(args, &repo_root());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(69), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!("broker {url}")),
+            "{args:?}: {stderr}"
+        );
+    }
 }
 
 fn precompile(target: Option<&str>, out: &std::path::Path) -> String {

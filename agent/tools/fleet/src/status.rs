@@ -93,12 +93,27 @@ pub async fn collect(
     }
     let mut agents: BTreeMap<String, Seen> = BTreeMap::new();
     let until = tokio::time::Instant::now() + Duration::from_millis(wait_ms);
+    // Until the broker accepts the connection, an empty fleet is not an answer: a port
+    // that takes the connection and never speaks MQTT printed "no agent retains a
+    // status", exit 0, until 2026-12-08 (a probe).
+    let mut accepted = false;
     loop {
         let ev = tokio::select! {
-            () = tokio::time::sleep_until(until) => break,
+            () = tokio::time::sleep_until(until), if accepted => break,
+            () = tokio::time::sleep_until(until + Duration::from_secs(5)) => {
+                return Err(FleetError::Broker(format!(
+                    "{}: no MQTT answer (CONNACK) within {} s",
+                    broker.broker,
+                    wait_ms / 1000 + 5
+                )));
+            }
             ev = eventloop.poll() => ev,
         };
         let p = match ev {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                accepted = true;
+                continue;
+            }
             Ok(Event::Incoming(Packet::Publish(p))) => p,
             Ok(_) => continue,
             Err(e) => return Err(FleetError::Broker(format!("{}: {e}", broker.broker))),

@@ -132,6 +132,8 @@ pub struct Board {
     agents: BTreeMap<String, AgentView>,
     /// The connection's state, when it is not simply up.
     pub broker_problem: Option<String>,
+    /// Whether the broker has accepted the connection yet.
+    pub connected: bool,
     /// `--fleet`: one line per agent, fewer columns, a summary on top.
     pub fleet: bool,
 }
@@ -605,7 +607,10 @@ fn take(board: &mut Board, heard: Heard) {
                 board.apply(&topic, &payload);
             }
         }
-        Heard::Connected => board.broker_problem = None,
+        Heard::Connected => {
+            board.broker_problem = None;
+            board.connected = true;
+        }
         Heard::Problem(problem) => board.broker_problem = Some(problem),
     }
 }
@@ -643,6 +648,13 @@ fn once(args: &TopArgs, board: &mut Board, rx: &Inbox) -> Result<(), TopError> {
         // password ended in "is the agent running?", after the cause on a line of its own.
         if let Some(why) = board.broker_problem.take() {
             return Err(TopError::Broker(why));
+        }
+        // A port that takes the connection and never answers (a probe, 2026-12-08).
+        if !board.connected {
+            return Err(TopError::Broker(format!(
+                "broker {}: no MQTT answer (CONNACK) within {} s",
+                args.broker.broker, args.wait_secs
+            )));
         }
         let who = args.agent.clone().unwrap_or_else(|| "any agent".into());
         return Err(TopError::NoReport(who, args.wait_secs));
