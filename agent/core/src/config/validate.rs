@@ -437,7 +437,8 @@ impl Config {
         }
         // rumqttd turns such a client away, and then panics at its reconnection, which
         // aborted the agent a second after start (a probe, 2026-12-08; `check` said ok).
-        if b.embedded && client_id.contains(['+', '#', '/', '$']) {
+        // Only one given: one made of an `agent.id` with such a character is told there.
+        if b.embedded && b.client_id.is_some() && client_id.contains(['+', '#', '/', '$']) {
             errs.push(self.invalid(
                 "broker.client_id",
                 format!(

@@ -733,13 +733,18 @@ pub(super) fn warn_of_other_ids(config: &Config) {
         .filter(|n| !n.starts_with(&prefix) && !n.ends_with(".part"))
         .collect();
     if !others.is_empty() {
+        let (host, port) = crate::config::BrokerAddress::parse(&config.broker.url)
+            .map_or(("HOST".into(), "PORT".into()), |a| {
+                (a.host, a.port.to_string())
+            });
         tracing::warn!(
             client_ids = ?others,
             dir = %session_dir(config).display(),
             "the data directory holds broker sessions of other client ids (was agent.id or \
              broker.client_id changed?): the broker keeps queueing their topics' events for \
-             them. If nothing runs as them any more, end each with `mosquitto_sub -h HOST \
-             -p PORT -i <client id> -t x -E` (a clean session) and delete its file here"
+             them. If nothing runs as them any more, end each with `mosquitto_sub -h {host} \
+             -p {port} -i <client id> -t x -E` (a clean session; with the agent's TLS and \
+             credentials options where it uses them) and delete its file here"
         );
     }
 }
