@@ -393,14 +393,27 @@ async fn a_reload_removes_the_compiled_versions_no_function_uses() {
     let mut c = Client::connect(agent.port, &["out", &reloads]).await;
     // The function's module twice, then its shadow's (whose first version, loaded at the
     // start, stayed until 2026-12-08), by the config.
-    for version in ["rolling-average", "echo", "the shadow's"] {
+    // Then the shadow's file replaced in place, which no reload read until 2026-12-08.
+    for version in [
+        "rolling-average",
+        "echo",
+        "the shadow's",
+        "the shadow's file",
+    ] {
         match version {
             "the shadow's" => std::fs::write(agent.dir().join("agent.toml"), config(&second))
                 .expect("edit the config"),
+            "the shadow's file" => replace(&guest("counter"), &second),
             _ => replace(&guest(version), &module),
         }
         let report = c.recv_on(&reloads).await.text();
         assert!(report.contains("\"ok\":true"), "{report}");
+        if version == "the shadow's file" {
+            assert!(
+                report.contains("\"reloaded\":[{\"function\":\"e\""),
+                "{report}"
+            );
+        }
         assert_eq!(
             entries(),
             2,

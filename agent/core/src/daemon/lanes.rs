@@ -471,6 +471,13 @@ impl Lanes {
         matches!(tokio::time::timeout(deadline, subscribed).await, Ok(Ok(_)))
     }
 
+    /// The module version of function `name`'s shadow, if it has one running.
+    pub fn shadow_version(&self, name: &str) -> Option<Arc<str>> {
+        let running = self.running();
+        let lane = running.iter().find(|l| l.name == name)?;
+        lane.shadow.shadow().map(|s| s.version())
+    }
+
     /// Takes function `name` out of the running ones and returns its retirement, which
     /// the caller runs: the intake unsubscribes, routes what arrives until the broker
     /// confirms, then stops; the queue drains; the acknowledgements go out; the intake

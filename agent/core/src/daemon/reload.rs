@@ -308,7 +308,9 @@ impl Reloader {
             // The shadow changes with its section, and with the function's own version
             // when it takes the function's module or config (and its control always does).
             if let (Some(loaded), Some(before)) = (self.functions.get(&f.name), before)
-                && (before.shadow != f.shadow || new_version && f.shadow.is_some())
+                && (before.shadow != f.shadow
+                    || new_version && f.shadow.is_some()
+                    || self.shadow_module_replaced(f))
             {
                 match self.load_shadow(&plan.config, f, loaded, &mut compiled) {
                     Ok(sides) => plan.reshadowed.push((f.clone(), sides)),
@@ -320,6 +322,22 @@ impl Reloader {
             Ok(plan)
         } else {
             Err(Refused::Load(errors))
+        }
+    }
+
+    /// Whether the file of `f`'s shadow module (`[function.shadow] module`) holds another
+    /// version than its running shadow: replaced in place, it was neither watched nor
+    /// read again by a reload until 2026-12-08.
+    fn shadow_module_replaced(&self, f: &FunctionConfig) -> bool {
+        let Some(path) = f.shadow.as_ref().and_then(|s| s.module.as_ref()) else {
+            return false;
+        };
+        match (
+            std::fs::read(path),
+            self.parts.lanes.shadow_version(&f.name),
+        ) {
+            (Ok(bytes), Some(running)) => *running != crate::deployment::sha256_hex(&bytes),
+            _ => false,
         }
     }
 
@@ -517,9 +535,16 @@ impl Reloader {
     /// file the old link led to, which is seen too).
     fn watched_files(&self) -> BTreeSet<PathBuf> {
         std::iter::once(self.path.clone())
-            .chain(self.config.functions.iter().map(|f: &FunctionConfig| {
-                std::path::absolute(&f.module).unwrap_or_else(|_| f.module.clone())
-            }))
+            .chain(
+                self.config
+                    .functions
+                    .iter()
+                    .flat_map(|f: &FunctionConfig| {
+                        let shadow = f.shadow.as_ref().and_then(|s| s.module.clone());
+                        std::iter::once(f.module.clone()).chain(shadow)
+                    })
+                    .map(|m| std::path::absolute(&m).unwrap_or(m)),
+            )
             .flat_map(|f| {
                 let target = std::fs::canonicalize(&f).ok().filter(|t| *t != f);
                 let links = links_on_the_way(&f);

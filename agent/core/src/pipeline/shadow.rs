@@ -156,6 +156,11 @@ pub struct Parts {
 }
 
 impl Shadow {
+    /// The SHA-256 of the shadow's module version.
+    pub fn version(&self) -> Arc<str> {
+        self.core.candidate.sha256()
+    }
+
     /// Starts the shadow's worker and its report.
     ///
     /// # Errors
