@@ -232,6 +232,19 @@ impl ClientCert {
                 what: "client certificate and key do not fit".into(),
                 source: Some(e.into()),
             },
+            // rustls words it as the peer's ("invalid peer certificate: BadEncoding"),
+            // which read as the broker's (a probe, 2026-12-08).
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding) => {
+                MqttError::Tls {
+                    key: "broker.tls.cert_file",
+                    what: format!(
+                        "{}: the client certificate is not valid DER inside its PEM (damaged, \
+                         or a line missing)",
+                        cert.display()
+                    ),
+                    source: None,
+                }
+            }
             // The certificate itself (until 2026-12-07 blamed on the key: an X.509 v1
             // certificate, which `openssl x509 -req` without extensions makes, is refused
             // with `UnsupportedCertVersion`; v3 is needed).
@@ -538,6 +551,13 @@ mod tests {
             "{e}"
         );
         let pem = std::fs::read(d.join("a.pem")).unwrap();
+        // One base64 line missing: still PEM, no longer a certificate.
+        let text = String::from_utf8(pem.clone()).unwrap();
+        let mut lines: Vec<&str> = text.lines().collect();
+        lines.remove(2);
+        std::fs::write(d.join("line.pem"), lines.join("\n") + "\n").unwrap();
+        let e = blamed("line.pem", "a.key");
+        assert!(e.contains("not valid DER inside its PEM"), "{e}");
         std::fs::write(d.join("cut.pem"), &pem[..pem.len() / 2]).unwrap();
         let e = blamed("cut.pem", "a.key");
         assert!(
