@@ -303,14 +303,32 @@ async fn a_stateful_shadow_that_skipped_events_is_back_in_step_once_it_catches_u
         burst.mismatches, 0,
         "an event the function committed before a copy of its state is not replayed on it: {burst:?}"
     );
-    for n in 1..=3 {
+    // Events one at a time until three have been compared: one that comes while the
+    // shadow copies the function's state (or before a copy that failed is tried again,
+    // a second later) is skipped, not compared. Under a loaded CI (2026-12-08) a wait for
+    // the comparison of the first event after the burst ran out.
+    let mut sent = 0;
+    while report().matches + report().mismatches < burst.matches + burst.mismatches + 3 {
+        assert!(
+            sent < 50,
+            "50 events after the burst, not three compared: {:?}",
+            report()
+        );
+        let before = report();
         c.publish("in/c", "x").await;
-        assert_eq!(c.recv().await.json()["count"], BURST + n);
-        eventually("the event after the burst compared", || {
+        sent += 1;
+        assert_eq!(c.recv().await.json()["count"], BURST + sent);
+        eventually("the event after the burst compared or skipped", || {
             let r = report();
-            r.matches + r.mismatches == burst.matches + burst.mismatches + n
+            r.matches + r.mismatches + r.skipped
+                == before.matches + before.mismatches + before.skipped + 1
         })
         .await;
+        // Skipped: a copy under way, or one that failed and is tried again a second
+        // later: give it time.
+        if report().skipped > before.skipped {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
     }
     let after = report();
     assert_eq!(
