@@ -421,6 +421,25 @@ async fn a_reload_removes_the_compiled_versions_no_function_uses() {
             files_under(&compiled)
         );
     }
+    // A wrong pin on the module in force: refused, as a start would refuse it (a reload
+    // that kept the module in memory took it for a moment, 2026-12-08).
+    // (Without the shadow, which would inherit the pin and be refused on its own.)
+    let pinned = config(&second)
+        .replace(
+            "topics = [\"in\"]",
+            &format!("sha256 = \"{}\"\ntopics = [\"in\"]", "0".repeat(64)),
+        )
+        .replace(
+            &format!("[function.shadow]\nmodule = \"{}\"\n", second.display()),
+            "",
+        );
+    assert!(!pinned.contains("shadow"), "{pinned}");
+    std::fs::write(agent.dir().join("agent.toml"), pinned).expect("edit the config");
+    let report = c.recv_on(&reloads).await.text();
+    assert!(
+        report.contains("\"ok\":false") && report.contains("but the config pins"),
+        "{report}"
+    );
     c.publish("in", "still echoed").await;
     assert_eq!(c.recv_on("out").await.text(), "still echoed");
 }

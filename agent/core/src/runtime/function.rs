@@ -385,6 +385,17 @@ impl LoadedFunction {
         // (a probe: after one reload of 20 functions sharing one module, 20 file handles,
         // 80 mappings and RSS +28%); a module loaded anew is shared by the functions of
         // this reload that use it (`compiled`), as at start-up.
+        // The pin is checked as a load checks it (a wrong one was taken on this path, a
+        // probe found, 2026-12-08).
+        if let Some(pinned) = &cfg.sha256
+            && !sha256.eq_ignore_ascii_case(pinned)
+        {
+            return Err(err(LoadError::HashMismatch {
+                path: cfg.module.clone(),
+                actual: sha256,
+                pinned: pinned.clone(),
+            }));
+        }
         let loaded = (*now.sha256 == sha256)
             .then(|| self.pre.read().ok().and_then(|p| p.clone()))
             .flatten();
