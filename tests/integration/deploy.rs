@@ -243,6 +243,19 @@ async fn a_signed_deployment_swaps_a_function_on_three_agents_under_a_stream() {
             && said.contains(&format!("not applied by: {gone_id} (site/1 applied")),
         "{said}"
     );
+    // The same version again, signed by a key the agents do not trust: refused, which the
+    // agents' retained "applied" of that version from before must not hide (it did, the
+    // wait read it as this deployment's, 2026-12-08).
+    let (other, _) = keygen(dir.path(), "other.key");
+    let forged = deploy(
+        &broker,
+        &other,
+        &b,
+        &["--version", "2", "--wait", "2", "--wait-secs", "10"],
+    );
+    let said = String::from_utf8_lossy(&forged.stderr);
+    assert!(!forged.status.success(), "{said}");
+    assert!(said.contains("refused"), "{said}");
 }
 
 /// Every kind of bad deployment is refused by all three agents with one clear line, and

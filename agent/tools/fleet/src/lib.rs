@@ -443,6 +443,9 @@ async fn publish(
             m.sha256
         );
     }
+    // What came before the document cannot be about it (retained reports, and those of
+    // an earlier deployment of the same version): named in the end, never counted.
+    let before_document = early.len();
     // The document last: an agent that reads it finds every chunk already retained.
     send(
         &client,
@@ -501,7 +504,7 @@ async fn publish(
         let _ = client.disconnect().await;
         return Ok(());
     }
-    wait(args, version, &mut eventloop, early).await
+    wait(args, version, &mut eventloop, early, before_document).await
 }
 
 /// Hands one retained QoS 1 message to the client, polling the event loop meanwhile so
@@ -565,8 +568,15 @@ async fn wait(
     version: u64,
     eventloop: &mut rumqttc::EventLoop,
     early: Vec<rumqttc::Publish>,
+    before_document: usize,
 ) -> Result<(), FleetError> {
-    let mut early = early.into_iter();
+    // Each with whether it may tell of this deployment: not before its document was
+    // published (until 2026-12-08, a probe: the agents' retained "applied" of the version
+    // in force made a redeploy of that version, which they refused, "applied by 2").
+    let mut early = early
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| (p, i >= before_document));
     let until = tokio::time::Instant::now() + Duration::from_secs(args.wait_secs);
     let mut done: BTreeMap<String, DeploymentReport> = BTreeMap::new();
     // Every agent of the group heard of (its retained report, of any version) and what it
@@ -582,8 +592,8 @@ async fn wait(
             println!("applied by {applied} agent(s)");
             return Ok(());
         }
-        let p = match early.next() {
-            Some(p) => p,
+        let (p, after_document) = match early.next() {
+            Some(early) => early,
             None => {
                 let ev = tokio::select! {
                     () = tokio::time::sleep_until(until) => {
@@ -597,7 +607,7 @@ async fn wait(
                     ev = eventloop.poll() => ev,
                 };
                 match ev {
-                    Ok(Event::Incoming(Packet::Publish(p))) => p,
+                    Ok(Event::Incoming(Packet::Publish(p))) => (p, true),
                     Ok(_) => continue,
                     Err(e) => {
                         return Err(FleetError::Broker(format!("{}: {e}", args.broker.broker)));
@@ -616,7 +626,11 @@ async fn wait(
         if r.group == args.group {
             heard.insert(r.agent.clone(), r.clone());
         }
-        if r.group != args.group || (r.version != Some(version) && !unopened) {
+        if r.group != args.group
+            || (r.version != Some(version) && !unopened)
+            || p.retain
+            || !after_document
+        {
             continue;
         }
         match r.state {
