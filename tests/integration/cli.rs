@@ -488,6 +488,15 @@ fn top_and_shadow_report_without_a_broker_say_why() {
     });
     for args in [
         &["top", "--once", "--wait-secs", "1", "--broker", &url][..],
+        &[
+            "shadow",
+            "report",
+            "f",
+            "--wait-secs",
+            "1",
+            "--broker",
+            &url,
+        ],
         &["fleet", "status", "--wait-ms", "500", "--broker", &url],
     ] {
         let out = run(args, &repo_root());

@@ -80,7 +80,12 @@ async fn fetch(args: &ShadowReportArgs) -> Result<(Option<Vec<u8>>, Option<Strin
         args.agent.as_deref().unwrap_or("+"),
         args.function
     );
-    let mut problem = None;
+    // A port that takes the connection and never answers is a broker problem too, not
+    // "does it have a [function.shadow]?" (a probe, 2026-12-08).
+    let mut problem = Some(format!(
+        "broker {}: no MQTT answer (CONNACK) within {} s",
+        args.broker.broker, args.wait_secs
+    ));
     let wait = async {
         loop {
             match eventloop.poll().await {
