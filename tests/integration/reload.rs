@@ -443,3 +443,29 @@ async fn a_reload_removes_the_compiled_versions_no_function_uses() {
     c.publish("in", "still echoed").await;
     assert_eq!(c.recv_on("out").await.text(), "still echoed");
 }
+
+/// A function scaled to zero loads the version in force again, not what its module file
+/// holds now: with `watch = false` (no reload) a replaced file ran from the next event
+/// until 2026-12-08.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_scaled_to_zero_comes_back_as_the_version_in_force() {
+    let id = crate::harness::unique("zero");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = dir.path().join("m.wasm");
+    std::fs::copy(guest("echo"), &module).expect("copy module");
+    let config = crate::harness::embedded(&id).replace("[broker]", "watch = false\n[broker]")
+        + &format!(
+            "\n[[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+             keep_warm_secs = 1\n[function.config]\nout_topic = \"out\"\n",
+            module.display()
+        );
+    let agent = crate::harness::Agent::start_in(dir, &config).await;
+    let mut c = Client::connect(agent.port, &["out"]).await;
+    c.publish("in", "a").await;
+    assert_eq!(c.recv_on("out").await.text(), "a");
+    replace(&guest("counter"), &module);
+    // Past keep_warm_secs and the release's tick: unloaded.
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    c.publish("in", "b").await;
+    assert_eq!(c.recv_on("out").await.text(), "b");
+}

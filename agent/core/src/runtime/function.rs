@@ -476,15 +476,42 @@ impl LoadedFunction {
             return Ok((pre.clone(), None));
         }
         let start = Instant::now();
-        let cfg = self.current().cfg.clone();
-        let (pre, _) =
-            link(&self.engine, &self.linker, &cfg, &mut self.compiled()).map_err(|message| {
-                CallError {
-                    kind: FailureKind::Instantiate,
-                    message: format!("loading the module again after a scale to zero: {message}"),
-                    cost: None,
-                }
-            })?;
+        let (cfg, in_force) = {
+            let now = self.current();
+            (now.cfg.clone(), now.sha256.clone())
+        };
+        let failed = |message: String| CallError {
+            kind: FailureKind::Instantiate,
+            message: format!("loading the module again after a scale to zero: {message}"),
+            cost: None,
+        };
+        // The version in force, not whatever the file holds now: until 2026-12-08 a module
+        // file replaced while the function was unloaded (a reload that refused it, or no
+        // reload at all with `watch = false`) ran from the next event, silently (a probe).
+        // From the compile cache by its SHA-256 where it is there; else from the file, if
+        // that is still the version in force.
+        #[cfg(feature = "compiler")]
+        let cached = self
+            .cache
+            .as_ref()
+            .and_then(|c| c.get(&self.engine, &in_force));
+        #[cfg(not(feature = "compiler"))]
+        let cached: Option<Component> = None;
+        let (pre, sha256) = match cached {
+            Some(component) => prepared(&self.linker, &component, &cfg.module)
+                .map(|pre| (pre, in_force.to_string())),
+            None => link(&self.engine, &self.linker, &cfg, &mut self.compiled()),
+        }
+        .map_err(|e| failed(e.to_string()))?;
+        if *sha256 != *in_force {
+            return Err(failed(format!(
+                "{} no longer holds the version in force (sha256 {}; the file's is {}): put \
+                 that version back, or reload to take the file's",
+                cfg.module.display(),
+                &in_force[..12.min(in_force.len())],
+                &sha256[..12.min(sha256.len())]
+            )));
+        }
         *slot = Some(pre.clone());
         // Loaded counts as used: a load slower than keep_warm_secs (compiling a Python or
         // JavaScript .wasm takes seconds to minutes) must not be released before the
@@ -764,18 +791,26 @@ fn link(
     compiled: &mut Compiled,
 ) -> Result<(FunctionPre<StoreData>, String), LoadError> {
     let (component, sha256) = load_component(engine, cfg, compiled)?;
-    let path = || cfg.module.clone();
+    Ok((prepared(linker, &component, &cfg.module)?, sha256))
+}
+
+/// Links `component` (of the module at `path`) against the agent's imports and checks
+/// that it exports the handler.
+fn prepared(
+    linker: &Linker<StoreData>,
+    component: &Component,
+    path: &std::path::Path,
+) -> Result<FunctionPre<StoreData>, LoadError> {
     let instance_pre = linker
-        .instantiate_pre(&component)
+        .instantiate_pre(component)
         .map_err(|e| LoadError::Imports {
-            path: path(),
+            path: path.to_path_buf(),
             source: e.into(),
         })?;
-    let pre = FunctionPre::new(instance_pre).map_err(|e| LoadError::Export {
-        path: path(),
+    FunctionPre::new(instance_pre).map_err(|e| LoadError::Export {
+        path: path.to_path_buf(),
         source: e.into(),
-    })?;
-    Ok((pre, sha256))
+    })
 }
 
 /// Components already compiled, by the SHA-256 of their file, so that functions sharing a
