@@ -85,6 +85,11 @@ pub struct Reloader {
     /// What the agent itself last wrote into the config file ([`Reloader::rewrite`]), until
     /// the file watcher's notice of it has been let go.
     wrote: Option<String>,
+    /// The files whose changes reload, read by the watcher at each event: brought up to
+    /// date by a reload before its report goes out, so that a change to a module the
+    /// reload named is seen however soon it follows (the watcher itself is made again
+    /// after the report, for new directories).
+    watching: Arc<std::sync::RwLock<BTreeSet<PathBuf>>>,
 }
 
 /// A new text for the config file, to be put in force by a reload (a deployment, or its
@@ -246,6 +251,7 @@ impl Reloader {
                 (tx, Some(rx))
             },
             wrote: None,
+            watching: Arc::default(),
         }
     }
 
@@ -485,6 +491,7 @@ impl Reloader {
         // malloc_trim after the sixth gave 35 MB back.
         crate::runtime::release_freed_memory();
         self.prune_compile_cache();
+        *self.watching.write().unwrap_or_else(|p| p.into_inner()) = self.watched_files();
         done
     }
 
@@ -558,14 +565,20 @@ impl Reloader {
     fn watch(&self, tx: mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
         use notify::{EventKind, RecursiveMode, Watcher};
         let files = self.watched_files();
-        let interesting = files.clone();
+        *self.watching.write().unwrap_or_else(|p| p.into_inner()) = files.clone();
+        let interesting = self.watching.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
                 && matches!(
                     ev.kind,
                     EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_)
                 )
-                && ev.paths.iter().any(|p| interesting.contains(p))
+                && ev.paths.iter().any(|p| {
+                    interesting
+                        .read()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .contains(p)
+                })
             {
                 let _ = tx.try_send("file change");
             }
