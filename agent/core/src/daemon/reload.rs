@@ -499,35 +499,27 @@ impl Reloader {
     /// start does: until 2026-12-08 each version a reload replaced stayed in the cache
     /// until the next start (a probe: 40 versions of a Rust module on a 72 MiB data disk
     /// took the room kept for the state store, and state writes paused; four of a Python
-    /// one, 152 MB). What is in use is read from the modules the config names (a module
-    /// loaded since changed on disk counts by the version loaded, too).
+    /// one, 152 MB).
     fn prune_compile_cache(&self) {
         if !self.config.runtime.compile_cache {
             return;
         }
-        let modules: Vec<PathBuf> = self
-            .config
-            .functions
-            .iter()
-            .flat_map(|f| [Some(f.clone()), f.shadow_function()])
-            .flatten()
-            .map(|f| f.module)
-            .collect();
-        let mut keep: Vec<String> = self
+        // The versions in force: the functions' and their shadows' (a canary runs its
+        // shadow's version, a control its function's). Read from what runs, not from the
+        // module files again, which the plan has read already.
+        let keep: Vec<Arc<str>> = self
             .functions
             .values()
-            .map(|f| f.sha256().to_string())
+            .map(|f| f.sha256())
+            .chain(
+                self.config
+                    .functions
+                    .iter()
+                    .filter_map(|f| self.parts.lanes.shadow_version(&f.name)),
+            )
             .collect();
         let cache = crate::runtime::function::CompileCache::of(&self.config);
-        let freed = blocking(|| {
-            keep.extend(
-                modules
-                    .iter()
-                    .filter_map(|m| std::fs::read(m).ok())
-                    .map(|b| crate::deployment::sha256_hex(&b)),
-            );
-            cache.prune(&keep.iter().map(String::as_str).collect::<Vec<_>>(), false)
-        });
+        let freed = blocking(|| cache.prune(&keep.iter().map(|k| &**k).collect::<Vec<_>>(), false));
         if freed > 0 {
             tracing::info!(
                 bytes = freed,
