@@ -704,6 +704,39 @@ async fn an_agent_killed_on_probation_starts_again_on_the_config_before() {
     assert_eq!(log.matches("deployment applied").count(), 0, "{log}");
 }
 
+/// A clean stop (SIGTERM) during probation ends it as passed, and the retained report
+/// says so: it was published after the output connection had closed, and said
+/// `probation: true` until the next start (a probe, 2026-12-07).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_on_probation_is_reported_as_past_it() {
+    let broker = Mosquitto::start();
+    let keys = tempfile::tempdir().expect("tempdir");
+    let (key, public) = keygen(keys.path(), "ops.key");
+    let id = unique("stoponprobation");
+    let config = member(&broker, &id, &public).replace("probation_secs = 1", "probation_secs = 60");
+    let agent = Agent::start(&config).await;
+    let topic = format!("edge-agent/{id}/deployment");
+    let mut c = Client::connect(broker.port, &[topic.as_str()]).await;
+    succeeded(&deploy(&broker, &key, &misbehave_bundle(keys.path()), &[]));
+    loop {
+        let r: DeploymentReport = c.recv_on(&topic).await.message();
+        if r.state == DeploymentState::Applied && r.probation {
+            break;
+        }
+    }
+    let dir = agent.stop().await;
+    let mut retained = Client::connect(broker.port, &[topic.as_str()]).await;
+    let r: DeploymentReport = retained.recv_on(&topic).await.message();
+    assert!(
+        r.state == DeploymentState::Applied && !r.probation && r.in_force == Some(1),
+        "{r:?}"
+    );
+    assert!(
+        !dir.path().join("data/deployment/probation.json").exists(),
+        "the probation is over"
+    );
+}
+
 /// Through the embedded broker (the demo's): rumqttd 0.20 hands a new subscription at most
 /// 100 retained messages at QoS 1 and drops the rest, so a module of more than 100 chunks
 /// never arrived (an 18 MB Python component in 281). The agent takes chunks at QoS 0

@@ -40,7 +40,6 @@ use crate::messages::{DeploymentReport, DeploymentState, Message as _};
 use crate::metrics::report::StatsBook;
 use crate::mqtt::MqttError;
 use crate::mqtt::publisher::Publisher;
-use crate::tasks::Background;
 
 /// Fewest events of the new functions that must fail during probation before a roll-back.
 const PROBATION_MIN_FAILED: u64 = 10;
@@ -197,7 +196,11 @@ struct Deployer {
     last_report: Mutex<Option<Vec<u8>>>,
 }
 
-/// Starts the deployment task if `[fleet] group` is set; it stops with `background`.
+/// Starts the deployment task if `[fleet] group` is set; it ends when `stop` is
+/// cancelled, once it has reported a probation that the stop ended (as passed), so the
+/// stop sequence waits for it before the output connection closes: in the background
+/// tasks, stopped last, that report found the connection closed, and the retained one
+/// said `probation: true` until the next start (a probe, 2026-12-07).
 ///
 /// # Errors
 /// [`MqttError::Tls`] if the connection's TLS files cannot be used.
@@ -207,10 +210,10 @@ pub fn spawn(
     rewrite: mpsc::Sender<Rewrite>,
     publisher: Arc<Publisher>,
     stats: StatsBook,
-    background: &Background,
-) -> Result<(), MqttError> {
+    stop: CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, MqttError> {
     let Some(group) = config.fleet.group.clone() else {
-        return Ok(());
+        return Ok(None);
     };
     let options = crate::mqtt::options::deployment(config, broker)?;
     let (client, mut eventloop) = AsyncClient::new(options, 16);
@@ -262,8 +265,7 @@ pub fn spawn(
         Duration::from_millis(config.broker.reconnect_min_ms),
         Duration::from_millis(config.broker.reconnect_max_ms),
     );
-    background.spawn(move |stop| deployer.run(eventloop, reconnect, stop));
-    Ok(())
+    Ok(Some(tokio::spawn(deployer.run(eventloop, reconnect, stop))))
 }
 
 /// What the poller hands the deployer when a connection is made (no topic is empty).

@@ -1,7 +1,9 @@
 //! The ordered stop of a running agent, with its deadlines, in one place.
 //!
 //! 0. The reloader stops (a reload under way finishes first; a function it is removing
-//!    goes on draining, tracked like in-flight work).
+//!    goes on draining, tracked like in-flight work). Then the deployment task: a
+//!    probation the stop ends is reported passed while the output connection is up
+//!    (within [`DISCONNECT_DEADLINE`]).
 //! 1. Intake stops: the router is dropped, so later messages stay with the broker,
 //!    unacknowledged, and the inboxes close.
 //! 2. Drain: dispatchers and supervisors finish what is queued and in flight, and the
@@ -44,6 +46,10 @@ pub struct Shutdown {
     pub(super) root: CancellationToken,
     pub(super) reloader: JoinHandle<()>,
     pub(super) reloader_stop: CancellationToken,
+    /// The deployment task, if the agent is in a group: stopped after the reloader (a
+    /// deployment it was applying is refused as the agent stops), and waited for while
+    /// the output connection can still carry its last report.
+    pub(super) deployer: Option<(CancellationToken, JoinHandle<()>)>,
     pub(super) stop_intake: CancellationToken,
     /// The running functions: their workers and intake connections.
     pub(super) lanes: Lanes,
@@ -69,6 +75,15 @@ impl Shutdown {
     pub async fn run(self) {
         self.reloader_stop.cancel();
         let _ = self.reloader.await;
+        if let Some((stop, mut deployer)) = self.deployer {
+            stop.cancel();
+            if tokio::time::timeout(DISCONNECT_DEADLINE, &mut deployer)
+                .await
+                .is_err()
+            {
+                deployer.abort();
+            }
+        }
         tracing::info!(
             grace_ms = self.grace.as_millis() as u64,
             "shutting down: stopping intake"

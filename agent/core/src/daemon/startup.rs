@@ -181,13 +181,14 @@ impl Startup {
                 tracker: tracker.clone(),
             },
         );
-        super::deploy::spawn(
+        let deployer_stop = root.child_token();
+        let deployer = super::deploy::spawn(
             &config,
             &broker,
             reloader.rewriter(),
             publisher.clone(),
             stats.clone(),
-            &background,
+            deployer_stop.clone(),
         )
         .map_err(|source| AgentError::Mqtt {
             file: config.source.display().to_string(),
@@ -211,6 +212,7 @@ impl Startup {
             root,
             reloader,
             reloader_stop,
+            deployer: deployer.map(|d| (deployer_stop, d)),
             stop_intake,
             lanes,
             tracker,
