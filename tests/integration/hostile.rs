@@ -722,3 +722,31 @@ async fn a_rate_wait_never_outlives_the_call() {
         "{stats:?}"
     );
 }
+
+/// A client id the embedded broker refuses (`/`, `+`, `#`, `$`), connecting twice: the
+/// second connection panicked in rumqttd (a sender of the first, refused, connection left
+/// behind and unwrapped), and with `panic = abort` the agent died with the broker (a probe,
+/// 2026-12-08: one `mosquitto_sub -i a/b` against the demo, exit 134). The patch in
+/// `agent/vendor/rumqttd` mends it; this build unwinds, so the panic shows in the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_the_embedded_broker_refuses_does_not_take_it_down() {
+    let id = unique("badid");
+    let port = crate::harness::broker_port();
+    let config = format!(
+        "[agent]\nid = \"{id}\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\nembedded = true\n\
+         [[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+         [function.config]\nout_topic = \"out\"\n",
+        guest("echo")
+    );
+    let agent = Process::start(&config, port, &id, &[]).await;
+    // Reconnects every 50 ms, each time refused.
+    let refused = Client::resume(port, "a/b").await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(refused);
+    let mut c = Client::connect(port, &["out"]).await;
+    c.publish("in", "still here").await;
+    assert_eq!(c.recv().await.text(), "still here");
+    let (status, log) = agent.stop();
+    assert!(status.success(), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
+}

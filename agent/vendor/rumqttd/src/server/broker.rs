@@ -541,14 +541,17 @@ async fn remote<P: Protocol>(
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        // Patched (edge-agent): the connection the sender belongs to may have ended
+        // without waiting for its will (its link did not start), and the send then finds
+        // no receiver; unwrapped, that panicked and took the broker down.
+        let _ = sender.try_send(awaiting_will);
     }
 
     let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
     will_handlers
         .lock()
         .unwrap()
-        .insert(client_id.clone(), will_tx);
+        .insert(client_id.clone(), will_tx.clone());
 
     // Start the link
     let mut link = match RemoteLink::new(
@@ -564,6 +567,15 @@ async fn remote<P: Protocol>(
         Ok(l) => l,
         Err(e) => {
             error!(error=?e, "Remote link error");
+            // Patched (edge-agent): this connection waits for no will, so its sender goes,
+            // unless a newer connection with the client id has put its own in its place.
+            let mut handlers = will_handlers.lock().unwrap();
+            if handlers
+                .get(&client_id)
+                .is_some_and(|s| s.same_channel(&will_tx))
+            {
+                handlers.remove(&client_id);
+            }
             return;
         }
     };
