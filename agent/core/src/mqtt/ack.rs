@@ -23,9 +23,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rumqttc::{Publish, QoS};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
 
 pub use crate::event::Ticket;
+
+/// Messages an intake holds unacknowledged (taken, not yet released in order) before it
+/// reads no more ([`AckQueue::has_room`]). Bounds how many messages whose effects are
+/// committed a crash can leave unacknowledged, which bounds the receipts that may answer
+/// the broker's resends after a restart ([`crate::state::REPLAY_WINDOW`]). Above what a
+/// function with the default `queue_capacity` (64) holds at most: its queue, sixteen
+/// queues of events waiting only for a flush, and up to 960 waiting for a distant
+/// broker's confirmations (docs/configuration.md); reached with a larger queue.
+pub const MAX_UNACKED: usize = 4096;
 
 struct Pending {
     ack: Publish,
@@ -116,6 +125,8 @@ pub struct AckQueue {
     /// The last connection that resumed the session: messages of the session's earlier
     /// connections are redelivered by the broker.
     resumed_at: AtomicU64,
+    /// Told when acknowledgements leave the line ([`AckQueue::room`]).
+    freed: Notify,
 }
 
 impl crate::event::Release for AckQueue {
@@ -138,7 +149,26 @@ impl AckQueue {
             generation: Arc::default(),
             session_from: AtomicU64::new(0),
             resumed_at: AtomicU64::new(0),
+            freed: Notify::new(),
         })
+    }
+
+    /// Whether fewer than [`MAX_UNACKED`] messages wait for their acknowledgements.
+    pub fn has_room(&self) -> bool {
+        self.lock().pending.len() < MAX_UNACKED
+    }
+
+    /// Completes once [`AckQueue::has_room`].
+    pub async fn room(&self) {
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.has_room() {
+                return;
+            }
+            freed.await;
+        }
     }
 
     /// The current connection's generation, kept up to date: an acknowledgement
@@ -219,6 +249,7 @@ impl AckQueue {
         if let Some(p) = s.pending.get_mut(i) {
             p.done = true;
         }
+        let before = s.pending.len();
         while s.pending.front().is_some_and(|p| p.done) {
             if let Some(p) = s.pending.pop_front() {
                 s.head += 1;
@@ -228,6 +259,9 @@ impl AckQueue {
                     ack: p.ack,
                 });
             }
+        }
+        if s.pending.len() < before {
+            self.freed.notify_waiters();
         }
     }
 
@@ -239,6 +273,7 @@ impl AckQueue {
         s.head += s.pending.len() as u64;
         s.pending.clear();
         self.generation.store(s.generation, Ordering::Release);
+        self.freed.notify_waiters();
     }
 
     /// A new connection: as [`AckQueue::disconnected`] (in case the loss went unseen).
@@ -301,6 +336,32 @@ mod tests {
             .map(|r| r.ack.pkid)
             .collect();
         assert_eq!(order, [1, 2, 3]);
+    }
+
+    /// The intake reads no more while [`MAX_UNACKED`] messages wait for their
+    /// acknowledgements, and reads on once the first leaves the line.
+    #[tokio::test]
+    async fn no_room_at_max_unacked_until_the_first_leaves() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let q = AckQueue::new(tx);
+        let tickets: Vec<Ticket> = (0..MAX_UNACKED)
+            .filter_map(|i| q.register(&publish(u16::try_from(i + 1).unwrap())).ticket)
+            .collect();
+        assert!(!q.has_room());
+        let room = tokio::spawn({
+            let q = q.clone();
+            async move { q.room().await }
+        });
+        tokio::task::yield_now().await;
+        q.done(tickets[1]);
+        tokio::task::yield_now().await;
+        assert!(!room.is_finished(), "the second alone leaves nothing");
+        q.done(tickets[0]);
+        tokio::time::timeout(std::time::Duration::from_secs(5), room)
+            .await
+            .expect("room once the first two leave")
+            .unwrap();
+        assert!(q.has_room());
     }
 
     #[test]

@@ -98,17 +98,21 @@ impl Router {
         }
     }
 
-    /// Whether every inbox takes a message now without going over its capacity (or drops
-    /// by policy rather than waiting). When not, the connection stops reading.
+    /// Whether the intake holds fewer than [`crate::mqtt::ack::MAX_UNACKED`] messages
+    /// unacknowledged and every inbox takes a message now without going over its capacity
+    /// (or drops by policy rather than waiting). When not, the connection stops reading.
     pub fn has_room(&self) -> bool {
-        self.routes
-            .iter()
-            .flat_map(|r| &r.inboxes)
-            .all(|i| i.has_room())
+        self.acks.has_room()
+            && self
+                .routes
+                .iter()
+                .flat_map(|r| &r.inboxes)
+                .all(|i| i.has_room())
     }
 
     /// Waits until [`Router::has_room`].
     pub async fn room(&self) {
+        self.acks.room().await;
         for i in self.routes.iter().flat_map(|r| &r.inboxes) {
             i.room().await;
         }

@@ -457,17 +457,18 @@ impl StateStore {
             Err(StateError::Reopening) => None,
             Err(e) => return Err(e),
         };
-        let (keys, bytes, life) = match &opened {
+        let (keys, bytes, life, replay_floor) = match &opened {
             Some(tree) => {
-                let (keys, bytes, last) = Namespace::count(tree)?;
-                (keys, bytes, self.life_after(last))
+                let c = Namespace::count(tree, u64::MAX)?;
+                (c.keys, c.bytes, self.life_after(c.last), c.replay_floor)
             }
-            None => (0, 0, self.life),
+            None => (0, 0, self.life, 0),
         };
         let ns = Arc::new(Namespace {
             store: self.clone(),
             name,
             life: AtomicU64::new(life),
+            replay_floor: AtomicU64::new(replay_floor),
             tree: RwLock::new(opened),
             keys: AtomicU64::new(keys),
             bytes: AtomicU64::new(bytes),
@@ -560,10 +561,13 @@ impl StateStore {
         let db = Self::open_db(&self.dir, &self.limits)?;
         for ns in &namespaces {
             let tree = db.open_tree(&ns.name)?;
-            let (keys, bytes, last) = Namespace::count(&tree)?;
-            ns.keys.store(keys, Ordering::Release);
-            ns.bytes.store(bytes, Ordering::Release);
-            ns.life.fetch_max(self.life_after(last), Ordering::AcqRel);
+            // The window among the receipts of earlier runs: this run's answer to no
+            // resend of incarnation 0.
+            let c = Namespace::count(&tree, ns.life.load(Ordering::Acquire))?;
+            ns.keys.store(c.keys, Ordering::Release);
+            ns.bytes.store(c.bytes, Ordering::Release);
+            ns.life.fetch_max(self.life_after(c.last), Ordering::AcqRel);
+            ns.replay_floor.store(c.replay_floor, Ordering::Release);
             *ns.tree.write().unwrap_or_else(|p| p.into_inner()) = Some(tree);
         }
         *self.db.write().unwrap_or_else(|p| p.into_inner()) = Some(db);
@@ -1097,6 +1101,26 @@ fn flush_allowance(cap: u64) -> crate::rate::TokenBucket {
 /// Keys and their values, in key order.
 pub type Entries = Vec<(String, Vec<u8>)>;
 
+/// How many of the newest receipts of earlier runs may answer a resend whose first copy
+/// came before this run (incarnation 0). Such a resend can only be of a message the last
+/// run had not had acknowledged, and an intake holds at most
+/// [`crate::mqtt::ack::MAX_UNACKED`] of those: the window allows for that many in each of
+/// four runs in a row that stopped before their resends were acknowledged. An older
+/// receipt is of a packet id the broker has used again since, for a newer message: a
+/// broker marks DUP=1 on far more than it had in flight (Mosquitto 2.0.11 on thousands of
+/// queued messages after a reconnect), and with any receipt of the id answering, a stream
+/// of one payload (a button) was counted up to the packet ids' wrap and then never again:
+/// 65,536 of 135,001 (a probe, 2026-12-08).
+pub const REPLAY_WINDOW: usize = 4 * crate::mqtt::ack::MAX_UNACKED;
+
+/// What [`Namespace::count`] finds in a tree.
+struct Counted {
+    keys: u64,
+    bytes: u64,
+    last: u64,
+    replay_floor: u64,
+}
+
 /// One function's keys.
 pub struct Namespace {
     store: Arc<StateStore>,
@@ -1106,6 +1130,10 @@ pub struct Namespace {
     /// it was opened is ([`Receipt::answers`]). Raised when its tree comes later (a store
     /// opened only once the disk had room).
     life: AtomicU64,
+    /// The oldest incarnation among the [`REPLAY_WINDOW`] newest receipts of earlier runs
+    /// (0 while there are fewer): only those answer a resend whose first copy came
+    /// before this run ([`Receipt::answers`]).
+    replay_floor: AtomicU64,
     /// `None` while the store is being reopened.
     tree: RwLock<Option<sled::Tree>>,
     /// The guest's keys, committed.
@@ -1279,12 +1307,14 @@ impl Receipt {
     }
 
     /// Whether this receipt answers for the message with `checksum` delivered as
-    /// `incarnation` in a store whose life began at `life`: the same delivery (a resend
-    /// shares its first copy's incarnation), or, for a resend whose first copy came before
-    /// this life (incarnation 0: the agent restarted since), any delivery from before.
-    fn answers(&self, checksum: u32, incarnation: u64, life: u64) -> bool {
+    /// `incarnation`: the same delivery (a resend shares its first copy's incarnation),
+    /// or, for a resend whose first copy came before this life (incarnation 0: the agent
+    /// restarted since), a delivery of an earlier life that is among its newest
+    /// (`earlier`: [`Namespace::replay_floor`] up to this life).
+    fn answers(&self, checksum: u32, incarnation: u64, earlier: &std::ops::Range<u64>) -> bool {
         self.checksum == checksum
-            && (self.incarnation == incarnation || (incarnation == 0 && self.incarnation < life))
+            && (self.incarnation == incarnation
+                || (incarnation == 0 && earlier.contains(&self.incarnation)))
     }
 }
 
@@ -1407,20 +1437,39 @@ impl Namespace {
         Ok(())
     }
 
-    /// Keys and bytes of the guest's own entries in `tree` (receipts are the agent's), and
-    /// the largest incarnation of its receipts (0 if none).
-    fn count(tree: &sled::Tree) -> Result<(u64, u64, u64), StateError> {
+    /// Keys and bytes of the guest's own entries in `tree` (receipts are the agent's), the
+    /// largest incarnation of its receipts (0 if none), and the floor of the replay window
+    /// among the receipts below `before` ([`REPLAY_WINDOW`]).
+    fn count(tree: &sled::Tree, before: u64) -> Result<Counted, StateError> {
+        use std::cmp::Reverse;
         let (mut keys, mut bytes, mut last) = (0, 0, 0);
+        let mut newest = std::collections::BinaryHeap::with_capacity(REPLAY_WINDOW + 1);
         for item in tree {
             let (k, v) = item?;
             if k.starts_with(RECEIPT_PREFIX) {
-                last = last.max(Receipt::incarnation_in(&v).unwrap_or(0));
+                let incarnation = Receipt::incarnation_in(&v).unwrap_or(0);
+                last = last.max(incarnation);
+                if incarnation < before {
+                    newest.push(Reverse(incarnation));
+                    if newest.len() > REPLAY_WINDOW {
+                        newest.pop();
+                    }
+                }
             } else {
                 keys += 1;
                 bytes += (k.len() + v.len()) as u64;
             }
         }
-        Ok((keys, bytes, last))
+        let replay_floor = match newest.peek() {
+            Some(Reverse(oldest)) if newest.len() == REPLAY_WINDOW => *oldest,
+            _ => 0,
+        };
+        Ok(Counted {
+            keys,
+            bytes,
+            last,
+            replay_floor,
+        })
     }
 
     /// A transaction for one call with no deadline (tools and tests).
@@ -1476,8 +1525,9 @@ impl Namespace {
         let Some(v) = self.read(&Receipt::key(pkid))? else {
             return Ok(None);
         };
-        let life = self.life.load(Ordering::Acquire);
-        Ok(Receipt::decode(pkid, &v).filter(|r| r.answers(checksum, incarnation, life)))
+        let earlier = self.life.load(Ordering::Acquire);
+        let earlier = self.replay_floor.load(Ordering::Acquire)..earlier;
+        Ok(Receipt::decode(pkid, &v).filter(|r| r.answers(checksum, incarnation, &earlier)))
     }
 
     /// For a receipt of `pkid` that is committed but not flushed yet: a flush generation
@@ -2297,11 +2347,49 @@ mod tests {
         // The next run of the agent (its runs start later): a resend whose first copy it
         // never saw (0) finds the receipt of the run before.
         let next_run = first + (1 << 40);
-        assert!(receipt.answers(c, 0, next_run), "from the last run");
-        assert!(!receipt.answers(y, 0, next_run), "another payload");
+        assert!(receipt.answers(c, 0, &(0..next_run)), "from the last run");
+        assert!(!receipt.answers(y, 0, &(0..next_run)), "another payload");
+        assert!(
+            !receipt.answers(c, 0, &(first + 1..next_run)),
+            "older than the newest receipts of the runs before"
+        );
         let ns = s.namespace("f").unwrap();
         ns.forget_all().unwrap();
         assert_eq!(ns.receipt(7, c, first).unwrap(), None, "all forgotten");
+    }
+
+    /// A resend whose first copy came before this run (incarnation 0) is answered only by
+    /// the [`REPLAY_WINDOW`] newest receipts of the runs before: an older receipt is of a
+    /// packet id the broker has used again since (the probe's stream of one payload
+    /// was counted up to the ids' wrap after a restart, then never again).
+    #[test]
+    fn only_the_newest_receipts_of_earlier_runs_answer_a_resend_from_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = crate::event::checksum("in", b"1");
+        let n = u16::try_from(REPLAY_WINDOW + 2).unwrap();
+        {
+            let s = store(dir.path());
+            let ns = s.namespace("f").unwrap();
+            // Incarnations 1..=n: an earlier run's deliveries, oldest first.
+            for pkid in 1..=n {
+                let receipt = Receipt {
+                    pkid,
+                    incarnation: u64::from(pkid),
+                    checksum: c,
+                    outputs: Vec::new(),
+                };
+                let mut t = ns.begin();
+                t.increment("n", 1).unwrap();
+                t.commit(Some(&receipt)).unwrap();
+            }
+            s.apply_unapplied().unwrap().on_disk();
+        }
+        let s = store(dir.path());
+        let ns = s.namespace("f").unwrap();
+        assert_eq!(ns.receipt(1, c, 0).unwrap(), None, "the oldest");
+        assert_eq!(ns.receipt(2, c, 0).unwrap(), None, "just outside");
+        assert!(ns.receipt(3, c, 0).unwrap().is_some(), "the oldest inside");
+        assert!(ns.receipt(n, c, 0).unwrap().is_some(), "the newest");
     }
 
     /// Outputs over [`RECEIPT_MAX_OUTPUT_BYTES`] stay in the receipt until the message is
