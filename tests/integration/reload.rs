@@ -469,3 +469,39 @@ async fn a_function_scaled_to_zero_comes_back_as_the_version_in_force() {
     c.publish("in", "b").await;
     assert_eq!(c.recv_on("out").await.text(), "b");
 }
+
+/// A function scaled to zero whose module file is replaced waits for the reload the file
+/// watcher has coming, and the event is handled by the new version: until 2026-12-08
+/// every event between the replacement and the reload was a dead letter when the version
+/// in force was in no compile cache (a `.cwasm`, or `compile_cache = false`; a probe: 50
+/// of 120).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_function_scaled_to_zero_waits_for_the_reload_of_its_replaced_module() {
+    let id = crate::harness::unique("zerowatch");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let module = dir.path().join("m.wasm");
+    std::fs::copy(guest("echo"), &module).expect("copy module");
+    let config = crate::harness::embedded(&id)
+        + &format!(
+            "[runtime]\ncompile_cache = false\n\
+             [[function]]\nname = \"e\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+             keep_warm_secs = 1\n[function.config]\nout_topic = \"out\"\n",
+            module.display()
+        );
+    let agent = crate::harness::Agent::start_in(dir, &config).await;
+    let dlq = format!("edge-agent/{id}/dead-letter");
+    let mut c = Client::connect(agent.port, &["out", dlq.as_str()]).await;
+    c.publish("in", "a").await;
+    assert_eq!(c.recv_on("out").await.text(), "a");
+    // Past keep_warm_secs and the release's tick: unloaded.
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    replace(&guest("counter"), &module);
+    c.publish("in", "b").await;
+    let m = c.recv().await;
+    assert_eq!(m.topic, "out", "{}", m.text());
+    assert!(
+        m.text().contains("\"count\":1"),
+        "the new version: {}",
+        m.text()
+    );
+}

@@ -289,6 +289,7 @@ impl Reloader {
                 .runtime
                 .compile_cache
                 .then(|| crate::runtime::function::CompileCache::of(&plan.config)),
+            Some(self.parts.runtime.module_changes().clone()),
         );
         let mut errors = Vec::new();
         for f in &plan.config.functions {
@@ -559,6 +560,8 @@ impl Reloader {
         let files = self.watched_files();
         *self.watching.write().unwrap_or_else(|p| p.into_inner()) = files.clone();
         let interesting = self.watching.clone();
+        let changes = self.parts.runtime.module_changes().clone();
+        changes.watching();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
             if let Ok(ev) = res
                 && matches!(
@@ -572,6 +575,7 @@ impl Reloader {
                         .contains(p)
                 })
             {
+                changes.seen();
                 let _ = tx.try_send("file change");
             }
         });
@@ -644,6 +648,7 @@ impl Reloader {
         mut watcher: Option<Option<notify::RecommendedWatcher>>,
     ) {
         let mut rewrites = self.rewrites.1.take();
+        let changes = self.parts.runtime.module_changes().clone();
         loop {
             // A file change to reload, or a request that edits the file and reloads.
             let asked = tokio::select! {
@@ -672,10 +677,12 @@ impl Reloader {
                     // saying what the agent did not run): the file is not what the agent
                     // wrote.
                     tokio::time::sleep(SETTLE).await;
+                    let reading = changes.reading();
                     while rx.try_recv().is_ok() {}
                     let wrote = self.wrote.take();
                     let now = std::fs::read_to_string(&self.path).ok();
                     if wrote.is_none() || now == wrote {
+                        changes.read(reading);
                         continue;
                     }
                     "file change"
@@ -684,6 +691,7 @@ impl Reloader {
             tracing::debug!(%trigger, "reload asked; waiting for the writes to settle");
             // Let a burst of writes finish, and take them as one.
             tokio::time::sleep(SETTLE).await;
+            let reading = changes.reading();
             let mut trigger = trigger;
             while let Ok(t) = rx.try_recv() {
                 if t == "SIGHUP" {
@@ -691,6 +699,8 @@ impl Reloader {
                 }
             }
             let ok = self.reload(trigger, &stop).await.ok;
+            // Functions scaled to zero whose file holds another version waited for this.
+            changes.read(reading);
             if ok && watcher.is_some() {
                 // Module paths may have changed: watch what is in force now.
                 watcher = Some(self.watch(tx.clone()));

@@ -102,6 +102,8 @@ pub struct LoadedFunction {
     fuel: Option<u64>,
     /// Where compiled `.wasm` modules are kept between loads ([`Compiled`]).
     cache: Option<Arc<CompileCache>>,
+    /// What the file watcher has seen that no reload has read ([`ModuleChanges`]).
+    changes: Option<Arc<ModuleChanges>>,
 }
 
 /// `keep_warm_secs`, as the function applies it.
@@ -289,6 +291,7 @@ impl LoadedFunction {
             state: OnceLock::new(),
             fuel: fuel_enabled.then_some(cfg.fuel.unwrap_or(u64::MAX)),
             cache: compiled.cache.clone(),
+            changes: compiled.changes.clone(),
         })
     }
 
@@ -297,6 +300,7 @@ impl LoadedFunction {
         Compiled {
             components: std::collections::HashMap::new(),
             cache: self.cache.clone(),
+            changes: self.changes.clone(),
         }
     }
 
@@ -460,22 +464,72 @@ impl LoadedFunction {
     }
 
     /// The linked component, loading it again if the function was scaled to zero (and
-    /// then how long that took).
+    /// then how long that took). When the version in force is nowhere to load from (the
+    /// file holds another, not in the compile cache) while the file watcher has a change
+    /// that no reload has read yet, it waits for that reload: until 2026-12-08 every event
+    /// between a module's replacement and its reload (300 ms and the compile) was a dead
+    /// letter when the function had scaled to zero (a probe: 50 of 120 with a `.cwasm`).
     fn linked(&self) -> Result<(FunctionPre<StoreData>, Option<Duration>), CallError> {
+        let start = Instant::now();
+        loop {
+            let generation = self.generation();
+            match self.load_in_force(start)? {
+                Ok(loaded) => return Ok(loaded),
+                Err(elsewhere) => {
+                    if !self.reload_may_bring_it(start, generation, &elsewhere) {
+                        return Err(elsewhere.error);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a reload may put in force a version that can be loaded: it waits (up to
+    /// [`RELOAD_WAIT`]) while the file watcher has a change no reload has read, and, for
+    /// a file changed within [`WATCHER_NOTICE`], until the watcher has seen it. `true`
+    /// once a reload has changed the function since `generation`.
+    fn reload_may_bring_it(&self, since: Instant, generation: u64, e: &Elsewhere) -> bool {
+        let Some(changes) = self.changes.as_ref().filter(|c| c.watched()) else {
+            return false;
+        };
+        let changed_at = std::fs::metadata(&e.module)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map(|age| Instant::now().checked_sub(age).unwrap_or(since));
+        loop {
+            if self.generation() != generation {
+                return true;
+            }
+            let now = Instant::now();
+            let noticing = changed_at.is_some_and(|t| now < t + WATCHER_NOTICE);
+            if now >= since + RELOAD_WAIT || !(changes.pending() || noticing) {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// [`LoadedFunction::linked`]'s one try: loaded (and how long that took, if it was
+    /// loaded again), or why not with the file that holds another version.
+    #[allow(clippy::type_complexity)]
+    fn load_in_force(
+        &self,
+        start: Instant,
+    ) -> Result<Result<(FunctionPre<StoreData>, Option<Duration>), Elsewhere>, CallError> {
         let poisoned = || CallError {
             kind: FailureKind::Instantiate,
             message: "the function's module lock was poisoned by a panic".into(),
             cost: None,
         };
         if let Some(pre) = self.pre.read().map_err(|_| poisoned())?.as_ref() {
-            return Ok((pre.clone(), None));
+            return Ok(Ok((pre.clone(), None)));
         }
         let mut slot = self.pre.write().map_err(|_| poisoned())?;
         if let Some(pre) = slot.as_ref() {
             // Another worker loaded it meanwhile.
-            return Ok((pre.clone(), None));
+            return Ok(Ok((pre.clone(), None)));
         }
-        let start = Instant::now();
         let (cfg, in_force) = {
             let now = self.current();
             (now.cfg.clone(), now.sha256.clone())
@@ -504,20 +558,23 @@ impl LoadedFunction {
         }
         .map_err(|e| failed(e.to_string()))?;
         if *sha256 != *in_force {
-            return Err(failed(format!(
-                "{} no longer holds the version in force (sha256 {}; the file's is {}): put \
-                 that version back, or reload to take the file's",
-                cfg.module.display(),
-                &in_force[..12.min(in_force.len())],
-                &sha256[..12.min(sha256.len())]
-            )));
+            return Ok(Err(Elsewhere {
+                error: failed(format!(
+                    "{} no longer holds the version in force (sha256 {}; the file's is {}): \
+                     put that version back, or reload to take the file's",
+                    cfg.module.display(),
+                    &in_force[..12.min(in_force.len())],
+                    &sha256[..12.min(sha256.len())]
+                )),
+                module: cfg.module.clone(),
+            }));
         }
         *slot = Some(pre.clone());
         // Loaded counts as used: a load slower than keep_warm_secs (compiling a Python or
         // JavaScript .wasm takes seconds to minutes) must not be released before the
         // events waiting for it run, or every event would compile it again.
         self.touch();
-        Ok((pre, Some(start.elapsed())))
+        Ok(Ok((pre, Some(start.elapsed()))))
     }
 
     /// Counts as a use for the keep-alive (a call that did not go through
@@ -823,15 +880,75 @@ fn prepared(
 pub struct Compiled {
     components: std::collections::HashMap<String, Component>,
     cache: Option<Arc<CompileCache>>,
+    /// Handed to the functions loaded with it ([`ModuleChanges`]).
+    changes: Option<Arc<ModuleChanges>>,
 }
 
 impl Compiled {
-    /// Compiled components kept in `cache` too (none: only in memory).
-    pub fn with_cache(cache: Option<Arc<CompileCache>>) -> Self {
+    /// Compiled components kept in `cache` too (none: only in memory), for functions that
+    /// learn of module changes from `changes`.
+    pub fn with_cache(
+        cache: Option<Arc<CompileCache>>,
+        changes: Option<Arc<ModuleChanges>>,
+    ) -> Self {
         Self {
             components: std::collections::HashMap::new(),
             cache,
+            changes,
         }
+    }
+}
+
+/// How long an event of a function scaled to zero waits for a reload to put a loadable
+/// version in force ([`LoadedFunction::linked`]): a Python or JavaScript module compiles
+/// in 10-20 s here, minutes on a Pi.
+const RELOAD_WAIT: Duration = Duration::from_secs(120);
+
+/// How long after a module file changed the file watcher may take to say so.
+const WATCHER_NOTICE: Duration = Duration::from_secs(1);
+
+/// The version in force could not be loaded: the file holds another.
+struct Elsewhere {
+    error: CallError,
+    module: std::path::PathBuf,
+}
+
+/// Changes to config and module files that the file watcher has seen, and how many of
+/// them reloads have read: while some are unread, a reload is coming.
+#[derive(Debug, Default)]
+pub struct ModuleChanges {
+    watched: std::sync::atomic::AtomicBool,
+    seen: AtomicU64,
+    read: AtomicU64,
+}
+
+impl ModuleChanges {
+    /// The file watcher is on (`agent.watch`): changes will be read by a reload.
+    pub fn watching(&self) {
+        self.watched.store(true, Ordering::Release);
+    }
+
+    fn watched(&self) -> bool {
+        self.watched.load(Ordering::Acquire)
+    }
+
+    /// The file watcher saw a change.
+    pub fn seen(&self) {
+        self.seen.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// A reload is about to read the files: the changes it covers, for [`ModuleChanges::read`].
+    pub fn reading(&self) -> u64 {
+        self.seen.load(Ordering::Acquire)
+    }
+
+    /// The reload that began at `reading` is over, whatever its outcome.
+    pub fn read(&self, reading: u64) {
+        self.read.fetch_max(reading, Ordering::AcqRel);
+    }
+
+    fn pending(&self) -> bool {
+        self.seen.load(Ordering::Acquire) > self.read.load(Ordering::Acquire)
     }
 }
 

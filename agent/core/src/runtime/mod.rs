@@ -256,6 +256,9 @@ pub struct Runtime {
     /// What the broker takes, shared with the output connection, which learns it.
     broker_limits: crate::event::BrokerLimits,
     functions: HashMap<String, Arc<LoadedFunction>>,
+    /// What the file watcher has seen and reloads have read, shared with every function
+    /// (a function scaled to zero waits for a reload that is coming).
+    changes: Arc<function::ModuleChanges>,
 }
 
 /// Gives the allocator's free memory back to the kernel. Compiling components with
@@ -273,6 +276,11 @@ pub fn release_freed_memory() {
 }
 
 impl Runtime {
+    /// The file changes that the watcher has seen and reloads have read.
+    pub fn module_changes(&self) -> &Arc<function::ModuleChanges> {
+        &self.changes
+    }
+
     /// Builds the engine and linker once and prepares every function (compile, link,
     /// check the export), so that a bad module fails here rather than at its first event.
     ///
@@ -297,6 +305,7 @@ impl Runtime {
             fuel,
             broker_limits: crate::event::BrokerLimits::new(cfg.broker.max_packet_bytes),
             functions: HashMap::new(),
+            changes: Arc::default(),
         };
         // Every function is tried, so that `check` reports every module that is wrong.
         let mut errors = Vec::new();
@@ -304,7 +313,8 @@ impl Runtime {
             .runtime
             .compile_cache
             .then(|| function::CompileCache::of(cfg));
-        let mut compiled = function::Compiled::with_cache(cache.clone());
+        let mut compiled =
+            function::Compiled::with_cache(cache.clone(), Some(runtime.changes.clone()));
         // A function's shadow (`<name>~shadow`), the primary again for its noise
         // calibration (`<name>~control`) and the shadow's version as a canary
         // (`<name>~canary`) are loaded as functions of their own.
