@@ -1176,14 +1176,21 @@ impl Config {
         // `/etc/edge-agent/data`, not `/etc/edge-agent/./data` in every message.
         // An empty path stays empty, for validation to refuse: joined, `data_dir = ""` was
         // the config file's own folder, silently (a probe, 2026-12-08).
+        // So does one of blanks alone (`"   "` was a folder of that name, a probe found).
         let resolve = |p: &mut PathBuf| {
-            if p.is_relative() && !p.as_os_str().is_empty() {
+            if p.is_relative() && !p.to_string_lossy().trim().is_empty() {
                 *p = base.join(&*p).components().collect();
             }
         };
         resolve(&mut self.agent.data_dir);
         for f in &mut self.functions {
             resolve(&mut f.module);
+            // A shadow's module too: until 2026-12-08 it was read from the working
+            // directory, so a config run from elsewhere (systemd's is `/`) could not
+            // read it, and its messages named it as written (a probe).
+            if let Some(m) = f.shadow.as_mut().and_then(|s| s.module.as_mut()) {
+                resolve(m);
+            }
         }
         if let Some(tls) = &mut self.broker.tls {
             for file in [&mut tls.ca_file, &mut tls.cert_file, &mut tls.key_file] {

@@ -238,8 +238,13 @@ fn a_wildcard_in_the_topic_prefix_is_told_plainly() {
 /// An empty data directory is refused (it was the config file's own folder).
 #[test]
 fn an_empty_data_dir_is_refused() {
-    let e = Case::new().err(&GOOD.replace("id = \"a1\"", "id = \"a1\"\ndata_dir = \"\""));
-    assert!(e.contains("`agent.data_dir`: is empty"), "{e}");
+    for blank in ["", "   "] {
+        let e = Case::new().err(&GOOD.replace(
+            "id = \"a1\"",
+            &format!("id = \"a1\"\ndata_dir = \"{blank}\""),
+        ));
+        assert!(e.contains("`agent.data_dir`: is empty"), "{blank:?}: {e}");
+    }
 }
 
 /// A data directory that is a symbolic link to nothing (a card not mounted) is refused by
@@ -666,6 +671,18 @@ fn a_shadow_section_has_defaults_and_checks_its_settings() {
     let control = f.control_function().expect("a control");
     assert_eq!(control.mode, super::Mode::OnDemand, "the primary's model");
     assert_eq!(f.shadow.as_ref().map(|s| s.fraction), Some(1.0));
+    // A relative module is beside the config file, as the primary's is, wherever the
+    // agent runs from (until 2026-12-08 it was read from the working directory).
+    let cfg = c
+        .load("agent.toml", &with("", "shadow = { module = \"f.wasm\" }"))
+        .unwrap();
+    assert_eq!(
+        cfg.functions[0]
+            .shadow
+            .as_ref()
+            .and_then(|s| s.module.clone()),
+        Some(c.module())
+    );
     for (shadow, says) in [
         (
             "mode = \"auto\"",
@@ -693,7 +710,7 @@ fn a_shadow_section_has_defaults_and_checks_its_settings() {
         ),
         (
             "module = \"nowhere.wasm\"",
-            "`function[f].shadow.module`: cannot read nowhere.wasm",
+            "`function[f].shadow.module`: cannot read /",
         ),
     ] {
         let e = c.err(&with("", &format!("shadow = {{ {shadow} }}")));

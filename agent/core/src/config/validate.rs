@@ -294,7 +294,7 @@ impl Config {
     fn validate_data_dir(&self) -> Result<(), ConfigError> {
         let dir = &self.agent.data_dir;
         let err = |m: String| self.invalid("agent.data_dir", m);
-        if dir.as_os_str().is_empty() {
+        if dir.to_string_lossy().trim().is_empty() {
             return Err(err(
                 "is empty: name a directory (the default is \"./data\", beside the config file)"
                     .into(),
