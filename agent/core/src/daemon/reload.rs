@@ -268,6 +268,14 @@ impl Reloader {
     /// restart, or a module cannot be loaded.
     fn plan(&self) -> Result<Plan, Refused> {
         let new = Config::load_for_reload(&self.path, &self.config)?;
+        // The modules it names are watched from now: one changed while this reload
+        // compiles it (seconds for Python or JavaScript) was never taken until
+        // 2026-12-08, the agent running what the file no longer held (a probe). Its
+        // change now asks for the next reload.
+        self.watching
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(watched_files(&self.path, &new));
         if let Some(why) = needs_restart(&self.config, &new) {
             return Err(Refused::NeedsRestart(why));
         }
@@ -529,28 +537,9 @@ impl Reloader {
         }
     }
 
-    /// The files whose changes reload: the config and every module, and for one that is
-    /// a symbolic link the file it leads to (edited in place in another directory, it was
-    /// never seen until 2026-12-07; a Kubernetes ConfigMap's swap of `..data` removes the
-    /// file the old link led to, which is seen too).
+    /// The files whose changes reload, with the config in force ([`watched_files`]).
     fn watched_files(&self) -> BTreeSet<PathBuf> {
-        std::iter::once(self.path.clone())
-            .chain(
-                self.config
-                    .functions
-                    .iter()
-                    .flat_map(|f: &FunctionConfig| {
-                        let shadow = f.shadow.as_ref().and_then(|s| s.module.clone());
-                        std::iter::once(f.module.clone()).chain(shadow)
-                    })
-                    .map(|m| std::path::absolute(&m).unwrap_or(m)),
-            )
-            .flat_map(|f| {
-                let target = std::fs::canonicalize(&f).ok().filter(|t| *t != f);
-                let links = links_on_the_way(&f);
-                std::iter::once(f).chain(target).chain(links)
-            })
-            .collect()
+        watched_files(&self.path, &self.config)
     }
 
     /// Watches the directories of the config and the modules (files are often replaced,
@@ -881,6 +870,30 @@ fn blocking<T>(work: impl FnOnce() -> T) -> T {
         tokio::runtime::RuntimeFlavor::CurrentThread => work(),
         _ => tokio::task::block_in_place(work),
     }
+}
+
+/// The files whose changes reload with `config` (at `path`) in force: the config and every
+/// module, and for one that is a symbolic link the file it leads to (edited in place in
+/// another directory, it was never seen until 2026-12-07; a Kubernetes ConfigMap's swap of
+/// `..data` removes the file the old link led to, which is seen too).
+fn watched_files(path: &Path, config: &Config) -> BTreeSet<PathBuf> {
+    std::iter::once(path.to_path_buf())
+        .chain(
+            config
+                .functions
+                .iter()
+                .flat_map(|f: &FunctionConfig| {
+                    let shadow = f.shadow.as_ref().and_then(|s| s.module.clone());
+                    std::iter::once(f.module.clone()).chain(shadow)
+                })
+                .map(|m| std::path::absolute(&m).unwrap_or(m)),
+        )
+        .flat_map(|f| {
+            let target = std::fs::canonicalize(&f).ok().filter(|t| *t != f);
+            let links = links_on_the_way(&f);
+            std::iter::once(f).chain(target).chain(links)
+        })
+        .collect()
 }
 
 /// The symbolic links met on the way from `file` to what it leads to, other than `file`
