@@ -266,7 +266,14 @@ async fn a_broker_restart_without_persistence_loses_no_count_and_repeats_none() 
     counts
         .until(&["p", "od"], 2 * N as i64, Duration::from_secs(5))
         .await;
-    assert_counted(agent, 2 * N as i64, "broker restarted without persistence");
+    let log = assert_counted(agent, 2 * N as i64, "broker restarted without persistence");
+    // Each function is told its session went (until 2026-12-08 nothing was said).
+    assert_eq!(
+        log.matches("the broker did not keep this function's session")
+            .count(),
+        2,
+        "{log}"
+    );
     drop(broker);
 }
 

@@ -853,6 +853,12 @@ impl IntakeTask {
                     resumed = if ack.session_present {
                         self.session.had.clone()
                     } else {
+                        // The broker had one (its filters were confirmed before) and has
+                        // it no more. Said: until 2026-12-08 only the output connection's
+                        // `session_present` was logged, at debug (a probe).
+                        if !self.session.had.is_empty() && router.is_some() {
+                            tracing::warn!(connection = %self.link.name(), "the broker did not keep this function's session (it expired, the broker restarted without persistence, or it was ended): the messages it queued for the function while it was away are lost, and the retained messages on its filters come again as new events");
+                        }
                         Default::default()
                     };
                     if let Some(r) = &router {
