@@ -434,12 +434,24 @@ async fn a_reload_removes_the_compiled_versions_no_function_uses() {
             "",
         );
     assert!(!pinned.contains("shadow"), "{pinned}");
-    std::fs::write(agent.dir().join("agent.toml"), pinned).expect("edit the config");
+    std::fs::write(agent.dir().join("agent.toml"), &pinned).expect("edit the config");
     let report = c.recv_on(&reloads).await.text();
     assert!(
         report.contains("\"ok\":false") && report.contains("but the config pins"),
         "{report}"
     );
+    // A function added meanwhile is compiled, and refused with the rest: what it compiled
+    // goes too (until 2026-12-08 it stayed until a reload succeeded).
+    let third = agent.dir().join("r.wasm");
+    std::fs::copy(guest("rolling-average"), &third).expect("copy module");
+    let added = format!(
+        "{pinned}\n[[function]]\nname = \"g\"\nmodule = \"{}\"\ntopics = [\"g\"]\n",
+        third.display()
+    );
+    std::fs::write(agent.dir().join("agent.toml"), added).expect("edit the config");
+    let report = c.recv_on(&reloads).await.text();
+    assert!(report.contains("\"ok\":false"), "{report}");
+    assert_eq!(entries(), 2, "{:?}", files_under(&compiled));
     c.publish("in", "still echoed").await;
     assert_eq!(c.recv_on("out").await.text(), "still echoed");
 }

@@ -824,6 +824,10 @@ impl Reloader {
             Err(refused) => {
                 let why = refused.to_string();
                 tracing::warn!(%trigger, "reload refused, the running version stays: {why}");
+                // What the refused plan compiled into the cache is in force nowhere: until
+                // 2026-12-08 it stayed until the next reload that succeeded, one entry (40
+                // MB for Python or JavaScript) per change while a pin kept failing (a probe).
+                self.prune_compile_cache();
                 ReloadReport::refused(trigger, why)
             }
         };
