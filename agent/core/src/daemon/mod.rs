@@ -7,6 +7,7 @@ pub mod control;
 pub mod deploy;
 mod fetch;
 pub mod lanes;
+mod memory;
 pub mod prometheus;
 pub mod reload;
 pub mod shutdown;

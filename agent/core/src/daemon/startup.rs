@@ -163,6 +163,7 @@ impl Startup {
         }
         lanes.end_stale_sessions(&config, &broker, &state);
         super::lanes::warn_of_other_ids(&config);
+        super::memory::warn_if_the_guests_may_not_fit(&config);
         let runtime = Arc::new(runtime);
         let loaded = |name: &str| functions.get(name).cloned();
         let (birth, births) = watch::channel(super::reload::birth(&config, loaded));
