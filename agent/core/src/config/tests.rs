@@ -771,3 +771,16 @@ fn the_default_message_limits_follow_a_lower_packet_limit() {
     let cfg = c.load_env("agent.toml", GOOD, env).expect("a config");
     assert_eq!(cfg.functions[0].max_payload_bytes, 2048);
 }
+
+/// A long topic filter is quoted by its start, length and end, as in every message (a
+/// 70,000-byte one made a `check` line of 70,080 bytes).
+#[test]
+fn a_long_bad_topic_filter_is_quoted_short() {
+    let long = format!("a/#/{}", "b".repeat(70_000));
+    let e = Case::new().err(&GOOD.replace(
+        "topics = [\"sensors/+/temperature\"]",
+        &format!("topics = [\"{long}\"]"),
+    ));
+    assert!(e.contains("(70004 bytes)"), "{}", &e[..e.len().min(400)]);
+    assert!(e.len() < 1_000, "{} bytes", e.len());
+}

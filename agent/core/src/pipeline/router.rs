@@ -202,8 +202,8 @@ impl Router {
             }
             if event.payload_skipped > 0 {
                 let msg = format!(
-                    "payload of {} bytes is over broker.max_packet_bytes: \
-                     skipped unread, with the connection kept",
+                    "a message whose packet (its payload of {} bytes, topic and header) \
+                     is over broker.max_packet_bytes: skipped unread, with the connection kept",
                     event.payload_skipped
                 );
                 self.reject(route, event, FailureKind::PayloadTooLarge, msg);
