@@ -639,6 +639,12 @@ fn once(args: &TopArgs, board: &mut Board, rx: &Inbox) -> Result<(), TopError> {
             Err(mpsc::RecvTimeoutError::Timeout) => break,
             Err(mpsc::RecvTimeoutError::Disconnected) => break,
         }
+        // Refused before any connection (no listener, bad credentials, a certificate):
+        // said at once, as by `publish` and `fleet status`, where until 2026-12-08 the
+        // whole wait went by first (a probe).
+        if board.broker_problem.is_some() && !board.connected {
+            break;
+        }
         if board.has_reports() && settle.is_none() {
             settle = Some(Instant::now() + Duration::from_millis(300));
         }

@@ -86,17 +86,25 @@ async fn fetch(args: &ShadowReportArgs) -> Result<(Option<Vec<u8>>, Option<Strin
         "broker {}: no MQTT answer (CONNACK) within {} s",
         args.broker.broker, args.wait_secs
     ));
+    // A broker that refuses (no listener, bad credentials, a certificate) before any
+    // connection was made is said at once, as by `publish` and `fleet status`: until
+    // 2026-12-08 the whole wait went by first (a probe).
+    let mut connected = false;
     let wait = async {
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
                     problem = None;
+                    connected = true;
                     let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
                 }
-                Ok(Event::Incoming(Packet::Publish(p))) => return p.payload.to_vec(),
+                Ok(Event::Incoming(Packet::Publish(p))) => return Some(p.payload.to_vec()),
                 Ok(_) => {}
                 Err(e) => {
                     problem = Some(format!("broker {}: {e}", args.broker.broker));
+                    if !connected {
+                        return None;
+                    }
                     tokio::time::sleep(Duration::from_millis(500)).await;
                 }
             }
@@ -104,7 +112,8 @@ async fn fetch(args: &ShadowReportArgs) -> Result<(Option<Vec<u8>>, Option<Strin
     };
     let got = tokio::time::timeout(Duration::from_secs(args.wait_secs), wait)
         .await
-        .ok();
+        .ok()
+        .flatten();
     let _ = client.try_disconnect();
     Ok((got, problem))
 }
