@@ -486,3 +486,137 @@ async fn top_shows_both_models_live_and_quits_on_q() {
     tmux(&["kill-server"]);
     agent.stop().await;
 }
+
+/// A broker that refuses a function's subscription (SUBACK 0x80: an ACL or policy, as AWS
+/// IoT Core and EMQX answer): `/readyz` says so, and the agent asks again until the broker
+/// takes it, then the function hears its topic. Until 2026-12-08 the agent said it was
+/// ready and never asked again: deaf until a restart (a probe). Mosquitto answers an ACL
+/// denial with success and silence, so the broker here is a socket speaking MQTT with
+/// rumqttc's codec, which refuses the intake's first two SUBSCRIBEs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_subscription_is_not_ready_and_asked_for_again() {
+    use bytes::BytesMut;
+    use rumqttc::{
+        ConnAck, ConnectReturnCode, Packet, PubAck, Publish, QoS, SubAck, SubscribeReasonCode,
+    };
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    const MAX: usize = 1 << 20;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let refusals = Arc::new(AtomicUsize::new(0));
+    let outputs = Arc::new(Mutex::new(Vec::<String>::new()));
+    let (r, o) = (refusals.clone(), outputs.clone());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut socket, _)) = listener.accept().await else {
+                return;
+            };
+            let (r, o) = (r.clone(), o.clone());
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                let mut intake = false;
+                loop {
+                    let packet = loop {
+                        if let Ok(p) = Packet::read(&mut buf, MAX) {
+                            break p;
+                        }
+                        if !matches!(socket.read_buf(&mut buf).await, Ok(n) if n > 0) {
+                            return;
+                        }
+                    };
+                    let mut answer = Vec::new();
+                    match packet {
+                        Packet::Connect(c, ..) => {
+                            intake = c.client_id.contains('.');
+                            answer.push(Packet::ConnAck(ConnAck::new(
+                                ConnectReturnCode::Success,
+                                false,
+                            )));
+                        }
+                        Packet::Subscribe(s) => {
+                            let refuse = intake && r.fetch_add(1, Ordering::AcqRel) < 2;
+                            let code = if refuse {
+                                SubscribeReasonCode::Failure
+                            } else {
+                                SubscribeReasonCode::Success(QoS::AtLeastOnce)
+                            };
+                            answer.push(Packet::SubAck(SubAck::new(
+                                s.pkid,
+                                vec![code; s.filters.len()],
+                            )));
+                            if !refuse && intake {
+                                answer.push(Packet::Publish(Publish::new(
+                                    "in",
+                                    QoS::AtMostOnce,
+                                    "heard",
+                                )));
+                            }
+                        }
+                        Packet::Publish(p) => {
+                            o.lock()
+                                .expect("outputs")
+                                .push(String::from_utf8_lossy(&p.payload).into_owned());
+                            if p.qos != QoS::AtMostOnce {
+                                answer.push(Packet::PubAck(PubAck::new(p.pkid)));
+                            }
+                        }
+                        Packet::PingReq => answer.push(Packet::PingResp),
+                        _ => {}
+                    }
+                    let mut out = BytesMut::new();
+                    for p in answer {
+                        p.write(&mut out, MAX).expect("encode");
+                    }
+                    if socket.write_all(&out).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let metrics = broker_port();
+    let config = format!(
+        "[agent]\nid = \"refused\"\n[broker]\nurl = \"mqtt://127.0.0.1:{port}\"\n\
+         [metrics]\nlisten = \"127.0.0.1:{metrics}\"\n\
+         [[function]]\nname = \"f\"\nmodule = \"{}\"\ntopics = [\"in\"]\n\
+         [function.config]\nout_topic = \"out\"\n",
+        guest("echo")
+    );
+    let agent = Process::spawn_in(
+        tempfile::tempdir().expect("tempdir"),
+        &config,
+        port,
+        "refused",
+        &[],
+    );
+    crate::harness::eventually("the first refusal", || {
+        refusals.load(Ordering::Acquire) >= 1
+    })
+    .await;
+    crate::harness::eventually("readyz says the refusal", || {
+        std::panic::catch_unwind(|| get(metrics, "/readyz")).is_ok_and(|(code, body)| {
+            code == 503 && body.contains("the broker refused the subscription to in")
+        })
+    })
+    .await;
+    // Asked again after 1 s and 2 s: taken the third time, and the topic is heard.
+    crate::harness::eventually("the function hears its topic", || {
+        outputs
+            .lock()
+            .expect("outputs")
+            .iter()
+            .any(|o| o == "heard")
+    })
+    .await;
+    assert_eq!(get(metrics, "/readyz"), (200, "ready\n".into()));
+    let (_, log) = agent.stop();
+    assert!(
+        log.contains("broker took the subscription it had refused"),
+        "{log}"
+    );
+}

@@ -653,7 +653,9 @@ impl Routes {
             _ => {
                 let overall = self.links.borrow().overall();
                 let degraded = self.state_health.borrow().clone();
-                if let Some(reason) = degraded {
+                // A subscription the broker refused leaves a function deaf: not ready,
+                // where until 2026-12-08 it answered `ready` (a probe).
+                if let Some(reason) = degraded.or(overall.refused) {
                     reply(
                         StatusCode::SERVICE_UNAVAILABLE,
                         format!("degraded: {reason}\n"),

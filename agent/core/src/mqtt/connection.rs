@@ -222,6 +222,9 @@ pub struct ConnectionStatus {
     pub failures: u64,
     /// The last connection error, if any.
     pub last_error: Option<String>,
+    /// Filters the broker refused (SUBACK failure) on the current connection, in words:
+    /// the function hears nothing on them while the rest of the agent runs; tried again.
+    pub refused: Option<String>,
 }
 
 /// Every connection's status: the output connection's first, then each intake's (a
@@ -258,6 +261,10 @@ impl Links {
                 .links
                 .iter()
                 .find_map(|(n, s)| s.last_error.as_ref().map(|e| format!("{n}: {e}"))),
+            refused: self
+                .links
+                .iter()
+                .find_map(|(n, s)| s.refused.as_ref().map(|e| format!("{n}: {e}"))),
         }
     }
 }
@@ -635,6 +642,12 @@ impl OutputTask {
     }
 }
 
+/// The first wait before asking again for a subscription the broker refused; it doubles
+/// with each refusal, up to [`RESUBSCRIBE_MAX`] (an ACL fixed on the broker is taken
+/// without a restart).
+const RESUBSCRIBE_FIRST: Duration = Duration::from_secs(1);
+const RESUBSCRIBE_MAX: Duration = Duration::from_secs(300);
+
 /// An intake connection's task.
 pub struct IntakeTask {
     /// Where its subscription requests run (they must not block the polling loop), owned
@@ -747,6 +760,12 @@ impl IntakeTask {
         // The filters the session had when this connection resumed it (none for a new
         // session): the retained messages of those that the broker sends again are copies.
         let mut resumed: std::collections::BTreeSet<String> = Default::default();
+        // Each SUBSCRIBE sent on this connection, by the indexes of its filters in
+        // `subscriptions` (SUBACKs come in the same order); the filters the broker
+        // refused, and when to ask for them again.
+        let mut sent: std::collections::VecDeque<Vec<usize>> = Default::default();
+        let mut refused: std::collections::BTreeSet<usize> = Default::default();
+        let (mut ask_again, mut ask_wait) = (None, RESUBSCRIBE_FIRST);
         let (mut force, mut intake, mut retire) = (
             Cancelled::new(&force_stop),
             Cancelled::new(&stop_intake),
@@ -796,6 +815,13 @@ impl IntakeTask {
                     } else {
                         quiet_at = Some(tokio::time::Instant::now() + QUIET);
                     }
+                    continue;
+                }
+                () = sleep_until(ask_again), if connected && router.is_some() && !retiring => {
+                    ask_again = None;
+                    let again: Vec<usize> = refused.iter().copied().collect();
+                    self.subscribe_to(&again);
+                    sent.push_back(again);
                     continue;
                 }
                 polled = self.eventloop.poll() => polled,
@@ -861,27 +887,64 @@ impl IntakeTask {
                         }
                         Default::default()
                     };
+                    (sent, refused, ask_again, ask_wait) = (
+                        Default::default(),
+                        Default::default(),
+                        None,
+                        RESUBSCRIBE_FIRST,
+                    );
                     if let Some(r) = &router {
                         r.connected(ack.session_present);
                         self.subscribe();
+                        sent.push_back((0..self.subscriptions.len()).collect());
                     }
                 }
                 Ok(Event::Incoming(Packet::SubAck(ack))) => {
                     use rumqttc::SubscribeReasonCode;
-                    let mut refused = false;
-                    for (i, code) in ack.return_codes.iter().enumerate() {
+                    let asked = sent
+                        .pop_front()
+                        .unwrap_or_else(|| (0..self.subscriptions.len()).collect());
+                    for (&i, code) in asked.iter().zip(&ack.return_codes) {
+                        let filter = self.subscriptions.get(i).map_or("?", |s| s.filter.as_str());
                         if matches!(code, SubscribeReasonCode::Failure) {
-                            refused = true;
-                            let filter =
-                                self.subscriptions.get(i).map_or("?", |s| s.filter.as_str());
-                            tracing::error!(connection = %self.link.name(), filter, "broker refused the subscription");
+                            // Said once per connection at error, then at each try again.
+                            if refused.insert(i) {
+                                tracing::error!(connection = %self.link.name(), filter, "broker refused the subscription: the function hears nothing on it (an ACL or policy?); asking again, less and less often");
+                            } else {
+                                tracing::debug!(connection = %self.link.name(), filter, "broker refused the subscription again");
+                            }
+                        } else if refused.remove(&i) {
+                            tracing::info!(connection = %self.link.name(), filter, "broker took the subscription it had refused");
                         }
                     }
-                    if !refused {
-                        self.session
-                            .confirmed(&self.subscriptions, &self.background);
+                    // What the broker took is the session's: a filter refused is not,
+                    // and its retained messages are new when it is taken.
+                    let taken: Vec<Subscription> = (0..self.subscriptions.len())
+                        .filter(|i| !refused.contains(i))
+                        .filter_map(|i| self.subscriptions.get(i).cloned())
+                        .collect();
+                    self.session.confirmed(&taken, &self.background);
+                    let said = (!refused.is_empty()).then(|| {
+                        let filters: Vec<&str> = refused
+                            .iter()
+                            .filter_map(|&i| self.subscriptions.get(i))
+                            .map(|s| s.filter.as_str())
+                            .collect();
+                        format!(
+                            "the broker refused the subscription to {}",
+                            filters.join(", ")
+                        )
+                    });
+                    if said.is_some() && ask_again.is_none() && sent.is_empty() {
+                        // Until 2026-12-08 never asked again: deaf until a restart, while
+                        // the agent said it was ready (a probe).
+                        ask_again = Some(tokio::time::Instant::now() + ask_wait);
+                        ask_wait = (ask_wait * 2).min(RESUBSCRIBE_MAX);
                     }
-                    self.link.update(|s| s.subscribed = true);
+                    self.link.update(|s| {
+                        s.subscribed = true;
+                        s.refused = said;
+                    });
                 }
                 Ok(Event::Outgoing(Outgoing::Disconnect)) => closing = linger(),
                 Ok(_) => {}
@@ -925,14 +988,19 @@ impl IntakeTask {
     }
 
     fn subscribe(&self) {
-        let filters: Vec<SubscribeFilter> = self
-            .subscriptions
-            .iter()
-            .map(|s| SubscribeFilter::new(s.filter.clone(), crate::event::mqtt_qos(s.qos)))
-            .collect();
         for s in &self.subscriptions {
             tracing::info!(connection = %self.link.name(), filter = %s.filter, qos = s.qos, "subscribing");
         }
+        self.subscribe_to(&(0..self.subscriptions.len()).collect::<Vec<_>>());
+    }
+
+    /// Subscribes to the filters at `indexes` in `subscriptions`, in one SUBSCRIBE.
+    fn subscribe_to(&self, indexes: &[usize]) {
+        let filters: Vec<SubscribeFilter> = indexes
+            .iter()
+            .filter_map(|&i| self.subscriptions.get(i))
+            .map(|s| SubscribeFilter::new(s.filter.clone(), crate::event::mqtt_qos(s.qos)))
+            .collect();
         // Through a task: the request queue may be full and this loop must keep polling.
         let client = self.client.clone();
         self.background.spawn_until_stopped(async move {
