@@ -240,7 +240,10 @@ async fn a_signed_deployment_swaps_a_function_on_three_agents_under_a_stream() {
     assert!(!again.status.success(), "{said}");
     assert!(
         said.contains("2 of 3 agent(s) applied deployment 2")
-            && said.contains(&format!("not applied by: {gone_id} (site/1 applied")),
+            && said.contains(&format!(
+                "not applied by: {gone_id} (no report since this deployment: offline?; its \
+                 last, from before: site/1 applied"
+            )),
         "{said}"
     );
     // The same version again, signed by a key the agents do not trust: refused, which the

@@ -582,7 +582,10 @@ async fn wait(
     // Every agent of the group heard of (its retained report, of any version) and what it
     // said last: at the end of the wait, those that have not applied are named with it
     // (until 2026-12-08 the error gave a count alone).
-    let mut heard: BTreeMap<String, DeploymentReport> = BTreeMap::new();
+    // With whether it came after the document, live: a report from before names what the
+    // agent did before (a probe, 2026-12-08: two offline agents were listed as
+    // "site/2 applied" in the error that version 2 was not applied).
+    let mut heard: BTreeMap<String, (DeploymentReport, bool)> = BTreeMap::new();
     loop {
         let applied = done
             .values()
@@ -624,7 +627,7 @@ async fn wait(
         // ran out its time without the agent's reason.
         let unopened = r.version.is_none() && r.state == DeploymentState::Refused && !p.retain;
         if r.group == args.group {
-            heard.insert(r.agent.clone(), r.clone());
+            heard.insert(r.agent.clone(), (r.clone(), after_document && !p.retain));
         }
         if r.group != args.group
             || (r.version != Some(version) && !unopened)
@@ -666,14 +669,23 @@ async fn wait(
 /// has not applied, with its last report at `now_ms`.
 fn not_yet(
     group: &str,
-    heard: &BTreeMap<String, DeploymentReport>,
+    heard: &BTreeMap<String, (DeploymentReport, bool)>,
     done: &BTreeMap<String, DeploymentReport>,
     now_ms: u64,
 ) -> String {
     let waiting: Vec<String> = heard
         .iter()
         .filter(|(agent, _)| !done.contains_key(*agent))
-        .map(|(agent, r)| format!("{agent} ({})", r.summary_at(now_ms)))
+        .map(|(agent, (r, live))| {
+            if *live {
+                format!("{agent} ({})", r.summary_at(now_ms))
+            } else {
+                format!(
+                    "{agent} (no report since this deployment: offline?; its last, from before: {})",
+                    r.summary_at(now_ms)
+                )
+            }
+        })
         .collect();
     if waiting.is_empty() {
         format!(
@@ -704,20 +716,36 @@ mod tests {
             ts_ms: 1_000_000,
         };
         let heard = BTreeMap::from([
-            ("a".into(), report("a", 7, DeploymentState::Applied, None)),
+            (
+                "a".into(),
+                (report("a", 7, DeploymentState::Applied, None), true),
+            ),
             (
                 "b".into(),
-                report("b", 7, DeploymentState::Downloading, Some([3, 10])),
+                (
+                    report("b", 7, DeploymentState::Downloading, Some([3, 10])),
+                    true,
+                ),
             ),
-            ("c".into(), report("c", 6, DeploymentState::Applied, None)),
+            (
+                "c".into(),
+                (report("c", 6, DeploymentState::Applied, None), true),
+            ),
+            (
+                "d".into(),
+                (report("d", 7, DeploymentState::Applied, None), false),
+            ),
         ]);
-        let done = BTreeMap::from([("a".into(), heard["a"].clone())]);
+        let done = BTreeMap::from([("a".into(), heard["a"].0.clone())]);
         assert_eq!(
             not_yet("site", &heard, &done, 1_040_000),
             "not applied by: b (site/7 downloading 3/10 chunks, in force: 6, no chunk for 40 s), \
-             c (site/6 applied)"
+             c (site/6 applied), d (no report since this deployment: offline?; its last, from \
+             before: site/7 applied)"
         );
-        assert!(not_yet("site", &done, &done, 0).contains("no other agent of group `site`"));
+        assert!(
+            not_yet("site", &BTreeMap::new(), &done, 0).contains("no other agent of group `site`")
+        );
     }
 
     #[test]
