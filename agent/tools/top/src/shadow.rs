@@ -110,12 +110,56 @@ async fn fetch(args: &ShadowReportArgs) -> Result<(Option<Vec<u8>>, Option<Strin
             }
         }
     };
-    let got = tokio::time::timeout(Duration::from_secs(args.wait_secs), wait)
+    let first = tokio::time::timeout(Duration::from_secs(args.wait_secs), wait)
         .await
         .ok()
         .flatten();
+    // Several agents may retain a report of the function (with no --agent): they come
+    // together, so the others are read for a moment and the newest is shown, with a word
+    // about the rest (until 2026-12-08 the first came, a stale one of an agent offline
+    // for 13 minutes in a probe).
+    let got = match first {
+        Some(first) if args.agent.is_none() => {
+            let mut all = vec![first];
+            let others = async {
+                while let Ok(ev) = eventloop.poll().await {
+                    if let Event::Incoming(Packet::Publish(p)) = ev {
+                        all.push(p.payload.to_vec());
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_millis(300), others).await;
+            Some(newest(all, &args.function))
+        }
+        other => other,
+    };
     let _ = client.try_disconnect();
     Ok((got, problem))
+}
+
+/// The newest of the reports in `all` (by their time), saying on stderr which agents
+/// had the others.
+fn newest(all: Vec<Vec<u8>>, function: &str) -> Vec<u8> {
+    let when = |p: &Vec<u8>| {
+        ShadowMessage::from_bytes(p)
+            .ok()
+            .map(|m| (m.ts_ms, m.agent))
+    };
+    let mut all: Vec<_> = all.into_iter().map(|p| (when(&p), p)).collect();
+    all.sort_by(|a, b| b.0.cmp(&a.0));
+    if all.len() > 1 {
+        let agents: Vec<String> = all
+            .iter()
+            .filter_map(|(w, _)| w.as_ref().map(|(_, a)| a.clone()))
+            .collect();
+        eprintln!(
+            "{} agents report a shadow of `{function}` ({}): the newest report is shown, \
+             --agent chooses",
+            all.len(),
+            agents.join(", ")
+        );
+    }
+    all.swap_remove(0).1
 }
 
 /// The time of day of `ms` (since the Unix epoch), UTC.
@@ -289,6 +333,25 @@ pub fn text(m: &ShadowMessage) -> String {
 mod tests {
     use super::*;
     use edge_agent::messages::shadow::{ShadowMismatch, ShadowNoise, ShadowOutput, ShadowReport};
+
+    /// Of several agents' retained reports, the newest is shown (a stale one of an agent
+    /// offline for 13 minutes came first in a probe).
+    #[test]
+    fn of_several_agents_reports_the_newest_is_shown() {
+        let of = |agent: &str, ts_ms| {
+            ShadowMessage {
+                schema_version: ShadowMessage::SCHEMA_VERSION,
+                agent: agent.into(),
+                function: "f".into(),
+                ts_ms,
+                report: ShadowReport::default(),
+                mismatches: Vec::new(),
+            }
+            .to_bytes()
+        };
+        let shown = newest(vec![of("old", 1), of("new", 3), of("mid", 2)], "f");
+        assert_eq!(ShadowMessage::from_bytes(&shown).unwrap().agent, "new");
+    }
 
     #[test]
     fn the_report_leads_with_the_ratio_and_shows_each_mismatch() {
