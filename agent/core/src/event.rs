@@ -70,10 +70,14 @@ pub struct Inbound {
     /// [`checksum`] of its topic and payload, to tell a resend from another message on
     /// the same packet id (QoS 1/2; 0 for QoS 0).
     pub checksum: u32,
-    /// Which delivery of `pkid` this is: each first delivery (DUP=0) gets a new number
-    /// ([`next_incarnation`]) and its resends (DUP=1) the same one while it is not
-    /// acknowledged; 0 for a resend whose first copy this run never saw (and for QoS 0).
+    /// Which delivery of `pkid` this is: each delivery that is not a resend of one this
+    /// run has had on an earlier connection gets a new number ([`next_incarnation`]), and
+    /// such resends the same one; 0 for QoS 0.
     pub incarnation: u64,
+    /// A resend (DUP=1) whose first copy this run never saw, early enough on its connection
+    /// to be one the broker sent before a restart of the agent: the receipts of earlier
+    /// runs may answer for it ([`crate::mqtt::ack::RESEND_WINDOW`]).
+    pub from_before: bool,
     /// Acknowledges the message once every function is done with it.
     pub delivery: Arc<Delivery>,
 }

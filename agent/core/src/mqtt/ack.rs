@@ -36,6 +36,17 @@ pub use crate::event::Ticket;
 /// broker's confirmations (docs/configuration.md); reached with a larger queue.
 pub const MAX_UNACKED: usize = 4096;
 
+/// How many messages from the start of a connection that resumes a session may be resends
+/// of messages the broker sent before a restart of the agent: it resends what it had not
+/// had acknowledged first, in order, and of those the agent can have handled only the
+/// [`MAX_UNACKED`] after the acknowledgements it had released (which may have been lost
+/// with it). A later resend (DUP=1) whose packet id this run has not had is a message the
+/// broker marked so without the agent having handled it: Mosquitto 2.0.11 marks DUP=1 on
+/// thousands of queued messages after a reconnect, and with its stream of one payload a
+/// probe's counter stopped at the packet ids' wrap after two restarts (2026-12-08),
+/// answered from the first lap's receipts.
+pub const RESEND_WINDOW: u64 = 2 * MAX_UNACKED as u64;
+
 struct Pending {
     ack: Publish,
     done: bool,
@@ -50,6 +61,9 @@ struct Delivered {
     checksum: u32,
     /// Every function is done with it and its outputs are confirmed.
     finished: bool,
+    /// The connection it came on: a DUP=1 message on the same connection is not its
+    /// resend (a broker resends only on a new connection of the session).
+    generation: u64,
 }
 
 /// A message's place in line, and what this run knows of it.
@@ -61,6 +75,9 @@ pub struct Registered {
     pub checksum: u32,
     /// A resend of a message this run has finished: acknowledge it, handle it no more.
     pub finished: bool,
+    /// A resend of a message the broker may have sent before this run
+    /// ([`crate::event::Inbound::from_before`]).
+    pub from_before: bool,
 }
 
 impl Registered {
@@ -75,6 +92,8 @@ struct State {
     generation: u64,
     /// Sequence number of `pending[0]`.
     head: u64,
+    /// QoS 1/2 messages taken on the current connection ([`RESEND_WINDOW`]).
+    taken: u64,
     pending: VecDeque<Pending>,
     /// Each packet id's last first delivery (DUP=0) in this session, for its resends to
     /// share its incarnation (see `Inbound::incarnation`) and to be recognised once it is
@@ -191,6 +210,7 @@ impl AckQueue {
                 ticket: None,
                 checksum: 0,
                 finished: false,
+                from_before: false,
             };
         }
         // The ack needs only the packet id and QoS: do not keep the payload twice.
@@ -198,22 +218,32 @@ impl AckQueue {
         ack.pkid = publish.pkid;
         let checksum = crate::event::checksum(&publish.topic, &publish.payload);
         let mut s = self.lock();
-        let (incarnation, finished) = if publish.dup {
-            match s.delivered(publish.pkid) {
-                Some(d) => (d.incarnation, d.finished && d.checksum == checksum),
-                None => (0, false),
+        let early = s.taken < RESEND_WINDOW;
+        s.taken += 1;
+        let generation = s.generation;
+        let resent = match s.delivered(publish.pkid) {
+            Some(d) if publish.dup && d.generation < generation => Some(*d),
+            _ => None,
+        };
+        let (incarnation, finished, from_before) = match resent {
+            // A resend of a delivery of this run, on an earlier connection.
+            Some(d) => (d.incarnation, d.finished && d.checksum == checksum, false),
+            // Anything else is a new delivery: its own number, for its receipt and its
+            // resends. A resend (DUP=1) whose first copy this run did not have may be of
+            // a message an earlier run handled, if it comes early enough.
+            None => {
+                let incarnation = crate::event::next_incarnation();
+                s.set_delivered(
+                    publish.pkid,
+                    Delivered {
+                        incarnation,
+                        checksum,
+                        finished: false,
+                        generation,
+                    },
+                );
+                (incarnation, false, publish.dup && early)
             }
-        } else {
-            let incarnation = crate::event::next_incarnation();
-            s.set_delivered(
-                publish.pkid,
-                Delivered {
-                    incarnation,
-                    checksum,
-                    finished: false,
-                },
-            );
-            (incarnation, false)
         };
         let seq = s.head + s.pending.len() as u64;
         s.pending.push_back(Pending { ack, done: false });
@@ -227,6 +257,7 @@ impl AckQueue {
             ticket: Some(ticket),
             checksum,
             finished,
+            from_before,
         }
     }
 
@@ -272,6 +303,7 @@ impl AckQueue {
         s.generation += 1;
         s.head += s.pending.len() as u64;
         s.pending.clear();
+        s.taken = 0;
         self.generation.store(s.generation, Ordering::Release);
         self.freed.notify_waiters();
     }
@@ -415,13 +447,13 @@ mod tests {
         let q = AckQueue::new(tx);
         let mut resend = publish(1);
         resend.dup = true;
-        assert_eq!(
-            q.register(&resend).incarnation(),
-            0,
-            "first copy never seen"
+        let unseen = q.register(&resend);
+        assert!(
+            unseen.from_before && unseen.incarnation() != 0,
+            "first copy never seen: its own number, and earlier runs' receipts may answer"
         );
         let first = q.register(&publish(1)).incarnation();
-        assert_ne!(first, 0);
+        assert!(first > unseen.incarnation());
         q.reset(true);
         let again = q.register(&resend).incarnation();
         assert_eq!(again, first, "the resend of an unacknowledged message");
@@ -429,17 +461,46 @@ mod tests {
         let other = r.incarnation();
         assert!(other > first, "another message on the id");
         q.done(r.ticket.expect("ticket"));
+        q.reset(true);
         assert_eq!(
             q.register(&resend).incarnation(),
             other,
-            "acknowledged, and still its resends'"
+            "acknowledged, and still its resends' on the next connection"
         );
         q.reset(false);
-        assert_eq!(
-            q.register(&resend).incarnation(),
-            0,
+        let forgotten = q.register(&resend);
+        assert!(
+            forgotten.from_before && forgotten.incarnation() > other,
             "a lost session forgets"
         );
+    }
+
+    /// A broker resends only on a new connection of the session, and what it had not had
+    /// acknowledged first: a DUP=1 message later than [`RESEND_WINDOW`] into a connection,
+    /// or on the connection of the id's last delivery, is a new one (Mosquitto marks DUP=1
+    /// on thousands of queued messages after a reconnect; a probe's stream of one payload
+    /// was answered from the receipts of the packet ids' first lap).
+    #[test]
+    fn a_resend_comes_early_on_a_later_connection_or_is_a_new_message() {
+        let (tx, _rx) = mpsc::unbounded_channel();
+        let q = AckQueue::new(tx);
+        let resend = |pkid| {
+            let mut p = publish(pkid);
+            p.dup = true;
+            p
+        };
+        q.reset(true);
+        assert!(q.register(&resend(1)).from_before, "early");
+        for pkid in 2..=u16::try_from(RESEND_WINDOW).unwrap() {
+            q.register(&publish(pkid));
+        }
+        let late = q.register(&resend(60_000));
+        assert!(!late.from_before && !late.finished, "late: a new message");
+        // The same id again, DUP=1, on the same connection: not a resend of it.
+        let first = q.register(&publish(7));
+        q.done(first.ticket.expect("ticket"));
+        let again = q.register(&resend(7));
+        assert!(!again.finished && again.incarnation() > first.incarnation());
     }
 
     #[test]
@@ -473,6 +534,7 @@ mod tests {
         );
         let last = q.register(&publish(u16::MAX));
         q.done(last.ticket.expect("ticket"));
+        q.reset(true);
         assert!(
             q.register(&resend(u16::MAX, "x")).finished,
             "the highest packet id"

@@ -73,6 +73,7 @@ fn message_id(function: &LoadedFunction, event: &Inbound) -> Option<MessageId> {
     (event.qos > 0 && function.state().is_some()).then_some(MessageId {
         pkid: event.pkid,
         incarnation: event.incarnation,
+        from_before: event.from_before,
         checksum: event.checksum,
     })
 }
@@ -89,7 +90,7 @@ fn already_done(
     if !event.dup {
         return None;
     }
-    match ns.receipt(id.pkid, id.checksum, id.incarnation) {
+    match ns.receipt(id.pkid, id.checksum, id.incarnation, id.from_before) {
         Ok(r) => r.map(|r| {
             let pending = ns.receipt_pending(id.pkid);
             // Outputs kept past their message's end (a crash came first): let go of them
@@ -149,6 +150,7 @@ pub(crate) fn test_event(
         dup: false,
         checksum: 0,
         incarnation: 0,
+        from_before: false,
         delivery: std::sync::Arc::new(crate::event::Delivery::detached(
             crate::mqtt::ack::AckQueue::new(tx),
         )),

@@ -145,6 +145,7 @@ impl Router {
         let targets = self.targets(&publish.topic);
         let registered = self.acks.register(&publish);
         let (ticket, incarnation) = (registered.ticket, registered.incarnation());
+        let from_before = registered.from_before;
         if registered.finished {
             // Every function finished it in this run and the broker has its outputs: the
             // broker missed the acknowledgement (it restarted, or the connection fell).
@@ -189,6 +190,7 @@ impl Router {
                 dup: publish.dup,
                 checksum: registered.checksum,
                 incarnation,
+                from_before,
                 delivery: delivery.clone(),
             };
             if hop >= self.max_hops {

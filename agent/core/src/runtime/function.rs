@@ -60,6 +60,8 @@ pub struct MessageId {
     pub pkid: u16,
     /// Which delivery of the packet id (see [`Receipt::answers`]).
     pub incarnation: u64,
+    /// Receipts of earlier runs may answer for it ([`crate::event::Inbound::from_before`]).
+    pub from_before: bool,
     /// [`crate::event::checksum`] of its topic and payload.
     pub checksum: u32,
 }

@@ -1308,13 +1308,19 @@ impl Receipt {
 
     /// Whether this receipt answers for the message with `checksum` delivered as
     /// `incarnation`: the same delivery (a resend shares its first copy's incarnation),
-    /// or, for a resend whose first copy came before this life (incarnation 0: the agent
-    /// restarted since), a delivery of an earlier life that is among its newest
+    /// or, for a resend whose first copy may have come before this life (`from_before`:
+    /// the agent restarted since), a delivery of an earlier life that is among its newest
     /// (`earlier`: [`Namespace::replay_floor`] up to this life).
-    fn answers(&self, checksum: u32, incarnation: u64, earlier: &std::ops::Range<u64>) -> bool {
+    fn answers(
+        &self,
+        checksum: u32,
+        incarnation: u64,
+        from_before: bool,
+        earlier: &std::ops::Range<u64>,
+    ) -> bool {
         self.checksum == checksum
             && (self.incarnation == incarnation
-                || (incarnation == 0 && earlier.contains(&self.incarnation)))
+                || (from_before && earlier.contains(&self.incarnation)))
     }
 }
 
@@ -1511,8 +1517,8 @@ impl Namespace {
     }
 
     /// The receipt of the message with `pkid` if the store has one for the same topic and
-    /// payload (`checksum`) and the same delivery (`incarnation`, see [`Receipt::answers`]):
-    /// its effects are already committed.
+    /// payload (`checksum`) and the same delivery (`incarnation`, or with `from_before` one
+    /// of an earlier run: see [`Receipt::answers`]): its effects are already committed.
     ///
     /// # Errors
     /// [`StateError::Io`] on a database error.
@@ -1521,13 +1527,15 @@ impl Namespace {
         pkid: u16,
         checksum: u32,
         incarnation: u64,
+        from_before: bool,
     ) -> Result<Option<Receipt>, StateError> {
         let Some(v) = self.read(&Receipt::key(pkid))? else {
             return Ok(None);
         };
         let earlier = self.life.load(Ordering::Acquire);
         let earlier = self.replay_floor.load(Ordering::Acquire)..earlier;
-        Ok(Receipt::decode(pkid, &v).filter(|r| r.answers(checksum, incarnation, &earlier)))
+        Ok(Receipt::decode(pkid, &v)
+            .filter(|r| r.answers(checksum, incarnation, from_before, &earlier)))
     }
 
     /// For a receipt of `pkid` that is committed but not flushed yet: a flush generation
@@ -1881,7 +1889,7 @@ impl Txn {
         if let Some(r) = receipt
             && self
                 .ns
-                .receipt(r.pkid, r.checksum, r.incarnation)?
+                .receipt(r.pkid, r.checksum, r.incarnation, false)?
                 .is_some()
         {
             return Ok(Committed::Duplicate(self.ns.receipt_pending(r.pkid)));
@@ -2312,18 +2320,30 @@ mod tests {
             Ok(Committed::Pending { .. })
         ));
         assert_eq!(
-            ns.receipt(7, c, first).unwrap(),
+            ns.receipt(7, c, first, false).unwrap(),
             Some(receipt.clone()),
             "a resend"
         );
         let y = crate::event::checksum("in", b"y");
-        assert_eq!(ns.receipt(7, y, first).unwrap(), None, "another payload");
-        assert_eq!(ns.receipt(8, c, first).unwrap(), None, "another packet id");
+        assert_eq!(
+            ns.receipt(7, y, first, false).unwrap(),
+            None,
+            "another payload"
+        );
+        assert_eq!(
+            ns.receipt(8, c, first, false).unwrap(),
+            None,
+            "another packet id"
+        );
         // Another message on the same id, with the same topic and payload: not the same.
         let second = crate::event::next_incarnation();
-        assert_eq!(ns.receipt(7, c, second).unwrap(), None, "another delivery");
+        assert_eq!(
+            ns.receipt(7, c, second, false).unwrap(),
+            None,
+            "another delivery"
+        );
         // A resend whose first copy came before this run answers only to older receipts.
-        assert_eq!(ns.receipt(7, c, 0).unwrap(), None, "made in this run");
+        assert_eq!(ns.receipt(7, c, 0, true).unwrap(), None, "made in this run");
         // A second copy of the same delivery commits nothing.
         let mut t = ns.begin();
         t.increment("n", 1).unwrap();
@@ -2347,15 +2367,25 @@ mod tests {
         // The next run of the agent (its runs start later): a resend whose first copy it
         // never saw (0) finds the receipt of the run before.
         let next_run = first + (1 << 40);
-        assert!(receipt.answers(c, 0, &(0..next_run)), "from the last run");
-        assert!(!receipt.answers(y, 0, &(0..next_run)), "another payload");
         assert!(
-            !receipt.answers(c, 0, &(first + 1..next_run)),
+            receipt.answers(c, 0, true, &(0..next_run)),
+            "from the last run"
+        );
+        assert!(
+            !receipt.answers(y, 0, true, &(0..next_run)),
+            "another payload"
+        );
+        assert!(
+            !receipt.answers(c, 0, true, &(first + 1..next_run)),
             "older than the newest receipts of the runs before"
         );
         let ns = s.namespace("f").unwrap();
         ns.forget_all().unwrap();
-        assert_eq!(ns.receipt(7, c, first).unwrap(), None, "all forgotten");
+        assert_eq!(
+            ns.receipt(7, c, first, false).unwrap(),
+            None,
+            "all forgotten"
+        );
     }
 
     /// A resend whose first copy came before this run (incarnation 0) is answered only by
@@ -2386,10 +2416,13 @@ mod tests {
         }
         let s = store(dir.path());
         let ns = s.namespace("f").unwrap();
-        assert_eq!(ns.receipt(1, c, 0).unwrap(), None, "the oldest");
-        assert_eq!(ns.receipt(2, c, 0).unwrap(), None, "just outside");
-        assert!(ns.receipt(3, c, 0).unwrap().is_some(), "the oldest inside");
-        assert!(ns.receipt(n, c, 0).unwrap().is_some(), "the newest");
+        assert_eq!(ns.receipt(1, c, 0, true).unwrap(), None, "the oldest");
+        assert_eq!(ns.receipt(2, c, 0, true).unwrap(), None, "just outside");
+        assert!(
+            ns.receipt(3, c, 0, true).unwrap().is_some(),
+            "the oldest inside"
+        );
+        assert!(ns.receipt(n, c, 0, true).unwrap().is_some(), "the newest");
     }
 
     /// Outputs over [`RECEIPT_MAX_OUTPUT_BYTES`] stay in the receipt until the message is
@@ -2424,27 +2457,34 @@ mod tests {
         commit(&receipt(first));
         s.flush_once().await.unwrap();
         assert_eq!(
-            ns.receipt(9, c, first).unwrap(),
+            ns.receipt(9, c, first, false).unwrap(),
             Some(receipt(first)),
             "kept"
         );
         // Another delivery's settling changes nothing.
         ns.settled(9, first + 1);
-        assert_eq!(ns.receipt(9, c, first).unwrap(), Some(receipt(first)));
+        assert_eq!(
+            ns.receipt(9, c, first, false).unwrap(),
+            Some(receipt(first))
+        );
         ns.settled(9, first);
         let bare = Receipt {
             outputs: vec![],
             ..receipt(first)
         };
         assert_eq!(
-            ns.receipt(9, c, first).unwrap(),
+            ns.receipt(9, c, first, false).unwrap(),
             Some(bare.clone()),
             "trimmed"
         );
         s.flush_once().await.unwrap();
         drop(ns);
         let ns = s.namespace("f").unwrap();
-        assert_eq!(ns.receipt(9, c, first).unwrap(), Some(bare), "on disk");
+        assert_eq!(
+            ns.receipt(9, c, first, false).unwrap(),
+            Some(bare),
+            "on disk"
+        );
         // The id used again: the new message's receipt keeps its outputs, and the old
         // message's settling (late) leaves them.
         let second = crate::event::next_incarnation();
@@ -2452,7 +2492,10 @@ mod tests {
         t.increment("n", 1).unwrap();
         t.commit(Some(&receipt(second))).unwrap();
         ns.settled(9, first);
-        assert_eq!(ns.receipt(9, c, second).unwrap(), Some(receipt(second)));
+        assert_eq!(
+            ns.receipt(9, c, second, false).unwrap(),
+            Some(receipt(second))
+        );
     }
 
     /// A run whose clock was ahead of this one's (a device without a real-time clock,
@@ -2480,13 +2523,17 @@ mod tests {
         let ns = s.namespace("f").unwrap();
         let c = receipt.checksum;
         assert_eq!(
-            ns.receipt(3, c, 0).unwrap(),
+            ns.receipt(3, c, 0, true).unwrap(),
             Some(receipt),
             "a resend whose first copy came before this run"
         );
         let next = crate::event::next_incarnation();
         assert!(next > ahead, "a new delivery took an old receipt's number");
-        assert_eq!(ns.receipt(3, c, next).unwrap(), None, "a new message");
+        assert_eq!(
+            ns.receipt(3, c, next, false).unwrap(),
+            None,
+            "a new message"
+        );
     }
 
     #[test]
