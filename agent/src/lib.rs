@@ -144,7 +144,11 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
             if let Ok(hangups) = hangups {
                 prepared = prepared.hangups(hangups);
             }
-            rt.block_on(edge_agent::run(prepared, stop))?;
+            let ran = rt.block_on(edge_agent::run(prepared, stop));
+            // Not waiting for a reload's compile that the stop left running on a thread
+            // of its own (a drop of the runtime waits for it: seconds to minutes).
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            ran?;
         }
         Command::Promote {
             function,

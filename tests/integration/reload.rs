@@ -516,4 +516,14 @@ async fn a_function_scaled_to_zero_waits_for_the_reload_of_its_replaced_module()
         "the new version: {}",
         m.text()
     );
+    // Written in two steps, 150 ms apart: the event that comes between reads half a file,
+    // and waits for the reload as well (until 2026-12-08 a dead letter, a probe).
+    tokio::time::sleep(std::time::Duration::from_millis(2600)).await;
+    let echo = std::fs::read(guest("echo")).expect("echo");
+    std::fs::write(&module, &echo[..echo.len() / 2]).expect("half a module");
+    c.publish("in", "c").await;
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    std::fs::write(&module, &echo).expect("the whole module");
+    let m = c.recv().await;
+    assert_eq!((m.topic.as_str(), m.text().as_str()), ("out", "c"));
 }

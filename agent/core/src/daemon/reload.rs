@@ -133,6 +133,9 @@ enum Refused {
     /// Changed or added modules that cannot be loaded, each with its cause.
     #[error("{}", .0.iter().map(|e| crate::failure::chain(e)).collect::<Vec<_>>().join("; "))]
     Load(Vec<crate::runtime::RuntimeError>),
+    /// The agent began to stop while the modules loaded.
+    #[error("the agent is stopping")]
+    Stopping,
 }
 
 /// What a reload did: functions changed in place and added (with their modules' hashes),
@@ -788,6 +791,8 @@ impl Reloader {
     /// returns it.
     async fn reload(&mut self, trigger: &str, stop: &CancellationToken) -> ReloadReport {
         let outcome = match blocking(|| self.plan()) {
+            // The agent began to stop while the modules were loading: nothing goes in force.
+            Ok(_) if stop.is_cancelled() => Err(Refused::Stopping),
             Ok(plan) => Ok(self.apply(plan, stop).await),
             Err(why) => Err(why),
         };

@@ -74,7 +74,18 @@ impl Shutdown {
     /// Runs the stop sequence described in the module documentation.
     pub async fn run(self) {
         self.reloader_stop.cancel();
-        let _ = self.reloader.await;
+        // One deadline for the reload under way and the drain: a reload compiling a
+        // Python or JavaScript module (seconds here, minutes on a Pi) held the stop for
+        // the whole compile, past the grace and systemd's stop timeout (a probe,
+        // 2026-12-08). Its plan is dropped; nothing of it was put in force.
+        let until = tokio::time::Instant::now() + self.grace;
+        let mut reloader = self.reloader;
+        if tokio::time::timeout_at(until, &mut reloader).await.is_err() {
+            tracing::warn!(
+                "a reload was still loading modules: left unfinished, nothing of it in force"
+            );
+            reloader.abort();
+        }
         if let Some((stop, mut deployer)) = self.deployer {
             stop.cancel();
             if tokio::time::timeout(DISCONNECT_DEADLINE, &mut deployer)
@@ -95,7 +106,7 @@ impl Shutdown {
             intakes.push(lane.intake);
             shadows.push(lane.shadow);
         }
-        let drained = tokio::time::timeout(self.grace, async {
+        let drained = tokio::time::timeout_at(until, async {
             for w in workers {
                 let _ = w.await;
             }

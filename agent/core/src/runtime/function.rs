@@ -303,6 +303,7 @@ impl LoadedFunction {
             components: std::collections::HashMap::new(),
             cache: self.cache.clone(),
             changes: self.changes.clone(),
+            only: None,
         }
     }
 
@@ -489,18 +490,21 @@ impl LoadedFunction {
     /// Whether a reload may put in force a version that can be loaded: it waits (up to
     /// [`RELOAD_WAIT`]) while the file watcher has a change no reload has read, and, for
     /// a file changed within [`WATCHER_NOTICE`], until the watcher has seen it. `true`
-    /// once a reload has changed the function since `generation`.
+    /// once a reload has changed the function since `generation`, or has read the files
+    /// since the wait began (a file written in two steps, or removed and written again,
+    /// was read half-way; the reload may find it holds the version in force again).
     fn reload_may_bring_it(&self, since: Instant, generation: u64, e: &Elsewhere) -> bool {
         let Some(changes) = self.changes.as_ref().filter(|c| c.watched()) else {
             return false;
         };
+        let reads = changes.reads();
         let changed_at = std::fs::metadata(&e.module)
             .and_then(|m| m.modified())
             .ok()
             .and_then(|t| t.elapsed().ok())
             .map(|age| Instant::now().checked_sub(age).unwrap_or(since));
         loop {
-            if self.generation() != generation {
+            if self.generation() != generation || changes.reads() != reads {
                 return true;
             }
             let now = Instant::now();
@@ -553,24 +557,27 @@ impl LoadedFunction {
             .and_then(|c| c.get(&self.engine, &in_force));
         #[cfg(not(feature = "compiler"))]
         let cached: Option<Component> = None;
-        let (pre, sha256) = match cached {
-            Some(component) => prepared(&self.linker, &component, &cfg.module)
-                .map(|pre| (pre, in_force.to_string())),
-            None => link(&self.engine, &self.linker, &cfg, &mut self.compiled()),
-        }
-        .map_err(|e| failed(e.to_string()))?;
-        if *sha256 != *in_force {
-            return Ok(Err(Elsewhere {
-                error: failed(format!(
-                    "{} no longer holds the version in force (sha256 {}; the file's is {}): \
-                     put that version back, or reload to take the file's",
-                    cfg.module.display(),
-                    &in_force[..12.min(in_force.len())],
-                    &sha256[..12.min(sha256.len())]
-                )),
-                module: cfg.module.clone(),
-            }));
-        }
+        let loaded = match cached {
+            Some(component) => prepared(&self.linker, &component, &cfg.module),
+            None => {
+                // Only the version in force: another is refused before it is compiled
+                // (until 2026-12-08 each event compiled it first, seconds for JavaScript).
+                let mut compiled = self.compiled();
+                compiled.only = Some(in_force.clone());
+                link(&self.engine, &self.linker, &cfg, &mut compiled).map(|(pre, _)| pre)
+            }
+        };
+        // A file that holds another version, is being written or is gone: a reload may
+        // be coming ([`LoadedFunction::reload_may_bring_it`]).
+        let pre = match loaded {
+            Ok(pre) => pre,
+            Err(e) => {
+                return Ok(Err(Elsewhere {
+                    error: failed(e.to_string()),
+                    module: cfg.module.clone(),
+                }));
+            }
+        };
         *slot = Some(pre.clone());
         // Loaded counts as used: a load slower than keep_warm_secs (compiling a Python or
         // JavaScript .wasm takes seconds to minutes) must not be released before the
@@ -884,6 +891,8 @@ pub struct Compiled {
     cache: Option<Arc<CompileCache>>,
     /// Handed to the functions loaded with it ([`ModuleChanges`]).
     changes: Option<Arc<ModuleChanges>>,
+    /// The only version to load (SHA-256): another is refused before it is compiled.
+    only: Option<Arc<str>>,
 }
 
 impl Compiled {
@@ -897,6 +906,7 @@ impl Compiled {
             components: std::collections::HashMap::new(),
             cache,
             changes,
+            only: None,
         }
     }
 }
@@ -951,6 +961,11 @@ impl ModuleChanges {
 
     fn pending(&self) -> bool {
         self.seen.load(Ordering::Acquire) > self.read.load(Ordering::Acquire)
+    }
+
+    /// How far reloads have read (changes in a reload's count).
+    fn reads(&self) -> u64 {
+        self.read.load(Ordering::Acquire)
     }
 }
 
@@ -1128,6 +1143,15 @@ fn load_component(
             path: path(),
             actual,
             pinned: pinned.clone(),
+        });
+    }
+    if let Some(only) = &compiled.only
+        && !actual.eq_ignore_ascii_case(only)
+    {
+        return Err(LoadError::NotInForce {
+            path: path(),
+            in_force: only.to_string(),
+            actual,
         });
     }
     // The same bytes under another name compile to the same code, whatever the extension.

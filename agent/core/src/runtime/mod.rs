@@ -87,6 +87,24 @@ pub enum LoadError {
         #[source]
         source: std::io::Error,
     },
+    /// The file holds another version than the one in force (a function scaled to zero
+    /// loads only that one; checked before compiling, which costs seconds for Python or
+    /// JavaScript).
+    #[error(
+        "{} no longer holds the version in force (sha256 {}; the file's is {}): put that \
+         version back, or reload to take the file's",
+        .path.display(),
+        &.in_force[..12.min(.in_force.len())],
+        &.actual[..12.min(.actual.len())]
+    )]
+    NotInForce {
+        /// The module file.
+        path: PathBuf,
+        /// The version in force.
+        in_force: String,
+        /// The file's.
+        actual: String,
+    },
     /// The file is not the one the config pins.
     #[error("{} has sha256 {actual}, but the config pins {pinned}: refusing to load it", .path.display())]
     HashMismatch {
