@@ -1150,8 +1150,7 @@ fn load_component(
     {
         return Err(LoadError::NotInForce {
             path: path(),
-            in_force: only.to_string(),
-            actual,
+            versions: Box::new((only.to_string(), actual)),
         });
     }
     // The same bytes under another name compile to the same code, whatever the extension.

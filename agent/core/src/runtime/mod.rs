@@ -94,16 +94,15 @@ pub enum LoadError {
         "{} no longer holds the version in force (sha256 {}; the file's is {}): put that \
          version back, or reload to take the file's",
         .path.display(),
-        &.in_force[..12.min(.in_force.len())],
-        &.actual[..12.min(.actual.len())]
+        &.versions.0[..12.min(.versions.0.len())],
+        &.versions.1[..12.min(.versions.1.len())]
     )]
     NotInForce {
         /// The module file.
         path: PathBuf,
-        /// The version in force.
-        in_force: String,
-        /// The file's.
-        actual: String,
+        /// The version in force and the file's (boxed: every error carries the size of
+        /// the largest).
+        versions: Box<(String, String)>,
     },
     /// The file is not the one the config pins.
     #[error("{} has sha256 {actual}, but the config pins {pinned}: refusing to load it", .path.display())]
