@@ -14,18 +14,23 @@ use crate::config::{Config, FunctionConfig, Mode};
 /// with buffers and the engine's code).
 const AGENT_OWN_MB: u64 = 48;
 
-/// The most linear memory `f`'s instances may hold at once, in MiB.
-fn most_at_once(f: &FunctionConfig) -> u64 {
-    let instances = match f.mode {
+/// How many instances `f` may have at once.
+fn instances(f: &FunctionConfig) -> u32 {
+    match f.mode {
         Mode::OnDemand => f.max_concurrency,
         Mode::Persistent => f.instances,
         Mode::Auto => f.max_concurrency.max(f.instances),
-    };
-    f.memory_limit_mb * u64::from(instances)
+    }
+}
+
+/// The most linear memory `f`'s instances may hold at once, in MiB.
+fn most_at_once(f: &FunctionConfig) -> u64 {
+    f.memory_limit_mb * u64::from(instances(f))
 }
 
 /// The functions' (and their shadows' and controls') most memory at once, in MiB, and
-/// the three that may take the most, in words.
+/// the three that may take the most, in words. At most `runtime.max_instances` instances
+/// are alive at once, all functions together: the largest that many count.
 fn guests_at_once(config: &Config) -> (u64, Vec<String>) {
     let mut all: Vec<(u64, FunctionConfig)> = config
         .functions
@@ -35,7 +40,15 @@ fn guests_at_once(config: &Config) -> (u64, Vec<String>) {
         .map(|f| (most_at_once(&f), f))
         .collect();
     all.sort_by_key(|b| std::cmp::Reverse(b.0));
-    let total = all.iter().map(|(mb, _)| mb).sum();
+    let mut slots: Vec<u64> = all
+        .iter()
+        .flat_map(|(_, f)| std::iter::repeat_n(f.memory_limit_mb, instances(f) as usize))
+        .collect();
+    slots.sort_unstable_by(|a, b| b.cmp(a));
+    let total = slots
+        .iter()
+        .take(config.runtime.max_instances as usize)
+        .sum();
     let top = all
         .iter()
         .take(3)
@@ -54,21 +67,31 @@ fn guests_at_once(config: &Config) -> (u64, Vec<String>) {
     (total, top)
 }
 
-/// The memory limit of this process's cgroup in bytes (v2 `memory.max`, v1
-/// `memory.limit_in_bytes`), if it has one.
+/// The memory limit of this process's cgroup in bytes, its ancestors' included (a
+/// limit set on a parent, a systemd slice, bounds it as well: a probe's was missed), if
+/// there is one: v2 `memory.max` of each, v1 the kernel's `hierarchical_memory_limit`.
 fn cgroup_limit() -> Option<u64> {
     let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     own.lines().find_map(|line| {
         let mut parts = line.splitn(3, ':');
         let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
-        let file = match controllers {
-            "" => format!("/sys/fs/cgroup{path}/memory.max"),
+        match controllers {
+            "" => std::path::Path::new(path)
+                .ancestors()
+                .filter_map(|p| {
+                    let file = format!("/sys/fs/cgroup{}/memory.max", p.display());
+                    std::fs::read_to_string(file).ok().and_then(|v| limit(&v))
+                })
+                .min(),
             c if c.split(',').any(|c| c == "memory") => {
-                format!("/sys/fs/cgroup/memory{path}/memory.limit_in_bytes")
+                let stat = format!("/sys/fs/cgroup/memory{path}/memory.stat");
+                let stat = std::fs::read_to_string(stat).ok()?;
+                stat.lines()
+                    .find_map(|l| l.strip_prefix("hierarchical_memory_limit "))
+                    .and_then(limit)
             }
-            _ => return None,
-        };
-        std::fs::read_to_string(file).ok().and_then(|v| limit(&v))
+            _ => None,
+        }
     })
 }
 
@@ -157,6 +180,10 @@ mod tests {
         let (guests, top) = guests_at_once(&config);
         // Eight persistent instances and two on-demand functions of four calls each.
         assert_eq!(guests, memory * (8 + 2 * 4));
+        // No more than runtime.max_instances at once.
+        let mut few = config.clone();
+        few.runtime.max_instances = 4;
+        assert_eq!(guests_at_once(&few).0, memory * 4);
         assert!(top[0].starts_with("od1"), "{top:?}");
         let w = warning(guests, &top, 96 << 20, "its cgroup's memory limit").unwrap();
         assert!(w.contains("this process has 96 MiB"), "{w}");
