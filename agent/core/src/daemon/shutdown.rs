@@ -1,6 +1,7 @@
 //! The ordered stop of a running agent, with its deadlines, in one place.
 //!
-//! 0. The reloader stops (a reload under way finishes first; a function it is removing
+//! 0. The reloader stops (a reload under way finishes first, within the grace: one still
+//!    compiling then is left, nothing of it in force; a function it is removing
 //!    goes on draining, tracked like in-flight work). Then the deployment task: a
 //!    probation the stop ends is reported passed while the output connection is up
 //!    (within [`DISCONNECT_DEADLINE`]).
