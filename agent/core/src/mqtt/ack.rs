@@ -146,6 +146,9 @@ pub struct AckQueue {
     resumed_at: AtomicU64,
     /// Told when acknowledgements leave the line ([`AckQueue::room`]).
     freed: Notify,
+    /// `pending`'s length, kept beside it for [`AckQueue::has_room`], asked before every
+    /// message is taken: without the lock.
+    unacked: std::sync::atomic::AtomicUsize,
 }
 
 impl crate::event::Release for AckQueue {
@@ -169,12 +172,13 @@ impl AckQueue {
             session_from: AtomicU64::new(0),
             resumed_at: AtomicU64::new(0),
             freed: Notify::new(),
+            unacked: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
     /// Whether fewer than [`MAX_UNACKED`] messages wait for their acknowledgements.
     pub fn has_room(&self) -> bool {
-        self.lock().pending.len() < MAX_UNACKED
+        self.unacked.load(Ordering::Acquire) < MAX_UNACKED
     }
 
     /// Completes once [`AckQueue::has_room`].
@@ -247,6 +251,7 @@ impl AckQueue {
         };
         let seq = s.head + s.pending.len() as u64;
         s.pending.push_back(Pending { ack, done: false });
+        self.unacked.store(s.pending.len(), Ordering::Release);
         let ticket = Ticket {
             generation: s.generation,
             seq,
@@ -292,6 +297,7 @@ impl AckQueue {
             }
         }
         if s.pending.len() < before {
+            self.unacked.store(s.pending.len(), Ordering::Release);
             self.freed.notify_waiters();
         }
     }
@@ -303,6 +309,7 @@ impl AckQueue {
         s.generation += 1;
         s.head += s.pending.len() as u64;
         s.pending.clear();
+        self.unacked.store(0, Ordering::Release);
         s.taken = 0;
         self.generation.store(s.generation, Ordering::Release);
         self.freed.notify_waiters();
