@@ -40,15 +40,20 @@ fn guests_at_once(config: &Config) -> (u64, Vec<String>) {
         .map(|f| (most_at_once(&f), f))
         .collect();
     all.sort_by_key(|b| std::cmp::Reverse(b.0));
-    let mut slots: Vec<u64> = all
-        .iter()
-        .flat_map(|(_, f)| std::iter::repeat_n(f.memory_limit_mb, instances(f) as usize))
-        .collect();
-    slots.sort_unstable_by(|a, b| b.cmp(a));
-    let total = slots
-        .iter()
-        .take(config.runtime.max_instances as usize)
-        .sum();
+    // Persistent instances hold their slots for good; the other calls share the rest (a
+    // probe found the four largest counted where three slots were persistent ones).
+    let slots = |persistent: bool| -> Vec<u64> {
+        let mut v: Vec<u64> = all
+            .iter()
+            .filter(|(_, f)| (f.mode == Mode::Persistent) == persistent)
+            .flat_map(|(_, f)| std::iter::repeat_n(f.memory_limit_mb, instances(f) as usize))
+            .collect();
+        v.sort_unstable_by(|a, b| b.cmp(a));
+        v
+    };
+    let held = slots(true);
+    let rest = (config.runtime.max_instances as usize).saturating_sub(held.len());
+    let total = held.iter().sum::<u64>() + slots(false).iter().take(rest).sum::<u64>();
     let top = all
         .iter()
         .take(3)
@@ -180,10 +185,14 @@ mod tests {
         let (guests, top) = guests_at_once(&config);
         // Eight persistent instances and two on-demand functions of four calls each.
         assert_eq!(guests, memory * (8 + 2 * 4));
-        // No more than runtime.max_instances at once.
+        // No more than runtime.max_instances at once, the persistent ones always among them.
         let mut few = config.clone();
-        few.runtime.max_instances = 4;
-        assert_eq!(guests_at_once(&few).0, memory * 4);
+        few.runtime.max_instances = 10;
+        assert_eq!(guests_at_once(&few).0, memory * 10);
+        few.functions[0].memory_limit_mb = 2 * memory;
+        few.functions[8].memory_limit_mb = 4 * memory;
+        // Eight persistent instances (one twice as large) and two calls of the largest.
+        assert_eq!(guests_at_once(&few).0, memory * (9 + 2 * 4));
         assert!(top[0].starts_with("od1"), "{top:?}");
         let w = warning(guests, &top, 96 << 20, "its cgroup's memory limit").unwrap();
         assert!(w.contains("this process has 96 MiB"), "{w}");

@@ -214,6 +214,7 @@ impl Startup {
             reloader,
             reloader_stop,
             deployer: deployer.map(|d| (deployer_stop, d)),
+            embedded_broker: config.broker.embedded,
             stop_intake,
             lanes,
             tracker,
