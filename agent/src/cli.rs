@@ -63,6 +63,17 @@ pub enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Read or delete the functions' state in a stopped agent's data_dir: `state list`,
+    /// `state list FUNCTION`, `state get FUNCTION KEY`, `state delete FUNCTION KEY...`.
+    State {
+        /// The agent's config file (for its data_dir). Default: $EDGE_AGENT_CONFIG, then
+        /// /etc/edge-agent/config.toml, then ./edge-agent.toml.
+        #[arg(short, long, global = true)]
+        config: Option<PathBuf>,
+        /// What to do.
+        #[command(subcommand)]
+        command: StateCommand,
+    },
     /// Write a new function project from a template, in Rust, Python or JavaScript: its
     /// source and build files, a README, the SDK, and a function.toml snippet for the
     /// agent's config.
@@ -125,6 +136,41 @@ pub enum Command {
         /// Components (`.wasm`) to compile.
         #[arg(required = true)]
         modules: Vec<PathBuf>,
+    },
+}
+
+/// `edge-agent state`: the store is read and changed only while no agent runs on it.
+#[derive(Debug, Subcommand)]
+pub enum StateCommand {
+    /// Each function with state, with its number of keys and their bytes; with FUNCTION,
+    /// its keys and values (a value that is not text is shown as 0x and hex).
+    List {
+        /// The function whose keys to show.
+        function: Option<String>,
+        /// Only the keys that begin with this.
+        #[arg(long, requires = "function")]
+        prefix: Option<String>,
+    },
+    /// Print one value, its bytes as stored (no newline added).
+    Get {
+        /// The function.
+        function: String,
+        /// The key.
+        key: String,
+    },
+    /// Delete keys of a function, or all of them with --all: its next call starts from
+    /// what is left. The receipts of messages already handled stay, so that a resent
+    /// message is still not handled twice.
+    Delete {
+        /// The function.
+        function: String,
+        /// The keys to delete.
+        #[arg(required_unless_present = "all", conflicts_with = "all")]
+        keys: Vec<String>,
+        /// Delete every key of the function (a function renamed or removed leaves its
+        /// state behind under its old name: this deletes it).
+        #[arg(long)]
+        all: bool,
     },
 }
 

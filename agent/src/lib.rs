@@ -6,6 +6,7 @@
 
 pub mod cli;
 pub mod logs;
+mod state;
 
 use std::path::Path;
 
@@ -27,6 +28,9 @@ pub enum CommandError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// `state`.
+    #[error(transparent)]
+    State(#[from] edge_agent::state::inspect::InspectError),
     /// `promote`: the agent could not be reached.
     #[error("promote")]
     Unreachable(#[source] edge_agent::daemon::control::ControlError),
@@ -66,6 +70,7 @@ impl CommandError {
             Self::NoConfig(_) => Exit::Config,
             Self::Agent(e) => e.exit(),
             Self::Runtime(_) | Self::Refused(_) => Exit::Failure,
+            Self::State(e) => state::exit(e),
             Self::Unreachable(_) => Exit::Unavailable,
             #[cfg(feature = "compiler")]
             Self::Precompile(_) => Exit::Failure,
@@ -149,6 +154,11 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
             // of its own (a drop of the runtime waits for it: seconds to minutes).
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             ran?;
+        }
+        Command::State { config, command } => {
+            let path = find_config(config.as_deref(), false)?;
+            let config = Config::load(&path).map_err(AgentError::from)?;
+            state::run(&config, command)?;
         }
         Command::Promote {
             function,

@@ -3,7 +3,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use crate::harness::{Agent, Client, Mosquitto, Process, embedded, guest, unique};
+use crate::harness::{Agent, Client, Mosquitto, Process, edge_agent, embedded, guest, unique};
 
 fn function(name: &str, module: &str, mode: &str, topic: &str, extra: &str) -> String {
     format!(
@@ -133,6 +133,24 @@ async fn counter_is_identical_in_both_models_and_survives_a_restart() {
     let got = vec![c.recv().await, c.recv().await];
     assert_eq!(counts(got.clone(), "od/a"), [6]);
     assert_eq!(counts(got, "p/a"), [6]);
+
+    // `edge-agent state` on the stopped agent reads the counts and resets one, which the
+    // next start takes up.
+    let dir = agent.stop().await;
+    let state = |args: &[&str]| {
+        let args = [&["state", "--config", "agent.toml"], args].concat();
+        edge_agent(dir.path(), &[], &args)
+    };
+    assert_eq!(state(&["list", "p"]), "count/p/a\t6\ncount/p/b\t1\n");
+    assert_eq!(state(&["get", "od", "count/od/a"]), "6");
+    state(&["delete", "p", "count/p/a"]);
+    let agent = Agent::start_in(dir, &config).await;
+    let mut c = Client::connect(agent.port, &["out/#"]).await;
+    c.publish("p/a", "x").await;
+    c.publish("p/b", "x").await;
+    let got = vec![c.recv().await, c.recv().await];
+    assert_eq!(counts(got.clone(), "p/a"), [1]);
+    assert_eq!(counts(got, "p/b"), [2]);
     agent.stop().await;
 }
 

@@ -59,6 +59,8 @@ use tokio::sync::{Notify, watch};
 
 use crate::config::StateConfig;
 
+pub mod inspect;
+
 /// State store failures.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
