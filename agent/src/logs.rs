@@ -76,7 +76,7 @@ fn filter(verbose: u8, rust_log: Option<&str>) -> (Targets, Option<String>) {
         _ => "trace",
     };
     let fallback = || default.parse().expect("the default filters parse");
-    match rust_log.map(str::parse::<Targets>) {
+    match rust_log.map(parse) {
         None => (fallback(), None),
         Some(Ok(targets)) => (targets, None),
         Some(Err(e)) => (
@@ -87,6 +87,22 @@ fn filter(verbose: u8, rust_log: Option<&str>) -> (Targets, Option<String>) {
             )),
         ),
     }
+}
+
+/// `RUST_LOG`'s directives as [`Targets`]. `Targets` would take a span or field filter
+/// (`edge_agent[span]=debug`) for a target of that name, which matches nothing: the log
+/// was silent, warnings and errors included (a probe, 2026-12-08). And as with
+/// `EnvFilter`, targets that no directive names log errors when no bare level is given
+/// (`RUST_LOG=edge_agent=debug`), where `Targets` alone would drop them.
+fn parse(rust_log: &str) -> Result<Targets, String> {
+    if rust_log.contains(['[', ']', '{', '}']) {
+        return Err("span and field filters ([...], {...}) are not supported".into());
+    }
+    let targets: Targets = rust_log.parse().map_err(|e| format!("{e}"))?;
+    Ok(match targets.default_level() {
+        Some(_) => targets,
+        None => targets.with_default(tracing::level_filters::LevelFilter::ERROR),
+    })
 }
 
 /// Whether stderr goes to journald (systemd sets `JOURNAL_STREAM`): then every line starts
@@ -169,5 +185,15 @@ mod tests {
             "{w}"
         );
         assert_eq!(t.default_level(), Some(LevelFilter::DEBUG));
+        // A span filter is not taken for a target that silences everything else.
+        let (t, w) = filter(0, Some("edge_agent[span]=debug"));
+        assert!(w.expect("a warning").contains("not supported"));
+        assert!(t.would_enable("edge_agent::pipeline", &Level::WARN));
+        // Without a bare level, other targets still log their errors.
+        let (t, w) = filter(0, Some("edge_agent=debug"));
+        assert!(w.is_none());
+        assert!(t.would_enable("edge_agent::state", &Level::DEBUG));
+        assert!(t.would_enable("sled::pagecache", &Level::ERROR));
+        assert!(!t.would_enable("sled::pagecache", &Level::WARN));
     }
 }
