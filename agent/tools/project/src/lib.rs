@@ -191,6 +191,14 @@ fn valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
+/// Whether `name` is the SDK's (the Rust crate `edge-agent-sdk`, the Python package
+/// `edge_agent`): a project of that name built with `two packages named
+/// \`edge-agent-sdk\``, after `new` had taken it (a probe, 2026-12-08).
+fn is_the_sdks_name(name: &str) -> bool {
+    let name = name.to_ascii_lowercase().replace('-', "_");
+    name == "edge_agent_sdk" || name == "edge_agent"
+}
+
 /// Where `build` puts a project's component.
 fn component_path(dir: &Path, name: &str, lang: Lang) -> PathBuf {
     match lang {
@@ -444,6 +452,13 @@ pub fn new(args: &NewArgs) -> Result<PathBuf, ProjectError> {
     if !valid_name(&args.name) {
         return Err(ProjectError::Usage(format!(
             "`{}`: a function name is 1-64 letters, digits, `-` and `_`, starting with a letter",
+            args.name
+        )));
+    }
+    if is_the_sdks_name(&args.name) {
+        return Err(ProjectError::Usage(format!(
+            "`{}` is the name of the SDK the project is built with (its copy in the project \
+             would clash with it): pick another name",
             args.name
         )));
     }
@@ -790,6 +805,10 @@ mod tests {
         for bad in ["", "2fast", "a.b", "a/b", "-x", &"x".repeat(65)] {
             assert!(!valid_name(bad), "{bad}");
         }
+        for sdk in ["edge-agent-sdk", "Edge_Agent_SDK", "edge_agent"] {
+            assert!(is_the_sdks_name(sdk), "{sdk}");
+        }
+        assert!(!is_the_sdks_name("edge-agent-sdk2"));
     }
 
     #[test]
