@@ -74,6 +74,16 @@ pub fn keygen(args: &KeygenArgs) -> Result<String, FleetError> {
             )));
         }
     }
+    // fleet.md's `~/.config/edge-agent/ops.key` is in a folder a fresh machine does not
+    // have: made, private, as ssh-keygen makes `~/.ssh`.
+    if let Some(dir) = args.key.parent().filter(|d| !d.as_os_str().is_empty()) {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|e| FleetError::Usage(format!("cannot make {}: {e}", dir.display())))?;
+    }
     let rng = ring::rand::SystemRandom::new();
     let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng)
         .map_err(|_| FleetError::Usage("cannot generate a key: no system randomness".into()))?;
@@ -751,7 +761,9 @@ mod tests {
     #[test]
     fn a_key_pair_signs_what_an_agent_trusting_it_opens() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let key = dir.path().join("ops.key");
+        // In a folder that is not there yet, as fleet.md's `~/.config/edge-agent/ops.key`
+        // on a fresh machine.
+        let key = dir.path().join("config/edge-agent/ops.key");
         let public = keygen(&KeygenArgs { key: key.clone() }).expect("keygen");
         let again = keygen(&KeygenArgs { key: key.clone() })
             .unwrap_err()
