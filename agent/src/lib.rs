@@ -145,11 +145,38 @@ pub fn execute(command: Command) -> Result<(), CommandError> {
                     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
                 (shutdown_signal(), hangups)
             };
-            let mut prepared = Prepared::open(config)?;
+            let stopped = tokio_util::sync::CancellationToken::new();
+            rt.spawn({
+                let stopped = stopped.clone();
+                async move {
+                    stop.await;
+                    stopped.cancel();
+                }
+            });
+            // Loading compiles every module (seconds; minutes for Python or JavaScript on a
+            // Pi): a stop meanwhile ends the process at once, where it waited for every
+            // compile and then started, connected and subscribed only to stop (a probe,
+            // 2026-12-08). Nothing is taken or written yet but what a crash leaves sound:
+            // the store as opened, whole compile-cache files.
+            let opening = rt.spawn_blocking(move || Prepared::open(config));
+            let opened = rt.block_on(async {
+                tokio::select! {
+                    opened = opening => Some(opened),
+                    () = stopped.cancelled() => None,
+                }
+            });
+            let Some(opened) = opened else {
+                tracing::info!("stopped while loading the modules, before taking any event");
+                // The compile's thread is not waited for: its work is of no use now.
+                rt.shutdown_background();
+                return Ok(());
+            };
+            let mut prepared =
+                opened.unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
             if let Ok(hangups) = hangups {
                 prepared = prepared.hangups(hangups);
             }
-            let ran = rt.block_on(edge_agent::run(prepared, stop));
+            let ran = rt.block_on(edge_agent::run(prepared, stopped.cancelled_owned()));
             // Not waiting for a reload's compile that the stop left running on a thread
             // of its own (a drop of the runtime waits for it: seconds to minutes).
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
