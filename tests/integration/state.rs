@@ -458,6 +458,31 @@ async fn state_writes_do_not_serialise_on_the_flush_interval() {
     );
 }
 
+/// A call's wait for the state, while calls ahead of it hold it, is not its own time: four
+/// calls that each hold the state for 150 ms, with a timeout of 400 ms, all count. Until
+/// 2026-12-08 the wait counted, and the third and fourth were `timeout` dead letters, their
+/// events acknowledged and never counted (a probe lost 43 of 6,000 so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wait_for_the_state_is_not_the_calls_timeout() {
+    let config = embedded(&unique("s"))
+        + &function(
+            "od",
+            "misbehave",
+            "on-demand",
+            "od/+",
+            "timeout_ms = 400\nmax_concurrency = 4",
+        );
+    let agent = Agent::start(&config).await;
+    let mut c = Client::connect(agent.port, &["out/#", "edge-agent/+/dead-letter"]).await;
+    for i in 0..4 {
+        c.publish(&format!("od/{i}"), "state-incr-hold:k:150").await;
+    }
+    let mut got = texts(&mut c, 4).await;
+    got.sort_unstable();
+    assert_eq!(got, ["1", "2", "3", "4"], "four counts, no dead letter");
+    agent.stop().await;
+}
+
 /// Concurrent calls of one function behave as if they ran one at a time: every increment
 /// of one key returns a distinct value, on-demand with the default concurrency and
 /// persistent with several instances.

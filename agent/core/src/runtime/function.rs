@@ -614,7 +614,8 @@ impl LoadedFunction {
         let mut store = Store::new(pre.engine(), StoreData::new(ctx.clone()));
         store.limiter(|s| s as &mut dyn ResourceLimiter);
         store.set_epoch_deadline(self.deadline_ticks);
-        store.epoch_deadline_trap();
+        let tick = self.ticker.tick();
+        store.epoch_deadline_callback(move |mut store| store.data_mut().deadline_reached(tick));
         if let Some(fuel) = self.fuel {
             // Instantiation runs start-up code too; it gets the same budget.
             store.set_fuel(fuel).map_err(|e| CallError {
@@ -735,13 +736,11 @@ impl Instance {
             data.outbox.clear();
             data.memory_limit_hit = false;
             data.state_failure = None;
-            // State waits for other calls no longer than this call may run.
-            let deadline = Instant::now() + Duration::from_millis(data.timeout_ms());
-            data.deadline = deadline;
-            data.txn = self
-                .state
-                .as_ref()
-                .map(|ns| ns.begin_in(Some(deadline), self.epoch));
+            data.credited = Duration::ZERO;
+            data.deadline = Instant::now() + Duration::from_millis(data.timeout_ms());
+            // The wait for the state's gate is bounded by the calls ahead, each by its
+            // own timeout, and is not counted in this one's ([`StoreData::deadline_reached`]).
+            data.txn = self.state.as_ref().map(|ns| ns.begin_in(None, self.epoch));
         }
         let running = self.ticker.running();
         let started = Instant::now();
@@ -754,10 +753,14 @@ impl Instance {
         let cpu = cpu.stop();
         let data = self.store.data_mut();
         data.call_ended();
-        // A wait for its turn to publish is the function's rate limit, not its work.
-        let throttled = std::mem::take(&mut data.throttled);
-        let execute = started.elapsed().saturating_sub(throttled);
+        // A wait for its turn to publish is the function's rate limit, and a wait for
+        // the state's gate the other calls' work: neither is its own.
         let txn = data.txn.take();
+        let waited = txn
+            .as_ref()
+            .map_or(Duration::ZERO, crate::state::Txn::waited);
+        let throttled = std::mem::take(&mut data.throttled) + waited;
+        let execute = started.elapsed().saturating_sub(throttled);
         let outbox = std::mem::take(&mut data.outbox);
         let spent = crate::metrics::CallCost {
             execute,

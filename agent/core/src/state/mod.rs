@@ -1504,6 +1504,7 @@ impl Namespace {
             bytes_change: 0,
             deadline,
             holds_gate: false,
+            waited: Duration::ZERO,
             epoch: None,
         }
     }
@@ -1655,6 +1656,8 @@ pub struct Txn {
     bytes_change: i64,
     deadline: Option<Instant>,
     holds_gate: bool,
+    /// How long the call waited for the gate.
+    waited: Duration,
     /// The store's epoch when the instance was made, or at the call's first access: it
     /// may not commit into a store reopened since (what it read or remembers may be lost).
     epoch: Option<u64>,
@@ -1672,7 +1675,9 @@ impl Txn {
     /// Takes the namespace's gate on the first access of the call.
     fn enter(&mut self) -> Result<(), StateError> {
         if !self.holds_gate {
+            let asked = Instant::now();
             self.ns.gate.enter(self.deadline)?;
+            self.waited = asked.elapsed();
             self.holds_gate = true;
             if self.epoch.is_none() {
                 self.epoch = Some(self.ns.store.epoch.load(Ordering::Acquire));
@@ -1854,6 +1859,12 @@ impl Txn {
             }
         }
         Ok(merged.into_iter().take(limit).collect())
+    }
+
+    /// How long the call waited for the namespace's gate (for the other calls of the
+    /// function ahead of it).
+    pub fn waited(&self) -> Duration {
+        self.waited
     }
 
     /// Whether the call wrote anything.

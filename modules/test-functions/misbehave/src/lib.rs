@@ -109,6 +109,13 @@ impl Function for Misbehave {
                 reply(&format!("recursed {depth}"))
             }
             ("state-incr", true) => reply(&state::increment(arg, 1)?.to_string()),
+            ("state-incr-hold", true) => {
+                // Holds the state (the namespace's gate) for MS after the increment.
+                let (key, ms) = arg.split_once(':').unwrap_or((arg, "0"));
+                let n = state::increment(key, 1)?;
+                busy_wait(number(ms)?);
+                reply(&n.to_string())
+            }
             ("state-incr-then-err", true) => {
                 state::increment(arg, 1)?;
                 Err("failed after a state write".into())
