@@ -278,7 +278,7 @@ impl Collector for AgentCollector {
             &mut encoder,
             (
                 "edge_agent_function_cpu_seconds",
-                "Thread CPU time of the function's successful calls (instantiation and call)",
+                "Thread CPU time of the function's calls, failed ones included (instantiation and call)",
                 MetricType::Counter,
             ),
             snapshots

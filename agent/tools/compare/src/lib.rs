@@ -197,6 +197,11 @@ pub enum CompareError {
     /// The async runtime could not start.
     #[error("cannot start the async runtime")]
     Runtime(#[source] std::io::Error),
+    /// Stopped by SIGINT or SIGTERM before it had measured every model.
+    #[error(
+        "stopped before the end: the agents it started are stopped and its work folder removed"
+    )]
+    Interrupted,
     /// Some models could not be measured (the report says why for each); everything
     /// asked for was still printed and written.
     #[error("{} could not be measured (the report says why): {}", .0.len(), .0.join(", "))]
@@ -215,8 +220,25 @@ impl CompareError {
             Self::Workload(_) => Exit::Config,
             Self::SeveralReports(_) => Exit::Usage,
             Self::Write { .. } => Exit::CantCreate,
-            Self::Runtime(_) | Self::Failed(_) => Exit::Failure,
+            Self::Runtime(_) | Self::Failed(_) | Self::Interrupted => Exit::Failure,
         }
+    }
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn stopped() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) {
+        (Ok(mut int), Ok(mut term)) => {
+            tokio::select! {
+                _ = int.recv() => {}
+                _ = term.recv() => {}
+            }
+        }
+        _ => std::future::pending().await,
     }
 }
 
@@ -236,7 +258,21 @@ pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
     let mut runtime = None;
     if reports.is_empty() {
         let rt = tokio::runtime::Runtime::new().map_err(CompareError::Runtime)?;
-        let measured = rt.block_on(compare(args));
+        // Stopped (Ctrl-C, SIGTERM), the measurement is dropped: its agents are stopped and
+        // its work folder removed. Until 2026-12-08 a SIGTERM left an agent running on its
+        // own (its parent gone) and the folder behind (a probe).
+        let measured = rt.block_on(async {
+            tokio::select! {
+                measured = compare(args) => measured,
+                () = stopped() => {
+                    let measuring = MEASURING.lock().unwrap_or_else(|p| p.into_inner()).take();
+                    if let Some((broker, id)) = measuring {
+                        measure::clear_retained(&broker, &id, Duration::from_secs(2)).await;
+                    }
+                    Err(CompareError::Interrupted)
+                }
+            }
+        });
         // The broker's threads cannot be stopped (rumqttd 0.20): leave without waiting.
         runtime = Some(rt);
         reports.push(measured?);
@@ -867,9 +903,25 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
         .iter()
         .map(|_| MODELS.iter().map(|_| Vec::new()).collect())
         .collect();
+    // Once the broker has gone away, each model after is tried only if it is back.
+    let mut gone = false;
     for round in 0..rounds {
         for (fi, f) in plan.functions.iter().enumerate() {
             for (mi, &model) in MODELS.iter().enumerate() {
+                if gone
+                    && measure::reachable(&broker, "edge-agent-compare-check", BROKER_WAIT)
+                        .await
+                        .is_err()
+                {
+                    let why = "not measured: the broker is still away";
+                    progress.say(format!("{} {}: {why}", f.name, model.name()));
+                    measured[fi][mi].push(Round {
+                        error: Some(why.into()),
+                        broker_gone: true,
+                        ..Round::default()
+                    });
+                    continue;
+                }
                 let run = run_model(ModelSetup {
                     work: work.path(),
                     broker: &broker,
@@ -882,6 +934,7 @@ pub async fn compare(args: &CompareArgs) -> Result<Report, CompareError> {
                     progress: &progress,
                 })
                 .await;
+                gone = run.broker_gone;
                 measured[fi][mi].push(run);
             }
         }
@@ -1223,7 +1276,19 @@ struct WorkDir(PathBuf);
 
 impl WorkDir {
     fn new() -> Result<Self, CompareError> {
-        let dir = std::env::temp_dir().join(format!("edge-agent-compare-{}", std::process::id()));
+        // The folders of runs that were killed (kill -9 leaves no time to remove one).
+        let temp = std::env::temp_dir();
+        for e in std::fs::read_dir(&temp).into_iter().flatten().flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("edge-agent-compare-"));
+            if pid.is_some_and(|p| p.parse::<u32>().is_ok() && !Path::new("/proc").join(p).exists())
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = temp.join(format!("edge-agent-compare-{}", std::process::id()));
         std::fs::create_dir_all(&dir)
             .map_err(|e| CompareError::Setup(format!("{}: {e}", dir.display())))?;
         Ok(Self(dir))
@@ -1267,7 +1332,24 @@ fn start_broker() -> Result<String, CompareError> {
 struct AgentProcess(Child);
 
 impl Drop for AgentProcess {
+    /// Stops the agent as a service manager would: SIGTERM, then SIGKILL after 5 s. A
+    /// clean stop disconnects, so the broker sends no last will after [`measure::clear_retained`].
     fn drop(&mut self) {
+        if let Ok(pid) = i32::try_from(self.0.id()) {
+            // SAFETY: kill(2) on our own child's pid, which is not reaped before the
+            // wait below, so it cannot name another process.
+            #[allow(unsafe_code)]
+            unsafe {
+                libc::kill(pid, libc::SIGTERM)
+            };
+            let deadline = std::time::Instant::now() + Duration::from_secs(5);
+            while std::time::Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -1322,6 +1404,8 @@ struct Round {
     state_disk_bytes: u64,
     agent: AgentStats,
     error: Option<String>,
+    /// It failed because the broker went away.
+    broker_gone: bool,
 }
 
 /// One phase of one round.
@@ -1337,15 +1421,32 @@ struct RoundPhase {
     handled_per_second: f64,
 }
 
+/// The broker and agent id of the model being measured, for a stop to clear what that
+/// agent retained ([`run`]).
+static MEASURING: std::sync::Mutex<Option<(BrokerConfig, String)>> = std::sync::Mutex::new(None);
+
 async fn run_model(setup: ModelSetup<'_>) -> Round {
     let mut round = Round::default();
-    if let Err(e) = measure_model(&setup, &mut round).await {
+    *MEASURING.lock().unwrap_or_else(|p| p.into_inner()) =
+        Some((setup.broker.clone(), agent_id(&setup)));
+    let measured = measure_model(&setup, &mut round).await;
+    MEASURING.lock().unwrap_or_else(|p| p.into_inner()).take();
+    // Its agent is stopped now (its process dropped): what it retained goes too.
+    measure::clear_retained(setup.broker, &agent_id(&setup), Duration::from_secs(2)).await;
+    if let Err(e) = measured {
+        round.broker_gone = matches!(e, MeasureError::BrokerGone(_));
         let (name, mode) = (&setup.function.name, setup.model.name());
         let e = edge_agent::failure::chain(&e);
         setup.progress.say(format!("{name} {mode} failed: {e}"));
         round.error = Some(e);
     }
     round
+}
+
+/// The `agent.id` of `setup`'s agent: a fresh agent, store and topics per round.
+fn agent_id(setup: &ModelSetup<'_>) -> String {
+    let (f, model, round) = (setup.function, setup.model, setup.round);
+    format!("compare-{}-{}-{}", f.name, model.name(), round + 1)
 }
 
 /// The agent's config for one function in one model, as JSON (which the agent reads like
@@ -1416,6 +1517,15 @@ enum MeasureError {
     /// A stats report this build cannot read.
     #[error("the agent's stats cannot be read")]
     Stats(#[source] edge_agent::messages::ReadError),
+    /// The broker did not answer for this long.
+    #[error("the broker went away: no connection to it for {} s", .0.as_secs())]
+    BrokerGone(Duration),
+    /// The broker's connection dropped during the measurement.
+    #[error(
+        "the connection to the broker dropped {0} time(s) during the measurement (a broker \
+         restart?): what the broker lost meanwhile would count as the agent's loss"
+    )]
+    BrokerLost(u32),
 }
 
 async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), MeasureError> {
@@ -1430,8 +1540,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         wrapper,
         progress,
     } = *setup;
-    // A fresh agent, store and topics per round.
-    let id = format!("compare-{}-{}-{}", f.name, model.name(), round + 1);
+    let id = agent_id(setup);
     let what = format!("{} {} (round {})", f.name, model.name(), round + 1);
     progress.say(format!("{what}: starting its agent, then idle"));
     let data = work.join(&id);
@@ -1449,7 +1558,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         source,
     })?;
     let exe = std::env::current_exe().map_err(MeasureError::Exe)?;
-    let mut status = measure::subscribe(
+    let (mut status, link) = measure::subscribe(
         broker,
         &format!("{id}-status"),
         &format!("edge-agent/{id}/status"),
@@ -1461,7 +1570,8 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
     // which Linux delays up to 40 ms. Subscribed just before, the first event of every
     // model read 37-40 ms where the others read under 2 (one in 200 at 20 events/s: the
     // p99 of a short phase).
-    let mut outputs = measure::subscribe(broker, &format!("{id}-out"), &f.output_filter).await?;
+    let (mut outputs, _) =
+        measure::subscribe(broker, &format!("{id}-out"), &f.output_filter).await?;
     // The run's first start of a `.wasm` compiles it into the shared cache, and its
     // process keeps what compiling touched (here 9 MB of RSS: the compiler's pages of the
     // binary and its threads' heap), which no later start has: measured as is, the first
@@ -1486,6 +1596,20 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
             }
             None => Command::new(&exe),
         };
+        // If this process dies without stopping it (kill -9), the kernel stops the agent.
+        let parent = std::process::id();
+        // SAFETY: only async-signal-safe calls (prctl, getppid, kill) between fork and exec.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut command, move || {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM);
+                // The parent died before prctl: nobody would stop it.
+                if libc::getppid() != parent as libc::pid_t {
+                    libc::kill(libc::getpid(), libc::SIGTERM);
+                }
+                Ok(())
+            });
+        }
         let mut child = command
             .args(["run", "--config"])
             .arg(&file)
@@ -1526,9 +1650,17 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
                 }
             }
         };
+        // A broker gone for BROKER_WAIT fails the model then, not at the end of the wait
+        // for a slow start (10 minutes a model in a probe, 2026-12-08).
+        let gone = async {
+            while link.down_for().is_none_or(|d| d < BROKER_WAIT) {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
         // Compiling a Python or JavaScript .wasm takes minutes on a Pi (precompile it).
         let up = tokio::select! {
             up = tokio::time::timeout(Duration::from_secs(600), online) => up.unwrap_or(false),
+            () = gone => return Err(MeasureError::BrokerGone(BROKER_WAIT)),
             status = exited => {
                 // Its stderr is closed now that it has exited: the thread ends.
                 let said = said
@@ -1543,6 +1675,9 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         if filling && !entries().is_subset(&cached) {
             filling = false;
             drop(agent);
+            // Its clean stop wrote a snapshot of its store: the agent measured starts
+            // with none, as every other does.
+            let _ = std::fs::remove_dir_all(data.join("state"));
             continue;
         }
         break (agent, pid, spawned);
@@ -1579,7 +1714,7 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         auto.then_some(false),
     )];
     progress.step();
-    let mut stats = measure::subscribe(
+    let (mut stats, _) = measure::subscribe(
         broker,
         &format!("{id}-stats"),
         &format!("edge-agent/{id}/stats"),
@@ -1684,9 +1819,15 @@ async fn measure_model(setup: &ModelSetup<'_>, run: &mut Round) -> Result<(), Me
         .await?;
     run.agent = own;
     poller.abort();
-    drop(agent);
     // The store only: the data directory also keeps the compiled module (compile cache).
+    // Read while the agent runs: its clean stop writes a snapshot, even of an empty store.
     run.state_disk_bytes = measure::disk_bytes(&data.join("state"));
+    drop(agent);
+    // What the broker lost while it was away (a restart without persistence drops what
+    // it held) would read as the agent's loss, and the phase's rate and CPU as its own.
+    if link.lost() > 0 {
+        return Err(MeasureError::BrokerLost(link.lost()));
+    }
     Ok(())
 }
 

@@ -414,7 +414,42 @@ pub async fn connected(eventloop: &mut EventLoop, wait: Duration) -> Result<(), 
     .unwrap_or(Err(ReachError::Timeout(wait)))
 }
 
+/// A subscriber's connection to the broker, as [`subscribe`] keeps it: whether it is down
+/// and since when, and how many times it was lost after being up.
+#[derive(Debug, Default)]
+pub struct Link {
+    down_since: std::sync::Mutex<Option<Instant>>,
+    lost: std::sync::atomic::AtomicU32,
+}
+
+impl Link {
+    /// How long the connection has been down (`None` while it is up).
+    pub fn down_for(&self) -> Option<Duration> {
+        let down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        down.map(|since| since.elapsed())
+    }
+
+    /// How many times the connection was lost after being up.
+    pub fn lost(&self) -> u32 {
+        self.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn up(&self) {
+        *self.down_since.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn down(&self, was_up: bool) {
+        let mut down = self.down_since.lock().unwrap_or_else(|p| p.into_inner());
+        down.get_or_insert_with(Instant::now);
+        if was_up {
+            self.lost.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
+    }
+}
+
 /// Receives outputs on `filter` until dropped; sends (arrival, payload) down the channel.
+/// The [`Link`] says whether the subscriber's connection holds: it reconnects by itself,
+/// and what the broker had for it meanwhile may be gone.
 ///
 /// # Errors
 /// As [`client`].
@@ -422,17 +457,28 @@ pub async fn subscribe(
     broker: &BrokerConfig,
     id: &str,
     filter: &str,
-) -> Result<mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, ClientError> {
+) -> Result<
+    (
+        mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+        std::sync::Arc<Link>,
+    ),
+    ClientError,
+> {
     let (client, mut eventloop) = client(broker, id)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     let filter = filter.to_string();
+    let link = std::sync::Arc::new(Link::default());
+    let seen = link.clone();
     tokio::spawn(async move {
         let mut ready = Some(ready_tx);
         let _client = client.clone();
+        let mut up = false;
         loop {
             match eventloop.poll().await {
                 Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    up = true;
+                    seen.up();
                     let _ = client.subscribe(filter.clone(), QoS::AtLeastOnce).await;
                 }
                 Ok(Event::Incoming(Packet::SubAck(_))) => {
@@ -446,12 +492,40 @@ pub async fn subscribe(
                     }
                 }
                 Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                Err(_) => {
+                    seen.down(std::mem::take(&mut up));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
         }
     });
     let _ = tokio::time::timeout(Duration::from_secs(10), ready_rx).await;
-    Ok(rx)
+    Ok((rx, link))
+}
+
+/// Clears the messages an agent of `id` retained on the broker (its status and stats):
+/// `compare`'s agents are gone once it has measured them, and `top` and `fleet status`
+/// listed each as an offline agent for ever (a probe, 2026-12-08). Best effort: a broker
+/// that does not answer within `wait` keeps them.
+pub async fn clear_retained(broker: &BrokerConfig, id: &str, wait: Duration) {
+    let Ok((client, mut eventloop)) = client(broker, &format!("{id}-clear")) else {
+        return;
+    };
+    let cleared = async {
+        connected(&mut eventloop, wait).await.ok()?;
+        for what in ["status", "stats"] {
+            let topic = format!("edge-agent/{id}/{what}");
+            client
+                .publish(topic, QoS::AtLeastOnce, true, Vec::new())
+                .await
+                .ok()?;
+        }
+        let _ = client.disconnect().await;
+        // Until the broker has acknowledged both and the connection is closed.
+        while eventloop.poll().await.is_ok() {}
+        Some(())
+    };
+    let _ = tokio::time::timeout(wait, cleared).await;
 }
 
 /// Sends one phase's events through `client` (whose event loop runs elsewhere) at their

@@ -448,8 +448,13 @@ impl Plan {
         if file.qos > 1 {
             return Err(invalid("qos", format!("{} is not 0 or 1", file.qos)));
         }
-        if !(file.duration_secs.is_finite() && file.duration_secs > 0.0) {
-            return Err(invalid("duration_secs", "must be above 0".into()));
+        // A probe's 0.01 s phase gave each model one event, and the report read "0 us of
+        // CPU per event", auto "-100%", with no word of doubt (2026-12-08).
+        if !(file.duration_secs.is_finite() && file.duration_secs >= 1.0) {
+            return Err(invalid(
+                "duration_secs",
+                "must be at least 1: CPU and memory are read in one-second windows".into(),
+            ));
         }
         if file.sensors == 0 {
             return Err(invalid("sensors", "must be at least 1".into()));
@@ -664,6 +669,7 @@ mod tests {
                 "must be above 0",
             ),
             ("[traffic]\npattern = \"zigzag\"\n", "zigzag"),
+            ("duration_secs = 0.01\n", "one-second windows"),
             ("rates = [1\n", "`rates` (line 1): unclosed array"),
             ("colour = 1\n", "colour"),
             (
