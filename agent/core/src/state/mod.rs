@@ -939,9 +939,19 @@ impl StateStore {
         let flush = self.flush_once();
         tokio::pin!(flush);
         let started = Instant::now();
-        tokio::select! {
-            done = &mut flush => return done,
-            () = tokio::time::sleep(slow) => {}
+        let mut asked = started;
+        loop {
+            tokio::select! {
+                done = &mut flush => return done,
+                () = tokio::time::sleep(slow) => {}
+            }
+            // A timer that woke a second or more late found the process itself stopped
+            // (SIGSTOP, a paused VM, a suspend), not the disk: the flush gets another
+            // period from now. A probe's 40 s SIGSTOP read as a stalled disk (2026-12-08).
+            if asked.elapsed() < slow + Duration::from_secs(1) {
+                break;
+            }
+            asked = Instant::now();
         }
         self.set_health(Some(format!(
             "a flush has waited {} s for the disk of {} (stalled or failing?)",
