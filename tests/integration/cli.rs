@@ -424,6 +424,37 @@ async fn publish_command_sends_numbered_messages() {
     assert_eq!(got, ["n=0", "n=1", "n=2", "n=3", "n=4"]);
 }
 
+/// The embedded broker answers a wrong login with a CONNACK that says so, as Mosquitto
+/// does: until 2026-12-08 it closed the connection unanswered, and `publish`, `top` and
+/// `fleet status` said "connection closed by peer" (a probe).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_says_it_refused_a_login() {
+    let config = embedded(&crate::harness::unique("c"))
+        + &format!(
+            "username = \"agent\"\npassword = \"s3cret\"\n[[function]]\nname = \"e\"\n\
+             module = \"{}\"\ntopics = [\"e/#\"]\n[function.config]\nout_topic = \"o/{{topic}}\"\n",
+            guest("echo")
+        );
+    let agent = crate::harness::Agent::start(&config).await;
+    let url = format!("mqtt://127.0.0.1:{}", agent.port);
+    let out = tokio::task::spawn_blocking(move || {
+        let args = ["--topic", "x", "--payload", "y", "--username", "agent"];
+        let args = [
+            &["publish", "--broker", &url][..],
+            &args,
+            &["--password", "wrong"],
+        ]
+        .concat();
+        run(&args, &repo_root())
+    })
+    .await
+    .expect("join");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(69), "{stderr}");
+    assert!(stderr.contains("BadUserNamePassword"), "{stderr}");
+    agent.stop().await;
+}
+
 #[test]
 fn publish_to_a_dead_broker_fails_clearly() {
     // Nothing listens there: the port is free and nothing in this process binds it.

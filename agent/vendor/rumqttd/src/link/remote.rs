@@ -195,7 +195,21 @@ where
 
     Span::current().record("client_id", &connect.client_id);
 
-    handle_auth(config.clone(), login.as_ref(), &connect.client_id).await?;
+    // Patched (edge-agent): a refused login is answered with a CONNACK that says so (return
+    // code 4 with a login, 5 without), as MQTT asks and Mosquitto does, where the
+    // connection was closed unanswered and clients said "connection closed by peer".
+    if let Err(e) = handle_auth(config.clone(), login.as_ref(), &connect.client_id).await {
+        let code = match login {
+            Some(_) => ConnectReturnCode::BadUserNamePassword,
+            None => ConnectReturnCode::NotAuthorized,
+        };
+        let ack = ConnAck {
+            session_present: false,
+            code,
+        };
+        let _ = network.write(Packet::ConnAck(ack, None)).await;
+        return Err(e);
+    }
 
     // When keep_alive feature is disabled client can live forever, which is not good in
     // distributed broker context so currenlty we don't allow it.
