@@ -603,7 +603,7 @@ impl Config {
             .ancestors()
             .find_map(|d| fs2::total_space(d).ok());
         if let Some(total) = disk.filter(|t| *t > 0)
-            && st.min_free_mb.saturating_mul(1024 * 1024) >= total
+            && st.min_free_mb >= total / (1024 * 1024)
         {
             errs.push(self.invalid(
                 "state.min_free_mb",

@@ -290,6 +290,18 @@ fn open_state(
         super::lanes::warn_of_a_lost_store(config);
     }
     super::reload::drop_stale_shadows(&state, config);
+    // A renamed function starts empty, and nothing said where its old state went (a probe).
+    match state.unconfigured(|name| config.functions.iter().any(|f| f.name == name)) {
+        Ok(names) if !names.is_empty() => tracing::info!(
+            functions = ?names,
+            "the state store keeps the state of functions no longer in the config (renamed or \
+             removed?): unused unless a function of that name comes back. With the agent \
+             stopped, `edge-agent state list` shows it and `edge-agent state delete NAME --all` \
+             deletes it"
+        ),
+        Ok(_) => {}
+        Err(e) => tracing::debug!("cannot list the state of functions no longer configured: {e}"),
+    }
     for f in &config.functions {
         if let Some(loaded) = runtime.function(&f.name) {
             loaded.attach_state(state.namespace(&f.name)?);

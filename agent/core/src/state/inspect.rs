@@ -292,6 +292,24 @@ mod tests {
         assert!(ns.tree().unwrap().contains_key(b"\0receipt/7").unwrap());
     }
 
+    /// The start names a renamed or removed function's state while it has keys.
+    #[tokio::test]
+    async fn functions_no_longer_configured_are_named_while_they_have_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        store_with_keys(dir.path()).await;
+        let store = StateStore::open(dir.path(), &StateConfig::default()).unwrap();
+        assert!(store.unconfigured(|n| n == "counter").unwrap().is_empty());
+        assert_eq!(store.unconfigured(|_| false).unwrap(), ["counter"]);
+        let ns = store.namespace("counter").unwrap();
+        let mut txn = ns.begin();
+        txn.delete("a").unwrap();
+        txn.delete("b").unwrap();
+        txn.commit(None).unwrap();
+        store.flush_once().await.unwrap();
+        // Its receipt is left: not state of the function's.
+        assert!(store.unconfigured(|_| false).unwrap().is_empty());
+    }
+
     #[test]
     fn refuses_a_store_that_is_not_there_or_in_use() {
         let dir = tempfile::tempdir().unwrap();

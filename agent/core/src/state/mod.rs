@@ -483,6 +483,34 @@ impl StateStore {
         Ok(ns)
     }
 
+    /// The functions that have keys in the store but are not `configured`: renamed or
+    /// removed, their state kept (a function added back finds it) and unused.
+    ///
+    /// # Errors
+    /// [`StateError`] if the store cannot be read.
+    pub fn unconfigured(
+        &self,
+        configured: impl Fn(&str) -> bool,
+    ) -> Result<Vec<String>, StateError> {
+        let db = self.db()?;
+        let mut out = Vec::new();
+        for name in db.tree_names() {
+            let name = String::from_utf8_lossy(&name).into_owned();
+            let Some(function) = name.strip_prefix("function/") else {
+                continue;
+            };
+            if function.contains('~') || configured(function) {
+                continue;
+            }
+            // The functions' own keys: after the receipts, which begin with a NUL byte.
+            let first: &[u8] = &[1];
+            if db.open_tree(&name)?.range(first..).next().is_some() {
+                out.push(function.to_string());
+            }
+        }
+        Ok(out)
+    }
+
     /// Drops the namespaces of shadows (`<function>~<side>`) that `wanted` no longer names:
     /// a shadow's state is a copy of its primary's, made again whenever it starts, so once
     /// the shadow is gone its copy is only disk. A namespace still in use is kept. Returns
