@@ -72,8 +72,14 @@ fn filter(verbose: u8, rust_log: Option<&str>) -> (Targets, Option<String>) {
         // but for its warning that a subscriber fell behind its log and lost messages
         // (crate::mqtt::broker's SEGMENTS).
         0 => "info,rumqttd=off,rumqttd::segments=warn,rumqttc=warn",
-        1 => "debug,rumqttd=warn,rumqttc=info,cranelift_codegen=info,wasmtime=info",
-        _ => "trace",
+        1 => {
+            "debug,rumqttd=warn,rumqttc=info,cranelift_codegen=info,wasmtime=info,wasmtime_internal_cranelift=info"
+        }
+        // Cranelift's and regalloc2's trace is a line per instruction compiled:
+        // 190,000 lines for one small module (a probe). RUST_LOG still asks for it.
+        _ => {
+            "trace,cranelift_codegen=info,cranelift_frontend=info,regalloc2=info,wasmtime_internal_cranelift=info"
+        }
     };
     let fallback = || default.parse().expect("the default filters parse");
     match rust_log.map(parse) {
