@@ -61,6 +61,7 @@ pub fn run(command: &FleetCommand) -> Result<(), FleetError> {
         .enable_all()
         .build()?;
     let mut agents = rt.block_on(collect(&args.broker, &args.prefix, args.wait_ms))?;
+    let all = agents.len();
     if let Some(g) = &args.group {
         agents.retain(|_, s| s.deployment.as_ref().is_some_and(|d| d.group == *g));
     }
@@ -71,6 +72,14 @@ pub fn run(command: &FleetCommand) -> Result<(), FleetError> {
         }
     } else {
         print!("{}", table(&agents, now_ms));
+        match &args.group {
+            _ if !agents.is_empty() => {}
+            // Not "no agent" when there are others (a probe).
+            Some(g) if all > 0 => println!(
+                "({all} agent(s) under this prefix, none with a deployment of group `{g}`)"
+            ),
+            _ => println!("(no agent retains a status under this prefix)"),
+        }
     }
     Ok(())
 }
@@ -196,9 +205,16 @@ pub fn deployment(d: Option<&DeploymentReport>, now_ms: u64) -> String {
 /// The table `fleet status` prints.
 pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
     let mut out = String::new();
+    // As wide as the longest id: a longer one shifted every column after it (a probe).
+    let w = agents
+        .keys()
+        .map(|id| id.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(20);
     let _ = writeln!(
         out,
-        "{:<20} {:<8} {:>9} {:>6} {:>8} {:<12} DEPLOYMENT",
+        "{:<w$} {:<8} {:>9} {:>6} {:>8} {:<12} DEPLOYMENT",
         "AGENT", "PRESENCE", "FUNCTIONS", "EV/S", "RSS MB", "HEALTH"
     );
     for (id, s) in agents {
@@ -226,7 +242,7 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
         });
         let _ = writeln!(
             out,
-            "{:<20} {:<8} {:>9} {:>6} {:>8} {:<12} {}",
+            "{:<w$} {:<8} {:>9} {:>6} {:>8} {:<12} {}",
             id,
             presence,
             functions.map_or_else(|| "-".into(), |n| n.to_string()),
@@ -235,9 +251,6 @@ pub fn table(agents: &BTreeMap<String, Seen>, now_ms: u64) -> String {
             health(s, now_ms),
             deployment(s.deployment.as_ref(), now_ms),
         );
-    }
-    if agents.is_empty() {
-        out.push_str("(no agent retains a status under this prefix)\n");
     }
     out
 }
@@ -308,5 +321,18 @@ mod tests {
         assert_eq!(row("hung")[3..6], ["-", "-", "stale"], "{table}");
         assert_eq!(row("gone")[3..6], ["-", "-", "-"], "{table}");
         assert_eq!(health(&agents["hung"], now), "stale");
+        // An id longer than the column moves none of the columns after it.
+        let long = "compare-counter-scale-to-zero-1".to_string();
+        let agents = BTreeMap::from([
+            ("a".to_string(), seen(Presence::Online, now - 1_000)),
+            (long.clone(), seen(Presence::Online, now - 1_000)),
+        ]);
+        let wide = super::table(&agents, now);
+        let columns: Vec<usize> = wide
+            .lines()
+            .skip(1)
+            .map(|l| l.find("online").unwrap_or(0))
+            .collect();
+        assert_eq!(columns, [long.len() + 1; 2], "{wide}");
     }
 }
