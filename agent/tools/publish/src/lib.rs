@@ -164,6 +164,16 @@ pub enum PublishError {
         #[source]
         source: Box<rumqttc::ConnectionError>,
     },
+    /// Stopped by SIGINT (Ctrl-C) or SIGTERM before the end.
+    #[error("stopped, with {done} of {count} messages {what}")]
+    Stopped {
+        /// As in [`PublishError::Broker`].
+        done: u64,
+        /// Messages asked for.
+        count: u64,
+        /// "acknowledged" or, at QoS 0, "sent".
+        what: &'static str,
+    },
     /// The broker stopped acknowledging.
     #[error("broker {url}: no progress for 30 s, with {done} of {count} messages {what}")]
     Stalled {
@@ -184,6 +194,7 @@ impl PublishError {
         match self {
             Self::Usage(_) | Self::Args(_) => edge_agent::failure::Exit::Usage,
             Self::Broker { .. } | Self::Stalled { .. } => edge_agent::failure::Exit::Unavailable,
+            Self::Stopped { .. } => edge_agent::failure::Exit::Failure,
         }
     }
 }
@@ -242,8 +253,32 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
     } else {
         ("acknowledged", |_, acked| acked)
     };
+    // A long stream stopped by Ctrl-C says how far it got (it ended silently, 130).
+    use tokio::signal::unix::{SignalKind, signal};
+    let (mut int, mut term) = (
+        signal(SignalKind::interrupt()).ok(),
+        signal(SignalKind::terminate()).ok(),
+    );
+    let stop = async move {
+        match (int.as_mut(), term.as_mut()) {
+            (Some(int), Some(term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            _ => std::future::pending().await,
+        }
+    };
+    tokio::pin!(stop);
     while so_far(sent, acked) < count {
-        match tokio::time::timeout(Duration::from_secs(30), eventloop.poll()).await {
+        let polled = tokio::select! {
+            polled = tokio::time::timeout(Duration::from_secs(30), eventloop.poll()) => polled,
+            () = &mut stop => {
+                return Err(PublishError::Stopped { done: so_far(sent, acked), count, what });
+            }
+        };
+        match polled {
             Err(_) => {
                 return Err(PublishError::Stalled {
                     url: args.broker.broker.clone(),
