@@ -58,6 +58,15 @@ fn misbehave(name: &str, extra: &str) -> String {
 
 /// Publishes `payload` and returns the kind of the dead letter that follows.
 async fn kind_of(s: &mut Setup, topic: &str, payload: impl Into<Vec<u8>>) -> String {
+    dead_letter_of(s, topic, payload).await.kind
+}
+
+/// Publishes `payload` and returns the dead letter that follows.
+async fn dead_letter_of(
+    s: &mut Setup,
+    topic: &str,
+    payload: impl Into<Vec<u8>>,
+) -> edge_agent::messages::DeadLetter {
     s.client.publish(topic, payload).await;
     let m = s.client.recv().await;
     assert_eq!(
@@ -67,7 +76,7 @@ async fn kind_of(s: &mut Setup, topic: &str, payload: impl Into<Vec<u8>>) -> Str
         m.topic,
         m.text()
     );
-    m.message::<edge_agent::messages::DeadLetter>().kind
+    m.message::<edge_agent::messages::DeadLetter>()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,11 +99,16 @@ async fn hostile_guests_get_the_right_error_kind() {
             ("publish-many:5000", "rate-limit"),
             ("state-set:1000000", "state-quota"),
         ] {
-            assert_eq!(
-                kind_of(&mut s, &topic, payload).await,
-                kind,
-                "{f}: {payload}"
-            );
+            let dead = dead_letter_of(&mut s, &topic, payload).await;
+            assert_eq!(dead.kind, kind, "{f}: {payload}");
+            // A panic's own words, from the guest's stderr, not only the trap.
+            if payload == "panic" {
+                assert!(
+                    dead.message.contains("misbehave: panicking as asked"),
+                    "{f}: {}",
+                    dead.message
+                );
+            }
         }
         // Still healthy afterwards (persistent: a fresh instance after the restarts).
         // Lets the publish bucket (50/s) refill a token or more: a timer, not a wait.

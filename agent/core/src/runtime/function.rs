@@ -737,6 +737,8 @@ impl Instance {
             data.memory_limit_hit = false;
             data.state_failure = None;
             data.credited = Duration::ZERO;
+            // The dead letter of a trap quotes what this call wrote to stderr, not others.
+            data.stderr.take_recent();
             data.deadline = Instant::now() + Duration::from_millis(data.timeout_ms());
             // The wait for the state's gate is bounded by the calls ahead, each by its
             // own timeout, and is not counted in this one's ([`StoreData::deadline_reached`]).
@@ -1323,7 +1325,13 @@ fn classify(store: &Store<StoreData>, e: &wasmtime::Error, fallback: FailureKind
             "linear memory would exceed the limit of {} bytes",
             store.data().memory_limit()
         ),
-        _ => format!("{e:#}"),
+        // A panic's or an exception's own words are on stderr, before the trap: the
+        // dead letter had only the trap and its wasm backtrace, and the words were in
+        // the agent's log alone (a probe, 2026-12-08).
+        _ => match store.data().stderr.take_recent() {
+            said if said.is_empty() => format!("{e:#}"),
+            said => format!("{e:#}\nits last lines on stderr: {}", said.join(" | ")),
+        },
     };
     CallError {
         kind,

@@ -78,6 +78,8 @@ pub struct StoreData {
     /// How much of the call's wait for the state's gate its deadline has been moved by
     /// ([`StoreData::deadline_reached`]).
     pub(crate) credited: std::time::Duration,
+    /// The guest's stderr, whose last lines go into the dead letter of a call that traps.
+    pub(crate) stderr: GuestOutput,
 }
 
 impl StoreData {
@@ -99,9 +101,10 @@ impl StoreData {
     /// Fresh state for one instance: WASI with no capabilities at all (no files,
     /// environment, arguments or sockets); stdout/stderr into the log.
     pub fn new(ctx: Arc<FunctionContext>) -> Self {
+        let stderr = GuestOutput::new(ctx.log.clone(), Stream::Stderr);
         let wasi = WasiCtxBuilder::new()
             .stdout(GuestOutput::new(ctx.log.clone(), Stream::Stdout))
-            .stderr(GuestOutput::new(ctx.log.clone(), Stream::Stderr))
+            .stderr(stderr.clone())
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
@@ -119,6 +122,7 @@ impl StoreData {
             deadline: Instant::now(),
             throttled: std::time::Duration::ZERO,
             credited: std::time::Duration::ZERO,
+            stderr,
         }
     }
 

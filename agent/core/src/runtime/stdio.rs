@@ -134,7 +134,17 @@ struct LineBuffer {
     stream: Stream,
     line: Vec<u8>,
     truncated: bool,
+    /// The last [`RECENT`] lines, for the dead letter of a call that traps.
+    recent: std::collections::VecDeque<String>,
 }
+
+/// Lines of a call's stderr its dead letter keeps (a Rust panic's message is the line
+/// after "panicked at", before the note on backtraces; a Python traceback ends with its
+/// exception).
+const RECENT: usize = 4;
+
+/// Bytes of each such line kept.
+const RECENT_LINE: usize = 300;
 
 impl GuestOutput {
     /// A writer for one of a function's streams, within its `limiter`.
@@ -145,8 +155,20 @@ impl GuestOutput {
                 stream,
                 line: Vec::new(),
                 truncated: false,
+                recent: std::collections::VecDeque::new(),
             })),
         }
+    }
+
+    /// The last lines written since the last call of this (a line not yet ended
+    /// included), at most [`RECENT`], each cut to [`RECENT_LINE`] bytes.
+    pub fn take_recent(&self) -> Vec<String> {
+        let mut b = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if !b.line.is_empty() {
+            let line = String::from_utf8_lossy(&b.line).into_owned();
+            b.remember(line);
+        }
+        b.recent.drain(..).collect()
     }
 
     fn write_bytes(&self, bytes: &[u8]) {
@@ -164,7 +186,22 @@ impl GuestOutput {
 }
 
 impl LineBuffer {
+    fn remember(&mut self, mut line: String) {
+        if line.len() > RECENT_LINE {
+            line.truncate(line.floor_char_boundary(RECENT_LINE));
+            line.push_str("...");
+        }
+        if self.recent.len() == RECENT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(line);
+    }
+
     fn emit(&mut self) {
+        if matches!(self.stream, Stream::Stderr) {
+            let line = String::from_utf8_lossy(&self.line).into_owned();
+            self.remember(line);
+        }
         if !self.limiter.admit() {
             self.line.clear();
             self.truncated = false;
