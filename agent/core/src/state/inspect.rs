@@ -82,8 +82,6 @@ pub struct Inspector {
     db: sled::Db,
 }
 
-const PREFIX: &str = "function/";
-
 impl Inspector {
     /// Opens the store in `<data_dir>/state`, which must exist (nothing is created).
     ///
@@ -108,13 +106,7 @@ impl Inspector {
     /// The store could not be read.
     pub fn functions(&self) -> Result<Vec<Summary>, InspectError> {
         let mut all = Vec::new();
-        for name in self.db.tree_names() {
-            let Some(function) = String::from_utf8_lossy(&name)
-                .strip_prefix(PREFIX)
-                .map(str::to_string)
-            else {
-                continue;
-            };
+        for (name, function) in super::function_trees(&self.db) {
             let tree = self.db.open_tree(&name)?;
             if tree.is_empty() {
                 continue;
@@ -212,14 +204,14 @@ impl Inspector {
 
     /// `function`'s tree, if it has one (none is made for a name that has none).
     fn tree(&self, function: &str) -> Result<sled::Tree, InspectError> {
-        let name = format!("{PREFIX}{function}");
-        if !self.db.tree_names().iter().any(|n| n == name.as_bytes()) {
+        let trees = super::function_trees(&self.db);
+        let Some((name, _)) = trees.into_iter().find(|(_, f)| f == function) else {
             let have = self.functions()?.into_iter().map(|s| s.function).collect();
             return Err(InspectError::NoFunction {
                 function: function.to_string(),
                 have,
             });
-        }
+        };
         Ok(self.db.open_tree(name)?)
     }
 }

@@ -234,6 +234,19 @@ fn wait_for_lock(dir: &Path, wait: Duration) -> Result<Option<std::fs::File>, St
     }
 }
 
+/// The functions' namespaces in `db`: each tree's name and its function's
+/// ([`StateStore::namespace`]: `function/<name>`; a shadow's is `<name>~<side>`).
+fn function_trees(db: &sled::Db) -> Vec<(String, String)> {
+    db.tree_names()
+        .into_iter()
+        .filter_map(|n| {
+            let name = String::from_utf8_lossy(&n).into_owned();
+            let function = name.strip_prefix("function/")?.to_string();
+            Some((name, function))
+        })
+        .collect()
+}
+
 /// Keys of receipts begin with this byte, which guest keys may not.
 const RECEIPT_PREFIX: &[u8] = b"\0receipt/";
 
@@ -494,18 +507,14 @@ impl StateStore {
     ) -> Result<Vec<String>, StateError> {
         let db = self.db()?;
         let mut out = Vec::new();
-        for name in db.tree_names() {
-            let name = String::from_utf8_lossy(&name).into_owned();
-            let Some(function) = name.strip_prefix("function/") else {
-                continue;
-            };
-            if function.contains('~') || configured(function) {
+        for (name, function) in function_trees(&db) {
+            if function.contains('~') || configured(&function) {
                 continue;
             }
             // The functions' own keys: after the receipts, which begin with a NUL byte.
             let first: &[u8] = &[1];
             if db.open_tree(&name)?.range(first..).next().is_some() {
-                out.push(function.to_string());
+                out.push(function);
             }
         }
         Ok(out)
@@ -531,14 +540,10 @@ impl StateStore {
         };
         let db = self.db()?;
         let mut dropped = Vec::new();
-        for name in db.tree_names() {
-            let name = String::from_utf8_lossy(&name).into_owned();
-            let Some(function) = name.strip_prefix("function/") else {
-                continue;
-            };
-            if function.contains('~') && !wanted(function) && !live.contains(&name) {
+        for (name, function) in function_trees(&db) {
+            if function.contains('~') && !wanted(&function) && !live.contains(&name) {
                 db.drop_tree(name.as_bytes())?;
-                dropped.push(function.to_string());
+                dropped.push(function);
             }
         }
         Ok(dropped)
