@@ -73,12 +73,14 @@ fn filter(verbose: u8, rust_log: Option<&str>) -> (Targets, Option<String>) {
         // (crate::mqtt::broker's SEGMENTS).
         0 => "info,rumqttd=off,rumqttd::segments=warn,rumqttc=warn",
         1 => {
-            "debug,rumqttd=warn,rumqttc=info,cranelift_codegen=info,wasmtime=info,wasmtime_internal_cranelift=info"
+            "debug,rumqttd=warn,rumqttc=info,cranelift_codegen=info,wasmtime=info,wasmtime_internal_cranelift=info,notify=info"
         }
         // Cranelift's and regalloc2's trace is a line per instruction compiled:
-        // 190,000 lines for one small module (a probe). RUST_LOG still asks for it.
+        // 190,000 lines for one small module (a probe). notify's is a line per file
+        // event in the config's folder: a log written there made each of its lines an
+        // event, 50 MB a second (a probe). RUST_LOG still asks for either.
         _ => {
-            "trace,cranelift_codegen=info,cranelift_frontend=info,regalloc2=info,wasmtime_internal_cranelift=info"
+            "trace,cranelift_codegen=info,cranelift_frontend=info,regalloc2=info,wasmtime_internal_cranelift=info,notify=info"
         }
     };
     let fallback = || default.parse().expect("the default filters parse");

@@ -187,6 +187,10 @@ impl GuestOutput {
 
 impl LineBuffer {
     fn remember(&mut self, mut line: String) {
+        // A Rust panic's text starts with an empty line.
+        if line.trim().is_empty() {
+            return;
+        }
         if line.len() > RECENT_LINE {
             line.truncate(line.floor_char_boundary(RECENT_LINE));
             line.push_str("...");

@@ -16,9 +16,9 @@ use crate::config::StateConfig;
 #[derive(Debug, thiserror::Error)]
 pub enum InspectError {
     /// The data directory has no store: no function has written state there yet, or the
-    /// config points at another directory.
+    /// config points at another directory (or what is there lacks sled's files).
     #[error(
-        "there is no state store in {}: no function of this agent has written state in this agent.data_dir yet",
+        "there is no state store in {}: no function of this agent has written state in this agent.data_dir yet (or the folder lacks the store's `db` and `conf` files)",
         .0.display()
     )]
     NoStore(PathBuf),
@@ -90,7 +90,9 @@ impl Inspector {
     /// runs on it; [`StateError::Damaged`] or [`StateError::Open`] as at a start.
     pub fn open(data_dir: &Path, limits: &StateConfig) -> Result<Self, InspectError> {
         let dir = data_dir.join("state");
-        if !dir.join("db").exists() {
+        // Both of sled's files, or sled would make a new store of what is there: a read
+        // turned a damaged folder into an empty store (a probe, 2026-12-08).
+        if !dir.join("db").exists() || !dir.join("conf").exists() {
             return Err(InspectError::NoStore(dir));
         }
         match StateStore::open_db(&dir, limits) {
@@ -309,6 +311,13 @@ mod tests {
         let err = Inspector::open(dir.path(), &limits).err().unwrap();
         assert!(matches!(err, InspectError::NoStore(_)), "{err}");
         assert!(!dir.path().join("state").exists(), "made a store");
+        // A folder with a `db` that sled did not write is left as it is.
+        std::fs::create_dir(dir.path().join("state")).unwrap();
+        std::fs::write(dir.path().join("state/db"), "junk").unwrap();
+        let err = Inspector::open(dir.path(), &limits).err().unwrap();
+        assert!(matches!(err, InspectError::NoStore(_)), "{err}");
+        assert_eq!(std::fs::read(dir.path().join("state/db")).unwrap(), b"junk");
+        std::fs::remove_dir_all(dir.path().join("state")).unwrap();
         let _running = StateStore::open(dir.path(), &limits).unwrap();
         let err = Inspector::open(dir.path(), &limits).err().unwrap();
         assert!(matches!(err, InspectError::InUse(_)), "{err}");
