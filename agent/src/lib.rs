@@ -301,25 +301,8 @@ fn find_config(flag: Option<&Path>, say: bool) -> Result<std::path::PathBuf, NoC
     Ok(path)
 }
 
-/// Completes on SIGINT or SIGTERM. The handlers are installed when it is called (inside
-/// a runtime), not when it is first polled.
+/// Completes on SIGINT or SIGTERM, saying which ([`edge_agent::daemon::shutdown::stop_signal`]).
 fn shutdown_signal() -> impl std::future::Future<Output = ()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let signals = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    );
-    async move {
-        match signals {
-            (Ok(mut int), Ok(mut term)) => {
-                tokio::select! {
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
+    let stop = edge_agent::daemon::shutdown::stop_signal();
+    async move { tracing::info!("{} received", stop.await) }
 }

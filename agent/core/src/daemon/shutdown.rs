@@ -29,6 +29,31 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+/// Completes on SIGINT or SIGTERM, with the signal's name. The handlers are installed
+/// when it is called (inside a runtime), not when it is first polled, so that a signal
+/// between the two is not lost. The agent's `run`, and `compare` and `publish`, stop on it.
+pub fn stop_signal() -> impl std::future::Future<Output = &'static str> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let signals = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    );
+    async move {
+        match signals {
+            (Ok(mut int), Ok(mut term)) => {
+                tokio::select! {
+                    _ = int.recv() => "SIGINT",
+                    _ = term.recv() => "SIGTERM",
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+}
+
 pub use super::lanes::DISCONNECT_DEADLINE;
 use super::lanes::Lanes;
 use crate::metrics::report::StatsBook;

@@ -225,23 +225,6 @@ impl CompareError {
     }
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn stopped() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) {
-        (Ok(mut int), Ok(mut term)) => {
-            tokio::select! {
-                _ = int.recv() => {}
-                _ = term.recv() => {}
-            }
-        }
-        _ => std::future::pending().await,
-    }
-}
-
 /// `edge-agent compare`: measures (or, with `--from`, reads saved reports), prints the table
 /// and verdicts on stdout, and writes the JSON and the HTML page where asked.
 ///
@@ -264,7 +247,7 @@ pub fn run(args: &CompareArgs) -> Result<(), CompareError> {
         let measured = rt.block_on(async {
             tokio::select! {
                 measured = compare(args) => measured,
-                () = stopped() => {
+                _ = edge_agent::daemon::shutdown::stop_signal() => {
                     let measuring = MEASURING.lock().unwrap_or_else(|p| p.into_inner()).take();
                     if let Some((broker, id)) = measuring {
                         measure::clear_retained(&broker, &id, Duration::from_secs(2)).await;

@@ -254,27 +254,12 @@ pub async fn publish(args: &PublishArgs) -> Result<u64, PublishError> {
         ("acknowledged", |_, acked| acked)
     };
     // A long stream stopped by Ctrl-C says how far it got (it ended silently, 130).
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut int, mut term) = (
-        signal(SignalKind::interrupt()).ok(),
-        signal(SignalKind::terminate()).ok(),
-    );
-    let stop = async move {
-        match (int.as_mut(), term.as_mut()) {
-            (Some(int), Some(term)) => {
-                tokio::select! {
-                    _ = int.recv() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            _ => std::future::pending().await,
-        }
-    };
+    let stop = edge_agent::daemon::shutdown::stop_signal();
     tokio::pin!(stop);
     while so_far(sent, acked) < count {
         let polled = tokio::select! {
             polled = tokio::time::timeout(Duration::from_secs(30), eventloop.poll()) => polled,
-            () = &mut stop => {
+            _ = &mut stop => {
                 return Err(PublishError::Stopped { done: so_far(sent, acked), count, what });
             }
         };
